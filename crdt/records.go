@@ -1,0 +1,252 @@
+package crdt
+
+import (
+	"encoding/binary"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The replicated key space. Every record is a Map under one of these keys; message logs
+// are keyed by conversation. Both storage and the handlers read records through the typed
+// views below, so field names live in one place.
+const (
+	UserPrefix    = "u/" // u/<user id> → user record
+	ClaimPrefix   = "n/" // n/<username> → the claims on a username
+	SessionPrefix = "s/" // s/<session id> → session record
+)
+
+// UserKey returns the record key of user id.
+func UserKey(id string) string { return UserPrefix + id }
+
+// ClaimKey returns the record key of the claims on username.
+func ClaimKey(username string) string { return ClaimPrefix + username }
+
+// SessionKey returns the record key of session id.
+func SessionKey(id string) string { return SessionPrefix + id }
+
+// ConversationID returns the log that holds the messages between users a and b: the same
+// for (a, b) and (b, a).
+func ConversationID(a, b string) string {
+	if b < a {
+		a, b = b, a
+	}
+	return a + ":" + b
+}
+
+// Participants returns the two user IDs of a conversation.
+func Participants(conv string) (a, b string, ok bool) {
+	return strings.Cut(conv, ":")
+}
+
+// User record fields.
+const (
+	FieldUsername      = "username"       // FWW: the name registered with
+	FieldPassword      = "password"       // LWW: argon2id hash in PHC string form
+	FieldFirstName     = "first_name"     // LWW
+	FieldLastName      = "last_name"      // LWW
+	FieldEmail         = "email"          // LWW
+	FieldAddress       = "address"        // LWW
+	FieldDeleted       = "deleted"        // Flag: the account is erased
+	FieldSessionsUntil = "sessions_until" // Max: sessions created at or before its TS are revoked
+)
+
+// ProfileFields are the user record fields a user edits.
+var ProfileFields = []string{FieldFirstName, FieldLastName, FieldEmail, FieldAddress}
+
+// User is the typed view of a user record.
+type User struct {
+	ID           string
+	Username     string
+	PasswordHash string
+	Created      Timestamp // when the username field was written
+	Profile      map[string]string
+	Deleted      bool
+	// SessionsUntil revokes every session created at or before it ("sign out everywhere").
+	SessionsUntil Timestamp
+}
+
+// ReadUser returns the typed view of the user record m.
+func ReadUser(id string, m *Map) User {
+	u := User{ID: id, Profile: make(map[string]string, len(ProfileFields))}
+	if f, ok := m.Field(FieldUsername); ok {
+		u.Username, u.Created = string(f.Value), f.TS
+	}
+	if v, ok := m.Get(FieldPassword); ok {
+		u.PasswordHash = string(v)
+	}
+	for _, name := range ProfileFields {
+		v, _ := m.Get(name)
+		u.Profile[name] = string(v)
+	}
+	_, u.Deleted = m.Flag(FieldDeleted)
+	if f, ok := m.Field(FieldSessionsUntil); ok && f.Kind == KindMax {
+		u.SessionsUntil = f.TS
+	}
+	return u
+}
+
+// NewUser returns the record of a new user, every field written at ts.
+func NewUser(username, passwordHash string, profile map[string]string, ts Timestamp) Map {
+	var m Map
+	m.Claim(FieldUsername, []byte(username), ts)
+	m.Set(FieldPassword, []byte(passwordHash), ts)
+	for _, name := range ProfileFields {
+		m.Set(name, []byte(profile[name]), ts)
+	}
+	return m
+}
+
+// EraseUser returns the update that erases a user at ts: the deleted flag, and every
+// profile field and the password overwritten with tombstones.
+func EraseUser(ts Timestamp) Map {
+	var m Map
+	m.SetFlag(FieldDeleted, ts)
+	m.Delete(FieldPassword, ts)
+	for _, name := range ProfileFields {
+		m.Delete(name, ts)
+	}
+	return m
+}
+
+// RevokeSessionsUntil returns the update that revokes every session of a user created at
+// or before ts.
+func RevokeSessionsUntil(ts Timestamp) Map {
+	var m Map
+	m.Raise(FieldSessionsUntil, ts.Wall, ts)
+	return m
+}
+
+// claimFieldPrefix prefixes, in a claim record, one first-writer-wins field per user that
+// registered the name.
+const claimFieldPrefix = "c/"
+
+// NewClaim returns the claim of username by userID at ts.
+func NewClaim(userID string, ts Timestamp) Map {
+	var m Map
+	m.Claim(claimFieldPrefix+userID, nil, ts)
+	return m
+}
+
+// Claimants returns the users that registered a name, the winner first: ordered by the
+// timestamp of their claim (lowest HLC, then node ID, wins).
+func Claimants(m *Map) []string {
+	type claim struct {
+		user string
+		ts   Timestamp
+	}
+	var cs []claim
+	for name, f := range m.fields {
+		if user, ok := strings.CutPrefix(name, claimFieldPrefix); ok && f.Kind == KindFWW {
+			cs = append(cs, claim{user, f.TS})
+		}
+	}
+	slices.SortFunc(cs, func(a, b claim) int {
+		if c := a.ts.Compare(b.ts); c != 0 {
+			return c
+		}
+		return strings.Compare(a.user, b.user)
+	})
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.user
+	}
+	return out
+}
+
+// Session record fields.
+const (
+	FieldUser     = "user"      // FWW: the owner's user ID; its TS is the creation time
+	FieldExpires  = "expires"   // FWW: absolute expiry, Unix nanoseconds
+	FieldIdleTTL  = "idle_ttl"  // FWW: idle lifetime in nanoseconds
+	FieldLastUsed = "last_used" // Max: last use, Unix nanoseconds
+	FieldRevoked  = "revoked"   // Flag
+	DataPrefix    = "d/"        // d/<key> LWW: session data, a JSON value
+)
+
+// Session is the typed view of a session record.
+type Session struct {
+	ID       string
+	UserID   string
+	Created  Timestamp
+	Expires  time.Time
+	IdleTTL  time.Duration
+	LastUsed time.Time
+	Revoked  bool
+	Data     map[string][]byte // live data keys; values alias the Map
+}
+
+// IdleExpires returns when the session expires unless it is used before.
+func (s Session) IdleExpires() time.Time {
+	t := s.LastUsed.Add(s.IdleTTL)
+	if t.After(s.Expires) {
+		return s.Expires
+	}
+	return t
+}
+
+// ActiveAt reports whether the session, as this replica knows it, is usable at now: not
+// revoked, past neither expiry. It does not know about its user's revocations; see
+// User.SessionsUntil.
+func (s Session) ActiveAt(now time.Time) bool {
+	return !s.Revoked && s.UserID != "" && now.Before(s.IdleExpires())
+}
+
+// ReadSession returns the typed view of the session record m.
+func ReadSession(id string, m *Map) Session {
+	s := Session{ID: id}
+	if f, ok := m.Field(FieldUser); ok {
+		s.UserID, s.Created = string(f.Value), f.TS
+	}
+	s.Expires = time.Unix(0, int64Field(m, FieldExpires)).UTC()
+	s.IdleTTL = time.Duration(int64Field(m, FieldIdleTTL))
+	s.LastUsed = time.Unix(0, m.MaxOf(FieldLastUsed)).UTC()
+	_, s.Revoked = m.Flag(FieldRevoked)
+	for name, f := range m.fields {
+		if key, ok := strings.CutPrefix(name, DataPrefix); ok && f.Kind == KindLWW && !f.Deleted {
+			if s.Data == nil {
+				s.Data = make(map[string][]byte)
+			}
+			s.Data[key] = f.Value
+		}
+	}
+	return s
+}
+
+// SessionExpires returns the absolute expiry of the session record m, or the zero time
+// (long past) when m lacks one.
+func SessionExpires(m *Map) time.Time {
+	return time.Unix(0, int64Field(m, FieldExpires)).UTC()
+}
+
+// NewSession returns the record of a new session of userID, created at ts.
+func NewSession(userID string, expires time.Time, idleTTL time.Duration, ts Timestamp) Map {
+	var m Map
+	m.Claim(FieldUser, []byte(userID), ts)
+	m.Claim(FieldExpires, binary.BigEndian.AppendUint64(nil, uint64(expires.UnixNano())), ts)
+	m.Claim(FieldIdleTTL, binary.BigEndian.AppendUint64(nil, uint64(idleTTL)), ts)
+	m.Raise(FieldLastUsed, ts.Wall, ts)
+	return m
+}
+
+// TouchSession returns the update that records a use of a session at ts.
+func TouchSession(ts Timestamp) Map {
+	var m Map
+	m.Raise(FieldLastUsed, ts.Wall, ts)
+	return m
+}
+
+// RevokeSession returns the update that revokes a session at ts.
+func RevokeSession(ts Timestamp) Map {
+	var m Map
+	m.SetFlag(FieldRevoked, ts)
+	return m
+}
+
+func int64Field(m *Map, name string) int64 {
+	v, ok := m.Get(name)
+	if !ok || len(v) != 8 {
+		return 0
+	}
+	return int64(binary.BigEndian.Uint64(v))
+}
