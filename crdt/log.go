@@ -68,8 +68,8 @@ type Entry struct {
 // is above its origin's mark, and entries of its origin that follow it were held back until
 // it came.
 type Log struct {
-	entries []Entry            // sorted by ID, no duplicates
-	prefix  map[NodeID]uint64  // per origin: highest seq with 1..seq all present
+	entries []Entry             // sorted by ID, no duplicates
+	prefix  map[NodeID]uint64   // per origin: highest seq with 1..seq all present
 	seqs    map[NodeID][]uint64 // per origin: seqs present above prefix, sorted
 }
 
