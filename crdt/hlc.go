@@ -172,7 +172,9 @@ func (c *Clock) Last() Timestamp {
 func (c *Clock) Observe(remote Timestamp) error {
 	now := c.now()
 	pt := now.UnixNano()
-	if c.maxSkew > 0 && remote.Wall-pt > int64(c.maxSkew) {
+	// remote.Wall-pt can overflow int64 (a far-past remote wraps to "far ahead"); when
+	// remote.Wall > pt the difference fits in a uint64.
+	if c.maxSkew > 0 && remote.Wall > pt && uint64(remote.Wall-pt) > uint64(c.maxSkew) {
 		return &SkewError{Remote: remote, Local: now, Bound: c.maxSkew}
 	}
 	c.mu.Lock()

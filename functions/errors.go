@@ -1,0 +1,55 @@
+package functions
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Error codes. They are part of the HTTP API (docs/API.md): edge maps each to a status.
+const (
+	EInvalid          = "invalid_argument"
+	EUnauthorized     = "unauthorized"
+	ENotFound         = "not_found"
+	EUsernameTaken    = "username_taken"
+	EUsernameConflict = "username_conflict"
+	ETooLarge         = "too_large"
+	ERateLimited      = "rate_limited"
+	EUnavailable      = "unavailable"
+	EInternal         = "internal"
+)
+
+// Error is a domain error whose message is safe to show to the client.
+type Error struct {
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Errorf returns an *Error with the given code and a formatted message.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrorCode returns the code of err: its *Error's code, or EInternal for any other error,
+// or "" for nil.
+func ErrorCode(err error) string {
+	var e *Error
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &e):
+		return e.Code
+	}
+	return EInternal
+}
+
+// ErrorMessage returns the client-safe message of err: its *Error's message, or "internal
+// error" for any other error.
+func ErrorMessage(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return "internal error"
+}

@@ -1,0 +1,109 @@
+package functions
+
+import (
+	"strings"
+	"unicode/utf8"
+)
+
+// Limits of the API (docs/API.md lists them for users).
+const (
+	MinUsername        = 3
+	MaxUsername        = 32
+	MinPassword        = 8
+	MaxPassword        = 256
+	MaxNameField       = 100 // first_name, last_name, bytes
+	MaxEmail           = 254
+	MaxAddress         = 500
+	MaxDataKey         = 128
+	MaxDataValue       = 16 << 10
+	MaxDataKeys        = 256
+	MaxSessionData     = 64 << 10 // all keys and values of one session, bytes
+	MaxMessageBody     = 4 << 10
+	DefaultPageLimit   = 100
+	MaxPageLimit       = 500
+	MaxSessionsPerUser = 100
+)
+
+func validUsername(s string) error {
+	if len(s) < MinUsername || len(s) > MaxUsername {
+		return Errorf(EInvalid, "username must be %d to %d characters", MinUsername, MaxUsername)
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return Errorf(EInvalid, "username may contain only a-z, 0-9, '_', '.' and '-'")
+		}
+	}
+	return nil
+}
+
+func validPassword(s string) error {
+	if len(s) < MinPassword || len(s) > MaxPassword {
+		return Errorf(EInvalid, "password must be %d to %d bytes", MinPassword, MaxPassword)
+	}
+	return nil
+}
+
+// validText checks a free-text field: UTF-8, at most max bytes, no control characters
+// (newlines and tabs allowed when multiline).
+func validText(field, s string, max int, multiline bool) error {
+	if len(s) > max {
+		return Errorf(EInvalid, "%s must be at most %d bytes", field, max)
+	}
+	if !utf8.ValidString(s) {
+		return Errorf(EInvalid, "%s must be valid UTF-8", field)
+	}
+	for _, c := range s {
+		if c < 0x20 && !(multiline && (c == '\n' || c == '\t' || c == '\r')) || c == 0x7f {
+			return Errorf(EInvalid, "%s must not contain control characters", field)
+		}
+	}
+	return nil
+}
+
+// Profile is a user's editable profile.
+type Profile struct {
+	FirstName string `json:"first_name"`
+	LastName  string `json:"last_name"`
+	Email     string `json:"email"`
+	Address   string `json:"address"`
+}
+
+func (p Profile) validate() error {
+	if err := validText("first_name", p.FirstName, MaxNameField, false); err != nil {
+		return err
+	}
+	if err := validText("last_name", p.LastName, MaxNameField, false); err != nil {
+		return err
+	}
+	if err := validEmail(p.Email); err != nil {
+		return err
+	}
+	return validText("address", p.Address, MaxAddress, true)
+}
+
+func validEmail(s string) error {
+	if s == "" {
+		return nil
+	}
+	if err := validText("email", s, MaxEmail, false); err != nil {
+		return err
+	}
+	local, domain, ok := strings.Cut(s, "@")
+	if !ok || local == "" || domain == "" || strings.Contains(domain, "@") || strings.ContainsAny(s, " \t") {
+		return Errorf(EInvalid, "email must look like name@example.com")
+	}
+	return nil
+}
+
+func (p Profile) fields() map[string]string {
+	return map[string]string{
+		"first_name": p.FirstName, "last_name": p.LastName, "email": p.Email, "address": p.Address,
+	}
+}
+
+func profileOf(fields map[string]string) Profile {
+	return Profile{
+		FirstName: fields["first_name"], LastName: fields["last_name"],
+		Email: fields["email"], Address: fields["address"],
+	}
+}

@@ -1,0 +1,209 @@
+package functions
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"time"
+	"unicode/utf8"
+
+	"github.com/sessiond/sessiond/crdt"
+)
+
+// Message is a message as the API shows it; From and To are usernames.
+type Message struct {
+	ID     string    `json:"id"`
+	From   string    `json:"from"`
+	To     string    `json:"to"`
+	Body   string    `json:"body"`
+	SentAt time.Time `json:"sent_at"`
+}
+
+// Conversation summarises a conversation for its participant.
+type Conversation struct {
+	With        string  `json:"with"`
+	LastMessage Message `json:"last_message"`
+	Count       int     `json:"count"`
+}
+
+// Send is the request to send a message to the user named To.
+type Send struct {
+	To   string
+	Body string
+}
+
+// Page is one page of a conversation and the cursor for what comes after it.
+type Page struct {
+	Messages []Message `json:"messages"`
+	Next     string    `json:"next"`
+}
+
+// Messages sends messages and reads conversations: one append-only log per pair of
+// users. It holds no state between calls and is safe for concurrent use.
+type Messages struct {
+	Store Store
+}
+
+// Send appends a message from the caller to the conversation with req.To.
+func (s *Messages) Send(ctx context.Context, p Principal, req Send) (Message, error) {
+	if len(req.Body) == 0 || len(req.Body) > MaxMessageBody {
+		return Message{}, Errorf(EInvalid, "body must be 1 to %d bytes", MaxMessageBody)
+	}
+	if err := validText("body", req.Body, MaxMessageBody, true); err != nil {
+		return Message{}, err
+	}
+	to, err := s.lookup(ctx, req.To)
+	if err != nil {
+		return Message{}, err
+	}
+	msg := crdt.Message{From: p.UserID, To: to.ID, Body: req.Body}
+	var e crdt.Entry
+	err = s.Store.Update(ctx, func(tx Tx) error {
+		// The sender may have been erased by a concurrent request; refuse, as the erasure
+		// would drop the message anyway.
+		m, ok, err := tx.Record(crdt.UserKey(p.UserID))
+		if err != nil {
+			return err
+		}
+		if !ok || crdt.ReadUser(p.UserID, &m).Deleted {
+			return errSessionEnded
+		}
+		e, err = tx.Append(crdt.ConversationID(p.UserID, to.ID), msg)
+		return err
+	})
+	if err != nil {
+		return Message{}, err
+	}
+	return messageOf(e, msg, p.Username, to.Username), nil
+}
+
+func (s *Messages) lookup(ctx context.Context, username string) (crdt.User, error) {
+	if validUsername(username) != nil {
+		return crdt.User{}, Errorf(ENotFound, "no user %q", username)
+	}
+	us, err := claimants(ctx, s.Store, username)
+	if err != nil {
+		return crdt.User{}, err
+	}
+	if len(us) == 0 {
+		return crdt.User{}, Errorf(ENotFound, "no user %q", username)
+	}
+	return us[0], nil
+}
+
+func messageOf(e crdt.Entry, m crdt.Message, from, to string) Message {
+	return Message{ID: EntryIDString(e.ID), From: from, To: to, Body: m.Body, SentAt: e.ID.TS.Time()}
+}
+
+// EntryIDString formats a message ID for the API.
+func EntryIDString(id crdt.EntryID) string { return hex.EncodeToString(id.AppendBinary(nil)) }
+
+// List returns up to limit messages of the caller's conversation with the user named
+// with, after cursor (from the start when empty), in conversation order, and the cursor
+// for the next call. The cursor never skips a message that arrives late from another node.
+func (s *Messages) List(ctx context.Context, p Principal, with, cursor string, limit int) (Page, error) {
+	switch {
+	case limit == 0:
+		limit = DefaultPageLimit
+	case limit < 0 || limit > MaxPageLimit:
+		return Page{}, Errorf(EInvalid, "limit must be 1 to %d", MaxPageLimit)
+	}
+	after, err := decodeCursor(cursor)
+	if err != nil {
+		return Page{}, err
+	}
+	other, err := s.lookup(ctx, with)
+	if err != nil {
+		return Page{}, err
+	}
+	entries, next, err := s.Store.ReadLog(ctx, crdt.ConversationID(p.UserID, other.ID), after, limit)
+	if err != nil {
+		return Page{}, err
+	}
+	names := map[string]string{p.UserID: p.Username, other.ID: other.Username}
+	page := Page{Messages: []Message{}, Next: encodeCursor(next)}
+	for _, e := range entries {
+		if m, ok := s.decode(e, names); ok {
+			page.Messages = append(page.Messages, m)
+		}
+	}
+	return page, nil
+}
+
+func (s *Messages) decode(e crdt.Entry, names map[string]string) (Message, bool) {
+	m, err := crdt.DecodeMessage(e.Data)
+	if err != nil {
+		return Message{}, false
+	}
+	return messageOf(e, m, names[m.From], names[m.To]), true
+}
+
+// Conversations returns the caller's conversations, newest first.
+func (s *Messages) Conversations(ctx context.Context, p Principal) ([]Conversation, error) {
+	infos, err := s.Store.Conversations(ctx, p.UserID)
+	if err != nil {
+		return nil, err
+	}
+	out := []Conversation{}
+	for _, c := range infos {
+		other, live, err := liveUser(ctx, s.Store, c.With)
+		if err != nil {
+			return nil, err
+		}
+		if !live {
+			continue
+		}
+		names := map[string]string{p.UserID: p.Username, other.ID: other.Username}
+		m, ok := s.decode(c.Last, names)
+		if !ok {
+			continue
+		}
+		out = append(out, Conversation{With: other.Username, LastMessage: m, Count: c.Count})
+	}
+	return out, nil
+}
+
+// ForUser returns the message in entry e of conversation conv as userID should see it,
+// and false when userID is not one of its participants. The live message stream uses it.
+func (s *Messages) ForUser(ctx context.Context, userID, conv string, e crdt.Entry) (Message, bool, error) {
+	a, b, ok := crdt.Participants(conv)
+	if !ok || (a != userID && b != userID) {
+		return Message{}, false, nil
+	}
+	names := map[string]string{}
+	for _, id := range []string{a, b} {
+		u, _, err := liveUser(ctx, s.Store, id)
+		if err != nil {
+			return Message{}, false, err
+		}
+		names[id] = u.Username
+	}
+	m, ok := s.decode(e, names)
+	return m, ok, nil
+}
+
+func encodeCursor(c crdt.Cursor) string {
+	return base64.RawURLEncoding.EncodeToString(c.AppendBinary(nil))
+}
+
+// maxCursor bounds a cursor's length: 9 bytes per origin, far more origins than a
+// cluster ever has.
+const maxCursor = 4096
+
+func decodeCursor(s string) (crdt.Cursor, error) {
+	if s == "" {
+		return nil, nil
+	}
+	if len(s) > maxCursor || !utf8.ValidString(s) {
+		return nil, Errorf(EInvalid, "invalid cursor")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return nil, Errorf(EInvalid, "invalid cursor")
+	}
+	c, err := crdt.DecodeCursor(b)
+	if err != nil {
+		return nil, Errorf(EInvalid, "invalid cursor")
+	}
+	return c, nil
+}

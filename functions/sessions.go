@@ -1,0 +1,349 @@
+package functions
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/sessiond/sessiond/crdt"
+)
+
+// Session is a session as the API shows it.
+type Session struct {
+	ID            string                     `json:"id"`
+	UserID        string                     `json:"user_id"`
+	Username      string                     `json:"username"`
+	CreatedAt     time.Time                  `json:"created_at"`
+	LastUsedAt    time.Time                  `json:"last_used_at"`
+	ExpiresAt     time.Time                  `json:"expires_at"`
+	IdleExpiresAt time.Time                  `json:"idle_expires_at"`
+	Data          map[string]json.RawMessage `json:"data"`
+	Current       bool                       `json:"current,omitempty"`
+}
+
+func sessionOf(s crdt.Session, username string) Session {
+	out := Session{
+		ID: s.ID, UserID: s.UserID, Username: username, CreatedAt: s.Created.Time(),
+		LastUsedAt: s.LastUsed, ExpiresAt: s.Expires, IdleExpiresAt: s.IdleExpires(),
+		Data: make(map[string]json.RawMessage, len(s.Data)),
+	}
+	for k, v := range s.Data {
+		out.Data[k] = json.RawMessage(v)
+	}
+	return out
+}
+
+// Principal is the authenticated caller of a request.
+type Principal struct {
+	UserID    string
+	Username  string
+	SessionID string
+}
+
+// Login is the request to sign in.
+type Login struct {
+	Username string
+	Password string
+}
+
+// DataPatch changes session data: Set writes keys (values are JSON), Delete removes them.
+type DataPatch struct {
+	Set    map[string]json.RawMessage
+	Delete []string
+}
+
+// Sessions signs users in and reads, edits and revokes their sessions. It holds no state
+// between calls and is safe for concurrent use.
+type Sessions struct {
+	Store     Store
+	Clock     Clock
+	Passwords *Passwords
+	TTL       time.Duration // absolute lifetime of a session; default 24h
+	IdleTTL   time.Duration // idle lifetime, slid by each use; default 2h
+	// TouchEvery bounds how often a use is written down (a durable, replicated write), so
+	// reads stay reads; idle expiry is exact to within it. Default min(IdleTTL/20, 1m).
+	TouchEvery time.Duration
+}
+
+func (s *Sessions) ttl() time.Duration {
+	if s.TTL > 0 {
+		return s.TTL
+	}
+	return 24 * time.Hour
+}
+
+func (s *Sessions) idleTTL() time.Duration {
+	if s.IdleTTL > 0 {
+		return s.IdleTTL
+	}
+	return 2 * time.Hour
+}
+
+func (s *Sessions) touchEvery() time.Duration {
+	if s.TouchEvery > 0 {
+		return s.TouchEvery
+	}
+	return min(s.idleTTL()/20, time.Minute)
+}
+
+var errBadCredentials = Errorf(EUnauthorized, "wrong username or password")
+
+// Login checks credentials and creates a session. Unknown users and wrong passwords give
+// the same error after the same work. An account that lost a concurrent registration of
+// its name (another partition claimed it first) gets EUsernameConflict.
+func (s *Sessions) Login(ctx context.Context, req Login) (Session, error) {
+	if validUsername(req.Username) != nil || validPassword(req.Password) != nil {
+		s.Passwords.Verify(ctx, req.Password, "")
+		return Session{}, errBadCredentials
+	}
+	users, err := claimants(ctx, s.Store, req.Username)
+	if err != nil {
+		return Session{}, err
+	}
+	if len(users) == 0 {
+		if _, err := s.Passwords.Verify(ctx, req.Password, ""); err != nil {
+			return Session{}, err
+		}
+		return Session{}, errBadCredentials
+	}
+	for i, u := range users {
+		ok, err := s.Passwords.Verify(ctx, req.Password, u.PasswordHash)
+		if err != nil {
+			return Session{}, err
+		}
+		if !ok {
+			continue
+		}
+		if i > 0 {
+			return Session{}, Errorf(EUsernameConflict,
+				"the username %q was registered by someone else first while the cluster was partitioned; this account can no longer sign in under it", req.Username)
+		}
+		return s.create(ctx, u)
+	}
+	return Session{}, errBadCredentials
+}
+
+func (s *Sessions) create(ctx context.Context, u crdt.User) (Session, error) {
+	existing, err := s.Store.UserSessions(ctx, u.ID)
+	if err != nil {
+		return Session{}, err
+	}
+	now := s.Clock.PhysicalNow()
+	active := activeSessions(existing, u, now)
+	id := newID()
+	var rec crdt.Map
+	err = s.Store.Update(ctx, func(tx Tx) error {
+		ts := s.Clock.Next()
+		// Over the cap: revoke the oldest, so a script that logs in in a loop cannot grow
+		// a user's session list without bound.
+		for i := len(active) - 1; i >= MaxSessionsPerUser-1; i-- {
+			if _, err := tx.Merge(crdt.SessionKey(active[i].ID), crdt.RevokeSession(ts)); err != nil {
+				return err
+			}
+		}
+		var err error
+		rec, err = tx.Merge(crdt.SessionKey(id), crdt.NewSession(u.ID, ts.Time().Add(s.ttl()), s.idleTTL(), ts))
+		return err
+	})
+	if err != nil {
+		return Session{}, err
+	}
+	return sessionOf(crdt.ReadSession(id, &rec), u.Username), nil
+}
+
+// activeSessions returns the sessions usable at now, newest first.
+func activeSessions(all []crdt.Session, u crdt.User, now time.Time) []crdt.Session {
+	var out []crdt.Session
+	for _, ss := range all {
+		if usable(ss, u, now) {
+			out = append(out, ss)
+		}
+	}
+	slices.SortFunc(out, func(a, b crdt.Session) int { return b.Created.Compare(a.Created) })
+	return out
+}
+
+func usable(ss crdt.Session, u crdt.User, now time.Time) bool {
+	return ss.ActiveAt(now) && ss.UserID == u.ID && !u.Deleted && u.SessionsUntil.Less(ss.Created)
+}
+
+// Authenticate checks that session sessionID of userID is usable now — it exists here, is
+// not revoked (by itself or by its user's sign-out-everywhere), not expired, and its user
+// is not erased — and records the use, sliding idle expiry. Any failure is EUnauthorized.
+func (s *Sessions) Authenticate(ctx context.Context, userID, sessionID string) (Principal, error) {
+	ss, u, err := s.load(ctx, userID, sessionID)
+	if err != nil {
+		return Principal{}, err
+	}
+	now := s.Clock.PhysicalNow()
+	if now.Sub(ss.LastUsed) >= s.touchEvery() {
+		err := s.Store.Update(ctx, func(tx Tx) error {
+			_, err := tx.Merge(crdt.SessionKey(sessionID), crdt.TouchSession(s.Clock.Next()))
+			return err
+		})
+		if err != nil {
+			return Principal{}, err
+		}
+	}
+	return Principal{UserID: userID, Username: u.Username, SessionID: sessionID}, nil
+}
+
+var errSessionEnded = Errorf(EUnauthorized, "session expired or revoked")
+
+// load returns a usable session of userID and its user.
+func (s *Sessions) load(ctx context.Context, userID, sessionID string) (crdt.Session, crdt.User, error) {
+	m, ok, err := s.Store.Record(ctx, crdt.SessionKey(sessionID))
+	if err != nil {
+		return crdt.Session{}, crdt.User{}, err
+	}
+	if !ok {
+		return crdt.Session{}, crdt.User{}, errSessionEnded
+	}
+	ss := crdt.ReadSession(sessionID, &m)
+	u, live, err := liveUser(ctx, s.Store, userID)
+	if err != nil {
+		return crdt.Session{}, crdt.User{}, err
+	}
+	if !live || !usable(ss, u, s.Clock.PhysicalNow()) {
+		return crdt.Session{}, crdt.User{}, errSessionEnded
+	}
+	return ss, u, nil
+}
+
+// Current returns the caller's own session.
+func (s *Sessions) Current(ctx context.Context, p Principal) (Session, error) {
+	ss, u, err := s.load(ctx, p.UserID, p.SessionID)
+	if err != nil {
+		return Session{}, err
+	}
+	return sessionOf(ss, u.Username), nil
+}
+
+// PatchData merges patch into the caller's session data: each key is a last-writer-wins
+// register, so concurrent edits of different keys both survive. The result must stay within
+// MaxDataKeys keys and MaxSessionData bytes, else ETooLarge and nothing changes.
+func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) (Session, error) {
+	if len(patch.Set)+len(patch.Delete) == 0 {
+		return s.Current(ctx, p)
+	}
+	if len(patch.Set)+len(patch.Delete) > MaxDataKeys {
+		return Session{}, Errorf(EInvalid, "at most %d keys per update", MaxDataKeys)
+	}
+	for k, v := range patch.Set {
+		if err := validDataKey(k); err != nil {
+			return Session{}, err
+		}
+		if len(v) > MaxDataValue {
+			return Session{}, Errorf(ETooLarge, "value of %q is %d bytes, at most %d", k, len(v), MaxDataValue)
+		}
+		if len(v) == 0 || !json.Valid(v) {
+			return Session{}, Errorf(EInvalid, "value of %q is not JSON", k)
+		}
+	}
+	for _, k := range patch.Delete {
+		if err := validDataKey(k); err != nil {
+			return Session{}, err
+		}
+	}
+	ss, u, err := s.load(ctx, p.UserID, p.SessionID)
+	if err != nil {
+		return Session{}, err
+	}
+	var merged crdt.Map
+	err = s.Store.Update(ctx, func(tx Tx) error {
+		ts := s.Clock.Next()
+		var update crdt.Map
+		for k, v := range patch.Set {
+			update.Set(crdt.DataPrefix+k, v, ts)
+		}
+		for _, k := range patch.Delete {
+			update.Delete(crdt.DataPrefix+k, ts)
+		}
+		update.Raise(crdt.FieldLastUsed, ts.Wall, ts)
+		cur, ok, err := tx.Record(crdt.SessionKey(ss.ID))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errSessionEnded
+		}
+		cur.Merge(update)
+		if after := crdt.ReadSession(ss.ID, &cur); len(after.Data) > MaxDataKeys {
+			return Errorf(ETooLarge, "session data would have %d keys, at most %d", len(after.Data), MaxDataKeys)
+		} else if n := dataSize(after.Data); n > MaxSessionData {
+			return Errorf(ETooLarge, "session data would be %d bytes, at most %d", n, MaxSessionData)
+		}
+		merged, err = tx.Merge(crdt.SessionKey(ss.ID), update)
+		return err
+	})
+	if err != nil {
+		return Session{}, err
+	}
+	return sessionOf(crdt.ReadSession(ss.ID, &merged), u.Username), nil
+}
+
+func validDataKey(k string) error {
+	if len(k) == 0 || len(k) > MaxDataKey || !utf8.ValidString(k) || strings.ContainsFunc(k, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return Errorf(EInvalid, "data keys must be 1 to %d bytes of printable UTF-8", MaxDataKey)
+	}
+	return nil
+}
+
+func dataSize(data map[string][]byte) int {
+	n := 0
+	for k, v := range data {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
+// List returns the caller's usable sessions, newest first, marking the current one.
+func (s *Sessions) List(ctx context.Context, p Principal) ([]Session, error) {
+	u, live, err := liveUser(ctx, s.Store, p.UserID)
+	if err != nil {
+		return nil, err
+	}
+	if !live {
+		return nil, errSessionEnded
+	}
+	all, err := s.Store.UserSessions(ctx, p.UserID)
+	if err != nil {
+		return nil, err
+	}
+	out := []Session{}
+	for _, ss := range activeSessions(all, u, s.Clock.PhysicalNow()) {
+		v := sessionOf(ss, u.Username)
+		v.Current = ss.ID == p.SessionID
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// Revoke revokes one of the caller's sessions. Revocation is a monotonic flag: no
+// concurrent use or update brings the session back. Another user's session, or one that
+// does not exist, is ENotFound.
+func (s *Sessions) Revoke(ctx context.Context, p Principal, sessionID string) error {
+	return s.Store.Update(ctx, func(tx Tx) error {
+		m, ok, err := tx.Record(crdt.SessionKey(sessionID))
+		if err != nil {
+			return err
+		}
+		if !ok || crdt.ReadSession(sessionID, &m).UserID != p.UserID {
+			return Errorf(ENotFound, "no such session")
+		}
+		_, err = tx.Merge(crdt.SessionKey(sessionID), crdt.RevokeSession(s.Clock.Next()))
+		return err
+	})
+}
+
+// RevokeAll revokes every session of the caller created up to now, on every replica,
+// including sessions this node has not yet heard of.
+func (s *Sessions) RevokeAll(ctx context.Context, p Principal) error {
+	return s.Store.Update(ctx, func(tx Tx) error {
+		_, err := tx.Merge(crdt.UserKey(p.UserID), crdt.RevokeSessionsUntil(s.Clock.Next()))
+		return err
+	})
+}

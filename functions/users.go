@@ -1,0 +1,214 @@
+package functions
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"time"
+
+	"github.com/sessiond/sessiond/crdt"
+)
+
+// User is a user as the API shows it.
+type User struct {
+	ID        string    `json:"id"`
+	Username  string    `json:"username"`
+	CreatedAt time.Time `json:"created_at"`
+	Profile   Profile   `json:"profile"`
+}
+
+func userOf(u crdt.User) User {
+	return User{ID: u.ID, Username: u.Username, CreatedAt: u.Created.Time(), Profile: profileOf(u.Profile)}
+}
+
+// Register is the request to create an account.
+type Register struct {
+	Username string
+	Password string
+	Profile  Profile
+}
+
+// ProfilePatch changes the profile fields that are not nil.
+type ProfilePatch struct {
+	FirstName, LastName, Email, Address *string
+}
+
+// Users registers accounts and reads, edits and erases them. It holds no state between
+// calls and is safe for concurrent use.
+type Users struct {
+	Store     Store
+	Clock     Clock
+	Passwords *Passwords
+}
+
+// newID returns 128 random bits in hex.
+func newID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Register creates an account. A username already held by a live account on this node is
+// EUsernameTaken; a concurrent registration of the same name elsewhere is resolved when the
+// replicas meet (first claim wins; see Sessions.Login).
+func (s *Users) Register(ctx context.Context, req Register) (User, error) {
+	if err := validUsername(req.Username); err != nil {
+		return User{}, err
+	}
+	if err := validPassword(req.Password); err != nil {
+		return User{}, err
+	}
+	if err := req.Profile.validate(); err != nil {
+		return User{}, err
+	}
+	hash, err := s.Passwords.Hash(ctx, req.Password)
+	if err != nil {
+		return User{}, err
+	}
+	id := newID()
+	var user crdt.Map
+	err = s.Store.Update(ctx, func(tx Tx) error {
+		claims, _, err := tx.Record(crdt.ClaimKey(req.Username))
+		if err != nil {
+			return err
+		}
+		for _, other := range crdt.Claimants(&claims) {
+			m, ok, err := tx.Record(crdt.UserKey(other))
+			if err != nil {
+				return err
+			}
+			if !ok || !crdt.ReadUser(other, &m).Deleted {
+				return Errorf(EUsernameTaken, "username %q is taken", req.Username)
+			}
+		}
+		ts := s.Clock.Next()
+		if user, err = tx.Merge(crdt.UserKey(id), crdt.NewUser(req.Username, hash, req.Profile.fields(), ts)); err != nil {
+			return err
+		}
+		_, err = tx.Merge(crdt.ClaimKey(req.Username), crdt.NewClaim(id, ts))
+		return err
+	})
+	if err != nil {
+		return User{}, err
+	}
+	return userOf(crdt.ReadUser(id, &user)), nil
+}
+
+// liveUser returns the user id if it exists here and is not erased.
+func liveUser(ctx context.Context, store Store, id string) (crdt.User, bool, error) {
+	m, ok, err := store.Record(ctx, crdt.UserKey(id))
+	if err != nil || !ok {
+		return crdt.User{}, false, err
+	}
+	u := crdt.ReadUser(id, &m)
+	return u, !u.Deleted, nil
+}
+
+// claimants returns the live accounts registered under username, the name's owner
+// first.
+func claimants(ctx context.Context, store Store, username string) ([]crdt.User, error) {
+	claims, _, err := store.Record(ctx, crdt.ClaimKey(username))
+	if err != nil {
+		return nil, err
+	}
+	var out []crdt.User
+	for _, id := range crdt.Claimants(&claims) {
+		u, ok, err := liveUser(ctx, store, id)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, u)
+		}
+	}
+	return out, nil
+}
+
+// Lookup returns the live account that owns username, or ENotFound.
+func (s *Users) Lookup(ctx context.Context, username string) (User, error) {
+	us, err := claimants(ctx, s.Store, username)
+	if err != nil {
+		return User{}, err
+	}
+	if len(us) == 0 {
+		return User{}, Errorf(ENotFound, "no user %q", username)
+	}
+	return userOf(us[0]), nil
+}
+
+// Me returns the caller's account.
+func (s *Users) Me(ctx context.Context, userID string) (User, error) {
+	u, ok, err := liveUser(ctx, s.Store, userID)
+	if err != nil {
+		return User{}, err
+	}
+	if !ok {
+		return User{}, Errorf(ENotFound, "no such user")
+	}
+	return userOf(u), nil
+}
+
+// UpdateProfile changes the caller's profile fields named in patch, each a
+// last-writer-wins register of its own, so concurrent edits of different fields both
+// survive.
+func (s *Users) UpdateProfile(ctx context.Context, userID string, patch ProfilePatch) (User, error) {
+	var update crdt.Map
+	ts := s.Clock.Next()
+	for name, v := range map[string]*string{
+		crdt.FieldFirstName: patch.FirstName, crdt.FieldLastName: patch.LastName,
+		crdt.FieldEmail: patch.Email, crdt.FieldAddress: patch.Address,
+	} {
+		if v != nil {
+			update.Set(name, []byte(*v), ts)
+		}
+	}
+	check := Profile{}
+	if patch.FirstName != nil {
+		check.FirstName = *patch.FirstName
+	}
+	if patch.LastName != nil {
+		check.LastName = *patch.LastName
+	}
+	if patch.Email != nil {
+		check.Email = *patch.Email
+	}
+	if patch.Address != nil {
+		check.Address = *patch.Address
+	}
+	if err := check.validate(); err != nil {
+		return User{}, err
+	}
+	var merged crdt.Map
+	err := s.Store.Update(ctx, func(tx Tx) error {
+		m, ok, err := tx.Record(crdt.UserKey(userID))
+		if err != nil {
+			return err
+		}
+		if !ok || crdt.ReadUser(userID, &m).Deleted {
+			return Errorf(ENotFound, "no such user")
+		}
+		merged, err = tx.Merge(crdt.UserKey(userID), update)
+		return err
+	})
+	if err != nil {
+		return User{}, err
+	}
+	return userOf(crdt.ReadUser(userID, &merged)), nil
+}
+
+// Delete erases the caller's account: a monotonic deleted flag and tombstones over the
+// profile and password. Every replica that learns of it removes the user's sessions and
+// conversations and refuses them from then on.
+func (s *Users) Delete(ctx context.Context, userID string) error {
+	return s.Store.Update(ctx, func(tx Tx) error {
+		m, ok, err := tx.Record(crdt.UserKey(userID))
+		if err != nil {
+			return err
+		}
+		if !ok || crdt.ReadUser(userID, &m).Deleted {
+			return Errorf(ENotFound, "no such user")
+		}
+		_, err = tx.Merge(crdt.UserKey(userID), crdt.EraseUser(s.Clock.Next()))
+		return err
+	})
+}

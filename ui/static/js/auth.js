@@ -1,0 +1,77 @@
+// auth.js — signing in and out of this tab, and ending it when the server
+// says the session is gone.
+
+import * as api from './api.js';
+import * as credentials from './credentials.js';
+import * as live from './live.js';
+import * as router from './router.js';
+
+export const SESSION_ENDED = 'Your session ended: it was revoked or expired. Please sign in again.';
+
+const changeListeners = new Set();
+let returnTo = '';
+
+/** onChange calls fn() whenever this tab signs in or out. */
+export function onChange(fn) {
+  changeListeners.add(fn);
+  return () => changeListeners.delete(fn);
+}
+
+function changed() {
+  for (const fn of changeListeners) fn();
+}
+
+export function signedIn() {
+  return !!credentials.token();
+}
+
+/** rememberReturn keeps the hash to go back to after signing in. */
+export function rememberReturn(hash) {
+  returnTo = hash || '';
+}
+
+/** signIn logs in with POST v1/sessions, stores the token and starts the background work. */
+export async function signIn(username, password) {
+  const r = await api.post('v1/sessions', { username, password }, { auth: false });
+  if (!r || !r.token) throw new api.ApiError(500, 'bad_response', 'no token in the reply');
+  credentials.save(r.token, r.session, username);
+  live.start();
+  changed();
+  const target = returnTo && !/^#\/?(signin|signup|signout)?$/.test(returnTo) ? returnTo : '#/profile';
+  returnTo = '';
+  location.hash = target;
+}
+
+/**
+ * endSession forgets this tab's token without asking the server, shows text
+ * on the sign-in screen and goes there.
+ */
+export function endSession(text, kind = 'info') {
+  const wasSignedIn = signedIn();
+  live.stop();
+  credentials.clear();
+  if (text) credentials.setNotice(text, kind);
+  if (wasSignedIn) changed();
+  router.go('signin');
+}
+
+/** signOut ends this session on the server (DELETE v1/sessions/current) and locally. */
+export async function signOut() {
+  try {
+    await api.del('v1/sessions/current');
+    endSession('You have signed out.', 'success');
+  } catch (e) {
+    if (e && e.status === 401) return; // already ended; api.js took the tab to sign-in
+    endSession(
+      'You have signed out of this tab, but the server could not be told (' + (e.message || e.code) + '). The session ends by itself when it expires, or revoke it from another device.',
+      'info',
+    );
+  }
+}
+
+/** sessionEnded is api.js's 401 handler: the session was revoked or expired. */
+export function sessionEnded() {
+  if (!signedIn()) return;
+  rememberReturn(location.hash);
+  endSession(SESSION_ENDED, 'error');
+}
