@@ -233,8 +233,10 @@ function threadPane(ctx, me, name) {
     }
   });
 
+  let sending = false;
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
+    if (sending) return; // Enter pressed again while the last message is on its way
     hideAlert(sendErr);
     const text = body.value;
     if (!text.trim()) {
@@ -247,11 +249,12 @@ function threadPane(ctx, me, name) {
       showAlert(sendErr, 'error', 'That message is too long: ' + bytes + ' bytes, the limit is ' + BODY_MAX_BYTES + '.');
       return;
     }
+    sending = true;
     busy(send, true, 'Sending…');
+    body.value = ''; // cleared at once, so typing on is not lost; put back on failure
     try {
       const r = await api.post('v1/messages', { to: name, body: text }, { signal: ctx.signal });
       if (ctx.signal.aborted) return;
-      body.value = '';
       if (r && r.message) {
         if (!loadedOnce) loadedOnce = true;
         append([r.message]);
@@ -260,11 +263,13 @@ function threadPane(ctx, me, name) {
       live.refreshConversations({ background: true }).catch(() => {});
     } catch (ex) {
       if (ctx.signal.aborted) return;
+      if (!body.value) body.value = text;
       showError(sendErr, ex, {
         not_found: 'There is no user named “' + name + '”. Check the spelling of the username.',
         invalid_argument: 'That message could not be sent.',
       });
     } finally {
+      sending = false;
       busy(send, false);
       if (!ctx.signal.aborted) body.focus();
     }

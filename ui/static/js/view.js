@@ -103,7 +103,6 @@ export function describe(err, overrides = {}) {
   }
   let detail = '';
   if (err && err.message && err.status) detail = 'Server said: ' + err.message + (code ? ' (' + code + ')' : '');
-  else if (err && !err.status) detail = '';
   return { text, detail };
 }
 
@@ -151,7 +150,7 @@ export function time(iso, { short = false, rel = true } = {}) {
 export function busy(button, on, label) {
   if (!button) return;
   if (on) {
-    button.dataset.label = button.textContent;
+    if (button.getAttribute('aria-busy') !== 'true') button.dataset.label = button.textContent;
     if (label) button.textContent = label;
     button.disabled = true;
     button.setAttribute('aria-busy', 'true');

@@ -1,0 +1,102 @@
+package edge
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+)
+
+// Config configures a Node. Start with DefaultConfig: its zero value is not usable.
+type Config struct {
+	NodeName   string // unique within the cluster; default: host name
+	Region     string // region tag; default "local"
+	DataDir    string // bbolt file and node identity; default ./data
+	HTTPAddr   string // API and UI listen address; default 127.0.0.1:8080 (":0" in tests)
+	GossipAddr string // serf bind address; default 127.0.0.1:7946
+	// Advertise is the host other nodes reach this one at, when it differs from the bind
+	// address (containers, NAT). Empty: the bind address.
+	Advertise string
+	Join      []string // members to join; empty: a cluster of one
+
+	// ClusterKeys are the cluster's shared secrets, 32 bytes each. The first signs and
+	// encrypts; the others are still accepted (rotation). Empty: a single node generates one
+	// and keeps it in DataDir; a node with Join must be given one.
+	ClusterKeys [][]byte
+
+	SessionTTL      time.Duration // absolute session lifetime; default 24h
+	IdleTTL         time.Duration // idle session lifetime; default 2h
+	MaxSkew         time.Duration // remote timestamps further ahead are rejected; default 1m
+	SweepEvery      time.Duration // how often expired sessions are removed; default 1m
+	LoginPerAccount int           // login attempts per account per minute; default 10
+	LoginPerAddress int           // login attempts per client address per minute; default 60
+	PasswordHashes  int           // argon2id hashes at once; default 2×GOMAXPROCS
+	CORSOrigins     []string      // origins allowed to call the API from a browser; default none
+	// TrustedProxies are the addresses of load balancers whose X-Forwarded-For names the
+	// client (for login throttling); default none.
+	TrustedProxies  []string
+	ShutdownTimeout time.Duration // bound on a graceful Close; default 10s
+
+	Logger *slog.Logger     // default: discard
+	Now    func() time.Time // physical clock; default time.Now (tests inject skew here)
+}
+
+// DefaultConfig returns a new Config with every default filled in.
+func DefaultConfig() Config {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "sessiond"
+	}
+	return Config{
+		NodeName:        host,
+		Region:          "local",
+		DataDir:         "./data",
+		HTTPAddr:        "127.0.0.1:8080",
+		GossipAddr:      "127.0.0.1:7946",
+		SessionTTL:      24 * time.Hour,
+		IdleTTL:         2 * time.Hour,
+		MaxSkew:         time.Minute,
+		SweepEvery:      time.Minute,
+		LoginPerAccount: 10,
+		LoginPerAddress: 60,
+		ShutdownTimeout: 10 * time.Second,
+	}
+}
+
+// Validate reports the first unusable setting, naming its field.
+func (c Config) Validate() error {
+	switch {
+	case c.NodeName == "":
+		return errors.New("config: NodeName is required")
+	case len(c.NodeName) > 64:
+		return errors.New("config: NodeName must be at most 64 bytes")
+	case c.Region == "":
+		return errors.New("config: Region is required")
+	case c.DataDir == "":
+		return errors.New("config: DataDir is required")
+	case c.SessionTTL <= 0 || c.IdleTTL <= 0:
+		return errors.New("config: SessionTTL and IdleTTL must be positive")
+	case c.MaxSkew <= 0:
+		return errors.New("config: MaxSkew must be positive")
+	case c.SweepEvery <= 0:
+		return errors.New("config: SweepEvery must be positive")
+	case c.LoginPerAccount <= 0 || c.LoginPerAddress <= 0:
+		return errors.New("config: LoginPerAccount and LoginPerAddress must be positive")
+	case len(c.Join) > 0 && len(c.ClusterKeys) == 0:
+		return errors.New("config: joining a cluster needs its key: set --cluster-key-file or SESSIOND_CLUSTER_KEY (create one with `sessiond keygen`)")
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		return fmt.Errorf("config: HTTPAddr %q: %w", c.HTTPAddr, err)
+	}
+	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
+		return fmt.Errorf("config: GossipAddr %q: %w", c.GossipAddr, err)
+	}
+	for i, k := range c.ClusterKeys {
+		if len(k) != 32 {
+			return fmt.Errorf("config: ClusterKeys[%d] is %d bytes, want 32", i, len(k))
+		}
+	}
+	return nil
+}

@@ -1,0 +1,376 @@
+package edge
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/adaptor"
+	"github.com/gofiber/fiber/v2/middleware/cors"
+	"github.com/gofiber/fiber/v2/middleware/filesystem"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sessiond/sessiond/functions"
+	"github.com/sessiond/sessiond/ui"
+)
+
+// maxBody caps request bodies; larger ones are refused (413) before they are parsed.
+const maxBody = 1 << 20
+
+// contentSecurityPolicy allows only the node's own scripts, styles and API.
+const contentSecurityPolicy = "default-src 'self'; connect-src 'self'; img-src 'self' data:; " +
+	"style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
+const localsPrincipal = "principal"
+
+func (n *Node) newApp() *fiber.App {
+	app := fiber.New(fiber.Config{
+		AppName:                 "sessiond",
+		DisableStartupMessage:   true,
+		BodyLimit:               maxBody,
+		ReadTimeout:             30 * time.Second,
+		IdleTimeout:             2 * time.Minute,
+		ErrorHandler:            n.writeError,
+		EnableTrustedProxyCheck: len(n.cfg.TrustedProxies) > 0,
+		TrustedProxies:          n.cfg.TrustedProxies,
+		ProxyHeader:             proxyHeader(n.cfg.TrustedProxies),
+	})
+	app.Use(n.observe)
+	if len(n.cfg.CORSOrigins) > 0 {
+		app.Use(cors.New(cors.Config{
+			AllowOrigins:  strings.Join(n.cfg.CORSOrigins, ","),
+			AllowMethods:  "GET,POST,PATCH,DELETE",
+			AllowHeaders:  "Authorization,Content-Type",
+			ExposeHeaders: "X-Served-By,Retry-After",
+			MaxAge:        600,
+		}))
+	}
+
+	app.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
+	app.Get("/readyz", n.readyz)
+	app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{})))
+
+	v1 := app.Group("/v1")
+	v1.Post("/users", n.register)
+	v1.Post("/sessions", n.login)
+	v1.Get("/sessions/current", n.auth, n.currentSession)
+	v1.Patch("/sessions/current", n.auth, n.patchSession)
+	v1.Delete("/sessions/current", n.auth, n.logout)
+	v1.Get("/sessions", n.auth, n.listSessions)
+	v1.Delete("/sessions", n.auth, n.revokeAll)
+	v1.Delete("/sessions/:id", n.auth, n.revokeSession)
+	v1.Get("/users/me", n.auth, n.me)
+	v1.Patch("/users/me", n.auth, n.patchMe)
+	v1.Delete("/users/me", n.auth, n.deleteMe)
+	v1.Post("/messages", n.auth, n.sendMessage)
+	v1.Get("/messages/stream", n.auth, n.streamMessages)
+	v1.Get("/messages", n.auth, n.listMessages)
+	v1.Get("/conversations", n.auth, n.conversations)
+	v1.Get("/cluster", n.auth, n.clusterInfo)
+	v1.Use(func(c *fiber.Ctx) error { return fiber.NewError(fiber.StatusNotFound, "no such route") })
+
+	app.Use("/", filesystem.New(filesystem.Config{
+		Root:         http.FS(ui.FS()),
+		Index:        "index.html",
+		MaxAge:       0,
+		NotFoundFile: "",
+	}))
+	app.Use(func(c *fiber.Ctx) error { return fiber.NewError(fiber.StatusNotFound, "no such route") })
+	return app
+}
+
+func proxyHeader(trusted []string) string {
+	if len(trusted) > 0 {
+		return fiber.HeaderXForwardedFor
+	}
+	return ""
+}
+
+// commonHeaders sets what every response carries, errors included.
+func (n *Node) commonHeaders(c *fiber.Ctx) {
+	c.Set("X-Served-By", n.cfg.NodeName)
+	c.Set(fiber.HeaderXContentTypeOptions, "nosniff")
+	c.Set(fiber.HeaderXFrameOptions, "DENY")
+	c.Set(fiber.HeaderReferrerPolicy, "no-referrer")
+	c.Set(fiber.HeaderContentSecurityPolicy, contentSecurityPolicy)
+	c.Set("Cross-Origin-Opener-Policy", "same-origin")
+	if strings.HasPrefix(c.Path(), "/v1/") {
+		c.Set(fiber.HeaderCacheControl, "no-store")
+	}
+}
+
+// observe sets the common headers, gives the handler a context that ends when the node
+// stops, and records the request's metrics.
+func (n *Node) observe(c *fiber.Ctx) error {
+	start := time.Now()
+	n.commonHeaders(c)
+	c.SetUserContext(n.ctx)
+	err := c.Next()
+	if err != nil {
+		if werr := n.writeError(c, err); werr != nil {
+			return werr
+		}
+	}
+	route := c.Route().Path
+	if c.Response().StatusCode() == fiber.StatusNotFound && !strings.HasPrefix(route, "/v1/") {
+		route = "unmatched"
+	}
+	n.metrics.requests.WithLabelValues(route, c.Method(), strconv.Itoa(c.Response().StatusCode())).Inc()
+	n.metrics.latency.WithLabelValues(route, c.Method()).Observe(time.Since(start).Seconds())
+	return nil
+}
+
+func (n *Node) readyz(c *fiber.Ctx) error {
+	if !n.ready.Load() {
+		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "not ready"})
+	}
+	return c.JSON(fiber.Map{"status": "ready"})
+}
+
+// auth authenticates the request: a bearer token of ours naming a session that the
+// replicated record says is usable now.
+func (n *Node) auth(c *fiber.Ctx) error {
+	h := c.Get(fiber.HeaderAuthorization)
+	raw, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok || raw == "" {
+		return functions.Errorf(functions.EUnauthorized, "missing bearer token")
+	}
+	userID, sessionID, err := n.tokens.verify(raw)
+	if err != nil {
+		return functions.Errorf(functions.EUnauthorized, "invalid or expired token")
+	}
+	p, err := n.sessions.Authenticate(c.UserContext(), userID, sessionID)
+	if err != nil {
+		return err
+	}
+	c.Locals(localsPrincipal, p)
+	return c.Next()
+}
+
+func principal(c *fiber.Ctx) functions.Principal {
+	p, _ := c.Locals(localsPrincipal).(functions.Principal)
+	return p
+}
+
+type profileBody struct {
+	FirstName string `json:"first_name"`
+	LastName  string `json:"last_name"`
+	Email     string `json:"email"`
+	Address   string `json:"address"`
+}
+
+func (n *Node) register(c *fiber.Ctx) error {
+	var req struct {
+		Username string      `json:"username"`
+		Password string      `json:"password"`
+		Profile  profileBody `json:"profile"`
+	}
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	u, err := n.users.Register(c.UserContext(), functions.Register{
+		Username: req.Username, Password: req.Password, Profile: functions.Profile(req.Profile),
+	})
+	if err != nil {
+		return err
+	}
+	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"user": u})
+}
+
+func (n *Node) login(c *fiber.Ctx) error {
+	var req struct {
+		Username string `json:"username"`
+		Password string `json:"password"`
+	}
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	for _, t := range []struct {
+		th  *throttle
+		key string
+	}{{n.loginByAccount, req.Username}, {n.loginByAddress, c.IP()}} {
+		if ok, wait := t.th.allow(t.key); !ok {
+			n.metrics.loginFailures.WithLabelValues("throttled").Inc()
+			c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))
+			return functions.Errorf(functions.ERateLimited, "too many login attempts; try again in %s", retryAfterSeconds(wait.Seconds())+"s")
+		}
+	}
+	s, err := n.sessions.Login(c.UserContext(), functions.Login{Username: req.Username, Password: req.Password})
+	if err != nil {
+		switch functions.ErrorCode(err) {
+		case functions.EUnauthorized:
+			n.metrics.loginFailures.WithLabelValues("credentials").Inc()
+		case functions.EUsernameConflict:
+			n.metrics.loginFailures.WithLabelValues("conflict").Inc()
+		}
+		return err
+	}
+	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt)
+	if err != nil {
+		return err
+	}
+	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"token": tok, "session": s})
+}
+
+func (n *Node) currentSession(c *fiber.Ctx) error {
+	s, err := n.sessions.Current(c.UserContext(), principal(c))
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"session": s})
+}
+
+func (n *Node) patchSession(c *fiber.Ctx) error {
+	var req struct {
+		Data map[string]json.RawMessage `json:"data"`
+	}
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	if req.Data == nil {
+		return badRequest("field \"data\" must be an object")
+	}
+	patch := functions.DataPatch{Set: make(map[string]json.RawMessage)}
+	for k, v := range req.Data {
+		if string(v) == "null" {
+			patch.Delete = append(patch.Delete, k)
+		} else {
+			patch.Set[k] = compactJSON(v)
+		}
+	}
+	s, err := n.sessions.PatchData(c.UserContext(), principal(c), patch)
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"session": s})
+}
+
+// compactJSON drops insignificant whitespace, so stored values are canonical.
+func compactJSON(v json.RawMessage) json.RawMessage {
+	var b bytes.Buffer
+	if err := json.Compact(&b, v); err != nil {
+		return v
+	}
+	return b.Bytes()
+}
+
+func (n *Node) logout(c *fiber.Ctx) error {
+	p := principal(c)
+	if err := n.sessions.Revoke(c.UserContext(), p, p.SessionID); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+func (n *Node) listSessions(c *fiber.Ctx) error {
+	ss, err := n.sessions.List(c.UserContext(), principal(c))
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"sessions": ss})
+}
+
+func (n *Node) revokeSession(c *fiber.Ctx) error {
+	if err := n.sessions.Revoke(c.UserContext(), principal(c), c.Params("id")); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+func (n *Node) revokeAll(c *fiber.Ctx) error {
+	if err := n.sessions.RevokeAll(c.UserContext(), principal(c)); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+func (n *Node) me(c *fiber.Ctx) error {
+	u, err := n.users.Me(c.UserContext(), principal(c).UserID)
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"user": u})
+}
+
+func (n *Node) patchMe(c *fiber.Ctx) error {
+	var req struct {
+		Profile *struct {
+			FirstName *string `json:"first_name"`
+			LastName  *string `json:"last_name"`
+			Email     *string `json:"email"`
+			Address   *string `json:"address"`
+		} `json:"profile"`
+	}
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	if req.Profile == nil {
+		return badRequest("field \"profile\" must be an object")
+	}
+	p := req.Profile
+	u, err := n.users.UpdateProfile(c.UserContext(), principal(c).UserID, functions.ProfilePatch{
+		FirstName: p.FirstName, LastName: p.LastName, Email: p.Email, Address: p.Address,
+	})
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"user": u})
+}
+
+func (n *Node) deleteMe(c *fiber.Ctx) error {
+	if err := n.users.Delete(c.UserContext(), principal(c).UserID); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+func (n *Node) sendMessage(c *fiber.Ctx) error {
+	var req struct {
+		To   string `json:"to"`
+		Body string `json:"body"`
+	}
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	m, err := n.messages.Send(c.UserContext(), principal(c), functions.Send{To: req.To, Body: req.Body})
+	if err != nil {
+		return err
+	}
+	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"message": m})
+}
+
+func (n *Node) listMessages(c *fiber.Ctx) error {
+	with := c.Query("with")
+	if with == "" {
+		return badRequest("query parameter \"with\" is required")
+	}
+	limit := 0
+	if s := c.Query("limit"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v <= 0 {
+			return badRequest("limit must be a positive number")
+		}
+		limit = v
+	}
+	page, err := n.messages.List(c.UserContext(), principal(c), with, c.Query("after"), limit)
+	if err != nil {
+		return err
+	}
+	return c.JSON(page)
+}
+
+func (n *Node) conversations(c *fiber.Ctx) error {
+	cs, err := n.messages.Conversations(c.UserContext(), principal(c))
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"conversations": cs})
+}
+
+func (n *Node) clusterInfo(c *fiber.Ctx) error {
+	return c.JSON(n.cluster.Info())
+}

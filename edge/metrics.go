@@ -1,0 +1,56 @@
+package edge
+
+import (
+	"context"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/sessiond/sessiond/storage"
+)
+
+// metrics are a node's Prometheus metrics, on a registry of its own so that several nodes
+// in one test process do not collide.
+type metrics struct {
+	reg           *prometheus.Registry
+	requests      *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	loginFailures *prometheus.CounterVec
+}
+
+func newMetrics(db *storage.DB) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sessiond_http_requests_total",
+			Help: "HTTP requests by route, method and status.",
+		}, []string{"route", "method", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "sessiond_http_request_duration_seconds",
+			Help:    "HTTP request latency by route and method.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"route", "method"}),
+		loginFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sessiond_login_failures_total",
+			Help: "Failed logins by reason (credentials, throttled, conflict).",
+		}, []string{"reason"}),
+	}
+	stored := func(name, help string, pick func(storage.Stats) int) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
+			st, err := db.Stats(context.Background())
+			if err != nil {
+				return -1
+			}
+			return float64(pick(st))
+		})
+	}
+	m.reg.MustRegister(
+		m.requests, m.latency, m.loginFailures,
+		stored("sessiond_stored_users", "User records held by this node.", func(s storage.Stats) int { return s.Users }),
+		stored("sessiond_stored_sessions", "Session records held by this node.", func(s storage.Stats) int { return s.Sessions }),
+		stored("sessiond_stored_messages", "Message log entries held by this node.", func(s storage.Stats) int { return s.Messages }),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}

@@ -1,0 +1,136 @@
+package edge
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Token claims are pinned: HS256 only, issuer and audience fixed, exp and iat required.
+const (
+	tokenIssuer   = "sessiond"
+	tokenAudience = "sessiond-api"
+	tokenLeeway   = 5 * time.Second
+	tokenCacheMax = 100_000
+)
+
+// claims are the JWT claims of a session token. The session ID is both jti and sid; the
+// token is only as good as the replicated session record it names.
+type claims struct {
+	SessionID string `json:"sid"`
+	jwt.RegisteredClaims
+}
+
+// tokens signs session tokens with the active key and verifies them against every
+// accepted key by kid. Verified tokens are cached until they expire: a token's signature
+// and claims never change, and revocation is checked against the session record on every
+// request anyway. Safe for concurrent use.
+type tokens struct {
+	signKID string
+	keys    map[string][]byte // kid → HMAC key
+	now     func() time.Time
+	parser  *jwt.Parser
+
+	mu    sync.Mutex
+	cache map[string]verified
+}
+
+type verified struct {
+	userID, sessionID string
+	expires           time.Time
+}
+
+func newTokens(clusterKeys [][]byte, now func() time.Time) *tokens {
+	t := &tokens{keys: make(map[string][]byte), now: now, cache: make(map[string]verified)}
+	for i, ck := range clusterKeys {
+		k := deriveKey(ck, purposeJWT)
+		kid := keyID(k)
+		if i == 0 {
+			t.signKID = kid
+		}
+		t.keys[kid] = k
+	}
+	t.parser = jwt.NewParser(
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithIssuer(tokenIssuer),
+		jwt.WithAudience(tokenAudience),
+		jwt.WithLeeway(tokenLeeway),
+		jwt.WithTimeFunc(now),
+	)
+	return t
+}
+
+// sign returns a token for a session of userID that expires with it.
+func (t *tokens) sign(userID, sessionID string, expires time.Time) (string, error) {
+	now := t.now()
+	c := claims{
+		SessionID: sessionID,
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer:    tokenIssuer,
+			Subject:   userID,
+			Audience:  jwt.ClaimStrings{tokenAudience},
+			ExpiresAt: jwt.NewNumericDate(expires),
+			IssuedAt:  jwt.NewNumericDate(now),
+			ID:        sessionID,
+		},
+	}
+	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, c)
+	tok.Header["kid"] = t.signKID
+	s, err := tok.SignedString(t.keys[t.signKID])
+	if err != nil {
+		return "", fmt.Errorf("sign token: %w", err)
+	}
+	return s, nil
+}
+
+var errBadToken = errors.New("invalid token")
+
+// verify returns the user and session a token names, or an error when the token is not
+// one of ours, is tampered with, expired, or lacks a required claim.
+func (t *tokens) verify(raw string) (userID, sessionID string, err error) {
+	now := t.now()
+	t.mu.Lock()
+	v, ok := t.cache[raw]
+	t.mu.Unlock()
+	if ok {
+		if now.Before(v.expires.Add(tokenLeeway)) {
+			return v.userID, v.sessionID, nil
+		}
+		t.mu.Lock()
+		delete(t.cache, raw)
+		t.mu.Unlock()
+		return "", "", errBadToken
+	}
+	var c claims
+	_, err = t.parser.ParseWithClaims(raw, &c, func(tok *jwt.Token) (any, error) {
+		kid, _ := tok.Header["kid"].(string)
+		k, ok := t.keys[kid]
+		if !ok {
+			return nil, errors.New("unknown key id")
+		}
+		return k, nil
+	})
+	if err != nil {
+		return "", "", fmt.Errorf("%w: %w", errBadToken, err)
+	}
+	if c.IssuedAt == nil || c.Subject == "" || c.SessionID == "" || c.ID != c.SessionID {
+		return "", "", fmt.Errorf("%w: missing claims", errBadToken)
+	}
+	t.mu.Lock()
+	if len(t.cache) >= tokenCacheMax {
+		for k := range t.cache { // evict an arbitrary tenth; map order is random
+			delete(t.cache, k)
+			if len(t.cache) < tokenCacheMax*9/10 {
+				break
+			}
+		}
+	}
+	t.cache[raw] = verified{userID: c.Subject, sessionID: c.SessionID, expires: c.ExpiresAt.Time}
+	t.mu.Unlock()
+	return c.Subject, c.SessionID, nil
+}
