@@ -202,7 +202,9 @@ export function profile(main, _args, ctx) {
     .then((r) => {
       if (ctx.signal.aborted) return;
       show(r.user);
+      const hadFocus = main.contains(document.activeElement);
       replace(main, screenHeader('Your profile', 'Changes reach every region; edits to different fields made at the same time both survive.'), form, danger);
+      if (hadFocus || document.activeElement === document.body) main.querySelector('h1').focus({ preventScroll: true });
     })
     .catch((ex) => {
       if (ctx.signal.aborted) return;

@@ -166,7 +166,7 @@ function resolve(route, ctx) {
 
 function focusTitle() {
   const t = main.querySelector('h1');
-  if (t) t.focus({ preventScroll: true });
+  (t || main).focus({ preventScroll: true });
   window.scrollTo(0, 0);
 }
 
@@ -181,6 +181,11 @@ function boot() {
   live.on('state', renderLiveState);
   unread.onChange(renderUnread);
 
+  // The skip link must not change the hash: that is the router's.
+  document.getElementById('skip-link').addEventListener('click', (e) => {
+    e.preventDefault();
+    focusTitle();
+  });
   toggle.addEventListener('click', () => setNavOpen(!document.body.classList.contains('nav-open')));
   document.addEventListener('keydown', (e) => {
     if (e.key === 'Escape' && document.body.classList.contains('nav-open')) {

@@ -63,7 +63,18 @@ export function screen(main, _args, ctx) {
               'table',
               { class: 'table' },
               h('caption', { class: 'sr-only', text: 'Members in region ' + region }),
-              h('thead', {}, h('tr', {}, ['Node', 'Status', 'Address', 'Replication lag'].map((t) => h('th', { scope: 'col', text: t })))),
+              h(
+                'thead',
+                {},
+                h(
+                  'tr',
+                  {},
+                  h('th', { scope: 'col', text: 'Node' }),
+                  h('th', { scope: 'col', text: 'Status' }),
+                  h('th', { scope: 'col', class: 'col-optional', text: 'Address' }),
+                  h('th', { scope: 'col', text: 'Replication lag' }),
+                ),
+              ),
               h(
                 'tbody',
                 {},
@@ -73,7 +84,7 @@ export function screen(main, _args, ctx) {
                     { 'data-testid': 'cluster-member', data: { name: m.name || '', status: m.status || '' }, class: m.name === node.name ? 'row-self' : null },
                     h('th', { scope: 'row' }, h('span', { text: m.name || m.id || '?' }), m.name === node.name ? h('span', { class: 'badge badge-accent', text: 'this node' }) : null),
                     h('td', {}, h('span', { class: 'status status-' + (m.status || 'unknown'), 'data-testid': 'member-status', text: m.status || 'unknown' })),
-                    h('td', {}, h('code', { class: 'addr', text: m.addr || '—' })),
+                    h('td', { class: 'col-optional' }, h('code', { class: 'addr', text: m.addr || '—' })),
                     h('td', { 'data-testid': 'member-lag' }, m.name === node.name ? '—' : lagText(m.lag_ms)),
                   ),
                 ),
@@ -127,7 +138,7 @@ function servedByCard(ctx) {
     'table',
     { class: 'table', id: 'served-by', 'data-testid': 'served-by' },
     h('caption', { class: 'sr-only', text: 'Which node served each recent request' }),
-    h('thead', {}, h('tr', {}, ['Time', 'Request', 'Status', 'Served by'].map((t) => h('th', { scope: 'col', text: t })))),
+    h('thead', {}, h('tr', {}, ['Time', 'Served by', 'Request', 'Status'].map((t) => h('th', { scope: 'col', text: t })))),
     body,
   );
 
@@ -150,10 +161,10 @@ function servedByCard(ctx) {
         h(
           'tr',
           { 'data-testid': 'served-by-row', data: { node: e.node || '' } },
-          h('td', {}, time(e.at, { short: true })),
+          h('td', { class: 'nowrap' }, time(e.at, { clock: true })),
+          h('td', { class: 'served-node', 'data-testid': 'served-by-node', text: e.node || '—' }),
           h('td', {}, h('code', { text: e.method + ' ' + e.path }), e.background ? h('span', { class: 'tag', text: 'background' }) : null),
           h('td', { class: e.status >= 400 ? 'status-bad' : null, text: String(e.status) }),
-          h('td', { class: 'served-node', text: e.node || '—' }),
         ),
       ),
     );

@@ -238,7 +238,8 @@ function threadPane(ctx, me, name) {
     e.preventDefault();
     if (sending) return; // Enter pressed again while the last message is on its way
     hideAlert(sendErr);
-    const text = body.value;
+    // Leading blank lines and trailing white space are never meant.
+    const text = body.value.replace(/^\s*\n/, '').trimEnd();
     if (!text.trim()) {
       showAlert(sendErr, 'error', 'Write a message first.');
       body.focus();
@@ -255,6 +256,7 @@ function threadPane(ctx, me, name) {
     try {
       const r = await api.post('v1/messages', { to: name, body: text }, { signal: ctx.signal });
       if (ctx.signal.aborted) return;
+      if (!body.value.trim()) body.value = '';
       if (r && r.message) {
         if (!loadedOnce) loadedOnce = true;
         append([r.message]);

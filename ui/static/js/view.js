@@ -114,6 +114,7 @@ export function showError(el, err, overrides) {
 
 const dateFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
 const shortFmt = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+const clockFmt = new Intl.DateTimeFormat(undefined, { timeStyle: 'medium' });
 const relFmt = new Intl.RelativeTimeFormat(undefined, { numeric: 'auto' });
 
 function parse(iso) {
@@ -133,16 +134,20 @@ export function relative(iso, now = Date.now()) {
   return relFmt.format(Math.round(s / 86400), 'day');
 }
 
-/** time is a <time> element: full date and time, then the relative time. */
-export function time(iso, { short = false, rel = true } = {}) {
+/**
+ * time is a <time> element: the full date and time and then the relative
+ * time; short gives hours and minutes only, clock the time with seconds.
+ */
+export function time(iso, { short = false, clock = false, rel = true } = {}) {
   const d = parse(iso);
   if (!d) return h('span', { class: 'muted', text: iso ? String(iso) : '—' });
-  const label = short ? shortFmt.format(d) : dateFmt.format(d);
+  const brief = short || clock;
+  const label = clock ? clockFmt.format(d) : short ? shortFmt.format(d) : dateFmt.format(d);
   return h(
     'time',
-    { datetime: iso, title: iso },
+    { datetime: iso, title: dateFmt.format(d) },
     label,
-    rel && !short ? h('span', { class: 'muted rel', text: ' · ' + relative(iso) }) : null,
+    rel && !brief ? h('span', { class: 'muted rel', text: ' · ' + relative(iso) }) : null,
   );
 }
 
