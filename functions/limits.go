@@ -2,6 +2,7 @@ package functions
 
 import (
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -43,8 +44,9 @@ func validPassword(s string) error {
 	return nil
 }
 
-// validText checks a free-text field: UTF-8, at most max bytes, no control characters
-// (newlines and tabs allowed when multiline).
+// validText checks a free-text field: UTF-8, at most max bytes, no control characters —
+// C0, DEL and C1, whose U+0085 breaks lines and U+009B starts terminal escapes — (newlines
+// and tabs allowed when multiline).
 func validText(field, s string, max int, multiline bool) error {
 	if len(s) > max {
 		return Errorf(EInvalid, "%s must be at most %d bytes", field, max)
@@ -53,7 +55,7 @@ func validText(field, s string, max int, multiline bool) error {
 		return Errorf(EInvalid, "%s must be valid UTF-8", field)
 	}
 	for _, c := range s {
-		if c < 0x20 && !(multiline && (c == '\n' || c == '\t' || c == '\r')) || c == 0x7f {
+		if unicode.IsControl(c) && !(multiline && (c == '\n' || c == '\t' || c == '\r')) {
 			return Errorf(EInvalid, "%s must not contain control characters", field)
 		}
 	}

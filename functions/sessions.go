@@ -1,11 +1,13 @@
 package functions
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/sessiond/sessiond/crdt"
@@ -230,7 +232,7 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 		return s.Current(ctx, p)
 	}
 	if len(patch.Set)+len(patch.Delete) > MaxDataKeys {
-		return Session{}, Errorf(EInvalid, "at most %d keys per update", MaxDataKeys)
+		return Session{}, Errorf(ETooLarge, "at most %d keys per update", MaxDataKeys)
 	}
 	for k, v := range patch.Set {
 		if err := validDataKey(k); err != nil {
@@ -241,6 +243,9 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 		}
 		if len(v) == 0 || !json.Valid(v) {
 			return Session{}, Errorf(EInvalid, "value of %q is not JSON", k)
+		}
+		if string(bytes.TrimSpace(v)) == "null" {
+			return Session{}, Errorf(EInvalid, "value of %q is null; delete the key instead", k)
 		}
 	}
 	for _, k := range patch.Delete {
@@ -286,7 +291,7 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 }
 
 func validDataKey(k string) error {
-	if len(k) == 0 || len(k) > MaxDataKey || !utf8.ValidString(k) || strings.ContainsFunc(k, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+	if len(k) == 0 || len(k) > MaxDataKey || !utf8.ValidString(k) || strings.ContainsFunc(k, unicode.IsControl) {
 		return Errorf(EInvalid, "data keys must be 1 to %d bytes of printable UTF-8", MaxDataKey)
 	}
 	return nil

@@ -34,7 +34,9 @@ func (f *fakeTime) Advance(d time.Duration) {
 // fakeStore is an in-memory Store: one replica, nothing replicated. Transactions run one at
 // a time and buffer their writes, which take effect only when fn returns nil. Maps and
 // entries are copied on the way in and out, as a real store decodes them from bytes, so a
-// handler that edits what it read cannot change stored state. It is safe for concurrent use.
+// handler that edits what it read cannot change stored state. The store's lock is held
+// while fn runs, so a handler that calls the Store from inside a transaction deadlocks the
+// test instead of passing by luck. It is safe for concurrent use.
 type fakeStore struct {
 	clock *crdt.Clock // stamps appended entries
 
@@ -185,6 +187,16 @@ func (s *fakeStore) record(key string) crdt.Map {
 	defer s.mu.Unlock()
 	m := s.records[key]
 	return m.Clone()
+}
+
+// entries returns a copy of the log conv.
+func (s *fakeStore) entries(conv string) []crdt.Entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.logs[conv]; l != nil {
+		return cloneEntries(l.Entries())
+	}
+	return nil
 }
 
 func (s *fakeStore) updateCount() int {

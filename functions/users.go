@@ -104,8 +104,10 @@ func liveUser(ctx context.Context, store Store, id string) (crdt.User, bool, err
 	return u, !u.Deleted, nil
 }
 
-// claimants returns the live accounts registered under username, the name's owner
-// first.
+// claimants returns the accounts registered under username that are not erased, the
+// name's owner first. A claimant whose user record has not reached this replica yet is
+// included with no password hash (it can never sign in here), so the first claim wins
+// even before its record arrives.
 func claimants(ctx context.Context, store Store, username string) ([]crdt.User, error) {
 	claims, _, err := store.Record(ctx, crdt.ClaimKey(username))
 	if err != nil {
@@ -113,13 +115,17 @@ func claimants(ctx context.Context, store Store, username string) ([]crdt.User, 
 	}
 	var out []crdt.User
 	for _, id := range crdt.Claimants(&claims) {
-		u, ok, err := liveUser(ctx, store, id)
+		m, ok, err := store.Record(ctx, crdt.UserKey(id))
 		if err != nil {
 			return nil, err
 		}
+		u := crdt.User{ID: id, Username: username}
 		if ok {
-			out = append(out, u)
+			if u = crdt.ReadUser(id, &m); u.Deleted {
+				continue
+			}
 		}
+		out = append(out, u)
 	}
 	return out, nil
 }

@@ -1,0 +1,440 @@
+package functions
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sessiond/sessiond/crdt"
+)
+
+// chatEnv is a testEnv with three signed-in users.
+type chatEnv struct {
+	*testEnv
+	alice, bob, carol Principal
+}
+
+func newChatEnv(t *testing.T) *chatEnv {
+	t.Helper()
+	e := &chatEnv{testEnv: newTestEnv(t)}
+	for _, u := range []struct {
+		name string
+		p    *Principal
+	}{{"alice", &e.alice}, {"bob", &e.bob}, {"carol", &e.carol}} {
+		e.mustRegister(t, u.name, testPassword)
+		_, *u.p = e.mustLogin(t, u.name, testPassword)
+	}
+	return e
+}
+
+func (e *chatEnv) mustSend(t *testing.T, from Principal, to, body string) Message {
+	t.Helper()
+	m, err := e.messages.Send(context.Background(), from, Send{To: to, Body: body})
+	if err != nil {
+		t.Fatalf("Send(%s → %s): %v", from.Username, to, err)
+	}
+	return m
+}
+
+func bodies(ms []Message) []string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.Body
+	}
+	return out
+}
+
+func TestMessagesSend(t *testing.T) {
+	ctx := context.Background()
+	t.Run("OK", func(t *testing.T) {
+		e := newChatEnv(t)
+		e.now.Advance(time.Minute)
+		m := e.mustSend(t, e.alice, "bob", "hi")
+		want := Message{ID: m.ID, From: "alice", To: "bob", Body: "hi", SentAt: testEpoch.Add(time.Minute)}
+		if m != want {
+			t.Errorf("Send=%+v, want %+v", m, want)
+		}
+		if len(m.ID) != 2*crdt.EntryIDSize {
+			t.Errorf("ID=%q, want %d hex digits", m.ID, 2*crdt.EntryIDSize)
+		}
+		m2 := e.mustSend(t, e.alice, "bob", "hi")
+		if m2.ID == m.ID {
+			t.Errorf("second message ID=%q, want a new one", m2.ID)
+		}
+		page, err := e.messages.List(ctx, e.bob, "alice", "", 0)
+		if err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		if len(page.Messages) != 2 || page.Messages[0] != m {
+			t.Errorf("bob's List=%+v, want %+v first of 2", page.Messages, m)
+		}
+	})
+
+	for _, tc := range []struct {
+		name, body, code string
+	}{
+		{"OK/OneByte", "x", ""},
+		{"OK/MaxBody", strings.Repeat("x", MaxMessageBody), ""},
+		{"OK/MaxBodyMultibyte", strings.Repeat("é", MaxMessageBody/2), ""},
+		{"OK/Multiline", "line one\r\n\tline two\n", ""},
+		{"OK/Unicode", "こんにちは 👋", ""},
+		{"ErrInvalid/Empty", "", EInvalid},
+		{"ErrInvalid/TooLong", strings.Repeat("x", MaxMessageBody+1), EInvalid},
+		{"ErrInvalid/TooLongMultibyte", strings.Repeat("é", MaxMessageBody/2) + "x", EInvalid},
+		{"ErrInvalid/NUL", "a\x00b", EInvalid},
+		{"ErrInvalid/Escape", "\x1b[2J", EInvalid},
+		{"ErrInvalid/Bell", "ding\x07", EInvalid},
+		{"ErrInvalid/DEL", "a\x7f", EInvalid},
+		{"ErrInvalid/C1", "a\u009bb", EInvalid},
+		{"ErrInvalid/InvalidUTF8", "a\xffb", EInvalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newChatEnv(t)
+			m, err := e.messages.Send(ctx, e.alice, Send{To: "bob", Body: tc.body})
+			wantCode(t, err, tc.code)
+			page, _ := e.messages.List(ctx, e.bob, "alice", "", 0)
+			if tc.code != "" {
+				if len(page.Messages) != 0 {
+					t.Errorf("a refused message was stored: %+v", page.Messages)
+				}
+				return
+			}
+			if m.Body != tc.body || len(page.Messages) != 1 || page.Messages[0].Body != tc.body {
+				t.Errorf("Body=%q, stored %q, want %q", m.Body, bodies(page.Messages), tc.body)
+			}
+		})
+	}
+
+	for _, tc := range []struct{ name, to string }{
+		{"Unknown", "dave"},
+		{"InvalidName", "Bob!"},
+		{"Empty", ""},
+	} {
+		t.Run("ErrNotFound/"+tc.name, func(t *testing.T) {
+			e := newChatEnv(t)
+			_, err := e.messages.Send(ctx, e.alice, Send{To: tc.to, Body: "hello?"})
+			wantCode(t, err, ENotFound)
+		})
+	}
+
+	t.Run("ErrNotFound/ErasedRecipient", func(t *testing.T) {
+		e := newChatEnv(t)
+		if err := e.users.Delete(ctx, e.bob.UserID); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+		_, err := e.messages.Send(ctx, e.alice, Send{To: "bob", Body: "hello?"})
+		wantCode(t, err, ENotFound)
+	})
+
+	t.Run("ErrInternal", func(t *testing.T) {
+		e := newChatEnv(t)
+		e.store.setErr(errBoom)
+		_, err := e.messages.Send(ctx, e.alice, Send{To: "bob", Body: "hi"})
+		wantCode(t, err, EInternal)
+	})
+}
+
+func TestMessagesList(t *testing.T) {
+	ctx := context.Background()
+
+	t.Run("OK/Paging", func(t *testing.T) {
+		e := newChatEnv(t)
+		var want []string
+		for i := range 7 {
+			from, to := e.alice, "bob"
+			if i%3 == 2 {
+				from, to = e.bob, "alice"
+			}
+			e.mustSend(t, from, to, fmt.Sprintf("m%d", i))
+			want = append(want, fmt.Sprintf("m%d", i))
+			e.now.Advance(time.Second)
+		}
+		e.mustSend(t, e.alice, "carol", "not for bob")
+
+		var got []string
+		var ids []string
+		cursor := ""
+		for range 10 {
+			page, err := e.messages.List(ctx, e.alice, "bob", cursor, 3)
+			if err != nil {
+				t.Fatalf("List(after %q): %v", cursor, err)
+			}
+			if len(page.Messages) > 3 {
+				t.Fatalf("len(Messages)=%d, want at most 3", len(page.Messages))
+			}
+			if page.Next == "" {
+				t.Fatalf("Next=%q, want a cursor", page.Next)
+			}
+			for _, m := range page.Messages {
+				got = append(got, m.Body)
+				ids = append(ids, m.ID)
+				if (m.From != "alice" || m.To != "bob") && (m.From != "bob" || m.To != "alice") {
+					t.Errorf("message %q is from %q to %q, want between alice and bob", m.Body, m.From, m.To)
+				}
+			}
+			cursor = page.Next
+			if len(page.Messages) == 0 {
+				break
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("pages=%q, want %q", got, want)
+		}
+		if !slices.IsSorted(ids) {
+			t.Errorf("IDs=%q, want them ascending in conversation order", ids)
+		}
+
+		// The exhausted cursor picks up what arrives later, and only that.
+		e.mustSend(t, e.bob, "alice", "later")
+		page, err := e.messages.List(ctx, e.alice, "bob", cursor, 3)
+		if err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		if got := bodies(page.Messages); !slices.Equal(got, []string{"later"}) {
+			t.Errorf("after the last page=%q, want %q", got, []string{"later"})
+		}
+
+		// Bob reads the same conversation the same way.
+		page, err = e.messages.List(ctx, e.bob, "alice", "", MaxPageLimit)
+		if err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		if got, want := bodies(page.Messages), append(want, "later"); !slices.Equal(got, want) {
+			t.Errorf("bob's List=%q, want %q", got, want)
+		}
+		// Carol is in neither's conversation.
+		page, err = e.messages.List(ctx, e.carol, "bob", "", 0)
+		if err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		if len(page.Messages) != 0 {
+			t.Errorf("carol's List with bob=%q, want none", bodies(page.Messages))
+		}
+	})
+
+	t.Run("OK/LateArrival", func(t *testing.T) {
+		// Entries from other nodes arrive out of order: one stamped before what the reader
+		// has already seen, and one whose predecessor from its origin is still missing.
+		// The cursor skips neither and returns each once.
+		e := newChatEnv(t)
+		conv := crdt.ConversationID(e.alice.UserID, e.bob.UserID)
+		remote := func(node crdt.NodeID, seq uint64, at time.Duration, body string) crdt.Entry {
+			return crdt.Entry{
+				ID:   crdt.EntryID{TS: crdt.Timestamp{Wall: testEpoch.Add(at).UnixNano(), Node: node}, Seq: seq},
+				Data: crdt.Message{From: e.bob.UserID, To: e.alice.UserID, Body: body}.AppendBinary(nil),
+			}
+		}
+		e.mustSend(t, e.alice, "bob", "local 1")
+		e.now.Advance(time.Minute)
+		e.mustSend(t, e.alice, "bob", "local 2")
+		page, err := e.messages.List(ctx, e.alice, "bob", "", 0)
+		if err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		if got, want := bodies(page.Messages), []string{"local 1", "local 2"}; !slices.Equal(got, want) {
+			t.Fatalf("List=%q, want %q", got, want)
+		}
+
+		e.store.insert(conv, remote(2, 1, -time.Hour, "early from node 2"))
+		e.store.insert(conv, remote(3, 2, -time.Hour, "node 3 second"))
+		page, err = e.messages.List(ctx, e.alice, "bob", page.Next, 0)
+		if err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		if got, want := bodies(page.Messages), []string{"early from node 2"}; !slices.Equal(got, want) {
+			t.Fatalf("List=%q, want %q (node 3's second entry held back until its first)", got, want)
+		}
+
+		e.store.insert(conv, remote(3, 1, -2*time.Hour, "node 3 first"))
+		page, err = e.messages.List(ctx, e.alice, "bob", page.Next, 0)
+		if err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		if got, want := bodies(page.Messages), []string{"node 3 first", "node 3 second"}; !slices.Equal(got, want) {
+			t.Fatalf("List=%q, want %q", got, want)
+		}
+		page, err = e.messages.List(ctx, e.alice, "bob", page.Next, 0)
+		if err != nil || len(page.Messages) != 0 {
+			t.Fatalf("List=%q, %v, want nothing new", bodies(page.Messages), err)
+		}
+		if page.Messages == nil {
+			t.Errorf("Messages=nil, want an empty slice (JSON [])")
+		}
+	})
+
+	t.Run("OK/Limit", func(t *testing.T) {
+		e := newChatEnv(t)
+		for i := range DefaultPageLimit + 1 {
+			e.mustSend(t, e.alice, "bob", fmt.Sprint(i))
+		}
+		for _, tc := range []struct{ limit, want int }{
+			{0, DefaultPageLimit},
+			{1, 1},
+			{DefaultPageLimit + 1, DefaultPageLimit + 1},
+			{MaxPageLimit, DefaultPageLimit + 1},
+		} {
+			page, err := e.messages.List(ctx, e.alice, "bob", "", tc.limit)
+			if err != nil {
+				t.Fatalf("List(limit %d): %v", tc.limit, err)
+			}
+			if len(page.Messages) != tc.want {
+				t.Errorf("List(limit %d): len(Messages)=%d, want %d", tc.limit, len(page.Messages), tc.want)
+			}
+		}
+	})
+
+	for _, tc := range []struct {
+		name, with, cursor string
+		limit              int
+		code               string
+	}{
+		{"ErrInvalid/NegativeLimit", "bob", "", -1, EInvalid},
+		{"ErrInvalid/LimitOverMax", "bob", "", MaxPageLimit + 1, EInvalid},
+		{"ErrInvalid/CursorNotBase64", "bob", "!!!", 0, EInvalid},
+		{"ErrInvalid/CursorPadded", "bob", "AQA=", 0, EInvalid},
+		{"ErrInvalid/CursorBadVersion", "bob", base64.RawURLEncoding.EncodeToString([]byte{9, 0}), 0, EInvalid},
+		{"ErrInvalid/CursorTruncated", "bob", base64.RawURLEncoding.EncodeToString([]byte{1, 1, 0, 0}), 0, EInvalid},
+		{"ErrInvalid/CursorTrailingBytes", "bob", base64.RawURLEncoding.EncodeToString([]byte{1, 0, 0}), 0, EInvalid},
+		{"ErrInvalid/CursorZeroMark", "bob", base64.RawURLEncoding.EncodeToString([]byte{1, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0}), 0, EInvalid},
+		{"ErrInvalid/CursorTooLong", "bob", strings.Repeat("A", maxCursor+1), 0, EInvalid},
+		{"ErrInvalid/CursorInvalidUTF8", "bob", "AQA\xff", 0, EInvalid},
+		{"ErrNotFound/UnknownUser", "dave", "", 0, ENotFound},
+		{"ErrNotFound/InvalidName", "Dave", "", 0, ENotFound},
+		{"OK/EmptyConversation", "carol", "", 0, ""},
+		{"OK/EmptyCursor", "bob", encodeCursor(nil), 0, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newChatEnv(t)
+			e.mustSend(t, e.alice, "bob", "hi")
+			_, err := e.messages.List(ctx, e.alice, tc.with, tc.cursor, tc.limit)
+			wantCode(t, err, tc.code)
+		})
+	}
+
+	t.Run("ErrInternal", func(t *testing.T) {
+		e := newChatEnv(t)
+		e.store.setErr(errBoom)
+		_, err := e.messages.List(ctx, e.alice, "bob", "", 0)
+		wantCode(t, err, EInternal)
+	})
+}
+
+func TestMessagesConversations(t *testing.T) {
+	ctx := context.Background()
+	e := newChatEnv(t)
+	e.mustRegister(t, "dave", testPassword)
+	_, dave := e.mustLogin(t, "dave", testPassword)
+
+	e.mustSend(t, e.alice, "bob", "b1")
+	e.now.Advance(time.Second)
+	e.mustSend(t, e.carol, "alice", "c1")
+	e.now.Advance(time.Second)
+	e.mustSend(t, e.alice, "carol", "c2")
+	e.now.Advance(time.Second)
+	e.mustSend(t, e.bob, "alice", "b2")
+	e.now.Advance(time.Second)
+	e.mustSend(t, e.alice, "carol", "c3")
+	e.now.Advance(time.Second)
+	e.mustSend(t, e.bob, "carol", "bc1")
+
+	t.Run("OK", func(t *testing.T) {
+		got, err := e.messages.Conversations(ctx, e.alice)
+		if err != nil {
+			t.Fatalf("Conversations: %v", err)
+		}
+		want := []struct {
+			with, last, from string
+			count            int
+		}{
+			{"carol", "c3", "alice", 3},
+			{"bob", "b2", "bob", 2},
+		}
+		if len(got) != len(want) {
+			t.Fatalf("Conversations=%+v, want %d", got, len(want))
+		}
+		for i, w := range want {
+			c := got[i]
+			if c.With != w.with || c.Count != w.count || c.LastMessage.Body != w.last || c.LastMessage.From != w.from {
+				t.Errorf("Conversations[%d]=%+v, want with %q, count %d, last %q from %q", i, c, w.with, w.count, w.last, w.from)
+			}
+		}
+		if lm := got[1].LastMessage; lm.To != "alice" || !lm.SentAt.Equal(testEpoch.Add(3*time.Second)) {
+			t.Errorf("LastMessage=%+v, want to %q at %v", lm, "alice", testEpoch.Add(3*time.Second))
+		}
+	})
+
+	t.Run("OK/None", func(t *testing.T) {
+		got, err := e.messages.Conversations(ctx, dave)
+		if err != nil {
+			t.Fatalf("Conversations: %v", err)
+		}
+		if got == nil || len(got) != 0 {
+			t.Errorf("Conversations=%#v, want an empty, non-nil slice", got)
+		}
+	})
+
+	t.Run("OK/ErasedPartnerOmitted", func(t *testing.T) {
+		if err := e.users.Delete(ctx, e.bob.UserID); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+		got, err := e.messages.Conversations(ctx, e.alice)
+		if err != nil {
+			t.Fatalf("Conversations: %v", err)
+		}
+		if len(got) != 1 || got[0].With != "carol" {
+			t.Errorf("Conversations=%+v, want only carol", got)
+		}
+	})
+
+	t.Run("ErrInternal", func(t *testing.T) {
+		e := newChatEnv(t)
+		e.store.setErr(errBoom)
+		_, err := e.messages.Conversations(ctx, e.alice)
+		wantCode(t, err, EInternal)
+	})
+}
+
+func TestMessagesForUser(t *testing.T) {
+	ctx := context.Background()
+	e := newChatEnv(t)
+	sent := e.mustSend(t, e.alice, "bob", "hi bob")
+	conv := crdt.ConversationID(e.alice.UserID, e.bob.UserID)
+	entries := e.store.entries(conv)
+	if len(entries) != 1 {
+		t.Fatalf("len(log)=%d, want 1", len(entries))
+	}
+	entry := entries[0]
+
+	t.Run("OK", func(t *testing.T) {
+		for _, p := range []Principal{e.alice, e.bob} {
+			m, ok, err := e.messages.ForUser(ctx, p.UserID, conv, entry)
+			if err != nil || !ok {
+				t.Fatalf("ForUser(%s)=%v, %v, want the message", p.Username, ok, err)
+			}
+			if m != sent {
+				t.Errorf("ForUser(%s)=%+v, want %+v", p.Username, m, sent)
+			}
+		}
+	})
+
+	for _, tc := range []struct {
+		name, user, conv string
+		entry            crdt.Entry
+	}{
+		{"NotAParticipant", e.carol.UserID, conv, entry},
+		{"UnknownUser", "nobody", conv, entry},
+		{"MalformedConversation", e.alice.UserID, e.alice.UserID, entry},
+		{"MalformedEntry", e.alice.UserID, conv, crdt.Entry{ID: entry.ID, Data: []byte("junk")}},
+	} {
+		t.Run("NotShown/"+tc.name, func(t *testing.T) {
+			m, ok, err := e.messages.ForUser(ctx, tc.user, tc.conv, tc.entry)
+			if err != nil || ok {
+				t.Errorf("ForUser=%+v, %v, %v, want not shown and no error", m, ok, err)
+			}
+		})
+	}
+}
