@@ -22,6 +22,7 @@ const (
 var (
 	errShort   = errors.New("truncated input")
 	errVersion = errors.New("unknown encoding version")
+	errVarint  = errors.New("non-canonical varint")
 )
 
 // decoder reads from a byte slice and remembers the first error.
@@ -53,6 +54,12 @@ func (d *decoder) uvarint() uint64 {
 	v, n := binary.Uvarint(d.b)
 	if n <= 0 {
 		d.fail(errShort)
+		return 0
+	}
+	// binary.Uvarint also accepts overlong forms (0x80 0x00 for 0), which would give one
+	// value two encodings; only the shortest form, whose last byte is not 0, is canonical.
+	if n > 1 && d.b[n-1] == 0 {
+		d.fail(errVarint)
 		return 0
 	}
 	d.b = d.b[n:]

@@ -104,6 +104,9 @@ var allFieldNames = slices.Concat(fieldNames[crdt.KindLWW], fieldNames[crdt.Kind
 // It never draws the zero Timestamp.
 func genTS() *rapid.Generator[crdt.Timestamp] {
 	return rapid.Custom(func(t *rapid.T) crdt.Timestamp {
+		if rapid.IntRange(0, 3).Draw(t, "collide") == 0 {
+			return rapid.SampledFrom(collidingTS).Draw(t, "ts")
+		}
 		return crdt.Timestamp{
 			Wall:    epoch2026 + rapid.Int64Range(0, 5).Draw(t, "wall"),
 			Logical: rapid.Uint32Range(0, 2).Draw(t, "logical"),
@@ -111,6 +114,10 @@ func genTS() *rapid.Generator[crdt.Timestamp] {
 		}
 	})
 }
+
+// collidingTS are drawn often, so that distinct writes share a timestamp, as only a
+// hostile or broken peer would make them.
+var collidingTS = []crdt.Timestamp{{Wall: epoch2026 + 2, Node: 1}, {Wall: epoch2026 + 2, Logical: 1, Node: 1}}
 
 var genValue = rapid.OneOf(
 	rapid.SampledFrom([][]byte{nil, {}, []byte("x"), []byte("y"), {0}, []byte(`{"k":[1,2]}`)}),

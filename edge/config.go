@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"time"
 )
 
@@ -16,6 +17,12 @@ type Config struct {
 	DataDir    string // bbolt file and node identity; default ./data
 	HTTPAddr   string // API and UI listen address; default 127.0.0.1:8080 (":0" in tests)
 	GossipAddr string // serf bind address; default 127.0.0.1:7946
+	// SyncAddr is the node-to-node data channel's listen address (mutual TLS); default the
+	// gossip host with the gossip port + 1.
+	SyncAddr string
+	// FastGossip shortens failure detection and reconnection to about a second, for
+	// loopback clusters and tests; the default suits real networks.
+	FastGossip bool
 	// Advertise is the host other nodes reach this one at, when it differs from the bind
 	// address (containers, NAT). Empty: the bind address.
 	Advertise string
@@ -38,6 +45,10 @@ type Config struct {
 	// client (for login throttling); default none.
 	TrustedProxies  []string
 	ShutdownTimeout time.Duration // bound on a graceful Close; default 10s
+	// CatchUpTimeout bounds how long a node started with Join waits to complete
+	// anti-entropy with a peer before /readyz reports ready anyway; default 30s.
+	CatchUpTimeout   time.Duration
+	AntiEntropyEvery time.Duration // mean period of anti-entropy with each peer; default 10s
 
 	Logger *slog.Logger     // default: discard
 	Now    func() time.Time // physical clock; default time.Now (tests inject skew here)
@@ -50,18 +61,20 @@ func DefaultConfig() Config {
 		host = "sessiond"
 	}
 	return Config{
-		NodeName:        host,
-		Region:          "local",
-		DataDir:         "./data",
-		HTTPAddr:        "127.0.0.1:8080",
-		GossipAddr:      "127.0.0.1:7946",
-		SessionTTL:      24 * time.Hour,
-		IdleTTL:         2 * time.Hour,
-		MaxSkew:         time.Minute,
-		SweepEvery:      time.Minute,
-		LoginPerAccount: 10,
-		LoginPerAddress: 60,
-		ShutdownTimeout: 10 * time.Second,
+		NodeName:         host,
+		Region:           "local",
+		DataDir:          "./data",
+		HTTPAddr:         "127.0.0.1:8080",
+		GossipAddr:       "127.0.0.1:7946",
+		SessionTTL:       24 * time.Hour,
+		IdleTTL:          2 * time.Hour,
+		MaxSkew:          time.Minute,
+		SweepEvery:       time.Minute,
+		LoginPerAccount:  10,
+		LoginPerAddress:  60,
+		ShutdownTimeout:  10 * time.Second,
+		CatchUpTimeout:   30 * time.Second,
+		AntiEntropyEvery: 10 * time.Second,
 	}
 }
 
@@ -93,10 +106,32 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
 		return fmt.Errorf("config: GossipAddr %q: %w", c.GossipAddr, err)
 	}
+	if _, err := c.syncAddr(); err != nil {
+		return err
+	}
 	for i, k := range c.ClusterKeys {
 		if len(k) != 32 {
 			return fmt.Errorf("config: ClusterKeys[%d] is %d bytes, want 32", i, len(k))
 		}
 	}
 	return nil
+}
+
+// syncAddr returns SyncAddr, or the gossip host with the gossip port + 1.
+func (c Config) syncAddr() (string, error) {
+	if c.SyncAddr != "" {
+		if _, _, err := net.SplitHostPort(c.SyncAddr); err != nil {
+			return "", fmt.Errorf("config: SyncAddr %q: %w", c.SyncAddr, err)
+		}
+		return c.SyncAddr, nil
+	}
+	host, port, err := net.SplitHostPort(c.GossipAddr)
+	if err != nil {
+		return "", fmt.Errorf("config: GossipAddr %q: %w", c.GossipAddr, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p == 0 {
+		return "", fmt.Errorf("config: SyncAddr must be set when GossipAddr's port (%q) is not a fixed number", port)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+1)), nil
 }

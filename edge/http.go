@@ -100,6 +100,8 @@ func (n *Node) commonHeaders(c *fiber.Ctx) {
 	c.Set("Cross-Origin-Opener-Policy", "same-origin")
 	if strings.HasPrefix(c.Path(), "/v1/") {
 		c.Set(fiber.HeaderCacheControl, "no-store")
+	} else {
+		c.Set(fiber.HeaderCacheControl, "no-cache") // UI file names carry no hash: revalidate
 	}
 }
 

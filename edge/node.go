@@ -2,10 +2,12 @@ package edge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/sessiond/sessiond/edge/cluster"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/storage"
 )
@@ -35,6 +38,11 @@ type Node struct {
 	sessions *functions.Sessions
 	messages *functions.Messages
 	cluster  *functions.Cluster
+
+	transport  *cluster.TLSTransport
+	syncLn     net.Listener
+	replicator *cluster.Replicator
+	membership *cluster.Membership
 
 	loginByAccount *throttle
 	loginByAddress *throttle
@@ -72,6 +80,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
+			n.stopCluster(context.Background())
 			n.cancel()
 			if n.db != nil {
 				n.db.Close()
@@ -93,12 +102,15 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		Now:      n.cfg.Now,
 		MaxSkew:  n.cfg.MaxSkew,
 		Logger:   n.cfg.Logger.With("component", "storage", "node", n.cfg.NodeName),
-		OnCommit: n.broker.publish,
+		OnCommit: n.onCommit,
 	})
 	if err != nil {
 		return err
 	}
 	n.metrics = newMetrics(n.db)
+	if err := n.startCluster(keys); err != nil {
+		return err
+	}
 	n.tokens = newTokens(keys, n.cfg.Now)
 	n.loginByAccount = newThrottle(n.cfg.LoginPerAccount, n.cfg.Now)
 	n.loginByAddress = newThrottle(n.cfg.LoginPerAddress, n.cfg.Now)
@@ -108,7 +120,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.users = &functions.Users{Store: st, Clock: clock, Passwords: passwords}
 	n.sessions = &functions.Sessions{Store: st, Clock: clock, Passwords: passwords, TTL: n.cfg.SessionTTL, IdleTTL: n.cfg.IdleTTL}
 	n.messages = &functions.Messages{Store: st}
-	n.cluster = &functions.Cluster{Membership: &soloMembership{node: n}}
+	n.cluster = &functions.Cluster{Membership: clusterView{n}}
 	n.app = n.newApp()
 
 	n.ln, err = net.Listen("tcp", n.cfg.HTTPAddr)
@@ -126,7 +138,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		defer n.wg.Done()
 		n.sweepLoop()
 	}()
-	n.ready.Store(true)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.becomeReady()
+	}()
 	n.log.Info("node started", "http", n.ln.Addr().String(), "region", n.cfg.Region, "id", n.db.NodeID().String())
 	return nil
 }
@@ -170,6 +186,9 @@ func (n *Node) Close(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("shut down http: %w", err))
 			}
 		}
+		if err := n.stopCluster(ctx); err != nil {
+			errs = append(errs, err)
+		}
 		if n.cancel != nil {
 			n.cancel()
 		}
@@ -187,15 +206,134 @@ func (n *Node) Close(ctx context.Context) error {
 	return n.closeErr
 }
 
-// soloMembership is the cluster of one node.
-type soloMembership struct{ node *Node }
-
-func (m *soloMembership) Self() functions.Member {
-	return functions.Member{
-		Name: m.node.cfg.NodeName, ID: m.node.db.NodeID().String(), Region: m.node.cfg.Region,
-		Status: "alive", Addr: m.node.cfg.GossipAddr,
+// onCommit is storage's commit hook: it wakes the live streams and the replicator. It
+// must not block.
+func (n *Node) onCommit(changes []storage.Change) {
+	n.broker.publish(changes)
+	if n.replicator != nil {
+		n.replicator.Notify()
 	}
 }
 
-func (m *soloMembership) Members() []functions.Member { return []functions.Member{m.Self()} }
+// becomeReady marks the node ready: at once for a node that joins nobody, else once it
+// has caught up with a peer by anti-entropy, or CatchUpTimeout passed (no peer reachable:
+// the node serves what it has rather than nothing).
+func (n *Node) becomeReady() {
+	if len(n.cfg.Join) > 0 {
+		t := time.NewTimer(n.cfg.CatchUpTimeout)
+		defer t.Stop()
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-n.replicator.CaughtUp():
+			n.log.Info("caught up with the cluster")
+		case <-t.C:
+			n.log.Warn("no peer reachable to catch up from; serving local state", "waited", n.cfg.CatchUpTimeout)
+		}
+	}
+	n.ready.Store(true)
+}
 
+// Ready reports whether /readyz says ready.
+func (n *Node) Ready() bool { return n.ready.Load() }
+
+// startCluster starts the sync transport, the replicator and serf membership, in that
+// order, so that a peer that learns of us can reach our sync channel.
+func (n *Node) startCluster(keys [][]byte) error {
+	syncAddr, err := n.cfg.syncAddr()
+	if err != nil {
+		return err
+	}
+	cm := cluster.NewMetrics()
+	n.metrics.reg.MustRegister(cm.Collectors()...)
+	var seeds, gossipKeys [][]byte
+	for _, k := range keys {
+		seeds = append(seeds, deriveKey(k, purposeSync))
+		gossipKeys = append(gossipKeys, deriveKey(k, purposeGossip))
+	}
+	if n.transport, err = cluster.NewTLSTransport(seeds, cm); err != nil {
+		return err
+	}
+	n.replicator = cluster.NewReplicator(cluster.Config{
+		DB: n.db, Transport: n.transport, AntiEntropyEvery: n.cfg.AntiEntropyEvery, Now: n.cfg.Now,
+		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
+	})
+	n.replicator.Start()
+	if n.syncLn, err = net.Listen("tcp", syncAddr); err != nil {
+		return fmt.Errorf("listen for sync on %s: %w", syncAddr, err)
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.transport.Serve(n.syncLn, n.replicator); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("sync server stopped", slog.Any("err", err))
+		}
+	}()
+	advertisedSync := n.syncLn.Addr().String()
+	if n.cfg.Advertise != "" {
+		_, port, _ := net.SplitHostPort(advertisedSync)
+		advertisedSync = net.JoinHostPort(n.cfg.Advertise, port)
+	}
+	n.membership, err = cluster.StartMembership(cluster.MembershipConfig{
+		NodeName: n.cfg.NodeName, Region: n.cfg.Region, ID: n.db.NodeID(),
+		BindAddr: n.cfg.GossipAddr, Advertise: n.cfg.Advertise, SyncAddr: advertisedSync,
+		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip,
+		Root:     func() uint64 { d := n.db.Digest(); return d.Root() },
+		OnPeers:  n.replicator.SetPeers,
+		OnNotice: n.replicator.Notice,
+		Logger:   n.cfg.Logger.With("component", "membership", "node", n.cfg.NodeName),
+		Metrics:  cm,
+	})
+	return err
+}
+
+// stopCluster leaves the cluster (bounded by ctx), then stops the replicator and the sync
+// server. It keeps going after an error and returns the first.
+func (n *Node) stopCluster(ctx context.Context) error {
+	var first error
+	if n.membership != nil {
+		leaveCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if err := n.membership.Close(leaveCtx); err != nil {
+			first = fmt.Errorf("leave cluster: %w", err)
+		}
+		cancel()
+		n.membership = nil
+	}
+	if n.replicator != nil {
+		n.replicator.Close()
+	}
+	if n.transport != nil {
+		if err := n.transport.Shutdown(ctx); err != nil && first == nil {
+			first = fmt.Errorf("stop sync server: %w", err)
+		}
+		n.transport = nil
+	}
+	return first
+}
+
+// clusterView shows the cluster to functions: serf's members with replication lag.
+type clusterView struct{ n *Node }
+
+func (v clusterView) Self() functions.Member {
+	return functions.Member{
+		Name: v.n.cfg.NodeName, ID: v.n.db.NodeID().String(), Region: v.n.cfg.Region,
+		Status: "alive", Addr: v.n.cfg.GossipAddr,
+	}
+}
+
+func (v clusterView) Members() []functions.Member {
+	status := v.n.replicator.Status()
+	var out []functions.Member
+	for _, m := range v.n.membership.Members() {
+		fm := functions.Member{Name: m.Name, ID: m.ID.String(), Region: m.Region, Status: m.Status, Addr: m.Addr}
+		if m.ID != v.n.db.NodeID() {
+			lag := int64(-1)
+			if st, ok := status[m.ID]; ok && st.Lag >= 0 {
+				lag = st.Lag.Milliseconds()
+			}
+			fm.LagMS = &lag
+		}
+		out = append(out, fm)
+	}
+	return out
+}

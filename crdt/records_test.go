@@ -1,0 +1,241 @@
+package crdt_test
+
+import (
+	"encoding/binary"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"pgregory.net/rapid"
+
+	"github.com/sessiond/sessiond/crdt"
+)
+
+// TestClaimants registers one name from several users in several partitions, some
+// retrying, and lets replicas merge the claims in any order: every replica lists the same
+// claimants, the winner first, and the winner is the user with the lowest (HLC, node)
+// claim.
+func TestClaimants(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		type claim struct {
+			user string
+			ts   crdt.Timestamp
+		}
+		var claims []claim
+		first := make(map[string]crdt.Timestamp) // per user, its lowest claim
+		for i := range rapid.IntRange(1, 6).Draw(t, "users") {
+			user := "user-" + strconv.Itoa(i)
+			for range rapid.IntRange(1, 3).Draw(t, "tries") {
+				ts := genTS().Draw(t, "ts")
+				claims = append(claims, claim{user, ts})
+				if f, ok := first[user]; !ok || ts.Less(f) {
+					first[user] = ts
+				}
+			}
+		}
+		want := slices.SortedFunc(maps.Keys(first), func(a, b string) int {
+			if c := first[a].Compare(first[b]); c != 0 {
+				return c
+			}
+			return cmpString(a, b)
+		})
+		n := rapid.IntRange(2, 4).Draw(t, "replicas")
+		replicas := make([]crdt.Map, n)
+		for i := range replicas {
+			for _, c := range rapid.Permutation(slices.Concat(claims, claims[:rapid.IntRange(0, len(claims)).Draw(t, "dups")])).Draw(t, "order") {
+				if i > 0 && rapid.IntRange(0, 4).Draw(t, "gossip") == 0 {
+					replicas[i].Merge(replicas[rapid.IntRange(0, i-1).Draw(t, "peer")])
+				}
+				replicas[i].Merge(crdt.NewClaim(c.user, c.ts))
+			}
+			if got := crdt.Claimants(&replicas[i]); !slices.Equal(got, want) {
+				t.Fatalf("replica %d: Claimants()=%q, want %q (first claims %v)", i, got, want, first)
+			}
+		}
+	})
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func TestClaimantsEmpty(t *testing.T) {
+	var m crdt.Map
+	m.Set("c/not-a-claim", []byte("x"), crdt.Timestamp{Wall: 1}) // wrong kind: ignored
+	if got := crdt.Claimants(&m); len(got) != 0 {
+		t.Fatalf("Claimants()=%q, want none", got)
+	}
+}
+
+func TestUser(t *testing.T) {
+	ts := func(wall int64, node crdt.NodeID) crdt.Timestamp {
+		return crdt.Timestamp{Wall: epoch2026 + wall, Node: node}
+	}
+	profile := map[string]string{crdt.FieldFirstName: "Ada", crdt.FieldLastName: "Lovelace", crdt.FieldEmail: "ada@example.com"}
+	t.Run("OK", func(t *testing.T) {
+		m := crdt.NewUser("ada", "$argon2id$hash", profile, ts(1, 1))
+		u := crdt.ReadUser("u1", &m)
+		if u.ID != "u1" || u.Username != "ada" || u.PasswordHash != "$argon2id$hash" || u.Created != ts(1, 1) || u.Deleted {
+			t.Fatalf("ReadUser=%+v, want ada created at %v", u, ts(1, 1))
+		}
+		for _, f := range crdt.ProfileFields {
+			if u.Profile[f] != profile[f] {
+				t.Errorf("Profile[%q]=%q, want %q", f, u.Profile[f], profile[f])
+			}
+		}
+	})
+	t.Run("ConcurrentEdits", func(t *testing.T) {
+		base := crdt.NewUser("ada", "h", profile, ts(1, 1))
+		var a, b crdt.Map
+		a.Set(crdt.FieldEmail, []byte("new@example.com"), ts(2, 1))
+		b.Set(crdt.FieldAddress, []byte("London"), ts(2, 2))
+		for _, order := range [][]crdt.Map{{base, a, b}, {b, a, base}, {a, base, b}} {
+			m := merged(order...)
+			u := crdt.ReadUser("u1", &m)
+			if u.Profile[crdt.FieldEmail] != "new@example.com" || u.Profile[crdt.FieldAddress] != "London" {
+				t.Fatalf("Profile=%q, want both concurrent edits", u.Profile)
+			}
+		}
+	})
+	t.Run("Erase", func(t *testing.T) {
+		m := merged(crdt.NewUser("ada", "h", profile, ts(1, 1)), crdt.EraseUser(ts(5, 2)))
+		u := crdt.ReadUser("u1", &m)
+		if !u.Deleted || u.PasswordHash != "" || u.Profile[crdt.FieldEmail] != "" {
+			t.Fatalf("ReadUser after EraseUser=%+v, want deleted, no password or profile", u)
+		}
+		var late crdt.Map // an edit from before the erase, arriving late
+		late.Set(crdt.FieldEmail, []byte("late@example.com"), ts(4, 1))
+		m.Merge(late)
+		if u := crdt.ReadUser("u1", &m); !u.Deleted || u.Profile[crdt.FieldEmail] != "" {
+			t.Fatalf("ReadUser after a late edit=%+v, want still erased", u)
+		}
+	})
+	t.Run("SessionsUntil", func(t *testing.T) {
+		m := merged(crdt.RevokeSessionsUntil(ts(9, 1)), crdt.RevokeSessionsUntil(ts(3, 2)), crdt.RevokeSessionsUntil(ts(9, 0)))
+		if got := crdt.ReadUser("u1", &m).SessionsUntil; got != ts(9, 1) {
+			t.Fatalf("SessionsUntil=%v, want %v", got, ts(9, 1))
+		}
+	})
+}
+
+func TestSession(t *testing.T) {
+	created := crdt.Timestamp{Wall: epoch2026, Node: 1}
+	start := time.Unix(0, epoch2026).UTC()
+	expires := start.Add(24 * time.Hour)
+	at := func(d time.Duration, node crdt.NodeID) crdt.Timestamp {
+		return crdt.Timestamp{Wall: epoch2026 + int64(d), Node: node}
+	}
+	t.Run("OK", func(t *testing.T) {
+		m := crdt.NewSession("u1", expires, time.Hour, created)
+		m.Set(crdt.DataPrefix+"theme", []byte(`"dark"`), at(time.Second, 1))
+		m.Delete(crdt.DataPrefix+"gone", at(time.Second, 1))
+		s := crdt.ReadSession("s1", &m)
+		if s.ID != "s1" || s.UserID != "u1" || s.Created != created || !s.Expires.Equal(expires) || s.IdleTTL != time.Hour || !s.LastUsed.Equal(start) || s.Revoked {
+			t.Fatalf("ReadSession=%+v, want a fresh session of u1", s)
+		}
+		if len(s.Data) != 1 || string(s.Data["theme"]) != `"dark"` {
+			t.Fatalf("Data=%q, want theme only", s.Data)
+		}
+		if got := s.IdleExpires(); !got.Equal(start.Add(time.Hour)) {
+			t.Fatalf("IdleExpires()=%v, want %v", got, start.Add(time.Hour))
+		}
+		if !s.ActiveAt(start.Add(59*time.Minute)) || s.ActiveAt(start.Add(time.Hour)) {
+			t.Fatal("ActiveAt disagrees with the idle expiry")
+		}
+		if got := crdt.SessionExpires(&m); !got.Equal(expires) {
+			t.Fatalf("SessionExpires()=%v, want %v", got, expires)
+		}
+	})
+	t.Run("TouchSlides", func(t *testing.T) {
+		m := merged(crdt.NewSession("u1", expires, time.Hour, created), crdt.TouchSession(at(50*time.Minute, 2)), crdt.TouchSession(at(10*time.Minute, 3)))
+		s := crdt.ReadSession("s1", &m)
+		if want := start.Add(50 * time.Minute); !s.LastUsed.Equal(want) {
+			t.Fatalf("LastUsed=%v, want %v", s.LastUsed, want)
+		}
+		if !s.ActiveAt(start.Add(100 * time.Minute)) {
+			t.Fatal("ActiveAt(+100m)=false, want true after a touch at +50m")
+		}
+		m.Merge(crdt.TouchSession(at(23*time.Hour+30*time.Minute, 1)))
+		if got := crdt.ReadSession("s1", &m).IdleExpires(); !got.Equal(expires) {
+			t.Fatalf("IdleExpires()=%v, want capped at %v", got, expires)
+		}
+	})
+	t.Run("ErrMissing", func(t *testing.T) {
+		var m crdt.Map
+		s := crdt.ReadSession("s1", &m)
+		if s.ActiveAt(start) || !crdt.SessionExpires(&m).Equal(time.Unix(0, 0)) {
+			t.Fatalf("ReadSession(empty)=%+v, want inactive", s)
+		}
+	})
+	// Revocation is monotonic: whatever touches and data updates arrive, concurrently or
+	// later, in any order, a session that was revoked anywhere stays revoked.
+	t.Run("RevocationMonotonic", func(t *testing.T) {
+		rapid.Check(t, func(t *rapid.T) {
+			updates := []crdt.Map{crdt.NewSession("u1", expires, time.Hour, created)}
+			revoked := false
+			for i := range rapid.IntRange(0, 12).Draw(t, "updates") {
+				ts := at(time.Duration(rapid.Int64Range(0, int64(2*time.Hour)).Draw(t, "at")), crdt.NodeID(rapid.Uint64Range(1, 3).Draw(t, "node")))
+				var u crdt.Map
+				switch rapid.IntRange(0, 2).Draw(t, "kind") {
+				case 0:
+					u = crdt.TouchSession(ts)
+				case 1:
+					u.Set(crdt.DataPrefix+"k", []byte(fmt.Sprint(i)), ts)
+				case 2:
+					u, revoked = crdt.RevokeSession(ts), true
+				}
+				updates = append(updates, u)
+			}
+			for range 3 {
+				var m crdt.Map
+				for _, u := range rapid.Permutation(updates).Draw(t, "order") {
+					m.Merge(u)
+					if s := crdt.ReadSession("s1", &m); s.Revoked && s.ActiveAt(start) {
+						t.Fatal("a revoked session is active")
+					}
+				}
+				if got := crdt.ReadSession("s1", &m).Revoked; got != revoked {
+					t.Fatalf("Revoked=%v, want %v", got, revoked)
+				}
+			}
+		})
+	})
+}
+
+func TestSessionWrongKinds(t *testing.T) {
+	// A record whose int64 fields are malformed reads as zero, not as a panic.
+	var m crdt.Map
+	m.Claim(crdt.FieldExpires, []byte("short"), crdt.Timestamp{Wall: 1})
+	m.Set(crdt.FieldLastUsed, binary.BigEndian.AppendUint64(nil, 5), crdt.Timestamp{Wall: 1})
+	s := crdt.ReadSession("s1", &m)
+	if !s.Expires.Equal(time.Unix(0, 0)) || !s.LastUsed.Equal(time.Unix(0, 0)) {
+		t.Fatalf("ReadSession=%+v, want zero times", s)
+	}
+}
+
+func TestConversationID(t *testing.T) {
+	t.Run("OK", func(t *testing.T) {
+		id := crdt.ConversationID("bob", "alice")
+		if id != crdt.ConversationID("alice", "bob") || id != "alice:bob" {
+			t.Fatalf("ConversationID(bob, alice)=%q, want %q either way round", id, "alice:bob")
+		}
+		a, b, ok := crdt.Participants(id)
+		if !ok || a != "alice" || b != "bob" {
+			t.Fatalf("Participants(%q)=%q, %q, %v, want alice, bob", id, a, b, ok)
+		}
+	})
+	t.Run("Keys", func(t *testing.T) {
+		if crdt.UserKey("1") != "u/1" || crdt.ClaimKey("ada") != "n/ada" || crdt.SessionKey("s") != "s/s" {
+			t.Fatal("record keys do not carry their prefixes")
+		}
+	})
+}

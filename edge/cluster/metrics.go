@@ -1,0 +1,62 @@
+package cluster
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the replication metrics of one node. Register them on the node's own
+// registry with Collectors; a nil *Metrics records nothing.
+type Metrics struct {
+	Propagation  prometheus.Histogram   // origin commit → applied here
+	Rounds       *prometheus.CounterVec // anti-entropy rounds by result
+	Bytes        *prometheus.CounterVec // sync bytes by direction and message kind
+	Rejected     prometheus.Counter     // remote changes refused for clock skew
+	Applied      *prometheus.CounterVec // remote changes by outcome
+	MembersGauge *prometheus.GaugeVec   // members by status
+}
+
+// NewMetrics returns unregistered replication metrics.
+func NewMetrics() *Metrics {
+	return &Metrics{
+		Propagation: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sessiond_replication_propagation_seconds",
+			Help:    "Time from a change's commit at its origin to its application here (includes clock offset between the two).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
+		Rounds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sessiond_antientropy_rounds_total",
+			Help: "Anti-entropy rounds started by this node, by result (in_sync, repaired, error).",
+		}, []string{"result"}),
+		Bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sessiond_sync_bytes_total",
+			Help: "Bytes of node-to-node sync messages, by direction (sent, received) and kind (push, digest, leaves).",
+		}, []string{"direction", "kind"}),
+		Rejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sessiond_rejected_timestamps_total",
+			Help: "Remote changes refused because their timestamp was too far ahead of local time.",
+		}),
+		Applied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sessiond_remote_changes_total",
+			Help: "Remote changes received, by outcome (applied, unchanged, dropped, rejected).",
+		}, []string{"outcome"}),
+		MembersGauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sessiond_members",
+			Help: "Cluster members known to this node, by status.",
+		}, []string{"status"}),
+	}
+}
+
+// Collectors returns every metric, for registering.
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.Propagation, m.Rounds, m.Bytes, m.Rejected, m.Applied, m.MembersGauge}
+}
+
+func (m *Metrics) bytes(direction, kind string, n int) {
+	if m != nil {
+		m.Bytes.WithLabelValues(direction, kind).Add(float64(n))
+	}
+}
+
+func (m *Metrics) round(result string) {
+	if m != nil {
+		m.Rounds.WithLabelValues(result).Inc()
+	}
+}

@@ -1,0 +1,321 @@
+package cluster
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/storage"
+)
+
+// ProtocolVersion is the sync protocol spoken; it is a serf tag, and every message starts
+// with it, so a node refuses messages it cannot read rather than misread them.
+const ProtocolVersion = 1
+
+// MaxMessage bounds every sync message, request or reply, in bytes.
+const MaxMessage = 32 << 20
+
+// Message kinds.
+const (
+	kindPush    = 1
+	kindDigest  = 2
+	kindLeaves  = 3
+	kindReply   = 4
+	maxChanges  = 1 << 20
+	maxLeafList = crdt.DigestLeaves
+)
+
+// PushRequest carries changes committed at (or relayed by) From.
+type PushRequest struct {
+	From    crdt.NodeID
+	Changes []storage.Change
+}
+
+// DigestRequest carries the sender's branch hashes.
+type DigestRequest struct {
+	Branches []uint64 // crdt.DigestBranches of them
+}
+
+// DigestReply lists, for each branch whose hash differs, the receiver's leaf hashes.
+type DigestReply struct {
+	Branches []BranchLeaves
+}
+
+// BranchLeaves is one branch's leaf hashes.
+type BranchLeaves struct {
+	Branch int
+	Leaves []uint64 // crdt.DigestBranches of them
+}
+
+// LeavesRequest carries the sender's (key, hash) pairs for the leaves it found differing.
+type LeavesRequest struct {
+	Leaves []LeafPairs
+}
+
+// LeafPairs is one leaf's keys and pair hashes.
+type LeafPairs struct {
+	Leaf  int
+	Pairs []storage.KeyHash
+}
+
+// LeavesReply carries the receiver's state of every key in those leaves that the sender
+// lacks or holds differently, and the keys the receiver wants from the sender. Truncated
+// says the reply was cut at the size bound; the next round finishes it.
+type LeavesReply struct {
+	Changes   []storage.Change
+	Want      []string
+	Truncated bool
+}
+
+// wire is a small append-only encoder.
+type wire []byte
+
+func (w wire) uvarint(v uint64) wire { return binary.AppendUvarint(w, v) }
+func (w wire) u64(v uint64) wire     { return binary.BigEndian.AppendUint64(w, v) }
+func (w wire) bytes(b []byte) wire   { return append(w.uvarint(uint64(len(b))), b...) }
+
+type reader struct {
+	b   []byte
+	err error
+}
+
+var errTruncated = errors.New("sync message truncated")
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = errTruncated
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) u64() uint64 {
+	if r.err != nil || len(r.b) < 8 {
+		r.err = errTruncated
+		return 0
+	}
+	v := binary.BigEndian.Uint64(r.b)
+	r.b = r.b[8:]
+	return v
+}
+
+func (r *reader) bytes() []byte {
+	n := r.uvarint()
+	if r.err != nil || n > uint64(len(r.b)) {
+		r.err = errTruncated
+		return nil
+	}
+	v := r.b[:n:n]
+	r.b = r.b[n:]
+	return v
+}
+
+// count reads a list length and checks it against what the rest of the input could hold
+// (each element at least minSize bytes) and a hard cap, so hostile lengths cannot make us
+// allocate.
+func (r *reader) count(minSize int, limit uint64) int {
+	n := r.uvarint()
+	if r.err == nil && (n > limit || n > uint64(len(r.b)/minSize)) {
+		r.err = fmt.Errorf("sync message: list of %d elements does not fit", n)
+	}
+	if r.err != nil {
+		return 0
+	}
+	return int(n)
+}
+
+func (r *reader) header(kind byte) {
+	if len(r.b) < 2 {
+		r.err = errTruncated
+		return
+	}
+	if r.b[0] != ProtocolVersion {
+		r.err = fmt.Errorf("sync protocol version %d, want %d", r.b[0], ProtocolVersion)
+		return
+	}
+	if r.b[1] != kind {
+		r.err = fmt.Errorf("sync message kind %d, want %d", r.b[1], kind)
+		return
+	}
+	r.b = r.b[2:]
+}
+
+func (r *reader) end() error {
+	if r.err == nil && len(r.b) > 0 {
+		r.err = fmt.Errorf("sync message: %d trailing bytes", len(r.b))
+	}
+	return r.err
+}
+
+func header(kind byte) wire { return wire{ProtocolVersion, kind} }
+
+func (w wire) changes(cs []storage.Change) wire {
+	w = w.uvarint(uint64(len(cs)))
+	for _, c := range cs {
+		w = w.bytes(c.AppendBinary(nil))
+	}
+	return w
+}
+
+func (r *reader) changes() []storage.Change {
+	n := r.count(2, maxChanges)
+	out := make([]storage.Change, 0, n)
+	for i := 0; i < n && r.err == nil; i++ {
+		b := r.bytes()
+		if r.err != nil {
+			break
+		}
+		c, err := storage.DecodeChange(b)
+		if err != nil {
+			r.err = err
+			break
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+func (w wire) pairs(ps []storage.KeyHash) wire {
+	w = w.uvarint(uint64(len(ps)))
+	for _, p := range ps {
+		w = w.bytes([]byte(p.Key)).u64(p.Hash)
+	}
+	return w
+}
+
+func (r *reader) pairs() []storage.KeyHash {
+	n := r.count(9, maxChanges)
+	out := make([]storage.KeyHash, 0, n)
+	for i := 0; i < n && r.err == nil; i++ {
+		k := string(r.bytes())
+		out = append(out, storage.KeyHash{Key: k, Hash: r.u64()})
+	}
+	return out
+}
+
+// MarshalBinary encodes a PushRequest.
+func (m PushRequest) MarshalBinary() ([]byte, error) {
+	return header(kindPush).u64(uint64(m.From)).changes(m.Changes), nil
+}
+
+// UnmarshalBinary decodes a PushRequest.
+func (m *PushRequest) UnmarshalBinary(b []byte) error {
+	r := reader{b: b}
+	r.header(kindPush)
+	m.From = crdt.NodeID(r.u64())
+	m.Changes = r.changes()
+	return r.end()
+}
+
+// MarshalBinary encodes a DigestRequest.
+func (m DigestRequest) MarshalBinary() ([]byte, error) {
+	w := header(kindDigest).uvarint(uint64(len(m.Branches)))
+	for _, h := range m.Branches {
+		w = w.u64(h)
+	}
+	return w, nil
+}
+
+// UnmarshalBinary decodes a DigestRequest.
+func (m *DigestRequest) UnmarshalBinary(b []byte) error {
+	r := reader{b: b}
+	r.header(kindDigest)
+	n := r.count(8, crdt.DigestBranches)
+	m.Branches = make([]uint64, n)
+	for i := range m.Branches {
+		m.Branches[i] = r.u64()
+	}
+	if r.err == nil && n != crdt.DigestBranches {
+		r.err = fmt.Errorf("digest of %d branches, want %d", n, crdt.DigestBranches)
+	}
+	return r.end()
+}
+
+// MarshalBinary encodes a DigestReply.
+func (m DigestReply) MarshalBinary() ([]byte, error) {
+	w := header(kindReply).uvarint(uint64(len(m.Branches)))
+	for _, bl := range m.Branches {
+		w = w.uvarint(uint64(bl.Branch)).uvarint(uint64(len(bl.Leaves)))
+		for _, h := range bl.Leaves {
+			w = w.u64(h)
+		}
+	}
+	return w, nil
+}
+
+// UnmarshalBinary decodes a DigestReply.
+func (m *DigestReply) UnmarshalBinary(b []byte) error {
+	r := reader{b: b}
+	r.header(kindReply)
+	n := r.count(2, crdt.DigestBranches)
+	for i := 0; i < n && r.err == nil; i++ {
+		bl := BranchLeaves{Branch: int(r.uvarint())}
+		k := r.count(8, crdt.DigestBranches)
+		bl.Leaves = make([]uint64, k)
+		for j := range bl.Leaves {
+			bl.Leaves[j] = r.u64()
+		}
+		if r.err == nil && (bl.Branch >= crdt.DigestBranches || k != crdt.DigestBranches) {
+			r.err = errors.New("digest reply: bad branch")
+		}
+		m.Branches = append(m.Branches, bl)
+	}
+	return r.end()
+}
+
+// MarshalBinary encodes a LeavesRequest.
+func (m LeavesRequest) MarshalBinary() ([]byte, error) {
+	w := header(kindLeaves).uvarint(uint64(len(m.Leaves)))
+	for _, lp := range m.Leaves {
+		w = w.uvarint(uint64(lp.Leaf)).pairs(lp.Pairs)
+	}
+	return w, nil
+}
+
+// UnmarshalBinary decodes a LeavesRequest.
+func (m *LeavesRequest) UnmarshalBinary(b []byte) error {
+	r := reader{b: b}
+	r.header(kindLeaves)
+	n := r.count(2, maxLeafList)
+	for i := 0; i < n && r.err == nil; i++ {
+		lp := LeafPairs{Leaf: int(r.uvarint())}
+		lp.Pairs = r.pairs()
+		if r.err == nil && lp.Leaf >= crdt.DigestLeaves {
+			r.err = errors.New("leaves request: bad leaf")
+		}
+		m.Leaves = append(m.Leaves, lp)
+	}
+	return r.end()
+}
+
+// MarshalBinary encodes a LeavesReply.
+func (m LeavesReply) MarshalBinary() ([]byte, error) {
+	w := header(kindReply).changes(m.Changes).uvarint(uint64(len(m.Want)))
+	for _, k := range m.Want {
+		w = w.bytes([]byte(k))
+	}
+	t := uint64(0)
+	if m.Truncated {
+		t = 1
+	}
+	return w.uvarint(t), nil
+}
+
+// UnmarshalBinary decodes a LeavesReply.
+func (m *LeavesReply) UnmarshalBinary(b []byte) error {
+	r := reader{b: b}
+	r.header(kindReply)
+	m.Changes = r.changes()
+	n := r.count(1, maxChanges)
+	for i := 0; i < n && r.err == nil; i++ {
+		m.Want = append(m.Want, string(r.bytes()))
+	}
+	m.Truncated = r.uvarint() == 1
+	return r.end()
+}

@@ -1,0 +1,503 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/storage"
+)
+
+// Peer is another node the Replicator exchanges data with.
+type Peer struct {
+	ID     crdt.NodeID
+	Name   string
+	Region string
+	Addr   string // the peer's sync address
+}
+
+// Transport carries sync requests to a peer's Handler. Implementations must be safe for
+// concurrent use and must return once ctx ends.
+type Transport interface {
+	Push(ctx context.Context, to Peer, req PushRequest) error
+	Digest(ctx context.Context, to Peer, req DigestRequest) (DigestReply, error)
+	Leaves(ctx context.Context, to Peer, req LeavesRequest) (LeavesReply, error)
+}
+
+// Handler answers sync requests; *Replicator implements it.
+type Handler interface {
+	HandlePush(ctx context.Context, req PushRequest) error
+	HandleDigest(ctx context.Context, req DigestRequest) (DigestReply, error)
+	HandleLeaves(ctx context.Context, req LeavesRequest) (LeavesReply, error)
+}
+
+// Config configures a Replicator.
+type Config struct {
+	DB        *storage.DB
+	Transport Transport
+	// AntiEntropyEvery is the mean period of anti-entropy with each peer (jittered ±25%);
+	// default 10s.
+	AntiEntropyEvery time.Duration
+	PushBatch        int              // changes per push; default 512
+	Now              func() time.Time // physical clock for lag figures; default time.Now
+	Logger           *slog.Logger     // default: discard
+	Metrics          *Metrics         // nil: none
+}
+
+// Replicator keeps this node's replica in step with its peers'. It runs one worker per
+// live peer that pushes this node's new changes promptly (batched: one push in flight per
+// peer, so under load each carries all that accumulated) and runs anti-entropy with that
+// peer when it appears, after a notice that its digest differs, and periodically.
+type Replicator struct {
+	cfg  Config
+	self crdt.NodeID
+	log  *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	workers map[crdt.NodeID]*worker
+	closed  bool
+
+	caughtUp     chan struct{}
+	caughtUpOnce sync.Once
+
+	lagMu sync.Mutex
+	lag   map[crdt.NodeID]time.Duration // last observed propagation delay from each origin
+}
+
+// worker is the goroutine that serves one peer.
+type worker struct {
+	peer    Peer
+	cancel  context.CancelFunc
+	wake    chan struct{} // a local commit happened
+	sync    chan struct{} // run anti-entropy now
+	pending atomic.Int64  // local changes not yet pushed
+}
+
+// NewReplicator returns a replicator; Start it.
+func NewReplicator(cfg Config) *Replicator {
+	if cfg.AntiEntropyEvery <= 0 {
+		cfg.AntiEntropyEvery = 10 * time.Second
+	}
+	if cfg.PushBatch <= 0 {
+		cfg.PushBatch = 512
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Replicator{
+		cfg: cfg, self: cfg.DB.NodeID(), log: cfg.Logger,
+		workers: make(map[crdt.NodeID]*worker), caughtUp: make(chan struct{}),
+		lag: make(map[crdt.NodeID]time.Duration),
+	}
+}
+
+// Start readies the replicator; workers start as SetPeers names peers.
+func (r *Replicator) Start() {
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+}
+
+// Close stops every worker and waits for them. Safe to call twice.
+func (r *Replicator) Close() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.wg.Wait()
+}
+
+// SetPeers makes the live peer set exactly peers (this node excluded): a worker starts for
+// each new peer, beginning with anti-entropy, and stops for each peer gone. A peer whose
+// address changed is restarted.
+func (r *Replicator) SetPeers(peers []Peer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	want := make(map[crdt.NodeID]Peer, len(peers))
+	for _, p := range peers {
+		if p.ID != r.self {
+			want[p.ID] = p
+		}
+	}
+	for id, w := range r.workers {
+		if p, ok := want[id]; !ok || p != w.peer {
+			w.cancel()
+			delete(r.workers, id)
+		}
+	}
+	for id, p := range want {
+		if _, ok := r.workers[id]; ok {
+			continue
+		}
+		ctx, cancel := context.WithCancel(r.ctx)
+		w := &worker{peer: p, cancel: cancel, wake: make(chan struct{}, 1), sync: make(chan struct{}, 1)}
+		r.workers[id] = w
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.run(ctx, w)
+		}()
+	}
+}
+
+// Notify tells the workers that local changes were committed. It never blocks; the
+// storage commit hook calls it.
+func (r *Replicator) Notify() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.workers {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Notice handles a peer's announcement of its digest root: if it differs from ours, the
+// worker for that peer runs anti-entropy soon.
+func (r *Replicator) Notice(from crdt.NodeID, root uint64) {
+	d := r.cfg.DB.Digest()
+	if d.Root() == root {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if w, ok := r.workers[from]; ok {
+		select {
+		case w.sync <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// CaughtUp is closed once this node has completed anti-entropy with at least one peer:
+// a restarted node holds everything its peers held when it came back.
+func (r *Replicator) CaughtUp() <-chan struct{} { return r.caughtUp }
+
+// PeerStatus is the replication state of one peer as seen from here.
+type PeerStatus struct {
+	Lag     time.Duration // last observed delay of its changes reaching us; -1 unknown
+	Pending int64         // our local changes not yet pushed to it (approximate)
+}
+
+// Status returns the replication state of every peer known now.
+func (r *Replicator) Status() map[crdt.NodeID]PeerStatus {
+	r.mu.Lock()
+	out := make(map[crdt.NodeID]PeerStatus, len(r.workers))
+	for id, w := range r.workers {
+		out[id] = PeerStatus{Lag: -1, Pending: w.pending.Load()}
+	}
+	r.mu.Unlock()
+	r.lagMu.Lock()
+	defer r.lagMu.Unlock()
+	for id, l := range r.lag {
+		if s, ok := out[id]; ok {
+			s.Lag = l
+			out[id] = s
+		}
+	}
+	return out
+}
+
+func (r *Replicator) jitter() time.Duration {
+	d := r.cfg.AntiEntropyEvery
+	return d*3/4 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
+
+// run serves one peer until ctx ends.
+func (r *Replicator) run(ctx context.Context, w *worker) {
+	log := r.log.With("peer", w.peer.Name)
+	cursor := r.cfg.DB.FeedSeq() // anti-entropy covers everything before it
+	needSync := true
+	backoff := time.Duration(0)
+	timer := time.NewTimer(r.jitter())
+	defer timer.Stop()
+	for {
+		if backoff > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+		}
+		var err error
+		if needSync {
+			if err = r.SyncWith(ctx, w.peer); err == nil {
+				needSync = false
+				r.caughtUpOnce.Do(func() { close(r.caughtUp) })
+			}
+		}
+		if err == nil {
+			cursor, err = r.pushFrom(ctx, w, cursor)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			backoff = min(max(2*backoff, 50*time.Millisecond), 5*time.Second)
+			log.Debug("sync with peer failed", slog.Any("err", err), "retry_in", backoff)
+			continue
+		}
+		backoff = 0
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.wake:
+		case <-w.sync:
+			needSync = true
+		case <-timer.C:
+			needSync = true
+			timer.Reset(r.jitter())
+		}
+	}
+}
+
+// pushFrom pushes this node's own changes after cursor to the worker's peer and returns
+// the new cursor. Changes that originated elsewhere are not relayed: their origin pushes
+// them, and anti-entropy repairs whatever a push missed.
+func (r *Replicator) pushFrom(ctx context.Context, w *worker, cursor uint64) (uint64, error) {
+	for {
+		changes, next, err := r.cfg.DB.ChangesSince(ctx, cursor, r.cfg.PushBatch)
+		if err != nil {
+			return cursor, err
+		}
+		own := changes[:0:0]
+		for _, c := range changes {
+			if r.isOwn(c) {
+				own = append(own, c)
+			}
+		}
+		if len(own) > 0 {
+			w.pending.Store(int64(len(own)))
+			if err := r.cfg.Transport.Push(ctx, w.peer, PushRequest{From: r.self, Changes: own}); err != nil {
+				return cursor, err
+			}
+		}
+		w.pending.Store(0)
+		cursor = next
+		if len(changes) < r.cfg.PushBatch {
+			return cursor, nil
+		}
+	}
+}
+
+// isOwn reports whether this node wrote the change's latest version.
+func (r *Replicator) isOwn(c storage.Change) bool {
+	if c.Conv != "" {
+		return c.Entry.ID.Origin() == r.self
+	}
+	return c.Map.Version().Node == r.self
+}
+
+// HandlePush applies a peer's changes.
+func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) error {
+	res, err := r.cfg.DB.ApplyRemote(ctx, req.Changes)
+	if err != nil {
+		return err
+	}
+	r.count(res)
+	now := r.cfg.Now()
+	var newest time.Duration = -1
+	for _, c := range req.Changes {
+		ts := c.Entry.ID.TS
+		if c.Conv == "" {
+			ts = c.Map.Version()
+		}
+		if ts.Node != req.From {
+			continue
+		}
+		d := max(now.Sub(ts.Time()), 0)
+		if r.cfg.Metrics != nil {
+			r.cfg.Metrics.Propagation.Observe(d.Seconds())
+		}
+		newest = d
+	}
+	if newest >= 0 {
+		r.lagMu.Lock()
+		r.lag[req.From] = newest
+		r.lagMu.Unlock()
+	}
+	return nil
+}
+
+func (r *Replicator) count(res storage.ApplyResult) {
+	m := r.cfg.Metrics
+	if m == nil {
+		return
+	}
+	m.Applied.WithLabelValues("applied").Add(float64(res.Applied))
+	m.Applied.WithLabelValues("unchanged").Add(float64(res.Unchanged))
+	m.Applied.WithLabelValues("dropped").Add(float64(res.Dropped))
+	m.Applied.WithLabelValues("rejected").Add(float64(res.Rejected))
+	m.Rejected.Add(float64(res.Rejected))
+}
+
+// HandleDigest returns our leaf hashes for every branch whose hash differs from the
+// requester's.
+func (r *Replicator) HandleDigest(ctx context.Context, req DigestRequest) (DigestReply, error) {
+	if len(req.Branches) != crdt.DigestBranches {
+		return DigestReply{}, errors.New("digest request: wrong number of branches")
+	}
+	d := r.cfg.DB.Digest()
+	var rep DigestReply
+	for b, h := range req.Branches {
+		if d.Branch(b) != h {
+			rep.Branches = append(rep.Branches, BranchLeaves{Branch: b, Leaves: d.LeavesOf(b)})
+		}
+	}
+	return rep, nil
+}
+
+// maxLeavesReply bounds the changes in one LeavesReply; the rest waits for the next round.
+const maxLeavesReply = 8 << 20
+
+// HandleLeaves compares the requester's keys with ours leaf by leaf: it returns our state
+// of every key it lacks or holds differently, and asks for every key we lack or hold
+// differently.
+func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (LeavesReply, error) {
+	var rep LeavesReply
+	size := 0
+	for _, lp := range req.Leaves {
+		mine, err := r.cfg.DB.LeafPairs(ctx, lp.Leaf)
+		if err != nil {
+			return LeavesReply{}, err
+		}
+		theirs := make(map[string]uint64, len(lp.Pairs))
+		for _, p := range lp.Pairs {
+			theirs[p.Key] = p.Hash
+		}
+		var give []string
+		for _, p := range mine {
+			h, ok := theirs[p.Key]
+			switch {
+			case !ok:
+				give = append(give, p.Key)
+			case h != p.Hash: // both hold it, differently: merge both ways
+				give = append(give, p.Key)
+				rep.Want = append(rep.Want, p.Key)
+			}
+			delete(theirs, p.Key)
+		}
+		for k := range theirs { // they hold it, we lack it
+			rep.Want = append(rep.Want, k)
+		}
+		if size >= maxLeavesReply {
+			rep.Truncated = true
+			continue
+		}
+		changes, err := r.cfg.DB.Changes(ctx, give)
+		if err != nil {
+			return LeavesReply{}, err
+		}
+		for _, c := range changes {
+			size += len(c.AppendBinary(nil))
+		}
+		rep.Changes = append(rep.Changes, changes...)
+	}
+	return rep, nil
+}
+
+// leavesPerRequest bounds the leaves compared in one LeavesRequest.
+const leavesPerRequest = 256
+
+// SyncWith runs one anti-entropy round with peer: compare branch hashes, then leaf hashes
+// of the branches that differ, then the keys of the leaves that differ; apply what the
+// peer has that we lack, and push what it lacks. Replicas in sync exchange one branch
+// list and an empty reply.
+func (r *Replicator) SyncWith(ctx context.Context, peer Peer) error {
+	for range maxRounds {
+		again, err := r.syncRound(ctx, peer)
+		if err != nil || !again {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxRounds bounds the rounds of one SyncWith when replies are truncated; the periodic
+// anti-entropy carries on from there.
+const maxRounds = 64
+
+// syncRound runs one round and reports whether a truncated reply left work for another.
+func (r *Replicator) syncRound(ctx context.Context, peer Peer) (again bool, err error) {
+	d := r.cfg.DB.Digest()
+	rep, err := r.cfg.Transport.Digest(ctx, peer, DigestRequest{Branches: d.Branches()})
+	if err != nil {
+		r.cfg.Metrics.round("error")
+		return false, err
+	}
+	var leaves []int
+	for _, bl := range rep.Branches {
+		for j, h := range bl.Leaves {
+			if leaf := bl.Branch*crdt.DigestBranches + j; d.Leaf(leaf) != h {
+				leaves = append(leaves, leaf)
+			}
+		}
+	}
+	if len(leaves) == 0 {
+		r.cfg.Metrics.round("in_sync")
+		return false, nil
+	}
+	for chunk := range slices.Chunk(leaves, leavesPerRequest) {
+		truncated, err := r.syncLeaves(ctx, peer, chunk)
+		if err != nil {
+			r.cfg.Metrics.round("error")
+			return false, err
+		}
+		again = again || truncated
+	}
+	r.cfg.Metrics.round("repaired")
+	return again, nil
+}
+
+func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, leaves []int) (truncated bool, err error) {
+	req := LeavesRequest{Leaves: make([]LeafPairs, 0, len(leaves))}
+	for _, l := range leaves {
+		pairs, err := r.cfg.DB.LeafPairs(ctx, l)
+		if err != nil {
+			return false, err
+		}
+		req.Leaves = append(req.Leaves, LeafPairs{Leaf: l, Pairs: pairs})
+	}
+	rep, err := r.cfg.Transport.Leaves(ctx, peer, req)
+	if err != nil {
+		return false, err
+	}
+	if len(rep.Changes) > 0 {
+		res, err := r.cfg.DB.ApplyRemote(ctx, rep.Changes)
+		if err != nil {
+			return false, err
+		}
+		r.count(res)
+	}
+	if len(rep.Want) == 0 {
+		return rep.Truncated, nil
+	}
+	changes, err := r.cfg.DB.Changes(ctx, rep.Want)
+	if err != nil {
+		return false, err
+	}
+	for batch := range slices.Chunk(changes, r.cfg.PushBatch) {
+		if err := r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch}); err != nil {
+			return false, err
+		}
+	}
+	return rep.Truncated, nil
+}

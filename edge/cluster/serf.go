@@ -1,0 +1,350 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/serf/serf"
+
+	"github.com/sessiond/sessiond/crdt"
+)
+
+// Serf tags every node carries.
+const (
+	tagRegion = "region"
+	tagID     = "id"
+	tagSync   = "sync"
+	tagProto  = "proto"
+)
+
+// noticeEvent is the serf user event a node sends periodically: its node ID and digest
+// root, 16 bytes — well within serf's 512-byte default. It carries no data: a receiver whose
+// root differs runs anti-entropy with the sender.
+const noticeEvent = "digest"
+
+// Member is a cluster member as this node sees it.
+type Member struct {
+	Name     string
+	ID       crdt.NodeID
+	Region   string
+	Status   string // alive, suspect, failed or left
+	Addr     string // gossip address
+	SyncAddr string
+}
+
+// MembershipConfig configures serf membership.
+type MembershipConfig struct {
+	NodeName   string
+	Region     string
+	ID         crdt.NodeID
+	BindAddr   string   // host:port for gossip (TCP and UDP)
+	Advertise  string   // host other nodes reach this one at; empty: BindAddr's host
+	SyncAddr   string   // host:port of this node's sync transport, as peers reach it
+	GossipKeys [][]byte // 32 bytes each; the first is primary
+	Join       []string // members to join, retried with backoff until one answers
+	// Fast shortens failure detection and reconnection (loopback clusters and tests).
+	Fast        bool
+	NoticeEvery time.Duration // default 5s
+	Root        func() uint64 // this node's digest root, for notices
+	OnPeers     func([]Peer)  // the live peers changed; called from one goroutine, in order
+	OnNotice    func(from crdt.NodeID, root uint64)
+	Logger      *slog.Logger
+	Metrics     *Metrics
+}
+
+// Membership is this node's serf agent. Create it with StartMembership and stop it with
+// Close.
+type Membership struct {
+	cfg    MembershipConfig
+	serf   *serf.Serf
+	events chan serf.Event
+	log    *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	joined bool
+}
+
+// StartMembership creates the serf agent and starts its event, join and notice
+// goroutines.
+func StartMembership(cfg MembershipConfig) (*Membership, error) {
+	if cfg.NoticeEvery <= 0 {
+		cfg.NoticeEvery = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	host, portStr, err := net.SplitHostPort(cfg.BindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("gossip address: %w", err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("gossip port %q: %w", portStr, err)
+	}
+	ml := memberlist.DefaultLANConfig()
+	ml.BindAddr, ml.BindPort = host, port
+	ml.AdvertisePort = port
+	if adv := cfg.Advertise; adv != "" {
+		ip, err := resolveIP(adv)
+		if err != nil {
+			return nil, err
+		}
+		ml.AdvertiseAddr = ip
+	} else if host != "" && host != "0.0.0.0" && host != "::" {
+		ml.AdvertiseAddr = host
+	}
+	if len(cfg.GossipKeys) == 0 {
+		return nil, errors.New("gossip: no key (gossip is always encrypted)")
+	}
+	ring, err := memberlist.NewKeyring(cfg.GossipKeys, cfg.GossipKeys[0])
+	if err != nil {
+		return nil, fmt.Errorf("gossip keyring: %w", err)
+	}
+	ml.Keyring = ring
+	ml.GossipVerifyIncoming, ml.GossipVerifyOutgoing = true, true
+	logger := log.New(&levelWriter{log: cfg.Logger}, "", 0)
+	ml.Logger = logger
+	if cfg.Fast {
+		ml.ProbeInterval = 500 * time.Millisecond
+		ml.ProbeTimeout = 250 * time.Millisecond
+		ml.SuspicionMult = 2
+		ml.GossipInterval = 100 * time.Millisecond
+		ml.PushPullInterval = 5 * time.Second
+	}
+
+	sc := serf.DefaultConfig()
+	sc.NodeName = cfg.NodeName
+	sc.Tags = map[string]string{
+		tagRegion: cfg.Region, tagID: cfg.ID.String(), tagSync: cfg.SyncAddr,
+		tagProto: strconv.Itoa(ProtocolVersion),
+	}
+	sc.MemberlistConfig = ml
+	sc.Logger = logger
+	sc.RejoinAfterLeave = true
+	sc.ReconnectInterval = 5 * time.Second
+	sc.ReconnectTimeout = 72 * time.Hour
+	sc.EnableNameConflictResolution = true
+	if cfg.Fast {
+		sc.ReconnectInterval = time.Second
+		sc.ReapInterval = 5 * time.Second
+	}
+	events := make(chan serf.Event, 256)
+	sc.EventCh = events
+	s, err := serf.Create(sc)
+	if err != nil {
+		return nil, fmt.Errorf("start serf on %s: %w", cfg.BindAddr, err)
+	}
+	m := &Membership{cfg: cfg, serf: s, events: events, log: cfg.Logger}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	m.wg.Add(2)
+	go func() { defer m.wg.Done(); m.eventLoop() }()
+	go func() { defer m.wg.Done(); m.noticeLoop() }()
+	if len(cfg.Join) > 0 {
+		m.wg.Add(1)
+		go func() { defer m.wg.Done(); m.joinLoop() }()
+	}
+	m.publish()
+	return m, nil
+}
+
+func resolveIP(host string) (string, error) {
+	if ip := net.ParseIP(host); ip != nil {
+		return host, nil
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil || len(ips) == 0 {
+		return "", fmt.Errorf("advertise address %q: cannot resolve: %v", host, err)
+	}
+	for _, ip := range ips {
+		if ip4 := ip.To4(); ip4 != nil {
+			return ip4.String(), nil
+		}
+	}
+	return ips[0].String(), nil
+}
+
+// joinLoop joins the configured members, retrying with backoff until one answers.
+func (m *Membership) joinLoop() {
+	backoff := 500 * time.Millisecond
+	for {
+		n, err := m.serf.Join(m.cfg.Join, true)
+		if err == nil && n > 0 {
+			m.log.Info("joined cluster", "contacted", n)
+			m.mu.Lock()
+			m.joined = true
+			m.mu.Unlock()
+			return
+		}
+		m.log.Warn("join failed; retrying", slog.Any("err", err), "retry_in", backoff)
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// eventLoop owns the serf event channel. It does no slow work inline: membership changes
+// recompute the peer list, notices are handed on.
+func (m *Membership) eventLoop() {
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case e := <-m.events:
+			switch e := e.(type) {
+			case serf.MemberEvent:
+				m.publish()
+			case serf.UserEvent:
+				if e.Name == noticeEvent && len(e.Payload) == 16 && m.cfg.OnNotice != nil {
+					from := crdt.NodeID(binary.BigEndian.Uint64(e.Payload))
+					if from != m.cfg.ID {
+						m.cfg.OnNotice(from, binary.BigEndian.Uint64(e.Payload[8:]))
+					}
+				}
+			}
+		}
+	}
+}
+
+// publish hands the current live peers to OnPeers and updates the members gauge.
+func (m *Membership) publish() {
+	members := m.Members()
+	var peers []Peer
+	counts := map[string]int{"alive": 0, "suspect": 0, "failed": 0, "left": 0}
+	for _, mem := range members {
+		counts[mem.Status]++
+		if mem.ID == m.cfg.ID || mem.SyncAddr == "" {
+			continue
+		}
+		if mem.Status == "alive" || mem.Status == "suspect" {
+			peers = append(peers, Peer{ID: mem.ID, Name: mem.Name, Region: mem.Region, Addr: mem.SyncAddr})
+		}
+	}
+	if m.cfg.Metrics != nil {
+		for st, n := range counts {
+			m.cfg.Metrics.MembersGauge.WithLabelValues(st).Set(float64(n))
+		}
+	}
+	if m.cfg.OnPeers != nil {
+		m.cfg.OnPeers(peers)
+	}
+}
+
+// noticeLoop periodically announces this node's digest root, and refreshes the peer list
+// (serf reports suspicion without an event).
+func (m *Membership) noticeLoop() {
+	t := time.NewTicker(m.cfg.NoticeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-t.C:
+			if m.cfg.Root != nil && m.serf.NumNodes() > 1 {
+				p := binary.BigEndian.AppendUint64(nil, uint64(m.cfg.ID))
+				p = binary.BigEndian.AppendUint64(p, m.cfg.Root())
+				if err := m.serf.UserEvent(noticeEvent, p, false); err != nil {
+					m.log.Debug("notice not sent", slog.Any("err", err))
+				}
+			}
+			m.publish()
+		}
+	}
+}
+
+// Members returns every member serf knows, this node included, sorted by name.
+func (m *Membership) Members() []Member {
+	suspect := map[string]bool{}
+	for _, n := range m.serf.Memberlist().Members() {
+		if n.State == memberlist.StateSuspect {
+			suspect[n.Name] = true
+		}
+	}
+	var out []Member
+	for _, sm := range m.serf.Members() {
+		id, _ := crdt.ParseNodeID(sm.Tags[tagID])
+		status := "alive"
+		switch sm.Status {
+		case serf.StatusFailed:
+			status = "failed"
+		case serf.StatusLeft, serf.StatusLeaving:
+			status = "left"
+		case serf.StatusAlive:
+			if suspect[sm.Name] {
+				status = "suspect"
+			}
+		}
+		if sm.Tags[tagProto] != strconv.Itoa(ProtocolVersion) && status == "alive" {
+			m.log.Warn("member speaks another sync protocol; ignoring", "member", sm.Name, "proto", sm.Tags[tagProto])
+			continue
+		}
+		out = append(out, Member{
+			Name: sm.Name, ID: id, Region: sm.Tags[tagRegion], Status: status,
+			Addr: net.JoinHostPort(sm.Addr.String(), strconv.Itoa(int(sm.Port))), SyncAddr: sm.Tags[tagSync],
+		})
+	}
+	sortMembers(out)
+	return out
+}
+
+func sortMembers(ms []Member) {
+	for i := 1; i < len(ms); i++ {
+		for j := i; j > 0 && ms[j].Name < ms[j-1].Name; j-- {
+			ms[j], ms[j-1] = ms[j-1], ms[j]
+		}
+	}
+}
+
+// Close leaves the cluster (bounded by ctx: serf's Leave can block for seconds), stops
+// the goroutines and shuts serf down.
+func (m *Membership) Close(ctx context.Context) error {
+	left := make(chan error, 1)
+	go func() { left <- m.serf.Leave() }()
+	var err error
+	select {
+	case err = <-left:
+	case <-ctx.Done():
+		err = fmt.Errorf("leave cluster: %w", ctx.Err())
+	}
+	m.cancel()
+	m.wg.Wait()
+	if serr := m.serf.Shutdown(); serr != nil && err == nil {
+		err = serr
+	}
+	return err
+}
+
+// levelWriter turns serf's and memberlist's "[LEVEL] text" log lines into slog records.
+type levelWriter struct{ log *slog.Logger }
+
+func (w *levelWriter) Write(p []byte) (int, error) {
+	line := string(bytes.TrimSpace(p))
+	lvl := slog.LevelInfo
+	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[INFO]": slog.LevelInfo, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError} {
+		if strings.HasPrefix(line, prefix) {
+			lvl = l
+			line = strings.TrimSpace(strings.TrimPrefix(line, prefix))
+			break
+		}
+	}
+	w.log.Log(context.Background(), lvl, line)
+	return len(p), nil
+}

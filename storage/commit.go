@@ -1,0 +1,264 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// maxBatch caps the requests committed together; it is also the queue's capacity.
+const maxBatch = 1024
+
+// gatherRounds is how many times the committer yields to let writers that are already
+// runnable enqueue before it starts a batch. Writers woken by the previous batch's
+// answers need a moment on the CPU to submit again; without it the committer would
+// alternate between a tiny batch and a large one.
+const gatherRounds = 2
+
+// request is one caller's work, queued for the committer.
+type request struct {
+	ctx  context.Context
+	fn   func(*Tx) error
+	err  error      // fn's error, or the batch's
+	done chan error // buffered; receives err once the batch is durable or abandoned
+}
+
+// Update runs fn in a read-write transaction and returns once its writes are durable.
+//
+// fn runs on the committer goroutine inside one bbolt transaction shared with other
+// callers' functions, which are committed with a single fsync. It must be quick, do no
+// I/O and not call the DB. Its writes are buffered in tx and applied only if it returns
+// nil; an error discards them and leaves the other callers' work alone. Update returns
+// fn's error, or the commit's error if the batch could not be committed (then nothing of
+// it is stored). If ctx is done before fn runs, fn is not run and Update returns
+// ctx.Err(); once fn has run, Update waits for the commit whatever ctx says, so a nil
+// return always means durable.
+func (db *DB) Update(ctx context.Context, fn func(tx *Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	db.mu.RLock()
+	if db.closed {
+		db.mu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case db.reqs <- r:
+	case <-ctx.Done():
+		db.mu.RUnlock()
+		return ctx.Err()
+	}
+	db.mu.RUnlock()
+	return <-r.done
+}
+
+// commitLoop is the committer goroutine: it takes every queued request (up to maxBatch)
+// into one transaction, commits it, and then answers each request.
+func (db *DB) commitLoop() {
+	defer close(db.stopped)
+	batch := make([]*request, 0, maxBatch)
+	for r := range db.reqs {
+		batch = append(batch[:0], r)
+		batch = db.gather(batch)
+		db.runBatch(batch)
+		clear(batch)
+	}
+}
+
+func (db *DB) gather(batch []*request) []*request {
+	for rounds := 0; len(batch) < maxBatch; {
+		select {
+		case r, ok := <-db.reqs:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, r)
+			continue
+		default:
+		}
+		if rounds == gatherRounds {
+			return batch
+		}
+		rounds++
+		runtime.Gosched()
+	}
+	return batch
+}
+
+// errRetry aborts a bbolt transaction whose batch must be run again without the request
+// that broke it.
+var errRetry = errors.New("retry batch")
+
+// runBatch commits the requests' functions in one transaction and answers them. A
+// function's own error is its own; an error applying its writes (which bbolt would only
+// raise on a broken invariant or a full disk) fails that request alone and the batch runs
+// again without it. A commit error fails the whole batch.
+func (db *DB) runBatch(reqs []*request) {
+	live := reqs[:0:0]
+	for _, r := range reqs {
+		if err := r.ctx.Err(); err != nil {
+			r.done <- err
+			continue
+		}
+		live = append(live, r)
+	}
+	for len(live) > 0 {
+		var b *batch
+		failed := -1
+		err := db.bolt.Update(func(btx *bolt.Tx) error {
+			b = db.newBatch(btx)
+			for i, r := range live {
+				tx := &Tx{b: b}
+				r.err = r.fn(tx)
+				tx.closed = true
+				if r.err != nil {
+					continue
+				}
+				if err := tx.apply(); err != nil {
+					r.err = fmt.Errorf("apply: %w", err)
+					failed = i
+					return errRetry
+				}
+			}
+			return b.finish()
+		})
+		if errors.Is(err, errRetry) {
+			db.log.Error("batch retried without a failing request", attrErr, live[failed].err)
+			live[failed].done <- live[failed].err
+			live = append(live[:failed:failed], live[failed+1:]...)
+			continue
+		}
+		if err != nil {
+			err = fmt.Errorf("commit: %w", err)
+			db.log.Error("commit failed", attrErr, err)
+			for _, r := range live {
+				r.done <- err
+			}
+			return
+		}
+		db.committed(b)
+		for _, r := range live {
+			r.done <- r.err
+		}
+		return
+	}
+}
+
+// batch is the state of one group commit: the bbolt transaction and what the commit will
+// change in memory once it is durable.
+type batch struct {
+	db  *DB
+	btx *bolt.Tx
+	now time.Time // physical time for every expiry decision in the batch
+
+	meta, records, log, logSeq, convs, userConvs, userSessions, expiry, erased, feed, leaves *bolt.Bucket
+
+	head     uint64 // feed head
+	writes   int    // feed positions taken, the budget of the feed's garbage collection
+	users    int64  // counters, as of this batch
+	sessions int64
+	messages int64
+	toggles  map[string]uint64 // replication key → XOR to toggle into the digest
+	changes  []Change
+	changeAt map[string]int // replication key → index in changes, -1 once deleted
+}
+
+func (db *DB) newBatch(btx *bolt.Tx) *batch {
+	return &batch{
+		db: db, btx: btx, now: db.opts.Now(),
+		meta: btx.Bucket(bucketMeta), records: btx.Bucket(bucketRecords), log: btx.Bucket(bucketLog),
+		logSeq: btx.Bucket(bucketLogSeq), convs: btx.Bucket(bucketConvs), userConvs: btx.Bucket(bucketUserConvs),
+		userSessions: btx.Bucket(bucketUserSessions), expiry: btx.Bucket(bucketExpiry), erased: btx.Bucket(bucketErased),
+		feed: btx.Bucket(bucketFeed), leaves: btx.Bucket(bucketLeaves),
+		head: db.head.Load(), users: db.users.Load(), sessions: db.sessions.Load(), messages: db.messages.Load(),
+	}
+}
+
+// toggle records that key's digest pair hash changes by x.
+func (b *batch) toggle(key string, x uint64) {
+	if b.toggles == nil {
+		b.toggles = make(map[string]uint64)
+	}
+	b.toggles[key] ^= x
+}
+
+// changed records key's state after the batch, for OnCommit.
+func (b *batch) changed(c Change) {
+	if b.changeAt == nil {
+		b.changeAt = make(map[string]int)
+	}
+	if i, ok := b.changeAt[c.Key]; ok && i >= 0 {
+		b.changes[i] = c
+		return
+	}
+	b.changeAt[c.Key] = len(b.changes)
+	b.changes = append(b.changes, c)
+}
+
+// removed records that key was deleted in the batch.
+func (b *batch) removed(key string) {
+	if i, ok := b.changeAt[key]; ok && i >= 0 {
+		b.changes[i] = Change{}
+		b.changeAt[key] = -1
+	}
+}
+
+// finish collects feed garbage and stores the counters, the feed head and the clock's
+// high-water mark with the batch.
+func (b *batch) finish() error {
+	if b.writes > 0 {
+		if err := b.collectFeed(2*b.writes + 16); err != nil {
+			return err
+		}
+	}
+	hw := b.db.clock.Last()
+	for _, kv := range []struct {
+		k []byte
+		v []byte
+	}{
+		{metaHead, putUint(b.head)},
+		{metaUsers, putUint(uint64(b.users))},
+		{metaSessions, putUint(uint64(b.sessions))},
+		{metaMessages, putUint(uint64(b.messages))},
+		{metaClock, hw.AppendBinary(nil)},
+	} {
+		if err := b.meta.Put(kv.k, kv.v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// committed publishes a durable batch: digest, counters, feed head, then OnCommit.
+func (db *DB) committed(b *batch) {
+	if len(b.toggles) > 0 {
+		db.dmu.Lock()
+		for k, x := range b.toggles {
+			if x != 0 {
+				db.digest.Toggle(k, x)
+			}
+		}
+		db.dmu.Unlock()
+	}
+	db.head.Store(b.head)
+	db.users.Store(b.users)
+	db.sessions.Store(b.sessions)
+	db.messages.Store(b.messages)
+	if db.opts.OnCommit == nil || len(b.changes) == 0 {
+		return
+	}
+	out := make([]Change, 0, len(b.changes))
+	for _, c := range b.changes {
+		if c.Key != "" {
+			out = append(out, c)
+		}
+	}
+	if len(out) > 0 {
+		db.opts.OnCommit(out)
+	}
+}

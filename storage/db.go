@@ -1,0 +1,294 @@
+package storage
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sessiond/sessiond/crdt"
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Options configures Open. The zero Options is valid: every field has a default.
+type Options struct {
+	// Timeout is how long Open waits for the data file's lock; default 1s. When it runs
+	// out, Open fails with an error saying the data file is in use by another process.
+	Timeout time.Duration
+	// Now is the physical clock for the HLC and for expiry; default time.Now.
+	Now func() time.Time
+	// MaxSkew bounds how far ahead of Now a remote timestamp may be; default 1 minute.
+	// ApplyRemote rejects changes beyond it.
+	MaxSkew time.Duration
+	// Logger receives the package's logs; nil logs nothing.
+	Logger *slog.Logger
+	// OnCommit, when set, is called after every durable commit with the changes it made,
+	// local and remote, each key once with its state after the commit. It runs on the
+	// committer goroutine, so it must not block or call back into the DB's writes. The
+	// slice is the callee's.
+	OnCommit func([]Change)
+}
+
+// Log attribute keys.
+const (
+	attrPath   = "path"
+	attrNode   = "node"
+	attrKeys   = "keys"
+	attrUser   = "user"
+	attrCount  = "count"
+	attrErr    = "err"
+	attrRemote = "remote"
+)
+
+// Bucket names. Everything under records and log is replicated state; the rest is
+// derived from it on this node and never leaves it.
+var (
+	bucketMeta         = []byte("meta")          // node id, counters, feed head, HLC mark
+	bucketRecords      = []byte("records")       // record key → feed seq(8) + Map encoding
+	bucketLog          = []byte("log")           // conv 0 EntryID(28) → feed seq(8) + data
+	bucketLogSeq       = []byte("log_seq")       // conv 0 origin(8) seq(8) → Timestamp(20)
+	bucketConvs        = []byte("convs")         // conv → convState
+	bucketUserConvs    = []byte("user_convs")    // user 0 conv → ∅
+	bucketUserSessions = []byte("user_sessions") // user 0 created(20) session key → ∅
+	bucketExpiry       = []byte("expiry")        // expires(8) session key → ∅
+	bucketErased       = []byte("erased")        // user → ∅
+	bucketFeed         = []byte("feed")          // seq(8) → replication key
+	bucketLeaves       = []byte("leaves")        // leaf(2) replication key → ∅
+)
+
+var allBuckets = [][]byte{bucketMeta, bucketRecords, bucketLog, bucketLogSeq, bucketConvs,
+	bucketUserConvs, bucketUserSessions, bucketExpiry, bucketErased, bucketFeed, bucketLeaves}
+
+// Meta keys.
+var (
+	metaFormat   = []byte("format")
+	metaNode     = []byte("node")
+	metaHead     = []byte("feed_head")
+	metaGC       = []byte("feed_gc")
+	metaClock    = []byte("hlc")
+	metaUsers    = []byte("users")
+	metaSessions = []byte("sessions")
+	metaMessages = []byte("messages")
+)
+
+const formatVersion = 1
+
+// ErrClosed is returned by writes to a closed DB.
+var ErrClosed = errors.New("storage: database closed")
+
+// DB is a node's durable replica: records and message logs in one bbolt file, with the
+// indexes, change feed and digest that replication needs. All methods are safe for
+// concurrent use. Writes funnel through one committer goroutine that commits concurrent
+// callers' work together (see Update).
+type DB struct {
+	bolt  *bolt.DB
+	path  string
+	opts  Options
+	log   *slog.Logger
+	node  crdt.NodeID
+	clock *crdt.Clock
+	floor int64 // HLC high-water mark found on Open; physical time never reads below it
+
+	reqs    chan *request
+	stopped chan struct{}
+
+	mu     sync.RWMutex // guards closed against enqueueing
+	closed bool
+
+	closeOnce sync.Once
+	closeErr  error
+
+	dmu    sync.RWMutex
+	digest crdt.Digest // guarded by dmu; written by the committer only
+
+	head     atomic.Uint64
+	users    atomic.Int64
+	sessions atomic.Int64
+	messages atomic.Int64
+}
+
+// Open opens or creates the bbolt file at path. On first open it generates a random node
+// ID, kept in the file for its lifetime. It takes the file's lock (waiting up to
+// opts.Timeout), rebuilds the in-memory digest from stored state and starts the committer
+// goroutine; Close stops it.
+func Open(path string, opts Options) (*DB, error) {
+	if opts.Timeout <= 0 {
+		opts.Timeout = time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.MaxSkew <= 0 {
+		opts.MaxSkew = time.Minute
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:         opts.Timeout,
+		FreelistType:    bolt.FreelistMapType,
+		NoFreelistSync:  true,    // the freelist is rebuilt on open instead of written per commit
+		InitialMmapSize: 1 << 30, // address space only; spares remaps that wait for readers
+	})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("open %s: data file is in use by another process (lock not acquired within %s)", path, opts.Timeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	db := &DB{bolt: bdb, path: path, opts: opts, log: logger,
+		reqs: make(chan *request, maxBatch), stopped: make(chan struct{})}
+	if err := db.init(); err != nil {
+		_ = bdb.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	db.log = logger.With(attrNode, db.node.String())
+	go db.commitLoop()
+	db.log.Debug("opened", attrPath, path, attrKeys, db.users.Load()+db.sessions.Load()+db.messages.Load())
+	return db, nil
+}
+
+// init creates the buckets and the node identity, and loads counters, feed head, the HLC
+// high-water mark and the digest.
+func (db *DB) init() error {
+	var hw crdt.Timestamp
+	err := db.bolt.Update(func(btx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if _, err := btx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		meta := btx.Bucket(bucketMeta)
+		if v := meta.Get(metaFormat); v != nil && getUint(v) != formatVersion {
+			return fmt.Errorf("data format %d, want %d", getUint(v), formatVersion)
+		}
+		if err := meta.Put(metaFormat, putUint(formatVersion)); err != nil {
+			return err
+		}
+		if v := meta.Get(metaNode); len(v) == 8 {
+			db.node = crdt.NodeID(binary.BigEndian.Uint64(v))
+		} else {
+			var b [8]byte
+			for db.node == 0 {
+				_, _ = rand.Read(b[:])
+				db.node = crdt.NodeID(binary.BigEndian.Uint64(b[:]))
+			}
+			if err := meta.Put(metaNode, b[:]); err != nil {
+				return err
+			}
+		}
+		if v := meta.Get(metaClock); v != nil {
+			hw, _ = crdt.DecodeTimestamp(v)
+		}
+		db.head.Store(getUint(meta.Get(metaHead)))
+		db.users.Store(int64(getUint(meta.Get(metaUsers))))
+		db.sessions.Store(int64(getUint(meta.Get(metaSessions))))
+		db.messages.Store(int64(getUint(meta.Get(metaMessages))))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Physical time never reads below the high-water mark, so a clock stepped back
+	// across a restart cannot make this node issue timestamps below its earlier ones.
+	db.floor = hw.Wall
+	db.clock = crdt.NewClock(db.node, db.physicalNow, db.opts.MaxSkew)
+	if !hw.IsZero() {
+		if err := db.clock.Observe(hw); err != nil {
+			return fmt.Errorf("restore clock: %w", err)
+		}
+	}
+	return db.bolt.View(func(btx *bolt.Tx) error { return rebuildDigest(btx, &db.digest) })
+}
+
+func (db *DB) physicalNow() time.Time {
+	t := db.opts.Now()
+	if t.UnixNano() < db.floor {
+		return time.Unix(0, db.floor)
+	}
+	return t
+}
+
+// Close waits for queued and in-flight writes, stops the committer goroutine and closes
+// the file. Writes after Close fail with ErrClosed. It is safe to call more than once; every
+// call returns the first call's result.
+func (db *DB) Close() error {
+	db.closeOnce.Do(func() {
+		db.mu.Lock()
+		db.closed = true
+		close(db.reqs)
+		db.mu.Unlock()
+		<-db.stopped
+		db.closeErr = db.bolt.Close()
+	})
+	return db.closeErr
+}
+
+// NodeID returns this replica's identity, generated when the file was created.
+func (db *DB) NodeID() crdt.NodeID { return db.node }
+
+// Clock returns the node's hybrid logical clock. Its high-water mark is stored with every
+// commit, so after a restart it never issues a timestamp below one it issued or observed
+// before.
+func (db *DB) Clock() *crdt.Clock { return db.clock }
+
+// Path returns the bbolt file's path.
+func (db *DB) Path() string { return db.path }
+
+// Stats counts what the node holds.
+type Stats struct {
+	Users    int // user records not erased
+	Sessions int // session records held, in any state
+	Messages int // log entries held
+}
+
+// Stats returns the node's counters. They are kept up to date by every commit, not
+// counted by scanning.
+func (db *DB) Stats(ctx context.Context) (Stats, error) {
+	if err := ctx.Err(); err != nil {
+		return Stats{}, err
+	}
+	return Stats{Users: int(db.users.Load()), Sessions: int(db.sessions.Load()), Messages: int(db.messages.Load())}, nil
+}
+
+// Backup writes a consistent copy of the whole file to w from a read transaction, while
+// reads and writes go on, and returns the number of bytes written. The copy opens as a
+// regular data file. It carries this node's ID: restore it only in place of this node,
+// never beside it (two nodes with one ID would reuse log sequence numbers).
+func (db *DB) Backup(w io.Writer) (int64, error) {
+	var n int64
+	err := db.bolt.View(func(btx *bolt.Tx) error {
+		var err error
+		n, err = btx.WriteTo(w)
+		return err
+	})
+	if err != nil {
+		return n, fmt.Errorf("backup: %w", err)
+	}
+	return n, nil
+}
+
+// view runs fn in a bbolt read transaction after checking ctx.
+func (db *DB) view(ctx context.Context, fn func(btx *bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return db.bolt.View(fn)
+}
+
+func putUint(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+func getUint(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}

@@ -1,0 +1,257 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sessiond/sessiond/crdt"
+	bolt "go.etcd.io/bbolt"
+)
+
+// testClock is a settable physical clock.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newTestClock() *testClock {
+	return &testClock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// testLogger sends the package's logs to t.Log.
+func testLogger(tb testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tbWriter{tb}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tbWriter struct{ tb testing.TB }
+
+func (w tbWriter) Write(p []byte) (int, error) {
+	w.tb.Helper()
+	w.tb.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// MustOpenDB opens a DB in a fresh temporary directory with opts (Now defaults to a
+// fixed test clock's, Logger to t.Log). Cleanup checks the file's invariants and closes
+// it.
+func MustOpenDB(tb testing.TB, opts ...Options) *DB {
+	tb.Helper()
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	if o.Now == nil {
+		o.Now = newTestClock().Now
+	}
+	if o.Logger == nil {
+		o.Logger = testLogger(tb)
+	}
+	db, err := Open(filepath.Join(tb.TempDir(), "data.db"), o)
+	if err != nil {
+		tb.Fatalf("Open: %v", err)
+	}
+	tb.Cleanup(func() {
+		if !tb.Failed() {
+			checkInvariants(tb, db)
+		}
+		if err := db.Close(); err != nil {
+			tb.Errorf("Close: %v", err)
+		}
+	})
+	return db
+}
+
+// mustReopen closes db and opens its file again with opts.
+func mustReopen(tb testing.TB, db *DB, opts Options) *DB {
+	tb.Helper()
+	if err := db.Close(); err != nil {
+		tb.Fatalf("Close: %v", err)
+	}
+	if opts.Logger == nil {
+		opts.Logger = testLogger(tb)
+	}
+	db2, err := Open(db.Path(), opts)
+	if err != nil {
+		tb.Fatalf("reopen: %v", err)
+	}
+	tb.Cleanup(func() { _ = db2.Close() })
+	return db2
+}
+
+// checkInvariants verifies that everything derived agrees with the replicated state:
+// bbolt's consistency check, the digest against a rebuild, the leaf index, counters,
+// feed positions, session indexes and conversation summaries.
+func checkInvariants(tb testing.TB, db *DB) {
+	tb.Helper()
+	err := db.bolt.View(func(btx *bolt.Tx) error {
+		for err := range btx.Check() {
+			tb.Errorf("bbolt check: %v", err)
+		}
+		var d crdt.Digest
+		if err := rebuildDigest(btx, &d); err != nil {
+			tb.Fatalf("rebuild digest: %v", err)
+		}
+		if got := db.Digest(); got != d {
+			tb.Errorf("digest root %x, rebuilt %x", got.Root(), d.Root())
+		}
+		records, log, feed := btx.Bucket(bucketRecords), btx.Bucket(bucketLog), btx.Bucket(bucketFeed)
+		keys := map[string]bool{}
+		var users, sessions, messages int
+		_ = records.ForEach(func(k, v []byte) error {
+			key := string(k)
+			keys[key] = true
+			m, _, _, err := decodeRecord(key, v)
+			if err != nil {
+				tb.Errorf("record %q: %v", key, err)
+				return nil
+			}
+			if fk := feed.Get(v[:seqLen]); string(fk) != key {
+				tb.Errorf("record %q: feed position %d holds %q", key, getUint(v[:seqLen]), fk)
+			}
+			switch {
+			case strings.HasPrefix(key, crdt.UserPrefix):
+				if _, del := m.Flag(crdt.FieldDeleted); !del {
+					users++
+				}
+			case strings.HasPrefix(key, crdt.SessionPrefix):
+				sessions++
+				byUser, byExp := sessionIndexKeys(key, &m)
+				if btx.Bucket(bucketUserSessions).Get(byUser) == nil || btx.Bucket(bucketExpiry).Get(byExp) == nil {
+					tb.Errorf("session %q not indexed", key)
+				}
+				if !db.batchKeep(btx, key, &m) {
+					tb.Errorf("session %q stored though it is to be dropped", key)
+				}
+			}
+			return nil
+		})
+		for _, bk := range [][]byte{bucketUserSessions, bucketExpiry} {
+			if n := btx.Bucket(bk).Stats().KeyN; n != sessions {
+				tb.Errorf("%s index holds %d keys, want %d", bk, n, sessions)
+			}
+		}
+		convCount := map[string]uint64{}
+		_ = log.ForEach(func(k, v []byte) error {
+			i := bytes.IndexByte(k, 0)
+			conv := string(k[:i])
+			e, err := decodeStoredEntry(k[:i+1], k, v)
+			if err != nil {
+				tb.Errorf("log: %v", err)
+				return nil
+			}
+			key := LogKey(conv, e.ID)
+			keys[key] = true
+			messages++
+			convCount[conv]++
+			if fk := feed.Get(v[:seqLen]); string(fk) != key {
+				tb.Errorf("entry %q: feed position holds %q", key, fk)
+			}
+			return nil
+		})
+		_ = btx.Bucket(bucketConvs).ForEach(func(k, v []byte) error {
+			st, err := decodeConvState(v)
+			if err != nil || st.count != convCount[string(k)] {
+				tb.Errorf("conversation %q: state %+v (%v), %d entries", k, st, err, convCount[string(k)])
+			}
+			delete(convCount, string(k))
+			return nil
+		})
+		for conv := range convCount {
+			tb.Errorf("conversation %q has entries but no state", conv)
+		}
+		leaves := 0
+		_ = btx.Bucket(bucketLeaves).ForEach(func(k, _ []byte) error {
+			leaves++
+			if key := string(k[2:]); !keys[key] || !bytes.Equal(leafKey(key), k) {
+				tb.Errorf("leaf index holds %q, not stored", key)
+			}
+			return nil
+		})
+		if leaves != len(keys) {
+			tb.Errorf("leaf index holds %d keys, want %d", leaves, len(keys))
+		}
+		st, _ := db.Stats(context.Background())
+		if st != (Stats{Users: users, Sessions: sessions, Messages: messages}) {
+			tb.Errorf("Stats = %+v, counted %d users, %d sessions, %d messages", st, users, sessions, messages)
+		}
+		return nil
+	})
+	if err != nil {
+		tb.Errorf("check invariants: %v", err)
+	}
+}
+
+// batchKeep evaluates the keep rule against a read transaction, for invariant checks.
+func (db *DB) batchKeep(btx *bolt.Tx, key string, m *crdt.Map) bool {
+	b := &batch{db: db, now: db.opts.Now(), erased: btx.Bucket(bucketErased)}
+	return b.keep(nil, key, m)
+}
+
+// update runs fn with Update and fails the test on error.
+func update(tb testing.TB, db *DB, fn func(tx *Tx) error) {
+	tb.Helper()
+	if err := db.Update(context.Background(), fn); err != nil {
+		tb.Fatalf("Update: %v", err)
+	}
+}
+
+// merge merges one update into key and fails the test on error.
+func merge(tb testing.TB, db *DB, key string, m crdt.Map) crdt.Map {
+	tb.Helper()
+	var out crdt.Map
+	update(tb, db, func(tx *Tx) error {
+		var err error
+		out, err = tx.Merge(key, m)
+		return err
+	})
+	return out
+}
+
+func mustRecord(tb testing.TB, db *DB, key string) (crdt.Map, bool) {
+	tb.Helper()
+	m, ok, err := db.Record(context.Background(), key)
+	if err != nil {
+		tb.Fatalf("Record(%q): %v", key, err)
+	}
+	return m, ok
+}
+
+// ts returns a timestamp of node at wall nanoseconds w.
+func ts(node crdt.NodeID, w int64) crdt.Timestamp { return crdt.Timestamp{Wall: w, Node: node} }
+
+// newSession returns a session record of user created at now, expiring in ttl.
+func newSession(db *DB, user string, ttl time.Duration) crdt.Map {
+	now := db.opts.Now()
+	return crdt.NewSession(user, now.Add(ttl), time.Hour, db.Clock().Next())
+}
+
+func newUser(db *DB, name string) crdt.Map {
+	return crdt.NewUser(name, "hash", map[string]string{crdt.FieldEmail: name + "@example.com"}, db.Clock().Next())
+}
+
+func allChanges(tb testing.TB, db *DB) []Change {
+	tb.Helper()
+	cs, _, err := db.ChangesSince(context.Background(), 0, 0)
+	if err != nil {
+		tb.Fatalf("ChangesSince: %v", err)
+	}
+	return cs
+}

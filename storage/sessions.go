@@ -1,0 +1,104 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+
+	"github.com/sessiond/sessiond/crdt"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Two local indexes point at session records: by owner (user 0 created(20) key), newest
+// last, for UserSessions; and by absolute expiry (expires(8) key), soonest first, for
+// Sweep. Both are derived from the records on this node and never replicated.
+
+// sessionOwner returns the owner of the session record m.
+func sessionOwner(m *crdt.Map) (string, bool) {
+	f, ok := m.Field(crdt.FieldUser)
+	if !ok || f.Kind != crdt.KindFWW || !validID(string(f.Value)) {
+		return "", false
+	}
+	return string(f.Value), true
+}
+
+// sessionIndexKeys returns the index keys of the session record key in state m.
+func sessionIndexKeys(key string, m *crdt.Map) (byUser, byExpiry []byte) {
+	f, _ := m.Field(crdt.FieldUser)
+	byUser = append(append([]byte(nil), f.Value...), 0)
+	byUser = f.TS.AppendBinary(byUser)
+	byUser = append(byUser, key...)
+	byExpiry = binary.BigEndian.AppendUint64(nil, uint64(crdt.SessionExpires(m).UnixNano()))
+	byExpiry = append(byExpiry, key...)
+	return byUser, byExpiry
+}
+
+// indexSession moves the session record key's index entries from state old to state m;
+// either may be nil (absent). Only stored (kept) states are indexed.
+func (b *batch) indexSession(key string, old, m *crdt.Map) error {
+	var oldUser, oldExp, newUser, newExp []byte
+	if old != nil {
+		oldUser, oldExp = sessionIndexKeys(key, old)
+	}
+	if m != nil {
+		newUser, newExp = sessionIndexKeys(key, m)
+	}
+	for _, ix := range []struct {
+		bk       *bolt.Bucket
+		old, new []byte
+	}{{b.userSessions, oldUser, newUser}, {b.expiry, oldExp, newExp}} {
+		if bytes.Equal(ix.old, ix.new) {
+			continue
+		}
+		if ix.old != nil {
+			if err := ix.bk.Delete(ix.old); err != nil {
+				return err
+			}
+		}
+		if ix.new != nil {
+			if err := ix.bk.Put(ix.new, nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// UserSessions returns every session record of userID held here, in any state (active,
+// revoked, expired but not yet swept), newest first. It reads the owner index, not every
+// session. The slice and its sessions are the caller's.
+func (db *DB) UserSessions(ctx context.Context, userID string) ([]crdt.Session, error) {
+	var out []crdt.Session
+	err := db.view(ctx, func(btx *bolt.Tx) error {
+		keys := userSessionKeys(btx.Bucket(bucketUserSessions), userID)
+		records := btx.Bucket(bucketRecords)
+		for i := len(keys) - 1; i >= 0; i-- {
+			key := keys[i]
+			m, _, ok, err := decodeRecord(key, records.Get([]byte(key)))
+			if err != nil {
+				return err
+			}
+			if ok {
+				out = append(out, crdt.ReadSession(key[len(crdt.SessionPrefix):], &m))
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// userSessionKeys returns the record keys of user's sessions, oldest first.
+func userSessionKeys(bk *bolt.Bucket, user string) []string {
+	if !validID(user) {
+		return nil
+	}
+	prefix := append([]byte(user), 0)
+	var keys []string
+	c := bk.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		if len(k) > len(prefix)+crdt.TimestampSize {
+			keys = append(keys, string(k[len(prefix)+crdt.TimestampSize:]))
+		}
+	}
+	return keys
+}
