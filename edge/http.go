@@ -29,8 +29,12 @@ const localsPrincipal = "principal"
 
 func (n *Node) newApp() *fiber.App {
 	app := fiber.New(fiber.Config{
-		AppName:                 "sessiond",
-		DisableStartupMessage:   true,
+		AppName:               "sessiond",
+		DisableStartupMessage: true,
+		// Values from the Ctx (headers, params, the method) alias fasthttp's reused buffers
+		// unless copied; the token cache, throttle keys and metric labels keep them past the
+		// request, so have Fiber copy them all rather than trusting every call site.
+		Immutable:               true,
 		BodyLimit:               maxBody,
 		ReadTimeout:             30 * time.Second,
 		IdleTimeout:             2 * time.Minute,
@@ -121,9 +125,34 @@ func (n *Node) observe(c *fiber.Ctx) error {
 	if c.Response().StatusCode() == fiber.StatusNotFound && !strings.HasPrefix(route, "/v1/") {
 		route = "unmatched"
 	}
-	n.metrics.requests.WithLabelValues(route, c.Method(), strconv.Itoa(c.Response().StatusCode())).Inc()
-	n.metrics.latency.WithLabelValues(route, c.Method()).Observe(time.Since(start).Seconds())
+	method := methodLabel(c.Method())
+	n.metrics.requests.WithLabelValues(route, method, strconv.Itoa(c.Response().StatusCode())).Inc()
+	n.metrics.latency.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
 	return nil
+}
+
+// methodLabel returns a constant for the request method: Fiber's c.Method() aliases the
+// request buffer, which is reused, and Prometheus keeps label values, so a retained
+// method string would change under the metric. Unknown methods share one label, which
+// also bounds the label's cardinality.
+func methodLabel(m string) string {
+	switch m {
+	case fiber.MethodGet:
+		return fiber.MethodGet
+	case fiber.MethodHead:
+		return fiber.MethodHead
+	case fiber.MethodPost:
+		return fiber.MethodPost
+	case fiber.MethodPut:
+		return fiber.MethodPut
+	case fiber.MethodPatch:
+		return fiber.MethodPatch
+	case fiber.MethodDelete:
+		return fiber.MethodDelete
+	case fiber.MethodOptions:
+		return fiber.MethodOptions
+	}
+	return "OTHER"
 }
 
 func (n *Node) readyz(c *fiber.Ctx) error {
