@@ -59,6 +59,8 @@ Flags:
 
 type flags struct {
 	cfg            edge.Config
+	testHooks      bool
+	clockOffset    time.Duration
 	join           string
 	keyFile        string
 	logFormat      string
@@ -92,6 +94,8 @@ func newFlagSet(stderr io.Writer) (*flag.FlagSet, *flags) {
 	fs.StringVar(&f.cors, "cors-origins", "", "comma-separated browser `ORIGINS` allowed to call the API; default none (CORS off)")
 	fs.StringVar(&f.trustedProxies, "trusted-proxies", "", "comma-separated `ADDRS` of load balancers whose X-Forwarded-For is believed")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "bound on a graceful shutdown")
+	fs.BoolVar(&f.testHooks, "enable-test-hooks", false, "allow the flags below that exist only for fault-injection tests")
+	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "(test hook) shift this node's clock by `DURATION`, to test skew handling; needs --enable-test-hooks")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: `text|json`")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: `debug|info|warn|error`")
 	fs.Usage = func() {
@@ -153,6 +157,15 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	cfg := f.cfg
 	cfg.Logger = logger
+	if f.clockOffset != 0 {
+		if !f.testHooks {
+			fmt.Fprintln(stderr, "sessiond: --test-clock-offset is a test hook: it needs --enable-test-hooks")
+			return 2
+		}
+		offset := f.clockOffset
+		cfg.Now = func() time.Time { return time.Now().Add(offset) }
+		logger.Warn("test hook: clock shifted", "offset", offset)
+	}
 	cfg.Join = splitList(f.join)
 	cfg.CORSOrigins = splitList(f.cors)
 	cfg.TrustedProxies = splitList(f.trustedProxies)
