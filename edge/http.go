@@ -361,13 +361,14 @@ func (n *Node) deleteMe(c *fiber.Ctx) error {
 
 func (n *Node) sendMessage(c *fiber.Ctx) error {
 	var req struct {
-		To   string `json:"to"`
-		Body string `json:"body"`
+		To    string `json:"to"`
+		Body  string `json:"body"`
+		After string `json:"after"`
 	}
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
-	m, err := n.messages.Send(c.UserContext(), principal(c), functions.Send{To: req.To, Body: req.Body})
+	m, err := n.messages.Send(c.UserContext(), principal(c), functions.Send{To: req.To, Body: req.Body, After: req.After})
 	if err != nil {
 		return err
 	}

@@ -119,7 +119,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	passwords := functions.NewPasswords(n.cfg.PasswordHashes)
 	n.users = &functions.Users{Store: st, Clock: clock, Passwords: passwords}
 	n.sessions = &functions.Sessions{Store: st, Clock: clock, Passwords: passwords, TTL: n.cfg.SessionTTL, IdleTTL: n.cfg.IdleTTL}
-	n.messages = &functions.Messages{Store: st}
+	n.messages = &functions.Messages{Store: st, Clock: clock}
 	n.cluster = &functions.Cluster{Membership: clusterView{n}}
 	n.app = n.newApp()
 

@@ -26,10 +26,13 @@ type Conversation struct {
 	Count       int     `json:"count"`
 }
 
-// Send is the request to send a message to the user named To.
+// Send is the request to send a message to the user named To. After, when set, is the ID
+// of the sender's previous message: the new one is ordered after it even when it is sent
+// through another node that has not yet received the previous one.
 type Send struct {
-	To   string
-	Body string
+	To    string
+	Body  string
+	After string
 }
 
 // Page is one page of a conversation and the cursor for what comes after it.
@@ -42,6 +45,7 @@ type Page struct {
 // users. It holds no state between calls and is safe for concurrent use.
 type Messages struct {
 	Store Store
+	Clock Clock
 }
 
 // Send appends a message from the caller to the conversation with req.To.
@@ -51,6 +55,15 @@ func (s *Messages) Send(ctx context.Context, p Principal, req Send) (Message, er
 	}
 	if err := validText("body", req.Body, MaxMessageBody, true); err != nil {
 		return Message{}, err
+	}
+	if req.After != "" {
+		prev, err := parseEntryID(req.After)
+		if err != nil {
+			return Message{}, err
+		}
+		if err := s.Clock.Observe(prev.TS); err != nil {
+			return Message{}, Errorf(EInvalid, "after names a message from the future")
+		}
 	}
 	to, err := s.lookup(ctx, req.To)
 	if err != nil {
@@ -97,6 +110,18 @@ func messageOf(e crdt.Entry, m crdt.Message, from, to string) Message {
 
 // EntryIDString formats a message ID for the API.
 func EntryIDString(id crdt.EntryID) string { return hex.EncodeToString(id.AppendBinary(nil)) }
+
+func parseEntryID(s string) (crdt.EntryID, error) {
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != crdt.EntryIDSize {
+		return crdt.EntryID{}, Errorf(EInvalid, "after must be a message id")
+	}
+	id, err := crdt.DecodeEntryID(b)
+	if err != nil {
+		return crdt.EntryID{}, Errorf(EInvalid, "after must be a message id")
+	}
+	return id, nil
+}
 
 // List returns up to limit messages of the caller's conversation with the user named
 // with, after cursor (from the start when empty), in conversation order, and the cursor

@@ -438,3 +438,34 @@ func TestMessagesForUser(t *testing.T) {
 		})
 	}
 }
+
+// TestMessagesSendAfter: a sender's second message, sent through a node that has not yet
+// seen the first (modelled by a first message stamped 30 s ahead of this node's clock, as
+// by a node whose clock runs ahead), still orders after it when the client names it.
+func TestMessagesSendAfter(t *testing.T) {
+	ctx := context.Background()
+	e := newChatEnv(t)
+	ahead := crdt.EntryID{TS: crdt.Timestamp{Wall: testEpoch.Add(30 * time.Second).UnixNano(), Node: 9}, Seq: 1}
+	t.Run("OK", func(t *testing.T) {
+		m, err := e.messages.Send(ctx, e.alice, Send{To: "bob", Body: "second", After: EntryIDString(ahead)})
+		if err != nil {
+			t.Fatalf("Send: %v", err)
+		}
+		id, err := parseEntryID(m.ID)
+		if err != nil {
+			t.Fatalf("parseEntryID(%q): %v", m.ID, err)
+		}
+		if id.Compare(ahead) <= 0 {
+			t.Errorf("ID=%v, want after the previous message's %v", id, ahead)
+		}
+	})
+	t.Run("ErrFromTheFuture", func(t *testing.T) {
+		future := crdt.EntryID{TS: crdt.Timestamp{Wall: testEpoch.Add(time.Hour).UnixNano(), Node: 9}, Seq: 1}
+		_, err := e.messages.Send(ctx, e.alice, Send{To: "bob", Body: "x", After: EntryIDString(future)})
+		wantCode(t, err, EInvalid)
+	})
+	t.Run("ErrMalformed", func(t *testing.T) {
+		_, err := e.messages.Send(ctx, e.alice, Send{To: "bob", Body: "x", After: "zz"})
+		wantCode(t, err, EInvalid)
+	})
+}

@@ -47,4 +47,7 @@ type ConversationInfo struct {
 type Clock interface {
 	Next() crdt.Timestamp
 	PhysicalNow() time.Time
+	// Observe moves the clock past a timestamp the client saw, or fails with
+	// crdt.ErrClockSkew when it is too far ahead.
+	Observe(crdt.Timestamp) error
 }

@@ -338,7 +338,7 @@ func newTestEnv(tb testing.TB) *testEnv {
 		users: &Users{Store: store, Clock: clock, Passwords: pw},
 		sessions: &Sessions{Store: store, Clock: clock, Passwords: pw,
 			TTL: testTTL, IdleTTL: testIdleTTL, TouchEvery: testTouchEvery},
-		messages: &Messages{Store: store},
+		messages: &Messages{Store: store, Clock: clock},
 	}
 	tb.Cleanup(func() { store.checkInvariants(tb) })
 	return e

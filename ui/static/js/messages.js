@@ -19,6 +19,11 @@ const BODY_MAX_BYTES = 4096;
 const USERNAME = /^[a-z0-9_.-]{3,32}$/;
 const encoder = new TextEncoder();
 
+// lastSent is the id of the last message this tab sent. Each send names it as `after`, so
+// the server orders the new message after it even if a load balancer sends the two to
+// different nodes before they have replicated.
+let lastSent = '';
+
 /** screen is #/messages and #/messages/NAME. */
 export function screen(main, args, ctx) {
   const me = credentials.username();
@@ -254,7 +259,8 @@ function threadPane(ctx, me, name) {
     busy(send, true, 'Sending…');
     body.value = ''; // cleared at once, so typing on is not lost; put back on failure
     try {
-      const r = await api.post('v1/messages', { to: name, body: text }, { signal: ctx.signal });
+      const r = await api.post('v1/messages', lastSent ? { to: name, body: text, after: lastSent } : { to: name, body: text }, { signal: ctx.signal });
+      if (r && r.message) lastSent = r.message.id;
       if (ctx.signal.aborted) return;
       if (!body.value.trim()) body.value = '';
       if (r && r.message) {
