@@ -156,7 +156,10 @@ func (l *Log) Read(cursor Cursor, limit int) ([]Entry, Cursor) {
 			break
 		}
 		o := e.ID.Origin()
-		if e.ID.Seq <= cursor[o] || !l.Stable(e.ID) {
+		// Only an origin's next unread seq: if its timestamps ever went back (a restart
+		// that lost its clock state), a later seq can order before an earlier one, and
+		// returning it first would make the cursor skip the earlier one forever.
+		if e.ID.Seq != next[o]+1 || !l.Stable(e.ID) {
 			continue
 		}
 		out = append(out, e)
