@@ -6,6 +6,8 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -82,9 +84,19 @@ func badRequest(format string, args ...any) error {
 // decodeJSON decodes the request body into v, strictly: one JSON object, no unknown
 // fields. Errors are invalid_argument with a message naming the problem.
 func decodeJSON(c *fiber.Ctx, v any) error {
-	body := c.Body()
+	// c.Body() would inflate a gzip, deflate or brotli body with no bound, past the 1 MiB
+	// cap (a 1 MiB gzip body inflates to about 1 GiB): take the bytes as sent, and only
+	// uncompressed ones.
+	if enc := c.Get(fiber.HeaderContentEncoding); enc != "" && !strings.EqualFold(enc, "identity") {
+		return badRequest("Content-Encoding %q is not supported; send plain JSON", enc)
+	}
+	body := c.Request().Body()
 	if len(bytes.TrimSpace(body)) == 0 {
 		return badRequest("request body must be a JSON object")
+	}
+	// encoding/json would turn invalid UTF-8 into U+FFFD and store that; refuse it instead.
+	if !utf8.Valid(body) {
+		return badRequest("request body must be valid UTF-8")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -94,12 +106,15 @@ func decodeJSON(c *fiber.Ctx, v any) error {
 		switch {
 		case errors.As(err, &se):
 			return badRequest("malformed JSON at byte %d", se.Offset)
+		case errors.As(err, &te) && te.Field == "":
+			return badRequest("request body must be a JSON object")
 		case errors.As(err, &te):
 			return badRequest("field %q must be %s", te.Field, jsonKind(te.Type.Kind().String()))
 		}
 		return badRequest("invalid JSON: %s", err.Error())
 	}
-	if dec.More() {
+	// dec.More() misses a stray '}' or ']' after the object; any non-space rest is refused.
+	if len(bytes.TrimSpace(body[dec.InputOffset():])) > 0 {
 		return badRequest("request body must hold one JSON object")
 	}
 	return nil

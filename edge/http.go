@@ -220,10 +220,17 @@ func (n *Node) login(c *fiber.Ctx) error {
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
+	// The address is checked first, so one client cannot create account buckets faster
+	// than its own limit; a name no account can have (longer than the longest username,
+	// up to the 1 MiB body) shares one bucket instead of being kept as a key.
+	account := req.Username
+	if len(account) > functions.MaxUsername {
+		account = ""
+	}
 	for _, t := range []struct {
 		th  *throttle
 		key string
-	}{{n.loginByAccount, req.Username}, {n.loginByAddress, c.IP()}} {
+	}{{n.loginByAddress, c.IP()}, {n.loginByAccount, account}} {
 		if ok, wait := t.th.allow(t.key); !ok {
 			n.metrics.loginFailures.WithLabelValues("throttled").Inc()
 			c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"strings"
 	"sync"
 	"time"
 
@@ -50,7 +51,7 @@ func (t *throttle) allow(key string) (bool, time.Duration) {
 	b, ok := t.buckets[key]
 	if !ok {
 		b = &bucket{lim: rate.NewLimiter(t.limit, t.burst)}
-		t.buckets[key] = b
+		t.buckets[strings.Clone(key)] = b // key may alias a reused request buffer
 	}
 	b.used = now
 	r := b.lim.ReserveN(now, 1)

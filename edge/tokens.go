@@ -3,6 +3,7 @@ package edge
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -130,7 +131,9 @@ func (t *tokens) verify(raw string) (userID, sessionID string, err error) {
 			}
 		}
 	}
-	t.cache[raw] = verified{userID: c.Subject, sessionID: c.SessionID, expires: c.ExpiresAt.Time}
+	// raw may alias the server's request buffer (Fiber's strings are zero-copy and the
+	// buffer is reused by later requests); a map key must own its bytes.
+	t.cache[strings.Clone(raw)] = verified{userID: c.Subject, sessionID: c.SessionID, expires: c.ExpiresAt.Time}
 	t.mu.Unlock()
 	return c.Subject, c.SessionID, nil
 }
