@@ -143,7 +143,7 @@ func (n *Node) streamMessages(c *fiber.Ctx) error {
 					return
 				}
 			case <-ping.C:
-				if _, err := n.sessions.Current(ctx, p); err != nil {
+				if err := n.sessions.Check(ctx, p); err != nil {
 					fmt.Fprint(w, "event: end\ndata: {\"reason\":\"session ended\"}\n\n")
 					w.Flush()
 					return

@@ -43,6 +43,16 @@ type Principal struct {
 	UserID    string
 	Username  string
 	SessionID string
+
+	// loaded holds the session and user records Authenticate read for this request, so
+	// the handler that follows does not read them again. Nil for a Principal built
+	// elsewhere; handlers then read the records themselves.
+	loaded *loadedRecords
+}
+
+type loadedRecords struct {
+	session crdt.Session
+	user    crdt.User
 }
 
 // Login is the request to sign in.
@@ -182,15 +192,30 @@ func (s *Sessions) Authenticate(ctx context.Context, userID, sessionID string) (
 	}
 	now := s.Clock.PhysicalNow()
 	if now.Sub(ss.LastUsed) >= s.touchEvery() {
+		var touched crdt.Map
 		err := s.Store.Update(ctx, func(tx Tx) error {
-			_, err := tx.Merge(crdt.SessionKey(sessionID), crdt.TouchSession(s.Clock.Next()))
+			var err error
+			touched, err = tx.Merge(crdt.SessionKey(sessionID), crdt.TouchSession(s.Clock.Next()))
 			return err
 		})
 		if err != nil {
 			return Principal{}, err
 		}
+		ss = crdt.ReadSession(sessionID, &touched)
 	}
-	return Principal{UserID: userID, Username: u.Username, SessionID: sessionID}, nil
+	return Principal{
+		UserID: userID, Username: u.Username, SessionID: sessionID,
+		loaded: &loadedRecords{session: ss, user: u},
+	}, nil
+}
+
+// records returns the caller's session and user: those Authenticate loaded for this
+// request, or freshly read and checked.
+func (s *Sessions) records(ctx context.Context, p Principal) (crdt.Session, crdt.User, error) {
+	if p.loaded != nil {
+		return p.loaded.session, p.loaded.user, nil
+	}
+	return s.load(ctx, p.UserID, p.SessionID)
 }
 
 var errSessionEnded = Errorf(EUnauthorized, "session expired or revoked")
@@ -215,9 +240,16 @@ func (s *Sessions) load(ctx context.Context, userID, sessionID string) (crdt.Ses
 	return ss, u, nil
 }
 
+// Check reports whether the caller's session is still usable, reading it afresh (a
+// long-lived request, such as the message stream, calls it to notice revocation).
+func (s *Sessions) Check(ctx context.Context, p Principal) error {
+	_, _, err := s.load(ctx, p.UserID, p.SessionID)
+	return err
+}
+
 // Current returns the caller's own session.
 func (s *Sessions) Current(ctx context.Context, p Principal) (Session, error) {
-	ss, u, err := s.load(ctx, p.UserID, p.SessionID)
+	ss, u, err := s.records(ctx, p)
 	if err != nil {
 		return Session{}, err
 	}
@@ -253,7 +285,7 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 			return Session{}, err
 		}
 	}
-	ss, u, err := s.load(ctx, p.UserID, p.SessionID)
+	ss, u, err := s.records(ctx, p)
 	if err != nil {
 		return Session{}, err
 	}

@@ -57,7 +57,7 @@ func TestSessionsLogin(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Authenticate the new session: %v", err)
 		}
-		if want := (Principal{UserID: u.ID, Username: "alice", SessionID: s.ID}); p != want {
+		if want := (Principal{UserID: u.ID, Username: "alice", SessionID: s.ID}); p.UserID != want.UserID || p.Username != want.Username || p.SessionID != want.SessionID {
 			t.Errorf("Authenticate=%+v, want %+v", p, want)
 		}
 		s2, _ := e.mustLogin(t, "alice", testPassword)
@@ -275,7 +275,7 @@ func TestSessionsAuthenticate(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Authenticate: %v", err)
 		}
-		if got != p {
+		if got.UserID != p.UserID || got.Username != p.Username || got.SessionID != p.SessionID {
 			t.Errorf("Authenticate=%+v, want %+v", got, p)
 		}
 	})
@@ -856,4 +856,20 @@ func TestSessionsRevoke(t *testing.T) {
 			t.Errorf("Revoke of an unknown session created a record")
 		}
 	})
+}
+
+// TestSessionsCheckSeesRevocation: the records a Principal carries are for one request;
+// Check reads afresh, so a long-lived request notices a revocation made meanwhile.
+func TestSessionsCheckSeesRevocation(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	e.mustRegister(t, "alice", testPassword)
+	_, p := e.mustLogin(t, "alice", testPassword)
+	if err := e.sessions.Check(ctx, p); err != nil {
+		t.Fatalf("Check before revocation: %v", err)
+	}
+	if err := e.sessions.Revoke(ctx, p, p.SessionID); err != nil {
+		t.Fatalf("Revoke: %v", err)
+	}
+	wantCode(t, e.sessions.Check(ctx, p), EUnauthorized)
 }
