@@ -140,6 +140,8 @@ function resolve(route, ctx) {
   }
   const r = ROUTES[route.name];
   if (!r) {
+    document.title = 'Page not found · sessiond';
+    renderNav(); // no link is the current page any more
     replace(main, h('div', { class: 'card' }, h('h1', { tabindex: '-1', class: 'screen-title', text: 'Page not found' }), h('p', {}, h('a', { href: '#/', text: 'Go to the start page' }))));
     focusTitle();
     return;

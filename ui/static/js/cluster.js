@@ -138,7 +138,8 @@ function servedByCard(ctx) {
     'table',
     { class: 'table', id: 'served-by', 'data-testid': 'served-by' },
     h('caption', { class: 'sr-only', text: 'Which node served each recent request' }),
-    h('thead', {}, h('tr', {}, ['Time', 'Served by', 'Request', 'Status'].map((t) => h('th', { scope: 'col', text: t })))),
+    // The time is the column a phone can spare (col-optional hides it on narrow screens).
+    h('thead', {}, h('tr', {}, ['Time', 'Served by', 'Request', 'Status'].map((t) => h('th', { scope: 'col', class: t === 'Time' ? 'col-optional' : null, text: t })))),
     body,
   );
 
@@ -161,7 +162,7 @@ function servedByCard(ctx) {
         h(
           'tr',
           { 'data-testid': 'served-by-row', data: { node: e.node || '' } },
-          h('td', { class: 'nowrap' }, time(e.at, { clock: true })),
+          h('td', { class: 'nowrap col-optional' }, time(e.at, { clock: true })),
           h('td', { class: 'served-node', 'data-testid': 'served-by-node', text: e.node || '—' }),
           h('td', {}, h('code', { text: e.method + ' ' + e.path }), e.background ? h('span', { class: 'tag', text: 'background' }) : null),
           h('td', { class: e.status >= 400 ? 'status-bad' : null, text: String(e.status) }),

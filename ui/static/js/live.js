@@ -18,6 +18,7 @@ let es = null;
 let checkTimer = 0;
 let refreshTimer = 0;
 let refreshing = null;
+let refreshAgain = false;
 let state = 'closed';
 let conversations = [];
 let conversationsLoaded = false;
@@ -115,19 +116,30 @@ export function conversationsList() {
   return { conversations: conversations.slice(), loaded: conversationsLoaded };
 }
 
-/** refreshConversations fetches GET v1/conversations; concurrent calls share one request. */
+/**
+ * refreshConversations fetches GET v1/conversations; concurrent calls share one request.
+ * A call made while a request is on its way (which may have left before the message that
+ * prompted the call) makes it fetch once more when it is back, so no change is missed.
+ */
 export function refreshConversations(opts = {}) {
-  if (refreshing) return refreshing;
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
+  }
   refreshing = (async () => {
     try {
-      const r = await api.get('v1/conversations', { background: !!opts.background });
-      conversations = (r && Array.isArray(r.conversations) ? r.conversations : []).filter((c) => c && c.with);
-      conversationsLoaded = true;
-      markOpenThreadSeen();
-      emit('conversations', conversations.slice());
+      do {
+        refreshAgain = false;
+        const r = await api.get('v1/conversations', { background: !!opts.background });
+        conversations = (r && Array.isArray(r.conversations) ? r.conversations : []).filter((c) => c && c.with);
+        conversationsLoaded = true;
+        markOpenThreadSeen();
+        emit('conversations', conversations.slice());
+      } while (refreshAgain);
       return conversations.slice();
     } finally {
       refreshing = null;
+      refreshAgain = false;
     }
   })();
   return refreshing;

@@ -193,8 +193,11 @@ function threadPane(ctx, me, name) {
           await fetchPages(background);
         } while (again && !ctx.signal.aborted);
         hideAlert(threadErr);
+        // Loaded at last after a failed first load (the stream came back): show the
+        // empty state the failure left out.
+        if (loadedOnce && !ids.size && !thread.firstChild) replace(thread, empty('No messages yet. Say hello!', 'thread-empty'));
       } catch (ex) {
-        if (!ctx.signal.aborted) showError(threadErr, ex);
+        if (!ctx.signal.aborted) showError(threadErr, ex, { not_found: noSuchUser(name) });
       } finally {
         catching = null;
       }
@@ -273,7 +276,7 @@ function threadPane(ctx, me, name) {
       if (ctx.signal.aborted) return;
       if (!body.value) body.value = text;
       showError(sendErr, ex, {
-        not_found: 'There is no user named “' + name + '”. Check the spelling of the username.',
+        not_found: noSuchUser(name),
         invalid_argument: 'That message could not be sent.',
       });
     } finally {
@@ -297,6 +300,10 @@ function threadPane(ctx, me, name) {
     more,
     form,
   );
+}
+
+function noSuchUser(name) {
+  return 'There is no user named “' + name + '”. Check the spelling of the username.';
 }
 
 function messageItem(m, me) {

@@ -31,6 +31,9 @@ export function seen(me, other) {
   return Number.isFinite(n) ? n : 0;
 }
 
+const listeners = new Set();
+let notifying = false;
+
 /** markSeen records that count messages with other were shown; it never goes down. */
 export function markSeen(me, other, count) {
   if (!me || !other || !Number.isFinite(count)) return;
@@ -38,6 +41,14 @@ export function markSeen(me, other, count) {
   if ((v[other] || 0) >= count) return;
   v[other] = count;
   store(me, v);
+  // This tab's badges must follow too (the storage event reaches only the other tabs).
+  // One call once the current script is done: markSeen also runs while a list is drawn.
+  if (notifying) return;
+  notifying = true;
+  queueMicrotask(() => {
+    notifying = false;
+    for (const fn of listeners) fn();
+  });
 }
 
 /** unreadIn returns the unread count of a conversation {with, last_message, count}. */
@@ -56,11 +67,16 @@ export function total(me, conversations) {
   return (conversations || []).reduce((n, c) => n + unreadIn(me, c), 0);
 }
 
-/** onChange calls fn when another tab of this browser changes the counts. */
+/** onChange calls fn when this tab or another tab of this browser changes the counts. */
 export function onChange(fn) {
   const handler = (e) => {
     if (e.key && e.key.startsWith(PREFIX)) fn();
   };
+  const local = () => fn();
   window.addEventListener('storage', handler);
-  return () => window.removeEventListener('storage', handler);
+  listeners.add(local);
+  return () => {
+    window.removeEventListener('storage', handler);
+    listeners.delete(local);
+  };
 }
