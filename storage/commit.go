@@ -13,12 +13,6 @@ import (
 // maxBatch caps the requests committed together; it is also the queue's capacity.
 const maxBatch = 1024
 
-// gatherRounds is how many times the committer yields to let writers that are already
-// runnable enqueue before it starts a batch. Writers woken by the previous batch's
-// answers need a moment on the CPU to submit again; without it the committer would
-// alternate between a tiny batch and a large one.
-const gatherRounds = 2
-
 // request is one caller's work, queued for the committer.
 type request struct {
 	ctx  context.Context
@@ -30,8 +24,8 @@ type request struct {
 // Update runs fn in a read-write transaction and returns once its writes are durable.
 //
 // fn runs on the committer goroutine inside one bbolt transaction shared with other
-// callers' functions, which are committed with a single fsync. It must be quick, do no
-// I/O and not call the DB. Its writes are buffered in tx and applied only if it returns
+// callers' functions, which commit together: one commit and its fsyncs. It must be
+// quick, do no I/O and not call the DB. Its writes are buffered in tx and applied only if it returns
 // nil; an error discards them and leaves the other callers' work alone. Update returns
 // fn's error, or the commit's error if the batch could not be committed (then nothing of
 // it is stored). If ctx is done before fn runs, fn is not run and Update returns
@@ -62,33 +56,81 @@ func (db *DB) Update(ctx context.Context, fn func(tx *Tx) error) error {
 func (db *DB) commitLoop() {
 	defer close(db.stopped)
 	batch := make([]*request, 0, maxBatch)
+	var g gatherer
 	for r := range db.reqs {
 		batch = append(batch[:0], r)
-		batch = db.gather(batch)
+		batch = g.gather(db.reqs, batch)
+		start := time.Now()
 		db.runBatch(batch)
+		g.done(len(batch), time.Since(start))
 		clear(batch)
 	}
 }
 
-func (db *DB) gather(batch []*request) []*request {
-	for rounds := 0; len(batch) < maxBatch; {
+// gatherer decides how long the committer collects requests before it commits.
+//
+// It first yields a few times so that writers woken by the previous batch's answers, and
+// already runnable, can submit. If the batch is then smaller than the previous one, it
+// waits for the missing writers a little: at most a quarter of the previous commit's
+// duration and maxGatherWait. On a loaded machine some writers sit on a descheduled thread
+// for a moment; without the wait they would miss the batch and cost a commit of their
+// own. A commit takes milliseconds, so a short wait for writers that are likely coming
+// pays for itself, and one that does not come only lowers the expectation for next time.
+// A lone writer never waits.
+type gatherer struct {
+	expect int           // the previous batch's size
+	commit time.Duration // the previous commit's duration
+	timer  *time.Timer
+}
+
+// gatherRounds is how many times in a row the committer yields without finding a new
+// request before it stops yielding.
+const gatherRounds = 3
+
+// maxGatherWait bounds the wait for writers expected from the previous batch.
+const maxGatherWait = 2 * time.Millisecond
+
+func (g *gatherer) gather(reqs chan *request, batch []*request) []*request {
+	for rounds := 0; len(batch) < maxBatch && rounds < gatherRounds; {
 		select {
-		case r, ok := <-db.reqs:
+		case r, ok := <-reqs:
 			if !ok {
 				return batch
 			}
 			batch = append(batch, r)
+			rounds = 0
 			continue
 		default:
-		}
-		if rounds == gatherRounds {
-			return batch
 		}
 		rounds++
 		runtime.Gosched()
 	}
+	wait := min(g.commit/4, maxGatherWait)
+	if len(batch) >= g.expect || wait <= 0 {
+		return batch
+	}
+	if g.timer == nil {
+		g.timer = time.NewTimer(wait)
+	} else {
+		g.timer.Reset(wait)
+	}
+	defer g.timer.Stop()
+	for len(batch) < g.expect && len(batch) < maxBatch {
+		select {
+		case r, ok := <-reqs:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, r)
+		case <-g.timer.C:
+			return batch
+		}
+	}
 	return batch
 }
+
+// done records a committed batch's size and duration.
+func (g *gatherer) done(n int, d time.Duration) { g.expect, g.commit = n, d }
 
 // errRetry aborts a bbolt transaction whose batch must be run again without the request
 // that broke it.
@@ -169,7 +211,7 @@ type batch struct {
 }
 
 func (db *DB) newBatch(btx *bolt.Tx) *batch {
-	return &batch{
+	b := &batch{
 		db: db, btx: btx, now: db.opts.Now(),
 		meta: btx.Bucket(bucketMeta), records: btx.Bucket(bucketRecords), log: btx.Bucket(bucketLog),
 		logSeq: btx.Bucket(bucketLogSeq), convs: btx.Bucket(bucketConvs), userConvs: btx.Bucket(bucketUserConvs),
@@ -177,7 +219,16 @@ func (db *DB) newBatch(btx *bolt.Tx) *batch {
 		feed: btx.Bucket(bucketFeed), leaves: btx.Bucket(bucketLeaves),
 		head: db.head.Load(), users: db.users.Load(), sessions: db.sessions.Load(), messages: db.messages.Load(),
 	}
+	// These grow at their end (feed positions, a conversation's entries in time order):
+	// pages split there can be left nearly full.
+	for _, bk := range []*bolt.Bucket{b.feed, b.log, b.logSeq} {
+		bk.FillPercent = appendFill
+	}
+	return b
 }
+
+// appendFill is the fill factor of buckets that grow at their end.
+const appendFill = 0.9
 
 // toggle records that key's digest pair hash changes by x.
 func (b *batch) toggle(key string, x uint64) {

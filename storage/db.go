@@ -66,6 +66,11 @@ var (
 var allBuckets = [][]byte{bucketMeta, bucketRecords, bucketLog, bucketLogSeq, bucketConvs,
 	bucketUserConvs, bucketUserSessions, bucketExpiry, bucketErased, bucketFeed, bucketLeaves}
 
+// present is the value of index keys that carry no data. It is not empty: within a write
+// transaction bbolt's Get returns nil for a key put with an empty value, which would make
+// the key look absent.
+var present = []byte{1}
+
 // Meta keys.
 var (
 	metaFormat   = []byte("format")
@@ -115,9 +120,11 @@ type DB struct {
 }
 
 // Open opens or creates the bbolt file at path. On first open it generates a random node
-// ID, kept in the file for its lifetime. It takes the file's lock (waiting up to
-// opts.Timeout), rebuilds the in-memory digest from stored state and starts the committer
-// goroutine; Close stops it.
+// ID, kept in the file for its lifetime. It takes the file's lock, waiting up to
+// opts.Timeout and then failing with an error that says the data file is in use by
+// another process. It rebuilds the in-memory digest in one sequential pass that hashes
+// the stored values without decoding them (counters are stored, not recounted), and
+// starts the committer goroutine; Close stops it.
 func Open(path string, opts Options) (*DB, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = time.Second

@@ -13,9 +13,9 @@
 // Every write, local (Update) or remote (ApplyRemote), goes through one committer
 // goroutine. It takes all queued requests into a single bbolt transaction, runs them in
 // turn, commits once and only then answers each caller, so concurrent writers share one
-// fsync and a nil error always means the write is on disk. Each function's writes are
-// buffered and applied only if it returns nil, so one failing caller does not abort the
-// others. bbolt's NoSync is never set; NoFreelistSync is (the freelist is rebuilt on
+// commit and its fsyncs, and a nil error always means the write is on disk. Each
+// function's writes are buffered and applied only if it returns nil, so one failing
+// caller does not abort the others. bbolt's NoSync is never set; NoFreelistSync is (the freelist is rebuilt on
 // Open instead of written with every commit).
 //
 // # Replicated state and derived state
@@ -52,6 +52,12 @@
 //     have used it within its idle window, and that touch may still be on its way;
 //     dropping the record early would lose it. Readers decide idleness with
 //     crdt.Session.ActiveAt.
+//
+// Each node decides these drops from its own state and clock, so for a while one node may
+// hold a session another has already swept; the drop rules make them agree once both have
+// passed the expiry. (Dropping is not itself a merge: were one session ID ever created
+// twice with different owners or expiries — the handlers' random IDs rule it out — nodes
+// could keep different versions of it until it expires.)
 //
 // Erased users' records (and their username claims) are never dropped: without the
 // tombstone, a delayed copy of the user, its sessions or its messages would come back.

@@ -13,17 +13,17 @@ import (
 // dropped. Nothing of this is replicated as such: each replica derives it from the user
 // record, so their digests converge.
 func (b *batch) erase(user string) error {
-	if err := b.erased.Put([]byte(user), nil); err != nil {
+	if err := b.erased.Put([]byte(user), present); err != nil {
 		return err
 	}
 	sessions := userSessionKeys(b.userSessions, user)
 	for _, key := range sessions {
-		m, h, ok, err := b.record(key)
+		_, st, ok, err := b.load(key)
 		if err != nil {
 			return err
 		}
 		if ok {
-			if err := b.deleteRecord(key, &m, h); err != nil {
+			if err := b.deleteRecord(key, st); err != nil {
 				return err
 			}
 		}
@@ -99,4 +99,17 @@ func deleteKeys(bk *bolt.Bucket, keys [][]byte) error {
 		}
 	}
 	return nil
+}
+
+// erasedFor reports whether user is erased here, counting this function's buffered writes.
+// tx may be nil.
+func (b *batch) erasedFor(tx *Tx, user string) bool {
+	if tx != nil {
+		if p, ok := tx.recs[crdt.UserKey(user)]; ok {
+			if _, del := p.m.Flag(crdt.FieldDeleted); del {
+				return true
+			}
+		}
+	}
+	return b.erased.Get([]byte(user)) != nil
 }

@@ -132,7 +132,7 @@ func readChange(records, log *bolt.Bucket, key string) (Change, uint64, bool, er
 	if conv, id, ok := ParseLogKey(key); ok {
 		return Change{Key: key, Conv: conv, Entry: crdt.Entry{ID: id, Data: bytes.Clone(v[seqLen:])}}, pos, true, nil
 	}
-	m, _, _, err := decodeRecord(key, v)
+	m, _, err := decodeRecord(key, v)
 	if err != nil {
 		return Change{}, 0, false, err
 	}

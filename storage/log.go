@@ -169,13 +169,9 @@ func (tx *Tx) insert(conv string, e crdt.Entry) outcome {
 	if tx.b.erasedFor(tx, a) || tx.b.erasedFor(tx, b) {
 		return outDropped
 	}
-	for i, x := range tx.entries {
-		if x.ID == e.ID && tx.convs[i] == conv {
-			return outUnchanged
-		}
-	}
 	prefix := convPrefix(conv)
-	if tx.b.log.Get(e.ID.AppendBinary(slices.Clip(prefix))) != nil {
+	lk := e.ID.AppendBinary(slices.Clip(prefix))
+	if _, dup := tx.inserted[string(lk)]; dup || tx.b.log.Get(lk) != nil {
 		return outUnchanged
 	}
 	if v := tx.b.logSeq.Get(seqKey(prefix, e.ID.Origin(), e.ID.Seq)); v != nil {
@@ -183,6 +179,10 @@ func (tx *Tx) insert(conv string, e crdt.Entry) outcome {
 			return outUnchanged // a conflicting entry that wins is already here
 		}
 	}
+	if tx.inserted == nil {
+		tx.inserted = make(map[string]struct{})
+	}
+	tx.inserted[string(lk)] = struct{}{}
 	tx.entries = append(tx.entries, e)
 	tx.convs = append(tx.convs, conv)
 	return outApplied
@@ -228,7 +228,7 @@ func (b *batch) writeEntry(conv string, e crdt.Entry) (outcome, error) {
 	}
 	if !exists {
 		for _, u := range []string{x, y} {
-			if err := b.userConvs.Put(append(append([]byte(u), 0), conv...), nil); err != nil {
+			if err := b.userConvs.Put(append(append([]byte(u), 0), conv...), present); err != nil {
 				return 0, err
 			}
 		}
@@ -257,7 +257,7 @@ func (b *batch) writeEntry(conv string, e crdt.Entry) (outcome, error) {
 		return 0, err
 	}
 	key := LogKey(conv, e.ID)
-	if err := b.leaves.Put(leafKey(key), nil); err != nil {
+	if err := b.leaves.Put(leafKey(key), present); err != nil {
 		return 0, err
 	}
 	b.toggle(key, crdt.PairHash(key, e.AppendBinary(nil)))

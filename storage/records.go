@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -24,31 +25,61 @@ func (db *DB) Record(ctx context.Context, key string) (crdt.Map, bool, error) {
 	)
 	err := db.view(ctx, func(btx *bolt.Tx) error {
 		var err error
-		m, _, ok, err = decodeRecord(key, btx.Bucket(bucketRecords).Get([]byte(key)))
+		m, ok, err = decodeRecord(key, btx.Bucket(bucketRecords).Get([]byte(key)))
 		return err
 	})
 	return m, ok, err
 }
 
-// decodeRecord decodes a stored record value (nil: absent) and returns its digest pair
-// hash.
-func decodeRecord(key string, v []byte) (crdt.Map, uint64, bool, error) {
+// decodeRecord decodes a stored record value (nil: absent).
+func decodeRecord(key string, v []byte) (crdt.Map, bool, error) {
 	if v == nil {
-		return crdt.Map{}, 0, false, nil
+		return crdt.Map{}, false, nil
 	}
 	if len(v) < seqLen {
-		return crdt.Map{}, 0, false, fmt.Errorf("record %q: corrupt value", key)
+		return crdt.Map{}, false, fmt.Errorf("record %q: corrupt value", key)
 	}
 	m, err := crdt.DecodeMap(v[seqLen:])
 	if err != nil {
-		return crdt.Map{}, 0, false, fmt.Errorf("record %q: %w", key, err)
+		return crdt.Map{}, false, fmt.Errorf("record %q: %w", key, err)
 	}
-	return m, crdt.PairHash(key, v[seqLen:]), true, nil
+	return m, true, nil
+}
+
+// stored is what replacing or deleting a stored record must undo: its encoding (for the
+// digest) and what the indexes and counters derived from it.
+type stored struct {
+	enc      []byte // the Map's encoding, owned
+	deleted  bool   // a user record with the deleted flag
+	byUser   []byte // a session record's index keys
+	byExpiry []byte
+}
+
+// describe returns what is derived from the record key in state m, encoded as enc.
+func describe(key string, m *crdt.Map, enc []byte) stored {
+	st := stored{enc: enc}
+	switch {
+	case strings.HasPrefix(key, crdt.SessionPrefix):
+		st.byUser, st.byExpiry = sessionIndexKeys(key, m)
+	case strings.HasPrefix(key, crdt.UserPrefix):
+		_, st.deleted = m.Flag(crdt.FieldDeleted)
+	}
+	return st
 }
 
 // record reads the record key as of this point in the batch.
-func (b *batch) record(key string) (crdt.Map, uint64, bool, error) {
+func (b *batch) record(key string) (crdt.Map, bool, error) {
 	return decodeRecord(key, b.records.Get([]byte(key)))
+}
+
+// load reads the record key as of this point in the batch, with its description.
+func (b *batch) load(key string) (crdt.Map, stored, bool, error) {
+	v := b.records.Get([]byte(key))
+	m, ok, err := decodeRecord(key, v)
+	if err != nil || !ok {
+		return m, stored{}, false, err
+	}
+	return m, describe(key, &m, bytes.Clone(v[seqLen:])), true, nil
 }
 
 // keep reports whether the record key in state m is to be stored. Only session records
@@ -62,54 +93,57 @@ func (b *batch) keep(tx *Tx, key string, m *crdt.Map) bool {
 	return ok && crdt.SessionExpires(m).After(b.now) && !b.erasedFor(tx, user)
 }
 
-// writeRecord applies a pending record whose state differs from the stored one.
+// writeRecord applies a pending record.
 func (b *batch) writeRecord(key string, p *pendingRecord) error {
+	// An erasure applied earlier in the same function may have deleted the record since
+	// the function read it; nothing else changes it in between.
+	had := p.had && b.records.Get([]byte(key)) != nil
 	if !b.keep(nil, key, &p.m) {
-		if !p.had {
+		if !had {
 			return nil
 		}
-		return b.deleteRecord(key, &p.base, p.baseHash)
+		return b.deleteRecord(key, p.base)
 	}
-	seq := b.nextSeq()
+	seq := b.head + 1
 	v := putUint(seq)
 	v = p.m.AppendBinary(v)
+	enc := v[seqLen:]
+	if had && bytes.Equal(enc, p.base.enc) {
+		return nil
+	}
+	b.nextSeq()
 	if err := b.records.Put([]byte(key), v); err != nil {
 		return err
 	}
 	if err := b.feedPut(seq, key); err != nil {
 		return err
 	}
-	h := crdt.PairHash(key, v[seqLen:])
-	if p.had {
-		b.toggle(key, p.baseHash^h)
-	} else {
-		b.toggle(key, h)
-		if err := b.leaves.Put(leafKey(key), nil); err != nil {
-			return err
-		}
+	h := crdt.PairHash(key, enc)
+	var old stored
+	if had {
+		old = p.base
+		h ^= crdt.PairHash(key, old.enc)
+	} else if err := b.leaves.Put(leafKey(key), present); err != nil {
+		return err
 	}
+	b.toggle(key, h)
+	now := describe(key, &p.m, nil)
 	switch {
 	case strings.HasPrefix(key, crdt.SessionPrefix):
-		if !p.had {
+		if !had {
 			b.sessions++
 		}
-		var old *crdt.Map
-		if p.had {
-			old = &p.base
-		}
-		if err := b.indexSession(key, old, &p.m); err != nil {
+		if err := b.indexSession(old, now); err != nil {
 			return err
 		}
 	case strings.HasPrefix(key, crdt.UserPrefix):
-		_, wasDeleted := p.base.Flag(crdt.FieldDeleted)
-		_, deleted := p.m.Flag(crdt.FieldDeleted)
-		if p.had && !wasDeleted {
+		if had && !old.deleted {
 			b.users--
 		}
-		if !deleted {
+		if !now.deleted {
 			b.users++
 		}
-		if user := key[len(crdt.UserPrefix):]; deleted && b.erased.Get([]byte(user)) == nil {
+		if user := key[len(crdt.UserPrefix):]; now.deleted && b.erased.Get([]byte(user)) == nil {
 			if err := b.erase(user); err != nil {
 				return fmt.Errorf("erase user %q: %w", user, err)
 			}
@@ -119,25 +153,23 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 	return nil
 }
 
-// deleteRecord removes the stored record key, whose state is old with pair hash h, and
-// everything derived from it. Its feed entry goes stale and is collected later.
-func (b *batch) deleteRecord(key string, old *crdt.Map, h uint64) error {
+// deleteRecord removes the stored record key, described by old, and everything derived
+// from it. Its feed entry goes stale and is collected later.
+func (b *batch) deleteRecord(key string, old stored) error {
 	if err := b.records.Delete([]byte(key)); err != nil {
 		return err
 	}
 	if err := b.leaves.Delete(leafKey(key)); err != nil {
 		return err
 	}
-	b.toggle(key, h)
+	b.toggle(key, crdt.PairHash(key, old.enc))
 	b.removed(key)
-	if strings.HasPrefix(key, crdt.SessionPrefix) {
+	switch {
+	case strings.HasPrefix(key, crdt.SessionPrefix):
 		b.sessions--
-		return b.indexSession(key, old, nil)
-	}
-	if strings.HasPrefix(key, crdt.UserPrefix) {
-		if _, deleted := old.Flag(crdt.FieldDeleted); !deleted {
-			b.users--
-		}
+		return b.indexSession(old, stored{})
+	case strings.HasPrefix(key, crdt.UserPrefix) && !old.deleted:
+		b.users--
 	}
 	return nil
 }

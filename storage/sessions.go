@@ -33,20 +33,13 @@ func sessionIndexKeys(key string, m *crdt.Map) (byUser, byExpiry []byte) {
 	return byUser, byExpiry
 }
 
-// indexSession moves the session record key's index entries from state old to state m;
-// either may be nil (absent). Only stored (kept) states are indexed.
-func (b *batch) indexSession(key string, old, m *crdt.Map) error {
-	var oldUser, oldExp, newUser, newExp []byte
-	if old != nil {
-		oldUser, oldExp = sessionIndexKeys(key, old)
-	}
-	if m != nil {
-		newUser, newExp = sessionIndexKeys(key, m)
-	}
+// indexSession moves a session record's index entries from those of old to those of
+// now; either may be empty (absent).
+func (b *batch) indexSession(old, now stored) error {
 	for _, ix := range []struct {
 		bk       *bolt.Bucket
 		old, new []byte
-	}{{b.userSessions, oldUser, newUser}, {b.expiry, oldExp, newExp}} {
+	}{{b.userSessions, old.byUser, now.byUser}, {b.expiry, old.byExpiry, now.byExpiry}} {
 		if bytes.Equal(ix.old, ix.new) {
 			continue
 		}
@@ -56,7 +49,7 @@ func (b *batch) indexSession(key string, old, m *crdt.Map) error {
 			}
 		}
 		if ix.new != nil {
-			if err := ix.bk.Put(ix.new, nil); err != nil {
+			if err := ix.bk.Put(ix.new, present); err != nil {
 				return err
 			}
 		}
@@ -74,7 +67,7 @@ func (db *DB) UserSessions(ctx context.Context, userID string) ([]crdt.Session, 
 		records := btx.Bucket(bucketRecords)
 		for i := len(keys) - 1; i >= 0; i-- {
 			key := keys[i]
-			m, _, ok, err := decodeRecord(key, records.Get([]byte(key)))
+			m, ok, err := decodeRecord(key, records.Get([]byte(key)))
 			if err != nil {
 				return err
 			}

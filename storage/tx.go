@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -13,31 +14,23 @@ import (
 // until it returns. A Tx is valid only while its function runs and is not safe for
 // concurrent use.
 type Tx struct {
-	b       *batch
-	closed  bool
-	recs    map[string]*pendingRecord
-	order   []string // keys of recs in first-write order
-	entries []crdt.Entry
-	convs   []string          // conv of each entry
-	seqs    map[string]uint64 // conv → next seq of this node, once this function appended
-	deletes []string          // records to delete (Sweep)
+	b        *batch
+	closed   bool
+	recs     map[string]*pendingRecord
+	order    []string // keys of recs in first-write order
+	entries  []crdt.Entry
+	convs    []string            // conv of each entry
+	seqs     map[string]uint64   // conv → next seq of this node, once this function appended
+	inserted map[string]struct{} // log keys of the remote entries buffered
+	deletes  []string            // records to delete (Sweep)
 }
 
 // pendingRecord is a record merged by a function and not yet applied.
 type pendingRecord struct {
-	base     crdt.Map // the stored state the merges started from
-	baseHash uint64   // its digest pair hash
-	had      bool     // base was stored
-	m        crdt.Map // merged state
-	keep     bool     // false when the merged record is not to be stored
-}
-
-// dirty reports whether applying p changes what is stored.
-func (p *pendingRecord) dirty() bool {
-	if !p.keep {
-		return p.had
-	}
-	return !p.had || !p.base.Equal(p.m)
+	had  bool     // the record was stored when the function first read it
+	base stored   // and this is what it was
+	m    crdt.Map // merged state
+	keep bool     // false when the merged record is not to be stored
 }
 
 var errTxClosed = errors.New("storage: transaction used after its function returned")
@@ -56,8 +49,7 @@ func (tx *Tx) Record(key string) (crdt.Map, bool, error) {
 		}
 		return p.m.Clone(), true, nil
 	}
-	m, _, ok, err := tx.b.record(key)
-	return m, ok, err
+	return tx.b.record(key)
 }
 
 // Merge merges update into the record key, creating it if absent, and returns the merged
@@ -99,26 +91,31 @@ func (tx *Tx) merge(key string, update crdt.Map) (*pendingRecord, outcome, error
 	}
 	p, ok := tx.recs[key]
 	if !ok {
-		base, hash, had, err := tx.b.record(key)
+		m, base, had, err := tx.b.load(key)
 		if err != nil {
 			return nil, 0, err
 		}
-		p = &pendingRecord{base: base, baseHash: hash, had: had, m: base.Clone()}
+		p = &pendingRecord{had: had, base: base, m: m}
 		if tx.recs == nil {
 			tx.recs = make(map[string]*pendingRecord)
 		}
 		tx.recs[key] = p
 		tx.order = append(tx.order, key)
 	}
-	var before crdt.Map
-	isUser := strings.HasPrefix(key, crdt.UserPrefix)
-	if isUser {
-		before = p.m.Clone() // erased users' records are filtered after merging
+	// An erased user's record is filtered after merging; whether the merge changed it
+	// then shows only in its encoding.
+	var before []byte
+	if strings.HasPrefix(key, crdt.UserPrefix) {
+		_, del := p.m.Flag(crdt.FieldDeleted)
+		_, delUpd := update.Flag(crdt.FieldDeleted)
+		if del || delUpd {
+			before = p.m.AppendBinary(nil)
+		}
 	}
 	changed := p.m.Merge(update)
-	if isUser {
+	if before != nil {
 		filterErased(&p.m)
-		changed = !before.Equal(p.m)
+		changed = !bytes.Equal(before, p.m.AppendBinary(nil))
 	}
 	p.keep = p.m.Len() > 0 && tx.b.keep(tx, key, &p.m)
 	switch {
@@ -133,20 +130,20 @@ func (tx *Tx) merge(key string, update crdt.Map) (*pendingRecord, outcome, error
 // apply writes the function's buffered writes into the batch.
 func (tx *Tx) apply() error {
 	for _, key := range tx.deletes {
-		m, h, ok, err := tx.b.record(key)
+		_, st, ok, err := tx.b.load(key)
 		if err != nil {
 			return err
 		}
 		if ok {
-			if err := tx.b.deleteRecord(key, &m, h); err != nil {
+			if err := tx.b.deleteRecord(key, st); err != nil {
 				return fmt.Errorf("record %q: %w", key, err)
 			}
 		}
 	}
 	for _, key := range tx.order {
 		p := tx.recs[key]
-		if !p.dirty() {
-			continue
+		if !p.had && !p.keep {
+			continue // nothing stored, nothing to store
 		}
 		if err := tx.b.writeRecord(key, p); err != nil {
 			return fmt.Errorf("record %q: %w", key, err)
@@ -158,19 +155,6 @@ func (tx *Tx) apply() error {
 		}
 	}
 	return nil
-}
-
-// erased reports whether user is erased here, counting this function's buffered writes.
-// tx may be nil.
-func (b *batch) erasedFor(tx *Tx, user string) bool {
-	if tx != nil {
-		if p, ok := tx.recs[crdt.UserKey(user)]; ok {
-			if _, del := p.m.Flag(crdt.FieldDeleted); del {
-				return true
-			}
-		}
-	}
-	return b.erased.Get([]byte(user)) != nil
 }
 
 const maxKeyLen = 1024

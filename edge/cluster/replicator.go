@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"iter"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -82,6 +83,9 @@ type worker struct {
 	wake    chan struct{} // a local commit happened
 	sync    chan struct{} // run anti-entropy now
 	pending atomic.Int64  // local changes not yet pushed
+	// pushed is the latest timestamp of this node's own writes that the worker has pushed
+	// (or left to the first anti-entropy round); owned by the worker goroutine.
+	pushed crdt.Timestamp
 }
 
 // NewReplicator returns a replicator; Start it.
@@ -224,6 +228,7 @@ func (r *Replicator) jitter() time.Duration {
 // run serves one peer until ctx ends.
 func (r *Replicator) run(ctx context.Context, w *worker) {
 	log := r.log.With("peer", w.peer.Name)
+	w.pushed = r.cfg.DB.Clock().Last()
 	cursor := r.cfg.DB.FeedSeq() // anti-entropy covers everything before it
 	needSync := true
 	backoff := time.Duration(0)
@@ -269,9 +274,10 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 	}
 }
 
-// pushFrom pushes this node's own changes after cursor to the worker's peer and returns
-// the new cursor. Changes that originated elsewhere are not relayed: their origin pushes
-// them, and anti-entropy repairs whatever a push missed.
+// pushFrom pushes this node's own changes after cursor (see ownSince) to the worker's peer,
+// in pushes bounded by count and bytes, and returns the new cursor. Changes that
+// originated elsewhere are not relayed: their origin pushes them, and anti-entropy
+// repairs whatever a push missed.
 func (r *Replicator) pushFrom(ctx context.Context, w *worker, cursor uint64) (uint64, error) {
 	for {
 		changes, next, err := r.cfg.DB.ChangesSince(ctx, cursor, r.cfg.PushBatch)
@@ -279,17 +285,22 @@ func (r *Replicator) pushFrom(ctx context.Context, w *worker, cursor uint64) (ui
 			return cursor, err
 		}
 		own := changes[:0:0]
+		mark := w.pushed
 		for _, c := range changes {
-			if r.isOwn(c) {
+			if newest, ok := r.ownSince(c, w.pushed); ok {
 				own = append(own, c)
+				mark = maxTS(mark, newest)
 			}
 		}
 		if len(own) > 0 {
 			w.pending.Store(int64(len(own)))
-			if err := r.cfg.Transport.Push(ctx, w.peer, PushRequest{From: r.self, Changes: own}); err != nil {
-				return cursor, err
+			for batch := range pushBatches(own, r.cfg.PushBatch) {
+				if err := r.cfg.Transport.Push(ctx, w.peer, PushRequest{From: r.self, Changes: batch}); err != nil {
+					return cursor, err
+				}
 			}
 		}
+		w.pushed = mark
 		w.pending.Store(0)
 		cursor = next
 		if len(changes) < r.cfg.PushBatch {
@@ -298,12 +309,55 @@ func (r *Replicator) pushFrom(ctx context.Context, w *worker, cursor uint64) (ui
 	}
 }
 
-// isOwn reports whether this node wrote the change's latest version.
-func (r *Replicator) isOwn(c storage.Change) bool {
+// ownSince reports whether the change carries a write of this node's that is its to push:
+// a log entry it appended, a record whose latest version it wrote, or a record holding a
+// field it wrote after since (the worker's last push) that a newer remote version of
+// another field overtook before the push. It also returns the latest timestamp of this
+// node's writes in the change.
+func (r *Replicator) ownSince(c storage.Change, since crdt.Timestamp) (crdt.Timestamp, bool) {
 	if c.Conv != "" {
-		return c.Entry.ID.Origin() == r.self
+		return c.Entry.ID.TS, c.Entry.ID.Origin() == r.self
 	}
-	return c.Map.Version().Node == r.self
+	var newest crdt.Timestamp
+	for _, name := range c.Map.Names() {
+		if f, _ := c.Map.Field(name); f.TS.Node == r.self {
+			newest = maxTS(newest, f.TS)
+		}
+	}
+	return newest, c.Map.Version().Node == r.self || since.Less(newest)
+}
+
+func maxTS(a, b crdt.Timestamp) crdt.Timestamp {
+	if a.Less(b) {
+		return b
+	}
+	return a
+}
+
+// maxPushBytes bounds the encoded changes of one PushRequest, well under MaxMessage: a
+// batch of PushBatch large records (sessions hold up to 64 KiB) would exceed it, and the
+// transport would refuse the same batch on every retry.
+const maxPushBytes = MaxMessage / 4
+
+// pushBatches splits changes into runs of at most n changes and maxPushBytes encoded
+// bytes (a single larger change goes alone).
+func pushBatches(changes []storage.Change, n int) iter.Seq[[]storage.Change] {
+	return func(yield func([]storage.Change) bool) {
+		start, size := 0, 0
+		for i, c := range changes {
+			s := len(c.AppendBinary(nil))
+			if i > start && (i-start == n || size+s > maxPushBytes) {
+				if !yield(changes[start:i]) {
+					return
+				}
+				start, size = i, 0
+			}
+			size += s
+		}
+		if start < len(changes) {
+			yield(changes[start:])
+		}
+	}
 }
 
 // HandlePush applies a peer's changes.
@@ -494,7 +548,7 @@ func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, leaves []int) (t
 	if err != nil {
 		return false, err
 	}
-	for batch := range slices.Chunk(changes, r.cfg.PushBatch) {
+	for batch := range pushBatches(changes, r.cfg.PushBatch) {
 		if err := r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch}); err != nil {
 			return false, err
 		}

@@ -1,0 +1,80 @@
+package storage
+
+import (
+	"context"
+	"testing"
+
+	"github.com/sessiond/sessiond/crdt"
+)
+
+func TestDigest(t *testing.T) {
+	db := MustOpenDB(t)
+	empty := db.Digest()
+	if empty.Root() != 0 {
+		t.Fatalf("empty digest root = %x", empty.Root())
+	}
+	key := crdt.UserKey("a")
+	m := merge(t, db, key, newUser(db, "a"))
+	d := db.Digest()
+	var want crdt.Digest
+	want.Toggle(key, crdt.PairHash(key, m.AppendBinary(nil)))
+	if d != want {
+		t.Errorf("digest root %x, want %x", d.Root(), want.Root())
+	}
+	d.Toggle("x", 1) // a copy: the DB's is untouched
+	if db.Digest() != want {
+		t.Error("modifying the returned digest changed the DB's")
+	}
+	db2 := mustReopen(t, db, Options{})
+	if db2.Digest() != want {
+		t.Error("digest not rebuilt on Open")
+	}
+}
+
+func TestLeafPairs(t *testing.T) {
+	db := MustOpenDB(t)
+	ctx := context.Background()
+	update(t, db, func(tx *Tx) error {
+		for _, u := range []string{"a", "b", "c", "d", "e"} {
+			if _, err := tx.Merge(crdt.UserKey(u), newUser(db, u)); err != nil {
+				return err
+			}
+		}
+		_, err := tx.Append("a:b", crdt.Message{From: "a", To: "b"})
+		return err
+	})
+	cs := allChanges(t, db)
+	d := db.Digest()
+	for _, c := range cs {
+		leaf := crdt.LeafOf(c.Key)
+		pairs, err := db.LeafPairs(ctx, leaf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var x uint64
+		found := false
+		for _, p := range pairs {
+			x ^= p.Hash
+			if p.Key == c.Key {
+				found = true
+				var enc []byte
+				if c.Conv != "" {
+					enc = c.Entry.AppendBinary(nil)
+				} else {
+					enc = c.Map.AppendBinary(nil)
+				}
+				if p.Hash != crdt.PairHash(c.Key, enc) {
+					t.Errorf("LeafPairs hash of %q = %x, want %x", c.Key, p.Hash, crdt.PairHash(c.Key, enc))
+				}
+			}
+		}
+		if !found || x != d.Leaf(leaf) {
+			t.Errorf("leaf %d: %q found = %v, XOR %x, digest leaf %x", leaf, c.Key, found, x, d.Leaf(leaf))
+		}
+	}
+	for _, leaf := range []int{-1, crdt.DigestLeaves} {
+		if _, err := db.LeafPairs(ctx, leaf); err == nil {
+			t.Errorf("LeafPairs(%d) succeeded", leaf)
+		}
+	}
+}

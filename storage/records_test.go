@@ -1,0 +1,144 @@
+package storage
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/sessiond/sessiond/crdt"
+)
+
+func TestMerge(t *testing.T) {
+	t.Run("Idempotent", func(t *testing.T) {
+		db := MustOpenDB(t)
+		key := crdt.UserKey("u1")
+		u := newUser(db, "alice")
+		first := merge(t, db, key, u)
+		seq := db.FeedSeq()
+		second := merge(t, db, key, u)
+		if !first.Equal(second) || db.FeedSeq() != seq {
+			t.Errorf("second merge changed the record or the feed (FeedSeq %d → %d)", seq, db.FeedSeq())
+		}
+	})
+	t.Run("Commutative", func(t *testing.T) {
+		a, b := MustOpenDB(t), MustOpenDB(t)
+		var u1, u2, u3 crdt.Map
+		u1.Set("first_name", []byte("A"), ts(1, 10))
+		u2.Set("first_name", []byte("B"), ts(2, 20))
+		u3.Set("email", []byte("e"), ts(3, 5))
+		key := crdt.UserKey("u1")
+		for _, u := range []crdt.Map{u1, u2, u3} {
+			merge(t, a, key, u)
+		}
+		for _, u := range []crdt.Map{u3, u2, u1} {
+			merge(t, b, key, u)
+		}
+		ma, _ := mustRecord(t, a, key)
+		mb, _ := mustRecord(t, b, key)
+		if !ma.Equal(mb) || a.Digest() != b.Digest() {
+			t.Error("merging in different orders gave different records")
+		}
+		if v, _ := ma.Get("first_name"); string(v) != "B" {
+			t.Errorf("first_name = %q, want the later write B", v)
+		}
+	})
+	t.Run("ReturnsMergedState", func(t *testing.T) {
+		db := MustOpenDB(t)
+		key := crdt.UserKey("u1")
+		merge(t, db, key, newUser(db, "alice"))
+		var upd crdt.Map
+		upd.Set(crdt.FieldFirstName, []byte("Al"), db.Clock().Next())
+		got := merge(t, db, key, upd)
+		if u := crdt.ReadUser("u1", &got); u.Username != "alice" || u.Profile[crdt.FieldFirstName] != "Al" {
+			t.Errorf("Merge returned %+v", u)
+		}
+	})
+	t.Run("EmptyUpdateStoresNothing", func(t *testing.T) {
+		db := MustOpenDB(t)
+		merge(t, db, "n/alice", crdt.Map{})
+		if _, ok := mustRecord(t, db, "n/alice"); ok {
+			t.Error("empty record stored")
+		}
+	})
+	for _, key := range []string{"", "l/a:b/00", "u/x\x00y", strings.Repeat("u", maxKeyLen+1)} {
+		t.Run("ErrInvalidKey", func(t *testing.T) {
+			db := MustOpenDB(t)
+			err := db.Update(context.Background(), func(tx *Tx) error {
+				_, err := tx.Merge(key, newUser(db, "x"))
+				return err
+			})
+			if err == nil {
+				t.Errorf("Merge(%q) succeeded", key)
+			}
+		})
+	}
+}
+
+func TestRecord(t *testing.T) {
+	db := MustOpenDB(t)
+	claims := crdt.NewClaim("u1", db.Clock().Next())
+	merge(t, db, crdt.ClaimKey("alice"), claims)
+	merge(t, db, crdt.ClaimKey("alice"), crdt.NewClaim("u2", db.Clock().Next()))
+	tests := []struct {
+		name   string
+		key    string
+		wantOK bool
+	}{
+		{"OK", crdt.ClaimKey("alice"), true},
+		{"Missing", crdt.ClaimKey("bob"), false},
+		{"LogKeyIsNoRecord", LogKey("a:b", crdt.EntryID{TS: ts(1, 1), Seq: 1}), false},
+		{"Empty", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, ok := mustRecord(t, db, tt.key)
+			if ok != tt.wantOK {
+				t.Fatalf("Record(%q) ok = %v, want %v", tt.key, ok, tt.wantOK)
+			}
+			if ok {
+				if got := crdt.Claimants(&m); len(got) != 2 || got[0] != "u1" {
+					t.Errorf("Claimants = %q, want [u1 u2]", got)
+				}
+			}
+		})
+	}
+	t.Run("ReturnsCopy", func(t *testing.T) {
+		m, _ := mustRecord(t, db, crdt.ClaimKey("alice"))
+		m.Set("junk", []byte("x"), db.Clock().Next())
+		again, _ := mustRecord(t, db, crdt.ClaimKey("alice"))
+		if again.Len() != 2 {
+			t.Errorf("stored record changed by modifying a returned copy")
+		}
+	})
+	t.Run("CanceledContext", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, _, err := db.Record(ctx, crdt.ClaimKey("alice")); err == nil {
+			t.Error("Record with a done ctx succeeded")
+		}
+	})
+}
+
+func TestStats(t *testing.T) {
+	db := MustOpenDB(t)
+	ctx := context.Background()
+	merge(t, db, crdt.UserKey("u1"), newUser(db, "alice"))
+	merge(t, db, crdt.UserKey("u2"), newUser(db, "bob"))
+	merge(t, db, crdt.SessionKey("s1"), newSession(db, "u1", hour))
+	merge(t, db, crdt.SessionKey("s2"), newSession(db, "u2", hour))
+	update(t, db, func(tx *Tx) error {
+		for range 3 {
+			if _, err := tx.Append("u1:u2", crdt.Message{From: "u1", To: "u2", Body: "hi"}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if st, _ := db.Stats(ctx); st != (Stats{Users: 2, Sessions: 2, Messages: 3}) {
+		t.Errorf("Stats = %+v, want 2 users, 2 sessions, 3 messages", st)
+	}
+	merge(t, db, crdt.UserKey("u2"), crdt.EraseUser(db.Clock().Next()))
+	if st, _ := db.Stats(ctx); st != (Stats{Users: 1, Sessions: 1, Messages: 0}) {
+		t.Errorf("Stats after erasing u2 = %+v, want 1 user, 1 session, 0 messages", st)
+	}
+}
