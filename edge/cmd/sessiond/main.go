@@ -34,6 +34,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 0
 		case "health":
 			return health(args[1:], stdout, stderr)
+		case "bench":
+			return benchCmd(args[1:], stdout, stderr)
 		case "version":
 			fmt.Fprintln(stdout, "sessiond", version)
 			return 0
@@ -49,6 +51,7 @@ Usage:
   sessiond keygen             print a new cluster key (base64 of 32 random bytes)
   sessiond health [--http A]  exit 0 if the node at A answers /healthz (container health checks)
   sessiond version            print the version
+  sessiond bench [flags]      measure nodes under a workload mix (sessiond bench --help)
 
 Every flag can also be set in the environment as SESSIOND_<NAME>, e.g. SESSIOND_HTTP,
 SESSIOND_CLUSTER_KEY_FILE; a flag on the command line wins. SESSIOND_CLUSTER_KEY may hold

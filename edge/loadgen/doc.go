@@ -1,0 +1,12 @@
+// Package loadgen drives a sessiond cluster (or anything that speaks its API) with a
+// workload mix and measures it: throughput, latency percentiles per operation, errors by
+// kind, and the load generator's own CPU use, so a reader can tell whether the tool was
+// the bottleneck. It backs the `sessiond bench` subcommand.
+//
+// It also writes benchmark data sets straight into a node's data file through storage's
+// API (Seed), for figures that would take hours to build through the HTTP API, whose
+// every registration and login costs an argon2id hash.
+//
+// It imports storage and crdt (for Seed) and Fiber's HTTP client; it must not import edge,
+// so the node's code never depends on its load generator.
+package loadgen

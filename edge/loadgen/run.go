@@ -1,0 +1,471 @@
+package loadgen
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config is one benchmark run. Start from DefaultConfig.
+type Config struct {
+	Targets     []string      // node base URLs; requests go round-robin over them
+	Connections int           // concurrent requests (one keep-alive connection each per target); default 32
+	Duration    time.Duration // measuring time; ignored when Requests > 0; default 10s
+	Requests    int64         // total requests to measure; 0: run for Duration
+	Rate        float64       // total requests per second to pace to; 0: as fast as the targets answer
+	Warmup      time.Duration // unmeasured load before measuring; default 0
+	Mix         Mix
+	Users       int    // users registered (or reused) and logged in before measuring; default 100
+	UserPrefix  string // their names are UserPrefix + number; default "bench"
+	Password    string // their password; default "bench-password"
+	// ReplicationWait bounds how long setup waits, with several targets, for every
+	// session to be usable on every target; default 60s.
+	ReplicationWait time.Duration
+	Timeout         time.Duration // per request; default 10s
+	Progress        io.Writer     // a live progress line each second; nil: none
+}
+
+// DefaultConfig returns a Config with every default filled in.
+func DefaultConfig() Config {
+	m, _ := ParseMix(DefaultMix)
+	return Config{
+		Connections: 32, Duration: 10 * time.Second, Mix: m, Users: 100,
+		UserPrefix: "bench", Password: "bench-password",
+		ReplicationWait: 60 * time.Second, Timeout: 10 * time.Second,
+	}
+}
+
+// Validate reports the first unusable setting, naming its flag.
+func (c Config) Validate() error {
+	switch {
+	case len(c.Targets) == 0:
+		return errors.New("--target: at least one node URL is required")
+	case c.Connections < 1:
+		return errors.New("--connections must be at least 1")
+	case c.Requests < 0:
+		return errors.New("--requests must not be negative")
+	case c.Requests == 0 && c.Duration <= 0:
+		return errors.New("--duration must be positive (or give --requests)")
+	case c.Rate < 0:
+		return errors.New("--rate must not be negative")
+	case c.Users < 2:
+		return errors.New("--users must be at least 2 (messages go from one bench user to another)")
+	case c.UserPrefix == "" || len(c.UserPrefix) > 24:
+		return errors.New("--user-prefix must be 1–24 characters")
+	case len(c.Password) < 8:
+		return errors.New("--password must be at least 8 bytes")
+	}
+	return nil
+}
+
+// user is a bench user; token is replaced by each login so that workers always hold the
+// newest session (older ones may be revoked by the per-user session cap).
+type user struct {
+	name  string
+	peer  string // the user it sends messages to
+	token atomic.Pointer[string]
+}
+
+// Result is a run's measurements, as --json prints them.
+type Result struct {
+	Targets     []string           `json:"targets"`
+	Connections int                `json:"connections"`
+	Mix         string             `json:"mix"`
+	Users       int                `json:"users"`
+	Rate        float64            `json:"rate,omitempty"`
+	Elapsed     float64            `json:"elapsed_seconds"`
+	Operations  map[string]OpStats `json:"operations"`
+	Total       OpStats            `json:"total"`
+	Errors      map[string]int64   `json:"errors"`
+	CPU         CPUStats           `json:"cpu"`
+	Setup       SetupStats         `json:"setup"`
+}
+
+// OpStats are one operation's figures. Latencies are in milliseconds.
+type OpStats struct {
+	Requests   int64   `json:"requests"`
+	Errors     int64   `json:"errors"`
+	Throughput float64 `json:"throughput"` // successful requests per second
+	P50        float64 `json:"p50_ms"`
+	P90        float64 `json:"p90_ms"`
+	P99        float64 `json:"p99_ms"`
+	Max        float64 `json:"max_ms"`
+	Mean       float64 `json:"mean_ms"`
+}
+
+// CPUStats is the load generator's own CPU use while measuring: user+sys CPU seconds over
+// wall seconds. Near Cores × 100% the tool, not the target, was the limit.
+type CPUStats struct {
+	User    float64 `json:"user_seconds"`
+	Sys     float64 `json:"sys_seconds"`
+	Percent float64 `json:"percent"` // of one core
+	Cores   int     `json:"cores"`
+}
+
+// SetupStats says what setup took.
+type SetupStats struct {
+	Register  float64 `json:"register_seconds"`
+	Login     float64 `json:"login_seconds"`
+	Replicate float64 `json:"replicate_seconds"`
+}
+
+// workerStats are one worker's measurements, merged at the end.
+type workerStats struct {
+	hist   [numOps]Histogram
+	errs   [numOps]int64
+	reqs   [numOps]int64
+	byKind map[string]int64
+}
+
+// Run sets up the users, then measures the mix until the duration or request count is
+// reached or ctx ends (then it reports what it measured). It fails only if setup fails.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	targets := make([]*target, len(cfg.Targets))
+	for i, raw := range cfg.Targets {
+		t, err := newTarget(raw, cfg.Connections, cfg.Timeout)
+		if err != nil {
+			return nil, err
+		}
+		targets[i] = t
+	}
+	users := make([]*user, cfg.Users)
+	for i := range users {
+		users[i] = &user{name: cfg.UserPrefix + strconv.Itoa(i)}
+	}
+	for i, u := range users {
+		u.peer = users[(i+1)%len(users)].name
+	}
+	res := &Result{Targets: cfg.Targets, Connections: cfg.Connections, Mix: cfg.Mix.String(),
+		Users: cfg.Users, Rate: cfg.Rate, Errors: map[string]int64{}, Operations: map[string]OpStats{}}
+	if err := setup(ctx, cfg, targets, users, &res.Setup); err != nil {
+		return nil, err
+	}
+
+	if cfg.Warmup > 0 {
+		wctx, cancel := context.WithTimeout(ctx, cfg.Warmup)
+		w := cfg
+		w.Requests, w.Progress = 0, nil
+		measure(wctx, w, targets, users)
+		cancel()
+	}
+
+	u0, s0 := cpuTime()
+	start := time.Now()
+	stats := measure(ctx, cfg, targets, users)
+	elapsed := time.Since(start)
+	u1, s1 := cpuTime()
+
+	res.Elapsed = elapsed.Seconds()
+	res.CPU = CPUStats{User: (u1 - u0).Seconds(), Sys: (s1 - s0).Seconds(), Cores: runtime.NumCPU()}
+	res.CPU.Percent = 100 * (res.CPU.User + res.CPU.Sys) / res.Elapsed
+	var all Histogram
+	var total OpStats
+	for op := range numOps {
+		if cfg.Mix[op] == 0 {
+			continue
+		}
+		var h Histogram
+		var st OpStats
+		for _, w := range stats {
+			h.Merge(&w.hist[op])
+			st.Requests += w.reqs[op]
+			st.Errors += w.errs[op]
+		}
+		st.fill(&h, elapsed)
+		res.Operations[op.String()] = st
+		all.Merge(&h)
+		total.Requests += st.Requests
+		total.Errors += st.Errors
+	}
+	total.fill(&all, elapsed)
+	res.Total = total
+	for _, w := range stats {
+		for k, n := range w.byKind {
+			res.Errors[k] += n
+		}
+	}
+	return res, nil
+}
+
+func (st *OpStats) fill(h *Histogram, elapsed time.Duration) {
+	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+	st.Throughput = float64(h.Count()) / elapsed.Seconds()
+	st.P50, st.P90, st.P99 = ms(h.Quantile(.5)), ms(h.Quantile(.9)), ms(h.Quantile(.99))
+	st.Max, st.Mean = ms(h.Max()), ms(h.Mean())
+}
+
+// measure runs the workers and returns their stats.
+func measure(ctx context.Context, cfg Config, targets []*target, users []*user) []*workerStats {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if cfg.Requests == 0 {
+		var c2 context.CancelFunc
+		ctx, c2 = context.WithTimeout(ctx, cfg.Duration)
+		defer c2()
+	}
+	var issued, done, failed atomic.Int64
+	sched := cfg.Mix.schedule()
+	stats := make([]*workerStats, cfg.Connections)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range cfg.Connections {
+		st := &workerStats{byKind: map[string]int64{}}
+		stats[w] = st
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			wk := worker{cfg: cfg, id: w, targets: targets, users: users, sched: sched, st: st}
+			var interval time.Duration
+			if cfg.Rate > 0 {
+				interval = time.Duration(float64(cfg.Connections) / cfg.Rate * float64(time.Second))
+			}
+			next := start.Add(interval * time.Duration(w) / time.Duration(cfg.Connections))
+			for i := 0; ctx.Err() == nil; i++ {
+				if cfg.Requests > 0 && issued.Add(1) > cfg.Requests {
+					cancel()
+					return
+				}
+				began := time.Now()
+				if interval > 0 {
+					if d := time.Until(next); d > 0 {
+						select {
+						case <-ctx.Done():
+							return
+						case <-time.After(d):
+						}
+					}
+					began = next // latency from the intended start: no coordinated omission
+					next = next.Add(interval)
+				}
+				if ok := wk.one(i, began); !ok {
+					failed.Add(1)
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	if cfg.Progress != nil {
+		go func() {
+			defer close(stopped)
+			progress(cfg.Progress, start, &done, &failed, stop)
+		}()
+	} else {
+		close(stopped)
+	}
+	wg.Wait()
+	close(stop)
+	<-stopped // the caller may read what progress wrote
+	return stats
+}
+
+// progress prints a line a second until stop closes: elapsed, the last second's rate,
+// the total and the errors.
+func progress(w io.Writer, start time.Time, done, failed *atomic.Int64, stop chan struct{}) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	eol := "\n"
+	if f, ok := w.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			eol = "\r"
+		}
+	}
+	var last int64
+	for {
+		select {
+		case <-stop:
+			if eol == "\r" {
+				fmt.Fprint(w, "\n")
+			}
+			return
+		case <-tick.C:
+			n := done.Load()
+			fmt.Fprintf(w, "[%4.0fs] %8d req/s  total %9d  errors %d      %s",
+				time.Since(start).Seconds(), n-last, n, failed.Load(), eol)
+			last = n
+		}
+	}
+}
+
+// worker issues one connection's requests.
+type worker struct {
+	cfg     Config
+	id      int
+	targets []*target
+	users   []*user
+	sched   []Op
+	st      *workerStats
+	c       call
+	body    []byte
+}
+
+// one issues request i of this worker and records it; began is when it (should have)
+// started. It reports success.
+func (w *worker) one(i int, began time.Time) bool {
+	op := w.sched[(w.id+i)%len(w.sched)]
+	// The target advances one extra step each schedule cycle, so that no operation is
+	// tied to one target when the cycle length is a multiple of the target count.
+	t := w.targets[(w.id+i+i/len(w.sched))%len(w.targets)]
+	u := w.users[(w.id+i*w.cfg.Connections)%len(w.users)]
+	var (
+		status, want int
+		body         []byte
+		err          error
+	)
+	switch op {
+	case OpLogin:
+		w.body = fmt.Appendf(w.body[:0], `{"username":%q,"password":%q}`, u.name, w.cfg.Password)
+		status, body, err = w.c.do(t, "POST", "/v1/sessions", "", w.body)
+		want = 201
+		if err == nil && status == want {
+			if tok := jsonString(body, "token"); tok != "" {
+				u.token.Store(&tok)
+			}
+		}
+	case OpRead:
+		status, body, err = w.c.do(t, "GET", "/v1/sessions/current", *u.token.Load(), nil)
+		want = 200
+	case OpPatch:
+		w.body = fmt.Appendf(w.body[:0], `{"data":{"k%d":{"n":%d,"w":%d}}}`, i%8, i, w.id)
+		status, body, err = w.c.do(t, "PATCH", "/v1/sessions/current", *u.token.Load(), w.body)
+		want = 200
+	case OpSend:
+		w.body = fmt.Appendf(w.body[:0], `{"to":%q,"body":"bench message %d from worker %d"}`, u.peer, i, w.id)
+		status, body, err = w.c.do(t, "POST", "/v1/messages", *u.token.Load(), w.body)
+		want = 201
+	case OpConversation:
+		status, body, err = w.c.do(t, "GET", "/v1/messages?limit=20&with="+u.peer, *u.token.Load(), nil)
+		want = 200
+	}
+	lat := time.Since(began)
+	w.st.reqs[op]++
+	if err != nil || status != want {
+		w.st.errs[op]++
+		w.st.byKind[op.String()+": "+errorKind(status, body, err)]++
+		return false
+	}
+	w.st.hist[op].Record(lat)
+	return true
+}
+
+// setup registers (or reuses) the users, logs each in, and with several targets waits
+// until every session is usable on every target.
+func setup(ctx context.Context, cfg Config, targets []*target, users []*user, st *SetupStats) error {
+	par := min(cfg.Connections, 16, len(users))
+	each := func(what string, fn func(c *call, i int, u *user) error) (float64, error) {
+		start := time.Now()
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		errc := make(chan error, par)
+		for range par {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var c call
+				for {
+					i := int(next.Add(1) - 1)
+					if i >= len(users) || ctx.Err() != nil {
+						return
+					}
+					if err := fn(&c, i, users[i]); err != nil {
+						errc <- fmt.Errorf("setup: %s %s: %w", what, users[i].name, err)
+						next.Store(int64(len(users)))
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errc)
+		if err := <-errc; err != nil {
+			return 0, err
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		if cfg.Progress != nil {
+			fmt.Fprintf(cfg.Progress, "setup: %s %d users: %.1fs\n", what, len(users), time.Since(start).Seconds())
+		}
+		return time.Since(start).Seconds(), nil
+	}
+	var err error
+	st.Register, err = each("register", func(c *call, i int, u *user) error {
+		body := fmt.Appendf(nil, `{"username":%q,"password":%q,"profile":{"first_name":"Bench","last_name":"User %d","email":"%s@example.com","address":"%d Load Street"}}`,
+			u.name, cfg.Password, i, u.name, i)
+		status, resp, err := c.do(targets[i%len(targets)], "POST", "/v1/users", "", body)
+		if err != nil {
+			return err
+		}
+		if status != 201 && status != 409 { // 409: registered by an earlier run; login checks the password
+			return fmt.Errorf("%w: %s: %.200s", errUnexpected, errorKind(status, resp, nil), resp)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	st.Login, err = each("log in", func(c *call, i int, u *user) error {
+		body := fmt.Appendf(nil, `{"username":%q,"password":%q}`, u.name, cfg.Password)
+		deadline := time.Now().Add(cfg.ReplicationWait)
+		for {
+			// With several targets the user may have been registered on another node
+			// moments ago: retry 401 until it has replicated.
+			status, resp, err := c.do(targets[(i+1)%len(targets)], "POST", "/v1/sessions", "", body)
+			if err != nil {
+				return err
+			}
+			if status == 201 {
+				tok := jsonString(resp, "token")
+				if tok == "" {
+					return fmt.Errorf("%w: no token in %.200s", errUnexpected, resp)
+				}
+				u.token.Store(&tok)
+				return nil
+			}
+			if status != 401 || len(targets) == 1 || time.Now().After(deadline) {
+				return fmt.Errorf("%w: %s: %.200s", errUnexpected, errorKind(status, resp, nil), resp)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if len(targets) > 1 {
+		st.Replicate, err = each("wait for replication of", func(c *call, i int, u *user) error {
+			deadline := time.Now().Add(cfg.ReplicationWait)
+			for _, t := range targets {
+				for {
+					status, resp, err := c.do(t, "GET", "/v1/sessions/current", *u.token.Load(), nil)
+					if err == nil && status == 200 {
+						break
+					}
+					if time.Now().After(deadline) {
+						return fmt.Errorf("session not usable on %s after %s: %s", t.base, cfg.ReplicationWait, errorKind(status, resp, err))
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			return nil
+		})
+	}
+	return err
+}
+
+// WriteJSON writes r as indented JSON.
+func (r *Result) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}

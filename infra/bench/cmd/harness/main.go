@@ -1,0 +1,132 @@
+// Command harness runs the benchmarks of BENCHMARKS.md (`task bench`): it starts every
+// target on loopback ports — a bare Fiber handler, Fiber + JWT + Redis (appendfsync
+// everysec and always), one sessiond node, a three-node sessiond cluster — runs
+// `sessiond bench` with the same load against each, then measures replication in a
+// six-node, three-region cluster, anti-entropy repair, memory and start-up time. It stops
+// everything it started, on failure and on Ctrl-C too, and prints the figures and ratios;
+// results.json in --out keeps them all.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	bin, out       string
+	duration       time.Duration
+	warmup         time.Duration
+	connections    int
+	users          int
+	repeat         int
+	parts          map[string]bool
+	repRate        float64
+	repDuration    time.Duration
+	repairUsers    int
+	startupUsers   int
+	redisServer    string
+	sessiondExtras []string
+}
+
+// results is everything measured, as results.json holds it.
+type results struct {
+	Started     time.Time          `json:"started"`
+	Cores       int                `json:"cores"`
+	LoadBefore  float64            `json:"load_before"`
+	LoadAfter   float64            `json:"load_after"`
+	HTTP        []httpRun          `json:"http,omitempty"`
+	Ratios      map[string]float64 `json:"ratios,omitempty"`
+	Replication *replicationResult `json:"replication,omitempty"`
+	Repair      *repairResult      `json:"repair,omitempty"`
+	Memory      []memoryResult     `json:"memory,omitempty"`
+	Startup     *startupResult     `json:"startup,omitempty"`
+	Scaling     []scalingRun       `json:"patch_scaling,omitempty"`
+}
+
+func main() {
+	var o options
+	parts := flag.String("parts", "http,scaling,replication,repair,memory,startup", "what to measure")
+	flag.StringVar(&o.bin, "bin", "build/bench", "`DIR` holding the sessiond and baseline binaries")
+	flag.StringVar(&o.out, "out", "build/bench/run", "`DIR` for data, logs and results.json (emptied first)")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measuring time of each HTTP run")
+	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each HTTP run")
+	flag.IntVar(&o.connections, "connections", 32, "concurrent connections of each HTTP run")
+	flag.IntVar(&o.users, "users", 200, "bench users of each HTTP run")
+	flag.IntVar(&o.repeat, "repeat", 1, "run the HTTP comparison this many times, interleaved; the median counts")
+	flag.Float64Var(&o.repRate, "replication-rate", 1000, "writes per second during the replication run")
+	flag.DurationVar(&o.repDuration, "replication-duration", 20*time.Second, "length of the replication run")
+	flag.IntVar(&o.repairUsers, "repair-users", 10_000, "users (each with 8 sessions: 10 records) the repaired node misses")
+	flag.IntVar(&o.startupUsers, "startup-users", 100_000, "users (each with 10 sessions) in the start-up and memory run")
+	flag.StringVar(&o.redisServer, "redis-server", "redis-server", "redis-server binary")
+	flag.Parse()
+	o.parts = map[string]bool{}
+	for _, p := range strings.Split(*parts, ",") {
+		o.parts[strings.TrimSpace(p)] = true
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	err := runAll(ctx, o)
+	stopAll()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "harness:", err)
+		fmt.Fprintln(os.Stderr, "logs:", filepath.Join(o.out, "logs"))
+		os.Exit(1)
+	}
+}
+
+func runAll(ctx context.Context, o options) error {
+	if err := os.RemoveAll(o.out); err != nil {
+		return err
+	}
+	for _, d := range []string{"logs", "data"} {
+		if err := os.MkdirAll(filepath.Join(o.out, d), 0o755); err != nil {
+			return err
+		}
+	}
+	res := &results{Started: time.Now().UTC(), Cores: runtime.NumCPU(), LoadBefore: loadAvg()}
+	fmt.Printf("machine: %d cores, load average %.2f at start\n\n", res.Cores, res.LoadBefore)
+	save := func() error {
+		b, _ := json.MarshalIndent(res, "", "  ")
+		return os.WriteFile(filepath.Join(o.out, "results.json"), b, 0o644)
+	}
+	steps := []struct {
+		part string
+		fn   func(context.Context, options, *results) error
+	}{
+		{"http", runHTTP}, {"scaling", runScaling}, {"replication", runReplication}, {"repair", runRepair},
+		{"memory", runMemory}, {"startup", runStartup},
+	}
+	for _, s := range steps {
+		if !o.parts[s.part] {
+			continue
+		}
+		if err := s.fn(ctx, o, res); err != nil {
+			save()
+			return fmt.Errorf("%s: %w", s.part, err)
+		}
+		stopAll()
+		if err := save(); err != nil {
+			return err
+		}
+	}
+	res.LoadAfter = loadAvg()
+	fmt.Printf("\nload average %.2f at the end; results in %s\n", res.LoadAfter, filepath.Join(o.out, "results.json"))
+	return save()
+}
+
+func (o options) sessiond() string { return filepath.Join(o.bin, "sessiond") }
+func (o options) baseline() string { return filepath.Join(o.bin, "baseline") }
+func (o options) logs() string     { return filepath.Join(o.out, "logs") }
+func (o options) data(name string) string {
+	return filepath.Join(o.out, "data", name)
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"sync"
+	"time"
+)
+
+// OpKind names what an operation did.
+type OpKind string
+
+const (
+	OpRegister OpKind = "register" // POST /v1/users
+	OpLogin    OpKind = "login"    // POST /v1/sessions
+	OpSet      OpKind = "set"      // PATCH /v1/sessions/current {data:{k:v}}
+	OpDel      OpKind = "del"      // PATCH /v1/sessions/current {data:{k:null}}
+	OpProfile  OpKind = "profile"  // PATCH /v1/users/me
+	OpSend     OpKind = "send"     // POST /v1/messages
+	OpLogout   OpKind = "logout"   // DELETE /v1/sessions/current
+	OpRevoke   OpKind = "revoke"   // DELETE /v1/sessions/{id}
+	OpErase    OpKind = "erase"    // DELETE /v1/users/me
+)
+
+// Op is one operation of the workload as it was invoked and acknowledged (or not).
+type Op struct {
+	ID       int       `json:"id"`
+	Kind     OpKind    `json:"kind"`
+	User     string    `json:"user"`
+	Session  string    `json:"session,omitempty"`
+	Key      string    `json:"key,omitempty"`   // data key or profile field
+	Value    string    `json:"value,omitempty"` // data value, profile value or message body
+	Peer     string    `json:"peer,omitempty"`  // message recipient
+	MsgID    string    `json:"msg_id,omitempty"`
+	Target   string    `json:"target"` // "lb" or a node name
+	ServedBy string    `json:"served_by,omitempty"`
+	Status   int       `json:"status,omitempty"`
+	Outcome  Outcome   `json:"outcome"`
+	Err      string    `json:"err,omitempty"`
+	Invoke   time.Time `json:"invoke"`
+	Ack      time.Time `json:"ack"`
+	Scenario string    `json:"scenario"`
+	// Skewed: served by a node whose clock ran ahead (or that still issues timestamps
+	// from that time): peers refuse it until real time catches up.
+	Skewed bool `json:"skewed,omitempty"`
+	// ClockAhead: invoked while some node's clock was (or its timestamps were) ahead. Once
+	// peers accept such timestamps (less than --max-skew ahead), their hybrid clocks run
+	// ahead too, so last-writer-wins may order this write before one made earlier in real
+	// time on a node that did not see them (a partitioned one).
+	ClockAhead bool `json:"clock_ahead,omitempty"`
+	// Visible: acknowledgement → visible on every node (0: not measured); LastNode is the
+	// node that showed it last.
+	Visible  time.Duration `json:"visible_ns,omitempty"`
+	LastNode string        `json:"last_node,omitempty"`
+}
+
+// History is every operation of a run. Safe for concurrent use.
+type History struct {
+	mu  sync.Mutex
+	ops []*Op
+}
+
+// Add records a finished operation and gives it an id.
+func (h *History) Add(op *Op) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	op.ID = len(h.ops) + 1
+	h.ops = append(h.ops, op)
+}
+
+// Ops returns the operations so far (the slice is a copy; the ops are shared).
+func (h *History) Ops() []*Op {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]*Op(nil), h.ops...)
+}
+
+// Model is what the workload believes the cluster holds: the users, their sessions and
+// conversations, with the operations that shaped them. Workers own disjoint users; the
+// mutex guards against the checker and the nemesis reading while they write.
+type Model struct {
+	mu    sync.Mutex
+	Users []*User
+}
+
+// User is a registered account of the workload.
+type User struct {
+	Name      string
+	Password  string
+	ID        string
+	Register  *Op
+	Partner   *User // the one user this one messages (regular users only)
+	Anchor    *Session
+	Sessions  []*Session
+	Initial   map[string]string // profile at registration
+	Profile   map[string][]*Op  // field → writes, in invocation order
+	Sent      []*Op             // messages sent, in order
+	Erase     *Op               // the account deletion, if any
+	Ephemeral bool              // registered, used and deleted again
+	Worker    int
+}
+
+// Session is a login of a user.
+type Session struct {
+	ID      string
+	Token   string
+	User    *User
+	Login   *Op
+	Revoke  *Op // logout or revoke (any outcome)
+	Keys    map[string]*KeyState
+	NextKey int
+}
+
+// KeyState is one data key of a session.
+type KeyState struct {
+	Set *Op
+	Del *Op
+	// Uncertain: an operation on the key had an unknown outcome, or was served by a
+	// skewed node (its timestamp may order it after later writes).
+	Uncertain bool
+}
+
+// revoked reports whether the session's end was acknowledged.
+func (s *Session) revoked() bool { return s.Revoke != nil && s.Revoke.Outcome == OK }
+
+// endUncertain reports whether the session may or may not have ended.
+func (s *Session) endUncertain() bool {
+	if s.Revoke != nil && s.Revoke.Outcome == Info {
+		return true
+	}
+	u := s.User
+	return u.Erase != nil && u.Erase.Outcome == Info
+}
+
+// ended reports whether the session certainly ended (logout, revoke, account erased).
+func (s *Session) ended() bool {
+	return s.revoked() || (s.User.Erase != nil && s.User.Erase.Outcome == OK)
+}
+
+// live reports whether the session certainly still works.
+func (s *Session) live() bool {
+	return s.Login != nil && s.Login.Outcome == OK && !s.ended() && !s.endUncertain()
+}
