@@ -34,7 +34,6 @@ var fiberCodes = map[int]string{
 	fiber.StatusMethodNotAllowed:            functions.ENotFound,
 	fiber.StatusRequestEntityTooLarge:       functions.ETooLarge,
 	fiber.StatusRequestHeaderFieldsTooLarge: functions.ETooLarge,
-	fiber.StatusRequestTimeout:              functions.EUnavailable,
 	fiber.StatusServiceUnavailable:          functions.EUnavailable,
 	fiber.StatusTooManyRequests:             functions.ERateLimited,
 }
@@ -52,6 +51,14 @@ func (n *Node) writeError(c *fiber.Ctx, err error) error {
 	n.commonHeaders(c)
 	var fe *fiber.Error
 	code, msg := functions.ErrorCode(err), functions.ErrorMessage(err)
+	if errors.As(err, &fe) && fe.Code == fiber.StatusRequestTimeout {
+		// fasthttp's read timeout on a connection that sent no complete request: answer 408
+		// and close, so that no client takes this reply for its next request's.
+		c.Context().SetConnectionClose()
+		var body errorBody
+		body.Error.Code, body.Error.Message = "request_timeout", "no complete request within the read timeout"
+		return c.Status(fiber.StatusRequestTimeout).JSON(body)
+	}
 	if errors.As(err, &fe) {
 		code = fiberCodes[fe.Code]
 		if code == "" {
