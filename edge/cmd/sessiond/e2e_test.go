@@ -119,7 +119,6 @@ type daemon struct {
 	cmd    *exec.Cmd
 	out    *lockedBuffer
 	exited chan struct{}
-	state  *os.ProcessState
 }
 
 // newDaemon prepares a node called name with data in dir (a fresh one when empty).
