@@ -7,6 +7,7 @@
 // API (Seed), for figures that would take hours to build through the HTTP API, whose
 // every registration and login costs an argon2id hash.
 //
-// It imports storage and crdt (for Seed) and Fiber's HTTP client; it must not import edge,
-// so the node's code never depends on its load generator.
+// It imports storage, crdt and functions (for Seed: records and the password hash) and
+// Fiber's HTTP client; it must not import edge, so that the node's code never depends on
+// its load generator.
 package loadgen

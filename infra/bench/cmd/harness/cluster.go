@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -58,8 +59,31 @@ func newNode(o options, name, region, data, key, join string, fast bool) *node {
 		http: loopback(), gossip: loopback(), sync: loopback()}
 }
 
-// launch starts the node's process (again, after stop) and returns at once.
+// launch starts the node's process (again, after stop) and returns once it serves HTTP.
+// Ports are picked free but not held, so another process on the machine can take one
+// first; then the node is started again on fresh ports (those of a node that others
+// join are kept: it was the first to start).
 func (n *node) launch(o options, extra ...string) error {
+	for attempt := 0; ; attempt++ {
+		if err := n.launchOnce(o, extra...); err != nil {
+			return err
+		}
+		err := waitHTTP(n.p, n.url()+"/healthz", 5*time.Minute)
+		if err == nil {
+			return nil
+		}
+		b, _ := os.ReadFile(filepath.Join(o.logs(), n.name+".log"))
+		if attempt == 3 || !strings.Contains(string(b), "address already in use") {
+			return err
+		}
+		n.http, n.sync = loopback(), loopback()
+		if n.join != "" {
+			n.gossip = loopback()
+		}
+	}
+}
+
+func (n *node) launchOnce(o options, extra ...string) error {
 	args := []string{"--node", n.name, "--region", n.region, "--data", n.data,
 		"--http", n.http, "--gossip", n.gossip, "--sync", n.sync,
 		"--login-per-account", "1000000", "--login-per-address", "1000000", "--log-level", "warn"}

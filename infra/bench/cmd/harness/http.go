@@ -35,20 +35,26 @@ type benchResult struct {
 // bench runs `sessiond bench --json` and measures the CPU the server processes used
 // meanwhile (setup included in neither).
 func bench(ctx context.Context, o options, logName string, servers []*proc, onMeasure func(), args ...string) (*benchResult, float64, error) {
+	r, cpu, _, err := benchIO(ctx, o, logName, servers, onMeasure, args...)
+	return r, cpu, err
+}
+
+// benchIO is bench that also returns the bytes the servers wrote to storage meanwhile.
+func benchIO(ctx context.Context, o options, logName string, servers []*proc, onMeasure func(), args ...string) (*benchResult, float64, float64, error) {
 	f, err := os.OpenFile(filepath.Join(o.logs(), logName+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	defer f.Close()
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, o.sessiond(), append([]string{"bench", "--json"}, args...)...)
 	cmd.Stdout, cmd.Stderr = &out, f
 	if err := cmd.Start(); err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	// Server CPU is sampled once setup is over: the bench prints its first progress line
 	// a second into measuring; sampling at the end minus the whole run would count setup.
-	cpu0 := map[int]float64{}
+	cpu0, io0 := map[int]float64{}, map[int]float64{}
 	var t0 time.Time
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -60,7 +66,7 @@ wait:
 		select {
 		case err := <-done:
 			if err != nil {
-				return nil, 0, fmt.Errorf("sessiond bench: %w (log %s)", err, logPath)
+				return nil, 0, 0, fmt.Errorf("sessiond bench: %w (log %s)", err, logPath)
 			}
 			break wait
 		case <-tick.C:
@@ -69,6 +75,7 @@ wait:
 					t0 = time.Now()
 					for _, s := range servers {
 						cpu0[s.pid()] = cpuSeconds(s.pid())
+						io0[s.pid()] = writeBytes(s.pid())
 					}
 					if onMeasure != nil {
 						onMeasure()
@@ -78,19 +85,20 @@ wait:
 		}
 	}
 	elapsed := time.Since(t0).Seconds()
-	var serverCPU float64
+	var serverCPU, written float64
 	if !t0.IsZero() {
 		for _, s := range servers {
 			serverCPU += cpuSeconds(s.pid()) - cpu0[s.pid()]
+			written += writeBytes(s.pid()) - io0[s.pid()]
 		}
 		serverCPU = 100 * serverCPU / elapsed
 	}
 	var r benchResult
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-		return nil, 0, fmt.Errorf("sessiond bench output: %w", err)
+		return nil, 0, 0, fmt.Errorf("sessiond bench output: %w", err)
 	}
 	fmt.Fprintf(f, "%s\n", out.Bytes())
-	return &r, serverCPU, nil
+	return &r, serverCPU, written, nil
 }
 
 // setupLines is how many "setup:" lines precede measuring: register, log in, and with

@@ -216,3 +216,19 @@ func fileMB(path string) float64 {
 	}
 	return float64(fi.Size()) / (1 << 20)
 }
+
+// writeBytes returns the bytes a process has caused to be written to storage
+// (/proc/PID/io write_bytes): with fsync-per-commit stores, the write amplification.
+func writeBytes(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "write_bytes: "); ok {
+			n, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return n
+		}
+	}
+	return 0
+}

@@ -13,6 +13,7 @@ type scalingRun struct {
 	P50         float64 `json:"p50_ms"`
 	P99         float64 `json:"p99_ms"`
 	ServerCPU   float64 `json:"server_cpu_percent"`
+	WrittenPer  float64 `json:"bytes_written_per_patch"` // to storage, warm-up included
 	Load        float64 `json:"load_average"`
 }
 
@@ -29,7 +30,7 @@ func runScaling(ctx context.Context, o options, res *results) error {
 		}
 		for _, conns := range []int{8, 32, 128} {
 			load := loadAvg()
-			r, cpu, err := bench(ctx, o, "bench-scaling-"+t.name, ps, nil, "--target", urls[0], "--mix", "patch=1",
+			r, cpu, written, err := benchIO(ctx, o, "bench-scaling-"+t.name, ps, nil, "--target", urls[0], "--mix", "patch=1",
 				"--connections", strconv.Itoa(conns), "--duration", o.duration.String(), "--warmup", o.warmup.String(),
 				"--users", strconv.Itoa(max(o.users, conns)))
 			if err != nil {
@@ -37,9 +38,11 @@ func runScaling(ctx context.Context, o options, res *results) error {
 			}
 			st := r.Operations["patch"]
 			res.Scaling = append(res.Scaling, scalingRun{Target: t.name, Connections: conns, Throughput: st.Throughput,
-				P50: st.P50, P99: st.P99, ServerCPU: cpu, Load: load})
-			fmt.Printf("  %-14s %4d connections: %6.0f patches/s  p50 %6.2f ms  p99 %7.2f ms  server CPU %3.0f%%  load %.1f\n",
-				t.name, conns, st.Throughput, st.P50, st.P99, cpu, load)
+				P50: st.P50, P99: st.P99, ServerCPU: cpu, Load: load,
+				WrittenPer: written / max(st.Throughput*(r.Elapsed+o.warmup.Seconds()), 1)})
+			last := res.Scaling[len(res.Scaling)-1]
+			fmt.Printf("  %-14s %4d connections: %6.0f patches/s  p50 %6.2f ms  p99 %7.2f ms  server CPU %3.0f%%  %6.0f B written per patch  load %.1f\n",
+				t.name, conns, st.Throughput, st.P50, st.P99, cpu, last.WrittenPer, load)
 		}
 		for _, p := range ps {
 			p.stop()
