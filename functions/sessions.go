@@ -339,12 +339,9 @@ func dataSize(data map[string][]byte) int {
 
 // List returns the caller's usable sessions, newest first, marking the current one.
 func (s *Sessions) List(ctx context.Context, p Principal) ([]Session, error) {
-	u, live, err := liveUser(ctx, s.Store, p.UserID)
+	_, u, err := s.records(ctx, p)
 	if err != nil {
 		return nil, err
-	}
-	if !live {
-		return nil, errSessionEnded
 	}
 	all, err := s.Store.UserSessions(ctx, p.UserID)
 	if err != nil {
