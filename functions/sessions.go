@@ -222,19 +222,16 @@ var errSessionEnded = Errorf(EUnauthorized, "session expired or revoked")
 
 // load returns a usable session of userID and its user.
 func (s *Sessions) load(ctx context.Context, userID, sessionID string) (crdt.Session, crdt.User, error) {
-	m, ok, err := s.Store.Record(ctx, crdt.SessionKey(sessionID))
+	ms, ok, err := s.Store.Records(ctx, crdt.SessionKey(sessionID), crdt.UserKey(userID))
 	if err != nil {
 		return crdt.Session{}, crdt.User{}, err
 	}
-	if !ok {
+	if !ok[0] || !ok[1] {
 		return crdt.Session{}, crdt.User{}, errSessionEnded
 	}
-	ss := crdt.ReadSession(sessionID, &m)
-	u, live, err := liveUser(ctx, s.Store, userID)
-	if err != nil {
-		return crdt.Session{}, crdt.User{}, err
-	}
-	if !live || !usable(ss, u, s.Clock.PhysicalNow()) {
+	ss := crdt.ReadSession(sessionID, &ms[0])
+	u := crdt.ReadUser(userID, &ms[1])
+	if u.Deleted || !usable(ss, u, s.Clock.PhysicalNow()) {
 		return crdt.Session{}, crdt.User{}, errSessionEnded
 	}
 	return ss, u, nil

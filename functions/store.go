@@ -12,6 +12,8 @@ import (
 type Store interface {
 	// Record returns the state of the record at key; ok is false when there is none.
 	Record(ctx context.Context, key string) (m crdt.Map, ok bool, err error)
+	// Records returns several records as Record does, read at one point in time.
+	Records(ctx context.Context, keys ...string) (ms []crdt.Map, ok []bool, err error)
 	// Update runs fn in a write transaction and returns after its writes are durable. fn's
 	// writes take effect only if it returns nil; its error is returned as is. fn must be
 	// quick: no hashing, no network.

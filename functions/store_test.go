@@ -73,6 +73,21 @@ func (s *fakeStore) Record(ctx context.Context, key string) (crdt.Map, bool, err
 	return m.Clone(), true, nil
 }
 
+func (s *fakeStore) Records(ctx context.Context, keys ...string) ([]crdt.Map, []bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return nil, nil, err
+	}
+	ms, oks := make([]crdt.Map, len(keys)), make([]bool, len(keys))
+	for i, key := range keys {
+		if m, ok := s.records[key]; ok {
+			ms[i], oks[i] = m.Clone(), true
+		}
+	}
+	return ms, oks, nil
+}
+
 func (s *fakeStore) Update(ctx context.Context, fn func(tx Tx) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -31,6 +31,26 @@ func (db *DB) Record(ctx context.Context, key string) (crdt.Map, bool, error) {
 	return m, ok, err
 }
 
+// Records returns the stored states of several records, read in one transaction:
+// ms[i] and ok[i] are what Record would return for keys[i]. The caller owns the maps.
+func (db *DB) Records(ctx context.Context, keys ...string) (ms []crdt.Map, ok []bool, err error) {
+	ms, ok = make([]crdt.Map, len(keys)), make([]bool, len(keys))
+	err = db.view(ctx, func(btx *bolt.Tx) error {
+		b := btx.Bucket(bucketRecords)
+		for i, key := range keys {
+			var err error
+			if ms[i], ok[i], err = decodeRecord(key, b.Get([]byte(key))); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return ms, ok, nil
+}
+
 // decodeRecord decodes a stored record value (nil: absent).
 func decodeRecord(key string, v []byte) (crdt.Map, bool, error) {
 	if v == nil {

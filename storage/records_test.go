@@ -142,3 +142,27 @@ func TestStats(t *testing.T) {
 		t.Errorf("Stats after erasing u2 = %+v, want 1 user, 1 session, 0 messages", st)
 	}
 }
+
+func TestRecords(t *testing.T) {
+	db := MustOpenDB(t)
+	ctx := context.Background()
+	a, b := crdt.UserKey("a"), crdt.UserKey("b")
+	merge(t, db, a, newUser(db, "alice"))
+	merge(t, db, b, newUser(db, "bob"))
+	ms, ok, err := db.Records(ctx, b, crdt.UserKey("missing"), a)
+	if err != nil {
+		t.Fatalf("Records: %v", err)
+	}
+	if len(ms) != 3 || !ok[0] || ok[1] || !ok[2] {
+		t.Fatalf("Records ok=%v, want [true false true]", ok)
+	}
+	for i, key := range []string{b, a} {
+		want, _ := mustRecord(t, db, key)
+		if got := ms[i*2]; !got.Equal(want) {
+			t.Errorf("Records[%q] differs from Record", key)
+		}
+	}
+	if ms[1].Len() != 0 {
+		t.Errorf("Records[missing].Len()=%d, want 0", ms[1].Len())
+	}
+}
