@@ -125,28 +125,22 @@ func sleep(ctx context.Context, d time.Duration) {
 
 // killNode: SIGKILL a node, keep it down, start it again.
 func killNode(name string, hold time.Duration) Scenario {
-	return Scenario{Name: "kill9-" + name, Fault: "docker kill -s KILL " + name + ", restart after " + hold.String(), Hold: hold,
-		Run: func(ctx context.Context, r *Runner, res *ScenarioResult) {
-			n := r.d.Node(name)
-			r.prober.SetDown(name, true)
-			if err := r.d.Kill(ctx, n); err != nil {
-				res.violate("kill: %v", err)
-			}
-			sleep(ctx, min(3*time.Second, hold))
-			res.Failover = r.checkFailover(ctx, res, name)
-			sleep(ctx, hold-min(3*time.Second, hold))
-			if err := r.d.Start(ctx, n); err != nil {
-				res.violate("restart: %v", err)
-			}
-			r.prober.SetDown(name, false)
-		}}
+	return killNodes("kill9-"+name, "docker kill -s KILL "+name+", restart after "+hold.String(), hold,
+		func(r *Runner) []*Node { return []*Node{r.d.Node(name)} })
 }
 
 // killRegion: SIGKILL both nodes of a region at once.
 func killRegion(region string, hold time.Duration) Scenario {
-	return Scenario{Name: "kill9-region-" + region, Fault: "docker kill -s KILL of every " + region + " node, restart after " + hold.String(), Hold: hold,
+	return killNodes("kill9-region-"+region, "docker kill -s KILL of every "+region+" node, restart after "+hold.String(), hold,
+		func(r *Runner) []*Node { return r.regionNodes(region) })
+}
+
+// killNodes: SIGKILL the nodes at once, check the load balancer fails over, keep them
+// down for hold, start them again.
+func killNodes(name, fault string, hold time.Duration, pick func(*Runner) []*Node) Scenario {
+	return Scenario{Name: name, Fault: fault, Hold: hold,
 		Run: func(ctx context.Context, r *Runner, res *ScenarioResult) {
-			nodes := r.regionNodes(region)
+			nodes := pick(r)
 			for _, n := range nodes {
 				r.prober.SetDown(n.Name, true)
 				if err := r.d.Kill(ctx, n); err != nil {
