@@ -218,6 +218,12 @@ func (m *Map) Clone() Map {
 	return c
 }
 
+// Copy returns a copy of m that shares its field values with m. No Map method modifies a
+// value in place, so either map can be merged, edited or pruned afterwards without
+// affecting the other; only writing into a slice from Get or Field would, which Get
+// forbids. It is cheaper than Clone for a copy that will only be read.
+func (m *Map) Copy() Map { return Map{fields: maps.Clone(m.fields)} }
+
 // Equal reports whether m and o hold the same fields and versions.
 func (m *Map) Equal(o Map) bool {
 	if len(m.fields) != len(o.fields) {

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/sessiond/sessiond/crdt"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -205,7 +206,8 @@ type batch struct {
 	users    int64  // counters, as of this batch
 	sessions int64
 	messages int64
-	toggles  map[string]uint64 // replication key → XOR to toggle into the digest
+	toggles  map[string]uint64    // replication key → XOR to toggle into the digest
+	written  map[string]*crdt.Map // record key → state after the batch, nil once deleted
 	changes  []Change
 	changeAt map[string]int // replication key → index in changes, -1 once deleted
 }
@@ -236,6 +238,15 @@ func (b *batch) toggle(key string, x uint64) {
 		b.toggles = make(map[string]uint64)
 	}
 	b.toggles[key] ^= x
+}
+
+// wrote records that the record key now holds m (nil: deleted), for the record cache.
+// m is not modified afterwards.
+func (b *batch) wrote(key string, m *crdt.Map) {
+	if b.written == nil {
+		b.written = make(map[string]*crdt.Map)
+	}
+	b.written[key] = m
 }
 
 // changed records key's state after the batch, for OnCommit.
@@ -285,8 +296,12 @@ func (b *batch) finish() error {
 	return nil
 }
 
-// committed publishes a durable batch: digest, counters, feed head, then OnCommit.
+// committed publishes a durable batch: record cache, digest, counters, feed head, then
+// OnCommit.
 func (db *DB) committed(b *batch) {
+	if len(b.written) > 0 {
+		db.cache.publish(b.written)
+	}
 	if len(b.toggles) > 0 {
 		db.dmu.Lock()
 		for k, x := range b.toggles {

@@ -32,8 +32,13 @@ type Options struct {
 	// OnCommit, when set, is called after every durable commit with the changes it made,
 	// local and remote, each key once with its state after the commit. It runs on the
 	// committer goroutine, so it must not block or call back into the DB's writes. The
-	// slice is the callee's.
+	// slice is the callee's; the Maps in it are shared with the record cache and must
+	// only be read.
 	OnCommit func([]Change)
+	// RecordCache is how many decoded records Record and Records keep in memory for the
+	// next read of the same record; default 16384, negative for none. A cached record
+	// costs about 1 KiB.
+	RecordCache int
 }
 
 // Log attribute keys.
@@ -113,6 +118,8 @@ type DB struct {
 	dmu    sync.RWMutex
 	digest crdt.Digest // guarded by dmu; written by the committer only
 
+	cache *recordCache
+
 	head     atomic.Uint64
 	users    atomic.Int64
 	sessions atomic.Int64
@@ -151,7 +158,10 @@ func Open(path string, opts Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	db := &DB{bolt: bdb, path: path, opts: opts, log: logger,
+	if opts.RecordCache == 0 {
+		opts.RecordCache = 16384
+	}
+	db := &DB{bolt: bdb, path: path, opts: opts, log: logger, cache: newRecordCache(opts.RecordCache),
 		reqs: make(chan *request, maxBatch), stopped: make(chan struct{})}
 	if err := db.init(); err != nil {
 		_ = bdb.Close()

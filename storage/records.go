@@ -17,29 +17,46 @@ const seqLen = 8
 
 // Record returns the stored state of the record key, which the caller owns, and whether it
 // exists. A session past its expiry may still be returned until Sweep removes it; check
-// crdt.Session.ActiveAt.
+// crdt.Session.ActiveAt. The Map's field values may be shared with the record cache:
+// read them, never write into them (see crdt.Map.Get).
 func (db *DB) Record(ctx context.Context, key string) (crdt.Map, bool, error) {
-	var (
-		m  crdt.Map
-		ok bool
-	)
-	err := db.view(ctx, func(btx *bolt.Tx) error {
-		var err error
-		m, ok, err = decodeRecord(key, btx.Bucket(bucketRecords).Get([]byte(key)))
-		return err
-	})
-	return m, ok, err
+	ms, ok, err := db.Records(ctx, key)
+	if err != nil {
+		return crdt.Map{}, false, err
+	}
+	return ms[0], ok[0], nil
 }
 
 // Records returns the stored states of several records, read in one transaction:
-// ms[i] and ok[i] are what Record would return for keys[i]. The caller owns the maps.
+// ms[i] and ok[i] are what Record would return for keys[i]. The caller owns the maps,
+// as Record says. Records found in the record cache are not read from the file; the
+// cache never holds a state older than the last acknowledged write.
 func (db *DB) Records(ctx context.Context, keys ...string) (ms []crdt.Map, ok []bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
 	ms, ok = make([]crdt.Map, len(keys)), make([]bool, len(keys))
-	err = db.view(ctx, func(btx *bolt.Tx) error {
+	var (
+		missed []int
+		gen    uint64
+	)
+	for i, key := range keys {
+		m, hit, g := db.cache.get(key)
+		if hit {
+			ms[i], ok[i] = m, true
+			continue
+		}
+		// Any generation read before the file is read will do; see recordCache.
+		missed, gen = append(missed, i), g
+	}
+	if len(missed) == 0 {
+		return ms, ok, nil
+	}
+	err = db.bolt.View(func(btx *bolt.Tx) error {
 		b := btx.Bucket(bucketRecords)
-		for i, key := range keys {
+		for _, i := range missed {
 			var err error
-			if ms[i], ok[i], err = decodeRecord(key, b.Get([]byte(key))); err != nil {
+			if ms[i], ok[i], err = decodeRecord(keys[i], b.Get([]byte(keys[i]))); err != nil {
 				return err
 			}
 		}
@@ -47,6 +64,11 @@ func (db *DB) Records(ctx context.Context, keys ...string) (ms []crdt.Map, ok []
 	})
 	if err != nil {
 		return nil, nil, err
+	}
+	for _, i := range missed {
+		if ok[i] {
+			db.cache.fill(keys[i], ms[i].Copy(), gen)
+		}
 	}
 	return ms, ok, nil
 }
@@ -169,6 +191,7 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 			}
 		}
 	}
+	b.wrote(key, &p.m)
 	b.changed(Change{Key: key, Map: p.m})
 	return nil
 }
@@ -183,6 +206,7 @@ func (b *batch) deleteRecord(key string, old stored) error {
 		return err
 	}
 	b.toggle(key, crdt.PairHash(key, old.enc))
+	b.wrote(key, nil)
 	b.removed(key)
 	switch {
 	case strings.HasPrefix(key, crdt.SessionPrefix):
