@@ -297,21 +297,21 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 			update.Delete(crdt.DataPrefix+k, ts)
 		}
 		update.Raise(crdt.FieldLastUsed, ts.Wall, ts)
-		cur, ok, err := tx.Record(crdt.SessionKey(ss.ID))
-		if err != nil {
+		// The merge is checked after the fact: returning an error discards it.
+		var err error
+		if merged, err = tx.Merge(crdt.SessionKey(ss.ID), update); err != nil {
 			return err
 		}
-		if !ok {
+		after := crdt.ReadSession(ss.ID, &merged)
+		switch n := dataSize(after.Data); {
+		case after.UserID == "": // swept since Authenticate: the merge created nothing stored
 			return errSessionEnded
-		}
-		cur.Merge(update)
-		if after := crdt.ReadSession(ss.ID, &cur); len(after.Data) > MaxDataKeys {
+		case len(after.Data) > MaxDataKeys:
 			return Errorf(ETooLarge, "session data would have %d keys, at most %d", len(after.Data), MaxDataKeys)
-		} else if n := dataSize(after.Data); n > MaxSessionData {
+		case n > MaxSessionData:
 			return Errorf(ETooLarge, "session data would be %d bytes, at most %d", n, MaxSessionData)
 		}
-		merged, err = tx.Merge(crdt.SessionKey(ss.ID), update)
-		return err
+		return nil
 	})
 	if err != nil {
 		return Session{}, err

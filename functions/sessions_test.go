@@ -677,6 +677,20 @@ func TestSessionsPatchData(t *testing.T) {
 		}
 	})
 
+	t.Run("ErrUnauthorized/GoneSinceAuthenticate", func(t *testing.T) {
+		// The record is swept between Authenticate and the update: the update must not
+		// create a session record of data alone.
+		e, p := setup(t)
+		e.store.mu.Lock()
+		delete(e.store.records, crdt.SessionKey(p.SessionID))
+		e.store.mu.Unlock()
+		_, err := e.sessions.PatchData(ctx, p, DataPatch{Set: map[string]json.RawMessage{"theme": raw(`"dark"`)}})
+		wantCode(t, err, EUnauthorized)
+		if m := e.store.record(crdt.SessionKey(p.SessionID)); m.Len() != 0 {
+			t.Errorf("update of a vanished session stored %d fields", m.Len())
+		}
+	})
+
 	t.Run("ErrUnauthorized/Expired", func(t *testing.T) {
 		e, p := setup(t)
 		e.now.Advance(testIdleTTL)
