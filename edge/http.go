@@ -259,7 +259,7 @@ func (n *Node) currentSession(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"session": s})
+	return sendSession(c, s)
 }
 
 func (n *Node) patchSession(c *fiber.Ctx) error {
@@ -284,7 +284,7 @@ func (n *Node) patchSession(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"session": s})
+	return sendSession(c, s)
 }
 
 // compactJSON drops insignificant whitespace, so stored values are canonical.
@@ -309,7 +309,7 @@ func (n *Node) listSessions(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"sessions": ss})
+	return sendSessions(c, ss)
 }
 
 func (n *Node) revokeSession(c *fiber.Ctx) error {
