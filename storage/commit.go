@@ -208,6 +208,7 @@ type batch struct {
 	messages int64
 	toggles  map[string]uint64    // replication key → XOR to toggle into the digest
 	written  map[string]*crdt.Map // record key → state after the batch, nil once deleted
+	erasing  bool                 // an erasure cascade ran in the batch
 	changes  []Change
 	changeAt map[string]int // replication key → index in changes, -1 once deleted
 }

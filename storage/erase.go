@@ -13,6 +13,7 @@ import (
 // dropped. Nothing of this is replicated as such: each replica derives it from the user
 // record, so their digests converge.
 func (b *batch) erase(user string) error {
+	b.erasing = true
 	if err := b.erased.Put([]byte(user), present); err != nil {
 		return err
 	}

@@ -114,12 +114,24 @@ func (b *batch) record(key string) (crdt.Map, bool, error) {
 	return decodeRecord(key, b.records.Get([]byte(key)))
 }
 
-// load reads the record key as of this point in the batch, with its description.
+// load reads the record key as of this point in the batch, with its description. A
+// record the batch has not written yet is as last committed, so its decoded state may
+// come from the record cache.
 func (b *batch) load(key string) (crdt.Map, stored, bool, error) {
 	v := b.records.Get([]byte(key))
-	m, ok, err := decodeRecord(key, v)
-	if err != nil || !ok {
-		return m, stored{}, false, err
+	if v == nil {
+		return crdt.Map{}, stored{}, false, nil
+	}
+	var m crdt.Map
+	hit := false
+	if _, written := b.written[key]; !written {
+		m, hit, _ = b.db.cache.get(key)
+	}
+	if !hit {
+		var err error
+		if m, _, err = decodeRecord(key, v); err != nil {
+			return m, stored{}, false, err
+		}
 	}
 	return m, describe(key, &m, bytes.Clone(v[seqLen:])), true, nil
 }
@@ -139,7 +151,7 @@ func (b *batch) keep(tx *Tx, key string, m *crdt.Map) bool {
 func (b *batch) writeRecord(key string, p *pendingRecord) error {
 	// An erasure applied earlier in the same function may have deleted the record since
 	// the function read it; nothing else changes it in between.
-	had := p.had && b.records.Get([]byte(key)) != nil
+	had := p.had && (!b.erasing || b.records.Get([]byte(key)) != nil)
 	if !b.keep(nil, key, &p.m) {
 		if !had {
 			return nil

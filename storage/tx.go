@@ -35,8 +35,8 @@ type pendingRecord struct {
 
 var errTxClosed = errors.New("storage: transaction used after its function returned")
 
-// Record returns the state of the record key, as a copy the caller owns, and whether it
-// exists. It sees this function's earlier writes: a record this function merged into a
+// Record returns the state of the record key, as a copy the caller owns (its field values
+// are shared: read them, never write into them), and whether it exists. It sees this function's earlier writes: a record this function merged into a
 // state that is not stored (see Merge) does not exist. Otherwise it returns what is
 // stored, which may be a session already past its expiry and not yet swept.
 func (tx *Tx) Record(key string) (crdt.Map, bool, error) {
@@ -47,13 +47,13 @@ func (tx *Tx) Record(key string) (crdt.Map, bool, error) {
 		if !p.keep {
 			return crdt.Map{}, false, nil
 		}
-		return p.m.Clone(), true, nil
+		return p.m.Copy(), true, nil
 	}
 	return tx.b.record(key)
 }
 
 // Merge merges update into the record key, creating it if absent, and returns the merged
-// state, which the caller owns. Merging is idempotent and commutative.
+// state, which the caller owns as Record says. Merging is idempotent and commutative.
 //
 // Some merged states are not stored, and an existing record in such a state is deleted:
 // a session record past its absolute expiry (crdt.SessionExpires; a record without one
@@ -70,7 +70,7 @@ func (tx *Tx) Merge(key string, update crdt.Map) (crdt.Map, error) {
 	if err != nil {
 		return crdt.Map{}, err
 	}
-	return p.m.Clone(), nil
+	return p.m.Copy(), nil
 }
 
 // outcome is what a merge or insert did, for ApplyResult.
