@@ -74,7 +74,10 @@ func (n *Node) writeError(c *fiber.Ctx, err error) error {
 		status = fiber.StatusInternalServerError
 	}
 	if status >= 500 && code == functions.EInternal {
-		n.log.Error("request failed", slog.String("method", c.Method()), slog.String("path", c.Path()), slog.Any("err", err))
+		// A handler may keep the record (slog.Record.Clone does not copy strings), and the
+		// Ctx's strings are reused by the connection's next request.
+		n.log.Error("request failed", slog.String("method", strings.Clone(c.Method())),
+			slog.String("path", strings.Clone(c.Path())), slog.Any("err", err))
 	}
 	var body errorBody
 	body.Error.Code, body.Error.Message = code, msg

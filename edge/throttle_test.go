@@ -73,3 +73,20 @@ func TestRetryAfterSeconds(t *testing.T) {
 		}
 	}
 }
+
+// TestThrottle_OwnsKey checks that a bucket's key is a copy: the key allow is given may
+// alias a request buffer (an X-Forwarded-For address) that later requests overwrite.
+func TestThrottle_OwnsKey(t *testing.T) {
+	th := newThrottle(1, newFakeClock(tokenEpoch).Now)
+	buf := []byte("10.0.0.1")
+	if ok, _ := th.allow(aliasedString(buf)); !ok {
+		t.Fatalf("first attempt refused")
+	}
+	copy(buf, "10.0.0.2") // the next request, in the same buffer
+	if ok, _ := th.allow("10.0.0.2"); !ok {
+		t.Errorf("allow(10.0.0.2) = false: its bucket is 10.0.0.1's, keyed on the request buffer")
+	}
+	if ok, _ := th.allow("10.0.0.1"); ok {
+		t.Errorf("allow(10.0.0.1) = true, want false: its bucket was lost")
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // Token crafting for the attack tables: the header and claims are written by hand, so
@@ -260,4 +261,31 @@ func TestTokens_Cache(t *testing.T) {
 			t.Errorf("new token not cached after eviction")
 		}
 	})
+}
+
+// aliasedString returns a string that shares b's bytes, as Fiber's strings share
+// fasthttp's request buffers (Config.Immutable is off): writing to b changes it.
+func aliasedString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// TestTokens_CacheOwnsKey is the unit form of TestHTTP_Auth's same-length forgery: the
+// token verify is given aliases a buffer that the next request overwrites, so the cache
+// must key on a copy, or the next token would read as the cached one.
+func TestTokens_CacheOwnsKey(t *testing.T) {
+	clock := newFakeClock(tokenEpoch)
+	tk := newTokens([][]byte{testKey}, clock.Now)
+	tok, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour))
+	buf := []byte(tok)
+	if _, _, err := tk.verify(aliasedString(buf)); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	forged := tok[:len(tok)-10] + "0123456789"
+	copy(buf, forged) // the connection's next request, in the same buffer
+	if _, _, err := tk.verify(aliasedString(buf)); err == nil {
+		t.Errorf("verify(forged token) = nil error, want one: the cache keyed on the request buffer")
+	}
+	for k := range tk.cache {
+		if k != tok {
+			t.Errorf("cache key = %q, want the token verified (%q)", k, tok)
+		}
+	}
 }
