@@ -200,15 +200,20 @@ func wantError(tb testing.TB, resp *http.Response, body []byte, status int, code
 	}
 }
 
-// checkHeaders checks the headers every response carries.
-func checkHeaders(tb testing.TB, what, node string, h http.Header) {
+// checkHeaders checks the headers every response carries: API responses (api) have the
+// API's Content-Security-Policy, the others the UI's.
+func checkHeaders(tb testing.TB, what, node string, api bool, h http.Header) {
 	tb.Helper()
+	csp := contentSecurityPolicy
+	if api {
+		csp = apiContentSecurityPolicy
+	}
 	want := map[string]string{
 		"X-Served-By":                node,
 		"X-Content-Type-Options":     "nosniff",
 		"X-Frame-Options":            "DENY",
 		"Referrer-Policy":            "no-referrer",
-		"Content-Security-Policy":    contentSecurityPolicy,
+		"Content-Security-Policy":    csp,
 		"Cross-Origin-Opener-Policy": "same-origin",
 	}
 	for k, v := range want {
@@ -298,14 +303,14 @@ func TestHTTP_Headers(t *testing.T) {
 		if resp.StatusCode != tc.status {
 			t.Errorf("%s: status = %d, want %d (%s)", what, resp.StatusCode, tc.status, body)
 		}
-		checkHeaders(t, what, "headers-0", resp.Header)
+		checkHeaders(t, what, "headers-0", strings.HasPrefix(tc.path, "/v1/"), resp.Header)
 	}
 
 	t.Run("TooLarge", func(t *testing.T) {
 		resp, body := rawRequest(t, n.HTTPAddr(), fmt.Sprintf(
 			"POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d", maxBody+1))
 		wantError(t, resp, body, http.StatusRequestEntityTooLarge, "too_large")
-		checkHeaders(t, "413", "headers-0", resp.Header)
+		checkHeaders(t, "413", "headers-0", true, resp.Header)
 	})
 
 	t.Run("Stream", func(t *testing.T) {
@@ -321,7 +326,7 @@ func TestHTTP_Headers(t *testing.T) {
 		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
 			t.Errorf("stream: status %d, Content-Type %q; want 200 text/event-stream", resp.StatusCode, resp.Header.Get("Content-Type"))
 		}
-		checkHeaders(t, "stream", "headers-0", resp.Header)
+		checkHeaders(t, "stream", "headers-0", true, resp.Header)
 	})
 }
 
@@ -540,7 +545,7 @@ func TestHTTP_LoginThrottle(t *testing.T) {
 		if got := resp.Header.Get("Retry-After"); got != tc.want {
 			t.Errorf("after +%s: Retry-After = %q, want %q", tc.advance, got, tc.want)
 		}
-		checkHeaders(t, "429", "throttle-0", resp.Header)
+		checkHeaders(t, "429", "throttle-0", true, resp.Header)
 	}
 	clock.Add(time.Second)
 	resp, body := c.do("POST", "/v1/sessions", "", login)

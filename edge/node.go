@@ -32,6 +32,7 @@ type Node struct {
 	app      *fiber.App
 	ln       net.Listener
 	metrics  *metrics
+	headers  responseHeaders
 	tokens   *tokens
 	broker   *broker
 	users    *functions.Users
@@ -121,6 +122,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.sessions = &functions.Sessions{Store: st, Clock: clock, Passwords: passwords, TTL: n.cfg.SessionTTL, IdleTTL: n.cfg.IdleTTL}
 	n.messages = &functions.Messages{Store: st, Clock: clock}
 	n.cluster = &functions.Cluster{Membership: clusterView{n}}
+	n.headers = newResponseHeaders(n.cfg.NodeName)
 	n.app = n.newApp()
 
 	n.ln, err = net.Listen("tcp", n.cfg.HTTPAddr)
