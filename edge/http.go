@@ -104,13 +104,13 @@ func (n *Node) observe(c *fiber.Ctx) error {
 			return werr
 		}
 	}
-	route := c.Route().Path
-	if c.Response().StatusCode() == fiber.StatusNotFound && !strings.HasPrefix(route, "/v1/") {
+	route, status := c.Route().Path, c.Response().StatusCode()
+	if status == fiber.StatusNotFound && !strings.HasPrefix(route, "/v1/") {
 		route = "unmatched"
 	}
-	method := methodLabel(c.Method())
-	n.metrics.requests.WithLabelValues(route, method, strconv.Itoa(c.Response().StatusCode())).Inc()
-	n.metrics.latency.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
+	m := n.metrics.forRequest(route, methodLabel(c.Method()), status)
+	m.requests.Inc()
+	m.latency.Observe(time.Since(start).Seconds())
 	return nil
 }
 
@@ -270,8 +270,12 @@ func (n *Node) patchSession(c *fiber.Ctx) error {
 	return sendSession(c, s)
 }
 
-// compactJSON drops insignificant whitespace, so stored values are canonical.
+// compactJSON drops insignificant whitespace, so stored values are canonical. A value with
+// no whitespace byte at all (most are small) is compact already and returned as it is.
 func compactJSON(v json.RawMessage) json.RawMessage {
+	if bytes.IndexAny(v, " \t\r\n") < 0 {
+		return v
+	}
 	var b bytes.Buffer
 	if err := json.Compact(&b, v); err != nil {
 		return v

@@ -621,6 +621,9 @@ func TestHTTP_Metrics(t *testing.T) {
 	c := newTestClient(t, n)
 	signUp(t, c, "alice")
 	c.do("GET", "/v1/nope", "", nil)
+	for range 3 { // one series, resolved once and cached, counts them all
+		c.do("GET", "/healthz", "", nil)
+	}
 	resp, body := c.do("GET", "/metrics", "", nil)
 	if resp.StatusCode != 200 {
 		t.Fatalf("metrics: %d", resp.StatusCode)
@@ -629,6 +632,8 @@ func TestHTTP_Metrics(t *testing.T) {
 		`sessiond_http_requests_total{method="POST",route="/v1/users",status="201"} 1`,
 		`sessiond_http_requests_total{method="POST",route="/v1/sessions",status="201"} 1`,
 		`sessiond_http_requests_total{method="GET",route="unmatched",status="404"} 1`,
+		`sessiond_http_requests_total{method="GET",route="/healthz",status="200"} 3`,
+		`sessiond_http_request_duration_seconds_count{method="GET",route="/healthz"} 3`,
 		"sessiond_stored_users 1",
 		"sessiond_stored_sessions 1",
 		"sessiond_http_request_duration_seconds_bucket",

@@ -359,3 +359,17 @@ func BenchmarkSessionJSON(b *testing.B) {
 		})
 	}
 }
+
+func TestCompactJSON(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{`1`, `1`},
+		{`"a b"`, `"a b"`},
+		{`[1, 2]`, `[1,2]`},
+		{"{\n\t\"a\" : \"x y\"\r\n}", `{"a":"x y"}`},
+		{`{"a":[true,null]}`, `{"a":[true,null]}`},
+	} {
+		if got := compactJSON(json.RawMessage(tc.in)); string(got) != tc.want {
+			t.Errorf("compactJSON(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

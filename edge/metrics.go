@@ -2,6 +2,8 @@ package edge
 
 import (
 	"context"
+	"strconv"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -16,6 +18,37 @@ type metrics struct {
 	requests      *prometheus.CounterVec
 	latency       *prometheus.HistogramVec
 	loginFailures *prometheus.CounterVec
+
+	// byRequest caches each (route, method, status)'s series: requestKey → *requestMetrics.
+	// WithLabelValues would hash and look up the labels twice per request. The series are
+	// never deleted from their vectors, so a cached one stays the one exported.
+	byRequest sync.Map
+}
+
+// requestKey is the labels of a request's series; the strings are route patterns and
+// constants, never a request's own bytes, so the cache can keep them.
+type requestKey struct {
+	route, method string
+	status        int
+}
+
+// requestMetrics are one (route, method, status)'s series.
+type requestMetrics struct {
+	requests prometheus.Counter
+	latency  prometheus.Observer
+}
+
+// forRequest returns the series of requests to route by method that got status.
+func (m *metrics) forRequest(route, method string, status int) *requestMetrics {
+	k := requestKey{route: route, method: method, status: status}
+	if v, ok := m.byRequest.Load(k); ok {
+		return v.(*requestMetrics)
+	}
+	v, _ := m.byRequest.LoadOrStore(k, &requestMetrics{
+		requests: m.requests.WithLabelValues(route, method, strconv.Itoa(status)),
+		latency:  m.latency.WithLabelValues(route, method),
+	})
+	return v.(*requestMetrics)
 }
 
 func newMetrics(db *storage.DB) *metrics {
