@@ -273,7 +273,7 @@ func (n *Node) patchSession(c *fiber.Ctx) error {
 // compactJSON drops insignificant whitespace, so stored values are canonical. A value with
 // no whitespace byte at all (most are small) is compact already and returned as it is.
 func compactJSON(v json.RawMessage) json.RawMessage {
-	if bytes.IndexAny(v, " \t\r\n") < 0 {
+	if !bytes.ContainsAny(v, " \t\r\n") {
 		return v
 	}
 	var b bytes.Buffer
