@@ -194,14 +194,7 @@ func (s Session) ActiveAt(now time.Time) bool {
 
 // ReadSession returns the typed view of the session record m.
 func ReadSession(id string, m *Map) Session {
-	s := Session{ID: id}
-	if f, ok := m.Field(FieldUser); ok {
-		s.UserID, s.Created = string(f.Value), f.TS
-	}
-	s.Expires = time.Unix(0, int64Field(m, FieldExpires)).UTC()
-	s.IdleTTL = time.Duration(int64Field(m, FieldIdleTTL))
-	s.LastUsed = time.Unix(0, m.MaxOf(FieldLastUsed)).UTC()
-	_, s.Revoked = m.Flag(FieldRevoked)
+	s := ReadSessionMeta(id, m)
 	for name, f := range m.fields {
 		if key, ok := strings.CutPrefix(name, DataPrefix); ok && f.Kind == KindLWW && !f.Deleted {
 			if s.Data == nil {
@@ -210,6 +203,20 @@ func ReadSession(id string, m *Map) Session {
 			s.Data[key] = f.Value
 		}
 	}
+	return s
+}
+
+// ReadSessionMeta returns the typed view of the session record m without its data (Data
+// is nil): enough to decide whether the session is usable.
+func ReadSessionMeta(id string, m *Map) Session {
+	s := Session{ID: id}
+	if f, ok := m.Field(FieldUser); ok {
+		s.UserID, s.Created = string(f.Value), f.TS
+	}
+	s.Expires = time.Unix(0, int64Field(m, FieldExpires)).UTC()
+	s.IdleTTL = time.Duration(int64Field(m, FieldIdleTTL))
+	s.LastUsed = time.Unix(0, m.MaxOf(FieldLastUsed)).UTC()
+	_, s.Revoked = m.Flag(FieldRevoked)
 	return s
 }
 

@@ -51,7 +51,7 @@ type Principal struct {
 }
 
 type loadedRecords struct {
-	session crdt.Session
+	session crdt.Map // the session record
 	user    crdt.User
 }
 
@@ -186,32 +186,30 @@ func usable(ss crdt.Session, u crdt.User, now time.Time) bool {
 // not revoked (by itself or by its user's sign-out-everywhere), not expired, and its user
 // is not erased — and records the use, sliding idle expiry. Any failure is EUnauthorized.
 func (s *Sessions) Authenticate(ctx context.Context, userID, sessionID string) (Principal, error) {
-	ss, u, err := s.load(ctx, userID, sessionID)
+	rec, u, err := s.load(ctx, userID, sessionID)
 	if err != nil {
 		return Principal{}, err
 	}
 	now := s.Clock.PhysicalNow()
-	if now.Sub(ss.LastUsed) >= s.touchEvery() {
-		var touched crdt.Map
+	if now.Sub(crdt.ReadSessionMeta(sessionID, &rec).LastUsed) >= s.touchEvery() {
 		err := s.Store.Update(ctx, func(tx Tx) error {
 			var err error
-			touched, err = tx.Merge(crdt.SessionKey(sessionID), crdt.TouchSession(s.Clock.Next()))
+			rec, err = tx.Merge(crdt.SessionKey(sessionID), crdt.TouchSession(s.Clock.Next()))
 			return err
 		})
 		if err != nil {
 			return Principal{}, err
 		}
-		ss = crdt.ReadSession(sessionID, &touched)
 	}
 	return Principal{
 		UserID: userID, Username: u.Username, SessionID: sessionID,
-		loaded: &loadedRecords{session: ss, user: u},
+		loaded: &loadedRecords{session: rec, user: u},
 	}, nil
 }
 
-// records returns the caller's session and user: those Authenticate loaded for this
-// request, or freshly read and checked.
-func (s *Sessions) records(ctx context.Context, p Principal) (crdt.Session, crdt.User, error) {
+// records returns the caller's session record and user: those Authenticate loaded for
+// this request, or freshly read and checked.
+func (s *Sessions) records(ctx context.Context, p Principal) (crdt.Map, crdt.User, error) {
 	if p.loaded != nil {
 		return p.loaded.session, p.loaded.user, nil
 	}
@@ -220,21 +218,20 @@ func (s *Sessions) records(ctx context.Context, p Principal) (crdt.Session, crdt
 
 var errSessionEnded = Errorf(EUnauthorized, "session expired or revoked")
 
-// load returns a usable session of userID and its user.
-func (s *Sessions) load(ctx context.Context, userID, sessionID string) (crdt.Session, crdt.User, error) {
+// load returns the record of a usable session of userID, and its user.
+func (s *Sessions) load(ctx context.Context, userID, sessionID string) (crdt.Map, crdt.User, error) {
 	ms, ok, err := s.Store.Records(ctx, crdt.SessionKey(sessionID), crdt.UserKey(userID))
 	if err != nil {
-		return crdt.Session{}, crdt.User{}, err
+		return crdt.Map{}, crdt.User{}, err
 	}
 	if !ok[0] || !ok[1] {
-		return crdt.Session{}, crdt.User{}, errSessionEnded
+		return crdt.Map{}, crdt.User{}, errSessionEnded
 	}
-	ss := crdt.ReadSession(sessionID, &ms[0])
 	u := crdt.ReadUser(userID, &ms[1])
-	if u.Deleted || !usable(ss, u, s.Clock.PhysicalNow()) {
-		return crdt.Session{}, crdt.User{}, errSessionEnded
+	if u.Deleted || !usable(crdt.ReadSessionMeta(sessionID, &ms[0]), u, s.Clock.PhysicalNow()) {
+		return crdt.Map{}, crdt.User{}, errSessionEnded
 	}
-	return ss, u, nil
+	return ms[0], u, nil
 }
 
 // Check reports whether the caller's session is still usable, reading it afresh (a
@@ -246,11 +243,11 @@ func (s *Sessions) Check(ctx context.Context, p Principal) error {
 
 // Current returns the caller's own session.
 func (s *Sessions) Current(ctx context.Context, p Principal) (Session, error) {
-	ss, u, err := s.records(ctx, p)
+	rec, u, err := s.records(ctx, p)
 	if err != nil {
 		return Session{}, err
 	}
-	return sessionOf(ss, u.Username), nil
+	return sessionOf(crdt.ReadSession(p.SessionID, &rec), u.Username), nil
 }
 
 // PatchData merges patch into the caller's session data: each key is a last-writer-wins
@@ -282,11 +279,11 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 			return Session{}, err
 		}
 	}
-	ss, u, err := s.records(ctx, p)
+	_, u, err := s.records(ctx, p)
 	if err != nil {
 		return Session{}, err
 	}
-	var merged crdt.Map
+	var after crdt.Session
 	err = s.Store.Update(ctx, func(tx Tx) error {
 		ts := s.Clock.Next()
 		var update crdt.Map
@@ -298,11 +295,11 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 		}
 		update.Raise(crdt.FieldLastUsed, ts.Wall, ts)
 		// The merge is checked after the fact: returning an error discards it.
-		var err error
-		if merged, err = tx.Merge(crdt.SessionKey(ss.ID), update); err != nil {
+		merged, err := tx.Merge(crdt.SessionKey(p.SessionID), update)
+		if err != nil {
 			return err
 		}
-		after := crdt.ReadSession(ss.ID, &merged)
+		after = crdt.ReadSession(p.SessionID, &merged)
 		switch n := dataSize(after.Data); {
 		case after.UserID == "": // swept since Authenticate: the merge created nothing stored
 			return errSessionEnded
@@ -316,7 +313,7 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 	if err != nil {
 		return Session{}, err
 	}
-	return sessionOf(crdt.ReadSession(ss.ID, &merged), u.Username), nil
+	return sessionOf(after, u.Username), nil
 }
 
 func validDataKey(k string) error {
