@@ -18,6 +18,15 @@
 // caller does not abort the others. bbolt's NoSync is never set; NoFreelistSync is (the freelist is rebuilt on
 // Open instead of written with every commit).
 //
+// # Reads
+//
+// Record and Records keep the decoded state of the records they read in a bounded cache
+// (Options.RecordCache), so the session and user that nearly every request reads are
+// decoded once per change, not once per request. The committer refreshes or drops every
+// cached record a commit wrote before it answers the commit's writers, and a read that
+// raced a commit never fills the cache, so a read never returns a state older than a
+// write already acknowledged.
+//
 // # Replicated state and derived state
 //
 // Only records and log entries are replicated. Everything else in the file is derived
