@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -107,6 +109,26 @@ func TestAppendSession_Errors(t *testing.T) {
 				t.Errorf("appendSessionsDoc = %s, want an error", b)
 			}
 		})
+	}
+}
+
+// TestAppendSession_Fields fails when functions.Session gains, loses or renames a field,
+// which appendSession must then follow (a new omitempty field left zero would slip past
+// the comparison with encoding/json).
+func TestAppendSession_Fields(t *testing.T) {
+	var got []string
+	st := reflect.TypeFor[functions.Session]()
+	for i := range st.NumField() {
+		got = append(got, st.Field(i).Name+" "+st.Field(i).Type.String()+" "+st.Field(i).Tag.Get("json"))
+	}
+	want := []string{
+		"ID string id", "UserID string user_id", "Username string username",
+		"CreatedAt time.Time created_at", "LastUsedAt time.Time last_used_at",
+		"ExpiresAt time.Time expires_at", "IdleExpiresAt time.Time idle_expires_at",
+		"Data map[string]json.RawMessage data", "Current bool current,omitempty",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("functions.Session fields = %q,\nwant %q: update appendSession", got, want)
 	}
 }
 
