@@ -125,7 +125,13 @@ const flagDeleted = 1
 func (m *Map) AppendBinary(b []byte) []byte {
 	b = append(b, mapVersion)
 	b = binary.AppendUvarint(b, uint64(len(m.fields)))
-	for _, name := range m.Names() {
+	var buf [16]string // the names of most records fit: no allocation
+	names := buf[:0]
+	for name := range m.fields {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
 		f := m.fields[name]
 		b = appendBytes(b, []byte(name))
 		b = append(b, byte(f.Kind))

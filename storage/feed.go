@@ -46,7 +46,13 @@ func (b *batch) collectFeed(budget int) error {
 	for n := 0; k != nil && n < budget; k, v = c.Next() {
 		n++
 		gc = getUint(k)
-		if sv := storedValue(b.records, b.log, string(v)); sv == nil || getUint(sv[:seqLen]) != gc {
+		var sv []byte
+		if bytes.HasPrefix(v, []byte(logPrefix)) {
+			sv = storedValue(b.records, b.log, string(v))
+		} else {
+			sv = b.records.Get(v) // a record key: spare the conversions
+		}
+		if sv == nil || getUint(sv[:seqLen]) != gc {
 			dead = append(dead, bytes.Clone(k))
 		}
 	}

@@ -138,7 +138,8 @@ func checkInvariants(tb testing.TB, db *DB) {
 				}
 			case strings.HasPrefix(key, crdt.SessionPrefix):
 				sessions++
-				byUser, byExp := sessionIndexKeys(key, &m)
+				ix := indexFields(key, &m)
+				byUser, byExp := ix.byUser(), ix.byExpiry()
 				if btx.Bucket(bucketUserSessions).Get(byUser) == nil || btx.Bucket(bucketExpiry).Get(byExp) == nil {
 					tb.Errorf("session %q not indexed", key)
 				}

@@ -91,10 +91,9 @@ func decodeRecord(key string, v []byte) (crdt.Map, bool, error) {
 // stored is what replacing or deleting a stored record must undo: its encoding (for the
 // digest) and what the indexes and counters derived from it.
 type stored struct {
-	enc      []byte // the Map's encoding, owned
-	deleted  bool   // a user record with the deleted flag
-	byUser   []byte // a session record's index keys
-	byExpiry []byte
+	enc     []byte      // the Map's encoding, owned
+	deleted bool        // a user record with the deleted flag
+	session sessionKeys // a session record's index fields
 }
 
 // describe returns what is derived from the record key in state m, encoded as enc.
@@ -102,7 +101,7 @@ func describe(key string, m *crdt.Map, enc []byte) stored {
 	st := stored{enc: enc}
 	switch {
 	case strings.HasPrefix(key, crdt.SessionPrefix):
-		st.byUser, st.byExpiry = sessionIndexKeys(key, m)
+		st.session = indexFields(key, m)
 	case strings.HasPrefix(key, crdt.UserPrefix):
 		_, st.deleted = m.Flag(crdt.FieldDeleted)
 	}

@@ -22,24 +22,51 @@ func sessionOwner(m *crdt.Map) (string, bool) {
 	return string(f.Value), true
 }
 
-// sessionIndexKeys returns the index keys of the session record key in state m.
-func sessionIndexKeys(key string, m *crdt.Map) (byUser, byExpiry []byte) {
+// sessionKeys is what a session record's index keys are made of.
+type sessionKeys struct {
+	key     string // empty: not a stored session record
+	owner   []byte // shared with the record's Map, which never modifies it
+	created crdt.Timestamp
+	expires int64
+}
+
+// indexFields returns the index fields of the session record key in state m.
+func indexFields(key string, m *crdt.Map) sessionKeys {
 	f, _ := m.Field(crdt.FieldUser)
-	byUser = append(append([]byte(nil), f.Value...), 0)
-	byUser = f.TS.AppendBinary(byUser)
-	byUser = append(byUser, key...)
-	byExpiry = binary.BigEndian.AppendUint64(nil, uint64(crdt.SessionExpires(m).UnixNano()))
-	byExpiry = append(byExpiry, key...)
-	return byUser, byExpiry
+	return sessionKeys{key: key, owner: f.Value, created: f.TS, expires: crdt.SessionExpires(m).UnixNano()}
+}
+
+// byUser returns the key of the owner index: owner 0 created(20) key.
+func (s sessionKeys) byUser() []byte {
+	if s.key == "" {
+		return nil
+	}
+	k := append(append(make([]byte, 0, len(s.owner)+1+crdt.TimestampSize+len(s.key)), s.owner...), 0)
+	return append(s.created.AppendBinary(k), s.key...)
+}
+
+// byExpiry returns the key of the expiry index: expires(8) key.
+func (s sessionKeys) byExpiry() []byte {
+	if s.key == "" {
+		return nil
+	}
+	return append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(s.key)), uint64(s.expires)), s.key...)
+}
+
+func (s sessionKeys) equal(o sessionKeys) bool {
+	return s.key == o.key && bytes.Equal(s.owner, o.owner) && s.created == o.created && s.expires == o.expires
 }
 
 // indexSession moves a session record's index entries from those of old to those of
-// now; either may be empty (absent).
+// now; either may be empty (absent). Most writes change neither: nothing is done then.
 func (b *batch) indexSession(old, now stored) error {
+	if old.session.equal(now.session) {
+		return nil
+	}
 	for _, ix := range []struct {
 		bk       *bolt.Bucket
 		old, new []byte
-	}{{b.userSessions, old.byUser, now.byUser}, {b.expiry, old.byExpiry, now.byExpiry}} {
+	}{{b.userSessions, old.session.byUser(), now.session.byUser()}, {b.expiry, old.session.byExpiry(), now.session.byExpiry()}} {
 		if bytes.Equal(ix.old, ix.new) {
 			continue
 		}
