@@ -206,6 +206,25 @@ func ReadSession(id string, m *Map) Session {
 	return s
 }
 
+// SessionDataSize returns the number of live data keys of the session record m and their
+// size: the bytes of their names (without DataPrefix) and values. It allocates nothing.
+func SessionDataSize(m *Map) (keys, size int) {
+	for name, f := range m.fields {
+		if key, ok := strings.CutPrefix(name, DataPrefix); ok && f.Kind == KindLWW && !f.Deleted {
+			keys++
+			size += len(key) + len(f.Value)
+		}
+	}
+	return keys, size
+}
+
+// IsSession reports whether m has an owner, as every stored session record does; a
+// record made only of updates to a session never stored, or since deleted, has none.
+func IsSession(m *Map) bool {
+	f, ok := m.Field(FieldUser)
+	return ok && f.Kind == KindFWW && len(f.Value) > 0
+}
+
 // ReadSessionMeta returns the typed view of the session record m without its data (Data
 // is nil): enough to decide whether the session is usable.
 func ReadSessionMeta(id string, m *Map) Session {

@@ -239,3 +239,38 @@ func TestConversationID(t *testing.T) {
 		}
 	})
 }
+
+// TestSessionDataSize checks the allocation-free counts against the typed view.
+func TestSessionDataSize(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		m := crdt.NewSession("u1", time.Unix(100, 0), time.Hour, crdt.Timestamp{Wall: 1, Node: 1})
+		if !crdt.IsSession(&m) {
+			t.Fatal("IsSession(new session) = false")
+		}
+		for i := range rapid.IntRange(0, 20).Draw(t, "ops") {
+			key := crdt.DataPrefix + rapid.StringN(0, 4, 8).Draw(t, "key")
+			ts := crdt.Timestamp{Wall: int64(i + 2), Node: 1}
+			switch rapid.IntRange(0, 2).Draw(t, "op") {
+			case 0:
+				m.Set(key, []byte(rapid.StringN(0, 10, 20).Draw(t, "value")), ts)
+			case 1:
+				m.Delete(key, ts)
+			default:
+				m.SetFlag(key, ts) // a data-looking name of the wrong kind is not data
+			}
+		}
+		data := crdt.ReadSession("s1", &m).Data
+		want := 0
+		for k, v := range data {
+			want += len(k) + len(v)
+		}
+		if keys, size := crdt.SessionDataSize(&m); keys != len(data) || size != want {
+			t.Fatalf("SessionDataSize = %d keys, %d bytes; ReadSession has %d keys, %d bytes", keys, size, len(data), want)
+		}
+	})
+	var updateOnly crdt.Map
+	updateOnly.Set(crdt.DataPrefix+"k", []byte("1"), crdt.Timestamp{Wall: 1})
+	if crdt.IsSession(&updateOnly) {
+		t.Error("IsSession(data without an owner) = true")
+	}
+}

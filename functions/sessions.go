@@ -283,7 +283,7 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 	if err != nil {
 		return Session{}, err
 	}
-	var after crdt.Session
+	var merged crdt.Map
 	err = s.Store.Update(ctx, func(tx Tx) error {
 		ts := s.Clock.Next()
 		var update crdt.Map
@@ -294,26 +294,27 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 			update.Delete(crdt.DataPrefix+k, ts)
 		}
 		update.Raise(crdt.FieldLastUsed, ts.Wall, ts)
-		// The merge is checked after the fact: returning an error discards it.
-		merged, err := tx.Merge(crdt.SessionKey(p.SessionID), update)
-		if err != nil {
+		// The merge is checked after the fact: returning an error discards it. This
+		// runs on the store's single committer, so it checks without building anything.
+		var err error
+		if merged, err = tx.Merge(crdt.SessionKey(p.SessionID), update); err != nil {
 			return err
 		}
-		after = crdt.ReadSession(p.SessionID, &merged)
-		switch n := dataSize(after.Data); {
-		case after.UserID == "": // swept since Authenticate: the merge created nothing stored
+		keys, size := crdt.SessionDataSize(&merged)
+		switch {
+		case !crdt.IsSession(&merged): // swept since Authenticate: the merge created nothing stored
 			return errSessionEnded
-		case len(after.Data) > MaxDataKeys:
-			return Errorf(ETooLarge, "session data would have %d keys, at most %d", len(after.Data), MaxDataKeys)
-		case n > MaxSessionData:
-			return Errorf(ETooLarge, "session data would be %d bytes, at most %d", n, MaxSessionData)
+		case keys > MaxDataKeys:
+			return Errorf(ETooLarge, "session data would have %d keys, at most %d", keys, MaxDataKeys)
+		case size > MaxSessionData:
+			return Errorf(ETooLarge, "session data would be %d bytes, at most %d", size, MaxSessionData)
 		}
 		return nil
 	})
 	if err != nil {
 		return Session{}, err
 	}
-	return sessionOf(after, u.Username), nil
+	return sessionOf(crdt.ReadSession(p.SessionID, &merged), u.Username), nil
 }
 
 func validDataKey(k string) error {
@@ -321,14 +322,6 @@ func validDataKey(k string) error {
 		return Errorf(EInvalid, "data keys must be 1 to %d bytes of printable UTF-8", MaxDataKey)
 	}
 	return nil
-}
-
-func dataSize(data map[string][]byte) int {
-	n := 0
-	for k, v := range data {
-		n += len(k) + len(v)
-	}
-	return n
 }
 
 // List returns the caller's usable sessions, newest first, marking the current one.
