@@ -199,7 +199,7 @@ type batch struct {
 	btx *bolt.Tx
 	now time.Time // physical time for every expiry decision in the batch
 
-	meta, records, log, logSeq, convs, userConvs, userSessions, expiry, erased, feed, leaves *bolt.Bucket
+	meta, records, log, logSeq, convs, userConvs, userSessions, expiry, erased, feed, leaves bucket
 
 	head     uint64 // feed head
 	writes   int    // feed positions taken, the budget of the feed's garbage collection
@@ -214,20 +214,36 @@ type batch struct {
 }
 
 func (db *DB) newBatch(btx *bolt.Tx) *batch {
-	b := &batch{
+	open := func(name []byte, fill float64) bucket { return bucket{btx: btx, name: name, fill: fill} }
+	return &batch{
 		db: db, btx: btx, now: db.opts.Now(),
-		meta: btx.Bucket(bucketMeta), records: btx.Bucket(bucketRecords), log: btx.Bucket(bucketLog),
-		logSeq: btx.Bucket(bucketLogSeq), convs: btx.Bucket(bucketConvs), userConvs: btx.Bucket(bucketUserConvs),
-		userSessions: btx.Bucket(bucketUserSessions), expiry: btx.Bucket(bucketExpiry), erased: btx.Bucket(bucketErased),
-		feed: btx.Bucket(bucketFeed), leaves: btx.Bucket(bucketLeaves),
+		meta: open(bucketMeta, 0), records: open(bucketRecords, 0), convs: open(bucketConvs, 0),
+		userConvs: open(bucketUserConvs, 0), userSessions: open(bucketUserSessions, 0),
+		expiry: open(bucketExpiry, 0), erased: open(bucketErased, 0), leaves: open(bucketLeaves, 0),
+		// These grow at their end (feed positions, a conversation's entries in time
+		// order): pages split there can be left nearly full.
+		feed: open(bucketFeed, appendFill), log: open(bucketLog, appendFill), logSeq: open(bucketLogSeq, appendFill),
 		head: db.head.Load(), users: db.users.Load(), sessions: db.sessions.Load(), messages: db.messages.Load(),
 	}
-	// These grow at their end (feed positions, a conversation's entries in time order):
-	// pages split there can be left nearly full.
-	for _, bk := range []*bolt.Bucket{b.feed, b.log, b.logSeq} {
-		bk.FillPercent = appendFill
+}
+
+// bucket is one of a batch's buckets, opened on first use: most batches touch a few of
+// them, and opening one costs the committer a B+tree search and allocations.
+type bucket struct {
+	btx  *bolt.Tx
+	name []byte
+	fill float64 // FillPercent, if not zero
+	bk   *bolt.Bucket
+}
+
+func (l *bucket) get() *bolt.Bucket {
+	if l.bk == nil {
+		l.bk = l.btx.Bucket(l.name)
+		if l.fill > 0 {
+			l.bk.FillPercent = l.fill
+		}
 	}
-	return b
+	return l.bk
 }
 
 // appendFill is the fill factor of buckets that grow at their end.
@@ -290,7 +306,7 @@ func (b *batch) finish() error {
 		{metaMessages, putUint(uint64(b.messages))},
 		{metaClock, hw.AppendBinary(nil)},
 	} {
-		if err := b.meta.Put(kv.k, kv.v); err != nil {
+		if err := b.meta.get().Put(kv.k, kv.v); err != nil {
 			return err
 		}
 	}

@@ -14,10 +14,10 @@ import (
 // record, so their digests converge.
 func (b *batch) erase(user string) error {
 	b.erasing = true
-	if err := b.erased.Put([]byte(user), present); err != nil {
+	if err := b.erased.get().Put([]byte(user), present); err != nil {
 		return err
 	}
-	sessions := userSessionKeys(b.userSessions, user)
+	sessions := userSessionKeys(b.userSessions.get(), user)
 	for _, key := range sessions {
 		_, st, ok, err := b.load(key)
 		if err != nil {
@@ -43,7 +43,7 @@ func (b *batch) erase(user string) error {
 func (b *batch) userConvList(user string) []string {
 	prefix := append([]byte(user), 0)
 	var convs []string
-	c := b.userConvs.Cursor()
+	c := b.userConvs.get().Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 		convs = append(convs, string(k[len(prefix):]))
 	}
@@ -54,7 +54,7 @@ func (b *batch) userConvList(user string) []string {
 func (b *batch) deleteConv(conv string) error {
 	prefix := convPrefix(conv)
 	var dead [][]byte
-	c := b.log.Cursor()
+	c := b.log.get().Cursor()
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 		e, err := decodeStoredEntry(prefix, k, v)
 		if err != nil {
@@ -62,30 +62,30 @@ func (b *batch) deleteConv(conv string) error {
 		}
 		lk := LogKey(conv, e.ID)
 		b.toggle(lk, crdt.PairHash(lk, e.AppendBinary(nil)))
-		if err := b.leaves.Delete(leafKey(lk)); err != nil {
+		if err := b.leaves.get().Delete(leafKey(lk)); err != nil {
 			return err
 		}
 		b.removed(lk)
 		b.messages--
 		dead = append(dead, bytes.Clone(k))
 	}
-	if err := deleteKeys(b.log, dead); err != nil {
+	if err := deleteKeys(b.log.get(), dead); err != nil {
 		return err
 	}
 	dead = dead[:0]
-	c = b.logSeq.Cursor()
+	c = b.logSeq.get().Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 		dead = append(dead, bytes.Clone(k))
 	}
-	if err := deleteKeys(b.logSeq, dead); err != nil {
+	if err := deleteKeys(b.logSeq.get(), dead); err != nil {
 		return err
 	}
-	if err := b.convs.Delete([]byte(conv)); err != nil {
+	if err := b.convs.get().Delete([]byte(conv)); err != nil {
 		return err
 	}
 	x, y, _ := crdt.Participants(conv)
 	for _, u := range []string{x, y} {
-		if err := b.userConvs.Delete(append(append([]byte(u), 0), conv...)); err != nil {
+		if err := b.userConvs.get().Delete(append(append([]byte(u), 0), conv...)); err != nil {
 			return err
 		}
 	}
@@ -112,5 +112,5 @@ func (b *batch) erasedFor(tx *Tx, user string) bool {
 			}
 		}
 	}
-	return b.erased.Get([]byte(user)) != nil
+	return b.erased.get().Get([]byte(user)) != nil
 }

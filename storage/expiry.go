@@ -25,7 +25,7 @@ func (db *DB) Sweep(ctx context.Context, now time.Time) (int, error) {
 			b := tx.b
 			limit := binary.BigEndian.AppendUint64(nil, uint64(now.UnixNano()))
 			var keys []string
-			c := b.expiry.Cursor()
+			c := b.expiry.get().Cursor()
 			for k, _ := c.First(); k != nil && len(keys) < sweepChunk; k, _ = c.Next() {
 				if len(k) < 8 || bytes.Compare(k[:8], limit) > 0 {
 					break

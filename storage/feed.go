@@ -25,7 +25,7 @@ func (b *batch) nextSeq() uint64 {
 }
 
 func (b *batch) feedPut(seq uint64, key string) error {
-	return b.feed.Put(putUint(seq), []byte(key))
+	return b.feed.get().Put(putUint(seq), []byte(key))
 }
 
 // storedValue returns the stored value of a replication key, or nil.
@@ -39,18 +39,18 @@ func storedValue(records, log *bolt.Bucket, key string) []byte {
 // collectFeed examines up to budget feed positions from where the previous commit left
 // off, deletes the stale ones and wraps around at the head.
 func (b *batch) collectFeed(budget int) error {
-	gc := getUint(b.meta.Get(metaGC))
+	gc := getUint(b.meta.get().Get(metaGC))
 	var dead [][]byte
-	c := b.feed.Cursor()
+	c := b.feed.get().Cursor()
 	k, v := c.Seek(putUint(gc + 1))
 	for n := 0; k != nil && n < budget; k, v = c.Next() {
 		n++
 		gc = getUint(k)
 		var sv []byte
 		if bytes.HasPrefix(v, []byte(logPrefix)) {
-			sv = storedValue(b.records, b.log, string(v))
+			sv = storedValue(b.records.get(), b.log.get(), string(v))
 		} else {
-			sv = b.records.Get(v) // a record key: spare the conversions
+			sv = b.records.get().Get(v) // a record key: spare the conversions
 		}
 		if sv == nil || getUint(sv[:seqLen]) != gc {
 			dead = append(dead, bytes.Clone(k))
@@ -59,10 +59,10 @@ func (b *batch) collectFeed(budget int) error {
 	if k == nil {
 		gc = 0
 	}
-	if err := deleteKeys(b.feed, dead); err != nil {
+	if err := deleteKeys(b.feed.get(), dead); err != nil {
 		return err
 	}
-	return b.meta.Put(metaGC, putUint(gc))
+	return b.meta.get().Put(metaGC, putUint(gc))
 }
 
 // FeedSeq returns the head of the change feed: the position of the latest committed

@@ -147,7 +147,7 @@ func (tx *Tx) Append(conv string, msg crdt.Message) (crdt.Entry, error) {
 	}
 	seq, ok := tx.seqs[conv]
 	if !ok {
-		st, _, err := loadConv(tx.b.convs, conv)
+		st, _, err := loadConv(tx.b.convs.get(), conv)
 		if err != nil {
 			return crdt.Entry{}, err
 		}
@@ -171,10 +171,10 @@ func (tx *Tx) insert(conv string, e crdt.Entry) outcome {
 	}
 	prefix := convPrefix(conv)
 	lk := e.ID.AppendBinary(slices.Clip(prefix))
-	if _, dup := tx.inserted[string(lk)]; dup || tx.b.log.Get(lk) != nil {
+	if _, dup := tx.inserted[string(lk)]; dup || tx.b.log.get().Get(lk) != nil {
 		return outUnchanged
 	}
-	if v := tx.b.logSeq.Get(seqKey(prefix, e.ID.Origin(), e.ID.Seq)); v != nil {
+	if v := tx.b.logSeq.get().Get(seqKey(prefix, e.ID.Origin(), e.ID.Seq)); v != nil {
 		if ts, _ := crdt.DecodeTimestamp(v); ts.Compare(e.ID.TS) < 0 {
 			return outUnchanged // a conflicting entry that wins is already here
 		}
@@ -198,16 +198,16 @@ func (b *batch) writeEntry(conv string, e crdt.Entry) (outcome, error) {
 	}
 	prefix := convPrefix(conv)
 	lk := e.ID.AppendBinary(slices.Clip(prefix))
-	if b.log.Get(lk) != nil {
+	if b.log.get().Get(lk) != nil {
 		return outUnchanged, nil
 	}
-	st, exists, err := loadConv(b.convs, conv)
+	st, exists, err := loadConv(b.convs.get(), conv)
 	if err != nil {
 		return 0, err
 	}
 	origin, sk := e.ID.Origin(), seqKey(prefix, e.ID.Origin(), e.ID.Seq)
 	replace := false
-	if v := b.logSeq.Get(sk); v != nil {
+	if v := b.logSeq.get().Get(sk); v != nil {
 		ts, _ := crdt.DecodeTimestamp(v)
 		old := crdt.EntryID{TS: ts, Seq: e.ID.Seq}
 		if old.Compare(e.ID) < 0 {
@@ -220,22 +220,22 @@ func (b *batch) writeEntry(conv string, e crdt.Entry) (outcome, error) {
 		replace = true
 	}
 	seq := b.nextSeq()
-	if err := b.log.Put(lk, append(putUint(seq), e.Data...)); err != nil {
+	if err := b.log.get().Put(lk, append(putUint(seq), e.Data...)); err != nil {
 		return 0, err
 	}
-	if err := b.logSeq.Put(sk, e.ID.TS.AppendBinary(nil)); err != nil {
+	if err := b.logSeq.get().Put(sk, e.ID.TS.AppendBinary(nil)); err != nil {
 		return 0, err
 	}
 	if !exists {
 		for _, u := range []string{x, y} {
-			if err := b.userConvs.Put(append(append([]byte(u), 0), conv...), present); err != nil {
+			if err := b.userConvs.get().Put(append(append([]byte(u), 0), conv...), present); err != nil {
 				return 0, err
 			}
 		}
 	}
 	st.count++
 	if replace {
-		c := b.log.Cursor()
+		c := b.log.get().Cursor()
 		c.Seek(append([]byte(conv), 1))
 		if k, _ := c.Prev(); k != nil && bytes.HasPrefix(k, prefix) {
 			st.last, _ = crdt.DecodeEntryID(k[len(prefix):])
@@ -248,16 +248,16 @@ func (b *batch) writeEntry(conv string, e crdt.Entry) (outcome, error) {
 		o.max = max(o.max, e.ID.Seq)
 		if e.ID.Seq == o.prefix+1 {
 			o.prefix = e.ID.Seq
-			for o.prefix < o.max && b.logSeq.Get(seqKey(prefix, origin, o.prefix+1)) != nil {
+			for o.prefix < o.max && b.logSeq.get().Get(seqKey(prefix, origin, o.prefix+1)) != nil {
 				o.prefix++
 			}
 		}
 	}
-	if err := b.convs.Put([]byte(conv), st.encode()); err != nil {
+	if err := b.convs.get().Put([]byte(conv), st.encode()); err != nil {
 		return 0, err
 	}
 	key := LogKey(conv, e.ID)
-	if err := b.leaves.Put(leafKey(key), present); err != nil {
+	if err := b.leaves.get().Put(leafKey(key), present); err != nil {
 		return 0, err
 	}
 	b.toggle(key, crdt.PairHash(key, e.AppendBinary(nil)))
@@ -272,7 +272,7 @@ func (b *batch) writeEntry(conv string, e crdt.Entry) (outcome, error) {
 // deleteEntry deletes one entry of conv (not its log_seq key, which the caller reuses).
 func (b *batch) deleteEntry(conv string, id crdt.EntryID) error {
 	lk := id.AppendBinary(convPrefix(conv))
-	v := b.log.Get(lk)
+	v := b.log.get().Get(lk)
 	if v == nil {
 		return nil
 	}
@@ -281,8 +281,8 @@ func (b *batch) deleteEntry(conv string, id crdt.EntryID) error {
 	b.toggle(key, crdt.PairHash(key, e.AppendBinary(nil)))
 	b.removed(key)
 	b.messages--
-	if err := b.leaves.Delete(leafKey(key)); err != nil {
+	if err := b.leaves.get().Delete(leafKey(key)); err != nil {
 		return err
 	}
-	return b.log.Delete(lk)
+	return b.log.get().Delete(lk)
 }

@@ -91,7 +91,7 @@ func decodeRecord(key string, v []byte) (crdt.Map, bool, error) {
 // stored is what replacing or deleting a stored record must undo: its encoding (for the
 // digest) and what the indexes and counters derived from it.
 type stored struct {
-	enc     []byte      // the Map's encoding, owned
+	enc     []byte      // the Map's encoding; from bbolt, valid until the transaction commits
 	deleted bool        // a user record with the deleted flag
 	session sessionKeys // a session record's index fields
 }
@@ -110,14 +110,14 @@ func describe(key string, m *crdt.Map, enc []byte) stored {
 
 // record reads the record key as of this point in the batch.
 func (b *batch) record(key string) (crdt.Map, bool, error) {
-	return decodeRecord(key, b.records.Get([]byte(key)))
+	return decodeRecord(key, b.records.get().Get([]byte(key)))
 }
 
 // load reads the record key as of this point in the batch, with its description. A
 // record the batch has not written yet is as last committed, so its decoded state may
 // come from the record cache.
 func (b *batch) load(key string) (crdt.Map, stored, bool, error) {
-	v := b.records.Get([]byte(key))
+	v := b.records.get().Get([]byte(key))
 	if v == nil {
 		return crdt.Map{}, stored{}, false, nil
 	}
@@ -132,7 +132,7 @@ func (b *batch) load(key string) (crdt.Map, stored, bool, error) {
 			return m, stored{}, false, err
 		}
 	}
-	return m, describe(key, &m, bytes.Clone(v[seqLen:])), true, nil
+	return m, describe(key, &m, v[seqLen:]), true, nil
 }
 
 // keep reports whether the record key in state m is to be stored. Only session records
@@ -150,7 +150,7 @@ func (b *batch) keep(tx *Tx, key string, m *crdt.Map) bool {
 func (b *batch) writeRecord(key string, p *pendingRecord) error {
 	// An erasure applied earlier in the same function may have deleted the record since
 	// the function read it; nothing else changes it in between.
-	had := p.had && (!b.erasing || b.records.Get([]byte(key)) != nil)
+	had := p.had && (!b.erasing || b.records.get().Get([]byte(key)) != nil)
 	if !b.keep(nil, key, &p.m) {
 		if !had {
 			return nil
@@ -165,7 +165,7 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 		return nil
 	}
 	b.nextSeq()
-	if err := b.records.Put([]byte(key), v); err != nil {
+	if err := b.records.get().Put([]byte(key), v); err != nil {
 		return err
 	}
 	if err := b.feedPut(seq, key); err != nil {
@@ -176,7 +176,7 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 	if had {
 		old = p.base
 		h ^= crdt.PairHash(key, old.enc)
-	} else if err := b.leaves.Put(leafKey(key), present); err != nil {
+	} else if err := b.leaves.get().Put(leafKey(key), present); err != nil {
 		return err
 	}
 	b.toggle(key, h)
@@ -196,7 +196,7 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 		if !now.deleted {
 			b.users++
 		}
-		if user := key[len(crdt.UserPrefix):]; now.deleted && b.erased.Get([]byte(user)) == nil {
+		if user := key[len(crdt.UserPrefix):]; now.deleted && b.erased.get().Get([]byte(user)) == nil {
 			if err := b.erase(user); err != nil {
 				return fmt.Errorf("erase user %q: %w", user, err)
 			}
@@ -210,10 +210,10 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 // deleteRecord removes the stored record key, described by old, and everything derived
 // from it. Its feed entry goes stale and is collected later.
 func (b *batch) deleteRecord(key string, old stored) error {
-	if err := b.records.Delete([]byte(key)); err != nil {
+	if err := b.records.get().Delete([]byte(key)); err != nil {
 		return err
 	}
-	if err := b.leaves.Delete(leafKey(key)); err != nil {
+	if err := b.leaves.get().Delete(leafKey(key)); err != nil {
 		return err
 	}
 	b.toggle(key, crdt.PairHash(key, old.enc))

@@ -66,7 +66,7 @@ func (b *batch) indexSession(old, now stored) error {
 	for _, ix := range []struct {
 		bk       *bolt.Bucket
 		old, new []byte
-	}{{b.userSessions, old.session.byUser(), now.session.byUser()}, {b.expiry, old.session.byExpiry(), now.session.byExpiry()}} {
+	}{{b.userSessions.get(), old.session.byUser(), now.session.byUser()}, {b.expiry.get(), old.session.byExpiry(), now.session.byExpiry()}} {
 		if bytes.Equal(ix.old, ix.new) {
 			continue
 		}
