@@ -37,7 +37,7 @@ type Options struct {
 	OnCommit func([]Change)
 	// RecordCache is how many decoded records Record and Records keep in memory for the
 	// next read of the same record; default 16384, negative for none. A cached record
-	// costs about 1 KiB.
+	// costs 1–2 KiB of heap (a session with eight data keys: 1.7 KiB).
 	RecordCache int
 }
 
