@@ -196,7 +196,7 @@ func (s Session) ActiveAt(now time.Time) bool {
 func ReadSession(id string, m *Map) Session {
 	s := ReadSessionMeta(id, m)
 	for name, f := range m.fields {
-		if key, ok := strings.CutPrefix(name, DataPrefix); ok && f.Kind == KindLWW && !f.Deleted {
+		if key, ok := dataKey(name, f); ok {
 			if s.Data == nil {
 				s.Data = make(map[string][]byte)
 			}
@@ -206,11 +206,18 @@ func ReadSession(id string, m *Map) Session {
 	return s
 }
 
+// dataKey returns the session data key a field holds: a live last-writer-wins field named
+// DataPrefix + key.
+func dataKey(name string, f Field) (string, bool) {
+	key, ok := strings.CutPrefix(name, DataPrefix)
+	return key, ok && f.Kind == KindLWW && !f.Deleted
+}
+
 // SessionDataSize returns the number of live data keys of the session record m and their
 // size: the bytes of their names (without DataPrefix) and values. It allocates nothing.
 func SessionDataSize(m *Map) (keys, size int) {
 	for name, f := range m.fields {
-		if key, ok := strings.CutPrefix(name, DataPrefix); ok && f.Kind == KindLWW && !f.Deleted {
+		if key, ok := dataKey(name, f); ok {
 			keys++
 			size += len(key) + len(f.Value)
 		}
