@@ -158,16 +158,6 @@ func (s *Users) Me(ctx context.Context, userID string) (User, error) {
 // last-writer-wins register of its own, so concurrent edits of different fields both
 // survive.
 func (s *Users) UpdateProfile(ctx context.Context, userID string, patch ProfilePatch) (User, error) {
-	var update crdt.Map
-	ts := s.Clock.Next()
-	for name, v := range map[string]*string{
-		crdt.FieldFirstName: patch.FirstName, crdt.FieldLastName: patch.LastName,
-		crdt.FieldEmail: patch.Email, crdt.FieldAddress: patch.Address,
-	} {
-		if v != nil {
-			update.Set(name, []byte(*v), ts)
-		}
-	}
 	check := Profile{}
 	if patch.FirstName != nil {
 		check.FirstName = *patch.FirstName
@@ -192,6 +182,18 @@ func (s *Users) UpdateProfile(ctx context.Context, userID string, patch ProfileP
 		}
 		if !ok || crdt.ReadUser(userID, &m).Deleted {
 			return Errorf(ENotFound, "no such user")
+		}
+		// Stamped here, on the committer: a node's writes must be stamped in commit
+		// order (storage.DB.Committed).
+		ts := s.Clock.Next()
+		var update crdt.Map
+		for name, v := range map[string]*string{
+			crdt.FieldFirstName: patch.FirstName, crdt.FieldLastName: patch.LastName,
+			crdt.FieldEmail: patch.Email, crdt.FieldAddress: patch.Address,
+		} {
+			if v != nil {
+				update.Set(name, []byte(*v), ts)
+			}
 		}
 		merged, err = tx.Merge(crdt.UserKey(userID), update)
 		return err

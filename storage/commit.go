@@ -211,6 +211,7 @@ type batch struct {
 	erasing  bool                 // an erasure cascade ran in the batch
 	changes  []Change
 	changeAt map[string]int // replication key → index in changes, -1 once deleted
+	mark     crdt.Timestamp // the clock's high-water mark when the batch finished
 }
 
 func (db *DB) newBatch(btx *bolt.Tx) *batch {
@@ -296,6 +297,7 @@ func (b *batch) finish() error {
 		}
 	}
 	hw := b.db.clock.Last()
+	b.mark = hw
 	for _, kv := range []struct {
 		k []byte
 		v []byte
@@ -329,6 +331,9 @@ func (db *DB) committed(b *batch) {
 		db.dmu.Unlock()
 	}
 	db.head.Store(b.head)
+	if !b.mark.IsZero() {
+		db.mark.Store(&b.mark)
+	}
 	db.users.Store(b.users)
 	db.sessions.Store(b.sessions)
 	db.messages.Store(b.messages)

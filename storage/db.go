@@ -121,6 +121,7 @@ type DB struct {
 	cache *recordCache
 
 	head     atomic.Uint64
+	mark     atomic.Pointer[crdt.Timestamp] // see Committed
 	users    atomic.Int64
 	sessions atomic.Int64
 	messages atomic.Int64
@@ -217,6 +218,7 @@ func (db *DB) init() error {
 	// Physical time never reads below the high-water mark, so a clock stepped back
 	// across a restart cannot make this node issue timestamps below its earlier ones.
 	db.floor = hw.Wall
+	db.mark.Store(&hw)
 	db.clock = crdt.NewClock(db.node, db.physicalNow, db.opts.MaxSkew)
 	if !hw.IsZero() {
 		if err := db.clock.Observe(hw); err != nil {
@@ -256,6 +258,15 @@ func (db *DB) NodeID() crdt.NodeID { return db.node }
 // commit, so after a restart it never issues a timestamp below one it issued or observed
 // before.
 func (db *DB) Clock() *crdt.Clock { return db.clock }
+
+// Committed returns the clock's reading at the end of the latest durable commit: every
+// write this node stamped at or before it is durable and visible to readers, and every
+// later write will be stamped after it. Replication sends it with the changes it pushes,
+// so a peer knows which of this node's writes it holds (see crdt.Bookmark).
+//
+// Writes are stamped only on the committer, inside Update's function, which is what
+// makes this hold; a timestamp taken outside Update and written later would break it.
+func (db *DB) Committed() crdt.Timestamp { return *db.mark.Load() }
 
 // Path returns the bbolt file's path.
 func (db *DB) Path() string { return db.path }

@@ -11,6 +11,9 @@ type Metrics struct {
 	Rejected     prometheus.Counter     // remote changes refused for clock skew
 	Applied      *prometheus.CounterVec // remote changes by outcome
 	MembersGauge *prometheus.GaugeVec   // members by status
+	Awaits       *prometheus.CounterVec // bookmarks awaited, by outcome (Awaited)
+	AwaitSeconds prometheus.Histogram   // time spent meeting a bookmark not held at once
+	Fetches      *prometheus.CounterVec // pulls started to meet a bookmark, by result
 }
 
 // NewMetrics returns unregistered replication metrics.
@@ -41,12 +44,37 @@ func NewMetrics() *Metrics {
 			Name: "sessiond_members",
 			Help: "Cluster members known to this node, by status.",
 		}, []string{"status"}),
+		Awaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sessiond_bookmark_requests_total",
+			Help: "Requests carrying a bookmark, by how it was met: covered (held at once), waited (replication brought it), fetched (pulled from another node), unknown_origin (marks of nodes never known set aside), behind (answered 503).",
+		}, []string{"outcome"}),
+		AwaitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sessiond_bookmark_wait_seconds",
+			Help:    "Time a request waited for its bookmark, when it was not held at once.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		Fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sessiond_bookmark_fetches_total",
+			Help: "Pulls from another node started to meet a bookmark, by result (ok, error).",
+		}, []string{"result"}),
 	}
 }
 
 // Collectors returns every metric, for registering.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Propagation, m.Rounds, m.Bytes, m.Rejected, m.Applied, m.MembersGauge}
+	return []prometheus.Collector{m.Propagation, m.Rounds, m.Bytes, m.Rejected, m.Applied, m.MembersGauge,
+		m.Awaits, m.AwaitSeconds, m.Fetches}
+}
+
+func (m *Metrics) fetched(err error) {
+	if m == nil {
+		return
+	}
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.Fetches.WithLabelValues(result).Inc()
 }
 
 func (m *Metrics) bytes(direction, kind string, n int) {

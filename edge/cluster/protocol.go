@@ -11,7 +11,9 @@ import (
 
 // ProtocolVersion is the sync protocol spoken; it is a serf tag, and every message starts
 // with it, so a node refuses messages it cannot read rather than misread them.
-const ProtocolVersion = 1
+//
+// Version 2 added PushRequest.Through and DigestReply.Have (bookmarks).
+const ProtocolVersion = 2
 
 // MaxMessage bounds every sync message, request or reply, in bytes.
 const MaxMessage = 32 << 20
@@ -30,6 +32,10 @@ const (
 type PushRequest struct {
 	From    crdt.NodeID
 	Changes []storage.Change
+	// Through, when not zero, is a reading of From's clock such that the receiver, once it
+	// has applied this push, holds every write From stamped at or before it (From's pushes
+	// to it since its last completed anti-entropy round, in order, carried them all).
+	Through crdt.Timestamp
 }
 
 // DigestRequest carries the sender's branch hashes.
@@ -40,6 +46,10 @@ type DigestRequest struct {
 // DigestReply lists, for each branch whose hash differs, the receiver's leaf hashes.
 type DigestReply struct {
 	Branches []BranchLeaves
+	// Have is what the replier held before it read its digest: for each origin (itself
+	// included), every write stamped at or before the mark. A requester that completes
+	// the round holds all of it too.
+	Have crdt.Bookmark
 }
 
 // BranchLeaves is one branch's leaf hashes.
@@ -201,7 +211,35 @@ func (r *reader) pairs() []storage.KeyHash {
 
 // MarshalBinary encodes a PushRequest.
 func (m PushRequest) MarshalBinary() ([]byte, error) {
-	return header(kindPush).u64(uint64(m.From)).changes(m.Changes), nil
+	return header(kindPush).u64(uint64(m.From)).changes(m.Changes).timestamp(m.Through), nil
+}
+
+func (w wire) timestamp(ts crdt.Timestamp) wire { return ts.AppendBinary(w) }
+
+func (r *reader) timestamp() crdt.Timestamp {
+	if r.err != nil || len(r.b) < crdt.TimestampSize {
+		r.err = errTruncated
+		return crdt.Timestamp{}
+	}
+	ts, err := crdt.DecodeTimestamp(r.b)
+	if err != nil {
+		r.err = err
+		return crdt.Timestamp{}
+	}
+	r.b = r.b[crdt.TimestampSize:]
+	return ts
+}
+
+func (r *reader) bookmark() crdt.Bookmark {
+	p := r.bytes()
+	if r.err != nil {
+		return crdt.Bookmark{}
+	}
+	b, err := crdt.DecodeBookmark(p)
+	if err != nil {
+		r.err = fmt.Errorf("sync message: %w", err)
+	}
+	return b
 }
 
 // UnmarshalBinary decodes a PushRequest.
@@ -210,6 +248,7 @@ func (m *PushRequest) UnmarshalBinary(b []byte) error {
 	r.header(kindPush)
 	m.From = crdt.NodeID(r.u64())
 	m.Changes = r.changes()
+	m.Through = r.timestamp()
 	return r.end()
 }
 
@@ -246,7 +285,7 @@ func (m DigestReply) MarshalBinary() ([]byte, error) {
 			w = w.u64(h)
 		}
 	}
-	return w, nil
+	return w.bytes(m.Have.AppendBinary(nil)), nil
 }
 
 // UnmarshalBinary decodes a DigestReply.
@@ -266,6 +305,7 @@ func (m *DigestReply) UnmarshalBinary(b []byte) error {
 		}
 		m.Branches = append(m.Branches, bl)
 	}
+	m.Have = r.bookmark()
 	return r.end()
 }
 

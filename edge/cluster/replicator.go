@@ -47,7 +47,13 @@ type Config struct {
 	// default 10s.
 	AntiEntropyEvery time.Duration
 	PushBatch        int              // changes per push; default 512
-	Now              func() time.Time // physical clock for lag figures; default time.Now
+	// MaxSkew is how far ahead of local time a remote timestamp may be (storage refuses
+	// changes beyond it); a bookmark asking for more cannot be met yet. Default 1m.
+	MaxSkew time.Duration
+	// FetchTimeout bounds one pull that Await starts to fetch what a bookmark asks for;
+	// default 2s.
+	FetchTimeout time.Duration
+	Now          func() time.Time // physical clock for lag figures; default time.Now
 	Logger           *slog.Logger     // default: discard
 	Metrics          *Metrics         // nil: none
 }
@@ -74,6 +80,8 @@ type Replicator struct {
 
 	lagMu sync.Mutex
 	lag   map[crdt.NodeID]time.Duration // last observed propagation delay from each origin
+
+	have haveState // what this node holds of each origin's writes; see Await
 }
 
 // worker is the goroutine that serves one peer.
@@ -99,14 +107,22 @@ func NewReplicator(cfg Config) *Replicator {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.MaxSkew <= 0 {
+		cfg.MaxSkew = time.Minute
+	}
+	if cfg.FetchTimeout <= 0 {
+		cfg.FetchTimeout = 2 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Replicator{
+	r := &Replicator{
 		cfg: cfg, self: cfg.DB.NodeID(), log: cfg.Logger,
 		workers: make(map[crdt.NodeID]*worker), caughtUp: make(chan struct{}),
 		lag: make(map[crdt.NodeID]time.Duration),
 	}
+	r.have.init()
+	return r
 }
 
 // Start readies the replicator; workers start as SetPeers names peers.
@@ -138,6 +154,7 @@ func (r *Replicator) SetPeers(peers []Peer) {
 	for _, p := range peers {
 		if p.ID != r.self {
 			want[p.ID] = p
+			r.have.know(p.ID)
 		}
 	}
 	for id, w := range r.workers {
@@ -278,32 +295,51 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 // in pushes bounded by count and bytes, and returns the new cursor. Changes that
 // originated elsewhere are not relayed: their origin pushes them, and anti-entropy
 // repairs whatever a push missed.
+//
+// Once it has pushed something, its last push carries Through: the commit mark read before
+// the feed, so every write of ours stamped at or before it was in the feed it read, and the
+// peer now holds them all (pushes to it since the worker's first anti-entropy round
+// carried the rest). A call that pushes nothing tells the peer nothing: every bookmark
+// naming us names a write we stamped, and the push carrying that write carries its mark.
 func (r *Replicator) pushFrom(ctx context.Context, w *worker, cursor uint64) (uint64, error) {
+	mark := r.cfg.DB.Committed()
+	pushed := false
 	for {
 		changes, next, err := r.cfg.DB.ChangesSince(ctx, cursor, r.cfg.PushBatch)
 		if err != nil {
 			return cursor, err
 		}
 		own := changes[:0:0]
-		mark := w.pushed
+		newest := w.pushed
 		for _, c := range changes {
-			if newest, ok := r.ownSince(c, w.pushed); ok {
+			if ts, ok := r.ownSince(c, w.pushed); ok {
 				own = append(own, c)
-				mark = maxTS(mark, newest)
+				newest = maxTS(newest, ts)
 			}
 		}
+		last := len(changes) < r.cfg.PushBatch
 		if len(own) > 0 {
 			w.pending.Store(int64(len(own)))
+			sent := 0
 			for batch := range pushBatches(own, r.cfg.PushBatch) {
-				if err := r.cfg.Transport.Push(ctx, w.peer, PushRequest{From: r.self, Changes: batch}); err != nil {
+				req := PushRequest{From: r.self, Changes: batch}
+				if sent += len(batch); last && sent == len(own) {
+					req.Through = mark
+				}
+				if err := r.cfg.Transport.Push(ctx, w.peer, req); err != nil {
 					return cursor, err
 				}
 			}
+			pushed = true
+		} else if last && pushed {
+			if err := r.cfg.Transport.Push(ctx, w.peer, PushRequest{From: r.self, Through: mark}); err != nil {
+				return cursor, err
+			}
 		}
-		w.pushed = mark
+		w.pushed = newest
 		w.pending.Store(0)
 		cursor = next
-		if len(changes) < r.cfg.PushBatch {
+		if last {
 			return cursor, nil
 		}
 	}
@@ -362,11 +398,19 @@ func pushBatches(changes []storage.Change, n int) iter.Seq[[]storage.Change] {
 
 // HandlePush applies a peer's changes.
 func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) error {
-	res, err := r.cfg.DB.ApplyRemote(ctx, req.Changes)
-	if err != nil {
-		return err
+	var res storage.ApplyResult
+	if len(req.Changes) > 0 {
+		var err error
+		if res, err = r.cfg.DB.ApplyRemote(ctx, req.Changes); err != nil {
+			return err
+		}
+		r.count(res)
 	}
-	r.count(res)
+	if res.Rejected > 0 {
+		r.have.distrust(req.From)
+	} else if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
+		r.have.pushed(req.Through)
+	}
 	now := r.cfg.Now()
 	var newest time.Duration = -1
 	for _, c := range req.Changes {
@@ -409,8 +453,10 @@ func (r *Replicator) HandleDigest(ctx context.Context, req DigestRequest) (Diges
 	if len(req.Branches) != crdt.DigestBranches {
 		return DigestReply{}, errors.New("digest request: wrong number of branches")
 	}
+	// What we hold is read before the digest: the requester, once it has what the digest
+	// leads it to, holds at least that.
+	rep := DigestReply{Have: r.Have()}
 	d := r.cfg.DB.Digest()
-	var rep DigestReply
 	for b, h := range req.Branches {
 		if d.Branch(b) != h {
 			rep.Branches = append(rep.Branches, BranchLeaves{Branch: b, Leaves: d.LeavesOf(b)})
@@ -475,14 +521,26 @@ const leavesPerRequest = 256
 // of the branches that differ, then the keys of the leaves that differ; apply what the
 // peer has that we lack, and push what it lacks. Replicas in sync exchange one branch
 // list and an empty reply.
+//
+// A round that completes (no truncated reply, nothing refused) leaves this node holding
+// everything the peer held when it answered, so what the peer reported it held (its Have)
+// is added to ours.
 func (r *Replicator) SyncWith(ctx context.Context, peer Peer) error {
+	_, _, err := r.sync(ctx, peer, false)
+	return err
+}
+
+// sync runs rounds with peer until one completes (or maxRounds did not suffice); pull
+// leaves out pushing what the peer lacks. It returns what the peer held as of the
+// completed round, and whether one completed.
+func (r *Replicator) sync(ctx context.Context, peer Peer, pull bool) (crdt.Bookmark, bool, error) {
 	for range maxRounds {
-		again, err := r.syncRound(ctx, peer)
+		have, complete, again, err := r.syncRound(ctx, peer, pull)
 		if err != nil || !again {
-			return err
+			return have, complete, err
 		}
 	}
-	return nil
+	return crdt.Bookmark{}, false, nil
 }
 
 // maxRounds bounds the rounds of one SyncWith when replies are truncated; the periodic
@@ -490,12 +548,15 @@ func (r *Replicator) SyncWith(ctx context.Context, peer Peer) error {
 const maxRounds = 64
 
 // syncRound runs one round and reports whether a truncated reply left work for another.
-func (r *Replicator) syncRound(ctx context.Context, peer Peer) (again bool, err error) {
+// A round that completes — nothing truncated, none of the peer's changes refused — returns
+// what the peer held (its reply's Have), which this node now holds too, and adds it to
+// ours.
+func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have crdt.Bookmark, complete, again bool, err error) {
 	d := r.cfg.DB.Digest()
 	rep, err := r.cfg.Transport.Digest(ctx, peer, DigestRequest{Branches: d.Branches()})
 	if err != nil {
 		r.cfg.Metrics.round("error")
-		return false, err
+		return crdt.Bookmark{}, false, false, err
 	}
 	var leaves []int
 	for _, bl := range rep.Branches {
@@ -507,51 +568,61 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer) (again bool, err 
 	}
 	if len(leaves) == 0 {
 		r.cfg.Metrics.round("in_sync")
-		return false, nil
+		r.have.synced(peer.ID, rep.Have, r.self)
+		return rep.Have, true, false, nil
 	}
+	refused := false
 	for chunk := range slices.Chunk(leaves, leavesPerRequest) {
-		truncated, err := r.syncLeaves(ctx, peer, chunk)
+		truncated, rejected, err := r.syncLeaves(ctx, peer, chunk, pull)
 		if err != nil {
 			r.cfg.Metrics.round("error")
-			return false, err
+			return crdt.Bookmark{}, false, false, err
 		}
 		again = again || truncated
+		refused = refused || rejected
 	}
 	r.cfg.Metrics.round("repaired")
-	return again, nil
+	if again || refused { // refused: the periodic round tries again
+		return crdt.Bookmark{}, false, again, nil
+	}
+	r.have.synced(peer.ID, rep.Have, r.self)
+	return rep.Have, true, false, nil
 }
 
-func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, leaves []int) (truncated bool, err error) {
+// syncLeaves exchanges the keys of leaves with peer. It reports whether the reply was
+// truncated and whether this node refused any of the peer's changes (clock skew).
+func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, leaves []int, pull bool) (truncated, rejected bool, err error) {
 	req := LeavesRequest{Leaves: make([]LeafPairs, 0, len(leaves))}
 	for _, l := range leaves {
 		pairs, err := r.cfg.DB.LeafPairs(ctx, l)
 		if err != nil {
-			return false, err
+			return false, false, err
 		}
 		req.Leaves = append(req.Leaves, LeafPairs{Leaf: l, Pairs: pairs})
 	}
 	rep, err := r.cfg.Transport.Leaves(ctx, peer, req)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	if len(rep.Changes) > 0 {
 		res, err := r.cfg.DB.ApplyRemote(ctx, rep.Changes)
 		if err != nil {
-			return false, err
+			return false, false, err
 		}
 		r.count(res)
+		rejected = res.Rejected > 0
 	}
-	if len(rep.Want) == 0 {
-		return rep.Truncated, nil
+	if len(rep.Want) == 0 || pull {
+		return rep.Truncated, rejected, nil
 	}
 	changes, err := r.cfg.DB.Changes(ctx, rep.Want)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	for batch := range pushBatches(changes, r.cfg.PushBatch) {
 		if err := r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch}); err != nil {
-			return false, err
+			return false, false, err
 		}
 	}
-	return rep.Truncated, nil
+	return rep.Truncated, rejected, nil
 }

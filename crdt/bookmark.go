@@ -1,0 +1,250 @@
+package crdt
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Bookmark names what a reader must have seen: for each origin node, a clock reading
+// (its Wall and Logical) such that every write that node stamped at or before it must be
+// reflected in the state read. A write stamped t by node n is covered by a Bookmark whose
+// mark for n is at or after t.
+//
+// Bookmarks combine by taking the later mark per node (Merge); that is a join, so the
+// order in which a client combines them does not matter. A Bookmark holds at most
+// MaxBookmarkMarks marks: beyond that, the marks with the oldest physical times are
+// dropped (writes that old have long reached every live node). The zero Bookmark covers
+// nothing and asks for nothing. A Bookmark is a value: methods with a pointer receiver
+// modify it; it is not safe for concurrent modification.
+type Bookmark struct {
+	marks []Timestamp // sorted by Node, one per Node; Node is the origin
+}
+
+// MaxBookmarkMarks bounds the origins a Bookmark names.
+const MaxBookmarkMarks = 32
+
+// MaxBookmarkText bounds the text form ParseBookmark accepts.
+const MaxBookmarkText = 1024
+
+// Len returns the number of origins b names.
+func (b Bookmark) Len() int { return len(b.marks) }
+
+// IsZero reports whether b names nothing.
+func (b Bookmark) IsZero() bool { return len(b.marks) == 0 }
+
+// Marks returns b's marks, one per origin (the Timestamp's Node), sorted by node. The
+// slice is b's own: do not modify it.
+func (b Bookmark) Marks() []Timestamp { return b.marks }
+
+// Mark returns b's mark for node, or the zero Timestamp.
+func (b Bookmark) Mark(node NodeID) Timestamp {
+	if i, ok := b.find(node); ok {
+		return b.marks[i]
+	}
+	return Timestamp{}
+}
+
+func (b Bookmark) find(node NodeID) (int, bool) {
+	return slices.BinarySearchFunc(b.marks, node, func(t Timestamp, n NodeID) int {
+		switch {
+		case t.Node < n:
+			return -1
+		case t.Node > n:
+			return 1
+		}
+		return 0
+	})
+}
+
+// Add raises b's mark for ts.Node to ts, if ts is later, and reports whether b changed.
+// The zero Timestamp is ignored.
+func (b *Bookmark) Add(ts Timestamp) bool {
+	if ts.IsZero() {
+		return false
+	}
+	i, ok := b.find(ts.Node)
+	if ok {
+		if !b.marks[i].Less(ts) {
+			return false
+		}
+		b.marks[i] = ts
+		return true
+	}
+	b.marks = slices.Insert(b.marks, i, ts)
+	b.trim()
+	return true
+}
+
+// Merge raises b to cover everything o covers and reports whether b changed.
+func (b *Bookmark) Merge(o Bookmark) bool {
+	changed := false
+	for _, ts := range o.marks {
+		if b.Add(ts) {
+			changed = true
+		}
+	}
+	return changed
+}
+
+// AddMap adds the timestamp of every field of m: afterwards b covers the state m shows.
+func (b *Bookmark) AddMap(m *Map) {
+	for _, f := range m.fields {
+		b.Add(f.TS)
+	}
+}
+
+// Clone returns a copy of b that shares nothing with it.
+func (b Bookmark) Clone() Bookmark { return Bookmark{marks: slices.Clone(b.marks)} }
+
+// Covers reports whether b covers ts: b's mark for ts.Node is at or after it.
+func (b Bookmark) Covers(ts Timestamp) bool {
+	i, ok := b.find(ts.Node)
+	return ok && !b.marks[i].Less(ts)
+}
+
+// CoveredBy reports whether have covers every mark of b.
+func (b Bookmark) CoveredBy(have Bookmark) bool {
+	for _, ts := range b.marks {
+		if !have.Covers(ts) {
+			return false
+		}
+	}
+	return true
+}
+
+// Missing returns the marks of b that have does not cover, in node order; nil if none.
+func (b Bookmark) Missing(have Bookmark) []Timestamp {
+	var out []Timestamp
+	for _, ts := range b.marks {
+		if !have.Covers(ts) {
+			out = append(out, ts)
+		}
+	}
+	return out
+}
+
+// Equal reports whether b and o hold the same marks.
+func (b Bookmark) Equal(o Bookmark) bool { return slices.Equal(b.marks, o.marks) }
+
+// trim drops the marks with the oldest physical times beyond MaxBookmarkMarks.
+func (b *Bookmark) trim() {
+	for len(b.marks) > MaxBookmarkMarks {
+		oldest := 0
+		for i, ts := range b.marks {
+			if ts.Wall < b.marks[oldest].Wall || ts.Wall == b.marks[oldest].Wall && ts.Logical < b.marks[oldest].Logical {
+				oldest = i
+			}
+		}
+		b.marks = slices.Delete(b.marks, oldest, oldest+1)
+	}
+}
+
+// bookmarkVersion is the first byte of a Bookmark's binary form.
+const bookmarkVersion = 1
+
+// AppendBinary appends b's binary form: a version byte, the number of marks, and for each
+// mark in node order the node (8 bytes, big-endian), its wall time and its logical
+// counter (unsigned varints).
+func (b Bookmark) AppendBinary(dst []byte) []byte {
+	dst = append(dst, bookmarkVersion)
+	dst = binary.AppendUvarint(dst, uint64(len(b.marks)))
+	for _, ts := range b.marks {
+		dst = binary.BigEndian.AppendUint64(dst, uint64(ts.Node))
+		dst = binary.AppendUvarint(dst, uint64(ts.Wall))
+		dst = binary.AppendUvarint(dst, uint64(ts.Logical))
+	}
+	return dst
+}
+
+var errBookmark = errors.New("invalid bookmark")
+
+// DecodeBookmark decodes the form AppendBinary writes. It refuses anything else: another
+// version, more than MaxBookmarkMarks marks, nodes out of order or repeated, a zero node,
+// negative times, overlong varints and trailing bytes.
+func DecodeBookmark(p []byte) (Bookmark, error) {
+	if len(p) < 2 || p[0] != bookmarkVersion {
+		return Bookmark{}, errBookmark
+	}
+	p = p[1:]
+	n, k := binary.Uvarint(p)
+	if k <= 0 || k != uvarintLen(n) || n > MaxBookmarkMarks {
+		return Bookmark{}, errBookmark
+	}
+	p = p[k:]
+	b := Bookmark{marks: make([]Timestamp, 0, n)}
+	for range n {
+		if len(p) < 8 {
+			return Bookmark{}, errBookmark
+		}
+		node := NodeID(binary.BigEndian.Uint64(p))
+		p = p[8:]
+		wall, k1 := binary.Uvarint(p)
+		if k1 <= 0 || k1 != uvarintLen(wall) || wall > 1<<63-1 {
+			return Bookmark{}, errBookmark
+		}
+		p = p[k1:]
+		logical, k2 := binary.Uvarint(p)
+		if k2 <= 0 || k2 != uvarintLen(logical) || logical > 1<<32-1 {
+			return Bookmark{}, errBookmark
+		}
+		p = p[k2:]
+		if node == 0 || wall == 0 && logical == 0 || len(b.marks) > 0 && b.marks[len(b.marks)-1].Node >= node {
+			return Bookmark{}, errBookmark
+		}
+		b.marks = append(b.marks, Timestamp{Wall: int64(wall), Logical: uint32(logical), Node: node})
+	}
+	if len(p) != 0 {
+		return Bookmark{}, errBookmark
+	}
+	return b, nil
+}
+
+func uvarintLen(v uint64) int {
+	var buf [binary.MaxVarintLen64]byte
+	return binary.PutUvarint(buf[:], v)
+}
+
+// String returns b's text form: its binary form in unpadded URL-safe base64 (RFC 4648
+// §5), or "" for the zero Bookmark.
+func (b Bookmark) String() string {
+	if b.IsZero() {
+		return ""
+	}
+	var buf [2 + MaxBookmarkMarks*(8+binary.MaxVarintLen64+5)]byte
+	return base64.RawURLEncoding.EncodeToString(b.AppendBinary(buf[:0]))
+}
+
+// ParseBookmark parses a text form: one bookmark as String writes it, or several joined
+// by commas (a client's way to combine bookmarks without reading them), which are merged.
+// Surrounding spaces are ignored; "" is the zero Bookmark. Text longer than
+// MaxBookmarkText is refused.
+func ParseBookmark(s string) (Bookmark, error) {
+	if len(s) > MaxBookmarkText {
+		return Bookmark{}, fmt.Errorf("%w: longer than %d bytes", errBookmark, MaxBookmarkText)
+	}
+	var out Bookmark
+	var buf [MaxBookmarkText]byte
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		n, err := base64.RawURLEncoding.Decode(buf[:], []byte(part))
+		if err != nil {
+			return Bookmark{}, errBookmark
+		}
+		b, err := DecodeBookmark(buf[:n])
+		if err != nil {
+			return Bookmark{}, err
+		}
+		if out.IsZero() {
+			out = b
+		} else {
+			out.Merge(b)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,337 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/sessiond/sessiond/crdt"
+)
+
+// What a node holds of other nodes' writes, and how a request waits for more.
+//
+// A client's bookmark (crdt.Bookmark) names, per origin node, the latest write it must see.
+// This node knows, per origin, a mark up to which it holds every write of that origin:
+//
+//   - a push from the origin carries Through (see pushFrom): the origin's pushes to us,
+//     applied in order since its worker's first anti-entropy round, carried every write
+//     it stamped up to that mark;
+//   - a completed anti-entropy round with any peer leaves us holding everything that peer
+//     held when it answered, and its reply says what that was (DigestReply.Have), for
+//     every origin, so knowledge travels with the data;
+//   - our own writes are covered up to storage's commit mark.
+//
+// A push of which we refused a change (clock skew) makes us stop believing that origin's
+// Through until a round with it completes without refusals.
+
+// haveState is what this node holds of each other origin's writes. Safe for concurrent use.
+type haveState struct {
+	mu         sync.Mutex
+	have       crdt.Bookmark          // never holds our own node
+	changed    chan struct{}          // closed and replaced whenever have rises
+	distrusted map[crdt.NodeID]bool   // origins whose pushes we partly refused
+	known      map[crdt.NodeID]bool   // every node ever named a peer
+	fetching   map[crdt.NodeID]*fetch // fetches in flight, by peer
+}
+
+func (h *haveState) init() {
+	h.changed = make(chan struct{})
+	h.distrusted = make(map[crdt.NodeID]bool)
+	h.known = make(map[crdt.NodeID]bool)
+	h.fetching = make(map[crdt.NodeID]*fetch)
+}
+
+func (h *haveState) know(id crdt.NodeID) {
+	h.mu.Lock()
+	h.known[id] = true
+	h.mu.Unlock()
+}
+
+// raiseLocked adds b's marks (but self's) to have and wakes waiters if it rose.
+func (h *haveState) raiseLocked(b crdt.Bookmark, self crdt.NodeID) {
+	changed := false
+	for _, ts := range b.Marks() {
+		if ts.Node != self && h.have.Add(ts) {
+			changed = true
+		}
+	}
+	if changed {
+		close(h.changed)
+		h.changed = make(chan struct{})
+	}
+}
+
+// pushed records an origin's Through.
+func (h *haveState) pushed(through crdt.Timestamp) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.distrusted[through.Node] {
+		var b crdt.Bookmark
+		b.Add(through)
+		h.raiseLocked(b, 0)
+	}
+}
+
+// distrust stops believing origin's pushes until a round with it completes.
+func (h *haveState) distrust(origin crdt.NodeID) {
+	h.mu.Lock()
+	h.distrusted[origin] = true
+	h.mu.Unlock()
+}
+
+// synced records a completed anti-entropy round with peer, which held have.
+func (h *haveState) synced(peer crdt.NodeID, have crdt.Bookmark, self crdt.NodeID) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.distrusted, peer)
+	h.raiseLocked(have, self)
+}
+
+// missing returns the marks of b not covered, ignoring marks of self (ours are covered
+// by the commit mark, or can never be: a bookmark from a former life of this node's
+// data, or made up), and the channel that is closed when have next rises.
+func (h *haveState) missing(b crdt.Bookmark, self crdt.NodeID) ([]crdt.Timestamp, <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []crdt.Timestamp
+	for _, ts := range b.Marks() {
+		if ts.Node != self && !h.have.Covers(ts) {
+			out = append(out, ts)
+		}
+	}
+	return out, h.changed
+}
+
+// Have returns what this node holds: for each origin, itself included, a mark up to which
+// it holds every write that origin stamped. The Bookmark is the caller's.
+func (r *Replicator) Have() crdt.Bookmark {
+	r.have.mu.Lock()
+	b := r.have.have.Clone()
+	r.have.mu.Unlock()
+	b.Add(r.cfg.DB.Committed())
+	return b
+}
+
+// Covers reports at once, without waiting, whether this node holds everything b covers.
+func (r *Replicator) Covers(b crdt.Bookmark) bool {
+	if b.IsZero() {
+		return true
+	}
+	m, _ := r.have.missing(b, r.self)
+	return len(m) == 0
+}
+
+// ErrBehind is returned by Await when this node cannot show what a bookmark asks for: it
+// did not arrive in time and no reachable node could supply it (its origin is cut off), or
+// the bookmark is further ahead of this node's clock than MaxSkew allows.
+var ErrBehind = errors.New("this node has not caught up with the bookmark")
+
+// Awaited says how Await met a bookmark.
+type Awaited int
+
+const (
+	Covered  Awaited = iota // held already
+	Waited                  // held after waiting for replication
+	Fetched                 // held after fetching from other nodes
+	Unknown                 // some marks name nodes this node never knew; they were set aside
+	Behind                  // not held: ErrBehind
+)
+
+var awaitedNames = [...]string{"covered", "waited", "fetched", "unknown_origin", "behind"}
+
+// String returns the metric label of a.
+func (a Awaited) String() string { return awaitedNames[a] }
+
+// Await returns once this node holds everything b covers. It waits up to wait for
+// replication to bring it; then it fetches what is missing by anti-entropy (pull only),
+// from each missing mark's origin first, then from other live peers, until ctx ends.
+//
+// Marks that cannot be waited for are set aside rather than refused: marks of this node
+// (see haveState.missing), marks beyond what their origin itself reports holding (made up,
+// or lost with a restored backup), and, once fetching did not help, marks of nodes this
+// node has never known (long gone, or made up). Otherwise, when ctx ends or the candidates
+// are exhausted first, or when a mark is further ahead of local time than MaxSkew, Await
+// returns ErrBehind.
+func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait time.Duration) (Awaited, error) {
+	missing, changed := r.have.missing(b, r.self)
+	if len(missing) == 0 {
+		return r.awaited(Covered, time.Time{})
+	}
+	start := time.Now()
+	limit := r.cfg.Now().Add(r.cfg.MaxSkew).UnixNano()
+	for _, ts := range missing {
+		if ts.Wall > limit {
+			return r.awaited(Behind, start)
+		}
+	}
+	if wait > 0 {
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+	waiting:
+		for {
+			select {
+			case <-changed:
+			case <-timer.C:
+				break waiting
+			case <-ctx.Done():
+				return r.awaited(Behind, start)
+			}
+			if missing, changed = r.have.missing(b, r.self); len(missing) == 0 {
+				return r.awaited(Waited, start)
+			}
+		}
+	}
+
+	// Fetch: origins first, then anyone alive. A fetch this call joined may have begun
+	// before the write it waits for existed, so a joined one is followed by its own.
+	set := make(map[crdt.Timestamp]bool) // marks set aside
+	pending := func() []crdt.Timestamp {
+		m, _ := r.have.missing(b, r.self)
+		out := m[:0]
+		for _, ts := range m {
+			if !set[ts] {
+				out = append(out, ts)
+			}
+		}
+		return out
+	}
+	tried := make(map[crdt.NodeID]bool)
+	for _, p := range r.fetchCandidates(missing) {
+		if ctx.Err() != nil {
+			break
+		}
+		tried[p.ID] = true
+		for range 2 {
+			have, fresh, err := r.fetchFrom(ctx, p)
+			if err != nil {
+				break
+			}
+			for _, ts := range missing {
+				if ts.Node == p.ID && have.Mark(p.ID).Less(ts) && fresh {
+					set[ts] = true // beyond what its origin holds
+				}
+			}
+			if fresh || !originOf(p.ID, pending()) {
+				break
+			}
+		}
+		if len(pending()) == 0 {
+			if len(set) > 0 {
+				return r.awaited(Unknown, start)
+			}
+			return r.awaited(Fetched, start)
+		}
+	}
+	rest := pending()
+	r.have.mu.Lock()
+	for _, ts := range rest {
+		if !r.have.known[ts.Node] && !tried[ts.Node] {
+			set[ts] = true
+		}
+	}
+	r.have.mu.Unlock()
+	if len(pending()) == 0 {
+		return r.awaited(Unknown, start)
+	}
+	return r.awaited(Behind, start)
+}
+
+func originOf(id crdt.NodeID, marks []crdt.Timestamp) bool {
+	for _, ts := range marks {
+		if ts.Node == id {
+			return true
+		}
+	}
+	return false
+}
+
+// maxFetchPeers bounds the peers one Await fetches from.
+const maxFetchPeers = 4
+
+// fetchCandidates returns the live peers to fetch from: the origins of missing marks,
+// then other peers, at most maxFetchPeers in all.
+func (r *Replicator) fetchCandidates(missing []crdt.Timestamp) []Peer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []Peer
+	seen := make(map[crdt.NodeID]bool)
+	for _, ts := range missing {
+		if w, ok := r.workers[ts.Node]; ok && !seen[ts.Node] {
+			seen[ts.Node] = true
+			out = append(out, w.peer)
+		}
+	}
+	for id, w := range r.workers { // map order: a random choice among the others
+		if len(out) >= maxFetchPeers {
+			break
+		}
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, w.peer)
+		}
+	}
+	return out[:min(len(out), maxFetchPeers)]
+}
+
+func (r *Replicator) awaited(a Awaited, start time.Time) (Awaited, error) {
+	if m := r.cfg.Metrics; m != nil {
+		m.Awaits.WithLabelValues(a.String()).Inc()
+		if !start.IsZero() {
+			m.AwaitSeconds.Observe(time.Since(start).Seconds())
+		}
+	}
+	if a == Behind {
+		return a, ErrBehind
+	}
+	return a, nil
+}
+
+// fetch is one pull from a peer, shared by every Await that asks for it meanwhile.
+type fetch struct {
+	done chan struct{}
+	have crdt.Bookmark // what the peer held; valid once done, if err is nil
+	err  error
+}
+
+// fetchFrom pulls from peer by anti-entropy, joining a pull already in flight. It returns
+// what the peer held, and whether the pull began with this call (fresh) rather than
+// before. The pull runs on the replicator's own context, bounded by FetchTimeout, so a
+// caller that gives up does not cut it short for the others.
+func (r *Replicator) fetchFrom(ctx context.Context, peer Peer) (crdt.Bookmark, bool, error) {
+	r.mu.Lock()
+	if r.closed || r.ctx == nil {
+		r.mu.Unlock()
+		return crdt.Bookmark{}, false, errors.New("replicator closed")
+	}
+	r.have.mu.Lock()
+	f, joined := r.have.fetching[peer.ID]
+	if !joined {
+		f = &fetch{done: make(chan struct{})}
+		r.have.fetching[peer.ID] = f
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			fctx, cancel := context.WithTimeout(r.ctx, r.cfg.FetchTimeout)
+			defer cancel()
+			have, complete, err := r.sync(fctx, peer, true)
+			if err == nil && !complete {
+				err = errors.New("anti-entropy with " + peer.Name + " did not complete")
+			}
+			f.have, f.err = have, err
+			r.have.mu.Lock()
+			delete(r.have.fetching, peer.ID)
+			r.have.mu.Unlock()
+			close(f.done)
+			r.cfg.Metrics.fetched(err)
+		}()
+	}
+	r.have.mu.Unlock()
+	r.mu.Unlock()
+	select {
+	case <-f.done:
+		return f.have, !joined, f.err
+	case <-ctx.Done():
+		return crdt.Bookmark{}, !joined, ctx.Err()
+	}
+}
