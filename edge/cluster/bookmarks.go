@@ -131,11 +131,11 @@ var ErrBehind = errors.New("this node has not caught up with the bookmark")
 type Awaited int
 
 const (
-	Covered  Awaited = iota // held already
-	Waited                  // held after waiting for replication
-	Fetched                 // held after fetching from other nodes
-	Unknown                 // some marks name nodes this node never knew; they were set aside
-	Behind                  // not held: ErrBehind
+	Covered Awaited = iota // held already
+	Waited                 // held after waiting for replication
+	Fetched                // held after fetching from other nodes
+	Unknown                // some marks name nodes this node never knew; they were set aside
+	Behind                 // not held: ErrBehind
 )
 
 var awaitedNames = [...]string{"covered", "waited", "fetched", "unknown_origin", "behind"}

@@ -46,7 +46,7 @@ type Config struct {
 	// AntiEntropyEvery is the mean period of anti-entropy with each peer (jittered ±25%);
 	// default 10s.
 	AntiEntropyEvery time.Duration
-	PushBatch        int              // changes per push; default 512
+	PushBatch        int // changes per push; default 512
 	// MaxSkew is how far ahead of local time a remote timestamp may be (storage refuses
 	// changes beyond it); a bookmark asking for more cannot be met yet. Default 1m.
 	MaxSkew time.Duration
@@ -54,8 +54,8 @@ type Config struct {
 	// default 2s.
 	FetchTimeout time.Duration
 	Now          func() time.Time // physical clock for lag figures; default time.Now
-	Logger           *slog.Logger     // default: discard
-	Metrics          *Metrics         // nil: none
+	Logger       *slog.Logger     // default: discard
+	Metrics      *Metrics         // nil: none
 }
 
 // Replicator keeps this node's replica in step with its peers'. It runs one worker per
