@@ -49,6 +49,12 @@ type Config struct {
 	// anti-entropy with a peer before /readyz reports ready anyway; default 30s.
 	CatchUpTimeout   time.Duration
 	AntiEntropyEvery time.Duration // mean period of anti-entropy with each peer; default 10s
+	// BookmarkWait is how long a request whose bookmark this node does not yet hold waits
+	// for replication to bring it before fetching it from another node; default 300ms.
+	BookmarkWait time.Duration
+	// BookmarkTimeout bounds the whole wait and fetch; past it the request gets 503
+	// behind. Default 2s.
+	BookmarkTimeout time.Duration
 
 	Logger *slog.Logger     // default: discard
 	Now    func() time.Time // physical clock; default time.Now (tests inject skew here)
@@ -75,6 +81,8 @@ func DefaultConfig() Config {
 		ShutdownTimeout:  10 * time.Second,
 		CatchUpTimeout:   30 * time.Second,
 		AntiEntropyEvery: 10 * time.Second,
+		BookmarkWait:     300 * time.Millisecond,
+		BookmarkTimeout:  2 * time.Second,
 	}
 }
 
@@ -95,6 +103,8 @@ func (c Config) Validate() error {
 		return errors.New("config: MaxSkew must be positive")
 	case c.SweepEvery <= 0:
 		return errors.New("config: SweepEvery must be positive")
+	case c.BookmarkWait < 0 || c.BookmarkTimeout <= 0:
+		return errors.New("config: BookmarkWait must not be negative and BookmarkTimeout must be positive")
 	case c.LoginPerAccount <= 0 || c.LoginPerAddress <= 0:
 		return errors.New("config: LoginPerAccount and LoginPerAddress must be positive")
 	case len(c.Join) > 0 && len(c.ClusterKeys) == 0:

@@ -24,6 +24,7 @@ var statusOf = map[string]int{
 	functions.ETooLarge:         fiber.StatusRequestEntityTooLarge,
 	functions.ERateLimited:      fiber.StatusTooManyRequests,
 	functions.EUnavailable:      fiber.StatusServiceUnavailable,
+	functions.EBehind:           fiber.StatusServiceUnavailable,
 	functions.EInternal:         fiber.StatusInternalServerError,
 }
 

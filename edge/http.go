@@ -14,6 +14,7 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/filesystem"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/ui"
 )
@@ -46,8 +47,8 @@ func (n *Node) newApp() *fiber.App {
 		app.Use(cors.New(cors.Config{
 			AllowOrigins:  strings.Join(n.cfg.CORSOrigins, ","),
 			AllowMethods:  "GET,POST,PATCH,DELETE",
-			AllowHeaders:  "Authorization,Content-Type",
-			ExposeHeaders: "X-Served-By,Retry-After",
+			AllowHeaders:  "Authorization,Content-Type," + headerBookmark + "," + headerConsistency,
+			ExposeHeaders: "X-Served-By,Retry-After," + headerBookmark + "," + headerLag,
 			MaxAge:        600,
 		}))
 	}
@@ -56,7 +57,7 @@ func (n *Node) newApp() *fiber.App {
 	app.Get("/readyz", n.readyz)
 	app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{})))
 
-	v1 := app.Group("/v1")
+	v1 := app.Group("/v1", n.consistency)
 	v1.Post("/users", n.register)
 	v1.Post("/sessions", n.login)
 	v1.Get("/sessions/current", n.auth, n.currentSession)
@@ -153,11 +154,19 @@ func (n *Node) auth(c *fiber.Ctx) error {
 	if !ok || raw == "" {
 		return functions.Errorf(functions.EUnauthorized, "missing bearer token")
 	}
-	userID, sessionID, err := n.tokens.verify(raw)
+	tok, err := n.tokens.verify(raw)
 	if err != nil {
 		return functions.Errorf(functions.EUnauthorized, "invalid or expired token")
 	}
-	p, err := n.sessions.Authenticate(c.UserContext(), userID, sessionID)
+	p, err := n.sessions.Authenticate(c.UserContext(), tok.userID, tok.sessionID)
+	if functions.ErrorCode(err) == functions.EUnauthorized && !tok.created.IsZero() && !n.replicator.Covers(tok.created) {
+		// The session may be younger than this node's copy of the cluster's state: meet
+		// the bookmark of its creation, then look again. Never a 401 caused by lag.
+		if err := n.await(c, tok.created); err != nil {
+			return err
+		}
+		p, err = n.sessions.Authenticate(c.UserContext(), tok.userID, tok.sessionID)
+	}
 	if err != nil {
 		return err
 	}
@@ -230,7 +239,14 @@ func (n *Node) login(c *fiber.Ctx) error {
 		}
 		return err
 	}
-	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt)
+	// The token carries the bookmark of the session's creation (and of what the client
+	// had seen), so it works at once on every node.
+	var created crdt.Bookmark
+	if rc, ok := c.UserContext().(*requestContext); ok {
+		created = rc.shown.Clone()
+		created.Merge(rc.asked)
+	}
+	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt, created)
 	if err != nil {
 		return err
 	}

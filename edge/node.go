@@ -258,6 +258,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 	}
 	n.replicator = cluster.NewReplicator(cluster.Config{
 		DB: n.db, Transport: n.transport, AntiEntropyEvery: n.cfg.AntiEntropyEvery, Now: n.cfg.Now,
+		MaxSkew: n.cfg.MaxSkew, FetchTimeout: n.cfg.BookmarkTimeout,
 		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
 	})
 	n.replicator.Start()

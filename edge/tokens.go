@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/sessiond/sessiond/crdt"
 )
 
 // Token claims are pinned: HS256 only, issuer and audience fixed, exp and iat required.
@@ -22,6 +24,9 @@ const (
 // token is only as good as the replicated session record it names.
 type claims struct {
 	SessionID string `json:"sid"`
+	// Bookmark is the bookmark of the session's creation (crdt.Bookmark's text form): a
+	// node that does not yet hold the session meets it before refusing the token.
+	Bookmark string `json:"bm,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -39,8 +44,10 @@ type tokens struct {
 	cache map[string]verified
 }
 
+// verified is what a valid token says.
 type verified struct {
 	userID, sessionID string
+	created           crdt.Bookmark // of the session's creation; zero in older tokens
 	expires           time.Time
 }
 
@@ -66,11 +73,13 @@ func newTokens(clusterKeys [][]byte, now func() time.Time) *tokens {
 	return t
 }
 
-// sign returns a token for a session of userID that expires with it.
-func (t *tokens) sign(userID, sessionID string, expires time.Time) (string, error) {
+// sign returns a token for a session of userID that expires with it, carrying the
+// bookmark of the session's creation.
+func (t *tokens) sign(userID, sessionID string, expires time.Time, created crdt.Bookmark) (string, error) {
 	now := t.now()
 	c := claims{
 		SessionID: sessionID,
+		Bookmark:  created.String(),
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer:    tokenIssuer,
 			Subject:   userID,
@@ -93,22 +102,22 @@ var errBadToken = errors.New("invalid token")
 
 // verify returns the user and session a token names, or an error when the token is not
 // one of ours, is tampered with, expired, or lacks a required claim.
-func (t *tokens) verify(raw string) (userID, sessionID string, err error) {
+func (t *tokens) verify(raw string) (verified, error) {
 	now := t.now()
 	t.mu.Lock()
 	v, ok := t.cache[raw]
 	t.mu.Unlock()
 	if ok {
 		if now.Before(v.expires.Add(tokenLeeway)) {
-			return v.userID, v.sessionID, nil
+			return v, nil
 		}
 		t.mu.Lock()
 		delete(t.cache, raw)
 		t.mu.Unlock()
-		return "", "", errBadToken
+		return verified{}, errBadToken
 	}
 	var c claims
-	_, err = t.parser.ParseWithClaims(raw, &c, func(tok *jwt.Token) (any, error) {
+	_, err := t.parser.ParseWithClaims(raw, &c, func(tok *jwt.Token) (any, error) {
 		kid, _ := tok.Header["kid"].(string)
 		k, ok := t.keys[kid]
 		if !ok {
@@ -117,11 +126,16 @@ func (t *tokens) verify(raw string) (userID, sessionID string, err error) {
 		return k, nil
 	})
 	if err != nil {
-		return "", "", fmt.Errorf("%w: %w", errBadToken, err)
+		return verified{}, fmt.Errorf("%w: %w", errBadToken, err)
 	}
 	if c.IssuedAt == nil || c.Subject == "" || c.SessionID == "" || c.ID != c.SessionID {
-		return "", "", fmt.Errorf("%w: missing claims", errBadToken)
+		return verified{}, fmt.Errorf("%w: missing claims", errBadToken)
 	}
+	created, err := crdt.ParseBookmark(c.Bookmark)
+	if err != nil {
+		return verified{}, fmt.Errorf("%w: %w", errBadToken, err)
+	}
+	v = verified{userID: c.Subject, sessionID: c.SessionID, created: created, expires: c.ExpiresAt.Time}
 	t.mu.Lock()
 	if len(t.cache) >= tokenCacheMax {
 		for k := range t.cache { // evict an arbitrary tenth; map order is random
@@ -133,7 +147,7 @@ func (t *tokens) verify(raw string) (userID, sessionID string, err error) {
 	}
 	// raw may alias the server's request buffer (Fiber's strings are zero-copy and the
 	// buffer is reused by later requests); a map key must own its bytes.
-	t.cache[strings.Clone(raw)] = verified{userID: c.Subject, sessionID: c.SessionID, expires: c.ExpiresAt.Time}
+	t.cache[strings.Clone(raw)] = v
 	t.mu.Unlock()
-	return c.Subject, c.SessionID, nil
+	return v, nil
 }

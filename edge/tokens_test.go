@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/sessiond/sessiond/crdt"
 )
 
 // Token crafting for the attack tables: the header and claims are written by hand, so
@@ -84,13 +86,14 @@ var tokenEpoch = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 func TestTokens_SignVerify(t *testing.T) {
 	clock := newFakeClock(tokenEpoch)
 	tk := newTokens([][]byte{testKey}, clock.Now)
-	tok, err := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour))
+	tok, err := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{})
 	if err != nil {
 		t.Fatalf("sign: %v", err)
 	}
-	uid, sid, err := tk.verify(tok)
+	v, err := tk.verify(tok)
+	uid, sid := v.userID, v.sessionID
 	if err != nil || uid != "u1" || sid != "s1" {
-		t.Fatalf("verify = %q, %q, %v; want u1, s1, nil", uid, sid, err)
+		t.Fatalf("verify = %q, %q, %v; want u1, s1, nil", v.userID, v.sessionID, err)
 	}
 	// The header pins HS256 and names the key.
 	h, _ := b64.DecodeString(strings.Split(tok, ".")[0])
@@ -101,13 +104,13 @@ func TestTokens_SignVerify(t *testing.T) {
 	}
 	// A node with another cluster key rejects it.
 	other := newTokens([][]byte{otherKey}, clock.Now)
-	if _, _, err := other.verify(tok); err == nil {
+	if _, err := other.verify(tok); err == nil {
 		t.Errorf("verify with another cluster key: err = nil, want an error")
 	}
 	// Two tokens for the same session differ only if signed at different times; both work.
 	clock.Add(time.Second)
-	tok2, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour))
-	if _, _, err := tk.verify(tok2); err != nil {
+	tok2, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{})
+	if _, err := tk.verify(tok2); err != nil {
 		t.Errorf("verify second token: %v", err)
 	}
 }
@@ -123,7 +126,7 @@ func TestTokens_Attacks(t *testing.T) {
 			"iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
 	}
 	hdr := func(alg string) map[string]any { return map[string]any{"alg": alg, "typ": "JWT", "kid": kid} }
-	valid, err := tk.sign("u1", "s1", now.Add(time.Hour))
+	valid, err := tk.sign("u1", "s1", now.Add(time.Hour), crdt.Bookmark{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +166,8 @@ func TestTokens_Attacks(t *testing.T) {
 		{"ErrGarbage", "a.b.c"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			uid, sid, err := tk.verify(tc.token)
+			v, err := tk.verify(tc.token)
+			uid, sid := v.userID, v.sessionID
 			if err == nil {
 				t.Fatalf("verify = %q, %q, nil; want an error", uid, sid)
 			}
@@ -171,7 +175,7 @@ func TestTokens_Attacks(t *testing.T) {
 				t.Errorf("verify error = %v, want errBadToken", err)
 			}
 			// A rejected token is not cached, so it stays rejected.
-			if _, _, err := tk.verify(tc.token); err == nil {
+			if _, err := tk.verify(tc.token); err == nil {
 				t.Errorf("second verify: err = nil, want an error")
 			}
 		})
@@ -181,7 +185,7 @@ func TestTokens_Attacks(t *testing.T) {
 		// the reason each case names, not for a flaw in the helpers.
 		for _, tok := range []string{valid, craftHS256(t, k, kid, good()),
 			craftHS256(t, k, kid, with(good(), "exp", now.Add(-tokenLeeway+time.Second).Unix()))} {
-			if _, _, err := tk.verify(tok); err != nil {
+			if _, err := tk.verify(tok); err != nil {
 				t.Errorf("verify(%q): %v", tok, err)
 			}
 		}
@@ -194,28 +198,28 @@ func TestTokens_Rotation(t *testing.T) {
 	after := newTokens([][]byte{testKey, testOldKey}, clock.Now)
 	retired := newTokens([][]byte{testKey}, clock.Now)
 
-	old, err := before.sign("u1", "s1", tokenEpoch.Add(time.Hour))
+	old, err := before.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if uid, sid, err := after.verify(old); err != nil || uid != "u1" || sid != "s1" {
-		t.Errorf("old-key token after rotation: verify = %q, %q, %v; want u1, s1, nil", uid, sid, err)
+	if v, err := after.verify(old); err != nil || v.userID != "u1" || v.sessionID != "s1" {
+		t.Errorf("old-key token after rotation: verify = %q, %q, %v; want u1, s1, nil", v.userID, v.sessionID, err)
 	}
-	if _, _, err := retired.verify(old); err == nil {
+	if _, err := retired.verify(old); err == nil {
 		t.Errorf("old-key token once the old key is retired: err = nil, want an error")
 	}
 
-	fresh, err := after.sign("u2", "s2", tokenEpoch.Add(time.Hour))
+	fresh, err := after.sign("u2", "s2", tokenEpoch.Add(time.Hour), crdt.Bookmark{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := keyID(deriveKey(testKey, purposeJWT)); after.signKID != want {
 		t.Errorf("signKID = %q, want the new key's %q", after.signKID, want)
 	}
-	if _, _, err := retired.verify(fresh); err != nil {
+	if _, err := retired.verify(fresh); err != nil {
 		t.Errorf("new-key token on a node with only the new key: %v", err)
 	}
-	if _, _, err := before.verify(fresh); err == nil {
+	if _, err := before.verify(fresh); err == nil {
 		t.Errorf("new-key token on a node that lacks the new key: err = nil, want an error")
 	}
 }
@@ -223,25 +227,25 @@ func TestTokens_Rotation(t *testing.T) {
 func TestTokens_Cache(t *testing.T) {
 	clock := newFakeClock(tokenEpoch)
 	tk := newTokens([][]byte{testKey}, clock.Now)
-	tok, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Minute))
-	if _, _, err := tk.verify(tok); err != nil {
+	tok, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Minute), crdt.Bookmark{})
+	if _, err := tk.verify(tok); err != nil {
 		t.Fatalf("verify: %v", err)
 	}
 	if len(tk.cache) != 1 {
 		t.Fatalf("cache holds %d tokens, want 1", len(tk.cache))
 	}
 	clock.Add(time.Minute) // at exp: still inside the leeway
-	if _, _, err := tk.verify(tok); err != nil {
+	if _, err := tk.verify(tok); err != nil {
 		t.Errorf("verify at exp (within leeway): %v", err)
 	}
 	clock.Add(tokenLeeway)
-	if _, _, err := tk.verify(tok); err == nil {
+	if _, err := tk.verify(tok); err == nil {
 		t.Errorf("cached token past exp+leeway: err = nil, want an error")
 	}
 	if len(tk.cache) != 0 {
 		t.Errorf("expired token still cached (%d entries)", len(tk.cache))
 	}
-	if _, _, err := tk.verify(tok); err == nil {
+	if _, err := tk.verify(tok); err == nil {
 		t.Errorf("expired token, uncached: err = nil, want an error")
 	}
 
@@ -250,8 +254,8 @@ func TestTokens_Cache(t *testing.T) {
 		for i := range tokenCacheMax {
 			tk.cache[fmt.Sprint(i)] = verified{}
 		}
-		tok, _ := tk.sign("u1", "s1", clock.Now().Add(time.Hour))
-		if _, _, err := tk.verify(tok); err != nil {
+		tok, _ := tk.sign("u1", "s1", clock.Now().Add(time.Hour), crdt.Bookmark{})
+		if _, err := tk.verify(tok); err != nil {
 			t.Fatal(err)
 		}
 		if n := len(tk.cache); n >= tokenCacheMax || n < tokenCacheMax*8/10 {
@@ -273,14 +277,14 @@ func aliasedString(b []byte) string { return unsafe.String(unsafe.SliceData(b), 
 func TestTokens_CacheOwnsKey(t *testing.T) {
 	clock := newFakeClock(tokenEpoch)
 	tk := newTokens([][]byte{testKey}, clock.Now)
-	tok, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour))
+	tok, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{})
 	buf := []byte(tok)
-	if _, _, err := tk.verify(aliasedString(buf)); err != nil {
+	if _, err := tk.verify(aliasedString(buf)); err != nil {
 		t.Fatalf("verify: %v", err)
 	}
 	forged := tok[:len(tok)-10] + "0123456789"
 	copy(buf, forged) // the connection's next request, in the same buffer
-	if _, _, err := tk.verify(aliasedString(buf)); err == nil {
+	if _, err := tk.verify(aliasedString(buf)); err == nil {
 		t.Errorf("verify(forged token) = nil error, want one: the cache keyed on the request buffer")
 	}
 	for k := range tk.cache {

@@ -15,6 +15,7 @@ const (
 	ETooLarge         = "too_large"
 	ERateLimited      = "rate_limited"
 	EUnavailable      = "unavailable"
+	EBehind           = "behind" // this node has not caught up with the client's bookmark
 	EInternal         = "internal"
 )
 

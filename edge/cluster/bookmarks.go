@@ -276,7 +276,7 @@ func (r *Replicator) fetchCandidates(missing []crdt.Timestamp) []Peer {
 
 func (r *Replicator) awaited(a Awaited, start time.Time) (Awaited, error) {
 	if m := r.cfg.Metrics; m != nil {
-		m.Awaits.WithLabelValues(a.String()).Inc()
+		m.awaits[a].Inc()
 		if !start.IsZero() {
 			m.AwaitSeconds.Observe(time.Since(start).Seconds())
 		}

@@ -14,10 +14,20 @@ type Metrics struct {
 	Awaits       *prometheus.CounterVec // bookmarks awaited, by outcome (Awaited)
 	AwaitSeconds prometheus.Histogram   // time spent meeting a bookmark not held at once
 	Fetches      *prometheus.CounterVec // pulls started to meet a bookmark, by result
+
+	awaits [len(awaitedNames)]prometheus.Counter // Awaits' series, resolved once
 }
 
 // NewMetrics returns unregistered replication metrics.
 func NewMetrics() *Metrics {
+	m := newMetrics()
+	for i, name := range awaitedNames {
+		m.awaits[i] = m.Awaits.WithLabelValues(name)
+	}
+	return m
+}
+
+func newMetrics() *Metrics {
 	return &Metrics{
 		Propagation: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "sessiond_replication_propagation_seconds",

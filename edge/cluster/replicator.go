@@ -94,6 +94,9 @@ type worker struct {
 	// pushed is the latest timestamp of this node's own writes that the worker has pushed
 	// (or left to the first anti-entropy round); owned by the worker goroutine.
 	pushed crdt.Timestamp
+	// told is the latest Through the peer accepted from this worker; owned by the worker
+	// goroutine.
+	told crdt.Timestamp
 }
 
 // NewReplicator returns a replicator; Start it.
@@ -296,14 +299,27 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 // originated elsewhere are not relayed: their origin pushes them, and anti-entropy
 // repairs whatever a push missed.
 //
-// Once it has pushed something, its last push carries Through: the commit mark read before
-// the feed, so every write of ours stamped at or before it was in the feed it read, and the
-// peer now holds them all (pushes to it since the worker's first anti-entropy round
-// carried the rest). A call that pushes nothing tells the peer nothing: every bookmark
-// naming us names a write we stamped, and the push carrying that write carries its mark.
+// The peer is also told a mark (PushRequest.Through) up to which it now holds every write
+// of ours: the commit mark read before a pass over the feed, since every write stamped at or
+// before it was in the feed the pass read (and pushes since the worker's first
+// anti-entropy round carried the earlier ones). A pass tells it only when something pushed
+// is not yet covered by a mark told before; when a pass pushed writes newer than its own
+// mark (they committed while it read), a second pass with a fresh mark covers them.
 func (r *Replicator) pushFrom(ctx context.Context, w *worker, cursor uint64) (uint64, error) {
-	mark := r.cfg.DB.Committed()
-	pushed := false
+	for range 2 {
+		var err error
+		if cursor, err = r.pushPass(ctx, w, cursor, r.cfg.DB.Committed()); err != nil {
+			return cursor, err
+		}
+		if !w.told.Less(w.pushed) {
+			break
+		}
+	}
+	return cursor, nil
+}
+
+// pushPass is one pass of pushFrom over the feed, from cursor to its end.
+func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mark crdt.Timestamp) (uint64, error) {
 	for {
 		changes, next, err := r.cfg.DB.ChangesSince(ctx, cursor, r.cfg.PushBatch)
 		if err != nil {
@@ -318,25 +334,28 @@ func (r *Replicator) pushFrom(ctx context.Context, w *worker, cursor uint64) (ui
 			}
 		}
 		last := len(changes) < r.cfg.PushBatch
+		tell := last && w.told.Less(newest)
 		if len(own) > 0 {
 			w.pending.Store(int64(len(own)))
 			sent := 0
 			for batch := range pushBatches(own, r.cfg.PushBatch) {
 				req := PushRequest{From: r.self, Changes: batch}
-				if sent += len(batch); last && sent == len(own) {
+				if sent += len(batch); tell && sent == len(own) {
 					req.Through = mark
 				}
 				if err := r.cfg.Transport.Push(ctx, w.peer, req); err != nil {
 					return cursor, err
 				}
 			}
-			pushed = true
-		} else if last && pushed {
+		} else if tell {
 			if err := r.cfg.Transport.Push(ctx, w.peer, PushRequest{From: r.self, Through: mark}); err != nil {
 				return cursor, err
 			}
 		}
 		w.pushed = newest
+		if tell {
+			w.told = maxTS(w.told, mark)
+		}
 		w.pending.Store(0)
 		cursor = next
 		if last {

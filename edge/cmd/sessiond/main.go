@@ -86,6 +86,8 @@ func newFlagSet(stderr io.Writer) (*flag.FlagSet, *flags) {
 	fs.BoolVar(&c.FastGossip, "fast-gossip", false, "detect failures and reconnect within about a second (loopback clusters, tests)")
 	fs.DurationVar(&c.CatchUpTimeout, "catch-up-timeout", c.CatchUpTimeout, "how long a joining node waits to catch up from a peer before /readyz says ready anyway")
 	fs.DurationVar(&c.AntiEntropyEvery, "anti-entropy-every", c.AntiEntropyEvery, "mean period of anti-entropy with each peer")
+	fs.DurationVar(&c.BookmarkWait, "bookmark-wait", c.BookmarkWait, "how long a request whose X-Sessiond-Bookmark this node does not hold yet waits for replication before fetching from another node")
+	fs.DurationVar(&c.BookmarkTimeout, "bookmark-timeout", c.BookmarkTimeout, "bound on waiting and fetching for a bookmark; past it the request gets 503 behind")
 	fs.StringVar(&c.Advertise, "advertise", "", "`HOST` other nodes reach this one at (containers, NAT); default: the bind address")
 	fs.StringVar(&f.join, "join", "", "comma-separated `ADDR`s of members to join; none: a cluster of one")
 	fs.StringVar(&f.keyFile, "cluster-key-file", "", "`FILE` with the cluster key (base64 of 32 bytes; more lines: older keys still accepted);\nwithout it a lone node keeps a generated key in --data")

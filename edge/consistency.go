@@ -1,0 +1,140 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/cluster"
+	"github.com/sessiond/sessiond/functions"
+)
+
+// Session guarantees across nodes (docs/API.md, "Consistency").
+//
+// A request may carry X-Sessiond-Bookmark: what its client saw or wrote before. The node
+// answers it only from state that includes all of it (cluster.Replicator.Await: wait for
+// replication, then pull from the origin or any node that has it, else 503 behind). Every
+// /v1/ response carries the bookmark of what it showed or wrote, merged with the one the
+// request carried, so a client that keeps the latest reads its own writes and never goes
+// back in time, on any node. A session token carries the bookmark of its session's
+// creation, so a fresh token works everywhere without the client's help.
+
+const (
+	headerBookmark    = "X-Sessiond-Bookmark"
+	headerConsistency = "X-Sessiond-Consistency"
+	headerLag         = "X-Sessiond-Lag-Ms"
+)
+
+// requestContext is the context of one /v1/ request: the node's context, plus the
+// bookmark the request asked for and the one of what it showed, which the store adapter
+// adds to as handlers read and write.
+type requestContext struct {
+	context.Context
+	asked    crdt.Bookmark
+	askedRaw string // the header as sent, if it was one canonical bookmark
+	shown    crdt.Bookmark
+}
+
+type requestContextKey struct{}
+
+func (r *requestContext) Value(key any) any {
+	if key == (requestContextKey{}) {
+		return r
+	}
+	return r.Context.Value(key)
+}
+
+// shownIn returns the bookmark of what the request of ctx showed, or nil outside one.
+func shownIn(ctx context.Context) *crdt.Bookmark {
+	if r, ok := ctx.(*requestContext); ok { // the usual case: no lookup chain
+		return &r.shown
+	}
+	if r, ok := ctx.Value(requestContextKey{}).(*requestContext); ok {
+		return &r.shown
+	}
+	return nil
+}
+
+// consistency meets the request's bookmark before the handler runs, unless the client
+// opted out with X-Sessiond-Consistency: eventual (then the response says how far
+// behind this node may be).
+func (n *Node) consistency(c *fiber.Ctx) error {
+	rc := &requestContext{Context: c.UserContext()}
+	c.SetUserContext(rc)
+	eventual := false
+	switch v := c.Get(headerConsistency); v {
+	case "", "bookmark":
+	case "eventual":
+		eventual = true
+	default:
+		return badRequest(headerConsistency + ` must be "eventual" or "bookmark"`)
+	}
+	if raw := c.Get(headerBookmark); raw != "" {
+		b, err := crdt.ParseBookmark(raw)
+		if err != nil {
+			return functions.Errorf(functions.EInvalid, "invalid %s: send back a value this API returned", headerBookmark)
+		}
+		rc.asked = b
+		if strings.IndexByte(raw, ',') < 0 {
+			rc.askedRaw = strings.Clone(raw)
+		}
+	}
+	if eventual {
+		c.Set(headerLag, strconv.FormatInt(n.maxLag().Milliseconds(), 10))
+	} else if !rc.asked.IsZero() {
+		if err := n.await(c, rc.asked); err != nil {
+			return err
+		}
+	}
+	err := c.Next()
+	n.setBookmark(c, rc)
+	return err
+}
+
+// setBookmark sets the response's bookmark: what the request asked for and what it
+// showed. A request that showed nothing new gets back what it sent, as it was sent.
+func (n *Node) setBookmark(c *fiber.Ctx, rc *requestContext) {
+	if rc.shown.CoveredBy(rc.asked) {
+		if rc.askedRaw != "" {
+			c.Set(headerBookmark, rc.askedRaw)
+			return
+		}
+		rc.shown = rc.asked
+	} else {
+		rc.shown.Merge(rc.asked)
+	}
+	if !rc.shown.IsZero() {
+		c.Set(headerBookmark, rc.shown.String())
+	}
+}
+
+// errBehind is what a client gets when this node cannot show what its bookmark covers.
+var errBehind = functions.Errorf(functions.EBehind,
+	"this node has not yet caught up with your previous requests and cannot reach a node that has; retry, or send the request to another node")
+
+// await meets bookmark b for the request, within BookmarkTimeout: nil, or errBehind with
+// Retry-After set.
+func (n *Node) await(c *fiber.Ctx, b crdt.Bookmark) error {
+	ctx, cancel := context.WithTimeout(c.UserContext(), n.cfg.BookmarkTimeout)
+	defer cancel()
+	_, err := n.replicator.Await(ctx, b, n.cfg.BookmarkWait)
+	if errors.Is(err, cluster.ErrBehind) {
+		c.Set(fiber.HeaderRetryAfter, "1")
+		return errBehind
+	}
+	return err
+}
+
+// maxLag returns the largest replication delay last observed from any live peer.
+func (n *Node) maxLag() time.Duration {
+	var lag time.Duration
+	for _, st := range n.replicator.Status() {
+		lag = max(lag, st.Lag)
+	}
+	return lag
+}
