@@ -6,6 +6,7 @@ import "github.com/prometheus/client_golang/prometheus"
 // registry with Collectors; a nil *Metrics records nothing.
 type Metrics struct {
 	Propagation  prometheus.Histogram   // origin commit → applied here
+	Revocation   prometheus.Histogram   // the same, for revocations
 	Rounds       *prometheus.CounterVec // anti-entropy rounds by result
 	Bytes        *prometheus.CounterVec // sync bytes by direction and message kind
 	Rejected     prometheus.Counter     // remote changes refused for clock skew
@@ -32,6 +33,11 @@ func newMetrics() *Metrics {
 		Propagation: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "sessiond_replication_propagation_seconds",
 			Help:    "Time from a change's commit at its origin to its application here (includes clock offset between the two).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
+		Revocation: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sessiond_revocation_propagation_seconds",
+			Help:    "Time from a revocation's commit at its origin (sign-out, revoke, revoke all, erasure) to its application here by push (includes clock offset). Until then a token replayed here without the sign-out's bookmark still works.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}),
 		Rounds: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -72,7 +78,7 @@ func newMetrics() *Metrics {
 
 // Collectors returns every metric, for registering.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Propagation, m.Rounds, m.Bytes, m.Rejected, m.Applied, m.MembersGauge,
+	return []prometheus.Collector{m.Propagation, m.Revocation, m.Rounds, m.Bytes, m.Rejected, m.Applied, m.MembersGauge,
 		m.Awaits, m.AwaitSeconds, m.Fetches}
 }
 

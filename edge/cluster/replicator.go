@@ -382,6 +382,17 @@ func (r *Replicator) ownSince(c storage.Change, since crdt.Timestamp) (crdt.Time
 	return newest, c.Map.Version().Node == r.self || since.Less(newest)
 }
 
+// revokes reports whether the latest write to record m, stamped ts, revoked sessions: a
+// session's revoked flag, a user's sign-out everywhere or erasure.
+func revokes(m *crdt.Map, ts crdt.Timestamp) bool {
+	for _, name := range [...]string{crdt.FieldRevoked, crdt.FieldSessionsUntil, crdt.FieldDeleted} {
+		if f, ok := m.Field(name); ok && f.TS == ts {
+			return true
+		}
+	}
+	return false
+}
+
 func maxTS(a, b crdt.Timestamp) crdt.Timestamp {
 	if a.Less(b) {
 		return b
@@ -443,6 +454,9 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) error {
 		d := max(now.Sub(ts.Time()), 0)
 		if r.cfg.Metrics != nil {
 			r.cfg.Metrics.Propagation.Observe(d.Seconds())
+			if c.Conv == "" && revokes(&c.Map, ts) {
+				r.cfg.Metrics.Revocation.Observe(d.Seconds())
+			}
 		}
 		newest = d
 	}
