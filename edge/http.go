@@ -239,12 +239,12 @@ func (n *Node) login(c *fiber.Ctx) error {
 		}
 		return err
 	}
-	// The token carries the bookmark of the session's creation (and of what the client
-	// had seen), so it works at once on every node.
+	// The token carries the bookmark of the session's creation (what the login read and
+	// wrote), so it works at once on every node. Not the request's bookmark: that may be
+	// long, and the client sends it anyway.
 	var created crdt.Bookmark
-	if rc, ok := c.UserContext().(*requestContext); ok {
-		created = rc.shown.Clone()
-		created.Merge(rc.asked)
+	if b := shownIn(c.UserContext()); b != nil {
+		created = b.Clone()
 	}
 	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt, created)
 	if err != nil {

@@ -27,6 +27,7 @@ import (
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/cdproto/input"
 	cdplog "github.com/chromedp/cdproto/log"
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
@@ -42,6 +43,9 @@ const (
 	uiRegion   = "eu-test"
 
 	sessionEndedNotice = "Your session ended: it was revoked or expired. Please sign in again."
+
+	bookmarkHeader = "X-Sessiond-Bookmark"
+	bookmarkKey    = "sessiond.bookmark" // where the UI keeps it, in sessionStorage
 
 	stepTimeout = 15 * time.Second // one browser step, waits included
 	liveTimeout = 10 * time.Second // a live update or a revocation reaching another tab
@@ -112,6 +116,14 @@ func TestBrowserUI(t *testing.T) {
 	alice.click("#profile-save")
 	alice.waitText("#profile-saved", "Profile saved.")
 	alice.shot("profile-saved")
+
+	// Bookmarks: since sign-up (a write) the tab has one; from here on every API request
+	// carries it, the stream's and a reloaded page's included, and a write moves it on.
+	bookmark := alice.bookmark()
+	if bookmark == "" {
+		t.Fatalf("after sign-up, sign-in and a profile save, sessionStorage holds no %s", bookmarkKey)
+	}
+	calls := alice.apiCalls()
 	alice.reload()
 	alice.waitText("#profile-username", "alice")
 	alice.waitValue("#profile-first-name", "Alice P.")
@@ -134,6 +146,7 @@ func TestBrowserUI(t *testing.T) {
 	alice.click("#data-save")
 	alice.waitText("#data-saved", "Added “theme”.")
 	alice.waitRowValue("theme", "dark")
+	alice.waitJS("a write moves the stored bookmark on", fmt.Sprintf(`(sessionStorage.getItem(%s) || '') !== %s`, jsString(bookmarkKey), jsString(bookmark)))
 	alice.typeInto("#data-key", "cart")
 	alice.typeInto("#data-value", `[1, 2, {"sku": "tea"}]`)
 	alice.click("#data-save")
@@ -153,6 +166,13 @@ func TestBrowserUI(t *testing.T) {
 	alice.reload() // the data lives on the server, not in the page
 	alice.waitRowValue("theme", "light")
 	alice.waitGone(`[data-testid=session-data-row][data-key="cart"]`)
+	if got := alice.apiCalls().since(calls); got.requests < 8 || got.bare > 0 {
+		t.Fatalf("since the profile save alice's tab made %d API requests, %d without %s (last: %s); want at least 8 and none without",
+			got.requests, got.bare, bookmarkHeader, got.lastBare)
+	}
+	if alice.bookmark() == "" {
+		t.Fatalf("after a reload sessionStorage holds no %s", bookmarkKey)
+	}
 
 	// --- two users, live messages -------------------------------------------------------
 	bob.open()
@@ -426,6 +446,19 @@ type browser struct {
 	// going on a shared machine). Not the page's fault, so not a console problem; a page
 	// load it broke is retried, and a failure message mentions it.
 	netChanges int
+	// api counts each tab's /v1/ requests, and those sent without a bookmark.
+	api map[string]apiCount
+}
+
+// apiCount is a tab's /v1/ requests so far, as the browser sent them.
+type apiCount struct {
+	requests, bare int
+	lastBare       string // the last request sent without X-Sessiond-Bookmark
+}
+
+// since returns the requests counted after c0.
+func (c apiCount) since(c0 apiCount) apiCount {
+	return apiCount{requests: c.requests - c0.requests, bare: c.bare - c0.bare, lastBare: c.lastBare}
 }
 
 func newBrowser(t *testing.T, base, dir string) *browser {
@@ -457,7 +490,7 @@ func newBrowser(t *testing.T, base, dir string) *browser {
 	}))
 	t.Cleanup(cancel)
 	attach(t, ctx, "start chromium")
-	return &browser{t: t, base: base, dir: dir, ctx: ctx, start: time.Now()}
+	return &browser{t: t, base: base, dir: dir, ctx: ctx, start: time.Now(), api: map[string]apiCount{}}
 }
 
 // attach runs the first action of a chromedp context, which starts its browser or opens
@@ -498,6 +531,26 @@ func (b *browser) tab(name string) *tab {
 func (b *browser) observe(tab string, ev any) {
 	var problem string
 	switch ev := ev.(type) {
+	case *network.EventRequestWillBeSent:
+		if ev.Request == nil || !strings.Contains(ev.Request.URL, "/v1/") {
+			return
+		}
+		sent := false
+		for k, v := range ev.Request.Headers {
+			if s, ok := v.(string); ok && s != "" && strings.EqualFold(k, bookmarkHeader) {
+				sent = true
+			}
+		}
+		b.mu.Lock()
+		c := b.api[tab]
+		c.requests++
+		if !sent {
+			c.bare++
+			c.lastBare = ev.Request.Method + " " + ev.Request.URL
+		}
+		b.api[tab] = c
+		b.mu.Unlock()
+		return
 	case *runtime.EventExceptionThrown:
 		d := ev.ExceptionDetails
 		text := d.Text
@@ -680,6 +733,19 @@ func (tb *tab) load(what string, action chromedp.Action[chromedp.Void]) {
 			tb.t.Fatalf("%s: %s: the app did not draw a screen: %v\n%s%s", tb.name, what, err, tb.describe(), tb.b.problemList())
 		}
 	}
+}
+
+// apiCalls returns the tab's /v1/ requests so far.
+func (tb *tab) apiCalls() apiCount {
+	tb.b.mu.Lock()
+	defer tb.b.mu.Unlock()
+	return tb.b.api[tb.name]
+}
+
+// bookmark returns the bookmark the UI keeps in sessionStorage.
+func (tb *tab) bookmark() string {
+	tb.t.Helper()
+	return tb.eval("read the stored bookmark", fmt.Sprintf(`sessionStorage.getItem(%s) || ''`, jsString(bookmarkKey)))
 }
 
 func (tb *tab) hash() string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -50,6 +51,57 @@ func newTarget(raw string, conns int, timeout time.Duration) (*target, error) {
 	return &target{base: u.Scheme + "://" + u.Host, hc: hc}, nil
 }
 
+// headerBookmark carries what a client saw or wrote before (docs/API.md, "Consistency").
+const headerBookmark = "X-Sessiond-Bookmark"
+
+// bookmarkJoinMax bounds the bookmark text a client builds by joining: nodes refuse more
+// than 1024 bytes.
+const bookmarkJoinMax = 900
+
+// bookmark is a bench user's latest X-Sessiond-Bookmark, sent with each of its requests
+// so that any node shows it its own writes and nothing older than it saw; a request that
+// a node cannot meet in time gets 503 behind. The workers acting for a user share it, so
+// it is safe for concurrent use; the zero value is empty.
+type bookmark struct{ p atomic.Pointer[string] }
+
+func (b *bookmark) load() string {
+	if p := b.p.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// update folds got, the bookmark of a response, into b; sent is what its request
+// carried. A node merges what a request carried into its answer, so when b still holds
+// sent, got replaces it. Otherwise other requests moved b on meanwhile and the two are
+// joined with a comma, which nodes read as their combination; a join longer than
+// bookmarkJoinMax keeps only got, the newest. b only grows (but for that), so got ==
+// sent changes nothing: the common case of a read that showed nothing new costs no
+// allocation.
+func (b *bookmark) update(sent string, got []byte) {
+	if len(got) == 0 || string(got) == sent {
+		return
+	}
+	g := string(got)
+	for {
+		p := b.p.Load()
+		next := g
+		if p != nil && *p != sent && len(*p)+1+len(g) <= bookmarkJoinMax {
+			next = *p + "," + g
+		}
+		if b.p.CompareAndSwap(p, &next) {
+			return
+		}
+	}
+}
+
+// drop forgets b if it still holds sent, which a node refused as invalid.
+func (b *bookmark) drop(sent string) {
+	if p := b.p.Load(); p != nil && *p == sent {
+		b.p.CompareAndSwap(p, nil)
+	}
+}
+
 // call is one request's reusable buffers; each worker owns one.
 type call struct {
 	req  fiber.Request
@@ -57,14 +109,21 @@ type call struct {
 }
 
 // do sends method path with an optional bearer token and JSON body, and returns the
-// status (0 on a transport error) and the response body, valid until the next do.
-func (c *call) do(t *target, method, path, token string, body []byte) (int, []byte, error) {
+// status (0 on a transport error) and the response body, valid until the next do. With
+// bm, the request carries its bookmark and bm takes in the response's.
+func (c *call) do(t *target, method, path, token string, bm *bookmark, body []byte) (int, []byte, error) {
 	c.req.Reset()
 	c.resp.Reset()
 	c.req.Header.SetMethod(method)
 	c.req.SetRequestURI(t.base + path)
 	if token != "" {
 		c.req.Header.Set("Authorization", "Bearer "+token)
+	}
+	var sent string
+	if bm != nil {
+		if sent = bm.load(); sent != "" {
+			c.req.Header.Set(headerBookmark, sent)
+		}
 	}
 	if body != nil {
 		c.req.Header.SetContentType("application/json")
@@ -73,7 +132,27 @@ func (c *call) do(t *target, method, path, token string, body []byte) (int, []by
 	if err := t.hc.Do(&c.req, &c.resp); err != nil {
 		return 0, nil, err
 	}
-	return c.resp.StatusCode(), c.resp.Body(), nil
+	status, resp := c.resp.StatusCode(), c.resp.Body()
+	if bm != nil {
+		bm.update(sent, c.resp.Header.Peek(headerBookmark))
+		if status == 400 && sent != "" && bytes.Contains(resp, []byte(headerBookmark)) {
+			bm.drop(sent) // refused: one request fails, not every later one
+		}
+	}
+	return status, resp, nil
+}
+
+// Error kinds of their own: a request refused because its session ended (never because
+// of replication lag: a token works at once on every node, and a user's bookmark makes
+// its writes show everywhere), and one a node could not meet the bookmark of in time.
+const (
+	kindUnauthorized = "401 unauthorized"
+	kindBehind       = "503 behind"
+)
+
+// isBehind reports whether a response is 503 behind.
+func isBehind(status int, body []byte) bool {
+	return status == 503 && jsonString(body, "code") == "behind"
 }
 
 // errorKind names a failed request for the error table: the status and the API's error
@@ -90,6 +169,12 @@ func errorKind(status int, body []byte, err error) string {
 			msg = msg[:60]
 		}
 		return "transport: " + msg
+	}
+	switch {
+	case status == 401:
+		return kindUnauthorized
+	case isBehind(status, body):
+		return kindBehind
 	}
 	if code := jsonString(body, "code"); code != "" {
 		return fmt.Sprintf("%d %s", status, code)

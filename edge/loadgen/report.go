@@ -9,7 +9,7 @@ import (
 )
 
 // WriteTable writes the human-readable report: throughput and latency per operation,
-// errors by kind, and the tool's own CPU use.
+// errors by kind, how many responses were behind, and the tool's own CPU use.
 func (r *Result) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "targets %s · %d connections · mix %s · %d users · %.1fs",
 		strings.Join(r.Targets, ","), r.Connections, r.Mix, r.Users, r.Elapsed)
@@ -46,6 +46,16 @@ func (r *Result) WriteTable(w io.Writer) error {
 		for _, k := range kinds {
 			fmt.Fprintf(w, "  %8d  %s\n", r.Errors[k], k)
 		}
+	}
+	if r.Behind == 0 {
+		fmt.Fprintln(w, "behind: none")
+	} else {
+		pct := 0.0
+		if r.Total.Requests > 0 {
+			pct = 100 * float64(r.Behind) / float64(r.Total.Requests)
+		}
+		fmt.Fprintf(w, "behind: %d responses (%.2f%%) were 503 behind: a node could not catch up with the user's bookmark in time\n",
+			r.Behind, pct)
 	}
 	verdict := ""
 	if r.CPU.Cores > 0 && r.CPU.Percent > 0.8*100*float64(r.CPU.Cores) {

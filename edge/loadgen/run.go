@@ -23,14 +23,11 @@ type Config struct {
 	Rate        float64       // total requests per second to pace to; 0: as fast as the targets answer
 	Warmup      time.Duration // unmeasured load before measuring; default 0
 	Mix         Mix
-	Users       int    // users registered (or reused) and logged in before measuring; default 100
-	UserPrefix  string // their names are UserPrefix + number; default "bench"
-	Password    string // their password; default "bench-password"
-	// ReplicationWait bounds how long setup waits, with several targets, for every
-	// session to be usable on every target; default 60s.
-	ReplicationWait time.Duration
-	Timeout         time.Duration // per request; default 10s
-	Progress        io.Writer     // a live progress line each second; nil: none
+	Users       int           // users registered (or reused) and logged in before measuring; default 100
+	UserPrefix  string        // their names are UserPrefix + number; default "bench"
+	Password    string        // their password; default "bench-password"
+	Timeout     time.Duration // per request; default 10s
+	Progress    io.Writer     // a live progress line each second; nil: none
 }
 
 // DefaultConfig returns a Config with every default filled in.
@@ -38,8 +35,7 @@ func DefaultConfig() Config {
 	m, _ := ParseMix(DefaultMix)
 	return Config{
 		Connections: 32, Duration: 10 * time.Second, Mix: m, Users: 100,
-		UserPrefix: "bench", Password: "bench-password",
-		ReplicationWait: 60 * time.Second, Timeout: 10 * time.Second,
+		UserPrefix: "bench", Password: "bench-password", Timeout: 10 * time.Second,
 	}
 }
 
@@ -67,11 +63,13 @@ func (c Config) Validate() error {
 }
 
 // user is a bench user; token is replaced by each login so that workers always hold the
-// newest session (older ones may be revoked by the per-user session cap).
+// newest session (older ones may be revoked by the per-user session cap). Its requests,
+// whichever worker makes them, share one bookmark: the user is one client of the API.
 type user struct {
 	name  string
 	peer  string // the user it sends messages to
 	token atomic.Pointer[string]
+	bm    bookmark
 }
 
 // Result is a run's measurements, as --json prints them.
@@ -85,6 +83,7 @@ type Result struct {
 	Operations  map[string]OpStats `json:"operations"`
 	Total       OpStats            `json:"total"`
 	Errors      map[string]int64   `json:"errors"`
+	Behind      int64              `json:"behind"` // measured responses that were 503 behind; errors too
 	CPU         CPUStats           `json:"cpu"`
 	Setup       SetupStats         `json:"setup"`
 }
@@ -110,11 +109,12 @@ type CPUStats struct {
 	Cores   int     `json:"cores"`
 }
 
-// SetupStats says what setup took.
+// SetupStats says what setup took. Check is the time to read every session once on
+// every target (with several targets), which no wait for replication precedes.
 type SetupStats struct {
-	Register  float64 `json:"register_seconds"`
-	Login     float64 `json:"login_seconds"`
-	Replicate float64 `json:"replicate_seconds"`
+	Register float64 `json:"register_seconds"`
+	Login    float64 `json:"login_seconds"`
+	Check    float64 `json:"check_seconds,omitempty"`
 }
 
 // workerStats are one worker's measurements, merged at the end.
@@ -122,6 +122,7 @@ type workerStats struct {
 	hist   [numOps]Histogram
 	errs   [numOps]int64
 	reqs   [numOps]int64
+	behind int64
 	byKind map[string]int64
 }
 
@@ -194,6 +195,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		for k, n := range w.byKind {
 			res.Errors[k] += n
 		}
+		res.Behind += w.behind
 	}
 	return res, nil
 }
@@ -326,7 +328,7 @@ func (w *worker) one(i int, began time.Time) bool {
 	switch op {
 	case OpLogin:
 		w.body = fmt.Appendf(w.body[:0], `{"username":%q,"password":%q}`, u.name, w.cfg.Password)
-		status, body, err = w.c.do(t, "POST", "/v1/sessions", "", w.body)
+		status, body, err = w.c.do(t, "POST", "/v1/sessions", "", &u.bm, w.body)
 		want = 201
 		if err == nil && status == want {
 			if tok := jsonString(body, "token"); tok != "" {
@@ -334,33 +336,40 @@ func (w *worker) one(i int, began time.Time) bool {
 			}
 		}
 	case OpRead:
-		status, body, err = w.c.do(t, "GET", "/v1/sessions/current", *u.token.Load(), nil)
+		status, body, err = w.c.do(t, "GET", "/v1/sessions/current", *u.token.Load(), &u.bm, nil)
 		want = 200
 	case OpPatch:
 		w.body = fmt.Appendf(w.body[:0], `{"data":{"k%d":{"n":%d,"w":%d}}}`, i%8, i, w.id)
-		status, body, err = w.c.do(t, "PATCH", "/v1/sessions/current", *u.token.Load(), w.body)
+		status, body, err = w.c.do(t, "PATCH", "/v1/sessions/current", *u.token.Load(), &u.bm, w.body)
 		want = 200
 	case OpSend:
 		w.body = fmt.Appendf(w.body[:0], `{"to":%q,"body":"bench message %d from worker %d"}`, u.peer, i, w.id)
-		status, body, err = w.c.do(t, "POST", "/v1/messages", *u.token.Load(), w.body)
+		status, body, err = w.c.do(t, "POST", "/v1/messages", *u.token.Load(), &u.bm, w.body)
 		want = 201
 	case OpConversation:
-		status, body, err = w.c.do(t, "GET", "/v1/messages?limit=20&with="+u.peer, *u.token.Load(), nil)
+		status, body, err = w.c.do(t, "GET", "/v1/messages?limit=20&with="+u.peer, *u.token.Load(), &u.bm, nil)
 		want = 200
 	}
 	lat := time.Since(began)
 	w.st.reqs[op]++
 	if err != nil || status != want {
+		// No retry, not even of 503 behind: a retried request would be measured as one.
 		w.st.errs[op]++
 		w.st.byKind[op.String()+": "+errorKind(status, body, err)]++
+		if err == nil && isBehind(status, body) {
+			w.st.behind++
+		}
 		return false
 	}
 	w.st.hist[op].Record(lat)
 	return true
 }
 
-// setup registers (or reuses) the users, logs each in, and with several targets waits
-// until every session is usable on every target.
+// setup registers (or reuses) the users and logs each in, on another target than the
+// one it registered on when there are several, and then reads every session once on
+// every target. Each user's requests carry its bookmark, so none of this waits for
+// replication: a node that has not yet got the user's writes waits for them or fetches
+// them before it answers, and a 401 is an error, never lag.
 func setup(ctx context.Context, cfg Config, targets []*target, users []*user, st *SetupStats) error {
 	par := min(cfg.Connections, 16, len(users))
 	each := func(what string, fn func(c *call, i int, u *user) error) (float64, error) {
@@ -403,7 +412,7 @@ func setup(ctx context.Context, cfg Config, targets []*target, users []*user, st
 	st.Register, err = each("register", func(c *call, i int, u *user) error {
 		body := fmt.Appendf(nil, `{"username":%q,"password":%q,"profile":{"first_name":"Bench","last_name":"User %d","email":"%s@example.com","address":"%d Load Street"}}`,
 			u.name, cfg.Password, i, u.name, i)
-		status, resp, err := c.do(targets[i%len(targets)], "POST", "/v1/users", "", body)
+		status, resp, err := setupDo(ctx, c, targets[i%len(targets)], "POST", "/v1/users", "", &u.bm, body)
 		if err != nil {
 			return err
 		}
@@ -417,50 +426,58 @@ func setup(ctx context.Context, cfg Config, targets []*target, users []*user, st
 	}
 	st.Login, err = each("log in", func(c *call, i int, u *user) error {
 		body := fmt.Appendf(nil, `{"username":%q,"password":%q}`, u.name, cfg.Password)
-		deadline := time.Now().Add(cfg.ReplicationWait)
-		for {
-			// With several targets the user may have been registered on another node
-			// moments ago: retry 401 until it has replicated.
-			status, resp, err := c.do(targets[(i+1)%len(targets)], "POST", "/v1/sessions", "", body)
-			if err != nil {
-				return err
-			}
-			if status == 201 {
-				tok := jsonString(resp, "token")
-				if tok == "" {
-					return fmt.Errorf("%w: no token in %.200s", errUnexpected, resp)
-				}
-				u.token.Store(&tok)
-				return nil
-			}
-			if status != 401 || len(targets) == 1 || time.Now().After(deadline) {
-				return fmt.Errorf("%w: %s: %.200s", errUnexpected, errorKind(status, resp, nil), resp)
-			}
-			time.Sleep(50 * time.Millisecond)
+		status, resp, err := setupDo(ctx, c, targets[(i+1)%len(targets)], "POST", "/v1/sessions", "", &u.bm, body)
+		if err != nil {
+			return err
 		}
+		tok := jsonString(resp, "token")
+		if status != 201 || tok == "" {
+			return fmt.Errorf("%w: %s: %.200s", errUnexpected, errorKind(status, resp, nil), resp)
+		}
+		u.token.Store(&tok)
+		return nil
 	})
 	if err != nil {
 		return err
 	}
 	if len(targets) > 1 {
-		st.Replicate, err = each("wait for replication of", func(c *call, i int, u *user) error {
-			deadline := time.Now().Add(cfg.ReplicationWait)
+		st.Check, err = each("check sessions on every target of", func(c *call, i int, u *user) error {
 			for _, t := range targets {
-				for {
-					status, resp, err := c.do(t, "GET", "/v1/sessions/current", *u.token.Load(), nil)
-					if err == nil && status == 200 {
-						break
-					}
-					if time.Now().After(deadline) {
-						return fmt.Errorf("session not usable on %s after %s: %s", t.base, cfg.ReplicationWait, errorKind(status, resp, err))
-					}
-					time.Sleep(20 * time.Millisecond)
+				status, resp, err := setupDo(ctx, c, t, "GET", "/v1/sessions/current", *u.token.Load(), &u.bm, nil)
+				if err != nil {
+					return err
+				}
+				if status != 200 {
+					return fmt.Errorf("%w from %s: %s: %.200s", errUnexpected, t.base, errorKind(status, resp, nil), resp)
 				}
 			}
 			return nil
 		})
 	}
 	return err
+}
+
+// setupBehindRetries bounds how often setup repeats a request answered 503 behind.
+const setupBehindRetries = 3
+
+// setupDo is do for setup, which unlike measuring heeds 503 behind: it tries again after
+// Retry-After (at most 5s), setupBehindRetries times at most.
+func setupDo(ctx context.Context, c *call, t *target, method, path, token string, bm *bookmark, body []byte) (int, []byte, error) {
+	for try := 0; ; try++ {
+		status, resp, err := c.do(t, method, path, token, bm, body)
+		if err != nil || !isBehind(status, resp) || try == setupBehindRetries {
+			return status, resp, err
+		}
+		wait := time.Second
+		if s, err := strconv.Atoi(string(c.resp.Header.Peek("Retry-After"))); err == nil && s > 0 {
+			wait = min(time.Duration(s)*time.Second, 5*time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
 }
 
 // WriteJSON writes r as indented JSON.

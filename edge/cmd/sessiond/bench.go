@@ -20,10 +20,19 @@ Usage:
   sessiond bench --target URL[,URL…] [flags]
 
 It registers --users users through the API (reusing them if a previous run did), logs each
-in, and with several targets waits until every session is usable on every one. Then it runs
---connections concurrent requests, round-robin over the targets, for --duration or
---requests, printing a progress line each second on stderr, and reports throughput and
-latency percentiles per operation, errors by kind, and its own CPU use.
+in (on another target than it registered on, with several), and with several targets reads
+every session once on every one. Then it runs --connections concurrent requests,
+round-robin over the targets, for --duration or --requests, printing a progress line each
+second on stderr, and reports throughput and latency percentiles per operation, errors by
+kind, how many responses were behind, and its own CPU use.
+
+Each user is one client: its requests, whichever connection makes them, carry its latest
+X-Sessiond-Bookmark, so every node shows it its own writes (waiting for them or fetching
+them if it must); the tool itself never waits for replication or retries around it. While
+measuring nothing is retried: a "401 unauthorized" is a session that ended (the per-user
+session cap revokes the oldest), and a "503 behind" is a node that could not catch up with
+the user's bookmark in time (both are errors; the report counts the behind ones on a line
+of their own). Setup heeds Retry-After on 503 behind, 3 times at most.
 
 Operations (--mix NAME=WEIGHT,…): login (POST /v1/sessions), read (GET
 /v1/sessions/current), patch (PATCH /v1/sessions/current, one data key), send (POST
@@ -61,7 +70,6 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Users, "users", cfg.Users, "users to register (or reuse) and log in before measuring")
 	fs.StringVar(&cfg.UserPrefix, "user-prefix", cfg.UserPrefix, "usernames are `PREFIX` + a number")
 	fs.StringVar(&cfg.Password, "password", cfg.Password, "the bench users' password")
-	fs.DurationVar(&cfg.ReplicationWait, "replication-wait", cfg.ReplicationWait, "with several targets, how long setup waits for sessions to reach every target")
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "per-request timeout")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), benchUsage)

@@ -62,6 +62,7 @@ func TestBenchJSON(t *testing.T) {
 		} `json:"operations"`
 		Total  struct{ Requests, Errors int64 } `json:"total"`
 		Errors map[string]int64                 `json:"errors"`
+		Behind *int64                           `json:"behind"`
 		CPU    struct {
 			Percent float64 `json:"percent"`
 			Cores   int     `json:"cores"`
@@ -89,6 +90,9 @@ func TestBenchJSON(t *testing.T) {
 	if res.Total.Errors != 0 || len(res.Errors) != 0 {
 		t.Errorf("errors: total=%d by kind %v, want none", res.Total.Errors, res.Errors)
 	}
+	if res.Behind == nil || *res.Behind != 0 {
+		t.Errorf("behind=%v, want 0 (and present)", res.Behind)
+	}
 	if res.CPU.Cores <= 0 {
 		t.Errorf("cpu.cores=%d, want > 0", res.CPU.Cores)
 	}
@@ -106,10 +110,78 @@ func TestBenchTable(t *testing.T) {
 		t.Fatalf("sessiond bench exited %d; stderr:\n%s", code, stderr.String())
 	}
 	out := stdout.String()
-	for _, want := range []string{"operation", "read", "patch", "total", "errors: none", "load generator CPU"} {
+	for _, want := range []string{"operation", "read", "patch", "total", "errors: none", "behind: none", "load generator CPU"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestBenchTwoTargets runs the bench over a two-node cluster right after it formed: each
+// user registers on one node and logs in on the other at once, then the mix alternates
+// nodes. The users' bookmarks, not retries, make every request see the user's writes, so
+// nothing fails.
+func TestBenchTwoTargets(t *testing.T) {
+	keys, err := edge.ParseClusterKeys(edge.NewClusterKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := func(name string) edge.Config {
+		c := edge.DefaultConfig()
+		c.NodeName, c.DataDir, c.ClusterKeys, c.FastGossip = name, t.TempDir(), keys, true
+		c.HTTPAddr, c.GossipAddr, c.SyncAddr = "127.0.0.1:0", freeAddr(t), "127.0.0.1:0"
+		c.LoginPerAccount, c.LoginPerAddress = 1_000_000, 1_000_000
+		return c
+	}
+	start := func(c edge.Config) *edge.Node {
+		n, err := edge.NewNode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := n.Close(context.Background()); err != nil {
+				t.Errorf("close node %s: %v", c.NodeName, err)
+			}
+		})
+		return n
+	}
+	ca := cfg("bench-a")
+	a := start(ca)
+	cb := cfg("bench-b")
+	cb.Join = []string{ca.GossipAddr}
+	b := start(cb)
+	for deadline := time.Now().Add(30 * time.Second); !b.Ready(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("bench-b not ready after 30s")
+		}
+	}
+
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"bench", "--target", a.HTTPAddr() + "," + b.HTTPAddr(), "--requests", "600",
+		"--connections", "4", "--users", "4", "--json",
+		"--mix", "login=1,read=4,patch=4,send=2,conversation=2"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("sessiond bench exited %d; stderr:\n%s", code, stderr.String())
+	}
+	var res struct {
+		Total  struct{ Requests, Errors int64 } `json:"total"`
+		Errors map[string]int64                 `json:"errors"`
+		Behind int64                            `json:"behind"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, stdout.String())
+	}
+	if res.Total.Requests != 600 {
+		t.Errorf("total.requests=%d, want 600", res.Total.Requests)
+	}
+	if res.Total.Errors != 0 || len(res.Errors) != 0 || res.Behind != 0 {
+		t.Errorf("errors: total=%d by kind %v, behind=%d; want none", res.Total.Errors, res.Errors, res.Behind)
+	}
+	if !strings.Contains(stderr.String(), "setup: check sessions on every target of 4 users") {
+		t.Errorf("stderr lacks the check of sessions on every target:\n%s", stderr.String())
 	}
 }
 

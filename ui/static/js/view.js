@@ -83,6 +83,7 @@ const FRIENDLY = {
   rate_limited: 'Too many attempts in a short time.',
   internal: 'Something went wrong on the server. Please try again.',
   unavailable: 'The server is starting up or shutting down. Please try again in a moment.',
+  behind: 'The server has not caught up with your latest changes yet. Please try again in a moment.',
   network: 'Could not reach the server. Check your connection and try again.',
   timeout: 'The server took too long to answer. Please try again.',
   bad_response: 'The server sent an unexpected reply. Please try again.',
