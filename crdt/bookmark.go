@@ -18,8 +18,9 @@ import (
 // order in which a client combines them does not matter. A Bookmark holds at most
 // MaxBookmarkMarks marks: beyond that, the marks with the oldest physical times are
 // dropped (writes that old have long reached every live node). The zero Bookmark covers
-// nothing and asks for nothing. A Bookmark is a value: methods with a pointer receiver
-// modify it; it is not safe for concurrent modification.
+// nothing and asks for nothing. Methods with a pointer receiver modify a Bookmark in place;
+// a copy made by assignment shares its storage, so only Clone gives an independent one.
+// A Bookmark is not safe for concurrent modification.
 type Bookmark struct {
 	marks []Timestamp // sorted by Node, one per Node; Node is the origin
 }
@@ -61,9 +62,10 @@ func (b Bookmark) find(node NodeID) (int, bool) {
 }
 
 // Add raises b's mark for ts.Node to ts, if ts is later, and reports whether b changed.
-// The zero Timestamp is ignored.
+// Timestamps no clock issues — node 0, a negative wall time, or wall and logical both 0 —
+// are ignored.
 func (b *Bookmark) Add(ts Timestamp) bool {
-	if ts.IsZero() {
+	if ts.Node == 0 || ts.Wall < 0 || ts.Wall == 0 && ts.Logical == 0 {
 		return false
 	}
 	i, ok := b.find(ts.Node)
@@ -75,7 +77,11 @@ func (b *Bookmark) Add(ts Timestamp) bool {
 		return true
 	}
 	b.marks = slices.Insert(b.marks, i, ts)
-	b.trim()
+	if len(b.marks) > MaxBookmarkMarks {
+		b.trim()
+		_, kept := b.find(ts.Node) // the new mark may be the oldest, dropped at once
+		return kept
+	}
 	return true
 }
 
@@ -232,7 +238,11 @@ func ParseBookmark(s string) (Bookmark, error) {
 		if part = strings.TrimSpace(part); part == "" {
 			continue
 		}
-		n, err := base64.RawURLEncoding.Decode(buf[:], []byte(part))
+		// Strict: one spelling per value, and no CR or LF, which the lenient decoder skips.
+		if strings.ContainsAny(part, "\r\n") {
+			return Bookmark{}, errBookmark
+		}
+		n, err := base64.RawURLEncoding.Strict().Decode(buf[:], []byte(part))
 		if err != nil {
 			return Bookmark{}, errBookmark
 		}

@@ -33,6 +33,7 @@ type haveState struct {
 	distrusted map[crdt.NodeID]bool   // origins whose pushes we partly refused
 	known      map[crdt.NodeID]bool   // every node ever named a peer
 	fetching   map[crdt.NodeID]*fetch // fetches in flight, by peer
+	lastFetch  map[crdt.NodeID]time.Time
 }
 
 func (h *haveState) init() {
@@ -40,6 +41,7 @@ func (h *haveState) init() {
 	h.distrusted = make(map[crdt.NodeID]bool)
 	h.known = make(map[crdt.NodeID]bool)
 	h.fetching = make(map[crdt.NodeID]*fetch)
+	h.lastFetch = make(map[crdt.NodeID]time.Time)
 }
 
 func (h *haveState) know(id crdt.NodeID) {
@@ -85,6 +87,9 @@ func (h *haveState) synced(peer crdt.NodeID, have crdt.Bookmark, self crdt.NodeI
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.distrusted, peer)
+	for _, ts := range have.Marks() {
+		h.known[ts.Node] = true
+	}
 	h.raiseLocked(have, self)
 }
 
@@ -149,8 +154,8 @@ func (a Awaited) String() string { return awaitedNames[a] }
 //
 // Marks that cannot be waited for are set aside rather than refused: marks of this node
 // (see haveState.missing), marks beyond what their origin itself reports holding (made up,
-// or lost with a restored backup), and, once fetching did not help, marks of nodes this
-// node has never known (long gone, or made up). Otherwise, when ctx ends or the candidates
+// or lost with a restored backup), and, once fetching did not help, marks older than
+// forgetUnknownAfter of nodes this node has never known (long gone, or made up). Otherwise, when ctx ends or the candidates
 // are exhausted first, or when a mark is further ahead of local time than MaxSkew, Await
 // returns ErrBehind.
 func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait time.Duration) (Awaited, error) {
@@ -183,8 +188,8 @@ func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait time.Durat
 		}
 	}
 
-	// Fetch: origins first, then anyone alive. A fetch this call joined may have begun
-	// before the write it waits for existed, so a joined one is followed by its own.
+	// Fetch: origins first, then anyone alive, each by a pull that began after this call
+	// did (so after the bookmark's writes were acknowledged).
 	set := make(map[crdt.Timestamp]bool) // marks set aside
 	pending := func() []crdt.Timestamp {
 		m, _ := r.have.missing(b, r.self)
@@ -202,18 +207,11 @@ func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait time.Durat
 			break
 		}
 		tried[p.ID] = true
-		for range 2 {
-			have, fresh, err := r.fetchFrom(ctx, p)
-			if err != nil {
-				break
-			}
+		if have, err := r.fetchFrom(ctx, p, start); err == nil {
 			for _, ts := range missing {
-				if ts.Node == p.ID && have.Mark(p.ID).Less(ts) && fresh {
+				if ts.Node == p.ID && have.Mark(p.ID).Less(ts) {
 					set[ts] = true // beyond what its origin holds
 				}
-			}
-			if fresh || !originOf(p.ID, pending()) {
-				break
 			}
 		}
 		if len(pending()) == 0 {
@@ -224,9 +222,10 @@ func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait time.Durat
 		}
 	}
 	rest := pending()
+	old := r.cfg.Now().Add(-forgetUnknownAfter).UnixNano()
 	r.have.mu.Lock()
 	for _, ts := range rest {
-		if !r.have.known[ts.Node] && !tried[ts.Node] {
+		if !r.have.known[ts.Node] && !tried[ts.Node] && ts.Wall < old {
 			set[ts] = true
 		}
 	}
@@ -237,14 +236,11 @@ func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait time.Durat
 	return r.awaited(Behind, start)
 }
 
-func originOf(id crdt.NodeID, marks []crdt.Timestamp) bool {
-	for _, ts := range marks {
-		if ts.Node == id {
-			return true
-		}
-	}
-	return false
-}
+// forgetUnknownAfter is how old a mark of a node this node never knew must be to be set
+// aside. Younger, it may be a node that joined a moment ago, or one that went down before
+// this one restarted (nodes learn of each other again only from live members); older, its
+// writes have long reached every live node, or were lost with it.
+const forgetUnknownAfter = 10 * time.Minute
 
 // maxFetchPeers bounds the peers one Await fetches from.
 const maxFetchPeers = 4
@@ -289,49 +285,86 @@ func (r *Replicator) awaited(a Awaited, start time.Time) (Awaited, error) {
 
 // fetch is one pull from a peer, shared by every Await that asks for it meanwhile.
 type fetch struct {
-	done chan struct{}
-	have crdt.Bookmark // what the peer held; valid once done, if err is nil
-	err  error
+	started time.Time
+	done    chan struct{}
+	have    crdt.Bookmark // what the peer held; valid once done, if err is nil
+	err     error
 }
 
-// fetchFrom pulls from peer by anti-entropy, joining a pull already in flight. It returns
-// what the peer held, and whether the pull began with this call (fresh) rather than
-// before. The pull runs on the replicator's own context, bounded by FetchTimeout, so a
-// caller that gives up does not cut it short for the others.
-func (r *Replicator) fetchFrom(ctx context.Context, peer Peer) (crdt.Bookmark, bool, error) {
-	r.mu.Lock()
-	if r.closed || r.ctx == nil {
-		r.mu.Unlock()
-		return crdt.Bookmark{}, false, errors.New("replicator closed")
-	}
-	r.have.mu.Lock()
-	f, joined := r.have.fetching[peer.ID]
-	if !joined {
-		f = &fetch{done: make(chan struct{})}
-		r.have.fetching[peer.ID] = f
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			fctx, cancel := context.WithTimeout(r.ctx, r.cfg.FetchTimeout)
-			defer cancel()
-			have, complete, err := r.sync(fctx, peer, true)
-			if err == nil && !complete {
-				err = errors.New("anti-entropy with " + peer.Name + " did not complete")
+// minFetchInterval spaces the pulls started from one peer: however many requests with
+// bookmarks this node cannot meet arrive (a client may send made-up ones), it pulls from
+// each peer at most this often.
+const minFetchInterval = 50 * time.Millisecond
+
+// fetchFrom pulls from peer by anti-entropy and returns what the peer held. The pull
+// began at or after since: a pull in flight that began earlier is waited out, one that
+// began later is joined. Pulls from one peer start at most every minFetchInterval, and run
+// on the replicator's own context, bounded by FetchTimeout, so a caller that gives up does
+// not cut one short for the others.
+func (r *Replicator) fetchFrom(ctx context.Context, peer Peer, since time.Time) (crdt.Bookmark, error) {
+	for {
+		f, wait, err := r.startFetch(peer)
+		if err != nil {
+			return crdt.Bookmark{}, err
+		}
+		if f == nil {
+			timer := time.NewTimer(wait)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				timer.Stop()
+				return crdt.Bookmark{}, ctx.Err()
 			}
-			f.have, f.err = have, err
-			r.have.mu.Lock()
-			delete(r.have.fetching, peer.ID)
-			r.have.mu.Unlock()
-			close(f.done)
-			r.cfg.Metrics.fetched(err)
-		}()
+			continue
+		}
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return crdt.Bookmark{}, ctx.Err()
+		}
+		if !f.started.Before(since) {
+			return f.have, f.err
+		}
 	}
-	r.have.mu.Unlock()
-	r.mu.Unlock()
-	select {
-	case <-f.done:
-		return f.have, !joined, f.err
-	case <-ctx.Done():
-		return crdt.Bookmark{}, !joined, ctx.Err()
+}
+
+// startFetch returns the pull from peer to wait for: one in flight (which may have begun
+// before the caller's), or a new one; or, when the last began less than minFetchInterval
+// ago, nil and how long to wait before asking again.
+func (r *Replicator) startFetch(peer Peer) (*fetch, time.Duration, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed || r.ctx == nil {
+		return nil, 0, errors.New("replicator closed")
 	}
+	h := &r.have
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if f, ok := h.fetching[peer.ID]; ok {
+		return f, 0, nil
+	}
+	now := time.Now()
+	if wait := h.lastFetch[peer.ID].Add(minFetchInterval).Sub(now); wait > 0 {
+		return nil, wait, nil
+	}
+	f := &fetch{started: now, done: make(chan struct{})}
+	h.fetching[peer.ID] = f
+	h.lastFetch[peer.ID] = now
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		fctx, cancel := context.WithTimeout(r.ctx, r.cfg.FetchTimeout)
+		defer cancel()
+		have, complete, err := r.sync(fctx, peer, true)
+		if err == nil && !complete {
+			err = errors.New("anti-entropy with " + peer.Name + " did not complete")
+		}
+		f.have, f.err = have, err
+		h.mu.Lock()
+		delete(h.fetching, peer.ID)
+		h.mu.Unlock()
+		close(f.done)
+		r.cfg.Metrics.fetched(err)
+	}()
+	return f, 0, nil
 }
