@@ -25,6 +25,11 @@ type Bookmark struct {
 	marks []Timestamp // sorted by Node, one per Node; Node is the origin
 }
 
+// NewBookmark returns an empty Bookmark that keeps its marks in buf's storage (buf's
+// length is ignored) until they outgrow it: a caller that builds many short-lived
+// bookmarks can spare the allocations.
+func NewBookmark(buf []Timestamp) Bookmark { return Bookmark{marks: buf[:0]} }
+
 // MaxBookmarkMarks bounds the origins a Bookmark names.
 const MaxBookmarkMarks = 32
 
@@ -172,41 +177,50 @@ var errBookmark = errors.New("invalid bookmark")
 // version, more than MaxBookmarkMarks marks, nodes out of order or repeated, a zero node,
 // negative times, overlong varints and trailing bytes.
 func DecodeBookmark(p []byte) (Bookmark, error) {
+	marks, err := decodeMarks(p, nil)
+	return Bookmark{marks: marks}, err
+}
+
+// decodeMarks decodes the binary form into dst's storage.
+func decodeMarks(p []byte, dst []Timestamp) ([]Timestamp, error) {
 	if len(p) < 2 || p[0] != bookmarkVersion {
-		return Bookmark{}, errBookmark
+		return nil, errBookmark
 	}
 	p = p[1:]
 	n, k := binary.Uvarint(p)
 	if k <= 0 || k != uvarintLen(n) || n > MaxBookmarkMarks {
-		return Bookmark{}, errBookmark
+		return nil, errBookmark
 	}
 	p = p[k:]
-	b := Bookmark{marks: make([]Timestamp, 0, n)}
+	marks := dst[:0]
+	if cap(marks) < int(n) {
+		marks = make([]Timestamp, 0, n)
+	}
 	for range n {
 		if len(p) < 8 {
-			return Bookmark{}, errBookmark
+			return nil, errBookmark
 		}
 		node := NodeID(binary.BigEndian.Uint64(p))
 		p = p[8:]
 		wall, k1 := binary.Uvarint(p)
 		if k1 <= 0 || k1 != uvarintLen(wall) || wall > 1<<63-1 {
-			return Bookmark{}, errBookmark
+			return nil, errBookmark
 		}
 		p = p[k1:]
 		logical, k2 := binary.Uvarint(p)
 		if k2 <= 0 || k2 != uvarintLen(logical) || logical > 1<<32-1 {
-			return Bookmark{}, errBookmark
+			return nil, errBookmark
 		}
 		p = p[k2:]
-		if node == 0 || wall == 0 && logical == 0 || len(b.marks) > 0 && b.marks[len(b.marks)-1].Node >= node {
-			return Bookmark{}, errBookmark
+		if node == 0 || wall == 0 && logical == 0 || len(marks) > 0 && marks[len(marks)-1].Node >= node {
+			return nil, errBookmark
 		}
-		b.marks = append(b.marks, Timestamp{Wall: int64(wall), Logical: uint32(logical), Node: node})
+		marks = append(marks, Timestamp{Wall: int64(wall), Logical: uint32(logical), Node: node})
 	}
 	if len(p) != 0 {
-		return Bookmark{}, errBookmark
+		return nil, errBookmark
 	}
-	return b, nil
+	return marks, nil
 }
 
 func uvarintLen(v uint64) int {
@@ -214,14 +228,26 @@ func uvarintLen(v uint64) int {
 	return binary.PutUvarint(buf[:], v)
 }
 
+// bookmarkEncoding is the text form's alphabet, strict: one spelling per value.
+var bookmarkEncoding = base64.RawURLEncoding.Strict()
+
+// maxBookmarkBinary bounds the binary form's length.
+const maxBookmarkBinary = 2 + MaxBookmarkMarks*(8+binary.MaxVarintLen64+5)
+
+// AppendText appends b's text form (see String) to dst.
+func (b Bookmark) AppendText(dst []byte) []byte {
+	if b.IsZero() {
+		return dst
+	}
+	var buf [maxBookmarkBinary]byte
+	return bookmarkEncoding.AppendEncode(dst, b.AppendBinary(buf[:0]))
+}
+
 // String returns b's text form: its binary form in unpadded URL-safe base64 (RFC 4648
 // §5), or "" for the zero Bookmark.
 func (b Bookmark) String() string {
-	if b.IsZero() {
-		return ""
-	}
-	var buf [2 + MaxBookmarkMarks*(8+binary.MaxVarintLen64+5)]byte
-	return base64.RawURLEncoding.EncodeToString(b.AppendBinary(buf[:0]))
+	var buf [2 * maxBookmarkBinary]byte
+	return string(b.AppendText(buf[:0]))
 }
 
 // ParseBookmark parses a text form: one bookmark as String writes it, or several joined
@@ -229,32 +255,50 @@ func (b Bookmark) String() string {
 // Surrounding spaces are ignored; "" is the zero Bookmark. Text longer than
 // MaxBookmarkText is refused.
 func ParseBookmark(s string) (Bookmark, error) {
+	var b Bookmark
+	err := b.Parse(s)
+	return b, err
+}
+
+// Parse sets b to the bookmark of text form s, as ParseBookmark reads it, reusing b's
+// storage. On error b is left empty.
+func (b *Bookmark) Parse(s string) error {
+	b.marks = b.marks[:0]
 	if len(s) > MaxBookmarkText {
-		return Bookmark{}, fmt.Errorf("%w: longer than %d bytes", errBookmark, MaxBookmarkText)
+		return fmt.Errorf("%w: longer than %d bytes", errBookmark, MaxBookmarkText)
 	}
-	var out Bookmark
-	var buf [MaxBookmarkText]byte
+	var src, bin [MaxBookmarkText]byte
+	first := true
 	for part := range strings.SplitSeq(s, ",") {
 		if part = strings.TrimSpace(part); part == "" {
 			continue
 		}
-		// Strict: one spelling per value, and no CR or LF, which the lenient decoder skips.
+		// The strict decoder still skips CR and LF: refuse them, so that the text form has
+		// one spelling per value.
 		if strings.ContainsAny(part, "\r\n") {
-			return Bookmark{}, errBookmark
+			b.marks = b.marks[:0]
+			return errBookmark
 		}
-		n, err := base64.RawURLEncoding.Strict().Decode(buf[:], []byte(part))
+		n, err := bookmarkEncoding.Decode(bin[:], src[:copy(src[:], part)])
 		if err != nil {
-			return Bookmark{}, errBookmark
+			b.marks = b.marks[:0]
+			return errBookmark
 		}
-		b, err := DecodeBookmark(buf[:n])
+		if first {
+			marks, err := decodeMarks(bin[:n], b.marks)
+			if err != nil {
+				b.marks = b.marks[:0]
+				return err
+			}
+			b.marks, first = marks, false
+			continue
+		}
+		o, err := DecodeBookmark(bin[:n])
 		if err != nil {
-			return Bookmark{}, err
+			b.marks = b.marks[:0]
+			return err
 		}
-		if out.IsZero() {
-			out = b
-		} else {
-			out.Merge(b)
-		}
+		b.Merge(o)
 	}
-	return out, nil
+	return nil
 }

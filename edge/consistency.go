@@ -36,8 +36,10 @@ const (
 type requestContext struct {
 	context.Context
 	asked    crdt.Bookmark
-	askedRaw string // the header as sent, if it was one canonical bookmark
+	askedRaw string // the header as sent, if it was one bookmark; aliases the request
 	shown    crdt.Bookmark
+
+	askedBuf, shownBuf [4]crdt.Timestamp // the bookmarks' storage while they are small
 }
 
 type requestContextKey struct{}
@@ -65,6 +67,7 @@ func shownIn(ctx context.Context) *crdt.Bookmark {
 // behind this node may be).
 func (n *Node) consistency(c *fiber.Ctx) error {
 	rc := &requestContext{Context: c.UserContext()}
+	rc.asked, rc.shown = crdt.NewBookmark(rc.askedBuf[:]), crdt.NewBookmark(rc.shownBuf[:])
 	c.SetUserContext(rc)
 	eventual := false
 	switch v := c.Get(headerConsistency); v {
@@ -75,13 +78,11 @@ func (n *Node) consistency(c *fiber.Ctx) error {
 		return badRequest(headerConsistency + ` must be "eventual" or "bookmark"`)
 	}
 	if raw := c.Get(headerBookmark); raw != "" {
-		b, err := crdt.ParseBookmark(raw)
-		if err != nil {
+		if err := rc.asked.Parse(raw); err != nil {
 			return functions.Errorf(functions.EInvalid, "invalid %s: send back a value this API returned", headerBookmark)
 		}
-		rc.asked = b
-		if strings.IndexByte(raw, ',') < 0 {
-			rc.askedRaw = strings.Clone(raw)
+		if strings.IndexByte(raw, ',') < 0 && strings.TrimSpace(raw) == raw {
+			rc.askedRaw = raw // read before the handler returns, while raw is valid
 		}
 	}
 	if eventual {
@@ -99,9 +100,10 @@ func (n *Node) consistency(c *fiber.Ctx) error {
 // setBookmark sets the response's bookmark: what the request asked for and what it
 // showed. A request that showed nothing new gets back what it sent, as it was sent.
 func (n *Node) setBookmark(c *fiber.Ctx, rc *requestContext) {
+	h := &c.Response().Header
 	if rc.shown.CoveredBy(rc.asked) {
 		if rc.askedRaw != "" {
-			c.Set(headerBookmark, rc.askedRaw)
+			h.SetCanonical(bookmarkKey, []byte(rc.askedRaw))
 			return
 		}
 		rc.shown = rc.asked
@@ -109,9 +111,13 @@ func (n *Node) setBookmark(c *fiber.Ctx, rc *requestContext) {
 		rc.shown.Merge(rc.asked)
 	}
 	if !rc.shown.IsZero() {
-		c.Set(headerBookmark, rc.shown.String())
+		var buf [2 * crdt.MaxBookmarkText]byte
+		h.SetCanonical(bookmarkKey, rc.shown.AppendText(buf[:0]))
 	}
 }
+
+// bookmarkKey is headerBookmark in fasthttp's canonical form.
+var bookmarkKey = []byte(headerBookmark)
 
 // errBehind is what a client gets when this node cannot show what its bookmark covers.
 var errBehind = functions.Errorf(functions.EBehind,
@@ -120,9 +126,7 @@ var errBehind = functions.Errorf(functions.EBehind,
 // await meets bookmark b for the request, within BookmarkTimeout: nil, or errBehind with
 // Retry-After set.
 func (n *Node) await(c *fiber.Ctx, b crdt.Bookmark) error {
-	ctx, cancel := context.WithTimeout(c.UserContext(), n.cfg.BookmarkTimeout)
-	defer cancel()
-	_, err := n.replicator.Await(ctx, b, n.cfg.BookmarkWait)
+	_, err := n.replicator.Await(c.UserContext(), b, n.cfg.BookmarkWait, n.cfg.BookmarkTimeout)
 	if errors.Is(err, cluster.ErrBehind) {
 		c.Set(fiber.HeaderRetryAfter, "1")
 		return errBehind

@@ -51,6 +51,17 @@ func BenchmarkHandler(b *testing.B) {
 			req.Header.Set(fiber.HeaderAuthorization, auth)
 		})
 	})
+	// A read sending back a bookmark the node holds (a client that keeps the latest one).
+	resp, _ := newTestClient(b, n).do("GET", "/v1/sessions/current", tok, nil)
+	bookmark := resp.Header.Get(headerBookmark)
+	b.Run("read+bookmark", func(b *testing.B) {
+		run(b, func(req *fasthttp.Request, _ int, _ []byte) {
+			req.Header.SetMethod(fiber.MethodGet)
+			req.SetRequestURI("/v1/sessions/current")
+			req.Header.Set(fiber.HeaderAuthorization, auth)
+			req.Header.Set(headerBookmark, bookmark)
+		})
+	})
 	b.Run("patch", func(b *testing.B) {
 		run(b, func(req *fasthttp.Request, _ int, num []byte) {
 			req.Header.SetMethod(fiber.MethodPatch)

@@ -150,7 +150,8 @@ func (a Awaited) String() string { return awaitedNames[a] }
 
 // Await returns once this node holds everything b covers. It waits up to wait for
 // replication to bring it; then it fetches what is missing by anti-entropy (pull only),
-// from each missing mark's origin first, then from other live peers, until ctx ends.
+// from each missing mark's origin first, then from other live peers, until ctx ends or
+// timeout (wait included) passes.
 //
 // Marks that cannot be waited for are set aside rather than refused: marks of this node
 // (see haveState.missing), marks beyond what their origin itself reports holding (made up,
@@ -158,11 +159,13 @@ func (a Awaited) String() string { return awaitedNames[a] }
 // forgetUnknownAfter of nodes this node has never known (long gone, or made up). Otherwise, when ctx ends or the candidates
 // are exhausted first, or when a mark is further ahead of local time than MaxSkew, Await
 // returns ErrBehind.
-func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait time.Duration) (Awaited, error) {
+func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait, timeout time.Duration) (Awaited, error) {
 	missing, changed := r.have.missing(b, r.self)
 	if len(missing) == 0 {
 		return r.awaited(Covered, time.Time{})
 	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	start := time.Now()
 	limit := r.cfg.Now().Add(r.cfg.MaxSkew).UnixNano()
 	for _, ts := range missing {
