@@ -186,6 +186,24 @@ func (m *Map) Merge(o Map) bool {
 	return changed
 }
 
+// MergeOvertaking merges o into m as Merge does, and also returns the latest timestamp
+// of the fields of m stamped by node that o's fields replaced (the zero Timestamp if
+// none): node's writes that m no longer shows because a later write, or for a
+// first-writer-wins field or a flag an earlier one, won. Max-register fields are left out:
+// the value that replaces one is larger, so it still shows that write's effect.
+func (m *Map) MergeOvertaking(o Map, node NodeID) (changed bool, overtaken Timestamp) {
+	for name, f := range o.fields {
+		old, had := m.fields[name]
+		if m.put(name, f) {
+			changed = true
+			if had && old.TS.Node == node && old.Kind != KindMax && overtaken.Less(old.TS) {
+				overtaken = old.TS
+			}
+		}
+	}
+	return changed, overtaken
+}
+
 // Delta returns the fields of m written after since: what a replica that has seen
 // everything up to since is missing. Merging the delta into such a replica yields m.
 func (m *Map) Delta(since Timestamp) Map {

@@ -536,3 +536,43 @@ func BenchmarkMapMerge(b *testing.B) {
 		})
 	}
 }
+
+func TestMergeOvertaking(t *testing.T) {
+	const me, other crdt.NodeID = 1, 2
+	ts := func(wall int64, n crdt.NodeID) crdt.Timestamp { return crdt.Timestamp{Wall: wall, Node: n} }
+	var m crdt.Map
+	m.Set("a", []byte("mine"), ts(10, me))
+	m.Set("b", []byte("mine"), ts(12, me))
+	m.Raise("used", 5, ts(11, me))
+	m.SetFlag("revoked", ts(20, me))
+	m.Set("c", []byte("theirs"), ts(9, other))
+
+	for _, tc := range []struct {
+		name  string
+		build func(*crdt.Map)
+		want  crdt.Timestamp
+	}{
+		{"NothingReplaced", func(o *crdt.Map) { o.Set("a", []byte("old"), ts(5, other)) }, crdt.Timestamp{}},
+		{"LaterWriteReplacesOurs", func(o *crdt.Map) { o.Set("a", []byte("new"), ts(15, other)) }, ts(10, me)},
+		{"LatestOfSeveral", func(o *crdt.Map) {
+			o.Set("a", []byte("new"), ts(15, other))
+			o.Set("b", []byte("new"), ts(16, other))
+		}, ts(12, me)},
+		{"EarlierFlagReplacesOurs", func(o *crdt.Map) { o.SetFlag("revoked", ts(18, other)) }, ts(20, me)},
+		{"MaxRegisterLeftOut", func(o *crdt.Map) { o.Raise("used", 9, ts(30, other)) }, crdt.Timestamp{}},
+		{"OthersFieldsNotOurs", func(o *crdt.Map) { o.Set("c", []byte("new"), ts(30, other)) }, crdt.Timestamp{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var o crdt.Map
+			tc.build(&o)
+			got, plain := m.Clone(), m.Clone()
+			changed, overtaken := got.MergeOvertaking(o, me)
+			if want := plain.Merge(o); changed != want || !got.Equal(plain) {
+				t.Errorf("MergeOvertaking changed=%v state %v; Merge changed=%v state %v", changed, got, want, plain)
+			}
+			if overtaken != tc.want {
+				t.Errorf("overtaken = %v, want %v", overtaken, tc.want)
+			}
+		})
+	}
+}

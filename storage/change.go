@@ -204,7 +204,7 @@ func (db *DB) ApplyRemote(ctx context.Context, changes []Change) (ApplyResult, e
 			var out outcome
 			if c.Conv == "" {
 				var err error
-				if _, out, err = tx.merge(c.Key, c.Map); err != nil {
+				if _, out, err = tx.merge(c.Key, c.Map, true); err != nil {
 					return err
 				}
 			} else {

@@ -150,6 +150,10 @@ func (db *DB) runBatch(reqs []*request) {
 		}
 		live = append(live, r)
 	}
+	// Readers of the file see a commit before it is published to the cache and the
+	// digest; WaitPublished waits out that window.
+	db.published.begin()
+	defer db.published.end()
 	for len(live) > 0 {
 		var b *batch
 		failed := -1
@@ -201,17 +205,18 @@ type batch struct {
 
 	meta, records, log, logSeq, convs, userConvs, userSessions, expiry, erased, feed, leaves bucket
 
-	head     uint64 // feed head
-	writes   int    // feed positions taken, the budget of the feed's garbage collection
-	users    int64  // counters, as of this batch
-	sessions int64
-	messages int64
-	toggles  map[string]uint64    // replication key → XOR to toggle into the digest
-	written  map[string]*crdt.Map // record key → state after the batch, nil once deleted
-	erasing  bool                 // an erasure cascade ran in the batch
-	changes  []Change
-	changeAt map[string]int // replication key → index in changes, -1 once deleted
-	mark     crdt.Timestamp // the clock's high-water mark when the batch finished
+	head      uint64 // feed head
+	writes    int    // feed positions taken, the budget of the feed's garbage collection
+	users     int64  // counters, as of this batch
+	sessions  int64
+	messages  int64
+	toggles   map[string]uint64    // replication key → XOR to toggle into the digest
+	written   map[string]*crdt.Map // record key → state after the batch, nil once deleted
+	erasing   bool                 // an erasure cascade ran in the batch
+	changes   []Change
+	changeAt  map[string]int // replication key → index in changes, -1 once deleted
+	mark      crdt.Timestamp // the clock's high-water mark when the batch finished
+	overtaken []Overtaken    // this node's writes replaced by remote ones in the batch
 }
 
 func (db *DB) newBatch(btx *bolt.Tx) *batch {
@@ -331,6 +336,9 @@ func (db *DB) committed(b *batch) {
 		db.dmu.Unlock()
 	}
 	db.head.Store(b.head)
+	if len(b.overtaken) > 0 {
+		db.overtaken.note(b.overtaken, b.now)
+	}
 	if !b.mark.IsZero() {
 		db.mark.Store(&b.mark)
 	}

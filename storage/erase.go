@@ -18,16 +18,27 @@ func (b *batch) erase(user string) error {
 		return err
 	}
 	sessions := userSessionKeys(b.userSessions.get(), user)
+	var own crdt.Timestamp // the latest write of ours the deleted sessions held
 	for _, key := range sessions {
-		_, st, ok, err := b.load(key)
+		m, st, ok, err := b.load(key)
 		if err != nil {
 			return err
 		}
 		if ok {
+			for _, name := range m.Names() {
+				if f, _ := m.Field(name); f.TS.Node == b.db.node && own.Less(f.TS) {
+					own = f.TS
+				}
+			}
 			if err := b.deleteRecord(key, st); err != nil {
 				return err
 			}
 		}
+	}
+	if !own.IsZero() {
+		// Writes of ours to these sessions may not have been pushed; the user record,
+		// which carries the erasure, stands in for them (DB.Overtaken).
+		b.overtaken = append(b.overtaken, Overtaken{Key: crdt.UserKey(user), TS: own})
 	}
 	convs := b.userConvList(user)
 	for _, conv := range convs {

@@ -23,6 +23,9 @@ type Tx struct {
 	seqs     map[string]uint64   // conv → next seq of this node, once this function appended
 	inserted map[string]struct{} // log keys of the remote entries buffered
 	deletes  []string            // records to delete (Sweep)
+	// overtaken lists this node's writes that remote changes replaced (see
+	// DB.Overtaken).
+	overtaken []Overtaken
 }
 
 // pendingRecord is a record merged by a function and not yet applied.
@@ -66,7 +69,7 @@ func (tx *Tx) Record(key string) (crdt.Map, bool, error) {
 // Merge fails on an invalid key (empty, longer than 1024 bytes, containing NUL, or in the
 // "l/" namespace of log entries) and on storage errors.
 func (tx *Tx) Merge(key string, update crdt.Map) (crdt.Map, error) {
-	p, _, err := tx.merge(key, update)
+	p, _, err := tx.merge(key, update, false)
 	if err != nil {
 		return crdt.Map{}, err
 	}
@@ -82,7 +85,9 @@ const (
 	outDropped
 )
 
-func (tx *Tx) merge(key string, update crdt.Map) (*pendingRecord, outcome, error) {
+// remote says update comes from another node: then a write of this node's that it
+// overtakes is noted (batch.overtook).
+func (tx *Tx) merge(key string, update crdt.Map, remote bool) (*pendingRecord, outcome, error) {
 	if tx.closed {
 		return nil, 0, errTxClosed
 	}
@@ -112,7 +117,15 @@ func (tx *Tx) merge(key string, update crdt.Map) (*pendingRecord, outcome, error
 			before = p.m.AppendBinary(nil)
 		}
 	}
-	changed := p.m.Merge(update)
+	var changed bool
+	if remote {
+		var overtaken crdt.Timestamp
+		if changed, overtaken = p.m.MergeOvertaking(update, tx.b.db.node); !overtaken.IsZero() {
+			tx.overtaken = append(tx.overtaken, Overtaken{Key: key, TS: overtaken})
+		}
+	} else {
+		changed = p.m.Merge(update)
+	}
 	if before != nil {
 		filterErased(&p.m)
 		changed = !bytes.Equal(before, p.m.AppendBinary(nil))
@@ -154,6 +167,7 @@ func (tx *Tx) apply() error {
 			return fmt.Errorf("log %q: %w", tx.convs[i], err)
 		}
 	}
+	tx.b.overtaken = append(tx.b.overtaken, tx.overtaken...)
 	return nil
 }
 

@@ -33,8 +33,9 @@ type PushRequest struct {
 	From    crdt.NodeID
 	Changes []storage.Change
 	// Through, when not zero, is a reading of From's clock such that the receiver, once it
-	// has applied this push, holds every write From stamped at or before it (From's pushes
-	// to it since its last completed anti-entropy round, in order, carried them all).
+	// has applied this push, holds every write From stamped at or before it, or the write
+	// that replaced it on From (From's pushes to it since its worker's first anti-entropy
+	// round, in order, carried them all; see pushPass and storage.DB.Overtaken).
 	Through crdt.Timestamp
 }
 

@@ -319,16 +319,30 @@ func (r *Replicator) pushFrom(ctx context.Context, w *worker, cursor uint64) (ui
 }
 
 // pushPass is one pass of pushFrom over the feed, from cursor to its end.
+//
+// Every batch of the pass judges by the same since, the worker's mark when the pass began
+// (w.pushed moves only once the pass is done): a write of ours that a remote write to the
+// same record overtook moves to the end of the feed, behind newer writes of ours that an
+// earlier batch of the pass pushed, and must still count as unpushed when the pass reaches
+// it, or a mark that covers it would be told without it.
 func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mark crdt.Timestamp) (uint64, error) {
+	since, newest := w.pushed, w.pushed
 	for {
 		changes, next, err := r.cfg.DB.ChangesSince(ctx, cursor, r.cfg.PushBatch)
 		if err != nil {
 			return cursor, err
 		}
 		own := changes[:0:0]
-		newest := w.pushed
 		for _, c := range changes {
-			if ts, ok := r.ownSince(c, w.pushed); ok {
+			ts, ok := r.ownSince(c, since)
+			if !ok && c.Conv == "" {
+				// A write of ours that a remote one replaced here before we pushed it: relay
+				// the record, which carries the replacing write, so that Through holds.
+				if ot, found := r.cfg.DB.Overtaken(c.Key); found && since.Less(ot) {
+					ts, ok = ot, true
+				}
+			}
+			if ok {
 				own = append(own, c)
 				newest = maxTS(newest, ts)
 			}
@@ -352,13 +366,13 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 				return cursor, err
 			}
 		}
-		w.pushed = newest
 		if tell {
 			w.told = maxTS(w.told, mark)
 		}
 		w.pending.Store(0)
 		cursor = next
 		if last {
+			w.pushed = newest
 			return cursor, nil
 		}
 	}
@@ -601,8 +615,7 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have 
 	}
 	if len(leaves) == 0 {
 		r.cfg.Metrics.round("in_sync")
-		r.have.synced(peer.ID, rep.Have, r.self)
-		return rep.Have, true, false, nil
+		return r.completed(ctx, peer, rep.Have)
 	}
 	refused := false
 	for chunk := range slices.Chunk(leaves, leavesPerRequest) {
@@ -618,8 +631,19 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have 
 	if again || refused { // refused: the periodic round tries again
 		return crdt.Bookmark{}, false, again, nil
 	}
-	r.have.synced(peer.ID, rep.Have, r.self)
-	return rep.Have, true, false, nil
+	return r.completed(ctx, peer, rep.Have)
+}
+
+// completed records a round with peer that completed: this node now holds what the peer
+// held (have). The round compared the peer's state with what this node's file holds,
+// which readers may not see yet (a commit not yet published), so it first waits for
+// that to be published.
+func (r *Replicator) completed(ctx context.Context, peer Peer, have crdt.Bookmark) (crdt.Bookmark, bool, bool, error) {
+	if err := r.cfg.DB.WaitPublished(ctx); err != nil {
+		return crdt.Bookmark{}, false, false, err
+	}
+	r.have.synced(peer.ID, have, r.self)
+	return have, true, false, nil
 }
 
 // syncLeaves exchanges the keys of leaves with peer. It reports whether the reply was
@@ -644,6 +668,13 @@ func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, leaves []int, pu
 		}
 		r.count(res)
 		rejected = res.Rejected > 0
+	} else if err := error(nil); err != nil {
+		// LeafPairs read the file, where a commit shows before the committer has published
+		// it to readers (record cache, digest): the peer may have found nothing to send
+		// because of a commit of ours that readers do not see yet, and once the round
+		// completes we claim what the peer holds (its Have). An Update returns only after
+		// every commit before it is published; ApplyRemote above is one too.
+		return false, false, err
 	}
 	if len(rep.Want) == 0 || pull {
 		return rep.Truncated, rejected, nil
