@@ -3,6 +3,7 @@ package edge
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -155,6 +156,12 @@ func (n *Node) auth(c *fiber.Ctx) error {
 		return functions.Errorf(functions.EUnauthorized, "missing bearer token")
 	}
 	tok, err := n.tokens.verify(raw)
+	if errors.Is(err, errTokenAhead) {
+		// Issued by a node whose clock runs ahead of ours: not lag, but not the client's
+		// fault either: retry once our clock has reached the token.
+		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(tok.issued.Sub(n.cfg.Now()).Seconds()))
+		return errBehind
+	}
 	if err != nil {
 		return functions.Errorf(functions.EUnauthorized, "invalid or expired token")
 	}

@@ -48,7 +48,7 @@ type tokens struct {
 type verified struct {
 	userID, sessionID string
 	created           crdt.Bookmark // of the session's creation; zero in older tokens
-	expires           time.Time
+	issued, expires   time.Time
 }
 
 func newTokens(clusterKeys [][]byte, now func() time.Time) *tokens {
@@ -100,6 +100,11 @@ func (t *tokens) sign(userID, sessionID string, expires time.Time, created crdt.
 
 var errBadToken = errors.New("invalid token")
 
+// errTokenAhead is a token of ours, signed correctly, issued later than this node's clock
+// reads (beyond the leeway): the node that issued it runs ahead. It is not refused as
+// invalid — this node is behind it, as with a bookmark too far ahead.
+var errTokenAhead = errors.New("token issued ahead of this node's clock")
+
 // verify returns the user and session a token names, or an error when the token is not
 // one of ours, is tampered with, expired, or lacks a required claim.
 func (t *tokens) verify(raw string) (verified, error) {
@@ -125,6 +130,9 @@ func (t *tokens) verify(raw string) (verified, error) {
 		}
 		return k, nil
 	})
+	if errors.Is(err, jwt.ErrTokenUsedBeforeIssued) && !errors.Is(err, jwt.ErrTokenExpired) && c.IssuedAt != nil {
+		return verified{issued: c.IssuedAt.Time}, errTokenAhead
+	}
 	if err != nil {
 		return verified{}, fmt.Errorf("%w: %w", errBadToken, err)
 	}

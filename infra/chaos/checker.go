@@ -16,17 +16,20 @@ import (
 // every acknowledged write must be visible on every node, nothing deleted or revoked may
 // be back, and every node must hold the same state.
 type Verdict struct {
-	Acked       int      `json:"acked"`       // acknowledged operations
-	Checked     int      `json:"checked"`     // acknowledged writes whose effect was read on every node
-	Lost        int      `json:"lost"`        // acknowledged writes missing on some node
-	Resurrected int      `json:"resurrected"` // deleted keys, ended sessions, erased accounts seen again
-	Duplicated  int      `json:"duplicated"`  // messages seen more than once
-	Divergent   int      `json:"divergent"`   // objects that differ between nodes
-	Reordered   int      `json:"reordered"`   // a sender's messages out of the order sent
-	Phantom     int      `json:"phantom"`     // messages nobody sent
-	CursorSkips int      `json:"cursor_skips"`
-	Violations  []string `json:"violations"`
-	Pass        int      `json:"pass"` // which read pass this is (a second one follows a failed first)
+	Acked       int `json:"acked"`       // acknowledged operations that write (reads aside)
+	Checked     int `json:"checked"`     // acknowledged writes whose effect was read on every node
+	Lost        int `json:"lost"`        // acknowledged writes missing on some node
+	Resurrected int `json:"resurrected"` // deleted keys, ended sessions, erased accounts seen again
+	Duplicated  int `json:"duplicated"`  // messages seen more than once
+	Divergent   int `json:"divergent"`   // objects that differ between nodes
+	Reordered   int `json:"reordered"`   // a sender's messages out of the order sent
+	Phantom     int `json:"phantom"`     // messages nobody sent
+	CursorSkips int `json:"cursor_skips"`
+	// Consistency: what the clients saw, with their bookmarks, during the run (not read
+	// again after it): spurious 401s and read-your-writes violations fail the run.
+	Consistency ConsistencyCount `json:"consistency"`
+	Violations  []string         `json:"violations"`
+	Pass        int              `json:"pass"` // which read pass this is (a second one follows a failed first)
 }
 
 func (v *Verdict) violate(format string, args ...any) {
@@ -37,7 +40,7 @@ func (v *Verdict) violate(format string, args ...any) {
 
 // Failed counts the violations of every kind.
 func (v *Verdict) Failed() int {
-	return v.Lost + v.Resurrected + v.Duplicated + v.Divergent + v.Reordered + v.Phantom + v.CursorSkips
+	return v.Lost + v.Resurrected + v.Duplicated + v.Divergent + v.Reordered + v.Phantom + v.CursorSkips + v.Consistency.Failed()
 }
 
 type sessionRead struct {
@@ -145,7 +148,7 @@ func (r *Runner) Check(ctx context.Context, pass int) *Verdict {
 	users := append([]*User(nil), r.model.Users...)
 	r.model.mu.Unlock()
 	for _, op := range r.history.Ops() {
-		if op.Outcome == OK {
+		if op.Outcome == OK && !op.Kind.isRead() {
 			v.Acked++
 		}
 	}

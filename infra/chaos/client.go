@@ -106,6 +106,8 @@ func (c *Client) DoHeaders(ctx context.Context, base, method, path string, heade
 		r.Outcome = Info
 	case r.Status >= 200 && r.Status < 300:
 		r.Outcome = OK
+	case r.Behind():
+		r.Outcome = Fail // refused before any handler ran: it did not happen
 	case r.Status >= 500:
 		r.Outcome = Info
 	default:
@@ -113,6 +115,30 @@ func (c *Client) DoHeaders(ctx context.Context, base, method, path string, heade
 	}
 	return r
 }
+
+// headerBookmark is what a client keeps of a response and sends back with its next request
+// (edge/consistency.go): the node answers only from state that includes it.
+const headerBookmark = "X-Sessiond-Bookmark"
+
+// ErrorCode returns the code of an API error response ({"error":{"code":…}}), or "".
+func (r Result) ErrorCode() string {
+	if r.Status < 400 || len(r.Body) == 0 {
+		return ""
+	}
+	var body struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(r.Body, &body) != nil {
+		return ""
+	}
+	return body.Error.Code
+}
+
+// Behind reports a 503 "behind": the node does not hold the request's bookmark (or its
+// token's) and could not fetch it in time. It answers so before the handler runs.
+func (r Result) Behind() bool { return r.Status == 503 && r.ErrorCode() == "behind" }
 
 // Decode unmarshals the response body into v.
 func (r Result) Decode(v any) error {

@@ -18,7 +18,24 @@ const (
 	OpLogout   OpKind = "logout"   // DELETE /v1/sessions/current
 	OpRevoke   OpKind = "revoke"   // DELETE /v1/sessions/{id}
 	OpErase    OpKind = "erase"    // DELETE /v1/users/me
+
+	// Reads by the client that made the writes, carrying its bookmark: each is checked
+	// against the writes it had acknowledged (read your writes).
+	OpRead         OpKind = "read"          // GET /v1/sessions/current
+	OpReadProfile  OpKind = "read-profile"  // GET /v1/users/me
+	OpReadMessages OpKind = "read-messages" // GET /v1/messages?with=partner, every page
+	OpReadEnded    OpKind = "read-ended"    // GET /v1/sessions/current with an ended session's token: must be 401
+	OpReadFresh    OpKind = "read-fresh"    // GET /v1/sessions/current with a new token and no bookmark: the token's own must do
 )
+
+// isRead reports whether k only reads.
+func (k OpKind) isRead() bool {
+	switch k {
+	case OpRead, OpReadProfile, OpReadMessages, OpReadEnded, OpReadFresh:
+		return true
+	}
+	return false
+}
 
 // Op is one operation of the workload as it was invoked and acknowledged (or not).
 type Op struct {
@@ -46,6 +63,21 @@ type Op struct {
 	// ahead too, so last-writer-wins may order this write before one made earlier in real
 	// time on a node that did not see them (a partitioned one).
 	ClockAhead bool `json:"clock_ahead,omitempty"`
+	// Bookmark is the X-Sessiond-Bookmark the request carried ("" none).
+	Bookmark string `json:"bookmark,omitempty"`
+	// Behind: answered 503 "behind" (the node could not meet the bookmark in time).
+	Behind bool `json:"behind,omitempty"`
+	// Spurious401: answered 401 for a session nobody had ended (or, at login, for an
+	// account whose registration was acknowledged): a refusal caused by lag.
+	Spurious401 bool `json:"spurious_401,omitempty"`
+	// TokenAhead401: a 401 for a token issued by a node while its clock ran ahead, before
+	// real time reached the token's issue time: the fault's doing, counted apart.
+	TokenAhead401 bool `json:"token_ahead_401,omitempty"`
+	// RYW says how a response carrying the client's bookmark failed to show the client's
+	// own acknowledged writes ("" when it showed them, or was not checked).
+	RYW string `json:"ryw_violation,omitempty"`
+	// RYWChecked: the response was checked against the client's acknowledged writes.
+	RYWChecked bool `json:"ryw_checked,omitempty"`
 	// Visible: acknowledgement → visible on every node (0: not measured); LastNode is the
 	// node that showed it last.
 	Visible  time.Duration `json:"visible_ns,omitempty"`
@@ -96,6 +128,12 @@ type User struct {
 	Erase     *Op               // the account deletion, if any
 	Ephemeral bool              // registered, used and deleted again
 	Worker    int
+	// RoundRobin: every request of this user goes through the load balancer's plain
+	// round-robin entry point, so consecutive requests land on different nodes.
+	RoundRobin bool
+	// Bookmark is the latest X-Sessiond-Bookmark a response to this user's requests
+	// carried; every request sends it back. Only the user's worker touches it.
+	Bookmark string
 }
 
 // Session is a login of a user.

@@ -95,7 +95,7 @@ func chaos() int {
 	composeFile := flag.String("compose-file", "infra/compose.yml", "the deployment")
 	project := flag.String("project", "sessiond-chaos", "compose project of the run's own deployment")
 	netPrefix := flag.String("net-prefix", "10.214", "first two octets of the deployment's subnets (task up uses 10.213)")
-	portBase := flag.Int("port-base", 18080, "load balancer port on 127.0.0.1; nodes take the next six, the rogue node +9")
+	portBase := flag.Int("port-base", 18080, "load balancer port on 127.0.0.1 (sticky entry point); nodes take the next six, its round-robin entry point +7, the rogue node +9")
 	outDir := flag.String("out", "build/chaos", "reports go to a directory per run under it")
 	seed := flag.Uint64("seed", 0, "workload seed (0: from the clock); printed for replay")
 	flag.Parse()
@@ -141,10 +141,11 @@ func chaos() int {
 	}
 	d.log = logf
 	r := &Runner{cfg: cfg, d: d, client: newClient(5 * time.Second), lbURL: fmt.Sprintf("http://127.0.0.1:%d", *portBase),
-		rogueport: *portBase + 9, runID: runID, history: &History{}, model: &Model{}, state: &nemesisState{scenario: "setup"}, logf: logf}
+		lbRRURL: fmt.Sprintf("http://127.0.0.1:%d", *portBase+7), rogueport: *portBase + 9, runID: runID,
+		history: &History{}, model: &Model{}, state: &nemesisState{scenario: "setup"}, logf: logf}
 	r.prober = newProber(r.client, d.Nodes)
-	r.workload = &Workload{client: r.client, lb: r.lbURL, nodes: d.Nodes, history: r.history, model: r.model, prober: r.prober,
-		convs: map[*User]*Conversation{}, run: runID, scenario: r.state.Scenario, skewed: r.state.Skewed}
+	r.workload = &Workload{client: r.client, lb: r.lbURL, lbRR: r.lbRRURL, nodes: d.Nodes, history: r.history, model: r.model, prober: r.prober,
+		convs: map[*User]*Conversation{}, run: runID, scenario: r.state.Scenario, skewed: r.state.Skewed, tokenAhead: r.state.tokenAhead}
 
 	// Whatever happens from here on, the deployment goes away.
 	defer func() {
@@ -169,6 +170,11 @@ func chaos() int {
 	}
 	if rep == nil {
 		return 2
+	}
+	if rep.Verdict == nil { // stopped early: still say what the clients saw
+		v := &Verdict{}
+		v.Consistency, rep.ConsistencyBy, _ = consistencyOf(r.history.Ops())
+		rep.Verdict = v
 	}
 	rep.Seed, rep.RunID, rep.Started, rep.Elapsed = *seed, runID, start, time.Since(start)
 	rep.Compose = strings.Join(d.compose, " ")
@@ -222,6 +228,7 @@ func newDeployment(ctx context.Context, file, project, prefix string, portBase i
 		"NET_PREFIX=" + prefix,
 		"SESSIOND_ENV_FILE=" + keyFile,
 		"LB_PORT=" + strconv.Itoa(portBase),
+		"LB_RR_PORT=" + strconv.Itoa(portBase+7),
 		"ROGUE_PORT=" + strconv.Itoa(portBase+9),
 		"LOG_LEVEL=info",
 		"ANTI_ENTROPY_EVERY=5s",
@@ -237,7 +244,7 @@ func newDeployment(ctx context.Context, file, project, prefix string, portBase i
 	if err := d.Down(ctx); err != nil {
 		return nil, fmt.Errorf("removing a previous run's deployment: %w", err)
 	}
-	for _, p := range []int{portBase, portBase + 1, portBase + 2, portBase + 3, portBase + 4, portBase + 5, portBase + 6, portBase + 9} {
+	for _, p := range []int{portBase, portBase + 1, portBase + 2, portBase + 3, portBase + 4, portBase + 5, portBase + 6, portBase + 7, portBase + 9} {
 		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
 		if err != nil {
 			return nil, fmt.Errorf("port %d is taken (choose others with --port-base): %w", p, err)
@@ -259,9 +266,10 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 		return rep, errors.New("the nodes were not ready 120s after compose up")
 	}
 	if !waitUntil(ctx, 30*time.Second, 200*time.Millisecond, func() bool {
-		return r.client.Do(ctx, r.lbURL, "GET", "/readyz", "", "", nil).Status == 200
+		return r.client.Do(ctx, r.lbURL, "GET", "/readyz", "", "", nil).Status == 200 &&
+			r.client.Do(ctx, r.lbRRURL, "GET", "/readyz", "", "", nil).Status == 200
 	}) {
-		return rep, errors.New("the load balancer did not answer 30s after the nodes were ready")
+		return rep, errors.New("the load balancer (both entry points) did not answer 30s after the nodes were ready")
 	}
 	rep.StartupTime = time.Since(t0)
 	r.logf("six nodes ready and the load balancer answering after %s", rep.StartupTime.Round(100*time.Millisecond))
@@ -275,7 +283,7 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 		return rep, err
 	}
 	r.logf("setup: %d users registered and signed in, on every node", len(r.model.Users))
-	r.checks = append(r.checks, r.checkLBBasics(ctx), r.checkThrottle(ctx))
+	r.checks = append(r.checks, r.checkLBBasics(ctx), r.checkRoundRobin(ctx), r.checkThrottle(ctx))
 	for _, c := range r.checks {
 		r.logf("check %q: ok=%v: %s", c.Name, c.OK, c.Detail)
 	}
@@ -332,6 +340,12 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 		rep.FirstPass = v
 		sleep(ctx, 15*time.Second)
 		v = r.Check(ctx, 2)
+	}
+	// What the clients saw while the run went on: a second read cannot change it.
+	var violations []string
+	v.Consistency, rep.ConsistencyBy, violations = consistencyOf(r.history.Ops())
+	for _, x := range violations {
+		v.violate("%s", x)
 	}
 	rep.Verdict = v
 	rep.Scenarios = r.results

@@ -21,11 +21,14 @@ type ScenarioResult struct {
 	Unconverged int           `json:"unconverged,omitempty"` // writes still not everywhere at the timeout
 	Divergence  string        `json:"divergence,omitempty"`  // what the checker saw while the fault held
 	Failover    string        `json:"failover,omitempty"`    // what the load balancer did
-	LB          OutcomeCount  `json:"lb"`                    // workload requests through the LB while the fault held
+	LB          OutcomeCount  `json:"lb"`                    // workload requests through the LB's sticky entry point while the fault held
+	LBRR        OutcomeCount  `json:"lb_rr"`                 // … through its round-robin entry point
 	Direct      OutcomeCount  `json:"direct"`                // workload requests straight at nodes
-	Notes       []string      `json:"notes,omitempty"`
-	Violations  []string      `json:"violations,omitempty"`
-	Duration    time.Duration `json:"duration_ns"`
+	// Consistency: what the workload saw of its bookmarks, during the fault and its recovery.
+	Consistency ConsistencyCount `json:"consistency"`
+	Notes       []string         `json:"notes,omitempty"`
+	Violations  []string         `json:"violations,omitempty"`
+	Duration    time.Duration    `json:"duration_ns"`
 }
 
 // OutcomeCount counts requests by outcome.
@@ -64,6 +67,7 @@ type nemesisState struct {
 	mu       sync.Mutex
 	scenario string
 	skews    []skewWindow
+	offsets  []offsetWindow
 }
 
 func (s *nemesisState) Scenario() string {
@@ -284,6 +288,7 @@ func clockSkew(name string, offset, hold time.Duration) Scenario {
 			n := r.d.Node(name)
 			before := r.rejected(ctx)
 			idx := r.state.addSkew(skewWindow{node: name, from: time.Now(), to: time.Now().Add(24 * time.Hour)})
+			off := r.state.addOffset(offsetWindow{node: name, from: time.Now(), to: time.Now().Add(24 * time.Hour), offset: offset})
 			r.prober.SetDown(name, true)
 			if err := r.d.Recreate(ctx, n, map[string]string{"TEST_HOOKS": "true", "CLOCK_OFFSET": offset.String()}); err != nil {
 				res.violate("restart with a clock offset: %v", err)
@@ -321,6 +326,7 @@ func clockSkew(name string, offset, hold time.Duration) Scenario {
 				res.violate("restart with the true clock: %v", err)
 			}
 			r.prober.SetDown(name, false)
+			r.state.endOffset(off, time.Now())
 			// It keeps issuing timestamps from the future until real time catches up.
 			r.state.endSkew(idx, time.Now().Add(offset))
 			res.note("%s's writes from %s to %s carry timestamps ahead of real time; peers accept them once they are less than 1m ahead", name,

@@ -249,24 +249,42 @@ func (p *Prober) round(ctx context.Context) {
 		if w == nil {
 			continue
 		}
+		// A node's reads run side by side: one that waits (a token whose session the node
+		// does not hold yet makes it meet the token's bookmark, up to seconds when the node
+		// is cut off) must not hold up the others, such as a partition marker's.
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		sem := make(chan struct{}, readsPerNode)
+		var nwg sync.WaitGroup
+		read := func(f func()) {
+			nwg.Add(1)
+			go func() {
+				defer nwg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				f()
+			}()
+		}
+		for token, prs := range w.sessions {
+			read(func() { p.readSession(rctx, n, token, prs) })
+		}
+		for token, prs := range w.profiles {
+			read(func() { p.readProfile(rctx, n, token, prs) })
+		}
+		for conv, prs := range w.convs {
+			read(func() { p.readConversation(rctx, n, conv, prs) })
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			defer cancel()
-			for token, prs := range w.sessions {
-				p.readSession(rctx, n, token, prs)
-			}
-			for token, prs := range w.profiles {
-				p.readProfile(rctx, n, token, prs)
-			}
-			for conv, prs := range w.convs {
-				p.readConversation(rctx, n, conv, prs)
-			}
+			nwg.Wait()
+			cancel()
 		}()
 	}
 	wg.Wait()
 }
+
+// readsPerNode bounds the prober's concurrent reads of one node.
+const readsPerNode = 8
 
 func (p *Prober) get(ctx context.Context, n *Node, path, token string) Result {
 	ctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)

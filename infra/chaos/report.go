@@ -33,10 +33,13 @@ type Report struct {
 	FinalConverge time.Duration     `json:"final_converge_ns"`
 	FinalPending  int               `json:"final_pending"`
 	Verdict       *Verdict          `json:"verdict"`
-	FirstPass     *Verdict          `json:"first_pass,omitempty"`
-	Violations    []string          `json:"violations"` // scenario and check violations
-	Metrics       map[string]string `json:"metrics,omitempty"`
-	Error         string            `json:"error,omitempty"`
+	// ConsistencyBy: the clients' bookmark figures by scenario (with its recovery), and
+	// outside every scenario under noFault; the total is in Verdict.Consistency.
+	ConsistencyBy map[string]*ConsistencyCount `json:"consistency_by_scenario"`
+	FirstPass     *Verdict                     `json:"first_pass,omitempty"`
+	Violations    []string                     `json:"violations"` // scenario and check violations
+	Metrics       map[string]string            `json:"metrics,omitempty"`
+	Error         string                       `json:"error,omitempty"`
 	history       []*Op
 }
 
@@ -70,6 +73,11 @@ func (rep *Report) fill(r *Runner) {
 		}
 	}
 	rep.Heal = latencyOf(heals)
+	for _, s := range rep.Scenarios {
+		if c := rep.ConsistencyBy[s.Name]; c != nil {
+			s.Consistency = *c
+		}
+	}
 	for _, c := range rep.Checks {
 		if !c.OK {
 			rep.Violations = append(rep.Violations, "check failed: "+c.Name+": "+c.Detail)
@@ -105,8 +113,10 @@ func (rep *Report) Summary(dir string) string {
 	if !rep.Passed() {
 		result = "FAIL"
 	}
-	return fmt.Sprintf("chaos %s %s: scenarios=%d acked=%d lost=%d resurrected=%d duplicated=%d convergence_p99=%s divergent=%d reordered=%d other_violations=%d visible_p50=%s visible_max=%s heal_max=%s elapsed=%s report=%s",
+	c := v.Consistency
+	return fmt.Sprintf("chaos %s %s: scenarios=%d acked=%d lost=%d resurrected=%d duplicated=%d convergence_p99=%s spurious_401=%d ryw_violations=%d behind=%d ryw_checked=%d divergent=%d reordered=%d other_violations=%d visible_p50=%s visible_max=%s heal_max=%s elapsed=%s report=%s",
 		rep.Mode, result, len(rep.Scenarios), v.Acked, v.Lost, v.Resurrected, v.Duplicated, fmtDur(rep.Visible.P99),
+		c.Spurious401, c.RYW, c.Behind, c.Checked,
 		v.Divergent, v.Reordered, len(rep.Violations)+v.Phantom+v.CursorSkips, fmtDur(rep.Visible.P50), fmtDur(rep.Visible.Max),
 		fmtDur(rep.Heal.Max), rep.Elapsed.Round(time.Second), filepath.Join(dir, "report.md"))
 }
@@ -173,6 +183,27 @@ func (rep *Report) Markdown() string {
 		p("The first read found %d violations; the report shows the second read, 15 s later.", rep.FirstPass.Failed())
 		p("")
 	}
+	p("## Bookmarks: the clients' own view (while the run went on)")
+	p("")
+	p("Every user keeps the latest `X-Sessiond-Bookmark` and sends it back; the fourth user of each worker goes only")
+	p("through the round-robin entry point, the others partly. Checked: responses to the user's reads and writes against its own acknowledged writes")
+	p("(session data, profile, its messages; an ended session's token, with the bookmark of its end, must get 401);")
+	p("spurious 401: a live session's token (or an acknowledged account's login) refused. Both must be 0;")
+	p("`503 behind` is allowed. Fresh: new tokens used at once without the client's bookmark.")
+	p("")
+	p("| scenario (with its recovery) | checked | fresh tokens | spurious 401 | read-your-writes violations | behind (503) | 401, token from a clock ahead |")
+	p("|---|---|---|---|---|---|---|")
+	row := func(name string, c ConsistencyCount) {
+		p("| %s | %d | %d | %d | %d | %d | %d |", name, c.Checked, c.Fresh, c.Spurious401, c.RYW, c.Behind, c.TokenAhead401)
+	}
+	if c := rep.ConsistencyBy[noFault]; c != nil {
+		row(noFault, *c)
+	}
+	for _, s := range rep.Scenarios {
+		row(s.Name, s.Consistency)
+	}
+	row("**total**", v.Consistency)
+	p("")
 	p("## Acknowledgement → visible on every node")
 	p("")
 	p("Measured by reading every node directly after each acknowledgement (about 50 ms resolution).")
@@ -191,16 +222,16 @@ func (rep *Report) Markdown() string {
 	p("")
 	p("## Scenarios")
 	p("")
-	p("| scenario | fault | heal → converged | during the fault | LB ok/fail/info | direct ok/fail/info | violations |")
-	p("|---|---|---|---|---|---|---|")
+	p("| scenario | fault | heal → converged | during the fault | LB ok/fail/info | LB round robin ok/fail/info | direct ok/fail/info | violations |")
+	p("|---|---|---|---|---|---|---|---|")
 	for _, s := range rep.Scenarios {
 		conv := fmtDur(s.Converge)
 		if !s.Converged {
 			conv = fmt.Sprintf("not within %s (%d pending)", fmtDur(s.Converge), s.Unconverged)
 		}
 		during := joinNonEmpty(s.Divergence, s.Failover)
-		p("| %s | %s | %s | %s | %d/%d/%d | %d/%d/%d | %d |", s.Name, s.Fault, conv, mdEscape(during),
-			s.LB.OK, s.LB.Fail, s.LB.Info, s.Direct.OK, s.Direct.Fail, s.Direct.Info, len(s.Violations))
+		p("| %s | %s | %s | %s | %d/%d/%d | %d/%d/%d | %d/%d/%d | %d |", s.Name, s.Fault, conv, mdEscape(during),
+			s.LB.OK, s.LB.Fail, s.LB.Info, s.LBRR.OK, s.LBRR.Fail, s.LBRR.Info, s.Direct.OK, s.Direct.Fail, s.Direct.Info, len(s.Violations))
 	}
 	p("")
 	for _, s := range rep.Scenarios {
@@ -225,11 +256,12 @@ func (rep *Report) Markdown() string {
 	p("")
 	p("| op | ok | fail | info |")
 	p("|---|---|---|---|")
-	for _, k := range []OpKind{OpRegister, OpLogin, OpSet, OpDel, OpProfile, OpSend, OpLogout, OpRevoke, OpErase} {
+	for _, k := range []OpKind{OpRegister, OpLogin, OpSet, OpDel, OpProfile, OpSend, OpLogout, OpRevoke, OpErase,
+		OpRead, OpReadProfile, OpReadMessages, OpReadEnded, OpReadFresh} {
 		p("| %s | %d | %d | %d |", k, rep.Ops[string(k)+"/ok"], rep.Ops[string(k)+"/fail"], rep.Ops[string(k)+"/info"])
 	}
 	p("")
-	p("fail: refused (4xx) or never sent; info: unknown outcome (timeout, 5xx) — allowed to appear or not.")
+	p("fail: refused (4xx, or 503 behind: refused before anything ran) or never sent; info: unknown outcome (timeout, other 5xx) — allowed to appear or not.")
 	p("")
 	p("## Node metrics at the end")
 	p("")

@@ -20,7 +20,8 @@ type Runner struct {
 	cfg       Config
 	d         *Deployment
 	client    *Client
-	lbURL     string
+	lbURL     string // the load balancer's sticky entry point
+	lbRRURL   string // its plain round-robin entry point
 	rogueport int
 	runID     string
 
@@ -133,7 +134,10 @@ func (r *Runner) marker(ctx context.Context, n *Node, label string) *Op {
 	s.NextKey++
 	enc, _ := json.Marshal(label)
 	op := &Op{Kind: OpSet, User: r.observer.Name, Session: s.ID, Key: key, Value: string(enc)}
-	r.workload.do(ctx, op, Target{Name: n.Name, URL: n.URL()}, "PATCH", "/v1/sessions/current", s.Token, "", map[string]any{"data": map[string]any{key: label}})
+	// No bookmark: a marker must land on the node it is sent to, whatever the observer
+	// wrote on the other side of a partition.
+	r.workload.do(ctx, op, call{session: s, target: Target{Name: n.Name, URL: n.URL()}, method: "PATCH", path: "/v1/sessions/current",
+		body: map[string]any{"data": map[string]any{key: label}}})
 	if op.Outcome == Fail {
 		return nil
 	}
@@ -189,37 +193,45 @@ func (r *Runner) checkDivergence(ctx context.Context, res *ScenarioResult, label
 	return fmt.Sprintf("diverged: after 5s a write on %s was on %v only, a write on %s on %v only", cut[0].Name, seenIn, rest[0].Name, seenOut)
 }
 
-// checkFailover sends requests through the load balancer while nodes are down: every one
-// must succeed, and none may be served by a node that is down.
+// entryPoints are the load balancer's two entry points, by target name.
+func (r *Runner) entryPoints() []Target {
+	return []Target{{Name: targetLB, URL: r.lbURL}, {Name: targetLBRR, URL: r.lbRRURL}}
+}
+
+// checkFailover sends requests through each entry point of the load balancer while nodes
+// are down: every one must succeed, and none may be served by a node that is down.
 func (r *Runner) checkFailover(ctx context.Context, res *ScenarioResult, down ...string) string {
 	const n = 24
-	ok, from := 0, map[string]int{}
-	var bad []string
-	for range n {
-		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		out := r.client.Do(rctx, r.lbURL, "GET", "/healthz", "", "", nil)
-		cancel()
-		if out.Status == 200 {
-			ok++
-			from[out.ServedBy]++
-			if slices.Contains(down, out.ServedBy) {
-				bad = append(bad, out.ServedBy)
+	var msgs []string
+	for _, ep := range r.entryPoints() {
+		ok, from := 0, map[string]int{}
+		var bad []string
+		for range n {
+			rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			out := r.client.Do(rctx, ep.URL, "GET", "/healthz", "", "", nil)
+			cancel()
+			if out.Status == 200 {
+				ok++
+				from[out.ServedBy]++
+				if slices.Contains(down, out.ServedBy) {
+					bad = append(bad, out.ServedBy)
+				}
 			}
 		}
+		var served []string
+		for k, v := range from {
+			served = append(served, fmt.Sprintf("%s×%d", k, v))
+		}
+		slices.Sort(served)
+		msgs = append(msgs, fmt.Sprintf("%s: %d/%d answered 200, served by %s", ep.Name, ok, n, strings.Join(served, " ")))
+		if ok < n {
+			res.violate("load balancer (%s): %d of %d requests failed with %v down", ep.Name, n-ok, n, down)
+		}
+		if len(bad) > 0 {
+			res.violate("load balancer (%s) sent %d requests to %v while down", ep.Name, len(bad), down)
+		}
 	}
-	var served []string
-	for k, v := range from {
-		served = append(served, fmt.Sprintf("%s×%d", k, v))
-	}
-	slices.Sort(served)
-	msg := fmt.Sprintf("%d/%d requests through the LB answered 200 %ds after the fault, served by %s", ok, n, 3, strings.Join(served, " "))
-	if ok < n {
-		res.violate("load balancer: %d of %d requests failed with %v down", n-ok, n, down)
-	}
-	if len(bad) > 0 {
-		res.violate("load balancer sent %d requests to %v while down", len(bad), down)
-	}
-	return msg
+	return "requests through the LB a few seconds after the fault: " + strings.Join(msgs, "; ")
 }
 
 // checkThrottle checks that the LB passes X-Forwarded-For and that the nodes, trusting
@@ -265,20 +277,55 @@ func (r *Runner) checkThrottle(ctx context.Context) Check {
 	return c
 }
 
-// checkLBBasics checks the UI and API through the load balancer and that it spreads
-// requests over every node.
+// checkLBBasics checks the UI and API through each entry point of the load balancer and
+// that each spreads requests over every node.
 func (r *Runner) checkLBBasics(ctx context.Context) Check {
-	c := Check{Name: "UI and API through the load balancer, spread over all nodes"}
-	ui := r.client.Do(ctx, r.lbURL, "GET", "/", "", "", nil)
-	api := r.client.Do(ctx, r.lbURL, "GET", "/v1/users/me", r.observer.Anchor.Token, "", nil)
-	from := map[string]bool{}
-	for range 24 {
-		res := r.client.Do(ctx, r.lbURL, "GET", "/healthz", "", "", nil)
-		from[res.ServedBy] = true
+	c := Check{Name: "UI and API through both entry points of the load balancer, spread over all nodes", OK: true}
+	var details []string
+	for _, ep := range r.entryPoints() {
+		ui := r.client.Do(ctx, ep.URL, "GET", "/", "", "", nil)
+		api := r.client.Do(ctx, ep.URL, "GET", "/v1/users/me", r.observer.Anchor.Token, "", nil)
+		from := map[string]bool{}
+		for range 24 {
+			res := r.client.Do(ctx, ep.URL, "GET", "/healthz", "", "", nil)
+			from[res.ServedBy] = true
+		}
+		isHTML := strings.Contains(strings.ToLower(string(ui.Body)), "<html")
+		c.OK = c.OK && ui.Status == 200 && isHTML && api.Status == 200 && len(from) == len(r.d.Nodes)
+		details = append(details, fmt.Sprintf("%s: GET / → %d (html %v); GET /v1/users/me → %d; 24 requests served by %d distinct nodes",
+			ep.Name, ui.Status, isHTML, api.Status, len(from)))
 	}
-	isHTML := strings.Contains(strings.ToLower(string(ui.Body)), "<html")
-	c.OK = ui.Status == 200 && isHTML && api.Status == 200 && len(from) == len(r.d.Nodes)
-	c.Detail = fmt.Sprintf("GET / → %d (html %v); GET /v1/users/me → %d; 24 requests served by %d distinct nodes", ui.Status, isHTML, api.Status, len(from))
+	c.Detail = strings.Join(details, "; ")
+	return c
+}
+
+// checkRoundRobin checks that the round-robin entry point is not sticky: it sets no
+// cookie, and a browser's cookie from the sticky entry point does not pin it either.
+func (r *Runner) checkRoundRobin(ctx context.Context) Check {
+	c := Check{Name: "round-robin entry point: never sticky"}
+	first := r.client.Do(ctx, r.lbURL, "GET", "/healthz", "", "", nil)
+	var cookie string
+	for _, ck := range (&http.Response{Header: first.Header}).Cookies() {
+		if ck.Name == "sessiond_node" {
+			cookie = ck.Name + "=" + ck.Value
+		}
+	}
+	set := 0
+	from := map[string]bool{}
+	for range 12 {
+		h := map[string]string{}
+		if cookie != "" {
+			h["Cookie"] = cookie
+		}
+		res := r.client.DoHeaders(ctx, r.lbRRURL, "GET", "/healthz", h, nil)
+		from[res.ServedBy] = true
+		if res.Header.Get("Set-Cookie") != "" {
+			set++
+		}
+	}
+	c.OK = cookie != "" && set == 0 && len(from) == len(r.d.Nodes)
+	c.Detail = fmt.Sprintf("the sticky entry point pinned a client to %s; with that cookie, 12 requests to the round-robin one were served by %d distinct nodes and set %d cookies",
+		first.ServedBy, len(from), set)
 	return c
 }
 
@@ -287,8 +334,9 @@ func (r *Runner) setup(ctx context.Context) error {
 	users := r.cfg.Users
 	var regular []*User
 	for i := range users {
+		// Every fourth user of each worker goes only through the round-robin entry point.
 		u := &User{Name: fmt.Sprintf("u%s%02d", r.runID, i), Password: fmt.Sprintf("password-%s-%d", r.runID, i),
-			Worker: i % r.cfg.Workers, Profile: map[string][]*Op{}}
+			Worker: i % r.cfg.Workers, RoundRobin: (i/r.cfg.Workers)%4 == 3, Profile: map[string][]*Op{}}
 		regular = append(regular, u)
 	}
 	for i := 0; i+1 < len(regular); i += 2 {
@@ -350,8 +398,11 @@ func (r *Runner) runScenario(ctx context.Context, s Scenario) *ScenarioResult {
 			continue
 		}
 		cnt := &res.Direct
-		if op.Target == "lb" {
+		switch op.Target {
+		case targetLB:
 			cnt = &res.LB
+		case targetLBRR:
+			cnt = &res.LBRR
 		}
 		switch op.Outcome {
 		case OK:

@@ -13,12 +13,16 @@ import (
 )
 
 // Workload runs the clients: each worker owns a few users and, one operation at a time,
-// registers, logs in, edits session data and profiles, sends messages, logs out and
-// deletes throw-away accounts — half through the load balancer, half straight at a node
-// picked at random — and records every operation with its outcome and times.
+// registers, logs in, edits session data and profiles, sends messages, reads them back,
+// logs out and deletes throw-away accounts, and records every operation with its outcome
+// and times. The fourth user of each worker goes only through the load balancer's
+// round-robin entry point; the others half straight at a node picked at random, half
+// through one of the two entry points. Every user keeps the latest bookmark it was given
+// and sends it back.
 type Workload struct {
 	client  *Client
-	lb      string
+	lb      string // sticky entry point (round robin for clients without its cookie)
+	lbRR    string // plain round-robin entry point
 	nodes   []*Node
 	history *History
 	model   *Model
@@ -29,40 +33,103 @@ type Workload struct {
 	scenario func() string                            // the scenario now running
 	skewed   func(servedBy string, at time.Time) bool // served by a node with a clock ahead
 
+	tokenAhead func(login *Op, at time.Time) bool // a 401 the skewed clock explains
+
 	seq atomic.Int64
 }
 
-// Target is where a request goes: the load balancer or one node.
+// Target is where a request goes: an entry point of the load balancer or one node.
 type Target struct {
-	Name string // "lb" or the node name
+	Name string // "lb", "lb-rr" or the node name
 	URL  string
 }
 
+// Target names of the load balancer's entry points.
+const (
+	targetLB   = "lb"
+	targetLBRR = "lb-rr"
+)
+
+// viaLB reports whether the target is an entry point of the load balancer.
+func (t Target) viaLB() bool { return t.Name == targetLB || t.Name == targetLBRR }
+
 func (w *Workload) next() int64 { return w.seq.Add(1) }
 
-func (w *Workload) pickTarget(rng *rand.Rand) Target {
-	if rng.IntN(2) == 0 {
-		return Target{Name: "lb", URL: w.lb}
+// pickTarget chooses where a user's next request goes: always the round-robin entry point
+// for a round-robin user; else half the time a node at random, half an entry point.
+func (w *Workload) pickTarget(rng *rand.Rand, u *User) Target {
+	if u != nil && u.RoundRobin {
+		return Target{Name: targetLBRR, URL: w.lbRR}
+	}
+	switch rng.IntN(4) {
+	case 0:
+		return Target{Name: targetLB, URL: w.lb}
+	case 1:
+		return Target{Name: targetLBRR, URL: w.lbRR}
 	}
 	n := w.nodes[rng.IntN(len(w.nodes))]
 	return Target{Name: n.Name, URL: n.URL()}
 }
 
-// do runs one request as an operation and records it.
-func (w *Workload) do(ctx context.Context, op *Op, t Target, method, path, token, xff string, body any) Result {
+// call is one request of a simulated client.
+type call struct {
+	user    *User    // the client: its bookmark is sent, and the response's kept (nil: none)
+	session *Session // its token authenticates the request (nil: none)
+	target  Target
+	method  string
+	path    string
+	xff     string
+	body    any
+	// noBookmark: send none and keep none (the token's own bookmark must do).
+	noBookmark bool
+}
+
+// do runs one request as an operation and records it. A 401 for a session that was live
+// when the request was sent is marked spurious: nobody had ended it.
+func (w *Workload) do(ctx context.Context, op *Op, c call) Result {
+	t := c.target
 	op.Target = t.Name
 	op.Scenario = w.scenario()
+	headers := map[string]string{}
+	live := false
+	if c.session != nil {
+		headers["Authorization"] = "Bearer " + c.session.Token
+		w.model.mu.Lock()
+		live = c.session.live()
+		w.model.mu.Unlock()
+	}
+	if c.xff != "" {
+		headers["X-Forwarded-For"] = c.xff
+	}
+	keep := c.user != nil && !c.noBookmark
+	if keep && c.user.Bookmark != "" {
+		headers[headerBookmark] = c.user.Bookmark
+		op.Bookmark = c.user.Bookmark
+	}
 	op.Invoke = time.Now()
 	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	r := w.client.Do(rctx, t.URL, method, path, token, xff, body)
+	r := w.client.DoHeaders(rctx, t.URL, c.method, c.path, headers, c.body)
 	cancel()
+	// The response's bookmark covers the request's (the node merges them) and what the
+	// response showed or wrote; a response without one (behind, a proxy error) leaves it.
+	if b := r.Header.Get(headerBookmark); keep && b != "" {
+		c.user.Bookmark = b
+	}
+	op.Behind = r.Behind()
+	if r.Status == 401 && live {
+		if w.tokenAhead(c.session.Login, op.Invoke) {
+			op.TokenAhead401 = true
+		} else {
+			op.Spurious401 = true
+		}
+	}
 	op.Ack = r.End
 	if op.Ack.IsZero() {
 		op.Ack = time.Now()
 	}
 	op.Status = r.Status
 	op.ServedBy = r.ServedBy
-	if op.ServedBy == "" && t.Name != "lb" {
+	if op.ServedBy == "" && !t.viaLB() {
 		op.ServedBy = t.Name
 	}
 	op.Outcome = r.Outcome
@@ -80,10 +147,21 @@ func (w *Workload) do(ctx context.Context, op *Op, t Target, method, path, token
 // the host, so each worker is a client of its own and is throttled as one.
 func clientAddr(worker int) string { return fmt.Sprintf("198.51.100.%d", 10+worker) }
 
-// Register creates a user and logs in its anchor session (never ended), retrying through
-// the load balancer until both are acknowledged: setup must not fail.
+// entry returns the entry point of the load balancer that a user's setup goes through.
+func (w *Workload) entry(u *User) Target {
+	if u.RoundRobin {
+		return Target{Name: targetLBRR, URL: w.lbRR}
+	}
+	return Target{Name: targetLB, URL: w.lb}
+}
+
+// Register creates a user and logs in its anchor session (never ended) through the user's
+// entry point, retrying what may not have happened (an unknown outcome, a refusal while a
+// node was behind) until both are acknowledged: setup must not fail. A 401 at login is not
+// retried: the registration was acknowledged and its bookmark sent, so it is a refusal
+// caused by lag, and the run stops on it.
 func (w *Workload) Register(ctx context.Context, u *User) error {
-	lb := Target{Name: "lb", URL: w.lb}
+	lb := w.entry(u)
 	xff := clientAddr(u.Worker)
 	for attempt := 0; ; attempt++ {
 		if attempt == 20 || ctx.Err() != nil {
@@ -93,9 +171,9 @@ func (w *Workload) Register(ctx context.Context, u *User) error {
 			op := &Op{Kind: OpRegister, User: u.Name}
 			u.Initial = map[string]string{"first_name": "F" + u.Name, "last_name": "L" + u.Name,
 				"email": u.Name + "@example.com", "address": "1 " + u.Name + " Street"}
-			r := w.do(ctx, op, lb, "POST", "/v1/users", "", xff, map[string]any{
+			r := w.do(ctx, op, call{user: u, target: lb, method: "POST", path: "/v1/users", xff: xff, body: map[string]any{
 				"username": u.Name, "password": u.Password, "profile": u.Initial,
-			})
+			}})
 			if r.Status == 409 && u.Register != nil && u.Register.Outcome == Info {
 				op.Outcome = OK // an earlier attempt took the name
 				op.Err = "taken by an earlier attempt"
@@ -114,7 +192,11 @@ func (w *Workload) Register(ctx context.Context, u *User) error {
 				}
 			}
 		}
-		s, _ := w.login(ctx, u, lb, xff)
+		s, op := w.login(ctx, u, lb, xff)
+		if op.Spurious401 {
+			return fmt.Errorf("register %s: login op %d (%s, served by %s) answered 401 after the registration (op %d, served by %s) was acknowledged",
+				u.Name, op.ID, op.Target, op.ServedBy, u.Register.ID, u.Register.ServedBy)
+		}
 		if s == nil {
 			time.Sleep(200 * time.Millisecond)
 			continue
@@ -124,10 +206,18 @@ func (w *Workload) Register(ctx context.Context, u *User) error {
 	}
 }
 
-// login opens a session; it returns nil unless the login was acknowledged.
+// login opens a session; it returns nil unless the login was acknowledged. A 401 for an
+// account whose registration was acknowledged (and which nobody erased) is spurious.
 func (w *Workload) login(ctx context.Context, u *User, t Target, xff string) (*Session, *Op) {
 	op := &Op{Kind: OpLogin, User: u.Name}
-	r := w.do(ctx, op, t, "POST", "/v1/sessions", "", xff, map[string]string{"username": u.Name, "password": u.Password})
+	w.model.mu.Lock()
+	known := u.Register != nil && u.Register.Outcome == OK && u.Erase == nil
+	w.model.mu.Unlock()
+	r := w.do(ctx, op, call{user: u, target: t, method: "POST", path: "/v1/sessions", xff: xff,
+		body: map[string]string{"username": u.Name, "password": u.Password}})
+	if r.Status == 401 && known {
+		op.Spurious401 = true
+	}
 	if op.Outcome != OK {
 		return nil, op
 	}
@@ -158,19 +248,27 @@ func (w *Workload) Worker(ctx context.Context, id int, users []*User, seed uint6
 	probes := map[*KeyState]*probe{}
 	for ctx.Err() == nil {
 		u := users[rng.IntN(len(users))]
-		t := w.pickTarget(rng)
+		t := w.pickTarget(rng, u)
 		switch x := rng.IntN(100); {
-		case x < 30:
+		case x < 24:
 			w.setKey(ctx, rng, u, t, xff, probes)
-		case x < 40:
+		case x < 32:
 			w.delKey(ctx, rng, u, t, xff, probes)
-		case x < 55:
+		case x < 44:
 			w.editProfile(ctx, rng, u, t, xff)
-		case x < 80:
+		case x < 62:
 			w.send(ctx, u, t, xff)
-		case x < 88:
+		case x < 70:
+			w.readSession(ctx, w.someSession(rng, u), t, xff)
+		case x < 76:
+			w.readProfile(ctx, u, t, xff)
+		case x < 82:
+			w.readMessages(ctx, u, t, xff)
+		case x < 89:
 			if len(w.extras(u)) < 3 {
-				w.login(ctx, u, t, xff)
+				if s, _ := w.login(ctx, u, t, xff); s != nil {
+					w.readFresh(ctx, s, w.pickTarget(rng, u), xff)
+				}
 			}
 		case x < 95:
 			w.endSession(ctx, rng, u, t, xff)
@@ -205,6 +303,20 @@ func (w *Workload) someSession(rng *rand.Rand, u *User) *Session {
 	return ex[rng.IntN(len(ex))]
 }
 
+// sessionData decodes the session a response carries, if it is a 200 with one.
+func sessionData(r Result) (map[string]json.RawMessage, bool) {
+	if r.Status != 200 {
+		return nil, false
+	}
+	var body struct {
+		Session apiSession `json:"session"`
+	}
+	if r.Decode(&body) != nil {
+		return nil, false
+	}
+	return body.Session.Data, true
+}
+
 func (w *Workload) setKey(ctx context.Context, rng *rand.Rand, u *User, t Target, xff string, probes map[*KeyState]*probe) {
 	s := w.someSession(rng, u)
 	if s.NextKey >= 100 {
@@ -215,7 +327,8 @@ func (w *Workload) setKey(ctx context.Context, rng *rand.Rand, u *User, t Target
 	val := fmt.Sprintf("%s-%d", w.run, w.next())
 	enc, _ := json.Marshal(map[string]any{"v": val, "n": rng.IntN(1000)})
 	op := &Op{Kind: OpSet, User: u.Name, Session: s.ID, Key: key, Value: string(enc)}
-	w.do(ctx, op, t, "PATCH", "/v1/sessions/current", s.Token, xff, map[string]any{"data": map[string]json.RawMessage{key: enc}})
+	r := w.do(ctx, op, call{user: u, session: s, target: t, method: "PATCH", path: "/v1/sessions/current", xff: xff,
+		body: map[string]any{"data": map[string]json.RawMessage{key: enc}}})
 	if op.Outcome == Fail {
 		return
 	}
@@ -225,6 +338,9 @@ func (w *Workload) setKey(ctx context.Context, rng *rand.Rand, u *User, t Target
 	w.model.mu.Unlock()
 	if op.Outcome == OK {
 		probes[ks] = w.prober.KeySet(op, s.Token, key, string(enc))
+		if data, ok := sessionData(r); ok {
+			w.checkSessionData(op, s, data)
+		}
 	}
 }
 
@@ -244,7 +360,8 @@ func (w *Workload) delKey(ctx context.Context, rng *rand.Rand, u *User, t Target
 	slices.Sort(keys)
 	key := keys[rng.IntN(len(keys))]
 	op := &Op{Kind: OpDel, User: u.Name, Session: s.ID, Key: key}
-	w.do(ctx, op, t, "PATCH", "/v1/sessions/current", s.Token, xff, map[string]any{"data": map[string]any{key: nil}})
+	r := w.do(ctx, op, call{user: u, session: s, target: t, method: "PATCH", path: "/v1/sessions/current", xff: xff,
+		body: map[string]any{"data": map[string]any{key: nil}}})
 	if op.Outcome == Fail {
 		return
 	}
@@ -261,6 +378,9 @@ func (w *Workload) delKey(ctx context.Context, rng *rand.Rand, u *User, t Target
 	} else {
 		w.prober.ForgetProbe(probes[ks])
 	}
+	if data, ok := sessionData(r); ok && op.Outcome == OK {
+		w.checkSessionData(op, s, data)
+	}
 }
 
 var profileFields = []string{"first_name", "last_name", "email", "address"}
@@ -272,7 +392,8 @@ func (w *Workload) editProfile(ctx context.Context, rng *rand.Rand, u *User, t T
 		val += "@example.com"
 	}
 	op := &Op{Kind: OpProfile, User: u.Name, Key: field, Value: val}
-	w.do(ctx, op, t, "PATCH", "/v1/users/me", u.Anchor.Token, xff, map[string]any{"profile": map[string]string{field: val}})
+	r := w.do(ctx, op, call{user: u, session: u.Anchor, target: t, method: "PATCH", path: "/v1/users/me", xff: xff,
+		body: map[string]any{"profile": map[string]string{field: val}}})
 	if op.Outcome == Fail {
 		return
 	}
@@ -285,6 +406,9 @@ func (w *Workload) editProfile(ctx context.Context, rng *rand.Rand, u *User, t T
 	w.model.mu.Unlock()
 	if op.Outcome == OK {
 		w.prober.Profile(op, u.Anchor.Token, u.Name, field, val, unsure || op.Skewed)
+		if profile, ok := profileOf(r); ok {
+			w.checkProfile(op, u, profile)
+		}
 	} else {
 		w.prober.ForgetField(u.Name, field)
 	}
@@ -305,7 +429,7 @@ func (w *Workload) send(ctx context.Context, u *User, t Target, xff string) {
 		}
 	}
 	op := &Op{Kind: OpSend, User: u.Name, Peer: u.Partner.Name, Value: body}
-	r := w.do(ctx, op, t, "POST", "/v1/messages", u.Anchor.Token, xff, req)
+	r := w.do(ctx, op, call{user: u, session: u.Anchor, target: t, method: "POST", path: "/v1/messages", xff: xff, body: req})
 	if op.Outcome == Fail {
 		return
 	}
@@ -331,7 +455,8 @@ func (w *Workload) send(ctx context.Context, u *User, t Target, xff string) {
 	}
 }
 
-// endSession logs out one of the user's extra sessions, or revokes it from the anchor.
+// endSession logs out one of the user's extra sessions, or revokes it from the anchor;
+// then, once acknowledged, uses the ended session's token with the bookmark of its end.
 func (w *Workload) endSession(ctx context.Context, rng *rand.Rand, u *User, t Target, xff string) {
 	ex := w.extras(u)
 	if len(ex) == 0 {
@@ -341,10 +466,10 @@ func (w *Workload) endSession(ctx context.Context, rng *rand.Rand, u *User, t Ta
 	var op *Op
 	if rng.IntN(2) == 0 {
 		op = &Op{Kind: OpLogout, User: u.Name, Session: s.ID}
-		w.do(ctx, op, t, "DELETE", "/v1/sessions/current", s.Token, xff, nil)
+		w.do(ctx, op, call{user: u, session: s, target: t, method: "DELETE", path: "/v1/sessions/current", xff: xff})
 	} else {
 		op = &Op{Kind: OpRevoke, User: u.Name, Session: s.ID}
-		w.do(ctx, op, t, "DELETE", "/v1/sessions/"+s.ID, u.Anchor.Token, xff, nil)
+		w.do(ctx, op, call{user: u, session: u.Anchor, target: t, method: "DELETE", path: "/v1/sessions/" + s.ID, xff: xff})
 	}
 	if op.Outcome == Fail {
 		return
@@ -354,36 +479,38 @@ func (w *Workload) endSession(ctx context.Context, rng *rand.Rand, u *User, t Ta
 	w.model.mu.Unlock()
 	if op.Outcome == OK {
 		w.prober.Ended(op, s.Token)
+		w.readEnded(ctx, u, s, op, w.pickTarget(rng, u), xff)
 	} else {
 		w.prober.Forget(s.Token)
 	}
 }
 
 // throwaway registers an account, logs in, writes a key and deletes the account, each step
-// at a target of its own; it stops at the first step that is not acknowledged.
+// at a target of its own; it stops at the first step that is not acknowledged. After the
+// deletion, its session's token must be refused wherever the deletion's bookmark goes.
 func (w *Workload) throwaway(ctx context.Context, rng *rand.Rand, worker int, xff string) {
 	u := &User{Name: fmt.Sprintf("tmp%s%d", w.run, w.next()), Password: "throwaway-pass-" + strconv.Itoa(rng.IntN(1e6)),
 		Ephemeral: true, Worker: worker, Profile: map[string][]*Op{}}
 	u.Initial = map[string]string{"first_name": "Tmp", "last_name": "User", "email": u.Name + "@example.com", "address": "nowhere"}
 	op := &Op{Kind: OpRegister, User: u.Name}
-	w.do(ctx, op, w.pickTarget(rng), "POST", "/v1/users", "", xff, map[string]any{
+	w.do(ctx, op, call{user: u, target: w.pickTarget(rng, nil), method: "POST", path: "/v1/users", xff: xff, body: map[string]any{
 		"username": u.Name, "password": u.Password, "profile": u.Initial,
-	})
-	u.Register = op
+	}})
 	w.model.mu.Lock()
+	u.Register = op
 	w.model.Users = append(w.model.Users, u)
 	w.model.mu.Unlock()
 	if op.Outcome != OK {
 		return
 	}
-	s, _ := w.login(ctx, u, w.pickTarget(rng), xff)
+	s, _ := w.login(ctx, u, w.pickTarget(rng, nil), xff)
 	if s == nil {
 		return
 	}
 	u.Anchor = s
-	w.setKey(ctx, rng, u, w.pickTarget(rng), xff, map[*KeyState]*probe{})
+	w.setKey(ctx, rng, u, w.pickTarget(rng, nil), xff, map[*KeyState]*probe{})
 	erase := &Op{Kind: OpErase, User: u.Name, Session: s.ID}
-	w.do(ctx, erase, w.pickTarget(rng), "DELETE", "/v1/users/me", s.Token, xff, nil)
+	w.do(ctx, erase, call{user: u, session: s, target: w.pickTarget(rng, nil), method: "DELETE", path: "/v1/users/me", xff: xff})
 	if erase.Outcome == Fail {
 		return
 	}
@@ -392,6 +519,7 @@ func (w *Workload) throwaway(ctx context.Context, rng *rand.Rand, worker int, xf
 	w.model.mu.Unlock()
 	if erase.Outcome == OK {
 		w.prober.Ended(erase, s.Token)
+		w.readEnded(ctx, u, s, erase, w.pickTarget(rng, nil), xff)
 	} else {
 		w.prober.Forget(s.Token)
 	}

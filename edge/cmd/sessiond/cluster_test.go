@@ -65,6 +65,8 @@ type clNode struct {
 	data, keyFile     string
 	http, gossip, syn string
 	join              string
+	extra             []string // more flags
+	bin               string   // the binary; default: clBuild's
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -86,7 +88,12 @@ func (n *clNode) start() {
 	if n.join != "" {
 		args = append(args, "--join", n.join)
 	}
-	cmd := exec.Command(clBuild(n.t), args...)
+	args = append(args, n.extra...)
+	bin := n.bin
+	if bin == "" {
+		bin = clBuild(n.t)
+	}
+	cmd := exec.Command(bin, args...)
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {
@@ -134,6 +141,17 @@ func (n *clNode) kill9() {
 
 func newCluster(t *testing.T, names, regions []string, key string) []*clNode {
 	t.Helper()
+	nodes := prepareCluster(t, names, regions, key)
+	for _, n := range nodes {
+		n.start()
+	}
+	return nodes
+}
+
+// prepareCluster returns the nodes of a cluster without starting them, so that a test can
+// set their flags or binary first; the nodes it starts are killed at the end of the test.
+func prepareCluster(t *testing.T, names, regions []string, key string) []*clNode {
+	t.Helper()
 	keyFile := filepath.Join(t.TempDir(), "cluster.key")
 	if err := os.WriteFile(keyFile, []byte(key+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -151,11 +169,11 @@ func newCluster(t *testing.T, names, regions []string, key string) []*clNode {
 		}
 		nodes = append(nodes, n)
 	}
-	for _, n := range nodes {
-		n.start()
-	}
 	t.Cleanup(func() {
 		for _, n := range nodes {
+			if n.cmd == nil {
+				continue
+			}
 			n.cmd.Process.Signal(syscall.SIGCONT)
 			n.cmd.Process.Signal(syscall.SIGKILL)
 			<-n.exited
