@@ -30,7 +30,8 @@ type haveState struct {
 	mu         sync.Mutex
 	have       crdt.Bookmark          // never holds our own node
 	changed    chan struct{}          // closed and replaced whenever have rises
-	distrusted map[crdt.NodeID]bool   // origins whose pushes we partly refused
+	distrusted map[crdt.NodeID]uint64 // origins whose pushes we partly refused → epoch
+	epoch      uint64                 // counts distrust events
 	known      map[crdt.NodeID]bool   // every node ever named a peer
 	fetching   map[crdt.NodeID]*fetch // fetches in flight, by peer
 	lastFetch  map[crdt.NodeID]time.Time
@@ -38,7 +39,7 @@ type haveState struct {
 
 func (h *haveState) init() {
 	h.changed = make(chan struct{})
-	h.distrusted = make(map[crdt.NodeID]bool)
+	h.distrusted = make(map[crdt.NodeID]uint64)
 	h.known = make(map[crdt.NodeID]bool)
 	h.fetching = make(map[crdt.NodeID]*fetch)
 	h.lastFetch = make(map[crdt.NodeID]time.Time)
@@ -68,25 +69,38 @@ func (h *haveState) raiseLocked(b crdt.Bookmark, self crdt.NodeID) {
 func (h *haveState) pushed(through crdt.Timestamp) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !h.distrusted[through.Node] {
+	if _, ok := h.distrusted[through.Node]; !ok {
 		var b crdt.Bookmark
 		b.Add(through)
 		h.raiseLocked(b, 0)
 	}
 }
 
-// distrust stops believing origin's pushes until a round with it completes.
+// distrust stops believing origin's pushes until a round with it, begun after this call,
+// completes.
 func (h *haveState) distrust(origin crdt.NodeID) {
 	h.mu.Lock()
-	h.distrusted[origin] = true
+	h.epoch++
+	h.distrusted[origin] = h.epoch
 	h.mu.Unlock()
 }
 
-// synced records a completed anti-entropy round with peer, which held have.
-func (h *haveState) synced(peer crdt.NodeID, have crdt.Bookmark, self crdt.NodeID) {
+// roundStarts returns the epoch to pass to synced for a round beginning now.
+func (h *haveState) roundStarts() uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	delete(h.distrusted, peer)
+	return h.epoch
+}
+
+// synced records a completed anti-entropy round with peer, begun at epoch, which held
+// have. A distrust of peer from after the round began stands: the round may not have
+// carried what was refused.
+func (h *haveState) synced(peer crdt.NodeID, epoch uint64, have crdt.Bookmark, self crdt.NodeID) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if e, ok := h.distrusted[peer]; ok && e <= epoch {
+		delete(h.distrusted, peer)
+	}
 	for _, ts := range have.Marks() {
 		h.known[ts.Node] = true
 	}

@@ -248,7 +248,9 @@ func (r *Replicator) jitter() time.Duration {
 // run serves one peer until ctx ends.
 func (r *Replicator) run(ctx context.Context, w *worker) {
 	log := r.log.With("peer", w.peer.Name)
-	w.pushed = r.cfg.DB.Clock().Last()
+	// Every write of ours stamped at or before the commit mark is in the feed before the
+	// cursor, which the first anti-entropy round covers; later ones come after it.
+	w.pushed = r.cfg.DB.Committed()
 	cursor := r.cfg.DB.FeedSeq() // anti-entropy covers everything before it
 	needSync := true
 	backoff := time.Duration(0)
@@ -599,6 +601,7 @@ const maxRounds = 64
 // what the peer held (its reply's Have), which this node now holds too, and adds it to
 // ours.
 func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have crdt.Bookmark, complete, again bool, err error) {
+	epoch := r.have.roundStarts()
 	d := r.cfg.DB.Digest()
 	rep, err := r.cfg.Transport.Digest(ctx, peer, DigestRequest{Branches: d.Branches()})
 	if err != nil {
@@ -615,7 +618,7 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have 
 	}
 	if len(leaves) == 0 {
 		r.cfg.Metrics.round("in_sync")
-		return r.completed(ctx, peer, rep.Have)
+		return r.completed(ctx, peer, epoch, rep.Have)
 	}
 	refused := false
 	for chunk := range slices.Chunk(leaves, leavesPerRequest) {
@@ -631,18 +634,18 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have 
 	if again || refused { // refused: the periodic round tries again
 		return crdt.Bookmark{}, false, again, nil
 	}
-	return r.completed(ctx, peer, rep.Have)
+	return r.completed(ctx, peer, epoch, rep.Have)
 }
 
 // completed records a round with peer that completed: this node now holds what the peer
 // held (have). The round compared the peer's state with what this node's file holds,
 // which readers may not see yet (a commit not yet published), so it first waits for
 // that to be published.
-func (r *Replicator) completed(ctx context.Context, peer Peer, have crdt.Bookmark) (crdt.Bookmark, bool, bool, error) {
+func (r *Replicator) completed(ctx context.Context, peer Peer, epoch uint64, have crdt.Bookmark) (crdt.Bookmark, bool, bool, error) {
 	if err := r.cfg.DB.WaitPublished(ctx); err != nil {
 		return crdt.Bookmark{}, false, false, err
 	}
-	r.have.synced(peer.ID, have, r.self)
+	r.have.synced(peer.ID, epoch, have, r.self)
 	return have, true, false, nil
 }
 
@@ -668,13 +671,6 @@ func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, leaves []int, pu
 		}
 		r.count(res)
 		rejected = res.Rejected > 0
-	} else if err := error(nil); err != nil {
-		// LeafPairs read the file, where a commit shows before the committer has published
-		// it to readers (record cache, digest): the peer may have found nothing to send
-		// because of a commit of ours that readers do not see yet, and once the round
-		// completes we claim what the peer holds (its Have). An Update returns only after
-		// every commit before it is published; ApplyRemote above is one too.
-		return false, false, err
 	}
 	if len(rep.Want) == 0 || pull {
 		return rep.Truncated, rejected, nil

@@ -412,6 +412,7 @@ type clusterConfig struct {
 	maxSkew          time.Duration // default 1 minute
 	faults           simFaults
 	manualPeers      bool // never call SetPeers: the test drives SyncWith itself
+	pushBatch        int  // changes per push; 0: the Replicator's default
 }
 
 type clusterOption func(*clusterConfig)
@@ -430,6 +431,10 @@ func withAntiEntropy(d time.Duration) clusterOption {
 
 func withMaxSkew(d time.Duration) clusterOption {
 	return func(c *clusterConfig) { c.maxSkew = d }
+}
+
+func withPushBatch(n int) clusterOption {
+	return func(c *clusterConfig) { c.pushBatch = n }
 }
 
 func withManualPeers() clusterOption {
@@ -588,7 +593,7 @@ func (n *testNode) start() error {
 	m.Rejected = rejected
 	rep := NewReplicator(Config{
 		DB: db, Transport: c.net.transport(n.name), AntiEntropyEvery: c.cfg.antiEntropyEvery,
-		Now: n.Now, Logger: logger.With("component", "replicator"), Metrics: m,
+		PushBatch: c.cfg.pushBatch, MaxSkew: c.cfg.maxSkew, Now: n.Now, Logger: logger.With("component", "replicator"), Metrics: m,
 	})
 	rep.Start()
 	holder.Store(rep)
