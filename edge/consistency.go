@@ -35,6 +35,7 @@ const (
 // adds to as handlers read and write.
 type requestContext struct {
 	context.Context
+	owner    string // the caller's user ID, once authenticated (see shows)
 	asked    crdt.Bookmark
 	askedRaw string // the header as sent, if it was one bookmark; aliases the request
 	shown    crdt.Bookmark
@@ -51,15 +52,40 @@ func (r *requestContext) Value(key any) any {
 	return r.Context.Value(key)
 }
 
+// requestIn returns the request context of ctx, or nil outside a request.
+func requestIn(ctx context.Context) *requestContext {
+	if r, ok := ctx.(*requestContext); ok { // the usual case: no lookup chain
+		return r
+	}
+	r, _ := ctx.Value(requestContextKey{}).(*requestContext)
+	return r
+}
+
 // shownIn returns the bookmark of what the request of ctx showed, or nil outside one.
 func shownIn(ctx context.Context) *crdt.Bookmark {
-	if r, ok := ctx.(*requestContext); ok { // the usual case: no lookup chain
-		return &r.shown
-	}
-	if r, ok := ctx.Value(requestContextKey{}).(*requestContext); ok {
+	if r := requestIn(ctx); r != nil {
 		return &r.shown
 	}
 	return nil
+}
+
+// shows reports whether a record read for the request at key, with state m, is the
+// caller's own, and so joins the response's bookmark. Other users' records (a message's
+// recipient, the claimants of a name at login, a session id another user owns) are read
+// too, but naming their writes would tell the caller when and where those users last
+// wrote. What a request writes always joins (store.Update).
+func (r *requestContext) shows(key string, m *crdt.Map) bool {
+	if r.owner == "" {
+		return false
+	}
+	if id, ok := strings.CutPrefix(key, crdt.UserPrefix); ok {
+		return id == r.owner
+	}
+	if strings.HasPrefix(key, crdt.SessionPrefix) {
+		f, ok := m.Field(crdt.FieldUser)
+		return ok && string(f.Value) == r.owner
+	}
+	return false
 }
 
 // consistency meets the request's bookmark before the handler runs, unless the client
@@ -92,9 +118,11 @@ func (n *Node) consistency(c *fiber.Ctx) error {
 			return err
 		}
 	}
-	err := c.Next()
+	if err := c.Next(); err != nil {
+		return err // no bookmark: nothing was shown, and what was read is not the caller's to see
+	}
 	n.setBookmark(c, rc)
-	return err
+	return nil
 }
 
 // setBookmark sets the response's bookmark: what the request asked for and what it

@@ -164,6 +164,25 @@ func TestConsistency_Headers(t *testing.T) {
 			wantError(t, resp, body, http.StatusBadRequest, "invalid_argument")
 		}
 	})
+	t.Run("ErrorsCarryNone", func(t *testing.T) {
+		// An error shows nothing, and what the handler read on the way is not the caller's
+		// to see: a failed login read the account it tried, a revoke of another user's
+		// session read that session.
+		resp, _ := c.do("POST", "/v1/sessions", "", map[string]any{"username": "alice", "password": "wrong wrong"})
+		if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get(headerBookmark) != "" {
+			t.Errorf("failed login: status %d, %s %q; want 401 and none", resp.StatusCode, headerBookmark, resp.Header.Get(headerBookmark))
+		}
+		other := signUp(t, c, "mallory")
+		resp, body := c.do("GET", "/v1/sessions/current", tok, nil)
+		var cur struct{ Session struct{ ID string } }
+		if err := json.Unmarshal(body, &cur); err != nil {
+			t.Fatal(err)
+		}
+		resp, _ = c.do("DELETE", "/v1/sessions/"+cur.Session.ID, other, nil)
+		if resp.StatusCode != http.StatusNotFound || resp.Header.Get(headerBookmark) != "" {
+			t.Errorf("revoke of another user's session: status %d, %s %q; want 404 and none", resp.StatusCode, headerBookmark, resp.Header.Get(headerBookmark))
+		}
+	})
 	t.Run("ErrBadConsistency", func(t *testing.T) {
 		resp, body := c.do("GET", "/v1/sessions/current", tok, nil, headerConsistency, "strong")
 		wantError(t, resp, body, http.StatusBadRequest, "invalid_argument")

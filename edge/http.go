@@ -156,6 +156,11 @@ func (n *Node) auth(c *fiber.Ctx) error {
 		return functions.Errorf(functions.EUnauthorized, "missing bearer token")
 	}
 	tok, err := n.tokens.verify(raw)
+	if err == nil {
+		if rc := requestIn(c.UserContext()); rc != nil {
+			rc.owner = tok.userID // signed by us: the caller
+		}
+	}
 	if errors.Is(err, errTokenAhead) {
 		// Issued by a node whose clock runs ahead of ours: not lag, but not the client's
 		// fault either: retry once our clock has reached the token.
@@ -246,12 +251,16 @@ func (n *Node) login(c *fiber.Ctx) error {
 		}
 		return err
 	}
-	// The token carries the bookmark of the session's creation (what the login read and
-	// wrote), so it works at once on every node. Not the request's bookmark: that may be
-	// long, and the client sends it anyway.
+	// The token carries the bookmark of the session's creation and of the account's
+	// record, which authentication reads too, so it works at once on every node. Not the
+	// request's bookmark: that may be long, and the client sends it anyway.
 	var created crdt.Bookmark
-	if b := shownIn(c.UserContext()); b != nil {
-		created = b.Clone()
+	if rc := requestIn(c.UserContext()); rc != nil {
+		rc.owner = s.UserID // the credentials were this user's
+		if u, ok, err := n.db.Record(c.UserContext(), crdt.UserKey(s.UserID)); err == nil && ok {
+			rc.shown.AddMap(&u)
+		}
+		created = rc.shown.Clone()
 	}
 	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt, created)
 	if err != nil {

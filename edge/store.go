@@ -9,9 +9,9 @@ import (
 )
 
 // store adapts *storage.DB to functions.Store. It also notes, in the bookmark of the
-// request whose context it is given (shownIn), every record and entry a handler reads and
-// every write it makes, so the response can name what it showed; outside a request it
-// only passes through.
+// request whose context it is given (requestIn), the caller's own records and the entries
+// of their conversations that a handler reads, and every write it makes, so the response
+// can name what it showed and wrote; outside a request it only passes through.
 type store struct{ *storage.DB }
 
 var _ functions.Store = store{}
@@ -19,10 +19,8 @@ var _ functions.Store = store{}
 // Record implements functions.Store.
 func (s store) Record(ctx context.Context, key string) (crdt.Map, bool, error) {
 	m, ok, err := s.DB.Record(ctx, key)
-	if ok {
-		if b := shownIn(ctx); b != nil {
-			b.AddMap(&m)
-		}
+	if r := requestIn(ctx); ok && r != nil && r.shows(key, &m) {
+		r.shown.AddMap(&m)
 	}
 	return m, ok, err
 }
@@ -30,10 +28,10 @@ func (s store) Record(ctx context.Context, key string) (crdt.Map, bool, error) {
 // Records implements functions.Store.
 func (s store) Records(ctx context.Context, keys ...string) ([]crdt.Map, []bool, error) {
 	ms, ok, err := s.DB.Records(ctx, keys...)
-	if b := shownIn(ctx); b != nil && err == nil {
+	if r := requestIn(ctx); r != nil && err == nil {
 		for i := range ms {
-			if ok[i] {
-				b.AddMap(&ms[i])
+			if ok[i] && r.shows(keys[i], &ms[i]) {
+				r.shown.AddMap(&ms[i])
 			}
 		}
 	}
@@ -62,42 +60,46 @@ func (s store) ReadLog(ctx context.Context, conv string, after crdt.Cursor, limi
 	return es, next, err
 }
 
-// Update implements functions.Store. What fn reads and writes joins the request's
-// bookmark only if fn succeeds (else its writes are discarded).
+// Update implements functions.Store. What fn reads of the caller's and what it writes
+// join the request's bookmark only if fn succeeds (else its writes are discarded).
 func (s store) Update(ctx context.Context, fn func(tx functions.Tx) error) error {
-	b := shownIn(ctx)
-	if b == nil {
+	r := requestIn(ctx)
+	if r == nil {
 		return s.DB.Update(ctx, func(tx *storage.Tx) error { return fn(tx) })
 	}
 	var seen crdt.Bookmark
 	err := s.DB.Update(ctx, func(tx *storage.Tx) error {
 		seen = crdt.Bookmark{}
-		return fn(notingTx{tx, &seen})
+		return fn(notingTx{tx, r, &seen})
 	})
 	if err == nil {
-		b.Merge(seen)
+		r.shown.Merge(seen)
 	}
 	return err
 }
 
-// notingTx is a storage transaction that notes what it shows and writes in a bookmark.
+// notingTx is a storage transaction that notes, in a bookmark, the caller's records it
+// shows and the writes it makes.
 type notingTx struct {
 	*storage.Tx
+	r    *requestContext // read only: the function runs on the committer
 	seen *crdt.Bookmark
 }
 
 func (t notingTx) Record(key string) (crdt.Map, bool, error) {
 	m, ok, err := t.Tx.Record(key)
-	if ok {
+	if ok && t.r.shows(key, &m) {
 		t.seen.AddMap(&m)
 	}
 	return m, ok, err
 }
 
+// Merge notes the write itself (update's timestamps), not the merged record, which may
+// hold other users' writes (a name's claim record).
 func (t notingTx) Merge(key string, update crdt.Map) (crdt.Map, error) {
 	m, err := t.Tx.Merge(key, update)
 	if err == nil {
-		t.seen.AddMap(&m)
+		t.seen.AddMap(&update)
 	}
 	return m, err
 }

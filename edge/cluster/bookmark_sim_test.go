@@ -312,7 +312,7 @@ func (s *bmScenario) await(cl *bmClient, i int, write bool) bool {
 		s.n.waited++
 	case Fetched:
 		s.n.fetched++
-	case Unknown:
+	case SetAside:
 		s.n.unknown++
 	case Behind:
 		s.n.behind++
@@ -341,9 +341,9 @@ func (s *bmScenario) await(cl *bmClient, i int, write bool) bool {
 	case a == Behind:
 		c.logf("%s of %s on %s: behind after %s (%s; held by no node it can call: %v)", what, cl.user, c.nodes[i].name, took.Round(time.Millisecond), why, unheld)
 		return false
-	case a == Unknown:
+	case a == SetAside:
 		// Every mark here names a write of a node of this cluster: none may be set aside.
-		s.t.Errorf("%s on %s: Await set marks aside (unknown_origin); bookmark %v, Have %v",
+		s.t.Errorf("%s on %s: Await set marks aside (set_aside); bookmark %v, Have %v",
 			what, c.nodes[i].name, cl.bookmark.Marks(), rep.Have().Marks())
 	}
 	if !rep.Covers(cl.bookmark) {

@@ -322,7 +322,7 @@ func TestAwait(t *testing.T) {
 		age  time.Duration
 		want Awaited
 	}{
-		{"UnknownOrigin", forgetUnknownAfter + time.Minute, Unknown},
+		{"UnknownOrigin", forgetUnknownAfter + time.Minute, SetAside},
 		{"UnknownOriginRecent", 0, Behind},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -354,8 +354,8 @@ func TestAwait(t *testing.T) {
 		forged.Wall += int64(time.Second)
 		c.net.resetStats()
 		a, took, err := c.await(1, bookmarkOf(forged), 50*time.Millisecond, 10*time.Second)
-		if a != Unknown || err != nil {
-			t.Fatalf("Await(mark beyond what its live origin holds) = %v, %v after %s; want it set aside (unknown_origin)", a, err, took)
+		if a != SetAside || err != nil {
+			t.Fatalf("Await(mark beyond what its live origin holds) = %v, %v after %s; want it set aside (set_aside)", a, err, took)
 		}
 		if s := c.net.linkStats("n1", "n0"); s.Calls["digest"] == 0 {
 			t.Errorf("Await set the mark aside without asking its origin")
@@ -419,7 +419,7 @@ func TestBookmarkReadYourWrites(t *testing.T) {
 		got, took, err := c.await(b, bm, 300*time.Millisecond, 2*time.Second)
 		outcomes[got]++
 		last = fmt.Sprintf("Await(%v) = %v after %s, Have %v", bm.Marks(), got, took, c.nodes[b].Rep().Have().Marks())
-		if err != nil || got == Unknown {
+		if err != nil || got == SetAside {
 			t.Fatalf("%s on %s, read on %s: Await = %v, %v after %s", what, c.nodes[a].name, c.nodes[b].name, got, err, took)
 		}
 	}

@@ -28,26 +28,27 @@ import (
 // haveState is what this node holds of each other origin's writes. Safe for concurrent use.
 type haveState struct {
 	mu         sync.Mutex
-	have       crdt.Bookmark          // never holds our own node
-	changed    chan struct{}          // closed and replaced whenever have rises
-	distrusted map[crdt.NodeID]uint64 // origins whose pushes we partly refused → epoch
-	epoch      uint64                 // counts distrust events
-	known      map[crdt.NodeID]bool   // every node ever named a peer
-	fetching   map[crdt.NodeID]*fetch // fetches in flight, by peer
+	have       crdt.Bookmark             // never holds our own node
+	changed    chan struct{}             // closed and replaced whenever have rises
+	distrusted map[crdt.NodeID]uint64    // origins whose pushes we partly refused → epoch
+	epoch      uint64                    // counts distrust events
+	lastLive   map[crdt.NodeID]time.Time // when each node last stopped being a live peer
+	fetching   map[crdt.NodeID]*fetch    // fetches in flight, by peer
 	lastFetch  map[crdt.NodeID]time.Time
 }
 
 func (h *haveState) init() {
 	h.changed = make(chan struct{})
 	h.distrusted = make(map[crdt.NodeID]uint64)
-	h.known = make(map[crdt.NodeID]bool)
+	h.lastLive = make(map[crdt.NodeID]time.Time)
 	h.fetching = make(map[crdt.NodeID]*fetch)
 	h.lastFetch = make(map[crdt.NodeID]time.Time)
 }
 
-func (h *haveState) know(id crdt.NodeID) {
+// gone records that node stopped being a live peer at t.
+func (h *haveState) gone(node crdt.NodeID, t time.Time) {
 	h.mu.Lock()
-	h.known[id] = true
+	h.lastLive[node] = t
 	h.mu.Unlock()
 }
 
@@ -101,9 +102,6 @@ func (h *haveState) synced(peer crdt.NodeID, epoch uint64, have crdt.Bookmark, s
 	if e, ok := h.distrusted[peer]; ok && e <= epoch {
 		delete(h.distrusted, peer)
 	}
-	for _, ts := range have.Marks() {
-		h.known[ts.Node] = true
-	}
 	h.raiseLocked(have, self)
 }
 
@@ -150,14 +148,14 @@ var ErrBehind = errors.New("this node has not caught up with the bookmark")
 type Awaited int
 
 const (
-	Covered Awaited = iota // held already
-	Waited                 // held after waiting for replication
-	Fetched                // held after fetching from other nodes
-	Unknown                // some marks name nodes this node never knew; they were set aside
-	Behind                 // not held: ErrBehind
+	Covered  Awaited = iota // held already
+	Waited                  // held after waiting for replication
+	Fetched                 // held after fetching from other nodes
+	SetAside                // held but for marks nothing can bring, which were set aside
+	Behind                  // not held: ErrBehind
 )
 
-var awaitedNames = [...]string{"covered", "waited", "fetched", "unknown_origin", "behind"}
+var awaitedNames = [...]string{"covered", "waited", "fetched", "set_aside", "behind"}
 
 // String returns the metric label of a.
 func (a Awaited) String() string { return awaitedNames[a] }
@@ -170,7 +168,7 @@ func (a Awaited) String() string { return awaitedNames[a] }
 // Marks that cannot be waited for are set aside rather than refused: marks of this node
 // (see haveState.missing), marks beyond what their origin itself reports holding (made up,
 // or lost with a restored backup), and, once fetching did not help, marks older than
-// forgetUnknownAfter of nodes this node has never known (long gone, or made up). Otherwise, when ctx ends or the candidates
+// forgetUnknownAfter of nodes not seen alive here for as long (gone, or made up). Otherwise, when ctx ends or the candidates
 // are exhausted first, or when a mark is further ahead of local time than MaxSkew, Await
 // returns ErrBehind.
 func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait, timeout time.Duration) (Awaited, error) {
@@ -178,6 +176,13 @@ func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait, timeout t
 	if len(missing) == 0 {
 		return r.awaited(Covered, time.Time{})
 	}
+	// Each waiting request holds a goroutine and wakes on every rise of what this node
+	// holds: beyond maxAwaiting at once, the rest are told at once that the node is behind.
+	if r.awaiting.Add(1) > maxAwaiting {
+		r.awaiting.Add(-1)
+		return r.awaited(Behind, time.Time{})
+	}
+	defer r.awaiting.Add(-1)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
@@ -205,8 +210,8 @@ func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait, timeout t
 		}
 	}
 
-	// Fetch: origins first, then anyone alive, each by a pull that began after this call
-	// did (so after the bookmark's writes were acknowledged).
+	// Fetch from the origins and other live peers at once, each by a pull that began
+	// after this call did (so after the bookmark's writes were acknowledged).
 	set := make(map[crdt.Timestamp]bool) // marks set aside
 	pending := func() []crdt.Timestamp {
 		m, _ := r.have.missing(b, r.self)
@@ -218,46 +223,77 @@ func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait, timeout t
 		}
 		return out
 	}
-	tried := make(map[crdt.NodeID]bool)
-	for _, p := range r.fetchCandidates(missing) {
-		if ctx.Err() != nil {
-			break
+	met := func() (Awaited, error) {
+		if len(set) > 0 {
+			return r.awaited(SetAside, start)
 		}
-		tried[p.ID] = true
-		if have, err := r.fetchFrom(ctx, p, start); err == nil {
-			for _, ts := range missing {
-				if ts.Node == p.ID && have.Mark(p.ID).Less(ts) {
-					set[ts] = true // beyond what its origin holds
+		return r.awaited(Fetched, start)
+	}
+	type pulled struct {
+		peer crdt.NodeID
+		have crdt.Bookmark
+		err  error
+	}
+	peers := r.fetchCandidates(missing)
+	results := make(chan pulled, len(peers)) // buffered: a pull ends even when Await has
+	for _, p := range peers {
+		go func() { // ends with ctx, which ends when Await returns
+			have, err := r.fetchFrom(ctx, p, start)
+			results <- pulled{p.ID, have, err}
+		}()
+	}
+collect:
+	for range peers {
+		select {
+		case res := <-results:
+			if res.err == nil {
+				for _, ts := range missing {
+					if ts.Node == res.peer && res.have.Mark(res.peer).Less(ts) {
+						set[ts] = true // beyond what its origin holds
+					}
 				}
 			}
+		case <-ctx.Done():
+			break collect
 		}
 		if len(pending()) == 0 {
-			if len(set) > 0 {
-				return r.awaited(Unknown, start)
-			}
-			return r.awaited(Fetched, start)
+			return met()
 		}
 	}
-	rest := pending()
-	old := r.cfg.Now().Add(-forgetUnknownAfter).UnixNano()
-	r.have.mu.Lock()
-	for _, ts := range rest {
-		if !r.have.known[ts.Node] && !tried[ts.Node] && ts.Wall < old {
+	// Marks of nodes gone for longer than forgetUnknownAfter (or never seen alive here),
+	// themselves older than that, are set aside: nothing can bring them any more.
+	old := r.cfg.Now().Add(-forgetUnknownAfter)
+	for _, ts := range pending() {
+		if ts.Wall < old.UnixNano() && r.goneSince(ts.Node, old) {
 			set[ts] = true
 		}
 	}
-	r.have.mu.Unlock()
 	if len(pending()) == 0 {
-		return r.awaited(Unknown, start)
+		return met()
 	}
 	return r.awaited(Behind, start)
 }
 
-// forgetUnknownAfter is how old a mark of a node this node never knew must be to be set
-// aside. Younger, it may be a node that joined a moment ago, or one that went down before
-// this one restarted (nodes learn of each other again only from live members); older, its
-// writes have long reached every live node, or were lost with it.
+// goneSince reports whether node is not a live peer and has not been one since t.
+func (r *Replicator) goneSince(node crdt.NodeID, t time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, live := r.workers[node]; live {
+		return false
+	}
+	r.have.mu.Lock()
+	defer r.have.mu.Unlock()
+	return r.have.lastLive[node].Before(t)
+}
+
+// forgetUnknownAfter is how long a node must have been gone (or never seen alive here),
+// and how old its mark, for the mark to be set aside. Younger, it may be a node that joined
+// a moment ago, one that is down for now, or one that went down before this node restarted;
+// older, its writes have long reached every live node, or were lost with it.
 const forgetUnknownAfter = 10 * time.Minute
+
+// maxAwaiting bounds the requests that wait for a bookmark at once.
+const maxAwaiting = 1024
 
 // maxFetchPeers bounds the peers one Await fetches from.
 const maxFetchPeers = 4

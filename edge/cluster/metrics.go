@@ -62,7 +62,7 @@ func newMetrics() *Metrics {
 		}, []string{"status"}),
 		Awaits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessiond_bookmark_requests_total",
-			Help: "Requests carrying a bookmark, by how it was met: covered (held at once), waited (replication brought it), fetched (pulled from another node), unknown_origin (marks of nodes never known set aside), behind (answered 503).",
+			Help: "Requests carrying a bookmark, by how it was met: covered (held at once), waited (replication brought it), fetched (pulled from another node), set_aside (met but for marks nothing can bring: of nodes gone for 10 min, or beyond what their origin holds), behind (answered 503).",
 		}, []string{"outcome"}),
 		AwaitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "sessiond_bookmark_wait_seconds",

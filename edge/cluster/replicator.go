@@ -81,7 +81,8 @@ type Replicator struct {
 	lagMu sync.Mutex
 	lag   map[crdt.NodeID]time.Duration // last observed propagation delay from each origin
 
-	have haveState // what this node holds of each origin's writes; see Await
+	have     haveState    // what this node holds of each origin's writes; see Await
+	awaiting atomic.Int64 // Awaits past the fast path, now
 }
 
 // worker is the goroutine that serves one peer.
@@ -157,13 +158,13 @@ func (r *Replicator) SetPeers(peers []Peer) {
 	for _, p := range peers {
 		if p.ID != r.self {
 			want[p.ID] = p
-			r.have.know(p.ID)
 		}
 	}
 	for id, w := range r.workers {
 		if p, ok := want[id]; !ok || p != w.peer {
 			w.cancel()
 			delete(r.workers, id)
+			r.have.gone(id, time.Now())
 		}
 	}
 	for id, p := range want {

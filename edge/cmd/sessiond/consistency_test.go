@@ -149,7 +149,7 @@ func logBookmarkMetrics(t *testing.T, hc *http.Client, nodes []*clNode, what str
 	now := bookmarkMetrics(t, hc, nodes)
 	d := func(k string) float64 { return now[k] - before[k] }
 	var outcomes []string
-	for _, o := range []string{"covered", "waited", "fetched", "unknown_origin", "behind"} {
+	for _, o := range []string{"covered", "waited", "fetched", "set_aside", "behind"} {
 		outcomes = append(outcomes, fmt.Sprintf("%s=%.0f", o, d(`sessiond_bookmark_requests_total{outcome="`+o+`"}`)))
 	}
 	waits := d("sessiond_bookmark_wait_seconds_count")
