@@ -267,25 +267,13 @@ func (b *Bookmark) Parse(s string) error {
 	if len(s) > MaxBookmarkText {
 		return fmt.Errorf("%w: longer than %d bytes", errBookmark, MaxBookmarkText)
 	}
-	var src, bin [MaxBookmarkText]byte
 	first := true
 	for part := range strings.SplitSeq(s, ",") {
 		if part = strings.TrimSpace(part); part == "" {
 			continue
 		}
-		// The strict decoder still skips CR and LF: refuse them, so that the text form has
-		// one spelling per value.
-		if strings.ContainsAny(part, "\r\n") {
-			b.marks = b.marks[:0]
-			return errBookmark
-		}
-		n, err := bookmarkEncoding.Decode(bin[:], src[:copy(src[:], part)])
-		if err != nil {
-			b.marks = b.marks[:0]
-			return errBookmark
-		}
 		if first {
-			marks, err := decodeMarks(bin[:n], b.marks)
+			marks, err := decodeText(part, b.marks)
 			if err != nil {
 				b.marks = b.marks[:0]
 				return err
@@ -293,12 +281,43 @@ func (b *Bookmark) Parse(s string) error {
 			b.marks, first = marks, false
 			continue
 		}
-		o, err := DecodeBookmark(bin[:n])
+		marks, err := decodeText(part, nil)
 		if err != nil {
 			b.marks = b.marks[:0]
 			return err
 		}
-		b.Merge(o)
+		b.Merge(Bookmark{marks: marks})
 	}
 	return nil
+}
+
+// smallText is the longest text form decoded without allocating: a bookmark of up to three
+// marks, what most requests carry.
+const smallText = 96
+
+// decodeText decodes one bookmark's text form into dst's storage.
+func decodeText(part string, dst []Timestamp) ([]Timestamp, error) {
+	// The strict decoder still skips CR and LF: refuse them, so that the text form has one
+	// spelling per value.
+	if strings.ContainsAny(part, "\r\n") {
+		return nil, errBookmark
+	}
+	var bin []byte
+	var err error
+	if len(part) <= smallText {
+		var src [smallText]byte
+		var buf [smallText * 3 / 4]byte
+		var n int
+		n, err = bookmarkEncoding.Decode(buf[:], src[:copy(src[:], part)])
+		bin = buf[:n]
+		if err == nil {
+			return decodeMarks(bin, dst)
+		}
+	} else {
+		bin, err = bookmarkEncoding.DecodeString(part)
+	}
+	if err != nil {
+		return nil, errBookmark
+	}
+	return decodeMarks(bin, dst)
 }

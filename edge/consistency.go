@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strconv"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/utils"
 
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/edge/cluster"
@@ -37,7 +39,7 @@ type requestContext struct {
 	context.Context
 	owner    string // the caller's user ID, once authenticated (see shows)
 	asked    crdt.Bookmark
-	askedRaw string // the header as sent, if it was one bookmark; aliases the request
+	askedRaw []byte // the header as sent, if it was one bookmark; aliases the request
 	shown    crdt.Bookmark
 
 	askedBuf, shownBuf [4]crdt.Timestamp // the bookmarks' storage while they are small
@@ -103,11 +105,11 @@ func (n *Node) consistency(c *fiber.Ctx) error {
 	default:
 		return badRequest(headerConsistency + ` must be "eventual" or "bookmark"`)
 	}
-	if raw := c.Get(headerBookmark); raw != "" {
-		if err := rc.asked.Parse(raw); err != nil {
+	if raw := c.Request().Header.Peek(headerBookmark); len(raw) > 0 {
+		if err := rc.asked.Parse(utils.UnsafeString(raw)); err != nil { // not kept: no copy
 			return functions.Errorf(functions.EInvalid, "invalid %s: send back a value this API returned", headerBookmark)
 		}
-		if strings.IndexByte(raw, ',') < 0 && strings.TrimSpace(raw) == raw {
+		if bytes.IndexByte(raw, ',') < 0 && len(bytes.TrimSpace(raw)) == len(raw) {
 			rc.askedRaw = raw // read before the handler returns, while raw is valid
 		}
 	}
@@ -130,8 +132,8 @@ func (n *Node) consistency(c *fiber.Ctx) error {
 func (n *Node) setBookmark(c *fiber.Ctx, rc *requestContext) {
 	h := &c.Response().Header
 	if rc.shown.CoveredBy(rc.asked) {
-		if rc.askedRaw != "" {
-			h.SetCanonical(bookmarkKey, []byte(rc.askedRaw))
+		if rc.askedRaw != nil {
+			h.SetCanonical(bookmarkKey, rc.askedRaw)
 			return
 		}
 		rc.shown = rc.asked
