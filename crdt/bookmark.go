@@ -103,6 +103,12 @@ func (b *Bookmark) Merge(o Bookmark) bool {
 
 // AddMap adds the timestamp of every field of m: afterwards b covers the state m shows.
 func (b *Bookmark) AddMap(m *Map) {
+	if m.origins != nil {
+		for _, ts := range m.origins {
+			b.Add(ts)
+		}
+		return
+	}
 	for _, f := range m.fields {
 		b.Add(f.TS)
 	}

@@ -828,3 +828,42 @@ func BenchmarkBookmarkCovers(b *testing.B) {
 		}
 	}
 }
+
+// TestAddMapDecoded: a decoded Map keeps its writers' latest timestamps to spare AddMap a
+// pass over every field; AddMap must cover the same as adding each field's timestamp, also
+// after the Map is changed (which drops what was kept) and in copies.
+func TestAddMapDecoded(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		m := genMap().Draw(t, "m")
+		fieldwise := func(m *crdt.Map) crdt.Bookmark {
+			var b crdt.Bookmark
+			for _, name := range m.Names() {
+				f, _ := m.Field(name)
+				b.Add(f.TS)
+			}
+			return b
+		}
+		d, err := crdt.DecodeMap(m.AppendBinary(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got crdt.Bookmark
+		got.AddMap(&d)
+		if want := fieldwise(&m); !got.Equal(want) {
+			t.Fatalf("AddMap(decoded) = %v, want %v", got.Marks(), want.Marks())
+		}
+		c := d.Copy()
+		other := genMap().Draw(t, "other")
+		c.Merge(other)
+		var gotCopy crdt.Bookmark
+		gotCopy.AddMap(&c)
+		if want := fieldwise(&c); !gotCopy.Equal(want) {
+			t.Fatalf("AddMap(merged copy) = %v, want %v", gotCopy.Marks(), want.Marks())
+		}
+		var again crdt.Bookmark
+		again.AddMap(&d)
+		if !again.Equal(got) {
+			t.Fatalf("AddMap(decoded) after its copy changed = %v, want %v", again.Marks(), got.Marks())
+		}
+	})
+}

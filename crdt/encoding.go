@@ -202,6 +202,7 @@ func DecodeMap(b []byte) (Map, error) {
 	if err := d.end(); err != nil {
 		return Map{}, fmt.Errorf("decode map: %w", err)
 	}
+	m.origins = m.latestByNode()
 	return m, nil
 }
 

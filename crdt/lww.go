@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"maps"
 	"slices"
@@ -80,6 +81,25 @@ func maxValue(f Field) int64 {
 // Methods never retain or modify the byte slices passed to them.
 type Map struct {
 	fields map[string]Field
+	// origins, when not nil, is each writing node's latest timestamp among the fields,
+	// sorted by node: computed when a Map is decoded, dropped by any change, shared by
+	// copies (never modified once set). Bookmark.AddMap reads it instead of every field.
+	origins []Timestamp
+}
+
+// latestByNode returns each node's latest timestamp among m's fields, sorted by node.
+func (m *Map) latestByNode() []Timestamp {
+	var out []Timestamp
+	for _, f := range m.fields {
+		i, found := slices.BinarySearchFunc(out, f.TS.Node, func(t Timestamp, n NodeID) int { return cmp.Compare(t.Node, n) })
+		switch {
+		case !found:
+			out = slices.Insert(out, i, f.TS)
+		case out[i].Less(f.TS):
+			out[i] = f.TS
+		}
+	}
+	return out
 }
 
 // Len returns the number of fields, tombstones included.
@@ -109,6 +129,7 @@ func (m *Map) put(name string, f Field) bool {
 		f.Value = bytes.Clone(f.Value)
 	}
 	m.fields[name] = f
+	m.origins = nil
 	return true
 }
 
@@ -240,7 +261,7 @@ func (m *Map) Clone() Map {
 // value in place, so either map can be merged, edited or pruned afterwards without
 // affecting the other; only writing into a slice from Get or Field would, which Get
 // forbids. It is cheaper than Clone for a copy that will only be read.
-func (m *Map) Copy() Map { return Map{fields: maps.Clone(m.fields)} }
+func (m *Map) Copy() Map { return Map{fields: maps.Clone(m.fields), origins: m.origins} }
 
 // Equal reports whether m and o hold the same fields and versions.
 func (m *Map) Equal(o Map) bool {
@@ -263,6 +284,7 @@ func (m *Map) Prune(drop func(name string, f Field) bool) {
 	for name, f := range m.fields {
 		if drop(name, f) {
 			delete(m.fields, name)
+			m.origins = nil
 		}
 	}
 }
