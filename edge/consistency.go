@@ -21,9 +21,9 @@ import (
 // A request may carry X-Sessiond-Bookmark: what its client saw or wrote before. The node
 // answers it only from state that includes all of it (cluster.Replicator.Await: wait for
 // replication, then pull from the origin or any node that has it, else 503 behind). Every
-// /v1/ response carries the bookmark of what it showed or wrote, merged with the one the
-// request carried, so a client that keeps the latest reads its own writes and never goes
-// back in time, on any node. A session token carries the bookmark of its session's
+// successful /v1/ response carries the bookmark of what it showed of the caller's own state
+// or wrote, merged with the one the request carried, so a client that keeps the latest
+// reads its own writes and never goes back in time, on any node. A session token carries the bookmark of its session's
 // creation, so a fresh token works everywhere without the client's help.
 
 const (
