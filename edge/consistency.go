@@ -43,6 +43,10 @@ type requestContext struct {
 	shown    crdt.Bookmark
 
 	askedBuf, shownBuf [4]crdt.Timestamp // the bookmarks' storage while they are small
+
+	// waited: a wait or fetch ran for the request, whose goroutines may still hold the
+	// context for a moment; it is then not reused.
+	waited bool
 }
 
 type requestContextKey struct{}
@@ -94,9 +98,24 @@ func (r *requestContext) shows(key string, m *crdt.Map) bool {
 // opted out with X-Sessiond-Consistency: eventual (then the response says how far
 // behind this node may be).
 func (n *Node) consistency(c *fiber.Ctx) error {
-	rc := &requestContext{Context: c.UserContext()}
+	// Request contexts are reused: one per request was most of what bookmarks added to a
+	// read's allocations. Nothing keeps one once the handler has returned (the live stream
+	// works on the node's context), unless a wait ran.
+	rc, _ := n.requestContexts.Get().(*requestContext)
+	if rc == nil {
+		rc = new(requestContext)
+	}
+	parent := c.UserContext()
+	*rc = requestContext{Context: parent}
 	rc.asked, rc.shown = crdt.NewBookmark(rc.askedBuf[:]), crdt.NewBookmark(rc.shownBuf[:])
 	c.SetUserContext(rc)
+	defer func() {
+		c.SetUserContext(parent)
+		if !rc.waited {
+			*rc = requestContext{}
+			n.requestContexts.Put(rc)
+		}
+	}()
 	eventual := false
 	switch v := c.Get(headerConsistency); v {
 	case "", "bookmark":
@@ -156,7 +175,10 @@ var errBehind = functions.Errorf(functions.EBehind,
 // await meets bookmark b for the request, within BookmarkTimeout: nil, or errBehind with
 // Retry-After set.
 func (n *Node) await(c *fiber.Ctx, b crdt.Bookmark) error {
-	_, err := n.replicator.Await(c.UserContext(), b, n.cfg.BookmarkWait, n.cfg.BookmarkTimeout)
+	a, err := n.replicator.Await(c.UserContext(), b, n.cfg.BookmarkWait, n.cfg.BookmarkTimeout)
+	if rc := requestIn(c.UserContext()); rc != nil && a != cluster.Covered {
+		rc.waited = true
+	}
 	if errors.Is(err, cluster.ErrBehind) {
 		c.Set(fiber.HeaderRetryAfter, "1")
 		return errBehind

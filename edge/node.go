@@ -48,6 +48,8 @@ type Node struct {
 	loginByAccount *throttle
 	loginByAddress *throttle
 
+	requestContexts sync.Pool // of *requestContext, reused by consistency
+
 	ready  atomic.Bool
 	ctx    context.Context // ends when the node stops; request contexts derive from it
 	cancel context.CancelFunc

@@ -27,6 +27,7 @@ type benchResult struct {
 		Max        float64 `json:"max_ms"`
 	} `json:"operations"`
 	Errors map[string]int64 `json:"errors"`
+	Behind int64            `json:"behind"` // responses 503 behind (errors too)
 	CPU    struct {
 		Percent float64 `json:"percent"`
 	} `json:"cpu"`
@@ -196,8 +197,8 @@ func startJWTRedis(o options, fsync string) ([]string, []*proc, error) {
 var httpMixes = []string{"read=1", "patch=1"}
 
 func runHTTP(ctx context.Context, o options, res *results) error {
-	fmt.Printf("== HTTP: %d connections, %s per run (after %s warm-up), %d users, mixes %s\n",
-		o.connections, o.duration, o.warmup, o.users, strings.Join(httpMixes, " and "))
+	fmt.Printf("== HTTP: %d connections, %s per run (after %s warm-up), %d users, mixes %s; on sessiond also read+bookmark (the harness's own client, %d users)\n",
+		o.connections, o.duration, o.warmup, o.users, strings.Join(httpMixes, " and "), o.connections)
 	for round := range o.repeat {
 		for _, t := range httpTargets {
 			urls, ps, err := t.start(ctx, o)
@@ -224,13 +225,27 @@ func runHTTP(ctx context.Context, o options, res *results) error {
 				fmt.Printf("  %-15s %-6s %8.0f req/s  p50 %6.2f  p99 %7.2f ms  errors %d  server CPU %3.0f%% (%5.1f µs/req)  bench CPU %3.0f%%  load %.1f\n",
 					t.name, op, st.Throughput, st.P50, st.P99, st.Errors, serverCPU, run.ServerUS, r.CPU.Percent, load)
 			}
+			if isSessiond(t.name) {
+				r, err := runBookmarkReads(ctx, o, t.name, urls, ps, round)
+				if err != nil {
+					return fmt.Errorf("%s read+bookmark: %w", t.name, err)
+				}
+				res.HTTPBookmark = append(res.HTTPBookmark, r)
+				printBookmarkRead(r)
+			}
 			for _, p := range ps {
 				p.stop()
 			}
 		}
 	}
 	res.Ratios = ratios(res.HTTP)
+	for _, t := range httpTargets {
+		if r, ok := medianBookmarkRead(res.HTTPBookmark, t.name); ok {
+			res.Ratios["read+bookmark "+t.name+"/read"] = r.Ratio
+		}
+	}
 	printHTTP(res)
+	printBookmarkReads(res)
 	return nil
 }
 
@@ -288,4 +303,5 @@ func printHTTP(res *results) {
 	}
 	fmt.Println("targets: reads ≥ 0.60× bare; durable patches ≥ 0.25× bare")
 	fmt.Println("µs/req: the servers' CPU (user+sys, Redis included) per successful request while measuring")
+	fmt.Println("sessiond rows: `sessiond bench` sends each user's latest X-Sessiond-Bookmark with every request")
 }

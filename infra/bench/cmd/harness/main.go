@@ -1,8 +1,10 @@
 // Command harness runs the benchmarks of BENCHMARKS.md (`task bench`): it starts every
 // target on loopback ports — a bare Fiber handler, Fiber + JWT + Redis (appendfsync
 // everysec and always), one sessiond node, a three-node sessiond cluster — runs
-// `sessiond bench` with the same load against each, then measures replication in a
-// six-node, three-region cluster, anti-entropy repair, memory and start-up time. It stops
+// `sessiond bench` with the same load against each (and, on sessiond, reads with and
+// without a bookmark), then measures replication in a six-node, three-region cluster
+// (with sign-outs and cross-node reads with bookmarks alongside the paced writes),
+// anti-entropy repair, memory and start-up time. It stops
 // everything it started, on failure and on Ctrl-C too, and prints the figures and ratios;
 // results.json in --out keeps them all.
 package main
@@ -31,6 +33,8 @@ type options struct {
 	parts          map[string]bool
 	repRate        float64
 	repDuration    time.Duration
+	revokeRate     float64
+	bookmarkRate   float64
 	repairUsers    int
 	startupUsers   int
 	redisServer    string
@@ -39,17 +43,18 @@ type options struct {
 
 // results is everything measured, as results.json holds it.
 type results struct {
-	Started     time.Time          `json:"started"`
-	Cores       int                `json:"cores"`
-	LoadBefore  float64            `json:"load_before"`
-	LoadAfter   float64            `json:"load_after"`
-	HTTP        []httpRun          `json:"http,omitempty"`
-	Ratios      map[string]float64 `json:"ratios,omitempty"`
-	Replication *replicationResult `json:"replication,omitempty"`
-	Repair      *repairResult      `json:"repair,omitempty"`
-	Memory      []memoryResult     `json:"memory,omitempty"`
-	Startup     *startupResult     `json:"startup,omitempty"`
-	Scaling     []scalingRun       `json:"patch_scaling,omitempty"`
+	Started      time.Time          `json:"started"`
+	Cores        int                `json:"cores"`
+	LoadBefore   float64            `json:"load_before"`
+	LoadAfter    float64            `json:"load_after"`
+	HTTP         []httpRun          `json:"http,omitempty"`
+	HTTPBookmark []bookmarkReadRun  `json:"http_read_bookmark,omitempty"`
+	Ratios       map[string]float64 `json:"ratios,omitempty"`
+	Replication  *replicationResult `json:"replication,omitempty"`
+	Repair       *repairResult      `json:"repair,omitempty"`
+	Memory       []memoryResult     `json:"memory,omitempty"`
+	Startup      *startupResult     `json:"startup,omitempty"`
+	Scaling      []scalingRun       `json:"patch_scaling,omitempty"`
 }
 
 func main() {
@@ -64,6 +69,8 @@ func main() {
 	flag.IntVar(&o.repeat, "repeat", 1, "run the HTTP comparison this many times, interleaved; the median counts")
 	flag.Float64Var(&o.repRate, "replication-rate", 1000, "writes per second during the replication run")
 	flag.DurationVar(&o.repDuration, "replication-duration", 20*time.Second, "length of the replication run")
+	flag.Float64Var(&o.revokeRate, "revocation-rate", 20, "sign-outs per second during the replication run (0: none)")
+	flag.Float64Var(&o.bookmarkRate, "bookmark-read-rate", 20, "cross-node reads with a bookmark per second during the replication run (0: none)")
 	flag.IntVar(&o.repairUsers, "repair-users", 10_000, "users (each with 8 sessions: 10 records) the repaired node misses")
 	flag.IntVar(&o.startupUsers, "startup-users", 100_000, "users (each with 10 sessions) in the start-up and memory run")
 	flag.StringVar(&o.redisServer, "redis-server", "redis-server", "redis-server binary")

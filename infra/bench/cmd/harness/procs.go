@@ -100,6 +100,13 @@ func loopback() string { return "127.0.0.1:" + strconv.Itoa(freePort()) }
 
 var httpc = &http.Client{Timeout: 5 * time.Second}
 
+// probec is the client of the probes that run many requests at once (the revoker's
+// pollers): net/http keeps only two idle connections per host by default, and a probe
+// that dialled anew for most requests would measure connection set-up and run the
+// machine out of ephemeral ports.
+var probec = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+	MaxIdleConns: 256, MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute}}
+
 // waitHTTP polls url until it answers 200, the process exits, or the timeout passes.
 func waitHTTP(p *proc, url string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)

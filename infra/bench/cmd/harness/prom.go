@@ -138,3 +138,43 @@ func (h histogram) quantile(q float64) float64 {
 	}
 	return lo
 }
+
+// maxBound returns the upper bound of the lowest bucket holding every sample (+Inf when
+// some are above the last finite bound; NaN when there are none): a histogram knows its
+// maximum only that far.
+func (h histogram) maxBound() float64 {
+	n := h.count()
+	if n == 0 {
+		return math.NaN()
+	}
+	for i, c := range h.counts {
+		if c >= n {
+			return h.bounds[i]
+		}
+	}
+	return math.Inf(1)
+}
+
+// millis is a figure in milliseconds read from a histogram, which may have none: it is
+// JSON null and prints as "–" when there were no samples (NaN), and "∞" beyond the last
+// finite bucket.
+type millis float64
+
+func msOf(seconds float64) millis { return millis(seconds * 1000) }
+
+func (m millis) MarshalJSON() ([]byte, error) {
+	if math.IsNaN(float64(m)) || math.IsInf(float64(m), 0) {
+		return []byte("null"), nil
+	}
+	return strconv.AppendFloat(nil, float64(m), 'f', 3, 64), nil
+}
+
+func (m millis) String() string {
+	switch {
+	case math.IsNaN(float64(m)):
+		return "–"
+	case math.IsInf(float64(m), 1):
+		return "∞"
+	}
+	return strconv.FormatFloat(float64(m), 'f', 1, 64) + " ms"
+}

@@ -6,41 +6,85 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
-	"slices"
 	"strconv"
 	"time"
 )
 
 type replicationResult struct {
-	Nodes       int     `json:"nodes"`
-	Regions     int     `json:"regions"`
-	TargetRate  float64 `json:"target_writes_per_second"`
-	Writes      float64 `json:"writes_per_second"`
-	WriteP50    float64 `json:"write_p50_ms"`
-	WriteP99    float64 `json:"write_p99_ms"`
-	WriteErrors int64   `json:"write_errors"`
-	Applied     float64 `json:"propagations"` // changes applied from a push, all nodes
-	PropP50     float64 `json:"propagation_p50_ms"`
-	PropP90     float64 `json:"propagation_p90_ms"`
-	PropP99     float64 `json:"propagation_p99_ms"`
-	ProbeN      int     `json:"probe_samples"`
-	ProbeP50    float64 `json:"probe_p50_ms"`
-	ProbeP99    float64 `json:"probe_p99_ms"`
-	ProbeMax    float64 `json:"probe_max_ms"`
-	SyncBytes   float64 `json:"sync_bytes_sent"`
-	BenchCPU    float64 `json:"bench_cpu_percent"`
-	ServersCPU  float64 `json:"servers_cpu_percent"`
-	Load        float64 `json:"load_average"`
+	Nodes         int                 `json:"nodes"`
+	Regions       int                 `json:"regions"`
+	TargetRate    float64             `json:"target_writes_per_second"`
+	Writes        float64             `json:"writes_per_second"`
+	WriteP50      float64             `json:"write_p50_ms"`
+	WriteP99      float64             `json:"write_p99_ms"`
+	WriteErrors   int64               `json:"write_errors"`
+	WriteBehind   int64               `json:"write_behind"` // … of which 503 behind (the bench sends each user's bookmark)
+	Applied       float64             `json:"propagations"` // changes applied from a push, all nodes
+	PropP50       float64             `json:"propagation_p50_ms"`
+	PropP90       float64             `json:"propagation_p90_ms"`
+	PropP99       float64             `json:"propagation_p99_ms"`
+	ProbeN        int                 `json:"probe_samples"`
+	ProbeP50      float64             `json:"probe_p50_ms"`
+	ProbeP99      float64             `json:"probe_p99_ms"`
+	ProbeMax      float64             `json:"probe_max_ms"`
+	SyncBytes     float64             `json:"sync_bytes_sent"`
+	BenchCPU      float64             `json:"bench_cpu_percent"`
+	ServersCPU    float64             `json:"servers_cpu_percent"`
+	Load          float64             `json:"load_average"`
+	Revocation    *revocationResult   `json:"revocation,omitempty"`
+	BookmarkReads *bookmarkReadResult `json:"bookmark_reads,omitempty"`
+}
+
+// revocationResult is the revoker's part of the replication run.
+type revocationResult struct {
+	TargetRate float64 `json:"target_sign_outs_per_second"`
+	SignOuts   int     `json:"sign_outs"`
+	Errors     int     `json:"sign_out_errors"`
+	// From the nodes' sessiond_revocation_propagation_seconds: origin commit → applied by
+	// push on each other node. MaxBucket is the upper bound of the highest bucket reached.
+	Samples   float64 `json:"propagation_samples"`
+	P50       millis  `json:"propagation_p50_ms"`
+	P90       millis  `json:"propagation_p90_ms"`
+	P99       millis  `json:"propagation_p99_ms"`
+	MaxBucket millis  `json:"propagation_max_bucket_ms"`
+	// Measured: sign-out acknowledged → every other node answers 401, polled without a
+	// bookmark every revokerPoll.
+	Refused    durationStats `json:"all_refused"`
+	Unresolved int           `json:"all_refused_unresolved"`
+	Polls      int64         `json:"polls"`
+	PollErrors int64         `json:"poll_errors"`
+}
+
+// bookmarkReadResult is the bookmark probe's part of the replication run.
+type bookmarkReadResult struct {
+	TargetRate  float64        `json:"target_per_second"`
+	Read        durationStats  `json:"read"` // the GET sending the PATCH's bookmark, answered 200
+	Stale       int            `json:"stale_reads"`
+	PatchErrors int            `json:"patch_errors"`
+	ReadErrors  map[string]int `json:"read_errors"`
+	// The nodes' counters over the window: every request that carried a bookmark, the
+	// bench's too (BenchRequests: it sends each user's latest bookmark with every request).
+	BenchRequests int64              `json:"bench_requests"`
+	Outcomes      map[string]float64 `json:"bookmark_requests"`
+	Fetches       map[string]float64 `json:"bookmark_fetches"`
+	// sessiond_bookmark_wait_seconds: requests whose bookmark was not held at once.
+	WaitSamples float64 `json:"wait_samples"`
+	WaitP50     millis  `json:"wait_p50_ms"`
+	WaitP99     millis  `json:"wait_p99_ms"`
 }
 
 // runReplication measures propagation in a six-node, three-region loopback cluster under
 // paced writes: from the nodes' sessiond_replication_propagation_seconds histograms
 // (origin commit → applied on each peer), and by a probe that writes on one node and
-// polls another until the write is visible.
+// polls another until the write is visible. Alongside the paced writes, a revoker signs
+// sessions out (revoker.go) and a bookmark probe reads its writes on other nodes
+// (bookmarkprobe.go).
 func runReplication(ctx context.Context, o options, res *results) error {
 	regions := []string{"eu", "eu", "us", "us", "ap", "ap"}
-	fmt.Printf("\n== replication: %d nodes in 3 regions, %.0f writes/s for %s\n", len(regions), o.repRate, o.repDuration)
+	fmt.Printf("\n== replication: %d nodes in 3 regions, %.0f writes/s for %s; %.0f sign-outs/s, %.0f cross-node reads with a bookmark/s\n",
+		len(regions), o.repRate, o.repDuration, o.revokeRate, o.bookmarkRate)
 	ns, err := startCluster(ctx, o, "rep", regions, true)
 	if err != nil {
 		return err
@@ -48,6 +92,21 @@ func runReplication(ctx context.Context, o options, res *results) error {
 	probe, err := newProbe(ctx, ns)
 	if err != nil {
 		return fmt.Errorf("probe user: %w", err)
+	}
+	var rev *revoker
+	if o.revokeRate > 0 {
+		// Enough sessions for the window and some (measuring may outlast --replication-duration a little).
+		n := int(math.Ceil(o.revokeRate*o.repDuration.Seconds()*1.25)) + 5
+		fmt.Printf("  setup: logging in %d sessions to sign out\n", n)
+		if rev, err = newRevoker(ctx, ns, n); err != nil {
+			return fmt.Errorf("revoker: %w", err)
+		}
+	}
+	var bp *bookmarkProbe
+	if o.bookmarkRate > 0 {
+		if bp, err = newBookmarkProbe(ns); err != nil {
+			return fmt.Errorf("bookmark probe: %w", err)
+		}
 	}
 	// The nodes' histograms are read when measuring starts (after the bench's setup,
 	// whose registrations would count too) and when it ends.
@@ -63,24 +122,33 @@ func runReplication(ctx context.Context, o options, res *results) error {
 		}
 	}
 	probeCtx, stopProbe := context.WithCancel(ctx)
-	probeDone := make(chan []time.Duration)
+	defer stopProbe()
 	load := loadAvg()
-	// The probe starts once the bench has set its users up (its first writes are the
+	// The probes start once the bench has set its users up (its first writes are the
 	// registrations' own propagation, not the paced load's).
 	measuring := make(chan struct{})
-	go func() {
-		select {
-		case <-measuring:
-			probeDone <- probe.run(probeCtx)
-		case <-probeCtx.Done():
-			probeDone <- nil
-		}
-	}()
+	probeDone := during(probeCtx, measuring, func() []time.Duration { return probe.run(probeCtx) })
+	var revDone <-chan *revocations
+	if rev != nil {
+		revDone = during(probeCtx, measuring, func() *revocations { return rev.run(probeCtx, ctx, o.revokeRate) })
+	}
+	var bpDone <-chan *bookmarkReads
+	if bp != nil {
+		bpDone = during(probeCtx, measuring, func() *bookmarkReads { return bp.run(probeCtx, o.bookmarkRate) })
+	}
 	r, serverCPU, err := bench(ctx, o, "bench-replication", procsOf(ns), func() { scrapeAll(); close(measuring) },
 		"--target", joinURLs(ns), "--mix", "patch=1", "--rate", strconv.FormatFloat(o.repRate, 'f', 0, 64),
 		"--connections", "64", "--duration", o.repDuration.String(), "--users", "120")
 	stopProbe()
 	samples := <-probeDone
+	var revs *revocations
+	if revDone != nil {
+		revs = <-revDone // after its last pollers, so that the nodes' histograms hold their revocations
+	}
+	var bps *bookmarkReads
+	if bpDone != nil {
+		bps = <-bpDone
+	}
 	if err != nil {
 		return err
 	}
@@ -102,25 +170,73 @@ func runReplication(ctx context.Context, o options, res *results) error {
 	}
 	st := r.Operations["patch"]
 	rr := &replicationResult{Nodes: len(ns), Regions: 3, TargetRate: o.repRate, Writes: st.Throughput,
-		WriteP50: st.P50, WriteP99: st.P99, WriteErrors: st.Errors, Applied: h.count(),
+		WriteP50: st.P50, WriteP99: st.P99, WriteErrors: st.Errors, WriteBehind: r.Behind, Applied: h.count(),
 		PropP50: 1000 * h.quantile(.5), PropP90: 1000 * h.quantile(.9), PropP99: 1000 * h.quantile(.99),
 		SyncBytes: sent, BenchCPU: r.CPU.Percent, ServersCPU: serverCPU, Load: load}
 	if len(samples) > 0 {
-		slices.Sort(samples)
-		q := func(f float64) float64 {
-			return float64(samples[min(int(f*float64(len(samples))), len(samples)-1)]) / 1e6
-		}
-		rr.ProbeN, rr.ProbeP50, rr.ProbeP99, rr.ProbeMax = len(samples), q(.5), q(.99), float64(samples[len(samples)-1])/1e6
+		s := statsOf(samples)
+		rr.ProbeN, rr.ProbeP50, rr.ProbeP99, rr.ProbeMax = s.N, s.P50, s.P99, s.Max
+	}
+	if revs != nil {
+		hr := histogramOf("sessiond_revocation_propagation_seconds", after, before)
+		rr.Revocation = &revocationResult{TargetRate: o.revokeRate, SignOuts: revs.signOuts, Errors: revs.errors,
+			Samples: hr.count(), P50: msOf(hr.quantile(.5)), P90: msOf(hr.quantile(.9)), P99: msOf(hr.quantile(.99)),
+			MaxBucket: msOf(hr.maxBound()), Refused: statsOf(revs.refused), Unresolved: revs.unresolved,
+			Polls: revs.polls.Load(), PollErrors: revs.pollErrors.Load()}
+	}
+	if bps != nil {
+		hw := histogramOf("sessiond_bookmark_wait_seconds", after, before)
+		rr.BookmarkReads = &bookmarkReadResult{TargetRate: o.bookmarkRate, Read: statsOf(bps.reads), Stale: bps.stale,
+			PatchErrors: bps.patchErrors, ReadErrors: bps.readErrors, BenchRequests: st.Requests,
+			Outcomes:    counterDeltas("sessiond_bookmark_requests_total", "outcome", bookmarkOutcomes, after, before),
+			Fetches:     counterDeltas("sessiond_bookmark_fetches_total", "result", []string{"ok", "error"}, after, before),
+			WaitSamples: hw.count(), WaitP50: msOf(hw.quantile(.5)), WaitP99: msOf(hw.quantile(.99))}
 	}
 	res.Replication = rr
-	fmt.Printf("  writes: %.0f/s (p50 %.1f ms, p99 %.1f ms, errors %d), servers' CPU %.0f%% of one core, load %.1f\n",
-		rr.Writes, rr.WriteP50, rr.WriteP99, rr.WriteErrors, rr.ServersCPU, load)
+	fmt.Printf("  writes: %.0f/s (p50 %.1f ms, p99 %.1f ms, errors %d, of which 503 behind %d), servers' CPU %.0f%% of one core, load %.1f\n",
+		rr.Writes, rr.WriteP50, rr.WriteP99, rr.WriteErrors, rr.WriteBehind, rr.ServersCPU, load)
 	fmt.Printf("  propagation (nodes' histograms, %.0f applications): p50 %.1f ms  p90 %.1f ms  p99 %.1f ms   (target p99 ≤ 100 ms)\n",
 		rr.Applied, rr.PropP50, rr.PropP90, rr.PropP99)
 	fmt.Printf("  write on A → visible on B (probe, %d samples): p50 %.1f ms  p99 %.1f ms  max %.1f ms\n",
 		rr.ProbeN, rr.ProbeP50, rr.ProbeP99, rr.ProbeMax)
 	fmt.Printf("  sync bytes sent, all nodes: %.1f MB (%.0f B per write per peer)\n", sent/1e6, sent/max(st.Throughput*r.Elapsed*5, 1))
+	if v := rr.Revocation; v != nil {
+		fmt.Printf("  sign-outs on random nodes: %d (%.1f/s asked; %d failed), load %.1f\n", v.SignOuts, v.TargetRate, v.Errors, load)
+		fmt.Printf("    revocation propagation (nodes' histograms, %.0f applications): p50 %s  p90 %s  p99 %s  max ≤ %s\n",
+			v.Samples, v.P50, v.P90, v.P99, v.MaxBucket)
+		fmt.Printf("    sign-out acknowledged → every other node refuses the token (polled every %s without a bookmark, %d samples): p50 %.1f ms  p99 %.1f ms  max %.1f ms  (%d not refused everywhere within %s; %d polls, %d neither 200 nor 401)\n",
+			revokerPoll, v.Refused.N, v.Refused.P50, v.Refused.P99, v.Refused.Max, v.Unresolved, revokerGiveUp, v.Polls, v.PollErrors)
+	}
+	if v := rr.BookmarkReads; v != nil {
+		readErrs := 0
+		for _, n := range v.ReadErrors {
+			readErrs += n
+		}
+		fmt.Printf("  PATCH on A → GET on B with its bookmark (%d samples, %.0f/s asked): p50 %.1f ms  p99 %.1f ms  max %.1f ms; stale reads %d; failed reads %d %v, failed patches %d; load %.1f\n",
+			v.Read.N, v.TargetRate, v.Read.P50, v.Read.P99, v.Read.Max, v.Stale, readErrs, v.ReadErrors, v.PatchErrors, load)
+		fmt.Printf("    nodes' counters, every request that carried a bookmark (the probe's %d reads and the bench's %d patches, which carry their user's latest): covered %.0f  waited %.0f  fetched %.0f  set_aside %.0f  behind %.0f; fetches ok %.0f, error %.0f\n",
+			v.Read.N+readErrs, v.BenchRequests, v.Outcomes["covered"], v.Outcomes["waited"], v.Outcomes["fetched"], v.Outcomes["set_aside"], v.Outcomes["behind"],
+			v.Fetches["ok"], v.Fetches["error"])
+		fmt.Printf("    time meeting a bookmark not held at once (nodes' sessiond_bookmark_wait_seconds, the same requests; %.0f not held at once): p50 %s  p99 %s\n",
+			v.WaitSamples, v.WaitP50, v.WaitP99)
+	}
 	return nil
+}
+
+// during runs fn once measuring is closed (nothing if ctx ends first) and delivers its
+// result, or the zero value, on the channel returned.
+func during[T any](ctx context.Context, measuring <-chan struct{}, fn func() T) <-chan T {
+	ch := make(chan T, 1)
+	go func() {
+		var zero T
+		select {
+		case <-measuring:
+			ch <- fn()
+		case <-ctx.Done():
+			ch <- zero
+		}
+	}()
+	return ch
 }
 
 func joinURLs(ns []*node) string {
@@ -142,6 +258,13 @@ type probe struct {
 }
 
 func call(method, url, token string, body any) (int, []byte, error) {
+	st, b, _, err := request(httpc, method, url, token, "", body)
+	return st, b, err
+}
+
+// request sends method url with an optional bearer token, X-Sessiond-Bookmark and JSON
+// body, and returns the status, the body and the response's bookmark.
+func request(hc *http.Client, method, url, token, bookmark string, body any) (int, []byte, string, error) {
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -149,20 +272,27 @@ func call(method, url, token string, body any) (int, []byte, error) {
 	}
 	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, "", err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := httpc.Do(req)
+	if bookmark != "" {
+		req.Header.Set(headerBookmark, bookmark)
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
+	return resp.StatusCode, b, resp.Header.Get(headerBookmark), err
 }
+
+// headerBookmark is what sessiond's /v1/ responses say they showed, and what a request
+// sends back to be answered only from state that includes it (docs/API.md, "Consistency").
+const headerBookmark = "X-Sessiond-Bookmark"
 
 func newProbe(ctx context.Context, ns []*node) (*probe, error) {
 	st, b, err := call("POST", ns[0].url()+"/v1/users", "", map[string]any{"username": "probe", "password": "probe-password",
