@@ -56,13 +56,11 @@ func (s *Messages) Send(ctx context.Context, p Principal, req Send) (Message, er
 	if err := validText("body", req.Body, MaxMessageBody, true); err != nil {
 		return Message{}, err
 	}
+	var prev crdt.EntryID
 	if req.After != "" {
-		prev, err := parseEntryID(req.After)
-		if err != nil {
+		var err error
+		if prev, err = parseEntryID(req.After); err != nil {
 			return Message{}, err
-		}
-		if err := s.Clock.Observe(prev.TS); err != nil {
-			return Message{}, Errorf(EInvalid, "after names a message from the future")
 		}
 	}
 	to, err := s.lookup(ctx, req.To)
@@ -70,6 +68,7 @@ func (s *Messages) Send(ctx context.Context, p Principal, req Send) (Message, er
 		return Message{}, err
 	}
 	msg := crdt.Message{From: p.UserID, To: to.ID, Body: req.Body}
+	conv := crdt.ConversationID(p.UserID, to.ID)
 	var e crdt.Entry
 	err = s.Store.Update(ctx, func(tx Tx) error {
 		// The sender may have been erased by a concurrent request; refuse, as the erasure
@@ -81,13 +80,39 @@ func (s *Messages) Send(ctx context.Context, p Principal, req Send) (Message, er
 		if !ok || crdt.ReadUser(p.UserID, &m).Deleted {
 			return errSessionEnded
 		}
-		e, err = tx.Append(crdt.ConversationID(p.UserID, to.ID), msg)
+		if req.After != "" {
+			if err := checkAfter(tx, conv, prev, p.UserID); err != nil {
+				return err
+			}
+		}
+		e, err = tx.Append(conv, msg)
 		return err
 	})
 	if err != nil {
 		return Message{}, err
 	}
 	return messageOf(e, msg, p.Username, to.Username), nil
+}
+
+// checkAfter checks that prev names a message of sender's in conv that this node holds.
+// Then the new entry orders after it with no help from the client: the node's clock has
+// already passed every timestamp it holds (storage observes each change it applies), so
+// a client's `after` never moves the clock. A message this node does not hold yet is
+// refused rather than trusted: a client that sends the bookmark of its previous message
+// never meets that, since the node first catches up with the bookmark.
+func checkAfter(tx Tx, conv string, prev crdt.EntryID, sender string) error {
+	e, ok, err := tx.Entry(conv, prev)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return Errorf(EInvalid, "after names no message of yours in this conversation")
+	}
+	m, err := crdt.DecodeMessage(e.Data)
+	if err != nil || m.From != sender {
+		return Errorf(EInvalid, "after names no message of yours in this conversation")
+	}
+	return nil
 }
 
 func (s *Messages) lookup(ctx context.Context, username string) (crdt.User, error) {

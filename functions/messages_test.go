@@ -439,14 +439,21 @@ func TestMessagesForUser(t *testing.T) {
 	}
 }
 
-// TestMessagesSendAfter: a sender's second message, sent through a node that has not yet
-// seen the first (modelled by a first message stamped 30 s ahead of this node's clock, as
-// by a node whose clock runs ahead), still orders after it when the client names it.
+// TestMessagesSendAfter: a sender's second message, sent through a node that holds the
+// first only because it arrived from a node whose clock runs 30 s ahead, still orders after
+// it. An `after` that names anything else is refused and moves nothing: no client input
+// advances the clock.
 func TestMessagesSendAfter(t *testing.T) {
 	ctx := context.Background()
 	e := newChatEnv(t)
-	ahead := crdt.EntryID{TS: crdt.Timestamp{Wall: testEpoch.Add(30 * time.Second).UnixNano(), Node: 9}, Seq: 1}
+	conv := crdt.ConversationID(e.alice.UserID, e.bob.UserID)
+	fromAhead := func(from, to string, ahead time.Duration, seq uint64) crdt.EntryID {
+		id := crdt.EntryID{TS: crdt.Timestamp{Wall: testEpoch.Add(ahead).UnixNano(), Node: 9}, Seq: seq}
+		e.store.insert(conv, crdt.Entry{ID: id, Data: crdt.Message{From: from, To: to, Body: "earlier"}.AppendBinary(nil)})
+		return id
+	}
 	t.Run("OK", func(t *testing.T) {
+		ahead := fromAhead(e.alice.UserID, e.bob.UserID, 30*time.Second, 1)
 		m, err := e.messages.Send(ctx, e.alice, Send{To: "bob", Body: "second", After: EntryIDString(ahead)})
 		if err != nil {
 			t.Fatalf("Send: %v", err)
@@ -459,9 +466,28 @@ func TestMessagesSendAfter(t *testing.T) {
 			t.Errorf("ID=%v, want after the previous message's %v", id, ahead)
 		}
 	})
-	t.Run("ErrFromTheFuture", func(t *testing.T) {
-		future := crdt.EntryID{TS: crdt.Timestamp{Wall: testEpoch.Add(time.Hour).UnixNano(), Node: 9}, Seq: 1}
-		_, err := e.messages.Send(ctx, e.alice, Send{To: "bob", Body: "x", After: EntryIDString(future)})
+	bobs := fromAhead(e.bob.UserID, e.alice.UserID, 0, 2)
+	for _, tc := range []struct {
+		name  string
+		after crdt.EntryID
+	}{
+		{"ErrForgedFuture", crdt.EntryID{TS: crdt.Timestamp{Wall: testEpoch.Add(59 * time.Second).UnixNano(), Node: 9}, Seq: 7}},
+		{"ErrForgedPast", crdt.EntryID{TS: crdt.Timestamp{Wall: testEpoch.Add(-time.Second).UnixNano(), Node: 9}, Seq: 8}},
+		{"ErrNotTheSenders", bobs},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := e.clock.Next()
+			_, err := e.messages.Send(ctx, e.alice, Send{To: "bob", Body: "x", After: EntryIDString(tc.after)})
+			wantCode(t, err, EInvalid)
+			// The clock moved by no more than a logical tick: nothing was observed.
+			if after := e.clock.Next(); after.Wall != before.Wall {
+				t.Errorf("clock Wall went from %d to %d, want unchanged", before.Wall, after.Wall)
+			}
+		})
+	}
+	t.Run("ErrOtherConversation", func(t *testing.T) {
+		m := e.mustSend(t, e.alice, "carol", "to carol")
+		_, err := e.messages.Send(ctx, e.alice, Send{To: "bob", Body: "x", After: m.ID})
 		wantCode(t, err, EInvalid)
 	})
 	t.Run("ErrMalformed", func(t *testing.T) {

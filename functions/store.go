@@ -35,6 +35,8 @@ type Tx interface {
 	Merge(key string, update crdt.Map) (crdt.Map, error)
 	// Append appends a message to a conversation log, stamping a new entry ID.
 	Append(conv string, msg crdt.Message) (crdt.Entry, error)
+	// Entry returns the entry id of conversation conv, and whether this node holds it.
+	Entry(conv string, id crdt.EntryID) (crdt.Entry, bool, error)
 }
 
 // ConversationInfo summarises one conversation of a user.
@@ -49,7 +51,4 @@ type ConversationInfo struct {
 type Clock interface {
 	Next() crdt.Timestamp
 	PhysicalNow() time.Time
-	// Observe moves the clock past a timestamp the client saw, or fails with
-	// crdt.ErrClockSkew when it is too far ahead.
-	Observe(crdt.Timestamp) error
 }

@@ -1,6 +1,7 @@
 package functions
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"maps"
@@ -186,10 +187,13 @@ func (s *fakeStore) merge(key string, update crdt.Map) {
 }
 
 // insert adds e to the log conv outside any transaction, as replication from another node
-// does.
+// does: the clock first observes its timestamp.
 func (s *fakeStore) insert(conv string, e crdt.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.clock.Observe(e.ID.TS); err != nil {
+		return // storage refuses a change too far ahead
+	}
 	if s.logs[conv] == nil {
 		s.logs[conv] = new(crdt.Log)
 	}
@@ -280,6 +284,23 @@ func (tx *fakeTx) Append(conv string, msg crdt.Message) (crdt.Entry, error) {
 		return crdt.Entry{}, errors.New("fake store: duplicate entry id")
 	}
 	return e, nil
+}
+
+func (tx *fakeTx) Entry(conv string, id crdt.EntryID) (crdt.Entry, bool, error) {
+	if tx.done {
+		return crdt.Entry{}, false, errTxDone
+	}
+	for _, l := range []*crdt.Log{tx.logs[conv], tx.s.logs[conv]} {
+		if l == nil {
+			continue
+		}
+		for _, e := range l.Entries() {
+			if e.ID == id {
+				return crdt.Entry{ID: id, Data: bytes.Clone(e.Data)}, true, nil
+			}
+		}
+	}
+	return crdt.Entry{}, false, nil
 }
 
 // checkInvariants fails t if the store holds state no handler should leave behind: a

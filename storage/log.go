@@ -163,6 +163,28 @@ func (tx *Tx) Append(conv string, msg crdt.Message) (crdt.Entry, error) {
 	return crdt.Entry{ID: e.ID, Data: bytes.Clone(e.Data)}, nil
 }
 
+// Entry returns the entry id of the conversation conv as this node holds it (committed,
+// or appended earlier in this function), and whether it holds it. The entry's data is a
+// copy the caller owns.
+func (tx *Tx) Entry(conv string, id crdt.EntryID) (crdt.Entry, bool, error) {
+	if tx.closed {
+		return crdt.Entry{}, false, errTxClosed
+	}
+	if err := checkConv(conv); err != nil {
+		return crdt.Entry{}, false, err
+	}
+	for i := range tx.entries {
+		if tx.convs[i] == conv && tx.entries[i].ID == id {
+			return crdt.Entry{ID: id, Data: bytes.Clone(tx.entries[i].Data)}, true, nil
+		}
+	}
+	v := tx.b.log.get().Get(id.AppendBinary(convPrefix(conv)))
+	if v == nil || len(v) < seqLen {
+		return crdt.Entry{}, false, nil
+	}
+	return crdt.Entry{ID: id, Data: bytes.Clone(v[seqLen:])}, true, nil
+}
+
 // insert buffers a remote entry and says what applying it will do.
 func (tx *Tx) insert(conv string, e crdt.Entry) outcome {
 	a, b, _ := crdt.Participants(conv)
