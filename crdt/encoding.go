@@ -146,6 +146,17 @@ func (m *Map) AppendBinary(b []byte) []byte {
 	return b
 }
 
+// EncodedLen returns len(m.AppendBinary(nil)) without encoding: the bytes m takes
+// stored or sent. It allocates nothing.
+func (m *Map) EncodedLen() int {
+	n := 1 + uvarintLen(uint64(len(m.fields)))
+	for name, f := range m.fields {
+		n += uvarintLen(uint64(len(name))) + len(name) + 1 + TimestampSize + 1 +
+			uvarintLen(uint64(len(f.Value))) + len(f.Value)
+	}
+	return n
+}
+
 // MarshalBinary returns the canonical encoding of m.
 func (m *Map) MarshalBinary() ([]byte, error) { return m.AppendBinary(nil), nil }
 

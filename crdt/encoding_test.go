@@ -110,6 +110,9 @@ func TestMapEncoding(t *testing.T) {
 		if mb, err := m.MarshalBinary(); err != nil || !bytes.Equal(mb, b) {
 			t.Fatalf("MarshalBinary()=%x, %v, want %x", mb, err, b)
 		}
+		if n := m.EncodedLen(); n != len(b) {
+			t.Fatalf("EncodedLen()=%d, want len(AppendBinary())=%d", n, len(b))
+		}
 		got, err := crdt.DecodeMap(b)
 		if err != nil {
 			t.Fatalf("DecodeMap(%x): %v", b, err)

@@ -214,15 +214,24 @@ func dataKey(name string, f Field) (string, bool) {
 }
 
 // SessionDataSize returns the number of live data keys of the session record m and their
-// size: the bytes of their names (without DataPrefix) and values. It allocates nothing.
-func SessionDataSize(m *Map) (keys, size int) {
+// size: the bytes of their names (without DataPrefix) and values, and the number of
+// deleted keys (tombstones) it keeps. It allocates nothing.
+func SessionDataSize(m *Map) (keys, size, deleted int) {
 	for name, f := range m.fields {
 		if key, ok := dataKey(name, f); ok {
 			keys++
 			size += len(key) + len(f.Value)
+		} else if f.Deleted && strings.HasPrefix(name, DataPrefix) {
+			deleted++
 		}
 	}
-	return keys, size
+	return keys, size, deleted
+}
+
+// SessionDataLive reports whether the session record m has a live value for data key.
+func SessionDataLive(m *Map, key string) bool {
+	f, ok := m.fields[DataPrefix+key]
+	return ok && f.Kind == KindLWW && !f.Deleted
 }
 
 // IsSession reports whether m has an owner, as every stored session record does; a

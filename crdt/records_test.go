@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -263,9 +264,21 @@ func TestSessionDataSize(t *testing.T) {
 		want := 0
 		for k, v := range data {
 			want += len(k) + len(v)
+			if !crdt.SessionDataLive(&m, k) {
+				t.Fatalf("SessionDataLive(%q) = false, ReadSession shows it", k)
+			}
 		}
-		if keys, size := crdt.SessionDataSize(&m); keys != len(data) || size != want {
-			t.Fatalf("SessionDataSize = %d keys, %d bytes; ReadSession has %d keys, %d bytes", keys, size, len(data), want)
+		wantDeleted := 0
+		for _, name := range m.Names() {
+			if f, _ := m.Field(name); f.Deleted && strings.HasPrefix(name, crdt.DataPrefix) {
+				wantDeleted++
+				if crdt.SessionDataLive(&m, strings.TrimPrefix(name, crdt.DataPrefix)) {
+					t.Fatalf("SessionDataLive(%q) = true for a tombstone", name)
+				}
+			}
+		}
+		if keys, size, deleted := crdt.SessionDataSize(&m); keys != len(data) || size != want || deleted != wantDeleted {
+			t.Fatalf("SessionDataSize = %d keys, %d bytes, %d deleted; ReadSession has %d keys, %d bytes; %d tombstones", keys, size, deleted, len(data), want, wantDeleted)
 		}
 	})
 	var updateOnly crdt.Map

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"errors"
 
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/functions"
@@ -62,10 +63,11 @@ func (s store) ReadLog(ctx context.Context, conv string, after crdt.Cursor, limi
 
 // Update implements functions.Store. What fn reads of the caller's and what it writes
 // join the request's bookmark only if fn succeeds (else its writes are discarded).
+// A write that would grow a record beyond storage.MaxRecord is the client's to fix: 413.
 func (s store) Update(ctx context.Context, fn func(tx functions.Tx) error) error {
 	r := requestIn(ctx)
 	if r == nil {
-		return s.DB.Update(ctx, func(tx *storage.Tx) error { return fn(tx) })
+		return tooLarge(s.DB.Update(ctx, func(tx *storage.Tx) error { return fn(tx) }))
 	}
 	var seen crdt.Bookmark
 	err := s.DB.Update(ctx, func(tx *storage.Tx) error {
@@ -74,6 +76,13 @@ func (s store) Update(ctx context.Context, fn func(tx functions.Tx) error) error
 	})
 	if err == nil {
 		r.shown.Merge(seen)
+	}
+	return tooLarge(err)
+}
+
+func tooLarge(err error) error {
+	if errors.Is(err, storage.ErrRecordTooLarge) {
+		return functions.Errorf(functions.ETooLarge, "the record would exceed %d bytes", storage.MaxRecord)
 	}
 	return err
 }

@@ -18,6 +18,7 @@ const (
 	MaxDataKey         = 128
 	MaxDataValue       = 16 << 10
 	MaxDataKeys        = 256
+	MaxDataNames       = 1024     // data keys a session holds, deleted ones (tombstones) included
 	MaxSessionData     = 64 << 10 // all keys and values of one session, bytes
 	MaxMessageBody     = 4 << 10
 	DefaultPageLimit   = 100

@@ -290,8 +290,18 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 		for k, v := range patch.Set {
 			update.Set(crdt.DataPrefix+k, v, ts)
 		}
-		for _, k := range patch.Delete {
-			update.Delete(crdt.DataPrefix+k, ts)
+		if len(patch.Delete) > 0 {
+			// A tombstone is kept until the session ends: write one only for a key that
+			// has a value here, so deleting keys never set grows nothing.
+			cur, ok, err := tx.Record(crdt.SessionKey(p.SessionID))
+			if err != nil {
+				return err
+			}
+			for _, k := range patch.Delete {
+				if ok && crdt.SessionDataLive(&cur, k) {
+					update.Delete(crdt.DataPrefix+k, ts)
+				}
+			}
 		}
 		update.Raise(crdt.FieldLastUsed, ts.Wall, ts)
 		// The merge is checked after the fact: returning an error discards it. This
@@ -300,7 +310,7 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 		if merged, err = tx.Merge(crdt.SessionKey(p.SessionID), update); err != nil {
 			return err
 		}
-		keys, size := crdt.SessionDataSize(&merged)
+		keys, size, deleted := crdt.SessionDataSize(&merged)
 		switch {
 		case !crdt.IsSession(&merged): // swept since Authenticate: the merge created nothing stored
 			return errSessionEnded
@@ -308,6 +318,8 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 			return Errorf(ETooLarge, "session data would have %d keys, at most %d", keys, MaxDataKeys)
 		case size > MaxSessionData:
 			return Errorf(ETooLarge, "session data would be %d bytes, at most %d", size, MaxSessionData)
+		case keys+deleted > MaxDataNames:
+			return Errorf(ETooLarge, "session data would hold %d key names, deleted ones included, at most %d: a deleted key is remembered until the session ends; set keys deleted before, or sign in again for a new session", keys+deleted, MaxDataNames)
 		}
 		return nil
 	})

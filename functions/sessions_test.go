@@ -532,10 +532,12 @@ func TestSessionsPatchData(t *testing.T) {
 		s := mustPatch(t, e, p, DataPatch{Delete: []string{"theme", "never-set"}})
 		wantData(t, s, map[string]string{"cart": `[1,2]`})
 		m := e.store.record(crdt.SessionKey(p.SessionID))
-		for _, k := range []string{"theme", "never-set"} {
-			if f, ok := m.Field(crdt.DataPrefix + k); !ok || !f.Deleted {
-				t.Errorf("field %q=%+v, %v, want a tombstone", crdt.DataPrefix+k, f, ok)
-			}
+		if f, ok := m.Field(crdt.DataPrefix + "theme"); !ok || !f.Deleted {
+			t.Errorf("field %q=%+v, %v, want a tombstone", crdt.DataPrefix+"theme", f, ok)
+		}
+		// Deleting a key that has no value writes nothing: the record does not grow.
+		if f, ok := m.Field(crdt.DataPrefix + "never-set"); ok {
+			t.Errorf("field %q=%+v, want none", crdt.DataPrefix+"never-set", f)
 		}
 		cur, _ := e.sessions.Current(ctx, p)
 		wantData(t, cur, map[string]string{"cart": `[1,2]`})
@@ -605,6 +607,42 @@ func TestSessionsPatchData(t *testing.T) {
 			}
 		})
 	}
+
+	// A flood of deletes of keys never set, then of keys set and deleted in turn: the
+	// record holds at most MaxDataNames key names, tombstones included, and a write beyond
+	// that is refused with nothing stored changed.
+	t.Run("ErrTooLarge/DeletedNames", func(t *testing.T) {
+		e, p := setup(t)
+		var never []string
+		for i := range MaxDataKeys {
+			never = append(never, fmt.Sprintf("never-%d", i))
+		}
+		key := crdt.SessionKey(p.SessionID)
+		before := e.store.record(key)
+		for range 4 {
+			mustPatch(t, e, p, DataPatch{Delete: never})
+		}
+		if after := e.store.record(key); after.Len() != before.Len() {
+			t.Fatalf("record has %d fields after deleting keys never set, want %d", after.Len(), before.Len())
+		}
+		for round := 0; round < MaxDataNames/MaxDataKeys; round++ {
+			keys := manyKeys(fmt.Sprintf("r%d-", round), MaxDataKeys)
+			mustPatch(t, e, p, DataPatch{Set: keys})
+			mustPatch(t, e, p, DataPatch{Delete: slices.Collect(maps.Keys(keys))})
+		}
+		full := e.store.record(key)
+		if _, _, deleted := crdt.SessionDataSize(&full); deleted != MaxDataNames {
+			t.Fatalf("%d tombstones, want %d", deleted, MaxDataNames)
+		}
+		_, err := e.sessions.PatchData(ctx, p, DataPatch{Set: map[string]json.RawMessage{"one-more": raw(`1`)}})
+		wantCode(t, err, ETooLarge)
+		if after := e.store.record(key); !after.Equal(full) {
+			t.Errorf("session record changed by a refused update")
+		}
+		// A key deleted before can be set again: that adds no name.
+		s := mustPatch(t, e, p, DataPatch{Set: map[string]json.RawMessage{"r0-000": raw(`2`)}})
+		wantData(t, s, map[string]string{"r0-000": `2`})
+	})
 
 	t.Run("ErrTooLarge/TotalSize", func(t *testing.T) {
 		e, p := setup(t)

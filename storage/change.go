@@ -159,17 +159,22 @@ type ApplyResult struct {
 	Applied   int // changed the stored state
 	Unchanged int // already known (a duplicate, or older than what is stored)
 	Dropped   int // not stored: an expired session, or a record or entry of an erased user
-	Rejected  int // not applied: a timestamp too far ahead of local time (MaxSkew)
+	// Rejected counts changes not applied, or applied only in part: a log entry stamped,
+	// or a record's fields stamped, too far ahead of local time (MaxSkew).
+	Rejected int
+	TooLarge int // not applied: the record would exceed MaxRecord
 }
 
 // ApplyRemote merges changes received from other nodes and returns once they are
-// durable. It first advances the clock past each change's latest timestamp; a change
-// whose timestamp is more than MaxSkew ahead of local time is not applied and counts as
-// Rejected (that is not an error of the call). The rest are merged in one function of a
-// group commit, with the rules of Tx.Merge for records, and entries inserted unless
-// present. Applying a change twice, or changes in any order, ends in the same state.
-// It fails, applying nothing, if a change is malformed (see DecodeChange), and on
-// storage errors.
+// durable. It first advances the clock past each change's latest timestamp. What is
+// stamped more than MaxSkew ahead of local time is not applied — a log entry whole, a
+// record field by field (the record's other fields, such as other nodes' writes it
+// relays, still are) — and counts as Rejected; a record that would grow beyond
+// MaxRecord is not applied and counts as TooLarge. Neither is an error of the call. The
+// rest are merged in one function of a group commit, with the rules of Tx.Merge for
+// records, and entries inserted unless present. Applying a change twice, or changes in
+// any order, ends in the same state. It fails, applying nothing, if a change is malformed
+// (see DecodeChange), and on storage errors.
 func (db *DB) ApplyRemote(ctx context.Context, changes []Change) (ApplyResult, error) {
 	var res ApplyResult
 	for i := range changes {
@@ -180,15 +185,27 @@ func (db *DB) ApplyRemote(ctx context.Context, changes []Change) (ApplyResult, e
 	accepted := make([]Change, 0, len(changes))
 	var skew error
 	for i := range changes {
-		if err := db.clock.Observe(changes[i].maxTimestamp()); err != nil {
+		c := changes[i]
+		if c.Conv == "" && c.Map.Version().Wall > db.skewLimit() {
+			c.Map = withinSkew(c.Map, db.skewLimit())
+			res.Rejected++
+			skew = fmt.Errorf("record %q: fields stamped more than %s ahead: %w", c.Key, db.opts.MaxSkew, crdt.ErrClockSkew)
+			if c.Map.Len() == 0 {
+				continue
+			}
+		}
+		if err := db.clock.Observe(c.maxTimestamp()); err != nil {
 			if !errors.Is(err, crdt.ErrClockSkew) {
 				return res, fmt.Errorf("apply remote: %w", err)
+			}
+			if c.Conv == "" && c.Map.Len() != changes[i].Map.Len() {
+				continue // counted above; local time moved back meanwhile
 			}
 			res.Rejected++
 			skew = err
 			continue
 		}
-		accepted = append(accepted, changes[i])
+		accepted = append(accepted, c)
 	}
 	if skew != nil {
 		db.log.Warn("remote changes rejected", attrCount, res.Rejected, attrErr, skew)
@@ -215,6 +232,8 @@ func (db *DB) ApplyRemote(ctx context.Context, changes []Change) (ApplyResult, e
 				r.Applied++
 			case outDropped:
 				r.Dropped++
+			case outTooLarge:
+				r.TooLarge++
 			default:
 				r.Unchanged++
 			}
@@ -224,6 +243,22 @@ func (db *DB) ApplyRemote(ctx context.Context, changes []Change) (ApplyResult, e
 	if err != nil {
 		return res, fmt.Errorf("apply remote: %w", err)
 	}
-	res.Applied, res.Unchanged, res.Dropped = r.Applied, r.Unchanged, r.Dropped
+	res.Applied, res.Unchanged, res.Dropped, res.TooLarge = r.Applied, r.Unchanged, r.Dropped, r.TooLarge
+	if res.TooLarge > 0 {
+		db.log.Warn("remote changes refused", attrCount, res.TooLarge, attrErr, ErrRecordTooLarge)
+	}
 	return res, nil
+}
+
+// skewLimit is the latest wall time a remote timestamp may carry now (see Options.MaxSkew).
+func (db *DB) skewLimit() int64 {
+	return db.physicalNow().Add(db.opts.MaxSkew).UnixNano()
+}
+
+// withinSkew returns the fields of m stamped no later than limit (wall nanoseconds), as a
+// new Map (m, the caller's, is left as it is).
+func withinSkew(m crdt.Map, limit int64) crdt.Map {
+	kept := m.Copy()
+	kept.Prune(func(_ string, f crdt.Field) bool { return f.TS.Wall > limit })
+	return kept
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -149,6 +150,70 @@ func TestApplyRemote(t *testing.T) {
 		res, err = db.ApplyRemote(ctx, []Change{at(time.Hour)})
 		if err != nil || res != (ApplyResult{Rejected: 1}) {
 			t.Errorf("ApplyRemote of only skewed changes = %+v, %v", res, err)
+		}
+	})
+	// A fast node relays another node's revocation inside a record that also carries its
+	// own field stamped beyond the bound: the relayed field applies now, the fast one not.
+	t.Run("SkewPerField", func(t *testing.T) {
+		clk := newTestClock()
+		db := MustOpenDB(t, Options{Now: clk.Now, MaxSkew: time.Minute})
+		key := crdt.SessionKey("s1")
+		rec := crdt.NewSession("u1", clk.Now().Add(time.Hour), time.Hour, ts(7, clk.Now().UnixNano()))
+		rec.Merge(crdt.RevokeSession(ts(8, clk.Now().Add(time.Second).UnixNano())))
+		rec.Raise(crdt.FieldLastUsed, clk.Now().Add(2*time.Minute).UnixNano(), ts(9, clk.Now().Add(2*time.Minute).UnixNano()))
+		res, err := db.ApplyRemote(ctx, []Change{{Key: key, Map: rec}})
+		if err != nil || res != (ApplyResult{Applied: 1, Rejected: 1}) {
+			t.Fatalf("ApplyRemote = %+v, %v; want 1 applied and counted rejected", res, err)
+		}
+		got, ok := mustRecord(t, db, key)
+		if !ok || !crdt.ReadSession("s1", &got).Revoked {
+			t.Fatalf("stored=%v revoked=%v, want the relayed revocation applied", ok, crdt.ReadSession("s1", &got).Revoked)
+		}
+		if f, ok := got.Field(crdt.FieldLastUsed); ok && f.TS.Node == 9 {
+			t.Errorf("field stamped 2m ahead stored: %+v", f)
+		}
+		if last := db.Clock().Last(); last.Wall > clk.Now().Add(time.Minute).UnixNano() {
+			t.Errorf("clock advanced to a rejected timestamp: %s", last)
+		}
+		// Once local time catches up, the same change applies whole.
+		clk.Add(2 * time.Minute)
+		if res, err := db.ApplyRemote(ctx, []Change{{Key: key, Map: rec}}); err != nil || res != (ApplyResult{Applied: 1}) {
+			t.Fatalf("ApplyRemote later = %+v, %v; want applied", res, err)
+		}
+	})
+	// No record grows beyond MaxRecord, from a local write or a remote one, and a remote
+	// change refused for size leaves the rest of its push applied.
+	t.Run("MaxRecord", func(t *testing.T) {
+		db := MustOpenDB(t)
+		key := crdt.UserKey("big")
+		big := func(node crdt.NodeID, n int) crdt.Map {
+			var m crdt.Map
+			for i := range n {
+				m.Set(fmt.Sprintf("f%d-%d", node, i), bytes.Repeat([]byte{'x'}, 1000), ts(node, 1))
+			}
+			return m
+		}
+		merge(t, db, key, big(1, 600)) // about 620 KB
+		before, _ := mustRecord(t, db, key)
+		err := db.Update(ctx, func(tx *Tx) error {
+			_, err := tx.Merge(key, big(2, 600))
+			return err
+		})
+		if !errors.Is(err, ErrRecordTooLarge) {
+			t.Fatalf("local Merge beyond MaxRecord: %v, want ErrRecordTooLarge", err)
+		}
+		other := Change{Key: crdt.UserKey("small"), Map: crdt.NewUser("small", "", nil, ts(3, 5))}
+		res, err := db.ApplyRemote(ctx, []Change{{Key: key, Map: big(3, 600)}, other})
+		if err != nil || res != (ApplyResult{Applied: 1, TooLarge: 1}) {
+			t.Fatalf("ApplyRemote = %+v, %v; want the small change applied, the big one refused", res, err)
+		}
+		if after, _ := mustRecord(t, db, key); !after.Equal(before) || after.EncodedLen() > MaxRecord {
+			t.Errorf("record changed by refused writes (%d bytes)", after.EncodedLen())
+		}
+		// A merge that fits after all (fields it already holds) is applied.
+		res, err = db.ApplyRemote(ctx, []Change{{Key: key, Map: big(1, 600)}})
+		if err != nil || res != (ApplyResult{Unchanged: 1}) {
+			t.Errorf("ApplyRemote of known fields = %+v, %v", res, err)
 		}
 	})
 	t.Run("ErrMalformed", func(t *testing.T) {

@@ -33,8 +33,21 @@ type pendingRecord struct {
 	had  bool     // the record was stored when the function first read it
 	base stored   // and this is what it was
 	m    crdt.Map // merged state
+	size int      // at least m.EncodedLen(): a bound that spares measuring m on every merge
 	keep bool     // false when the merged record is not to be stored
 }
+
+// MaxRecord bounds the encoded size of every stored record, tombstones included (see
+// crdt.Map.EncodedLen). A local write that would grow a record beyond it fails with
+// ErrRecordTooLarge; a remote change that would is not applied (ApplyResult.TooLarge).
+// The API's own limits keep what one node writes far below it (docs/API.md); only
+// concurrent writes to one session through several partitioned nodes can add up to more,
+// and those beyond the bound are then kept by the nodes that accepted them.
+const MaxRecord = 1 << 20
+
+// ErrRecordTooLarge is returned by Tx.Merge for a write that would grow a record beyond
+// MaxRecord.
+var ErrRecordTooLarge = errors.New("storage: record would exceed its size bound")
 
 var errTxClosed = errors.New("storage: transaction used after its function returned")
 
@@ -83,6 +96,7 @@ const (
 	outUnchanged outcome = iota
 	outApplied
 	outDropped
+	outTooLarge // not applied: the record would exceed MaxRecord
 )
 
 // remote says update comes from another node: then a write of this node's that it
@@ -95,17 +109,29 @@ func (tx *Tx) merge(key string, update crdt.Map, remote bool) (*pendingRecord, o
 		return nil, 0, err
 	}
 	p, ok := tx.recs[key]
-	if !ok {
+	fresh := !ok
+	if fresh {
 		m, base, had, err := tx.b.load(key)
 		if err != nil {
 			return nil, 0, err
 		}
-		p = &pendingRecord{had: had, base: base, m: m}
+		p = &pendingRecord{had: had, base: base, m: m, size: len(base.enc)} // m's encoding
+		if !had {
+			p.size = m.EncodedLen()
+		}
 		if tx.recs == nil {
 			tx.recs = make(map[string]*pendingRecord)
 		}
 		tx.recs[key] = p
 		tx.order = append(tx.order, key)
+	}
+	// The merged state is measured only when the bound says it might be too large; it is
+	// then merged into a copy, kept only if it fits.
+	dst, bound := &p.m, p.size+update.EncodedLen()
+	var trial crdt.Map
+	if bound > MaxRecord {
+		trial = p.m.Copy()
+		dst = &trial
 	}
 	// An erased user's record is filtered after merging; whether the merge changed it
 	// then shows only in its encoding.
@@ -118,13 +144,28 @@ func (tx *Tx) merge(key string, update crdt.Map, remote bool) (*pendingRecord, o
 		}
 	}
 	var changed bool
+	var overtaken crdt.Timestamp
 	if remote {
-		var overtaken crdt.Timestamp
-		if changed, overtaken = p.m.MergeOvertaking(update, tx.b.db.node); !overtaken.IsZero() {
-			tx.overtaken = append(tx.overtaken, Overtaken{Key: key, TS: overtaken})
-		}
+		changed, overtaken = dst.MergeOvertaking(update, tx.b.db.node)
 	} else {
-		changed = p.m.Merge(update)
+		changed = dst.Merge(update)
+	}
+	if dst == &trial {
+		if n := trial.EncodedLen(); n > MaxRecord {
+			if fresh { // as if never merged
+				delete(tx.recs, key)
+				tx.order = tx.order[:len(tx.order)-1]
+			}
+			if remote {
+				return p, outTooLarge, nil
+			}
+			return p, 0, fmt.Errorf("merge %q: %d bytes, at most %d: %w", key, n, MaxRecord, ErrRecordTooLarge)
+		}
+		p.m, bound = trial, trial.EncodedLen()
+	}
+	p.size = bound
+	if !overtaken.IsZero() {
+		tx.overtaken = append(tx.overtaken, Overtaken{Key: key, TS: overtaken})
 	}
 	if before != nil {
 		filterErased(&p.m)

@@ -54,7 +54,7 @@ func newMetrics() *Metrics {
 		}),
 		Applied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessiond_remote_changes_total",
-			Help: "Remote changes received, by outcome (applied, unchanged, dropped, rejected).",
+			Help: "Remote changes received, by outcome (applied, unchanged, dropped, rejected: stamped beyond --max-skew, too_large: the record would exceed 1 MiB).",
 		}, []string{"outcome"}),
 		MembersGauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sessiond_members",

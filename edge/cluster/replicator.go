@@ -453,7 +453,7 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) error {
 		}
 		r.count(res)
 	}
-	if res.Rejected > 0 {
+	if res.Rejected > 0 || res.TooLarge > 0 {
 		r.have.distrust(req.From)
 	} else if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
 		r.have.pushed(req.Through)
@@ -494,6 +494,7 @@ func (r *Replicator) count(res storage.ApplyResult) {
 	m.Applied.WithLabelValues("unchanged").Add(float64(res.Unchanged))
 	m.Applied.WithLabelValues("dropped").Add(float64(res.Dropped))
 	m.Applied.WithLabelValues("rejected").Add(float64(res.Rejected))
+	m.Applied.WithLabelValues("too_large").Add(float64(res.TooLarge))
 	m.Rejected.Add(float64(res.Rejected))
 }
 
@@ -671,7 +672,7 @@ func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, leaves []int, pu
 			return false, false, err
 		}
 		r.count(res)
-		rejected = res.Rejected > 0
+		rejected = res.Rejected > 0 || res.TooLarge > 0
 	}
 	if len(rep.Want) == 0 || pull {
 		return rep.Truncated, rejected, nil
