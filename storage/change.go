@@ -121,7 +121,7 @@ func decodeChange(b []byte) (Change, error) {
 	}
 	kind, rest := b[1], b[2:]
 	n, k := binary.Uvarint(rest)
-	if k <= 0 || n > maxKeyLen || n > uint64(len(rest)-k) {
+	if k <= 0 || n > MaxKeyLen || n > uint64(len(rest)-k) {
 		return Change{}, errors.New("bad key length")
 	}
 	name, rest := string(rest[k:k+int(n)]), rest[k+int(n):]

@@ -60,7 +60,7 @@ func TestMerge(t *testing.T) {
 			t.Error("empty record stored")
 		}
 	})
-	for _, key := range []string{"", "l/a:b/00", "u/x\x00y", strings.Repeat("u", maxKeyLen+1)} {
+	for _, key := range []string{"", "l/a:b/00", "u/x\x00y", strings.Repeat("u", MaxKeyLen+1)} {
 		t.Run("ErrInvalidKey", func(t *testing.T) {
 			db := MustOpenDB(t)
 			err := db.Update(context.Background(), func(tx *Tx) error {

@@ -212,11 +212,12 @@ func (tx *Tx) apply() error {
 	return nil
 }
 
-const maxKeyLen = 1024
+// MaxKeyLen bounds a replicated key (a record key, or a log entry's LogKey) in bytes.
+const MaxKeyLen = 1024
 
 // checkRecordKey rejects keys that cannot be stored or would collide with log keys.
 func checkRecordKey(key string) error {
-	if key == "" || len(key) > maxKeyLen || strings.IndexByte(key, 0) >= 0 || strings.HasPrefix(key, logPrefix) {
+	if key == "" || len(key) > MaxKeyLen || strings.IndexByte(key, 0) >= 0 || strings.HasPrefix(key, logPrefix) {
 		return fmt.Errorf("invalid record key %q", key)
 	}
 	return nil
@@ -224,7 +225,7 @@ func checkRecordKey(key string) error {
 
 // validID reports whether s can be a user ID in conversation IDs and index keys.
 func validID(s string) bool {
-	return s != "" && len(s) <= maxKeyLen/4 && !strings.ContainsAny(s, "\x00:/")
+	return s != "" && len(s) <= MaxKeyLen/4 && !strings.ContainsAny(s, "\x00:/")
 }
 
 // checkConv rejects conversation IDs that crdt.ConversationID would not produce.

@@ -63,6 +63,10 @@ type recordingTx struct {
 
 func (r recordingTx) Record(key string) (crdt.Map, bool, error) { return r.tx.Record(key) }
 
+func (r recordingTx) Entry(conv string, id crdt.EntryID) (crdt.Entry, bool, error) {
+	return r.tx.Entry(conv, id)
+}
+
 func (r recordingTx) Merge(key string, update crdt.Map) (crdt.Map, error) {
 	m, err := r.tx.Merge(key, update)
 	if err == nil {

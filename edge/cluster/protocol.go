@@ -12,8 +12,9 @@ import (
 // ProtocolVersion is the sync protocol spoken; it is a serf tag, and every message starts
 // with it, so a node refuses messages it cannot read rather than misread them.
 //
-// Version 2 added PushRequest.Through and DigestReply.Have (bookmarks).
-const ProtocolVersion = 2
+// Version 2 added PushRequest.Through and DigestReply.Have (bookmarks); version 3 added
+// LeafPairs.From and To (a leaf compared in parts, so no request outgrows MaxMessage).
+const ProtocolVersion = 3
 
 // MaxMessage bounds every sync message, request or reply, in bytes.
 const MaxMessage = 32 << 20
@@ -23,7 +24,7 @@ const (
 	kindPush    = 1
 	kindDigest  = 2
 	kindLeaves  = 3
-	kindReply   = 4
+	kindReply   = 4 // 5 is kindCounters (counters.go)
 	maxChanges  = 1 << 20
 	maxLeafList = crdt.DigestLeaves
 )
@@ -64,10 +65,18 @@ type LeavesRequest struct {
 	Leaves []LeafPairs
 }
 
-// LeafPairs is one leaf's keys and pair hashes.
+// LeafPairs is one leaf's keys and pair hashes, or a part of them: those with keys from
+// From (inclusive; "" is the leaf's start) to To (exclusive; "" is the leaf's end). The
+// receiver compares only its own keys in that range.
 type LeafPairs struct {
-	Leaf  int
-	Pairs []storage.KeyHash
+	Leaf     int
+	Pairs    []storage.KeyHash
+	From, To string
+}
+
+// covers reports whether key lies in lp's range.
+func (lp *LeafPairs) covers(key string) bool {
+	return key >= lp.From && (lp.To == "" || key < lp.To)
 }
 
 // LeavesReply carries the receiver's state of every key in those leaves that the sender
@@ -314,7 +323,7 @@ func (m *DigestReply) UnmarshalBinary(b []byte) error {
 func (m LeavesRequest) MarshalBinary() ([]byte, error) {
 	w := header(kindLeaves).uvarint(uint64(len(m.Leaves)))
 	for _, lp := range m.Leaves {
-		w = w.uvarint(uint64(lp.Leaf)).pairs(lp.Pairs)
+		w = w.uvarint(uint64(lp.Leaf)).pairs(lp.Pairs).bytes([]byte(lp.From)).bytes([]byte(lp.To))
 	}
 	return w, nil
 }
@@ -327,8 +336,13 @@ func (m *LeavesRequest) UnmarshalBinary(b []byte) error {
 	for i := 0; i < n && r.err == nil; i++ {
 		lp := LeafPairs{Leaf: int(r.uvarint())}
 		lp.Pairs = r.pairs()
-		if r.err == nil && lp.Leaf >= crdt.DigestLeaves {
+		lp.From, lp.To = string(r.bytes()), string(r.bytes())
+		switch {
+		case r.err != nil:
+		case lp.Leaf >= crdt.DigestLeaves:
 			r.err = errors.New("leaves request: bad leaf")
+		case lp.To != "" && lp.To <= lp.From:
+			r.err = errors.New("leaves request: empty key range")
 		}
 		m.Leaves = append(m.Leaves, lp)
 	}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"iter"
@@ -47,6 +48,10 @@ type Config struct {
 	// default 10s.
 	AntiEntropyEvery time.Duration
 	PushBatch        int // changes per push; default 512
+	// MaxMessage bounds one sync message in bytes: pushes, leaf requests and their
+	// replies are split to stay within it. Default and ceiling MaxMessage, which the
+	// transport enforces; tests lower it.
+	MaxMessage int
 	// MaxSkew is how far ahead of local time a remote timestamp may be (storage refuses
 	// changes beyond it); a bookmark asking for more cannot be met yet. Default 1m.
 	MaxSkew time.Duration
@@ -98,7 +103,16 @@ type worker struct {
 	// told is the latest Through the peer accepted from this worker; owned by the worker
 	// goroutine.
 	told crdt.Timestamp
+	// synced says an anti-entropy round with the peer completed since the worker started
+	// (or gave up pushing a stretch of the feed): only then may a push tell Through, as
+	// the round covered what the pushes did not; owned by the worker goroutine.
+	synced bool
 }
+
+// maxPushFailures is how many times in a row a worker tries to push the same changes
+// before it leaves them to anti-entropy and pushes what follows: a change that cannot
+// be sent is never retried forever in place, holding back every later one.
+const maxPushFailures = 8
 
 // NewReplicator returns a replicator; Start it.
 func NewReplicator(cfg Config) *Replicator {
@@ -107,6 +121,9 @@ func NewReplicator(cfg Config) *Replicator {
 	}
 	if cfg.PushBatch <= 0 {
 		cfg.PushBatch = 512
+	}
+	if cfg.MaxMessage <= 0 || cfg.MaxMessage > MaxMessage {
+		cfg.MaxMessage = MaxMessage
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -246,54 +263,83 @@ func (r *Replicator) jitter() time.Duration {
 	return d*3/4 + time.Duration(rand.Int64N(int64(d/2)+1))
 }
 
-// run serves one peer until ctx ends.
+// run serves one peer until ctx ends. Anti-entropy and pushes fail and back off
+// independently: a round that keeps failing (a peer that refuses it, a reply it cannot
+// send) never holds back the pushes of new writes, and pushes that keep failing are
+// given up to anti-entropy after maxPushFailures tries.
 func (r *Replicator) run(ctx context.Context, w *worker) {
 	log := r.log.With("peer", w.peer.Name)
-	// Every write of ours stamped at or before the commit mark is in the feed before the
-	// cursor, which the first anti-entropy round covers; later ones come after it.
-	w.pushed = r.cfg.DB.Committed()
-	cursor := r.cfg.DB.FeedSeq() // anti-entropy covers everything before it
-	needSync := true
-	backoff := time.Duration(0)
+	var cursor uint64
+	restart := func() {
+		// Every write of ours stamped at or before the commit mark is in the feed before
+		// the cursor, which the next anti-entropy round covers; later ones come after it.
+		w.pushed = r.cfg.DB.Committed()
+		cursor = r.cfg.DB.FeedSeq()
+		w.synced = false
+	}
+	restart()
+	needSync, pushRetry := true, false
+	var syncBackoff, pushBackoff time.Duration
+	var syncAfter, pushAfter time.Time // no attempt before
+	pushFailures := 0
 	timer := time.NewTimer(r.jitter())
 	defer timer.Stop()
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
 	for {
-		if backoff > 0 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-		}
-		var err error
-		if needSync {
-			if err = r.SyncWith(ctx, w.peer); err == nil {
-				needSync = false
+		if needSync && !time.Now().Before(syncAfter) {
+			if err := r.SyncWith(ctx, w.peer); err == nil {
+				needSync, w.synced, syncBackoff = false, true, 0
 				r.caughtUpOnce.Do(func() { close(r.caughtUp) })
+			} else {
+				if ctx.Err() != nil {
+					return
+				}
+				syncBackoff = min(max(2*syncBackoff, 50*time.Millisecond), 5*time.Second)
+				syncAfter = time.Now().Add(syncBackoff)
+				log.Debug("anti-entropy with peer failed", slog.Any("err", err), "retry_in", syncBackoff)
 			}
 		}
-		if err == nil {
-			cursor, err = r.pushFrom(ctx, w, cursor)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return
+		if !pushRetry || !time.Now().Before(pushAfter) {
+			var err error
+			if cursor, err = r.pushFrom(ctx, w, cursor); err == nil {
+				pushRetry, pushFailures, pushBackoff = false, 0, 0
+			} else {
+				if ctx.Err() != nil {
+					return
+				}
+				if pushFailures++; pushFailures >= maxPushFailures {
+					log.Warn("push to peer keeps failing; leaving these changes to anti-entropy", slog.Any("err", err))
+					restart()
+					needSync, pushFailures = true, 0
+				}
+				pushBackoff = min(max(2*pushBackoff, 50*time.Millisecond), 5*time.Second)
+				pushRetry, pushAfter = true, time.Now().Add(pushBackoff)
+				log.Debug("push to peer failed", slog.Any("err", err), "retry_in", pushBackoff)
 			}
-			backoff = min(max(2*backoff, 50*time.Millisecond), 5*time.Second)
-			log.Debug("sync with peer failed", slog.Any("err", err), "retry_in", backoff)
-			continue
 		}
-		backoff = 0
+		// Wait for work: a commit, a notice, the periodic round, or a retry falling due.
+		var retryC <-chan time.Time
+		if needSync || pushRetry {
+			due := pushAfter
+			if needSync && (!pushRetry || syncAfter.Before(pushAfter)) {
+				due = syncAfter
+			}
+			retry.Reset(max(time.Until(due), 0))
+			retryC = retry.C
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-w.wake:
+		case <-retryC:
+		case <-w.wake: // pushed at the top unless a failed push is backing off
 		case <-w.sync:
 			needSync = true
 		case <-timer.C:
 			needSync = true
 			timer.Reset(r.jitter())
 		}
+		retry.Stop()
 	}
 }
 
@@ -351,11 +397,11 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 			}
 		}
 		last := len(changes) < r.cfg.PushBatch
-		tell := last && w.told.Less(newest)
+		tell := last && w.synced && w.told.Less(newest)
 		if len(own) > 0 {
 			w.pending.Store(int64(len(own)))
 			sent := 0
-			for batch := range pushBatches(own, r.cfg.PushBatch) {
+			for batch := range pushBatches(own, r.cfg.PushBatch, r.budget()) {
 				req := PushRequest{From: r.self, Changes: batch}
 				if sent += len(batch); tell && sent == len(own) {
 					req.Through = mark
@@ -417,19 +463,21 @@ func maxTS(a, b crdt.Timestamp) crdt.Timestamp {
 	return a
 }
 
-// maxPushBytes bounds the encoded changes of one PushRequest, well under MaxMessage: a
-// batch of PushBatch large records (sessions hold up to 64 KiB) would exceed it, and the
-// transport would refuse the same batch on every retry.
-const maxPushBytes = MaxMessage / 4
+// budget bounds the encoded changes of one push, and the pairs of one leaf request and
+// the changes of its reply: a quarter of the message bound, which leaves room for the
+// rest of the message and for one record (at most storage.MaxRecord) past the budget. A
+// batch of PushBatch large records would exceed MaxMessage, and the transport would
+// refuse the same batch on every retry.
+func (r *Replicator) budget() int { return r.cfg.MaxMessage / 4 }
 
-// pushBatches splits changes into runs of at most n changes and maxPushBytes encoded
-// bytes (a single larger change goes alone).
-func pushBatches(changes []storage.Change, n int) iter.Seq[[]storage.Change] {
+// pushBatches splits changes into runs of at most n changes and maxBytes encoded bytes
+// (a single larger change goes alone).
+func pushBatches(changes []storage.Change, n, maxBytes int) iter.Seq[[]storage.Change] {
 	return func(yield func([]storage.Change) bool) {
 		start, size := 0, 0
 		for i, c := range changes {
 			s := len(c.AppendBinary(nil))
-			if i > start && (i-start == n || size+s > maxPushBytes) {
+			if i > start && (i-start == n || size+s > maxBytes) {
 				if !yield(changes[start:i]) {
 					return
 				}
@@ -516,12 +564,10 @@ func (r *Replicator) HandleDigest(ctx context.Context, req DigestRequest) (Diges
 	return rep, nil
 }
 
-// maxLeavesReply bounds the changes in one LeavesReply; the rest waits for the next round.
-const maxLeavesReply = 8 << 20
-
-// HandleLeaves compares the requester's keys with ours leaf by leaf: it returns our state
-// of every key it lacks or holds differently, and asks for every key we lack or hold
-// differently.
+// HandleLeaves compares the requester's keys with ours leaf by leaf (within each leaf's
+// key range): it returns our state of every key it lacks or holds differently, and asks
+// for every key we lack or hold differently. The changes it returns are bounded by the
+// budget; past it, the reply is marked Truncated and the requester's next round goes on.
 func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (LeavesReply, error) {
 	var rep LeavesReply
 	size := 0
@@ -532,10 +578,15 @@ func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (Leave
 		}
 		theirs := make(map[string]uint64, len(lp.Pairs))
 		for _, p := range lp.Pairs {
-			theirs[p.Key] = p.Hash
+			if lp.covers(p.Key) {
+				theirs[p.Key] = p.Hash
+			}
 		}
 		var give []string
 		for _, p := range mine {
+			if !lp.covers(p.Key) {
+				continue
+			}
 			h, ok := theirs[p.Key]
 			switch {
 			case !ok:
@@ -549,24 +600,104 @@ func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (Leave
 		for k := range theirs { // they hold it, we lack it
 			rep.Want = append(rep.Want, k)
 		}
-		if size >= maxLeavesReply {
-			rep.Truncated = true
-			continue
+		for keys := range slices.Chunk(give, 64) {
+			if rep.Truncated {
+				break
+			}
+			changes, err := r.cfg.DB.Changes(ctx, keys)
+			if err != nil {
+				return LeavesReply{}, err
+			}
+			for _, c := range changes {
+				n := len(c.AppendBinary(nil))
+				if size > 0 && size+n > r.budget() {
+					rep.Truncated = true
+					break
+				}
+				size += n
+				rep.Changes = append(rep.Changes, c)
+			}
 		}
-		changes, err := r.cfg.DB.Changes(ctx, give)
-		if err != nil {
-			return LeavesReply{}, err
-		}
-		for _, c := range changes {
-			size += len(c.AppendBinary(nil))
-		}
-		rep.Changes = append(rep.Changes, changes...)
 	}
 	return rep, nil
 }
 
-// leavesPerRequest bounds the leaves compared in one LeavesRequest.
+// leavesPerRequest bounds the leaves compared in one LeavesRequest (besides the budget).
 const leavesPerRequest = 256
+
+// leafRequests yields the LeavesRequests that compare leaves: whole leaves while they fit
+// in the budget, and a leaf too large for one request in parts by key range.
+func (r *Replicator) leafRequests(ctx context.Context, leaves []int) iter.Seq2[LeavesRequest, error] {
+	return leafRequests(leaves, r.budget(), func(leaf int) ([]storage.KeyHash, error) {
+		return r.cfg.DB.LeafPairs(ctx, leaf)
+	})
+}
+
+// leafRequests yields requests for leaves, each at most budget bytes of leaves and pairs
+// (and never more than leavesPerRequest leaves), reading each leaf's pairs, sorted by key,
+// with pairsOf.
+func leafRequests(leaves []int, budget int, pairsOf func(leaf int) ([]storage.KeyHash, error)) iter.Seq2[LeavesRequest, error] {
+	return func(yield func(LeavesRequest, error) bool) {
+		const (
+			header   = 16                          // kind, version, list length
+			perLeaf  = 3*binary.MaxVarintLen64 + 8 // leaf, count, range lengths
+			pairSize = binary.MaxVarintLen64 + 8
+		)
+		var req LeavesRequest
+		size := header
+		flush := func() bool {
+			if len(req.Leaves) == 0 {
+				return true
+			}
+			ok := yield(req, nil)
+			req, size = LeavesRequest{}, header
+			return ok
+		}
+		for _, l := range leaves {
+			pairs, err := pairsOf(l)
+			if err != nil {
+				yield(LeavesRequest{}, err)
+				return
+			}
+			longest := 0 // the range's ends are keys of the leaf
+			for _, p := range pairs {
+				longest = max(longest, len(p.Key))
+			}
+			from := ""
+			for {
+				if len(req.Leaves) == leavesPerRequest && !flush() {
+					return
+				}
+				room, n := budget-size-perLeaf-len(from)-longest, 0
+				for n < len(pairs) && room >= pairSize+len(pairs[n].Key) {
+					room -= pairSize + len(pairs[n].Key)
+					n++
+				}
+				if n == 0 && len(pairs) > 0 {
+					if len(req.Leaves) > 0 { // the rest of this request is too small
+						if !flush() {
+							return
+						}
+						continue
+					}
+					n, room = 1, room-pairSize-len(pairs[0].Key) // a pair larger than the budget goes alone
+				}
+				if n == len(pairs) {
+					req.Leaves = append(req.Leaves, LeafPairs{Leaf: l, Pairs: pairs, From: from})
+					size = budget - room
+					break
+				}
+				to := pairs[n].Key
+				req.Leaves = append(req.Leaves, LeafPairs{Leaf: l, Pairs: pairs[:n], From: from, To: to})
+				if !flush() {
+					return
+				}
+				pairs, from = pairs[n:], to
+			}
+		}
+		flush()
+	}
+}
 
 // SyncWith runs one anti-entropy round with peer: compare branch hashes, then leaf hashes
 // of the branches that differ, then the keys of the leaves that differ; apply what the
@@ -623,8 +754,11 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have 
 		return r.completed(ctx, peer, epoch, rep.Have)
 	}
 	refused := false
-	for chunk := range slices.Chunk(leaves, leavesPerRequest) {
-		truncated, rejected, err := r.syncLeaves(ctx, peer, chunk, pull)
+	for req, err := range r.leafRequests(ctx, leaves) {
+		var truncated, rejected bool
+		if err == nil {
+			truncated, rejected, err = r.syncLeaves(ctx, peer, req, pull)
+		}
 		if err != nil {
 			r.cfg.Metrics.round("error")
 			return crdt.Bookmark{}, false, false, err
@@ -651,17 +785,10 @@ func (r *Replicator) completed(ctx context.Context, peer Peer, epoch uint64, hav
 	return have, true, false, nil
 }
 
-// syncLeaves exchanges the keys of leaves with peer. It reports whether the reply was
-// truncated and whether this node refused any of the peer's changes (clock skew).
-func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, leaves []int, pull bool) (truncated, rejected bool, err error) {
-	req := LeavesRequest{Leaves: make([]LeafPairs, 0, len(leaves))}
-	for _, l := range leaves {
-		pairs, err := r.cfg.DB.LeafPairs(ctx, l)
-		if err != nil {
-			return false, false, err
-		}
-		req.Leaves = append(req.Leaves, LeafPairs{Leaf: l, Pairs: pairs})
-	}
+// syncLeaves exchanges the keys of one request's leaves with peer. It reports whether the
+// reply was truncated and whether this node refused any of the peer's changes (clock
+// skew, size).
+func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, req LeavesRequest, pull bool) (truncated, rejected bool, err error) {
 	rep, err := r.cfg.Transport.Leaves(ctx, peer, req)
 	if err != nil {
 		return false, false, err
@@ -681,10 +808,31 @@ func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, leaves []int, pu
 	if err != nil {
 		return false, false, err
 	}
-	for batch := range pushBatches(changes, r.cfg.PushBatch) {
-		if err := r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch}); err != nil {
-			return false, false, err
+	return rep.Truncated, rejected, r.pushEach(ctx, peer, changes)
+}
+
+// pushEach pushes changes to peer in batches. A batch that fails is pushed again one
+// change at a time, so a change the peer cannot take does not hold back the others; it
+// returns the first error.
+func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.Change) error {
+	var first error
+	for batch := range pushBatches(changes, r.cfg.PushBatch, r.budget()) {
+		err := r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch})
+		if err == nil {
+			continue
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		if first == nil {
+			first = err
+		}
+		if len(batch) == 1 {
+			continue
+		}
+		for i := range batch {
+			_ = r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch[i : i+1]})
 		}
 	}
-	return rep.Truncated, rejected, nil
+	return first
 }

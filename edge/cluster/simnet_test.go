@@ -40,7 +40,8 @@ import (
 // A node's endpoint that is not registered (killed) fails every call to it. simnet is
 // safe for concurrent use.
 type simnet struct {
-	seed uint64
+	seed       uint64
+	maxMessage int // requests and replies beyond it fail, as the TLS transport's do
 
 	mu     sync.Mutex
 	eps    map[string]*simEndpoint // by address
@@ -50,6 +51,9 @@ type simnet struct {
 	rngs   map[simLink]*rand.Rand
 	stash  map[string][][]byte // by destination: pushes kept for replay
 	stats  map[simLink]*simStats
+	// refuse, when set, is asked about every request before delivery: an error fails the
+	// call as a peer that cannot take the message would.
+	refuse func(kind string, req []byte) error
 }
 
 // simFaults are the probabilities (0..1) of each fault per call.
@@ -91,7 +95,7 @@ const simMaxStash = 8
 
 func newSimnet(seed int64) *simnet {
 	return &simnet{
-		seed: uint64(seed), eps: make(map[string]*simEndpoint), group: make(map[string]int),
+		seed: uint64(seed), maxMessage: MaxMessage, eps: make(map[string]*simEndpoint), group: make(map[string]int),
 		oneway: make(map[simLink]bool), rngs: make(map[simLink]*rand.Rand),
 		stash: make(map[string][][]byte), stats: make(map[simLink]*simStats),
 	}
@@ -263,12 +267,20 @@ func (n *simnet) keep(to string, req []byte) {
 // call carries one request from → to and returns the encoded reply.
 func (n *simnet) call(ctx context.Context, from string, to Peer, kind string, req []byte,
 	deliver func(ctx context.Context, h Handler, req []byte) ([]byte, error)) ([]byte, error) {
-	if len(req) > MaxMessage {
-		return nil, fmt.Errorf("sync %s to %s: message of %d bytes over the %d limit", kind, to.Name, len(req), MaxMessage)
+	if len(req) > n.maxMessage {
+		return nil, fmt.Errorf("sync %s to %s: message of %d bytes over the %d limit", kind, to.Name, len(req), n.maxMessage)
 	}
 	p, err := n.plan(from, to, kind, len(req))
 	if err != nil {
 		return nil, err
+	}
+	n.mu.Lock()
+	refuse := n.refuse
+	n.mu.Unlock()
+	if refuse != nil {
+		if err := refuse(kind, req); err != nil {
+			return nil, fmt.Errorf("sync %s to %s: %w", kind, to.Name, err)
+		}
 	}
 	if p.delay > 0 {
 		timer := time.NewTimer(p.delay)
@@ -317,10 +329,17 @@ func (n *simnet) call(ctx context.Context, from string, to Peer, kind string, re
 	if p.dropReply {
 		return nil, errSimReplyLost
 	}
-	if len(out) > MaxMessage {
-		return nil, fmt.Errorf("sync %s to %s: reply over %d bytes", kind, to.Name, MaxMessage)
+	if len(out) > n.maxMessage {
+		return nil, fmt.Errorf("sync %s to %s: reply over %d bytes", kind, to.Name, n.maxMessage)
 	}
 	return out, nil
+}
+
+// setRefuse installs fn as the refuse hook (nil removes it).
+func (n *simnet) setRefuse(fn func(kind string, req []byte) error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.refuse = fn
 }
 
 // transport returns node from's client side of the network.
@@ -413,6 +432,7 @@ type clusterConfig struct {
 	faults           simFaults
 	manualPeers      bool // never call SetPeers: the test drives SyncWith itself
 	pushBatch        int  // changes per push; 0: the Replicator's default
+	maxMessage       int  // sync message bound; 0: MaxMessage
 }
 
 type clusterOption func(*clusterConfig)
@@ -435,6 +455,11 @@ func withMaxSkew(d time.Duration) clusterOption {
 
 func withPushBatch(n int) clusterOption {
 	return func(c *clusterConfig) { c.pushBatch = n }
+}
+
+// withMaxMessage lowers the sync message bound, of the transport and the replicators.
+func withMaxMessage(n int) clusterOption {
+	return func(c *clusterConfig) { c.maxMessage = n }
 }
 
 func withManualPeers() clusterOption {
@@ -501,6 +526,9 @@ func newTestCluster(t testing.TB, n int, regions []string, opts ...clusterOption
 	}
 	c := &testCluster{t: t, cfg: cfg, net: newSimnet(cfg.seed), model: newModel(), start: time.Now(), groups: map[int]int{}}
 	c.net.setFaults(cfg.faults)
+	if cfg.maxMessage > 0 {
+		c.net.maxMessage = cfg.maxMessage
+	}
 	for i := range n {
 		dir := t.TempDir()
 		c.nodes = append(c.nodes, &testNode{c: c, name: fmt.Sprintf("n%d", i),
@@ -593,7 +621,7 @@ func (n *testNode) start() error {
 	m.Rejected = rejected
 	rep := NewReplicator(Config{
 		DB: db, Transport: c.net.transport(n.name), AntiEntropyEvery: c.cfg.antiEntropyEvery,
-		PushBatch: c.cfg.pushBatch, MaxSkew: c.cfg.maxSkew, Now: n.Now, Logger: logger.With("component", "replicator"), Metrics: m,
+		PushBatch: c.cfg.pushBatch, MaxMessage: c.cfg.maxMessage, MaxSkew: c.cfg.maxSkew, Now: n.Now, Logger: logger.With("component", "replicator"), Metrics: m,
 	})
 	rep.Start()
 	holder.Store(rep)
