@@ -45,6 +45,10 @@ type Config struct {
 	// client (for login throttling); default none.
 	TrustedProxies  []string
 	ShutdownTimeout time.Duration // bound on a graceful Close; default 10s
+	// AccessLogSample is the fraction (0 to 1) of requests answered with a status below
+	// 400 that get an access log line; every request answered 400 or above gets one.
+	// Default 0.01.
+	AccessLogSample float64
 	// CatchUpTimeout bounds how long a node started with Join waits to complete
 	// anti-entropy with a peer before /readyz reports ready anyway; default 30s.
 	CatchUpTimeout   time.Duration
@@ -79,6 +83,7 @@ func DefaultConfig() Config {
 		LoginPerAccount:  10,
 		LoginPerAddress:  60,
 		ShutdownTimeout:  10 * time.Second,
+		AccessLogSample:  0.01,
 		CatchUpTimeout:   30 * time.Second,
 		AntiEntropyEvery: 10 * time.Second,
 		BookmarkWait:     300 * time.Millisecond,
@@ -107,6 +112,8 @@ func (c Config) Validate() error {
 		return errors.New("config: BookmarkWait must not be negative and BookmarkTimeout must be positive")
 	case c.LoginPerAccount <= 0 || c.LoginPerAddress <= 0:
 		return errors.New("config: LoginPerAccount and LoginPerAddress must be positive")
+	case !(c.AccessLogSample >= 0 && c.AccessLogSample <= 1): // NaN too
+		return fmt.Errorf("config: AccessLogSample is %v, want a fraction from 0 to 1", c.AccessLogSample)
 	case len(c.Join) > 0 && len(c.ClusterKeys) == 0:
 		return errors.New("config: joining a cluster needs its key: set --cluster-key-file or SESSIOND_CLUSTER_KEY (create one with `sessiond keygen`)")
 	}

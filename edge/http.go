@@ -23,9 +23,14 @@ import (
 // maxBody caps request bodies; larger ones are refused (413) before they are parsed.
 const maxBody = 1 << 20
 
+// maxHeaderBytes caps a request's line and header block (fasthttp's read buffer); larger
+// ones are refused with 431. A token is about 400 bytes and a bookmark at most 1 KiB.
+const maxHeaderBytes = 8 << 10
+
 const localsPrincipal = "principal"
 
 func (n *Node) newApp() *fiber.App {
+	access := newAccessLog(n.log, n.cfg.AccessLogSample)
 	// Immutable is off (Fiber's default): strings from the Ctx — path, method, headers,
 	// params, queries — alias fasthttp's buffers, which the connection's next request
 	// overwrites. What outlives a request is copied where it is kept: the token cache key
@@ -33,23 +38,39 @@ func (n *Node) newApp() *fiber.App {
 	// functions, and what writeError logs. Metric labels are route patterns and constants.
 	// Copying every string Fiber hands out instead cost 7% of the server handler's CPU on the session routes.
 	app := fiber.New(fiber.Config{
-		AppName:                 "sessiond",
-		DisableStartupMessage:   true,
-		BodyLimit:               maxBody,
-		ReadTimeout:             30 * time.Second,
-		IdleTimeout:             2 * time.Minute,
-		ErrorHandler:            n.writeError,
+		AppName:               "sessiond",
+		DisableStartupMessage: true,
+		// Paths are matched exactly: /V1/USERS/ME or /v1/users/me/ is no route, rather than
+		// an API route answered with the UI's headers.
+		CaseSensitive:  true,
+		StrictRouting:  true,
+		BodyLimit:      maxBody,
+		ReadBufferSize: maxHeaderBytes,
+		// No route takes a form: a multipart body is refused (415) unread, not parsed
+		// into memory and temporary files first.
+		DisablePreParseMultipartForm: true,
+		ReadTimeout:                  30 * time.Second,
+		IdleTimeout:                  2 * time.Minute,
+		// Fiber calls ErrorHandler for what fasthttp refuses before any route runs (a
+		// header block or body over the limit, a read timeout); observe writes the
+		// errors of routes itself.
+		ErrorHandler: func(c *fiber.Ctx, err error) error {
+			start := time.Now()
+			werr := n.writeError(c, err)
+			access.record(c, "unmatched", c.Response().StatusCode(), start)
+			return werr
+		},
 		EnableTrustedProxyCheck: len(n.cfg.TrustedProxies) > 0,
 		TrustedProxies:          n.cfg.TrustedProxies,
 		ProxyHeader:             proxyHeader(n.cfg.TrustedProxies),
 	})
-	app.Use(n.observe)
+	app.Use(func(c *fiber.Ctx) error { return n.observe(c, access) })
 	if len(n.cfg.CORSOrigins) > 0 {
 		app.Use(cors.New(cors.Config{
 			AllowOrigins:  strings.Join(n.cfg.CORSOrigins, ","),
 			AllowMethods:  "GET,POST,PATCH,DELETE",
-			AllowHeaders:  "Authorization,Content-Type," + headerBookmark + "," + headerConsistency,
-			ExposeHeaders: "X-Served-By,Retry-After," + headerBookmark + "," + headerLag,
+			AllowHeaders:  "Authorization,Content-Type," + headerBookmark + "," + headerConsistency + "," + headerRequestID,
+			ExposeHeaders: "X-Served-By,Retry-After," + headerBookmark + "," + headerLag + "," + headerRequestID,
 			MaxAge:        600,
 		}))
 	}
@@ -94,11 +115,12 @@ func proxyHeader(trusted []string) string {
 	return ""
 }
 
-// observe sets the common headers, gives the handler a context that ends when the node
-// stops, and records the request's metrics.
-func (n *Node) observe(c *fiber.Ctx) error {
+// observe sets the common headers and the request id, gives the handler a context that
+// ends when the node stops, and records the request's metrics and access log line.
+func (n *Node) observe(c *fiber.Ctx, access *accessLog) error {
 	start := time.Now()
 	n.commonHeaders(c)
+	setRequestID(c)
 	c.SetUserContext(n.ctx)
 	err := c.Next()
 	if err != nil {
@@ -113,6 +135,7 @@ func (n *Node) observe(c *fiber.Ctx) error {
 	m := n.metrics.forRequest(route, methodLabel(c.Method()), status)
 	m.requests.Inc()
 	m.latency.Observe(time.Since(start).Seconds())
+	access.record(c, route, status, start)
 	return nil
 }
 
@@ -150,9 +173,8 @@ func (n *Node) readyz(c *fiber.Ctx) error {
 // auth authenticates the request: a bearer token of ours naming a session that the
 // replicated record says is usable now.
 func (n *Node) auth(c *fiber.Ctx) error {
-	h := c.Get(fiber.HeaderAuthorization)
-	raw, ok := strings.CutPrefix(h, "Bearer ")
-	if !ok || raw == "" {
+	raw, ok := bearerToken(c.Get(fiber.HeaderAuthorization))
+	if !ok {
 		return functions.Errorf(functions.EUnauthorized, "missing bearer token")
 	}
 	tok, err := n.tokens.verify(raw)
@@ -184,6 +206,17 @@ func (n *Node) auth(c *fiber.Ctx) error {
 	}
 	c.Locals(localsPrincipal, p)
 	return c.Next()
+}
+
+// bearerToken returns the token of an Authorization header of the Bearer scheme, whose
+// name is case-insensitive (RFC 7235, section 2.1), and whether there is one.
+func bearerToken(h string) (string, bool) {
+	const scheme = "Bearer "
+	if len(h) <= len(scheme) || !strings.EqualFold(h[:len(scheme)], scheme) {
+		return "", false
+	}
+	raw := strings.TrimLeft(h[len(scheme):], " ")
+	return raw, raw != ""
 }
 
 func principal(c *fiber.Ctx) functions.Principal {

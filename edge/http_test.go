@@ -506,7 +506,7 @@ func TestHTTP_Auth(t *testing.T) {
 		})
 	}
 	t.Run("ErrNotBearer", func(t *testing.T) {
-		for _, h := range []string{"", "Bearer", "Bearer ", "Basic YWxpY2U6eA==", "bearer " + tok, tok} {
+		for _, h := range []string{"", "Bearer", "Bearer ", "Basic YWxpY2U6eA==", "Bearertoken", tok} {
 			resp, body := c.do("GET", "/v1/sessions/current", "", nil, "Authorization", h)
 			wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")
 		}

@@ -1,10 +1,14 @@
 package edge
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -273,4 +277,275 @@ func appendJSONString(b []byte, s string) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
+}
+
+// decodeJSON decodes the request body into v, strictly: a body sent as application/json
+// (else 415 unsupported_media_type, so that no cross-site form or text/plain post reaches a
+// handler), one JSON object, no unknown fields, field names matched exactly and each at
+// most once (encoding/json alone matches them case-insensitively, Unicode folding included,
+// and lets the last of duplicates win). Other errors are invalid_argument with a message
+// naming the problem.
+func decodeJSON(c *fiber.Ctx, v any) error {
+	if !isJSONMediaType(c.Request().Header.ContentType()) {
+		return functions.Errorf(codeUnsupportedMediaType, "Content-Type must be application/json")
+	}
+	// c.Body() would inflate a gzip, deflate or brotli body with no bound, past the 1 MiB
+	// cap (a 1 MiB gzip body inflates to about 1 GiB): take the bytes as sent, and only
+	// uncompressed ones.
+	if enc := c.Get(fiber.HeaderContentEncoding); enc != "" && !strings.EqualFold(enc, "identity") {
+		return badRequest("Content-Encoding %q is not supported; send plain JSON", enc)
+	}
+	body := c.Request().Body()
+	if len(bytes.TrimSpace(body)) == 0 {
+		return badRequest("request body must be a JSON object")
+	}
+	// encoding/json would turn invalid UTF-8 into U+FFFD and store that; refuse it instead.
+	if !utf8.Valid(body) {
+		return badRequest("request body must be valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &se):
+			return badRequest("malformed JSON at byte %d", se.Offset)
+		case errors.As(err, &te) && te.Field == "":
+			return badRequest("request body must be a JSON object")
+		case errors.As(err, &te):
+			return badRequest("field %q must be %s", te.Field, jsonKind(te.Type.Kind().String()))
+		}
+		return badRequest("invalid JSON: %s", err.Error())
+	}
+	// dec.More() misses a stray '}' or ']' after the object; any non-space rest is refused.
+	end := int(dec.InputOffset())
+	if len(bytes.TrimSpace(body[end:])) > 0 {
+		return badRequest("request body must hold one JSON object")
+	}
+	return checkFieldNames(body[:end], reflect.TypeOf(v))
+}
+
+// isJSONMediaType reports whether a Content-Type header names application/json, with or
+// without parameters (charset).
+func isJSONMediaType(ct []byte) bool {
+	if i := bytes.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return strings.EqualFold(string(bytes.TrimSpace(ct)), fiber.MIMEApplicationJSON)
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "string":
+		return "a string"
+	case "map", "struct":
+		return "an object"
+	case "slice":
+		return "an array"
+	case "int", "int64":
+		return "a number"
+	}
+	return "of another type"
+}
+
+// jsonShape is what checkFieldNames needs of a Go type that JSON decodes into: the exact
+// names of a struct's fields, with their shapes, or the shape of a map's, slice's or
+// array's elements. A nil *jsonShape stands for a type with no struct inside (a string,
+// a number, json.RawMessage, map[string]json.RawMessage): its value is skipped unread.
+type jsonShape struct {
+	fields []jsonField // a struct's fields; nil for a container (a few: a scan beats a map)
+	elem   *jsonShape  // a container's element
+}
+
+type jsonField struct {
+	name  string // as the tag spells it
+	shape *jsonShape
+}
+
+// field returns the index of the field called name, or -1.
+func (s *jsonShape) field(name []byte) int {
+	for i := range s.fields {
+		if s.fields[i].name == string(name) {
+			return i
+		}
+	}
+	return -1
+}
+
+// jsonShapes caches shapeOf by reflect.Type; the request types are a handful.
+var jsonShapes sync.Map
+
+// shapeOf returns the shape of t, nil when t holds no struct. Structs with more than 64
+// JSON fields, embedded structs and types with their own UnmarshalJSON are not request
+// types here; shapeOf panics on the first two and treats the last as opaque.
+func shapeOf(t reflect.Type) *jsonShape {
+	if s, ok := jsonShapes.Load(t); ok {
+		return s.(*jsonShape)
+	}
+	s := buildShape(t)
+	jsonShapes.Store(t, s)
+	return s
+}
+
+var unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+
+func buildShape(t reflect.Type) *jsonShape {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if reflect.PointerTo(t).Implements(unmarshalerType) {
+		return nil
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		s := &jsonShape{fields: []jsonField{}}
+		for i := range t.NumField() {
+			f := t.Field(i)
+			if f.Anonymous {
+				panic("edge: request type " + t.String() + " embeds a struct")
+			}
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if !f.IsExported() || name == "-" {
+				continue
+			}
+			if name == "" {
+				name = f.Name
+			}
+			if len(s.fields) == 64 {
+				panic("edge: request type " + t.String() + " has more than 64 fields")
+			}
+			s.fields = append(s.fields, jsonField{name: name, shape: buildShape(f.Type)})
+		}
+		return s
+	case reflect.Map, reflect.Slice, reflect.Array:
+		if elem := buildShape(t.Elem()); elem != nil {
+			return &jsonShape{elem: elem}
+		}
+	}
+	return nil
+}
+
+// checkFieldNames checks a JSON value that encoding/json has decoded into a value of type
+// t: every object decoded into a struct names only the struct's fields, exactly as their
+// tags spell them, and each at most once. body must be valid JSON (it was just decoded).
+func checkFieldNames(body []byte, t reflect.Type) error {
+	s := shapeOf(t)
+	if s == nil {
+		return nil
+	}
+	_, err := checkValue(body, skipSpace(body, 0), s)
+	return err
+}
+
+// checkValue checks the value at b[i:] against s and returns the index after it.
+func checkValue(b []byte, i int, s *jsonShape) (int, error) {
+	if s == nil {
+		return skipValue(b, i), nil
+	}
+	switch b[i] {
+	case '{':
+		var seen uint64
+		i = skipSpace(b, i+1)
+		for b[i] != '}' {
+			end := stringEnd(b, i)
+			key := b[i+1 : end-1]
+			i = skipSpace(b, skipSpace(b, end)+1) // past the ':'
+			var elem *jsonShape
+			if s.fields == nil {
+				elem = s.elem // a map's key is any string
+			} else {
+				k := s.field(key)
+				if bytes.IndexByte(key, '\\') >= 0 {
+					var name string
+					if err := json.Unmarshal(b[end-len(key)-2:end], &name); err != nil {
+						return i, badRequest("malformed JSON: %v", err)
+					}
+					k = s.field([]byte(name))
+				}
+				if k < 0 {
+					return i, badRequest("unknown field %s (field names are case-sensitive)", b[end-len(key)-2:end])
+				}
+				if seen&(1<<k) != 0 {
+					return i, badRequest("field %s appears twice", b[end-len(key)-2:end])
+				}
+				seen |= 1 << k
+				elem = s.fields[k].shape
+			}
+			var err error
+			if i, err = checkValue(b, i, elem); err != nil {
+				return i, err
+			}
+			if i = skipSpace(b, i); b[i] == ',' {
+				i = skipSpace(b, i+1)
+			}
+		}
+		return i + 1, nil
+	case '[':
+		i = skipSpace(b, i+1)
+		for b[i] != ']' {
+			var err error
+			if i, err = checkValue(b, i, s.elem); err != nil {
+				return i, err
+			}
+			if i = skipSpace(b, i); b[i] == ',' {
+				i = skipSpace(b, i+1)
+			}
+		}
+		return i + 1, nil
+	}
+	return skipValue(b, i), nil // null, or a type error encoding/json reported already
+}
+
+// skipValue returns the index after the valid JSON value at b[i:].
+func skipValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i)
+	case '{', '[':
+		depth := 0
+		for ; ; i++ {
+			switch b[i] {
+			case '"':
+				i = stringEnd(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+	}
+	for i < len(b) && !jsonDelim[b[i]] { // a number, true, false or null
+		i++
+	}
+	return i
+}
+
+// jsonDelim[c] reports whether c ends a number or literal.
+var jsonDelim = func() (t [256]bool) {
+	for _, c := range []byte(",}] \t\r\n") {
+		t[c] = true
+	}
+	return t
+}()
+
+// stringEnd returns the index after the JSON string that starts at b[i] (a quote).
+func stringEnd(b []byte, i int) int {
+	for i++; ; i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
 }
