@@ -67,8 +67,15 @@ func (c *Change) check() error {
 	if c.Key != LogKey(c.Conv, c.Entry.ID) {
 		return fmt.Errorf("log entry key %q does not match its entry", c.Key)
 	}
+	if len(c.Entry.Data) > MaxEntry {
+		return fmt.Errorf("log entry of %q: %d bytes, at most %d", c.Conv, len(c.Entry.Data), MaxEntry)
+	}
 	return nil
 }
+
+// MaxEntry bounds a log entry's data in bytes (a message of at most 4 KiB of body takes
+// far less); ApplyRemote refuses a change with a larger one as malformed.
+const MaxEntry = 64 << 10
 
 // maxTimestamp returns the latest timestamp c carries.
 func (c *Change) maxTimestamp() crdt.Timestamp {

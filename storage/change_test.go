@@ -224,6 +224,7 @@ func TestApplyRemote(t *testing.T) {
 			{Key: "l/zz", Map: good.Map},
 			{Key: "wrong", Conv: "a:b", Entry: sampleChanges()[2].Entry},
 			{Key: LogKey("a:b", crdt.EntryID{}), Conv: "a:b"},
+			bigEntry(),
 		} {
 			if _, err := db.ApplyRemote(ctx, []Change{good, bad}); err == nil {
 				t.Errorf("ApplyRemote(%+v) succeeded", bad)
@@ -241,4 +242,10 @@ func TestApplyRemote(t *testing.T) {
 			t.Errorf("ApplyRemote = %v, want context.Canceled", err)
 		}
 	})
+}
+
+// bigEntry is a log entry change with data over MaxEntry.
+func bigEntry() Change {
+	e := crdt.Entry{ID: crdt.EntryID{TS: ts(7, 1), Seq: 1}, Data: make([]byte, MaxEntry+1)}
+	return Change{Key: LogKey("a:b", e.ID), Conv: "a:b", Entry: e}
 }

@@ -156,8 +156,12 @@ func (tx *Tx) Append(conv string, msg crdt.Message) (crdt.Entry, error) {
 			tx.seqs = make(map[string]uint64)
 		}
 	}
+	data := msg.AppendBinary(nil)
+	if len(data) > MaxEntry {
+		return crdt.Entry{}, fmt.Errorf("message of %d bytes, at most %d", len(data), MaxEntry)
+	}
 	tx.seqs[conv] = seq + 1
-	e := crdt.Entry{ID: crdt.EntryID{TS: tx.b.db.clock.Next(), Seq: seq}, Data: msg.AppendBinary(nil)}
+	e := crdt.Entry{ID: crdt.EntryID{TS: tx.b.db.clock.Next(), Seq: seq}, Data: data}
 	tx.entries = append(tx.entries, e)
 	tx.convs = append(tx.convs, conv)
 	return crdt.Entry{ID: e.ID, Data: bytes.Clone(e.Data)}, nil
