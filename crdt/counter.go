@@ -251,6 +251,9 @@ type Estimate struct {
 // Value returns the sliding-window count: the current window's events plus the previous
 // window's weighted by how much of it still lies within one Window of now.
 func (e Estimate) Value() float64 {
+	if e.Window <= 0 { // the zero Estimate
+		return float64(e.Current)
+	}
 	f := 1 - float64(e.Elapsed)/float64(e.Window)
 	return float64(e.Current) + float64(e.Previous)*f
 }

@@ -18,7 +18,8 @@ type Config struct {
 	HTTPAddr   string // API and UI listen address; default 127.0.0.1:8080 (":0" in tests)
 	GossipAddr string // serf bind address; default 127.0.0.1:7946
 	// SyncAddr is the node-to-node data channel's listen address (mutual TLS); default the
-	// gossip host with the gossip port + 1.
+	// gossip host with the gossip port + syncPortOffset (127.0.0.1:8046 beside the default
+	// gossip address), so that nodes given consecutive gossip ports do not collide.
 	SyncAddr string
 	// FastGossip shortens failure detection and reconnection to about a second, for
 	// loopback clusters and tests; the default suits real networks.
@@ -37,10 +38,20 @@ type Config struct {
 	IdleTTL         time.Duration // idle session lifetime; default 2h
 	MaxSkew         time.Duration // remote timestamps further ahead are rejected; default 1m
 	SweepEvery      time.Duration // how often expired sessions are removed; default 1m
-	LoginPerAccount int           // login attempts per account per minute; default 10
-	LoginPerAddress int           // login attempts per client address per minute; default 60
+	LoginPerAccount int           // failed logins per account per minute, all addresses; default 100
+	LoginPerAddress int           // failed logins per client address per minute; default 60
 	PasswordHashes  int           // argon2id hashes at once; default 2×GOMAXPROCS
 	CORSOrigins     []string      // origins allowed to call the API from a browser; default none
+	// LoginPerAccountAddress is failed logins per account per minute from one client
+	// address; it must stay below LoginPerAccount so that one address cannot lock an
+	// account. 0: min(10, LoginPerAccount-1). A login with a valid device token is held
+	// to this limit and LoginPerAddress only. See throttle.go.
+	LoginPerAccountAddress int
+	// SignupsPerAddress is registrations per client address per 10 minutes; 0: 10.
+	SignupsPerAddress int
+	// CounterFlush is how often a node sends its login and sign-up counts to its peers;
+	// it bounds how far a limit overshoots cluster-wide. 0: 200ms.
+	CounterFlush time.Duration
 	// TrustedProxies are the addresses of load balancers whose X-Forwarded-For names the
 	// client (for login throttling); default none.
 	TrustedProxies  []string
@@ -80,7 +91,7 @@ func DefaultConfig() Config {
 		IdleTTL:          2 * time.Hour,
 		MaxSkew:          time.Minute,
 		SweepEvery:       time.Minute,
-		LoginPerAccount:  10,
+		LoginPerAccount:  100,
 		LoginPerAddress:  60,
 		ShutdownTimeout:  10 * time.Second,
 		AccessLogSample:  0.01,
@@ -112,6 +123,10 @@ func (c Config) Validate() error {
 		return errors.New("config: BookmarkWait must not be negative and BookmarkTimeout must be positive")
 	case c.LoginPerAccount <= 0 || c.LoginPerAddress <= 0:
 		return errors.New("config: LoginPerAccount and LoginPerAddress must be positive")
+	case c.LoginPerAccountAddress < 0 || c.SignupsPerAddress < 0 || c.CounterFlush < 0:
+		return errors.New("config: LoginPerAccountAddress, SignupsPerAddress and CounterFlush must not be negative")
+	case c.LoginPerAccountAddress > 0 && c.LoginPerAccountAddress >= c.LoginPerAccount:
+		return fmt.Errorf("config: LoginPerAccountAddress (%d) must be below LoginPerAccount (%d), or one address could lock an account", c.LoginPerAccountAddress, c.LoginPerAccount)
 	case !(c.AccessLogSample >= 0 && c.AccessLogSample <= 1): // NaN too
 		return fmt.Errorf("config: AccessLogSample is %v, want a fraction from 0 to 1", c.AccessLogSample)
 	case len(c.Join) > 0 && len(c.ClusterKeys) == 0:
@@ -134,7 +149,12 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// syncAddr returns SyncAddr, or the gossip host with the gossip port + 1.
+// syncPortOffset is how far the default sync port lies above the gossip port. It was 1,
+// which is the next node's gossip port when nodes on one host count their gossip ports up
+// (the README's recipe did): that node then failed with "address already in use".
+const syncPortOffset = 100
+
+// syncAddr returns SyncAddr, or the gossip host with the gossip port + syncPortOffset.
 func (c Config) syncAddr() (string, error) {
 	if c.SyncAddr != "" {
 		if _, _, err := net.SplitHostPort(c.SyncAddr); err != nil {
@@ -147,8 +167,21 @@ func (c Config) syncAddr() (string, error) {
 		return "", fmt.Errorf("config: GossipAddr %q: %w", c.GossipAddr, err)
 	}
 	p, err := strconv.Atoi(port)
-	if err != nil || p == 0 {
-		return "", fmt.Errorf("config: SyncAddr must be set when GossipAddr's port (%q) is not a fixed number", port)
+	if err != nil || p == 0 || p+syncPortOffset > 65535 {
+		return "", fmt.Errorf("config: SyncAddr must be set when GossipAddr's port (%q) is not a fixed number at most %d", port, 65535-syncPortOffset)
 	}
-	return net.JoinHostPort(host, strconv.Itoa(p+1)), nil
+	return net.JoinHostPort(host, strconv.Itoa(p+syncPortOffset)), nil
+}
+
+// fillLimits sets the abuse limits left at 0 to their defaults.
+func (c *Config) fillLimits() {
+	if c.LoginPerAccountAddress == 0 {
+		c.LoginPerAccountAddress = max(1, min(10, c.LoginPerAccount-1))
+	}
+	if c.SignupsPerAddress == 0 {
+		c.SignupsPerAddress = 10
+	}
+	if c.CounterFlush == 0 {
+		c.CounterFlush = 200 * time.Millisecond
+	}
 }

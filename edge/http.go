@@ -240,9 +240,17 @@ func (n *Node) register(c *fiber.Ctx) error {
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
+	// Every registration that gets past validation counts against the address, taken
+	// names (409) too, so names cannot be probed without limit (throttle.go).
+	at, ok, wait := n.limits.signup(n.cfg.SignupsPerAddress, c.IP())
+	if !ok {
+		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))
+		return functions.Errorf(functions.ERateLimited, "too many sign-ups from this address; try again in %ss", retryAfterSeconds(wait.Seconds()))
+	}
 	u, err := n.users.Register(c.UserContext(), functions.Register{
 		Username: req.Username, Password: req.Password, Profile: functions.Profile(req.Profile),
 	})
+	at.done(functions.ErrorCode(err) != functions.EInvalid)
 	if err != nil {
 		return err
 	}
@@ -253,28 +261,24 @@ func (n *Node) login(c *fiber.Ctx) error {
 	var req struct {
 		Username string `json:"username"`
 		Password string `json:"password"`
+		Device   string `json:"device"` // a device token from an earlier login (tokens.go)
 	}
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
-	// The address is checked first, so one client cannot create account buckets faster
-	// than its own limit; a name no account can have (longer than the longest username,
-	// up to the 1 MiB body) shares one bucket instead of being kept as a key.
-	account := req.Username
-	if len(account) > functions.MaxUsername {
-		account = ""
-	}
-	for _, t := range []struct {
-		th  *throttle
-		key string
-	}{{n.loginByAddress, c.IP()}, {n.loginByAccount, account}} {
-		if ok, wait := t.th.allow(t.key); !ok {
-			n.metrics.loginFailures.WithLabelValues("throttled").Inc()
-			c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))
-			return functions.Errorf(functions.ERateLimited, "too many login attempts; try again in %s", retryAfterSeconds(wait.Seconds())+"s")
-		}
+	// Failures are limited per address, per account and address, and per account (not
+	// for a client with a device token of the account); successes charge nothing. See
+	// throttle.go.
+	at, ok, wait := n.limits.login(loginLimits{
+		Address: n.cfg.LoginPerAddress, AccountAddress: n.cfg.LoginPerAccountAddress, Account: n.cfg.LoginPerAccount,
+	}, c.IP(), req.Username, n.tokens.verifyDevice(req.Device, req.Username))
+	if !ok {
+		n.metrics.loginFailures.WithLabelValues("throttled").Inc()
+		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))
+		return functions.Errorf(functions.ERateLimited, "too many failed logins; try again in %ss", retryAfterSeconds(wait.Seconds()))
 	}
 	s, err := n.sessions.Login(c.UserContext(), functions.Login{Username: req.Username, Password: req.Password})
+	at.done(functions.ErrorCode(err) == functions.EUnauthorized)
 	if err != nil {
 		switch functions.ErrorCode(err) {
 		case functions.EUnauthorized:
@@ -299,7 +303,11 @@ func (n *Node) login(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"token": tok, "session": s})
+	device, err := n.tokens.signDevice(s.UserID, req.Username)
+	if err != nil {
+		return err
+	}
+	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"token": tok, "session": s, "device": device})
 }
 
 func (n *Node) currentSession(c *fiber.Ctx) error {

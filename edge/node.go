@@ -45,8 +45,8 @@ type Node struct {
 	replicator *cluster.Replicator
 	membership *cluster.Membership
 
-	loginByAccount *throttle
-	loginByAddress *throttle
+	counters *cluster.Counters // login and sign-up counts, cluster-wide (throttle.go)
+	limits   *limiter
 
 	requestContexts sync.Pool // of *requestContext, reused by consistency
 
@@ -73,6 +73,7 @@ func NewNode(cfg Config) (*Node, error) {
 	if cfg.PasswordHashes <= 0 {
 		cfg.PasswordHashes = 2 * runtime.GOMAXPROCS(0)
 	}
+	cfg.fillLimits()
 	return &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeName)}, nil
 }
 
@@ -115,8 +116,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	n.tokens = newTokens(keys, n.cfg.Now)
-	n.loginByAccount = newThrottle(n.cfg.LoginPerAccount, n.cfg.Now)
-	n.loginByAddress = newThrottle(n.cfg.LoginPerAddress, n.cfg.Now)
+	n.limits = newLimiter(n.counters)
 	st := store{n.db}
 	clock := n.db.Clock()
 	passwords := functions.NewPasswords(n.cfg.PasswordHashes)
@@ -264,13 +264,20 @@ func (n *Node) startCluster(keys [][]byte) error {
 		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
 	})
 	n.replicator.Start()
+	if n.counters, err = cluster.NewCounters(cluster.CountersConfig{
+		Self: n.db.NodeID(), Transport: n.transport, Windows: counterWindows(), FlushEvery: n.cfg.CounterFlush,
+		Now: n.cfg.Now, Logger: n.cfg.Logger.With("component", "counters", "node", n.cfg.NodeName),
+	}); err != nil {
+		return err
+	}
+	n.counters.Start()
 	if n.syncLn, err = net.Listen("tcp", syncAddr); err != nil {
 		return fmt.Errorf("listen for sync on %s: %w", syncAddr, err)
 	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		if err := n.transport.Serve(n.syncLn, n.replicator); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := n.transport.Serve(n.syncLn, cluster.WithCounters(n.replicator, n.counters)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("sync server stopped", slog.Any("err", err))
 		}
 	}()
@@ -284,7 +291,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		BindAddr: n.cfg.GossipAddr, Advertise: n.cfg.Advertise, SyncAddr: advertisedSync,
 		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip,
 		Root:     func() uint64 { d := n.db.Digest(); return d.Root() },
-		OnPeers:  n.replicator.SetPeers,
+		OnPeers:  func(p []cluster.Peer) { n.replicator.SetPeers(p); n.counters.SetPeers(p) },
 		OnNotice: n.replicator.Notice,
 		Logger:   n.cfg.Logger.With("component", "membership", "node", n.cfg.NodeName),
 		Metrics:  cm,
@@ -306,6 +313,9 @@ func (n *Node) stopCluster(ctx context.Context) error {
 	}
 	if n.replicator != nil {
 		n.replicator.Close()
+	}
+	if n.counters != nil {
+		n.counters.Close()
 	}
 	if n.transport != nil {
 		if err := n.transport.Shutdown(ctx); err != nil && first == nil {

@@ -1,63 +1,217 @@
 package edge
 
 import (
-	"strings"
+	"crypto/sha256"
+	"encoding/hex"
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
+	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/functions"
 )
 
-// throttle limits login attempts per key (an account name or a client address) with a
-// token bucket per key: perMinute attempts a minute, with bursts of as many. Idle buckets
-// are forgotten, so memory is bounded by the keys active in the last few minutes. Safe for
-// concurrent use.
-type throttle struct {
-	limit rate.Limit
-	burst int
-	now   func() time.Time
+// Abuse limits on logins and sign-ups, counted cluster-wide.
+//
+// Logins count failures, not attempts: a correct password charges nothing, so a client
+// that signs in is never throttled by its own successes, and the owner of an account is
+// not locked out by someone else's guesses. Before the password is hashed, a login is
+// refused (429 with Retry-After) when any of these sliding one-minute counts has reached
+// its limit:
+//
+//   - failures from the client's address (LoginPerAddress, default 60/min): one address
+//     cannot guess across many accounts;
+//   - failures on the account from the client's address (LoginPerAccountAddress, default
+//     10/min): kept below the next limit, so that one address can never lock an account;
+//   - failures on the account from all addresses (LoginPerAccount, default 100/min): a
+//     botnet's guesses on one account are bounded — but this limit does not apply to a
+//     login that presents a valid device token for the account (OWASP's device cookies):
+//     a client that signed in to the account before keeps getting through.
+//
+// Sign-ups are limited per address (SignupsPerAddress per 10 minutes, default 10): every
+// registration that gets past input validation counts, created (201) or not (409), so
+// usernames cannot be enumerated without limit.
+//
+// The counts are cluster.Counters: each node counts its own events and the nodes exchange
+// them every CounterFlush (default 200ms), so a limit holds across the cluster. While
+// connected, the cluster admits at most (CounterFlush + one-way latency) × each other
+// node's rate of events beyond a limit; during a partition, each side enforces the full
+// limit on what it sees, so k sides admit at most k × the limit (see cluster.Counters).
+// Within a node, attempts still being checked count as failures already (in flight), so
+// concurrent requests cannot overshoot a node's own view.
 
-	mu      sync.Mutex
-	buckets map[string]*bucket
-	swept   time.Time
+// Counter sets of the node's cluster.Counters.
+const (
+	setLoginFailures = iota // window loginWindow
+	setSignups              // window signupWindow
+)
+
+const (
+	loginWindow  = time.Minute
+	signupWindow = 10 * time.Minute
+	maxAddrKey   = 64 // longer client addresses are hashed (an X-Forwarded-For can be anything)
+)
+
+// counterWindows returns the window of each counter set, indexed by set.
+func counterWindows() []time.Duration { return []time.Duration{loginWindow, signupWindow} }
+
+// counts is what limits read and charge: sliding-window counts per key, merged over the
+// cluster. *cluster.Counters implements it; it must be safe for concurrent use.
+type counts interface {
+	Add(set int, key string)
+	Estimate(set int, key string) crdt.Estimate
 }
 
-type bucket struct {
-	lim  *rate.Limiter
-	used time.Time
+// gauge is one limit's input: the counted events and the attempts of this node in flight.
+type gauge struct {
+	Count    crdt.Estimate
+	InFlight int
 }
 
-func newThrottle(perMinute int, now func() time.Time) *throttle {
-	return &throttle{
-		limit: rate.Limit(float64(perMinute) / 60), burst: perMinute, now: now,
-		buckets: make(map[string]*bucket),
+// over reports whether one more event would pass limit, and if so how long until it
+// would not (at least a second: attempts in flight end sooner, but their outcome decides).
+func (g gauge) over(limit int) (bool, time.Duration) {
+	room := float64(limit - g.InFlight)
+	if g.Count.Value() < room {
+		return false, 0
 	}
+	return true, max(g.Count.Until(room), time.Second)
 }
 
-// allow takes one attempt for key. When none is left it returns false and how long until
-// one is.
-func (t *throttle) allow(key string) (bool, time.Duration) {
-	now := t.now()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if now.Sub(t.swept) > time.Minute {
-		for k, b := range t.buckets {
-			if now.Sub(b.used) > 2*time.Minute { // refilled long ago: same as a new bucket
-				delete(t.buckets, k)
-			}
+// loginLimits are failed logins allowed per loginWindow.
+type loginLimits struct {
+	Address, AccountAddress, Account int
+}
+
+// loginGauges are a login attempt's three counts.
+type loginGauges struct {
+	Address, AccountAddress, Account gauge
+}
+
+// decideLogin is the login policy: whether an attempt may go on to check the password,
+// and if not, how long until it may. device says the attempt presents a valid device token
+// for the account, which lifts the account-wide limit only. It is a pure function.
+func decideLogin(lim loginLimits, g loginGauges, device bool) (ok bool, wait time.Duration) {
+	ok = true
+	for _, c := range []struct {
+		g      gauge
+		limit  int
+		exempt bool
+	}{{g.Address, lim.Address, false}, {g.AccountAddress, lim.AccountAddress, false}, {g.Account, lim.Account, device}} {
+		if c.exempt {
+			continue
 		}
-		t.swept = now
+		if over, w := c.g.over(c.limit); over {
+			ok, wait = false, max(wait, w)
+		}
 	}
-	b, ok := t.buckets[key]
+	return ok, wait
+}
+
+// limiter applies the login and sign-up limits over counts, tracking this node's
+// attempts in flight. Safe for concurrent use.
+type limiter struct {
+	counts counts
+
+	mu       sync.Mutex
+	inflight map[flightKey]int
+}
+
+type flightKey struct {
+	set int
+	key string
+}
+
+func newLimiter(c counts) *limiter {
+	return &limiter{counts: c, inflight: make(map[flightKey]int)}
+}
+
+// attempt is a login or sign-up let through; call done exactly once when its outcome is
+// known.
+type attempt struct {
+	l    *limiter
+	set  int
+	keys []string
+}
+
+// done ends the attempt, charging its keys when charge is set.
+func (a *attempt) done(charge bool) {
+	a.l.mu.Lock()
+	defer a.l.mu.Unlock()
+	for _, k := range a.keys {
+		if charge {
+			a.l.counts.Add(a.set, k) // before the in-flight count drops: never neither
+		}
+		fk := flightKey{a.set, k}
+		if a.l.inflight[fk] <= 1 {
+			delete(a.l.inflight, fk)
+		} else {
+			a.l.inflight[fk]--
+		}
+	}
+}
+
+func (l *limiter) gaugeLocked(set int, key string) gauge {
+	return gauge{Count: l.counts.Estimate(set, key), InFlight: l.inflight[flightKey{set, key}]}
+}
+
+func (l *limiter) beginLocked(set int, keys ...string) *attempt {
+	for _, k := range keys {
+		l.inflight[flightKey{set, k}]++
+	}
+	return &attempt{l: l, set: set, keys: keys}
+}
+
+// login decides a login attempt by addr on the account named username; see decideLogin.
+func (l *limiter) login(lim loginLimits, addr, username string, device bool) (*attempt, bool, time.Duration) {
+	a, acct := addrKey(addr), accountKey(username)
+	keys := []string{"a|" + a, "ua|" + acct + "|" + a, "u|" + acct}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ok, wait := decideLogin(lim, loginGauges{
+		Address:        l.gaugeLocked(setLoginFailures, keys[0]),
+		AccountAddress: l.gaugeLocked(setLoginFailures, keys[1]),
+		Account:        l.gaugeLocked(setLoginFailures, keys[2]),
+	}, device)
 	if !ok {
-		b = &bucket{lim: rate.NewLimiter(t.limit, t.burst)}
-		t.buckets[strings.Clone(key)] = b // key may alias a reused request buffer
+		return nil, false, wait
 	}
-	b.used = now
-	r := b.lim.ReserveN(now, 1)
-	if d := r.DelayFrom(now); d > 0 {
-		r.CancelAt(now)
-		return false, d
+	return l.beginLocked(setLoginFailures, keys...), true, 0
+}
+
+// signup decides a sign-up by addr against limit per signupWindow.
+func (l *limiter) signup(limit int, addr string) (*attempt, bool, time.Duration) {
+	key := "s|" + addrKey(addr)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if over, wait := l.gaugeLocked(setSignups, key).over(limit); over {
+		return nil, false, wait
 	}
-	return true, 0
+	return l.beginLocked(setSignups, key), true, 0
+}
+
+// addrKey returns a bounded key for a client address. The result owns its bytes (addr
+// may alias a request buffer).
+func addrKey(addr string) string {
+	if len(addr) <= maxAddrKey {
+		return string([]byte(addr))
+	}
+	sum := sha256.Sum256([]byte(addr))
+	return "#" + hex.EncodeToString(sum[:16])
+}
+
+// accountKey returns the key of the account a login names: the name itself when it is a
+// possible username, else "" — names no account can have share one key rather than each
+// being kept (up to the 1 MiB body), and they only ever lock each other.
+func accountKey(name string) string {
+	if len(name) < functions.MinUsername || len(name) > functions.MaxUsername {
+		return ""
+	}
+	for i := 0; i < len(name); i++ {
+		switch b := name[i]; {
+		case b >= 'a' && b <= 'z', b >= '0' && b <= '9', b == '_', b == '.', b == '-':
+		default:
+			return ""
+		}
+	}
+	return string([]byte(name))
 }

@@ -1,66 +1,226 @@
 package edge
 
 import (
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/sessiond/sessiond/crdt"
 )
 
-func TestThrottle(t *testing.T) {
-	clock := newFakeClock(tokenEpoch)
-	th := newThrottle(3, clock.Now) // one attempt per 20 s after a burst of 3
+func est(cur, prev uint64, elapsed time.Duration) crdt.Estimate {
+	return crdt.Estimate{Current: cur, Previous: prev, Elapsed: elapsed, Window: time.Minute}
+}
 
-	for i := range 3 {
-		if ok, wait := th.allow("alice"); !ok {
-			t.Fatalf("attempt %d: allow = false (wait %s), want true", i+1, wait)
-		}
-	}
+func TestDecideLogin(t *testing.T) {
+	lim := loginLimits{Address: 30, AccountAddress: 10, Account: 100}
 	for _, tc := range []struct {
-		advance time.Duration
-		want    time.Duration
+		name     string
+		g        loginGauges
+		device   bool
+		wantOK   bool
+		wantWait time.Duration
 	}{
-		{0, 20 * time.Second},
-		{0, 20 * time.Second}, // a refused attempt costs nothing
-		{5 * time.Second, 15 * time.Second},
-		{14 * time.Second, time.Second},
-		{900 * time.Millisecond, 100 * time.Millisecond},
+		{"OK/Fresh", loginGauges{}, false, true, 0},
+		{"OK/JustBelow", loginGauges{
+			Address: gauge{Count: est(29, 0, 0)}, AccountAddress: gauge{Count: est(9, 0, 0)}, Account: gauge{Count: est(99, 0, 0)},
+		}, false, true, 0},
+		{"ErrAddress", loginGauges{Address: gauge{Count: est(30, 0, 15*time.Second)}}, false, false, 45*time.Second + 1},
+		{"ErrAddressDevice", loginGauges{Address: gauge{Count: est(30, 0, 15*time.Second)}}, true, false, 45*time.Second + 1},
+		{"ErrAccountAddress", loginGauges{AccountAddress: gauge{Count: est(10, 0, 0)}}, false, false, time.Minute + 1},
+		{"ErrAccountAddressDevice", loginGauges{AccountAddress: gauge{Count: est(10, 0, 0)}}, true, false, time.Minute + 1},
+		{"ErrAccount", loginGauges{Account: gauge{Count: est(100, 0, 30*time.Second)}}, false, false, 30*time.Second + 1},
+		{"OK/AccountWithDevice", loginGauges{Account: gauge{Count: est(5000, 0, 0)}}, true, true, 0},
+		{"ErrPreviousWindow", loginGauges{AccountAddress: gauge{Count: est(0, 20, 0)}}, false, false, 30*time.Second + 1},
+		{"OK/PreviousDecayed", loginGauges{AccountAddress: gauge{Count: est(0, 20, 31*time.Second)}}, false, true, 0},
+		{"ErrInFlight", loginGauges{AccountAddress: gauge{Count: est(7, 0, 0), InFlight: 3}}, false, false, time.Minute + 1},
+		{"ErrInFlightOnly", loginGauges{AccountAddress: gauge{InFlight: 10}}, false, false, time.Second},
+		{"ErrLongestWins", loginGauges{
+			Address: gauge{Count: est(30, 0, 50*time.Second)}, AccountAddress: gauge{Count: est(10, 0, 10*time.Second)},
+		}, false, false, 50*time.Second + 1},
 	} {
-		clock.Add(tc.advance)
-		ok, wait := th.allow("alice")
-		if ok {
-			t.Fatalf("after +%s: allow = true, want false", tc.advance)
-		}
-		if d := wait - tc.want; d < -time.Millisecond || d > time.Millisecond {
-			t.Errorf("after +%s: wait = %s, want %s", tc.advance, wait, tc.want)
-		}
-	}
-	if ok, _ := th.allow("bob"); !ok {
-		t.Errorf("another key: allow = false, want true")
-	}
-	clock.Add(100 * time.Millisecond)
-	if ok, wait := th.allow("alice"); !ok {
-		t.Errorf("after the wait: allow = false (wait %s), want true", wait)
-	}
-	if ok, _ := th.allow("alice"); ok {
-		t.Errorf("right after: allow = true, want false")
-	}
-
-	t.Run("Refills", func(t *testing.T) {
-		clock.Add(time.Hour)
-		for i := range 3 {
-			if ok, _ := th.allow("alice"); !ok {
-				t.Fatalf("after an hour, attempt %d: allow = false, want a full burst", i+1)
+		t.Run(tc.name, func(t *testing.T) {
+			ok, wait := decideLogin(lim, tc.g, tc.device)
+			if ok != tc.wantOK || wait != tc.wantWait {
+				t.Errorf("decideLogin = %v, %s; want %v, %s", ok, wait, tc.wantOK, tc.wantWait)
 			}
+		})
+	}
+}
+
+// localCounts is counts on one node: a crdt.Counter per set under a mutex.
+type localCounts struct {
+	mu   sync.Mutex
+	now  func() time.Time
+	sets []*crdt.Counter
+}
+
+func newLocalCounts(now func() time.Time) *localCounts {
+	c := &localCounts{now: now}
+	for _, w := range counterWindows() {
+		c.sets = append(c.sets, crdt.NewCounter(w, 0))
+	}
+	return c
+}
+
+func (c *localCounts) Add(set int, key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sets[set].Add(key, 1, c.now())
+}
+
+func (c *localCounts) Estimate(set int, key string) crdt.Estimate {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sets[set].Estimate(key, c.now())
+}
+
+func TestLimiter_Login(t *testing.T) {
+	clock := newFakeClock(tokenEpoch)
+	l := newLimiter(newLocalCounts(clock.Now))
+	lim := loginLimits{Address: 30, AccountAddress: 3, Account: 5}
+	fail := func(addr, user string, device bool) (bool, time.Duration) {
+		a, ok, wait := l.login(lim, addr, user, device)
+		if ok {
+			a.done(true)
+		}
+		return ok, wait
+	}
+	for i := range 3 {
+		if ok, _ := fail("10.0.0.1", "alice", false); !ok {
+			t.Fatalf("failure %d from one address refused early", i+1)
+		}
+	}
+	if ok, wait := fail("10.0.0.1", "alice", false); ok || wait <= 0 {
+		t.Errorf("4th failure from one address: ok=%v wait=%s, want refused with a wait", ok, wait)
+	}
+	t.Run("OtherAddressStillTries", func(t *testing.T) {
+		if ok, _ := fail("10.0.0.2", "alice", false); !ok {
+			t.Errorf("another address refused after one address's failures")
 		}
 	})
-	t.Run("ForgetsIdleKeys", func(t *testing.T) {
-		clock.Add(3 * time.Minute)
-		th.allow("carol") // sweeps
-		th.mu.Lock()
-		defer th.mu.Unlock()
-		if len(th.buckets) != 1 {
-			t.Errorf("buckets = %d, want 1 (idle ones forgotten)", len(th.buckets))
+	t.Run("SuccessChargesNothing", func(t *testing.T) {
+		for i := range 50 {
+			a, ok, _ := l.login(lim, "10.0.0.9", "bob", false)
+			if !ok {
+				t.Fatalf("successful login %d refused", i+1)
+			}
+			a.done(false)
 		}
 	})
+	t.Run("AccountWide", func(t *testing.T) {
+		fail("10.0.0.3", "alice", false) // alice: 3 + 1 + 1 = 5 failures
+		if ok, _ := fail("10.0.0.4", "alice", false); ok {
+			t.Errorf("a fresh address passed the account-wide limit")
+		}
+		a, ok, _ := l.login(lim, "10.0.0.4", "alice", true)
+		if !ok {
+			t.Fatalf("a login with a device token was refused by the account-wide limit")
+		}
+		a.done(false)
+		if ok, _ := fail("10.0.0.1", "alice", true); ok {
+			t.Errorf("a device token lifted the per-address limit")
+		}
+	})
+	t.Run("InFlight", func(t *testing.T) {
+		var held []*attempt
+		for range 3 {
+			a, ok, _ := l.login(lim, "10.9.9.9", "carol", false)
+			if !ok {
+				t.Fatalf("attempt refused before any outcome")
+			}
+			held = append(held, a)
+		}
+		if _, ok, _ := l.login(lim, "10.9.9.9", "carol", false); ok {
+			t.Errorf("a 4th concurrent attempt passed while 3 were in flight")
+		}
+		for _, a := range held {
+			a.done(false)
+		}
+		a, ok, _ := l.login(lim, "10.9.9.9", "carol", false)
+		if !ok {
+			t.Fatalf("refused after the in-flight attempts succeeded")
+		}
+		a.done(false)
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if len(l.inflight) != 0 {
+			t.Errorf("in-flight table keeps %d keys after every attempt ended", len(l.inflight))
+		}
+	})
+	t.Run("Expires", func(t *testing.T) {
+		clock.Add(2 * time.Minute)
+		if ok, _ := fail("10.0.0.1", "alice", false); !ok {
+			t.Errorf("still refused two windows later")
+		}
+	})
+}
+
+func TestLimiter_Signup(t *testing.T) {
+	clock := newFakeClock(tokenEpoch)
+	l := newLimiter(newLocalCounts(clock.Now))
+	for i := range 3 {
+		a, ok, _ := l.signup(3, "10.0.0.1")
+		if !ok {
+			t.Fatalf("sign-up %d refused", i+1)
+		}
+		a.done(true)
+	}
+	_, ok, wait := l.signup(3, "10.0.0.1")
+	// tokenEpoch is 4m05s into a 10-minute window: the count ends with it.
+	if ok || wait != 5*time.Minute+55*time.Second+1 {
+		t.Errorf("4th sign-up: ok=%v wait=%s, want refused until the window ends, 5m55s", ok, wait)
+	}
+	a, ok, _ := l.signup(3, "10.0.0.2")
+	if !ok {
+		t.Fatalf("another address refused")
+	}
+	a.done(false) // invalid input: not charged
+	for range 3 {
+		a, ok, _ := l.signup(3, "10.0.0.2")
+		if !ok {
+			t.Fatalf("uncharged attempts were counted")
+		}
+		a.done(true)
+	}
+}
+
+func TestKeys(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"alice", "alice"}, {"a.b-c_9", "a.b-c_9"}, {"al", ""}, {"Alice", ""}, {"a|b", ""},
+		{strings.Repeat("x", 33), ""}, {strings.Repeat("x", 64<<10), ""},
+	} {
+		if got := accountKey(tc.in); got != tc.want {
+			t.Errorf("accountKey(%.40q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if got := addrKey("10.0.0.1"); got != "10.0.0.1" {
+		t.Errorf("addrKey(10.0.0.1) = %q", got)
+	}
+	long := strings.Repeat("1.2.3.4, ", 1000)
+	if got := addrKey(long); len(got) > maxAddrKey || got == addrKey(long+"x") {
+		t.Errorf("addrKey of a long address = %q: want a short key distinct per address", got)
+	}
+}
+
+// TestLimiter_OwnsKeys checks that keys are copies: the address given may alias a request
+// buffer (an X-Forwarded-For address) that later requests overwrite.
+func TestLimiter_OwnsKeys(t *testing.T) {
+	l := newLimiter(newLocalCounts(newFakeClock(tokenEpoch).Now))
+	buf := []byte("10.0.0.1")
+	a, ok, _ := l.signup(1, aliasedString(buf))
+	if !ok {
+		t.Fatal("first sign-up refused")
+	}
+	a.done(true)
+	copy(buf, "10.0.0.2")
+	if _, ok, _ := l.signup(1, "10.0.0.1"); ok {
+		t.Errorf("10.0.0.1's count was lost when the request buffer changed")
+	}
+	if _, ok, _ := l.signup(1, "10.0.0.2"); !ok {
+		t.Errorf("10.0.0.2 refused: it took 10.0.0.1's count through the aliased buffer")
+	}
 }
 
 func TestRetryAfterSeconds(t *testing.T) {
@@ -74,19 +234,52 @@ func TestRetryAfterSeconds(t *testing.T) {
 	}
 }
 
-// TestThrottle_OwnsKey checks that a bucket's key is a copy: the key allow is given may
-// alias a request buffer (an X-Forwarded-For address) that later requests overwrite.
-func TestThrottle_OwnsKey(t *testing.T) {
-	th := newThrottle(1, newFakeClock(tokenEpoch).Now)
-	buf := []byte("10.0.0.1")
-	if ok, _ := th.allow(aliasedString(buf)); !ok {
-		t.Fatalf("first attempt refused")
+func TestDeviceToken(t *testing.T) {
+	clock := newFakeClock(tokenEpoch)
+	tk := newTokens([][]byte{testKey}, clock.Now)
+	dev, err := tk.signDevice("u1", "alice")
+	if err != nil {
+		t.Fatal(err)
 	}
-	copy(buf, "10.0.0.2") // the next request, in the same buffer
-	if ok, _ := th.allow("10.0.0.2"); !ok {
-		t.Errorf("allow(10.0.0.2) = false: its bucket is 10.0.0.1's, keyed on the request buffer")
+	if !tk.verifyDevice(dev, "alice") {
+		t.Fatalf("verifyDevice(own token) = false")
 	}
-	if ok, _ := th.allow("10.0.0.1"); ok {
-		t.Errorf("allow(10.0.0.1) = true, want false: its bucket was lost")
+	for _, tc := range []struct {
+		name, raw, user string
+	}{
+		{"ErrOtherUser", dev, "bob"},
+		{"ErrEmpty", "", "alice"},
+		{"ErrTampered", tamper(t, dev), "alice"},
+		{"ErrTooLong", dev + strings.Repeat("x", maxDeviceToken), "alice"},
+		{"ErrOtherKey", func() string {
+			d, _ := newTokens([][]byte{otherKey}, clock.Now).signDevice("u1", "alice")
+			return d
+		}(), "alice"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tk.verifyDevice(tc.raw, tc.user) {
+				t.Errorf("verifyDevice accepted it")
+			}
+		})
 	}
+	t.Run("ErrSessionTokenIsNoDevice", func(t *testing.T) {
+		tok, err := tk.sign("u1", "s1", clock.Now().Add(time.Hour), crdt.Bookmark{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tk.verifyDevice(tok, "alice") {
+			t.Errorf("a session token passed as a device token")
+		}
+	})
+	t.Run("ErrDeviceIsNoAccessToken", func(t *testing.T) {
+		if _, err := tk.verify(dev); err == nil {
+			t.Errorf("verify accepted a device token as an access token")
+		}
+	})
+	t.Run("ErrExpired", func(t *testing.T) {
+		clock.Add(deviceTTL + time.Minute)
+		if tk.verifyDevice(dev, "alice") {
+			t.Errorf("an expired device token was accepted")
+		}
+	})
 }

@@ -39,6 +39,7 @@ type tokens struct {
 	keys    map[string][]byte // kid → HMAC key
 	now     func() time.Time
 	parser  *jwt.Parser
+	device  *jwt.Parser // device tokens (deviceAudience): never access tokens
 
 	mu    sync.Mutex
 	cache map[string]verified
@@ -70,6 +71,7 @@ func newTokens(clusterKeys [][]byte, now func() time.Time) *tokens {
 		jwt.WithLeeway(tokenLeeway),
 		jwt.WithTimeFunc(now),
 	)
+	t.device = newDeviceParser(now)
 	return t
 }
 
@@ -158,4 +160,73 @@ func (t *tokens) verify(raw string) (verified, error) {
 	t.cache[strings.Clone(raw)] = v
 	t.mu.Unlock()
 	return v, nil
+}
+
+// Device tokens (OWASP's "device cookies"): a successful login returns one, bound to the
+// user's id and username; a later login to that account that presents it is exempt from
+// the account-wide failure limit (see throttle.go), so the owner gets in while others
+// guess. Its audience differs from session tokens', and it names no session, so it can
+// never be used as an access token; an access token is never a device token either.
+const (
+	deviceAudience = "sessiond-device"
+	deviceTTL      = 90 * 24 * time.Hour
+	maxDeviceToken = 2048 // longer "device" fields are ignored unparsed
+)
+
+// deviceClaims are the claims of a device token: sub is the user id.
+type deviceClaims struct {
+	Username string `json:"usr"`
+	jwt.RegisteredClaims
+}
+
+func newDeviceParser(now func() time.Time) *jwt.Parser {
+	return jwt.NewParser(
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithIssuer(tokenIssuer),
+		jwt.WithAudience(deviceAudience),
+		jwt.WithLeeway(tokenLeeway),
+		jwt.WithTimeFunc(now),
+	)
+}
+
+// signDevice returns a device token for userID under username.
+func (t *tokens) signDevice(userID, username string) (string, error) {
+	now := t.now()
+	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, deviceClaims{
+		Username: username,
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer:    tokenIssuer,
+			Subject:   userID,
+			Audience:  jwt.ClaimStrings{deviceAudience},
+			ExpiresAt: jwt.NewNumericDate(now.Add(deviceTTL)),
+			IssuedAt:  jwt.NewNumericDate(now),
+		},
+	})
+	tok.Header["kid"] = t.signKID
+	s, err := tok.SignedString(t.keys[t.signKID])
+	if err != nil {
+		return "", fmt.Errorf("sign device token: %w", err)
+	}
+	return s, nil
+}
+
+// verifyDevice reports whether raw is a valid, unexpired device token of ours for the
+// account named username. Any fault is just false: the login goes on without the
+// exemption.
+func (t *tokens) verifyDevice(raw, username string) bool {
+	if raw == "" || len(raw) > maxDeviceToken || username == "" {
+		return false
+	}
+	var c deviceClaims
+	_, err := t.device.ParseWithClaims(raw, &c, func(tok *jwt.Token) (any, error) {
+		kid, _ := tok.Header["kid"].(string)
+		k, ok := t.keys[kid]
+		if !ok {
+			return nil, errors.New("unknown key id")
+		}
+		return k, nil
+	})
+	return err == nil && c.Subject != "" && c.Username == username
 }

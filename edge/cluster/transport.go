@@ -158,6 +158,9 @@ func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
 		rep, err := h.HandleLeaves(ctx, *req)
 		return rep, err
 	}))
+	if ch, ok := h.(CounterHandler); ok { // see WithCounters
+		t.serveCounters(mux, ch)
+	}
 	t.server.Handler = mux
 	return t.server.Serve(tls.NewListener(ln, t.tlsConf))
 }
