@@ -13,13 +13,17 @@ import (
 
 // Passwords hashes and verifies passwords with argon2id. Each hash costs Time passes over
 // Memory KiB, so at most Concurrency run at once; callers beyond that wait (or give up
-// when their context ends). A Passwords is safe for concurrent use.
+// when their context ends). New passwords (Hash: sign-ups) may hold at most half of the
+// slots, max(1, Concurrency/2), so a flood of sign-ups leaves the rest to logins (Verify)
+// of existing users; with Concurrency 1 they share the one slot. A Passwords is safe for
+// concurrent use.
 type Passwords struct {
 	Time    uint32 // passes; default 1
 	Memory  uint32 // KiB; default 19456 (19 MiB, OWASP's argon2id baseline)
 	Threads uint8  // default 1
 	slots   chan struct{}
-	dummy   string // a hash to verify against when the user is unknown, for even timing
+	hashes  chan struct{} // Hash calls holding or waiting for a slot: max(1, cap(slots)/2)
+	dummy   string        // a hash to verify against when the user is unknown, for even timing
 }
 
 // NewPasswords returns a hasher with the default cost, running at most concurrency hashes
@@ -29,7 +33,10 @@ func NewPasswords(concurrency int) *Passwords {
 }
 
 func newPasswords(time, memory uint32, concurrency int) *Passwords {
-	p := &Passwords{Time: time, Memory: memory, Threads: 1, slots: make(chan struct{}, max(concurrency, 1))}
+	p := &Passwords{
+		Time: time, Memory: memory, Threads: 1,
+		slots: make(chan struct{}, max(concurrency, 1)), hashes: make(chan struct{}, max(concurrency/2, 1)),
+	}
 	p.dummy = p.hash([]byte("sessiond-dummy-password"))
 	return p
 }
@@ -45,12 +52,28 @@ func (p *Passwords) acquire(ctx context.Context) error {
 
 func (p *Passwords) release() { <-p.slots }
 
+// acquireHash admits a Hash (its share of the slots) and then takes a slot.
+func (p *Passwords) acquireHash(ctx context.Context) error {
+	select {
+	case p.hashes <- struct{}{}:
+	case <-ctx.Done():
+		return Errorf(EUnavailable, "server busy: %v", ctx.Err())
+	}
+	if err := p.acquire(ctx); err != nil {
+		<-p.hashes
+		return err
+	}
+	return nil
+}
+
+func (p *Passwords) releaseHash() { p.release(); <-p.hashes }
+
 // Hash returns the PHC-format argon2id hash of password with a fresh random salt.
 func (p *Passwords) Hash(ctx context.Context, password string) (string, error) {
-	if err := p.acquire(ctx); err != nil {
+	if err := p.acquireHash(ctx); err != nil {
 		return "", err
 	}
-	defer p.release()
+	defer p.releaseHash()
 	return p.hash([]byte(password)), nil
 }
 

@@ -197,3 +197,46 @@ func TestPasswordsConcurrency(t *testing.T) {
 		})
 	})
 }
+
+// TestPasswords_SignupsLeaveSlotsForLogins checks that new-password hashes (sign-ups)
+// hold at most half of the slots: with that half busy, another Hash waits while a Verify
+// (a login) runs at once.
+func TestPasswords_SignupsLeaveSlotsForLogins(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newPasswords(1, 64, 4)
+		h, err := p.Hash(context.Background(), testPassword)
+		if err != nil {
+			t.Fatalf("Hash: %v", err)
+		}
+		for range 2 { // two sign-ups hashing
+			if err := p.acquireHash(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := p.Hash(ctx, testPassword)
+			done <- err
+		}()
+		synctest.Wait()
+		select {
+		case err := <-done:
+			t.Fatalf("a third Hash ran (err %v) with half the slots held by hashes, want it to wait", err)
+		default:
+		}
+		if ok, err := p.Verify(context.Background(), testPassword, h); err != nil || !ok {
+			t.Errorf("Verify = %v, %v while sign-ups hold their share, want true at once", ok, err)
+		}
+		cancel()
+		wantCode(t, <-done, EUnavailable)
+		p.releaseHash()
+		p.releaseHash()
+		if len(p.slots) != 0 || len(p.hashes) != 0 {
+			t.Errorf("slots %d, hash admissions %d in use after every call returned, want 0", len(p.slots), len(p.hashes))
+		}
+		if _, err := p.Hash(context.Background(), testPassword); err != nil {
+			t.Errorf("Hash after release: %v", err)
+		}
+	})
+}
