@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"pgregory.net/rapid"
 
@@ -381,7 +382,7 @@ func seedMaps() []crdt.Map {
 		crdt.NewUser("alice", "$argon2id$v=19$m=65536,t=3,p=2$c2FsdA$aGFzaA", map[string]string{"email": "a@example.com"}, ts),
 		crdt.NewClaim("user-1", ts),
 		crdt.EraseUser(ts),
-		crdt.RevokeSessionsUntil(ts),
+		crdt.RevokeSessionsUntil(ts, time.Minute),
 		sessionMap(5, 1, 2),
 	}
 }

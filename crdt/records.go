@@ -49,6 +49,10 @@ const (
 	FieldAddress       = "address"        // LWW
 	FieldDeleted       = "deleted"        // Flag: the account is erased
 	FieldSessionsUntil = "sessions_until" // Max: sessions created at or before its TS are revoked
+	// FieldSessionsWindow (Max, wall nanoseconds) extends the latest sign-out everywhere
+	// to sessions created concurrently with it, by nodes that had not received it, and
+	// stamped up to this wall time: see User.Revokes.
+	FieldSessionsWindow = "sessions_window"
 )
 
 // ProfileFields are the user record fields a user edits.
@@ -64,6 +68,23 @@ type User struct {
 	Deleted      bool
 	// SessionsUntil revokes every session created at or before it ("sign out everywhere").
 	SessionsUntil Timestamp
+	// SessionsWindow (wall nanoseconds) revokes, besides, sessions stamped up to it by a
+	// node that had not received SessionsUntil when it created them.
+	SessionsWindow int64
+}
+
+// Revokes reports whether the user's sign-out everywhere revokes session s: s was
+// created at or before SessionsUntil in HLC order, or concurrently with it — by a node
+// that had not yet received it (s.SeenUntil is older) — and stamped no later than
+// SessionsWindow. A node whose clock runs ahead stamps a session it creates before a
+// sign-out, in real time, later than the sign-out's own stamp; the window (the revoking
+// node's --max-skew) still covers it. A session created after its node received the
+// sign-out is never revoked by it.
+func (u User) Revokes(s Session) bool {
+	if !u.SessionsUntil.Less(s.Created) {
+		return true
+	}
+	return s.SeenUntil.Less(u.SessionsUntil) && s.Created.Wall <= u.SessionsWindow
 }
 
 // ReadUser returns the typed view of the user record m.
@@ -83,6 +104,7 @@ func ReadUser(id string, m *Map) User {
 	if f, ok := m.Field(FieldSessionsUntil); ok && f.Kind == KindMax {
 		u.SessionsUntil = f.TS
 	}
+	u.SessionsWindow = m.MaxOf(FieldSessionsWindow)
 	return u
 }
 
@@ -110,10 +132,12 @@ func EraseUser(ts Timestamp) Map {
 }
 
 // RevokeSessionsUntil returns the update that revokes every session of a user created at
-// or before ts.
-func RevokeSessionsUntil(ts Timestamp) Map {
+// or before ts, and those created concurrently and stamped up to window after it (see
+// User.Revokes).
+func RevokeSessionsUntil(ts Timestamp, window time.Duration) Map {
 	var m Map
 	m.Raise(FieldSessionsUntil, ts.Wall, ts)
+	m.Raise(FieldSessionsWindow, ts.Wall+int64(window), ts)
 	return m
 }
 
@@ -161,7 +185,10 @@ const (
 	FieldIdleTTL  = "idle_ttl"  // FWW: idle lifetime in nanoseconds
 	FieldLastUsed = "last_used" // Max: last use, Unix nanoseconds
 	FieldRevoked  = "revoked"   // Flag
-	DataPrefix    = "d/"        // d/<key> LWW: session data, a JSON value
+	// FieldSeenUntil (FWW) is the owner's sessions_until timestamp that the creating node
+	// held, encoded; absent when it held none. See User.Revokes.
+	FieldSeenUntil = "seen_until"
+	DataPrefix     = "d/" // d/<key> LWW: session data, a JSON value
 )
 
 // Session is the typed view of a session record.
@@ -173,7 +200,9 @@ type Session struct {
 	IdleTTL  time.Duration
 	LastUsed time.Time
 	Revoked  bool
-	Data     map[string][]byte // live data keys; values alias the Map
+	// SeenUntil is the owner's User.SessionsUntil that the creating node held.
+	SeenUntil Timestamp
+	Data      map[string][]byte // live data keys; values alias the Map
 }
 
 // IdleExpires returns when the session expires unless it is used before.
@@ -252,6 +281,9 @@ func ReadSessionMeta(id string, m *Map) Session {
 	s.IdleTTL = time.Duration(int64Field(m, FieldIdleTTL))
 	s.LastUsed = time.Unix(0, m.MaxOf(FieldLastUsed)).UTC()
 	_, s.Revoked = m.Flag(FieldRevoked)
+	if v, ok := m.Get(FieldSeenUntil); ok {
+		s.SeenUntil, _ = DecodeTimestamp(v)
+	}
 	return s
 }
 
@@ -268,6 +300,16 @@ func NewSession(userID string, expires time.Time, idleTTL time.Duration, ts Time
 	m.Claim(FieldExpires, binary.BigEndian.AppendUint64(nil, uint64(expires.UnixNano())), ts)
 	m.Claim(FieldIdleTTL, binary.BigEndian.AppendUint64(nil, uint64(idleTTL)), ts)
 	m.Raise(FieldLastUsed, ts.Wall, ts)
+	return m
+}
+
+// SessionSaw returns the update, merged into a new session's record at its creation ts,
+// that records the owner's sessions_until the creating node held (nothing when zero).
+func SessionSaw(until, ts Timestamp) Map {
+	var m Map
+	if !until.IsZero() {
+		m.Claim(FieldSeenUntil, until.AppendBinary(nil), ts)
+	}
 	return m
 }
 

@@ -121,11 +121,50 @@ func TestUser(t *testing.T) {
 		}
 	})
 	t.Run("SessionsUntil", func(t *testing.T) {
-		m := merged(crdt.RevokeSessionsUntil(ts(9, 1)), crdt.RevokeSessionsUntil(ts(3, 2)), crdt.RevokeSessionsUntil(ts(9, 0)))
-		if got := crdt.ReadUser("u1", &m).SessionsUntil; got != ts(9, 1) {
-			t.Fatalf("SessionsUntil=%v, want %v", got, ts(9, 1))
+		m := merged(crdt.RevokeSessionsUntil(ts(9, 1), 5), crdt.RevokeSessionsUntil(ts(3, 2), 100), crdt.RevokeSessionsUntil(ts(9, 0), 0))
+		u := crdt.ReadUser("u1", &m)
+		if u.SessionsUntil != ts(9, 1) || u.SessionsWindow != epoch2026+103 {
+			t.Fatalf("SessionsUntil=%v, SessionsWindow=%d, want %v and 103", u.SessionsUntil, u.SessionsWindow, ts(9, 1))
 		}
 	})
+}
+
+// TestUserRevokes: sign out everywhere at wall 100 with a window of 50 revokes what was
+// created before it in HLC order, and what was created concurrently (by a node that had
+// not received it) and stamped up to 150 — a session a fast node created before the
+// sign-out in real time — but nothing created after its node received it.
+func TestUserRevokes(t *testing.T) {
+	ts := func(wall int64, node crdt.NodeID) crdt.Timestamp { return crdt.Timestamp{Wall: wall, Node: node} }
+	rev := ts(100, 1)
+	m := crdt.RevokeSessionsUntil(rev, 50)
+	u := crdt.ReadUser("u1", &m)
+	for _, tc := range []struct {
+		name    string
+		created crdt.Timestamp
+		seen    crdt.Timestamp
+		want    bool
+	}{
+		{"Before", ts(90, 2), crdt.Timestamp{}, true},
+		{"BeforeAfterAnEarlierSignOut", ts(90, 2), ts(40, 1), true},
+		{"SameTime", rev, crdt.Timestamp{}, true},
+		{"ConcurrentFastNode", ts(140, 2), crdt.Timestamp{}, true},
+		{"ConcurrentFastNodeAtWindowEnd", ts(150, 2), ts(40, 1), true},
+		{"ConcurrentBeyondWindow", ts(151, 2), crdt.Timestamp{}, false},
+		{"AfterReceivingIt", ts(101, 2), rev, false},
+		{"AfterReceivingALaterOne", ts(120, 2), ts(110, 3), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sm := crdt.NewSession("u1", time.Unix(0, 1e18), time.Hour, tc.created)
+			sm.Merge(crdt.SessionSaw(tc.seen, tc.created))
+			s := crdt.ReadSession("s1", &sm)
+			if s.SeenUntil != tc.seen {
+				t.Fatalf("SeenUntil=%v, want %v", s.SeenUntil, tc.seen)
+			}
+			if got := u.Revokes(s); got != tc.want {
+				t.Errorf("Revokes=%v, want %v", got, tc.want)
+			}
+		})
+	}
 }
 
 func TestSession(t *testing.T) {

@@ -121,7 +121,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	clock := n.db.Clock()
 	passwords := functions.NewPasswords(n.cfg.PasswordHashes)
 	n.users = &functions.Users{Store: st, Clock: clock, Passwords: passwords}
-	n.sessions = &functions.Sessions{Store: st, Clock: clock, Passwords: passwords, TTL: n.cfg.SessionTTL, IdleTTL: n.cfg.IdleTTL}
+	n.sessions = &functions.Sessions{Store: st, Clock: clock, Passwords: passwords, TTL: n.cfg.SessionTTL, IdleTTL: n.cfg.IdleTTL, MaxSkew: n.cfg.MaxSkew}
 	n.messages = &functions.Messages{Store: st, Clock: clock}
 	n.cluster = &functions.Cluster{Membership: clusterView{n}}
 	n.headers = newResponseHeaders(n.cfg.NodeName)

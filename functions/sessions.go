@@ -78,6 +78,17 @@ type Sessions struct {
 	// TouchEvery bounds how often a use is written down (a durable, replicated write), so
 	// reads stay reads; idle expiry is exact to within it. Default min(IdleTTL/20, 1m).
 	TouchEvery time.Duration
+	// MaxSkew is how far apart nodes' clocks may be (the node's --max-skew): sign out
+	// everywhere also revokes sessions that nodes unaware of it stamped up to MaxSkew
+	// later (see crdt.User.Revokes). Default 1m.
+	MaxSkew time.Duration
+}
+
+func (s *Sessions) maxSkew() time.Duration {
+	if s.MaxSkew > 0 {
+		return s.MaxSkew
+	}
+	return time.Minute
 }
 
 func (s *Sessions) ttl() time.Duration {
@@ -156,8 +167,15 @@ func (s *Sessions) create(ctx context.Context, u crdt.User) (Session, error) {
 				return err
 			}
 		}
-		var err error
-		rec, err = tx.Merge(crdt.SessionKey(id), crdt.NewSession(u.ID, ts.Time().Add(s.ttl()), s.idleTTL(), ts))
+		// The new session notes the sign-out everywhere this node holds, read here, where
+		// nothing can come between: one it has not received yet may revoke it.
+		um, _, err := tx.Record(crdt.UserKey(u.ID))
+		if err != nil {
+			return err
+		}
+		rec = crdt.NewSession(u.ID, ts.Time().Add(s.ttl()), s.idleTTL(), ts)
+		rec.Merge(crdt.SessionSaw(crdt.ReadUser(u.ID, &um).SessionsUntil, ts))
+		rec, err = tx.Merge(crdt.SessionKey(id), rec)
 		return err
 	})
 	if err != nil {
@@ -179,7 +197,7 @@ func activeSessions(all []crdt.Session, u crdt.User, now time.Time) []crdt.Sessi
 }
 
 func usable(ss crdt.Session, u crdt.User, now time.Time) bool {
-	return ss.ActiveAt(now) && ss.UserID == u.ID && !u.Deleted && u.SessionsUntil.Less(ss.Created)
+	return ss.ActiveAt(now) && ss.UserID == u.ID && !u.Deleted && !u.Revokes(ss)
 }
 
 // Authenticate checks that session sessionID of userID is usable now — it exists here, is
@@ -372,11 +390,12 @@ func (s *Sessions) Revoke(ctx context.Context, p Principal, sessionID string) er
 	})
 }
 
-// RevokeAll revokes every session of the caller created up to now, on every replica,
-// including sessions this node has not yet heard of.
+// RevokeAll revokes every session of the caller created up to now in real time, on
+// every replica, including sessions this node has not yet heard of, created on nodes
+// whose clocks are within MaxSkew of this one's (see crdt.User.Revokes).
 func (s *Sessions) RevokeAll(ctx context.Context, p Principal) error {
 	return s.Store.Update(ctx, func(tx Tx) error {
-		_, err := tx.Merge(crdt.UserKey(p.UserID), crdt.RevokeSessionsUntil(s.Clock.Next()))
+		_, err := tx.Merge(crdt.UserKey(p.UserID), crdt.RevokeSessionsUntil(s.Clock.Next(), s.maxSkew()))
 		return err
 	})
 }

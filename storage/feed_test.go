@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/sessiond/sessiond/crdt"
 	bolt "go.etcd.io/bbolt"
@@ -22,7 +23,7 @@ func TestChangesSince(t *testing.T) {
 		e, err = tx.Append("a:b", crdt.Message{From: "a", To: "b", Body: "hi"})
 		return err
 	})
-	merge(t, db, crdt.UserKey("a"), crdt.RevokeSessionsUntil(db.Clock().Next())) // a moves to the end
+	merge(t, db, crdt.UserKey("a"), crdt.RevokeSessionsUntil(db.Clock().Next(), time.Minute)) // a moves to the end
 
 	keysOf := func(cs []Change) []string {
 		var out []string

@@ -232,9 +232,10 @@ func (b *batch) deleteRecord(key string, old stored) error {
 // erasedUserFields are the fields an erased user's record keeps: enough to know the
 // name was taken and the account is gone, nothing personal.
 var erasedUserFields = map[string]bool{
-	crdt.FieldUsername:      true,
-	crdt.FieldDeleted:       true,
-	crdt.FieldSessionsUntil: true,
+	crdt.FieldUsername:       true,
+	crdt.FieldDeleted:        true,
+	crdt.FieldSessionsUntil:  true,
+	crdt.FieldSessionsWindow: true,
 }
 
 // filterErased strips an erased user's record m of every other field. The deleted flag

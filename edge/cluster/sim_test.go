@@ -699,3 +699,43 @@ func TestPushBatches(t *testing.T) {
 	}
 	t.Logf("batch lengths %v", sizes)
 }
+
+// TestSimSignOutEverywhereUnderSkew: a session created, in real time, before a sign out
+// everywhere, on a node whose clock runs 30 s ahead (within --max-skew) and that the
+// revoking node had not heard of, is revoked everywhere once the two meet; a session
+// created after its node received the sign-out is not.
+func TestSimSignOutEverywhereUnderSkew(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := newTestCluster(t, 2, []string{"eu"}, withMaxSkew(time.Minute))
+	w := newWorkload(c, rand.New(rand.NewPCG(1, 2)), 1)
+	c.SetOffset(1, 30*time.Second)
+	alice := mustRegister(t, w, 0, "alice")
+	c.checkConverged(t, time.Minute)
+	onFast0 := mustLogin(t, w, 1, alice)
+	c.checkConverged(t, time.Minute)
+
+	c.Cut([]int{0}, []int{1})
+	onFast := mustLogin(t, w, 1, alice) // n0 never hears of it before it signs out everywhere
+	onSlow := mustLogin(t, w, 0, alice)
+	mustOK(t, "sign out everywhere on n0", c.nodes[0].API().sessions.RevokeAll(ctx, principal(onSlow)))
+	after := mustLogin(t, w, 0, alice) // n0 holds the sign-out: this one stays
+	c.Heal()
+	c.checkConverged(t, time.Minute)
+	afterFast := mustLogin(t, w, 1, alice) // n1 received it now
+	c.checkConverged(t, time.Minute)
+
+	for _, n := range c.nodes {
+		api := n.API()
+		for _, s := range []*simSession{onFast0, onFast, onSlow} {
+			if _, err := api.sessions.Authenticate(ctx, s.acc.id, s.id); functions.ErrorCode(err) != functions.EUnauthorized {
+				t.Errorf("%s: Authenticate(session created on n%d before the sign-out) = %v, want unauthorized", n.name, s.node, err)
+			}
+		}
+		for _, s := range []*simSession{after, afterFast} {
+			if _, err := api.sessions.Authenticate(ctx, s.acc.id, s.id); err != nil {
+				t.Errorf("%s: Authenticate(session created on n%d after receiving the sign-out) = %v, want ok", n.name, s.node, err)
+			}
+		}
+	}
+}
