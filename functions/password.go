@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"fmt"
+	"runtime"
 	"strings"
 
 	"golang.org/x/crypto/argon2"
@@ -13,16 +14,16 @@ import (
 
 // Passwords hashes and verifies passwords with argon2id. Each hash costs Time passes over
 // Memory KiB, so at most Concurrency run at once; callers beyond that wait (or give up
-// when their context ends). New passwords (Hash: sign-ups) may hold at most half of the
-// slots, max(1, Concurrency/2), so a flood of sign-ups leaves the rest to logins (Verify)
-// of existing users; with Concurrency 1 they share the one slot. A Passwords is safe for
-// concurrent use.
+// when their context ends). New passwords (Hash: sign-ups) may hold at most
+// max(1, min(Concurrency, GOMAXPROCS)/2) slots — half the slots and half the CPUs — so a
+// flood of sign-ups leaves the rest to logins (Verify) of existing users; with one slot
+// or one CPU they share. A Passwords is safe for concurrent use.
 type Passwords struct {
 	Time    uint32 // passes; default 1
 	Memory  uint32 // KiB; default 19456 (19 MiB, OWASP's argon2id baseline)
 	Threads uint8  // default 1
 	slots   chan struct{}
-	hashes  chan struct{} // Hash calls holding or waiting for a slot: max(1, cap(slots)/2)
+	hashes  chan struct{} // Hash calls holding or waiting for a slot (see above)
 	dummy   string        // a hash to verify against when the user is unknown, for even timing
 }
 
@@ -35,7 +36,7 @@ func NewPasswords(concurrency int) *Passwords {
 func newPasswords(time, memory uint32, concurrency int) *Passwords {
 	p := &Passwords{
 		Time: time, Memory: memory, Threads: 1,
-		slots: make(chan struct{}, max(concurrency, 1)), hashes: make(chan struct{}, max(concurrency/2, 1)),
+		slots: make(chan struct{}, max(concurrency, 1)), hashes: make(chan struct{}, max(min(concurrency, runtime.GOMAXPROCS(0))/2, 1)),
 	}
 	p.dummy = p.hash([]byte("sessiond-dummy-password"))
 	return p

@@ -3,6 +3,7 @@ package functions
 import (
 	"context"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -203,7 +204,8 @@ func TestPasswordsConcurrency(t *testing.T) {
 // (a login) runs at once.
 func TestPasswords_SignupsLeaveSlotsForLogins(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		p := newPasswords(1, 64, 4)
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+		p := newPasswords(1, 64, 4) // sign-ups: min(4 slots, 4 CPUs)/2 = 2
 		h, err := p.Hash(context.Background(), testPassword)
 		if err != nil {
 			t.Fatalf("Hash: %v", err)
