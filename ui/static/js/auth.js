@@ -30,10 +30,47 @@ export function rememberReturn(hash) {
   returnTo = hash || '';
 }
 
+// Device tokens: a sign-in returns one, kept here per username (localStorage, so across
+// tabs and restarts) and sent with the next sign-in to that account. While others guess
+// an account's password from many addresses, the server keeps letting in the browsers
+// that signed in to it before. It is not an access token: it cannot call the API.
+const DEVICES_KEY = 'sessiond.devices';
+const MAX_DEVICES = 20;
+
+/** devices returns [[username, deviceToken], ...], most recent last. */
+function devices() {
+  try {
+    const d = JSON.parse(localStorage.getItem(DEVICES_KEY) || '[]');
+    return Array.isArray(d) ? d.filter((e) => Array.isArray(e) && typeof e[0] === 'string' && typeof e[1] === 'string') : [];
+  } catch {
+    return [];
+  }
+}
+
+function deviceFor(username) {
+  const e = devices().find(([u]) => u === username);
+  return e ? e[1] : '';
+}
+
+function rememberDevice(username, device) {
+  if (typeof device !== 'string' || !device) return;
+  const d = devices().filter(([u]) => u !== username);
+  d.push([username, device]);
+  try {
+    localStorage.setItem(DEVICES_KEY, JSON.stringify(d.slice(-MAX_DEVICES)));
+  } catch {
+    // storage full or disabled: signing in works without it
+  }
+}
+
 /** signIn logs in with POST v1/sessions, stores the token and starts the background work. */
 export async function signIn(username, password) {
-  const r = await api.post('v1/sessions', { username, password }, { auth: false });
+  const body = { username, password };
+  const device = deviceFor(username);
+  if (device) body.device = device;
+  const r = await api.post('v1/sessions', body, { auth: false });
   if (!r || !r.token) throw new api.ApiError(500, 'bad_response', 'no token in the reply');
+  rememberDevice(username, r.device);
   credentials.save(r.token, r.session, username);
   live.start();
   changed();
