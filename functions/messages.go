@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -115,6 +116,29 @@ func checkAfter(tx Tx, conv string, prev crdt.EntryID, sender string) error {
 	return nil
 }
 
+// lookupShown finds the user shown under name: a username's owner, or an account that
+// lost its username to a concurrent registration, shown as NAME#ID-PREFIX (see
+// displayName).
+func (s *Messages) lookupShown(ctx context.Context, name string) (crdt.User, error) {
+	username, prefix, lost := strings.Cut(name, lostNameSep)
+	if !lost {
+		return s.lookup(ctx, name)
+	}
+	if validUsername(username) != nil || len(prefix) != lostNameID {
+		return crdt.User{}, Errorf(ENotFound, "no user %q", name)
+	}
+	us, err := claimants(ctx, s.Store, username)
+	if err != nil {
+		return crdt.User{}, err
+	}
+	for i, u := range us {
+		if i > 0 && strings.HasPrefix(u.ID, prefix) {
+			return u, nil
+		}
+	}
+	return crdt.User{}, Errorf(ENotFound, "no user %q", name)
+}
+
 func (s *Messages) lookup(ctx context.Context, username string) (crdt.User, error) {
 	if validUsername(username) != nil {
 		return crdt.User{}, Errorf(ENotFound, "no user %q", username)
@@ -162,7 +186,7 @@ func (s *Messages) List(ctx context.Context, p Principal, with, cursor string, l
 	if err != nil {
 		return Page{}, err
 	}
-	other, err := s.lookup(ctx, with)
+	other, err := s.lookupShown(ctx, with)
 	if err != nil {
 		return Page{}, err
 	}
@@ -170,7 +194,7 @@ func (s *Messages) List(ctx context.Context, p Principal, with, cursor string, l
 	if err != nil {
 		return Page{}, err
 	}
-	names := map[string]string{p.UserID: p.Username, other.ID: other.Username}
+	names := map[string]string{p.UserID: p.Username, other.ID: with}
 	page := Page{Messages: []Message{}, Next: encodeCursor(next)}
 	for _, e := range entries {
 		if m, ok := s.decode(e, names); ok {
@@ -203,12 +227,16 @@ func (s *Messages) Conversations(ctx context.Context, p Principal) ([]Conversati
 		if !live {
 			continue
 		}
-		names := map[string]string{p.UserID: p.Username, other.ID: other.Username}
+		shown, err := displayName(ctx, s.Store, other)
+		if err != nil {
+			return nil, err
+		}
+		names := map[string]string{p.UserID: p.Username, other.ID: shown}
 		m, ok := s.decode(c.Last, names)
 		if !ok {
 			continue
 		}
-		out = append(out, Conversation{With: other.Username, LastMessage: m, Count: c.Count})
+		out = append(out, Conversation{With: shown, LastMessage: m, Count: c.Count})
 	}
 	return out, nil
 }
@@ -226,7 +254,9 @@ func (s *Messages) ForUser(ctx context.Context, userID, conv string, e crdt.Entr
 		if err != nil {
 			return Message{}, false, err
 		}
-		names[id] = u.Username
+		if names[id], err = displayName(ctx, s.Store, u); err != nil {
+			return Message{}, false, err
+		}
 	}
 	m, ok := s.decode(e, names)
 	return m, ok, nil

@@ -141,8 +141,7 @@ func (s *Sessions) Login(ctx context.Context, req Login) (Session, error) {
 			continue
 		}
 		if i > 0 {
-			return Session{}, Errorf(EUsernameConflict,
-				"the username %q was registered by someone else first while the cluster was partitioned; this account can no longer sign in under it", req.Username)
+			return Session{}, errNameLost(req.Username)
 		}
 		return s.create(ctx, u)
 	}
@@ -248,6 +247,14 @@ func (s *Sessions) load(ctx context.Context, userID, sessionID string) (crdt.Map
 	u := crdt.ReadUser(userID, &ms[1])
 	if u.Deleted || !usable(crdt.ReadSessionMeta(sessionID, &ms[0]), u, s.Clock.PhysicalNow()) {
 		return crdt.Map{}, crdt.User{}, errSessionEnded
+	}
+	// An account that lost a concurrent registration of its name keeps no session that
+	// works under it: its sessions stop working once the winning claim arrives.
+	if own, err := ownsName(ctx, s.Store, u); err != nil || !own {
+		if err == nil {
+			err = errNameLost(u.Username)
+		}
+		return crdt.Map{}, crdt.User{}, err
 	}
 	return ms[0], u, nil
 }

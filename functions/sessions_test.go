@@ -925,3 +925,56 @@ func TestSessionsCheckSeesRevocation(t *testing.T) {
 	}
 	wantCode(t, e.sessions.Check(ctx, p), EUnauthorized)
 }
+
+// TestSessionsUsernameRaceLoser: an account registered, signed in and chatting in one
+// partition loses its name when the earlier claim from the other arrives. Its sessions
+// stop working (EUsernameConflict, which says what happened and what to do), and its
+// conversations stay distinct from the winner's: shown as alice#<id prefix>, and
+// reachable under that name.
+func TestSessionsUsernameRaceLoser(t *testing.T) {
+	ctx := context.Background()
+	e := newChatEnv(t) // alice registered here, signed in
+	loser := e.alice
+	e.mustSend(t, loser, "bob", "from the alice that will lose")
+	e.claimElsewhere(t, "winner0000000000000000000000000", "alice", "password-winner",
+		crdt.Timestamp{Wall: testEpoch.Add(-time.Hour).UnixNano(), Node: 9})
+
+	_, err := e.sessions.Authenticate(ctx, loser.UserID, loser.SessionID)
+	wantCode(t, err, EUsernameConflict)
+	if !strings.Contains(ErrorMessage(err), "register again") {
+		t.Errorf("message %q does not say how to go on", ErrorMessage(err))
+	}
+	winner, err := e.sessions.Login(ctx, Login{Username: "alice", Password: "password-winner"})
+	if err != nil {
+		t.Fatalf("winner's Login: %v", err)
+	}
+	wp, err := e.sessions.Authenticate(ctx, winner.UserID, winner.ID)
+	if err != nil {
+		t.Fatalf("winner's Authenticate: %v", err)
+	}
+	e.mustSend(t, wp, "bob", "from the alice that won")
+
+	convs, err := e.messages.Conversations(ctx, e.bob)
+	if err != nil {
+		t.Fatalf("Conversations: %v", err)
+	}
+	lostName := "alice#" + loser.UserID[:8]
+	var withs []string
+	for _, c := range convs {
+		withs = append(withs, c.With)
+	}
+	slices.Sort(withs)
+	if want := []string{"alice", lostName}; !slices.Equal(withs, want) {
+		t.Fatalf("bob's conversations with %v, want %v", withs, want)
+	}
+	for name, body := range map[string]string{"alice": "from the alice that won", lostName: "from the alice that will lose"} {
+		page, err := e.messages.List(ctx, e.bob, name, "", 0)
+		if err != nil || len(page.Messages) != 1 || page.Messages[0].Body != body || page.Messages[0].From != name {
+			t.Errorf("List(%q)=%+v, %v, want the one message %q from %q", name, page.Messages, err, body, name)
+		}
+	}
+	for _, bad := range []string{"alice#" + winner.UserID[:8], "alice#zz", "alice#"} {
+		_, err := e.messages.List(ctx, e.bob, bad, "", 0)
+		wantCode(t, err, ENotFound)
+	}
+}

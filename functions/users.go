@@ -104,6 +104,47 @@ func liveUser(ctx context.Context, store Store, id string) (crdt.User, bool, err
 	return u, !u.Deleted, nil
 }
 
+// ownsName reports whether u owns its username: it is the first live claimant (see
+// claimants). One record read when the name has one claimant, as nearly all do.
+func ownsName(ctx context.Context, store Store, u crdt.User) (bool, error) {
+	claims, _, err := store.Record(ctx, crdt.ClaimKey(u.Username))
+	if err != nil {
+		return false, err
+	}
+	if ids := crdt.Claimants(&claims); len(ids) == 0 || ids[0] == u.ID {
+		return true, nil
+	}
+	us, err := claimants(ctx, store, u.Username)
+	if err != nil {
+		return false, err
+	}
+	return len(us) == 0 || us[0].ID == u.ID, nil
+}
+
+// lostNameSep separates, in the name shown for an account that lost its username to a
+// concurrent registration, the name from the first lostNameID hex digits of its ID
+// ("alice#5f0c1a2b"): no username contains it, so the two accounts stay distinct.
+const (
+	lostNameSep = "#"
+	lostNameID  = 8
+)
+
+// displayName returns the name under which u is shown to others: its username, or for an
+// account that lost the name, the username and the start of its ID.
+func displayName(ctx context.Context, store Store, u crdt.User) (string, error) {
+	own, err := ownsName(ctx, store, u)
+	if err != nil || own {
+		return u.Username, err
+	}
+	return u.Username + lostNameSep + u.ID[:min(lostNameID, len(u.ID))], nil
+}
+
+// errNameLost is what every request of an account that lost its username gets.
+func errNameLost(username string) error {
+	return Errorf(EUsernameConflict,
+		"the username %q was registered by someone else first while the cluster was partitioned; this account can no longer sign in or act under it: register again under another name", username)
+}
+
 // claimants returns the accounts registered under username that are not erased, the
 // name's owner first. A claimant whose user record has not reached this replica yet is
 // included with no password hash (it can never sign in here), so the first claim wins

@@ -196,7 +196,20 @@ func (m *model) erased(user string) bool {
 // erasedUserFields mirrors DESIGN.md: an erased account keeps its name (still claimed),
 // the deleted flag and the revocation mark, nothing personal.
 var erasedUserFields = map[string]bool{
-	crdt.FieldUsername: true, crdt.FieldDeleted: true, crdt.FieldSessionsUntil: true,
+	crdt.FieldUsername: true, crdt.FieldDeleted: true, crdt.FieldSessionsUntil: true, crdt.FieldSessionsWindow: true,
+}
+
+// lostName reports whether the model says account a lost its username: an earlier claim
+// of a live account holds it.
+func (m *model) lostName(a *account) bool {
+	claims, _ := m.record(crdt.ClaimKey(a.username))
+	for _, id := range crdt.Claimants(&claims) {
+		if u, _ := m.record(crdt.UserKey(id)); id != a.id && crdt.ReadUser(id, &u).Deleted {
+			continue
+		}
+		return id != a.id
+	}
+	return false
 }
 
 // expected returns the converged state the model implies at time now: replication key →
@@ -446,7 +459,7 @@ func (w *workload) checkHandlers(t testing.TB) {
 			rec, ok := c.model.record(crdt.SessionKey(s.id))
 			urec, _ := c.model.record(crdt.UserKey(s.acc.id))
 			ms, mu := crdt.ReadSession(s.id, &rec), crdt.ReadUser(s.acc.id, &urec)
-			usable := ok && ms.ActiveAt(now) && !mu.Deleted && mu.SessionsUntil.Less(ms.Created)
+			usable := ok && ms.ActiveAt(now) && !mu.Deleted && !mu.Revokes(ms)
 			if (s.revoked || s.acc.erased) && usable {
 				t.Errorf("%s: model says session %s of %s is usable after an acknowledged revocation", n.name, s.id[:8], s.acc.username)
 			}
@@ -454,6 +467,12 @@ func (w *workload) checkHandlers(t testing.TB) {
 			if !usable {
 				if _, err := api.sessions.Authenticate(ctx, s.acc.id, s.id); functions.ErrorCode(err) != functions.EUnauthorized {
 					t.Errorf("%s: Authenticate(revoked session %s of %s) = %v, want %s", n.name, s.id[:8], s.acc.username, err, functions.EUnauthorized)
+				}
+				continue
+			}
+			if c.model.lostName(s.acc) { // a live session of an account that lost its name
+				if _, err := api.sessions.Authenticate(ctx, s.acc.id, s.id); functions.ErrorCode(err) != functions.EUsernameConflict {
+					t.Errorf("%s: Authenticate(session %s of %s, which lost its name) = %v, want %s", n.name, s.id[:8], s.acc.username, err, functions.EUsernameConflict)
 				}
 				continue
 			}

@@ -203,8 +203,11 @@ export async function send(method, path, opts = {}) {
       await pause(Math.min(Math.max(err.retryAfter, 1), BEHIND_WAIT_MAX_S) * 1000, signal);
       continue;
     }
-    // Only the token this call used can have ended; a newer sign-in is unaffected.
-    if (auth && res.status === 401 && used === credentials.token()) unauthorized(err);
+    // Only the token this call used can have ended; a newer sign-in is unaffected. An
+    // account that lost its name to a concurrent registration (409 username_conflict)
+    // cannot go on either: its message says what happened.
+    const ended = res.status === 401 || err.code === 'username_conflict';
+    if (auth && ended && used === credentials.token()) unauthorized(err);
     throw err;
   }
 }

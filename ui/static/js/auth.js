@@ -106,9 +106,12 @@ export async function signOut() {
   }
 }
 
-/** sessionEnded is api.js's 401 handler: the session was revoked or expired. */
-export function sessionEnded() {
+/**
+ * sessionEnded is api.js's handler of a session that ended: revoked or expired (401), or
+ * its account lost its username (409 username_conflict, whose message says what to do).
+ */
+export function sessionEnded(err) {
   if (!signedIn()) return;
   rememberReturn(location.hash);
-  endSession(SESSION_ENDED, 'error');
+  endSession(err && err.code === 'username_conflict' ? err.message : SESSION_ENDED, 'error');
 }
