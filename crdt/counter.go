@@ -268,11 +268,11 @@ func (e Estimate) Until(limit float64) time.Duration {
 	// Within the current window: Current + Previous·(1 − t/W) < limit.
 	if float64(e.Current) < limit && e.Previous > 0 {
 		t := w * (1 - (limit-float64(e.Current))/float64(e.Previous))
-		return time.Duration(math.Floor(t)) - e.Elapsed + 1
+		return time.Duration(math.Ceil(t)) - e.Elapsed + 1 // +1: strictly past (and float rounding)
 	}
 	// In the next window, Current becomes the previous one: Current·(1 − t/W) < limit.
 	// Here Current ≥ limit (else Previous is 0 and Value < limit).
 	rest := e.Window - e.Elapsed
 	t := w * (1 - limit/float64(e.Current))
-	return rest + time.Duration(math.Floor(t)) + 1
+	return rest + time.Duration(math.Ceil(t)) + 1
 }
