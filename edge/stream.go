@@ -4,18 +4,27 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/storage"
 )
 
-// streamPing is how often an idle stream sends a comment line, which keeps proxies from
-// closing it and notices a revoked session or a gone client.
-const streamPing = 15 * time.Second
+const (
+	// streamPing is how often an idle stream sends a comment line, which keeps proxies
+	// from closing it, notices a gone client and re-checks the session (idle expiry ends
+	// a session without any commit).
+	streamPing = 15 * time.Second
+	// maxStreamsPerUser caps the live streams one user holds on one node; the cap is not
+	// cluster-wide (each node counts its own). A stream whose client went away counts
+	// until a ping fails to reach it.
+	maxStreamsPerUser = 8
+)
 
 // newEntry is a message log entry committed on this node, from a local write or a
 // remote one.
@@ -24,33 +33,64 @@ type newEntry struct {
 	entry crdt.Entry
 }
 
-// broker fans committed message entries out to the live streams of their participants.
-// publish never blocks: a subscriber that falls 256 entries behind is cut off, and its
-// client reconnects and pages from its cursor. Safe for concurrent use.
+// broker fans committed message entries out to the live streams of their participants,
+// and tells a stream when the record of its session or of its user changed, so that it
+// re-checks the session at once rather than at its next ping. publish never blocks: a
+// subscriber that falls 256 entries behind is cut off, and its client reconnects and
+// pages from its cursor. Safe for concurrent use.
 type broker struct {
-	mu   sync.Mutex
-	subs map[string]map[*subscription]struct{} // user ID → streams
+	mu        sync.Mutex
+	subs      map[string]map[*subscription]struct{} // user ID → streams
+	bySession map[string]map[*subscription]struct{} // session ID → streams
 }
 
+// subscription is one live stream. ch carries its new entries and is closed when the
+// broker drops it; recheck (capacity 1, so signals coalesce) says that its session or
+// user record changed.
 type subscription struct {
-	userID string
-	ch     chan newEntry
-	closed bool
+	userID    string
+	sessionID string
+	ch        chan newEntry
+	recheck   chan struct{}
+	closed    bool
 }
 
 func newBroker() *broker {
-	return &broker{subs: make(map[string]map[*subscription]struct{})}
+	return &broker{
+		subs:      make(map[string]map[*subscription]struct{}),
+		bySession: make(map[string]map[*subscription]struct{}),
+	}
 }
 
-func (b *broker) subscribe(userID string) *subscription {
-	s := &subscription{userID: userID, ch: make(chan newEntry, 256)}
+// subscribe registers a stream of session sessionID of userID. It returns false, and
+// registers nothing, when the user already holds maxStreamsPerUser streams here.
+func (b *broker) subscribe(userID, sessionID string) (*subscription, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.subs[userID] == nil {
-		b.subs[userID] = make(map[*subscription]struct{})
+	if len(b.subs[userID]) >= maxStreamsPerUser {
+		return nil, false
 	}
-	b.subs[userID][s] = struct{}{}
-	return s
+	s := &subscription{
+		userID: userID, sessionID: sessionID,
+		ch: make(chan newEntry, 256), recheck: make(chan struct{}, 1),
+	}
+	addSub(b.subs, userID, s)
+	addSub(b.bySession, sessionID, s)
+	return s, true
+}
+
+func addSub(m map[string]map[*subscription]struct{}, key string, s *subscription) {
+	if m[key] == nil {
+		m[key] = make(map[*subscription]struct{})
+	}
+	m[key][s] = struct{}{}
+}
+
+func removeSub(m map[string]map[*subscription]struct{}, key string, s *subscription) {
+	delete(m[key], s)
+	if len(m[key]) == 0 {
+		delete(m, key)
+	}
 }
 
 func (b *broker) unsubscribe(s *subscription) {
@@ -66,18 +106,23 @@ func (b *broker) drop(s *subscription) {
 	}
 	s.closed = true
 	close(s.ch)
-	delete(b.subs[s.userID], s)
-	if len(b.subs[s.userID]) == 0 {
-		delete(b.subs, s.userID)
-	}
+	removeSub(b.subs, s.userID, s)
+	removeSub(b.bySession, s.sessionID, s)
 }
 
-// publish is storage's OnCommit hook.
+// publish is storage's OnCommit hook, for local and remote commits alike. A changed
+// session record signals the streams of that session, a changed user record (revoke-all,
+// erasure) those of that user; new log entries go to the streams of both participants.
 func (b *broker) publish(changes []storage.Change) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, c := range changes {
 		if c.Conv == "" {
+			if id, ok := strings.CutPrefix(c.Key, crdt.SessionPrefix); ok {
+				signalRecheck(b.bySession[id])
+			} else if id, ok := strings.CutPrefix(c.Key, crdt.UserPrefix); ok {
+				signalRecheck(b.subs[id])
+			}
 			continue
 		}
 		a, z, ok := crdt.Participants(c.Conv)
@@ -99,6 +144,16 @@ func (b *broker) publish(changes []storage.Change) {
 	}
 }
 
+// signalRecheck asks each stream of set to re-check its session; a pending signal suffices.
+func signalRecheck(set map[*subscription]struct{}) {
+	for s := range set {
+		select {
+		case s.recheck <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // closeAll ends every stream; the node calls it when it begins to shut down.
 func (b *broker) closeAll() {
 	b.mu.Lock()
@@ -112,11 +167,18 @@ func (b *broker) closeAll() {
 
 // streamMessages serves GET /v1/messages/stream: Server-Sent Events, one `message` event
 // per new message to or from the caller. The stream ends when the node shuts down, the
-// client goes, or the session stops being usable (checked at each ping), with an `end`
-// event in the last case.
+// client goes, or the session stops being usable, with an `end` event in the last case.
+// The session is checked again whenever its record or its user's record commits (locally
+// or by replication) and before each message is written, so a revoked session's stream
+// ends at once and delivers nothing committed after the revocation. A user holds at most
+// maxStreamsPerUser streams on a node: beyond that, 429 rate_limited.
 func (n *Node) streamMessages(c *fiber.Ctx) error {
 	p := principal(c)
-	sub := n.broker.subscribe(p.UserID)
+	sub, ok := n.broker.subscribe(p.UserID, p.SessionID)
+	if !ok {
+		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(streamPing.Seconds()))
+		return functions.Errorf(functions.ERateLimited, "at most %d open streams per user", maxStreamsPerUser)
+	}
 	ctx := n.ctx
 	c.Set(fiber.HeaderContentType, "text/event-stream")
 	c.Set(fiber.HeaderCacheControl, "no-store")
@@ -125,13 +187,32 @@ func (n *Node) streamMessages(c *fiber.Ctx) error {
 		defer n.broker.unsubscribe(sub)
 		ping := time.NewTicker(streamPing)
 		defer ping.Stop()
+		// usable re-checks the session; when it has ended it writes the end event.
+		usable := func() bool {
+			err := n.sessions.Check(ctx, p)
+			if err == nil {
+				return true
+			}
+			if functions.ErrorCode(err) == functions.EUnauthorized {
+				fmt.Fprint(w, "event: end\ndata: {\"reason\":\"session ended\"}\n\n")
+				w.Flush()
+			}
+			return false
+		}
 		if _, err := fmt.Fprint(w, ": connected\n\n"); err != nil || w.Flush() != nil {
+			return
+		}
+		// A revocation committed between authentication and subscribing signalled no one.
+		if !usable() {
 			return
 		}
 		for {
 			select {
 			case ne, ok := <-sub.ch:
 				if !ok {
+					return
+				}
+				if !usable() {
 					return
 				}
 				m, ok, err := n.messages.ForUser(ctx, p.UserID, ne.conv, ne.entry)
@@ -142,10 +223,12 @@ func (n *Node) streamMessages(c *fiber.Ctx) error {
 				if _, err := fmt.Fprintf(w, "event: message\ndata: %s\n\n", body); err != nil || w.Flush() != nil {
 					return
 				}
+			case <-sub.recheck:
+				if !usable() {
+					return
+				}
 			case <-ping.C:
-				if err := n.sessions.Check(ctx, p); err != nil {
-					fmt.Fprint(w, "event: end\ndata: {\"reason\":\"session ended\"}\n\n")
-					w.Flush()
+				if !usable() {
 					return
 				}
 				if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil || w.Flush() != nil {
