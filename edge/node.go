@@ -78,9 +78,20 @@ func NewNode(cfg Config) (*Node, error) {
 }
 
 // Start opens the node's parts in dependency order — data directory and keys, bbolt, the
-// handlers, the HTTP listener — and undoes what it opened if a later step fails. It returns
-// once the node serves; the context bounds only the start-up itself.
+// cluster, the handlers, the HTTP listener — and undoes what it opened if a later step
+// fails. It returns once the node serves. ctx bounds the start-up only: Start checks it
+// between steps and, once it has ended, undoes what it opened and returns an error
+// wrapping ctx.Err(); the node's life after Start is ended by Close.
 func (n *Node) Start(ctx context.Context) (err error) {
+	stopped := func() error {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("start cancelled: %w", err)
+		}
+		return nil
+	}
+	if err := stopped(); err != nil {
+		return err
+	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -111,8 +122,14 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := stopped(); err != nil {
+		return err
+	}
 	n.metrics = newMetrics(n.db)
 	if err := n.startCluster(keys); err != nil {
+		return err
+	}
+	if err := stopped(); err != nil {
 		return err
 	}
 	n.tokens = newTokens(keys, n.cfg.Now)
@@ -147,7 +164,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		defer n.wg.Done()
 		n.becomeReady()
 	}()
-	n.log.Info("node started", "http", n.ln.Addr().String(), "region", n.cfg.Region, "id", n.db.NodeID().String())
+	n.log.Info("node started", "http", n.ln.Addr().String(), "gossip", n.membership.Addr()+" (tcp, udp)",
+		"sync", n.syncLn.Addr().String(), "region", n.cfg.Region, "id", n.db.NodeID().String())
 	return nil
 }
 
@@ -304,11 +322,10 @@ func (n *Node) startCluster(keys [][]byte) error {
 func (n *Node) stopCluster(ctx context.Context) error {
 	var first error
 	if n.membership != nil {
-		leaveCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		if err := n.membership.Close(leaveCtx); err != nil {
+		// Bounded by serf's leave timeouts (cluster.Membership.Close), not by ctx.
+		if err := n.membership.Close(ctx); err != nil {
 			first = fmt.Errorf("leave cluster: %w", err)
 		}
-		cancel()
 		n.membership = nil
 	}
 	if n.replicator != nil {

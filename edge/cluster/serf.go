@@ -73,13 +73,26 @@ type Membership struct {
 	events chan serf.Event
 	log    *slog.Logger
 
+	// leaveDelay is serf's LeavePropagateDelay; Close sets it to 0 when no other member
+	// is alive to be told. Serf reads it only in Leave, which Close calls once.
+	leaveDelay *time.Duration
+
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // the event, notice and join loops
 
 	mu     sync.Mutex
 	joined bool
+	warned map[string]string // member name → the reason last logged for ignoring it
 }
+
+// Leave bounds: serf's Leave waits up to BroadcastTimeout for its leave message to go out,
+// as long again for memberlist's, then LeavePropagateDelay. Serf's defaults (5 s, 5 s,
+// 1 s) kept a node stopping alongside its peers, or after them, waiting 11 s.
+const (
+	leaveBroadcastTimeout = time.Second
+	leavePropagateDelay   = 500 * time.Millisecond
+)
 
 // StartMembership creates the serf agent and starts its event, join and notice
 // goroutines.
@@ -137,6 +150,7 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	}
 	sc.MemberlistConfig = ml
 	sc.Logger = logger
+	sc.BroadcastTimeout, sc.LeavePropagateDelay = leaveBroadcastTimeout, leavePropagateDelay
 	sc.RejoinAfterLeave = true
 	sc.ReconnectInterval = 5 * time.Second
 	sc.ReconnectTimeout = 72 * time.Hour
@@ -144,6 +158,7 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	if cfg.Fast {
 		sc.ReconnectInterval = time.Second
 		sc.ReapInterval = 5 * time.Second
+		sc.BroadcastTimeout, sc.LeavePropagateDelay = leaveBroadcastTimeout/2, leavePropagateDelay/2
 	}
 	events := make(chan serf.Event, 256)
 	sc.EventCh = events
@@ -151,7 +166,7 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start serf on %s: %w", cfg.BindAddr, err)
 	}
-	m := &Membership{cfg: cfg, serf: s, events: events, log: cfg.Logger}
+	m := &Membership{cfg: cfg, serf: s, events: events, log: cfg.Logger, leaveDelay: &sc.LeavePropagateDelay, warned: map[string]string{}}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.wg.Add(2)
 	go func() { defer m.wg.Done(); m.eventLoop() }()
@@ -271,7 +286,16 @@ func (m *Membership) noticeLoop() {
 	}
 }
 
-// Members returns every member serf knows, this node included, sorted by name.
+// Addr returns the address gossip is bound to: the configured one, with the port serf
+// picked when it was 0.
+func (m *Membership) Addr() string {
+	host, _, _ := net.SplitHostPort(m.cfg.BindAddr)
+	return net.JoinHostPort(host, strconv.Itoa(int(m.serf.Memberlist().LocalNode().Port)))
+}
+
+// Members returns every member serf knows, this node included, sorted by name. A member
+// with a node id tag that does not parse, or alive with another sync protocol, is left
+// out, and logged once (not on every call: the notice loop calls this every few seconds).
 func (m *Membership) Members() []Member {
 	suspect := map[string]bool{}
 	for _, n := range m.serf.Memberlist().Members() {
@@ -281,7 +305,12 @@ func (m *Membership) Members() []Member {
 	}
 	var out []Member
 	for _, sm := range m.serf.Members() {
-		id, _ := crdt.ParseNodeID(sm.Tags[tagID])
+		id, err := crdt.ParseNodeID(sm.Tags[tagID])
+		if err != nil {
+			m.warnOnce(sm.Name, "bad node id "+strconv.Quote(sm.Tags[tagID]),
+				"member has no valid node id; ignoring", "member", sm.Name, "id", sm.Tags[tagID])
+			continue
+		}
 		status := "alive"
 		switch sm.Status {
 		case serf.StatusFailed:
@@ -294,7 +323,8 @@ func (m *Membership) Members() []Member {
 			}
 		}
 		if sm.Tags[tagProto] != strconv.Itoa(ProtocolVersion) && status == "alive" {
-			m.log.Warn("member speaks another sync protocol; ignoring", "member", sm.Name, "proto", sm.Tags[tagProto])
+			m.warnOnce(sm.Name, "proto "+strconv.Quote(sm.Tags[tagProto]),
+				"member speaks another sync protocol; ignoring", "member", sm.Name, "proto", sm.Tags[tagProto])
 			continue
 		}
 		out = append(out, Member{
@@ -306,16 +336,29 @@ func (m *Membership) Members() []Member {
 	return out
 }
 
-// Close leaves the cluster (bounded by ctx: serf's Leave can block for seconds), stops
-// the goroutines and shuts serf down.
+// warnOnce logs msg with args unless it logged the same reason for member last.
+func (m *Membership) warnOnce(member, reason, msg string, args ...any) {
+	m.mu.Lock()
+	seen := m.warned[member] == reason
+	m.warned[member] = reason
+	m.mu.Unlock()
+	if !seen {
+		m.log.Warn(msg, args...)
+	}
+}
+
+// Close leaves the cluster, stops the goroutines and shuts serf down. The leave takes at
+// most about 2.5 s (1.25 s with Fast; see leaveBroadcastTimeout), no time when this is the
+// last live member, and is skipped when ctx has ended before Close is called; once begun it
+// is not cut short by ctx, as memberlist panics on a leave after its shutdown. Close
+// returns serf's errors.
 func (m *Membership) Close(ctx context.Context) error {
-	left := make(chan error, 1)
-	go func() { left <- m.serf.Leave() }()
 	var err error
-	select {
-	case err = <-left:
-	case <-ctx.Done():
-		err = fmt.Errorf("leave cluster: %w", ctx.Err())
+	if ctx.Err() == nil {
+		if !m.othersAlive() {
+			*m.leaveDelay = 0 // nobody to propagate the leave to
+		}
+		err = m.serf.Leave() // in this goroutine: memberlist panics on a leave after shutdown
 	}
 	m.cancel()
 	m.wg.Wait()
@@ -323,6 +366,16 @@ func (m *Membership) Close(ctx context.Context) error {
 		err = serr
 	}
 	return err
+}
+
+// othersAlive reports whether serf knows another member that is alive.
+func (m *Membership) othersAlive() bool {
+	for _, sm := range m.serf.Members() {
+		if sm.Name != m.cfg.NodeName && sm.Status == serf.StatusAlive {
+			return true
+		}
+	}
+	return false
 }
 
 // levelWriter turns serf's and memberlist's "[LEVEL] text" log lines into slog records.

@@ -9,9 +9,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -19,8 +23,46 @@ import (
 	"github.com/sessiond/sessiond/edge"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
+// version is set at build time with -ldflags "-X main.version=…"; without it,
+// versionString reports what the Go toolchain recorded of the build.
 var version = "dev"
+
+// versionString returns the version and what the build recorded: the module version (a
+// tag, or a pseudo-version naming the commit) when version was not set, the commit and
+// whether the tree had changes, the commit's time, and the Go version and platform.
+func versionString() string {
+	v := version
+	var extra []string
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v = bi.Main.Version
+		}
+		var rev, when string
+		dirty := false
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value[:min(12, len(s.Value))]
+			case "vcs.time":
+				when = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+		if rev != "" {
+			if dirty {
+				rev += ", modified"
+			}
+			extra = append(extra, "commit "+rev)
+		}
+		if when != "" {
+			extra = append(extra, when)
+		}
+		extra = append(extra, bi.GoVersion)
+	}
+	extra = append(extra, runtime.GOOS+"/"+runtime.GOARCH)
+	return v + " (" + strings.Join(extra, ", ") + ")"
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -36,12 +78,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return health(args[1:], stdout, stderr)
 		case "bench":
 			return benchCmd(args[1:], stdout, stderr)
-		case "version":
-			fmt.Fprintln(stdout, "sessiond", version)
+		case "version", "--version", "-version":
+			fmt.Fprintln(stdout, "sessiond", versionString())
 			return 0
+		case "help":
+			args = []string{"--help"}
 		}
 	}
-	return serve(args, stderr)
+	return serve(args, stdout, stderr)
 }
 
 const usageHead = `sessiond — the distributed user-session store: one node of a multi-region cluster.
@@ -49,19 +93,27 @@ const usageHead = `sessiond — the distributed user-session store: one node of 
 Usage:
   sessiond [flags]            run a node (API and UI on --http, data in --data)
   sessiond keygen             print a new cluster key (base64 of 32 random bytes)
-  sessiond health [--http A]  exit 0 if the node at A answers /healthz (container health checks)
-  sessiond version            print the version
+  sessiond health [--http A]  exit 0 if the node at A (host:port or URL) answers /healthz
+  sessiond version            print the version and the build's commit (also --version)
+  sessiond help               print this (also --help, -h)
   sessiond bench [flags]      measure nodes under a workload mix (sessiond bench --help)
 
 Every flag can also be set in the environment as SESSIOND_<NAME>, e.g. SESSIOND_HTTP,
 SESSIOND_CLUSTER_KEY_FILE; a flag on the command line wins. SESSIOND_CLUSTER_KEY may hold
 the key itself instead of a file.
 
+A node listens on three ports, and says which when it starts: --http (TCP), --gossip (TCP
+and UDP; 7946 is also Consul's and Docker Swarm's, so pick another beside them) and --sync
+(TCP; by default the gossip port + 100, so that nodes on one host may number their gossip
+ports consecutively). Several nodes on one host each need their own --http, --gossip and
+--data.
+
 Flags:
 `
 
 type flags struct {
 	cfg            edge.Config
+	showVersion    bool
 	testHooks      bool
 	clockOffset    time.Duration
 	join           string
@@ -72,17 +124,17 @@ type flags struct {
 	trustedProxies string
 }
 
-func newFlagSet(stderr io.Writer) (*flag.FlagSet, *flags) {
+func newFlagSet() (*flag.FlagSet, *flags) {
 	f := &flags{cfg: edge.DefaultConfig()}
 	fs := flag.NewFlagSet("sessiond", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // serve prints the errors, and printUsage the usage
 	c := &f.cfg
 	fs.StringVar(&c.HTTPAddr, "http", c.HTTPAddr, "`ADDR` to serve the API and UI on")
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "`DIR` for the bbolt file and the node's identity")
 	fs.StringVar(&c.NodeName, "node", c.NodeName, "unique node `NAME` (default: host name)")
 	fs.StringVar(&c.Region, "region", c.Region, "region `NAME` this node is in")
 	fs.StringVar(&c.GossipAddr, "gossip", c.GossipAddr, "`ADDR` for cluster membership (serf) to bind")
-	fs.StringVar(&c.SyncAddr, "sync", "", "`ADDR` for the node-to-node data channel (mutual TLS); default: gossip host, gossip port + 1")
+	fs.StringVar(&c.SyncAddr, "sync", "", "`ADDR` for the node-to-node data channel (mutual TLS); default: gossip host, gossip port + 100")
 	fs.BoolVar(&c.FastGossip, "fast-gossip", false, "detect failures and reconnect within about a second (loopback clusters, tests)")
 	fs.DurationVar(&c.CatchUpTimeout, "catch-up-timeout", c.CatchUpTimeout, "how long a joining node waits to catch up from a peer before /readyz says ready anyway")
 	fs.DurationVar(&c.AntiEntropyEvery, "anti-entropy-every", c.AntiEntropyEvery, "mean period of anti-entropy with each peer")
@@ -106,11 +158,21 @@ func newFlagSet(stderr io.Writer) (*flag.FlagSet, *flags) {
 	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "(test hook) shift this node's clock by `DURATION`, to test skew handling; needs --enable-test-hooks")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: `text|json`")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: `debug|info|warn|error`")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usageHead)
-		fs.PrintDefaults()
-	}
+	fs.Float64Var(&c.AccessLogSample, "access-log-sample", c.AccessLogSample, "`FRACTION` (0 to 1) of requests answered below 400 that get an access log line (info level);\nevery request answered 400 or above gets one")
+	fs.BoolVar(&f.showVersion, "version", false, "print the version and exit")
+	// On a bad flag the flag package prints the error and calls Usage: keep that to the
+	// error; --help prints the usage itself, on stdout.
+	fs.Usage = func() {}
 	return fs, f
+}
+
+// printUsage prints the command's usage and every flag to w.
+func printUsage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprint(w, usageHead)
+	out := fs.Output()
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(out)
 }
 
 // envName returns the environment variable of a flag: SESSIOND_ and the flag's name in
@@ -145,14 +207,19 @@ func splitList(s string) []string {
 	return out
 }
 
-func serve(args []string, stderr io.Writer) int {
-	fs, f := newFlagSet(stderr)
+func serve(args []string, stdout, stderr io.Writer) int {
+	fs, f := newFlagSet()
 	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			printUsage(fs, stdout)
 			return 0
 		}
-		fmt.Fprintln(stderr, "sessiond:", err)
+		fmt.Fprintln(stderr, "sessiond:", err, "(sessiond --help lists the flags)")
 		return 2
+	}
+	if f.showVersion {
+		fmt.Fprintln(stdout, "sessiond", versionString())
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "sessiond: unexpected argument %q (see --help)\n", fs.Arg(0))
@@ -192,9 +259,12 @@ func serve(args []string, stderr io.Writer) int {
 	defer stop()
 	if err := node.Start(ctx); err != nil {
 		fmt.Fprintln(stderr, "sessiond:", err)
+		if strings.Contains(err.Error(), "address already in use") {
+			fmt.Fprintln(stderr, "sessiond: another process holds that port: choose free ones with --http, --gossip and --sync (sync defaults to the gossip port + 100)")
+		}
 		return 1
 	}
-	logger.Info("serving", "url", "http://"+node.HTTPAddr(), "version", version)
+	logger.Info("serving", "url", "http://"+node.HTTPAddr(), "version", versionString())
 	<-ctx.Done()
 	stop()
 	logger.Info("shutting down")
@@ -247,19 +317,32 @@ func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
 func health(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sessiond health", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("http", "127.0.0.1:8080", "`ADDR` of the node's API")
+	addr := fs.String("http", "127.0.0.1:8080", "the node's API: `ADDR` (host:port, as given to sessiond --http) or URL (http://host:port)")
 	if v, ok := os.LookupEnv("SESSIOND_HTTP"); ok {
 		*addr = v
 	}
+	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, "Usage: sessiond health [--http ADDR|URL]: exit 0 if the node answers /healthz with 200, else 1\n\n")
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return 0
+		}
+		fmt.Fprintln(stderr, "sessiond health:", err)
 		return 2
 	}
-	host := *addr
-	if strings.HasPrefix(host, ":") || strings.HasPrefix(host, "0.0.0.0:") {
-		host = "127.0.0.1:" + host[strings.LastIndex(host, ":")+1:]
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sessiond health: unexpected argument %q (the address goes after --http)\n", fs.Arg(0))
+		return 2
+	}
+	target, err := healthURL(*addr)
+	if err != nil {
+		fmt.Fprintln(stderr, "sessiond health:", err)
+		return 2
 	}
 	client := &http.Client{Timeout: 3 * time.Second}
-	resp, err := client.Get("http://" + host + "/healthz")
+	resp, err := client.Get(target)
 	if err != nil {
 		fmt.Fprintln(stderr, "unhealthy:", err)
 		return 1
@@ -271,4 +354,27 @@ func health(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, "ok")
 	return 0
+}
+
+// healthURL returns the /healthz URL of a node given as host:port (an unspecified host,
+// as in :8080 or 0.0.0.0:8080, is this host) or as an http or https URL, which may have a
+// path prefix (a proxy's).
+func healthURL(addr string) (string, error) {
+	if strings.Contains(addr, "://") {
+		u, err := url.Parse(addr)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return "", fmt.Errorf("--http %q: want host:port or an http:// or https:// URL", addr)
+		}
+		u.Path = strings.TrimSuffix(u.Path, "/") + "/healthz"
+		u.RawPath, u.RawQuery, u.Fragment = "", "", ""
+		return u.String(), nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("--http %q: want host:port or an http:// URL", addr)
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/healthz", nil
 }

@@ -1,0 +1,130 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sessiond/sessiond/crdt"
+)
+
+// syncBuffer is a log destination safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) count(substr string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.Count(s.b.String(), substr)
+}
+
+// startTestMembership starts serf on a loopback port with fast gossip; it is closed when
+// the test ends unless the test closed it.
+func startTestMembership(t *testing.T, name string, id crdt.NodeID, logs *syncBuffer, join ...string) *Membership {
+	t.Helper()
+	m, err := StartMembership(MembershipConfig{
+		NodeName: name, Region: "r", ID: id, BindAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:1",
+		GossipKeys: [][]byte{bytes.Repeat([]byte{7}, 32)}, Join: join, Fast: true,
+		Logger: slog.New(slog.NewTextHandler(logs, nil)),
+	})
+	if err != nil {
+		t.Fatalf("StartMembership %s: %v", name, err)
+	}
+	t.Cleanup(func() { m.Close(context.Background()) })
+	return m
+}
+
+func TestMembership_IgnoredMembers(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	m1 := startTestMembership(t, "m1", 1, &logs)
+	m2 := startTestMembership(t, "m2", 2, &syncBuffer{}, m1.Addr())
+	members := func() (names string, zeroID bool) {
+		var ns []string
+		for _, m := range m1.Members() {
+			ns = append(ns, m.Name)
+			zeroID = zeroID || m.ID == 0
+		}
+		return strings.Join(ns, ","), zeroID
+	}
+	waitFor(t, 10*time.Second, func() (bool, string) {
+		ns, _ := members()
+		return ns == "m1,m2", "members " + ns
+	})
+	for _, tc := range []struct {
+		name, id, proto, warning string
+	}{
+		{"ErrBadID", "not-an-id", strconv.Itoa(ProtocolVersion), "member has no valid node id"},
+		{"ErrOtherProtocol", crdt.NodeID(2).String(), "999", "member speaks another sync protocol"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tags := map[string]string{tagRegion: "r", tagID: tc.id, tagSync: "127.0.0.1:1", tagProto: tc.proto}
+			if err := m2.serf.SetTags(tags); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 10*time.Second, func() (bool, string) {
+				ns, zero := members()
+				return ns == "m1" && !zero, "members " + ns
+			})
+			for range 20 {
+				if ns, zero := members(); ns != "m1" || zero {
+					t.Fatalf("members = %s (a zero id: %v), want m1 alone", ns, zero)
+				}
+			}
+			if n := logs.count(tc.warning); n != 1 {
+				t.Errorf("%q logged %d times, want once", tc.warning, n)
+			}
+		})
+	}
+}
+
+func TestMembership_CloseLastMember(t *testing.T) {
+	t.Parallel()
+	m := startTestMembership(t, "alone", 1, &syncBuffer{})
+	start := time.Now()
+	if err := m.Close(context.Background()); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	// Serf's Leave waits LeavePropagateDelay (1 s by default) even with nobody to tell.
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("Close of the last member took %s, want no wait", d)
+	}
+}
+
+func TestMembership_CloseTogether(t *testing.T) {
+	t.Parallel()
+	m1 := startTestMembership(t, "m1", 1, &syncBuffer{})
+	ms := []*Membership{m1,
+		startTestMembership(t, "m2", 2, &syncBuffer{}, m1.Addr()),
+		startTestMembership(t, "m3", 3, &syncBuffer{}, m1.Addr())}
+	waitFor(t, 10*time.Second, func() (bool, string) { return len(m1.Members()) == 3, "not all seen" })
+	// Every member leaves at once (Ctrl-C on a local cluster): each sees the others alive
+	// and broadcasts its leave to nodes that are going away. Each Close is bounded by the
+	// leave timeouts (Fast: 2 × 500 ms + 250 ms), not serf's 11 s, and is no error.
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		wg.Go(func() {
+			start := time.Now()
+			if err := m.Close(context.Background()); err != nil {
+				t.Errorf("m%d: Close: %v", i+1, err)
+			}
+			if d := time.Since(start); d > 3*time.Second {
+				t.Errorf("m%d: Close took %s, want at most about %s", i+1, d, 2*leaveBroadcastTimeout/2+leavePropagateDelay/2)
+			}
+		})
+	}
+	wg.Wait()
+}
