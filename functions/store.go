@@ -22,6 +22,11 @@ type Store interface {
 	UserSessions(ctx context.Context, userID string) ([]crdt.Session, error)
 	// ReadLog pages through a conversation as crdt.Log.Read does.
 	ReadLog(ctx context.Context, conv string, after crdt.Cursor, limit int) ([]crdt.Entry, crdt.Cursor, error)
+	// Contested reports whether the claim record of username names more than one
+	// account. It may report true for a name that is not (yet) contested, never false
+	// for one whose contested claim record this replica holds. It must be cheap: it is
+	// asked on every authenticated request.
+	Contested(username string) bool
 	// Conversations returns a user's conversations, newest first.
 	Conversations(ctx context.Context, userID string) ([]ConversationInfo, error)
 }

@@ -186,6 +186,14 @@ func (s *fakeStore) merge(key string, update crdt.Map) {
 	s.records[key] = m
 }
 
+// Contested reads the claim record, as storage's index would report it.
+func (s *fakeStore) Contested(username string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.records[crdt.ClaimKey(username)]
+	return len(crdt.Claimants(&m)) > 1
+}
+
 // insert adds e to the log conv outside any transaction, as replication from another node
 // does: the clock first observes its timestamp.
 func (s *fakeStore) insert(conv string, e crdt.Entry) {

@@ -105,8 +105,11 @@ func liveUser(ctx context.Context, store Store, id string) (crdt.User, bool, err
 }
 
 // ownsName reports whether u owns its username: it is the first live claimant (see
-// claimants). One record read when the name has one claimant, as nearly all do.
+// claimants). It reads nothing unless the name is contested, as nearly none is.
 func ownsName(ctx context.Context, store Store, u crdt.User) (bool, error) {
+	if !store.Contested(u.Username) {
+		return true, nil
+	}
 	claims, _, err := store.Record(ctx, crdt.ClaimKey(u.Username))
 	if err != nil {
 		return false, err

@@ -119,6 +119,8 @@ type DB struct {
 	digest crdt.Digest // guarded by dmu; written by the committer only
 
 	cache *recordCache
+	// contested: names claimed by more than one account; see Contested.
+	contested contestedNames
 
 	published publication // see WaitPublished
 	overtaken overtakenWrites
@@ -228,7 +230,12 @@ func (db *DB) init() error {
 			return fmt.Errorf("restore clock: %w", err)
 		}
 	}
-	return db.bolt.View(func(btx *bolt.Tx) error { return rebuildDigest(btx, &db.digest) })
+	return db.bolt.View(func(btx *bolt.Tx) error {
+		if err := db.contested.load(btx); err != nil {
+			return err
+		}
+		return rebuildDigest(btx, &db.digest)
+	})
 }
 
 func (db *DB) physicalNow() time.Time {

@@ -189,6 +189,8 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 		if err := b.indexSession(old, now); err != nil {
 			return err
 		}
+	case strings.HasPrefix(key, crdt.ClaimPrefix):
+		b.db.contested.note(key, &p.m) // before the commit: a false alarm costs a read
 	case strings.HasPrefix(key, crdt.UserPrefix):
 		if had && !old.deleted {
 			b.users--
