@@ -292,7 +292,7 @@ func decodeJSON(c *fiber.Ctx, v any) error {
 	// c.Body() would inflate a gzip, deflate or brotli body with no bound, past the 1 MiB
 	// cap (a 1 MiB gzip body inflates to about 1 GiB): take the bytes as sent, and only
 	// uncompressed ones.
-	if enc := c.Get(fiber.HeaderContentEncoding); enc != "" && !strings.EqualFold(enc, "identity") {
+	if enc := header(c, fiber.HeaderContentEncoding); enc != "" && !strings.EqualFold(enc, "identity") {
 		return badRequest("Content-Encoding %q is not supported; send plain JSON", enc)
 	}
 	body := c.Request().Body()
