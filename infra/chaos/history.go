@@ -134,6 +134,10 @@ type User struct {
 	// Bookmark is the latest X-Sessiond-Bookmark a response to this user's requests
 	// carried; every request sends it back. Only the user's worker touches it.
 	Bookmark string
+	// Device is the device token the latest login returned; the next login sends it, as
+	// the UI does, which exempts it from the account-wide failed-login limit that a flood
+	// of wrong passwords from elsewhere fills. Guarded by the model's mutex.
+	Device string
 }
 
 // Session is a login of a user.

@@ -37,13 +37,20 @@ type Config struct {
 	ConvergeTimeout time.Duration // per heal, before it is reported as not converged
 	SkewOffset      time.Duration // clock offset of the skewed node (beyond --max-skew 1m)
 	Schedule        []Scenario
+	Abuse           AbuseConfig // the abusive clients beside the workload
+	// LagBound bounds ack → visible on every node (p99) for writes acknowledged while no
+	// fault held, abuse running.
+	LagBound time.Duration
 }
 
 func configFor(mode string) (Config, error) {
 	switch mode {
 	case "quick":
 		return Config{Mode: mode, Users: 16, Workers: 4, Baseline: 5 * time.Second, ConvergeTimeout: 60 * time.Second,
-			SkewOffset: 90 * time.Second,
+			SkewOffset: 90 * time.Second, LagBound: 5 * time.Second,
+			Abuse: AbuseConfig{Abusers: 2, NullEvery: time.Second, NullKeys: 100, ForgedEvery: 10 * time.Second,
+				ForgedAhead: 59 * time.Second, Victims: 2, GuessEvery: 500 * time.Millisecond, Streams: 12,
+				StreamHold: 5 * time.Second, ClockTolerance: 5 * time.Second},
 			Schedule: []Scenario{
 				clockSkew("ap-2", 90*time.Second, 10*time.Second),
 				killNode("eu-1", 8*time.Second),
@@ -55,7 +62,10 @@ func configFor(mode string) (Config, error) {
 			}}, nil
 	case "full":
 		return Config{Mode: mode, Users: 32, Workers: 6, Baseline: 15 * time.Second, ConvergeTimeout: 120 * time.Second,
-			SkewOffset: 5 * time.Minute,
+			SkewOffset: 5 * time.Minute, LagBound: 5 * time.Second,
+			Abuse: AbuseConfig{Abusers: 3, NullEvery: 500 * time.Millisecond, NullKeys: 200, ForgedEvery: 5 * time.Second,
+				ForgedAhead: 59 * time.Second, Victims: 3, GuessEvery: 400 * time.Millisecond, Streams: 12,
+				StreamHold: 10 * time.Second, ClockTolerance: 5 * time.Second},
 			Schedule: []Scenario{
 				clockSkew("ap-2", 5*time.Minute, 30*time.Second),
 				killNode("eu-1", 20*time.Second),
@@ -294,11 +304,18 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 			regular = append(regular, u)
 		}
 	}
+	abuse := newAbuse(r.cfg.Abuse, r.workload, r.d.Nodes, r.runID)
+	if err := abuse.Setup(ctx, regular[:min(r.cfg.Abuse.Victims, len(regular))]); err != nil {
+		return rep, err
+	}
+	r.logf("abuse: %d abusive accounts and a clock prober signed in; guessing the passwords of %v", r.cfg.Abuse.Abusers, abuse.rep.Victims)
 	r.state.setScenario("steady")
 	stopWorkers := r.workload.RunWorkers(ctx, r.cfg.Workers, regular, 1)
+	stopAbuse := abuse.Run(ctx, 1)
 	workersStopped := false
 	defer func() {
 		if !workersStopped {
+			stopAbuse()
 			stopWorkers()
 		}
 	}()
@@ -309,6 +326,7 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 		}
 		r.runScenario(ctx, s)
 	}
+	stopAbuse()
 	stopWorkers()
 	workersStopped = true
 	if ctx.Err() != nil {
@@ -351,6 +369,14 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	rep.Scenarios = r.results
 	rep.Checks = r.checks
 	rep.fill(r)
+	rep.Abuse = abuse.Report(r.history.Ops())
+	for _, c := range rep.Abuse.Checks(r.cfg.Abuse, rep.VisibleSteady.P99, r.cfg.LagBound) {
+		r.logf("check %q: ok=%v: %s", c.Name, c.OK, c.Detail)
+		rep.Checks = append(rep.Checks, c)
+		if !c.OK {
+			rep.Violations = append(rep.Violations, "check failed: "+c.Name+": "+c.Detail)
+		}
+	}
 	return rep, nil
 }
 

@@ -39,6 +39,7 @@ type Report struct {
 	FirstPass     *Verdict                     `json:"first_pass,omitempty"`
 	Violations    []string                     `json:"violations"` // scenario and check violations
 	Metrics       map[string]string            `json:"metrics,omitempty"`
+	Abuse         *AbuseReport                 `json:"abuse,omitempty"`
 	Error         string                       `json:"error,omitempty"`
 	history       []*Op
 }
@@ -114,11 +115,15 @@ func (rep *Report) Summary(dir string) string {
 		result = "FAIL"
 	}
 	c := v.Consistency
-	return fmt.Sprintf("chaos %s %s: scenarios=%d acked=%d lost=%d resurrected=%d duplicated=%d convergence_p99=%s spurious_401=%d ryw_violations=%d behind=%d ryw_checked=%d divergent=%d reordered=%d other_violations=%d visible_p50=%s visible_max=%s heal_max=%s elapsed=%s report=%s",
+	abuse := ""
+	if a := rep.Abuse; a != nil {
+		abuse = fmt.Sprintf(" honest_logins_refused=%d clock_ahead_max=%s streams_max_accepted=%d", len(a.HonestRefused), fmtDur(a.ClockAheadMax), a.StreamMaxAccepted)
+	}
+	return fmt.Sprintf("chaos %s %s: scenarios=%d acked=%d lost=%d resurrected=%d duplicated=%d convergence_p99=%s spurious_401=%d ryw_violations=%d behind=%d ryw_checked=%d divergent=%d reordered=%d other_violations=%d visible_p50=%s visible_max=%s heal_max=%s%s elapsed=%s report=%s",
 		rep.Mode, result, len(rep.Scenarios), v.Acked, v.Lost, v.Resurrected, v.Duplicated, fmtDur(rep.Visible.P99),
 		c.Spurious401, c.RYW, c.Behind, c.Checked,
 		v.Divergent, v.Reordered, len(rep.Violations)+v.Phantom+v.CursorSkips, fmtDur(rep.Visible.P50), fmtDur(rep.Visible.Max),
-		fmtDur(rep.Heal.Max), rep.Elapsed.Round(time.Second), filepath.Join(dir, "report.md"))
+		fmtDur(rep.Heal.Max), abuse, rep.Elapsed.Round(time.Second), filepath.Join(dir, "report.md"))
 }
 
 // Write writes report.json, report.md and history.jsonl into dir.
@@ -252,6 +257,23 @@ func (rep *Report) Markdown() string {
 		p("- %s: **%s** — %s", c.Name, mark, mdEscape(c.Detail))
 	}
 	p("")
+	if a := rep.Abuse; a != nil {
+		p("## Abuse (beside the workload, during every fault)")
+		p("")
+		p("Abusive accounts %v; password guesses against %v.", a.Abusers, a.Victims)
+		p("")
+		p("| attack | responses by status |")
+		p("|---|---|")
+		p("| null-delete floods (%d never-set keys each, %d named in acknowledged ones) | %s |", rep.Config.Abuse.NullKeys, a.NullKeysDeleted, statusCounts(a.NullFloods))
+		p("| messages with a forged `after` %s ahead | %s |", rep.Config.Abuse.ForgedAhead, statusCounts(a.ForgedSends))
+		p("| wrong-password logins via the LB, %d addresses | %s |", a.GuessAddresses, statusCounts(a.Guesses))
+		p("| streams, %d at once on one node | %s (at most %d accepted at once) |", rep.Config.Abuse.Streams, statusCounts(a.StreamOpens), a.StreamMaxAccepted)
+		p("")
+		p("Clock probes: %d fresh messages, at most %s ahead of real time; %d skipped (a node's clock ahead, or no answer).",
+			a.ClockProbes, fmtDur(a.ClockAheadMax), a.ClockSkipped)
+		p("Honest logins: %d, refused with 429 or a 401 for the right password: %d.", a.HonestLogins, len(a.HonestRefused))
+		p("")
+	}
 	p("## Operations")
 	p("")
 	p("| op | ok | fail | info |")
@@ -282,4 +304,16 @@ func mdEscape(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
 
 func sortedKeys(m map[string]string) []string {
 	return slices.Sorted(maps.Keys(m))
+}
+
+// statusCounts renders responses counted by status, e.g. "200×5 429×3" (0: no response).
+func statusCounts(m map[int]int) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%d×%d", k, m[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, " ")
 }

@@ -212,9 +212,12 @@ func (w *Workload) login(ctx context.Context, u *User, t Target, xff string) (*S
 	op := &Op{Kind: OpLogin, User: u.Name}
 	w.model.mu.Lock()
 	known := u.Register != nil && u.Register.Outcome == OK && u.Erase == nil
+	req := map[string]string{"username": u.Name, "password": u.Password}
+	if u.Device != "" {
+		req["device"] = u.Device
+	}
 	w.model.mu.Unlock()
-	r := w.do(ctx, op, call{user: u, target: t, method: "POST", path: "/v1/sessions", xff: xff,
-		body: map[string]string{"username": u.Name, "password": u.Password}})
+	r := w.do(ctx, op, call{user: u, target: t, method: "POST", path: "/v1/sessions", xff: xff, body: req})
 	if r.Status == 401 && known {
 		op.Spurious401 = true
 	}
@@ -224,6 +227,7 @@ func (w *Workload) login(ctx context.Context, u *User, t Target, xff string) (*S
 	var body struct {
 		Token   string     `json:"token"`
 		Session apiSession `json:"session"`
+		Device  string     `json:"device"`
 	}
 	if err := r.Decode(&body); err != nil || body.Token == "" {
 		op.Outcome, op.Err = Info, "login answered without a token"
@@ -233,6 +237,9 @@ func (w *Workload) login(ctx context.Context, u *User, t Target, xff string) (*S
 	s := &Session{ID: body.Session.ID, Token: body.Token, User: u, Login: op, Keys: map[string]*KeyState{}}
 	w.model.mu.Lock()
 	u.Sessions = append(u.Sessions, s)
+	if body.Device != "" {
+		u.Device = body.Device
+	}
 	if u.ID == "" {
 		u.ID = body.Session.UserID
 	}
