@@ -310,7 +310,7 @@ func (m *DigestReply) UnmarshalBinary(b []byte) error {
 		for j := range bl.Leaves {
 			bl.Leaves[j] = r.u64()
 		}
-		if r.err == nil && (bl.Branch >= crdt.DigestBranches || k != crdt.DigestBranches) {
+		if r.err == nil && (bl.Branch < 0 || bl.Branch >= crdt.DigestBranches || k != crdt.DigestBranches) {
 			r.err = errors.New("digest reply: bad branch")
 		}
 		m.Branches = append(m.Branches, bl)
@@ -339,7 +339,7 @@ func (m *LeavesRequest) UnmarshalBinary(b []byte) error {
 		lp.From, lp.To = string(r.bytes()), string(r.bytes())
 		switch {
 		case r.err != nil:
-		case lp.Leaf >= crdt.DigestLeaves:
+		case lp.Leaf < 0 || lp.Leaf >= crdt.DigestLeaves:
 			r.err = errors.New("leaves request: bad leaf")
 		case lp.To != "" && lp.To <= lp.From:
 			r.err = errors.New("leaves request: empty key range")
