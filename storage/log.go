@@ -183,7 +183,7 @@ func (tx *Tx) Entry(conv string, id crdt.EntryID) (crdt.Entry, bool, error) {
 		}
 	}
 	v := tx.b.log.get().Get(id.AppendBinary(convPrefix(conv)))
-	if v == nil || len(v) < seqLen {
+	if len(v) < seqLen {
 		return crdt.Entry{}, false, nil
 	}
 	return crdt.Entry{ID: id, Data: bytes.Clone(v[seqLen:])}, true, nil
