@@ -44,6 +44,7 @@ type Counters struct {
 	peers   map[crdt.NodeID]*cPeer // live peers and what each accepted
 	closed  bool
 	wake    chan struct{}
+	pruned  time.Time // last Prune: at most once a second, it walks every key
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -232,13 +233,15 @@ func (c *Counters) loop() {
 func (c *Counters) flush() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := c.cfg.Now()
-	for _, s := range c.sets {
-		s.Prune(now)
-	}
-	for oc := range c.own {
-		if oc.window < c.sets[oc.set].WindowOf(now)-1 {
-			delete(c.own, oc)
+	if now := c.cfg.Now(); now.Sub(c.pruned) >= time.Second || now.Before(c.pruned) {
+		c.pruned = now
+		for _, s := range c.sets {
+			s.Prune(now)
+		}
+		for oc := range c.own {
+			if oc.window < c.sets[oc.set].WindowOf(now)-1 {
+				delete(c.own, oc)
+			}
 		}
 	}
 	if c.cfg.Transport == nil || c.closed {
