@@ -194,8 +194,9 @@ func (n *Node) streamMessages(c *fiber.Ctx) error {
 				return true
 			}
 			if functions.ErrorCode(err) == functions.EUnauthorized {
-				fmt.Fprint(w, "event: end\ndata: {\"reason\":\"session ended\"}\n\n")
-				w.Flush()
+				// The stream ends either way; a client that is gone misses nothing.
+				_, _ = fmt.Fprint(w, "event: end\ndata: {\"reason\":\"session ended\"}\n\n")
+				_ = w.Flush()
 			}
 			return false
 		}
