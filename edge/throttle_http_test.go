@@ -12,9 +12,11 @@ import (
 )
 
 // limitsConfig is testConfig behind a trusted proxy (so tests choose the client address
-// with X-Forwarded-For) with the given login limits.
+// with X-Forwarded-For) with the given login limits, on a clock that stands still unless
+// the test moves it (counts are per sliding window: a slow run must not see them decay).
 func limitsConfig(t *testing.T, name string, perAddress, perAccountAddress, perAccount int) Config {
 	cfg := testConfig(t, name)
+	cfg.Now = newFakeClock(time.Now()).Now
 	cfg.TrustedProxies = []string{"127.0.0.1"}
 	cfg.LoginPerAddress, cfg.LoginPerAccountAddress, cfg.LoginPerAccount = perAddress, perAccountAddress, perAccount
 	return cfg
@@ -203,12 +205,15 @@ func freeGossipAddr(t *testing.T) string {
 // give an attacker N times the budget; sign-ups likewise.
 func TestHTTP_LimitsClusterWide(t *testing.T) {
 	t.Parallel()
+	clock := newFakeClock(time.Now()) // one clock: the nodes agree on the window
 	cfgA := limitsConfig(t, "cw-a", 60, 3, 100)
+	cfgA.Now = clock.Now
 	cfgA.GossipAddr = freeGossipAddr(t)
 	cfgA.SignupsPerAddress = 1
 	cfgA.CounterFlush = 20 * time.Millisecond
 	a := MustStartNode(t, cfgA)
 	cfgB := limitsConfig(t, "cw-b", 60, 3, 100)
+	cfgB.Now = clock.Now
 	cfgB.Join = []string{cfgA.GossipAddr}
 	cfgB.SignupsPerAddress = 1
 	cfgB.CounterFlush = 20 * time.Millisecond
