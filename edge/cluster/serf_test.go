@@ -72,8 +72,10 @@ func TestMembership_IgnoredMembers(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tags := map[string]string{tagRegion: "r", tagID: tc.id, tagSync: "127.0.0.1:1", tagProto: tc.proto}
+			// SetTags reports a broadcast that took longer than BroadcastTimeout (a loaded
+			// machine); the tags are set all the same and gossip carries them.
 			if err := m2.serf.SetTags(tags); err != nil {
-				t.Fatal(err)
+				t.Logf("SetTags: %v", err)
 			}
 			waitFor(t, 10*time.Second, func() (bool, string) {
 				ns, zero := members()
