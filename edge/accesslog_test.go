@@ -3,13 +3,18 @@ package edge
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"log/slog"
 	"math"
-	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
 )
 
 // logCapture collects a node's JSON log lines; safe for concurrent use.
@@ -201,5 +206,52 @@ func TestConfig_AccessLogSample(t *testing.T) {
 	if DefaultConfig().AccessLogSample <= 0 {
 		t.Errorf("default AccessLogSample = %v, want some sampling", DefaultConfig().AccessLogSample)
 	}
-	_ = http.StatusOK
+}
+
+// BenchmarkRequestID measures what every request pays for its id: made by the node, or the
+// client's echoed.
+func BenchmarkRequestID(b *testing.B) {
+	app := fiber.New()
+	for _, sent := range []string{"", "client-request-0123456789"} {
+		name := "Generated"
+		if sent != "" {
+			name = "Echoed"
+		}
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			var fctx fasthttp.RequestCtx
+			fctx.Request.Header.Set(fiber.HeaderAuthorization, "Bearer x")
+			if sent != "" {
+				fctx.Request.Header.Set(headerRequestID, sent)
+			}
+			c := app.AcquireCtx(&fctx)
+			defer app.ReleaseCtx(c)
+			for b.Loop() {
+				c.Response().Header.Reset()
+				setRequestID(c)
+			}
+		})
+	}
+}
+
+// BenchmarkAccessLog measures record for a request answered 200, at the default sample
+// and at every request, with a JSON handler writing nowhere (the cost of formatting).
+func BenchmarkAccessLog(b *testing.B) {
+	app := fiber.New()
+	for _, sample := range []float64{0, DefaultConfig().AccessLogSample, 1} {
+		b.Run(strconv.FormatFloat(sample, 'g', -1, 64), func(b *testing.B) {
+			b.ReportAllocs()
+			a := newAccessLog(slog.New(slog.NewJSONHandler(io.Discard, nil)), sample)
+			var fctx fasthttp.RequestCtx
+			fctx.Request.Header.SetMethod(fiber.MethodGet)
+			fctx.Response.SetBodyString(`{"session":{}}`)
+			c := app.AcquireCtx(&fctx)
+			defer app.ReleaseCtx(c)
+			setRequestID(c)
+			start := time.Now()
+			for b.Loop() {
+				a.record(c, "/v1/sessions/current", 200, start)
+			}
+		})
+	}
 }
