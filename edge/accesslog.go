@@ -43,7 +43,7 @@ func setRequestID(c *fiber.Ctx) {
 	id := c.Request().Header.PeekBytes(requestIDKey)
 	if !saneRequestID(id) {
 		var buf [16]byte
-		r := rand.Uint64()
+		r := rand.Uint64() // #nosec G404 -- a correlation id, no secret: clients may choose their own
 		for i := range buf {
 			buf[i] = hexDigits[r>>60]
 			r <<= 4
@@ -87,7 +87,7 @@ func newAccessLog(log *slog.Logger, sample float64) *accessLog {
 
 // sampled reports whether to log a request answered with status.
 func (a *accessLog) sampled(status int) bool {
-	return status >= 400 || a.sampleAll || (a.below400 != 0 && rand.Uint64() < a.below400)
+	return status >= 400 || a.sampleAll || (a.below400 != 0 && rand.Uint64() < a.below400) // #nosec G404 -- sampling
 }
 
 // record logs the request that c answered with status, if sampled, with route as its route

@@ -94,11 +94,15 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	defer func() {
-		if err != nil {
-			n.stopCluster(context.Background())
+		if err != nil { // undo; the start's error is the one to return, the rest is logged
+			if cerr := n.stopCluster(context.Background()); cerr != nil {
+				n.log.Warn("undoing a failed start", slog.Any("err", cerr))
+			}
 			n.cancel()
 			if n.db != nil {
-				n.db.Close()
+				if cerr := n.db.Close(); cerr != nil {
+					n.log.Warn("undoing a failed start", slog.Any("err", cerr))
+				}
 			}
 		}
 	}()
