@@ -62,6 +62,7 @@ func TestAbuseChecks(t *testing.T) {
 	}{
 		{"HonestLogin429", func(r *AbuseReport) { r.HonestRefused = []string{"op 1: 429"} }, time.Second, "logins"},
 		{"ClockMoved", func(r *AbuseReport) { r.ClockViolations = []string{"eu-1: 59s ahead"} }, time.Second, "clock"},
+		{"GuessesNeverLimited", func(r *AbuseReport) { r.Guesses = map[int]int{401: 120} }, time.Second, "logins"},
 		{"NoClockProbe", func(r *AbuseReport) { r.ClockProbes = 0 }, time.Second, "clock"},
 		{"StreamsUncapped", func(r *AbuseReport) { r.StreamMaxAccepted = 12; r.StreamOpens = map[int]int{200: 12} }, time.Second, "streams"},
 		{"Lag", func(*AbuseReport) {}, 6 * time.Second, "lag"},

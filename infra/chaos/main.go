@@ -49,7 +49,7 @@ func configFor(mode string) (Config, error) {
 		return Config{Mode: mode, Users: 16, Workers: 4, Baseline: 5 * time.Second, ConvergeTimeout: 60 * time.Second,
 			SkewOffset: 90 * time.Second, LagBound: 5 * time.Second,
 			Abuse: AbuseConfig{Abusers: 2, NullEvery: time.Second, NullKeys: 100, ForgedEvery: 10 * time.Second,
-				ForgedAhead: 59 * time.Second, Victims: 2, GuessEvery: 500 * time.Millisecond, Streams: 12,
+				ForgedAhead: 59 * time.Second, Victims: 2, GuessEvery: 300 * time.Millisecond, Streams: 12,
 				StreamHold: 5 * time.Second, ClockTolerance: 5 * time.Second},
 			Schedule: []Scenario{
 				clockSkew("ap-2", 90*time.Second, 10*time.Second),
@@ -64,7 +64,7 @@ func configFor(mode string) (Config, error) {
 		return Config{Mode: mode, Users: 32, Workers: 6, Baseline: 15 * time.Second, ConvergeTimeout: 120 * time.Second,
 			SkewOffset: 5 * time.Minute, LagBound: 5 * time.Second,
 			Abuse: AbuseConfig{Abusers: 3, NullEvery: 500 * time.Millisecond, NullKeys: 200, ForgedEvery: 5 * time.Second,
-				ForgedAhead: 59 * time.Second, Victims: 3, GuessEvery: 400 * time.Millisecond, Streams: 12,
+				ForgedAhead: 59 * time.Second, Victims: 3, GuessEvery: 250 * time.Millisecond, Streams: 12,
 				StreamHold: 10 * time.Second, ClockTolerance: 5 * time.Second},
 			Schedule: []Scenario{
 				clockSkew("ap-2", 5*time.Minute, 30*time.Second),
