@@ -173,7 +173,7 @@ func TestConsistency_Headers(t *testing.T) {
 			t.Errorf("failed login: status %d, %s %q; want 401 and none", resp.StatusCode, headerBookmark, resp.Header.Get(headerBookmark))
 		}
 		other := signUp(t, c, "mallory")
-		resp, body := c.do("GET", "/v1/sessions/current", tok, nil)
+		_, body := c.do("GET", "/v1/sessions/current", tok, nil)
 		var cur struct{ Session struct{ ID string } }
 		if err := json.Unmarshal(body, &cur); err != nil {
 			t.Fatal(err)
