@@ -50,6 +50,20 @@ as "429 rate_limited" errors. Setup itself logs each user in once.
 Flags:
 `
 
+// helpOutput is where a flag set prints: stdout when the arguments ask for help (the
+// usage is then the answer), stderr otherwise (errors).
+func helpOutput(args []string, stdout, stderr io.Writer) io.Writer {
+	for _, a := range args {
+		switch a {
+		case "-h", "-help", "--help":
+			return stdout
+		case "--":
+			return stderr
+		}
+	}
+	return stderr
+}
+
 // benchCmd runs `sessiond bench`.
 func benchCmd(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "seed" {
@@ -57,7 +71,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg := loadgen.DefaultConfig()
 	fs := flag.NewFlagSet("sessiond bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(helpOutput(args, stdout, stderr))
 	targets := fs.String("target", "http://127.0.0.1:8080", "comma-separated node `URL`s; requests go round-robin over them")
 	mix := fs.String("mix", loadgen.DefaultMix, "workload: operation=weight,… of login, read, patch, send, conversation")
 	asJSON := fs.Bool("json", false, "print the result as JSON on stdout instead of a table")
@@ -121,7 +135,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 // benchSeed runs `sessiond bench seed`.
 func benchSeed(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sessiond bench seed", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(helpOutput(args, stdout, stderr))
 	var cfg loadgen.SeedConfig
 	data := fs.String("data", "./data", "`DIR` of the (stopped) node: its sessiond.db is created or extended")
 	fs.IntVar(&cfg.Users, "users", 10_000, "users to write")

@@ -33,6 +33,12 @@ func TestE2E_CLI(t *testing.T) {
 		if code != 0 || errOut != "" || !strings.Contains(out, "-http") {
 			t.Errorf("health --help: exit %d, stderr %q, stdout %q", code, errOut, out)
 		}
+		for _, args := range [][]string{{"bench", "--help"}, {"bench", "seed", "-h"}} {
+			out, errOut, code := runBin(t, nil, args...)
+			if code != 0 || errOut != "" || !strings.Contains(out, "Usage") {
+				t.Errorf("%v: exit %d, stderr %q, stdout %.80q…; want 0 and the usage on stdout alone", args, code, errOut, out)
+			}
+		}
 		// A bad flag is one line on stderr, not the whole usage.
 		_, errOut, code = runBin(t, nil, "--no-such-flag")
 		if code != 2 || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, "--help") {
