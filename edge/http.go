@@ -275,6 +275,18 @@ func (n *Node) register(c *fiber.Ctx) error {
 	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"user": u})
 }
 
+// knownDevice reports whether device is a device token of the account that owns username
+// now: a token issued to an earlier owner of the name (erased, or the loser of a
+// concurrent registration) lifts nothing.
+func (n *Node) knownDevice(c *fiber.Ctx, device, username string) bool {
+	owner, ok := n.tokens.deviceOwner(device, username)
+	if !ok {
+		return false
+	}
+	u, err := n.users.Lookup(c.UserContext(), username)
+	return err == nil && u.ID == owner
+}
+
 func (n *Node) login(c *fiber.Ctx) error {
 	var req struct {
 		Username string `json:"username"`
@@ -289,7 +301,7 @@ func (n *Node) login(c *fiber.Ctx) error {
 	// throttle.go.
 	at, ok, wait := n.limits.login(loginLimits{
 		Address: n.cfg.LoginPerAddress, AccountAddress: n.cfg.LoginPerAccountAddress, Account: n.cfg.LoginPerAccount,
-	}, c.IP(), req.Username, n.tokens.verifyDevice(req.Device, req.Username))
+	}, c.IP(), req.Username, n.knownDevice(c, req.Device, req.Username))
 	if !ok {
 		n.metrics.loginFailures.WithLabelValues("throttled").Inc()
 		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))

@@ -122,6 +122,24 @@ func TestHTTP_LoginDeviceToken(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("the session token: status %d, body %s", resp.StatusCode, body)
 	}
+	// A device token of an earlier owner of the name (erased, the name registered again)
+	// lifts nothing for the new owner's account.
+	t.Run("ErrEarlierOwnersDevice", func(t *testing.T) {
+		tok := signUp(t, c, "ghost")
+		_, _, old := loginFrom(t, c, "198.51.100.9", "ghost", "correct horse", "")
+		if resp, body := c.do("DELETE", "/v1/users/me", tok, nil); resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("erase: status %d, body %s", resp.StatusCode, body)
+		}
+		signUp(t, c, "ghost")
+		for i := range 3 {
+			for range 2 {
+				resp, body, _ := loginFrom(t, c, fmt.Sprintf("203.0.114.%d", i), "ghost", "wrong password", "")
+				wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")
+			}
+		}
+		resp, body, _ := loginFrom(t, c, "192.0.2.2", "ghost", "wrong password", old.Device)
+		wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+	})
 	t.Run("ErrBadDevice", func(t *testing.T) {
 		resp, body := c.do("POST", "/v1/sessions", "", map[string]any{"username": "victim", "password": "x", "device": 42})
 		wantError(t, resp, body, http.StatusBadRequest, "invalid_argument")

@@ -214,10 +214,18 @@ func (t *tokens) signDevice(userID, username string) (string, error) {
 
 // verifyDevice reports whether raw is a valid, unexpired device token of ours for the
 // account named username. Any fault is just false: the login goes on without the
-// exemption.
+// exemption. The token names an account by id too: see deviceOwner.
 func (t *tokens) verifyDevice(raw, username string) bool {
+	_, ok := t.deviceOwner(raw, username)
+	return ok
+}
+
+// deviceOwner returns the id of the account that raw, a valid, unexpired device token of
+// ours for a name username, was issued to. A name can change hands (its owner erased, or
+// a concurrent registration won), so the caller checks that this account still owns it.
+func (t *tokens) deviceOwner(raw, username string) (string, bool) {
 	if raw == "" || len(raw) > maxDeviceToken || username == "" {
-		return false
+		return "", false
 	}
 	var c deviceClaims
 	_, err := t.device.ParseWithClaims(raw, &c, func(tok *jwt.Token) (any, error) {
@@ -228,5 +236,8 @@ func (t *tokens) verifyDevice(raw, username string) bool {
 		}
 		return k, nil
 	})
-	return err == nil && c.Subject != "" && c.Username == username
+	if err != nil || c.Subject == "" || c.Username != username {
+		return "", false
+	}
+	return c.Subject, true
 }
