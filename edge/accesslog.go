@@ -5,7 +5,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
-	"strings"
+	"net/netip"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -70,12 +70,13 @@ type accessLog struct {
 	// when a random uint64 is below it; all when sampleAll.
 	below400  uint64
 	sampleAll bool
+	trusted   []netip.Prefix // the trusted proxies: see clientAddr
 }
 
 // newAccessLog returns an access log to log (which names the node) that keeps the
 // fraction sample (0 to 1) of the requests answered below 400.
-func newAccessLog(log *slog.Logger, sample float64) *accessLog {
-	a := &accessLog{log: log.With("component", "http")}
+func newAccessLog(log *slog.Logger, sample float64, trusted []netip.Prefix) *accessLog {
+	a := &accessLog{log: log.With("component", "http"), trusted: trusted}
 	switch {
 	case sample >= 1:
 		a.sampleAll = true
@@ -113,6 +114,6 @@ func (a *accessLog) record(c *fiber.Ctx, route string, status int, start time.Ti
 		slog.Duration("duration", time.Since(start)),
 		slog.Int("bytes", size),
 		slog.String("request_id", string(resp.Header.PeekBytes(requestIDKey))),
-		slog.String("remote", strings.Clone(c.IP())),
+		slog.String("remote", clientAddrOf(a.trusted, c.Context().RemoteIP(), c.Request().Header.Peek(fiber.HeaderXForwardedFor))),
 	)
 }

@@ -179,7 +179,7 @@ func TestAccessLogSample(t *testing.T) {
 		{1, 10000, 10000},
 	} {
 		var logs logCapture
-		a := newAccessLog(slog.New(slog.NewJSONHandler(&logs, nil)), tc.sample)
+		a := newAccessLog(slog.New(slog.NewJSONHandler(&logs, nil)), tc.sample, nil)
 		logged := 0
 		for range 10000 {
 			if a.sampled(200) {
@@ -241,7 +241,7 @@ func BenchmarkAccessLog(b *testing.B) {
 	for _, sample := range []float64{0, DefaultConfig().AccessLogSample, 1} {
 		b.Run(strconv.FormatFloat(sample, 'g', -1, 64), func(b *testing.B) {
 			b.ReportAllocs()
-			a := newAccessLog(slog.New(slog.NewJSONHandler(io.Discard, nil)), sample)
+			a := newAccessLog(slog.New(slog.NewJSONHandler(io.Discard, nil)), sample, nil)
 			var fctx fasthttp.RequestCtx
 			fctx.Request.Header.SetMethod(fiber.MethodGet)
 			fctx.Response.SetBodyString(`{"session":{}}`)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -175,6 +176,18 @@ var errBehind = functions.Errorf(functions.EBehind,
 // await meets bookmark b for the request, within BookmarkTimeout: nil, or errBehind with
 // Retry-After set.
 func (n *Node) await(c *fiber.Ctx, b crdt.Bookmark) error {
+	if n.replicator.Covers(b) {
+		return nil
+	}
+	// A request that has to wait holds one of the node's bounded waiting slots; one
+	// client address holds at most maxAwaitingPerAddress of them, so a flood of made-up
+	// bookmarks from one client cannot crowd out everyone else's.
+	addr := n.clientAddr(c)
+	if !n.awaiting.take(addr) {
+		c.Set(fiber.HeaderRetryAfter, "1")
+		return errBehind
+	}
+	defer n.awaiting.release(addr)
 	a, err := n.replicator.Await(c.UserContext(), b, n.cfg.BookmarkWait, n.cfg.BookmarkTimeout)
 	if rc := requestIn(c.UserContext()); rc != nil && a != cluster.Covered {
 		rc.waited = true
@@ -193,4 +206,39 @@ func (n *Node) maxLag() time.Duration {
 		lag = max(lag, st.Lag)
 	}
 	return lag
+}
+
+// maxAwaitingPerAddress bounds the bookmark waits one client address holds at once (the
+// node holds at most 1024 in all; see cluster.Replicator.Await).
+const maxAwaitingPerAddress = 32
+
+// awaitSlots counts the bookmark waits in progress per client address. Safe for
+// concurrent use.
+type awaitSlots struct {
+	mu     sync.Mutex
+	byAddr map[string]int
+}
+
+// take takes a slot for addr, or reports false when addr holds maxAwaitingPerAddress.
+func (s *awaitSlots) take(addr string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.byAddr[addr] >= maxAwaitingPerAddress {
+		return false
+	}
+	if s.byAddr == nil {
+		s.byAddr = make(map[string]int)
+	}
+	s.byAddr[addr]++
+	return true
+}
+
+func (s *awaitSlots) release(addr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.byAddr[addr] <= 1 {
+		delete(s.byAddr, addr)
+	} else {
+		s.byAddr[addr]--
+	}
 }

@@ -30,7 +30,7 @@ const maxHeaderBytes = 8 << 10
 const localsPrincipal = "principal"
 
 func (n *Node) newApp() *fiber.App {
-	access := newAccessLog(n.log, n.cfg.AccessLogSample)
+	access := newAccessLog(n.log, n.cfg.AccessLogSample, n.trusted)
 	// Immutable is off (Fiber's default): strings from the Ctx — path, method, headers,
 	// params, queries — alias fasthttp's buffers, which the connection's next request
 	// overwrites. Handlers read them only through param, query and header, which copy
@@ -260,7 +260,7 @@ func (n *Node) register(c *fiber.Ctx) error {
 	}
 	// Every registration that gets past validation counts against the address, taken
 	// names (409) too, so names cannot be probed without limit (throttle.go).
-	at, ok, wait := n.limits.signup(n.cfg.SignupsPerAddress, c.IP())
+	at, ok, wait := n.limits.signup(n.cfg.SignupsPerAddress, n.clientAddr(c))
 	if !ok {
 		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))
 		return functions.Errorf(functions.ERateLimited, "too many sign-ups from this address; try again in %ss", retryAfterSeconds(wait.Seconds()))
@@ -301,7 +301,7 @@ func (n *Node) login(c *fiber.Ctx) error {
 	// throttle.go.
 	at, ok, wait := n.limits.login(loginLimits{
 		Address: n.cfg.LoginPerAddress, AccountAddress: n.cfg.LoginPerAccountAddress, Account: n.cfg.LoginPerAccount,
-	}, c.IP(), req.Username, n.knownDevice(c, req.Device, req.Username))
+	}, n.clientAddr(c), req.Username, n.knownDevice(c, req.Device, req.Username))
 	if !ok {
 		n.metrics.loginFailures.WithLabelValues("throttled").Inc()
 		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))

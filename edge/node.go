@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -48,7 +49,9 @@ type Node struct {
 	counters *cluster.Counters // login and sign-up counts, cluster-wide (throttle.go)
 	limits   *limiter
 
-	requestContexts sync.Pool // of *requestContext, reused by consistency
+	requestContexts sync.Pool      // of *requestContext, reused by consistency
+	awaiting        awaitSlots     // bookmark waits in progress, per client address
+	trusted         []netip.Prefix // cfg.TrustedProxies, parsed
 
 	ready  atomic.Bool
 	ctx    context.Context // ends when the node stops; request contexts derive from it
@@ -74,7 +77,11 @@ func NewNode(cfg Config) (*Node, error) {
 		cfg.PasswordHashes = 2 * runtime.GOMAXPROCS(0)
 	}
 	cfg.fillLimits()
-	return &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeName)}, nil
+	trusted, err := parseTrusted(cfg.TrustedProxies)
+	if err != nil {
+		return nil, err
+	}
+	return &Node{cfg: cfg, trusted: trusted, log: cfg.Logger.With("node", cfg.NodeName)}, nil
 }
 
 // Start opens the node's parts in dependency order — data directory and keys, bbolt, the
