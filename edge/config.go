@@ -49,6 +49,12 @@ type Config struct {
 	LoginPerAccountAddress int
 	// SignupsPerAddress is registrations per client address per 10 minutes; 0: 10.
 	SignupsPerAddress int
+	// MessagesPerUser is messages one user may send per minute, cluster-wide; 0: 120.
+	MessagesPerUser int
+	// UnknownNamesPerUser is how many times a minute one user may name a user that does
+	// not exist (a message to, or the conversation with, an unknown name), cluster-wide;
+	// 0: 30.
+	UnknownNamesPerUser int
 	// CounterFlush is how often a node sends its login and sign-up counts to its peers;
 	// it bounds how far a limit overshoots cluster-wide. 0: 200ms.
 	CounterFlush time.Duration
@@ -125,6 +131,8 @@ func (c Config) Validate() error {
 		return errors.New("config: LoginPerAccount and LoginPerAddress must be positive")
 	case c.LoginPerAccountAddress < 0 || c.SignupsPerAddress < 0 || c.CounterFlush < 0:
 		return errors.New("config: LoginPerAccountAddress, SignupsPerAddress and CounterFlush must not be negative")
+	case c.MessagesPerUser < 0 || c.UnknownNamesPerUser < 0:
+		return errors.New("config: MessagesPerUser and UnknownNamesPerUser must not be negative")
 	case c.LoginPerAccountAddress > 0 && c.LoginPerAccountAddress >= c.LoginPerAccount:
 		return fmt.Errorf("config: LoginPerAccountAddress (%d) must be below LoginPerAccount (%d), or one address could lock an account", c.LoginPerAccountAddress, c.LoginPerAccount)
 	case !(c.AccessLogSample >= 0 && c.AccessLogSample <= 1): // NaN too
@@ -180,6 +188,12 @@ func (c *Config) fillLimits() {
 	}
 	if c.SignupsPerAddress == 0 {
 		c.SignupsPerAddress = 10
+	}
+	if c.MessagesPerUser == 0 {
+		c.MessagesPerUser = 120
+	}
+	if c.UnknownNamesPerUser == 0 {
+		c.UnknownNamesPerUser = 30
 	}
 	if c.CounterFlush == 0 {
 		c.CounterFlush = 200 * time.Millisecond

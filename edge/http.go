@@ -466,11 +466,46 @@ func (n *Node) sendMessage(c *fiber.Ctx) error {
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
-	m, err := n.messages.Send(c.UserContext(), principal(c), functions.Send{To: req.To, Body: req.Body, After: req.After})
+	p := principal(c)
+	if err := n.lookupAllowed(c, p); err != nil {
+		return err
+	}
+	at, ok, wait := n.limits.message(n.cfg.MessagesPerUser, p.UserID)
+	if !ok {
+		return n.rateLimited(c, wait, "too many messages")
+	}
+	m, err := n.messages.Send(c.UserContext(), p, functions.Send{To: req.To, Body: req.Body, After: req.After})
+	at.done(err == nil)
+	n.noteUnknownName(p, err)
 	if err != nil {
 		return err
 	}
 	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"message": m})
+}
+
+// lookupAllowed refuses (429) a request that names a user when its caller named too many
+// that do not exist lately (see throttle.go).
+func (n *Node) lookupAllowed(c *fiber.Ctx, p functions.Principal) error {
+	key := "n|" + p.UserID
+	if over, wait := n.limits.gauge(setUnknownNames, key).over(n.cfg.UnknownNamesPerUser); over {
+		return n.rateLimited(c, wait, "too many unknown names")
+	}
+	return nil
+}
+
+// noteUnknownName charges the caller's unknown-name count when err says the user it
+// named does not exist.
+func (n *Node) noteUnknownName(p functions.Principal, err error) {
+	if functions.ErrorCode(err) == functions.ENotFound {
+		n.limits.counts.Add(setUnknownNames, "n|"+p.UserID)
+	}
+}
+
+// rateLimited is the 429 of the per-user limits, with Retry-After.
+func (n *Node) rateLimited(c *fiber.Ctx, wait time.Duration, what string) error {
+	s := retryAfterSeconds(wait.Seconds())
+	c.Set(fiber.HeaderRetryAfter, s)
+	return functions.Errorf(functions.ERateLimited, "%s; try again in %ss", what, s)
 }
 
 func (n *Node) listMessages(c *fiber.Ctx) error {
@@ -486,7 +521,12 @@ func (n *Node) listMessages(c *fiber.Ctx) error {
 		}
 		limit = v
 	}
-	page, err := n.messages.List(c.UserContext(), principal(c), with, after, limit)
+	p := principal(c)
+	if err := n.lookupAllowed(c, p); err != nil {
+		return err
+	}
+	page, err := n.messages.List(c.UserContext(), p, with, after, limit)
+	n.noteUnknownName(p, err)
 	if err != nil {
 		return err
 	}

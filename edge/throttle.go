@@ -39,10 +39,17 @@ import (
 // Within a node, attempts still being checked count as failures already (in flight), so
 // concurrent requests cannot overshoot a node's own view.
 
+// Messages are limited per sender (MessagesPerUser a minute, default 120), so one account
+// cannot fill every node's disk; and lookups of names that do not exist (a message to or a
+// conversation with an unknown user: 404) per caller (UnknownNamesPerUser a minute,
+// default 30), so usernames cannot be enumerated through the messages routes either.
+
 // Counter sets of the node's cluster.Counters.
 const (
 	setLoginFailures = iota // window loginWindow
 	setSignups              // window signupWindow
+	setMessages             // window loginWindow
+	setUnknownNames         // window loginWindow
 )
 
 const (
@@ -52,7 +59,9 @@ const (
 )
 
 // counterWindows returns the window of each counter set, indexed by set.
-func counterWindows() []time.Duration { return []time.Duration{loginWindow, signupWindow} }
+func counterWindows() []time.Duration {
+	return []time.Duration{loginWindow, signupWindow, loginWindow, loginWindow}
+}
 
 // counts is what limits read and charge: sliding-window counts per key, merged over the
 // cluster. *cluster.Counters implements it; it must be safe for concurrent use.
@@ -150,6 +159,13 @@ func (a *attempt) done(charge bool) {
 	}
 }
 
+// gauge returns key's count in set and this node's attempts of it in flight.
+func (l *limiter) gauge(set int, key string) gauge {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.gaugeLocked(set, key)
+}
+
 func (l *limiter) gaugeLocked(set int, key string) gauge {
 	return gauge{Count: l.counts.Estimate(set, key), InFlight: l.inflight[flightKey{set, key}]}
 }
@@ -187,6 +203,18 @@ func (l *limiter) signup(limit int, addr string) (*attempt, bool, time.Duration)
 		return nil, false, wait
 	}
 	return l.beginLocked(setSignups, key), true, 0
+}
+
+// message decides a message of userID against limit per minute, as signup does for
+// addresses.
+func (l *limiter) message(limit int, userID string) (*attempt, bool, time.Duration) {
+	key := "m|" + userID
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if over, wait := l.gaugeLocked(setMessages, key).over(limit); over {
+		return nil, false, wait
+	}
+	return l.beginLocked(setMessages, key), true, 0
 }
 
 // addrKey returns a bounded key for a client address. The result owns its bytes (addr

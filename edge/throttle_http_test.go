@@ -260,3 +260,50 @@ func TestHTTP_LimitsClusterWide(t *testing.T) {
 	resp, body = cb.do("POST", "/v1/users", "", map[string]any{"username": "second", "password": "correct horse"}, "X-Forwarded-For", "192.0.2.9")
 	wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
 }
+
+// TestHTTP_MessageLimits: one user sends at most MessagesPerUser messages a minute, and
+// names at most UnknownNamesPerUser users that do not exist (through either messages
+// route), so it can neither fill the disks nor enumerate usernames; others are not
+// affected.
+func TestHTTP_MessageLimits(t *testing.T) {
+	t.Parallel()
+	cfg := limitsConfig(t, "msglimit-0", 60, 10, 100)
+	cfg.MessagesPerUser, cfg.UnknownNamesPerUser = 5, 3
+	n := MustStartNode(t, cfg)
+	c := newTestClient(t, n)
+	flooder, other := signUp(t, c, "flooder"), signUp(t, c, "other")
+	signUp(t, c, "target")
+	send := func(tok, to string) (*http.Response, []byte) {
+		return c.do("POST", "/v1/messages", tok, map[string]string{"to": to, "body": "hi"})
+	}
+	for i := range 5 {
+		if resp, body := send(flooder, "target"); resp.StatusCode != http.StatusCreated {
+			t.Fatalf("message %d: status %d, body %s", i+1, resp.StatusCode, body)
+		}
+	}
+	resp, body := send(flooder, "target")
+	wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+	if resp.Header.Get("Retry-After") == "" {
+		t.Error("429 without Retry-After")
+	}
+	if resp, body := send(other, "target"); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("another user's message: status %d, body %s", resp.StatusCode, body)
+	}
+
+	for i, name := range []string{"nobody1", "nobody2", "nobody3"} {
+		path := "/v1/messages?with=" + name
+		if i == 1 {
+			resp, body := send(other, name)
+			wantError(t, resp, body, http.StatusNotFound, "not_found")
+			continue
+		}
+		resp, body := c.do("GET", path, other, nil)
+		wantError(t, resp, body, http.StatusNotFound, "not_found")
+	}
+	resp, body = c.do("GET", "/v1/messages?with=target", other, nil)
+	wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited") // existing names too: no oracle
+	resp, body = c.do("GET", "/v1/messages?with=target", flooder, nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("another user's lookup: status %d, body %s", resp.StatusCode, body)
+	}
+}

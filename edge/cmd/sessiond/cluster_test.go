@@ -83,7 +83,7 @@ func (n *clNode) start() {
 		"--node", n.name, "--region", n.region, "--data", n.data,
 		"--http", n.http, "--gossip", n.gossip, "--sync", n.syn,
 		"--cluster-key-file", n.keyFile, "--fast-gossip", "--anti-entropy-every", "2s",
-		"--login-per-account", "10000", "--login-per-address", "10000", "--signups-per-address", "10000", "--log-level", "debug",
+		"--login-per-account", "10000", "--login-per-address", "10000", "--signups-per-address", "10000", "--messages-per-user", "100000", "--log-level", "debug",
 	}
 	if n.join != "" {
 		args = append(args, "--join", n.join)

@@ -144,7 +144,7 @@ func (d *daemon) start() {
 		"--data", d.data, "--node", d.name, "--fast-gossip", "--cluster-key-file", d.keyFile,
 	}
 	if !d.ownLimits {
-		args = append(args, "--login-per-account", "10000", "--login-per-address", "100000", "--signups-per-address", "100000")
+		args = append(args, "--login-per-account", "10000", "--login-per-address", "100000", "--signups-per-address", "100000", "--messages-per-user", "100000")
 	}
 	args = append(args, d.extra...)
 	d.cmd = exec.Command(e2eBinary(d.t), args...)

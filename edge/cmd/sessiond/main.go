@@ -150,6 +150,8 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	fs.IntVar(&c.LoginPerAddress, "login-per-address", c.LoginPerAddress, "failed logins allowed per client address per minute")
 	fs.IntVar(&c.LoginPerAccountAddress, "login-per-account-address", c.LoginPerAccountAddress, "failed logins allowed per account per minute from one address, below --login-per-account; 0: min(10, --login-per-account - 1)")
 	fs.IntVar(&c.SignupsPerAddress, "signups-per-address", c.SignupsPerAddress, "registrations allowed per client address per 10 minutes; 0: 10")
+	fs.IntVar(&c.MessagesPerUser, "messages-per-user", c.MessagesPerUser, "messages one user may send per minute, cluster-wide; 0: 120")
+	fs.IntVar(&c.UnknownNamesPerUser, "unknown-names-per-user", c.UnknownNamesPerUser, "times a minute one user may name a user that does not exist (messages), cluster-wide; 0: 30")
 	fs.DurationVar(&c.CounterFlush, "counter-flush", c.CounterFlush, "how often a node sends its login and sign-up counts to its peers (bounds the cluster-wide overshoot); 0: 200ms")
 	fs.StringVar(&f.cors, "cors-origins", "", "comma-separated browser `ORIGINS` allowed to call the API; default none (CORS off)")
 	fs.StringVar(&f.trustedProxies, "trusted-proxies", "", "comma-separated `ADDRS` of load balancers whose X-Forwarded-For is believed")
