@@ -145,6 +145,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	n.tokens = newTokens(keys, n.cfg.Now)
 	n.limits = newLimiter(n.counters)
+	n.limits.nodes = func() int { return 1 + n.replicator.Peers() }
 	st := store{n.db}
 	clock := n.db.Clock()
 	passwords := functions.NewPasswords(n.cfg.PasswordHashes)

@@ -36,8 +36,9 @@ import (
 // connected, the cluster admits at most (CounterFlush + one-way latency) × each other
 // node's rate of events beyond a limit; during a partition, each side enforces the full
 // limit on what it sees, so k sides admit at most k × the limit (see cluster.Counters).
-// Within a node, attempts still being checked count as failures already (in flight), so
-// concurrent requests cannot overshoot a node's own view.
+// Within a node, attempts still being checked count as failures already (in flight), and
+// count as many times as there are nodes, so concurrent requests spread over the cluster
+// cannot overshoot either: each node admits only its share of what is left.
 
 // Messages are limited per sender (MessagesPerUser a minute, default 120), so one account
 // cannot fill every node's disk; and lookups of names that do not exist (a message to or a
@@ -120,6 +121,11 @@ func decideLogin(lim loginLimits, g loginGauges, device bool) (ok bool, wait tim
 // attempts in flight. Safe for concurrent use.
 type limiter struct {
 	counts counts
+	// nodes returns how many nodes serve requests now, this one included (nil: 1). Each
+	// node counts its attempts in flight that many times: it cannot see the others' until
+	// they end, and each node admitting only its share keeps a concurrent burst spread
+	// over the cluster within a limit.
+	nodes func() int
 
 	mu       sync.Mutex
 	inflight map[flightKey]int
@@ -167,7 +173,15 @@ func (l *limiter) gauge(set int, key string) gauge {
 }
 
 func (l *limiter) gaugeLocked(set int, key string) gauge {
-	return gauge{Count: l.counts.Estimate(set, key), InFlight: l.inflight[flightKey{set, key}]}
+	g := gauge{Count: l.counts.Estimate(set, key), InFlight: l.inflight[flightKey{set, key}]}
+	if l.nodes != nil && g.InFlight > 0 {
+		// With k in flight here, admitting one more makes k+1, and every node may do as
+		// much: the next is admitted only if n(k+1) fit. The first is always admitted,
+		// so a limit below n still lets each node serve one at a time.
+		n := max(l.nodes(), 1)
+		g.InFlight = n*(g.InFlight+1) - 1
+	}
+	return g
 }
 
 func (l *limiter) beginLocked(set int, keys ...string) *attempt {

@@ -283,3 +283,27 @@ func TestDeviceToken(t *testing.T) {
 		}
 	})
 }
+
+// TestLimiterInFlightShare: a node counts its attempts in flight once per node of the
+// cluster, so a concurrent burst spread over three nodes, none of which sees the others'
+// attempts until they end, admits at most the limit in all.
+func TestLimiterInFlightShare(t *testing.T) {
+	const nodes, limit = 3, 10
+	counts := newLocalCounts(newFakeClock(tokenEpoch).Now) // shared: the counts merge at once
+	admitted := 0
+	for range nodes {
+		l := newLimiter(counts)
+		l.nodes = func() int { return nodes }
+		for range limit { // every attempt still in flight
+			if _, ok, _ := l.signup(limit, "198.51.100.1"); ok {
+				admitted++
+			}
+		}
+	}
+	if admitted > limit {
+		t.Errorf("admitted %d attempts in flight over %d nodes, want at most %d", admitted, nodes, limit)
+	}
+	if admitted < nodes {
+		t.Errorf("admitted %d, want at least one per node", admitted)
+	}
+}

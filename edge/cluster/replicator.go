@@ -199,6 +199,13 @@ func (r *Replicator) SetPeers(peers []Peer) {
 	}
 }
 
+// Peers returns how many live peers the replicator serves now.
+func (r *Replicator) Peers() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.workers)
+}
+
 // Notify tells the workers that local changes were committed. It never blocks; the
 // storage commit hook calls it.
 func (r *Replicator) Notify() {
