@@ -296,7 +296,7 @@ func decodeJSON(c *fiber.Ctx, v any) error {
 		return badRequest("Content-Encoding %q is not supported; send plain JSON", enc)
 	}
 	body := c.Request().Body()
-	if len(bytes.TrimSpace(body)) == 0 {
+	if t := bytes.TrimSpace(body); len(t) == 0 || t[0] != '{' { // null would decode as {}
 		return badRequest("request body must be a JSON object")
 	}
 	// encoding/json would turn invalid UTF-8 into U+FFFD and store that; refuse it instead.

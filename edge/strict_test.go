@@ -63,10 +63,14 @@ func TestHTTP_Strict(t *testing.T) {
 			{"OKCharset", "POST", "/v1/sessions", "", login, "application/json; charset=utf-8", 201},
 			{"OKCase", "POST", "/v1/sessions", "", login, "Application/JSON", 201},
 			{"OKPatch", "PATCH", "/v1/sessions/current", tok, `{"data":{"Theme":"dark"}}`, "application/json;charset=UTF-8", 200},
+			{"ErrNull", "POST", "/v1/sessions", "", "null", "application/json", 400},
+			{"ErrArray", "POST", "/v1/users", "", " [] ", "application/json", 400},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				resp, b := c.do(tc.method, tc.path, tc.token, tc.body, "Content-Type", tc.ct)
-				if tc.status == 415 {
+				if tc.status == 400 {
+					wantError(t, resp, b, 400, "invalid_argument")
+				} else if tc.status == 415 {
 					wantError(t, resp, b, 415, "unsupported_media_type")
 				} else if resp.StatusCode != tc.status {
 					t.Errorf("status = %d, want %d (%s)", resp.StatusCode, tc.status, b)
