@@ -197,6 +197,9 @@ func (n *Node) auth(c *fiber.Ctx) error {
 		return functions.Errorf(functions.EUnauthorized, "invalid or expired token")
 	}
 	p, err := n.sessions.Authenticate(c.UserContext(), tok.userID, tok.sessionID)
+	if functions.ErrorCode(err) == functions.EUsernameConflict && leaving(c) {
+		p, err = n.sessions.AuthenticateLeaving(c.UserContext(), tok.userID, tok.sessionID)
+	}
 	if functions.ErrorCode(err) == functions.EUnauthorized && !tok.created.IsZero() && !n.replicator.Covers(tok.created) {
 		// The session may be younger than this node's copy of the cluster's state: meet
 		// the bookmark of its creation, then look again. Never a 401 caused by lag.
@@ -236,6 +239,16 @@ func query(c *fiber.Ctx, name string) string { return strings.Clone(c.Query(name
 
 // header returns the request header called name, copied.
 func header(c *fiber.Ctx, name string) string { return strings.Clone(c.Get(name)) }
+
+// leaving reports whether the request signs out or erases the account: what an account
+// that lost its username may still do (functions.Sessions.AuthenticateLeaving).
+func leaving(c *fiber.Ctx) bool {
+	if c.Method() != fiber.MethodDelete {
+		return false
+	}
+	p := c.Path()
+	return p == "/v1/users/me" || p == "/v1/sessions/current"
+}
 
 func principal(c *fiber.Ctx) functions.Principal {
 	p, _ := c.Locals(localsPrincipal).(functions.Principal)

@@ -203,7 +203,18 @@ func usable(ss crdt.Session, u crdt.User, now time.Time) bool {
 // not revoked (by itself or by its user's sign-out-everywhere), not expired, and its user
 // is not erased — and records the use, sliding idle expiry. Any failure is EUnauthorized.
 func (s *Sessions) Authenticate(ctx context.Context, userID, sessionID string) (Principal, error) {
-	rec, u, err := s.load(ctx, userID, sessionID)
+	return s.authenticate(ctx, userID, sessionID, true)
+}
+
+// AuthenticateLeaving is Authenticate for the two requests that an account which lost
+// its username to a concurrent registration (EUsernameConflict everywhere else) may still
+// make, so that it can go: signing out and erasing itself. Every other check holds.
+func (s *Sessions) AuthenticateLeaving(ctx context.Context, userID, sessionID string) (Principal, error) {
+	return s.authenticate(ctx, userID, sessionID, false)
+}
+
+func (s *Sessions) authenticate(ctx context.Context, userID, sessionID string, ownName bool) (Principal, error) {
+	rec, u, err := s.load(ctx, userID, sessionID, ownName)
 	if err != nil {
 		return Principal{}, err
 	}
@@ -230,13 +241,14 @@ func (s *Sessions) records(ctx context.Context, p Principal) (crdt.Map, crdt.Use
 	if p.loaded != nil {
 		return p.loaded.session, p.loaded.user, nil
 	}
-	return s.load(ctx, p.UserID, p.SessionID)
+	return s.load(ctx, p.UserID, p.SessionID, true)
 }
 
 var errSessionEnded = Errorf(EUnauthorized, "session expired or revoked")
 
-// load returns the record of a usable session of userID, and its user.
-func (s *Sessions) load(ctx context.Context, userID, sessionID string) (crdt.Map, crdt.User, error) {
+// load returns the record of a usable session of userID, and its user; with ownName,
+// only if the user owns its username (else EUsernameConflict).
+func (s *Sessions) load(ctx context.Context, userID, sessionID string, ownName bool) (crdt.Map, crdt.User, error) {
 	ms, ok, err := s.Store.Records(ctx, crdt.SessionKey(sessionID), crdt.UserKey(userID))
 	if err != nil {
 		return crdt.Map{}, crdt.User{}, err
@@ -250,6 +262,9 @@ func (s *Sessions) load(ctx context.Context, userID, sessionID string) (crdt.Map
 	}
 	// An account that lost a concurrent registration of its name keeps no session that
 	// works under it: its sessions stop working once the winning claim arrives.
+	if !ownName {
+		return ms[0], u, nil
+	}
 	if own, err := ownsName(ctx, s.Store, u); err != nil || !own {
 		if err == nil {
 			err = errNameLost(u.Username)
@@ -262,7 +277,7 @@ func (s *Sessions) load(ctx context.Context, userID, sessionID string) (crdt.Map
 // Check reports whether the caller's session is still usable, reading it afresh (a
 // long-lived request, such as the message stream, calls it to notice revocation).
 func (s *Sessions) Check(ctx context.Context, p Principal) error {
-	_, _, err := s.load(ctx, p.UserID, p.SessionID)
+	_, _, err := s.load(ctx, p.UserID, p.SessionID, true)
 	return err
 }
 

@@ -977,4 +977,16 @@ func TestSessionsUsernameRaceLoser(t *testing.T) {
 		_, err := e.messages.List(ctx, e.bob, bad, "", 0)
 		wantCode(t, err, ENotFound)
 	}
+	// The loser may still go: sign out, or erase itself.
+	lp, err := e.sessions.AuthenticateLeaving(ctx, loser.UserID, loser.SessionID)
+	if err != nil || lp.UserID != loser.UserID {
+		t.Fatalf("AuthenticateLeaving = %+v, %v; want the loser's principal", lp, err)
+	}
+	if err := e.users.Delete(ctx, lp.UserID); err != nil {
+		t.Fatalf("the loser erases itself: %v", err)
+	}
+	convs, err = e.messages.Conversations(ctx, e.bob)
+	if err != nil || len(convs) != 1 || convs[0].With != "alice" {
+		t.Errorf("bob's conversations after the loser's erasure = %+v, %v; want the winner's alone", convs, err)
+	}
 }
