@@ -13,7 +13,6 @@ require (
 	github.com/valyala/fasthttp v1.51.0
 	go.etcd.io/bbolt v1.5.0
 	golang.org/x/crypto v0.59.0
-	golang.org/x/time v0.16.0
 	pgregory.net/rapid v1.3.0
 )
 
