@@ -35,11 +35,16 @@ func Errorf(code, format string, args ...any) *Error {
 // ErrorCode returns the code of err: its *Error's code, or EInternal for any other error,
 // or "" for nil.
 func ErrorCode(err error) string {
-	var e *Error
-	switch {
-	case err == nil:
+	// Checked before e is declared: errors.As makes e escape, and a nil error (every
+	// successful request asks) then costs an allocation.
+	if err == nil {
 		return ""
-	case errors.As(err, &e):
+	}
+	if e, ok := err.(*Error); ok {
+		return e.Code
+	}
+	var e *Error
+	if errors.As(err, &e) {
 		return e.Code
 	}
 	return EInternal
