@@ -3,6 +3,7 @@ package crdt_test
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"testing"
@@ -87,22 +88,10 @@ func TestCounter_MergeLaws(t *testing.T) {
 		for _, cell := range l.Cells() {
 			got[[3]string{cell.Key, fmt.Sprint(cell.Window), cell.Node.String()}] = cell.Count
 		}
-		if !mapsEqual(got, want) {
+		if !maps.Equal(got, want) {
 			t.Fatalf("merged cells = %v, want %v", got, want)
 		}
 	})
-}
-
-func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // TestCounter_AddAndEstimate checks Add and the sliding estimate against a naive log of

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -690,12 +691,12 @@ func TestE2E_API(t *testing.T) {
 		var out struct{ Session apiSession }
 		c.want(200, "PATCH", "/v1/sessions/current", aliceTok, `{"data":{"theme":"dark","cart":[1, 2],"obj":{ "a" : {"b":true} },"n":1.5}}`, &out)
 		want := map[string]string{"theme": `"dark"`, "cart": `[1,2]`, "obj": `{"a":{"b":true}}`, "n": `1.5`}
-		if got := dataOf(t, out.Session); !mapsEqual(got, want) {
+		if got := dataOf(t, out.Session); !maps.Equal(got, want) {
 			t.Errorf("data after set = %v, want %v", got, want)
 		}
 		c.want(200, "PATCH", "/v1/sessions/current", aliceTok, `{"data":{"theme":null,"n":2}}`, &out)
 		want = map[string]string{"cart": `[1,2]`, "obj": `{"a":{"b":true}}`, "n": `2`}
-		if got := dataOf(t, c.current(aliceTok)); !mapsEqual(got, want) {
+		if got := dataOf(t, c.current(aliceTok)); !maps.Equal(got, want) {
 			t.Errorf("data after null = %v, want %v", got, want)
 		}
 		c.want(200, "PATCH", "/v1/sessions/current", aliceTok, `{"data":{}}`, nil)
@@ -760,7 +761,7 @@ func TestE2E_API(t *testing.T) {
 			checkError(t, "2 MiB patch", r, 413, "too_large")
 		})
 		t.Run("Intact", func(t *testing.T) {
-			if got := dataOf(t, c.current(aliceTok)); !mapsEqual(got, want) {
+			if got := dataOf(t, c.current(aliceTok)); !maps.Equal(got, want) {
 				t.Errorf("data after rejected patches = %v, want %v", got, want)
 			}
 		})
@@ -879,7 +880,7 @@ func TestE2E_API(t *testing.T) {
 		}
 		c.want(200, "PATCH", "/v1/users/me", aliceTok, map[string]any{"profile": map[string]string{"email": "alice@wonderland.example"}}, &out)
 		want := map[string]string{"first_name": "Alice", "last_name": "Liddell", "email": "alice@wonderland.example", "address": "1 Rabbit Hole\nWonderland"}
-		if !mapsEqual(out.User.Profile, want) {
+		if !maps.Equal(out.User.Profile, want) {
 			t.Errorf("profile after patch = %v, want %v", out.User.Profile, want)
 		}
 		c.want(200, "PATCH", "/v1/users/me", aliceTok, `{"profile":{}}`, nil)
@@ -897,7 +898,7 @@ func TestE2E_API(t *testing.T) {
 			checkError(t, body[:min(len(body), 40)], c.do("PATCH", "/v1/users/me", aliceTok, body), 400, "invalid_argument")
 		}
 		c.want(200, "GET", "/v1/users/me", aliceTok, nil, &out)
-		if !mapsEqual(out.User.Profile, want) {
+		if !maps.Equal(out.User.Profile, want) {
 			t.Errorf("profile after rejected patches = %v, want %v", out.User.Profile, want)
 		}
 		c.wantErr(401, "unauthorized", "GET", "/v1/users/me", "", nil)
@@ -1126,18 +1127,6 @@ func TestE2E_API(t *testing.T) {
 			t.Errorf("sessiond_stored_users = %v, want %d", got, registered)
 		}
 	})
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 func ids(ms []apiMessage) string {
