@@ -276,6 +276,20 @@ func TestDeviceToken(t *testing.T) {
 			t.Errorf("verify accepted a device token as an access token")
 		}
 	})
+	// A node whose clock ran ahead (out of the cluster's bounds, then corrected) issued
+	// tokens "from the future": a device token says only that its client signed in before,
+	// so it must not be refused until real time passes its iat (the chaos suite's
+	// clock-skew scenario locked the owner out for the offset's length).
+	t.Run("OKIssuedByANodeAhead", func(t *testing.T) {
+		ahead := newFakeClock(clock.Now().Add(90 * time.Second))
+		d, err := newTokens([][]byte{testKey}, ahead.Now).signDevice("u1", "alice")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !tk.verifyDevice(d, "alice") {
+			t.Errorf("verifyDevice refused a token issued 90s ahead")
+		}
+	})
 	t.Run("ErrExpired", func(t *testing.T) {
 		clock.Add(deviceTTL + time.Minute)
 		if tk.verifyDevice(dev, "alice") {

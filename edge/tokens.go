@@ -179,11 +179,13 @@ type deviceClaims struct {
 	jwt.RegisteredClaims
 }
 
+// newDeviceParser pins what a device token must be. Its iat is not checked: a node whose
+// clock ran ahead would otherwise issue tokens that every other node refuses until real
+// time catches up, locking out exactly the owners it should let through; exp bounds it.
 func newDeviceParser(now func() time.Time) *jwt.Parser {
 	return jwt.NewParser(
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithExpirationRequired(),
-		jwt.WithIssuedAt(),
 		jwt.WithIssuer(tokenIssuer),
 		jwt.WithAudience(deviceAudience),
 		jwt.WithLeeway(tokenLeeway),
