@@ -3,8 +3,9 @@ package crdt
 import "hash/fnv"
 
 // Digest summarises a replica's key space so that two replicas can find which keys differ
-// with traffic proportional to the difference. Keys hash into DigestLeaves leaves grouped
-// under DigestBranches branches; a leaf holds the XOR of the hashes of its (key, value)
+// with traffic proportional to the difference. Its DigestLeaves leaves, grouped under
+// DigestBranches branches, are the partitions: a key counts in the leaf of each of its
+// homes (KeyHomes); a leaf holds the XOR of the hashes of its (key, value)
 // pairs, so a write updates it in O(1) (Toggle the old pair out, the new pair in). Two
 // replicas compare the root, then the branches that differ, then the leaves under those,
 // then exchange key lists only for the leaves that differ. Replicas in sync exchange one
@@ -32,13 +33,6 @@ func PairHash(key string, value []byte) uint64 {
 	return mix(h.Sum64())
 }
 
-// LeafOf returns the leaf that key belongs to.
-func LeafOf(key string) int {
-	h := fnv.New64a()
-	h.Write([]byte(key))
-	return int(mix(h.Sum64()) >> (64 - 12))
-}
-
 // mix is the splitmix64 finaliser: it spreads FNV's weak high bits.
 func mix(x uint64) uint64 {
 	x ^= x >> 30
@@ -49,30 +43,46 @@ func mix(x uint64) uint64 {
 	return x
 }
 
-// Toggle adds a pair's hash to key's leaf, or removes it if it was added before.
+// Toggle adds a pair's hash to the leaf of each of key's homes (KeyHomes), or removes it
+// if it was added before.
 func (d *Digest) Toggle(key string, pairHash uint64) {
-	d.leaves[LeafOf(key)] ^= pairHash
+	h := KeyHomes(key)
+	d.leaves[h.first] ^= pairHash
+	if h.second != h.first {
+		d.leaves[h.second] ^= pairHash
+	}
 }
 
 // Leaf returns the hash of leaf i.
 func (d *Digest) Leaf(i int) uint64 { return d.leaves[i] }
 
-// Branch returns the hash of branch b: the XOR of its leaves.
+// Branch returns the hash of branch b: the XOR of its leaves, each mixed with its index
+// first. A plain XOR would let a key with two homes in one branch cancel itself out.
 func (d *Digest) Branch(b int) uint64 {
 	var h uint64
-	for _, l := range d.leaves[b*DigestBranches : (b+1)*DigestBranches] {
-		h ^= l
+	for i, l := range d.leaves[b*DigestBranches : (b+1)*DigestBranches] {
+		h ^= position(l, b*DigestBranches+i)
 	}
 	return h
 }
 
-// Root returns the hash of the whole key space.
+// Root returns the hash of the whole key space: the XOR of the branches, each mixed with
+// its index first.
 func (d *Digest) Root() uint64 {
 	var h uint64
-	for _, l := range d.leaves {
-		h ^= l
+	for b := range DigestBranches {
+		h ^= position(d.Branch(b), b)
 	}
 	return h
+}
+
+// position mixes a hash with its index, so that equal hashes at two places do not cancel.
+// An empty leaf or branch (0) stays 0, so an empty digest is all zeros.
+func position(h uint64, i int) uint64 {
+	if h == 0 {
+		return 0
+	}
+	return mix(h ^ (uint64(i)+1)*0x9e3779b97f4a7c15)
 }
 
 // Branches returns the hashes of all branches.

@@ -33,23 +33,38 @@ func digestOf(t *rapid.T, kv map[string]string, label string) crdt.Digest {
 
 // checkShape checks that branches and the root are the XOR of what they cover.
 func checkShape(t *rapid.T, d *crdt.Digest) {
-	var root uint64
 	branches := d.Branches()
+	empty := true
 	for b := range crdt.DigestBranches {
-		var x uint64
 		for i, l := range d.LeavesOf(b) {
 			if l != d.Leaf(b*crdt.DigestBranches+i) {
 				t.Fatalf("LeavesOf(%d)[%d]=%x, want Leaf(%d)=%x", b, i, l, b*crdt.DigestBranches+i, d.Leaf(b*crdt.DigestBranches+i))
 			}
-			x ^= l
+			empty = empty && l == 0
 		}
-		if branches[b] != x || d.Branch(b) != x {
-			t.Fatalf("Branch(%d)=%x, want %x", b, d.Branch(b), x)
+		if branches[b] != d.Branch(b) {
+			t.Fatalf("Branches()[%d]=%x, Branch(%d)=%x", b, branches[b], b, d.Branch(b))
 		}
-		root ^= x
 	}
-	if d.Root() != root {
-		t.Fatalf("Root()=%x, want %x", d.Root(), root)
+	if (d.Root() == 0) != empty {
+		t.Fatalf("Root()=%x with all leaves empty: %v", d.Root(), empty)
+	}
+}
+
+// TestDigestTwoHomes: a key with two homes counts in both leaves, and does not cancel
+// itself out of the branch or the root when both leaves are in one branch.
+func TestDigestTwoHomes(t *testing.T) {
+	key := crdt.LogPrefix + "000aaaa:001bbbb/entry"
+	if h := crdt.KeyHomes(key); h.First() != 0 || !h.Contains(1) {
+		t.Fatalf("KeyHomes(%q) = %v, want partitions 0 and 1", key, h.Append(nil))
+	}
+	var d crdt.Digest
+	d.Toggle(key, crdt.PairHash(key, []byte("v")))
+	if d.Leaf(0) == 0 || d.Leaf(1) != d.Leaf(0) {
+		t.Errorf("Leaf(0)=%x Leaf(1)=%x, want the pair's hash in both", d.Leaf(0), d.Leaf(1))
+	}
+	if d.Branch(0) == 0 || d.Root() == 0 {
+		t.Errorf("Branch(0)=%x Root()=%x: the two homes cancelled out", d.Branch(0), d.Root())
 	}
 }
 
@@ -143,7 +158,9 @@ func TestDigestDiff(t *testing.T) {
 		}
 		wantLeaves := make(map[int]bool)
 		for k := range want {
-			wantLeaves[crdt.LeafOf(k)] = true
+			for _, l := range crdt.KeyHomes(k).Append(nil) {
+				wantLeaves[l] = true
+			}
 		}
 
 		da, db := digestOf(t, a, "orderA"), digestOf(t, b, "orderB")
@@ -165,7 +182,7 @@ func TestDigestDiff(t *testing.T) {
 					// Exchange the keys of this leaf and compare their values.
 					for _, kv := range []map[string]string{a, b} {
 						for k := range kv {
-							if crdt.LeafOf(k) != leaf {
+							if !crdt.KeyHomes(k).Contains(leaf) {
 								continue
 							}
 							va, oka := a[k]
@@ -183,15 +200,6 @@ func TestDigestDiff(t *testing.T) {
 		}
 		if !maps.Equal(visited, wantLeaves) {
 			t.Fatalf("leaves visited %v, want %v", visited, wantLeaves)
-		}
-	})
-}
-
-func TestLeafOf(t *testing.T) {
-	rapid.Check(t, func(t *rapid.T) {
-		k := rapid.String().Draw(t, "key")
-		if l := crdt.LeafOf(k); l < 0 || l >= crdt.DigestLeaves || crdt.LeafOf(k) != l {
-			t.Fatalf("LeafOf(%q)=%d, want a stable leaf in [0, %d)", k, l, crdt.DigestLeaves)
 		}
 	})
 }

@@ -155,7 +155,7 @@ func (s *Sessions) create(ctx context.Context, u crdt.User) (Session, error) {
 	}
 	now := s.Clock.PhysicalNow()
 	active := activeSessions(existing, u, now)
-	id := newID()
+	id := newID(crdt.IDPartition(u.ID)) // with its user: see crdt.KeyHomes
 	var rec crdt.Map
 	err = s.Store.Update(ctx, func(tx Tx) error {
 		ts := s.Clock.Next()

@@ -31,6 +31,11 @@ func TestSessionsLogin(t *testing.T) {
 		if s.UserID != u.ID {
 			t.Errorf("UserID=%q, want %q", s.UserID, u.ID)
 		}
+		// The user's records live together, in its name's partition (crdt.KeyHomes).
+		if p := crdt.NamePartition("alice"); crdt.IDPartition(u.ID) != p || crdt.IDPartition(s.ID) != p {
+			t.Errorf("user %q and session %q placed in %d and %d, want the name's partition %d",
+				u.ID, s.ID, crdt.IDPartition(u.ID), crdt.IDPartition(s.ID), p)
+		}
 		if s.Username != "alice" {
 			t.Errorf("Username=%q, want %q", s.Username, "alice")
 		}

@@ -41,11 +41,12 @@ type Users struct {
 	Passwords *Passwords
 }
 
-// newID returns 128 random bits in hex.
-func newID() string {
+// newID returns a new ID placed in partition p: its crdt.PartitionPrefix, then 116 random
+// bits in hex (32 hex digits in all).
+func newID(p int) string {
 	b := make([]byte, 16)
 	rand.Read(b)
-	return hex.EncodeToString(b)
+	return crdt.PartitionPrefix(p) + hex.EncodeToString(b)[crdt.PartitionDigits:]
 }
 
 // Register creates an account. A username already held by a live account on this node is
@@ -65,7 +66,7 @@ func (s *Users) Register(ctx context.Context, req Register) (User, error) {
 	if err != nil {
 		return User{}, err
 	}
-	id := newID()
+	id := newID(crdt.NamePartition(req.Username)) // with the claim: see crdt.KeyHomes
 	var user crdt.Map
 	err = s.Store.Update(ctx, func(tx Tx) error {
 		claims, _, err := tx.Record(crdt.ClaimKey(req.Username))

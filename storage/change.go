@@ -22,7 +22,7 @@ type Change struct {
 }
 
 // logPrefix starts every log entry's replication key; record keys never do.
-const logPrefix = "l/"
+const logPrefix = crdt.LogPrefix
 
 // LogKey returns the replication key of entry id of conversation conv:
 // "l/<conv>/<hex of id's binary encoding>". It sorts with neither records nor other

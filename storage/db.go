@@ -79,6 +79,7 @@ var present = []byte{1}
 // Meta keys.
 var (
 	metaFormat   = []byte("format")
+	metaLeaves   = []byte("leaf_scheme") // see leafScheme
 	metaNode     = []byte("node")
 	metaHead     = []byte("feed_head")
 	metaGC       = []byte("feed_gc")
@@ -195,6 +196,14 @@ func (db *DB) init() error {
 		}
 		if err := meta.Put(metaFormat, putUint(formatVersion)); err != nil {
 			return err
+		}
+		if getUint(meta.Get(metaLeaves)) != leafScheme {
+			if err := rebuildLeaves(btx); err != nil {
+				return fmt.Errorf("rebuild leaf index: %w", err)
+			}
+			if err := meta.Put(metaLeaves, putUint(leafScheme)); err != nil {
+				return err
+			}
 		}
 		if v := meta.Get(metaNode); len(v) == 8 {
 			db.node = crdt.NodeID(binary.BigEndian.Uint64(v))

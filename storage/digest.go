@@ -11,16 +11,58 @@ import (
 )
 
 // The digest covers every replicated key: each record (key, Map encoding) and each log
-// entry (LogKey, Entry encoding) contributes crdt.PairHash to its leaf. The in-memory
-// digest changes only after a commit is durable, by the XOR of the pair hashes the commit
-// removed and added. The leaves bucket (leaf(2) key → ∅) lists the keys of each leaf; it
-// changes only when a key is created or deleted, so updates cost it nothing, and
-// LeafPairs hashes the values it lists.
+// entry (LogKey, Entry encoding) contributes crdt.PairHash to the leaf of each of its
+// homes (crdt.KeyHomes: the leaves are the placement partitions). The in-memory digest
+// changes only after a commit is durable, by the XOR of the pair hashes the commit
+// removed and added. The leaves bucket (leaf(2) key → ∅) lists the keys of each leaf, a
+// key with two homes under both; it changes only when a key is created or deleted, so
+// updates cost it nothing, and LeafPairs hashes the values it lists.
 
-// leafKey returns key's entry in the leaves bucket.
-func leafKey(key string) []byte {
-	b := binary.BigEndian.AppendUint16(nil, uint16(crdt.LeafOf(key)))
-	return append(b, key...)
+// leafScheme names how keys map to leaves; a file indexed under another scheme has its
+// leaves bucket rebuilt on Open (it is derived state). 2: leaves are crdt.KeyHomes.
+const leafScheme = 2
+
+// indexLeaves adds key to the leaves index under each of its homes, or removes it.
+func indexLeaves(leaves *bolt.Bucket, key string, add bool) error {
+	h := crdt.KeyHomes(key)
+	for _, p := range h.Append(make([]int, 0, 2)) {
+		k := append(binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(key)), uint16(p)), key...)
+		var err error
+		if add {
+			err = leaves.Put(k, present)
+		} else {
+			err = leaves.Delete(k)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rebuildLeaves empties the leaves index and lists every stored key in it again.
+func rebuildLeaves(btx *bolt.Tx) error {
+	if err := btx.DeleteBucket(bucketLeaves); err != nil {
+		return fmt.Errorf("drop leaves: %w", err)
+	}
+	leaves, err := btx.CreateBucket(bucketLeaves)
+	if err != nil {
+		return fmt.Errorf("create leaves: %w", err)
+	}
+	err = btx.Bucket(bucketRecords).ForEach(func(k, _ []byte) error {
+		return indexLeaves(leaves, string(k), true)
+	})
+	if err != nil {
+		return err
+	}
+	return btx.Bucket(bucketLog).ForEach(func(k, _ []byte) error {
+		i := len(k) - crdt.EntryIDSize
+		if i < 1 || k[i-1] != 0 {
+			return fmt.Errorf("corrupt log key %x", k)
+		}
+		id, _ := crdt.DecodeEntryID(k[i:])
+		return indexLeaves(leaves, LogKey(string(k[:i-1]), id), true)
+	})
 }
 
 // Digest returns a copy of the digest of every replicated key held here, as of the

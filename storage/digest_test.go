@@ -2,9 +2,11 @@ package storage
 
 import (
 	"context"
+	"slices"
 	"testing"
 
 	"github.com/sessiond/sessiond/crdt"
+	bolt "go.etcd.io/bbolt"
 )
 
 func TestDigest(t *testing.T) {
@@ -46,7 +48,7 @@ func TestLeafPairs(t *testing.T) {
 	cs := allChanges(t, db)
 	d := db.Digest()
 	for _, c := range cs {
-		leaf := crdt.LeafOf(c.Key)
+		leaf := crdt.KeyHomes(c.Key).First()
 		pairs, err := db.LeafPairs(ctx, leaf)
 		if err != nil {
 			t.Fatal(err)
@@ -75,6 +77,53 @@ func TestLeafPairs(t *testing.T) {
 	for _, leaf := range []int{-1, crdt.DigestLeaves} {
 		if _, err := db.LeafPairs(ctx, leaf); err == nil {
 			t.Errorf("LeafPairs(%d) succeeded", leaf)
+		}
+	}
+}
+
+// TestLeafIndexRebuilt: a file whose leaf index was built under another scheme (an older
+// release hashed whole keys) has it rebuilt on Open, with every key under its homes.
+func TestLeafIndexRebuilt(t *testing.T) {
+	db := MustOpenDB(t)
+	update(t, db, func(tx *Tx) error {
+		for _, u := range []string{"a", "b", "c"} {
+			if _, err := tx.Merge(crdt.UserKey(u), newUser(db, u)); err != nil {
+				return err
+			}
+		}
+		_, err := tx.Append("a:b", crdt.Message{From: "a", To: "b"})
+		return err
+	})
+	// Make it look like the older scheme: one entry per key, under leaf 7, no scheme mark.
+	err := db.bolt.Update(func(btx *bolt.Tx) error {
+		if err := btx.DeleteBucket(bucketLeaves); err != nil {
+			return err
+		}
+		leaves, err := btx.CreateBucket(bucketLeaves)
+		if err != nil {
+			return err
+		}
+		for _, c := range allChanges(t, db) {
+			if err := leaves.Put(append([]byte{0, 7}, c.Key...), present); err != nil {
+				return err
+			}
+		}
+		return btx.Bucket(bucketMeta).Delete(metaLeaves)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db = mustReopen(t, db, Options{})
+	checkInvariants(t, db) // every key under each of its homes, nothing else
+	for _, c := range allChanges(t, db) {
+		for _, leaf := range crdt.KeyHomes(c.Key).Append(nil) {
+			pairs, err := db.LeafPairs(context.Background(), leaf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.ContainsFunc(pairs, func(p KeyHash) bool { return p.Key == c.Key }) {
+				t.Errorf("LeafPairs(%d) lacks %q after the rebuild", leaf, c.Key)
+			}
 		}
 	}
 }

@@ -73,7 +73,7 @@ func (b *batch) deleteConv(conv string) error {
 		}
 		lk := LogKey(conv, e.ID)
 		b.toggle(lk, crdt.PairHash(lk, e.AppendBinary(nil)))
-		if err := b.leaves.get().Delete(leafKey(lk)); err != nil {
+		if err := indexLeaves(b.leaves.get(), lk, false); err != nil {
 			return err
 		}
 		b.removed(lk)

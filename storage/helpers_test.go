@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -183,16 +184,19 @@ func checkInvariants(tb testing.TB, db *DB) {
 		for conv := range convCount {
 			tb.Errorf("conversation %q has entries but no state", conv)
 		}
-		leaves := 0
+		leaves, want := 0, 0
+		for key := range keys {
+			want += len(crdt.KeyHomes(key).Append(nil))
+		}
 		_ = btx.Bucket(bucketLeaves).ForEach(func(k, _ []byte) error {
 			leaves++
-			if key := string(k[2:]); !keys[key] || !bytes.Equal(leafKey(key), k) {
-				tb.Errorf("leaf index holds %q, not stored", key)
+			if key := string(k[2:]); !keys[key] || !crdt.KeyHomes(key).Contains(int(binary.BigEndian.Uint16(k))) {
+				tb.Errorf("leaf index holds %q under leaf %x, not stored there", key, k[:2])
 			}
 			return nil
 		})
-		if leaves != len(keys) {
-			tb.Errorf("leaf index holds %d keys, want %d", leaves, len(keys))
+		if leaves != want {
+			tb.Errorf("leaf index holds %d entries, want %d (one per home of each key)", leaves, want)
 		}
 		st, _ := db.Stats(context.Background())
 		if st != (Stats{Users: users, Sessions: sessions, Messages: messages}) {

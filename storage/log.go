@@ -283,7 +283,7 @@ func (b *batch) writeEntry(conv string, e crdt.Entry) (outcome, error) {
 		return 0, err
 	}
 	key := LogKey(conv, e.ID)
-	if err := b.leaves.get().Put(leafKey(key), present); err != nil {
+	if err := indexLeaves(b.leaves.get(), key, true); err != nil {
 		return 0, err
 	}
 	b.toggle(key, crdt.PairHash(key, e.AppendBinary(nil)))
@@ -307,7 +307,7 @@ func (b *batch) deleteEntry(conv string, id crdt.EntryID) error {
 	b.toggle(key, crdt.PairHash(key, e.AppendBinary(nil)))
 	b.removed(key)
 	b.messages--
-	if err := b.leaves.get().Delete(leafKey(key)); err != nil {
+	if err := indexLeaves(b.leaves.get(), key, false); err != nil {
 		return err
 	}
 	return b.log.get().Delete(lk)

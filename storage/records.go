@@ -176,7 +176,7 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 	if had {
 		old = p.base
 		h ^= crdt.PairHash(key, old.enc)
-	} else if err := b.leaves.get().Put(leafKey(key), present); err != nil {
+	} else if err := indexLeaves(b.leaves.get(), key, true); err != nil {
 		return err
 	}
 	b.toggle(key, h)
@@ -215,7 +215,7 @@ func (b *batch) deleteRecord(key string, old stored) error {
 	if err := b.records.get().Delete([]byte(key)); err != nil {
 		return err
 	}
-	if err := b.leaves.get().Delete(leafKey(key)); err != nil {
+	if err := indexLeaves(b.leaves.get(), key, false); err != nil {
 		return err
 	}
 	b.toggle(key, crdt.PairHash(key, old.enc))
