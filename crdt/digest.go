@@ -53,6 +53,20 @@ func (d *Digest) Toggle(key string, pairHash uint64) {
 	}
 }
 
+// Restrict zeroes every leaf whose bit is clear in mask: DigestLeaves bits, leaf i at bit
+// i%64 of word i/64. A nil mask keeps every leaf; a mask of another length keeps none.
+// Two replicas that each hold only some partitions compare restricted digests.
+func (d *Digest) Restrict(mask []uint64) {
+	if mask == nil {
+		return
+	}
+	for i := range d.leaves {
+		if w := i >> 6; w >= len(mask) || mask[w]&(1<<(i&63)) == 0 {
+			d.leaves[i] = 0
+		}
+	}
+}
+
 // Leaf returns the hash of leaf i.
 func (d *Digest) Leaf(i int) uint64 { return d.leaves[i] }
 

@@ -289,7 +289,8 @@ func (n *Node) startCluster(keys [][]byte) error {
 		return err
 	}
 	n.replicator = cluster.NewReplicator(cluster.Config{
-		DB: n.db, Transport: n.transport, AntiEntropyEvery: n.cfg.AntiEntropyEvery, Now: n.cfg.Now,
+		DB: n.db, Transport: n.transport, Name: n.cfg.NodeName, Region: n.cfg.Region,
+		AntiEntropyEvery: n.cfg.AntiEntropyEvery, Now: n.cfg.Now,
 		MaxSkew: n.cfg.MaxSkew, FetchTimeout: n.cfg.BookmarkTimeout,
 		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
 	})

@@ -66,10 +66,11 @@ var (
 	bucketErased       = []byte("erased")        // user → ∅
 	bucketFeed         = []byte("feed")          // seq(8) → replication key
 	bucketLeaves       = []byte("leaves")        // leaf(2) replication key → ∅
+	bucketSeqFloor     = []byte("seq_floor")     // conv → our highest seq there before a drop (drop.go)
 )
 
 var allBuckets = [][]byte{bucketMeta, bucketRecords, bucketLog, bucketLogSeq, bucketConvs,
-	bucketUserConvs, bucketUserSessions, bucketExpiry, bucketErased, bucketFeed, bucketLeaves}
+	bucketUserConvs, bucketUserSessions, bucketExpiry, bucketErased, bucketFeed, bucketLeaves, bucketSeqFloor}
 
 // present is the value of index keys that carry no data. It is not empty: within a write
 // transaction bbolt's Get returns nil for a key put with an empty value, which would make

@@ -151,7 +151,7 @@ func (tx *Tx) Append(conv string, msg crdt.Message) (crdt.Entry, error) {
 		if err != nil {
 			return crdt.Entry{}, err
 		}
-		seq = st.origin(tx.b.db.node).max + 1
+		seq = max(st.origin(tx.b.db.node).max, seqFloor(tx.b.btx.Bucket(bucketSeqFloor), conv)) + 1
 		if tx.seqs == nil {
 			tx.seqs = make(map[string]uint64)
 		}

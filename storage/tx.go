@@ -14,15 +14,16 @@ import (
 // until it returns. A Tx is valid only while its function runs and is not safe for
 // concurrent use.
 type Tx struct {
-	b        *batch
-	closed   bool
-	recs     map[string]*pendingRecord
-	order    []string // keys of recs in first-write order
-	entries  []crdt.Entry
-	convs    []string            // conv of each entry
-	seqs     map[string]uint64   // conv → next seq of this node, once this function appended
-	inserted map[string]struct{} // log keys of the remote entries buffered
-	deletes  []string            // records to delete (Sweep)
+	b         *batch
+	closed    bool
+	recs      map[string]*pendingRecord
+	order     []string // keys of recs in first-write order
+	entries   []crdt.Entry
+	convs     []string            // conv of each entry
+	seqs      map[string]uint64   // conv → next seq of this node, once this function appended
+	inserted  map[string]struct{} // log keys of the remote entries buffered
+	deletes   []string            // records to delete (Sweep, Drop)
+	dropConvs []string            // conversations to drop (Drop)
 	// overtaken lists this node's writes that remote changes replaced (see
 	// DB.Overtaken).
 	overtaken []Overtaken
@@ -183,6 +184,11 @@ func (tx *Tx) merge(key string, update crdt.Map, remote bool) (*pendingRecord, o
 
 // apply writes the function's buffered writes into the batch.
 func (tx *Tx) apply() error {
+	for _, conv := range tx.dropConvs {
+		if err := tx.b.dropConv(conv); err != nil {
+			return fmt.Errorf("drop conversation %q: %w", conv, err)
+		}
+	}
 	for _, key := range tx.deletes {
 		_, st, ok, err := tx.b.load(key)
 		if err != nil {

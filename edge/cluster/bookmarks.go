@@ -77,6 +77,15 @@ func (h *haveState) pushed(through crdt.Timestamp) {
 	}
 }
 
+// forget drops what this node knew it holds of other origins' writes: the placement
+// changed, and it may now hold partitions that knowledge did not cover. Waiters keep
+// waiting; pushes and rounds under the new placement teach it again.
+func (h *haveState) forget() {
+	h.mu.Lock()
+	h.have = crdt.Bookmark{}
+	h.mu.Unlock()
+}
+
 // distrust stops believing origin's pushes until a round with it, begun after this call,
 // completes.
 func (h *haveState) distrust(origin crdt.NodeID) {

@@ -13,8 +13,10 @@ import (
 // with it, so a node refuses messages it cannot read rather than misread them.
 //
 // Version 2 added PushRequest.Through and DigestReply.Have (bookmarks); version 3 added
-// LeafPairs.From and To (a leaf compared in parts, so no request outgrows MaxMessage).
-const ProtocolVersion = 3
+// LeafPairs.From and To (a leaf compared in parts, so no request outgrows MaxMessage);
+// version 4 added DigestRequest.Mask and the placement fingerprints of PushRequest and
+// DigestReply (placement: each node holds some partitions; see holding.go).
+const ProtocolVersion = 4
 
 // MaxMessage bounds every sync message, request or reply, in bytes.
 const MaxMessage = 32 << 20
@@ -27,6 +29,7 @@ const (
 	kindReply   = 4 // 5 is kindCounters (counters.go)
 	maxChanges  = 1 << 20
 	maxLeafList = crdt.DigestLeaves
+	maskWords   = crdt.Partitions / 64
 )
 
 // PushRequest carries changes committed at (or relayed by) From.
@@ -38,11 +41,17 @@ type PushRequest struct {
 	// that replaced it on From (From's pushes to it since its worker's first anti-entropy
 	// round, in order, carried them all; see pushPass and storage.DB.Overtaken).
 	Through crdt.Timestamp
+	// Placement is the fingerprint of the placement the sender pushed by (0: every node
+	// holds everything); Through counts only for a receiver with the same placement.
+	Placement uint64
 }
 
 // DigestRequest carries the sender's branch hashes.
 type DigestRequest struct {
 	Branches []uint64 // crdt.DigestBranches of them
+	// Mask, when not nil, is the partitions to compare (crdt.Digest.Restrict): Branches
+	// are of the digest restricted to it, and the receiver restricts its own the same way.
+	Mask []uint64
 }
 
 // DigestReply lists, for each branch whose hash differs, the receiver's leaf hashes.
@@ -52,6 +61,9 @@ type DigestReply struct {
 	// included), every write stamped at or before the mark. A requester that completes
 	// the round holds all of it too.
 	Have crdt.Bookmark
+	// Placement is the fingerprint of the replier's placement: Have is what it holds of
+	// the partitions that placement gives it.
+	Placement uint64
 }
 
 // BranchLeaves is one branch's leaf hashes.
@@ -72,6 +84,10 @@ type LeafPairs struct {
 	Leaf     int
 	Pairs    []storage.KeyHash
 	From, To string
+	// Only: compare only the listed keys. The sender holds keys of this leaf without
+	// holding the partition (a key with another home, or a leftover of an earlier
+	// placement) and offers them; it wants none of the receiver's other keys.
+	Only bool
 }
 
 // covers reports whether key lies in lp's range.
@@ -221,7 +237,7 @@ func (r *reader) pairs() []storage.KeyHash {
 
 // MarshalBinary encodes a PushRequest.
 func (m PushRequest) MarshalBinary() ([]byte, error) {
-	return header(kindPush).u64(uint64(m.From)).changes(m.Changes).timestamp(m.Through), nil
+	return header(kindPush).u64(uint64(m.From)).changes(m.Changes).timestamp(m.Through).u64(m.Placement), nil
 }
 
 func (w wire) timestamp(ts crdt.Timestamp) wire { return ts.AppendBinary(w) }
@@ -259,6 +275,7 @@ func (m *PushRequest) UnmarshalBinary(b []byte) error {
 	m.From = crdt.NodeID(r.u64())
 	m.Changes = r.changes()
 	m.Through = r.timestamp()
+	m.Placement = r.u64()
 	return r.end()
 }
 
@@ -267,6 +284,10 @@ func (m DigestRequest) MarshalBinary() ([]byte, error) {
 	w := header(kindDigest).uvarint(uint64(len(m.Branches)))
 	for _, h := range m.Branches {
 		w = w.u64(h)
+	}
+	w = w.uvarint(uint64(len(m.Mask)))
+	for _, x := range m.Mask {
+		w = w.u64(x)
 	}
 	return w, nil
 }
@@ -283,6 +304,15 @@ func (m *DigestRequest) UnmarshalBinary(b []byte) error {
 	if r.err == nil && n != crdt.DigestBranches {
 		r.err = fmt.Errorf("digest of %d branches, want %d", n, crdt.DigestBranches)
 	}
+	if k := r.count(8, maskWords); k > 0 {
+		m.Mask = make([]uint64, k)
+		for i := range m.Mask {
+			m.Mask[i] = r.u64()
+		}
+		if r.err == nil && k != maskWords {
+			r.err = fmt.Errorf("digest mask of %d words, want %d", k, maskWords)
+		}
+	}
 	return r.end()
 }
 
@@ -295,7 +325,7 @@ func (m DigestReply) MarshalBinary() ([]byte, error) {
 			w = w.u64(h)
 		}
 	}
-	return w.bytes(m.Have.AppendBinary(nil)), nil
+	return w.bytes(m.Have.AppendBinary(nil)).u64(m.Placement), nil
 }
 
 // UnmarshalBinary decodes a DigestReply.
@@ -316,6 +346,7 @@ func (m *DigestReply) UnmarshalBinary(b []byte) error {
 		m.Branches = append(m.Branches, bl)
 	}
 	m.Have = r.bookmark()
+	m.Placement = r.u64()
 	return r.end()
 }
 
@@ -323,7 +354,11 @@ func (m *DigestReply) UnmarshalBinary(b []byte) error {
 func (m LeavesRequest) MarshalBinary() ([]byte, error) {
 	w := header(kindLeaves).uvarint(uint64(len(m.Leaves)))
 	for _, lp := range m.Leaves {
-		w = w.uvarint(uint64(lp.Leaf)).pairs(lp.Pairs).bytes([]byte(lp.From)).bytes([]byte(lp.To))
+		only := uint64(0)
+		if lp.Only {
+			only = 1
+		}
+		w = w.uvarint(uint64(lp.Leaf)).pairs(lp.Pairs).bytes([]byte(lp.From)).bytes([]byte(lp.To)).uvarint(only)
 	}
 	return w, nil
 }
@@ -337,6 +372,7 @@ func (m *LeavesRequest) UnmarshalBinary(b []byte) error {
 		lp := LeafPairs{Leaf: int(r.uvarint())}
 		lp.Pairs = r.pairs()
 		lp.From, lp.To = string(r.bytes()), string(r.bytes())
+		lp.Only = r.uvarint() == 1
 		switch {
 		case r.err != nil:
 		case lp.Leaf < 0 || lp.Leaf >= crdt.DigestLeaves:

@@ -44,6 +44,12 @@ type Handler interface {
 type Config struct {
 	DB        *storage.DB
 	Transport Transport
+	// Name and Region are this node's, as its peers know it (Peer.Name, Peer.Region):
+	// placement ranks members by name within their region.
+	Name, Region string
+	// Replicas is how many nodes of each region hold each partition; 0 (the default):
+	// every node holds everything. See holding.go.
+	Replicas int
 	// AntiEntropyEvery is the mean period of anti-entropy with each peer (jittered ±25%);
 	// default 10s.
 	AntiEntropyEvery time.Duration
@@ -79,6 +85,7 @@ type Replicator struct {
 	mu      sync.Mutex
 	workers map[crdt.NodeID]*worker
 	closed  bool
+	view    atomic.Pointer[view] // written under mu
 
 	caughtUp     chan struct{}
 	caughtUpOnce sync.Once
@@ -96,6 +103,7 @@ type worker struct {
 	cancel  context.CancelFunc
 	wake    chan struct{} // a local commit happened
 	sync    chan struct{} // run anti-entropy now
+	replan  chan struct{} // the placement changed: start over with anti-entropy
 	pending atomic.Int64  // local changes not yet pushed
 	// pushed is the latest timestamp of this node's own writes that the worker has pushed
 	// (or left to the first anti-entropy round); owned by the worker goroutine.
@@ -143,7 +151,12 @@ func NewReplicator(cfg Config) *Replicator {
 		lag: make(map[crdt.NodeID]time.Duration),
 	}
 	r.have.init()
+	r.view.Store(newView(r.selfPeer(), nil, cfg.Replicas))
 	return r
+}
+
+func (r *Replicator) selfPeer() Peer {
+	return Peer{ID: r.self, Name: r.cfg.Name, Region: r.cfg.Region}
 }
 
 // Start readies the replicator; workers start as SetPeers names peers.
@@ -184,12 +197,24 @@ func (r *Replicator) SetPeers(peers []Peer) {
 			r.have.gone(id, time.Now())
 		}
 	}
+	if v := newView(r.selfPeer(), peers, r.cfg.Replicas); v.fingerprint != r.view.Load().fingerprint {
+		// What the old placement taught about what we hold does not carry over, and
+		// every worker's pushes so far went by the old one.
+		r.view.Store(v)
+		r.have.forget()
+		for _, w := range r.workers {
+			select {
+			case w.replan <- struct{}{}:
+			default:
+			}
+		}
+	}
 	for id, p := range want {
 		if _, ok := r.workers[id]; ok {
 			continue
 		}
 		ctx, cancel := context.WithCancel(r.ctx)
-		w := &worker{peer: p, cancel: cancel, wake: make(chan struct{}, 1), sync: make(chan struct{}, 1)}
+		w := &worker{peer: p, cancel: cancel, wake: make(chan struct{}, 1), sync: make(chan struct{}, 1), replan: make(chan struct{}, 1)}
 		r.workers[id] = w
 		r.wg.Add(1)
 		go func() {
@@ -222,6 +247,9 @@ func (r *Replicator) Notify() {
 // Notice handles a peer's announcement of its digest root: if it differs from ours, the
 // worker for that peer runs anti-entropy soon.
 func (r *Replicator) Notice(from crdt.NodeID, root uint64) {
+	if r.view.Load().sharded() {
+		return // roots of nodes that hold different partitions always differ
+	}
 	d := r.cfg.DB.Digest()
 	if d.Root() == root {
 		return
@@ -342,6 +370,9 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 		case <-w.wake: // pushed at the top unless a failed push is backing off
 		case <-w.sync:
 			needSync = true
+		case <-w.replan:
+			restart()
+			needSync, pushRetry, pushFailures = true, false, 0
 		case <-timer.C:
 			needSync = true
 			timer.Reset(r.jitter())
@@ -383,6 +414,7 @@ func (r *Replicator) pushFrom(ctx context.Context, w *worker, cursor uint64) (ui
 // it, or a mark that covers it would be told without it.
 func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mark crdt.Timestamp) (uint64, error) {
 	since, newest := w.pushed, w.pushed
+	v := r.view.Load()
 	for {
 		changes, next, err := r.cfg.DB.ChangesSince(ctx, cursor, r.cfg.PushBatch)
 		if err != nil {
@@ -399,8 +431,10 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 				}
 			}
 			if ok {
-				own = append(own, c)
 				newest = maxTS(newest, ts)
+				if v.holds(w.peer.ID, c.Key) {
+					own = append(own, c)
+				}
 			}
 		}
 		last := len(changes) < r.cfg.PushBatch
@@ -409,7 +443,7 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 			w.pending.Store(int64(len(own)))
 			sent := 0
 			for batch := range pushBatches(own, r.cfg.PushBatch, r.budget()) {
-				req := PushRequest{From: r.self, Changes: batch}
+				req := PushRequest{From: r.self, Changes: batch, Placement: v.fingerprint}
 				if sent += len(batch); tell && sent == len(own) {
 					req.Through = mark
 				}
@@ -418,7 +452,7 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 				}
 			}
 		} else if tell {
-			if err := r.cfg.Transport.Push(ctx, w.peer, PushRequest{From: r.self, Through: mark}); err != nil {
+			if err := r.cfg.Transport.Push(ctx, w.peer, PushRequest{From: r.self, Through: mark, Placement: v.fingerprint}); err != nil {
 				return cursor, err
 			}
 		}
@@ -510,7 +544,8 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) error {
 	}
 	if res.Rejected > 0 || res.TooLarge > 0 {
 		r.have.distrust(req.From)
-	} else if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
+	} else if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self &&
+		req.Placement == r.view.Load().fingerprint {
 		r.have.pushed(req.Through)
 	}
 	now := r.cfg.Now()
@@ -561,8 +596,9 @@ func (r *Replicator) HandleDigest(ctx context.Context, req DigestRequest) (Diges
 	}
 	// What we hold is read before the digest: the requester, once it has what the digest
 	// leads it to, holds at least that.
-	rep := DigestReply{Have: r.Have()}
+	rep := DigestReply{Have: r.Have(), Placement: r.view.Load().fingerprint}
 	d := r.cfg.DB.Digest()
+	d.Restrict(req.Mask)
 	for b, h := range req.Branches {
 		if d.Branch(b) != h {
 			rep.Branches = append(rep.Branches, BranchLeaves{Branch: b, Leaves: d.LeavesOf(b)})
@@ -596,6 +632,7 @@ func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (Leave
 			}
 			h, ok := theirs[p.Key]
 			switch {
+			case !ok && lp.Only:
 			case !ok:
 				give = append(give, p.Key)
 			case h != p.Hash: // both hold it, differently: merge both ways
@@ -742,8 +779,19 @@ const maxRounds = 64
 // ours.
 func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have crdt.Bookmark, complete, again bool, err error) {
 	epoch := r.have.roundStarts()
+	v := r.view.Load()
 	d := r.cfg.DB.Digest()
-	rep, err := r.cfg.Transport.Digest(ctx, peer, DigestRequest{Branches: d.Branches()})
+	req := DigestRequest{}
+	// covers: the round compares every partition we hold, so what the peer held of them
+	// (its Have, under the same placement) is what we hold once it completes.
+	covers := true
+	if mask := v.syncMask(r.self, peer.ID, &d); mask != nil {
+		req.Mask = mask.words()
+		d.Restrict(req.Mask)
+		covers = mask.coversAll(v.held(r.self))
+	}
+	req.Branches = d.Branches()
+	rep, err := r.cfg.Transport.Digest(ctx, peer, req)
 	if err != nil {
 		r.cfg.Metrics.round("error")
 		return crdt.Bookmark{}, false, false, err
@@ -758,11 +806,18 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have 
 	}
 	if len(leaves) == 0 {
 		r.cfg.Metrics.round("in_sync")
-		return r.completed(ctx, peer, epoch, rep.Have)
+		return r.completed(ctx, peer, epoch, rep.Have, covers && rep.Placement == v.fingerprint)
 	}
 	refused := false
+	var mine *partitionSet
+	if v.sharded() {
+		mine = v.held(r.self)
+	}
 	for req, err := range r.leafRequests(ctx, leaves) {
 		var truncated, rejected bool
+		for i := range req.Leaves {
+			req.Leaves[i].Only = mine != nil && !mine.has(req.Leaves[i].Leaf)
+		}
 		if err == nil {
 			truncated, rejected, err = r.syncLeaves(ctx, peer, req, pull)
 		}
@@ -777,16 +832,20 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have 
 	if again || refused { // refused: the periodic round tries again
 		return crdt.Bookmark{}, false, again, nil
 	}
-	return r.completed(ctx, peer, epoch, rep.Have)
+	return r.completed(ctx, peer, epoch, rep.Have, covers && rep.Placement == v.fingerprint)
 }
 
 // completed records a round with peer that completed: this node now holds what the peer
-// held (have). The round compared the peer's state with what this node's file holds,
-// which readers may not see yet (a commit not yet published), so it first waits for
-// that to be published.
-func (r *Replicator) completed(ctx context.Context, peer Peer, epoch uint64, have crdt.Bookmark) (crdt.Bookmark, bool, bool, error) {
+// held (have) — of every partition it holds, when covers says the round compared them
+// all under one placement; otherwise it learns nothing about what it holds. The round
+// compared the peer's state with what this node's file holds, which readers may not see
+// yet (a commit not yet published), so it first waits for that to be published.
+func (r *Replicator) completed(ctx context.Context, peer Peer, epoch uint64, have crdt.Bookmark, covers bool) (crdt.Bookmark, bool, bool, error) {
 	if err := r.cfg.DB.WaitPublished(ctx); err != nil {
 		return crdt.Bookmark{}, false, false, err
+	}
+	if !covers {
+		have = crdt.Bookmark{}
 	}
 	r.have.synced(peer.ID, epoch, have, r.self)
 	return have, true, false, nil

@@ -433,6 +433,7 @@ type clusterConfig struct {
 	manualPeers      bool // never call SetPeers: the test drives SyncWith itself
 	pushBatch        int  // changes per push; 0: the Replicator's default
 	maxMessage       int  // sync message bound; 0: MaxMessage
+	replicas         int  // holders of each partition per region; 0: every node
 }
 
 type clusterOption func(*clusterConfig)
@@ -460,6 +461,11 @@ func withPushBatch(n int) clusterOption {
 // withMaxMessage lowers the sync message bound, of the transport and the replicators.
 func withMaxMessage(n int) clusterOption {
 	return func(c *clusterConfig) { c.maxMessage = n }
+}
+
+// withReplicas makes each region's nodes share the partitions, n holders each.
+func withReplicas(n int) clusterOption {
+	return func(c *clusterConfig) { c.replicas = n }
 }
 
 func withManualPeers() clusterOption {
@@ -620,7 +626,8 @@ func (n *testNode) start() error {
 	rejected := &countingCounter{Counter: m.Rejected}
 	m.Rejected = rejected
 	rep := NewReplicator(Config{
-		DB: db, Transport: c.net.transport(n.name), AntiEntropyEvery: c.cfg.antiEntropyEvery,
+		DB: db, Transport: c.net.transport(n.name), Name: n.name, Region: n.region, Replicas: c.cfg.replicas,
+		AntiEntropyEvery: c.cfg.antiEntropyEvery,
 		PushBatch: c.cfg.pushBatch, MaxMessage: c.cfg.maxMessage, MaxSkew: c.cfg.maxSkew, Now: n.Now, Logger: logger.With("component", "replicator"), Metrics: m,
 	})
 	rep.Start()

@@ -1,0 +1,119 @@
+package cluster
+
+import (
+	"encoding/binary"
+	"hash/fnv"
+
+	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/cluster/placement"
+)
+
+// What each node holds. With Config.Replicas 0 every node holds every partition and
+// replication is all-to-all. With Replicas N, each region's live members share the
+// partitions by placement.Table, N holders per partition in each region, and:
+//
+//   - a push carries a change only to peers that hold one of its homes (crdt.KeyHomes),
+//     in any region;
+//   - anti-entropy with a peer compares only the partitions the peer holds that this
+//     node holds or has data in (a leftover from an earlier placement, or a write it
+//     accepted for others): the digest request carries that set as a mask, and both
+//     sides compare the masked digests;
+//   - what a node knows it holds (bookmarks; see bookmarks.go) is valid for one
+//     placement only: a push's Through counts when sender and receiver agree on the
+//     placement (its fingerprint), an anti-entropy round's Have when the round covered
+//     every partition this node holds, and a change of placement forgets what the old
+//     one taught.
+
+// view is one placement as the replicator uses it. Immutable.
+type view struct {
+	table       *placement.Table // nil: every node holds everything
+	fingerprint uint64           // 0 when table is nil
+}
+
+// newView returns the placement of self and peers with replicas holders per partition
+// and region (0: all).
+func newView(self Peer, peers []Peer, replicas int) *view {
+	if replicas <= 0 {
+		return &view{}
+	}
+	ms := make([]placement.Member, 0, len(peers)+1)
+	ms = append(ms, placement.Member{Name: self.Name, ID: self.ID, Region: self.Region})
+	for _, p := range peers {
+		ms = append(ms, placement.Member{Name: p.Name, ID: p.ID, Region: p.Region})
+	}
+	t := placement.New(ms, replicas)
+	h := fnv.New64a()
+	h.Write(binary.BigEndian.AppendUint64(nil, uint64(replicas)))
+	for _, m := range t.Members() { // sorted: the fingerprint does not depend on order
+		h.Write(binary.BigEndian.AppendUint64(nil, uint64(m.ID)))
+		h.Write([]byte(m.Name))
+		h.Write([]byte{0})
+		h.Write([]byte(m.Region))
+		h.Write([]byte{0})
+	}
+	return &view{table: t, fingerprint: h.Sum64() | 1} // never 0: 0 is "everyone holds everything"
+}
+
+// sharded reports whether nodes hold parts of the data.
+func (v *view) sharded() bool { return v.table != nil }
+
+// holds reports whether node holds one of key's homes.
+func (v *view) holds(node crdt.NodeID, key string) bool {
+	if v.table == nil {
+		return true
+	}
+	h := crdt.KeyHomes(key)
+	if v.table.Owns(node, h.First()) {
+		return true
+	}
+	s, ok := h.Second()
+	return ok && v.table.Owns(node, s)
+}
+
+// partitionSet is a set of partitions, a bit each.
+type partitionSet [crdt.Partitions / 64]uint64
+
+func (s *partitionSet) add(p int)       { s[p>>6] |= 1 << (p & 63) }
+func (s *partitionSet) has(p int) bool  { return s[p>>6]&(1<<(p&63)) != 0 }
+func (s *partitionSet) words() []uint64 { return s[:] }
+func (s *partitionSet) coversAll(o *partitionSet) bool {
+	for i := range s {
+		if o[i]&^s[i] != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// held returns the partitions node holds by this placement (all of them when not
+// sharded).
+func (v *view) held(node crdt.NodeID) *partitionSet {
+	var s partitionSet
+	if v.table == nil {
+		for i := range s {
+			s[i] = ^uint64(0)
+		}
+		return &s
+	}
+	for _, p := range v.table.Partitions(node) {
+		s.add(p)
+	}
+	return &s
+}
+
+// syncMask returns what self compares with peer in an anti-entropy round: the
+// partitions peer holds that self holds or has data in (a non-empty leaf of d). It
+// returns nil when not sharded: everything.
+func (v *view) syncMask(self, peer crdt.NodeID, d *crdt.Digest) *partitionSet {
+	if v.table == nil {
+		return nil
+	}
+	theirs, mine := v.held(peer), v.held(self)
+	var m partitionSet
+	for p := range crdt.Partitions {
+		if theirs.has(p) && (mine.has(p) || d.Leaf(p) != 0) {
+			m.add(p)
+		}
+	}
+	return &m
+}
