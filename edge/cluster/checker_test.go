@@ -658,6 +658,7 @@ var dataKeys = []string{"k0", "k1", "k2", "k3", "k4", "k5"}
 
 // workload drives the handlers of random live nodes and remembers what was acknowledged.
 type workload struct {
+	verbose   bool // log each failed operation
 	c         *testCluster
 	rng       *rand.Rand
 	seed      int64
@@ -689,6 +690,9 @@ func (w *workload) next() int { w.k++; return w.k }
 func (w *workload) note(op string, err error) bool {
 	if err != nil {
 		w.failed[op]++
+		if w.verbose {
+			w.c.logf("%s failed: %v", op, err)
+		}
 		return false
 	}
 	w.acked[op]++

@@ -15,6 +15,7 @@ type Metrics struct {
 	Awaits       *prometheus.CounterVec // bookmarks awaited, by outcome (Awaited)
 	AwaitSeconds prometheus.Histogram   // time spent meeting a bookmark not held at once
 	Fetches      *prometheus.CounterVec // pulls started to meet a bookmark, by result
+	Dropped      prometheus.Counter     // keys handed off to their holders and dropped here
 
 	awaits [len(awaitedNames)]prometheus.Counter // Awaits' series, resolved once
 }
@@ -73,13 +74,17 @@ func newMetrics() *Metrics {
 			Name: "sessiond_bookmark_fetches_total",
 			Help: "Pulls from another node started to meet a bookmark, by result (ok, error).",
 		}, []string{"result"}),
+		Dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sessiond_handoff_dropped_keys_total",
+			Help: "Keys this node stored without holding them (placement moved them, or it accepted writes for others) that it dropped once their holders in its region confirmed them.",
+		}),
 	}
 }
 
 // Collectors returns every metric, for registering.
 func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.Propagation, m.Revocation, m.Rounds, m.Bytes, m.Rejected, m.Applied, m.MembersGauge,
-		m.Awaits, m.AwaitSeconds, m.Fetches}
+		m.Awaits, m.AwaitSeconds, m.Fetches, m.Dropped}
 }
 
 func (m *Metrics) fetched(err error) {

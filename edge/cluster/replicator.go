@@ -86,6 +86,11 @@ type Replicator struct {
 	workers map[crdt.NodeID]*worker
 	closed  bool
 	view    atomic.Pointer[view] // written under mu
+	// replanned wakes the handoff loop after a placement change.
+	replanned chan struct{}
+
+	handoffMu     sync.Mutex
+	handoffStatus HandoffStatus
 
 	caughtUp     chan struct{}
 	caughtUpOnce sync.Once
@@ -147,7 +152,7 @@ func NewReplicator(cfg Config) *Replicator {
 	}
 	r := &Replicator{
 		cfg: cfg, self: cfg.DB.NodeID(), log: cfg.Logger,
-		workers: make(map[crdt.NodeID]*worker), caughtUp: make(chan struct{}),
+		workers: make(map[crdt.NodeID]*worker), caughtUp: make(chan struct{}), replanned: make(chan struct{}, 1),
 		lag: make(map[crdt.NodeID]time.Duration),
 	}
 	r.have.init()
@@ -162,6 +167,11 @@ func (r *Replicator) selfPeer() Peer {
 // Start readies the replicator; workers start as SetPeers names peers.
 func (r *Replicator) Start() {
 	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.handoff(r.ctx)
+	}()
 }
 
 // Close stops every worker and waits for them. Safe to call twice.
@@ -207,6 +217,10 @@ func (r *Replicator) SetPeers(peers []Peer) {
 			case w.replan <- struct{}{}:
 			default:
 			}
+		}
+		select {
+		case r.replanned <- struct{}{}:
+		default:
 		}
 	}
 	for id, p := range want {

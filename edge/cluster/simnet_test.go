@@ -628,7 +628,7 @@ func (n *testNode) start() error {
 	rep := NewReplicator(Config{
 		DB: db, Transport: c.net.transport(n.name), Name: n.name, Region: n.region, Replicas: c.cfg.replicas,
 		AntiEntropyEvery: c.cfg.antiEntropyEvery,
-		PushBatch: c.cfg.pushBatch, MaxMessage: c.cfg.maxMessage, MaxSkew: c.cfg.maxSkew, Now: n.Now, Logger: logger.With("component", "replicator"), Metrics: m,
+		PushBatch:        c.cfg.pushBatch, MaxMessage: c.cfg.maxMessage, MaxSkew: c.cfg.maxSkew, Now: n.Now, Logger: logger.With("component", "replicator"), Metrics: m,
 	})
 	rep.Start()
 	holder.Store(rep)
