@@ -17,6 +17,10 @@ const (
 	entryVersion   = 1
 	cursorVersion  = 1
 	messageVersion = 1
+	// markerVersion begins an erasure marker's encoding instead of messageVersion: the
+	// first byte tells a marker from a message, and a reader that predates markers
+	// refuses one as an unknown version rather than show it as a message.
+	markerVersion = 2
 )
 
 var (
@@ -289,25 +293,51 @@ func DecodeCursor(b []byte) (Cursor, error) {
 }
 
 // Message is the payload of a conversation log entry. From and To are user IDs.
+//
+// An entry is either a message or an erasure marker (Erased): the tombstone of a
+// conversation, saying that From was erased and the conversation is gone. A marker has
+// no body. It is written into the conversation's log so that it reaches every node that
+// holds the log — also those that hold only To's records and never see From's — and each
+// deletes its copy of the conversation (see storage's package documentation).
 type Message struct {
-	From string
-	To   string
-	Body string
+	From   string
+	To     string
+	Body   string // empty in a marker
+	Erased bool   // an erasure marker: From was erased
 }
 
-// AppendBinary appends the encoding of m.
+// ErasureMarker returns the erasure marker of the conversation between from, who was
+// erased, and to.
+func ErasureMarker(from, to string) Message {
+	return Message{From: from, To: to, Erased: true}
+}
+
+// AppendBinary appends the encoding of m: a version byte, then From, To and Body, each
+// length-prefixed. A marker has its own version byte and no body (Body is not encoded).
 func (m Message) AppendBinary(b []byte) []byte {
+	if m.Erased {
+		b = append(b, markerVersion)
+		b = appendBytes(b, []byte(m.From))
+		return appendBytes(b, []byte(m.To))
+	}
 	b = append(b, messageVersion)
 	b = appendBytes(b, []byte(m.From))
 	b = appendBytes(b, []byte(m.To))
 	return appendBytes(b, []byte(m.Body))
 }
 
-// DecodeMessage decodes a Message encoded by AppendBinary.
+// DecodeMessage decodes a Message or an erasure marker encoded by AppendBinary. Both
+// participants must be non-empty and without '/'.
 func DecodeMessage(b []byte) (Message, error) {
 	d := decoder{b: b}
-	d.version(messageVersion)
-	m := Message{From: string(d.bytes()), To: string(d.bytes()), Body: string(d.bytes())}
+	var m Message
+	if len(b) > 0 && b[0] == markerVersion {
+		d.version(markerVersion)
+		m = Message{From: string(d.bytes()), To: string(d.bytes()), Erased: true}
+	} else {
+		d.version(messageVersion)
+		m = Message{From: string(d.bytes()), To: string(d.bytes()), Body: string(d.bytes())}
+	}
 	if err := d.end(); err != nil {
 		return Message{}, fmt.Errorf("decode message: %w", err)
 	}
@@ -315,4 +345,11 @@ func DecodeMessage(b []byte) (Message, error) {
 		return Message{}, errors.New("decode message: bad participants")
 	}
 	return m, nil
+}
+
+// IsErasureMarker reports whether data, a log entry's data, is encoded as an erasure
+// marker. It reads only the version byte and allocates nothing; whether the marker is
+// well formed is DecodeMessage's to say.
+func IsErasureMarker(data []byte) bool {
+	return len(data) > 0 && data[0] == markerVersion
 }

@@ -3,6 +3,7 @@ package crdt_test
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"maps"
 	"math"
 	"runtime"
@@ -167,12 +168,51 @@ var genParticipant = rapid.StringMatching(`[a-z0-9_.:-]{1,40}|[^/]{1,10}`)
 func TestMessageEncoding(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		m := crdt.Message{From: genParticipant.Draw(t, "from"), To: genParticipant.Draw(t, "to"), Body: rapid.String().Draw(t, "body")}
+		if rapid.Bool().Draw(t, "marker") {
+			m = crdt.ErasureMarker(m.From, m.To)
+		}
 		b := m.AppendBinary(nil)
 		got, err := crdt.DecodeMessage(b)
 		if err != nil || got != m {
 			t.Fatalf("DecodeMessage(%x)=%+v, %v, want %+v", b, got, err, m)
 		}
+		// A marker and a message are told apart by their first byte alone (got == m
+		// above: neither decodes as the other).
+		if crdt.IsErasureMarker(b) != m.Erased {
+			t.Fatalf("IsErasureMarker(%x)=%v, want %v", b, crdt.IsErasureMarker(b), m.Erased)
+		}
 	})
+}
+
+// TestMessageEncodingGolden pins the bytes of messages as every release so far has
+// written them, and of erasure markers: stored logs and peers on older releases must read
+// the same messages, and a marker must never read as a message.
+func TestMessageEncodingGolden(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		m    crdt.Message
+		hex  string
+	}{
+		{"Message", crdt.Message{From: "u1", To: "u2", Body: "hi"}, "0102753102753202" + "6869"},
+		{"MessageEmptyBody", crdt.Message{From: "a", To: "b"}, "010161016200"},
+		{"MessageUTF8", crdt.Message{From: "0f8c1d3e", To: "x", Body: "é"}, "0108" + "3066386331643365" + "0178" + "02c3a9"},
+		{"Marker", crdt.ErasureMarker("u1", "u2"), "02027531027532"},
+		{"MarkerIgnoresBody", crdt.Message{From: "u1", To: "u2", Body: "hi", Erased: true}, "02027531027532"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := tc.m.AppendBinary(nil)
+			if got := hex.EncodeToString(b); got != tc.hex {
+				t.Fatalf("AppendBinary(%+v)=%s, want %s", tc.m, got, tc.hex)
+			}
+			want := tc.m
+			if want.Erased {
+				want.Body = ""
+			}
+			if got, err := crdt.DecodeMessage(b); err != nil || got != want {
+				t.Fatalf("DecodeMessage(%s)=%+v, %v, want %+v", tc.hex, got, err, want)
+			}
+		})
+	}
 }
 
 // mapBytes hand-assembles a map encoding from raw fields, valid or not.
@@ -272,6 +312,13 @@ func TestDecodeRejects(t *testing.T) {
 		{"Message/ErrSlash", decodeMessage, msg("a", "b/c")},
 		{"Message/ErrTrailing", decodeMessage, append(msg("a", "b"), 0)},
 		{"Message/ErrOverlongLen", decodeMessage, []byte{1, 0x81, 0x00, 'a', 1, 'b', 0}},
+		{"Marker/ErrNoFrom", decodeMessage, crdt.ErasureMarker("", "b").AppendBinary(nil)},
+		{"Marker/ErrNoTo", decodeMessage, crdt.ErasureMarker("a", "").AppendBinary(nil)},
+		{"Marker/ErrSlash", decodeMessage, crdt.ErasureMarker("a/b", "c").AppendBinary(nil)},
+		{"Marker/ErrBody", decodeMessage, append(crdt.ErasureMarker("a", "b").AppendBinary(nil), 2, 'h', 'i')},
+		{"Marker/ErrEmptyBody", decodeMessage, append(crdt.ErasureMarker("a", "b").AppendBinary(nil), 0)},
+		{"Marker/ErrTruncated", decodeMessage, []byte{2, 1, 'a'}},
+		{"Marker/ErrOverlongLen", decodeMessage, []byte{2, 0x81, 0x00, 'a', 1, 'b'}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := tc.decode(tc.in); err == nil {
@@ -450,6 +497,7 @@ func FuzzDecodeCursor(f *testing.F) {
 func FuzzDecodeMessage(f *testing.F) {
 	f.Add(crdt.Message{From: "u1", To: "u2", Body: "hello"}.AppendBinary(nil))
 	f.Add(crdt.Message{From: "0f8c1d3e-6a55-4bc0", To: "x", Body: strings.Repeat("é", 100)}.AppendBinary(nil))
+	f.Add(crdt.ErasureMarker("u1", "u2").AppendBinary(nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := crdt.DecodeMessage(b)
 		if err != nil {
@@ -460,6 +508,9 @@ func FuzzDecodeMessage(f *testing.F) {
 		}
 		if m.From == "" || m.To == "" || strings.Contains(m.From, "/") || strings.Contains(m.To, "/") {
 			t.Fatalf("DecodeMessage(%x)=%+v, want two participants without '/'", b, m)
+		}
+		if m.Erased != crdt.IsErasureMarker(b) || (m.Erased && m.Body != "") {
+			t.Fatalf("DecodeMessage(%x)=%+v, but IsErasureMarker=%v", b, m, crdt.IsErasureMarker(b))
 		}
 	})
 }
