@@ -47,6 +47,9 @@ func trustedProxy(trusted []netip.Prefix, a netip.Addr) bool {
 // a proxy that sends none, or garbage, is the client). Per-address limits and the
 // access log use it; the result is the caller's (no request buffer aliased).
 func (n *Node) clientAddr(c *fiber.Ctx) string {
+	if f := forwardedOf(c); f != nil {
+		return f.client // as the node that forwarded it determined it
+	}
 	return clientAddrOf(n.trusted, c.Context().RemoteIP(), c.Request().Header.Peek(fiber.HeaderXForwardedFor))
 }
 

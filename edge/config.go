@@ -28,6 +28,11 @@ type Config struct {
 	// address (containers, NAT). Empty: the bind address.
 	Advertise string
 	Join      []string // members to join; empty: a cluster of one
+	// Replicas is how many nodes of each region hold each key (placement by rendezvous
+	// hashing over the region's live members); 0, the default: every node holds
+	// everything. A node asked for a key it does not hold forwards the request to one that
+	// does (forward.go). Every node of a cluster must be given the same value.
+	Replicas int
 
 	// ClusterKeys are the cluster's shared secrets, 32 bytes each. The first signs and
 	// encrypts; the others are still accepted (rotation). Empty: a single node generates one
@@ -123,6 +128,8 @@ func (c Config) Validate() error {
 		return errors.New("config: SessionTTL and IdleTTL must be positive")
 	case c.MaxSkew <= 0:
 		return errors.New("config: MaxSkew must be positive")
+	case c.Replicas < 0:
+		return errors.New("config: Replicas must not be negative")
 	case c.SweepEvery <= 0:
 		return errors.New("config: SweepEvery must be positive")
 	case c.BookmarkWait < 0 || c.BookmarkTimeout <= 0:

@@ -176,7 +176,8 @@ var errBehind = functions.Errorf(functions.EBehind,
 // await meets bookmark b for the request, within BookmarkTimeout: nil, or errBehind with
 // Retry-After set.
 func (n *Node) await(c *fiber.Ctx, b crdt.Bookmark) error {
-	if n.replicator.Covers(b) {
+	p := partitionIn(c)
+	if n.replicator.Covers(b, p) {
 		return nil
 	}
 	// A request that has to wait holds one of the node's bounded waiting slots; one
@@ -188,7 +189,7 @@ func (n *Node) await(c *fiber.Ctx, b crdt.Bookmark) error {
 		return errBehind
 	}
 	defer n.awaiting.release(addr)
-	a, err := n.replicator.Await(c.UserContext(), b, n.cfg.BookmarkWait, n.cfg.BookmarkTimeout)
+	a, err := n.replicator.Await(c.UserContext(), b, p, n.cfg.BookmarkWait, n.cfg.BookmarkTimeout)
 	if rc := requestIn(c.UserContext()); rc != nil && a != cluster.Covered {
 		rc.waited = true
 	}

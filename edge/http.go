@@ -80,7 +80,11 @@ func (n *Node) newApp() *fiber.App {
 	app.Get("/readyz", n.readyz)
 	app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{})))
 
-	v1 := app.Group("/v1", n.consistency)
+	chain := []fiber.Handler{n.consistency}
+	if n.cfg.Replicas > 0 {
+		chain = []fiber.Handler{n.route, n.consistency} // forward.go
+	}
+	v1 := app.Group("/v1", chain...)
 	v1.Post("/users", n.register)
 	v1.Post("/sessions", n.login)
 	v1.Get("/sessions/current", n.auth, n.currentSession)
@@ -177,11 +181,7 @@ func (n *Node) auth(c *fiber.Ctx) error {
 	// The one string of the Ctx a handler takes uncopied (see param): the token is only
 	// parsed and looked up here, and tokens.verify copies the cache key it keeps. A copy
 	// cost every authenticated request a 448-byte allocation, 5-10% of BenchmarkHandler/read.
-	raw, ok := bearerToken(c.Get(fiber.HeaderAuthorization))
-	if !ok {
-		return functions.Errorf(functions.EUnauthorized, "missing bearer token")
-	}
-	tok, err := n.tokens.verify(raw)
+	tok, err := n.caller(c)
 	if err == nil {
 		if rc := requestIn(c.UserContext()); rc != nil {
 			rc.owner = tok.userID // signed by us: the caller
@@ -200,7 +200,7 @@ func (n *Node) auth(c *fiber.Ctx) error {
 	if functions.ErrorCode(err) == functions.EUsernameConflict && leaving(c) {
 		p, err = n.sessions.AuthenticateLeaving(c.UserContext(), tok.userID, tok.sessionID)
 	}
-	if functions.ErrorCode(err) == functions.EUnauthorized && !tok.created.IsZero() && !n.replicator.Covers(tok.created) {
+	if functions.ErrorCode(err) == functions.EUnauthorized && !tok.created.IsZero() && !n.replicator.Covers(tok.created, partitionIn(c)) {
 		// The session may be younger than this node's copy of the cluster's state: meet
 		// the bookmark of its creation, then look again. Never a 401 caused by lag.
 		if err := n.await(c, tok.created); err != nil {
@@ -213,6 +213,19 @@ func (n *Node) auth(c *fiber.Ctx) error {
 	}
 	c.Locals(localsPrincipal, p)
 	return c.Next()
+}
+
+// caller returns the verified token of the request's caller: the bearer token's, or the
+// one the node that forwarded the request verified (forward.go).
+func (n *Node) caller(c *fiber.Ctx) (verified, error) {
+	if f := forwardedOf(c); f != nil && f.caller != nil {
+		return *f.caller, nil
+	}
+	raw, ok := bearerToken(c.Get(fiber.HeaderAuthorization))
+	if !ok {
+		return verified{}, functions.Errorf(functions.EUnauthorized, "missing bearer token")
+	}
+	return n.tokens.verify(raw)
 }
 
 // bearerToken returns the token of an Authorization header of the Bearer scheme, whose

@@ -18,6 +18,7 @@ type metrics struct {
 	requests      *prometheus.CounterVec
 	latency       *prometheus.HistogramVec
 	loginFailures *prometheus.CounterVec
+	forwards      *prometheus.CounterVec
 
 	// byRequest caches each (route, method, status)'s series: requestKey → *requestMetrics.
 	// WithLabelValues would hash and look up the labels twice per request. The series are
@@ -77,8 +78,22 @@ func newMetrics(db *storage.DB) *metrics {
 			return float64(pick(st))
 		})
 	}
+	m.forwards = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sessiond_forwarded_requests_total",
+		Help: "Requests for data this node does not hold (--replicas), by outcome: forwarded to a holder, or served here because no holder answered (no_holder).",
+	}, []string{"outcome"})
 	m.reg.MustRegister(
-		m.requests, m.latency, m.loginFailures,
+		m.requests, m.latency, m.loginFailures, m.forwards,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sessiond_stored_keys",
+			Help: "Replicated keys (records and log entries) this node stores: those of the partitions it holds, and any it still hands off.",
+		}, func() float64 {
+			k, err := db.Keys(context.Background())
+			if err != nil {
+				return -1
+			}
+			return float64(k)
+		}),
 		stored("sessiond_stored_users", "User records held by this node.", func(s storage.Stats) int { return s.Users }),
 		stored("sessiond_stored_sessions", "Session records held by this node.", func(s storage.Stats) int { return s.Sessions }),
 		stored("sessiond_stored_messages", "Message log entries held by this node.", func(s storage.Stats) int { return s.Messages }),
@@ -86,4 +101,14 @@ func newMetrics(db *storage.DB) *metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
+}
+
+// forwarded counts a request for data this node does not hold: relayed to holder, or
+// served here ("") when no holder answered.
+func (m *metrics) forwarded(holder string) {
+	outcome := "forwarded"
+	if holder == "" {
+		outcome = "no_holder"
+	}
+	m.forwards.WithLabelValues(outcome).Inc()
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
 
 	"github.com/sessiond/sessiond/edge/cluster"
 	"github.com/sessiond/sessiond/functions"
@@ -31,6 +32,7 @@ type Node struct {
 
 	db       *storage.DB
 	app      *fiber.App
+	handler  atomic.Pointer[fasthttp.RequestHandler] // app's, once it exists: serves forwarded requests
 	ln       net.Listener
 	metrics  *metrics
 	headers  responseHeaders
@@ -146,7 +148,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.tokens = newTokens(keys, n.cfg.Now)
 	n.limits = newLimiter(n.counters)
 	n.limits.nodes = func() int { return 1 + n.replicator.Peers() }
-	st := store{n.db}
+	st := store{DB: n.db}
+	if n.cfg.Replicas > 0 {
+		st.remote = n.replicator
+	}
 	clock := n.db.Clock()
 	passwords := functions.NewPasswords(n.cfg.PasswordHashes)
 	n.users = &functions.Users{Store: st, Clock: clock, Passwords: passwords}
@@ -155,6 +160,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.cluster = &functions.Cluster{Membership: clusterView{n}}
 	n.headers = newResponseHeaders(n.cfg.NodeName)
 	n.app = n.newApp()
+	h := n.app.Handler()
+	n.handler.Store(&h) // forwarded requests may be served now
 
 	n.ln, err = net.Listen("tcp", n.cfg.HTTPAddr)
 	if err != nil {
@@ -289,7 +296,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		return err
 	}
 	n.replicator = cluster.NewReplicator(cluster.Config{
-		DB: n.db, Transport: n.transport, Name: n.cfg.NodeName, Region: n.cfg.Region,
+		DB: n.db, Transport: n.transport, Name: n.cfg.NodeName, Region: n.cfg.Region, Replicas: n.cfg.Replicas,
 		AntiEntropyEvery: n.cfg.AntiEntropyEvery, Now: n.cfg.Now,
 		MaxSkew: n.cfg.MaxSkew, FetchTimeout: n.cfg.BookmarkTimeout,
 		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
@@ -308,6 +315,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
+		n.transport.HandleForward(http.HandlerFunc(n.serveForwarded))
 		if err := n.transport.Serve(n.syncLn, cluster.WithCounters(n.replicator, n.counters)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("sync server stopped", slog.Any("err", err))
 		}

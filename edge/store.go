@@ -13,12 +13,33 @@ import (
 // request whose context it is given (requestIn), the caller's own records and the entries
 // of their conversations that a handler reads, and every write it makes, so the response
 // can name what it showed and wrote; outside a request it only passes through.
-type store struct{ *storage.DB }
+//
+// With placement (Config.Replicas), a request is served by a node that holds its
+// caller's partition (forward.go), so what a handler reads and writes of the caller is
+// here; other users' records it reads (a recipient's name, a conversation partner's)
+// may not be: those it reads from a node that holds them (remote), without storing them.
+type store struct {
+	*storage.DB
+	remote remoteRecords // nil: every record is here
+}
+
+// remoteRecords reads records this node does not hold; *cluster.Replicator implements it.
+type remoteRecords interface {
+	HoldsKey(key string) bool
+	ReadRecords(ctx context.Context, keys []string) (map[string]crdt.Map, error)
+}
 
 var _ functions.Store = store{}
 
 // Record implements functions.Store.
 func (s store) Record(ctx context.Context, key string) (crdt.Map, bool, error) {
+	if s.remote != nil && !s.remote.HoldsKey(key) {
+		ms, ok, err := s.Records(ctx, key)
+		if err != nil {
+			return crdt.Map{}, false, err
+		}
+		return ms[0], ok[0], nil
+	}
 	m, ok, err := s.DB.Record(ctx, key)
 	if r := requestIn(ctx); ok && r != nil && r.shows(key, &m) {
 		r.shown.AddMap(&m)
@@ -29,6 +50,9 @@ func (s store) Record(ctx context.Context, key string) (crdt.Map, bool, error) {
 // Records implements functions.Store.
 func (s store) Records(ctx context.Context, keys ...string) ([]crdt.Map, []bool, error) {
 	ms, ok, err := s.DB.Records(ctx, keys...)
+	if err == nil && s.remote != nil {
+		err = s.readRemote(ctx, keys, ms, ok)
+	}
 	if r := requestIn(ctx); r != nil && err == nil {
 		for i := range ms {
 			if ok[i] && r.shows(keys[i], &ms[i]) {
@@ -37,6 +61,30 @@ func (s store) Records(ctx context.Context, keys ...string) ([]crdt.Map, []bool,
 		}
 	}
 	return ms, ok, err
+}
+
+// readRemote fills in, from the nodes that hold them, the records of keys this node does
+// not hold.
+func (s store) readRemote(ctx context.Context, keys []string, ms []crdt.Map, ok []bool) error {
+	var far []string
+	for _, k := range keys {
+		if !s.remote.HoldsKey(k) {
+			far = append(far, k)
+		}
+	}
+	if len(far) == 0 {
+		return nil
+	}
+	got, err := s.remote.ReadRecords(ctx, far)
+	if err != nil {
+		return functions.Errorf(functions.EUnavailable, "no node holding the records asked for answered")
+	}
+	for i, k := range keys {
+		if m, found := got[k]; found {
+			ms[i], ok[i] = m, true
+		}
+	}
+	return nil
 }
 
 // UserSessions implements functions.Store.

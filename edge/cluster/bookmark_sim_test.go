@@ -271,7 +271,7 @@ func (c *testCluster) unheld(b crdt.Bookmark, i int) []crdt.Timestamp {
 		}
 		held := false
 		for j, n := range c.nodes {
-			if rep := n.Rep(); j != i && rep != nil && c.canCall(i, j) && rep.Covers(bookmarkOf(ts)) {
+			if rep := n.Rep(); j != i && rep != nil && c.canCall(i, j) && rep.Covers(bookmarkOf(ts), AllPartitions) {
 				held = true
 				break
 			}
@@ -303,7 +303,7 @@ func (s *bmScenario) await(cl *bmClient, i int, write bool) bool {
 		}
 	}
 	start := time.Now()
-	a, err := rep.Await(context.Background(), cl.bookmark, bmWait, bmTimeout)
+	a, err := rep.Await(context.Background(), cl.bookmark, AllPartitions, bmWait, bmTimeout)
 	took := time.Since(start)
 	switch a {
 	case Covered:
@@ -346,7 +346,7 @@ func (s *bmScenario) await(cl *bmClient, i int, write bool) bool {
 		s.t.Errorf("%s on %s: Await set marks aside (set_aside); bookmark %v, Have %v",
 			what, c.nodes[i].name, cl.bookmark.Marks(), rep.Have().Marks())
 	}
-	if !rep.Covers(cl.bookmark) {
+	if !rep.Covers(cl.bookmark, AllPartitions) {
 		s.t.Errorf("%s on %s: Await = %v, but the node's Have %v does not cover the bookmark %v",
 			what, c.nodes[i].name, a, rep.Have().Marks(), cl.bookmark.Marks())
 	}

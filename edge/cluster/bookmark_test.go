@@ -154,7 +154,7 @@ func (c *testCluster) record(t testing.TB, i int, key string) (crdt.Map, bool) {
 // within.
 func (c *testCluster) await(i int, b crdt.Bookmark, wait, within time.Duration) (Awaited, time.Duration, error) {
 	start := time.Now()
-	a, err := c.nodes[i].Rep().Await(context.Background(), b, wait, within)
+	a, err := c.nodes[i].Rep().Await(context.Background(), b, AllPartitions, wait, within)
 	return a, time.Since(start), err
 }
 
@@ -171,7 +171,7 @@ func TestAwait(t *testing.T) {
 		_, ts := c.mustWrite(t, 0, key, newSession(owner))
 		b := bookmarkOf(ts)
 		waitFor(t, 10*time.Second, func() (bool, string) {
-			return c.nodes[1].Rep().Covers(b), "the push did not arrive"
+			return c.nodes[1].Rep().Covers(b, AllPartitions), "the push did not arrive"
 		})
 		a, took, err := c.await(1, b, 10*time.Second, 10*time.Second)
 		if a != Covered || err != nil || took > time.Second {
@@ -223,7 +223,7 @@ func TestAwait(t *testing.T) {
 		if s := c.net.linkStats("n1", "n0"); s.Calls["digest"] == 0 {
 			t.Errorf("n1 made no anti-entropy call to n0: %v", s.Calls)
 		}
-		if !c.nodes[1].Rep().Covers(b) {
+		if !c.nodes[1].Rep().Covers(b, AllPartitions) {
 			t.Errorf("after the fetch, n1's Have %v does not cover %v", c.nodes[1].Rep().Have().Marks(), ts)
 		}
 	})
@@ -237,7 +237,7 @@ func TestAwait(t *testing.T) {
 		_, ts := c.mustWrite(t, 0, key, newSession(owner))
 		b := bookmarkOf(ts)
 		waitFor(t, 10*time.Second, func() (bool, string) {
-			return c.nodes[2].Rep().Covers(b), "n0's push to n2 did not arrive"
+			return c.nodes[2].Rep().Covers(b, AllPartitions), "n0's push to n2 did not arrive"
 		})
 		c.net.resetStats()
 		a, took, err := c.await(1, b, 0, 10*time.Second)
@@ -282,7 +282,7 @@ func TestAwait(t *testing.T) {
 			b := bookmarkOf(ts)
 			if tc.n2Holds {
 				waitFor(t, 10*time.Second, func() (bool, string) {
-					return c.nodes[2].Rep().Covers(b), "n0's push to n2 did not arrive"
+					return c.nodes[2].Rep().Covers(b, AllPartitions), "n0's push to n2 did not arrive"
 				})
 			}
 			if tc.after != nil {
@@ -341,7 +341,7 @@ func TestAwait(t *testing.T) {
 			if calls := c.net.linkStats("n1", "n0").Calls["digest"] + c.net.linkStats("n1", "n2").Calls["digest"]; calls == 0 {
 				t.Errorf("Await answered without fetching from any peer")
 			}
-			if c.nodes[1].Rep().Covers(b) {
+			if c.nodes[1].Rep().Covers(b, AllPartitions) {
 				t.Errorf("n1's Have covers a mark it never got: %v", c.nodes[1].Rep().Have().Marks())
 			}
 		})
@@ -559,7 +559,7 @@ func TestBookmarkThroughOvertaken(t *testing.T) {
 	key := bmKey("overtaken")
 	_, created := c.mustWrite(t, 0, key, newSession("someone"))
 	waitFor(t, 10*time.Second, func() (bool, string) {
-		return c.nodes[1].Rep().Covers(bookmarkOf(created)) && c.nodes[2].Rep().Covers(bookmarkOf(created)), "the session did not reach n1 and n2"
+		return c.nodes[1].Rep().Covers(bookmarkOf(created), AllPartitions) && c.nodes[2].Rep().Covers(bookmarkOf(created), AllPartitions), "the session did not reach n1 and n2"
 	})
 	c.CutOneWay(0, 1)
 	c.CutOneWay(0, 2)

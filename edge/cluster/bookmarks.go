@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -25,20 +26,43 @@ import (
 // A push of which we refused a change (clock skew) makes us stop believing that origin's
 // Through until a round with it completes without refusals.
 
+// With placement (holding.go), what a node knows it holds is about the partitions it
+// holds. The base knowledge covers every partition it holds but those gained since the
+// data was sharded this way (gained): those it only knows from what it learnt under the
+// current placement — pushes' Through (which cover every partition held) and completed
+// rounds, each of which teaches, for the partitions it compared, what the peer held of
+// those the peer knows of (learnt, the latest round per peer). A question about one
+// partition (a request is about its caller's) is answered from that partition's
+// knowledge; a question about none (AllPartitions) from what covers them all.
+
 // haveState is what this node holds of each other origin's writes. Safe for concurrent use.
 type haveState struct {
 	mu         sync.Mutex
-	have       crdt.Bookmark             // never holds our own node
-	changed    chan struct{}             // closed and replaced whenever have rises
-	distrusted map[crdt.NodeID]uint64    // origins whose pushes we partly refused → epoch
-	epoch      uint64                    // counts distrust events
-	lastLive   map[crdt.NodeID]time.Time // when each node last stopped being a live peer
-	fetching   map[crdt.NodeID]*fetch    // fetches in flight, by peer
+	have       crdt.Bookmark                 // base knowledge; never holds our own node
+	gained     partitionSet                  // partitions the base is not about (sharded only)
+	through    crdt.Bookmark                 // Throughs told under the current placement: about every partition held
+	learnt     map[crdt.NodeID][2]lesson     // the latest round with each peer taught these
+	placement  uint64                        // the fingerprint of the current placement
+	changed    chan struct{}                 // closed and replaced whenever knowledge rises
+	distrusted map[crdt.NodeID]uint64        // origins whose pushes we partly refused → epoch
+	epoch      uint64                        // counts distrust events
+	lastLive   map[crdt.NodeID]time.Time     // when each node last stopped being a live peer
+	fetching   map[crdt.NodeID]*fetch        // fetches in flight, by peer
 	lastFetch  map[crdt.NodeID]time.Time
 }
 
+// lesson is knowledge about some partitions.
+type lesson struct {
+	about partitionSet
+	have  crdt.Bookmark
+}
+
+// AllPartitions, as a partition, asks about every partition this node holds.
+const AllPartitions = -1
+
 func (h *haveState) init() {
 	h.changed = make(chan struct{})
+	h.learnt = make(map[crdt.NodeID][2]lesson)
 	h.distrusted = make(map[crdt.NodeID]uint64)
 	h.lastLive = make(map[crdt.NodeID]time.Time)
 	h.fetching = make(map[crdt.NodeID]*fetch)
@@ -49,41 +73,72 @@ func (h *haveState) init() {
 func (h *haveState) gone(node crdt.NodeID, t time.Time) {
 	h.mu.Lock()
 	h.lastLive[node] = t
+	delete(h.learnt, node)
 	h.mu.Unlock()
 }
 
-// raiseLocked adds b's marks (but self's) to have and wakes waiters if it rose.
+// raiseLocked adds b's marks (but self's) to the base knowledge and wakes waiters if it
+// rose.
 func (h *haveState) raiseLocked(b crdt.Bookmark, self crdt.NodeID) {
+	if raise(&h.have, b, self) {
+		h.wakeLocked()
+	}
+}
+
+func (h *haveState) wakeLocked() {
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// raise adds b's marks but self's to dst and reports whether dst rose.
+func raise(dst *crdt.Bookmark, b crdt.Bookmark, self crdt.NodeID) bool {
 	changed := false
 	for _, ts := range b.Marks() {
-		if ts.Node != self && h.have.Add(ts) {
+		if ts.Node != self && dst.Add(ts) {
 			changed = true
 		}
 	}
-	if changed {
-		close(h.changed)
-		h.changed = make(chan struct{})
-	}
+	return changed
 }
 
-// pushed records an origin's Through.
-func (h *haveState) pushed(through crdt.Timestamp) {
+// pushed records an origin's Through, told under the placement with fingerprint
+// placement (ignored under any other): it covers every partition we hold.
+func (h *haveState) pushed(through crdt.Timestamp, placement uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, ok := h.distrusted[through.Node]; !ok {
-		var b crdt.Bookmark
-		b.Add(through)
-		h.raiseLocked(b, 0)
+	if _, ok := h.distrusted[through.Node]; !ok && placement == h.placement {
+		a, b := h.have.Add(through), h.through.Add(through)
+		if a || b {
+			h.wakeLocked()
+		}
 	}
 }
 
-// forget drops what this node knew it holds of other origins' writes: the placement
-// changed, and it may now hold partitions that knowledge did not cover. Waiters keep
-// waiting; pushes and rounds under the new placement teach it again.
-func (h *haveState) forget() {
+// replan starts a new placement (fingerprint placement) under which this node holds the
+// partitions held says, gaining those in gained: the base is not about them, and what
+// was learnt about partitions not held before is dropped (their data may have been
+// leftovers since dropped). Knowledge of partitions held before and now stays.
+func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 	h.mu.Lock()
-	h.have = crdt.Bookmark{}
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	h.placement = placement
+	h.through = crdt.Bookmark{}
+	var now partitionSet
+	for _, p := range gained {
+		h.gained.add(p)
+		now.add(p)
+	}
+	for i := range h.gained {
+		h.gained[i] &= held[i]
+	}
+	for peer, ls := range h.learnt {
+		for i := range ls {
+			for w := range ls[i].about {
+				ls[i].about[w] &= held[w] &^ now[w]
+			}
+		}
+		h.learnt[peer] = ls
+	}
 }
 
 // distrust stops believing origin's pushes until a round with it, begun after this call,
@@ -102,49 +157,118 @@ func (h *haveState) roundStarts() uint64 {
 	return h.epoch
 }
 
-// synced records a completed anti-entropy round with peer, begun at epoch, which held
-// have. A distrust of peer from after the round began stands: the round may not have
-// carried what was refused.
-func (h *haveState) synced(peer crdt.NodeID, epoch uint64, have crdt.Bookmark, self crdt.NodeID) {
+// roundScope is what a completed anti-entropy round compared: every partition we hold
+// with a peer that knows of them all (all), or some partitions we hold (compared), of
+// which the peer knows what it holds of those in full (nil sets: every partition).
+type roundScope struct {
+	all            bool
+	compared, full *partitionSet
+}
+
+// synced records a completed anti-entropy round with peer, begun at epoch, under the
+// placement with fingerprint placement, when peer held have: the round leaves us holding
+// all of it in the partitions of scope.full, and the peer's own writes in every partition
+// compared. It counts only under the current placement. A distrust of peer from after the
+// round began stands: the round may not have carried what was refused.
+func (h *haveState) synced(peer crdt.NodeID, epoch uint64, have crdt.Bookmark, self crdt.NodeID, placement uint64, scope roundScope) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if e, ok := h.distrusted[peer]; ok && e <= epoch {
 		delete(h.distrusted, peer)
 	}
-	h.raiseLocked(have, self)
+	if placement != h.placement {
+		return
+	}
+	if scope.all {
+		if h.have.CoveredBy(have) {
+			h.gained = partitionSet{} // every partition held now knows at least the base
+		}
+		h.raiseLocked(have, self)
+		return
+	}
+	var full, own crdt.Bookmark
+	raise(&full, have, self)
+	own.Add(have.Mark(peer))
+	h.learnt[peer] = [2]lesson{{about: *scope.full, have: full}, {about: *scope.compared, have: own}}
+	h.wakeLocked()
 }
 
-// missing returns the marks of b not covered, ignoring marks of self (ours are covered
-// by the commit mark, or can never be: a bookmark from a former life of this node's
-// data, or made up), and the channel that is closed when have next rises.
-func (h *haveState) missing(b crdt.Bookmark, self crdt.NodeID) ([]crdt.Timestamp, <-chan struct{}) {
+// missing returns the marks of b not covered in partition p (AllPartitions: in every
+// partition held), ignoring marks of self (ours are covered by the commit mark, or can
+// never be: a bookmark from a former life of this node's data, or made up), and the
+// channel that is closed when knowledge next rises.
+func (h *haveState) missing(b crdt.Bookmark, self crdt.NodeID, p int) ([]crdt.Timestamp, <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var out []crdt.Timestamp
 	for _, ts := range b.Marks() {
-		if ts.Node != self && !h.have.Covers(ts) {
+		if ts.Node != self && !h.coversLocked(ts, p) {
 			out = append(out, ts)
 		}
 	}
 	return out, h.changed
 }
 
+func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
+	if p == AllPartitions {
+		return h.have.Covers(ts) && (h.gained == partitionSet{} || h.through.Covers(ts))
+	}
+	if !h.gained.has(p) && h.have.Covers(ts) || h.through.Covers(ts) {
+		return true
+	}
+	for _, ls := range h.learnt {
+		for i := range ls {
+			if ls[i].about.has(p) && ls[i].have.Covers(ts) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// base returns the base knowledge and the partitions it is not about.
+func (h *haveState) base() (crdt.Bookmark, partitionSet) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.have.Clone(), h.gained
+}
+
 // Have returns what this node holds: for each origin, itself included, a mark up to which
-// it holds every write that origin stamped. The Bookmark is the caller's.
+// it holds every write that origin stamped (with placement: in the partitions it held
+// before its latest change of placement). The Bookmark is the caller's.
 func (r *Replicator) Have() crdt.Bookmark {
-	r.have.mu.Lock()
-	b := r.have.have.Clone()
-	r.have.mu.Unlock()
+	b, _ := r.have.base()
 	b.Add(r.cfg.DB.Committed())
 	return b
 }
 
-// Covers reports at once, without waiting, whether this node holds everything b covers.
-func (r *Replicator) Covers(b crdt.Bookmark) bool {
+// haveOf returns what this node knows it holds of the partitions in mask (nil: all) that
+// it holds, and which those are (nil: all): the base knowledge, of the partitions it
+// holds but those gained, and its own writes.
+func (r *Replicator) haveOf(mask []uint64) (crdt.Bookmark, []uint64) {
+	b, gained := r.have.base()
+	b.Add(r.cfg.DB.Committed())
+	v := r.view.Load()
+	if !v.sharded() {
+		return b, nil // every partition is held, and known alike
+	}
+	about := v.held(r.self)
+	for i := range about {
+		about[i] &^= gained[i]
+		if mask != nil && i < len(mask) {
+			about[i] &= mask[i]
+		}
+	}
+	return b, about.words()
+}
+
+// Covers reports at once, without waiting, whether this node holds everything b covers
+// in partition p (AllPartitions: in every partition it holds).
+func (r *Replicator) Covers(b crdt.Bookmark, p int) bool {
 	if b.IsZero() {
 		return true
 	}
-	m, _ := r.have.missing(b, r.self)
+	m, _ := r.have.missing(b, r.self, p)
 	return len(m) == 0
 }
 
@@ -169,7 +293,8 @@ var awaitedNames = [...]string{"covered", "waited", "fetched", "set_aside", "beh
 // String returns the metric label of a.
 func (a Awaited) String() string { return awaitedNames[a] }
 
-// Await returns once this node holds everything b covers. It waits up to wait for
+// Await returns once this node holds everything b covers in partition p (AllPartitions:
+// in every partition it holds; a request is about its caller's). It waits up to wait for
 // replication to bring it; then it fetches what is missing by anti-entropy (pull only),
 // from each missing mark's origin first, then from other live peers, until ctx ends or
 // timeout (wait included) passes.
@@ -180,8 +305,8 @@ func (a Awaited) String() string { return awaitedNames[a] }
 // forgetUnknownAfter of nodes not seen alive here for as long (gone, or made up). Otherwise, when ctx ends or the candidates
 // are exhausted first, or when a mark is further ahead of local time than MaxSkew, Await
 // returns ErrBehind.
-func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait, timeout time.Duration) (Awaited, error) {
-	missing, changed := r.have.missing(b, r.self)
+func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, p int, wait, timeout time.Duration) (Awaited, error) {
+	missing, changed := r.have.missing(b, r.self, p)
 	if len(missing) == 0 {
 		return r.awaited(Covered, time.Time{})
 	}
@@ -213,7 +338,7 @@ func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait, timeout t
 			case <-ctx.Done():
 				return r.awaited(Behind, start)
 			}
-			if missing, changed = r.have.missing(b, r.self); len(missing) == 0 {
+			if missing, changed = r.have.missing(b, r.self, p); len(missing) == 0 {
 				return r.awaited(Waited, start)
 			}
 		}
@@ -223,7 +348,7 @@ func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait, timeout t
 	// after this call did (so after the bookmark's writes were acknowledged).
 	set := make(map[crdt.Timestamp]bool) // marks set aside
 	pending := func() []crdt.Timestamp {
-		m, _ := r.have.missing(b, r.self)
+		m, _ := r.have.missing(b, r.self, p)
 		out := m[:0]
 		for _, ts := range m {
 			if !set[ts] {
@@ -243,7 +368,7 @@ func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, wait, timeout t
 		have crdt.Bookmark
 		err  error
 	}
-	peers := r.fetchCandidates(missing)
+	peers := r.fetchCandidates(missing, p)
 	results := make(chan pulled, len(peers)) // buffered: a pull ends even when Await has
 	for _, p := range peers {
 		go func() { // ends with ctx, which ends when Await returns
@@ -280,6 +405,7 @@ collect:
 	if len(pending()) == 0 {
 		return met()
 	}
+	r.log.Debug("bookmark not met", "missing", fmt.Sprint(pending()), "partition", p, "fetched_from", len(peers))
 	return r.awaited(Behind, start)
 }
 
@@ -308,8 +434,13 @@ const maxAwaiting = 1024
 const maxFetchPeers = 4
 
 // fetchCandidates returns the live peers to fetch from: the origins of missing marks,
-// then other peers, at most maxFetchPeers in all.
-func (r *Replicator) fetchCandidates(missing []crdt.Timestamp) []Peer {
+// then the holders of partition p (with placement), then other peers, at most
+// maxFetchPeers in all.
+func (r *Replicator) fetchCandidates(missing []crdt.Timestamp, p int) []Peer {
+	var holders []Peer
+	if p != AllPartitions {
+		holders = r.Holders(p)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []Peer
@@ -318,6 +449,12 @@ func (r *Replicator) fetchCandidates(missing []crdt.Timestamp) []Peer {
 		if w, ok := r.workers[ts.Node]; ok && !seen[ts.Node] {
 			seen[ts.Node] = true
 			out = append(out, w.peer)
+		}
+	}
+	for _, h := range holders {
+		if _, live := r.workers[h.ID]; live && !seen[h.ID] && len(out) < maxFetchPeers {
+			seen[h.ID] = true
+			out = append(out, h)
 		}
 	}
 	for id, w := range r.workers { // map order: a random choice among the others
@@ -417,7 +554,7 @@ func (r *Replicator) startFetch(peer Peer) (*fetch, time.Duration, error) {
 		defer r.wg.Done()
 		fctx, cancel := context.WithTimeout(r.ctx, r.cfg.FetchTimeout)
 		defer cancel()
-		have, complete, err := r.sync(fctx, peer, true)
+		have, complete, _, err := r.sync(fctx, peer, true)
 		if err == nil && !complete {
 			err = errors.New("anti-entropy with " + peer.Name + " did not complete")
 		}

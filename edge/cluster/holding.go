@@ -1,8 +1,12 @@
 package cluster
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"hash/fnv"
+	"slices"
 
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/edge/cluster/placement"
@@ -116,4 +120,109 @@ func (v *view) syncMask(self, peer crdt.NodeID, d *crdt.Digest) *partitionSet {
 		}
 	}
 	return &m
+}
+
+// Sharded reports whether nodes hold parts of the data, so that a request may have to be
+// served by another node (Config.Replicas > 0).
+func (r *Replicator) Sharded() bool { return r.view.Load().sharded() }
+
+// HoldsPartition reports whether this node holds partition p by the current placement.
+func (r *Replicator) HoldsPartition(p int) bool {
+	v := r.view.Load()
+	return v.table == nil || v.table.Owns(r.self, p)
+}
+
+// Holders returns the live peers that hold partition p, in the order to ask them: this
+// node's region first, in placement order, then the other regions', by name of region.
+// The slice is the caller's.
+func (r *Replicator) Holders(p int) []Peer {
+	v := r.view.Load()
+	if v.table == nil {
+		return nil
+	}
+	peers := r.livePeers()
+	var out []Peer
+	add := func(region string) {
+		for _, m := range v.table.Owners(region, p) {
+			if pr, ok := peers[m.ID]; ok {
+				out = append(out, pr)
+			}
+		}
+	}
+	add(r.cfg.Region)
+	var regions []string
+	for _, m := range v.table.Members() {
+		if m.Region != r.cfg.Region && (len(regions) == 0 || regions[len(regions)-1] != m.Region) {
+			regions = append(regions, m.Region)
+		}
+	}
+	for _, region := range regions {
+		add(region)
+	}
+	return out
+}
+
+// Placement summarises this node's placement for the cluster view.
+type Placement struct {
+	Replicas   int // per region; 0: every node holds everything
+	Partitions int // partitions this node holds, of crdt.Partitions
+	Ideal      float64
+}
+
+// Placement returns this node's share of the partitions.
+func (r *Replicator) Placement() Placement {
+	v := r.view.Load()
+	if v.table == nil {
+		return Placement{Partitions: crdt.Partitions, Ideal: crdt.Partitions}
+	}
+	return Placement{Replicas: r.cfg.Replicas, Partitions: v.table.Share(r.self), Ideal: v.table.Ideal(r.cfg.Region)}
+}
+
+// HoldsKey reports whether this node holds one of key's homes by the current placement.
+func (r *Replicator) HoldsKey(key string) bool { return r.view.Load().holds(r.self, key) }
+
+// ReadRecords reads records this node does not hold from nodes that do: for each key,
+// the holders of its first home, in Holders order, until one answers. It returns the
+// states of the keys found (a key absent from the map exists nowhere the holder knows
+// of), or an error when every holder of some key failed. Nothing read is stored here.
+func (r *Replicator) ReadRecords(ctx context.Context, keys []string) (map[string]crdt.Map, error) {
+	out := make(map[string]crdt.Map, len(keys))
+	byPartition := map[int][]string{}
+	for _, k := range keys {
+		p := crdt.KeyHomes(k).First()
+		byPartition[p] = append(byPartition[p], k)
+	}
+	for p, ks := range byPartition {
+		var req LeavesRequest
+		for _, k := range ks {
+			// A range that holds exactly k: the holder sends its state, as to a replica
+			// that lacks it.
+			req.Leaves = append(req.Leaves, LeafPairs{Leaf: p, From: k, To: k + "\x00"})
+		}
+		var err error
+		read := false
+		for _, peer := range r.Holders(p) {
+			var rep LeavesReply
+			if rep, err = r.cfg.Transport.Leaves(ctx, peer, req); err != nil {
+				if ctx.Err() != nil {
+					return nil, err
+				}
+				continue
+			}
+			for _, c := range rep.Changes {
+				if c.Conv == "" && slices.Contains(ks, c.Key) {
+					out[c.Key] = c.Map
+				}
+			}
+			read = !rep.Truncated
+			break
+		}
+		if !read {
+			if err == nil {
+				err = errors.New("no holder answered in full")
+			}
+			return nil, fmt.Errorf("read records of partition %d: %w", p, err)
+		}
+	}
+	return out, nil
 }

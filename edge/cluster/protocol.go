@@ -61,9 +61,9 @@ type DigestReply struct {
 	// included), every write stamped at or before the mark. A requester that completes
 	// the round holds all of it too.
 	Have crdt.Bookmark
-	// Placement is the fingerprint of the replier's placement: Have is what it holds of
-	// the partitions that placement gives it.
-	Placement uint64
+	// HaveMask, when not nil, is the partitions Have is about (of those the request
+	// compared): the replier holds them, and knows it holds Have of them. Nil: all.
+	HaveMask []uint64
 }
 
 // BranchLeaves is one branch's leaf hashes.
@@ -304,15 +304,7 @@ func (m *DigestRequest) UnmarshalBinary(b []byte) error {
 	if r.err == nil && n != crdt.DigestBranches {
 		r.err = fmt.Errorf("digest of %d branches, want %d", n, crdt.DigestBranches)
 	}
-	if k := r.count(8, maskWords); k > 0 {
-		m.Mask = make([]uint64, k)
-		for i := range m.Mask {
-			m.Mask[i] = r.u64()
-		}
-		if r.err == nil && k != maskWords {
-			r.err = fmt.Errorf("digest mask of %d words, want %d", k, maskWords)
-		}
-	}
+	m.Mask = r.mask()
 	return r.end()
 }
 
@@ -325,7 +317,11 @@ func (m DigestReply) MarshalBinary() ([]byte, error) {
 			w = w.u64(h)
 		}
 	}
-	return w.bytes(m.Have.AppendBinary(nil)).u64(m.Placement), nil
+	w = w.bytes(m.Have.AppendBinary(nil)).uvarint(uint64(len(m.HaveMask)))
+	for _, x := range m.HaveMask {
+		w = w.u64(x)
+	}
+	return w, nil
 }
 
 // UnmarshalBinary decodes a DigestReply.
@@ -346,8 +342,24 @@ func (m *DigestReply) UnmarshalBinary(b []byte) error {
 		m.Branches = append(m.Branches, bl)
 	}
 	m.Have = r.bookmark()
-	m.Placement = r.u64()
+	m.HaveMask = r.mask()
 	return r.end()
+}
+
+// mask reads a partition mask: none, or maskWords words.
+func (r *reader) mask() []uint64 {
+	k := r.count(8, maskWords)
+	if k == 0 {
+		return nil
+	}
+	out := make([]uint64, k)
+	for i := range out {
+		out[i] = r.u64()
+	}
+	if r.err == nil && k != maskWords {
+		r.err = fmt.Errorf("partition mask of %d words, want %d", k, maskWords)
+	}
+	return out
 }
 
 // MarshalBinary encodes a LeavesRequest.

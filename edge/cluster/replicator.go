@@ -120,6 +120,10 @@ type worker struct {
 	// (or gave up pushing a stretch of the feed): only then may a push tell Through, as
 	// the round covered what the pushes did not; owned by the worker goroutine.
 	synced bool
+	// era is the placement the worker's pushes and rounds have gone by since it last
+	// started over; a new placement starts it over (the old one filtered out changes the
+	// peer now holds). Owned by the worker goroutine.
+	era *view
 }
 
 // maxPushFailures is how many times in a row a worker tries to push the same changes
@@ -207,11 +211,18 @@ func (r *Replicator) SetPeers(peers []Peer) {
 			r.have.gone(id, time.Now())
 		}
 	}
-	if v := newView(r.selfPeer(), peers, r.cfg.Replicas); v.fingerprint != r.view.Load().fingerprint {
-		// What the old placement taught about what we hold does not carry over, and
-		// every worker's pushes so far went by the old one.
+	if v, old := newView(r.selfPeer(), peers, r.cfg.Replicas), r.view.Load(); v.fingerprint != old.fingerprint {
+		// What we know we hold of the partitions we gain starts empty, and every worker's
+		// pushes so far went by the old placement.
+		was, now := old.held(r.self), v.held(r.self)
+		var gained []int
+		for p := range crdt.Partitions {
+			if now.has(p) && !was.has(p) {
+				gained = append(gained, p)
+			}
+		}
 		r.view.Store(v)
-		r.have.forget()
+		r.have.replan(v.fingerprint, gained, now)
 		for _, w := range r.workers {
 			select {
 			case w.replan <- struct{}{}:
@@ -322,9 +333,11 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 	restart := func() {
 		// Every write of ours stamped at or before the commit mark is in the feed before
 		// the cursor, which the next anti-entropy round covers; later ones come after it.
+		w.era = r.view.Load()
 		w.pushed = r.cfg.DB.Committed()
 		cursor = r.cfg.DB.FeedSeq()
 		w.synced = false
+		w.told = crdt.Timestamp{} // what we told went by the old placement, which may not count now
 	}
 	restart()
 	needSync, pushRetry := true, false
@@ -337,8 +350,8 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 	defer retry.Stop()
 	for {
 		if needSync && !time.Now().Before(syncAfter) {
-			if err := r.SyncWith(ctx, w.peer); err == nil {
-				needSync, w.synced, syncBackoff = false, true, 0
+			if fp, err := r.syncWith(ctx, w.peer); err == nil {
+				needSync, w.synced, syncBackoff = false, fp == w.era.fingerprint, 0
 				r.caughtUpOnce.Do(func() { close(r.caughtUp) })
 			} else {
 				if ctx.Err() != nil {
@@ -348,6 +361,10 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 				syncAfter = time.Now().Add(syncBackoff)
 				log.Debug("anti-entropy with peer failed", slog.Any("err", err), "retry_in", syncBackoff)
 			}
+		}
+		if r.view.Load().fingerprint != w.era.fingerprint {
+			restart() // the replan signal may not have reached this loop yet
+			needSync, pushRetry, pushFailures = true, false, 0
 		}
 		if !pushRetry || !time.Now().Before(pushAfter) {
 			var err error
@@ -428,7 +445,7 @@ func (r *Replicator) pushFrom(ctx context.Context, w *worker, cursor uint64) (ui
 // it, or a mark that covers it would be told without it.
 func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mark crdt.Timestamp) (uint64, error) {
 	since, newest := w.pushed, w.pushed
-	v := r.view.Load()
+	v := w.era
 	for {
 		changes, next, err := r.cfg.DB.ChangesSince(ctx, cursor, r.cfg.PushBatch)
 		if err != nil {
@@ -558,9 +575,8 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) error {
 	}
 	if res.Rejected > 0 || res.TooLarge > 0 {
 		r.have.distrust(req.From)
-	} else if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self &&
-		req.Placement == r.view.Load().fingerprint {
-		r.have.pushed(req.Through)
+	} else if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
+		r.have.pushed(req.Through, req.Placement)
 	}
 	now := r.cfg.Now()
 	var newest time.Duration = -1
@@ -610,7 +626,8 @@ func (r *Replicator) HandleDigest(ctx context.Context, req DigestRequest) (Diges
 	}
 	// What we hold is read before the digest: the requester, once it has what the digest
 	// leads it to, holds at least that.
-	rep := DigestReply{Have: r.Have(), Placement: r.view.Load().fingerprint}
+	var rep DigestReply
+	rep.Have, rep.HaveMask = r.haveOf(req.Mask)
 	d := r.cfg.DB.Digest()
 	d.Restrict(req.Mask)
 	for b, h := range req.Branches {
@@ -766,21 +783,29 @@ func leafRequests(leaves []int, budget int, pairsOf func(leaf int) ([]storage.Ke
 // everything the peer held when it answered, so what the peer reported it held (its Have)
 // is added to ours.
 func (r *Replicator) SyncWith(ctx context.Context, peer Peer) error {
-	_, _, err := r.sync(ctx, peer, false)
+	_, err := r.syncWith(ctx, peer)
 	return err
+}
+
+// syncWith is SyncWith; it also returns the fingerprint of the placement the completing
+// round ran under.
+func (r *Replicator) syncWith(ctx context.Context, peer Peer) (uint64, error) {
+	_, _, fp, err := r.sync(ctx, peer, false)
+	return fp, err
 }
 
 // sync runs rounds with peer until one completes (or maxRounds did not suffice); pull
 // leaves out pushing what the peer lacks. It returns what the peer held as of the
 // completed round, and whether one completed.
-func (r *Replicator) sync(ctx context.Context, peer Peer, pull bool) (crdt.Bookmark, bool, error) {
+func (r *Replicator) sync(ctx context.Context, peer Peer, pull bool) (crdt.Bookmark, bool, uint64, error) {
 	for range maxRounds {
+		fp := r.view.Load().fingerprint // the placement syncRound reads, or an older one
 		have, complete, again, err := r.syncRound(ctx, peer, pull)
 		if err != nil || !again {
-			return have, complete, err
+			return have, complete, fp, err
 		}
 	}
-	return crdt.Bookmark{}, false, nil
+	return crdt.Bookmark{}, false, 0, nil
 }
 
 // maxRounds bounds the rounds of one SyncWith when replies are truncated; the periodic
@@ -796,13 +821,25 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have 
 	v := r.view.Load()
 	d := r.cfg.DB.Digest()
 	req := DigestRequest{}
-	// covers: the round compares every partition we hold, so what the peer held of them
-	// (its Have, under the same placement) is what we hold once it completes.
-	covers := true
-	if mask := v.syncMask(r.self, peer.ID, &d); mask != nil {
+	// What the round teaches about what we hold, once it completes (see completed): when
+	// it compares every partition we hold, we hold every write of the peer's own that it
+	// held (ownOK); when the peer also holds every partition we hold, under the same
+	// placement, everything its Have says (allOK). A pull compares all we hold: it serves
+	// a bookmark (Await), and the peer sends what it has of them, held or not.
+	scope := roundScope{all: true}
+	mask := v.syncMask(r.self, peer.ID, &d)
+	if pull && mask != nil {
+		mask = v.held(r.self)
+	}
+	mine := v.held(r.self)
+	if mask != nil {
 		req.Mask = mask.words()
 		d.Restrict(req.Mask)
-		covers = mask.coversAll(v.held(r.self))
+		compared := *mask // what we learn about: partitions we hold, not leftovers
+		for i := range compared {
+			compared[i] &= mine[i]
+		}
+		scope = roundScope{compared: &compared, full: &partitionSet{}}
 	}
 	req.Branches = d.Branches()
 	rep, err := r.cfg.Transport.Digest(ctx, peer, req)
@@ -810,27 +847,41 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have 
 		r.cfg.Metrics.round("error")
 		return crdt.Bookmark{}, false, false, err
 	}
+	if rep.HaveMask != nil || scope.compared != nil {
+		// What the peer's Have is about, as the peer says (its placement may differ from
+		// ours): the partitions it holds and knows of, of those compared.
+		if scope.compared == nil {
+			scope.compared = mine
+		}
+		about := *scope.compared
+		if rep.HaveMask != nil {
+			for i := range about {
+				if i < len(rep.HaveMask) {
+					about[i] &= rep.HaveMask[i]
+				}
+			}
+		}
+		scope.full = &about
+		scope.all = about.coversAll(mine)
+	}
 	var leaves []int
 	for _, bl := range rep.Branches {
 		for j, h := range bl.Leaves {
-			if leaf := bl.Branch*crdt.DigestBranches + j; d.Leaf(leaf) != h {
+			leaf := bl.Branch*crdt.DigestBranches + j
+			if d.Leaf(leaf) != h && !(pull && h == 0) { // a pull needs nothing from an empty leaf
 				leaves = append(leaves, leaf)
 			}
 		}
 	}
 	if len(leaves) == 0 {
 		r.cfg.Metrics.round("in_sync")
-		return r.completed(ctx, peer, epoch, rep.Have, covers && rep.Placement == v.fingerprint)
+		return r.completed(ctx, peer, epoch, rep.Have, scope, v.fingerprint)
 	}
 	refused := false
-	var mine *partitionSet
-	if v.sharded() {
-		mine = v.held(r.self)
-	}
 	for req, err := range r.leafRequests(ctx, leaves) {
 		var truncated, rejected bool
 		for i := range req.Leaves {
-			req.Leaves[i].Only = mine != nil && !mine.has(req.Leaves[i].Leaf)
+			req.Leaves[i].Only = v.sharded() && !mine.has(req.Leaves[i].Leaf)
 		}
 		if err == nil {
 			truncated, rejected, err = r.syncLeaves(ctx, peer, req, pull)
@@ -846,22 +897,18 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have 
 	if again || refused { // refused: the periodic round tries again
 		return crdt.Bookmark{}, false, again, nil
 	}
-	return r.completed(ctx, peer, epoch, rep.Have, covers && rep.Placement == v.fingerprint)
+	return r.completed(ctx, peer, epoch, rep.Have, scope, v.fingerprint)
 }
 
 // completed records a round with peer that completed: this node now holds what the peer
-// held (have) — of every partition it holds, when covers says the round compared them
-// all under one placement; otherwise it learns nothing about what it holds. The round
-// compared the peer's state with what this node's file holds, which readers may not see
-// yet (a commit not yet published), so it first waits for that to be published.
-func (r *Replicator) completed(ctx context.Context, peer Peer, epoch uint64, have crdt.Bookmark, covers bool) (crdt.Bookmark, bool, bool, error) {
+// held (have) in the partitions scope says (see haveState.synced). The round compared
+// the peer's state with what this node's file holds, which readers may not see yet (a
+// commit not yet published), so it first waits for that to be published.
+func (r *Replicator) completed(ctx context.Context, peer Peer, epoch uint64, have crdt.Bookmark, scope roundScope, placement uint64) (crdt.Bookmark, bool, bool, error) {
 	if err := r.cfg.DB.WaitPublished(ctx); err != nil {
 		return crdt.Bookmark{}, false, false, err
 	}
-	if !covers {
-		have = crdt.Bookmark{}
-	}
-	r.have.synced(peer.ID, epoch, have, r.self)
+	r.have.synced(peer.ID, epoch, have, r.self, placement, scope)
 	return have, true, false, nil
 }
 

@@ -24,6 +24,8 @@ import (
 // wire is encrypted. Safe for concurrent use.
 type TLSTransport struct {
 	client  *http.Client
+	streams *http.Client // forwarded requests: no timeout of its own, the caller's ctx bounds them
+	forward http.Handler // see HandleForward
 	server  *http.Server
 	tlsConf *tls.Config
 	metrics *Metrics
@@ -89,6 +91,7 @@ func NewTLSTransport(seeds [][]byte, metrics *Metrics) (*TLSTransport, error) {
 		},
 		Timeout: 60 * time.Second,
 	}
+	t.streams = &http.Client{Transport: t.client.Transport}
 	t.server = &http.Server{TLSConfig: t.tlsConf, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: time.Minute}
 	return t, nil
 }
@@ -161,6 +164,9 @@ func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
 	if ch, ok := h.(CounterHandler); ok { // see WithCounters
 		t.serveCounters(mux, ch)
 	}
+	if t.forward != nil {
+		mux.Handle("POST "+forwardPath, t.forward)
+	}
 	t.server.Handler = mux
 	return t.server.Serve(tls.NewListener(ln, t.tlsConf))
 }
@@ -223,4 +229,29 @@ func (t *TLSTransport) Leaves(ctx context.Context, to Peer, req LeavesRequest) (
 	var rep LeavesReply
 	err := t.call(ctx, to, "leaves", req, &rep)
 	return rep, err
+}
+
+// forwardPath is where a node serves requests forwarded by its peers.
+const forwardPath = "/sync/v1/forward"
+
+// HandleForward makes Serve answer requests forwarded by peers (Forward) with h: a
+// client's request that the peer could not serve itself, wrapped by the edge. Call it
+// before Serve. The channel authenticates the peer (it holds the cluster key), so h may
+// trust what the wrapping says about the caller.
+func (t *TLSTransport) HandleForward(h http.Handler) { t.forward = h }
+
+// Forward sends a wrapped request to peer's forward handler and returns the response,
+// whose body the caller must close. ctx bounds the whole exchange, the body included:
+// a forwarded stream runs as long as ctx does.
+func (t *TLSTransport) Forward(ctx context.Context, to Peer, header http.Header, body []byte) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+to.Addr+forwardPath, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header = header
+	resp, err := t.streams.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("forward to %s: %w", to.Name, err)
+	}
+	return resp, nil
 }

@@ -1,0 +1,268 @@
+package main_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/cluster/placement"
+)
+
+// shardUser is a user of the sharded cluster test, with the bookmark of its latest
+// answer (sent back with every request, as a client library would).
+type shardUser struct {
+	name, password, token, bookmark string
+	id                              string
+	cart                            string
+	sent                            []string // bodies of the messages it sent, in order
+}
+
+// shardReply is one answer: status, the serving and forwarding nodes, the decoded body.
+type shardReply struct {
+	status            int
+	servedBy, fwdBy   string
+	body              map[string]any
+	transportFailures int
+	sentBookmark      string
+}
+
+// do sends a request as u to node n, keeps the answer's bookmark, and retries a transport
+// failure or a 503 a few times (a node may be going down under it; a client would retry).
+func (u *shardUser) do(t *testing.T, n *clNode, method, path string, body any) shardReply {
+	t.Helper()
+	var rep shardReply
+	for attempt := range 5 {
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, n.url(path), rd)
+		req.Header.Set("Content-Type", "application/json")
+		if u.token != "" {
+			req.Header.Set("Authorization", "Bearer "+u.token)
+		}
+		if u.bookmark != "" {
+			req.Header.Set("X-Sessiond-Bookmark", u.bookmark)
+		}
+		rep.sentBookmark = u.bookmark
+		resp, err := clClient.Do(req)
+		if err != nil {
+			rep.transportFailures++
+			time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond)
+			continue
+		}
+		rep.status, rep.servedBy, rep.fwdBy = resp.StatusCode, resp.Header.Get("X-Served-By"), resp.Header.Get("X-Sessiond-Forwarded-By")
+		rep.body = nil
+		_ = json.NewDecoder(resp.Body).Decode(&rep.body)
+		resp.Body.Close()
+		if b := resp.Header.Get("X-Sessiond-Bookmark"); b != "" {
+			u.bookmark = b
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			ra, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+			time.Sleep(time.Duration(max(ra, 1)) * 200 * time.Millisecond)
+			continue
+		}
+		return rep
+	}
+	return rep
+}
+
+// TestShardedCluster runs three regions of three nodes with --replicas 2: every key is on
+// two nodes of each region. Every user is readable through every node (a node that does
+// not hold the user forwards to one that does, and says so); a node killed with SIGKILL
+// leaves every read and write working; a node added takes over part of the data, which
+// moves to it with nothing lost.
+func TestShardedCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes; skipped with -short")
+	}
+	key := strings.TrimSpace(runKeygen(t))
+	names := []string{"eu-1", "eu-2", "eu-3", "us-1", "us-2", "us-3", "ap-1", "ap-2", "ap-3"}
+	regions := []string{"eu", "eu", "eu", "us", "us", "us", "ap", "ap", "ap"}
+	nodes := prepareCluster(t, names, regions, key)
+	for _, n := range nodes {
+		n.extra = append(n.extra, "--replicas", "2")
+		n.start()
+	}
+	for _, n := range nodes {
+		waitFor(t, 30*time.Second, n.name+" ready", n.ready)
+	}
+	byName := map[string]*clNode{}
+	var members []placement.Member
+	for _, n := range nodes {
+		byName[n.name] = n
+		members = append(members, placement.Member{Name: n.name, Region: n.region})
+	}
+	// Placement ranks members by name, so the test can tell who holds what.
+	holdersOf := func(ms []placement.Member, region string, p int) []string {
+		var out []string
+		for _, m := range placement.New(ms, 2).Owners(region, p) {
+			out = append(out, m.Name)
+		}
+		return out
+	}
+
+	users := make([]*shardUser, 12)
+	for i := range users {
+		u := &shardUser{name: fmt.Sprintf("shard%02d", i), password: fmt.Sprintf("password-%02d", i)}
+		users[i] = u
+		entry := nodes[i%len(nodes)]
+		if r := u.do(t, entry, "POST", "/v1/users", map[string]any{"username": u.name, "password": u.password}); r.status != http.StatusCreated {
+			t.Fatalf("register %s on %s: %d %v", u.name, entry.name, r.status, r.body)
+		}
+		waitFor(t, 10*time.Second, "all nine members alive on "+entry.name, func() bool {
+			r := u.do(t, entry, "POST", "/v1/sessions", map[string]any{"username": u.name, "password": u.password})
+			if r.status != http.StatusCreated {
+				return false
+			}
+			u.token, _ = r.body["token"].(string)
+			sess, _ := r.body["session"].(map[string]any)
+			u.id, _ = sess["user_id"].(string)
+			return true
+		})
+	}
+	token := users[0].token
+	waitFor(t, 20*time.Second, "nine alive members", func() bool { return len(nodes[0].aliveMembers(token)) == 9 })
+
+	// Each user edits its session through one node and reads it back through every node.
+	checkReads := func(live []*clNode, ms []placement.Member) {
+		t.Helper()
+		for i, u := range users {
+			u.cart = fmt.Sprintf("cart-%d-%d", i, time.Now().UnixNano())
+			entry := live[i%len(live)]
+			if r := u.do(t, entry, "PATCH", "/v1/sessions/current", map[string]any{"data": map[string]any{"cart": u.cart}}); r.status != http.StatusOK {
+				t.Fatalf("patch %s via %s: %d %v", u.name, entry.name, r.status, r.body)
+			}
+			p := crdt.IDPartition(u.id)
+			for _, n := range live {
+				r := u.do(t, n, "GET", "/v1/sessions/current", nil)
+				if r.status != http.StatusOK {
+					t.Fatalf("read %s via %s: %d %v (transport failures %d)", u.name, n.name, r.status, r.body, r.transportFailures)
+				}
+				sess, _ := r.body["session"].(map[string]any)
+				data, _ := sess["data"].(map[string]any)
+				if data["cart"] != u.cart {
+					t.Errorf("read %s via %s (served by %s): cart %v, want %q (bookmark sent %q)", u.name, n.name, r.servedBy, data["cart"], u.cart, r.sentBookmark)
+				}
+				holders := holdersOf(ms, n.region, p)
+				switch {
+				case slices.Contains(holders, n.name):
+					if r.servedBy != n.name || r.fwdBy != "" {
+						t.Errorf("%s holds %s but the read was served by %s, forwarded by %q", n.name, u.name, r.servedBy, r.fwdBy)
+					}
+				case r.fwdBy != n.name:
+					t.Errorf("%s does not hold %s (holders in %s: %v) but the read says forwarded by %q, served by %s", n.name, u.name, n.region, holders, r.fwdBy, r.servedBy)
+				}
+			}
+		}
+	}
+	checkReads(nodes, members)
+
+	// Messages between every pair of neighbours, sent through a node that holds neither.
+	send := func(live []*clNode) {
+		t.Helper()
+		for i, u := range users {
+			to := users[(i+1)%len(users)]
+			body := fmt.Sprintf("from %s #%d", u.name, len(u.sent))
+			entry := live[(i*5+1)%len(live)]
+			if r := u.do(t, entry, "POST", "/v1/messages", map[string]any{"to": to.name, "body": body}); r.status != http.StatusCreated {
+				t.Fatalf("send %s → %s via %s: %d %v", u.name, to.name, entry.name, r.status, r.body)
+			}
+			u.sent = append(u.sent, body)
+		}
+	}
+	checkMessages := func(live []*clNode) {
+		t.Helper()
+		for i, u := range users {
+			from := users[(i+len(users)-1)%len(users)]
+			for _, n := range live {
+				// Another user's messages are eventual (u's bookmark does not name them):
+				// they arrive, in order, and nothing is lost.
+				var got []string
+				waitFor(t, 10*time.Second, fmt.Sprintf("%s's messages to %s via %s", from.name, u.name, n.name), func() bool {
+					r := u.do(t, n, "GET", "/v1/messages?with="+from.name, nil)
+					if r.status != http.StatusOK {
+						t.Fatalf("%s reads its conversation with %s via %s: %d %v", u.name, from.name, n.name, r.status, r.body)
+					}
+					got = nil
+					ms, _ := r.body["messages"].([]any)
+					for _, m := range ms {
+						mm, _ := m.(map[string]any)
+						if mm["from"] == from.name {
+							got = append(got, fmt.Sprint(mm["body"]))
+						}
+					}
+					return len(got) >= len(from.sent)
+				})
+				if !slices.Equal(got, from.sent) {
+					t.Errorf("%s's conversation with %s via %s: %q, want %q", u.name, from.name, n.name, got, from.sent)
+				}
+			}
+		}
+	}
+	send(nodes)
+	checkMessages(nodes)
+
+	// SIGKILL a node: every read and write still succeeds through the others.
+	dead := byName["eu-2"]
+	dead.kill9()
+	var live []*clNode
+	for _, n := range nodes {
+		if n != dead {
+			live = append(live, n)
+		}
+	}
+	send(live)
+	checkReads(live, members) // holders as before: failure detection may lag; forwards skip the dead
+	checkMessages(live)
+
+	// Add a node to eu: part of the region's data moves to it, with nothing lost.
+	extra := prepareCluster(t, []string{"eu-4"}, []string{"eu"}, key)[0]
+	extra.keyFile = nodes[0].keyFile
+	extra.join = nodes[0].gossip
+	extra.extra = append(extra.extra, "--replicas", "2")
+	extra.start()
+	waitFor(t, 30*time.Second, "eu-4 ready", extra.ready)
+	live = append(live, extra)
+	var ms2 []placement.Member
+	for _, n := range live {
+		ms2 = append(ms2, placement.Member{Name: n.name, Region: n.region})
+	}
+	waitFor(t, 30*time.Second, "eu-2 failed and eu-4 alive on eu-1", func() bool {
+		return byName["eu-1"].memberStatus(token, "eu-2") == "failed" && byName["eu-1"].memberStatus(token, "eu-4") == "alive"
+	})
+	waitFor(t, 30*time.Second, "eu-4 to hold data", func() bool { return storedKeys(t, extra) > 0 })
+	send(live)
+	checkReads(live, ms2)
+	checkMessages(live)
+	for _, n := range live {
+		t.Logf("%s stores %.0f keys", n.name, storedKeys(t, n))
+	}
+}
+
+// storedKeys reads sessiond_stored_keys from n's metrics.
+func storedKeys(t *testing.T, n *clNode) float64 {
+	resp, err := clClient.Get(n.url("/metrics"))
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "sessiond_stored_keys "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return -1
+}

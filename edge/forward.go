@@ -1,0 +1,333 @@
+package edge
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
+
+	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/cluster"
+	"github.com/sessiond/sessiond/functions"
+)
+
+// Forwarding. With Config.Replicas, a node holds only some partitions of the data
+// (crdt.KeyHomes). A request is about one partition: a sign-up or a login about its
+// username's (crdt.NamePartition), every authenticated request about its caller's
+// (crdt.IDPartition of the token's user: the user's records and conversations live
+// there). A node that does not hold that partition verifies the caller's token itself,
+// then forwards the request over the authenticated node-to-node channel to a node that
+// holds it — its own region's holders first, in placement order, then other regions' —
+// and relays the answer: X-Served-By names the node that served it, and
+// X-Sessiond-Forwarded-By the node that forwarded it. The forwarded request carries the
+// verified caller and the client's address (for the cluster-wide limits); the serving
+// node trusts them (the channel proves the sender holds the cluster key) and serves the
+// request itself whatever its own placement says, so a request is forwarded at most once.
+//
+// A holder that cannot be reached is skipped (a failed dial, or any failure of a read,
+// which is safe to repeat); a write that may have reached a holder is not sent to another
+// (it would be applied twice): it is answered 503 with Retry-After. When no holder can be
+// reached at all, the node serves the request itself: a write is accepted and handed off
+// to the holders later (handoff.go), so writes are never refused because holders are down.
+// /v1/cluster, the UI, health and metrics are always served by the node asked.
+
+const (
+	headerForwardedBy = "X-Sessiond-Forwarded-By"
+
+	// The wrapping of a forwarded request, as headers of the node-to-node request.
+	wrapMethod = "Sessiond-Method"
+	wrapURI    = "Sessiond-Uri"
+	wrapClient = "Sessiond-Client"
+	wrapCaller = "Sessiond-Caller"
+	wrapBy     = "Sessiond-By"
+
+	// forwardTimeout bounds a forwarded request, but a stream (which runs until the client
+	// leaves): a login under load and a bookmark wait fit well within it.
+	forwardTimeout = 15 * time.Second
+	// maxForwardedReply bounds a relayed answer; the API's own limits keep answers far
+	// below it.
+	maxForwardedReply = 8 << 20
+)
+
+// forwardedHeaders are the client's request headers a forwarded request carries.
+var forwardedHeaders = []string{fiber.HeaderContentType, fiber.HeaderAccept, headerBookmark, headerConsistency, headerRequestID}
+
+// forwardedKey is the fasthttp user value under which a forwarded request's wrapping
+// reaches the handlers: only the node-to-node channel sets it, never a client.
+type forwardedKey struct{}
+
+// forwardedRequest is what the forwarding node vouches for.
+type forwardedRequest struct {
+	client string    // the client's address, as the forwarding node determined it
+	by     string    // the forwarding node's name
+	caller *verified // the verified token of an authenticated request; nil for sign-up and login
+}
+
+// forwardedOf returns the wrapping of a request forwarded to this node, or nil.
+func forwardedOf(c *fiber.Ctx) *forwardedRequest {
+	f, _ := c.Context().UserValue(forwardedKey{}).(*forwardedRequest)
+	return f
+}
+
+// route serves a request here when this node holds its partition (or it was forwarded
+// here), and forwards it otherwise. It runs only when the data is sharded.
+func (n *Node) route(c *fiber.Ctx) error {
+	if !n.replicator.Sharded() {
+		return c.Next()
+	}
+	p, caller, ok := n.partitionOf(c)
+	if ok {
+		c.Locals(localsPartition, p) // what a bookmark is awaited in (partitionIn)
+	}
+	if !ok || forwardedOf(c) != nil || n.replicator.HoldsPartition(p) {
+		return c.Next()
+	}
+	return n.forward(c, p, caller)
+}
+
+const localsPartition = "partition"
+
+// partitionIn returns the partition a request is about, as route found it, or
+// cluster.AllPartitions when it found none (or the data is not sharded).
+func partitionIn(c *fiber.Ctx) int {
+	if p, ok := c.Locals(localsPartition).(int); ok {
+		return p
+	}
+	return cluster.AllPartitions
+}
+
+// partitionOf returns the partition a request is about and, for an authenticated one,
+// its verified caller; ok is false for a request served wherever it arrives (or one that
+// is invalid: the handlers answer it here).
+func (n *Node) partitionOf(c *fiber.Ctx) (p int, caller *verified, ok bool) {
+	path := c.Path()
+	if c.Method() == fiber.MethodPost && (path == "/v1/users" || path == "/v1/sessions") {
+		var body struct {
+			Username string `json:"username"`
+		}
+		if json.Unmarshal(c.Body(), &body) != nil || body.Username == "" {
+			return 0, nil, false
+		}
+		return crdt.NamePartition(body.Username), nil, true
+	}
+	if path == "/v1/cluster" {
+		return 0, nil, false
+	}
+	tok, err := n.caller(c)
+	if err != nil {
+		return 0, nil, false
+	}
+	return crdt.IDPartition(tok.userID), &tok, true
+}
+
+// forward relays the request to a holder of partition p and its answer to the client.
+func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
+	stream := c.Path() == "/v1/messages/stream"
+	repeatable := c.Method() == fiber.MethodGet || c.Method() == fiber.MethodHead
+	wrap := make(http.Header, 8)
+	wrap.Set(wrapMethod, c.Method())
+	wrap.Set(wrapURI, string(c.Request().RequestURI()))
+	wrap.Set(wrapClient, n.clientAddr(c))
+	wrap.Set(wrapBy, n.cfg.NodeName)
+	if caller != nil {
+		wrap.Set(wrapCaller, encodeCaller(caller))
+	}
+	for _, h := range forwardedHeaders {
+		if v := c.Get(h); v != "" {
+			wrap.Set(h, v)
+		}
+	}
+	body := c.Body()
+	for _, peer := range n.replicator.Holders(p) {
+		ctx, cancel := n.ctx, context.CancelFunc(func() {})
+		if !stream {
+			ctx, cancel = context.WithTimeout(n.ctx, forwardTimeout)
+		}
+		resp, err := n.transport.Forward(ctx, peer, wrap.Clone(), body)
+		if err != nil {
+			cancel()
+			if n.ctx.Err() != nil {
+				return functions.Errorf(functions.EUnavailable, "node shutting down")
+			}
+			if repeatable || notDelivered(err) {
+				n.log.Debug("forward failed; trying the next holder", "peer", peer.Name, slog.Any("err", err))
+				continue
+			}
+			n.log.Warn("forwarded write failed after it may have been delivered", "peer", peer.Name, slog.Any("err", err))
+			c.Set(fiber.HeaderRetryAfter, "1")
+			return functions.Errorf(functions.EUnavailable, "the node holding this data did not answer in time; the request may have been applied")
+		}
+		if resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(wrapBy) == "" {
+			// Not the API's answer: the holder's channel refused the wrapping (it is
+			// starting, or stopping). Nothing was applied.
+			resp.Body.Close()
+			cancel()
+			continue
+		}
+		n.metrics.forwarded(peer.Name)
+		return n.relay(c, resp, cancel, stream)
+	}
+	n.metrics.forwarded("")
+	return c.Next() // no holder answered: serve it here (writes are handed off later)
+}
+
+// notDelivered reports whether a forward failed before the request could reach the
+// holder: then another holder may be asked, even for a write.
+func notDelivered(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// relay copies a holder's answer to the client: status, headers and body, streamed for
+// a live stream. It calls cancel once the answer is relayed.
+func (n *Node) relay(c *fiber.Ctx, resp *http.Response, cancel context.CancelFunc, stream bool) error {
+	c.Status(resp.StatusCode)
+	h := &c.Response().Header
+	for k, vs := range resp.Header {
+		switch k {
+		case "Content-Length", "Connection", "Date", "Server", "Transfer-Encoding", wrapBy:
+			continue
+		}
+		h.Del(k)
+		for _, v := range vs {
+			h.Add(k, v)
+		}
+	}
+	h.Set(headerForwardedBy, n.cfg.NodeName)
+	if !stream || resp.StatusCode != http.StatusOK {
+		defer cancel()
+		defer resp.Body.Close()
+		b, err := io.ReadAll(io.LimitReader(resp.Body, maxForwardedReply+1))
+		if err != nil || len(b) > maxForwardedReply {
+			return functions.Errorf(functions.EUnavailable, "the node holding this data answered incompletely")
+		}
+		c.Response().SetBodyRaw(b)
+		return nil
+	}
+	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer cancel()
+		defer resp.Body.Close()
+		buf := make([]byte, 4096)
+		for {
+			k, err := resp.Body.Read(buf)
+			if k > 0 {
+				if _, werr := w.Write(buf[:k]); werr != nil || w.Flush() != nil {
+					return // the client left
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+	return nil
+}
+
+// serveForwarded answers a request another node forwarded here (cluster.TLSTransport's
+// forward handler): it runs it through this node's API as if a client had sent it, with
+// the caller and client address the forwarding node vouched for.
+func (n *Node) serveForwarded(w http.ResponseWriter, r *http.Request) {
+	handler := n.handler.Load()
+	if handler == nil {
+		http.Error(w, "starting", http.StatusServiceUnavailable)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody+1))
+	if err != nil || len(body) > maxBody {
+		http.Error(w, "forwarded body too large", http.StatusRequestEntityTooLarge)
+		return
+	}
+	fwd := &forwardedRequest{client: r.Header.Get(wrapClient), by: r.Header.Get(wrapBy)}
+	if raw := r.Header.Get(wrapCaller); raw != "" {
+		v, err := decodeCaller(raw)
+		if err != nil {
+			http.Error(w, "forwarded caller: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		fwd.caller = &v
+	}
+	var req fasthttp.Request
+	req.Header.SetMethod(r.Header.Get(wrapMethod))
+	req.SetRequestURI(r.Header.Get(wrapURI))
+	req.Header.SetHost("sessiond")
+	for _, h := range forwardedHeaders {
+		if v := r.Header.Get(h); v != "" {
+			req.Header.Set(h, v)
+		}
+	}
+	req.SetBody(body)
+	var remote net.Addr
+	if a, err := netip.ParseAddr(fwd.client); err == nil {
+		remote = net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0))
+	}
+	var fctx fasthttp.RequestCtx
+	fctx.Init(&req, remote, nil)
+	fctx.SetUserValue(forwardedKey{}, fwd)
+	(*handler)(&fctx)
+	resp := &fctx.Response
+	defer func() { _ = resp.CloseBodyStream() }()
+	resp.Header.VisitAll(func(k, v []byte) {
+		switch string(k) {
+		case "Content-Length", "Connection", "Date", "Server", "Transfer-Encoding":
+			return
+		}
+		w.Header().Add(string(k), string(v))
+	})
+	w.Header().Set(wrapBy, n.cfg.NodeName)
+	w.WriteHeader(resp.StatusCode())
+	if resp.IsBodyStream() {
+		_ = resp.BodyWriteTo(flushWriter{w})
+		return
+	}
+	_, _ = w.Write(resp.Body())
+}
+
+// flushWriter flushes every write through to the client: a forwarded stream's events go
+// out as they are written.
+type flushWriter struct{ w http.ResponseWriter }
+
+func (f flushWriter) Write(p []byte) (int, error) {
+	k, err := f.w.Write(p)
+	if fl, ok := f.w.(http.Flusher); ok {
+		fl.Flush()
+	}
+	return k, err
+}
+
+// encodeCaller and decodeCaller carry a verified token between nodes:
+// "user session issued-ns expires-ns bookmark".
+func encodeCaller(v *verified) string {
+	return strings.Join([]string{v.userID, v.sessionID, strconv.FormatInt(v.issued.UnixNano(), 10),
+		strconv.FormatInt(v.expires.UnixNano(), 10), v.created.String()}, " ")
+}
+
+func decodeCaller(s string) (verified, error) {
+	f := strings.Split(s, " ")
+	if len(f) != 5 || f[0] == "" || f[1] == "" {
+		return verified{}, errors.New("malformed")
+	}
+	issued, err1 := strconv.ParseInt(f[2], 10, 64)
+	expires, err2 := strconv.ParseInt(f[3], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return verified{}, fmt.Errorf("malformed time: %w", err)
+	}
+	v := verified{userID: f[0], sessionID: f[1], issued: time.Unix(0, issued), expires: time.Unix(0, expires)}
+	if f[4] != "" {
+		if err := v.created.Parse(f[4]); err != nil {
+			return verified{}, fmt.Errorf("malformed bookmark: %w", err)
+		}
+	}
+	return v, nil
+}
