@@ -38,16 +38,16 @@ import (
 // haveState is what this node holds of each other origin's writes. Safe for concurrent use.
 type haveState struct {
 	mu         sync.Mutex
-	have       crdt.Bookmark                 // base knowledge; never holds our own node
-	gained     partitionSet                  // partitions the base is not about (sharded only)
-	through    crdt.Bookmark                 // Throughs told under the current placement: about every partition held
-	learnt     map[crdt.NodeID][2]lesson     // the latest round with each peer taught these
-	placement  uint64                        // the fingerprint of the current placement
-	changed    chan struct{}                 // closed and replaced whenever knowledge rises
-	distrusted map[crdt.NodeID]uint64        // origins whose pushes we partly refused → epoch
-	epoch      uint64                        // counts distrust events
-	lastLive   map[crdt.NodeID]time.Time     // when each node last stopped being a live peer
-	fetching   map[crdt.NodeID]*fetch        // fetches in flight, by peer
+	have       crdt.Bookmark             // base knowledge; never holds our own node
+	gained     partitionSet              // partitions the base is not about (sharded only)
+	through    crdt.Bookmark             // Throughs told under the current placement: about every partition held
+	learnt     map[crdt.NodeID][2]lesson // the latest round with each peer taught these
+	placement  uint64                    // the fingerprint of the current placement
+	changed    chan struct{}             // closed and replaced whenever knowledge rises
+	distrusted map[crdt.NodeID]uint64    // origins whose pushes we partly refused → epoch
+	epoch      uint64                    // counts distrust events
+	lastLive   map[crdt.NodeID]time.Time // when each node last stopped being a live peer
+	fetching   map[crdt.NodeID]*fetch    // fetches in flight, by peer
 	lastFetch  map[crdt.NodeID]time.Time
 }
 
