@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -19,6 +20,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/valyala/fasthttp"
 
+	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/edge/cluster"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/storage"
@@ -374,11 +376,27 @@ func (v clusterView) Self() functions.Member {
 	}
 }
 
+// Placement implements functions.Membership.
+func (v clusterView) Placement() *functions.Placement {
+	if v.n.cfg.Replicas == 0 {
+		return nil
+	}
+	share, ideal, _ := v.n.replicator.Share(v.n.db.NodeID(), v.n.cfg.Region)
+	h := v.n.replicator.Handoff()
+	return &functions.Placement{Replicas: v.n.cfg.Replicas, Partitions: crdt.Partitions, Holds: share, Ideal: math.Round(ideal*10) / 10,
+		Moving: functions.Moving{Partitions: h.Partitions, Keys: h.Keys, Dropped: h.Dropped}}
+}
+
 func (v clusterView) Members() []functions.Member {
 	status := v.n.replicator.Status()
 	var out []functions.Member
 	for _, m := range v.n.membership.Members() {
 		fm := functions.Member{Name: m.Name, ID: m.ID.String(), Region: m.Region, Status: m.Status, Addr: m.Addr}
+		if v.n.cfg.Replicas > 0 {
+			if share, _, ok := v.n.replicator.Share(m.ID, m.Region); ok {
+				fm.Partitions = &share
+			}
+		}
 		if m.ID != v.n.db.NodeID() {
 			lag := int64(-1)
 			if st, ok := status[m.ID]; ok && st.Lag >= 0 {

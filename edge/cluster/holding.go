@@ -162,20 +162,16 @@ func (r *Replicator) Holders(p int) []Peer {
 	return out
 }
 
-// Placement summarises this node's placement for the cluster view.
-type Placement struct {
-	Replicas   int // per region; 0: every node holds everything
-	Partitions int // partitions this node holds, of crdt.Partitions
-	Ideal      float64
-}
-
-// Placement returns this node's share of the partitions.
-func (r *Replicator) Placement() Placement {
+// Share returns how many partitions node holds by the current placement (every one
+// without placement), its region's ideal share, and false for a node not in it (not
+// alive here).
+func (r *Replicator) Share(node crdt.NodeID, region string) (int, float64, bool) {
 	v := r.view.Load()
 	if v.table == nil {
-		return Placement{Partitions: crdt.Partitions, Ideal: crdt.Partitions}
+		return crdt.Partitions, crdt.Partitions, true
 	}
-	return Placement{Replicas: r.cfg.Replicas, Partitions: v.table.Share(r.self), Ideal: v.table.Ideal(r.cfg.Region)}
+	n := v.table.Share(node)
+	return n, v.table.Ideal(region), n > 0
 }
 
 // HoldsKey reports whether this node holds one of key's homes by the current placement.

@@ -94,6 +94,8 @@ type Replicator struct {
 
 	caughtUp     chan struct{}
 	caughtUpOnce sync.Once
+	caughtMu     sync.Mutex
+	caught       partitionSet // partitions compared with a holder since start (placement)
 
 	lagMu sync.Mutex
 	lag   map[crdt.NodeID]time.Duration // last observed propagation delay from each origin
@@ -289,8 +291,9 @@ func (r *Replicator) Notice(from crdt.NodeID, root uint64) {
 	}
 }
 
-// CaughtUp is closed once this node has completed anti-entropy with at least one peer:
-// a restarted node holds everything its peers held when it came back.
+// CaughtUp is closed once this node has completed anti-entropy with at least one peer
+// (with placement: for every partition it holds, with a peer that holds it): a
+// restarted node holds everything its peers held when it came back.
 func (r *Replicator) CaughtUp() <-chan struct{} { return r.caughtUp }
 
 // PeerStatus is the replication state of one peer as seen from here.
@@ -352,7 +355,6 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 		if needSync && !time.Now().Before(syncAfter) {
 			if fp, err := r.syncWith(ctx, w.peer); err == nil {
 				needSync, w.synced, syncBackoff = false, fp == w.era.fingerprint, 0
-				r.caughtUpOnce.Do(func() { close(r.caughtUp) })
 			} else {
 				if ctx.Err() != nil {
 					return
@@ -909,7 +911,29 @@ func (r *Replicator) completed(ctx context.Context, peer Peer, epoch uint64, hav
 		return crdt.Bookmark{}, false, false, err
 	}
 	r.have.synced(peer.ID, epoch, have, r.self, placement, scope)
+	r.noteCaughtUp(peer, scope)
 	return have, true, false, nil
+}
+
+// noteCaughtUp records a completed round with peer: without placement, the first one
+// catches this node up; with it, once every partition it holds was compared, since it
+// started, with a peer that holds it.
+func (r *Replicator) noteCaughtUp(peer Peer, scope roundScope) {
+	v := r.view.Load()
+	if !v.sharded() || scope.all {
+		r.caughtUpOnce.Do(func() { close(r.caughtUp) })
+		return
+	}
+	theirs, mine := v.held(peer.ID), v.held(r.self)
+	r.caughtMu.Lock()
+	for i := range r.caught {
+		r.caught[i] |= scope.compared[i] & theirs[i]
+	}
+	done := r.caught.coversAll(mine)
+	r.caughtMu.Unlock()
+	if done {
+		r.caughtUpOnce.Do(func() { close(r.caughtUp) })
+	}
 }
 
 // syncLeaves exchanges the keys of one request's leaves with peer. It reports whether the

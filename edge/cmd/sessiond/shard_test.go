@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -212,6 +213,62 @@ func TestShardedCluster(t *testing.T) {
 	}
 	send(nodes)
 	checkMessages(nodes)
+
+	// The live stream through a node that does not hold its user: forwarded, and events
+	// flow through it as they happen.
+	streamer, sender := users[3], users[4]
+	var via *clNode
+	for _, n := range nodes {
+		if !slices.Contains(holdersOf(members, n.region, crdt.IDPartition(streamer.id)), n.name) {
+			via = n
+			break
+		}
+	}
+	req, _ := http.NewRequest("GET", via.url("/v1/messages/stream"), nil)
+	req.Header.Set("Authorization", "Bearer "+streamer.token)
+	resp, err := (&http.Client{}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Sessiond-Forwarded-By") != via.name {
+		t.Fatalf("stream via %s: status %d, forwarded by %q", via.name, resp.StatusCode, resp.Header.Get("X-Sessiond-Forwarded-By"))
+	}
+	events := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if line, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+				events <- line
+			}
+		}
+		close(events)
+	}()
+	body := fmt.Sprintf("live from %s", sender.name)
+	if r := sender.do(t, nodes[len(nodes)-1], "POST", "/v1/messages", map[string]any{"to": streamer.name, "body": body}); r.status != http.StatusCreated {
+		t.Fatalf("send to the streamer: %d %v", r.status, r.body)
+	}
+	select {
+	case ev := <-events:
+		if !strings.Contains(ev, body) {
+			t.Errorf("stream event %s, want the message %q", ev, body)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no stream event through %s within 10s", via.name)
+	}
+	resp.Body.Close()
+
+	// The cluster view shows each member's share of the partitions.
+	st, info := call("GET", nodes[0].url("/v1/cluster"), token, nil)
+	pl, _ := info["placement"].(map[string]any)
+	if st != http.StatusOK || pl == nil || pl["replicas"] != float64(2) || pl["holds"].(float64) < 2000 || pl["holds"].(float64) > 3500 {
+		t.Errorf("GET /v1/cluster: %d, placement %v; want replicas 2 and about 2731 of 4096 partitions held", st, pl)
+	}
+	for _, m := range info["members"].([]any) {
+		if mm := m.(map[string]any); mm["status"] == "alive" && mm["partitions"] == nil {
+			t.Errorf("member %v has no share of partitions", mm["name"])
+		}
+	}
 
 	// SIGKILL a node: every read and write still succeeds through the others.
 	dead := byName["eu-2"]
