@@ -71,7 +71,7 @@ func (n *Node) newApp() *fiber.App {
 			AllowOrigins:  strings.Join(n.cfg.CORSOrigins, ","),
 			AllowMethods:  "GET,POST,PATCH,DELETE",
 			AllowHeaders:  "Authorization,Content-Type," + headerBookmark + "," + headerConsistency + "," + headerRequestID,
-			ExposeHeaders: "X-Served-By,Retry-After," + headerBookmark + "," + headerLag + "," + headerRequestID,
+			ExposeHeaders: "X-Served-By,Retry-After," + headerBookmark + "," + headerLag + "," + headerRequestID + "," + headerForwardedBy,
 			MaxAge:        600,
 		}))
 	}
