@@ -110,7 +110,7 @@ func checkAfter(tx Tx, conv string, prev crdt.EntryID, sender string) error {
 		return Errorf(EInvalid, "after names no message of yours in this conversation")
 	}
 	m, err := crdt.DecodeMessage(e.Data)
-	if err != nil || m.From != sender {
+	if err != nil || m.Erased || m.From != sender {
 		return Errorf(EInvalid, "after names no message of yours in this conversation")
 	}
 	return nil
@@ -175,6 +175,7 @@ func parseEntryID(s string) (crdt.EntryID, error) {
 // List returns up to limit messages of the caller's conversation with the user named
 // with, after cursor (from the start when empty), in conversation order, and the cursor
 // for the next call. The cursor never skips a message that arrives late from another node.
+// A conversation that holds an erasure marker is gone, as the erased user is: ENotFound.
 func (s *Messages) List(ctx context.Context, p Principal, with, cursor string, limit int) (Page, error) {
 	switch {
 	case limit == 0:
@@ -197,6 +198,11 @@ func (s *Messages) List(ctx context.Context, p Principal, with, cursor string, l
 	names := map[string]string{p.UserID: p.Username, other.ID: with}
 	page := Page{Messages: []Message{}, Next: encodeCursor(next)}
 	for _, e := range entries {
+		if crdt.IsErasureMarker(e.Data) {
+			// The store shows no entry of such a conversation; one that does still
+			// shows nothing of it.
+			return Page{}, Errorf(ENotFound, "no user %q", with)
+		}
 		if m, ok := s.decode(e, names); ok {
 			page.Messages = append(page.Messages, m)
 		}
@@ -204,15 +210,19 @@ func (s *Messages) List(ctx context.Context, p Principal, with, cursor string, l
 	return page, nil
 }
 
+// decode returns the message in entry e as shown to a participant, and false for an
+// entry that is no message: an erasure marker, or data this release cannot read.
 func (s *Messages) decode(e crdt.Entry, names map[string]string) (Message, bool) {
 	m, err := crdt.DecodeMessage(e.Data)
-	if err != nil {
+	if err != nil || m.Erased {
 		return Message{}, false
 	}
 	return messageOf(e, m, names[m.From], names[m.To]), true
 }
 
-// Conversations returns the caller's conversations, newest first.
+// Conversations returns the caller's conversations, newest first. A conversation that
+// holds an erasure marker is not listed (the store lists none; one that does would show
+// it as its last entry).
 func (s *Messages) Conversations(ctx context.Context, p Principal) ([]Conversation, error) {
 	infos, err := s.Store.Conversations(ctx, p.UserID)
 	if err != nil {
@@ -220,6 +230,9 @@ func (s *Messages) Conversations(ctx context.Context, p Principal) ([]Conversati
 	}
 	out := []Conversation{}
 	for _, c := range infos {
+		if crdt.IsErasureMarker(c.Last.Data) {
+			continue
+		}
 		other, live, err := liveUser(ctx, s.Store, c.With)
 		if err != nil {
 			return nil, err
@@ -242,7 +255,8 @@ func (s *Messages) Conversations(ctx context.Context, p Principal) ([]Conversati
 }
 
 // ForUser returns the message in entry e of conversation conv as userID should see it,
-// and false when userID is not one of its participants. The live message stream uses it.
+// and false when userID is not one of its participants or e is no message (an erasure
+// marker). The live message stream uses it.
 func (s *Messages) ForUser(ctx context.Context, userID, conv string, e crdt.Entry) (Message, bool, error) {
 	a, b, ok := crdt.Participants(conv)
 	if !ok || (a != userID && b != userID) {

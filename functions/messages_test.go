@@ -321,6 +321,33 @@ func TestMessagesList(t *testing.T) {
 		_, err := e.messages.List(ctx, e.alice, "bob", "", 0)
 		wantCode(t, err, EInternal)
 	})
+
+	// The erasure of bob's account is known here only from a marker in the conversation,
+	// as on a node that holds alice's partition and not bob's: the conversation is gone,
+	// as it is once bob's record says he is erased.
+	for _, tc := range []struct {
+		name string
+		p    func(e *chatEnv) Principal
+		with string
+	}{{"ErrNotFound/MarkerForOne", func(e *chatEnv) Principal { return e.alice }, "bob"},
+		{"ErrNotFound/MarkerForOther", func(e *chatEnv) Principal { return e.bob }, "alice"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newChatEnv(t)
+			e.mustSend(t, e.alice, "bob", "hi")
+			insertMarker(e, e.bob.UserID, e.alice.UserID)
+			_, err := e.messages.List(ctx, tc.p(e), tc.with, "", 0)
+			wantCode(t, err, ENotFound)
+		})
+	}
+}
+
+// insertMarker delivers, as replication would, an erasure marker of erased in its
+// conversation with other, stamped by another node.
+func insertMarker(e *chatEnv, erased, other string) crdt.Entry {
+	en := crdt.Entry{ID: crdt.EntryID{TS: crdt.Timestamp{Wall: e.now.Now().UnixNano(), Node: 9}, Seq: 1},
+		Data: crdt.ErasureMarker(erased, other).AppendBinary(nil)}
+	e.store.insert(crdt.ConversationID(erased, other), en)
+	return en
 }
 
 func TestMessagesConversations(t *testing.T) {
@@ -396,6 +423,25 @@ func TestMessagesConversations(t *testing.T) {
 		_, err := e.messages.Conversations(ctx, e.alice)
 		wantCode(t, err, EInternal)
 	})
+
+	t.Run("OK/MarkedOmitted", func(t *testing.T) {
+		e := newChatEnv(t)
+		e.mustSend(t, e.alice, "bob", "hi")
+		e.mustSend(t, e.alice, "carol", "hi")
+		e.now.Advance(time.Second)
+		insertMarker(e, e.bob.UserID, e.alice.UserID)
+		for _, p := range []Principal{e.alice, e.bob} {
+			got, err := e.messages.Conversations(ctx, p)
+			if err != nil {
+				t.Fatalf("Conversations: %v", err)
+			}
+			for _, c := range got {
+				if c.With == "bob" || c.With == "alice" {
+					t.Errorf("Conversations(%s) lists %+v, a conversation with a marker", p.Username, c)
+				}
+			}
+		}
+	})
 }
 
 func TestMessagesForUser(t *testing.T) {
@@ -429,6 +475,7 @@ func TestMessagesForUser(t *testing.T) {
 		{"UnknownUser", "nobody", conv, entry},
 		{"MalformedConversation", e.alice.UserID, e.alice.UserID, entry},
 		{"MalformedEntry", e.alice.UserID, conv, crdt.Entry{ID: entry.ID, Data: []byte("junk")}},
+		{"ErasureMarker", e.alice.UserID, conv, crdt.Entry{ID: entry.ID, Data: crdt.ErasureMarker(e.bob.UserID, e.alice.UserID).AppendBinary(nil)}},
 	} {
 		t.Run("NotShown/"+tc.name, func(t *testing.T) {
 			m, ok, err := e.messages.ForUser(ctx, tc.user, tc.conv, tc.entry)
@@ -474,6 +521,11 @@ func TestMessagesSendAfter(t *testing.T) {
 		{"ErrForgedFuture", crdt.EntryID{TS: crdt.Timestamp{Wall: testEpoch.Add(59 * time.Second).UnixNano(), Node: 9}, Seq: 7}},
 		{"ErrForgedPast", crdt.EntryID{TS: crdt.Timestamp{Wall: testEpoch.Add(-time.Second).UnixNano(), Node: 9}, Seq: 8}},
 		{"ErrNotTheSenders", bobs},
+		{"ErrMarker", func() crdt.EntryID {
+			id := crdt.EntryID{TS: crdt.Timestamp{Wall: testEpoch.UnixNano(), Node: 9}, Seq: 3}
+			e.store.insert(conv, crdt.Entry{ID: id, Data: crdt.ErasureMarker(e.alice.UserID, e.bob.UserID).AppendBinary(nil)})
+			return id
+		}()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := e.clock.Next()

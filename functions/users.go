@@ -250,9 +250,19 @@ func (s *Users) UpdateProfile(ctx context.Context, userID string, patch ProfileP
 }
 
 // Delete erases the caller's account: a monotonic deleted flag and tombstones over the
-// profile and password. Every replica that learns of it removes the user's sessions and
-// conversations and refuses them from then on.
+// profile and password, and in the same write an erasure marker (crdt.ErasureMarker) in
+// each of the user's conversations held here. Every replica that learns of it removes
+// the user's sessions and conversations and refuses them from then on; the markers reach
+// the replicas that hold a conversation but not the user's record (the other
+// participant's partition), which remove it too.
 func (s *Users) Delete(ctx context.Context, userID string) error {
+	// Read before the write (a transaction cannot list conversations). One that starts
+	// in between gets its marker from the store, which leaves one in every conversation
+	// whose messages an erasure deletes or drops and that has none.
+	convs, err := s.Store.Conversations(ctx, userID)
+	if err != nil {
+		return err
+	}
 	return s.Store.Update(ctx, func(tx Tx) error {
 		m, ok, err := tx.Record(crdt.UserKey(userID))
 		if err != nil {
@@ -260,6 +270,11 @@ func (s *Users) Delete(ctx context.Context, userID string) error {
 		}
 		if !ok || crdt.ReadUser(userID, &m).Deleted {
 			return Errorf(ENotFound, "no such user")
+		}
+		for _, c := range convs {
+			if _, err := tx.Append(c.ID, crdt.ErasureMarker(userID, c.With)); err != nil {
+				return err
+			}
 		}
 		_, err = tx.Merge(crdt.UserKey(userID), crdt.EraseUser(s.Clock.Next()))
 		return err

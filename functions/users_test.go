@@ -308,6 +308,41 @@ func TestUsersDelete(t *testing.T) {
 		}
 	})
 
+	t.Run("OK/MarksEveryConversation", func(t *testing.T) {
+		e := newChatEnv(t)
+		e.mustSend(t, e.alice, "bob", "hi bob")
+		e.mustSend(t, e.bob, "alice", "hi alice")
+		e.mustSend(t, e.carol, "alice", "hi")
+		e.mustSend(t, e.bob, "carol", "not alice's")
+		updates := e.store.updateCount()
+		if err := e.users.Delete(ctx, e.alice.UserID); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+		if n := e.store.updateCount() - updates; n != 1 {
+			t.Errorf("Delete ran %d transactions, want 1: the markers are written with the erasure", n)
+		}
+		for _, tc := range []struct {
+			with    Principal
+			markers int
+		}{{e.bob, 1}, {e.carol, 1}} {
+			conv := crdt.ConversationID(e.alice.UserID, tc.with.UserID)
+			var markers []crdt.Message
+			for _, en := range e.store.entries(conv) {
+				if m, err := crdt.DecodeMessage(en.Data); err == nil && m.Erased {
+					markers = append(markers, m)
+				}
+			}
+			if want := crdt.ErasureMarker(e.alice.UserID, tc.with.UserID); len(markers) != tc.markers || markers[0] != want {
+				t.Errorf("markers of alice's conversation with %s = %+v, want %+v", tc.with.Username, markers, want)
+			}
+		}
+		for _, en := range e.store.entries(crdt.ConversationID(e.bob.UserID, e.carol.UserID)) {
+			if crdt.IsErasureMarker(en.Data) {
+				t.Errorf("a marker in bob and carol's conversation")
+			}
+		}
+	})
+
 	t.Run("ErrNotFound", func(t *testing.T) {
 		e := newTestEnv(t)
 		wantCode(t, e.users.Delete(ctx, "nobody"), ENotFound)

@@ -70,6 +70,16 @@ func (c *Change) check() error {
 	if len(c.Entry.Data) > MaxEntry {
 		return fmt.Errorf("log entry of %q: %d bytes, at most %d", c.Conv, len(c.Entry.Data), MaxEntry)
 	}
+	// Other entries' data is opaque here; a marker's is read (its From is erased).
+	if crdt.IsErasureMarker(c.Entry.Data) {
+		m, err := crdt.DecodeMessage(c.Entry.Data)
+		if err != nil {
+			return fmt.Errorf("erasure marker in %q: %w", c.Conv, err)
+		}
+		if crdt.ConversationID(m.From, m.To) != c.Conv {
+			return fmt.Errorf("erasure marker of %q and %q in conversation %q", m.From, m.To, c.Conv)
+		}
+	}
 	return nil
 }
 

@@ -17,7 +17,10 @@ import (
 // TestConverge has three nodes write concurrently to overlapping keys (users, claims,
 // sessions, messages, an erasure), records every change each commit reports, and
 // delivers all of them to two more nodes in different random orders, batches and with
-// duplicates. Both must end with the same digest and the same ChangesSince contents.
+// duplicates. Both must end with the same records and messages; the erasure markers each
+// left of its own (where a message of the erased user arrived after the erasure) differ,
+// and once they have exchanged what they hold, as anti-entropy does, both hold the same
+// digest and the same ChangesSince contents.
 func TestConverge(t *testing.T) {
 	seed := testSeed(t)
 	rng := rand.New(rand.NewPCG(uint64(seed), 2))
@@ -93,11 +96,22 @@ func TestConverge(t *testing.T) {
 	deliver(b)
 	checkInvariants(t, a)
 	checkInvariants(t, b)
+	if ca, cb := contents(t, a, withoutMarkers), contents(t, b, withoutMarkers); !slices.Equal(ca, cb) {
+		t.Errorf("records and messages differ: %d and %d keys", len(ca), len(cb))
+	}
+	if n := exchange(t, a, b); n > 0 {
+		t.Logf("%d erasure markers left by the receivers exchanged", n)
+	}
+	if n := exchange(t, a, b); n > 0 {
+		t.Errorf("a second exchange applied %d changes: a marker led to another", n)
+	}
+	checkInvariants(t, a)
+	checkInvariants(t, b)
 	if a.Digest() != b.Digest() {
 		da, db := a.Digest(), b.Digest()
 		t.Errorf("digest roots %x and %x differ", da.Root(), db.Root())
 	}
-	ca, cb := contents(t, a), contents(t, b)
+	ca, cb := contents(t, a, nil), contents(t, b, nil)
 	if !slices.Equal(ca, cb) {
 		t.Errorf("ChangesSince contents differ: %d and %d keys", len(ca), len(cb))
 		ka, kb := map[string]string{}, map[string]string{}
@@ -123,6 +137,7 @@ func TestConverge(t *testing.T) {
 	// The sources, once they have everything too, agree with them.
 	for _, src := range srcs {
 		deliver(src)
+		exchange(t, src, a)
 		if src.Digest() != a.Digest() {
 			t.Errorf("source %s differs after delivery", src.NodeID())
 		}
@@ -138,13 +153,40 @@ func TestConverge(t *testing.T) {
 // are not a case the drop rules converge on before the sessions expire (see doc.go).
 func sessionKey(user string, n int) string { return crdt.SessionKey(fmt.Sprintf("%s-%d", user, n)) }
 
-// contents returns ChangesSince(0) as sorted "key=encoding" strings.
-func contents(t *testing.T, db *DB) []string {
+// contents returns ChangesSince(0) as sorted "key=encoding" strings, leaving out the
+// changes skip says to (nil: none).
+func contents(t *testing.T, db *DB, skip func(Change) bool) []string {
 	var out []string
 	for _, c := range allChanges(t, db) {
+		if skip != nil && skip(c) {
+			continue
+		}
 		enc := c.AppendBinary(nil)
 		out = append(out, c.Key+"="+string(bytes.Clone(enc)))
 	}
 	slices.Sort(out)
 	return out
+}
+
+func withoutMarkers(c Change) bool { return crdt.IsErasureMarker(c.Entry.Data) }
+
+// exchange applies what each of dbs holds to every other, as anti-entropy would, and
+// returns how many changes that applied.
+func exchange(tb testing.TB, dbs ...*DB) int {
+	tb.Helper()
+	applied := 0
+	for _, from := range dbs {
+		cs := allChanges(tb, from)
+		for _, to := range dbs {
+			if to == from {
+				continue
+			}
+			res, err := to.ApplyRemote(context.Background(), cs)
+			if err != nil {
+				tb.Fatalf("ApplyRemote: %v", err)
+			}
+			applied += res.Applied
+		}
+	}
+	return applied
 }

@@ -16,8 +16,8 @@ import (
 // its origin is here, so an entry that arrives late is still returned by a later call. It
 // starts reading at the earliest entry the cursor has not seen (found through the
 // per-origin index), so a recent cursor costs only the entries after it. An unknown
-// conversation reads as empty. The entries and cursor are the caller's; after is not
-// modified.
+// conversation reads as empty, and so does one that holds an erasure marker (it is gone;
+// it holds nothing else). The entries and cursor are the caller's; after is not modified.
 func (db *DB) ReadLog(ctx context.Context, conv string, after crdt.Cursor, limit int) ([]crdt.Entry, crdt.Cursor, error) {
 	next := after.Clone()
 	var out []crdt.Entry
@@ -27,6 +27,9 @@ func (db *DB) ReadLog(ctx context.Context, conv string, after crdt.Cursor, limit
 			return err
 		}
 		prefix := convPrefix(conv)
+		if v := btx.Bucket(bucketLog).Get(st.last.AppendBinary(slices.Clip(prefix))); len(v) > seqLen && crdt.IsErasureMarker(v[seqLen:]) {
+			return nil
+		}
 		logSeq := btx.Bucket(bucketLogSeq)
 		stable := make(map[crdt.NodeID]uint64, len(st.origins))
 		var (
@@ -87,7 +90,8 @@ type Conversation struct {
 }
 
 // Conversations returns userID's conversations held here, newest (by last entry) first,
-// read from the user's conversation index. The slice is the caller's.
+// read from the user's conversation index, which lists no conversation that holds an
+// erasure marker. The slice is the caller's.
 func (db *DB) Conversations(ctx context.Context, userID string) ([]Conversation, error) {
 	var out []Conversation
 	err := db.view(ctx, func(btx *bolt.Tx) error {
@@ -111,6 +115,9 @@ func (db *DB) Conversations(ctx context.Context, userID string) ([]Conversation,
 			last, err := decodeStoredEntry(cp, lk, log.Get(lk))
 			if err != nil {
 				return fmt.Errorf("conversation %q: last entry: %w", conv, err)
+			}
+			if crdt.IsErasureMarker(last.Data) {
+				continue // not listed in user_convs; never shown
 			}
 			a, b, _ := crdt.Participants(conv)
 			with := a

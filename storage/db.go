@@ -63,10 +63,10 @@ var (
 	bucketUserConvs    = []byte("user_convs")    // user 0 conv → ∅
 	bucketUserSessions = []byte("user_sessions") // user 0 created(20) session key → ∅
 	bucketExpiry       = []byte("expiry")        // expires(8) session key → ∅
-	bucketErased       = []byte("erased")        // user → ∅
+	bucketErased       = []byte("erased")        // user → how it is known erased (erase.go)
 	bucketFeed         = []byte("feed")          // seq(8) → replication key
 	bucketLeaves       = []byte("leaves")        // leaf(2) replication key → ∅
-	bucketSeqFloor     = []byte("seq_floor")     // conv → our highest seq there before a drop (drop.go)
+	bucketSeqFloor     = []byte("seq_floor")     // conv → our highest seq there before a drop or an erasure emptied it
 )
 
 var allBuckets = [][]byte{bucketMeta, bucketRecords, bucketLog, bucketLogSeq, bucketConvs,
@@ -347,7 +347,7 @@ func (db *DB) Path() string { return db.path }
 type Stats struct {
 	Users    int // user records not erased
 	Sessions int // session records held, in any state
-	Messages int // log entries held
+	Messages int // log entries held, erasure markers not counted
 }
 
 // Stats returns the node's counters. They are kept up to date by every commit, not

@@ -32,18 +32,64 @@
 // Only records and log entries are replicated. Everything else in the file is derived
 // from them on each node — the indexes (sessions by owner and by expiry, conversations
 // by user, per-origin log sequence numbers, digest leaves), the counters, the erasure
-// marks — and so are deletions: an erasure or an expiry is never shipped as such; every
-// node performs it when its own state calls for it, so digests converge. The keys of the
-// replicated key space are the record keys of crdt (u/, n/, s/) and LogKey for entries.
+// marks — and so are deletions: an expiry or an erasure is never shipped as a deletion;
+// every node performs it when its own state calls for it, so digests converge. (An
+// erasure travels as state that calls for it: the user record's deleted flag, and the
+// erasure markers in the conversation logs; see Erasure.) The keys of the replicated key
+// space are the record keys of crdt (u/, n/, s/) and LogKey for entries.
 //
 // # Erasure
 //
 // When a user record has the deleted flag after a merge (local or remote), the node
-// deletes every session record of that user and every conversation involving them, and
-// from then on drops arriving session records of that user and log entries of
-// conversations with them. The user record stays, stripped to its username, deleted flag
-// and sessions_until (later profile edits are stripped too): it is the tombstone that
-// makes the erasure win on every node, whatever arrives after.
+// deletes every session record of that user and the messages of every conversation
+// involving them (the cascade), and from then on drops arriving session records of that
+// user and messages of conversations with them. The user record stays, stripped to its
+// username, deleted flag and sessions_until (later profile edits are stripped too): it is
+// the tombstone that makes the erasure win on every node, whatever arrives after.
+//
+// With placement, a conversation also lives with the other participant, on nodes that
+// never hold the erased user's record. The erasure reaches them through what they do
+// hold, the conversation's log: an erasure marker (crdt.ErasureMarker, an entry whose
+// data says "From was erased") is the tombstone of a conversation. The node that serves
+// the erasure appends one to each of the user's conversations in the transaction that
+// sets the deleted flag (functions.Users.Delete), and markers replicate like any entry.
+// The rules, the same on every node:
+//
+//   - Applying a marker (local or remote) marks its From erased here, whether or not the
+//     node holds From's record, deletes the conversation's messages with everything
+//     derived from them (indexes, counters, digest, the conversation's listing), and
+//     stores the marker. A conversation that holds a marker holds nothing else and is
+//     gone for both participants: Conversations does not list it, ReadLog reads it as
+//     empty. Later messages of it are dropped, as are sessions of From (it is erased).
+//     From's other conversations held here keep their messages until a marker of theirs
+//     arrives (or a message of theirs, which is dropped and leaves one, as below): each
+//     gets one from the nodes that hold From's partition.
+//   - Markers are never deleted by an erasure or by other markers: several markers of one
+//     conversation, from several nodes, may coexist, and all are kept. Two markers with
+//     the same origin and sequence number resolve like any two entries.
+//   - A node never removes messages because of an erasure without leaving a marker: when
+//     the cascade deletes a conversation's messages, or drops an arriving message of a
+//     conversation with an erased participant (a remote one, or a local one appended in
+//     the transaction that erases its participant), and the conversation holds no
+//     marker, the node appends one of its own in the same batch — From the erased
+//     participant, stamped like any local entry (its clock, its next sequence number in
+//     the conversation, past any it issued before the conversation was dropped). So the
+//     holders of the other participant's partition, which may not know of the erasure,
+//     learn of it, also for a conversation started concurrently with it or that the
+//     serving node did not hold. A marker never leads to another marker (applying one
+//     purges; only dropping or deleting a message leaves one), so this cannot loop.
+//   - Within one transaction, markers are applied first, then records, then messages:
+//     the cascade that an erasure in the same transaction triggers finds the markers in
+//     place, keeps them and leaves none of its own beside them.
+//
+// Markers a node leaves of its own make the stored state depend on the order things
+// arrived in (a node that got the deleted flag before the serving node's markers holds a
+// marker of its own too), but they are ordinary entries: anti-entropy carries every
+// marker to every holder of the conversation, nothing ever deletes one, and so the
+// replicas converge to the same set. The cost is one small entry (67 bytes of data, under
+// a kilobyte on disk with its indexes and feed position) per conversation of an erased
+// user, more only when a node deleted or dropped messages before any marker of that
+// conversation reached it.
 //
 // # Expiry, and when tombstones may be dropped
 //
@@ -68,10 +114,13 @@
 // twice with different owners or expiries — the handlers' random IDs rule it out — nodes
 // could keep different versions of it until it expires.)
 //
-// Erased users' records (and their username claims) are never dropped: without the
-// tombstone, a delayed copy of the user, its sessions or its messages would come back.
-// No other tombstone is ever dropped: deleted fields of live records are part of their
-// state until the record goes.
+// Erased users' records (and their username claims) are never dropped, and neither are
+// erasure markers: without the tombstone, a delayed copy of the user, its sessions or its
+// messages would come back — on a node that holds only the other participant's partition,
+// the marker is the only tombstone. (Drop, which stops storing keys at a node that no
+// longer holds them while their holders keep them, is not a deletion and treats markers
+// like any entry.) No other tombstone is ever dropped: deleted fields of live records are
+// part of their state until the record goes.
 //
 // # Clock
 //

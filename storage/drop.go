@@ -3,7 +3,6 @@ package storage
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 
 	"github.com/sessiond/sessiond/crdt"
@@ -99,10 +98,8 @@ func (b *batch) dropConv(conv string) error {
 	if err != nil || !ok {
 		return err
 	}
-	if own := st.origin(b.db.node).max; own > seqFloor(b.btx.Bucket(bucketSeqFloor), conv) {
-		if err := b.btx.Bucket(bucketSeqFloor).Put([]byte(conv), binary.BigEndian.AppendUint64(nil, own)); err != nil {
-			return err
-		}
+	if err := b.deleteEntries(conv); err != nil {
+		return err
 	}
-	return b.deleteConv(conv)
+	return b.forgetConv(conv, st)
 }

@@ -2,19 +2,31 @@ package storage
 
 import (
 	"bytes"
+	"fmt"
 
 	"github.com/sessiond/sessiond/crdt"
 	bolt "go.etcd.io/bbolt"
 )
 
+// Values of the erased bucket (user → value). A user is erased here once either is set:
+// its sessions and messages are refused from then on.
+var (
+	// erasedCascade: the user record's deleted flag was applied here, and with it the
+	// cascade (erase).
+	erasedCascade = present
+	// erasedMarker: an erasure marker of one of the user's conversations was applied
+	// here, and the record's deleted flag not (yet): this node may not even hold it.
+	erasedMarker = []byte{2}
+)
+
 // erase runs the erasure cascade for user, whose record has just gained the deleted
-// flag: it deletes every session record of the user and every conversation involving
-// them, and marks them erased so that such records and entries arriving later are
-// dropped. Nothing of this is replicated as such: each replica derives it from the user
-// record, so their digests converge.
+// flag: it deletes every session record of the user and the messages of every
+// conversation involving them, leaves an erasure marker of its own in each conversation
+// it deleted messages from that holds none (leaveMarker), and marks the user erased so
+// that such records and entries arriving later are dropped.
 func (b *batch) erase(user string) error {
 	b.erasing = true
-	if err := b.erased.get().Put([]byte(user), present); err != nil {
+	if err := b.erased.get().Put([]byte(user), erasedCascade); err != nil {
 		return err
 	}
 	sessions := userSessionKeys(b.userSessions.get(), user)
@@ -40,17 +52,25 @@ func (b *batch) erase(user string) error {
 		// which carries the erasure, stands in for them (DB.Overtaken).
 		b.overtaken = append(b.overtaken, Overtaken{Key: crdt.UserKey(user), TS: own})
 	}
-	convs := b.userConvList(user)
+	convs := b.userConvList(user) // conversations with messages: none holds a marker
+	markers := 0
 	for _, conv := range convs {
-		if err := b.deleteConv(conv); err != nil {
+		n, err := b.purgeConv(conv)
+		if err != nil {
 			return err
 		}
+		if n > 0 && !b.holdsMarker(conv) {
+			if err := b.leaveMarker(conv, user); err != nil {
+				return err
+			}
+			markers++
+		}
 	}
-	b.db.log.Info("user erased", attrUser, user, "sessions", len(sessions), "conversations", len(convs))
+	b.db.log.Info("user erased", attrUser, user, "sessions", len(sessions), "conversations", len(convs), "markers", markers)
 	return nil
 }
 
-// userConvList returns the IDs of user's conversations.
+// userConvList returns the IDs of user's conversations that hold messages.
 func (b *batch) userConvList(user string) []string {
 	prefix := append([]byte(user), 0)
 	var convs []string
@@ -61,8 +81,124 @@ func (b *batch) userConvList(user string) []string {
 	return convs
 }
 
-// deleteConv deletes a conversation: its entries, their indexes and its state.
-func (b *batch) deleteConv(conv string) error {
+// markErased records that user is erased, as value says (erasedCascade or
+// erasedMarker), unless the cascade already ran here.
+func (b *batch) markErased(user string, value []byte) error {
+	if v := b.erased.get().Get([]byte(user)); bytes.Equal(v, erasedCascade) || bytes.Equal(v, value) {
+		return nil
+	}
+	return b.erased.get().Put([]byte(user), value)
+}
+
+// holdsMarker reports whether conv holds an erasure marker. A conversation that holds
+// one holds nothing else (applying a marker deletes the messages, and a participant of
+// the conversation is then erased here, so later messages are dropped), so its first
+// entry tells.
+func (b *batch) holdsMarker(conv string) bool {
+	prefix := convPrefix(conv)
+	k, v := b.log.get().Cursor().Seek(prefix)
+	return k != nil && bytes.HasPrefix(k, prefix) && len(v) > seqLen && crdt.IsErasureMarker(v[seqLen:])
+}
+
+// leaveMarker appends this node's own erasure marker of from to conv, stamped as
+// Tx.Append stamps an entry: the clock's next timestamp and this node's next sequence
+// number there (past any it issued before the conversation was dropped or purged). It is
+// written like any entry — replicated to both participants' holders, which may not know
+// of the erasure — and applying it purges conv here. A marker never leads to another.
+func (b *batch) leaveMarker(conv, from string) error {
+	x, y, _ := crdt.Participants(conv)
+	to := y
+	if from == y {
+		to = x
+	}
+	st, _, err := loadConv(b.convs.get(), conv)
+	if err != nil {
+		return err
+	}
+	seq := max(st.origin(b.db.node).max, seqFloor(b.btx.Bucket(bucketSeqFloor), conv)) + 1
+	e := crdt.Entry{ID: crdt.EntryID{TS: b.db.clock.Next(), Seq: seq}, Data: crdt.ErasureMarker(from, to).AppendBinary(nil)}
+	_, err = b.writeEntry(conv, e)
+	return err
+}
+
+// purgeConv deletes the messages of conv, with everything derived from them, and keeps
+// its erasure markers. It returns how many messages it deleted. The conversation is
+// no longer listed (user_convs); if no marker is left, its state goes too, and the
+// highest sequence number this node gave its own entries there is remembered, as Drop
+// does, so that a marker it leaves later never reuses one.
+func (b *batch) purgeConv(conv string) (int, error) {
+	prefix := convPrefix(conv)
+	var (
+		dead    []crdt.EntryID
+		markers int
+		last    crdt.EntryID
+	)
+	c := b.log.get().Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		if len(k) != len(prefix)+crdt.EntryIDSize || len(v) < seqLen {
+			return 0, fmt.Errorf("corrupt log key %x", k)
+		}
+		id, _ := crdt.DecodeEntryID(k[len(prefix):])
+		if crdt.IsErasureMarker(v[seqLen:]) {
+			markers, last = markers+1, id
+			continue
+		}
+		dead = append(dead, id)
+	}
+	logSeq := b.logSeq.get()
+	for _, id := range dead {
+		if err := b.deleteEntry(conv, id); err != nil {
+			return 0, err
+		}
+		if err := logSeq.Delete(seqKey(prefix, id.Origin(), id.Seq)); err != nil {
+			return 0, err
+		}
+	}
+	x, y, _ := crdt.Participants(conv)
+	for _, u := range []string{x, y} {
+		if err := b.userConvs.get().Delete(append(append([]byte(u), 0), conv...)); err != nil {
+			return 0, err
+		}
+	}
+	st, ok, err := loadConv(b.convs.get(), conv)
+	if err != nil || !ok {
+		return len(dead), err
+	}
+	if markers == 0 {
+		if err := b.forgetConv(conv, st); err != nil {
+			return 0, err
+		}
+		return len(dead), nil
+	}
+	// The markers' state: origins keep their highest sequence number (this node's next
+	// one stays past every one it issued); the contiguous prefixes shrink to what is left.
+	st.count, st.last = uint64(markers), last
+	for i := range st.origins {
+		o := &st.origins[i]
+		o.prefix = 0
+		for o.prefix < o.max && logSeq.Get(seqKey(prefix, o.node, o.prefix+1)) != nil {
+			o.prefix++
+		}
+	}
+	return len(dead), b.convs.get().Put([]byte(conv), st.encode())
+}
+
+// forgetConv deletes the state of conv, whose entries are all gone, remembering the
+// highest sequence number this node gave its own entries there (the seq_floor bucket).
+func (b *batch) forgetConv(conv string, st convState) error {
+	floors := b.btx.Bucket(bucketSeqFloor)
+	if own := st.origin(b.db.node).max; own > seqFloor(floors, conv) {
+		if err := floors.Put([]byte(conv), putUint(own)); err != nil {
+			return err
+		}
+	}
+	return b.convs.get().Delete([]byte(conv))
+}
+
+// deleteEntries deletes every entry of a conversation, markers included, with their
+// indexes and its listing, but not its state (forgetConv). Only Drop does, for a
+// conversation this node no longer holds.
+func (b *batch) deleteEntries(conv string) error {
 	prefix := convPrefix(conv)
 	var dead [][]byte
 	c := b.log.get().Cursor()
@@ -77,7 +213,9 @@ func (b *batch) deleteConv(conv string) error {
 			return err
 		}
 		b.removed(lk)
-		b.messages--
+		if !crdt.IsErasureMarker(e.Data) {
+			b.messages--
+		}
 		dead = append(dead, bytes.Clone(k))
 	}
 	if err := deleteKeys(b.log.get(), dead); err != nil {
@@ -89,9 +227,6 @@ func (b *batch) deleteConv(conv string) error {
 		dead = append(dead, bytes.Clone(k))
 	}
 	if err := deleteKeys(b.logSeq.get(), dead); err != nil {
-		return err
-	}
-	if err := b.convs.get().Delete([]byte(conv)); err != nil {
 		return err
 	}
 	x, y, _ := crdt.Participants(conv)
@@ -113,10 +248,13 @@ func deleteKeys(bk *bolt.Bucket, keys [][]byte) error {
 	return nil
 }
 
-// erasedFor reports whether user is erased here, counting this function's buffered writes.
-// tx may be nil.
+// erasedFor reports whether user is erased here, counting this function's buffered writes
+// (a deleted flag, an erasure marker). tx may be nil.
 func (b *batch) erasedFor(tx *Tx, user string) bool {
 	if tx != nil {
+		if tx.marked[user] {
+			return true
+		}
 		if p, ok := tx.recs[crdt.UserKey(user)]; ok {
 			if _, del := p.m.Flag(crdt.FieldDeleted); del {
 				return true

@@ -67,6 +67,11 @@ func checkErased(t *testing.T, db *DB) {
 	if st, _ := db.Stats(ctx); st != (Stats{Users: 2, Sessions: 1, Messages: 1}) {
 		t.Errorf("Stats = %+v, want 2 users, 1 session, 1 message", st)
 	}
+	for _, conv := range []string{"u1:u2", "u1:u3"} {
+		if len(markersOf(t, db, conv)) == 0 {
+			t.Errorf("conversation %s deleted without an erasure marker", conv)
+		}
+	}
 }
 
 func TestErase(t *testing.T) {
@@ -83,6 +88,31 @@ func TestErase(t *testing.T) {
 		if _, err := b.ApplyRemote(ctx, allChanges(t, a)); err != nil {
 			t.Fatal(err)
 		}
+		seq := a.FeedSeq()
+		merge(t, a, crdt.UserKey("u1"), crdt.EraseUser(a.Clock().Next()))
+		// What the erasure committed, as a push carries it: the user record and the
+		// markers a left in u1's two conversations.
+		cs, _, err := a.ChangesSince(ctx, seq, 0)
+		if err != nil || len(cs) != 3 || len(markersOf(t, a, "u1:u2")) != 1 || len(markersOf(t, a, "u1:u3")) != 1 {
+			t.Fatalf("ChangesSince = %d changes, %v; want the record and two markers", len(cs), err)
+		}
+		if _, err := b.ApplyRemote(ctx, cs); err != nil {
+			t.Fatal(err)
+		}
+		checkErased(t, b)
+		if a.Digest() != b.Digest() {
+			t.Error("digests differ after both erased: b left markers of its own beside a's")
+		}
+	})
+	t.Run("RemoteRecordAlone", func(t *testing.T) {
+		// The record reaches b without a's markers: b deletes the conversations and
+		// leaves markers of its own; once they exchange markers, they agree.
+		a, b := MustOpenDB(t), MustOpenDB(t)
+		seedErasure(t, a)
+		ctx := context.Background()
+		if _, err := b.ApplyRemote(ctx, allChanges(t, a)); err != nil {
+			t.Fatal(err)
+		}
 		merge(t, a, crdt.UserKey("u1"), crdt.EraseUser(a.Clock().Next()))
 		cs, err := a.Changes(ctx, []string{crdt.UserKey("u1")})
 		if err != nil || len(cs) != 1 {
@@ -92,9 +122,20 @@ func TestErase(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkErased(t, b)
-		if a.Digest() != b.Digest() {
-			t.Error("digests differ after both erased")
+		for _, conv := range []string{"u1:u2", "u1:u3"} {
+			if ms := markersOf(t, b, conv); len(ms) != 1 || ms[0].ID.Origin() != b.NodeID() {
+				t.Errorf("b's markers of %s = %v, want one of its own", conv, ms)
+			}
 		}
+		exchange(t, a, b)
+		if a.Digest() != b.Digest() {
+			t.Error("digests differ after the markers were exchanged")
+		}
+		if ms := markersOf(t, b, "u1:u2"); len(ms) != 2 {
+			t.Errorf("markers of u1:u2 = %d, want both nodes' kept", len(ms))
+		}
+		checkErased(t, a)
+		checkErased(t, b)
 	})
 	t.Run("DropsLaterArrivals", func(t *testing.T) {
 		a, b := MustOpenDB(t), MustOpenDB(t)

@@ -104,7 +104,10 @@ func mustReopen(tb testing.TB, db *DB, opts Options) *DB {
 
 // checkInvariants verifies that everything derived agrees with the replicated state:
 // bbolt's consistency check, the digest against a rebuild, the leaf index, counters,
-// feed positions, session indexes and conversation summaries.
+// feed positions, session indexes, conversation summaries and indexes, and the erasure
+// rules: a conversation that holds an erasure marker holds nothing else, is listed for
+// neither participant and its markers' From is erased here; a user whose record's
+// erasure was applied here has no messages stored.
 func checkInvariants(tb testing.TB, db *DB) {
 	tb.Helper()
 	err := db.bolt.View(func(btx *bolt.Tx) error {
@@ -155,7 +158,8 @@ func checkInvariants(tb testing.TB, db *DB) {
 				tb.Errorf("%s index holds %d keys, want %d", bk, n, sessions)
 			}
 		}
-		convCount := map[string]uint64{}
+		convCount, convMarkers := map[string]uint64{}, map[string]uint64{}
+		erased, userConvs := btx.Bucket(bucketErased), btx.Bucket(bucketUserConvs)
 		_ = log.ForEach(func(k, v []byte) error {
 			i := bytes.IndexByte(k, 0)
 			conv := string(k[:i])
@@ -166,24 +170,57 @@ func checkInvariants(tb testing.TB, db *DB) {
 			}
 			key := LogKey(conv, e.ID)
 			keys[key] = true
-			messages++
 			convCount[conv]++
 			if fk := feed.Get(v[:seqLen]); string(fk) != key {
 				tb.Errorf("entry %q: feed position holds %q", key, fk)
 			}
+			if c := (Change{Key: key, Conv: conv, Entry: e}); c.check() != nil {
+				tb.Errorf("entry %q stored though malformed: %v", key, c.check())
+			}
+			if !crdt.IsErasureMarker(e.Data) {
+				messages++
+				x, y, _ := crdt.Participants(conv)
+				for _, u := range []string{x, y} {
+					if bytes.Equal(erased.Get([]byte(u)), erasedCascade) {
+						tb.Errorf("entry %q stored though %q's erasure was applied here", key, u)
+					}
+				}
+				return nil
+			}
+			convMarkers[conv]++
+			if m, _ := crdt.DecodeMessage(e.Data); erased.Get([]byte(m.From)) == nil {
+				tb.Errorf("erasure marker %q stored but %q not marked erased", key, m.From)
+			}
 			return nil
 		})
 		_ = btx.Bucket(bucketConvs).ForEach(func(k, v []byte) error {
+			conv := string(k)
 			st, err := decodeConvState(v)
-			if err != nil || st.count != convCount[string(k)] {
-				tb.Errorf("conversation %q: state %+v (%v), %d entries", k, st, err, convCount[string(k)])
+			if err != nil || st.count != convCount[conv] {
+				tb.Errorf("conversation %q: state %+v (%v), %d entries", k, st, err, convCount[conv])
 			}
-			delete(convCount, string(k))
+			if n := convMarkers[conv]; n > 0 && n != convCount[conv] {
+				tb.Errorf("conversation %q holds %d erasure markers and %d other entries", k, n, convCount[conv]-n)
+			}
+			x, y, _ := crdt.Participants(conv)
+			for _, u := range []string{x, y} {
+				if listed := userConvs.Get(append(append([]byte(u), 0), conv...)) != nil; listed != (convMarkers[conv] == 0) {
+					tb.Errorf("conversation %q listed for %q: %v, with %d erasure markers", k, u, listed, convMarkers[conv])
+				}
+			}
+			delete(convCount, conv)
 			return nil
 		})
 		for conv := range convCount {
 			tb.Errorf("conversation %q has entries but no state", conv)
 		}
+		_ = userConvs.ForEach(func(k, _ []byte) error {
+			i := bytes.IndexByte(k, 0)
+			if i < 0 || btx.Bucket(bucketConvs).Get(k[i+1:]) == nil {
+				tb.Errorf("user_convs lists %q, which has no state", k)
+			}
+			return nil
+		})
 		leaves, want := 0, 0
 		for key := range keys {
 			want += len(crdt.KeyHomes(key).Append(nil))

@@ -129,6 +129,10 @@ func loadConv(bk *bolt.Bucket, conv string) (convState, bool, error) {
 // this node's next sequence number in conv; its data is msg's encoding. The entry is
 // written only if the function returns nil. Append fails if either participant is erased:
 // check the recipient's user record in the same function first.
+//
+// An erasure marker (msg.Erased, without a body) may be appended whatever is erased, also
+// in the function that erases msg.From: a function's markers are applied before its
+// records, so the erasure cascade finds them in place (see the package documentation).
 func (tx *Tx) Append(conv string, msg crdt.Message) (crdt.Entry, error) {
 	if tx.closed {
 		return crdt.Entry{}, errTxClosed
@@ -139,9 +143,12 @@ func (tx *Tx) Append(conv string, msg crdt.Message) (crdt.Entry, error) {
 	if crdt.ConversationID(msg.From, msg.To) != conv {
 		return crdt.Entry{}, fmt.Errorf("message from %q to %q does not belong to conversation %q", msg.From, msg.To, conv)
 	}
+	if msg.Erased && msg.Body != "" {
+		return crdt.Entry{}, fmt.Errorf("conversation %q: an erasure marker has no body", conv)
+	}
 	a, b, _ := crdt.Participants(conv)
 	for _, u := range []string{a, b} {
-		if tx.b.erasedFor(tx, u) {
+		if !msg.Erased && tx.b.erasedFor(tx, u) {
 			return crdt.Entry{}, fmt.Errorf("conversation %q: user %q is erased", conv, u)
 		}
 	}
@@ -161,6 +168,9 @@ func (tx *Tx) Append(conv string, msg crdt.Message) (crdt.Entry, error) {
 		return crdt.Entry{}, fmt.Errorf("message of %d bytes, at most %d", len(data), MaxEntry)
 	}
 	tx.seqs[conv] = seq + 1
+	if msg.Erased {
+		tx.mark(msg.From)
+	}
 	e := crdt.Entry{ID: crdt.EntryID{TS: tx.b.db.clock.Next(), Seq: seq}, Data: data}
 	tx.entries = append(tx.entries, e)
 	tx.convs = append(tx.convs, conv)
@@ -191,41 +201,94 @@ func (tx *Tx) Entry(conv string, id crdt.EntryID) (crdt.Entry, bool, error) {
 
 // insert buffers a remote entry and says what applying it will do.
 func (tx *Tx) insert(conv string, e crdt.Entry) outcome {
-	a, b, _ := crdt.Participants(conv)
-	if tx.b.erasedFor(tx, a) || tx.b.erasedFor(tx, b) {
-		return outDropped
-	}
+	marker := crdt.IsErasureMarker(e.Data)
 	prefix := convPrefix(conv)
 	lk := e.ID.AppendBinary(slices.Clip(prefix))
-	if _, dup := tx.inserted[string(lk)]; dup || tx.b.log.get().Get(lk) != nil {
+	if _, dup := tx.inserted[string(lk)]; dup {
 		return outUnchanged
 	}
-	if v := tx.b.logSeq.get().Get(seqKey(prefix, e.ID.Origin(), e.ID.Seq)); v != nil {
+	if a, b, _ := crdt.Participants(conv); !marker && (tx.b.erasedFor(tx, a) || tx.b.erasedFor(tx, b)) {
+		// Buffered all the same: applying it drops it, and leaves a marker in the
+		// conversation if it holds none (batch.writeEntry).
+		tx.buffer(conv, e, lk)
+		return outDropped
+	}
+	if tx.b.log.get().Get(lk) != nil {
+		return outUnchanged
+	}
+	if marker {
+		// (A marker deletes the messages it might conflict with before it is compared
+		// with what is left: batch.writeEntry.)
+		if m, err := crdt.DecodeMessage(e.Data); err == nil { // checked by Change.check
+			tx.mark(m.From)
+		}
+	} else if v := tx.b.logSeq.get().Get(seqKey(prefix, e.ID.Origin(), e.ID.Seq)); v != nil {
 		if ts, _ := crdt.DecodeTimestamp(v); ts.Compare(e.ID.TS) < 0 {
 			return outUnchanged // a conflicting entry that wins is already here
 		}
 	}
+	tx.buffer(conv, e, lk)
+	return outApplied
+}
+
+// mark notes that the function buffered an erasure marker of user: applied before the
+// function's other writes, it makes the user erased for them (batch.erasedFor).
+func (tx *Tx) mark(user string) {
+	if tx.marked == nil {
+		tx.marked = make(map[string]bool)
+	}
+	tx.marked[user] = true
+}
+
+// buffer adds a remote entry, whose log key is lk, to the function's writes.
+func (tx *Tx) buffer(conv string, e crdt.Entry, lk []byte) {
 	if tx.inserted == nil {
 		tx.inserted = make(map[string]struct{})
 	}
 	tx.inserted[string(lk)] = struct{}{}
 	tx.entries = append(tx.entries, e)
 	tx.convs = append(tx.convs, conv)
-	return outApplied
 }
 
-// writeEntry stores a log entry unless it is there already or a participant is erased.
-// Two different entries with the same origin and seq (only a node restored from an old
-// copy of its file would issue them) resolve everywhere to the one with the lower ID.
+// writeEntry stores a log entry unless it is there already or, for a message, a
+// participant is erased. Two different entries with the same origin and seq (only a node
+// restored from an old copy of its file would issue them) resolve everywhere to the one
+// with the lower ID.
+//
+// A message dropped because a participant is erased leaves this node's own marker in the
+// conversation if it holds none (leaveMarker). An erasure marker (whose form Change.check
+// or Tx.Append checked) is stored whatever is erased: it marks its From erased and
+// deletes the conversation's messages first (purgeConv), so it is compared only with
+// other markers.
 func (b *batch) writeEntry(conv string, e crdt.Entry) (outcome, error) {
 	x, y, _ := crdt.Participants(conv)
-	if b.erasedFor(nil, x) || b.erasedFor(nil, y) {
-		return outDropped, nil
+	marker := crdt.IsErasureMarker(e.Data)
+	if !marker {
+		for _, u := range []string{x, y} {
+			if b.erasedFor(nil, u) {
+				if b.holdsMarker(conv) {
+					return outDropped, nil
+				}
+				return outDropped, b.leaveMarker(conv, u)
+			}
+		}
 	}
 	prefix := convPrefix(conv)
 	lk := e.ID.AppendBinary(slices.Clip(prefix))
 	if b.log.get().Get(lk) != nil {
 		return outUnchanged, nil
+	}
+	if marker {
+		m, err := crdt.DecodeMessage(e.Data)
+		if err != nil || crdt.ConversationID(m.From, m.To) != conv {
+			return 0, fmt.Errorf("malformed erasure marker %v", e.ID)
+		}
+		if err := b.markErased(m.From, erasedMarker); err != nil {
+			return 0, err
+		}
+		if _, err := b.purgeConv(conv); err != nil {
+			return 0, err
+		}
 	}
 	st, exists, err := loadConv(b.convs.get(), conv)
 	if err != nil {
@@ -252,7 +315,7 @@ func (b *batch) writeEntry(conv string, e crdt.Entry) (outcome, error) {
 	if err := b.logSeq.get().Put(sk, e.ID.TS.AppendBinary(nil)); err != nil {
 		return 0, err
 	}
-	if !exists {
+	if !exists && !marker { // a conversation with a marker is listed for neither
 		for _, u := range []string{x, y} {
 			if err := b.userConvs.get().Put(append(append([]byte(u), 0), conv...), present); err != nil {
 				return 0, err
@@ -290,7 +353,9 @@ func (b *batch) writeEntry(conv string, e crdt.Entry) (outcome, error) {
 	if err := b.feedPut(seq, key); err != nil {
 		return 0, err
 	}
-	b.messages++
+	if !marker {
+		b.messages++
+	}
 	b.changed(Change{Key: key, Conv: conv, Entry: crdt.Entry{ID: e.ID, Data: bytes.Clone(e.Data)}})
 	return outApplied, nil
 }
@@ -306,7 +371,9 @@ func (b *batch) deleteEntry(conv string, id crdt.EntryID) error {
 	e := crdt.Entry{ID: id, Data: v[seqLen:]}
 	b.toggle(key, crdt.PairHash(key, e.AppendBinary(nil)))
 	b.removed(key)
-	b.messages--
+	if !crdt.IsErasureMarker(e.Data) {
+		b.messages--
+	}
 	if err := indexLeaves(b.leaves.get(), key, false); err != nil {
 		return err
 	}

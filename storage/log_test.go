@@ -207,7 +207,7 @@ func TestReadLog(t *testing.T) {
 	})
 	t.Run("HoldsBackGap", func(t *testing.T) {
 		e := func(seq uint64) Change {
-			en := crdt.Entry{ID: crdt.EntryID{TS: ts(9, int64(seq)), Seq: seq}, Data: []byte{byte(seq)}}
+			en := crdt.Entry{ID: crdt.EntryID{TS: ts(9, int64(seq)), Seq: seq}, Data: crdt.Message{From: "a", To: "b", Body: fmt.Sprint(seq)}.AppendBinary(nil)}
 			return Change{Key: LogKey("a:b", en.ID), Conv: "a:b", Entry: en}
 		}
 		if _, err := db.ApplyRemote(ctx, []Change{e(1), e(3)}); err != nil {

@@ -198,7 +198,7 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 		if !now.deleted {
 			b.users++
 		}
-		if user := key[len(crdt.UserPrefix):]; now.deleted && b.erased.get().Get([]byte(user)) == nil {
+		if user := key[len(crdt.UserPrefix):]; now.deleted && !bytes.Equal(b.erased.get().Get([]byte(user)), erasedCascade) {
 			if err := b.erase(user); err != nil {
 				return fmt.Errorf("erase user %q: %w", user, err)
 			}

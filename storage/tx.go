@@ -22,6 +22,7 @@ type Tx struct {
 	convs     []string            // conv of each entry
 	seqs      map[string]uint64   // conv → next seq of this node, once this function appended
 	inserted  map[string]struct{} // log keys of the remote entries buffered
+	marked    map[string]bool     // the From of each erasure marker buffered
 	deletes   []string            // records to delete (Sweep, Drop)
 	dropConvs []string            // conversations to drop (Drop)
 	// overtaken lists this node's writes that remote changes replaced (see
@@ -200,6 +201,12 @@ func (tx *Tx) apply() error {
 			}
 		}
 	}
+	// Erasure markers first: the erasure cascade that a record of this function may
+	// trigger then finds them in place, keeps them and leaves no marker of its own where
+	// one is. Messages last: those of a user erased by this function are dropped.
+	if err := tx.writeEntries(true); err != nil {
+		return err
+	}
 	for _, key := range tx.order {
 		p := tx.recs[key]
 		if !p.had && !p.keep {
@@ -209,12 +216,23 @@ func (tx *Tx) apply() error {
 			return fmt.Errorf("record %q: %w", key, err)
 		}
 	}
+	if err := tx.writeEntries(false); err != nil {
+		return err
+	}
+	tx.b.overtaken = append(tx.b.overtaken, tx.overtaken...)
+	return nil
+}
+
+// writeEntries writes the function's erasure markers (markers), or its other entries.
+func (tx *Tx) writeEntries(markers bool) error {
 	for i, e := range tx.entries {
+		if crdt.IsErasureMarker(e.Data) != markers {
+			continue
+		}
 		if _, err := tx.b.writeEntry(tx.convs[i], e); err != nil {
 			return fmt.Errorf("log %q: %w", tx.convs[i], err)
 		}
 	}
-	tx.b.overtaken = append(tx.b.overtaken, tx.overtaken...)
 	return nil
 }
 
