@@ -42,7 +42,7 @@ type Handler interface {
 
 // Config configures a Replicator.
 type Config struct {
-	DB        *storage.DB
+	DB        Store
 	Transport Transport
 	// Name and Region are this node's, as its peers know it (Peer.Name, Peer.Region):
 	// placement ranks members by name within their region.
