@@ -73,7 +73,6 @@ func (h *haveState) init() {
 func (h *haveState) gone(node crdt.NodeID, t time.Time) {
 	h.mu.Lock()
 	h.lastLive[node] = t
-	delete(h.learnt, node)
 	h.mu.Unlock()
 }
 
@@ -132,12 +131,18 @@ func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 		h.gained[i] &= held[i]
 	}
 	for peer, ls := range h.learnt {
+		left := false
 		for i := range ls {
 			for w := range ls[i].about {
 				ls[i].about[w] &= held[w] &^ now[w]
+				left = left || ls[i].about[w] != 0
 			}
 		}
-		h.learnt[peer] = ls
+		if left {
+			h.learnt[peer] = ls
+		} else {
+			delete(h.learnt, peer) // about nothing held any more
+		}
 	}
 }
 
