@@ -329,7 +329,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 	}
 	n.membership, err = cluster.StartMembership(cluster.MembershipConfig{
 		NodeName: n.cfg.NodeName, Region: n.cfg.Region, ID: n.db.NodeID(),
-		BindAddr: n.cfg.GossipAddr, Advertise: n.cfg.Advertise, SyncAddr: advertisedSync,
+		BindAddr: n.cfg.GossipAddr, Advertise: n.cfg.Advertise, SyncAddr: advertisedSync, Replicas: n.cfg.Replicas,
 		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip,
 		Root:     func() uint64 { d := n.db.Digest(); return d.Root() },
 		OnPeers:  func(p []cluster.Peer) { n.replicator.SetPeers(p); n.counters.SetPeers(p) },

@@ -28,6 +28,10 @@ const (
 	tagID     = "id"
 	tagSync   = "sync"
 	tagProto  = "proto"
+	// tagReplicas is the member's --replicas: every member must have the same, or their
+	// placements differ (still correct, but each forwards by its own, and keys move
+	// about). A mismatch is logged.
+	tagReplicas = "replicas"
 )
 
 // noticeEvent is the serf user event a node sends periodically: its node ID and digest
@@ -53,6 +57,7 @@ type MembershipConfig struct {
 	BindAddr   string   // host:port for gossip (TCP and UDP)
 	Advertise  string   // host other nodes reach this one at; empty: BindAddr's host
 	SyncAddr   string   // host:port of this node's sync transport, as peers reach it
+	Replicas   int      // this node's placement (Config.Replicas), told to the others
 	GossipKeys [][]byte // 32 bytes each; the first is primary
 	Join       []string // members to join, retried with backoff until one answers
 	// Fast shortens failure detection and reconnection (loopback clusters and tests).
@@ -146,7 +151,7 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	sc.NodeName = cfg.NodeName
 	sc.Tags = map[string]string{
 		tagRegion: cfg.Region, tagID: cfg.ID.String(), tagSync: cfg.SyncAddr,
-		tagProto: strconv.Itoa(ProtocolVersion),
+		tagProto: strconv.Itoa(ProtocolVersion), tagReplicas: strconv.Itoa(cfg.Replicas),
 	}
 	sc.MemberlistConfig = ml
 	sc.Logger = logger
@@ -326,6 +331,11 @@ func (m *Membership) Members() []Member {
 			m.warnOnce(sm.Name, "proto "+strconv.Quote(sm.Tags[tagProto]),
 				"member speaks another sync protocol; ignoring", "member", sm.Name, "proto", sm.Tags[tagProto])
 			continue
+		}
+		if r, ok := sm.Tags[tagReplicas]; ok && r != strconv.Itoa(m.cfg.Replicas) && status == "alive" {
+			m.warnOnce(sm.Name, "replicas "+strconv.Quote(r),
+				"member runs with another --replicas; every node of a cluster needs the same", "member", sm.Name,
+				"replicas", r, "ours", m.cfg.Replicas)
 		}
 		out = append(out, Member{
 			Name: sm.Name, ID: id, Region: sm.Tags[tagRegion], Status: status,

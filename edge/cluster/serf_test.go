@@ -91,6 +91,24 @@ func TestMembership_IgnoredMembers(t *testing.T) {
 			}
 		})
 	}
+	t.Run("OtherReplicasKeptAndLogged", func(t *testing.T) {
+		tags := map[string]string{tagRegion: "r", tagID: crdt.NodeID(2).String(), tagSync: "127.0.0.1:1",
+			tagProto: strconv.Itoa(ProtocolVersion), tagReplicas: "3"}
+		if err := m2.serf.SetTags(tags); err != nil {
+			t.Logf("SetTags: %v", err)
+		}
+		const warning = "member runs with another --replicas"
+		waitFor(t, 10*time.Second, func() (bool, string) {
+			ns, _ := members()
+			return ns == "m1,m2" && logs.count(warning) > 0, "members " + ns + ", no warning yet"
+		})
+		for range 20 {
+			members()
+		}
+		if n := logs.count(warning); n != 1 {
+			t.Errorf("%q logged %d times, want once", warning, n)
+		}
+	})
 }
 
 func TestMembership_CloseLastMember(t *testing.T) {
