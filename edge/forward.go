@@ -40,7 +40,12 @@ import (
 // which is safe to repeat); a write that may have reached a holder is not sent to another
 // (it would be applied twice): it is answered 503 with Retry-After. When no holder can be
 // reached at all, the node serves the request itself: a write is accepted and handed off
-// to the holders later (handoff.go), so writes are never refused because holders are down.
+// to the holders later (handoff.go), so writes are never refused because holders are down
+// — but for a login (503: the account's record is not here, and a 401 would be wrong);
+// an authenticated request whose session is not here waits for it as for a bookmark, and
+// gets 503 behind if it cannot fetch it. Placement follows the live members, so this is the
+// moment between a holder's failure and its detection, with every other holder of the
+// partition in every region out of reach too.
 // /v1/cluster, the UI, health and metrics are always served by the node asked.
 
 const (
@@ -180,6 +185,12 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 		return n.relay(c, resp, cancel, stream)
 	}
 	n.metrics.forwarded("")
+	if c.Method() == fiber.MethodPost && c.Path() == "/v1/sessions" {
+		// A login needs the account's record, which is not here: served here it would
+		// answer 401 for the right password.
+		c.Set(fiber.HeaderRetryAfter, "1")
+		return functions.Errorf(functions.EUnavailable, "no node holding this account answered; retry")
+	}
 	return c.Next() // no holder answered: serve it here (writes are handed off later)
 }
 
