@@ -274,8 +274,19 @@ func (n *Node) becomeReady() {
 			n.log.Warn("no peer reachable to catch up from; serving local state", "waited", n.cfg.CatchUpTimeout)
 		}
 	}
+	if n.joining() {
+		// Caught up: take this node's share of the partitions, here and in the cluster.
+		n.replicator.Joined()
+		if err := n.membership.Joined(); err != nil {
+			n.log.Warn("could not tell the cluster this node joined; it will hold nothing until it can", slog.Any("err", err))
+		}
+	}
 	n.ready.Store(true)
 }
+
+// joining reports whether this node starts by catching up before it takes its share of
+// the partitions: with placement, when it joins others.
+func (n *Node) joining() bool { return n.cfg.Replicas > 0 && len(n.cfg.Join) > 0 }
 
 // Ready reports whether /readyz says ready.
 func (n *Node) Ready() bool { return n.ready.Load() }
@@ -299,6 +310,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 	}
 	n.replicator = cluster.NewReplicator(cluster.Config{
 		DB: n.db, Transport: n.transport, Name: n.cfg.NodeName, Region: n.cfg.Region, Replicas: n.cfg.Replicas,
+		Joining:          n.joining(),
 		AntiEntropyEvery: n.cfg.AntiEntropyEvery, Now: n.cfg.Now,
 		MaxSkew: n.cfg.MaxSkew, FetchTimeout: n.cfg.BookmarkTimeout,
 		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
@@ -330,6 +342,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 	n.membership, err = cluster.StartMembership(cluster.MembershipConfig{
 		NodeName: n.cfg.NodeName, Region: n.cfg.Region, ID: n.db.NodeID(),
 		BindAddr: n.cfg.GossipAddr, Advertise: n.cfg.Advertise, SyncAddr: advertisedSync, Replicas: n.cfg.Replicas,
+		Joining:    n.joining(),
 		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip,
 		Root:     func() uint64 { d := n.db.Digest(); return d.Root() },
 		OnPeers:  func(p []cluster.Peer) { n.replicator.SetPeers(p); n.counters.SetPeers(p) },

@@ -35,15 +35,19 @@ type view struct {
 }
 
 // newView returns the placement of self and peers with replicas holders per partition
-// and region (0: all).
-func newView(self Peer, peers []Peer, replicas int) *view {
+// and region (0: all). Joining peers, and self when selfJoining, hold nothing yet.
+func newView(self Peer, peers []Peer, replicas int, selfJoining bool) *view {
 	if replicas <= 0 {
 		return &view{}
 	}
 	ms := make([]placement.Member, 0, len(peers)+1)
-	ms = append(ms, placement.Member{Name: self.Name, ID: self.ID, Region: self.Region})
+	if !selfJoining {
+		ms = append(ms, placement.Member{Name: self.Name, ID: self.ID, Region: self.Region})
+	}
 	for _, p := range peers {
-		ms = append(ms, placement.Member{Name: p.Name, ID: p.ID, Region: p.Region})
+		if !p.Joining {
+			ms = append(ms, placement.Member{Name: p.Name, ID: p.ID, Region: p.Region})
+		}
 	}
 	t := placement.New(ms, replicas)
 	h := fnv.New64a()

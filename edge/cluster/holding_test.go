@@ -23,14 +23,14 @@ func sixPeers() (Peer, []Peer) {
 // every node holds everything.
 func TestViewHolds(t *testing.T) {
 	self, peers := sixPeers()
-	if v := newView(self, peers, 0); v.sharded() || !v.holds(99, "anything") || v.fingerprint != 0 {
+	if v := newView(self, peers, 0, false); v.sharded() || !v.holds(99, "anything") || v.fingerprint != 0 {
 		t.Fatalf("replicas 0: sharded %v, fingerprint %x; want every node holding everything", v.sharded(), v.fingerprint)
 	}
-	v := newView(self, peers, 2)
-	if again := newView(peers[2], append([]Peer{self}, append(peers[:2:2], peers[3:]...)...), 2); again.fingerprint != v.fingerprint {
+	v := newView(self, peers, 2, false)
+	if again := newView(peers[2], append([]Peer{self}, append(peers[:2:2], peers[3:]...)...), 2, false); again.fingerprint != v.fingerprint {
 		t.Errorf("fingerprint depends on whose view it is: %x, %x", v.fingerprint, again.fingerprint)
 	}
-	if other := newView(self, peers[:4], 2); other.fingerprint == v.fingerprint {
+	if other := newView(self, peers[:4], 2, false); other.fingerprint == v.fingerprint {
 		t.Errorf("fingerprint unchanged without a member")
 	}
 	a, b := crdt.PartitionPrefix(10)+"aaaa", crdt.PartitionPrefix(20)+"bbbb"
@@ -56,7 +56,7 @@ func TestViewHolds(t *testing.T) {
 // in, and nothing else.
 func TestSyncMask(t *testing.T) {
 	self, peers := sixPeers()
-	v := newView(self, peers, 2)
+	v := newView(self, peers, 2, false)
 	var d crdt.Digest
 	mine, theirs := v.held(self.ID), v.held(peers[0].ID)
 	leftover := -1
@@ -74,7 +74,7 @@ func TestSyncMask(t *testing.T) {
 			t.Fatalf("mask has %d = %v, want %v (ours %v, theirs %v)", p, m.has(p), want, mine.has(p), theirs.has(p))
 		}
 	}
-	if newView(self, peers, 0).syncMask(self.ID, peers[0].ID, &d) != nil {
+	if newView(self, peers, 0, false).syncMask(self.ID, peers[0].ID, &d) != nil {
 		t.Errorf("without placement the mask is not nil (everything)")
 	}
 }

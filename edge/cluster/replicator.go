@@ -23,6 +23,9 @@ type Peer struct {
 	Name   string
 	Region string
 	Addr   string // the peer's sync address
+	// Joining says the peer is catching up before it takes its share of the partitions:
+	// placement leaves it out until it has (Config.Joining).
+	Joining bool
 }
 
 // Transport carries sync requests to a peer's Handler. Implementations must be safe for
@@ -50,6 +53,10 @@ type Config struct {
 	// Replicas is how many nodes of each region hold each partition; 0 (the default):
 	// every node holds everything. See holding.go.
 	Replicas int
+	// Joining starts the node as joining (with Replicas): it holds no partition, and so
+	// forwards every request, until it has pulled from its peers what it will hold;
+	// CaughtUp is closed then, and Joined makes it take its share.
+	Joining bool
 	// AntiEntropyEvery is the mean period of anti-entropy with each peer (jittered ±25%);
 	// default 10s.
 	AntiEntropyEvery time.Duration
@@ -86,6 +93,9 @@ type Replicator struct {
 	workers map[crdt.NodeID]*worker
 	closed  bool
 	view    atomic.Pointer[view] // written under mu
+	peers   []Peer               // as SetPeers last gave them; under mu
+	joining bool                 // see Config.Joining; under mu
+	peersIn chan struct{}        // closed by the first SetPeers that names a peer
 	// replanned wakes the handoff loop after a placement change.
 	replanned chan struct{}
 
@@ -94,8 +104,6 @@ type Replicator struct {
 
 	caughtUp     chan struct{}
 	caughtUpOnce sync.Once
-	caughtMu     sync.Mutex
-	caught       partitionSet // partitions compared with a holder since start (placement)
 
 	lagMu sync.Mutex
 	lag   map[crdt.NodeID]time.Duration // last observed propagation delay from each origin
@@ -159,10 +167,11 @@ func NewReplicator(cfg Config) *Replicator {
 	r := &Replicator{
 		cfg: cfg, self: cfg.DB.NodeID(), log: cfg.Logger,
 		workers: make(map[crdt.NodeID]*worker), caughtUp: make(chan struct{}), replanned: make(chan struct{}, 1),
+		joining: cfg.Joining && cfg.Replicas > 0, peersIn: make(chan struct{}),
 		lag: make(map[crdt.NodeID]time.Duration),
 	}
 	r.have.init()
-	r.view.Store(newView(r.selfPeer(), nil, cfg.Replicas))
+	r.view.Store(newView(r.selfPeer(), nil, cfg.Replicas, r.joining))
 	return r
 }
 
@@ -178,6 +187,13 @@ func (r *Replicator) Start() {
 		defer r.wg.Done()
 		r.handoff(r.ctx)
 	}()
+	if r.joining {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.bootstrap(r.ctx)
+		}()
+	}
 }
 
 // Close stops every worker and waits for them. Safe to call twice.
@@ -207,35 +223,22 @@ func (r *Replicator) SetPeers(peers []Peer) {
 		}
 	}
 	for id, w := range r.workers {
-		if p, ok := want[id]; !ok || p != w.peer {
+		p, ok := want[id]
+		if p.Joining = w.peer.Joining; !ok || p != w.peer { // joining or not, the same peer to talk to
 			w.cancel()
 			delete(r.workers, id)
 			r.have.gone(id, time.Now())
 		}
 	}
-	if v, old := newView(r.selfPeer(), peers, r.cfg.Replicas), r.view.Load(); v.fingerprint != old.fingerprint {
-		// What we know we hold of the partitions we gain starts empty, and every worker's
-		// pushes so far went by the old placement.
-		was, now := old.held(r.self), v.held(r.self)
-		var gained []int
-		for p := range crdt.Partitions {
-			if now.has(p) && !was.has(p) {
-				gained = append(gained, p)
-			}
-		}
-		r.view.Store(v)
-		r.have.replan(v.fingerprint, gained, now)
-		for _, w := range r.workers {
-			select {
-			case w.replan <- struct{}{}:
-			default:
-			}
-		}
+	r.peers = slices.Clone(peers)
+	if len(want) > 0 {
 		select {
-		case r.replanned <- struct{}{}:
+		case <-r.peersIn:
 		default:
+			close(r.peersIn)
 		}
 	}
+	r.replanLocked()
 	for id, p := range want {
 		if _, ok := r.workers[id]; ok {
 			continue
@@ -249,6 +252,106 @@ func (r *Replicator) SetPeers(peers []Peer) {
 			r.run(ctx, w)
 		}()
 	}
+}
+
+// replanLocked recomputes the placement from the peers and this node's joining state; if
+// it changed, what we know we hold of the partitions we gain starts empty, and every
+// worker starts over (its pushes so far went by the old placement). r.mu is held.
+func (r *Replicator) replanLocked() {
+	v, old := newView(r.selfPeer(), r.peers, r.cfg.Replicas, r.joining), r.view.Load()
+	if v.fingerprint == old.fingerprint {
+		return
+	}
+	was, now := old.held(r.self), v.held(r.self)
+	var gained []int
+	for p := range crdt.Partitions {
+		if now.has(p) && !was.has(p) {
+			gained = append(gained, p)
+		}
+	}
+	r.view.Store(v)
+	r.have.replan(v.fingerprint, gained, now)
+	for _, w := range r.workers {
+		select {
+		case w.replan <- struct{}{}:
+		default:
+		}
+	}
+	select {
+	case r.replanned <- struct{}{}:
+	default:
+	}
+}
+
+// Joined makes a joining node (Config.Joining) take its share of the partitions. Call it
+// once CaughtUp is closed (or the wait for it timed out). Safe to call more than once.
+func (r *Replicator) Joined() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.joining && !r.closed {
+		r.joining = false
+		r.replanLocked()
+	}
+}
+
+// bootstrap catches a joining node up: once it knows its peers, it pulls from each of
+// them, its own region's first, the partitions it will hold once it has joined, and then
+// closes CaughtUp. A peer that fails is tried again after the others while it is a live
+// peer, until ctx ends.
+func (r *Replicator) bootstrap(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-r.peersIn:
+	}
+	done := map[crdt.NodeID]bool{}
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		r.mu.Lock()
+		will := newView(r.selfPeer(), r.peers, r.cfg.Replicas, false).held(r.self)
+		var todo []Peer
+		for _, p := range r.peers {
+			if !done[p.ID] {
+				todo = append(todo, p)
+			}
+		}
+		r.mu.Unlock()
+		if len(todo) == 0 {
+			r.log.Info("caught up: pulled what this node will hold", "peers", len(done))
+			r.caughtUpOnce.Do(func() { close(r.caughtUp) })
+			return
+		}
+		slices.SortStableFunc(todo, func(a, b Peer) int {
+			return cmpBool(a.Region != r.cfg.Region, b.Region != r.cfg.Region)
+		})
+		failed := false
+		for _, p := range todo {
+			if _, _, _, err := r.syncIn(ctx, p, true, will); err != nil {
+				r.log.Debug("catching up from peer failed", "peer", p.Name, slog.Any("err", err))
+				failed = true
+				continue
+			}
+			done[p.ID] = true
+		}
+		if failed {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+		}
+	}
+}
+
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case !a:
+		return -1
+	}
+	return 1
 }
 
 // Peers returns how many live peers the replicator serves now.
@@ -291,8 +394,8 @@ func (r *Replicator) Notice(from crdt.NodeID, root uint64) {
 	}
 }
 
-// CaughtUp is closed once this node has completed anti-entropy with at least one peer
-// (with placement: for every partition it holds, with a peer that holds it): a
+// CaughtUp is closed once this node has completed anti-entropy with at least one peer (a
+// joining node with placement: once it has pulled from every peer what it will hold): a
 // restarted node holds everything its peers held when it came back.
 func (r *Replicator) CaughtUp() <-chan struct{} { return r.caughtUp }
 
@@ -800,9 +903,14 @@ func (r *Replicator) syncWith(ctx context.Context, peer Peer) (uint64, error) {
 // leaves out pushing what the peer lacks. It returns what the peer held as of the
 // completed round, and whether one completed.
 func (r *Replicator) sync(ctx context.Context, peer Peer, pull bool) (crdt.Bookmark, bool, uint64, error) {
+	return r.syncIn(ctx, peer, pull, nil)
+}
+
+// syncIn is sync; a pull compares the partitions in only (nil: those this node holds).
+func (r *Replicator) syncIn(ctx context.Context, peer Peer, pull bool, only *partitionSet) (crdt.Bookmark, bool, uint64, error) {
 	for range maxRounds {
 		fp := r.view.Load().fingerprint // the placement syncRound reads, or an older one
-		have, complete, again, err := r.syncRound(ctx, peer, pull)
+		have, complete, again, err := r.syncRound(ctx, peer, pull, only)
 		if err != nil || !again {
 			return have, complete, fp, err
 		}
@@ -818,7 +926,7 @@ const maxRounds = 64
 // A round that completes — nothing truncated, none of the peer's changes refused — returns
 // what the peer held (its reply's Have), which this node now holds too, and adds it to
 // ours.
-func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have crdt.Bookmark, complete, again bool, err error) {
+func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *partitionSet) (have crdt.Bookmark, complete, again bool, err error) {
 	epoch := r.have.roundStarts()
 	v := r.view.Load()
 	d := r.cfg.DB.Digest()
@@ -832,6 +940,9 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have 
 	mask := v.syncMask(r.self, peer.ID, &d)
 	if pull && mask != nil {
 		mask = v.held(r.self)
+		if only != nil {
+			mask = only
+		}
 	}
 	mine := v.held(r.self)
 	if mask != nil {
@@ -883,7 +994,8 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool) (have 
 	for req, err := range r.leafRequests(ctx, leaves) {
 		var truncated, rejected bool
 		for i := range req.Leaves {
-			req.Leaves[i].Only = v.sharded() && !mine.has(req.Leaves[i].Leaf)
+			// Offer only our keys of a partition we do not hold (a pull wants theirs).
+			req.Leaves[i].Only = !pull && v.sharded() && !mine.has(req.Leaves[i].Leaf)
 		}
 		if err == nil {
 			truncated, rejected, err = r.syncLeaves(ctx, peer, req, pull)
@@ -911,29 +1023,17 @@ func (r *Replicator) completed(ctx context.Context, peer Peer, epoch uint64, hav
 		return crdt.Bookmark{}, false, false, err
 	}
 	r.have.synced(peer.ID, epoch, have, r.self, placement, scope)
-	r.noteCaughtUp(peer, scope)
+	r.noteCaughtUp()
 	return have, true, false, nil
 }
 
-// noteCaughtUp records a completed round with peer: without placement, the first one
-// catches this node up; with it, once every partition it holds was compared, since it
-// started, with a peer that holds it.
-func (r *Replicator) noteCaughtUp(peer Peer, scope roundScope) {
-	v := r.view.Load()
-	if !v.sharded() || scope.all {
-		r.caughtUpOnce.Do(func() { close(r.caughtUp) })
+// noteCaughtUp records a completed round: the first catches this node up, unless it is
+// joining with placement (bootstrap decides then).
+func (r *Replicator) noteCaughtUp() {
+	if r.cfg.Joining && r.cfg.Replicas > 0 {
 		return
 	}
-	theirs, mine := v.held(peer.ID), v.held(r.self)
-	r.caughtMu.Lock()
-	for i := range r.caught {
-		r.caught[i] |= scope.compared[i] & theirs[i]
-	}
-	done := r.caught.coversAll(mine)
-	r.caughtMu.Unlock()
-	if done {
-		r.caughtUpOnce.Do(func() { close(r.caughtUp) })
-	}
+	r.caughtUpOnce.Do(func() { close(r.caughtUp) })
 }
 
 // syncLeaves exchanges the keys of one request's leaves with peer. It reports whether the

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -32,6 +33,9 @@ const (
 	// placements differ (still correct, but each forwards by its own, and keys move
 	// about). A mismatch is logged.
 	tagReplicas = "replicas"
+	// tagJoining is "1" while a node with placement catches up before it takes its share
+	// of the partitions (Peer.Joining); absent once it has.
+	tagJoining = "joining"
 )
 
 // noticeEvent is the serf user event a node sends periodically: its node ID and digest
@@ -47,6 +51,7 @@ type Member struct {
 	Status   string // alive, suspect, failed or left
 	Addr     string // gossip address
 	SyncAddr string
+	Joining  bool // catching up: it holds no partitions yet
 }
 
 // MembershipConfig configures serf membership.
@@ -58,6 +63,7 @@ type MembershipConfig struct {
 	Advertise  string   // host other nodes reach this one at; empty: BindAddr's host
 	SyncAddr   string   // host:port of this node's sync transport, as peers reach it
 	Replicas   int      // this node's placement (Config.Replicas), told to the others
+	Joining    bool     // start as joining (tagJoining) until Joined is called
 	GossipKeys [][]byte // 32 bytes each; the first is primary
 	Join       []string // members to join, retried with backoff until one answers
 	// Fast shortens failure detection and reconnection (loopback clusters and tests).
@@ -152,6 +158,9 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	sc.Tags = map[string]string{
 		tagRegion: cfg.Region, tagID: cfg.ID.String(), tagSync: cfg.SyncAddr,
 		tagProto: strconv.Itoa(ProtocolVersion), tagReplicas: strconv.Itoa(cfg.Replicas),
+	}
+	if cfg.Joining {
+		sc.Tags[tagJoining] = "1"
 	}
 	sc.MemberlistConfig = ml
 	sc.Logger = logger
@@ -256,7 +265,7 @@ func (m *Membership) publish() {
 			continue
 		}
 		if mem.Status == "alive" || mem.Status == "suspect" {
-			peers = append(peers, Peer{ID: mem.ID, Name: mem.Name, Region: mem.Region, Addr: mem.SyncAddr})
+			peers = append(peers, Peer{ID: mem.ID, Name: mem.Name, Region: mem.Region, Addr: mem.SyncAddr, Joining: mem.Joining})
 		}
 	}
 	if m.cfg.Metrics != nil {
@@ -289,6 +298,22 @@ func (m *Membership) noticeLoop() {
 			m.publish()
 		}
 	}
+}
+
+// Joined tells the cluster this node has caught up and takes its share of the
+// partitions (it drops the joining tag). Safe to call more than once.
+func (m *Membership) Joined() error {
+	tags := maps.Clone(m.serf.LocalMember().Tags)
+	if _, ok := tags[tagJoining]; !ok {
+		return nil
+	}
+	delete(tags, tagJoining)
+	// SetTags reports a broadcast slower than BroadcastTimeout; the tags are set all the
+	// same and gossip carries them.
+	if err := m.serf.SetTags(tags); err != nil && !strings.Contains(err.Error(), "timeout") {
+		return fmt.Errorf("tell the cluster this node joined: %w", err)
+	}
+	return nil
 }
 
 // Addr returns the address gossip is bound to: the configured one, with the port serf
@@ -340,6 +365,7 @@ func (m *Membership) Members() []Member {
 		out = append(out, Member{
 			Name: sm.Name, ID: id, Region: sm.Tags[tagRegion], Status: status,
 			Addr: net.JoinHostPort(sm.Addr.String(), strconv.Itoa(int(sm.Port))), SyncAddr: sm.Tags[tagSync],
+			Joining: sm.Tags[tagJoining] == "1",
 		})
 	}
 	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })

@@ -21,8 +21,9 @@ import (
 func (c *testCluster) table() *placement.Table {
 	var ms []placement.Member
 	for _, i := range c.alive() {
-		p := c.nodes[i].Peer()
-		ms = append(ms, placement.Member{Name: p.Name, ID: p.ID, Region: p.Region})
+		if p := c.nodes[i].Peer(); !p.Joining {
+			ms = append(ms, placement.Member{Name: p.Name, ID: p.ID, Region: p.Region})
+		}
 	}
 	return placement.New(ms, c.cfg.replicas)
 }
@@ -178,10 +179,35 @@ func TestSimShardedPlacement(t *testing.T) {
 }
 
 // AddNode starts a new node in region and adds it to every live node's peers.
-func (c *testCluster) AddNode(region string) int {
+func (c *testCluster) AddNode(region string) int { return c.addNode(region, false) }
+
+// JoinNode starts a new node in region as a joining node (Config.Joining): it holds
+// nothing until it has caught up, then takes its share.
+func (c *testCluster) JoinNode(region string) int {
+	c.t.Helper()
+	i := c.addNode(region, true)
+	n := c.nodes[i]
+	tab := c.table()
+	if s := tab.Share(n.Peer().ID); s != 0 {
+		c.t.Errorf("%s holds %d partitions while joining", n.name, s)
+	}
+	select {
+	case <-n.Rep().CaughtUp():
+	case <-time.After(30 * time.Second):
+		c.t.Fatalf("%s did not catch up within 30s", n.name)
+	}
+	n.Rep().Joined()
+	n.joining.Store(false)
+	c.logf("%s joined", n.name)
+	c.updatePeers()
+	return i
+}
+
+func (c *testCluster) addNode(region string, joining bool) int {
 	c.t.Helper()
 	n := &testNode{c: c, name: fmt.Sprintf("n%d", len(c.nodes)), region: region,
 		path: filepath.Join(c.t.TempDir(), "sessiond.db")}
+	n.joining.Store(joining)
 	c.mu.Lock()
 	c.nodes = append(c.nodes, n)
 	c.mu.Unlock()
@@ -253,6 +279,27 @@ func TestSimShardedMembership(t *testing.T) {
 
 	c.AddNode("eu") // a newcomer takes about a third of the region's partitions
 	writeAtHolders(t, c, w, rng, 10)
+	c.checkPlaced(t, 30*time.Second, true)
+
+	// A joining newcomer pulls what it will hold before it takes it: when it does, every
+	// write made so far is already there, before any handoff.
+	j := c.JoinNode("us")
+	tab := c.table()
+	want := c.model.expected(c.nodes[0].Now())
+	got, err := state(context.Background(), c.nodes[j].DB())
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := 0
+	for key := range want {
+		if _, ok := got[key]; tab.OwnsAny(c.nodes[j].Peer().ID, crdt.KeyHomes(key).Append(nil)) && !ok {
+			missing++
+		}
+	}
+	if missing > 0 {
+		t.Errorf("%s took its share lacking %d of its keys: it did not catch up first", c.nodes[j].name, missing)
+	}
+	writeAtHolders(t, c, w, rng, 5)
 	c.checkPlaced(t, 30*time.Second, true)
 
 	c.Wipe(2) // back under its name, empty: it pulls all it holds

@@ -496,6 +496,9 @@ type testNode struct {
 	region string
 	path   string
 	offset atomic.Int64 // ns
+	// joining: the node starts as joining (Config.Joining) and tells its peers so, until
+	// the test makes it join (Join).
+	joining atomic.Bool
 
 	mu       sync.RWMutex
 	db       *storage.DB
@@ -598,7 +601,7 @@ func (n *testNode) alive() bool { return n.DB() != nil }
 func (n *testNode) Peer() Peer {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	return Peer{ID: n.api.db.NodeID(), Name: n.name, Region: n.region, Addr: n.name}
+	return Peer{ID: n.api.db.NodeID(), Name: n.name, Region: n.region, Addr: n.name, Joining: n.joining.Load()}
 }
 
 // start opens the node's file (creating it, with a new node ID, if absent) and starts
@@ -627,6 +630,7 @@ func (n *testNode) start() error {
 	m.Rejected = rejected
 	rep := NewReplicator(Config{
 		DB: db, Transport: c.net.transport(n.name), Name: n.name, Region: n.region, Replicas: c.cfg.replicas,
+		Joining:          n.joining.Load(),
 		AntiEntropyEvery: c.cfg.antiEntropyEvery,
 		PushBatch:        c.cfg.pushBatch, MaxMessage: c.cfg.maxMessage, MaxSkew: c.cfg.maxSkew, Now: n.Now, Logger: logger.With("component", "replicator"), Metrics: m,
 	})

@@ -1,0 +1,123 @@
+package edge
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/cluster/placement"
+)
+
+// TestForward: three nodes of one region with Replicas 1 — each user on one node. Every
+// request reaches its user's node, whichever node it was sent to, and says which node
+// forwarded it and which served it.
+func TestForward(t *testing.T) {
+	var nodes []*Node
+	var members []placement.Member
+	for i, name := range []string{"fw-a", "fw-b", "fw-c"} {
+		cfg := testConfig(t, name)
+		cfg.Replicas = 1
+		cfg.AntiEntropyEvery = 500 * time.Millisecond
+		if i > 0 {
+			cfg.Join = []string{nodes[0].membership.Addr()}
+		}
+		nodes = append(nodes, MustStartNode(t, cfg))
+		members = append(members, placement.Member{Name: name, Region: cfg.Region})
+	}
+	waitFor(t, 20*time.Second, "every node to see three members holding partitions", func() bool {
+		for _, n := range nodes {
+			if n.replicator.Peers() != 2 {
+				return false
+			}
+		}
+		return true
+	})
+	tab := placement.New(members, 1)
+	holderOf := func(p int) string { return tab.Owners(nodes[0].cfg.Region, p)[0].Name }
+
+	// A user for each node, signed up through the first node.
+	c0 := newTestClient(t, nodes[0])
+	type user struct{ name, token, holder string }
+	var users []user
+	for i := 0; len(users) < 6 && i < 200; i++ {
+		name := "fwuser" + strings.Repeat("x", i%5) + string(rune('a'+i%26)) + string(rune('a'+i/26))
+		h := holderOf(crdt.NamePartition(name))
+		if slices.ContainsFunc(users, func(u user) bool { return u.holder == h }) && len(users) < 3 {
+			continue // first one per node
+		}
+		users = append(users, user{name: name, token: signUp(t, c0, name), holder: h})
+	}
+	for _, u := range users {
+		for _, n := range nodes {
+			resp, body := newTestClient(t, n).do("GET", "/v1/users/me", u.token, nil)
+			if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), u.name) {
+				t.Fatalf("%s via %s: %d %s", u.name, n.cfg.NodeName, resp.StatusCode, body)
+			}
+			served, fwd := resp.Header.Get("X-Served-By"), resp.Header.Get(headerForwardedBy)
+			switch {
+			case served != u.holder:
+				t.Errorf("%s via %s served by %s, want its holder %s", u.name, n.cfg.NodeName, served, u.holder)
+			case n.cfg.NodeName == u.holder && fwd != "":
+				t.Errorf("%s via its holder %s says forwarded by %q", u.name, n.cfg.NodeName, fwd)
+			case n.cfg.NodeName != u.holder && fwd != n.cfg.NodeName:
+				t.Errorf("%s via %s: forwarded by %q, want %s", u.name, n.cfg.NodeName, fwd, n.cfg.NodeName)
+			}
+			if resp.Header.Get("X-Request-Id") == "" || resp.Header.Get(headerBookmark) == "" {
+				t.Errorf("%s via %s: a relayed answer lacks its headers: %v", u.name, n.cfg.NodeName, resp.Header)
+			}
+		}
+	}
+	// A bad token is refused where it arrives: nothing is forwarded for it.
+	resp, body := newTestClient(t, nodes[1]).do("GET", "/v1/users/me", users[0].token+"x", nil)
+	wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")
+	if resp.Header.Get(headerForwardedBy) != "" {
+		t.Errorf("a request with a bad token was forwarded")
+	}
+}
+
+// TestServeForwardedRefusesBadWrapping: a forwarded request's wrapping comes from a peer
+// (which holds the cluster key), but is input all the same: a malformed caller gets 400,
+// never a panic, and an over-long body 413.
+func TestServeForwardedRefusesBadWrapping(t *testing.T) {
+	cfg := testConfig(t, "fw-alone")
+	cfg.Replicas = 1
+	n := MustStartNode(t, cfg)
+	for _, tc := range []struct {
+		name, caller string
+		body         string
+		want         int
+	}{
+		{"ErrCallerFields", "only two", "", http.StatusBadRequest},
+		{"ErrCallerTime", "u s notatime 1 ", "", http.StatusBadRequest},
+		{"ErrCallerBookmark", "u s 1 2 !!!", "", http.StatusBadRequest},
+		{"ErrBodyTooLarge", "", strings.Repeat("x", maxBody+1), http.StatusRequestEntityTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest("POST", "/sync/v1/forward", strings.NewReader(tc.body))
+			req.Header.Set(wrapMethod, "GET")
+			req.Header.Set(wrapURI, "/v1/users/me")
+			if tc.caller != "" {
+				req.Header.Set(wrapCaller, tc.caller)
+			}
+			w := httptest.NewRecorder()
+			n.serveForwarded(w, req)
+			if w.Code != tc.want {
+				t.Errorf("status %d, want %d: %s", w.Code, tc.want, w.Body)
+			}
+		})
+	}
+	t.Run("OKCallerRoundTrip", func(t *testing.T) {
+		var b crdt.Bookmark
+		b.Add(crdt.Timestamp{Wall: 12345, Node: 9})
+		v := verified{userID: "u1", sessionID: "s1", created: b, issued: time.Unix(0, 100), expires: time.Unix(0, 200)}
+		got, err := decodeCaller(encodeCaller(&v))
+		if err != nil || got.userID != v.userID || got.sessionID != v.sessionID || !got.issued.Equal(v.issued) ||
+			!got.expires.Equal(v.expires) || got.created.String() != b.String() {
+			t.Errorf("decodeCaller(encodeCaller(%+v)) = %+v, %v", v, got, err)
+		}
+	})
+}
