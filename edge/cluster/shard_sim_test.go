@@ -28,16 +28,6 @@ func (c *testCluster) table() *placement.Table {
 	return placement.New(ms, c.cfg.replicas)
 }
 
-// holders returns the live nodes that hold a home of key.
-func holders(t *placement.Table, c *testCluster, key string) []int {
-	var out []int
-	for _, i := range c.alive() {
-		if t.OwnsAny(c.nodes[i].Peer().ID, crdt.KeyHomes(key).Append(nil)) {
-			out = append(out, i)
-		}
-	}
-	return out
-}
 
 // checkPlaced waits until every acknowledged write is on every live node that holds one
 // of its key's homes, in every region, with the winning state — and, when settled, until
