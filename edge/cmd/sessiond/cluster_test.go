@@ -9,11 +9,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -50,12 +52,43 @@ func clBuild(t *testing.T) string {
 
 func clFreePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freePort(t)
+}
+
+// Ports for the processes a test starts come from below the kernel's ephemeral range
+// (32768-60999 on Linux), so that no outgoing connection of a running node can take one
+// between the test picking it and the node binding it, and none is handed out twice in
+// one test binary. Each is checked free for TCP and UDP (gossip binds both).
+var (
+	portsMu   sync.Mutex
+	portsUsed = map[int]bool{}
+)
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 1000 {
+		p := 20000 + mathrand.IntN(12000)
+		if portsUsed[p] {
+			continue
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		pc, err := net.ListenPacket("udp", addr)
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		portsUsed[p] = true
+		return p
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port below the ephemeral range")
+	return 0
 }
 
 // clNode is one sessiond process of the test cluster.

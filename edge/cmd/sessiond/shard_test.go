@@ -302,9 +302,29 @@ func TestShardedCluster(t *testing.T) {
 	send(live)
 	checkReads(live, ms2)
 	checkMessages(live)
+	// Keys moved off the nodes that gave partitions to eu-4: once handoff settles, no node
+	// stores keys it does not hold, and some were dropped.
+	var dropped float64
+	waitFor(t, 60*time.Second, "handoff to settle on every node", func() bool {
+		dropped = 0
+		for _, n := range live {
+			_, info := call("GET", n.url("/v1/cluster"), token, nil)
+			pl, _ := info["placement"].(map[string]any)
+			mv, _ := pl["moving"].(map[string]any)
+			if mv == nil || mv["keys"] != float64(0) {
+				return false
+			}
+			dropped += mv["dropped"].(float64)
+		}
+		return true
+	})
+	if dropped == 0 {
+		t.Errorf("no node dropped a key after eu-4 took its share")
+	}
 	for _, n := range live {
 		t.Logf("%s stores %.0f keys", n.name, storedKeys(t, n))
 	}
+	t.Logf("%.0f keys handed off and dropped", dropped)
 }
 
 // storedKeys reads sessiond_stored_keys from n's metrics.
