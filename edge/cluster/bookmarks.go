@@ -40,6 +40,7 @@ type haveState struct {
 	mu         sync.Mutex
 	have       crdt.Bookmark             // base knowledge; never holds our own node
 	gained     partitionSet              // partitions the base is not about (sharded only)
+	anyGained  bool                      // gained is not empty: spares comparing 512 bytes per mark
 	through    crdt.Bookmark             // Throughs told under the current placement: about every partition held
 	learnt     map[crdt.NodeID][2]lesson // the latest round with each peer taught these
 	placement  uint64                    // the fingerprint of the current placement
@@ -127,8 +128,10 @@ func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 		h.gained.add(p)
 		now.add(p)
 	}
+	h.anyGained = false
 	for i := range h.gained {
 		h.gained[i] &= held[i]
+		h.anyGained = h.anyGained || h.gained[i] != 0
 	}
 	for peer, ls := range h.learnt {
 		left := false
@@ -186,7 +189,7 @@ func (h *haveState) synced(peer crdt.NodeID, epoch uint64, have crdt.Bookmark, s
 	}
 	if scope.all {
 		if h.have.CoveredBy(have) {
-			h.gained = partitionSet{} // every partition held now knows at least the base
+			h.gained, h.anyGained = partitionSet{}, false // every partition held now knows at least the base
 		}
 		h.raiseLocked(have, self)
 		return
@@ -216,9 +219,9 @@ func (h *haveState) missing(b crdt.Bookmark, self crdt.NodeID, p int) ([]crdt.Ti
 
 func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 	if p == AllPartitions {
-		return h.have.Covers(ts) && (h.gained == partitionSet{} || h.through.Covers(ts))
+		return h.have.Covers(ts) && (!h.anyGained || h.through.Covers(ts))
 	}
-	if !h.gained.has(p) && h.have.Covers(ts) || h.through.Covers(ts) {
+	if (!h.anyGained || !h.gained.has(p)) && h.have.Covers(ts) || h.through.Covers(ts) {
 		return true
 	}
 	for _, ls := range h.learnt {
