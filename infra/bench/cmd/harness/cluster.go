@@ -106,8 +106,9 @@ func (n *node) waitReady(timeout time.Duration) error {
 }
 
 // startCluster starts len(regions) nodes named prefix-i, the others joining the first,
-// and waits until every one is ready and sees every member alive.
-func startCluster(ctx context.Context, o options, prefix string, regions []string, cluster bool) ([]*node, error) {
+// each with the extra flags, and waits until every one is ready and sees every member
+// alive.
+func startCluster(ctx context.Context, o options, prefix string, regions []string, cluster bool, extra ...string) ([]*node, error) {
 	key := ""
 	if cluster {
 		var err error
@@ -123,7 +124,7 @@ func startCluster(ctx context.Context, o options, prefix string, regions []strin
 			join = ns[0].gossip
 		}
 		n := newNode(o, name, r, o.data(name), key, join, cluster)
-		if err := n.launch(o); err != nil {
+		if err := n.launch(o, extra...); err != nil {
 			return ns, err
 		}
 		ns = append(ns, n)

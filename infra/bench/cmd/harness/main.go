@@ -4,7 +4,8 @@
 // `sessiond bench` with the same load against each (and, on sessiond, reads with and
 // without a bookmark), then measures replication in a six-node, three-region cluster
 // (with sign-outs and cross-node reads with bookmarks alongside the paced writes),
-// anti-entropy repair, memory and start-up time. It stops
+// anti-entropy repair, memory and start-up time; and, asked for with --parts placement,
+// per-node work, forwarding and propagation with --replicas (placement.go). It stops
 // everything it started, on failure and on Ctrl-C too, and prints the figures and ratios;
 // results.json in --out keeps them all.
 package main
@@ -18,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -39,6 +41,16 @@ type options struct {
 	startupUsers   int
 	redisServer    string
 	sessiondExtras []string
+	// The placement part.
+	plSteps      map[string]bool
+	plNodes      []int
+	plReplicas   int
+	plUsers      int
+	fwdUsers     int
+	fwdRounds    int
+	plRate       float64
+	plDuration   time.Duration
+	propReplicas []int
 }
 
 // results is everything measured, as results.json holds it.
@@ -55,11 +67,12 @@ type results struct {
 	Memory       []memoryResult     `json:"memory,omitempty"`
 	Startup      *startupResult     `json:"startup,omitempty"`
 	Scaling      []scalingRun       `json:"patch_scaling,omitempty"`
+	Placement    *placementResult   `json:"placement,omitempty"`
 }
 
 func main() {
 	var o options
-	parts := flag.String("parts", "http,scaling,replication,repair,memory,startup", "what to measure")
+	parts := flag.String("parts", "http,scaling,replication,repair,memory,startup", "what to measure; also placement (not by default: ~10 min)")
 	flag.StringVar(&o.bin, "bin", "build/bench", "`DIR` holding the sessiond and baseline binaries")
 	flag.StringVar(&o.out, "out", "build/bench/run", "`DIR` for data, logs and results.json (emptied first)")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measuring time of each HTTP run")
@@ -74,7 +87,29 @@ func main() {
 	flag.IntVar(&o.repairUsers, "repair-users", 10_000, "users (each with 8 sessions: 10 records) the repaired node misses")
 	flag.IntVar(&o.startupUsers, "startup-users", 100_000, "users (each with 10 sessions) in the start-up and memory run")
 	flag.StringVar(&o.redisServer, "redis-server", "redis-server", "redis-server binary")
+	plSteps := flag.String("placement-steps", "work,forwarding,propagation", "placement: which of its steps to run (forwarding runs on the work step's six-node cluster)")
+	plNodes := flag.String("placement-nodes", "3,6,9", "placement: sizes of the one-region clusters whose per-node work is compared")
+	flag.IntVar(&o.plReplicas, "placement-replicas", 2, "placement: --replicas of the clusters compared with --replicas 0")
+	flag.IntVar(&o.plUsers, "placement-users", 600, "placement: users of the write workload (register, log in, 5 patches, 2 messages each)")
+	flag.IntVar(&o.fwdUsers, "forwarding-users", 300, "placement: users whose reads go through a holder and a non-holder (on the 6-node cluster)")
+	flag.IntVar(&o.fwdRounds, "forwarding-rounds", 10, "placement: measured rounds of one read pair per user")
+	flag.Float64Var(&o.plRate, "placement-rate", 200, "placement: writes per second of the propagation runs")
+	flag.DurationVar(&o.plDuration, "placement-duration", 20*time.Second, "placement: length of each propagation run")
+	propReplicas := flag.String("propagation-replicas", "2,0,1", "placement: --replicas of the six-node, three-region propagation runs")
 	flag.Parse()
+	o.plSteps = map[string]bool{}
+	for _, s := range strings.Split(*plSteps, ",") {
+		o.plSteps[strings.TrimSpace(s)] = true
+	}
+	var err error
+	if o.plNodes, err = intList(*plNodes); err != nil {
+		fmt.Fprintln(os.Stderr, "harness: --placement-nodes:", err)
+		os.Exit(2)
+	}
+	if o.propReplicas, err = intList(*propReplicas); err != nil {
+		fmt.Fprintln(os.Stderr, "harness: --propagation-replicas:", err)
+		os.Exit(2)
+	}
 	o.parts = map[string]bool{}
 	for _, p := range strings.Split(*parts, ",") {
 		o.parts[strings.TrimSpace(p)] = true
@@ -82,7 +117,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	err := runAll(ctx, o)
+	err = runAll(ctx, o)
 	stopAll()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "harness:", err)
@@ -111,7 +146,7 @@ func runAll(ctx context.Context, o options) error {
 		fn   func(context.Context, options, *results) error
 	}{
 		{"http", runHTTP}, {"scaling", runScaling}, {"replication", runReplication}, {"repair", runRepair},
-		{"memory", runMemory}, {"startup", runStartup},
+		{"memory", runMemory}, {"startup", runStartup}, {"placement", runPlacement},
 	}
 	for _, s := range steps {
 		if !o.parts[s.part] {
@@ -136,4 +171,20 @@ func (o options) baseline() string { return filepath.Join(o.bin, "baseline") }
 func (o options) logs() string     { return filepath.Join(o.out, "logs") }
 func (o options) data(name string) string {
 	return filepath.Join(o.out, "data", name)
+}
+
+// intList parses a comma-separated list of non-negative integers.
+func intList(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || v < 0 {
+			return nil, fmt.Errorf("%q is not a list of non-negative integers", s)
+		}
+		out = append(out, v)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("empty list")
+	}
+	return out, nil
 }

@@ -168,6 +168,29 @@ func cpuSeconds(pid int) float64 {
 	return (ut + st) / 100 // USER_HZ is 100 on Linux
 }
 
+// cpuNanos returns the CPU time a process's threads have used, in nanoseconds, from
+// /proc/PID/task/*/schedstat: finer than cpuSeconds's clock ticks, for short intervals
+// (a thread that exited takes its time with it; Go's threads rarely exit).
+func cpuNanos(pid int) int64 {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var t int64
+	for _, task := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, task.Name(), "schedstat"))
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			n, _ := strconv.ParseInt(f[0], 10, 64)
+			t += n
+		}
+	}
+	return t
+}
+
 // memKB returns VmRSS, RssAnon and RssFile of a process in KiB.
 func memKB(pid int) (rss, anon, file int64) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))

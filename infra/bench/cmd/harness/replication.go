@@ -265,6 +265,12 @@ func call(method, url, token string, body any) (int, []byte, error) {
 // request sends method url with an optional bearer token, X-Sessiond-Bookmark and JSON
 // body, and returns the status, the body and the response's bookmark.
 func request(hc *http.Client, method, url, token, bookmark string, body any) (int, []byte, string, error) {
+	st, b, h, err := requestHeaders(hc, method, url, token, bookmark, body)
+	return st, b, h.Get(headerBookmark), err
+}
+
+// requestHeaders is request returning every response header (nil without a response).
+func requestHeaders(hc *http.Client, method, url, token, bookmark string, body any) (int, []byte, http.Header, error) {
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -272,7 +278,7 @@ func request(hc *http.Client, method, url, token, bookmark string, body any) (in
 	}
 	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
-		return 0, nil, "", err
+		return 0, nil, nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if token != "" {
@@ -283,11 +289,11 @@ func request(hc *http.Client, method, url, token, bookmark string, body any) (in
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return 0, nil, "", err
+		return 0, nil, nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, resp.Header.Get(headerBookmark), err
+	return resp.StatusCode, b, resp.Header, err
 }
 
 // headerBookmark is what sessiond's /v1/ responses say they showed, and what a request
