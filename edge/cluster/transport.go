@@ -91,7 +91,15 @@ func NewTLSTransport(seeds [][]byte, metrics *Metrics) (*TLSTransport, error) {
 		},
 		Timeout: 60 * time.Second,
 	}
-	t.streams = &http.Client{Transport: t.client.Transport}
+	// Forwarded client requests run as many at once as clients send them: keep enough
+	// connections to each peer open that a burst does not pay a TLS handshake each.
+	t.streams = &http.Client{Transport: &http.Transport{
+		TLSClientConfig:     t.tlsConf,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		DialContext:         (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 5 * time.Second,
+	}}
 	t.server = &http.Server{TLSConfig: t.tlsConf, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: time.Minute}
 	return t, nil
 }
@@ -174,6 +182,7 @@ func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
 // Shutdown stops serving and waits for in-flight requests, bounded by ctx.
 func (t *TLSTransport) Shutdown(ctx context.Context) error {
 	t.client.CloseIdleConnections()
+	t.streams.CloseIdleConnections()
 	return t.server.Shutdown(ctx)
 }
 
