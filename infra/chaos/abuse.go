@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -61,6 +63,10 @@ type AbuseReport struct {
 	ClockViolations   []string      `json:"clock_violations,omitempty"`
 	HonestLogins      int           `json:"honest_logins"`
 	HonestRefused     []string      `json:"honest_refused,omitempty"` // honest logins answered 429, or 401 with the right password
+	// ClockNodes and ForgedNodes count the clock probes and the forged sends by the node
+	// that served them (X-Served-By): whose clock was read, and whose was attacked.
+	ClockNodes  map[string]int `json:"clock_nodes"`
+	ForgedNodes map[string]int `json:"forged_nodes"`
 }
 
 // Abuse runs the abusive clients. Safe for concurrent use.
@@ -73,6 +79,10 @@ type Abuse struct {
 	run     string
 	users   []*abuser
 	probe   *abuser // an honest account of the abuse's own: it writes the clock probes
+	// probes: for each node, such an account whose partition the node holds, so that the
+	// node itself stamps the probe (with --replicas a node forwards a message of an
+	// account it does not hold to a holder, whose clock the probe would read instead).
+	probes  map[string]*abuser
 	victims []*User
 
 	mu  sync.Mutex
@@ -82,7 +92,8 @@ type Abuse struct {
 func newAbuse(cfg AbuseConfig, w *Workload, nodes []*Node, run string) *Abuse {
 	return &Abuse{cfg: cfg, w: w, client: w.client, nodes: nodes, run: run,
 		streams: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}},
-		rep:     AbuseReport{NullFloods: map[int]int{}, ForgedSends: map[int]int{}, Guesses: map[int]int{}, StreamOpens: map[int]int{}}}
+		rep: AbuseReport{NullFloods: map[int]int{}, ForgedSends: map[int]int{}, Guesses: map[int]int{}, StreamOpens: map[int]int{},
+			ClockNodes: map[string]int{}, ForgedNodes: map[string]int{}}}
 }
 
 // Setup registers the abusive accounts and the clock prober's and signs them in through
@@ -109,7 +120,40 @@ func (a *Abuse) Setup(ctx context.Context, victims []*User) error {
 			a.rep.Abusers = append(a.rep.Abusers, u.name)
 		}
 	}
-	return nil
+	return a.placeProbes(ctx)
+}
+
+// placeProbes finds, for every node, a clock-probe account whose partition the node
+// holds (it answers the account's GET /v1/users/me itself), registering more such
+// accounts until every node has one, at most maxObservers. Without --replicas the first
+// serves for all.
+func (a *Abuse) placeProbes(ctx context.Context) error {
+	a.probes = map[string]*abuser{}
+	accounts := []*abuser{a.probe}
+	for tried := 0; ; {
+		for _, u := range accounts[tried:] {
+			for _, n := range a.nodes {
+				if a.probes[n.Name] != nil {
+					continue
+				}
+				if r := a.do(ctx, n.URL(), "GET", "/v1/users/me", u.token, u.xff, nil); r.Status == 200 && r.ServedBy == n.Name && r.ForwardedBy == "" {
+					a.probes[n.Name] = u
+				}
+			}
+		}
+		tried = len(accounts)
+		if len(a.probes) == len(a.nodes) {
+			return nil
+		}
+		if len(accounts) == maxObservers {
+			return fmt.Errorf("abuse: %d clock-probe accounts, and not every node holds one", len(accounts))
+		}
+		u := &abuser{name: fmt.Sprintf("clk%s%02d", a.run, len(accounts)), password: a.probe.password, xff: a.probe.xff}
+		if err := a.signUp(ctx, u); err != nil {
+			return err
+		}
+		accounts = append(accounts, u)
+	}
 }
 
 // signUp registers u and logs it in, retrying what may not have happened.
@@ -235,6 +279,9 @@ func (a *Abuse) forgedBursts(ctx context.Context, u, to *abuser) {
 			r := a.do(ctx, n.URL(), "POST", "/v1/messages", u.token, u.xff, map[string]string{"to": to.name, "body": "from the future", "after": id})
 			a.mu.Lock()
 			a.rep.ForgedSends[r.Status]++
+			if r.ServedBy != "" {
+				a.rep.ForgedNodes[r.ServedBy]++
+			}
 			a.mu.Unlock()
 		}
 		a.probeClocks(ctx, to)
@@ -250,7 +297,11 @@ func (a *Abuse) probeClocks(ctx context.Context, to *abuser) {
 			return
 		}
 		invoke := time.Now()
-		r := a.do(ctx, n.URL(), "POST", "/v1/messages", a.probe.token, a.probe.xff, map[string]string{"to": to.name, "body": "clock probe"})
+		probe := a.probes[n.Name]
+		if probe == nil {
+			probe = a.probe
+		}
+		r := a.do(ctx, n.URL(), "POST", "/v1/messages", probe.token, probe.xff, map[string]string{"to": to.name, "body": "clock probe"})
 		var body struct {
 			Message apiMessage `json:"message"`
 		}
@@ -264,6 +315,7 @@ func (a *Abuse) probeClocks(ctx context.Context, to *abuser) {
 			a.rep.ClockSkipped++
 		default:
 			a.rep.ClockProbes++
+			a.rep.ClockNodes[r.ServedBy]++
 			ahead := sent.Sub(r.End)
 			a.rep.ClockAheadMax = max(a.rep.ClockAheadMax, ahead)
 			if ahead > a.cfg.ClockTolerance {
@@ -405,8 +457,9 @@ func (rep *AbuseReport) Checks(cfg AbuseConfig, steady, bound time.Duration) []C
 	}
 	clock := Check{Name: "abuse: a forged `after` moves no node's clock",
 		OK: len(rep.ClockViolations) == 0 && rep.ClockProbes > 0}
-	clock.Detail = fmt.Sprintf("%d sends naming a message %s in the future (%s); then %d fresh messages on every node: at most %s ahead of real time (tolerance %s), %d skipped while a node's clock ran ahead or unanswered",
-		sum(rep.ForgedSends), cfg.ForgedAhead, statusCounts(rep.ForgedSends), rep.ClockProbes, rep.ClockAheadMax.Round(time.Millisecond), cfg.ClockTolerance, rep.ClockSkipped)
+	clock.Detail = fmt.Sprintf("%d sends naming a message %s in the future (%s), served by %s; then %d fresh messages on every node, served by %s: at most %s ahead of real time (tolerance %s), %d skipped while a node's clock ran ahead or unanswered",
+		sum(rep.ForgedSends), cfg.ForgedAhead, statusCounts(rep.ForgedSends), nodeCounts(rep.ForgedNodes), rep.ClockProbes, nodeCounts(rep.ClockNodes),
+		rep.ClockAheadMax.Round(time.Millisecond), cfg.ClockTolerance, rep.ClockSkipped)
 	if len(rep.ClockViolations) > 0 {
 		clock.Detail += ": " + strings.Join(rep.ClockViolations[:min(3, len(rep.ClockViolations))], "; ")
 	}
@@ -418,4 +471,16 @@ func (rep *AbuseReport) Checks(cfg AbuseConfig, steady, bound time.Duration) []C
 	lag.Detail = fmt.Sprintf("with %d null-delete floods of %d never-set keys (%s) beside the honest workload, ack → visible on every node p99 %s while no fault held (bound %s)",
 		sum(rep.NullFloods), cfg.NullKeys, statusCounts(rep.NullFloods), fmtDur(steady), fmtDur(bound))
 	return []Check{honest, clock, streams, lag}
+}
+
+// nodeCounts renders counts by node, e.g. "eu-1×5 us-2×3".
+func nodeCounts(m map[string]int) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s×%d", k, m[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, " ")
 }

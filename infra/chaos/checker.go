@@ -13,8 +13,9 @@ import (
 )
 
 // Verdict is the final check, in the spirit of Jepsen's set-full: after the last heal,
-// every acknowledged write must be visible on every node, nothing deleted or revoked may
-// be back, and every node must hold the same state.
+// every acknowledged write must be visible through every node, nothing deleted or revoked
+// may be back, and every node must answer the same (with placement: every holder holds the
+// same; see "The final read and placement" below).
 type Verdict struct {
 	Acked       int `json:"acked"`       // acknowledged operations that write (reads aside)
 	Checked     int `json:"checked"`     // acknowledged writes whose effect was read on every node
@@ -25,11 +26,19 @@ type Verdict struct {
 	Reordered   int `json:"reordered"`   // a sender's messages out of the order sent
 	Phantom     int `json:"phantom"`     // messages nobody sent
 	CursorSkips int `json:"cursor_skips"`
+	// Unanswered: final reads that got neither the answer due nor one that contradicts it
+	// (a 5xx, a 429, no answer) even after retries: every node must answer.
+	Unanswered int `json:"unanswered"`
 	// Consistency: what the clients saw, with their bookmarks, during the run (not read
 	// again after it): spurious 401s and read-your-writes violations fail the run.
 	Consistency ConsistencyCount `json:"consistency"`
 	Violations  []string         `json:"violations"`
 	Pass        int              `json:"pass"` // which read pass this is (a second one follows a failed first)
+	// ServedBy counts the final reads by the node that answered them (X-Served-By), and
+	// Forwarded those a node relayed to a holder: whose state the checker compared.
+	ServedBy  map[string]int `json:"served_by,omitempty"`
+	Reads     int            `json:"reads"`
+	Forwarded int            `json:"forwarded"`
 }
 
 func (v *Verdict) violate(format string, args ...any) {
@@ -40,33 +49,79 @@ func (v *Verdict) violate(format string, args ...any) {
 
 // Failed counts the violations of every kind.
 func (v *Verdict) Failed() int {
-	return v.Lost + v.Resurrected + v.Duplicated + v.Divergent + v.Reordered + v.Phantom + v.CursorSkips + v.Consistency.Failed()
+	return v.Lost + v.Resurrected + v.Duplicated + v.Divergent + v.Reordered + v.Phantom + v.CursorSkips + v.Unanswered + v.Consistency.Failed()
 }
+
+// The final read and placement. With --replicas a node stores only the partitions it
+// holds (and keys on their way to their holders), so two nodes' whole stores differ by
+// design and comparing them (or their digests) would say nothing. What every node must
+// agree on is its answers: the checker reads each object it knows — a session, a profile,
+// an erased account's login, a conversation through each of its two participants (it
+// lives in both their partitions) — through the API of every node, and requires the
+// same answer everywhere. This compares every holder's own state: a node that holds the
+// partition a request is about always serves it from its own store (edge/forward.go,
+// route), and every node is asked directly. A node that does not hold it relays a holder's
+// answer (X-Sessiond-Forwarded-By, its region's holders first), so its answer adds no
+// state of its own but must agree too; after the final heal every holder is reachable, so
+// a non-holder serving from its own leftovers would show up as a difference. Reading
+// the holders' digests instead would need the placement function and node ids on the
+// suite's side and a per-key digest the API does not offer, and would prove less: it is
+// the answers that clients get. Without --replicas every node holds everything and
+// answers itself: the same check compares six full copies. Each read's serving node is
+// counted (Verdict.ServedBy) so the report shows which nodes' state was compared.
 
 type sessionRead struct {
 	status int
 	data   map[string]json.RawMessage
 	err    error
+	by     string // the node that served the read
+	body   string // the answer, when it is neither 200 nor 401
+}
+
+// describe says what a read that was neither 200 nor 401 got, for violations.
+func (sr sessionRead) describe(n *Node) string {
+	if sr.err != nil {
+		return fmt.Sprintf("no answer on %s (%v)", n.Name, sr.err)
+	}
+	return fmt.Sprintf("%d %s on %s%s", sr.status, sr.body, n.Name, servedBy(sr.by, n))
 }
 
 type nodeState struct {
-	sessions map[string]sessionRead         // token → read
-	profiles map[string]map[string]string   // user → profile
-	convs    map[*Conversation][]apiMessage // full conversation
-	logins   map[string]int                 // erased user → login status
-	errs     []string
+	sessions  map[string]sessionRead         // token → read
+	profiles  map[string]map[string]string   // user → profile
+	profileBy map[string]string              // user → the node that served it
+	convs     map[*Conversation][]apiMessage // full conversation, read by its Reader
+	convsBy   map[*Conversation]string       // … served by
+	others    map[*Conversation][]apiMessage // the same, read by its Other participant
+	othersBy  map[*Conversation]string       // … served by
+	logins    map[string]Result              // erased user → login
+	served    map[string]int                 // serving node → reads it answered
+	forwarded int                            // reads the node relayed to another
+	errs      []string
 }
 
 // readAll reads, on one node, everything the model says should (or should not) be there.
 func (r *Runner) readAll(ctx context.Context, n *Node, users []*User) *nodeState {
-	st := &nodeState{sessions: map[string]sessionRead{}, profiles: map[string]map[string]string{},
-		convs: map[*Conversation][]apiMessage{}, logins: map[string]int{}}
+	st := &nodeState{sessions: map[string]sessionRead{}, profiles: map[string]map[string]string{}, profileBy: map[string]string{},
+		convs: map[*Conversation][]apiMessage{}, convsBy: map[*Conversation]string{},
+		others: map[*Conversation][]apiMessage{}, othersBy: map[*Conversation]string{},
+		logins: map[string]Result{}, served: map[string]int{}}
+	count := func(res Result) {
+		if res.Status == 0 {
+			return
+		}
+		st.served[res.ServedBy]++
+		if res.ForwardedBy != "" {
+			st.forwarded++
+		}
+	}
 	get := func(path, token string) Result {
 		for attempt := 0; ; attempt++ {
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			res := r.client.Do(rctx, n.URL(), "GET", path, token, "", nil)
 			cancel()
 			if res.Err == nil && res.Status < 500 || attempt == 3 {
+				count(res)
 				return res
 			}
 			sleep(ctx, 500*time.Millisecond)
@@ -78,7 +133,10 @@ func (r *Runner) readAll(ctx context.Context, n *Node, users []*User) *nodeState
 		}
 		for _, s := range u.Sessions {
 			res := get("/v1/sessions/current", s.Token)
-			sr := sessionRead{status: res.Status, err: res.Err}
+			sr := sessionRead{status: res.Status, err: res.Err, by: res.ServedBy}
+			if res.Status != 200 && res.Status != 401 {
+				sr.body = truncate(strings.TrimSpace(string(res.Body)), 160)
+			}
 			if res.Status == 200 {
 				var body struct {
 					Session apiSession `json:"session"`
@@ -98,43 +156,53 @@ func (r *Runner) readAll(ctx context.Context, n *Node, users []*User) *nodeState
 				}
 				if res.Decode(&body) == nil {
 					st.profiles[u.Name] = body.User.Profile
+					st.profileBy[u.Name] = res.ServedBy
 				}
 			} else {
 				st.errs = append(st.errs, fmt.Sprintf("profile of %s: %v", u.Name, errStatus(res)))
 			}
 		}
 		if u.Erase != nil && u.Erase.Outcome == OK {
+			// Each attempt from an address of its own: the checker's logins of every erased
+			// account on every node would otherwise trip the per-address failure limit
+			// (429), which proves nothing either way.
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			res := r.client.Do(rctx, n.URL(), "POST", "/v1/sessions", "", "", map[string]string{"username": u.Name, "password": u.Password})
+			res := r.client.Do(rctx, n.URL(), "POST", "/v1/sessions", "", r.checkerAddr(), map[string]string{"username": u.Name, "password": u.Password})
 			cancel()
-			st.logins[u.Name] = res.Status
+			count(res)
+			st.logins[u.Name] = res
 		}
 	}
-	for _, conv := range r.workload.convs {
+	// readConv reads a whole conversation as one of its participants.
+	readConv := func(me, other *User) ([]apiMessage, string) {
 		var all []apiMessage
-		after := ""
+		after, by := "", ""
 		for range 100 {
-			q := url.Values{"with": {conv.Other.Name}, "limit": {"500"}}
+			q := url.Values{"with": {other.Name}, "limit": {"500"}}
 			if after != "" {
 				q.Set("after", after)
 			}
-			res := get("/v1/messages?"+q.Encode(), conv.Reader.Anchor.Token)
+			res := get("/v1/messages?"+q.Encode(), me.Anchor.Token)
 			var page struct {
 				Messages []apiMessage `json:"messages"`
 				Next     string       `json:"next"`
 			}
 			if res.Status != 200 || res.Decode(&page) != nil {
-				st.errs = append(st.errs, fmt.Sprintf("messages %s/%s: %v", conv.Reader.Name, conv.Other.Name, errStatus(res)))
-				all = nil
-				break
+				st.errs = append(st.errs, fmt.Sprintf("messages %s/%s: %v", me.Name, other.Name, errStatus(res)))
+				return nil, res.ServedBy
 			}
+			by = res.ServedBy
 			all = append(all, page.Messages...)
 			if len(page.Messages) < 500 || page.Next == "" {
 				break
 			}
 			after = page.Next
 		}
-		st.convs[conv] = all
+		return all, by
+	}
+	for _, conv := range r.workload.convs {
+		st.convs[conv], st.convsBy[conv] = readConv(conv.Reader, conv.Other)
+		st.others[conv], st.othersBy[conv] = readConv(conv.Other, conv.Reader)
 		// Bring the prober's cursor read up to date, for the cursor check.
 		_, _ = conv.readNew(ctx, r.client, n)
 	}
@@ -162,10 +230,16 @@ func (r *Runner) Check(ctx context.Context, pass int) *Verdict {
 		}()
 	}
 	wg.Wait()
+	v.ServedBy = map[string]int{}
 	for i, st := range states {
 		for _, e := range st.errs {
 			v.violate("%s: read failed: %s", r.d.Nodes[i].Name, e)
 		}
+		for by, k := range st.served {
+			v.ServedBy[by] += k
+			v.Reads += k
+		}
+		v.Forwarded += st.forwarded
 	}
 	for _, u := range users {
 		if u.Register == nil || u.Register.Outcome != OK {
@@ -183,9 +257,15 @@ func (r *Runner) checkUser(v *Verdict, u *User, states []*nodeState) {
 	erased := u.Erase != nil && u.Erase.Outcome == OK
 	if erased {
 		for i, st := range states {
-			if st.logins[u.Name] == 201 {
+			switch res := st.logins[u.Name]; res.Status {
+			case 201:
 				v.Resurrected++
-				v.violate("resurrected: erased account %s logs in on %s", u.Name, r.d.Nodes[i].Name)
+				v.violate("resurrected: erased account %s (op %d) logs in on %s%s", u.Name, u.Erase.ID, r.d.Nodes[i].Name, servedBy(res.ServedBy, r.d.Nodes[i]))
+			case 401:
+			default:
+				v.Unanswered++
+				v.violate("unanswered: a login of erased account %s (op %d) on %s%s got %s", u.Name, u.Erase.ID, r.d.Nodes[i].Name,
+					servedBy(res.ServedBy, r.d.Nodes[i]), res.Describe())
 			}
 		}
 	}
@@ -197,11 +277,17 @@ func (r *Runner) checkUser(v *Verdict, u *User, states []*nodeState) {
 		case s.ended():
 			v.Checked++
 			for i, st := range states {
-				if sr := st.sessions[s.Token]; sr.status != 401 {
+				switch sr := st.sessions[s.Token]; sr.status {
+				case 401:
+					continue
+				case 200:
 					v.Resurrected++
-					v.violate("resurrected: session %s of %s (ended by op %d) answers %d on %s", s.ID, u.Name, endOp(s).ID, sr.status, r.d.Nodes[i].Name)
-					break
+					v.violate("resurrected: session %s of %s (ended by op %d) answers 200 on %s%s", s.ID, u.Name, endOp(s).ID, r.d.Nodes[i].Name, servedBy(sr.by, r.d.Nodes[i]))
+				default:
+					v.Unanswered++
+					v.violate("unanswered: session %s of %s (ended by op %d, served by %s): %s", s.ID, u.Name, endOp(s).ID, endOp(s).ServedBy, sr.describe(r.d.Nodes[i]))
 				}
+				break
 			}
 		case s.live():
 			r.checkSession(v, s, states)
@@ -224,9 +310,16 @@ func (r *Runner) checkSession(v *Verdict, s *Session, states []*nodeState) {
 	var first string
 	for i, st := range states {
 		sr := st.sessions[s.Token]
-		if sr.status != 200 {
+		switch sr.status {
+		case 200:
+		case 401, 404:
 			v.Lost++
-			v.violate("lost: session %s of %s (login op %d) answers %d on %s", s.ID, s.User.Name, s.Login.ID, sr.status, r.d.Nodes[i].Name)
+			v.violate("lost: session %s of %s (login op %d, served by %s) answers %d on %s%s", s.ID, s.User.Name, s.Login.ID, s.Login.ServedBy, sr.status,
+				r.d.Nodes[i].Name, servedBy(sr.by, r.d.Nodes[i]))
+			return
+		default:
+			v.Unanswered++
+			v.violate("unanswered: session %s of %s (login op %d, served by %s): %s", s.ID, s.User.Name, s.Login.ID, s.Login.ServedBy, sr.describe(r.d.Nodes[i]))
 			return
 		}
 		enc := canonical(sr.data)
@@ -234,7 +327,8 @@ func (r *Runner) checkSession(v *Verdict, s *Session, states []*nodeState) {
 			first = enc
 		} else if enc != first {
 			v.Divergent++
-			v.violate("divergent: session %s data differs between %s and %s", s.ID, r.d.Nodes[0].Name, r.d.Nodes[i].Name)
+			v.violate("divergent: session %s data differs between %s and %s", s.ID, r.d.Nodes[0].Name+servedBy(states[0].sessions[s.Token].by, r.d.Nodes[0]),
+				r.d.Nodes[i].Name+servedBy(sr.by, r.d.Nodes[i]))
 		}
 	}
 	keys := make([]string, 0, len(s.Keys))
@@ -274,7 +368,8 @@ func (r *Runner) checkProfile(v *Verdict, u *User, states []*nodeState) {
 	for i := 1; i < len(states); i++ {
 		if canonical(states[i].profiles[u.Name]) != canonical(states[0].profiles[u.Name]) {
 			v.Divergent++
-			v.violate("divergent: profile of %s differs between %s and %s", u.Name, r.d.Nodes[0].Name, r.d.Nodes[i].Name)
+			v.violate("divergent: profile of %s differs between %s and %s", u.Name, r.d.Nodes[0].Name+servedBy(states[0].profileBy[u.Name], r.d.Nodes[0]),
+				r.d.Nodes[i].Name+servedBy(states[i].profileBy[u.Name], r.d.Nodes[i]))
 			break
 		}
 	}
@@ -358,7 +453,19 @@ func (r *Runner) checkConversation(v *Verdict, conv *Conversation, states []*nod
 			firstIDs = ids
 		} else if !slices.Equal(ids, firstIDs) {
 			v.Divergent++
-			v.violate("divergent: conversation %s/%s differs between %s (%d messages) and %s (%d)", a.Name, b.Name, r.d.Nodes[0].Name, len(firstIDs), n, len(ids))
+			v.violate("divergent: conversation %s/%s differs between %s (%d messages) and %s (%d)", a.Name, b.Name,
+				r.d.Nodes[0].Name+servedBy(states[0].convsBy[conv], r.d.Nodes[0]), len(firstIDs), n+servedBy(st.convsBy[conv], r.d.Nodes[i]), len(ids))
+		}
+		// The conversation lives in both participants' partitions: read through the other
+		// participant, it must be the same, message for message.
+		var otherIDs []string
+		for _, m := range st.others[conv] {
+			otherIDs = append(otherIDs, m.ID)
+		}
+		if !slices.Equal(otherIDs, firstIDs) {
+			v.Divergent++
+			v.violate("divergent: conversation %s/%s read by %s on %s (%d messages) differs from %s's on %s (%d)", a.Name, b.Name,
+				b.Name, n+servedBy(st.othersBy[conv], r.d.Nodes[i]), len(otherIDs), a.Name, r.d.Nodes[0].Name+servedBy(states[0].convsBy[conv], r.d.Nodes[0]), len(firstIDs))
 		}
 		for _, op := range sends {
 			if op.Outcome != OK {
@@ -417,6 +524,21 @@ func (r *Runner) checkConversation(v *Verdict, conv *Conversation, states []*nod
 			v.violate("cursor skipped: on %s, reading %s/%s with a cursor never returned %d messages the full read has (e.g. %s)", n, a.Name, b.Name, len(skipped), skipped[0])
 		}
 	}
+}
+
+// checkerAddr returns a client address of its own for one request of the checker
+// (X-Forwarded-For, which the nodes take from the host's end of the front network).
+func (r *Runner) checkerAddr() string {
+	i := r.checkerSeq.Add(1)
+	return fmt.Sprintf("100.64.%d.%d", (i/250)%250, 1+i%250)
+}
+
+// servedBy says which node answered a read sent to n, when another one did.
+func servedBy(by string, n *Node) string {
+	if by == "" || by == n.Name {
+		return ""
+	}
+	return " (served by " + by + ")"
 }
 
 // canonical encodes a value with sorted keys, for comparison.

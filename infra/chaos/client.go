@@ -27,12 +27,16 @@ const (
 type Result struct {
 	Status   int
 	Body     []byte
-	ServedBy string
+	ServedBy string // X-Served-By: the node that served the request
 	Header   http.Header
 	Err      error
 	Start    time.Time
 	End      time.Time
 	Outcome  Outcome
+	// ForwardedBy is X-Sessiond-Forwarded-By: the node that received the request and
+	// relayed it to ServedBy, a holder of its data (--replicas); "" when served where it
+	// arrived.
+	ForwardedBy string
 }
 
 // Client talks to the API. Safe for concurrent use.
@@ -99,6 +103,7 @@ func (c *Client) DoHeaders(ctx context.Context, base, method, path string, heade
 	r.End = time.Now()
 	r.Status = resp.StatusCode
 	r.ServedBy = resp.Header.Get("X-Served-By")
+	r.ForwardedBy = resp.Header.Get(headerForwardedBy)
 	r.Header = resp.Header
 	switch {
 	case err != nil:
@@ -119,6 +124,18 @@ func (c *Client) DoHeaders(ctx context.Context, base, method, path string, heade
 // headerBookmark is what a client keeps of a response and sends back with its next request
 // (edge/consistency.go): the node answers only from state that includes it.
 const headerBookmark = "X-Sessiond-Bookmark"
+
+// headerForwardedBy names the node that forwarded a request to the one that served it.
+const headerForwardedBy = "X-Sessiond-Forwarded-By"
+
+// Entry is the node the request reached (the load balancer's pick, or the node asked):
+// the forwarder if the request was forwarded, else the node that served it.
+func (r Result) Entry() string {
+	if r.ForwardedBy != "" {
+		return r.ForwardedBy
+	}
+	return r.ServedBy
+}
 
 // ErrorCode returns the code of an API error response ({"error":{"code":…}}), or "".
 func (r Result) ErrorCode() string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -20,7 +21,11 @@ type Deployment struct {
 	Env       []string // NAME=value added to every compose command's environment
 	compose   []string // "docker compose" or "docker-compose"
 	NetPrefix string   // first two octets of every subnet, e.g. 10.214
-	Nodes     []*Node
+	Nodes     []*Node  // the six nodes of the deployment, present from start to end
+	// Joiner is the node of profile "rebalance" (eu-3): no container until the rebalance
+	// scenario starts it, none after it removes it.
+	Joiner *Node
+	LogDir string // where a removed joiner's log is kept (the run's report directory)
 
 	mu  sync.Mutex
 	ids map[string]string // service → container id (cleared when a container is recreated)
@@ -144,14 +149,24 @@ func (d *Deployment) Addr(n *Node, region string) string {
 	return fmt.Sprintf("%s.%d.%d", d.NetPrefix, regionNumber[region], n.Host)
 }
 
-// Node returns the node of that name.
+// Node returns the node of that name (the joiner's too).
 func (d *Deployment) Node(name string) *Node {
 	for _, n := range d.Nodes {
 		if n.Name == name {
 			return n
 		}
 	}
+	if d.Joiner != nil && d.Joiner.Name == name {
+		return d.Joiner
+	}
 	panic("no node " + name)
+}
+
+// withProfiles prefixes a compose command with the profiles of the services that only
+// scenarios start (the rogue node, the joiner): every command that lists, logs or removes
+// the whole deployment names them.
+func withProfiles(args ...string) []string {
+	return append([]string{"--profile", "rogue", "--profile", "rebalance"}, args...)
 }
 
 // Up creates and starts every node and the load balancer.
@@ -160,7 +175,8 @@ func (d *Deployment) Up(ctx context.Context) error {
 	return err
 }
 
-// Down removes the deployment's containers, networks and volumes, the rogue node's too.
+// Down removes the deployment's containers, networks and volumes, the rogue node's and
+// the joiner's too.
 // Paused containers are unpaused first (a paused container cannot be stopped).
 func (d *Deployment) Down(ctx context.Context) error {
 	if out, err := d.Docker(ctx, "ps", "-q", "--filter", "label=com.docker.compose.project="+d.Project, "--filter", "status=paused"); err == nil {
@@ -169,8 +185,8 @@ func (d *Deployment) Down(ctx context.Context) error {
 		}
 	}
 	// Nothing needs a graceful stop at the end of a run.
-	_, _ = d.Compose(ctx, nil, "--profile", "rogue", "kill")
-	_, err := d.Compose(ctx, nil, "--profile", "rogue", "down", "-v", "--remove-orphans", "-t", "1")
+	_, _ = d.Compose(ctx, nil, withProfiles("kill")...)
+	_, err := d.Compose(ctx, nil, withProfiles("down", "-v", "--remove-orphans", "-t", "1")...)
 	return err
 }
 
@@ -212,6 +228,17 @@ func (d *Deployment) Start(ctx context.Context, n *Node) error {
 		return err
 	}
 	_, err = d.Docker(ctx, "start", id)
+	return err
+}
+
+// Stop stops a node gracefully: SIGTERM, so it leaves the cluster before it exits
+// (SIGKILL after 15s, compose's stop_grace_period).
+func (d *Deployment) Stop(ctx context.Context, n *Node) error {
+	id, err := d.Container(ctx, n.Name)
+	if err != nil {
+		return err
+	}
+	_, err = d.Docker(ctx, "stop", "-t", "15", id)
 	return err
 }
 
@@ -314,6 +341,38 @@ func (d *Deployment) State(ctx context.Context, n *Node) (string, error) {
 	return strings.TrimSpace(out), err
 }
 
+// Exited reports whether a node's container has exited, with its exit code and the
+// first line of a Go panic in its log, if any.
+func (d *Deployment) Exited(ctx context.Context, n *Node) (exited bool, code int, panicked string, err error) {
+	id, err := d.Container(ctx, n.Name)
+	if err != nil {
+		return false, 0, "", err
+	}
+	out, err := d.Docker(ctx, "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", id)
+	if err != nil {
+		return false, 0, "", err
+	}
+	var status string
+	if _, err := fmt.Sscan(out, &status, &code); err != nil || status != "exited" {
+		return false, 0, "", err
+	}
+	logs, _ := exec.CommandContext(ctx, "docker", "logs", "--tail", "400", id).CombinedOutput()
+	lines := strings.Split(string(logs), "\n")
+	for i, line := range lines {
+		if strings.HasPrefix(line, "panic: ") {
+			panicked = line
+			for _, l := range lines[i+1:] { // the first frame of ours
+				if strings.Contains(l, "sessiond/sessiond/") {
+					panicked += " in " + strings.TrimSpace(l)
+					break
+				}
+			}
+			break
+		}
+	}
+	return true, code, panicked, nil
+}
+
 // Recreate replaces a node's container with one whose per-node variables are set as
 // given (e.g. a clock offset), keeping its volume and addresses.
 func (d *Deployment) Recreate(ctx context.Context, n *Node, vars map[string]string) error {
@@ -344,9 +403,39 @@ func (d *Deployment) StopRogue(ctx context.Context) error {
 	return err
 }
 
+// StartJoiner creates and starts the joiner (profile "rebalance") with a fresh volume.
+func (d *Deployment) StartJoiner(ctx context.Context) error {
+	_, err := d.Compose(ctx, nil, "--profile", "rebalance", "up", "-d", "--no-deps", "--no-build", d.Joiner.Name)
+	d.forget(d.Joiner.Name)
+	return err
+}
+
+// RemoveJoiner stops the joiner gracefully (it leaves the cluster), then removes its
+// container and its volume: a later StartJoiner brings up a node that never was.
+func (d *Deployment) RemoveJoiner(ctx context.Context) error {
+	id, err := d.Container(ctx, d.Joiner.Name)
+	if err != nil {
+		return err
+	}
+	stopErr := d.Stop(ctx, d.Joiner)
+	d.forget(d.Joiner.Name)
+	// compose.log is written at the end of the run, when the container is gone: keep its
+	// log now.
+	if out, err := exec.CommandContext(ctx, "docker", "logs", "--timestamps", id).CombinedOutput(); err == nil && d.LogDir != "" {
+		_ = os.WriteFile(filepath.Join(d.LogDir, d.Joiner.Name+".log"), out, 0o644)
+	}
+	if _, err := d.Docker(ctx, "rm", "-f", "-v", id); err != nil {
+		return err
+	}
+	if _, err := d.Docker(ctx, "volume", "rm", d.Project+"_"+d.Joiner.Name+"-data"); err != nil {
+		return err
+	}
+	return stopErr
+}
+
 // Logs writes every service's log to path.
 func (d *Deployment) Logs(ctx context.Context, path string) error {
-	out, err := d.Compose(ctx, nil, "--profile", "rogue", "logs", "--no-color", "--timestamps")
+	out, err := d.Compose(ctx, nil, withProfiles("logs", "--no-color", "--timestamps")...)
 	if werr := os.WriteFile(path, []byte(out), 0o644); werr != nil && err == nil {
 		err = werr
 	}

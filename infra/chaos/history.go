@@ -82,6 +82,9 @@ type Op struct {
 	// node that showed it last.
 	Visible  time.Duration `json:"visible_ns,omitempty"`
 	LastNode string        `json:"last_node,omitempty"`
+	// ForwardedBy: the node that received the request and relayed it to ServedBy, which
+	// holds its data (--replicas).
+	ForwardedBy string `json:"forwarded_by,omitempty"`
 }
 
 // History is every operation of a run. Safe for concurrent use.

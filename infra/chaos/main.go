@@ -1,9 +1,10 @@
 // Command chaos runs the sessiond chaos suite against the three-region Docker deployment of
 // infra/compose.yml: a workload of users, sessions, profiles and messages through the load
 // balancer and straight at nodes; faults (kill -9, pause, region and node partitions,
-// rolling restart, clock skew, a node with the wrong cluster key); and a checker in the
-// spirit of Jepsen's set-full. It brings its own copy of the deployment up under a project
-// of its own and removes it (containers, networks, volumes) when it ends, however it ends.
+// rolling restart, clock skew, a node with the wrong cluster key, a node joining a region
+// while another leaves it); and a checker in the spirit of Jepsen's set-full. It brings
+// its own copy of the deployment up under a project of its own and removes it
+// (containers, networks, volumes) when it ends, however it ends.
 //
 //	go run ./infra/chaos --mode quick     # or full; see --help
 //
@@ -22,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -58,6 +60,7 @@ func configFor(mode string) (Config, error) {
 				partitionRegion("eu", 15*time.Second, nil),
 				partitionNode("ap-1", 12*time.Second),
 				rollingRestart(),
+				rebalance("eu-2", 15*time.Second),
 				wrongKey(8 * time.Second),
 			}}, nil
 	case "full":
@@ -73,6 +76,7 @@ func configFor(mode string) (Config, error) {
 				partitionRegion("eu", 40*time.Second, nil),
 				partitionNode("ap-1", 30*time.Second),
 				rollingRestart(),
+				rebalance("eu-2", 30*time.Second),
 				wrongKey(20 * time.Second),
 				partitionRegion("us", 40*time.Second, func(ctx context.Context, r *Runner, res *ScenarioResult) {
 					n := r.d.Node("us-1")
@@ -105,15 +109,39 @@ func chaos() int {
 	composeFile := flag.String("compose-file", "infra/compose.yml", "the deployment")
 	project := flag.String("project", "sessiond-chaos", "compose project of the run's own deployment")
 	netPrefix := flag.String("net-prefix", "10.214", "first two octets of the deployment's subnets (task up uses 10.213)")
-	portBase := flag.Int("port-base", 18080, "load balancer port on 127.0.0.1 (sticky entry point); nodes take the next six, its round-robin entry point +7, the rogue node +9")
+	portBase := flag.Int("port-base", 18080, "load balancer port on 127.0.0.1 (sticky entry point); nodes take the next six, its round-robin entry point +7, the joining node eu-3 +8, the rogue node +9")
+	replicas := flag.String("replicas", os.Getenv("REPLICAS"), "holders of each key per region (compose variable REPLICAS; 0: every node holds everything); empty: compose.yml's default")
 	outDir := flag.String("out", "build/chaos", "reports go to a directory per run under it")
 	seed := flag.Uint64("seed", 0, "workload seed (0: from the clock); printed for replay")
+	only := flag.String("only", "", "run only the scenarios whose names start with one of these, comma-separated (e.g. rebalance,kill9): to reproduce one")
 	flag.Parse()
 
 	cfg, err := configFor(*mode)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos:", err)
 		return 2
+	}
+	if *only != "" {
+		var picked []Scenario
+		for _, s := range cfg.Schedule {
+			for _, p := range strings.Split(*only, ",") {
+				if p = strings.TrimSpace(p); p != "" && strings.HasPrefix(s.Name, p) {
+					picked = append(picked, s)
+					break
+				}
+			}
+		}
+		if len(picked) == 0 {
+			fmt.Fprintf(os.Stderr, "chaos: --only %q matches no scenario of --mode %s\n", *only, *mode)
+			return 2
+		}
+		cfg.Schedule = picked
+	}
+	if *replicas != "" {
+		if n, err := strconv.Atoi(*replicas); err != nil || n < 0 {
+			fmt.Fprintf(os.Stderr, "chaos: --replicas %q: want a number ≥ 0\n", *replicas)
+			return 2
+		}
 	}
 	if *seed == 0 {
 		*seed = uint64(time.Now().UnixNano())
@@ -144,7 +172,7 @@ func chaos() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	d, err := newDeployment(ctx, *composeFile, *project, *netPrefix, *portBase, dir)
+	d, err := newDeployment(ctx, *composeFile, *project, *netPrefix, *portBase, *replicas, dir)
 	if err != nil {
 		logf("cannot run: %v", err)
 		return 2
@@ -153,8 +181,10 @@ func chaos() int {
 	r := &Runner{cfg: cfg, d: d, client: newClient(5 * time.Second), lbURL: fmt.Sprintf("http://127.0.0.1:%d", *portBase),
 		lbRRURL: fmt.Sprintf("http://127.0.0.1:%d", *portBase+7), rogueport: *portBase + 9, runID: runID,
 		history: &History{}, model: &Model{}, state: &nemesisState{scenario: "setup"}, logf: logf}
-	r.prober = newProber(r.client, d.Nodes)
-	r.workload = &Workload{client: r.client, lb: r.lbURL, lbRR: r.lbRRURL, nodes: d.Nodes, history: r.history, model: r.model, prober: r.prober,
+	// The prober and the workload get copies: the joiner joins their lists while it is in
+	// the cluster, never d.Nodes.
+	r.prober = newProber(r.client, slices.Clone(d.Nodes))
+	r.workload = &Workload{client: r.client, lb: r.lbURL, lbRR: r.lbRRURL, nodes: slices.Clone(d.Nodes), history: r.history, model: r.model, prober: r.prober,
 		convs: map[*User]*Conversation{}, run: runID, scenario: r.state.Scenario, skewed: r.state.Skewed, tokenAhead: r.state.tokenAhead}
 
 	// Whatever happens from here on, the deployment goes away.
@@ -181,10 +211,29 @@ func chaos() int {
 	if rep == nil {
 		return 2
 	}
-	if rep.Verdict == nil { // stopped early: still say what the clients saw
+	if rep.Verdict == nil { // stopped early: still say what the clients saw, and the faults did
 		v := &Verdict{}
-		v.Consistency, rep.ConsistencyBy, _ = consistencyOf(r.history.Ops())
+		var violations []string
+		v.Consistency, rep.ConsistencyBy, violations = consistencyOf(r.history.Ops())
+		for _, x := range violations {
+			v.violate("%s", x)
+		}
 		rep.Verdict = v
+		rep.history = r.history.Ops() // history.jsonl: the evidence
+		for _, op := range rep.history {
+			if op.ForwardedBy != "" {
+				rep.Forwarded++
+			}
+		}
+		rep.Scenarios = r.results
+		for _, s := range rep.Scenarios {
+			if c := rep.ConsistencyBy[s.Name]; c != nil {
+				s.Consistency = *c
+			}
+			for _, x := range s.Violations {
+				rep.Violations = append(rep.Violations, s.Name+": "+x)
+			}
+		}
 	}
 	rep.Seed, rep.RunID, rep.Started, rep.Elapsed = *seed, runID, start, time.Since(start)
 	rep.Compose = strings.Join(d.compose, " ")
@@ -203,7 +252,7 @@ func chaos() int {
 
 // newDeployment prepares the run's copy of the deployment: compose command, images,
 // free ports, a fresh cluster key and the variables that place it beside `task up`.
-func newDeployment(ctx context.Context, file, project, prefix string, portBase int, dir string) (*Deployment, error) {
+func newDeployment(ctx context.Context, file, project, prefix string, portBase int, replicas, dir string) (*Deployment, error) {
 	cc, err := composeCommand(ctx)
 	if err != nil {
 		return nil, err
@@ -220,7 +269,7 @@ func newDeployment(ctx context.Context, file, project, prefix string, portBase i
 		return nil, err
 	}
 	absFile, _ := filepath.Abs(file)
-	d := &Deployment{Project: project, File: absFile, compose: cc, NetPrefix: prefix}
+	d := &Deployment{Project: project, File: absFile, compose: cc, NetPrefix: prefix, LogDir: dir}
 	names := []struct {
 		name, region string
 		host         int
@@ -229,6 +278,7 @@ func newDeployment(ctx context.Context, file, project, prefix string, portBase i
 		d.Nodes = append(d.Nodes, &Node{Name: n.name, Region: n.region, Host: n.host, Port: portBase + 1 + i,
 			EnvName: strings.ToUpper(strings.ReplaceAll(n.name, "-", "_"))})
 	}
+	d.Joiner = &Node{Name: "eu-3", Region: "eu", Host: 13, Port: portBase + 8, EnvName: "EU_3"}
 	d.EnvFile = filepath.Join(dir, "compose.env")
 	keyFile := filepath.Join(dir, "cluster.env")
 	if err := os.WriteFile(keyFile, []byte("SESSIOND_CLUSTER_KEY="+randomKey()+"\n"), 0o600); err != nil {
@@ -243,7 +293,10 @@ func newDeployment(ctx context.Context, file, project, prefix string, portBase i
 		"LOG_LEVEL=info",
 		"ANTI_ENTROPY_EVERY=5s",
 	}
-	for _, n := range d.Nodes {
+	if replicas != "" {
+		vars = append(vars, "REPLICAS="+replicas)
+	}
+	for _, n := range slices.Concat(d.Nodes, []*Node{d.Joiner}) {
 		vars = append(vars, n.EnvName+"_PORT="+strconv.Itoa(n.Port))
 	}
 	if err := os.WriteFile(d.EnvFile, []byte(strings.Join(vars, "\n")+"\n"), 0o600); err != nil {
@@ -254,7 +307,7 @@ func newDeployment(ctx context.Context, file, project, prefix string, portBase i
 	if err := d.Down(ctx); err != nil {
 		return nil, fmt.Errorf("removing a previous run's deployment: %w", err)
 	}
-	for _, p := range []int{portBase, portBase + 1, portBase + 2, portBase + 3, portBase + 4, portBase + 5, portBase + 6, portBase + 7, portBase + 9} {
+	for p := portBase; p <= portBase+9; p++ {
 		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
 		if err != nil {
 			return nil, fmt.Errorf("port %d is taken (choose others with --port-base): %w", p, err)
@@ -292,7 +345,8 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	if err := r.setup(ctx); err != nil {
 		return rep, err
 	}
-	r.logf("setup: %d users registered and signed in, on every node", len(r.model.Users))
+	rep.Replicas = r.replicas(ctx)
+	r.logf("setup: %d users registered and signed in, on every node; --replicas %d", len(r.model.Users), rep.Replicas)
 	r.checks = append(r.checks, r.checkLBBasics(ctx), r.checkRoundRobin(ctx), r.checkThrottle(ctx))
 	for _, c := range r.checks {
 		r.logf("check %q: ok=%v: %s", c.Name, c.OK, c.Detail)
@@ -300,7 +354,7 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 
 	var regular []*User
 	for _, u := range r.model.Users {
-		if u != r.observer {
+		if !slices.Contains(r.observers, u) {
 			regular = append(regular, u)
 		}
 	}
@@ -337,6 +391,9 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	// of a skewed node to become acceptable (less than --max-skew ahead) and arrive.
 	r.state.setScenario("final")
 	healed := time.Now()
+	for _, c := range r.crashed(ctx) {
+		rep.Violations = append(rep.Violations, "final heal: "+c)
+	}
 	if problems := r.healAll(ctx); len(problems) > 0 {
 		rep.Violations = append(rep.Violations, "final heal: "+strings.Join(problems, "; "))
 	}
@@ -366,6 +423,10 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 		v.violate("%s", x)
 	}
 	rep.Verdict = v
+	c := r.checkHandoff(ctx, 60*time.Second)
+	r.logf("check %q: ok=%v: %s", c.Name, c.OK, c.Detail)
+	r.checks = append(r.checks, c)
+	rep.Placement = r.placementOf(ctx, r.d.Nodes)
 	rep.Scenarios = r.results
 	rep.Checks = r.checks
 	rep.fill(r)

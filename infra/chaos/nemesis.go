@@ -24,6 +24,7 @@ type ScenarioResult struct {
 	LB          OutcomeCount  `json:"lb"`                    // workload requests through the LB's sticky entry point while the fault held
 	LBRR        OutcomeCount  `json:"lb_rr"`                 // … through its round-robin entry point
 	Direct      OutcomeCount  `json:"direct"`                // workload requests straight at nodes
+	Forwarded   int           `json:"forwarded"`             // … of all those, relayed to a holder (--replicas)
 	// Consistency: what the workload saw of its bookmarks, during the fault and its recovery.
 	Consistency ConsistencyCount `json:"consistency"`
 	Notes       []string         `json:"notes,omitempty"`
@@ -316,9 +317,11 @@ func clockSkew(name string, offset, hold time.Duration) Scenario {
 			if total <= 0 {
 				res.violate("no node counted a rejected timestamp from %s (clock %s ahead)", name, offset)
 			}
+			// Which nodes served a read showing it: with --replicas a node that does not hold
+			// the marker's partition relays the read from a holder, ap-2 itself included.
 			if marker != nil {
-				if seen := r.prober.SeenBy(marker); len(seen) > 1 {
-					res.violate("a write on %s with its clock %s ahead was accepted by %v", name, offset, seen)
+				if shown := r.prober.ShownBy(marker); len(shown) > 1 || len(shown) == 1 && shown[0] != name {
+					res.violate("a write on %s with its clock %s ahead was accepted by %v (reads through %v showed it)", name, offset, shown, r.prober.SeenBy(marker))
 				}
 			}
 			r.prober.SetDown(name, true)

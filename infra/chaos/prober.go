@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -36,6 +38,10 @@ type probe struct {
 	seen    map[string]time.Time // node → first time it showed the write
 	done    bool                 // seen on every node
 	dropped bool                 // superseded by a later write: no longer measured
+	// via: node → the node that served the read that showed it (X-Served-By): with
+	// --replicas a node relays a read of data it does not hold from a holder, so what
+	// it shows is the holder's state ("" where unknown: conversation reads).
+	via map[string]string
 }
 
 // Conversation is a pair of users who message each other; Reader reads it.
@@ -57,10 +63,10 @@ func newConversation(a, b *User) *Conversation {
 // answer (a round every 50ms at most), so the figures have that resolution.
 type Prober struct {
 	client *Client
-	nodes  []*Node
 	clock  func() time.Time
 
 	mu      sync.Mutex
+	nodes   []*Node // the nodes a write must be visible through (the joiner while it is in)
 	pending []*probe
 	all     []*probe
 	down    map[string]bool // nodes not read (killed, paused): they cannot answer
@@ -81,6 +87,27 @@ func (p *Prober) SetDown(node string, down bool) {
 	p.down[node] = down
 }
 
+// AddNode makes a write visible only once n shows it too: the writes still pending when
+// n joins, and every later one, are read through n.
+func (p *Prober) AddNode(n *Node) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.nodes = append(p.nodes, n)
+}
+
+// RemoveNode stops reading through the node of that name: a pending write is then
+// visible once every other node shows it.
+func (p *Prober) RemoveNode(name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.nodes = slices.DeleteFunc(p.nodes, func(n *Node) bool { return n.Name == name })
+	for _, pr := range p.all {
+		if !pr.done && !pr.dropped && len(pr.seen) > 0 {
+			p.settle(pr)
+		}
+	}
+}
+
 // IsDown reports whether a node is excluded from reads.
 func (p *Prober) IsDown(node string) bool {
 	p.mu.Lock()
@@ -89,7 +116,7 @@ func (p *Prober) IsDown(node string) bool {
 }
 
 func (p *Prober) add(pr *probe) *probe {
-	pr.seen = map[string]time.Time{}
+	pr.seen, pr.via = map[string]time.Time{}, map[string]string{}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.pending = append(p.pending, pr)
@@ -221,7 +248,8 @@ func (p *Prober) round(ctx context.Context) {
 		convs    map[*Conversation][]*probe
 	}
 	wants := map[string]*want{}
-	for _, n := range p.nodes {
+	nodes := slices.Clone(p.nodes)
+	for _, n := range nodes {
 		if down[n.Name] {
 			continue
 		}
@@ -244,7 +272,7 @@ func (p *Prober) round(ctx context.Context) {
 	p.mu.Unlock()
 
 	var wg sync.WaitGroup
-	for _, n := range p.nodes {
+	for _, n := range nodes {
 		w := wants[n.Name]
 		if w == nil {
 			continue
@@ -292,7 +320,7 @@ func (p *Prober) get(ctx context.Context, n *Node, path, token string) Result {
 	return p.client.Do(ctx, n.URL(), "GET", path, token, "", nil)
 }
 
-func (p *Prober) mark(n *Node, prs []*probe, at time.Time, ok func(*probe) bool) {
+func (p *Prober) mark(n *Node, servedBy string, prs []*probe, at time.Time, ok func(*probe) bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, pr := range prs {
@@ -300,18 +328,31 @@ func (p *Prober) mark(n *Node, prs []*probe, at time.Time, ok func(*probe) bool)
 			continue
 		}
 		pr.seen[n.Name] = at
-		if len(pr.seen) == len(p.nodes) {
-			pr.done = true
-			last, lastNode := at, n.Name
-			for name, t := range pr.seen {
-				if t.After(last) {
-					last, lastNode = t, name
-				}
-			}
-			pr.op.Visible = max(last.Sub(pr.op.Ack), time.Nanosecond)
-			pr.op.LastNode = lastNode
+		pr.via[n.Name] = servedBy
+		p.settle(pr)
+	}
+}
+
+// settle marks a probe done once every node now read has shown its write, and measures
+// the time until the last of them did. p.mu must be held.
+func (p *Prober) settle(pr *probe) {
+	var last time.Time
+	lastNode := ""
+	for _, n := range p.nodes {
+		t, ok := pr.seen[n.Name]
+		if !ok {
+			return
+		}
+		if lastNode == "" || t.After(last) {
+			last, lastNode = t, n.Name
 		}
 	}
+	if lastNode == "" {
+		return
+	}
+	pr.done = true
+	pr.op.Visible = max(last.Sub(pr.op.Ack), time.Nanosecond)
+	pr.op.LastNode = lastNode
 }
 
 func (p *Prober) readSession(ctx context.Context, n *Node, token string, prs []*probe) {
@@ -320,7 +361,7 @@ func (p *Prober) readSession(ctx context.Context, n *Node, token string, prs []*
 		return
 	}
 	if r.Status == 401 {
-		p.mark(n, prs, r.End, func(pr *probe) bool { return pr.kind == probeEnded })
+		p.mark(n, r.ServedBy, prs, r.End, func(pr *probe) bool { return pr.kind == probeEnded })
 		return
 	}
 	if r.Status != 200 {
@@ -332,7 +373,7 @@ func (p *Prober) readSession(ctx context.Context, n *Node, token string, prs []*
 	if r.Decode(&body) != nil {
 		return
 	}
-	p.mark(n, prs, r.End, func(pr *probe) bool {
+	p.mark(n, r.ServedBy, prs, r.End, func(pr *probe) bool {
 		switch pr.kind {
 		case probeSessionLive:
 			return true
@@ -358,7 +399,7 @@ func (p *Prober) readProfile(ctx context.Context, n *Node, token string, prs []*
 	if r.Decode(&body) != nil {
 		return
 	}
-	p.mark(n, prs, r.End, func(pr *probe) bool { return body.User.Profile[pr.key] == pr.value })
+	p.mark(n, r.ServedBy, prs, r.End, func(pr *probe) bool { return body.User.Profile[pr.key] == pr.value })
 }
 
 // readConversation continues the node's cursor read of the conversation.
@@ -370,7 +411,7 @@ func (p *Prober) readConversation(ctx context.Context, n *Node, conv *Conversati
 	ids := conv.ids[n.Name]
 	conv.mu.Unlock()
 	at := time.Now()
-	p.mark(n, prs, at, func(pr *probe) bool {
+	p.mark(n, "", prs, at, func(pr *probe) bool {
 		conv.mu.Lock()
 		defer conv.mu.Unlock()
 		return ids[pr.msgID]
@@ -459,8 +500,11 @@ func (p *Prober) Slowest(before time.Time) string {
 
 // Stuck describes the writes acknowledged before `before` that are still not everywhere.
 func (p *Prober) Stuck(before time.Time) string {
+	pending := p.Pending()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	var parts []string
-	for _, pr := range p.Pending() {
+	for _, pr := range pending {
 		if pr.op.Skewed || !pr.op.Ack.Before(before) || len(parts) == 5 {
 			continue
 		}
@@ -514,6 +558,25 @@ func (p *Prober) SeenBy(op *Op) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// ShownBy returns the nodes that served a read showing the write of op, sorted: the
+// nodes that hold it (SeenBy also names the nodes that relayed such a read).
+func (p *Prober) ShownBy(op *Op) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	set := map[string]bool{}
+	for _, pr := range p.all {
+		if pr.op == op {
+			for n, by := range pr.via {
+				if by == "" {
+					by = n
+				}
+				set[by] = true
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(set))
 }
 
 // jsonEqual compares a raw JSON value with an encoded one.

@@ -41,7 +41,13 @@ type Report struct {
 	Metrics       map[string]string            `json:"metrics,omitempty"`
 	Abuse         *AbuseReport                 `json:"abuse,omitempty"`
 	Error         string                       `json:"error,omitempty"`
-	history       []*Op
+	// Replicas is the placement the nodes ran with (0: every node holds everything);
+	// Placement each node's share, stored keys and forwarding at the end; Forwarded the
+	// workload's requests that a node relayed to a holder, over the whole run.
+	Replicas  int             `json:"replicas"`
+	Placement []NodePlacement `json:"placement,omitempty"`
+	Forwarded int             `json:"forwarded"`
+	history   []*Op
 }
 
 // fill computes the figures from the history and gathers every violation.
@@ -51,6 +57,9 @@ func (rep *Report) fill(r *Runner) {
 	var all, steady, fault, skewed []time.Duration
 	for _, op := range rep.history {
 		rep.Ops[string(op.Kind)+"/"+string(op.Outcome)]++
+		if op.ForwardedBy != "" {
+			rep.Forwarded++
+		}
 		if op.Outcome != OK || op.Visible <= 0 {
 			continue
 		}
@@ -119,11 +128,11 @@ func (rep *Report) Summary(dir string) string {
 	if a := rep.Abuse; a != nil {
 		abuse = fmt.Sprintf(" honest_logins_refused=%d clock_ahead_max=%s streams_max_accepted=%d", len(a.HonestRefused), fmtDur(a.ClockAheadMax), a.StreamMaxAccepted)
 	}
-	return fmt.Sprintf("chaos %s %s: scenarios=%d acked=%d lost=%d resurrected=%d duplicated=%d convergence_p99=%s spurious_401=%d ryw_violations=%d behind=%d ryw_checked=%d divergent=%d reordered=%d other_violations=%d visible_p50=%s visible_max=%s heal_max=%s%s elapsed=%s report=%s",
+	return fmt.Sprintf("chaos %s %s: scenarios=%d acked=%d lost=%d resurrected=%d duplicated=%d convergence_p99=%s spurious_401=%d ryw_violations=%d behind=%d ryw_checked=%d divergent=%d reordered=%d other_violations=%d visible_p50=%s visible_max=%s heal_max=%s%s replicas=%d forwarded=%d elapsed=%s report=%s",
 		rep.Mode, result, len(rep.Scenarios), v.Acked, v.Lost, v.Resurrected, v.Duplicated, fmtDur(rep.Visible.P99),
 		c.Spurious401, c.RYW, c.Behind, c.Checked,
-		v.Divergent, v.Reordered, len(rep.Violations)+v.Phantom+v.CursorSkips, fmtDur(rep.Visible.P50), fmtDur(rep.Visible.Max),
-		fmtDur(rep.Heal.Max), abuse, rep.Elapsed.Round(time.Second), filepath.Join(dir, "report.md"))
+		v.Divergent, v.Reordered, len(rep.Violations)+v.Phantom+v.CursorSkips+v.Unanswered, fmtDur(rep.Visible.P50), fmtDur(rep.Visible.Max),
+		fmtDur(rep.Heal.Max), abuse, rep.Replicas, rep.Forwarded, rep.Elapsed.Round(time.Second), filepath.Join(dir, "report.md"))
 }
 
 // Write writes report.json, report.md and history.jsonl into dir.
@@ -180,9 +189,9 @@ func (rep *Report) Markdown() string {
 	p("")
 	p("## Verdict (after the final heal, every node read directly)")
 	p("")
-	p("| acknowledged ops | writes checked | lost | resurrected | duplicated | divergent | reordered | phantom | cursor skips |")
-	p("|---|---|---|---|---|---|---|---|---|")
-	p("| %d | %d | %d | %d | %d | %d | %d | %d | %d |", v.Acked, v.Checked, v.Lost, v.Resurrected, v.Duplicated, v.Divergent, v.Reordered, v.Phantom, v.CursorSkips)
+	p("| acknowledged ops | writes checked | lost | resurrected | duplicated | divergent | reordered | phantom | cursor skips | unanswered |")
+	p("|---|---|---|---|---|---|---|---|---|---|")
+	p("| %d | %d | %d | %d | %d | %d | %d | %d | %d | %d |", v.Acked, v.Checked, v.Lost, v.Resurrected, v.Duplicated, v.Divergent, v.Reordered, v.Phantom, v.CursorSkips, v.Unanswered)
 	p("")
 	if rep.FirstPass != nil {
 		p("The first read found %d violations; the report shows the second read, 15 s later.", rep.FirstPass.Failed())
@@ -227,16 +236,16 @@ func (rep *Report) Markdown() string {
 	p("")
 	p("## Scenarios")
 	p("")
-	p("| scenario | fault | heal → converged | during the fault | LB ok/fail/info | LB round robin ok/fail/info | direct ok/fail/info | violations |")
-	p("|---|---|---|---|---|---|---|---|")
+	p("| scenario | fault | heal → converged | during the fault | LB ok/fail/info | LB round robin ok/fail/info | direct ok/fail/info | forwarded | violations |")
+	p("|---|---|---|---|---|---|---|---|---|")
 	for _, s := range rep.Scenarios {
 		conv := fmtDur(s.Converge)
 		if !s.Converged {
 			conv = fmt.Sprintf("not within %s (%d pending)", fmtDur(s.Converge), s.Unconverged)
 		}
 		during := joinNonEmpty(s.Divergence, s.Failover)
-		p("| %s | %s | %s | %s | %d/%d/%d | %d/%d/%d | %d/%d/%d | %d |", s.Name, s.Fault, conv, mdEscape(during),
-			s.LB.OK, s.LB.Fail, s.LB.Info, s.LBRR.OK, s.LBRR.Fail, s.LBRR.Info, s.Direct.OK, s.Direct.Fail, s.Direct.Info, len(s.Violations))
+		p("| %s | %s | %s | %s | %d/%d/%d | %d/%d/%d | %d/%d/%d | %d | %d |", s.Name, s.Fault, conv, mdEscape(during),
+			s.LB.OK, s.LB.Fail, s.LB.Info, s.LBRR.OK, s.LBRR.Fail, s.LBRR.Info, s.Direct.OK, s.Direct.Fail, s.Direct.Info, s.Forwarded, len(s.Violations))
 	}
 	p("")
 	for _, s := range rep.Scenarios {
@@ -289,6 +298,29 @@ func (rep *Report) Markdown() string {
 	p("")
 	for _, n := range sortedKeys(rep.Metrics) {
 		p("- %s: %s", n, rep.Metrics[n])
+	}
+	p("")
+	p("## Placement at the end")
+	p("")
+	if rep.Replicas > 0 {
+		p("`--replicas %d`: each key is held by %d node(s) of each region; a node forwards a request for data it does not hold to a holder.", rep.Replicas, rep.Replicas)
+	} else {
+		p("No placement (`--replicas 0`): every node holds everything.")
+	}
+	p("The workload's requests relayed to a holder over the whole run: %d. The final read: %d reads through the six nodes, %d relayed to a holder.",
+		rep.Forwarded, v.Reads, v.Forwarded)
+	p("")
+	p("| node | stored keys | partitions held (ideal) | keys stored without holding them | keys handed off and dropped | requests forwarded / served for want of a holder (since its last start) | final reads it answered |")
+	p("|---|---|---|---|---|---|---|")
+	for _, np := range rep.Placement {
+		held := fmt.Sprintf("%d/%d (%.1f)", np.Holds, np.Partitions, np.Ideal)
+		if np.Everything {
+			held = "all"
+		}
+		if np.Err != "" {
+			held = "? " + mdEscape(np.Err)
+		}
+		p("| %s | %.0f | %s | %d | %d | %.0f / %.0f | %d |", np.Node, np.StoredKeys, held, np.MovingKeys, np.Dropped, np.Forwarded, np.NoHolder, v.ServedBy[np.Node])
 	}
 	all := append(append([]string{}, rep.Violations...), v.Violations...)
 	p("")

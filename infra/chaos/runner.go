@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,10 +32,17 @@ type Runner struct {
 	workload *Workload
 	state    *nemesisState
 
-	observer *User // a user whose anchor session carries the partition markers
+	observer *User // a user of the suite's own (not the workload's): its token reads /v1/cluster
 	results  []*ScenarioResult
 	checks   []Check // checks outside the scenarios (load balancer, throttling)
 	logf     func(format string, args ...any)
+	// markers holds, for each node, an observer whose partition the node holds: the one
+	// whose anchor session carries the markers written straight at that node (see
+	// assignMarkers); observers are all of them, r.observer first.
+	markers   map[string]*User
+	observers []*User
+	// checkerSeq numbers the checker's client addresses (checkerAddr).
+	checkerSeq atomic.Int64
 }
 
 // Check is a named yes/no check with what it saw.
@@ -127,13 +135,19 @@ func (r *Runner) metric(ctx context.Context, n *Node, name string) (float64, boo
 	return 0, false
 }
 
-// marker writes a key in the observer's session straight at one node and follows it.
+// marker writes a key in an observer's session straight at one node and follows it. The
+// observer is one whose partition the node holds, so that the node itself serves the
+// write (assignMarkers).
 func (r *Runner) marker(ctx context.Context, n *Node, label string) *Op {
-	s := r.observer.Anchor
+	obs := r.markers[n.Name]
+	if obs == nil {
+		obs = r.observer
+	}
+	s := obs.Anchor
 	key := fmt.Sprintf("m%03d", s.NextKey)
 	s.NextKey++
 	enc, _ := json.Marshal(label)
-	op := &Op{Kind: OpSet, User: r.observer.Name, Session: s.ID, Key: key, Value: string(enc)}
+	op := &Op{Kind: OpSet, User: obs.Name, Session: s.ID, Key: key, Value: string(enc)}
 	// No bookmark: a marker must land on the node it is sent to, whatever the observer
 	// wrote on the other side of a partition.
 	r.workload.do(ctx, op, call{session: s, target: Target{Name: n.Name, URL: n.URL()}, method: "PATCH", path: "/v1/sessions/current",
@@ -148,12 +162,17 @@ func (r *Runner) marker(ctx context.Context, n *Node, label string) *Op {
 		return nil
 	}
 	r.prober.KeySet(op, s.Token, key, string(enc))
+	if op.ServedBy != n.Name {
+		r.logf("marker %s %q written at %s was served by %s (forwarded by %q)", key, label, n.Name, op.ServedBy, op.ForwardedBy)
+	}
 	return op
 }
 
 // checkDivergence writes a marker on a node of each side of a partition and, after a few
 // seconds (replication takes milliseconds when nothing is cut), checks where each arrived:
-// everywhere on its own side, nowhere on the other.
+// everywhere on its own side, nowhere on the other. "On a node" is what a read through the
+// node's API shows: with --replicas a node that does not hold the marker's partition
+// relays the read from a holder it reaches, on its own side of the partition.
 func (r *Runner) checkDivergence(ctx context.Context, res *ScenarioResult, label string, cut, rest []*Node) string {
 	sleep(ctx, time.Second)
 	in := r.marker(ctx, cut[0], label+"-inside")
@@ -260,10 +279,12 @@ func (r *Runner) checkThrottle(ctx context.Context) Check {
 	}
 	var statuses []int
 	node := map[string]bool{}
+	// With --replicas the node the cookie pins forwards each login to a holder of the
+	// username's partition (another node for most names): the pinned node is the entry.
 	for i := range 80 {
 		res := login(attacker, fmt.Sprintf("nobody%s%d", r.runID, i), "not-the-password")
 		statuses = append(statuses, res.Status)
-		node[res.ServedBy] = true
+		node[res.Entry()] = true
 		if res.Status == 429 && len(statuses) > 60 {
 			break
 		}
@@ -271,9 +292,12 @@ func (r *Runner) checkThrottle(ctx context.Context) Check {
 	firstLimited := slices.Index(statuses, 429)
 	good := login(other, r.observer.Name, r.observer.Password)
 	again := login(attacker, r.observer.Name, r.observer.Password)
-	c.OK = firstLimited >= 60 && len(node) == 1 && good.Status == 201 && again.Status == 429 && good.ServedBy == first.ServedBy
-	c.Detail = fmt.Sprintf("pinned to %s by the LB cookie, client %s was refused (429) from attempt %d on (limit 60/min), even with the right password; client %s, same LB, same node: %d",
-		first.ServedBy, attacker, firstLimited+1, other, good.Status)
+	c.OK = firstLimited >= 60 && len(node) == 1 && good.Status == 201 && again.Status == 429 && good.Entry() == first.ServedBy
+	c.Detail = fmt.Sprintf("pinned to %s by the LB cookie, client %s was refused (429) from attempt %d on (limit 60/min), even with the right password (%d, via %s); client %s, same LB, same node: %d (via %s)",
+		first.ServedBy, attacker, firstLimited+1, again.Status, again.Entry(), other, good.Status, good.Entry())
+	if len(node) != 1 {
+		c.Detail += fmt.Sprintf(" (the logins reached %d nodes, want 1)", len(node))
+	}
 	return c
 }
 
@@ -368,6 +392,10 @@ func (r *Runner) setup(ctx context.Context) error {
 	for i := 0; i+1 < len(regular); i += 2 {
 		r.workload.convs[regular[i]] = newConversation(regular[i], regular[i+1])
 	}
+	r.observers = []*User{r.observer}
+	if err := r.assignMarkers(ctx); err != nil {
+		return err
+	}
 	if _, left, ok := r.prober.WaitConverged(ctx, time.Now(), 60*time.Second); !ok {
 		return fmt.Errorf("setup: %d users or sessions not on every node after 60s", left)
 	}
@@ -382,6 +410,9 @@ func (r *Runner) runScenario(ctx context.Context, s Scenario) *ScenarioResult {
 	s.Run(ctx, r, res)
 	res.Healed = time.Now()
 	r.state.setScenario("recovery:" + s.Name)
+	for _, c := range r.crashed(ctx) {
+		res.violate("%s", c)
+	}
 	if !r.waitReady(ctx, 120*time.Second, r.d.Nodes...) {
 		res.violate("not every node ready 120s after the heal")
 	}
@@ -396,6 +427,9 @@ func (r *Runner) runScenario(ctx context.Context, s Scenario) *ScenarioResult {
 	for _, op := range r.history.Ops() {
 		if op.Scenario != s.Name {
 			continue
+		}
+		if op.ForwardedBy != "" {
+			res.Forwarded++
 		}
 		cnt := &res.Direct
 		switch op.Target {
@@ -414,8 +448,38 @@ func (r *Runner) runScenario(ctx context.Context, s Scenario) *ScenarioResult {
 		}
 	}
 	r.logf("scenario %s: healed, converged in %s (%v); %s; %d violations", s.Name, res.Converge.Round(time.Millisecond), res.Converged, res.Divergence, len(res.Violations))
+	for _, v := range res.Violations {
+		r.logf("scenario %s: violation: %s", s.Name, v)
+	}
+	for _, n := range res.Notes {
+		r.logf("scenario %s: %s", s.Name, n)
+	}
 	r.results = append(r.results, res)
 	return res
+}
+
+// crashed finds the nodes whose containers exited although every fault was healed (no
+// scenario leaves a node stopped), describes each, and starts it again, so that the rest
+// of the run still tests something: a node that stopped on its own is a violation.
+func (r *Runner) crashed(ctx context.Context) []string {
+	var out []string
+	for _, n := range r.d.Nodes {
+		exited, code, panicked, err := r.d.Exited(ctx, n)
+		if err != nil || !exited {
+			continue
+		}
+		msg := fmt.Sprintf("%s exited on its own, status %d (its log is in compose.log)", n.Name, code)
+		if panicked != "" {
+			msg += ": " + panicked
+		}
+		r.logf("%s; starting it again", msg)
+		if err := r.d.Start(ctx, n); err != nil {
+			msg += fmt.Sprintf("; starting it again: %v", err)
+		}
+		r.prober.SetDown(n.Name, false)
+		out = append(out, msg)
+	}
+	return out
 }
 
 // healAll puts every node back: running, unpaused, on every region network, true clock.

@@ -23,7 +23,8 @@ type Workload struct {
 	client  *Client
 	lb      string // sticky entry point (round robin for clients without its cookie)
 	lbRR    string // plain round-robin entry point
-	nodes   []*Node
+	nodesMu sync.Mutex
+	nodes   []*Node // targets of requests straight at a node (the joiner while it is in)
 	history *History
 	model   *Model
 	prober  *Prober
@@ -67,8 +68,24 @@ func (w *Workload) pickTarget(rng *rand.Rand, u *User) Target {
 	case 1:
 		return Target{Name: targetLBRR, URL: w.lbRR}
 	}
+	w.nodesMu.Lock()
 	n := w.nodes[rng.IntN(len(w.nodes))]
+	w.nodesMu.Unlock()
 	return Target{Name: n.Name, URL: n.URL()}
+}
+
+// AddTarget makes n a target of requests straight at a node.
+func (w *Workload) AddTarget(n *Node) {
+	w.nodesMu.Lock()
+	defer w.nodesMu.Unlock()
+	w.nodes = append(w.nodes, n)
+}
+
+// RemoveTarget stops sending requests straight at the node of that name.
+func (w *Workload) RemoveTarget(name string) {
+	w.nodesMu.Lock()
+	defer w.nodesMu.Unlock()
+	w.nodes = slices.DeleteFunc(w.nodes, func(n *Node) bool { return n.Name == name })
 }
 
 // call is one request of a simulated client.
@@ -129,6 +146,7 @@ func (w *Workload) do(ctx context.Context, op *Op, c call) Result {
 	}
 	op.Status = r.Status
 	op.ServedBy = r.ServedBy
+	op.ForwardedBy = r.ForwardedBy
 	if op.ServedBy == "" && !t.viaLB() {
 		op.ServedBy = t.Name
 	}
