@@ -75,6 +75,11 @@ func (s store) readRemote(ctx context.Context, keys []string, ms []crdt.Map, ok 
 	if len(far) == 0 {
 		return nil
 	}
+	if r := requestIn(ctx); r != nil {
+		// The remote read's connection may outlive the request (a dial in the background):
+		// the request's context must not be reused for another meanwhile.
+		r.waited = true
+	}
 	got, err := s.remote.ReadRecords(ctx, far)
 	if err != nil {
 		return functions.Errorf(functions.EUnavailable, "no node holding the records asked for answered")
