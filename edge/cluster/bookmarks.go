@@ -43,6 +43,8 @@ type haveState struct {
 	anyGained  bool                      // gained is not empty: spares comparing 512 bytes per mark
 	through    crdt.Bookmark             // Throughs told under the current placement: about every partition held
 	learnt     map[crdt.NodeID][2]lesson // the latest round with each peer taught these
+	told       map[crdt.NodeID]lesson    // each origin's latest Through under another placement, about the partitions it named
+	held       *partitionSet             // the partitions held, as of the latest replan (nil: not sharded)
 	placement  uint64                    // the fingerprint of the current placement
 	changed    chan struct{}             // closed and replaced whenever knowledge rises
 	distrusted map[crdt.NodeID]uint64    // origins whose pushes we partly refused → epoch
@@ -103,15 +105,41 @@ func raise(dst *crdt.Bookmark, b crdt.Bookmark, self crdt.NodeID) bool {
 
 // pushed records an origin's Through, told under the placement with fingerprint
 // placement (ignored under any other): it covers every partition we hold.
-func (h *haveState) pushed(through crdt.Timestamp, placement uint64) {
+//
+// Under another placement, a Through told with the partitions it was pushed for (held:
+// ours by the sender's placement) counts for those of them we hold: the sender's pushes
+// and its round with us carried all it wrote there.
+func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, ok := h.distrusted[through.Node]; !ok && placement == h.placement {
+	if _, ok := h.distrusted[through.Node]; ok {
+		return
+	}
+	if placement == h.placement {
 		a, b := h.have.Add(through), h.through.Add(through)
 		if a || b {
 			h.wakeLocked()
 		}
+		return
 	}
+	if held == nil || h.held == nil {
+		return
+	}
+	var l lesson
+	for i := range l.about {
+		if i < len(held) {
+			l.about[i] = held[i] & h.held[i]
+		}
+	}
+	l.have.Add(through)
+	if h.told == nil {
+		h.told = make(map[crdt.NodeID]lesson)
+	}
+	if old, ok := h.told[through.Node]; ok && old.about == l.about && !old.have.Mark(through.Node).Less(through) {
+		return
+	}
+	h.told[through.Node] = l
+	h.wakeLocked()
 }
 
 // replan starts a new placement (fingerprint placement) under which this node holds the
@@ -123,6 +151,7 @@ func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 	defer h.mu.Unlock()
 	h.placement = placement
 	h.through = crdt.Bookmark{}
+	h.held = held
 	var now partitionSet
 	for _, p := range gained {
 		h.gained.add(p)
@@ -132,6 +161,18 @@ func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 	for i := range h.gained {
 		h.gained[i] &= held[i]
 		h.anyGained = h.anyGained || h.gained[i] != 0
+	}
+	for origin, l := range h.told {
+		left := false
+		for w := range l.about {
+			l.about[w] &= held[w] &^ now[w]
+			left = left || l.about[w] != 0
+		}
+		if left {
+			h.told[origin] = l
+		} else {
+			delete(h.told, origin)
+		}
 	}
 	for peer, ls := range h.learnt {
 		left := false
@@ -230,6 +271,9 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 				return true
 			}
 		}
+	}
+	if l, ok := h.told[ts.Node]; ok && l.about.has(p) && l.have.Covers(ts) {
+		return true
 	}
 	return false
 }

@@ -109,6 +109,15 @@ func (v *view) held(node crdt.NodeID) *partitionSet {
 	return &s
 }
 
+// heldWords returns the partitions node holds, as a mask for the wire; nil when every
+// node holds everything.
+func (v *view) heldWords(node crdt.NodeID) []uint64 {
+	if v.table == nil {
+		return nil
+	}
+	return v.held(node).words()
+}
+
 // syncMask returns what self compares with peer in an anti-entropy round: the
 // partitions peer holds that self holds or has data in (a non-empty leaf of d). It
 // returns nil when not sharded: everything.

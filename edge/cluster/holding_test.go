@@ -96,13 +96,25 @@ func TestHaveStatePartitions(t *testing.T) {
 	h.replan(100, nil, &held)
 
 	t.Run("OKThroughUnderThisPlacement", func(t *testing.T) {
-		h.pushed(at(10), 100)
+		h.pushed(at(10), 100, nil)
 		if !covers(&h, 10, 1) || !covers(&h, 10, AllPartitions) {
 			t.Errorf("a Through under the current placement does not cover")
 		}
-		h.pushed(at(20), 99)
+		h.pushed(at(20), 99, nil)
 		if covers(&h, 20, 1) {
 			t.Errorf("a Through under another placement counted")
+		}
+	})
+	t.Run("OKThroughUnderOtherPlacementForItsPartitions", func(t *testing.T) {
+		var theirs partitionSet
+		theirs.add(1)
+		theirs.add(9) // not ours: ignored
+		h.pushed(at(30), 98, theirs.words())
+		if !covers(&h, 30, 1) {
+			t.Errorf("a Through naming the partitions it was pushed for does not cover them")
+		}
+		if covers(&h, 30, 2) || covers(&h, 30, 9) {
+			t.Errorf("a Through covered partitions it was not pushed for")
 		}
 	})
 	t.Run("OKGainedPartitionStartsEmpty", func(t *testing.T) {
@@ -114,7 +126,7 @@ func TestHaveStatePartitions(t *testing.T) {
 		if covers(&h, 10, 3) || covers(&h, 10, AllPartitions) {
 			t.Errorf("a gained partition inherited knowledge it was never taught")
 		}
-		h.pushed(at(15), 101)
+		h.pushed(at(15), 101, nil)
 		if !covers(&h, 15, 3) || !covers(&h, 15, AllPartitions) {
 			t.Errorf("a Through under the new placement does not cover the gained partition")
 		}

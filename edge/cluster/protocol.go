@@ -42,8 +42,13 @@ type PushRequest struct {
 	// round, in order, carried them all; see pushPass and storage.DB.Overtaken).
 	Through crdt.Timestamp
 	// Placement is the fingerprint of the placement the sender pushed by (0: every node
-	// holds everything); Through counts only for a receiver with the same placement.
+	// holds everything); Through counts for all the receiver holds only for a receiver
+	// with the same placement.
 	Placement uint64
+	// Held, with Through under placement, is the partitions the sender pushed for (the
+	// receiver's, by the sender's placement): Through counts for those the receiver
+	// holds whatever its own placement.
+	Held []uint64
 }
 
 // DigestRequest carries the sender's branch hashes.
@@ -237,7 +242,11 @@ func (r *reader) pairs() []storage.KeyHash {
 
 // MarshalBinary encodes a PushRequest.
 func (m PushRequest) MarshalBinary() ([]byte, error) {
-	return header(kindPush).u64(uint64(m.From)).changes(m.Changes).timestamp(m.Through).u64(m.Placement), nil
+	w := header(kindPush).u64(uint64(m.From)).changes(m.Changes).timestamp(m.Through).u64(m.Placement).uvarint(uint64(len(m.Held)))
+	for _, x := range m.Held {
+		w = w.u64(x)
+	}
+	return w, nil
 }
 
 func (w wire) timestamp(ts crdt.Timestamp) wire { return ts.AppendBinary(w) }
@@ -276,6 +285,7 @@ func (m *PushRequest) UnmarshalBinary(b []byte) error {
 	m.Changes = r.changes()
 	m.Through = r.timestamp()
 	m.Placement = r.u64()
+	m.Held = r.mask()
 	return r.end()
 }
 

@@ -581,14 +581,14 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 			for batch := range pushBatches(own, r.cfg.PushBatch, r.budget()) {
 				req := PushRequest{From: r.self, Changes: batch, Placement: v.fingerprint}
 				if sent += len(batch); tell && sent == len(own) {
-					req.Through = mark
+					req.Through, req.Held = mark, v.heldWords(w.peer.ID)
 				}
 				if err := r.cfg.Transport.Push(ctx, w.peer, req); err != nil {
 					return cursor, err
 				}
 			}
 		} else if tell {
-			if err := r.cfg.Transport.Push(ctx, w.peer, PushRequest{From: r.self, Through: mark, Placement: v.fingerprint}); err != nil {
+			if err := r.cfg.Transport.Push(ctx, w.peer, PushRequest{From: r.self, Through: mark, Placement: v.fingerprint, Held: v.heldWords(w.peer.ID)}); err != nil {
 				return cursor, err
 			}
 		}
@@ -681,7 +681,7 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) error {
 	if res.Rejected > 0 || res.TooLarge > 0 {
 		r.have.distrust(req.From)
 	} else if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
-		r.have.pushed(req.Through, req.Placement)
+		r.have.pushed(req.Through, req.Placement, req.Held)
 	}
 	now := r.cfg.Now()
 	var newest time.Duration = -1

@@ -28,7 +28,6 @@ func (c *testCluster) table() *placement.Table {
 	return placement.New(ms, c.cfg.replicas)
 }
 
-
 // checkPlaced waits until every acknowledged write is on every live node that holds one
 // of its key's homes, in every region, with the winning state — and, when settled, until
 // no node stores a key it does not hold (handoff done) — then reports what each node
