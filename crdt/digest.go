@@ -33,8 +33,12 @@ func PairHash(key string, value []byte) uint64 {
 	return mix(h.Sum64())
 }
 
-// mix is the splitmix64 finaliser: it spreads FNV's weak high bits.
-func mix(x uint64) uint64 {
+// mix is Mix64: here it spreads FNV's weak high bits.
+func mix(x uint64) uint64 { return Mix64(x) }
+
+// Mix64 is splitmix64's finaliser, a bijection of uint64 with full avalanche. Its outputs
+// are part of what nodes agree on (digest leaves, placement scores): it never changes.
+func Mix64(x uint64) uint64 {
 	x ^= x >> 30
 	x *= 0xbf58476d1ce4e5b9
 	x ^= x >> 27

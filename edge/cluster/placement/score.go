@@ -1,6 +1,10 @@
 package placement
 
-import "hash/fnv"
+import (
+	"hash/fnv"
+
+	"github.com/sessiond/sessiond/crdt"
+)
 
 // seedOf returns the seed of the scores of the member called name: FNV-1a 64 of the bytes
 // of name, mixed so that names differing in one byte give unrelated seeds. It depends on
@@ -24,12 +28,5 @@ func score(seed uint64, p int) uint64 {
 	return mix(seed + uint64(p+1)*golden)
 }
 
-// mix is splitmix64's finaliser, a bijection of uint64 with full avalanche.
-func mix(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
-}
+// mix is crdt.Mix64, the finaliser the digest uses too.
+func mix(x uint64) uint64 { return crdt.Mix64(x) }
