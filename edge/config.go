@@ -33,6 +33,11 @@ type Config struct {
 	// everything. A node asked for a key it does not hold forwards the request to one that
 	// does (forward.go). Every node of a cluster must be given the same value.
 	Replicas int
+	// MoveRate bounds, in MiB per second, the stored data this node sends to its peers by
+	// anti-entropy and handoff (what moves after a membership change, and repairs), so
+	// that movement does not crowd out requests; new writes' pushes are not bounded.
+	// 0: the default, 64; negative: unbounded.
+	MoveRate int
 
 	// ClusterKeys are the cluster's shared secrets, 32 bytes each. The first signs and
 	// encrypts; the others are still accepted (rotation). Empty: a single node generates one
@@ -102,6 +107,7 @@ func DefaultConfig() Config {
 		IdleTTL:          2 * time.Hour,
 		MaxSkew:          time.Minute,
 		SweepEvery:       time.Minute,
+		MoveRate:         64, // cluster.DefaultMoveRate
 		LoginPerAccount:  100,
 		LoginPerAddress:  60,
 		ShutdownTimeout:  10 * time.Second,

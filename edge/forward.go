@@ -155,15 +155,27 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 		}
 	}
 	body := c.Body()
+	// Sign-ups and logins are limited and charged by address here, where the client is
+	// seen (throttle.go); the holder that serves them applies the other limits.
+	at, charge, err := n.entryLimits(c)
+	if err != nil {
+		return err
+	}
+	status := 0 // the holder's answer, once there is one
+	defer func() {
+		if at != nil {
+			at.done(charge(status))
+		}
+	}()
 	for _, peer := range n.replicator.Holders(p) {
-		ctx, cancel := n.ctx, context.CancelFunc(func() {})
+		ctx, cancel := n.relays, context.CancelFunc(func() {}) // a stream: until the client or this node leaves
 		if !stream {
 			ctx, cancel = context.WithTimeout(n.ctx, forwardTimeout)
 		}
 		resp, err := n.transport.Forward(ctx, peer, wrap.Clone(), body)
 		if err != nil {
 			cancel()
-			if n.ctx.Err() != nil {
+			if n.relays.Err() != nil { // the node is stopping (relays ends first)
 				return functions.Errorf(functions.EUnavailable, "node shutting down")
 			}
 			if repeatable || notDelivered(err) {
@@ -182,6 +194,7 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 			continue
 		}
 		n.metrics.forwarded(peer.Name)
+		status = resp.StatusCode
 		return n.relay(c, resp, cancel, stream)
 	}
 	n.metrics.forwarded("")
@@ -191,7 +204,36 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 		c.Set(fiber.HeaderRetryAfter, "1")
 		return functions.Errorf(functions.EUnavailable, "no node holding this account answered; retry")
 	}
+	if at != nil {
+		at.done(false) // served here, by the handler's own limits
+		at = nil
+	}
 	return c.Next() // no holder answered: serve it here (writes are handed off later)
+}
+
+// entryLimits applies, to a sign-up or login this node forwards, the limits by client
+// address, and returns the attempt to charge (nil: none) and which of the holder's
+// answers charge it.
+func (n *Node) entryLimits(c *fiber.Ctx) (*attempt, func(status int) bool, error) {
+	if c.Method() != fiber.MethodPost {
+		return nil, nil, nil
+	}
+	switch c.Path() {
+	case "/v1/sessions":
+		at, ok, wait := n.limits.addressLogin(n.cfg.LoginPerAddress, n.clientAddr(c))
+		if !ok {
+			return nil, nil, n.loginsThrottled(c, wait)
+		}
+		return at, func(status int) bool { return status == fiber.StatusUnauthorized }, nil
+	case "/v1/users":
+		at, ok, wait := n.limits.signup(n.cfg.SignupsPerAddress, n.clientAddr(c))
+		if !ok {
+			return nil, nil, signupsThrottled(c, wait)
+		}
+		// Created or taken: both count, so that names cannot be probed without limit.
+		return at, func(status int) bool { return status == fiber.StatusCreated || status == fiber.StatusConflict }, nil
+	}
+	return nil, nil, nil
 }
 
 // notDelivered reports whether a forward failed before the request could reach the

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -120,4 +121,54 @@ func TestServeForwardedRefusesBadWrapping(t *testing.T) {
 			t.Errorf("decodeCaller(encodeCaller(%+v)) = %+v, %v", v, got, err)
 		}
 	})
+}
+
+// TestForwardedLoginsLimitedWhereTheClientIs: with placement, a client's logins are
+// served by the holders of their usernames, but the limit on failures from its address
+// is applied and charged by the node the client reached, so a client pinned to one node
+// is limited exactly, whatever the counters' exchange between nodes (switched off here).
+func TestForwardedLoginsLimitedWhereTheClientIs(t *testing.T) {
+	var nodes []*Node
+	var members []placement.Member
+	for i, name := range []string{"lim-a", "lim-b"} {
+		cfg := testConfig(t, name)
+		cfg.Replicas = 1
+		cfg.LoginPerAddress = 6
+		cfg.CounterFlush = time.Hour // no node learns another's counts during the test
+		if i > 0 {
+			cfg.Join = []string{nodes[0].membership.Addr()}
+		}
+		nodes = append(nodes, MustStartNode(t, cfg))
+		members = append(members, placement.Member{Name: name, Region: cfg.Region})
+	}
+	waitFor(t, 20*time.Second, "both nodes to see each other", func() bool {
+		return nodes[0].replicator.Peers() == 1 && nodes[1].replicator.Peers() == 1
+	})
+	tab := placement.New(members, 1)
+	holderOf := func(name string) string { return tab.Owners(nodes[0].cfg.Region, crdt.NamePartition(name))[0].Name }
+	nameOn := func(prefix, holder string) string {
+		for i := 0; ; i++ {
+			if name := fmt.Sprintf("%s%d", prefix, i); holderOf(name) == holder {
+				return name
+			}
+		}
+	}
+	a := newTestClient(t, nodes[0])
+	owner := nameOn("limowner", "lim-b")
+	signUp(t, a, owner)
+	// Three wrong guesses on accounts lim-a holds, three on accounts lim-b holds, all
+	// through lim-a: six failures from this address, the limit.
+	for i, holder := range []string{"lim-a", "lim-a", "lim-a", "lim-b", "lim-b", "lim-b"} {
+		name := nameOn(fmt.Sprintf("nobody%d-", i), holder)
+		resp, body := a.do("POST", "/v1/sessions", "", map[string]any{"username": name, "password": "not the password"})
+		wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")
+		if by := resp.Header.Get("X-Served-By"); by != holder {
+			t.Fatalf("login of %s served by %s, want its holder %s", name, by, holder)
+		}
+	}
+	resp, body := a.do("POST", "/v1/sessions", "", map[string]any{"username": owner, "password": "correct horse"})
+	wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+	if resp.Header.Get("Retry-After") == "" {
+		t.Errorf("429 without Retry-After")
+	}
 }

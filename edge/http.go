@@ -286,19 +286,38 @@ func (n *Node) register(c *fiber.Ctx) error {
 	}
 	// Every registration that gets past validation counts against the address, taken
 	// names (409) too, so names cannot be probed without limit (throttle.go).
-	at, ok, wait := n.limits.signup(n.cfg.SignupsPerAddress, n.clientAddr(c))
-	if !ok {
-		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))
-		return functions.Errorf(functions.ERateLimited, "too many sign-ups from this address; try again in %ss", retryAfterSeconds(wait.Seconds()))
+	// A sign-up forwarded here was limited and is charged by the node that forwarded it.
+	var at *attempt
+	if forwardedOf(c) == nil {
+		var ok bool
+		var wait time.Duration
+		if at, ok, wait = n.limits.signup(n.cfg.SignupsPerAddress, n.clientAddr(c)); !ok {
+			return signupsThrottled(c, wait)
+		}
 	}
 	u, err := n.users.Register(c.UserContext(), functions.Register{
 		Username: req.Username, Password: req.Password, Profile: functions.Profile(req.Profile),
 	})
-	at.done(functions.ErrorCode(err) != functions.EInvalid)
+	if at != nil {
+		at.done(functions.ErrorCode(err) != functions.EInvalid)
+	}
 	if err != nil {
 		return err
 	}
 	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"user": u})
+}
+
+// loginsThrottled answers a login refused by the limits, to retry after wait.
+func (n *Node) loginsThrottled(c *fiber.Ctx, wait time.Duration) error {
+	n.metrics.loginFailures.WithLabelValues("throttled").Inc()
+	c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))
+	return functions.Errorf(functions.ERateLimited, "too many failed logins; try again in %ss", retryAfterSeconds(wait.Seconds()))
+}
+
+// signupsThrottled answers a sign-up refused by the limit, to retry after wait.
+func signupsThrottled(c *fiber.Ctx, wait time.Duration) error {
+	c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))
+	return functions.Errorf(functions.ERateLimited, "too many sign-ups from this address; try again in %ss", retryAfterSeconds(wait.Seconds()))
 }
 
 // knownDevice reports whether device is a device token of the account that owns username
@@ -325,13 +344,13 @@ func (n *Node) login(c *fiber.Ctx) error {
 	// Failures are limited per address, per account and address, and per account (not
 	// for a client with a device token of the account); successes charge nothing. See
 	// throttle.go.
+	// A login forwarded here was limited by address, and is charged by address, by the
+	// node that forwarded it.
 	at, ok, wait := n.limits.login(loginLimits{
 		Address: n.cfg.LoginPerAddress, AccountAddress: n.cfg.LoginPerAccountAddress, Account: n.cfg.LoginPerAccount,
-	}, n.clientAddr(c), req.Username, n.knownDevice(c, req.Device, req.Username))
+	}, n.clientAddr(c), req.Username, n.knownDevice(c, req.Device, req.Username), forwardedOf(c) != nil)
 	if !ok {
-		n.metrics.loginFailures.WithLabelValues("throttled").Inc()
-		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))
-		return functions.Errorf(functions.ERateLimited, "too many failed logins; try again in %ss", retryAfterSeconds(wait.Seconds()))
+		return n.loginsThrottled(c, wait)
 	}
 	s, err := n.sessions.Login(c.UserContext(), functions.Login{Username: req.Username, Password: req.Password})
 	at.done(functions.ErrorCode(err) == functions.EUnauthorized)

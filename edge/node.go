@@ -60,7 +60,12 @@ type Node struct {
 	ready  atomic.Bool
 	ctx    context.Context // ends when the node stops; request contexts derive from it
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // every goroutine Start starts
+	// relays ends when the node starts to stop, before it waits for its requests to end:
+	// live streams relayed from another node (forward.go) end with it, as the node's own
+	// streams do (broker.closeAll).
+	relays     context.Context
+	stopRelays context.CancelFunc
+	wg         sync.WaitGroup // every goroutine Start starts
 
 	closeOnce sync.Once
 	closeErr  error
@@ -104,6 +109,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.relays, n.stopRelays = context.WithCancel(n.ctx)
 	defer func() {
 		if err != nil { // undo; the start's error is the one to return, the rest is logged
 			if cerr := n.stopCluster(context.Background()); cerr != nil {
@@ -221,13 +227,31 @@ func (n *Node) Close(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, n.cfg.ShutdownTimeout)
 		defer cancel()
 		var errs []error
+		// Leave first: the other nodes stop forwarding here and take over what this node
+		// held at once, while it finishes its requests.
+		if n.membership != nil {
+			if err := n.membership.Close(ctx); err != nil { // stopCluster's Close does nothing more
+				errs = append(errs, fmt.Errorf("leave cluster: %w", err))
+			}
+		}
 		if n.broker != nil {
 			n.broker.closeAll()
+		}
+		if n.stopRelays != nil {
+			n.stopRelays()
 		}
 		if n.app != nil {
 			if err := n.app.ShutdownWithContext(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("shut down http: %w", err))
 			}
+		}
+		if n.replicator != nil {
+			// What this node acknowledged last reaches its peers before it goes.
+			dctx, dcancel := context.WithTimeout(ctx, drainTimeout)
+			if err := n.replicator.Drain(dctx); err != nil {
+				n.log.Warn("stopping before every peer had this node's last writes; anti-entropy brings them once it is back", slog.Any("err", err))
+			}
+			dcancel()
 		}
 		if err := n.stopCluster(ctx); err != nil {
 			errs = append(errs, err)
@@ -248,6 +272,11 @@ func (n *Node) Close(ctx context.Context) error {
 	})
 	return n.closeErr
 }
+
+// drainTimeout bounds how long a stopping node waits for its last writes to reach its
+// peers (cluster.Replicator.Drain); a peer that cannot be reached does not hold it up
+// longer.
+const drainTimeout = 3 * time.Second
 
 // onCommit is storage's commit hook: it wakes the live streams and the replicator. It
 // must not block.
@@ -312,7 +341,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		DB: n.db, Transport: n.transport, Name: n.cfg.NodeName, Region: n.cfg.Region, Replicas: n.cfg.Replicas,
 		Joining:          n.joining(),
 		AntiEntropyEvery: n.cfg.AntiEntropyEvery, Now: n.cfg.Now,
-		MaxSkew: n.cfg.MaxSkew, FetchTimeout: n.cfg.BookmarkTimeout,
+		MaxSkew: n.cfg.MaxSkew, FetchTimeout: n.cfg.BookmarkTimeout, MoveRate: max(n.cfg.MoveRate, -1) << 20,
 		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
 	})
 	n.replicator.Start()

@@ -40,6 +40,13 @@ import (
 // count as many times as there are nodes, so concurrent requests spread over the cluster
 // cannot overshoot either: each node admits only its share of what is left.
 
+// With placement (Config.Replicas), a login or sign-up is often served by another node
+// than the one the client reached (forward.go). The limits by address are then applied
+// and charged by the node the client reached, which sees the client: for a client pinned
+// to one node the address limits are exact, whichever nodes serve its attempts. The
+// serving node applies the account limits, and skips the address ones the forwarding node
+// vouched for.
+
 // Messages are limited per sender (MessagesPerUser a minute, default 120), so one account
 // cannot fill every node's disk; and lookups of names that do not exist (a message to or a
 // conversation with an unknown user: 404) per caller (UnknownNamesPerUser a minute,
@@ -192,20 +199,39 @@ func (l *limiter) beginLocked(set int, keys ...string) *attempt {
 }
 
 // login decides a login attempt by addr on the account named username; see decideLogin.
-func (l *limiter) login(lim loginLimits, addr, username string, device bool) (*attempt, bool, time.Duration) {
+// With addressDone, the node that forwarded the attempt here applies and charges the
+// limit by address (addressLogin), and this one does not.
+func (l *limiter) login(lim loginLimits, addr, username string, device, addressDone bool) (*attempt, bool, time.Duration) {
 	a, acct := addrKey(addr), accountKey(username)
 	keys := []string{"a|" + a, "ua|" + acct + "|" + a, "u|" + acct}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	ok, wait := decideLogin(lim, loginGauges{
+	g := loginGauges{
 		Address:        l.gaugeLocked(setLoginFailures, keys[0]),
 		AccountAddress: l.gaugeLocked(setLoginFailures, keys[1]),
 		Account:        l.gaugeLocked(setLoginFailures, keys[2]),
-	}, device)
+	}
+	if addressDone {
+		keys, g.Address = keys[1:], gauge{}
+	}
+	ok, wait := decideLogin(lim, g, device)
 	if !ok {
 		return nil, false, wait
 	}
 	return l.beginLocked(setLoginFailures, keys...), true, 0
+}
+
+// addressLogin decides, by the limit on failures from addr alone, a login attempt that
+// this node forwards to the node that will serve it; charge it (done) with the outcome
+// that node answers.
+func (l *limiter) addressLogin(limit int, addr string) (*attempt, bool, time.Duration) {
+	key := "a|" + addrKey(addr)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if over, wait := l.gaugeLocked(setLoginFailures, key).over(limit); over {
+		return nil, false, wait
+	}
+	return l.beginLocked(setLoginFailures, key), true, 0
 }
 
 // signup decides a sign-up by addr against limit per signupWindow.

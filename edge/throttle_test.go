@@ -81,7 +81,7 @@ func TestLimiter_Login(t *testing.T) {
 	l := newLimiter(newLocalCounts(clock.Now))
 	lim := loginLimits{Address: 30, AccountAddress: 3, Account: 5}
 	fail := func(addr, user string, device bool) (bool, time.Duration) {
-		a, ok, wait := l.login(lim, addr, user, device)
+		a, ok, wait := l.login(lim, addr, user, device, false)
 		if ok {
 			a.done(true)
 		}
@@ -102,7 +102,7 @@ func TestLimiter_Login(t *testing.T) {
 	})
 	t.Run("SuccessChargesNothing", func(t *testing.T) {
 		for i := range 50 {
-			a, ok, _ := l.login(lim, "10.0.0.9", "bob", false)
+			a, ok, _ := l.login(lim, "10.0.0.9", "bob", false, false)
 			if !ok {
 				t.Fatalf("successful login %d refused", i+1)
 			}
@@ -114,7 +114,7 @@ func TestLimiter_Login(t *testing.T) {
 		if ok, _ := fail("10.0.0.4", "alice", false); ok {
 			t.Errorf("a fresh address passed the account-wide limit")
 		}
-		a, ok, _ := l.login(lim, "10.0.0.4", "alice", true)
+		a, ok, _ := l.login(lim, "10.0.0.4", "alice", true, false)
 		if !ok {
 			t.Fatalf("a login with a device token was refused by the account-wide limit")
 		}
@@ -126,19 +126,19 @@ func TestLimiter_Login(t *testing.T) {
 	t.Run("InFlight", func(t *testing.T) {
 		var held []*attempt
 		for range 3 {
-			a, ok, _ := l.login(lim, "10.9.9.9", "carol", false)
+			a, ok, _ := l.login(lim, "10.9.9.9", "carol", false, false)
 			if !ok {
 				t.Fatalf("attempt refused before any outcome")
 			}
 			held = append(held, a)
 		}
-		if _, ok, _ := l.login(lim, "10.9.9.9", "carol", false); ok {
+		if _, ok, _ := l.login(lim, "10.9.9.9", "carol", false, false); ok {
 			t.Errorf("a 4th concurrent attempt passed while 3 were in flight")
 		}
 		for _, a := range held {
 			a.done(false)
 		}
-		a, ok, _ := l.login(lim, "10.9.9.9", "carol", false)
+		a, ok, _ := l.login(lim, "10.9.9.9", "carol", false, false)
 		if !ok {
 			t.Fatalf("refused after the in-flight attempts succeeded")
 		}

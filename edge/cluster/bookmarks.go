@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -35,9 +36,17 @@ import (
 // partition (a request is about its caller's) is answered from that partition's
 // knowledge; a question about none (AllPartitions) from what covers them all.
 
+// A peer's claim that this node holds its writes (a push's Through) rests on what the
+// peer sent us since its latest round with us. A node drops data only in partitions it
+// does not hold (handoff), and regains a partition only with a new placement that gains
+// it; each such gain starts a new era (as does each start of the process), and a Through
+// counts only if the sender's latest round with us was in the current era: otherwise we
+// may have dropped, since, what that round and the pushes after it brought.
+
 // haveState is what this node holds of each other origin's writes. Safe for concurrent use.
 type haveState struct {
 	mu         sync.Mutex
+	era        uint64                    // changes whenever we gain partitions; never 0
 	have       crdt.Bookmark             // base knowledge; never holds our own node
 	gained     partitionSet              // partitions the base is not about (sharded only)
 	anyGained  bool                      // gained is not empty: spares comparing 512 bytes per mark
@@ -64,6 +73,7 @@ type lesson struct {
 const AllPartitions = -1
 
 func (h *haveState) init() {
+	h.era = newEra(0)
 	h.changed = make(chan struct{})
 	h.learnt = make(map[crdt.NodeID][2]lesson)
 	h.distrusted = make(map[crdt.NodeID]uint64)
@@ -77,6 +87,22 @@ func (h *haveState) gone(node crdt.NodeID, t time.Time) {
 	h.mu.Lock()
 	h.lastLive[node] = t
 	h.mu.Unlock()
+}
+
+// newEra returns a random era, neither 0 nor old.
+func newEra(old uint64) uint64 {
+	for {
+		if e := rand.Uint64(); e != 0 && e != old {
+			return e
+		}
+	}
+}
+
+// currentEra returns the era this node is in.
+func (h *haveState) currentEra() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.era
 }
 
 // raiseLocked adds b's marks (but self's) to the base knowledge and wakes waiters if it
@@ -104,15 +130,16 @@ func raise(dst *crdt.Bookmark, b crdt.Bookmark, self crdt.NodeID) bool {
 }
 
 // pushed records an origin's Through, told under the placement with fingerprint
-// placement (ignored under any other): it covers every partition we hold.
+// placement, by a sender whose latest round with us was in era (ignored in any other):
+// it covers every partition we hold.
 //
 // Under another placement, a Through told with the partitions it was pushed for (held:
 // ours by the sender's placement) counts for those of them we hold: the sender's pushes
 // and its round with us carried all it wrote there.
-func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint64) {
+func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint64, era uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, ok := h.distrusted[through.Node]; ok {
+	if _, ok := h.distrusted[through.Node]; ok || era != h.era {
 		return
 	}
 	if placement == h.placement {
@@ -145,11 +172,15 @@ func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint
 // replan starts a new placement (fingerprint placement) under which this node holds the
 // partitions held says, gaining those in gained: the base is not about them, and what
 // was learnt about partitions not held before is dropped (their data may have been
-// leftovers since dropped). Knowledge of partitions held before and now stays.
+// leftovers since dropped); a gain starts a new era. Knowledge of partitions held
+// before and now stays.
 func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.placement = placement
+	if len(gained) > 0 {
+		h.era = newEra(h.era)
+	}
 	h.through = crdt.Bookmark{}
 	h.held = held
 	var now partitionSet
@@ -199,11 +230,11 @@ func (h *haveState) distrust(origin crdt.NodeID) {
 	h.mu.Unlock()
 }
 
-// roundStarts returns the epoch to pass to synced for a round beginning now.
-func (h *haveState) roundStarts() uint64 {
+// roundStarts returns the epoch and era to pass to synced for a round beginning now.
+func (h *haveState) roundStarts() (epoch, era uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.epoch
+	return h.epoch, h.era
 }
 
 // roundScope is what a completed anti-entropy round compared: every partition we hold
@@ -214,18 +245,19 @@ type roundScope struct {
 	compared, full *partitionSet
 }
 
-// synced records a completed anti-entropy round with peer, begun at epoch, under the
-// placement with fingerprint placement, when peer held have: the round leaves us holding
-// all of it in the partitions of scope.full, and the peer's own writes in every partition
-// compared. It counts only under the current placement. A distrust of peer from after the
-// round began stands: the round may not have carried what was refused.
-func (h *haveState) synced(peer crdt.NodeID, epoch uint64, have crdt.Bookmark, self crdt.NodeID, placement uint64, scope roundScope) {
+// synced records a completed anti-entropy round with peer, begun at epoch in era, under
+// the placement with fingerprint placement, when peer held have: the round leaves us
+// holding all of it in the partitions of scope.full, and the peer's own writes in every
+// partition compared. It counts only under the current placement and era (a placement
+// can come back, but what was dropped meanwhile does not). A distrust of peer from after
+// the round began stands: the round may not have carried what was refused.
+func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookmark, self crdt.NodeID, placement uint64, scope roundScope) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if e, ok := h.distrusted[peer]; ok && e <= epoch {
 		delete(h.distrusted, peer)
 	}
-	if placement != h.placement {
+	if placement != h.placement || era != h.era {
 		return
 	}
 	if scope.all {
@@ -606,8 +638,9 @@ func (r *Replicator) startFetch(peer Peer) (*fetch, time.Duration, error) {
 		defer r.wg.Done()
 		fctx, cancel := context.WithTimeout(r.ctx, r.cfg.FetchTimeout)
 		defer cancel()
-		have, complete, _, err := r.sync(fctx, peer, true)
-		if err == nil && !complete {
+		res, err := r.sync(fctx, peer, true)
+		have := res.have
+		if err == nil && !res.complete {
 			err = errors.New("anti-entropy with " + peer.Name + " did not complete")
 		}
 		f.have, f.err = have, err

@@ -38,7 +38,9 @@ var _ CounterTransport = (*simTransport)(nil)
 // noSync is a Handler for nodes that only exchange counters.
 type noSync struct{}
 
-func (noSync) HandlePush(context.Context, PushRequest) error { return errors.New("no sync") }
+func (noSync) HandlePush(context.Context, PushRequest) (PushReply, error) {
+	return PushReply{}, errors.New("no sync")
+}
 func (noSync) HandleDigest(context.Context, DigestRequest) (DigestReply, error) {
 	return DigestReply{}, errors.New("no sync")
 }

@@ -49,17 +49,26 @@ func (r *Replicator) Handoff() HandoffStatus {
 	return r.handoffStatus
 }
 
-// HandoffRound offers every key this node stores without holding it to the holders of
-// its homes in this node's region, and drops the keys all of them confirmed. A holder
-// that lacks a key, or holds it differently, is pushed our state (and we merge theirs),
-// and the key waits for the next round. Keys whose holders are not all live peers now
-// are kept. It returns the first error; the keys it could not offer wait.
+// HandoffRound offers every key this node stores without holding it (nor, while it is
+// joining, going to hold it) to the holders of its homes in this node's region, and
+// drops the keys all of them confirmed. A holder that lacks a key, or holds it
+// differently, is pushed our state (and we merge theirs), and the key waits for the next
+// round. Keys whose holders are not all live peers now are kept. It returns the first
+// error; the keys it could not offer wait.
 func (r *Replicator) HandoffRound(ctx context.Context) error {
 	v := r.view.Load()
 	if !v.sharded() {
 		return nil
 	}
-	mine := v.held(r.self)
+	// A joining node holds nothing yet, but keeps what it will hold once it has joined
+	// (it is catching up on it): handing that off would only make it fetch it again.
+	keep := v
+	r.mu.Lock()
+	if r.joining {
+		keep = newView(r.selfPeer(), r.peers, r.cfg.Replicas, false)
+	}
+	r.mu.Unlock()
+	mine := keep.held(r.self)
 	d := r.cfg.DB.Digest()
 	peers := r.livePeers()
 	var (
@@ -78,7 +87,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		}
 		var extra []storage.KeyHash
 		for _, kh := range pairs {
-			if !v.holds(r.self, kh.Key) {
+			if !keep.holds(r.self, kh.Key) {
 				extra = append(extra, kh)
 			}
 		}

@@ -1,8 +1,12 @@
 package cluster
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/time/rate"
 
 	"github.com/sessiond/sessiond/crdt"
 )
@@ -96,11 +100,11 @@ func TestHaveStatePartitions(t *testing.T) {
 	h.replan(100, nil, &held)
 
 	t.Run("OKThroughUnderThisPlacement", func(t *testing.T) {
-		h.pushed(at(10), 100, nil)
+		h.pushed(at(10), 100, nil, h.currentEra())
 		if !covers(&h, 10, 1) || !covers(&h, 10, AllPartitions) {
 			t.Errorf("a Through under the current placement does not cover")
 		}
-		h.pushed(at(20), 99, nil)
+		h.pushed(at(20), 99, nil, h.currentEra())
 		if covers(&h, 20, 1) {
 			t.Errorf("a Through under another placement counted")
 		}
@@ -109,7 +113,7 @@ func TestHaveStatePartitions(t *testing.T) {
 		var theirs partitionSet
 		theirs.add(1)
 		theirs.add(9) // not ours: ignored
-		h.pushed(at(30), 98, theirs.words())
+		h.pushed(at(30), 98, theirs.words(), h.currentEra())
 		if !covers(&h, 30, 1) {
 			t.Errorf("a Through naming the partitions it was pushed for does not cover them")
 		}
@@ -126,7 +130,7 @@ func TestHaveStatePartitions(t *testing.T) {
 		if covers(&h, 10, 3) || covers(&h, 10, AllPartitions) {
 			t.Errorf("a gained partition inherited knowledge it was never taught")
 		}
-		h.pushed(at(15), 101, nil)
+		h.pushed(at(15), 101, nil, h.currentEra())
 		if !covers(&h, 15, 3) || !covers(&h, 15, AllPartitions) {
 			t.Errorf("a Through under the new placement does not cover the gained partition")
 		}
@@ -139,7 +143,8 @@ func TestHaveStatePartitions(t *testing.T) {
 		var have crdt.Bookmark
 		have.Add(at(40))
 		have.Add(crdt.Timestamp{Wall: 50, Node: peer})
-		h.synced(peer, h.roundStarts(), have, self, 101, roundScope{compared: &compared, full: &full})
+		epoch, era := h.roundStarts()
+		h.synced(peer, epoch, era, have, self, 101, roundScope{compared: &compared, full: &full})
 		if !covers(&h, 40, 1) {
 			t.Errorf("a round does not teach the peer's Have of a partition it knows")
 		}
@@ -169,13 +174,15 @@ func TestHaveStatePartitions(t *testing.T) {
 		}
 	})
 	t.Run("OKRoundUnderOldPlacementIgnored", func(t *testing.T) {
-		h.synced(peer, h.roundStarts(), mark(90), self, 101, roundScope{all: true})
+		epoch, era := h.roundStarts()
+		h.synced(peer, epoch, era, mark(90), self, 101, roundScope{all: true})
 		if covers(&h, 90, 1) {
 			t.Errorf("a round under an older placement counted")
 		}
 	})
 	t.Run("OKFullRoundSettlesGained", func(t *testing.T) {
-		h.synced(peer, h.roundStarts(), mark(95), self, 103, roundScope{all: true})
+		epoch, era := h.roundStarts()
+		h.synced(peer, epoch, era, mark(95), self, 103, roundScope{all: true})
 		if !covers(&h, 95, 3) || !covers(&h, 95, AllPartitions) {
 			t.Errorf("a round over every partition held does not cover them all")
 		}
@@ -183,4 +190,72 @@ func TestHaveStatePartitions(t *testing.T) {
 			t.Errorf("gained partitions not settled by a round that taught more than the base")
 		}
 	})
+	t.Run("OKEraChangesOnlyWithAGain", func(t *testing.T) {
+		era := h.currentEra()
+		h.replan(104, nil, &held)
+		if h.currentEra() != era {
+			t.Errorf("a placement that gains nothing started a new era")
+		}
+		held.add(4)
+		h.replan(105, []int{4}, &held)
+		if h.currentEra() == era || h.currentEra() == 0 {
+			t.Errorf("a placement that gains a partition kept era %d", era)
+		}
+	})
+	t.Run("OKThroughOfAnOlderEraIgnored", func(t *testing.T) {
+		// The sender's latest round with us was before we dropped and regained
+		// partition 4: its pushes since may not have carried what we dropped.
+		era := h.currentEra()
+		held.add(5)
+		h.replan(106, []int{5}, &held)
+		h.pushed(at(200), 106, nil, era)
+		if covers(&h, 200, 1) || covers(&h, 200, 4) {
+			t.Errorf("a Through by a sender whose round with us was in an older era counted")
+		}
+		var theirs partitionSet
+		theirs.add(1)
+		h.pushed(at(210), 77, theirs.words(), era)
+		if covers(&h, 210, 1) {
+			t.Errorf("a Through under another placement by a sender of an older era counted")
+		}
+		h.pushed(at(220), 106, nil, h.currentEra())
+		if !covers(&h, 220, 5) {
+			t.Errorf("a Through of the current era does not cover")
+		}
+	})
+	t.Run("OKRoundBegunInAnOlderEraIgnored", func(t *testing.T) {
+		epoch, era := h.roundStarts()
+		held.add(6)
+		h.replan(107, []int{6}, &held)
+		h.synced(peer, epoch, era, mark(300), self, 107, roundScope{all: true})
+		if covers(&h, 300, 6) || covers(&h, 300, AllPartitions) {
+			t.Errorf("a round begun before a gain taught what it may not have carried")
+		}
+	})
+}
+
+// TestMoveRate: sending stored state waits for the move rate once its burst is spent,
+// and counts what it sends.
+func TestMoveRate(t *testing.T) {
+	m := NewMetrics()
+	r := &Replicator{cfg: Config{MaxMessage: 4096, Metrics: m}}
+	r.move = rate.NewLimiter(1, r.budget()) // one byte a second after a burst of one message
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := r.moving(ctx, r.budget()); err != nil {
+		t.Fatalf("the first message within the burst waited: %v", err)
+	}
+	cancel()
+	if err := r.moving(ctx, r.budget()); err == nil {
+		t.Fatalf("a second message, beyond the rate, did not wait")
+	}
+	if got := testutil.ToFloat64(m.Moved); got != float64(2*r.budget()) {
+		t.Errorf("moved bytes %v, want %d", got, 2*r.budget())
+	}
+	if testutil.ToFloat64(m.MoveWait) <= 0 {
+		t.Errorf("the wait was not counted")
+	}
+	unbounded := &Replicator{cfg: Config{MaxMessage: 4096}}
+	if err := unbounded.moving(ctx, 1<<30); err != nil {
+		t.Errorf("an unbounded replicator waited: %v", err)
+	}
 }

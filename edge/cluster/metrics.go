@@ -16,6 +16,8 @@ type Metrics struct {
 	AwaitSeconds prometheus.Histogram   // time spent meeting a bookmark not held at once
 	Fetches      *prometheus.CounterVec // pulls started to meet a bookmark, by result
 	Dropped      prometheus.Counter     // keys handed off to their holders and dropped here
+	Moved        prometheus.Counter     // bytes of stored state sent by anti-entropy and handoff
+	MoveWait     prometheus.Counter     // seconds that sending waited for the move rate
 
 	awaits [len(awaitedNames)]prometheus.Counter // Awaits' series, resolved once
 }
@@ -78,13 +80,21 @@ func newMetrics() *Metrics {
 			Name: "sessiond_handoff_dropped_keys_total",
 			Help: "Keys this node stored without holding them (placement moved them, or it accepted writes for others) that it dropped once their holders in its region confirmed them.",
 		}),
+		Moved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sessiond_moved_bytes_total",
+			Help: "Bytes of stored state this node sent to peers by anti-entropy and handoff (not pushes of new writes): data moving after a change of placement, and repairs.",
+		}),
+		MoveWait: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sessiond_move_throttled_seconds_total",
+			Help: "Seconds that sending stored state by anti-entropy and handoff waited for the move rate (--move-rate).",
+		}),
 	}
 }
 
 // Collectors returns every metric, for registering.
 func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.Propagation, m.Revocation, m.Rounds, m.Bytes, m.Rejected, m.Applied, m.MembersGauge,
-		m.Awaits, m.AwaitSeconds, m.Fetches, m.Dropped}
+		m.Awaits, m.AwaitSeconds, m.Fetches, m.Dropped, m.Moved, m.MoveWait}
 }
 
 func (m *Metrics) fetched(err error) {

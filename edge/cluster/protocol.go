@@ -15,8 +15,9 @@ import (
 // Version 2 added PushRequest.Through and DigestReply.Have (bookmarks); version 3 added
 // LeafPairs.From and To (a leaf compared in parts, so no request outgrows MaxMessage);
 // version 4 added DigestRequest.Mask and the placement fingerprints of PushRequest and
-// DigestReply (placement: each node holds some partitions; see holding.go).
-const ProtocolVersion = 4
+// DigestReply (placement: each node holds some partitions; see holding.go); version 5
+// added the eras of PushRequest, DigestReply and PushReply (see haveState.era).
+const ProtocolVersion = 5
 
 // MaxMessage bounds every sync message, request or reply, in bytes.
 const MaxMessage = 32 << 20
@@ -49,6 +50,16 @@ type PushRequest struct {
 	// receiver's, by the sender's placement): Through counts for those the receiver
 	// holds whatever its own placement.
 	Held []uint64
+	// Era, with Through, is the receiver's era (DigestReply.Era) as of the sender's latest
+	// completed anti-entropy round with it: Through counts only if the receiver is still
+	// in that era (it has dropped nothing it then held since).
+	Era uint64
+}
+
+// PushReply answers a push with the receiver's era: a sender whose pushes went by
+// another era runs a round with it before it tells Through again.
+type PushReply struct {
+	Era uint64
 }
 
 // DigestRequest carries the sender's branch hashes.
@@ -69,6 +80,8 @@ type DigestReply struct {
 	// HaveMask, when not nil, is the partitions Have is about (of those the request
 	// compared): the replier holds them, and knows it holds Have of them. Nil: all.
 	HaveMask []uint64
+	// Era is the replier's era when it read its digest (see PushRequest.Era).
+	Era uint64
 }
 
 // BranchLeaves is one branch's leaf hashes.
@@ -246,7 +259,7 @@ func (m PushRequest) MarshalBinary() ([]byte, error) {
 	for _, x := range m.Held {
 		w = w.u64(x)
 	}
-	return w, nil
+	return w.u64(m.Era), nil
 }
 
 func (w wire) timestamp(ts crdt.Timestamp) wire { return ts.AppendBinary(w) }
@@ -286,6 +299,20 @@ func (m *PushRequest) UnmarshalBinary(b []byte) error {
 	m.Through = r.timestamp()
 	m.Placement = r.u64()
 	m.Held = r.mask()
+	m.Era = r.u64()
+	return r.end()
+}
+
+// MarshalBinary encodes a PushReply.
+func (m PushReply) MarshalBinary() ([]byte, error) {
+	return header(kindReply).u64(m.Era), nil
+}
+
+// UnmarshalBinary decodes a PushReply.
+func (m *PushReply) UnmarshalBinary(b []byte) error {
+	r := reader{b: b}
+	r.header(kindReply)
+	m.Era = r.u64()
 	return r.end()
 }
 
@@ -331,7 +358,7 @@ func (m DigestReply) MarshalBinary() ([]byte, error) {
 	for _, x := range m.HaveMask {
 		w = w.u64(x)
 	}
-	return w, nil
+	return w.u64(m.Era), nil
 }
 
 // UnmarshalBinary decodes a DigestReply.
@@ -353,6 +380,7 @@ func (m *DigestReply) UnmarshalBinary(b []byte) error {
 	}
 	m.Have = r.bookmark()
 	m.HaveMask = r.mask()
+	m.Era = r.u64()
 	return r.end()
 }
 

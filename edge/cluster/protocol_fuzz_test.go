@@ -268,9 +268,10 @@ func TestSyncMessageSeeds(t *testing.T) {
 		m     encoding.BinaryMarshaler
 		fresh encoding.BinaryUnmarshaler
 	}{
-		{PushRequest{From: 0xa1, Changes: cs, Through: fuzzTS(5, 0xa1)}, new(PushRequest)},
+		{PushRequest{From: 0xa1, Changes: cs, Through: fuzzTS(5, 0xa1), Era: 0xfeed}, new(PushRequest)},
+		{PushReply{Era: 0xbeef}, new(PushReply)},
 		{DigestRequest{Branches: make([]uint64, crdt.DigestBranches)}, new(DigestRequest)},
-		{DigestReply{Branches: []BranchLeaves{{Branch: 3, Leaves: make([]uint64, crdt.DigestBranches)}}, Have: sampleBookmark()}, new(DigestReply)},
+		{DigestReply{Branches: []BranchLeaves{{Branch: 3, Leaves: make([]uint64, crdt.DigestBranches)}}, Have: sampleBookmark(), Era: 42}, new(DigestReply)},
 		{LeavesRequest{Leaves: []LeafPairs{{Leaf: 9, Pairs: []storage.KeyHash{{Key: "u/x", Hash: 1}}, From: "a", To: "b"}}}, new(LeavesRequest)},
 		{LeavesReply{Changes: cs, Want: []string{"u/y"}, Truncated: true}, new(LeavesReply)},
 	} {

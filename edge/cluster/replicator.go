@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/storage"
 )
@@ -31,14 +33,14 @@ type Peer struct {
 // Transport carries sync requests to a peer's Handler. Implementations must be safe for
 // concurrent use and must return once ctx ends.
 type Transport interface {
-	Push(ctx context.Context, to Peer, req PushRequest) error
+	Push(ctx context.Context, to Peer, req PushRequest) (PushReply, error)
 	Digest(ctx context.Context, to Peer, req DigestRequest) (DigestReply, error)
 	Leaves(ctx context.Context, to Peer, req LeavesRequest) (LeavesReply, error)
 }
 
 // Handler answers sync requests; *Replicator implements it.
 type Handler interface {
-	HandlePush(ctx context.Context, req PushRequest) error
+	HandlePush(ctx context.Context, req PushRequest) (PushReply, error)
 	HandleDigest(ctx context.Context, req DigestRequest) (DigestReply, error)
 	HandleLeaves(ctx context.Context, req LeavesRequest) (LeavesReply, error)
 }
@@ -71,9 +73,14 @@ type Config struct {
 	// FetchTimeout bounds one pull that Await starts to fetch what a bookmark asks for;
 	// default 2s.
 	FetchTimeout time.Duration
-	Now          func() time.Time // physical clock for lag figures; default time.Now
-	Logger       *slog.Logger     // default: discard
-	Metrics      *Metrics         // nil: none
+	// MoveRate bounds, in bytes per second, the stored state this node sends to its peers
+	// by anti-entropy and handoff — the data that moves when placement changes, and
+	// repairs — so that movement does not crowd out serving requests; pushes of new
+	// writes are not bounded. 0: DefaultMoveRate; negative: unbounded.
+	MoveRate int
+	Now      func() time.Time // physical clock for lag figures; default time.Now
+	Logger   *slog.Logger     // default: discard
+	Metrics  *Metrics         // nil: none
 }
 
 // Replicator keeps this node's replica in step with its peers'. It runs one worker per
@@ -108,8 +115,9 @@ type Replicator struct {
 	lagMu sync.Mutex
 	lag   map[crdt.NodeID]time.Duration // last observed propagation delay from each origin
 
-	have     haveState    // what this node holds of each origin's writes; see Await
-	awaiting atomic.Int64 // Awaits past the fast path, now
+	have     haveState     // what this node holds of each origin's writes; see Await
+	awaiting atomic.Int64  // Awaits past the fast path, now
+	move     *rate.Limiter // Config.MoveRate; nil: unbounded
 }
 
 // worker is the goroutine that serves one peer.
@@ -134,12 +142,25 @@ type worker struct {
 	// started over; a new placement starts it over (the old one filtered out changes the
 	// peer now holds). Owned by the worker goroutine.
 	era *view
+	// peerEra is the peer's era (haveState.era) as its reply to our latest completed
+	// round gave it; a push reply naming another era makes the worker run a round before
+	// it tells Through again. Owned by the worker goroutine.
+	peerEra uint64
+	// stale says a push reply named an era other than peerEra. Owned by the worker
+	// goroutine.
+	stale bool
+	// drained is the feed position up to which the worker has pushed this node's writes
+	// to the peer (or a round covered them); see Drain.
+	drained atomic.Uint64
 }
 
 // maxPushFailures is how many times in a row a worker tries to push the same changes
 // before it leaves them to anti-entropy and pushes what follows: a change that cannot
 // be sent is never retried forever in place, holding back every later one.
 const maxPushFailures = 8
+
+// DefaultMoveRate is Config.MoveRate's default: 64 MiB/s.
+const DefaultMoveRate = 64 << 20
 
 // NewReplicator returns a replicator; Start it.
 func NewReplicator(cfg Config) *Replicator {
@@ -164,11 +185,18 @@ func NewReplicator(cfg Config) *Replicator {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if cfg.MoveRate == 0 {
+		cfg.MoveRate = DefaultMoveRate
+	}
 	r := &Replicator{
 		cfg: cfg, self: cfg.DB.NodeID(), log: cfg.Logger,
 		workers: make(map[crdt.NodeID]*worker), caughtUp: make(chan struct{}), replanned: make(chan struct{}, 1),
 		joining: cfg.Joining && cfg.Replicas > 0, peersIn: make(chan struct{}),
 		lag: make(map[crdt.NodeID]time.Duration),
+	}
+	if cfg.MoveRate > 0 {
+		// A second's worth of burst, and at least one message of the budget.
+		r.move = rate.NewLimiter(rate.Limit(cfg.MoveRate), max(cfg.MoveRate, r.budget()))
 	}
 	r.have.init()
 	r.view.Store(newView(r.selfPeer(), nil, cfg.Replicas, r.joining))
@@ -326,7 +354,7 @@ func (r *Replicator) bootstrap(ctx context.Context) {
 		})
 		failed := false
 		for _, p := range todo {
-			if _, _, _, err := r.syncIn(ctx, p, true, will); err != nil {
+			if _, err := r.syncIn(ctx, p, true, will); err != nil {
 				r.log.Debug("catching up from peer failed", "peer", p.Name, slog.Any("err", err))
 				failed = true
 				continue
@@ -370,6 +398,33 @@ func (r *Replicator) Notify() {
 		select {
 		case w.wake <- struct{}{}:
 		default:
+		}
+	}
+}
+
+// Drain waits until every worker has pushed to its peer the writes committed here before
+// the call, or ctx ends; a node that stops calls it before Close, so that what it
+// acknowledged last is on its peers while it is down. It returns ctx's error if some
+// peer was not reached.
+func (r *Replicator) Drain(ctx context.Context) error {
+	target := r.cfg.DB.FeedSeq()
+	r.Notify()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		r.mu.Lock()
+		done := true
+		for _, w := range r.workers {
+			done = done && w.drained.Load() >= target
+		}
+		r.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
 		}
 	}
 }
@@ -456,8 +511,11 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 	defer retry.Stop()
 	for {
 		if needSync && !time.Now().Before(syncAfter) {
-			if fp, err := r.syncWith(ctx, w.peer); err == nil {
-				needSync, w.synced, syncBackoff = false, fp == w.era.fingerprint, 0
+			if res, err := r.sync(ctx, w.peer, false); err == nil {
+				needSync, syncBackoff = false, 0
+				if res.complete {
+					w.synced, w.peerEra = res.placement == w.era.fingerprint, res.era
+				}
 			} else {
 				if ctx.Err() != nil {
 					return
@@ -473,8 +531,17 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 		}
 		if !pushRetry || !time.Now().Before(pushAfter) {
 			var err error
-			if cursor, err = r.pushFrom(ctx, w, cursor); err == nil {
+			cursor, err = r.pushFrom(ctx, w, cursor)
+			if w.stale {
+				// The peer is in another era than our latest round with it: what we told
+				// it may not hold any more. A round makes our pushes count again.
+				w.stale, w.synced, w.told, needSync = false, false, crdt.Timestamp{}, true
+			}
+			if err == nil {
 				pushRetry, pushFailures, pushBackoff = false, 0, 0
+				if !needSync {
+					w.drained.Store(cursor)
+				}
 			} else {
 				if ctx.Err() != nil {
 					return
@@ -556,6 +623,12 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 		if err != nil {
 			return cursor, err
 		}
+		// The feed may show a commit not yet published: one whose remote change overtook
+		// a write of ours, not yet noted (storage.DB.Overtaken). Judged before it is, that
+		// write would be passed over for good.
+		if err := r.cfg.DB.WaitPublished(ctx); err != nil {
+			return cursor, err
+		}
 		own := changes[:0:0]
 		for _, c := range changes {
 			ts, ok := r.ownSince(c, since)
@@ -578,17 +651,17 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 		if len(own) > 0 {
 			w.pending.Store(int64(len(own)))
 			sent := 0
-			for batch := range pushBatches(own, r.cfg.PushBatch, r.budget()) {
+			for batch := range pushBatches(own, r.cfg.PushBatch, r.budget()) { // new writes: not bounded by MoveRate
 				req := PushRequest{From: r.self, Changes: batch, Placement: v.fingerprint}
 				if sent += len(batch); tell && sent == len(own) {
-					req.Through, req.Held = mark, v.heldWords(w.peer.ID)
+					req.Through, req.Held, req.Era = mark, v.heldWords(w.peer.ID), w.peerEra
 				}
-				if err := r.cfg.Transport.Push(ctx, w.peer, req); err != nil {
+				if err := r.push(ctx, w, req); err != nil {
 					return cursor, err
 				}
 			}
 		} else if tell {
-			if err := r.cfg.Transport.Push(ctx, w.peer, PushRequest{From: r.self, Through: mark, Placement: v.fingerprint, Held: v.heldWords(w.peer.ID)}); err != nil {
+			if err := r.push(ctx, w, PushRequest{From: r.self, Through: mark, Placement: v.fingerprint, Held: v.heldWords(w.peer.ID), Era: w.peerEra}); err != nil {
 				return cursor, err
 			}
 		}
@@ -602,6 +675,15 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 			return cursor, nil
 		}
 	}
+}
+
+// push sends req to the worker's peer and notes a reply from another era (w.stale).
+func (r *Replicator) push(ctx context.Context, w *worker, req PushRequest) error {
+	rep, err := r.cfg.Transport.Push(ctx, w.peer, req)
+	if err == nil && rep.Era != w.peerEra {
+		w.stale = true
+	}
+	return err
 }
 
 // ownSince reports whether the change carries a write of this node's that is its to push:
@@ -647,15 +729,46 @@ func maxTS(a, b crdt.Timestamp) crdt.Timestamp {
 // refuse the same batch on every retry.
 func (r *Replicator) budget() int { return r.cfg.MaxMessage / 4 }
 
+// moving waits until n more bytes of stored state may be sent (Config.MoveRate), or ctx
+// ends.
+func (r *Replicator) moving(ctx context.Context, n int) error {
+	if n <= 0 {
+		return nil
+	}
+	if m := r.cfg.Metrics; m != nil {
+		m.Moved.Add(float64(n))
+	}
+	if r.move == nil {
+		return nil
+	}
+	res := r.move.ReserveN(time.Now(), min(n, r.move.Burst()))
+	d := res.Delay()
+	if d == 0 {
+		return nil
+	}
+	if m := r.cfg.Metrics; m != nil {
+		m.MoveWait.Add(d.Seconds())
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		res.Cancel()
+		return ctx.Err()
+	}
+}
+
 // pushBatches splits changes into runs of at most n changes and maxBytes encoded bytes
-// (a single larger change goes alone).
-func pushBatches(changes []storage.Change, n, maxBytes int) iter.Seq[[]storage.Change] {
-	return func(yield func([]storage.Change) bool) {
+// (a single larger change goes alone), each with its encoded size.
+func pushBatches(changes []storage.Change, n, maxBytes int) iter.Seq2[[]storage.Change, int] {
+	return func(yield func([]storage.Change, int) bool) {
 		start, size := 0, 0
 		for i, c := range changes {
 			s := len(c.AppendBinary(nil))
 			if i > start && (i-start == n || size+s > maxBytes) {
-				if !yield(changes[start:i]) {
+				if !yield(changes[start:i], size) {
 					return
 				}
 				start, size = i, 0
@@ -663,25 +776,25 @@ func pushBatches(changes []storage.Change, n, maxBytes int) iter.Seq[[]storage.C
 			size += s
 		}
 		if start < len(changes) {
-			yield(changes[start:])
+			yield(changes[start:], size)
 		}
 	}
 }
 
-// HandlePush applies a peer's changes.
-func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) error {
+// HandlePush applies a peer's changes and answers with this node's era.
+func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) (PushReply, error) {
 	var res storage.ApplyResult
 	if len(req.Changes) > 0 {
 		var err error
 		if res, err = r.cfg.DB.ApplyRemote(ctx, req.Changes); err != nil {
-			return err
+			return PushReply{}, err
 		}
 		r.count(res)
 	}
 	if res.Rejected > 0 || res.TooLarge > 0 {
 		r.have.distrust(req.From)
 	} else if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
-		r.have.pushed(req.Through, req.Placement, req.Held)
+		r.have.pushed(req.Through, req.Placement, req.Held, req.Era)
 	}
 	now := r.cfg.Now()
 	var newest time.Duration = -1
@@ -707,7 +820,9 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) error {
 		r.lag[req.From] = newest
 		r.lagMu.Unlock()
 	}
-	return nil
+	// Read last: a sender whose Through this push did not count, because we changed era
+	// meanwhile, learns so from this reply.
+	return PushReply{Era: r.have.currentEra()}, nil
 }
 
 func (r *Replicator) count(res storage.ApplyResult) {
@@ -731,7 +846,7 @@ func (r *Replicator) HandleDigest(ctx context.Context, req DigestRequest) (Diges
 	}
 	// What we hold is read before the digest: the requester, once it has what the digest
 	// leads it to, holds at least that.
-	var rep DigestReply
+	rep := DigestReply{Era: r.have.currentEra()}
 	rep.Have, rep.HaveMask = r.haveOf(req.Mask)
 	d := r.cfg.DB.Digest()
 	d.Restrict(req.Mask)
@@ -798,6 +913,9 @@ func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (Leave
 				rep.Changes = append(rep.Changes, c)
 			}
 		}
+	}
+	if err := r.moving(ctx, size); err != nil {
+		return LeavesReply{}, err
 	}
 	return rep, nil
 }
@@ -888,34 +1006,35 @@ func leafRequests(leaves []int, budget int, pairsOf func(leaf int) ([]storage.Ke
 // everything the peer held when it answered, so what the peer reported it held (its Have)
 // is added to ours.
 func (r *Replicator) SyncWith(ctx context.Context, peer Peer) error {
-	_, err := r.syncWith(ctx, peer)
+	_, err := r.sync(ctx, peer, false)
 	return err
 }
 
-// syncWith is SyncWith; it also returns the fingerprint of the placement the completing
-// round ran under.
-func (r *Replicator) syncWith(ctx context.Context, peer Peer) (uint64, error) {
-	_, _, fp, err := r.sync(ctx, peer, false)
-	return fp, err
+// syncResult is how a sync ended.
+type syncResult struct {
+	complete  bool          // a round completed; the rest is about it
+	have      crdt.Bookmark // what the peer held
+	placement uint64        // the fingerprint of the placement it ran under, or an older one
+	era       uint64        // the peer's era
 }
 
 // sync runs rounds with peer until one completes (or maxRounds did not suffice); pull
-// leaves out pushing what the peer lacks. It returns what the peer held as of the
-// completed round, and whether one completed.
-func (r *Replicator) sync(ctx context.Context, peer Peer, pull bool) (crdt.Bookmark, bool, uint64, error) {
+// leaves out pushing what the peer lacks.
+func (r *Replicator) sync(ctx context.Context, peer Peer, pull bool) (syncResult, error) {
 	return r.syncIn(ctx, peer, pull, nil)
 }
 
 // syncIn is sync; a pull compares the partitions in only (nil: those this node holds).
-func (r *Replicator) syncIn(ctx context.Context, peer Peer, pull bool, only *partitionSet) (crdt.Bookmark, bool, uint64, error) {
+func (r *Replicator) syncIn(ctx context.Context, peer Peer, pull bool, only *partitionSet) (syncResult, error) {
 	for range maxRounds {
 		fp := r.view.Load().fingerprint // the placement syncRound reads, or an older one
-		have, complete, again, err := r.syncRound(ctx, peer, pull, only)
+		res, again, err := r.syncRound(ctx, peer, pull, only)
 		if err != nil || !again {
-			return have, complete, fp, err
+			res.placement = fp
+			return res, err
 		}
 	}
-	return crdt.Bookmark{}, false, 0, nil
+	return syncResult{}, nil
 }
 
 // maxRounds bounds the rounds of one SyncWith when replies are truncated; the periodic
@@ -926,8 +1045,8 @@ const maxRounds = 64
 // A round that completes — nothing truncated, none of the peer's changes refused — returns
 // what the peer held (its reply's Have), which this node now holds too, and adds it to
 // ours.
-func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *partitionSet) (have crdt.Bookmark, complete, again bool, err error) {
-	epoch := r.have.roundStarts()
+func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *partitionSet) (res syncResult, again bool, err error) {
+	epoch, era := r.have.roundStarts()
 	v := r.view.Load()
 	d := r.cfg.DB.Digest()
 	req := DigestRequest{}
@@ -958,7 +1077,7 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *
 	rep, err := r.cfg.Transport.Digest(ctx, peer, req)
 	if err != nil {
 		r.cfg.Metrics.round("error")
-		return crdt.Bookmark{}, false, false, err
+		return syncResult{}, false, err
 	}
 	if rep.HaveMask != nil || scope.compared != nil {
 		// What the peer's Have is about, as the peer says (its placement may differ from
@@ -988,7 +1107,7 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *
 	}
 	if len(leaves) == 0 {
 		r.cfg.Metrics.round("in_sync")
-		return r.completed(ctx, peer, epoch, rep.Have, scope, v.fingerprint)
+		return r.completed(ctx, peer, epoch, era, rep, scope, v.fingerprint)
 	}
 	refused := false
 	for req, err := range r.leafRequests(ctx, leaves) {
@@ -1002,29 +1121,30 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *
 		}
 		if err != nil {
 			r.cfg.Metrics.round("error")
-			return crdt.Bookmark{}, false, false, err
+			return syncResult{}, false, err
 		}
 		again = again || truncated
 		refused = refused || rejected
 	}
 	r.cfg.Metrics.round("repaired")
 	if again || refused { // refused: the periodic round tries again
-		return crdt.Bookmark{}, false, again, nil
+		return syncResult{}, again, nil
 	}
-	return r.completed(ctx, peer, epoch, rep.Have, scope, v.fingerprint)
+	return r.completed(ctx, peer, epoch, era, rep, scope, v.fingerprint)
 }
 
-// completed records a round with peer that completed: this node now holds what the peer
-// held (have) in the partitions scope says (see haveState.synced). The round compared
-// the peer's state with what this node's file holds, which readers may not see yet (a
-// commit not yet published), so it first waits for that to be published.
-func (r *Replicator) completed(ctx context.Context, peer Peer, epoch uint64, have crdt.Bookmark, scope roundScope, placement uint64) (crdt.Bookmark, bool, bool, error) {
+// completed records a round with peer, begun at epoch in era, that completed with the
+// peer's digest reply rep: this node now holds what the peer held (rep.Have) in the
+// partitions scope says (see haveState.synced). The round compared the peer's state
+// with what this node's file holds, which readers may not see yet (a commit not yet
+// published), so it first waits for that to be published.
+func (r *Replicator) completed(ctx context.Context, peer Peer, epoch, era uint64, rep DigestReply, scope roundScope, placement uint64) (syncResult, bool, error) {
 	if err := r.cfg.DB.WaitPublished(ctx); err != nil {
-		return crdt.Bookmark{}, false, false, err
+		return syncResult{}, false, err
 	}
-	r.have.synced(peer.ID, epoch, have, r.self, placement, scope)
+	r.have.synced(peer.ID, epoch, era, rep.Have, r.self, placement, scope)
 	r.noteCaughtUp()
-	return have, true, false, nil
+	return syncResult{complete: true, have: rep.Have, era: rep.Era}, false, nil
 }
 
 // noteCaughtUp records a completed round: the first catches this node up, unless it is
@@ -1067,8 +1187,11 @@ func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, req LeavesReques
 // returns the first error.
 func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.Change) error {
 	var first error
-	for batch := range pushBatches(changes, r.cfg.PushBatch, r.budget()) {
-		err := r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch})
+	for batch, size := range pushBatches(changes, r.cfg.PushBatch, r.budget()) {
+		if err := r.moving(ctx, size); err != nil {
+			return err
+		}
+		_, err := r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch})
 		if err == nil {
 			continue
 		}
@@ -1082,7 +1205,7 @@ func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.
 			continue
 		}
 		for i := range batch {
-			_ = r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch[i : i+1]})
+			_, _ = r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch[i : i+1]})
 		}
 	}
 	return first

@@ -92,6 +92,9 @@ type Membership struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the event, notice and join loops
 
+	closeOnce sync.Once
+	closeErr  error
+
 	mu     sync.Mutex
 	joined bool
 	warned map[string]string // member name → the reason last logged for ignoring it
@@ -387,21 +390,25 @@ func (m *Membership) warnOnce(member, reason, msg string, args ...any) {
 // most about 2.5 s (1.25 s with Fast; see leaveBroadcastTimeout), no time when this is the
 // last live member, and is skipped when ctx has ended before Close is called; once begun it
 // is not cut short by ctx, as memberlist panics on a leave after its shutdown. Close
-// returns serf's errors.
+// returns serf's errors. A second call does nothing and returns the first's error;
+// Members stays usable (the last membership seen).
 func (m *Membership) Close(ctx context.Context) error {
-	var err error
-	if ctx.Err() == nil {
-		if !m.othersAlive() {
-			*m.leaveDelay = 0 // nobody to propagate the leave to
+	m.closeOnce.Do(func() {
+		var err error
+		if ctx.Err() == nil {
+			if !m.othersAlive() {
+				*m.leaveDelay = 0 // nobody to propagate the leave to
+			}
+			err = m.serf.Leave() // in this goroutine: memberlist panics on a leave after shutdown
 		}
-		err = m.serf.Leave() // in this goroutine: memberlist panics on a leave after shutdown
-	}
-	m.cancel()
-	m.wg.Wait()
-	if serr := m.serf.Shutdown(); serr != nil && err == nil {
-		err = serr
-	}
-	return err
+		m.cancel()
+		m.wg.Wait()
+		if serr := m.serf.Shutdown(); serr != nil && err == nil {
+			err = serr
+		}
+		m.closeErr = err
+	})
+	return m.closeErr
 }
 
 // othersAlive reports whether serf knows another member that is alive.

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
@@ -312,5 +313,101 @@ func TestSimShardedMembership(t *testing.T) {
 	}
 	if len(w.failed) > 0 {
 		t.Errorf("workload failures: %v", w.failed)
+	}
+}
+
+// TestSimShardedStaleThrough: a node that drops a partition (handing it off) and later
+// holds it again must not believe a peer's Through from before: the peer's pushes since
+// its last round with the node may have carried writes the node then dropped. Here eu's
+// holder of a partition goes by an old placement (its membership frozen) and keeps
+// pushing its writes to the us node that held the partition; that node hands one of
+// them off to the node that took the partition over and drops it, then holds the
+// partition again when that node dies. It must not answer for the dropped write until it
+// has it again.
+func TestSimShardedStaleThrough(t *testing.T) {
+	c := newTestCluster(t, 5, []string{"us", "eu"}, withReplicas(1), withAntiEntropy(time.Hour))
+	w := newWorkload(c, rand.New(rand.NewPCG(1, 2)), 1)
+	ctx := context.Background()
+	// n0, n2, n4 in us; n1, n3 in eu. A name whose partition n4 holds in us, and
+	// another us node (B) holds without n4.
+	var name string
+	var p, b, e int
+	for k := 0; ; k++ {
+		name = fmt.Sprintf("drifter%d", k)
+		p = crdt.NamePartition(name)
+		e = ownerIn(c.table(), c, "us", p)
+		if e == 4 {
+			break
+		}
+	}
+	cl := c.table().Owners("eu", p)
+	ci := slices.IndexFunc(c.nodes, func(n *testNode) bool { return n.Peer().ID == cl[0].ID })
+	c.Kill(e)
+	b = ownerIn(c.table(), c, "us", p)
+	t.Logf("partition %d: us holder n%d, then n%d while n%d is down; eu holder n%d", p, e, b, e, ci)
+	acc := mustRegister(t, w, b, name)
+	waitFor(t, 10*time.Second, func() (bool, string) {
+		_, ok, err := c.nodes[ci].DB().Record(ctx, crdt.UserKey(acc.id))
+		return err == nil && ok, fmt.Sprintf("the account never reached n%d", ci)
+	})
+
+	c.Freeze(ci) // from now on eu's holder believes b holds p
+	c.Restart(e) // e takes p over from b
+	s2 := mustLogin(t, w, ci, acc)
+	key := crdt.SessionKey(s2.id)
+	m, ok, err := c.nodes[ci].DB().Record(ctx, key)
+	if err != nil || !ok {
+		t.Fatalf("session %s not on n%d after login: %v", s2.id, ci, err)
+	}
+	var mark crdt.Bookmark
+	mark.Add(m.Version())
+	has := func(i int) bool {
+		_, ok, err := c.nodes[i].DB().Record(ctx, key)
+		return err == nil && ok
+	}
+	waitFor(t, 10*time.Second, func() (bool, string) {
+		return has(b), fmt.Sprintf("n%d never got the session n%d pushed by its old placement", b, ci)
+	})
+	waitFor(t, 10*time.Second, func() (bool, string) {
+		if err := c.nodes[b].Rep().HandoffRound(ctx); err != nil {
+			return false, err.Error()
+		}
+		return !has(b) && has(e), fmt.Sprintf("n%d has not handed the session off to n%d", b, e)
+	})
+
+	// b holds p again. Anti-entropy is refused from now on, so the session can come back
+	// only by a round that the refusal holds back.
+	c.net.setRefuse(func(kind string, _ []byte) error {
+		if kind == "digest" {
+			return errors.New("refused by the test")
+		}
+		return nil
+	})
+	c.Kill(e)
+	if !c.nodes[b].Rep().HoldsPartition(p) {
+		t.Fatalf("n%d does not hold partition %d again", b, p)
+	}
+	// Two writes of eu's holder in a partition b holds: each push to b tells Through,
+	// and once b has the second, the push of the first has been handled.
+	var others []*account
+	for k := 0; len(others) < 2; k++ {
+		n := fmt.Sprintf("%s-other%d", name, k)
+		if ownerIn(c.table(), c, "us", crdt.NamePartition(n)) == b {
+			others = append(others, mustRegister(t, w, ci, n))
+		}
+	}
+	waitFor(t, 10*time.Second, func() (bool, string) {
+		_, ok, err := c.nodes[b].DB().Record(ctx, crdt.UserKey(others[1].id))
+		return err == nil && ok, fmt.Sprintf("n%d never got n%d's push", b, ci)
+	})
+	if c.nodes[b].Rep().Covers(mark, p) && !has(b) {
+		t.Fatalf("n%d answers for session %s (bookmark %v covered in partition %d) but does not hold it", b, s2.id, mark, p)
+	}
+	c.net.setRefuse(nil)
+	waitFor(t, 10*time.Second, func() (bool, string) {
+		return c.nodes[b].Rep().Covers(mark, p), fmt.Sprintf("n%d never knew it holds the session again", b)
+	})
+	if !has(b) {
+		t.Fatalf("n%d answers for session %s (bookmark %v covered in partition %d) but does not hold it", b, s2.id, mark, p)
 	}
 }

@@ -372,15 +372,22 @@ func marshal(m encoding.BinaryMarshaler) []byte {
 }
 
 // Push implements Transport.
-func (t *simTransport) Push(ctx context.Context, to Peer, req PushRequest) error {
-	_, err := t.net.call(ctx, t.from, to, "push", marshal(req), func(ctx context.Context, h Handler, b []byte) ([]byte, error) {
+func (t *simTransport) Push(ctx context.Context, to Peer, req PushRequest) (PushReply, error) {
+	out, err := t.net.call(ctx, t.from, to, "push", marshal(req), func(ctx context.Context, h Handler, b []byte) ([]byte, error) {
 		r, err := decodeInto[PushRequest](b)
 		if err != nil {
 			return nil, err
 		}
-		return nil, h.HandlePush(ctx, r)
+		rep, err := h.HandlePush(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		return marshal(rep), nil
 	})
-	return err
+	if err != nil {
+		return PushReply{}, err
+	}
+	return decodeInto[PushReply](out)
 }
 
 // Digest implements Transport.
@@ -486,7 +493,8 @@ type testCluster struct {
 
 	mu        sync.Mutex // topology; taken before any node's mu
 	groups    map[int]int
-	followNet bool // membership sees the partition
+	followNet bool         // membership sees the partition
+	frozen    map[int]bool // nodes whose membership no longer changes (Freeze)
 }
 
 // testNode is one node. Its clock is real time plus an offset the schedule changes.
@@ -700,10 +708,22 @@ func (c *testCluster) updatePeers() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i, n := range c.nodes {
-		if r := n.Rep(); r != nil {
+		if r := n.Rep(); r != nil && !c.frozen[i] {
 			r.SetPeers(c.viewLocked(i))
 		}
 	}
+}
+
+// Freeze keeps node i's membership as it is now, whatever happens later: a node that
+// misses gossip, and so goes by an old placement.
+func (c *testCluster) Freeze(i int) {
+	c.mu.Lock()
+	if c.frozen == nil {
+		c.frozen = map[int]bool{}
+	}
+	c.frozen[i] = true
+	c.mu.Unlock()
+	c.logf("freeze the membership of %s", c.nodes[i].name)
 }
 
 // Partition splits the network into groups (node indexes; unlisted nodes form one more

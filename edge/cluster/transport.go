@@ -159,7 +159,8 @@ func serve[T any, P request[T]](t *TLSTransport, kind string, fn func(context.Co
 func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /sync/v1/push", serve(t, "push", func(ctx context.Context, req *PushRequest) (encoding.BinaryMarshaler, error) {
-		return nil, h.HandlePush(ctx, *req)
+		rep, err := h.HandlePush(ctx, *req)
+		return rep, err
 	}))
 	mux.HandleFunc("POST /sync/v1/digest", serve(t, "digest", func(ctx context.Context, req *DigestRequest) (encoding.BinaryMarshaler, error) {
 		rep, err := h.HandleDigest(ctx, *req)
@@ -222,8 +223,10 @@ func (t *TLSTransport) call(ctx context.Context, to Peer, kind string, req encod
 }
 
 // Push implements Transport.
-func (t *TLSTransport) Push(ctx context.Context, to Peer, req PushRequest) error {
-	return t.call(ctx, to, "push", req, nil)
+func (t *TLSTransport) Push(ctx context.Context, to Peer, req PushRequest) (PushReply, error) {
+	var rep PushReply
+	err := t.call(ctx, to, "push", req, &rep)
+	return rep, err
 }
 
 // Digest implements Transport.

@@ -142,6 +142,7 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	fs.DurationVar(&c.BookmarkTimeout, "bookmark-timeout", c.BookmarkTimeout, "bound on waiting and fetching for a bookmark; past it the request gets 503 behind")
 	fs.StringVar(&c.Advertise, "advertise", "", "`HOST` other nodes reach this one at (containers, NAT); default: the bind address")
 	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "how many nodes of each region hold each key, `N`; 0: every node holds everything.\nThe same on every node; a node forwards requests for keys it does not hold")
+	fs.IntVar(&c.MoveRate, "move-rate", c.MoveRate, "`MiB` per second of stored data this node sends to peers by anti-entropy and handoff\n(data moving after membership changes, repairs; not new writes); negative: unbounded")
 	fs.StringVar(&f.join, "join", "", "comma-separated `ADDR`s of members to join; none: a cluster of one")
 	fs.StringVar(&f.keyFile, "cluster-key-file", "", "`FILE` with the cluster key (base64 of 32 bytes; more lines: older keys still accepted);\nwithout it a lone node keeps a generated key in --data")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "absolute lifetime of a session")

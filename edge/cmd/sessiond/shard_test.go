@@ -303,9 +303,10 @@ func TestShardedCluster(t *testing.T) {
 	checkReads(live, ms2)
 	checkMessages(live)
 	// Keys moved off the nodes that gave partitions to eu-4: once handoff settles, no node
-	// stores keys it does not hold, and some were dropped.
+	// stores keys it does not hold, and some were dropped (by the nodes that gave eu-4
+	// partitions, once they see it hold them: eu-4 itself keeps what it caught up on).
 	var dropped float64
-	waitFor(t, 60*time.Second, "handoff to settle on every node", func() bool {
+	waitFor(t, 60*time.Second, "handoff to settle on every node, with keys dropped", func() bool {
 		dropped = 0
 		for _, n := range live {
 			_, info := call("GET", n.url("/v1/cluster"), token, nil)
@@ -316,11 +317,8 @@ func TestShardedCluster(t *testing.T) {
 			}
 			dropped += mv["dropped"].(float64)
 		}
-		return true
+		return dropped > 0
 	})
-	if dropped == 0 {
-		t.Errorf("no node dropped a key after eu-4 took its share")
-	}
 	for _, n := range live {
 		t.Logf("%s stores %.0f keys", n.name, storedKeys(t, n))
 	}
