@@ -28,7 +28,7 @@ func TestHTTP_BookmarkWaitsPerAddress(t *testing.T) {
 	held := func(addr string) int {
 		n.awaiting.mu.Lock()
 		defer n.awaiting.mu.Unlock()
-		return n.awaiting.byAddr[addr]
+		return n.awaiting.held[addr]
 	}
 	client := &http.Client{Timeout: time.Minute}
 	get := func(addr string) (int, error) {

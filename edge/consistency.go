@@ -213,33 +213,34 @@ func (n *Node) maxLag() time.Duration {
 // node holds at most 1024 in all; see cluster.Replicator.Await).
 const maxAwaitingPerAddress = 32
 
-// awaitSlots counts the bookmark waits in progress per client address. Safe for
-// concurrent use.
-type awaitSlots struct {
-	mu     sync.Mutex
-	byAddr map[string]int
+// slots counts what each key (a client address, a user) holds at once, up to limit.
+// Safe for concurrent use.
+type slots struct {
+	limit int
+	mu    sync.Mutex
+	held  map[string]int
 }
 
-// take takes a slot for addr, or reports false when addr holds maxAwaitingPerAddress.
-func (s *awaitSlots) take(addr string) bool {
+// take takes a slot for key, or reports false when key holds limit.
+func (s *slots) take(key string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.byAddr[addr] >= maxAwaitingPerAddress {
+	if s.held[key] >= s.limit {
 		return false
 	}
-	if s.byAddr == nil {
-		s.byAddr = make(map[string]int)
+	if s.held == nil {
+		s.held = make(map[string]int)
 	}
-	s.byAddr[addr]++
+	s.held[key]++
 	return true
 }
 
-func (s *awaitSlots) release(addr string) {
+func (s *slots) release(key string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.byAddr[addr] <= 1 {
-		delete(s.byAddr, addr)
+	if s.held[key] <= 1 {
+		delete(s.held, key)
 	} else {
-		s.byAddr[addr]--
+		s.held[key]--
 	}
 }

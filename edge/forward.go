@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -167,6 +168,21 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 			at.done(charge(status))
 		}
 	}()
+	// A relayed stream holds resources here too: it counts against the user's streams on
+	// this node (maxStreamsPerUser), as one served here does, until it ends.
+	var releaseStream func()
+	if stream && caller != nil {
+		if !n.relayedStreams.take(caller.userID) {
+			c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(streamPing.Seconds()))
+			return functions.Errorf(functions.ERateLimited, "at most %d open streams per user", maxStreamsPerUser)
+		}
+		releaseStream = sync.OnceFunc(func() { n.relayedStreams.release(caller.userID) })
+		defer func() {
+			if releaseStream != nil { // not handed to relay
+				releaseStream()
+			}
+		}()
+	}
 	for _, peer := range n.replicator.Holders(p) {
 		ctx, cancel := n.relays, context.CancelFunc(func() {}) // a stream: until the client or this node leaves
 		if !stream {
@@ -195,6 +211,11 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 		}
 		n.metrics.forwarded(peer.Name)
 		status = resp.StatusCode
+		if release := releaseStream; release != nil {
+			releaseStream = nil // relay releases it once the stream ends
+			done := cancel
+			cancel = func() { done(); release() }
+		}
 		return n.relay(c, resp, cancel, stream)
 	}
 	n.metrics.forwarded("")

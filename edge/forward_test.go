@@ -78,6 +78,31 @@ func TestForward(t *testing.T) {
 	if resp.Header.Get(headerForwardedBy) != "" {
 		t.Errorf("a request with a bad token was forwarded")
 	}
+
+	// Live streams relayed through a node count against the user's streams there too:
+	// past maxStreamsPerUser the node refuses at once, whichever node would serve them.
+	u := users[0]
+	via := nodes[slices.IndexFunc(nodes, func(n *Node) bool { return n.cfg.NodeName != u.holder })]
+	cv := newTestClient(t, via)
+	for range maxStreamsPerUser {
+		openTestStream(t, cv, u.token)
+	}
+	relayed := func() int {
+		via.relayedStreams.mu.Lock()
+		defer via.relayedStreams.mu.Unlock()
+		total := 0
+		for _, k := range via.relayedStreams.held {
+			total += k
+		}
+		return total
+	}
+	if got := relayed(); got != maxStreamsPerUser {
+		t.Errorf("%s relays %d streams, counts %d", via.cfg.NodeName, maxStreamsPerUser, got)
+	}
+	extra := tryStream(t, cv, u.token)
+	if extra.StatusCode != http.StatusTooManyRequests || extra.Header.Get(headerForwardedBy) != "" {
+		t.Errorf("stream %d via %s: %d, forwarded by %q; want 429 from %[2]s itself", maxStreamsPerUser+1, via.cfg.NodeName, extra.StatusCode, extra.Header.Get(headerForwardedBy))
+	}
 }
 
 // TestServeForwardedRefusesBadWrapping: a forwarded request's wrapping comes from a peer

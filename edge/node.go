@@ -54,7 +54,8 @@ type Node struct {
 	limits   *limiter
 
 	requestContexts sync.Pool      // of *requestContext, reused by consistency
-	awaiting        awaitSlots     // bookmark waits in progress, per client address
+	awaiting        slots          // bookmark waits in progress, per client address (maxAwaitingPerAddress)
+	relayedStreams  slots          // live streams relayed from other nodes, per user (maxStreamsPerUser)
 	trusted         []netip.Prefix // cfg.TrustedProxies, parsed
 
 	ready  atomic.Bool
@@ -90,7 +91,8 @@ func NewNode(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Node{cfg: cfg, trusted: trusted, log: cfg.Logger.With("node", cfg.NodeName)}, nil
+	return &Node{cfg: cfg, trusted: trusted, log: cfg.Logger.With("node", cfg.NodeName),
+		awaiting: slots{limit: maxAwaitingPerAddress}, relayedStreams: slots{limit: maxStreamsPerUser}}, nil
 }
 
 // Start opens the node's parts in dependency order — data directory and keys, bbolt, the
