@@ -135,28 +135,34 @@ func raise(dst *crdt.Bookmark, b crdt.Bookmark, self crdt.NodeID) bool {
 //
 // Under another placement, a Through told with the partitions it was pushed for (held:
 // ours by the sender's placement) counts for those of them we hold: the sender's pushes
-// and its round with us carried all it wrote there.
+// and its round with us carried all it wrote there. When those are all we hold (the
+// placements differ only elsewhere, say in another region), it counts as under ours,
+// and so reaches the knowledge we tell others (DigestReply.Have).
 func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint64, era uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.distrusted[through.Node]; ok || era != h.era {
 		return
 	}
-	if placement == h.placement {
+	var l lesson
+	if placement != h.placement {
+		if held == nil || h.held == nil {
+			return
+		}
+		for i := range l.about {
+			if i < len(held) {
+				l.about[i] = held[i] & h.held[i]
+			}
+		}
+	}
+	if placement == h.placement || l.about == *h.held {
+		// About every partition we hold: a placement elsewhere (another region's
+		// members) may differ, ours does not.
 		a, b := h.have.Add(through), h.through.Add(through)
 		if a || b {
 			h.wakeLocked()
 		}
 		return
-	}
-	if held == nil || h.held == nil {
-		return
-	}
-	var l lesson
-	for i := range l.about {
-		if i < len(held) {
-			l.about[i] = held[i] & h.held[i]
-		}
 	}
 	l.have.Add(through)
 	if h.told == nil {

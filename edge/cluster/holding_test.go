@@ -121,6 +121,20 @@ func TestHaveStatePartitions(t *testing.T) {
 			t.Errorf("a Through covered partitions it was not pushed for")
 		}
 	})
+	t.Run("OKThroughUnderOtherPlacementForAllWeHold", func(t *testing.T) {
+		// The sender's placement differs from ours elsewhere only: what it pushed for is
+		// all we hold, so the Through is base knowledge, which we tell others.
+		var theirs partitionSet
+		theirs.add(1)
+		theirs.add(2)
+		h.pushed(at(35), 97, theirs.words(), h.currentEra())
+		if !covers(&h, 35, AllPartitions) {
+			t.Errorf("a Through for every partition we hold does not cover them all")
+		}
+		if base, _ := h.base(); !base.Covers(at(35)) {
+			t.Errorf("a Through for every partition we hold is not in the knowledge we tell others")
+		}
+	})
 	t.Run("OKGainedPartitionStartsEmpty", func(t *testing.T) {
 		held.add(3)
 		h.replan(101, []int{3}, &held)

@@ -290,9 +290,13 @@ func newDeployment(ctx context.Context, file, project, prefix string, portBase i
 		"LB_PORT=" + strconv.Itoa(portBase),
 		"LB_RR_PORT=" + strconv.Itoa(portBase+7),
 		"ROGUE_PORT=" + strconv.Itoa(portBase+9),
-		"LOG_LEVEL=info",
 		"ANTI_ENTROPY_EVERY=5s",
 	}
+	level := os.Getenv("LOG_LEVEL") // the nodes' --log-level; debug shows, for one, why a bookmark was not met
+	if level == "" {
+		level = "info"
+	}
+	vars = append(vars, "LOG_LEVEL="+level)
 	if replicas != "" {
 		vars = append(vars, "REPLICAS="+replicas)
 	}
