@@ -104,9 +104,13 @@ func (p *Passwords) verifyHash(password []byte, hash string) (ok, wellFormed boo
 	b64 := base64.RawStdEncoding
 	salt, err1 := b64.DecodeString(parts[4])
 	key, err2 := b64.DecodeString(parts[5])
-	if err1 != nil || err2 != nil || len(key) == 0 || len(key) > 64 {
+	if err1 != nil || err2 != nil {
 		return false, false
 	}
-	got := p.idKey(password, salt, time, memory, threads, uint32(len(key)))
+	keyLen := len(key)
+	if keyLen == 0 || keyLen > 64 {
+		return false, false
+	}
+	got := p.idKey(password, salt, time, memory, threads, uint32(keyLen))
 	return subtle.ConstantTimeCompare(got, key) == 1, true
 }
