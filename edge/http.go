@@ -285,7 +285,9 @@ func (n *Node) register(c *fiber.Ctx) error {
 		return err
 	}
 	// Every registration that gets past validation counts against the address, taken
-	// names (409) too, so names cannot be probed without limit (throttle.go).
+	// names (409) too, so names cannot be probed without limit (throttle.go); not one
+	// refused for want of a password-hashing worker (503), which hashes before it looks
+	// at the name and so reveals nothing.
 	at, ok, wait := n.limits.signup(n.cfg.SignupsPerAddress, n.clientAddr(c))
 	if !ok {
 		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))
@@ -294,7 +296,8 @@ func (n *Node) register(c *fiber.Ctx) error {
 	u, err := n.users.Register(c.UserContext(), functions.Register{
 		Username: req.Username, Password: req.Password, Profile: functions.Profile(req.Profile),
 	})
-	at.done(functions.ErrorCode(err) != functions.EInvalid)
+	code := functions.ErrorCode(err)
+	at.done(code != functions.EInvalid && code != functions.EUnavailable)
 	if err != nil {
 		return err
 	}

@@ -17,11 +17,13 @@ import (
 // TestHTTP_PasswordQueue: with the one hashing worker busy and its queue (of one) taken,
 // a login, known user or not, and a sign-up get a JSON 503 unavailable with Retry-After
 // at once — not a 401, not a 500 — while the queued login completes once the worker is
-// free; the refusals are counted in /metrics.
+// free; the refused sign-up is not charged to the address's sign-up limit, and the
+// refusals are counted in /metrics.
 func TestHTTP_PasswordQueue(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig(t, "hashq-0")
 	cfg.PasswordWorkers, cfg.PasswordQueue = 1, 1
+	cfg.SignupsPerAddress = 2
 	n := MustStartNode(t, cfg)
 	c := newTestClient(t, n)
 	signUp(t, c, "alice")
@@ -98,6 +100,14 @@ func TestHTTP_PasswordQueue(t *testing.T) {
 		if r.err != nil || r.status != want {
 			t.Errorf("%s, once the worker was free: %d %s (%v), want %d", r.user, r.status, r.body, r.err, want)
 		}
+	}
+
+	// The refused sign-up was not charged to the address: of its two, alice took one.
+	if r := post("/v1/users", "carol"); r.err != nil || r.status != http.StatusCreated {
+		t.Errorf("carol: %d %s (%v), want 201: a 503 sign-up must not count against the address", r.status, r.body, r.err)
+	}
+	if r := post("/v1/users", "dave"); r.err != nil || r.status != http.StatusTooManyRequests {
+		t.Errorf("dave: %d %s (%v), want 429 (two sign-ups from the address)", r.status, r.body, r.err)
 	}
 
 	resp, body := c.do("GET", "/metrics", "", nil)
