@@ -8,6 +8,8 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/sessiond/sessiond/functions"
 )
 
 // Config configures a Node. Start with DefaultConfig: its zero value is not usable.
@@ -50,8 +52,20 @@ type Config struct {
 	SweepEvery      time.Duration // how often expired sessions are removed; default 1m
 	LoginPerAccount int           // failed logins per account per minute, all addresses; default 100
 	LoginPerAddress int           // failed logins per client address per minute; default 60
-	PasswordHashes  int           // argon2id hashes at once; default 2×GOMAXPROCS
 	CORSOrigins     []string      // origins allowed to call the API from a browser; default none
+	// PasswordWorkers is how many argon2id hashes (logins and sign-ups) run at once; each
+	// takes one core for tens of milliseconds. 0: max(1, GOMAXPROCS/2), so that hashing
+	// gets at most half the CPUs and reads and writes keep the rest. See
+	// functions/hashing.go.
+	PasswordWorkers int
+	// PasswordQueue is how many logins and sign-ups may wait for a hashing worker, logins
+	// ahead; beyond it a request gets 503 unavailable with Retry-After at once (a login
+	// takes a waiting sign-up's place first). 0: 32 per worker, about what a worker
+	// hashes in PasswordWait at the default cost.
+	PasswordQueue int
+	// PasswordWait bounds how long a login or sign-up waits for a hashing worker; past it,
+	// 503 unavailable with Retry-After. Default 1s.
+	PasswordWait time.Duration
 	// LoginPerAccountAddress is failed logins per account per minute from one client
 	// address; it must stay below LoginPerAccount so that one address cannot lock an
 	// account. 0: min(10, LoginPerAccount-1). A login with a valid device token is held
@@ -116,6 +130,7 @@ func DefaultConfig() Config {
 		AntiEntropyEvery: 10 * time.Second,
 		BookmarkWait:     300 * time.Millisecond,
 		BookmarkTimeout:  2 * time.Second,
+		PasswordWait:     time.Second,
 	}
 }
 
@@ -144,6 +159,10 @@ func (c Config) Validate() error {
 		return errors.New("config: LoginPerAccount and LoginPerAddress must be positive")
 	case c.LoginPerAccountAddress < 0 || c.SignupsPerAddress < 0 || c.CounterFlush < 0:
 		return errors.New("config: LoginPerAccountAddress, SignupsPerAddress and CounterFlush must not be negative")
+	case c.PasswordWorkers < 0 || c.PasswordQueue < 0:
+		return errors.New("config: PasswordWorkers and PasswordQueue must not be negative")
+	case c.PasswordWait <= 0:
+		return errors.New("config: PasswordWait must be positive")
 	case c.MessagesPerUser < 0 || c.UnknownNamesPerUser < 0:
 		return errors.New("config: MessagesPerUser and UnknownNamesPerUser must not be negative")
 	case c.LoginPerAccountAddress > 0 && c.LoginPerAccountAddress >= c.LoginPerAccount:
@@ -194,7 +213,7 @@ func (c Config) syncAddr() (string, error) {
 	return net.JoinHostPort(host, strconv.Itoa(p+syncPortOffset)), nil
 }
 
-// fillLimits sets the abuse limits left at 0 to their defaults.
+// fillLimits sets the abuse and password-hashing limits left at 0 to their defaults.
 func (c *Config) fillLimits() {
 	if c.LoginPerAccountAddress == 0 {
 		c.LoginPerAccountAddress = max(1, min(10, c.LoginPerAccount-1))
@@ -210,5 +229,11 @@ func (c *Config) fillLimits() {
 	}
 	if c.CounterFlush == 0 {
 		c.CounterFlush = 200 * time.Millisecond
+	}
+	if c.PasswordWorkers == 0 {
+		c.PasswordWorkers = functions.DefaultPasswordWorkers()
+	}
+	if c.PasswordQueue == 0 {
+		c.PasswordQueue = 32 * c.PasswordWorkers
 	}
 }

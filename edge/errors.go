@@ -95,6 +95,12 @@ func (n *Node) writeError(c *fiber.Ctx, err error) error {
 	}
 	var body errorBody
 	body.Error.Code, body.Error.Message = code, msg
+	if status == fiber.StatusServiceUnavailable && len(c.Response().Header.Peek(fiber.HeaderRetryAfter)) == 0 {
+		// Every 503 says when to come back: those whose cause knows set it themselves; the
+		// rest (no password-hashing worker in time, a store that did not answer) pass
+		// within a second or so.
+		c.Set(fiber.HeaderRetryAfter, "1")
+	}
 	if code == functions.EUnauthorized {
 		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="sessiond"`)
 	}

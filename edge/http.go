@@ -285,8 +285,10 @@ func (n *Node) register(c *fiber.Ctx) error {
 		return err
 	}
 	// Every registration that gets past validation counts against the address, taken
-	// names (409) too, so names cannot be probed without limit (throttle.go).
-	// A sign-up forwarded here was limited and is charged by the node that forwarded it.
+	// names (409) too, so names cannot be probed without limit (throttle.go); not one
+	// refused for want of a password-hashing worker (503), which hashes before it looks
+	// at the name and so reveals nothing. A sign-up forwarded here was limited and is
+	// charged by the node that forwarded it.
 	var at *attempt
 	if forwardedOf(c) == nil {
 		var ok bool
@@ -299,7 +301,8 @@ func (n *Node) register(c *fiber.Ctx) error {
 		Username: req.Username, Password: req.Password, Profile: functions.Profile(req.Profile),
 	})
 	if at != nil {
-		at.done(functions.ErrorCode(err) != functions.EInvalid)
+		code := functions.ErrorCode(err)
+		at.done(code != functions.EInvalid && code != functions.EUnavailable)
 	}
 	if err != nil {
 		return err

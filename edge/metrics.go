@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/storage"
 )
 
@@ -19,6 +20,8 @@ type metrics struct {
 	latency       *prometheus.HistogramVec
 	loginFailures *prometheus.CounterVec
 	forwards      *prometheus.CounterVec
+	hashWait      *prometheus.HistogramVec // by kind: login, signup
+	hashRefused   *prometheus.CounterVec   // by kind and reason
 
 	// byRequest caches each (route, method, status)'s series: requestKey → *requestMetrics.
 	// WithLabelValues would hash and look up the labels twice per request. The series are
@@ -82,8 +85,17 @@ func newMetrics(db *storage.DB) *metrics {
 		Name: "sessiond_forwarded_requests_total",
 		Help: "Requests for data this node does not hold (--replicas), by outcome: forwarded to a holder, or served here because no holder answered (no_holder).",
 	}, []string{"outcome"})
+	m.hashWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sessiond_password_wait_seconds",
+		Help:    "How long logins and sign-ups waited for a password-hashing worker (--password-workers), by kind (login, signup); those refused are not counted here.",
+		Buckets: []float64{.0001, .001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	}, []string{"kind"})
+	m.hashRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sessiond_password_refused_total",
+		Help: "Logins and sign-ups refused with 503 because no password-hashing worker was free in time, by kind (login, signup) and reason: queue_full (--password-queue), displaced (a sign-up whose place a login took), timed_out (--password-wait), canceled (the request ended).",
+	}, []string{"kind", "reason"})
 	m.reg.MustRegister(
-		m.requests, m.latency, m.loginFailures, m.forwards,
+		m.requests, m.latency, m.loginFailures, m.forwards, m.hashWait, m.hashRefused,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sessiond_stored_keys",
 			Help: "Replicated keys (records and log entries) this node stores: those of the partitions it holds, and any it still hands off.",
@@ -111,4 +123,45 @@ func (m *metrics) forwarded(holder string) {
 		outcome = "no_holder"
 	}
 	m.forwards.WithLabelValues(outcome).Inc()
+}
+
+func hashKind(signup bool) string {
+	if signup {
+		return "signup"
+	}
+	return "login"
+}
+
+// observeHash records one login's or sign-up's wait for a password-hashing worker
+// (functions.PasswordLimits.Observe).
+func (m *metrics) observeHash(w functions.HashWait) {
+	if w.Outcome == functions.HashRan {
+		m.hashWait.WithLabelValues(hashKind(w.Signup)).Observe(w.Waited.Seconds())
+		return
+	}
+	m.hashRefused.WithLabelValues(hashKind(w.Signup), w.Outcome).Inc()
+}
+
+// watchPasswords exports p's workers, the hashes running and the queue.
+func (m *metrics) watchPasswords(p *functions.Passwords) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sessiond_password_workers",
+			Help: "Password hashes (argon2id) that may run at once (--password-workers).",
+		}, func() float64 { return float64(p.Stats().Workers) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sessiond_password_hashes_running",
+			Help: "Password hashes (argon2id) running now.",
+		}, func() float64 { return float64(p.Stats().Running) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "sessiond_password_queue_length",
+			Help:        "Logins and sign-ups waiting for a password-hashing worker now (at most --password-queue in all).",
+			ConstLabels: prometheus.Labels{"kind": "login"},
+		}, func() float64 { return float64(p.Stats().WaitingLogins) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "sessiond_password_queue_length",
+			Help:        "Logins and sign-ups waiting for a password-hashing worker now (at most --password-queue in all).",
+			ConstLabels: prometheus.Labels{"kind": "signup"},
+		}, func() float64 { return float64(p.Stats().WaitingSignups) }),
+	)
 }

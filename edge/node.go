@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,9 +81,6 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	if cfg.PasswordHashes <= 0 {
-		cfg.PasswordHashes = 2 * runtime.GOMAXPROCS(0)
 	}
 	cfg.fillLimits()
 	trusted, err := parseTrusted(cfg.TrustedProxies)
@@ -163,7 +159,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		st.remote = n.replicator
 	}
 	clock := n.db.Clock()
-	passwords := functions.NewPasswords(n.cfg.PasswordHashes)
+	passwords := functions.NewPasswordsWithLimits(functions.PasswordLimits{
+		Workers: n.cfg.PasswordWorkers, Queue: n.cfg.PasswordQueue, MaxWait: n.cfg.PasswordWait,
+		Observe: n.metrics.observeHash,
+	})
+	n.metrics.watchPasswords(passwords)
 	n.users = &functions.Users{Store: st, Clock: clock, Passwords: passwords}
 	n.sessions = &functions.Sessions{Store: st, Clock: clock, Passwords: passwords, TTL: n.cfg.SessionTTL, IdleTTL: n.cfg.IdleTTL, MaxSkew: n.cfg.MaxSkew}
 	n.messages = &functions.Messages{Store: st, Clock: clock}

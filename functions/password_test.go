@@ -3,10 +3,8 @@ package functions
 import (
 	"context"
 	"regexp"
-	"runtime"
 	"strings"
 	"testing"
-	"testing/synctest"
 )
 
 func TestPasswords(t *testing.T) {
@@ -44,8 +42,8 @@ func TestPasswords(t *testing.T) {
 		if !re.MatchString(h) {
 			t.Errorf("Hash=%q, want it to match %q", h, re)
 		}
-		if got := NewPasswords(1); got.Memory != 19456 || got.Time != 1 || got.Threads != 1 || cap(got.slots) != 1 {
-			t.Errorf("NewPasswords: m=%d t=%d p=%d slots=%d, want m=19456 t=1 p=1 slots=1", got.Memory, got.Time, got.Threads, cap(got.slots))
+		if got := NewPasswords(1); got.Memory != 19456 || got.Time != 1 || got.Threads != 1 || got.Stats().Workers != 1 {
+			t.Errorf("NewPasswords: m=%d t=%d p=%d workers=%d, want m=19456 t=1 p=1 workers=1", got.Memory, got.Time, got.Threads, got.Stats().Workers)
 		}
 	})
 
@@ -128,117 +126,6 @@ func TestPasswords(t *testing.T) {
 					t.Errorf("Verify(%q)=true, want false", tc.hash)
 				}
 			})
-		}
-	})
-}
-
-// TestPasswordsConcurrency checks that hashing is bounded: with one slot held, a Verify
-// waits, and gives up with EUnavailable when its context ends.
-func TestPasswordsConcurrency(t *testing.T) {
-	t.Run("ErrUnavailable", func(t *testing.T) {
-		synctest.Test(t, func(t *testing.T) {
-			p := newPasswords(1, 64, 1)
-			h, err := p.Hash(context.Background(), testPassword)
-			if err != nil {
-				t.Fatalf("Hash: %v", err)
-			}
-			p.slots <- struct{}{} // another hash is running
-
-			ctx, cancel := context.WithCancel(context.Background())
-			type result struct {
-				ok  bool
-				err error
-			}
-			done := make(chan result, 1)
-			go func() {
-				ok, err := p.Verify(ctx, testPassword, h)
-				done <- result{ok, err}
-			}()
-			synctest.Wait() // Verify is blocked waiting for the slot
-			select {
-			case r := <-done:
-				t.Fatalf("Verify=%v, %v while the only slot is held, want it to wait", r.ok, r.err)
-			default:
-			}
-			cancel()
-			r := <-done
-			wantCode(t, r.err, EUnavailable)
-			if r.ok {
-				t.Errorf("Verify=true with an error, want false")
-			}
-			_, err = p.Hash(ctx, testPassword)
-			wantCode(t, err, EUnavailable)
-
-			// Once the slot is free, hashing goes on.
-			<-p.slots
-			if ok, err := p.Verify(context.Background(), testPassword, h); err != nil || !ok {
-				t.Errorf("Verify after release=%v, %v, want true", ok, err)
-			}
-			if len(p.slots) != 0 {
-				t.Errorf("slots in use=%d after every call returned, want 0", len(p.slots))
-			}
-		})
-	})
-
-	t.Run("OK/WaitsForSlot", func(t *testing.T) {
-		synctest.Test(t, func(t *testing.T) {
-			p := newPasswords(1, 64, 1)
-			h, _ := p.Hash(context.Background(), testPassword)
-			p.slots <- struct{}{}
-			done := make(chan bool, 1)
-			go func() {
-				ok, _ := p.Verify(context.Background(), testPassword, h)
-				done <- ok
-			}()
-			synctest.Wait()
-			<-p.slots // the other hash finishes
-			if ok := <-done; !ok {
-				t.Errorf("Verify=false, want true once a slot is free")
-			}
-		})
-	})
-}
-
-// TestPasswords_SignupsLeaveSlotsForLogins checks that new-password hashes (sign-ups)
-// hold at most half of the slots: with that half busy, another Hash waits while a Verify
-// (a login) runs at once.
-func TestPasswords_SignupsLeaveSlotsForLogins(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
-		p := newPasswords(1, 64, 4) // sign-ups: min(4 slots, 4 CPUs)/2 = 2
-		h, err := p.Hash(context.Background(), testPassword)
-		if err != nil {
-			t.Fatalf("Hash: %v", err)
-		}
-		for range 2 { // two sign-ups hashing
-			if err := p.acquireHash(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() {
-			_, err := p.Hash(ctx, testPassword)
-			done <- err
-		}()
-		synctest.Wait()
-		select {
-		case err := <-done:
-			t.Fatalf("a third Hash ran (err %v) with half the slots held by hashes, want it to wait", err)
-		default:
-		}
-		if ok, err := p.Verify(context.Background(), testPassword, h); err != nil || !ok {
-			t.Errorf("Verify = %v, %v while sign-ups hold their share, want true at once", ok, err)
-		}
-		cancel()
-		wantCode(t, <-done, EUnavailable)
-		p.releaseHash()
-		p.releaseHash()
-		if len(p.slots) != 0 || len(p.hashes) != 0 {
-			t.Errorf("slots %d, hash admissions %d in use after every call returned, want 0", len(p.slots), len(p.hashes))
-		}
-		if _, err := p.Hash(context.Background(), testPassword); err != nil {
-			t.Errorf("Hash after release: %v", err)
 		}
 	})
 }

@@ -116,10 +116,16 @@ var errBadCredentials = Errorf(EUnauthorized, "wrong username or password")
 
 // Login checks credentials and creates a session. Unknown users and wrong passwords give
 // the same error after the same work. An account that lost a concurrent registration of
-// its name (another partition claimed it first) gets EUsernameConflict.
+// its name (another partition claimed it first) gets EUsernameConflict. When no password
+// worker is free in time (see PasswordLimits) the error is EUnavailable, whatever the
+// credentials: never EUnauthorized for a check that did not run.
 func (s *Sessions) Login(ctx context.Context, req Login) (Session, error) {
 	if validUsername(req.Username) != nil || validPassword(req.Password) != nil {
-		s.Passwords.Verify(ctx, req.Password, "")
+		// The same work and the same queue as any other login, so a refusal (the
+		// hashing queue is full) does not single these out either.
+		if _, err := s.Passwords.Verify(ctx, req.Password, ""); err != nil {
+			return Session{}, err
+		}
 		return Session{}, errBadCredentials
 	}
 	users, err := claimants(ctx, s.Store, req.Username)

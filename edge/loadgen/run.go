@@ -457,15 +457,16 @@ func setup(ctx context.Context, cfg Config, targets []*target, users []*user, st
 	return err
 }
 
-// setupBehindRetries bounds how often setup repeats a request answered 503 behind.
-const setupBehindRetries = 3
+// setupRetries bounds how often setup repeats a request answered 503.
+const setupRetries = 10
 
-// setupDo is do for setup, which unlike measuring heeds 503 behind: it tries again after
-// Retry-After (at most 5s), setupBehindRetries times at most.
+// setupDo is do for setup, which unlike measuring heeds 503 — behind, or unavailable (a
+// node's password-hashing queue is full while setup registers and logs in its users at
+// once): it tries again after Retry-After (at most 5s), setupRetries times at most.
 func setupDo(ctx context.Context, c *call, t *target, method, path, token string, bm *bookmark, body []byte) (int, []byte, error) {
 	for try := 0; ; try++ {
 		status, resp, err := c.do(t, method, path, token, bm, body)
-		if err != nil || !isBehind(status, resp) || try == setupBehindRetries {
+		if err != nil || status != 503 || try == setupRetries {
 			return status, resp, err
 		}
 		wait := time.Second
