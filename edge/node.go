@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -348,7 +349,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 	})
 	n.replicator.Start()
 	if n.counters, err = cluster.NewCounters(cluster.CountersConfig{
-		Self: n.db.NodeID(), Transport: n.transport, Windows: counterWindows(), FlushEvery: n.cfg.CounterFlush,
+		Self: crdt.NodeID(rand.Uint64() | 1), Transport: n.transport, Windows: counterWindows(), FlushEvery: n.cfg.CounterFlush,
 		Now: n.cfg.Now, Logger: n.cfg.Logger.With("component", "counters", "node", n.cfg.NodeName),
 	}); err != nil {
 		return err

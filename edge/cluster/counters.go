@@ -21,7 +21,10 @@ import (
 //
 // Each node counts its own events and, every FlushEvery when something changed, sends the
 // cells it changed since a peer last accepted them straight to that peer (no relaying:
-// each node's cells go from it to every other). Cells are absolute counts merged by
+// each node's cells go from it to every other) — but to a peer it has just met (one that
+// joined, or restarted and lost what it knew) it first sends every other origin's cells
+// it holds, each under its origin, so that the newcomer counts what happened before it
+// came: a node that restarts, for one, learns again what its earlier run counted. Cells are absolute counts merged by
 // maximum, so lost, repeated or reordered messages are harmless, and a peer that missed a
 // flush gets the cells again on the next one.
 //
@@ -53,6 +56,11 @@ type Counters struct {
 
 // CountersConfig configures Counters.
 type CountersConfig struct {
+	// Self is the ID this node's counts are stamped with. Give each run of a node a fresh
+	// one (not its data's node ID): the counts of an earlier run, which its peers keep
+	// until their windows pass, then add to the new run's instead of hiding them (cells
+	// merge by maximum, so a restarted node counting from zero under its old ID would
+	// not be seen again until it exceeded what it had counted before).
 	Self      crdt.NodeID
 	Transport CounterTransport // nil: count locally only
 	// Windows gives each counter set its window length; set i of Add and Estimate is
@@ -83,10 +91,11 @@ type ownCell struct {
 }
 
 type cPeer struct {
-	peer   Peer
-	acked  uint64 // the peer holds every own cell changed at or before this version
-	failed int    // consecutive failed sends, for logging
-	busy   bool   // a send is in flight
+	peer    Peer
+	acked   uint64 // the peer holds every own cell changed at or before this version
+	relayed bool   // the peer holds the other origins' cells we held when we met it
+	failed  int    // consecutive failed sends, for logging
+	busy    bool   // a send is in flight
 }
 
 // NewCounters returns counters for cfg; Start them to exchange with peers.
@@ -191,12 +200,13 @@ func (c *Counters) Peers() int {
 	return len(c.peers)
 }
 
-// HandleCounters merges a peer's cells. Cells stamped with another node than the sender,
-// and cells of windows more than one ahead of this node's clock (a skewed or hostile
-// peer would otherwise push the current window out), are ignored.
+// HandleCounters merges a peer's cells, counted by m.From (the sender, or an origin it
+// relays to a node it has just met). Cells of this node's own ID (relayed back to it) and
+// cells of windows more than one ahead of this node's clock (a skewed or hostile peer
+// would otherwise push the current window out) are ignored.
 func (c *Counters) HandleCounters(_ context.Context, m CountersMessage) error {
 	if m.From == c.cfg.Self {
-		return errors.New("counters: message from this node's own id")
+		return nil // our own cells: we hold them already
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -248,31 +258,78 @@ func (c *Counters) flush() {
 		return
 	}
 	for _, p := range c.peers {
-		if p.busy || p.acked >= c.version {
+		if p.busy || p.relayed && p.acked >= c.version {
 			continue
 		}
+		var relay []CountersMessage
+		if !p.relayed {
+			relay = c.relayLocked()
+		}
 		msgs, upto := c.messagesLocked(p.acked)
-		if len(msgs) == 0 {
-			p.acked = c.version
+		if len(msgs) == 0 && len(relay) == 0 {
+			p.acked, p.relayed = c.version, true
 			continue
 		}
 		p.busy = true
 		c.wg.Add(1) // under wg already: loop runs inside it, so Close waits for this too
 		go func() {
 			defer c.wg.Done()
-			c.send(p, msgs, upto)
+			c.send(p, relay, msgs, upto)
 		}()
 	}
 }
 
-// send delivers msgs to p in order, stopping at the first failure (the next flush
-// resends from what p accepted).
-func (c *Counters) send(p *cPeer, msgs []CountersMessage, upto []uint64) {
+// relayLocked returns the cells of every origin but this node, each origin's in messages
+// From it, for a peer just met.
+func (c *Counters) relayLocked() []CountersMessage {
+	byOrigin := map[crdt.NodeID]*CountersMessage{}
+	var out []CountersMessage
+	for set, s := range c.sets {
+		for _, cell := range s.Cells() {
+			if cell.Node == c.cfg.Self || cell.Count == 0 || len(cell.Key) > MaxCounterKey {
+				continue
+			}
+			m := byOrigin[cell.Node]
+			if m == nil || len(m.Cells) >= MaxCounterCells {
+				if m != nil {
+					out = append(out, *m)
+				}
+				m = &CountersMessage{From: cell.Node}
+				byOrigin[cell.Node] = m
+			}
+			m.Cells = append(m.Cells, CountersCell{Set: set, Key: cell.Key, Window: cell.Window, Count: cell.Count})
+		}
+	}
+	for _, m := range byOrigin {
+		out = append(out, *m)
+	}
+	return out
+}
+
+// send delivers relay, then msgs, to p in order, stopping at the first failure (the next
+// flush resends from what p accepted).
+func (c *Counters) send(p *cPeer, relay, msgs []CountersMessage, upto []uint64) {
 	defer func() {
 		c.mu.Lock()
 		p.busy = false
 		c.mu.Unlock()
 	}()
+	for _, m := range relay {
+		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.Timeout)
+		err := c.cfg.Transport.Counters(ctx, p.peer, m)
+		cancel()
+		if err != nil {
+			c.mu.Lock()
+			p.failed++
+			c.mu.Unlock()
+			return
+		}
+	}
+	if relay != nil {
+		c.mu.Lock()
+		p.relayed = true
+		c.mu.Unlock()
+	}
 	for i, m := range msgs {
 		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.Timeout)
 		err := c.cfg.Transport.Counters(ctx, p.peer, m)

@@ -197,8 +197,11 @@ func TestCounters_RejectsFarFuture(t *testing.T) {
 	if e := c.Estimate(0, "k"); e.Current != 5 {
 		t.Errorf("Current = %d, want 5 (own 1 + peer 4; the far-future cell ignored)", e.Current)
 	}
-	if err := c.HandleCounters(context.Background(), CountersMessage{From: 1}); err == nil {
-		t.Errorf("a message claiming this node's id was accepted")
+	if err := c.HandleCounters(context.Background(), CountersMessage{From: 1, Cells: []CountersCell{{Set: 0, Key: "k", Window: w, Count: 9}}}); err != nil {
+		t.Fatalf("HandleCounters of our own cells, relayed back: %v", err)
+	}
+	if e := c.Estimate(0, "k"); e.Current != 5 {
+		t.Errorf("Current = %d after cells claiming this node's id, want 5: they were taken", e.Current)
 	}
 }
 
@@ -284,4 +287,37 @@ func FuzzCountersMessage(f *testing.F) {
 			t.Fatalf("re-decoded %+v (err %v), want %+v", m2, err, m)
 		}
 	})
+}
+
+// TestCounters_RestartAddsUp: a node that restarts counts under a fresh ID, so what its
+// earlier run counted, which its peers keep, adds to what it counts now; under its old
+// ID the new counts (from zero) would merge by maximum into the old and vanish.
+func TestCounters_RestartAddsUp(t *testing.T) {
+	net := newSimnet(1)
+	cs, peers := counterNodes(t, net, 2)
+	for range 5 {
+		cs[0].Add(0, "acct|alice")
+	}
+	waitCounts(t, "the peer to count the first run's 5", func() bool { return cs[1].Estimate(0, "acct|alice").Current == 5 })
+
+	cs[0].Close() // the node restarts: a new Counters, a new ID, the same address
+	again, err := NewCounters(CountersConfig{
+		Self: crdt.NodeID(99), Transport: net.transport(peers[0].Addr), Windows: []time.Duration{time.Minute, 10 * time.Minute},
+		FlushEvery: 5 * time.Millisecond, Timeout: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	net.register(peers[0].Addr, peers[0].ID, WithCounters(noSync{}, again))
+	again.Start()
+	t.Cleanup(again.Close)
+	again.SetPeers(peers)
+	cs[1].SetPeers(peers[1:]) // the peer sees it go and come back (serf)
+	cs[1].SetPeers(peers)
+	for range 2 {
+		again.Add(0, "acct|alice")
+	}
+	waitCounts(t, "the peer to count 5 + 2", func() bool { return cs[1].Estimate(0, "acct|alice").Current == 7 })
+	// The restarted node learns again what its earlier run counted: the peer relays it.
+	waitCounts(t, "the restarted node to count 5 + 2", func() bool { return again.Estimate(0, "acct|alice").Current == 7 })
 }
