@@ -180,6 +180,8 @@ type ApplyResult struct {
 	// or a record's fields stamped, too far ahead of local time (MaxSkew).
 	Rejected int
 	TooLarge int // not applied: the record would exceed MaxRecord
+	// Refused lists the keys of the changes counted in Rejected and TooLarge.
+	Refused []string
 }
 
 // ApplyRemote merges changes received from other nodes and returns once they are
@@ -206,6 +208,7 @@ func (db *DB) ApplyRemote(ctx context.Context, changes []Change) (ApplyResult, e
 		if c.Conv == "" && c.Map.Version().Wall > db.skewLimit() {
 			c.Map = withinSkew(c.Map, db.skewLimit())
 			res.Rejected++
+			res.Refused = append(res.Refused, c.Key)
 			skew = fmt.Errorf("record %q: fields stamped more than %s ahead: %w", c.Key, db.opts.MaxSkew, crdt.ErrClockSkew)
 			if c.Map.Len() == 0 {
 				continue
@@ -219,6 +222,7 @@ func (db *DB) ApplyRemote(ctx context.Context, changes []Change) (ApplyResult, e
 				continue // counted above; local time moved back meanwhile
 			}
 			res.Rejected++
+			res.Refused = append(res.Refused, c.Key)
 			skew = err
 			continue
 		}
@@ -251,6 +255,7 @@ func (db *DB) ApplyRemote(ctx context.Context, changes []Change) (ApplyResult, e
 				r.Dropped++
 			case outTooLarge:
 				r.TooLarge++
+				r.Refused = append(r.Refused, c.Key)
 			default:
 				r.Unchanged++
 			}
@@ -261,6 +266,7 @@ func (db *DB) ApplyRemote(ctx context.Context, changes []Change) (ApplyResult, e
 		return res, fmt.Errorf("apply remote: %w", err)
 	}
 	res.Applied, res.Unchanged, res.Dropped, res.TooLarge = r.Applied, r.Unchanged, r.Dropped, r.TooLarge
+	res.Refused = append(res.Refused, r.Refused...)
 	if res.TooLarge > 0 {
 		db.log.Warn("remote changes refused", attrCount, res.TooLarge, attrErr, ErrRecordTooLarge)
 	}

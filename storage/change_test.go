@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -117,12 +118,12 @@ func TestApplyRemote(t *testing.T) {
 		})
 		cs := allChanges(t, src)
 		res, err := dst.ApplyRemote(ctx, cs)
-		if err != nil || res != (ApplyResult{Applied: 2}) {
+		if err != nil || counts(res) != (applyCounts{Applied: 2}) {
 			t.Fatalf("first ApplyRemote = %+v, %v", res, err)
 		}
 		seq := dst.FeedSeq()
 		res, err = dst.ApplyRemote(ctx, append(cs, cs...))
-		if err != nil || res != (ApplyResult{Unchanged: 4}) || dst.FeedSeq() != seq {
+		if err != nil || counts(res) != (applyCounts{Unchanged: 4}) || dst.FeedSeq() != seq {
 			t.Errorf("repeated ApplyRemote = %+v, %v, feed %d → %d", res, err, seq, dst.FeedSeq())
 		}
 		if src.Digest() != dst.Digest() {
@@ -138,8 +139,11 @@ func TestApplyRemote(t *testing.T) {
 		e := crdt.Entry{ID: crdt.EntryID{TS: ts(7, clk.Now().Add(time.Hour).UnixNano()), Seq: 1}}
 		future := Change{Key: LogKey("a:b", e.ID), Conv: "a:b", Entry: e}
 		res, err := db.ApplyRemote(ctx, []Change{at(0), at(59 * time.Second), at(2 * time.Minute), future})
-		if err != nil || res != (ApplyResult{Applied: 2, Rejected: 2}) {
+		if err != nil || counts(res) != (applyCounts{Applied: 2, Rejected: 2}) {
 			t.Errorf("ApplyRemote = %+v, %v; want 2 applied, 2 rejected", res, err)
+		}
+		if want := []string{at(2 * time.Minute).Key, future.Key}; !slices.Equal(res.Refused, want) {
+			t.Errorf("Refused = %q, want %q", res.Refused, want)
 		}
 		if _, ok := mustRecord(t, db, crdt.UserKey((2 * time.Minute).String())); ok {
 			t.Error("rejected change stored")
@@ -148,7 +152,7 @@ func TestApplyRemote(t *testing.T) {
 			t.Errorf("clock advanced to a rejected timestamp: %s", last)
 		}
 		res, err = db.ApplyRemote(ctx, []Change{at(time.Hour)})
-		if err != nil || res != (ApplyResult{Rejected: 1}) {
+		if err != nil || counts(res) != (applyCounts{Rejected: 1}) {
 			t.Errorf("ApplyRemote of only skewed changes = %+v, %v", res, err)
 		}
 	})
@@ -162,7 +166,7 @@ func TestApplyRemote(t *testing.T) {
 		rec.Merge(crdt.RevokeSession(ts(8, clk.Now().Add(time.Second).UnixNano())))
 		rec.Raise(crdt.FieldLastUsed, clk.Now().Add(2*time.Minute).UnixNano(), ts(9, clk.Now().Add(2*time.Minute).UnixNano()))
 		res, err := db.ApplyRemote(ctx, []Change{{Key: key, Map: rec}})
-		if err != nil || res != (ApplyResult{Applied: 1, Rejected: 1}) {
+		if err != nil || counts(res) != (applyCounts{Applied: 1, Rejected: 1}) {
 			t.Fatalf("ApplyRemote = %+v, %v; want 1 applied and counted rejected", res, err)
 		}
 		got, ok := mustRecord(t, db, key)
@@ -177,7 +181,7 @@ func TestApplyRemote(t *testing.T) {
 		}
 		// Once local time catches up, the same change applies whole.
 		clk.Add(2 * time.Minute)
-		if res, err := db.ApplyRemote(ctx, []Change{{Key: key, Map: rec}}); err != nil || res != (ApplyResult{Applied: 1}) {
+		if res, err := db.ApplyRemote(ctx, []Change{{Key: key, Map: rec}}); err != nil || counts(res) != (applyCounts{Applied: 1}) {
 			t.Fatalf("ApplyRemote later = %+v, %v; want applied", res, err)
 		}
 	})
@@ -204,7 +208,7 @@ func TestApplyRemote(t *testing.T) {
 		}
 		other := Change{Key: crdt.UserKey("small"), Map: crdt.NewUser("small", "", nil, ts(3, 5))}
 		res, err := db.ApplyRemote(ctx, []Change{{Key: key, Map: big(3, 600)}, other})
-		if err != nil || res != (ApplyResult{Applied: 1, TooLarge: 1}) {
+		if err != nil || counts(res) != (applyCounts{Applied: 1, TooLarge: 1}) {
 			t.Fatalf("ApplyRemote = %+v, %v; want the small change applied, the big one refused", res, err)
 		}
 		if after, _ := mustRecord(t, db, key); !after.Equal(before) || after.EncodedLen() > MaxRecord {
@@ -212,7 +216,7 @@ func TestApplyRemote(t *testing.T) {
 		}
 		// A merge that fits after all (fields it already holds) is applied.
 		res, err = db.ApplyRemote(ctx, []Change{{Key: key, Map: big(1, 600)}})
-		if err != nil || res != (ApplyResult{Unchanged: 1}) {
+		if err != nil || counts(res) != (applyCounts{Unchanged: 1}) {
 			t.Errorf("ApplyRemote of known fields = %+v, %v", res, err)
 		}
 	})
@@ -248,4 +252,12 @@ func TestApplyRemote(t *testing.T) {
 func bigEntry() Change {
 	e := crdt.Entry{ID: crdt.EntryID{TS: ts(7, 1), Seq: 1}, Data: make([]byte, MaxEntry+1)}
 	return Change{Key: LogKey("a:b", e.ID), Conv: "a:b", Entry: e}
+}
+
+// applyCounts is an ApplyResult's counts, which tests compare.
+type applyCounts struct{ Applied, Unchanged, Dropped, Rejected, TooLarge int }
+
+// counts returns res's counts.
+func counts(res ApplyResult) applyCounts {
+	return applyCounts{res.Applied, res.Unchanged, res.Dropped, res.Rejected, res.TooLarge}
 }

@@ -89,7 +89,7 @@ func TestExpiredOnArrival(t *testing.T) {
 	expired := crdt.NewSession("u1", clk.Now().Add(-time.Second), time.Hour, ts(5, clk.Now().Add(-time.Hour).UnixNano()))
 	t.Run("ApplyRemote", func(t *testing.T) {
 		res, err := db.ApplyRemote(ctx, []Change{{Key: crdt.SessionKey("old"), Map: expired}})
-		if err != nil || res != (ApplyResult{Dropped: 1}) {
+		if err != nil || counts(res) != (applyCounts{Dropped: 1}) {
 			t.Errorf("ApplyRemote = %+v, %v; want 1 dropped", res, err)
 		}
 	})

@@ -56,7 +56,8 @@ type haveState struct {
 	held       *partitionSet             // the partitions held, as of the latest replan (nil: not sharded)
 	placement  uint64                    // the fingerprint of the current placement
 	changed    chan struct{}             // closed and replaced whenever knowledge rises
-	distrusted map[crdt.NodeID]uint64    // origins whose pushes we partly refused → epoch
+	distrusted map[crdt.NodeID]distrust  // origins whose pushes we partly refused
+	partial    map[crdt.NodeID]lesson    // a distrusted origin's latest Through, about the partitions not distrusted
 	epoch      uint64                    // counts distrust events
 	lastLive   map[crdt.NodeID]time.Time // when each node last stopped being a live peer
 	fetching   map[crdt.NodeID]*fetch    // fetches in flight, by peer
@@ -76,7 +77,8 @@ func (h *haveState) init() {
 	h.era = newEra(0)
 	h.changed = make(chan struct{})
 	h.learnt = make(map[crdt.NodeID][2]lesson)
-	h.distrusted = make(map[crdt.NodeID]uint64)
+	h.distrusted = make(map[crdt.NodeID]distrust)
+	h.partial = make(map[crdt.NodeID]lesson)
 	h.lastLive = make(map[crdt.NodeID]time.Time)
 	h.fetching = make(map[crdt.NodeID]*fetch)
 	h.lastFetch = make(map[crdt.NodeID]time.Time)
@@ -138,14 +140,19 @@ func raise(dst *crdt.Bookmark, b crdt.Bookmark, self crdt.NodeID) bool {
 // and its round with us carried all it wrote there. When those are all we hold (the
 // placements differ only elsewhere, say in another region), it counts as under ours,
 // and so reaches the knowledge we tell others (DigestReply.Have).
+//
+// A Through of an origin we distrust counts only for the partitions we refused none of
+// its changes in (see distrust).
 func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint64, era uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, ok := h.distrusted[through.Node]; ok || era != h.era {
+	d, distrusted := h.distrusted[through.Node]
+	if era != h.era || distrusted && d.all {
 		return
 	}
 	var l lesson
-	if placement != h.placement {
+	switch {
+	case placement != h.placement:
 		if held == nil || h.held == nil {
 			return
 		}
@@ -154,6 +161,24 @@ func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint
 				l.about[i] = held[i] & h.held[i]
 			}
 		}
+	case h.held != nil:
+		l.about = *h.held
+	default: // not sharded: every partition
+		for i := range l.about {
+			l.about[i] = ^uint64(0)
+		}
+	}
+	if distrusted {
+		for i := range l.about {
+			l.about[i] &^= d.parts[i]
+		}
+		l.have.Add(through)
+		if old, ok := h.partial[through.Node]; ok && old.about == l.about && !old.have.Mark(through.Node).Less(through) {
+			return
+		}
+		h.partial[through.Node] = l
+		h.wakeLocked()
+		return
 	}
 	if placement == h.placement || l.about == *h.held {
 		// About every partition we hold: a placement elsewhere (another region's
@@ -199,16 +224,18 @@ func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 		h.gained[i] &= held[i]
 		h.anyGained = h.anyGained || h.gained[i] != 0
 	}
-	for origin, l := range h.told {
-		left := false
-		for w := range l.about {
-			l.about[w] &= held[w] &^ now[w]
-			left = left || l.about[w] != 0
-		}
-		if left {
-			h.told[origin] = l
-		} else {
-			delete(h.told, origin)
+	for _, lessons := range []map[crdt.NodeID]lesson{h.told, h.partial} {
+		for origin, l := range lessons {
+			left := false
+			for w := range l.about {
+				l.about[w] &= held[w] &^ now[w]
+				left = left || l.about[w] != 0
+			}
+			if left {
+				lessons[origin] = l
+			} else {
+				delete(lessons, origin)
+			}
 		}
 	}
 	for peer, ls := range h.learnt {
@@ -227,13 +254,33 @@ func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 	}
 }
 
-// distrust stops believing origin's pushes until a round with it, begun after this call,
-// completes.
-func (h *haveState) distrust(origin crdt.NodeID) {
+// distrust is what we no longer believe of an origin's pushes: their Throughs, in the
+// partitions of the changes of its we refused (all: in every partition).
+type distrust struct {
+	epoch uint64 // of the latest refusal
+	all   bool
+	parts partitionSet
+}
+
+// distrust stops believing origin's pushes, in the partitions of the keys of its changes
+// we refused (none: in every partition), until a round with it, begun after this call,
+// completes without refusals. A refused change (a field stamped too far ahead, say
+// another node's it relays) leaves us without a write its Through counts; the other
+// partitions' data came whole.
+func (h *haveState) distrust(origin crdt.NodeID, refused []string) {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	h.epoch++
-	h.distrusted[origin] = h.epoch
-	h.mu.Unlock()
+	d := h.distrusted[origin]
+	d.epoch, d.all = h.epoch, d.all || len(refused) == 0
+	for _, k := range refused {
+		homes := crdt.KeyHomes(k)
+		d.parts.add(homes.First())
+		if s, ok := homes.Second(); ok {
+			d.parts.add(s)
+		}
+	}
+	h.distrusted[origin] = d // what it told us before the refusal stands
 }
 
 // roundStarts returns the epoch and era to pass to synced for a round beginning now.
@@ -249,6 +296,9 @@ func (h *haveState) roundStarts() (epoch, era uint64) {
 type roundScope struct {
 	all            bool
 	compared, full *partitionSet
+	// refused, when not nil, is the partitions of changes of the peer's this node refused
+	// in the round: it teaches nothing about them, and leaves a distrust of the peer.
+	refused *partitionSet
 }
 
 // synced records a completed anti-entropy round with peer, begun at epoch in era, under
@@ -260,11 +310,26 @@ type roundScope struct {
 func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookmark, self crdt.NodeID, placement uint64, scope roundScope) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if e, ok := h.distrusted[peer]; ok && e <= epoch {
+	if d, ok := h.distrusted[peer]; ok && d.epoch <= epoch && scope.refused == nil {
 		delete(h.distrusted, peer)
 	}
 	if placement != h.placement || era != h.era {
 		return
+	}
+	if r := scope.refused; r != nil {
+		var compared, full partitionSet
+		for i := range compared {
+			compared[i], full[i] = ^uint64(0), ^uint64(0)
+			if scope.compared != nil {
+				compared[i] = scope.compared[i]
+			}
+			if scope.full != nil {
+				full[i] = scope.full[i]
+			}
+			compared[i] &^= r[i]
+			full[i] &^= r[i]
+		}
+		scope = roundScope{compared: &compared, full: &full}
 	}
 	if scope.all {
 		if h.have.CoveredBy(have) {
@@ -310,8 +375,10 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 			}
 		}
 	}
-	if l, ok := h.told[ts.Node]; ok && l.about.has(p) && l.have.Covers(ts) {
-		return true
+	for _, lessons := range []map[crdt.NodeID]lesson{h.told, h.partial} {
+		if l, ok := lessons[ts.Node]; ok && l.about.has(p) && l.have.Covers(ts) {
+			return true
+		}
 	}
 	return false
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -271,5 +272,49 @@ func TestMoveRate(t *testing.T) {
 	unbounded := &Replicator{cfg: Config{MaxMessage: 4096}}
 	if err := unbounded.moving(ctx, 1<<30); err != nil {
 		t.Errorf("an unbounded replicator waited: %v", err)
+	}
+}
+
+// TestHaveStateDistrust: a change of an origin's refused in one partition (a field stamped
+// too far ahead) makes its Throughs count for the other partitions only, until a round
+// with it completes without refusals.
+func TestHaveStateDistrust(t *testing.T) {
+	const origin, self = crdt.NodeID(7), crdt.NodeID(1)
+	at := func(w int64) crdt.Timestamp { return crdt.Timestamp{Wall: w, Node: origin} }
+	mark := func(w int64) crdt.Bookmark { var b crdt.Bookmark; b.Add(at(w)); return b }
+	covers := func(h *haveState, w int64, p int) bool {
+		m, _ := h.missing(mark(w), self, p)
+		return len(m) == 0
+	}
+	var h haveState
+	h.init()
+	var held partitionSet
+	held.add(1)
+	held.add(2)
+	h.replan(100, nil, &held)
+	refusedKey := crdt.UserKey("002" + strings.Repeat("0", 29))
+	if got := crdt.KeyHomes(refusedKey).First(); got != 2 {
+		t.Fatalf("test key in partition %d, want 2", got)
+	}
+	h.distrust(origin, []string{refusedKey})
+	epoch, era := h.roundStarts()
+	h.pushed(at(38), 100, held.words(), era)
+	if !covers(&h, 38, 1) || covers(&h, 38, 2) || covers(&h, 38, AllPartitions) {
+		t.Errorf("a distrusted origin's Through: partition 1 %v (want true), 2 %v (want false)", covers(&h, 38, 1), covers(&h, 38, 2))
+	}
+	var refused partitionSet
+	refused.add(2)
+	h.synced(origin, epoch, era, mark(39), self, 100, roundScope{all: true, refused: &refused})
+	if covers(&h, 39, 2) || !covers(&h, 39, 1) {
+		t.Errorf("a round that refused changes in partition 2 taught about it, or not about 1")
+	}
+	h.pushed(at(40), 100, held.words(), era)
+	if covers(&h, 40, 2) {
+		t.Errorf("a round with refusals ended the distrust")
+	}
+	h.synced(origin, epoch, era, mark(41), self, 100, roundScope{all: true})
+	h.pushed(at(42), 100, held.words(), era)
+	if !covers(&h, 42, 2) || !covers(&h, 42, AllPartitions) {
+		t.Errorf("a clean round did not end the distrust")
 	}
 }

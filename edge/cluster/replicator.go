@@ -792,8 +792,9 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) (PushReply
 		r.count(res)
 	}
 	if res.Rejected > 0 || res.TooLarge > 0 {
-		r.have.distrust(req.From)
-	} else if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
+		r.have.distrust(req.From, res.Refused)
+	}
+	if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
 		r.have.pushed(req.Through, req.Placement, req.Held, req.Era)
 	}
 	now := r.cfg.Now()
@@ -1002,9 +1003,9 @@ func leafRequests(leaves []int, budget int, pairsOf func(leaf int) ([]storage.Ke
 // peer has that we lack, and push what it lacks. Replicas in sync exchange one branch
 // list and an empty reply.
 //
-// A round that completes (no truncated reply, nothing refused) leaves this node holding
-// everything the peer held when it answered, so what the peer reported it held (its Have)
-// is added to ours.
+// A round that completes (no truncated reply) leaves this node holding everything the
+// peer held when it answered, but in the partitions of changes it refused, so what the
+// peer reported it held (its Have) is added to ours for the others.
 func (r *Replicator) SyncWith(ctx context.Context, peer Peer) error {
 	_, err := r.sync(ctx, peer, false)
 	return err
@@ -1042,9 +1043,9 @@ func (r *Replicator) syncIn(ctx context.Context, peer Peer, pull bool, only *par
 const maxRounds = 64
 
 // syncRound runs one round and reports whether a truncated reply left work for another.
-// A round that completes — nothing truncated, none of the peer's changes refused — returns
-// what the peer held (its reply's Have), which this node now holds too, and adds it to
-// ours.
+// A round that completes — nothing truncated — returns what the peer held (its reply's
+// Have), which this node now holds too but in the partitions of the peer's changes it
+// refused, and adds it to ours.
 func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *partitionSet) (res syncResult, again bool, err error) {
 	epoch, era := r.have.roundStarts()
 	v := r.view.Load()
@@ -1109,26 +1110,40 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *
 		r.cfg.Metrics.round("in_sync")
 		return r.completed(ctx, peer, epoch, era, rep, scope, v.fingerprint)
 	}
-	refused := false
+	var refused []string
 	for req, err := range r.leafRequests(ctx, leaves) {
-		var truncated, rejected bool
+		var truncated bool
 		for i := range req.Leaves {
 			// Offer only our keys of a partition we do not hold (a pull wants theirs).
 			req.Leaves[i].Only = !pull && v.sharded() && !mine.has(req.Leaves[i].Leaf)
 		}
+		var keys []string
 		if err == nil {
-			truncated, rejected, err = r.syncLeaves(ctx, peer, req, pull)
+			truncated, keys, err = r.syncLeaves(ctx, peer, req, pull)
 		}
 		if err != nil {
 			r.cfg.Metrics.round("error")
 			return syncResult{}, false, err
 		}
 		again = again || truncated
-		refused = refused || rejected
+		refused = append(refused, keys...)
 	}
 	r.cfg.Metrics.round("repaired")
-	if again || refused { // refused: the periodic round tries again
-		return syncResult{}, again, nil
+	if again {
+		return syncResult{}, true, nil
+	}
+	if len(refused) > 0 {
+		// The round completed but for changes we refused (clock skew, size): it teaches
+		// nothing about their partitions, which the periodic round tries again.
+		var parts partitionSet
+		for _, k := range refused {
+			homes := crdt.KeyHomes(k)
+			parts.add(homes.First())
+			if s, ok := homes.Second(); ok {
+				parts.add(s)
+			}
+		}
+		scope.refused = &parts
 	}
 	return r.completed(ctx, peer, epoch, era, rep, scope, v.fingerprint)
 }
@@ -1157,29 +1172,29 @@ func (r *Replicator) noteCaughtUp() {
 }
 
 // syncLeaves exchanges the keys of one request's leaves with peer. It reports whether the
-// reply was truncated and whether this node refused any of the peer's changes (clock
-// skew, size).
-func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, req LeavesRequest, pull bool) (truncated, rejected bool, err error) {
+// reply was truncated and the keys of the peer's changes this node refused (clock skew,
+// size).
+func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, req LeavesRequest, pull bool) (truncated bool, refused []string, err error) {
 	rep, err := r.cfg.Transport.Leaves(ctx, peer, req)
 	if err != nil {
-		return false, false, err
+		return false, nil, err
 	}
 	if len(rep.Changes) > 0 {
 		res, err := r.cfg.DB.ApplyRemote(ctx, rep.Changes)
 		if err != nil {
-			return false, false, err
+			return false, nil, err
 		}
 		r.count(res)
-		rejected = res.Rejected > 0 || res.TooLarge > 0
+		refused = res.Refused
 	}
 	if len(rep.Want) == 0 || pull {
-		return rep.Truncated, rejected, nil
+		return rep.Truncated, refused, nil
 	}
 	changes, err := r.cfg.DB.Changes(ctx, rep.Want)
 	if err != nil {
-		return false, false, err
+		return false, nil, err
 	}
-	return rep.Truncated, rejected, r.pushEach(ctx, peer, changes)
+	return rep.Truncated, refused, r.pushEach(ctx, peer, changes)
 }
 
 // pushEach pushes changes to peer in batches. A batch that fails is pushed again one
