@@ -620,9 +620,12 @@ func (c *Cluster) AliveNodes() []*Node {
 	return out
 }
 
-// Passwords is the one cheap hasher of every simulated node: the simulation tests
-// replication, not argon2's cost. (NewPasswords hashes its dummy at full cost once.)
-var Passwords = sync.OnceValue(func() *functions.Passwords {
+// Passwords returns the one cheap hasher of every simulated node, for a test that builds
+// handlers of its own over a node's Store: the simulation tests replication, not
+// argon2's cost. (NewPasswords hashes its dummy at full cost once.)
+func Passwords() *functions.Passwords { return passwords() }
+
+var passwords = sync.OnceValue(func() *functions.Passwords {
 	p := functions.NewPasswords(16)
 	p.Time, p.Memory = 1, 8
 	return p
