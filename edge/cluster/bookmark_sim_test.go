@@ -1,4 +1,4 @@
-package cluster
+package cluster_test
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/cluster"
+	"github.com/sessiond/sessiond/edge/cluster/clustersim"
 )
 
 // Randomised: clients with bookmarks.
@@ -101,7 +103,7 @@ type bmClient struct {
 // bmScenario is one randomised schedule's clients over a cluster.
 type bmScenario struct {
 	t     *testing.T
-	c     *testCluster
+	c     *clustersim.Cluster
 	rng   *rand.Rand
 	skew  time.Duration // MaxSkew
 	k     int           // values written
@@ -122,8 +124,8 @@ func runBookmarkScenario(t *testing.T, seed int64) bmCounts {
 	regions := simRegions[:2+rng.IntN(2)]
 	faults := randomFaults(rng)
 	const skew = time.Second
-	c := newTestCluster(t, n, regions, withSeed(seed), withFaults(faults), withMaxSkew(skew))
-	c.logf("%d nodes in %v, %s", n, regions, faults)
+	c := newTestCluster(t, n, regions, clustersim.WithSeed(seed), clustersim.WithFaults(faults), clustersim.WithMaxSkew(skew))
+	c.Logf("%d nodes in %v, %s", n, regions, faults)
 	s := &bmScenario{t: t, c: c, rng: rng, skew: skew}
 	var clients []*bmClient
 	for i := range 3 {
@@ -144,28 +146,28 @@ func runBookmarkScenario(t *testing.T, seed int64) bmCounts {
 	// Calm: everyone up, no cuts, no loss, clocks together, and no HLC still ahead from a
 	// skewed past. No request may be answered behind now.
 	c.RestartAllAndHeal()
-	for i := range c.nodes {
+	for i := range c.Nodes {
 		c.SetOffset(i, 0)
 	}
 	calm := faults
 	calm.Drop, calm.DropReply = 0, 0
-	c.net.setFaults(calm)
-	waitFor(t, 10*time.Second, func() (bool, string) { return c.calm(s.skew) })
+	c.Net.SetFaults(calm)
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) { return calmNow(c, s.skew) })
 	s.calmP = true
 	for range 30 {
 		s.step(clients[rng.IntN(len(clients))])
 	}
-	c.net.setFaults(faults)
-	c.checkConverged(t, time.Minute)
-	c.logf("bookmarks: %s", s.n.String())
+	c.Net.SetFaults(faults)
+	c.CheckConverged(t, time.Minute)
+	c.Logf("bookmarks: %s", s.n.String())
 	t.Logf("seed %d: %s", seed, s.n.String())
 	return s.n
 }
 
 // chaos applies one random fault or repair.
-func (s *bmScenario) chaos(faults simFaults) {
+func (s *bmScenario) chaos(faults clustersim.Faults) {
 	c, rng := s.c, s.rng
-	n := len(c.nodes)
+	n := len(c.Nodes)
 	switch r := rng.IntN(100); {
 	case r < 20:
 		perm := rng.Perm(n)
@@ -178,11 +180,11 @@ func (s *bmScenario) chaos(faults simFaults) {
 	case r < 40:
 		c.Heal()
 	case r < 52:
-		if alive := c.alive(); len(alive) > 1 {
+		if alive := c.Alive(); len(alive) > 1 {
 			c.Kill(alive[rng.IntN(len(alive))])
 		}
 	case r < 66:
-		if dead := c.dead(); len(dead) > 0 {
+		if dead := c.Dead(); len(dead) > 0 {
 			c.Restart(dead[rng.IntN(len(dead))])
 		}
 	case r < 76:
@@ -202,76 +204,58 @@ func (s *bmScenario) chaos(faults simFaults) {
 		if rng.IntN(2) == 0 {
 			f = faults
 		}
-		c.net.setFaults(f)
-		c.logf("faults %s", f)
+		c.Net.SetFaults(f)
+		c.Logf("faults %s", f)
 	}
 }
 
-// calm reports whether nothing stands between any reader and the data: every node up, no
+// calmNow reports whether nothing stands between any reader and the data: every node up, no
 // partition or cut, and the network and clocks steady.
-func (c *testCluster) calm(skew time.Duration) (bool, string) {
-	if dead := c.dead(); len(dead) > 0 {
+func calmNow(c *clustersim.Cluster, skew time.Duration) (bool, string) {
+	if dead := c.Dead(); len(dead) > 0 {
 		return false, fmt.Sprintf("nodes %v down", dead)
 	}
-	c.net.mu.Lock()
-	cut := len(c.net.oneway) > 0
-	for _, n := range c.nodes {
-		if c.net.group[n.name] != c.net.group[c.nodes[0].name] {
-			cut = true
-		}
+	var names []string
+	for _, n := range c.Nodes {
+		names = append(names, n.Name)
 	}
-	c.net.mu.Unlock()
-	if cut {
+	if !c.Net.Whole(names...) {
 		return false, "the network is cut"
 	}
-	return c.steady(skew)
+	return steadyNow(c, skew)
 }
 
-// steady reports whether the network loses no message, every clock is within bmOffset of
+// steadyNow reports whether the network loses no message, every clock is within bmOffset of
 // real time and every HLC far enough within the skew bound that no node refuses another's
 // writes.
-func (c *testCluster) steady(skew time.Duration) (bool, string) {
-	c.net.mu.Lock()
-	lossy := c.net.faults.Drop > 0 || c.net.faults.DropReply > 0
-	c.net.mu.Unlock()
-	if lossy {
+func steadyNow(c *clustersim.Cluster, skew time.Duration) (bool, string) {
+	if f := c.Net.Faults(); f.Drop > 0 || f.DropReply > 0 {
 		return false, "the network loses messages"
 	}
 	limit := time.Now().Add(skew - bmOffset - 100*time.Millisecond).UnixNano()
-	for _, n := range c.nodes {
-		if off := time.Duration(n.offset.Load()); off > bmOffset || off < -bmOffset {
-			return false, fmt.Sprintf("%s's clock is off by %s", n.name, off)
+	for _, n := range c.Nodes {
+		if off := n.Offset(); off > bmOffset || off < -bmOffset {
+			return false, fmt.Sprintf("%s's clock is off by %s", n.Name, off)
 		}
 		if db := n.DB(); db != nil && db.Clock().Last().Wall > limit {
-			return false, fmt.Sprintf("%s's HLC is %s ahead", n.name, time.Duration(db.Clock().Last().Wall-time.Now().UnixNano()))
+			return false, fmt.Sprintf("%s's HLC is %s ahead", n.Name, time.Duration(db.Clock().Last().Wall-time.Now().UnixNano()))
 		}
 	}
 	return true, ""
 }
 
-// canCall reports whether node i can call node j now: both up, on the same side, no
-// one-way cut from i to j.
-func (c *testCluster) canCall(i, j int) bool {
-	a, b := c.nodes[i].name, c.nodes[j].name
-	c.net.mu.Lock()
-	defer c.net.mu.Unlock()
-	_, up := c.net.eps[a]
-	_, up2 := c.net.eps[b]
-	return up && up2 && c.net.group[a] == c.net.group[b] && !c.net.oneway[simLink{a, b}]
-}
-
 // unheld returns the marks of b that node i lacks and that no node it can call holds by
 // its Have either (a node holds its own writes): the marks Await may be unable to meet.
-func (c *testCluster) unheld(b crdt.Bookmark, i int) []crdt.Timestamp {
-	self := c.nodes[i].DB().NodeID()
+func unheld(c *clustersim.Cluster, b crdt.Bookmark, i int) []crdt.Timestamp {
+	self := c.Nodes[i].DB().NodeID()
 	var out []crdt.Timestamp
-	for _, ts := range b.Missing(c.nodes[i].Rep().Have()) {
+	for _, ts := range b.Missing(c.Nodes[i].Rep().Have()) {
 		if ts.Node == self {
 			continue
 		}
 		held := false
-		for j, n := range c.nodes {
-			if rep := n.Rep(); j != i && rep != nil && c.canCall(i, j) && rep.Covers(bookmarkOf(ts), AllPartitions) {
+		for j, n := range c.Nodes {
+			if rep := n.Rep(); j != i && rep != nil && c.Net.CanCall(c.Nodes[i].Name, c.Nodes[j].Name) && rep.Covers(bookmarkOf(ts), cluster.AllPartitions) {
 				held = true
 				break
 			}
@@ -287,13 +271,13 @@ func (c *testCluster) unheld(b crdt.Bookmark, i int) []crdt.Timestamp {
 // It reports whether the request may go on.
 func (s *bmScenario) await(cl *bmClient, i int, write bool) bool {
 	c := s.c
-	rep := c.nodes[i].Rep()
+	rep := c.Nodes[i].Rep()
 	if rep == nil {
 		return false
 	}
-	calm, why := c.calm(s.skew)
-	steady, _ := c.steady(s.skew)
-	unheld := c.unheld(cl.bookmark, i)
+	calm, why := calmNow(c, s.skew)
+	steady, _ := steadyNow(c, s.skew)
+	unheld := unheld(c, cl.bookmark, i)
 	if write {
 		s.n.writes++
 	} else {
@@ -303,18 +287,18 @@ func (s *bmScenario) await(cl *bmClient, i int, write bool) bool {
 		}
 	}
 	start := time.Now()
-	a, err := rep.Await(context.Background(), cl.bookmark, AllPartitions, bmWait, bmTimeout)
+	a, err := rep.Await(context.Background(), cl.bookmark, cluster.AllPartitions, bmWait, bmTimeout)
 	took := time.Since(start)
 	switch a {
-	case Covered:
+	case cluster.Covered:
 		s.n.covered++
-	case Waited:
+	case cluster.Waited:
 		s.n.waited++
-	case Fetched:
+	case cluster.Fetched:
 		s.n.fetched++
-	case SetAside:
+	case cluster.SetAside:
 		s.n.unknown++
-	case Behind:
+	case cluster.Behind:
 		s.n.behind++
 		if write {
 			s.n.writesBehind++
@@ -325,38 +309,38 @@ func (s *bmScenario) await(cl *bmClient, i int, write bool) bool {
 		what = "write"
 	}
 	switch {
-	case a == Behind && !errors.Is(err, ErrBehind), a != Behind && err != nil:
-		s.t.Errorf("%s on %s: Await = %v, %v", what, c.nodes[i].name, a, err)
+	case a == cluster.Behind && !errors.Is(err, cluster.ErrBehind), a != cluster.Behind && err != nil:
+		s.t.Errorf("%s on %s: Await = %v, %v", what, c.Nodes[i].Name, a, err)
 		return false
-	case a == Behind && (calm || s.calmP):
+	case a == cluster.Behind && (calm || s.calmP):
 		s.t.Errorf("%s on %s: Await answered behind after %s while nothing stood in the way (calm phase %v); bookmark %v, Have %v",
-			what, c.nodes[i].name, took.Round(time.Millisecond), s.calmP, cl.bookmark.Marks(), rep.Have().Marks())
+			what, c.Nodes[i].Name, took.Round(time.Millisecond), s.calmP, cl.bookmark.Marks(), rep.Have().Marks())
 		return false
-	case a == Behind && steady && len(unheld) == 0:
+	case a == cluster.Behind && steady && len(unheld) == 0:
 		// Nothing lost, no clock refusing writes: a node this one can call held every mark
 		// it lacked before it began.
 		s.t.Errorf("%s on %s: Await answered behind after %s (%s), but nodes it can call held all it lacked; bookmark %v, Have %v",
-			what, c.nodes[i].name, took.Round(time.Millisecond), why, cl.bookmark.Marks(), rep.Have().Marks())
+			what, c.Nodes[i].Name, took.Round(time.Millisecond), why, cl.bookmark.Marks(), rep.Have().Marks())
 		return false
-	case a == Behind:
-		c.logf("%s of %s on %s: behind after %s (%s; held by no node it can call: %v)", what, cl.user, c.nodes[i].name, took.Round(time.Millisecond), why, unheld)
+	case a == cluster.Behind:
+		c.Logf("%s of %s on %s: behind after %s (%s; held by no node it can call: %v)", what, cl.user, c.Nodes[i].Name, took.Round(time.Millisecond), why, unheld)
 		return false
-	case a == SetAside:
+	case a == cluster.SetAside:
 		// Every mark here names a write of a node of this cluster: none may be set aside.
 		s.t.Errorf("%s on %s: Await set marks aside (set_aside); bookmark %v, Have %v",
-			what, c.nodes[i].name, cl.bookmark.Marks(), rep.Have().Marks())
+			what, c.Nodes[i].Name, cl.bookmark.Marks(), rep.Have().Marks())
 	}
-	if !rep.Covers(cl.bookmark, AllPartitions) {
+	if !rep.Covers(cl.bookmark, cluster.AllPartitions) {
 		s.t.Errorf("%s on %s: Await = %v, but the node's Have %v does not cover the bookmark %v",
-			what, c.nodes[i].name, a, rep.Have().Marks(), cl.bookmark.Marks())
+			what, c.Nodes[i].Name, a, rep.Have().Marks(), cl.bookmark.Marks())
 	}
 	return true
 }
 
 // step runs one request of client cl on a random live node: mostly writes, some reads.
 func (s *bmScenario) step(cl *bmClient) {
-	alive := s.c.alive()
-	i, ok := pick(s.rng, alive)
+	alive := s.c.Alive()
+	i, ok := clustersim.Pick(s.rng, alive)
 	if !ok {
 		return
 	}
@@ -386,15 +370,15 @@ func (s *bmScenario) step(cl *bmClient) {
 		key, field = cl.session, crdt.FieldRevoked
 		update = revokeSession
 	}
-	m, ts, err := s.c.write(i, key, update)
+	m, ts, err := write(s.c, i, key, update)
 	if err != nil {
-		s.t.Errorf("%s: write on %s: %v", cl.user, s.c.nodes[i].name, err)
+		s.t.Errorf("%s: write on %s: %v", cl.user, s.c.Nodes[i].Name, err)
 		return
 	}
 	if !cl.last.Less(ts) {
 		// The node held every earlier write of the client (it met the bookmark), so its
 		// clock had moved past them.
-		s.t.Errorf("%s: write on %s stamped %v, not after the client's previous write %v", cl.user, s.c.nodes[i].name, ts, cl.last)
+		s.t.Errorf("%s: write on %s stamped %v, not after the client's previous write %v", cl.user, s.c.Nodes[i].Name, ts, cl.last)
 	}
 	cl.last = ts
 	cl.bookmark.AddMap(&m)
@@ -415,7 +399,7 @@ func (s *bmScenario) read(cl *bmClient, i int) {
 		return
 	}
 	c := s.c
-	db := c.nodes[i].DB()
+	db := c.Nodes[i].DB()
 	if db == nil {
 		return
 	}
@@ -435,16 +419,16 @@ func (s *bmScenario) read(cl *bmClient, i int) {
 		s.n.checked++
 		m, has := recs[w.key]
 		if !has {
-			s.t.Errorf("%s read on %s after Await: session %s (created %v) is missing", cl.user, c.nodes[i].name, w.key, cl.acked[[2]string{w.key, crdt.FieldUser}].ts)
+			s.t.Errorf("%s read on %s after Await: session %s (created %v) is missing", cl.user, c.Nodes[i].Name, w.key, cl.acked[[2]string{w.key, crdt.FieldUser}].ts)
 			continue
 		}
 		f, has := m.Field(w.field)
 		switch {
 		case !has || f.TS.Less(w.ts):
 			s.t.Errorf("%s read on %s after Await: %s %s is %v (present %v), the client's write %v is not reflected",
-				cl.user, c.nodes[i].name, w.key, w.field, f.TS, has, w.ts)
+				cl.user, c.Nodes[i].Name, w.key, w.field, f.TS, has, w.ts)
 		case f.TS == w.ts && strings.HasPrefix(w.field, crdt.DataPrefix) && (f.Deleted != (w.value == "") || string(f.Value) != w.value):
-			s.t.Errorf("%s read on %s after Await: %s %s = %q (deleted %v), want %q", cl.user, c.nodes[i].name, w.key, w.field, f.Value, f.Deleted, w.value)
+			s.t.Errorf("%s read on %s after Await: %s %s = %q (deleted %v), want %q", cl.user, c.Nodes[i].Name, w.key, w.field, f.Value, f.Deleted, w.value)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package cluster
+package cluster_test
 
 import (
 	"context"
@@ -12,16 +12,18 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/cluster"
+	"github.com/sessiond/sessiond/edge/cluster/clustersim"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/storage"
 )
 
 // Session guarantees at the replication level (DESIGN.md, guarantee 6): a reader that
-// awaits a client's bookmark (Replicator.Await) shows every write the bookmark covers,
-// or says it is behind; what a node claims to hold (Replicator.Have) it holds.
+// awaits a client's bookmark (cluster.Replicator.Await) shows every write the bookmark covers,
+// or says it is behind; what a node claims to hold (cluster.Replicator.Have) it holds.
 //
 // Writes here are stamped inside the store's Update, on the committer, as every write of
-// the product is (storage.DB.Committed depends on it), and go through simStore, so the
+// the product is (storage.DB.Committed depends on it), and go through clustersim.Store, so the
 // model knows them and checkConverged still applies.
 
 // bmKeys makes the record keys of these tests unique.
@@ -33,16 +35,16 @@ func bmKey(prefix string) string {
 
 // write runs one write on node i: update builds the change from the timestamp the node
 // stamps it with. It returns the record as merged and the stamp.
-func (c *testCluster) write(i int, key string, update func(ts crdt.Timestamp) crdt.Map) (crdt.Map, crdt.Timestamp, error) {
-	db := c.nodes[i].DB()
+func write(c *clustersim.Cluster, i int, key string, update func(ts crdt.Timestamp) crdt.Map) (crdt.Map, crdt.Timestamp, error) {
+	db := c.Nodes[i].DB()
 	if db == nil {
-		return crdt.Map{}, crdt.Timestamp{}, fmt.Errorf("%s is down", c.nodes[i].name)
+		return crdt.Map{}, crdt.Timestamp{}, fmt.Errorf("%s is down", c.Nodes[i].Name)
 	}
-	ctx, cancel := ctxOp()
+	ctx, cancel := clustersim.OpContext()
 	defer cancel()
 	var m crdt.Map
 	var ts crdt.Timestamp
-	err := simStore{DB: db, model: c.model}.Update(ctx, func(tx functions.Tx) error {
+	err := clustersim.Store{DB: db, Model: c.Model}.Update(ctx, func(tx functions.Tx) error {
 		ts = db.Clock().Next()
 		var err error
 		m, err = tx.Merge(key, update(ts))
@@ -51,11 +53,11 @@ func (c *testCluster) write(i int, key string, update func(ts crdt.Timestamp) cr
 	return m, ts, err
 }
 
-func (c *testCluster) mustWrite(t testing.TB, i int, key string, update func(ts crdt.Timestamp) crdt.Map) (crdt.Map, crdt.Timestamp) {
+func mustWrite(t testing.TB, c *clustersim.Cluster, i int, key string, update func(ts crdt.Timestamp) crdt.Map) (crdt.Map, crdt.Timestamp) {
 	t.Helper()
-	m, ts, err := c.write(i, key, update)
+	m, ts, err := write(c, i, key, update)
 	if err != nil {
-		t.Fatalf("write %s on %s: %v", key, c.nodes[i].name, err)
+		t.Fatalf("write %s on %s: %v", key, c.Nodes[i].Name, err)
 	}
 	return m, ts
 }
@@ -84,19 +86,19 @@ func deleteData(key string) func(crdt.Timestamp) crdt.Map {
 
 // states describes record key on node i as readers see it and as its file holds it
 // (they differ while a commit is not yet published to readers).
-func (c *testCluster) states(i int, key string) string {
-	m, _, err := c.nodes[i].DB().Record(context.Background(), key)
-	read := describe(storage.Change{Key: key, Map: m}.AppendBinary(nil))
+func states(c *clustersim.Cluster, i int, key string) string {
+	m, _, err := c.Nodes[i].DB().Record(context.Background(), key)
+	read := clustersim.Describe(storage.Change{Key: key, Map: m}.AppendBinary(nil))
 	if err != nil {
 		read = err.Error()
 	}
 	file := "absent"
-	if cs, err := c.nodes[i].DB().Changes(context.Background(), []string{key}); err != nil {
+	if cs, err := c.Nodes[i].DB().Changes(context.Background(), []string{key}); err != nil {
 		file = err.Error()
 	} else if len(cs) > 0 {
-		file = describe(cs[0].AppendBinary(nil))
+		file = clustersim.Describe(cs[0].AppendBinary(nil))
 	}
-	return fmt.Sprintf("%s reads %s, file %s", c.nodes[i].name, read, file)
+	return fmt.Sprintf("%s reads %s, file %s", c.Nodes[i].Name, read, file)
 }
 
 func revokeSession(ts crdt.Timestamp) crdt.Map { return crdt.RevokeSession(ts) }
@@ -111,10 +113,10 @@ func bookmarkOf(marks ...crdt.Timestamp) crdt.Bookmark {
 
 // newQuietCluster starts n nodes whose anti-entropy runs only when a worker starts, so
 // that what a reader holds comes from pushes and from Await's own pulls, and settles it.
-func newQuietCluster(t *testing.T, n int, opts ...clusterOption) *testCluster {
+func newQuietCluster(t *testing.T, n int, opts ...clustersim.Option) *clustersim.Cluster {
 	t.Helper()
-	c := newTestCluster(t, n, []string{"eu"}, append([]clusterOption{withAntiEntropy(time.Hour)}, opts...)...)
-	c.settle(t)
+	c := newTestCluster(t, n, []string{"eu"}, append([]clustersim.Option{clustersim.WithAntiEntropy(time.Hour)}, opts...)...)
+	settle(t, c)
 	return c
 }
 
@@ -122,18 +124,18 @@ func newQuietCluster(t *testing.T, n int, opts ...clusterOption) *testCluster {
 // other's write by its Have. A push carries Through only after its worker's first
 // anti-entropy round, so every worker has finished that round and nothing it started
 // is still in flight.
-func (c *testCluster) settle(t testing.TB) {
+func settle(t testing.TB, c *clustersim.Cluster) {
 	t.Helper()
 	marks := map[int]crdt.Timestamp{}
-	for _, i := range c.alive() {
-		_, marks[i] = c.mustWrite(t, i, bmKey("settle"), newSession("settle"))
+	for _, i := range c.Alive() {
+		_, marks[i] = mustWrite(t, c, i, bmKey("settle"), newSession("settle"))
 	}
-	waitFor(t, 30*time.Second, func() (bool, string) {
+	clustersim.WaitFor(t, 30*time.Second, func() (bool, string) {
 		for i := range marks {
-			have := c.nodes[i].Rep().Have()
+			have := c.Nodes[i].Rep().Have()
 			for j, ts := range marks {
 				if !have.Covers(ts) {
-					return false, fmt.Sprintf("%s does not hold %s's first write by its Have %v", c.nodes[i].name, c.nodes[j].name, have.Marks())
+					return false, fmt.Sprintf("%s does not hold %s's first write by its Have %v", c.Nodes[i].Name, c.Nodes[j].Name, have.Marks())
 				}
 			}
 		}
@@ -141,20 +143,20 @@ func (c *testCluster) settle(t testing.TB) {
 	})
 }
 
-func (c *testCluster) record(t testing.TB, i int, key string) (crdt.Map, bool) {
+func record(t testing.TB, c *clustersim.Cluster, i int, key string) (crdt.Map, bool) {
 	t.Helper()
-	m, ok, err := c.nodes[i].DB().Record(context.Background(), key)
+	m, ok, err := c.Nodes[i].DB().Record(context.Background(), key)
 	if err != nil {
-		t.Fatalf("%s: read %s: %v", c.nodes[i].name, key, err)
+		t.Fatalf("%s: read %s: %v", c.Nodes[i].Name, key, err)
 	}
 	return m, ok
 }
 
 // await runs Await on node i, waiting up to wait for replication and giving up after
 // within.
-func (c *testCluster) await(i int, b crdt.Bookmark, wait, within time.Duration) (Awaited, time.Duration, error) {
+func await(c *clustersim.Cluster, i int, b crdt.Bookmark, wait, within time.Duration) (cluster.Awaited, time.Duration, error) {
 	start := time.Now()
-	a, err := c.nodes[i].Rep().Await(context.Background(), b, AllPartitions, wait, within)
+	a, err := c.Nodes[i].Rep().Await(context.Background(), b, cluster.AllPartitions, wait, within)
 	return a, time.Since(start), err
 }
 
@@ -164,39 +166,39 @@ func TestAwait(t *testing.T) {
 	t.Parallel()
 	owner := "someone"
 
-	t.Run("Covered", func(t *testing.T) {
+	t.Run("cluster.Covered", func(t *testing.T) {
 		t.Parallel()
 		c := newQuietCluster(t, 2)
 		key := bmKey("covered")
-		_, ts := c.mustWrite(t, 0, key, newSession(owner))
+		_, ts := mustWrite(t, c, 0, key, newSession(owner))
 		b := bookmarkOf(ts)
-		waitFor(t, 10*time.Second, func() (bool, string) {
-			return c.nodes[1].Rep().Covers(b, AllPartitions), "the push did not arrive"
+		clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+			return c.Nodes[1].Rep().Covers(b, cluster.AllPartitions), "the push did not arrive"
 		})
-		a, took, err := c.await(1, b, 10*time.Second, 10*time.Second)
-		if a != Covered || err != nil || took > time.Second {
+		a, took, err := await(c, 1, b, 10*time.Second, 10*time.Second)
+		if a != cluster.Covered || err != nil || took > time.Second {
 			t.Fatalf("Await = %v, %v after %s; want covered at once", a, err, took)
 		}
 	})
 
-	t.Run("Waited", func(t *testing.T) {
+	t.Run("cluster.Waited", func(t *testing.T) {
 		t.Parallel()
 		c := newQuietCluster(t, 2)
-		c.net.setFaults(simFaults{Delay: 1, MaxDelay: 100 * time.Millisecond})
+		c.Net.SetFaults(clustersim.Faults{Delay: 1, MaxDelay: 100 * time.Millisecond})
 		// A push that beats the Await call makes it Covered: try again. Nothing but the
 		// push can bring the write within the wait (no anti-entropy, no fetch before it).
 		for attempt := range 10 {
 			key := bmKey("waited")
-			_, ts := c.mustWrite(t, 0, key, newSession(owner))
-			a, took, err := c.await(1, bookmarkOf(ts), 20*time.Second, 20*time.Second)
+			_, ts := mustWrite(t, c, 0, key, newSession(owner))
+			a, took, err := await(c, 1, bookmarkOf(ts), 20*time.Second, 20*time.Second)
 			switch {
-			case a == Covered && err == nil:
+			case a == cluster.Covered && err == nil:
 				t.Logf("attempt %d: the push arrived first", attempt)
 				continue
-			case a != Waited || err != nil:
+			case a != cluster.Waited || err != nil:
 				t.Fatalf("Await = %v, %v after %s; want waited (the push and its Through arrive within the wait)", a, err, took)
 			}
-			if _, ok := c.record(t, 1, key); !ok {
+			if _, ok := record(t, c, 1, key); !ok {
 				t.Fatalf("Await = waited, but n1 lacks %s", key)
 			}
 			t.Logf("waited %s", took)
@@ -210,21 +212,21 @@ func TestAwait(t *testing.T) {
 		c := newQuietCluster(t, 2)
 		c.CutOneWay(0, 1) // n0's pushes to n1 fail; n1 can still pull from n0
 		key := bmKey("fetched")
-		_, ts := c.mustWrite(t, 0, key, newSession(owner))
+		_, ts := mustWrite(t, c, 0, key, newSession(owner))
 		b := bookmarkOf(ts)
-		c.net.resetStats()
-		a, took, err := c.await(1, b, 100*time.Millisecond, 10*time.Second)
-		if a != Fetched || err != nil {
+		c.Net.ResetStats()
+		a, took, err := await(c, 1, b, 100*time.Millisecond, 10*time.Second)
+		if a != cluster.Fetched || err != nil {
 			t.Fatalf("Await = %v, %v after %s; want fetched from the origin", a, err, took)
 		}
-		if _, ok := c.record(t, 1, key); !ok {
+		if _, ok := record(t, c, 1, key); !ok {
 			t.Fatalf("Await = fetched, but n1 lacks %s", key)
 		}
-		if s := c.net.linkStats("n1", "n0"); s.Calls["digest"] == 0 {
+		if s := c.Net.LinkStats("n1", "n0"); s.Calls["digest"] == 0 {
 			t.Errorf("n1 made no anti-entropy call to n0: %v", s.Calls)
 		}
-		if !c.nodes[1].Rep().Covers(b, AllPartitions) {
-			t.Errorf("after the fetch, n1's Have %v does not cover %v", c.nodes[1].Rep().Have().Marks(), ts)
+		if !c.Nodes[1].Rep().Covers(b, cluster.AllPartitions) {
+			t.Errorf("after the fetch, n1's Have %v does not cover %v", c.Nodes[1].Rep().Have().Marks(), ts)
 		}
 	})
 
@@ -234,20 +236,20 @@ func TestAwait(t *testing.T) {
 		c.CutOneWay(0, 1)
 		c.CutOneWay(1, 0)
 		key := bmKey("third")
-		_, ts := c.mustWrite(t, 0, key, newSession(owner))
+		_, ts := mustWrite(t, c, 0, key, newSession(owner))
 		b := bookmarkOf(ts)
-		waitFor(t, 10*time.Second, func() (bool, string) {
-			return c.nodes[2].Rep().Covers(b, AllPartitions), "n0's push to n2 did not arrive"
+		clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+			return c.Nodes[2].Rep().Covers(b, cluster.AllPartitions), "n0's push to n2 did not arrive"
 		})
-		c.net.resetStats()
-		a, took, err := c.await(1, b, 0, 10*time.Second)
-		if a != Fetched || err != nil {
+		c.Net.ResetStats()
+		a, took, err := await(c, 1, b, 0, 10*time.Second)
+		if a != cluster.Fetched || err != nil {
 			t.Fatalf("Await = %v, %v after %s; want fetched from n2", a, err, took)
 		}
-		if _, ok := c.record(t, 1, key); !ok {
+		if _, ok := record(t, c, 1, key); !ok {
 			t.Fatalf("Await = fetched, but n1 lacks %s", key)
 		}
-		if s := c.net.linkStats("n1", "n2"); s.Calls["digest"] == 0 {
+		if s := c.Net.LinkStats("n1", "n2"); s.Calls["digest"] == 0 {
 			t.Errorf("n1 made no anti-entropy call to n2: %v", s.Calls)
 		}
 	})
@@ -257,41 +259,41 @@ func TestAwait(t *testing.T) {
 		name string
 		// isolate cuts the reader n1 off before n0 writes; after is run once n2 holds
 		// the write (when it should).
-		isolate func(c *testCluster)
-		after   func(c *testCluster)
+		isolate func(c *clustersim.Cluster)
+		after   func(c *clustersim.Cluster)
 		n2Holds bool
 	}{
-		{"Cut", func(c *testCluster) { c.Cut([]int{1}) }, nil, true},
-		{"Partitioned", func(c *testCluster) { c.Partition([]int{1}) }, nil, true},
-		{"OriginDown", func(c *testCluster) { c.Cut([]int{0}) }, func(c *testCluster) { c.Kill(0) }, false},
+		{"Cut", func(c *clustersim.Cluster) { c.Cut([]int{1}) }, nil, true},
+		{"Partitioned", func(c *clustersim.Cluster) { c.Partition([]int{1}) }, nil, true},
+		{"OriginDown", func(c *clustersim.Cluster) { c.Cut([]int{0}) }, func(c *clustersim.Cluster) { c.Kill(0) }, false},
 		// The reader restarts while the origin is down: it never saw the origin as a
 		// peer in this life, but n2 tells it that the origin exists.
-		{"OriginDownReaderRestarted", func(c *testCluster) { c.Cut([]int{0}) }, func(c *testCluster) {
+		{"OriginDownReaderRestarted", func(c *clustersim.Cluster) { c.Cut([]int{0}) }, func(c *clustersim.Cluster) {
 			c.Kill(0)
 			c.Heal()
 			c.Kill(1)
 			c.Restart(1)
 		}, false},
 	} {
-		t.Run("Behind"+tc.name, func(t *testing.T) {
+		t.Run("cluster.Behind"+tc.name, func(t *testing.T) {
 			t.Parallel()
 			c := newQuietCluster(t, 3)
 			tc.isolate(c)
 			key := bmKey("behind")
-			_, ts := c.mustWrite(t, 0, key, newSession(owner))
+			_, ts := mustWrite(t, c, 0, key, newSession(owner))
 			b := bookmarkOf(ts)
 			if tc.n2Holds {
-				waitFor(t, 10*time.Second, func() (bool, string) {
-					return c.nodes[2].Rep().Covers(b, AllPartitions), "n0's push to n2 did not arrive"
+				clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+					return c.Nodes[2].Rep().Covers(b, cluster.AllPartitions), "n0's push to n2 did not arrive"
 				})
 			}
 			if tc.after != nil {
 				tc.after(c)
 			}
 			const within = time.Second
-			a, took, err := c.await(1, b, 100*time.Millisecond, within)
-			if a != Behind || !errors.Is(err, ErrBehind) {
-				_, has := c.record(t, 1, key)
+			a, took, err := await(c, 1, b, 100*time.Millisecond, within)
+			if a != cluster.Behind || !errors.Is(err, cluster.ErrBehind) {
+				_, has := record(t, c, 1, key)
 				t.Fatalf("Await = %v, %v after %s (n1 holds the write: %v); want behind", a, err, took, has)
 			}
 			if took > within+time.Second {
@@ -302,14 +304,14 @@ func TestAwait(t *testing.T) {
 
 	t.Run("TooFarAhead", func(t *testing.T) {
 		t.Parallel()
-		c := newQuietCluster(t, 2, withMaxSkew(time.Second))
-		ahead := crdt.Timestamp{Wall: c.nodes[1].Now().Add(3 * time.Second).UnixNano(), Node: c.nodes[0].DB().NodeID()}
-		c.net.resetStats()
-		a, took, err := c.await(1, bookmarkOf(ahead), 20*time.Second, 20*time.Second)
-		if a != Behind || !errors.Is(err, ErrBehind) || took > 2*time.Second {
+		c := newQuietCluster(t, 2, clustersim.WithMaxSkew(time.Second))
+		ahead := crdt.Timestamp{Wall: c.Nodes[1].Now().Add(3 * time.Second).UnixNano(), Node: c.Nodes[0].DB().NodeID()}
+		c.Net.ResetStats()
+		a, took, err := await(c, 1, bookmarkOf(ahead), 20*time.Second, 20*time.Second)
+		if a != cluster.Behind || !errors.Is(err, cluster.ErrBehind) || took > 2*time.Second {
 			t.Fatalf("Await(3s ahead, MaxSkew 1s) = %v, %v after %s; want behind at once", a, err, took)
 		}
-		if s := c.net.linkStats("n1", "n0"); s.Calls["digest"] != 0 {
+		if s := c.Net.LinkStats("n1", "n0"); s.Calls["digest"] != 0 {
 			t.Errorf("Await fetched for a mark it can never meet: %v", s.Calls)
 		}
 	})
@@ -320,29 +322,29 @@ func TestAwait(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		age  time.Duration
-		want Awaited
+		want cluster.Awaited
 	}{
-		{"UnknownOrigin", forgetUnknownAfter + time.Minute, SetAside},
-		{"UnknownOriginRecent", 0, Behind},
+		{"UnknownOrigin", cluster.ForgetUnknownAfter + time.Minute, cluster.SetAside},
+		{"UnknownOriginRecent", 0, cluster.Behind},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			c := newQuietCluster(t, 3)
-			stranger := crdt.Timestamp{Wall: c.nodes[1].Now().Add(-tc.age).UnixNano(), Node: 0x5e55_10d0_dead_beef}
+			stranger := crdt.Timestamp{Wall: c.Nodes[1].Now().Add(-tc.age).UnixNano(), Node: 0x5e55_10d0_dead_beef}
 			b := bookmarkOf(stranger)
-			c.net.resetStats()
-			a, took, err := c.await(1, b, 50*time.Millisecond, 10*time.Second)
-			if a != tc.want || (err == nil) != (tc.want != Behind) {
+			c.Net.ResetStats()
+			a, took, err := await(c, 1, b, 50*time.Millisecond, 10*time.Second)
+			if a != tc.want || (err == nil) != (tc.want != cluster.Behind) {
 				t.Fatalf("Await(mark of a node never known, %s old) = %v, %v after %s; want %v", tc.age, a, err, took, tc.want)
 			}
 			if took > 5*time.Second {
 				t.Errorf("Await took %s: it should answer once every peer was asked", took)
 			}
-			if calls := c.net.linkStats("n1", "n0").Calls["digest"] + c.net.linkStats("n1", "n2").Calls["digest"]; calls == 0 {
+			if calls := c.Net.LinkStats("n1", "n0").Calls["digest"] + c.Net.LinkStats("n1", "n2").Calls["digest"]; calls == 0 {
 				t.Errorf("Await answered without fetching from any peer")
 			}
-			if c.nodes[1].Rep().Covers(b, AllPartitions) {
-				t.Errorf("n1's Have covers a mark it never got: %v", c.nodes[1].Rep().Have().Marks())
+			if c.Nodes[1].Rep().Covers(b, cluster.AllPartitions) {
+				t.Errorf("n1's Have covers a mark it never got: %v", c.Nodes[1].Rep().Have().Marks())
 			}
 		})
 	}
@@ -350,14 +352,14 @@ func TestAwait(t *testing.T) {
 	t.Run("Forged", func(t *testing.T) {
 		t.Parallel()
 		c := newQuietCluster(t, 2)
-		forged := c.nodes[0].DB().Committed()
+		forged := c.Nodes[0].DB().Committed()
 		forged.Wall += int64(time.Second)
-		c.net.resetStats()
-		a, took, err := c.await(1, bookmarkOf(forged), 50*time.Millisecond, 10*time.Second)
-		if a != SetAside || err != nil {
+		c.Net.ResetStats()
+		a, took, err := await(c, 1, bookmarkOf(forged), 50*time.Millisecond, 10*time.Second)
+		if a != cluster.SetAside || err != nil {
 			t.Fatalf("Await(mark beyond what its live origin holds) = %v, %v after %s; want it set aside (set_aside)", a, err, took)
 		}
-		if s := c.net.linkStats("n1", "n0"); s.Calls["digest"] == 0 {
+		if s := c.Net.LinkStats("n1", "n0"); s.Calls["digest"] == 0 {
 			t.Errorf("Await set the mark aside without asking its origin")
 		}
 	})
@@ -365,11 +367,11 @@ func TestAwait(t *testing.T) {
 	t.Run("Self", func(t *testing.T) {
 		t.Parallel()
 		c := newQuietCluster(t, 2)
-		mine := c.nodes[1].DB().Committed()
+		mine := c.Nodes[1].DB().Committed()
 		later := mine
 		later.Wall += int64(time.Second)
 		for _, ts := range []crdt.Timestamp{mine, later} {
-			if a, took, err := c.await(1, bookmarkOf(ts), time.Second, time.Second); a != Covered || err != nil || took > 500*time.Millisecond {
+			if a, took, err := await(c, 1, bookmarkOf(ts), time.Second, time.Second); a != cluster.Covered || err != nil || took > 500*time.Millisecond {
 				t.Errorf("Await(own mark %v, commit mark %v) = %v, %v after %s; want covered at once", ts, mine, a, err, took)
 			}
 		}
@@ -393,14 +395,14 @@ func TestBookmarkReadYourWrites(t *testing.T) {
 	t.Parallel()
 	seed := bmSeed(t, "TestBookmarkReadYourWrites")
 	rng := rand.New(rand.NewPCG(uint64(seed), 0xb00c))
-	c := newTestCluster(t, 3, simRegions, withSeed(seed),
-		withFaults(simFaults{Delay: 0.8, MaxDelay: 40 * time.Millisecond, Dup: 0.1}))
-	w := newWorkload(c, rng, seed)
-	acc := mustRegister(t, w, 0, "reader")
-	waitFor(t, time.Minute, func() (bool, string) {
-		for _, n := range c.nodes {
-			if _, ok, _ := n.DB().Record(context.Background(), crdt.UserKey(acc.id)); !ok {
-				return false, n.name + " lacks the account"
+	c := newTestCluster(t, 3, simRegions, clustersim.WithSeed(seed),
+		clustersim.WithFaults(clustersim.Faults{Delay: 0.8, MaxDelay: 40 * time.Millisecond, Dup: 0.1}))
+	w := clustersim.NewWorkload(c, rng, seed)
+	acc := w.MustRegister(t, 0, "reader")
+	clustersim.WaitFor(t, time.Minute, func() (bool, string) {
+		for _, n := range c.Nodes {
+			if _, ok, _ := n.DB().Record(context.Background(), crdt.UserKey(acc.ID)); !ok {
+				return false, n.Name + " lacks the account"
 			}
 		}
 		return true, ""
@@ -410,30 +412,30 @@ func TestBookmarkReadYourWrites(t *testing.T) {
 		rounds = 8
 	}
 	ctx := context.Background()
-	outcomes := map[Awaited]int{}
+	outcomes := map[cluster.Awaited]int{}
 	// after awaits on node b the bookmark of what node a committed last.
 	var last string
 	after := func(what string, a, b int) {
 		t.Helper()
-		bm := bookmarkOf(c.nodes[a].DB().Committed())
-		got, took, err := c.await(b, bm, 300*time.Millisecond, 2*time.Second)
+		bm := bookmarkOf(c.Nodes[a].DB().Committed())
+		got, took, err := await(c, b, bm, 300*time.Millisecond, 2*time.Second)
 		outcomes[got]++
-		last = fmt.Sprintf("Await(%v) = %v after %s, Have %v", bm.Marks(), got, took, c.nodes[b].Rep().Have().Marks())
-		if err != nil || got == SetAside {
-			t.Fatalf("%s on %s, read on %s: Await = %v, %v after %s", what, c.nodes[a].name, c.nodes[b].name, got, err, took)
+		last = fmt.Sprintf("Await(%v) = %v after %s, Have %v", bm.Marks(), got, took, c.Nodes[b].Rep().Have().Marks())
+		if err != nil || got == cluster.SetAside {
+			t.Fatalf("%s on %s, read on %s: Await = %v, %v after %s", what, c.Nodes[a].Name, c.Nodes[b].Name, got, err, took)
 		}
 	}
 	for round := range rounds {
 		a := rng.IntN(3)
 		b := (a + 1 + rng.IntN(2)) % 3
-		A, B := c.nodes[a].API().sessions, c.nodes[b].API().sessions
+		A, B := c.Nodes[a].API().Sessions, c.Nodes[b].API().Sessions
 
-		s, err := A.Login(ctx, functions.Login{Username: acc.username, Password: acc.password})
+		s, err := A.Login(ctx, functions.Login{Username: acc.Username, Password: acc.Password})
 		mustOK(t, "login", err)
-		p := functions.Principal{UserID: acc.id, Username: acc.username, SessionID: s.ID}
+		p := functions.Principal{UserID: acc.ID, Username: acc.Username, SessionID: s.ID}
 		after("login", a, b)
 		if err := B.Check(ctx, p); err != nil {
-			t.Fatalf("round %d: session created on %s, awaited on %s: Check = %v, want usable", round, c.nodes[a].name, c.nodes[b].name, err)
+			t.Fatalf("round %d: session created on %s, awaited on %s: Check = %v, want usable", round, c.Nodes[a].Name, c.Nodes[b].Name, err)
 		}
 
 		v := json.RawMessage(fmt.Sprintf(`"v%d"`, round))
@@ -442,24 +444,24 @@ func TestBookmarkReadYourWrites(t *testing.T) {
 		after("patch", a, b)
 		cur, err := B.Current(ctx, p)
 		if err != nil || string(cur.Data["theme"]) != string(v) {
-			t.Fatalf("round %d: data set on %s, awaited on %s: Current = %s, %v; want theme %s\n%s\n%s\n%s", round, c.nodes[a].name, c.nodes[b].name, cur.Data["theme"], err, v,
-				last, c.states(b, crdt.SessionKey(s.ID)), c.states(a, crdt.SessionKey(s.ID)))
+			t.Fatalf("round %d: data set on %s, awaited on %s: Current = %s, %v; want theme %s\n%s\n%s\n%s", round, c.Nodes[a].Name, c.Nodes[b].Name, cur.Data["theme"], err, v,
+				last, states(c, b, crdt.SessionKey(s.ID)), states(c, a, crdt.SessionKey(s.ID)))
 		}
 
 		mustOK(t, "revoke", A.Revoke(ctx, p, s.ID))
 		after("revoke", a, b)
 		if err := B.Check(ctx, p); functions.ErrorCode(err) != functions.EUnauthorized {
-			t.Fatalf("round %d: session revoked on %s, awaited on %s: Check = %v, want %s\n%s\n%s\n%s", round, c.nodes[a].name, c.nodes[b].name, err, functions.EUnauthorized,
-				last, c.states(b, crdt.SessionKey(s.ID)), c.states(a, crdt.SessionKey(s.ID)))
+			t.Fatalf("round %d: session revoked on %s, awaited on %s: Check = %v, want %s\n%s\n%s\n%s", round, c.Nodes[a].Name, c.Nodes[b].Name, err, functions.EUnauthorized,
+				last, states(c, b, crdt.SessionKey(s.ID)), states(c, a, crdt.SessionKey(s.ID)))
 		}
-		if rec, _ := c.record(t, b, crdt.SessionKey(s.ID)); !crdt.ReadSessionMeta(s.ID, &rec).Revoked {
-			t.Fatalf("round %d: session revoked on %s, awaited on %s: its record there is not revoked", round, c.nodes[a].name, c.nodes[b].name)
+		if rec, _ := record(t, c, b, crdt.SessionKey(s.ID)); !crdt.ReadSessionMeta(s.ID, &rec).Revoked {
+			t.Fatalf("round %d: session revoked on %s, awaited on %s: its record there is not revoked", round, c.Nodes[a].Name, c.Nodes[b].Name)
 		}
 	}
 	total := 3 * rounds
-	t.Logf("%d awaits: %d covered, %d waited, %d fetched", total, outcomes[Covered], outcomes[Waited], outcomes[Fetched])
-	if outcomes[Covered] > total/2 {
-		t.Errorf("%d of %d awaits found the write already there: the reader was not behind enough to test anything", outcomes[Covered], total)
+	t.Logf("%d awaits: %d covered, %d waited, %d fetched", total, outcomes[cluster.Covered], outcomes[cluster.Waited], outcomes[cluster.Fetched])
+	if outcomes[cluster.Covered] > total/2 {
+		t.Errorf("%d of %d awaits found the write already there: the reader was not behind enough to test anything", outcomes[cluster.Covered], total)
 	}
 }
 
@@ -468,12 +470,12 @@ func TestBookmarkReadYourWrites(t *testing.T) {
 // the pushes are done its Have covers the origin's commit mark, with no anti-entropy.
 func TestBookmarkThroughBatches(t *testing.T) {
 	t.Parallel()
-	c := newQuietCluster(t, 2, withPushBatch(4))
-	c.net.setFaults(simFaults{Delay: 0.5, MaxDelay: 2 * time.Millisecond})
-	origin := c.nodes[0].DB().NodeID()
-	rep := c.nodes[1].Rep()
+	c := newQuietCluster(t, 2, clustersim.WithPushBatch(4))
+	c.Net.SetFaults(clustersim.Faults{Delay: 0.5, MaxDelay: 2 * time.Millisecond})
+	origin := c.Nodes[0].DB().NodeID()
+	rep := c.Nodes[1].Rep()
 
-	db1 := c.nodes[1].DB()
+	db1 := c.Nodes[1].DB()
 	var mu sync.Mutex
 	written := map[string]crdt.Timestamp{} // key → stamp, once acknowledged
 	// check reports every acknowledged write that n1's Have covers but n1 lacks. It runs
@@ -520,7 +522,7 @@ func TestBookmarkThroughBatches(t *testing.T) {
 				wg.Go(func() {
 					for range 6 {
 						key := bmKey("batch")
-						if _, ts, err := c.write(0, key, newSession("someone")); err != nil {
+						if _, ts, err := write(c, 0, key, newSession("someone")); err != nil {
 							t.Errorf("write %s: %v", key, err)
 						} else {
 							mu.Lock()
@@ -531,8 +533,8 @@ func TestBookmarkThroughBatches(t *testing.T) {
 				})
 			}
 			wg.Wait()
-			mark := c.nodes[0].DB().Committed()
-			waitFor(t, 10*time.Second, func() (bool, string) {
+			mark := c.Nodes[0].DB().Committed()
+			clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
 				have := rep.Have().Mark(origin)
 				return !have.Less(mark), fmt.Sprintf("round %d: n1's Have holds n0 through %v, n0's commit mark after its writes is %v", round, have, mark)
 			})
@@ -555,32 +557,32 @@ func TestBookmarkThroughBatches(t *testing.T) {
 // peer a mark that covers it.
 func TestBookmarkThroughOvertaken(t *testing.T) {
 	t.Parallel()
-	c := newQuietCluster(t, 3, withPushBatch(4))
+	c := newQuietCluster(t, 3, clustersim.WithPushBatch(4))
 	key := bmKey("overtaken")
-	_, created := c.mustWrite(t, 0, key, newSession("someone"))
-	waitFor(t, 10*time.Second, func() (bool, string) {
-		return c.nodes[1].Rep().Covers(bookmarkOf(created), AllPartitions) && c.nodes[2].Rep().Covers(bookmarkOf(created), AllPartitions), "the session did not reach n1 and n2"
+	_, created := mustWrite(t, c, 0, key, newSession("someone"))
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		return c.Nodes[1].Rep().Covers(bookmarkOf(created), cluster.AllPartitions) && c.Nodes[2].Rep().Covers(bookmarkOf(created), cluster.AllPartitions), "the session did not reach n1 and n2"
 	})
 	c.CutOneWay(0, 1)
 	c.CutOneWay(0, 2)
-	_, mine := c.mustWrite(t, 0, key, setData("a", "n0"))
+	_, mine := mustWrite(t, c, 0, key, setData("a", "n0"))
 	for range 8 { // two full push batches of n0's newer writes
-		c.mustWrite(t, 0, bmKey("newer"), newSession("someone"))
+		mustWrite(t, c, 0, bmKey("newer"), newSession("someone"))
 	}
-	c.mustWrite(t, 2, key, setData("b", "n2")) // pushed to n0 and n1; n2 lacks n0's field
-	waitFor(t, 10*time.Second, func() (bool, string) {
-		m, _ := c.record(t, 0, key)
+	mustWrite(t, c, 2, key, setData("b", "n2")) // pushed to n0 and n1; n2 lacks n0's field
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		m, _ := record(t, c, 0, key)
 		_, ok := m.Get(crdt.DataPrefix + "b")
 		return ok, "n2's write did not reach n0"
 	})
-	mark := c.nodes[0].DB().Committed()
+	mark := c.Nodes[0].DB().Committed()
 	c.Heal()
-	origin := c.nodes[0].DB().NodeID()
-	waitFor(t, 30*time.Second, func() (bool, string) {
-		have := c.nodes[1].Rep().Have().Mark(origin)
+	origin := c.Nodes[0].DB().NodeID()
+	clustersim.WaitFor(t, 30*time.Second, func() (bool, string) {
+		have := c.Nodes[1].Rep().Have().Mark(origin)
 		return !have.Less(mark), fmt.Sprintf("n1 holds n0 through %v, want %v", have, mark)
 	})
-	m, _ := c.record(t, 1, key)
+	m, _ := record(t, c, 1, key)
 	if f, ok := m.Field(crdt.DataPrefix + "a"); !ok || f.TS != mine {
 		t.Fatalf("n1's Have covers n0 through %v, but n1 lacks n0's write %v to %s (n1 holds %v)", mark, mine, key, f)
 	}

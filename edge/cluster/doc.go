@@ -13,7 +13,8 @@
 //
 // The Replicator depends only on the Store and Transport interfaces and learns its peers
 // through SetPeers, so tests run several nodes in one process over a fault-injecting
-// in-memory transport, with peers set by the test. TLSTransport is the production
+// in-memory transport, with peers set by the test (the test-support package clustersim,
+// which the scenario tests use as external tests, package cluster_test). TLSTransport is the production
 // Transport, and Membership (serf) calls SetPeers and Notice in production.
 //
 // It imports storage (for its types) and crdt; it must not import edge or functions.

@@ -1,4 +1,4 @@
-package cluster
+package cluster_test
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/cluster"
+	"github.com/sessiond/sessiond/edge/cluster/clustersim"
 	"github.com/sessiond/sessiond/functions"
 )
 
@@ -14,16 +16,16 @@ import (
 // up to a later mark. B, lacking C's write (C → B cut), then "covers" a bookmark naming
 // A's write while showing the value from before it.
 func TestOvertakenOwnWriteRelayed(t *testing.T) {
-	c := newTestCluster(t, 3, []string{"eu", "us", "ap"}, withAntiEntropy(time.Hour))
-	a, b, cn := c.nodes[0], c.nodes[1], c.nodes[2]
+	c := newTestCluster(t, 3, []string{"eu", "us", "ap"}, clustersim.WithAntiEntropy(time.Hour))
+	a, b, cn := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 	ctx := context.Background()
 	str := func(s string) *string { return &s }
-	u, err := a.API().users.Register(ctx, functions.Register{Username: "alice", Password: "correct horse", Profile: functions.Profile{Address: "old"}})
+	u, err := a.API().Users.Register(ctx, functions.Register{Username: "alice", Password: "correct horse", Profile: functions.Profile{Address: "old"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	key := crdt.UserKey(u.ID)
-	address := func(n *testNode) string {
+	address := func(n *clustersim.Node) string {
 		m, ok, err := n.DB().Record(ctx, key)
 		if err != nil || !ok {
 			return ""
@@ -42,28 +44,26 @@ func TestOvertakenOwnWriteRelayed(t *testing.T) {
 	}
 	waitUntil("alice on b and c", func() bool { return address(b) == "old" && address(cn) == "old" })
 
-	c.net.cutOneWay("n0", "n1") // A → B
-	c.net.cutOneWay("n2", "n1") // C → B
-	if _, err := a.API().users.UpdateProfile(ctx, u.ID, functions.ProfilePatch{Address: str("from A")}); err != nil {
+	c.Net.CutOneWay("n0", "n1") // A → B
+	c.Net.CutOneWay("n2", "n1") // C → B
+	if _, err := a.API().Users.UpdateProfile(ctx, u.ID, functions.ProfilePatch{Address: str("from A")}); err != nil {
 		t.Fatal(err)
 	}
 	m, _, _ := a.DB().Record(ctx, key)
 	var bm crdt.Bookmark // what the client of A's write holds
 	bm.AddMap(&m)
 	waitUntil("A's write on C", func() bool { return address(cn) == "from A" })
-	if _, err := cn.API().users.UpdateProfile(ctx, u.ID, functions.ProfilePatch{Address: str("from C")}); err != nil {
+	if _, err := cn.API().Users.UpdateProfile(ctx, u.ID, functions.ProfilePatch{Address: str("from C")}); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil("C's write on A", func() bool { return address(a) == "from C" })
 
-	c.net.mu.Lock()
-	delete(c.net.oneway, simLink{"n0", "n1"}) // A → B works again; C → B stays cut
-	c.net.mu.Unlock()
+	c.Net.MendOneWay("n0", "n1") // A → B works again; C → B stays cut
 	// Any later write of A's carries a Through past A's address write.
-	if _, err := a.API().users.Register(ctx, functions.Register{Username: "bob", Password: "correct horse"}); err != nil {
+	if _, err := a.API().Users.Register(ctx, functions.Register{Username: "bob", Password: "correct horse"}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil("B to cover the bookmark of A's write", func() bool { return b.Rep().Covers(bm, AllPartitions) })
+	waitUntil("B to cover the bookmark of A's write", func() bool { return b.Rep().Covers(bm, cluster.AllPartitions) })
 	if got := address(b); got != "from A" && got != "from C" {
 		t.Errorf("B covers the bookmark of A's write (address \"from A\") but shows address %q", got)
 	}
@@ -73,14 +73,14 @@ func TestOvertakenOwnWriteRelayed(t *testing.T) {
 // concurrent one (a flag keeps its earliest setting), so A never pushes it; B then covers
 // the bookmark of A's sign-out and still accepts the session.
 func TestOvertakenSignOutRelayed(t *testing.T) {
-	c := newTestCluster(t, 3, []string{"eu", "us", "ap"}, withAntiEntropy(time.Hour))
-	a, b, cn := c.nodes[0], c.nodes[1], c.nodes[2]
+	c := newTestCluster(t, 3, []string{"eu", "us", "ap"}, clustersim.WithAntiEntropy(time.Hour))
+	a, b, cn := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 	ctx := context.Background()
-	u, err := a.API().users.Register(ctx, functions.Register{Username: "alice", Password: "correct horse"})
+	u, err := a.API().Users.Register(ctx, functions.Register{Username: "alice", Password: "correct horse"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := a.API().sessions.Login(ctx, functions.Login{Username: "alice", Password: "correct horse"})
+	s, err := a.API().Sessions.Login(ctx, functions.Login{Username: "alice", Password: "correct horse"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,19 +96,19 @@ func TestOvertakenSignOutRelayed(t *testing.T) {
 	}
 	// The sessions of a node as the binary has them: a use is written at most once a
 	// minute, so authenticating writes nothing here.
-	sessions := func(n *testNode) *functions.Sessions {
-		return &functions.Sessions{Store: simStore{DB: n.DB(), model: c.model}, Clock: n.DB().Clock(),
-			Passwords: simPasswords(), TouchEvery: time.Minute}
+	sessions := func(n *clustersim.Node) *functions.Sessions {
+		return &functions.Sessions{Store: clustersim.Store{DB: n.DB(), Model: c.Model}, Clock: n.DB().Clock(),
+			Passwords: clustersim.Passwords(), TouchEvery: time.Minute}
 	}
-	usable := func(n *testNode) bool {
+	usable := func(n *clustersim.Node) bool {
 		_, err := sessions(n).Authenticate(ctx, u.ID, s.ID)
 		return err == nil
 	}
 	waitUntil("the session on b and c", func() bool { return usable(b) && usable(cn) })
 
-	c.net.cutOneWay("n0", "n1") // A → B
-	c.net.cutOneWay("n2", "n1") // C → B
-	c.net.cutOneWay("n2", "n0") // C → A, for now
+	c.Net.CutOneWay("n0", "n1") // A → B
+	c.Net.CutOneWay("n2", "n1") // C → B
+	c.Net.CutOneWay("n2", "n0") // C → A, for now
 	pc, err := sessions(cn).Authenticate(ctx, u.ID, s.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -127,22 +127,18 @@ func TestOvertakenSignOutRelayed(t *testing.T) {
 	var bm crdt.Bookmark // the bookmark of the sign-out's response
 	bm.AddMap(&m)
 
-	c.net.mu.Lock()
-	delete(c.net.oneway, simLink{"n2", "n0"}) // C's revocation reaches A and overtakes A's
-	c.net.mu.Unlock()
+	c.Net.MendOneWay("n2", "n0") // C's revocation reaches A and overtakes A's
 	cid := cn.DB().NodeID()
 	waitUntil("C's revocation on A", func() bool {
 		m, _, _ := a.DB().Record(ctx, crdt.SessionKey(s.ID))
 		ts, ok := m.Flag(crdt.FieldRevoked)
 		return ok && ts.Node == cid
 	})
-	c.net.mu.Lock()
-	delete(c.net.oneway, simLink{"n0", "n1"}) // A → B works again; C → B stays cut
-	c.net.mu.Unlock()
-	if _, err := a.API().users.Register(ctx, functions.Register{Username: "bob", Password: "correct horse"}); err != nil {
+	c.Net.MendOneWay("n0", "n1") // A → B works again; C → B stays cut
+	if _, err := a.API().Users.Register(ctx, functions.Register{Username: "bob", Password: "correct horse"}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil("B to cover the bookmark of A's sign-out", func() bool { return b.Rep().Covers(bm, AllPartitions) })
+	waitUntil("B to cover the bookmark of A's sign-out", func() bool { return b.Rep().Covers(bm, cluster.AllPartitions) })
 	if usable(b) {
 		t.Errorf("B covers the bookmark of the sign-out on A, yet accepts the signed-out session")
 	}

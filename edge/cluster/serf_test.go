@@ -1,4 +1,4 @@
-package cluster
+package cluster_test
 
 import (
 	"bytes"
@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/cluster"
+	"github.com/sessiond/sessiond/edge/cluster/clustersim"
 )
 
 // syncBuffer is a log destination safe for concurrent use.
@@ -33,15 +35,15 @@ func (s *syncBuffer) count(substr string) int {
 
 // startTestMembership starts serf on a loopback port with fast gossip; it is closed when
 // the test ends unless the test closed it.
-func startTestMembership(t *testing.T, name string, id crdt.NodeID, logs *syncBuffer, join ...string) *Membership {
+func startTestMembership(t *testing.T, name string, id crdt.NodeID, logs *syncBuffer, join ...string) *cluster.Membership {
 	t.Helper()
-	m, err := StartMembership(MembershipConfig{
+	m, err := cluster.StartMembership(cluster.MembershipConfig{
 		NodeName: name, Region: "r", ID: id, BindAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:1",
 		GossipKeys: [][]byte{bytes.Repeat([]byte{7}, 32)}, Join: join, Fast: true,
 		Logger: slog.New(slog.NewTextHandler(logs, nil)),
 	})
 	if err != nil {
-		t.Fatalf("StartMembership %s: %v", name, err)
+		t.Fatalf("cluster.StartMembership %s: %v", name, err)
 	}
 	t.Cleanup(func() { m.Close(context.Background()) })
 	return m
@@ -60,24 +62,24 @@ func TestMembership_IgnoredMembers(t *testing.T) {
 		}
 		return strings.Join(ns, ","), zeroID
 	}
-	waitFor(t, 10*time.Second, func() (bool, string) {
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
 		ns, _ := members()
 		return ns == "m1,m2", "members " + ns
 	})
 	for _, tc := range []struct {
 		name, id, proto, warning string
 	}{
-		{"ErrBadID", "not-an-id", strconv.Itoa(ProtocolVersion), "member has no valid node id"},
+		{"ErrBadID", "not-an-id", strconv.Itoa(cluster.ProtocolVersion), "member has no valid node id"},
 		{"ErrOtherProtocol", crdt.NodeID(2).String(), "999", "member speaks another sync protocol"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tags := map[string]string{tagRegion: "r", tagID: tc.id, tagSync: "127.0.0.1:1", tagProto: tc.proto}
+			tags := map[string]string{cluster.TagRegion: "r", cluster.TagID: tc.id, cluster.TagSync: "127.0.0.1:1", cluster.TagProto: tc.proto}
 			// SetTags reports a broadcast that took longer than BroadcastTimeout (a loaded
 			// machine); the tags are set all the same and gossip carries them.
-			if err := m2.serf.SetTags(tags); err != nil {
+			if err := cluster.SetSerfTags(m2, tags); err != nil {
 				t.Logf("SetTags: %v", err)
 			}
-			waitFor(t, 10*time.Second, func() (bool, string) {
+			clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
 				ns, zero := members()
 				return ns == "m1" && !zero, "members " + ns
 			})
@@ -92,13 +94,13 @@ func TestMembership_IgnoredMembers(t *testing.T) {
 		})
 	}
 	t.Run("OtherReplicasKeptAndLogged", func(t *testing.T) {
-		tags := map[string]string{tagRegion: "r", tagID: crdt.NodeID(2).String(), tagSync: "127.0.0.1:1",
-			tagProto: strconv.Itoa(ProtocolVersion), tagReplicas: "3"}
-		if err := m2.serf.SetTags(tags); err != nil {
+		tags := map[string]string{cluster.TagRegion: "r", cluster.TagID: crdt.NodeID(2).String(), cluster.TagSync: "127.0.0.1:1",
+			cluster.TagProto: strconv.Itoa(cluster.ProtocolVersion), cluster.TagReplicas: "3"}
+		if err := cluster.SetSerfTags(m2, tags); err != nil {
 			t.Logf("SetTags: %v", err)
 		}
 		const warning = "member runs with another --replicas"
-		waitFor(t, 10*time.Second, func() (bool, string) {
+		clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
 			ns, _ := members()
 			return ns == "m1,m2" && logs.count(warning) > 0, "members " + ns + ", no warning yet"
 		})
@@ -127,10 +129,10 @@ func TestMembership_CloseLastMember(t *testing.T) {
 func TestMembership_CloseTogether(t *testing.T) {
 	t.Parallel()
 	m1 := startTestMembership(t, "m1", 1, &syncBuffer{})
-	ms := []*Membership{m1,
+	ms := []*cluster.Membership{m1,
 		startTestMembership(t, "m2", 2, &syncBuffer{}, m1.Addr()),
 		startTestMembership(t, "m3", 3, &syncBuffer{}, m1.Addr())}
-	waitFor(t, 10*time.Second, func() (bool, string) { return len(m1.Members()) == 3, "not all seen" })
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) { return len(m1.Members()) == 3, "not all seen" })
 	// Every member leaves at once (Ctrl-C on a local cluster): each sees the others alive
 	// and broadcasts its leave to nodes that are going away. Each Close is bounded by the
 	// leave timeouts (Fast: 2 × 500 ms + 250 ms), not serf's 11 s, and is no error.
@@ -142,7 +144,7 @@ func TestMembership_CloseTogether(t *testing.T) {
 				t.Errorf("m%d: Close: %v", i+1, err)
 			}
 			if d := time.Since(start); d > 3*time.Second {
-				t.Errorf("m%d: Close took %s, want at most about %s", i+1, d, 2*leaveBroadcastTimeout/2+leavePropagateDelay/2)
+				t.Errorf("m%d: Close took %s, want at most about %s", i+1, d, 2*cluster.LeaveBroadcastTimeout/2+cluster.LeavePropagateDelay/2)
 			}
 		})
 	}

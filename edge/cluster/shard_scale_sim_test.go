@@ -1,4 +1,4 @@
-package cluster
+package cluster_test
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/cluster/clustersim"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/storage"
 )
@@ -61,7 +62,7 @@ func TestSimShardedScale(t *testing.T) {
 	)
 	regions := []string{"eu", "us", "ap", "sa", "af"}
 	level := []float64{0, 0.01, 0.03}[sched.IntN(3)]
-	faults := simFaults{Drop: level, DropReply: level, Dup: level, Delay: 0.1, MaxDelay: 3 * time.Millisecond, Replay: level}
+	faults := clustersim.Faults{Drop: level, DropReply: level, Dup: level, Delay: 0.1, MaxDelay: 3 * time.Millisecond, Replay: level}
 	// Fifty nodes are 2450 replication workers: anti-entropy at the harness's 300 ms would
 	// take both cores. Handoff rounds run at the same period, so it also sets how fast
 	// movement settles: 5 s, or 10 s (the production default) under -race, which makes
@@ -70,10 +71,10 @@ func TestSimShardedScale(t *testing.T) {
 	if raceEnabled() {
 		every = 10 * time.Second
 	}
-	c := newTestCluster(t, perRegion*len(regions), regions, withReplicas(replicas), withSeed(seed), withFaults(faults),
-		withAntiEntropy(every))
-	s := &scaleSim{t: t, c: c, w: newWorkload(c, rng, seed), rng: rng, sched: sched, seed: seed, regions: regions, replicas: replicas}
-	s.logf("%d nodes in %v, %d holders per partition and region, anti-entropy every %s, %s", len(c.nodes), regions, replicas, every, faults)
+	c := newTestCluster(t, perRegion*len(regions), regions, clustersim.WithReplicas(replicas), clustersim.WithSeed(seed), clustersim.WithFaults(faults),
+		clustersim.WithAntiEntropy(every))
+	s := &scaleSim{t: t, c: c, w: clustersim.NewWorkload(c, rng, seed), rng: rng, sched: sched, seed: seed, regions: regions, replicas: replicas}
+	s.logf("%d nodes in %v, %d holders per partition and region, anti-entropy every %s, %s", len(c.Nodes), regions, replicas, every, faults)
 
 	pace := time.NewTicker(10 * time.Millisecond) // writes interleave with replication, not as one burst
 	defer pace.Stop()
@@ -89,9 +90,10 @@ func TestSimShardedScale(t *testing.T) {
 	s.logf("schedule done: %s; restarting every node and healing", s.summary())
 	c.RestartAllAndHeal()
 	s.settle()
-	c.checkPlaced(t, 30*time.Second, true) // holds now: the canonical assertion, and each node's share
-	s.checkNothingExtra()
-	s.checkLogs()
+	c.CheckPlaced(t, 30*time.Second, true) // holds now: the canonical assertion, and each node's share
+	c.CheckNothingExtra(t)
+	convs, holders := c.CheckLogs(t, replicas*len(regions))
+	s.logf("%d conversations complete on their %d (node, conversation) holders", convs, holders)
 	s.report()
 	for _, f := range s.failures {
 		t.Errorf("write on a node that stored its records failed: %s", f)
@@ -102,8 +104,8 @@ func TestSimShardedScale(t *testing.T) {
 // uses it.
 type scaleSim struct {
 	t        *testing.T
-	c        *testCluster
-	w        *workload
+	c        *clustersim.Cluster
+	w        *clustersim.Workload
 	rng      *rand.Rand // the writes' details
 	sched    *rand.Rand // the schedule: which step, which node fails, which partition
 	seed     int64
@@ -122,21 +124,21 @@ type scaleSim struct {
 
 func (s *scaleSim) logf(format string, args ...any) {
 	s.t.Helper()
-	s.c.logf("[seed %d step %d] "+format, append([]any{s.seed, s.step}, args...)...)
+	s.c.Logf("[seed %d step %d] "+format, append([]any{s.seed, s.step}, args...)...)
 }
 
 func (s *scaleSim) fail(format string, args ...any) {
 	s.t.Helper()
 	msg := fmt.Sprintf("[seed %d step %d] ", s.seed, s.step) + fmt.Sprintf(format, args...)
 	s.failures = append(s.failures, msg)
-	s.c.logf("%s", msg)
+	s.c.Logf("%s", msg)
 }
 
 func (s *scaleSim) summary() string {
 	return fmt.Sprintf("%d writes on holders, %d on non-holders (%d of whose follow-ups found the records gone), "+
 		"%d joins, %d kills, %d restarts, %d wipes (%d given up), %d partitions, %d heals; %d acknowledged writes",
 		s.holderWrites, s.foreignWrites, s.foreignFailed, s.joins, s.kills, s.restarts, s.wipes, s.wipesSkipped,
-		s.partitions, s.heals, s.c.model.count())
+		s.partitions, s.heals, s.c.Model.Count())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -162,7 +164,7 @@ func (s *scaleSim) newName() string {
 
 // has reports whether node i stores every one of keys.
 func (s *scaleSim) has(i int, keys ...string) bool {
-	db := s.c.nodes[i].DB()
+	db := s.c.Nodes[i].DB()
 	if db == nil {
 		return false
 	}
@@ -174,60 +176,60 @@ func (s *scaleSim) has(i int, keys ...string) bool {
 // placement (the members they see).
 func (s *scaleSim) viewHolders(region string, p int) []int {
 	var out []int
-	for _, i := range s.c.alive() {
-		n := s.c.nodes[i]
-		if n.region == region && n.Rep().HoldsPartition(p) {
+	for _, i := range s.c.Alive() {
+		n := s.c.Nodes[i]
+		if n.Region == region && n.Rep().HoldsPartition(p) {
 			out = append(out, i)
 		}
 	}
 	return out
 }
 
-func (s *scaleSim) loginOn(i int, a *account) (*simSession, error) {
-	ctx, cancel := ctxOp()
+func (s *scaleSim) loginOn(i int, a *clustersim.Account) (*clustersim.Session, error) {
+	ctx, cancel := clustersim.OpContext()
 	defer cancel()
-	api := s.c.nodes[i].API()
-	ss, err := api.sessions.Login(ctx, functions.Login{Username: a.username, Password: a.password})
+	api := s.c.Nodes[i].API()
+	ss, err := api.Sessions.Login(ctx, functions.Login{Username: a.Username, Password: a.Password})
 	if err != nil {
 		return nil, err
 	}
-	sess := &simSession{acc: a, id: ss.ID, node: i, origin: api.db.NodeID()}
-	s.w.sessions = append(s.w.sessions, sess)
+	sess := &clustersim.Session{Account: a, ID: ss.ID, Node: i, Origin: api.DB.NodeID()}
+	s.w.Sessions = append(s.w.Sessions, sess)
 	return sess, nil
 }
 
-func (s *scaleSim) patchOn(i int, sess *simSession) error {
-	ctx, cancel := ctxOp()
+func (s *scaleSim) patchOn(i int, sess *clustersim.Session) error {
+	ctx, cancel := clustersim.OpContext()
 	defer cancel()
 	patch := functions.DataPatch{Set: map[string]json.RawMessage{}}
-	key, _ := pick(s.rng, dataKeys)
-	patch.Set[key] = json.RawMessage(fmt.Sprintf(`"v%d"`, s.w.next()))
-	if other, _ := pick(s.rng, dataKeys); other != key && s.rng.IntN(3) == 0 {
+	key, _ := clustersim.Pick(s.rng, clustersim.DataKeys)
+	patch.Set[key] = json.RawMessage(fmt.Sprintf(`"v%d"`, s.w.Next()))
+	if other, _ := clustersim.Pick(s.rng, clustersim.DataKeys); other != key && s.rng.IntN(3) == 0 {
 		patch.Delete = append(patch.Delete, other)
 	}
-	_, err := s.c.nodes[i].API().sessions.PatchData(ctx, principal(sess), patch)
+	_, err := s.c.Nodes[i].API().Sessions.PatchData(ctx, sess.Principal(), patch)
 	return err
 }
 
 // sendOn sends a message from sess to to through node i, with no After (the model keeps
 // the log; order across nodes is TestSimulation's business).
-func (s *scaleSim) sendOn(i int, sess *simSession, to *account) error {
-	ctx, cancel := ctxOp()
+func (s *scaleSim) sendOn(i int, sess *clustersim.Session, to *clustersim.Account) error {
+	ctx, cancel := clustersim.OpContext()
 	defer cancel()
-	_, err := s.c.nodes[i].API().messages.Send(ctx, principal(sess), functions.Send{To: to.username, Body: fmt.Sprintf("hello %d", s.w.next())})
+	_, err := s.c.Nodes[i].API().Messages.Send(ctx, sess.Principal(), functions.Send{To: to.Username, Body: fmt.Sprintf("hello %d", s.w.Next())})
 	return err
 }
 
 // recipientOn returns an account other than a whose claim and user record node i stores,
 // so that a message to it can be sent there.
-func (s *scaleSim) recipientOn(i int, a *account) *account {
-	accs := s.w.accounts
+func (s *scaleSim) recipientOn(i int, a *clustersim.Account) *clustersim.Account {
+	accs := s.w.Accounts
 	for k, j := range s.rng.Perm(len(accs)) {
 		if k == 40 {
 			break
 		}
 		to := accs[j]
-		if to != a && s.has(i, crdt.ClaimKey(to.username), crdt.UserKey(to.id)) {
+		if to != a && s.has(i, crdt.ClaimKey(to.Username), crdt.UserKey(to.ID)) {
 			return to
 		}
 	}
@@ -238,36 +240,36 @@ func (s *scaleSim) recipientOn(i int, a *account) *account {
 // placement, in a random region, signs in and edits the session there, and sends a
 // message to a user whose records that node stores.
 func (s *scaleSim) registerAtHolder() {
-	region, _ := pick(s.rng, s.regions)
+	region, _ := clustersim.Pick(s.rng, s.regions)
 	name := s.newName()
-	i, ok := pick(s.rng, s.viewHolders(region, crdt.NamePartition(name)))
+	i, ok := clustersim.Pick(s.rng, s.viewHolders(region, crdt.NamePartition(name)))
 	if !ok {
 		s.logf("no live node of %s holds partition %d of %s", region, crdt.NamePartition(name), name)
 		return
 	}
 	s.holderWrites++
-	n := s.c.nodes[i]
-	a, err := s.w.registerOn(i, name)
+	n := s.c.Nodes[i]
+	a, err := s.w.RegisterOn(i, name)
 	if err != nil {
-		s.fail("register %s on %s: %v", name, n.name, err)
+		s.fail("register %s on %s: %v", name, n.Name, err)
 		return
 	}
 	sess, err := s.loginOn(i, a)
 	if err != nil {
-		s.fail("login %s on %s, where it registered: %v", name, n.name, err)
+		s.fail("login %s on %s, where it registered: %v", name, n.Name, err)
 		return
 	}
 	if err := s.patchOn(i, sess); err != nil {
-		s.fail("patch %s's session on %s: %v", name, n.name, err)
+		s.fail("patch %s's session on %s: %v", name, n.Name, err)
 	}
 	what := ""
 	if to := s.recipientOn(i, a); to != nil {
 		if err := s.sendOn(i, sess, to); err != nil {
-			s.fail("send %s → %s on %s: %v", name, to.username, n.name, err)
+			s.fail("send %s → %s on %s: %v", name, to.Username, n.Name, err)
 		}
-		what = " and writes to " + to.username
+		what = " and writes to " + to.Username
 	}
-	s.logf("%s registers, signs in%s on %s (%s), a holder of partition %d", name, what, n.name, n.region, crdt.NamePartition(name))
+	s.logf("%s registers, signs in%s on %s (%s), a holder of partition %d", name, what, n.Name, n.Region, crdt.NamePartition(name))
 }
 
 // registerElsewhere registers two new users on a node that holds neither's partition,
@@ -278,28 +280,28 @@ func (s *scaleSim) registerElsewhere() {
 	na, nb := s.newName(), s.newName()
 	pa, pb := crdt.NamePartition(na), crdt.NamePartition(nb)
 	var cands []int
-	for _, i := range s.c.alive() {
-		if r := s.c.nodes[i].Rep(); !r.HoldsPartition(pa) && !r.HoldsPartition(pb) {
+	for _, i := range s.c.Alive() {
+		if r := s.c.Nodes[i].Rep(); !r.HoldsPartition(pa) && !r.HoldsPartition(pb) {
 			cands = append(cands, i)
 		}
 	}
-	i, ok := pick(s.rng, cands)
+	i, ok := clustersim.Pick(s.rng, cands)
 	if !ok {
 		return
 	}
 	s.foreignWrites++
-	n := s.c.nodes[i]
-	a, err := s.w.registerOn(i, na)
+	n := s.c.Nodes[i]
+	a, err := s.w.RegisterOn(i, na)
 	if err != nil {
-		s.fail("register %s on %s: %v", na, n.name, err)
+		s.fail("register %s on %s: %v", na, n.Name, err)
 		return
 	}
-	b, err := s.w.registerOn(i, nb)
+	b, err := s.w.RegisterOn(i, nb)
 	if err != nil {
-		s.fail("register %s on %s: %v", nb, n.name, err)
+		s.fail("register %s on %s: %v", nb, n.Name, err)
 		return
 	}
-	s.logf("%s and %s register on %s (%s), which holds neither partition %d nor %d", na, nb, n.name, n.region, pa, pb)
+	s.logf("%s and %s register on %s (%s), which holds neither partition %d nor %d", na, nb, n.Name, n.Region, pa, pb)
 	sess, err := s.loginOn(i, a)
 	if err == nil {
 		err = s.patchOn(i, sess)
@@ -309,7 +311,7 @@ func (s *scaleSim) registerElsewhere() {
 	}
 	if err != nil {
 		s.foreignFailed++
-		s.logf("follow-up on %s: %v", n.name, err)
+		s.logf("follow-up on %s: %v", n.Name, err)
 	}
 }
 
@@ -317,23 +319,23 @@ func (s *scaleSim) registerElsewhere() {
 // that holds them, sometimes one that keeps them without holding them (a leftover of an
 // earlier placement, or the non-holder it was written on).
 func (s *scaleSim) useSession() {
-	var live []*simSession
-	for _, x := range s.w.sessions {
-		if !x.revoked {
+	var live []*clustersim.Session
+	for _, x := range s.w.Sessions {
+		if !x.Revoked {
 			live = append(live, x)
 		}
 	}
-	sess, ok := pick(s.rng, live)
+	sess, ok := clustersim.Pick(s.rng, live)
 	if !ok {
 		return
 	}
-	p := crdt.IDPartition(sess.acc.id)
+	p := crdt.IDPartition(sess.Account.ID)
 	var holders, others []int
-	for _, i := range s.c.alive() {
-		if !s.has(i, crdt.SessionKey(sess.id), crdt.UserKey(sess.acc.id)) {
+	for _, i := range s.c.Alive() {
+		if !s.has(i, crdt.SessionKey(sess.ID), crdt.UserKey(sess.Account.ID)) {
 			continue
 		}
-		if s.c.nodes[i].Rep().HoldsPartition(p) {
+		if s.c.Nodes[i].Rep().HoldsPartition(p) {
 			holders = append(holders, i)
 		} else {
 			others = append(others, i)
@@ -344,13 +346,13 @@ func (s *scaleSim) useSession() {
 	if foreign {
 		nodes = others
 	}
-	i, ok := pick(s.rng, nodes)
+	i, ok := clustersim.Pick(s.rng, nodes)
 	if !ok {
-		s.logf("no live node stores %s's session %.8s", sess.acc.username, sess.id)
+		s.logf("no live node stores %s's session %.8s", sess.Account.Username, sess.ID)
 		return
 	}
-	n := s.c.nodes[i]
-	ctx, cancel := ctxOp()
+	n := s.c.Nodes[i]
+	ctx, cancel := clustersim.OpContext()
 	defer cancel()
 	api := n.API()
 	var what string
@@ -361,23 +363,23 @@ func (s *scaleSim) useSession() {
 		err = s.patchOn(i, sess)
 	case r < 60:
 		what = "edits the profile"
-		first, email := fmt.Sprintf("f%d", s.w.next()), fmt.Sprintf("m%d@example.com", s.w.next())
-		_, err = api.users.UpdateProfile(ctx, sess.acc.id, functions.ProfilePatch{FirstName: &first, Email: &email})
+		first, email := fmt.Sprintf("f%d", s.w.Next()), fmt.Sprintf("m%d@example.com", s.w.Next())
+		_, err = api.Users.UpdateProfile(ctx, sess.Account.ID, functions.ProfilePatch{FirstName: &first, Email: &email})
 	case r < 70:
 		what = "uses the session"
-		_, err = api.sessions.Authenticate(ctx, sess.acc.id, sess.id)
+		_, err = api.Sessions.Authenticate(ctx, sess.Account.ID, sess.ID)
 	case r < 95:
-		to := s.recipientOn(i, sess.acc)
+		to := s.recipientOn(i, sess.Account)
 		if to == nil {
-			s.logf("%s stores no recipient for %s", n.name, sess.acc.username)
+			s.logf("%s stores no recipient for %s", n.Name, sess.Account.Username)
 			return
 		}
-		what = "writes to " + to.username
+		what = "writes to " + to.Username
 		err = s.sendOn(i, sess, to)
 	default:
 		what = "signs out"
-		if err = api.sessions.Revoke(ctx, principal(sess), sess.id); err == nil {
-			sess.revoked = true
+		if err = api.Sessions.Revoke(ctx, sess.Principal(), sess.ID); err == nil {
+			sess.Revoked = true
 		}
 	}
 	role := "a holder"
@@ -387,13 +389,13 @@ func (s *scaleSim) useSession() {
 	} else {
 		s.holderWrites++
 	}
-	s.logf("%s %s on %s (%s), %s of partition %d", sess.acc.username, what, n.name, n.region, role, p)
+	s.logf("%s %s on %s (%s), %s of partition %d", sess.Account.Username, what, n.Name, n.Region, role, p)
 	switch {
 	case err != nil && foreign:
 		s.foreignFailed++
-		s.logf("on %s, not a holder: %v", n.name, err)
+		s.logf("on %s, not a holder: %v", n.Name, err)
 	case err != nil:
-		s.fail("%s %s on %s, which stores its records: %v", sess.acc.username, what, n.name, err)
+		s.fail("%s %s on %s, which stores its records: %v", sess.Account.Username, what, n.Name, err)
 	}
 }
 
@@ -409,7 +411,7 @@ func (s *scaleSim) fault() {
 			s.restart()
 			return
 		}
-		region, _ := pick(s.sched, s.regions)
+		region, _ := clustersim.Pick(s.sched, s.regions)
 		if s.sched.IntN(2) == 0 {
 			s.logf("join in %s", region)
 			c.AddNode(region)
@@ -443,8 +445,8 @@ func (s *scaleSim) fault() {
 // JoinNode with a bound for fifty nodes on two loaded cores.
 func (s *scaleSim) joinCaughtUp(region string) {
 	c := s.c
-	i := c.addNode(region, true)
-	n := c.nodes[i]
+	i := c.StartJoining(region)
+	n := c.Nodes[i]
 	rep := n.Rep()
 	held := 0
 	for p := range crdt.Partitions {
@@ -453,10 +455,10 @@ func (s *scaleSim) joinCaughtUp(region string) {
 		}
 	}
 	if held != 0 {
-		s.t.Errorf("[seed %d step %d] %s holds %d partitions while joining", s.seed, s.step, n.name, held)
+		s.t.Errorf("[seed %d step %d] %s holds %d partitions while joining", s.seed, s.step, n.Name, held)
 	}
 	start := time.Now()
-	if ok, _ := poll(2*time.Minute, 50*time.Millisecond, func() (bool, string) {
+	if ok, _ := clustersim.Poll(2*time.Minute, 50*time.Millisecond, func() (bool, string) {
 		select {
 		case <-rep.CaughtUp():
 			return true, ""
@@ -464,18 +466,16 @@ func (s *scaleSim) joinCaughtUp(region string) {
 			return false, ""
 		}
 	}); !ok {
-		s.t.Fatalf("[seed %d step %d] joining %s did not catch up within 2m", s.seed, s.step, n.name)
+		s.t.Fatalf("[seed %d step %d] joining %s did not catch up within 2m", s.seed, s.step, n.Name)
 	}
-	rep.Joined()
-	n.joining.Store(false)
-	s.logf("%s caught up in %s and takes its share", n.name, time.Since(start).Round(time.Millisecond))
-	c.updatePeers()
+	c.MarkJoined(i)
+	s.logf("%s caught up in %s and takes its share", n.Name, time.Since(start).Round(time.Millisecond))
 }
 
 func (s *scaleSim) aliveIn(region string) int {
 	n := 0
-	for _, i := range s.c.alive() {
-		if s.c.nodes[i].region == region {
+	for _, i := range s.c.Alive() {
+		if s.c.Nodes[i].Region == region {
 			n++
 		}
 	}
@@ -485,17 +485,17 @@ func (s *scaleSim) aliveIn(region string) int {
 // kill crashes a live node of a region that keeps at least Replicas live nodes.
 func (s *scaleSim) kill() {
 	var cands []int
-	for _, i := range s.c.alive() {
-		if s.aliveIn(s.c.nodes[i].region) > s.replicas {
+	for _, i := range s.c.Alive() {
+		if s.aliveIn(s.c.Nodes[i].Region) > s.replicas {
 			cands = append(cands, i)
 		}
 	}
-	i, ok := pick(s.sched, cands)
+	i, ok := clustersim.Pick(s.sched, cands)
 	if !ok {
 		return
 	}
-	n := s.c.nodes[i]
-	s.logf("kill %s (%s)", n.name, n.region)
+	n := s.c.Nodes[i]
+	s.logf("kill %s (%s)", n.Name, n.Region)
 	rep := n.Rep()
 	s.c.Kill(i)
 	s.dropped += rep.Handoff().Dropped // closed: final
@@ -503,11 +503,11 @@ func (s *scaleSim) kill() {
 }
 
 func (s *scaleSim) restart() {
-	i, ok := pick(s.sched, s.c.dead())
+	i, ok := clustersim.Pick(s.sched, s.c.Dead())
 	if !ok {
 		return
 	}
-	s.logf("restart %s (%s)", s.c.nodes[i].name, s.c.nodes[i].region)
+	s.logf("restart %s (%s)", s.c.Nodes[i].Name, s.c.Nodes[i].Region)
 	s.c.Restart(i)
 	s.restarts++
 }
@@ -520,27 +520,27 @@ func (s *scaleSim) wipe() {
 		return
 	}
 	var cands []int
-	for _, i := range s.c.alive() {
-		if s.aliveIn(s.c.nodes[i].region) > s.replicas {
+	for _, i := range s.c.Alive() {
+		if s.aliveIn(s.c.Nodes[i].Region) > s.replicas {
 			cands = append(cands, i)
 		}
 	}
-	i, ok := pick(s.sched, cands)
+	i, ok := clustersim.Pick(s.sched, cands)
 	if !ok {
 		return
 	}
-	n := s.c.nodes[i]
-	s.logf("wipe %s (%s): waiting until a holder on its side stores each key it stores", n.name, n.region)
+	n := s.c.Nodes[i]
+	s.logf("wipe %s (%s): waiting until a holder on its side stores each key it stores", n.Name, n.Region)
 	start := time.Now()
-	if ok, why := poll(30*time.Second, 50*time.Millisecond, func() (bool, string) { return s.covered(i) }); !ok {
-		s.logf("wipe of %s given up after %s: %s", n.name, time.Since(start).Round(time.Millisecond), why)
+	if ok, why := clustersim.Poll(30*time.Second, 50*time.Millisecond, func() (bool, string) { return s.covered(i) }); !ok {
+		s.logf("wipe of %s given up after %s: %s", n.Name, time.Since(start).Round(time.Millisecond), why)
 		s.wipesSkipped++
 		return
 	}
 	rep := n.Rep()
 	s.c.Wipe(i)
 	s.dropped += rep.Handoff().Dropped
-	s.logf("wiped %s after %s", n.name, time.Since(start).Round(time.Millisecond))
+	s.logf("wiped %s after %s", n.Name, time.Since(start).Round(time.Millisecond))
 	s.wipes++
 }
 
@@ -553,8 +553,8 @@ func (s *scaleSim) wipe() {
 func (s *scaleSim) covered(i int) (bool, string) {
 	ctx := context.Background()
 	c := s.c
-	n := c.nodes[i]
-	st, err := state(ctx, n.DB())
+	n := c.Nodes[i]
+	st, err := clustersim.State(ctx, n.DB())
 	if err != nil {
 		return false, err.Error()
 	}
@@ -562,11 +562,11 @@ func (s *scaleSim) covered(i int) (bool, string) {
 	for k, v := range st {
 		left[k] = v
 	}
-	for _, j := range c.alive() {
-		if j == i || c.group(i) != c.group(j) || !c.net.talk(n.name, c.nodes[j].name) || len(left) == 0 {
+	for _, j := range c.Alive() {
+		if j == i || c.Group(i) != c.Group(j) || !c.Net.Talk(n.Name, c.Nodes[j].Name) || len(left) == 0 {
 			continue
 		}
-		rep, db := c.nodes[j].Rep(), c.nodes[j].DB()
+		rep, db := c.Nodes[j].Rep(), c.Nodes[j].DB()
 		if rep == nil || db == nil {
 			continue
 		}
@@ -594,7 +594,7 @@ func (s *scaleSim) covered(i int) (bool, string) {
 				}
 			}
 		})
-		return false, fmt.Sprintf("%d of the %d keys %s stores are on no holder on its side, such as %s", len(left), len(st), n.name, keys[0])
+		return false, fmt.Sprintf("%d of the %d keys %s stores are on no holder on its side, such as %s", len(left), len(st), n.Name, keys[0])
 	}
 	return true, ""
 }
@@ -636,11 +636,11 @@ func (s *scaleSim) partition() {
 		return
 	case r < 8:
 		k := 2 + s.sched.IntN(4)
-		groups = [][]int{s.sched.Perm(len(c.nodes))[:k]}
+		groups = [][]int{s.sched.Perm(len(c.Nodes))[:k]}
 	default:
 		sides := 2 + s.sched.IntN(2)
 		groups = make([][]int, sides-1)
-		for i := range c.nodes {
+		for i := range c.Nodes {
 			if g := s.sched.IntN(sides); g < sides-1 {
 				groups[g] = append(groups[g], i)
 			}
@@ -650,7 +650,7 @@ func (s *scaleSim) partition() {
 	for _, g := range groups {
 		var names []string
 		for _, i := range g {
-			names = append(names, c.nodes[i].name)
+			names = append(names, c.Nodes[i].Name)
 		}
 		desc = append(desc, "{"+strings.Join(names, " ")+"}")
 	}
@@ -686,21 +686,6 @@ func goroutinesOf(frame string) string {
 	return strings.Join(out, "\n\n")
 }
 
-// poll is waitFor that reports instead of failing: it polls cond until it holds, and
-// returns false with cond's last reason after within.
-func poll(within, every time.Duration, cond func() (bool, string)) (bool, string) {
-	deadline := time.Now().Add(within)
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for {
-		ok, why := cond()
-		if ok || time.Now().After(deadline) {
-			return ok, why
-		}
-		<-tick.C
-	}
-}
-
 // ---------------------------------------------------------------------------------------
 // Checks.
 
@@ -722,7 +707,7 @@ func (s *scaleSim) settle() {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		n, why := s.misplaced()
+		n, why := s.c.Misplaced()
 		if n == 0 {
 			s.logf("settled in %s", time.Since(start).Round(time.Millisecond))
 			return
@@ -744,49 +729,13 @@ func (s *scaleSim) settle() {
 	}
 }
 
-// misplaced counts the (node, key) pairs that are not as they will be once movement
-// settles: a key a node stores without holding it, a key it holds of the acknowledged
-// writes that it lacks or has in another state. It describes the first one.
-func (s *scaleSim) misplaced() (int, string) {
-	ctx := context.Background()
-	c := s.c
-	tab := c.table()
-	want := c.model.expected(c.nodes[0].Now())
-	n, first := 0, ""
-	note := func(format string, args ...any) {
-		if n++; n == 1 {
-			first = fmt.Sprintf(format, args...)
-		}
-	}
-	for _, i := range c.alive() {
-		nd := c.nodes[i]
-		got, err := state(ctx, nd.DB())
-		if err != nil {
-			note("%s: %v", nd.name, err)
-			continue
-		}
-		id := nd.Peer().ID
-		for key := range got {
-			if !tab.OwnsAny(id, crdt.KeyHomes(key).Append(nil)) {
-				note("%s stores %s, which it does not hold", nd.name, key)
-			}
-		}
-		for key, enc := range want {
-			if tab.OwnsAny(id, crdt.KeyHomes(key).Append(nil)) && !bytes.Equal(got[key], enc) {
-				note("%s holds %s but has %s, want %s", nd.name, key, describeOr(got[key], got[key] != nil), describe(enc))
-			}
-		}
-	}
-	return n, first
-}
-
 // handoffs describes the handoff state of the nodes whose latest round found keys to
 // offer.
 func (s *scaleSim) handoffs() string {
 	var out []string
-	for _, i := range s.c.alive() {
-		if h := s.c.nodes[i].Rep().Handoff(); h.Keys > 0 {
-			out = append(out, fmt.Sprintf("%s %+v", s.c.nodes[i].name, h))
+	for _, i := range s.c.Alive() {
+		if h := s.c.Nodes[i].Rep().Handoff(); h.Keys > 0 {
+			out = append(out, fmt.Sprintf("%s %+v", s.c.Nodes[i].Name, h))
 		}
 	}
 	return strings.Join(out, ", ")
@@ -797,10 +746,10 @@ func (s *scaleSim) handoffs() string {
 func (s *scaleSim) explainLeftovers() {
 	ctx := context.Background()
 	c := s.c
-	tab := c.table()
-	for _, i := range c.alive() {
-		n := c.nodes[i]
-		got, _ := state(ctx, n.DB())
+	tab := c.Table()
+	for _, i := range c.Alive() {
+		n := c.Nodes[i]
+		got, _ := clustersim.State(ctx, n.DB())
 		var extra []string
 		for key := range got {
 			if !tab.OwnsAny(n.Peer().ID, crdt.KeyHomes(key).Append(nil)) {
@@ -813,18 +762,18 @@ func (s *scaleSim) explainLeftovers() {
 		slices.Sort(extra)
 		rep := n.Rep()
 		s.logf("%s (%s, %s) stores %d keys it does not hold; its handoff: %+v; %d live peers; its view holds the first: %v",
-			n.name, n.region, n.Peer().ID, len(extra), rep.Handoff(), rep.Peers(), rep.HoldsKey(extra[0]))
+			n.Name, n.Region, n.Peer().ID, len(extra), rep.Handoff(), rep.Peers(), rep.HoldsKey(extra[0]))
 		for _, key := range extra[:min(len(extra), 4)] {
 			var at []string
 			for _, p := range crdt.KeyHomes(key).Append(nil) {
-				for _, m := range tab.Owners(n.region, p) {
+				for _, m := range tab.Owners(n.Region, p) {
 					var j int
-					for j = range c.nodes {
-						if c.nodes[j].name == m.Name {
+					for j = range c.Nodes {
+						if c.Nodes[j].Name == m.Name {
 							break
 						}
 					}
-					h := c.nodes[j]
+					h := c.Nodes[j]
 					st := "down"
 					if db := h.DB(); db != nil {
 						chs, _ := db.Changes(ctx, []string{key})
@@ -834,95 +783,35 @@ func (s *scaleSim) explainLeftovers() {
 						case bytes.Equal(chs[0].AppendBinary(nil), got[key]):
 							st = "same"
 						default:
-							st = "differs: " + describe(chs[0].AppendBinary(nil))
+							st = "differs: " + clustersim.Describe(chs[0].AppendBinary(nil))
 						}
 						st += fmt.Sprintf(", holds it by its view: %v", h.Rep().HoldsKey(key))
 					}
-					at = append(at, fmt.Sprintf("p%d %s: %s", p, h.name, st))
+					at = append(at, fmt.Sprintf("p%d %s: %s", p, h.Name, st))
 				}
 			}
-			s.logf("  %s = %s; holders in %s: %s", key, describe(got[key]), n.region, strings.Join(at, "; "))
+			s.logf("  %s = %s; holders in %s: %s", key, clustersim.Describe(got[key]), n.Region, strings.Join(at, "; "))
 		}
-		s.logf("  %s's handoff goroutine now:\n%s", n.name, goroutinesOf(fmt.Sprintf("(*Replicator).handoff(%p", rep)))
+		s.logf("  %s's handoff goroutine now:\n%s", n.Name, goroutinesOf(fmt.Sprintf("(*cluster.Replicator).handoff(%p", rep)))
 	}
-}
-
-// checkNothingExtra asserts that every key every node stores is one the acknowledged
-// writes explain. checkPlaced has checked the states of the keys each node holds and that
-// it stores nothing else; what is left is a key no write made, or one that should be
-// gone (an expired session), come back.
-func (s *scaleSim) checkNothingExtra() {
-	t, c := s.t, s.c
-	ctx := context.Background()
-	want := c.model.expected(c.nodes[0].Now())
-	for _, i := range c.alive() {
-		n := c.nodes[i]
-		got, err := state(ctx, n.DB())
-		if err != nil {
-			t.Fatalf("%s: read state: %v", n.name, err)
-		}
-		var extra []string
-		for key, enc := range got {
-			if _, ok := want[key]; !ok {
-				extra = append(extra, fmt.Sprintf("%s = %s", key, describe(enc)))
-			}
-		}
-		slices.Sort(extra)
-		if len(extra) > 0 {
-			t.Errorf("%s stores %d keys no acknowledged write explains: %s", n.name, len(extra), strings.Join(extra[:min(len(extra), 5)], "; "))
-		}
-	}
-}
-
-// checkLogs asserts that every node holding a home of a conversation has its whole log:
-// every acknowledged message, nothing else, in log order.
-func (s *scaleSim) checkLogs() {
-	t, c := s.t, s.c
-	ctx := context.Background()
-	tab := c.table()
-	convs, checked := c.model.convs(), 0
-	for _, conv := range convs {
-		want := c.model.log(conv)
-		homes := crdt.ConversationHomes(conv).Append(nil)
-		holders := 0
-		for _, i := range c.alive() {
-			n := c.nodes[i]
-			if !tab.OwnsAny(n.Peer().ID, homes) {
-				continue
-			}
-			holders++
-			got, _, err := n.DB().ReadLog(ctx, conv, nil, 0)
-			if err != nil {
-				t.Fatalf("%s: ReadLog(%s): %v", n.name, conv, err)
-			}
-			if !sameEntries(got, want) {
-				t.Errorf("%s holds conversation %.16s (partitions %v) with %d entries, want the %d acknowledged", n.name, conv, homes, len(got), len(want))
-			}
-			checked++
-		}
-		if need := s.replicas * len(s.regions); holders < need {
-			t.Errorf("conversation %.16s (partitions %v) has %d holders, want at least %d", conv, homes, holders, need)
-		}
-	}
-	s.logf("%d conversations complete on their %d (node, conversation) holders", len(convs), checked)
 }
 
 // report logs each region's spread of partition shares around the ideal, and the keys
 // handoff dropped, which must be some: placement moved as nodes came and went.
 func (s *scaleSim) report() {
 	t, c := s.t, s.c
-	tab := c.table()
+	tab := c.Table()
 	lo, hi := 2.0, 0.0
 	for _, region := range s.regions {
 		var shares []string
 		mn, mx := crdt.Partitions, 0
-		for _, i := range c.alive() {
-			n := c.nodes[i]
-			if n.region != region {
+		for _, i := range c.Alive() {
+			n := c.Nodes[i]
+			if n.Region != region {
 				continue
 			}
 			sh := tab.Share(n.Peer().ID)
-			shares = append(shares, fmt.Sprintf("%s %d", n.name, sh))
+			shares = append(shares, fmt.Sprintf("%s %d", n.Name, sh))
 			mn, mx = min(mn, sh), max(mx, sh)
 		}
 		ideal := tab.Ideal(region)
@@ -931,8 +820,8 @@ func (s *scaleSim) report() {
 			region, len(shares), mn, mx, crdt.Partitions, ideal, float64(mn)/ideal, float64(mx)/ideal, strings.Join(shares, ", "))
 	}
 	dropped := s.dropped
-	for _, i := range c.alive() {
-		dropped += c.nodes[i].Rep().Handoff().Dropped
+	for _, i := range c.Alive() {
+		dropped += c.Nodes[i].Rep().Handoff().Dropped
 	}
 	t.Logf("shares across regions: %.2f–%.2f of ideal; %d keys dropped by handoff; %s", lo, hi, dropped, s.summary())
 	if dropped == 0 {

@@ -1,4 +1,4 @@
-package cluster
+package cluster_test
 
 import (
 	"context"
@@ -14,16 +14,18 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/cluster/clustersim"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/storage"
 )
 
-// In-process simulation of a sessiond cluster. Each node is a bbolt replica, a Replicator
-// and the functions handlers; the nodes talk over simnet, a fault-injecting in-memory
-// transport, with membership, clocks, kills and disk wipes under the test's control
-// (simnet_test.go). A seeded workload drives the handlers and every acknowledged write is
-// recorded; after the final heal a checker compares every node with that record
-// (checker_test.go). This file holds the random schedules and the scripted scenarios.
+// In-process simulation of a sessiond cluster (package clustersim). Each node is a bbolt
+// replica, a Replicator and the functions handlers; the nodes talk over a fault-injecting
+// in-memory transport, with membership, clocks, kills and disk wipes under the test's
+// control (clustersim.Cluster). A seeded workload drives the handlers and every
+// acknowledged write is recorded; after the final heal a checker compares every node with
+// that record (Cluster.CheckConverged). This file holds the random schedules and the
+// scripted scenarios.
 //
 //	go test -run 'TestSimulation$' ./edge/cluster -seed=N     replay scenario N
 //	go test -run 'TestSimulation$' ./edge/cluster -seeds=500  more scenarios
@@ -39,30 +41,11 @@ var (
 	flagSimLog   = flag.Bool("simlog", false, "route every node's debug logs to t.Log")
 )
 
-// simPasswords is one cheap hasher for every simulated node: the simulation tests
-// replication, not argon2's cost. (NewPasswords hashes its dummy at full cost once.)
-var simPasswords = sync.OnceValue(func() *functions.Passwords {
-	p := functions.NewPasswords(16)
-	p.Time, p.Memory = 1, 8
-	return p
-})
-
-// waitFor polls cond until it holds, failing the test with cond's last reason after within.
-func waitFor(t testing.TB, within time.Duration, cond func() (bool, string)) {
+// newTestCluster starts n nodes over regions (clustersim.New), with every node's debug
+// logs in t.Log under -simlog.
+func newTestCluster(t testing.TB, n int, regions []string, opts ...clustersim.Option) *clustersim.Cluster {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %s: %s", within, why)
-		}
-		<-tick.C
-	}
+	return clustersim.New(t, n, regions, append([]clustersim.Option{clustersim.WithDebugLogs(*flagSimLog)}, opts...)...)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -125,9 +108,9 @@ func runScenario(t *testing.T, seed int64) {
 	n := 3 + rng.IntN(3)
 	regions := simRegions[:2+rng.IntN(2)]
 	faults := randomFaults(rng)
-	c := newTestCluster(t, n, regions, withSeed(seed), withFaults(faults))
-	c.logf("%d nodes in %v, %s", n, regions, faults)
-	w := newWorkload(c, rng, seed)
+	c := newTestCluster(t, n, regions, clustersim.WithSeed(seed), clustersim.WithFaults(faults))
+	c.Logf("%d nodes in %v, %s", n, regions, faults)
+	w := clustersim.NewWorkload(c, rng, seed)
 	// Clients arrive at a steady pace, so that partitions, kills and backoffs span
 	// replication activity rather than a burst of local commits.
 	steps := 30 + rng.IntN(40)
@@ -137,7 +120,7 @@ func runScenario(t *testing.T, seed int64) {
 	for range steps {
 		<-pace.C
 		if rng.IntN(100) >= 15 {
-			w.step()
+			w.Step()
 			continue
 		}
 		switch r := rng.IntN(100); {
@@ -158,11 +141,11 @@ func runScenario(t *testing.T, seed int64) {
 		case r < 40:
 			c.Heal()
 		case r < 52:
-			if alive := c.alive(); len(alive) > 1 {
+			if alive := c.Alive(); len(alive) > 1 {
 				c.Kill(alive[rng.IntN(len(alive))])
 			}
 		case r < 65:
-			if dead := c.dead(); len(dead) > 0 {
+			if dead := c.Dead(); len(dead) > 0 {
 				c.Restart(dead[rng.IntN(len(dead))])
 			}
 		case r < 70:
@@ -180,28 +163,29 @@ func runScenario(t *testing.T, seed int64) {
 			c.Notices()
 		default:
 			f := randomFaults(rng)
-			c.net.setFaults(f)
-			c.logf("faults %s", f)
+			c.Net.SetFaults(f)
+			c.Logf("faults %s", f)
 		}
 	}
 	c.RestartAllAndHeal()
-	c.net.setFaults(faults)
-	c.logf("workload done: %s", w.summary())
-	c.checkConverged(t, time.Minute)
-	w.checkHandlers(t)
-	c.logf("handler checks done")
-	simTotals.writes.Add(int64(c.model.count()))
-	simTotals.conflicts.Add(int64(w.conflicts))
-	for _, ch := range w.chains {
-		if slices.ContainsFunc(ch.ids, func(id crdt.EntryID) bool { return id.Origin() != ch.ids[0].Origin() }) {
-			simTotals.crossChains.Add(1)
-		}
-	}
+	c.Net.SetFaults(faults)
+	c.Logf("workload done: %s", w.Summary())
+	c.CheckConverged(t, time.Minute)
+	w.CheckHandlers(t)
+	c.Logf("handler checks done")
+	simTotals.writes.Add(int64(c.Model.Count()))
+	simTotals.conflicts.Add(int64(w.Conflicts()))
+	simTotals.crossChains.Add(int64(w.CrossChains()))
+	ev := c.Events()
+	simTotals.partitions.Add(ev.Partitions)
+	simTotals.cuts.Add(ev.Cuts)
+	simTotals.kills.Add(ev.Kills)
+	simTotals.wipes.Add(ev.Wipes)
 }
 
-func randomFaults(rng *rand.Rand) simFaults {
+func randomFaults(rng *rand.Rand) clustersim.Faults {
 	level := []float64{0, 0.05, 0.15}[rng.IntN(3)]
-	return simFaults{
+	return clustersim.Faults{
 		Drop: level, DropReply: level, Dup: rng.Float64() * 0.2, Delay: rng.Float64() * 0.3,
 		MaxDelay: time.Duration(1+rng.IntN(10)) * time.Millisecond, Replay: rng.Float64() * 0.1,
 	}
@@ -209,13 +193,13 @@ func randomFaults(rng *rand.Rand) simFaults {
 
 // wipeSafely wipes a live node once a peer on its side holds everything it holds (the
 // workload is paused meanwhile), so no acknowledged write is lost with the disk.
-func wipeSafely(t *testing.T, c *testCluster, rng *rand.Rand) bool {
-	alive := c.alive()
-	i, _ := pick(rng, alive)
+func wipeSafely(t *testing.T, c *clustersim.Cluster, rng *rand.Rand) bool {
+	alive := c.Alive()
+	i, _ := clustersim.Pick(rng, alive)
 	for _, j := range alive {
-		if j != i && c.group(i) == c.group(j) && c.net.talk(c.nodes[i].name, c.nodes[j].name) {
-			c.logf("wipe %s: waiting until %s holds everything it holds", c.nodes[i].name, c.nodes[j].name)
-			c.waitSameRoot(t, i, j, time.Minute)
+		if j != i && c.Group(i) == c.Group(j) && c.Net.Talk(c.Nodes[i].Name, c.Nodes[j].Name) {
+			c.Logf("wipe %s: waiting until %s holds everything it holds", c.Nodes[i].Name, c.Nodes[j].Name)
+			c.WaitSameRoot(t, i, j, time.Minute)
 			c.Wipe(i)
 			return true
 		}
@@ -224,43 +208,10 @@ func wipeSafely(t *testing.T, c *testCluster, rng *rand.Rand) bool {
 }
 
 // ---------------------------------------------------------------------------------------
-// Scripted scenarios.
-
-func mustRegister(t *testing.T, w *workload, node int, username string) *account {
-	t.Helper()
-	a, err := w.registerOn(node, username)
-	if err != nil {
-		t.Fatalf("register %s on n%d: %v", username, node, err)
-	}
-	return a
-}
-
-func mustLogin(t *testing.T, w *workload, node int, a *account) *simSession {
-	t.Helper()
-	n := w.c.nodes[node]
-	s, err := n.API().sessions.Login(context.Background(), functions.Login{Username: a.username, Password: a.password})
-	if err != nil {
-		t.Fatalf("login %s on %s: %v", a.username, n.name, err)
-	}
-	ss := &simSession{acc: a, id: s.ID, node: node, origin: n.DB().NodeID()}
-	w.sessions = append(w.sessions, ss)
-	return ss
-}
-
 func mustOK(t *testing.T, what string, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatalf("%s: %v", what, err)
-	}
-}
-
-// steps runs k paced random workload steps.
-func (w *workload) steps(k int, every time.Duration) {
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for range k {
-		<-tick.C
-		w.step()
 	}
 }
 
@@ -270,81 +221,81 @@ func (w *workload) steps(k int, every time.Duration) {
 func TestSimLongPartition(t *testing.T) {
 	t.Parallel()
 	const seed = 11
-	c := newTestCluster(t, 4, []string{"eu", "us"}, withSeed(seed)) // n0, n2 in eu; n1, n3 in us
-	w := newWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
+	c := newTestCluster(t, 4, []string{"eu", "us"}, clustersim.WithSeed(seed)) // n0, n2 in eu; n1, n3 in us
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
 	ctx := context.Background()
-	alice, bob, carol := mustRegister(t, w, 0, "alice"), mustRegister(t, w, 1, "bob"), mustRegister(t, w, 3, "carol")
-	w.protected[bob], w.protected[carol] = true, true // their conversation is read across the heal
-	c.checkConverged(t, time.Minute)
-	aliceUS, bobEU, bobUS := mustLogin(t, w, 1, alice), mustLogin(t, w, 0, bob), mustLogin(t, w, 3, bob)
-	carolEU, carolUS := mustLogin(t, w, 2, carol), mustLogin(t, w, 3, carol)
-	w.sendOn(0, bobEU, carol)
-	w.sendOn(3, carolUS, bob)
-	c.checkConverged(t, time.Minute)
+	alice, bob, carol := w.MustRegister(t, 0, "alice"), w.MustRegister(t, 1, "bob"), w.MustRegister(t, 3, "carol")
+	w.Protected[bob], w.Protected[carol] = true, true // their conversation is read across the heal
+	c.CheckConverged(t, time.Minute)
+	aliceUS, bobEU, bobUS := w.MustLogin(t, 1, alice), w.MustLogin(t, 0, bob), w.MustLogin(t, 3, bob)
+	carolEU, carolUS := w.MustLogin(t, 2, carol), w.MustLogin(t, 3, carol)
+	w.SendOn(0, bobEU, carol)
+	w.SendOn(3, carolUS, bob)
+	c.CheckConverged(t, time.Minute)
 
 	c.PartitionRegions(true, []string{"eu"})
 	// eu: alice erases her account, bob revokes his us session, dave registers.
-	mustOK(t, "erase alice in eu", c.nodes[0].API().users.Delete(ctx, alice.id))
-	alice.erased = true
-	mustOK(t, "revoke bob's us session from eu", c.nodes[2].API().sessions.Revoke(ctx, principal(bobEU), bobUS.id))
-	bobUS.revoked = true
-	daveEU := mustRegister(t, w, 2, "dave")
+	mustOK(t, "erase alice in eu", c.Nodes[0].API().Users.Delete(ctx, alice.ID))
+	alice.Erased = true
+	mustOK(t, "revoke bob's us session from eu", c.Nodes[2].API().Sessions.Revoke(ctx, bobEU.Principal(), bobUS.ID))
+	bobUS.Revoked = true
+	daveEU := w.MustRegister(t, 2, "dave")
 	// us: alice's session still works here; bob keeps using the session eu revoked;
 	// carol signs out everywhere; another dave registers.
-	_, err := c.nodes[1].API().sessions.PatchData(ctx, principal(aliceUS), functions.DataPatch{Set: map[string]json.RawMessage{"theme": json.RawMessage(`"dark"`)}})
+	_, err := c.Nodes[1].API().Sessions.PatchData(ctx, aliceUS.Principal(), functions.DataPatch{Set: map[string]json.RawMessage{"theme": json.RawMessage(`"dark"`)}})
 	mustOK(t, "alice patches data in us", err)
 	first := "Alicia"
-	_, err = c.nodes[3].API().users.UpdateProfile(ctx, alice.id, functions.ProfilePatch{FirstName: &first})
+	_, err = c.Nodes[3].API().Users.UpdateProfile(ctx, alice.ID, functions.ProfilePatch{FirstName: &first})
 	mustOK(t, "alice edits her profile in us", err)
-	w.sendOn(1, aliceUS, bob)
-	w.sendOn(1, bobUS, alice)
-	_, err = c.nodes[3].API().sessions.PatchData(ctx, principal(bobUS), functions.DataPatch{Set: map[string]json.RawMessage{"cart": json.RawMessage(`[1,2]`)}})
+	w.SendOn(1, aliceUS, bob)
+	w.SendOn(1, bobUS, alice)
+	_, err = c.Nodes[3].API().Sessions.PatchData(ctx, bobUS.Principal(), functions.DataPatch{Set: map[string]json.RawMessage{"cart": json.RawMessage(`[1,2]`)}})
 	mustOK(t, "bob uses his revoked session in us", err)
-	mustOK(t, "carol revokes all in us", c.nodes[3].API().sessions.RevokeAll(ctx, principal(carolUS)))
-	carolUS.revoked, carolEU.revoked = true, true // both created before, causally
-	daveUS := mustRegister(t, w, 1, "dave")
+	mustOK(t, "carol revokes all in us", c.Nodes[3].API().Sessions.RevokeAll(ctx, carolUS.Principal()))
+	carolUS.Revoked, carolEU.Revoked = true, true // both created before, causally
+	daveUS := w.MustRegister(t, 1, "dave")
 	// Bob reads his conversation with carol in eu; carol writes to him from us meanwhile.
-	page, err := c.nodes[0].API().messages.List(ctx, principal(bobEU), "carol", "", 0)
+	page, err := c.Nodes[0].API().Messages.List(ctx, bobEU.Principal(), "carol", "", 0)
 	mustOK(t, "bob lists messages in eu", err)
 	for range 3 {
-		w.sendOn(3, carolUS, bob)
+		w.SendOn(3, carolUS, bob)
 	}
-	w.steps(150, 10*time.Millisecond)
+	w.Steps(150, 10*time.Millisecond)
 
 	// Second half: membership sees everyone again, the transport still fails across, and
 	// the workers' retry backoff grows to its cap.
 	c.PartitionRegions(false, []string{"eu"})
-	w.steps(150, 20*time.Millisecond)
+	w.Steps(150, 20*time.Millisecond)
 	c.Heal()
-	c.checkConverged(t, time.Minute)
-	w.checkHandlers(t)
+	c.CheckConverged(t, time.Minute)
+	w.CheckHandlers(t)
 
-	for _, n := range c.nodes {
+	for _, n := range c.Nodes {
 		api := n.API()
-		if _, err := api.users.Me(ctx, alice.id); functions.ErrorCode(err) != functions.ENotFound {
-			t.Errorf("%s: Me(alice) = %v, want not_found", n.name, err)
+		if _, err := api.Users.Me(ctx, alice.ID); functions.ErrorCode(err) != functions.ENotFound {
+			t.Errorf("%s: Me(alice) = %v, want not_found", n.Name, err)
 		}
-		for _, s := range []*simSession{aliceUS, bobUS, carolUS, carolEU} {
-			if _, err := api.sessions.Authenticate(ctx, s.acc.id, s.id); functions.ErrorCode(err) != functions.EUnauthorized {
-				t.Errorf("%s: Authenticate(revoked session of %s) = %v, want unauthorized", n.name, s.acc.username, err)
+		for _, s := range []*clustersim.Session{aliceUS, bobUS, carolUS, carolEU} {
+			if _, err := api.Sessions.Authenticate(ctx, s.Account.ID, s.ID); functions.ErrorCode(err) != functions.EUnauthorized {
+				t.Errorf("%s: Authenticate(revoked session of %s) = %v, want unauthorized", n.Name, s.Account.Username, err)
 			}
 		}
-		if msgs, _, _ := n.DB().ReadLog(ctx, crdt.ConversationID(alice.id, bob.id), nil, 0); len(msgs) > 0 {
-			t.Errorf("%s: %d messages between erased alice and bob survive", n.name, len(msgs))
+		if msgs, _, _ := n.DB().ReadLog(ctx, crdt.ConversationID(alice.ID, bob.ID), nil, 0); len(msgs) > 0 {
+			t.Errorf("%s: %d messages between erased alice and bob survive", n.Name, len(msgs))
 		}
 	}
 	// Exactly one dave signs in, the same one everywhere (checkHandlers checks each node).
-	claims, _ := c.model.record(crdt.ClaimKey("dave"))
-	t.Logf("dave: claims %v (eu %s, us %s)", crdt.Claimants(&claims), daveEU.id[:8], daveUS.id[:8])
+	claims, _ := c.Model.Record(crdt.ClaimKey("dave"))
+	t.Logf("dave: claims %v (eu %s, us %s)", crdt.Claimants(&claims), daveEU.ID[:8], daveUS.ID[:8])
 	// Bob's eu cursor skips none of carol's messages that arrived from us after he read.
-	more, err := c.nodes[0].API().messages.List(ctx, principal(bobEU), "carol", page.Next, 0)
+	more, err := c.Nodes[0].API().Messages.List(ctx, bobEU.Principal(), "carol", page.Next, 0)
 	mustOK(t, "bob lists messages after his cursor", err)
 	var ids []string
 	for _, m := range append(page.Messages, more.Messages...) {
 		ids = append(ids, m.ID)
 	}
 	var want []string
-	for _, e := range c.model.log(crdt.ConversationID(bob.id, carol.id)) {
+	for _, e := range c.Model.Log(crdt.ConversationID(bob.ID, carol.ID)) {
 		want = append(want, functions.EntryIDString(e.ID))
 	}
 	slices.Sort(ids)
@@ -359,18 +310,18 @@ func TestSimLongPartition(t *testing.T) {
 func TestSimKillRestartUnderLoad(t *testing.T) {
 	t.Parallel()
 	const seed = 21
-	c := newTestCluster(t, 3, simRegions, withSeed(seed), withFaults(simFaults{Delay: 0.2, Dup: 0.1}))
-	w := newWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
+	c := newTestCluster(t, 3, simRegions, clustersim.WithSeed(seed), clustersim.WithFaults(clustersim.Faults{Delay: 0.2, Dup: 0.1}))
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		w.steps(220, 4*time.Millisecond)
+		w.Steps(220, 4*time.Millisecond)
 	}()
 	grow := func(k int) {
 		t.Helper()
-		from := c.model.count()
-		waitFor(t, time.Minute, func() (bool, string) {
-			return c.model.count() >= from+k, "the workload stalled"
+		from := c.Model.Count()
+		clustersim.WaitFor(t, time.Minute, func() (bool, string) {
+			return c.Model.Count() >= from+k, "the workload stalled"
 		})
 	}
 	for round := range 4 {
@@ -379,19 +330,19 @@ func TestSimKillRestartUnderLoad(t *testing.T) {
 		c.Kill(i)
 		grow(5)
 		c.Restart(i)
-		rep := c.nodes[i].Rep()
-		waitFor(t, time.Minute, func() (bool, string) {
+		rep := c.Nodes[i].Rep()
+		clustersim.WaitFor(t, time.Minute, func() (bool, string) {
 			select {
 			case <-rep.CaughtUp():
 				return true, ""
 			default:
-				return false, c.nodes[i].name + " never caught up"
+				return false, c.Nodes[i].Name + " never caught up"
 			}
 		})
 	}
 	<-done
-	c.checkConverged(t, time.Minute)
-	w.checkHandlers(t)
+	c.CheckConverged(t, time.Minute)
+	w.CheckHandlers(t)
 }
 
 // TestSimCaughtUpAfterRestart: a node down while the others write comes back holding
@@ -399,18 +350,18 @@ func TestSimKillRestartUnderLoad(t *testing.T) {
 func TestSimCaughtUpAfterRestart(t *testing.T) {
 	t.Parallel()
 	const seed = 31
-	c := newTestCluster(t, 3, simRegions, withSeed(seed))
-	w := newWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
-	w.steps(30, 2*time.Millisecond)
-	c.checkConverged(t, time.Minute)
+	c := newTestCluster(t, 3, simRegions, clustersim.WithSeed(seed))
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
+	w.Steps(30, 2*time.Millisecond)
+	c.CheckConverged(t, time.Minute)
 	c.Kill(2)
-	w.steps(40, 2*time.Millisecond)
-	c.waitSameRoot(t, 0, 1, time.Minute)
-	d := c.nodes[0].DB().Digest()
+	w.Steps(40, 2*time.Millisecond)
+	c.WaitSameRoot(t, 0, 1, time.Minute)
+	d := c.Nodes[0].DB().Digest()
 	want := d.Root()
 	c.Restart(2)
-	rep := c.nodes[2].Rep()
-	waitFor(t, time.Minute, func() (bool, string) {
+	rep := c.Nodes[2].Rep()
+	clustersim.WaitFor(t, time.Minute, func() (bool, string) {
 		select {
 		case <-rep.CaughtUp():
 			return true, ""
@@ -418,11 +369,11 @@ func TestSimCaughtUpAfterRestart(t *testing.T) {
 			return false, "n2 never caught up"
 		}
 	})
-	if got := c.nodes[2].DB().Digest(); got.Root() != want {
+	if got := c.Nodes[2].DB().Digest(); got.Root() != want {
 		t.Errorf("n2 root %x when CaughtUp closed, want its peers' %x", got.Root(), want)
 	}
-	c.checkConverged(t, time.Minute)
-	w.checkHandlers(t)
+	c.CheckConverged(t, time.Minute)
+	w.CheckHandlers(t)
 }
 
 // TestSimWipe wipes a node's disk: it comes back as a new node and catches up fully,
@@ -430,17 +381,17 @@ func TestSimCaughtUpAfterRestart(t *testing.T) {
 func TestSimWipe(t *testing.T) {
 	t.Parallel()
 	const seed = 41
-	c := newTestCluster(t, 3, simRegions, withSeed(seed))
-	w := newWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
-	w.steps(50, 2*time.Millisecond)
-	c.checkConverged(t, time.Minute)
-	old := c.nodes[1].DB().NodeID()
+	c := newTestCluster(t, 3, simRegions, clustersim.WithSeed(seed))
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
+	w.Steps(50, 2*time.Millisecond)
+	c.CheckConverged(t, time.Minute)
+	old := c.Nodes[1].DB().NodeID()
 	c.Wipe(1)
-	if id := c.nodes[1].DB().NodeID(); id == old {
+	if id := c.Nodes[1].DB().NodeID(); id == old {
 		t.Fatalf("wiped node kept its ID %s", id)
 	}
-	rep := c.nodes[1].Rep()
-	waitFor(t, time.Minute, func() (bool, string) {
+	rep := c.Nodes[1].Rep()
+	clustersim.WaitFor(t, time.Minute, func() (bool, string) {
 		select {
 		case <-rep.CaughtUp():
 			return true, ""
@@ -448,10 +399,10 @@ func TestSimWipe(t *testing.T) {
 			return false, "wiped n1 never caught up"
 		}
 	})
-	c.checkConverged(t, time.Minute)
-	w.steps(30, 2*time.Millisecond)
-	c.checkConverged(t, time.Minute)
-	w.checkHandlers(t)
+	c.CheckConverged(t, time.Minute)
+	w.Steps(30, 2*time.Millisecond)
+	c.CheckConverged(t, time.Minute)
+	w.CheckHandlers(t)
 }
 
 // TestSimLossyNetwork runs the workload over a network that loses, duplicates, delays and
@@ -459,15 +410,15 @@ func TestSimWipe(t *testing.T) {
 func TestSimLossyNetwork(t *testing.T) {
 	t.Parallel()
 	const seed = 51
-	f := simFaults{Drop: 0.25, DropReply: 0.25, Dup: 0.4, Delay: 0.4, MaxDelay: 15 * time.Millisecond, Replay: 0.3}
-	c := newTestCluster(t, 4, simRegions[:2], withSeed(seed), withFaults(f))
-	w := newWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
+	f := clustersim.Faults{Drop: 0.25, DropReply: 0.25, Dup: 0.4, Delay: 0.4, MaxDelay: 15 * time.Millisecond, Replay: 0.3}
+	c := newTestCluster(t, 4, simRegions[:2], clustersim.WithSeed(seed), clustersim.WithFaults(f))
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
 	for range 8 {
-		w.steps(15, 3*time.Millisecond)
+		w.Steps(15, 3*time.Millisecond)
 		c.Notices()
 	}
-	c.checkConverged(t, time.Minute)
-	w.checkHandlers(t)
+	c.CheckConverged(t, time.Minute)
+	w.CheckHandlers(t)
 }
 
 // TestSimTransportBlackout: membership still sees every peer but the transport drops
@@ -475,30 +426,30 @@ func TestSimLossyNetwork(t *testing.T) {
 func TestSimTransportBlackout(t *testing.T) {
 	t.Parallel()
 	const seed = 61
-	c := newTestCluster(t, 3, simRegions, withSeed(seed))
-	w := newWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
-	w.steps(10, 2*time.Millisecond)
-	c.checkConverged(t, time.Minute)
-	c.net.setFaults(simFaults{Drop: 1})
-	c.logf("blackout")
-	a := mustRegister(t, w, 0, "blackout")
-	w.steps(100, 20*time.Millisecond)
-	if _, ok, _ := c.nodes[1].DB().Record(context.Background(), crdt.UserKey(a.id)); ok {
+	c := newTestCluster(t, 3, simRegions, clustersim.WithSeed(seed))
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
+	w.Steps(10, 2*time.Millisecond)
+	c.CheckConverged(t, time.Minute)
+	c.Net.SetFaults(clustersim.Faults{Drop: 1})
+	c.Logf("blackout")
+	a := w.MustRegister(t, 0, "blackout")
+	w.Steps(100, 20*time.Millisecond)
+	if _, ok, _ := c.Nodes[1].DB().Record(context.Background(), crdt.UserKey(a.ID)); ok {
 		t.Errorf("n1 has a record written on n0 during the blackout")
 	}
-	c.net.setFaults(simFaults{})
-	c.logf("blackout over")
-	c.checkConverged(t, time.Minute)
-	w.checkHandlers(t)
+	c.Net.SetFaults(clustersim.Faults{})
+	c.Logf("blackout over")
+	c.CheckConverged(t, time.Minute)
+	w.CheckHandlers(t)
 }
 
 // TestSimInSyncExchange: two replicas already in sync exchange one digest message, well
 // within 64 KiB; a single differing key costs one more round trip and about a kilobyte.
 func TestSimInSyncExchange(t *testing.T) {
 	t.Parallel()
-	c := newTestCluster(t, 2, simRegions[:2], withManualPeers())
+	c := newTestCluster(t, 2, simRegions[:2], clustersim.WithManualPeers())
 	ctx := context.Background()
-	db := c.nodes[0].DB()
+	db := c.Nodes[0].DB()
 	const records, entries = 5000, 2000
 	err := db.Update(ctx, func(tx *storage.Tx) error {
 		for i := range records {
@@ -517,18 +468,18 @@ func TestSimInSyncExchange(t *testing.T) {
 		return nil
 	})
 	mustOK(t, "write", err)
-	n0, n1 := c.nodes[0], c.nodes[1]
+	n0, n1 := c.Nodes[0], c.Nodes[1]
 	mustOK(t, "first sync", n1.Rep().SyncWith(ctx, n0.Peer()))
-	c.waitSameRoot(t, 0, 1, 10*time.Second)
+	c.WaitSameRoot(t, 0, 1, 10*time.Second)
 
-	for _, dir := range [][2]*testNode{{n1, n0}, {n0, n1}} {
+	for _, dir := range [][2]*clustersim.Node{{n1, n0}, {n0, n1}} {
 		from, to := dir[0], dir[1]
-		c.net.resetStats()
+		c.Net.ResetStats()
 		mustOK(t, "in-sync round", from.Rep().SyncWith(ctx, to.Peer()))
-		there, back := c.net.linkStats(from.name, to.name), c.net.linkStats(to.name, from.name)
-		t.Logf("in sync, %s → %s: %v, %d bytes", from.name, to.name, there.Calls, there.Bytes+back.Bytes)
+		there, back := c.Net.LinkStats(from.Name, to.Name), c.Net.LinkStats(to.Name, from.Name)
+		t.Logf("in sync, %s → %s: %v, %d bytes", from.Name, to.Name, there.Calls, there.Bytes+back.Bytes)
 		if there.Calls["digest"] != 1 || there.Calls["leaves"]+there.Calls["push"]+len(back.Calls) != 0 {
-			t.Errorf("in-sync round %s → %s made calls %v and %v, want one digest", from.name, to.name, there.Calls, back.Calls)
+			t.Errorf("in-sync round %s → %s made calls %v and %v, want one digest", from.Name, to.Name, there.Calls, back.Calls)
 		}
 		if b := there.Bytes + back.Bytes; b > 64<<10 {
 			t.Errorf("in-sync round moved %d bytes, want ≤ 64 KiB", b)
@@ -541,16 +492,16 @@ func TestSimInSyncExchange(t *testing.T) {
 		_, err := tx.Merge(crdt.UserKey("user00042"), m)
 		return err
 	}))
-	c.net.resetStats()
+	c.Net.ResetStats()
 	mustOK(t, "repair round", n1.Rep().SyncWith(ctx, n0.Peer()))
-	s := c.net.linkStats(n1.name, n0.name)
+	s := c.Net.LinkStats(n1.Name, n0.Name)
 	t.Logf("one key differs: %v, %d bytes", s.Calls, s.Bytes)
 	// The key is held on both sides, differently, so it is merged both ways: n1 also
 	// pushes its older version back.
 	if s.Calls["digest"] != 1 || s.Calls["leaves"] != 1 || s.Calls["push"] > 1 || s.Bytes > 4<<10 {
 		t.Errorf("repairing one key: calls %v, %d bytes; want a digest, a leaves call and at most one push within 4 KiB", s.Calls, s.Bytes)
 	}
-	c.waitSameRoot(t, 0, 1, 10*time.Second)
+	c.WaitSameRoot(t, 0, 1, 10*time.Second)
 }
 
 // TestSimClockSkew: a node whose clock runs beyond MaxSkew ahead has its writes rejected
@@ -560,47 +511,43 @@ func TestSimInSyncExchange(t *testing.T) {
 func TestSimClockSkew(t *testing.T) {
 	t.Parallel()
 	const seed = 71
-	c := newTestCluster(t, 3, simRegions, withSeed(seed), withMaxSkew(time.Second), withAntiEntropy(200*time.Millisecond))
-	w := newWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
+	c := newTestCluster(t, 3, simRegions, clustersim.WithSeed(seed), clustersim.WithMaxSkew(time.Second), clustersim.WithAntiEntropy(200*time.Millisecond))
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(seed, 1)), seed)
 	ctx := context.Background()
-	rejected := func(i int) int64 {
-		c.nodes[i].mu.RLock()
-		defer c.nodes[i].mu.RUnlock()
-		return c.nodes[i].rejected.n.Load()
-	}
-	has := func(i int, a *account) bool {
-		_, ok, _ := c.nodes[i].DB().Record(ctx, crdt.UserKey(a.id))
+	rejected := func(i int) int64 { return c.Nodes[i].Rejected() }
+	has := func(i int, a *clustersim.Account) bool {
+		_, ok, _ := c.Nodes[i].DB().Record(ctx, crdt.UserKey(a.ID))
 		return ok
 	}
 
 	c.SetOffset(2, 3*time.Second)
-	ahead := mustRegister(t, w, 2, "ahead")
-	waitFor(t, time.Minute, func() (bool, string) {
+	ahead := w.MustRegister(t, 2, "ahead")
+	clustersim.WaitFor(t, time.Minute, func() (bool, string) {
 		return rejected(0) > 0 && rejected(1) > 0, fmt.Sprintf("rejections: n0 %d, n1 %d", rejected(0), rejected(1))
 	})
-	steady := mustRegister(t, w, 0, "steady")
-	waitFor(t, time.Minute, func() (bool, string) {
+	steady := w.MustRegister(t, 0, "steady")
+	clustersim.WaitFor(t, time.Minute, func() (bool, string) {
 		return has(1, steady) && has(2, steady), "n0's write did not reach n1 and n2"
 	})
-	c.waitSameRoot(t, 0, 1, time.Minute)
+	c.WaitSameRoot(t, 0, 1, time.Minute)
 	if has(0, ahead) || has(1, ahead) {
 		t.Errorf("a write from 3s in the future was applied with a 1s bound")
 	}
 	c.SetOffset(2, 0) // n2's HLC stays ahead until real time catches up with it
-	c.checkConverged(t, time.Minute)
+	c.CheckConverged(t, time.Minute)
 
 	before := rejected(0)
 	c.SetOffset(0, -3*time.Second)
-	behind := mustRegister(t, w, 1, "behind")
-	waitFor(t, time.Minute, func() (bool, string) {
+	behind := w.MustRegister(t, 1, "behind")
+	clustersim.WaitFor(t, time.Minute, func() (bool, string) {
 		return rejected(0) > before && has(2, behind), fmt.Sprintf("n0 rejected %d", rejected(0)-before)
 	})
 	if has(0, behind) {
 		t.Errorf("n0, 3s behind, applied a write from its present + 3s")
 	}
 	c.SetOffset(0, 0)
-	c.checkConverged(t, time.Minute)
-	w.checkHandlers(t)
+	c.CheckConverged(t, time.Minute)
+	w.CheckHandlers(t)
 }
 
 // TestSimPushOvertakenOwnWrite: a node's write that a newer remote write to another field
@@ -608,41 +555,41 @@ func TestSimClockSkew(t *testing.T) {
 // not a whole anti-entropy period later.
 func TestSimPushOvertakenOwnWrite(t *testing.T) {
 	t.Parallel()
-	c := newTestCluster(t, 3, []string{"eu"}, withAntiEntropy(time.Hour))
-	w := newWorkload(c, rand.New(rand.NewPCG(81, 1)), 81)
+	c := newTestCluster(t, 3, []string{"eu"}, clustersim.WithAntiEntropy(time.Hour))
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(81, 1)), 81)
 	ctx := context.Background()
-	a := mustRegister(t, w, 0, "alice")
-	c.checkConverged(t, time.Minute)
+	a := w.MustRegister(t, 0, "alice")
+	c.CheckConverged(t, time.Minute)
 	c.CutOneWay(0, 1)
 	c.CutOneWay(0, 2)
 	first, last := "Alice", "Liddell"
-	_, err := c.nodes[0].API().users.UpdateProfile(ctx, a.id, functions.ProfilePatch{FirstName: &first})
+	_, err := c.Nodes[0].API().Users.UpdateProfile(ctx, a.ID, functions.ProfilePatch{FirstName: &first})
 	mustOK(t, "n0 writes first_name", err)
-	_, err = c.nodes[1].API().users.UpdateProfile(ctx, a.id, functions.ProfilePatch{LastName: &last})
+	_, err = c.Nodes[1].API().Users.UpdateProfile(ctx, a.ID, functions.ProfilePatch{LastName: &last})
 	mustOK(t, "n1 writes last_name", err)
-	waitFor(t, time.Minute, func() (bool, string) {
-		m, _, _ := c.nodes[0].DB().Record(ctx, crdt.UserKey(a.id))
+	clustersim.WaitFor(t, time.Minute, func() (bool, string) {
+		m, _, _ := c.Nodes[0].DB().Record(ctx, crdt.UserKey(a.ID))
 		v, _ := m.Get(crdt.FieldLastName)
 		return string(v) == last, "n1's write has not reached n0"
 	})
 	c.Heal()
-	c.checkConverged(t, time.Minute) // anti-entropy is an hour away: pushes only
+	c.CheckConverged(t, time.Minute) // anti-entropy is an hour away: pushes only
 }
 
 // TestSimPushLargeBacklog: a backlog of large records whose push batch would exceed
-// MaxMessage goes out in smaller pushes instead of failing forever.
+// cluster.MaxMessage goes out in smaller pushes instead of failing forever.
 func TestSimPushLargeBacklog(t *testing.T) {
 	if testing.Short() {
 		t.Skip("moves 38 MB through two replicas; TestPushBatches covers the bound")
 	}
 	t.Parallel()
-	c := newTestCluster(t, 2, []string{"eu"}, withAntiEntropy(time.Hour))
+	c := newTestCluster(t, 2, []string{"eu"}, clustersim.WithAntiEntropy(time.Hour))
 	ctx := context.Background()
-	for _, n := range c.nodes {
+	for _, n := range c.Nodes {
 		<-n.Rep().CaughtUp() // the workers' first anti-entropy is done: what follows is pushed
 	}
 	c.Cut([]int{0})
-	db := c.nodes[0].DB()
+	db := c.Nodes[0].DB()
 	big := []byte(`"` + strings.Repeat("x", functions.MaxDataValue*4-8) + `"`)
 	err := db.Update(ctx, func(tx *storage.Tx) error {
 		for i := range 600 {
@@ -657,47 +604,7 @@ func TestSimPushLargeBacklog(t *testing.T) {
 	})
 	mustOK(t, "write 600 sessions of 64 KiB", err)
 	c.Heal()
-	c.waitSameRoot(t, 0, 1, time.Minute)
-}
-
-// TestPushBatches: pushes are bounded by count and by encoded size, cover every change
-// once, in order, and a change larger than the bound goes alone.
-func TestPushBatches(t *testing.T) {
-	const maxBytes = MaxMessage / 4
-	change := func(i, size int) storage.Change {
-		var m crdt.Map
-		m.Set("v", make([]byte, size), crdt.Timestamp{Wall: int64(i + 1), Node: 1})
-		return storage.Change{Key: fmt.Sprintf("u/%d", i), Map: m}
-	}
-	var cs []storage.Change
-	for i := range 40 {
-		cs = append(cs, change(i, maxBytes/7))
-	}
-	cs = append(cs, change(40, maxBytes+1), change(41, 10))
-	for i := range 30 {
-		cs = append(cs, change(42+i, 10))
-	}
-	var got []string
-	var sizes []int
-	for batch := range pushBatches(cs, 16, maxBytes) {
-		size := 0
-		for _, c := range batch {
-			got = append(got, c.Key)
-			size += len(c.AppendBinary(nil))
-		}
-		sizes = append(sizes, len(batch))
-		if len(batch) > 16 || (len(batch) > 1 && size > maxBytes) {
-			t.Errorf("batch of %d changes, %d bytes; want ≤ 16 and ≤ %d", len(batch), size, maxBytes)
-		}
-	}
-	var want []string
-	for _, c := range cs {
-		want = append(want, c.Key)
-	}
-	if !slices.Equal(got, want) {
-		t.Errorf("batches cover %v, want %v", got, want)
-	}
-	t.Logf("batch lengths %v", sizes)
+	c.WaitSameRoot(t, 0, 1, time.Minute)
 }
 
 // TestSimSignOutEverywhereUnderSkew: a session created, in real time, before a sign out
@@ -707,34 +614,34 @@ func TestPushBatches(t *testing.T) {
 func TestSimSignOutEverywhereUnderSkew(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	c := newTestCluster(t, 2, []string{"eu"}, withMaxSkew(time.Minute))
-	w := newWorkload(c, rand.New(rand.NewPCG(1, 2)), 1)
+	c := newTestCluster(t, 2, []string{"eu"}, clustersim.WithMaxSkew(time.Minute))
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(1, 2)), 1)
 	c.SetOffset(1, 30*time.Second)
-	alice := mustRegister(t, w, 0, "alice")
-	c.checkConverged(t, time.Minute)
-	onFast0 := mustLogin(t, w, 1, alice)
-	c.checkConverged(t, time.Minute)
+	alice := w.MustRegister(t, 0, "alice")
+	c.CheckConverged(t, time.Minute)
+	onFast0 := w.MustLogin(t, 1, alice)
+	c.CheckConverged(t, time.Minute)
 
 	c.Cut([]int{0}, []int{1})
-	onFast := mustLogin(t, w, 1, alice) // n0 never hears of it before it signs out everywhere
-	onSlow := mustLogin(t, w, 0, alice)
-	mustOK(t, "sign out everywhere on n0", c.nodes[0].API().sessions.RevokeAll(ctx, principal(onSlow)))
-	after := mustLogin(t, w, 0, alice) // n0 holds the sign-out: this one stays
+	onFast := w.MustLogin(t, 1, alice) // n0 never hears of it before it signs out everywhere
+	onSlow := w.MustLogin(t, 0, alice)
+	mustOK(t, "sign out everywhere on n0", c.Nodes[0].API().Sessions.RevokeAll(ctx, onSlow.Principal()))
+	after := w.MustLogin(t, 0, alice) // n0 holds the sign-out: this one stays
 	c.Heal()
-	c.checkConverged(t, time.Minute)
-	afterFast := mustLogin(t, w, 1, alice) // n1 received it now
-	c.checkConverged(t, time.Minute)
+	c.CheckConverged(t, time.Minute)
+	afterFast := w.MustLogin(t, 1, alice) // n1 received it now
+	c.CheckConverged(t, time.Minute)
 
-	for _, n := range c.nodes {
+	for _, n := range c.Nodes {
 		api := n.API()
-		for _, s := range []*simSession{onFast0, onFast, onSlow} {
-			if _, err := api.sessions.Authenticate(ctx, s.acc.id, s.id); functions.ErrorCode(err) != functions.EUnauthorized {
-				t.Errorf("%s: Authenticate(session created on n%d before the sign-out) = %v, want unauthorized", n.name, s.node, err)
+		for _, s := range []*clustersim.Session{onFast0, onFast, onSlow} {
+			if _, err := api.Sessions.Authenticate(ctx, s.Account.ID, s.ID); functions.ErrorCode(err) != functions.EUnauthorized {
+				t.Errorf("%s: Authenticate(session created on n%d before the sign-out) = %v, want unauthorized", n.Name, s.Node, err)
 			}
 		}
-		for _, s := range []*simSession{after, afterFast} {
-			if _, err := api.sessions.Authenticate(ctx, s.acc.id, s.id); err != nil {
-				t.Errorf("%s: Authenticate(session created on n%d after receiving the sign-out) = %v, want ok", n.name, s.node, err)
+		for _, s := range []*clustersim.Session{after, afterFast} {
+			if _, err := api.Sessions.Authenticate(ctx, s.Account.ID, s.ID); err != nil {
+				t.Errorf("%s: Authenticate(session created on n%d after receiving the sign-out) = %v, want ok", n.Name, s.Node, err)
 			}
 		}
 	}

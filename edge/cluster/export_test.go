@@ -1,0 +1,26 @@
+package cluster
+
+// Exported for the external tests (package cluster_test), which use clustersim and so
+// cannot be in package cluster.
+
+// ForgetUnknownAfter is forgetUnknownAfter.
+const ForgetUnknownAfter = forgetUnknownAfter
+
+// The serf tags a member announces.
+const (
+	TagRegion   = tagRegion
+	TagID       = tagID
+	TagSync     = tagSync
+	TagProto    = tagProto
+	TagReplicas = tagReplicas
+)
+
+// SetSerfTags replaces the serf tags m announces, as a member of another version or
+// configuration would announce its own.
+func SetSerfTags(m *Membership, tags map[string]string) error { return m.serf.SetTags(tags) }
+
+// How long a leaving member broadcasts its leave, and then waits for it to spread.
+const (
+	LeaveBroadcastTimeout = leaveBroadcastTimeout
+	LeavePropagateDelay   = leavePropagateDelay
+)
