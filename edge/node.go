@@ -2,12 +2,13 @@ package edge
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -276,6 +277,13 @@ func (n *Node) Close(ctx context.Context) error {
 	return n.closeErr
 }
 
+// runID returns a random ID for this run of the node (cluster.CountersConfig.Self).
+func runID() crdt.NodeID {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return crdt.NodeID(binary.BigEndian.Uint64(b[:]) | 1)
+}
+
 // drainTimeout bounds how long a stopping node waits for its last writes to reach its
 // peers (cluster.Replicator.Drain); a peer that cannot be reached does not hold it up
 // longer.
@@ -349,7 +357,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 	})
 	n.replicator.Start()
 	if n.counters, err = cluster.NewCounters(cluster.CountersConfig{
-		Self: crdt.NodeID(rand.Uint64() | 1), Transport: n.transport, Windows: counterWindows(), FlushEvery: n.cfg.CounterFlush,
+		Self: runID(), Transport: n.transport, Windows: counterWindows(), FlushEvery: n.cfg.CounterFlush,
 		Now: n.cfg.Now, Logger: n.cfg.Logger.With("component", "counters", "node", n.cfg.NodeName),
 	}); err != nil {
 		return err

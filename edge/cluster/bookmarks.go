@@ -2,9 +2,10 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -94,7 +95,9 @@ func (h *haveState) gone(node crdt.NodeID, t time.Time) {
 // newEra returns a random era, neither 0 nor old.
 func newEra(old uint64) uint64 {
 	for {
-		if e := rand.Uint64(); e != 0 && e != old {
+		var b [8]byte
+		_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+		if e := binary.BigEndian.Uint64(b[:]); e != 0 && e != old {
 			return e
 		}
 	}
