@@ -117,6 +117,9 @@ func (n *clNode) start() {
 		"--http", n.http, "--gossip", n.gossip, "--sync", n.syn,
 		"--cluster-key-file", n.keyFile, "--fast-gossip", "--anti-entropy-every", "2s",
 		"--login-per-account", "10000", "--login-per-address", "10000", "--signups-per-address", "10000", "--messages-per-user", "100000", "--log-level", "debug",
+		// Logins and sign-ups wait for a hashing worker as long as they need: under -race
+		// a hash takes ten times as long, and these tests are not about the queue's bound.
+		"--password-wait", "1m", "--password-queue", "4096",
 	}
 	if n.join != "" {
 		args = append(args, "--join", n.join)

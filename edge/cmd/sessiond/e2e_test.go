@@ -138,6 +138,9 @@ func (d *daemon) start() {
 	args := []string{
 		"--http", d.http, "--gossip", freeAddr(d.t), "--sync", freeAddr(d.t),
 		"--data", d.data, "--node", d.name, "--fast-gossip", "--cluster-key-file", d.keyFile,
+		// Logins and sign-ups wait for a hashing worker as long as they need: under -race
+		// a hash takes ten times as long, and these tests are not about the queue's bound.
+		"--password-wait", "1m", "--password-queue", "4096",
 	}
 	if !d.ownLimits {
 		args = append(args, "--login-per-account", "10000", "--login-per-address", "100000", "--signups-per-address", "100000", "--messages-per-user", "100000")
