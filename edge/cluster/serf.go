@@ -92,6 +92,7 @@ type Membership struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the event, notice and join loops
 
+	addr      string // Addr, fixed at start
 	closeOnce sync.Once
 	closeErr  error
 
@@ -184,6 +185,8 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 		return nil, fmt.Errorf("start serf on %s: %w", cfg.BindAddr, err)
 	}
 	m := &Membership{cfg: cfg, serf: s, events: events, log: cfg.Logger, leaveDelay: &sc.LeavePropagateDelay, warned: map[string]string{}}
+	bindHost, _, _ := net.SplitHostPort(cfg.BindAddr)
+	m.addr = net.JoinHostPort(bindHost, strconv.Itoa(int(s.Memberlist().LocalNode().Port))) // read once: SetTags rewrites the local node
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.wg.Add(2)
 	go func() { defer m.wg.Done(); m.eventLoop() }()
@@ -321,10 +324,7 @@ func (m *Membership) Joined() error {
 
 // Addr returns the address gossip is bound to: the configured one, with the port serf
 // picked when it was 0.
-func (m *Membership) Addr() string {
-	host, _, _ := net.SplitHostPort(m.cfg.BindAddr)
-	return net.JoinHostPort(host, strconv.Itoa(int(m.serf.Memberlist().LocalNode().Port)))
-}
+func (m *Membership) Addr() string { return m.addr }
 
 // Members returns every member serf knows, this node included, sorted by name. A member
 // with a node id tag that does not parse, or alive with another sync protocol, is left
