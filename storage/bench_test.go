@@ -128,6 +128,7 @@ func benchmarkWriteUpdate(b *testing.B, writers int) {
 }
 
 func BenchmarkWriteUpdateSerial(b *testing.B) { benchmarkWriteUpdate(b, 1) }
+func BenchmarkWriteUpdate8(b *testing.B)      { benchmarkWriteUpdate(b, 8) }
 func BenchmarkWriteUpdate64(b *testing.B)     { benchmarkWriteUpdate(b, 64) }
 
 // openBolt opens a bare bbolt file with the options Open uses, seeded like mustSeedDB.
