@@ -25,13 +25,16 @@ type request struct {
 // Update runs fn in a read-write transaction and returns once its writes are durable.
 //
 // fn runs on the committer goroutine inside one bbolt transaction shared with other
-// callers' functions, which commit together: one commit and its fsyncs. It must be
-// quick, do no I/O and not call the DB. Its writes are buffered in tx and applied only if it returns
-// nil; an error discards them and leaves the other callers' work alone. Update returns
-// fn's error, or the commit's error if the batch could not be committed (then nothing of
-// it is stored). If ctx is done before fn runs, fn is not run and Update returns
-// ctx.Err(); once fn has run, Update waits for the commit whatever ctx says, so a nil
-// return always means durable.
+// callers' functions, which commit together: one write-ahead log record and its one
+// fsync (see the package documentation). It must be quick, do no I/O and not call the
+// DB. Its writes are buffered in tx and applied only if it returns nil; an error discards
+// them and leaves the other callers' work alone. Update returns fn's error, or the
+// commit's error if the batch could not be committed (then nothing of it is stored). If
+// ctx is done before fn runs, fn is not run and Update returns ctx.Err(); once fn has
+// run, Update waits for the commit whatever ctx says, so a nil return always means
+// durable. After a failure that leaves the state of the log or the file unknown (a failed
+// sync or checkpoint), every later Update fails with that error until the DB is opened
+// again, which recovers from the log.
 func (db *DB) Update(ctx context.Context, fn func(tx *Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -196,7 +199,7 @@ func (db *DB) runBatch(reqs []*request) {
 				return fmt.Errorf("write-ahead log: %w", err)
 			}
 			logged = len(b.ops.buf)
-			wd = db.anchor.watch(commitWatchdog)
+			wd = db.anchor.watch(db.opts.watchdog)
 			return nil
 		})
 		wd.stop()

@@ -45,7 +45,8 @@ type Options struct {
 	// the log on disk and the replay on Open, which reads the whole log into memory.
 	WALLimit int64
 
-	mmapInitial int // bbolt's InitialMmapSize; default defaultMmap (tests set it small)
+	mmapInitial int           // bbolt's InitialMmapSize; default defaultMmap (tests set it small)
+	watchdog    time.Duration // default commitWatchdog
 }
 
 // Log attribute keys.
@@ -154,9 +155,12 @@ type DB struct {
 // Open opens or creates the bbolt file at path. On first open it generates a random node
 // ID, kept in the file for its lifetime. It takes the file's lock, waiting up to
 // opts.Timeout and then failing with an error that says the data file is in use by
-// another process. It rebuilds the in-memory digest in one sequential pass that hashes
-// the stored values without decoding them (counters are stored, not recounted), and
-// starts the committer goroutine; Close stops it.
+// another process. If a write-ahead log is beside the file (path + "-wal"), it restores
+// the file to the log's checkpoint and replays the log, and it fails with ErrCorruptWAL
+// if a record in the middle of the log is damaged. It rebuilds the in-memory digest in
+// one sequential pass that hashes the stored values without decoding them (counters are
+// stored, not recounted), checkpoints (a new, empty log), and starts the committer
+// goroutine; Close stops it and checkpoints again.
 func Open(path string, opts Options) (*DB, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = time.Second
@@ -176,6 +180,9 @@ func Open(path string, opts Options) (*DB, error) {
 	}
 	if opts.mmapInitial <= 0 {
 		opts.mmapInitial = defaultMmap
+	}
+	if opts.watchdog <= 0 {
+		opts.watchdog = commitWatchdog
 	}
 	f, l, err := openDataFile(path, opts.Timeout)
 	if err != nil {
@@ -314,8 +321,9 @@ func (db *DB) physicalNow() time.Time {
 	return t
 }
 
-// Close waits for queued and in-flight writes, stops the committer goroutine and closes
-// the file. Writes after Close fail with ErrClosed. It is safe to call more than once; every
+// Close waits for queued and in-flight writes, stops the committer goroutine,
+// checkpoints (syncs the file and empties the log, unless a failure made writes stop) and
+// closes the file. Writes after Close fail with ErrClosed. It is safe to call more than once; every
 // call returns the first call's result.
 func (db *DB) Close() error {
 	db.closeOnce.Do(func() {

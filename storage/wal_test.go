@@ -8,8 +8,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/sessiond/sessiond/crdt"
 	bolt "go.etcd.io/bbolt"
@@ -382,6 +384,55 @@ func TestWALStale(t *testing.T) {
 				db2.Close()
 			}
 			t.Fatalf("Open with a corrupt record in the middle: err = %v, want ErrCorruptWAL", err)
+		}
+	})
+}
+
+// mappedSize returns the size of bbolt's memory map (its unexported datasz).
+func mappedSize(db *DB) int64 {
+	return reflect.ValueOf(db.bolt).Elem().FieldByName("datasz").Int()
+}
+
+// TestRemap grows a file far past a small memory map: every remap must happen while the
+// anchor is released (a remap waits for every read transaction, the anchor included),
+// and the committer's lower bound of the map's size must hold.
+func TestRemap(t *testing.T) {
+	t.Run("OK", func(t *testing.T) {
+		db := MustOpenDB(t, Options{mmapInitial: 32 << 10, WALLimit: 1 << 40})
+		for i := range 200 {
+			m := newUser(db, fmt.Sprintf("user%d", i))
+			m.Set(crdt.FieldAddress, bytes.Repeat([]byte{'a'}, 2000), db.Clock().Next())
+			merge(t, db, crdt.UserKey(fmt.Sprintf("u%d", i)), m)
+			update(t, db, func(tx *Tx) error {
+				if low, real := db.mapLow, mappedSize(db); low > real {
+					t.Errorf("write %d: map size at least %d, but it is %d", i, low, real)
+				}
+				return nil
+			})
+		}
+		if n := mappedSize(db); n < 512<<10 {
+			t.Fatalf("map of %d bytes: the file did not grow past the initial map", n)
+		}
+	})
+	t.Run("Watchdog", func(t *testing.T) {
+		// The estimate says no commit comes near the map's end: the remaps block on the
+		// anchor until the watchdog releases it.
+		db := MustOpenDB(t, Options{mmapInitial: 32 << 10, WALLimit: 1 << 40, watchdog: time.Millisecond})
+		update(t, db, func(tx *Tx) error {
+			tx.b.db.mapLow = 1 << 62 // on the committer, which owns it
+			return nil
+		})
+		epoch := db.epoch
+		for i := range 100 {
+			m := newUser(db, fmt.Sprintf("user%d", i))
+			m.Set(crdt.FieldAddress, bytes.Repeat([]byte{'a'}, 2000), db.Clock().Next())
+			merge(t, db, crdt.UserKey(fmt.Sprintf("u%d", i)), m)
+		}
+		if db.epoch == epoch {
+			t.Error("no checkpoint: the watchdog never released the anchor")
+		}
+		if n := mappedSize(db); n < 128<<10 {
+			t.Fatalf("map of %d bytes: the file did not grow past the initial map", n)
 		}
 	})
 }
