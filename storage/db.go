@@ -322,8 +322,9 @@ func (db *DB) physicalNow() time.Time {
 }
 
 // Close waits for queued and in-flight writes, stops the committer goroutine,
-// checkpoints (syncs the file and empties the log, unless a failure made writes stop) and
-// closes the file. Writes after Close fail with ErrClosed. It is safe to call more than once; every
+// checkpoints (syncs the file and empties the log) and closes the file. If a failure had
+// made writes stop (see Update), it skips the checkpoint, leaving recovery to the next
+// Open, and returns that failure. Writes after Close fail with ErrClosed. It is safe to call more than once; every
 // call returns the first call's result.
 func (db *DB) Close() error {
 	db.closeOnce.Do(func() {
@@ -334,8 +335,8 @@ func (db *DB) Close() error {
 		<-db.stopped
 		// The committer has stopped: Close owns the log now. The last checkpoint leaves
 		// an empty log, so the next Open replays nothing.
-		var err error
-		if db.failed == nil {
+		err := db.failed
+		if err == nil {
 			err = db.checkpoint()
 		}
 		db.anchor.close()

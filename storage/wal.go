@@ -232,7 +232,7 @@ func decodeWALOps(p []byte, fn func(walOp) error) error {
 
 func walBytes(p []byte) (b, rest []byte, ok bool) {
 	n, k := binary.Uvarint(p)
-	if k <= 0 || n > uint64(len(p)-k) {
+	if k <= 0 || n > uint64(len(p)-k) { // #nosec G115 -- k ≤ len(p): not negative
 		return nil, p, false
 	}
 	return p[k : k+int(n)], p[k+int(n):], true // #nosec G115 -- n ≤ len(p)
