@@ -16,8 +16,9 @@ import (
 // The committer appends each group commit's bbolt writes to the log as one record and
 // syncs it (one fdatasync), then commits the bbolt transaction with NoSync (page writes,
 // no sync) and only then answers the writers. Readers read bbolt, so they see a write as
-// soon as it is acknowledged, as before. Every so often (Options.WALLimit) and on Close
-// the committer checkpoints: it syncs the bbolt file, copies its two meta pages into the
+// soon as it is acknowledged, as before. Every so often (when the log reaches
+// Options.WALLimit, or the file has grown, see grown) and on Close the committer
+// checkpoints: it syncs the bbolt file, copies its two meta pages into the
 // header of a fresh, empty log and renames that over the old one. Open restores the
 // last checkpoint's meta pages into the file and replays the log's records on top.
 //
@@ -89,6 +90,20 @@ func (db *DB) nearMapEnd(btx *bolt.Tx, written int) bool {
 
 // commitWatchdog is how long a commit may hold the anchor. See the comment above.
 const commitWatchdog = time.Second
+
+// grown reports whether the file's used part grew by more than an eighth, and at least
+// 4 MiB, since the last checkpoint: then a checkpoint is due whatever the log's size.
+//
+// bbolt reuses a page freed since the checkpoint only if it was allocated from its
+// freelist after the checkpoint; a page it allocated by extending the file is not
+// tracked and stays pinned by the anchor, as do the checkpoint's own pages. Without this
+// bound a log of WALLimit bytes could stand for hundreds of megabytes of page writes, all
+// at the end of the file. A checkpoint frees all of them at once; after a few, commits
+// allocate from the freelist, the file stops growing (at about twice the pages a
+// checkpoint interval rewrites) and checkpoints come from the log's size again.
+func (db *DB) grown() bool {
+	return db.hwm-db.hwmCkp > max(4<<20, db.hwmCkp/8)
+}
 
 // defaultMmap is the initial size of bbolt's memory map (address space only; it spares
 // remaps, which wait for readers).
@@ -201,6 +216,7 @@ func (db *DB) checkpoint() error {
 		return fmt.Errorf("anchor: %w", err)
 	}
 	db.anchor.set(tx)
+	db.hwm, db.hwmCkp = tx.Size(), tx.Size()
 	db.mapLow = max(db.mapLow, bboltMapSize(tx.Size()+int64(ps)))
 	return nil
 }

@@ -189,6 +189,7 @@ func (db *DB) runBatch(reqs []*request) {
 			if err := b.finish(); err != nil {
 				return err
 			}
+			db.hwm = btx.Size()
 			if db.nearMapEnd(btx, len(b.ops.buf)) {
 				db.anchor.release() // the commit may remap: see checkpoint.go
 			}
@@ -214,7 +215,7 @@ func (db *DB) runBatch(reqs []*request) {
 				err = uerr
 			}
 		}
-		if db.failed == nil && (db.anchor.isLost() || db.wal.size >= db.opts.WALLimit) {
+		if db.failed == nil && (db.anchor.isLost() || db.wal.size >= db.opts.WALLimit || db.grown()) {
 			if cerr := db.checkpoint(); cerr != nil {
 				db.failed = fmt.Errorf("checkpoint: %w", cerr)
 				db.log.Error("checkpoint failed; writes refused until reopened", attrErr, cerr)

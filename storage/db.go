@@ -43,6 +43,8 @@ type Options struct {
 	// WALLimit is how large the write-ahead log may grow, in bytes, before the committer
 	// checkpoints (syncs the bbolt file and starts a new log); default 32 MiB. It bounds
 	// the log on disk and the replay on Open, which reads the whole log into memory.
+	// Checkpoints also come when the data file's used part has grown by 4 MiB or an
+	// eighth since the last one, which bounds the file.
 	WALLimit int64
 
 	mmapInitial int           // bbolt's InitialMmapSize; default defaultMmap (tests set it small)
@@ -126,6 +128,8 @@ type DB struct {
 	epoch  uint64 // the log's epoch: checkpoints so far
 	anchor anchor
 	mapLow int64  // a lower bound of the size of bbolt's memory map
+	hwm    int64  // bbolt's high-water mark (bytes) before the latest commit
+	hwmCkp int64  // … at the latest checkpoint
 	failed error  // set when the log's or the file's state is unknown: writes fail with it
 	opsBuf []byte // the last batch's record buffer, for reuse
 
