@@ -109,7 +109,8 @@ func TestPowerLoss(t *testing.T) {
 		return out
 	}
 
-	// torn appends part of a record that was being written when power went.
+	// torn writes part of a record that was being written when power went after the
+	// log's last record (into the preallocated zeros, or past the end).
 	torn := func(wal []byte) []byte {
 		l, err := parseWAL(wal)
 		if err != nil {
@@ -120,7 +121,13 @@ func TestPowerLoss(t *testing.T) {
 			payload[i] = byte(rng.Uint32())
 		}
 		rec := appendWALRecord(nil, l.header.epoch, uint64(len(l.records)+1), payload)
-		return append(bytes.Clone(wal), rec[:rng.IntN(len(rec))]...)
+		rec = rec[:rng.IntN(len(rec))]
+		out := bytes.Clone(wal)
+		if n := l.end + len(rec); n > len(out) {
+			out = append(out, make([]byte, n-len(out))...)
+		}
+		copy(out[l.end:], rec)
+		return out
 	}
 
 	const writes = 1500

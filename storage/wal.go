@@ -244,8 +244,12 @@ type walFile struct {
 	epoch uint64
 	seq   uint64 // records appended
 	size  int64  // bytes written and synced
+	alloc int64  // bytes allocated (preallocate): the file's size
 	buf   []byte
 }
+
+// walChunk is how much of the log is preallocated at a time.
+const walChunk = 4 << 20
 
 // append writes a record of payload at the end of the log and syncs it. If either step
 // fails, it cuts the log back to where it was and syncs that, so the record is not in the
@@ -255,6 +259,13 @@ func (w *walFile) append(payload []byte) error {
 		return fmt.Errorf("write-ahead log record of %d bytes, at most %d", len(payload), walMaxRecord)
 	}
 	w.buf = appendWALRecord(w.buf[:0], w.epoch, w.seq+1, payload)
+	if end := w.size + int64(len(w.buf)); end > w.alloc {
+		// Zeros past the last record read as the log's end (parseWAL).
+		n := (end - w.alloc + walChunk - 1) / walChunk * walChunk
+		if preallocate(w.f, w.alloc, n) == nil {
+			w.alloc += n
+		}
+	}
 	_, err := w.f.WriteAt(w.buf, w.size)
 	if err == nil {
 		err = fdatasync(w.f)
@@ -282,6 +293,7 @@ func (w *walFile) undo(last int) error {
 var errWALBroken = errors.New("write-ahead log end unknown")
 
 func (w *walFile) cut(size int64, cause error) error {
+	w.alloc = size
 	if err := w.f.Truncate(size); err != nil {
 		return fmt.Errorf("%w: %w (after %w)", errWALBroken, err, cause)
 	}
@@ -317,7 +329,7 @@ func createWAL(path string, h walHeader) (*walFile, error) {
 		_ = f.Close()
 		return nil, err
 	}
-	return &walFile{f: f, epoch: h.epoch, size: int64(len(b))}, nil
+	return &walFile{f: f, epoch: h.epoch, size: int64(len(b)), alloc: int64(len(b))}, nil
 }
 
 // syncDir makes a rename in dir durable.

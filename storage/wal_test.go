@@ -145,6 +145,15 @@ func TestParseWAL(t *testing.T) {
 		}
 		check(t, full[:offs[3]], 3)
 	})
+	t.Run("ZeroTail", func(t *testing.T) {
+		// The preallocated rest of the file, and a record torn into it.
+		data := append(bytes.Clone(full), make([]byte, 1<<16)...)
+		check(t, data, 4)
+		for _, cut := range []int{offs[3] + 3, offs[3] + walRecordHead, len(full) - 1} {
+			data := append(bytes.Clone(full[:cut]), make([]byte, 1<<16)...)
+			check(t, data, 3)
+		}
+	})
 	t.Run("TornTailGarbage", func(t *testing.T) {
 		// The last record's bytes partly lost: zeros or garbage in its place.
 		for _, fill := range []byte{0, 0xff} {
