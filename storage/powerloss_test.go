@@ -155,7 +155,6 @@ func TestPowerLoss(t *testing.T) {
 		} else {
 			records[key] = name
 		}
-		wal := read(walSuffix)
 		if db.epoch != epoch {
 			// The batch's checkpoint synced the file before the writer was answered. A
 			// crash between that sync and the new log's rename leaves the old log,
@@ -174,7 +173,7 @@ func TestPowerLoss(t *testing.T) {
 		if i%50 != 49 {
 			continue
 		}
-		cur := read("")
+		cur, wal := read(""), read(walSuffix)
 		for trial, keep := range []float64{0, 1, 0.5, 0.1, 0.9} {
 			w := wal
 			if trial%2 == 0 {

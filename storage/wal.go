@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -164,11 +165,35 @@ func parseWAL(data []byte) (walLog, error) {
 func findLaterRecord(data []byte, from int, epoch, seq uint64) int {
 	for off := from; off+walRecordHead <= len(data); off++ {
 		n := binary.BigEndian.Uint64(data[off+8:])
+		if n == 0 {
+			// A record's number has a nonzero byte: skip the preallocated zeros.
+			p := nextNonZero(data, off+16)
+			if p < 0 {
+				return -1
+			}
+			off = max(off, p-16) // the loop adds 1: p is then in the number's bytes
+			continue
+		}
 		if n <= seq || n > seq+1024 {
 			continue
 		}
 		if _, ok := walRecordAt(data, off, epoch, n); ok {
 			return off
+		}
+	}
+	return -1
+}
+
+var zeroPage [4096]byte
+
+// nextNonZero returns the index of the first nonzero byte of data at or after from, or -1.
+func nextNonZero(data []byte, from int) int {
+	for from+len(zeroPage) <= len(data) && bytes.Equal(data[from:from+len(zeroPage)], zeroPage[:]) {
+		from += len(zeroPage)
+	}
+	for ; from < len(data); from++ {
+		if data[from] != 0 {
+			return from
 		}
 	}
 	return -1
