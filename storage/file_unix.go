@@ -9,17 +9,6 @@ import (
 	"time"
 )
 
-// fdatasync flushes f's data and the metadata needed to read it back (its size), as
-// bbolt does for its own file.
-func fdatasync(f *os.File) error {
-	for {
-		err := syscall.Fdatasync(int(f.Fd())) // #nosec G115 -- a file descriptor
-		if !errors.Is(err, syscall.EINTR) {
-			return err
-		}
-	}
-}
-
 // lockFile takes f's exclusive lock the way bbolt does (flock), waiting up to timeout.
 // bbolt, handed the same open file, finds the lock already held by it and takes it
 // again at once, so the lock is never released between recovery and bbolt's Open.
