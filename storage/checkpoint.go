@@ -2,8 +2,10 @@ package storage
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"sync"
 	"time"
@@ -265,15 +267,19 @@ func openDataFile(path string, timeout time.Duration) (*os.File, *walLog, error)
 	if err != nil {
 		return fail(fmt.Errorf("read write-ahead log: %w", err))
 	}
-	if err := restoreMetas(f, l.header.metas); err != nil {
+	if err := restoreMetas(f, l.header.metas, l.header.pageSize); err != nil {
 		return fail(fmt.Errorf("restore checkpoint: %w", err))
 	}
 	return f, &l, nil
 }
 
 // restoreMetas writes the checkpoint's meta pages over the file's and syncs them if they
-// differ (after a crash: the file may hold later, unsynced ones).
-func restoreMetas(f *os.File, metas []byte) error {
+// differ (after a crash: the file may hold later, unsynced ones). It refuses a file whose
+// meta pages are all older than the checkpoint's: not the file the log was written for
+// (a backup restored without removing the log, say), onto which the checkpoint's pages
+// would make a corrupt file. (After a power loss the file's newest valid meta page may
+// be the one before the checkpoint's, never an older one.)
+func restoreMetas(f *os.File, metas []byte, pageSize int) error {
 	cur := make([]byte, len(metas))
 	if _, err := f.ReadAt(cur, 0); err != nil {
 		return fmt.Errorf("read meta pages: %w", err)
@@ -281,10 +287,40 @@ func restoreMetas(f *os.File, metas []byte) error {
 	if bytes.Equal(cur, metas) {
 		return nil
 	}
+	if have, ok := newestTxid(cur, pageSize); ok {
+		if want, _ := newestTxid(metas, pageSize); have+1 < want {
+			return fmt.Errorf("the data file is older than its write-ahead log (transaction %d, the log's checkpoint %d): if the file was restored from a backup, move the -wal file away", have, want)
+		}
+	}
 	if _, err := f.WriteAt(metas, 0); err != nil {
 		return err
 	}
 	return fdatasync(f)
+}
+
+// newestTxid returns the highest transaction ID among the valid bbolt meta pages in
+// metas (two pages of pageSize bytes), and whether either is valid. It reads bbolt's
+// meta page as version 2 of its format lays it out: a 16-byte page header, then magic,
+// version, page size, flags (u32 each), root bucket (16 bytes), freelist and high-water
+// page IDs, transaction ID and an FNV-64a checksum of the fields before it (u64 each), in
+// the machine's byte order (little-endian on every platform sessiond is built for).
+func newestTxid(metas []byte, pageSize int) (uint64, bool) {
+	var newest uint64
+	var ok bool
+	for i := range 2 {
+		m := metas[i*pageSize+16 : i*pageSize+16+64]
+		le := binary.LittleEndian
+		if le.Uint32(m) != 0xED0CDAED || le.Uint32(m[4:]) != 2 {
+			continue
+		}
+		h := fnv.New64a()
+		_, _ = h.Write(m[:56])
+		if h.Sum64() != le.Uint64(m[56:]) {
+			continue
+		}
+		newest, ok = max(newest, le.Uint64(m[48:])), true
+	}
+	return newest, ok
 }
 
 // replay applies the log's records, in order, in btx.

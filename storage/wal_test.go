@@ -467,3 +467,55 @@ func TestFileBounded(t *testing.T) {
 	}
 	t.Logf("data file %d MiB, %d checkpoints", st.Size()>>20, db.epoch-1)
 }
+
+// TestWALOtherFile: a backup put in place of the data file without removing the log is
+// refused, not overwritten with the log's checkpoint; without the log it opens.
+func TestWALOtherFile(t *testing.T) {
+	db := MustOpenDB(t)
+	merge(t, db, crdt.UserKey("u1"), newUser(db, "alice"))
+	var backup bytes.Buffer
+	if _, err := db.Backup(&backup); err != nil {
+		t.Fatal(err)
+	}
+	// Later writes and checkpoints move the log's checkpoint past the backup.
+	for i := range 5 {
+		merge(t, db, crdt.UserKey(fmt.Sprintf("u%d", i+2)), newUser(db, fmt.Sprintf("n%d", i)))
+	}
+	checkReplay(t, db)
+	ps := db.bolt.Info().PageSize
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if tx, ok := newestTxid(mustRead(t, db.Path())[:2*ps], ps); !ok || tx < 5 {
+		t.Fatalf("newest transaction %d (valid %v), want at least 5", tx, ok)
+	}
+	if err := os.WriteFile(db.Path(), backup.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if db2, err := Open(db.Path(), Options{Logger: testLogger(t)}); err == nil {
+		db2.Close()
+		t.Fatal("Open of a restored backup beside a newer log succeeded")
+	} else {
+		t.Logf("Open: %v", err)
+	}
+	if err := os.Remove(db.Path() + walSuffix); err != nil {
+		t.Fatal(err)
+	}
+	db2, err := Open(db.Path(), Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("Open of the backup alone: %v", err)
+	}
+	defer db2.Close()
+	if st, _ := db2.Stats(context.Background()); st.Users != 1 {
+		t.Errorf("Users = %d in the backup, want 1", st.Users)
+	}
+}
+
+func mustRead(tb testing.TB, path string) []byte {
+	tb.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
