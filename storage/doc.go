@@ -39,7 +39,9 @@
 //     it with the file, never apart from it. Opening a file without its log after a
 //     crash may open a corrupt file or lose acknowledged writes; a log whose data file
 //     is missing or empty is deleted by Open (the file was wiped). A file restored from
-//     a Backup goes in without the old log.
+//     a Backup goes in without the old log; Open refuses a file whose meta pages are
+//     older than the log's checkpoint, which is what a backup beside a newer log looks
+//     like (a backup taken after the checkpoint cannot be told apart: remove the log).
 //   - path + "-wal.tmp": the next log while a checkpoint writes it; Open deletes it.
 //
 // The log's format, version 1, all integers big-endian, checksums CRC-32C:
