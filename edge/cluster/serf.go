@@ -66,6 +66,11 @@ type MembershipConfig struct {
 	Joining    bool     // start as joining (tagJoining) until Joined is called
 	GossipKeys [][]byte // 32 bytes each; the first is primary
 	Join       []string // members to join, retried with backoff until one answers
+	// Snapshot is the file where serf keeps its Lamport clocks and the members it knew
+	// (empty: none). With it, a node that restarts rejoins with clocks ahead of its own
+	// earlier leave: without, its join could rank below that leave, which peers then
+	// kept applying, and some of them went on listing it as left.
+	Snapshot string
 	// Fast shortens failure detection and reconnection (loopback clusters and tests).
 	Fast        bool
 	NoticeEvery time.Duration // default 5s
@@ -170,6 +175,7 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	sc.Logger = logger
 	sc.BroadcastTimeout, sc.LeavePropagateDelay = leaveBroadcastTimeout, leavePropagateDelay
 	sc.RejoinAfterLeave = true
+	sc.SnapshotPath = cfg.Snapshot
 	sc.ReconnectInterval = 5 * time.Second
 	sc.ReconnectTimeout = 72 * time.Hour
 	sc.EnableNameConflictResolution = true
