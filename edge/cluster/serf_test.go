@@ -150,3 +150,46 @@ func TestMembership_CloseTogether(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestMembership_RejoinAfterLeave: a node that leaves cleanly and starts again under its
+// name, with its snapshot, is listed alive by every peer again, cycle after cycle: its
+// join outranks its own earlier leave.
+func TestMembership_RejoinAfterLeave(t *testing.T) {
+	t.Parallel()
+	m1 := startTestMembership(t, "m1", 1, &syncBuffer{})
+	m2 := startTestMembership(t, "m2", 2, &syncBuffer{}, m1.Addr())
+	snapshot := t.TempDir() + "/serf.snapshot"
+	start := func() *cluster.Membership {
+		m, err := cluster.StartMembership(cluster.MembershipConfig{
+			NodeName: "m3", Region: "r", ID: 3, BindAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:1",
+			GossipKeys: [][]byte{bytes.Repeat([]byte{7}, 32)}, Join: []string{m1.Addr()}, Fast: true,
+			Snapshot: snapshot, Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil)),
+		})
+		if err != nil {
+			t.Fatalf("start m3: %v", err)
+		}
+		return m
+	}
+	status := func(of *cluster.Membership) string {
+		for _, m := range of.Members() {
+			if m.Name == "m3" {
+				return m.Status
+			}
+		}
+		return "unknown"
+	}
+	for cycle := range 4 {
+		m3 := start()
+		clustersim.WaitFor(t, 15*time.Second, func() (bool, string) {
+			s1, s2 := status(m1), status(m2)
+			return s1 == "alive" && s2 == "alive", "cycle " + strconv.Itoa(cycle) + ": m3 is " + s1 + " on m1, " + s2 + " on m2"
+		})
+		if err := m3.Close(context.Background()); err != nil {
+			t.Fatalf("cycle %d: close m3: %v", cycle, err)
+		}
+		clustersim.WaitFor(t, 15*time.Second, func() (bool, string) {
+			s1, s2 := status(m1), status(m2)
+			return s1 == "left" && s2 == "left", "cycle " + strconv.Itoa(cycle) + ": after its leave m3 is " + s1 + " on m1, " + s2 + " on m2"
+		})
+	}
+}
