@@ -150,7 +150,23 @@ func FuzzPushRequest(f *testing.F) {
 		}
 		var again PushRequest
 		reencode(t, m, &again)
-		if again.From != m.From || again.Through != m.Through || !changesEqual(again.Changes, m.Changes) {
+		if again.From != m.From || again.Through != m.Through || again.Era != m.Era || !changesEqual(again.Changes, m.Changes) {
+			t.Fatalf("decode(encode(%+v)) = %+v", m, again)
+		}
+	})
+}
+
+func FuzzPushReply(f *testing.F) {
+	addSeeds(f, mustEncode(f, PushReply{Era: 0xfeedface}), mustEncode(f, PushReply{}))
+	f.Add([]byte(header(kindReply)))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var m PushReply
+		if checkDecode(t, &m, b) != nil {
+			return
+		}
+		var again PushReply
+		reencode(t, m, &again)
+		if again != m {
 			t.Fatalf("decode(encode(%+v)) = %+v", m, again)
 		}
 	})
