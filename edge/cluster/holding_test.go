@@ -84,29 +84,47 @@ func TestSyncMask(t *testing.T) {
 	}
 }
 
-// TestHaveStatePartitions: what a node knows it holds, per partition, under placement.
-func TestHaveStatePartitions(t *testing.T) {
-	const origin, peer, self = crdt.NodeID(7), crdt.NodeID(8), crdt.NodeID(1)
-	at := func(w int64) crdt.Timestamp { return crdt.Timestamp{Wall: w, Node: origin} }
-	mark := func(w int64) crdt.Bookmark { var b crdt.Bookmark; b.Add(at(w)); return b }
-	covers := func(h *haveState, w int64, p int) bool {
-		m, _ := h.missing(mark(w), self, p)
-		return len(m) == 0
-	}
-	var h haveState
+// The fixture of the haveState tests: this node (self), an origin of writes, and what
+// this node knows of them.
+const origin, self = crdt.NodeID(7), crdt.NodeID(1)
+
+func at(w int64) crdt.Timestamp { return crdt.Timestamp{Wall: w, Node: origin} }
+
+func mark(w int64) crdt.Bookmark {
+	var b crdt.Bookmark
+	b.Add(at(w))
+	return b
+}
+
+// covers reports whether h holds the origin's writes up to w in partition p.
+func covers(h *haveState, w int64, p int) bool {
+	m, _ := h.missing(mark(w), self, p)
+	return len(m) == 0
+}
+
+// newTestHave returns a haveState holding partitions 1 and 2 under placement 100.
+func newTestHave() (*haveState, *partitionSet) {
+	h := &haveState{}
 	h.init()
-	var held partitionSet
+	held := &partitionSet{}
 	held.add(1)
 	held.add(2)
-	h.replan(100, nil, &held)
+	h.replan(100, nil, held)
+	return h, held
+}
+
+// TestHaveStatePartitions: what a node knows it holds, per partition, under placement.
+func TestHaveStatePartitions(t *testing.T) {
+	const peer = crdt.NodeID(8)
+	h, held := newTestHave()
 
 	t.Run("OKThroughUnderThisPlacement", func(t *testing.T) {
 		h.pushed(at(10), 100, nil, h.currentEra())
-		if !covers(&h, 10, 1) || !covers(&h, 10, AllPartitions) {
+		if !covers(h, 10, 1) || !covers(h, 10, AllPartitions) {
 			t.Errorf("a Through under the current placement does not cover")
 		}
 		h.pushed(at(20), 99, nil, h.currentEra())
-		if covers(&h, 20, 1) {
+		if covers(h, 20, 1) {
 			t.Errorf("a Through under another placement counted")
 		}
 	})
@@ -115,10 +133,10 @@ func TestHaveStatePartitions(t *testing.T) {
 		theirs.add(1)
 		theirs.add(9) // not ours: ignored
 		h.pushed(at(30), 98, theirs.words(), h.currentEra())
-		if !covers(&h, 30, 1) {
+		if !covers(h, 30, 1) {
 			t.Errorf("a Through naming the partitions it was pushed for does not cover them")
 		}
-		if covers(&h, 30, 2) || covers(&h, 30, 9) {
+		if covers(h, 30, 2) || covers(h, 30, 9) {
 			t.Errorf("a Through covered partitions it was not pushed for")
 		}
 	})
@@ -129,7 +147,7 @@ func TestHaveStatePartitions(t *testing.T) {
 		theirs.add(1)
 		theirs.add(2)
 		h.pushed(at(35), 97, theirs.words(), h.currentEra())
-		if !covers(&h, 35, AllPartitions) {
+		if !covers(h, 35, AllPartitions) {
 			t.Errorf("a Through for every partition we hold does not cover them all")
 		}
 		if base, _ := h.base(); !base.Covers(at(35)) {
@@ -138,15 +156,15 @@ func TestHaveStatePartitions(t *testing.T) {
 	})
 	t.Run("OKGainedPartitionStartsEmpty", func(t *testing.T) {
 		held.add(3)
-		h.replan(101, []int{3}, &held)
-		if !covers(&h, 10, 1) {
+		h.replan(101, []int{3}, held)
+		if !covers(h, 10, 1) {
 			t.Errorf("a partition held before and after forgot what it knew")
 		}
-		if covers(&h, 10, 3) || covers(&h, 10, AllPartitions) {
+		if covers(h, 10, 3) || covers(h, 10, AllPartitions) {
 			t.Errorf("a gained partition inherited knowledge it was never taught")
 		}
 		h.pushed(at(15), 101, nil, h.currentEra())
-		if !covers(&h, 15, 3) || !covers(&h, 15, AllPartitions) {
+		if !covers(h, 15, 3) || !covers(h, 15, AllPartitions) {
 			t.Errorf("a Through under the new placement does not cover the gained partition")
 		}
 	})
@@ -160,10 +178,10 @@ func TestHaveStatePartitions(t *testing.T) {
 		have.Add(crdt.Timestamp{Wall: 50, Node: peer})
 		epoch, era := h.roundStarts()
 		h.synced(peer, epoch, era, have, self, 101, roundScope{compared: &compared, full: &full})
-		if !covers(&h, 40, 1) {
+		if !covers(h, 40, 1) {
 			t.Errorf("a round does not teach the peer's Have of a partition it knows")
 		}
-		if covers(&h, 40, 3) || covers(&h, 40, 2) {
+		if covers(h, 40, 3) || covers(h, 40, 2) {
 			t.Errorf("a round taught the peer's Have of a partition it does not know, or did not compare")
 		}
 		var own crdt.Bookmark
@@ -172,33 +190,33 @@ func TestHaveStatePartitions(t *testing.T) {
 			t.Errorf("a round does not teach the peer's own writes in every partition compared")
 		}
 		h.gone(peer, time.Now())
-		if !covers(&h, 40, 1) {
+		if !covers(h, 40, 1) {
 			t.Errorf("what a peer taught was forgotten when it left: the data is still here")
 		}
-		held = partitionSet{}
+		*held = partitionSet{}
 		held.add(2)
 		held.add(3)
-		h.replan(102, nil, &held)
-		if covers(&h, 40, 1) {
+		h.replan(102, nil, held)
+		if covers(h, 40, 1) {
 			t.Errorf("knowledge of a partition no longer held survived a new placement")
 		}
 		held.add(1)
-		h.replan(103, []int{1}, &held)
-		if covers(&h, 40, 1) {
+		h.replan(103, []int{1}, held)
+		if covers(h, 40, 1) {
 			t.Errorf("knowledge of a partition held before survived its loss and return")
 		}
 	})
 	t.Run("OKRoundUnderOldPlacementIgnored", func(t *testing.T) {
 		epoch, era := h.roundStarts()
 		h.synced(peer, epoch, era, mark(90), self, 101, roundScope{all: true})
-		if covers(&h, 90, 1) {
+		if covers(h, 90, 1) {
 			t.Errorf("a round under an older placement counted")
 		}
 	})
 	t.Run("OKFullRoundSettlesGained", func(t *testing.T) {
 		epoch, era := h.roundStarts()
 		h.synced(peer, epoch, era, mark(95), self, 103, roundScope{all: true})
-		if !covers(&h, 95, 3) || !covers(&h, 95, AllPartitions) {
+		if !covers(h, 95, 3) || !covers(h, 95, AllPartitions) {
 			t.Errorf("a round over every partition held does not cover them all")
 		}
 		if (h.gained != partitionSet{}) {
@@ -207,12 +225,12 @@ func TestHaveStatePartitions(t *testing.T) {
 	})
 	t.Run("OKEraChangesOnlyWithAGain", func(t *testing.T) {
 		era := h.currentEra()
-		h.replan(104, nil, &held)
+		h.replan(104, nil, held)
 		if h.currentEra() != era {
 			t.Errorf("a placement that gains nothing started a new era")
 		}
 		held.add(4)
-		h.replan(105, []int{4}, &held)
+		h.replan(105, []int{4}, held)
 		if h.currentEra() == era || h.currentEra() == 0 {
 			t.Errorf("a placement that gains a partition kept era %d", era)
 		}
@@ -222,28 +240,28 @@ func TestHaveStatePartitions(t *testing.T) {
 		// partition 4: its pushes since may not have carried what we dropped.
 		era := h.currentEra()
 		held.add(5)
-		h.replan(106, []int{5}, &held)
+		h.replan(106, []int{5}, held)
 		h.pushed(at(200), 106, nil, era)
-		if covers(&h, 200, 1) || covers(&h, 200, 4) {
+		if covers(h, 200, 1) || covers(h, 200, 4) {
 			t.Errorf("a Through by a sender whose round with us was in an older era counted")
 		}
 		var theirs partitionSet
 		theirs.add(1)
 		h.pushed(at(210), 77, theirs.words(), era)
-		if covers(&h, 210, 1) {
+		if covers(h, 210, 1) {
 			t.Errorf("a Through under another placement by a sender of an older era counted")
 		}
 		h.pushed(at(220), 106, nil, h.currentEra())
-		if !covers(&h, 220, 5) {
+		if !covers(h, 220, 5) {
 			t.Errorf("a Through of the current era does not cover")
 		}
 	})
 	t.Run("OKRoundBegunInAnOlderEraIgnored", func(t *testing.T) {
 		epoch, era := h.roundStarts()
 		held.add(6)
-		h.replan(107, []int{6}, &held)
+		h.replan(107, []int{6}, held)
 		h.synced(peer, epoch, era, mark(300), self, 107, roundScope{all: true})
-		if covers(&h, 300, 6) || covers(&h, 300, AllPartitions) {
+		if covers(h, 300, 6) || covers(h, 300, AllPartitions) {
 			t.Errorf("a round begun before a gain taught what it may not have carried")
 		}
 	})
@@ -279,19 +297,7 @@ func TestMoveRate(t *testing.T) {
 // too far ahead) makes its Throughs count for the other partitions only, until a round
 // with it completes without refusals.
 func TestHaveStateDistrust(t *testing.T) {
-	const origin, self = crdt.NodeID(7), crdt.NodeID(1)
-	at := func(w int64) crdt.Timestamp { return crdt.Timestamp{Wall: w, Node: origin} }
-	mark := func(w int64) crdt.Bookmark { var b crdt.Bookmark; b.Add(at(w)); return b }
-	covers := func(h *haveState, w int64, p int) bool {
-		m, _ := h.missing(mark(w), self, p)
-		return len(m) == 0
-	}
-	var h haveState
-	h.init()
-	var held partitionSet
-	held.add(1)
-	held.add(2)
-	h.replan(100, nil, &held)
+	h, held := newTestHave()
 	refusedKey := crdt.UserKey("002" + strings.Repeat("0", 29))
 	if got := crdt.KeyHomes(refusedKey).First(); got != 2 {
 		t.Fatalf("test key in partition %d, want 2", got)
@@ -299,22 +305,22 @@ func TestHaveStateDistrust(t *testing.T) {
 	h.distrust(origin, []string{refusedKey})
 	epoch, era := h.roundStarts()
 	h.pushed(at(38), 100, held.words(), era)
-	if !covers(&h, 38, 1) || covers(&h, 38, 2) || covers(&h, 38, AllPartitions) {
-		t.Errorf("a distrusted origin's Through: partition 1 %v (want true), 2 %v (want false)", covers(&h, 38, 1), covers(&h, 38, 2))
+	if !covers(h, 38, 1) || covers(h, 38, 2) || covers(h, 38, AllPartitions) {
+		t.Errorf("a distrusted origin's Through: partition 1 %v (want true), 2 %v (want false)", covers(h, 38, 1), covers(h, 38, 2))
 	}
 	var refused partitionSet
 	refused.add(2)
 	h.synced(origin, epoch, era, mark(39), self, 100, roundScope{all: true, refused: &refused})
-	if covers(&h, 39, 2) || !covers(&h, 39, 1) {
+	if covers(h, 39, 2) || !covers(h, 39, 1) {
 		t.Errorf("a round that refused changes in partition 2 taught about it, or not about 1")
 	}
 	h.pushed(at(40), 100, held.words(), era)
-	if covers(&h, 40, 2) {
+	if covers(h, 40, 2) {
 		t.Errorf("a round with refusals ended the distrust")
 	}
 	h.synced(origin, epoch, era, mark(41), self, 100, roundScope{all: true})
 	h.pushed(at(42), 100, held.words(), era)
-	if !covers(&h, 42, 2) || !covers(&h, 42, AllPartitions) {
+	if !covers(h, 42, 2) || !covers(h, 42, AllPartitions) {
 		t.Errorf("a clean round did not end the distrust")
 	}
 }
