@@ -276,13 +276,7 @@ func (h *haveState) distrust(origin crdt.NodeID, refused []string) {
 	h.epoch++
 	d := h.distrusted[origin]
 	d.epoch, d.all = h.epoch, d.all || len(refused) == 0
-	for _, k := range refused {
-		homes := crdt.KeyHomes(k)
-		d.parts.add(homes.First())
-		if s, ok := homes.Second(); ok {
-			d.parts.add(s)
-		}
-	}
+	d.parts.addHomes(refused)
 	h.distrusted[origin] = d // what it told us before the refusal stands
 }
 

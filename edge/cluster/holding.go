@@ -84,6 +84,17 @@ type partitionSet [crdt.Partitions / 64]uint64
 func (s *partitionSet) add(p int)       { s[p>>6] |= 1 << (p & 63) }
 func (s *partitionSet) has(p int) bool  { return s[p>>6]&(1<<(p&63)) != 0 }
 func (s *partitionSet) words() []uint64 { return s[:] }
+
+// addHomes adds the partitions of keys' homes (crdt.KeyHomes).
+func (s *partitionSet) addHomes(keys []string) {
+	for _, k := range keys {
+		homes := crdt.KeyHomes(k)
+		s.add(homes.First())
+		if p, ok := homes.Second(); ok {
+			s.add(p)
+		}
+	}
+}
 func (s *partitionSet) coversAll(o *partitionSet) bool {
 	for i := range s {
 		if o[i]&^s[i] != 0 {

@@ -1136,13 +1136,7 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *
 		// The round completed but for changes we refused (clock skew, size): it teaches
 		// nothing about their partitions, which the periodic round tries again.
 		var parts partitionSet
-		for _, k := range refused {
-			homes := crdt.KeyHomes(k)
-			parts.add(homes.First())
-			if s, ok := homes.Second(); ok {
-				parts.add(s)
-			}
-		}
+		parts.addHomes(refused)
 		scope.refused = &parts
 	}
 	return r.completed(ctx, peer, epoch, era, rep, scope, v.fingerprint)
