@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -39,6 +38,11 @@ type Options struct {
 	// next read of the same record; default 16384, negative for none. A cached record
 	// costs 1–2 KiB of heap (a session with eight data keys: 1.7 KiB).
 	RecordCache int
+	// OnMigrate, when set, is called during Open after each step of migrating an older
+	// data file to FormatVersion (from, to: the step's formats), inside the transaction
+	// that migrates it, before it commits. For logs and crash tests; it must not call the
+	// DB.
+	OnMigrate func(from, to uint64)
 }
 
 // Log attribute keys.
@@ -89,8 +93,6 @@ var (
 	metaSessions = []byte("sessions")
 	metaMessages = []byte("messages")
 )
-
-const formatVersion = 1
 
 // ErrClosed is returned by writes to a closed DB.
 var ErrClosed = errors.New("storage: database closed")
@@ -184,7 +186,10 @@ func Open(path string, opts Options) (*DB, error) {
 // init creates the buckets and the node identity, and loads counters, feed head, the HLC
 // high-water mark and the digest.
 func (db *DB) init() error {
-	var hw crdt.Timestamp
+	var (
+		hw       crdt.Timestamp
+		migrated uint64 // the format the file was migrated from, if it was
+	)
 	err := db.bolt.Update(func(btx *bolt.Tx) error {
 		for _, name := range allBuckets {
 			if _, err := btx.CreateBucketIfNotExists(name); err != nil {
@@ -192,19 +197,22 @@ func (db *DB) init() error {
 			}
 		}
 		meta := btx.Bucket(bucketMeta)
-		if v := meta.Get(metaFormat); v != nil && getUint(v) != formatVersion {
-			return fmt.Errorf("data format %d, want %d", getUint(v), formatVersion)
-		}
-		if err := meta.Put(metaFormat, putUint(formatVersion)); err != nil {
-			return err
-		}
-		if getUint(meta.Get(metaLeaves)) != leafScheme {
-			if err := rebuildLeaves(btx); err != nil {
-				return fmt.Errorf("rebuild leaf index: %w", err)
+		switch v := meta.Get(metaFormat); {
+		case v == nil && meta.Get(metaNode) == nil: // a new file
+			if err := meta.Put(metaFormat, putUint(FormatVersion)); err != nil {
+				return err
 			}
 			if err := meta.Put(metaLeaves, putUint(leafScheme)); err != nil {
 				return err
 			}
+		case len(v) != 8:
+			return errors.New("meta bucket holds no valid format version: not a sessiond data file, or a damaged one")
+		case getUint(v) != FormatVersion:
+			from := getUint(v)
+			if err := migrate(btx, from, db.opts.OnMigrate); err != nil {
+				return err
+			}
+			migrated = from
 		}
 		if v := meta.Get(metaNode); len(v) == 8 {
 			db.node = crdt.NodeID(binary.BigEndian.Uint64(v))
@@ -229,6 +237,9 @@ func (db *DB) init() error {
 	})
 	if err != nil {
 		return err
+	}
+	if migrated != 0 {
+		db.log.Info("data file migrated", attrPath, db.path, "from_format", migrated, "to_format", FormatVersion)
 	}
 	// Physical time never reads below the high-water mark, so a clock stepped back
 	// across a restart cannot make this node issue timestamps below its earlier ones.
@@ -357,23 +368,6 @@ func (db *DB) Stats(ctx context.Context) (Stats, error) {
 		return Stats{}, err
 	}
 	return Stats{Users: int(db.users.Load()), Sessions: int(db.sessions.Load()), Messages: int(db.messages.Load())}, nil
-}
-
-// Backup writes a consistent copy of the whole file to w from a read transaction, while
-// reads and writes go on, and returns the number of bytes written. The copy opens as a
-// regular data file. It carries this node's ID: restore it only in place of this node,
-// never beside it (two nodes with one ID would reuse log sequence numbers).
-func (db *DB) Backup(w io.Writer) (int64, error) {
-	var n int64
-	err := db.bolt.View(func(btx *bolt.Tx) error {
-		var err error
-		n, err = btx.WriteTo(w)
-		return err
-	})
-	if err != nil {
-		return n, fmt.Errorf("backup: %w", err)
-	}
-	return n, nil
 }
 
 // view runs fn in a bbolt read transaction after checking ctx.

@@ -166,7 +166,7 @@ func TestBackup(t *testing.T) {
 		return err
 	})
 	var buf bytes.Buffer
-	n, err := db.Backup(&buf)
+	n, err := db.Backup(&buf, nil)
 	if err != nil {
 		t.Fatalf("Backup: %v", err)
 	}
