@@ -133,7 +133,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	n.broker = newBroker()
-	n.db, err = storage.Open(filepath.Join(n.cfg.DataDir, "sessiond.db"), storage.Options{
+	n.db, err = storage.Open(filepath.Join(n.cfg.DataDir, storage.FileName), storage.Options{
 		Timeout:  time.Second,
 		Now:      n.cfg.Now,
 		MaxSkew:  n.cfg.MaxSkew,

@@ -16,6 +16,9 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
+// FileName is the name of the data file in a node's data directory.
+const FileName = "sessiond.db"
+
 // Options configures Open. The zero Options is valid: every field has a default.
 type Options struct {
 	// Timeout is how long Open waits for the data file's lock; default 1s. When it runs

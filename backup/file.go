@@ -1,0 +1,212 @@
+package backup
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"time"
+)
+
+// FileVersion is the version of the backup file format this build writes and reads.
+const FileVersion = 1
+
+// MaxHeader bounds the header's JSON: a reader refuses a longer one unread.
+const MaxHeader = 64 << 10
+
+var (
+	headMagic  = []byte("SDBACKUP")
+	trailMagic = []byte("SDBKEND\n")
+)
+
+const trailerLen = 8 + 8 + sha256.Size
+
+// Errors of a file that is not a complete, unaltered backup.
+var (
+	ErrForeign   = errors.New("not a sessiond backup file")
+	ErrTruncated = errors.New("backup file is truncated")
+	ErrChecksum  = errors.New("backup file is corrupt: checksum mismatch")
+)
+
+// Header describes a backup: where and when it was taken and what it holds. It is
+// written before the copy, from the read transaction that copies.
+type Header struct {
+	Node       string    `json:"node"`        // the node's name
+	NodeID     string    `json:"node_id"`     // the node's identity (crdt.NodeID)
+	Region     string    `json:"region"`      // the node's region
+	Version    string    `json:"version"`     // the node's sessiond version
+	CreatedAt  time.Time `json:"created_at"`  // when the copy was taken, node's clock
+	DataFormat uint64    `json:"data_format"` // the data file's format (storage.FormatVersion)
+	Clock      string    `json:"clock"`       // the node's HLC high-water mark in the copy
+	Size       int64     `json:"size"`        // bytes of the data file that follow
+	Users      int       `json:"users"`       // counts in the copy (storage.Stats)
+	Sessions   int       `json:"sessions"`
+	Messages   int       `json:"messages"`
+}
+
+// Writer writes a backup file to an underlying writer: NewWriter writes the header,
+// Write takes exactly Header.Size bytes of body, and Close writes the trailer. Not safe
+// for concurrent use.
+type Writer struct {
+	w    io.Writer
+	sum  hash.Hash
+	size int64
+	n    int64
+}
+
+// NewWriter writes the header for h to w and returns the Writer of the body.
+func NewWriter(w io.Writer, h Header) (*Writer, error) {
+	if h.Size < 0 {
+		return nil, fmt.Errorf("backup header: negative size %d", h.Size)
+	}
+	j, err := json.Marshal(h)
+	if err != nil {
+		return nil, fmt.Errorf("encode backup header: %w", err)
+	}
+	if len(j) > MaxHeader {
+		return nil, fmt.Errorf("backup header of %d bytes, at most %d", len(j), MaxHeader)
+	}
+	bw := &Writer{w: w, sum: sha256.New(), size: h.Size}
+	head := append([]byte(nil), headMagic...)
+	head = binary.BigEndian.AppendUint16(head, FileVersion)
+	head = binary.BigEndian.AppendUint32(head, uint32(len(j))) // #nosec G115 -- at most MaxHeader
+	head = append(head, j...)
+	bw.sum.Write(head)
+	if _, err := w.Write(head); err != nil {
+		return nil, fmt.Errorf("write backup header: %w", err)
+	}
+	return bw, nil
+}
+
+// Write writes body bytes. Writing more than Header.Size bytes in all is an error.
+func (w *Writer) Write(p []byte) (int, error) {
+	if int64(len(p)) > w.size-w.n {
+		return 0, fmt.Errorf("backup body over its declared %d bytes", w.size)
+	}
+	n, err := w.w.Write(p)
+	w.sum.Write(p[:n])
+	w.n += int64(n)
+	return n, err
+}
+
+// Close writes the trailer once exactly Header.Size bytes of body were written; it does
+// not close the underlying writer.
+func (w *Writer) Close() error {
+	if w.n != w.size {
+		return fmt.Errorf("backup body of %d bytes, declared %d", w.n, w.size)
+	}
+	t := append([]byte(nil), trailMagic...)
+	t = binary.BigEndian.AppendUint64(t, uint64(w.n)) // #nosec G115 -- w.n >= 0
+	t = w.sum.Sum(t)
+	_, err := w.w.Write(t)
+	return err
+}
+
+// Reader reads a backup file: NewReader reads and checks the header, Read returns the
+// body, and at the body's end Read checks the trailer, returning io.EOF only if the
+// file is complete and its checksum matches (ErrTruncated or ErrChecksum otherwise).
+// Bytes after the trailer are not read. Not safe for concurrent use.
+type Reader struct {
+	r    *bufio.Reader
+	h    Header
+	sum  hash.Hash
+	left int64
+	err  error // sticky: the end's result
+}
+
+// NewReader reads the header from r. It returns ErrForeign for a file that is not a
+// backup, an error naming both versions for a backup file format it does not read, and
+// ErrTruncated for a file that ends within the header.
+func NewReader(r io.Reader) (*Reader, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	sum := sha256.New()
+	fixed := make([]byte, len(headMagic)+2+4)
+	if n, err := io.ReadFull(br, fixed); err != nil {
+		if n == 0 && errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: the file is empty", ErrForeign)
+		}
+		if !bytes.HasPrefix(fixed, headMagic[:min(n, len(headMagic))]) {
+			return nil, ErrForeign
+		}
+		return nil, fmt.Errorf("%w: within the header", ErrTruncated)
+	}
+	if !bytes.Equal(fixed[:len(headMagic)], headMagic) {
+		return nil, ErrForeign
+	}
+	if v := binary.BigEndian.Uint16(fixed[len(headMagic):]); v != FileVersion {
+		return nil, fmt.Errorf("backup file format %d, this build reads format %d: use the sessiond release that took it", v, FileVersion)
+	}
+	hl := binary.BigEndian.Uint32(fixed[len(headMagic)+2:])
+	if hl > MaxHeader {
+		return nil, fmt.Errorf("%w: header of %d bytes, at most %d", ErrChecksum, hl, MaxHeader)
+	}
+	j := make([]byte, hl)
+	if _, err := io.ReadFull(br, j); err != nil {
+		return nil, fmt.Errorf("%w: within the header", ErrTruncated)
+	}
+	sum.Write(fixed)
+	sum.Write(j)
+	var h Header
+	if err := json.Unmarshal(j, &h); err != nil || h.Size < 0 {
+		return nil, fmt.Errorf("%w: unreadable header", ErrChecksum)
+	}
+	return &Reader{r: br, h: h, sum: sum, left: h.Size}, nil
+}
+
+// Header returns the file's header.
+func (r *Reader) Header() Header { return r.h }
+
+// Read reads body bytes; see Reader.
+func (r *Reader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	if r.left == 0 {
+		r.err = r.trailer()
+		return 0, r.err
+	}
+	if int64(len(p)) > r.left {
+		p = p[:r.left]
+	}
+	n, err := r.r.Read(p)
+	r.sum.Write(p[:n])
+	r.left -= int64(n)
+	if errors.Is(err, io.EOF) {
+		if r.left > 0 {
+			r.err = fmt.Errorf("%w: %d of %d bytes of data", ErrTruncated, r.h.Size-r.left, r.h.Size)
+			return n, r.err
+		}
+		err = nil
+	}
+	return n, err
+}
+
+// trailer reads and checks the trailer.
+func (r *Reader) trailer() error {
+	t := make([]byte, trailerLen)
+	if _, err := io.ReadFull(r.r, t); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("%w: the trailer is missing", ErrTruncated)
+		}
+		return err
+	}
+	if !bytes.Equal(t[:len(trailMagic)], trailMagic) {
+		return fmt.Errorf("%w: no trailer where the data ends", ErrChecksum)
+	}
+	if n := binary.BigEndian.Uint64(t[len(trailMagic):]); n != uint64(r.h.Size) { // #nosec G115 -- Size >= 0
+		return fmt.Errorf("%w: trailer says %d bytes of data, header %d", ErrChecksum, n, r.h.Size)
+	}
+	if !bytes.Equal(t[len(trailMagic)+8:], r.sum.Sum(nil)) {
+		return ErrChecksum
+	}
+	return io.EOF
+}
+
+// Complete reports whether r's file has been read to its checked end: Read returned
+// io.EOF.
+func (r *Reader) Complete() bool { return errors.Is(r.err, io.EOF) }
