@@ -160,4 +160,3 @@ func copyFile(tb testing.TB, from, to string) {
 		tb.Fatal(err)
 	}
 }
-
