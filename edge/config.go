@@ -101,6 +101,10 @@ type Config struct {
 	// behind. Default 2s.
 	BookmarkTimeout time.Duration
 
+	// Version names this build in the headers of the backups the node serves; default
+	// "dev".
+	Version string
+
 	Logger *slog.Logger     // default: discard
 	Now    func() time.Time // physical clock; default time.Now (tests inject skew here)
 }

@@ -25,12 +25,14 @@ var statusOf = map[string]int{
 	functions.EInternal:         fiber.StatusInternalServerError,
 	codeUnsupportedMediaType:    fiber.StatusUnsupportedMediaType,
 	codeHeaderTooLarge:          fiber.StatusRequestHeaderFieldsTooLarge,
+	codeForbidden:               fiber.StatusForbidden,
 }
 
 // Codes of refusals that only the HTTP layer makes; functions never returns them.
 const (
 	codeUnsupportedMediaType = "unsupported_media_type" // a body that is not application/json
 	codeHeaderTooLarge       = "header_too_large"       // a header block over maxHeaderBytes
+	codeForbidden            = "forbidden"              // a user's token on an admin route (admin.go)
 )
 
 // fiberCodes maps errors Fiber raises itself (routing, body and header limits, the UI's
@@ -101,7 +103,7 @@ func (n *Node) writeError(c *fiber.Ctx, err error) error {
 		// within a second or so.
 		c.Set(fiber.HeaderRetryAfter, "1")
 	}
-	if code == functions.EUnauthorized {
+	if code == functions.EUnauthorized && len(c.Response().Header.Peek(fiber.HeaderWWWAuthenticate)) == 0 {
 		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="sessiond"`)
 	}
 	return c.Status(status).JSON(body)

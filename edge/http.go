@@ -80,6 +80,7 @@ func (n *Node) newApp() *fiber.App {
 	app.Get("/readyz", n.readyz)
 	app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{})))
 
+	n.adminRoutes(app) // before /v1's middleware, which is for users' requests
 	chain := []fiber.Handler{n.consistency}
 	if n.cfg.Replicas > 0 {
 		chain = []fiber.Handler{n.route, n.consistency} // forward.go

@@ -22,6 +22,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/adminauth"
 	"github.com/sessiond/sessiond/edge/cluster"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/storage"
@@ -51,8 +52,10 @@ type Node struct {
 	replicator *cluster.Replicator
 	membership *cluster.Membership
 
-	counters *cluster.Counters // login and sign-up counts, cluster-wide (throttle.go)
-	limits   *limiter
+	counters  *cluster.Counters   // login and sign-up counts, cluster-wide (throttle.go)
+	admin     *adminauth.Verifier // admin routes' authentication (admin.go)
+	backingUp atomic.Bool         // a backup is being served (admin.go)
+	limits    *limiter
 
 	requestContexts sync.Pool      // of *requestContext, reused by consistency
 	awaiting        slots          // bookmark waits in progress, per client address (maxAwaitingPerAddress)
@@ -80,6 +83,9 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Version == "" {
+		cfg.Version = "dev"
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -154,6 +160,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	n.tokens = newTokens(keys, n.cfg.Now)
+	n.admin = adminauth.NewVerifier(keys, n.cfg.Now)
 	n.limits = newLimiter(n.counters)
 	n.limits.nodes = func() int { return 1 + n.replicator.Peers() }
 	st := store{DB: n.db}

@@ -1,0 +1,110 @@
+package edge
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/sessiond/sessiond/backup"
+	"github.com/sessiond/sessiond/edge/adminauth"
+	"github.com/sessiond/sessiond/functions"
+	"github.com/sessiond/sessiond/storage"
+)
+
+// Admin routes (/v1/admin/) serve the operator's command line tools, not users: a request
+// is signed with the cluster key (package adminauth); a user's bearer token gets 403.
+
+// adminAuth authenticates an admin request; see package adminauth.
+func (n *Node) adminAuth(c *fiber.Ctx) error {
+	auth := c.Get(fiber.HeaderAuthorization)
+	if _, ok := bearerToken(auth); ok {
+		return functions.Errorf(codeForbidden, "a user's token does not open the admin routes: they take a request signed with the cluster key (%s)", adminauth.Scheme)
+	}
+	err := n.admin.Verify(c.Method(), string(c.Request().RequestURI()), c.Body(), auth)
+	switch {
+	case err == nil:
+		return c.Next()
+	case errors.Is(err, adminauth.ErrBusy):
+		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(adminauth.Window.Seconds()))
+		return functions.Errorf(functions.ERateLimited, "%v", err)
+	}
+	c.Set(fiber.HeaderWWWAuthenticate, adminauth.Scheme)
+	return functions.Errorf(functions.EUnauthorized, "admin request refused: %v", err)
+}
+
+// backupRetry is the Retry-After of a backup refused because another one runs.
+const backupRetry = 10 * time.Second
+
+// backup serves GET /v1/admin/backup: a backup file (package backup) of this node's data,
+// a consistent copy taken in one read transaction while writes go on, streamed as it is
+// copied. One backup runs at a time: another request meanwhile gets 429 rate_limited.
+// A stream that breaks off (the node stops, the client goes) lacks its trailer, so the
+// client knows it is incomplete.
+func (n *Node) backup(c *fiber.Ctx) error {
+	if !n.backingUp.CompareAndSwap(false, true) {
+		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(backupRetry.Seconds()))
+		return functions.Errorf(functions.ERateLimited, "a backup of this node is already running")
+	}
+	c.Set(fiber.HeaderContentType, "application/octet-stream")
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	c.Set(fiber.HeaderContentDisposition, `attachment; filename="`+n.cfg.NodeName+`.sdbackup"`)
+	ctx, log := n.ctx, n.log.With("component", "backup")
+	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer n.backingUp.Store(false)
+		start := time.Now()
+		var bw *backup.Writer
+		body := writerFunc(func(p []byte) (int, error) { return bw.Write(p) })
+		_, err := n.db.Backup(body, func(info storage.SnapshotInfo) error {
+			h := backup.Header{
+				Node: n.cfg.NodeName, NodeID: info.Node.String(), Region: n.cfg.Region, Version: n.cfg.Version,
+				CreatedAt: n.cfg.Now().UTC(), DataFormat: info.Format, Clock: info.Clock.String(), Size: info.Size,
+				Users: info.Stats.Users, Sessions: info.Stats.Sessions, Messages: info.Stats.Messages,
+			}
+			var err error
+			bw, err = backup.NewWriter(ctxWriter{ctx: ctx, w: w}, h)
+			log.Info("backup started", "bytes", h.Size, "users", h.Users, "sessions", h.Sessions, "messages", h.Messages)
+			return err
+		})
+		if err == nil {
+			err = bw.Close()
+		}
+		if err == nil {
+			err = w.Flush()
+		}
+		if err != nil {
+			log.Warn("backup ended early; the client's copy lacks its trailer", slog.Any("err", err), "after", time.Since(start))
+			return
+		}
+		log.Info("backup sent", "duration", time.Since(start))
+	})
+	return nil
+}
+
+// adminRoutes adds the admin routes to app.
+func (n *Node) adminRoutes(app *fiber.App) {
+	admin := app.Group("/v1/admin", n.adminAuth)
+	admin.Get("/backup", n.backup)
+	admin.Use(func(c *fiber.Ctx) error { return fiber.NewError(fiber.StatusNotFound, "no such route") })
+}
+
+// ctxWriter fails its writes once ctx has ended: a backup stream stops when the node
+// does, so that its read transaction never holds up closing the data file.
+type ctxWriter struct {
+	ctx context.Context
+	w   *bufio.Writer
+}
+
+func (cw ctxWriter) Write(p []byte) (int, error) {
+	if err := cw.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return cw.w.Write(p)
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

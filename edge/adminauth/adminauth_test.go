@@ -1,0 +1,121 @@
+package adminauth
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+var (
+	keyA = bytes.Repeat([]byte{0xa}, 32)
+	keyB = bytes.Repeat([]byte{0xb}, 32)
+	t0   = time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+)
+
+func fixed(t time.Time) func() time.Time { return func() time.Time { return t } }
+
+func TestVerify(t *testing.T) {
+	const target = "/v1/admin/backup?x=1"
+	for _, tc := range []struct {
+		name   string
+		keys   [][]byte // the node's
+		signer []byte
+		signAt time.Time
+		method string // the request as received, signed as GET target with no body
+		target string
+		body   []byte
+		want   error
+	}{
+		{name: "OK", keys: [][]byte{keyA}, signer: keyA, signAt: t0},
+		{name: "OKOlderKey", keys: [][]byte{keyB, keyA}, signer: keyA, signAt: t0},
+		{name: "OKSkewWithinWindow", keys: [][]byte{keyA}, signer: keyA, signAt: t0.Add(-Window + time.Second)},
+		{name: "ErrWrongKey", keys: [][]byte{keyA}, signer: keyB, signAt: t0, want: ErrSignature},
+		{name: "ErrStale", keys: [][]byte{keyA}, signer: keyA, signAt: t0.Add(-Window - time.Second), want: ErrStale},
+		{name: "ErrFuture", keys: [][]byte{keyA}, signer: keyA, signAt: t0.Add(Window + time.Second), want: ErrStale},
+		{name: "ErrTamperedPath", keys: [][]byte{keyA}, signer: keyA, signAt: t0, target: "/v1/admin/other?x=1", want: ErrSignature},
+		{name: "ErrTamperedQuery", keys: [][]byte{keyA}, signer: keyA, signAt: t0, target: "/v1/admin/backup?x=2", want: ErrSignature},
+		{name: "ErrTamperedMethod", keys: [][]byte{keyA}, signer: keyA, signAt: t0, method: "POST", want: ErrSignature},
+		{name: "ErrTamperedBody", keys: [][]byte{keyA}, signer: keyA, signAt: t0, body: []byte("{}"), want: ErrSignature},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := NewVerifier(tc.keys, fixed(t0))
+			auth := Sign(tc.signer, "GET", target, nil, tc.signAt)
+			method, tgt := "GET", target
+			if tc.method != "" {
+				method = tc.method
+			}
+			if tc.target != "" {
+				tgt = tc.target
+			}
+			if err := v.Verify(method, tgt, tc.body, auth); !errors.Is(err, tc.want) {
+				t.Errorf("Verify = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestVerifyReplay(t *testing.T) {
+	now := t0
+	v := NewVerifier([][]byte{keyA}, func() time.Time { return now })
+	auth := Sign(keyA, "GET", "/v1/admin/backup", nil, now)
+	if err := v.Verify("GET", "/v1/admin/backup", nil, auth); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Verify("GET", "/v1/admin/backup", nil, auth); !errors.Is(err, ErrReplayed) {
+		t.Errorf("replay within the window: %v, want %v", err, ErrReplayed)
+	}
+	now = now.Add(Window + time.Second)
+	if err := v.Verify("GET", "/v1/admin/backup", nil, auth); !errors.Is(err, ErrStale) {
+		t.Errorf("replay after the window: %v, want %v", err, ErrStale)
+	}
+	// A fresh signature of the same request is accepted.
+	if err := v.Verify("GET", "/v1/admin/backup", nil, Sign(keyA, "GET", "/v1/admin/backup", nil, now)); err != nil {
+		t.Errorf("fresh signature: %v", err)
+	}
+}
+
+func TestVerifyMalformed(t *testing.T) {
+	v := NewVerifier([][]byte{keyA}, fixed(t0))
+	good := Sign(keyA, "GET", "/x", nil, t0)
+	for name, auth := range map[string]string{
+		"ErrEmpty":       "",
+		"ErrBearer":      "Bearer abc.def.ghi",
+		"ErrNoFields":    Scheme + " ",
+		"ErrBadTime":     strings.Replace(good, "t=", "t=x", 1),
+		"ErrShortNonce":  strings.Replace(good, "n=", "n=ab,x=", 1),
+		"ErrBadSigBytes": good[:len(good)-4],
+		"ErrNotBase64":   good + "!!",
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := v.Verify("GET", "/x", nil, auth)
+			if !errors.Is(err, ErrMissing) && !errors.Is(err, ErrMalformed) {
+				t.Errorf("Verify(%q) = %v, want %v or %v", auth, err, ErrMissing, ErrMalformed)
+			}
+		})
+	}
+}
+
+func TestVerifyBusy(t *testing.T) {
+	v := NewVerifier([][]byte{keyA}, fixed(t0))
+	for i := range maxNonces {
+		if err := v.Verify("GET", "/x", nil, Sign(keyA, "GET", "/x", nil, t0)); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	if err := v.Verify("GET", "/x", nil, Sign(keyA, "GET", "/x", nil, t0)); !errors.Is(err, ErrBusy) {
+		t.Errorf("request past the bound: %v, want %v", err, ErrBusy)
+	}
+}
+
+func TestSetKeys(t *testing.T) {
+	v := NewVerifier([][]byte{keyA}, fixed(t0))
+	v.SetKeys([][]byte{keyB})
+	for signer, want := range map[string]error{"A": ErrSignature, "B": nil} {
+		k := map[string][]byte{"A": keyA, "B": keyB}[signer]
+		if err := v.Verify("GET", "/x", nil, Sign(k, "GET", "/x", nil, t0)); !errors.Is(err, want) {
+			t.Errorf("signed with %s after rotation to B: %v, want %v", signer, err, want)
+		}
+	}
+}
