@@ -78,6 +78,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return health(args[1:], stdout, stderr)
 		case "bench":
 			return benchCmd(args[1:], stdout, stderr)
+		case "backup":
+			return backupCmd(args[1:], stdout, stderr)
+		case "restore":
+			return restoreCmd(args[1:], stdout, stderr)
 		case "version", "--version", "-version":
 			fmt.Fprintln(stdout, "sessiond", versionString())
 			return 0
@@ -97,6 +101,10 @@ Usage:
   sessiond version            print the version and the build's commit (also --version)
   sessiond help               print this (also --help, -h)
   sessiond bench [flags]      measure nodes under a workload mix (sessiond bench --help)
+  sessiond backup --http A --out FILE   take a backup of the running node at A
+                              (sessiond backup --help; sessiond backup verify FILE checks one)
+  sessiond restore --from FILE --data DIR   write a new data directory from a backup,
+                              under a fresh node identity (sessiond restore --help)
 
 Every flag can also be set in the environment as SESSIOND_<NAME>, e.g. SESSIOND_HTTP,
 SESSIOND_CLUSTER_KEY_FILE; a flag on the command line wins. SESSIOND_CLUSTER_KEY may hold
@@ -239,6 +247,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg := f.cfg
 	cfg.Logger = logger
+	cfg.Version = versionString()
 	if f.clockOffset != 0 {
 		if !f.testHooks {
 			fmt.Fprintln(stderr, "sessiond: --test-clock-offset is a test hook: it needs --enable-test-hooks")
@@ -366,13 +375,16 @@ func health(args []string, stdout, stderr io.Writer) int {
 // healthURL returns the /healthz URL of a node given as host:port (an unspecified host,
 // as in :8080 or 0.0.0.0:8080, is this host) or as an http or https URL, which may have a
 // path prefix (a proxy's).
-func healthURL(addr string) (string, error) {
+func healthURL(addr string) (string, error) { return nodeURL(addr, "/healthz") }
+
+// nodeURL returns the URL of path on a node given as healthURL takes it.
+func nodeURL(addr, path string) (string, error) {
 	if strings.Contains(addr, "://") {
 		u, err := url.Parse(addr)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return "", fmt.Errorf("--http %q: want host:port or an http:// or https:// URL", addr)
 		}
-		u.Path = strings.TrimSuffix(u.Path, "/") + "/healthz"
+		u.Path = strings.TrimSuffix(u.Path, "/") + path
 		u.RawPath, u.RawQuery, u.Fragment = "", "", ""
 		return u.String(), nil
 	}
@@ -383,5 +395,5 @@ func healthURL(addr string) (string, error) {
 	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 		host = "127.0.0.1"
 	}
-	return "http://" + net.JoinHostPort(host, port) + "/healthz", nil
+	return "http://" + net.JoinHostPort(host, port) + path, nil
 }

@@ -1,0 +1,345 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sessiond/sessiond/backup"
+	"github.com/sessiond/sessiond/edge/adminauth"
+)
+
+const backupUsage = `Usage:
+  sessiond backup --http ADDR --out FILE [--force]   take a backup of the running node at ADDR
+  sessiond backup verify FILE                        check a backup file without restoring it
+
+A backup is a consistent copy of the node's data taken while it serves, streamed to FILE
+("-" for stdout) with a checksum. The request is signed with the cluster key: give
+--cluster-key-file (or SESSIOND_CLUSTER_KEY_FILE, or the key itself in SESSIOND_CLUSTER_KEY),
+as to the node; a lone node started without one keeps its key in DATA/cluster.key.
+Restore with sessiond restore --from FILE --data DIR.
+
+Flags:
+`
+
+// backupCmd runs `sessiond backup`: it fetches a backup file from a node's admin route,
+// checks it as it streams, and writes it to a file (through a temporary file renamed
+// only once the whole backup checked out) or stdout.
+func backupCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "verify" {
+		return verifyCmd(args[1:], stdout, stderr)
+	}
+	fs := flag.NewFlagSet("sessiond backup", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	addr := fs.String("http", "127.0.0.1:8080", "the node's API: `ADDR` (host:port) or URL (http[s]://host:port)")
+	out := fs.String("out", "", "`FILE` to write the backup to; - for stdout")
+	force := fs.Bool("force", false, "overwrite FILE if it exists")
+	keyFile := fs.String("cluster-key-file", "", "`FILE` with the cluster key (the node's --cluster-key-file)")
+	timeout := fs.Duration("timeout", 0, "give up after `DURATION`; 0: never")
+	if code, done := parseCmd(fs, args, stdout, stderr, backupUsage, "http", "cluster-key-file"); done {
+		return code
+	}
+	if *out == "" {
+		fmt.Fprintln(stderr, "sessiond backup: --out FILE is required (- for stdout)")
+		return 2
+	}
+	target, err := nodeURL(*addr, "/v1/admin/backup")
+	if err != nil {
+		fmt.Fprintln(stderr, "sessiond backup:", err)
+		return 2
+	}
+	keys, err := readClusterKeys(*keyFile)
+	if err == nil && len(keys) == 0 {
+		err = errors.New("no cluster key: give --cluster-key-file or SESSIOND_CLUSTER_KEY (a lone node keeps its key in DATA/cluster.key)")
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "sessiond backup:", err)
+		return 2
+	}
+	toStdout := *out == "-"
+	if !toStdout && !*force {
+		if _, err := os.Stat(*out); err == nil {
+			fmt.Fprintf(stderr, "sessiond backup: %s exists: give --force to overwrite it\n", *out)
+			return 1
+		}
+	}
+	start := time.Now()
+	res, err := fetchBackup(target, keys[0], *out, *timeout, stdout, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "sessiond backup:", err)
+		return 1
+	}
+	summary := stdout
+	if toStdout {
+		summary = stderr
+	}
+	h := res.Header()
+	el := time.Since(start)
+	fmt.Fprintf(summary, "backup of %s (region %s, node id %s, taken %s): %s in %s (%s/s); %d users, %d sessions, %d messages → %s\n",
+		h.Node, h.Region, h.NodeID, h.CreatedAt.Format(time.RFC3339), mb(res.bytes), el.Round(time.Millisecond),
+		mb(int64(float64(res.bytes)/max(el.Seconds(), 1e-3))), h.Users, h.Sessions, h.Messages, *out)
+	return 0
+}
+
+// fetched is a backup fetched: its reader (for the header) and the bytes of the file.
+type fetched struct {
+	*backup.Reader
+	bytes int64
+}
+
+// fetchBackup streams the backup at target to out, checking it as it goes.
+func fetchBackup(target string, key []byte, out string, timeout time.Duration, stdout, stderr io.Writer) (fetched, error) {
+	req, err := http.NewRequest(http.MethodGet, target, nil)
+	if err != nil {
+		return fetched{}, err
+	}
+	req.Header.Set("Authorization", adminauth.Sign(key, http.MethodGet, req.URL.RequestURI(), nil, time.Now()))
+	hc := &http.Client{Timeout: timeout}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fetched{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fetched{}, nodeError(resp)
+	}
+	var (
+		w    io.Writer
+		tmp  *os.File
+		done bool
+	)
+	if out == "-" {
+		w = stdout
+	} else {
+		tmp, err = os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".part-*")
+		if err != nil {
+			return fetched{}, err
+		}
+		defer func() {
+			if !done {
+				tmp.Close()
+				os.Remove(tmp.Name())
+			}
+		}()
+		w = tmp
+	}
+	cw := &countingWriter{w: w}
+	br, err := backup.NewReader(io.TeeReader(resp.Body, cw))
+	if err != nil {
+		return fetched{}, fmt.Errorf("from the node: %w", err)
+	}
+	prog := newProgress(stderr, br.Header().Size)
+	_, err = io.Copy(prog, br)
+	prog.end()
+	if err != nil {
+		return fetched{}, fmt.Errorf("after %s: %w", mb(cw.n), err)
+	}
+	if !br.Complete() {
+		return fetched{}, backup.ErrTruncated
+	}
+	if tmp != nil {
+		if err := tmp.Sync(); err != nil {
+			return fetched{}, err
+		}
+		if err := tmp.Close(); err != nil {
+			return fetched{}, err
+		}
+		if err := os.Rename(tmp.Name(), out); err != nil {
+			return fetched{}, err
+		}
+		done = true
+	}
+	return fetched{Reader: br, bytes: cw.n}, nil
+}
+
+// nodeError turns a node's JSON error reply into an error.
+func nodeError(resp *http.Response) error {
+	var e struct {
+		Error struct{ Code, Message string }
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(b, &e) == nil && e.Error.Code != "" {
+		return fmt.Errorf("the node answered %d %s: %s", resp.StatusCode, e.Error.Code, e.Error.Message)
+	}
+	return fmt.Errorf("the node answered %s", resp.Status)
+}
+
+func verifyCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sessiond backup verify", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	if code, done := parseCmd(fs, args, stdout, stderr, "Usage: sessiond backup verify FILE (- for stdin): check a backup file without restoring it;\nexit 0 if it is complete, unaltered and holds a data file this build opens\n", ""); done {
+		return code
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "sessiond backup verify: want one FILE (- for stdin)")
+		return 2
+	}
+	r, closeFn, err := openInput(fs.Arg(0))
+	if err != nil {
+		fmt.Fprintln(stderr, "sessiond backup verify:", err)
+		return 1
+	}
+	defer closeFn()
+	v, err := backup.Verify(r, "")
+	if err != nil {
+		fmt.Fprintf(stderr, "sessiond backup verify: %s: %v\n", fs.Arg(0), err)
+		return 1
+	}
+	h := v.Header
+	fmt.Fprintf(stdout, "ok: backup of %s (region %s, node id %s, %s) taken %s; data format %d, %s; %d users, %d sessions, %d messages\n",
+		h.Node, h.Region, h.NodeID, h.Version, h.CreatedAt.Format(time.RFC3339), h.DataFormat, mb(h.Size), h.Users, h.Sessions, h.Messages)
+	return 0
+}
+
+const restoreUsage = `Usage: sessiond restore --from FILE --data DIR
+
+Writes the data file of a backup (sessiond backup) into DIR, an empty or new directory,
+under a fresh node identity: the restored node never poses as the node the backup came
+from. The backup is checked first (checksum, the data file opens, its counts); a
+truncated, corrupt or foreign file writes nothing. Start the node on DIR with the
+cluster's key file: alone (the cluster was lost), or joining the cluster, which brings it
+what was written after the backup.
+
+Flags:
+`
+
+// restoreCmd runs `sessiond restore`.
+func restoreCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sessiond restore", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	from := fs.String("from", "", "backup `FILE` to restore; - for stdin")
+	data := fs.String("data", "", "`DIR` to write the data directory to: empty or new")
+	if code, done := parseCmd(fs, args, stdout, stderr, restoreUsage, "data"); done {
+		return code
+	}
+	if *from == "" || *data == "" {
+		fmt.Fprintln(stderr, "sessiond restore: --from FILE and --data DIR are required")
+		return 2
+	}
+	r, closeFn, err := openInput(*from)
+	if err != nil {
+		fmt.Fprintln(stderr, "sessiond restore:", err)
+		return 1
+	}
+	defer closeFn()
+	res, err := backup.Restore(r, *data)
+	if err != nil {
+		fmt.Fprintf(stderr, "sessiond restore: %s: %v (nothing written)\n", *from, err)
+		return 1
+	}
+	h := res.Header
+	fmt.Fprintf(stdout, "restored the backup of %s (node id %s, taken %s) into %s as node id %s: %s; %d users, %d sessions, %d messages\n",
+		h.Node, res.OldID, h.CreatedAt.Format(time.RFC3339), res.Path, res.NewID, mb(h.Size), h.Users, h.Sessions, h.Messages)
+	return 0
+}
+
+// parseCmd parses a subcommand's flags, after the environment for the flags named in
+// env (SESSIOND_<NAME>). It prints the usage for --help and the error for a bad flag;
+// done says the command should exit with code.
+func parseCmd(fs *flag.FlagSet, args []string, stdout, stderr io.Writer, usage string, env ...string) (code int, done bool) {
+	for _, name := range env {
+		if name == "" {
+			continue
+		}
+		if v, ok := os.LookupEnv(envName(name)); ok {
+			if err := fs.Set(name, v); err != nil {
+				fmt.Fprintf(stderr, "%s: %s=%q: %v\n", fs.Name(), envName(name), v, err)
+				return 2, true
+			}
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return 0, true
+		}
+		fmt.Fprintf(stderr, "%s: %v (%s --help)\n", fs.Name(), err, fs.Name())
+		return 2, true
+	}
+	return 0, false
+}
+
+// openInput opens a file, or stdin for "-".
+func openInput(name string) (io.Reader, func(), error) {
+	if name == "-" {
+		return os.Stdin, func() {}, nil
+	}
+	f, err := os.Open(name) // #nosec G304 -- the operator names the file
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, func() { f.Close() }, nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// mb formats a byte count in MB (10^6 bytes), or kB below 1 MB.
+func mb(n int64) string {
+	if n < 1e6 {
+		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+}
+
+// progress draws one updating line on a terminal; it writes nothing when w is not one.
+type progress struct {
+	w     io.Writer // nil: not a terminal
+	total int64
+	n     int64
+	start time.Time
+	last  time.Time
+}
+
+func newProgress(w io.Writer, total int64) *progress {
+	p := &progress{total: total, start: time.Now()}
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			p.w = w
+		}
+	}
+	return p
+}
+
+func (p *progress) Write(b []byte) (int, error) {
+	p.n += int64(len(b))
+	if p.w != nil && time.Since(p.last) >= 200*time.Millisecond {
+		p.last = time.Now()
+		p.draw()
+	}
+	return len(b), nil
+}
+
+func (p *progress) draw() {
+	pct := 100.0
+	if p.total > 0 {
+		pct = 100 * float64(p.n) / float64(p.total)
+	}
+	rate := float64(p.n) / max(time.Since(p.start).Seconds(), 1e-3)
+	fmt.Fprintf(p.w, "\r%s of %s  %3.0f%%  %s/s   ", mb(p.n), mb(p.total), pct, mb(int64(rate)))
+}
+
+// end draws the final state and ends the line.
+func (p *progress) end() {
+	if p.w != nil {
+		p.draw()
+		fmt.Fprintln(p.w)
+	}
+}
+
