@@ -342,4 +342,3 @@ func (p *progress) end() {
 		fmt.Fprintln(p.w)
 	}
 }
-
