@@ -199,6 +199,13 @@ func storedCounts(t *testing.T, n *clNode) string {
 	return fmt.Sprintf("keys %v, users %v, sessions %v, messages %v", m["sessiond_stored_keys"], m["sessiond_stored_users"], m["sessiond_stored_sessions"], m["sessiond_stored_messages"])
 }
 
+// storedRecords returns n's stored users, sessions and messages.
+func storedRecords(t *testing.T, n *clNode) string {
+	t.Helper()
+	m := scrape(t, clClient, n, "sessiond_stored_")
+	return fmt.Sprintf("users %v, sessions %v, messages %v", m["sessiond_stored_users"], m["sessiond_stored_sessions"], m["sessiond_stored_messages"])
+}
+
 func waitConverged(t *testing.T, nodes ...*clNode) {
 	t.Helper()
 	waitFor(t, 60*time.Second, "the nodes to hold the same data", func() bool {

@@ -1,0 +1,341 @@
+package main_test
+
+// Upgrades from the first release (commit cf22e35), built from this checkout's git
+// history: its data directory opens in this build with nothing lost, and a three-node
+// cluster of it upgrades one node at a time under a write load.
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// firstRelease is the commit of the first release, whose data directories and clusters
+// this build must upgrade.
+const firstRelease = "cf22e35"
+
+var (
+	firstReleaseOnce sync.Once
+	firstReleaseBin  string
+	firstReleaseSkip string
+	firstReleaseErr  error
+)
+
+// firstReleaseBinary builds the first release from git history once per test run. It
+// skips the test when the checkout has no git history holding it (an archive, a shallow
+// clone).
+func firstReleaseBinary(t *testing.T) string {
+	t.Helper()
+	firstReleaseOnce.Do(func() {
+		root, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
+		if err != nil {
+			firstReleaseSkip = "not in a git checkout: cannot build the first release (" + firstRelease + ") to upgrade from"
+			return
+		}
+		repo := strings.TrimSpace(string(root))
+		if err := exec.Command("git", "-C", repo, "cat-file", "-e", firstRelease+"^{commit}").Run(); err != nil {
+			firstReleaseSkip = "the checkout's history lacks " + firstRelease + " (a shallow clone?): cannot build the first release to upgrade from"
+			return
+		}
+		dir, err := os.MkdirTemp("", "sessiond-"+firstRelease+"-")
+		if err != nil {
+			firstReleaseErr = err
+			return
+		}
+		archive := exec.Command("git", "-C", repo, "archive", "--format=tar", firstRelease)
+		untar := exec.Command("tar", "-x", "-C", dir)
+		if untar.Stdin, err = archive.StdoutPipe(); err != nil {
+			firstReleaseErr = err
+			return
+		}
+		if err := untar.Start(); err != nil {
+			firstReleaseErr = err
+			return
+		}
+		var archiveErr strings.Builder
+		archive.Stderr = &archiveErr
+		if err := archive.Run(); err != nil {
+			firstReleaseErr = fmt.Errorf("git archive %s: %v: %s", firstRelease, err, archiveErr.String())
+			return
+		}
+		if err := untar.Wait(); err != nil {
+			firstReleaseErr = fmt.Errorf("untar %s: %v", firstRelease, err)
+			return
+		}
+		bin := filepath.Join(dir, "sessiond-"+firstRelease)
+		build := exec.Command("go", "build", "-o", bin, "./edge/cmd/sessiond")
+		build.Dir = dir
+		if out, err := build.CombinedOutput(); err != nil {
+			firstReleaseErr = fmt.Errorf("build %s: %v\n%s", firstRelease, err, out)
+			return
+		}
+		firstReleaseBin = bin
+	})
+	if firstReleaseSkip != "" {
+		t.Skip(firstReleaseSkip)
+	}
+	if firstReleaseErr != nil {
+		t.Fatal(firstReleaseErr)
+	}
+	return firstReleaseBin
+}
+
+// stop stops n with SIGTERM and waits for it to exit.
+func (n *clNode) stop() {
+	n.t.Helper()
+	n.signal(syscall.SIGTERM)
+	select {
+	case <-n.exited:
+	case <-time.After(30 * time.Second):
+		n.t.Fatalf("%s did not stop within 30s of SIGTERM", n.name)
+	}
+}
+
+// TestUpgradeFromFirstRelease writes users, sessions, messages, a sign-out and an erased
+// account with the first release, stops it, and starts this build on its data
+// directory: the file is migrated once, and everything is there — the first release's
+// tokens work, the sign-out and the erasure hold.
+func TestUpgradeFromFirstRelease(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the first release and starts real processes; skipped with -short")
+	}
+	old := firstReleaseBinary(t)
+	n := prepareCluster(t, []string{"up"}, []string{"eu"}, base64.StdEncoding.EncodeToString(e2eKey))[0]
+	n.bin, n.firstRelease = old, true
+	n.start()
+	waitFor(t, 30*time.Second, "the first release ready", n.ready)
+
+	w := newWorld()
+	w.populate(t, []*clNode{n}, "user", 5, 4)
+	register(t, n, "leaver", userPassword("leaver"))
+	_, leaver := login(n, "leaver", userPassword("leaver"))
+	if st, _ := call("DELETE", n.url("/v1/sessions/current"), leaver, nil); st != http.StatusNoContent {
+		t.Fatalf("sign out: %d", st)
+	}
+	register(t, n, "gone", userPassword("gone"))
+	_, gone := login(n, "gone", userPassword("gone"))
+	if st, _ := call("POST", n.url("/v1/messages"), gone, map[string]string{"to": "user0", "body": "bye"}); st != http.StatusCreated {
+		t.Fatalf("message from gone: %d", st)
+	}
+	if st, _ := call("DELETE", n.url("/v1/users/me"), gone, nil); st != http.StatusNoContent {
+		t.Fatalf("erase gone: %d", st)
+	}
+	if !w.holds(t, n) {
+		t.Fatal("the first release does not serve what it acknowledged")
+	}
+	counts := storedRecords(t, n) // the first release does not export sessiond_stored_keys
+	n.stop()
+
+	n.bin, n.firstRelease = "", false
+	n.start()
+	waitFor(t, 30*time.Second, "this build ready on the first release's data", n.ready)
+	if c := strings.Count(n.logText(), `msg="data file migrated"`); c != 1 || !strings.Contains(n.logText(), "from_format=1 to_format=2") {
+		t.Errorf("%d migration log lines, want one from format 1 to 2", c)
+	}
+	if !w.holds(t, n) {
+		t.Error("after the upgrade the node lacks sessions, session data or messages written by the first release")
+	}
+	if got := storedRecords(t, n); got != counts {
+		t.Errorf("after the upgrade: %s; before: %s", got, counts)
+	}
+	for _, u := range w.users {
+		if st, _ := login(n, u, userPassword(u)); st != http.StatusCreated {
+			t.Errorf("login %s after the upgrade: %d", u, st)
+		}
+	}
+	if st, _ := call("GET", n.url("/v1/sessions/current"), leaver, nil); st != http.StatusUnauthorized {
+		t.Errorf("a token signed out before the upgrade: %d, want 401", st)
+	}
+	if st, _ := login(n, "gone", userPassword("gone")); st != http.StatusUnauthorized {
+		t.Errorf("login of an account erased before the upgrade: %d, want 401", st)
+	}
+	_, tok := login(n, "user0", userPassword("user0"))
+	for _, m := range conversationBodies(n, tok, "gone") {
+		t.Errorf("a message of the erased account survived the upgrade: %v", m)
+	}
+
+	// Once migrated, the file opens as it is.
+	n.stop()
+	n.start()
+	waitFor(t, 30*time.Second, "ready after a second start", n.ready)
+	if c := strings.Count(n.logText(), `msg="data file migrated"`); c != 1 {
+		t.Errorf("%d migration log lines after a second start, want still 1", c)
+	}
+	if !w.holds(t, n) {
+		t.Error("after a second start the node lacks data")
+	}
+}
+
+// TestRollingUpgradeFromFirstRelease upgrades a three-node cluster of the first release
+// one node at a time (stop, new binary, start) while writers send messages through every
+// running node. The first release accepts only its own sync protocol, so upgraded and
+// old nodes may not replicate to each other meanwhile; every request to a running node
+// is answered, nothing acknowledged is lost, and all converge once the last node runs
+// this build.
+func TestRollingUpgradeFromFirstRelease(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the first release and starts real processes; skipped with -short")
+	}
+	old := firstReleaseBinary(t)
+	nodes := prepareCluster(t, []string{"a", "b", "c"}, []string{"eu", "us", "ap"}, base64.StdEncoding.EncodeToString(e2eKey))
+	for _, n := range nodes {
+		n.bin, n.firstRelease = old, true
+		n.start()
+	}
+	for _, n := range nodes {
+		waitFor(t, 30*time.Second, n.name+" ready", n.ready)
+	}
+	const writers = 3
+	tokens := make([]string, writers)
+	for i := range writers {
+		u := fmt.Sprintf("wr%d", i)
+		register(t, nodes[i], u, userPassword(u))
+	}
+	for i := range writers {
+		u := fmt.Sprintf("wr%d", i)
+		// Every node must know every writer's session before any node goes down.
+		waitFor(t, 30*time.Second, u+" known everywhere", func() bool {
+			for _, n := range nodes {
+				if st, _ := login(n, u, userPassword(u)); st != http.StatusCreated {
+					return false
+				}
+			}
+			return true
+		})
+		_, tokens[i] = login(nodes[i], u, userPassword(u))
+		tok := tokens[i]
+		waitFor(t, 30*time.Second, u+"'s session everywhere", func() bool {
+			for _, n := range nodes {
+				if st, _ := call("GET", n.url("/v1/sessions/current"), tok, nil); st != http.StatusOK {
+					return false
+				}
+			}
+			return true
+		})
+	}
+
+	var (
+		down    [3]atomic.Bool // a node stopped for its upgrade: requests to it may fail
+		mu      sync.Mutex
+		acked   = make([][]string, writers) // bodies acknowledged per writer
+		failure atomic.Value
+		stop    = make(chan struct{})
+		wg      sync.WaitGroup
+		served  atomic.Int64
+	)
+	hc := &http.Client{Timeout: 10 * time.Second}
+	for wi := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			to := fmt.Sprintf("wr%d", (wi+1)%writers)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n := nodes[(wi+i)%len(nodes)]
+				body := fmt.Sprintf("wr%d #%d via %s", wi, i, n.name)
+				req, _ := http.NewRequest("POST", n.url("/v1/messages"), strings.NewReader(fmt.Sprintf(`{"to":%q,"body":%q}`, to, body)))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Authorization", "Bearer "+tokens[wi])
+				wasDown := down[(wi+i)%len(nodes)].Load()
+				resp, err := hc.Do(req)
+				if err != nil {
+					if !wasDown && !down[(wi+i)%len(nodes)].Load() {
+						failure.Store(fmt.Sprintf("%s, running, did not answer: %v", n.name, err))
+						return
+					}
+					continue
+				}
+				resp.Body.Close()
+				switch {
+				case resp.StatusCode == http.StatusCreated:
+					mu.Lock()
+					acked[wi] = append(acked[wi], body)
+					mu.Unlock()
+					served.Add(1)
+				case wasDown || down[(wi+i)%len(nodes)].Load():
+					// stopping or starting: a refusal is allowed, nothing was acknowledged
+				default:
+					failure.Store(fmt.Sprintf("%s answered %d", n.name, resp.StatusCode))
+					return
+				}
+			}
+		}()
+	}
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		wg.Wait()
+	}()
+	progress := func(k int64) {
+		t.Helper()
+		from := served.Load()
+		waitFor(t, 60*time.Second, fmt.Sprintf("%d more writes acknowledged", k), func() bool {
+			return failure.Load() != nil || served.Load() >= from+k
+		})
+		if f := failure.Load(); f != nil {
+			t.Fatal(f)
+		}
+	}
+	progress(100)
+	for i, n := range nodes {
+		down[i].Store(true)
+		n.stop()
+		n.bin, n.firstRelease = "", false
+		// The first upgraded node finds no peer that speaks its protocol to catch up from:
+		// it serves what it has after the catch-up timeout.
+		n.extra = []string{"--catch-up-timeout", "3s"}
+		n.start()
+		waitFor(t, 60*time.Second, n.name+" ready on this build", n.ready)
+		down[i].Store(false)
+		progress(100)
+	}
+	close(stop)
+	wg.Wait()
+	if f := failure.Load(); f != nil {
+		t.Fatal(f)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	total := 0
+	for wi := range writers {
+		total += len(acked[wi])
+	}
+	t.Logf("%d messages acknowledged during the upgrade", total)
+	for _, n := range nodes {
+		waitFor(t, 90*time.Second, n.name+" to hold every acknowledged message", func() bool {
+			for wi := range writers {
+				var got []string
+				for _, m := range conversationBodies(n, tokens[wi], fmt.Sprintf("wr%d", (wi+1)%writers)) {
+					if m[0] == fmt.Sprintf("wr%d", wi) {
+						got = append(got, m[1])
+					}
+				}
+				want := slices.Clone(acked[wi])
+				slices.Sort(got)
+				slices.Sort(want)
+				if !slices.Equal(got, want) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	waitConverged(t, nodes...)
+}
