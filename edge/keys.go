@@ -64,7 +64,8 @@ func loadOrCreateKey(dataDir string) ([][]byte, error) {
 }
 
 // Purposes of keys derived from a cluster key. Each use gets its own key, so no two
-// protocols ever share one.
+// protocols ever share one. (Package adminauth derives the admin routes' key, under
+// "sessiond/admin/v1".)
 const (
 	purposeJWT    = "sessiond/jwt/v1"
 	purposeGossip = "sessiond/gossip/v1"

@@ -131,9 +131,17 @@
 // # Identity and backups
 //
 // Open generates a random node ID when it creates the file; it is never reused. A backup
-// (Backup) carries it, so a restored backup must replace the node it came from and never
-// run beside it. Even then the restored node may reissue log sequence numbers it used
-// after the backup was taken; those conflicts resolve the same way on every node (the
-// entry with the lower ID wins), which may drop messages sent in that window. Restoring a
-// backup under a fresh identity avoids that; no tool for it exists yet.
+// (Backup) carries it, so a copy is restored under a fresh identity (Reidentify: a new
+// ID, and no sequence state of the old one), never as the node it came from; two nodes
+// with one ID would reuse log sequence numbers, whose conflicts resolve the same way on
+// every node (the entry with the lower ID wins) but may drop messages. Check examines a
+// copy without changing it.
+//
+// # Format
+//
+// The meta bucket holds the file's format version (FormatVersion). Open migrates an
+// older file in place, in the transaction that opens it, so a crash leaves the old format
+// or the new one; it refuses a newer file (FormatError). A migration changes derived
+// state or adds what the older format lacked; it never drops replicated state. Format 1
+// is the first release's (see FormatVersion).
 package storage
