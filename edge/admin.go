@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -39,6 +40,11 @@ func (n *Node) adminAuth(c *fiber.Ctx) error {
 // backupRetry is the Retry-After of a backup refused because another one runs.
 const backupRetry = 10 * time.Second
 
+// backupStall is how long a backup's client may read nothing before the node gives up
+// on it: a client that stalls would otherwise hold the read transaction, and with it the
+// pages of the file as of the copy, for ever.
+const backupStall = time.Minute
+
 // backup serves GET /v1/admin/backup: a backup file (package backup) of this node's data,
 // a consistent copy taken in one read transaction while writes go on, streamed as it is
 // copied. One backup runs at a time: another request meanwhile gets 429 rate_limited.
@@ -49,12 +55,20 @@ func (n *Node) backup(c *fiber.Ctx) error {
 		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(backupRetry.Seconds()))
 		return functions.Errorf(functions.ERateLimited, "a backup of this node is already running")
 	}
+	// The connection serves this response only: its write deadline (backupStall) must
+	// not outlive it, and Close cuts it if the backup outlasts the shutdown's bound.
+	c.Context().SetConnectionClose()
+	conn := c.Context().Conn()
+	n.backupConn.Store(&conn)
 	c.Set(fiber.HeaderContentType, "application/octet-stream")
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	c.Set(fiber.HeaderContentDisposition, `attachment; filename="`+n.cfg.NodeName+`.sdbackup"`)
 	ctx, log := n.ctx, n.log.With("component", "backup")
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
-		defer n.backingUp.Store(false)
+		defer func() {
+			n.backupConn.Store(nil)
+			n.backingUp.Store(false)
+		}()
 		start := time.Now()
 		var bw *backup.Writer
 		body := writerFunc(func(p []byte) (int, error) { return bw.Write(p) })
@@ -65,7 +79,7 @@ func (n *Node) backup(c *fiber.Ctx) error {
 				Users: info.Stats.Users, Sessions: info.Stats.Sessions, Messages: info.Stats.Messages,
 			}
 			var err error
-			bw, err = backup.NewWriter(ctxWriter{ctx: ctx, w: w}, h)
+			bw, err = backup.NewWriter(stallWriter{ctx: ctx, w: w, conn: conn}, h)
 			log.Info("backup started", "bytes", h.Size, "users", h.Users, "sessions", h.Sessions, "messages", h.Messages)
 			return err
 		})
@@ -91,18 +105,32 @@ func (n *Node) adminRoutes(app *fiber.App) {
 	admin.Use(func(c *fiber.Ctx) error { return fiber.NewError(fiber.StatusNotFound, "no such route") })
 }
 
-// ctxWriter fails its writes once ctx has ended: a backup stream stops when the node
-// does, so that its read transaction never holds up closing the data file.
-type ctxWriter struct {
-	ctx context.Context
-	w   *bufio.Writer
+// stallWriter writes a backup stream: it fails once ctx has ended (the node stops, so
+// that the read transaction never holds up closing the data file), and each write
+// pushes conn's write deadline backupStall ahead, so a client that stops reading ends
+// the stream.
+type stallWriter struct {
+	ctx  context.Context
+	w    *bufio.Writer
+	conn net.Conn
 }
 
-func (cw ctxWriter) Write(p []byte) (int, error) {
-	if err := cw.ctx.Err(); err != nil {
+func (sw stallWriter) Write(p []byte) (int, error) {
+	if err := sw.ctx.Err(); err != nil {
 		return 0, err
 	}
-	return cw.w.Write(p)
+	if err := sw.conn.SetWriteDeadline(time.Now().Add(backupStall)); err != nil {
+		return 0, err
+	}
+	return sw.w.Write(p)
+}
+
+// cutBackup closes the connection of a backup still being served, if any: Close calls
+// it once the HTTP server's shutdown has given in-flight requests their time.
+func (n *Node) cutBackup() {
+	if c := n.backupConn.Load(); c != nil {
+		_ = (*c).Close() // the stream's writes fail, and its read transaction ends
+	}
 }
 
 type writerFunc func([]byte) (int, error)

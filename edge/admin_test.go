@@ -2,13 +2,19 @@ package edge
 
 import (
 	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sessiond/sessiond/backup"
+	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/edge/adminauth"
+	"github.com/sessiond/sessiond/storage"
 )
 
 func TestAdmin_Backup(t *testing.T) {
@@ -70,5 +76,56 @@ func TestAdmin_Backup(t *testing.T) {
 				t.Errorf("WWW-Authenticate = %q, want %s", resp.Header.Get("WWW-Authenticate"), adminauth.Scheme)
 			}
 		})
+	}
+}
+
+// TestAdmin_BackupStalledClient: a backup whose client stops reading holds a read
+// transaction; it must not keep the node from closing.
+func TestAdmin_BackupStalledClient(t *testing.T) {
+	cfg := testConfig(t, "n1")
+	cfg.ShutdownTimeout = time.Second
+	n, err := NewNode(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// 24 MB of messages: more than the sockets and the stream's pipe buffer, so the copy
+	// blocks once the client stops reading.
+	body := strings.Repeat("x", 4000)
+	for i := range 6 {
+		err := n.db.Update(context.Background(), func(tx *storage.Tx) error {
+			for j := range 1000 {
+				if _, err := tx.Append(crdt.ConversationID("a", fmt.Sprint("b", i)), crdt.Message{From: "a", To: fmt.Sprint("b", i), Body: fmt.Sprint(j, body)}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := net.Dial("tcp", n.HTTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	const path = "/v1/admin/backup"
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n", path, adminauth.Sign(testKey, "GET", path, nil, time.Now()))
+	if _, err := io.ReadFull(conn, make([]byte, 4096)); err != nil {
+		t.Fatalf("first bytes of the backup: %v", err)
+	}
+	// The client reads no more.
+	closed := make(chan error, 1)
+	go func() { closed <- n.Close(context.Background()) }()
+	select {
+	case err := <-closed:
+		if err == nil {
+			t.Log("Close returned nil")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close blocked by a backup whose client stopped reading")
 	}
 }

@@ -52,10 +52,11 @@ type Node struct {
 	replicator *cluster.Replicator
 	membership *cluster.Membership
 
-	counters  *cluster.Counters   // login and sign-up counts, cluster-wide (throttle.go)
-	admin     *adminauth.Verifier // admin routes' authentication (admin.go)
-	backingUp atomic.Bool         // a backup is being served (admin.go)
-	limits    *limiter
+	counters   *cluster.Counters        // login and sign-up counts, cluster-wide (throttle.go)
+	admin      *adminauth.Verifier      // admin routes' authentication (admin.go)
+	backingUp  atomic.Bool              // a backup is being served (admin.go)
+	backupConn atomic.Pointer[net.Conn] // its connection, while it is
+	limits     *limiter
 
 	requestContexts sync.Pool      // of *requestContext, reused by consistency
 	awaiting        slots          // bookmark waits in progress, per client address (maxAwaitingPerAddress)
@@ -270,6 +271,7 @@ func (n *Node) Close(ctx context.Context) error {
 		if n.cancel != nil {
 			n.cancel()
 		}
+		n.cutBackup()
 		n.wg.Wait()
 		if n.db != nil {
 			if err := n.db.Close(); err != nil {
