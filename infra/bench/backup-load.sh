@@ -43,7 +43,7 @@ with_backups() {
 			"$BIN" backup --http "$HTTP" --out - --cluster-key-file "$WORK/key" 2>&1 >/dev/null
 		else
 			"$BIN" backup --http "$HTTP" --out "$1" --force --cluster-key-file "$WORK/key"
-		fi | sed 's/^backup of [^:]*: /    backup: /; s/ → .*//' >&2
+		fi | sed 's/^/    /; s/ → .*//' >&2
 	done
 	wait $BENCH
 	p99 <"$WORK/with.json"

@@ -468,6 +468,14 @@ func TestBackupCLI(t *testing.T) {
 	file := takeBackup(t, a)
 	orig, _ := os.ReadFile(file)
 
+	t.Run("Help", func(t *testing.T) {
+		for _, args := range [][]string{{"backup", "--help"}, {"backup", "verify", "--help"}, {"restore", "--help"}} {
+			so, se, code := runCLI(t, args...)
+			if code != 0 || se != "" || !strings.Contains(so, "Usage") {
+				t.Errorf("%v: exit %d, stderr %q, stdout %.80q…; want 0 and the usage on stdout", args, code, se, so)
+			}
+		}
+	})
 	t.Run("ErrExists", func(t *testing.T) {
 		_, se, code := runCLI(t, "backup", "--http", a.http, "--out", file, "--cluster-key-file", a.keyFile)
 		if code != 1 || !strings.Contains(se, "--force") {
