@@ -136,6 +136,7 @@ func TestBadFiles(t *testing.T) {
 		{"ErrNoTrailer", file[:len(file)-trailerLen], ErrTruncated},
 		{"ErrFlippedBit", flipped, ErrChecksum},
 		{"ErrAlteredHeader", flippedHeader, ErrChecksum},
+		{"ErrTrailingBytes", append(bytes.Clone(file), 0), ErrChecksum},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := Verify(bytes.NewReader(tc.data), t.TempDir()); !errors.Is(err, tc.want) {

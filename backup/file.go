@@ -110,7 +110,7 @@ func (w *Writer) Close() error {
 // Reader reads a backup file: NewReader reads and checks the header, Read returns the
 // body, and at the body's end Read checks the trailer, returning io.EOF only if the
 // file is complete and its checksum matches (ErrTruncated or ErrChecksum otherwise).
-// Bytes after the trailer are not read. Not safe for concurrent use.
+// The file must end with the trailer. Not safe for concurrent use.
 type Reader struct {
 	r    *bufio.Reader
 	h    Header
@@ -203,6 +203,12 @@ func (r *Reader) trailer() error {
 	}
 	if !bytes.Equal(t[len(trailMagic)+8:], r.sum.Sum(nil)) {
 		return ErrChecksum
+	}
+	if _, err := r.r.ReadByte(); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: data after the trailer", ErrChecksum)
 	}
 	return io.EOF
 }

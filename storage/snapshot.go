@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -81,9 +82,9 @@ func snapshotInfo(btx *bolt.Tx) (SnapshotInfo, error) {
 		Format: getUint(meta.Get(metaFormat)),
 		Node:   crdt.NodeID(getUint(meta.Get(metaNode))),
 		Stats: Stats{
-			Users:    int(getUint(meta.Get(metaUsers))),
-			Sessions: int(getUint(meta.Get(metaSessions))),
-			Messages: int(getUint(meta.Get(metaMessages))),
+			Users:    counter(meta.Get(metaUsers)),
+			Sessions: counter(meta.Get(metaSessions)),
+			Messages: counter(meta.Get(metaMessages)),
 		},
 	}
 	if v := meta.Get(metaClock); v != nil {
@@ -97,6 +98,16 @@ func snapshotInfo(btx *bolt.Tx) (SnapshotInfo, error) {
 		return SnapshotInfo{}, errors.New("no node identity in the meta bucket: not a sessiond data file")
 	}
 	return info, nil
+}
+
+// counter decodes a stored counter of a file that may be damaged: -1 if out of range
+// (it then matches no count, and Check reports it).
+func counter(v []byte) int {
+	u := getUint(v)
+	if u > math.MaxInt32 {
+		return -1
+	}
+	return int(u)
 }
 
 // Check examines the data file at path, which no process may have open, without

@@ -122,9 +122,9 @@ func fetchBackup(target string, key []byte, out string, timeout time.Duration, s
 			return fetched{}, err
 		}
 		defer func() {
-			if !done {
-				tmp.Close()
-				os.Remove(tmp.Name())
+			if !done { // a failed backup leaves nothing behind
+				_ = tmp.Close()
+				_ = os.Remove(tmp.Name())
 			}
 		}()
 		w = tmp
@@ -276,7 +276,7 @@ func openInput(name string) (io.Reader, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return f, func() { f.Close() }, nil
+	return f, func() { _ = f.Close() }, nil // read only: nothing to lose
 }
 
 type countingWriter struct {
