@@ -122,7 +122,8 @@ func (v *Verifier) SetKeys(clusterKeys [][]byte) {
 // Verify checks the Authorization header value auth of a request with method, target
 // and body. It returns nil for a request signed under one of the keys, within Window of
 // the clock, whose nonce it has not accepted before; else one of the package's errors,
-// wrapped with detail.
+// wrapped with detail. It keeps none of its arguments' memory: they may alias buffers the
+// caller reuses.
 func (v *Verifier) Verify(method, target string, body []byte, auth string) error {
 	rest, ok := strings.CutPrefix(auth, Scheme+" ")
 	if !ok {
@@ -181,6 +182,8 @@ func (v *Verifier) Verify(method, target string, body []byte, auth string) error
 		}
 	}
 	// Remembered until the timestamp leaves the window: after that it is stale anyway.
-	v.nonces[nonce] = at.Add(Window)
+	// Copied: auth may alias a buffer the caller reuses (fasthttp's), which would change
+	// the key under the map into the next request's nonce.
+	v.nonces[strings.Clone(nonce)] = at.Add(Window)
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 var (
@@ -116,6 +117,20 @@ func TestSetKeys(t *testing.T) {
 		k := map[string][]byte{"A": keyA, "B": keyB}[signer]
 		if err := v.Verify("GET", "/x", nil, Sign(k, "GET", "/x", nil, t0)); !errors.Is(err, want) {
 			t.Errorf("signed with %s after rotation to B: %v, want %v", signer, err, want)
+		}
+	}
+}
+
+// TestVerifyReusedBuffer: a server (fasthttp) hands Verify strings that alias a buffer it
+// reuses for the next request. The nonce Verify remembers must not change with it, or the
+// next request would read as a replay of itself.
+func TestVerifyReusedBuffer(t *testing.T) {
+	v := NewVerifier([][]byte{keyA}, fixed(t0))
+	buf := make([]byte, 0, 256)
+	for i := range 3 {
+		buf = append(buf[:0], Sign(keyA, "GET", "/x", nil, t0)...)
+		if err := v.Verify("GET", "/x", nil, unsafe.String(&buf[0], len(buf))); err != nil {
+			t.Fatalf("request %d through the reused buffer: %v", i, err)
 		}
 	}
 }
