@@ -217,6 +217,12 @@ func (db *DB) init() error {
 			}
 			migrated = from
 		}
+		// The leaf index is derived state with its own scheme mark: a file that lacks the
+		// mark, whatever its format says, has it rebuilt (migrateLeaves does nothing when
+		// the mark is there).
+		if err := migrateLeaves(btx); err != nil {
+			return err
+		}
 		if v := meta.Get(metaNode); len(v) == 8 {
 			db.node = crdt.NodeID(binary.BigEndian.Uint64(v))
 		} else {
