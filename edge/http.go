@@ -89,6 +89,7 @@ func (n *Node) newApp() *fiber.App {
 	v1.Post("/sessions", n.login)
 	v1.Get("/sessions/current", n.auth, n.currentSession)
 	v1.Patch("/sessions/current", n.auth, n.patchSession)
+	v1.Post("/sessions/current/renew", n.auth, n.renewSession)
 	v1.Delete("/sessions/current", n.auth, n.logout)
 	v1.Get("/sessions", n.auth, n.listSessions)
 	v1.Delete("/sessions", n.auth, n.revokeAll)
@@ -96,6 +97,7 @@ func (n *Node) newApp() *fiber.App {
 	v1.Get("/users/me", n.auth, n.me)
 	v1.Patch("/users/me", n.auth, n.patchMe)
 	v1.Delete("/users/me", n.auth, n.deleteMe)
+	v1.Get("/users/me/export", n.auth, n.exportMe)
 	v1.Post("/messages", n.auth, n.sendMessage)
 	v1.Get("/messages/stream", n.auth, n.streamMessages)
 	v1.Get("/messages", n.auth, n.listMessages)
@@ -196,9 +198,9 @@ func (n *Node) auth(c *fiber.Ctx) error {
 	if err != nil {
 		return functions.Errorf(functions.EUnauthorized, "invalid or expired token")
 	}
-	p, err := n.sessions.Authenticate(c.UserContext(), tok.userID, tok.sessionID)
+	p, err := n.sessions.AuthenticateToken(c.UserContext(), tok.userID, tok.sessionID, tok.gen, false)
 	if functions.ErrorCode(err) == functions.EUsernameConflict && leaving(c) {
-		p, err = n.sessions.AuthenticateLeaving(c.UserContext(), tok.userID, tok.sessionID)
+		p, err = n.sessions.AuthenticateToken(c.UserContext(), tok.userID, tok.sessionID, tok.gen, true)
 	}
 	if functions.ErrorCode(err) == functions.EUnauthorized && !tok.created.IsZero() && !n.replicator.Covers(tok.created, partitionIn(c)) {
 		// The session may be younger than this node's copy of the cluster's state: meet
@@ -206,7 +208,7 @@ func (n *Node) auth(c *fiber.Ctx) error {
 		if err := n.await(c, tok.created); err != nil {
 			return err
 		}
-		p, err = n.sessions.Authenticate(c.UserContext(), tok.userID, tok.sessionID)
+		p, err = n.sessions.AuthenticateToken(c.UserContext(), tok.userID, tok.sessionID, tok.gen, false)
 	}
 	if err != nil {
 		return err
@@ -355,7 +357,7 @@ func (n *Node) login(c *fiber.Ctx) error {
 	if !ok {
 		return n.loginsThrottled(c, wait)
 	}
-	s, err := n.sessions.Login(c.UserContext(), functions.Login{Username: req.Username, Password: req.Password})
+	s, err := n.sessions.Login(c.UserContext(), functions.Login{Username: req.Username, Password: req.Password, Origin: n.origin(c)})
 	at.done(functions.ErrorCode(err) == functions.EUnauthorized)
 	if err != nil {
 		switch functions.ErrorCode(err) {
@@ -377,7 +379,7 @@ func (n *Node) login(c *fiber.Ctx) error {
 		}
 		created = rc.shown.Clone()
 	}
-	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt, created)
+	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt, created, 0)
 	if err != nil {
 		return err
 	}
@@ -386,6 +388,39 @@ func (n *Node) login(c *fiber.Ctx) error {
 		return err
 	}
 	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"token": tok, "session": s, "device": device})
+}
+
+// origin is where and how a session signed in by request c begins: the client's user
+// agent label, its address (unless --session-address=false) and this node.
+func (n *Node) origin(c *fiber.Ctx) crdt.Origin {
+	o := crdt.Origin{Device: deviceLabel(c.Get(fiber.HeaderUserAgent)), Region: n.cfg.Region, Node: n.cfg.NodeName}
+	if !n.cfg.OmitSessionAddress {
+		if a := n.clientAddr(c); a != "unknown" {
+			o.ClientAddr = a
+		}
+	}
+	return o
+}
+
+// renewSession replaces the caller's token with a new one for the same session (a
+// defence against session fixation): the token it presented, and every earlier one of
+// the session, stop working; the session and its data stay.
+func (n *Node) renewSession(c *fiber.Ctx) error {
+	s, gen, err := n.sessions.Renew(c.UserContext(), principal(c))
+	if err != nil {
+		return err
+	}
+	// The new token carries the bookmark of what the renewal showed and wrote (the
+	// session's creation and its renewal), like a sign-in's.
+	var created crdt.Bookmark
+	if rc := requestIn(c.UserContext()); rc != nil {
+		created = rc.shown.Clone()
+	}
+	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt, created, gen)
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"token": tok, "session": s})
 }
 
 func (n *Node) currentSession(c *fiber.Ctx) error {

@@ -301,3 +301,40 @@ func decodeCursor(s string) (crdt.Cursor, error) {
 	}
 	return c, nil
 }
+
+// Export calls conv for each of the caller's conversations, then msg for each of its
+// messages in conversation order, reading MaxPageLimit messages at a time, so a
+// conversation of any length costs one page of memory. It lists what Conversations and
+// List show (no conversation with an erased user) and stops at the first error of conv,
+// msg or the store.
+func (s *Messages) Export(ctx context.Context, p Principal, conv func(Conversation) error, msg func(Message) error) error {
+	convs, err := s.Conversations(ctx, p)
+	if err != nil {
+		return err
+	}
+	for _, c := range convs {
+		if err := conv(c); err != nil {
+			return err
+		}
+		cursor := ""
+		for {
+			page, err := s.List(ctx, p, c.With, cursor, MaxPageLimit)
+			if ErrorCode(err) == ENotFound {
+				break // erased since it was listed
+			}
+			if err != nil {
+				return err
+			}
+			for _, m := range page.Messages {
+				if err := msg(m); err != nil {
+					return err
+				}
+			}
+			if page.Next == cursor {
+				break // nothing more: the cursor moves with every entry read
+			}
+			cursor = page.Next
+		}
+	}
+	return nil
+}
