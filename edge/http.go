@@ -198,23 +198,35 @@ func (n *Node) auth(c *fiber.Ctx) error {
 	if err != nil {
 		return functions.Errorf(functions.EUnauthorized, "invalid or expired token")
 	}
-	p, err := n.sessions.AuthenticateToken(c.UserContext(), tok.userID, tok.sessionID, tok.gen, false)
-	if functions.ErrorCode(err) == functions.EUsernameConflict && leaving(c) {
-		p, err = n.sessions.AuthenticateToken(c.UserContext(), tok.userID, tok.sessionID, tok.gen, true)
-	}
-	if functions.ErrorCode(err) == functions.EUnauthorized && !tok.created.IsZero() && !n.replicator.Covers(tok.created, partitionIn(c)) {
+	p, err := n.authenticate(c, &tok)
+	if functions.ErrorCode(err) == functions.EUnauthorized && !tok.created.IsZero() {
 		// The session may be younger than this node's copy of the cluster's state: meet
 		// the bookmark of its creation, then look again. Never a 401 caused by lag.
+		//
+		// Look again even when the bookmark is met at once: what this node knows it holds
+		// vouches only for reads that begin after it is known. A push may have applied the
+		// session, and recorded that it is held, between the read above and now.
 		if err := n.await(c, tok.created); err != nil {
 			return err
 		}
-		p, err = n.sessions.AuthenticateToken(c.UserContext(), tok.userID, tok.sessionID, tok.gen, false)
+		p, err = n.authenticate(c, &tok)
 	}
 	if err != nil {
 		return err
 	}
 	c.Locals(localsPrincipal, p)
 	return c.Next()
+}
+
+// authenticate reads the session of the caller's token and checks that it is usable
+// (functions.Sessions.AuthenticateToken); one whose account lost its username may still
+// leave.
+func (n *Node) authenticate(c *fiber.Ctx, tok *verified) (functions.Principal, error) {
+	p, err := n.sessions.AuthenticateToken(c.UserContext(), tok.userID, tok.sessionID, tok.gen, false)
+	if functions.ErrorCode(err) == functions.EUsernameConflict && leaving(c) {
+		p, err = n.sessions.AuthenticateToken(c.UserContext(), tok.userID, tok.sessionID, tok.gen, true)
+	}
+	return p, err
 }
 
 // caller returns the verified token of the request's caller: the bearer token's, or the
