@@ -15,6 +15,7 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/filesystem"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sessiond/sessiond/api"
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/ui"
@@ -268,19 +269,8 @@ func principal(c *fiber.Ctx) functions.Principal {
 	return p
 }
 
-type profileBody struct {
-	FirstName string `json:"first_name"`
-	LastName  string `json:"last_name"`
-	Email     string `json:"email"`
-	Address   string `json:"address"`
-}
-
 func (n *Node) register(c *fiber.Ctx) error {
-	var req struct {
-		Username string      `json:"username"`
-		Password string      `json:"password"`
-		Profile  profileBody `json:"profile"`
-	}
+	var req api.RegisterRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -298,7 +288,7 @@ func (n *Node) register(c *fiber.Ctx) error {
 		}
 	}
 	u, err := n.users.Register(c.UserContext(), functions.Register{
-		Username: req.Username, Password: req.Password, Profile: functions.Profile(req.Profile),
+		Username: req.Username, Password: req.Password, Profile: req.Profile,
 	})
 	if at != nil {
 		code := functions.ErrorCode(err)
@@ -307,7 +297,7 @@ func (n *Node) register(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"user": u})
+	return c.Status(fiber.StatusCreated).JSON(api.UserResponse{User: u})
 }
 
 // loginsThrottled answers a login refused by the limits, to retry after wait.
@@ -336,11 +326,7 @@ func (n *Node) knownDevice(c *fiber.Ctx, device, username string) bool {
 }
 
 func (n *Node) login(c *fiber.Ctx) error {
-	var req struct {
-		Username string `json:"username"`
-		Password string `json:"password"`
-		Device   string `json:"device"` // a device token from an earlier login (tokens.go)
-	}
+	var req api.LoginRequest // Device: a device token from an earlier login (tokens.go)
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -385,7 +371,7 @@ func (n *Node) login(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"token": tok, "session": s, "device": device})
+	return c.Status(fiber.StatusCreated).JSON(api.LoginResponse{Token: tok, Session: s, Device: device})
 }
 
 func (n *Node) currentSession(c *fiber.Ctx) error {
@@ -397,9 +383,7 @@ func (n *Node) currentSession(c *fiber.Ctx) error {
 }
 
 func (n *Node) patchSession(c *fiber.Ctx) error {
-	var req struct {
-		Data map[string]json.RawMessage `json:"data"`
-	}
+	var req api.PatchSessionRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -470,18 +454,11 @@ func (n *Node) me(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"user": u})
+	return c.JSON(api.UserResponse{User: u})
 }
 
 func (n *Node) patchMe(c *fiber.Ctx) error {
-	var req struct {
-		Profile *struct {
-			FirstName *string `json:"first_name"`
-			LastName  *string `json:"last_name"`
-			Email     *string `json:"email"`
-			Address   *string `json:"address"`
-		} `json:"profile"`
-	}
+	var req api.PatchProfileRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -495,7 +472,7 @@ func (n *Node) patchMe(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"user": u})
+	return c.JSON(api.UserResponse{User: u})
 }
 
 func (n *Node) deleteMe(c *fiber.Ctx) error {
@@ -506,11 +483,7 @@ func (n *Node) deleteMe(c *fiber.Ctx) error {
 }
 
 func (n *Node) sendMessage(c *fiber.Ctx) error {
-	var req struct {
-		To    string `json:"to"`
-		Body  string `json:"body"`
-		After string `json:"after"`
-	}
+	var req api.SendMessageRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -528,7 +501,7 @@ func (n *Node) sendMessage(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"message": m})
+	return c.Status(fiber.StatusCreated).JSON(api.MessageResponse{Message: m})
 }
 
 // lookupAllowed refuses (429) a request that names a user when its caller named too many
@@ -586,7 +559,7 @@ func (n *Node) conversations(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"conversations": cs})
+	return c.JSON(api.ConversationsResponse{Conversations: cs})
 }
 
 func (n *Node) clusterInfo(c *fiber.Ctx) error {

@@ -10,21 +10,12 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/sessiond/sessiond/api"
 	"github.com/sessiond/sessiond/crdt"
 )
 
-// Session is a session as the API shows it.
-type Session struct {
-	ID            string                     `json:"id"`
-	UserID        string                     `json:"user_id"`
-	Username      string                     `json:"username"`
-	CreatedAt     time.Time                  `json:"created_at"`
-	LastUsedAt    time.Time                  `json:"last_used_at"`
-	ExpiresAt     time.Time                  `json:"expires_at"`
-	IdleExpiresAt time.Time                  `json:"idle_expires_at"`
-	Data          map[string]json.RawMessage `json:"data"`
-	Current       bool                       `json:"current,omitempty"`
-}
+// Session is a session as the API shows it (package api owns the JSON shape).
+type Session = api.Session
 
 func sessionOf(s crdt.Session, username string) Session {
 	out := Session{
