@@ -162,6 +162,11 @@ func (c *Client) Fork() *Client {
 	return f
 }
 
+// CloseIdleConnections closes the idle connections of the Client's HTTP client (shared
+// with its Forks): a Client that is done for a while should not hold connections open on
+// the nodes, which wait for them when they shut down.
+func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
+
 // Token returns the bearer token the Client sends: the latest Login's, or "".
 func (c *Client) Token() string {
 	c.mu.Lock()

@@ -54,6 +54,8 @@ func strictClient(t *testing.T, n *edge.Node) *client.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Before the node closes (cleanups run last first): it waits for open connections.
+	t.Cleanup(c.CloseIdleConnections)
 	return c
 }
 
