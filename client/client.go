@@ -441,7 +441,7 @@ func (c *Client) attempt(ctx context.Context, r *Request, url string, body []byt
 // errorOf returns the *Error of a non-2xx response.
 func errorOf(resp *response, endpoint string) *Error {
 	e := &Error{
-		Status: resp.status, Endpoint: endpoint, Header: resp.header,
+		Status: resp.status, Endpoint: endpoint, Header: resp.header, Body: resp.body,
 		ServedBy: resp.header.Get(api.HeaderServedBy), RequestID: resp.header.Get(api.HeaderRequestID),
 	}
 	var body api.ErrorResponse

@@ -23,6 +23,7 @@ type Error struct {
 	ServedBy   string        // X-Served-By: the node that answered
 	RequestID  string        // X-Request-ID, the same on every attempt of one call
 	Header     http.Header   // the response's headers
+	Body       []byte        // the response's body as it came (a proxy's page, say)
 }
 
 func (e *Error) Error() string {
