@@ -50,7 +50,7 @@ func (c *Client) StreamMessages(ctx context.Context) (*Stream, error) {
 	}
 	if ct := resp.stream.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
 		resp.cancel()
-		resp.stream.Body.Close()
+		_ = resp.stream.Body.Close() // refused: nothing to read
 		return nil, fmt.Errorf("client: stream from %s: Content-Type %q, want text/event-stream", rep.Endpoint, ct)
 	}
 	sc := bufio.NewScanner(resp.stream.Body)
@@ -60,7 +60,7 @@ func (c *Client) StreamMessages(ctx context.Context) (*Stream, error) {
 	// bounds the wait for it too.
 	ev, comment, err := s.read()
 	if !resp.opened() || err != nil {
-		s.Close()
+		_ = s.Close() // failed to open: the read's error is the one to report
 		if err == nil || err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
@@ -103,7 +103,7 @@ func (s *Stream) Next() (api.Message, error) {
 			if err := s.unmarshal(ev.data, &end); err != nil {
 				return api.Message{}, fmt.Errorf("client: stream end %q: %w", ev.data, err)
 			}
-			s.Close()
+			_ = s.Close() // the node closes it too
 			return api.Message{}, &StreamEndError{Reason: end.Reason}
 		}
 		// An event of a later version: skipped.
@@ -155,11 +155,13 @@ func (s *Stream) read() (ev event, comment bool, err error) {
 	return ev, false, io.EOF
 }
 
-// Close ends the stream and frees its connection. It is safe to call more than once.
+// Close ends the stream and frees its connection. It is safe to call more than once;
+// later calls return nil.
 func (s *Stream) Close() error {
+	var err error
 	s.once.Do(func() {
 		s.cancel()
-		s.body.Close()
+		err = s.body.Close()
 	})
-	return nil
+	return err
 }
