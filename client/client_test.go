@@ -6,10 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go/parser"
+	"go/token"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -468,5 +472,29 @@ func TestNewConfig(t *testing.T) {
 	c := mustNew(t, Config{Endpoints: []string{"127.0.0.1:8080", "https://lb.example/sessiond/"}})
 	if got := strings.Join(c.Endpoints(), " "); got != "http://127.0.0.1:8080 https://lb.example/sessiond" {
 		t.Errorf("Endpoints()=%s", got)
+	}
+}
+
+// TestImports: the client uses the standard library and this module's api and crdt only.
+func TestImports(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		af, err := parser.ParseFile(token.NewFileSet(), f, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range af.Imports {
+			path, _ := strconv.Unquote(imp.Path.Value)
+			first, _, _ := strings.Cut(path, "/")
+			if strings.Contains(first, ".") && path != "github.com/sessiond/sessiond/api" && path != "github.com/sessiond/sessiond/crdt" {
+				t.Errorf("%s imports %s: the client uses the standard library, api and crdt only", f, path)
+			}
+		}
 	}
 }
