@@ -221,9 +221,9 @@ type Reply struct {
 
 // Do sends r with the Client's token and bookmark, retrying and failing over as
 // Request.Idempotent allows, merges the bookmark of the answer, and decodes a 2xx JSON
-// body into out (nil: the body is dropped; a *[]byte receives it as it is). It returns
-// an *Error for an error response, a *TransportError when no answer came, and ctx's
-// error when ctx ended first.
+// body into out (nil: the body is dropped; a *[]byte receives it as it is; an empty body
+// leaves out as it is). It returns an *Error for an error response, a *TransportError
+// when no answer came, and ctx's error when ctx ended first.
 func (c *Client) Do(ctx context.Context, r Request, out any) (Reply, error) {
 	var body []byte
 	if r.Body != nil {
@@ -384,8 +384,10 @@ func (c *Client) attempt(ctx context.Context, r *Request, url string, body []byt
 	var timer *time.Timer
 	if stream {
 		// The stream outlives the attempt: only its opening is bounded.
-		actx, cancel = context.WithCancel(ctx)
-		timer = time.AfterFunc(c.cfg.AttemptTimeout, cancel)
+		var stop context.CancelFunc
+		actx, stop = context.WithCancel(ctx)
+		timer = time.AfterFunc(c.cfg.AttemptTimeout, stop)
+		cancel = func() { timer.Stop(); stop() }
 	} else {
 		actx, cancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout)
 	}
@@ -423,7 +425,7 @@ func (c *Client) attempt(ctx context.Context, r *Request, url string, body []byt
 	}
 	out := &response{status: resp.StatusCode, header: resp.Header}
 	if stream && resp.StatusCode/100 == 2 {
-		out.stream, out.cancel, out.opened = resp, func() { timer.Stop(); cancel() }, timer.Stop
+		out.stream, out.cancel, out.opened = resp, cancel, timer.Stop
 		return out, nil
 	}
 	defer cancel()
@@ -463,6 +465,9 @@ func (c *Client) decode(resp *response, out any) error {
 	case *[]byte:
 		*o = resp.body
 		return nil
+	}
+	if len(resp.body) == 0 {
+		return nil // 204: nothing to decode
 	}
 	dec := json.NewDecoder(bytes.NewReader(resp.body))
 	if c.cfg.DisallowUnknownFields {

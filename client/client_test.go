@@ -498,3 +498,64 @@ func TestImports(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamTimeout: AttemptTimeout bounds the opening of a stream (until the node says
+// it subscribed it), not the life of a stream that opened.
+func TestStreamTimeout(t *testing.T) {
+	const bound = 200 * time.Millisecond
+	stop := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		if strings.HasPrefix(r.URL.Path, "/mute/") {
+			select { // headers, but never ": connected"
+			case <-r.Context().Done():
+			case <-stop:
+			}
+			return
+		}
+		fmt.Fprint(w, ": connected\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-time.After(3 * bound):
+		case <-stop:
+			return
+		}
+		fmt.Fprint(w, "event: message\ndata: {\"id\":\"late\",\"from\":\"a\",\"to\":\"b\",\"body\":\"x\",\"sent_at\":\"2026-01-02T03:04:05Z\"}\n\n")
+	}))
+	defer srv.Close()
+	defer close(stop)
+
+	c := mustNew(t, Config{Endpoints: []string{srv.URL}, AttemptTimeout: bound, MaxAttempts: 1})
+	s, err := c.StreamMessages(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if m, err := s.Next(); err != nil || m.ID != "late" {
+		t.Fatalf("Next()=%+v, %v; want the message sent after AttemptTimeout", m, err)
+	}
+
+	mute := mustNew(t, Config{Endpoints: []string{srv.URL + "/mute"}, AttemptTimeout: bound, MaxAttempts: 1})
+	start := time.Now()
+	_, err = mute.StreamMessages(context.Background())
+	if d := time.Since(start); d > 10*bound {
+		t.Errorf("a stream that never opened took %s to fail, want about %s", d, bound)
+	}
+	var te *TransportError
+	if !errors.As(err, &te) {
+		t.Fatalf("a stream that never opened: %v, want a *TransportError", err)
+	}
+}
+
+// TestDecodeEmpty: a 204 leaves the value Do decodes into as it is.
+func TestDecodeEmpty(t *testing.T) {
+	s := newScript(t, answer{status: 204})
+	c := mustNew(t, Config{Endpoints: []string{s.srv.URL}})
+	out := api.Status{Status: "kept"}
+	rep, err := c.Do(context.Background(), Request{Method: "DELETE", Path: "/v1/x"}, &out)
+	if err != nil || rep.Status != 204 || out.Status != "kept" {
+		t.Fatalf("Do=%+v, %v, out %+v", rep, err, out)
+	}
+}
