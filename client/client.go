@@ -76,6 +76,7 @@ type Attempt struct {
 	Endpoint     string
 	RequestID    string // the same on every attempt of a call
 	N            int    // 1 for a call's first attempt
+	Bookmark     string // the X-Sessiond-Bookmark it sent; "" for none
 	Start, End   time.Time
 	Status       int         // 0 when no response came
 	Header       http.Header // the response's; nil when none came
@@ -277,7 +278,7 @@ func (c *Client) exchange(ctx context.Context, r *Request, body []byte, stream b
 		if v1 {
 			sent = c.bm.String()
 		}
-		at := Attempt{Method: r.Method, Path: r.Path, Endpoint: ep, RequestID: reqID, N: n, Start: time.Now()}
+		at := Attempt{Method: r.Method, Path: r.Path, Endpoint: ep, RequestID: reqID, N: n, Bookmark: sent, Start: time.Now()}
 		resp, err := c.attempt(ctx, r, ep+path, body, sent, reqID, stream)
 		at.End = time.Now()
 		if resp != nil {

@@ -388,6 +388,10 @@ func setup(ctx context.Context, cfg Config, targets []*target, users []*user, st
 		}
 		nodes[i] = c
 		defer c.CloseIdleConnections() // measuring uses connections of its own
+		// One try, so that a wrong --target fails at once rather than after the retries.
+		if _, err := c.Health(ctx); err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
 	}
 	par := min(cfg.Connections, 16, len(users))
 	each := func(what string, fn func(i int, u *user) error) (float64, error) {

@@ -87,6 +87,10 @@ func TestSDKCluster(t *testing.T) {
 			if _, err := alice.PatchSession(ctx, map[string]any{"n": i}); err != nil {
 				t.Fatal(err)
 			}
+			wrote := alice.Bookmark()
+			if wrote == "" {
+				t.Fatal("no bookmark kept after a write")
+			}
 			mark := rec.len()
 			s, err := alice.CurrentSession(ctx)
 			if err != nil {
@@ -97,6 +101,9 @@ func TestSDKCluster(t *testing.T) {
 			}
 			for _, a := range rec.since(mark) {
 				served[a.Header.Get(api.HeaderServedBy)] = true
+				if a.Bookmark != wrote {
+					t.Fatalf("read sent bookmark %q, want the write's %q", a.Bookmark, wrote)
+				}
 			}
 		}
 		if len(served) != 3 {
