@@ -12,8 +12,9 @@
 // connection that was never made; after a timeout, a reset connection or a 503
 // unavailable only requests marked idempotent (GET, PATCH and DELETE routes). A
 // Retry-After is waited for when it is within Config.MaxRetryWait; a longer one ends the
-// call with the error, which carries it. Over several endpoints, a call moves to the next
-// one when a node refuses connections, times out or answers 503.
+// call with the error, which carries it. Over several endpoints, the retry goes to the
+// next one, and an endpoint that refused a connection or timed out is passed over for a
+// while (Config.EndpointCooldown).
 //
 // Errors from the node are *Error, with the code, status, message and Retry-After;
 // errors.Is matches them against ErrNotFound, ErrUnauthorized and the other per-code
