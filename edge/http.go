@@ -15,6 +15,7 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/filesystem"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/ui"
@@ -282,19 +283,8 @@ func principal(c *fiber.Ctx) functions.Principal {
 	return p
 }
 
-type profileBody struct {
-	FirstName string `json:"first_name"`
-	LastName  string `json:"last_name"`
-	Email     string `json:"email"`
-	Address   string `json:"address"`
-}
-
 func (n *Node) register(c *fiber.Ctx) error {
-	var req struct {
-		Username string      `json:"username"`
-		Password string      `json:"password"`
-		Profile  profileBody `json:"profile"`
-	}
+	var req api.RegisterRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -312,7 +302,7 @@ func (n *Node) register(c *fiber.Ctx) error {
 		}
 	}
 	u, err := n.users.Register(c.UserContext(), functions.Register{
-		Username: req.Username, Password: req.Password, Profile: functions.Profile(req.Profile),
+		Username: req.Username, Password: req.Password, Profile: req.Profile,
 	})
 	if at != nil {
 		code := functions.ErrorCode(err)
@@ -321,7 +311,7 @@ func (n *Node) register(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"user": u})
+	return c.Status(fiber.StatusCreated).JSON(api.UserResponse{User: u})
 }
 
 // loginsThrottled answers a login refused by the limits, to retry after wait.
@@ -350,11 +340,7 @@ func (n *Node) knownDevice(c *fiber.Ctx, device, username string) bool {
 }
 
 func (n *Node) login(c *fiber.Ctx) error {
-	var req struct {
-		Username string `json:"username"`
-		Password string `json:"password"`
-		Device   string `json:"device"` // a device token from an earlier login (tokens.go)
-	}
+	var req api.LoginRequest // Device: a device token from an earlier login (tokens.go)
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -399,7 +385,7 @@ func (n *Node) login(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"token": tok, "session": s, "device": device})
+	return c.Status(fiber.StatusCreated).JSON(api.LoginResponse{Token: tok, Session: s, Device: device})
 }
 
 // origin is where and how a session signed in by request c begins: the client's user
@@ -432,7 +418,7 @@ func (n *Node) renewSession(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"token": tok, "session": s})
+	return c.JSON(api.RenewResponse{Session: s, Token: tok})
 }
 
 func (n *Node) currentSession(c *fiber.Ctx) error {
@@ -444,9 +430,7 @@ func (n *Node) currentSession(c *fiber.Ctx) error {
 }
 
 func (n *Node) patchSession(c *fiber.Ctx) error {
-	var req struct {
-		Data map[string]json.RawMessage `json:"data"`
-	}
+	var req api.PatchSessionRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -517,18 +501,11 @@ func (n *Node) me(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"user": u})
+	return c.JSON(api.UserResponse{User: u})
 }
 
 func (n *Node) patchMe(c *fiber.Ctx) error {
-	var req struct {
-		Profile *struct {
-			FirstName *string `json:"first_name"`
-			LastName  *string `json:"last_name"`
-			Email     *string `json:"email"`
-			Address   *string `json:"address"`
-		} `json:"profile"`
-	}
+	var req api.PatchProfileRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -542,7 +519,7 @@ func (n *Node) patchMe(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"user": u})
+	return c.JSON(api.UserResponse{User: u})
 }
 
 func (n *Node) deleteMe(c *fiber.Ctx) error {
@@ -553,11 +530,7 @@ func (n *Node) deleteMe(c *fiber.Ctx) error {
 }
 
 func (n *Node) sendMessage(c *fiber.Ctx) error {
-	var req struct {
-		To    string `json:"to"`
-		Body  string `json:"body"`
-		After string `json:"after"`
-	}
+	var req api.SendMessageRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -575,7 +548,7 @@ func (n *Node) sendMessage(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"message": m})
+	return c.Status(fiber.StatusCreated).JSON(api.MessageResponse{Message: m})
 }
 
 // lookupAllowed refuses (429) a request that names a user when its caller named too many
@@ -633,7 +606,7 @@ func (n *Node) conversations(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"conversations": cs})
+	return c.JSON(api.ConversationsResponse{Conversations: cs})
 }
 
 func (n *Node) clusterInfo(c *fiber.Ctx) error {

@@ -10,27 +10,12 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/crdt"
 )
 
-// Session is a session as the API shows it.
-type Session struct {
-	ID            string                     `json:"id"`
-	UserID        string                     `json:"user_id"`
-	Username      string                     `json:"username"`
-	CreatedAt     time.Time                  `json:"created_at"`
-	LastUsedAt    time.Time                  `json:"last_used_at"`
-	ExpiresAt     time.Time                  `json:"expires_at"`
-	IdleExpiresAt time.Time                  `json:"idle_expires_at"`
-	Data          map[string]json.RawMessage `json:"data"`
-	Current       bool                       `json:"current,omitempty"`
-	// Where and how it began, each absent when not recorded: a label of the client
-	// ("Firefox on Linux"), the client's address, and the region and node that created it.
-	Device        string `json:"device,omitempty"`
-	ClientAddress string `json:"client_address,omitempty"`
-	Region        string `json:"region,omitempty"`
-	Node          string `json:"node,omitempty"`
-}
+// Session is a session as the API shows it (package api owns the JSON shape).
+type Session = api.Session
 
 func sessionOf(s crdt.Session, username string) Session {
 	out := Session{
