@@ -15,8 +15,8 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/filesystem"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/ui"
 )

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
 )
 
 // Message is a message as the API shows it; From and To are usernames. Package api owns

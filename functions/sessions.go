@@ -10,8 +10,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
 )
 
 // Session is a session as the API shows it (package api owns the JSON shape).

@@ -5,8 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 
-	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
 )
 
 // User is a user as the API shows it (package api owns the JSON shape).

@@ -19,8 +19,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
 )
 
 // script is a test server that answers its requests from a list, in order, and records

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sessiond/sessiond/edge"
 	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/edge/client"
-	"github.com/sessiond/sessiond/edge"
 )
 
 // openNode starts a node in-process with its data in dir, on loopback ports the kernel
