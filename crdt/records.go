@@ -2,9 +2,11 @@ package crdt
 
 import (
 	"encoding/binary"
+	"math"
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // The replicated key space. Every record is a Map under one of these keys; message logs
@@ -188,8 +190,24 @@ const (
 	// FieldSeenUntil (FWW) is the owner's sessions_until timestamp that the creating node
 	// held, encoded; absent when it held none. See User.Revokes.
 	FieldSeenUntil = "seen_until"
-	DataPrefix     = "d/" // d/<key> LWW: session data, a JSON value
+	// FieldTokenGen (Max) is the generation of the session's token: a token of an earlier
+	// generation is refused (RenewSessionToken). Absent: 0, the generation of the token
+	// its sign-in returned.
+	FieldTokenGen = "token_gen"
+	// Where and how the session began, for its owner to recognise it (FWW, set at
+	// creation, each absent when unknown or not recorded): a label of the client's user
+	// agent ("Firefox on Linux"), the client's address, and the region and name of the
+	// node that created it.
+	FieldDevice     = "device"
+	FieldClientAddr = "client_addr"
+	FieldRegion     = "region"
+	FieldNode       = "node"
+	DataPrefix      = "d/" // d/<key> LWW: session data, a JSON value
 )
+
+// MaxOriginField is the longest value SessionOrigin records in each of its fields;
+// longer ones are cut (at a UTF-8 boundary).
+const MaxOriginField = 64
 
 // Session is the typed view of a session record.
 type Session struct {
@@ -202,7 +220,14 @@ type Session struct {
 	Revoked  bool
 	// SeenUntil is the owner's User.SessionsUntil that the creating node held.
 	SeenUntil Timestamp
+	TokenGen  uint64            // the current token's generation (FieldTokenGen)
+	Origin    Origin            // set by ReadSession, not ReadSessionMeta
 	Data      map[string][]byte // live data keys; values alias the Map
+}
+
+// Origin is where and how a session began (SessionOrigin).
+type Origin struct {
+	Device, ClientAddr, Region, Node string
 }
 
 // IdleExpires returns when the session expires unless it is used before.
@@ -224,6 +249,14 @@ func (s Session) ActiveAt(now time.Time) bool {
 // ReadSession returns the typed view of the session record m.
 func ReadSession(id string, m *Map) Session {
 	s := ReadSessionMeta(id, m)
+	for _, f := range []struct {
+		name string
+		v    *string
+	}{{FieldDevice, &s.Origin.Device}, {FieldClientAddr, &s.Origin.ClientAddr}, {FieldRegion, &s.Origin.Region}, {FieldNode, &s.Origin.Node}} {
+		if v, ok := m.Get(f.name); ok {
+			*f.v = string(v)
+		}
+	}
 	for name, f := range m.fields {
 		if key, ok := dataKey(name, f); ok {
 			if s.Data == nil {
@@ -284,6 +317,9 @@ func ReadSessionMeta(id string, m *Map) Session {
 	if v, ok := m.Get(FieldSeenUntil); ok {
 		s.SeenUntil, _ = DecodeTimestamp(v)
 	}
+	if g := m.MaxOf(FieldTokenGen); g > 0 {
+		s.TokenGen = uint64(g)
+	}
 	return s
 }
 
@@ -310,6 +346,41 @@ func SessionSaw(until, ts Timestamp) Map {
 	if !until.IsZero() {
 		m.Claim(FieldSeenUntil, until.AppendBinary(nil), ts)
 	}
+	return m
+}
+
+// SessionOrigin returns the update, merged into a new session's record at its creation
+// ts, that records where and how it began; empty fields are not recorded, and each is
+// cut to MaxOriginField bytes.
+func SessionOrigin(o Origin, ts Timestamp) Map {
+	var m Map
+	for _, f := range []struct{ name, v string }{
+		{FieldDevice, o.Device}, {FieldClientAddr, o.ClientAddr}, {FieldRegion, o.Region}, {FieldNode, o.Node},
+	} {
+		if f.v != "" {
+			m.Claim(f.name, []byte(cutUTF8(f.v, MaxOriginField)), ts)
+		}
+	}
+	return m
+}
+
+// cutUTF8 returns s cut to at most n bytes, not inside a UTF-8 sequence.
+func cutUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// RenewSessionToken returns the update, at ts, that makes gen the generation of a
+// session's token: tokens of earlier generations stop working. Concurrent renewals to
+// the same generation both stand; the generation only rises.
+func RenewSessionToken(gen uint64, ts Timestamp) Map {
+	var m Map
+	m.Raise(FieldTokenGen, int64(min(gen, math.MaxInt64)), ts) // #nosec G115 -- bounded by min
 	return m
 }
 

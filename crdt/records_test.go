@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"pgregory.net/rapid"
 
@@ -324,5 +325,40 @@ func TestSessionDataSize(t *testing.T) {
 	updateOnly.Set(crdt.DataPrefix+"k", []byte("1"), crdt.Timestamp{Wall: 1})
 	if crdt.IsSession(&updateOnly) {
 		t.Error("IsSession(data without an owner) = true")
+	}
+}
+
+func TestSessionOriginAndTokenGen(t *testing.T) {
+	c := crdt.NewClock(1, time.Now, 0)
+	ts := c.Next()
+	m := crdt.NewSession("u1", ts.Time().Add(time.Hour), time.Hour, ts)
+	long := strings.Repeat("é", crdt.MaxOriginField) // two bytes each
+	m.Merge(crdt.SessionOrigin(crdt.Origin{Device: "Firefox on Linux", ClientAddr: "203.0.113.7", Region: "eu", Node: long}, ts))
+	s := crdt.ReadSession("s1", &m)
+	if s.Origin.Device != "Firefox on Linux" || s.Origin.ClientAddr != "203.0.113.7" || s.Origin.Region != "eu" {
+		t.Fatalf("origin = %+v", s.Origin)
+	}
+	if len(s.Origin.Node) > crdt.MaxOriginField || !utf8.ValidString(s.Origin.Node) || len(s.Origin.Node) < crdt.MaxOriginField-1 {
+		t.Fatalf("node cut to %d bytes (valid UTF-8: %v), want at most %d", len(s.Origin.Node), utf8.ValidString(s.Origin.Node), crdt.MaxOriginField)
+	}
+	// Origin is first-writer-wins: a later claim does not replace it.
+	m.Merge(crdt.SessionOrigin(crdt.Origin{Device: "curl"}, c.Next()))
+	if got := crdt.ReadSession("s1", &m).Origin.Device; got != "Firefox on Linux" {
+		t.Fatalf("device after a later claim = %q", got)
+	}
+	if g := crdt.ReadSessionMeta("s1", &m).TokenGen; g != 0 {
+		t.Fatalf("fresh session's token generation = %d, want 0", g)
+	}
+	// Renewals only raise the generation, in any order of arrival.
+	a, b := crdt.RenewSessionToken(2, c.Next()), crdt.RenewSessionToken(1, c.Next())
+	m1, m2 := m.Copy(), m.Copy()
+	m1.Merge(a)
+	m1.Merge(b)
+	m2.Merge(b)
+	m2.Merge(a)
+	for _, x := range []*crdt.Map{&m1, &m2} {
+		if g := crdt.ReadSessionMeta("s1", x).TokenGen; g != 2 {
+			t.Fatalf("token generation = %d, want 2", g)
+		}
 	}
 }

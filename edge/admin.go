@@ -10,8 +10,8 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
-	"github.com/sessiond/sessiond/backup"
 	"github.com/sessiond/sessiond/edge/adminauth"
+	"github.com/sessiond/sessiond/edge/backup"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/storage"
 )

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sessiond/sessiond/backup"
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/edge/adminauth"
+	"github.com/sessiond/sessiond/edge/backup"
 	"github.com/sessiond/sessiond/storage"
 )
 

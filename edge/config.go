@@ -84,8 +84,11 @@ type Config struct {
 	CounterFlush time.Duration
 	// TrustedProxies are the addresses of load balancers whose X-Forwarded-For names the
 	// client (for login throttling); default none.
-	TrustedProxies  []string
-	ShutdownTimeout time.Duration // bound on a graceful Close; default 10s
+	TrustedProxies []string
+	// OmitSessionAddress leaves the client's address out of the sessions it signs in;
+	// default false: each session records it, for its owner to recognise it.
+	OmitSessionAddress bool
+	ShutdownTimeout    time.Duration // bound on a graceful Close; default 10s
 	// AccessLogSample is the fraction (0 to 1) of requests answered with a status below
 	// 400 that get an access log line; every request answered 400 or above gets one.
 	// Default 0.01.

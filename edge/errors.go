@@ -8,6 +8,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/functions"
 )
 
@@ -30,9 +31,9 @@ var statusOf = map[string]int{
 
 // Codes of refusals that only the HTTP layer makes; functions never returns them.
 const (
-	codeUnsupportedMediaType = "unsupported_media_type" // a body that is not application/json
-	codeHeaderTooLarge       = "header_too_large"       // a header block over maxHeaderBytes
-	codeForbidden            = "forbidden"              // a user's token on an admin route (admin.go)
+	codeUnsupportedMediaType = api.CodeUnsupportedMediaType // a body that is not application/json
+	codeHeaderTooLarge       = api.CodeHeaderTooLarge       // a header block over maxHeaderBytes
+	codeForbidden            = api.CodeForbidden            // a user's token on an admin route (admin.go)
 )
 
 // fiberCodes maps errors Fiber raises itself (routing, body and header limits, the UI's
@@ -49,12 +50,7 @@ var fiberCodes = map[int]string{
 	fiber.StatusTooManyRequests:             functions.ERateLimited,
 }
 
-type errorBody struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
+type errorBody = api.ErrorResponse
 
 // writeError is the single error writer: the status from the code table, the JSON body,
 // and one log line for internal errors, whose detail clients never see.
@@ -68,7 +64,7 @@ func (n *Node) writeError(c *fiber.Ctx, err error) error {
 		// and close, so that no client takes this reply for its next request's.
 		c.Context().SetConnectionClose()
 		var body errorBody
-		body.Error.Code, body.Error.Message = "request_timeout", "no complete request within the read timeout"
+		body.Error.Code, body.Error.Message = api.CodeRequestTimeout, "no complete request within the read timeout"
 		return c.Status(fiber.StatusRequestTimeout).JSON(body)
 	}
 	if errors.As(err, &fe) {

@@ -68,7 +68,7 @@ const (
 )
 
 // forwardedHeaders are the client's request headers a forwarded request carries.
-var forwardedHeaders = []string{fiber.HeaderContentType, fiber.HeaderAccept, headerBookmark, headerConsistency, headerRequestID}
+var forwardedHeaders = []string{fiber.HeaderContentType, fiber.HeaderAccept, fiber.HeaderUserAgent, headerBookmark, headerConsistency, headerRequestID}
 
 // forwardedKey is the fasthttp user value under which a forwarded request's wrapping
 // reaches the handlers: only the node-to-node channel sets it, never a client.
@@ -141,6 +141,8 @@ func (n *Node) partitionOf(c *fiber.Ctx) (p int, caller *verified, ok bool) {
 // forward relays the request to a holder of partition p and its answer to the client.
 func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 	stream := c.Path() == "/v1/messages/stream"
+	// Relayed as it comes and with no time bound, like the stream: an export may be long.
+	long := stream || c.Path() == "/v1/users/me/export"
 	repeatable := c.Method() == fiber.MethodGet || c.Method() == fiber.MethodHead
 	wrap := make(http.Header, 8)
 	wrap.Set(wrapMethod, c.Method())
@@ -185,7 +187,7 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 	}
 	for _, peer := range n.replicator.Holders(p) {
 		ctx, cancel := n.relays, context.CancelFunc(func() {}) // a stream: until the client or this node leaves
-		if !stream {
+		if !long {
 			ctx, cancel = context.WithTimeout(n.ctx, forwardTimeout)
 		}
 		resp, err := n.transport.Forward(ctx, peer, wrap.Clone(), body)
@@ -216,7 +218,7 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 			done := cancel
 			cancel = func() { done(); release() }
 		}
-		return n.relay(c, resp, cancel, stream)
+		return n.relay(c, resp, cancel, long)
 	}
 	n.metrics.forwarded("")
 	if c.Method() == fiber.MethodPost && c.Path() == "/v1/sessions" {
@@ -384,20 +386,30 @@ func (f flushWriter) Write(p []byte) (int, error) {
 // "user session issued-ns expires-ns bookmark".
 func encodeCaller(v *verified) string {
 	return strings.Join([]string{v.userID, v.sessionID, strconv.FormatInt(v.issued.UnixNano(), 10),
-		strconv.FormatInt(v.expires.UnixNano(), 10), v.created.String()}, " ")
+		strconv.FormatInt(v.expires.UnixNano(), 10), v.created.String(), strconv.FormatUint(v.gen, 10)}, " ")
 }
 
+// decodeCaller decodes encodeCaller's form; a sixth field, the token's generation, is
+// absent in what a node of the previous release sends (generation 0).
 func decodeCaller(s string) (verified, error) {
 	f := strings.Split(s, " ")
-	if len(f) != 5 || f[0] == "" || f[1] == "" {
+	if len(f) != 5 && len(f) != 6 || f[0] == "" || f[1] == "" {
 		return verified{}, errors.New("malformed")
+	}
+	var gen uint64
+	if len(f) == 6 {
+		g, err := strconv.ParseUint(f[5], 10, 64)
+		if err != nil {
+			return verified{}, fmt.Errorf("malformed generation: %w", err)
+		}
+		gen = g
 	}
 	issued, err1 := strconv.ParseInt(f[2], 10, 64)
 	expires, err2 := strconv.ParseInt(f[3], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
 		return verified{}, fmt.Errorf("malformed time: %w", err)
 	}
-	v := verified{userID: f[0], sessionID: f[1], issued: time.Unix(0, issued), expires: time.Unix(0, expires)}
+	v := verified{userID: f[0], sessionID: f[1], issued: time.Unix(0, issued), expires: time.Unix(0, expires), gen: gen}
 	if f[4] != "" {
 		if err := v.created.Parse(f[4]); err != nil {
 			return verified{}, fmt.Errorf("malformed bookmark: %w", err)

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -72,6 +73,44 @@ func TestForward(t *testing.T) {
 			}
 		}
 	}
+	// Through a node that does not hold the account: a sign-in records the client's
+	// device and the holder that created it, a renewal retires the old token on every
+	// node (the forwarded caller carries the token's generation), and an export comes
+	// back whole.
+	{
+		u := users[0]
+		via := nodes[slices.IndexFunc(nodes, func(n *Node) bool { return n.cfg.NodeName != u.holder })]
+		cv := newTestClient(t, via)
+		resp, body := cv.do("POST", "/v1/sessions", "", map[string]any{"username": u.name, "password": "correct horse"}, "User-Agent", firefoxLinux)
+		var login struct {
+			Token   string
+			Session map[string]any
+		}
+		if err := json.Unmarshal(body, &login); resp.StatusCode != http.StatusCreated || err != nil {
+			t.Fatalf("login via %s: %d %s", via.cfg.NodeName, resp.StatusCode, body)
+		}
+		if login.Session["device"] != "Firefox on Linux" || login.Session["node"] != u.holder || login.Session["client_address"] != "127.0.0.1" {
+			t.Errorf("session signed in via %s: %v; want Firefox on Linux, created by %s, from 127.0.0.1", via.cfg.NodeName, login.Session, u.holder)
+		}
+		resp, body = cv.do("POST", "/v1/sessions/current/renew", login.Token, nil)
+		var renewed struct{ Token string }
+		if err := json.Unmarshal(body, &renewed); resp.StatusCode != http.StatusOK || err != nil || resp.Header.Get(headerForwardedBy) != via.cfg.NodeName {
+			t.Fatalf("renew via %s: %d %s", via.cfg.NodeName, resp.StatusCode, body)
+		}
+		for _, n := range nodes {
+			c := newTestClient(t, n)
+			resp, body := c.do("GET", "/v1/sessions/current", login.Token, nil)
+			wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")
+			if resp, body := c.do("GET", "/v1/sessions/current", renewed.Token, nil); resp.StatusCode != http.StatusOK {
+				t.Errorf("renewed token via %s: %d %s", n.cfg.NodeName, resp.StatusCode, body)
+			}
+		}
+		resp, body = cv.do("GET", "/v1/users/me/export", renewed.Token, nil)
+		if resp.StatusCode != http.StatusOK || !json.Valid(body) || !strings.Contains(string(body), u.name) || resp.Header.Get(headerForwardedBy) != via.cfg.NodeName {
+			t.Errorf("export via %s: %d, forwarded by %q: %s", via.cfg.NodeName, resp.StatusCode, resp.Header.Get(headerForwardedBy), body)
+		}
+	}
+
 	// A bad token is refused where it arrives: nothing is forwarded for it.
 	resp, body := newTestClient(t, nodes[1]).do("GET", "/v1/users/me", users[0].token+"x", nil)
 	wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/ui"
 )
@@ -90,6 +91,7 @@ func (n *Node) newApp() *fiber.App {
 	v1.Post("/sessions", n.login)
 	v1.Get("/sessions/current", n.auth, n.currentSession)
 	v1.Patch("/sessions/current", n.auth, n.patchSession)
+	v1.Post("/sessions/current/renew", n.auth, n.renewSession)
 	v1.Delete("/sessions/current", n.auth, n.logout)
 	v1.Get("/sessions", n.auth, n.listSessions)
 	v1.Delete("/sessions", n.auth, n.revokeAll)
@@ -97,6 +99,7 @@ func (n *Node) newApp() *fiber.App {
 	v1.Get("/users/me", n.auth, n.me)
 	v1.Patch("/users/me", n.auth, n.patchMe)
 	v1.Delete("/users/me", n.auth, n.deleteMe)
+	v1.Get("/users/me/export", n.auth, n.exportMe)
 	v1.Post("/messages", n.auth, n.sendMessage)
 	v1.Get("/messages/stream", n.auth, n.streamMessages)
 	v1.Get("/messages", n.auth, n.listMessages)
@@ -197,23 +200,35 @@ func (n *Node) auth(c *fiber.Ctx) error {
 	if err != nil {
 		return functions.Errorf(functions.EUnauthorized, "invalid or expired token")
 	}
-	p, err := n.sessions.Authenticate(c.UserContext(), tok.userID, tok.sessionID)
-	if functions.ErrorCode(err) == functions.EUsernameConflict && leaving(c) {
-		p, err = n.sessions.AuthenticateLeaving(c.UserContext(), tok.userID, tok.sessionID)
-	}
-	if functions.ErrorCode(err) == functions.EUnauthorized && !tok.created.IsZero() && !n.replicator.Covers(tok.created, partitionIn(c)) {
+	p, err := n.authenticate(c, &tok)
+	if functions.ErrorCode(err) == functions.EUnauthorized && !tok.created.IsZero() {
 		// The session may be younger than this node's copy of the cluster's state: meet
 		// the bookmark of its creation, then look again. Never a 401 caused by lag.
+		//
+		// Look again even when the bookmark is met at once: what this node knows it holds
+		// vouches only for reads that begin after it is known. A push may have applied the
+		// session, and recorded that it is held, between the read above and now.
 		if err := n.await(c, tok.created); err != nil {
 			return err
 		}
-		p, err = n.sessions.Authenticate(c.UserContext(), tok.userID, tok.sessionID)
+		p, err = n.authenticate(c, &tok)
 	}
 	if err != nil {
 		return err
 	}
 	c.Locals(localsPrincipal, p)
 	return c.Next()
+}
+
+// authenticate reads the session of the caller's token and checks that it is usable
+// (functions.Sessions.AuthenticateToken); one whose account lost its username may still
+// leave.
+func (n *Node) authenticate(c *fiber.Ctx, tok *verified) (functions.Principal, error) {
+	p, err := n.sessions.AuthenticateToken(c.UserContext(), tok.userID, tok.sessionID, tok.gen, false)
+	if functions.ErrorCode(err) == functions.EUsernameConflict && leaving(c) {
+		p, err = n.sessions.AuthenticateToken(c.UserContext(), tok.userID, tok.sessionID, tok.gen, true)
+	}
+	return p, err
 }
 
 // caller returns the verified token of the request's caller: the bearer token's, or the
@@ -269,19 +284,8 @@ func principal(c *fiber.Ctx) functions.Principal {
 	return p
 }
 
-type profileBody struct {
-	FirstName string `json:"first_name"`
-	LastName  string `json:"last_name"`
-	Email     string `json:"email"`
-	Address   string `json:"address"`
-}
-
 func (n *Node) register(c *fiber.Ctx) error {
-	var req struct {
-		Username string      `json:"username"`
-		Password string      `json:"password"`
-		Profile  profileBody `json:"profile"`
-	}
+	var req api.RegisterRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -299,7 +303,7 @@ func (n *Node) register(c *fiber.Ctx) error {
 		}
 	}
 	u, err := n.users.Register(c.UserContext(), functions.Register{
-		Username: req.Username, Password: req.Password, Profile: functions.Profile(req.Profile),
+		Username: req.Username, Password: req.Password, Profile: req.Profile,
 	})
 	if at != nil {
 		code := functions.ErrorCode(err)
@@ -308,7 +312,7 @@ func (n *Node) register(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"user": u})
+	return c.Status(fiber.StatusCreated).JSON(api.UserResponse{User: u})
 }
 
 // loginsThrottled answers a login refused by the limits, to retry after wait.
@@ -337,11 +341,7 @@ func (n *Node) knownDevice(c *fiber.Ctx, device, username string) bool {
 }
 
 func (n *Node) login(c *fiber.Ctx) error {
-	var req struct {
-		Username string `json:"username"`
-		Password string `json:"password"`
-		Device   string `json:"device"` // a device token from an earlier login (tokens.go)
-	}
+	var req api.LoginRequest // Device: a device token from an earlier login (tokens.go)
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -356,7 +356,7 @@ func (n *Node) login(c *fiber.Ctx) error {
 	if !ok {
 		return n.loginsThrottled(c, wait)
 	}
-	s, err := n.sessions.Login(c.UserContext(), functions.Login{Username: req.Username, Password: req.Password})
+	s, err := n.sessions.Login(c.UserContext(), functions.Login{Username: req.Username, Password: req.Password, Origin: n.origin(c)})
 	at.done(functions.ErrorCode(err) == functions.EUnauthorized)
 	if err != nil {
 		switch functions.ErrorCode(err) {
@@ -378,7 +378,7 @@ func (n *Node) login(c *fiber.Ctx) error {
 		}
 		created = rc.shown.Clone()
 	}
-	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt, created)
+	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt, created, 0)
 	if err != nil {
 		return err
 	}
@@ -386,7 +386,40 @@ func (n *Node) login(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"token": tok, "session": s, "device": device})
+	return c.Status(fiber.StatusCreated).JSON(api.LoginResponse{Token: tok, Session: s, Device: device})
+}
+
+// origin is where and how a session signed in by request c begins: the client's user
+// agent label, its address (unless --session-address=false) and this node.
+func (n *Node) origin(c *fiber.Ctx) crdt.Origin {
+	o := crdt.Origin{Device: deviceLabel(c.Get(fiber.HeaderUserAgent)), Region: n.cfg.Region, Node: n.cfg.NodeName}
+	if !n.cfg.OmitSessionAddress {
+		if a := n.clientAddr(c); a != "unknown" {
+			o.ClientAddr = a
+		}
+	}
+	return o
+}
+
+// renewSession replaces the caller's token with a new one for the same session (a
+// defence against session fixation): the token it presented, and every earlier one of
+// the session, stop working; the session and its data stay.
+func (n *Node) renewSession(c *fiber.Ctx) error {
+	s, gen, err := n.sessions.Renew(c.UserContext(), principal(c))
+	if err != nil {
+		return err
+	}
+	// The new token carries the bookmark of what the renewal showed and wrote (the
+	// session's creation and its renewal), like a sign-in's.
+	var created crdt.Bookmark
+	if rc := requestIn(c.UserContext()); rc != nil {
+		created = rc.shown.Clone()
+	}
+	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt, created, gen)
+	if err != nil {
+		return err
+	}
+	return c.JSON(api.RenewResponse{Session: s, Token: tok})
 }
 
 func (n *Node) currentSession(c *fiber.Ctx) error {
@@ -398,9 +431,7 @@ func (n *Node) currentSession(c *fiber.Ctx) error {
 }
 
 func (n *Node) patchSession(c *fiber.Ctx) error {
-	var req struct {
-		Data map[string]json.RawMessage `json:"data"`
-	}
+	var req api.PatchSessionRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -471,18 +502,11 @@ func (n *Node) me(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"user": u})
+	return c.JSON(api.UserResponse{User: u})
 }
 
 func (n *Node) patchMe(c *fiber.Ctx) error {
-	var req struct {
-		Profile *struct {
-			FirstName *string `json:"first_name"`
-			LastName  *string `json:"last_name"`
-			Email     *string `json:"email"`
-			Address   *string `json:"address"`
-		} `json:"profile"`
-	}
+	var req api.PatchProfileRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -496,7 +520,7 @@ func (n *Node) patchMe(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"user": u})
+	return c.JSON(api.UserResponse{User: u})
 }
 
 func (n *Node) deleteMe(c *fiber.Ctx) error {
@@ -507,11 +531,7 @@ func (n *Node) deleteMe(c *fiber.Ctx) error {
 }
 
 func (n *Node) sendMessage(c *fiber.Ctx) error {
-	var req struct {
-		To    string `json:"to"`
-		Body  string `json:"body"`
-		After string `json:"after"`
-	}
+	var req api.SendMessageRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -529,7 +549,7 @@ func (n *Node) sendMessage(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"message": m})
+	return c.Status(fiber.StatusCreated).JSON(api.MessageResponse{Message: m})
 }
 
 // lookupAllowed refuses (429) a request that names a user when its caller named too many
@@ -587,7 +607,7 @@ func (n *Node) conversations(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"conversations": cs})
+	return c.JSON(api.ConversationsResponse{Conversations: cs})
 }
 
 func (n *Node) clusterInfo(c *fiber.Ctx) error {

@@ -88,7 +88,7 @@ func appendSessionsDoc(b []byte, ss []functions.Session) ([]byte, error) {
 
 // appendSession appends s as encoding/json encodes a functions.Session: the fields in
 // the order of its struct tags, times as time.Time.MarshalJSON writes them, data keys
-// sorted, and current only when true (omitempty).
+// sorted, and current and the origin's fields only when set (omitempty).
 func appendSession(b []byte, s functions.Session) ([]byte, error) {
 	b = append(b, `{"id":`...)
 	b = appendJSONString(b, s.ID)
@@ -117,6 +117,16 @@ func appendSession(b []byte, s functions.Session) ([]byte, error) {
 	}
 	if s.Current {
 		b = append(b, `,"current":true`...)
+	}
+	for _, f := range [...]struct{ name, v string }{
+		{`,"device":`, s.Device},
+		{`,"client_address":`, s.ClientAddress},
+		{`,"region":`, s.Region},
+		{`,"node":`, s.Node},
+	} {
+		if f.v != "" {
+			b = appendJSONString(append(b, f.name...), f.v)
+		}
 	}
 	return append(b, '}'), nil
 }

@@ -126,6 +126,8 @@ func TestAppendSession_Fields(t *testing.T) {
 		"CreatedAt time.Time created_at", "LastUsedAt time.Time last_used_at",
 		"ExpiresAt time.Time expires_at", "IdleExpiresAt time.Time idle_expires_at",
 		"Data map[string]json.RawMessage data", "Current bool current,omitempty",
+		"Device string device,omitempty", "ClientAddress string client_address,omitempty",
+		"Region string region,omitempty", "Node string node,omitempty",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("functions.Session fields = %q,\nwant %q: update appendSession", got, want)
@@ -218,6 +220,11 @@ func randSession(r *rand.Rand) functions.Session {
 		ID: randString(r, 40), UserID: randString(r, 40), Username: randString(r, 40),
 		CreatedAt: randTime(r), LastUsedAt: randTime(r), ExpiresAt: randTime(r), IdleExpiresAt: randTime(r),
 		Current: r.IntN(2) == 0,
+	}
+	for _, f := range []*string{&s.Device, &s.ClientAddress, &s.Region, &s.Node} {
+		if r.IntN(3) > 0 {
+			*f = randString(r, 20)
+		}
 	}
 	if r.IntN(20) > 0 {
 		s.Data = make(map[string]json.RawMessage)

@@ -27,6 +27,9 @@ type claims struct {
 	// Bookmark is the bookmark of the session's creation (crdt.Bookmark's text form): a
 	// node that does not yet hold the session meets it before refusing the token.
 	Bookmark string `json:"bm,omitempty"`
+	// Gen is the token's generation (functions.Sessions.Renew): a renewal raises the
+	// session's, and tokens of earlier generations stop working. Absent: 0.
+	Gen uint64 `json:"gen,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -49,6 +52,7 @@ type tokens struct {
 type verified struct {
 	userID, sessionID string
 	created           crdt.Bookmark // of the session's creation; zero in older tokens
+	gen               uint64        // the token's generation (claims.Gen)
 	issued, expires   time.Time
 }
 
@@ -75,13 +79,14 @@ func newTokens(clusterKeys [][]byte, now func() time.Time) *tokens {
 	return t
 }
 
-// sign returns a token for a session of userID that expires with it, carrying the
-// bookmark of the session's creation.
-func (t *tokens) sign(userID, sessionID string, expires time.Time, created crdt.Bookmark) (string, error) {
+// sign returns a token of generation gen for a session of userID that expires with it,
+// carrying the bookmark of the session's creation (or of its latest renewal).
+func (t *tokens) sign(userID, sessionID string, expires time.Time, created crdt.Bookmark, gen uint64) (string, error) {
 	now := t.now()
 	c := claims{
 		SessionID: sessionID,
 		Bookmark:  created.String(),
+		Gen:       gen,
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer:    tokenIssuer,
 			Subject:   userID,
@@ -145,7 +150,7 @@ func (t *tokens) verify(raw string) (verified, error) {
 	if err != nil {
 		return verified{}, fmt.Errorf("%w: %w", errBadToken, err)
 	}
-	v = verified{userID: c.Subject, sessionID: c.SessionID, created: created, expires: c.ExpiresAt.Time}
+	v = verified{userID: c.Subject, sessionID: c.SessionID, created: created, gen: c.Gen, expires: c.ExpiresAt.Time}
 	t.mu.Lock()
 	if len(t.cache) >= tokenCacheMax {
 		for k := range t.cache { // evict an arbitrary tenth; map order is random

@@ -86,7 +86,7 @@ var tokenEpoch = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 func TestTokens_SignVerify(t *testing.T) {
 	clock := newFakeClock(tokenEpoch)
 	tk := newTokens([][]byte{testKey}, clock.Now)
-	tok, err := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{})
+	tok, err := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
 	if err != nil {
 		t.Fatalf("sign: %v", err)
 	}
@@ -109,7 +109,7 @@ func TestTokens_SignVerify(t *testing.T) {
 	}
 	// Two tokens for the same session differ only if signed at different times; both work.
 	clock.Add(time.Second)
-	tok2, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{})
+	tok2, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
 	if _, err := tk.verify(tok2); err != nil {
 		t.Errorf("verify second token: %v", err)
 	}
@@ -126,7 +126,7 @@ func TestTokens_Attacks(t *testing.T) {
 			"iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
 	}
 	hdr := func(alg string) map[string]any { return map[string]any{"alg": alg, "typ": "JWT", "kid": kid} }
-	valid, err := tk.sign("u1", "s1", now.Add(time.Hour), crdt.Bookmark{})
+	valid, err := tk.sign("u1", "s1", now.Add(time.Hour), crdt.Bookmark{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +210,7 @@ func TestTokens_Rotation(t *testing.T) {
 	after := newTokens([][]byte{testKey, testOldKey}, clock.Now)
 	retired := newTokens([][]byte{testKey}, clock.Now)
 
-	old, err := before.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{})
+	old, err := before.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func TestTokens_Rotation(t *testing.T) {
 		t.Errorf("old-key token once the old key is retired: err = nil, want an error")
 	}
 
-	fresh, err := after.sign("u2", "s2", tokenEpoch.Add(time.Hour), crdt.Bookmark{})
+	fresh, err := after.sign("u2", "s2", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ func TestTokens_Rotation(t *testing.T) {
 func TestTokens_Cache(t *testing.T) {
 	clock := newFakeClock(tokenEpoch)
 	tk := newTokens([][]byte{testKey}, clock.Now)
-	tok, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Minute), crdt.Bookmark{})
+	tok, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Minute), crdt.Bookmark{}, 0)
 	if _, err := tk.verify(tok); err != nil {
 		t.Fatalf("verify: %v", err)
 	}
@@ -266,7 +266,7 @@ func TestTokens_Cache(t *testing.T) {
 		for i := range tokenCacheMax {
 			tk.cache[fmt.Sprint(i)] = verified{}
 		}
-		tok, _ := tk.sign("u1", "s1", clock.Now().Add(time.Hour), crdt.Bookmark{})
+		tok, _ := tk.sign("u1", "s1", clock.Now().Add(time.Hour), crdt.Bookmark{}, 0)
 		if _, err := tk.verify(tok); err != nil {
 			t.Fatal(err)
 		}
@@ -289,7 +289,7 @@ func aliasedString(b []byte) string { return unsafe.String(unsafe.SliceData(b), 
 func TestTokens_CacheOwnsKey(t *testing.T) {
 	clock := newFakeClock(tokenEpoch)
 	tk := newTokens([][]byte{testKey}, clock.Now)
-	tok, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{})
+	tok, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
 	buf := []byte(tok)
 	if _, err := tk.verify(aliasedString(buf)); err != nil {
 		t.Fatalf("verify: %v", err)

@@ -130,6 +130,9 @@ func TestBrowserUI(t *testing.T) {
 	alice.waitValue("#profile-address", "2 Looking-Glass Lane, Wonderland")
 	alice.waitValue("#profile-last-name", "Liddell")
 	alice.waitValue("#profile-email", "alice@example.com")
+	// The account's data as one download: the page says what it held.
+	alice.click("#export-account")
+	alice.waitText("#export-done", "your profile, 1 session and 0 messages")
 	alice.click("#delete-account") // open the confirmation, look at it, and back out
 	alice.waitVisible("#delete-account-confirm")
 	alice.shot("profile-delete-confirm")
@@ -265,6 +268,10 @@ func TestBrowserUI(t *testing.T) {
 	alice.nav("sessions")
 	alice.waitJS("alice sees both of her sessions", `document.querySelectorAll('[data-testid=session-item]').length === 2`)
 	alice.waitVisible(`[data-testid=session-item][data-current="true"] [data-testid=session-current]`)
+	// Each session names the browser that signed it in (headless Chromium says Chrome),
+	// where from, and the node.
+	alice.waitText(`[data-testid=session-item][data-current="true"] [data-testid=session-device]`, "Chrome on Linux")
+	alice.waitText(`[data-testid=session-item][data-current="true"] [data-testid=session-address]`, "127.0.0.1")
 	alice.shot("sessions")
 	other := fmt.Sprintf(`[data-testid=session-item][data-session-id=%q]`, phoneSession)
 	if got := alice.attr(other, "data-current"); got != "false" {

@@ -1,46 +1,19 @@
 package functions
 
-// Member is one node of the cluster as GET /v1/cluster shows it.
-type Member struct {
-	Name   string `json:"name"`
-	ID     string `json:"id"`
-	Region string `json:"region"`
-	Status string `json:"status"` // alive, suspect, failed or left
-	Addr   string `json:"addr,omitempty"`
-	// LagMS is how far this node's copy of the member's writes trails, in milliseconds:
-	// the age of the oldest of its changes not yet applied here (0 when in step, -1 when
-	// unknown). Absent for the serving node itself.
-	LagMS *int64 `json:"lag_ms,omitempty"`
-	// Partitions is how many partitions of the key space the member holds (with
-	// placement: --replicas); absent for members that hold none (not alive).
-	Partitions *int `json:"partitions,omitempty"`
-}
+import "github.com/sessiond/sessiond/edge/api"
+
+// Member is one node of the cluster as GET /v1/cluster shows it; package api owns the
+// JSON shape of it, ClusterInfo, Placement and Moving.
+type Member = api.Member
 
 // ClusterInfo is this node's view of the cluster.
-type ClusterInfo struct {
-	Node      Member     `json:"node"`
-	Members   []Member   `json:"members"`
-	Placement *Placement `json:"placement,omitempty"` // absent without --replicas
-}
+type ClusterInfo = api.ClusterInfo
 
 // Placement is how the data is spread over the nodes, as this node sees it.
-type Placement struct {
-	Replicas   int     `json:"replicas"`   // holders of each key in each region
-	Partitions int     `json:"partitions"` // of the key space, in all
-	Holds      int     `json:"holds"`      // partitions this node holds
-	Ideal      float64 `json:"ideal"`      // its fair share: partitions × replicas / nodes of its region
-	// Moving is what this node stores without holding it, as of its latest handoff
-	// round: keys placement moved away from it (or writes it accepted for others), which
-	// it keeps until their holders confirm them.
-	Moving Moving `json:"moving"`
-}
+type Placement = api.Placement
 
 // Moving is data on its way from this node to the nodes that hold it.
-type Moving struct {
-	Partitions int `json:"partitions"`
-	Keys       int `json:"keys"`
-	Dropped    int `json:"dropped"` // keys handed over and dropped here since the node started
-}
+type Moving = api.Moving
 
 // Membership reports the cluster as this node sees it; edge implements it over serf.
 type Membership interface {

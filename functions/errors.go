@@ -3,20 +3,23 @@ package functions
 import (
 	"errors"
 	"fmt"
+
+	"github.com/sessiond/sessiond/edge/api"
 )
 
-// Error codes. They are part of the HTTP API (docs/API.md): edge maps each to a status.
+// Error codes. They are part of the HTTP API (docs/API.md, package api): edge maps each
+// to a status.
 const (
-	EInvalid          = "invalid_argument"
-	EUnauthorized     = "unauthorized"
-	ENotFound         = "not_found"
-	EUsernameTaken    = "username_taken"
-	EUsernameConflict = "username_conflict"
-	ETooLarge         = "too_large"
-	ERateLimited      = "rate_limited"
-	EUnavailable      = "unavailable"
-	EBehind           = "behind" // this node has not caught up with the client's bookmark
-	EInternal         = "internal"
+	EInvalid          = api.CodeInvalidArgument
+	EUnauthorized     = api.CodeUnauthorized
+	ENotFound         = api.CodeNotFound
+	EUsernameTaken    = api.CodeUsernameTaken
+	EUsernameConflict = api.CodeUsernameConflict
+	ETooLarge         = api.CodeTooLarge
+	ERateLimited      = api.CodeRateLimited
+	EUnavailable      = api.CodeUnavailable
+	EBehind           = api.CodeBehind // this node has not caught up with the client's bookmark
+	EInternal         = api.CodeInternal
 )
 
 // Error is a domain error whose message is safe to show to the client.

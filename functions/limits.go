@@ -4,6 +4,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/sessiond/sessiond/edge/api"
 )
 
 // Limits of the API (docs/API.md lists them for users).
@@ -63,15 +65,10 @@ func validText(field, s string, max int, multiline bool) error {
 	return nil
 }
 
-// Profile is a user's editable profile.
-type Profile struct {
-	FirstName string `json:"first_name"`
-	LastName  string `json:"last_name"`
-	Email     string `json:"email"`
-	Address   string `json:"address"`
-}
+// Profile is a user's editable profile (package api owns the JSON shape).
+type Profile = api.Profile
 
-func (p Profile) validate() error {
+func validateProfile(p Profile) error {
 	if err := validText("first_name", p.FirstName, MaxNameField, false); err != nil {
 		return err
 	}
@@ -98,7 +95,7 @@ func validEmail(s string) error {
 	return nil
 }
 
-func (p Profile) fields() map[string]string {
+func profileFields(p Profile) map[string]string {
 	return map[string]string{
 		"first_name": p.FirstName, "last_name": p.LastName, "email": p.Email, "address": p.Address,
 	}

@@ -5,27 +5,18 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
 )
 
-// Message is a message as the API shows it; From and To are usernames.
-type Message struct {
-	ID     string    `json:"id"`
-	From   string    `json:"from"`
-	To     string    `json:"to"`
-	Body   string    `json:"body"`
-	SentAt time.Time `json:"sent_at"`
-}
+// Message is a message as the API shows it; From and To are usernames. Package api owns
+// the JSON shape of it, Conversation and Page.
+type Message = api.Message
 
 // Conversation summarises a conversation for its participant.
-type Conversation struct {
-	With        string  `json:"with"`
-	LastMessage Message `json:"last_message"`
-	Count       int     `json:"count"`
-}
+type Conversation = api.Conversation
 
 // Send is the request to send a message to the user named To. After, when set, is the ID
 // of the sender's previous message: the new one is ordered after it even when it is sent
@@ -37,10 +28,7 @@ type Send struct {
 }
 
 // Page is one page of a conversation and the cursor for what comes after it.
-type Page struct {
-	Messages []Message `json:"messages"`
-	Next     string    `json:"next"`
-}
+type Page = api.Page
 
 // Messages sends messages and reads conversations: one append-only log per pair of
 // users. It holds no state between calls and is safe for concurrent use.
@@ -300,4 +288,41 @@ func decodeCursor(s string) (crdt.Cursor, error) {
 		return nil, Errorf(EInvalid, "invalid cursor")
 	}
 	return c, nil
+}
+
+// Export calls conv for each of the caller's conversations, then msg for each of its
+// messages in conversation order, reading MaxPageLimit messages at a time, so a
+// conversation of any length costs one page of memory. It lists what Conversations and
+// List show (no conversation with an erased user) and stops at the first error of conv,
+// msg or the store.
+func (s *Messages) Export(ctx context.Context, p Principal, conv func(Conversation) error, msg func(Message) error) error {
+	convs, err := s.Conversations(ctx, p)
+	if err != nil {
+		return err
+	}
+	for _, c := range convs {
+		if err := conv(c); err != nil {
+			return err
+		}
+		cursor := ""
+		for {
+			page, err := s.List(ctx, p, c.With, cursor, MaxPageLimit)
+			if ErrorCode(err) == ENotFound {
+				break // erased since it was listed
+			}
+			if err != nil {
+				return err
+			}
+			for _, m := range page.Messages {
+				if err := msg(m); err != nil {
+					return err
+				}
+			}
+			if page.Next == cursor {
+				break // nothing more: the cursor moves with every entry read
+			}
+			cursor = page.Next
+		}
+	}
+	return nil
 }

@@ -11,26 +11,18 @@ import (
 	"unicode/utf8"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
 )
 
-// Session is a session as the API shows it.
-type Session struct {
-	ID            string                     `json:"id"`
-	UserID        string                     `json:"user_id"`
-	Username      string                     `json:"username"`
-	CreatedAt     time.Time                  `json:"created_at"`
-	LastUsedAt    time.Time                  `json:"last_used_at"`
-	ExpiresAt     time.Time                  `json:"expires_at"`
-	IdleExpiresAt time.Time                  `json:"idle_expires_at"`
-	Data          map[string]json.RawMessage `json:"data"`
-	Current       bool                       `json:"current,omitempty"`
-}
+// Session is a session as the API shows it (package api owns the JSON shape).
+type Session = api.Session
 
 func sessionOf(s crdt.Session, username string) Session {
 	out := Session{
 		ID: s.ID, UserID: s.UserID, Username: username, CreatedAt: s.Created.Time(),
 		LastUsedAt: s.LastUsed, ExpiresAt: s.Expires, IdleExpiresAt: s.IdleExpires(),
-		Data: make(map[string]json.RawMessage, len(s.Data)),
+		Data:   make(map[string]json.RawMessage, len(s.Data)),
+		Device: s.Origin.Device, ClientAddress: s.Origin.ClientAddr, Region: s.Origin.Region, Node: s.Origin.Node,
 	}
 	for k, v := range s.Data {
 		out.Data[k] = json.RawMessage(v)
@@ -43,6 +35,7 @@ type Principal struct {
 	UserID    string
 	Username  string
 	SessionID string
+	TokenGen  uint64 // the generation of the token it presented (Renew)
 
 	// loaded holds the session and user records Authenticate read for this request, so
 	// the handler that follows does not read them again. Nil for a Principal built
@@ -59,6 +52,7 @@ type loadedRecords struct {
 type Login struct {
 	Username string
 	Password string
+	Origin   crdt.Origin // where and how the session begins, recorded with it
 }
 
 // DataPatch changes session data: Set writes keys (values are JSON), Delete removes them.
@@ -149,12 +143,12 @@ func (s *Sessions) Login(ctx context.Context, req Login) (Session, error) {
 		if i > 0 {
 			return Session{}, errNameLost(req.Username)
 		}
-		return s.create(ctx, u)
+		return s.create(ctx, u, req.Origin)
 	}
 	return Session{}, errBadCredentials
 }
 
-func (s *Sessions) create(ctx context.Context, u crdt.User) (Session, error) {
+func (s *Sessions) create(ctx context.Context, u crdt.User, origin crdt.Origin) (Session, error) {
 	existing, err := s.Store.UserSessions(ctx, u.ID)
 	if err != nil {
 		return Session{}, err
@@ -180,6 +174,7 @@ func (s *Sessions) create(ctx context.Context, u crdt.User) (Session, error) {
 		}
 		rec = crdt.NewSession(u.ID, ts.Time().Add(s.ttl()), s.idleTTL(), ts)
 		rec.Merge(crdt.SessionSaw(crdt.ReadUser(u.ID, &um).SessionsUntil, ts))
+		rec.Merge(crdt.SessionOrigin(origin, ts))
 		rec, err = tx.Merge(crdt.SessionKey(id), rec)
 		return err
 	})
@@ -205,22 +200,23 @@ func usable(ss crdt.Session, u crdt.User, now time.Time) bool {
 	return ss.ActiveAt(now) && ss.UserID == u.ID && !u.Deleted && !u.Revokes(ss)
 }
 
-// Authenticate checks that session sessionID of userID is usable now — it exists here, is
-// not revoked (by itself or by its user's sign-out-everywhere), not expired, and its user
-// is not erased — and records the use, sliding idle expiry. Any failure is EUnauthorized.
+// Authenticate checks that session sessionID of userID is usable now with a token of
+// generation 0, the one sign-in returns — it exists here, is not revoked (by itself or by
+// its user's sign-out-everywhere), not expired, its token not renewed, and its user is not
+// erased — and records the use, sliding idle expiry. Any failure is EUnauthorized.
 func (s *Sessions) Authenticate(ctx context.Context, userID, sessionID string) (Principal, error) {
-	return s.authenticate(ctx, userID, sessionID, true)
+	return s.AuthenticateToken(ctx, userID, sessionID, 0, false)
 }
 
-// AuthenticateLeaving is Authenticate for the two requests that an account which lost
-// its username to a concurrent registration (EUsernameConflict everywhere else) may still
-// make, so that it can go: signing out and erasing itself. Every other check holds.
-func (s *Sessions) AuthenticateLeaving(ctx context.Context, userID, sessionID string) (Principal, error) {
-	return s.authenticate(ctx, userID, sessionID, false)
-}
-
-func (s *Sessions) authenticate(ctx context.Context, userID, sessionID string, ownName bool) (Principal, error) {
-	rec, u, err := s.load(ctx, userID, sessionID, ownName)
+// AuthenticateToken is Authenticate for a token of generation gen (Renew). With leaving,
+// it is for the two requests that an account which lost its username to a concurrent
+// registration (EUsernameConflict everywhere else) may still make, so that it can go:
+// signing out and erasing itself; every other check holds.
+func (s *Sessions) AuthenticateToken(ctx context.Context, userID, sessionID string, gen uint64, leaving bool) (Principal, error) {
+	rec, u, err := s.load(ctx, userID, sessionID, !leaving)
+	if err == nil && crdt.ReadSessionMeta(sessionID, &rec).TokenGen > gen {
+		err = errTokenRenewed
+	}
 	if err != nil {
 		return Principal{}, err
 	}
@@ -236,7 +232,7 @@ func (s *Sessions) authenticate(ctx context.Context, userID, sessionID string, o
 		}
 	}
 	return Principal{
-		UserID: userID, Username: u.Username, SessionID: sessionID,
+		UserID: userID, Username: u.Username, SessionID: sessionID, TokenGen: gen,
 		loaded: &loadedRecords{session: rec, user: u},
 	}, nil
 }
@@ -250,7 +246,10 @@ func (s *Sessions) records(ctx context.Context, p Principal) (crdt.Map, crdt.Use
 	return s.load(ctx, p.UserID, p.SessionID, true)
 }
 
-var errSessionEnded = Errorf(EUnauthorized, "session expired or revoked")
+var (
+	errSessionEnded = Errorf(EUnauthorized, "session expired or revoked")
+	errTokenRenewed = Errorf(EUnauthorized, "this token was replaced by a renewal of its session; use the new one")
+)
 
 // load returns the record of a usable session of userID, and its user; with ownName,
 // only if the user owns its username (else EUsernameConflict).
@@ -399,6 +398,43 @@ func (s *Sessions) List(ctx context.Context, p Principal) ([]Session, error) {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// Renew replaces the caller's token: it raises the session's token generation past the
+// caller's, so that the token the caller presented, and every earlier one, stops
+// working, and returns the session and the new generation to sign a token with. The
+// session and its data stay. A renewal replicates like any write: until it reaches a
+// node, that node still accepts the old token. Two renewals of one token made on nodes
+// that have not seen each other's both stand (the same generation).
+func (s *Sessions) Renew(ctx context.Context, p Principal) (Session, uint64, error) {
+	_, u, err := s.records(ctx, p)
+	if err != nil {
+		return Session{}, 0, err
+	}
+	var (
+		rec crdt.Map
+		gen uint64
+	)
+	err = s.Store.Update(ctx, func(tx Tx) error {
+		m, ok, err := tx.Record(crdt.SessionKey(p.SessionID))
+		if err != nil {
+			return err
+		}
+		meta := crdt.ReadSessionMeta(p.SessionID, &m)
+		if !ok || meta.UserID != p.UserID {
+			return errSessionEnded
+		}
+		if meta.TokenGen > p.TokenGen {
+			return errTokenRenewed // renewed meanwhile, by this token's holder or a thief
+		}
+		gen = max(meta.TokenGen, p.TokenGen) + 1
+		rec, err = tx.Merge(crdt.SessionKey(p.SessionID), crdt.RenewSessionToken(gen, s.Clock.Next()))
+		return err
+	})
+	if err != nil {
+		return Session{}, 0, err
+	}
+	return sessionOf(crdt.ReadSession(p.SessionID, &rec), u.Username), gen, nil
 }
 
 // Revoke revokes one of the caller's sessions. Revocation is a monotonic flag: no

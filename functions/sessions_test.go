@@ -983,9 +983,9 @@ func TestSessionsUsernameRaceLoser(t *testing.T) {
 		wantCode(t, err, ENotFound)
 	}
 	// The loser may still go: sign out, or erase itself.
-	lp, err := e.sessions.AuthenticateLeaving(ctx, loser.UserID, loser.SessionID)
+	lp, err := e.sessions.AuthenticateToken(ctx, loser.UserID, loser.SessionID, 0, true)
 	if err != nil || lp.UserID != loser.UserID {
-		t.Fatalf("AuthenticateLeaving = %+v, %v; want the loser's principal", lp, err)
+		t.Fatalf("AuthenticateToken(leaving) = %+v, %v; want the loser's principal", lp, err)
 	}
 	if err := e.users.Delete(ctx, lp.UserID); err != nil {
 		t.Fatalf("the loser erases itself: %v", err)

@@ -4,18 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"time"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
 )
 
-// User is a user as the API shows it.
-type User struct {
-	ID        string    `json:"id"`
-	Username  string    `json:"username"`
-	CreatedAt time.Time `json:"created_at"`
-	Profile   Profile   `json:"profile"`
-}
+// User is a user as the API shows it (package api owns the JSON shape).
+type User = api.User
 
 func userOf(u crdt.User) User {
 	return User{ID: u.ID, Username: u.Username, CreatedAt: u.Created.Time(), Profile: profileOf(u.Profile)}
@@ -59,7 +54,7 @@ func (s *Users) Register(ctx context.Context, req Register) (User, error) {
 	if err := validPassword(req.Password); err != nil {
 		return User{}, err
 	}
-	if err := req.Profile.validate(); err != nil {
+	if err := validateProfile(req.Profile); err != nil {
 		return User{}, err
 	}
 	hash, err := s.Passwords.Hash(ctx, req.Password)
@@ -83,7 +78,7 @@ func (s *Users) Register(ctx context.Context, req Register) (User, error) {
 			}
 		}
 		ts := s.Clock.Next()
-		if user, err = tx.Merge(crdt.UserKey(id), crdt.NewUser(req.Username, hash, req.Profile.fields(), ts)); err != nil {
+		if user, err = tx.Merge(crdt.UserKey(id), crdt.NewUser(req.Username, hash, profileFields(req.Profile), ts)); err != nil {
 			return err
 		}
 		_, err = tx.Merge(crdt.ClaimKey(req.Username), crdt.NewClaim(id, ts))
@@ -216,7 +211,7 @@ func (s *Users) UpdateProfile(ctx context.Context, userID string, patch ProfileP
 	if patch.Address != nil {
 		check.Address = *patch.Address
 	}
-	if err := check.validate(); err != nil {
+	if err := validateProfile(check); err != nil {
 		return User{}, err
 	}
 	var merged crdt.Map

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -116,6 +117,9 @@ func benchmarkWriteUpdate(b *testing.B, writers int) {
 		n := float64(commits.Load())
 		b.ReportMetric(float64(b.N)/n, "writes/commit")
 		b.ReportMetric(float64(writtenPages(db)-pages)/n, "pages/commit")
+		if st, err := os.Stat(db.Path()); err == nil {
+			b.ReportMetric(float64(st.Size())/(1<<20), "file-MiB")
+		}
 	}()
 	runWriters(b, writers, func(rng *rand.Rand, i int64) error {
 		key := benchKey(rng.IntN(benchRecords))
@@ -128,6 +132,7 @@ func benchmarkWriteUpdate(b *testing.B, writers int) {
 }
 
 func BenchmarkWriteUpdateSerial(b *testing.B) { benchmarkWriteUpdate(b, 1) }
+func BenchmarkWriteUpdate8(b *testing.B)      { benchmarkWriteUpdate(b, 8) }
 func BenchmarkWriteUpdate64(b *testing.B)     { benchmarkWriteUpdate(b, 64) }
 
 // openBolt opens a bare bbolt file with the options Open uses, seeded like mustSeedDB.

@@ -25,13 +25,16 @@ type request struct {
 // Update runs fn in a read-write transaction and returns once its writes are durable.
 //
 // fn runs on the committer goroutine inside one bbolt transaction shared with other
-// callers' functions, which commit together: one commit and its fsyncs. It must be
-// quick, do no I/O and not call the DB. Its writes are buffered in tx and applied only if it returns
-// nil; an error discards them and leaves the other callers' work alone. Update returns
-// fn's error, or the commit's error if the batch could not be committed (then nothing of
-// it is stored). If ctx is done before fn runs, fn is not run and Update returns
-// ctx.Err(); once fn has run, Update waits for the commit whatever ctx says, so a nil
-// return always means durable.
+// callers' functions, which commit together: one write-ahead log record and its one
+// fsync (see the package documentation). It must be quick, do no I/O and not call the
+// DB. Its writes are buffered in tx and applied only if it returns nil; an error discards
+// them and leaves the other callers' work alone. Update returns fn's error, or the
+// commit's error if the batch could not be committed (then nothing of it is stored). If
+// ctx is done before fn runs, fn is not run and Update returns ctx.Err(); once fn has
+// run, Update waits for the commit whatever ctx says, so a nil return always means
+// durable. After a failure that leaves the state of the log or the file unknown (a failed
+// sync or checkpoint), every later Update fails with that error until the DB is opened
+// again, which recovers from the log.
 func (db *DB) Update(ctx context.Context, fn func(tx *Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -141,11 +144,20 @@ var errRetry = errors.New("retry batch")
 // function's own error is its own; an error applying its writes (which bbolt would only
 // raise on a broken invariant or a full disk) fails that request alone and the batch runs
 // again without it. A commit error fails the whole batch.
+//
+// The batch is durable once its record is in the write-ahead log and synced; the bbolt
+// transaction then commits without syncing, and its writers are answered after it, so
+// they and every reader after them see the writes (checkpoint.go says why the file stays
+// consistent).
 func (db *DB) runBatch(reqs []*request) {
 	live := reqs[:0:0]
 	for _, r := range reqs {
 		if err := r.ctx.Err(); err != nil {
 			r.done <- err
+			continue
+		}
+		if db.failed != nil {
+			r.done <- db.failed
 			continue
 		}
 		live = append(live, r)
@@ -157,6 +169,8 @@ func (db *DB) runBatch(reqs []*request) {
 	for len(live) > 0 {
 		var b *batch
 		failed := -1
+		logged := -1 // the length of the batch's log record, once appended
+		var wd *watchdog
 		err := db.bolt.Update(func(btx *bolt.Tx) error {
 			b = db.newBatch(btx)
 			for i, r := range live {
@@ -172,8 +186,41 @@ func (db *DB) runBatch(reqs []*request) {
 					return errRetry
 				}
 			}
-			return b.finish()
+			if err := b.finish(); err != nil {
+				return err
+			}
+			db.hwm = btx.Size()
+			if db.nearMapEnd(btx, len(b.ops.buf)) {
+				db.anchor.release() // the commit may remap: see checkpoint.go
+			}
+			if err := db.wal.append(b.ops.buf); err != nil {
+				if errors.Is(err, errWALBroken) {
+					db.failed = err
+				}
+				return fmt.Errorf("write-ahead log: %w", err)
+			}
+			logged = len(b.ops.buf)
+			wd = db.anchor.watch(db.opts.watchdog)
+			return nil
 		})
+		wd.stop()
+		if b != nil && cap(b.ops.buf) <= 1<<20 {
+			db.opsBuf = b.ops.buf
+		}
+		if err != nil && logged >= 0 {
+			// Logged but not committed: take the record back out, or the write would
+			// come back on the next Open although its writer was told it failed.
+			if uerr := db.wal.undo(logged); uerr != nil {
+				db.failed = uerr
+				err = uerr
+			}
+		}
+		if db.failed == nil && (db.anchor.isLost() || db.wal.size >= db.opts.WALLimit || db.grown()) {
+			if cerr := db.checkpoint(); cerr != nil {
+				db.failed = fmt.Errorf("checkpoint: %w", cerr)
+				db.log.Error("checkpoint failed; writes refused until reopened", attrErr, cerr)
+			}
+		}
 		if errors.Is(err, errRetry) {
 			db.log.Error("batch retried without a failing request", attrErr, live[failed].err)
 			live[failed].done <- live[failed].err
@@ -203,7 +250,8 @@ type batch struct {
 	btx *bolt.Tx
 	now time.Time // physical time for every expiry decision in the batch
 
-	meta, records, log, logSeq, convs, userConvs, userSessions, expiry, erased, feed, leaves bucket
+	meta, records, log, logSeq, convs, userConvs, userSessions, expiry, erased, feed, leaves, seqFloor bucket
+	ops                                                                                                walOps // the batch's writes, for the write-ahead log
 
 	head      uint64 // feed head
 	writes    int    // feed positions taken, the budget of the feed's garbage collection
@@ -220,17 +268,22 @@ type batch struct {
 }
 
 func (db *DB) newBatch(btx *bolt.Tx) *batch {
-	open := func(name []byte, fill float64) bucket { return bucket{btx: btx, name: name, fill: fill} }
-	return &batch{
+	b := &batch{
 		db: db, btx: btx, now: db.opts.Now(),
-		meta: open(bucketMeta, 0), records: open(bucketRecords, 0), convs: open(bucketConvs, 0),
-		userConvs: open(bucketUserConvs, 0), userSessions: open(bucketUserSessions, 0),
-		expiry: open(bucketExpiry, 0), erased: open(bucketErased, 0), leaves: open(bucketLeaves, 0),
-		// These grow at their end (feed positions, a conversation's entries in time
-		// order): pages split there can be left nearly full.
-		feed: open(bucketFeed, appendFill), log: open(bucketLog, appendFill), logSeq: open(bucketLogSeq, appendFill),
 		head: db.head.Load(), users: db.users.Load(), sessions: db.sessions.Load(), messages: db.messages.Load(),
 	}
+	b.ops.buf = db.opsBuf[:0]
+	open := func(name []byte, fill float64) bucket {
+		return bucket{btx: btx, name: name, id: bucketID(name), fill: fill, ops: &b.ops}
+	}
+	b.meta, b.records, b.convs = open(bucketMeta, 0), open(bucketRecords, 0), open(bucketConvs, 0)
+	b.userConvs, b.userSessions = open(bucketUserConvs, 0), open(bucketUserSessions, 0)
+	b.expiry, b.erased, b.leaves = open(bucketExpiry, 0), open(bucketErased, 0), open(bucketLeaves, 0)
+	b.seqFloor = open(bucketSeqFloor, 0)
+	// These grow at their end (feed positions, a conversation's entries in time order):
+	// pages split there can be left nearly full.
+	b.feed, b.log, b.logSeq = open(bucketFeed, appendFill), open(bucketLog, appendFill), open(bucketLogSeq, appendFill)
+	return b
 }
 
 // bucket is one of a batch's buckets, opened on first use: most batches touch a few of
@@ -238,18 +291,42 @@ func (db *DB) newBatch(btx *bolt.Tx) *batch {
 type bucket struct {
 	btx  *bolt.Tx
 	name []byte
+	id   byte    // index in allBuckets, the bucket's number in the write-ahead log
 	fill float64 // FillPercent, if not zero
-	bk   *bolt.Bucket
+	ops  *walOps // the batch's log record
+	bk   wbucket
 }
 
-func (l *bucket) get() *bolt.Bucket {
-	if l.bk == nil {
-		l.bk = l.btx.Bucket(l.name)
+func (l *bucket) get() wbucket {
+	if l.bk.Bucket == nil {
+		l.bk = wbucket{Bucket: l.btx.Bucket(l.name), id: l.id, ops: l.ops}
 		if l.fill > 0 {
 			l.bk.FillPercent = l.fill
 		}
 	}
 	return l.bk
+}
+
+// wbucket is a bucket of the committer's transaction. Its Put and Delete also record
+// the write in the batch's write-ahead log record, from which a restart replays it:
+// every write of a batch must go through one (a test replays every test's log and
+// compares the result with the file).
+type wbucket struct {
+	*bolt.Bucket
+	id  byte
+	ops *walOps
+}
+
+// Put writes key in the bucket and records it for the log.
+func (w wbucket) Put(key, value []byte) error {
+	w.ops.put(w.id, key, value)
+	return w.Bucket.Put(key, value)
+}
+
+// Delete deletes key from the bucket and records it for the log.
+func (w wbucket) Delete(key []byte) error {
+	w.ops.delete(w.id, key)
+	return w.Bucket.Delete(key)
 }
 
 // appendFill is the fill factor of buckets that grow at their end.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,11 +42,20 @@ type Options struct {
 	// next read of the same record; default 16384, negative for none. A cached record
 	// costs 1–2 KiB of heap (a session with eight data keys: 1.7 KiB).
 	RecordCache int
+	// WALLimit is how large the write-ahead log may grow, in bytes, before the committer
+	// checkpoints (syncs the bbolt file and starts a new log); default 32 MiB. It bounds
+	// the log on disk and the replay on Open, which reads the whole log into memory.
+	// Checkpoints also come when the data file's used part has grown by 4 MiB or an
+	// eighth since the last one, which bounds the file.
+	WALLimit int64
 	// OnMigrate, when set, is called during Open after each step of migrating an older
 	// data file to FormatVersion (from, to: the step's formats), inside the transaction
 	// that migrates it, before it commits. For logs and crash tests; it must not call the
 	// DB.
 	OnMigrate func(from, to uint64)
+
+	mmapInitial int           // bbolt's InitialMmapSize; default defaultMmap (tests set it small)
+	watchdog    time.Duration // default commitWatchdog
 }
 
 // Log attribute keys.
@@ -116,6 +126,18 @@ type DB struct {
 	reqs    chan *request
 	stopped chan struct{}
 
+	// The write-ahead log (checkpoint.go). The committer owns these; Open before it
+	// starts and Close after it stops.
+	file   *os.File // the data file, as bbolt has it open
+	wal    *walFile
+	epoch  uint64 // the log's epoch: checkpoints so far
+	anchor anchor
+	mapLow int64  // a lower bound of the size of bbolt's memory map
+	hwm    int64  // bbolt's high-water mark (bytes) before the latest commit
+	hwmCkp int64  // … at the latest checkpoint
+	failed error  // set when the log's or the file's state is unknown: writes fail with it
+	opsBuf []byte // the last batch's record buffer, for reuse
+
 	mu     sync.RWMutex // guards closed against enqueueing
 	closed bool
 
@@ -142,9 +164,12 @@ type DB struct {
 // Open opens or creates the bbolt file at path. On first open it generates a random node
 // ID, kept in the file for its lifetime. It takes the file's lock, waiting up to
 // opts.Timeout and then failing with an error that says the data file is in use by
-// another process. It rebuilds the in-memory digest in one sequential pass that hashes
-// the stored values without decoding them (counters are stored, not recounted), and
-// starts the committer goroutine; Close stops it.
+// another process. If a write-ahead log is beside the file (path + "-wal"), it restores
+// the file to the log's checkpoint and replays the log, and it fails with ErrCorruptWAL
+// if a record in the middle of the log is damaged. It rebuilds the in-memory digest in
+// one sequential pass that hashes the stored values without decoding them (counters are
+// stored, not recounted), checkpoints (a new, empty log), and starts the committer
+// goroutine; Close stops it and checkpoints again.
 func Open(path string, opts Options) (*DB, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = time.Second
@@ -159,36 +184,80 @@ func Open(path string, opts Options) (*DB, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.WALLimit <= 0 {
+		opts.WALLimit = defaultWALLimit
+	}
+	if opts.mmapInitial <= 0 {
+		opts.mmapInitial = defaultMmap
+	}
+	if opts.watchdog <= 0 {
+		opts.watchdog = commitWatchdog
+	}
+	f, l, err := openDataFile(path, opts.Timeout)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	bdb, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:         opts.Timeout,
 		FreelistType:    bolt.FreelistMapType,
-		NoFreelistSync:  true,    // the freelist is rebuilt on open instead of written per commit
-		InitialMmapSize: 1 << 30, // address space only; spares remaps that wait for readers
+		NoFreelistSync:  true,             // rebuilt on open; recovery relies on it (checkpoint.go)
+		InitialMmapSize: opts.mmapInitial, // address space only; spares remaps that wait for readers
+		// The file is open and locked already: recovery has restored the checkpoint's
+		// meta pages in it. bbolt takes the same lock on it again at once.
+		OpenFile: func(string, int, os.FileMode) (*os.File, error) { return f, nil },
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: data file is in use by another process (lock not acquired within %s)", path, opts.Timeout)
 	}
 	if err != nil {
+		_ = f.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	// Commits are made durable by the log; see checkpoint.go for why the file stays
+	// consistent. Without a log (a new file, or one written by a release before the log,
+	// such as the first release, which init may migrate) there is no checkpoint to fall
+	// back on: init's transaction is synced as bbolt syncs, so that a power loss leaves
+	// the file as it was or as init left it.
+	bdb.NoSync = l != nil
 	if opts.RecordCache == 0 {
 		opts.RecordCache = 16384
 	}
 	db := &DB{bolt: bdb, path: path, opts: opts, log: logger, cache: newRecordCache(opts.RecordCache),
-		reqs: make(chan *request, maxBatch), stopped: make(chan struct{})}
-	if err := db.init(); err != nil {
+		reqs: make(chan *request, maxBatch), stopped: make(chan struct{}), file: f}
+	if st, err := f.Stat(); err == nil {
+		db.mapLow = bboltMapSize(max(st.Size(), int64(opts.mmapInitial)))
+	}
+	var replayed int
+	if l != nil {
+		db.epoch, replayed = l.header.epoch, len(l.records)
+	}
+	err = db.init(l)
+	bdb.NoSync = true
+	if err == nil {
+		err = db.checkpoint()
+	}
+	if err != nil {
+		db.anchor.close()
+		if db.wal != nil {
+			_ = db.wal.f.Close()
+		}
 		_ = bdb.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	db.log = logger.With(attrNode, db.node.String())
 	go db.commitLoop()
+	if replayed > 0 {
+		db.log.Info("replayed write-ahead log", attrCount, replayed)
+	}
 	db.log.Debug("opened", attrPath, path, attrKeys, db.users.Load()+db.sessions.Load()+db.messages.Load())
 	return db, nil
 }
 
-// init creates the buckets and the node identity, and loads counters, feed head, the HLC
-// high-water mark and the digest.
-func (db *DB) init() error {
+// init replays the write-ahead log l (if any), creates the buckets and the node
+// identity, migrates a file of an older format (format.go), and loads counters, feed
+// head, the HLC high-water mark and the digest. Its writes are one transaction, which
+// Open's checkpoint then makes durable.
+func (db *DB) init(l *walLog) error {
 	var (
 		hw       crdt.Timestamp
 		migrated uint64 // the format the file was migrated from, if it was
@@ -197,6 +266,11 @@ func (db *DB) init() error {
 		for _, name := range allBuckets {
 			if _, err := btx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		if l != nil {
+			if err := replay(btx, l); err != nil {
+				return err
 			}
 		}
 		meta := btx.Bucket(bucketMeta)
@@ -276,8 +350,10 @@ func (db *DB) physicalNow() time.Time {
 	return t
 }
 
-// Close waits for queued and in-flight writes, stops the committer goroutine and closes
-// the file. Writes after Close fail with ErrClosed. It is safe to call more than once; every
+// Close waits for queued and in-flight writes, stops the committer goroutine,
+// checkpoints (syncs the file and empties the log) and closes the file. If a failure had
+// made writes stop (see Update), it skips the checkpoint, leaving recovery to the next
+// Open, and returns that failure. Writes after Close fail with ErrClosed. It is safe to call more than once; every
 // call returns the first call's result.
 func (db *DB) Close() error {
 	db.closeOnce.Do(func() {
@@ -286,7 +362,20 @@ func (db *DB) Close() error {
 		close(db.reqs)
 		db.mu.Unlock()
 		<-db.stopped
-		db.closeErr = db.bolt.Close()
+		// The committer has stopped: Close owns the log now. The last checkpoint leaves
+		// an empty log, so the next Open replays nothing.
+		err := db.failed
+		if err == nil {
+			err = db.checkpoint()
+		}
+		db.anchor.close()
+		if db.wal != nil {
+			_ = db.wal.f.Close()
+		}
+		if cerr := db.bolt.Close(); err == nil {
+			err = cerr
+		}
+		db.closeErr = err
 	})
 	return db.closeErr
 }

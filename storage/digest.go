@@ -23,7 +23,7 @@ import (
 const leafScheme = 2
 
 // indexLeaves adds key to the leaves index under each of its homes, or removes it.
-func indexLeaves(leaves *bolt.Bucket, key string, add bool) error {
+func indexLeaves(leaves kvWriter, key string, add bool) error {
 	h := crdt.KeyHomes(key)
 	for _, p := range h.Append(make([]int, 0, 2)) {
 		k := append(binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(key)), uint16(p)), key...)

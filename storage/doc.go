@@ -12,11 +12,53 @@
 //
 // Every write, local (Update) or remote (ApplyRemote), goes through one committer
 // goroutine. It takes all queued requests into a single bbolt transaction, runs them in
-// turn, commits once and only then answers each caller, so concurrent writers share one
-// commit and its fsyncs, and a nil error always means the write is on disk. Each
-// function's writes are buffered and applied only if it returns nil, so one failing
-// caller does not abort the others. bbolt's NoSync is never set; NoFreelistSync is (the freelist is rebuilt on
-// Open instead of written with every commit).
+// turn, appends the transaction's writes to a write-ahead log as one record, syncs the
+// log (one fdatasync), commits the bbolt transaction without syncing it, and only then
+// answers each caller: concurrent writers share one commit and its one sync, and a nil
+// error always means the write is on disk. Each function's writes are buffered and
+// applied only if it returns nil, so one failing caller does not abort the others.
+// Readers read the bbolt file, which holds every acknowledged write when its writer is
+// answered.
+//
+// When the log passes Options.WALLimit, and on Close, the committer checkpoints: it syncs
+// the bbolt file and starts a new, empty log. Open restores the file to its last
+// checkpoint and replays the log on top, so a crash at any point, a power loss included,
+// leaves a consistent file with every acknowledged write. checkpoint.go explains why
+// committing with bbolt's NoSync cannot corrupt the file: until the next checkpoint a
+// read transaction keeps bbolt from overwriting any page of the checkpoint's tree, and
+// the checkpoint's meta pages, kept in the log, are written back on Open.
+// NoFreelistSync is set (the freelist is rebuilt on Open instead of written with every
+// commit), which the restore relies on.
+//
+// # Files
+//
+// The data directory holds, for a data file at path (sessiond.db):
+//
+//   - path: the bbolt file.
+//   - path + "-wal": the write-ahead log. It is part of the data: copy, move or delete
+//     it with the file, never apart from it. Opening a file without its log after a
+//     crash may open a corrupt file or lose acknowledged writes; a log whose data file
+//     is missing or empty is deleted by Open (the file was wiped). A file restored from
+//     a Backup goes in without the old log; Open refuses a file whose meta pages are
+//     older than the log's checkpoint, which is what a backup beside a newer log looks
+//     like (a backup taken after the checkpoint cannot be told apart: remove the log).
+//   - path + "-wal.tmp": the next log while a checkpoint writes it; Open deletes it.
+//
+// The log's format, version 1, all integers big-endian, checksums CRC-32C:
+//
+//	header:  "SESSWAL" 0x01 (version byte) | epoch u64 | page size u32 | length u32 (2 × page size)
+//	         | the bbolt file's two meta pages at the checkpoint | checksum u32 of all before it
+//	record:  payload length u32 | checksum u32 of (epoch u64, number u64, payload) | number u64 | payload
+//	payload: operations, each: 1 (put) or 2 (delete) | bucket u8 (its index in allBuckets)
+//	         | key length uvarint | key | for a put: value length uvarint | value
+//
+// The epoch counts checkpoints; records are numbered from 1 in each log. A checkpoint
+// writes the new log to path + "-wal.tmp", syncs it and renames it over the old one, so
+// the log on disk is always whole. The log ends at the first record that is incomplete
+// or fails its checksum (a record torn by a crash; it was never acknowledged), unless a
+// valid record with a later number follows: then the damage is in the middle and Open
+// fails with ErrCorruptWAL rather than skip acknowledged writes. (Damage to the last
+// record after it was synced cannot be told from a torn write; it is dropped.)
 //
 // # Reads
 //

@@ -53,7 +53,7 @@ func (db *DB) Drop(ctx context.Context, pairs []KeyHash) (int, error) {
 			if _, _, isEntry := ParseLogKey(key); isEntry {
 				continue
 			}
-			cur, ok, err := pairHash(records, log, key)
+			cur, ok, err := pairHash(records.Bucket, log.Bucket, key)
 			if err != nil {
 				return err
 			}
@@ -94,7 +94,7 @@ func (db *DB) Drop(ctx context.Context, pairs []KeyHash) (int, error) {
 // dropConv deletes a conversation this node no longer holds, remembering the highest
 // sequence number it gave its own entries there.
 func (b *batch) dropConv(conv string) error {
-	st, ok, err := loadConv(b.convs.get(), conv)
+	st, ok, err := loadConv(b.convs.get().Bucket, conv)
 	if err != nil || !ok {
 		return err
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/sessiond/sessiond/crdt"
-	bolt "go.etcd.io/bbolt"
 )
 
 // Values of the erased bucket (user → value). A user is erased here once either is set:
@@ -29,7 +28,7 @@ func (b *batch) erase(user string) error {
 	if err := b.erased.get().Put([]byte(user), erasedCascade); err != nil {
 		return err
 	}
-	sessions := userSessionKeys(b.userSessions.get(), user)
+	sessions := userSessionKeys(b.userSessions.get().Bucket, user)
 	var own crdt.Timestamp // the latest write of ours the deleted sessions held
 	for _, key := range sessions {
 		m, st, ok, err := b.load(key)
@@ -111,11 +110,11 @@ func (b *batch) leaveMarker(conv, from string) error {
 	if from == y {
 		to = x
 	}
-	st, _, err := loadConv(b.convs.get(), conv)
+	st, _, err := loadConv(b.convs.get().Bucket, conv)
 	if err != nil {
 		return err
 	}
-	seq := max(st.origin(b.db.node).max, seqFloor(b.btx.Bucket(bucketSeqFloor), conv)) + 1
+	seq := max(st.origin(b.db.node).max, seqFloor(b.seqFloor.get().Bucket, conv)) + 1
 	e := crdt.Entry{ID: crdt.EntryID{TS: b.db.clock.Next(), Seq: seq}, Data: crdt.ErasureMarker(from, to).AppendBinary(nil)}
 	_, err = b.writeEntry(conv, e)
 	return err
@@ -160,7 +159,7 @@ func (b *batch) purgeConv(conv string) (int, error) {
 			return 0, err
 		}
 	}
-	st, ok, err := loadConv(b.convs.get(), conv)
+	st, ok, err := loadConv(b.convs.get().Bucket, conv)
 	if err != nil || !ok {
 		return len(dead), err
 	}
@@ -186,8 +185,8 @@ func (b *batch) purgeConv(conv string) (int, error) {
 // forgetConv deletes the state of conv, whose entries are all gone, remembering the
 // highest sequence number this node gave its own entries there (the seq_floor bucket).
 func (b *batch) forgetConv(conv string, st convState) error {
-	floors := b.btx.Bucket(bucketSeqFloor)
-	if own := st.origin(b.db.node).max; own > seqFloor(floors, conv) {
+	floors := b.seqFloor.get()
+	if own := st.origin(b.db.node).max; own > seqFloor(floors.Bucket, conv) {
 		if err := floors.Put([]byte(conv), putUint(own)); err != nil {
 			return err
 		}
@@ -239,7 +238,7 @@ func (b *batch) deleteEntries(conv string) error {
 }
 
 // deleteKeys deletes keys collected by a cursor; deleting while iterating would skip keys.
-func deleteKeys(bk *bolt.Bucket, keys [][]byte) error {
+func deleteKeys(bk wbucket, keys [][]byte) error {
 	for _, k := range keys {
 		if err := bk.Delete(k); err != nil {
 			return err

@@ -48,7 +48,7 @@ func (b *batch) collectFeed(budget int) error {
 		gc = getUint(k)
 		var sv []byte
 		if bytes.HasPrefix(v, []byte(logPrefix)) {
-			sv = storedValue(b.records.get(), b.log.get(), string(v))
+			sv = storedValue(b.records.get().Bucket, b.log.get().Bucket, string(v))
 		} else {
 			sv = b.records.get().Get(v) // a record key: spare the conversions
 		}

@@ -14,10 +14,13 @@ import (
 //
 //  1. The first release (commit cf22e35), and the builds after it until format 2: the
 //     leaves index lists each key under one leaf of a hash of its own (leaf scheme 1) or,
-//     from the builds that stored meta leaf_scheme 2, under each of its homes.
+//     from the builds that stored meta leaf_scheme 2, under each of its homes. The first
+//     release kept no write-ahead log; later builds of format 1 do.
 //  2. The leaves index lists each key under each of its homes (crdt.KeyHomes, leaf
 //     scheme 2), and the seq_floor bucket exists. The records, the message logs and
 //     their encodings are those of format 1: whatever format 1 stored means the same in 2.
+//
+// The write-ahead log beside the file has a version of its own, in its header.
 const FormatVersion = 2
 
 // oldestFormat is the oldest format Open migrates.

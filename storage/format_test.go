@@ -43,9 +43,13 @@ func fillFile(tb testing.TB, path string) (crdt.Digest, Stats) {
 }
 
 // downgradeToFormat1 rewrites a closed file as the first release left it: format 1, no
-// leaf scheme, no seq_floor bucket, and a leaves index of another scheme (here: empty).
+// leaf scheme, no seq_floor bucket, a leaves index of another scheme (here: empty), and
+// no write-ahead log.
 func downgradeToFormat1(tb testing.TB, path string) {
 	tb.Helper()
+	if err := os.Remove(path + walSuffix); err != nil && !os.IsNotExist(err) {
+		tb.Fatal(err)
+	}
 	setMeta(tb, path, func(btx *bolt.Tx) error {
 		meta := btx.Bucket(bucketMeta)
 		if err := meta.Put(metaFormat, putUint(1)); err != nil {
@@ -65,8 +69,13 @@ func downgradeToFormat1(tb testing.TB, path string) {
 	})
 }
 
+// setMeta changes a closed data file with fn, and removes its write-ahead log, whose
+// checkpoint the change would contradict.
 func setMeta(tb testing.TB, path string, fn func(btx *bolt.Tx) error) {
 	tb.Helper()
+	if err := os.Remove(path + walSuffix); err != nil && !os.IsNotExist(err) {
+		tb.Fatal(err)
+	}
 	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		tb.Fatal(err)

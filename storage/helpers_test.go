@@ -77,6 +77,7 @@ func MustOpenDB(tb testing.TB, opts ...Options) *DB {
 		db.mu.RUnlock()
 		if !tb.Failed() && !closed {
 			checkInvariants(tb, db)
+			checkReplay(tb, db)
 		}
 		if err := db.Close(); err != nil {
 			tb.Errorf("Close: %v", err)

@@ -154,11 +154,11 @@ func (tx *Tx) Append(conv string, msg crdt.Message) (crdt.Entry, error) {
 	}
 	seq, ok := tx.seqs[conv]
 	if !ok {
-		st, _, err := loadConv(tx.b.convs.get(), conv)
+		st, _, err := loadConv(tx.b.convs.get().Bucket, conv)
 		if err != nil {
 			return crdt.Entry{}, err
 		}
-		seq = max(st.origin(tx.b.db.node).max, seqFloor(tx.b.btx.Bucket(bucketSeqFloor), conv)) + 1
+		seq = max(st.origin(tx.b.db.node).max, seqFloor(tx.b.seqFloor.get().Bucket, conv)) + 1
 		if tx.seqs == nil {
 			tx.seqs = make(map[string]uint64)
 		}
@@ -290,7 +290,7 @@ func (b *batch) writeEntry(conv string, e crdt.Entry) (outcome, error) {
 			return 0, err
 		}
 	}
-	st, exists, err := loadConv(b.convs.get(), conv)
+	st, exists, err := loadConv(b.convs.get().Bucket, conv)
 	if err != nil {
 		return 0, err
 	}

@@ -64,7 +64,7 @@ func (b *batch) indexSession(old, now stored) error {
 		return nil
 	}
 	for _, ix := range []struct {
-		bk       *bolt.Bucket
+		bk       wbucket
 		old, new []byte
 	}{{b.userSessions.get(), old.session.byUser(), now.session.byUser()}, {b.expiry.get(), old.session.byExpiry(), now.session.byExpiry()}} {
 		if bytes.Equal(ix.old, ix.new) {

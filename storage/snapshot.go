@@ -111,7 +111,7 @@ func counter(v []byte) int {
 }
 
 // Check examines the data file at path, which no process may have open, without
-// changing it: bbolt's consistency check of every page, the format (at most
+// changing it and without its write-ahead log (a copy as Backup writes it has none): bbolt's consistency check of every page, the format (at most
 // FormatVersion), every bucket present, every record and log entry decoding, and the
 // stored counters equal to a count of what the file holds. It returns what the file
 // holds, or an error naming the first problem found.
@@ -199,8 +199,8 @@ func count(btx *bolt.Tx) (Stats, error) {
 	return st, err
 }
 
-// Reidentify gives the data file at path, which no process may have open, a fresh node
-// identity, so that a copy of a node's file (a restored backup) never poses as the node
+// Reidentify gives the data file at path, which no process may have open and which has
+// no write-ahead log beside it (a copy as Backup writes it), a fresh node identity, so that a copy of a node's file (a restored backup) never poses as the node
 // it came from: a new random node ID, and none of the state that speaks for the old one
 // — the floors of the old ID's sequence numbers in conversations it dropped (seq_floor).
 // The records and logs stay, the old ID's entries among them as any other origin's, and

@@ -10,7 +10,12 @@
 // API (Seed), for figures that would take hours to build through the HTTP API, whose
 // every registration and login costs an argon2id hash.
 //
-// It imports storage, crdt and functions (for Seed: records and the password hash) and
-// Fiber's HTTP client; it must not import edge, so that the node's code never depends on
-// its load generator.
+// Setup (registering and logging in the users) goes through the Go client, package
+// client. The measured requests go through Fiber's (fasthttp's) client instead, whose
+// cost per request is a fraction of net/http's: the tool shares the machine's cores with
+// what it measures, and a heavier client would lower the figures of the light operations.
+//
+// It imports storage, crdt and functions (for Seed: records and the password hash), api
+// and client, and Fiber's HTTP client; it must not import edge, so that the node's code
+// never depends on its load generator.
 package loadgen

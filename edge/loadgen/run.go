@@ -12,6 +12,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sessiond/sessiond/edge/api"
+	"github.com/sessiond/sessiond/edge/client"
 )
 
 // Config is one benchmark run. Start from DefaultConfig.
@@ -369,10 +372,29 @@ func (w *worker) one(i int, began time.Time) bool {
 // one it registered on when there are several, and then reads every session once on
 // every target. Each user's requests carry its bookmark, so none of this waits for
 // replication: a node that has not yet got the user's writes waits for them or fetches
-// them before it answers, and a 401 is an error, never lag.
+// them before it answers, and a 401 is an error, never lag. Setup goes through the Go
+// client (package client), one per target, which heeds Retry-After on 503 (behind, or
+// unavailable: a node's password-hashing queue is full while setup registers and logs in
+// its users at once), setupRetries times at most.
 func setup(ctx context.Context, cfg Config, targets []*target, users []*user, st *SetupStats) error {
+	nodes := make([]*client.Client, len(targets))
+	for i, t := range targets {
+		c, err := client.New(client.Config{
+			Endpoints: []string{t.base}, MaxAttempts: setupRetries + 1, AttemptTimeout: cfg.Timeout,
+			Backoff: time.Second, MaxRetryWait: 5 * time.Second,
+		})
+		if err != nil {
+			return err
+		}
+		nodes[i] = c
+		defer c.CloseIdleConnections() // measuring uses connections of its own
+		// One try, so that a wrong --target fails at once rather than after the retries.
+		if _, err := c.Health(ctx); err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
+	}
 	par := min(cfg.Connections, 16, len(users))
-	each := func(what string, fn func(c *call, i int, u *user) error) (float64, error) {
+	each := func(what string, fn func(i int, u *user) error) (float64, error) {
 		start := time.Now()
 		var next atomic.Int64
 		var wg sync.WaitGroup
@@ -381,13 +403,12 @@ func setup(ctx context.Context, cfg Config, targets []*target, users []*user, st
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				var c call
 				for {
 					i := int(next.Add(1) - 1)
 					if i >= len(users) || ctx.Err() != nil {
 						return
 					}
-					if err := fn(&c, i, users[i]); err != nil {
+					if err := fn(i, users[i]); err != nil {
 						errc <- fmt.Errorf("setup: %s %s: %w", what, users[i].name, err)
 						next.Store(int64(len(users)))
 						return
@@ -409,46 +430,50 @@ func setup(ctx context.Context, cfg Config, targets []*target, users []*user, st
 		return time.Since(start).Seconds(), nil
 	}
 	var err error
-	st.Register, err = each("register", func(c *call, i int, u *user) error {
-		body := fmt.Appendf(nil, `{"username":%q,"password":%q,"profile":{"first_name":"Bench","last_name":"User %d","email":"%s@example.com","address":"%d Load Street"}}`,
-			u.name, cfg.Password, i, u.name, i)
-		status, resp, err := setupDo(ctx, c, targets[i%len(targets)], "POST", "/v1/users", "", &u.bm, body)
-		if err != nil {
+	st.Register, err = each("register", func(i int, u *user) error {
+		return u.on(nodes[i%len(nodes)], func(c *client.Client) error {
+			// Sent again after a 503 unavailable: a second registration of the name is a
+			// 409, which setup takes as it takes one from an earlier run (login then
+			// checks the password).
+			_, err := c.Do(ctx, client.Request{Method: "POST", Path: "/v1/users", NoAuth: true, Idempotent: true, Body: api.RegisterRequest{
+				Username: u.name, Password: cfg.Password,
+				Profile: api.Profile{FirstName: "Bench", LastName: fmt.Sprintf("User %d", i), Email: u.name + "@example.com", Address: fmt.Sprintf("%d Load Street", i)},
+			}}, nil)
+			if errors.Is(err, client.ErrUsernameTaken) {
+				return nil
+			}
 			return err
-		}
-		if status != 201 && status != 409 { // 409: registered by an earlier run; login checks the password
-			return fmt.Errorf("%w: %s: %.200s", errUnexpected, errorKind(status, resp, nil), resp)
-		}
-		return nil
+		})
 	})
 	if err != nil {
 		return err
 	}
-	st.Login, err = each("log in", func(c *call, i int, u *user) error {
-		body := fmt.Appendf(nil, `{"username":%q,"password":%q}`, u.name, cfg.Password)
-		status, resp, err := setupDo(ctx, c, targets[(i+1)%len(targets)], "POST", "/v1/sessions", "", &u.bm, body)
-		if err != nil {
+	st.Login, err = each("log in", func(i int, u *user) error {
+		return u.on(nodes[(i+1)%len(nodes)], func(c *client.Client) error {
+			// Sent again after a 503 unavailable: a second session is as good as the first.
+			var out api.LoginResponse
+			_, err := c.Do(ctx, client.Request{Method: "POST", Path: "/v1/sessions", NoAuth: true, Idempotent: true,
+				Body: api.LoginRequest{Username: u.name, Password: cfg.Password}}, &out)
+			if err == nil && out.Token == "" {
+				err = fmt.Errorf("%w: a login without a token", errUnexpected)
+			}
+			if err == nil {
+				u.token.Store(&out.Token)
+			}
 			return err
-		}
-		tok := jsonString(resp, "token")
-		if status != 201 || tok == "" {
-			return fmt.Errorf("%w: %s: %.200s", errUnexpected, errorKind(status, resp, nil), resp)
-		}
-		u.token.Store(&tok)
-		return nil
+		})
 	})
 	if err != nil {
 		return err
 	}
 	if len(targets) > 1 {
-		st.Check, err = each("check sessions on every target of", func(c *call, i int, u *user) error {
-			for _, t := range targets {
-				status, resp, err := setupDo(ctx, c, t, "GET", "/v1/sessions/current", *u.token.Load(), &u.bm, nil)
-				if err != nil {
+		st.Check, err = each("check sessions on every target of", func(i int, u *user) error {
+			for _, n := range nodes {
+				if err := u.on(n, func(c *client.Client) error {
+					_, err := c.CurrentSession(ctx)
 					return err
-				}
-				if status != 200 {
-					return fmt.Errorf("%w from %s: %s: %.200s", errUnexpected, t.base, errorKind(status, resp, nil), resp)
+				}); err != nil {
+					return err
 				}
 			}
 			return nil
@@ -460,25 +485,20 @@ func setup(ctx context.Context, cfg Config, targets []*target, users []*user, st
 // setupRetries bounds how often setup repeats a request answered 503.
 const setupRetries = 10
 
-// setupDo is do for setup, which unlike measuring heeds 503 — behind, or unavailable (a
-// node's password-hashing queue is full while setup registers and logs in its users at
-// once): it tries again after Retry-After (at most 5s), setupRetries times at most.
-func setupDo(ctx context.Context, c *call, t *target, method, path, token string, bm *bookmark, body []byte) (int, []byte, error) {
-	for try := 0; ; try++ {
-		status, resp, err := c.do(t, method, path, token, bm, body)
-		if err != nil || status != 503 || try == setupRetries {
-			return status, resp, err
-		}
-		wait := time.Second
-		if s, err := strconv.Atoi(string(c.resp.Header.Peek("Retry-After"))); err == nil && s > 0 {
-			wait = min(time.Duration(s)*time.Second, 5*time.Second)
-		}
-		select {
-		case <-ctx.Done():
-			return 0, nil, ctx.Err()
-		case <-time.After(wait):
-		}
+// on runs fn with a client of node acting for u: u's token and bookmark, which takes in
+// the bookmarks of fn's responses.
+func (u *user) on(node *client.Client, fn func(c *client.Client) error) error {
+	c := node.Fork()
+	if p := u.token.Load(); p != nil {
+		c.SetToken(*p)
 	}
+	sent := u.bm.load()
+	if err := c.SetBookmark(sent); err != nil {
+		return fmt.Errorf("bookmark %q: %w", sent, err)
+	}
+	err := fn(c)
+	u.bm.update(sent, []byte(c.Bookmark()))
+	return err
 }
 
 // WriteJSON writes r as indented JSON.

@@ -305,9 +305,12 @@ func (a *Abuse) probeClocks(ctx context.Context, to *abuser) {
 		var body struct {
 			Message apiMessage `json:"message"`
 		}
-		sent, err := time.Time{}, error(nil)
-		if r.Status == 201 && r.Decode(&body) == nil {
-			sent, err = time.Parse(time.RFC3339Nano, body.Message.SentAt)
+		var sent time.Time
+		var err error
+		if r.Status == 201 {
+			if err = r.Decode(&body); err == nil { // sent_at is RFC 3339, or this fails
+				sent = body.Message.SentAt
+			}
 		}
 		a.mu.Lock()
 		switch {
@@ -320,7 +323,7 @@ func (a *Abuse) probeClocks(ctx context.Context, to *abuser) {
 			a.rep.ClockAheadMax = max(a.rep.ClockAheadMax, ahead)
 			if ahead > a.cfg.ClockTolerance {
 				a.rep.ClockViolations = append(a.rep.ClockViolations, fmt.Sprintf("%s at %s: a fresh message's sent_at %s is %s ahead of real time (tolerance %s)",
-					n.Name, r.End.Format("15:04:05.000"), body.Message.SentAt, ahead.Round(time.Millisecond), a.cfg.ClockTolerance))
+					n.Name, r.End.Format("15:04:05.000"), body.Message.SentAt.Format(time.RFC3339Nano), ahead.Round(time.Millisecond), a.cfg.ClockTolerance))
 			}
 		}
 		a.mu.Unlock()

@@ -1,16 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/sessiond/sessiond/edge/api"
+	sdk "github.com/sessiond/sessiond/edge/client"
 )
 
 // Outcome classifies a request the way Jepsen does: ok (it happened), fail (it certainly
@@ -39,9 +41,16 @@ type Result struct {
 	ForwardedBy string
 }
 
-// Client talks to the API. Safe for concurrent use.
+// Client talks to the API through the Go client (package client), one request at a time
+// as it is given: no retry, no failover, no bookmark of its own (a workload sends its
+// users' bookmarks in the headers), so that one history entry is one request and every
+// status and header reaches the checker. Safe for concurrent use.
 type Client struct {
-	hc *http.Client
+	hc      *http.Client
+	timeout time.Duration
+
+	mu    sync.Mutex
+	bases map[string]*sdk.Client // one per base URL, sharing hc's connections
 }
 
 func newClient(timeout time.Duration) *Client {
@@ -51,7 +60,22 @@ func newClient(timeout time.Duration) *Client {
 		MaxIdleConnsPerHost: 32,
 		IdleConnTimeout:     30 * time.Second,
 	}
-	return &Client{hc: &http.Client{Timeout: timeout, Transport: tr}}
+	return &Client{hc: &http.Client{Timeout: timeout, Transport: tr}, timeout: timeout, bases: map[string]*sdk.Client{}}
+}
+
+// base returns the Go client of base URL base.
+func (c *Client) base(base string) (*sdk.Client, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sc := c.bases[base]; sc != nil {
+		return sc, nil
+	}
+	sc, err := sdk.New(sdk.Config{Endpoints: []string{base}, HTTPClient: c.hc, AttemptTimeout: c.timeout, MaxAttempts: 1, UserAgent: "sessiond-chaos"})
+	if err != nil {
+		return nil, err
+	}
+	c.bases[base] = sc
+	return sc, nil
 }
 
 // Do sends one request. token and xff may be empty; body is encoded as JSON when not nil.
@@ -66,49 +90,42 @@ func (c *Client) Do(ctx context.Context, base, method, path, token, xff string, 
 	return c.DoHeaders(ctx, base, method, path, h, body)
 }
 
-// DoHeaders sends one request with the given headers.
+// DoHeaders sends one request with the given headers, and nothing else of a client's:
+// the token and bookmark are the headers'.
 func (c *Client) DoHeaders(ctx context.Context, base, method, path string, headers map[string]string, body any) Result {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return Result{Err: err, Outcome: Fail}
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
+	sc, err := c.base(base)
 	if err != nil {
 		return Result{Err: err, Outcome: Fail}
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
+	hdr := http.Header{}
 	for k, v := range headers {
-		req.Header.Set(k, v)
+		hdr.Set(k, v)
 	}
+	// A Fork holds no bookmark or token: the request carries only what headers give it.
 	r := Result{Start: time.Now()}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		r.End = time.Now()
-		r.Err = err
-		r.Outcome = Info
-		var op *net.OpError
-		if errors.As(err, &op) && op.Op == "dial" {
+	var raw []byte
+	rep, err := sc.Fork().Do(ctx, sdk.Request{Method: method, Path: path, Body: body, Header: hdr, NoAuth: true, Once: true}, &raw)
+	r.End = time.Now()
+	var apiErr *sdk.Error
+	var te *sdk.TransportError
+	switch {
+	case err == nil:
+		r.Status, r.Header, r.Body = rep.Status, rep.Header, raw
+	case errors.As(err, &apiErr):
+		r.Status, r.Header, r.Body = apiErr.Status, apiErr.Header, apiErr.Body
+	case errors.As(err, &te):
+		r.Err, r.Outcome = te.Err, Info
+		if !te.MaybeApplied {
 			r.Outcome = Fail // nothing was sent
 		}
 		return r
+	default: // ctx ended, or the body could not be encoded
+		r.Err, r.Outcome = err, Info
+		return r
 	}
-	r.Body, err = io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	resp.Body.Close()
-	r.End = time.Now()
-	r.Status = resp.StatusCode
-	r.ServedBy = resp.Header.Get("X-Served-By")
-	r.ForwardedBy = resp.Header.Get(headerForwardedBy)
-	r.Header = resp.Header
+	r.ServedBy = r.Header.Get("X-Served-By")
+	r.ForwardedBy = r.Header.Get(headerForwardedBy)
 	switch {
-	case err != nil:
-		r.Err = err
-		r.Outcome = Info
 	case r.Status >= 200 && r.Status < 300:
 		r.Outcome = OK
 	case r.Behind():
@@ -183,7 +200,8 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
-// API shapes (docs/API.md).
+// API shapes: package api's, but for the user, whose profile the checkers address by
+// field name.
 
 type apiUser struct {
 	ID       string            `json:"id"`
@@ -191,22 +209,8 @@ type apiUser struct {
 	Profile  map[string]string `json:"profile"`
 }
 
-type apiSession struct {
-	ID     string                     `json:"id"`
-	UserID string                     `json:"user_id"`
-	Data   map[string]json.RawMessage `json:"data"`
-}
-
-type apiMessage struct {
-	ID     string `json:"id"`
-	From   string `json:"from"`
-	To     string `json:"to"`
-	Body   string `json:"body"`
-	SentAt string `json:"sent_at"`
-}
-
-type apiMember struct {
-	Name   string `json:"name"`
-	Region string `json:"region"`
-	Status string `json:"status"`
-}
+type (
+	apiSession = api.Session
+	apiMessage = api.Message
+	apiMember  = api.Member
+)

@@ -11,8 +11,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/sessiond/sessiond/backup"
 	"github.com/sessiond/sessiond/edge/adminauth"
+	"github.com/sessiond/sessiond/edge/backup"
 )
 
 const backupUsage = `Usage:

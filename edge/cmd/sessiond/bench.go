@@ -32,8 +32,8 @@ them if it must); the tool itself never waits for replication or retries around 
 measuring nothing is retried: a "401 unauthorized" is a session that ended (the per-user
 session cap revokes the oldest), and a "503 behind" is a node that could not catch up with
 the user's bookmark in time (both are errors; the report counts the behind ones on a line
-of their own). Setup heeds Retry-After on 503 (behind, or unavailable: a node's
-password-hashing queue was full), 10 times at most.
+of their own). Setup heeds Retry-After (up to 5 s) on 429 and 503 (behind, or
+unavailable: a node's password-hashing queue was full), 10 times at most.
 
 Operations (--mix NAME=WEIGHT,…): login (POST /v1/sessions), read (GET
 /v1/sessions/current), patch (PATCH /v1/sessions/current, one data key), send (POST

@@ -27,6 +27,10 @@ func startBenchNode(tb testing.TB) *edge.Node {
 	cfg.SyncAddr = "127.0.0.1:0"
 	cfg.LoginPerAccount = 1_000_000
 	cfg.LoginPerAddress = 1_000_000
+	// The tool is under test, not the hashing bound: on a loaded machine a login may
+	// wait for a hashing worker longer than the default second, and get a 503.
+	cfg.PasswordWait = time.Minute
+	cfg.PasswordQueue = 4096
 	n, err := edge.NewNode(cfg)
 	if err != nil {
 		tb.Fatal(err)

@@ -260,6 +260,9 @@ func TestConsistencyRoundRobin(t *testing.T) {
 			case http.StatusUnauthorized:
 				unauthorized++
 				t.Errorf("try %d: fresh token on %s without a bookmark header: 401: %s", i, n.name, r.body)
+				for _, nd := range nodes { // how each node met bookmarks so far
+					t.Logf("%s: %v", nd.name, bookmarkMetrics(t, hc, []*clNode{nd}))
+				}
 			default:
 				other++
 				t.Errorf("try %d: fresh token on %s without a bookmark header: status %d, want 200: %s", i, n.name, r.status, r.body)

@@ -32,6 +32,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sessiond/sessiond/edge/api"
+	sdk "github.com/sessiond/sessiond/edge/client"
 )
 
 // e2eKey is the cluster key of the e2e nodes, so the tests can forge tokens with it.
@@ -395,7 +398,8 @@ func (c *client) rawHead(head string) reply {
 	return reply{status: resp.StatusCode, header: resp.Header, body: b}
 }
 
-// API objects, as docs/API.md gives them.
+// API objects: package api's, which the node encodes; the user keeps a profile the
+// tests address by field name.
 type (
 	apiUser struct {
 		ID        string            `json:"id"`
@@ -403,28 +407,9 @@ type (
 		CreatedAt time.Time         `json:"created_at"`
 		Profile   map[string]string `json:"profile"`
 	}
-	apiSession struct {
-		ID            string                     `json:"id"`
-		UserID        string                     `json:"user_id"`
-		Username      string                     `json:"username"`
-		CreatedAt     time.Time                  `json:"created_at"`
-		LastUsedAt    time.Time                  `json:"last_used_at"`
-		ExpiresAt     time.Time                  `json:"expires_at"`
-		IdleExpiresAt time.Time                  `json:"idle_expires_at"`
-		Data          map[string]json.RawMessage `json:"data"`
-		Current       bool                       `json:"current"`
-	}
-	apiMessage struct {
-		ID     string    `json:"id"`
-		From   string    `json:"from"`
-		To     string    `json:"to"`
-		Body   string    `json:"body"`
-		SentAt time.Time `json:"sent_at"`
-	}
-	apiPage struct {
-		Messages []apiMessage `json:"messages"`
-		Next     string       `json:"next"`
-	}
+	apiSession = api.Session
+	apiMessage = api.Message
+	apiPage    = api.Page
 )
 
 const pw = "correct horse battery"
@@ -436,13 +421,35 @@ func (c *client) register(name string, profile map[string]string) apiUser {
 	return out.User
 }
 
+// sdk returns the Go client (package client) of the node, acting with token: through
+// the tests' transport, which checks every response's common headers; one attempt, as a
+// 503 is a failure here rather than something to retry; decoding strictly, so that the
+// node sends nothing package api lacks. The status of its last response goes to *status.
+func (c *client) sdk(token string, status *int) *sdk.Client {
+	c.t.Helper()
+	sc, err := sdk.New(sdk.Config{
+		Endpoints: []string{c.base}, HTTPClient: c.hc, Token: token, MaxAttempts: 1,
+		DisallowUnknownFields: true, Observe: func(a sdk.Attempt) { *status = a.Status },
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return sc
+}
+
+// wantStatus fails the test unless err is nil and the status is want.
+func (c *client) wantStatus(what string, err error, status, want int) {
+	c.t.Helper()
+	if err != nil || status != want {
+		c.t.Fatalf("%s: status %d, want %d: %v", what, status, want, err)
+	}
+}
+
 func (c *client) login(name, password string) (string, apiSession) {
 	c.t.Helper()
-	var out struct {
-		Token   string
-		Session apiSession
-	}
-	c.want(201, "POST", "/v1/sessions", "", map[string]string{"username": name, "password": password}, &out)
+	var status int
+	out, err := c.sdk("", &status).Login(context.Background(), api.LoginRequest{Username: name, Password: password})
+	c.wantStatus("login "+name, err, status, 201)
 	if out.Token == "" || out.Session.ID == "" {
 		c.t.Fatalf("login %s: no token or session", name)
 	}
@@ -451,26 +458,30 @@ func (c *client) login(name, password string) (string, apiSession) {
 
 func (c *client) current(token string) apiSession {
 	c.t.Helper()
-	var out struct{ Session apiSession }
-	c.want(200, "GET", "/v1/sessions/current", token, nil, &out)
-	return out.Session
+	var status int
+	s, err := c.sdk(token, &status).CurrentSession(context.Background())
+	c.wantStatus("GET /v1/sessions/current", err, status, 200)
+	return s
 }
 
 func (c *client) send(token, to, body string) apiMessage {
 	c.t.Helper()
-	var out struct{ Message apiMessage }
-	c.want(201, "POST", "/v1/messages", token, map[string]string{"to": to, "body": body}, &out)
-	return out.Message
+	var status int
+	m, err := c.sdk(token, &status).SendMessage(context.Background(), api.SendMessageRequest{To: to, Body: body})
+	c.wantStatus("POST /v1/messages", err, status, 201)
+	return m
 }
 
 // conversation pages through the whole conversation with limit per page.
 func (c *client) conversation(token, with string, limit int) ([]apiMessage, string) {
 	c.t.Helper()
+	var status int
+	sc := c.sdk(token, &status)
 	var all []apiMessage
 	cursor := ""
 	for range 10000 {
-		var p apiPage
-		c.want(200, "GET", fmt.Sprintf("/v1/messages?with=%s&after=%s&limit=%d", with, cursor, limit), token, nil, &p)
+		p, err := sc.Messages(context.Background(), with, cursor, limit)
+		c.wantStatus("GET /v1/messages", err, status, 200)
 		if len(p.Messages) > limit {
 			c.t.Fatalf("page of %d messages with limit %d", len(p.Messages), limit)
 		}

@@ -130,6 +130,7 @@ type flags struct {
 	logLevel       string
 	cors           string
 	trustedProxies string
+	sessionAddress bool
 }
 
 func newFlagSet() (*flag.FlagSet, *flags) {
@@ -168,6 +169,7 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	fs.DurationVar(&c.PasswordWait, "password-wait", c.PasswordWait, "longest a login or sign-up waits for a hashing worker before 503 unavailable with Retry-After")
 	fs.StringVar(&f.cors, "cors-origins", "", "comma-separated browser `ORIGINS` allowed to call the API; default none (CORS off)")
 	fs.StringVar(&f.trustedProxies, "trusted-proxies", "", "comma-separated `ADDRS` of load balancers whose X-Forwarded-For is believed")
+	fs.BoolVar(&f.sessionAddress, "session-address", true, "record the client's address (as seen through --trusted-proxies) with each new session,\nshown to its owner in the session list; false: don't")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "bound on a graceful shutdown")
 	fs.BoolVar(&f.testHooks, "enable-test-hooks", false, "allow the flags below that exist only for fault-injection tests")
 	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "(test hook) shift this node's clock by `DURATION`, to test skew handling; needs --enable-test-hooks")
@@ -260,6 +262,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	cfg.Join = splitList(f.join)
 	cfg.CORSOrigins = splitList(f.cors)
 	cfg.TrustedProxies = splitList(f.trustedProxies)
+	cfg.OmitSessionAddress = !f.sessionAddress
 	if keys, err := readClusterKeys(f.keyFile); err != nil {
 		fmt.Fprintln(stderr, "sessiond:", err)
 		return 1

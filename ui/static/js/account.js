@@ -195,6 +195,7 @@ export function profile(main, _args, ctx) {
     }
   });
 
+  const portability = exportCard(ctx);
   const danger = deleteAccountCard(ctx);
 
   api
@@ -203,7 +204,7 @@ export function profile(main, _args, ctx) {
       if (ctx.signal.aborted) return;
       show(r.user);
       const hadFocus = main.contains(document.activeElement);
-      replace(main, screenHeader('Your profile', 'Changes reach every region; edits to different fields made at the same time both survive.'), form, danger);
+      replace(main, screenHeader('Your profile', 'Changes reach every region; edits to different fields made at the same time both survive.'), form, portability, danger);
       if (hadFocus || document.activeElement === document.body) main.querySelector('h1').focus({ preventScroll: true });
     })
     .catch((ex) => {
@@ -212,6 +213,52 @@ export function profile(main, _args, ctx) {
       replace(main, screenHeader('Your profile'), box);
       showError(box, ex);
     });
+}
+
+/**
+ * exportCard downloads the account's data — profile, sessions and every
+ * message — as one JSON file (GET /v1/users/me/export).
+ */
+function exportCard(ctx) {
+  const err = alertBox('export-error');
+  const done = alertBox('export-done');
+  done.setAttribute('role', 'status');
+  const start = h('button', { type: 'button', id: 'export-account', 'data-testid': 'export-account', class: 'btn', text: 'Download my data' });
+  start.addEventListener('click', async () => {
+    hideAlert(err);
+    hideAlert(done);
+    busy(start, true, 'Preparing…');
+    try {
+      const data = await api.get('v1/users/me/export', { signal: ctx.signal });
+      if (ctx.signal.aborted) return;
+      const name = 'sessiond-export-' + ((data && data.user && data.user.username) || 'account') + '.json';
+      const url = URL.createObjectURL(new Blob([JSON.stringify(data, null, 2)], { type: 'application/json' }));
+      const a = h('a', { href: url, download: name, hidden: true, 'data-testid': 'export-link' });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+      const n = ((data && data.conversations) || []).reduce((k, c) => k + ((c.messages && c.messages.length) || 0), 0);
+      const plural = (k, one) => k + ' ' + one + (k === 1 ? '' : 's');
+      const text = 'Downloaded ' + name + ': your profile, ' + plural(((data && data.sessions) || []).length, 'session') + ' and ' + plural(n, 'message') + '.';
+      showAlert(done, 'success', text);
+      announce(text);
+    } catch (ex) {
+      if (ctx.signal.aborted) return;
+      showError(err, ex, { rate_limited: 'An export of your account is already running; try again in a moment.' });
+    } finally {
+      busy(start, false);
+    }
+  });
+  return h(
+    'section',
+    { class: 'card', 'aria-labelledby': 'export-title' },
+    h('h2', { id: 'export-title', text: 'Your data' }),
+    h('p', { class: 'muted', text: 'Download everything this service keeps about you: your profile, your sessions and your messages, as JSON.' }),
+    err,
+    done,
+    start,
+  );
 }
 
 function deleteAccountCard(ctx) {

@@ -228,10 +228,19 @@ export function list(main, _args, ctx) {
           h(
             'div',
             { class: 'item-main' },
-            h('p', { class: 'item-title' }, h('code', { title: s.id, text: shortId(s.id) }), s.current ? h('span', { class: 'badge badge-accent', 'data-testid': 'session-current', text: 'This session' }) : null),
+            h(
+              'p',
+              { class: 'item-title' },
+              h('span', { class: 'session-device', 'data-testid': 'session-device', text: s.device || 'Unknown device' }),
+              ' ',
+              h('code', { title: s.id, text: shortId(s.id) }),
+              s.current ? h('span', { class: 'badge badge-accent', 'data-testid': 'session-current', text: 'This session' }) : null,
+            ),
             h(
               'dl',
               { class: 'facts facts-inline' },
+              s.client_address ? [h('dt', { text: 'From' }), h('dd', { 'data-testid': 'session-address', text: s.client_address })] : null,
+              s.region || s.node ? [h('dt', { text: 'Signed in at' }), h('dd', { 'data-testid': 'session-where', text: [s.region, s.node].filter(Boolean).join(' · ') })] : null,
               h('dt', { text: 'Created' }),
               h('dd', { 'data-testid': 'session-created-at' }, time(s.created_at)),
               h('dt', { text: 'Last used' }),

@@ -1,0 +1,30 @@
+// Package client is the Go client of sessiond's HTTP API (docs/API.md): every route, as
+// typed methods over the request and response types of package api.
+//
+// A Client acts for one caller. It keeps the caller's bearer token (set by Login) and
+// bookmark (X-Sessiond-Bookmark): every response's bookmark is merged into the one the
+// Client holds, as a node merges them, and sent with every request, so the caller reads
+// its own writes and never goes back in time on whichever node answers. A Client is safe
+// for concurrent use; Fork makes another for another caller that shares the connections.
+//
+// Calls retry, with backoff, only where that cannot apply a request twice: after a 429
+// (rate_limited) or a 503 behind, which the node answers before acting, and after a
+// connection that was never made; after a timeout, a reset connection or a 503
+// unavailable only requests marked idempotent (GET, PATCH and DELETE routes). A
+// Retry-After is waited for when it is within Config.MaxRetryWait; a longer one ends the
+// call with the error, which carries it. Over several endpoints, the retry goes to the
+// next one, and an endpoint that refused a connection or timed out is passed over for a
+// while (Config.EndpointCooldown).
+//
+// Errors from the node are *Error, with the code, status, message and Retry-After;
+// errors.Is matches them against ErrNotFound, ErrUnauthorized and the other per-code
+// values. A request that reached no node, or whose answer was lost, fails with a
+// *TransportError, which says whether the request may have been applied.
+//
+// Methods for routes not covered here (the service API is the next) are built on Do,
+// which gives them the same endpoints, retries, bookmarks and errors.
+//
+// The package uses the standard library and this module's api and crdt packages (the
+// latter, pure and standard-library only, to merge bookmarks as nodes do). It must not
+// import edge, functions or storage.
+package client
