@@ -52,6 +52,9 @@ func TestMain(m *testing.M) {
 	if e2eBinDir != "" {
 		os.RemoveAll(e2eBinDir)
 	}
+	if firstReleaseDir != "" {
+		os.RemoveAll(firstReleaseDir)
+	}
 	os.Exit(code)
 }
 

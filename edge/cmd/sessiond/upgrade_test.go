@@ -26,6 +26,7 @@ const firstRelease = "cf22e35"
 
 var (
 	firstReleaseOnce sync.Once
+	firstReleaseDir  string // the checkout and build, removed by TestMain
 	firstReleaseBin  string
 	firstReleaseSkip string
 	firstReleaseErr  error
@@ -52,6 +53,7 @@ func firstReleaseBinary(t *testing.T) string {
 			firstReleaseErr = err
 			return
 		}
+		firstReleaseDir = dir
 		archive := exec.Command("git", "-C", repo, "archive", "--format=tar", firstRelease)
 		untar := exec.Command("tar", "-x", "-C", dir)
 		if untar.Stdin, err = archive.StdoutPipe(); err != nil {
