@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -56,16 +57,30 @@ type Member struct {
 
 // MembershipConfig configures serf membership.
 type MembershipConfig struct {
-	NodeName   string
-	Region     string
-	ID         crdt.NodeID
-	BindAddr   string   // host:port for gossip (TCP and UDP)
-	Advertise  string   // host other nodes reach this one at; empty: BindAddr's host
-	SyncAddr   string   // host:port of this node's sync transport, as peers reach it
+	NodeName string
+	Region   string
+	ID       crdt.NodeID
+	// BindAddr is host:port for gossip (TCP and UDP). The host may be empty or 0.0.0.0
+	// (every interface), or name one address in any form Advertise takes.
+	BindAddr string
+	// Advertise is the address other nodes reach this one at: an IP address, a host name,
+	// an interface name (eth0), a network in CIDR notation (this host's one address in
+	// it) or a go-sockaddr template such as {{ GetInterfaceIP "eth0" }}. Empty: BindAddr's
+	// host when it names one address; with every interface bound, the local address this
+	// host reaches its Join targets from (chooseAdvertise). StartMembership logs what it
+	// advertises and why.
+	Advertise string
+	// SyncAddr is host:port of this node's sync transport as it is bound. Peers are told
+	// the advertised address with its port when Advertise is set or its host is empty or
+	// unspecified, else SyncAddr as it is.
+	SyncAddr   string
 	Replicas   int      // this node's placement (Config.Replicas), told to the others
 	Joining    bool     // start as joining (tagJoining) until Joined is called
 	GossipKeys [][]byte // 32 bytes each; the first is primary
 	Join       []string // members to join, retried with backoff until one answers
+	// LookupHost resolves a host name to all its addresses (Join targets, a host name
+	// given as Advertise); default LookupHost, the system's resolver.
+	LookupHost func(ctx context.Context, host string) ([]netip.Addr, error)
 	// Snapshot is the file where serf keeps its Lamport clocks and the members it knew
 	// (empty: none). With it, a node that restarts rejoins with clocks ahead of its own
 	// earlier leave: without, its join could rank below that leave, which peers then
@@ -97,9 +112,11 @@ type Membership struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the event, notice and join loops
 
-	addr      string // Addr, fixed at start
-	closeOnce sync.Once
-	closeErr  error
+	addr       string         // Addr, fixed at start
+	advertised netip.AddrPort // Advertised, fixed at start
+	sys        addrSystem
+	closeOnce  sync.Once
+	closeErr   error
 
 	mu     sync.Mutex
 	joined bool
@@ -123,6 +140,10 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if cfg.LookupHost == nil {
+		cfg.LookupHost = LookupHost
+	}
+	sys := hostSystem(cfg.LookupHost)
 	host, portStr, err := net.SplitHostPort(cfg.BindAddr)
 	if err != nil {
 		return nil, fmt.Errorf("gossip address: %w", err)
@@ -131,18 +152,23 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gossip port %q: %w", portStr, err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*advertiseWait)
+	defer cancel()
+	if _, perr := netip.ParseAddr(host); perr != nil && host != "" {
+		a, _, err := sys.resolveHostSpec(ctx, host)
+		if err != nil {
+			return nil, fmt.Errorf("gossip bind address: %w", err)
+		}
+		host = a.String()
+	}
+	adv, why, err := sys.advertise(ctx, cfg.Advertise, host, cfg.Join)
+	if err != nil {
+		return nil, err
+	}
 	ml := memberlist.DefaultLANConfig()
 	ml.BindAddr, ml.BindPort = host, port
-	ml.AdvertisePort = port
-	if adv := cfg.Advertise; adv != "" {
-		ip, err := resolveIP(adv)
-		if err != nil {
-			return nil, err
-		}
-		ml.AdvertiseAddr = ip
-	} else if host != "" && host != "0.0.0.0" && host != "::" {
-		ml.AdvertiseAddr = host
-	}
+	ml.AdvertiseAddr, ml.AdvertisePort = adv.String(), port
+	cfg.SyncAddr = advertisedSync(cfg.SyncAddr, cfg.Advertise != "", adv)
 	if len(cfg.GossipKeys) == 0 {
 		return nil, errors.New("gossip: no key (gossip is always encrypted)")
 	}
@@ -190,9 +216,11 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start serf on %s: %w", cfg.BindAddr, err)
 	}
-	m := &Membership{cfg: cfg, serf: s, events: events, log: cfg.Logger, leaveDelay: &sc.LeavePropagateDelay, warned: map[string]string{}}
-	bindHost, _, _ := net.SplitHostPort(cfg.BindAddr)
-	m.addr = net.JoinHostPort(bindHost, strconv.Itoa(int(s.Memberlist().LocalNode().Port))) // read once: SetTags rewrites the local node
+	m := &Membership{cfg: cfg, serf: s, events: events, log: cfg.Logger, leaveDelay: &sc.LeavePropagateDelay, warned: map[string]string{}, sys: sys}
+	gossipPort := int(s.Memberlist().LocalNode().Port) // read once: SetTags rewrites the local node
+	m.addr = net.JoinHostPort(host, strconv.Itoa(gossipPort))
+	m.advertised = netip.AddrPortFrom(adv, uint16(gossipPort)) // #nosec G115 -- a port
+	m.log.Info("advertising", "gossip", m.advertised.String(), "sync", cfg.SyncAddr, "why", why)
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.wg.Add(2)
 	go func() { defer m.wg.Done(); m.eventLoop() }()
@@ -205,20 +233,17 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	return m, nil
 }
 
-func resolveIP(host string) (string, error) {
-	if ip := net.ParseIP(host); ip != nil {
-		return host, nil
+// advertisedSync returns the sync address peers are told: bound with its host replaced by
+// the advertised address when one was configured or the host is unspecified.
+func advertisedSync(bound string, configured bool, adv netip.Addr) string {
+	host, port, err := net.SplitHostPort(bound)
+	if err != nil {
+		return bound
 	}
-	ips, err := net.LookupIP(host)
-	if err != nil || len(ips) == 0 {
-		return "", fmt.Errorf("advertise address %q: cannot resolve: %v", host, err)
+	if a, err := netip.ParseAddr(host); configured || host == "" || (err == nil && a.IsUnspecified()) {
+		return net.JoinHostPort(adv.String(), port)
 	}
-	for _, ip := range ips {
-		if ip4 := ip.To4(); ip4 != nil {
-			return ip4.String(), nil
-		}
-	}
-	return ips[0].String(), nil
+	return bound
 }
 
 // joinLoop joins the configured members, retrying with backoff until one answers.
@@ -331,6 +356,9 @@ func (m *Membership) Joined() error {
 // Addr returns the address gossip is bound to: the configured one, with the port serf
 // picked when it was 0.
 func (m *Membership) Addr() string { return m.addr }
+
+// Advertised returns the gossip address this node tells its peers to reach it at.
+func (m *Membership) Advertised() string { return m.advertised.String() }
 
 // Members returns every member serf knows, this node included, sorted by name. A member
 // with a node id tag that does not parse, or alive with another sync protocol, is left

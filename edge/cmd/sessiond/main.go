@@ -133,14 +133,17 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "`DIR` for the bbolt file and the node's identity")
 	fs.StringVar(&c.NodeName, "node", c.NodeName, "unique node `NAME` (default: host name)")
 	fs.StringVar(&c.Region, "region", c.Region, "region `NAME` this node is in")
-	fs.StringVar(&c.GossipAddr, "gossip", c.GossipAddr, "`ADDR` for cluster membership (serf) to bind")
+	fs.StringVar(&c.GossipAddr, "gossip", c.GossipAddr, "`ADDR` for cluster membership (serf) to bind; the host may be anything --advertise takes")
 	fs.StringVar(&c.SyncAddr, "sync", "", "`ADDR` for the node-to-node data channel (mutual TLS); default: gossip host, gossip port + 100")
 	fs.BoolVar(&c.FastGossip, "fast-gossip", false, "detect failures and reconnect within about a second (loopback clusters, tests)")
 	fs.DurationVar(&c.CatchUpTimeout, "catch-up-timeout", c.CatchUpTimeout, "how long a joining node waits to catch up from a peer before /readyz says ready anyway")
 	fs.DurationVar(&c.AntiEntropyEvery, "anti-entropy-every", c.AntiEntropyEvery, "mean period of anti-entropy with each peer")
 	fs.DurationVar(&c.BookmarkWait, "bookmark-wait", c.BookmarkWait, "how long a request whose X-Sessiond-Bookmark this node does not hold yet waits for replication before fetching from another node")
 	fs.DurationVar(&c.BookmarkTimeout, "bookmark-timeout", c.BookmarkTimeout, "bound on waiting and fetching for a bookmark; past it the request gets 503 behind")
-	fs.StringVar(&c.Advertise, "advertise", "", "`HOST` other nodes reach this one at (containers, NAT); default: the bind address")
+	fs.StringVar(&c.Advertise, "advertise", "", "`ADDR` other nodes reach this one at, for gossip and sync: an IP, host name, interface (eth0),\n"+
+		"network (10.0.1.0/24: this host's address in it) or go-sockaddr template ({{ GetInterfaceIP \"eth0\" }});\n"+
+		"default: the gossip bind address, or when that is every interface, the local address this host\n"+
+		"reaches the --join targets from (the node logs what it advertises and why)")
 	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "how many nodes of each region hold each key, `N`; 0: every node holds everything.\nThe same on every node; a node forwards requests for keys it does not hold")
 	fs.IntVar(&c.MoveRate, "move-rate", c.MoveRate, "`MiB` per second of stored data this node sends to peers by anti-entropy and handoff\n(data moving after membership changes, repairs; not new writes); negative: unbounded")
 	fs.StringVar(&f.join, "join", "", "comma-separated `ADDR`s of members to join; none: a cluster of one")
