@@ -77,7 +77,12 @@ type MembershipConfig struct {
 	Replicas   int      // this node's placement (Config.Replicas), told to the others
 	Joining    bool     // start as joining (tagJoining) until Joined is called
 	GossipKeys [][]byte // 32 bytes each; the first is primary
-	Join       []string // members to join, retried with backoff until one answers
+	// Join lists the members to join, host:port (port default 7946). Each host is resolved
+	// to all its addresses (a Swarm tasks.NAME, a Kubernetes headless Service), and every
+	// one is joined. While no other member is alive the node resolves and joins again,
+	// backing off up to 30 s, so that members that were all rescheduled at new addresses
+	// find each other again.
+	Join []string
 	// LookupHost resolves a host name to all its addresses (Join targets, a host name
 	// given as Advertise); default LookupHost, the system's resolver.
 	LookupHost func(ctx context.Context, host string) ([]netip.Addr, error)
@@ -246,26 +251,86 @@ func advertisedSync(bound string, configured bool, adv netip.Addr) string {
 	return bound
 }
 
-// joinLoop joins the configured members, retrying with backoff until one answers.
+// Bounds of joinLoop's backoff while this node is alone, and how often it checks whether
+// it is (aloneCheckFast with Fast).
+const (
+	joinBackoffMin = 500 * time.Millisecond
+	joinBackoffMax = 30 * time.Second
+	aloneCheck     = 5 * time.Second
+	aloneCheckFast = time.Second
+)
+
+// joinLoop keeps this node from staying alone: whenever no other member is alive (at
+// start, or after every member it knew failed or left), it resolves the join targets
+// again and joins every address they give, backing off from joinBackoffMin to
+// joinBackoffMax while that finds nobody. Members rescheduled all at once start with
+// addresses their names did not give before; each finds the others on a later round.
 func (m *Membership) joinLoop() {
-	backoff := 500 * time.Millisecond
+	check := aloneCheck
+	if m.cfg.Fast {
+		check = aloneCheckFast
+	}
+	backoff := joinBackoffMin
+	var lastTargets string
+	alone := true
 	for {
-		n, err := m.serf.Join(m.cfg.Join, true)
-		if err == nil && n > 0 {
-			m.log.Info("joined cluster", "contacted", n)
-			m.mu.Lock()
-			m.joined = true
-			m.mu.Unlock()
-			return
+		wait := check
+		if m.othersAlive() {
+			backoff, alone = joinBackoffMin, false
+		} else {
+			if !alone {
+				m.log.Warn("no other member alive; resolving the join targets again", "join", m.cfg.Join)
+				alone = true
+			}
+			targets := m.joinTargets()
+			var n int
+			var err error
+			if len(targets) > 0 {
+				n, err = m.serf.Join(targets, true)
+			}
+			if m.othersAlive() {
+				m.log.Info("joined cluster", "contacted", n, "of", len(targets), "addresses", strings.Join(targets, ","))
+				m.mu.Lock()
+				m.joined = true
+				m.mu.Unlock()
+				backoff, alone = joinBackoffMin, false
+			} else {
+				// Loud when what the targets resolve to changes, quiet while it stays the same.
+				lvl := slog.LevelDebug
+				if t := strings.Join(targets, ","); t != lastTargets || backoff == joinBackoffMin {
+					lvl, lastTargets = slog.LevelWarn, t
+				}
+				m.log.Log(m.ctx, lvl, "join found no other member; retrying", "join", m.cfg.Join,
+					"addresses", strings.Join(targets, ","), slog.Any("err", err), "retry_in", backoff)
+				wait = backoff
+				backoff = min(2*backoff, joinBackoffMax)
+			}
 		}
-		m.log.Warn("join failed; retrying", slog.Any("err", err), "retry_in", backoff)
+		t := time.NewTimer(wait)
 		select {
 		case <-m.ctx.Done():
+			t.Stop()
 			return
-		case <-time.After(backoff):
+		case <-t.C:
 		}
-		backoff = min(2*backoff, 30*time.Second)
 	}
+}
+
+// joinTargets resolves the join targets to every address they stand for, as host:port,
+// leaving out this node's own gossip address.
+func (m *Membership) joinTargets() []string {
+	var out []string
+	for _, t := range m.cfg.Join {
+		for _, ap := range m.sys.resolveTarget(m.ctx, t) {
+			if ap == m.advertised {
+				continue
+			}
+			if s := ap.String(); !slices.Contains(out, s) {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
 }
 
 // eventLoop owns the serf event channel. It does no slow work inline: membership changes

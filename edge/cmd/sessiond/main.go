@@ -146,7 +146,9 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 		"reaches the --join targets from (the node logs what it advertises and why)")
 	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "how many nodes of each region hold each key, `N`; 0: every node holds everything.\nThe same on every node; a node forwards requests for keys it does not hold")
 	fs.IntVar(&c.MoveRate, "move-rate", c.MoveRate, "`MiB` per second of stored data this node sends to peers by anti-entropy and handoff\n(data moving after membership changes, repairs; not new writes); negative: unbounded")
-	fs.StringVar(&f.join, "join", "", "comma-separated `ADDR`s of members to join; none: a cluster of one")
+	fs.StringVar(&f.join, "join", "", "comma-separated `ADDR`s of members to join (host:port; a name standing for several addresses,\n"+
+		"such as tasks.NAME in Swarm or a headless Service, joins them all; while no other member is alive\n"+
+		"the node resolves and joins again); none: a cluster of one")
 	fs.StringVar(&f.keyFile, "cluster-key-file", "", "`FILE` with the cluster key (base64 of 32 bytes; more lines: older keys still accepted);\nwithout it a lone node keeps a generated key in --data")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "absolute lifetime of a session")
 	fs.DurationVar(&c.IdleTTL, "idle-ttl", c.IdleTTL, "a session unused this long expires")
