@@ -94,6 +94,7 @@ Usage:
   sessiond [flags]            run a node (API and UI on --http, data in --data)
   sessiond keygen             print a new cluster key (base64 of 32 random bytes)
   sessiond health [--http A]  exit 0 if the node at A (host:port or URL) answers /healthz
+                              (--ready: /readyz, once it has caught up)
   sessiond version            print the version and the build's commit (also --version)
   sessiond help               print this (also --help, -h)
   sessiond bench [flags]      measure nodes under a workload mix (sessiond bench --help)
@@ -330,13 +331,14 @@ func health(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sessiond health", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("http", "127.0.0.1:8080", "the node's API: `ADDR` (host:port, as given to sessiond --http) or URL (http://host:port)")
+	ready := fs.Bool("ready", false, "check /readyz instead: exit 0 only once the node has caught up with its peers\n(orchestrators that route by health, such as Swarm's DNS, then send it traffic only when ready)")
 	if v, ok := os.LookupEnv("SESSIOND_HTTP"); ok {
 		*addr = v
 	}
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, "Usage: sessiond health [--http ADDR|URL]: exit 0 if the node answers /healthz with 200, else 1\n\n")
+			fmt.Fprint(stdout, "Usage: sessiond health [--http ADDR|URL] [--ready]: exit 0 if the node answers /healthz (or /readyz) with 200, else 1\n\n")
 			fs.SetOutput(stdout)
 			fs.PrintDefaults()
 			return 0
@@ -352,6 +354,9 @@ func health(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "sessiond health:", err)
 		return 2
+	}
+	if *ready {
+		target = strings.TrimSuffix(target, "/healthz") + "/readyz"
 	}
 	client := &http.Client{Timeout: 3 * time.Second}
 	resp, err := client.Get(target)
