@@ -185,7 +185,14 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	ml.GossipVerifyIncoming, ml.GossipVerifyOutgoing = true, true
 	logger := log.New(&levelWriter{log: cfg.Logger}, "", 0)
 	ml.Logger = logger
+	// A member that comes back under its name at another address (a Swarm task or a pod
+	// rescheduled after a crash gets a new IP) is refused while its old address is
+	// remembered; memberlist forgets a dead member only after GossipToTheDeadTime (30 s).
+	// Let its name be reclaimed once it has been dead a while: names are per replica, so
+	// the newcomer is that replica.
+	ml.DeadNodeReclaimTime = deadNodeReclaim
 	if cfg.Fast {
+		ml.DeadNodeReclaimTime = deadNodeReclaim / 5
 		ml.ProbeInterval = 500 * time.Millisecond
 		ml.ProbeTimeout = 250 * time.Millisecond
 		ml.SuspicionMult = 2
@@ -250,6 +257,10 @@ func advertisedSync(bound string, configured bool, adv netip.Addr) string {
 	}
 	return bound
 }
+
+// deadNodeReclaim is how long a member must have been dead before another address may
+// take its name (memberlist's DeadNodeReclaimTime; a fifth of it with Fast).
+const deadNodeReclaim = 5 * time.Second
 
 // Bounds of joinLoop's backoff while this node is alone, and how often it checks whether
 // it is (aloneCheckFast with Fast).

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -324,4 +325,32 @@ func TestMembership_RejoinWhenAlone(t *testing.T) {
 		got := aliveNames(a)
 		return got == "a,b2", "a sees " + got + " alive"
 	})
+}
+
+// TestMembership_RescheduledAtNewAddress: a member that crashed (no leave) and comes back
+// under its name at another address, as a rescheduled Swarm task or pod does, is alive
+// again within seconds, not once memberlist forgets its old address (30 s).
+func TestMembership_RescheduledAtNewAddress(t *testing.T) {
+	t.Parallel()
+	dns := &fakeDNS{names: map[string][]netip.Addr{}}
+	port := freeLoopbackPort(t, "127.0.44.1")
+	p := strconv.Itoa(port)
+	a := startNamedMembership(t, "a", 1, "127.0.44.1:"+p, dns)
+	b := startNamedMembership(t, "b", 2, "127.0.44.2:"+p, dns, "127.0.44.1:"+p)
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) { got := aliveNames(a); return got == "a,b", "a sees " + got })
+	crashed, cancel := context.WithCancel(context.Background())
+	cancel()
+	b.Close(crashed) // an ended context: no leave, as in a crash
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) { got := aliveNames(a); return got == "a", "a sees " + got })
+	start := time.Now()
+	startNamedMembership(t, "b", 2, "127.0.44.3:"+p, dns, "127.0.44.1:"+p)
+	clustersim.WaitFor(t, 15*time.Second, func() (bool, string) {
+		for _, m := range a.Members() {
+			if m.Name == "b" && m.Status == "alive" && strings.HasPrefix(m.Addr, "127.0.44.3:") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("a: %+v", a.Members())
+	})
+	t.Logf("b alive at its new address %s after it restarted", time.Since(start).Round(100*time.Millisecond))
 }
