@@ -132,7 +132,7 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	c := &f.cfg
 	fs.StringVar(&c.HTTPAddr, "http", c.HTTPAddr, "`ADDR` to serve the API and UI on")
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "`DIR` for the bbolt file and the node's identity")
-	fs.StringVar(&c.NodeName, "node", c.NodeName, "unique node `NAME` (default: host name)")
+	fs.StringVar(&c.NodeName, "node", c.NodeName, "unique node `NAME`; default: the name --data recorded at its first start, else the host name")
 	fs.StringVar(&c.Region, "region", c.Region, "region `NAME` this node is in")
 	fs.StringVar(&c.GossipAddr, "gossip", c.GossipAddr, "`ADDR` for cluster membership (serf) to bind; the host may be anything --advertise takes")
 	fs.StringVar(&c.SyncAddr, "sync", "", "`ADDR` for the node-to-node data channel (mutual TLS); default: gossip host, gossip port + 100")
@@ -245,6 +245,22 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg := f.cfg
 	cfg.Logger = logger
+	explicit := false
+	fs.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "node" })
+	if _, ok := os.LookupEnv(envName("node")); ok {
+		explicit = true
+	}
+	if cfg.NodeName != "" && cfg.DataDir != "" {
+		name, note, err := stableNodeName(cfg.DataDir, cfg.NodeName, explicit)
+		if err != nil {
+			fmt.Fprintln(stderr, "sessiond:", err)
+			return 1
+		}
+		if note != "" {
+			logger.Warn(note)
+		}
+		cfg.NodeName = name
+	}
 	if f.clockOffset != 0 {
 		if !f.testHooks {
 			fmt.Fprintln(stderr, "sessiond: --test-clock-offset is a test hook: it needs --enable-test-hooks")
