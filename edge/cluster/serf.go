@@ -311,7 +311,7 @@ func (m *Membership) joinLoop() {
 				if t := strings.Join(targets, ","); t != lastTargets || backoff == joinBackoffMin {
 					lvl, lastTargets = slog.LevelWarn, t
 				}
-				m.log.Log(m.ctx, lvl, "join found no other member; retrying", "join", m.cfg.Join,
+				m.log.Log(m.ctx, lvl, "join failed; retrying", "join", m.cfg.Join,
 					"addresses", strings.Join(targets, ","), slog.Any("err", err), "retry_in", backoff)
 				wait = backoff
 				backoff = min(2*backoff, joinBackoffMax)
