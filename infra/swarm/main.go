@@ -132,7 +132,7 @@ func ensureSwarm(ctx context.Context) (made bool, err error) {
 	if _, err := docker(ctx, nil, "swarm", "init", "--advertise-addr", "127.0.0.1"); err != nil {
 		return false, err
 	}
-	logf("initialised a single-node swarm (it is left again at the end)")
+	logf("initialised a single-node swarm (test leaves it at its end, up leaves it to down)")
 	return true, nil
 }
 
