@@ -26,8 +26,14 @@ type Config struct {
 	// FastGossip shortens failure detection and reconnection to about a second, for
 	// loopback clusters and tests; the default suits real networks.
 	FastGossip bool
-	// Advertise is the host other nodes reach this one at, when it differs from the bind
-	// address (containers, NAT). Empty: the bind address.
+	// Advertise is the address other nodes reach this one at, for gossip and sync: an IP
+	// address, a host name, an interface name (eth0), a network in CIDR notation (this
+	// host's one address in it, 10.0.1.0/24) or a go-sockaddr template
+	// ({{ GetInterfaceIP "eth0" }}). Empty: the gossip bind address when it names one;
+	// when gossip binds every interface, the local address this host reaches its Join
+	// targets from (the network the cluster is on), else its only private address. The
+	// node logs what it advertises and why. GossipAddr's and SyncAddr's hosts take the
+	// same forms.
 	Advertise string
 	Join      []string // members to join; empty: a cluster of one
 	// Replicas is how many nodes of each region hold each key (placement by rendezvous

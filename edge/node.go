@@ -366,6 +366,9 @@ func (n *Node) startCluster(keys [][]byte) error {
 		return err
 	}
 	n.counters.Start()
+	if syncAddr, err = cluster.ResolveBindAddr(n.ctx, syncAddr); err != nil {
+		return fmt.Errorf("sync address: %w", err)
+	}
 	if n.syncLn, err = net.Listen("tcp", syncAddr); err != nil {
 		return fmt.Errorf("listen for sync on %s: %w", syncAddr, err)
 	}
@@ -377,14 +380,9 @@ func (n *Node) startCluster(keys [][]byte) error {
 			n.log.Error("sync server stopped", slog.Any("err", err))
 		}
 	}()
-	advertisedSync := n.syncLn.Addr().String()
-	if n.cfg.Advertise != "" {
-		_, port, _ := net.SplitHostPort(advertisedSync)
-		advertisedSync = net.JoinHostPort(n.cfg.Advertise, port)
-	}
 	n.membership, err = cluster.StartMembership(cluster.MembershipConfig{
 		NodeName: n.cfg.NodeName, Region: n.cfg.Region, ID: n.db.NodeID(),
-		BindAddr: n.cfg.GossipAddr, Advertise: n.cfg.Advertise, SyncAddr: advertisedSync, Replicas: n.cfg.Replicas,
+		BindAddr: n.cfg.GossipAddr, Advertise: n.cfg.Advertise, SyncAddr: n.syncLn.Addr().String(), Replicas: n.cfg.Replicas,
 		Joining:    n.joining(),
 		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip,
 		Snapshot: filepath.Join(n.cfg.DataDir, "serf.snapshot"),
@@ -429,7 +427,7 @@ type clusterView struct{ n *Node }
 func (v clusterView) Self() functions.Member {
 	return functions.Member{
 		Name: v.n.cfg.NodeName, ID: v.n.db.NodeID().String(), Region: v.n.cfg.Region,
-		Status: "alive", Addr: v.n.cfg.GossipAddr,
+		Status: "alive", Addr: v.n.membership.Advertised(),
 	}
 }
 

@@ -94,6 +94,7 @@ Usage:
   sessiond [flags]            run a node (API and UI on --http, data in --data)
   sessiond keygen             print a new cluster key (base64 of 32 random bytes)
   sessiond health [--http A]  exit 0 if the node at A (host:port or URL) answers /healthz
+                              (--ready: /readyz, once it has caught up)
   sessiond version            print the version and the build's commit (also --version)
   sessiond help               print this (also --help, -h)
   sessiond bench [flags]      measure nodes under a workload mix (sessiond bench --help)
@@ -132,19 +133,24 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	c := &f.cfg
 	fs.StringVar(&c.HTTPAddr, "http", c.HTTPAddr, "`ADDR` to serve the API and UI on")
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "`DIR` for the bbolt file and the node's identity")
-	fs.StringVar(&c.NodeName, "node", c.NodeName, "unique node `NAME` (default: host name)")
+	fs.StringVar(&c.NodeName, "node", c.NodeName, "unique node `NAME`; default: the name --data recorded at its first start, else the host name")
 	fs.StringVar(&c.Region, "region", c.Region, "region `NAME` this node is in")
-	fs.StringVar(&c.GossipAddr, "gossip", c.GossipAddr, "`ADDR` for cluster membership (serf) to bind")
+	fs.StringVar(&c.GossipAddr, "gossip", c.GossipAddr, "`ADDR` for cluster membership (serf) to bind; the host may be anything --advertise takes")
 	fs.StringVar(&c.SyncAddr, "sync", "", "`ADDR` for the node-to-node data channel (mutual TLS); default: gossip host, gossip port + 100")
 	fs.BoolVar(&c.FastGossip, "fast-gossip", false, "detect failures and reconnect within about a second (loopback clusters, tests)")
 	fs.DurationVar(&c.CatchUpTimeout, "catch-up-timeout", c.CatchUpTimeout, "how long a joining node waits to catch up from a peer before /readyz says ready anyway")
 	fs.DurationVar(&c.AntiEntropyEvery, "anti-entropy-every", c.AntiEntropyEvery, "mean period of anti-entropy with each peer")
 	fs.DurationVar(&c.BookmarkWait, "bookmark-wait", c.BookmarkWait, "how long a request whose X-Sessiond-Bookmark this node does not hold yet waits for replication before fetching from another node")
 	fs.DurationVar(&c.BookmarkTimeout, "bookmark-timeout", c.BookmarkTimeout, "bound on waiting and fetching for a bookmark; past it the request gets 503 behind")
-	fs.StringVar(&c.Advertise, "advertise", "", "`HOST` other nodes reach this one at (containers, NAT); default: the bind address")
+	fs.StringVar(&c.Advertise, "advertise", "", "`ADDR` other nodes reach this one at, for gossip and sync: an IP, host name, interface (eth0),\n"+
+		"network (10.0.1.0/24: this host's address in it) or go-sockaddr template ({{ GetInterfaceIP \"eth0\" }});\n"+
+		"default: the gossip bind address, or when that is every interface, the local address this host\n"+
+		"reaches the --join targets from (the node logs what it advertises and why)")
 	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "how many nodes of each region hold each key, `N`; 0: every node holds everything.\nThe same on every node; a node forwards requests for keys it does not hold")
 	fs.IntVar(&c.MoveRate, "move-rate", c.MoveRate, "`MiB` per second of stored data this node sends to peers by anti-entropy and handoff\n(data moving after membership changes, repairs; not new writes); negative: unbounded")
-	fs.StringVar(&f.join, "join", "", "comma-separated `ADDR`s of members to join; none: a cluster of one")
+	fs.StringVar(&f.join, "join", "", "comma-separated `ADDR`s of members to join (host:port; a name standing for several addresses,\n"+
+		"such as tasks.NAME in Swarm or a headless Service, joins them all; while no other member is alive\n"+
+		"the node resolves and joins again); none: a cluster of one")
 	fs.StringVar(&f.keyFile, "cluster-key-file", "", "`FILE` with the cluster key (base64 of 32 bytes; more lines: older keys still accepted);\nwithout it a lone node keeps a generated key in --data")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "absolute lifetime of a session")
 	fs.DurationVar(&c.IdleTTL, "idle-ttl", c.IdleTTL, "a session unused this long expires")
@@ -241,6 +247,22 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg := f.cfg
 	cfg.Logger = logger
+	explicit := false
+	fs.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "node" })
+	if _, ok := os.LookupEnv(envName("node")); ok {
+		explicit = true
+	}
+	if cfg.NodeName != "" && cfg.DataDir != "" {
+		name, note, err := stableNodeName(cfg.DataDir, cfg.NodeName, explicit)
+		if err != nil {
+			fmt.Fprintln(stderr, "sessiond:", err)
+			return 1
+		}
+		if note != "" {
+			logger.Warn(note)
+		}
+		cfg.NodeName = name
+	}
 	if f.clockOffset != 0 {
 		if !f.testHooks {
 			fmt.Fprintln(stderr, "sessiond: --test-clock-offset is a test hook: it needs --enable-test-hooks")
@@ -328,13 +350,14 @@ func health(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sessiond health", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("http", "127.0.0.1:8080", "the node's API: `ADDR` (host:port, as given to sessiond --http) or URL (http://host:port)")
+	ready := fs.Bool("ready", false, "check /readyz instead: exit 0 only once the node has caught up with its peers\n(orchestrators that route by health, such as Swarm's DNS, then send it traffic only when ready)")
 	if v, ok := os.LookupEnv("SESSIOND_HTTP"); ok {
 		*addr = v
 	}
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, "Usage: sessiond health [--http ADDR|URL]: exit 0 if the node answers /healthz with 200, else 1\n\n")
+			fmt.Fprint(stdout, "Usage: sessiond health [--http ADDR|URL] [--ready]: exit 0 if the node answers /healthz (or /readyz) with 200, else 1\n\n")
 			fs.SetOutput(stdout)
 			fs.PrintDefaults()
 			return 0
@@ -350,6 +373,9 @@ func health(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "sessiond health:", err)
 		return 2
+	}
+	if *ready {
+		target = strings.TrimSuffix(target, "/healthz") + "/readyz"
 	}
 	client := &http.Client{Timeout: 3 * time.Second}
 	resp, err := client.Get(target)
