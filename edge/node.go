@@ -355,6 +355,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		MaxSkew: n.cfg.MaxSkew, FetchTimeout: n.cfg.BookmarkTimeout, MoveRate: max(n.cfg.MoveRate, -1) << 20,
 		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
 	})
+	n.transport.SetGuard(n.replicator.Guard()) // one account of each faulty peer, both ways
 	n.replicator.Start()
 	if n.counters, err = cluster.NewCounters(cluster.CountersConfig{
 		Self: runID(), Transport: n.transport, Windows: counterWindows(), FlushEvery: n.cfg.CounterFlush,

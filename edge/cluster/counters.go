@@ -3,12 +3,10 @@ package cluster
 import (
 	"cmp"
 	"context"
-	"encoding"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"slices"
 	"sync"
 	"time"
@@ -474,13 +472,6 @@ func unzigzag(u uint64) int64 {
 // Counters implements CounterTransport.
 func (t *TLSTransport) Counters(ctx context.Context, to Peer, m CountersMessage) error {
 	return t.call(ctx, to, "counters", m, nil)
-}
-
-// serveCounters answers counter messages with h on mux.
-func (t *TLSTransport) serveCounters(mux *http.ServeMux, h CounterHandler) {
-	mux.HandleFunc("POST /sync/v1/counters", serve(t, "counters", func(ctx context.Context, req *CountersMessage) (encoding.BinaryMarshaler, error) {
-		return nil, h.HandleCounters(ctx, *req)
-	}))
 }
 
 // WithCounters returns a Handler that answers sync requests with h and counter messages

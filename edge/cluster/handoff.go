@@ -178,8 +178,11 @@ func (r *Replicator) offer(ctx context.Context, peer Peer, p int, keys []storage
 			req.Leaves[i].Only = true
 		}
 		rep, err := r.cfg.Transport.Leaves(ctx, peer, req)
+		if err == nil {
+			err = checkLeavesReply(req, rep)
+		}
 		if err != nil {
-			return nil, err
+			return nil, r.replyErr(peer, "leaves", err)
 		}
 		if len(rep.Changes) > 0 {
 			res, err := r.cfg.DB.ApplyRemote(ctx, rep.Changes)

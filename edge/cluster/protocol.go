@@ -127,7 +127,7 @@ type wire []byte
 
 func (w wire) uvarint(v uint64) wire { return binary.AppendUvarint(w, v) }
 func (w wire) u64(v uint64) wire     { return binary.BigEndian.AppendUint64(w, v) }
-func (w wire) bytes(b []byte) wire   { return append(w.uvarint(uint64(len(b))), b...) }
+func (w wire) bytes(b []byte) wire   { return append(w.uvarint(length(len(b))), b...) }
 
 type reader struct {
 	b   []byte
@@ -161,7 +161,7 @@ func (r *reader) u64() uint64 {
 
 func (r *reader) bytes() []byte {
 	n := r.uvarint()
-	if r.err != nil || n > uint64(len(r.b)) {
+	if r.err != nil || n > length(len(r.b)) {
 		r.err = errTruncated
 		return nil
 	}
@@ -175,14 +175,29 @@ func (r *reader) bytes() []byte {
 // allocate.
 func (r *reader) count(minSize int, limit uint64) int {
 	n := r.uvarint()
-	if r.err == nil && (n > limit || n > uint64(len(r.b)/minSize)) {
+	if r.err == nil && (n > limit || n > length(len(r.b)/minSize)) {
 		r.err = fmt.Errorf("sync message: list of %d elements does not fit", n)
 	}
 	if r.err != nil {
 		return 0
 	}
-	return int(n)
+	return int(n) // #nosec G115 -- n ≤ len(r.b), checked above
 }
+
+// index reads a number that is used as an index below limit, and fails on any other.
+func (r *reader) index(what string, limit int) int {
+	n := r.uvarint()
+	if r.err == nil && n >= uint64(limit) { // #nosec G115 -- limit is a positive constant
+		r.err = fmt.Errorf("sync message: %s %d out of range [0, %d)", what, n, limit)
+	}
+	if r.err != nil {
+		return 0
+	}
+	return int(n) // #nosec G115 -- n < limit, checked above
+}
+
+// length returns len(n) as a uint64 for an encoder.
+func length(n int) uint64 { return uint64(n) } // #nosec G115 -- lengths are never negative
 
 func (r *reader) header(kind byte) {
 	if len(r.b) < 2 {
@@ -200,17 +215,18 @@ func (r *reader) header(kind byte) {
 	r.b = r.b[2:]
 }
 
+// end reports the first error met, or trailing bytes: any error wraps ErrInvalidMessage.
 func (r *reader) end() error {
 	if r.err == nil && len(r.b) > 0 {
 		r.err = fmt.Errorf("sync message: %d trailing bytes", len(r.b))
 	}
-	return r.err
+	return invalid(r.err)
 }
 
 func header(kind byte) wire { return wire{ProtocolVersion, kind} }
 
 func (w wire) changes(cs []storage.Change) wire {
-	w = w.uvarint(uint64(len(cs)))
+	w = w.uvarint(length(len(cs)))
 	for _, c := range cs {
 		w = w.bytes(c.AppendBinary(nil))
 	}
@@ -236,7 +252,7 @@ func (r *reader) changes() []storage.Change {
 }
 
 func (w wire) pairs(ps []storage.KeyHash) wire {
-	w = w.uvarint(uint64(len(ps)))
+	w = w.uvarint(length(len(ps)))
 	for _, p := range ps {
 		w = w.bytes([]byte(p.Key)).u64(p.Hash)
 	}
@@ -255,7 +271,7 @@ func (r *reader) pairs() []storage.KeyHash {
 
 // MarshalBinary encodes a PushRequest.
 func (m PushRequest) MarshalBinary() ([]byte, error) {
-	w := header(kindPush).u64(uint64(m.From)).changes(m.Changes).timestamp(m.Through).u64(m.Placement).uvarint(uint64(len(m.Held)))
+	w := header(kindPush).u64(uint64(m.From)).changes(m.Changes).timestamp(m.Through).u64(m.Placement).uvarint(length(len(m.Held)))
 	for _, x := range m.Held {
 		w = w.u64(x)
 	}
@@ -318,11 +334,11 @@ func (m *PushReply) UnmarshalBinary(b []byte) error {
 
 // MarshalBinary encodes a DigestRequest.
 func (m DigestRequest) MarshalBinary() ([]byte, error) {
-	w := header(kindDigest).uvarint(uint64(len(m.Branches)))
+	w := header(kindDigest).uvarint(length(len(m.Branches)))
 	for _, h := range m.Branches {
 		w = w.u64(h)
 	}
-	w = w.uvarint(uint64(len(m.Mask)))
+	w = w.uvarint(length(len(m.Mask)))
 	for _, x := range m.Mask {
 		w = w.u64(x)
 	}
@@ -347,14 +363,14 @@ func (m *DigestRequest) UnmarshalBinary(b []byte) error {
 
 // MarshalBinary encodes a DigestReply.
 func (m DigestReply) MarshalBinary() ([]byte, error) {
-	w := header(kindReply).uvarint(uint64(len(m.Branches)))
+	w := header(kindReply).uvarint(length(len(m.Branches)))
 	for _, bl := range m.Branches {
-		w = w.uvarint(uint64(bl.Branch)).uvarint(uint64(len(bl.Leaves)))
+		w = w.uvarint(length(bl.Branch)).uvarint(length(len(bl.Leaves)))
 		for _, h := range bl.Leaves {
 			w = w.u64(h)
 		}
 	}
-	w = w.bytes(m.Have.AppendBinary(nil)).uvarint(uint64(len(m.HaveMask)))
+	w = w.bytes(m.Have.AppendBinary(nil)).uvarint(length(len(m.HaveMask)))
 	for _, x := range m.HaveMask {
 		w = w.u64(x)
 	}
@@ -367,13 +383,13 @@ func (m *DigestReply) UnmarshalBinary(b []byte) error {
 	r.header(kindReply)
 	n := r.count(2, crdt.DigestBranches)
 	for i := 0; i < n && r.err == nil; i++ {
-		bl := BranchLeaves{Branch: int(r.uvarint())}
+		bl := BranchLeaves{Branch: r.index("branch", crdt.DigestBranches)}
 		k := r.count(8, crdt.DigestBranches)
 		bl.Leaves = make([]uint64, k)
 		for j := range bl.Leaves {
 			bl.Leaves[j] = r.u64()
 		}
-		if r.err == nil && (bl.Branch < 0 || bl.Branch >= crdt.DigestBranches || k != crdt.DigestBranches) {
+		if r.err == nil && k != crdt.DigestBranches {
 			r.err = errors.New("digest reply: bad branch")
 		}
 		m.Branches = append(m.Branches, bl)
@@ -402,13 +418,13 @@ func (r *reader) mask() []uint64 {
 
 // MarshalBinary encodes a LeavesRequest.
 func (m LeavesRequest) MarshalBinary() ([]byte, error) {
-	w := header(kindLeaves).uvarint(uint64(len(m.Leaves)))
+	w := header(kindLeaves).uvarint(length(len(m.Leaves)))
 	for _, lp := range m.Leaves {
 		only := uint64(0)
 		if lp.Only {
 			only = 1
 		}
-		w = w.uvarint(uint64(lp.Leaf)).pairs(lp.Pairs).bytes([]byte(lp.From)).bytes([]byte(lp.To)).uvarint(only)
+		w = w.uvarint(length(lp.Leaf)).pairs(lp.Pairs).bytes([]byte(lp.From)).bytes([]byte(lp.To)).uvarint(only)
 	}
 	return w, nil
 }
@@ -419,14 +435,12 @@ func (m *LeavesRequest) UnmarshalBinary(b []byte) error {
 	r.header(kindLeaves)
 	n := r.count(2, maxLeafList)
 	for i := 0; i < n && r.err == nil; i++ {
-		lp := LeafPairs{Leaf: int(r.uvarint())}
+		lp := LeafPairs{Leaf: r.index("leaf", crdt.DigestLeaves)}
 		lp.Pairs = r.pairs()
 		lp.From, lp.To = string(r.bytes()), string(r.bytes())
 		lp.Only = r.uvarint() == 1
 		switch {
 		case r.err != nil:
-		case lp.Leaf < 0 || lp.Leaf >= crdt.DigestLeaves:
-			r.err = errors.New("leaves request: bad leaf")
 		case lp.To != "" && lp.To <= lp.From:
 			r.err = errors.New("leaves request: empty key range")
 		}
@@ -437,7 +451,7 @@ func (m *LeavesRequest) UnmarshalBinary(b []byte) error {
 
 // MarshalBinary encodes a LeavesReply.
 func (m LeavesReply) MarshalBinary() ([]byte, error) {
-	w := header(kindReply).changes(m.Changes).uvarint(uint64(len(m.Want)))
+	w := header(kindReply).changes(m.Changes).uvarint(length(len(m.Want)))
 	for _, k := range m.Want {
 		w = w.bytes([]byte(k))
 	}

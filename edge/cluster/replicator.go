@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"iter"
 	"log/slog"
@@ -81,6 +82,12 @@ type Config struct {
 	Now      func() time.Time // physical clock for lag figures; default time.Now
 	Logger   *slog.Logger     // default: discard
 	Metrics  *Metrics         // nil: none
+	// Guard accounts the invalid replies of peers, which it names by PeerKey(Peer.Addr),
+	// and backs them off: this node does not call a peer while it is backed off. Give
+	// the transport's server the same guard (TLSTransport.SetGuard, ServeMessage), so
+	// that a peer's invalid requests back it off too. Nil: a guard of the replicator's
+	// own, logging to Logger and counting in Metrics.
+	Guard *Guard
 }
 
 // Replicator keeps this node's replica in step with its peers'. It runs one worker per
@@ -188,6 +195,9 @@ func NewReplicator(cfg Config) *Replicator {
 	if cfg.MoveRate == 0 {
 		cfg.MoveRate = DefaultMoveRate
 	}
+	if cfg.Guard == nil {
+		cfg.Guard = NewGuard(cfg.Logger, cfg.Metrics)
+	}
 	r := &Replicator{
 		cfg: cfg, self: cfg.DB.NodeID(), log: cfg.Logger,
 		workers: make(map[crdt.NodeID]*worker), caughtUp: make(chan struct{}), replanned: make(chan struct{}, 1),
@@ -201,6 +211,18 @@ func NewReplicator(cfg Config) *Replicator {
 	r.have.init()
 	r.view.Store(newView(r.selfPeer(), nil, cfg.Replicas, r.joining))
 	return r
+}
+
+// Guard returns the guard that accounts peers' invalid replies (Config.Guard).
+func (r *Replicator) Guard() *Guard { return r.cfg.Guard }
+
+// replyErr accounts err, a call to peer of kind that failed, against peer when the reply
+// was invalid, and returns err.
+func (r *Replicator) replyErr(peer Peer, kind string, err error) error {
+	if errors.Is(err, ErrInvalidMessage) {
+		r.cfg.Guard.Invalid(PeerKey(peer.Addr), kind+"_reply", err)
+	}
+	return err
 }
 
 func (r *Replicator) selfPeer() Peer {
@@ -509,7 +531,18 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 	defer timer.Stop()
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
+	key := PeerKey(w.peer.Addr)
 	for {
+		if d := r.cfg.Guard.Backoff(key); d > 0 {
+			// The peer sent something invalid: call it again only once its backoff ends.
+			until := time.Now().Add(d)
+			if needSync && syncAfter.Before(until) {
+				syncAfter = until
+			}
+			if !pushRetry || pushAfter.Before(until) {
+				pushRetry, pushAfter = true, until
+			}
+		}
 		if needSync && !time.Now().Before(syncAfter) {
 			if res, err := r.sync(ctx, w.peer, false); err == nil {
 				needSync, syncBackoff = false, 0
@@ -683,7 +716,7 @@ func (r *Replicator) push(ctx context.Context, w *worker, req PushRequest) error
 	if err == nil && rep.Era != w.peerEra {
 		w.stale = true
 	}
-	return err
+	return r.replyErr(w.peer, "push", err)
 }
 
 // ownSince reports whether the change carries a write of this node's that is its to push:
@@ -795,7 +828,7 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) (PushReply
 		r.have.distrust(req.From, res.Refused)
 	}
 	if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
-		r.have.pushed(req.Through, req.Placement, req.Held, req.Era)
+		r.have.pushed(r.clamp(req.Through), req.Placement, req.Held, req.Era)
 	}
 	now := r.cfg.Now()
 	var newest time.Duration = -1
@@ -1078,8 +1111,9 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *
 	rep, err := r.cfg.Transport.Digest(ctx, peer, req)
 	if err != nil {
 		r.cfg.Metrics.round("error")
-		return syncResult{}, false, err
+		return syncResult{}, false, r.replyErr(peer, "digest", err)
 	}
+	rep.Have = r.clampBookmark(rep.Have)
 	if rep.HaveMask != nil || scope.compared != nil {
 		// What the peer's Have is about, as the peer says (its placement may differ from
 		// ours): the partitions it holds and knows of, of those compared.
@@ -1170,8 +1204,11 @@ func (r *Replicator) noteCaughtUp() {
 // size).
 func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, req LeavesRequest, pull bool) (truncated bool, refused []string, err error) {
 	rep, err := r.cfg.Transport.Leaves(ctx, peer, req)
+	if err == nil {
+		err = checkLeavesReply(req, rep)
+	}
 	if err != nil {
-		return false, nil, err
+		return false, nil, r.replyErr(peer, "leaves", err)
 	}
 	if len(rep.Changes) > 0 {
 		res, err := r.cfg.DB.ApplyRemote(ctx, rep.Changes)
@@ -1204,6 +1241,9 @@ func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.
 		if err == nil {
 			continue
 		}
+		if r.replyErr(peer, "push", err); errors.Is(err, ErrInvalidMessage) {
+			return err // a faulty peer: no point pushing it each change alone
+		}
 		if ctx.Err() != nil {
 			return err
 		}
@@ -1218,4 +1258,83 @@ func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.
 		}
 	}
 	return first
+}
+
+// clamp returns ts, or, if it is later than any write this node could hold (beyond
+// MaxSkew ahead of its clock: storage refuses such writes), the latest it could hold. A
+// peer's Through or Have that claims more is from a far-skewed or faulty peer; what it
+// says of earlier writes still holds.
+func (r *Replicator) clamp(ts crdt.Timestamp) crdt.Timestamp {
+	limit := r.cfg.Now().Add(r.cfg.MaxSkew).UnixNano()
+	if ts.Wall <= limit {
+		return ts
+	}
+	return crdt.Timestamp{Wall: limit, Node: ts.Node}
+}
+
+// clampBookmark returns b with every mark clamped (see clamp).
+func (r *Replicator) clampBookmark(b crdt.Bookmark) crdt.Bookmark {
+	for _, ts := range b.Marks() {
+		if r.clamp(ts) != ts {
+			var out crdt.Bookmark
+			for _, ts := range b.Marks() {
+				out.Add(r.clamp(ts))
+			}
+			return out
+		}
+	}
+	return b
+}
+
+// checkLeavesReply returns an error wrapping ErrInvalidMessage unless rep is a reply
+// HandleLeaves could give to req: not cut short (Truncated) without a change, and every
+// key of it one req asked about: each change and each wanted key lies
+// in one of req's leaves (one of the key's homes), within that leaf's key range, and is
+// one of the keys offered where the leaf was compared Only. A reply that names other
+// keys would make this node send records nobody asked for, or merge ones it did not
+// compare.
+func checkLeavesReply(req LeavesRequest, rep LeavesReply) error {
+	var offered map[string]bool // the keys of the Only leaves, built once needed
+	asked := func(key string) bool {
+		homes := crdt.KeyHomes(key)
+		for i := range req.Leaves {
+			lp := &req.Leaves[i]
+			if !homes.Contains(lp.Leaf) || !lp.covers(key) {
+				continue
+			}
+			if !lp.Only {
+				return true
+			}
+			if offered == nil {
+				offered = make(map[string]bool)
+				for _, lp := range req.Leaves {
+					if lp.Only {
+						for _, p := range lp.Pairs {
+							offered[p.Key] = true
+						}
+					}
+				}
+			}
+			if offered[key] {
+				return true
+			}
+		}
+		return false
+	}
+	if rep.Truncated && len(rep.Changes) == 0 {
+		// HandleLeaves cuts a reply only after a change: an empty cut one would only
+		// make this node ask again, round after round.
+		return invalid(errors.New("leaves reply: truncated with no change"))
+	}
+	for _, c := range rep.Changes {
+		if !asked(c.Key) {
+			return invalid(fmt.Errorf("leaves reply: change of %q, which was not compared", c.Key))
+		}
+	}
+	for _, k := range rep.Want {
+		if !asked(k) {
+			return invalid(fmt.Errorf("leaves reply: wants %q, which was not compared", k))
+		}
+	}
+	return nil
 }

@@ -29,6 +29,7 @@ type TLSTransport struct {
 	server  *http.Server
 	tlsConf *tls.Config
 	metrics *Metrics
+	guard   *Guard // nil: none; see SetGuard
 }
 
 // NewTLSTransport returns a transport whose identity is derived from seeds, 32-byte secrets
@@ -104,6 +105,11 @@ func NewTLSTransport(seeds [][]byte, metrics *Metrics) (*TLSTransport, error) {
 	return t, nil
 }
 
+// SetGuard makes Serve account invalid messages with g (see ServeMessage), keyed by the
+// caller's IP (PeerKey); the Replicator's guard (Replicator.Guard) keys its peers the
+// same way. Call it before Serve.
+func (t *TLSTransport) SetGuard(g *Guard) { t.guard = g }
+
 // selfSigned returns a long-lived certificate for key; peers pin the key, not the
 // certificate.
 func selfSigned(key ed25519.PrivateKey) ([]byte, error) {
@@ -126,52 +132,132 @@ type request[T any] interface {
 	encoding.BinaryUnmarshaler
 }
 
-func serve[T any, P request[T]](t *TLSTransport, kind string, fn func(context.Context, P) (encoding.BinaryMarshaler, error)) http.HandlerFunc {
+// decodeRequest decodes body into a fresh *T.
+func decodeRequest[T any, P request[T]](body []byte) (P, error) {
+	req := P(new(T))
+	return req, req.UnmarshalBinary(body)
+}
+
+// errUnknownKind is ServeMessage's error for a kind it does not serve.
+var errUnknownKind = errors.New("unknown sync message kind")
+
+// ServeMessage answers one sync message of kind (push, digest, leaves or counters) that
+// peer sent: it decodes body, hands the request to h, and returns the encoded reply (nil
+// for counters). It is the one place where a peer's bytes enter a node, for every
+// transport. A message that is invalid — undecodable, or refused by h as such (an error
+// matching ErrInvalidMessage) — is accounted against peer by g (counted, logged, backed
+// off), and while g backs peer off its messages are refused unread. The error tells a
+// transport what to answer: ErrInvalidMessage (the sender's fault), errBackedOff, or
+// another (this node's).
+func ServeMessage(ctx context.Context, h Handler, g *Guard, peer, kind string, body []byte) ([]byte, error) {
+	if err := g.Admit(peer); err != nil {
+		return nil, err
+	}
+	rep, err := serveMessage(ctx, h, kind, body)
+	if errors.Is(err, ErrInvalidMessage) {
+		g.Invalid(peer, kind, err)
+	}
+	return rep, err
+}
+
+func serveMessage(ctx context.Context, h Handler, kind string, body []byte) ([]byte, error) {
+	var rep encoding.BinaryMarshaler
+	switch kind {
+	case "push":
+		req, err := decodeRequest[PushRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		r, err := h.HandlePush(ctx, *req)
+		if err != nil {
+			return nil, err
+		}
+		rep = r
+	case "digest":
+		req, err := decodeRequest[DigestRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		r, err := h.HandleDigest(ctx, *req)
+		if err != nil {
+			return nil, err
+		}
+		rep = r
+	case "leaves":
+		req, err := decodeRequest[LeavesRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		r, err := h.HandleLeaves(ctx, *req)
+		if err != nil {
+			return nil, err
+		}
+		rep = r
+	case "counters":
+		ch, ok := h.(CounterHandler)
+		if !ok {
+			return nil, errUnknownKind
+		}
+		req, err := decodeRequest[CountersMessage](body)
+		if err != nil {
+			return nil, err
+		}
+		return nil, ch.HandleCounters(ctx, *req)
+	default:
+		return nil, errUnknownKind
+	}
+	return rep.MarshalBinary()
+}
+
+// serve answers kind's messages with h through ServeMessage; the peer is the remote IP.
+func (t *TLSTransport) serve(h Handler, kind string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxMessage))
 		if err != nil {
+			t.guard.Invalid(PeerKey(r.RemoteAddr), kind, invalid(err))
 			http.Error(w, "read request: "+err.Error(), http.StatusRequestEntityTooLarge)
 			return
 		}
 		t.metrics.bytes("received", kind, len(body))
-		req := P(new(T))
-		if err := req.UnmarshalBinary(body); err != nil {
+		out, err := ServeMessage(r.Context(), h, t.guard, PeerKey(r.RemoteAddr), kind, body)
+		switch {
+		case errors.Is(err, ErrInvalidMessage):
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
-		}
-		rep, err := fn(r.Context(), req)
-		if err != nil {
+		case errors.Is(err, errBackedOff):
+			http.Error(w, err.Error(), http.StatusTooManyRequests)
+			return
+		case errors.Is(err, errUnknownKind):
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		case err != nil:
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		var out []byte
-		if rep != nil {
-			out, _ = rep.MarshalBinary()
-		}
 		t.metrics.bytes("sent", kind, len(out))
 		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Write(out)
+		_, _ = w.Write(out)
 	}
+}
+
+// PeerKey is how a Guard names a peer reached at, or calling from, addr: its host, so
+// that its sync address and the ports it calls from name the same peer.
+func PeerKey(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
 }
 
 // Serve answers sync requests on ln with h until Shutdown; call it once. It returns
 // http.ErrServerClosed after Shutdown.
 func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /sync/v1/push", serve(t, "push", func(ctx context.Context, req *PushRequest) (encoding.BinaryMarshaler, error) {
-		rep, err := h.HandlePush(ctx, *req)
-		return rep, err
-	}))
-	mux.HandleFunc("POST /sync/v1/digest", serve(t, "digest", func(ctx context.Context, req *DigestRequest) (encoding.BinaryMarshaler, error) {
-		rep, err := h.HandleDigest(ctx, *req)
-		return rep, err
-	}))
-	mux.HandleFunc("POST /sync/v1/leaves", serve(t, "leaves", func(ctx context.Context, req *LeavesRequest) (encoding.BinaryMarshaler, error) {
-		rep, err := h.HandleLeaves(ctx, *req)
-		return rep, err
-	}))
-	if ch, ok := h.(CounterHandler); ok { // see WithCounters
-		t.serveCounters(mux, ch)
+	for _, kind := range []string{"push", "digest", "leaves"} {
+		mux.HandleFunc("POST /sync/v1/"+kind, t.serve(h, kind))
+	}
+	if _, ok := h.(CounterHandler); ok { // see WithCounters
+		mux.HandleFunc("POST /sync/v1/counters", t.serve(h, "counters"))
 	}
 	if t.forward != nil {
 		mux.Handle("POST "+forwardPath, t.forward)
@@ -211,16 +297,26 @@ func (t *TLSTransport) call(ctx context.Context, to Peer, kind string, req encod
 	}
 	t.metrics.bytes("received", kind, len(out))
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("sync %s to %s: %s: %s", kind, to.Name, resp.Status, bytes.TrimSpace(out))
+		msg := bytes.TrimSpace(out)
+		if len(msg) > maxErrorText { // the peer's text goes into our logs: bound it
+			msg = append(msg[:maxErrorText:maxErrorText], "…"...)
+		}
+		return fmt.Errorf("sync %s to %s: %s: %q", kind, to.Name, resp.Status, msg)
 	}
 	if len(out) > MaxMessage {
-		return fmt.Errorf("sync %s to %s: reply over %d bytes", kind, to.Name, MaxMessage)
+		return fmt.Errorf("sync %s to %s: reply over %d bytes: %w", kind, to.Name, MaxMessage, ErrInvalidMessage)
 	}
 	if rep == nil {
 		return nil
 	}
-	return rep.UnmarshalBinary(out)
+	if err := rep.UnmarshalBinary(out); err != nil {
+		return fmt.Errorf("sync %s to %s: reply: %w", kind, to.Name, invalid(err))
+	}
+	return nil
 }
+
+// maxErrorText bounds the part of a peer's error reply that goes into an error.
+const maxErrorText = 256
 
 // Push implements Transport.
 func (t *TLSTransport) Push(ctx context.Context, to Peer, req PushRequest) (PushReply, error) {

@@ -110,6 +110,7 @@ type Cluster struct {
 	groups    map[int]int
 	followNet bool         // membership sees the partition
 	frozen    map[int]bool // nodes whose membership no longer changes (Freeze)
+	faulty    []*Faulty    // faulty peers every honest node sees (AddFaulty)
 }
 
 // events counts the faults a cluster went through.
@@ -146,6 +147,7 @@ type Node struct {
 	mu       sync.RWMutex
 	db       *storage.DB
 	rep      *cluster.Replicator
+	metrics  *cluster.Metrics
 	rejected *countingCounter
 	api      API
 }
@@ -230,6 +232,14 @@ func (n *Node) Rejected() int64 {
 	return n.rejected.n.Load()
 }
 
+// Metrics returns the replication metrics of the node's current run (nil before it
+// first started).
+func (n *Node) Metrics() *cluster.Metrics {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.metrics
+}
+
 // DB returns the node's replica, or nil while it is down.
 func (n *Node) DB() *storage.DB {
 	n.mu.RLock()
@@ -296,7 +306,7 @@ func (n *Node) start() error {
 	st := Store{DB: db, Model: c.Model}
 	clock := db.Clock()
 	n.mu.Lock()
-	n.db, n.rep, n.rejected = db, rep, rejected
+	n.db, n.rep, n.rejected, n.metrics = db, rep, rejected, m
 	n.api = API{
 		DB:       db,
 		Users:    &functions.Users{Store: st, Clock: clock, Passwords: Passwords()},
@@ -345,6 +355,9 @@ func (c *Cluster) viewLocked(i int) []cluster.Peer {
 			continue
 		}
 		out = append(out, n.Peer())
+	}
+	for _, f := range c.faulty {
+		out = append(out, f.Peer())
 	}
 	return out
 }
