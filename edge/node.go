@@ -154,6 +154,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	n.tokens = newTokens(keys, n.cfg.Now)
+	if err := n.tokens.loadRetired(n.cfg.DataDir, keys); err != nil {
+		return err
+	}
 	n.limits = newLimiter(n.counters)
 	n.limits.nodes = func() int { return 1 + n.replicator.Peers() }
 	st := store{DB: n.db}
@@ -355,7 +358,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		MaxSkew: n.cfg.MaxSkew, FetchTimeout: n.cfg.BookmarkTimeout, MoveRate: max(n.cfg.MoveRate, -1) << 20,
 		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
 	})
-	n.transport.SetGuard(n.replicator.Guard()) // one account of each faulty peer, both ways
+	n.transport.SetGuard(n.replicator.Guard(), n.cfg.NodeName) // one account of each faulty peer, both ways
 	n.replicator.Start()
 	if n.counters, err = cluster.NewCounters(cluster.CountersConfig{
 		Self: runID(), Transport: n.transport, Windows: counterWindows(), FlushEvery: n.cfg.CounterFlush,

@@ -82,8 +82,8 @@ type Config struct {
 	Now      func() time.Time // physical clock for lag figures; default time.Now
 	Logger   *slog.Logger     // default: discard
 	Metrics  *Metrics         // nil: none
-	// Guard accounts the invalid replies of peers, which it names by PeerKey(Peer.Addr),
-	// and backs them off: this node does not call a peer while it is backed off. Give
+	// Guard accounts the invalid replies of peers, which it names by Peer.Name, and
+	// backs them off: this node does not call a peer while it is backed off. Give
 	// the transport's server the same guard (TLSTransport.SetGuard, ServeMessage), so
 	// that a peer's invalid requests back it off too. Nil: a guard of the replicator's
 	// own, logging to Logger and counting in Metrics.
@@ -220,7 +220,7 @@ func (r *Replicator) Guard() *Guard { return r.cfg.Guard }
 // was invalid, and returns err.
 func (r *Replicator) replyErr(peer Peer, kind string, err error) error {
 	if errors.Is(err, ErrInvalidMessage) {
-		r.cfg.Guard.Invalid(PeerKey(peer.Addr), kind+"_reply", err)
+		r.cfg.Guard.Invalid(peer.Name, kind+"_reply", err)
 	}
 	return err
 }
@@ -531,7 +531,7 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 	defer timer.Stop()
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
-	key := PeerKey(w.peer.Addr)
+	key := w.peer.Name
 	for {
 		if d := r.cfg.Guard.Backoff(key); d > 0 {
 			// The peer sent something invalid: call it again only once its backoff ends.

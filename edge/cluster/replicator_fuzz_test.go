@@ -124,7 +124,7 @@ func FuzzReplicatorReplies(f *testing.F) {
 		switch {
 		case !digestOK && !errors.Is(err, ErrInvalidMessage):
 			t.Fatalf("sync with an undecodable digest reply: err %v, want ErrInvalidMessage", err)
-		case err != nil && errors.Is(err, ErrInvalidMessage) && r.Guard().Backoff(PeerKey(peer.Addr)) == 0:
+		case err != nil && errors.Is(err, ErrInvalidMessage) && r.Guard().Backoff(peer.Name) == 0:
 			t.Fatalf("invalid reply (%v), yet the peer is not backed off", err)
 		case err != nil && !errors.Is(err, ErrInvalidMessage) && ctx.Err() == nil:
 			// Only a reply can fail this round: the DB and the transport otherwise work.

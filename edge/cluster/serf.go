@@ -86,6 +86,7 @@ type MembershipConfig struct {
 type Membership struct {
 	cfg    MembershipConfig
 	serf   *serf.Serf
+	ring   *memberlist.Keyring // gossip's keys; see SetKeys
 	events chan serf.Event
 	log    *slog.Logger
 
@@ -190,7 +191,7 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start serf on %s: %w", cfg.BindAddr, err)
 	}
-	m := &Membership{cfg: cfg, serf: s, events: events, log: cfg.Logger, leaveDelay: &sc.LeavePropagateDelay, warned: map[string]string{}}
+	m := &Membership{cfg: cfg, serf: s, ring: ring, events: events, log: cfg.Logger, leaveDelay: &sc.LeavePropagateDelay, warned: map[string]string{}}
 	bindHost, _, _ := net.SplitHostPort(cfg.BindAddr)
 	m.addr = net.JoinHostPort(bindHost, strconv.Itoa(int(s.Memberlist().LocalNode().Port))) // read once: SetTags rewrites the local node
 	m.ctx, m.cancel = context.WithCancel(context.Background())
@@ -324,6 +325,39 @@ func (m *Membership) Joined() error {
 	// same and gossip carries them.
 	if err := m.serf.SetTags(tags); err != nil && !strings.Contains(err.Error(), "timeout") {
 		return fmt.Errorf("tell the cluster this node joined: %w", err)
+	}
+	return nil
+}
+
+// SetKeys replaces gossip's keys at once, in this node only: keys (32 bytes each) are
+// installed, the first becomes the one gossip encrypts with, and every key not in keys is
+// removed; members are not dropped. To rotate without a partition, add a key on every
+// node before any node sends with it, and remove the old one only once every node sends
+// with the new (docs/KEY-ROTATION.md). It fails on a key of the wrong size, leaving the
+// keys as they were.
+func (m *Membership) SetKeys(keys [][]byte) error {
+	if len(keys) == 0 {
+		return errors.New("gossip: no key (gossip is always encrypted)")
+	}
+	for i, k := range keys {
+		if len(k) != 32 {
+			return fmt.Errorf("gossip key %d: %d bytes, want 32", i, len(k))
+		}
+	}
+	for _, k := range keys {
+		if err := m.ring.AddKey(k); err != nil {
+			return fmt.Errorf("gossip keyring: %w", err)
+		}
+	}
+	if err := m.ring.UseKey(keys[0]); err != nil {
+		return fmt.Errorf("gossip keyring: %w", err)
+	}
+	for _, old := range m.ring.GetKeys() {
+		if !slices.ContainsFunc(keys, func(k []byte) bool { return bytes.Equal(k, old) }) {
+			if err := m.ring.RemoveKey(old); err != nil {
+				return fmt.Errorf("gossip keyring: %w", err)
+			}
+		}
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,7 +22,10 @@ import (
 // same ed25519 identity derived from the cluster key and accepts a peer only if it proves
 // possession of one of the accepted identities (the current key or an older one still in
 // rotation), so only holders of the cluster key can exchange anything, and everything on the
-// wire is encrypted. Safe for concurrent use.
+// wire is encrypted. SetKeys changes the identities at once: the peer's key is checked on
+// every handshake, resumed ones included (tls.Config.VerifyConnection), and again on every
+// request and reply, so that a connection opened under a key since removed carries
+// nothing more. Safe for concurrent use.
 type TLSTransport struct {
 	client  *http.Client
 	streams *http.Client // forwarded requests: no timeout of its own, the caller's ctx bounds them
@@ -30,57 +34,87 @@ type TLSTransport struct {
 	tlsConf *tls.Config
 	metrics *Metrics
 	guard   *Guard // nil: none; see SetGuard
+	self    string // this node's name, sent with every request (peerHeader)
+	ids     atomic.Pointer[identities]
 }
 
-// NewTLSTransport returns a transport whose identity is derived from seeds, 32-byte secrets
-// derived from the cluster keys; the first is presented, all are accepted.
-func NewTLSTransport(seeds [][]byte, metrics *Metrics) (*TLSTransport, error) {
+// identities are the certificate a transport presents and the keys it accepts.
+type identities struct {
+	cert     *tls.Certificate
+	accepted []ed25519.PublicKey
+}
+
+// newIdentities derives the identities of seeds: the first is presented, all accepted.
+func newIdentities(seeds [][]byte) (*identities, error) {
 	if len(seeds) == 0 {
 		return nil, errors.New("sync transport: no key")
 	}
-	accepted := make([]ed25519.PublicKey, 0, len(seeds))
-	var cert tls.Certificate
+	ids := &identities{accepted: make([]ed25519.PublicKey, 0, len(seeds))}
 	for i, seed := range seeds {
 		if len(seed) != ed25519.SeedSize {
 			return nil, fmt.Errorf("sync transport: key %d is %d bytes, want %d", i, len(seed), ed25519.SeedSize)
 		}
 		priv := ed25519.NewKeyFromSeed(seed)
 		pub := priv.Public().(ed25519.PublicKey)
-		accepted = append(accepted, pub)
+		ids.accepted = append(ids.accepted, pub)
 		if i == 0 {
 			der, err := selfSigned(priv)
 			if err != nil {
 				return nil, err
 			}
-			cert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
+			ids.cert = &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
 		}
 	}
-	verify := func(raw [][]byte, _ [][]*x509.Certificate) error {
-		if len(raw) == 0 {
-			return errors.New("sync peer presented no certificate")
+	return ids, nil
+}
+
+// errPeerKey is the error for a peer that proves no accepted key.
+var errPeerKey = errors.New("sync peer holds another cluster key")
+
+// check returns nil if certs (a peer's chain) starts with a certificate of an accepted key.
+func (ids *identities) check(certs []*x509.Certificate) error {
+	if len(certs) == 0 {
+		return errors.New("sync peer presented no certificate")
+	}
+	pub, ok := certs[0].PublicKey.(ed25519.PublicKey)
+	if !ok {
+		return errors.New("sync peer certificate: not an ed25519 key")
+	}
+	for _, a := range ids.accepted {
+		if a.Equal(pub) {
+			return nil
 		}
-		c, err := x509.ParseCertificate(raw[0])
-		if err != nil {
-			return fmt.Errorf("sync peer certificate: %w", err)
-		}
-		pub, ok := c.PublicKey.(ed25519.PublicKey)
-		if !ok {
-			return errors.New("sync peer certificate: not an ed25519 key")
-		}
-		for _, a := range accepted {
-			if a.Equal(pub) {
-				return nil
-			}
-		}
-		return errors.New("sync peer holds another cluster key")
+	}
+	return errPeerKey
+}
+
+// NewTLSTransport returns a transport whose identity is derived from seeds, 32-byte secrets
+// derived from the cluster keys; the first is presented, all are accepted.
+func NewTLSTransport(seeds [][]byte, metrics *Metrics) (*TLSTransport, error) {
+	ids, err := newIdentities(seeds)
+	if err != nil {
+		return nil, err
 	}
 	t := &TLSTransport{metrics: metrics}
+	t.ids.Store(ids)
 	t.tlsConf = &tls.Config{
-		Certificates:          []tls.Certificate{cert},
-		MinVersion:            tls.VersionTLS13,
-		ClientAuth:            tls.RequireAnyClientCert,
-		InsecureSkipVerify:    true, // identity is the pinned key, checked by verify, not a CA chain or host name
-		VerifyPeerCertificate: verify,
+		MinVersion: tls.VersionTLS13,
+		ClientAuth: tls.RequireAnyClientCert,
+		// Identity is the pinned key, checked by VerifyConnection, not a CA chain or a
+		// host name. VerifyConnection runs on every handshake, resumed ones included
+		// (VerifyPeerCertificate does not); tickets are off all the same, so that every
+		// connection proves its key afresh.
+		InsecureSkipVerify:     true, // #nosec G402 -- see above
+		SessionTicketsDisabled: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return t.ids.Load().check(cs.PeerCertificates)
+		},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return t.ids.Load().cert, nil
+		},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return t.ids.Load().cert, nil
+		},
 	}
 	t.client = &http.Client{
 		Transport: &http.Transport{
@@ -105,10 +139,36 @@ func NewTLSTransport(seeds [][]byte, metrics *Metrics) (*TLSTransport, error) {
 	return t, nil
 }
 
-// SetGuard makes Serve account invalid messages with g (see ServeMessage), keyed by the
-// caller's IP (PeerKey); the Replicator's guard (Replicator.Guard) keys its peers the
-// same way. Call it before Serve.
-func (t *TLSTransport) SetGuard(g *Guard) { t.guard = g }
+// SetKeys replaces the identities at once: seeds as for NewTLSTransport, the first
+// presented from now on, all accepted. Idle connections are closed, so the next call
+// handshakes under the new keys; a connection open under a key no longer accepted
+// carries no further request or reply (each is checked). It fails, changing nothing, on
+// a bad seed.
+func (t *TLSTransport) SetKeys(seeds [][]byte) error {
+	ids, err := newIdentities(seeds)
+	if err != nil {
+		return err
+	}
+	t.ids.Store(ids)
+	t.client.CloseIdleConnections()
+	t.streams.CloseIdleConnections()
+	return nil
+}
+
+// checkPeer returns nil if the connection state cs, of a request or reply, is of a peer
+// that proves an accepted key now.
+func (t *TLSTransport) checkPeer(cs *tls.ConnectionState) error {
+	if cs == nil {
+		return errors.New("sync: not over TLS")
+	}
+	return t.ids.Load().check(cs.PeerCertificates)
+}
+
+// SetGuard makes Serve account invalid messages with g (see ServeMessage), naming each
+// caller by the name its requests carry, as the Replicator's guard (Replicator.Guard)
+// names its peers (Peer.Name); self is this node's name, which its own requests carry.
+// Call it before Serve.
+func (t *TLSTransport) SetGuard(g *Guard, self string) { t.guard, t.self = g, self }
 
 // selfSigned returns a long-lived certificate for key; peers pin the key, not the
 // certificate.
@@ -209,17 +269,22 @@ func serveMessage(ctx context.Context, h Handler, kind string, body []byte) ([]b
 	return rep.MarshalBinary()
 }
 
-// serve answers kind's messages with h through ServeMessage; the peer is the remote IP.
+// serve answers kind's messages with h through ServeMessage; the peer is named by its
+// request (peerName).
 func (t *TLSTransport) serve(h Handler, kind string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if err := t.checkPeer(r.TLS); err != nil {
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return
+		}
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxMessage))
 		if err != nil {
-			t.guard.Invalid(PeerKey(r.RemoteAddr), kind, invalid(err))
+			t.guard.Invalid(peerName(r), kind, invalid(err))
 			http.Error(w, "read request: "+err.Error(), http.StatusRequestEntityTooLarge)
 			return
 		}
 		t.metrics.bytes("received", kind, len(body))
-		out, err := ServeMessage(r.Context(), h, t.guard, PeerKey(r.RemoteAddr), kind, body)
+		out, err := ServeMessage(r.Context(), h, t.guard, peerName(r), kind, body)
 		switch {
 		case errors.Is(err, ErrInvalidMessage):
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -240,13 +305,20 @@ func (t *TLSTransport) serve(h Handler, kind string) http.HandlerFunc {
 	}
 }
 
-// PeerKey is how a Guard names a peer reached at, or calling from, addr: its host, so
-// that its sync address and the ports it calls from name the same peer.
-func PeerKey(addr string) string {
-	if host, _, err := net.SplitHostPort(addr); err == nil {
-		return host
+// peerHeader carries the caller's node name (Peer.Name) on sync requests, so that a
+// Guard names a peer alike whether it calls or is called. Only holders of the cluster
+// key reach the handler, and one could claim another's name — and do worse anyway.
+const peerHeader = "Sessiond-Peer"
+
+// peerName returns the name a sync request's caller gives, or, without one, its IP.
+func peerName(r *http.Request) string {
+	if name := r.Header.Get(peerHeader); name != "" && len(name) <= 256 {
+		return name
 	}
-	return addr
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return "ip:" + host
+	}
+	return "ip:" + r.RemoteAddr
 }
 
 // Serve answers sync requests on ln with h until Shutdown; call it once. It returns
@@ -260,7 +332,14 @@ func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
 		mux.HandleFunc("POST /sync/v1/counters", t.serve(h, "counters"))
 	}
 	if t.forward != nil {
-		mux.Handle("POST "+forwardPath, t.forward)
+		fwd := t.forward
+		mux.HandleFunc("POST "+forwardPath, func(w http.ResponseWriter, r *http.Request) {
+			if err := t.checkPeer(r.TLS); err != nil {
+				http.Error(w, err.Error(), http.StatusForbidden)
+				return
+			}
+			fwd.ServeHTTP(w, r)
+		})
 	}
 	t.server.Handler = mux
 	return t.server.Serve(tls.NewListener(ln, t.tlsConf))
@@ -285,11 +364,17 @@ func (t *TLSTransport) call(ctx context.Context, to Peer, kind string, req encod
 	if err != nil {
 		return err
 	}
+	if t.self != "" {
+		hreq.Header.Set(peerHeader, t.self)
+	}
 	resp, err := t.client.Do(hreq)
 	if err != nil {
 		return fmt.Errorf("sync %s to %s: %w", kind, to.Name, err)
 	}
 	defer resp.Body.Close()
+	if err := t.checkPeer(resp.TLS); err != nil {
+		return fmt.Errorf("sync %s to %s: %w", kind, to.Name, err)
+	}
 	t.metrics.bytes("sent", kind, len(body))
 	out, err := io.ReadAll(io.LimitReader(resp.Body, MaxMessage+1))
 	if err != nil {
@@ -359,6 +444,10 @@ func (t *TLSTransport) Forward(ctx context.Context, to Peer, header http.Header,
 	req.Header = header
 	resp, err := t.streams.Do(req)
 	if err != nil {
+		return nil, fmt.Errorf("forward to %s: %w", to.Name, err)
+	}
+	if err := t.checkPeer(resp.TLS); err != nil {
+		resp.Body.Close()
 		return nil, fmt.Errorf("forward to %s: %w", to.Name, err)
 	}
 	return resp, nil

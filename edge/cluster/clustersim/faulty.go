@@ -63,7 +63,7 @@ const maxSeen = 64
 // AddFaulty adds a faulty peer named name with a seeded source and puts it in every
 // honest node's peer list; Start makes it send. The cluster's cleanup stops it.
 func (c *Cluster) AddFaulty(name string, seed int64) *Faulty {
-	id := crdt.NodeID(0xfa0175eed0000000 | uint64(seed)&0xffffff) // #nosec G115 -- a made-up ID
+	id := crdt.NodeID(0xfa0175eed0000000 | uint64(seed)&0xffffff)                            // #nosec G115 -- a made-up ID
 	f := &Faulty{Name: name, ID: id, c: c, rng: rand.New(rand.NewPCG(uint64(seed), 0xfa17))} // #nosec G115 G404 -- a seeded test source
 	c.Net.RegisterFunc(name, f.ID, f.answer)
 	c.mu.Lock()

@@ -111,7 +111,7 @@ func NewNetwork(seed int64) *Network {
 
 // Register makes addr reachable, answered by h as node id through cluster.ServeMessage,
 // as a node's sync server answers, with h's guard when it has one (a
-// *cluster.Replicator): calls to addr that name another node ID fail, as a restarted
+// *cluster.Replicator), naming callers by their address (a node's name): calls to addr that name another node ID fail, as a restarted
 // process under a new identity would.
 func (n *Network) Register(addr string, id crdt.NodeID, h cluster.Handler) {
 	var g *cluster.Guard
@@ -119,7 +119,7 @@ func (n *Network) Register(addr string, id crdt.NodeID, h cluster.Handler) {
 		g = gh.Guard()
 	}
 	n.RegisterFunc(addr, id, func(ctx context.Context, from, kind string, req []byte) ([]byte, error) {
-		return cluster.ServeMessage(ctx, h, g, cluster.PeerKey(from), kind, req)
+		return cluster.ServeMessage(ctx, h, g, from, kind, req)
 	})
 }
 

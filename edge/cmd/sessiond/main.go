@@ -144,7 +144,7 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "how many nodes of each region hold each key, `N`; 0: every node holds everything.\nThe same on every node; a node forwards requests for keys it does not hold")
 	fs.IntVar(&c.MoveRate, "move-rate", c.MoveRate, "`MiB` per second of stored data this node sends to peers by anti-entropy and handoff\n(data moving after membership changes, repairs; not new writes); negative: unbounded")
 	fs.StringVar(&f.join, "join", "", "comma-separated `ADDR`s of members to join; none: a cluster of one")
-	fs.StringVar(&f.keyFile, "cluster-key-file", "", "`FILE` with the cluster key (base64 of 32 bytes; more lines: older keys still accepted);\nwithout it a lone node keeps a generated key in --data")
+	fs.StringVar(&f.keyFile, "cluster-key-file", "", "`FILE` with the cluster key (base64 of 32 bytes; more lines: older keys still accepted),\nre-read on SIGHUP (key rotation: docs/KEY-ROTATION.md); without it a lone node keeps a generated key in --data")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "absolute lifetime of a session")
 	fs.DurationVar(&c.IdleTTL, "idle-ttl", c.IdleTTL, "a session unused this long expires")
 	fs.DurationVar(&c.MaxSkew, "max-skew", c.MaxSkew, "remote timestamps further ahead of local time are rejected")
@@ -272,7 +272,16 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	logger.Info("serving", "url", "http://"+node.HTTPAddr(), "version", versionString())
-	<-ctx.Done()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-hup:
+			reloadKeys(node, f.keyFile, logger)
+		}
+	}
 	stop()
 	logger.Info("shutting down")
 	if err := node.Close(context.Background()); err != nil {
@@ -280,6 +289,23 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// reloadKeys re-reads the key file and makes its keys the node's (SIGHUP): see
+// edge.Node.ReloadKeys and docs/KEY-ROTATION.md. A file that cannot be read or parsed
+// changes nothing and is logged.
+func reloadKeys(node *edge.Node, file string, logger *slog.Logger) {
+	if file == "" {
+		logger.Warn("SIGHUP: no --cluster-key-file to re-read; the cluster keys stay as they are")
+		return
+	}
+	keys, err := readClusterKeys(file)
+	if err == nil {
+		err = node.ReloadKeys(keys)
+	}
+	if err != nil {
+		logger.Error("SIGHUP: cluster keys not reloaded; they stay as they were", slog.Any("err", err))
+	}
 }
 
 // readClusterKeys reads the key file, or SESSIOND_CLUSTER_KEY, or returns none.
