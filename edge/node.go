@@ -387,7 +387,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		NodeName: n.cfg.NodeName, Region: n.cfg.Region, ID: n.db.NodeID(),
 		BindAddr: n.cfg.GossipAddr, Advertise: n.cfg.Advertise, SyncAddr: advertisedSync, Replicas: n.cfg.Replicas,
 		Joining:    n.joining(),
-		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip,
+		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip, Protocol: n.syncProtocols(),
 		Snapshot: filepath.Join(n.cfg.DataDir, "serf.snapshot"),
 		Root:     func() uint64 { d := n.db.Digest(); return d.Root() },
 		OnPeers:  func(p []cluster.Peer) { n.replicator.SetPeers(p); n.counters.SetPeers(p) },

@@ -4,7 +4,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+
+	"github.com/sessiond/sessiond/edge/cluster"
 )
+
+// syncProtocols returns the sync protocol versions this node speaks (Config.SyncProtocolMax).
+func (n *Node) syncProtocols() cluster.ProtocolRange {
+	r := cluster.Supported()
+	if n.cfg.SyncProtocolMax != 0 {
+		r.Max = n.cfg.SyncProtocolMax
+	}
+	return r
+}
 
 // ReloadKeys makes keys the cluster keys (the first sends and signs, all are accepted),
 // at once and without a restart — main calls it on SIGHUP with the re-read key file. It

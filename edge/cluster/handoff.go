@@ -177,6 +177,7 @@ func (r *Replicator) offer(ctx context.Context, peer Peer, p int, keys []storage
 		for i := range req.Leaves {
 			req.Leaves[i].Only = true
 		}
+		req.Version = peer.Proto
 		rep, err := r.cfg.Transport.Leaves(ctx, peer, req)
 		if err == nil {
 			err = checkLeavesReply(req, rep)

@@ -29,6 +29,9 @@ type Peer struct {
 	// Joining says the peer is catching up before it takes its share of the partitions:
 	// placement leaves it out until it has (Config.Joining).
 	Joining bool
+	// Proto is the sync protocol version to speak with the peer: the highest both speak
+	// (ProtocolRange.Common); 0: ProtocolVersion. Membership sets it.
+	Proto uint8
 }
 
 // Transport carries sync requests to a peer's Handler. Implementations must be safe for
@@ -712,6 +715,7 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 
 // push sends req to the worker's peer and notes a reply from another era (w.stale).
 func (r *Replicator) push(ctx context.Context, w *worker, req PushRequest) error {
+	req.Version = w.peer.Proto
 	rep, err := r.cfg.Transport.Push(ctx, w.peer, req)
 	if err == nil && rep.Era != w.peerEra {
 		w.stale = true
@@ -856,7 +860,7 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) (PushReply
 	}
 	// Read last: a sender whose Through this push did not count, because we changed era
 	// meanwhile, learns so from this reply.
-	return PushReply{Era: r.have.currentEra()}, nil
+	return PushReply{Version: req.Version, Era: r.have.currentEra()}, nil
 }
 
 func (r *Replicator) count(res storage.ApplyResult) {
@@ -880,7 +884,7 @@ func (r *Replicator) HandleDigest(ctx context.Context, req DigestRequest) (Diges
 	}
 	// What we hold is read before the digest: the requester, once it has what the digest
 	// leads it to, holds at least that.
-	rep := DigestReply{Era: r.have.currentEra()}
+	rep := DigestReply{Version: req.Version, Era: r.have.currentEra()}
 	rep.Have, rep.HaveMask = r.haveOf(req.Mask)
 	d := r.cfg.DB.Digest()
 	d.Restrict(req.Mask)
@@ -897,7 +901,7 @@ func (r *Replicator) HandleDigest(ctx context.Context, req DigestRequest) (Diges
 // for every key we lack or hold differently. The changes it returns are bounded by the
 // budget; past it, the reply is marked Truncated and the requester's next round goes on.
 func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (LeavesReply, error) {
-	var rep LeavesReply
+	rep := LeavesReply{Version: req.Version}
 	size := 0
 	for _, lp := range req.Leaves {
 		mine, err := r.cfg.DB.LeafPairs(ctx, lp.Leaf)
@@ -1107,7 +1111,7 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *
 		}
 		scope = roundScope{compared: &compared, full: &partitionSet{}}
 	}
-	req.Branches = d.Branches()
+	req.Branches, req.Version = d.Branches(), peer.Proto
 	rep, err := r.cfg.Transport.Digest(ctx, peer, req)
 	if err != nil {
 		r.cfg.Metrics.round("error")
@@ -1203,6 +1207,7 @@ func (r *Replicator) noteCaughtUp() {
 // reply was truncated and the keys of the peer's changes this node refused (clock skew,
 // size).
 func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, req LeavesRequest, pull bool) (truncated bool, refused []string, err error) {
+	req.Version = peer.Proto
 	rep, err := r.cfg.Transport.Leaves(ctx, peer, req)
 	if err == nil {
 		err = checkLeavesReply(req, rep)
@@ -1237,7 +1242,7 @@ func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.
 		if err := r.moving(ctx, size); err != nil {
 			return err
 		}
-		_, err := r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch})
+		_, err := r.cfg.Transport.Push(ctx, peer, PushRequest{Version: peer.Proto, From: r.self, Changes: batch})
 		if err == nil {
 			continue
 		}
@@ -1254,7 +1259,7 @@ func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.
 			continue
 		}
 		for i := range batch {
-			_, _ = r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch[i : i+1]})
+			_, _ = r.cfg.Transport.Push(ctx, peer, PushRequest{Version: peer.Proto, From: r.self, Changes: batch[i : i+1]})
 		}
 	}
 	return first

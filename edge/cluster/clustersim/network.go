@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -86,8 +87,9 @@ type ServeFunc func(ctx context.Context, from, kind string, req []byte) ([]byte,
 
 // LinkStats counts the traffic of one link.
 type LinkStats struct {
-	Calls map[string]int // by kind: push, digest, leaves, counters
-	Bytes int            // requests and replies
+	Calls    map[string]int // by kind: push, digest, leaves, counters
+	Versions map[byte]int   // requests by protocol version (their first byte)
+	Bytes    int            // requests and replies
 }
 
 var (
@@ -233,11 +235,10 @@ func (n *Network) ResetStats() {
 func (n *Network) LinkStats(from, to string) LinkStats {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	out := LinkStats{Calls: map[string]int{}}
+	out := LinkStats{Calls: map[string]int{}, Versions: map[byte]int{}}
 	if s := n.stats[link{from, to}]; s != nil {
-		for k, v := range s.Calls {
-			out.Calls[k] = v
-		}
+		maps.Copy(out.Calls, s.Calls)
+		maps.Copy(out.Versions, s.Versions)
 		out.Bytes = s.Bytes
 	}
 	return out
@@ -287,16 +288,20 @@ func (n *Network) rngLocked(l link) *rand.Rand {
 	return r
 }
 
-func (n *Network) plan(from string, to cluster.Peer, kind string, size int) (callPlan, error) {
+func (n *Network) plan(from string, to cluster.Peer, kind string, req []byte) (callPlan, error) {
+	size := len(req)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	l := link{from, to.Addr}
 	st := n.stats[l]
 	if st == nil {
-		st = &LinkStats{Calls: map[string]int{}}
+		st = &LinkStats{Calls: map[string]int{}, Versions: map[byte]int{}}
 		n.stats[l] = st
 	}
 	st.Calls[kind]++
+	if len(req) > 0 {
+		st.Versions[req[0]]++
+	}
 	st.Bytes += size
 	ep, err := n.reachableLocked(from, to)
 	if err != nil {
@@ -341,10 +346,13 @@ func (n *Network) Send(ctx context.Context, from string, to cluster.Peer, kind s
 
 // call carries one request from → to and returns the encoded reply.
 func (n *Network) call(ctx context.Context, from string, to cluster.Peer, kind string, req []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // a caller that gave up sends nothing (nor counts in LinkStats)
+	}
 	if len(req) > n.maxMessage {
 		return nil, fmt.Errorf("sync %s to %s: message of %d bytes over the %d limit", kind, to.Name, len(req), n.maxMessage)
 	}
-	p, err := n.plan(from, to, kind, len(req))
+	p, err := n.plan(from, to, kind, req)
 	if err != nil {
 		return nil, err
 	}

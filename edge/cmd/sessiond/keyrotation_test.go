@@ -191,3 +191,18 @@ var errForbidden = &httpError{http.StatusForbidden}
 type httpError struct{ status int }
 
 func (e *httpError) Error() string { return http.StatusText(e.status) }
+
+// TestSyncProtocolMaxFlag: --test-sync-protocol-max is a test hook, and refuses a version
+// this build does not speak.
+func TestSyncProtocolMaxFlag(t *testing.T) {
+	base := []string{"--data", t.TempDir(), "--http", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--sync", "127.0.0.1:0"}
+	if _, errOut, code := runBin(t, nil, append(base, "--test-sync-protocol-max", "5")...); code != 2 || !strings.Contains(errOut, "needs --enable-test-hooks") {
+		t.Errorf("without --enable-test-hooks: exit %d, stderr %q; want 2 and a hint", code, errOut)
+	}
+	for _, v := range []string{"4", "99", "300"} {
+		_, errOut, code := runBin(t, nil, append(base, "--enable-test-hooks", "--test-sync-protocol-max", v)...)
+		if code == 0 || !strings.Contains(errOut, v) {
+			t.Errorf("--test-sync-protocol-max %s: exit %d, stderr %q; want a failure naming it", v, code, errOut)
+		}
+	}
+}

@@ -116,6 +116,7 @@ type flags struct {
 	showVersion    bool
 	testHooks      bool
 	clockOffset    time.Duration
+	protocolMax    uint
 	join           string
 	keyFile        string
 	logFormat      string
@@ -163,6 +164,7 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "bound on a graceful shutdown")
 	fs.BoolVar(&f.testHooks, "enable-test-hooks", false, "allow the flags below that exist only for fault-injection tests")
 	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "(test hook) shift this node's clock by `DURATION`, to test skew handling; needs --enable-test-hooks")
+	fs.UintVar(&f.protocolMax, "test-sync-protocol-max", 0, "(test hook) speak sync protocol `VERSION` at most, as the previous release would (upgrade tests); needs --enable-test-hooks")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: `text|json`")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: `debug|info|warn|error`")
 	fs.Float64Var(&c.AccessLogSample, "access-log-sample", c.AccessLogSample, "`FRACTION` (0 to 1) of requests answered below 400 that get an access log line (info level);\nevery request answered 400 or above gets one")
@@ -247,6 +249,17 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		offset := f.clockOffset
 		cfg.Now = func() time.Time { return time.Now().Add(offset) }
 		logger.Warn("test hook: clock shifted", "offset", offset)
+	}
+	if f.protocolMax != 0 {
+		if !f.testHooks {
+			fmt.Fprintln(stderr, "sessiond: --test-sync-protocol-max is a test hook: it needs --enable-test-hooks")
+			return 2
+		}
+		if f.protocolMax > 255 {
+			fmt.Fprintf(stderr, "sessiond: --test-sync-protocol-max %d: not a protocol version\n", f.protocolMax)
+			return 2
+		}
+		cfg.SyncProtocolMax = uint8(f.protocolMax) // #nosec G115 -- at most 255, checked above; Validate checks the range
 	}
 	cfg.Join = splitList(f.join)
 	cfg.CORSOrigins = splitList(f.cors)
