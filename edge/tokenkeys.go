@@ -142,13 +142,13 @@ func writeRetired(dir string, keys []retiredKey) error {
 	if err != nil {
 		return fmt.Errorf("write retired token keys: %w", err)
 	}
-	defer os.Remove(tmp.Name()) // after the rename, a no-op
+	defer func() { _ = os.Remove(tmp.Name()) }() // after the rename, a no-op
 	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
+		_ = tmp.Close()
 		return fmt.Errorf("write retired token keys: %w", err)
 	}
 	if err := tmp.Sync(); err != nil {
-		tmp.Close()
+		_ = tmp.Close()
 		return fmt.Errorf("write retired token keys: %w", err)
 	}
 	if err := tmp.Close(); err != nil {

@@ -1246,7 +1246,7 @@ func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.
 		if err == nil {
 			continue
 		}
-		if r.replyErr(peer, "push", err); errors.Is(err, ErrInvalidMessage) {
+		if errors.Is(r.replyErr(peer, "push", err), ErrInvalidMessage) {
 			return err // a faulty peer: no point pushing it each change alone
 		}
 		if ctx.Err() != nil {

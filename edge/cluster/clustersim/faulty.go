@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -200,7 +201,7 @@ func (f *Faulty) outOfRangeLocked(head []byte, kind string, request bool) []byte
 	switch {
 	case !request && kind == "leaves" && r.IntN(2) == 0:
 		// A well-formed reply that wants, and offers, keys nobody compared.
-		rep := cluster.LeavesReply{Want: []string{crdt.UserKey("faulty-" + string(rune('a'+r.IntN(26))))}}
+		rep := cluster.LeavesReply{Want: []string{crdt.UserKey(fmt.Sprintf("faulty-%d", r.IntN(26)))}}
 		b, _ := rep.MarshalBinary()
 		return b
 	case request && kind == "push" && r.IntN(2) == 0:
@@ -214,13 +215,13 @@ func (f *Faulty) outOfRangeLocked(head []byte, kind string, request bool) []byte
 	case 1: // a branch beyond the digest
 		return u(u(head, 1), huge)
 	case 2: // a leaf beyond the digest
-		return u(u(head, 1), uint64(crdt.DigestLeaves+r.IntN(1000)))
+		return u(u(head, 1), crdt.DigestLeaves+r.Uint64N(1000))
 	case 3: // a partition mask of the wrong length
 		b := u(head, 0)
-		return u(b, uint64(1+r.IntN(crdt.Partitions/64-1)))
+		return u(b, 1+r.Uint64N(crdt.Partitions/64-1))
 	case 4: // a counter set beyond the limit
 		b := u(u64(head, uint64(f.ID)), 1)
-		return u(u(u(u(b, uint64(cluster.MaxCounterSets+r.IntN(100))), 0), 0), 1)
+		return u(u(u(u(b, cluster.MaxCounterSets+r.Uint64N(100)), 0), 0), 1)
 	default: // a bookmark of far-future, unordered marks
 		var bm crdt.Bookmark
 		bm.Add(far)
@@ -228,13 +229,13 @@ func (f *Faulty) outOfRangeLocked(head []byte, kind string, request bool) []byte
 		if len(p) > 2 {
 			p[2] ^= 0x80
 		}
-		return append(u(u(head, 0), uint64(len(p))), p...)
+		return append(u(u(head, 0), uint64(len(p))), p...) // #nosec G115 -- a length
 	}
 }
 
 // fill fills b with random bytes.
 func fill(r *rand.Rand, b []byte) {
 	for i := range b {
-		b[i] = byte(r.Uint32())
+		b[i] = byte(r.Uint32() & 0xff)
 	}
 }
