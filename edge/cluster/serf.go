@@ -412,14 +412,11 @@ func (m *Membership) Members() []Member {
 				status = "suspect"
 			}
 		}
-		var proto uint8
-		if status == "alive" {
-			theirs, err := memberProtocols(sm.Tags)
-			var ok bool
-			if err == nil {
-				proto, ok = m.cfg.Protocol.Common(theirs)
-			}
-			if !ok {
+		theirs, err := memberProtocols(sm.Tags)
+		proto, ok := m.cfg.Protocol.Common(theirs)
+		if err != nil || !ok {
+			proto = 0
+			if status == "alive" || status == "suspect" {
 				reason := "proto " + strconv.Quote(sm.Tags[tagProtoMin]+".."+sm.Tags[tagProto])
 				m.warnOnce(sm.Name, reason,
 					"member shares no sync protocol version with this node; treating it as partitioned until one of the two is upgraded",
