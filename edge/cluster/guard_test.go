@@ -2,8 +2,10 @@ package cluster
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/storage"
 )
 
 // TestGuard: each invalid message backs the peer off, twice as long as the one before up
@@ -97,3 +100,37 @@ func TestCheckLeavesReply(t *testing.T) {
 }
 
 func crdtHome(key string) int { return crdt.KeyHomes(key).First() }
+
+// rawTransport answers digests with a reply that no decoder would produce.
+type rawTransport struct {
+	replyTransport
+	digest DigestReply
+}
+
+func (t *rawTransport) Digest(context.Context, Peer, DigestRequest) (DigestReply, error) {
+	return t.digest, nil
+}
+
+// TestSyncUndecodedReply: a transport that hands over replies without decoding them
+// (an in-process one) cannot make the replicator index out of range: an out-of-range
+// branch is an invalid reply, and backs the peer off.
+func TestSyncUndecodedReply(t *testing.T) {
+	db, err := storage.Open(filepath.Join(t.TempDir(), "u.db"), storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, bl := range []BranchLeaves{
+		{Branch: crdt.DigestBranches, Leaves: make([]uint64, crdt.DigestBranches)},
+		{Branch: -1, Leaves: make([]uint64, crdt.DigestBranches)},
+		{Branch: 0, Leaves: make([]uint64, crdt.DigestBranches+1)},
+	} {
+		r := NewReplicator(Config{DB: db, Transport: &rawTransport{digest: DigestReply{Branches: []BranchLeaves{bl}}}})
+		r.Start()
+		err := r.SyncWith(context.Background(), Peer{ID: 2, Name: "p"})
+		r.Close()
+		if !errors.Is(err, ErrInvalidMessage) || r.Guard().Count("p") != 1 {
+			t.Errorf("branch %d with %d leaves: err %v, counted %d; want ErrInvalidMessage, counted once", bl.Branch, len(bl.Leaves), err, r.Guard().Count("p"))
+		}
+	}
+}

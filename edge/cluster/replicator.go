@@ -1137,6 +1137,10 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *
 	}
 	var leaves []int
 	for _, bl := range rep.Branches {
+		if bl.Branch < 0 || bl.Branch >= crdt.DigestBranches || len(bl.Leaves) != crdt.DigestBranches {
+			// The decoders refuse these; a Transport that does not decode must too.
+			return syncResult{}, false, r.replyErr(peer, "digest", invalid(errors.New("digest reply: branch out of range")))
+		}
 		for j, h := range bl.Leaves {
 			leaf := bl.Branch*crdt.DigestBranches + j
 			if d.Leaf(leaf) != h && !(pull && h == 0) { // a pull needs nothing from an empty leaf
