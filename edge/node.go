@@ -157,6 +157,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	n.tokens = newTokens(keys, n.cfg.Now)
+	if err := n.tokens.loadRetired(n.cfg.DataDir, keys); err != nil {
+		return err
+	}
 	n.limits = newLimiter(n.counters)
 	n.limits.nodes = func() int { return 1 + n.replicator.Peers() }
 	st := store{DB: n.db}
@@ -358,6 +361,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		MaxSkew: n.cfg.MaxSkew, FetchTimeout: n.cfg.BookmarkTimeout, MoveRate: max(n.cfg.MoveRate, -1) << 20,
 		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
 	})
+	n.transport.SetGuard(n.replicator.Guard(), n.cfg.NodeName) // one account of each faulty peer, both ways
 	n.replicator.Start()
 	if n.counters, err = cluster.NewCounters(cluster.CountersConfig{
 		Self: runID(), Transport: n.transport, Windows: counterWindows(), FlushEvery: n.cfg.CounterFlush,
@@ -384,7 +388,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		NodeName: n.cfg.NodeName, Region: n.cfg.Region, ID: n.db.NodeID(),
 		BindAddr: n.cfg.GossipAddr, Advertise: n.cfg.Advertise, SyncAddr: n.syncLn.Addr().String(), Replicas: n.cfg.Replicas,
 		Joining:    n.joining(),
-		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip,
+		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip, Protocol: n.syncProtocols(),
 		Snapshot: filepath.Join(n.cfg.DataDir, "serf.snapshot"),
 		Root:     func() uint64 { d := n.db.Digest(); return d.Root() },
 		OnPeers:  func(p []cluster.Peer) { n.replicator.SetPeers(p); n.counters.SetPeers(p) },

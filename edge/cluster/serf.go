@@ -29,7 +29,11 @@ const (
 	tagRegion = "region"
 	tagID     = "id"
 	tagSync   = "sync"
-	tagProto  = "proto"
+	// tagProto is the newest sync protocol version the member speaks, tagProtoMin the
+	// oldest (absent: tagProto's; releases before negotiation announce only tagProto and
+	// speak only it). See ProtocolVersion.
+	tagProto    = "proto"
+	tagProtoMin = "proto_min"
 	// tagReplicas is the member's --replicas: every member must have the same, or their
 	// placements differ (still correct, but each forwards by its own, and keys move
 	// about). A mismatch is logged.
@@ -52,7 +56,8 @@ type Member struct {
 	Status   string // alive, suspect, failed or left
 	Addr     string // gossip address
 	SyncAddr string
-	Joining  bool // catching up: it holds no partitions yet
+	Joining  bool  // catching up: it holds no partitions yet
+	Proto    uint8 // the sync protocol version to speak with it (0: none known; not alive)
 }
 
 // MembershipConfig configures serf membership.
@@ -86,6 +91,10 @@ type MembershipConfig struct {
 	// LookupHost resolves a host name to all its addresses (Join targets, a host name
 	// given as Advertise); default LookupHost, the system's resolver.
 	LookupHost func(ctx context.Context, host string) ([]netip.Addr, error)
+	// Protocol is the range of sync protocol versions this node announces and speaks
+	// (zero: Supported()); it must lie within Supported(). Pinning Max to the previous
+	// release's version makes a node speak as that release would (upgrade tests).
+	Protocol ProtocolRange
 	// Snapshot is the file where serf keeps its Lamport clocks and the members it knew
 	// (empty: none). With it, a node that restarts rejoins with clocks ahead of its own
 	// earlier leave: without, its join could rank below that leave, which peers then
@@ -106,6 +115,7 @@ type MembershipConfig struct {
 type Membership struct {
 	cfg    MembershipConfig
 	serf   *serf.Serf
+	ring   *memberlist.Keyring // gossip's keys; see SetKeys
 	events chan serf.Event
 	log    *slog.Logger
 
@@ -149,6 +159,12 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 		cfg.LookupHost = LookupHost
 	}
 	sys := hostSystem(cfg.LookupHost)
+	if cfg.Protocol == (ProtocolRange{}) {
+		cfg.Protocol = Supported()
+	}
+	if !cfg.Protocol.Valid() {
+		return nil, fmt.Errorf("sync protocol range %s: this build speaks %s", cfg.Protocol, Supported())
+	}
 	host, portStr, err := net.SplitHostPort(cfg.BindAddr)
 	if err != nil {
 		return nil, fmt.Errorf("gossip address: %w", err)
@@ -204,7 +220,8 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	sc.NodeName = cfg.NodeName
 	sc.Tags = map[string]string{
 		tagRegion: cfg.Region, tagID: cfg.ID.String(), tagSync: cfg.SyncAddr,
-		tagProto: strconv.Itoa(ProtocolVersion), tagReplicas: strconv.Itoa(cfg.Replicas),
+		tagProto: strconv.Itoa(int(cfg.Protocol.Max)), tagProtoMin: strconv.Itoa(int(cfg.Protocol.Min)),
+		tagReplicas: strconv.Itoa(cfg.Replicas),
 	}
 	if cfg.Joining {
 		sc.Tags[tagJoining] = "1"
@@ -228,7 +245,7 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start serf on %s: %w", cfg.BindAddr, err)
 	}
-	m := &Membership{cfg: cfg, serf: s, events: events, log: cfg.Logger, leaveDelay: &sc.LeavePropagateDelay, warned: map[string]string{}, sys: sys}
+	m := &Membership{cfg: cfg, serf: s, ring: ring, events: events, log: cfg.Logger, leaveDelay: &sc.LeavePropagateDelay, warned: map[string]string{}, sys: sys}
 	gossipPort := int(s.Memberlist().LocalNode().Port) // read once: SetTags rewrites the local node
 	m.addr = net.JoinHostPort(host, strconv.Itoa(gossipPort))
 	m.advertised = netip.AddrPortFrom(adv, uint16(gossipPort)) // #nosec G115 -- a port
@@ -378,7 +395,7 @@ func (m *Membership) publish() {
 			continue
 		}
 		if mem.Status == "alive" || mem.Status == "suspect" {
-			peers = append(peers, Peer{ID: mem.ID, Name: mem.Name, Region: mem.Region, Addr: mem.SyncAddr, Joining: mem.Joining})
+			peers = append(peers, Peer{ID: mem.ID, Name: mem.Name, Region: mem.Region, Addr: mem.SyncAddr, Joining: mem.Joining, Proto: mem.Proto})
 		}
 	}
 	if m.cfg.Metrics != nil {
@@ -429,6 +446,39 @@ func (m *Membership) Joined() error {
 	return nil
 }
 
+// SetKeys replaces gossip's keys at once, in this node only: keys (32 bytes each) are
+// installed, the first becomes the one gossip encrypts with, and every key not in keys is
+// removed; members are not dropped. To rotate without a partition, add a key on every
+// node before any node sends with it, and remove the old one only once every node sends
+// with the new (docs/KEY-ROTATION.md). It fails on a key of the wrong size, leaving the
+// keys as they were.
+func (m *Membership) SetKeys(keys [][]byte) error {
+	if len(keys) == 0 {
+		return errors.New("gossip: no key (gossip is always encrypted)")
+	}
+	for i, k := range keys {
+		if len(k) != 32 {
+			return fmt.Errorf("gossip key %d: %d bytes, want 32", i, len(k))
+		}
+	}
+	for _, k := range keys {
+		if err := m.ring.AddKey(k); err != nil {
+			return fmt.Errorf("gossip keyring: %w", err)
+		}
+	}
+	if err := m.ring.UseKey(keys[0]); err != nil {
+		return fmt.Errorf("gossip keyring: %w", err)
+	}
+	for _, old := range m.ring.GetKeys() {
+		if !slices.ContainsFunc(keys, func(k []byte) bool { return bytes.Equal(k, old) }) {
+			if err := m.ring.RemoveKey(old); err != nil {
+				return fmt.Errorf("gossip keyring: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
 // Addr returns the address gossip is bound to: the configured one, with the port serf
 // picked when it was 0.
 func (m *Membership) Addr() string { return m.addr }
@@ -437,8 +487,9 @@ func (m *Membership) Addr() string { return m.addr }
 func (m *Membership) Advertised() string { return m.advertised.String() }
 
 // Members returns every member serf knows, this node included, sorted by name. A member
-// with a node id tag that does not parse, or alive with another sync protocol, is left
-// out, and logged once (not on every call: the notice loop calls this every few seconds).
+// with a node id tag that does not parse, or alive and sharing no sync protocol version
+// with this node, is left out — as if partitioned — and logged once (not on every call:
+// the notice loop calls this every few seconds).
 func (m *Membership) Members() []Member {
 	suspect := map[string]bool{}
 	for _, n := range m.serf.Memberlist().Members() {
@@ -465,10 +516,17 @@ func (m *Membership) Members() []Member {
 				status = "suspect"
 			}
 		}
-		if sm.Tags[tagProto] != strconv.Itoa(ProtocolVersion) && status == "alive" {
-			m.warnOnce(sm.Name, "proto "+strconv.Quote(sm.Tags[tagProto]),
-				"member speaks another sync protocol; ignoring", "member", sm.Name, "proto", sm.Tags[tagProto])
-			continue
+		theirs, err := memberProtocols(sm.Tags)
+		proto, ok := m.cfg.Protocol.Common(theirs)
+		if err != nil || !ok {
+			proto = 0
+			if status == "alive" || status == "suspect" {
+				reason := "proto " + strconv.Quote(sm.Tags[tagProtoMin]+".."+sm.Tags[tagProto])
+				m.warnOnce(sm.Name, reason,
+					"member shares no sync protocol version with this node; treating it as partitioned until one of the two is upgraded",
+					"member", sm.Name, "theirs", theirs.String(), "ours", m.cfg.Protocol.String(), slog.Any("err", err))
+				continue
+			}
 		}
 		if r, ok := sm.Tags[tagReplicas]; ok && r != strconv.Itoa(m.cfg.Replicas) && status == "alive" {
 			m.warnOnce(sm.Name, "replicas "+strconv.Quote(r),
@@ -478,11 +536,26 @@ func (m *Membership) Members() []Member {
 		out = append(out, Member{
 			Name: sm.Name, ID: id, Region: sm.Tags[tagRegion], Status: status,
 			Addr: net.JoinHostPort(sm.Addr.String(), strconv.Itoa(int(sm.Port))), SyncAddr: sm.Tags[tagSync],
-			Joining: sm.Tags[tagJoining] == "1",
+			Joining: sm.Tags[tagJoining] == "1", Proto: proto,
 		})
 	}
 	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// memberProtocols returns the sync protocol versions a member's tags announce.
+func memberProtocols(tags map[string]string) (ProtocolRange, error) {
+	hi, err := strconv.ParseUint(tags[tagProto], 10, 8)
+	if err != nil {
+		return ProtocolRange{}, fmt.Errorf("proto tag %q: %w", tags[tagProto], err)
+	}
+	lo := hi
+	if s, ok := tags[tagProtoMin]; ok {
+		if lo, err = strconv.ParseUint(s, 10, 8); err != nil || lo > hi {
+			return ProtocolRange{}, fmt.Errorf("proto_min tag %q (proto %d): not a version at most proto", s, hi)
+		}
+	}
+	return ProtocolRange{Min: uint8(lo), Max: uint8(hi)}, nil // #nosec G115 -- ParseUint(…, 8) fits
 }
 
 // warnOnce logs msg with args unless it logged the same reason for member last.

@@ -75,7 +75,7 @@ func TestMembership_IgnoredMembers(t *testing.T) {
 		name, id, proto, warning string
 	}{
 		{"ErrBadID", "not-an-id", strconv.Itoa(cluster.ProtocolVersion), "member has no valid node id"},
-		{"ErrOtherProtocol", crdt.NodeID(2).String(), "999", "member speaks another sync protocol"},
+		{"ErrOtherProtocol", crdt.NodeID(2).String(), "999", "member shares no sync protocol version"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tags := map[string]string{cluster.TagRegion: "r", cluster.TagID: tc.id, cluster.TagSync: "127.0.0.1:1", cluster.TagProto: tc.proto}
@@ -116,6 +116,62 @@ func TestMembership_IgnoredMembers(t *testing.T) {
 			t.Errorf("%q logged %d times, want once", warning, n)
 		}
 	})
+}
+
+// TestMembership_ProtocolNegotiation: each pair of members speaks the highest sync
+// protocol version both announce (Member.Proto, Peer.Proto), with a fake next version
+// (6) beside today's; a member that shares none is left out, as partitioned, and logged
+// once; a member of a release before negotiation (proto tag only) speaks its version.
+func TestMembership_ProtocolNegotiation(t *testing.T) {
+	cluster.FakeNextVersion(t) // not parallel: Supported() says [5,6] meanwhile
+	v, next := cluster.ProtocolVersion, cluster.ProtocolVersion+1
+	var logs syncBuffer
+	m1 := startTestMembership(t, "m1", 1, &logs) // announces Supported(): [v, next]
+	m2 := startTestMembership(t, "m2", 2, &syncBuffer{}, m1.Addr())
+	proto := func() (uint8, bool) {
+		for _, m := range m1.Members() {
+			if m.Name == "m2" {
+				return m.Proto, true
+			}
+		}
+		return 0, false
+	}
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		p, ok := proto()
+		return ok && p == uint8(next), fmt.Sprintf("m2 listed %v, proto %d; want %d", ok, p, next)
+	})
+	for _, tc := range []struct {
+		name, min, max string // m2's tags; min "": none
+		want           uint8  // 0: left out
+	}{
+		{"NMinus1", strconv.Itoa(v), strconv.Itoa(v), uint8(v)},
+		{"BeforeNegotiation", "", strconv.Itoa(v), uint8(v)},
+		{"Both", strconv.Itoa(v), strconv.Itoa(next), uint8(next)},
+		{"NewerAndOlder", strconv.Itoa(v - 1), strconv.Itoa(next + 1), uint8(next)},
+		{"ErrOnlyNewer", strconv.Itoa(next + 1), strconv.Itoa(next + 2), 0},
+		{"ErrOnlyOlder", "", strconv.Itoa(v - 1), 0},
+		{"ErrMinAboveMax", strconv.Itoa(next), strconv.Itoa(v), 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tags := map[string]string{cluster.TagRegion: "r", cluster.TagID: crdt.NodeID(2).String(), cluster.TagSync: "127.0.0.1:1", cluster.TagProto: tc.max}
+			if tc.min != "" {
+				tags[cluster.TagProtoMin] = tc.min
+			}
+			if err := cluster.SetSerfTags(m2, tags); err != nil {
+				t.Logf("SetTags: %v", err)
+			}
+			clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+				p, ok := proto()
+				if tc.want == 0 {
+					return !ok, fmt.Sprintf("m2 still listed with proto %d", p)
+				}
+				return ok && p == tc.want, fmt.Sprintf("m2 listed %v, proto %d; want %d", ok, p, tc.want)
+			})
+		})
+	}
+	if n := logs.count("member shares no sync protocol version"); n != 3 {
+		t.Errorf("no-common-version warning logged %d times for 3 tag sets, want 3 (once each)", n)
+	}
 }
 
 func TestMembership_CloseLastMember(t *testing.T) {

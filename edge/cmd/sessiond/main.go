@@ -117,6 +117,7 @@ type flags struct {
 	showVersion    bool
 	testHooks      bool
 	clockOffset    time.Duration
+	protocolMax    uint
 	join           string
 	keyFile        string
 	logFormat      string
@@ -151,7 +152,7 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	fs.StringVar(&f.join, "join", "", "comma-separated `ADDR`s of members to join (host:port; a name standing for several addresses,\n"+
 		"such as tasks.NAME in Swarm or a headless Service, joins them all; while no other member is alive\n"+
 		"the node resolves and joins again); none: a cluster of one")
-	fs.StringVar(&f.keyFile, "cluster-key-file", "", "`FILE` with the cluster key (base64 of 32 bytes; more lines: older keys still accepted);\nwithout it a lone node keeps a generated key in --data")
+	fs.StringVar(&f.keyFile, "cluster-key-file", "", "`FILE` with the cluster key (base64 of 32 bytes; more lines: older keys still accepted),\nre-read on SIGHUP (key rotation: docs/KEY-ROTATION.md); without it a lone node keeps a generated key in --data")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "absolute lifetime of a session")
 	fs.DurationVar(&c.IdleTTL, "idle-ttl", c.IdleTTL, "a session unused this long expires")
 	fs.DurationVar(&c.MaxSkew, "max-skew", c.MaxSkew, "remote timestamps further ahead of local time are rejected")
@@ -171,6 +172,7 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "bound on a graceful shutdown")
 	fs.BoolVar(&f.testHooks, "enable-test-hooks", false, "allow the flags below that exist only for fault-injection tests")
 	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "(test hook) shift this node's clock by `DURATION`, to test skew handling; needs --enable-test-hooks")
+	fs.UintVar(&f.protocolMax, "test-sync-protocol-max", 0, "(test hook) speak sync protocol `VERSION` at most, as the previous release would (upgrade tests); needs --enable-test-hooks")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: `text|json`")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: `debug|info|warn|error`")
 	fs.Float64Var(&c.AccessLogSample, "access-log-sample", c.AccessLogSample, "`FRACTION` (0 to 1) of requests answered below 400 that get an access log line (info level);\nevery request answered 400 or above gets one")
@@ -272,6 +274,17 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		cfg.Now = func() time.Time { return time.Now().Add(offset) }
 		logger.Warn("test hook: clock shifted", "offset", offset)
 	}
+	if f.protocolMax != 0 {
+		if !f.testHooks {
+			fmt.Fprintln(stderr, "sessiond: --test-sync-protocol-max is a test hook: it needs --enable-test-hooks")
+			return 2
+		}
+		if f.protocolMax > 255 {
+			fmt.Fprintf(stderr, "sessiond: --test-sync-protocol-max %d: not a protocol version\n", f.protocolMax)
+			return 2
+		}
+		cfg.SyncProtocolMax = uint8(f.protocolMax) // #nosec G115 -- at most 255, checked above; Validate checks the range
+	}
 	cfg.Join = splitList(f.join)
 	cfg.CORSOrigins = splitList(f.cors)
 	cfg.TrustedProxies = splitList(f.trustedProxies)
@@ -297,7 +310,16 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	logger.Info("serving", "url", "http://"+node.HTTPAddr(), "version", versionString())
-	<-ctx.Done()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-hup:
+			reloadKeys(node, f.keyFile, logger)
+		}
+	}
 	stop()
 	logger.Info("shutting down")
 	if err := node.Close(context.Background()); err != nil {
@@ -305,6 +327,23 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// reloadKeys re-reads the key file and makes its keys the node's (SIGHUP): see
+// edge.Node.ReloadKeys and docs/KEY-ROTATION.md. A file that cannot be read or parsed
+// changes nothing and is logged.
+func reloadKeys(node *edge.Node, file string, logger *slog.Logger) {
+	if file == "" {
+		logger.Warn("SIGHUP: no --cluster-key-file to re-read; the cluster keys stay as they are")
+		return
+	}
+	keys, err := readClusterKeys(file)
+	if err == nil {
+		err = node.ReloadKeys(keys)
+	}
+	if err != nil {
+		logger.Error("SIGHUP: cluster keys not reloaded; they stay as they were", slog.Any("err", err))
+	}
 }
 
 // readClusterKeys reads the key file, or SESSIOND_CLUSTER_KEY, or returns none.
