@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/sessiond/sessiond/edge/cluster"
 	"github.com/sessiond/sessiond/functions"
 )
 
@@ -26,8 +27,19 @@ type Config struct {
 	// FastGossip shortens failure detection and reconnection to about a second, for
 	// loopback clusters and tests; the default suits real networks.
 	FastGossip bool
-	// Advertise is the host other nodes reach this one at, when it differs from the bind
-	// address (containers, NAT). Empty: the bind address.
+	// SyncProtocolMax, when not 0, is the newest sync protocol version this node speaks
+	// and announces (at least cluster.MinProtocolVersion, at most
+	// cluster.ProtocolVersion): a node of this release pinned to speak as the previous
+	// one, for upgrade tests. 0: cluster.ProtocolVersion.
+	SyncProtocolMax uint8
+	// Advertise is the address other nodes reach this one at, for gossip and sync: an IP
+	// address, a host name, an interface name (eth0), a network in CIDR notation (this
+	// host's one address in it, 10.0.1.0/24) or a go-sockaddr template
+	// ({{ GetInterfaceIP "eth0" }}). Empty: the gossip bind address when it names one;
+	// when gossip binds every interface, the local address this host reaches its Join
+	// targets from (the network the cluster is on), else its only private address. The
+	// node logs what it advertises and why. GossipAddr's and SyncAddr's hosts take the
+	// same forms.
 	Advertise string
 	Join      []string // members to join; empty: a cluster of one
 	// Replicas is how many nodes of each region hold each key (placement by rendezvous
@@ -156,6 +168,8 @@ func (c Config) Validate() error {
 		return errors.New("config: SessionTTL and IdleTTL must be positive")
 	case c.MaxSkew <= 0:
 		return errors.New("config: MaxSkew must be positive")
+	case c.SyncProtocolMax != 0 && !(cluster.ProtocolRange{Min: cluster.MinProtocolVersion, Max: c.SyncProtocolMax}).Valid():
+		return fmt.Errorf("config: SyncProtocolMax %d: this build speaks %s", c.SyncProtocolMax, cluster.Supported())
 	case c.Replicas < 0:
 		return errors.New("config: Replicas must not be negative")
 	case c.SweepEvery <= 0:

@@ -164,6 +164,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	n.tokens = newTokens(keys, n.cfg.Now)
+	if err := n.tokens.loadRetired(n.cfg.DataDir, keys); err != nil {
+		return err
+	}
 	n.admin = adminauth.NewVerifier(keys, n.cfg.Now)
 	n.limits = newLimiter(n.counters)
 	n.limits.nodes = func() int { return 1 + n.replicator.Peers() }
@@ -367,6 +370,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		MaxSkew: n.cfg.MaxSkew, FetchTimeout: n.cfg.BookmarkTimeout, MoveRate: max(n.cfg.MoveRate, -1) << 20,
 		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
 	})
+	n.transport.SetGuard(n.replicator.Guard(), n.cfg.NodeName) // one account of each faulty peer, both ways
 	n.replicator.Start()
 	if n.counters, err = cluster.NewCounters(cluster.CountersConfig{
 		Self: runID(), Transport: n.transport, Windows: counterWindows(), FlushEvery: n.cfg.CounterFlush,
@@ -375,6 +379,9 @@ func (n *Node) startCluster(keys [][]byte) error {
 		return err
 	}
 	n.counters.Start()
+	if syncAddr, err = cluster.ResolveBindAddr(n.ctx, syncAddr); err != nil {
+		return fmt.Errorf("sync address: %w", err)
+	}
 	if n.syncLn, err = net.Listen("tcp", syncAddr); err != nil {
 		return fmt.Errorf("listen for sync on %s: %w", syncAddr, err)
 	}
@@ -386,16 +393,11 @@ func (n *Node) startCluster(keys [][]byte) error {
 			n.log.Error("sync server stopped", slog.Any("err", err))
 		}
 	}()
-	advertisedSync := n.syncLn.Addr().String()
-	if n.cfg.Advertise != "" {
-		_, port, _ := net.SplitHostPort(advertisedSync)
-		advertisedSync = net.JoinHostPort(n.cfg.Advertise, port)
-	}
 	n.membership, err = cluster.StartMembership(cluster.MembershipConfig{
 		NodeName: n.cfg.NodeName, Region: n.cfg.Region, ID: n.db.NodeID(),
-		BindAddr: n.cfg.GossipAddr, Advertise: n.cfg.Advertise, SyncAddr: advertisedSync, Replicas: n.cfg.Replicas,
+		BindAddr: n.cfg.GossipAddr, Advertise: n.cfg.Advertise, SyncAddr: n.syncLn.Addr().String(), Replicas: n.cfg.Replicas,
 		Joining:    n.joining(),
-		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip,
+		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip, Protocol: n.syncProtocols(),
 		Snapshot: filepath.Join(n.cfg.DataDir, "serf.snapshot"),
 		Root:     func() uint64 { d := n.db.Digest(); return d.Root() },
 		OnPeers:  func(p []cluster.Peer) { n.replicator.SetPeers(p); n.counters.SetPeers(p) },
@@ -438,7 +440,7 @@ type clusterView struct{ n *Node }
 func (v clusterView) Self() functions.Member {
 	return functions.Member{
 		Name: v.n.cfg.NodeName, ID: v.n.db.NodeID().String(), Region: v.n.cfg.Region,
-		Status: "alive", Addr: v.n.cfg.GossipAddr,
+		Status: "alive", Addr: v.n.membership.Advertised(),
 	}
 }
 

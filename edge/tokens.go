@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -38,11 +39,10 @@ type claims struct {
 // and claims never change, and revocation is checked against the session record on every
 // request anyway. Safe for concurrent use.
 type tokens struct {
-	signKID string
-	keys    map[string][]byte // kid → HMAC key
-	now     func() time.Time
-	parser  *jwt.Parser
-	device  *jwt.Parser // device tokens (deviceAudience): never access tokens
+	set    atomic.Pointer[tokenKeys] // replaced whole by rotate
+	now    func() time.Time
+	parser *jwt.Parser
+	device *jwt.Parser // device tokens (deviceAudience): never access tokens
 
 	mu    sync.Mutex
 	cache map[string]verified
@@ -57,15 +57,8 @@ type verified struct {
 }
 
 func newTokens(clusterKeys [][]byte, now func() time.Time) *tokens {
-	t := &tokens{keys: make(map[string][]byte), now: now, cache: make(map[string]verified)}
-	for i, ck := range clusterKeys {
-		k := deriveKey(ck, purposeJWT)
-		kid := keyID(k)
-		if i == 0 {
-			t.signKID = kid
-		}
-		t.keys[kid] = k
-	}
+	t := &tokens{now: now, cache: make(map[string]verified)}
+	t.set.Store(newTokenKeys(clusterKeys, nil))
 	t.parser = jwt.NewParser(
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithExpirationRequired(),
@@ -97,8 +90,9 @@ func (t *tokens) sign(userID, sessionID string, expires time.Time, created crdt.
 		},
 	}
 	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, c)
-	tok.Header["kid"] = t.signKID
-	s, err := tok.SignedString(t.keys[t.signKID])
+	set := t.set.Load()
+	tok.Header["kid"] = set.signKID
+	s, err := tok.SignedString(set.keys[set.signKID].key)
 	if err != nil {
 		return "", fmt.Errorf("sign token: %w", err)
 	}
@@ -131,11 +125,7 @@ func (t *tokens) verify(raw string) (verified, error) {
 	var c claims
 	_, err := t.parser.ParseWithClaims(raw, &c, func(tok *jwt.Token) (any, error) {
 		kid, _ := tok.Header["kid"].(string)
-		k, ok := t.keys[kid]
-		if !ok {
-			return nil, errors.New("unknown key id")
-		}
-		return k, nil
+		return t.set.Load().verifying(kid, t.now())
 	})
 	if errors.Is(err, jwt.ErrTokenUsedBeforeIssued) && !errors.Is(err, jwt.ErrTokenExpired) && c.IssuedAt != nil {
 		return verified{issued: c.IssuedAt.Time}, errTokenAhead
@@ -211,8 +201,9 @@ func (t *tokens) signDevice(userID, username string) (string, error) {
 			IssuedAt:  jwt.NewNumericDate(now),
 		},
 	})
-	tok.Header["kid"] = t.signKID
-	s, err := tok.SignedString(t.keys[t.signKID])
+	set := t.set.Load()
+	tok.Header["kid"] = set.signKID
+	s, err := tok.SignedString(set.keys[set.signKID].key)
 	if err != nil {
 		return "", fmt.Errorf("sign device token: %w", err)
 	}
@@ -237,11 +228,7 @@ func (t *tokens) deviceOwner(raw, username string) (string, bool) {
 	var c deviceClaims
 	_, err := t.device.ParseWithClaims(raw, &c, func(tok *jwt.Token) (any, error) {
 		kid, _ := tok.Header["kid"].(string)
-		k, ok := t.keys[kid]
-		if !ok {
-			return nil, errors.New("unknown key id")
-		}
-		return k, nil
+		return t.set.Load().verifying(kid, t.now())
 	})
 	if err != nil || c.Subject == "" || c.Username != username {
 		return "", false

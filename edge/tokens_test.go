@@ -99,8 +99,8 @@ func TestTokens_SignVerify(t *testing.T) {
 	h, _ := b64.DecodeString(strings.Split(tok, ".")[0])
 	var hdr map[string]any
 	json.Unmarshal(h, &hdr)
-	if hdr["alg"] != "HS256" || hdr["kid"] != tk.signKID {
-		t.Errorf("header = %v, want alg HS256 and kid %q", hdr, tk.signKID)
+	if hdr["alg"] != "HS256" || hdr["kid"] != tk.set.Load().signKID {
+		t.Errorf("header = %v, want alg HS256 and kid %q", hdr, tk.set.Load().signKID)
 	}
 	// A node with another cluster key rejects it.
 	other := newTokens([][]byte{otherKey}, clock.Now)
@@ -225,8 +225,8 @@ func TestTokens_Rotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := keyID(deriveKey(testKey, purposeJWT)); after.signKID != want {
-		t.Errorf("signKID = %q, want the new key's %q", after.signKID, want)
+	if want := keyID(deriveKey(testKey, purposeJWT)); after.set.Load().signKID != want {
+		t.Errorf("signKID = %q, want the new key's %q", after.set.Load().signKID, want)
 	}
 	if _, err := retired.verify(fresh); err != nil {
 		t.Errorf("new-key token on a node with only the new key: %v", err)

@@ -690,6 +690,9 @@ func (r *Replicator) startFetch(peer Peer) (*fetch, time.Duration, error) {
 	if r.closed || r.ctx == nil {
 		return nil, 0, errors.New("replicator closed")
 	}
+	if err := r.cfg.Guard.Admit(peer.Name); err != nil {
+		return nil, 0, err // a peer that sent invalid replies: not asked again yet
+	}
 	h := &r.have
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -3,12 +3,10 @@ package cluster
 import (
 	"cmp"
 	"context"
-	"encoding"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"slices"
 	"sync"
 	"time"
@@ -316,6 +314,7 @@ func (c *Counters) send(p *cPeer, relay, msgs []CountersMessage, upto []uint64) 
 	}()
 	for _, m := range relay {
 		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.Timeout)
+		m.Version = p.peer.Proto
 		err := c.cfg.Transport.Counters(ctx, p.peer, m)
 		cancel()
 		if err != nil {
@@ -332,6 +331,7 @@ func (c *Counters) send(p *cPeer, relay, msgs []CountersMessage, upto []uint64) 
 	}
 	for i, m := range msgs {
 		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.Timeout)
+		m.Version = p.peer.Proto
 		err := c.cfg.Transport.Counters(ctx, p.peer, m)
 		cancel()
 		c.mu.Lock()
@@ -402,8 +402,9 @@ const (
 
 // CountersMessage carries cells counted by From (and only From's own).
 type CountersMessage struct {
-	From  crdt.NodeID
-	Cells []CountersCell
+	Version uint8 // see PushRequest.Version
+	From    crdt.NodeID
+	Cells   []CountersCell
 }
 
 // CountersCell is From's count of Key in Window of counter set Set.
@@ -420,7 +421,11 @@ func (m CountersMessage) MarshalBinary() ([]byte, error) {
 	if len(m.Cells) > MaxCounterCells {
 		return nil, fmt.Errorf("counters message: %d cells over the %d limit", len(m.Cells), MaxCounterCells)
 	}
-	w := header(kindCounters).u64(uint64(m.From)).uvarint(uint64(len(m.Cells)))
+	v, err := wireVersion(m.Version)
+	if err != nil {
+		return nil, err
+	}
+	w := header(kindCounters, v).u64(uint64(m.From)).uvarint(uint64(len(m.Cells)))
 	for _, cell := range m.Cells {
 		if cell.Set < 0 || cell.Set >= MaxCounterSets || len(cell.Key) > MaxCounterKey {
 			return nil, fmt.Errorf("counters message: cell of set %d, key of %d bytes, beyond the limits", cell.Set, len(cell.Key))
@@ -438,6 +443,7 @@ func (m *CountersMessage) UnmarshalBinary(b []byte) error {
 	}
 	r := reader{b: b}
 	r.header(kindCounters)
+	m.Version = r.version
 	m.From = crdt.NodeID(r.u64())
 	n := r.count(4, MaxCounterCells) // set, key length, window and count: a byte each at least
 	m.Cells = make([]CountersCell, 0, n)
@@ -474,13 +480,6 @@ func unzigzag(u uint64) int64 {
 // Counters implements CounterTransport.
 func (t *TLSTransport) Counters(ctx context.Context, to Peer, m CountersMessage) error {
 	return t.call(ctx, to, "counters", m, nil)
-}
-
-// serveCounters answers counter messages with h on mux.
-func (t *TLSTransport) serveCounters(mux *http.ServeMux, h CounterHandler) {
-	mux.HandleFunc("POST /sync/v1/counters", serve(t, "counters", func(ctx context.Context, req *CountersMessage) (encoding.BinaryMarshaler, error) {
-		return nil, h.HandleCounters(ctx, *req)
-	}))
 }
 
 // WithCounters returns a Handler that answers sync requests with h and counter messages

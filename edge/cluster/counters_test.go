@@ -78,6 +78,7 @@ func TestCountersMessage_Encoding(t *testing.T) {
 	if err := got.UnmarshalBinary(b); err != nil {
 		t.Fatalf("UnmarshalBinary: %v", err)
 	}
+	m.Version = ProtocolVersion // 0 encodes as ProtocolVersion; the decoder says which it read
 	if fmt.Sprint(got) != fmt.Sprint(m) {
 		t.Errorf("round trip = %+v, want %+v", got, m)
 	}
@@ -107,13 +108,13 @@ func TestCountersMessage_Encoding(t *testing.T) {
 		b    []byte
 	}{
 		{"Empty", nil},
-		{"WrongKind", append(header(kindPush), make([]byte, 9)...)},
-		{"HugeCount", header(kindCounters).u64(1).uvarint(1 << 40)},
-		{"ZeroCount", header(kindCounters).u64(1).uvarint(1).uvarint(0).bytes([]byte("k")).uvarint(0).uvarint(0)},
-		{"BadSet", header(kindCounters).u64(1).uvarint(1).uvarint(MaxCounterSets).bytes([]byte("k")).uvarint(0).uvarint(1)},
-		{"LongKey", header(kindCounters).u64(1).uvarint(1).uvarint(0).bytes(bytes.Repeat([]byte("k"), MaxCounterKey+1)).uvarint(0).uvarint(1)},
-		{"Trailing", append(header(kindCounters).u64(1).uvarint(0), 0)},
-		{"Truncated", header(kindCounters).u64(1).uvarint(2).uvarint(0).bytes([]byte("k")).uvarint(0).uvarint(1)},
+		{"WrongKind", append(header(kindPush, ProtocolVersion), make([]byte, 9)...)},
+		{"HugeCount", header(kindCounters, ProtocolVersion).u64(1).uvarint(1 << 40)},
+		{"ZeroCount", header(kindCounters, ProtocolVersion).u64(1).uvarint(1).uvarint(0).bytes([]byte("k")).uvarint(0).uvarint(0)},
+		{"BadSet", header(kindCounters, ProtocolVersion).u64(1).uvarint(1).uvarint(MaxCounterSets).bytes([]byte("k")).uvarint(0).uvarint(1)},
+		{"LongKey", header(kindCounters, ProtocolVersion).u64(1).uvarint(1).uvarint(0).bytes(bytes.Repeat([]byte("k"), MaxCounterKey+1)).uvarint(0).uvarint(1)},
+		{"Trailing", append(header(kindCounters, ProtocolVersion).u64(1).uvarint(0), 0)},
+		{"Truncated", header(kindCounters, ProtocolVersion).u64(1).uvarint(2).uvarint(0).bytes([]byte("k")).uvarint(0).uvarint(1)},
 	} {
 		t.Run("Err"+tc.name, func(t *testing.T) {
 			var m CountersMessage
@@ -129,7 +130,7 @@ func TestCountersMessage_Encoding(t *testing.T) {
 func FuzzCountersMessage(f *testing.F) {
 	ok, _ := CountersMessage{From: 1, Cells: []CountersCell{{Set: 1, Key: "a|b", Window: 5, Count: 2}}}.MarshalBinary()
 	f.Add(ok)
-	f.Add([]byte(header(kindCounters).u64(1).uvarint(1 << 30)))
+	f.Add([]byte(header(kindCounters, ProtocolVersion).u64(1).uvarint(1 << 30)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m CountersMessage
 		if err := m.UnmarshalBinary(b); err != nil {

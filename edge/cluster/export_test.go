@@ -12,6 +12,7 @@ const (
 	TagID       = tagID
 	TagSync     = tagSync
 	TagProto    = tagProto
+	TagProtoMin = tagProtoMin
 	TagReplicas = tagReplicas
 )
 
@@ -24,3 +25,12 @@ const (
 	LeaveBroadcastTimeout = leaveBroadcastTimeout
 	LeavePropagateDelay   = leavePropagateDelay
 )
+
+// FakeNextVersion makes the codecs also read and write ProtocolVersion+1, a fake next
+// version that differs on the wire only in its version byte (see fakeNext), until the
+// test ends. Tests that use it must not run in parallel with others that depend on
+// Supported (none does: Supported's Max is only read by configs that ask for it).
+func FakeNextVersion(t interface{ Cleanup(func()) }) {
+	fakeNext.Store(true)
+	t.Cleanup(func() { fakeNext.Store(false) })
+}

@@ -177,9 +177,13 @@ func (r *Replicator) offer(ctx context.Context, peer Peer, p int, keys []storage
 		for i := range req.Leaves {
 			req.Leaves[i].Only = true
 		}
+		req.Version = peer.Proto
 		rep, err := r.cfg.Transport.Leaves(ctx, peer, req)
+		if err == nil {
+			err = checkLeavesReply(req, rep)
+		}
 		if err != nil {
-			return nil, err
+			return nil, r.replyErr(peer, "leaves", err)
 		}
 		if len(rep.Changes) > 0 {
 			res, err := r.cfg.DB.ApplyRemote(ctx, rep.Changes)

@@ -18,6 +18,8 @@ type Metrics struct {
 	Dropped      prometheus.Counter     // keys handed off to their holders and dropped here
 	Moved        prometheus.Counter     // bytes of stored state sent by anti-entropy and handoff
 	MoveWait     prometheus.Counter     // seconds that sending waited for the move rate
+	// InvalidMessages counts invalid messages and replies from peers, by kind (Guard).
+	InvalidMessages *prometheus.CounterVec
 
 	awaits [len(awaitedNames)]prometheus.Counter // Awaits' series, resolved once
 }
@@ -88,13 +90,17 @@ func newMetrics() *Metrics {
 			Name: "sessiond_move_throttled_seconds_total",
 			Help: "Seconds that sending stored state by anti-entropy and handoff waited for the move rate (--move-rate).",
 		}),
+		InvalidMessages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sessiond_peer_invalid_messages_total",
+			Help: "Sync messages and replies from peers that were invalid (undecodable, out of range, oversized, or naming what was not asked), by kind (push, digest, leaves, counters, push_reply, digest_reply, leaves_reply). Each backs the peer off; any increase means a faulty peer or a bug.",
+		}, []string{"kind"}),
 	}
 }
 
 // Collectors returns every metric, for registering.
 func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.Propagation, m.Revocation, m.Rounds, m.Bytes, m.Rejected, m.Applied, m.MembersGauge,
-		m.Awaits, m.AwaitSeconds, m.Fetches, m.Dropped, m.Moved, m.MoveWait}
+		m.Awaits, m.AwaitSeconds, m.Fetches, m.Dropped, m.Moved, m.MoveWait, m.InvalidMessages}
 }
 
 func (m *Metrics) fetched(err error) {

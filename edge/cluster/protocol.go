@@ -4,13 +4,25 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/storage"
 )
 
-// ProtocolVersion is the sync protocol spoken; it is a serf tag, and every message starts
-// with it, so a node refuses messages it cannot read rather than misread them.
+// ProtocolVersion is the newest sync protocol version this build speaks, and
+// MinProtocolVersion the oldest. Each node announces the range it speaks in serf tags
+// (tagProto: the newest, tagProtoMin: the oldest), each pair of nodes speaks the highest
+// version both speak (Peer.Proto), and a node that shares no version with a member treats
+// it as partitioned (and logs so, once). Every message starts with its version, and the
+// decoders read every version in the range, so a node refuses a message it cannot read
+// rather than misread it.
+//
+// Compatibility promise: release N speaks at least N-1's newest version, so a rolling
+// upgrade keeps every pair of nodes replicating. A release that changes the wire bumps
+// ProtocolVersion, keeps MinProtocolVersion at the previous release's ProtocolVersion,
+// and encodes and decodes both (the message's Version says which); the release after it
+// may raise MinProtocolVersion. See docs/PROTOCOL.md.
 //
 // Version 2 added PushRequest.Through and DigestReply.Have (bookmarks); version 3 added
 // LeafPairs.From and To (a leaf compared in parts, so no request outgrows MaxMessage);
@@ -18,6 +30,62 @@ import (
 // DigestReply (placement: each node holds some partitions; see holding.go); version 5
 // added the eras of PushRequest, DigestReply and PushReply (see haveState.era).
 const ProtocolVersion = 5
+
+// MinProtocolVersion is the oldest sync protocol version this build speaks. Releases
+// before the one that introduced negotiation (tagProtoMin) speak only their own version.
+const MinProtocolVersion = 5
+
+// ProtocolRange is a range of sync protocol versions, both ends included.
+type ProtocolRange struct {
+	Min, Max uint8
+}
+
+// Supported returns the versions this build's codecs read and write:
+// [MinProtocolVersion, ProtocolVersion] (and one more while a test fakes the next
+// version; see fakeNext).
+func Supported() ProtocolRange {
+	r := ProtocolRange{MinProtocolVersion, ProtocolVersion}
+	if fakeNext.Load() {
+		r.Max++
+	}
+	return r
+}
+
+// fakeNext, set only by tests (export_test.go), makes the codecs read and write
+// ProtocolVersion+1 as well: a fake next version that differs on the wire only in its
+// version byte, so that negotiation, mixed clusters and rolling upgrades between two
+// versions can be tested before a second version exists.
+var fakeNext atomic.Bool
+
+// Valid reports whether r is a non-empty range within Supported.
+func (r ProtocolRange) Valid() bool {
+	s := Supported()
+	return r.Min <= r.Max && r.Min >= s.Min && r.Max <= s.Max
+}
+
+// Contains reports whether v lies in r.
+func (r ProtocolRange) Contains(v uint8) bool { return r.Min <= v && v <= r.Max }
+
+// Common returns the highest version both r and o contain, and false if none.
+func (r ProtocolRange) Common(o ProtocolRange) (uint8, bool) {
+	hi, lo := min(r.Max, o.Max), max(r.Min, o.Min)
+	return hi, lo <= hi
+}
+
+// String formats r as [min,max].
+func (r ProtocolRange) String() string { return fmt.Sprintf("[%d,%d]", r.Min, r.Max) }
+
+// wireVersion returns the version to encode a message of Version v in: v, or
+// ProtocolVersion for 0; it fails on a version the codecs do not speak.
+func wireVersion(v uint8) (uint8, error) {
+	if v == 0 {
+		return ProtocolVersion, nil
+	}
+	if !Supported().Contains(v) {
+		return 0, fmt.Errorf("sync protocol version %d: this build speaks %s", v, Supported())
+	}
+	return v, nil
+}
 
 // MaxMessage bounds every sync message, request or reply, in bytes.
 const MaxMessage = 32 << 20
@@ -35,6 +103,9 @@ const (
 
 // PushRequest carries changes committed at (or relayed by) From.
 type PushRequest struct {
+	// Version is the protocol version the message is encoded in (0: ProtocolVersion);
+	// the decoder sets it. Every message type has one; a reply is in its request's.
+	Version uint8
 	From    crdt.NodeID
 	Changes []storage.Change
 	// Through, when not zero, is a reading of From's clock such that the receiver, once it
@@ -59,11 +130,13 @@ type PushRequest struct {
 // PushReply answers a push with the receiver's era: a sender whose pushes went by
 // another era runs a round with it before it tells Through again.
 type PushReply struct {
-	Era uint64
+	Version uint8
+	Era     uint64
 }
 
 // DigestRequest carries the sender's branch hashes.
 type DigestRequest struct {
+	Version  uint8
 	Branches []uint64 // crdt.DigestBranches of them
 	// Mask, when not nil, is the partitions to compare (crdt.Digest.Restrict): Branches
 	// are of the digest restricted to it, and the receiver restricts its own the same way.
@@ -72,6 +145,7 @@ type DigestRequest struct {
 
 // DigestReply lists, for each branch whose hash differs, the receiver's leaf hashes.
 type DigestReply struct {
+	Version  uint8
 	Branches []BranchLeaves
 	// Have is what the replier held before it read its digest: for each origin (itself
 	// included), every write stamped at or before the mark. A requester that completes
@@ -92,7 +166,8 @@ type BranchLeaves struct {
 
 // LeavesRequest carries the sender's (key, hash) pairs for the leaves it found differing.
 type LeavesRequest struct {
-	Leaves []LeafPairs
+	Version uint8
+	Leaves  []LeafPairs
 }
 
 // LeafPairs is one leaf's keys and pair hashes, or a part of them: those with keys from
@@ -117,6 +192,7 @@ func (lp *LeafPairs) covers(key string) bool {
 // lacks or holds differently, and the keys the receiver wants from the sender. Truncated
 // says the reply was cut at the size bound; the next round finishes it.
 type LeavesReply struct {
+	Version   uint8
 	Changes   []storage.Change
 	Want      []string
 	Truncated bool
@@ -127,11 +203,12 @@ type wire []byte
 
 func (w wire) uvarint(v uint64) wire { return binary.AppendUvarint(w, v) }
 func (w wire) u64(v uint64) wire     { return binary.BigEndian.AppendUint64(w, v) }
-func (w wire) bytes(b []byte) wire   { return append(w.uvarint(uint64(len(b))), b...) }
+func (w wire) bytes(b []byte) wire   { return append(w.uvarint(length(len(b))), b...) }
 
 type reader struct {
-	b   []byte
-	err error
+	b       []byte
+	err     error
+	version uint8 // of the message, once header has read it
 }
 
 var errTruncated = errors.New("sync message truncated")
@@ -161,7 +238,7 @@ func (r *reader) u64() uint64 {
 
 func (r *reader) bytes() []byte {
 	n := r.uvarint()
-	if r.err != nil || n > uint64(len(r.b)) {
+	if r.err != nil || n > length(len(r.b)) {
 		r.err = errTruncated
 		return nil
 	}
@@ -175,24 +252,40 @@ func (r *reader) bytes() []byte {
 // allocate.
 func (r *reader) count(minSize int, limit uint64) int {
 	n := r.uvarint()
-	if r.err == nil && (n > limit || n > uint64(len(r.b)/minSize)) {
+	if r.err == nil && (n > limit || n > length(len(r.b)/minSize)) {
 		r.err = fmt.Errorf("sync message: list of %d elements does not fit", n)
 	}
 	if r.err != nil {
 		return 0
 	}
-	return int(n)
+	return int(n) // #nosec G115 -- n ≤ len(r.b), checked above
 }
+
+// index reads a number that is used as an index below limit, and fails on any other.
+func (r *reader) index(what string, limit int) int {
+	n := r.uvarint()
+	if r.err == nil && n >= uint64(limit) { // #nosec G115 -- limit is a positive constant
+		r.err = fmt.Errorf("sync message: %s %d out of range [0, %d)", what, n, limit)
+	}
+	if r.err != nil {
+		return 0
+	}
+	return int(n) // #nosec G115 -- n < limit, checked above
+}
+
+// length returns len(n) as a uint64 for an encoder.
+func length(n int) uint64 { return uint64(n) } // #nosec G115 -- lengths are never negative
 
 func (r *reader) header(kind byte) {
 	if len(r.b) < 2 {
 		r.err = errTruncated
 		return
 	}
-	if r.b[0] != ProtocolVersion {
-		r.err = fmt.Errorf("sync protocol version %d, want %d", r.b[0], ProtocolVersion)
+	if s := Supported(); !s.Contains(r.b[0]) {
+		r.err = fmt.Errorf("sync protocol version %d, this node speaks %s", r.b[0], s)
 		return
 	}
+	r.version = r.b[0]
 	if r.b[1] != kind {
 		r.err = fmt.Errorf("sync message kind %d, want %d", r.b[1], kind)
 		return
@@ -200,17 +293,19 @@ func (r *reader) header(kind byte) {
 	r.b = r.b[2:]
 }
 
+// end reports the first error met, or trailing bytes: any error wraps ErrInvalidMessage.
 func (r *reader) end() error {
 	if r.err == nil && len(r.b) > 0 {
 		r.err = fmt.Errorf("sync message: %d trailing bytes", len(r.b))
 	}
-	return r.err
+	return invalid(r.err)
 }
 
-func header(kind byte) wire { return wire{ProtocolVersion, kind} }
+// header starts a message of kind in version v (see wireVersion).
+func header(kind, v byte) wire { return wire{v, kind} }
 
 func (w wire) changes(cs []storage.Change) wire {
-	w = w.uvarint(uint64(len(cs)))
+	w = w.uvarint(length(len(cs)))
 	for _, c := range cs {
 		w = w.bytes(c.AppendBinary(nil))
 	}
@@ -236,7 +331,7 @@ func (r *reader) changes() []storage.Change {
 }
 
 func (w wire) pairs(ps []storage.KeyHash) wire {
-	w = w.uvarint(uint64(len(ps)))
+	w = w.uvarint(length(len(ps)))
 	for _, p := range ps {
 		w = w.bytes([]byte(p.Key)).u64(p.Hash)
 	}
@@ -255,7 +350,11 @@ func (r *reader) pairs() []storage.KeyHash {
 
 // MarshalBinary encodes a PushRequest.
 func (m PushRequest) MarshalBinary() ([]byte, error) {
-	w := header(kindPush).u64(uint64(m.From)).changes(m.Changes).timestamp(m.Through).u64(m.Placement).uvarint(uint64(len(m.Held)))
+	v, err := wireVersion(m.Version)
+	if err != nil {
+		return nil, err
+	}
+	w := header(kindPush, v).u64(uint64(m.From)).changes(m.Changes).timestamp(m.Through).u64(m.Placement).uvarint(length(len(m.Held)))
 	for _, x := range m.Held {
 		w = w.u64(x)
 	}
@@ -294,6 +393,7 @@ func (r *reader) bookmark() crdt.Bookmark {
 func (m *PushRequest) UnmarshalBinary(b []byte) error {
 	r := reader{b: b}
 	r.header(kindPush)
+	m.Version = r.version
 	m.From = crdt.NodeID(r.u64())
 	m.Changes = r.changes()
 	m.Through = r.timestamp()
@@ -305,24 +405,33 @@ func (m *PushRequest) UnmarshalBinary(b []byte) error {
 
 // MarshalBinary encodes a PushReply.
 func (m PushReply) MarshalBinary() ([]byte, error) {
-	return header(kindReply).u64(m.Era), nil
+	v, err := wireVersion(m.Version)
+	if err != nil {
+		return nil, err
+	}
+	return header(kindReply, v).u64(m.Era), nil
 }
 
 // UnmarshalBinary decodes a PushReply.
 func (m *PushReply) UnmarshalBinary(b []byte) error {
 	r := reader{b: b}
 	r.header(kindReply)
+	m.Version = r.version
 	m.Era = r.u64()
 	return r.end()
 }
 
 // MarshalBinary encodes a DigestRequest.
 func (m DigestRequest) MarshalBinary() ([]byte, error) {
-	w := header(kindDigest).uvarint(uint64(len(m.Branches)))
+	v, err := wireVersion(m.Version)
+	if err != nil {
+		return nil, err
+	}
+	w := header(kindDigest, v).uvarint(length(len(m.Branches)))
 	for _, h := range m.Branches {
 		w = w.u64(h)
 	}
-	w = w.uvarint(uint64(len(m.Mask)))
+	w = w.uvarint(length(len(m.Mask)))
 	for _, x := range m.Mask {
 		w = w.u64(x)
 	}
@@ -333,6 +442,7 @@ func (m DigestRequest) MarshalBinary() ([]byte, error) {
 func (m *DigestRequest) UnmarshalBinary(b []byte) error {
 	r := reader{b: b}
 	r.header(kindDigest)
+	m.Version = r.version
 	n := r.count(8, crdt.DigestBranches)
 	m.Branches = make([]uint64, n)
 	for i := range m.Branches {
@@ -347,14 +457,18 @@ func (m *DigestRequest) UnmarshalBinary(b []byte) error {
 
 // MarshalBinary encodes a DigestReply.
 func (m DigestReply) MarshalBinary() ([]byte, error) {
-	w := header(kindReply).uvarint(uint64(len(m.Branches)))
+	v, err := wireVersion(m.Version)
+	if err != nil {
+		return nil, err
+	}
+	w := header(kindReply, v).uvarint(length(len(m.Branches)))
 	for _, bl := range m.Branches {
-		w = w.uvarint(uint64(bl.Branch)).uvarint(uint64(len(bl.Leaves)))
+		w = w.uvarint(length(bl.Branch)).uvarint(length(len(bl.Leaves)))
 		for _, h := range bl.Leaves {
 			w = w.u64(h)
 		}
 	}
-	w = w.bytes(m.Have.AppendBinary(nil)).uvarint(uint64(len(m.HaveMask)))
+	w = w.bytes(m.Have.AppendBinary(nil)).uvarint(length(len(m.HaveMask)))
 	for _, x := range m.HaveMask {
 		w = w.u64(x)
 	}
@@ -365,15 +479,16 @@ func (m DigestReply) MarshalBinary() ([]byte, error) {
 func (m *DigestReply) UnmarshalBinary(b []byte) error {
 	r := reader{b: b}
 	r.header(kindReply)
+	m.Version = r.version
 	n := r.count(2, crdt.DigestBranches)
 	for i := 0; i < n && r.err == nil; i++ {
-		bl := BranchLeaves{Branch: int(r.uvarint())}
+		bl := BranchLeaves{Branch: r.index("branch", crdt.DigestBranches)}
 		k := r.count(8, crdt.DigestBranches)
 		bl.Leaves = make([]uint64, k)
 		for j := range bl.Leaves {
 			bl.Leaves[j] = r.u64()
 		}
-		if r.err == nil && (bl.Branch < 0 || bl.Branch >= crdt.DigestBranches || k != crdt.DigestBranches) {
+		if r.err == nil && k != crdt.DigestBranches {
 			r.err = errors.New("digest reply: bad branch")
 		}
 		m.Branches = append(m.Branches, bl)
@@ -402,13 +517,17 @@ func (r *reader) mask() []uint64 {
 
 // MarshalBinary encodes a LeavesRequest.
 func (m LeavesRequest) MarshalBinary() ([]byte, error) {
-	w := header(kindLeaves).uvarint(uint64(len(m.Leaves)))
+	v, err := wireVersion(m.Version)
+	if err != nil {
+		return nil, err
+	}
+	w := header(kindLeaves, v).uvarint(length(len(m.Leaves)))
 	for _, lp := range m.Leaves {
 		only := uint64(0)
 		if lp.Only {
 			only = 1
 		}
-		w = w.uvarint(uint64(lp.Leaf)).pairs(lp.Pairs).bytes([]byte(lp.From)).bytes([]byte(lp.To)).uvarint(only)
+		w = w.uvarint(length(lp.Leaf)).pairs(lp.Pairs).bytes([]byte(lp.From)).bytes([]byte(lp.To)).uvarint(only)
 	}
 	return w, nil
 }
@@ -417,16 +536,15 @@ func (m LeavesRequest) MarshalBinary() ([]byte, error) {
 func (m *LeavesRequest) UnmarshalBinary(b []byte) error {
 	r := reader{b: b}
 	r.header(kindLeaves)
+	m.Version = r.version
 	n := r.count(2, maxLeafList)
 	for i := 0; i < n && r.err == nil; i++ {
-		lp := LeafPairs{Leaf: int(r.uvarint())}
+		lp := LeafPairs{Leaf: r.index("leaf", crdt.DigestLeaves)}
 		lp.Pairs = r.pairs()
 		lp.From, lp.To = string(r.bytes()), string(r.bytes())
 		lp.Only = r.uvarint() == 1
 		switch {
 		case r.err != nil:
-		case lp.Leaf < 0 || lp.Leaf >= crdt.DigestLeaves:
-			r.err = errors.New("leaves request: bad leaf")
 		case lp.To != "" && lp.To <= lp.From:
 			r.err = errors.New("leaves request: empty key range")
 		}
@@ -437,7 +555,11 @@ func (m *LeavesRequest) UnmarshalBinary(b []byte) error {
 
 // MarshalBinary encodes a LeavesReply.
 func (m LeavesReply) MarshalBinary() ([]byte, error) {
-	w := header(kindReply).changes(m.Changes).uvarint(uint64(len(m.Want)))
+	v, err := wireVersion(m.Version)
+	if err != nil {
+		return nil, err
+	}
+	w := header(kindReply, v).changes(m.Changes).uvarint(length(len(m.Want)))
 	for _, k := range m.Want {
 		w = w.bytes([]byte(k))
 	}
@@ -452,6 +574,7 @@ func (m LeavesReply) MarshalBinary() ([]byte, error) {
 func (m *LeavesReply) UnmarshalBinary(b []byte) error {
 	r := reader{b: b}
 	r.header(kindReply)
+	m.Version = r.version
 	m.Changes = r.changes()
 	n := r.count(1, maxChanges)
 	for i := 0; i < n && r.err == nil; i++ {

@@ -142,7 +142,7 @@ func FuzzPushRequest(f *testing.F) {
 		mustEncode(f, PushRequest{From: 0xb2, Changes: cs[:1]}),
 		mustEncode(f, PushRequest{From: 0xb2}),
 	)
-	f.Add([]byte(header(kindPush).u64(1).uvarint(1 << 40)))
+	f.Add([]byte(header(kindPush, ProtocolVersion).u64(1).uvarint(1 << 40)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m PushRequest
 		if checkDecode(t, &m, b) != nil {
@@ -158,7 +158,7 @@ func FuzzPushRequest(f *testing.F) {
 
 func FuzzPushReply(f *testing.F) {
 	addSeeds(f, mustEncode(f, PushReply{Era: 0xfeedface}), mustEncode(f, PushReply{}))
-	f.Add([]byte(header(kindReply)))
+	f.Add([]byte(header(kindReply, ProtocolVersion)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m PushReply
 		if checkDecode(t, &m, b) != nil {
@@ -181,7 +181,7 @@ func FuzzDigestRequest(f *testing.F) {
 		mustEncode(f, DigestRequest{Branches: hashes}),
 		mustEncode(f, DigestRequest{Branches: make([]uint64, crdt.DigestBranches)}),
 	)
-	f.Add([]byte(header(kindDigest).uvarint(1 << 40)))
+	f.Add([]byte(header(kindDigest, ProtocolVersion).uvarint(1 << 40)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m DigestRequest
 		if checkDecode(t, &m, b) != nil {
@@ -207,7 +207,7 @@ func FuzzDigestReply(f *testing.F) {
 		mustEncode(f, DigestReply{Branches: []BranchLeaves{{Branch: 0, Leaves: leaves}, {Branch: crdt.DigestBranches - 1, Leaves: leaves}}, Have: sampleBookmark()}),
 		mustEncode(f, DigestReply{}),
 	)
-	f.Add([]byte(header(kindReply).uvarint(1).uvarint(1 << 40)))
+	f.Add([]byte(header(kindReply, ProtocolVersion).uvarint(1).uvarint(1 << 40)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m DigestReply
 		if checkDecode(t, &m, b) != nil {
@@ -236,7 +236,7 @@ func FuzzLeavesRequest(f *testing.F) {
 		}}),
 		mustEncode(f, LeavesRequest{}),
 	)
-	f.Add([]byte(header(kindLeaves).uvarint(1).uvarint(0).uvarint(1 << 40)))
+	f.Add([]byte(header(kindLeaves, ProtocolVersion).uvarint(1).uvarint(0).uvarint(1 << 40)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m LeavesRequest
 		if checkDecode(t, &m, b) != nil {
@@ -262,7 +262,7 @@ func FuzzLeavesReply(f *testing.F) {
 		mustEncode(f, LeavesReply{Want: []string{"n/bob"}}),
 		mustEncode(f, LeavesReply{}),
 	)
-	f.Add([]byte(header(kindReply).uvarint(0).uvarint(1 << 40)))
+	f.Add([]byte(header(kindReply, ProtocolVersion).uvarint(0).uvarint(1 << 40)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m LeavesReply
 		if checkDecode(t, &m, b) != nil {
@@ -310,15 +310,15 @@ func TestSyncMessageHostileCounts(t *testing.T) {
 		m    encoding.BinaryUnmarshaler
 		b    wire
 	}{
-		{"PushRequest", new(PushRequest), header(kindPush).u64(1).uvarint(uint64(len(pad) / 2))},
-		{"DigestRequest", new(DigestRequest), header(kindDigest).uvarint(crdt.DigestBranches)},
-		{"DigestReply", new(DigestReply), header(kindReply).uvarint(crdt.DigestBranches)},
-		{"LeavesRequest", new(LeavesRequest), header(kindLeaves).uvarint(maxLeafList)},
-		{"LeavesReply", new(LeavesReply), header(kindReply).uvarint(uint64(len(pad) / 2))},
+		{"PushRequest", new(PushRequest), header(kindPush, ProtocolVersion).u64(1).uvarint(uint64(len(pad) / 2))},
+		{"DigestRequest", new(DigestRequest), header(kindDigest, ProtocolVersion).uvarint(crdt.DigestBranches)},
+		{"DigestReply", new(DigestReply), header(kindReply, ProtocolVersion).uvarint(crdt.DigestBranches)},
+		{"LeavesRequest", new(LeavesRequest), header(kindLeaves, ProtocolVersion).uvarint(maxLeafList)},
+		{"LeavesReply", new(LeavesReply), header(kindReply, ProtocolVersion).uvarint(uint64(len(pad) / 2))},
 		// The hard caps, beyond what the input could hold: refused before allocating.
-		{"PushRequestCap", new(PushRequest), header(kindPush).u64(1).uvarint(maxChanges)},
-		{"LeavesReplyCap", new(LeavesReply), header(kindReply).uvarint(0).uvarint(maxChanges)},
-		{"LeavesRequestPairsCap", new(LeavesRequest), header(kindLeaves).uvarint(1).uvarint(0).uvarint(maxChanges)},
+		{"PushRequestCap", new(PushRequest), header(kindPush, ProtocolVersion).u64(1).uvarint(maxChanges)},
+		{"LeavesReplyCap", new(LeavesReply), header(kindReply, ProtocolVersion).uvarint(0).uvarint(maxChanges)},
+		{"LeavesRequestPairsCap", new(LeavesRequest), header(kindLeaves, ProtocolVersion).uvarint(1).uvarint(0).uvarint(maxChanges)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_ = checkDecode(t, tc.m, append(tc.b, pad...))

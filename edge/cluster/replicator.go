@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"iter"
 	"log/slog"
@@ -28,6 +29,9 @@ type Peer struct {
 	// Joining says the peer is catching up before it takes its share of the partitions:
 	// placement leaves it out until it has (Config.Joining).
 	Joining bool
+	// Proto is the sync protocol version to speak with the peer: the highest both speak
+	// (ProtocolRange.Common); 0: ProtocolVersion. Membership sets it.
+	Proto uint8
 }
 
 // Transport carries sync requests to a peer's Handler. Implementations must be safe for
@@ -81,6 +85,12 @@ type Config struct {
 	Now      func() time.Time // physical clock for lag figures; default time.Now
 	Logger   *slog.Logger     // default: discard
 	Metrics  *Metrics         // nil: none
+	// Guard accounts the invalid replies of peers, which it names by Peer.Name, and
+	// backs them off: this node does not call a peer while it is backed off. Give
+	// the transport's server the same guard (TLSTransport.SetGuard, ServeMessage), so
+	// that a peer's invalid requests back it off too. Nil: a guard of the replicator's
+	// own, logging to Logger and counting in Metrics.
+	Guard *Guard
 }
 
 // Replicator keeps this node's replica in step with its peers'. It runs one worker per
@@ -188,6 +198,9 @@ func NewReplicator(cfg Config) *Replicator {
 	if cfg.MoveRate == 0 {
 		cfg.MoveRate = DefaultMoveRate
 	}
+	if cfg.Guard == nil {
+		cfg.Guard = NewGuard(cfg.Logger, cfg.Metrics)
+	}
 	r := &Replicator{
 		cfg: cfg, self: cfg.DB.NodeID(), log: cfg.Logger,
 		workers: make(map[crdt.NodeID]*worker), caughtUp: make(chan struct{}), replanned: make(chan struct{}, 1),
@@ -201,6 +214,18 @@ func NewReplicator(cfg Config) *Replicator {
 	r.have.init()
 	r.view.Store(newView(r.selfPeer(), nil, cfg.Replicas, r.joining))
 	return r
+}
+
+// Guard returns the guard that accounts peers' invalid replies (Config.Guard).
+func (r *Replicator) Guard() *Guard { return r.cfg.Guard }
+
+// replyErr accounts err, a call to peer of kind that failed, against peer when the reply
+// was invalid, and returns err.
+func (r *Replicator) replyErr(peer Peer, kind string, err error) error {
+	if errors.Is(err, ErrInvalidMessage) {
+		r.cfg.Guard.Invalid(peer.Name, kind+"_reply", err)
+	}
+	return err
 }
 
 func (r *Replicator) selfPeer() Peer {
@@ -509,7 +534,18 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 	defer timer.Stop()
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
+	key := w.peer.Name
 	for {
+		if d := r.cfg.Guard.Backoff(key); d > 0 {
+			// The peer sent something invalid: call it again only once its backoff ends.
+			until := time.Now().Add(d)
+			if needSync && syncAfter.Before(until) {
+				syncAfter = until
+			}
+			if !pushRetry || pushAfter.Before(until) {
+				pushRetry, pushAfter = true, until
+			}
+		}
 		if needSync && !time.Now().Before(syncAfter) {
 			if res, err := r.sync(ctx, w.peer, false); err == nil {
 				needSync, syncBackoff = false, 0
@@ -679,11 +715,12 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 
 // push sends req to the worker's peer and notes a reply from another era (w.stale).
 func (r *Replicator) push(ctx context.Context, w *worker, req PushRequest) error {
+	req.Version = w.peer.Proto
 	rep, err := r.cfg.Transport.Push(ctx, w.peer, req)
 	if err == nil && rep.Era != w.peerEra {
 		w.stale = true
 	}
-	return err
+	return r.replyErr(w.peer, "push", err)
 }
 
 // ownSince reports whether the change carries a write of this node's that is its to push:
@@ -795,7 +832,7 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) (PushReply
 		r.have.distrust(req.From, res.Refused)
 	}
 	if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
-		r.have.pushed(req.Through, req.Placement, req.Held, req.Era)
+		r.have.pushed(r.clamp(req.Through), req.Placement, req.Held, req.Era)
 	}
 	now := r.cfg.Now()
 	var newest time.Duration = -1
@@ -823,7 +860,7 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) (PushReply
 	}
 	// Read last: a sender whose Through this push did not count, because we changed era
 	// meanwhile, learns so from this reply.
-	return PushReply{Era: r.have.currentEra()}, nil
+	return PushReply{Version: req.Version, Era: r.have.currentEra()}, nil
 }
 
 func (r *Replicator) count(res storage.ApplyResult) {
@@ -847,7 +884,7 @@ func (r *Replicator) HandleDigest(ctx context.Context, req DigestRequest) (Diges
 	}
 	// What we hold is read before the digest: the requester, once it has what the digest
 	// leads it to, holds at least that.
-	rep := DigestReply{Era: r.have.currentEra()}
+	rep := DigestReply{Version: req.Version, Era: r.have.currentEra()}
 	rep.Have, rep.HaveMask = r.haveOf(req.Mask)
 	d := r.cfg.DB.Digest()
 	d.Restrict(req.Mask)
@@ -864,7 +901,7 @@ func (r *Replicator) HandleDigest(ctx context.Context, req DigestRequest) (Diges
 // for every key we lack or hold differently. The changes it returns are bounded by the
 // budget; past it, the reply is marked Truncated and the requester's next round goes on.
 func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (LeavesReply, error) {
-	var rep LeavesReply
+	rep := LeavesReply{Version: req.Version}
 	size := 0
 	for _, lp := range req.Leaves {
 		mine, err := r.cfg.DB.LeafPairs(ctx, lp.Leaf)
@@ -1074,12 +1111,13 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *
 		}
 		scope = roundScope{compared: &compared, full: &partitionSet{}}
 	}
-	req.Branches = d.Branches()
+	req.Branches, req.Version = d.Branches(), peer.Proto
 	rep, err := r.cfg.Transport.Digest(ctx, peer, req)
 	if err != nil {
 		r.cfg.Metrics.round("error")
-		return syncResult{}, false, err
+		return syncResult{}, false, r.replyErr(peer, "digest", err)
 	}
+	rep.Have = r.clampBookmark(rep.Have)
 	if rep.HaveMask != nil || scope.compared != nil {
 		// What the peer's Have is about, as the peer says (its placement may differ from
 		// ours): the partitions it holds and knows of, of those compared.
@@ -1099,6 +1137,10 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *
 	}
 	var leaves []int
 	for _, bl := range rep.Branches {
+		if bl.Branch < 0 || bl.Branch >= crdt.DigestBranches || len(bl.Leaves) != crdt.DigestBranches {
+			// The decoders refuse these; a Transport that does not decode must too.
+			return syncResult{}, false, r.replyErr(peer, "digest", invalid(errors.New("digest reply: branch out of range")))
+		}
 		for j, h := range bl.Leaves {
 			leaf := bl.Branch*crdt.DigestBranches + j
 			if d.Leaf(leaf) != h && !(pull && h == 0) { // a pull needs nothing from an empty leaf
@@ -1169,9 +1211,13 @@ func (r *Replicator) noteCaughtUp() {
 // reply was truncated and the keys of the peer's changes this node refused (clock skew,
 // size).
 func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, req LeavesRequest, pull bool) (truncated bool, refused []string, err error) {
+	req.Version = peer.Proto
 	rep, err := r.cfg.Transport.Leaves(ctx, peer, req)
+	if err == nil {
+		err = checkLeavesReply(req, rep)
+	}
 	if err != nil {
-		return false, nil, err
+		return false, nil, r.replyErr(peer, "leaves", err)
 	}
 	if len(rep.Changes) > 0 {
 		res, err := r.cfg.DB.ApplyRemote(ctx, rep.Changes)
@@ -1200,9 +1246,12 @@ func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.
 		if err := r.moving(ctx, size); err != nil {
 			return err
 		}
-		_, err := r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch})
+		_, err := r.cfg.Transport.Push(ctx, peer, PushRequest{Version: peer.Proto, From: r.self, Changes: batch})
 		if err == nil {
 			continue
+		}
+		if errors.Is(r.replyErr(peer, "push", err), ErrInvalidMessage) {
+			return err // a faulty peer: no point pushing it each change alone
 		}
 		if ctx.Err() != nil {
 			return err
@@ -1214,8 +1263,87 @@ func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.
 			continue
 		}
 		for i := range batch {
-			_, _ = r.cfg.Transport.Push(ctx, peer, PushRequest{From: r.self, Changes: batch[i : i+1]})
+			_, _ = r.cfg.Transport.Push(ctx, peer, PushRequest{Version: peer.Proto, From: r.self, Changes: batch[i : i+1]})
 		}
 	}
 	return first
+}
+
+// clamp returns ts, or, if it is later than any write this node could hold (beyond
+// MaxSkew ahead of its clock: storage refuses such writes), the latest it could hold. A
+// peer's Through or Have that claims more is from a far-skewed or faulty peer; what it
+// says of earlier writes still holds.
+func (r *Replicator) clamp(ts crdt.Timestamp) crdt.Timestamp {
+	limit := r.cfg.Now().Add(r.cfg.MaxSkew).UnixNano()
+	if ts.Wall <= limit {
+		return ts
+	}
+	return crdt.Timestamp{Wall: limit, Node: ts.Node}
+}
+
+// clampBookmark returns b with every mark clamped (see clamp).
+func (r *Replicator) clampBookmark(b crdt.Bookmark) crdt.Bookmark {
+	for _, ts := range b.Marks() {
+		if r.clamp(ts) != ts {
+			var out crdt.Bookmark
+			for _, ts := range b.Marks() {
+				out.Add(r.clamp(ts))
+			}
+			return out
+		}
+	}
+	return b
+}
+
+// checkLeavesReply returns an error wrapping ErrInvalidMessage unless rep is a reply
+// HandleLeaves could give to req: not cut short (Truncated) without a change, and every
+// key of it one req asked about: each change and each wanted key lies
+// in one of req's leaves (one of the key's homes), within that leaf's key range, and is
+// one of the keys offered where the leaf was compared Only. A reply that names other
+// keys would make this node send records nobody asked for, or merge ones it did not
+// compare.
+func checkLeavesReply(req LeavesRequest, rep LeavesReply) error {
+	var offered map[string]bool // the keys of the Only leaves, built once needed
+	asked := func(key string) bool {
+		homes := crdt.KeyHomes(key)
+		for i := range req.Leaves {
+			lp := &req.Leaves[i]
+			if !homes.Contains(lp.Leaf) || !lp.covers(key) {
+				continue
+			}
+			if !lp.Only {
+				return true
+			}
+			if offered == nil {
+				offered = make(map[string]bool)
+				for _, lp := range req.Leaves {
+					if lp.Only {
+						for _, p := range lp.Pairs {
+							offered[p.Key] = true
+						}
+					}
+				}
+			}
+			if offered[key] {
+				return true
+			}
+		}
+		return false
+	}
+	if rep.Truncated && len(rep.Changes) == 0 {
+		// HandleLeaves cuts a reply only after a change: an empty cut one would only
+		// make this node ask again, round after round.
+		return invalid(errors.New("leaves reply: truncated with no change"))
+	}
+	for _, c := range rep.Changes {
+		if !asked(c.Key) {
+			return invalid(fmt.Errorf("leaves reply: change of %q, which was not compared", c.Key))
+		}
+	}
+	for _, k := range rep.Want {
+		if !asked(k) {
+			return invalid(fmt.Errorf("leaves reply: wants %q, which was not compared", k))
+		}
+	}
+	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,7 +29,11 @@ const (
 	tagRegion = "region"
 	tagID     = "id"
 	tagSync   = "sync"
-	tagProto  = "proto"
+	// tagProto is the newest sync protocol version the member speaks, tagProtoMin the
+	// oldest (absent: tagProto's; releases before negotiation announce only tagProto and
+	// speak only it). See ProtocolVersion.
+	tagProto    = "proto"
+	tagProtoMin = "proto_min"
 	// tagReplicas is the member's --replicas: every member must have the same, or their
 	// placements differ (still correct, but each forwards by its own, and keys move
 	// about). A mismatch is logged.
@@ -51,21 +56,45 @@ type Member struct {
 	Status   string // alive, suspect, failed or left
 	Addr     string // gossip address
 	SyncAddr string
-	Joining  bool // catching up: it holds no partitions yet
+	Joining  bool  // catching up: it holds no partitions yet
+	Proto    uint8 // the sync protocol version to speak with it (0: none known; not alive)
 }
 
 // MembershipConfig configures serf membership.
 type MembershipConfig struct {
-	NodeName   string
-	Region     string
-	ID         crdt.NodeID
-	BindAddr   string   // host:port for gossip (TCP and UDP)
-	Advertise  string   // host other nodes reach this one at; empty: BindAddr's host
-	SyncAddr   string   // host:port of this node's sync transport, as peers reach it
+	NodeName string
+	Region   string
+	ID       crdt.NodeID
+	// BindAddr is host:port for gossip (TCP and UDP). The host may be empty or 0.0.0.0
+	// (every interface), or name one address in any form Advertise takes.
+	BindAddr string
+	// Advertise is the address other nodes reach this one at: an IP address, a host name,
+	// an interface name (eth0), a network in CIDR notation (this host's one address in
+	// it) or a go-sockaddr template such as {{ GetInterfaceIP "eth0" }}. Empty: BindAddr's
+	// host when it names one address; with every interface bound, the local address this
+	// host reaches its Join targets from (chooseAdvertise). StartMembership logs what it
+	// advertises and why.
+	Advertise string
+	// SyncAddr is host:port of this node's sync transport as it is bound. Peers are told
+	// the advertised address with its port when Advertise is set or its host is empty or
+	// unspecified, else SyncAddr as it is.
+	SyncAddr   string
 	Replicas   int      // this node's placement (Config.Replicas), told to the others
 	Joining    bool     // start as joining (tagJoining) until Joined is called
 	GossipKeys [][]byte // 32 bytes each; the first is primary
-	Join       []string // members to join, retried with backoff until one answers
+	// Join lists the members to join, host:port (port default 7946). Each host is resolved
+	// to all its addresses (a Swarm tasks.NAME, a Kubernetes headless Service), and every
+	// one is joined. While no other member is alive the node resolves and joins again,
+	// backing off up to 30 s, so that members that were all rescheduled at new addresses
+	// find each other again.
+	Join []string
+	// LookupHost resolves a host name to all its addresses (Join targets, a host name
+	// given as Advertise); default LookupHost, the system's resolver.
+	LookupHost func(ctx context.Context, host string) ([]netip.Addr, error)
+	// Protocol is the range of sync protocol versions this node announces and speaks
+	// (zero: Supported()); it must lie within Supported(). Pinning Max to the previous
+	// release's version makes a node speak as that release would (upgrade tests).
+	Protocol ProtocolRange
 	// Snapshot is the file where serf keeps its Lamport clocks and the members it knew
 	// (empty: none). With it, a node that restarts rejoins with clocks ahead of its own
 	// earlier leave: without, its join could rank below that leave, which peers then
@@ -86,6 +115,7 @@ type MembershipConfig struct {
 type Membership struct {
 	cfg    MembershipConfig
 	serf   *serf.Serf
+	ring   *memberlist.Keyring // gossip's keys; see SetKeys
 	events chan serf.Event
 	log    *slog.Logger
 
@@ -97,9 +127,11 @@ type Membership struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the event, notice and join loops
 
-	addr      string // Addr, fixed at start
-	closeOnce sync.Once
-	closeErr  error
+	addr       string         // Addr, fixed at start
+	advertised netip.AddrPort // Advertised, fixed at start
+	sys        addrSystem
+	closeOnce  sync.Once
+	closeErr   error
 
 	mu     sync.Mutex
 	joined bool
@@ -123,6 +155,16 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if cfg.LookupHost == nil {
+		cfg.LookupHost = LookupHost
+	}
+	sys := hostSystem(cfg.LookupHost)
+	if cfg.Protocol == (ProtocolRange{}) {
+		cfg.Protocol = Supported()
+	}
+	if !cfg.Protocol.Valid() {
+		return nil, fmt.Errorf("sync protocol range %s: this build speaks %s", cfg.Protocol, Supported())
+	}
 	host, portStr, err := net.SplitHostPort(cfg.BindAddr)
 	if err != nil {
 		return nil, fmt.Errorf("gossip address: %w", err)
@@ -131,18 +173,23 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gossip port %q: %w", portStr, err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*advertiseWait)
+	defer cancel()
+	if _, perr := netip.ParseAddr(host); perr != nil && host != "" {
+		a, _, err := sys.resolveHostSpec(ctx, host)
+		if err != nil {
+			return nil, fmt.Errorf("gossip bind address: %w", err)
+		}
+		host = a.String()
+	}
+	adv, why, err := sys.advertise(ctx, cfg.Advertise, host, cfg.Join)
+	if err != nil {
+		return nil, err
+	}
 	ml := memberlist.DefaultLANConfig()
 	ml.BindAddr, ml.BindPort = host, port
-	ml.AdvertisePort = port
-	if adv := cfg.Advertise; adv != "" {
-		ip, err := resolveIP(adv)
-		if err != nil {
-			return nil, err
-		}
-		ml.AdvertiseAddr = ip
-	} else if host != "" && host != "0.0.0.0" && host != "::" {
-		ml.AdvertiseAddr = host
-	}
+	ml.AdvertiseAddr, ml.AdvertisePort = adv.String(), port
+	cfg.SyncAddr = advertisedSync(cfg.SyncAddr, cfg.Advertise != "", adv)
 	if len(cfg.GossipKeys) == 0 {
 		return nil, errors.New("gossip: no key (gossip is always encrypted)")
 	}
@@ -154,7 +201,14 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	ml.GossipVerifyIncoming, ml.GossipVerifyOutgoing = true, true
 	logger := log.New(&levelWriter{log: cfg.Logger}, "", 0)
 	ml.Logger = logger
+	// A member that comes back under its name at another address (a Swarm task or a pod
+	// rescheduled after a crash gets a new IP) is refused while its old address is
+	// remembered; memberlist forgets a dead member only after GossipToTheDeadTime (30 s).
+	// Let its name be reclaimed once it has been dead a while: names are per replica, so
+	// the newcomer is that replica.
+	ml.DeadNodeReclaimTime = deadNodeReclaim
 	if cfg.Fast {
+		ml.DeadNodeReclaimTime = deadNodeReclaim / 5
 		ml.ProbeInterval = 500 * time.Millisecond
 		ml.ProbeTimeout = 250 * time.Millisecond
 		ml.SuspicionMult = 2
@@ -166,7 +220,8 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	sc.NodeName = cfg.NodeName
 	sc.Tags = map[string]string{
 		tagRegion: cfg.Region, tagID: cfg.ID.String(), tagSync: cfg.SyncAddr,
-		tagProto: strconv.Itoa(ProtocolVersion), tagReplicas: strconv.Itoa(cfg.Replicas),
+		tagProto: strconv.Itoa(int(cfg.Protocol.Max)), tagProtoMin: strconv.Itoa(int(cfg.Protocol.Min)),
+		tagReplicas: strconv.Itoa(cfg.Replicas),
 	}
 	if cfg.Joining {
 		sc.Tags[tagJoining] = "1"
@@ -190,9 +245,11 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start serf on %s: %w", cfg.BindAddr, err)
 	}
-	m := &Membership{cfg: cfg, serf: s, events: events, log: cfg.Logger, leaveDelay: &sc.LeavePropagateDelay, warned: map[string]string{}}
-	bindHost, _, _ := net.SplitHostPort(cfg.BindAddr)
-	m.addr = net.JoinHostPort(bindHost, strconv.Itoa(int(s.Memberlist().LocalNode().Port))) // read once: SetTags rewrites the local node
+	m := &Membership{cfg: cfg, serf: s, ring: ring, events: events, log: cfg.Logger, leaveDelay: &sc.LeavePropagateDelay, warned: map[string]string{}, sys: sys}
+	gossipPort := int(s.Memberlist().LocalNode().Port) // read once: SetTags rewrites the local node
+	m.addr = net.JoinHostPort(host, strconv.Itoa(gossipPort))
+	m.advertised = netip.AddrPortFrom(adv, uint16(gossipPort)) // #nosec G115 -- a port
+	m.log.Info("advertising", "gossip", m.advertised.String(), "sync", cfg.SyncAddr, "why", why)
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.wg.Add(2)
 	go func() { defer m.wg.Done(); m.eventLoop() }()
@@ -205,42 +262,103 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	return m, nil
 }
 
-func resolveIP(host string) (string, error) {
-	if ip := net.ParseIP(host); ip != nil {
-		return host, nil
+// advertisedSync returns the sync address peers are told: bound with its host replaced by
+// the advertised address when one was configured or the host is unspecified.
+func advertisedSync(bound string, configured bool, adv netip.Addr) string {
+	host, port, err := net.SplitHostPort(bound)
+	if err != nil {
+		return bound
 	}
-	ips, err := net.LookupIP(host)
-	if err != nil || len(ips) == 0 {
-		return "", fmt.Errorf("advertise address %q: cannot resolve: %v", host, err)
+	if a, err := netip.ParseAddr(host); configured || host == "" || (err == nil && a.IsUnspecified()) {
+		return net.JoinHostPort(adv.String(), port)
 	}
-	for _, ip := range ips {
-		if ip4 := ip.To4(); ip4 != nil {
-			return ip4.String(), nil
-		}
-	}
-	return ips[0].String(), nil
+	return bound
 }
 
-// joinLoop joins the configured members, retrying with backoff until one answers.
+// deadNodeReclaim is how long a member must have been dead before another address may
+// take its name (memberlist's DeadNodeReclaimTime; a fifth of it with Fast).
+const deadNodeReclaim = 5 * time.Second
+
+// Bounds of joinLoop's backoff while this node is alone, and how often it checks whether
+// it is (aloneCheckFast with Fast).
+const (
+	joinBackoffMin = 500 * time.Millisecond
+	joinBackoffMax = 30 * time.Second
+	aloneCheck     = 5 * time.Second
+	aloneCheckFast = time.Second
+)
+
+// joinLoop keeps this node from staying alone: whenever no other member is alive (at
+// start, or after every member it knew failed or left), it resolves the join targets
+// again and joins every address they give, backing off from joinBackoffMin to
+// joinBackoffMax while that finds nobody. Members rescheduled all at once start with
+// addresses their names did not give before; each finds the others on a later round.
 func (m *Membership) joinLoop() {
-	backoff := 500 * time.Millisecond
+	check := aloneCheck
+	if m.cfg.Fast {
+		check = aloneCheckFast
+	}
+	backoff := joinBackoffMin
+	var lastTargets string
+	alone := true
 	for {
-		n, err := m.serf.Join(m.cfg.Join, true)
-		if err == nil && n > 0 {
-			m.log.Info("joined cluster", "contacted", n)
-			m.mu.Lock()
-			m.joined = true
-			m.mu.Unlock()
-			return
+		wait := check
+		if m.othersAlive() {
+			backoff, alone = joinBackoffMin, false
+		} else {
+			if !alone {
+				m.log.Warn("no other member alive; resolving the join targets again", "join", m.cfg.Join)
+				alone = true
+			}
+			targets := m.joinTargets()
+			var n int
+			var err error
+			if len(targets) > 0 {
+				n, err = m.serf.Join(targets, true)
+			}
+			if m.othersAlive() {
+				m.log.Info("joined cluster", "contacted", n, "of", len(targets), "addresses", strings.Join(targets, ","))
+				m.mu.Lock()
+				m.joined = true
+				m.mu.Unlock()
+				backoff, alone = joinBackoffMin, false
+			} else {
+				// Loud when what the targets resolve to changes, quiet while it stays the same.
+				lvl := slog.LevelDebug
+				if t := strings.Join(targets, ","); t != lastTargets || backoff == joinBackoffMin {
+					lvl, lastTargets = slog.LevelWarn, t
+				}
+				m.log.Log(m.ctx, lvl, "join failed; retrying", "join", m.cfg.Join,
+					"addresses", strings.Join(targets, ","), slog.Any("err", err), "retry_in", backoff)
+				wait = backoff
+				backoff = min(2*backoff, joinBackoffMax)
+			}
 		}
-		m.log.Warn("join failed; retrying", slog.Any("err", err), "retry_in", backoff)
+		t := time.NewTimer(wait)
 		select {
 		case <-m.ctx.Done():
+			t.Stop()
 			return
-		case <-time.After(backoff):
+		case <-t.C:
 		}
-		backoff = min(2*backoff, 30*time.Second)
 	}
+}
+
+// joinTargets resolves the join targets to every address they stand for, as host:port,
+// leaving out this node's own gossip address.
+func (m *Membership) joinTargets() []string {
+	var out []string
+	for _, t := range m.cfg.Join {
+		for _, ap := range m.sys.resolveTarget(m.ctx, t) {
+			if ap == m.advertised {
+				continue
+			}
+			if s := ap.String(); !slices.Contains(out, s) {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
 }
 
 // eventLoop owns the serf event channel. It does no slow work inline: membership changes
@@ -277,7 +395,7 @@ func (m *Membership) publish() {
 			continue
 		}
 		if mem.Status == "alive" || mem.Status == "suspect" {
-			peers = append(peers, Peer{ID: mem.ID, Name: mem.Name, Region: mem.Region, Addr: mem.SyncAddr, Joining: mem.Joining})
+			peers = append(peers, Peer{ID: mem.ID, Name: mem.Name, Region: mem.Region, Addr: mem.SyncAddr, Joining: mem.Joining, Proto: mem.Proto})
 		}
 	}
 	if m.cfg.Metrics != nil {
@@ -328,13 +446,50 @@ func (m *Membership) Joined() error {
 	return nil
 }
 
+// SetKeys replaces gossip's keys at once, in this node only: keys (32 bytes each) are
+// installed, the first becomes the one gossip encrypts with, and every key not in keys is
+// removed; members are not dropped. To rotate without a partition, add a key on every
+// node before any node sends with it, and remove the old one only once every node sends
+// with the new (docs/KEY-ROTATION.md). It fails on a key of the wrong size, leaving the
+// keys as they were.
+func (m *Membership) SetKeys(keys [][]byte) error {
+	if len(keys) == 0 {
+		return errors.New("gossip: no key (gossip is always encrypted)")
+	}
+	for i, k := range keys {
+		if len(k) != 32 {
+			return fmt.Errorf("gossip key %d: %d bytes, want 32", i, len(k))
+		}
+	}
+	for _, k := range keys {
+		if err := m.ring.AddKey(k); err != nil {
+			return fmt.Errorf("gossip keyring: %w", err)
+		}
+	}
+	if err := m.ring.UseKey(keys[0]); err != nil {
+		return fmt.Errorf("gossip keyring: %w", err)
+	}
+	for _, old := range m.ring.GetKeys() {
+		if !slices.ContainsFunc(keys, func(k []byte) bool { return bytes.Equal(k, old) }) {
+			if err := m.ring.RemoveKey(old); err != nil {
+				return fmt.Errorf("gossip keyring: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
 // Addr returns the address gossip is bound to: the configured one, with the port serf
 // picked when it was 0.
 func (m *Membership) Addr() string { return m.addr }
 
+// Advertised returns the gossip address this node tells its peers to reach it at.
+func (m *Membership) Advertised() string { return m.advertised.String() }
+
 // Members returns every member serf knows, this node included, sorted by name. A member
-// with a node id tag that does not parse, or alive with another sync protocol, is left
-// out, and logged once (not on every call: the notice loop calls this every few seconds).
+// with a node id tag that does not parse, or alive and sharing no sync protocol version
+// with this node, is left out — as if partitioned — and logged once (not on every call:
+// the notice loop calls this every few seconds).
 func (m *Membership) Members() []Member {
 	suspect := map[string]bool{}
 	for _, n := range m.serf.Memberlist().Members() {
@@ -361,10 +516,17 @@ func (m *Membership) Members() []Member {
 				status = "suspect"
 			}
 		}
-		if sm.Tags[tagProto] != strconv.Itoa(ProtocolVersion) && status == "alive" {
-			m.warnOnce(sm.Name, "proto "+strconv.Quote(sm.Tags[tagProto]),
-				"member speaks another sync protocol; ignoring", "member", sm.Name, "proto", sm.Tags[tagProto])
-			continue
+		theirs, err := memberProtocols(sm.Tags)
+		proto, ok := m.cfg.Protocol.Common(theirs)
+		if err != nil || !ok {
+			proto = 0
+			if status == "alive" || status == "suspect" {
+				reason := "proto " + strconv.Quote(sm.Tags[tagProtoMin]+".."+sm.Tags[tagProto])
+				m.warnOnce(sm.Name, reason,
+					"member shares no sync protocol version with this node; treating it as partitioned until one of the two is upgraded",
+					"member", sm.Name, "theirs", theirs.String(), "ours", m.cfg.Protocol.String(), slog.Any("err", err))
+				continue
+			}
 		}
 		if r, ok := sm.Tags[tagReplicas]; ok && r != strconv.Itoa(m.cfg.Replicas) && status == "alive" {
 			m.warnOnce(sm.Name, "replicas "+strconv.Quote(r),
@@ -374,11 +536,26 @@ func (m *Membership) Members() []Member {
 		out = append(out, Member{
 			Name: sm.Name, ID: id, Region: sm.Tags[tagRegion], Status: status,
 			Addr: net.JoinHostPort(sm.Addr.String(), strconv.Itoa(int(sm.Port))), SyncAddr: sm.Tags[tagSync],
-			Joining: sm.Tags[tagJoining] == "1",
+			Joining: sm.Tags[tagJoining] == "1", Proto: proto,
 		})
 	}
 	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// memberProtocols returns the sync protocol versions a member's tags announce.
+func memberProtocols(tags map[string]string) (ProtocolRange, error) {
+	hi, err := strconv.ParseUint(tags[tagProto], 10, 8)
+	if err != nil {
+		return ProtocolRange{}, fmt.Errorf("proto tag %q: %w", tags[tagProto], err)
+	}
+	lo := hi
+	if s, ok := tags[tagProtoMin]; ok {
+		if lo, err = strconv.ParseUint(s, 10, 8); err != nil || lo > hi {
+			return ProtocolRange{}, fmt.Errorf("proto_min tag %q (proto %d): not a version at most proto", s, hi)
+		}
+	}
+	return ProtocolRange{Min: uint8(lo), Max: uint8(hi)}, nil // #nosec G115 -- ParseUint(…, 8) fits
 }
 
 // warnOnce logs msg with args unless it logged the same reason for member last.

@@ -3,7 +3,12 @@ package cluster_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,7 +75,7 @@ func TestMembership_IgnoredMembers(t *testing.T) {
 		name, id, proto, warning string
 	}{
 		{"ErrBadID", "not-an-id", strconv.Itoa(cluster.ProtocolVersion), "member has no valid node id"},
-		{"ErrOtherProtocol", crdt.NodeID(2).String(), "999", "member speaks another sync protocol"},
+		{"ErrOtherProtocol", crdt.NodeID(2).String(), "999", "member shares no sync protocol version"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tags := map[string]string{cluster.TagRegion: "r", cluster.TagID: tc.id, cluster.TagSync: "127.0.0.1:1", cluster.TagProto: tc.proto}
@@ -111,6 +116,62 @@ func TestMembership_IgnoredMembers(t *testing.T) {
 			t.Errorf("%q logged %d times, want once", warning, n)
 		}
 	})
+}
+
+// TestMembership_ProtocolNegotiation: each pair of members speaks the highest sync
+// protocol version both announce (Member.Proto, Peer.Proto), with a fake next version
+// (6) beside today's; a member that shares none is left out, as partitioned, and logged
+// once; a member of a release before negotiation (proto tag only) speaks its version.
+func TestMembership_ProtocolNegotiation(t *testing.T) {
+	cluster.FakeNextVersion(t) // not parallel: Supported() says [5,6] meanwhile
+	v, next := cluster.ProtocolVersion, cluster.ProtocolVersion+1
+	var logs syncBuffer
+	m1 := startTestMembership(t, "m1", 1, &logs) // announces Supported(): [v, next]
+	m2 := startTestMembership(t, "m2", 2, &syncBuffer{}, m1.Addr())
+	proto := func() (uint8, bool) {
+		for _, m := range m1.Members() {
+			if m.Name == "m2" {
+				return m.Proto, true
+			}
+		}
+		return 0, false
+	}
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		p, ok := proto()
+		return ok && p == uint8(next), fmt.Sprintf("m2 listed %v, proto %d; want %d", ok, p, next)
+	})
+	for _, tc := range []struct {
+		name, min, max string // m2's tags; min "": none
+		want           uint8  // 0: left out
+	}{
+		{"NMinus1", strconv.Itoa(v), strconv.Itoa(v), uint8(v)},
+		{"BeforeNegotiation", "", strconv.Itoa(v), uint8(v)},
+		{"Both", strconv.Itoa(v), strconv.Itoa(next), uint8(next)},
+		{"NewerAndOlder", strconv.Itoa(v - 1), strconv.Itoa(next + 1), uint8(next)},
+		{"ErrOnlyNewer", strconv.Itoa(next + 1), strconv.Itoa(next + 2), 0},
+		{"ErrOnlyOlder", "", strconv.Itoa(v - 1), 0},
+		{"ErrMinAboveMax", strconv.Itoa(next), strconv.Itoa(v), 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tags := map[string]string{cluster.TagRegion: "r", cluster.TagID: crdt.NodeID(2).String(), cluster.TagSync: "127.0.0.1:1", cluster.TagProto: tc.max}
+			if tc.min != "" {
+				tags[cluster.TagProtoMin] = tc.min
+			}
+			if err := cluster.SetSerfTags(m2, tags); err != nil {
+				t.Logf("SetTags: %v", err)
+			}
+			clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+				p, ok := proto()
+				if tc.want == 0 {
+					return !ok, fmt.Sprintf("m2 still listed with proto %d", p)
+				}
+				return ok && p == tc.want, fmt.Sprintf("m2 listed %v, proto %d; want %d", ok, p, tc.want)
+			})
+		})
+	}
+	if n := logs.count("member shares no sync protocol version"); n != 3 {
+		t.Errorf("no-common-version warning logged %d times for 3 tag sets, want 3 (once each)", n)
+	}
 }
 
 func TestMembership_CloseLastMember(t *testing.T) {
@@ -192,4 +253,160 @@ func TestMembership_RejoinAfterLeave(t *testing.T) {
 			return s1 == "left" && s2 == "left", "cycle " + strconv.Itoa(cycle) + ": after its leave m3 is " + s1 + " on m1, " + s2 + " on m2"
 		})
 	}
+}
+
+// fakeDNS is a name table that tests change while nodes run.
+type fakeDNS struct {
+	mu    sync.Mutex
+	names map[string][]netip.Addr
+}
+
+func (d *fakeDNS) set(name string, addrs ...string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.names[name] = nil
+	for _, a := range addrs {
+		d.names[name] = append(d.names[name], netip.MustParseAddr(a))
+	}
+}
+
+func (d *fakeDNS) lookup(_ context.Context, host string) ([]netip.Addr, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if as := d.names[host]; len(as) > 0 {
+		return slices.Clone(as), nil
+	}
+	return nil, errors.New("no such host")
+}
+
+// startNamedMembership starts serf bound to ip:port (a loopback address of its own, so
+// that one name can stand for several members on the same port), resolving names
+// through dns.
+func startNamedMembership(t *testing.T, name string, id crdt.NodeID, bind string, dns *fakeDNS, join ...string) *cluster.Membership {
+	t.Helper()
+	var logs syncBuffer
+	m, err := cluster.StartMembership(cluster.MembershipConfig{
+		NodeName: name, Region: "r", ID: id, BindAddr: bind, SyncAddr: "127.0.0.1:1",
+		GossipKeys: [][]byte{bytes.Repeat([]byte{7}, 32)}, Join: join, Fast: true, LookupHost: dns.lookup,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatalf("cluster.StartMembership %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		m.Close(context.Background())
+		if t.Failed() {
+			t.Logf("%s's log:\n%s", name, logs.b.String())
+		}
+	})
+	return m
+}
+
+// freeLoopbackPort returns a port free on ip for TCP and UDP (serf binds both).
+func freeLoopbackPort(t *testing.T, ip string) int {
+	t.Helper()
+	l, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// aliveNames returns the names of the members m sees alive, sorted.
+func aliveNames(m *cluster.Membership) string {
+	var ns []string
+	for _, mem := range m.Members() {
+		if mem.Status == "alive" {
+			ns = append(ns, mem.Name)
+		}
+	}
+	return strings.Join(ns, ",")
+}
+
+// TestMembership_JoinEveryAddress: a join target whose name resolves to several members
+// (a Swarm tasks.NAME, a headless Service) joins every one of them, so that members that
+// did not know each other end up in one cluster.
+func TestMembership_JoinEveryAddress(t *testing.T) {
+	t.Parallel()
+	dns := &fakeDNS{names: map[string][]netip.Addr{}}
+	port := freeLoopbackPort(t, "127.0.42.1")
+	p := strconv.Itoa(port)
+	var islands []*cluster.Membership
+	for i, ip := range []string{"127.0.42.1", "127.0.42.2", "127.0.42.3"} {
+		islands = append(islands, startNamedMembership(t, "m"+strconv.Itoa(i+1), crdt.NodeID(i+1), ip+":"+p, dns))
+	}
+	dns.set("tasks.sessiond", "127.0.42.1", "127.0.42.2", "127.0.42.3")
+	startNamedMembership(t, "m4", 4, "127.0.42.4:"+p, dns, "tasks.sessiond:"+p)
+	for _, m := range islands {
+		clustersim.WaitFor(t, 15*time.Second, func() (bool, string) {
+			got := aliveNames(m)
+			return got == "m1,m2,m3,m4", m.Addr() + " sees " + got + " alive"
+		})
+	}
+}
+
+// TestMembership_RejoinWhenAlone: members rescheduled all at once each start while the
+// name they join stands only for themselves. Each keeps resolving and joining while it
+// is alone, and they find each other once the name lists them all.
+func TestMembership_RejoinWhenAlone(t *testing.T) {
+	t.Parallel()
+	dns := &fakeDNS{names: map[string][]netip.Addr{}}
+	port := freeLoopbackPort(t, "127.0.43.1")
+	p := strconv.Itoa(port)
+	dns.set("tasks.sessiond", "127.0.43.1")
+	a := startNamedMembership(t, "a", 1, "127.0.43.1:"+p, dns, "tasks.sessiond:"+p)
+	dns.set("tasks.sessiond", "127.0.43.2")
+	b := startNamedMembership(t, "b", 2, "127.0.43.2:"+p, dns, "tasks.sessiond:"+p)
+	if got := aliveNames(a); got != "a" {
+		t.Fatalf("a sees %s alive before the name lists b, want a alone", got)
+	}
+	dns.set("tasks.sessiond", "127.0.43.1", "127.0.43.2")
+	for _, m := range []*cluster.Membership{a, b} {
+		clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+			got := aliveNames(m)
+			return got == "a,b", m.Addr() + " sees " + got + " alive"
+		})
+	}
+
+	// b is rescheduled at a new address; a, alone once b's leave is known, finds the new b
+	// through the name.
+	if err := b.Close(context.Background()); err != nil {
+		t.Fatalf("close b: %v", err)
+	}
+	clustersim.WaitFor(t, 15*time.Second, func() (bool, string) { got := aliveNames(a); return got == "a", "a sees " + got })
+	dns.set("tasks.sessiond", "127.0.43.1", "127.0.43.3")
+	startNamedMembership(t, "b2", 3, "127.0.43.3:"+p, &fakeDNS{names: map[string][]netip.Addr{}}) // joins nobody itself
+	clustersim.WaitFor(t, 40*time.Second, func() (bool, string) {
+		got := aliveNames(a)
+		return got == "a,b2", "a sees " + got + " alive"
+	})
+}
+
+// TestMembership_RescheduledAtNewAddress: a member that crashed (no leave) and comes back
+// under its name at another address, as a rescheduled Swarm task or pod does, is alive
+// again within seconds, not once memberlist forgets its old address (30 s).
+func TestMembership_RescheduledAtNewAddress(t *testing.T) {
+	t.Parallel()
+	dns := &fakeDNS{names: map[string][]netip.Addr{}}
+	port := freeLoopbackPort(t, "127.0.44.1")
+	p := strconv.Itoa(port)
+	a := startNamedMembership(t, "a", 1, "127.0.44.1:"+p, dns)
+	b := startNamedMembership(t, "b", 2, "127.0.44.2:"+p, dns, "127.0.44.1:"+p)
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) { got := aliveNames(a); return got == "a,b", "a sees " + got })
+	crashed, cancel := context.WithCancel(context.Background())
+	cancel()
+	b.Close(crashed) // an ended context: no leave, as in a crash
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) { got := aliveNames(a); return got == "a", "a sees " + got })
+	start := time.Now()
+	startNamedMembership(t, "b", 2, "127.0.44.3:"+p, dns, "127.0.44.1:"+p)
+	clustersim.WaitFor(t, 15*time.Second, func() (bool, string) {
+		for _, m := range a.Members() {
+			if m.Name == "b" && m.Status == "alive" && strings.HasPrefix(m.Addr, "127.0.44.3:") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("a: %+v", a.Members())
+	})
+	t.Logf("b alive at its new address %s after it restarted", time.Since(start).Round(100*time.Millisecond))
 }

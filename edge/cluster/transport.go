@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,7 +22,10 @@ import (
 // same ed25519 identity derived from the cluster key and accepts a peer only if it proves
 // possession of one of the accepted identities (the current key or an older one still in
 // rotation), so only holders of the cluster key can exchange anything, and everything on the
-// wire is encrypted. Safe for concurrent use.
+// wire is encrypted. SetKeys changes the identities at once: the peer's key is checked on
+// every handshake, resumed ones included (tls.Config.VerifyConnection), and again on every
+// request and reply, so that a connection opened under a key since removed carries
+// nothing more. Safe for concurrent use.
 type TLSTransport struct {
 	client  *http.Client
 	streams *http.Client // forwarded requests: no timeout of its own, the caller's ctx bounds them
@@ -29,57 +33,88 @@ type TLSTransport struct {
 	server  *http.Server
 	tlsConf *tls.Config
 	metrics *Metrics
+	guard   *Guard // nil: none; see SetGuard
+	self    string // this node's name, sent with every request (peerHeader)
+	ids     atomic.Pointer[identities]
 }
 
-// NewTLSTransport returns a transport whose identity is derived from seeds, 32-byte secrets
-// derived from the cluster keys; the first is presented, all are accepted.
-func NewTLSTransport(seeds [][]byte, metrics *Metrics) (*TLSTransport, error) {
+// identities are the certificate a transport presents and the keys it accepts.
+type identities struct {
+	cert     *tls.Certificate
+	accepted []ed25519.PublicKey
+}
+
+// newIdentities derives the identities of seeds: the first is presented, all accepted.
+func newIdentities(seeds [][]byte) (*identities, error) {
 	if len(seeds) == 0 {
 		return nil, errors.New("sync transport: no key")
 	}
-	accepted := make([]ed25519.PublicKey, 0, len(seeds))
-	var cert tls.Certificate
+	ids := &identities{accepted: make([]ed25519.PublicKey, 0, len(seeds))}
 	for i, seed := range seeds {
 		if len(seed) != ed25519.SeedSize {
 			return nil, fmt.Errorf("sync transport: key %d is %d bytes, want %d", i, len(seed), ed25519.SeedSize)
 		}
 		priv := ed25519.NewKeyFromSeed(seed)
 		pub := priv.Public().(ed25519.PublicKey)
-		accepted = append(accepted, pub)
+		ids.accepted = append(ids.accepted, pub)
 		if i == 0 {
 			der, err := selfSigned(priv)
 			if err != nil {
 				return nil, err
 			}
-			cert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
+			ids.cert = &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
 		}
 	}
-	verify := func(raw [][]byte, _ [][]*x509.Certificate) error {
-		if len(raw) == 0 {
-			return errors.New("sync peer presented no certificate")
+	return ids, nil
+}
+
+// errPeerKey is the error for a peer that proves no accepted key.
+var errPeerKey = errors.New("sync peer holds another cluster key")
+
+// check returns nil if certs (a peer's chain) starts with a certificate of an accepted key.
+func (ids *identities) check(certs []*x509.Certificate) error {
+	if len(certs) == 0 {
+		return errors.New("sync peer presented no certificate")
+	}
+	pub, ok := certs[0].PublicKey.(ed25519.PublicKey)
+	if !ok {
+		return errors.New("sync peer certificate: not an ed25519 key")
+	}
+	for _, a := range ids.accepted {
+		if a.Equal(pub) {
+			return nil
 		}
-		c, err := x509.ParseCertificate(raw[0])
-		if err != nil {
-			return fmt.Errorf("sync peer certificate: %w", err)
-		}
-		pub, ok := c.PublicKey.(ed25519.PublicKey)
-		if !ok {
-			return errors.New("sync peer certificate: not an ed25519 key")
-		}
-		for _, a := range accepted {
-			if a.Equal(pub) {
-				return nil
-			}
-		}
-		return errors.New("sync peer holds another cluster key")
+	}
+	return errPeerKey
+}
+
+// NewTLSTransport returns a transport whose identity is derived from seeds, 32-byte secrets
+// derived from the cluster keys; the first is presented, all are accepted.
+func NewTLSTransport(seeds [][]byte, metrics *Metrics) (*TLSTransport, error) {
+	ids, err := newIdentities(seeds)
+	if err != nil {
+		return nil, err
 	}
 	t := &TLSTransport{metrics: metrics}
+	t.ids.Store(ids)
 	t.tlsConf = &tls.Config{
-		Certificates:          []tls.Certificate{cert},
-		MinVersion:            tls.VersionTLS13,
-		ClientAuth:            tls.RequireAnyClientCert,
-		InsecureSkipVerify:    true, // identity is the pinned key, checked by verify, not a CA chain or host name
-		VerifyPeerCertificate: verify,
+		MinVersion: tls.VersionTLS13,
+		ClientAuth: tls.RequireAnyClientCert,
+		// Identity is the pinned key, checked by VerifyConnection, not a CA chain or a
+		// host name. VerifyConnection runs on every handshake, resumed ones included
+		// (VerifyPeerCertificate does not); tickets are off all the same, so that every
+		// connection proves its key afresh.
+		InsecureSkipVerify:     true, // #nosec G402 -- see above
+		SessionTicketsDisabled: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return t.ids.Load().check(cs.PeerCertificates)
+		},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return t.ids.Load().cert, nil
+		},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return t.ids.Load().cert, nil
+		},
 	}
 	t.client = &http.Client{
 		Transport: &http.Transport{
@@ -104,6 +139,37 @@ func NewTLSTransport(seeds [][]byte, metrics *Metrics) (*TLSTransport, error) {
 	return t, nil
 }
 
+// SetKeys replaces the identities at once: seeds as for NewTLSTransport, the first
+// presented from now on, all accepted. Idle connections are closed, so the next call
+// handshakes under the new keys; a connection open under a key no longer accepted
+// carries no further request or reply (each is checked). It fails, changing nothing, on
+// a bad seed.
+func (t *TLSTransport) SetKeys(seeds [][]byte) error {
+	ids, err := newIdentities(seeds)
+	if err != nil {
+		return err
+	}
+	t.ids.Store(ids)
+	t.client.CloseIdleConnections()
+	t.streams.CloseIdleConnections()
+	return nil
+}
+
+// checkPeer returns nil if the connection state cs, of a request or reply, is of a peer
+// that proves an accepted key now.
+func (t *TLSTransport) checkPeer(cs *tls.ConnectionState) error {
+	if cs == nil {
+		return errors.New("sync: not over TLS")
+	}
+	return t.ids.Load().check(cs.PeerCertificates)
+}
+
+// SetGuard makes Serve account invalid messages with g (see ServeMessage), naming each
+// caller by the name its requests carry, as the Replicator's guard (Replicator.Guard)
+// names its peers (Peer.Name); self is this node's name, which its own requests carry.
+// Call it before Serve.
+func (t *TLSTransport) SetGuard(g *Guard, self string) { t.guard, t.self = g, self }
+
 // selfSigned returns a long-lived certificate for key; peers pin the key, not the
 // certificate.
 func selfSigned(key ed25519.PrivateKey) ([]byte, error) {
@@ -126,55 +192,154 @@ type request[T any] interface {
 	encoding.BinaryUnmarshaler
 }
 
-func serve[T any, P request[T]](t *TLSTransport, kind string, fn func(context.Context, P) (encoding.BinaryMarshaler, error)) http.HandlerFunc {
+// decodeRequest decodes body into a fresh *T.
+func decodeRequest[T any, P request[T]](body []byte) (P, error) {
+	req := P(new(T))
+	return req, req.UnmarshalBinary(body)
+}
+
+// errUnknownKind is ServeMessage's error for a kind it does not serve.
+var errUnknownKind = errors.New("unknown sync message kind")
+
+// ServeMessage answers one sync message of kind (push, digest, leaves or counters) that
+// peer sent: it decodes body, hands the request to h, and returns the encoded reply (nil
+// for counters). It is the one place where a peer's bytes enter a node, for every
+// transport. A message that is invalid — undecodable, or refused by h as such (an error
+// matching ErrInvalidMessage) — is accounted against peer by g (counted, logged, backed
+// off), and while g backs peer off its messages are refused unread. The error tells a
+// transport what to answer: ErrInvalidMessage (the sender's fault), errBackedOff, or
+// another (this node's).
+func ServeMessage(ctx context.Context, h Handler, g *Guard, peer, kind string, body []byte) ([]byte, error) {
+	if err := g.Admit(peer); err != nil {
+		return nil, err
+	}
+	rep, err := serveMessage(ctx, h, kind, body)
+	if errors.Is(err, ErrInvalidMessage) {
+		g.Invalid(peer, kind, err)
+	}
+	return rep, err
+}
+
+func serveMessage(ctx context.Context, h Handler, kind string, body []byte) ([]byte, error) {
+	var rep encoding.BinaryMarshaler
+	switch kind {
+	case "push":
+		req, err := decodeRequest[PushRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		r, err := h.HandlePush(ctx, *req)
+		if err != nil {
+			return nil, err
+		}
+		rep = r
+	case "digest":
+		req, err := decodeRequest[DigestRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		r, err := h.HandleDigest(ctx, *req)
+		if err != nil {
+			return nil, err
+		}
+		rep = r
+	case "leaves":
+		req, err := decodeRequest[LeavesRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		r, err := h.HandleLeaves(ctx, *req)
+		if err != nil {
+			return nil, err
+		}
+		rep = r
+	case "counters":
+		ch, ok := h.(CounterHandler)
+		if !ok {
+			return nil, errUnknownKind
+		}
+		req, err := decodeRequest[CountersMessage](body)
+		if err != nil {
+			return nil, err
+		}
+		return nil, ch.HandleCounters(ctx, *req)
+	default:
+		return nil, errUnknownKind
+	}
+	return rep.MarshalBinary()
+}
+
+// serve answers kind's messages with h through ServeMessage; the peer is named by its
+// request (peerName).
+func (t *TLSTransport) serve(h Handler, kind string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if err := t.checkPeer(r.TLS); err != nil {
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return
+		}
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxMessage))
 		if err != nil {
+			t.guard.Invalid(peerName(r), kind, invalid(err))
 			http.Error(w, "read request: "+err.Error(), http.StatusRequestEntityTooLarge)
 			return
 		}
 		t.metrics.bytes("received", kind, len(body))
-		req := P(new(T))
-		if err := req.UnmarshalBinary(body); err != nil {
+		out, err := ServeMessage(r.Context(), h, t.guard, peerName(r), kind, body)
+		switch {
+		case errors.Is(err, ErrInvalidMessage):
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
-		}
-		rep, err := fn(r.Context(), req)
-		if err != nil {
+		case errors.Is(err, errBackedOff):
+			http.Error(w, err.Error(), http.StatusTooManyRequests)
+			return
+		case errors.Is(err, errUnknownKind):
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		case err != nil:
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		var out []byte
-		if rep != nil {
-			out, _ = rep.MarshalBinary()
-		}
 		t.metrics.bytes("sent", kind, len(out))
 		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Write(out)
+		_, _ = w.Write(out) // #nosec G705 -- a binary sync reply to a peer, not a page
 	}
+}
+
+// peerHeader carries the caller's node name (Peer.Name) on sync requests, so that a
+// Guard names a peer alike whether it calls or is called. Only holders of the cluster
+// key reach the handler, and one could claim another's name — and do worse anyway.
+const peerHeader = "Sessiond-Peer"
+
+// peerName returns the name a sync request's caller gives, or, without one, its IP.
+func peerName(r *http.Request) string {
+	if name := r.Header.Get(peerHeader); name != "" && len(name) <= 256 {
+		return name
+	}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return "ip:" + host
+	}
+	return "ip:" + r.RemoteAddr
 }
 
 // Serve answers sync requests on ln with h until Shutdown; call it once. It returns
 // http.ErrServerClosed after Shutdown.
 func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /sync/v1/push", serve(t, "push", func(ctx context.Context, req *PushRequest) (encoding.BinaryMarshaler, error) {
-		rep, err := h.HandlePush(ctx, *req)
-		return rep, err
-	}))
-	mux.HandleFunc("POST /sync/v1/digest", serve(t, "digest", func(ctx context.Context, req *DigestRequest) (encoding.BinaryMarshaler, error) {
-		rep, err := h.HandleDigest(ctx, *req)
-		return rep, err
-	}))
-	mux.HandleFunc("POST /sync/v1/leaves", serve(t, "leaves", func(ctx context.Context, req *LeavesRequest) (encoding.BinaryMarshaler, error) {
-		rep, err := h.HandleLeaves(ctx, *req)
-		return rep, err
-	}))
-	if ch, ok := h.(CounterHandler); ok { // see WithCounters
-		t.serveCounters(mux, ch)
+	for _, kind := range []string{"push", "digest", "leaves"} {
+		mux.HandleFunc("POST /sync/v1/"+kind, t.serve(h, kind))
+	}
+	if _, ok := h.(CounterHandler); ok { // see WithCounters
+		mux.HandleFunc("POST /sync/v1/counters", t.serve(h, "counters"))
 	}
 	if t.forward != nil {
-		mux.Handle("POST "+forwardPath, t.forward)
+		fwd := t.forward
+		mux.HandleFunc("POST "+forwardPath, func(w http.ResponseWriter, r *http.Request) {
+			if err := t.checkPeer(r.TLS); err != nil {
+				http.Error(w, err.Error(), http.StatusForbidden)
+				return
+			}
+			fwd.ServeHTTP(w, r)
+		})
 	}
 	t.server.Handler = mux
 	return t.server.Serve(tls.NewListener(ln, t.tlsConf))
@@ -199,11 +364,17 @@ func (t *TLSTransport) call(ctx context.Context, to Peer, kind string, req encod
 	if err != nil {
 		return err
 	}
+	if t.self != "" {
+		hreq.Header.Set(peerHeader, t.self)
+	}
 	resp, err := t.client.Do(hreq)
 	if err != nil {
 		return fmt.Errorf("sync %s to %s: %w", kind, to.Name, err)
 	}
 	defer resp.Body.Close()
+	if err := t.checkPeer(resp.TLS); err != nil {
+		return fmt.Errorf("sync %s to %s: %w", kind, to.Name, err)
+	}
 	t.metrics.bytes("sent", kind, len(body))
 	out, err := io.ReadAll(io.LimitReader(resp.Body, MaxMessage+1))
 	if err != nil {
@@ -211,16 +382,26 @@ func (t *TLSTransport) call(ctx context.Context, to Peer, kind string, req encod
 	}
 	t.metrics.bytes("received", kind, len(out))
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("sync %s to %s: %s: %s", kind, to.Name, resp.Status, bytes.TrimSpace(out))
+		msg := bytes.TrimSpace(out)
+		if len(msg) > maxErrorText { // the peer's text goes into our logs: bound it
+			msg = append(msg[:maxErrorText:maxErrorText], "…"...)
+		}
+		return fmt.Errorf("sync %s to %s: %s: %q", kind, to.Name, resp.Status, msg)
 	}
 	if len(out) > MaxMessage {
-		return fmt.Errorf("sync %s to %s: reply over %d bytes", kind, to.Name, MaxMessage)
+		return fmt.Errorf("sync %s to %s: reply over %d bytes: %w", kind, to.Name, MaxMessage, ErrInvalidMessage)
 	}
 	if rep == nil {
 		return nil
 	}
-	return rep.UnmarshalBinary(out)
+	if err := rep.UnmarshalBinary(out); err != nil {
+		return fmt.Errorf("sync %s to %s: reply: %w", kind, to.Name, invalid(err))
+	}
+	return nil
 }
+
+// maxErrorText bounds the part of a peer's error reply that goes into an error.
+const maxErrorText = 256
 
 // Push implements Transport.
 func (t *TLSTransport) Push(ctx context.Context, to Peer, req PushRequest) (PushReply, error) {
@@ -263,6 +444,10 @@ func (t *TLSTransport) Forward(ctx context.Context, to Peer, header http.Header,
 	req.Header = header
 	resp, err := t.streams.Do(req)
 	if err != nil {
+		return nil, fmt.Errorf("forward to %s: %w", to.Name, err)
+	}
+	if err := t.checkPeer(resp.TLS); err != nil {
+		_ = resp.Body.Close()
 		return nil, fmt.Errorf("forward to %s: %w", to.Name, err)
 	}
 	return resp, nil

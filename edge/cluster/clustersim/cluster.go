@@ -24,11 +24,12 @@ type config struct {
 	antiEntropyEvery time.Duration // default 300ms
 	maxSkew          time.Duration // default 1 minute
 	faults           Faults
-	manualPeers      bool // never call SetPeers: the test drives SyncWith itself
-	pushBatch        int  // changes per push; 0: the Replicator's default
-	maxMessage       int  // sync message bound; 0: cluster.MaxMessage
-	replicas         int  // holders of each partition per region; 0: every node
-	debugLogs        bool // route every node's debug logs to t.Log, not only warnings
+	manualPeers      bool                    // never call SetPeers: the test drives SyncWith itself
+	pushBatch        int                     // changes per push; 0: the Replicator's default
+	maxMessage       int                     // sync message bound; 0: cluster.MaxMessage
+	replicas         int                     // holders of each partition per region; 0: every node
+	debugLogs        bool                    // route every node's debug logs to t.Log, not only warnings
+	protocols        []cluster.ProtocolRange // node i's, from the start; see SetProtocols
 }
 
 // An Option configures New.
@@ -77,6 +78,12 @@ func WithManualPeers() Option {
 	return func(c *config) { c.manualPeers = true }
 }
 
+// WithProtocols makes node i speak the sync protocol versions ranges[i] from the start
+// (nodes beyond the list: cluster.Supported()); see SetProtocols.
+func WithProtocols(ranges ...cluster.ProtocolRange) Option {
+	return func(c *config) { c.protocols = ranges }
+}
+
 // WithDebugLogs routes every node's debug logs to t.Log; by default only warnings and
 // errors are logged.
 func WithDebugLogs(on bool) Option {
@@ -110,6 +117,7 @@ type Cluster struct {
 	groups    map[int]int
 	followNet bool         // membership sees the partition
 	frozen    map[int]bool // nodes whose membership no longer changes (Freeze)
+	faulty    []*Faulty    // faulty peers every honest node sees (AddFaulty)
 }
 
 // events counts the faults a cluster went through.
@@ -142,10 +150,14 @@ type Node struct {
 	// joining: the node starts as joining (Config.Joining) and tells its peers so, until
 	// the test makes it join (MarkJoined).
 	joining atomic.Bool
+	// protocols is the range of sync protocol versions the node speaks (SetProtocols);
+	// nil: cluster.Supported().
+	protocols atomic.Pointer[cluster.ProtocolRange]
 
 	mu       sync.RWMutex
 	db       *storage.DB
 	rep      *cluster.Replicator
+	metrics  *cluster.Metrics
 	rejected *countingCounter
 	api      API
 }
@@ -186,6 +198,13 @@ func New(t testing.TB, n int, regions []string, opts ...Option) *Cluster {
 		dir := t.TempDir()
 		c.Nodes = append(c.Nodes, &Node{c: c, Name: fmt.Sprintf("n%d", i),
 			Region: regions[i%len(regions)], path: filepath.Join(dir, "sessiond.db")})
+		if i < len(cfg.protocols) {
+			r := cfg.protocols[i]
+			if !r.Valid() {
+				t.Fatalf("WithProtocols: node %d: %s; this build speaks %s", i, r, cluster.Supported())
+			}
+			c.Nodes[i].protocols.Store(&r)
+		}
 	}
 	t.Cleanup(c.close)
 	for _, nd := range c.Nodes {
@@ -228,6 +247,14 @@ func (n *Node) Rejected() int64 {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	return n.rejected.n.Load()
+}
+
+// Metrics returns the replication metrics of the node's current run (nil before it
+// first started).
+func (n *Node) Metrics() *cluster.Metrics {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.metrics
 }
 
 // DB returns the node's replica, or nil while it is down.
@@ -296,7 +323,7 @@ func (n *Node) start() error {
 	st := Store{DB: db, Model: c.Model}
 	clock := db.Clock()
 	n.mu.Lock()
-	n.db, n.rep, n.rejected = db, rep, rejected
+	n.db, n.rep, n.rejected, n.metrics = db, rep, rejected, m
 	n.api = API{
 		DB:       db,
 		Users:    &functions.Users{Store: st, Clock: clock, Passwords: Passwords()},
@@ -337,14 +364,25 @@ func (w tWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// viewLocked returns the peers node i's membership sees now; c.mu is held.
+// viewLocked returns the peers node i's membership sees now, each with the protocol
+// version the two speak (Peer.Proto); a peer that shares none with node i is left out, as
+// membership leaves it out. c.mu is held.
 func (c *Cluster) viewLocked(i int) []cluster.Peer {
 	var out []cluster.Peer
+	mine := c.Nodes[i].Protocols()
 	for j, n := range c.Nodes {
 		if j == i || !n.Alive() || (c.followNet && c.groups[i] != c.groups[j]) {
 			continue
 		}
-		out = append(out, n.Peer())
+		p := n.Peer()
+		var ok bool
+		if p.Proto, ok = mine.Common(n.Protocols()); !ok {
+			continue
+		}
+		out = append(out, p)
+	}
+	for _, f := range c.faulty {
+		out = append(out, f.Peer())
 	}
 	return out
 }
@@ -361,6 +399,27 @@ func (c *Cluster) updatePeers() {
 			r.SetPeers(c.viewLocked(i))
 		}
 	}
+}
+
+// SetProtocols makes node i speak the sync protocol versions r from now on, as a node
+// upgraded (or pinned to an older release's version) would announce; a rolling upgrade
+// kills a node, sets its range and restarts it. r must lie within cluster.Supported().
+func (c *Cluster) SetProtocols(i int, r cluster.ProtocolRange) {
+	c.t.Helper()
+	if !r.Valid() {
+		c.t.Fatalf("SetProtocols(%d, %s): this build speaks %s", i, r, cluster.Supported())
+	}
+	c.Nodes[i].protocols.Store(&r)
+	c.Logf("%s speaks sync protocol %s", c.Nodes[i].Name, r)
+	c.updatePeers()
+}
+
+// Protocols returns the sync protocol versions the node speaks (SetProtocols).
+func (n *Node) Protocols() cluster.ProtocolRange {
+	if r := n.protocols.Load(); r != nil {
+		return *r
+	}
+	return cluster.Supported()
 }
 
 // Freeze keeps node i's membership as it is now, whatever happens later: a node that

@@ -10,6 +10,13 @@
 //     replies, delay, duplication, replay of stale pushes (reordering), partitions,
 //     one-way cuts, refusals by a hook, and a message size bound; it counts each link's
 //     traffic (LinkStats).
+//   - Faulty is the faulty-peer nemesis (Cluster.AddFaulty): a node holding the key, in
+//     every honest node's peer list, that sends random, truncated, out-of-range, oversized
+//     and replayed messages and answers calls with such bytes (Network.Send,
+//     Network.RegisterFunc).
+//   - Each node speaks a range of sync protocol versions (WithProtocols, SetProtocols);
+//     peers speak the highest common one, or are left out as partitioned, and LinkStats
+//     counts the versions each link carried.
 //   - Cluster is nodes across regions (New), with replicas (WithReplicas), whose
 //     membership follows the network (Partition) or not (Cut), or stays as it was
 //     (Freeze); nodes can be killed, restarted, wiped, skewed (SetOffset), added or

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -40,7 +41,7 @@ type Network struct {
 	oneway map[link]bool        // calls from → to fail
 	faults Faults
 	rngs   map[link]*rand.Rand
-	stash  map[string][][]byte // by destination: pushes kept for replay
+	stash  map[string][]stashed // by destination: pushes kept for replay
 	stats  map[link]*LinkStats
 	// refuse, when set, is asked about every request before delivery: an error fails the
 	// call as a peer that cannot take the message would.
@@ -63,20 +64,32 @@ func (f Faults) String() string {
 		f.Drop, f.DropReply, f.Dup, f.Delay, f.MaxDelay, f.Replay)
 }
 
+// stashed is a push kept for a replay, with the address that sent it: a replay comes
+// from its sender, whoever's call it arrives beside.
+type stashed struct {
+	from string
+	req  []byte
+}
+
 // link is the direction of a call: from one address to another.
 type link struct{ from, to string }
 
 // endpoint is a registered node: what answers calls to its address.
 type endpoint struct {
-	addr string
-	id   crdt.NodeID
-	h    cluster.Handler
+	addr  string
+	id    crdt.NodeID
+	serve ServeFunc
 }
+
+// ServeFunc answers one encoded message of kind (push, digest, leaves, counters) from the
+// node at address from with an encoded reply, as a node's sync server would.
+type ServeFunc func(ctx context.Context, from, kind string, req []byte) ([]byte, error)
 
 // LinkStats counts the traffic of one link.
 type LinkStats struct {
-	Calls map[string]int // by kind: push, digest, leaves, counters
-	Bytes int            // requests and replies
+	Calls    map[string]int // by kind: push, digest, leaves, counters
+	Versions map[byte]int   // requests by protocol version (their first byte)
+	Bytes    int            // requests and replies
 }
 
 var (
@@ -94,16 +107,30 @@ func NewNetwork(seed int64) *Network {
 	return &Network{
 		seed: uint64(seed), maxMessage: cluster.MaxMessage, eps: make(map[string]*endpoint), group: make(map[string]int),
 		oneway: make(map[link]bool), rngs: make(map[link]*rand.Rand),
-		stash: make(map[string][][]byte), stats: make(map[link]*LinkStats),
+		stash: make(map[string][]stashed), stats: make(map[link]*LinkStats),
 	}
 }
 
-// Register makes addr reachable, answered by h as node id: calls to addr that name
-// another node ID fail, as a restarted process under a new identity would.
+// Register makes addr reachable, answered by h as node id through cluster.ServeMessage,
+// as a node's sync server answers, with h's guard when it has one (a
+// *cluster.Replicator), naming callers by their address (a node's name): calls to addr that name another node ID fail, as a restarted
+// process under a new identity would.
 func (n *Network) Register(addr string, id crdt.NodeID, h cluster.Handler) {
+	var g *cluster.Guard
+	if gh, ok := h.(interface{ Guard() *cluster.Guard }); ok {
+		g = gh.Guard()
+	}
+	n.RegisterFunc(addr, id, func(ctx context.Context, from, kind string, req []byte) ([]byte, error) {
+		return cluster.ServeMessage(ctx, h, g, from, kind, req)
+	})
+}
+
+// RegisterFunc makes addr reachable as node id, answered by fn: a node that answers
+// with bytes of its own making (a faulty peer), or any other server.
+func (n *Network) RegisterFunc(addr string, id crdt.NodeID, fn ServeFunc) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.eps[addr] = &endpoint{addr: addr, id: id, h: h}
+	n.eps[addr] = &endpoint{addr: addr, id: id, serve: fn}
 }
 
 // Unregister makes addr unreachable: every call to it fails, including calls in flight
@@ -208,11 +235,10 @@ func (n *Network) ResetStats() {
 func (n *Network) LinkStats(from, to string) LinkStats {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	out := LinkStats{Calls: map[string]int{}}
+	out := LinkStats{Calls: map[string]int{}, Versions: map[byte]int{}}
 	if s := n.stats[link{from, to}]; s != nil {
-		for k, v := range s.Calls {
-			out.Calls[k] = v
-		}
+		maps.Copy(out.Calls, s.Calls)
+		maps.Copy(out.Versions, s.Versions)
 		out.Bytes = s.Bytes
 	}
 	return out
@@ -246,7 +272,7 @@ type callPlan struct {
 	dropReply  bool
 	dup        bool
 	stashIt    bool
-	replay     []byte
+	replay     *stashed
 	ep         *endpoint
 	statsEntry *LinkStats
 }
@@ -262,16 +288,20 @@ func (n *Network) rngLocked(l link) *rand.Rand {
 	return r
 }
 
-func (n *Network) plan(from string, to cluster.Peer, kind string, size int) (callPlan, error) {
+func (n *Network) plan(from string, to cluster.Peer, kind string, req []byte) (callPlan, error) {
+	size := len(req)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	l := link{from, to.Addr}
 	st := n.stats[l]
 	if st == nil {
-		st = &LinkStats{Calls: map[string]int{}}
+		st = &LinkStats{Calls: map[string]int{}, Versions: map[byte]int{}}
 		n.stats[l] = st
 	}
 	st.Calls[kind]++
+	if len(req) > 0 {
+		st.Versions[req[0]]++
+	}
 	st.Bytes += size
 	ep, err := n.reachableLocked(from, to)
 	if err != nil {
@@ -289,30 +319,40 @@ func (n *Network) plan(from string, to cluster.Peer, kind string, size int) (cal
 		p.stashIt = r.Float64() < f.Replay
 		if s := n.stash[to.Addr]; len(s) > 0 && r.Float64() < f.Replay {
 			i := r.IntN(len(s))
-			p.replay = s[i]
+			st := s[i]
+			p.replay = &st
 			n.stash[to.Addr] = append(s[:i:i], s[i+1:]...)
 		}
 	}
 	return p, nil
 }
 
-func (n *Network) keep(to string, req []byte) {
+func (n *Network) keep(from, to string, req []byte) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	s := n.stash[to]
 	if len(s) >= maxStash {
 		s = s[1:]
 	}
-	n.stash[to] = append(s, req)
+	n.stash[to] = append(s, stashed{from: from, req: req})
+}
+
+// Send carries the encoded message req of kind (push, digest, leaves, counters) from →
+// to, with the faults of that link, and returns the encoded reply: what a node that
+// makes its own bytes (a faulty peer) sends.
+func (n *Network) Send(ctx context.Context, from string, to cluster.Peer, kind string, req []byte) ([]byte, error) {
+	return n.call(ctx, from, to, kind, req)
 }
 
 // call carries one request from → to and returns the encoded reply.
-func (n *Network) call(ctx context.Context, from string, to cluster.Peer, kind string, req []byte,
-	deliver func(ctx context.Context, h cluster.Handler, req []byte) ([]byte, error)) ([]byte, error) {
+func (n *Network) call(ctx context.Context, from string, to cluster.Peer, kind string, req []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // a caller that gave up sends nothing (nor counts in LinkStats)
+	}
 	if len(req) > n.maxMessage {
 		return nil, fmt.Errorf("sync %s to %s: message of %d bytes over the %d limit", kind, to.Name, len(req), n.maxMessage)
 	}
-	p, err := n.plan(from, to, kind, len(req))
+	p, err := n.plan(from, to, kind, req)
 	if err != nil {
 		return nil, err
 	}
@@ -346,14 +386,14 @@ func (n *Network) call(ctx context.Context, from string, to cluster.Peer, kind s
 		return nil, errSimDropped
 	}
 	if p.replay != nil {
-		_, _ = deliver(ctx, ep.h, p.replay) // a stale push arrives before this one
+		_, _ = ep.serve(ctx, p.replay.from, kind, p.replay.req) // a stale push arrives before this one
 	}
-	out, err := deliver(ctx, ep.h, req)
+	out, err := ep.serve(ctx, from, kind, req)
 	if p.dup {
-		out, err = deliver(ctx, ep.h, req)
+		out, err = ep.serve(ctx, from, kind, req)
 	}
 	if p.stashIt {
-		n.keep(to.Addr, req)
+		n.keep(from, to.Addr, req)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("sync %s to %s: %w", kind, to.Name, err)
@@ -419,17 +459,7 @@ func marshal(m encoding.BinaryMarshaler) []byte {
 
 // Push implements cluster.Transport.
 func (t *Transport) Push(ctx context.Context, to cluster.Peer, req cluster.PushRequest) (cluster.PushReply, error) {
-	out, err := t.net.call(ctx, t.from, to, "push", marshal(req), func(ctx context.Context, h cluster.Handler, b []byte) ([]byte, error) {
-		r, err := decodeInto[cluster.PushRequest](b)
-		if err != nil {
-			return nil, err
-		}
-		rep, err := h.HandlePush(ctx, r)
-		if err != nil {
-			return nil, err
-		}
-		return marshal(rep), nil
-	})
+	out, err := t.net.call(ctx, t.from, to, "push", marshal(req))
 	if err != nil {
 		return cluster.PushReply{}, err
 	}
@@ -438,17 +468,7 @@ func (t *Transport) Push(ctx context.Context, to cluster.Peer, req cluster.PushR
 
 // Digest implements cluster.Transport.
 func (t *Transport) Digest(ctx context.Context, to cluster.Peer, req cluster.DigestRequest) (cluster.DigestReply, error) {
-	out, err := t.net.call(ctx, t.from, to, "digest", marshal(req), func(ctx context.Context, h cluster.Handler, b []byte) ([]byte, error) {
-		r, err := decodeInto[cluster.DigestRequest](b)
-		if err != nil {
-			return nil, err
-		}
-		rep, err := h.HandleDigest(ctx, r)
-		if err != nil {
-			return nil, err
-		}
-		return marshal(rep), nil
-	})
+	out, err := t.net.call(ctx, t.from, to, "digest", marshal(req))
 	if err != nil {
 		return cluster.DigestReply{}, err
 	}
@@ -457,17 +477,7 @@ func (t *Transport) Digest(ctx context.Context, to cluster.Peer, req cluster.Dig
 
 // Leaves implements cluster.Transport.
 func (t *Transport) Leaves(ctx context.Context, to cluster.Peer, req cluster.LeavesRequest) (cluster.LeavesReply, error) {
-	out, err := t.net.call(ctx, t.from, to, "leaves", marshal(req), func(ctx context.Context, h cluster.Handler, b []byte) ([]byte, error) {
-		r, err := decodeInto[cluster.LeavesRequest](b)
-		if err != nil {
-			return nil, err
-		}
-		rep, err := h.HandleLeaves(ctx, r)
-		if err != nil {
-			return nil, err
-		}
-		return marshal(rep), nil
-	})
+	out, err := t.net.call(ctx, t.from, to, "leaves", marshal(req))
 	if err != nil {
 		return cluster.LeavesReply{}, err
 	}
@@ -482,17 +492,7 @@ func (t *Transport) Counters(ctx context.Context, to cluster.Peer, m cluster.Cou
 	if err != nil {
 		return err
 	}
-	_, err = t.net.call(ctx, t.from, to, "counters", b, func(ctx context.Context, h cluster.Handler, b []byte) ([]byte, error) {
-		ch, ok := h.(cluster.CounterHandler)
-		if !ok {
-			return nil, errors.New("no counters handler")
-		}
-		r, err := decodeInto[cluster.CountersMessage](b)
-		if err != nil {
-			return nil, err
-		}
-		return nil, ch.HandleCounters(ctx, r)
-	})
+	_, err = t.net.call(ctx, t.from, to, "counters", b)
 	return err
 }
 

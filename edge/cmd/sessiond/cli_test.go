@@ -109,6 +109,14 @@ func TestE2E_CLI(t *testing.T) {
 			}
 		}
 	})
+	t.Run("HealthReady", func(t *testing.T) {
+		// b caught up with a (waitReady): /readyz answers 200 on both.
+		for _, d := range []*daemon{a, b} {
+			if out, errOut, code := runBin(t, nil, "health", "--ready", "--http", d.http); code != 0 || out != "ok\n" {
+				t.Errorf("health --ready --http %s: exit %d, stdout %q, stderr %q; want 0, ok", d.http, code, out, errOut)
+			}
+		}
+	})
 	t.Run("Stop", func(t *testing.T) {
 		// Both at once, as Ctrl-C on a local cluster does: each is told of the other's
 		// leave while leaving itself. Neither waits out serf's 11 s or reports an error.

@@ -98,6 +98,7 @@ Usage:
   sessiond [flags]            run a node (API and UI on --http, data in --data)
   sessiond keygen             print a new cluster key (base64 of 32 random bytes)
   sessiond health [--http A]  exit 0 if the node at A (host:port or URL) answers /healthz
+                              (--ready: /readyz, once it has caught up)
   sessiond version            print the version and the build's commit (also --version)
   sessiond help               print this (also --help, -h)
   sessiond bench [flags]      measure nodes under a workload mix (sessiond bench --help)
@@ -124,6 +125,7 @@ type flags struct {
 	showVersion    bool
 	testHooks      bool
 	clockOffset    time.Duration
+	protocolMax    uint
 	join           string
 	keyFile        string
 	logFormat      string
@@ -140,20 +142,25 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	c := &f.cfg
 	fs.StringVar(&c.HTTPAddr, "http", c.HTTPAddr, "`ADDR` to serve the API and UI on")
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "`DIR` for the bbolt file and the node's identity")
-	fs.StringVar(&c.NodeName, "node", c.NodeName, "unique node `NAME` (default: host name)")
+	fs.StringVar(&c.NodeName, "node", c.NodeName, "unique node `NAME`; default: the name --data recorded at its first start, else the host name")
 	fs.StringVar(&c.Region, "region", c.Region, "region `NAME` this node is in")
-	fs.StringVar(&c.GossipAddr, "gossip", c.GossipAddr, "`ADDR` for cluster membership (serf) to bind")
+	fs.StringVar(&c.GossipAddr, "gossip", c.GossipAddr, "`ADDR` for cluster membership (serf) to bind; the host may be anything --advertise takes")
 	fs.StringVar(&c.SyncAddr, "sync", "", "`ADDR` for the node-to-node data channel (mutual TLS); default: gossip host, gossip port + 100")
 	fs.BoolVar(&c.FastGossip, "fast-gossip", false, "detect failures and reconnect within about a second (loopback clusters, tests)")
 	fs.DurationVar(&c.CatchUpTimeout, "catch-up-timeout", c.CatchUpTimeout, "how long a joining node waits to catch up from a peer before /readyz says ready anyway")
 	fs.DurationVar(&c.AntiEntropyEvery, "anti-entropy-every", c.AntiEntropyEvery, "mean period of anti-entropy with each peer")
 	fs.DurationVar(&c.BookmarkWait, "bookmark-wait", c.BookmarkWait, "how long a request whose X-Sessiond-Bookmark this node does not hold yet waits for replication before fetching from another node")
 	fs.DurationVar(&c.BookmarkTimeout, "bookmark-timeout", c.BookmarkTimeout, "bound on waiting and fetching for a bookmark; past it the request gets 503 behind")
-	fs.StringVar(&c.Advertise, "advertise", "", "`HOST` other nodes reach this one at (containers, NAT); default: the bind address")
+	fs.StringVar(&c.Advertise, "advertise", "", "`ADDR` other nodes reach this one at, for gossip and sync: an IP, host name, interface (eth0),\n"+
+		"network (10.0.1.0/24: this host's address in it) or go-sockaddr template ({{ GetInterfaceIP \"eth0\" }});\n"+
+		"default: the gossip bind address, or when that is every interface, the local address this host\n"+
+		"reaches the --join targets from (the node logs what it advertises and why)")
 	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "how many nodes of each region hold each key, `N`; 0: every node holds everything.\nThe same on every node; a node forwards requests for keys it does not hold")
 	fs.IntVar(&c.MoveRate, "move-rate", c.MoveRate, "`MiB` per second of stored data this node sends to peers by anti-entropy and handoff\n(data moving after membership changes, repairs; not new writes); negative: unbounded")
-	fs.StringVar(&f.join, "join", "", "comma-separated `ADDR`s of members to join; none: a cluster of one")
-	fs.StringVar(&f.keyFile, "cluster-key-file", "", "`FILE` with the cluster key (base64 of 32 bytes; more lines: older keys still accepted);\nwithout it a lone node keeps a generated key in --data")
+	fs.StringVar(&f.join, "join", "", "comma-separated `ADDR`s of members to join (host:port; a name standing for several addresses,\n"+
+		"such as tasks.NAME in Swarm or a headless Service, joins them all; while no other member is alive\n"+
+		"the node resolves and joins again); none: a cluster of one")
+	fs.StringVar(&f.keyFile, "cluster-key-file", "", "`FILE` with the cluster key (base64 of 32 bytes; more lines: older keys still accepted),\nre-read on SIGHUP (key rotation: docs/KEY-ROTATION.md); without it a lone node keeps a generated key in --data")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "absolute lifetime of a session")
 	fs.DurationVar(&c.IdleTTL, "idle-ttl", c.IdleTTL, "a session unused this long expires")
 	fs.DurationVar(&c.MaxSkew, "max-skew", c.MaxSkew, "remote timestamps further ahead of local time are rejected")
@@ -173,6 +180,7 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "bound on a graceful shutdown")
 	fs.BoolVar(&f.testHooks, "enable-test-hooks", false, "allow the flags below that exist only for fault-injection tests")
 	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "(test hook) shift this node's clock by `DURATION`, to test skew handling; needs --enable-test-hooks")
+	fs.UintVar(&f.protocolMax, "test-sync-protocol-max", 0, "(test hook) speak sync protocol `VERSION` at most, as the previous release would (upgrade tests); needs --enable-test-hooks")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: `text|json`")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: `debug|info|warn|error`")
 	fs.Float64Var(&c.AccessLogSample, "access-log-sample", c.AccessLogSample, "`FRACTION` (0 to 1) of requests answered below 400 that get an access log line (info level);\nevery request answered 400 or above gets one")
@@ -250,6 +258,22 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	cfg := f.cfg
 	cfg.Logger = logger
 	cfg.Version = versionString()
+	explicit := false
+	fs.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "node" })
+	if _, ok := os.LookupEnv(envName("node")); ok {
+		explicit = true
+	}
+	if cfg.NodeName != "" && cfg.DataDir != "" {
+		name, note, err := stableNodeName(cfg.DataDir, cfg.NodeName, explicit)
+		if err != nil {
+			fmt.Fprintln(stderr, "sessiond:", err)
+			return 1
+		}
+		if note != "" {
+			logger.Warn(note)
+		}
+		cfg.NodeName = name
+	}
 	if f.clockOffset != 0 {
 		if !f.testHooks {
 			fmt.Fprintln(stderr, "sessiond: --test-clock-offset is a test hook: it needs --enable-test-hooks")
@@ -258,6 +282,17 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		offset := f.clockOffset
 		cfg.Now = func() time.Time { return time.Now().Add(offset) }
 		logger.Warn("test hook: clock shifted", "offset", offset)
+	}
+	if f.protocolMax != 0 {
+		if !f.testHooks {
+			fmt.Fprintln(stderr, "sessiond: --test-sync-protocol-max is a test hook: it needs --enable-test-hooks")
+			return 2
+		}
+		if f.protocolMax > 255 {
+			fmt.Fprintf(stderr, "sessiond: --test-sync-protocol-max %d: not a protocol version\n", f.protocolMax)
+			return 2
+		}
+		cfg.SyncProtocolMax = uint8(f.protocolMax) // #nosec G115 -- at most 255, checked above; Validate checks the range
 	}
 	cfg.Join = splitList(f.join)
 	cfg.CORSOrigins = splitList(f.cors)
@@ -284,7 +319,16 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	logger.Info("serving", "url", "http://"+node.HTTPAddr(), "version", versionString())
-	<-ctx.Done()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-hup:
+			reloadKeys(node, f.keyFile, logger)
+		}
+	}
 	stop()
 	logger.Info("shutting down")
 	if err := node.Close(context.Background()); err != nil {
@@ -292,6 +336,23 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// reloadKeys re-reads the key file and makes its keys the node's (SIGHUP): see
+// edge.Node.ReloadKeys and docs/KEY-ROTATION.md. A file that cannot be read or parsed
+// changes nothing and is logged.
+func reloadKeys(node *edge.Node, file string, logger *slog.Logger) {
+	if file == "" {
+		logger.Warn("SIGHUP: no --cluster-key-file to re-read; the cluster keys stay as they are")
+		return
+	}
+	keys, err := readClusterKeys(file)
+	if err == nil {
+		err = node.ReloadKeys(keys)
+	}
+	if err != nil {
+		logger.Error("SIGHUP: cluster keys not reloaded; they stay as they were", slog.Any("err", err))
+	}
 }
 
 // readClusterKeys reads the key file, or SESSIOND_CLUSTER_KEY, or returns none.
@@ -337,13 +398,14 @@ func health(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sessiond health", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("http", "127.0.0.1:8080", "the node's API: `ADDR` (host:port, as given to sessiond --http) or URL (http://host:port)")
+	ready := fs.Bool("ready", false, "check /readyz instead: exit 0 only once the node has caught up with its peers\n(orchestrators that route by health, such as Swarm's DNS, then send it traffic only when ready)")
 	if v, ok := os.LookupEnv("SESSIOND_HTTP"); ok {
 		*addr = v
 	}
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, "Usage: sessiond health [--http ADDR|URL]: exit 0 if the node answers /healthz with 200, else 1\n\n")
+			fmt.Fprint(stdout, "Usage: sessiond health [--http ADDR|URL] [--ready]: exit 0 if the node answers /healthz (or /readyz) with 200, else 1\n\n")
 			fs.SetOutput(stdout)
 			fs.PrintDefaults()
 			return 0
@@ -359,6 +421,9 @@ func health(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "sessiond health:", err)
 		return 2
+	}
+	if *ready {
+		target = strings.TrimSuffix(target, "/healthz") + "/readyz"
 	}
 	client := &http.Client{Timeout: 3 * time.Second}
 	resp, err := client.Get(target)

@@ -133,7 +133,32 @@ func TestShardedCluster(t *testing.T) {
 		})
 	}
 	token := users[0].token
-	waitFor(t, 20*time.Second, "nine alive members", func() bool { return len(nodes[0].aliveMembers(token)) == 9 })
+	// placed waits until every node of live sees want members alive, each holding its
+	// share of the partitions (none is still joining): until then a node's placement may
+	// differ from the test's, and it serves what it holds by its own.
+	placed := func(live []*clNode, want int) {
+		t.Helper()
+		waitFor(t, 60*time.Second, fmt.Sprintf("every node to see %d members alive, each holding partitions", want), func() bool {
+			for _, n := range live {
+				_, info := call("GET", n.url("/v1/cluster"), token, nil)
+				ms, _ := info["members"].([]any)
+				alive := 0
+				for _, m := range ms {
+					if mm, _ := m.(map[string]any); mm["status"] == "alive" {
+						if mm["partitions"] == nil {
+							return false
+						}
+						alive++
+					}
+				}
+				if alive != want {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	placed(nodes, 9)
 
 	// Each user edits its session through one node and reads it back through every node.
 	// checkReads checks that every user reads its latest write through every live node,
@@ -270,18 +295,11 @@ func TestShardedCluster(t *testing.T) {
 	if st != http.StatusOK || pl == nil || pl["replicas"] != float64(2) || pl["holds"].(float64) < 2000 || pl["holds"].(float64) > 3500 {
 		t.Errorf("GET /v1/cluster: %d, placement %v; want replicas 2 and about 2731 of 4096 partitions held", st, pl)
 	}
-	// A member still catching up (joining) holds none yet: on a loaded machine that may
-	// take a while after the cluster formed.
-	waitFor(t, 60*time.Second, "every live member to hold a share of the partitions", func() bool {
-		_, info := call("GET", nodes[0].url("/v1/cluster"), token, nil)
-		members, _ := info["members"].([]any)
-		for _, m := range members {
-			if mm, _ := m.(map[string]any); mm["status"] == "alive" && mm["partitions"] == nil {
-				return false
-			}
+	for _, m := range info["members"].([]any) {
+		if mm := m.(map[string]any); mm["status"] == "alive" && mm["partitions"] == nil {
+			t.Errorf("member %v has no share of partitions", mm["name"]) // placed waited for it
 		}
-		return len(members) > 0
-	})
+	}
 
 	// SIGKILL a node: every read and write still succeeds through the others.
 	dead := byName["eu-2"]
@@ -318,6 +336,7 @@ func TestShardedCluster(t *testing.T) {
 		return byName["eu-1"].memberStatus(token, "eu-2") == "failed" && byName["eu-1"].memberStatus(token, "eu-4") == "alive"
 	})
 	waitFor(t, 30*time.Second, "eu-4 to hold data", func() bool { return storedKeys(t, extra) > 0 })
+	placed(live, 9)
 	send(live)
 	checkReads(live, ms2)
 	checkMessages(live)
@@ -325,18 +344,27 @@ func TestShardedCluster(t *testing.T) {
 	// stores keys it does not hold, and some were dropped (by the nodes that gave eu-4
 	// partitions, once they see it hold them: eu-4 itself keeps what it caught up on).
 	var dropped float64
-	waitFor(t, 60*time.Second, "handoff to settle on every node, with keys dropped", func() bool {
-		dropped = 0
+	var moving []string // each node's latest "moving", for the failure message
+	defer func() {
+		if t.Failed() {
+			t.Logf("moving, as each node last reported it: %v", moving)
+		}
+	}()
+	waitFor(t, 90*time.Second, "handoff to settle on every node, with keys dropped", func() bool {
+		dropped, moving = 0, moving[:0]
+		settled := true
 		for _, n := range live {
 			_, info := call("GET", n.url("/v1/cluster"), token, nil)
 			pl, _ := info["placement"].(map[string]any)
 			mv, _ := pl["moving"].(map[string]any)
+			moving = append(moving, fmt.Sprintf("%s=%v", n.name, mv))
 			if mv == nil || mv["keys"] != float64(0) {
-				return false
+				settled = false
+				continue
 			}
 			dropped += mv["dropped"].(float64)
 		}
-		return dropped > 0
+		return settled && dropped > 0
 	})
 	for _, n := range live {
 		t.Logf("%s stores %.0f keys", n.name, storedKeys(t, n))
