@@ -129,3 +129,21 @@ func TestAdmin_BackupStalledClient(t *testing.T) {
 		t.Fatal("Close blocked by a backup whose client stopped reading")
 	}
 }
+
+// TestAdmin_ReloadKeys: after a key rotation (ReloadKeys), admin requests are signed with
+// the new keys; a key removed no longer opens the admin routes.
+func TestAdmin_ReloadKeys(t *testing.T) {
+	n := MustStartNode(t, testConfig(t, "n1"))
+	c := newTestClient(t, n)
+	const path = "/v1/admin/backup"
+	newKey := bytes.Repeat([]byte{0x55}, 32)
+	if err := n.ReloadKeys([][]byte{newKey}); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := c.do("GET", path, "", nil, "Authorization", adminauth.Sign(newKey, "GET", path, nil, time.Now()))
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("signed with the new key: status %d: %.200s", resp.StatusCode, body)
+	}
+	resp, body = c.do("GET", path, "", nil, "Authorization", adminauth.Sign(testKey, "GET", path, nil, time.Now()))
+	wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")
+}
