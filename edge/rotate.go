@@ -24,7 +24,7 @@ func (n *Node) syncProtocols() cluster.ProtocolRange {
 // keys admin requests may be signed with (adminauth), and the token keys: the token key of a cluster key dropped is retired, verifying the
 // tokens it signed until they expire (see tokenkeys.go), so a rotation logs nobody out.
 // The rotation procedure — add the new key everywhere, make it first everywhere, remove
-// the old everywhere — is in docs/KEY-ROTATION.md. It fails, changing nothing, on a key
+// the old everywhere — is in docs/OPERATIONS.md, "Rotating the cluster key". It fails, changing nothing, on a key
 // that is not 32 bytes, before Start, or when the retired token keys cannot be written.
 // Safe to call while the node serves; calls must not overlap.
 func (n *Node) ReloadKeys(keys [][]byte) error {

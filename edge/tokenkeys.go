@@ -17,7 +17,7 @@ import (
 // expired (the session lifetime), so rotating the cluster key logs nobody out. Retired
 // keys are kept in the data directory (retiredKeysFile), so a node that restarts meanwhile
 // still accepts those tokens; a node first started after the removal does not know them
-// (docs/KEY-ROTATION.md says to add nodes before or after the window). A retired key is a
+// (docs/OPERATIONS.md, "Rotating the cluster key" says to add nodes before or after the window). A retired key is a
 // derived key: it opens neither gossip nor sync.
 
 // retiredKeysFile is the file in the data directory that keeps retired token keys.

@@ -450,7 +450,7 @@ func (m *Membership) Joined() error {
 // installed, the first becomes the one gossip encrypts with, and every key not in keys is
 // removed; members are not dropped. To rotate without a partition, add a key on every
 // node before any node sends with it, and remove the old one only once every node sends
-// with the new (docs/KEY-ROTATION.md). It fails on a key of the wrong size, leaving the
+// with the new (docs/OPERATIONS.md, "Rotating the cluster key"). It fails on a key of the wrong size, leaving the
 // keys as they were.
 func (m *Membership) SetKeys(keys [][]byte) error {
 	if len(keys) == 0 {

@@ -21,7 +21,7 @@ import (
 )
 
 // TestKeyRotation rotates the cluster key of three running nodes without a restart, as
-// docs/KEY-ROTATION.md tells operators to: add the new key everywhere (SIGHUP), make it
+// docs/OPERATIONS.md, "Rotating the cluster key" tells operators to: add the new key everywhere (SIGHUP), make it
 // first everywhere (SIGHUP), remove the old everywhere (SIGHUP). Throughout, no node sees
 // another as anything but alive, and after each step a write on one node reaches the
 // others and a token issued before the rotation still works on every node — also on a

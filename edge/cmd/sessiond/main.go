@@ -160,7 +160,7 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	fs.StringVar(&f.join, "join", "", "comma-separated `ADDR`s of members to join (host:port; a name standing for several addresses,\n"+
 		"such as tasks.NAME in Swarm or a headless Service, joins them all; while no other member is alive\n"+
 		"the node resolves and joins again); none: a cluster of one")
-	fs.StringVar(&f.keyFile, "cluster-key-file", "", "`FILE` with the cluster key (base64 of 32 bytes; more lines: older keys still accepted),\nre-read on SIGHUP (key rotation: docs/KEY-ROTATION.md); without it a lone node keeps a generated key in --data")
+	fs.StringVar(&f.keyFile, "cluster-key-file", "", "`FILE` with the cluster key (base64 of 32 bytes; more lines: older keys still accepted),\nre-read on SIGHUP (key rotation: docs/OPERATIONS.md, Rotating the cluster key); without it a lone node keeps a generated key in --data")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "absolute lifetime of a session")
 	fs.DurationVar(&c.IdleTTL, "idle-ttl", c.IdleTTL, "a session unused this long expires")
 	fs.DurationVar(&c.MaxSkew, "max-skew", c.MaxSkew, "remote timestamps further ahead of local time are rejected")
@@ -339,7 +339,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 }
 
 // reloadKeys re-reads the key file and makes its keys the node's (SIGHUP): see
-// edge.Node.ReloadKeys and docs/KEY-ROTATION.md. A file that cannot be read or parsed
+// edge.Node.ReloadKeys and docs/OPERATIONS.md, "Rotating the cluster key". A file that cannot be read or parsed
 // changes nothing and is logged.
 func reloadKeys(node *edge.Node, file string, logger *slog.Logger) {
 	if file == "" {
