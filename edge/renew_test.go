@@ -166,4 +166,40 @@ func TestHTTP_Export(t *testing.T) {
 	}
 	resp, body = c.do("GET", "/v1/users/me/export", "", nil)
 	wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")
+
+	// Exports are bounded: one per account on a node (another of dave's is running) and
+	// maxExports per node (as many of others' are running); both refused with 429.
+	_, body = c.do("GET", "/v1/users/me", dave, nil)
+	var me struct{ User struct{ ID string } }
+	if err := json.Unmarshal(body, &me); err != nil || me.User.ID == "" {
+		t.Fatalf("GET /v1/users/me: %s", body)
+	}
+	if !n.exportsPerUser.take(me.User.ID) {
+		t.Fatal("could not take dave's export slot")
+	}
+	resp, body = c.do("GET", "/v1/users/me/export", dave, nil)
+	wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+	if resp.Header.Get("Retry-After") == "" {
+		t.Errorf("429 without Retry-After")
+	}
+	n.exportsPerUser.release(me.User.ID)
+	for range maxExports {
+		n.exports.take("")
+	}
+	resp, body = c.do("GET", "/v1/users/me/export", alice, nil)
+	wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+	for range maxExports {
+		n.exports.release("")
+	}
+	if resp, body := c.do("GET", "/v1/users/me/export", dave, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("export after the slots were freed: %d %s", resp.StatusCode, body)
+	}
+	// A refused export holds no slot: the per-user slot of a refusal by the node-wide
+	// bound was given back.
+	n.exportsPerUser.mu.Lock()
+	held := len(n.exportsPerUser.held)
+	n.exportsPerUser.mu.Unlock()
+	if held != 0 {
+		t.Errorf("%d accounts still hold an export slot after every export ended", held)
+	}
 }
