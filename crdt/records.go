@@ -254,7 +254,7 @@ func ReadSession(id string, m *Map) Session {
 		v    *string
 	}{{FieldDevice, &s.Origin.Device}, {FieldClientAddr, &s.Origin.ClientAddr}, {FieldRegion, &s.Origin.Region}, {FieldNode, &s.Origin.Node}} {
 		if v, ok := m.Get(f.name); ok {
-			*f.v = string(v)
+			*f.v = cutUTF8(string(v), MaxOriginField) // a peer's record may hold more
 		}
 	}
 	for name, f := range m.fields {

@@ -341,6 +341,13 @@ func TestSessionOriginAndTokenGen(t *testing.T) {
 	if len(s.Origin.Node) > crdt.MaxOriginField || !utf8.ValidString(s.Origin.Node) || len(s.Origin.Node) < crdt.MaxOriginField-1 {
 		t.Fatalf("node cut to %d bytes (valid UTF-8: %v), want at most %d", len(s.Origin.Node), utf8.ValidString(s.Origin.Node), crdt.MaxOriginField)
 	}
+	// A record from elsewhere may hold longer fields than SessionOrigin writes: they are
+	// read cut as well.
+	var big crdt.Map
+	big.Claim(crdt.FieldDevice, []byte(strings.Repeat("x", 10_000)), ts)
+	if d := crdt.ReadSession("s2", &big).Origin.Device; len(d) != crdt.MaxOriginField {
+		t.Fatalf("a 10,000-byte device field reads as %d bytes, want %d", len(d), crdt.MaxOriginField)
+	}
 	// Origin is first-writer-wins: a later claim does not replace it.
 	m.Merge(crdt.SessionOrigin(crdt.Origin{Device: "curl"}, c.Next()))
 	if got := crdt.ReadSession("s1", &m).Origin.Device; got != "Firefox on Linux" {
