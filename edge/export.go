@@ -3,6 +3,8 @@ package edge
 import (
 	"bufio"
 	"encoding/json"
+	"io"
+	"net"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -48,53 +50,79 @@ func (n *Node) exportMe(c *fiber.Ctx) error {
 	}
 	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSONCharsetUTF8)
 	c.Set(fiber.HeaderContentDisposition, `attachment; filename="sessiond-export-`+p.Username+`.json"`)
+	// As for a backup: the connection serves this response only, and a client that stops
+	// reading for backupStall ends it, so it cannot hold an export slot for ever. (A
+	// forwarded export has no connection of its own here: the forwarding node relays it.)
+	var conn net.Conn
+	if forwardedOf(c) == nil {
+		c.Context().SetConnectionClose()
+		conn = c.Context().Conn()
+	}
 	// The request's context is reused once the handler returns: the body is written on
 	// the node's, and ends when the node stops.
 	ctx := n.ctx
-	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+	c.Context().SetBodyStreamWriter(func(bw *bufio.Writer) {
 		defer release()
-		w.Write(head)
+		var w io.Writer = bw
+		if conn != nil {
+			w = stallWriter{ctx: ctx, w: bw, conn: conn}
+		}
+		put := func(parts ...[]byte) error {
+			for _, b := range parts {
+				if _, err := w.Write(b); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
 		open := false       // a conversation's messages array is open
 		convs, msgs := 0, 0 // written so far; msgs: in the open conversation
-		err := n.messages.Export(ctx, p, func(conv functions.Conversation) error {
-			if open {
-				w.WriteString("]}")
-			}
-			if convs > 0 {
-				w.WriteByte(',')
-			}
-			convs, msgs, open = convs+1, 0, true
-			b, err := json.Marshal(struct {
-				With  string `json:"with"`
-				Count int    `json:"count"`
-			}{conv.With, conv.Count})
-			if err != nil {
-				return err
-			}
-			w.Write(b[:len(b)-1])
-			w.WriteString(`,"messages":[`)
-			return w.Flush()
-		}, func(m functions.Message) error {
-			b, err := json.Marshal(m)
-			if err != nil {
-				return err
-			}
-			if msgs > 0 {
-				w.WriteByte(',')
-			}
-			msgs++
-			_, err = w.Write(b)
-			return err
-		})
+		err := put(head)
+		if err == nil {
+			err = n.messages.Export(ctx, p, func(conv functions.Conversation) error {
+				var sep []byte
+				if open {
+					sep = append(sep, "]}"...)
+				}
+				if convs > 0 {
+					sep = append(sep, ',')
+				}
+				convs, msgs, open = convs+1, 0, true
+				b, err := json.Marshal(struct {
+					With  string `json:"with"`
+					Count int    `json:"count"`
+				}{conv.With, conv.Count})
+				if err != nil {
+					return err
+				}
+				if err := put(sep, b[:len(b)-1], []byte(`,"messages":[`)); err != nil {
+					return err
+				}
+				return bw.Flush()
+			}, func(m functions.Message) error {
+				b, err := json.Marshal(m)
+				if err != nil {
+					return err
+				}
+				if msgs > 0 {
+					b = append([]byte{','}, b...)
+				}
+				msgs++
+				return put(b)
+			})
+		}
+		if err == nil && open {
+			err = put([]byte("]}"))
+		}
+		if err == nil {
+			err = put([]byte("]}\n"))
+		}
+		if err == nil {
+			err = bw.Flush()
+		}
 		if err != nil {
 			n.log.Warn("export ended early", "user", p.UserID, "err", err)
-			return // an incomplete document: the client's parser says so
 		}
-		if open {
-			w.WriteString("]}")
-		}
-		w.WriteString("]}\n")
-		_ = w.Flush()
 	})
 	return nil
 }
