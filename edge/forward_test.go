@@ -192,10 +192,12 @@ func TestServeForwardedRefusesBadWrapping(t *testing.T) {
 // is applied and charged by the node the client reached, so a client pinned to one node
 // is limited exactly, whatever the counters' exchange between nodes (switched off here).
 func TestForwardedLoginsLimitedWhereTheClientIs(t *testing.T) {
+	clock := windowStartClock(loginWindow)
 	var nodes []*Node
 	var members []placement.Member
 	for i, name := range []string{"lim-a", "lim-b"} {
 		cfg := testConfig(t, name)
+		cfg.Now = clock
 		cfg.Replicas = 1
 		cfg.LoginPerAddress = 6
 		cfg.CounterFlush = time.Hour // no node learns another's counts during the test

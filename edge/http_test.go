@@ -43,6 +43,17 @@ func testConfig(tb testing.TB, name string) Config {
 	return cfg
 }
 
+// windowStartClock returns a clock that runs at real speed but starts a second after a
+// boundary of window. Limits count in fixed windows, the previous one weighted by how much
+// of it still lies within a window of now: requests that straddle a boundary count a
+// little less than their number (six failures read 5.99), so a test that asserts a limit
+// exactly runs its nodes on this clock and has a whole window before the next boundary.
+func windowStartClock(window time.Duration) func() time.Time {
+	now := time.Now()
+	shift := now.Sub(now.Truncate(window)) - time.Second
+	return func() time.Time { return time.Now().Add(-shift) }
+}
+
 // MustStartNode starts a node for cfg, waits until it is ready and closes it when the
 // test ends, checking that Close succeeds and is idempotent.
 func MustStartNode(tb testing.TB, cfg Config) *Node {

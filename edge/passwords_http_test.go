@@ -24,6 +24,7 @@ func TestHTTP_PasswordQueue(t *testing.T) {
 	cfg := testConfig(t, "hashq-0")
 	cfg.PasswordWorkers, cfg.PasswordQueue = 1, 1
 	cfg.SignupsPerAddress = 2
+	cfg.Now = windowStartClock(signupWindow)
 	n := MustStartNode(t, cfg)
 	c := newTestClient(t, n)
 	signUp(t, c, "alice")

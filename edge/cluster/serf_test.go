@@ -213,8 +213,9 @@ func TestMembership_CloseTogether(t *testing.T) {
 }
 
 // TestMembership_RejoinAfterLeave: a node that leaves cleanly and starts again under its
-// name, with its snapshot, is listed alive by every peer again, cycle after cycle: its
-// join outranks its own earlier leave.
+// name, with its snapshot and a new port, is listed alive by every peer again, cycle
+// after cycle: its join outranks its own earlier leave (or its failure, when the leave
+// did not get out in time).
 func TestMembership_RejoinAfterLeave(t *testing.T) {
 	t.Parallel()
 	m1 := startTestMembership(t, "m1", 1, &syncBuffer{})
@@ -248,9 +249,13 @@ func TestMembership_RejoinAfterLeave(t *testing.T) {
 		if err := m3.Close(context.Background()); err != nil {
 			t.Fatalf("cycle %d: close m3: %v", cycle, err)
 		}
+		// Left, normally; failed when the leave's broadcast did not get out within its
+		// timeout (Fast: 500 ms), which happens on a starved machine. Either way the next
+		// start must bring it back.
+		gone := func(s string) bool { return s == "left" || s == "failed" }
 		clustersim.WaitFor(t, 15*time.Second, func() (bool, string) {
 			s1, s2 := status(m1), status(m2)
-			return s1 == "left" && s2 == "left", "cycle " + strconv.Itoa(cycle) + ": after its leave m3 is " + s1 + " on m1, " + s2 + " on m2"
+			return gone(s1) && gone(s2), "cycle " + strconv.Itoa(cycle) + ": after its leave m3 is " + s1 + " on m1, " + s2 + " on m2"
 		})
 	}
 }
