@@ -213,12 +213,12 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	}
 	// What is left: read again, as a key that changed since it was offered, or a
 	// conversation not wholly confirmed, stays.
-	left, keys, err := r.strays(ctx, keep)
+	left, leftKeys, err := r.strays(ctx, keep)
 	if err != nil {
 		r.setHandoff(len(leaves), max(keys-n, 0), n) // every key dropped was one offered
 		return fmt.Errorf("handoff: %w", err)
 	}
-	r.setHandoff(len(left), keys, n)
+	r.setHandoff(len(left), leftKeys, n)
 	return first
 }
 
