@@ -32,7 +32,7 @@ func strayCluster(t *testing.T, offerTimeout time.Duration) (*clustersim.Cluster
 		name := fmt.Sprintf("stray%d", k)
 		p := crdt.NamePartition(name)
 		h := c.OwnerIn(tab, "eu", p)
-		if h == 0 || used[p] || perHolder[h] == 3 {
+		if tab.Owns(c.Nodes[0].Peer().ID, p) || used[p] || perHolder[h] == 3 {
 			continue
 		}
 		used[p] = true
