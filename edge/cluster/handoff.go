@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -18,15 +19,29 @@ import (
 // anti-entropy, as they get everything.
 //
 // A round never waits on one peer for long: each call of an offer is bounded by
-// Config.OfferTimeout, and a peer that fails an offer (unreachable, too slow, or
-// refusing) is offered nothing more in that round, so a peer that hangs costs a round
-// one timeout, not one per partition, and the other holders' keys are confirmed and
-// dropped all the same. The keys that peer holds are kept until it confirms them in a
+// Config.OfferTimeout, and a peer that does not answer in time is offered nothing more
+// in that round, so a peer that hangs costs a round one timeout, not one per partition,
+// and the other holders' keys are confirmed and dropped all the same. A peer whose
+// offer fails at once (a lost message, a refusal) is still offered the other
+// partitions. The keys that peer holds are kept until it confirms them in a
 // later round; a round that failed is tried again soon (handoffRetry), not only at the
 // next periodic one.
 
 // DefaultOfferTimeout is Config.OfferTimeout's default.
 const DefaultOfferTimeout = 10 * time.Second
+
+// errOfferTimeout marks a call of an offer that the holder did not answer within
+// Config.OfferTimeout.
+var errOfferTimeout = errors.New("no answer within the offer timeout")
+
+// timedOut returns err, marked errOfferTimeout when call, the context of one call
+// derived from ctx with the offer timeout, ended by its own deadline.
+func timedOut(ctx, call context.Context, err error) error {
+	if err != nil && ctx.Err() == nil && errors.Is(call.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %w", errOfferTimeout, err)
+	}
+	return err
+}
 
 // handoffRetry is the wait before a failed handoff round is tried again; it doubles with
 // each failure in a row, up to the periodic round's period (Config.AntiEntropyEvery).
@@ -132,7 +147,7 @@ func (r *Replicator) strays(ctx context.Context, keep *view) ([]strayLeaf, int, 
 // differently, is pushed our state (and we merge theirs), and the key waits for the next
 // round. Keys whose holders are not all live peers now are kept, and so are those of a
 // holder that failed an offer: each call of an offer is bounded by Config.OfferTimeout,
-// and a holder that fails one is offered nothing more this round, while the others
+// and a holder that timed out is offered nothing more this round, while the others
 // still are. It publishes what it found (Handoff) before offering, and again after
 // dropping. It returns the first error; the keys it could not offer wait. Rounds run one
 // at a time.
@@ -162,7 +177,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	peers := r.livePeers()
 	var (
 		first     error
-		failed    = map[crdt.NodeID]bool{}            // holders that failed an offer this round
+		slow      = map[crdt.NodeID]bool{}            // holders that timed out this round
 		confirmed = map[string]map[crdt.NodeID]bool{} // key → holders that confirmed it
 		offered   = map[string]uint64{}               // key → the hash offered
 	)
@@ -172,7 +187,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		}
 		for _, m := range v.table.Owners(r.cfg.Region, sl.leaf) {
 			peer, ok := peers[m.ID]
-			if !ok || failed[m.ID] {
+			if !ok || slow[m.ID] {
 				continue // not confirmable now; kept
 			}
 			got, err := r.offer(ctx, peer, sl.leaf, sl.extra)
@@ -180,7 +195,11 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return err
 				}
-				failed[m.ID] = true
+				// A holder that failed at once (a lost message, a refusal) is offered the
+				// next partitions all the same: that costs nothing, and over a lossy
+				// network every holder fails now and then. One that timed out would cost
+				// the round a timeout per partition.
+				slow[m.ID] = errors.Is(err, errOfferTimeout)
 				if first == nil {
 					first = fmt.Errorf("handoff to %s: %w", peer.Name, err)
 				}
@@ -255,6 +274,7 @@ func (r *Replicator) offer(ctx context.Context, peer Peer, p int, keys []storage
 		req.Version = peer.Proto
 		cctx, cancel := context.WithTimeout(ctx, r.cfg.OfferTimeout)
 		rep, err := r.cfg.Transport.Leaves(cctx, peer, req)
+		err = timedOut(ctx, cctx, err)
 		cancel()
 		if err == nil {
 			err = checkLeavesReply(req, rep)

@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -181,5 +182,65 @@ func TestSimHandoffRetriedSoon(t *testing.T) {
 		return got.Keys == 0 && got.Partitions == 0 && got.Dropped >= len(holder) && stalled.Load() > 1,
 			fmt.Sprintf("n0's handoff %+v, offers to n3 %d; want every one of %d keys dropped after a retry", got, stalled.Load(), len(holder))
 	})
+	c.CheckPlaced(t, 10*time.Second, true)
+}
+
+// TestSimHandoffLostOffer: an offer that fails at once (here the first one of the round
+// is refused) costs only the keys it carried: the same holder is still offered its other
+// partitions in that round, which it confirms, so that over a lossy network a holder
+// that loses a message now and then does not hold back everything after it.
+func TestSimHandoffLostOffer(t *testing.T) {
+	c, holder := strayCluster(t, 10*time.Second)
+	n0 := c.Nodes[0]
+	var calls atomic.Int64
+	refused := make(chan int, 1) // the partition of the refused offer
+	c.Net.SetRefuse(func(kind string, req []byte) error {
+		if kind != "leaves" || calls.Add(1) != 1 {
+			return nil
+		}
+		var lr cluster.LeavesRequest
+		if err := lr.UnmarshalBinary(req); err != nil || len(lr.Leaves) != 1 {
+			t.Errorf("the first leaves request of the round: %v, %d leaves; want an offer of one leaf", err, len(lr.Leaves))
+			return errors.New("refused by the test")
+		}
+		refused <- lr.Leaves[0].Leaf
+		return errors.New("refused by the test")
+	})
+	base := n0.Rep().Handoff().Dropped
+	if err := n0.Rep().HandoffRound(context.Background()); err == nil {
+		t.Fatalf("HandoffRound = nil, want the refused offer's error")
+	}
+	var p int
+	select {
+	case p = <-refused:
+	default:
+		t.Fatalf("no offer was refused")
+	}
+	stored, err := clustersim.State(context.Background(), n0.DB())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := cluster.HandoffStatus{Dropped: base}
+	for key := range holder {
+		_, kept := stored[key]
+		switch home := crdt.KeyHomes(key).First(); {
+		case home == p:
+			if !kept {
+				t.Errorf("n0 dropped %s, whose offer was refused", key)
+			}
+			want.Keys, want.Partitions = want.Keys+1, 1
+		case kept:
+			t.Errorf("n0 still stores %s (partition %d), which its holder n%d confirmed after the refused offer of partition %d", key, home, holder[key], p)
+		default:
+			want.Dropped++
+		}
+	}
+	if got := n0.Rep().Handoff(); got != want {
+		t.Errorf("Handoff() = %+v, want %+v", got, want)
+	}
+	c.Net.SetRefuse(nil)
+	if err := n0.Rep().HandoffRound(context.Background()); err != nil {
+		t.Fatalf("HandoffRound with nothing refused: %v", err)
+	}
 	c.CheckPlaced(t, 10*time.Second, true)
 }

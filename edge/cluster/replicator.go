@@ -1248,8 +1248,9 @@ func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, req LeavesReques
 
 // pushEach pushes changes to peer in batches. A batch that fails is pushed again one
 // change at a time, so a change the peer cannot take does not hold back the others; it
-// returns the first error. Each push is bounded by timeout (0: only by ctx); waiting
-// for the move rate is not.
+// returns the first error. Each push is bounded by timeout (0: only by ctx), and one
+// that times out is marked errOfferTimeout and not pushed again change by change;
+// waiting for the move rate is not bounded.
 func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.Change, timeout time.Duration) error {
 	push := func(batch []storage.Change) error {
 		cctx, cancel := ctx, context.CancelFunc(func() {})
@@ -1258,7 +1259,7 @@ func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.
 		}
 		defer cancel()
 		_, err := r.cfg.Transport.Push(cctx, peer, PushRequest{Version: peer.Proto, From: r.self, Changes: batch})
-		return err
+		return timedOut(ctx, cctx, err)
 	}
 	var first error
 	for batch, size := range pushBatches(changes, r.cfg.PushBatch, r.budget()) {
@@ -1278,7 +1279,7 @@ func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.
 		if first == nil {
 			first = err
 		}
-		if len(batch) == 1 || errors.Is(err, context.DeadlineExceeded) {
+		if len(batch) == 1 || errors.Is(err, errOfferTimeout) {
 			continue // a peer that timed out would only time out once per change
 		}
 		for i := range batch {
