@@ -21,10 +21,10 @@ import (
 // A round never waits on one peer for long: each call of an offer is bounded by
 // Config.OfferTimeout, and a peer that does not answer in time is offered nothing more
 // in that round, so a peer that hangs costs a round one timeout, not one per partition,
-// and the other holders' keys are confirmed and dropped all the same. A peer whose
+// and the other holders' keys are confirmed and dropped all the same; a peer whose
 // offer fails at once (a lost message, a refusal) is still offered the other
-// partitions. The keys that peer holds are kept until it confirms them in a
-// later round; a round that failed is tried again soon (handoffRetry), not only at the
+// partitions. Keys a holder did not confirm are kept until it confirms them in a later
+// round, and a round that failed is tried again soon (handoffRetry), not only at the
 // next periodic one.
 
 // DefaultOfferTimeout is Config.OfferTimeout's default.
@@ -199,7 +199,9 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 				// next partitions all the same: that costs nothing, and over a lossy
 				// network every holder fails now and then. One that timed out would cost
 				// the round a timeout per partition.
-				slow[m.ID] = errors.Is(err, errOfferTimeout)
+				if errors.Is(err, errOfferTimeout) {
+					slow[m.ID] = true
+				}
 				if first == nil {
 					first = fmt.Errorf("handoff to %s: %w", peer.Name, err)
 				}
