@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -15,12 +17,45 @@ import (
 // holding the same state, so no key is ever held by nobody: until then it keeps them,
 // and keeps offering. Holders in other regions get them from their region's holders by
 // anti-entropy, as they get everything.
+//
+// A round never waits on one peer for long: each call of an offer is bounded by
+// Config.OfferTimeout, and a peer that does not answer in time is offered nothing more
+// in that round, so a peer that hangs costs a round one timeout, not one per partition,
+// and the other holders' keys are confirmed and dropped all the same; a peer whose
+// offer fails at once (a lost message, a refusal) is still offered the other
+// partitions. Keys a holder did not confirm are kept until it confirms them in a later
+// round, and a round that failed is tried again soon (handoffRetry), not only at the
+// next periodic one.
 
-// handoff runs handoff rounds until ctx ends: after each placement change and
-// periodically. The Replicator's Start runs it; it returns when ctx ends.
+// DefaultOfferTimeout is Config.OfferTimeout's default.
+const DefaultOfferTimeout = 10 * time.Second
+
+// errOfferTimeout marks a call of an offer that the holder did not answer within
+// Config.OfferTimeout.
+var errOfferTimeout = errors.New("no answer within the offer timeout")
+
+// timedOut returns err, marked errOfferTimeout when call, the context of one call
+// derived from ctx with the offer timeout, ended by its own deadline.
+func timedOut(ctx, call context.Context, err error) error {
+	if err != nil && ctx.Err() == nil && errors.Is(call.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %w", errOfferTimeout, err)
+	}
+	return err
+}
+
+// handoffRetry is the wait before a failed handoff round is tried again; it doubles with
+// each failure in a row, up to the periodic round's period (Config.AntiEntropyEvery).
+// Over a lossy network most rounds of a busy node fail somewhere, so the retries stay
+// few: a handful per run of failures before the periodic pace resumes.
+const handoffRetry = 250 * time.Millisecond
+
+// handoff runs handoff rounds until ctx ends: after each placement change, periodically,
+// and soon after a round that failed. The Replicator's Start runs it; it returns when
+// ctx ends.
 func (r *Replicator) handoff(ctx context.Context) {
 	timer := time.NewTimer(r.jitter())
 	defer timer.Stop()
+	var backoff time.Duration
 	for {
 		select {
 		case <-ctx.Done():
@@ -28,10 +63,18 @@ func (r *Replicator) handoff(ctx context.Context) {
 		case <-timer.C:
 		case <-r.replanned:
 		}
-		if err := r.HandoffRound(ctx); err != nil && ctx.Err() == nil {
-			r.log.Debug("handoff round failed", slog.Any("err", err))
+		next := r.jitter()
+		if err := r.HandoffRound(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			backoff = min(max(2*backoff, handoffRetry), next)
+			next = backoff
+			r.log.Debug("handoff round failed", slog.Any("err", err), "retry_in", next)
+		} else {
+			backoff = 0
 		}
-		timer.Reset(r.jitter())
+		timer.Reset(next) // a tick that fired during the round is not received (Go 1.23 timers)
 	}
 }
 
@@ -42,20 +85,75 @@ type HandoffStatus struct {
 	Dropped    int // keys dropped since start, their holders having confirmed them
 }
 
-// Handoff returns the state of handoff as of the latest round.
+// Handoff returns the state of handoff as of the latest round: what the round found
+// stored without being held, less what it dropped. A round publishes what it found
+// before it offers anything, so a round held up by its peers does not leave an older
+// figure standing. Safe for concurrent use.
 func (r *Replicator) Handoff() HandoffStatus {
 	r.handoffMu.Lock()
 	defer r.handoffMu.Unlock()
 	return r.handoffStatus
 }
 
+// setHandoff publishes what a round found stored without being held, and adds dropped
+// to the keys dropped since start.
+func (r *Replicator) setHandoff(partitions, keys, dropped int) {
+	r.handoffMu.Lock()
+	defer r.handoffMu.Unlock()
+	r.handoffStatus.Partitions, r.handoffStatus.Keys = partitions, keys
+	r.handoffStatus.Dropped += dropped
+}
+
+// strayLeaf is a digest leaf with the keys this node stores there without holding them.
+type strayLeaf struct {
+	leaf  int
+	extra []storage.KeyHash
+}
+
+// strays returns the leaves where this node stores keys that keep (the placement it
+// holds by, or will once joined) gives it no home of, with those keys, and how many
+// distinct keys they are (a key with two homes lies in two leaves). It reads only the
+// local file.
+func (r *Replicator) strays(ctx context.Context, keep *view) ([]strayLeaf, int, error) {
+	mine := keep.held(r.self)
+	d := r.cfg.DB.Digest()
+	var out []strayLeaf
+	seen := map[string]bool{}
+	for p := range crdt.Partitions {
+		if d.Leaf(p) == 0 || mine.has(p) {
+			continue
+		}
+		pairs, err := r.cfg.DB.LeafPairs(ctx, p)
+		if err != nil {
+			return nil, 0, err
+		}
+		var extra []storage.KeyHash
+		for _, kh := range pairs {
+			if !keep.holds(r.self, kh.Key) {
+				extra = append(extra, kh)
+				seen[kh.Key] = true
+			}
+		}
+		if len(extra) > 0 { // else every key of the leaf has another home we hold
+			out = append(out, strayLeaf{leaf: p, extra: extra})
+		}
+	}
+	return out, len(seen), nil
+}
+
 // HandoffRound offers every key this node stores without holding it (nor, while it is
 // joining, going to hold it) to the holders of its homes in this node's region, and
 // drops the keys all of them confirmed. A holder that lacks a key, or holds it
 // differently, is pushed our state (and we merge theirs), and the key waits for the next
-// round. Keys whose holders are not all live peers now are kept. It returns the first
-// error; the keys it could not offer wait.
+// round. Keys whose holders are not all live peers now are kept, and so are those of a
+// holder that failed an offer: each call of an offer is bounded by Config.OfferTimeout,
+// and a holder that timed out is offered nothing more this round, while the others
+// still are. It publishes what it found (Handoff) before offering, and again after
+// dropping. It returns the first error; the keys it could not offer wait. Rounds run one
+// at a time.
 func (r *Replicator) HandoffRound(ctx context.Context) error {
+	r.roundMu.Lock() // one round at a time: a round run by hand waits for the loop's
+	defer r.roundMu.Unlock()
 	v := r.view.Load()
 	if !v.sharded() {
 		return nil
@@ -68,51 +166,44 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		keep = newView(r.selfPeer(), r.peers, r.cfg.Replicas, false)
 	}
 	r.mu.Unlock()
-	mine := keep.held(r.self)
-	d := r.cfg.DB.Digest()
+	leaves, keys, err := r.strays(ctx, keep)
+	if err != nil {
+		return fmt.Errorf("handoff: %w", err)
+	}
+	r.setHandoff(len(leaves), keys, 0)
+	if len(leaves) == 0 {
+		return nil
+	}
 	peers := r.livePeers()
 	var (
-		status    HandoffStatus
 		first     error
+		slow      = map[crdt.NodeID]bool{}            // holders that timed out this round
 		confirmed = map[string]map[crdt.NodeID]bool{} // key → holders that confirmed it
 		offered   = map[string]uint64{}               // key → the hash offered
 	)
-	for p := range crdt.Partitions {
-		if d.Leaf(p) == 0 || mine.has(p) {
-			continue
-		}
-		pairs, err := r.cfg.DB.LeafPairs(ctx, p)
-		if err != nil {
-			return err
-		}
-		var extra []storage.KeyHash
-		for _, kh := range pairs {
-			if !keep.holds(r.self, kh.Key) {
-				extra = append(extra, kh)
-			}
-		}
-		if len(extra) == 0 {
-			continue // every key of the leaf has another home we hold
-		}
-		status.Partitions++
-		for _, kh := range extra {
-			if _, seen := offered[kh.Key]; !seen {
-				status.Keys++
-			}
+	for _, sl := range leaves {
+		for _, kh := range sl.extra {
 			offered[kh.Key] = kh.Hash
 		}
-		for _, m := range v.table.Owners(r.cfg.Region, p) {
+		for _, m := range v.table.Owners(r.cfg.Region, sl.leaf) {
 			peer, ok := peers[m.ID]
-			if !ok {
+			if !ok || slow[m.ID] {
 				continue // not confirmable now; kept
 			}
-			got, err := r.offer(ctx, peer, p, extra)
+			got, err := r.offer(ctx, peer, sl.leaf, sl.extra)
 			if err != nil {
 				if ctx.Err() != nil {
 					return err
 				}
+				// A holder that failed at once (a lost message, a refusal) is offered the
+				// next partitions all the same: that costs nothing, and over a lossy
+				// network every holder fails now and then. One that timed out would cost
+				// the round a timeout per partition.
+				if errors.Is(err, errOfferTimeout) {
+					slow[m.ID] = true
+				}
 				if first == nil {
-					first = err
+					first = fmt.Errorf("handoff to %s: %w", peer.Name, err)
 				}
 				continue
 			}
@@ -130,21 +221,25 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 			drop = append(drop, storage.KeyHash{Key: key, Hash: hash})
 		}
 	}
-	if len(drop) > 0 {
-		n, err := r.cfg.DB.Drop(ctx, drop)
-		if err != nil {
-			return err
-		}
-		status.Dropped = n
-		r.log.Debug("dropped keys their holders confirmed", "keys", n, "offered", len(offered))
-		if r.cfg.Metrics != nil {
-			r.cfg.Metrics.Dropped.Add(float64(n))
-		}
+	if len(drop) == 0 {
+		return first
 	}
-	r.handoffMu.Lock()
-	status.Dropped += r.handoffStatus.Dropped
-	r.handoffStatus = status
-	r.handoffMu.Unlock()
+	n, err := r.cfg.DB.Drop(ctx, drop)
+	if err != nil {
+		return err
+	}
+	r.log.Debug("dropped keys their holders confirmed", "keys", n, "offered", len(offered))
+	if r.cfg.Metrics != nil {
+		r.cfg.Metrics.Dropped.Add(float64(n))
+	}
+	// What is left: read again, as a key that changed since it was offered, or a
+	// conversation not wholly confirmed, stays.
+	left, leftKeys, err := r.strays(ctx, keep)
+	if err != nil {
+		r.setHandoff(len(leaves), max(keys-n, 0), n) // every key dropped was one offered
+		return fmt.Errorf("handoff: %w", err)
+	}
+	r.setHandoff(len(left), leftKeys, n)
 	return first
 }
 
@@ -166,7 +261,8 @@ func allConfirmed(v *view, region, key string, by map[crdt.NodeID]bool) bool {
 
 // offer compares keys of leaf p with peer (only those: LeafPairs.Only), merges the
 // peer's differing states, pushes ours where the peer lacks them or differs, and returns
-// the keys the peer holds exactly as offered.
+// the keys the peer holds exactly as offered. Each call to the peer is bounded by
+// Config.OfferTimeout; waiting for the move rate is not.
 func (r *Replicator) offer(ctx context.Context, peer Peer, p int, keys []storage.KeyHash) ([]string, error) {
 	var same []string
 	pairsOf := func(int) ([]storage.KeyHash, error) { return keys, nil }
@@ -178,7 +274,10 @@ func (r *Replicator) offer(ctx context.Context, peer Peer, p int, keys []storage
 			req.Leaves[i].Only = true
 		}
 		req.Version = peer.Proto
-		rep, err := r.cfg.Transport.Leaves(ctx, peer, req)
+		cctx, cancel := context.WithTimeout(ctx, r.cfg.OfferTimeout)
+		rep, err := r.cfg.Transport.Leaves(cctx, peer, req)
+		err = timedOut(ctx, cctx, err)
+		cancel()
 		if err == nil {
 			err = checkLeavesReply(req, rep)
 		}
@@ -211,7 +310,7 @@ func (r *Replicator) offer(ctx context.Context, peer Peer, p int, keys []storage
 			if err != nil {
 				return nil, err
 			}
-			if err := r.pushEach(ctx, peer, changes); err != nil {
+			if err := r.pushEach(ctx, peer, changes, r.cfg.OfferTimeout); err != nil {
 				return nil, err
 			}
 		}

@@ -77,6 +77,11 @@ type Config struct {
 	// FetchTimeout bounds one pull that Await starts to fetch what a bookmark asks for;
 	// default 2s.
 	FetchTimeout time.Duration
+	// OfferTimeout bounds each call that a handoff round makes to a peer (a leaves
+	// request or a push of an offer; see handoff.go): a peer that does not answer in time
+	// is offered nothing more in that round, and what it holds waits for a later one.
+	// Default DefaultOfferTimeout (10s).
+	OfferTimeout time.Duration
 	// MoveRate bounds, in bytes per second, the stored state this node sends to its peers
 	// by anti-entropy and handoff — the data that moves when placement changes, and
 	// repairs — so that movement does not crowd out serving requests; pushes of new
@@ -116,6 +121,7 @@ type Replicator struct {
 	// replanned wakes the handoff loop after a placement change.
 	replanned chan struct{}
 
+	roundMu       sync.Mutex // held by a handoff round
 	handoffMu     sync.Mutex
 	handoffStatus HandoffStatus
 
@@ -191,6 +197,9 @@ func NewReplicator(cfg Config) *Replicator {
 	}
 	if cfg.FetchTimeout <= 0 {
 		cfg.FetchTimeout = 2 * time.Second
+	}
+	if cfg.OfferTimeout <= 0 {
+		cfg.OfferTimeout = DefaultOfferTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -1234,19 +1243,30 @@ func (r *Replicator) syncLeaves(ctx context.Context, peer Peer, req LeavesReques
 	if err != nil {
 		return false, nil, err
 	}
-	return rep.Truncated, refused, r.pushEach(ctx, peer, changes)
+	return rep.Truncated, refused, r.pushEach(ctx, peer, changes, 0)
 }
 
 // pushEach pushes changes to peer in batches. A batch that fails is pushed again one
 // change at a time, so a change the peer cannot take does not hold back the others; it
-// returns the first error.
-func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.Change) error {
+// returns the first error. Each push is bounded by timeout (0: only by ctx), and one
+// that times out is marked errOfferTimeout and not pushed again change by change;
+// waiting for the move rate is not bounded.
+func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.Change, timeout time.Duration) error {
+	push := func(batch []storage.Change) error {
+		cctx, cancel := ctx, context.CancelFunc(func() {})
+		if timeout > 0 {
+			cctx, cancel = context.WithTimeout(ctx, timeout)
+		}
+		defer cancel()
+		_, err := r.cfg.Transport.Push(cctx, peer, PushRequest{Version: peer.Proto, From: r.self, Changes: batch})
+		return timedOut(ctx, cctx, err)
+	}
 	var first error
 	for batch, size := range pushBatches(changes, r.cfg.PushBatch, r.budget()) {
 		if err := r.moving(ctx, size); err != nil {
 			return err
 		}
-		_, err := r.cfg.Transport.Push(ctx, peer, PushRequest{Version: peer.Proto, From: r.self, Changes: batch})
+		err := push(batch)
 		if err == nil {
 			continue
 		}
@@ -1259,11 +1279,11 @@ func (r *Replicator) pushEach(ctx context.Context, peer Peer, changes []storage.
 		if first == nil {
 			first = err
 		}
-		if len(batch) == 1 {
-			continue
+		if len(batch) == 1 || errors.Is(err, errOfferTimeout) {
+			continue // a peer that timed out would only time out once per change
 		}
 		for i := range batch {
-			_, _ = r.cfg.Transport.Push(ctx, peer, PushRequest{Version: peer.Proto, From: r.self, Changes: batch[i : i+1]})
+			_ = push(batch[i : i+1])
 		}
 	}
 	return first

@@ -139,7 +139,7 @@ func FuzzReplicatorReplies(f *testing.F) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err := r.pushEach(ctx, peer, cs); pushOK != (err == nil) {
+		if err := r.pushEach(ctx, peer, cs, 0); pushOK != (err == nil) {
 			t.Fatalf("push with reply decodable=%v: err %v", pushOK, err)
 		}
 		if _, err := r.offer(ctx, peer, crdt.KeyHomes(keys[0]).First(), []storage.KeyHash{{Key: keys[0], Hash: 1}}); !leavesOK && !errors.Is(err, ErrInvalidMessage) {

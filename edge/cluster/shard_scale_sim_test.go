@@ -792,7 +792,7 @@ func (s *scaleSim) explainLeftovers() {
 			}
 			s.logf("  %s = %s; holders in %s: %s", key, clustersim.Describe(got[key]), n.Region, strings.Join(at, "; "))
 		}
-		s.logf("  %s's handoff goroutine now:\n%s", n.Name, goroutinesOf(fmt.Sprintf("(*cluster.Replicator).handoff(%p", rep)))
+		s.logf("  %s's handoff goroutine now:\n%s", n.Name, goroutinesOf(fmt.Sprintf("cluster.(*Replicator).handoff(%p", rep)))
 	}
 }
 

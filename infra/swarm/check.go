@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,6 +25,9 @@ func runTest(ctx context.Context, o options) (err error) {
 	}
 	defer func() {
 		cleanup := context.Background() // also after an interrupt
+		if err != nil {
+			saveLogs(cleanup, o.stack) // before the stack goes: what the nodes said
+		}
 		if o.keep {
 			logf("--keep: stack %s left running on 127.0.0.1:%d (go run ./infra/swarm down --stack %s)", o.stack, o.port, o.stack)
 		} else {
@@ -418,4 +422,26 @@ func lost(acked map[string]int, data map[string]json.RawMessage) string {
 		out = append(out[:3], fmt.Sprintf("… %d keys in all", len(out)))
 	}
 	return strings.Join(out, ", ")
+}
+
+// saveLogs writes each service's logs (every task's, with timestamps, the load balancer's
+// too) to stateDir(stack)/logs, so that a failed run can be read afterwards.
+func saveLogs(ctx context.Context, stack string) {
+	dir := filepath.Join(stateDir(stack), "logs")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		logf("saving logs: %v", err)
+		return
+	}
+	for _, svc := range append(services(stack), stack+"_lb") {
+		out, err := docker(ctx, nil, "service", "logs", "--timestamps", "--no-trunc", "--raw", svc)
+		if err != nil {
+			logf("saving logs of %s: %v", svc, err)
+		}
+		f := filepath.Join(dir, svc+".log")
+		if err := os.WriteFile(f, []byte(out+"\n"), 0o600); err != nil {
+			logf("saving logs: %v", err)
+			return
+		}
+	}
+	logf("the services' logs are in %s", dir)
 }

@@ -30,6 +30,7 @@ type config struct {
 	replicas         int                     // holders of each partition per region; 0: every node
 	debugLogs        bool                    // route every node's debug logs to t.Log, not only warnings
 	protocols        []cluster.ProtocolRange // node i's, from the start; see SetProtocols
+	offerTimeout     time.Duration           // handoff's bound on each call; 0: the Replicator's default
 }
 
 // An Option configures New.
@@ -70,6 +71,12 @@ func WithMaxMessage(n int) Option {
 // WithReplicas makes each region's nodes share the partitions, n holders each.
 func WithReplicas(n int) Option {
 	return func(c *config) { c.replicas = n }
+}
+
+// WithOfferTimeout sets every replicator's bound on each call of a handoff offer
+// (cluster.Config.OfferTimeout; default: the Replicator's).
+func WithOfferTimeout(d time.Duration) Option {
+	return func(c *config) { c.offerTimeout = d }
 }
 
 // WithManualPeers never calls SetPeers: replicators know no peer, and the test drives
@@ -316,6 +323,7 @@ func (n *Node) start() error {
 		DB: db, Transport: c.Net.Transport(n.Name), Name: n.Name, Region: n.Region, Replicas: c.cfg.replicas,
 		Joining:          n.joining.Load(),
 		AntiEntropyEvery: c.cfg.antiEntropyEvery,
+		OfferTimeout:     c.cfg.offerTimeout,
 		PushBatch:        c.cfg.pushBatch, MaxMessage: c.cfg.maxMessage, MaxSkew: c.cfg.maxSkew, Now: n.Now, Logger: logger.With("component", "replicator"), Metrics: m,
 	})
 	rep.Start()

@@ -46,6 +46,9 @@ type Network struct {
 	// refuse, when set, is asked about every request before delivery: an error fails the
 	// call as a peer that cannot take the message would.
 	refuse func(kind string, req []byte) error
+	// stall, when set, is asked about every request before delivery: how long it waits
+	// first (negative: until its caller gives up). See SetStall.
+	stall func(from, to, kind string) time.Duration
 }
 
 // Faults are the probabilities (0..1) of each fault per call.
@@ -357,11 +360,26 @@ func (n *Network) call(ctx context.Context, from string, to cluster.Peer, kind s
 		return nil, err
 	}
 	n.mu.Lock()
-	refuse := n.refuse
+	refuse, stall := n.refuse, n.stall
 	n.mu.Unlock()
 	if refuse != nil {
 		if err := refuse(kind, req); err != nil {
 			return nil, fmt.Errorf("sync %s to %s: %w", kind, to.Name, err)
+		}
+	}
+	if stall != nil {
+		if d := stall(from, to.Addr, kind); d != 0 {
+			var wait <-chan time.Time // nil: never
+			if d > 0 {
+				timer := time.NewTimer(d)
+				defer timer.Stop()
+				wait = timer.C
+			}
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("sync %s to %s: stalled: %w", kind, to.Name, ctx.Err())
+			case <-wait:
+			}
 		}
 	}
 	if p.delay > 0 {
@@ -425,6 +443,18 @@ func (n *Network) SetRefuse(fn func(kind string, req []byte) error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.refuse = fn
+}
+
+// SetStall installs fn as the stall hook (nil removes it): fn is asked about every
+// request from → to of kind, after the link's faults are drawn and before delivery, how
+// long the call waits before it is delivered — a peer that is very slow to answer — or,
+// negative, that it is never delivered: a peer that takes the request and never answers.
+// A stalled call ends with its caller's context, failing with the context's error. fn
+// must be safe for concurrent use.
+func (n *Network) SetStall(fn func(from, to, kind string) time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.stall = fn
 }
 
 // Transport returns node from's client side of the network.
