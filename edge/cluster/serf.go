@@ -233,7 +233,14 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	sc.SnapshotPath = cfg.Snapshot
 	sc.ReconnectInterval = 5 * time.Second
 	sc.ReconnectTimeout = 72 * time.Hour
-	sc.EnableNameConflictResolution = true
+	// No name-conflict votes. A replica that comes back under its name at a new address
+	// while others still see its old address alive (killed, or its leave lost) would be
+	// voted out, the others vouching for the address they know, and serf would shut
+	// itself down for good in the newcomer: a running node outside the cluster. Without
+	// the vote, memberlist keeps the known address until it is found dead, then takes the
+	// new one (DeadNodeReclaimTime). Two live processes under one name are an operator's
+	// mistake that memberlist logs as a conflicting address.
+	sc.EnableNameConflictResolution = false
 	if cfg.Fast {
 		sc.ReconnectInterval = time.Second
 		sc.ReapInterval = 5 * time.Second

@@ -415,3 +415,48 @@ func TestMembership_RescheduledAtNewAddress(t *testing.T) {
 	})
 	t.Logf("b alive at its new address %s after it restarted", time.Since(start).Round(100*time.Millisecond))
 }
+
+// TestMembership_ReplacedWhileStillSeenAlive: a replica whose process is gone without a
+// leave (killed, or its leave lost) comes back under its name at a new address before
+// the others have noticed: they still see the old address alive, so the newcomer's name
+// conflicts with it. The newcomer must stay in the cluster and be seen alive at its new
+// address once the old one is found dead — serf's name-conflict resolution would vote
+// the newcomer out (the others vouch for the address they know) and shut its serf down
+// for good (the Swarm test's rolling update hit this).
+func TestMembership_ReplacedWhileStillSeenAlive(t *testing.T) {
+	t.Parallel()
+	m1 := startTestMembership(t, "m1", 1, &syncBuffer{})
+	m2 := startTestMembership(t, "m2", 2, &syncBuffer{}, m1.Addr())
+	old := startTestMembership(t, "x", 3, &syncBuffer{}, m1.Addr())
+	seen := func(of *cluster.Membership, name string) cluster.Member {
+		for _, m := range of.Members() {
+			if m.Name == name {
+				return m
+			}
+		}
+		return cluster.Member{Status: "unknown"}
+	}
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		return seen(m1, "x").Status == "alive" && seen(m2, "x").Status == "alive", "x not alive everywhere"
+	})
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	old.Close(gone) // a cancelled context: shut down without a leave
+	if s1, s2 := seen(m1, "x"), seen(m2, "x"); s1.Status != "alive" || s2.Status != "alive" {
+		t.Logf("the old x was already %s on m1, %s on m2: no conflict to test this run", s1.Status, s2.Status)
+	}
+
+	var logs syncBuffer
+	replaced := startTestMembership(t, "x", 3, &logs, m1.Addr())
+	clustersim.WaitFor(t, 30*time.Second, func() (bool, string) {
+		s1, s2 := seen(m1, "x"), seen(m2, "x")
+		r1, r2 := seen(replaced, "m1"), seen(replaced, "m2")
+		ok := s1.Status == "alive" && s1.Addr == replaced.Addr() && s2.Status == "alive" && s2.Addr == replaced.Addr() &&
+			r1.Status == "alive" && r2.Status == "alive"
+		return ok, fmt.Sprintf("x is %s at %s on m1, %s at %s on m2 (new address %s); the new x sees m1 %s, m2 %s",
+			s1.Status, s1.Addr, s2.Status, s2.Addr, replaced.Addr(), r1.Status, r2.Status)
+	})
+	if logs.count("minority in name conflict resolution") > 0 {
+		t.Errorf("the new x lost a name-conflict vote and shut its serf down")
+	}
+}
