@@ -201,6 +201,11 @@ func TestBrowserUI(t *testing.T) {
 
 	alice.click("#nav-messages")
 	alice.waitHash("#/messages")
+	// The thread screen has a conversations pane too, with the same form: typing before
+	// the list screen replaced it typed into a form about to go, and "Open" then found the
+	// new form empty.
+	alice.waitGone("#message-body")
+	alice.waitVisible("#conversations-empty")
 	alice.typeInto("#new-conversation-username", "bob")
 	alice.click("#new-conversation-submit")
 	alice.waitHash("#/messages/bob")
