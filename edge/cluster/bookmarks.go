@@ -30,10 +30,13 @@ import (
 
 // With placement (holding.go), what a node knows it holds is about the partitions it
 // holds. The base knowledge covers every partition it holds but those gained since the
-// data was sharded this way (gained): those it only knows from what it learnt under the
-// current placement — pushes' Through (which cover every partition held) and completed
-// rounds, each of which teaches, for the partitions it compared, what the peer held of
-// those the peer knows of (learnt, the latest round per peer). A question about one
+// data was sharded this way (gained; a node that joined gained all it holds): those it
+// only knows from what it learnt since it gained them — pushes' Through (which cover
+// every partition held under the placement they were told under, and stay true of those
+// held since: carried) and completed rounds, each of which teaches, for the partitions
+// it compared, what the peer held of those the peer knows of (learnt, the latest round
+// per peer). A gained partition joins the base again once a round teaches at least the
+// base about it. A question about one
 // partition (a request is about its caller's) is answered from that partition's
 // knowledge; a question about none (AllPartitions) from what covers them all.
 
@@ -52,6 +55,7 @@ type haveState struct {
 	gained     partitionSet              // partitions the base is not about (sharded only)
 	anyGained  bool                      // gained is not empty: spares comparing 512 bytes per mark
 	through    crdt.Bookmark             // Throughs told under the current placement: about every partition held
+	carried    []lesson                  // the Throughs of earlier placements, about the partitions held since; newest last
 	learnt     map[crdt.NodeID][2]lesson // the latest round with each peer taught these
 	told       map[crdt.NodeID]lesson    // each origin's latest Through under another placement, about the partitions it named
 	held       *partitionSet             // the partitions held, as of the latest replan (nil: not sharded)
@@ -215,13 +219,18 @@ func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 	if len(gained) > 0 {
 		h.era = newEra(h.era)
 	}
-	h.through = crdt.Bookmark{}
-	h.held = held
 	var now partitionSet
 	for _, p := range gained {
 		h.gained.add(p)
 		now.add(p)
 	}
+	if !h.through.IsZero() && h.held != nil {
+		// What the Throughs told about the partitions held before stays true of those
+		// still held: a node drops only data it does not hold.
+		h.carried = append(h.carried, lesson{about: *h.held, have: h.through})
+	}
+	h.through = crdt.Bookmark{}
+	h.held = held
 	h.anyGained = false
 	for i := range h.gained {
 		h.gained[i] &= held[i]
@@ -229,32 +238,48 @@ func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 	}
 	for _, lessons := range []map[crdt.NodeID]lesson{h.told, h.partial} {
 		for origin, l := range lessons {
-			left := false
-			for w := range l.about {
-				l.about[w] &= held[w] &^ now[w]
-				left = left || l.about[w] != 0
-			}
-			if left {
+			if l.keep(held, &now) {
 				lessons[origin] = l
 			} else {
 				delete(lessons, origin)
 			}
 		}
 	}
-	for peer, ls := range h.learnt {
-		left := false
-		for i := range ls {
-			for w := range ls[i].about {
-				ls[i].about[w] &= held[w] &^ now[w]
-				left = left || ls[i].about[w] != 0
-			}
+	kept := h.carried[:0]
+	for _, l := range h.carried {
+		if l.keep(held, &now) {
+			kept = append(kept, l)
 		}
-		if left {
+	}
+	if n := len(kept) - maxCarried; n > 0 {
+		kept = append(kept[:0], kept[n:]...) // the oldest are the likeliest to be outgrown
+	}
+	clear(h.carried[len(kept):])
+	h.carried = kept
+	for peer, ls := range h.learnt {
+		a, b := ls[0].keep(held, &now), ls[1].keep(held, &now)
+		if a || b {
 			h.learnt[peer] = ls
 		} else {
 			delete(h.learnt, peer) // about nothing held any more
 		}
 	}
+}
+
+// maxCarried bounds the lessons carried over from earlier placements (haveState.carried):
+// each change of placement adds one; dropping one only loses knowledge, which rounds and
+// pushes teach again.
+const maxCarried = 8
+
+// keep trims l to the partitions in held but not in gained and reports whether any are
+// left.
+func (l *lesson) keep(held, gained *partitionSet) bool {
+	left := false
+	for w := range l.about {
+		l.about[w] &= held[w] &^ gained[w]
+		left = left || l.about[w] != 0
+	}
+	return left
 }
 
 // distrust is what we no longer believe of an origin's pushes: their Throughs, in the
@@ -301,9 +326,10 @@ type roundScope struct {
 // synced records a completed anti-entropy round with peer, begun at epoch in era, under
 // the placement with fingerprint placement, when peer held have: the round leaves us
 // holding all of it in the partitions of scope.full, and the peer's own writes in every
-// partition compared. It counts only under the current placement and era (a placement
-// can come back, but what was dropped meanwhile does not). A distrust of peer from after
-// the round began stands: the round may not have carried what was refused.
+// partition compared; when have covers the base, the gained partitions of scope.full
+// join the base. It counts only under the current placement and era (a placement can
+// come back, but what was dropped meanwhile does not). A distrust of peer from after the
+// round began stands: the round may not have carried what was refused.
 func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookmark, self crdt.NodeID, placement uint64, scope roundScope) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -334,6 +360,14 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 		}
 		h.raiseLocked(have, self)
 		return
+	}
+	if h.anyGained && h.have.CoveredBy(have) {
+		// The peer held at least the base in the partitions it knows of, and so do we now.
+		h.anyGained = false
+		for i := range h.gained {
+			h.gained[i] &^= scope.full[i]
+			h.anyGained = h.anyGained || h.gained[i] != 0
+		}
 	}
 	var full, own crdt.Bookmark
 	raise(&full, have, self)
@@ -374,6 +408,11 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 	}
 	for _, lessons := range []map[crdt.NodeID]lesson{h.told, h.partial} {
 		if l, ok := lessons[ts.Node]; ok && l.about.has(p) && l.have.Covers(ts) {
+			return true
+		}
+	}
+	for _, l := range h.carried {
+		if l.about.has(p) && l.have.Covers(ts) {
 			return true
 		}
 	}

@@ -267,6 +267,79 @@ func TestHaveStatePartitions(t *testing.T) {
 	})
 }
 
+// TestHaveStateGained: what a node learns of partitions it gained (a node that joined
+// gained all it holds) outlives the placement it learnt it under, for the partitions it
+// still holds, and a round that teaches at least the base about some of them settles
+// those.
+func TestHaveStateGained(t *testing.T) {
+	const peer = crdt.NodeID(8)
+	h := &haveState{}
+	h.init()
+	held := &partitionSet{}
+	held.add(1)
+	held.add(2)
+	h.replan(100, []int{1, 2}, held)
+	h.pushed(at(10), 100, nil, h.currentEra())
+	if !covers(h, 10, 1) || !covers(h, 10, 2) {
+		t.Fatalf("a Through under the current placement does not cover the gained partitions")
+	}
+
+	t.Run("OKThroughsOutliveThePlacement", func(t *testing.T) {
+		*held = partitionSet{}
+		held.add(1)
+		held.add(3)
+		h.replan(101, []int{3}, held) // the origin left, say: partition 2 went elsewhere
+		if !covers(h, 10, 1) {
+			t.Errorf("a partition held before and after forgot what the Throughs told of it")
+		}
+		if covers(h, 10, 3) {
+			t.Errorf("a partition gained now inherited what Throughs told of others")
+		}
+		held.add(2)
+		h.replan(102, []int{2}, held)
+		if covers(h, 10, 2) {
+			t.Errorf("a partition lost and gained again kept what Throughs told before it was lost")
+		}
+		if !covers(h, 10, 1) {
+			t.Errorf("a partition held throughout forgot what the Throughs told of it")
+		}
+	})
+	t.Run("OKCarriedBounded", func(t *testing.T) {
+		for i := range 2 * maxCarried {
+			h.pushed(at(int64(20+i)), h.placement, nil, h.currentEra())
+			h.replan(h.placement+1, nil, held)
+		}
+		if len(h.carried) > maxCarried {
+			t.Errorf("%d lessons carried, want at most %d", len(h.carried), maxCarried)
+		}
+		if !covers(h, int64(20+2*maxCarried-1), 1) {
+			t.Errorf("the latest placement's Throughs were not carried")
+		}
+	})
+	t.Run("OKRoundCoveringTheBaseSettlesWhatItKnows", func(t *testing.T) {
+		fp := h.placement
+		var compared, full partitionSet
+		compared.add(1)
+		compared.add(2)
+		compared.add(3)
+		full.add(1)
+		full.add(2)
+		base, _ := h.base()
+		behind := mark(base.Mark(origin).Wall - 1)
+		epoch, era := h.roundStarts()
+		h.synced(peer, epoch, era, behind, self, fp, roundScope{compared: &compared, full: &full})
+		if !h.gained.has(2) {
+			t.Errorf("a round that taught less than the base settled a gained partition")
+		}
+		epoch, era = h.roundStarts()
+		h.synced(peer, epoch, era, base, self, fp, roundScope{compared: &compared, full: &full})
+		if h.gained.has(1) || h.gained.has(2) || !h.gained.has(3) {
+			t.Errorf("a round that taught the base settled gained partitions 1 %v, 2 %v, 3 %v; want 1 and 2 only",
+				!h.gained.has(1), !h.gained.has(2), !h.gained.has(3))
+		}
+	})
+}
+
 // TestMoveRate: sending stored state waits for the move rate once its burst is spent,
 // and counts what it sends.
 func TestMoveRate(t *testing.T) {

@@ -284,3 +284,45 @@ func TestSimShardedStaleThrough(t *testing.T) {
 		t.Fatalf("n%d answers for session %s (bookmark %v covered in partition %d) but does not hold it", b, s2.ID, mark, p)
 	}
 }
+
+// TestSimShardedOriginLeaves: a node that joined (so that every partition it holds was
+// gained, and what it knows of them was taught under its placements since) keeps knowing
+// it holds a write its origin pushed to it after the origin leaves, without asking
+// anyone: the placement changes with the leave, and what the origin's Throughs told about
+// the partitions it still holds stays true.
+func TestSimShardedOriginLeaves(t *testing.T) {
+	c := newTestCluster(t, 4, []string{"us", "eu"}, clustersim.WithReplicas(1), clustersim.WithAntiEntropy(time.Hour))
+	j := c.JoinNode("us")
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(3, 4)), 1)
+	ctx := context.Background()
+	var name string
+	var p, e int
+	for k := 0; ; k++ {
+		name = fmt.Sprintf("leaver%d", k)
+		p = crdt.NamePartition(name)
+		if c.OwnerIn(c.Table(), "us", p) == j {
+			e = c.OwnerIn(c.Table(), "eu", p)
+			break
+		}
+	}
+	acc := w.MustRegister(t, e, name)
+	m, ok, err := c.Nodes[e].DB().Record(ctx, crdt.UserKey(acc.ID))
+	if err != nil || !ok {
+		t.Fatalf("the account is not on n%d, where it was registered: %v", e, err)
+	}
+	var b crdt.Bookmark
+	b.Add(m.Version())
+	if b.Mark(c.Nodes[e].DB().NodeID()).IsZero() {
+		t.Fatalf("the registration on n%d is not its own write: %v", e, b)
+	}
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		return c.Nodes[j].Rep().Covers(b, p), fmt.Sprintf("n%d never knew it holds n%d's registration in partition %d", j, e, p)
+	})
+	c.Kill(e)
+	if !c.Nodes[j].Rep().HoldsPartition(p) {
+		t.Fatalf("n%d no longer holds partition %d", j, p)
+	}
+	if !c.Nodes[j].Rep().Covers(b, p) {
+		t.Errorf("n%d forgot it holds n%d's registration in partition %d once n%d left", j, e, p, e)
+	}
+}
