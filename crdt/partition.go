@@ -21,6 +21,13 @@ const (
 	PartitionDigits = 3
 	// LogPrefix begins the replication key of a log entry: l/<conversation>/<entry id>.
 	LogPrefix = "l/"
+	// ClusterPartition is held by every node of every region, whatever the replication
+	// factor: the cluster-wide records (ClusterPrefix) live there, which every node needs
+	// at hand (app credentials, signing keys). It is also the home of the few users whose
+	// username hashes to it (1 in Partitions), who are therefore held everywhere too.
+	ClusterPartition = 0
+	// ClusterPrefix begins the replication key of a cluster-wide record: g/<kind>/<name>.
+	ClusterPrefix = "g/"
 )
 
 // Homes are the partitions a replicated key lives in: one, or two distinct ones.
@@ -51,7 +58,8 @@ func (h Homes) Append(dst []int) []int {
 
 // KeyHomes returns the homes of a replication key: records by the partition of their
 // user (UserKey, SessionKey by the ID, ClaimKey by NamePartition), log entries (LogPrefix)
-// by ConversationHomes, anything else by its hash. It is a pure function of the key.
+// by ConversationHomes, cluster-wide records (ClusterPrefix) in ClusterPartition,
+// anything else by its hash. It is a pure function of the key.
 func KeyHomes(key string) Homes {
 	switch {
 	case strings.HasPrefix(key, UserPrefix):
@@ -60,6 +68,8 @@ func KeyHomes(key string) Homes {
 		return Home(IDPartition(key[len(SessionPrefix):]))
 	case strings.HasPrefix(key, ClaimPrefix):
 		return Home(NamePartition(key[len(ClaimPrefix):]))
+	case strings.HasPrefix(key, ClusterPrefix):
+		return Home(ClusterPartition)
 	case strings.HasPrefix(key, LogPrefix):
 		rest := key[len(LogPrefix):]
 		if i := strings.LastIndexByte(rest, '/'); i >= 0 {

@@ -53,6 +53,7 @@ func TestKeyHomes(t *testing.T) {
 		{"Session", crdt.SessionKey(sess), []int{p}},
 		{"Entry", crdt.LogPrefix + conv + "/0011", []int{min(p, q), max(p, q)}},
 		{"EntryWithSelf", crdt.LogPrefix + crdt.ConversationID(user, user) + "/0011", []int{p}},
+		{"ClusterWide", crdt.ClusterPrefix + "app/shop", []int{crdt.ClusterPartition}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := crdt.KeyHomes(tc.key).Append(nil)

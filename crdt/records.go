@@ -55,6 +55,11 @@ const (
 	// to sessions created concurrently with it, by nodes that had not received it, and
 	// stamped up to this wall time: see User.Revokes.
 	FieldSessionsWindow = "sessions_window"
+	// FieldApp and FieldSubject (FWW) mark the record of an app's subject (see
+	// SubjectID): a person the app authenticated itself, who has no username, no password
+	// and no profile. The same two values are written wherever the record is created.
+	FieldApp     = "app"
+	FieldSubject = "subject"
 )
 
 // ProfileFields are the user record fields a user edits.
@@ -73,6 +78,9 @@ type User struct {
 	// SessionsWindow (wall nanoseconds) revokes, besides, sessions stamped up to it by a
 	// node that had not received SessionsUntil when it created them.
 	SessionsWindow int64
+	// App and Subject name, for an app's subject (NewSubject), the app and the subject;
+	// both are "" for a registered user.
+	App, Subject string
 }
 
 // Revokes reports whether the user's sign-out everywhere revokes session s: s was
@@ -107,7 +115,21 @@ func ReadUser(id string, m *Map) User {
 		u.SessionsUntil = f.TS
 	}
 	u.SessionsWindow = m.MaxOf(FieldSessionsWindow)
+	if f, ok := m.Field(FieldApp); ok && f.Kind == KindFWW {
+		u.App = string(f.Value)
+		if f, ok := m.Field(FieldSubject); ok && f.Kind == KindFWW {
+			u.Subject, u.Created = string(f.Value), f.TS
+		}
+	}
 	return u
+}
+
+// NewSubject returns the record of subject of app (SubjectID), created at ts.
+func NewSubject(app, subject string, ts Timestamp) Map {
+	var m Map
+	m.Claim(FieldApp, []byte(app), ts)
+	m.Claim(FieldSubject, []byte(subject), ts)
+	return m
 }
 
 // NewUser returns the record of a new user, every field written at ts.
@@ -202,6 +224,9 @@ const (
 	FieldClientAddr = "client_addr"
 	FieldRegion     = "region"
 	FieldNode       = "node"
+	// FieldSessionApp (FWW, set at creation) names the app whose subject owns the
+	// session; absent for a registered user's.
+	FieldSessionApp = "app"
 	DataPrefix      = "d/" // d/<key> LWW: session data, a JSON value
 )
 
@@ -221,6 +246,7 @@ type Session struct {
 	// SeenUntil is the owner's User.SessionsUntil that the creating node held.
 	SeenUntil Timestamp
 	TokenGen  uint64            // the current token's generation (FieldTokenGen)
+	App       string            // the app whose subject owns it; "" for a registered user's
 	Origin    Origin            // set by ReadSession, not ReadSessionMeta
 	Data      map[string][]byte // live data keys; values alias the Map
 }
@@ -320,7 +346,18 @@ func ReadSessionMeta(id string, m *Map) Session {
 	if g := m.MaxOf(FieldTokenGen); g > 0 {
 		s.TokenGen = uint64(g)
 	}
+	if f, ok := m.Field(FieldSessionApp); ok && f.Kind == KindFWW {
+		s.App = string(f.Value)
+	}
 	return s
+}
+
+// SessionApp returns the update, merged into a new session's record at its creation ts,
+// that records the app whose subject owns it.
+func SessionApp(app string, ts Timestamp) Map {
+	var m Map
+	m.Claim(FieldSessionApp, []byte(app), ts)
+	return m
 }
 
 // SessionExpires returns the absolute expiry of the session record m, or the zero time

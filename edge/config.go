@@ -61,7 +61,7 @@ type Config struct {
 	SessionTTL      time.Duration // absolute session lifetime; default 24h
 	IdleTTL         time.Duration // idle session lifetime; default 2h
 	MaxSkew         time.Duration // remote timestamps further ahead are rejected; default 1m
-	SweepEvery      time.Duration // how often expired sessions are removed; default 1m
+	SweepEvery      time.Duration // how often expired sessions and key-value records are removed; default 1m
 	LoginPerAccount int           // failed logins per account per minute, all addresses; default 100
 	LoginPerAddress int           // failed logins per client address per minute; default 60
 	CORSOrigins     []string      // origins allowed to call the API from a browser; default none
@@ -91,6 +91,13 @@ type Config struct {
 	// not exist (a message to, or the conversation with, an unknown name), cluster-wide;
 	// 0: 30.
 	UnknownNamesPerUser int
+	// ServiceFailuresPerAddress is how many requests to the service routes with an API key
+	// that does not authenticate one client address may make per minute, cluster-wide;
+	// beyond it, 429 before the key is checked. 0: 60.
+	ServiceFailuresPerAddress int
+	// ServiceRequestsPerApp is how many requests one app may make to the service routes
+	// per minute, cluster-wide; beyond it, 429. 0: 600000 (10000 a second).
+	ServiceRequestsPerApp int
 	// CounterFlush is how often a node sends its login and sign-up counts to its peers;
 	// it bounds how far a limit overshoots cluster-wide. 0: 200ms.
 	CounterFlush time.Duration
@@ -186,6 +193,8 @@ func (c Config) Validate() error {
 		return errors.New("config: PasswordWait must be positive")
 	case c.MessagesPerUser < 0 || c.UnknownNamesPerUser < 0:
 		return errors.New("config: MessagesPerUser and UnknownNamesPerUser must not be negative")
+	case c.ServiceFailuresPerAddress < 0 || c.ServiceRequestsPerApp < 0:
+		return errors.New("config: ServiceFailuresPerAddress and ServiceRequestsPerApp must not be negative")
 	case c.LoginPerAccountAddress > 0 && c.LoginPerAccountAddress >= c.LoginPerAccount:
 		return fmt.Errorf("config: LoginPerAccountAddress (%d) must be below LoginPerAccount (%d), or one address could lock an account", c.LoginPerAccountAddress, c.LoginPerAccount)
 	case !(c.AccessLogSample >= 0 && c.AccessLogSample <= 1): // NaN too
@@ -247,6 +256,12 @@ func (c *Config) fillLimits() {
 	}
 	if c.UnknownNamesPerUser == 0 {
 		c.UnknownNamesPerUser = 30
+	}
+	if c.ServiceFailuresPerAddress == 0 {
+		c.ServiceFailuresPerAddress = 60
+	}
+	if c.ServiceRequestsPerApp == 0 {
+		c.ServiceRequestsPerApp = 600_000
 	}
 	if c.CounterFlush == 0 {
 		c.CounterFlush = 200 * time.Millisecond

@@ -39,6 +39,7 @@ const (
 type requestContext struct {
 	context.Context
 	owner    string // the caller's user ID, once authenticated (see shows)
+	app      string // the authenticated app of a service request (see shows)
 	asked    crdt.Bookmark
 	askedRaw []byte // the header as sent, if it was one bookmark; aliases the request
 	shown    crdt.Bookmark
@@ -77,11 +78,23 @@ func shownIn(ctx context.Context) *crdt.Bookmark {
 }
 
 // shows reports whether a record read for the request at key, with state m, is the
-// caller's own, and so joins the response's bookmark. Other users' records (a message's
+// caller's own — a user's, or a key of the app's namespace — and so joins the response's
+// bookmark. Other users' records (a message's
 // recipient, the claimants of a name at login, a session id another user owns) are read
 // too, but naming their writes would tell the caller when and where those users last
 // wrote. What a request writes always joins (store.Update).
 func (r *requestContext) shows(key string, m *crdt.Map) bool {
+	if app, _, ok := crdt.ParseKVKey(key); ok {
+		return r.app != "" && app == r.app // an app's keys are its own
+	}
+	if r.app != "" {
+		// A service request: its app's subjects' records and sessions are the app's own.
+		if strings.HasPrefix(key, crdt.UserPrefix) || strings.HasPrefix(key, crdt.SessionPrefix) {
+			f, ok := m.Field(crdt.FieldApp) // crdt.FieldSessionApp in a session's record
+			return ok && string(f.Value) == r.app
+		}
+		return false
+	}
 	if r.owner == "" {
 		return false
 	}
@@ -107,7 +120,7 @@ func (n *Node) consistency(c *fiber.Ctx) error {
 		rc = new(requestContext)
 	}
 	parent := c.UserContext()
-	*rc = requestContext{Context: parent}
+	*rc = requestContext{Context: parent, app: serviceApp(c)}
 	rc.asked, rc.shown = crdt.NewBookmark(rc.askedBuf[:]), crdt.NewBookmark(rc.shownBuf[:])
 	c.SetUserContext(rc)
 	defer func() {
@@ -176,7 +189,11 @@ var errBehind = functions.Errorf(functions.EBehind,
 // await meets bookmark b for the request, within BookmarkTimeout: nil, or errBehind with
 // Retry-After set.
 func (n *Node) await(c *fiber.Ctx, b crdt.Bookmark) error {
-	p := partitionIn(c)
+	return n.awaitIn(c, b, partitionIn(c))
+}
+
+// awaitIn is await in partition p.
+func (n *Node) awaitIn(c *fiber.Ctx, b crdt.Bookmark, p int) error {
 	if n.replicator.Covers(b, p) {
 		return nil
 	}

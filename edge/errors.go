@@ -19,6 +19,8 @@ var statusOf = map[string]int{
 	functions.ENotFound:         fiber.StatusNotFound,
 	functions.EUsernameTaken:    fiber.StatusConflict,
 	functions.EUsernameConflict: fiber.StatusConflict,
+	functions.EConflict:         fiber.StatusConflict,
+	functions.EKeyDeleted:       fiber.StatusConflict,
 	functions.ETooLarge:         fiber.StatusRequestEntityTooLarge,
 	functions.ERateLimited:      fiber.StatusTooManyRequests,
 	functions.EUnavailable:      fiber.StatusServiceUnavailable,

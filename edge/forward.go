@@ -33,8 +33,8 @@ import (
 // holds it — its own region's holders first, in placement order, then other regions' —
 // and relays the answer: X-Served-By names the node that served it, and
 // X-Sessiond-Forwarded-By the node that forwarded it. The forwarded request carries the
-// verified caller and the client's address (for the cluster-wide limits); the serving
-// node trusts them (the channel proves the sender holds the cluster key) and serves the
+// verified caller (for a service request, the app it authenticated as: service.go) and
+// the client's address (for the cluster-wide limits); the serving node trusts them (the channel proves the sender holds the cluster key) and serves the
 // request itself whatever its own placement says, so a request is forwarded at most once.
 //
 // A holder that cannot be reached is skipped (a failed dial, or any failure of a read,
@@ -57,6 +57,7 @@ const (
 	wrapURI    = "Sessiond-Uri"
 	wrapClient = "Sessiond-Client"
 	wrapCaller = "Sessiond-Caller"
+	wrapApp    = "Sessiond-App"
 	wrapBy     = "Sessiond-By"
 
 	// forwardTimeout bounds a forwarded request, but a stream (which runs until the client
@@ -79,6 +80,7 @@ type forwardedRequest struct {
 	client string    // the client's address, as the forwarding node determined it
 	by     string    // the forwarding node's name
 	caller *verified // the verified token of an authenticated request; nil for sign-up and login
+	app    string    // the authenticated app of a service request (service.go); "" for others
 }
 
 // forwardedOf returns the wrapping of a request forwarded to this node, or nil.
@@ -151,6 +153,9 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 	wrap.Set(wrapBy, n.cfg.NodeName)
 	if caller != nil {
 		wrap.Set(wrapCaller, encodeCaller(caller))
+	}
+	if app := serviceApp(c); app != "" {
+		wrap.Set(wrapApp, app)
 	}
 	for _, h := range forwardedHeaders {
 		if v := c.Get(h); v != "" {
@@ -333,6 +338,13 @@ func (n *Node) serveForwarded(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		fwd.caller = &v
+	}
+	if app := r.Header.Get(wrapApp); app != "" {
+		if err := functions.ValidAppName(app); err != nil {
+			http.Error(w, "forwarded app: "+functions.ErrorMessage(err), http.StatusBadRequest)
+			return
+		}
+		fwd.app = app
 	}
 	var req fasthttp.Request
 	req.Header.SetMethod(r.Header.Get(wrapMethod))

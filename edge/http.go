@@ -82,6 +82,7 @@ func (n *Node) newApp() *fiber.App {
 	app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{})))
 
 	n.adminRoutes(app) // before /v1's middleware, which is for users' requests
+	n.serviceRoutes(app)
 	chain := []fiber.Handler{n.consistency}
 	if n.cfg.Replicas > 0 {
 		chain = []fiber.Handler{n.route, n.consistency} // forward.go
@@ -198,6 +199,9 @@ func (n *Node) auth(c *fiber.Ctx) error {
 		return errBehind
 	}
 	if err != nil {
+		if raw, ok := bearerToken(c.Get(fiber.HeaderAuthorization)); ok && functions.IsAPIKey(raw) {
+			return functions.Errorf(codeForbidden, "an API key opens only the service routes (/v1/service/)")
+		}
 		return functions.Errorf(functions.EUnauthorized, "invalid or expired token")
 	}
 	p, err := n.authenticate(c, &tok)
@@ -215,6 +219,11 @@ func (n *Node) auth(c *fiber.Ctx) error {
 	}
 	if err != nil {
 		return err
+	}
+	if p.App != "" && !strings.HasPrefix(c.Route().Path, "/v1/sessions") {
+		// A session an app made for its subject (service.go) is a session, not an
+		// account: it has no profile, messages or cluster view, and cannot be erased.
+		return functions.Errorf(codeForbidden, "a session an app created for its subject opens only the session routes (/v1/sessions…)")
 	}
 	c.Locals(localsPrincipal, p)
 	return c.Next()
@@ -241,6 +250,13 @@ func (n *Node) caller(c *fiber.Ctx) (verified, error) {
 	if !ok {
 		return verified{}, functions.Errorf(functions.EUnauthorized, "missing bearer token")
 	}
+	return n.verifyToken(c, raw)
+}
+
+// verifyToken verifies a session token that request c carries — its bearer token, or the
+// token an app asks to introspect (service.go): the one place a request's token is
+// verified, so that whatever verification waits for holds on every route.
+func (n *Node) verifyToken(c *fiber.Ctx, raw string) (verified, error) {
 	return n.tokens.verify(raw)
 }
 
@@ -431,12 +447,26 @@ func (n *Node) currentSession(c *fiber.Ctx) error {
 }
 
 func (n *Node) patchSession(c *fiber.Ctx) error {
-	var req api.PatchSessionRequest
-	if err := decodeJSON(c, &req); err != nil {
+	patch, err := decodePatch(c)
+	if err != nil {
 		return err
 	}
+	s, err := n.sessions.PatchData(c.UserContext(), principal(c), patch)
+	if err != nil {
+		return err
+	}
+	return sendSession(c, s)
+}
+
+// decodePatch decodes the body of a PATCH of session data, {data:{key: value, key2:
+// null}}: null deletes a key.
+func decodePatch(c *fiber.Ctx) (functions.DataPatch, error) {
+	var req api.PatchSessionRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return functions.DataPatch{}, err
+	}
 	if req.Data == nil {
-		return badRequest("field \"data\" must be an object")
+		return functions.DataPatch{}, badRequest("field \"data\" must be an object")
 	}
 	patch := functions.DataPatch{Set: make(map[string]json.RawMessage)}
 	for k, v := range req.Data {
@@ -446,11 +476,7 @@ func (n *Node) patchSession(c *fiber.Ctx) error {
 			patch.Set[k] = compactJSON(v)
 		}
 	}
-	s, err := n.sessions.PatchData(c.UserContext(), principal(c), patch)
-	if err != nil {
-		return err
-	}
-	return sendSession(c, s)
+	return patch, nil
 }
 
 // compactJSON drops insignificant whitespace, so stored values are canonical. A value with

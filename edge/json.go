@@ -123,6 +123,7 @@ func appendSession(b []byte, s functions.Session) ([]byte, error) {
 		{`,"client_address":`, s.ClientAddress},
 		{`,"region":`, s.Region},
 		{`,"node":`, s.Node},
+		{`,"subject":`, s.Subject},
 	} {
 		if f.v != "" {
 			b = appendJSONString(append(b, f.name...), f.v)

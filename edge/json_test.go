@@ -128,6 +128,7 @@ func TestAppendSession_Fields(t *testing.T) {
 		"Data map[string]json.RawMessage data", "Current bool current,omitempty",
 		"Device string device,omitempty", "ClientAddress string client_address,omitempty",
 		"Region string region,omitempty", "Node string node,omitempty",
+		"Subject string subject,omitempty",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("functions.Session fields = %q,\nwant %q: update appendSession", got, want)
@@ -221,7 +222,7 @@ func randSession(r *rand.Rand) functions.Session {
 		CreatedAt: randTime(r), LastUsedAt: randTime(r), ExpiresAt: randTime(r), IdleExpiresAt: randTime(r),
 		Current: r.IntN(2) == 0,
 	}
-	for _, f := range []*string{&s.Device, &s.ClientAddress, &s.Region, &s.Node} {
+	for _, f := range []*string{&s.Device, &s.ClientAddress, &s.Region, &s.Node, &s.Subject} {
 		if r.IntN(3) > 0 {
 			*f = randString(r, 20)
 		}

@@ -45,6 +45,8 @@ type Node struct {
 	users    *functions.Users
 	sessions *functions.Sessions
 	messages *functions.Messages
+	apps     *functions.Apps
+	kv       *functions.KV
 	cluster  *functions.Cluster
 
 	transport  *cluster.TLSTransport
@@ -183,6 +185,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.users = &functions.Users{Store: st, Clock: clock, Passwords: passwords}
 	n.sessions = &functions.Sessions{Store: st, Clock: clock, Passwords: passwords, TTL: n.cfg.SessionTTL, IdleTTL: n.cfg.IdleTTL, MaxSkew: n.cfg.MaxSkew}
 	n.messages = &functions.Messages{Store: st, Clock: clock}
+	n.apps = &functions.Apps{Store: st, Clock: clock}
+	n.kv = &functions.KV{Store: st, Lister: kvLister{n.db}, Clock: clock}
 	n.cluster = &functions.Cluster{Membership: clusterView{n}}
 	n.headers = newResponseHeaders(n.cfg.NodeName)
 	n.app = n.newApp()
@@ -217,7 +221,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 // HTTPAddr returns the address the API listens on (useful with ":0").
 func (n *Node) HTTPAddr() string { return n.ln.Addr().String() }
 
-// sweepLoop removes sessions past their absolute expiry until the node stops.
+// sweepLoop removes sessions past their absolute expiry, and key-value records past
+// their keep time, until the node stops.
 func (n *Node) sweepLoop() {
 	t := time.NewTicker(n.cfg.SweepEvery)
 	defer t.Stop()
@@ -229,7 +234,7 @@ func (n *Node) sweepLoop() {
 			if k, err := n.db.Sweep(n.ctx, n.cfg.Now()); err != nil {
 				n.log.Warn("expiry sweep failed", slog.Any("err", err))
 			} else if k > 0 {
-				n.log.Debug("expired sessions removed", "count", k)
+				n.log.Debug("expired records removed", "count", k)
 			}
 		}
 	}

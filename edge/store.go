@@ -29,7 +29,10 @@ type remoteRecords interface {
 	ReadRecords(ctx context.Context, keys []string) (map[string]crdt.Map, error)
 }
 
-var _ functions.Store = store{}
+var (
+	_ functions.Store    = store{}
+	_ functions.AppStore = store{}
+)
 
 // Record implements functions.Store.
 func (s store) Record(ctx context.Context, key string) (crdt.Map, bool, error) {

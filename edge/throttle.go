@@ -52,12 +52,21 @@ import (
 // conversation with an unknown user: 404) per caller (UnknownNamesPerUser a minute,
 // default 30), so usernames cannot be enumerated through the messages routes either.
 
-// Counter sets of the node's cluster.Counters.
+// The service routes (service.go) are limited per client address, on API keys that fail
+// to authenticate (ServiceFailuresPerAddress a minute, default 60: a wrong-key flood from
+// one address is refused with 429 before any key is checked), and per app, on every
+// request it makes (ServiceRequestsPerApp a minute, default 600000), so that one app
+// cannot take the cluster's whole capacity.
+
+// Counter sets of the node's cluster.Counters. A node ignores the cells of sets it does
+// not know (a newer node's), so sets are only ever appended.
 const (
-	setLoginFailures = iota // window loginWindow
-	setSignups              // window signupWindow
-	setMessages             // window loginWindow
-	setUnknownNames         // window loginWindow
+	setLoginFailures   = iota // window loginWindow
+	setSignups                // window signupWindow
+	setMessages               // window loginWindow
+	setUnknownNames           // window loginWindow
+	setServiceFailures        // window loginWindow
+	setServiceRequests        // window loginWindow
 )
 
 const (
@@ -68,7 +77,7 @@ const (
 
 // counterWindows returns the window of each counter set, indexed by set.
 func counterWindows() []time.Duration {
-	return []time.Duration{loginWindow, signupWindow, loginWindow, loginWindow}
+	return []time.Duration{loginWindow, signupWindow, loginWindow, loginWindow, loginWindow, loginWindow}
 }
 
 // counts is what limits read and charge: sliding-window counts per key, merged over the

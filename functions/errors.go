@@ -15,6 +15,8 @@ const (
 	ENotFound         = api.CodeNotFound
 	EUsernameTaken    = api.CodeUsernameTaken
 	EUsernameConflict = api.CodeUsernameConflict
+	EConflict         = api.CodeConflict
+	EKeyDeleted       = api.CodeKeyDeleted // a write to a deleted key of the key-value namespace
 	ETooLarge         = api.CodeTooLarge
 	ERateLimited      = api.CodeRateLimited
 	EUnavailable      = api.CodeUnavailable

@@ -17,9 +17,10 @@ import (
 // Session is a session as the API shows it (package api owns the JSON shape).
 type Session = api.Session
 
-func sessionOf(s crdt.Session, username string) Session {
+// sessionOf returns the session s of user u as the API shows it.
+func sessionOf(s crdt.Session, u crdt.User) Session {
 	out := Session{
-		ID: s.ID, UserID: s.UserID, Username: username, CreatedAt: s.Created.Time(),
+		ID: s.ID, UserID: s.UserID, Username: u.Username, Subject: u.Subject, CreatedAt: s.Created.Time(),
 		LastUsedAt: s.LastUsed, ExpiresAt: s.Expires, IdleExpiresAt: s.IdleExpires(),
 		Data:   make(map[string]json.RawMessage, len(s.Data)),
 		Device: s.Origin.Device, ClientAddress: s.Origin.ClientAddr, Region: s.Origin.Region, Node: s.Origin.Node,
@@ -36,6 +37,9 @@ type Principal struct {
 	Username  string
 	SessionID string
 	TokenGen  uint64 // the generation of the token it presented (Renew)
+	// App is, for a subject of an app (a session the app created through the service
+	// API), the app; "" for a registered user.
+	App string
 
 	// loaded holds the session and user records Authenticate read for this request, so
 	// the handler that follows does not read them again. Nil for a Principal built
@@ -143,12 +147,23 @@ func (s *Sessions) Login(ctx context.Context, req Login) (Session, error) {
 		if i > 0 {
 			return Session{}, errNameLost(req.Username)
 		}
-		return s.create(ctx, u, req.Origin)
+		return s.create(ctx, u, newSession{origin: req.Origin, ttl: s.ttl(), idle: s.idleTTL()})
 	}
 	return Session{}, errBadCredentials
 }
 
-func (s *Sessions) create(ctx context.Context, u crdt.User, origin crdt.Origin) (Session, error) {
+// newSession is what create makes a session with.
+type newSession struct {
+	origin    crdt.Origin
+	ttl, idle time.Duration
+	// For a subject of an app (CreateForSubject): the app, whose subject's record create
+	// writes when this node holds none, and the session's first data (validated).
+	app  string
+	data map[string]json.RawMessage
+}
+
+// create creates a session of user u. Over MaxSessionsPerUser, the oldest is revoked.
+func (s *Sessions) create(ctx context.Context, u crdt.User, ns newSession) (Session, error) {
 	existing, err := s.Store.UserSessions(ctx, u.ID)
 	if err != nil {
 		return Session{}, err
@@ -168,20 +183,60 @@ func (s *Sessions) create(ctx context.Context, u crdt.User, origin crdt.Origin) 
 		}
 		// The new session notes the sign-out everywhere this node holds, read here, where
 		// nothing can come between: one it has not received yet may revoke it.
-		um, _, err := tx.Record(crdt.UserKey(u.ID))
+		um, ok, err := tx.Record(crdt.UserKey(u.ID))
 		if err != nil {
 			return err
 		}
-		rec = crdt.NewSession(u.ID, ts.Time().Add(s.ttl()), s.idleTTL(), ts)
+		if ns.app != "" {
+			switch cur := crdt.ReadUser(u.ID, &um); {
+			case !ok:
+				if _, err := tx.Merge(crdt.UserKey(u.ID), crdt.NewSubject(ns.app, u.Subject, ts)); err != nil {
+					return err
+				}
+			case cur.App != ns.app || cur.Subject != u.Subject || cur.Deleted:
+				return errSubjectClash
+			}
+		}
+		rec = crdt.NewSession(u.ID, ts.Time().Add(ns.ttl), ns.idle, ts)
 		rec.Merge(crdt.SessionSaw(crdt.ReadUser(u.ID, &um).SessionsUntil, ts))
-		rec.Merge(crdt.SessionOrigin(origin, ts))
+		rec.Merge(crdt.SessionOrigin(ns.origin, ts))
+		if ns.app != "" {
+			rec.Merge(crdt.SessionApp(ns.app, ts))
+		}
+		for k, v := range ns.data {
+			rec.Set(crdt.DataPrefix+k, v, ts)
+		}
 		rec, err = tx.Merge(crdt.SessionKey(id), rec)
-		return err
+		if err != nil {
+			return err
+		}
+		return checkSessionData(&rec)
 	})
 	if err != nil {
 		return Session{}, err
 	}
-	return sessionOf(crdt.ReadSession(id, &rec), u.Username), nil
+	return sessionOf(crdt.ReadSession(id, &rec), u), nil
+}
+
+// errSubjectClash is a subject ID whose record is another's: a registered user's (their
+// IDs are random, so with negligible probability) or one that is erased.
+var errSubjectClash = Errorf(EConflict, "this subject's record belongs to someone else; name the subject differently")
+
+// checkSessionData checks the session record m after a merge against the bounds on its
+// data; an error discards the merge.
+func checkSessionData(m *crdt.Map) error {
+	keys, size, deleted := crdt.SessionDataSize(m)
+	switch {
+	case !crdt.IsSession(m): // swept since it was read: the merge created nothing stored
+		return errSessionEnded
+	case keys > MaxDataKeys:
+		return Errorf(ETooLarge, "session data would have %d keys, at most %d", keys, MaxDataKeys)
+	case size > MaxSessionData:
+		return Errorf(ETooLarge, "session data would be %d bytes, at most %d", size, MaxSessionData)
+	case keys+deleted > MaxDataNames:
+		return Errorf(ETooLarge, "session data would hold %d key names, deleted ones included, at most %d: a deleted key is remembered until the session ends; set keys deleted before, or sign in again for a new session", keys+deleted, MaxDataNames)
+	}
+	return nil
 }
 
 // activeSessions returns the sessions usable at now, newest first.
@@ -220,21 +275,27 @@ func (s *Sessions) AuthenticateToken(ctx context.Context, userID, sessionID stri
 	if err != nil {
 		return Principal{}, err
 	}
-	now := s.Clock.PhysicalNow()
-	if now.Sub(crdt.ReadSessionMeta(sessionID, &rec).LastUsed) >= s.touchEvery() {
-		err := s.Store.Update(ctx, func(tx Tx) error {
-			var err error
-			rec, err = tx.Merge(crdt.SessionKey(sessionID), crdt.TouchSession(s.Clock.Next()))
-			return err
-		})
-		if err != nil {
-			return Principal{}, err
-		}
+	if rec, err = s.touch(ctx, sessionID, rec); err != nil {
+		return Principal{}, err
 	}
 	return Principal{
-		UserID: userID, Username: u.Username, SessionID: sessionID, TokenGen: gen,
+		UserID: userID, Username: u.Username, SessionID: sessionID, TokenGen: gen, App: u.App,
 		loaded: &loadedRecords{session: rec, user: u},
 	}, nil
+}
+
+// touch records a use of session sessionID, whose record is rec, sliding its idle
+// expiry — at most every TouchEvery — and returns the record as it now is.
+func (s *Sessions) touch(ctx context.Context, sessionID string, rec crdt.Map) (crdt.Map, error) {
+	if s.Clock.PhysicalNow().Sub(crdt.ReadSessionMeta(sessionID, &rec).LastUsed) < s.touchEvery() {
+		return rec, nil
+	}
+	err := s.Store.Update(ctx, func(tx Tx) error {
+		var err error
+		rec, err = tx.Merge(crdt.SessionKey(sessionID), crdt.TouchSession(s.Clock.Next()))
+		return err
+	})
+	return rec, err
 }
 
 // records returns the caller's session record and user: those Authenticate loaded for
@@ -267,7 +328,7 @@ func (s *Sessions) load(ctx context.Context, userID, sessionID string, ownName b
 	}
 	// An account that lost a concurrent registration of its name keeps no session that
 	// works under it: its sessions stop working once the winning claim arrives.
-	if !ownName {
+	if !ownName || u.App != "" { // a subject has no username to lose
 		return ms[0], u, nil
 	}
 	if own, err := ownsName(ctx, s.Store, u); err != nil || !own {
@@ -292,7 +353,7 @@ func (s *Sessions) Current(ctx context.Context, p Principal) (Session, error) {
 	if err != nil {
 		return Session{}, err
 	}
-	return sessionOf(crdt.ReadSession(p.SessionID, &rec), u.Username), nil
+	return sessionOf(crdt.ReadSession(p.SessionID, &rec), u), nil
 }
 
 // PatchData merges patch into the caller's session data: each key is a last-writer-wins
@@ -302,27 +363,8 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 	if len(patch.Set)+len(patch.Delete) == 0 {
 		return s.Current(ctx, p)
 	}
-	if len(patch.Set)+len(patch.Delete) > MaxDataKeys {
-		return Session{}, Errorf(ETooLarge, "at most %d keys per update", MaxDataKeys)
-	}
-	for k, v := range patch.Set {
-		if err := validDataKey(k); err != nil {
-			return Session{}, err
-		}
-		if len(v) > MaxDataValue {
-			return Session{}, Errorf(ETooLarge, "value of %q is %d bytes, at most %d", k, len(v), MaxDataValue)
-		}
-		if len(v) == 0 || !json.Valid(v) {
-			return Session{}, Errorf(EInvalid, "value of %q is not JSON", k)
-		}
-		if string(bytes.TrimSpace(v)) == "null" {
-			return Session{}, Errorf(EInvalid, "value of %q is null; delete the key instead", k)
-		}
-	}
-	for _, k := range patch.Delete {
-		if err := validDataKey(k); err != nil {
-			return Session{}, err
-		}
+	if err := validPatch(patch); err != nil {
+		return Session{}, err
 	}
 	_, u, err := s.records(ctx, p)
 	if err != nil {
@@ -355,23 +397,39 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 		if merged, err = tx.Merge(crdt.SessionKey(p.SessionID), update); err != nil {
 			return err
 		}
-		keys, size, deleted := crdt.SessionDataSize(&merged)
-		switch {
-		case !crdt.IsSession(&merged): // swept since Authenticate: the merge created nothing stored
-			return errSessionEnded
-		case keys > MaxDataKeys:
-			return Errorf(ETooLarge, "session data would have %d keys, at most %d", keys, MaxDataKeys)
-		case size > MaxSessionData:
-			return Errorf(ETooLarge, "session data would be %d bytes, at most %d", size, MaxSessionData)
-		case keys+deleted > MaxDataNames:
-			return Errorf(ETooLarge, "session data would hold %d key names, deleted ones included, at most %d: a deleted key is remembered until the session ends; set keys deleted before, or sign in again for a new session", keys+deleted, MaxDataNames)
-		}
-		return nil
+		return checkSessionData(&merged)
 	})
 	if err != nil {
 		return Session{}, err
 	}
-	return sessionOf(crdt.ReadSession(p.SessionID, &merged), u.Username), nil
+	return sessionOf(crdt.ReadSession(p.SessionID, &merged), u), nil
+}
+
+// validPatch checks a data patch against the bounds of a session's data.
+func validPatch(patch DataPatch) error {
+	if len(patch.Set)+len(patch.Delete) > MaxDataKeys {
+		return Errorf(ETooLarge, "at most %d keys per update", MaxDataKeys)
+	}
+	for k, v := range patch.Set {
+		if err := validDataKey(k); err != nil {
+			return err
+		}
+		if len(v) > MaxDataValue {
+			return Errorf(ETooLarge, "value of %q is %d bytes, at most %d", k, len(v), MaxDataValue)
+		}
+		if len(v) == 0 || !json.Valid(v) {
+			return Errorf(EInvalid, "value of %q is not JSON", k)
+		}
+		if string(bytes.TrimSpace(v)) == "null" {
+			return Errorf(EInvalid, "value of %q is null; delete the key instead", k)
+		}
+	}
+	for _, k := range patch.Delete {
+		if err := validDataKey(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func validDataKey(k string) error {
@@ -393,7 +451,7 @@ func (s *Sessions) List(ctx context.Context, p Principal) ([]Session, error) {
 	}
 	out := []Session{}
 	for _, ss := range activeSessions(all, u, s.Clock.PhysicalNow()) {
-		v := sessionOf(ss, u.Username)
+		v := sessionOf(ss, u)
 		v.Current = ss.ID == p.SessionID
 		out = append(out, v)
 	}
@@ -434,7 +492,7 @@ func (s *Sessions) Renew(ctx context.Context, p Principal) (Session, uint64, err
 	if err != nil {
 		return Session{}, 0, err
 	}
-	return sessionOf(crdt.ReadSession(p.SessionID, &rec), u.Username), gen, nil
+	return sessionOf(crdt.ReadSession(p.SessionID, &rec), u), gen, nil
 }
 
 // Revoke revokes one of the caller's sessions. Revocation is a monotonic flag: no

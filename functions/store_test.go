@@ -48,7 +48,10 @@ type fakeStore struct {
 	err     error // when set, every method fails with it
 }
 
-var _ Store = (*fakeStore)(nil)
+var (
+	_ Store    = (*fakeStore)(nil)
+	_ AppStore = (*fakeStore)(nil)
+)
 
 func newFakeStore(clock *crdt.Clock) *fakeStore {
 	return &fakeStore{clock: clock, records: make(map[string]crdt.Map), logs: make(map[string]*crdt.Log)}
@@ -104,6 +107,29 @@ func (s *fakeStore) Update(ctx context.Context, fn func(tx Tx) error) error {
 	maps.Copy(s.records, tx.records)
 	maps.Copy(s.logs, tx.logs)
 	return nil
+}
+
+func (s *fakeStore) RecordsUnder(ctx context.Context, prefix string, limit int) ([]string, []crdt.Map, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return nil, nil, false, err
+	}
+	var keys []string
+	for k := range s.records {
+		if strings.HasPrefix(k, prefix) {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	more := len(keys) > limit
+	keys = keys[:min(len(keys), max(limit, 0))]
+	ms := make([]crdt.Map, len(keys))
+	for i, k := range keys {
+		m := s.records[k]
+		ms[i] = m.Clone()
+	}
+	return keys, ms, more, nil
 }
 
 func (s *fakeStore) UserSessions(ctx context.Context, userID string) ([]crdt.Session, error) {
@@ -182,7 +208,7 @@ func (s *fakeStore) merge(key string, update crdt.Map) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m := s.records[key]
-	m.Merge(update)
+	mergeRecord(key, &m, update)
 	s.records[key] = m
 }
 
@@ -269,9 +295,54 @@ func (tx *fakeTx) Merge(key string, update crdt.Map) (crdt.Map, error) {
 		return crdt.Map{}, errTxDone
 	}
 	m, _ := tx.current(key)
-	m.Merge(update)
+	mergeRecord(key, &m, update)
 	tx.records[key] = m
 	return m.Clone(), nil
+}
+
+// mergeRecord merges update into the record key as storage does, key-value records
+// compacted (crdt.CompactKV). Unlike storage, it keeps expired records.
+func mergeRecord(key string, m *crdt.Map, update crdt.Map) {
+	if strings.HasPrefix(key, crdt.KVPrefix) {
+		update = update.Clone()
+		crdt.CompactKV(&update, 0)
+		m.Merge(update)
+		crdt.CompactKV(m, 0)
+		return
+	}
+	m.Merge(update)
+}
+
+// KVRange implements KVLister over the store's records: in the order of their
+// partition, then key, as storage.DB does.
+func (s *fakeStore) KVRange(ctx context.Context, app string, from int, after string, held func(p int) bool,
+	visit func(p int, key string, m crdt.Map) bool) error {
+	s.mu.Lock()
+	if err := s.check(ctx); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	type rec struct {
+		pos KVPos
+		m   crdt.Map
+	}
+	var recs []rec
+	for k, m := range s.records {
+		a, key, ok := crdt.ParseKVKey(k)
+		pos := KVPosOf(a, key)
+		if !ok || a != app || pos.Compare(KVPos{Partition: from, Key: after}) <= 0 || (held != nil && !held(pos.Partition)) {
+			continue
+		}
+		recs = append(recs, rec{pos, m.Clone()})
+	}
+	s.mu.Unlock()
+	slices.SortFunc(recs, func(a, b rec) int { return a.pos.Compare(b.pos) })
+	for _, r := range recs {
+		if !visit(r.pos.Partition, r.pos.Key, r.m) {
+			break
+		}
+	}
+	return nil
 }
 
 func (tx *fakeTx) Append(conv string, msg crdt.Message) (crdt.Entry, error) {
@@ -312,8 +383,9 @@ func (tx *fakeTx) Entry(conv string, id crdt.EntryID) (crdt.Entry, bool, error) 
 }
 
 // checkInvariants fails t if the store holds state no handler should leave behind: a
-// session or user record without its identifying field (a write to a record that did not
-// exist), or a log entry that is not a message between the conversation's participants.
+// session or user record without its identifying field (its owner; a username, or a
+// subject's name): a write to a record that did not exist; or a log entry that is not a
+// message between the conversation's participants.
 func (s *fakeStore) checkInvariants(t testing.TB) {
 	t.Helper()
 	s.mu.Lock()
@@ -325,8 +397,10 @@ func (s *fakeStore) checkInvariants(t testing.TB) {
 				t.Errorf("record %q has no %q field: a write to a session that did not exist", key, crdt.FieldUser)
 			}
 		case strings.HasPrefix(key, crdt.UserPrefix):
-			if _, ok := m.Get(crdt.FieldUsername); !ok {
-				t.Errorf("record %q has no %q field: a write to a user that did not exist", key, crdt.FieldUsername)
+			_, user := m.Get(crdt.FieldUsername)
+			_, subject := m.Get(crdt.FieldSubject)
+			if !user && !subject {
+				t.Errorf("record %q has neither %q nor %q: a write to a user that did not exist", key, crdt.FieldUsername, crdt.FieldSubject)
 			}
 		}
 	}
@@ -367,6 +441,7 @@ type testEnv struct {
 	users    *Users
 	sessions *Sessions
 	messages *Messages
+	apps     *Apps
 }
 
 // newTestEnv returns handlers over an empty fake store, with argon2 at 64 KiB so that
@@ -383,6 +458,7 @@ func newTestEnv(tb testing.TB) *testEnv {
 		sessions: &Sessions{Store: store, Clock: clock, Passwords: pw,
 			TTL: testTTL, IdleTTL: testIdleTTL, TouchEvery: testTouchEvery},
 		messages: &Messages{Store: store, Clock: clock},
+		apps:     &Apps{Store: store, Clock: clock},
 	}
 	tb.Cleanup(func() { store.checkInvariants(tb) })
 	return e

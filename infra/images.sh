@@ -4,6 +4,7 @@
 #   sessiond/caddy:$CADDY     scratch + Caddy from the Go module proxy (infra/lb/caddy.Dockerfile),
 #                             built only when missing: it takes minutes
 #   sessiond/lb:local         that Caddy + infra/lb/Caddyfile          (infra/lb/Dockerfile)
+#   sessiond/example:local    scratch + the example shop's static binary (infra/example/Dockerfile)
 # `task docker:build` runs it; so does .ci/run before the quick chaos suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,7 @@ build_image() { # tag dockerfile context [args…]
 }
 
 rm -rf "$ctx"
-mkdir -p "$ctx/sessiond/data" "$ctx/caddy" "$ctx/lb/home/data" "$ctx/lb/home/config"
+mkdir -p "$ctx/sessiond/data" "$ctx/caddy" "$ctx/lb/home/data" "$ctx/lb/home/config" "$ctx/example"
 
 t0=$SECONDS
 echo "== sessiond $VERSION (static, CGO_ENABLED=0)"
@@ -50,6 +51,10 @@ fi
 
 cp infra/lb/Caddyfile "$ctx/lb/"
 build_image sessiond/lb:local infra/lb/Dockerfile "$ctx/lb" --build-arg "CADDY_IMAGE=sessiond/caddy:$CADDY_VERSION"
+
+echo "== example shop (infra/example, its own module)"
+(cd infra/example && go build -trimpath -ldflags "-s -w" -o "../../$ctx/example/example" .)
+build_image sessiond/example:local infra/example/Dockerfile "$ctx/example"
 
 # Earlier builds of ours that lost their tag.
 docker image prune -f --filter label=io.sessiond.image=1 >/dev/null

@@ -1,7 +1,8 @@
 // Package storage keeps a node's replica of sessiond's state in one bbolt file: the
-// records (users, username claims, sessions) as crdt.Map values, the per-conversation
-// message logs, and what replication needs to find and ship differences — a change
-// feed, a digest of every replicated key, and the merge of remote state.
+// records (users, username claims, sessions, the service API's key-value records) as
+// crdt.Map values, the per-conversation message logs, and what replication needs to find
+// and ship differences — a change feed, a digest of every replicated key, and the merge
+// of remote state.
 //
 // It imports crdt, bbolt and the standard library only; nothing here knows HTTP, the
 // handlers or the cluster. The handlers reach it through small interfaces they own
@@ -78,7 +79,8 @@
 // every node performs it when its own state calls for it, so digests converge. (An
 // erasure travels as state that calls for it: the user record's deleted flag, and the
 // erasure markers in the conversation logs; see Erasure.) The keys of the replicated key
-// space are the record keys of crdt (u/, n/, s/) and LogKey for entries.
+// space are the record keys of crdt (u/, n/, s/, g/, k/) and LogKey for
+// entries.
 //
 // # Erasure
 //
@@ -155,6 +157,20 @@
 // passed the expiry. (Dropping is not itself a merge: were one session ID ever created
 // twice with different owners or expiries — the handlers' random IDs rule it out — nodes
 // could keep different versions of it until it expires.)
+//
+// A key-value record (crdt.KVPrefix) is deleted by Sweep once its keep time
+// (crdt.KVKeepNanos) has passed, and one already past it is never stored. Its expiry can
+// move both ways (the latest write wins), so the keep time is the latest expiry ever
+// written to it, which every copy reaches as the writes replicate: a record is not
+// dropped while a write this node has seen still wants it. A deleted key is a tombstone
+// (its deleted flag, every value field gone) until its keep time — at least the
+// deletion's grace after it (functions.KVTombstoneGrace) — so a late write of the same
+// key, however it is stamped, finds it and stays hidden. What the keep time cannot cover
+// is a write no node holding the record has seen: a write made concurrently with a
+// deletion, on a node cut off until after the tombstone's keep time, brings the key back
+// with that write's fields when it arrives; and a write that moved the expiry earlier,
+// made on a node cut off until after that earlier expiry, is lost (its node drops the
+// record, and copies elsewhere keep the later expiry).
 //
 // Erased users' records (and their username claims) are never dropped, and neither are
 // erasure markers: without the tombstone, a delayed copy of the user, its sessions or its

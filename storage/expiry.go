@@ -11,11 +11,11 @@ import (
 // not hold up other writers for long.
 const sweepChunk = 1000
 
-// Sweep deletes the session records whose absolute expiry is at or before now, reading
-// the expiry index from its oldest end, and returns how many it deleted. Idle expiry is
-// not swept (see the package documentation). Every node sweeps on its own with no
-// coordination; a swept session that arrives again is dropped on arrival, so all nodes
-// end without it.
+// Sweep deletes the session records whose absolute expiry is at or before now, and the
+// key-value records whose keep time is (crdt.KVKeepNanos), reading the expiry index from
+// its oldest end, and returns how many it deleted. Idle expiry is not swept (see the
+// package documentation). Every node sweeps on its own with no coordination; a swept
+// record that arrives again is dropped on arrival, so all nodes end without it.
 func (db *DB) Sweep(ctx context.Context, now time.Time) (int, error) {
 	total := 0
 	for {
@@ -41,7 +41,7 @@ func (db *DB) Sweep(ctx context.Context, now time.Time) (int, error) {
 		total += n
 		if n < sweepChunk {
 			if total > 0 {
-				db.log.Info("swept expired sessions", attrCount, total)
+				db.log.Info("swept expired records", attrCount, total)
 			}
 			return total, nil
 		}

@@ -19,9 +19,13 @@ import (
 //  2. The leaves index lists each key under each of its homes (crdt.KeyHomes, leaf
 //     scheme 2), and the seq_floor bucket exists. The records, the message logs and
 //     their encodings are those of format 1: whatever format 1 stored means the same in 2.
+//  3. Key-value records (crdt.KVPrefix) are listed in the expiry index under their keep
+//     time, and swept when it passes. A file of format 2 holds such records only if a
+//     newer node replicated them to it; the migration lists them. A build of format 2
+//     would neither sweep them nor keep the index right, hence the new format.
 //
 // The write-ahead log beside the file has a version of its own, in its header.
-const FormatVersion = 2
+const FormatVersion = 3
 
 // oldestFormat is the oldest format Open migrates.
 const oldestFormat = 1
@@ -54,6 +58,7 @@ type migration struct {
 // migrations are the steps from oldestFormat to FormatVersion, in order.
 var migrations = []migration{
 	{from: 1, what: "index digest leaves by partition (leaf scheme 2)", run: migrateLeaves},
+	{from: 2, what: "list key-value records in the expiry index", run: migrateKVExpiry},
 }
 
 // migrateLeaves rebuilds the leaves index under leaf scheme 2, unless a build between

@@ -124,7 +124,7 @@ func checkInvariants(tb testing.TB, db *DB) {
 		}
 		records, log, feed := btx.Bucket(bucketRecords), btx.Bucket(bucketLog), btx.Bucket(bucketFeed)
 		keys := map[string]bool{}
-		var users, sessions, messages int
+		var users, sessions, messages, kvs int
 		_ = records.ForEach(func(k, v []byte) error {
 			key := string(k)
 			keys[key] = true
@@ -151,13 +151,25 @@ func checkInvariants(tb testing.TB, db *DB) {
 				if user, ok := sessionOwner(&m); !ok || btx.Bucket(bucketErased).Get([]byte(user)) != nil {
 					tb.Errorf("session %q of %q stored though its owner is invalid or erased", key, user)
 				}
+			case strings.HasPrefix(key, crdt.KVPrefix):
+				if keep := crdt.KVKeepNanos(&m); keep > 0 {
+					kvs++
+					if btx.Bucket(bucketExpiry).Get(kvExpiryKey(key, keep)) == nil {
+						tb.Errorf("key-value record %q not indexed under its keep time", key)
+					}
+				}
+				compacted := m.Clone()
+				if crdt.CompactKV(&compacted, 0); !compacted.Equal(m) {
+					tb.Errorf("key-value record %q stored uncompacted", key)
+				}
 			}
 			return nil
 		})
-		for _, bk := range [][]byte{bucketUserSessions, bucketExpiry} {
-			if n := btx.Bucket(bk).Stats().KeyN; n != sessions {
-				tb.Errorf("%s index holds %d keys, want %d", bk, n, sessions)
-			}
+		if n := btx.Bucket(bucketUserSessions).Stats().KeyN; n != sessions {
+			tb.Errorf("%s index holds %d keys, want %d", bucketUserSessions, n, sessions)
+		}
+		if n := btx.Bucket(bucketExpiry).Stats().KeyN; n != sessions+kvs {
+			tb.Errorf("%s index holds %d keys, want %d sessions and %d key-value records", bucketExpiry, n, sessions, kvs)
 		}
 		convCount, convMarkers := map[string]uint64{}, map[string]uint64{}
 		erased, userConvs := btx.Bucket(bucketErased), btx.Bucket(bucketUserConvs)

@@ -73,6 +73,33 @@ func (db *DB) Records(ctx context.Context, keys ...string) (ms []crdt.Map, ok []
 	return ms, ok, nil
 }
 
+// RecordsUnder returns the records whose keys begin with prefix, in key order, at most
+// limit of them (limit > 0), read in one transaction, and whether more were left out. The
+// keys and maps are the caller's. It reads the file, not the record cache: for the few
+// cluster-wide records (crdt.ClusterPrefix), not for a request's reads.
+func (db *DB) RecordsUnder(ctx context.Context, prefix string, limit int) (keys []string, ms []crdt.Map, more bool, err error) {
+	err = db.view(ctx, func(btx *bolt.Tx) error {
+		c := btx.Bucket(bucketRecords).Cursor()
+		p := []byte(prefix)
+		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+			if len(keys) == limit {
+				more = true
+				return nil
+			}
+			m, _, err := decodeRecord(string(k), v)
+			if err != nil {
+				return err
+			}
+			keys, ms = append(keys, string(k)), append(ms, m)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, false, err
+	}
+	return keys, ms, more, nil
+}
+
 // decodeRecord decodes a stored record value (nil: absent).
 func decodeRecord(key string, v []byte) (crdt.Map, bool, error) {
 	if v == nil {
@@ -94,6 +121,7 @@ type stored struct {
 	enc     []byte      // the Map's encoding; from bbolt, valid until the transaction commits
 	deleted bool        // a user record with the deleted flag
 	session sessionKeys // a session record's index fields
+	kvKeep  int64       // a key-value record's keep time, Unix nanoseconds (its expiry index key)
 }
 
 // describe returns what is derived from the record key in state m, encoded as enc.
@@ -104,6 +132,8 @@ func describe(key string, m *crdt.Map, enc []byte) stored {
 		st.session = indexFields(key, m)
 	case strings.HasPrefix(key, crdt.UserPrefix):
 		_, st.deleted = m.Flag(crdt.FieldDeleted)
+	case strings.HasPrefix(key, crdt.KVPrefix):
+		st.kvKeep = crdt.KVKeepNanos(m)
 	}
 	return st
 }
@@ -135,10 +165,13 @@ func (b *batch) load(key string) (crdt.Map, stored, bool, error) {
 	return m, describe(key, &m, v[seqLen:]), true, nil
 }
 
-// keep reports whether the record key in state m is to be stored. Only session records
-// are ever refused: see Tx.Merge. tx (which may be nil) supplies the function's buffered
-// erasures.
+// keep reports whether the record key in state m is to be stored. Only session and
+// key-value records are ever refused: see Tx.Merge. tx (which may be nil) supplies the
+// function's buffered erasures.
 func (b *batch) keep(tx *Tx, key string, m *crdt.Map) bool {
+	if strings.HasPrefix(key, crdt.KVPrefix) {
+		return crdt.KVKeepNanos(m) > b.now.UnixNano()
+	}
 	if !strings.HasPrefix(key, crdt.SessionPrefix) {
 		return true
 	}
@@ -189,6 +222,10 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 		if err := b.indexSession(old, now); err != nil {
 			return err
 		}
+	case strings.HasPrefix(key, crdt.KVPrefix):
+		if err := b.indexKV(key, old.kvKeep, now.kvKeep); err != nil {
+			return err
+		}
 	case strings.HasPrefix(key, crdt.ClaimPrefix):
 		b.db.contested.note(key, &p.m) // before the commit: a false alarm costs a read
 	case strings.HasPrefix(key, crdt.UserPrefix):
@@ -225,6 +262,8 @@ func (b *batch) deleteRecord(key string, old stored) error {
 	case strings.HasPrefix(key, crdt.SessionPrefix):
 		b.sessions--
 		return b.indexSession(old, stored{})
+	case strings.HasPrefix(key, crdt.KVPrefix):
+		return b.indexKV(key, old.kvKeep, 0)
 	case strings.HasPrefix(key, crdt.UserPrefix) && !old.deleted:
 		b.users--
 	}

@@ -166,3 +166,42 @@ func TestRecords(t *testing.T) {
 		t.Errorf("Records[missing].Len()=%d, want 0", ms[1].Len())
 	}
 }
+
+func TestRecordsUnder(t *testing.T) {
+	db := MustOpenDB(t)
+	ctx := context.Background()
+	var m crdt.Map
+	m.Set("x", []byte("1"), db.Clock().Next())
+	// Keys just before, inside and just after the prefix, in bbolt's byte order.
+	for _, k := range []string{"g/app/a", "g/signkey/a", "g/signkey/b", "g/signkey/c", "g/signkez", crdt.UserKey("u")} {
+		merge(t, db, k, m)
+	}
+	for _, tc := range []struct {
+		name  string
+		limit int
+		want  []string
+		more  bool
+	}{
+		{"OK", 10, []string{"g/signkey/a", "g/signkey/b", "g/signkey/c"}, false},
+		{"OKExactLimit", 3, []string{"g/signkey/a", "g/signkey/b", "g/signkey/c"}, false},
+		{"OKLimited", 2, []string{"g/signkey/a", "g/signkey/b"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			keys, ms, more, err := db.RecordsUnder(ctx, "g/signkey/", tc.limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(keys, ",") != strings.Join(tc.want, ",") || more != tc.more || len(ms) != len(keys) {
+				t.Fatalf("RecordsUnder = %q (%d maps), more %v; want %q, more %v", keys, len(ms), more, tc.want, tc.more)
+			}
+			for i := range ms {
+				if !ms[i].Equal(m) {
+					t.Errorf("record %q differs from what was merged", keys[i])
+				}
+			}
+		})
+	}
+	if keys, _, _, err := db.RecordsUnder(ctx, "g/none/", 10); err != nil || len(keys) != 0 {
+		t.Errorf("RecordsUnder(no such prefix) = %q, %v; want none", keys, err)
+	}
+}

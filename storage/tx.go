@@ -75,7 +75,9 @@ func (tx *Tx) Record(key string) (crdt.Map, bool, error) {
 //
 // Some merged states are not stored, and an existing record in such a state is deleted:
 // a session record past its absolute expiry (crdt.SessionExpires; a record without one
-// counts as expired), without a valid owner, or owned by an erased user. Merge still
+// counts as expired), without a valid owner, or owned by an erased user; a key-value
+// record past its keep time (crdt.KVKeepNanos; a record without one counts as past it).
+// A key-value record, and the update merged into it, are compacted (crdt.CompactKV). Merge still
 // returns the merged state, and Record then reports the record absent. The record of an
 // erased user keeps only its username, deleted flag and sessions_until fields; merging a
 // deleted flag into it erases the user's sessions and conversations (see the package
@@ -127,6 +129,13 @@ func (tx *Tx) merge(key string, update crdt.Map, remote bool) (*pendingRecord, o
 		tx.recs[key] = p
 		tx.order = append(tx.order, key)
 	}
+	kv := strings.HasPrefix(key, crdt.KVPrefix)
+	if kv {
+		// Compacted before the merge, so that no stored key-value record holds a field
+		// of the wrong kind (crdt.CompactKV). The caller's update is left as it is.
+		update = update.Copy()
+		crdt.CompactKV(&update, tx.b.db.node)
+	}
 	// The merged state is measured only when the bound says it might be too large; it is
 	// then merged into a copy, kept only if it fits.
 	dst, bound := &p.m, p.size+update.EncodedLen()
@@ -135,10 +144,12 @@ func (tx *Tx) merge(key string, update crdt.Map, remote bool) (*pendingRecord, o
 		trial = p.m.Copy()
 		dst = &trial
 	}
-	// An erased user's record is filtered after merging; whether the merge changed it
-	// then shows only in its encoding.
+	// An erased user's record is filtered after merging, a key-value record compacted;
+	// whether the merge changed it then shows only in its encoding.
 	var before []byte
-	if strings.HasPrefix(key, crdt.UserPrefix) {
+	if kv {
+		before = p.m.AppendBinary(nil)
+	} else if strings.HasPrefix(key, crdt.UserPrefix) {
 		_, del := p.m.Flag(crdt.FieldDeleted)
 		_, delUpd := update.Flag(crdt.FieldDeleted)
 		if del || delUpd {
@@ -151,6 +162,12 @@ func (tx *Tx) merge(key string, update crdt.Map, remote bool) (*pendingRecord, o
 		changed, overtaken = dst.MergeOvertaking(update, tx.b.db.node)
 	} else {
 		changed = dst.Merge(update)
+	}
+	if kv && changed {
+		// A remote put or delete that hides this node's fields overtakes them too.
+		if o := crdt.CompactKV(dst, tx.b.db.node); remote && overtaken.Less(o) {
+			overtaken = o
+		}
 	}
 	if dst == &trial {
 		if n := trial.EncodedLen(); n > MaxRecord {
@@ -170,7 +187,9 @@ func (tx *Tx) merge(key string, update crdt.Map, remote bool) (*pendingRecord, o
 		tx.overtaken = append(tx.overtaken, Overtaken{Key: key, TS: overtaken})
 	}
 	if before != nil {
-		filterErased(&p.m)
+		if !kv {
+			filterErased(&p.m)
+		}
 		changed = !bytes.Equal(before, p.m.AppendBinary(nil))
 	}
 	p.keep = p.m.Len() > 0 && tx.b.keep(tx, key, &p.m)

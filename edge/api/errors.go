@@ -5,11 +5,13 @@ package api
 const (
 	CodeInvalidArgument      = "invalid_argument"       // 400: malformed JSON, a bad field or query parameter
 	CodeUnauthorized         = "unauthorized"           // 401: no token, a bad, revoked or expired one, wrong credentials; an admin request not signed with the cluster key
-	CodeForbidden            = "forbidden"              // 403: a user's token on an admin route
+	CodeForbidden            = "forbidden"              // 403: a credential on routes it does not open: a user's token on an admin or service route, an API key on a user route
 	CodeNotFound             = "not_found"              // 404: no such route or resource, or another user's
 	CodeRequestTimeout       = "request_timeout"        // 408: no complete request within the read timeout
 	CodeUsernameTaken        = "username_taken"         // 409: registering a claimed name
 	CodeUsernameConflict     = "username_conflict"      // 409: the account lost a concurrent same-name registration
+	CodeConflict             = "conflict"               // 409: creating what exists (an app's name), or past a count's bound
+	CodeKeyDeleted           = "key_deleted"            // 409: a write to a key of the key-value namespace that was deleted (deletion wins)
 	CodeTooLarge             = "too_large"              // 413: a body or a record over its bound
 	CodeUnsupportedMediaType = "unsupported_media_type" // 415: a body that is not application/json
 	CodeRateLimited          = "rate_limited"           // 429: a limit was reached; Retry-After says when to retry

@@ -25,6 +25,9 @@ type Session struct {
 	ClientAddress string `json:"client_address,omitempty"`
 	Region        string `json:"region,omitempty"`
 	Node          string `json:"node,omitempty"`
+	// Subject is, for a session an app created through the service API, the subject it
+	// named (Username is then ""); absent for a registered user's session.
+	Subject string `json:"subject,omitempty"`
 }
 
 // RenewResponse is the body of POST /v1/sessions/current/renew: a new token for the

@@ -21,7 +21,8 @@
 // values. A request that reached no node, or whose answer was lost, fails with a
 // *TransportError, which says whether the request may have been applied.
 //
-// Methods for routes not covered here (the service API is the next) are built on Do,
+// An app calls the service API with a ServiceClient (NewService), which sends its API key
+// and keeps the app's bookmark. Methods for routes not covered here are built on Do,
 // which gives them the same endpoints, retries, bookmarks and errors.
 //
 // The package uses the standard library and this module's api and crdt packages (the

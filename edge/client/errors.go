@@ -64,6 +64,9 @@ var (
 	ErrRequestTimeout       = &Error{Code: api.CodeRequestTimeout, Status: http.StatusRequestTimeout}
 	ErrUsernameTaken        = &Error{Code: api.CodeUsernameTaken, Status: http.StatusConflict}
 	ErrUsernameConflict     = &Error{Code: api.CodeUsernameConflict, Status: http.StatusConflict}
+	ErrConflict             = &Error{Code: api.CodeConflict, Status: http.StatusConflict}
+	ErrKeyDeleted           = &Error{Code: api.CodeKeyDeleted, Status: http.StatusConflict}
+	ErrForbidden            = &Error{Code: api.CodeForbidden, Status: http.StatusForbidden}
 	ErrTooLarge             = &Error{Code: api.CodeTooLarge, Status: http.StatusRequestEntityTooLarge}
 	ErrUnsupportedMediaType = &Error{Code: api.CodeUnsupportedMediaType, Status: http.StatusUnsupportedMediaType}
 	ErrRateLimited          = &Error{Code: api.CodeRateLimited, Status: http.StatusTooManyRequests}

@@ -2,8 +2,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"net/http"
 	"net/url"
 
@@ -45,16 +43,12 @@ func (c *Client) CurrentSession(ctx context.Context) (api.Session, error) {
 // and returns the session as it now is: each key is set to its value encoded as JSON (a
 // json.RawMessage as it is), and a nil value deletes the key.
 func (c *Client) PatchSession(ctx context.Context, data map[string]any) (api.Session, error) {
-	req := api.PatchSessionRequest{Data: make(map[string]json.RawMessage, len(data))}
-	for k, v := range data {
-		b, err := json.Marshal(v)
-		if err != nil {
-			return api.Session{}, fmt.Errorf("client: session data %q: %w", k, err)
-		}
-		req.Data[k] = b
+	req, err := patchRequest(data)
+	if err != nil {
+		return api.Session{}, err
 	}
 	var out api.SessionResponse
-	_, err := c.Do(ctx, Request{Method: http.MethodPatch, Path: "/v1/sessions/current", Body: req, Idempotent: true}, &out)
+	_, err = c.Do(ctx, Request{Method: http.MethodPatch, Path: "/v1/sessions/current", Body: req, Idempotent: true}, &out)
 	return out.Session, err
 }
 

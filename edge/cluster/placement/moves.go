@@ -59,7 +59,7 @@ func (t *Table) ownerIDs(region string, p int, buf []crdt.NodeID) []crdt.NodeID 
 	if r == nil {
 		return buf
 	}
-	for _, idx := range r.owners[p*r.holders : (p+1)*r.holders] {
+	for _, idx := range r.row(p) {
 		buf = append(buf, t.members[idx].ID)
 	}
 	slices.Sort(buf)

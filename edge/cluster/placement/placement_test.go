@@ -43,7 +43,8 @@ func genNewcomer(t *rapid.T, ms []Member, region string) Member {
 
 // definedOwners returns the names of the holders of p in region by the definition,
 // written independently of Table: the members of region sorted by score descending, then
-// name ascending, cut to replicas (all of them when replicas is 0).
+// name ascending, cut to replicas (all of them when replicas is 0, and for
+// crdt.ClusterPartition whatever replicas).
 func definedOwners(ms []Member, replicas int, region string, p int) []string {
 	var in []Member
 	for _, m := range ms {
@@ -61,7 +62,7 @@ func definedOwners(ms []Member, replicas int, region string, p int) []string {
 		}
 		return cmpString(a.Name, b.Name)
 	})
-	if replicas > 0 && replicas < len(in) {
+	if replicas > 0 && replicas < len(in) && p != crdt.ClusterPartition {
 		in = in[:replicas]
 	}
 	return namesOf(in)
@@ -177,7 +178,10 @@ func TestOwnersFollowTheDefinition(t *testing.T) {
 			}
 			for p := range partitions {
 				owners := tbl.Owners(region, p)
-				if len(owners) != wantLen {
+				if p == crdt.ClusterPartition && len(owners) != n {
+					t.Fatalf("len(Owners(%q, ClusterPartition))=%d, want every member: %d", region, len(owners), n)
+				}
+				if len(owners) != wantLen && p != crdt.ClusterPartition {
 					t.Fatalf("len(Owners(%q, %d))=%d, want %d", region, p, len(owners), wantLen)
 				}
 				for i, o := range owners {
@@ -269,7 +273,7 @@ func TestBalance(t *testing.T) {
 				ms := regionOf("eu", n, 1)
 				tbl := New(ms, replicas)
 				ideal := tbl.Ideal("eu")
-				if want := float64(partitions*replicas) / float64(n); ideal != want {
+				if want := 1 + float64((partitions-1)*replicas)/float64(n); ideal != want {
 					t.Fatalf("Ideal=%v, want %v", ideal, want)
 				}
 				lo, hi := partitions, 0
@@ -320,8 +324,8 @@ func checkJoin(t rapid.TB, before []Member, replicas int, newcomer Member) int {
 			t.Fatalf("move %+v, want only %s (%v) gaining in %q", mv, newcomer.Name, newcomer.ID, newcomer.Region)
 		}
 		wantLost := 1
-		if replicas == 0 || n < replicas {
-			wantLost = 0 // every old member still holds everything
+		if replicas == 0 || n < replicas || mv.Partition == crdt.ClusterPartition {
+			wantLost = 0 // every old member still holds it
 		}
 		if len(mv.Lost) != wantLost {
 			t.Fatalf("move %+v loses %d members, want %d", mv, len(mv.Lost), wantLost)
@@ -345,7 +349,7 @@ func joinBounds(n, replicas int) (want, tolerance float64) {
 		return partitions, 0
 	}
 	q := float64(replicas) / float64(n+1)
-	want = partitions * q
+	want = 1 + (partitions-1)*q // crdt.ClusterPartition, then its share of the others
 	// 30 % of the mean, or five standard deviations of the binomial count where the mean
 	// is small enough that 30 % is under five of them (replicas 1 and many members).
 	return want, max(0.30*want, 5*binomialSD(partitions, q))
@@ -357,7 +361,7 @@ func TestJoinMovesAboutReplicasOverNPlusOne(t *testing.T) {
 			t.Run(fmt.Sprintf("members=%d/replicas=%d", n, replicas), func(t *testing.T) {
 				newcomer := Member{Name: "eu-new", ID: 1000, Region: "eu"}
 				moved := checkJoin(t, regionOf("eu", n, 1), replicas, newcomer)
-				want := float64(partitions*replicas) / float64(n+1)
+				want := 1 + float64((partitions-1)*replicas)/float64(n+1)
 				t.Logf("moved %d of %d partition-slots, want %.1f (%+.1f %%, %+.1f sd)", moved, partitions*replicas, want,
 					100*(float64(moved)/want-1), (float64(moved)-want)/binomialSD(partitions, float64(replicas)/float64(n+1)))
 				if math.Abs(float64(moved)-want) > 0.30*want {
@@ -404,7 +408,9 @@ func checkLeave(t rapid.TB, before []Member, replicas int, gone Member) int {
 		if mv.Region != gone.Region || !slices.Equal(mv.Lost, []crdt.NodeID{gone.ID}) {
 			t.Fatalf("move %+v, want only %s (%v) losing in %q", mv, gone.Name, gone.ID, gone.Region)
 		}
-		if len(mv.Gained) != wantGained {
+		if wantGained := wantGained; mv.Partition == crdt.ClusterPartition && len(mv.Gained) != 0 {
+			t.Fatalf("move %+v gains %d members, want none: every member held it", mv, len(mv.Gained))
+		} else if len(mv.Gained) != wantGained && mv.Partition != crdt.ClusterPartition {
 			t.Fatalf("move %+v gains %d members, want %d", mv, len(mv.Gained), wantGained)
 		}
 		for _, id := range mv.Gained {
@@ -479,7 +485,9 @@ func TestMoves(t *testing.T) {
 				t.Fatalf("len(Moves)=%d, want %d", len(moves), tt.wantMoves)
 			}
 			for i, mv := range moves {
-				if len(mv.Gained) != tt.wantGained || len(mv.Lost) != tt.wantLost {
+				// Every member of a region holds crdt.ClusterPartition (TestOwnersFollowTheDefinition),
+				// so its moves count members, not replicas.
+				if mv.Partition != crdt.ClusterPartition && (len(mv.Gained) != tt.wantGained || len(mv.Lost) != tt.wantLost) {
 					t.Fatalf("move %+v, want %d gained and %d lost", mv, tt.wantGained, tt.wantLost)
 				}
 				if !slices.IsSorted(mv.Gained) || !slices.IsSorted(mv.Lost) {
@@ -519,10 +527,11 @@ func TestDuplicates(t *testing.T) {
 		share := 0
 		for p := range partitions {
 			top := tbl.Owners("eu", p)[0]
-			if got := tbl.Owns(1, p); got != (top.ID == 1) {
+			holds := top.ID == 1 || p == crdt.ClusterPartition // which every member holds
+			if got := tbl.Owns(1, p); got != holds {
 				t.Fatalf("Owns(1, %d)=%v, want %v (Owners %v)", p, got, !got, top)
 			}
-			if top.ID == 1 {
+			if holds {
 				share++
 			}
 		}

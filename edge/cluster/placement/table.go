@@ -33,6 +33,15 @@ type region struct {
 	lo, hi  int     // its members are Table.members[lo:hi]
 	holders int     // holders per partition: hi-lo when replicas is 0, else min(replicas, hi-lo)
 	owners  []int32 // owners[p*holders:(p+1)*holders]: indices into Table.members, highest score first
+	all     []int32 // the holders of crdt.ClusterPartition: every member, highest score first
+}
+
+// row returns the indices into Table.members of the holders of p, highest score first.
+func (r *region) row(p int) []int32 {
+	if p == crdt.ClusterPartition {
+		return r.all
+	}
+	return r.owners[p*r.holders : (p+1)*r.holders]
 }
 
 // holding is what one NodeID holds, as a bitset over partitions, so that Owns is a map
@@ -45,6 +54,7 @@ type holding struct {
 // New returns the placement of members with replicas holders per partition in each
 // region; replicas 0 (or negative, taken as 0) means every member of a region holds
 // every partition, and so does every member of a region with replicas or fewer members.
+// Whatever replicas, every member holds crdt.ClusterPartition.
 //
 // It is deterministic: the same members, in any order, and the same replicas give the
 // same Table. Members with the same Name as an earlier one in members are ignored (the
@@ -90,10 +100,16 @@ func New(members []Member, replicas int) *Table {
 			hi++
 		}
 		r := place(seeds, lo, hi, replicas)
+		r.all = r.owners[crdt.ClusterPartition*r.holders : (crdt.ClusterPartition+1)*r.holders]
+		if r.holders < hi-lo {
+			every := place(seeds, lo, hi, 0)
+			r.all = every.owners[crdt.ClusterPartition*every.holders : (crdt.ClusterPartition+1)*every.holders]
+		}
 		t.regions[ms[lo].Region] = r
-		for i, idx := range r.owners {
-			p := i / r.holders
-			holdings[idx].bits[p>>6] |= 1 << (p & 63)
+		for p := range partitions {
+			for _, idx := range r.row(p) {
+				holdings[idx].bits[p>>6] |= 1 << (p & 63)
+			}
 		}
 		lo = hi
 	}
@@ -156,7 +172,7 @@ func (t *Table) Owners(region string, p int) []Member {
 	if r == nil || uint(p) >= partitions {
 		return nil
 	}
-	row := r.owners[p*r.holders : (p+1)*r.holders]
+	row := r.row(p)
 	out := make([]Member, len(row))
 	for i, idx := range row {
 		out[i] = t.members[idx]
@@ -216,12 +232,13 @@ func (t *Table) Partitions(id crdt.NodeID) []int {
 }
 
 // Ideal returns the ideal share of a member of region, the mean of Share over its
-// members: crdt.DigestLeaves·min(replicas, n)/n for n members, all partitions when
+// members: crdt.ClusterPartition, which every member holds, plus the other
+// crdt.DigestLeaves−1 partitions ·min(replicas, n)/n for n members; all partitions when
 // replicas is 0 or at least n. It returns 0 for a region with no member.
 func (t *Table) Ideal(region string) float64 {
 	r := t.regions[region]
 	if r == nil {
 		return 0
 	}
-	return float64(partitions) * float64(r.holders) / float64(r.hi-r.lo)
+	return 1 + float64(partitions-1)*float64(r.holders)/float64(r.hi-r.lo)
 }

@@ -80,6 +80,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return benchCmd(args[1:], stdout, stderr)
 		case "backup":
 			return backupCmd(args[1:], stdout, stderr)
+		case "apps":
+			return appsCmd(args[1:], stdout, stderr)
 		case "restore":
 			return restoreCmd(args[1:], stdout, stderr)
 		case "version", "--version", "-version":
@@ -106,6 +108,8 @@ Usage:
                               (sessiond backup --help; sessiond backup verify FILE checks one)
   sessiond restore --from FILE --data DIR   write a new data directory from a backup,
                               under a fresh node identity (sessiond restore --help)
+  sessiond apps create|list|revoke [NAME] --http A   manage the API keys of the apps that
+                              call the service API (sessiond apps --help)
 
 Every flag can also be set in the environment as SESSIOND_<NAME>, e.g. SESSIOND_HTTP,
 SESSIOND_CLUSTER_KEY_FILE; a flag on the command line wins. SESSIOND_CLUSTER_KEY may hold
@@ -170,6 +174,8 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	fs.IntVar(&c.SignupsPerAddress, "signups-per-address", c.SignupsPerAddress, "registrations allowed per client address per 10 minutes; 0: 10")
 	fs.IntVar(&c.MessagesPerUser, "messages-per-user", c.MessagesPerUser, "messages one user may send per minute, cluster-wide; 0: 120")
 	fs.IntVar(&c.UnknownNamesPerUser, "unknown-names-per-user", c.UnknownNamesPerUser, "times a minute one user may name a user that does not exist (messages), cluster-wide; 0: 30")
+	fs.IntVar(&c.ServiceFailuresPerAddress, "service-failures-per-address", c.ServiceFailuresPerAddress, "requests to the service API with an API key that does not authenticate allowed per client address\nper minute, cluster-wide; 0: 60")
+	fs.IntVar(&c.ServiceRequestsPerApp, "service-requests-per-app", c.ServiceRequestsPerApp, "requests one app may make to the service API per minute, cluster-wide; 0: 600000")
 	fs.DurationVar(&c.CounterFlush, "counter-flush", c.CounterFlush, "how often a node sends its login and sign-up counts to its peers (bounds the cluster-wide overshoot); 0: 200ms")
 	fs.IntVar(&c.PasswordWorkers, "password-workers", c.PasswordWorkers, "argon2id password hashes (logins, sign-ups) run at once, `N`, each on one core; 0: max(1, GOMAXPROCS/2),\nso hashing takes at most half the CPUs and reads and writes keep the rest")
 	fs.IntVar(&c.PasswordQueue, "password-queue", c.PasswordQueue, "logins and sign-ups that may wait for a hashing worker, `N` (logins first); beyond it 503 unavailable\nwith Retry-After at once; 0: 32 per worker")

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sessiond/sessiond/storage"
 )
 
 // firstRelease is the commit of the first release, whose data directories and clusters
@@ -141,8 +143,9 @@ func TestUpgradeFromFirstRelease(t *testing.T) {
 	n.bin, n.firstRelease = "", false
 	n.start()
 	waitFor(t, 30*time.Second, "this build ready on the first release's data", n.ready)
-	if c := strings.Count(n.logText(), `msg="data file migrated"`); c != 1 || !strings.Contains(n.logText(), "from_format=1 to_format=2") {
-		t.Errorf("%d migration log lines, want one from format 1 to 2", c)
+	want := fmt.Sprintf("from_format=1 to_format=%d", storage.FormatVersion)
+	if c := strings.Count(n.logText(), `msg="data file migrated"`); c != 1 || !strings.Contains(n.logText(), want) {
+		t.Errorf("%d migration log lines, want one %q", c, want)
 	}
 	if !w.holds(t, n) {
 		t.Error("after the upgrade the node lacks sessions, session data or messages written by the first release")

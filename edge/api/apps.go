@@ -1,0 +1,36 @@
+package api
+
+import "time"
+
+// App is an app's credentials as the admin routes show them (never its key, which only
+// its creation returns).
+type App struct {
+	Name      string     `json:"name"`
+	CreatedAt time.Time  `json:"created_at"`
+	Revoked   bool       `json:"revoked"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+// CreateAppRequest is the body of POST /v1/admin/apps. Name: 2–32 of [a-z0-9-], beginning
+// with a letter or digit.
+type CreateAppRequest struct {
+	Name string `json:"name"`
+}
+
+// CreateAppResponse is the body of POST /v1/admin/apps (201): the app and its API key,
+// shown this once (the node keeps only a hash of it).
+type CreateAppResponse struct {
+	App App    `json:"app"`
+	Key string `json:"key"`
+}
+
+// AppResponse is the body of DELETE /v1/admin/apps/{name}: the app as its revocation left it.
+type AppResponse struct {
+	App App `json:"app"`
+}
+
+// AppsResponse is the body of GET /v1/admin/apps: every app this node knows of, revoked
+// ones included, by name.
+type AppsResponse struct {
+	Apps []App `json:"apps"`
+}

@@ -1,0 +1,46 @@
+package edge
+
+import (
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/sessiond/sessiond/edge/api"
+)
+
+// App credentials (functions.Apps), managed through the admin routes by `sessiond apps`:
+// the operator proves the cluster key (adminauth), and the node answers from and writes to
+// its own replica; the app's record reaches every other node by replication (it lives in
+// crdt.ClusterPartition, which every node holds).
+
+// createApp serves POST /v1/admin/apps {name}: 201 {app, key}, the key shown this once.
+func (n *Node) createApp(c *fiber.Ctx) error {
+	var req api.CreateAppRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	a, key, err := n.apps.Create(c.UserContext(), req.Name)
+	if err != nil {
+		return err
+	}
+	n.log.Info("app created", "app", a.Name)
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.Status(fiber.StatusCreated).JSON(api.CreateAppResponse{App: a, Key: key.String()})
+}
+
+// listApps serves GET /v1/admin/apps: {apps}, revoked ones included, by name.
+func (n *Node) listApps(c *fiber.Ctx) error {
+	as, err := n.apps.List(c.UserContext())
+	if err != nil {
+		return err
+	}
+	return c.JSON(api.AppsResponse{Apps: as})
+}
+
+// revokeApp serves DELETE /v1/admin/apps/{name}: {app} as revoked.
+func (n *Node) revokeApp(c *fiber.Ctx) error {
+	a, err := n.apps.Revoke(c.UserContext(), param(c, "name"))
+	if err != nil {
+		return err
+	}
+	n.log.Info("app revoked", "app", a.Name)
+	return c.JSON(api.AppResponse{App: a})
+}

@@ -1,0 +1,206 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sessiond/sessiond/edge/adminauth"
+	"github.com/sessiond/sessiond/edge/api"
+	"github.com/sessiond/sessiond/functions"
+)
+
+const appsUsage = `Usage:
+  sessiond apps create NAME [flags]   create an app; print its API key, once, on the last line
+  sessiond apps list [flags]          list the apps, revoked ones included
+  sessiond apps revoke NAME [flags]   revoke an app: its key stops working on every node
+
+An app (a website's backend, say) calls the service API (/v1/service/, docs/API.md) with
+Authorization: Bearer <API key>. The node keeps only a hash of the key: keep the key in
+your app's secret store. NAME is 2–32 characters of a-z, 0-9 and '-' (not first); a
+revoked app keeps its name, which is never given to another app.
+
+These commands talk to a running node (--http) and sign their requests with the cluster
+key: give --cluster-key-file (or SESSIOND_CLUSTER_KEY_FILE, or the key itself in
+SESSIOND_CLUSTER_KEY), as to the node; a lone node started without one keeps its key in
+DATA/cluster.key. What one node records reaches the others by replication: a key works on
+every node at once (it carries the bookmark of its creation).
+
+Flags:
+`
+
+// appsCmd runs `sessiond apps`.
+func appsCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fs, _, _, _ := appsFlags()
+		if len(args) == 0 {
+			fmt.Fprint(stderr, "sessiond apps: want create, list or revoke\n\n", appsUsage)
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+			return 2
+		}
+		fmt.Fprint(stdout, appsUsage)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return 0
+	}
+	sub, args := args[0], args[1:]
+	fs, addr, keyFile, asJSON := appsFlags()
+	fs.Init("sessiond apps "+sub, flag.ContinueOnError)
+	// NAME may come before or after the flags.
+	var pos []string
+	env := []string{"http", "cluster-key-file"} // read once: the command line wins
+	for {
+		if code, done := parseCmd(fs, args, stdout, stderr, appsUsage, env...); done {
+			return code
+		}
+		env = nil
+		if fs.NArg() == 0 {
+			break
+		}
+		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
+	}
+	var (
+		method, path string
+		body         []byte
+	)
+	if (sub == "create" || sub == "revoke") && len(pos) == 1 {
+		if err := functions.ValidAppName(pos[0]); err != nil {
+			fmt.Fprintf(stderr, "sessiond apps %s: %q: %s\n", sub, pos[0], functions.ErrorMessage(err))
+			return 2
+		}
+	}
+	switch {
+	case sub == "create" && len(pos) == 1:
+		method, path = http.MethodPost, "/v1/admin/apps"
+		body, _ = json.Marshal(api.CreateAppRequest{Name: pos[0]})
+	case sub == "list" && len(pos) == 0:
+		method, path = http.MethodGet, "/v1/admin/apps"
+	case sub == "revoke" && len(pos) == 1:
+		method, path = http.MethodDelete, "/v1/admin/apps/"+url.PathEscape(pos[0])
+	case sub == "create" || sub == "revoke":
+		fmt.Fprintf(stderr, "sessiond apps %s: want one NAME (sessiond apps --help)\n", sub)
+		return 2
+	case sub == "list":
+		fmt.Fprintf(stderr, "sessiond apps list: unexpected argument %q (sessiond apps --help)\n", pos[0])
+		return 2
+	default:
+		fmt.Fprintf(stderr, "sessiond apps: unknown command %q: want create, list or revoke (sessiond apps --help)\n", sub)
+		return 2
+	}
+	target, err := nodeURL(*addr, path)
+	if err != nil {
+		fmt.Fprintf(stderr, "sessiond apps %s: %v\n", sub, err)
+		return 2
+	}
+	keys, err := readClusterKeys(*keyFile)
+	if err == nil && len(keys) == 0 {
+		err = errors.New("no cluster key: give --cluster-key-file or SESSIOND_CLUSTER_KEY (a lone node keeps its key in DATA/cluster.key)")
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "sessiond apps %s: %v\n", sub, err)
+		return 2
+	}
+	reply, err := adminRequest(keys[0], method, target, body)
+	if err != nil {
+		fmt.Fprintf(stderr, "sessiond apps %s: %v\n", sub, err)
+		return 1
+	}
+	if *asJSON {
+		var out bytes.Buffer
+		if json.Indent(&out, reply, "", "  ") != nil {
+			out.Reset()
+			out.Write(reply)
+		}
+		fmt.Fprintln(stdout, out.String())
+		return 0
+	}
+	switch sub {
+	case "create":
+		var r api.CreateAppResponse
+		if err := json.Unmarshal(reply, &r); err != nil || r.Key == "" {
+			fmt.Fprintf(stderr, "sessiond apps create: the node's answer: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "created app %q at %s. Its API key follows, shown this once (the node keeps only a hash):\n%s\n",
+			r.App.Name, r.App.CreatedAt.Format(time.RFC3339), r.Key)
+	case "list":
+		var r api.AppsResponse
+		if err := json.Unmarshal(reply, &r); err != nil {
+			fmt.Fprintf(stderr, "sessiond apps list: the node's answer: %v\n", err)
+			return 1
+		}
+		w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "NAME\tCREATED\tSTATUS")
+		for _, a := range r.Apps {
+			status := "active"
+			if a.Revoked && a.RevokedAt != nil {
+				status = "revoked " + a.RevokedAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\n", a.Name, a.CreatedAt.Format(time.RFC3339), status)
+		}
+		_ = w.Flush()
+	case "revoke":
+		var r api.AppResponse
+		if err := json.Unmarshal(reply, &r); err != nil {
+			fmt.Fprintf(stderr, "sessiond apps revoke: the node's answer: %v\n", err)
+			return 1
+		}
+		at := ""
+		if r.App.RevokedAt != nil {
+			at = " (since " + r.App.RevokedAt.Format(time.RFC3339) + ")"
+		}
+		fmt.Fprintf(stdout, "revoked app %q%s: its key stops working on each node as the revocation reaches it\n", r.App.Name, at)
+	}
+	return 0
+}
+
+// appsFlags returns the flags of the apps commands.
+func appsFlags() (fs *flag.FlagSet, addr, keyFile *string, asJSON *bool) {
+	fs = flag.NewFlagSet("sessiond apps", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	addr = fs.String("http", "127.0.0.1:8080", "the node's API: `ADDR` (host:port) or URL (http[s]://host:port)")
+	keyFile = fs.String("cluster-key-file", "", "`FILE` with the cluster key (the node's --cluster-key-file)")
+	asJSON = fs.Bool("json", false, "print the node's JSON answer as it is (create: with the key)")
+	return fs, addr, keyFile, asJSON
+}
+
+// maxAdminReply bounds an admin answer read whole: a list of every app fits.
+const maxAdminReply = 4 << 20
+
+// adminRequest sends a request signed with clusterKey to an admin route and returns the
+// body of a 2xx answer, or the node's error.
+func adminRequest(clusterKey []byte, method, target string, body []byte) ([]byte, error) {
+	req, err := http.NewRequest(method, target, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", adminauth.Sign(clusterKey, method, req.URL.RequestURI(), body, time.Now()))
+	hc := &http.Client{Timeout: 30 * time.Second}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return nil, nodeError(resp)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxAdminReply+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the node's answer: %w", err)
+	}
+	if len(b) > maxAdminReply {
+		return nil, fmt.Errorf("the node's answer is over %d bytes", maxAdminReply)
+	}
+	return b, nil
+}

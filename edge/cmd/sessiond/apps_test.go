@@ -1,0 +1,121 @@
+package main_test
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestAppsCLI: sessiond apps create, list and revoke against a running node, with the
+// real binary: the key alone on the last line of create's output works on the service
+// routes at once and stops working once revoked; and the command line's refusals.
+func TestAppsCLI(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the real binary; skipped with -short")
+	}
+	t.Parallel()
+	d := newDaemon(t, "apps-cli", "")
+	d.start()
+	d.waitReady()
+	c := newClient(t, d)
+	appKey := regexp.MustCompile(`^sdapp_shop_[0-9a-f]{64}(\.[A-Za-z0-9_-]+)?$`)
+
+	so, se, code := runBin(t, nil, "apps", "create", "shop", "--http", d.http, "--cluster-key-file", d.keyFile)
+	if code != 0 || se != "" {
+		t.Fatalf("apps create: exit %d, stderr %q, stdout %q", code, se, so)
+	}
+	lines := strings.Split(strings.TrimRight(so, "\n"), "\n")
+	key := lines[len(lines)-1]
+	if !appKey.MatchString(key) || strings.Count(so, key) != 1 {
+		t.Fatalf("apps create: the last line %q is not the key alone (output %q)", key, so)
+	}
+	if r := c.do("GET", "/v1/service/app", key, nil); r.status != 200 {
+		t.Fatalf("the printed key: %d %s", r.status, r.body)
+	}
+
+	t.Run("FlagsBeforeNameAndKeyInEnvironment", func(t *testing.T) {
+		env := []string{"SESSIOND_CLUSTER_KEY=" + base64.StdEncoding.EncodeToString(e2eKey)}
+		so, se, code := runBin(t, env, "apps", "create", "--http", d.http, "blog")
+		if code != 0 {
+			t.Fatalf("exit %d: %s%s", code, so, se)
+		}
+		lines := strings.Split(strings.TrimRight(so, "\n"), "\n")
+		if k := lines[len(lines)-1]; !strings.HasPrefix(k, "sdapp_blog_") {
+			t.Errorf("last line %q, want blog's key", k)
+		}
+	})
+	t.Run("JSON", func(t *testing.T) {
+		so, se, code := runBin(t, nil, "apps", "list", "--json", "--http", d.http, "--cluster-key-file", d.keyFile)
+		var out struct {
+			Apps []struct {
+				Name    string `json:"name"`
+				Revoked bool   `json:"revoked"`
+			} `json:"apps"`
+		}
+		if code != 0 || json.Unmarshal([]byte(so), &out) != nil || len(out.Apps) != 2 {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want two apps in JSON", code, so, se)
+		}
+	})
+	t.Run("Errors", func(t *testing.T) {
+		wrong := filepath.Join(t.TempDir(), "wrong.key")
+		if err := os.WriteFile(wrong, []byte(base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name string
+			args []string
+			code int
+			err  string
+		}{
+			{"ErrExists", []string{"create", "shop"}, 1, "409 conflict"},
+			{"ErrBadName", []string{"create", "Shop!"}, 2, "a-z, 0-9"},
+			{"ErrNoName", []string{"create"}, 2, "one NAME"},
+			{"ErrTwoNames", []string{"revoke", "shop", "blog"}, 2, "one NAME"},
+			{"ErrListArgument", []string{"list", "shop"}, 2, "unexpected argument"},
+			{"ErrUnknownCommand", []string{"rename", "shop"}, 2, "unknown command"},
+			{"ErrRevokeUnknown", []string{"revoke", "nobody"}, 1, "404 not_found"},
+			{"ErrBadFlag", []string{"list", "--nope"}, 2, "nope"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				args := append([]string{"apps"}, tc.args...)
+				so, se, code := runBin(t, nil, append(args, "--http", d.http, "--cluster-key-file", d.keyFile)...)
+				if code != tc.code || !strings.Contains(se, tc.err) || strings.Contains(so, "sdapp_") {
+					t.Errorf("%v: exit %d, stderr %q, stdout %q; want %d and %q", tc.args, code, se, so, tc.code, tc.err)
+				}
+			})
+		}
+		_, se, code := runBin(t, nil, "apps", "list", "--http", d.http)
+		if code != 2 || !strings.Contains(se, "cluster key") {
+			t.Errorf("no cluster key: exit %d, stderr %q; want 2", code, se)
+		}
+		_, se, code = runBin(t, nil, "apps", "list", "--http", d.http, "--cluster-key-file", wrong)
+		if code != 1 || !strings.Contains(se, "401 unauthorized") {
+			t.Errorf("wrong cluster key: exit %d, stderr %q; want 1 and the node's 401", code, se)
+		}
+		so, se, code := runBin(t, nil, "apps", "--help")
+		if code != 0 || se != "" || !strings.Contains(so, "sessiond apps create NAME") || !strings.Contains(so, "-cluster-key-file") {
+			t.Errorf("apps --help: exit %d, stderr %q, stdout %q", code, se, so)
+		}
+		so, _, _ = runBin(t, nil, "--help")
+		if !strings.Contains(so, "sessiond apps") || !strings.Contains(so, "-service-requests-per-app") {
+			t.Errorf("sessiond --help does not mention the apps command and the service limits")
+		}
+	})
+	t.Run("Revoke", func(t *testing.T) {
+		so, se, code := runBin(t, nil, "apps", "revoke", "shop", "--http", d.http, "--cluster-key-file", d.keyFile)
+		if code != 0 || !strings.Contains(so, `revoked app "shop"`) {
+			t.Fatalf("exit %d: %s%s", code, so, se)
+		}
+		if r := c.do("GET", "/v1/service/app", key, nil); r.status != 401 {
+			t.Errorf("a revoked key: %d %s, want 401", r.status, r.body)
+		}
+		so, _, code = runBin(t, nil, "apps", "list", "--http", d.http, "--cluster-key-file", d.keyFile)
+		if code != 0 || !regexp.MustCompile(`(?m)^blog\s+\S+\s+active$`).MatchString(so) || !regexp.MustCompile(`(?m)^shop\s+\S+\s+revoked \S+$`).MatchString(so) {
+			t.Errorf("apps list after revoke: exit %d:\n%s", code, so)
+		}
+	})
+}

@@ -1,0 +1,269 @@
+package functions
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"strings"
+
+	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
+)
+
+// App is an app's credentials as the admin routes show them (package api owns the JSON).
+type App = api.App
+
+func appOf(a crdt.App) App {
+	out := App{Name: a.Name, CreatedAt: a.Created.Time(), Revoked: a.Revoked}
+	if a.Revoked {
+		t := a.RevokedAt.Time()
+		out.RevokedAt = &t
+	}
+	return out
+}
+
+// Limits of app credentials.
+const (
+	MinAppName = 2
+	MaxAppName = 32
+	// MaxApps bounds the apps one node creates: revoked ones count, since their records
+	// stay (a name is never reused). Nodes that cannot reach each other may each create up
+	// to it; List shows at most twice as many.
+	MaxApps = 1000
+)
+
+// ValidAppName checks an app's name: MinAppName to MaxAppName of [a-z0-9-], beginning
+// with a letter or digit. The name appears in the app's API key, between '_'s.
+func ValidAppName(name string) error {
+	if len(name) < MinAppName || len(name) > MaxAppName {
+		return Errorf(EInvalid, "app name must be %d to %d characters", MinAppName, MaxAppName)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' && i > 0) {
+			return Errorf(EInvalid, "app name may contain only a-z, 0-9 and '-' (not first)")
+		}
+	}
+	return nil
+}
+
+// APIKey is an app's API key:
+//
+//	sdapp_<app>_<secret: 64 hex digits>[.<bookmark>]
+//
+// The secret is 256 random bits; the node keeps only its hash (KeyHash). The bookmark,
+// when present, is that of the app's creation (crdt.Bookmark's text form): a node that
+// does not yet hold the app's record meets it before refusing the key, so a key works on
+// every node as soon as it is printed. It is advisory: the key authenticates without it.
+type APIKey struct {
+	App      string
+	Secret   [32]byte
+	Bookmark crdt.Bookmark
+}
+
+// APIKeyPrefix begins every API key, so that a key is told from a session token at a
+// glance (and by secret scanners).
+const APIKeyPrefix = "sdapp_"
+
+// MaxAPIKey bounds the text of an API key ParseAPIKey reads.
+const MaxAPIKey = len(APIKeyPrefix) + MaxAppName + 1 + 64 + 1 + crdt.MaxBookmarkText
+
+var errMalformedKey = Errorf(EUnauthorized, "malformed API key: want "+APIKeyPrefix+"<app>_<64 hex digits>, as `sessiond apps create` printed it")
+
+// IsAPIKey reports whether s looks like an API key (its prefix): a credential that opens
+// the service routes only.
+func IsAPIKey(s string) bool { return strings.HasPrefix(s, APIKeyPrefix) }
+
+// ParseAPIKey parses the text of an API key. Any fault is EUnauthorized.
+func ParseAPIKey(s string) (APIKey, error) {
+	var k APIKey
+	rest, ok := strings.CutPrefix(s, APIKeyPrefix)
+	if !ok || len(s) > MaxAPIKey {
+		return k, errMalformedKey
+	}
+	name, rest, ok := strings.Cut(rest, "_")
+	if !ok || ValidAppName(name) != nil {
+		return k, errMalformedKey
+	}
+	secret, bm, hasBM := strings.Cut(rest, ".")
+	if len(secret) != 2*len(k.Secret) {
+		return k, errMalformedKey
+	}
+	if _, err := hex.Decode(k.Secret[:], []byte(secret)); err != nil {
+		return k, errMalformedKey
+	}
+	if hasBM {
+		b, err := crdt.ParseBookmark(bm)
+		if err != nil || b.IsZero() || strings.Contains(bm, ",") {
+			return k, errMalformedKey
+		}
+		k.Bookmark = b
+	}
+	k.App = strings.Clone(name) // s may alias a request buffer
+	return k, nil
+}
+
+// String returns the text of the key, as ParseAPIKey reads it.
+func (k APIKey) String() string {
+	s := APIKeyPrefix + k.App + "_" + hex.EncodeToString(k.Secret[:])
+	if !k.Bookmark.IsZero() {
+		s += "." + k.Bookmark.String()
+	}
+	return s
+}
+
+// keyHashLabel separates the hashes of API keys from any other use of SHA-256.
+const keyHashLabel = "sessiond/app-key/v1"
+
+// KeyHash returns what the app's record keeps of the key: the SHA-256 of a label, the
+// app's name and the secret. A salt or a slow hash would add nothing: the secret is 256
+// random bits, not a password.
+func (k APIKey) KeyHash() []byte {
+	h := sha256.New()
+	h.Write([]byte(keyHashLabel + "\n" + k.App + "\n"))
+	h.Write(k.Secret[:])
+	return h.Sum(nil)
+}
+
+// AppStore is the persistence Apps needs: the node's replica (edge adapts storage.DB).
+type AppStore interface {
+	Record(ctx context.Context, key string) (crdt.Map, bool, error)
+	Update(ctx context.Context, fn func(tx Tx) error) error
+	// RecordsUnder returns up to limit records whose keys begin with prefix, in key
+	// order, and whether more were left out.
+	RecordsUnder(ctx context.Context, prefix string, limit int) ([]string, []crdt.Map, bool, error)
+}
+
+// Apps creates, lists, revokes and authenticates app credentials. It holds no state
+// between calls and is safe for concurrent use.
+type Apps struct {
+	Store AppStore
+	Clock Clock
+}
+
+// ErrAppRevoked is what Authenticate returns for the right key of a revoked app.
+var ErrAppRevoked = Errorf(EUnauthorized, "this API key's app was revoked")
+
+var errBadAPIKey = Errorf(EUnauthorized, "invalid API key")
+
+// Create creates the app called name and returns it with its API key, whose text the
+// caller shows once. A name this node knows of, revoked or not, is EConflict, and so is
+// a creation past MaxApps. The key carries the bookmark of the creation.
+func (a *Apps) Create(ctx context.Context, name string) (App, APIKey, error) {
+	if err := ValidAppName(name); err != nil {
+		return App{}, APIKey{}, err
+	}
+	keys, _, _, err := a.Store.RecordsUnder(ctx, crdt.AppPrefix, MaxApps)
+	if err != nil {
+		return App{}, APIKey{}, err
+	}
+	if len(keys) >= MaxApps {
+		return App{}, APIKey{}, Errorf(EConflict, "the cluster holds %d apps, revoked ones included, the most it may", len(keys))
+	}
+	key := APIKey{App: name}
+	rand.Read(key.Secret[:]) // never fails (crypto/rand)
+	var rec crdt.Map
+	err = a.Store.Update(ctx, func(tx Tx) error {
+		_, ok, err := tx.Record(crdt.AppKey(name))
+		if err != nil {
+			return err
+		}
+		if ok {
+			return Errorf(EConflict, "app %q exists (a revoked app keeps its name: choose another)", name)
+		}
+		ts := a.Clock.Next()
+		rec = crdt.NewApp(key.KeyHash(), ts)
+		key.Bookmark = crdt.Bookmark{}
+		key.Bookmark.Add(ts)
+		rec, err = tx.Merge(crdt.AppKey(name), rec)
+		return err
+	})
+	if err != nil {
+		return App{}, APIKey{}, err
+	}
+	return appOf(crdt.ReadApp(name, &rec)), key, nil
+}
+
+// listBound bounds List: nodes that could not reach each other may each have created up
+// to MaxApps.
+const listBound = 2 * MaxApps
+
+// List returns the apps this node holds, revoked ones included, by name.
+func (a *Apps) List(ctx context.Context) ([]App, error) {
+	keys, ms, _, err := a.Store.RecordsUnder(ctx, crdt.AppPrefix, listBound)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]App, 0, len(keys))
+	for i, k := range keys {
+		out = append(out, appOf(crdt.ReadApp(strings.TrimPrefix(k, crdt.AppPrefix), &ms[i])))
+	}
+	return out, nil
+}
+
+// Get returns the app called name, as this node holds it, or ENotFound.
+func (a *Apps) Get(ctx context.Context, name string) (App, error) {
+	if err := ValidAppName(name); err != nil {
+		return App{}, err
+	}
+	m, ok, err := a.Store.Record(ctx, crdt.AppKey(name))
+	if err != nil {
+		return App{}, err
+	}
+	if !ok {
+		return App{}, Errorf(ENotFound, "no app %q on this node", name)
+	}
+	return appOf(crdt.ReadApp(name, &m)), nil
+}
+
+// Revoke revokes the app called name: its key stops opening anything on each node as
+// the revocation reaches it, and no later write brings it back. Revoking a revoked app
+// changes nothing. An app this node does not hold is ENotFound.
+func (a *Apps) Revoke(ctx context.Context, name string) (App, error) {
+	if err := ValidAppName(name); err != nil {
+		return App{}, err
+	}
+	var rec crdt.Map
+	err := a.Store.Update(ctx, func(tx Tx) error {
+		m, ok, err := tx.Record(crdt.AppKey(name))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return Errorf(ENotFound, "no app %q on this node (one created on another node a moment ago may not have arrived yet)", name)
+		}
+		if crdt.ReadApp(name, &m).Revoked {
+			rec = m
+			return nil
+		}
+		rec, err = tx.Merge(crdt.AppKey(name), crdt.RevokeApp(a.Clock.Next()))
+		return err
+	})
+	if err != nil {
+		return App{}, err
+	}
+	return appOf(crdt.ReadApp(name, &rec)), nil
+}
+
+// Authenticate returns the name of the app whose key k is, checked against the app's
+// record on this node: EUnauthorized when there is no such app here, the key is not its
+// (compared in constant time), or — ErrAppRevoked — the app was revoked.
+func (a *Apps) Authenticate(ctx context.Context, k APIKey) (string, error) {
+	m, ok, err := a.Store.Record(ctx, crdt.AppKey(k.App))
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", errBadAPIKey
+	}
+	app := crdt.ReadApp(k.App, &m)
+	if len(app.KeyHash) == 0 || subtle.ConstantTimeCompare(app.KeyHash, k.KeyHash()) != 1 {
+		return "", errBadAPIKey
+	}
+	if app.Revoked {
+		return "", ErrAppRevoked
+	}
+	return app.Name, nil
+}
