@@ -80,6 +80,7 @@ func (n *Node) newApp() *fiber.App {
 	app.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
 	app.Get("/readyz", n.readyz)
 	app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{})))
+	app.Get(jwksPath, n.jwks)
 
 	n.adminRoutes(app) // before /v1's middleware, which is for users' requests
 	n.serviceRoutes(app)
@@ -198,6 +199,9 @@ func (n *Node) auth(c *fiber.Ctx) error {
 		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(tok.issued.Sub(n.cfg.Now()).Seconds()))
 		return errBehind
 	}
+	if errors.Is(err, errBehind) { // signed with a key this node could not get in time (caller)
+		return err
+	}
 	if err != nil {
 		if raw, ok := bearerToken(c.Get(fiber.HeaderAuthorization)); ok && functions.IsAPIKey(raw) {
 			return functions.Errorf(codeForbidden, "an API key opens only the service routes (/v1/service/)")
@@ -241,7 +245,8 @@ func (n *Node) authenticate(c *fiber.Ctx, tok *verified) (functions.Principal, e
 }
 
 // caller returns the verified token of the request's caller: the bearer token's, or the
-// one the node that forwarded the request verified (forward.go).
+// one the node that forwarded the request verified (forward.go). A token signed with a
+// signing key this node does not know yet waits for it (errBehind when it cannot).
 func (n *Node) caller(c *fiber.Ctx) (verified, error) {
 	if f := forwardedOf(c); f != nil && f.caller != nil {
 		return *f.caller, nil
@@ -257,7 +262,17 @@ func (n *Node) caller(c *fiber.Ctx) (verified, error) {
 // token an app asks to introspect (service.go): the one place a request's token is
 // verified, so that whatever verification waits for holds on every route.
 func (n *Node) verifyToken(c *fiber.Ctx, raw string) (verified, error) {
-	return n.tokens.verify(raw)
+	v, err := n.tokens.verify(raw)
+	if err != nil && errors.Is(err, errKeyUnknown) && !v.created.IsZero() {
+		// Signed with a key this node has not received yet? The key's creation is in the
+		// token's bookmark: meet it where signing keys live, then look again. Never a 401
+		// caused by lag; errBehind (503) if it cannot be met in time.
+		if err := n.awaitIn(c, v.created, crdt.ClusterPartition); err != nil {
+			return verified{}, err
+		}
+		v, err = n.tokens.verify(raw)
+	}
+	return v, err
 }
 
 // bearerToken returns the token of an Authorization header of the Bearer scheme, whose

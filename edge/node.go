@@ -41,6 +41,8 @@ type Node struct {
 	metrics  *metrics
 	headers  responseHeaders
 	tokens   *tokens
+	signing  *signing      // the signing keys' ring and records (signing.go)
+	keysKick chan struct{} // a signing key record changed (onCommit → signing.run)
 	broker   *broker
 	users    *functions.Users
 	sessions *functions.Sessions
@@ -101,6 +103,7 @@ func NewNode(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	return &Node{cfg: cfg, trusted: trusted, log: cfg.Logger.With("node", cfg.NodeName),
+		keysKick: make(chan struct{}, 1),
 		awaiting: slots{limit: maxAwaitingPerAddress}, relayedStreams: slots{limit: maxStreamsPerUser},
 		exports: slots{limit: maxExports}, exportsPerUser: slots{limit: maxExportsPerUser}}, nil
 }
@@ -169,6 +172,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.tokens.loadRetired(n.cfg.DataDir, keys); err != nil {
 		return err
 	}
+	if err := n.startSigning(keys); err != nil {
+		return err
+	}
 	n.admin = adminauth.NewVerifier(keys, n.cfg.Now)
 	n.limits = newLimiter(n.counters)
 	n.limits.nodes = func() int { return 1 + n.replicator.Peers() }
@@ -208,10 +214,14 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		defer n.wg.Done()
 		n.sweepLoop()
 	}()
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
 		n.becomeReady()
+	}()
+	go func() {
+		defer n.wg.Done()
+		n.signing.run(n.ctx)
 	}()
 	n.log.Info("node started", "http", n.ln.Addr().String(), "gossip", n.membership.Addr()+" (tcp, udp)",
 		"sync", n.syncLn.Addr().String(), "region", n.cfg.Region, "id", n.db.NodeID().String())
@@ -313,6 +323,7 @@ const drainTimeout = 3 * time.Second
 // must not block.
 func (n *Node) onCommit(changes []storage.Change) {
 	n.broker.publish(changes)
+	signingKeysChanged(changes, n.keysKick)
 	if n.replicator != nil {
 		n.replicator.Notify()
 	}
@@ -342,6 +353,7 @@ func (n *Node) becomeReady() {
 		}
 	}
 	n.ready.Store(true)
+	n.signing.poke() // it may create the cluster's first signing key now
 }
 
 // joining reports whether this node starts by catching up before it takes its share of

@@ -21,8 +21,11 @@ func (n *Node) syncProtocols() cluster.ProtocolRange {
 // at once and without a restart — main calls it on SIGHUP with the re-read key file. It
 // changes gossip's keyring (members are not dropped), the sync transport's identities
 // (a peer holding none of keys can no longer sync, on new connections or open ones), the
-// keys admin requests may be signed with (adminauth), and the token keys: the token key of a cluster key dropped is retired, verifying the
-// tokens it signed until they expire (see tokenkeys.go), so a rotation logs nobody out.
+// keys admin requests may be signed with (adminauth), the HS256 token keys — the token
+// key of a cluster key dropped is retired, verifying the tokens it signed until they
+// expire (see tokenkeys.go), so a rotation logs nobody out — and the cluster keys the
+// signing keys are opened with and sealed under (each live signing key is sealed under
+// every new one, in the background: see signkeys.go).
 // The rotation procedure — add the new key everywhere, make it first everywhere, remove
 // the old everywhere — is in docs/OPERATIONS.md, "Rotating the cluster key". It fails, changing nothing, on a key
 // that is not 32 bytes, before Start, or when the retired token keys cannot be written.
@@ -54,7 +57,8 @@ func (n *Node) ReloadKeys(keys [][]byte) error {
 	if err := n.membership.SetKeys(gossipKeys); err != nil {
 		return fmt.Errorf("reload keys: %w", err)
 	}
-	n.admin.SetKeys(keys) // admin requests (sessiond backup) are signed with any of them
+	n.admin.SetKeys(keys)          // admin requests (sessiond backup) are signed with any of them
+	n.signing.setClusterKeys(keys) // signing keys are opened with them, and sealed under each
 	set := n.tokens.set.Load()
 	n.log.Info("cluster keys reloaded", "keys", len(keys), "signing_kid", set.signKID,
 		slog.Int("retired_token_keys", len(set.retired(n.cfg.Now()))))

@@ -233,15 +233,6 @@ func TestService_KeyArrivesAfterTheRead(t *testing.T) {
 	resp.Body.Close()
 }
 
-// adminDo sends an admin request signed with key.
-func adminDo(c *testClient, key []byte, method, path string, body []byte) (*http.Response, []byte) {
-	c.tb.Helper()
-	var b any
-	if body != nil {
-		b = body
-	}
-	return c.do(method, path, "", b, "Authorization", adminauth.Sign(key, method, path, body, time.Now()))
-}
 
 func TestAdmin_Apps(t *testing.T) {
 	n := MustStartNode(t, testConfig(t, "apps-0"))

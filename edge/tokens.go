@@ -3,6 +3,7 @@ package edge
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,12 +12,15 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
 )
 
-// Token claims are pinned: HS256 only, issuer and audience fixed, exp and iat required.
+// Token claims are pinned: issuer and audience fixed, exp and iat required; the algorithm
+// is pinned by the key the kid names: EdDSA for a signing key (signkeys.go), HS256 for a
+// token key derived from a cluster key (tokenkeys.go).
 const (
-	tokenIssuer   = "sessiond"
-	tokenAudience = "sessiond-api"
+	tokenIssuer   = api.TokenIssuer
+	tokenAudience = api.TokenAudience
 	tokenLeeway   = 5 * time.Second
 	tokenCacheMax = 100_000
 )
@@ -34,18 +38,33 @@ type claims struct {
 	jwt.RegisteredClaims
 }
 
-// tokens signs session tokens with the active key and verifies them against every
-// accepted key by kid. Verified tokens are cached until they expire: a token's signature
-// and claims never change, and revocation is checked against the session record on every
+// tokens signs session tokens and verifies them against every accepted key by kid. It
+// signs with the ring's signing key (EdDSA, signkeys.go) when there is one and every
+// member verifies EdDSA (hs256Only), else with the token key derived from the first
+// cluster key (HS256, tokenkeys.go); it verifies both kinds, each kid with its own
+// algorithm only. Verified tokens are cached until they expire: a token's signature and
+// claims never change, and revocation is checked against the session record on every
 // request anyway. Safe for concurrent use.
 type tokens struct {
 	set    atomic.Pointer[tokenKeys] // replaced whole by rotate
+	ring   atomic.Pointer[keyRing]   // replaced whole by signing
 	now    func() time.Time
 	parser *jwt.Parser
 	device *jwt.Parser // device tokens (deviceAudience): never access tokens
 
+	// hs256Only, when set, reports whether tokens must be signed HS256 even with a
+	// signing key at hand: some member of the cluster cannot verify EdDSA (an older
+	// release, during a rolling upgrade). Set before the tokens are used.
+	hs256Only func() bool
+	// lookup, when set, is called for a signing key kid the ring lacks: it returns a
+	// fresher ring, or nil when the kid is not known here either. Set before use.
+	lookup func(kid string) *keyRing
+
 	mu    sync.Mutex
 	cache map[string]verified
+
+	signedMu sync.Mutex
+	signed   map[string]time.Time // signing key kid → when this node last signed with it
 }
 
 // verified is what a valid token says.
@@ -57,10 +76,10 @@ type verified struct {
 }
 
 func newTokens(clusterKeys [][]byte, now func() time.Time) *tokens {
-	t := &tokens{now: now, cache: make(map[string]verified)}
+	t := &tokens{now: now, cache: make(map[string]verified), signed: make(map[string]time.Time)}
 	t.set.Store(newTokenKeys(clusterKeys, nil))
 	t.parser = jwt.NewParser(
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithValidMethods([]string{jwt.SigningMethodEdDSA.Alg(), jwt.SigningMethodHS256.Alg()}),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
 		jwt.WithIssuer(tokenIssuer),
@@ -73,9 +92,19 @@ func newTokens(clusterKeys [][]byte, now func() time.Time) *tokens {
 }
 
 // sign returns a token of generation gen for a session of userID that expires with it,
-// carrying the bookmark of the session's creation (or of its latest renewal).
+// carrying the bookmark of the session's creation (or of its latest renewal), and of the
+// signing key's creation when an EdDSA key signs it: a node that has not yet received the
+// key meets the bookmark, then knows it.
 func (t *tokens) sign(userID, sessionID string, expires time.Time, created crdt.Bookmark, gen uint64) (string, error) {
 	now := t.now()
+	key := t.ring.Load().signer(now)
+	if key != nil && t.hs256Only != nil && t.hs256Only() {
+		key = nil
+	}
+	if key != nil {
+		created = created.Clone()
+		created.Add(key.created)
+	}
 	c := claims{
 		SessionID: sessionID,
 		Bookmark:  created.String(),
@@ -89,6 +118,18 @@ func (t *tokens) sign(userID, sessionID string, expires time.Time, created crdt.
 			ID:        sessionID,
 		},
 	}
+	if key != nil {
+		tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
+		tok.Header["kid"] = key.kid
+		s, err := tok.SignedString(key.private)
+		if err != nil {
+			return "", fmt.Errorf("sign token: %w", err)
+		}
+		t.signedMu.Lock()
+		t.signed[key.kid] = now
+		t.signedMu.Unlock()
+		return s, nil
+	}
 	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, c)
 	set := t.set.Load()
 	tok.Header["kid"] = set.signKID
@@ -99,12 +140,67 @@ func (t *tokens) sign(userID, sessionID string, expires time.Time, created crdt.
 	return s, nil
 }
 
+// signedWith returns when this node last signed a token with each signing key it used,
+// by kid, forgetting keys it has not used for maxRingKeys rotations' worth of entries.
+func (t *tokens) signedWith() map[string]time.Time {
+	t.signedMu.Lock()
+	defer t.signedMu.Unlock()
+	if len(t.signed) > maxRingKeys { // bounded: keep the latest
+		var oldest string
+		for kid, at := range t.signed {
+			if oldest == "" || at.Before(t.signed[oldest]) {
+				oldest = kid
+			}
+		}
+		delete(t.signed, oldest)
+	}
+	return maps.Clone(t.signed)
+}
+
+// accessKey is the keyfunc of access tokens: the key of the token's kid, for the
+// algorithm that kid is pinned to — EdDSA for a signing key, HS256 for a token key
+// derived from a cluster key. A signing key kid the ring lacks is looked up (lookup);
+// still unknown, it is errKeyUnknown (one it holds retired, or a kid of no signing key's
+// form, is just refused).
+func (t *tokens) accessKey(tok *jwt.Token) (any, error) {
+	kid, _ := tok.Header["kid"].(string)
+	now := t.now()
+	switch tok.Method.Alg() {
+	case jwt.SigningMethodHS256.Alg():
+		return t.set.Load().verifying(kid, now)
+	case jwt.SigningMethodEdDSA.Alg():
+		ring := t.ring.Load()
+		if k, ok := ring.verifying(kid, now); ok {
+			return k, nil
+		}
+		// A kid the ring lacks may be a key that arrived since it was built (or is on its
+		// way: errKeyUnknown); one it holds but that does not verify is retired.
+		if !okpKID(kid) || ring.has(kid) {
+			return nil, errors.New("no signing key of that kid verifies")
+		}
+		if t.lookup != nil {
+			if k, ok := t.lookup(kid).verifying(kid, now); ok {
+				return k, nil
+			}
+		}
+		return nil, errKeyUnknown
+	}
+	return nil, errors.New("algorithm not allowed")
+}
+
 var errBadToken = errors.New("invalid token")
 
 // errTokenAhead is a token of ours, signed correctly, issued later than this node's clock
 // reads (beyond the leeway): the node that issued it runs ahead. It is not refused as
 // invalid — this node is behind it, as with a bookmark too far ahead.
 var errTokenAhead = errors.New("token issued ahead of this node's clock")
+
+// errKeyUnknown is a token whose kid has the form of a signing key's but names none this
+// node holds, retired or not: it may be a key created elsewhere that has not reached this
+// node yet. verify
+// returns it with the bookmark the token claims (unverified), which auth meets before it
+// tries again.
+var errKeyUnknown = errors.New("unknown signing key")
 
 // verify returns the user and session a token names, or an error when the token is not
 // one of ours, is tampered with, expired, or lacks a required claim.
@@ -123,10 +219,13 @@ func (t *tokens) verify(raw string) (verified, error) {
 		return verified{}, errBadToken
 	}
 	var c claims
-	_, err := t.parser.ParseWithClaims(raw, &c, func(tok *jwt.Token) (any, error) {
-		kid, _ := tok.Header["kid"].(string)
-		return t.set.Load().verifying(kid, t.now())
-	})
+	_, err := t.parser.ParseWithClaims(raw, &c, t.accessKey)
+	if errors.Is(err, errKeyUnknown) {
+		// The claims are not verified: the bookmark only tells auth what to wait for,
+		// as a client's bookmark header does, within the same bounds.
+		bm, _ := crdt.ParseBookmark(c.Bookmark)
+		return verified{created: bm}, fmt.Errorf("%w: %w", errBadToken, err)
+	}
 	if errors.Is(err, jwt.ErrTokenUsedBeforeIssued) && !errors.Is(err, jwt.ErrTokenExpired) && c.IssuedAt != nil {
 		return verified{issued: c.IssuedAt.Time}, errTokenAhead
 	}

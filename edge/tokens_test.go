@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/sha512"
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -303,5 +305,213 @@ func TestTokens_CacheOwnsKey(t *testing.T) {
 		if k != tok {
 			t.Errorf("cache key = %q, want the token verified (%q)", k, tok)
 		}
+	}
+}
+
+// craftEdDSA signs claims with priv under kid.
+func craftEdDSA(tb testing.TB, priv ed25519.PrivateKey, kid string, claims map[string]any) string {
+	tb.Helper()
+	return craft(tb, map[string]any{"alg": "EdDSA", "typ": "JWT", "kid": kid}, claims, func(input string) []byte {
+		return ed25519.Sign(priv, []byte(input))
+	})
+}
+
+// ringTokens returns tokens whose ring holds keys, on clock.
+func ringTokens(tb testing.TB, clock *fakeClock, keys ...testSignKey) *tokens {
+	tb.Helper()
+	tk := newTokens([][]byte{testKey}, clock.Now)
+	r, problems := newKeyRing(views(keys...), [][]byte{testKey}, 24*time.Hour)
+	if len(problems) > 0 {
+		tb.Fatal(problems)
+	}
+	tk.ring.Store(r)
+	return tk
+}
+
+// TestTokens_EdDSA: with a signing key, tokens are EdDSA under its kid and carry its
+// creation in their bookmark; every kid verifies with its own algorithm only.
+func TestTokens_EdDSA(t *testing.T) {
+	clock := newFakeClock(tokenEpoch)
+	now := tokenEpoch
+	k1 := makeSignKey(t, [][]byte{testKey}, now.Add(-time.Hour), 7, now.Add(-time.Hour))
+	tk := ringTokens(t, clock, k1)
+	hk := deriveKey(testKey, purposeJWT)
+	hkid := keyID(hk)
+	good := func() map[string]any {
+		return map[string]any{"iss": tokenIssuer, "aud": tokenAudience, "sub": "u1", "sid": "s1", "jti": "s1",
+			"iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+	}
+	valid, err := tk.sign("u1", "s1", now.Add(time.Hour), crdt.Bookmark{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := b64.DecodeString(strings.Split(valid, ".")[0])
+	var hdr map[string]any
+	json.Unmarshal(h, &hdr)
+	if hdr["alg"] != "EdDSA" || hdr["kid"] != k1.kid {
+		t.Fatalf("header = %v, want alg EdDSA and kid %s", hdr, k1.kid)
+	}
+	v, err := tk.verify(valid)
+	if err != nil || v.userID != "u1" || v.sessionID != "s1" {
+		t.Fatalf("verify = %+v, %v", v, err)
+	}
+	if v.created.Mark(7).Wall != now.Add(-time.Hour).UnixNano() {
+		t.Errorf("the token's bookmark %s lacks the signing key's creation", v.created)
+	}
+	if _, ok := tk.signedWith()[k1.kid]; !ok {
+		t.Errorf("signedWith does not record the key signed with")
+	}
+
+	stranger := makeSignKey(t, [][]byte{testKey}, now, 7, now) // a well-formed key not in the ring
+	for _, tc := range []struct {
+		name  string
+		token string
+		err   error
+	}{
+		// Algorithm confusion: HS256 with an OKP kid, its public key as the HMAC secret.
+		{"ErrHS256WithOKPKid", craftHS256(t, k1.public, k1.kid, good()), errBadToken},
+		{"ErrHS256WithOKPKidClusterKey", craftHS256(t, hk, k1.kid, good()), errBadToken},
+		// And the other way: an EdDSA token under the HMAC key's kid.
+		{"ErrEdDSAWithHMACKid", craftEdDSA(t, k1.priv, hkid, good()), errBadToken},
+		{"ErrNone", craftNone(t, k1.kid, good()), errBadToken},
+		{"ErrES256", craft(t, map[string]any{"alg": "ES256", "kid": k1.kid}, good(), func(in string) []byte { return ed25519.Sign(k1.priv, []byte(in)) }), errBadToken},
+		{"ErrWrongKid", craftEdDSA(t, k1.priv, stranger.kid, good()), errKeyUnknown},
+		{"ErrUnknownKey", craftEdDSA(t, stranger.priv, stranger.kid, good()), errKeyUnknown},
+		{"ErrForgedUnderOurKid", craftEdDSA(t, stranger.priv, k1.kid, good()), errBadToken},
+		{"ErrTampered", tamper(t, valid), errBadToken},
+		{"ErrExpired", craftEdDSA(t, k1.priv, k1.kid, with(good(), "exp", now.Add(-tokenLeeway-time.Second).Unix())), errBadToken},
+		{"ErrMissingAudience", craftEdDSA(t, k1.priv, k1.kid, without(good(), "aud")), errBadToken},
+		{"ErrWrongIssuer", craftEdDSA(t, k1.priv, k1.kid, with(good(), "iss", "evil")), errBadToken},
+		{"ErrMissingExp", craftEdDSA(t, k1.priv, k1.kid, without(good(), "exp")), errBadToken},
+		{"ErrDeviceAudience", craftEdDSA(t, k1.priv, k1.kid, with(good(), "aud", deviceAudience)), errBadToken},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := tk.verify(tc.token); !errors.Is(err, tc.err) || !errors.Is(err, errBadToken) {
+				t.Errorf("verify error = %v, want %v", err, tc.err)
+			}
+		})
+	}
+
+	t.Run("HMACStillVerifies", func(t *testing.T) {
+		// Tokens issued before the upgrade, or while a member could not verify EdDSA.
+		if _, err := tk.verify(craftHS256(t, hk, hkid, good())); err != nil {
+			t.Errorf("an HS256 token under the cluster key's token key: %v", err)
+		}
+	})
+	t.Run("HS256OnlyWhileAMemberNeedsIt", func(t *testing.T) {
+		old := true
+		tk.hs256Only = func() bool { return old }
+		defer func() { tk.hs256Only = nil }()
+		tok, _ := tk.sign("u1", "s1", now.Add(time.Hour), crdt.Bookmark{}, 0)
+		if alg := tokenHeader(t, tok)["alg"]; alg != "HS256" {
+			t.Errorf("with a member that verifies only HS256: alg %v", alg)
+		}
+		old = false
+		tok, _ = tk.sign("u1", "s1", now.Add(time.Hour), crdt.Bookmark{}, 0)
+		if alg := tokenHeader(t, tok)["alg"]; alg != "EdDSA" {
+			t.Errorf("once every member verifies EdDSA: alg %v", alg)
+		}
+	})
+	t.Run("ErrRetiredKey", func(t *testing.T) {
+		// A token signed by k1 that claims to live long after k1 retires.
+		long := craftEdDSA(t, k1.priv, k1.kid, with(good(), "exp", now.Add(1000*time.Hour).Unix()))
+		k2 := makeSignKey(t, [][]byte{testKey}, now, 8, now)
+		clock := newFakeClock(now)
+		tk := ringTokens(t, clock, k1, k2)
+		if _, err := tk.verify(long); err != nil {
+			t.Fatalf("before k1 retires: %v", err)
+		}
+		clock.Add(24 * time.Hour) // k1 retires 24 h after k2 took over
+		tk.mu.Lock()
+		clear(tk.cache) // the cache keeps a token until its exp; this one outlives its key
+		tk.mu.Unlock()
+		looked := 0
+		tk.lookup = func(string) *keyRing { looked++; return nil }
+		if _, err := tk.verify(long); !errors.Is(err, errBadToken) || errors.Is(err, errKeyUnknown) {
+			t.Errorf("once k1 retired: %v, want errBadToken, not errKeyUnknown (nothing to wait for)", err)
+		}
+		if looked != 0 {
+			t.Errorf("a retired key in the ring was looked up %d times; only kids the ring lacks are", looked)
+		}
+	})
+	t.Run("UnknownKidLookedUp", func(t *testing.T) {
+		// A key that reached this node since its ring was built is found by lookup.
+		clock := newFakeClock(now)
+		tk := ringTokens(t, clock, k1)
+		fresh, _ := newKeyRing(views(k1, stranger), [][]byte{testKey}, 24*time.Hour)
+		var asked []string
+		tk.lookup = func(kid string) *keyRing { asked = append(asked, kid); return fresh }
+		if _, err := tk.verify(craftEdDSA(t, stranger.priv, stranger.kid, good())); err != nil {
+			t.Errorf("a key the lookup finds: %v", err)
+		}
+		// A kid that is no signing key's form is not looked up, nor waited for.
+		if _, err := tk.verify(craftEdDSA(t, stranger.priv, "not-a-thumbprint", good())); !errors.Is(err, errBadToken) || errors.Is(err, errKeyUnknown) {
+			t.Errorf("a kid of no signing key's form: %v, want errBadToken, not errKeyUnknown", err)
+		}
+		if !slices.Equal(asked, []string{stranger.kid}) {
+			t.Errorf("looked up %q, want only %s", asked, stranger.kid)
+		}
+		// The bookmark of a token whose key is unknown comes back, for auth to meet.
+		var bm crdt.Bookmark
+		bm.Add(crdt.Timestamp{Wall: now.UnixNano(), Node: 9})
+		tk.lookup = func(string) *keyRing { return nil }
+		v, err := tk.verify(craftEdDSA(t, stranger.priv, stranger.kid, with(good(), "bm", bm.String())))
+		if !errors.Is(err, errKeyUnknown) || v.created.String() != bm.String() {
+			t.Errorf("unknown key: %+v, %v; want errKeyUnknown with bookmark %s", v, err, bm)
+		}
+	})
+}
+
+// tokenHeader returns the decoded header of tok.
+func tokenHeader(tb testing.TB, tok string) map[string]any {
+	tb.Helper()
+	h, err := b64.DecodeString(strings.Split(tok, ".")[0])
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var hdr map[string]any
+	if err := json.Unmarshal(h, &hdr); err != nil {
+		tb.Fatal(err)
+	}
+	return hdr
+}
+
+// BenchmarkTokens_Verify: a token verified before is a cache hit, whatever its algorithm
+// (the authenticated read's path); a first verification costs an HMAC or an Ed25519
+// signature check.
+//
+//	go test ./edge -run='^$' -bench=BenchmarkTokens_Verify -benchmem
+func BenchmarkTokens_Verify(b *testing.B) {
+	clock := newFakeClock(tokenEpoch)
+	k := makeSignKey(b, [][]byte{testKey}, tokenEpoch, 1, tokenEpoch)
+	eddsa := ringTokens(b, clock, k)
+	hs256 := newTokens([][]byte{testKey}, clock.Now)
+	for _, tc := range []struct {
+		name string
+		tk   *tokens
+	}{{"EdDSA", eddsa}, {"HS256", hs256}} {
+		tok, err := tc.tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(tc.name+"/cached", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := tc.tk.verify(tok); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(tc.name+"/uncached", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				tc.tk.mu.Lock()
+				delete(tc.tk.cache, tok)
+				tc.tk.mu.Unlock()
+				if _, err := tc.tk.verify(tok); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

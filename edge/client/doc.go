@@ -22,7 +22,15 @@
 // *TransportError, which says whether the request may have been applied.
 //
 // An app calls the service API with a ServiceClient (NewService), which sends its API key
-// and keeps the app's bookmark. Methods for routes not covered here are built on Do,
+// and keeps the app's bookmark.
+//
+// A backend can also trust a node's session tokens without asking a node each time:
+// JWKS fetches the public keys tokens are signed with, VerifyToken checks a token against
+// them with the standard library alone, and KeySet keeps the keys, fetching them again
+// after a rotation. A valid signature does not say the session is still active (it may
+// have been revoked): see VerifyToken.
+//
+// Methods for routes not covered here are built on Do,
 // which gives them the same endpoints, retries, bookmarks and errors.
 //
 // The package uses the standard library and this module's api and crdt packages (the

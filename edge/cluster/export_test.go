@@ -14,6 +14,7 @@ const (
 	TagProto    = tagProto
 	TagProtoMin = tagProtoMin
 	TagReplicas = tagReplicas
+	TagTokens   = tagTokens
 )
 
 // SetSerfTags replaces the serf tags m announces, as a member of another version or

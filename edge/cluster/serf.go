@@ -41,6 +41,10 @@ const (
 	// tagJoining is "1" while a node with placement catches up before it takes its share
 	// of the partitions (Peer.Joining); absent once it has.
 	tagJoining = "joining"
+	// tagTokens names the session token algorithm the member verifies besides HS256,
+	// which every release verifies: "eddsa" from the release that added signing keys.
+	// A node issues EdDSA tokens only while every member says it verifies them (edge).
+	tagTokens = "tokens"
 )
 
 // noticeEvent is the serf user event a node sends periodically: its node ID and digest
@@ -58,6 +62,7 @@ type Member struct {
 	SyncAddr string
 	Joining  bool  // catching up: it holds no partitions yet
 	Proto    uint8 // the sync protocol version to speak with it (0: none known; not alive)
+	EdDSA    bool  // it verifies EdDSA session tokens (tagTokens); older releases do not
 }
 
 // MembershipConfig configures serf membership.
@@ -221,7 +226,7 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	sc.Tags = map[string]string{
 		tagRegion: cfg.Region, tagID: cfg.ID.String(), tagSync: cfg.SyncAddr,
 		tagProto: strconv.Itoa(int(cfg.Protocol.Max)), tagProtoMin: strconv.Itoa(int(cfg.Protocol.Min)),
-		tagReplicas: strconv.Itoa(cfg.Replicas),
+		tagReplicas: strconv.Itoa(cfg.Replicas), tagTokens: "eddsa",
 	}
 	if cfg.Joining {
 		sc.Tags[tagJoining] = "1"
@@ -543,7 +548,7 @@ func (m *Membership) Members() []Member {
 		out = append(out, Member{
 			Name: sm.Name, ID: id, Region: sm.Tags[tagRegion], Status: status,
 			Addr: net.JoinHostPort(sm.Addr.String(), strconv.Itoa(int(sm.Port))), SyncAddr: sm.Tags[tagSync],
-			Joining: sm.Tags[tagJoining] == "1", Proto: proto,
+			Joining: sm.Tags[tagJoining] == "1", Proto: proto, EdDSA: sm.Tags[tagTokens] == "eddsa",
 		})
 	}
 	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })

@@ -174,6 +174,35 @@ func TestMembership_ProtocolNegotiation(t *testing.T) {
 	}
 }
 
+// TestMembership_TokensTag: a member of this build says it verifies EdDSA tokens; one
+// without the tag (a release before signing keys) does not.
+func TestMembership_TokensTag(t *testing.T) {
+	t.Parallel()
+	m1 := startTestMembership(t, "t1", 1, &syncBuffer{})
+	m2 := startTestMembership(t, "t2", 2, &syncBuffer{}, m1.Addr())
+	eddsa := func() (bool, bool) {
+		for _, m := range m1.Members() {
+			if m.Name == "t2" {
+				return m.EdDSA, true
+			}
+		}
+		return false, false
+	}
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		e, ok := eddsa()
+		return ok && e, fmt.Sprintf("t2 listed %v, EdDSA %v; want listed, EdDSA", ok, e)
+	})
+	tags := map[string]string{cluster.TagRegion: "r", cluster.TagID: crdt.NodeID(2).String(), cluster.TagSync: "127.0.0.1:1",
+		cluster.TagProto: strconv.Itoa(cluster.ProtocolVersion), cluster.TagProtoMin: strconv.Itoa(cluster.MinProtocolVersion)}
+	if err := cluster.SetSerfTags(m2, tags); err != nil {
+		t.Logf("SetTags: %v", err)
+	}
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		e, ok := eddsa()
+		return ok && !e, fmt.Sprintf("t2 without the %s tag: listed %v, EdDSA %v; want listed, not EdDSA", cluster.TagTokens, ok, e)
+	})
+}
+
 func TestMembership_CloseLastMember(t *testing.T) {
 	t.Parallel()
 	m := startTestMembership(t, "alone", 1, &syncBuffer{})

@@ -52,9 +52,7 @@ func TestMain(m *testing.M) {
 	if e2eBinDir != "" {
 		os.RemoveAll(e2eBinDir)
 	}
-	if firstReleaseDir != "" {
-		os.RemoveAll(firstReleaseDir)
-	}
+	removeReleaseBuilds()
 	os.Exit(code)
 }
 
@@ -532,6 +530,15 @@ func forge(t testing.TB, header, claims map[string]any, key []byte) string {
 	return input + "." + enc.EncodeToString(m.Sum(nil))
 }
 
+// forgeHeader returns tok with its header replaced by header (its payload and signature
+// kept).
+func forgeHeader(t testing.TB, header map[string]any, tok string) string {
+	t.Helper()
+	h, _ := json.Marshal(header)
+	_, rest, _ := strings.Cut(tok, ".")
+	return base64.RawURLEncoding.EncodeToString(h) + "." + rest
+}
+
 func TestE2E_API(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the real binary; skipped with -short")
@@ -849,6 +856,15 @@ func TestE2E_API(t *testing.T) {
 			return m
 		}
 		hs := map[string]any{"alg": "HS256", "typ": "JWT", "kid": kid}
+		// The node's signing key, as its key set publishes it: the kid of its EdDSA
+		// tokens, and the public key an algorithm confusion would use as an HMAC secret.
+		var set struct{ Keys []struct{ Kid, X string } }
+		c.do("GET", "/.well-known/jwks.json", "", nil).json(t, &set)
+		if len(set.Keys) == 0 {
+			t.Fatal("the node publishes no signing key")
+		}
+		okpKid := set.Keys[0].Kid
+		okpPub, _ := base64.RawURLEncoding.DecodeString(set.Keys[0].X)
 		parts := strings.Split(thirdTok, ".")
 		payload, _ := base64.RawURLEncoding.DecodeString(parts[1])
 		tampered := bytes.Replace(payload, []byte(alice.ID), []byte(bob.ID), 1)
@@ -870,6 +886,12 @@ func TestE2E_API(t *testing.T) {
 			{"ErrExpired", forge(t, hs, edit("exp", now.Add(-time.Hour).Unix()), k), false},
 			{"ErrOtherUsersSession", forge(t, hs, edit("sub", bob.ID), k), false},
 			{"ErrRevokedSession", forge(t, hs, edit("sid", second.ID), k), false},
+			// Algorithm confusion against the signing key: HS256 under its kid, keyed with
+			// its public key or with the cluster key's token key.
+			{"ErrHS256WithSigningKid", forge(t, map[string]any{"alg": "HS256", "typ": "JWT", "kid": okpKid}, good(), okpPub), false},
+			{"ErrHS256WithSigningKidTokenKey", forge(t, map[string]any{"alg": "HS256", "typ": "JWT", "kid": okpKid}, good(), k), false},
+			{"ErrAlgNoneWithSigningKid", forge(t, map[string]any{"alg": "none", "typ": "JWT", "kid": okpKid}, good(), nil), false},
+			{"ErrEdDSAWithTokenKeyKid", forgeHeader(t, map[string]any{"alg": "EdDSA", "typ": "JWT", "kid": kid}, thirdTok), false},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				r := c.do("GET", "/v1/sessions/current", tc.token, nil)

@@ -84,6 +84,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return appsCmd(args[1:], stdout, stderr)
 		case "restore":
 			return restoreCmd(args[1:], stdout, stderr)
+		case "keys":
+			return keysCmd(args[1:], stdout, stderr)
 		case "version", "--version", "-version":
 			fmt.Fprintln(stdout, "sessiond", versionString())
 			return 0
@@ -110,6 +112,8 @@ Usage:
                               under a fresh node identity (sessiond restore --help)
   sessiond apps create|list|revoke [NAME] --http A   manage the API keys of the apps that
                               call the service API (sessiond apps --help)
+  sessiond keys rotate|list --http A   rotate or list the session token signing keys of
+                              the running cluster (sessiond keys --help)
 
 Every flag can also be set in the environment as SESSIOND_<NAME>, e.g. SESSIOND_HTTP,
 SESSIOND_CLUSTER_KEY_FILE; a flag on the command line wins. SESSIOND_CLUSTER_KEY may hold

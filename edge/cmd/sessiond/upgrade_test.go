@@ -26,72 +26,104 @@ import (
 // this build must upgrade.
 const firstRelease = "cf22e35"
 
+// preSigningKeys is the last commit before session tokens were signed with Ed25519 keys
+// (EdDSA): its nodes replicate with this build's (the same sync protocol) but verify only
+// HS256 tokens.
+const preSigningKeys = "2e2230e"
+
+// releaseBuild is an older build made from git history, once per test run.
+type releaseBuild struct {
+	once     sync.Once
+	dir, bin string // the checkout and build, removed by TestMain
+	skip     string
+	err      error
+}
+
 var (
-	firstReleaseOnce sync.Once
-	firstReleaseDir  string // the checkout and build, removed by TestMain
-	firstReleaseBin  string
-	firstReleaseSkip string
-	firstReleaseErr  error
+	releaseBuildsMu sync.Mutex
+	releaseBuilds   = map[string]*releaseBuild{}
 )
+
+// removeReleaseBuilds removes the checkouts and builds of releaseBinary (TestMain).
+func removeReleaseBuilds() {
+	releaseBuildsMu.Lock()
+	defer releaseBuildsMu.Unlock()
+	for _, b := range releaseBuilds {
+		if b.dir != "" {
+			os.RemoveAll(b.dir)
+		}
+	}
+}
 
 // firstReleaseBinary builds the first release from git history once per test run. It
 // skips the test when the checkout has no git history holding it (an archive, a shallow
 // clone).
-func firstReleaseBinary(t *testing.T) string {
+func firstReleaseBinary(t *testing.T) string { return releaseBinary(t, firstRelease) }
+
+// releaseBinary builds commit from git history once per test run. It skips the test when
+// the checkout has no git history holding it (an archive, a shallow clone).
+func releaseBinary(t *testing.T, commit string) string {
 	t.Helper()
-	firstReleaseOnce.Do(func() {
+	releaseBuildsMu.Lock()
+	b, ok := releaseBuilds[commit]
+	if !ok {
+		b = &releaseBuild{}
+		releaseBuilds[commit] = b
+	}
+	releaseBuildsMu.Unlock()
+	b.once.Do(func() {
 		root, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
 		if err != nil {
-			firstReleaseSkip = "not in a git checkout: cannot build the first release (" + firstRelease + ") to upgrade from"
+			b.skip = "not in a git checkout: cannot build " + commit + " to upgrade from"
 			return
 		}
 		repo := strings.TrimSpace(string(root))
-		if err := exec.Command("git", "-C", repo, "cat-file", "-e", firstRelease+"^{commit}").Run(); err != nil {
-			firstReleaseSkip = "the checkout's history lacks " + firstRelease + " (a shallow clone?): cannot build the first release to upgrade from"
+		if err := exec.Command("git", "-C", repo, "cat-file", "-e", commit+"^{commit}").Run(); err != nil {
+			b.skip = "the checkout's history lacks " + commit + " (a shallow clone?): cannot build it to upgrade from"
 			return
 		}
-		dir, err := os.MkdirTemp("", "sessiond-"+firstRelease+"-")
+		dir, err := os.MkdirTemp("", "sessiond-"+commit+"-")
 		if err != nil {
-			firstReleaseErr = err
+			b.err = err
 			return
 		}
-		firstReleaseDir = dir
-		archive := exec.Command("git", "-C", repo, "archive", "--format=tar", firstRelease)
+		b.dir = dir
+		archive := exec.Command("git", "-C", repo, "archive", "--format=tar", commit)
 		untar := exec.Command("tar", "-x", "-C", dir)
 		if untar.Stdin, err = archive.StdoutPipe(); err != nil {
-			firstReleaseErr = err
+			b.err = err
 			return
 		}
 		if err := untar.Start(); err != nil {
-			firstReleaseErr = err
+			b.err = err
 			return
 		}
 		var archiveErr strings.Builder
 		archive.Stderr = &archiveErr
 		if err := archive.Run(); err != nil {
-			firstReleaseErr = fmt.Errorf("git archive %s: %v: %s", firstRelease, err, archiveErr.String())
+			b.err = fmt.Errorf("git archive %s: %v: %s", commit, err, archiveErr.String())
 			return
 		}
 		if err := untar.Wait(); err != nil {
-			firstReleaseErr = fmt.Errorf("untar %s: %v", firstRelease, err)
+			b.err = fmt.Errorf("untar %s: %v", commit, err)
 			return
 		}
-		bin := filepath.Join(dir, "sessiond-"+firstRelease)
+		bin := filepath.Join(dir, "sessiond-"+commit)
 		build := exec.Command("go", "build", "-o", bin, "./edge/cmd/sessiond")
 		build.Dir = dir
 		if out, err := build.CombinedOutput(); err != nil {
-			firstReleaseErr = fmt.Errorf("build %s: %v\n%s", firstRelease, err, out)
+			b.err = fmt.Errorf("build %s: %v\n%s", commit, err, out)
 			return
 		}
-		firstReleaseBin = bin
+		b.bin = bin
 	})
-	if firstReleaseSkip != "" {
-		t.Skip(firstReleaseSkip)
+	if b.skip != "" {
+		t.Skip(b.skip)
 	}
-	if firstReleaseErr != nil {
-		t.Fatal(firstReleaseErr)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return firstReleaseBin
+	return b.bin
 }
 
 // stop stops n with SIGTERM and waits for it to exit.
@@ -186,7 +218,7 @@ func TestUpgradeFromFirstRelease(t *testing.T) {
 // running node. The first release accepts only its own sync protocol, so upgraded and
 // old nodes may not replicate to each other meanwhile; every request to a running node
 // is answered, nothing acknowledged is lost, and all converge once the last node runs
-// this build.
+// this build; then tokens are EdDSA, and the first release's HS256 tokens still work.
 func TestRollingUpgradeFromFirstRelease(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the first release and starts real processes; skipped with -short")
@@ -315,6 +347,24 @@ func TestRollingUpgradeFromFirstRelease(t *testing.T) {
 		down[i].Store(false)
 		progress(100)
 	}
+	// Every member verifies EdDSA now: tokens are EdDSA, from every node, and work on
+	// every node, as do the HS256 tokens the first release issued.
+	for _, n := range nodes {
+		var tok string
+		waitFor(t, 30*time.Second, n.name+" to issue EdDSA tokens once every member runs this build", func() bool {
+			_, tok = login(n, "wr1", userPassword("wr1"))
+			return tok != "" && tokenHeader(t, tok)["alg"] == "EdDSA"
+		})
+		for _, o := range nodes {
+			waitFor(t, 30*time.Second, "an EdDSA token from "+n.name+" to work on "+o.name, func() bool {
+				st, _ := call("GET", o.url("/v1/sessions/current"), tok, nil)
+				return st == http.StatusOK
+			})
+			if st, _ := call("GET", o.url("/v1/sessions/current"), tokens[0], nil); st != http.StatusOK {
+				t.Errorf("a first-release token on %s after the upgrade: %d", o.name, st)
+			}
+		}
+	}
 	close(stop)
 	wg.Wait()
 	if f := failure.Load(); f != nil {
@@ -353,4 +403,71 @@ func TestRollingUpgradeFromFirstRelease(t *testing.T) {
 		})
 	}
 	waitConverged(t, nodes...)
+}
+
+// TestRollingUpgradeSigningKeys upgrades a three-node cluster of the last build before
+// signing keys (preSigningKeys), which replicates with this one but verifies only HS256
+// tokens, one node at a time. While an old node is a member, upgraded nodes issue HS256
+// tokens, which work on the old nodes too: an upgrade logs nobody out, wherever the load
+// balancer sends them. Once every node runs this build, tokens are EdDSA and the HS256
+// ones issued before keep working.
+func TestRollingUpgradeSigningKeys(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds an older commit and starts real processes; skipped with -short")
+	}
+	old := releaseBinary(t, preSigningKeys)
+	nodes := prepareCluster(t, []string{"a", "b", "c"}, []string{"eu", "eu", "eu"}, base64.StdEncoding.EncodeToString(e2eKey))
+	for _, n := range nodes {
+		n.bin = old
+		n.start()
+	}
+	for _, n := range nodes {
+		waitFor(t, 30*time.Second, n.name+" ready", n.ready)
+	}
+	register(t, nodes[0], "alice", userPassword("alice"))
+	var before string
+	waitFor(t, 30*time.Second, "alice's token to work everywhere", func() bool {
+		_, before = login(nodes[0], "alice", userPassword("alice"))
+		for _, n := range nodes {
+			if st, _ := call("GET", n.url("/v1/sessions/current"), before, nil); st != http.StatusOK {
+				return false
+			}
+		}
+		return true
+	})
+	worksOn := func(tok string, on []*clNode, what string) {
+		t.Helper()
+		for _, o := range on {
+			waitFor(t, 30*time.Second, what+" to work on "+o.name, func() bool {
+				st, _ := call("GET", o.url("/v1/sessions/current"), tok, nil)
+				return st == http.StatusOK
+			})
+		}
+	}
+	for i, n := range nodes {
+		n.stop()
+		n.bin = ""
+		n.start()
+		waitFor(t, 60*time.Second, n.name+" ready on this build", n.ready)
+		if i == len(nodes)-1 {
+			break
+		}
+		_, tok := login(n, "alice", userPassword("alice"))
+		if alg := tokenHeader(t, tok)["alg"]; alg != "HS256" {
+			t.Errorf("a token from upgraded %s while %s runs the older build: alg %v, want HS256", n.name, nodes[i+1].name, alg)
+		}
+		worksOn(tok, nodes, "a token from upgraded "+n.name)
+	}
+	for _, n := range nodes {
+		var tok string
+		waitFor(t, 30*time.Second, n.name+" to issue EdDSA tokens once every member runs this build", func() bool {
+			_, tok = login(n, "alice", userPassword("alice"))
+			return tok != "" && tokenHeader(t, tok)["alg"] == "EdDSA"
+		})
+		worksOn(tok, nodes, "an EdDSA token from "+n.name)
+		if kids := jwksKids(t, n); len(kids) == 0 || kids[0] != tokenHeader(t, tok)["kid"] {
+			t.Errorf("%s publishes %q; want the kid of its tokens first", n.name, kids)
+		}
+	}
+	worksOn(before, nodes, "a token from before the upgrade")
 }

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sessiond/sessiond/edge/adminauth"
+	"github.com/sessiond/sessiond/edge/api"
+)
+
+const keysUsage = `Usage:
+  sessiond keys rotate --http ADDR [--after DURATION]   start signing session tokens with a new key
+  sessiond keys list --http ADDR [--json]               list the signing keys the node at ADDR knows
+
+Session tokens are signed with Ed25519 keys (EdDSA) that every node holds and that any
+backend can verify with the public keys GET /.well-known/jwks.json publishes. A rotation
+creates a new key cluster-wide through the node at ADDR: it is published at once and
+starts signing after --after on every node (default 5m, the key set's max-age, so that
+verifiers that cache the set fetch the new key before they meet a token it signed); the
+keys it replaces keep verifying until the last token they signed has expired (the
+longest session lifetime, --session-ttl) and then leave the key set. The new key's kid is
+printed alone on the last line.
+
+The request is signed with the cluster key: give --cluster-key-file (or
+SESSIOND_CLUSTER_KEY_FILE, or the key itself in SESSIOND_CLUSTER_KEY), as to the node.
+See docs/OPERATIONS.md, "Rotating the signing key".
+
+Flags:
+`
+
+// keysCmd runs `sessiond keys rotate|list`: admin requests to a running node.
+func keysCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "--help" || args[0] == "-h" || args[0] == "help" {
+		w, code := stdout, 0
+		if len(args) == 0 {
+			w, code = stderr, 2
+		}
+		fmt.Fprint(w, keysUsage)
+		fs, _, _, _, _ := keysFlags("sessiond keys")
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		return code
+	}
+	switch args[0] {
+	case "rotate":
+		return keysRotate(args[1:], stdout, stderr)
+	case "list":
+		return keysList(args[1:], stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "sessiond keys: unknown command %q: want rotate or list (sessiond keys --help)\n", args[0])
+	return 2
+}
+
+// keysFlags returns the flags of the keys commands.
+func keysFlags(name string) (fs *flag.FlagSet, addr, keyFile *string, after *time.Duration, asJSON *bool) {
+	fs = flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	addr = fs.String("http", "127.0.0.1:8080", "the node's API: `ADDR` (host:port) or URL (http[s]://host:port)")
+	keyFile = fs.String("cluster-key-file", "", "`FILE` with the cluster key (the node's --cluster-key-file)")
+	after = fs.Duration("after", api.RotateDefaultAfter*time.Second, "rotate: the new key starts signing this long after it is published, `DURATION` (0 to 24h)")
+	asJSON = fs.Bool("json", false, "list: print the node's answer as JSON")
+	return fs, addr, keyFile, after, asJSON
+}
+
+// keysRequest sends a signed admin request to the node at addr and decodes its answer.
+func keysRequest(addr, keyFile, method, path string, body, out any) error {
+	target, err := nodeURL(addr, path)
+	if err != nil {
+		return err
+	}
+	keys, err := readClusterKeys(keyFile)
+	if err == nil && len(keys) == 0 {
+		err = errors.New("no cluster key: give --cluster-key-file or SESSIOND_CLUSTER_KEY (a lone node keeps its key in DATA/cluster.key)")
+	}
+	if err != nil {
+		return err
+	}
+	var raw []byte
+	if body != nil {
+		if raw, err = json.Marshal(body); err != nil {
+			return err
+		}
+	}
+	req, err := http.NewRequest(method, target, bytes.NewReader(raw))
+	if err != nil {
+		return err
+	}
+	if raw != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", adminauth.Sign(keys[0], method, req.URL.RequestURI(), raw, time.Now()))
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return nodeError(resp)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("the node's answer: %w", err)
+	}
+	return nil
+}
+
+func keysRotate(args []string, stdout, stderr io.Writer) int {
+	fs, addr, keyFile, after, _ := keysFlags("sessiond keys rotate")
+	if code, done := parseCmd(fs, args, stdout, stderr, keysUsage, "http", "cluster-key-file"); done {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sessiond keys rotate: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *after < 0 || *after > api.MaxRotateAfter*time.Second || *after%time.Second != 0 {
+		fmt.Fprintln(stderr, "sessiond keys rotate: --after must be whole seconds from 0 to 24h")
+		return 2
+	}
+	secs := int64(*after / time.Second)
+	var out api.RotateKeyResponse
+	if err := keysRequest(*addr, *keyFile, http.MethodPost, "/v1/admin/keys/rotate", api.RotateKeyRequest{AfterSeconds: &secs}, &out); err != nil {
+		fmt.Fprintln(stderr, "sessiond keys rotate:", err)
+		return 1
+	}
+	k := out.Key
+	when := "at once"
+	if d := k.SignsFrom.Sub(k.CreatedAt); d > 0 {
+		when = "from " + k.SignsFrom.Format(time.RFC3339) + " (in " + d.Round(time.Second).String() + ")"
+	}
+	fmt.Fprintf(stdout, "new signing key published; every node signs with it %s. The keys it replaces verify until their last token expires.\n", when)
+	fmt.Fprintln(stdout, k.KID)
+	return 0
+}
+
+func keysList(args []string, stdout, stderr io.Writer) int {
+	fs, addr, keyFile, _, asJSON := keysFlags("sessiond keys list")
+	if code, done := parseCmd(fs, args, stdout, stderr, keysUsage, "http", "cluster-key-file"); done {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sessiond keys list: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	var out api.SigningKeys
+	if err := keysRequest(*addr, *keyFile, http.MethodGet, "/v1/admin/keys", nil, &out); err != nil {
+		fmt.Fprintln(stderr, "sessiond keys list:", err)
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(out)
+		return 0
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "KID\tSTATUS\tCREATED\tSIGNS FROM\tRETIRES\tPRIVATE KEY HERE")
+	for _, k := range out.Keys {
+		retires := "-"
+		if k.RetiresAt != nil {
+			retires = k.RetiresAt.Format(time.RFC3339)
+		}
+		private := "no"
+		if k.Private {
+			private = fmt.Sprintf("yes (sealed under %d cluster keys)", k.Sealings)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.KID, k.Status, k.CreatedAt.Format(time.RFC3339), k.SignsFrom.Format(time.RFC3339), retires, private)
+	}
+	_ = tw.Flush()
+	line := "this node issues " + out.Alg + " tokens"
+	if out.Note != "" {
+		line += ": " + out.Note
+	}
+	fmt.Fprintln(stdout, line)
+	return 0
+}

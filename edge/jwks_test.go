@@ -1,0 +1,592 @@
+package edge
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/adminauth"
+	"github.com/sessiond/sessiond/edge/api"
+	"github.com/sessiond/sessiond/edge/cluster"
+	"github.com/sessiond/sessiond/functions"
+	"github.com/sessiond/sessiond/storage"
+)
+
+// fetchJWKS gets a node's key set as any backend would.
+func fetchJWKS(tb testing.TB, c *testClient) api.JWKS {
+	tb.Helper()
+	resp, body := c.do("GET", jwksPath, "", nil)
+	if resp.StatusCode != http.StatusOK {
+		tb.Fatalf("GET %s: %d %s", jwksPath, resp.StatusCode, body)
+	}
+	var set api.JWKS
+	if err := json.Unmarshal(body, &set); err != nil {
+		tb.Fatalf("GET %s: %s: %v", jwksPath, body, err)
+	}
+	return set
+}
+
+// keyfuncFromJWKS is what a backend outside sessiond writes: a golang-jwt keyfunc that
+// finds the token's kid in a fetched key set and decodes the key with the standard
+// library. It shares nothing with the node's verifier.
+func keyfuncFromJWKS(set api.JWKS) jwt.Keyfunc {
+	return func(tok *jwt.Token) (any, error) {
+		kid, _ := tok.Header["kid"].(string)
+		for _, k := range set.Keys {
+			if k.Kid != kid {
+				continue
+			}
+			if k.Kty != "OKP" || k.Crv != "Ed25519" || k.Alg != "EdDSA" || k.Use != "sig" {
+				return nil, fmt.Errorf("key %s: not an Ed25519 signing key: %+v", kid, k)
+			}
+			x, err := base64.RawURLEncoding.DecodeString(k.X)
+			if err != nil || len(x) != ed25519.PublicKeySize {
+				return nil, fmt.Errorf("key %s: bad x", kid)
+			}
+			return ed25519.PublicKey(x), nil
+		}
+		return nil, fmt.Errorf("kid %q not in the key set", kid)
+	}
+}
+
+// verifyOutside verifies tok as a backend would, with the key set set: EdDSA only, the
+// issuer and audience docs/API.md gives, exp required.
+func verifyOutside(set api.JWKS, tok string) (jwt.MapClaims, error) {
+	claims := jwt.MapClaims{}
+	_, err := jwt.NewParser(jwt.WithValidMethods([]string{"EdDSA"}), jwt.WithIssuer(api.TokenIssuer),
+		jwt.WithAudience(api.TokenAudience), jwt.WithExpirationRequired(), jwt.WithIssuedAt()).
+		ParseWithClaims(tok, claims, keyfuncFromJWKS(set))
+	return claims, err
+}
+
+// adminDo sends an admin request signed with key; body is sent as it is if it is a
+// []byte, else as its JSON.
+func adminDo(c *testClient, key []byte, method, path string, body any) (*http.Response, []byte) {
+	c.tb.Helper()
+	var raw []byte
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		raw = b
+	default:
+		var err error
+		if raw, err = json.Marshal(body); err != nil {
+			c.tb.Fatal(err)
+		}
+	}
+	var send any
+	if raw != nil {
+		send = raw
+	}
+	return c.do(method, path, "", send, "Authorization", adminauth.Sign(key, method, path, raw, time.Now()))
+}
+
+// TestJWKS: a node publishes its signing keys, and a backend that only fetched them
+// verifies the node's tokens with its own JWT library.
+func TestJWKS(t *testing.T) {
+	n := MustStartNode(t, testConfig(t, "jwks-0"))
+	c := newTestClient(t, n)
+	tok := signUp(t, c, "alice")
+
+	resp, body := c.do("GET", jwksPath, "", nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %s", jwksPath, resp.StatusCode, body)
+	}
+	for h, want := range map[string]string{"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*", "Content-Type": "application/json", "X-Served-By": "jwks-0"} {
+		if got := resp.Header.Get(h); got != want {
+			t.Errorf("%s = %q, want %q", h, got, want)
+		}
+	}
+	etag := resp.Header.Get("ETag")
+	var set api.JWKS
+	if err := json.Unmarshal(body, &set); err != nil || len(set.Keys) != 1 {
+		t.Fatalf("key set %s: %v; want one key", body, err)
+	}
+	k := set.Keys[0]
+	if k.Kty != "OKP" || k.Crv != "Ed25519" || k.Alg != "EdDSA" || k.Use != "sig" || k.Kid != tokenHeader(t, tok)["kid"] {
+		t.Errorf("key %+v; want an Ed25519 signing key named by the token's kid %v", k, tokenHeader(t, tok)["kid"])
+	}
+	// No private part: the object has exactly the public members.
+	var raw struct{ Keys []map[string]any }
+	json.Unmarshal(body, &raw)
+	if len(raw.Keys[0]) != 6 || raw.Keys[0]["d"] != nil {
+		t.Errorf("published key %v: want kty, crv, x, kid, alg, use only", raw.Keys[0])
+	}
+
+	t.Run("VerifiedOutside", func(t *testing.T) {
+		claims, err := verifyOutside(set, tok)
+		if err != nil {
+			t.Fatalf("a backend verifying with the JWKS: %v", err)
+		}
+		if claims["sid"] == "" || claims["sub"] == "" || claims["sid"] != claims["jti"] {
+			t.Errorf("claims %v: want sub, and sid equal to jti", claims)
+		}
+		if _, err := verifyOutside(set, tamper(t, tok)); err == nil {
+			t.Errorf("a tampered token verified outside")
+		}
+		if _, err := verifyOutside(api.JWKS{}, tok); err == nil {
+			t.Errorf("verified with an empty key set")
+		}
+	})
+	t.Run("NotModified", func(t *testing.T) {
+		resp, body := c.do("GET", jwksPath, "", nil, "If-None-Match", `W/"other", `+etag)
+		if resp.StatusCode != http.StatusNotModified || len(body) != 0 {
+			t.Errorf("If-None-Match with the ETag: %d %q, want 304 and no body", resp.StatusCode, body)
+		}
+		if resp, _ := c.do("GET", jwksPath, "", nil, "If-None-Match", `"other"`); resp.StatusCode != http.StatusOK {
+			t.Errorf("If-None-Match with another ETag: %d, want 200", resp.StatusCode)
+		}
+	})
+	t.Run("ErrMethod", func(t *testing.T) {
+		resp, _ := c.do("POST", jwksPath, "", "{}")
+		if resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("POST %s: %d", jwksPath, resp.StatusCode)
+		}
+	})
+}
+
+// TestAdmin_Keys: the admin routes list the signing keys and rotate them; a rotation
+// publishes the new key at once, signs with it from its start, and the old key's tokens
+// keep working.
+func TestAdmin_Keys(t *testing.T) {
+	n := MustStartNode(t, testConfig(t, "keys-0"))
+	c := newTestClient(t, n)
+	old := signUp(t, c, "alice")
+	oldKid := tokenHeader(t, old)["kid"]
+
+	var list api.SigningKeys
+	resp, body := adminDo(c, testKey, "GET", "/v1/admin/keys", nil)
+	if err := json.Unmarshal(body, &list); resp.StatusCode != http.StatusOK || err != nil {
+		t.Fatalf("list: %d %s", resp.StatusCode, body)
+	}
+	if len(list.Keys) != 1 || list.Keys[0].KID != oldKid || list.Keys[0].Status != api.KeySigning || !list.Keys[0].Private ||
+		list.Keys[0].Sealings != 1 || list.Keys[0].RetiresAt != nil || list.Alg != "EdDSA" {
+		t.Errorf("list = %+v; want the one key signing", list)
+	}
+
+	// A rotation published ahead of its start: the old key still signs meanwhile.
+	var rotated api.RotateKeyResponse
+	resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", map[string]any{"after_seconds": 3600})
+	if err := json.Unmarshal(body, &rotated); resp.StatusCode != http.StatusCreated || err != nil {
+		t.Fatalf("rotate: %d %s", resp.StatusCode, body)
+	}
+	next := rotated.Key
+	if next.Status != api.KeyNext || next.KID == oldKid || next.SignsFrom.Sub(next.CreatedAt).Round(time.Second) != time.Hour {
+		t.Errorf("rotated key %+v: want next, signing an hour after its creation", next)
+	}
+	if set := fetchJWKS(t, c); len(set.Keys) != 2 || set.Keys[0].Kid != next.KID {
+		t.Errorf("key set after the rotation: %+v; want the new key first, published at once", set)
+	}
+	if kid := tokenHeader(t, signUp(t, c, "bob"))["kid"]; kid != oldKid {
+		t.Errorf("a token before the new key's start: kid %v, want the old %v", kid, oldKid)
+	}
+
+	// One that starts at once.
+	resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", map[string]any{"after_seconds": 0})
+	if err := json.Unmarshal(body, &rotated); resp.StatusCode != http.StatusCreated || err != nil || rotated.Key.Status != api.KeySigning {
+		t.Fatalf("rotate now: %d %s", resp.StatusCode, body)
+	}
+	fresh := signUp(t, c, "carol")
+	if kid := tokenHeader(t, fresh)["kid"]; kid != rotated.Key.KID {
+		t.Errorf("a token after the rotation: kid %v, want %s", kid, rotated.Key.KID)
+	}
+	set := fetchJWKS(t, c)
+	for _, tok := range []string{old, fresh} {
+		if resp, body := c.do("GET", "/v1/sessions/current", tok, nil); resp.StatusCode != http.StatusOK {
+			t.Errorf("token of kid %v after the rotation: %d %s", tokenHeader(t, tok)["kid"], resp.StatusCode, body)
+		}
+		if _, err := verifyOutside(set, tok); err != nil {
+			t.Errorf("token of kid %v verified outside: %v", tokenHeader(t, tok)["kid"], err)
+		}
+	}
+	resp, body = adminDo(c, testKey, "GET", "/v1/admin/keys", nil)
+	if err := json.Unmarshal(body, &list); resp.StatusCode != http.StatusOK || err != nil {
+		t.Fatalf("list: %d %s", resp.StatusCode, body)
+	}
+	var statuses []string
+	for _, k := range list.Keys {
+		statuses = append(statuses, k.Status)
+		if k.Status == api.KeyVerifying && (k.RetiresAt == nil || !k.RetiresAt.After(time.Now().Add(n.cfg.SessionTTL-time.Minute))) {
+			t.Errorf("superseded key %s retires at %v; want a session lifetime from now", k.KID, k.RetiresAt)
+		}
+	}
+	if !slices.Equal(statuses, []string{api.KeySigning, api.KeyVerifying, api.KeyVerifying}) {
+		t.Errorf("statuses %q, want the newest signing and the others verifying", statuses)
+	}
+
+	for _, tc := range []struct {
+		name   string
+		key    []byte
+		token  string
+		method string
+		path   string
+		body   any
+		status int
+		code   string
+	}{
+		{name: "ErrNegative", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after_seconds": -1}, status: 400, code: "invalid_argument"},
+		{name: "ErrTooLate", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after_seconds": api.MaxRotateAfter + 1}, status: 400, code: "invalid_argument"},
+		{name: "ErrUnknownField", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after": 1}, status: 400, code: "invalid_argument"},
+		{name: "ErrNotANumber", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after_seconds": "soon"}, status: 400, code: "invalid_argument"},
+		{name: "ErrWrongClusterKey", key: otherKey, method: "POST", path: "/v1/admin/keys/rotate", status: 401, code: "unauthorized"},
+		{name: "ErrUserToken", token: fresh, method: "POST", path: "/v1/admin/keys/rotate", status: 403, code: "forbidden"},
+		{name: "ErrListUserToken", token: fresh, method: "GET", path: "/v1/admin/keys", status: 403, code: "forbidden"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var resp *http.Response
+			var body []byte
+			if tc.token != "" {
+				resp, body = c.do(tc.method, tc.path, tc.token, tc.body)
+			} else {
+				resp, body = adminDo(c, tc.key, tc.method, tc.path, tc.body)
+			}
+			wantError(t, resp, body, tc.status, tc.code)
+		})
+	}
+
+	t.Run("ErrTooManyKeys", func(t *testing.T) {
+		for range maxLiveKeys - 3 {
+			if resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", nil); resp.StatusCode != http.StatusCreated {
+				t.Fatalf("rotate: %d %s", resp.StatusCode, body)
+			}
+		}
+		resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", nil)
+		wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+		if ra := resp.Header.Get("Retry-After"); ra == "" || ra == "0" {
+			t.Errorf("Retry-After = %q, want when the oldest key retires", ra)
+		}
+		if set := fetchJWKS(t, c); len(set.Keys) != maxLiveKeys {
+			t.Errorf("%d keys published, want %d", len(set.Keys), maxLiveKeys)
+		}
+	})
+}
+
+// TestSigningKeys_Retire: once the longest token lifetime has passed since a newer key
+// took over, the old key stops verifying, leaves the key set, and its private key's
+// sealings are deleted from its record.
+func TestSigningKeys_Retire(t *testing.T) {
+	clock := newFakeClock(time.Now())
+	cfg := testConfig(t, "retire-0")
+	cfg.Now = clock.Now
+	n := MustStartNode(t, cfg)
+	c := newTestClient(t, n)
+	old := signUp(t, c, "alice")
+	oldKid, _ := tokenHeader(t, old)["kid"].(string)
+	if _, _, err := n.signing.rotate(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(n.cfg.SessionTTL + tokenLeeway + time.Second)
+	if err := n.signing.maintain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if set := fetchJWKS(t, c); len(set.Keys) != 1 || set.Keys[0].Kid == oldKid {
+		t.Errorf("key set once the old key retired: %+v; want the new key alone", set)
+	}
+	if _, ok := n.tokens.ring.Load().verifying(oldKid, clock.Now()); ok {
+		t.Errorf("the retired key still verifies")
+	}
+	m, ok, err := n.db.Record(context.Background(), crdt.SigningKeyKey(oldKid))
+	if err != nil || !ok {
+		t.Fatalf("the retired key's record: %v, %v", ok, err)
+	}
+	if rec := crdt.ReadSigningKey(oldKid, &m); len(rec.Sealed) != 0 || len(rec.Public) != ed25519.PublicKeySize {
+		t.Errorf("retired key record: %d sealings, %d-byte public key; want no sealing, the public key kept", len(rec.Sealed), len(rec.Public))
+	}
+	// The node's own clock moved on 24 h while the session's did not: sign in again.
+	tok := signUp(t, c, "bob")
+	if resp, body := c.do("GET", "/v1/sessions/current", tok, nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("a token of the new key: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestSigningKeys_ClusterKeyRotation: through the cluster key rotation procedure, the
+// signing key is sealed under the new cluster key once a node holds it, so the node
+// still signs with it once the old cluster key is gone — and after a restart with only
+// the new one.
+func TestSigningKeys_ClusterKeyRotation(t *testing.T) {
+	cfg := testConfig(t, "ckrot-0")
+	cfg.ClusterKeys = [][]byte{testOldKey}
+	n, err := NewNode(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c := newTestClient(t, n)
+	kid := tokenHeader(t, signUp(t, c, "alice"))["kid"]
+	sealings := func() int {
+		m, _, _ := n.db.Record(context.Background(), crdt.SigningKeyKey(kid.(string)))
+		return len(crdt.ReadSigningKey(kid.(string), &m).Sealed)
+	}
+	for i, keys := range [][][]byte{{testOldKey, testKey}, {testKey, testOldKey}, {testKey}} {
+		if err := n.ReloadKeys(keys); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the signing key sealed under the new cluster key", func() bool { return sealings() == 2 })
+		if got := tokenHeader(t, signUp(t, c, fmt.Sprintf("user%d", i)))["kid"]; got != kid {
+			t.Errorf("after reloading %d keys, tokens are signed with %v, want %v still", len(keys), got, kid)
+		}
+	}
+	if err := n.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cfg.ClusterKeys = [][]byte{testKey}
+	n = MustStartNode(t, cfg)
+	if ring := n.tokens.ring.Load(); ring.signer(time.Now()) == nil || ring.signer(time.Now()).kid != kid || len(ring.order) != 1 {
+		t.Errorf("restarted with the new cluster key alone: ring %q; want %v signing, no new key", kids(ring.order), kid)
+	}
+}
+
+// TestAuth_SigningKeyArrivesLate: a token signed with a key created on another node, sent
+// here before the key's record is: the node meets the bookmark the token carries (which
+// names the key's creation), learns the key, and serves the request — never a 401 caused
+// by lag; and 503 behind, not 401, when the key cannot reach it in time.
+func TestAuth_SigningKeyArrivesLate(t *testing.T) {
+	cfg := testConfig(t, "late-0")
+	cfg.BookmarkWait, cfg.BookmarkTimeout = 3*time.Second, 3*time.Second
+	n := MustStartNode(t, cfg)
+	ctx := context.Background()
+	u, err := n.users.Register(ctx, functions.Register{Username: "alice", Password: "correct horse"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := n.sessions.Login(ctx, functions.Login{Username: "alice", Password: "correct horse"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A key another node (origin) created a moment ago, and a token it signed.
+	const origin = crdt.NodeID(0x0fedcba987654321)
+	now := n.cfg.Now()
+	created := crdt.Timestamp{Wall: now.UnixNano(), Node: origin}
+	k := generateKey([][]byte{testKey})
+	rec := k.record(now, created)
+	elsewhere := newTokens([][]byte{testKey}, n.cfg.Now)
+	ring, _ := newKeyRing([]crdt.SigningKey{crdt.ReadSigningKey(k.kid, &rec)}, [][]byte{testKey}, time.Hour)
+	elsewhere.ring.Store(ring)
+	token, err := elsewhere.sign(u.ID, s.ID, s.ExpiresAt, crdt.Bookmark{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func() (*http.Response, string) {
+		req := httptest.NewRequest("GET", "/v1/sessions/current", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := n.app.Test(req, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, string(body)
+	}
+
+	t.Run("ErrBehind", func(t *testing.T) {
+		resp, body := get()
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, `"behind"`) || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("a key that cannot arrive: %d %s; want 503 behind with Retry-After", resp.StatusCode, body)
+		}
+	})
+	t.Run("OK", func(t *testing.T) {
+		rep, err := n.replicator.HandlePush(ctx, cluster.PushRequest{From: origin})
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		var resp *http.Response
+		var body string
+		go func() {
+			defer close(done)
+			resp, body = get()
+		}()
+		waitFor(t, 5*time.Second, "the request to wait for the key", func() bool {
+			n.awaiting.mu.Lock()
+			defer n.awaiting.mu.Unlock()
+			return len(n.awaiting.held) > 0
+		})
+		push := cluster.PushRequest{
+			From:    origin,
+			Changes: []storage.Change{{Key: crdt.SigningKeyKey(k.kid), Map: rec}},
+			Through: created,
+			Era:     rep.Era,
+		}
+		if _, err := n.replicator.HandlePush(ctx, push); err != nil {
+			t.Fatal(err)
+		}
+		<-done
+		if resp.StatusCode != http.StatusOK || !strings.Contains(body, s.ID) {
+			t.Errorf("a key that arrives while the request waits: %d %s; want 200", resp.StatusCode, body)
+		}
+	})
+	t.Run("ErrUnknownKey", func(t *testing.T) {
+		// A key nobody created, no bookmark to wait for: 401 at once.
+		stranger := generateKey([][]byte{testKey})
+		tok := craftEdDSA(t, ed25519.NewKeyFromSeed(make([]byte, 32)), stranger.kid, map[string]any{"iss": tokenIssuer, "aud": tokenAudience,
+			"sub": u.ID, "sid": s.ID, "jti": s.ID, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
+		req := httptest.NewRequest("GET", "/v1/sessions/current", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := n.app.Test(req, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("an unknown key with no bookmark: %d, want 401", resp.StatusCode)
+		}
+	})
+}
+
+// TestSigningKeys_Cluster: three nodes with Replicas 1 — each user on one node, signing
+// keys on all. They agree on one key; a rotation through one node makes every node sign
+// with the new key, and tokens of the old key keep working on every node.
+func TestSigningKeys_Cluster(t *testing.T) {
+	var nodes []*Node
+	for i, name := range []string{"sk-a", "sk-b", "sk-c"} {
+		cfg := testConfig(t, name)
+		cfg.Replicas = 1
+		cfg.AntiEntropyEvery = 500 * time.Millisecond
+		if i > 0 {
+			cfg.Join = []string{nodes[0].membership.Addr()}
+		}
+		nodes = append(nodes, MustStartNode(t, cfg))
+	}
+	waitFor(t, 20*time.Second, "every node to see its two peers", func() bool {
+		for _, n := range nodes {
+			if n.replicator.Peers() != 2 {
+				return false
+			}
+		}
+		return true
+	})
+	signer := func(n *Node) string {
+		if k := n.tokens.ring.Load().signer(time.Now()); k != nil {
+			return k.kid
+		}
+		return ""
+	}
+	first := signer(nodes[0])
+	waitFor(t, 20*time.Second, "every node to sign with the first node's key", func() bool {
+		for _, n := range nodes {
+			if signer(n) != first {
+				return false
+			}
+		}
+		return true
+	})
+	// Users spread over the nodes, each signed in through a node that may not hold it.
+	var tokens []string
+	for i := range 6 {
+		tokens = append(tokens, signUp(t, newTestClient(t, nodes[i%3]), fmt.Sprintf("skuser%d", i)))
+	}
+	for _, tok := range tokens {
+		if kid := tokenHeader(t, tok)["kid"]; kid != first {
+			t.Errorf("a token signed with %v, want %s", kid, first)
+		}
+	}
+
+	resp, body := adminDo(newTestClient(t, nodes[1]), testKey, "POST", "/v1/admin/keys/rotate", map[string]any{"after_seconds": 0})
+	var rotated api.RotateKeyResponse
+	if err := json.Unmarshal(body, &rotated); resp.StatusCode != http.StatusCreated || err != nil {
+		t.Fatalf("rotate through %s: %d %s", nodes[1].cfg.NodeName, resp.StatusCode, body)
+	}
+	next := rotated.Key.KID
+	waitFor(t, 20*time.Second, "every node to sign with the new key", func() bool {
+		for _, n := range nodes {
+			if signer(n) != next {
+				return false
+			}
+		}
+		return true
+	})
+	for i, n := range nodes {
+		c := newTestClient(t, n)
+		_, body := c.do("POST", "/v1/sessions", "", map[string]any{"username": fmt.Sprintf("skuser%d", i), "password": "correct horse"})
+		var login struct{ Token string }
+		json.Unmarshal(body, &login)
+		if kid := tokenHeader(t, login.Token)["kid"]; kid != next {
+			t.Errorf("a sign-in through %s after the rotation: kid %v, want %s", n.cfg.NodeName, kid, next)
+		}
+		tokens = append(tokens, login.Token)
+		set := fetchJWKS(t, c)
+		if len(set.Keys) != 2 || set.Keys[0].Kid != next || set.Keys[1].Kid != first {
+			t.Errorf("%s publishes %+v; want the new key, then the old", n.cfg.NodeName, set)
+		}
+	}
+	for _, n := range nodes {
+		c := newTestClient(t, n)
+		set := fetchJWKS(t, c)
+		for _, tok := range tokens {
+			if resp, body := c.do("GET", "/v1/sessions/current", tok, nil); resp.StatusCode != http.StatusOK {
+				t.Errorf("token of kid %v via %s: %d %s", tokenHeader(t, tok)["kid"], n.cfg.NodeName, resp.StatusCode, body)
+			}
+			if _, err := verifyOutside(set, tok); err != nil {
+				t.Errorf("token of kid %v verified outside with %s's key set: %v", tokenHeader(t, tok)["kid"], n.cfg.NodeName, err)
+			}
+		}
+	}
+}
+
+// TestSigningKeys_TwoFirstKeys: two nodes that each started alone, and so each created
+// a first key, meet: both keys verify everywhere, and every node signs with the same one,
+// the newer.
+func TestSigningKeys_TwoFirstKeys(t *testing.T) {
+	a := MustStartNode(t, testConfig(t, "two-a"))
+	cfgB := testConfig(t, "two-b")
+	b, err := NewNode(cfgB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ta := signUp(t, newTestClient(t, a), "anna")
+	tb := signUp(t, newTestClient(t, b), "bert")
+	ka, kb := tokenHeader(t, ta)["kid"], tokenHeader(t, tb)["kid"]
+	if ka == kb {
+		t.Fatalf("two lone nodes signed with one key %v", ka)
+	}
+	if err := b.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cfgB.Join = []string{a.membership.Addr()}
+	b = MustStartNode(t, cfgB) // the same data, now joining a
+
+	newer := a.tokens.ring.Load().order[0]
+	waitFor(t, 20*time.Second, "both nodes to hold both keys and sign with the same one", func() bool {
+		for _, n := range []*Node{a, b} {
+			r := n.tokens.ring.Load()
+			if len(r.order) != 2 || r.signer(time.Now()) == nil {
+				return false
+			}
+			newer = r.order[0]
+		}
+		return a.tokens.ring.Load().signer(time.Now()).kid == b.tokens.ring.Load().signer(time.Now()).kid
+	})
+	if newer.kid != a.tokens.ring.Load().signer(time.Now()).kid {
+		t.Errorf("the nodes sign with %s, not the newer key %s", a.tokens.ring.Load().signer(time.Now()).kid, newer.kid)
+	}
+	for _, n := range []*Node{a, b} {
+		c := newTestClient(t, n)
+		for _, tok := range []string{ta, tb} {
+			waitFor(t, 20*time.Second, fmt.Sprintf("the token of kid %v to work on %s", tokenHeader(t, tok)["kid"], n.cfg.NodeName), func() bool {
+				resp, _ := c.do("GET", "/v1/sessions/current", tok, nil)
+				return resp.StatusCode == http.StatusOK
+			})
+		}
+		if set := fetchJWKS(t, c); len(set.Keys) != 2 {
+			t.Errorf("%s publishes %d keys, want both", n.cfg.NodeName, len(set.Keys))
+		}
+	}
+}

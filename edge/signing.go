@@ -1,0 +1,321 @@
+package edge
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
+	"github.com/sessiond/sessiond/edge/cluster"
+	"github.com/sessiond/sessiond/storage"
+)
+
+// signKeyStore is what signing needs of the node's data: *storage.DB.
+type signKeyStore interface {
+	RecordsUnder(ctx context.Context, prefix string, limit int) ([]string, []crdt.Map, bool, error)
+	Record(ctx context.Context, key string) (crdt.Map, bool, error)
+	Update(ctx context.Context, fn func(tx *storage.Tx) error) error
+	Clock() *crdt.Clock
+}
+
+var _ signKeyStore = (*storage.DB)(nil)
+
+// signingMaintainEvery is how often signing.run looks at the keys even when no record
+// changed: keys retire and start signing as time passes.
+const signingMaintainEvery = 30 * time.Second
+
+// signing keeps this node's ring of signing keys (signkeys.go) in step with their
+// records: it reloads the ring when a record changes (the storage commit hook kicks it),
+// creates the cluster's first key, rotates on request, and maintains the records (see
+// maintain). Safe for concurrent use.
+type signing struct {
+	db       signKeyStore
+	tokens   *tokens
+	lifetime time.Duration // the longest a token lives
+	now      func() time.Time
+	log      *slog.Logger
+
+	clusterKeys atomic.Pointer[[][]byte]
+	// mayCreate reports whether the node may create the cluster's first key: it has
+	// caught up with its peers (or has none), so a key they have would be here.
+	mayCreate func() bool
+	kick      chan struct{} // a record changed, or the cluster keys: reload and maintain
+
+	mu       sync.Mutex // serialises loads and writes
+	warned   map[string]bool
+	lookedUp time.Time // the latest reload by lookup
+}
+
+// newSigning returns the signing keys of db for t; kick is the channel
+// signingKeysChanged pokes.
+func newSigning(db signKeyStore, t *tokens, clusterKeys [][]byte, lifetime time.Duration, now func() time.Time, kick chan struct{}, log *slog.Logger) *signing {
+	s := &signing{db: db, tokens: t, lifetime: lifetime, now: now, log: log,
+		mayCreate: func() bool { return true }, kick: kick, warned: map[string]bool{}}
+	s.clusterKeys.Store(&clusterKeys)
+	return s
+}
+
+// setClusterKeys makes keys the cluster keys private keys are sealed under and opened
+// with (a reload), and has the ring rebuilt and the keys resealed.
+func (s *signing) setClusterKeys(keys [][]byte) {
+	s.clusterKeys.Store(&keys)
+	s.poke()
+}
+
+// poke asks run to reload and maintain; it never blocks.
+func (s *signing) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// signingKeysChanged is for the storage commit hook: it pokes kick, without blocking, if
+// a signing key record changed.
+func signingKeysChanged(changes []storage.Change, kick chan<- struct{}) {
+	for i := range changes {
+		if strings.HasPrefix(changes[i].Key, crdt.SigningKeyPrefix) {
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+			return
+		}
+	}
+}
+
+// startSigning loads the node's signing keys and hooks them to its tokens. A node that
+// joins nobody creates the cluster's first key here if it has none, so its first token is
+// EdDSA; one that joins others waits until it has caught up with them (becomeReady), so
+// that it does not create a key they already have.
+func (n *Node) startSigning(keys [][]byte) error {
+	n.signing = newSigning(n.db, n.tokens, keys, n.cfg.SessionTTL+tokenLeeway, n.cfg.Now, n.keysKick,
+		n.cfg.Logger.With("component", "signing", "node", n.cfg.NodeName))
+	n.signing.mayCreate = func() bool { return len(n.cfg.Join) == 0 || n.ready.Load() }
+	n.tokens.lookup = n.signing.lookup
+	membership := n.membership
+	n.tokens.hs256Only = func() bool { return !everyMemberVerifiesEdDSA(membership.Members()) }
+	return n.signing.maintain(n.ctx)
+}
+
+// everyMemberVerifiesEdDSA reports whether every member not gone verifies EdDSA tokens. A
+// member that failed counts: it may come back, and a token issued meanwhile would fail
+// there.
+func everyMemberVerifiesEdDSA(members []cluster.Member) bool {
+	for _, m := range members {
+		if m.Status != api.MemberLeft && !m.EdDSA {
+			return false
+		}
+	}
+	return true
+}
+
+// run reloads and maintains the keys when poked and every signingMaintainEvery, until
+// ctx ends.
+func (s *signing) run(ctx context.Context) {
+	t := time.NewTicker(signingMaintainEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		case <-t.C:
+		}
+		if err := s.maintain(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("signing keys: maintenance failed; retrying later", slog.Any("err", err))
+		}
+	}
+}
+
+// loadLocked reads the signing key records and makes the ring they describe the
+// tokens'. s.mu is held.
+func (s *signing) loadLocked(ctx context.Context) (*keyRing, error) {
+	keys, ms, more, err := s.db.RecordsUnder(ctx, crdt.SigningKeyPrefix, 4*maxRingKeys)
+	if err != nil {
+		return nil, fmt.Errorf("read signing keys: %w", err)
+	}
+	if more {
+		s.warnOnce("more", "more signing key records than a node reads; the oldest are ignored", "read", len(keys))
+	}
+	recs := make([]crdt.SigningKey, len(keys))
+	for i := range keys {
+		recs[i] = crdt.ReadSigningKey(keys[i][len(crdt.SigningKeyPrefix):], &ms[i])
+	}
+	ring, problems := newKeyRing(recs, *s.clusterKeys.Load(), s.lifetime)
+	for _, p := range problems {
+		s.warnOnce(p.Error(), "signing key record ignored", slog.Any("err", p))
+	}
+	s.tokens.ring.Store(ring)
+	return ring, nil
+}
+
+func (s *signing) warnOnce(key, msg string, args ...any) {
+	if !s.warned[key] {
+		s.warned[key] = true
+		s.log.Warn(msg, args...)
+	}
+}
+
+// lookupEvery bounds how often lookup reloads the ring. A record that arrives is loaded
+// within moments anyway (the commit hook pokes run): lookup only covers that moment, so
+// tokens naming a kid whose record is here but not in the ring (a key beyond
+// maxRingKeys) cannot make every request reload it.
+const lookupEvery = time.Second
+
+// lookup is the tokens' hook for a kid its ring lacks: when the kid's record is here,
+// the ring is reloaded (the record arrived since it was built, at most once per
+// lookupEvery) and returned; else nil. It runs before the token's signature is checked,
+// so it costs at most one read of the record cache or the file, as an unknown session
+// id does, and now and then a reload.
+func (s *signing) lookup(kid string) *keyRing {
+	ctx := context.Background()
+	if _, ok, err := s.db.Record(ctx, crdt.SigningKeyKey(kid)); err != nil || !ok {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now := time.Now(); now.Sub(s.lookedUp) >= lookupEvery {
+		s.lookedUp = now
+		if _, err := s.loadLocked(ctx); err != nil {
+			return nil
+		}
+	}
+	return s.tokens.ring.Load()
+}
+
+// maintain reloads the ring and brings the records in line with it, in one write:
+//
+//   - a new key, when the node can open no key that is not retired (the cluster's first
+//     key, usually) and it may create one (mayCreate);
+//   - each live key this node can open is sealed under each of its cluster keys that
+//     the record lacks a sealing for (a cluster key rotation: see signkeys.go);
+//   - a retired key's sealings are deleted;
+//   - a key this node signed with after a newer key took over gets the time of that
+//     signature in its signed_until, so that it verifies until that token expires.
+func (s *signing) maintain(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ring, err := s.loadLocked(ctx)
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	clusterKeys := *s.clusterKeys.Load()
+	signed := s.tokens.signedWith()
+	type update struct {
+		key string
+		m   func(ts crdt.Timestamp) crdt.Map
+	}
+	var updates []update
+	create := !ring.usable(now) && s.mayCreate()
+	for _, k := range ring.order {
+		switch {
+		case !k.liveAt(now):
+			if len(k.sealed) > 0 {
+				ids := k.sealed
+				updates = append(updates, update{crdt.SigningKeyKey(k.kid), func(ts crdt.Timestamp) crdt.Map { return crdt.UnsealSigningKey(ids, ts) }})
+			}
+			continue
+		case k.private != nil:
+			for _, ck := range clusterKeys {
+				if id := sealID(ck); !slices.Contains(k.sealed, id) && len(k.sealed) < maxSealed {
+					sealed := seal(ck, k.kid, k.private)
+					updates = append(updates, update{crdt.SigningKeyKey(k.kid), func(ts crdt.Timestamp) crdt.Map {
+						return crdt.SealSigningKey(id, sealed, ts)
+					}})
+				}
+			}
+		}
+		if at, ok := signed[k.kid]; ok && !k.superseded.IsZero() && at.After(k.superseded) && at.After(k.signedUntil) {
+			updates = append(updates, update{crdt.SigningKeyKey(k.kid), func(ts crdt.Timestamp) crdt.Map { return crdt.SignedWith(at, ts) }})
+		}
+	}
+	if !create && len(updates) == 0 {
+		return nil
+	}
+	var fresh newKey
+	if create {
+		fresh = generateKey(clusterKeys)
+	}
+	err = s.db.Update(ctx, func(tx *storage.Tx) error {
+		clock := s.db.Clock()
+		for _, u := range updates {
+			if _, err := tx.Merge(u.key, u.m(clock.Next())); err != nil {
+				return err
+			}
+		}
+		if create {
+			ts := clock.Next()
+			if _, err := tx.Merge(crdt.SigningKeyKey(fresh.kid), fresh.record(now, ts)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("write signing keys: %w", err)
+	}
+	if create {
+		s.log.Info("signing key created: no key could sign here", "kid", fresh.kid)
+	}
+	_, err = s.loadLocked(ctx)
+	return err
+}
+
+// rotate creates a new signing key that every node signs with from after from now on,
+// published at once. It fails with errTooManyKeys (and the time the oldest of them
+// retires, if any does) while maxLiveKeys keys verify.
+func (s *signing) rotate(ctx context.Context, after time.Duration) (*signKey, time.Time, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ring, err := s.loadLocked(ctx)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	now := s.now()
+	if live := ring.live(now); len(live) >= maxLiveKeys {
+		var first time.Time
+		for _, k := range live {
+			if !k.retires.IsZero() && (first.IsZero() || k.retires.Before(first)) {
+				first = k.retires
+			}
+		}
+		return nil, first, errTooManyKeys
+	}
+	fresh := generateKey(*s.clusterKeys.Load())
+	err = s.db.Update(ctx, func(tx *storage.Tx) error {
+		ts := s.db.Clock().Next()
+		_, err := tx.Merge(crdt.SigningKeyKey(fresh.kid), fresh.record(now.Add(after), ts))
+		return err
+	})
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("write signing key: %w", err)
+	}
+	if ring, err = s.loadLocked(ctx); err != nil {
+		return nil, time.Time{}, err
+	}
+	k := ring.keys[fresh.kid]
+	if k == nil { // a record this node wrote is malformed: a bug
+		return nil, time.Time{}, fmt.Errorf("signing key %s written but not read back", fresh.kid)
+	}
+	s.log.Info("signing key rotated", "kid", k.kid, "signs_from", k.from)
+	return k, time.Time{}, nil
+}
+
+// describe returns k as the admin routes show it, at now in ring.
+func describeKey(ring *keyRing, k *signKey, now time.Time) api.SigningKey {
+	out := api.SigningKey{KID: k.kid, Alg: algEdDSA, Status: ring.status(k, now), CreatedAt: k.created.Time(),
+		SignsFrom: k.from.UTC(), Private: k.private != nil, Sealings: len(k.sealed)}
+	if !k.retires.IsZero() {
+		r := k.retires.UTC()
+		out.RetiresAt = &r
+	}
+	return out
+}
