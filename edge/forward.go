@@ -34,8 +34,9 @@ import (
 // and relays the answer: X-Served-By names the node that served it, and
 // X-Sessiond-Forwarded-By the node that forwarded it. The forwarded request carries the
 // verified caller (for a service request, the app it authenticated as: service.go) and
-// the client's address (for the cluster-wide limits); the serving node trusts them (the channel proves the sender holds the cluster key) and serves the
-// request itself whatever its own placement says, so a request is forwarded at most once.
+// the client's address (for the cluster-wide limits); the serving node trusts them (the
+// channel proves the sender holds the cluster key) and serves the request itself
+// whatever its own placement says, so a request is forwarded at most once.
 //
 // A holder that cannot be reached is skipped (a failed dial, or any failure of a read,
 // which is safe to repeat); a write that may have reached a holder is not sent to another
