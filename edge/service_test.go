@@ -233,7 +233,6 @@ func TestService_KeyArrivesAfterTheRead(t *testing.T) {
 	resp.Body.Close()
 }
 
-
 func TestAdmin_Apps(t *testing.T) {
 	n := MustStartNode(t, testConfig(t, "apps-0"))
 	c := newTestClient(t, n)

@@ -34,9 +34,13 @@ import (
 // only knows from what it learnt since it gained them — pushes' Through (which cover
 // every partition held under the placement they were told under, and stay true of those
 // held since: carried) and completed rounds, each of which teaches, for the partitions
-// it compared, what the peer held of those the peer knows of (learnt, the latest round
-// per peer). A gained partition joins the base again once a round teaches at least the
-// base about it. A question about one
+// it compared, what the peer held of those the peer knows of (learnt: the latest round
+// per peer, and its latest pull of one partition). A gained partition joins the base
+// again once a round teaches at least the base about it. Asked only about partitions it
+// gained (a pull of one partition), a node answers with what it knows of them, so that
+// knowledge travels from node to node whatever became of the writes' origins, even when
+// every holder gained the partition (nodes that started together all joined). A
+// question about one
 // partition (a request is about its caller's) is answered from that partition's
 // knowledge; a question about none (AllPartitions) from what covers them all.
 
@@ -56,7 +60,7 @@ type haveState struct {
 	anyGained  bool                      // gained is not empty: spares comparing 512 bytes per mark
 	through    crdt.Bookmark             // Throughs told under the current placement: about every partition held
 	carried    []lesson                  // the Throughs of earlier placements, about the partitions held since; newest last
-	learnt     map[crdt.NodeID][2]lesson // the latest round with each peer taught these
+	learnt     map[crdt.NodeID][4]lesson // the latest round with each peer taught [0:2], its latest pull of one partition [2:4]
 	told       map[crdt.NodeID]lesson    // each origin's latest Through under another placement, about the partitions it named
 	held       *partitionSet             // the partitions held, as of the latest replan (nil: not sharded)
 	placement  uint64                    // the fingerprint of the current placement
@@ -65,8 +69,8 @@ type haveState struct {
 	partial    map[crdt.NodeID]lesson    // a distrusted origin's latest Through, about the partitions not distrusted
 	epoch      uint64                    // counts distrust events
 	lastLive   map[crdt.NodeID]time.Time // when each node last stopped being a live peer
-	fetching   map[crdt.NodeID]*fetch    // fetches in flight, by peer
-	lastFetch  map[crdt.NodeID]time.Time
+	fetching   map[fetchKey]*fetch       // fetches in flight
+	lastFetch  map[fetchKey]time.Time
 }
 
 // lesson is knowledge about some partitions.
@@ -81,12 +85,12 @@ const AllPartitions = -1
 func (h *haveState) init() {
 	h.era = newEra(0)
 	h.changed = make(chan struct{})
-	h.learnt = make(map[crdt.NodeID][2]lesson)
+	h.learnt = make(map[crdt.NodeID][4]lesson)
 	h.distrusted = make(map[crdt.NodeID]distrust)
 	h.partial = make(map[crdt.NodeID]lesson)
 	h.lastLive = make(map[crdt.NodeID]time.Time)
-	h.fetching = make(map[crdt.NodeID]*fetch)
-	h.lastFetch = make(map[crdt.NodeID]time.Time)
+	h.fetching = make(map[fetchKey]*fetch)
+	h.lastFetch = make(map[fetchKey]time.Time)
 }
 
 // gone records that node stopped being a live peer at t.
@@ -257,8 +261,11 @@ func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 	clear(h.carried[len(kept):])
 	h.carried = kept
 	for peer, ls := range h.learnt {
-		a, b := ls[0].keep(held, &now), ls[1].keep(held, &now)
-		if a || b {
+		left := false
+		for i := range ls {
+			left = ls[i].keep(held, &now) || left
+		}
+		if left {
 			h.learnt[peer] = ls
 		} else {
 			delete(h.learnt, peer) // about nothing held any more
@@ -321,6 +328,9 @@ type roundScope struct {
 	// refused, when not nil, is the partitions of changes of the peer's this node refused
 	// in the round: it teaches nothing about them, and leaves a distrust of the peer.
 	refused *partitionSet
+	// one: the round was a pull of one partition (Await's fetch), whose lesson is kept
+	// beside the latest full round's rather than in its stead.
+	one bool
 }
 
 // synced records a completed anti-entropy round with peer, begun at epoch in era, under
@@ -372,7 +382,13 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 	var full, own crdt.Bookmark
 	raise(&full, have, self)
 	own.Add(have.Mark(peer))
-	h.learnt[peer] = [2]lesson{{about: *scope.full, have: full}, {about: *scope.compared, have: own}}
+	ls := h.learnt[peer]
+	i := 0
+	if scope.one {
+		i = 2 // beside what the latest full round taught, which stays true
+	}
+	ls[i], ls[i+1] = lesson{about: *scope.full, have: full}, lesson{about: *scope.compared, have: own}
+	h.learnt[peer] = ls
 	h.wakeLocked()
 }
 
@@ -419,6 +435,70 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 	return false
 }
 
+// knownIn returns what this node knows it holds in every one of the partitions of
+// asked: per origin, the least over them of the best of what taught it about each
+// (base knowledge, of a partition not gained; Throughs, carried or not; rounds), or
+// nothing of an origin one of them knows nothing of. Ours are left out.
+func (h *haveState) knownIn(asked *partitionSet) crdt.Bookmark {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out crdt.Bookmark
+	first := true
+	for p := range crdt.Partitions {
+		if !asked.has(p) {
+			continue
+		}
+		var k crdt.Bookmark
+		if !h.anyGained || !h.gained.has(p) {
+			k.Merge(h.have)
+		}
+		k.Merge(h.through)
+		for _, l := range h.carried {
+			if l.about.has(p) {
+				k.Merge(l.have)
+			}
+		}
+		for _, ls := range h.learnt {
+			for i := range ls {
+				if ls[i].about.has(p) {
+					k.Merge(ls[i].have)
+				}
+			}
+		}
+		for _, lessons := range []map[crdt.NodeID]lesson{h.told, h.partial} {
+			for _, l := range lessons {
+				if l.about.has(p) {
+					k.Merge(l.have)
+				}
+			}
+		}
+		if first {
+			out, first = k, false
+		} else {
+			out = meet(out, k)
+		}
+		if out.IsZero() {
+			break
+		}
+	}
+	return out
+}
+
+// meet returns, per node, the earlier of a's and b's marks; a node missing in either is
+// left out.
+func meet(a, b crdt.Bookmark) crdt.Bookmark {
+	var out crdt.Bookmark
+	for _, ts := range a.Marks() {
+		if o := b.Mark(ts.Node); !o.IsZero() {
+			if o.Less(ts) {
+				ts = o
+			}
+			out.Add(ts)
+		}
+	}
+	return out
+}
+
 // base returns the base knowledge and the partitions it is not about.
 func (h *haveState) base() (crdt.Bookmark, partitionSet) {
 	h.mu.Lock()
@@ -436,8 +516,10 @@ func (r *Replicator) Have() crdt.Bookmark {
 }
 
 // haveOf returns what this node knows it holds of the partitions in mask (nil: all) that
-// it holds, and which those are (nil: all): the base knowledge, of the partitions it
-// holds but those gained, and its own writes.
+// it holds, and which those are (nil: all), with its own writes: the base knowledge, of
+// the partitions it holds but those gained; or, when mask names only gained partitions
+// (a pull of one partition, say, from a node that joined since or took over), what it
+// knows of them all (haveState.knownIn).
 func (r *Replicator) haveOf(mask []uint64) (crdt.Bookmark, []uint64) {
 	b, gained := r.have.base()
 	b.Add(r.cfg.DB.Committed())
@@ -445,14 +527,21 @@ func (r *Replicator) haveOf(mask []uint64) (crdt.Bookmark, []uint64) {
 	if !v.sharded() {
 		return b, nil // every partition is held, and known alike
 	}
-	about := v.held(r.self)
+	about, asked := v.held(r.self), v.held(r.self)
+	some := false
 	for i := range about {
-		about[i] &^= gained[i]
 		if mask != nil && i < len(mask) {
-			about[i] &= mask[i]
+			asked[i] &= mask[i]
 		}
+		about[i] = asked[i] &^ gained[i]
+		some = some || about[i] != 0
 	}
-	return b, about.words()
+	if some || *asked == (partitionSet{}) {
+		return b, about.words()
+	}
+	k := r.have.knownIn(asked)
+	k.Add(r.cfg.DB.Committed())
+	return k, asked.words()
 }
 
 // Covers reports at once, without waiting, whether this node holds everything b covers
@@ -563,10 +652,10 @@ func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, p int, wait, ti
 	}
 	peers := r.fetchCandidates(missing, p)
 	results := make(chan pulled, len(peers)) // buffered: a pull ends even when Await has
-	for _, p := range peers {
+	for _, peer := range peers {
 		go func() { // ends with ctx, which ends when Await returns
-			have, err := r.fetchFrom(ctx, p, start)
-			results <- pulled{p.ID, have, err}
+			have, err := r.fetchFrom(ctx, peer, p, start)
+			results <- pulled{peer.ID, have, err}
 		}()
 	}
 collect:
@@ -675,6 +764,13 @@ func (r *Replicator) awaited(a Awaited, start time.Time) (Awaited, error) {
 	return a, nil
 }
 
+// fetchKey names a pull: from a peer, of one partition (AllPartitions: of every
+// partition held).
+type fetchKey struct {
+	peer crdt.NodeID
+	p    int
+}
+
 // fetch is one pull from a peer, shared by every Await that asks for it meanwhile.
 type fetch struct {
 	started time.Time
@@ -683,19 +779,23 @@ type fetch struct {
 	err     error
 }
 
-// minFetchInterval spaces the pulls started from one peer: however many requests with
-// bookmarks this node cannot meet arrive (a client may send made-up ones), it pulls from
-// each peer at most this often.
+// minFetchInterval spaces the pulls of one partition started from one peer: however many
+// requests with bookmarks this node cannot meet arrive (a client may send made-up ones),
+// it pulls each partition from each peer at most this often.
 const minFetchInterval = 50 * time.Millisecond
 
-// fetchFrom pulls from peer by anti-entropy and returns what the peer held. The pull
-// began at or after since: a pull in flight that began earlier is waited out, one that
-// began later is joined. Pulls from one peer start at most every minFetchInterval, and run
-// on the replicator's own context, bounded by FetchTimeout, so a caller that gives up does
-// not cut one short for the others.
-func (r *Replicator) fetchFrom(ctx context.Context, peer Peer, since time.Time) (crdt.Bookmark, error) {
+// fetchFrom pulls partition p (AllPartitions: every partition held) from peer by
+// anti-entropy and returns what the peer held. A pull of one partition is answered with
+// what the peer knows of that partition, also when the peer itself gained it since (see
+// haveOf): a node that joined, or took over from one that failed, learns it from the
+// nodes that hold it, whatever became of the writes' origins. The pull began at or after
+// since: a pull in flight that began earlier is waited out, one that began later is
+// joined. Pulls of one partition from one peer start at most every minFetchInterval, and
+// run on the replicator's own context, bounded by FetchTimeout, so a caller that gives up
+// does not cut one short for the others.
+func (r *Replicator) fetchFrom(ctx context.Context, peer Peer, p int, since time.Time) (crdt.Bookmark, error) {
 	for {
-		f, wait, err := r.startFetch(peer)
+		f, wait, err := r.startFetch(peer, p)
 		if err != nil {
 			return crdt.Bookmark{}, err
 		}
@@ -720,10 +820,10 @@ func (r *Replicator) fetchFrom(ctx context.Context, peer Peer, since time.Time) 
 	}
 }
 
-// startFetch returns the pull from peer to wait for: one in flight (which may have begun
-// before the caller's), or a new one; or, when the last began less than minFetchInterval
-// ago, nil and how long to wait before asking again.
-func (r *Replicator) startFetch(peer Peer) (*fetch, time.Duration, error) {
+// startFetch returns the pull of partition p from peer to wait for: one in flight (which
+// may have begun before the caller's), or a new one; or, when the last began less than
+// minFetchInterval ago, nil and how long to wait before asking again.
+func (r *Replicator) startFetch(peer Peer, p int) (*fetch, time.Duration, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed || r.ctx == nil {
@@ -735,29 +835,35 @@ func (r *Replicator) startFetch(peer Peer) (*fetch, time.Duration, error) {
 	h := &r.have
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if f, ok := h.fetching[peer.ID]; ok {
+	key := fetchKey{peer.ID, p}
+	if f, ok := h.fetching[key]; ok {
 		return f, 0, nil
 	}
 	now := time.Now()
-	if wait := h.lastFetch[peer.ID].Add(minFetchInterval).Sub(now); wait > 0 {
+	if wait := h.lastFetch[key].Add(minFetchInterval).Sub(now); wait > 0 {
 		return nil, wait, nil
 	}
 	f := &fetch{started: now, done: make(chan struct{})}
-	h.fetching[peer.ID] = f
-	h.lastFetch[peer.ID] = now
+	h.fetching[key] = f
+	h.lastFetch[key] = now
+	var only *partitionSet
+	if p != AllPartitions && r.view.Load().sharded() {
+		only = new(partitionSet)
+		only.add(p)
+	}
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
 		fctx, cancel := context.WithTimeout(r.ctx, r.cfg.FetchTimeout)
 		defer cancel()
-		res, err := r.sync(fctx, peer, true)
+		res, err := r.syncIn(fctx, peer, true, only)
 		have := res.have
 		if err == nil && !res.complete {
 			err = errors.New("anti-entropy with " + peer.Name + " did not complete")
 		}
 		f.have, f.err = have, err
 		h.mu.Lock()
-		delete(h.fetching, peer.ID)
+		delete(h.fetching, key)
 		h.mu.Unlock()
 		close(f.done)
 		r.cfg.Metrics.fetched(err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math/bits"
 	"slices"
 
 	"github.com/sessiond/sessiond/crdt"
@@ -84,6 +85,15 @@ type partitionSet [crdt.Partitions / 64]uint64
 func (s *partitionSet) add(p int)       { s[p>>6] |= 1 << (p & 63) }
 func (s *partitionSet) has(p int) bool  { return s[p>>6]&(1<<(p&63)) != 0 }
 func (s *partitionSet) words() []uint64 { return s[:] }
+
+// count returns how many partitions s holds.
+func (s *partitionSet) count() int {
+	n := 0
+	for _, w := range s {
+		n += bits.OnesCount64(w)
+	}
+	return n
+}
 
 // addHomes adds the partitions of keys' homes (crdt.KeyHomes).
 func (s *partitionSet) addHomes(keys []string) {

@@ -340,6 +340,42 @@ func TestHaveStateGained(t *testing.T) {
 	})
 }
 
+// TestHaveStateKnownIn: what a node tells of partitions it gained (haveOf, when asked
+// only about those) is, per origin, the least over them of the best it learnt of each.
+func TestHaveStateKnownIn(t *testing.T) {
+	const peer = crdt.NodeID(8)
+	h := &haveState{}
+	h.init()
+	held := &partitionSet{}
+	held.add(1)
+	held.add(2)
+	h.replan(100, []int{1, 2}, held)
+	one, both := &partitionSet{}, &partitionSet{}
+	one.add(1)
+	both.add(1)
+	both.add(2)
+	if k := h.knownIn(both); !k.IsZero() {
+		t.Errorf("knownIn before anything was learnt = %v, want nothing", k)
+	}
+	h.pushed(at(10), 100, nil, h.currentEra())
+	h.replan(101, nil, held) // the Through is carried
+	var full partitionSet
+	full.add(1)
+	var have crdt.Bookmark
+	have.Add(at(20))
+	epoch, era := h.roundStarts()
+	h.synced(peer, epoch, era, have, self, 101, roundScope{compared: one, full: &full, one: true})
+	if k := h.knownIn(one); k.Mark(origin) != at(20) {
+		t.Errorf("knownIn(1) = %v, want the pull's %v", k, at(20))
+	}
+	if k := h.knownIn(both); k.Mark(origin) != at(10) {
+		t.Errorf("knownIn(1, 2) = %v, want the least of the two: %v", k, at(10))
+	}
+	if k := h.knownIn(both); !k.Mark(peer).IsZero() {
+		t.Errorf("knownIn(1, 2) = %v names the peer, whose writes it knows of in partition 1 only", k)
+	}
+}
+
 // TestMoveRate: sending stored state waits for the move rate once its burst is spent,
 // and counts what it sends.
 func TestMoveRate(t *testing.T) {

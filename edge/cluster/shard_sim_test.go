@@ -326,3 +326,59 @@ func TestSimShardedOriginLeaves(t *testing.T) {
 		t.Errorf("n%d forgot it holds n%d's registration in partition %d once n%d left", j, e, p, e)
 	}
 }
+
+// TestSimShardedTakeOverAfterOriginFailed: the node that takes a partition over from a
+// failed one meets a bookmark of the failed node's write in it by pulling the partition
+// from its holder in another region — which joined with the others, so that no node
+// ever held the partition but as one it gained, known only from what the failed node's
+// pushes told it.
+func TestSimShardedTakeOverAfterOriginFailed(t *testing.T) {
+	c := newTestCluster(t, 1, []string{"eu"}, clustersim.WithReplicas(1), clustersim.WithAntiEntropy(time.Hour))
+	// Three nodes join at once, as a cluster's nodes do when they start together: the
+	// seed, n0, holds everything until they have caught up, then only its share of eu.
+	joiners := []int{c.StartJoining("us"), c.StartJoining("us"), c.StartJoining("eu")}
+	for _, i := range joiners {
+		select {
+		case <-c.Nodes[i].Rep().CaughtUp():
+		case <-time.After(30 * time.Second):
+			t.Fatalf("n%d did not catch up", i)
+		}
+	}
+	e := joiners[2]
+	c.MarkJoined(e) // eu's share first: n0 gives it up before the us nodes hold theirs
+	c.MarkJoined(joiners[0])
+	c.MarkJoined(joiners[1])
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(5, 6)), 1)
+	ctx := context.Background()
+	var name string
+	var p, u int
+	for k := 0; ; k++ {
+		name = fmt.Sprintf("taken%d", k)
+		p = crdt.NamePartition(name)
+		if c.OwnerIn(c.Table(), "eu", p) == e {
+			u = c.OwnerIn(c.Table(), "us", p)
+			break
+		}
+	}
+	acc := w.MustRegister(t, e, name)
+	m, ok, err := c.Nodes[e].DB().Record(ctx, crdt.UserKey(acc.ID))
+	if err != nil || !ok {
+		t.Fatalf("the account is not on n%d: %v", e, err)
+	}
+	var b crdt.Bookmark
+	b.Add(m.Version())
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		return c.Nodes[u].Rep().Covers(b, p), fmt.Sprintf("n%d never knew it holds n%d's registration", u, e)
+	})
+	c.Kill(e)
+	if taker := c.OwnerIn(c.Table(), "eu", p); taker != 0 {
+		t.Fatalf("partition %d went to n%d in eu, want n0", p, taker)
+	}
+	how, err := c.Nodes[0].Rep().Await(ctx, b, p, 0, 10*time.Second)
+	if err != nil {
+		t.Fatalf("n0, holding partition %d after n%d failed, did not meet a bookmark of n%d's write there: %v", p, e, e, err)
+	}
+	if _, ok, err := c.Nodes[0].DB().Record(ctx, crdt.UserKey(acc.ID)); err != nil || !ok {
+		t.Errorf("n0 met the bookmark (%v) without holding the account: %v", how, err)
+	}
+}
