@@ -1,8 +1,14 @@
 package crdt
 
 import (
+	"cmp"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
+	"math"
+	"slices"
+	"strings"
+	"time"
 )
 
 // App credentials. An app (a website's backend, say) calls the service API with an API
@@ -12,16 +18,28 @@ import (
 //
 // An app's record: the key's hash (first-writer-wins: of two creations of one name on
 // nodes that had not heard of each other, the earlier in HLC order wins everywhere, and the
-// other's key stops working once they meet), and the revoked flag (monotonic: a late
-// or concurrent write of the record cannot bring a revoked key back). A name is never
-// reused: a revoked app's record stays, so a new app cannot inherit the old one's
-// subjects and sessions.
+// other's key stops working once they meet), the keys that rotations added, and the
+// revoked flag (monotonic: a late or concurrent write of the record cannot bring a
+// revoked key back). A name is never reused: a revoked app's record stays, so a new app
+// cannot inherit the old one's subjects and sessions.
+//
+// A rotation adds a key (first-writer-wins, under a random ID) with a grace period: every
+// older key stops working that long after the rotation (AppKeyInfo.Retires). A key's end
+// is a pure function of the keys added after it, and adding one only brings ends closer,
+// so no write, late or concurrent, brings a retired key back. Of two rotations at once,
+// the later (in HLC order) retires the earlier's key after its own grace.
 const (
 	// AppPrefix begins the key of an app's record: g/app/<name>.
 	AppPrefix = ClusterPrefix + "app/"
 
 	FieldAppKey     = "key"     // FWW: the hash of the app's API key; its TS is the creation time
 	FieldAppRevoked = "revoked" // Flag: the app's key no longer opens anything
+	// FieldAppKeyPrefix begins the field of a key a rotation added: key/<ID> (FWW), whose
+	// value is the key's hash (AppKeyHashSize bytes) and the grace of the keys before it
+	// (8 bytes, nanoseconds, big-endian); its TS is the rotation's time.
+	FieldAppKeyPrefix = "key/"
+	// AppKeyHashSize is the size of a key's hash.
+	AppKeyHashSize = 32
 )
 
 // AppKey returns the record key of the app called name.
@@ -30,20 +48,68 @@ func AppKey(name string) string { return AppPrefix + name }
 // App is the typed view of an app's record.
 type App struct {
 	Name      string
-	KeyHash   []byte    // aliases the Map's value
+	KeyHash   []byte    // the first key's; aliases the Map's value
 	Created   Timestamp // when the winning key was written; zero: no key (only a revocation arrived)
 	Revoked   bool
 	RevokedAt Timestamp // the earliest revocation; zero when not revoked
+	// Keys are the app's keys, the first one (ID "0") included when known, oldest first.
+	Keys []AppKeyInfo
 }
 
-// ReadApp returns the typed view of the record m of the app called name.
+// AppKeyInfo is one of an app's keys.
+type AppKeyInfo struct {
+	ID      string // "0" for the key the app was created with
+	Hash    []byte // aliases the Map's value
+	Created Timestamp
+	grace   time.Duration
+	// Retires is when the key stops working: Created of the first later key whose grace
+	// ends soonest, plus that grace; zero for a key no later key retires.
+	Retires time.Time
+}
+
+// ReadApp returns the typed view of the record m of the app called name. A rotated key
+// whose field is malformed (a peer's bytes) is left out.
 func ReadApp(name string, m *Map) App {
 	a := App{Name: name}
 	if f, ok := m.Field(FieldAppKey); ok && f.Kind == KindFWW {
 		a.KeyHash, a.Created = f.Value, f.TS
+		a.Keys = append(a.Keys, AppKeyInfo{ID: "0", Hash: f.Value, Created: f.TS})
+	}
+	for n, f := range m.fields {
+		id, ok := strings.CutPrefix(n, FieldAppKeyPrefix)
+		if !ok {
+			continue
+		}
+		if f.Kind != KindFWW || len(f.Value) != AppKeyHashSize+8 || id == "" {
+			continue
+		}
+		grace := binary.BigEndian.Uint64(f.Value[AppKeyHashSize:])
+		a.Keys = append(a.Keys, AppKeyInfo{ID: id, Hash: f.Value[:AppKeyHashSize:AppKeyHashSize], Created: f.TS,
+			grace: time.Duration(min(grace, uint64(math.MaxInt64)))})
+	}
+	slices.SortFunc(a.Keys, func(x, y AppKeyInfo) int {
+		return cmp.Or(x.Created.Compare(y.Created), strings.Compare(x.ID, y.ID))
+	})
+	// Each key retires at the soonest end of the graces of the keys after it.
+	var soonest time.Time
+	for i := len(a.Keys) - 1; i >= 0; i-- {
+		k := &a.Keys[i]
+		k.Retires = soonest
+		if end := k.Created.Time().Add(k.grace); i > 0 && (soonest.IsZero() || end.Before(soonest)) {
+			soonest = end
+		}
 	}
 	a.RevokedAt, a.Revoked = m.Flag(FieldAppRevoked)
 	return a
+}
+
+// RotateApp returns the update that adds the key with ID id, hashing to keyHash
+// (AppKeyHashSize bytes), at ts: the app's older keys stop working grace after ts.
+func RotateApp(id string, keyHash []byte, grace time.Duration, ts Timestamp) Map {
+	v := binary.BigEndian.AppendUint64(slices.Clip(slices.Clone(keyHash)), uint64(max(grace, 0)))
+	var m Map
+	m.Claim(FieldAppKeyPrefix+id, v, ts)
+	return m
 }
 
 // NewApp returns the record of a new app whose API key hashes to keyHash, created at ts.

@@ -107,6 +107,7 @@ func (n *Node) adminRoutes(app *fiber.App) {
 	admin.Post("/apps", n.createApp) // apps.go
 	admin.Get("/apps", n.listApps)
 	admin.Delete("/apps/:name", n.revokeApp)
+	admin.Post("/apps/:name/rotate", n.rotateApp)
 	admin.Get("/keys", n.signingKeys)
 	admin.Post("/keys/rotate", n.rotateKey)
 	admin.Use(func(c *fiber.Ctx) error { return fiber.NewError(fiber.StatusNotFound, "no such route") })

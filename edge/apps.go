@@ -1,9 +1,12 @@
 package edge
 
 import (
+	"time"
+
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/sessiond/sessiond/edge/api"
+	"github.com/sessiond/sessiond/functions"
 )
 
 // App credentials (functions.Apps), managed through the admin routes by `sessiond apps`:
@@ -43,4 +46,23 @@ func (n *Node) revokeApp(c *fiber.Ctx) error {
 	}
 	n.log.Info("app revoked", "app", a.Name)
 	return c.JSON(api.AppResponse{App: a})
+}
+
+// rotateApp serves POST /v1/admin/apps/{name}/rotate {grace_seconds}: 200 {app, key}, the
+// new key shown this once; the older keys stop working after the grace.
+func (n *Node) rotateApp(c *fiber.Ctx) error {
+	var req api.RotateAppRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	if req.GraceSeconds < 0 || req.GraceSeconds > int64(functions.MaxAppKeyGrace/time.Second) {
+		return functions.Errorf(functions.EInvalid, "grace_seconds must be 0 to %d", int64(functions.MaxAppKeyGrace/time.Second))
+	}
+	a, key, err := n.apps.Rotate(c.UserContext(), param(c, "name"), time.Duration(req.GraceSeconds)*time.Second)
+	if err != nil {
+		return err
+	}
+	n.log.Info("app key rotated", "app", a.Name, "grace", time.Duration(req.GraceSeconds)*time.Second)
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.JSON(api.CreateAppResponse{App: a, Key: key.String()})
 }

@@ -263,6 +263,11 @@ func TestAdmin_Apps(t *testing.T) {
 		{"ErrUnknownField", "POST", "/v1/admin/apps", `{"name":"x1","admin":true}`, 400, "invalid_argument"},
 		{"ErrRevokeUnknown", "DELETE", "/v1/admin/apps/nobody", "", 404, "not_found"},
 		{"ErrRevokeBadName", "DELETE", "/v1/admin/apps/No%20Body", "", 400, "invalid_argument"},
+		{"ErrRotateUnknown", "POST", "/v1/admin/apps/nobody/rotate", `{"grace_seconds":0}`, 404, "not_found"},
+		{"ErrRotateNegativeGrace", "POST", "/v1/admin/apps/shop/rotate", `{"grace_seconds":-1}`, 400, "invalid_argument"},
+		{"ErrRotateHugeGrace", "POST", "/v1/admin/apps/shop/rotate", `{"grace_seconds":9223372036854775807}`, 400, "invalid_argument"},
+		{"ErrRotateGraceNotANumber", "POST", "/v1/admin/apps/shop/rotate", `{"grace_seconds":"1h"}`, 400, "invalid_argument"},
+		{"ErrRotateUnknownField", "POST", "/v1/admin/apps/shop/rotate", `{"grace":3600}`, 400, "invalid_argument"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b []byte

@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"strings"
+	"time"
 
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/edge/api"
@@ -15,11 +16,23 @@ import (
 // App is an app's credentials as the admin routes show them (package api owns the JSON).
 type App = api.App
 
-func appOf(a crdt.App) App {
-	out := App{Name: a.Name, CreatedAt: a.Created.Time(), Revoked: a.Revoked}
+// appOf returns the app a as the admin routes show it at now.
+func appOf(a crdt.App, now time.Time) App {
+	out := App{Name: a.Name, CreatedAt: a.Created.Time(), Revoked: a.Revoked, Keys: []api.AppKey{}}
 	if a.Revoked {
 		t := a.RevokedAt.Time()
 		out.RevokedAt = &t
+	}
+	for _, k := range a.Keys {
+		if !k.Retires.IsZero() && !now.Before(k.Retires) {
+			continue
+		}
+		v := api.AppKey{ID: k.ID, CreatedAt: k.Created.Time()}
+		if !k.Retires.IsZero() {
+			t := k.Retires
+			v.RetiresAt = &t
+		}
+		out.Keys = append(out.Keys, v)
 	}
 	return out
 }
@@ -32,6 +45,11 @@ const (
 	// stay (a name is never reused). Nodes that cannot reach each other may each create up
 	// to it; List shows at most twice as many.
 	MaxApps = 1000
+	// MaxAppKeys bounds an app's keys, its first included: a key's record field stays
+	// after it retires (a monthly rotation for eight years fits). Past it, create a new app.
+	MaxAppKeys = 100
+	// MaxAppKeyGrace bounds how long a rotation lets the older keys keep working.
+	MaxAppKeyGrace = 30 * 24 * time.Hour
 )
 
 // ValidAppName checks an app's name: MinAppName to MaxAppName of [a-z0-9-], beginning
@@ -183,7 +201,7 @@ func (a *Apps) Create(ctx context.Context, name string) (App, APIKey, error) {
 	if err != nil {
 		return App{}, APIKey{}, err
 	}
-	return appOf(crdt.ReadApp(name, &rec)), key, nil
+	return appOf(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), key, nil
 }
 
 // listBound bounds List: nodes that could not reach each other may each have created up
@@ -197,8 +215,9 @@ func (a *Apps) List(ctx context.Context) ([]App, error) {
 		return nil, err
 	}
 	out := make([]App, 0, len(keys))
+	now := a.Clock.PhysicalNow()
 	for i, k := range keys {
-		out = append(out, appOf(crdt.ReadApp(strings.TrimPrefix(k, crdt.AppPrefix), &ms[i])))
+		out = append(out, appOf(crdt.ReadApp(strings.TrimPrefix(k, crdt.AppPrefix), &ms[i]), now))
 	}
 	return out, nil
 }
@@ -215,7 +234,7 @@ func (a *Apps) Get(ctx context.Context, name string) (App, error) {
 	if !ok {
 		return App{}, Errorf(ENotFound, "no app %q on this node", name)
 	}
-	return appOf(crdt.ReadApp(name, &m)), nil
+	return appOf(crdt.ReadApp(name, &m), a.Clock.PhysicalNow()), nil
 }
 
 // Revoke revokes the app called name: its key stops opening anything on each node as
@@ -244,12 +263,56 @@ func (a *Apps) Revoke(ctx context.Context, name string) (App, error) {
 	if err != nil {
 		return App{}, err
 	}
-	return appOf(crdt.ReadApp(name, &rec)), nil
+	return appOf(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), nil
+}
+
+// Rotate adds a new key to the app called name and returns the app and the key, whose
+// text the caller shows once: the app's older keys keep working for grace (0 to
+// MaxAppKeyGrace; 0: they stop at once), then stop on every node. A revoked app, or one
+// with MaxAppKeys keys, is EConflict; one this node does not hold, ENotFound. The key
+// carries the bookmark of the rotation, and authenticates the same subjects.
+func (a *Apps) Rotate(ctx context.Context, name string, grace time.Duration) (App, APIKey, error) {
+	if err := ValidAppName(name); err != nil {
+		return App{}, APIKey{}, err
+	}
+	if grace < 0 || grace > MaxAppKeyGrace {
+		return App{}, APIKey{}, Errorf(EInvalid, "grace must be 0 to %d seconds", int64(MaxAppKeyGrace/time.Second))
+	}
+	key := APIKey{App: name}
+	rand.Read(key.Secret[:]) // never fails (crypto/rand)
+	var id [8]byte
+	rand.Read(id[:])
+	var rec crdt.Map
+	err := a.Store.Update(ctx, func(tx Tx) error {
+		m, ok, err := tx.Record(crdt.AppKey(name))
+		if err != nil {
+			return err
+		}
+		app := crdt.ReadApp(name, &m)
+		switch {
+		case !ok || app.Created.IsZero():
+			return Errorf(ENotFound, "no app %q on this node (one created on another node a moment ago may not have arrived yet)", name)
+		case app.Revoked:
+			return Errorf(EConflict, "app %q is revoked: create a new app", name)
+		case len(app.Keys) >= MaxAppKeys:
+			return Errorf(EConflict, "app %q has %d keys, the most it may: create a new app", name, len(app.Keys))
+		}
+		ts := a.Clock.Next()
+		key.Bookmark = crdt.Bookmark{}
+		key.Bookmark.Add(ts)
+		rec, err = tx.Merge(crdt.AppKey(name), crdt.RotateApp(hex.EncodeToString(id[:]), key.KeyHash(), grace, ts))
+		return err
+	})
+	if err != nil {
+		return App{}, APIKey{}, err
+	}
+	return appOf(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), key, nil
 }
 
 // Authenticate returns the name of the app whose key k is, checked against the app's
-// record on this node: EUnauthorized when there is no such app here, the key is not its
-// (compared in constant time), or — ErrAppRevoked — the app was revoked.
+// record on this node: EUnauthorized when there is no such app here, the key is none of
+// its keys (compared in constant time), the key was retired by a rotation
+// (errKeyRetired), or — ErrAppRevoked — the app was revoked.
 func (a *Apps) Authenticate(ctx context.Context, k APIKey) (string, error) {
 	m, ok, err := a.Store.Record(ctx, crdt.AppKey(k.App))
 	if err != nil {
@@ -259,11 +322,23 @@ func (a *Apps) Authenticate(ctx context.Context, k APIKey) (string, error) {
 		return "", errBadAPIKey
 	}
 	app := crdt.ReadApp(k.App, &m)
-	if len(app.KeyHash) == 0 || subtle.ConstantTimeCompare(app.KeyHash, k.KeyHash()) != 1 {
+	hash := k.KeyHash()
+	match := -1
+	for i, key := range app.Keys {
+		if subtle.ConstantTimeCompare(key.Hash, hash) == 1 {
+			match = i
+		}
+	}
+	if match < 0 {
 		return "", errBadAPIKey
 	}
 	if app.Revoked {
 		return "", ErrAppRevoked
 	}
+	if r := app.Keys[match].Retires; !r.IsZero() && !a.Clock.PhysicalNow().Before(r) {
+		return "", errKeyRetired
+	}
 	return app.Name, nil
 }
+
+var errKeyRetired = Errorf(EUnauthorized, "this API key was replaced by a rotation (sessiond apps rotate) and has retired: use the new key")

@@ -217,3 +217,114 @@ func TestApps_Bound(t *testing.T) {
 	_, _, err := e.apps.Create(ctx, "one-more")
 	wantCode(t, err, EConflict)
 }
+
+// TestApps_Rotate: a rotation adds a key that authenticates the same app at once; the
+// older keys keep working through the grace and not after it, on any node the records
+// reach, whatever order they arrive in; and the rotation's refusals.
+func TestApps_Rotate(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	_, first, err := e.apps.Create(ctx, "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.now.Advance(time.Second)
+	a, second, err := e.apps.Rotate(ctx, "shop", time.Hour)
+	if err != nil {
+		t.Fatalf("Rotate: %v", err)
+	}
+	if second.Secret == first.Secret || second.Bookmark.IsZero() {
+		t.Fatalf("the new key reuses the secret or carries no bookmark")
+	}
+	retires := testEpoch.Add(time.Second + time.Hour)
+	if len(a.Keys) != 2 || a.Keys[0].ID != "0" || a.Keys[0].RetiresAt == nil || !a.Keys[0].RetiresAt.Equal(retires) || a.Keys[1].RetiresAt != nil {
+		t.Fatalf("Rotate = %+v, want the first key retiring at %s and the new one not", a, retires)
+	}
+	for name, k := range map[string]APIKey{"first": first, "second": second} {
+		if got, err := e.apps.Authenticate(ctx, k); err != nil || got != "shop" {
+			t.Errorf("the %s key within the grace: %q, %v; want shop", name, got, err)
+		}
+	}
+	e.now.Advance(time.Hour - time.Nanosecond)
+	if _, err := e.apps.Authenticate(ctx, first); err != nil {
+		t.Errorf("the first key a moment before it retires: %v", err)
+	}
+	e.now.Advance(time.Nanosecond)
+	_, err = e.apps.Authenticate(ctx, first)
+	wantCode(t, err, EUnauthorized)
+	if got, err := e.apps.Authenticate(ctx, second); err != nil || got != "shop" {
+		t.Errorf("the new key after the grace: %q, %v", got, err)
+	}
+	if a, err := e.apps.Get(ctx, "shop"); err != nil || len(a.Keys) != 1 || a.Keys[0].ID == "0" {
+		t.Errorf("Get after the grace = %+v, %v; want the new key only", a, err)
+	}
+
+	t.Run("ShorterGraceLaterWins", func(t *testing.T) {
+		// A rotation without grace retires every older key at once, also one a
+		// rotation before gave a longer grace.
+		_, third, err := e.apps.Rotate(ctx, "shop", 24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, fourth, err := e.apps.Rotate(ctx, "shop", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, k := range map[string]APIKey{"second": second, "third": third} {
+			_, err := e.apps.Authenticate(ctx, k)
+			wantCode(t, err, EUnauthorized)
+			if err == ErrAppRevoked {
+				t.Errorf("the %s key: %v, want a retired key, not a revoked app", name, err)
+			}
+		}
+		if _, err := e.apps.Authenticate(ctx, fourth); err != nil {
+			t.Errorf("the newest key: %v", err)
+		}
+	})
+	t.Run("AnyOrderOnAnotherNode", func(t *testing.T) {
+		// The rotation arrives before the creation: the view is the same once both have.
+		o := newTestEnv(t)
+		o.now.Advance(2 * time.Hour)
+		rec := e.store.record(crdt.AppKey("shop"))
+		for _, name := range rec.Names() {
+			f, _ := rec.Field(name)
+			var part crdt.Map
+			part.Claim(name, f.Value, f.TS)
+			o.store.merge(crdt.AppKey("shop"), part)
+		}
+		got, err := o.apps.Get(ctx, "shop")
+		want, _ := e.apps.Get(ctx, "shop")
+		if err != nil || len(got.Keys) != len(want.Keys) || got.Keys[0].ID != want.Keys[0].ID {
+			t.Errorf("another node: %+v, %v; want %+v", got, err, want)
+		}
+	})
+	t.Run("Errors", func(t *testing.T) {
+		_, _, err := e.apps.Rotate(ctx, "shop", -time.Second)
+		wantCode(t, err, EInvalid)
+		_, _, err = e.apps.Rotate(ctx, "shop", MaxAppKeyGrace+time.Second)
+		wantCode(t, err, EInvalid)
+		_, _, err = e.apps.Rotate(ctx, "nobody", 0)
+		wantCode(t, err, ENotFound)
+		_, _, err = e.apps.Rotate(ctx, "Shop!", 0)
+		wantCode(t, err, EInvalid)
+	})
+	t.Run("ErrTooManyKeys", func(t *testing.T) {
+		if _, _, err := e.apps.Create(ctx, "busy"); err != nil {
+			t.Fatal(err)
+		}
+		for i := 1; i < MaxAppKeys; i++ {
+			if _, _, err := e.apps.Rotate(ctx, "busy", 0); err != nil {
+				t.Fatalf("rotation %d: %v", i, err)
+			}
+		}
+		_, _, err := e.apps.Rotate(ctx, "busy", 0)
+		wantCode(t, err, EConflict)
+	})
+	t.Run("ErrRevoked", func(t *testing.T) {
+		if _, err := e.apps.Revoke(ctx, "shop"); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := e.apps.Rotate(ctx, "shop", 0)
+		wantCode(t, err, EConflict)
+	})
+}

@@ -9,6 +9,22 @@ type App struct {
 	CreatedAt time.Time  `json:"created_at"`
 	Revoked   bool       `json:"revoked"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	// Keys are the app's keys that still work or will stop working (retired ones are
+	// left out), oldest first.
+	Keys []AppKey `json:"keys"`
+}
+
+// AppKey is one of an app's API keys (never the key itself).
+type AppKey struct {
+	ID        string     `json:"id"` // "0" for the key the app was created with
+	CreatedAt time.Time  `json:"created_at"`
+	RetiresAt *time.Time `json:"retires_at,omitempty"` // set once a rotation replaced it
+}
+
+// RotateAppRequest is the body of POST /v1/admin/apps/{name}/rotate: how long the app's
+// older keys keep working (seconds, 0 to 30 days; 0: they stop at once).
+type RotateAppRequest struct {
+	GraceSeconds int64 `json:"grace_seconds"`
 }
 
 // CreateAppRequest is the body of POST /v1/admin/apps. Name: 2–32 of [a-z0-9-], beginning
@@ -17,8 +33,9 @@ type CreateAppRequest struct {
 	Name string `json:"name"`
 }
 
-// CreateAppResponse is the body of POST /v1/admin/apps (201): the app and its API key,
-// shown this once (the node keeps only a hash of it).
+// CreateAppResponse is the body of POST /v1/admin/apps (201) and of POST
+// /v1/admin/apps/{name}/rotate (200): the app and its new API key, shown this once (the
+// node keeps only a hash of it).
 type CreateAppResponse struct {
 	App App    `json:"app"`
 	Key string `json:"key"`

@@ -20,12 +20,16 @@ import (
 const appsUsage = `Usage:
   sessiond apps create NAME [flags]   create an app; print its API key, once, on the last line
   sessiond apps list [flags]          list the apps, revoked ones included
-  sessiond apps revoke NAME [flags]   revoke an app: its key stops working on every node
+  sessiond apps rotate NAME [flags]   give an app a new key, printed once on the last line;
+                                      its older keys stop working after --grace
+  sessiond apps revoke NAME [flags]   revoke an app: its keys stop working on every node
 
 An app (a website's backend, say) calls the service API (/v1/service/, docs/API.md) with
 Authorization: Bearer <API key>. The node keeps only a hash of the key: keep the key in
 your app's secret store. NAME is 2–32 characters of a-z, 0-9 and '-' (not first); a
-revoked app keeps its name, which is never given to another app.
+revoked app keeps its name, which is never given to another app. Rotate a key that
+may have leaked, or on a schedule: the new key opens the same subjects and sessions; put
+it in your app's secret store within the grace (--grace 0 retires the old keys at once).
 
 These commands talk to a running node (--http) and sign their requests with the cluster
 key: give --cluster-key-file (or SESSIOND_CLUSTER_KEY_FILE, or the key itself in
@@ -39,9 +43,9 @@ Flags:
 // appsCmd runs `sessiond apps`.
 func appsCmd(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fs, _, _, _ := appsFlags()
+		fs, _, _, _, _ := appsFlags()
 		if len(args) == 0 {
-			fmt.Fprint(stderr, "sessiond apps: want create, list or revoke\n\n", appsUsage)
+			fmt.Fprint(stderr, "sessiond apps: want create, list, rotate or revoke\n\n", appsUsage)
 			fs.SetOutput(stderr)
 			fs.PrintDefaults()
 			return 2
@@ -52,7 +56,7 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	sub, args := args[0], args[1:]
-	fs, addr, keyFile, asJSON := appsFlags()
+	fs, addr, keyFile, asJSON, grace := appsFlags()
 	fs.Init("sessiond apps "+sub, flag.ContinueOnError)
 	// NAME may come before or after the flags.
 	var pos []string
@@ -71,7 +75,7 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 		method, path string
 		body         []byte
 	)
-	if (sub == "create" || sub == "revoke") && len(pos) == 1 {
+	if (sub == "create" || sub == "revoke" || sub == "rotate") && len(pos) == 1 {
 		if err := functions.ValidAppName(pos[0]); err != nil {
 			fmt.Fprintf(stderr, "sessiond apps %s: %q: %s\n", sub, pos[0], functions.ErrorMessage(err))
 			return 2
@@ -85,14 +89,21 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 		method, path = http.MethodGet, "/v1/admin/apps"
 	case sub == "revoke" && len(pos) == 1:
 		method, path = http.MethodDelete, "/v1/admin/apps/"+url.PathEscape(pos[0])
-	case sub == "create" || sub == "revoke":
+	case sub == "rotate" && len(pos) == 1:
+		if *grace < 0 || *grace > functions.MaxAppKeyGrace || *grace%time.Second != 0 {
+			fmt.Fprintf(stderr, "sessiond apps rotate: --grace %s: want whole seconds from 0 to %s\n", *grace, functions.MaxAppKeyGrace)
+			return 2
+		}
+		method, path = http.MethodPost, "/v1/admin/apps/"+url.PathEscape(pos[0])+"/rotate"
+		body, _ = json.Marshal(api.RotateAppRequest{GraceSeconds: int64(*grace / time.Second)})
+	case sub == "create" || sub == "revoke" || sub == "rotate":
 		fmt.Fprintf(stderr, "sessiond apps %s: want one NAME (sessiond apps --help)\n", sub)
 		return 2
 	case sub == "list":
 		fmt.Fprintf(stderr, "sessiond apps list: unexpected argument %q (sessiond apps --help)\n", pos[0])
 		return 2
 	default:
-		fmt.Fprintf(stderr, "sessiond apps: unknown command %q: want create, list or revoke (sessiond apps --help)\n", sub)
+		fmt.Fprintf(stderr, "sessiond apps: unknown command %q: want create, list, rotate or revoke (sessiond apps --help)\n", sub)
 		return 2
 	}
 	target, err := nodeURL(*addr, path)
@@ -138,15 +149,29 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "NAME\tCREATED\tSTATUS")
+		fmt.Fprintln(w, "NAME\tCREATED\tKEYS\tSTATUS")
 		for _, a := range r.Apps {
 			status := "active"
 			if a.Revoked && a.RevokedAt != nil {
 				status = "revoked " + a.RevokedAt.Format(time.RFC3339)
+			} else if until := retiring(a.Keys); !until.IsZero() {
+				status = "active; older key retires " + until.Format(time.RFC3339)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\n", a.Name, a.CreatedAt.Format(time.RFC3339), status)
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", a.Name, a.CreatedAt.Format(time.RFC3339), len(a.Keys), status)
 		}
 		_ = w.Flush()
+	case "rotate":
+		var r api.CreateAppResponse
+		if err := json.Unmarshal(reply, &r); err != nil || r.Key == "" {
+			fmt.Fprintf(stderr, "sessiond apps rotate: the node's answer: %v\n", err)
+			return 1
+		}
+		until := "at once"
+		if t := retiring(r.App.Keys); !t.IsZero() {
+			until = "at " + t.Format(time.RFC3339)
+		}
+		fmt.Fprintf(stdout, "rotated the key of app %q: its older keys stop working %s. The new API key follows, shown this once:\n%s\n",
+			r.App.Name, until, r.Key)
 	case "revoke":
 		var r api.AppResponse
 		if err := json.Unmarshal(reply, &r); err != nil {
@@ -162,14 +187,26 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// retiring returns the latest time one of keys retires at, or zero when none does.
+func retiring(keys []api.AppKey) time.Time {
+	var t time.Time
+	for _, k := range keys {
+		if k.RetiresAt != nil && k.RetiresAt.After(t) {
+			t = *k.RetiresAt
+		}
+	}
+	return t
+}
+
 // appsFlags returns the flags of the apps commands.
-func appsFlags() (fs *flag.FlagSet, addr, keyFile *string, asJSON *bool) {
+func appsFlags() (fs *flag.FlagSet, addr, keyFile *string, asJSON *bool, grace *time.Duration) {
 	fs = flag.NewFlagSet("sessiond apps", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	addr = fs.String("http", "127.0.0.1:8080", "the node's API: `ADDR` (host:port) or URL (http[s]://host:port)")
 	keyFile = fs.String("cluster-key-file", "", "`FILE` with the cluster key (the node's --cluster-key-file)")
-	asJSON = fs.Bool("json", false, "print the node's JSON answer as it is (create: with the key)")
-	return fs, addr, keyFile, asJSON
+	asJSON = fs.Bool("json", false, "print the node's JSON answer as it is (create, rotate: with the key)")
+	grace = fs.Duration("grace", 24*time.Hour, "rotate: how long the older keys keep working (0: they stop at once; at most 720h)")
+	return fs, addr, keyFile, asJSON, grace
 }
 
 // maxAdminReply bounds an admin answer read whole: a list of every app fits.

@@ -10,9 +10,11 @@ import (
 	"testing"
 )
 
-// TestAppsCLI: sessiond apps create, list and revoke against a running node, with the
-// real binary: the key alone on the last line of create's output works on the service
-// routes at once and stops working once revoked; and the command line's refusals.
+// TestAppsCLI: sessiond apps create, list, rotate and revoke against a running node, with
+// the real binary: the key alone on the last line of create's (and rotate's) output works
+// on the service routes at once, for the same subjects after a rotation, while the older
+// keys work through the grace and not after it, and every key stops working once the app
+// is revoked; and the command line's refusals.
 func TestAppsCLI(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the real binary; skipped with -short")
@@ -105,6 +107,58 @@ func TestAppsCLI(t *testing.T) {
 			t.Errorf("sessiond --help does not mention the apps command and the service limits")
 		}
 	})
+	t.Run("Rotate", func(t *testing.T) {
+		r := c.do("POST", "/v1/service/sessions", key, map[string]any{"subject": "alice"})
+		if r.status != 201 {
+			t.Fatalf("a session for alice with the first key: %d %s", r.status, r.body)
+		}
+		rotate := func(grace string) string {
+			t.Helper()
+			so, se, code := runBin(t, nil, "apps", "rotate", "shop", "--grace", grace, "--http", d.http, "--cluster-key-file", d.keyFile)
+			lines := strings.Split(strings.TrimRight(so, "\n"), "\n")
+			k := lines[len(lines)-1]
+			if code != 0 || se != "" || !appKey.MatchString(k) || strings.Count(so, k) != 1 || k == key {
+				t.Fatalf("apps rotate --grace %s: exit %d, stderr %q, stdout %q; want a new key alone on the last line", grace, code, se, so)
+			}
+			return k
+		}
+		second := rotate("1h")
+		for name, k := range map[string]string{"first": key, "second": second} {
+			if r := c.do("GET", "/v1/service/subjects/alice/sessions", k, nil); r.status != 200 || !strings.Contains(string(r.body), `"subject":"alice"`) {
+				t.Errorf("the %s key within the grace: %d %s; want alice's session", name, r.status, r.body)
+			}
+		}
+		so, _, code := runBin(t, nil, "apps", "list", "--http", d.http, "--cluster-key-file", d.keyFile)
+		if code != 0 || !regexp.MustCompile(`(?m)^shop\s+\S+\s+2\s+active; older key retires \S+$`).MatchString(so) {
+			t.Errorf("apps list after a rotation with a grace: exit %d:\n%s", code, so)
+		}
+		third := rotate("0s")
+		for name, k := range map[string]string{"first": key, "second": second} {
+			if r := c.do("GET", "/v1/service/app", k, nil); r.status != 401 || !strings.Contains(string(r.body), "rotation") {
+				t.Errorf("the %s key after a rotation without grace: %d %s; want 401 naming the rotation", name, r.status, r.body)
+			}
+		}
+		if r := c.do("GET", "/v1/service/subjects/alice/sessions", third, nil); r.status != 200 || !strings.Contains(string(r.body), `"subject":"alice"`) {
+			t.Errorf("the newest key: %d %s; want alice's session", r.status, r.body)
+		}
+		key = third
+		for _, tc := range []struct {
+			args []string
+			code int
+			err  string
+		}{
+			{[]string{"rotate", "shop", "--grace", "-1s"}, 2, "whole seconds"},
+			{[]string{"rotate", "shop", "--grace", "721h"}, 2, "whole seconds"},
+			{[]string{"rotate", "nobody"}, 1, "404 not_found"},
+			{[]string{"rotate"}, 2, "one NAME"},
+		} {
+			args := append([]string{"apps"}, tc.args...)
+			so, se, code := runBin(t, nil, append(args, "--http", d.http, "--cluster-key-file", d.keyFile)...)
+			if code != tc.code || !strings.Contains(se, tc.err) || strings.Contains(so, "sdapp_") {
+				t.Errorf("%v: exit %d, stderr %q, stdout %q; want %d and %q", tc.args, code, se, so, tc.code, tc.err)
+			}
+		}
+	})
 	t.Run("Revoke", func(t *testing.T) {
 		so, se, code := runBin(t, nil, "apps", "revoke", "shop", "--http", d.http, "--cluster-key-file", d.keyFile)
 		if code != 0 || !strings.Contains(so, `revoked app "shop"`) {
@@ -114,7 +168,7 @@ func TestAppsCLI(t *testing.T) {
 			t.Errorf("a revoked key: %d %s, want 401", r.status, r.body)
 		}
 		so, _, code = runBin(t, nil, "apps", "list", "--http", d.http, "--cluster-key-file", d.keyFile)
-		if code != 0 || !regexp.MustCompile(`(?m)^blog\s+\S+\s+active$`).MatchString(so) || !regexp.MustCompile(`(?m)^shop\s+\S+\s+revoked \S+$`).MatchString(so) {
+		if code != 0 || !regexp.MustCompile(`(?m)^blog\s+\S+\s+1\s+active$`).MatchString(so) || !regexp.MustCompile(`(?m)^shop\s+\S+\s+1\s+revoked \S+$`).MatchString(so) {
 			t.Errorf("apps list after revoke: exit %d:\n%s", code, so)
 		}
 	})

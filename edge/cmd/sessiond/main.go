@@ -110,7 +110,7 @@ Usage:
                               (sessiond backup --help; sessiond backup verify FILE checks one)
   sessiond restore --from FILE --data DIR   write a new data directory from a backup,
                               under a fresh node identity (sessiond restore --help)
-  sessiond apps create|list|revoke [NAME] --http A   manage the API keys of the apps that
+  sessiond apps create|list|rotate|revoke [NAME] --http A   manage the API keys of the apps that
                               call the service API (sessiond apps --help)
   sessiond keys rotate|list --http A   rotate or list the session token signing keys of
                               the running cluster (sessiond keys --help)
