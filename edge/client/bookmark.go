@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"sync"
 
 	"github.com/sessiond/sessiond/crdt"
@@ -58,4 +59,37 @@ func (k *bookmark) set(s string) error {
 	defer k.mu.Unlock()
 	k.b, k.text, k.opaque = b, b.String(), false
 	return nil
+}
+
+// Bookmark is the bookmark of one caller among the many a Client serves — one visitor of
+// an app, say — carried through a request's context (WithBookmark), so that what one
+// caller wrote through one instance of the app is what its next request, through any
+// instance in any region, reads at least. The zero value is empty and ready; safe for
+// concurrent use.
+type Bookmark struct{ bm bookmark }
+
+// ParseBookmark returns a Bookmark holding s, a value the API returned; "" is empty.
+func ParseBookmark(s string) (*Bookmark, error) {
+	b := new(Bookmark)
+	if err := b.bm.set(s); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// String returns the bookmark's text, to keep (in a cookie, say): "" for none.
+func (b *Bookmark) String() string { return b.bm.String() }
+
+type bookmarkKey struct{}
+
+// WithBookmark returns a context under which the Client's calls send b in place of the
+// Client's own bookmark, and merge their answers' bookmarks into b (and the Client's).
+func WithBookmark(ctx context.Context, b *Bookmark) context.Context {
+	return context.WithValue(ctx, bookmarkKey{}, b)
+}
+
+// bookmarkIn returns the Bookmark of ctx, or nil.
+func bookmarkIn(ctx context.Context) *Bookmark {
+	b, _ := ctx.Value(bookmarkKey{}).(*Bookmark)
+	return b
 }

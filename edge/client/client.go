@@ -220,7 +220,8 @@ type Reply struct {
 	Endpoint string
 }
 
-// Do sends r with the Client's token and bookmark, retrying and failing over as
+// Do sends r with the Client's token and bookmark (ctx's, when it carries one:
+// WithBookmark), retrying and failing over as
 // Request.Idempotent allows, merges the bookmark of the answer, and decodes a 2xx JSON
 // body into out (nil: the body is dropped; a *[]byte receives it as it is; an empty body
 // leaves out as it is). It returns an *Error for an error response, a *TransportError
@@ -271,11 +272,15 @@ func (c *Client) exchange(ctx context.Context, r *Request, body []byte, stream b
 	}
 	avoid := -1
 	var last error
+	own := bookmarkIn(ctx)
 	for n := 1; n <= max; n++ {
 		i := c.eps.pick(avoid)
 		ep := c.eps.urls[i]
 		sent := ""
-		if v1 {
+		switch {
+		case v1 && own != nil:
+			sent = own.String()
+		case v1:
 			sent = c.bm.String()
 		}
 		at := Attempt{Method: r.Method, Path: r.Path, Endpoint: ep, RequestID: reqID, N: n, Bookmark: sent, Start: time.Now()}
@@ -308,7 +313,11 @@ func (c *Client) exchange(ctx context.Context, r *Request, body []byte, stream b
 			}
 		} else if resp.status >= 200 && resp.status < 300 {
 			if v1 {
-				c.bm.merge(resp.header.Get(api.HeaderBookmark))
+				got := resp.header.Get(api.HeaderBookmark)
+				c.bm.merge(got)
+				if own != nil {
+					own.bm.merge(got)
+				}
 			}
 			return resp, Reply{Status: resp.status, Header: resp.header, Endpoint: ep}, nil
 		} else {

@@ -322,6 +322,59 @@ func TestBookmarks(t *testing.T) {
 	}
 }
 
+// TestBookmarkOfContext: under WithBookmark a call sends the context's bookmark, not the
+// Client's, and the answer's goes into both; CarryBookmarks keeps a visitor's in a cookie,
+// sets it before the headers go out, and ignores one that is not a bookmark.
+func TestBookmarkOfContext(t *testing.T) {
+	a1 := crdt.Timestamp{Wall: 100, Node: 1}
+	b1 := crdt.Timestamp{Wall: 150, Node: 2}
+	s := newScript(t,
+		answer{status: 200, header: map[string]string{api.HeaderBookmark: bookmarkOf(t, a1)}, body: `{}`},
+		answer{status: 200, header: map[string]string{api.HeaderBookmark: bookmarkOf(t, b1)}, body: `{}`},
+		answer{status: 200, body: `{}`},
+	)
+	c := mustNew(t, Config{Endpoints: []string{s.srv.URL}, MaxAttempts: 1})
+	c.Do(context.Background(), Request{Method: "GET", Path: "/v1/x"}, nil) // the Client's: a1
+
+	var seen []string // the visitor's bookmark as each response went out
+	app := CarryBookmarks("bm", false)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := c.Do(r.Context(), Request{Method: "GET", Path: "/v1/x"}, nil); err != nil {
+			t.Errorf("Do: %v", err)
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	visit := func(cookie string) *http.Response {
+		req := httptest.NewRequest("GET", "/", nil)
+		if cookie != "" {
+			req.AddCookie(&http.Cookie{Name: "bm", Value: cookie})
+		}
+		rec := httptest.NewRecorder()
+		app.ServeHTTP(rec, req)
+		for _, ck := range rec.Result().Cookies() {
+			if ck.Name == "bm" {
+				seen = append(seen, ck.Value)
+			}
+		}
+		return rec.Result()
+	}
+	visit("not a bookmark!")
+	if len(seen) != 1 || seen[0] != bookmarkOf(t, b1) {
+		t.Fatalf("cookies set %q, want the visitor's bookmark %q alone", seen, bookmarkOf(t, b1))
+	}
+	if r := visit(seen[0]); len(r.Cookies()) != 0 {
+		t.Errorf("a visit that wrote nothing new set the cookie again: %v", r.Cookies())
+	}
+	want := []string{"", "", bookmarkOf(t, b1)} // the Client's, the visitor's (none), the visitor's
+	for i, r := range s.requests() {
+		if got := r.Header.Get(api.HeaderBookmark); got != want[i] {
+			t.Errorf("request %d sent bookmark %q, want %q", i, got, want[i])
+		}
+	}
+	if c.Bookmark() != bookmarkOf(t, a1, b1) {
+		t.Errorf("the Client's bookmark %q, want %q: the visitor's answers merge into it too", c.Bookmark(), bookmarkOf(t, a1, b1))
+	}
+}
+
 // TestBookmarkConcurrent: bookmarks from concurrent calls all end up in the client's.
 func TestBookmarkConcurrent(t *testing.T) {
 	var k bookmark

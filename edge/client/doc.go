@@ -22,7 +22,10 @@
 // *TransportError, which says whether the request may have been applied.
 //
 // An app calls the service API with a ServiceClient (NewService), which sends its API key
-// and keeps the app's bookmark.
+// and keeps the app's bookmark. An app serves many visitors, perhaps from an instance per
+// region: a call under WithBookmark sends that visitor's Bookmark instead, and merges the
+// answer's into it, and the middleware CarryBookmarks keeps each visitor's in a cookie,
+// so the visitor reads their own writes through any instance.
 //
 // A backend can also trust a node's session tokens without asking a node each time:
 // JWKS fetches the public keys tokens are signed with, VerifyToken checks a token against

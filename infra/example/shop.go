@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/alexedwards/scs/v2"
+
+	"github.com/sessiond/sessiond/edge/client"
 )
 
 // The shop: a sign-in as any name (the app's own accounts are out of scope) and a cart,
@@ -30,6 +32,10 @@ var (
 	namePattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,32}$`)
 	itemPattern = regexp.MustCompile(`^[A-Za-z0-9 _.-]{1,40}$`)
 )
+
+// bookmarkCookie keeps a visitor's bookmark (client.CarryBookmarks): the instance of
+// another region shows the visitor at once what they wrote through this one.
+const bookmarkCookie = "shop_bookmark"
 
 // Shop serves the pages. Its handlers run inside sm.LoadAndSave.
 type Shop struct {
@@ -56,7 +62,8 @@ func (s *Shop) Routes() http.Handler {
 	mux.HandleFunc("POST /cart/remove", s.remove)
 	outer := http.NewServeMux()
 	outer.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	outer.Handle("/", s.sm.LoadAndSave(mux))
+	// Outside LoadAndSave, so that the bookmark cookie records the session's commit.
+	outer.Handle("/", client.CarryBookmarks(bookmarkCookie, s.sm.Cookie.Secure)(s.sm.LoadAndSave(mux)))
 	return outer
 }
 

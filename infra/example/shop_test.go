@@ -140,6 +140,16 @@ func TestShop(t *testing.T) {
 	v.mustPost(a, "/cart/add", url.Values{"item": {"spoon"}})
 	v.mustPost(b, "/cart/remove", url.Values{"item": {"spoon"}})
 	want := map[string]int{"tea": 2, "green cup": 1}
+	u, _ := url.Parse(a)
+	var bm string
+	for _, ck := range v.hc.Jar.Cookies(u) {
+		if ck.Name == bookmarkCookie {
+			bm = ck.Value
+		}
+	}
+	if _, err := client.ParseBookmark(bm); err != nil || bm == "" {
+		t.Errorf("the visitor's %s cookie %q is not a bookmark of its writes: %v", bookmarkCookie, bm, err)
+	}
 	for _, base := range []string{a, b} {
 		if st := v.state(base); st.User != "ada" || !reflect.DeepEqual(st.Cart, want) {
 			t.Errorf("state at %s=%+v, want ada with %v", base, st, want)
