@@ -103,8 +103,11 @@ func (b *Bookmark) Merge(o Bookmark) bool {
 
 // AddMap adds the timestamp of every field of m: afterwards b covers the state m shows.
 func (b *Bookmark) AddMap(m *Map) {
-	if m.origins != nil {
-		for _, ts := range m.origins {
+	if o := m.origins; o != nil || m.views != nil {
+		if o == nil {
+			o = m.views.latestByNode(m)
+		}
+		for _, ts := range o {
 			b.Add(ts)
 		}
 		return

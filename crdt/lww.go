@@ -85,6 +85,12 @@ type Map struct {
 	// sorted by node: computed when a Map is decoded, dropped by any change, shared by
 	// copies (never modified once set). Bookmark.AddMap reads it instead of every field.
 	origins []Timestamp
+	// shared: fields may be read by other Maps (Share), so the first change copies it.
+	shared bool
+	// views, when not nil, memoizes the typed views of the fields (records.go), for the
+	// Maps that Share made to be read many times: set by Share, shared by the copies,
+	// dropped by any change.
+	views *views
 }
 
 // latestByNode returns each node's latest timestamp among m's fields, sorted by node.
@@ -122,6 +128,7 @@ func (m *Map) put(name string, f Field) bool {
 	if ok && !wins(f, old) {
 		return false
 	}
+	m.own()
 	if m.fields == nil {
 		m.fields = make(map[string]Field)
 	}
@@ -263,6 +270,29 @@ func (m *Map) Clone() Map {
 // forbids. It is cheaper than Clone for a copy that will only be read.
 func (m *Map) Copy() Map { return Map{fields: maps.Clone(m.fields), origins: m.origins} }
 
+// Share returns a copy of m that shares its fields with m until either is changed: the
+// first change to either copies the fields, once. It copies nothing itself, which makes it
+// the copy for a state that many readers take and few change (the storage's record
+// cache); the typed views of the state (ReadSessionMeta, ReadSessionOrigin, ReadUserMeta)
+// are then computed once and shared too, until a change. Share marks m, so like every
+// method that changes m it must not run concurrently with another use of m; the Maps it
+// returns are independent values, safe to read concurrently with each other.
+func (m *Map) Share() Map {
+	m.shared = true
+	if m.views == nil {
+		m.views = new(views)
+	}
+	return *m
+}
+
+// own makes m the only holder of its fields, and drops their views, before a change.
+func (m *Map) own() {
+	if m.shared {
+		m.fields, m.shared = maps.Clone(m.fields), false
+	}
+	m.views = nil
+}
+
 // Equal reports whether m and o hold the same fields and versions.
 func (m *Map) Equal(o Map) bool {
 	if len(m.fields) != len(o.fields) {
@@ -283,6 +313,7 @@ func (m *Map) Equal(o Map) bool {
 func (m *Map) Prune(drop func(name string, f Field) bool) {
 	for name, f := range m.fields {
 		if drop(name, f) {
+			m.own() // the range goes on over the fields as they were, which stay unchanged
 			delete(m.fields, name)
 			m.origins = nil
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"reflect"
 	"slices"
 	"strconv"
 	"testing"
@@ -306,6 +307,67 @@ func TestMapMergeLaws(t *testing.T) {
 	})
 }
 
+// TestMapShare changes a Map and the copies Share returned of it, several generations
+// deep, by merges, single writes and pruning, in any order: each must end as the oracle
+// of the ops applied to it alone, so no change leaks into another through the fields they
+// shared.
+func TestMapShare(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		base := genOps(true, 0, 12).Draw(t, "base")
+		maps := []crdt.Map{mapFrom(base)}
+		applied := [][]mapOp{base}
+		for range rapid.IntRange(1, 30).Draw(t, "steps") {
+			i := rapid.IntRange(0, len(maps)-1).Draw(t, "which")
+			switch rapid.IntRange(0, 4).Draw(t, "step") {
+			case 0: // share
+				maps = append(maps, maps[i].Share())
+				applied = append(applied, slices.Clone(applied[i]))
+			case 1: // a single write
+				op := genOp(true).Draw(t, "op")
+				applyChecked(t, &maps[i], op)
+				applied[i] = append(applied[i], op)
+			case 2: // a merge
+				ops := genOps(true, 1, 5).Draw(t, "merged")
+				maps[i].Merge(mapFrom(ops))
+				applied[i] = append(applied[i], ops...)
+			case 3: // prune every tombstone, from the map and its oracle's ops alike
+				maps[i].Prune(func(_ string, f crdt.Field) bool { return f.Deleted })
+				want := oracle(applied[i])
+				applied[i] = slices.DeleteFunc(applied[i], func(op mapOp) bool { return want[op.Name].Deleted })
+			case 4: // read the views, which memoizes them in a shared Map
+				checkViews(t, &maps[i])
+			}
+		}
+		for i := range maps {
+			checkOracle(t, &maps[i], applied[i])
+			checkViews(t, &maps[i])
+		}
+	})
+}
+
+// checkViews fails unless the typed views of m, which may be memoized (Share), and the
+// bookmark of its writes are those of a fresh copy of its fields.
+func checkViews(t *rapid.T, m *crdt.Map) {
+	fresh := m.Clone()
+	for range 2 { // computed, then memoized
+		if got, want := crdt.ReadSessionMeta("s", m), crdt.ReadSessionMeta("s", &fresh); !reflect.DeepEqual(got, want) {
+			t.Fatalf("ReadSessionMeta=%+v, want %+v", got, want)
+		}
+		if got, want := crdt.ReadSessionOrigin(m), crdt.ReadSessionOrigin(&fresh); got != want {
+			t.Fatalf("ReadSessionOrigin=%+v, want %+v", got, want)
+		}
+		if got, want := crdt.ReadUserMeta("u", m), crdt.ReadUserMeta("u", &fresh); !reflect.DeepEqual(got, want) {
+			t.Fatalf("ReadUserMeta=%+v, want %+v", got, want)
+		}
+		var got, want crdt.Bookmark // from the writers' latest timestamps, which Share keeps
+		got.AddMap(m)
+		want.AddMap(&fresh)
+		if !slices.Equal(got.Marks(), want.Marks()) {
+			t.Fatalf("AddMap=%v, want %v", got.Marks(), want.Marks())
+		}
+	}
+}
+
 // TestMapConvergence delivers the same updates to 3–6 replicas, each in its own order,
 // with duplicates, some as single writes and some inside merged maps or deltas from other
 // replicas. Every replica must end byte-identical and equal to the naive oracle.
@@ -574,5 +636,37 @@ func TestMergeOvertaking(t *testing.T) {
 				t.Errorf("overtaken = %v, want %v", overtaken, tc.want)
 			}
 		})
+	}
+}
+
+// TestMapMemo: a value kept with a shared Map's state is found through every copy of that
+// state, under its key only, and by no copy once that copy changes; an unshared Map keeps
+// nothing.
+func TestMapMemo(t *testing.T) {
+	ts := crdt.Timestamp{Wall: epoch2026, Node: 1}
+	type key struct{}
+	var m crdt.Map
+	m.Set("a", []byte("1"), ts)
+	m.SetMemo(key{}, "unshared")
+	if v, ok := m.Memo(key{}); ok {
+		t.Fatalf("Memo of an unshared Map = %v, want none", v)
+	}
+	a := m.Share()
+	b := a
+	a.SetMemo(key{}, "kept")
+	for name, c := range map[string]*crdt.Map{"original": &m, "a": &a, "b": &b} {
+		if v, ok := c.Memo(key{}); !ok || v != "kept" {
+			t.Fatalf("%s: Memo = %v, %v, want kept", name, v, ok)
+		}
+		if v, ok := c.Memo("other"); ok {
+			t.Fatalf("%s: Memo(other key) = %v, want none", name, v)
+		}
+	}
+	b.Set("a", []byte("2"), crdt.Timestamp{Wall: epoch2026 + 1, Node: 1})
+	if v, ok := b.Memo(key{}); ok {
+		t.Fatalf("Memo after a change = %v, want none", v)
+	}
+	if v, ok := a.Memo(key{}); !ok || v != "kept" {
+		t.Fatalf("Memo of an unchanged copy after another changed = %v, %v, want kept", v, ok)
 	}
 }

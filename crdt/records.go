@@ -2,9 +2,11 @@ package crdt
 
 import (
 	"encoding/binary"
+	"iter"
 	"math"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -99,16 +101,40 @@ func (u User) Revokes(s Session) bool {
 
 // ReadUser returns the typed view of the user record m.
 func ReadUser(id string, m *Map) User {
-	u := User{ID: id, Profile: make(map[string]string, len(ProfileFields))}
-	if f, ok := m.Field(FieldUsername); ok {
-		u.Username, u.Created = string(f.Value), f.TS
-	}
+	u := ReadUserMeta(id, m)
+	u.Profile = make(map[string]string, len(ProfileFields))
 	if v, ok := m.Get(FieldPassword); ok {
 		u.PasswordHash = string(v)
 	}
 	for _, name := range ProfileFields {
 		v, _ := m.Get(name)
 		u.Profile[name] = string(v)
+	}
+	return u
+}
+
+// ReadUserMeta returns the view of the user record m that checking its sessions needs:
+// ReadUser's without the password hash and the profile (empty and nil).
+func ReadUserMeta(id string, m *Map) User {
+	var u User
+	switch v := m.views; {
+	case v == nil:
+		u = readUserMeta(m)
+	case v.user.Load() != nil:
+		u = *v.user.Load()
+	default:
+		u = readUserMeta(m)
+		kept := u
+		v.user.Store(&kept)
+	}
+	u.ID = id
+	return u
+}
+
+func readUserMeta(m *Map) User {
+	var u User
+	if f, ok := m.Field(FieldUsername); ok {
+		u.Username, u.Created = string(f.Value), f.TS
 	}
 	_, u.Deleted = m.Flag(FieldDeleted)
 	if f, ok := m.Field(FieldSessionsUntil); ok && f.Kind == KindMax {
@@ -275,23 +301,55 @@ func (s Session) ActiveAt(now time.Time) bool {
 // ReadSession returns the typed view of the session record m.
 func ReadSession(id string, m *Map) Session {
 	s := ReadSessionMeta(id, m)
-	for _, f := range []struct {
-		name string
-		v    *string
-	}{{FieldDevice, &s.Origin.Device}, {FieldClientAddr, &s.Origin.ClientAddr}, {FieldRegion, &s.Origin.Region}, {FieldNode, &s.Origin.Node}} {
-		if v, ok := m.Get(f.name); ok {
-			*f.v = cutUTF8(string(v), MaxOriginField) // a peer's record may hold more
+	s.Origin = ReadSessionOrigin(m)
+	for key, v := range SessionData(m) {
+		if s.Data == nil {
+			s.Data = make(map[string][]byte)
 		}
-	}
-	for name, f := range m.fields {
-		if key, ok := dataKey(name, f); ok {
-			if s.Data == nil {
-				s.Data = make(map[string][]byte)
-			}
-			s.Data[key] = f.Value
-		}
+		s.Data[key] = v
 	}
 	return s
+}
+
+// ReadSessionOrigin returns the origin of the session record m (ReadSession's Origin):
+// each field cut to MaxOriginField, as a peer's record may hold more.
+func ReadSessionOrigin(m *Map) Origin {
+	switch v := m.views; {
+	case v == nil:
+		return readSessionOrigin(m)
+	case v.origin.Load() != nil:
+		return *v.origin.Load()
+	default:
+		o := readSessionOrigin(m)
+		v.origin.Store(&o)
+		return o
+	}
+}
+
+func readSessionOrigin(m *Map) Origin {
+	return Origin{
+		Device:     originField(m, FieldDevice),
+		ClientAddr: originField(m, FieldClientAddr),
+		Region:     originField(m, FieldRegion),
+		Node:       originField(m, FieldNode),
+	}
+}
+
+func originField(m *Map, name string) string {
+	v, _ := m.Get(name)
+	return cutUTF8(string(v), MaxOriginField)
+}
+
+// SessionData yields the live data keys of the session record m (ReadSession's Data) and
+// their values, which alias the Map, in no particular order.
+func SessionData(m *Map) iter.Seq2[string, []byte] {
+	return func(yield func(string, []byte) bool) {
+		for name, f := range m.fields {
+			if key, ok := dataKey(name, f); ok && !yield(key, f.Value) {
+				return
+			}
+		}
+	}
 }
 
 // dataKey returns the session data key a field holds: a live last-writer-wins field named
@@ -332,7 +390,23 @@ func IsSession(m *Map) bool {
 // ReadSessionMeta returns the typed view of the session record m without its data (Data
 // is nil): enough to decide whether the session is usable.
 func ReadSessionMeta(id string, m *Map) Session {
-	s := Session{ID: id}
+	var s Session
+	switch v := m.views; {
+	case v == nil:
+		s = readSessionMeta(m)
+	case v.session.Load() != nil:
+		s = *v.session.Load()
+	default:
+		s = readSessionMeta(m)
+		kept := s
+		v.session.Store(&kept)
+	}
+	s.ID = id
+	return s
+}
+
+func readSessionMeta(m *Map) Session {
+	var s Session
 	if f, ok := m.Field(FieldUser); ok {
 		s.UserID, s.Created = string(f.Value), f.TS
 	}
@@ -441,4 +515,54 @@ func int64Field(m *Map, name string) int64 {
 		return 0
 	}
 	return int64(binary.BigEndian.Uint64(v))
+}
+
+// views are the typed views of a Map that Share made (Map.views), each computed by a
+// reader that finds it missing and kept: the Map's fields do not change while the views
+// are attached. They hold no ID (the caller's) and nothing a caller could change in place
+// (no maps; the one slice, latest, only Bookmark.AddMap reads), so every reader may be
+// handed a copy of the same one.
+type views struct {
+	session atomic.Pointer[Session]     // readSessionMeta
+	origin  atomic.Pointer[Origin]      // readSessionOrigin
+	user    atomic.Pointer[User]        // readUserMeta
+	latest  atomic.Pointer[[]Timestamp] // Map.latestByNode, for Bookmark.AddMap
+	memo    atomic.Pointer[memo]        // Map.SetMemo's
+}
+
+// memo is a value a caller keeps with a shared Map's state (Map.SetMemo).
+type memo struct{ key, value any }
+
+// Memo returns the value kept with SetMemo under key with m's state, and whether there is
+// one.
+func (m *Map) Memo(key any) (any, bool) {
+	if m.views == nil {
+		return nil, false
+	}
+	if e := m.views.memo.Load(); e != nil && e.key == key {
+		return e.value, true
+	}
+	return nil, false
+}
+
+// SetMemo keeps value under key with m's state when m is shared (Share): every copy of
+// that state then finds it with Memo, until the state changes; with a Map that is not
+// shared, it does nothing. One value is kept per state: a SetMemo under another key
+// replaces it. value must follow from m's fields (and whatever the caller checks when it
+// finds it), must not be changed afterwards, and may be read by many goroutines at once.
+func (m *Map) SetMemo(key, value any) {
+	if m.views != nil {
+		m.views.memo.Store(&memo{key, value})
+	}
+}
+
+// latestByNode returns m.latestByNode(), m being the Map v belongs to: memoized, as a
+// decoded Map keeps it (Map.origins), for a cached record the committer changed.
+func (v *views) latestByNode(m *Map) []Timestamp {
+	if p := v.latest.Load(); p != nil {
+		return *p
+	}
+	o := m.latestByNode()
+	v.latest.Store(&o)
+	return o
 }

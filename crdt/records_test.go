@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -126,6 +127,22 @@ func TestUser(t *testing.T) {
 		u := crdt.ReadUser("u1", &m)
 		if u.SessionsUntil != ts(9, 1) || u.SessionsWindow != epoch2026+103 {
 			t.Fatalf("SessionsUntil=%v, SessionsWindow=%d, want %v and 103", u.SessionsUntil, u.SessionsWindow, ts(9, 1))
+		}
+	})
+	// ReadUserMeta is ReadUser without the password hash and the profile, for every
+	// state above.
+	t.Run("Meta", func(t *testing.T) {
+		for _, m := range []crdt.Map{
+			crdt.NewUser("ada", "h", profile, ts(1, 1)),
+			merged(crdt.NewUser("ada", "h", profile, ts(1, 1)), crdt.EraseUser(ts(5, 2))),
+			merged(crdt.NewUser("ada", "h", profile, ts(1, 1)), crdt.RevokeSessionsUntil(ts(9, 1), 5)),
+			{},
+		} {
+			want := crdt.ReadUser("u1", &m)
+			want.PasswordHash, want.Profile = "", nil
+			if got := crdt.ReadUserMeta("u1", &m); !reflect.DeepEqual(got, want) {
+				t.Fatalf("ReadUserMeta=%+v, want %+v", got, want)
+			}
 		}
 	})
 }

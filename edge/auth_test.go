@@ -17,13 +17,22 @@ import (
 	"github.com/sessiond/sessiond/storage"
 )
 
-// afterRead is a functions.Store whose first Records call that reads key runs then once,
-// after the read and before returning it: what happens in that moment on a busy node.
+// afterRead is a functions.Store whose first Record or Records call that reads key runs
+// then once, after the read and before returning it: what happens in that moment on a
+// busy node.
 type afterRead struct {
 	functions.Store
 	key  string
 	once sync.Once
 	then func()
+}
+
+func (s *afterRead) Record(ctx context.Context, key string) (crdt.Map, bool, error) {
+	m, ok, err := s.Store.Record(ctx, key)
+	if key == s.key {
+		s.once.Do(s.then)
+	}
+	return m, ok, err
 }
 
 func (s *afterRead) Records(ctx context.Context, keys ...string) ([]crdt.Map, []bool, error) {

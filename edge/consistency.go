@@ -38,11 +38,14 @@ const (
 // adds to as handlers read and write.
 type requestContext struct {
 	context.Context
-	owner    string // the caller's user ID, once authenticated (see shows)
-	app      string // the authenticated app of a service request (see shows)
-	asked    crdt.Bookmark
-	askedRaw []byte // the header as sent, if it was one bookmark; aliases the request
-	shown    crdt.Bookmark
+	owner string // the caller's user ID, once authenticated (see shows)
+	app   string // the authenticated app of a service request (see shows)
+	// principal is the caller, once auth has authenticated it (authenticated).
+	principal     functions.Principal
+	authenticated bool
+	asked         crdt.Bookmark
+	askedRaw      []byte // the header as sent, if it was one bookmark; aliases the request
+	shown         crdt.Bookmark
 
 	askedBuf, shownBuf [4]crdt.Timestamp // the bookmarks' storage while they are small
 
@@ -120,7 +123,7 @@ func (n *Node) consistency(c *fiber.Ctx) error {
 		rc = new(requestContext)
 	}
 	parent := c.UserContext()
-	*rc = requestContext{Context: parent, app: serviceApp(c)}
+	rc.Context, rc.app = parent, serviceApp(c) // the rest is zero: the pool holds only contexts zeroed below
 	rc.asked, rc.shown = crdt.NewBookmark(rc.askedBuf[:]), crdt.NewBookmark(rc.shownBuf[:])
 	c.SetUserContext(rc)
 	defer func() {

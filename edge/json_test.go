@@ -2,6 +2,7 @@ package edge
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -400,6 +401,71 @@ func TestCompactJSON(t *testing.T) {
 	} {
 		if got := compactJSON(json.RawMessage(tc.in)); string(got) != tc.want {
 			t.Errorf("compactJSON(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestHTTP_CurrentSessionMemo: GET /v1/sessions/current answers a record state it answered
+// before with the bytes it kept (crdt.Map.SetMemo) — the same as a fresh encoding — and
+// stops doing so once the record changes: a patch, a renewal, an expiry's touch.
+func TestHTTP_CurrentSessionMemo(t *testing.T) {
+	t.Parallel()
+	n := MustStartNode(t, testConfig(t, "memo-0"))
+	c := newTestClient(t, n)
+	tok := signUp(t, c, "alice")
+	get := func() []byte {
+		t.Helper()
+		resp, body := c.do("GET", "/v1/sessions/current", tok, nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET: status %d: %s", resp.StatusCode, body)
+		}
+		return body
+	}
+	var ids struct {
+		Session struct {
+			ID     string `json:"id"`
+			UserID string `json:"user_id"`
+		} `json:"session"`
+	}
+	fresh := func() []byte { // what encoding the state afresh gives
+		t.Helper()
+		p, err := n.sessions.Authenticate(context.Background(), ids.Session.UserID, ids.Session.ID)
+		if err != nil {
+			t.Fatalf("Authenticate: %v", err)
+		}
+		s, err := n.sessions.Current(context.Background(), p)
+		if err != nil {
+			t.Fatalf("Current: %v", err)
+		}
+		b, err := appendSessionDoc(nil, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	first := get()
+	if err := json.Unmarshal(first, &ids); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if again := get(); !bytes.Equal(again, first) {
+			t.Fatalf("GET %d:\n got %s\nwant %s", i+2, again, first)
+		}
+	}
+	if want := fresh(); !bytes.Equal(first, want) {
+		t.Fatalf("kept encoding\n got %s\nwant %s", first, want)
+	}
+	for _, v := range []string{`1`, `{"a":[2]}`} {
+		resp, body := c.do("PATCH", "/v1/sessions/current", tok, `{"data":{"k":`+v+`}}`)
+		if resp.StatusCode != 200 {
+			t.Fatalf("PATCH: status %d: %s", resp.StatusCode, body)
+		}
+		got := get()
+		if !bytes.Contains(got, []byte(`"k":`+v)) || !bytes.Equal(got, fresh()) {
+			t.Fatalf("GET after PATCH k=%s: %s, want the patched state %s", v, got, fresh())
+		}
+		if again := get(); !bytes.Equal(again, got) {
+			t.Fatalf("GET again after PATCH:\n got %s\nwant %s", again, got)
 		}
 	}
 }

@@ -103,37 +103,37 @@ func (s *Sessions) CreateForSubject(ctx context.Context, app string, req Subject
 	return s.create(ctx, u, newSession{origin: req.Origin, ttl: ttl, idle: idle, app: app, data: req.Data})
 }
 
-// appSession returns the record of session id and its user, when the session is usable
-// and belongs to a subject of app; else errNoServiceSession.
-func (s *Sessions) appSession(ctx context.Context, app, id string) (crdt.Map, crdt.User, error) {
+// appSession returns the records of session id and its user, when the session is
+// usable and belongs to a subject of app; else errNoServiceSession.
+func (s *Sessions) appSession(ctx context.Context, app, id string) (loadedRecords, error) {
 	m, ok, err := s.Store.Record(ctx, crdt.SessionKey(id))
 	if err != nil {
-		return crdt.Map{}, crdt.User{}, err
+		return loadedRecords{}, err
 	}
 	meta := crdt.ReadSessionMeta(id, &m)
 	if !ok || meta.App != app || meta.UserID == "" {
-		return crdt.Map{}, crdt.User{}, errNoServiceSession
+		return loadedRecords{}, errNoServiceSession
 	}
-	rec, u, err := s.load(ctx, meta.UserID, id, true)
+	l, err := s.load(ctx, meta.UserID, id, true, s.Clock.PhysicalNow())
 	if ErrorCode(err) == EUnauthorized {
-		return crdt.Map{}, crdt.User{}, errNoServiceSession
+		return loadedRecords{}, errNoServiceSession
 	}
 	if err != nil {
-		return crdt.Map{}, crdt.User{}, err
+		return loadedRecords{}, err
 	}
-	if u.App != app {
-		return crdt.Map{}, crdt.User{}, errNoServiceSession
+	if l.user.App != app {
+		return loadedRecords{}, errNoServiceSession
 	}
-	return rec, u, nil
+	return l, nil
 }
 
 // ServiceSession returns session id of one of app's subjects.
 func (s *Sessions) ServiceSession(ctx context.Context, app, id string) (Session, error) {
-	rec, u, err := s.appSession(ctx, app, id)
+	l, err := s.appSession(ctx, app, id)
 	if err != nil {
 		return Session{}, err
 	}
-	return sessionOf(crdt.ReadSession(id, &rec), u), nil
+	return sessionOf(crdt.ReadSession(id, &l.session), l.user), nil
 }
 
 // PatchServiceSession merges patch into the data of session id of one of app's subjects,
@@ -142,16 +142,16 @@ func (s *Sessions) PatchServiceSession(ctx context.Context, app, id string, patc
 	if err := validPatch(patch); err != nil {
 		return Session{}, err
 	}
-	rec, u, err := s.appSession(ctx, app, id)
+	l, err := s.appSession(ctx, app, id)
 	if err != nil {
 		return Session{}, err
 	}
-	return s.PatchData(ctx, Principal{UserID: u.ID, SessionID: id, App: app, loaded: &loadedRecords{session: rec, user: u}}, patch)
+	return s.PatchData(ctx, Principal{UserID: l.user.ID, SessionID: id, App: app, loaded: l, hasLoaded: true}, patch)
 }
 
 // RevokeServiceSession revokes session id of one of app's subjects.
 func (s *Sessions) RevokeServiceSession(ctx context.Context, app, id string) error {
-	if _, _, err := s.appSession(ctx, app, id); err != nil {
+	if _, err := s.appSession(ctx, app, id); err != nil {
 		return err
 	}
 	return s.Store.Update(ctx, func(tx Tx) error {
@@ -166,21 +166,21 @@ func (s *Sessions) RevokeServiceSession(ctx context.Context, app, id string) err
 // Any other session, or none, is EUnauthorized, whatever the reason: the token is not
 // active for this app.
 func (s *Sessions) Introspect(ctx context.Context, app, userID, sessionID string, gen uint64) (Session, error) {
-	rec, u, err := s.load(ctx, userID, sessionID, true)
+	now := s.Clock.PhysicalNow()
+	l, err := s.load(ctx, userID, sessionID, true, now)
 	if err != nil {
 		return Session{}, err
 	}
-	meta := crdt.ReadSessionMeta(sessionID, &rec)
-	if u.App != app || meta.App != app {
+	if l.user.App != app || l.meta.App != app {
 		return Session{}, errSessionEnded
 	}
-	if meta.TokenGen > gen {
+	if l.meta.TokenGen > gen {
 		return Session{}, errTokenRenewed
 	}
-	if rec, err = s.touch(ctx, sessionID, rec); err != nil {
+	if l, err = s.touch(ctx, sessionID, l, now); err != nil {
 		return Session{}, err
 	}
-	return sessionOf(crdt.ReadSession(sessionID, &rec), u), nil
+	return sessionOf(crdt.ReadSession(sessionID, &l.session), l.user), nil
 }
 
 // SubjectSessions returns the usable sessions of app's subject, newest first: none for a

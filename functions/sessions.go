@@ -2,6 +2,7 @@ package functions
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"slices"
@@ -31,6 +32,18 @@ func sessionOf(s crdt.Session, u crdt.User) Session {
 	return out
 }
 
+// sessionOfRecord is sessionOf(crdt.ReadSession(meta.ID, m), u) given meta, the
+// crdt.ReadSessionMeta of the session record m: it reads only the origin and the data,
+// and builds one data map instead of two.
+func sessionOfRecord(meta crdt.Session, m *crdt.Map, u crdt.User) Session {
+	meta.Origin = crdt.ReadSessionOrigin(m)
+	out := sessionOf(meta, u)
+	for k, v := range crdt.SessionData(m) {
+		out.Data[k] = json.RawMessage(v)
+	}
+	return out
+}
+
 // Principal is the authenticated caller of a request.
 type Principal struct {
 	UserID    string
@@ -42,14 +55,25 @@ type Principal struct {
 	App string
 
 	// loaded holds the session and user records Authenticate read for this request, so
-	// the handler that follows does not read them again. Nil for a Principal built
-	// elsewhere; handlers then read the records themselves.
-	loaded *loadedRecords
+	// the handler that follows does not read them again (hasLoaded). A Principal built
+	// elsewhere has none; handlers then read the records themselves. Held by value: a
+	// Principal is copied a few times per request, which costs less than allocating it.
+	loaded    loadedRecords
+	hasLoaded bool
+}
+
+// SessionRecord returns the caller's session record as authentication read it for this
+// request, and false for a Principal that holds none. The Map is a copy of the store's:
+// it may share its fields and views with the store's cache (crdt.Map.Share), so what a
+// caller keeps with it (crdt.Map.SetMemo) serves every request that reads that state.
+func (p Principal) SessionRecord() (crdt.Map, bool) {
+	return p.loaded.session, p.hasLoaded
 }
 
 type loadedRecords struct {
-	session crdt.Map // the session record
-	user    crdt.User
+	session crdt.Map     // the session record
+	meta    crdt.Session // crdt.ReadSessionMeta of session
+	user    crdt.User    // crdt.ReadUserMeta of the user record: no password hash, no profile
 }
 
 // Login is the request to sign in.
@@ -268,43 +292,49 @@ func (s *Sessions) Authenticate(ctx context.Context, userID, sessionID string) (
 // registration (EUsernameConflict everywhere else) may still make, so that it can go:
 // signing out and erasing itself; every other check holds.
 func (s *Sessions) AuthenticateToken(ctx context.Context, userID, sessionID string, gen uint64, leaving bool) (Principal, error) {
-	rec, u, err := s.load(ctx, userID, sessionID, !leaving)
-	if err == nil && crdt.ReadSessionMeta(sessionID, &rec).TokenGen > gen {
+	now := s.Clock.PhysicalNow()
+	l, err := s.load(ctx, userID, sessionID, !leaving, now)
+	if err == nil && l.meta.TokenGen > gen {
 		err = errTokenRenewed
 	}
 	if err != nil {
 		return Principal{}, err
 	}
-	if rec, err = s.touch(ctx, sessionID, rec); err != nil {
+	if l, err = s.touch(ctx, sessionID, l, now); err != nil {
 		return Principal{}, err
 	}
 	return Principal{
-		UserID: userID, Username: u.Username, SessionID: sessionID, TokenGen: gen, App: u.App,
-		loaded: &loadedRecords{session: rec, user: u},
+		UserID: userID, Username: l.user.Username, SessionID: sessionID, TokenGen: gen, App: l.user.App,
+		loaded: l, hasLoaded: true,
 	}, nil
 }
 
-// touch records a use of session sessionID, whose record is rec, sliding its idle
-// expiry — at most every TouchEvery — and returns the record as it now is.
-func (s *Sessions) touch(ctx context.Context, sessionID string, rec crdt.Map) (crdt.Map, error) {
-	if s.Clock.PhysicalNow().Sub(crdt.ReadSessionMeta(sessionID, &rec).LastUsed) < s.touchEvery() {
-		return rec, nil
+// touch records a use of session sessionID, whose records l holds, sliding its idle
+// expiry — at most every TouchEvery, judged at now — and returns l as it now is.
+func (s *Sessions) touch(ctx context.Context, sessionID string, l loadedRecords, now time.Time) (loadedRecords, error) {
+	if now.Sub(l.meta.LastUsed) < s.touchEvery() {
+		return l, nil
 	}
+	var touched crdt.Map // not l, which the closure would move to the heap on every call
 	err := s.Store.Update(ctx, func(tx Tx) error {
 		var err error
-		rec, err = tx.Merge(crdt.SessionKey(sessionID), crdt.TouchSession(s.Clock.Next()))
+		touched, err = tx.Merge(crdt.SessionKey(sessionID), crdt.TouchSession(s.Clock.Next()))
 		return err
 	})
-	return rec, err
+	if err != nil {
+		return loadedRecords{}, err
+	}
+	l.session, l.meta = touched, crdt.ReadSessionMeta(sessionID, &touched)
+	return l, nil
 }
 
 // records returns the caller's session record and user: those Authenticate loaded for
 // this request, or freshly read and checked.
-func (s *Sessions) records(ctx context.Context, p Principal) (crdt.Map, crdt.User, error) {
-	if p.loaded != nil {
-		return p.loaded.session, p.loaded.user, nil
+func (s *Sessions) records(ctx context.Context, p Principal) (loadedRecords, error) {
+	if p.hasLoaded {
+		return p.loaded, nil
 	}
-	return s.load(ctx, p.UserID, p.SessionID, true)
+	return s.load(ctx, p.UserID, p.SessionID, true, s.Clock.PhysicalNow())
 }
 
 var (
@@ -312,48 +342,57 @@ var (
 	errTokenRenewed = Errorf(EUnauthorized, "this token was replaced by a renewal of its session; use the new one")
 )
 
-// load returns the record of a usable session of userID, and its user; with ownName,
-// only if the user owns its username (else EUsernameConflict).
-func (s *Sessions) load(ctx context.Context, userID, sessionID string, ownName bool) (crdt.Map, crdt.User, error) {
-	ms, ok, err := s.Store.Records(ctx, crdt.SessionKey(sessionID), crdt.UserKey(userID))
-	if err != nil {
-		return crdt.Map{}, crdt.User{}, err
+// load returns the record of a session of userID usable at now, and its user; with
+// ownName, only if the user owns its username (else EUsernameConflict).
+func (s *Sessions) load(ctx context.Context, userID, sessionID string, ownName bool, now time.Time) (loadedRecords, error) {
+	// crdt.SessionKey(sessionID) and crdt.UserKey(userID), cut from one string: one
+	// allocation instead of two, on every request.
+	keys := crdt.SessionPrefix + sessionID + crdt.UserPrefix + userID
+	n := len(crdt.SessionPrefix) + len(sessionID)
+	// Two reads, not one Records: every check below only ever turns a yes into a no as
+	// the records change (flags set, generations and sign-outs raised, expiry passed), so
+	// the two need not be read at one point in time; and two reads that hit the record
+	// cache allocate nothing.
+	rec, ok, err := s.Store.Record(ctx, keys[:n])
+	if err != nil || !ok {
+		return loadedRecords{}, cmp.Or[error](err, errSessionEnded)
 	}
-	if !ok[0] || !ok[1] {
-		return crdt.Map{}, crdt.User{}, errSessionEnded
+	urec, ok, err := s.Store.Record(ctx, keys[n:])
+	if err != nil || !ok {
+		return loadedRecords{}, cmp.Or[error](err, errSessionEnded)
 	}
-	u := crdt.ReadUser(userID, &ms[1])
-	if u.Deleted || !usable(crdt.ReadSessionMeta(sessionID, &ms[0]), u, s.Clock.PhysicalNow()) {
-		return crdt.Map{}, crdt.User{}, errSessionEnded
+	l := loadedRecords{session: rec, meta: crdt.ReadSessionMeta(sessionID, &rec), user: crdt.ReadUserMeta(userID, &urec)}
+	if l.user.Deleted || !usable(l.meta, l.user, now) {
+		return loadedRecords{}, errSessionEnded
 	}
 	// An account that lost a concurrent registration of its name keeps no session that
 	// works under it: its sessions stop working once the winning claim arrives.
-	if !ownName || u.App != "" { // a subject has no username to lose
-		return ms[0], u, nil
+	if !ownName || l.user.App != "" { // a subject has no username to lose
+		return l, nil
 	}
-	if own, err := ownsName(ctx, s.Store, u); err != nil || !own {
+	if own, err := ownsName(ctx, s.Store, l.user); err != nil || !own {
 		if err == nil {
-			err = errNameLost(u.Username)
+			err = errNameLost(l.user.Username)
 		}
-		return crdt.Map{}, crdt.User{}, err
+		return loadedRecords{}, err
 	}
-	return ms[0], u, nil
+	return l, nil
 }
 
 // Check reports whether the caller's session is still usable, reading it afresh (a
 // long-lived request, such as the message stream, calls it to notice revocation).
 func (s *Sessions) Check(ctx context.Context, p Principal) error {
-	_, _, err := s.load(ctx, p.UserID, p.SessionID, true)
+	_, err := s.load(ctx, p.UserID, p.SessionID, true, s.Clock.PhysicalNow())
 	return err
 }
 
 // Current returns the caller's own session.
 func (s *Sessions) Current(ctx context.Context, p Principal) (Session, error) {
-	rec, u, err := s.records(ctx, p)
+	l, err := s.records(ctx, p)
 	if err != nil {
 		return Session{}, err
 	}
-	return sessionOf(crdt.ReadSession(p.SessionID, &rec), u), nil
+	return sessionOfRecord(l.meta, &l.session, l.user), nil
 }
 
 // PatchData merges patch into the caller's session data: each key is a last-writer-wins
@@ -366,10 +405,11 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 	if err := validPatch(patch); err != nil {
 		return Session{}, err
 	}
-	_, u, err := s.records(ctx, p)
+	l, err := s.records(ctx, p)
 	if err != nil {
 		return Session{}, err
 	}
+	key := crdt.SessionKey(p.SessionID) // p itself in the closure would move to the heap
 	var merged crdt.Map
 	err = s.Store.Update(ctx, func(tx Tx) error {
 		ts := s.Clock.Next()
@@ -380,7 +420,7 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 		if len(patch.Delete) > 0 {
 			// A tombstone is kept until the session ends: write one only for a key that
 			// has a value here, so deleting keys never set grows nothing.
-			cur, ok, err := tx.Record(crdt.SessionKey(p.SessionID))
+			cur, ok, err := tx.Record(key)
 			if err != nil {
 				return err
 			}
@@ -394,7 +434,7 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 		// The merge is checked after the fact: returning an error discards it. This
 		// runs on the store's single committer, so it checks without building anything.
 		var err error
-		if merged, err = tx.Merge(crdt.SessionKey(p.SessionID), update); err != nil {
+		if merged, err = tx.Merge(key, update); err != nil {
 			return err
 		}
 		return checkSessionData(&merged)
@@ -402,7 +442,7 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 	if err != nil {
 		return Session{}, err
 	}
-	return sessionOf(crdt.ReadSession(p.SessionID, &merged), u), nil
+	return sessionOf(crdt.ReadSession(p.SessionID, &merged), l.user), nil
 }
 
 // validPatch checks a data patch against the bounds of a session's data.
@@ -441,10 +481,11 @@ func validDataKey(k string) error {
 
 // List returns the caller's usable sessions, newest first, marking the current one.
 func (s *Sessions) List(ctx context.Context, p Principal) ([]Session, error) {
-	_, u, err := s.records(ctx, p)
+	l, err := s.records(ctx, p)
 	if err != nil {
 		return nil, err
 	}
+	u := l.user
 	all, err := s.Store.UserSessions(ctx, p.UserID)
 	if err != nil {
 		return nil, err
@@ -465,7 +506,7 @@ func (s *Sessions) List(ctx context.Context, p Principal) ([]Session, error) {
 // node, that node still accepts the old token. Two renewals of one token made on nodes
 // that have not seen each other's both stand (the same generation).
 func (s *Sessions) Renew(ctx context.Context, p Principal) (Session, uint64, error) {
-	_, u, err := s.records(ctx, p)
+	l, err := s.records(ctx, p)
 	if err != nil {
 		return Session{}, 0, err
 	}
@@ -492,7 +533,7 @@ func (s *Sessions) Renew(ctx context.Context, p Principal) (Session, uint64, err
 	if err != nil {
 		return Session{}, 0, err
 	}
-	return sessionOf(crdt.ReadSession(p.SessionID, &rec), u), gen, nil
+	return sessionOf(crdt.ReadSession(p.SessionID, &rec), l.user), gen, nil
 }
 
 // Revoke revokes one of the caller's sessions. Revocation is a monotonic flag: no

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -473,6 +474,29 @@ func TestSessionsCurrent(t *testing.T) {
 		_, err := e.sessions.Current(ctx, p)
 		wantCode(t, err, EUnauthorized)
 	})
+}
+
+// TestSessionOfRecord: the session view Current builds from the record and its meta is
+// the one sessionOf builds from crdt.ReadSession, for records with and without data,
+// deleted keys and an origin.
+func TestSessionOfRecord(t *testing.T) {
+	ts := func(wall int64) crdt.Timestamp { return crdt.Timestamp{Wall: testEpoch.UnixNano() + wall, Node: 1} }
+	base := crdt.NewSession("u1", testEpoch.Add(24*time.Hour), time.Hour, ts(1))
+	withData := base.Clone()
+	withData.Set(crdt.DataPrefix+"theme", []byte(`"dark"`), ts(2))
+	withData.Set(crdt.DataPrefix+"cart", []byte(`[1,2]`), ts(2))
+	withData.Delete(crdt.DataPrefix+"gone", ts(3))
+	withData.Merge(crdt.SessionOrigin(crdt.Origin{Device: "Firefox on Linux", ClientAddr: "192.0.2.1", Region: "eu", Node: "eu-1"}, ts(1)))
+	for name, m := range map[string]crdt.Map{"Bare": base, "DataAndOrigin": withData} {
+		t.Run(name, func(t *testing.T) {
+			u := crdt.User{ID: "u1", Username: "alice"}
+			want := sessionOf(crdt.ReadSession("s1", &m), u)
+			got := sessionOfRecord(crdt.ReadSessionMeta("s1", &m), &m, u)
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("sessionOfRecord=%+v, want %+v", got, want)
+			}
+		})
+	}
 }
 
 func raw(s string) json.RawMessage { return json.RawMessage(s) }

@@ -22,8 +22,10 @@ import (
 //     fills after its publish is refused; one that fills before the publish is
 //     overwritten by it, since the publish replaces every cached key the commit wrote.
 //
-// Cached maps are shared and read-only: readers get a Copy, and the committer stores
-// the maps of its batch, which nothing modifies once the batch has applied them.
+// Cached maps are shared (crdt.Map.Share): readers get the cached state itself, without a
+// copy, and whoever changes a Map it got — a reader, or the committer merging into a
+// record it took from the cache — copies its fields first, so a cached state never
+// changes. The committer stores the maps of its batch the same way.
 type recordCache struct {
 	max int
 
@@ -36,19 +38,18 @@ func newRecordCache(max int) *recordCache {
 	return &recordCache{max: max, items: make(map[string]crdt.Map)}
 }
 
-// get returns a copy of the cached state of key, or false and the generation to pass to
-// fill after reading the record from bbolt.
+// get returns the cached state of key (shared: see recordCache), or false and the
+// generation to pass to fill after reading the record from bbolt.
 func (c *recordCache) get(key string) (m crdt.Map, hit bool, gen uint64) {
 	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if cm, ok := c.items[key]; ok {
-		return cm.Copy(), true, 0
-	}
-	return crdt.Map{}, false, c.gen
+	m, hit = c.items[key]
+	gen = c.gen
+	c.mu.RUnlock()
+	return m, hit, gen
 }
 
 // fill caches m, the stored state of key read after get returned gen, unless a commit
-// was published since. m must not be modified afterwards.
+// was published since. m must be shared (crdt.Map.Share) with whoever else holds it.
 func (c *recordCache) fill(key string, m crdt.Map, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -77,7 +78,7 @@ func (c *recordCache) publish(writes map[string]*crdt.Map) {
 		if m == nil {
 			delete(c.items, key)
 		} else {
-			c.items[key] = *m
+			c.items[key] = m.Share()
 		}
 	}
 }

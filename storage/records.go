@@ -20,6 +20,12 @@ const seqLen = 8
 // crdt.Session.ActiveAt. The Map's field values may be shared with the record cache:
 // read them, never write into them (see crdt.Map.Get).
 func (db *DB) Record(ctx context.Context, key string) (crdt.Map, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return crdt.Map{}, false, err
+	}
+	if m, hit, _ := db.cache.get(key); hit { // what Records does, without its slices
+		return m, true, nil
+	}
 	ms, ok, err := db.Records(ctx, key)
 	if err != nil {
 		return crdt.Map{}, false, err
@@ -67,7 +73,7 @@ func (db *DB) Records(ctx context.Context, keys ...string) (ms []crdt.Map, ok []
 	}
 	for _, i := range missed {
 		if ok[i] {
-			db.cache.fill(keys[i], ms[i].Copy(), gen)
+			db.cache.fill(keys[i], ms[i].Share(), gen)
 		}
 	}
 	return ms, ok, nil

@@ -1,7 +1,10 @@
 // Command baseline serves the two servers sessiond is compared with in BENCHMARKS.md:
 //
 //   - bare: a Fiber handler that answers every request with a fixed JSON body (201 for
-//     POST, else 200) — the ceiling of Fiber on this machine, with no work behind it;
+//     POST, else 200) — the ceiling of Fiber on this machine, with no work behind it.
+//     With --headers sessiond it also sends the headers sessiond's API answers carry
+//     (security headers, a request id, a bookmark), set the way sessiond sets them, so
+//     that a comparison can tell the cost of sending them from the cost of the work;
 //   - jwtredis: what users would build instead of sessiond — Fiber, HS256 JWTs
 //     (golang-jwt/v5 with the algorithm pinned and the same claim checks as sessiond:
 //     exp, iat, iss, aud required, kid) and Redis as the session store, one hash per
@@ -23,6 +26,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	mrand "math/rand/v2"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -40,11 +44,19 @@ func main() {
 	addr := flag.String("http", "127.0.0.1:8090", "listen `ADDR`")
 	redisAddr := flag.String("redis", "127.0.0.1:6379", "Redis `ADDR` (jwtredis)")
 	pool := flag.Int("redis-pool", 128, "Redis connections at most (jwtredis)")
+	headers := flag.String("headers", "none", "none, or sessiond: send the headers sessiond's API answers carry (bare)")
 	flag.Parse()
 
 	app := fiber.New(fiber.Config{DisableStartupMessage: true, BodyLimit: 1 << 20})
 	switch *mode {
 	case "bare":
+		switch *headers {
+		case "none":
+		case "sessiond":
+			app.Use(sessiondHeaders)
+		default:
+			log.Fatalf("--headers %q: want none or sessiond", *headers)
+		}
 		app.Use(bare)
 	case "jwtredis":
 		s, err := newJWTRedis(*redisAddr, *pool)
@@ -76,6 +88,46 @@ func bare(c *fiber.Ctx) error {
 		c.Status(fiber.StatusCreated)
 	}
 	return c.Send(bareBody)
+}
+
+// apiHeaders are the fixed headers of sessiond's answers to /v1/ requests (edge/headers.go),
+// in fasthttp's canonical form as sessiond keeps them; the node name is "bench".
+var apiHeaders = [][2][]byte{
+	{[]byte("X-Served-By"), []byte("bench")},
+	{[]byte("X-Content-Type-Options"), []byte("nosniff")},
+	{[]byte("X-Frame-Options"), []byte("DENY")},
+	{[]byte("Referrer-Policy"), []byte("no-referrer")},
+	{[]byte("Cross-Origin-Opener-Policy"), []byte("same-origin")},
+	{[]byte("Content-Security-Policy"), []byte("default-src 'none'; frame-ancestors 'none'")},
+	{[]byte("Cache-Control"), []byte("no-store")},
+}
+
+var (
+	requestIDKey = []byte("X-Request-Id")
+	bookmarkKey  = []byte("X-Sessiond-Bookmark")
+	// bookmark is as long as the bookmark of a session read on a lone node.
+	bookmark = []byte("AQF1G8xSyK81pq3u1539uqX3GAA")
+)
+
+// sessiondHeaders sets what sessiond's API answers carry besides the body: the fixed
+// headers, a random request id (16 hex digits) and a bookmark.
+func sessiondHeaders(c *fiber.Ctx) error {
+	h := &c.Response().Header
+	for _, kv := range apiHeaders {
+		h.SetCanonical(kv[0], kv[1])
+	}
+	var id [16]byte
+	r := mrand.Uint64() // #nosec G404 -- a correlation id, as sessiond's
+	for i := range id {
+		id[i] = "0123456789abcdef"[r>>60]
+		r <<= 4
+	}
+	h.SetCanonical(requestIDKey, id[:])
+	if err := c.Next(); err != nil {
+		return err
+	}
+	h.SetCanonical(bookmarkKey, bookmark)
+	return nil
 }
 
 // Token claims, as sessiond pins them.

@@ -2,7 +2,8 @@
 // target on loopback ports — a bare Fiber handler, Fiber + JWT + Redis (appendfsync
 // everysec and always), one sessiond node, a three-node sessiond cluster — runs
 // `sessiond bench` with the same load against each (and, on sessiond, reads with and
-// without a bookmark), then measures replication in a six-node, three-region cluster
+// without a bookmark), drives authenticated reads with wrk against one node and the bare
+// baseline (wrk.go; skipped when wrk is not installed), then measures replication in a six-node, three-region cluster
 // (with sign-outs and cross-node reads with bookmarks alongside the paced writes),
 // anti-entropy repair, memory and start-up time; and, asked for with --parts placement,
 // per-node work, forwarding and propagation with --replicas (placement.go). It stops
@@ -26,21 +27,26 @@ import (
 )
 
 type options struct {
-	bin, out       string
-	duration       time.Duration
-	warmup         time.Duration
-	connections    int
-	users          int
-	repeat         int
-	parts          map[string]bool
-	repRate        float64
-	repDuration    time.Duration
-	revokeRate     float64
-	bookmarkRate   float64
-	repairUsers    int
-	startupUsers   int
-	redisServer    string
-	sessiondExtras []string
+	bin, out     string
+	duration     time.Duration
+	warmup       time.Duration
+	connections  int
+	users        int
+	repeat       int
+	parts        map[string]bool
+	repRate      float64
+	repDuration  time.Duration
+	revokeRate   float64
+	bookmarkRate float64
+	repairUsers  int
+	startupUsers int
+	redisServer  string
+	// The wrk part.
+	wrk            string
+	wrkThreads     int
+	wrkConnections int
+	wrkDuration    time.Duration
+	wrkOther       string
 	// The placement part.
 	plSteps      map[string]bool
 	plNodes      []int
@@ -62,6 +68,7 @@ type results struct {
 	HTTP         []httpRun          `json:"http,omitempty"`
 	HTTPBookmark []bookmarkReadRun  `json:"http_read_bookmark,omitempty"`
 	Ratios       map[string]float64 `json:"ratios,omitempty"`
+	Wrk          *wrkResult         `json:"wrk,omitempty"`
 	Replication  *replicationResult `json:"replication,omitempty"`
 	Repair       *repairResult      `json:"repair,omitempty"`
 	Memory       []memoryResult     `json:"memory,omitempty"`
@@ -72,14 +79,19 @@ type results struct {
 
 func main() {
 	var o options
-	parts := flag.String("parts", "http,scaling,replication,repair,memory,startup", "what to measure; also placement (not by default: ~10 min)")
+	parts := flag.String("parts", "http,wrk,scaling,replication,repair,memory,startup", "what to measure; also placement (not by default: ~10 min)")
 	flag.StringVar(&o.bin, "bin", "build/bench", "`DIR` holding the sessiond and baseline binaries")
 	flag.StringVar(&o.out, "out", "build/bench/run", "`DIR` for data, logs and results.json (emptied first)")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measuring time of each HTTP run")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each HTTP run")
 	flag.IntVar(&o.connections, "connections", 32, "concurrent connections of each HTTP run")
 	flag.IntVar(&o.users, "users", 200, "bench users of each HTTP run")
-	flag.IntVar(&o.repeat, "repeat", 1, "run the HTTP comparison this many times, interleaved; the median counts")
+	flag.IntVar(&o.repeat, "repeat", 1, "run the HTTP and wrk comparisons this many times, interleaved; the median counts")
+	flag.StringVar(&o.wrk, "wrk", "wrk", "wrk `BINARY` of the wrk part (skipped when it is not found)")
+	flag.IntVar(&o.wrkThreads, "wrk-threads", 2, "wrk threads of the wrk part")
+	flag.IntVar(&o.wrkConnections, "wrk-connections", 64, "wrk connections of the wrk part")
+	flag.DurationVar(&o.wrkDuration, "wrk-duration", 8*time.Second, "length of each wrk run (whole seconds)")
+	flag.StringVar(&o.wrkOther, "wrk-other", "", "`DIR` holding another sessiond build (another commit's) to run beside --bin's in the wrk part's rounds")
 	flag.Float64Var(&o.repRate, "replication-rate", 1000, "writes per second during the replication run")
 	flag.DurationVar(&o.repDuration, "replication-duration", 20*time.Second, "length of the replication run")
 	flag.Float64Var(&o.revokeRate, "revocation-rate", 20, "sign-outs per second during the replication run (0: none)")
@@ -145,7 +157,7 @@ func runAll(ctx context.Context, o options) error {
 		part string
 		fn   func(context.Context, options, *results) error
 	}{
-		{"http", runHTTP}, {"scaling", runScaling}, {"replication", runReplication}, {"repair", runRepair},
+		{"http", runHTTP}, {"wrk", runWrk}, {"scaling", runScaling}, {"replication", runReplication}, {"repair", runRepair},
 		{"memory", runMemory}, {"startup", runStartup}, {"placement", runPlacement},
 	}
 	for _, s := range steps {
