@@ -1,63 +1,19 @@
 package client_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"testing"
 	"time"
 
-	"github.com/sessiond/sessiond/edge"
-	"github.com/sessiond/sessiond/edge/adminauth"
-	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/edge/client"
+	"github.com/sessiond/sessiond/edge/edgetest"
 )
 
-// kvClusterKey is the cluster key of the nodes the key-value tests start: they create
-// apps through the admin routes, which it signs.
-var kvClusterKey = bytes.Repeat([]byte{0x42}, 32)
-
-// startAppNode starts a node with kvClusterKey and returns it with the API key of a new
-// app called name.
-func startAppNode(t *testing.T, name string) (*edge.Node, string) {
-	t.Helper()
-	cfg := edge.DefaultConfig()
-	cfg.NodeName = "client-test"
-	cfg.DataDir = t.TempDir()
-	cfg.HTTPAddr, cfg.GossipAddr, cfg.SyncAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.ClusterKeys = [][]byte{kvClusterKey}
-	n, err := edge.NewNode(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(context.Background()); err != nil {
-			t.Errorf("close node: %v", err)
-		}
-	})
-	body, _ := json.Marshal(api.CreateAppRequest{Name: name})
-	req, _ := http.NewRequest(http.MethodPost, "http://"+n.HTTPAddr()+"/v1/admin/apps", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", adminauth.Sign(kvClusterKey, http.MethodPost, "/v1/admin/apps", body, time.Now()))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out api.CreateAppResponse
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != http.StatusCreated || out.Key == "" {
-		t.Fatalf("create app: %d, %v", resp.StatusCode, err)
-	}
-	return n, out.Key
-}
-
 func TestKV(t *testing.T) {
-	n, key := startAppNode(t, "shop")
+	n := edgetest.Start(t, "client-test", nil)
+	key := edgetest.CreateApp(t, n, "shop")
 	c, err := client.NewService(client.Config{Endpoints: []string{"http://" + n.HTTPAddr()}, DisallowUnknownFields: true}, key)
 	if err != nil {
 		t.Fatal(err)

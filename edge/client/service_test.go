@@ -1,71 +1,24 @@
 package client_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/sessiond/sessiond/edge"
-	"github.com/sessiond/sessiond/edge/adminauth"
 	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/edge/client"
+	"github.com/sessiond/sessiond/edge/edgetest"
 )
-
-var serviceTestKey = bytes.Repeat([]byte{0x6b}, 32)
-
-// createApp creates the app called name on n through the admin route, as `sessiond apps
-// create` does, and returns its API key.
-func createApp(t *testing.T, n *edge.Node, name string) string {
-	t.Helper()
-	body := []byte(`{"name":"` + name + `"}`)
-	req, err := http.NewRequest("POST", "http://"+n.HTTPAddr()+"/v1/admin/apps", bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", adminauth.Sign(serviceTestKey, "POST", "/v1/admin/apps", body, time.Now()))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var out api.CreateAppResponse
-	if resp.StatusCode != http.StatusCreated || json.Unmarshal(b, &out) != nil {
-		t.Fatalf("create app %s: %d %s", name, resp.StatusCode, b)
-	}
-	return out.Key
-}
 
 // TestService calls every service route through a ServiceClient against a real node,
 // decoding strictly, and uses a subject's token through a Client.
 func TestService(t *testing.T) {
-	cfg := edge.DefaultConfig()
-	cfg.NodeName = "client-test"
-	cfg.DataDir = t.TempDir()
-	cfg.HTTPAddr, cfg.GossipAddr, cfg.SyncAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.ClusterKeys = [][]byte{serviceTestKey}
-	n, err := edge.NewNode(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(context.Background()); err != nil {
-			t.Errorf("close node: %v", err)
-		}
-	})
+	n := edgetest.Start(t, "client-test", nil)
 	ctx := context.Background()
 	endpoints := []string{"http://" + n.HTTPAddr()}
-	svc, err := client.NewService(client.Config{Endpoints: endpoints, DisallowUnknownFields: true}, createApp(t, n, "shop"))
+	svc, err := client.NewService(client.Config{Endpoints: endpoints, DisallowUnknownFields: true}, edgetest.CreateApp(t, n, "shop"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -13,56 +11,24 @@ import (
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/alexedwards/scs/v2"
 
 	"github.com/sessiond/sessiond/edge"
-	"github.com/sessiond/sessiond/edge/adminauth"
-	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/edge/client"
 	"github.com/sessiond/sessiond/edge/client/scsstore"
+	"github.com/sessiond/sessiond/edge/edgetest"
 )
 
 // The shop against a real node in-process: sign in, fill and empty a cart, sign out,
 // through two app instances on one node (the Docker test, infra/example/e2e, spreads
 // them over regions and kills a node); and bad input gets a 4xx.
 
-var clusterKey = bytes.Repeat([]byte{0x42}, 32)
-
+// startNode starts a node for the test and returns it with the API key of a new app.
 func startNode(t *testing.T) (*edge.Node, string) {
 	t.Helper()
-	cfg := edge.DefaultConfig()
-	cfg.NodeName = "example-test"
-	cfg.DataDir = t.TempDir()
-	cfg.HTTPAddr, cfg.GossipAddr, cfg.SyncAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.ClusterKeys = [][]byte{clusterKey}
-	n, err := edge.NewNode(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(context.Background()); err != nil {
-			t.Errorf("close node: %v", err)
-		}
-	})
-	body, _ := json.Marshal(api.CreateAppRequest{Name: "shop"})
-	req, _ := http.NewRequest(http.MethodPost, "http://"+n.HTTPAddr()+"/v1/admin/apps", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", adminauth.Sign(clusterKey, http.MethodPost, "/v1/admin/apps", body, time.Now()))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out api.CreateAppResponse
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != http.StatusCreated {
-		t.Fatalf("create app: %d, %v", resp.StatusCode, err)
-	}
-	return n, out.Key
+	n := edgetest.Start(t, "example-test", nil)
+	return n, edgetest.CreateApp(t, n, "shop")
 }
 
 func startShop(t *testing.T, n *edge.Node, key, region string) *httptest.Server {

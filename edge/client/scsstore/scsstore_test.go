@@ -3,7 +3,6 @@ package scsstore
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -20,9 +19,8 @@ import (
 	"github.com/alexedwards/scs/v2"
 
 	"github.com/sessiond/sessiond/edge"
-	"github.com/sessiond/sessiond/edge/adminauth"
-	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/edge/client"
+	"github.com/sessiond/sessiond/edge/edgetest"
 )
 
 // The tests run against a real node in the test process, as scs's store tests run
@@ -32,43 +30,11 @@ import (
 // session changed at once by two requests both survive, and a destroyed session stays
 // destroyed.
 
-var clusterKey = bytes.Repeat([]byte{0x42}, 32)
-
 // startNode starts a node for the test and returns it with the API key of a new app.
 func startNode(t *testing.T) (*edge.Node, string) {
 	t.Helper()
-	cfg := edge.DefaultConfig()
-	cfg.NodeName = "scs-test"
-	cfg.DataDir = t.TempDir()
-	cfg.HTTPAddr, cfg.GossipAddr, cfg.SyncAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.ClusterKeys = [][]byte{clusterKey}
-	cfg.ServiceRequestsPerApp = 1 << 30
-	n, err := edge.NewNode(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(context.Background()); err != nil {
-			t.Errorf("close node: %v", err)
-		}
-	})
-	body, _ := json.Marshal(api.CreateAppRequest{Name: "shop"})
-	req, _ := http.NewRequest(http.MethodPost, "http://"+n.HTTPAddr()+"/v1/admin/apps", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", adminauth.Sign(clusterKey, http.MethodPost, "/v1/admin/apps", body, time.Now()))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out api.CreateAppResponse
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != http.StatusCreated {
-		t.Fatalf("create app: %d, %v", resp.StatusCode, err)
-	}
-	return n, out.Key
+	n := edgetest.Start(t, "scs-test", func(cfg *edge.Config) { cfg.ServiceRequestsPerApp = 1 << 30 })
+	return n, edgetest.CreateApp(t, n, "shop")
 }
 
 // newStore returns a Store on its own client (as another app server would have) of n.
