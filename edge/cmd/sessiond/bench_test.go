@@ -16,7 +16,8 @@ import (
 )
 
 // startBenchNode starts a node in-process on loopback ports chosen by the kernel, with
-// login throttling loose enough for a login mix, and stops it when the test ends.
+// login and sign-up throttling loose enough for the bench's users and a login mix, and
+// stops it when the test ends.
 func startBenchNode(tb testing.TB) *edge.Node {
 	tb.Helper()
 	cfg := edge.DefaultConfig()
@@ -27,6 +28,7 @@ func startBenchNode(tb testing.TB) *edge.Node {
 	cfg.SyncAddr = "127.0.0.1:0"
 	cfg.LoginPerAccount = 1_000_000
 	cfg.LoginPerAddress = 1_000_000
+	cfg.SignupsPerAddress = 1_000_000 // the bench registers its users from one address
 	// The tool is under test, not the hashing bound: on a loaded machine a login may
 	// wait for a hashing worker longer than the default second, and get a 503.
 	cfg.PasswordWait = time.Minute
