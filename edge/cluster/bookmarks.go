@@ -515,11 +515,15 @@ func (r *Replicator) Have() crdt.Bookmark {
 	return b
 }
 
+// maxKnownIn bounds the partitions haveOf answers about from what it learnt of each
+// (haveState.knownIn, whose cost grows with them): Await pulls one.
+const maxKnownIn = 8
+
 // haveOf returns what this node knows it holds of the partitions in mask (nil: all) that
 // it holds, and which those are (nil: all), with its own writes: the base knowledge, of
-// the partitions it holds but those gained; or, when mask names only gained partitions
-// (a pull of one partition, say, from a node that joined since or took over), what it
-// knows of them all (haveState.knownIn).
+// the partitions it holds but those gained; or, when mask names only gained partitions,
+// at most maxKnownIn of them (a pull of one partition, say, from a node that joined since
+// or took over), what it knows of them all (haveState.knownIn).
 func (r *Replicator) haveOf(mask []uint64) (crdt.Bookmark, []uint64) {
 	b, gained := r.have.base()
 	b.Add(r.cfg.DB.Committed())
@@ -536,7 +540,7 @@ func (r *Replicator) haveOf(mask []uint64) (crdt.Bookmark, []uint64) {
 		about[i] = asked[i] &^ gained[i]
 		some = some || about[i] != 0
 	}
-	if some || *asked == (partitionSet{}) {
+	if n := asked.count(); some || n == 0 || n > maxKnownIn {
 		return b, about.words()
 	}
 	k := r.have.knownIn(asked)
