@@ -839,6 +839,10 @@ func (r *Replicator) startFetch(peer Peer, p int) (*fetch, time.Duration, error)
 	h := &r.have
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	sharded := r.view.Load().sharded()
+	if !sharded {
+		p = AllPartitions // every node holds every partition: one pull serves them all
+	}
 	key := fetchKey{peer.ID, p}
 	if f, ok := h.fetching[key]; ok {
 		return f, 0, nil
@@ -851,7 +855,7 @@ func (r *Replicator) startFetch(peer Peer, p int) (*fetch, time.Duration, error)
 	h.fetching[key] = f
 	h.lastFetch[key] = now
 	var only *partitionSet
-	if p != AllPartitions && r.view.Load().sharded() {
+	if p != AllPartitions {
 		only = new(partitionSet)
 		only.add(p)
 	}
