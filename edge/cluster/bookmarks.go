@@ -410,29 +410,55 @@ func (h *haveState) missing(b crdt.Bookmark, self crdt.NodeID, p int) ([]crdt.Ti
 
 func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 	if p == AllPartitions {
-		return h.have.Covers(ts) && (!h.anyGained || h.through.Covers(ts))
+		if h.through.Covers(ts) || !h.anyGained && h.have.Covers(ts) {
+			return true // Throughs are about every partition held
+		}
+		if h.held == nil {
+			return false // not sharded: the base is about every partition
+		}
+		// Every partition held, each by what covers it: the base those not gained,
+		// lessons the others.
+		var known partitionSet
+		if h.have.Covers(ts) {
+			for i := range known {
+				known[i] = ^h.gained[i]
+			}
+		}
+		h.lessonsCovering(ts, func(l *lesson) {
+			for i := range known {
+				known[i] |= l.about[i]
+			}
+		})
+		return known.coversAll(h.held)
 	}
 	if (!h.anyGained || !h.gained.has(p)) && h.have.Covers(ts) || h.through.Covers(ts) {
 		return true
 	}
+	found := false
+	h.lessonsCovering(ts, func(l *lesson) { found = found || l.about.has(p) })
+	return found
+}
+
+// lessonsCovering calls f with each lesson (learnt, told, partial, carried) that covers
+// ts, about whichever partitions.
+func (h *haveState) lessonsCovering(ts crdt.Timestamp, f func(*lesson)) {
 	for _, ls := range h.learnt {
 		for i := range ls {
-			if ls[i].about.has(p) && ls[i].have.Covers(ts) {
-				return true
+			if ls[i].have.Covers(ts) {
+				f(&ls[i])
 			}
 		}
 	}
 	for _, lessons := range []map[crdt.NodeID]lesson{h.told, h.partial} {
-		if l, ok := lessons[ts.Node]; ok && l.about.has(p) && l.have.Covers(ts) {
-			return true
+		if l, ok := lessons[ts.Node]; ok && l.have.Covers(ts) {
+			f(&l)
 		}
 	}
-	for _, l := range h.carried {
-		if l.about.has(p) && l.have.Covers(ts) {
-			return true
+	for i := range h.carried {
+		if h.carried[i].have.Covers(ts) {
+			f(&h.carried[i])
 		}
 	}
-	return false
 }
 
 // knownIn returns what this node knows it holds in every one of the partitions of

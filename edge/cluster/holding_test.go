@@ -304,6 +304,34 @@ func TestHaveStateGained(t *testing.T) {
 			t.Errorf("a partition held throughout forgot what the Throughs told of it")
 		}
 	})
+	t.Run("OKAllPartitionsFromLessons", func(t *testing.T) {
+		// A question about every partition held is answered when each of them is covered
+		// by the base (not gained) or by some lesson: carried Throughs, rounds, pulls.
+		h := &haveState{}
+		h.init()
+		held := &partitionSet{}
+		held.add(1)
+		held.add(2)
+		h.replan(200, []int{1, 2}, held)
+		h.pushed(at(10), 200, nil, h.currentEra())
+		h.replan(201, nil, held) // the Throughs are carried, about 1 and 2
+		if !covers(h, 10, AllPartitions) {
+			t.Errorf("the carried Throughs about every partition held do not answer for them all")
+		}
+		held.add(3)
+		h.replan(202, []int{3}, held)
+		if covers(h, 10, AllPartitions) {
+			t.Errorf("a partition gained since, known of by nothing, was answered for")
+		}
+		var compared, full partitionSet
+		compared.add(3)
+		full.add(3)
+		epoch, era := h.roundStarts()
+		h.synced(peer, epoch, era, mark(10), self, 202, roundScope{compared: &compared, full: &full, one: true})
+		if !covers(h, 10, AllPartitions) || covers(h, 11, AllPartitions) {
+			t.Errorf("every partition held is covered by a lesson, but AllPartitions says %v (and %v past them)", covers(h, 10, AllPartitions), covers(h, 11, AllPartitions))
+		}
+	})
 	t.Run("OKCarriedBounded", func(t *testing.T) {
 		for i := range 2 * maxCarried {
 			h.pushed(at(int64(20+i)), h.placement, nil, h.currentEra())
