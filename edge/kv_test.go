@@ -162,7 +162,6 @@ func TestKV_HTTP(t *testing.T) {
 		code               string
 	}{
 		{"ErrHugeField", "PUT", "/v1/service/kv/k", `{"value":{"a":` + huge + `},"ttl":60}`, 413, "too_large"},
-		{"ErrHugeBody", "PUT", "/v1/service/kv/k", `{"value":{"a":"` + strings.Repeat("x", maxBody) + `"},"ttl":60}`, 413, "too_large"},
 		{"ErrManyFields", "PUT", "/v1/service/kv/k", map[string]any{"value": many, "ttl": 60}, 413, "too_large"},
 		{"ErrLongKey", "PUT", "/v1/service/kv/" + strings.Repeat("k", functions.MaxKVKey+1), map[string]any{"value": map[string]any{}, "ttl": 60}, 400, "invalid_argument"},
 		{"ErrBadKey", "GET", "/v1/service/kv/a%20b", nil, 400, "invalid_argument"},
@@ -197,6 +196,13 @@ func TestKV_HTTP(t *testing.T) {
 			wantError(t, resp, body, tc.status, tc.code)
 		})
 	}
+	t.Run("ErrHugeBody", func(t *testing.T) {
+		// Announced, not sent: a client still writing a body the node has refused may see
+		// its connection reset before it reads the answer.
+		resp, body := rawRequest(t, n.HTTPAddr(), fmt.Sprintf(
+			"PUT /v1/service/kv/k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d", shop, maxBody+1))
+		wantError(t, resp, body, http.StatusRequestEntityTooLarge, "too_large")
+	})
 	t.Run("ErrRefusedWriteStoresNothing", func(t *testing.T) {
 		resp, body := c.do("GET", "/v1/service/kv/k", shop, nil)
 		wantError(t, resp, body, 404, "not_found")
