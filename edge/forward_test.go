@@ -18,27 +18,7 @@ import (
 // request reaches its user's node, whichever node it was sent to, and says which node
 // forwarded it and which served it.
 func TestForward(t *testing.T) {
-	var nodes []*Node
-	var members []placement.Member
-	for i, name := range []string{"fw-a", "fw-b", "fw-c"} {
-		cfg := testConfig(t, name)
-		cfg.Replicas = 1
-		cfg.AntiEntropyEvery = 500 * time.Millisecond
-		if i > 0 {
-			cfg.Join = []string{nodes[0].membership.Addr()}
-		}
-		nodes = append(nodes, MustStartNode(t, cfg))
-		members = append(members, placement.Member{Name: name, Region: cfg.Region})
-	}
-	waitFor(t, 20*time.Second, "every node to see three members holding partitions", func() bool {
-		for _, n := range nodes {
-			if n.replicator.Peers() != 2 {
-				return false
-			}
-		}
-		return true
-	})
-	tab := placement.New(members, 1)
+	nodes, tab := startRegion(t, []string{"fw-a", "fw-b", "fw-c"}, nil)
 	holderOf := func(p int) string { return tab.Owners(nodes[0].cfg.Region, p)[0].Name }
 
 	// A user for each node, signed up through the first node.
@@ -193,24 +173,11 @@ func TestServeForwardedRefusesBadWrapping(t *testing.T) {
 // is limited exactly, whatever the counters' exchange between nodes (switched off here).
 func TestForwardedLoginsLimitedWhereTheClientIs(t *testing.T) {
 	clock := windowStartClock(loginWindow)
-	var nodes []*Node
-	var members []placement.Member
-	for i, name := range []string{"lim-a", "lim-b"} {
-		cfg := testConfig(t, name)
+	nodes, tab := startRegion(t, []string{"lim-a", "lim-b"}, func(cfg *Config) {
 		cfg.Now = clock
-		cfg.Replicas = 1
 		cfg.LoginPerAddress = 6
 		cfg.CounterFlush = time.Hour // no node learns another's counts during the test
-		if i > 0 {
-			cfg.Join = []string{nodes[0].membership.Addr()}
-		}
-		nodes = append(nodes, MustStartNode(t, cfg))
-		members = append(members, placement.Member{Name: name, Region: cfg.Region})
-	}
-	waitFor(t, 20*time.Second, "both nodes to see each other", func() bool {
-		return nodes[0].replicator.Peers() == 1 && nodes[1].replicator.Peers() == 1
 	})
-	tab := placement.New(members, 1)
 	holderOf := func(name string) string { return tab.Owners(nodes[0].cfg.Region, crdt.NamePartition(name))[0].Name }
 	nameOn := func(prefix, holder string) string {
 		for i := 0; ; i++ {
@@ -237,4 +204,36 @@ func TestForwardedLoginsLimitedWhereTheClientIs(t *testing.T) {
 	if resp.Header.Get("Retry-After") == "" {
 		t.Errorf("429 without Retry-After")
 	}
+}
+
+// startRegion starts nodes called names in one region with Replicas 1 and anti-entropy
+// every 500 ms, each joining the first, further configured by configure (nil: nothing
+// more), and waits until every node sees all the others and holds its share. It returns
+// the nodes and their placement.
+func startRegion(t *testing.T, names []string, configure func(*Config)) ([]*Node, *placement.Table) {
+	t.Helper()
+	var nodes []*Node
+	var members []placement.Member
+	for i, name := range names {
+		cfg := testConfig(t, name)
+		cfg.Replicas = 1
+		cfg.AntiEntropyEvery = 500 * time.Millisecond
+		if configure != nil {
+			configure(&cfg)
+		}
+		if i > 0 {
+			cfg.Join = []string{nodes[0].membership.Addr()}
+		}
+		nodes = append(nodes, MustStartNode(t, cfg))
+		members = append(members, placement.Member{Name: name, Region: cfg.Region})
+	}
+	waitFor(t, 20*time.Second, "every node to see the others and hold its share", func() bool {
+		for _, n := range nodes {
+			if n.replicator.Peers() != len(nodes)-1 || !n.replicator.Sharded() {
+				return false
+			}
+		}
+		return true
+	})
+	return nodes, placement.New(members, 1)
 }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/edge/api"
-	"github.com/sessiond/sessiond/edge/cluster/placement"
 	"github.com/sessiond/sessiond/functions"
 )
 
@@ -236,27 +235,7 @@ func TestKV_Throttle(t *testing.T) {
 // its holder; listing through any node gathers every key from every holder; a delete
 // through one node is seen through every other.
 func TestKV_Replicas(t *testing.T) {
-	var nodes []*Node
-	var members []placement.Member
-	for i, name := range []string{"kv-a", "kv-b", "kv-c"} {
-		cfg := testConfig(t, name)
-		cfg.Replicas = 1
-		cfg.AntiEntropyEvery = 500 * time.Millisecond
-		if i > 0 {
-			cfg.Join = []string{nodes[0].membership.Addr()}
-		}
-		nodes = append(nodes, MustStartNode(t, cfg))
-		members = append(members, placement.Member{Name: name, Region: cfg.Region})
-	}
-	waitFor(t, 20*time.Second, "every node to see the other two", func() bool {
-		for _, n := range nodes {
-			if n.replicator.Peers() != 2 || !n.replicator.Sharded() {
-				return false
-			}
-		}
-		return true
-	})
-	tab := placement.New(members, 1)
+	nodes, tab := startRegion(t, []string{"kv-a", "kv-b", "kv-c"}, nil)
 	holderOf := func(key string) string {
 		return tab.Owners(nodes[0].cfg.Region, crdt.KeyHomes(crdt.KVKey("shop", key)).First())[0].Name
 	}

@@ -18,7 +18,6 @@ import (
 	"github.com/sessiond/sessiond/edge/adminauth"
 	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/edge/cluster"
-	"github.com/sessiond/sessiond/edge/cluster/placement"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/storage"
 )
@@ -511,27 +510,7 @@ func TestService_Sessions(t *testing.T) {
 // with their tokens — by the node that holds them. A revocation of the app reaches every
 // node.
 func TestService_ThreeNodes(t *testing.T) {
-	var nodes []*Node
-	var members []placement.Member
-	for i, name := range []string{"svc3-a", "svc3-b", "svc3-c"} {
-		cfg := testConfig(t, name)
-		cfg.Replicas = 1
-		cfg.AntiEntropyEvery = 500 * time.Millisecond
-		if i > 0 {
-			cfg.Join = []string{nodes[0].membership.Addr()}
-		}
-		nodes = append(nodes, MustStartNode(t, cfg))
-		members = append(members, placement.Member{Name: name, Region: cfg.Region})
-	}
-	waitFor(t, 20*time.Second, "every node to see three members", func() bool {
-		for _, n := range nodes {
-			if n.replicator.Peers() != 2 {
-				return false
-			}
-		}
-		return true
-	})
-	tab := placement.New(members, 1)
+	nodes, tab := startRegion(t, []string{"svc3-a", "svc3-b", "svc3-c"}, nil)
 	holderOf := func(subject string) string {
 		return tab.Owners(nodes[0].cfg.Region, crdt.IDPartition(crdt.SubjectID("shop", subject)))[0].Name
 	}
