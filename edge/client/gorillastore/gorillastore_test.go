@@ -54,13 +54,21 @@ func newClient(t *testing.T, n *edge.Node, key string) *client.ServiceClient {
 	return c
 }
 
-// request returns a request that carries the cookies a response set.
+// request returns a request that carries the cookies a response set. It reads the
+// recorder, which is not safe for concurrent use: goroutines sharing a response use
+// requestWith its cookies instead.
 func request(from *httptest.ResponseRecorder) *http.Request {
+	if from == nil {
+		return requestWith(nil)
+	}
+	return requestWith(from.Result().Cookies())
+}
+
+// requestWith returns a request that carries cookies.
+func requestWith(cookies []*http.Cookie) *http.Request {
 	r := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
-	if from != nil {
-		for _, c := range from.Result().Cookies() {
-			r.AddCookie(c)
-		}
+	for _, c := range cookies {
+		r.AddCookie(c)
 	}
 	return r
 }
@@ -449,7 +457,7 @@ func TestStore_Concurrent(t *testing.T) {
 	s := New(newClient(t, n, key), hashKey)
 	r := request(nil)
 	shared := mustGet(t, s, r)
-	sharedCookie := mustSave(t, r, shared)
+	sharedCookies := mustSave(t, r, shared).Result().Cookies()
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
 	for g := range 16 {
@@ -475,7 +483,7 @@ func TestStore_Concurrent(t *testing.T) {
 				if own == nil {
 					own = w
 				}
-				r = request(sharedCookie)
+				r = requestWith(sharedCookies)
 				sh, err := s.Get(r, cookieName)
 				if err != nil || sh.IsNew {
 					errs <- fmt.Errorf("goroutine %d: shared session: IsNew=%v, %v", g, sh.IsNew, err)
@@ -495,7 +503,7 @@ func TestStore_Concurrent(t *testing.T) {
 		t.Error(err)
 	}
 	// Every goroutine changed its own value of the shared session: all are there.
-	got := mustGet(t, s, request(sharedCookie)).Values
+	got := mustGet(t, s, requestWith(sharedCookies)).Values
 	for g := range 16 {
 		if v := got[fmt.Sprint("g", g)]; v != 9 {
 			t.Errorf("shared g%d=%v, want 9", g, v)
