@@ -52,6 +52,7 @@ type options struct {
 	plNodes      []int
 	plReplicas   int
 	plUsers      int
+	plMessages   int
 	fwdUsers     int
 	fwdRounds    int
 	plRate       float64
@@ -102,7 +103,8 @@ func main() {
 	plSteps := flag.String("placement-steps", "work,forwarding,propagation", "placement: which of its steps to run (forwarding runs on the work step's six-node cluster)")
 	plNodes := flag.String("placement-nodes", "3,6,9", "placement: sizes of the one-region clusters whose per-node work is compared")
 	flag.IntVar(&o.plReplicas, "placement-replicas", 2, "placement: --replicas of the clusters compared with --replicas 0")
-	flag.IntVar(&o.plUsers, "placement-users", 600, "placement: users of the write workload (register, log in, 5 patches, 2 messages each)")
+	flag.IntVar(&o.plUsers, "placement-users", 600, "placement: users of the write workload (register, log in, 5 patches, --placement-messages messages each)")
+	flag.IntVar(&o.plMessages, "placement-messages", 2, "placement: messages each user of the write workload sends (0, 1 or 2)")
 	flag.IntVar(&o.fwdUsers, "forwarding-users", 300, "placement: users whose reads go through a holder and a non-holder (on the 6-node cluster)")
 	flag.IntVar(&o.fwdRounds, "forwarding-rounds", 10, "placement: measured rounds of one read pair per user")
 	flag.Float64Var(&o.plRate, "placement-rate", 200, "placement: writes per second of the propagation runs")
@@ -120,6 +122,10 @@ func main() {
 	}
 	if o.propReplicas, err = intList(*propReplicas); err != nil {
 		fmt.Fprintln(os.Stderr, "harness: --propagation-replicas:", err)
+		os.Exit(2)
+	}
+	if o.plMessages < 0 || o.plMessages > 2 {
+		fmt.Fprintln(os.Stderr, "harness: --placement-messages: 0, 1 or 2")
 		os.Exit(2)
 	}
 	o.parts = map[string]bool{}

@@ -63,7 +63,11 @@ type placementWork struct {
 	Ideal    float64 `json:"ideal_fraction"`
 	WorkFrac spread  `json:"writes_fraction"`
 	KeysFrac spread  `json:"keys_fraction"`
-	FileFrac spread  `json:"file_fraction"`
+	// The keys split: records (claims, users, sessions: one home each) and message log
+	// entries (two homes, the sender's and the recipient's partitions).
+	RecordsFrac  spread `json:"records_fraction"`
+	MessagesFrac spread `json:"messages_fraction"`
+	FileFrac     spread `json:"file_fraction"`
 	// Partitions held (GET /v1/cluster) over the 4,096: the share placement assigned.
 	ShareFrac spread `json:"partition_fraction"`
 	// Keys stored on all nodes over the keys of a full copy: the copies of each key.
@@ -76,6 +80,8 @@ type nodeWork struct {
 	Served  int64   `json:"served_writes"`          // 2xx write responses naming it in X-Served-By
 	Applied float64 `json:"remote_changes_applied"` // sessiond_remote_changes_total{outcome="applied"}
 	Keys    float64 `json:"stored_keys"`
+	// Message log entries among Keys (sessiond_stored_messages); the rest are records.
+	Messages float64 `json:"stored_messages"`
 	// The data file: its size (bbolt grows it in steps of 16 MiB, sparse) and the bytes
 	// allocated to it on disk, which grow with what was written, less those allocated
 	// when the node had started (before the workload).
@@ -134,8 +140,8 @@ func runPlacement(ctx context.Context, o options, res *results) error {
 	if slices.Contains(o.plNodes, 6) {
 		fwdAt = 6
 	}
-	fmt.Printf("\n== placement: one region of %v nodes at --replicas %d and 0, %d users (register, log in, 5 patches, 2 messages each) through every node in turn\n",
-		o.plNodes, o.plReplicas, o.plUsers)
+	fmt.Printf("\n== placement: one region of %v nodes at --replicas %d and 0, %d users (register, log in, 5 patches, %d messages each) through every node in turn\n",
+		o.plNodes, o.plReplicas, o.plUsers, o.plMessages)
 	for _, n := range o.plNodes {
 		for _, r := range []int{o.plReplicas, 0} {
 			fwdHere := n == fwdAt && r == o.plReplicas && r > 0 && r < n
@@ -280,8 +286,8 @@ func messagePeers(i, users int) [2]int { return [2]int{(i + 1) % users, (i + 7) 
 // drive runs the workload through the nodes in turn: user i registers on node i, logs in
 // on node i+1 and patches its session on nodes i+2 … i+6, each request sending the
 // bookmark of the user's previous answer; then every user sends two messages (node
-// i+7, i+8). Failures are counted, not retried.
-func drive(ctx context.Context, ns []*node, users int, prefix string) (*workload, error) {
+// i+7, i+8), or as many of them as messages says. Failures are counted, not retried.
+func drive(ctx context.Context, ns []*node, users, messages int, prefix string) (*workload, error) {
 	w := &workload{served: map[string]int64{}, errors: map[string]int{}, bodies: map[string]string{}, sent: make([]int, users)}
 	for i := range users {
 		w.users = append(w.users, &plUser{name: fmt.Sprintf("%s-u%d", prefix, i)})
@@ -321,6 +327,9 @@ func drive(ctx context.Context, ns []*node, users int, prefix string) (*workload
 			return
 		}
 		for m, to := range messagePeers(i, users) {
+			if m >= messages {
+				break
+			}
 			if !w.users[to].ok {
 				continue
 			}
@@ -435,7 +444,7 @@ func measureWork(ctx context.Context, o options, ns []*node, replicas int, prefi
 		_, base[n.name] = fileBytes(n.data + "/sessiond.db")
 	}
 	t0 := time.Now()
-	wl, err := drive(ctx, ns, o.plUsers, prefix)
+	wl, err := drive(ctx, ns, o.plUsers, o.plMessages, prefix)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -469,6 +478,7 @@ func measureWork(ctx context.Context, o options, ns []*node, replicas int, prefi
 		}
 		w.PerNode = append(w.PerNode, nodeWork{Name: n.name, Served: wl.served[n.name],
 			Applied: ms[i].sum(`sessiond_remote_changes_total{outcome="applied"}`), Keys: ms[i].sum("sessiond_stored_keys"),
+			Messages: ms[i].sum("sessiond_stored_messages"),
 			FileSize: size, FileBytes: alloc - base[n.name], Partitions: shares[n.name], Moving: moving})
 	}
 	if unknown := w.Writes - sumServed(w.PerNode); unknown != 0 {
@@ -558,6 +568,8 @@ func fractions(ws []placementWork) {
 		}
 		w.WorkFrac = frac(nodeWork.writes)
 		w.KeysFrac = frac(func(n nodeWork) float64 { return n.Keys })
+		w.RecordsFrac = frac(func(n nodeWork) float64 { return n.Keys - n.Messages })
+		w.MessagesFrac = frac(func(n nodeWork) float64 { return n.Messages })
 		w.FileFrac = frac(func(n nodeWork) float64 { return float64(n.FileBytes) })
 		var shares []float64
 		for _, n := range w.PerNode {
@@ -577,18 +589,20 @@ func printWork(w placementWork) {
 		fmt.Printf("    %s: %s\n", k, v)
 	}
 	for _, n := range w.PerNode {
-		fmt.Printf("    %-10s served %5d  applied %6.0f  writes %6.0f  keys %6.0f (moving %d)  file %5.1f MiB, %7.0f KiB written  partitions %d\n",
-			n.Name, n.Served, n.Applied, n.writes(), n.Keys, n.Moving, float64(n.FileSize)/(1<<20), float64(n.FileBytes)/1024, n.Partitions)
+		fmt.Printf("    %-10s served %5d  applied %6.0f  writes %6.0f  keys %6.0f (messages %6.0f, moving %d)  file %5.1f MiB, %7.0f KiB written  partitions %d\n",
+			n.Name, n.Served, n.Applied, n.writes(), n.Keys, n.Messages, n.Moving, float64(n.FileSize)/(1<<20), float64(n.FileBytes)/1024, n.Partitions)
 	}
 }
 
 func printWorkTable(ws []placementWork) {
 	fmt.Println()
 	fmt.Println("per-node work as a fraction of a node holding everything (mean of the --replicas 0 run of the same size): min / mean / max")
-	fmt.Printf("%-6s %-9s %8s %22s %22s %22s %22s %7s\n", "nodes", "replicas", "ideal", "writes applied", "keys stored", "data file", "partitions held", "copies")
+	fmt.Printf("%-6s %-9s %8s %22s %22s %22s %22s %22s %22s %7s\n", "nodes", "replicas", "ideal", "writes applied", "keys stored",
+		"of which records", "of which messages", "data file", "partitions held", "copies")
 	f := func(s spread) string { return fmt.Sprintf("%.3f / %.3f / %.3f", s.Min, s.Mean, s.Max) }
 	for _, w := range ws {
-		fmt.Printf("%-6d %-9d %8.3f %22s %22s %22s %22s %7.2f\n", w.Nodes, w.Replicas, w.Ideal, f(w.WorkFrac), f(w.KeysFrac), f(w.FileFrac), f(w.ShareFrac), w.Copies)
+		fmt.Printf("%-6d %-9d %8.3f %22s %22s %22s %22s %22s %22s %7.2f\n", w.Nodes, w.Replicas, w.Ideal, f(w.WorkFrac), f(w.KeysFrac),
+			f(w.RecordsFrac), f(w.MessagesFrac), f(w.FileFrac), f(w.ShareFrac), w.Copies)
 	}
 	fmt.Println("target: every node within 25 % of replicas/n (ideal)")
 }
