@@ -66,7 +66,7 @@ const (
 	forwardTimeout = 15 * time.Second
 	// maxForwardedReply bounds a relayed answer; the API's own limits keep answers far
 	// below it.
-	maxForwardedReply = 8 << 20
+	maxForwardedReply = cluster.MaxForwardReply
 )
 
 // forwardedHeaders are the client's request headers a forwarded request carries.
@@ -147,20 +147,21 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 	// Relayed as it comes and with no time bound, like the stream: an export may be long.
 	long := stream || c.Path() == "/v1/users/me/export"
 	repeatable := c.Method() == fiber.MethodGet || c.Method() == fiber.MethodHead
-	wrap := make(http.Header, 8)
-	wrap.Set(wrapMethod, c.Method())
-	wrap.Set(wrapURI, string(c.Request().RequestURI()))
-	wrap.Set(wrapClient, n.clientAddr(c))
-	wrap.Set(wrapBy, n.cfg.NodeName)
-	if caller != nil {
-		wrap.Set(wrapCaller, encodeCaller(caller))
-	}
-	if app := serviceApp(c); app != "" {
-		wrap.Set(wrapApp, app)
-	}
-	for _, h := range forwardedHeaders {
-		if v := c.Get(h); v != "" {
-			wrap.Set(h, v)
+	wrapping := func(set func(k, v string)) {
+		set(wrapMethod, c.Method())
+		set(wrapURI, string(c.Request().RequestURI()))
+		set(wrapClient, n.clientAddr(c))
+		set(wrapBy, n.cfg.NodeName)
+		if caller != nil {
+			set(wrapCaller, encodeCaller(caller))
+		}
+		if app := serviceApp(c); app != "" {
+			set(wrapApp, app)
+		}
+		for _, h := range forwardedHeaders {
+			if v := c.Get(h); v != "" {
+				set(h, v)
+			}
 		}
 	}
 	body := c.Body()
@@ -191,12 +192,18 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 			}
 		}()
 	}
-	for _, peer := range n.replicator.Holders(p) {
-		ctx, cancel := n.relays, context.CancelFunc(func() {}) // a stream: until the client or this node leaves
-		if !long {
-			ctx, cancel = context.WithTimeout(n.ctx, forwardTimeout)
+	if !long {
+		relayed, err := n.forwardWhole(c, p, body, repeatable, wrapping, &status)
+		if relayed || err != nil {
+			return err
 		}
-		resp, err := n.transport.Forward(ctx, peer, wrap.Clone(), body)
+		return n.noHolder(c, &at)
+	}
+	wrap := make(http.Header, 8)
+	wrapping(wrap.Set)
+	for _, peer := range n.replicator.Holders(p) {
+		ctx, cancel := n.relays, context.CancelFunc(func() {}) // until the client or this node leaves
+		resp, err := n.transport.ForwardStream(ctx, peer, wrap.Clone(), body)
 		if err != nil {
 			cancel()
 			if n.relays.Err() != nil { // the node is stopping (relays ends first)
@@ -213,7 +220,7 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 		if resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(wrapBy) == "" {
 			// Not the API's answer: the holder's channel refused the wrapping (it is
 			// starting, or stopping). Nothing was applied.
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			cancel()
 			continue
 		}
@@ -226,6 +233,64 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 		}
 		return n.relay(c, resp, cancel, long)
 	}
+	return n.noHolder(c, &at)
+}
+
+// forwardWhole forwards a request whose answer is read whole (all but the long ones) to
+// the holders of p in turn, as forward does, and relays the first answer (relayed; status
+// is set to it). It returns neither when no holder answered.
+func (n *Node) forwardWhole(c *fiber.Ctx, p int, body []byte, repeatable bool, wrapping func(set func(k, v string)), status *int) (relayed bool, err error) {
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	wrapping(req.Header.Set)
+	req.SetBodyRaw(body)
+	for _, peer := range n.replicator.Holders(p) {
+		ctx, cancel := context.WithTimeout(n.ctx, forwardTimeout)
+		err := n.transport.Forward(ctx, peer, req, resp)
+		cancel()
+		if err != nil {
+			if n.relays.Err() != nil { // the node is stopping (relays ends first)
+				return false, functions.Errorf(functions.EUnavailable, "node shutting down")
+			}
+			if repeatable || notDelivered(err) {
+				n.log.Debug("forward failed; trying the next holder", "peer", peer.Name, slog.Any("err", err))
+				continue
+			}
+			n.log.Warn("forwarded write failed after it may have been delivered", "peer", peer.Name, slog.Any("err", err))
+			c.Set(fiber.HeaderRetryAfter, "1")
+			return false, functions.Errorf(functions.EUnavailable, "the node holding this data did not answer in time; the request may have been applied")
+		}
+		code := resp.StatusCode()
+		if code == http.StatusBadGateway || code == http.StatusServiceUnavailable && len(resp.Header.Peek(wrapBy)) == 0 {
+			continue // not the API's answer: see forward
+		}
+		n.metrics.forwarded(peer.Name)
+		*status = code
+		c.Status(code)
+		h := &c.Response().Header
+		resp.Header.VisitAll(func(k, _ []byte) { // the holder's replace this node's, every value of them
+			if relayedHeader(string(k)) {
+				h.DelBytes(k)
+			}
+		})
+		resp.Header.VisitAll(func(k, v []byte) {
+			if relayedHeader(string(k)) {
+				h.AddBytesKV(k, v)
+			}
+		})
+		h.Set(headerForwardedBy, n.cfg.NodeName)
+		c.Response().SetBody(resp.Body())
+		return true, nil
+	}
+	return false, nil
+}
+
+// noHolder answers a request that no holder of its partition answered: it serves it here
+// (a write is handed off to the holders later), but a login, which needs the account's
+// record. at is the forward's attempt against the limits by address, if any: serving the
+// request here leaves it to the handler's own limits.
+func (n *Node) noHolder(c *fiber.Ctx, at **attempt) error {
 	n.metrics.forwarded("")
 	if c.Method() == fiber.MethodPost && c.Path() == "/v1/sessions" {
 		// A login needs the account's record, which is not here: served here it would
@@ -233,9 +298,9 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 		c.Set(fiber.HeaderRetryAfter, "1")
 		return functions.Errorf(functions.EUnavailable, "no node holding this account answered; retry")
 	}
-	if at != nil {
-		at.done(false) // served here, by the handler's own limits
-		at = nil
+	if *at != nil {
+		(*at).done(false) // served here, by the handler's own limits
+		*at = nil
 	}
 	return c.Next() // no holder answered: serve it here (writes are handed off later)
 }
@@ -272,14 +337,23 @@ func notDelivered(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
+// relayedHeader reports whether a holder's answer header (canonical) goes to the client:
+// all but those of the hop itself.
+func relayedHeader(k string) bool {
+	switch k {
+	case "Content-Length", "Connection", "Date", "Server", "Transfer-Encoding", wrapBy:
+		return false
+	}
+	return true
+}
+
 // relay copies a holder's answer to the client: status, headers and body, streamed for
 // a live stream. It calls cancel once the answer is relayed.
 func (n *Node) relay(c *fiber.Ctx, resp *http.Response, cancel context.CancelFunc, stream bool) error {
 	c.Status(resp.StatusCode)
 	h := &c.Response().Header
 	for k, vs := range resp.Header {
-		switch k {
-		case "Content-Length", "Connection", "Date", "Server", "Transfer-Encoding", wrapBy:
+		if !relayedHeader(k) {
 			continue
 		}
 		h.Del(k)
@@ -318,82 +392,60 @@ func (n *Node) relay(c *fiber.Ctx, resp *http.Response, cancel context.CancelFun
 }
 
 // serveForwarded answers a request another node forwarded here (cluster.TLSTransport's
-// forward handler): it runs it through this node's API as if a client had sent it, with
-// the caller and client address the forwarding node vouched for.
-func (n *Node) serveForwarded(w http.ResponseWriter, r *http.Request) {
+// forward handler): it turns the wrapping back into the client's request, in place, and
+// runs it through this node's API as if the client had sent it, with the caller and
+// client address the forwarding node vouched for. The answer goes back as the API wrote
+// it, streamed when it is a stream, with wrapBy naming this node.
+func (n *Node) serveForwarded(ctx *fasthttp.RequestCtx) {
 	handler := n.handler.Load()
 	if handler == nil {
-		http.Error(w, "starting", http.StatusServiceUnavailable)
+		ctx.Error("starting", http.StatusServiceUnavailable)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody+1))
-	if err != nil || len(body) > maxBody {
-		http.Error(w, "forwarded body too large", http.StatusRequestEntityTooLarge)
+	if len(ctx.Request.Body()) > maxBody {
+		ctx.Error("forwarded body too large", http.StatusRequestEntityTooLarge)
 		return
 	}
-	fwd := &forwardedRequest{client: r.Header.Get(wrapClient), by: r.Header.Get(wrapBy)}
-	if raw := r.Header.Get(wrapCaller); raw != "" {
-		v, err := decodeCaller(raw)
+	h := &ctx.Request.Header
+	fwd := &forwardedRequest{client: string(h.Peek(wrapClient)), by: string(h.Peek(wrapBy))}
+	if raw := h.Peek(wrapCaller); len(raw) > 0 {
+		v, err := decodeCaller(string(raw))
 		if err != nil {
-			http.Error(w, "forwarded caller: "+err.Error(), http.StatusBadRequest)
+			ctx.Error("forwarded caller: "+err.Error(), http.StatusBadRequest)
 			return
 		}
 		fwd.caller = &v
 	}
-	if app := r.Header.Get(wrapApp); app != "" {
+	if app := string(h.Peek(wrapApp)); app != "" {
 		if err := functions.ValidAppName(app); err != nil {
-			http.Error(w, "forwarded app: "+functions.ErrorMessage(err), http.StatusBadRequest)
+			ctx.Error("forwarded app: "+functions.ErrorMessage(err), http.StatusBadRequest)
 			return
 		}
 		fwd.app = app
 	}
-	var req fasthttp.Request
-	req.Header.SetMethod(r.Header.Get(wrapMethod))
-	req.SetRequestURI(r.Header.Get(wrapURI))
-	req.Header.SetHost("sessiond")
-	for _, h := range forwardedHeaders {
-		if v := r.Header.Get(h); v != "" {
-			req.Header.Set(h, v)
-		}
+	method, uri := string(h.Peek(wrapMethod)), string(h.Peek(wrapURI))
+	for _, k := range wrapHeaders {
+		h.Del(k)
 	}
-	req.SetBody(body)
-	var remote net.Addr
+	h.SetMethod(method)
+	ctx.Request.SetRequestURI(uri)
+	h.SetHost("sessiond")
+	remote := net.Addr(&net.TCPAddr{IP: net.IPv4zero})
 	if a, err := netip.ParseAddr(fwd.client); err == nil {
 		remote = net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0))
 	}
-	var fctx fasthttp.RequestCtx
-	fctx.Init(&req, remote, nil)
-	fctx.SetUserValue(forwardedKey{}, fwd)
-	(*handler)(&fctx)
-	resp := &fctx.Response
-	defer func() { _ = resp.CloseBodyStream() }()
-	resp.Header.VisitAll(func(k, v []byte) {
-		switch string(k) {
-		case "Content-Length", "Connection", "Date", "Server", "Transfer-Encoding":
-			return
-		}
-		w.Header().Add(string(k), string(v))
-	})
-	w.Header().Set(wrapBy, n.cfg.NodeName)
-	w.WriteHeader(resp.StatusCode())
-	if resp.IsBodyStream() {
-		_ = resp.BodyWriteTo(flushWriter{w})
-		return
-	}
-	_, _ = w.Write(resp.Body())
+	ctx.SetRemoteAddr(remote)
+	ctx.SetUserValue(forwardedKey{}, fwd)
+	(*handler)(ctx)
+	// The answer goes back whole, to the wrapping's POST: written for a HEAD it would
+	// announce a body and leave it out, and the forwarding node would wait for it.
+	h.SetMethod(fiber.MethodPost)
+	ctx.Response.Header.Set(wrapBy, n.cfg.NodeName)
 }
 
-// flushWriter flushes every write through to the client: a forwarded stream's events go
-// out as they are written.
-type flushWriter struct{ w http.ResponseWriter }
-
-func (f flushWriter) Write(p []byte) (int, error) {
-	k, err := f.w.Write(p)
-	if fl, ok := f.w.(http.Flusher); ok {
-		fl.Flush()
-	}
-	return k, err
-}
+// wrapHeaders are the headers of the wrapping, taken off a forwarded request before the
+// API sees it.
+var wrapHeaders = []string{wrapMethod, wrapURI, wrapClient, wrapCaller, wrapApp, wrapBy}
 
 // encodeCaller and decodeCaller carry a verified token between nodes:
 // "user session issued-ns expires-ns bookmark".

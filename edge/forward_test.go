@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/edge/cluster/placement"
+	"github.com/valyala/fasthttp"
 )
 
 // TestForward: three nodes of one region with Replicas 1 — each user on one node. Every
@@ -91,6 +91,18 @@ func TestForward(t *testing.T) {
 		}
 	}
 
+	// HEAD is relayed like GET: the answer's headers, and no body (a holder that left
+	// out the body its Content-Length announced would have held the forward up).
+	for _, u := range users {
+		for _, n := range nodes {
+			resp, body := newTestClient(t, n).do("HEAD", "/v1/users/me", u.token, nil)
+			if resp.StatusCode != http.StatusOK || len(body) != 0 || resp.Header.Get("X-Served-By") != u.holder {
+				t.Errorf("HEAD /v1/users/me as %s via %s: %d, served by %q, %d bytes of body",
+					u.name, n.cfg.NodeName, resp.StatusCode, resp.Header.Get("X-Served-By"), len(body))
+			}
+		}
+	}
+
 	// A bad token is refused where it arrives: nothing is forwarded for it.
 	resp, body := newTestClient(t, nodes[1]).do("GET", "/v1/users/me", users[0].token+"x", nil)
 	wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")
@@ -142,16 +154,18 @@ func TestServeForwardedRefusesBadWrapping(t *testing.T) {
 		{"ErrBodyTooLarge", "", strings.Repeat("x", maxBody+1), http.StatusRequestEntityTooLarge},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			req := httptest.NewRequest("POST", "/sync/v1/forward", strings.NewReader(tc.body))
-			req.Header.Set(wrapMethod, "GET")
-			req.Header.Set(wrapURI, "/v1/users/me")
+			var ctx fasthttp.RequestCtx
+			ctx.Request.Header.SetMethod("POST")
+			ctx.Request.SetRequestURI("/sync/v1/forward")
+			ctx.Request.SetBodyString(tc.body)
+			ctx.Request.Header.Set(wrapMethod, "GET")
+			ctx.Request.Header.Set(wrapURI, "/v1/users/me")
 			if tc.caller != "" {
-				req.Header.Set(wrapCaller, tc.caller)
+				ctx.Request.Header.Set(wrapCaller, tc.caller)
 			}
-			w := httptest.NewRecorder()
-			n.serveForwarded(w, req)
-			if w.Code != tc.want {
-				t.Errorf("status %d, want %d: %s", w.Code, tc.want, w.Body)
+			n.serveForwarded(&ctx)
+			if got := ctx.Response.StatusCode(); got != tc.want {
+				t.Errorf("status %d, want %d: %s", got, tc.want, ctx.Response.Body())
 			}
 		})
 	}
@@ -210,7 +224,7 @@ func TestForwardedLoginsLimitedWhereTheClientIs(t *testing.T) {
 // every 500 ms, each joining the first, further configured by configure (nil: nothing
 // more), and waits until every node sees all the others and holds its share. It returns
 // the nodes and their placement.
-func startRegion(t *testing.T, names []string, configure func(*Config)) ([]*Node, *placement.Table) {
+func startRegion(t testing.TB, names []string, configure func(*Config)) ([]*Node, *placement.Table) {
 	t.Helper()
 	var nodes []*Node
 	var members []placement.Member
@@ -236,4 +250,30 @@ func startRegion(t *testing.T, names []string, configure func(*Config)) ([]*Node
 		return true
 	})
 	return nodes, placement.New(members, 1)
+}
+
+// BenchmarkForward: an authenticated read (GET /v1/sessions/current) sent to the node that
+// holds the caller's partition (direct) and to the one that does not and forwards it
+// (forwarded), one request at a time over a keep-alive connection, both nodes in this
+// process: -cpuprofile shows what a forward adds on both sides. Figures of record come from
+// the harness's placement part (BENCHMARKS.md), across processes.
+func BenchmarkForward(b *testing.B) {
+	nodes, tab := startRegion(b, []string{"bf-a", "bf-b"}, nil)
+	token := signUp(b, newTestClient(b, nodes[0]), "benchforward")
+	holder := tab.Owners(nodes[0].cfg.Region, crdt.NamePartition("benchforward"))[0].Name
+	for _, n := range nodes {
+		name := "direct"
+		if n.cfg.NodeName != holder {
+			name = "forwarded"
+		}
+		b.Run(name, func(b *testing.B) {
+			c := newTestClient(b, n)
+			for b.Loop() {
+				resp, body := c.do("GET", "/v1/sessions/current", token, nil)
+				if resp.StatusCode != http.StatusOK {
+					b.Fatalf("%d %s", resp.StatusCode, body)
+				}
+			}
+		})
+	}
 }

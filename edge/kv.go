@@ -341,7 +341,7 @@ func (n *Node) askKV(c *fiber.Ctx, app string, req functions.KVList, asks map[st
 func (n *Node) askHolder(peer cluster.Peer, h http.Header) (functions.KVPage, crdt.Bookmark, error) {
 	ctx, cancel := context.WithTimeout(n.ctx, forwardTimeout)
 	defer cancel()
-	resp, err := n.transport.Forward(ctx, peer, h, nil)
+	resp, err := n.transport.ForwardStream(ctx, peer, h, nil)
 	if err != nil {
 		return functions.KVPage{}, crdt.Bookmark{}, err
 	}

@@ -405,7 +405,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		n.transport.HandleForward(http.HandlerFunc(n.serveForwarded))
+		n.transport.HandleForward(n.serveForwarded)
 		if err := n.transport.Serve(n.syncLn, cluster.WithCounters(n.replicator, n.counters)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("sync server stopped", slog.Any("err", err))
 		}
@@ -417,7 +417,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip, Protocol: n.syncProtocols(),
 		Snapshot: filepath.Join(n.cfg.DataDir, "serf.snapshot"),
 		Root:     func() uint64 { d := n.db.Digest(); return d.Root() },
-		OnPeers:  func(p []cluster.Peer) { n.replicator.SetPeers(p); n.counters.SetPeers(p) },
+		OnPeers:  func(p []cluster.Peer) { n.replicator.SetPeers(p); n.counters.SetPeers(p); n.transport.SetPeers(p) },
 		OnNotice: n.replicator.Notice,
 		Logger:   n.cfg.Logger.With("component", "membership", "node", n.cfg.NodeName),
 		Metrics:  cm,

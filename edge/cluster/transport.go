@@ -11,14 +11,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
-// TLSTransport is the production Transport: HTTP over mutual TLS 1.3. Every node holds the
+// TLSTransport is the production Transport: HTTP/1.1 over mutual TLS 1.3. Every node holds the
 // same ed25519 identity derived from the cluster key and accepts a peer only if it proves
 // possession of one of the accepted identities (the current key or an older one still in
 // rotation), so only holders of the cluster key can exchange anything, and everything on the
@@ -26,16 +30,26 @@ import (
 // every handshake, resumed ones included (tls.Config.VerifyConnection), and again on every
 // request and reply, so that a connection opened under a key since removed carries
 // nothing more. Safe for concurrent use.
+//
+// It serves with fasthttp, and sends forwarded client requests (Forward) with fasthttp's
+// client, which writes and reads in the caller's goroutine: a forward is on the path of a
+// client's request, and every hand-off between goroutines there costs a wake-up.
 type TLSTransport struct {
 	client  *http.Client
-	streams *http.Client // forwarded requests: no timeout of its own, the caller's ctx bounds them
-	forward http.Handler // see HandleForward
-	server  *http.Server
+	streams *http.Client     // ForwardStream: no timeout of its own, the caller's ctx bounds it
+	fwd     *fasthttp.Client // Forward
+	forward fasthttp.RequestHandler
+	server  *fasthttp.Server
 	tlsConf *tls.Config
 	metrics *Metrics
 	guard   *Guard // nil: none; see SetGuard
 	self    string // this node's name, sent with every request (peerHeader)
 	ids     atomic.Pointer[identities]
+
+	mu       sync.Mutex
+	listener *onceCloser       // Serve's, once it runs
+	shut     bool              // Shutdown was called
+	peers    map[string]string // SetPeers': name → address
 }
 
 // identities are the certificate a transport presents and the keys it accepts.
@@ -135,8 +149,103 @@ func NewTLSTransport(seeds [][]byte, metrics *Metrics) (*TLSTransport, error) {
 		DialContext:         (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
 		TLSHandshakeTimeout: 5 * time.Second,
 	}}
-	t.server = &http.Server{TLSConfig: t.tlsConf, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: time.Minute}
+	t.fwd = &fasthttp.Client{
+		Dial:                     t.dialPeer,
+		MaxIdleConnDuration:      10 * time.Second, // closed here long before the peer's IdleTimeout closes them
+		ReadBufferSize:           maxHeaderBytes,
+		WriteBufferSize:          maxHeaderBytes,
+		MaxResponseBodySize:      MaxForwardReply,
+		NoDefaultUserAgentHeader: true,
+		DisablePathNormalizing:   true,
+		// Never send a request twice, not even after the peer closed the connection before
+		// answering: a forwarded write may have been applied (the caller decides).
+		MaxIdemponentCallAttempts: 1,
+		RetryIf:                   func(*fasthttp.Request) bool { return false },
+	}
+	t.server = &fasthttp.Server{
+		NoDefaultServerHeader:        true,
+		NoDefaultDate:                true,
+		CloseOnShutdown:              true,
+		ReadTimeout:                  time.Minute,
+		IdleTimeout:                  2 * time.Minute,
+		ReadBufferSize:               maxHeaderBytes,
+		MaxRequestBodySize:           2 * MaxMessage, // serve refuses, and accounts, what is over MaxMessage
+		Logger:                       discardLogger{},
+		DisablePreParseMultipartForm: true,
+	}
 	return t, nil
+}
+
+// maxHeaderBytes bounds the request line and headers of a sync or forwarded request,
+// and the status line and headers of a reply: those of a client's request (the API's
+// own limit is 8 KiB) plus the wrapping.
+const maxHeaderBytes = 32 << 10
+
+// MaxForwardReply bounds the answer to a forwarded request read by Forward; the API's
+// own limits keep answers far below it.
+const MaxForwardReply = 8 << 20
+
+// discardLogger drops fasthttp's messages (a peer that fails its handshake, one that
+// disconnects): the metrics and the guard account for peers.
+type discardLogger struct{}
+
+func (discardLogger) Printf(string, ...any) {}
+
+// dialPeer opens a forwarding connection to addr: TCP, then the TLS handshake, which
+// checks the peer's key (VerifyConnection). A failure of either is a *net.OpError of Op
+// "dial": nothing was sent.
+func (t *TLSTransport) dialPeer(addr string) (net.Conn, error) {
+	raw, err := (&net.Dialer{Timeout: 3 * time.Second}).Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	ids := t.ids.Load() // the handshake checks against these, or newer ones
+	tc := tls.Client(raw, t.tlsConf)
+	_ = tc.SetDeadline(time.Now().Add(5 * time.Second))
+	err = tc.Handshake()
+	_ = tc.SetDeadline(time.Time{})
+	if err != nil {
+		_ = raw.Close()
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: raw.RemoteAddr(), Err: err}
+	}
+	c := &peerConn{Conn: tc, t: t}
+	c.checked.Store(ids)
+	return c, nil
+}
+
+// peerConn is a forwarding connection that checks its peer's key again whenever the
+// accepted keys change (SetKeys), before it carries another byte: a connection opened
+// under a key since removed carries nothing more.
+type peerConn struct {
+	*tls.Conn
+	t       *TLSTransport
+	checked atomic.Pointer[identities] // the identities the peer's key was last checked against
+}
+
+func (c *peerConn) check() error {
+	ids := c.t.ids.Load()
+	if c.checked.Load() == ids {
+		return nil
+	}
+	if err := ids.check(c.ConnectionState().PeerCertificates); err != nil {
+		return err
+	}
+	c.checked.Store(ids)
+	return nil
+}
+
+func (c *peerConn) Read(p []byte) (int, error) {
+	if err := c.check(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *peerConn) Write(p []byte) (int, error) {
+	if err := c.check(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
 }
 
 // SetKeys replaces the identities at once: seeds as for NewTLSTransport, the first
@@ -152,6 +261,7 @@ func (t *TLSTransport) SetKeys(seeds [][]byte) error {
 	t.ids.Store(ids)
 	t.client.CloseIdleConnections()
 	t.streams.CloseIdleConnections()
+	t.fwd.CloseIdleConnections()
 	return nil
 }
 
@@ -271,37 +381,40 @@ func serveMessage(ctx context.Context, h Handler, kind string, body []byte) ([]b
 
 // serve answers kind's messages with h through ServeMessage; the peer is named by its
 // request (peerName).
-func (t *TLSTransport) serve(h Handler, kind string) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if err := t.checkPeer(r.TLS); err != nil {
-			http.Error(w, err.Error(), http.StatusForbidden)
+func (t *TLSTransport) serve(h Handler, kind string) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		if err := t.checkPeer(ctx.TLSConnectionState()); err != nil {
+			ctx.Error(err.Error(), http.StatusForbidden)
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxMessage))
-		if err != nil {
-			t.guard.Invalid(peerName(r), kind, invalid(err))
-			http.Error(w, "read request: "+err.Error(), http.StatusRequestEntityTooLarge)
+		peer := peerName(ctx)
+		if n := len(ctx.Request.Body()); n > MaxMessage {
+			t.guard.Invalid(peer, kind, invalid(fmt.Errorf("request of %d bytes over the %d limit", n, MaxMessage)))
+			ctx.Error("request over the message limit", http.StatusRequestEntityTooLarge)
 			return
 		}
+		// A copy: the request's buffer is reused once the handler returns, and what
+		// decoding makes of the body may refer to it.
+		body := bytes.Clone(ctx.Request.Body())
 		t.metrics.bytes("received", kind, len(body))
-		out, err := ServeMessage(r.Context(), h, t.guard, peerName(r), kind, body)
+		out, err := ServeMessage(ctx, h, t.guard, peer, kind, body)
 		switch {
 		case errors.Is(err, ErrInvalidMessage):
-			http.Error(w, err.Error(), http.StatusBadRequest)
+			ctx.Error(err.Error(), http.StatusBadRequest)
 			return
 		case errors.Is(err, errBackedOff):
-			http.Error(w, err.Error(), http.StatusTooManyRequests)
+			ctx.Error(err.Error(), http.StatusTooManyRequests)
 			return
 		case errors.Is(err, errUnknownKind):
-			http.Error(w, err.Error(), http.StatusNotFound)
+			ctx.Error(err.Error(), http.StatusNotFound)
 			return
 		case err != nil:
-			http.Error(w, err.Error(), http.StatusInternalServerError)
+			ctx.Error(err.Error(), http.StatusInternalServerError)
 			return
 		}
 		t.metrics.bytes("sent", kind, len(out))
-		w.Header().Set("Content-Type", "application/octet-stream")
-		_, _ = w.Write(out) // #nosec G705 -- a binary sync reply to a peer, not a page
+		ctx.SetContentType("application/octet-stream")
+		ctx.SetBody(out)
 	}
 }
 
@@ -311,45 +424,83 @@ func (t *TLSTransport) serve(h Handler, kind string) http.HandlerFunc {
 const peerHeader = "Sessiond-Peer"
 
 // peerName returns the name a sync request's caller gives, or, without one, its IP.
-func peerName(r *http.Request) string {
-	if name := r.Header.Get(peerHeader); name != "" && len(name) <= 256 {
-		return name
+func peerName(ctx *fasthttp.RequestCtx) string {
+	if name := ctx.Request.Header.Peek(peerHeader); len(name) > 0 && len(name) <= 256 {
+		return string(name)
 	}
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		return "ip:" + host
-	}
-	return "ip:" + r.RemoteAddr
+	return "ip:" + ctx.RemoteIP().String()
 }
 
 // Serve answers sync requests on ln with h until Shutdown; call it once. It returns
 // http.ErrServerClosed after Shutdown.
 func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
-	mux := http.NewServeMux()
+	routes := map[string]fasthttp.RequestHandler{}
 	for _, kind := range []string{"push", "digest", "leaves"} {
-		mux.HandleFunc("POST /sync/v1/"+kind, t.serve(h, kind))
+		routes["/sync/v1/"+kind] = t.serve(h, kind)
 	}
 	if _, ok := h.(CounterHandler); ok { // see WithCounters
-		mux.HandleFunc("POST /sync/v1/counters", t.serve(h, "counters"))
+		routes["/sync/v1/counters"] = t.serve(h, "counters")
 	}
-	if t.forward != nil {
-		fwd := t.forward
-		mux.HandleFunc("POST "+forwardPath, func(w http.ResponseWriter, r *http.Request) {
-			if err := t.checkPeer(r.TLS); err != nil {
-				http.Error(w, err.Error(), http.StatusForbidden)
+	if fwd := t.forward; fwd != nil {
+		routes[forwardPath] = func(ctx *fasthttp.RequestCtx) {
+			if err := t.checkPeer(ctx.TLSConnectionState()); err != nil {
+				ctx.Error(err.Error(), http.StatusForbidden)
 				return
 			}
-			fwd.ServeHTTP(w, r)
-		})
+			fwd(ctx)
+		}
 	}
-	t.server.Handler = mux
-	return t.server.Serve(tls.NewListener(ln, t.tlsConf))
+	t.server.Handler = func(ctx *fasthttp.RequestCtx) {
+		route, ok := routes[string(ctx.Path())]
+		switch {
+		case !ok:
+			ctx.Error("not found", http.StatusNotFound)
+		case !ctx.IsPost():
+			ctx.Error("method not allowed", http.StatusMethodNotAllowed)
+		default:
+			route(ctx)
+		}
+	}
+	t.mu.Lock()
+	if t.shut {
+		t.mu.Unlock()
+		_ = ln.Close()
+		return http.ErrServerClosed
+	}
+	l := &onceCloser{Listener: tls.NewListener(ln, t.tlsConf)}
+	t.listener = l
+	t.mu.Unlock()
+	if err := t.server.Serve(l); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return http.ErrServerClosed
+}
+
+// onceCloser is a listener closed once: Shutdown closes it whether or not the server has
+// taken it yet, and the server's own Close then succeeds.
+type onceCloser struct {
+	net.Listener
+	once sync.Once
+	err  error
+}
+
+func (l *onceCloser) Close() error {
+	l.once.Do(func() { l.err = l.Listener.Close() })
+	return l.err
 }
 
 // Shutdown stops serving and waits for in-flight requests, bounded by ctx.
 func (t *TLSTransport) Shutdown(ctx context.Context) error {
+	t.mu.Lock()
+	t.shut = true
+	if t.listener != nil {
+		_ = t.listener.Close() // Serve returns even if it had not yet handed it to the server
+	}
+	t.mu.Unlock()
 	t.client.CloseIdleConnections()
 	t.streams.CloseIdleConnections()
-	return t.server.Shutdown(ctx)
+	t.fwd.CloseIdleConnections()
+	return t.server.ShutdownWithContext(ctx)
 }
 
 func (t *TLSTransport) call(ctx context.Context, to Peer, kind string, req encoding.BinaryMarshaler, rep encoding.BinaryUnmarshaler) error {
@@ -427,16 +578,57 @@ func (t *TLSTransport) Leaves(ctx context.Context, to Peer, req LeavesRequest) (
 // forwardPath is where a node serves requests forwarded by its peers.
 const forwardPath = "/sync/v1/forward"
 
-// HandleForward makes Serve answer requests forwarded by peers (Forward) with h: a
-// client's request that the peer could not serve itself, wrapped by the edge. Call it
-// before Serve. The channel authenticates the peer (it holds the cluster key), so h may
-// trust what the wrapping says about the caller.
-func (t *TLSTransport) HandleForward(h http.Handler) { t.forward = h }
+// HandleForward makes Serve answer requests forwarded by peers (Forward, ForwardStream)
+// with h: a client's request that the peer could not serve itself, wrapped by the edge.
+// Call it before Serve. The channel authenticates the peer (it holds the cluster key), so
+// h may trust what the wrapping says about the caller.
+func (t *TLSTransport) HandleForward(h fasthttp.RequestHandler) { t.forward = h }
 
-// Forward sends a wrapped request to peer's forward handler and returns the response,
-// whose body the caller must close. ctx bounds the whole exchange, the body included:
-// a forwarded stream runs as long as ctx does.
-func (t *TLSTransport) Forward(ctx context.Context, to Peer, header http.Header, body []byte) (*http.Response, error) {
+// SetPeers tells the transport the live peers. When one has left, joined or moved, it
+// closes its idle forwarding connections: a peer that stopped closed its side of them,
+// and the next Forward on one would fail after sending (fasthttp's client does not watch
+// idle connections), which for a write means an answer of "may have been applied".
+func (t *TLSTransport) SetPeers(peers []Peer) {
+	now := make(map[string]string, len(peers))
+	for _, p := range peers {
+		now[p.Name] = p.Addr
+	}
+	t.mu.Lock()
+	changed := !maps.Equal(now, t.peers)
+	t.peers = now
+	t.mu.Unlock()
+	if changed {
+		t.fwd.CloseIdleConnections()
+	}
+}
+
+// Forward sends a wrapped request (req: its headers and body; Forward sets the method and
+// the URI) to peer's forward handler and reads its whole answer, at most MaxForwardReply
+// bytes, into resp. It gives up at ctx's deadline, which it must have; it does not watch
+// ctx otherwise. A failure before anything was sent (the peer could not be reached) is a
+// *net.OpError of Op "dial"; after it, the request may have been served.
+func (t *TLSTransport) Forward(ctx context.Context, to Peer, req *fasthttp.Request, resp *fasthttp.Response) error {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return errors.New("forward: no deadline")
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	req.Header.SetMethod(http.MethodPost)
+	req.SetRequestURI("http://" + to.Addr + forwardPath) // TLS is dialPeer's
+	req.Header.SetNoDefaultContentType(true)
+	if err := t.fwd.DoDeadline(req, resp, deadline); err != nil {
+		return fmt.Errorf("forward to %s: %w", to.Name, err)
+	}
+	return nil
+}
+
+// ForwardStream sends a wrapped request to peer's forward handler as Forward does, and
+// returns the response as it comes, whose body the caller must close: for answers read
+// as they are written (a live stream) or without a bound (an export). ctx bounds the
+// whole exchange, the body included.
+func (t *TLSTransport) ForwardStream(ctx context.Context, to Peer, header http.Header, body []byte) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+to.Addr+forwardPath, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
