@@ -562,6 +562,12 @@ func TestHTTP_Metrics(t *testing.T) {
 		"sessiond_stored_users 1",
 		"sessiond_stored_sessions 1",
 		"sessiond_http_request_duration_seconds_bucket",
+		// The sign-up and the login each committed (the sign-up's claim and user in one).
+		"sessiond_storage_commit_writes_count ",
+		"sessiond_storage_commit_seconds_bucket",
+		"sessiond_storage_log_sync_seconds_count ",
+		"sessiond_storage_log_bytes_total ",
+		"sessiond_storage_checkpoints_total ",
 	} {
 		if !bytes.Contains(body, []byte(want)) {
 			t.Errorf("metrics lack %q:\n%s", want, grepLines(body, "sessiond_http_requests_total"))

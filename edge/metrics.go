@@ -55,7 +55,7 @@ func (m *metrics) forRequest(route, method string, status int) *requestMetrics {
 	return v.(*requestMetrics)
 }
 
-func newMetrics(db *storage.DB) *metrics {
+func newMetrics(db *storage.DB, commits *commitMetrics) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -112,7 +112,59 @@ func newMetrics(db *storage.DB) *metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	m.reg.MustRegister(commits.collectors()...)
 	return m
+}
+
+// commitMetrics are the storage's group commits (storage.Options.OnBatch). They exist
+// before the data file is opened, so that the first commit is counted too.
+type commitMetrics struct {
+	duration, sync, writes prometheus.Histogram
+	logBytes, checkpoints  prometheus.Counter
+}
+
+func newCommitMetrics() *commitMetrics {
+	latency := []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}
+	return &commitMetrics{
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sessiond_storage_commit_seconds",
+			Help:    "Durable group commits: from the start of a batch to its writers' answers (its log sync and any checkpoint included).",
+			Buckets: latency,
+		}),
+		sync: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sessiond_storage_log_sync_seconds",
+			Help:    "Writing and syncing a group commit's write-ahead log record (one fdatasync).",
+			Buckets: latency,
+		}),
+		writes: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sessiond_storage_commit_writes",
+			Help:    "Writes (local requests and remote batches) committed together in one group commit.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
+		}),
+		logBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sessiond_storage_log_bytes_total",
+			Help: "Bytes of write-ahead log records written.",
+		}),
+		checkpoints: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sessiond_storage_checkpoints_total",
+			Help: "Checkpoints after a commit: the data file synced and a new write-ahead log begun.",
+		}),
+	}
+}
+
+// observe is storage's OnBatch hook.
+func (c *commitMetrics) observe(s storage.BatchStats) {
+	c.duration.Observe(s.Duration.Seconds())
+	c.sync.Observe(s.Sync.Seconds())
+	c.writes.Observe(float64(s.Writes))
+	c.logBytes.Add(float64(s.LogBytes))
+	if s.Checkpoint {
+		c.checkpoints.Inc()
+	}
+}
+
+func (c *commitMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{c.duration, c.sync, c.writes, c.logBytes, c.checkpoints}
 }
 
 // forwarded counts a request for data this node does not hold: relayed to holder, or

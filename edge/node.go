@@ -148,12 +148,14 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	n.broker = newBroker()
+	commits := newCommitMetrics()
 	n.db, err = storage.Open(filepath.Join(n.cfg.DataDir, storage.FileName), storage.Options{
 		Timeout:  time.Second,
 		Now:      n.cfg.Now,
 		MaxSkew:  n.cfg.MaxSkew,
 		Logger:   n.cfg.Logger.With("component", "storage", "node", n.cfg.NodeName),
 		OnCommit: n.onCommit,
+		OnBatch:  commits.observe,
 	})
 	if err != nil {
 		return err
@@ -161,7 +163,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := stopped(); err != nil {
 		return err
 	}
-	n.metrics = newMetrics(n.db)
+	n.metrics = newMetrics(n.db, commits)
 	if err := n.startCluster(keys); err != nil {
 		return err
 	}

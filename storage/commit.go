@@ -166,10 +166,13 @@ func (db *DB) runBatch(reqs []*request) {
 	// digest; WaitPublished waits out that window.
 	db.published.begin()
 	defer db.published.end()
+	start := time.Now()
 	for len(live) > 0 {
 		var b *batch
 		failed := -1
 		logged := -1 // the length of the batch's log record, once appended
+		var synced time.Duration
+		checkpointed := false
 		var wd *watchdog
 		err := db.bolt.Update(func(btx *bolt.Tx) error {
 			b = db.newBatch(btx)
@@ -193,12 +196,14 @@ func (db *DB) runBatch(reqs []*request) {
 			if db.nearMapEnd(btx, len(b.ops.buf)) {
 				db.anchor.release() // the commit may remap: see checkpoint.go
 			}
+			t := time.Now()
 			if err := db.wal.append(b.ops.buf); err != nil {
 				if errors.Is(err, errWALBroken) {
 					db.failed = err
 				}
 				return fmt.Errorf("write-ahead log: %w", err)
 			}
+			synced = time.Since(t)
 			logged = len(b.ops.buf)
 			wd = db.anchor.watch(db.opts.watchdog)
 			return nil
@@ -216,6 +221,7 @@ func (db *DB) runBatch(reqs []*request) {
 			}
 		}
 		if db.failed == nil && (db.anchor.isLost() || db.wal.size >= db.opts.WALLimit || db.grown()) {
+			checkpointed = true
 			if cerr := db.checkpoint(); cerr != nil {
 				db.failed = fmt.Errorf("checkpoint: %w", cerr)
 				db.log.Error("checkpoint failed; writes refused until reopened", attrErr, cerr)
@@ -236,11 +242,27 @@ func (db *DB) runBatch(reqs []*request) {
 			return
 		}
 		db.committed(b)
+		writes := 0
 		for _, r := range live {
+			if r.err == nil {
+				writes++
+			}
 			r.done <- r.err
+		}
+		if db.opts.OnBatch != nil {
+			db.opts.OnBatch(BatchStats{Writes: writes, LogBytes: logged, Sync: synced, Duration: time.Since(start), Checkpoint: checkpointed})
 		}
 		return
 	}
+}
+
+// BatchStats describe one durable group commit (Options.OnBatch).
+type BatchStats struct {
+	Writes     int           // Update calls it committed
+	LogBytes   int           // the size of its write-ahead log record
+	Sync       time.Duration // writing and syncing the record (one fdatasync)
+	Duration   time.Duration // from the start of the batch to its writers' answers, a checkpoint included
+	Checkpoint bool          // a checkpoint followed it (a sync of the data file and a new log)
 }
 
 // batch is the state of one group commit: the bbolt transaction and what the commit will

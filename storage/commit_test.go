@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 
@@ -205,5 +206,75 @@ func TestOnCommit(t *testing.T) {
 	}
 	if c := got[0][1]; c.Conv != "u1:u2" || c.Key != LogKey(c.Conv, c.Entry.ID) {
 		t.Errorf("change 1 = %+v, want the log entry", c)
+	}
+}
+
+// TestOnBatch: every durable group commit is reported once, after its writers were
+// answered, with the writes it committed (a function's own error is not one), its log
+// record and its sync; one that reached WALLimit reports its checkpoint.
+func TestOnBatch(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		stats []BatchStats
+	)
+	db := MustOpenDB(t, Options{WALLimit: 64 << 10, OnBatch: func(s BatchStats) {
+		mu.Lock()
+		defer mu.Unlock()
+		stats = append(stats, s)
+	}})
+	taken := func() []BatchStats {
+		mu.Lock()
+		defer mu.Unlock()
+		out := stats
+		stats = nil
+		return out
+	}
+
+	// Three writers queued behind a blocked commit share the next one; one of them fails.
+	release := blockCommitter(t, db)
+	taken()
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	for i := range 3 {
+		wg.Go(func() {
+			errs <- db.Update(context.Background(), func(tx *Tx) error {
+				if i == 2 {
+					return errors.New("no")
+				}
+				_, err := tx.Merge(crdt.UserKey(fmt.Sprint("u", i)), newUser(db, fmt.Sprint("user", i)))
+				return err
+			})
+		})
+	}
+	waitQueued(db, 3)
+	release()
+	wg.Wait()
+	close(errs)
+	failed := 0
+	for err := range errs {
+		if err != nil {
+			failed++
+		}
+	}
+	got := taken() // the blocking commit's, then theirs
+	if failed != 1 || len(got) != 2 {
+		t.Fatalf("%d of 3 writes failed, %d batches reported (%+v); want 1 and 2", failed, len(got), got)
+	}
+	if s := got[1]; s.Writes != 2 || s.LogBytes <= 0 || s.Sync <= 0 || s.Duration < s.Sync || s.Checkpoint {
+		t.Errorf("batch of two writes and a failure: %+v", s)
+	}
+
+	// Past WALLimit, a commit checkpoints and says so.
+	checkpoints := 0
+	for i := 0; checkpoints == 0 && i < 100; i++ {
+		merge(t, db, crdt.UserKey(fmt.Sprint("big", i)), newUser(db, fmt.Sprint("big", i, strings.Repeat("x", 4000))))
+		for _, s := range taken() {
+			if s.Checkpoint {
+				checkpoints++
+			}
+		}
+	}
+	if checkpoints != 1 {
+		t.Errorf("checkpoints reported while the log passed 64 KiB: %d, want 1", checkpoints)
 	}
 }

@@ -38,6 +38,10 @@ type Options struct {
 	// slice is the callee's; the Maps in it are shared with the record cache and must
 	// only be read.
 	OnCommit func([]Change)
+	// OnBatch, when set, is called after every group commit that became durable, with
+	// what it took (for metrics). It runs on the committer goroutine after the writers
+	// were answered, so it must be quick and must not call the DB.
+	OnBatch func(BatchStats)
 	// RecordCache is how many decoded records Record and Records keep in memory for the
 	// next read of the same record; default 16384, negative for none. A cached record
 	// costs 1–2 KiB of heap (a session with eight data keys: 1.7 KiB).
