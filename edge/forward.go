@@ -253,6 +253,9 @@ func (n *Node) forwardWhole(c *fiber.Ctx, p int, body []byte, repeatable bool, w
 			if n.relays.Err() != nil { // the node is stopping (relays ends first)
 				return false, functions.Errorf(functions.EUnavailable, "node shutting down")
 			}
+			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+				return false, functions.Errorf(functions.EUnavailable, "the node holding this data answered incompletely")
+			}
 			if repeatable || notDelivered(err) {
 				n.log.Debug("forward failed; trying the next holder", "peer", peer.Name, slog.Any("err", err))
 				continue
@@ -334,7 +337,7 @@ func (n *Node) entryLimits(c *fiber.Ctx) (*attempt, func(status int) bool, error
 // holder: then another holder may be asked, even for a write.
 func notDelivered(err error) bool {
 	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
+	return errors.Is(err, cluster.ErrNotSent) || errors.As(err, &op) && op.Op == "dial"
 }
 
 // relayedHeader reports whether a holder's answer header (canonical) goes to the client:

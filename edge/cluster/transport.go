@@ -33,12 +33,14 @@ import (
 //
 // It serves with fasthttp, and sends forwarded client requests (Forward) with fasthttp's
 // client, which writes and reads in the caller's goroutine: a forward is on the path of a
-// client's request, and every hand-off between goroutines there costs a wake-up.
+// client's request, and every hand-off between goroutines there (net/http's client has a
+// read and a write loop per connection, its server a background read per request) costs
+// a wake-up.
 type TLSTransport struct {
 	client  *http.Client
-	streams *http.Client     // ForwardStream: no timeout of its own, the caller's ctx bounds it
-	fwd     *fasthttp.Client // Forward
-	forward fasthttp.RequestHandler
+	streams *http.Client            // ForwardStream: no timeout of its own, the caller's ctx bounds it
+	fwd     *fasthttp.Client        // Forward
+	forward fasthttp.RequestHandler // see HandleForward
 	server  *fasthttp.Server
 	tlsConf *tls.Config
 	metrics *Metrics
@@ -46,8 +48,11 @@ type TLSTransport struct {
 	self    string // this node's name, sent with every request (peerHeader)
 	ids     atomic.Pointer[identities]
 
+	ctx    context.Context // of the messages served; ends with Shutdown
+	cancel context.CancelFunc
+
 	mu       sync.Mutex
-	listener *onceCloser       // Serve's, once it runs
+	listener *peerListener     // Serve's, once it runs
 	shut     bool              // Shutdown was called
 	peers    map[string]string // SetPeers': name → address
 }
@@ -151,7 +156,9 @@ func NewTLSTransport(seeds [][]byte, metrics *Metrics) (*TLSTransport, error) {
 	}}
 	t.fwd = &fasthttp.Client{
 		Dial:                     t.dialPeer,
-		MaxIdleConnDuration:      10 * time.Second, // closed here long before the peer's IdleTimeout closes them
+		MaxIdleConnDuration:      10 * time.Second,
+		MaxConnsPerHost:          1024,
+		MaxConnWaitTimeout:       2 * time.Second, // then ErrNoFreeConns: not sent
 		ReadBufferSize:           maxHeaderBytes,
 		WriteBufferSize:          maxHeaderBytes,
 		MaxResponseBodySize:      MaxForwardReply,
@@ -170,20 +177,37 @@ func NewTLSTransport(seeds [][]byte, metrics *Metrics) (*TLSTransport, error) {
 		IdleTimeout:                  2 * time.Minute,
 		ReadBufferSize:               maxHeaderBytes,
 		MaxRequestBodySize:           2 * MaxMessage, // serve refuses, and accounts, what is over MaxMessage
+		StreamRequestBody:            true,           // read as it arrives, not allocated up front from Content-Length
 		Logger:                       discardLogger{},
 		DisablePreParseMultipartForm: true,
 	}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
 	return t, nil
 }
 
-// maxHeaderBytes bounds the request line and headers of a sync or forwarded request,
-// and the status line and headers of a reply: those of a client's request (the API's
-// own limit is 8 KiB) plus the wrapping.
+// maxHeaderBytes bounds the request line and headers of a sync or forwarded request, and
+// the status line and headers of a reply: those of a client's request (the API's own
+// limit is 8 KiB) plus the wrapping.
 const maxHeaderBytes = 32 << 10
 
 // MaxForwardReply bounds the answer to a forwarded request read by Forward; the API's
 // own limits keep answers far below it.
 const MaxForwardReply = 8 << 20
+
+// ErrNotSent marks a Forward that failed before any byte of the request reached the peer
+// (it could not be reached, or every connection to it was busy): the caller may send the
+// request to another holder, even a write.
+var ErrNotSent = errors.New("forward not sent")
+
+// notSent is an error that matches ErrNotSent as well as its cause.
+type notSent struct{ err error }
+
+func (e notSent) Error() string   { return e.err.Error() }
+func (e notSent) Unwrap() []error { return []error{e.err, ErrNotSent} }
+
+// errStale is a pooled connection found closed by its peer before a request was written
+// on it: Forward tries again on a fresh one.
+var errStale = errors.New("forwarding connection closed by the peer while idle")
 
 // discardLogger drops fasthttp's messages (a peer that fails its handshake, one that
 // disconnects): the metrics and the guard account for peers.
@@ -192,12 +216,11 @@ type discardLogger struct{}
 func (discardLogger) Printf(string, ...any) {}
 
 // dialPeer opens a forwarding connection to addr: TCP, then the TLS handshake, which
-// checks the peer's key (VerifyConnection). A failure of either is a *net.OpError of Op
-// "dial": nothing was sent.
+// checks the peer's key (VerifyConnection). A failure of either is ErrNotSent.
 func (t *TLSTransport) dialPeer(addr string) (net.Conn, error) {
 	raw, err := (&net.Dialer{Timeout: 3 * time.Second}).Dial("tcp", addr)
 	if err != nil {
-		return nil, err
+		return nil, notSent{err}
 	}
 	ids := t.ids.Load() // the handshake checks against these, or newer ones
 	tc := tls.Client(raw, t.tlsConf)
@@ -206,20 +229,28 @@ func (t *TLSTransport) dialPeer(addr string) (net.Conn, error) {
 	_ = tc.SetDeadline(time.Time{})
 	if err != nil {
 		_ = raw.Close()
-		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: raw.RemoteAddr(), Err: err}
+		return nil, notSent{&net.OpError{Op: "dial", Net: "tcp", Addr: raw.RemoteAddr(), Err: err}}
 	}
 	c := &peerConn{Conn: tc, t: t}
 	c.checked.Store(ids)
 	return c, nil
 }
 
-// peerConn is a forwarding connection that checks its peer's key again whenever the
+// peerConn is a forwarding connection. It checks its peer's key again whenever the
 // accepted keys change (SetKeys), before it carries another byte: a connection opened
-// under a key since removed carries nothing more.
+// under a key since removed carries nothing more. And before it writes the first bytes of
+// a request after an answer (the next request on a pooled connection), it checks that
+// the peer has not closed it meanwhile (a peer that stopped or crashed), which fasthttp's
+// client does not watch: a request written there would fail without telling whether the
+// peer got it.
 type peerConn struct {
 	*tls.Conn
 	t       *TLSTransport
 	checked atomic.Pointer[identities] // the identities the peer's key was last checked against
+	// The last call: 0 none (a fresh connection), 'w' Write, 'r' Read. fasthttp uses a
+	// connection from one goroutine at a time, writing a request whole, then reading
+	// its answer.
+	last byte
 }
 
 func (c *peerConn) check() error {
@@ -238,13 +269,22 @@ func (c *peerConn) Read(p []byte) (int, error) {
 	if err := c.check(); err != nil {
 		return 0, err
 	}
+	c.last = 'r'
 	return c.Conn.Read(p)
 }
 
 func (c *peerConn) Write(p []byte) (int, error) {
+	starts := c.last != 'w' // the first bytes of a request: none of it was sent yet
 	if err := c.check(); err != nil {
+		if starts {
+			err = notSent{err}
+		}
 		return 0, err
 	}
+	if c.last == 'r' && closedByPeer(c.NetConn()) {
+		return 0, errStale
+	}
+	c.last = 'w'
 	return c.Conn.Write(p)
 }
 
@@ -383,21 +423,22 @@ func serveMessage(ctx context.Context, h Handler, kind string, body []byte) ([]b
 // request (peerName).
 func (t *TLSTransport) serve(h Handler, kind string) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
-		if err := t.checkPeer(ctx.TLSConnectionState()); err != nil {
-			ctx.Error(err.Error(), http.StatusForbidden)
+		if !t.admit(ctx) {
 			return
 		}
 		peer := peerName(ctx)
-		if n := len(ctx.Request.Body()); n > MaxMessage {
-			t.guard.Invalid(peer, kind, invalid(fmt.Errorf("request of %d bytes over the %d limit", n, MaxMessage)))
-			ctx.Error("request over the message limit", http.StatusRequestEntityTooLarge)
+		// Read as it arrives (the server streams bodies), into a buffer of our own: the
+		// request's is reused once the handler returns, and what decoding makes of the
+		// body may refer to it.
+		body, err := readBody(ctx, MaxMessage)
+		if err != nil {
+			t.guard.Invalid(peer, kind, invalid(err))
+			ctx.SetConnectionClose()
+			ctx.Error("read request: "+err.Error(), http.StatusRequestEntityTooLarge)
 			return
 		}
-		// A copy: the request's buffer is reused once the handler returns, and what
-		// decoding makes of the body may refer to it.
-		body := bytes.Clone(ctx.Request.Body())
 		t.metrics.bytes("received", kind, len(body))
-		out, err := ServeMessage(ctx, h, t.guard, peer, kind, body)
+		out, err := ServeMessage(t.ctx, h, t.guard, peer, kind, body)
 		switch {
 		case errors.Is(err, ErrInvalidMessage):
 			ctx.Error(err.Error(), http.StatusBadRequest)
@@ -418,6 +459,39 @@ func (t *TLSTransport) serve(h Handler, kind string) fasthttp.RequestHandler {
 	}
 }
 
+// admit checks the peer of a request: one that proves no accepted key now is answered
+// 403 and its connection closed.
+func (t *TLSTransport) admit(ctx *fasthttp.RequestCtx) bool {
+	if err := t.checkPeer(ctx.TLSConnectionState()); err != nil {
+		ctx.SetConnectionClose()
+		ctx.Error(err.Error(), http.StatusForbidden)
+		return false
+	}
+	return true
+}
+
+// readBody returns a copy of the request's body, read as it arrives, or an error if it
+// is over limit bytes.
+func readBody(ctx *fasthttp.RequestCtx, limit int) ([]byte, error) {
+	if n := ctx.Request.Header.ContentLength(); n > limit {
+		return nil, fmt.Errorf("request of %d bytes over the %d limit", n, limit)
+	}
+	var body []byte
+	if st := ctx.RequestBodyStream(); st != nil {
+		b, err := io.ReadAll(io.LimitReader(st, int64(limit)+1))
+		if err != nil {
+			return nil, err
+		}
+		body = b
+	} else {
+		body = bytes.Clone(ctx.Request.Body())
+	}
+	if len(body) > limit {
+		return nil, fmt.Errorf("request over the %d-byte limit", limit)
+	}
+	return body, nil
+}
+
 // peerHeader carries the caller's node name (Peer.Name) on sync requests, so that a
 // Guard names a peer alike whether it calls or is called. Only holders of the cluster
 // key reach the handler, and one could claim another's name — and do worse anyway.
@@ -431,6 +505,10 @@ func peerName(ctx *fasthttp.RequestCtx) string {
 	return "ip:" + ctx.RemoteIP().String()
 }
 
+// MaxForwardBody bounds the body of a forwarded request the forward handler is given;
+// the API's own limit is below it.
+const MaxForwardBody = 2 << 20
+
 // Serve answers sync requests on ln with h until Shutdown; call it once. It returns
 // http.ErrServerClosed after Shutdown.
 func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
@@ -443,10 +521,16 @@ func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
 	}
 	if fwd := t.forward; fwd != nil {
 		routes[forwardPath] = func(ctx *fasthttp.RequestCtx) {
-			if err := t.checkPeer(ctx.TLSConnectionState()); err != nil {
-				ctx.Error(err.Error(), http.StatusForbidden)
+			if !t.admit(ctx) {
 				return
 			}
+			body, err := readBody(ctx, MaxForwardBody)
+			if err != nil {
+				ctx.SetConnectionClose()
+				ctx.Error("forwarded body: "+err.Error(), http.StatusRequestEntityTooLarge)
+				return
+			}
+			ctx.Request.SetBodyRaw(body) // read whole: the handler runs the API on it
 			fwd(ctx)
 		}
 	}
@@ -467,7 +551,7 @@ func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
 		_ = ln.Close()
 		return http.ErrServerClosed
 	}
-	l := &onceCloser{Listener: tls.NewListener(ln, t.tlsConf)}
+	l := newPeerListener(tls.NewListener(ln, t.tlsConf), t)
 	t.listener = l
 	t.mu.Unlock()
 	if err := t.server.Serve(l); err != nil && !errors.Is(err, net.ErrClosed) {
@@ -476,31 +560,160 @@ func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
 	return http.ErrServerClosed
 }
 
-// onceCloser is a listener closed once: Shutdown closes it whether or not the server has
-// taken it yet, and the server's own Close then succeeds.
-type onceCloser struct {
-	net.Listener
-	once sync.Once
-	err  error
-}
-
-func (l *onceCloser) Close() error {
-	l.once.Do(func() { l.err = l.Listener.Close() })
-	return l.err
-}
-
-// Shutdown stops serving and waits for in-flight requests, bounded by ctx.
+// Shutdown stops serving and waits for in-flight requests, bounded by ctx; then it closes
+// every connection still open, so nothing is served after it returns.
 func (t *TLSTransport) Shutdown(ctx context.Context) error {
 	t.mu.Lock()
 	t.shut = true
-	if t.listener != nil {
-		_ = t.listener.Close() // Serve returns even if it had not yet handed it to the server
-	}
+	l := t.listener
 	t.mu.Unlock()
+	t.cancel()
 	t.client.CloseIdleConnections()
 	t.streams.CloseIdleConnections()
 	t.fwd.CloseIdleConnections()
-	return t.server.ShutdownWithContext(ctx)
+	if l == nil {
+		return nil
+	}
+	_ = l.Close() // Serve returns even if it had not yet handed it to the server
+	// A connection that has not sent a byte carries no request (fasthttp counts it as
+	// busy until its read timeout, which Shutdown would wait out): close it first.
+	l.closeConns(false)
+	err := t.server.ShutdownWithContext(ctx)
+	l.closeConns(true)
+	return err
+}
+
+// peerListener is the TLS listener Serve hands the server. Its Close takes effect once;
+// Accept retries after an error that may pass (too many open files, a connection reset
+// before it was accepted), as net/http's server does, so one does not stop the server;
+// and it keeps the connections it accepted (peerServerConn), for Shutdown.
+type peerListener struct {
+	net.Listener
+	t      *TLSTransport
+	once   sync.Once
+	closed atomic.Bool
+	mu     sync.Mutex
+	conns  map[*peerServerConn]struct{}
+}
+
+func newPeerListener(l net.Listener, t *TLSTransport) *peerListener {
+	return &peerListener{Listener: l, t: t, conns: map[*peerServerConn]struct{}{}}
+}
+
+func (l *peerListener) Accept() (net.Conn, error) {
+	pause := 5 * time.Millisecond
+	for {
+		c, err := l.Listener.Accept()
+		if err == nil {
+			pc := &peerServerConn{Conn: c, l: l}
+			if tc, ok := c.(*tls.Conn); ok {
+				pc.tls = tc
+			}
+			l.mu.Lock()
+			l.conns[pc] = struct{}{}
+			l.mu.Unlock()
+			return pc, nil
+		}
+		if l.closed.Load() || errors.Is(err, net.ErrClosed) {
+			return nil, err
+		}
+		time.Sleep(pause) // a transient error (see above): try again shortly
+		pause = min(2*pause, time.Second)
+	}
+}
+
+func (l *peerListener) Close() error {
+	var err error
+	l.once.Do(func() {
+		l.closed.Store(true)
+		err = l.Listener.Close()
+	})
+	return err
+}
+
+// closeConns closes the connections still open, or, unless all, only those that have not
+// yet carried a byte of a request.
+func (l *peerListener) closeConns(all bool) {
+	l.mu.Lock()
+	var cs []*peerServerConn
+	for c := range l.conns {
+		if all || !c.used.Load() {
+			cs = append(cs, c)
+		}
+	}
+	l.mu.Unlock()
+	for _, c := range cs {
+		_ = c.Close()
+	}
+}
+
+// peerServerConn is a connection Serve accepted. Like the forwarding connections
+// (peerConn), it checks its peer's key again whenever the accepted keys change, before it
+// carries another byte, so that a connection opened under a key since removed carries
+// nothing more.
+type peerServerConn struct {
+	net.Conn
+	tls     *tls.Conn // the same connection; nil if it is not TLS (never, from Serve)
+	l       *peerListener
+	used    atomic.Bool                // a byte of a request was read
+	checked atomic.Pointer[identities] // the identities the peer's key was last checked against
+}
+
+// ConnectionState and Handshake make the TLS state visible to fasthttp
+// (RequestCtx.TLSConnectionState).
+func (c *peerServerConn) ConnectionState() tls.ConnectionState {
+	if c.tls == nil {
+		return tls.ConnectionState{}
+	}
+	return c.tls.ConnectionState()
+}
+
+func (c *peerServerConn) Handshake() error {
+	if c.tls == nil {
+		return nil
+	}
+	return c.tls.Handshake()
+}
+
+func (c *peerServerConn) check() error {
+	ids := c.l.t.ids.Load()
+	if c.tls == nil || c.checked.Load() == ids {
+		return nil
+	}
+	cs := c.tls.ConnectionState()
+	if !cs.HandshakeComplete {
+		return nil // the handshake checks the key (VerifyConnection)
+	}
+	if err := ids.check(cs.PeerCertificates); err != nil {
+		return err
+	}
+	c.checked.Store(ids)
+	return nil
+}
+
+func (c *peerServerConn) Read(p []byte) (int, error) {
+	if err := c.check(); err != nil {
+		return 0, err
+	}
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.used.Store(true)
+	}
+	return n, err
+}
+
+func (c *peerServerConn) Write(p []byte) (int, error) {
+	if err := c.check(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *peerServerConn) Close() error {
+	c.l.mu.Lock()
+	delete(c.l.conns, c)
+	c.l.mu.Unlock()
+	return c.Conn.Close()
 }
 
 func (t *TLSTransport) call(ctx context.Context, to Peer, kind string, req encoding.BinaryMarshaler, rep encoding.BinaryUnmarshaler) error {
@@ -604,9 +817,9 @@ func (t *TLSTransport) SetPeers(peers []Peer) {
 
 // Forward sends a wrapped request (req: its headers and body; Forward sets the method and
 // the URI) to peer's forward handler and reads its whole answer, at most MaxForwardReply
-// bytes, into resp. It gives up at ctx's deadline, which it must have; it does not watch
-// ctx otherwise. A failure before anything was sent (the peer could not be reached) is a
-// *net.OpError of Op "dial"; after it, the request may have been served.
+// bytes, into resp (over it, the error is fasthttp.ErrBodyTooLarge). It gives up at ctx's
+// deadline, which it must have; it does not watch ctx otherwise. A failure before anything
+// was sent matches ErrNotSent; after it, the request may have been served.
 func (t *TLSTransport) Forward(ctx context.Context, to Peer, req *fasthttp.Request, resp *fasthttp.Response) error {
 	deadline, ok := ctx.Deadline()
 	if !ok {
@@ -618,10 +831,17 @@ func (t *TLSTransport) Forward(ctx context.Context, to Peer, req *fasthttp.Reque
 	req.Header.SetMethod(http.MethodPost)
 	req.SetRequestURI("http://" + to.Addr + forwardPath) // TLS is dialPeer's
 	req.Header.SetNoDefaultContentType(true)
-	if err := t.fwd.DoDeadline(req, resp, deadline); err != nil {
-		return fmt.Errorf("forward to %s: %w", to.Name, err)
+	err := t.fwd.DoDeadline(req, resp, deadline)
+	for stale := 0; errors.Is(err, errStale) && stale < 4; stale++ {
+		err = t.fwd.DoDeadline(req, resp, deadline) // nothing was sent: on another connection
 	}
-	return nil
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, fasthttp.ErrNoFreeConns), errors.Is(err, errStale):
+		err = notSent{err}
+	}
+	return fmt.Errorf("forward to %s: %w", to.Name, err)
 }
 
 // ForwardStream sends a wrapped request to peer's forward handler as Forward does, and
