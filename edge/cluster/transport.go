@@ -232,7 +232,7 @@ func (t *TLSTransport) dialPeer(addr string) (net.Conn, error) {
 		return nil, notSent{&net.OpError{Op: "dial", Net: "tcp", Addr: raw.RemoteAddr(), Err: err}}
 	}
 	c := &peerConn{Conn: tc, t: t}
-	c.checked.Store(ids)
+	c.keys.checked.Store(ids)
 	return c, nil
 }
 
@@ -245,25 +245,38 @@ func (t *TLSTransport) dialPeer(addr string) (net.Conn, error) {
 // peer got it.
 type peerConn struct {
 	*tls.Conn
-	t       *TLSTransport
-	checked atomic.Pointer[identities] // the identities the peer's key was last checked against
+	t    *TLSTransport
+	keys keyCheck
 	// The last call: 0 none (a fresh connection), 'w' Write, 'r' Read. fasthttp uses a
 	// connection from one goroutine at a time, writing a request whole, then reading
 	// its answer.
 	last byte
 }
 
-func (c *peerConn) check() error {
-	ids := c.t.ids.Load()
-	if c.checked.Load() == ids {
+// keyCheck checks a connection's peer key again whenever the accepted keys change.
+type keyCheck struct {
+	checked atomic.Pointer[identities] // the identities the peer's key was last checked against
+}
+
+// check returns nil if c's peer proves a key t accepts now, or has not finished its
+// handshake (which checks the key: VerifyConnection).
+func (k *keyCheck) check(t *TLSTransport, c *tls.Conn) error {
+	ids := t.ids.Load()
+	if k.checked.Load() == ids {
 		return nil
 	}
-	if err := ids.check(c.ConnectionState().PeerCertificates); err != nil {
+	cs := c.ConnectionState()
+	if !cs.HandshakeComplete {
+		return nil
+	}
+	if err := ids.check(cs.PeerCertificates); err != nil {
 		return err
 	}
-	c.checked.Store(ids)
+	k.checked.Store(ids)
 	return nil
 }
+
+func (c *peerConn) check() error { return c.keys.check(c.t, c.Conn) }
 
 func (c *peerConn) Read(p []byte) (int, error) {
 	if err := c.check(); err != nil {
@@ -653,10 +666,10 @@ func (l *peerListener) closeConns(all bool) {
 // nothing more.
 type peerServerConn struct {
 	net.Conn
-	tls     *tls.Conn // the same connection; nil if it is not TLS (never, from Serve)
-	l       *peerListener
-	used    atomic.Bool                // a byte of a request was read
-	checked atomic.Pointer[identities] // the identities the peer's key was last checked against
+	tls  *tls.Conn // the same connection; nil if it is not TLS (never, from Serve)
+	l    *peerListener
+	used atomic.Bool // a byte of a request was read
+	keys keyCheck
 }
 
 // ConnectionState and Handshake make the TLS state visible to fasthttp
@@ -676,19 +689,10 @@ func (c *peerServerConn) Handshake() error {
 }
 
 func (c *peerServerConn) check() error {
-	ids := c.l.t.ids.Load()
-	if c.tls == nil || c.checked.Load() == ids {
+	if c.tls == nil {
 		return nil
 	}
-	cs := c.tls.ConnectionState()
-	if !cs.HandshakeComplete {
-		return nil // the handshake checks the key (VerifyConnection)
-	}
-	if err := ids.check(cs.PeerCertificates); err != nil {
-		return err
-	}
-	c.checked.Store(ids)
-	return nil
+	return c.keys.check(c.l.t, c.tls)
 }
 
 func (c *peerServerConn) Read(p []byte) (int, error) {

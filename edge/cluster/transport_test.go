@@ -285,10 +285,7 @@ func TestTLSTransportBusyPeer(t *testing.T) {
 	key := bytes.Repeat([]byte{1}, 32)
 	a, _, _ := startTransport(t, "a", key)
 	a.fwd.MaxConnsPerHost, a.fwd.MaxConnWaitTimeout = 1, 50*time.Millisecond
-	b, err := NewTLSTransport([][]byte{key}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newTransport(t, key)
 	started, release := make(chan struct{}), make(chan struct{})
 	var served atomic.Int64
 	b.HandleForward(func(ctx *fasthttp.RequestCtx) {
@@ -298,10 +295,7 @@ func TestTLSTransportBusyPeer(t *testing.T) {
 		}
 		ctx.SetBodyString("b")
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listen(t)
 	done := make(chan error, 1)
 	go func() { done <- b.Serve(ln, &stubHandler{}) }()
 	pb := Peer{Name: "b", Addr: ln.Addr().String()}
@@ -343,15 +337,9 @@ func (l *failOnce) Accept() (net.Conn, error) {
 func TestTLSTransportServeSurvivesAcceptErrors(t *testing.T) {
 	key := bytes.Repeat([]byte{1}, 32)
 	a, _, _ := startTransport(t, "a", key)
-	b, err := NewTLSTransport([][]byte{key}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newTransport(t, key)
 	h := &stubHandler{}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listen(t)
 	done := make(chan error, 1)
 	go func() { done <- b.Serve(&failOnce{Listener: ln}, h) }()
 	if _, err := a.Push(context.Background(), Peer{Name: "b", Addr: ln.Addr().String()}, PushRequest{From: 1}); err != nil {
@@ -415,15 +403,9 @@ func TestTLSTransportRemovedKeyConnection(t *testing.T) {
 // it has returned no connection is served.
 func TestTLSTransportShutdownClosesConnections(t *testing.T) {
 	key := bytes.Repeat([]byte{1}, 32)
-	b, err := NewTLSTransport([][]byte{key}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newTransport(t, key)
 	h := &stubHandler{}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listen(t)
 	done := make(chan error, 1)
 	go func() { done <- b.Serve(ln, h) }()
 	unused, _ := rawPeer(t, ln.Addr().String(), key)
@@ -478,7 +460,7 @@ func TestTLSTransportBodyNotPreallocated(t *testing.T) {
 	}
 	// One more request on a connection of its own, answered only after the eight were
 	// read: a's handler has seen them by then.
-	if got, err := forward(a0(t, key), pa, ""); err != nil || got != "a" {
+	if got, err := forward(newTransport(t, key), pa, ""); err != nil || got != "a" {
 		t.Fatalf("forward: %q, %v", got, err)
 	}
 	runtime.ReadMemStats(&after)
@@ -490,12 +472,22 @@ func TestTLSTransportBodyNotPreallocated(t *testing.T) {
 	}
 }
 
-// a0 returns a transport of key that serves nothing, to call others with.
-func a0(t *testing.T, key []byte) *TLSTransport {
+// newTransport returns a transport of key, not serving yet.
+func newTransport(t *testing.T, key []byte) *TLSTransport {
 	t.Helper()
 	tr, err := NewTLSTransport([][]byte{key}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return tr
+}
+
+// listen returns a listener on a free loopback port.
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
 }
