@@ -206,20 +206,12 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 		resp, err := n.transport.ForwardStream(ctx, peer, wrap.Clone(), body)
 		if err != nil {
 			cancel()
-			if n.relays.Err() != nil { // the node is stopping (relays ends first)
-				return functions.Errorf(functions.EUnavailable, "node shutting down")
+			if err := n.forwardFailed(c, peer, err, repeatable); err != nil {
+				return err
 			}
-			if repeatable || notDelivered(err) {
-				n.log.Debug("forward failed; trying the next holder", "peer", peer.Name, slog.Any("err", err))
-				continue
-			}
-			n.log.Warn("forwarded write failed after it may have been delivered", "peer", peer.Name, slog.Any("err", err))
-			c.Set(fiber.HeaderRetryAfter, "1")
-			return functions.Errorf(functions.EUnavailable, "the node holding this data did not answer in time; the request may have been applied")
+			continue
 		}
-		if resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(wrapBy) == "" {
-			// Not the API's answer: the holder's channel refused the wrapping (it is
-			// starting, or stopping). Nothing was applied.
+		if refusedByChannel(resp.StatusCode, resp.Header.Get(wrapBy)) {
 			_ = resp.Body.Close()
 			cancel()
 			continue
@@ -250,23 +242,17 @@ func (n *Node) forwardWhole(c *fiber.Ctx, p int, body []byte, repeatable bool, w
 		err := n.transport.Forward(ctx, peer, req, resp)
 		cancel()
 		if err != nil {
-			if n.relays.Err() != nil { // the node is stopping (relays ends first)
-				return false, functions.Errorf(functions.EUnavailable, "node shutting down")
-			}
 			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 				return false, functions.Errorf(functions.EUnavailable, "the node holding this data answered incompletely")
 			}
-			if repeatable || notDelivered(err) {
-				n.log.Debug("forward failed; trying the next holder", "peer", peer.Name, slog.Any("err", err))
-				continue
+			if err := n.forwardFailed(c, peer, err, repeatable); err != nil {
+				return false, err
 			}
-			n.log.Warn("forwarded write failed after it may have been delivered", "peer", peer.Name, slog.Any("err", err))
-			c.Set(fiber.HeaderRetryAfter, "1")
-			return false, functions.Errorf(functions.EUnavailable, "the node holding this data did not answer in time; the request may have been applied")
+			continue
 		}
 		code := resp.StatusCode()
-		if code == http.StatusBadGateway || code == http.StatusServiceUnavailable && len(resp.Header.Peek(wrapBy)) == 0 {
-			continue // not the API's answer: see forward
+		if refusedByChannel(code, string(resp.Header.Peek(wrapBy))) {
+			continue
 		}
 		n.metrics.forwarded(peer.Name)
 		*status = code
@@ -287,6 +273,30 @@ func (n *Node) forwardWhole(c *fiber.Ctx, p int, body []byte, repeatable bool, w
 		return true, nil
 	}
 	return false, nil
+}
+
+// forwardFailed decides what follows a forward to peer that failed with err: nil to ask
+// the next holder (a repeatable request, or one that was not sent), else the error to
+// answer with.
+func (n *Node) forwardFailed(c *fiber.Ctx, peer cluster.Peer, err error, repeatable bool) error {
+	if n.relays.Err() != nil { // the node is stopping (relays ends first)
+		return functions.Errorf(functions.EUnavailable, "node shutting down")
+	}
+	if repeatable || notDelivered(err) {
+		n.log.Debug("forward failed; trying the next holder", "peer", peer.Name, slog.Any("err", err))
+		return nil
+	}
+	n.log.Warn("forwarded write failed after it may have been delivered", "peer", peer.Name, slog.Any("err", err))
+	c.Set(fiber.HeaderRetryAfter, "1")
+	return functions.Errorf(functions.EUnavailable, "the node holding this data did not answer in time; the request may have been applied")
+}
+
+// refusedByChannel reports whether a holder's answer (its status, and the wrapBy header
+// that names the node whose API answered) is not the API's but its channel's, which
+// refused the wrapping (the holder is starting or stopping): nothing was applied, and the
+// next holder may be asked.
+func refusedByChannel(status int, by string) bool {
+	return status == http.StatusBadGateway || status == http.StatusServiceUnavailable && by == ""
 }
 
 // noHolder answers a request that no holder of its partition answered: it serves it here

@@ -597,9 +597,10 @@ func (t *TLSTransport) Shutdown(ctx context.Context) error {
 }
 
 // peerListener is the TLS listener Serve hands the server. Its Close takes effect once;
-// Accept retries after an error that may pass (too many open files, a connection reset
-// before it was accepted), as net/http's server does, so one does not stop the server;
-// and it keeps the connections it accepted (peerServerConn), for Shutdown.
+// Accept retries after any error but its closing (too many open files, a connection reset
+// before it was accepted), backing off up to a second, as net/http's server does with
+// such errors, so that one does not stop the server; and it keeps the connections it
+// accepted (peerServerConn), for Shutdown.
 type peerListener struct {
 	net.Listener
 	t      *TLSTransport
