@@ -103,13 +103,17 @@ func covers(h *haveState, w int64, p int) bool {
 }
 
 // newTestHave returns a haveState holding partitions 1 and 2 under placement 100.
-func newTestHave() (*haveState, *partitionSet) {
+func newTestHave() (*haveState, *partitionSet) { return newTestHaveGained(100, nil) }
+
+// newTestHaveGained returns a haveState holding partitions 1 and 2 under placement, of
+// which it gained those in gained.
+func newTestHaveGained(placement uint64, gained []int) (*haveState, *partitionSet) {
 	h := &haveState{}
 	h.init()
 	held := &partitionSet{}
 	held.add(1)
 	held.add(2)
-	h.replan(100, nil, held)
+	h.replan(placement, gained, held)
 	return h, held
 }
 
@@ -273,12 +277,7 @@ func TestHaveStatePartitions(t *testing.T) {
 // those.
 func TestHaveStateGained(t *testing.T) {
 	const peer = crdt.NodeID(8)
-	h := &haveState{}
-	h.init()
-	held := &partitionSet{}
-	held.add(1)
-	held.add(2)
-	h.replan(100, []int{1, 2}, held)
+	h, held := newTestHaveGained(100, []int{1, 2})
 	h.pushed(at(10), 100, nil, h.currentEra())
 	if !covers(h, 10, 1) || !covers(h, 10, 2) {
 		t.Fatalf("a Through under the current placement does not cover the gained partitions")
@@ -307,12 +306,7 @@ func TestHaveStateGained(t *testing.T) {
 	t.Run("OKAllPartitionsFromLessons", func(t *testing.T) {
 		// A question about every partition held is answered when each of them is covered
 		// by the base (not gained) or by some lesson: carried Throughs, rounds, pulls.
-		h := &haveState{}
-		h.init()
-		held := &partitionSet{}
-		held.add(1)
-		held.add(2)
-		h.replan(200, []int{1, 2}, held)
+		h, held := newTestHaveGained(200, []int{1, 2})
 		h.pushed(at(10), 200, nil, h.currentEra())
 		h.replan(201, nil, held) // the Throughs are carried, about 1 and 2
 		if !covers(h, 10, AllPartitions) {
@@ -372,12 +366,7 @@ func TestHaveStateGained(t *testing.T) {
 // only about those) is, per origin, the least over them of the best it learnt of each.
 func TestHaveStateKnownIn(t *testing.T) {
 	const peer = crdt.NodeID(8)
-	h := &haveState{}
-	h.init()
-	held := &partitionSet{}
-	held.add(1)
-	held.add(2)
-	h.replan(100, []int{1, 2}, held)
+	h, held := newTestHaveGained(100, []int{1, 2})
 	one, both := &partitionSet{}, &partitionSet{}
 	one.add(1)
 	both.add(1)

@@ -12,40 +12,24 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/edge"
+	"github.com/sessiond/sessiond/edge/edgetest"
 	"github.com/sessiond/sessiond/edge/loadgen"
 )
 
-// startBenchNode starts a node in-process on loopback ports chosen by the kernel, with
-// login and sign-up throttling loose enough for the bench's users and a login mix, and
-// stops it when the test ends.
+// startBenchNode starts a node in-process (edgetest.Start), with login and sign-up
+// throttling loose enough for the bench's users and a login mix, and stops it when the
+// test ends.
 func startBenchNode(tb testing.TB) *edge.Node {
 	tb.Helper()
-	cfg := edge.DefaultConfig()
-	cfg.NodeName = "bench-test"
-	cfg.DataDir = tb.TempDir()
-	cfg.HTTPAddr = "127.0.0.1:0"
-	cfg.GossipAddr = "127.0.0.1:0"
-	cfg.SyncAddr = "127.0.0.1:0"
-	cfg.LoginPerAccount = 1_000_000
-	cfg.LoginPerAddress = 1_000_000
-	cfg.SignupsPerAddress = 1_000_000 // the bench registers its users from one address
-	// The tool is under test, not the hashing bound: on a loaded machine a login may
-	// wait for a hashing worker longer than the default second, and get a 503.
-	cfg.PasswordWait = time.Minute
-	cfg.PasswordQueue = 4096
-	n, err := edge.NewNode(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		if err := n.Close(context.Background()); err != nil {
-			tb.Errorf("close node: %v", err)
-		}
+	return edgetest.Start(tb, "bench-test", func(cfg *edge.Config) {
+		cfg.LoginPerAccount = 1_000_000
+		cfg.LoginPerAddress = 1_000_000
+		cfg.SignupsPerAddress = 1_000_000 // the bench registers its users from one address
+		// The tool is under test, not the hashing bound: on a loaded machine a login may
+		// wait for a hashing worker longer than the default second, and get a 503
+		// (edgetest.Start lets it wait a minute).
+		cfg.PasswordQueue = 4096
 	})
-	return n
 }
 
 func TestBenchJSON(t *testing.T) {
