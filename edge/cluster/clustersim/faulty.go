@@ -3,6 +3,7 @@ package clustersim
 import (
 	"bytes"
 	"context"
+	"encoding"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -20,7 +21,8 @@ import (
 // made to hurt. It sends to live honest nodes, and answers their calls with, a seeded mix
 // of:
 //   - random bytes, and random bytes behind a valid version and kind;
-//   - truncated and bit-flipped copies of valid messages it received;
+//   - truncated and bit-flipped copies of valid messages it received (a flip that leaves
+//     the message valid is not used: see invalidOf);
 //   - out-of-range values in a well-formed frame: list lengths beyond the input, branch
 //     and leaf indexes beyond the digest, partition masks of the wrong length, counter
 //     sets beyond the limit, marks stamped far in the future, a leaves reply naming keys
@@ -163,27 +165,39 @@ func (f *Faulty) makeLocked(kind string, request bool) []byte {
 	head := []byte{cluster.ProtocolVersion, kindByte}
 	switch r.IntN(8) {
 	case 0: // random bytes
-		b := make([]byte, r.IntN(256))
-		fill(r, b)
-		return b
+		return invalidOf(func() []byte {
+			b := make([]byte, r.IntN(256))
+			fill(r, b)
+			return b
+		})
 	case 1: // a valid frame, random body
-		b := make([]byte, r.IntN(512))
-		fill(r, b)
-		return append(head, b...)
+		return invalidOf(func() []byte {
+			b := make([]byte, r.IntN(512))
+			fill(r, b)
+			return append(bytes.Clone(head), b...)
+		})
 	case 2, 3: // a copy of a valid message, truncated or with a bit flipped, or replayed whole
 		if len(f.seen) == 0 {
 			return head
 		}
-		b := bytes.Clone(f.seen[r.IntN(len(f.seen))])
+		b := f.seen[r.IntN(len(f.seen))]
 		switch r.IntN(3) {
-		case 0:
-			return b[:r.IntN(len(b)+1)]
+		case 0: // a strict prefix never decodes; the whole message is a replay
+			return bytes.Clone(b[:r.IntN(len(b)+1)])
 		case 1:
-			if len(b) > 0 {
-				b[r.IntN(len(b))] ^= 1 << r.IntN(8)
-			}
+			// Most flips leave a valid message: one in a write's timestamp or value
+			// is a write of the faulty peer's making (an earlier first-writer-wins
+			// claim, say), which no honest node can tell from the real one. Only a
+			// flip that makes the message invalid will do.
+			return invalidOf(func() []byte {
+				c := bytes.Clone(b)
+				if len(c) > 0 {
+					c[r.IntN(len(c))] ^= 1 << r.IntN(8)
+				}
+				return c
+			})
 		}
-		return b // whole: a replay, maybe to another node or as a reply of another kind
+		return bytes.Clone(b) // whole: a replay, maybe to another node or as a reply of another kind
 	case 4: // oversized
 		return append(head, make([]byte, f.c.Net.maxMessage+1)...)
 	default: // out of range in a well-formed frame
@@ -231,6 +245,37 @@ func (f *Faulty) outOfRangeLocked(head []byte, kind string, request bool) []byte
 		}
 		return append(u(u(head, 0), uint64(len(p))), p...) // #nosec G115 -- a length
 	}
+}
+
+// maxTries bounds the messages invalidOf makes before it gives up.
+const maxTries = 64
+
+// invalidOf returns the first of up to maxTries messages made by gen that no honest
+// node would accept (decodes), and an empty message, which none accepts, if every one
+// would. A Faulty sends valid messages only as replays, or deliberately (out of range):
+// a message that is valid by chance may carry changes, counters or marks of the
+// faulty peer's making, and an honest node holds whatever such a message says.
+func invalidOf(gen func() []byte) []byte {
+	for range maxTries {
+		if b := gen(); !decodes(b) {
+			return b
+		}
+	}
+	return []byte{}
+}
+
+// decodes reports whether b is a valid sync message of some kind, as a request or as a
+// reply: whether an honest node could act on it, whatever it was sent as.
+func decodes(b []byte) bool {
+	for _, m := range []encoding.BinaryUnmarshaler{
+		&cluster.PushRequest{}, &cluster.DigestRequest{}, &cluster.LeavesRequest{}, &cluster.CountersMessage{},
+		&cluster.PushReply{}, &cluster.DigestReply{}, &cluster.LeavesReply{},
+	} {
+		if m.UnmarshalBinary(b) == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // fill fills b with random bytes.
