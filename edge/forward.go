@@ -327,13 +327,13 @@ func (n *Node) entryLimits(c *fiber.Ctx) (*attempt, func(status int) bool, error
 	}
 	switch c.Path() {
 	case "/v1/sessions":
-		at, ok, wait := n.limits.addressLogin(n.cfg.LoginPerAddress, n.clientAddr(c))
+		at, ok, wait := n.limits.addressLogin(c.UserContext(), n.cfg.LoginPerAddress, n.clientAddr(c))
 		if !ok {
 			return nil, nil, n.loginsThrottled(c, wait)
 		}
 		return at, func(status int) bool { return status == fiber.StatusUnauthorized }, nil
 	case "/v1/users":
-		at, ok, wait := n.limits.signup(n.cfg.SignupsPerAddress, n.clientAddr(c))
+		at, ok, wait := n.limits.signup(c.UserContext(), n.cfg.SignupsPerAddress, n.clientAddr(c))
 		if !ok {
 			return nil, nil, signupsThrottled(c, wait)
 		}

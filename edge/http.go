@@ -337,7 +337,7 @@ func (n *Node) register(c *fiber.Ctx) error {
 	if forwardedOf(c) == nil {
 		var ok bool
 		var wait time.Duration
-		if at, ok, wait = n.limits.signup(n.cfg.SignupsPerAddress, n.clientAddr(c)); !ok {
+		if at, ok, wait = n.limits.signup(c.UserContext(), n.cfg.SignupsPerAddress, n.clientAddr(c)); !ok {
 			return signupsThrottled(c, wait)
 		}
 	}
@@ -389,7 +389,7 @@ func (n *Node) login(c *fiber.Ctx) error {
 	// throttle.go.
 	// A login forwarded here was limited by address, and is charged by address, by the
 	// node that forwarded it.
-	at, ok, wait := n.limits.login(loginLimits{
+	at, ok, wait := n.limits.login(c.UserContext(), loginLimits{
 		Address: n.cfg.LoginPerAddress, AccountAddress: n.cfg.LoginPerAccountAddress, Account: n.cfg.LoginPerAccount,
 	}, n.clientAddr(c), req.Username, n.knownDevice(c, req.Device, req.Username), forwardedOf(c) != nil)
 	if !ok {
@@ -613,7 +613,7 @@ func (n *Node) sendMessage(c *fiber.Ctx) error {
 	if err := n.lookupAllowed(c, p); err != nil {
 		return err
 	}
-	at, ok, wait := n.limits.message(n.cfg.MessagesPerUser, p.UserID)
+	at, ok, wait := n.limits.message(c.UserContext(), n.cfg.MessagesPerUser, p.UserID)
 	if !ok {
 		return n.rateLimited(c, wait, "too many messages")
 	}

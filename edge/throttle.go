@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"sync"
@@ -38,7 +39,12 @@ import (
 // limit on what it sees, so k sides admit at most k × the limit (see cluster.Counters).
 // Within a node, attempts still being checked count as failures already (in flight), and
 // count as many times as there are nodes, so concurrent requests spread over the cluster
-// cannot overshoot either: each node admits only its share of what is left.
+// cannot overshoot either: each node admits only its share of what is left. An attempt
+// refused only for attempts in flight (the counts alone would let it in) waits for them to
+// end, up to flightWait, and is decided again: two tabs signing in to one account together
+// both get in, the second a moment later, where it used to get a 429 that blamed failures
+// that never happened (from six nodes up, the default limit per account and address
+// admits one attempt in flight per node).
 
 // With placement (Config.Replicas), a login or sign-up is often served by another node
 // than the one the client reached (forward.go). The limits by address are then applied
@@ -143,9 +149,18 @@ type limiter struct {
 	// over the cluster within a limit.
 	nodes func() int
 
+	// flightWait bounds how long an attempt refused only for attempts in flight waits
+	// for them to end (admit).
+	flightWait time.Duration
+
 	mu       sync.Mutex
 	inflight map[flightKey]int
+	ended    chan struct{} // closed and replaced when an attempt ends; nil until waited on
 }
+
+// defaultFlightWait is limiter.flightWait's default: a password check takes tens of
+// milliseconds, or up to a second or two in the hashing queue under load.
+const defaultFlightWait = 2 * time.Second
 
 type flightKey struct {
 	set int
@@ -153,7 +168,7 @@ type flightKey struct {
 }
 
 func newLimiter(c counts) *limiter {
-	return &limiter{counts: c, inflight: make(map[flightKey]int)}
+	return &limiter{counts: c, inflight: make(map[flightKey]int), flightWait: defaultFlightWait}
 }
 
 // attempt is a login or sign-up let through; call done exactly once when its outcome is
@@ -179,6 +194,10 @@ func (a *attempt) done(charge bool) {
 			a.l.inflight[fk]--
 		}
 	}
+	if a.l.ended != nil {
+		close(a.l.ended)
+		a.l.ended = nil
+	}
 }
 
 // gauge returns key's count in set and this node's attempts of it in flight.
@@ -200,70 +219,94 @@ func (l *limiter) gaugeLocked(set int, key string) gauge {
 	return g
 }
 
-func (l *limiter) beginLocked(set int, keys ...string) *attempt {
-	for _, k := range keys {
-		l.inflight[flightKey{set, k}]++
-	}
-	return &attempt{l: l, set: set, keys: keys}
-}
-
-// login decides a login attempt by addr on the account named username; see decideLogin.
-// With addressDone, the node that forwarded the attempt here applies and charges the
-// limit by address (addressLogin), and this one does not.
-func (l *limiter) login(lim loginLimits, addr, username string, device, addressDone bool) (*attempt, bool, time.Duration) {
-	a, acct := addrKey(addr), accountKey(username)
-	keys := []string{"a|" + a, "ua|" + acct + "|" + a, "u|" + acct}
+// admit decides an attempt on keys of set: decide gets their gauges, in order, and says
+// whether the attempt may go on, and if not, how long until it may. An attempt refused
+// only for attempts in flight (decide would let it in with none) waits until one ends
+// and is decided again, for at most flightWait and while ctx lasts; then it is refused.
+func (l *limiter) admit(ctx context.Context, set int, keys []string, decide func([]gauge) (bool, time.Duration)) (*attempt, bool, time.Duration) {
+	gs := make([]gauge, len(keys))
+	var deadline <-chan time.Time
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	g := loginGauges{
-		Address:        l.gaugeLocked(setLoginFailures, keys[0]),
-		AccountAddress: l.gaugeLocked(setLoginFailures, keys[1]),
-		Account:        l.gaugeLocked(setLoginFailures, keys[2]),
-	}
-	if addressDone {
-		keys, g.Address = keys[1:], gauge{}
-	}
-	ok, wait := decideLogin(lim, g, device)
-	if !ok {
+	for {
+		for i, k := range keys {
+			gs[i] = l.gaugeLocked(set, k)
+		}
+		ok, wait := decide(gs)
+		if ok {
+			for _, k := range keys {
+				l.inflight[flightKey{set, k}]++
+			}
+			return &attempt{l: l, set: set, keys: keys}, true, 0
+		}
+		for i := range gs {
+			gs[i].InFlight = 0
+		}
+		if counted, _ := decide(gs); !counted {
+			return nil, false, wait // the counts refuse it: attempts ending will not help
+		}
+		if deadline == nil {
+			t := time.NewTimer(l.flightWait)
+			defer t.Stop()
+			deadline = t.C
+		}
+		if l.ended == nil {
+			l.ended = make(chan struct{})
+		}
+		ended := l.ended
+		l.mu.Unlock()
+		select {
+		case <-ended:
+			l.mu.Lock()
+			continue
+		case <-deadline:
+		case <-ctx.Done():
+		}
+		l.mu.Lock()
 		return nil, false, wait
 	}
-	return l.beginLocked(setLoginFailures, keys...), true, 0
+}
+
+// login decides a login attempt by addr on the account named username; see decideLogin
+// and admit. With addressDone, the node that forwarded the attempt here applies and
+// charges the limit by address (addressLogin), and this one does not.
+func (l *limiter) login(ctx context.Context, lim loginLimits, addr, username string, device, addressDone bool) (*attempt, bool, time.Duration) {
+	a, acct := addrKey(addr), accountKey(username)
+	keys := []string{"a|" + a, "ua|" + acct + "|" + a, "u|" + acct}
+	if addressDone {
+		return l.admit(ctx, setLoginFailures, keys[1:], func(g []gauge) (bool, time.Duration) {
+			return decideLogin(lim, loginGauges{AccountAddress: g[0], Account: g[1]}, device)
+		})
+	}
+	return l.admit(ctx, setLoginFailures, keys, func(g []gauge) (bool, time.Duration) {
+		return decideLogin(lim, loginGauges{Address: g[0], AccountAddress: g[1], Account: g[2]}, device)
+	})
+}
+
+// under decides an attempt on one key against limit.
+func under(limit int) func([]gauge) (bool, time.Duration) {
+	return func(g []gauge) (bool, time.Duration) {
+		over, wait := g[0].over(limit)
+		return !over, wait
+	}
 }
 
 // addressLogin decides, by the limit on failures from addr alone, a login attempt that
 // this node forwards to the node that will serve it; charge it (done) with the outcome
 // that node answers.
-func (l *limiter) addressLogin(limit int, addr string) (*attempt, bool, time.Duration) {
-	key := "a|" + addrKey(addr)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if over, wait := l.gaugeLocked(setLoginFailures, key).over(limit); over {
-		return nil, false, wait
-	}
-	return l.beginLocked(setLoginFailures, key), true, 0
+func (l *limiter) addressLogin(ctx context.Context, limit int, addr string) (*attempt, bool, time.Duration) {
+	return l.admit(ctx, setLoginFailures, []string{"a|" + addrKey(addr)}, under(limit))
 }
 
 // signup decides a sign-up by addr against limit per signupWindow.
-func (l *limiter) signup(limit int, addr string) (*attempt, bool, time.Duration) {
-	key := "s|" + addrKey(addr)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if over, wait := l.gaugeLocked(setSignups, key).over(limit); over {
-		return nil, false, wait
-	}
-	return l.beginLocked(setSignups, key), true, 0
+func (l *limiter) signup(ctx context.Context, limit int, addr string) (*attempt, bool, time.Duration) {
+	return l.admit(ctx, setSignups, []string{"s|" + addrKey(addr)}, under(limit))
 }
 
 // message decides a message of userID against limit per minute, as signup does for
 // addresses.
-func (l *limiter) message(limit int, userID string) (*attempt, bool, time.Duration) {
-	key := "m|" + userID
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if over, wait := l.gaugeLocked(setMessages, key).over(limit); over {
-		return nil, false, wait
-	}
-	return l.beginLocked(setMessages, key), true, 0
+func (l *limiter) message(ctx context.Context, limit int, userID string) (*attempt, bool, time.Duration) {
+	return l.admit(ctx, setMessages, []string{"m|" + userID}, under(limit))
 }
 
 // addrKey returns a bounded key for a client address. The result owns its bytes (addr

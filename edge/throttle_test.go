@@ -1,6 +1,8 @@
 package edge
 
 import (
+	"context"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -8,6 +10,13 @@ import (
 
 	"github.com/sessiond/sessiond/crdt"
 )
+
+// gone is the context of a request that has ended: the limiter does not wait for it.
+var gone = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
 
 func est(cur, prev uint64, elapsed time.Duration) crdt.Estimate {
 	return crdt.Estimate{Current: cur, Previous: prev, Elapsed: elapsed, Window: time.Minute}
@@ -79,9 +88,10 @@ func (c *localCounts) Estimate(set int, key string) crdt.Estimate {
 func TestLimiter_Login(t *testing.T) {
 	clock := newFakeClock(tokenEpoch)
 	l := newLimiter(newLocalCounts(clock.Now))
+	ctx := context.Background()
 	lim := loginLimits{Address: 30, AccountAddress: 3, Account: 5}
 	fail := func(addr, user string, device bool) (bool, time.Duration) {
-		a, ok, wait := l.login(lim, addr, user, device, false)
+		a, ok, wait := l.login(ctx, lim, addr, user, device, false)
 		if ok {
 			a.done(true)
 		}
@@ -102,7 +112,7 @@ func TestLimiter_Login(t *testing.T) {
 	})
 	t.Run("SuccessChargesNothing", func(t *testing.T) {
 		for i := range 50 {
-			a, ok, _ := l.login(lim, "10.0.0.9", "bob", false, false)
+			a, ok, _ := l.login(ctx, lim, "10.0.0.9", "bob", false, false)
 			if !ok {
 				t.Fatalf("successful login %d refused", i+1)
 			}
@@ -114,7 +124,7 @@ func TestLimiter_Login(t *testing.T) {
 		if ok, _ := fail("10.0.0.4", "alice", false); ok {
 			t.Errorf("a fresh address passed the account-wide limit")
 		}
-		a, ok, _ := l.login(lim, "10.0.0.4", "alice", true, false)
+		a, ok, _ := l.login(ctx, lim, "10.0.0.4", "alice", true, false)
 		if !ok {
 			t.Fatalf("a login with a device token was refused by the account-wide limit")
 		}
@@ -126,19 +136,36 @@ func TestLimiter_Login(t *testing.T) {
 	t.Run("InFlight", func(t *testing.T) {
 		var held []*attempt
 		for range 3 {
-			a, ok, _ := l.login(lim, "10.9.9.9", "carol", false, false)
+			a, ok, _ := l.login(ctx, lim, "10.9.9.9", "carol", false, false)
 			if !ok {
 				t.Fatalf("attempt refused before any outcome")
 			}
 			held = append(held, a)
 		}
-		if _, ok, _ := l.login(lim, "10.9.9.9", "carol", false, false); ok {
+		// A client that does not wait (its request ended) is refused at once.
+		if _, ok, _ := l.login(gone, lim, "10.9.9.9", "carol", false, false); ok {
 			t.Errorf("a 4th concurrent attempt passed while 3 were in flight")
 		}
+		// One that does waits until an attempt in flight ends, then gets in.
+		got := make(chan *attempt, 1)
+		go func() {
+			a, ok, _ := l.login(ctx, lim, "10.9.9.9", "carol", false, false)
+			if !ok {
+				a = nil
+			}
+			got <- a
+		}()
+		waitForWaiter(t, l, got)
+		held[0].done(false)
+		a := <-got
+		if a == nil {
+			t.Fatalf("the waiting attempt was refused once one in flight succeeded")
+		}
+		held[0] = a
 		for _, a := range held {
 			a.done(false)
 		}
-		a, ok, _ := l.login(lim, "10.9.9.9", "carol", false, false)
+		a, ok, _ := l.login(ctx, lim, "10.9.9.9", "carol", false, false)
 		if !ok {
 			t.Fatalf("refused after the in-flight attempts succeeded")
 		}
@@ -160,25 +187,26 @@ func TestLimiter_Login(t *testing.T) {
 func TestLimiter_Signup(t *testing.T) {
 	clock := newFakeClock(tokenEpoch)
 	l := newLimiter(newLocalCounts(clock.Now))
+	ctx := context.Background()
 	for i := range 3 {
-		a, ok, _ := l.signup(3, "10.0.0.1")
+		a, ok, _ := l.signup(ctx, 3, "10.0.0.1")
 		if !ok {
 			t.Fatalf("sign-up %d refused", i+1)
 		}
 		a.done(true)
 	}
-	_, ok, wait := l.signup(3, "10.0.0.1")
+	_, ok, wait := l.signup(ctx, 3, "10.0.0.1")
 	// tokenEpoch is 4m05s into a 10-minute window: the count ends with it.
 	if ok || wait != 5*time.Minute+55*time.Second+1 {
 		t.Errorf("4th sign-up: ok=%v wait=%s, want refused until the window ends, 5m55s", ok, wait)
 	}
-	a, ok, _ := l.signup(3, "10.0.0.2")
+	a, ok, _ := l.signup(ctx, 3, "10.0.0.2")
 	if !ok {
 		t.Fatalf("another address refused")
 	}
 	a.done(false) // invalid input: not charged
 	for range 3 {
-		a, ok, _ := l.signup(3, "10.0.0.2")
+		a, ok, _ := l.signup(ctx, 3, "10.0.0.2")
 		if !ok {
 			t.Fatalf("uncharged attempts were counted")
 		}
@@ -208,17 +236,18 @@ func TestKeys(t *testing.T) {
 // buffer (an X-Forwarded-For address) that later requests overwrite.
 func TestLimiter_OwnsKeys(t *testing.T) {
 	l := newLimiter(newLocalCounts(newFakeClock(tokenEpoch).Now))
+	ctx := context.Background()
 	buf := []byte("10.0.0.1")
-	a, ok, _ := l.signup(1, aliasedString(buf))
+	a, ok, _ := l.signup(ctx, 1, aliasedString(buf))
 	if !ok {
 		t.Fatal("first sign-up refused")
 	}
 	a.done(true)
 	copy(buf, "10.0.0.2")
-	if _, ok, _ := l.signup(1, "10.0.0.1"); ok {
+	if _, ok, _ := l.signup(ctx, 1, "10.0.0.1"); ok {
 		t.Errorf("10.0.0.1's count was lost when the request buffer changed")
 	}
-	if _, ok, _ := l.signup(1, "10.0.0.2"); !ok {
+	if _, ok, _ := l.signup(ctx, 1, "10.0.0.2"); !ok {
 		t.Errorf("10.0.0.2 refused: it took 10.0.0.1's count through the aliased buffer")
 	}
 }
@@ -309,7 +338,7 @@ func TestLimiterInFlightShare(t *testing.T) {
 		l := newLimiter(counts)
 		l.nodes = func() int { return nodes }
 		for range limit { // every attempt still in flight
-			if _, ok, _ := l.signup(limit, "198.51.100.1"); ok {
+			if _, ok, _ := l.signup(gone, limit, "198.51.100.1"); ok { // no waiting: nothing ends
 				admitted++
 			}
 		}
@@ -319,5 +348,53 @@ func TestLimiterInFlightShare(t *testing.T) {
 	}
 	if admitted < nodes {
 		t.Errorf("admitted %d, want at least one per node", admitted)
+	}
+}
+
+// TestLimiterConcurrentLoginsLargeCluster: from six nodes up, the default limit on
+// failures per account and address (10) leaves each node room for one login of an
+// account from an address in flight. A second one at once (two tabs) waits for the first
+// to end instead of being refused for failures that never happened.
+func TestLimiterConcurrentLoginsLargeCluster(t *testing.T) {
+	l := newLimiter(newLocalCounts(newFakeClock(tokenEpoch).Now))
+	l.nodes = func() int { return 6 }
+	lim := loginLimits{Address: 60, AccountAddress: 10, Account: 100}
+	first, ok, _ := l.login(context.Background(), lim, "10.0.0.1", "alice", false, false)
+	if !ok {
+		t.Fatal("first login refused")
+	}
+	if _, ok, _ := l.login(gone, lim, "10.0.0.1", "alice", false, false); ok {
+		t.Fatal("a second login in flight at once was admitted without waiting: the test no longer covers the wait")
+	}
+	second := make(chan bool, 1)
+	go func() {
+		a, ok, _ := l.login(context.Background(), lim, "10.0.0.1", "alice", false, false)
+		if ok {
+			a.done(false)
+		}
+		second <- ok
+	}()
+	waitForWaiter(t, l, second)
+	first.done(false) // the password was right: nothing charged
+	if !<-second {
+		t.Error("the second login was refused after the first succeeded")
+	}
+}
+
+// waitForWaiter returns once an attempt waits in l for attempts in flight to end, and
+// fails the test if the attempt was decided (result, buffered, holds its outcome) first.
+func waitForWaiter[T any](t *testing.T, l *limiter, result chan T) {
+	t.Helper()
+	for {
+		l.mu.Lock()
+		waiting := l.ended != nil
+		l.mu.Unlock()
+		if waiting {
+			return
+		}
+		if len(result) > 0 {
+			t.Fatal("the attempt was decided at once instead of waiting for the one in flight")
+		}
+		runtime.Gosched()
 	}
 }
