@@ -327,15 +327,15 @@ func (n *Node) entryLimits(c *fiber.Ctx) (*attempt, func(status int) bool, error
 	}
 	switch c.Path() {
 	case "/v1/sessions":
-		at, ok, wait := n.limits.addressLogin(c.UserContext(), n.cfg.LoginPerAddress, n.clientAddr(c))
+		at, ok, r := n.limits.addressLogin(c.UserContext(), n.cfg.LoginPerAddress, n.clientAddr(c))
 		if !ok {
-			return nil, nil, n.loginsThrottled(c, wait)
+			return nil, nil, n.loginsThrottled(c, r)
 		}
 		return at, func(status int) bool { return status == fiber.StatusUnauthorized }, nil
 	case "/v1/users":
-		at, ok, wait := n.limits.signup(c.UserContext(), n.cfg.SignupsPerAddress, n.clientAddr(c))
+		at, ok, r := n.limits.signup(c.UserContext(), n.cfg.SignupsPerAddress, n.clientAddr(c))
 		if !ok {
-			return nil, nil, signupsThrottled(c, wait)
+			return nil, nil, signupsThrottled(c, r)
 		}
 		// Created or taken: both count, so that names cannot be probed without limit.
 		return at, func(status int) bool { return status == fiber.StatusCreated || status == fiber.StatusConflict }, nil

@@ -336,9 +336,9 @@ func (n *Node) register(c *fiber.Ctx) error {
 	var at *attempt
 	if forwardedOf(c) == nil {
 		var ok bool
-		var wait time.Duration
-		if at, ok, wait = n.limits.signup(c.UserContext(), n.cfg.SignupsPerAddress, n.clientAddr(c)); !ok {
-			return signupsThrottled(c, wait)
+		var r refusal
+		if at, ok, r = n.limits.signup(c.UserContext(), n.cfg.SignupsPerAddress, n.clientAddr(c)); !ok {
+			return signupsThrottled(c, r)
 		}
 	}
 	u, err := n.users.Register(c.UserContext(), functions.Register{
@@ -354,17 +354,25 @@ func (n *Node) register(c *fiber.Ctx) error {
 	return c.Status(fiber.StatusCreated).JSON(api.UserResponse{User: u})
 }
 
-// loginsThrottled answers a login refused by the limits, to retry after wait.
-func (n *Node) loginsThrottled(c *fiber.Ctx, wait time.Duration) error {
+// loginsThrottled answers a login refused by the limits.
+func (n *Node) loginsThrottled(c *fiber.Ctx, r refusal) error {
 	n.metrics.loginFailures.WithLabelValues("throttled").Inc()
-	c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))
-	return functions.Errorf(functions.ERateLimited, "too many failed logins; try again in %ss", retryAfterSeconds(wait.Seconds()))
+	after := retryAfterSeconds(r.wait.Seconds())
+	c.Set(fiber.HeaderRetryAfter, after)
+	if r.busy {
+		return functions.Errorf(functions.ERateLimited, "too many logins to this account or from this address at once; try again in %ss", after)
+	}
+	return functions.Errorf(functions.ERateLimited, "too many failed logins; try again in %ss", after)
 }
 
-// signupsThrottled answers a sign-up refused by the limit, to retry after wait.
-func signupsThrottled(c *fiber.Ctx, wait time.Duration) error {
-	c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(wait.Seconds()))
-	return functions.Errorf(functions.ERateLimited, "too many sign-ups from this address; try again in %ss", retryAfterSeconds(wait.Seconds()))
+// signupsThrottled answers a sign-up refused by the limit.
+func signupsThrottled(c *fiber.Ctx, r refusal) error {
+	after := retryAfterSeconds(r.wait.Seconds())
+	c.Set(fiber.HeaderRetryAfter, after)
+	if r.busy {
+		return functions.Errorf(functions.ERateLimited, "too many sign-ups from this address at once; try again in %ss", after)
+	}
+	return functions.Errorf(functions.ERateLimited, "too many sign-ups from this address; try again in %ss", after)
 }
 
 // knownDevice reports whether device is a device token of the account that owns username
@@ -389,11 +397,11 @@ func (n *Node) login(c *fiber.Ctx) error {
 	// throttle.go.
 	// A login forwarded here was limited by address, and is charged by address, by the
 	// node that forwarded it.
-	at, ok, wait := n.limits.login(c.UserContext(), loginLimits{
+	at, ok, r := n.limits.login(c.UserContext(), loginLimits{
 		Address: n.cfg.LoginPerAddress, AccountAddress: n.cfg.LoginPerAccountAddress, Account: n.cfg.LoginPerAccount,
 	}, n.clientAddr(c), req.Username, n.knownDevice(c, req.Device, req.Username), forwardedOf(c) != nil)
 	if !ok {
-		return n.loginsThrottled(c, wait)
+		return n.loginsThrottled(c, r)
 	}
 	s, err := n.sessions.Login(c.UserContext(), functions.Login{Username: req.Username, Password: req.Password, Origin: n.origin(c)})
 	at.done(functions.ErrorCode(err) == functions.EUnauthorized)
@@ -613,9 +621,12 @@ func (n *Node) sendMessage(c *fiber.Ctx) error {
 	if err := n.lookupAllowed(c, p); err != nil {
 		return err
 	}
-	at, ok, wait := n.limits.message(c.UserContext(), n.cfg.MessagesPerUser, p.UserID)
+	at, ok, r := n.limits.message(c.UserContext(), n.cfg.MessagesPerUser, p.UserID)
 	if !ok {
-		return n.rateLimited(c, wait, "too many messages")
+		if r.busy {
+			return n.rateLimited(c, r.wait, "too many messages at once")
+		}
+		return n.rateLimited(c, r.wait, "too many messages")
 	}
 	m, err := n.messages.Send(c.UserContext(), p, functions.Send{To: req.To, Body: req.Body, After: req.After})
 	at.done(err == nil)

@@ -40,11 +40,13 @@ import (
 // Within a node, attempts still being checked count as failures already (in flight), and
 // count as many times as there are nodes, so concurrent requests spread over the cluster
 // cannot overshoot either: each node admits only its share of what is left. An attempt
-// refused only for attempts in flight (the counts alone would let it in) waits for them to
-// end, up to flightWait, and is decided again: two tabs signing in to one account together
-// both get in, the second a moment later, where it used to get a 429 that blamed failures
-// that never happened (from six nodes up, the default limit per account and address
-// admits one attempt in flight per node).
+// refused only for attempts in flight (the counts alone would let it in) waits for an
+// attempt of its keys to end, up to flightWait, and is decided again: two tabs signing in
+// to one account together both get in, the second a moment later, where it used to get a
+// 429 that blamed failures that never happened (from six nodes up, the default limit per
+// account and address admits one attempt in flight per node). A few attempts wait per key
+// and a few hundred per node (maxWaitersPerKey, maxWaiters); beyond, and after the wait,
+// the attempt is refused with Retry-After 1.
 
 // With placement (Config.Replicas), a login or sign-up is often served by another node
 // than the one the client reached (forward.go). The limits by address are then applied
@@ -155,12 +157,34 @@ type limiter struct {
 
 	mu       sync.Mutex
 	inflight map[flightKey]int
-	ended    chan struct{} // closed and replaced when an attempt ends; nil until waited on
+	waits    map[flightKey]*flightWaiters // attempts waiting for one of key's to end
+	waiting  int                          // attempts waiting, all keys
+}
+
+// refusal says why an attempt was refused and when to try again.
+type refusal struct {
+	wait time.Duration // Retry-After
+	busy bool          // refused for other attempts in flight, not for failures or events counted
+}
+
+// flightWaiters are the attempts waiting for an attempt of one key in flight to end.
+type flightWaiters struct {
+	n     int           // attempts waiting
+	ended chan struct{} // closed when an attempt of the key ends
 }
 
 // defaultFlightWait is limiter.flightWait's default: a password check takes tens of
 // milliseconds, or up to a second or two in the hashing queue under load.
 const defaultFlightWait = 2 * time.Second
+
+// Bounds on waiting attempts (admit): per key, and on the node. Beyond them an attempt is
+// refused at once, as before waiting existed, so that a flood of attempts (correct
+// passwords charge nothing, so nothing else stops them) cannot hold workers or make
+// every attempt that ends wake thousands of others.
+const (
+	maxWaitersPerKey = 4
+	maxWaiters       = 256
+)
 
 type flightKey struct {
 	set int
@@ -168,7 +192,8 @@ type flightKey struct {
 }
 
 func newLimiter(c counts) *limiter {
-	return &limiter{counts: c, inflight: make(map[flightKey]int), flightWait: defaultFlightWait}
+	return &limiter{counts: c, inflight: make(map[flightKey]int), waits: make(map[flightKey]*flightWaiters),
+		flightWait: defaultFlightWait}
 }
 
 // attempt is a login or sign-up let through; call done exactly once when its outcome is
@@ -193,10 +218,10 @@ func (a *attempt) done(charge bool) {
 		} else {
 			a.l.inflight[fk]--
 		}
-	}
-	if a.l.ended != nil {
-		close(a.l.ended)
-		a.l.ended = nil
+		if w := a.l.waits[fk]; w != nil {
+			close(w.ended) // its waiters decide again, and each waits anew if it must
+			delete(a.l.waits, fk)
+		}
 	}
 }
 
@@ -221,9 +246,11 @@ func (l *limiter) gaugeLocked(set int, key string) gauge {
 
 // admit decides an attempt on keys of set: decide gets their gauges, in order, and says
 // whether the attempt may go on, and if not, how long until it may. An attempt refused
-// only for attempts in flight (decide would let it in with none) waits until one ends
-// and is decided again, for at most flightWait and while ctx lasts; then it is refused.
-func (l *limiter) admit(ctx context.Context, set int, keys []string, decide func([]gauge) (bool, time.Duration)) (*attempt, bool, time.Duration) {
+// only for attempts in flight (decide would let it in with none) waits until an attempt
+// of one of its keys ends and is decided again, for at most flightWait and while ctx
+// lasts, unless maxWaitersPerKey wait on one of its keys or maxWaiters on the node; then
+// it is refused, to retry in a second (its failures did not refuse it).
+func (l *limiter) admit(ctx context.Context, set int, keys []string, decide func([]gauge) (bool, time.Duration)) (*attempt, bool, refusal) {
 	gs := make([]gauge, len(keys))
 	var deadline <-chan time.Time
 	l.mu.Lock()
@@ -237,40 +264,84 @@ func (l *limiter) admit(ctx context.Context, set int, keys []string, decide func
 			for _, k := range keys {
 				l.inflight[flightKey{set, k}]++
 			}
-			return &attempt{l: l, set: set, keys: keys}, true, 0
+			return &attempt{l: l, set: set, keys: keys}, true, refusal{}
 		}
 		for i := range gs {
 			gs[i].InFlight = 0
 		}
 		if counted, _ := decide(gs); !counted {
-			return nil, false, wait // the counts refuse it: attempts ending will not help
+			return nil, false, refusal{wait: wait} // the counts refuse it: attempts ending will not help
+		}
+		if !l.mayWaitLocked(set, keys) {
+			return nil, false, refusal{wait: time.Second, busy: true}
 		}
 		if deadline == nil {
 			t := time.NewTimer(l.flightWait)
 			defer t.Stop()
 			deadline = t.C
 		}
-		if l.ended == nil {
-			l.ended = make(chan struct{})
+		// Wait on the keys with attempts in flight: each of those ends (done), which
+		// closes and removes the key's list, so no list outlives its key's attempts.
+		var ended [3]<-chan struct{} // keys has at most three (login)
+		for i, k := range keys {
+			fk := flightKey{set, k}
+			if l.inflight[fk] == 0 {
+				continue
+			}
+			w := l.waits[fk]
+			if w == nil {
+				w = &flightWaiters{ended: make(chan struct{})}
+				l.waits[fk] = w
+			}
+			w.n++
+			ended[i] = w.ended
 		}
-		ended := l.ended
+		l.waiting++
 		l.mu.Unlock()
+		woken := false
 		select {
-		case <-ended:
-			l.mu.Lock()
-			continue
+		case <-ended[0]:
+			woken = true
+		case <-ended[1]:
+			woken = true
+		case <-ended[2]:
+			woken = true
 		case <-deadline:
 		case <-ctx.Done():
 		}
 		l.mu.Lock()
-		return nil, false, wait
+		l.waiting--
+		for i, k := range keys {
+			// A key whose attempt ended has a new list, or none; this one is gone.
+			if w := l.waits[flightKey{set, k}]; w != nil && ended[i] != nil && w.ended == ended[i] {
+				w.n--
+			}
+		}
+		if !woken {
+			return nil, false, refusal{wait: time.Second, busy: true}
+		}
 	}
+}
+
+// mayWaitLocked reports whether an attempt on keys of set may wait for attempts in
+// flight: fewer than maxWaitersPerKey wait on each of its keys, and fewer than maxWaiters
+// on the node.
+func (l *limiter) mayWaitLocked(set int, keys []string) bool {
+	if len(keys) > 3 || l.waiting >= maxWaiters {
+		return false
+	}
+	for _, k := range keys {
+		if w := l.waits[flightKey{set, k}]; w != nil && w.n >= maxWaitersPerKey {
+			return false
+		}
+	}
+	return true
 }
 
 // login decides a login attempt by addr on the account named username; see decideLogin
 // and admit. With addressDone, the node that forwarded the attempt here applies and
 // charges the limit by address (addressLogin), and this one does not.
-func (l *limiter) login(ctx context.Context, lim loginLimits, addr, username string, device, addressDone bool) (*attempt, bool, time.Duration) {
+func (l *limiter) login(ctx context.Context, lim loginLimits, addr, username string, device, addressDone bool) (*attempt, bool, refusal) {
 	a, acct := addrKey(addr), accountKey(username)
 	keys := []string{"a|" + a, "ua|" + acct + "|" + a, "u|" + acct}
 	if addressDone {
@@ -294,18 +365,18 @@ func under(limit int) func([]gauge) (bool, time.Duration) {
 // addressLogin decides, by the limit on failures from addr alone, a login attempt that
 // this node forwards to the node that will serve it; charge it (done) with the outcome
 // that node answers.
-func (l *limiter) addressLogin(ctx context.Context, limit int, addr string) (*attempt, bool, time.Duration) {
+func (l *limiter) addressLogin(ctx context.Context, limit int, addr string) (*attempt, bool, refusal) {
 	return l.admit(ctx, setLoginFailures, []string{"a|" + addrKey(addr)}, under(limit))
 }
 
 // signup decides a sign-up by addr against limit per signupWindow.
-func (l *limiter) signup(ctx context.Context, limit int, addr string) (*attempt, bool, time.Duration) {
+func (l *limiter) signup(ctx context.Context, limit int, addr string) (*attempt, bool, refusal) {
 	return l.admit(ctx, setSignups, []string{"s|" + addrKey(addr)}, under(limit))
 }
 
 // message decides a message of userID against limit per minute, as signup does for
 // addresses.
-func (l *limiter) message(ctx context.Context, limit int, userID string) (*attempt, bool, time.Duration) {
+func (l *limiter) message(ctx context.Context, limit int, userID string) (*attempt, bool, refusal) {
 	return l.admit(ctx, setMessages, []string{"m|" + userID}, under(limit))
 }
 

@@ -11,7 +11,7 @@ import (
 	"github.com/sessiond/sessiond/crdt"
 )
 
-// gone is the context of a request that has ended: the limiter does not wait for it.
+// gone is a context that has ended (the node is stopping): the limiter does not wait under it.
 var gone = func() context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -91,11 +91,11 @@ func TestLimiter_Login(t *testing.T) {
 	ctx := context.Background()
 	lim := loginLimits{Address: 30, AccountAddress: 3, Account: 5}
 	fail := func(addr, user string, device bool) (bool, time.Duration) {
-		a, ok, wait := l.login(ctx, lim, addr, user, device, false)
+		a, ok, r := l.login(ctx, lim, addr, user, device, false)
 		if ok {
 			a.done(true)
 		}
-		return ok, wait
+		return ok, r.wait
 	}
 	for i := range 3 {
 		if ok, _ := fail("10.0.0.1", "alice", false); !ok {
@@ -142,7 +142,7 @@ func TestLimiter_Login(t *testing.T) {
 			}
 			held = append(held, a)
 		}
-		// A client that does not wait (its request ended) is refused at once.
+		// Under an ended context nothing waits: refused at once.
 		if _, ok, _ := l.login(gone, lim, "10.9.9.9", "carol", false, false); ok {
 			t.Errorf("a 4th concurrent attempt passed while 3 were in flight")
 		}
@@ -195,10 +195,10 @@ func TestLimiter_Signup(t *testing.T) {
 		}
 		a.done(true)
 	}
-	_, ok, wait := l.signup(ctx, 3, "10.0.0.1")
+	_, ok, r := l.signup(ctx, 3, "10.0.0.1")
 	// tokenEpoch is 4m05s into a 10-minute window: the count ends with it.
-	if ok || wait != 5*time.Minute+55*time.Second+1 {
-		t.Errorf("4th sign-up: ok=%v wait=%s, want refused until the window ends, 5m55s", ok, wait)
+	if ok || r.busy || r.wait != 5*time.Minute+55*time.Second+1 {
+		t.Errorf("4th sign-up: ok=%v %+v, want refused (not busy) until the window ends, 5m55s", ok, r)
 	}
 	a, ok, _ := l.signup(ctx, 3, "10.0.0.2")
 	if !ok {
@@ -387,14 +387,78 @@ func waitForWaiter[T any](t *testing.T, l *limiter, result chan T) {
 	t.Helper()
 	for {
 		l.mu.Lock()
-		waiting := l.ended != nil
+		waiting := l.waiting
 		l.mu.Unlock()
-		if waiting {
+		if waiting > 0 {
 			return
 		}
 		if len(result) > 0 {
 			t.Fatal("the attempt was decided at once instead of waiting for the one in flight")
 		}
 		runtime.Gosched()
+	}
+}
+
+// TestLimiterWaitBounds: at most maxWaitersPerKey attempts wait on one key; the next is
+// refused at once, as busy (Retry-After 1, not a count of failures), and waiters leave no
+// state behind once the attempts in flight end.
+func TestLimiterWaitBounds(t *testing.T) {
+	l := newLimiter(newLocalCounts(newFakeClock(tokenEpoch).Now))
+	l.nodes = func() int { return 6 }
+	lim := loginLimits{Address: 60, AccountAddress: 10, Account: 100}
+	ctx := context.Background()
+	first, ok, _ := l.login(ctx, lim, "10.0.0.1", "alice", false, false)
+	if !ok {
+		t.Fatal("first login refused")
+	}
+	results := make(chan bool, maxWaitersPerKey)
+	for range maxWaitersPerKey {
+		go func() {
+			a, ok, _ := l.login(ctx, lim, "10.0.0.1", "alice", false, false)
+			if ok {
+				a.done(false)
+			}
+			results <- ok
+		}()
+	}
+	for {
+		l.mu.Lock()
+		n := l.waiting
+		l.mu.Unlock()
+		if n == maxWaitersPerKey {
+			break
+		}
+		if len(results) > 0 {
+			t.Fatal("a login was decided at once instead of waiting")
+		}
+		runtime.Gosched()
+	}
+	_, ok, r := l.login(ctx, lim, "10.0.0.1", "alice", false, false)
+	if ok || !r.busy || r.wait != time.Second {
+		t.Fatalf("a login beyond %d waiting: ok=%v %+v, want refused at once, busy, in 1s", maxWaitersPerKey, ok, r)
+	}
+	first.done(false)
+	for range maxWaitersPerKey {
+		if !<-results {
+			t.Error("a waiting login was refused after the one in flight succeeded")
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.inflight) != 0 || len(l.waits) != 0 || l.waiting != 0 {
+		t.Errorf("state left behind: %d in flight, %d wait lists, %d waiting", len(l.inflight), len(l.waits), l.waiting)
+	}
+}
+
+// TestLimiterWaitTimesOut: an attempt that waited flightWait in vain is refused as busy.
+func TestLimiterWaitTimesOut(t *testing.T) {
+	l := newLimiter(newLocalCounts(newFakeClock(tokenEpoch).Now))
+	l.flightWait = time.Millisecond
+	if _, ok, _ := l.signup(context.Background(), 1, "10.0.0.1"); !ok {
+		t.Fatal("first sign-up refused")
+	}
+	_, ok, r := l.signup(context.Background(), 1, "10.0.0.1")
+	if ok || !r.busy || r.wait != time.Second {
+		t.Errorf("a sign-up that waited in vain: ok=%v %+v, want refused, busy, in 1s", ok, r)
 	}
 }
