@@ -307,3 +307,26 @@ func TestHTTP_MessageLimits(t *testing.T) {
 		t.Errorf("another user's lookup: status %d, body %s", resp.StatusCode, body)
 	}
 }
+
+// TestHTTP_ConcurrentLogins: logins to one account from one address at once, more than
+// the limit on failures leaves room for in flight, all get in (the later ones wait for the
+// earlier ones' outcome) rather than a 429 that blames failures.
+func TestHTTP_ConcurrentLogins(t *testing.T) {
+	t.Parallel()
+	n := MustStartNode(t, limitsConfig(t, "tabs-0", 60, 1, 100))
+	c := newTestClient(t, n)
+	signUp(t, c, "tabs")
+	const tabs = maxWaitersPerKey // the most that may wait on one key
+	results := make(chan string, tabs)
+	for range tabs {
+		go func() {
+			resp, body, _ := loginFrom(t, c, "198.51.100.9", "tabs", "correct horse", "")
+			results <- fmt.Sprintf("%d %s", resp.StatusCode, body)
+		}()
+	}
+	for range tabs {
+		if r := <-results; r[:3] != "201" {
+			t.Errorf("a concurrent login: %s", r)
+		}
+	}
+}
