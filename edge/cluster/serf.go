@@ -138,9 +138,10 @@ type Membership struct {
 	closeOnce  sync.Once
 	closeErr   error
 
-	mu     sync.Mutex
-	joined bool
-	warned map[string]string // member name → the reason last logged for ignoring it
+	mu      sync.Mutex
+	joined  bool
+	warned  map[string]string // member name → the reason last logged for ignoring it
+	leaving leaveWatch        // members serf calls leaving while memberlist sees them live
 }
 
 // Leave bounds: serf's Leave waits up to BroadcastTimeout for its leave message to go out,
@@ -258,6 +259,7 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 		return nil, fmt.Errorf("start serf on %s: %w", cfg.BindAddr, err)
 	}
 	m := &Membership{cfg: cfg, serf: s, ring: ring, events: events, log: cfg.Logger, leaveDelay: &sc.LeavePropagateDelay, warned: map[string]string{}, sys: sys}
+	m.leaving.since = map[string]time.Time{}
 	gossipPort := int(s.Memberlist().LocalNode().Port) // read once: SetTags rewrites the local node
 	m.addr = net.JoinHostPort(host, strconv.Itoa(gossipPort))
 	m.advertised = netip.AddrPortFrom(adv, uint16(gossipPort)) // #nosec G115 -- a port
@@ -503,14 +505,25 @@ func (m *Membership) Advertised() string { return m.advertised.String() }
 // with this node, is left out — as if partitioned — and logged once (not on every call:
 // the notice loop calls this every few seconds).
 func (m *Membership) Members() []Member {
-	suspect := map[string]bool{}
+	suspect, live := map[string]bool{}, map[string]bool{}
 	for _, n := range m.serf.Memberlist().Members() {
+		live[n.Name] = n.State == memberlist.StateAlive || n.State == memberlist.StateSuspect
 		if n.State == memberlist.StateSuspect {
 			suspect[n.Name] = true
 		}
 	}
+	sms := m.serf.Members()
+	m.mu.Lock()
+	stale := m.leaving.update(sms, live, time.Now())
+	m.mu.Unlock()
 	var out []Member
-	for _, sm := range m.serf.Members() {
+	for _, sm := range sms {
+		if stale[sm.Name] {
+			m.warnOnce(sm.Name, "stale leave",
+				"member announced a leave long ago but is still alive; treating it as alive (a leave intent of an earlier run of it, gossiped after it rejoined)",
+				"member", sm.Name, "leaving_for", staleLeave.String())
+			sm.Status = serf.StatusAlive
+		}
 		id, err := crdt.ParseNodeID(sm.Tags[tagID])
 		if err != nil {
 			m.warnOnce(sm.Name, "bad node id "+strconv.Quote(sm.Tags[tagID]),
@@ -553,6 +566,56 @@ func (m *Membership) Members() []Member {
 	}
 	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// staleLeave is how long a member may be leaving (serf) while memberlist still sees it
+// live before this node treats it as alive. A real leave ends within a few seconds
+// (leaveBroadcastTimeout, twice, then leavePropagateDelay): memberlist then marks it
+// left too.
+const staleLeave = 10 * time.Second
+
+// leaveWatch tells a member that is leaving from one that only looks it.
+//
+// Serf marks a member leaving when it gets a leave intent newer than the latest status it
+// knows of, and back alive only on a join intent newer still. A node that left and came
+// back at once (a rolling update) can leave some member stuck with its old leave: one
+// that started just then learns of the leave from a push-pull (the member, then gone,
+// listed as left), sees it rejoin through memberlist, and — having missed the join
+// intent's gossip, or the rejoined node's clock having restarted below the leave's — keeps
+// it leaving for good. Swarm's rolling update hit this (one node in six saw another
+// "left" for the 3 minutes the test waited, while it served). So a member serf calls
+// leaving for longer than staleLeave while memberlist sees it live is alive.
+type leaveWatch struct {
+	since map[string]time.Time // member → when it was first seen leaving while live
+}
+
+// update notes members' states at now and returns the members whose leave is stale.
+func (w *leaveWatch) update(members []serf.Member, live map[string]bool, now time.Time) map[string]bool {
+	var stale map[string]bool
+	seen := make(map[string]bool, len(w.since))
+	for _, sm := range members {
+		if sm.Status != serf.StatusLeaving || !live[sm.Name] {
+			continue
+		}
+		seen[sm.Name] = true
+		since, ok := w.since[sm.Name]
+		if !ok {
+			w.since[sm.Name] = now
+			continue
+		}
+		if now.Sub(since) >= staleLeave {
+			if stale == nil {
+				stale = map[string]bool{}
+			}
+			stale[sm.Name] = true
+		}
+	}
+	for name := range w.since {
+		if !seen[name] {
+			delete(w.since, name)
+		}
+	}
+	return stale
 }
 
 // memberProtocols returns the sync protocol versions a member's tags announce.
