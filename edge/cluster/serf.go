@@ -503,7 +503,8 @@ func (m *Membership) Advertised() string { return m.advertised.String() }
 // Members returns every member serf knows, this node included, sorted by name. A member
 // with a node id tag that does not parse, or alive and sharing no sync protocol version
 // with this node, is left out — as if partitioned — and logged once (not on every call:
-// the notice loop calls this every few seconds).
+// the notice loop calls this every few seconds). A member serf has called leaving for
+// staleLeave while memberlist still sees it live is alive (leaveWatch).
 func (m *Membership) Members() []Member {
 	suspect, live := map[string]bool{}, map[string]bool{}
 	for _, n := range m.serf.Memberlist().Members() {
