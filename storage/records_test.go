@@ -53,6 +53,40 @@ func TestMerge(t *testing.T) {
 			t.Errorf("Merge returned %+v", u)
 		}
 	})
+	// Merge and Record hand the caller the transaction's state without copying it
+	// (crdt.Map.Share): a change the caller makes, inside the function or after, is its
+	// own, and neither the stored record nor what a later merge in the function sees moves.
+	t.Run("ReturnedStateIsTheCallers", func(t *testing.T) {
+		db := MustOpenDB(t)
+		key := crdt.UserKey("u1")
+		merge(t, db, key, newUser(db, "alice"))
+		var outside crdt.Map
+		update(t, db, func(tx *Tx) error {
+			var upd crdt.Map
+			upd.Set(crdt.FieldFirstName, []byte("Al"), db.Clock().Next())
+			got, err := tx.Merge(key, upd)
+			if err != nil {
+				return err
+			}
+			got.Set(crdt.FieldFirstName, []byte("caller's"), db.Clock().Next())
+			rec, _, err := tx.Record(key)
+			if err != nil {
+				return err
+			}
+			rec.Set(crdt.FieldLastName, []byte("caller's too"), db.Clock().Next())
+			if again, _, _ := tx.Record(key); firstName(again) != "Al" || lastName(again) != "" {
+				t.Errorf("within the function, Record = %q %q after the caller changed its copies", firstName(again), lastName(again))
+			}
+			outside = got
+			return nil
+		})
+		outside.Set(crdt.FieldEmail, []byte("x@example.com"), db.Clock().Next())
+		if m, _ := mustRecord(t, db, key); firstName(m) != "Al" || lastName(m) != "" {
+			t.Errorf("stored %q %q after the caller changed its copies", firstName(m), lastName(m))
+		} else if v, _ := m.Get(crdt.FieldEmail); string(v) != "alice@example.com" {
+			t.Errorf("stored email %q after the caller changed its copy", v)
+		}
+	})
 	t.Run("EmptyUpdateStoresNothing", func(t *testing.T) {
 		db := MustOpenDB(t)
 		merge(t, db, "n/alice", crdt.Map{})
@@ -204,4 +238,14 @@ func TestRecordsUnder(t *testing.T) {
 	if keys, _, _, err := db.RecordsUnder(ctx, "g/none/", 10); err != nil || len(keys) != 0 {
 		t.Errorf("RecordsUnder(no such prefix) = %q, %v; want none", keys, err)
 	}
+}
+
+func firstName(m crdt.Map) string {
+	v, _ := m.Get(crdt.FieldFirstName)
+	return string(v)
+}
+
+func lastName(m crdt.Map) string {
+	v, _ := m.Get(crdt.FieldLastName)
+	return string(v)
 }

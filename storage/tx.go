@@ -53,7 +53,8 @@ var ErrRecordTooLarge = errors.New("storage: record would exceed its size bound"
 
 var errTxClosed = errors.New("storage: transaction used after its function returned")
 
-// Record returns the state of the record key, as a copy the caller owns (its field values
+// Record returns the state of the record key, as a copy the caller owns (crdt.Map.Share:
+// it shares its fields with the transaction's until either changes, and its field values
 // are shared: read them, never write into them), and whether it exists. It sees this function's earlier writes: a record this function merged into a
 // state that is not stored (see Merge) does not exist. Otherwise it returns what is
 // stored, which may be a session already past its expiry and not yet swept.
@@ -65,7 +66,7 @@ func (tx *Tx) Record(key string) (crdt.Map, bool, error) {
 		if !p.keep {
 			return crdt.Map{}, false, nil
 		}
-		return p.m.Copy(), true, nil
+		return p.m.Share(), true, nil
 	}
 	return tx.b.record(key)
 }
@@ -90,7 +91,7 @@ func (tx *Tx) Merge(key string, update crdt.Map) (crdt.Map, error) {
 	if err != nil {
 		return crdt.Map{}, err
 	}
-	return p.m.Copy(), nil
+	return p.m.Share(), nil
 }
 
 // outcome is what a merge or insert did, for ApplyResult.
