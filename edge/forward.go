@@ -335,7 +335,7 @@ func (n *Node) entryLimits(c *fiber.Ctx) (*attempt, func(status int) bool, error
 	case "/v1/users":
 		at, ok, r := n.limits.signup(c.UserContext(), n.cfg.SignupsPerAddress, n.clientAddr(c))
 		if !ok {
-			return nil, nil, signupsThrottled(c, r)
+			return nil, nil, n.signupsThrottled(c, r)
 		}
 		// Created or taken: both count, so that names cannot be probed without limit.
 		return at, func(status int) bool { return status == fiber.StatusCreated || status == fiber.StatusConflict }, nil

@@ -338,7 +338,7 @@ func (n *Node) register(c *fiber.Ctx) error {
 		var ok bool
 		var r refusal
 		if at, ok, r = n.limits.signup(c.UserContext(), n.cfg.SignupsPerAddress, n.clientAddr(c)); !ok {
-			return signupsThrottled(c, r)
+			return n.signupsThrottled(c, r)
 		}
 	}
 	u, err := n.users.Register(c.UserContext(), functions.Register{
@@ -357,22 +357,21 @@ func (n *Node) register(c *fiber.Ctx) error {
 // loginsThrottled answers a login refused by the limits.
 func (n *Node) loginsThrottled(c *fiber.Ctx, r refusal) error {
 	n.metrics.loginFailures.WithLabelValues("throttled").Inc()
-	after := retryAfterSeconds(r.wait.Seconds())
-	c.Set(fiber.HeaderRetryAfter, after)
-	if r.busy {
-		return functions.Errorf(functions.ERateLimited, "too many logins to this account or from this address at once; try again in %ss", after)
-	}
-	return functions.Errorf(functions.ERateLimited, "too many failed logins; try again in %ss", after)
+	return n.throttled(c, r, "too many failed logins", "too many logins to this account or from this address at once")
 }
 
 // signupsThrottled answers a sign-up refused by the limit.
-func signupsThrottled(c *fiber.Ctx, r refusal) error {
-	after := retryAfterSeconds(r.wait.Seconds())
-	c.Set(fiber.HeaderRetryAfter, after)
+func (n *Node) signupsThrottled(c *fiber.Ctx, r refusal) error {
+	return n.throttled(c, r, "too many sign-ups from this address", "too many sign-ups from this address at once")
+}
+
+// throttled answers an attempt the limits refused: what says why when the counts refused
+// it, busy when attempts in flight did (throttle.go).
+func (n *Node) throttled(c *fiber.Ctx, r refusal, what, busy string) error {
 	if r.busy {
-		return functions.Errorf(functions.ERateLimited, "too many sign-ups from this address at once; try again in %ss", after)
+		what = busy
 	}
-	return functions.Errorf(functions.ERateLimited, "too many sign-ups from this address; try again in %ss", after)
+	return n.rateLimited(c, r.wait, what)
 }
 
 // knownDevice reports whether device is a device token of the account that owns username
@@ -623,10 +622,7 @@ func (n *Node) sendMessage(c *fiber.Ctx) error {
 	}
 	at, ok, r := n.limits.message(c.UserContext(), n.cfg.MessagesPerUser, p.UserID)
 	if !ok {
-		if r.busy {
-			return n.rateLimited(c, r.wait, "too many messages at once")
-		}
-		return n.rateLimited(c, r.wait, "too many messages")
+		return n.throttled(c, r, "too many messages", "too many messages at once")
 	}
 	m, err := n.messages.Send(c.UserContext(), p, functions.Send{To: req.To, Body: req.Body, After: req.After})
 	at.done(err == nil)

@@ -508,10 +508,8 @@ func (m *Membership) Advertised() string { return m.advertised.String() }
 func (m *Membership) Members() []Member {
 	suspect, live := map[string]bool{}, map[string]bool{}
 	for _, n := range m.serf.Memberlist().Members() {
-		live[n.Name] = n.State == memberlist.StateAlive || n.State == memberlist.StateSuspect
-		if n.State == memberlist.StateSuspect {
-			suspect[n.Name] = true
-		}
+		suspect[n.Name] = n.State == memberlist.StateSuspect
+		live[n.Name] = suspect[n.Name] || n.State == memberlist.StateAlive
 	}
 	sms := m.serf.Members()
 	m.mu.Lock()
