@@ -26,7 +26,8 @@ import (
 //   - our own writes are covered up to storage's commit mark.
 //
 // A push of which we refused a change (clock skew) makes us stop believing that origin's
-// Through until a round with it completes without refusals.
+// Through, in the refused change's partitions, until a round with it that compares them
+// completes without refusals.
 
 // With placement (holding.go), what a node knows it holds is about the partitions it
 // holds. The base knowledge covers every partition it holds but those gained since the
@@ -298,8 +299,8 @@ type distrust struct {
 }
 
 // distrust stops believing origin's pushes, in the partitions of the keys of its changes
-// we refused (none: in every partition), until a round with it, begun after this call,
-// completes without refusals. A refused change (a field stamped too far ahead, say
+// we refused (none: in every partition), until rounds with it, begun after this call,
+// complete without refusals comparing those partitions (trustAgainLocked). A refused change (a field stamped too far ahead, say
 // another node's it relays) leaves us without a write its Through counts; the other
 // partitions' data came whole.
 func (h *haveState) distrust(origin crdt.NodeID, refused []string) {
@@ -310,6 +311,34 @@ func (h *haveState) distrust(origin crdt.NodeID, refused []string) {
 	d.epoch, d.all = h.epoch, d.all || len(refused) == 0
 	d.parts.addHomes(refused)
 	h.distrusted[origin] = d // what it told us before the refusal stands
+}
+
+// trustAgainLocked ends the distrust d of peer in the partitions a round that refused
+// nothing compared (scope): it brought all the peer held there, its own writes included,
+// so its Throughs are true there again. Elsewhere the distrust stands — a pull of one
+// partition says nothing of another whose changes were refused — until it is about no
+// partition held.
+func (h *haveState) trustAgainLocked(peer crdt.NodeID, d distrust, scope roundScope) {
+	if scope.all || scope.compared == nil {
+		delete(h.distrusted, peer)
+		return
+	}
+	left := false
+	for i := range d.parts {
+		if d.all {
+			d.parts[i] = ^uint64(0)
+		}
+		d.parts[i] &^= scope.compared[i]
+		if h.held == nil || d.parts[i]&h.held[i] != 0 {
+			left = left || d.parts[i] != 0
+		}
+	}
+	d.all = false
+	if left {
+		h.distrusted[peer] = d
+	} else {
+		delete(h.distrusted, peer)
+	}
 }
 
 // roundStarts returns the epoch and era to pass to synced for a round beginning now.
@@ -344,7 +373,7 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if d, ok := h.distrusted[peer]; ok && d.epoch <= epoch && scope.refused == nil {
-		delete(h.distrusted, peer)
+		h.trustAgainLocked(peer, d, scope)
 	}
 	if placement != h.placement || era != h.era {
 		return

@@ -450,3 +450,45 @@ func TestHaveStateDistrust(t *testing.T) {
 		t.Errorf("a clean round did not end the distrust")
 	}
 }
+
+// TestHaveStateDistrustEndsWhereCompared: a clean round ends the distrust of its peer only
+// in the partitions it compared — it brought the peer's writes there, not those refused
+// elsewhere. (Chaos with --replicas 1 once served a read, its bookmark "met", without ten
+// writes of a session whose partition's changes had been refused while the origin's clock
+// ran ahead: a pull of another partition from that origin had ended the distrust
+// everywhere, and the origin's next Through then counted for the refused partition too.)
+func TestHaveStateDistrustEndsWhereCompared(t *testing.T) {
+	only := func(p int) *partitionSet {
+		var s partitionSet
+		s.add(p)
+		return &s
+	}
+	for _, tc := range []struct {
+		name    string
+		refused []string // nil: refused without knowing where (every partition)
+	}{
+		{"InPartition2", []string{crdt.UserKey("002" + strings.Repeat("0", 29))}},
+		{"Everywhere", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, held := newTestHave()
+			h.distrust(origin, tc.refused)
+			epoch, era := h.roundStarts()
+			// A clean pull of partition 1 alone: partition 2 was not compared.
+			h.synced(origin, epoch, era, mark(10), self, 100, roundScope{compared: only(1), full: only(1), one: true})
+			h.pushed(at(20), 100, held.words(), era)
+			if covers(h, 20, 2) || covers(h, 20, AllPartitions) {
+				t.Errorf("a clean round about partition 1 ended the distrust in partition 2")
+			}
+			if !covers(h, 20, 1) {
+				t.Errorf("a clean round about partition 1 did not end the distrust there")
+			}
+			// Then a clean round that compares partition 2 too.
+			h.synced(origin, epoch, era, mark(30), self, 100, roundScope{compared: held, full: held})
+			h.pushed(at(40), 100, held.words(), era)
+			if !covers(h, 40, 2) || !covers(h, 40, AllPartitions) {
+				t.Errorf("a clean round comparing every partition held did not end the distrust")
+			}
+		})
+	}
+}
