@@ -460,6 +460,12 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 		})
 		return known.coversAll(h.held)
 	}
+	if h.held != nil && !h.held.has(p) {
+		// Not held: pushes of it do not come here, and what was here may have been
+		// handed off. The base and Throughs are about the partitions held, and every
+		// lesson is trimmed to them: nothing vouches for p.
+		return false
+	}
 	if (!h.anyGained || !h.gained.has(p)) && h.have.Covers(ts) || h.through.Covers(ts) {
 		return true
 	}

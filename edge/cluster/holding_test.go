@@ -451,6 +451,29 @@ func TestHaveStateDistrust(t *testing.T) {
 	}
 }
 
+// TestHaveStateNotHeld: nothing vouches for a partition this node does not hold — not
+// the base, not a Through — so a request served here because no holder answered (forward.go)
+// waits for its bookmark and its session, and gets 503 behind, instead of reading a
+// partition it holds no copy of. (Chaos with --replicas 1 once answered a live session's
+// token 401 "expired or revoked" on a node cut off from the other holders: its base knowledge
+// covered the session's creation, in a partition it did not hold.)
+func TestHaveStateNotHeld(t *testing.T) {
+	h, held := newTestHave()
+	h.synced(origin, 0, h.currentEra(), mark(10), self, 100, roundScope{all: true})
+	h.pushed(at(20), 100, held.words(), h.currentEra())
+	for _, w := range []int64{10, 20} {
+		if !covers(h, w, 1) || !covers(h, w, AllPartitions) {
+			t.Errorf("the base or a Through up to %d does not cover the partitions held", w)
+		}
+		if covers(h, w, 3) {
+			t.Errorf("up to %d covers partition 3, which is not held", w)
+		}
+	}
+	if m, _ := h.missing(crdt.Bookmark{}, self, 3); len(m) != 0 {
+		t.Errorf("an empty bookmark is not met in a partition not held: %v", m)
+	}
+}
+
 // TestHaveStateDistrustEndsWhereCompared: a clean round ends the distrust of its peer only
 // in the partitions it compared — it brought the peer's writes there, not those refused
 // elsewhere. (Chaos with --replicas 1 once served a read, its bookmark "met", without ten
