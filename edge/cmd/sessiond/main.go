@@ -117,7 +117,9 @@ Usage:
 
 Every flag can also be set in the environment as SESSIOND_<NAME>, e.g. SESSIOND_HTTP,
 SESSIOND_CLUSTER_KEY_FILE; a flag on the command line wins. SESSIOND_CLUSTER_KEY may hold
-the key itself instead of a file.
+the key itself instead of a file. A node runs Go's garbage collector at GOGC=400 and, in a
+container with a memory limit, with GOMEMLIMIT at 90 % of it, unless the environment sets
+GOGC or GOMEMLIMIT.
 
 A node listens on three ports, and says which when it starts: --http (TCP), --gossip (TCP
 and UDP; 7946 is also Consul's and Docker Swarm's, so pick another beside them) and --sync
@@ -264,6 +266,9 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "sessiond:", err)
 		return 2
+	}
+	if percent, limit := tuneGC(); percent > 0 || limit > 0 {
+		logger.Info("garbage collector tuned (the environment's GOGC and GOMEMLIMIT override)", "gogc", percent, "memory_limit_bytes", limit)
 	}
 	cfg := f.cfg
 	cfg.Logger = logger
