@@ -1,6 +1,7 @@
 package crdt_test
 
 import (
+	"hash/fnv"
 	"maps"
 	"slices"
 	"strconv"
@@ -232,5 +233,33 @@ func BenchmarkPairHash(b *testing.B) {
 				crdt.PairHash(key, value)
 			}
 		})
+	}
+}
+
+// TestPairHashIsFNV1a: PairHash is Mix64 of FNV-1a over key, a 0 byte and value — its
+// values are part of what nodes of different releases agree on (digest leaves), so they
+// must never change: the definition, and known values.
+func TestPairHashIsFNV1a(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		key := rapid.String().Draw(t, "key")
+		value := rapid.SliceOf(rapid.Byte()).Draw(t, "value")
+		h := fnv.New64a()
+		h.Write([]byte(key))
+		h.Write([]byte{0})
+		h.Write(value)
+		if got, want := crdt.PairHash(key, value), crdt.Mix64(h.Sum64()); got != want {
+			t.Fatalf("PairHash(%q, %x) = %#x, want %#x", key, value, got, want)
+		}
+	})
+	for _, tc := range []struct {
+		key, value string
+		want       uint64
+	}{
+		{"", "", 0x25fc6dd36ce04b20},
+		{"s/abc", "v", 0x547bdc5f7ec37373},
+	} {
+		if got := crdt.PairHash(tc.key, []byte(tc.value)); got != tc.want {
+			t.Errorf("PairHash(%q, %q) = %#x, want %#x", tc.key, tc.value, got, tc.want)
+		}
 	}
 }
