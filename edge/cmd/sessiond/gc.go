@@ -19,7 +19,9 @@ import (
 // defaultGCPercent is the node's GOGC unless the environment sets one.
 const defaultGCPercent = 400
 
-// cgroupMemoryFiles are where a container's memory limit is read: cgroup v2, then v1.
+// cgroupMemoryFiles are where a container's memory limit is read: cgroup v2, then v1 —
+// the container's own cgroup, as Docker and Kubernetes mount it (a process outside a
+// container reads the root's, which has none: no limit is set).
 var cgroupMemoryFiles = []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}
 
 // gcSettings decides the collector's settings: the GC percent to set (0: leave it, the
@@ -43,8 +45,7 @@ func gcSettings(envGOGC, envMemLimit bool, cgroupMax []byte) (percent int, limit
 
 // tuneGC applies gcSettings to this process and returns what it set, for the log.
 func tuneGC() (percent int, limit int64) {
-	_, envGOGC := os.LookupEnv("GOGC")
-	_, envMemLimit := os.LookupEnv("GOMEMLIMIT")
+	envGOGC, envMemLimit := os.Getenv("GOGC") != "", os.Getenv("GOMEMLIMIT") != "" // empty: unset, as the runtime reads them
 	var cgroupMax []byte
 	for _, f := range cgroupMemoryFiles {
 		if b, err := os.ReadFile(f); err == nil { // #nosec G304 -- fixed paths of the kernel's cgroup files
