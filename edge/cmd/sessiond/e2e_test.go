@@ -1385,6 +1385,11 @@ func TestE2E_KillRestart(t *testing.T) {
 	var total atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	// Every worker signs up and in before any writes, so that each one's recipient exists
+	// when the kill comes (password hashing is queued: without this, fast writers could
+	// reach the kill before a slow sign-up).
+	var signedIn sync.WaitGroup
+	signedIn.Add(workers)
 	for i := range workers {
 		a := &acked{user: fmt.Sprintf("worker-%d", i), data: map[string]string{}}
 		results[i] = a
@@ -1392,20 +1397,28 @@ func TestE2E_KillRestart(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			// Errors end the worker: the process is being killed. Only 2xx answers count.
-			r, err := c.try("POST", "/v1/users", "", map[string]string{"username": a.user, "password": pw})
-			if err != nil || r.status != 201 {
+			ok := func() bool {
+				defer signedIn.Done()
+				r, err := c.try("POST", "/v1/users", "", map[string]string{"username": a.user, "password": pw})
+				if err != nil || r.status != 201 {
+					return false
+				}
+				r, err = c.try("POST", "/v1/sessions", "", map[string]string{"username": a.user, "password": pw})
+				if err != nil || r.status != 201 {
+					return false
+				}
+				var login struct{ Token string }
+				if json.Unmarshal(r.body, &login) != nil {
+					return false
+				}
+				a.token = login.Token
+				total.Add(2)
+				return true
+			}()
+			if !ok {
 				return
 			}
-			r, err = c.try("POST", "/v1/sessions", "", map[string]string{"username": a.user, "password": pw})
-			if err != nil || r.status != 201 {
-				return
-			}
-			var login struct{ Token string }
-			if json.Unmarshal(r.body, &login) != nil {
-				return
-			}
-			a.token = login.Token
-			total.Add(2)
+			signedIn.Wait()
 			to := fmt.Sprintf("worker-%d", (i+1)%workers)
 			for j := 0; ; j++ {
 				select {
@@ -1461,6 +1474,9 @@ func TestE2E_KillRestart(t *testing.T) {
 				if got[k] != v {
 					t.Errorf("data[%s] = %s, want %s (acknowledged)", k, got[k], v)
 				}
+			}
+			if results[(i+1)%workers].token == "" {
+				t.Fatalf("%s's recipient did not sign up before the kill", a.user)
 			}
 			to := results[(i+1)%workers].user
 			msgs, _ := c.conversation(a.token, to, 500)
