@@ -313,11 +313,14 @@ func (h *haveState) distrust(origin crdt.NodeID, refused []string) {
 	h.distrusted[origin] = d // what it told us before the refusal stands
 }
 
-// trustAgainLocked ends the distrust d of peer in the partitions a round that refused
-// nothing compared (scope): it brought all the peer held there, its own writes included,
-// so its Throughs are true there again. Elsewhere the distrust stands — a pull of one
-// partition says nothing of another whose changes were refused — until it is about no
-// partition held.
+// trustAgainLocked ends the distrust d of peer where a round that refused nothing
+// (scope) makes its Throughs true again: in the partitions the round brought in full from
+// the peer, which holds them (scope.full) — all it held there, its own writes included.
+// A pull of one partition says nothing of another whose changes were refused, so there
+// the distrust stands. In a partition the peer does not hold, no round with it compares
+// it in full, and the distrust ends with any round that refused nothing, as it did before
+// distrust was kept per partition (else the peer's Throughs would never again raise
+// what we know we hold of it, and requests naming its writes would wait in vain).
 func (h *haveState) trustAgainLocked(peer crdt.NodeID, d distrust, scope roundScope) {
 	if scope.all || scope.compared == nil {
 		delete(h.distrusted, peer)
@@ -328,7 +331,14 @@ func (h *haveState) trustAgainLocked(peer crdt.NodeID, d distrust, scope roundSc
 		if d.all {
 			d.parts[i] = ^uint64(0)
 		}
-		d.parts[i] &^= scope.compared[i]
+		var ended uint64
+		if scope.full != nil {
+			ended = scope.full[i]
+		}
+		if scope.peerHeld != nil {
+			ended |= ^scope.peerHeld[i]
+		}
+		d.parts[i] &^= ended
 		if h.held == nil || d.parts[i]&h.held[i] != 0 {
 			left = left || d.parts[i] != 0
 		}
@@ -360,12 +370,16 @@ type roundScope struct {
 	// one: the round was a pull of one partition (Await's fetch), whose lesson is kept
 	// beside the latest full round's rather than in its stead.
 	one bool
+	// peerHeld, when not nil, is the partitions the peer holds by this node's placement
+	// (nil: every partition, or not sharded).
+	peerHeld *partitionSet
 }
 
 // synced records a completed anti-entropy round with peer, begun at epoch in era, under
 // the placement with fingerprint placement, when peer held have: the round leaves us
-// holding all of it in the partitions of scope.full, and the peer's own writes in every
-// partition compared; when have covers the base, the gained partitions of scope.full
+// holding all of it in the partitions of scope.full, and the peer's own writes there too
+// (not in every partition compared: in one the peer does not hold, it may have handed off
+// and dropped its own writes); when have covers the base, the gained partitions of scope.full
 // join the base. It counts only under the current placement and era (a placement can
 // come back, but what was dropped meanwhile does not). A distrust of peer from after the
 // round began stands: the round may not have carried what was refused.
@@ -391,7 +405,7 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 			compared[i] &^= r[i]
 			full[i] &^= r[i]
 		}
-		scope = roundScope{compared: &compared, full: &full}
+		scope = roundScope{compared: &compared, full: &full, one: scope.one, peerHeld: scope.peerHeld}
 	}
 	if scope.all {
 		if h.have.CoveredBy(have) {
@@ -416,7 +430,7 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 	if scope.one {
 		i = 2 // beside what the latest full round taught, which stays true
 	}
-	ls[i], ls[i+1] = lesson{about: *scope.full, have: full}, lesson{about: *scope.compared, have: own}
+	ls[i], ls[i+1] = lesson{about: *scope.full, have: full}, lesson{about: *scope.full, have: own}
 	h.learnt[peer] = ls
 	h.wakeLocked()
 }
@@ -656,6 +670,11 @@ func (r *Replicator) Await(ctx context.Context, b crdt.Bookmark, p int, wait, ti
 	missing, changed := r.have.missing(b, r.self, p)
 	if len(missing) == 0 {
 		return r.awaited(Covered, time.Time{})
+	}
+	if p != AllPartitions && !r.HoldsPartition(p) {
+		// Nothing vouches for a partition not held (coversLocked): waiting or pulling
+		// cannot meet the bookmark here, and a pull would only copy leftovers to hand off.
+		return r.awaited(Behind, time.Time{})
 	}
 	// Each waiting request holds a goroutine and wakes on every rise of what this node
 	// holds: beyond maxAwaiting at once, the rest are told at once that the node is behind.

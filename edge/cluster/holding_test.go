@@ -190,8 +190,11 @@ func TestHaveStatePartitions(t *testing.T) {
 		}
 		var own crdt.Bookmark
 		own.Add(crdt.Timestamp{Wall: 50, Node: peer})
-		if m, _ := h.missing(own, self, 3); len(m) > 0 {
-			t.Errorf("a round does not teach the peer's own writes in every partition compared")
+		if m, _ := h.missing(own, self, 1); len(m) > 0 {
+			t.Errorf("a round does not teach the peer's own writes in a partition it brought in full")
+		}
+		if m, _ := h.missing(own, self, 3); len(m) == 0 {
+			t.Errorf("a round taught the peer's own writes in a partition it compared but did not bring in full (the peer may have dropped them)")
 		}
 		h.gone(peer, time.Now())
 		if !covers(h, 40, 1) {
@@ -474,6 +477,50 @@ func TestHaveStateNotHeld(t *testing.T) {
 	}
 }
 
+// TestHaveStateDistrustPeerDoesNotHold: a distrust of an origin in a partition it does
+// not hold (say a message's second home) ends with any clean round with it, since no
+// round with it compares that partition in full; kept for good, it would freeze what this
+// node knows it holds of the origin (its Throughs never again raise the base), and every
+// request naming the origin's later writes would wait in vain.
+func TestHaveStateDistrustPeerDoesNotHold(t *testing.T) {
+	h, held := newTestHave()
+	h.distrust(origin, []string{crdt.UserKey("002" + strings.Repeat("0", 29))})
+	epoch, era := h.roundStarts()
+	var theirs partitionSet
+	theirs.add(1) // the origin holds partition 1, not 2
+	h.synced(origin, epoch, era, mark(10), self, 100, roundScope{compared: &theirs, full: &theirs, peerHeld: &theirs})
+	h.pushed(at(20), 100, held.words(), era)
+	if !covers(h, 20, 2) || !covers(h, 20, AllPartitions) {
+		t.Errorf("the distrust in a partition the origin does not hold outlived a clean round with it")
+	}
+}
+
+// TestHaveStateOwnWritesOnlyWhereHeld: a round teaches that we hold the peer's own writes
+// only in the partitions it brought in full (the peer holds them), not in every partition
+// compared: in one the peer does not hold, it may have handed its writes off and dropped
+// them, so pulling from it brings none of them (found by an outside review: a pull from a
+// non-holder vouched for a write it had dropped).
+func TestHaveStateOwnWritesOnlyWhereHeld(t *testing.T) {
+	h, held := newTestHave()
+	var one partitionSet
+	one.add(1)
+	peer := crdt.NodeID(8)
+	epoch, era := h.roundStarts()
+	var b crdt.Bookmark
+	b.Add(crdt.Timestamp{Wall: 50, Node: peer})
+	h.synced(peer, epoch, era, b, self, 100, roundScope{compared: held, full: &one, one: true})
+	coversPeer := func(p int) bool {
+		m, _ := h.missing(b, self, p)
+		return len(m) == 0
+	}
+	if !coversPeer(1) {
+		t.Errorf("the peer's own writes are not covered in the partition it brought in full")
+	}
+	if coversPeer(2) {
+		t.Errorf("the peer's own writes are covered in partition 2, which it does not hold")
+	}
+}
+
 // TestHaveStateDistrustEndsWhereCompared: a clean round ends the distrust of its peer only
 // in the partitions it compared — it brought the peer's writes there, not those refused
 // elsewhere. (Chaos with --replicas 1 once served a read, its bookmark "met", without ten
@@ -497,8 +544,9 @@ func TestHaveStateDistrustEndsWhereCompared(t *testing.T) {
 			h, held := newTestHave()
 			h.distrust(origin, tc.refused)
 			epoch, era := h.roundStarts()
-			// A clean pull of partition 1 alone: partition 2 was not compared.
-			h.synced(origin, epoch, era, mark(10), self, 100, roundScope{compared: only(1), full: only(1), one: true})
+			// A clean pull of partition 1 alone from the origin, which holds 1 and 2:
+			// partition 2 was not compared.
+			h.synced(origin, epoch, era, mark(10), self, 100, roundScope{compared: only(1), full: only(1), one: true, peerHeld: held})
 			h.pushed(at(20), 100, held.words(), era)
 			if covers(h, 20, 2) || covers(h, 20, AllPartitions) {
 				t.Errorf("a clean round about partition 1 ended the distrust in partition 2")
@@ -506,8 +554,15 @@ func TestHaveStateDistrustEndsWhereCompared(t *testing.T) {
 			if !covers(h, 20, 1) {
 				t.Errorf("a clean round about partition 1 did not end the distrust there")
 			}
-			// Then a clean round that compares partition 2 too.
-			h.synced(origin, epoch, era, mark(30), self, 100, roundScope{compared: held, full: held})
+			// A clean round that compared partition 2 but did not bring it in full (the
+			// peer does not know of it: not in full) leaves the distrust there too.
+			h.synced(origin, epoch, era, mark(25), self, 100, roundScope{compared: held, full: only(1), peerHeld: held})
+			h.pushed(at(26), 100, held.words(), era)
+			if covers(h, 26, 2) {
+				t.Errorf("a clean round that did not bring partition 2 in full ended the distrust there")
+			}
+			// Then a clean round that brings partition 2 in full too.
+			h.synced(origin, epoch, era, mark(30), self, 100, roundScope{compared: held, full: held, peerHeld: held})
 			h.pushed(at(40), 100, held.words(), era)
 			if !covers(h, 40, 2) || !covers(h, 40, AllPartitions) {
 				t.Errorf("a clean round comparing every partition held did not end the distrust")

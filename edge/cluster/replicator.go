@@ -1118,7 +1118,7 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *
 		for i := range compared {
 			compared[i] &= mine[i]
 		}
-		scope = roundScope{compared: &compared, full: &partitionSet{}, one: pull && only != nil && only.count() == 1}
+		scope = roundScope{compared: &compared, full: &partitionSet{}, one: pull && only != nil && only.count() == 1, peerHeld: v.held(peer.ID)}
 	}
 	req.Branches, req.Version = d.Branches(), peer.Proto
 	rep, err := r.cfg.Transport.Digest(ctx, peer, req)
