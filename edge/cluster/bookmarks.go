@@ -70,6 +70,7 @@ type haveState struct {
 	partial    map[crdt.NodeID]lesson    // a distrusted origin's latest Through, about the partitions not distrusted
 	epoch      uint64                    // counts distrust events
 	lastLive   map[crdt.NodeID]time.Time // when each node last stopped being a live peer
+	dropping   partitionSet              // partitions whose stray keys a handoff round is dropping now
 	fetching   map[fetchKey]*fetch       // fetches in flight
 	lastFetch  map[fetchKey]time.Time
 }
@@ -220,6 +221,10 @@ func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint
 func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.replanLocked(placement, gained, held)
+}
+
+func (h *haveState) replanLocked(placement uint64, gained []int, held *partitionSet) {
 	h.placement = placement
 	if len(gained) > 0 {
 		h.era = newEra(h.era)
@@ -272,6 +277,57 @@ func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 			delete(h.learnt, peer) // about nothing held any more
 		}
 	}
+}
+
+// beginDrop records that a handoff round, which chose what to drop under the placement
+// with fingerprint placement, is about to drop keys of the partitions in parts; it
+// reports false, and records nothing, when the placement changed since (the round must
+// not drop then: this node may hold those partitions now). Until endDrop, nothing
+// vouches for a partition in parts that a new placement makes this node hold: a round
+// may compare it while the strays are still here, and the drop then removes them.
+func (h *haveState) beginDrop(placement uint64, parts *partitionSet) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if placement != h.placement {
+		return false
+	}
+	h.dropping = *parts
+	return true
+}
+
+// endDrop ends the drop begun by beginDrop: a partition of it that this node holds now
+// (a placement gained it meanwhile) is gained again, in a new era, as if the drop were
+// the gain — what was learnt of it since may have been about the keys dropped. It
+// reports whether any was.
+func (h *haveState) endDrop() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var again []int
+	if h.held != nil {
+		for p := range crdt.Partitions {
+			if h.dropping.has(p) && h.held.has(p) {
+				again = append(again, p)
+			}
+		}
+	}
+	h.dropping = partitionSet{}
+	if len(again) > 0 {
+		h.replanLocked(h.placement, again, h.held)
+	}
+	return len(again) > 0
+}
+
+// droppingHeldLocked reports whether a drop in progress is about a partition held.
+func (h *haveState) droppingHeldLocked() bool {
+	if h.held == nil {
+		return false
+	}
+	for i := range h.dropping {
+		if h.dropping[i]&h.held[i] != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // maxCarried bounds the lessons carried over from earlier placements (haveState.carried):
@@ -453,6 +509,9 @@ func (h *haveState) missing(b crdt.Bookmark, self crdt.NodeID, p int) ([]crdt.Ti
 
 func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 	if p == AllPartitions {
+		if h.droppingHeldLocked() {
+			return false // a partition held is losing keys to a handoff begun before it was gained
+		}
 		if h.through.Covers(ts) || !h.anyGained && h.have.Covers(ts) {
 			return true // Throughs are about every partition held
 		}
@@ -474,10 +533,11 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 		})
 		return known.coversAll(h.held)
 	}
-	if h.held != nil && !h.held.has(p) {
-		// Not held: pushes of it do not come here, and what was here may have been
-		// handed off. The base and Throughs are about the partitions held, and every
-		// lesson is trimmed to them: nothing vouches for p.
+	if h.held != nil && (!h.held.has(p) || h.dropping.has(p)) {
+		// Not held (or held only since a handoff round began dropping keys of it):
+		// pushes of it do not come here, and what was here may have been handed off.
+		// The base and Throughs are about the partitions held, and every lesson is
+		// trimmed to them: nothing vouches for p.
 		return false
 	}
 	if (!h.anyGained || !h.gained.has(p)) && h.have.Covers(ts) || h.through.Covers(ts) {
@@ -578,7 +638,11 @@ func meet(a, b crdt.Bookmark) crdt.Bookmark {
 func (h *haveState) base() (crdt.Bookmark, partitionSet) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.have.Clone(), h.gained
+	g := h.gained
+	for i := range g {
+		g[i] |= h.dropping[i] // nor, while a handoff drops keys there, about those
+	}
+	return h.have.Clone(), g
 }
 
 // Have returns what this node holds: for each origin, itself included, a mark up to which

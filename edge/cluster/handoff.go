@@ -224,7 +224,23 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	if len(drop) == 0 {
 		return first
 	}
+	// What to drop was decided under v. If this node has gained some of those partitions
+	// since (a holder failed), a round may already have compared them with the strays
+	// still here and taught that this node holds them: dropping would leave it vouching
+	// for writes it no longer has. So drop only while the placement is still v (the next
+	// round, which the replan wakes, offers again), and fence the drop against a replan
+	// that races it (haveState.beginDrop/endDrop).
+	var parts partitionSet
+	for _, kh := range drop {
+		parts.addHomes([]string{kh.Key})
+	}
+	if !r.have.beginDrop(v.fingerprint, &parts) {
+		return first
+	}
 	n, err := r.cfg.DB.Drop(ctx, drop)
+	if r.have.endDrop() {
+		r.syncAll() // partitions gained again: learn them anew
+	}
 	if err != nil {
 		return err
 	}
@@ -316,6 +332,18 @@ func (r *Replicator) offer(ctx context.Context, peer Peer, p int, keys []storage
 		}
 	}
 	return same, nil
+}
+
+// syncAll makes every worker run an anti-entropy round soon.
+func (r *Replicator) syncAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.workers {
+		select {
+		case w.sync <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // livePeers returns the live peers by ID.

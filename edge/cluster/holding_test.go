@@ -570,3 +570,44 @@ func TestHaveStateDistrustEndsWhereCompared(t *testing.T) {
 		})
 	}
 }
+
+// TestHaveStateDropThenGain: a handoff round drops stray keys of partition 3 (not held
+// under placement 100); a replan (101) gains 3 while the drop runs, and a round in the
+// new era compares 3 — with the strays still there — and teaches it. Nothing may vouch for
+// 3 while the drop runs, nor after it (it is gained again, in a new era); a drop decided
+// under a placement no longer current does not begin. (Chaos with --replicas 1: eu-2
+// answered a live session 401 just after taking over eu-1's partitions.)
+func TestHaveStateDropThenGain(t *testing.T) {
+	h, _ := newTestHave()
+	h.synced(origin, 0, h.currentEra(), mark(10), self, 100, roundScope{all: true})
+	var three partitionSet
+	three.add(3)
+	if !h.beginDrop(100, &three) {
+		t.Fatalf("beginDrop under the current placement refused")
+	}
+	now := &partitionSet{}
+	now.add(1)
+	now.add(2)
+	now.add(3)
+	h.replan(101, []int{3}, now)
+	h.synced(origin, 0, h.currentEra(), mark(20), self, 101, roundScope{compared: now, full: now})
+	if covers(h, 10, 3) || covers(h, 10, AllPartitions) {
+		t.Errorf("partition 3 vouched for while a handoff drops its keys")
+	}
+	era := h.currentEra()
+	if !h.endDrop() {
+		t.Errorf("endDrop: partition 3, held now, not gained again")
+	}
+	if h.currentEra() == era {
+		t.Errorf("endDrop gained 3 again without a new era")
+	}
+	if covers(h, 10, 3) {
+		t.Errorf("partition 3 vouched for after the drop, by a round that compared it before")
+	}
+	if !covers(h, 10, 1) {
+		t.Errorf("partition 1, held throughout, no longer covered")
+	}
+	if h.beginDrop(100, &three) {
+		t.Errorf("beginDrop under a placement no longer current began")
+	}
+}
