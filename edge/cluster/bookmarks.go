@@ -26,8 +26,8 @@ import (
 //   - our own writes are covered up to storage's commit mark.
 //
 // A push of which we refused a change (clock skew) makes us stop believing that origin's
-// Through, in the refused change's partitions, until a round with it that compares them
-// completes without refusals.
+// Through, in the refused change's partitions, until a round with it that refuses nothing
+// brings them in full (in a partition the origin does not hold: any such round).
 
 // With placement (holding.go), what a node knows it holds is about the partitions it
 // holds. The base knowledge covers every partition it holds but those gained since the
@@ -356,9 +356,9 @@ type distrust struct {
 
 // distrust stops believing origin's pushes, in the partitions of the keys of its changes
 // we refused (none: in every partition), until rounds with it, begun after this call,
-// complete without refusals comparing those partitions (trustAgainLocked). A refused change (a field stamped too far ahead, say
-// another node's it relays) leaves us without a write its Through counts; the other
-// partitions' data came whole.
+// complete without refusals (trustAgainLocked says which end it where). A refused change
+// (a field stamped too far ahead, say another node's it relays) leaves us without a write
+// its Through counts; the other partitions' data came whole.
 func (h *haveState) distrust(origin crdt.NodeID, refused []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -435,8 +435,8 @@ type roundScope struct {
 // the placement with fingerprint placement, when peer held have: the round leaves us
 // holding all of it in the partitions of scope.full, and the peer's own writes there too
 // (not in every partition compared: in one the peer does not hold, it may have handed off
-// and dropped its own writes); when have covers the base, the gained partitions of scope.full
-// join the base. It counts only under the current placement and era (a placement can
+// and dropped its own writes); when have covers the base, the gained partitions of
+// scope.full join the base. It counts only under the current placement and era (a placement can
 // come back, but what was dropped meanwhile does not). A distrust of peer from after the
 // round began stands: the round may not have carried what was refused.
 func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookmark, self crdt.NodeID, placement uint64, scope roundScope) {
