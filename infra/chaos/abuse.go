@@ -148,7 +148,9 @@ func (a *Abuse) placeProbes(ctx context.Context) error {
 		if len(accounts) == maxObservers {
 			return fmt.Errorf("abuse: %d clock-probe accounts, and not every node holds one", len(accounts))
 		}
-		u := &abuser{name: fmt.Sprintf("clk%s%02d", a.run, len(accounts)), password: a.probe.password, xff: a.probe.xff}
+		// Each from an address of its own: placing a probe on every node may take a dozen
+		// sign-ups, more than one address is allowed.
+		u := &abuser{name: fmt.Sprintf("clk%s%02d", a.run, len(accounts)), password: a.probe.password, xff: fmt.Sprintf("198.51.102.%d", 10+len(accounts))}
 		if err := a.signUp(ctx, u); err != nil {
 			return err
 		}

@@ -131,6 +131,10 @@ type User struct {
 	Erase     *Op               // the account deletion, if any
 	Ephemeral bool              // registered, used and deleted again
 	Worker    int
+	// SetupAddr, when set, is the client address its sign-up and first login come from
+	// (else its worker's): the observers placement needs, which may take a dozen
+	// sign-ups, come from addresses of their own, within the sign-ups allowed per address.
+	SetupAddr string
 	// RoundRobin: every request of this user goes through the load balancer's plain
 	// round-robin entry point, so consecutive requests land on different nodes.
 	RoundRobin bool

@@ -251,7 +251,8 @@ func (r *Runner) assignMarkers(ctx context.Context) error {
 		if len(r.observers) == maxObservers {
 			return fmt.Errorf("setup: %d observers, and none held by %v", len(r.observers), missing)
 		}
-		o := &User{Name: fmt.Sprintf("obs%s%02d", r.runID, len(r.observers)), Password: "observer-" + r.runID, Profile: map[string][]*Op{}}
+		o := &User{Name: fmt.Sprintf("obs%s%02d", r.runID, len(r.observers)), Password: "observer-" + r.runID, Profile: map[string][]*Op{},
+			SetupAddr: fmt.Sprintf("198.51.101.%d", 10+len(r.observers))}
 		if err := r.workload.Register(ctx, o); err != nil {
 			return err
 		}

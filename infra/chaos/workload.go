@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -180,7 +181,7 @@ func (w *Workload) entry(u *User) Target {
 // caused by lag, and the run stops on it.
 func (w *Workload) Register(ctx context.Context, u *User) error {
 	lb := w.entry(u)
-	xff := clientAddr(u.Worker)
+	xff := cmp.Or(u.SetupAddr, clientAddr(u.Worker))
 	for attempt := 0; ; attempt++ {
 		if attempt == 20 || ctx.Err() != nil {
 			return fmt.Errorf("register %s: gave up", u.Name)
