@@ -44,9 +44,9 @@ import (
 // reached at all, the node serves the request itself: a write is accepted and handed off
 // to the holders later (handoff.go), so writes are never refused because holders are down
 // — but for a login (503: the account's record is not here, and a 401 would be wrong);
-// an authenticated request whose session is not here waits for it as for a bookmark, and
-// gets 503 behind if it cannot fetch it (what a node knows it holds says nothing of a
-// partition it does not hold; so does a request whose bookmark names writes there). Placement follows the live members, so this is the
+// an authenticated request whose session is not here gets 503 behind, and so does one
+// whose bookmark names writes there (what a node knows it holds says nothing of a
+// partition it does not hold: cluster.Replicator.Await answers behind at once). Placement follows the live members, so this is the
 // moment between a holder's failure and its detection, with every other holder of the
 // partition in every region out of reach too.
 // /v1/cluster, the UI, health and metrics are always served by the node asked.
