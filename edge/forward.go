@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -179,14 +178,15 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 		}
 	}()
 	// A relayed stream holds resources here too: it counts against the user's streams on
-	// this node (maxStreamsPerUser), as one served here does, until it ends.
+	// this node (maxStreamsPerUser), together with those served here, until it ends.
 	var releaseStream func()
 	if stream && caller != nil {
-		if !n.relayedStreams.take(caller.userID) {
+		release, ok := n.broker.reserveRelay(caller.userID)
+		if !ok {
 			c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(streamPing.Seconds()))
 			return functions.Errorf(functions.ERateLimited, "at most %d open streams per user", maxStreamsPerUser)
 		}
-		releaseStream = sync.OnceFunc(func() { n.relayedStreams.release(caller.userID) })
+		releaseStream = release
 		defer func() {
 			if releaseStream != nil { // not handed to relay
 				releaseStream()

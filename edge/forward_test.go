@@ -119,10 +119,10 @@ func TestForward(t *testing.T) {
 		openTestStream(t, cv, u.token)
 	}
 	relayed := func() int {
-		via.relayedStreams.mu.Lock()
-		defer via.relayedStreams.mu.Unlock()
+		via.broker.mu.Lock()
+		defer via.broker.mu.Unlock()
 		total := 0
-		for _, k := range via.relayedStreams.held {
+		for _, k := range via.broker.relayed {
 			total += k
 		}
 		return total

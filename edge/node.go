@@ -64,7 +64,6 @@ type Node struct {
 
 	requestContexts sync.Pool      // of *requestContext, reused by consistency
 	awaiting        slots          // bookmark waits in progress, per client address (maxAwaitingPerAddress)
-	relayedStreams  slots          // live streams relayed from other nodes, per user (maxStreamsPerUser)
 	exports         slots          // running exports, all under "" (maxExports)
 	exportsPerUser  slots          // running exports per user (maxExportsPerUser)
 	trusted         []netip.Prefix // cfg.TrustedProxies, parsed
@@ -104,8 +103,8 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	return &Node{cfg: cfg, trusted: trusted, log: cfg.Logger.With("node", cfg.NodeName),
 		keysKick: make(chan struct{}, 1),
-		awaiting: slots{limit: maxAwaitingPerAddress}, relayedStreams: slots{limit: maxStreamsPerUser},
-		exports: slots{limit: maxExports}, exportsPerUser: slots{limit: maxExportsPerUser}}, nil
+		awaiting: slots{limit: maxAwaitingPerAddress},
+		exports:  slots{limit: maxExports}, exportsPerUser: slots{limit: maxExportsPerUser}}, nil
 }
 
 // Start opens the node's parts in dependency order — data directory and keys, bbolt, the

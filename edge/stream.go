@@ -42,6 +42,7 @@ type broker struct {
 	mu        sync.Mutex
 	subs      map[string]map[*subscription]struct{} // user ID → streams
 	bySession map[string]map[*subscription]struct{} // session ID → streams
+	relayed   map[string]int                        // user ID → streams this node relays to a holder
 }
 
 // subscription is one live stream. ch carries its new entries and is closed when the
@@ -59,15 +60,17 @@ func newBroker() *broker {
 	return &broker{
 		subs:      make(map[string]map[*subscription]struct{}),
 		bySession: make(map[string]map[*subscription]struct{}),
+		relayed:   make(map[string]int),
 	}
 }
 
 // subscribe registers a stream of session sessionID of userID. It returns false, and
-// registers nothing, when the user already holds maxStreamsPerUser streams here.
+// registers nothing, when the user already holds maxStreamsPerUser streams here, served
+// here or relayed (reserveRelay).
 func (b *broker) subscribe(userID, sessionID string) (*subscription, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.subs[userID]) >= maxStreamsPerUser {
+	if b.heldLocked(userID) >= maxStreamsPerUser {
 		return nil, false
 	}
 	s := &subscription{
@@ -78,6 +81,29 @@ func (b *broker) subscribe(userID, sessionID string) (*subscription, bool) {
 	addSub(b.bySession, sessionID, s)
 	return s, true
 }
+
+// reserveRelay counts a stream of userID that this node relays to a holder (forward.go)
+// against the same cap as those it serves — during a change of placement one flood can
+// land on both sides — and returns the function that ends it (safe to call more than
+// once); false, and nothing counted, when the user holds maxStreamsPerUser here.
+func (b *broker) reserveRelay(userID string) (release func(), ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.heldLocked(userID) >= maxStreamsPerUser {
+		return nil, false
+	}
+	b.relayed[userID]++
+	return sync.OnceFunc(func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.relayed[userID]--; b.relayed[userID] <= 0 {
+			delete(b.relayed, userID)
+		}
+	}), true
+}
+
+// heldLocked returns the streams userID holds here, served or relayed; b.mu is held.
+func (b *broker) heldLocked(userID string) int { return len(b.subs[userID]) + b.relayed[userID] }
 
 func addSub(m map[string]map[*subscription]struct{}, key string, s *subscription) {
 	if m[key] == nil {

@@ -279,3 +279,42 @@ func TestStream_PerUserCap(t *testing.T) {
 	}
 	openTestStream(t, c, signUp(t, c, "bob"))
 }
+
+// TestBroker_ServedAndRelayedShareTheCap: the streams a node serves and those it relays
+// to a holder count against one cap per user — during a change of placement a flood of
+// streams lands on both sides of the same node (chaos with --replicas 1 once had 10
+// accepted at once against a cap of 8, with two counts of 8).
+func TestBroker_ServedAndRelayedShareTheCap(t *testing.T) {
+	b := newBroker()
+	const relayed = 3
+	var releases []func()
+	for range relayed {
+		release, ok := b.reserveRelay("alice")
+		if !ok {
+			t.Fatalf("relay refused below the cap")
+		}
+		releases = append(releases, release)
+	}
+	for i := range maxStreamsPerUser - relayed {
+		if _, ok := b.subscribe("alice", fmt.Sprintf("s%d", i)); !ok {
+			t.Fatalf("stream %d refused below the cap", relayed+i+1)
+		}
+	}
+	if _, ok := b.subscribe("alice", "one-more"); ok {
+		t.Errorf("a stream served past the cap, %d of them relayed", relayed)
+	}
+	if _, ok := b.reserveRelay("alice"); ok {
+		t.Errorf("a stream relayed past the cap")
+	}
+	if _, ok := b.subscribe("bob", "s"); !ok {
+		t.Errorf("another user's stream refused")
+	}
+	releases[0]()
+	releases[0]() // a second call changes nothing
+	if _, ok := b.subscribe("alice", "after-release"); !ok {
+		t.Errorf("a stream refused after a relayed one ended")
+	}
+	if _, ok := b.subscribe("alice", "past-again"); ok {
+		t.Errorf("the release was counted twice")
+	}
+}
