@@ -45,9 +45,10 @@ import (
 // — but for a login (503: the account's record is not here, and a 401 would be wrong);
 // an authenticated request whose session is not here gets 503 behind, and so does one
 // whose bookmark names writes there (what a node knows it holds says nothing of a
-// partition it does not hold: cluster.Replicator.Await answers behind at once). Placement follows the live members, so this is the
-// moment between a holder's failure and its detection, with every other holder of the
-// partition in every region out of reach too.
+// partition it does not hold: cluster.Replicator.Await answers behind at once).
+// Placement follows the live members, so this is the moment between a holder's failure
+// and its detection, with every other holder of the partition in every region out of
+// reach too.
 // /v1/cluster, the UI, health and metrics are always served by the node asked.
 
 const (
