@@ -185,10 +185,7 @@ func (c *Counters) SetPeers(peers []Peer) {
 			c.peers[id] = &cPeer{peer: p}
 		}
 	}
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
+	poke(c.wake)
 }
 
 // Peers returns how many live peers the counters are sent to.

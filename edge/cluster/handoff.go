@@ -339,10 +339,7 @@ func (r *Replicator) syncAll() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, w := range r.workers {
-		select {
-		case w.sync <- struct{}{}:
-		default:
-		}
+		poke(w.sync)
 	}
 }
 

@@ -334,15 +334,9 @@ func (r *Replicator) replanLocked() {
 	r.view.Store(v)
 	r.have.replan(v.fingerprint, gained, now)
 	for _, w := range r.workers {
-		select {
-		case w.replan <- struct{}{}:
-		default:
-		}
+		poke(w.replan)
 	}
-	select {
-	case r.replanned <- struct{}{}:
-	default:
-	}
+	poke(r.replanned)
 }
 
 // Joined makes a joining node (Config.Joining) take its share of the partitions. Call it
@@ -429,10 +423,7 @@ func (r *Replicator) Notify() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, w := range r.workers {
-		select {
-		case w.wake <- struct{}{}:
-		default:
-		}
+		poke(w.wake)
 	}
 }
 
@@ -476,10 +467,7 @@ func (r *Replicator) Notice(from crdt.NodeID, root uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if w, ok := r.workers[from]; ok {
-		select {
-		case w.sync <- struct{}{}:
-		default:
-		}
+		poke(w.sync)
 	}
 }
 
@@ -1366,4 +1354,12 @@ func checkLeavesReply(req LeavesRequest, rep LeavesReply) error {
 		}
 	}
 	return nil
+}
+
+// poke sends on a wake-up channel (capacity 1, so wake-ups coalesce) without blocking.
+func poke(ch chan<- struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }
