@@ -418,7 +418,12 @@ func (n *Node) startCluster(keys [][]byte) error {
 		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip, Protocol: n.syncProtocols(),
 		Snapshot: filepath.Join(n.cfg.DataDir, "serf.snapshot"),
 		Root:     func() uint64 { d := n.db.Digest(); return d.Root() },
-		OnPeers:  func(p []cluster.Peer) { n.replicator.SetPeers(p); n.counters.SetPeers(p); n.transport.SetPeers(p) },
+		OnPeers: func(p, down []cluster.Peer) {
+			n.replicator.SetDown(down)
+			n.replicator.SetPeers(p)
+			n.counters.SetPeers(p)
+			n.transport.SetPeers(p)
+		},
 		OnNotice: n.replicator.Notice,
 		Logger:   n.cfg.Logger.With("component", "membership", "node", n.cfg.NodeName),
 		Metrics:  cm,

@@ -5,18 +5,25 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/cluster/placement"
 	"github.com/sessiond/sessiond/storage"
 )
 
 // Handoff: a node stores keys it does not hold when placement moved their partitions
 // away from it, or when it accepted writes for partitions it never held. It offers them
-// to their holders and drops them only once every holder in its own region confirmed
+// to their holders and drops them only once every holder in every region confirmed
 // holding the same state, so no key is ever held by nobody: until then it keeps them,
-// and keeps offering. Holders in other regions get them from their region's holders by
-// anti-entropy, as they get everything.
+// and keeps offering. Every region, not only its own: the keys may carry writes of its
+// own that its pushes to another region's holder never delivered, and once dropped, its
+// rounds with that holder cannot bring them while its pushes' Through still counts them
+// (bookmarks.go). For the same reason the holders are those of the placement over the
+// live peers and also those of the placement over the live and the down members
+// (SetDown): a holder that failed, or that a partition hides, comes back holding what it
+// held, without what it missed; its keys wait for it (or for membership to forget it).
 //
 // A round never waits on one peer for long: each call of an offer is bounded by
 // Config.OfferTimeout, and a peer that does not answer in time is offered nothing more
@@ -142,13 +149,13 @@ func (r *Replicator) strays(ctx context.Context, keep *view) ([]strayLeaf, int, 
 }
 
 // HandoffRound offers every key this node stores without holding it (nor, while it is
-// joining, going to hold it) to the holders of its homes in this node's region, and
-// drops the keys all of them confirmed. A holder that lacks a key, or holds it
+// joining, going to hold it) to the holders of its homes in every region (confirmers),
+// and drops the keys all of them confirmed. A holder that lacks a key, or holds it
 // differently, is pushed our state (and we merge theirs), and the key waits for the next
-// round. Keys whose holders are not all live peers now are kept, and so are those of a
-// holder that failed an offer: each call of an offer is bounded by Config.OfferTimeout,
-// and a holder that timed out is offered nothing more this round, while the others
-// still are. It publishes what it found (Handoff) before offering, and again after
+// round. Keys whose holders are not all live peers now (one is down) are kept, and so
+// are those of a holder that failed an offer: each call of an offer is bounded by
+// Config.OfferTimeout, and a holder that timed out is offered nothing more this round,
+// while the others still are. It publishes what it found (Handoff) before offering, and again after
 // dropping. It returns the first error; the keys it could not offer wait. Rounds run one
 // at a time.
 func (r *Replicator) HandoffRound(ctx context.Context) error {
@@ -175,6 +182,10 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		return nil
 	}
 	peers := r.livePeers()
+	r.mu.Lock()
+	down := slices.Clone(r.down)
+	r.mu.Unlock()
+	who := newConfirmers(v.table, down, r.cfg.Replicas)
 	var (
 		first     error
 		slow      = map[crdt.NodeID]bool{}            // holders that timed out this round
@@ -185,7 +196,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		for _, kh := range sl.extra {
 			offered[kh.Key] = kh.Hash
 		}
-		for _, m := range v.table.Owners(r.cfg.Region, sl.leaf) {
+		for _, m := range who.of(sl.leaf) {
 			peer, ok := peers[m.ID]
 			if !ok || slow[m.ID] {
 				continue // not confirmable now; kept
@@ -217,7 +228,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	}
 	var drop []storage.KeyHash
 	for key, hash := range offered {
-		if allConfirmed(v, r.cfg.Region, key, confirmed[key]) {
+		if who.allConfirmed(key, confirmed[key]) {
 			drop = append(drop, storage.KeyHash{Key: key, Hash: hash})
 		}
 	}
@@ -259,10 +270,53 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	return first
 }
 
-// allConfirmed reports whether every holder of key's homes in region confirmed it.
-func allConfirmed(v *view, region, key string, by map[crdt.NodeID]bool) bool {
+// confirmers are the members whose confirmation a stray key needs before it is dropped:
+// the holders of its homes in every region, by the placement over the live members and
+// by the placement over the live and the down ones.
+type confirmers struct {
+	live, known *placement.Table
+}
+
+// newConfirmers returns the confirmers by live, the placement over the live members, and
+// down, the members membership sees failed, with replicas holders per partition.
+func newConfirmers(live *placement.Table, down []Peer, replicas int) confirmers {
+	c := confirmers{live: live, known: live}
+	ms := live.Members()
+	n := len(ms)
+	for _, p := range down {
+		if !p.Joining && !slices.ContainsFunc(ms, func(m placement.Member) bool { return m.Name == p.Name }) {
+			ms = append(ms, placement.Member{Name: p.Name, ID: p.ID, Region: p.Region})
+		}
+	}
+	if len(ms) > n {
+		c.known = placement.New(ms, replicas)
+	}
+	return c
+}
+
+// of returns the confirmers of partition p: its holders in every region of either
+// placement, each once.
+func (c confirmers) of(p int) []placement.Member {
+	var out []placement.Member
+	for _, t := range [...]*placement.Table{c.live, c.known} {
+		for _, region := range t.Regions() {
+			for _, m := range t.Owners(region, p) {
+				if !slices.ContainsFunc(out, func(o placement.Member) bool { return o.ID == m.ID }) {
+					out = append(out, m)
+				}
+			}
+		}
+		if c.known == c.live {
+			break
+		}
+	}
+	return out
+}
+
+// allConfirmed reports whether every confirmer of key's homes confirmed it (by).
+func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]bool) bool {
 	for _, p := range crdt.KeyHomes(key).Append(make([]int, 0, 2)) {
-		owners := v.table.Owners(region, p)
+		owners := c.of(p)
 		if len(owners) == 0 {
 			return false
 		}

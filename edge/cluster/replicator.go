@@ -116,6 +116,7 @@ type Replicator struct {
 	closed  bool
 	view    atomic.Pointer[view] // written under mu
 	peers   []Peer               // as SetPeers last gave them; under mu
+	down    []Peer               // as SetDown last gave them; under mu
 	joining bool                 // see Config.Joining; under mu
 	peersIn chan struct{}        // closed by the first SetPeers that names a peer
 	// replanned wakes the handoff loop after a placement change.
@@ -314,6 +315,15 @@ func (r *Replicator) SetPeers(peers []Peer) {
 			r.run(ctx, w)
 		}()
 	}
+}
+
+// SetDown tells the replicator the members membership knows but sees failed (not those
+// that left): they may come back holding what they held, so a handoff round keeps the keys
+// they would hold until they confirm them (HandoffRound). Safe for concurrent use.
+func (r *Replicator) SetDown(down []Peer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.down = slices.Clone(down)
 }
 
 // replanLocked recomputes the placement from the peers and this node's joining state; if

@@ -107,9 +107,9 @@ type MembershipConfig struct {
 	Snapshot string
 	// Fast shortens failure detection and reconnection (loopback clusters and tests).
 	Fast        bool
-	NoticeEvery time.Duration // default 5s
-	Root        func() uint64 // this node's digest root, for notices
-	OnPeers     func([]Peer)  // the live peers changed; called from one goroutine, in order
+	NoticeEvery time.Duration           // default 5s
+	Root        func() uint64           // this node's digest root, for notices
+	OnPeers     func(live, down []Peer) // the peers, live and failed (not left); called from one goroutine, in order, whenever either may have changed
 	OnNotice    func(from crdt.NodeID, root uint64)
 	Logger      *slog.Logger
 	Metrics     *Metrics
@@ -398,18 +398,23 @@ func (m *Membership) eventLoop() {
 	}
 }
 
-// publish hands the current live peers to OnPeers and updates the members gauge.
+// publish hands the current live and failed peers to OnPeers and updates the members
+// gauge.
 func (m *Membership) publish() {
 	members := m.Members()
-	var peers []Peer
+	var peers, down []Peer
 	counts := map[string]int{"alive": 0, "suspect": 0, "failed": 0, "left": 0}
 	for _, mem := range members {
 		counts[mem.Status]++
 		if mem.ID == m.cfg.ID || mem.SyncAddr == "" {
 			continue
 		}
-		if mem.Status == "alive" || mem.Status == "suspect" {
-			peers = append(peers, Peer{ID: mem.ID, Name: mem.Name, Region: mem.Region, Addr: mem.SyncAddr, Joining: mem.Joining, Proto: mem.Proto})
+		p := Peer{ID: mem.ID, Name: mem.Name, Region: mem.Region, Addr: mem.SyncAddr, Joining: mem.Joining, Proto: mem.Proto}
+		switch mem.Status {
+		case "alive", "suspect":
+			peers = append(peers, p)
+		case "failed":
+			down = append(down, p)
 		}
 	}
 	if m.cfg.Metrics != nil {
@@ -418,7 +423,7 @@ func (m *Membership) publish() {
 		}
 	}
 	if m.cfg.OnPeers != nil {
-		m.cfg.OnPeers(peers)
+		m.cfg.OnPeers(peers, down)
 	}
 }
 

@@ -288,6 +288,13 @@ func (n *Node) API() API {
 // Alive reports whether the node is up.
 func (n *Node) Alive() bool { return n.DB() != nil }
 
+// started reports whether the node ever ran (its API has a file, open or closed).
+func (n *Node) started() bool {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.api.DB != nil
+}
+
 // Peer returns how other nodes address this one.
 func (n *Node) Peer() cluster.Peer {
 	n.mu.RLock()
@@ -395,7 +402,23 @@ func (c *Cluster) viewLocked(i int) []cluster.Peer {
 	return out
 }
 
-// updatePeers tells every live node's replicator the peers it sees.
+// downLocked returns the peers node i's membership sees failed: those down, and, when
+// membership follows the network, those across a partition. c.mu is held.
+func (c *Cluster) downLocked(i int) []cluster.Peer {
+	var out []cluster.Peer
+	mine := c.Nodes[i].Protocols()
+	for j, n := range c.Nodes {
+		if j == i || n.Alive() && !(c.followNet && c.groups[i] != c.groups[j]) {
+			continue
+		}
+		if _, ok := mine.Common(n.Protocols()); ok && n.started() {
+			out = append(out, n.Peer()) // a node down keeps the ID it last ran with
+		}
+	}
+	return out
+}
+
+// updatePeers tells every live node's replicator the peers it sees, live and failed.
 func (c *Cluster) updatePeers() {
 	if c.cfg.manualPeers {
 		return
@@ -404,6 +427,7 @@ func (c *Cluster) updatePeers() {
 	defer c.mu.Unlock()
 	for i, n := range c.Nodes {
 		if r := n.Rep(); r != nil && !c.frozen[i] {
+			r.SetDown(c.downLocked(i))
 			r.SetPeers(c.viewLocked(i))
 		}
 	}

@@ -165,6 +165,9 @@ func TestOwnersFollowTheDefinition(t *testing.T) {
 		ms := genMembers(t, []string{"ap", "eu", "us"}, 0, 12)
 		replicas := rapid.IntRange(0, 5).Draw(t, "replicas")
 		tbl := New(ms, replicas)
+		if got, want := tbl.Regions(), regionsOf(ms); !slices.Equal(got, want) {
+			t.Fatalf("Regions()=%q, want %q", got, want)
+		}
 		for _, region := range regionsOf(ms) {
 			n := 0
 			for _, m := range ms {

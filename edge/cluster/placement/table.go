@@ -164,6 +164,16 @@ func (t *Table) Replicas() int { return t.replicas }
 // name, in a new slice that the caller may modify.
 func (t *Table) Members() []Member { return slices.Clone(t.members) }
 
+// Regions returns the regions of the table's members, sorted, in a new slice.
+func (t *Table) Regions() []string {
+	out := make([]string, 0, len(t.regions))
+	for name := range t.regions {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // Owners returns the members of region that hold partition p, highest score first, in a
 // new slice that the caller may modify. It returns nil for a region with no member or a
 // partition outside [0, crdt.DigestLeaves).
