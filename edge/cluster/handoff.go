@@ -249,7 +249,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		return first
 	}
 	n, err := r.cfg.DB.Drop(ctx, drop)
-	if r.have.endDrop() {
+	if r.have.endDrop(r.cfg.DB.Committed()) {
 		r.syncAll() // partitions gained again: learn them anew
 	}
 	if err != nil {

@@ -301,7 +301,7 @@ func (r *Replicator) SetPeers(peers []Peer) {
 			close(r.peersIn)
 		}
 	}
-	r.replanLocked()
+	r.replanLocked(false)
 	for id, p := range want {
 		if _, ok := r.workers[id]; ok {
 			continue
@@ -328,8 +328,10 @@ func (r *Replicator) SetDown(down []Peer) {
 
 // replanLocked recomputes the placement from the peers and this node's joining state; if
 // it changed, what we know we hold of the partitions we gain starts empty, and every
-// worker starts over (its pushes so far went by the old placement). r.mu is held.
-func (r *Replicator) replanLocked() {
+// worker starts over (its pushes so far went by the old placement). pulled says the
+// partitions gained were pulled in full before (a joining node that caught up; see
+// haveState.unfilled). r.mu is held.
+func (r *Replicator) replanLocked(pulled bool) {
 	v, old := newView(r.selfPeer(), r.peers, r.cfg.Replicas, r.joining), r.view.Load()
 	if v.fingerprint == old.fingerprint {
 		return
@@ -342,7 +344,7 @@ func (r *Replicator) replanLocked() {
 		}
 	}
 	r.view.Store(v)
-	r.have.replan(v.fingerprint, gained, now)
+	r.have.replan(v.fingerprint, gained, now, r.cfg.DB.Committed(), pulled)
 	for _, w := range r.workers {
 		poke(w.replan)
 	}
@@ -356,7 +358,12 @@ func (r *Replicator) Joined() {
 	defer r.mu.Unlock()
 	if r.joining && !r.closed {
 		r.joining = false
-		r.replanLocked()
+		select {
+		case <-r.caughtUp:
+			r.replanLocked(true)
+		default:
+			r.replanLocked(false) // the wait for catching up timed out
+		}
 	}
 }
 
