@@ -419,8 +419,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		Snapshot: filepath.Join(n.cfg.DataDir, "serf.snapshot"),
 		Root:     func() uint64 { d := n.db.Digest(); return d.Root() },
 		OnPeers: func(p, down []cluster.Peer) {
-			n.replicator.SetDown(down)
-			n.replicator.SetPeers(p)
+			n.replicator.SetMembership(p, down)
 			n.counters.SetPeers(p)
 			n.transport.SetPeers(p)
 		},

@@ -23,8 +23,7 @@ import (
 //   - a completed anti-entropy round with any peer leaves us holding everything that peer
 //     held when it answered, and its reply says what that was (DigestReply.Have), for
 //     every origin, so knowledge travels with the data;
-//   - our own writes are covered up to storage's commit mark (with placement: see
-//     unfilled below).
+//   - our own writes are covered up to storage's commit mark.
 //
 // A push of which we refused a change (clock skew) makes us stop believing that origin's
 // Through, in the refused change's partitions, until a round with it that refuses nothing
@@ -38,23 +37,13 @@ import (
 // held since: carried) and completed rounds, each of which teaches, for the partitions
 // it compared, what the peer held of those the peer knows of (learnt: the latest round
 // per peer, and its latest pull of one partition). A gained partition joins the base
-// again once a round teaches at least the base about it.
-//
-// Until a completed round has brought a gained partition in full from a peer that holds
-// it and knows of it (unfilled), nothing but such a round vouches for it: not Throughs,
-// nor, for our own writes from before the gain (ownFrom), our commit mark. An origin may
-// have written to the partition without holding it (no holder answered) and dropped those
-// writes once every holder of the time confirmed them (handoff.go); we were not one of
-// those, and its rounds with us cannot bring what it no longer stores — a holder's can,
-// and did once the partition is filled. A joining node that caught up pulled what it
-// gains from every live peer first: those partitions are filled.
-//
-// Asked only about partitions it gained (a pull of one partition), a node answers with
-// what it knows of those it has filled, so that knowledge travels from node to node
-// whatever became of the writes' origins, even when every holder gained the partition
-// (nodes that started together all joined). A question about one partition (a request
-// is about its caller's) is answered from that partition's knowledge; a question about
-// none (AllPartitions) from what covers them all.
+// again once a round teaches at least the base about it. Asked only about partitions it
+// gained (a pull of one partition), a node answers with what it knows of them, so that
+// knowledge travels from node to node whatever became of the writes' origins, even when
+// every holder gained the partition (nodes that started together all joined). A
+// question about one
+// partition (a request is about its caller's) is answered from that partition's
+// knowledge; a question about none (AllPartitions) from what covers them all.
 
 // A peer's claim that this node holds its writes (a push's Through) rests on what the
 // peer sent us since its latest round with us. A node drops data only in partitions it
@@ -69,10 +58,8 @@ type haveState struct {
 	era        uint64                    // changes whenever we gain partitions; never 0
 	have       crdt.Bookmark             // base knowledge; never holds our own node
 	gained     partitionSet              // partitions the base is not about (sharded only)
-	unfilled   partitionSet              // gained partitions no round has brought in full since; a subset of gained
-	ownFrom    crdt.Timestamp            // the commit mark at the latest gain: every later write of ours is here
 	anyGained  bool                      // gained is not empty: spares comparing 512 bytes per mark
-	through    crdt.Bookmark             // Throughs told under the current placement: about every partition held but those unfilled
+	through    crdt.Bookmark             // Throughs told under the current placement: about every partition held
 	carried    []lesson                  // the Throughs of earlier placements, about the partitions held since; newest last
 	learnt     map[crdt.NodeID][4]lesson // the latest round with each peer taught [0:2], its latest pull of one partition [2:4]
 	told       map[crdt.NodeID]lesson    // each origin's latest Through under another placement, about the partitions it named
@@ -159,7 +146,7 @@ func raise(dst *crdt.Bookmark, b crdt.Bookmark, self crdt.NodeID) bool {
 
 // pushed records an origin's Through, told under the placement with fingerprint
 // placement, by a sender whose latest round with us was in era (ignored in any other):
-// it covers every partition we hold but those unfilled.
+// it covers every partition we hold.
 //
 // Under another placement, a Through told with the partitions it was pushed for (held:
 // ours by the sender's placement) counts for those of them we hold: the sender's pushes
@@ -194,10 +181,6 @@ func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint
 			l.about[i] = ^uint64(0)
 		}
 	}
-	whole := h.held == nil || l.about == *h.held
-	for i := range l.about {
-		l.about[i] &^= h.unfilled[i] // see unfilled
-	}
 	if distrusted {
 		for i := range l.about {
 			l.about[i] &^= d.parts[i]
@@ -210,7 +193,7 @@ func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint
 		h.wakeLocked()
 		return
 	}
-	if placement == h.placement || whole {
+	if placement == h.placement || l.about == *h.held {
 		// About every partition we hold: a placement elsewhere (another region's
 		// members) may differ, ours does not.
 		a, b := h.have.Add(through), h.through.Add(through)
@@ -233,47 +216,34 @@ func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint
 // replan starts a new placement (fingerprint placement) under which this node holds the
 // partitions held says, gaining those in gained: the base is not about them, and what
 // was learnt about partitions not held before is dropped (their data may have been
-// leftovers since dropped); a gain starts a new era, and the partitions gained are
-// unfilled, committed (the commit mark now) becoming ownFrom — unless pulled: a joining
-// node that caught up pulled them in full from every live peer before it gained them.
-// Knowledge of partitions held before and now stays.
-func (h *haveState) replan(placement uint64, gained []int, held *partitionSet, committed crdt.Timestamp, pulled bool) {
+// leftovers since dropped); a gain starts a new era. Knowledge of partitions held
+// before and now stays.
+func (h *haveState) replan(placement uint64, gained []int, held *partitionSet) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.replanLocked(placement, gained, held, committed, pulled)
+	h.replanLocked(placement, gained, held)
 }
 
-func (h *haveState) replanLocked(placement uint64, gained []int, held *partitionSet, committed crdt.Timestamp, pulled bool) {
+func (h *haveState) replanLocked(placement uint64, gained []int, held *partitionSet) {
 	h.placement = placement
 	if len(gained) > 0 {
 		h.era = newEra(h.era)
-		if !pulled {
-			h.ownFrom = maxTS(h.ownFrom, committed)
-		}
-	}
-	if !h.through.IsZero() && h.held != nil {
-		// What the Throughs told about the partitions held before (but those unfilled)
-		// stays true of those still held: a node drops only data it does not hold.
-		l := lesson{about: *h.held, have: h.through}
-		for i := range l.about {
-			l.about[i] &^= h.unfilled[i]
-		}
-		h.carried = append(h.carried, l)
 	}
 	var now partitionSet
 	for _, p := range gained {
 		h.gained.add(p)
-		if !pulled {
-			h.unfilled.add(p)
-		}
 		now.add(p)
+	}
+	if !h.through.IsZero() && h.held != nil {
+		// What the Throughs told about the partitions held before stays true of those
+		// still held: a node drops only data it does not hold.
+		h.carried = append(h.carried, lesson{about: *h.held, have: h.through})
 	}
 	h.through = crdt.Bookmark{}
 	h.held = held
 	h.anyGained = false
 	for i := range h.gained {
 		h.gained[i] &= held[i]
-		h.unfilled[i] &= held[i]
 		h.anyGained = h.anyGained || h.gained[i] != 0
 	}
 	for _, lessons := range []map[crdt.NodeID]lesson{h.told, h.partial} {
@@ -327,9 +297,9 @@ func (h *haveState) beginDrop(placement uint64, parts *partitionSet) bool {
 
 // endDrop ends the drop begun by beginDrop: a partition of it that this node holds now
 // (a placement gained it meanwhile) is gained again, in a new era, as if the drop were
-// the gain — what was learnt of it since may have been about the keys dropped; committed
-// is the commit mark now. It reports whether any was.
-func (h *haveState) endDrop(committed crdt.Timestamp) bool {
+// the gain — what was learnt of it since may have been about the keys dropped. It
+// reports whether any was.
+func (h *haveState) endDrop() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var again []int
@@ -342,7 +312,7 @@ func (h *haveState) endDrop(committed crdt.Timestamp) bool {
 	}
 	h.dropping = partitionSet{}
 	if len(again) > 0 {
-		h.replanLocked(h.placement, again, h.held, committed, false)
+		h.replanLocked(h.placement, again, h.held)
 	}
 	return len(again) > 0
 }
@@ -463,8 +433,7 @@ type roundScope struct {
 
 // synced records a completed anti-entropy round with peer, begun at epoch in era, under
 // the placement with fingerprint placement, when peer held have: the round leaves us
-// holding all of it in the partitions of scope.full, which it fills (see unfilled), and
-// the peer's own writes there too
+// holding all of it in the partitions of scope.full, and the peer's own writes there too
 // (not in every partition compared: in one the peer does not hold, it may have handed off
 // and dropped its own writes); when have covers the base, the gained partitions of
 // scope.full join the base. It counts only under the current placement and era (a placement can
@@ -495,15 +464,11 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 		scope = roundScope{compared: &compared, full: &full, one: scope.one, peerHeld: scope.peerHeld}
 	}
 	if scope.all {
-		h.unfilled = partitionSet{} // every partition held came in full
 		if h.have.CoveredBy(have) {
 			h.gained, h.anyGained = partitionSet{}, false // every partition held now knows at least the base
 		}
 		h.raiseLocked(have, self)
 		return
-	}
-	for i := range h.unfilled {
-		h.unfilled[i] &^= scope.full[i]
 	}
 	if h.anyGained && h.have.CoveredBy(have) {
 		// The peer held at least the base in the partitions it knows of, and so do we now.
@@ -527,34 +492,19 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 }
 
 // missing returns the marks of b not covered in partition p (AllPartitions: in every
-// partition held), and the channel that is closed when knowledge next rises. Marks of
-// self are covered by the commit mark (or can never be: a bookmark from a former life of
-// this node's data, or made up), but in an unfilled partition, those no later than
-// ownFrom (ownCoversLocked).
+// partition held), ignoring marks of self (ours are covered by the commit mark, or can
+// never be: a bookmark from a former life of this node's data, or made up), and the
+// channel that is closed when knowledge next rises.
 func (h *haveState) missing(b crdt.Bookmark, self crdt.NodeID, p int) ([]crdt.Timestamp, <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var out []crdt.Timestamp
 	for _, ts := range b.Marks() {
-		if ts.Node == self && !h.ownCoversLocked(ts, p) || ts.Node != self && !h.coversLocked(ts, p) {
+		if ts.Node != self && !h.coversLocked(ts, p) {
 			out = append(out, ts)
 		}
 	}
 	return out, h.changed
-}
-
-// ownCoversLocked reports whether this node holds its own write ts in partition p
-// (AllPartitions: in every partition held): every write since the latest gain (ownFrom)
-// is here, and every earlier one but in an unfilled partition, where it may have been
-// written without holding the partition and handed off.
-func (h *haveState) ownCoversLocked(ts crdt.Timestamp, p int) bool {
-	if h.held == nil || h.ownFrom.IsZero() || h.ownFrom.Less(ts) {
-		return true
-	}
-	if p == AllPartitions {
-		return h.unfilled == partitionSet{}
-	}
-	return !h.unfilled.has(p)
 }
 
 func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
@@ -562,8 +512,8 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 		if h.droppingHeldLocked() {
 			return false // a partition held is losing keys to a handoff begun before it was gained
 		}
-		if !h.anyGained && h.have.Covers(ts) {
-			return true // the base is about every partition held
+		if h.through.Covers(ts) || !h.anyGained && h.have.Covers(ts) {
+			return true // Throughs are about every partition held
 		}
 		if h.held == nil {
 			return false // not sharded: the base is about every partition
@@ -574,11 +524,6 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 		if h.have.Covers(ts) {
 			for i := range known {
 				known[i] = ^h.gained[i]
-			}
-		}
-		if h.through.Covers(ts) {
-			for i := range known {
-				known[i] |= ^h.unfilled[i]
 			}
 		}
 		h.lessonsCovering(ts, func(l *lesson) {
@@ -595,7 +540,7 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 		// trimmed to them: nothing vouches for p.
 		return false
 	}
-	if (!h.anyGained || !h.gained.has(p)) && h.have.Covers(ts) || !h.unfilled.has(p) && h.through.Covers(ts) {
+	if (!h.anyGained || !h.gained.has(p)) && h.have.Covers(ts) || h.through.Covers(ts) {
 		return true
 	}
 	found := false
@@ -626,21 +571,16 @@ func (h *haveState) lessonsCovering(ts crdt.Timestamp, f func(*lesson)) {
 }
 
 // knownIn returns what this node knows it holds in every one of the partitions of
-// asked that it knows of (about: all but those unfilled, which it knows nothing of):
-// per origin, the least over them of the best of what taught it about each (base
-// knowledge, of a partition not gained; Throughs, carried or not; rounds), or nothing of
-// an origin one of them knows nothing of. Ours are left out.
-func (h *haveState) knownIn(asked *partitionSet) (crdt.Bookmark, partitionSet) {
+// asked: per origin, the least over them of the best of what taught it about each
+// (base knowledge, of a partition not gained; Throughs, carried or not; rounds), or
+// nothing of an origin one of them knows nothing of. Ours are left out.
+func (h *haveState) knownIn(asked *partitionSet) crdt.Bookmark {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var about partitionSet
-	for i := range about {
-		about[i] = asked[i] &^ h.unfilled[i]
-	}
 	var out crdt.Bookmark
 	first := true
 	for p := range crdt.Partitions {
-		if !about.has(p) {
+		if !asked.has(p) {
 			continue
 		}
 		var k crdt.Bookmark
@@ -676,7 +616,7 @@ func (h *haveState) knownIn(asked *partitionSet) (crdt.Bookmark, partitionSet) {
 			break
 		}
 	}
-	return out, about
+	return out
 }
 
 // meet returns, per node, the earlier of a's and b's marks; a node missing in either is
@@ -742,9 +682,9 @@ func (r *Replicator) haveOf(mask []uint64) (crdt.Bookmark, []uint64) {
 	if n := asked.count(); some || n == 0 || n > maxKnownIn {
 		return b, about.words()
 	}
-	k, known := r.have.knownIn(asked)
-	k.Add(r.cfg.DB.Committed()) // every write of ours is here in a partition filled
-	return k, known.words()
+	k := r.have.knownIn(asked)
+	k.Add(r.cfg.DB.Committed())
+	return k, asked.words()
 }
 
 // Covers reports at once, without waiting, whether this node holds everything b covers

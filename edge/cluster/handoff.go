@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"time"
 
@@ -21,9 +22,11 @@ import (
 // own that its pushes to another region's holder never delivered, and once dropped, its
 // rounds with that holder cannot bring them while its pushes' Through still counts them
 // (bookmarks.go). For the same reason the holders are those of the placement over the
-// live peers and also those of the placement over the live and the down members
-// (SetDown): a holder that failed, or that a partition hides, comes back holding what it
-// held, without what it missed; its keys wait for it (or for membership to forget it).
+// live peers and also those of the placement over every member, joining and down ones
+// too (SetMembership): a holder that failed, or that a partition hides, comes back
+// holding what it held, without what it missed, and a joining node that caught up before
+// the write takes its share without it; their keys wait for them (or for membership to
+// forget a failed one).
 //
 // A round never waits on one peer for long: each call of an offer is bounded by
 // Config.OfferTimeout, and a peer that does not answer in time is offered nothing more
@@ -149,8 +152,8 @@ func (r *Replicator) strays(ctx context.Context, keep *view) ([]strayLeaf, int, 
 }
 
 // HandoffRound offers every key this node stores without holding it (nor, while it is
-// joining, going to hold it) to the holders of its homes in every region (confirmers),
-// and drops the keys all of them confirmed. A holder that lacks a key, or holds it
+// joining, going to hold it) to the holders of its homes in every region, joining and
+// down members counted (confirmers), and drops the keys all of them confirmed. A holder that lacks a key, or holds it
 // differently, is pushed our state (and we merge theirs), and the key waits for the next
 // round. Keys whose holders are not all live peers now (one is down) are kept, and so
 // are those of a holder that failed an offer: each call of an offer is bounded by
@@ -185,7 +188,8 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	r.mu.Lock()
 	down := slices.Clone(r.down)
 	r.mu.Unlock()
-	who := newConfirmers(v.table, down, r.cfg.Replicas)
+	others := slices.Collect(maps.Values(peers))
+	who := newConfirmers(v.table, slices.Concat(others, down), r.cfg.Replicas)
 	var (
 		first     error
 		slow      = map[crdt.NodeID]bool{}            // holders that timed out this round
@@ -249,7 +253,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		return first
 	}
 	n, err := r.cfg.DB.Drop(ctx, drop)
-	if r.have.endDrop(r.cfg.DB.Committed()) {
+	if r.have.endDrop() {
 		r.syncAll() // partitions gained again: learn them anew
 	}
 	if err != nil {
@@ -272,19 +276,20 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 
 // confirmers are the members whose confirmation a stray key needs before it is dropped:
 // the holders of its homes in every region, by the placement over the live members and
-// by the placement over the live and the down ones.
+// by the placement over every member, joining or down.
 type confirmers struct {
 	live, known *placement.Table
 }
 
 // newConfirmers returns the confirmers by live, the placement over the live members, and
-// down, the members membership sees failed, with replicas holders per partition.
-func newConfirmers(live *placement.Table, down []Peer, replicas int) confirmers {
+// more, other members (joining ones, and those membership sees failed), with replicas
+// holders per partition. A member of more named as one of live is left out.
+func newConfirmers(live *placement.Table, more []Peer, replicas int) confirmers {
 	c := confirmers{live: live, known: live}
 	ms := live.Members()
 	n := len(ms)
-	for _, p := range down {
-		if !p.Joining && !slices.ContainsFunc(ms, func(m placement.Member) bool { return m.Name == p.Name }) {
+	for _, p := range more {
+		if !slices.ContainsFunc(ms, func(m placement.Member) bool { return m.Name == p.Name }) {
 			ms = append(ms, placement.Member{Name: p.Name, ID: p.ID, Region: p.Region})
 		}
 	}

@@ -113,7 +113,7 @@ func newTestHaveGained(placement uint64, gained []int) (*haveState, *partitionSe
 	held := &partitionSet{}
 	held.add(1)
 	held.add(2)
-	h.replan(placement, gained, held, crdt.Timestamp{}, true)
+	h.replan(placement, gained, held)
 	return h, held
 }
 
@@ -160,7 +160,7 @@ func TestHaveStatePartitions(t *testing.T) {
 	})
 	t.Run("OKGainedPartitionStartsEmpty", func(t *testing.T) {
 		held.add(3)
-		h.replan(101, []int{3}, held, crdt.Timestamp{}, true)
+		h.replan(101, []int{3}, held)
 		if !covers(h, 10, 1) {
 			t.Errorf("a partition held before and after forgot what it knew")
 		}
@@ -203,12 +203,12 @@ func TestHaveStatePartitions(t *testing.T) {
 		*held = partitionSet{}
 		held.add(2)
 		held.add(3)
-		h.replan(102, nil, held, crdt.Timestamp{}, true)
+		h.replan(102, nil, held)
 		if covers(h, 40, 1) {
 			t.Errorf("knowledge of a partition no longer held survived a new placement")
 		}
 		held.add(1)
-		h.replan(103, []int{1}, held, crdt.Timestamp{}, true)
+		h.replan(103, []int{1}, held)
 		if covers(h, 40, 1) {
 			t.Errorf("knowledge of a partition held before survived its loss and return")
 		}
@@ -232,12 +232,12 @@ func TestHaveStatePartitions(t *testing.T) {
 	})
 	t.Run("OKEraChangesOnlyWithAGain", func(t *testing.T) {
 		era := h.currentEra()
-		h.replan(104, nil, held, crdt.Timestamp{}, true)
+		h.replan(104, nil, held)
 		if h.currentEra() != era {
 			t.Errorf("a placement that gains nothing started a new era")
 		}
 		held.add(4)
-		h.replan(105, []int{4}, held, crdt.Timestamp{}, true)
+		h.replan(105, []int{4}, held)
 		if h.currentEra() == era || h.currentEra() == 0 {
 			t.Errorf("a placement that gains a partition kept era %d", era)
 		}
@@ -247,7 +247,7 @@ func TestHaveStatePartitions(t *testing.T) {
 		// partition 4: its pushes since may not have carried what we dropped.
 		era := h.currentEra()
 		held.add(5)
-		h.replan(106, []int{5}, held, crdt.Timestamp{}, true)
+		h.replan(106, []int{5}, held)
 		h.pushed(at(200), 106, nil, era)
 		if covers(h, 200, 1) || covers(h, 200, 4) {
 			t.Errorf("a Through by a sender whose round with us was in an older era counted")
@@ -266,7 +266,7 @@ func TestHaveStatePartitions(t *testing.T) {
 	t.Run("OKRoundBegunInAnOlderEraIgnored", func(t *testing.T) {
 		epoch, era := h.roundStarts()
 		held.add(6)
-		h.replan(107, []int{6}, held, crdt.Timestamp{}, true)
+		h.replan(107, []int{6}, held)
 		h.synced(peer, epoch, era, mark(300), self, 107, roundScope{all: true})
 		if covers(h, 300, 6) || covers(h, 300, AllPartitions) {
 			t.Errorf("a round begun before a gain taught what it may not have carried")
@@ -290,7 +290,7 @@ func TestHaveStateGained(t *testing.T) {
 		*held = partitionSet{}
 		held.add(1)
 		held.add(3)
-		h.replan(101, []int{3}, held, crdt.Timestamp{}, true) // the origin left, say: partition 2 went elsewhere
+		h.replan(101, []int{3}, held) // the origin left, say: partition 2 went elsewhere
 		if !covers(h, 10, 1) {
 			t.Errorf("a partition held before and after forgot what the Throughs told of it")
 		}
@@ -298,7 +298,7 @@ func TestHaveStateGained(t *testing.T) {
 			t.Errorf("a partition gained now inherited what Throughs told of others")
 		}
 		held.add(2)
-		h.replan(102, []int{2}, held, crdt.Timestamp{}, true)
+		h.replan(102, []int{2}, held)
 		if covers(h, 10, 2) {
 			t.Errorf("a partition lost and gained again kept what Throughs told before it was lost")
 		}
@@ -311,12 +311,12 @@ func TestHaveStateGained(t *testing.T) {
 		// by the base (not gained) or by some lesson: carried Throughs, rounds, pulls.
 		h, held := newTestHaveGained(200, []int{1, 2})
 		h.pushed(at(10), 200, nil, h.currentEra())
-		h.replan(201, nil, held, crdt.Timestamp{}, true) // the Throughs are carried, about 1 and 2
+		h.replan(201, nil, held) // the Throughs are carried, about 1 and 2
 		if !covers(h, 10, AllPartitions) {
 			t.Errorf("the carried Throughs about every partition held do not answer for them all")
 		}
 		held.add(3)
-		h.replan(202, []int{3}, held, crdt.Timestamp{}, true)
+		h.replan(202, []int{3}, held)
 		if covers(h, 10, AllPartitions) {
 			t.Errorf("a partition gained since, known of by nothing, was answered for")
 		}
@@ -332,7 +332,7 @@ func TestHaveStateGained(t *testing.T) {
 	t.Run("OKCarriedBounded", func(t *testing.T) {
 		for i := range 2 * maxCarried {
 			h.pushed(at(int64(20+i)), h.placement, nil, h.currentEra())
-			h.replan(h.placement+1, nil, held, crdt.Timestamp{}, true)
+			h.replan(h.placement+1, nil, held)
 		}
 		if len(h.carried) > maxCarried {
 			t.Errorf("%d lessons carried, want at most %d", len(h.carried), maxCarried)
@@ -365,86 +365,6 @@ func TestHaveStateGained(t *testing.T) {
 	})
 }
 
-// TestHaveStateUnfilled: a partition gained without being pulled first (its holder
-// failed) is vouched for by nothing but a round that brings it in full: not Throughs, nor
-// the commit mark for this node's writes from before the gain — an origin may have
-// written there without holding it and dropped those writes once the holders of the time
-// had them. Once a round fills it, Throughs count there again.
-func TestHaveStateUnfilled(t *testing.T) {
-	const peer = crdt.NodeID(8)
-	h, held := newTestHave()
-	h.pushed(at(10), 100, nil, h.currentEra())
-	held.add(3)
-	h.replan(101, []int{3}, held, crdt.Timestamp{Wall: 50, Node: self}, false) // our commit mark at the gain: 50
-	h.pushed(at(20), 101, nil, h.currentEra())
-	if !covers(h, 20, 1) {
-		t.Errorf("a Through does not cover a partition held before the gain")
-	}
-	if covers(h, 10, 3) || covers(h, 20, 3) || covers(h, 20, AllPartitions) {
-		t.Errorf("a Through vouched for the unfilled partition")
-	}
-	ownCovered := func(w int64, p int) bool {
-		var b crdt.Bookmark
-		b.Add(crdt.Timestamp{Wall: w, Node: self})
-		m, _ := h.missing(b, self, p)
-		return len(m) == 0
-	}
-	if !ownCovered(50, 1) || !ownCovered(51, 3) || !ownCovered(51, AllPartitions) {
-		t.Errorf("our own writes not vouched for where they must be here: in a partition held before, or since the gain")
-	}
-	if ownCovered(50, 3) || ownCovered(50, AllPartitions) {
-		t.Errorf("our own write from before the gain vouched for in the unfilled partition")
-	}
-	var three partitionSet
-	three.add(3)
-	if _, about := h.knownIn(&three); about != (partitionSet{}) {
-		t.Errorf("knownIn answers about the unfilled partition, which it knows nothing of")
-	}
-
-	h.replan(110, nil, held, crdt.Timestamp{}, false) // a change elsewhere: the Throughs are carried
-	if covers(h, 20, 3) || !covers(h, 20, 1) {
-		t.Errorf("the carried Throughs cover the unfilled partition 3 (%v), or not partition 1 (%v)", covers(h, 20, 3), !covers(h, 20, 1))
-	}
-
-	// A pull of partition 3 from a peer that holds it fills it.
-	epoch, era := h.roundStarts()
-	h.synced(peer, epoch, era, mark(15), self, 110, roundScope{compared: &three, full: &three, one: true})
-	if !covers(h, 15, 3) || covers(h, 16, 3) {
-		t.Errorf("the pull's lesson does not cover partition 3, or covers beyond it")
-	}
-	h.pushed(at(25), 110, nil, h.currentEra())
-	if !covers(h, 25, 3) || !covers(h, 25, AllPartitions) || covers(h, 26, 3) {
-		t.Errorf("once filled, a Through does not cover partition 3 (%v, all %v), or covers beyond it", covers(h, 25, 3), covers(h, 25, AllPartitions))
-	}
-	if !ownCovered(50, 3) || !ownCovered(50, AllPartitions) {
-		t.Errorf("once filled, our own writes from before the gain are not vouched for")
-	}
-	if _, about := h.knownIn(&three); about != three {
-		t.Errorf("knownIn does not answer about the filled partition")
-	}
-
-	// A handoff that drops strays of a partition gained meanwhile unfills it again.
-	*held = partitionSet{}
-	held.add(1)
-	held.add(2)
-	h.replan(102, nil, held, crdt.Timestamp{}, false)
-	var four partitionSet
-	four.add(4)
-	if !h.beginDrop(102, &four) {
-		t.Fatal("beginDrop refused under an unchanged placement")
-	}
-	held.add(4)
-	h.replan(103, []int{4}, held, crdt.Timestamp{Wall: 60, Node: self}, false)
-	h.synced(peer, epoch, h.currentEra(), mark(30), self, 103, roundScope{compared: &four, full: &four, one: true})
-	if !h.endDrop(crdt.Timestamp{Wall: 70, Node: self}) {
-		t.Fatal("endDrop did not regain partition 4")
-	}
-	h.pushed(at(40), 103, nil, h.currentEra())
-	if covers(h, 40, 4) || ownCovered(65, 4) || !ownCovered(71, 4) {
-		t.Errorf("after the drop, partition 4 is vouched for by a Through (%v) or our writes before the drop (%v)", covers(h, 40, 4), ownCovered(65, 4))
-	}
-}
-
 // TestHaveStateKnownIn: what a node tells of partitions it gained (haveOf, when asked
 // only about those) is, per origin, the least over them of the best it learnt of each.
 func TestHaveStateKnownIn(t *testing.T) {
@@ -454,24 +374,24 @@ func TestHaveStateKnownIn(t *testing.T) {
 	one.add(1)
 	both.add(1)
 	both.add(2)
-	if k, _ := h.knownIn(both); !k.IsZero() {
+	if k := h.knownIn(both); !k.IsZero() {
 		t.Errorf("knownIn before anything was learnt = %v, want nothing", k)
 	}
 	h.pushed(at(10), 100, nil, h.currentEra())
-	h.replan(101, nil, held, crdt.Timestamp{}, true) // the Through is carried
+	h.replan(101, nil, held) // the Through is carried
 	var full partitionSet
 	full.add(1)
 	var have crdt.Bookmark
 	have.Add(at(20))
 	epoch, era := h.roundStarts()
 	h.synced(peer, epoch, era, have, self, 101, roundScope{compared: one, full: &full, one: true})
-	if k, _ := h.knownIn(one); k.Mark(origin) != at(20) {
+	if k := h.knownIn(one); k.Mark(origin) != at(20) {
 		t.Errorf("knownIn(1) = %v, want the pull's %v", k, at(20))
 	}
-	if k, _ := h.knownIn(both); k.Mark(origin) != at(10) {
+	if k := h.knownIn(both); k.Mark(origin) != at(10) {
 		t.Errorf("knownIn(1, 2) = %v, want the least of the two: %v", k, at(10))
 	}
-	if k, _ := h.knownIn(both); !k.Mark(peer).IsZero() {
+	if k := h.knownIn(both); !k.Mark(peer).IsZero() {
 		t.Errorf("knownIn(1, 2) = %v names the peer, whose writes it knows of in partition 1 only", k)
 	}
 }
@@ -669,13 +589,13 @@ func TestHaveStateDropThenGain(t *testing.T) {
 	now.add(1)
 	now.add(2)
 	now.add(3)
-	h.replan(101, []int{3}, now, crdt.Timestamp{}, true)
+	h.replan(101, []int{3}, now)
 	h.synced(origin, 0, h.currentEra(), mark(20), self, 101, roundScope{compared: now, full: now})
 	if covers(h, 10, 3) || covers(h, 10, AllPartitions) {
 		t.Errorf("partition 3 vouched for while a handoff drops its keys")
 	}
 	era := h.currentEra()
-	if !h.endDrop(crdt.Timestamp{}) {
+	if !h.endDrop() {
 		t.Errorf("endDrop: partition 3, held now, not gained again")
 	}
 	if h.currentEra() == era {

@@ -116,7 +116,7 @@ type Replicator struct {
 	closed  bool
 	view    atomic.Pointer[view] // written under mu
 	peers   []Peer               // as SetPeers last gave them; under mu
-	down    []Peer               // as SetDown last gave them; under mu
+	down    []Peer               // as SetMembership last gave them; under mu
 	joining bool                 // see Config.Joining; under mu
 	peersIn chan struct{}        // closed by the first SetPeers that names a peer
 	// replanned wakes the handoff loop after a placement change.
@@ -276,6 +276,22 @@ func (r *Replicator) Close() {
 func (r *Replicator) SetPeers(peers []Peer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.setPeersLocked(peers)
+}
+
+// SetMembership is SetPeers(live) that also tells the replicator the members membership
+// knows but sees failed (down; not those that left): they may come back holding what
+// they held, so a handoff round keeps the keys they would hold until they confirm them
+// (HandoffRound). One call, so that a round never sees a member that changed from one to
+// the other in neither list.
+func (r *Replicator) SetMembership(live, down []Peer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.down = slices.Clone(down)
+	r.setPeersLocked(live)
+}
+
+func (r *Replicator) setPeersLocked(peers []Peer) {
 	if r.closed {
 		return
 	}
@@ -301,7 +317,7 @@ func (r *Replicator) SetPeers(peers []Peer) {
 			close(r.peersIn)
 		}
 	}
-	r.replanLocked(false)
+	r.replanLocked()
 	for id, p := range want {
 		if _, ok := r.workers[id]; ok {
 			continue
@@ -317,21 +333,10 @@ func (r *Replicator) SetPeers(peers []Peer) {
 	}
 }
 
-// SetDown tells the replicator the members membership knows but sees failed (not those
-// that left): they may come back holding what they held, so a handoff round keeps the keys
-// they would hold until they confirm them (HandoffRound). Safe for concurrent use.
-func (r *Replicator) SetDown(down []Peer) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.down = slices.Clone(down)
-}
-
 // replanLocked recomputes the placement from the peers and this node's joining state; if
 // it changed, what we know we hold of the partitions we gain starts empty, and every
-// worker starts over (its pushes so far went by the old placement). pulled says the
-// partitions gained were pulled in full before (a joining node that caught up; see
-// haveState.unfilled). r.mu is held.
-func (r *Replicator) replanLocked(pulled bool) {
+// worker starts over (its pushes so far went by the old placement). r.mu is held.
+func (r *Replicator) replanLocked() {
 	v, old := newView(r.selfPeer(), r.peers, r.cfg.Replicas, r.joining), r.view.Load()
 	if v.fingerprint == old.fingerprint {
 		return
@@ -344,7 +349,7 @@ func (r *Replicator) replanLocked(pulled bool) {
 		}
 	}
 	r.view.Store(v)
-	r.have.replan(v.fingerprint, gained, now, r.cfg.DB.Committed(), pulled)
+	r.have.replan(v.fingerprint, gained, now)
 	for _, w := range r.workers {
 		poke(w.replan)
 	}
@@ -358,12 +363,7 @@ func (r *Replicator) Joined() {
 	defer r.mu.Unlock()
 	if r.joining && !r.closed {
 		r.joining = false
-		select {
-		case <-r.caughtUp:
-			r.replanLocked(true)
-		default:
-			r.replanLocked(false) // the wait for catching up timed out
-		}
+		r.replanLocked()
 	}
 }
 

@@ -427,8 +427,7 @@ func (c *Cluster) updatePeers() {
 	defer c.mu.Unlock()
 	for i, n := range c.Nodes {
 		if r := n.Rep(); r != nil && !c.frozen[i] {
-			r.SetDown(c.downLocked(i))
-			r.SetPeers(c.viewLocked(i))
+			r.SetMembership(c.viewLocked(i), c.downLocked(i))
 		}
 	}
 }
