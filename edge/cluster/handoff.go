@@ -16,17 +16,18 @@ import (
 
 // Handoff: a node stores keys it does not hold when placement moved their partitions
 // away from it, or when it accepted writes for partitions it never held. It offers them
-// to their holders and drops them only once every holder in every region confirmed
+// to their holders and drops them only once every holder in its region confirmed
 // holding the same state, so no key is ever held by nobody: until then it keeps them,
-// and keeps offering. Every region, not only its own: the keys may carry writes of its
-// own that its pushes to another region's holder never delivered, and once dropped, its
-// rounds with that holder cannot bring them while its pushes' Through still counts them
-// (bookmarks.go). For the same reason the holders are those of the placement over the
-// live peers and also those of the placement over every member, joining and down ones
-// too (SetMembership): a holder that failed, or that a partition hides, comes back
-// holding what it held, without what it missed, and a joining node that caught up before
-// the write takes its share without it; their keys wait for them (or for membership to
-// forget a failed one).
+// and keeps offering. Holders in other regions get them from their region's holders by
+// anti-entropy, as they get everything — but for a key that carries a write of this
+// node's own: its pushes to another region's holder may never have delivered it, and
+// once it is dropped, this node's rounds with that holder cannot bring it while its
+// pushes' Through still counts it (bookmarks.go). Such a key waits for the holders of
+// every region, and not only those of the placement over the live peers but also those
+// of the placement over every member, joining and down ones too (SetMembership): a holder
+// that failed, or that a partition hides, comes back holding what it held, without what
+// it missed, and a joining node that caught up before the write takes its share without
+// it; such keys wait for them (or for membership to forget a failed one).
 //
 // A round never waits on one peer for long: each call of an offer is bounded by
 // Config.OfferTimeout, and a peer that does not answer in time is offered nothing more
@@ -152,15 +153,16 @@ func (r *Replicator) strays(ctx context.Context, keep *view) ([]strayLeaf, int, 
 }
 
 // HandoffRound offers every key this node stores without holding it (nor, while it is
-// joining, going to hold it) to the holders of its homes in every region, joining and
-// down members counted (confirmers), and drops the keys all of them confirmed. A holder that lacks a key, or holds it
-// differently, is pushed our state (and we merge theirs), and the key waits for the next
-// round. Keys whose holders are not all live peers now (one is down) are kept, and so
-// are those of a holder that failed an offer: each call of an offer is bounded by
+// joining, going to hold it) to the holders of its homes in this node's region (a key
+// with a write of its own: in every region, joining and down members counted; see
+// confirmers), and drops the keys all of them confirmed. A holder that lacks a key, or
+// holds it differently, is pushed our state (and we merge theirs), and the key waits for
+// the next round. Keys whose holders are not all live peers now (one is down) are kept,
+// and so are those of a holder that failed an offer: each call of an offer is bounded by
 // Config.OfferTimeout, and a holder that timed out is offered nothing more this round,
-// while the others still are. It publishes what it found (Handoff) before offering, and again after
-// dropping. It returns the first error; the keys it could not offer wait. Rounds run one
-// at a time.
+// while the others still are. It publishes what it found (Handoff) before offering, and
+// again after dropping. It returns the first error; the keys it could not offer wait.
+// Rounds run one at a time.
 func (r *Replicator) HandoffRound(ctx context.Context) error {
 	r.roundMu.Lock() // one round at a time: a round run by hand waits for the loop's
 	defer r.roundMu.Unlock()
@@ -189,7 +191,10 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	down := slices.Clone(r.down)
 	r.mu.Unlock()
 	others := slices.Collect(maps.Values(peers))
-	who := newConfirmers(v.table, slices.Concat(others, down), r.cfg.Replicas)
+	who := newConfirmers(v.table, r.cfg.Region, slices.Concat(others, down), r.cfg.Replicas)
+	if who.own, err = r.ownKeys(ctx, leaves); err != nil {
+		return fmt.Errorf("handoff: %w", err)
+	}
 	var (
 		first     error
 		slow      = map[crdt.NodeID]bool{}            // holders that timed out this round
@@ -200,7 +205,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		for _, kh := range sl.extra {
 			offered[kh.Key] = kh.Hash
 		}
-		for _, m := range who.of(sl.leaf) {
+		for _, m := range who.of(sl.leaf, who.anyOwn(sl.extra)) {
 			peer, ok := peers[m.ID]
 			if !ok || slow[m.ID] {
 				continue // not confirmable now; kept
@@ -275,17 +280,21 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 }
 
 // confirmers are the members whose confirmation a stray key needs before it is dropped:
-// the holders of its homes in every region, by the placement over the live members and
-// by the placement over every member, joining or down.
+// the holders of its homes in this node's region, by the placement over the live
+// members; for a key with a write of this node's own (own), in every region, by that
+// placement and by the placement over every member, joining or down.
 type confirmers struct {
 	live, known *placement.Table
+	region      string
+	own         map[string]bool
 }
 
-// newConfirmers returns the confirmers by live, the placement over the live members, and
-// more, other members (joining ones, and those membership sees failed), with replicas
-// holders per partition. A member of more named as one of live is left out.
-func newConfirmers(live *placement.Table, more []Peer, replicas int) confirmers {
-	c := confirmers{live: live, known: live}
+// newConfirmers returns the confirmers of a node of region by live, the placement over
+// the live members, and more, other members (joining ones, and those membership sees
+// failed), with replicas holders per partition. A member of more named as one of live is
+// left out.
+func newConfirmers(live *placement.Table, region string, more []Peer, replicas int) confirmers {
+	c := confirmers{live: live, known: live, region: region}
 	ms := live.Members()
 	n := len(ms)
 	for _, p := range more {
@@ -299,9 +308,17 @@ func newConfirmers(live *placement.Table, more []Peer, replicas int) confirmers 
 	return c
 }
 
-// of returns the confirmers of partition p: its holders in every region of either
-// placement, each once.
-func (c confirmers) of(p int) []placement.Member {
+// anyOwn reports whether one of keys is own.
+func (c confirmers) anyOwn(keys []storage.KeyHash) bool {
+	return slices.ContainsFunc(keys, func(kh storage.KeyHash) bool { return c.own[kh.Key] })
+}
+
+// of returns the confirmers of partition p: its live holders in this node's region, or,
+// everywhere, its holders in every region of either placement, each once.
+func (c confirmers) of(p int, everywhere bool) []placement.Member {
+	if !everywhere {
+		return c.live.Owners(c.region, p)
+	}
 	var out []placement.Member
 	for _, t := range [...]*placement.Table{c.live, c.known} {
 		for _, region := range t.Regions() {
@@ -321,7 +338,7 @@ func (c confirmers) of(p int) []placement.Member {
 // allConfirmed reports whether every confirmer of key's homes confirmed it (by).
 func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]bool) bool {
 	for _, p := range crdt.KeyHomes(key).Append(make([]int, 0, 2)) {
-		owners := c.of(p)
+		owners := c.of(p, c.own[key])
 		if len(owners) == 0 {
 			return false
 		}
@@ -332,6 +349,28 @@ func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]bool) bool {
 		}
 	}
 	return true
+}
+
+// ownKeys returns the stray keys of leaves that carry a write of this node's own (see
+// ownSince).
+func (r *Replicator) ownKeys(ctx context.Context, leaves []strayLeaf) (map[string]bool, error) {
+	var keys []string
+	for _, sl := range leaves {
+		for _, kh := range sl.extra {
+			keys = append(keys, kh.Key)
+		}
+	}
+	changes, err := r.cfg.DB.Changes(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
+	own := make(map[string]bool)
+	for _, c := range changes {
+		if _, ok := r.ownSince(c, crdt.Timestamp{}); ok {
+			own[c.Key] = true
+		}
+	}
+	return own, nil
 }
 
 // offer compares keys of leaf p with peer (only those: LeafPairs.Only), merges the
