@@ -109,7 +109,7 @@ type MembershipConfig struct {
 	Fast        bool
 	NoticeEvery time.Duration           // default 5s
 	Root        func() uint64           // this node's digest root, for notices
-	OnPeers     func(live, down []Peer) // the peers, live and failed (not left); called from one goroutine, in order, whenever either may have changed
+	OnPeers     func(live, down []Peer) // the live and the failed (not left) peers; called from one goroutine, in order
 	OnNotice    func(from crdt.NodeID, root uint64)
 	Logger      *slog.Logger
 	Metrics     *Metrics
