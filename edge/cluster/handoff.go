@@ -192,9 +192,6 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	r.mu.Unlock()
 	others := slices.Collect(maps.Values(peers))
 	who := newConfirmers(v.table, r.cfg.Region, slices.Concat(others, down), r.cfg.Replicas)
-	if who.own, err = r.ownKeys(ctx, leaves); err != nil {
-		return fmt.Errorf("handoff: %w", err)
-	}
 	var (
 		first     error
 		slow      = map[crdt.NodeID]bool{}            // holders that timed out this round
@@ -205,7 +202,11 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		for _, kh := range sl.extra {
 			offered[kh.Key] = kh.Hash
 		}
-		for _, m := range who.of(sl.leaf, who.anyOwn(sl.extra)) {
+		anyOwn, err := r.markOwn(ctx, sl.extra, who.own)
+		if err != nil {
+			return fmt.Errorf("handoff: %w", err)
+		}
+		for _, m := range who.of(sl.leaf, anyOwn) {
 			peer, ok := peers[m.ID]
 			if !ok || slow[m.ID] {
 				continue // not confirmable now; kept
@@ -294,7 +295,7 @@ type confirmers struct {
 // failed), with replicas holders per partition. A member of more named as one of live is
 // left out.
 func newConfirmers(live *placement.Table, region string, more []Peer, replicas int) confirmers {
-	c := confirmers{live: live, known: live, region: region}
+	c := confirmers{live: live, known: live, region: region, own: make(map[string]bool)}
 	ms := live.Members()
 	n := len(ms)
 	for _, p := range more {
@@ -306,11 +307,6 @@ func newConfirmers(live *placement.Table, region string, more []Peer, replicas i
 		c.known = placement.New(ms, replicas)
 	}
 	return c
-}
-
-// anyOwn reports whether one of keys is own.
-func (c confirmers) anyOwn(keys []storage.KeyHash) bool {
-	return slices.ContainsFunc(keys, func(kh storage.KeyHash) bool { return c.own[kh.Key] })
 }
 
 // of returns the confirmers of partition p: its live holders in this node's region, or,
@@ -351,26 +347,25 @@ func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]bool) bool {
 	return true
 }
 
-// ownKeys returns the stray keys of leaves that carry a write of this node's own (see
-// ownSince).
-func (r *Replicator) ownKeys(ctx context.Context, leaves []strayLeaf) (map[string]bool, error) {
-	var keys []string
-	for _, sl := range leaves {
-		for _, kh := range sl.extra {
-			keys = append(keys, kh.Key)
-		}
+// markOwn adds to own those of keys (the strays of one leaf: their records are read a
+// leaf at a time) that carry a write of this node's own (see ownSince), and reports
+// whether any does.
+func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own map[string]bool) (bool, error) {
+	names := make([]string, len(keys))
+	for i, kh := range keys {
+		names[i] = kh.Key
 	}
-	changes, err := r.cfg.DB.Changes(ctx, keys)
+	changes, err := r.cfg.DB.Changes(ctx, names)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
-	own := make(map[string]bool)
+	found := false
 	for _, c := range changes {
 		if _, ok := r.ownSince(c, crdt.Timestamp{}); ok {
-			own[c.Key] = true
+			own[c.Key], found = true, true
 		}
 	}
-	return own, nil
+	return found, nil
 }
 
 // offer compares keys of leaf p with peer (only those: LeafPairs.Only), merges the
