@@ -186,9 +186,8 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	if len(leaves) == 0 {
 		return nil
 	}
-	peers := r.livePeers()
-	r.mu.Lock()
-	down := slices.Clone(r.down)
+	r.mu.Lock() // both lists as one SetMembership left them
+	peers, down := r.livePeersLocked(), slices.Clone(r.down)
 	r.mu.Unlock()
 	others := slices.Collect(maps.Values(peers))
 	who := newConfirmers(v.table, r.cfg.Region, slices.Concat(others, down), r.cfg.Replicas)
@@ -440,6 +439,11 @@ func (r *Replicator) syncAll() {
 func (r *Replicator) livePeers() map[crdt.NodeID]Peer {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.livePeersLocked()
+}
+
+// livePeersLocked is livePeers with r.mu held.
+func (r *Replicator) livePeersLocked() map[crdt.NodeID]Peer {
 	out := make(map[crdt.NodeID]Peer, len(r.workers))
 	for id, w := range r.workers {
 		out[id] = w.peer
