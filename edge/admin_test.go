@@ -147,3 +147,32 @@ func TestAdmin_ReloadKeys(t *testing.T) {
 	resp, body = c.do("GET", path, "", nil, "Authorization", adminauth.Sign(testKey, "GET", path, nil, time.Now()))
 	wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")
 }
+
+// TestAdmin_RemoveMember: DELETE /v1/admin/members/{name} refuses what is not a failed
+// member with a clear 4xx, and needs the admin signature. (A failed member removed: the
+// cluster package's TestMembership_RemoveFailed, and the binary's TestShardedCluster.)
+func TestAdmin_RemoveMember(t *testing.T) {
+	n := MustStartNode(t, testConfig(t, "n1"))
+	c := newTestClient(t, n)
+	token := signUp(t, c, "alice")
+	for _, tc := range []struct {
+		name, path, token string
+		signed            bool
+		status            int
+		code              string
+	}{
+		{name: "ErrUnknown", path: "/v1/admin/members/n9", signed: true, status: 404, code: "not_found"},
+		{name: "ErrThisNode", path: "/v1/admin/members/n1", signed: true, status: 409, code: "conflict"},
+		{name: "ErrUnsigned", path: "/v1/admin/members/n9", status: 401, code: "unauthorized"},
+		{name: "ErrUserToken", path: "/v1/admin/members/n9", token: token, status: 403, code: "forbidden"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var hdr []string
+			if tc.signed {
+				hdr = []string{"Authorization", adminauth.Sign(testKey, "DELETE", tc.path, nil, time.Now())}
+			}
+			resp, body := c.do("DELETE", tc.path, tc.token, nil, hdr...)
+			wantError(t, resp, body, tc.status, tc.code)
+		})
+	}
+}

@@ -55,3 +55,10 @@ type Moving struct {
 type Status struct {
 	Status string `json:"status"`
 }
+
+// RemovedMember is the body of DELETE /v1/admin/members/{name} (200): the member the
+// cluster now treats as gone for good.
+type RemovedMember struct {
+	Name   string `json:"name"`
+	Status string `json:"status"` // MemberLeft
+}

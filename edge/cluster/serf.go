@@ -673,6 +673,54 @@ func (m *Membership) Close(ctx context.Context) error {
 	return m.closeErr
 }
 
+// Errors of Remove.
+var (
+	ErrNoSuchMember    = errors.New("no such member")
+	ErrMemberNotFailed = errors.New("member is not failed")
+)
+
+// Remove declares the member called name gone for good, as an operator does for a node
+// whose machine is lost: serf marks it left on every member and forgets it (serf's
+// force-leave with prune), so it leaves the failed members handed to OnPeers. Until then
+// a failed member still counts where data must reach every member that may come back
+// (handoff keeps a node's own writes until such holders confirm them); after, nothing
+// waits for it. Only a member this node sees failed can be removed — a live one would
+// refute it; stop it, or let it leave (SIGTERM) — so Remove returns ErrMemberNotFailed
+// for a live, suspect or left member and for this node, ErrNoSuchMember for a name it
+// does not know. It waits for the removal's broadcast (serf's BroadcastTimeout, 5 s);
+// one that did not get out in time is logged, and gossip still carries it.
+//
+// A removed node must not come back with its data: wipe its data directory first (it
+// then joins as a new node). Coming back with its old data, it could vouch for writes it
+// missed while it was gone, which other nodes stopped keeping for it.
+func (m *Membership) Remove(name string) error {
+	found := false
+	for _, mem := range m.Members() {
+		if mem.Name != name {
+			continue
+		}
+		if mem.Status != "failed" || name == m.cfg.NodeName {
+			status := mem.Status
+			if name == m.cfg.NodeName {
+				status = "this node"
+			}
+			return fmt.Errorf("%w: %s is %s", ErrMemberNotFailed, name, status)
+		}
+		found = true
+	}
+	if !found {
+		return fmt.Errorf("%w: %q", ErrNoSuchMember, name)
+	}
+	// Serf marks it left here at once (its member event makes eventLoop publish), then
+	// broadcasts; an error is a broadcast not sent within its timeout, which gossip
+	// still carries.
+	if err := m.serf.RemoveFailedNodePrune(name); err != nil {
+		m.log.Warn("member removal not yet broadcast; gossip carries it", "member", name, slog.Any("err", err))
+	}
+	m.log.Warn("member removed for good by an operator", "member", name)
+	return nil
+}
+
 // othersAlive reports whether serf knows another member that is alive.
 func (m *Membership) othersAlive() bool {
 	for _, sm := range m.serf.Members() {

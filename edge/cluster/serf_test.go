@@ -489,3 +489,81 @@ func TestMembership_ReplacedWhileStillSeenAlive(t *testing.T) {
 		t.Errorf("the new x lost a name-conflict vote and shut its serf down")
 	}
 }
+
+// TestMembership_RemoveFailed: an operator removes a member that stopped without leaving.
+// Remove refuses a live member, this node and an unknown name; for the failed one, every
+// member stops listing it failed, and it leaves the down list membership hands on
+// (OnPeers), which is what handoff waits on.
+func TestMembership_RemoveFailed(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	down := map[string][]string{} // node → the down peers of its latest OnPeers
+	start := func(name string, id crdt.NodeID, join ...string) *cluster.Membership {
+		m, err := cluster.StartMembership(cluster.MembershipConfig{
+			NodeName: name, Region: "r", ID: id, BindAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:1",
+			GossipKeys: [][]byte{bytes.Repeat([]byte{7}, 32)}, Join: join, Fast: true,
+			Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil)),
+			OnPeers: func(_, d []cluster.Peer) {
+				var names []string
+				for _, p := range d {
+					names = append(names, p.Name)
+				}
+				mu.Lock()
+				down[name] = names
+				mu.Unlock()
+			},
+		})
+		if err != nil {
+			t.Fatalf("start %s: %v", name, err)
+		}
+		t.Cleanup(func() { m.Close(context.Background()) })
+		return m
+	}
+	m1 := start("m1", 1)
+	m2 := start("m2", 2, m1.Addr())
+	m3 := start("m3", 3, m1.Addr())
+	status := func(of *cluster.Membership, name string) string {
+		for _, m := range of.Members() {
+			if m.Name == name {
+				return m.Status
+			}
+		}
+		return "unlisted"
+	}
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		return status(m1, "m3") == "alive" && status(m2, "m3") == "alive", "m3 not yet alive everywhere"
+	})
+	for name, want := range map[string]error{"m2": cluster.ErrMemberNotFailed, "m1": cluster.ErrMemberNotFailed, "m9": cluster.ErrNoSuchMember} {
+		if err := m1.Remove(name); !errors.Is(err, want) {
+			t.Errorf("Remove(%s) = %v, want %v", name, err, want)
+		}
+	}
+	if s := status(m1, "m2"); s != "alive" {
+		t.Fatalf("a refused Remove(m2) left m2 %s on m1", s)
+	}
+
+	// m3 stops without leaving (its context ended first): the others see it fail.
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	m3.Close(ended)
+	downOn := func(name string) []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return down[name]
+	}
+	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+		return status(m1, "m3") == "failed" && status(m2, "m3") == "failed" && slices.Equal(downOn("m2"), []string{"m3"}),
+			fmt.Sprintf("m3 is %s on m1, %s on m2; m2's down peers %v", status(m1, "m3"), status(m2, "m3"), downOn("m2"))
+	})
+	if err := m1.Remove("m3"); err != nil {
+		t.Fatalf("Remove(m3): %v", err)
+	}
+	gone := func(s string) bool { return s == "left" || s == "unlisted" }
+	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+		return gone(status(m1, "m3")) && gone(status(m2, "m3")) && len(downOn("m1")) == 0 && len(downOn("m2")) == 0,
+			fmt.Sprintf("after Remove m3 is %s on m1, %s on m2; down peers %v on m1, %v on m2", status(m1, "m3"), status(m2, "m3"), downOn("m1"), downOn("m2"))
+	})
+	if err := m1.Remove("m3"); !errors.Is(err, cluster.ErrMemberNotFailed) && !errors.Is(err, cluster.ErrNoSuchMember) {
+		t.Errorf("a second Remove(m3) = %v, want a refusal", err)
+	}
+}

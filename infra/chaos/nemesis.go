@@ -221,7 +221,7 @@ func partitionRegion(region string, hold time.Duration, during func(ctx context.
 					outside = append(outside, n)
 				}
 			}
-			res.Divergence = r.checkDivergence(ctx, res, res.Name, inside, outside)
+			res.Divergence = r.checkDivergence(ctx, res, res.Name, inside, outside, started.Add(hold-time.Second))
 			if during != nil {
 				during(ctx, r, res)
 			}
@@ -252,7 +252,7 @@ func partitionNode(name string, hold time.Duration) Scenario {
 					rest = append(rest, m)
 				}
 			}
-			res.Divergence = r.checkDivergence(ctx, res, res.Name, []*Node{n}, rest)
+			res.Divergence = r.checkDivergence(ctx, res, res.Name, []*Node{n}, rest, started.Add(hold-time.Second))
 			sleep(ctx, hold-time.Since(started))
 			if err := r.d.Connect(ctx, links); err != nil {
 				res.violate("reconnect: %v", err)

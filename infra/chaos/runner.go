@@ -168,12 +168,15 @@ func (r *Runner) marker(ctx context.Context, n *Node, label string) *Op {
 	return op
 }
 
-// checkDivergence writes a marker on a node of each side of a partition and, after a few
-// seconds (replication takes milliseconds when nothing is cut), checks where each arrived:
-// everywhere on its own side, nowhere on the other. "On a node" is what a read through the
-// node's API shows: with --replicas a node that does not hold the marker's partition
-// relays the read from a holder it reaches, on its own side of the partition.
-func (r *Runner) checkDivergence(ctx context.Context, res *ScenarioResult, label string, cut, rest []*Node) string {
+// checkDivergence writes a marker on a node of each side of a partition and checks
+// where each arrived: everywhere on its own side, nowhere on the other. "On a node" is
+// what a read through the node's API shows: with --replicas a node that does not hold
+// the marker's partition relays the read from a holder it reaches on its own side, and
+// until membership sees the other side failed, it may first try a holder there and time
+// out. So the check waits until every node saw its side's marker, up to until (the end
+// of the fault, less a second), and at least divergenceWait, which a marker crossing the
+// partition would have had to show; it reports how long its side took to arrive.
+func (r *Runner) checkDivergence(ctx context.Context, res *ScenarioResult, label string, cut, rest []*Node, until time.Time) string {
 	sleep(ctx, time.Second)
 	in := r.marker(ctx, cut[0], label+"-inside")
 	out := r.marker(ctx, rest[0], label+"-outside")
@@ -181,12 +184,40 @@ func (r *Runner) checkDivergence(ctx context.Context, res *ScenarioResult, label
 		res.violate("a partition marker was not acknowledged")
 		return "markers not acknowledged"
 	}
-	sleep(ctx, 4*time.Second)
-	seenIn, seenOut := r.prober.SeenBy(in), r.prober.SeenBy(out)
+	written := time.Now()
+	var seenIn, seenOut []string
+	arrived := func() bool {
+		seenIn, seenOut = r.prober.SeenBy(in), r.prober.SeenBy(out)
+		for _, n := range cut {
+			if !slices.Contains(seenIn, n.Name) {
+				return false
+			}
+		}
+		for _, n := range rest {
+			if !r.prober.IsDown(n.Name) && !slices.Contains(seenOut, n.Name) {
+				return false
+			}
+		}
+		return true
+	}
+	var took time.Duration
+	for {
+		if arrived() {
+			took = time.Since(written)
+			break
+		}
+		if ctx.Err() != nil || time.Now().After(until) {
+			break
+		}
+		sleep(ctx, 200*time.Millisecond)
+	}
+	sleep(ctx, divergenceWait-time.Since(written))
+	seenIn, seenOut = r.prober.SeenBy(in), r.prober.SeenBy(out)
 	var problems []string
+	late := fmt.Sprintf(" within %s", until.Sub(written).Round(time.Second))
 	for _, n := range cut {
 		if !slices.Contains(seenIn, n.Name) {
-			problems = append(problems, fmt.Sprintf("the marker written on %s did not reach %s on the same side", cut[0].Name, n.Name))
+			problems = append(problems, fmt.Sprintf("the marker written on %s did not reach %s on the same side%s", cut[0].Name, n.Name, late))
 		}
 		if slices.Contains(seenOut, n.Name) {
 			problems = append(problems, fmt.Sprintf("the marker written on %s crossed the partition to %s", rest[0].Name, n.Name))
@@ -197,7 +228,7 @@ func (r *Runner) checkDivergence(ctx context.Context, res *ScenarioResult, label
 			continue
 		}
 		if !slices.Contains(seenOut, n.Name) {
-			problems = append(problems, fmt.Sprintf("the marker written on %s did not reach %s on the same side", rest[0].Name, n.Name))
+			problems = append(problems, fmt.Sprintf("the marker written on %s did not reach %s on the same side%s", rest[0].Name, n.Name, late))
 		}
 		if slices.Contains(seenIn, n.Name) {
 			problems = append(problems, fmt.Sprintf("the marker written on %s crossed the partition to %s", cut[0].Name, n.Name))
@@ -209,8 +240,13 @@ func (r *Runner) checkDivergence(ctx context.Context, res *ScenarioResult, label
 	if len(problems) > 0 {
 		return "partition not as intended: " + strings.Join(problems, "; ")
 	}
-	return fmt.Sprintf("diverged: after 5s a write on %s was on %v only, a write on %s on %v only", cut[0].Name, seenIn, rest[0].Name, seenOut)
+	return fmt.Sprintf("diverged: each marker reached its own side in %s, and after %s a write on %s was on %v only, a write on %s on %v only",
+		took.Round(100*time.Millisecond), max(divergenceWait, took).Round(time.Second), cut[0].Name, seenIn, rest[0].Name, seenOut)
 }
+
+// divergenceWait is the least time checkDivergence gives a marker to cross a partition
+// (replication takes milliseconds when nothing is cut).
+const divergenceWait = 4 * time.Second
 
 // entryPoints are the load balancer's two entry points, by target name.
 func (r *Runner) entryPoints() []Target {

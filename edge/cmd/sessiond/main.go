@@ -86,6 +86,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return restoreCmd(args[1:], stdout, stderr)
 		case "keys":
 			return keysCmd(args[1:], stdout, stderr)
+		case "members":
+			return membersCmd(args[1:], stdout, stderr)
 		case "version", "--version", "-version":
 			fmt.Fprintln(stdout, "sessiond", versionString())
 			return 0
@@ -114,6 +116,8 @@ Usage:
                               call the service API (sessiond apps --help)
   sessiond keys rotate|list --http A   rotate or list the session token signing keys of
                               the running cluster (sessiond keys --help)
+  sessiond members remove NAME --http A   declare a failed member gone for good, so that
+                              no node waits for it (sessiond members --help)
 
 Every flag can also be set in the environment as SESSIOND_<NAME>, e.g. SESSIOND_HTTP,
 SESSIOND_CLUSTER_KEY_FILE; a flag on the command line wins. SESSIOND_CLUSTER_KEY may hold

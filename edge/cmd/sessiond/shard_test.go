@@ -8,6 +8,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -322,13 +323,32 @@ func TestShardedCluster(t *testing.T) {
 	checkMessages(live)
 
 	// The region settles on the failure before a node is added: every node sees eu-2
-	// failed, and eu-1 and eu-3, the two left in eu, hold every partition of it (two
+	// failed (then removed), and eu-1 and eu-3, the two left in eu, hold every partition of it (two
 	// replicas) and have pulled eu-2's share, so both store the same keys, all of eu's.
 	// Were eu-4 to join first, it would take eu-2's share in eu-2's stead: nobody would
 	// give it partitions, and nothing would be handed off or dropped (placement moves
 	// only what it must).
 	for _, n := range live {
 		waitFor(t, 30*time.Second, "eu-2 failed on "+n.name, func() bool { return n.memberStatus(token, "eu-2") == "failed" })
+	}
+	// eu-2's machine is lost: the operator removes it for good (sessiond members remove),
+	// so that no node keeps writes of its own for it (handoff waits for failed holders,
+	// which may come back). A live member or an unknown name is refused.
+	removeMember := func(name string) (string, error) {
+		out, err := exec.Command(clBuild(t), "members", "remove", name, "--http", byName["eu-1"].url(""),
+			"--cluster-key-file", byName["eu-1"].keyFile).CombinedOutput()
+		return string(out), err
+	}
+	for name, want := range map[string]string{"eu-3": "eu-3 is alive", "eu-9": `no member "eu-9"`} {
+		if out, err := removeMember(name); err == nil || !strings.Contains(out, want) {
+			t.Errorf("sessiond members remove %s: %v, %q; want a failure saying %q", name, err, out, want)
+		}
+	}
+	if out, err := removeMember("eu-2"); err != nil || !strings.Contains(out, "eu-2 is left") {
+		t.Fatalf("sessiond members remove eu-2: %v, %q", err, out)
+	}
+	for _, n := range live {
+		waitFor(t, 30*time.Second, "eu-2 gone on "+n.name, func() bool { st := n.memberStatus(token, "eu-2"); return st == "" || st == "left" })
 	}
 	placed(live, 8)
 	waitFor(t, 60*time.Second, "eu-1 and eu-3 to store the same keys, all of eu's", func() bool {

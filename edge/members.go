@@ -1,0 +1,31 @@
+package edge
+
+import (
+	"errors"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/sessiond/sessiond/edge/api"
+	"github.com/sessiond/sessiond/edge/cluster"
+	"github.com/sessiond/sessiond/functions"
+)
+
+// removeMember serves DELETE /v1/admin/members/{name}: an operator declares a failed
+// member gone for good (cluster.Membership.Remove), 200 {name, status: "left"}. A name
+// the node does not know is 404; a member that is not failed (alive, suspect, left, or
+// this node), or a node that runs without a cluster, 409.
+func (n *Node) removeMember(c *fiber.Ctx) error {
+	name := param(c, "name")
+	if n.membership == nil {
+		return functions.Errorf(functions.EConflict, "this node runs without a cluster: it has no members to remove")
+	}
+	switch err := n.membership.Remove(name); {
+	case errors.Is(err, cluster.ErrNoSuchMember):
+		return functions.Errorf(functions.ENotFound, "no member %q in this node's view of the cluster", name)
+	case errors.Is(err, cluster.ErrMemberNotFailed):
+		return functions.Errorf(functions.EConflict, "%v: only a member this node sees failed can be removed (a live one would refute it: stop it, or let it leave with SIGTERM)", err)
+	case err != nil:
+		return err
+	}
+	return c.JSON(api.RemovedMember{Name: name, Status: api.MemberLeft})
+}
