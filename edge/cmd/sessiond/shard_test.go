@@ -331,6 +331,16 @@ func TestShardedCluster(t *testing.T) {
 	for _, n := range live {
 		waitFor(t, 30*time.Second, "eu-2 failed on "+n.name, func() bool { return n.memberStatus(token, "eu-2") == "failed" })
 	}
+	// Each user writes through eu-1 and eu-3, which now hold every partition of eu: each
+	// stamps a write of its own into every user's session, so the partitions that move to
+	// eu-4 below carry writes of the node that gives them.
+	for _, u := range users {
+		for _, n := range []*clNode{byName["eu-1"], byName["eu-3"]} {
+			if r := u.do(t, n, "PATCH", "/v1/sessions/current", map[string]any{"data": map[string]any{"via-" + n.name: u.name}}); r.status != http.StatusOK || r.servedBy != n.name {
+				t.Fatalf("patch %s via %s: %d, served by %s: %v", u.name, n.name, r.status, r.servedBy, r.body)
+			}
+		}
+	}
 	// eu-2's machine is lost: the operator removes it for good (sessiond members remove),
 	// so that no node keeps writes of its own for it (handoff waits for failed holders,
 	// which may come back). A live member or an unknown name is refused.
