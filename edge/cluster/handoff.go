@@ -20,7 +20,7 @@ import (
 // holding the same state, so no key is ever held by nobody: until then it keeps them,
 // and keeps offering. Holders in other regions get them from their region's holders by
 // anti-entropy, as they get everything — but for a key that carries a write of this
-// node's own: its pushes to another region's holder may never have delivered it, and
+// node's own (or carried one that another node's write has since replaced; markOwn): its pushes to another region's holder may never have delivered it, and
 // once it is dropped, this node's rounds with that holder cannot bring it while its
 // pushes' Through still counts it (bookmarks.go). Such a key waits for the holders of
 // every region, and not only those of the placement over the live peers but also those
@@ -183,6 +183,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		return fmt.Errorf("handoff: %w", err)
 	}
 	r.setHandoff(len(leaves), keys, 0)
+	r.keepOwnStrays(leaves)
 	if len(leaves) == 0 {
 		return nil
 	}
@@ -347,8 +348,12 @@ func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]bool) bool {
 }
 
 // markOwn adds to own those of keys (the strays of one leaf: their records are read a
-// leaf at a time) that carry a write of this node's own (see ownSince), and reports
-// whether any does.
+// leaf at a time) that carry, or carried, a write of this node's own, and reports
+// whether any does. A key carries one when its state shows it (see ownSince); it carried
+// one when an earlier round found it so (r.ownStrays), or when storage remembers a write
+// of ours there that a remote write replaced (DB.Overtaken): the write the state no
+// longer shows is still one this node's pushes vouch for, and the replacing write may
+// not have reached every holder either. Called with r.roundMu held.
 func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own map[string]bool) (bool, error) {
 	names := make([]string, len(keys))
 	for i, kh := range keys {
@@ -360,11 +365,36 @@ func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own ma
 	}
 	found := false
 	for _, c := range changes {
-		if _, ok := r.ownSince(c, crdt.Timestamp{}); ok {
+		_, ok := r.ownSince(c, crdt.Timestamp{})
+		if !ok && !r.ownStrays[c.Key] {
+			_, ok = r.cfg.DB.Overtaken(c.Key)
+		}
+		if ok || r.ownStrays[c.Key] {
 			own[c.Key], found = true, true
+			if r.ownStrays == nil {
+				r.ownStrays = make(map[string]bool)
+			}
+			r.ownStrays[c.Key] = true
 		}
 	}
 	return found, nil
+}
+
+// keepOwnStrays forgets the own marks (r.ownStrays) of keys no longer among the strays
+// in leaves: dropped, or held again. Called with r.roundMu held.
+func (r *Replicator) keepOwnStrays(leaves []strayLeaf) {
+	if len(r.ownStrays) == 0 {
+		return
+	}
+	still := make(map[string]bool, len(r.ownStrays))
+	for _, sl := range leaves {
+		for _, kh := range sl.extra {
+			if r.ownStrays[kh.Key] {
+				still[kh.Key] = true
+			}
+		}
+	}
+	r.ownStrays = still
 }
 
 // offer compares keys of leaf p with peer (only those: LeafPairs.Only), merges the

@@ -123,6 +123,10 @@ type Replicator struct {
 	replanned chan struct{}
 
 	roundMu       sync.Mutex // held by a handoff round
+	// ownStrays is the stray keys a handoff round found carrying a write of this node's
+	// own (markOwn): they stay own until dropped, whatever replaces that write. Under
+	// roundMu.
+	ownStrays map[string]bool
 	handoffMu     sync.Mutex
 	handoffStatus HandoffStatus
 
