@@ -353,7 +353,8 @@ func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]bool) bool {
 // one when an earlier round found it so (r.ownStrays), or when storage remembers a write
 // of ours there that a remote write replaced (DB.Overtaken): the write the state no
 // longer shows is still one this node's pushes vouch for, and the replacing write may
-// not have reached every holder either. Called with r.roundMu held.
+// not have reached every holder either. A conversation's entries are judged together.
+// Called with r.roundMu held.
 func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own map[string]bool) (bool, error) {
 	names := make([]string, len(keys))
 	for i, kh := range keys {
@@ -363,25 +364,45 @@ func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own ma
 	if err != nil {
 		return false, err
 	}
-	found := false
+	// A conversation's entries go together (its mark is the conversation's): a message
+	// of ours that an erasure marker purged leaves only the marker, which is then as
+	// much ours as the message was.
+	markOf := func(c storage.Change) string {
+		if c.Conv != "" {
+			return convMark + c.Conv
+		}
+		return c.Key
+	}
+	if r.ownStrays == nil {
+		r.ownStrays = make(map[string]bool)
+	}
 	for _, c := range changes {
+		mark := markOf(c)
+		if r.ownStrays[mark] {
+			continue
+		}
 		_, ok := r.ownSince(c, crdt.Timestamp{})
-		if !ok && !r.ownStrays[c.Key] {
+		if !ok {
 			_, ok = r.cfg.DB.Overtaken(c.Key)
 		}
-		if ok || r.ownStrays[c.Key] {
+		if ok {
+			r.ownStrays[mark] = true
+		}
+	}
+	found := false
+	for _, c := range changes {
+		if r.ownStrays[markOf(c)] {
 			own[c.Key], found = true, true
-			if r.ownStrays == nil {
-				r.ownStrays = make(map[string]bool)
-			}
-			r.ownStrays[c.Key] = true
 		}
 	}
 	return found, nil
 }
 
-// keepOwnStrays forgets the own marks (r.ownStrays) of keys no longer among the strays
-// in leaves: dropped, or held again. Called with r.roundMu held.
+// convMark prefixes a conversation's own mark in r.ownStrays (no record key starts so).
+const convMark = "\x00conv "
+
+// keepOwnStrays forgets the own marks (r.ownStrays) of keys, and conversations, no
+// longer among the strays in leaves: dropped, or held again. Called with r.roundMu held.
 func (r *Replicator) keepOwnStrays(leaves []strayLeaf) {
 	if len(r.ownStrays) == 0 {
 		return
@@ -389,8 +410,12 @@ func (r *Replicator) keepOwnStrays(leaves []strayLeaf) {
 	still := make(map[string]bool, len(r.ownStrays))
 	for _, sl := range leaves {
 		for _, kh := range sl.extra {
-			if r.ownStrays[kh.Key] {
-				still[kh.Key] = true
+			mark := kh.Key
+			if conv, _, ok := storage.ParseLogKey(kh.Key); ok {
+				mark = convMark + conv
+			}
+			if r.ownStrays[mark] {
+				still[mark] = true
 			}
 		}
 	}

@@ -122,11 +122,11 @@ type Replicator struct {
 	// replanned wakes the handoff loop after a placement change.
 	replanned chan struct{}
 
-	roundMu       sync.Mutex // held by a handoff round
-	// ownStrays is the stray keys a handoff round found carrying a write of this node's
-	// own (markOwn): they stay own until dropped, whatever replaces that write. Under
-	// roundMu.
-	ownStrays map[string]bool
+	roundMu sync.Mutex // held by a handoff round
+	// ownStrays is the stray keys (and conversations: convMark) a handoff round found
+	// carrying a write of this node's own (markOwn): they stay own until dropped,
+	// whatever replaces or purges that write. Under roundMu.
+	ownStrays     map[string]bool
 	handoffMu     sync.Mutex
 	handoffStatus HandoffStatus
 
