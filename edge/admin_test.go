@@ -159,10 +159,11 @@ func TestAdmin_RemoveMember(t *testing.T) {
 		name, path, token string
 		signed            bool
 		status            int
-		code              string
+		code, says        string
 	}{
 		{name: "ErrUnknown", path: "/v1/admin/members/n9", signed: true, status: 404, code: "not_found"},
 		{name: "ErrThisNode", path: "/v1/admin/members/n1", signed: true, status: 409, code: "conflict"},
+		{name: "ErrUnknownEscaped", path: "/v1/admin/members/n%201", signed: true, status: 404, code: "not_found", says: `no member \"n 1\"`}, // as the CLI escapes a name
 		{name: "ErrUnsigned", path: "/v1/admin/members/n9", status: 401, code: "unauthorized"},
 		{name: "ErrUserToken", path: "/v1/admin/members/n9", token: token, status: 403, code: "forbidden"},
 	} {
@@ -173,6 +174,9 @@ func TestAdmin_RemoveMember(t *testing.T) {
 			}
 			resp, body := c.do("DELETE", tc.path, tc.token, nil, hdr...)
 			wantError(t, resp, body, tc.status, tc.code)
+			if !strings.Contains(string(body), tc.says) {
+				t.Errorf("body %s, want it to say %s", body, tc.says)
+			}
 		})
 	}
 }

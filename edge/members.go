@@ -2,6 +2,7 @@ package edge
 
 import (
 	"errors"
+	"net/url"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -12,10 +13,15 @@ import (
 
 // removeMember serves DELETE /v1/admin/members/{name}: an operator declares a failed
 // member gone for good (cluster.Membership.Remove), 200 {name, status: "left"}. A name
-// the node does not know is 404; a member that is not failed (alive, suspect, left, or
+// the node does not know is 404, a name not validly escaped 400; a member that is not failed (alive, suspect, left, or
 // this node), or a node that runs without a cluster, 409.
 func (n *Node) removeMember(c *fiber.Ctx) error {
-	name := param(c, "name")
+	// Fiber hands the path segment on as sent; node names may hold any character
+	// (sessiond members remove escapes them).
+	name, err := url.PathUnescape(param(c, "name"))
+	if err != nil {
+		return functions.Errorf(functions.EInvalid, "member name: %v", err)
+	}
 	if n.membership == nil {
 		return functions.Errorf(functions.EConflict, "this node runs without a cluster: it has no members to remove")
 	}
@@ -23,7 +29,7 @@ func (n *Node) removeMember(c *fiber.Ctx) error {
 	case errors.Is(err, cluster.ErrNoSuchMember):
 		return functions.Errorf(functions.ENotFound, "no member %q in this node's view of the cluster", name)
 	case errors.Is(err, cluster.ErrMemberNotFailed):
-		return functions.Errorf(functions.EConflict, "%v: only a member this node sees failed can be removed (a live one would refute it: stop it, or let it leave with SIGTERM)", err)
+		return functions.Errorf(functions.EConflict, "%v: only a member this node sees failed can be removed (stop a live one, or let it leave with SIGTERM)", err)
 	case err != nil:
 		return err
 	}

@@ -109,7 +109,7 @@ type MembershipConfig struct {
 	Fast        bool
 	NoticeEvery time.Duration           // default 5s
 	Root        func() uint64           // this node's digest root, for notices
-	OnPeers     func(live, down []Peer) // the live and the failed (not left) peers; called from one goroutine, in order
+	OnPeers     func(live, down []Peer) // the live and the failed (not left) peers; called one call at a time, in order
 	OnNotice    func(from crdt.NodeID, root uint64)
 	Logger      *slog.Logger
 	Metrics     *Metrics
@@ -137,6 +137,7 @@ type Membership struct {
 	sys        addrSystem
 	closeOnce  sync.Once
 	closeErr   error
+	publishMu  sync.Mutex // one publish at a time
 
 	mu      sync.Mutex
 	joined  bool
@@ -399,8 +400,14 @@ func (m *Membership) eventLoop() {
 }
 
 // publish hands the current live and failed peers to OnPeers and updates the members
-// gauge.
+// gauge. Its callers (start, eventLoop, noticeLoop) run in different goroutines: one
+// publish at a time, each reading the members and handing them on under publishMu, so
+// that OnPeers is called in order and its latest call never carries a snapshot older
+// than an earlier one's (a member removed, or one that joined, must not come back or go
+// missing until the next publish).
 func (m *Membership) publish() {
+	m.publishMu.Lock()
+	defer m.publishMu.Unlock()
 	members := m.Members()
 	var peers, down []Peer
 	counts := map[string]int{"alive": 0, "suspect": 0, "failed": 0, "left": 0}
@@ -684,11 +691,15 @@ var (
 // force-leave with prune), so it leaves the failed members handed to OnPeers. Until then
 // a failed member still counts where data must reach every member that may come back
 // (handoff keeps a node's own writes until such holders confirm them); after, nothing
-// waits for it. Only a member this node sees failed can be removed — a live one would
-// refute it; stop it, or let it leave (SIGTERM) — so Remove returns ErrMemberNotFailed
+// waits for it. Only a member this node sees failed can be removed — stop a live one, or
+// let it leave (SIGTERM) — so Remove returns ErrMemberNotFailed
 // for a live, suspect or left member and for this node, ErrNoSuchMember for a name it
-// does not know. It waits for the removal's broadcast (serf's BroadcastTimeout, 5 s);
-// one that did not get out in time is logged, and gossip still carries it.
+// does not know. "Failed" is this node's view: a live member cut off from this node
+// alone passes, and its removal takes it out of the others' view too (serf marks it
+// leaving; it may refute that, or not before the prune) — the caller checks first that
+// every region sees it failed. It waits for the removal's broadcast (serf's
+// BroadcastTimeout, 5 s); one that did not get out in time is logged, and gossip still
+// carries it.
 //
 // A removed node must not come back with its data: wipe its data directory first (it
 // then joins as a new node). Coming back with its old data, it could vouch for writes it
