@@ -17,7 +17,9 @@ type Overtaken struct {
 }
 
 // Overtaken returns the latest timestamp of this node's writes to the record at key that
-// remote writes replaced within the last few minutes (overtakenFor), if any.
+// remote writes replaced, if it still remembers one: every one is remembered while no
+// more than maxOvertaken are; beyond that, those older than overtakenFor are forgotten,
+// then others at random. Nothing is remembered across a restart.
 //
 // Replication pushes only a node's own writes, and tells each peer up to which timestamp
 // it holds them all. A write replaced here before it was pushed would be missing from that
