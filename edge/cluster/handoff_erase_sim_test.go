@@ -104,6 +104,43 @@ func TestSimHandoffPurgedOwnEntry(t *testing.T) {
 	})
 }
 
+// TestSimHandoffErasedConversationSettles: x pushed a message in a conversation it holds
+// neither home of (a stray) to its holders, u (us) and e (eu), and then the sender was
+// erased on u: both purged the message and store the erasure marker. x, which holds
+// neither participant, never learns of the erasure by itself, and a holder asked about a
+// message it would discard used to answer "want" every time: x kept an erased user's
+// message for good, pushed it every round, and its handoff never settled. The holders
+// now answer with the conversation's marker, which purges x's copy; the marker is then
+// confirmed, and x drops the conversation. (Found by an outside review.)
+func TestSimHandoffErasedConversationSettles(t *testing.T) {
+	c, a, b, conv := strayConvSetup(t, 21)
+	x, e, u := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+	ctx := context.Background()
+
+	ent := appendOn(t, x, conv, a.ID, b.ID)
+	key := storage.LogKey(conv, ent.ID)
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		return hasKey(ctx, u, key) && hasKey(ctx, e, key), "the message has not reached u and e"
+	})
+
+	// The sender erases the account on u; u's marker reaches e (both hold the partition).
+	mustOK(t, "erase", u.API().Users.Delete(ctx, a.ID))
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		if err := e.Rep().SyncWith(ctx, u.Peer()); err != nil {
+			t.Logf("SyncWith: %v", err)
+		}
+		return !hasKey(ctx, u, key) && !hasKey(ctx, e, key), "the message is not purged on u and e"
+	})
+
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		if err := x.Rep().HandoffRound(ctx); err != nil {
+			t.Logf("HandoffRound: %v", err)
+		}
+		h := x.Rep().Handoff()
+		return !hasKey(ctx, x, key) && h.Keys == 0, fmt.Sprintf("x still stores the erased user's message: %v; handoff %+v", hasKey(ctx, x, key), h)
+	})
+}
+
 // strayConvSetup: n0 (x) and n2 (u) in us, n1 (e) in eu, one holder per partition and
 // region; two users registered on u whose partitions u holds in us, so that x holds
 // neither home of their conversation.

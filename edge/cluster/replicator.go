@@ -948,8 +948,22 @@ func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (Leave
 			}
 			delete(theirs, p.Key)
 		}
+		erased, err := r.erasedConvs(ctx, mine, theirs)
+		if err != nil {
+			return LeavesReply{}, err
+		}
 		for k := range theirs { // they hold it, we lack it
+			if conv, _, ok := storage.ParseLogKey(k); ok && erased[conv] != nil {
+				continue // we would discard it: its conversation's erasure goes back instead
+			}
 			rep.Want = append(rep.Want, k)
+		}
+		for _, keys := range erased {
+			for _, k := range keys {
+				if !slices.Contains(give, k) {
+					give = append(give, k)
+				}
+			}
 		}
 		for keys := range slices.Chunk(give, 64) {
 			if rep.Truncated {
@@ -978,6 +992,44 @@ func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (Leave
 
 // leavesPerRequest bounds the leaves compared in one LeavesRequest (besides the budget).
 const leavesPerRequest = 256
+
+// erasedConvs returns, for the conversations of the log entries in theirs (offered
+// keys of one leaf that we lack) in which mine (our keys of that leaf) holds erasure
+// markers, the keys of those markers. Applying the offered entries would only see them
+// discarded (a participant is erased), and an offerer that never learnt of the erasure
+// (it holds neither participant) would offer them again every handoff round, for good;
+// the caller sends it the markers instead, which purge its copies (checkLeavesReply
+// accepts them).
+func (r *Replicator) erasedConvs(ctx context.Context, mine []storage.KeyHash, theirs map[string]uint64) (map[string][]string, error) {
+	asked := map[string]bool{}
+	for k := range theirs {
+		if conv, _, ok := storage.ParseLogKey(k); ok {
+			asked[conv] = true
+		}
+	}
+	if len(asked) == 0 {
+		return nil, nil
+	}
+	ours := map[string][]string{}
+	for _, p := range mine {
+		if conv, _, ok := storage.ParseLogKey(p.Key); ok && asked[conv] {
+			ours[conv] = append(ours[conv], p.Key)
+		}
+	}
+	out := map[string][]string{}
+	for conv, keys := range ours {
+		changes, err := r.cfg.DB.Changes(ctx, keys)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range changes {
+			if crdt.IsErasureMarker(c.Entry.Data) {
+				out[conv] = append(out[conv], c.Key)
+			}
+		}
+	}
+	return out, nil
+}
 
 // leafRequests yields the LeavesRequests that compare leaves: whole leaves while they fit
 // in the budget, and a leaf too large for one request in parts by key range.
@@ -1324,11 +1376,34 @@ func (r *Replicator) clampBookmark(b crdt.Bookmark) crdt.Bookmark {
 	return b
 }
 
+// markerOfOffered reports whether c is an erasure marker of a conversation of which req
+// offered an entry in a leaf compared Only, in that leaf: what a holder that erased the
+// conversation answers in place of wanting the entry (erasedConvs). A peer could push
+// such a marker anyway; it only purges messages of that conversation.
+func markerOfOffered(req LeavesRequest, c storage.Change) bool {
+	if c.Conv == "" || !crdt.IsErasureMarker(c.Entry.Data) {
+		return false
+	}
+	homes := crdt.KeyHomes(c.Key)
+	for _, lp := range req.Leaves {
+		if !lp.Only || !homes.Contains(lp.Leaf) || !lp.covers(c.Key) {
+			continue
+		}
+		for _, p := range lp.Pairs {
+			if conv, _, ok := storage.ParseLogKey(p.Key); ok && conv == c.Conv {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // checkLeavesReply returns an error wrapping ErrInvalidMessage unless rep is a reply
 // HandleLeaves could give to req: not cut short (Truncated) without a change, and every
 // key of it one req asked about: each change and each wanted key lies
 // in one of req's leaves (one of the key's homes), within that leaf's key range, and is
-// one of the keys offered where the leaf was compared Only. A reply that names other
+// one of the keys offered where the leaf was compared Only (or a change is an erasure
+// marker of a conversation offered there: markerOfOffered). A reply that names other
 // keys would make this node send records nobody asked for, or merge ones it did not
 // compare.
 func checkLeavesReply(req LeavesRequest, rep LeavesReply) error {
@@ -1365,7 +1440,7 @@ func checkLeavesReply(req LeavesRequest, rep LeavesReply) error {
 		return invalid(errors.New("leaves reply: truncated with no change"))
 	}
 	for _, c := range rep.Changes {
-		if !asked(c.Key) {
+		if !asked(c.Key) && !markerOfOffered(req, c) {
 			return invalid(fmt.Errorf("leaves reply: change of %q, which was not compared", c.Key))
 		}
 	}
