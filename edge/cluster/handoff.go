@@ -20,9 +20,10 @@ import (
 // holding the same state, so no key is ever held by nobody: until then it keeps them,
 // and keeps offering. Holders in other regions get them from their region's holders by
 // anti-entropy, as they get everything — but for a key that carries a write of this
-// node's own (or carried one that another node's write has since replaced; markOwn): its pushes to another region's holder may never have delivered it, and
-// once it is dropped, this node's rounds with that holder cannot bring it while its
-// pushes' Through still counts it (bookmarks.go). Such a key waits for the holders of
+// node's own (or carried one that another node's write has since replaced; markOwn):
+// its pushes to another region's holder may never have delivered it, and once it is
+// dropped, this node's rounds with that holder cannot bring it while its pushes'
+// Through still counts it (bookmarks.go). Such a key waits for the holders of
 // every region, and not only those of the placement over the live peers but also those
 // of the placement over every member, joining and down ones too (SetMembership): a holder
 // that failed, or that a partition hides, comes back holding what it held, without what

@@ -948,9 +948,12 @@ func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (Leave
 			}
 			delete(theirs, p.Key)
 		}
-		erased, err := r.erasedConvs(ctx, mine, theirs)
-		if err != nil {
-			return LeavesReply{}, err
+		var erased map[string][]string
+		if lp.Only { // a handoff offer (in a full round the peer gets our markers anyway)
+			var err error
+			if erased, err = r.erasedConvs(ctx, mine, theirs); err != nil {
+				return LeavesReply{}, err
+			}
 		}
 		for k := range theirs { // they hold it, we lack it
 			if conv, _, ok := storage.ParseLogKey(k); ok && erased[conv] != nil {
@@ -993,9 +996,9 @@ func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (Leave
 // leavesPerRequest bounds the leaves compared in one LeavesRequest (besides the budget).
 const leavesPerRequest = 256
 
-// erasedConvs returns, for the conversations of the log entries in theirs (offered
-// keys of one leaf that we lack) in which mine (our keys of that leaf) holds erasure
-// markers, the keys of those markers. Applying the offered entries would only see them
+// erasedConvs returns, for the conversations of the log entries in theirs (keys of one
+// leaf offered Only, by a node handing them off, that we lack) in which mine (our keys
+// of that leaf) holds erasure markers, the keys of those markers. Applying the offered entries would only see them
 // discarded (a participant is erased), and an offerer that never learnt of the erasure
 // (it holds neither participant) would offer them again every handoff round, for good;
 // the caller sends it the markers instead, which purge its copies (checkLeavesReply
