@@ -692,9 +692,9 @@ var (
 // a failed member still counts where data must reach every member that may come back
 // (handoff keeps a node's own writes until such holders confirm them); after, nothing
 // waits for it. Only a member this node sees failed can be removed — stop a live one, or
-// let it leave (SIGTERM) — so Remove returns ErrMemberNotFailed
-// for a live, suspect or left member and for this node, ErrNoSuchMember for a name it
-// does not know. "Failed" is this node's view: a live member cut off from this node
+// let it leave (SIGTERM) — so Remove returns ErrMemberNotFailed for a live, suspect or
+// left member and for this node, ErrNoSuchMember for a name it does not know. "Failed"
+// is this node's view: a live member cut off from this node
 // alone passes, and its removal takes it out of the others' view too (serf marks it
 // leaving; it may refute that, or not before the prune) — the caller checks first that
 // every region sees it failed. It waits for the removal's broadcast (serf's
