@@ -141,12 +141,57 @@ func TestSimHandoffErasedConversationSettles(t *testing.T) {
 	})
 }
 
+// TestSimHandoffErasedSplitLeafSettles is TestSimHandoffErasedConversationSettles with
+// a message bound low enough that x's offer of the conversation's leaf is split by key
+// range (x stores 20 stray messages of it). The holders' reply to the first range
+// carries the conversation's erasure marker, whose key lies past that range (the marker
+// is later than every message): x must accept it, not refuse the honest reply as
+// invalid and back the holder off (its offer of the leaf would then fail every round,
+// and its handoff never settle). (Found by an outside review.)
+func TestSimHandoffErasedSplitLeafSettles(t *testing.T) {
+	c, a, b, conv := strayConvSetup(t, 21, clustersim.WithMaxMessage(4096))
+	x, e, u := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+	ctx := context.Background()
+
+	var keys []string
+	for range 20 {
+		ent := appendOn(t, x, conv, a.ID, b.ID)
+		keys = append(keys, storage.LogKey(conv, ent.ID))
+	}
+	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+		for _, key := range keys {
+			if !hasKey(ctx, u, key) || !hasKey(ctx, e, key) {
+				return false, "the messages have not reached u and e"
+			}
+		}
+		return true, ""
+	})
+
+	mustOK(t, "erase", u.API().Users.Delete(ctx, a.ID))
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		if err := e.Rep().SyncWith(ctx, u.Peer()); err != nil {
+			t.Logf("SyncWith: %v", err)
+		}
+		return !hasKey(ctx, u, keys[0]) && !hasKey(ctx, e, keys[0]), "the messages are not purged on u and e"
+	})
+
+	var last error
+	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+		if err := x.Rep().HandoffRound(ctx); err != nil {
+			last = err
+		}
+		h := x.Rep().Handoff()
+		return !hasKey(ctx, x, keys[0]) && h.Keys == 0, fmt.Sprintf("x still stores the erased user's messages: %v; handoff %+v; last round error: %v; u backed off %v, e backed off %v",
+			hasKey(ctx, x, keys[0]), h, last, x.Rep().Guard().Count(u.Peer().Name), x.Rep().Guard().Count(e.Peer().Name))
+	})
+}
+
 // strayConvSetup: n0 (x) and n2 (u) in us, n1 (e) in eu, one holder per partition and
 // region; two users registered on u whose partitions u holds in us, so that x holds
 // neither home of their conversation.
-func strayConvSetup(t *testing.T, seed uint64) (c *clustersim.Cluster, a, b *clustersim.Account, conv string) {
-	c = newTestCluster(t, 3, []string{"us", "eu"}, clustersim.WithReplicas(1),
-		clustersim.WithAntiEntropy(time.Hour))
+func strayConvSetup(t *testing.T, seed uint64, opts ...clustersim.Option) (c *clustersim.Cluster, a, b *clustersim.Account, conv string) {
+	c = newTestCluster(t, 3, []string{"us", "eu"}, append([]clustersim.Option{clustersim.WithReplicas(1),
+		clustersim.WithAntiEntropy(time.Hour)}, opts...)...)
 	tab := c.Table()
 	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(seed, 9)), 1)
 	var found []*clustersim.Account

@@ -956,9 +956,6 @@ func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (Leave
 			}
 		}
 		for k := range theirs { // they hold it, we lack it
-			if conv, _, ok := storage.ParseLogKey(k); ok && erased[conv] != nil {
-				continue // we would discard it: its conversation's erasure goes back instead
-			}
 			rep.Want = append(rep.Want, k)
 		}
 		for _, keys := range erased {
@@ -998,11 +995,15 @@ const leavesPerRequest = 256
 
 // erasedConvs returns, for the conversations of the log entries in theirs (keys of one
 // leaf offered Only, by a node handing them off, that we lack) in which mine (our keys
-// of that leaf) holds erasure markers, the keys of those markers. Applying the offered entries would only see them
-// discarded (a participant is erased), and an offerer that never learnt of the erasure
-// (it holds neither participant) would offer them again every handoff round, for good;
-// the caller sends it the markers instead, which purge its copies (checkLeavesReply
-// accepts them).
+// of that leaf) holds erasure markers, the keys of those markers. Messages of such a
+// conversation would be discarded here (a participant is erased), and an offerer that
+// never learnt of the erasure (it holds neither participant) would offer them again
+// every handoff round, for good: the caller sends it the markers too, which purge its
+// copies (checkLeavesReply accepts them), and still wants what was offered — a marker
+// of the offerer's own would be stored here, and nothing is confirmed that is not held.
+// A conversation that holds a marker holds nothing else (storage), so one entry read
+// per conversation tells.
+
 func (r *Replicator) erasedConvs(ctx context.Context, mine []storage.KeyHash, theirs map[string]uint64) (map[string][]string, error) {
 	asked := map[string]bool{}
 	for k := range theirs {
@@ -1021,14 +1022,12 @@ func (r *Replicator) erasedConvs(ctx context.Context, mine []storage.KeyHash, th
 	}
 	out := map[string][]string{}
 	for conv, keys := range ours {
-		changes, err := r.cfg.DB.Changes(ctx, keys)
+		changes, err := r.cfg.DB.Changes(ctx, keys[:1])
 		if err != nil {
 			return nil, err
 		}
-		for _, c := range changes {
-			if crdt.IsErasureMarker(c.Entry.Data) {
-				out[conv] = append(out[conv], c.Key)
-			}
+		if len(changes) == 1 && crdt.IsErasureMarker(changes[0].Entry.Data) {
+			out[conv] = keys
 		}
 	}
 	return out, nil
@@ -1381,7 +1380,7 @@ func (r *Replicator) clampBookmark(b crdt.Bookmark) crdt.Bookmark {
 
 // markerOfOffered reports whether c is an erasure marker of a conversation of which req
 // offered an entry in a leaf compared Only, in that leaf: what a holder that erased the
-// conversation answers in place of wanting the entry (erasedConvs). A peer could push
+// conversation answers beside wanting the entry (erasedConvs). A peer could push
 // such a marker anyway; it only purges messages of that conversation.
 func markerOfOffered(req LeavesRequest, c storage.Change) bool {
 	if c.Conv == "" || !crdt.IsErasureMarker(c.Entry.Data) {
@@ -1389,7 +1388,10 @@ func markerOfOffered(req LeavesRequest, c storage.Change) bool {
 	}
 	homes := crdt.KeyHomes(c.Key)
 	for _, lp := range req.Leaves {
-		if !lp.Only || !homes.Contains(lp.Leaf) || !lp.covers(c.Key) {
+		// Not bounded by the leaf's key range: a leaf offered in parts gets the markers,
+		// wherever they lie in it, with each part that offers one of the conversation's
+		// entries.
+		if !lp.Only || !homes.Contains(lp.Leaf) {
 			continue
 		}
 		for _, p := range lp.Pairs {
