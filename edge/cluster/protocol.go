@@ -179,7 +179,9 @@ type LeafPairs struct {
 	From, To string
 	// Only: compare only the listed keys. The sender holds keys of this leaf without
 	// holding the partition (a key with another home, or a leftover of an earlier
-	// placement) and offers them; it wants none of the receiver's other keys.
+	// placement) and offers them; it wants none of the receiver's other keys — but for
+	// the erasure markers of a conversation it offers entries of, which a receiver that
+	// holds them sends beside (its messages there are purged: see erasedConvs).
 	Only bool
 }
 
