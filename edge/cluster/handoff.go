@@ -36,8 +36,9 @@ import (
 // and the other holders' keys are confirmed and dropped all the same; a peer whose
 // offer fails at once (a lost message, a refusal) is still offered the other
 // partitions. Keys a holder did not confirm are kept until it confirms them in a later
-// round, and a round that failed is tried again soon (handoffRetry), not only at the
-// next periodic one.
+// round (confirmations gather over rounds, for as long as the key and the placement stay
+// as they were: Replicator.confirmedBefore), and a round that failed is tried again soon
+// (handoffRetry), not only at the next periodic one.
 
 // DefaultOfferTimeout is Config.OfferTimeout's default.
 const DefaultOfferTimeout = 10 * time.Second
@@ -199,9 +200,15 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		confirmed = map[string]map[crdt.NodeID]bool{} // key → holders that confirmed it
 		offered   = map[string]uint64{}               // key → the hash offered
 	)
+	if r.confirmedUnder != v.fingerprint {
+		r.confirmedBefore, r.confirmedUnder = nil, v.fingerprint
+	}
 	for _, sl := range leaves {
 		for _, kh := range sl.extra {
 			offered[kh.Key] = kh.Hash
+			if c, ok := r.confirmedBefore[kh.Key]; ok && c.hash == kh.Hash {
+				confirmed[kh.Key] = c.by
+			}
 		}
 		anyOwn, err := r.markOwn(ctx, sl.extra, who.own)
 		if err != nil {
@@ -238,9 +245,12 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		}
 	}
 	var drop []storage.KeyHash
+	r.confirmedBefore = make(map[string]confirmation, len(offered))
 	for key, hash := range offered {
 		if who.allConfirmed(key, confirmed[key]) {
 			drop = append(drop, storage.KeyHash{Key: key, Hash: hash})
+		} else if len(confirmed[key]) > 0 {
+			r.confirmedBefore[key] = confirmation{hash: hash, by: confirmed[key]}
 		}
 	}
 	if len(drop) == 0 {
@@ -279,6 +289,13 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	}
 	r.setHandoff(len(left), leftKeys, n)
 	return first
+}
+
+// confirmation is what handoff rounds learnt of one stray key: the holders that
+// confirmed holding it exactly as this node stores it (hash).
+type confirmation struct {
+	hash uint64
+	by   map[crdt.NodeID]bool
 }
 
 // confirmers are the members whose confirmation a stray key needs before it is dropped:

@@ -126,9 +126,18 @@ type Replicator struct {
 	// ownStrays is the stray keys (and conversations: convMark) a handoff round found
 	// carrying a write of this node's own (markOwn): they stay own until dropped,
 	// whatever replaces or purges that write. Under roundMu.
-	ownStrays     map[string]bool
-	handoffMu     sync.Mutex
-	handoffStatus HandoffStatus
+	ownStrays map[string]bool
+	// confirmedBefore is what earlier handoff rounds under the placement with fingerprint
+	// confirmedUnder learnt: per stray key not yet dropped, the holders that confirmed
+	// it as it is now. A key that waits for many holders (every region's, for a key with
+	// a write of this node's own) gathers their confirmations over several rounds rather
+	// than needing every one in the same round over a lossy network; a holder confirms
+	// for as long as it holds the partition, so a new placement starts over. Under
+	// roundMu.
+	confirmedBefore map[string]confirmation
+	confirmedUnder  uint64
+	handoffMu       sync.Mutex
+	handoffStatus   HandoffStatus
 
 	caughtUp     chan struct{}
 	caughtUpOnce sync.Once
