@@ -26,6 +26,12 @@ func (noSync) HandleLeaves(context.Context, cluster.LeavesRequest) (cluster.Leav
 }
 
 // counterNodes starts n cluster.Counters on a clustersim.Network, each knowing all the others as peers.
+// counterClock is the counters' clock in these tests: fixed inside a window, so that the
+// counts they wait for never roll over into the next window mid-test (with the wall
+// clock, a test that crossed a minute boundary saw the current window's counts go back
+// to 0 and waited in vain, the likelier the slower the machine).
+func counterClock() time.Time { return time.Date(2026, 12, 1, 12, 0, 30, 0, time.UTC) }
+
 func counterNodes(t *testing.T, net *clustersim.Network, n int) ([]*cluster.Counters, []cluster.Peer) {
 	t.Helper()
 	var peers []cluster.Peer
@@ -36,7 +42,7 @@ func counterNodes(t *testing.T, net *clustersim.Network, n int) ([]*cluster.Coun
 	for i, p := range peers {
 		c, err := cluster.NewCounters(cluster.CountersConfig{
 			Self: p.ID, Transport: net.Transport(p.Addr), Windows: []time.Duration{time.Minute, 10 * time.Minute},
-			FlushEvery: 5 * time.Millisecond, Timeout: time.Second,
+			FlushEvery: 5 * time.Millisecond, Timeout: time.Second, Now: counterClock,
 		})
 		if err != nil {
 			t.Fatalf("NewCounters: %v", err)
@@ -111,7 +117,7 @@ func TestCounters_ClusterWide(t *testing.T) {
 		}
 	})
 	t.Run("NewPeerGetsState", func(t *testing.T) {
-		c, err := cluster.NewCounters(cluster.CountersConfig{Self: 9, Transport: net.Transport("c9"), Windows: []time.Duration{time.Minute, 10 * time.Minute}, FlushEvery: 5 * time.Millisecond})
+		c, err := cluster.NewCounters(cluster.CountersConfig{Self: 9, Transport: net.Transport("c9"), Windows: []time.Duration{time.Minute, 10 * time.Minute}, FlushEvery: 5 * time.Millisecond, Now: counterClock})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,7 +148,7 @@ func TestCounters_RestartAddsUp(t *testing.T) {
 	cs[0].Close() // the node restarts: a new Counters, a new ID, the same address
 	again, err := cluster.NewCounters(cluster.CountersConfig{
 		Self: crdt.NodeID(99), Transport: net.Transport(peers[0].Addr), Windows: []time.Duration{time.Minute, 10 * time.Minute},
-		FlushEvery: 5 * time.Millisecond, Timeout: time.Second,
+		FlushEvery: 5 * time.Millisecond, Timeout: time.Second, Now: counterClock,
 	})
 	if err != nil {
 		t.Fatal(err)
