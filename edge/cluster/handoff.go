@@ -382,20 +382,11 @@ func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own ma
 	if err != nil {
 		return false, err
 	}
-	// A conversation's entries go together (its mark is the conversation's): a message
-	// of ours that an erasure marker purged leaves only the marker, which is then as
-	// much ours as the message was.
-	markOf := func(c storage.Change) string {
-		if c.Conv != "" {
-			return convMark + c.Conv
-		}
-		return c.Key
-	}
 	if r.ownStrays == nil {
 		r.ownStrays = make(map[string]bool)
 	}
 	for _, c := range changes {
-		mark := markOf(c)
+		mark := ownMark(c.Key)
 		if r.ownStrays[mark] {
 			continue
 		}
@@ -409,14 +400,25 @@ func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own ma
 	}
 	found := false
 	for _, c := range changes {
-		if r.ownStrays[markOf(c)] {
+		if r.ownStrays[ownMark(c.Key)] {
 			own[c.Key], found = true, true
 		}
 	}
 	return found, nil
 }
 
-// convMark prefixes a conversation's own mark in r.ownStrays (no record key starts so).
+// ownMark returns key's mark in r.ownStrays: the key itself, or for a message log entry
+// its conversation's (no record key starts with convMark). A conversation's entries go
+// together: a message of ours that an erasure marker purged leaves only the marker,
+// which is then as much ours as the message was.
+func ownMark(key string) string {
+	if conv, _, ok := storage.ParseLogKey(key); ok {
+		return convMark + conv
+	}
+	return key
+}
+
+// convMark prefixes a conversation's own mark in r.ownStrays.
 const convMark = "\x00conv "
 
 // keepOwnStrays forgets the own marks (r.ownStrays) of keys, and conversations, no
@@ -428,11 +430,7 @@ func (r *Replicator) keepOwnStrays(leaves []strayLeaf) {
 	still := make(map[string]bool, len(r.ownStrays))
 	for _, sl := range leaves {
 		for _, kh := range sl.extra {
-			mark := kh.Key
-			if conv, _, ok := storage.ParseLogKey(kh.Key); ok {
-				mark = convMark + conv
-			}
-			if r.ownStrays[mark] {
+			if mark := ownMark(kh.Key); r.ownStrays[mark] {
 				still[mark] = true
 			}
 		}
