@@ -185,24 +185,26 @@ func (r *Runner) checkDivergence(ctx context.Context, res *ScenarioResult, label
 		return "markers not acknowledged"
 	}
 	written := time.Now()
-	var seenIn, seenOut []string
-	arrived := func() bool {
-		seenIn, seenOut = r.prober.SeenBy(in), r.prober.SeenBy(out)
+	// unreached returns a problem for each node that has not seen its own side's marker
+	// (the nodes of rest the prober sees down aside).
+	unreached := func(seenIn, seenOut []string) []string {
+		var out []string
+		late := fmt.Sprintf(" within %s", until.Sub(written).Round(time.Second))
 		for _, n := range cut {
 			if !slices.Contains(seenIn, n.Name) {
-				return false
+				out = append(out, fmt.Sprintf("the marker written on %s did not reach %s on the same side%s", cut[0].Name, n.Name, late))
 			}
 		}
 		for _, n := range rest {
 			if !r.prober.IsDown(n.Name) && !slices.Contains(seenOut, n.Name) {
-				return false
+				out = append(out, fmt.Sprintf("the marker written on %s did not reach %s on the same side%s", rest[0].Name, n.Name, late))
 			}
 		}
-		return true
+		return out
 	}
 	var took time.Duration
 	for {
-		if arrived() {
+		if len(unreached(r.prober.SeenBy(in), r.prober.SeenBy(out))) == 0 {
 			took = time.Since(written)
 			break
 		}
@@ -212,25 +214,15 @@ func (r *Runner) checkDivergence(ctx context.Context, res *ScenarioResult, label
 		sleep(ctx, 200*time.Millisecond)
 	}
 	sleep(ctx, divergenceWait-time.Since(written))
-	seenIn, seenOut = r.prober.SeenBy(in), r.prober.SeenBy(out)
-	var problems []string
-	late := fmt.Sprintf(" within %s", until.Sub(written).Round(time.Second))
+	seenIn, seenOut := r.prober.SeenBy(in), r.prober.SeenBy(out)
+	problems := unreached(seenIn, seenOut)
 	for _, n := range cut {
-		if !slices.Contains(seenIn, n.Name) {
-			problems = append(problems, fmt.Sprintf("the marker written on %s did not reach %s on the same side%s", cut[0].Name, n.Name, late))
-		}
 		if slices.Contains(seenOut, n.Name) {
 			problems = append(problems, fmt.Sprintf("the marker written on %s crossed the partition to %s", rest[0].Name, n.Name))
 		}
 	}
 	for _, n := range rest {
-		if r.prober.IsDown(n.Name) {
-			continue
-		}
-		if !slices.Contains(seenOut, n.Name) {
-			problems = append(problems, fmt.Sprintf("the marker written on %s did not reach %s on the same side%s", rest[0].Name, n.Name, late))
-		}
-		if slices.Contains(seenIn, n.Name) {
+		if !r.prober.IsDown(n.Name) && slices.Contains(seenIn, n.Name) {
 			problems = append(problems, fmt.Sprintf("the marker written on %s crossed the partition to %s", cut[0].Name, n.Name))
 		}
 	}
