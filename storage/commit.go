@@ -272,8 +272,8 @@ type batch struct {
 	btx *bolt.Tx
 	now time.Time // physical time for every expiry decision in the batch
 
-	meta, records, log, logSeq, convs, userConvs, userSessions, expiry, erased, feed, leaves, seqFloor bucket
-	ops                                                                                                walOps // the batch's writes, for the write-ahead log
+	meta, records, log, logSeq, convs, userConvs, userSessions, expiry, erased, feed, leaves, seqFloor, replaced bucket
+	ops                                                                                                          walOps // the batch's writes, for the write-ahead log
 
 	head      uint64 // feed head
 	writes    int    // feed positions taken, the budget of the feed's garbage collection
@@ -301,7 +301,7 @@ func (db *DB) newBatch(btx *bolt.Tx) *batch {
 	b.meta, b.records, b.convs = open(bucketMeta, 0), open(bucketRecords, 0), open(bucketConvs, 0)
 	b.userConvs, b.userSessions = open(bucketUserConvs, 0), open(bucketUserSessions, 0)
 	b.expiry, b.erased, b.leaves = open(bucketExpiry, 0), open(bucketErased, 0), open(bucketLeaves, 0)
-	b.seqFloor = open(bucketSeqFloor, 0)
+	b.seqFloor, b.replaced = open(bucketSeqFloor, 0), open(bucketReplaced, 0)
 	// These grow at their end (feed positions, a conversation's entries in time order):
 	// pages split there can be left nearly full.
 	b.feed, b.log, b.logSeq = open(bucketFeed, appendFill), open(bucketLog, appendFill), open(bucketLogSeq, appendFill)

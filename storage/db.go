@@ -88,10 +88,17 @@ var (
 	bucketFeed         = []byte("feed")          // seq(8) → replication key
 	bucketLeaves       = []byte("leaves")        // leaf(2) replication key → ∅
 	bucketSeqFloor     = []byte("seq_floor")     // conv → our highest seq there before a drop or an erasure emptied it
+	bucketReplaced     = []byte("replaced")      // record key, or 0 conv → Timestamp(20): our latest write there the state lost (overtaken.go)
 )
 
+// bucketReplaced came after format 3 without a format of its own: it is this node's
+// knowledge, not replicated state, and a build that does not know it neither fills nor
+// empties it, which only makes the keys it names count as carrying a write of ours for
+// longer (DB.Replaced). A file last opened by such a build may lack it; Open creates it.
+
 var allBuckets = [][]byte{bucketMeta, bucketRecords, bucketLog, bucketLogSeq, bucketConvs,
-	bucketUserConvs, bucketUserSessions, bucketExpiry, bucketErased, bucketFeed, bucketLeaves, bucketSeqFloor}
+	bucketUserConvs, bucketUserSessions, bucketExpiry, bucketErased, bucketFeed, bucketLeaves, bucketSeqFloor,
+	bucketReplaced}
 
 // present is the value of index keys that carry no data. It is not empty: within a write
 // transaction bbolt's Get returns nil for a key put with an empty value, which would make

@@ -50,6 +50,9 @@ func (b *batch) erase(user string) error {
 		// Writes of ours to these sessions may not have been pushed; the user record,
 		// which carries the erasure, stands in for them (DB.Overtaken).
 		b.overtaken = append(b.overtaken, Overtaken{Key: crdt.UserKey(user), TS: own})
+		if err := b.noteReplaced([]byte(crdt.UserKey(user)), own); err != nil {
+			return err
+		}
 	}
 	convs := b.userConvList(user) // conversations with messages: none holds a marker
 	markers := 0
@@ -131,6 +134,7 @@ func (b *batch) purgeConv(conv string) (int, error) {
 		dead    []crdt.EntryID
 		markers int
 		last    crdt.EntryID
+		own     crdt.Timestamp // the latest message of ours among the dead
 	)
 	c := b.log.get().Cursor()
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
@@ -143,6 +147,15 @@ func (b *batch) purgeConv(conv string) (int, error) {
 			continue
 		}
 		dead = append(dead, id)
+		if id.Origin() == b.db.node && own.Less(id.TS) {
+			own = id.TS
+		}
+	}
+	if !own.IsZero() {
+		// The marker that purges them stands for our messages (DB.Replaced).
+		if err := b.noteReplaced(convReplacedKey(conv), own); err != nil {
+			return 0, err
+		}
 	}
 	logSeq := b.logSeq.get()
 	for _, id := range dead {
@@ -234,7 +247,7 @@ func (b *batch) deleteEntries(conv string) error {
 			return err
 		}
 	}
-	return nil
+	return b.forgetReplaced(convReplacedKey(conv))
 }
 
 // deleteKeys deletes keys collected by a cursor; deleting while iterating would skip keys.

@@ -1,11 +1,14 @@
 package storage
 
 import (
+	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/sessiond/sessiond/crdt"
+	bolt "go.etcd.io/bbolt"
 )
 
 // Overtaken is a write of this node's that a remote write replaced before replication
@@ -19,7 +22,8 @@ type Overtaken struct {
 // Overtaken returns the latest timestamp of this node's writes to the record at key that
 // remote writes replaced, if it still remembers one: every one is remembered while no
 // more than maxOvertaken are; beyond that, those older than overtakenFor are forgotten,
-// then others at random. Nothing is remembered across a restart.
+// then others at random. Nothing is remembered across a restart: Replaced is the lasting
+// record.
 //
 // Replication pushes only a node's own writes, and tells each peer up to which timestamp
 // it holds them all. A write replaced here before it was pushed would be missing from that
@@ -79,4 +83,74 @@ func (o *overtakenWrites) get(key string) (crdt.Timestamp, bool) {
 	defer o.mu.Unlock()
 	ts, ok := o.m[key]
 	return ts, ok
+}
+
+// Replaced returns, for those of keys whose stored state once carried a write of this
+// node's that it no longer shows, the latest such write's timestamp. A record loses one
+// when a remote write wins the merge over it (as Overtaken says), and a user record
+// stands for the sessions the erasure cascade deleted with writes of ours in them; a
+// conversation loses this node's messages when an erasure marker purges them, and a log
+// key (LogKey) stands for its conversation.
+//
+// Unlike Overtaken, this is kept in the file (the replaced bucket), written in the commit
+// that lost the write and deleted only with the record, or with the conversation when
+// Drop removes it: it survives restarts and is never forgotten for lack of room. That is
+// what handing off a key needs (edge/cluster): a node that stores a key without holding
+// it must know, whenever it offers the key, maybe after restarts, whether the key carried
+// a write of its own. A restored backup (Reidentify) starts with none. It costs a key
+// and a timestamp per record or conversation that lost a write of ours, at most one each.
+func (db *DB) Replaced(ctx context.Context, keys []string) (map[string]crdt.Timestamp, error) {
+	var out map[string]crdt.Timestamp
+	err := db.view(ctx, func(btx *bolt.Tx) error {
+		bk := btx.Bucket(bucketReplaced)
+		for _, key := range keys {
+			v := bk.Get(replacedKey(key))
+			if v == nil {
+				continue
+			}
+			ts, err := crdt.DecodeTimestamp(v)
+			if err != nil {
+				return fmt.Errorf("replaced write of %q: %w", key, err)
+			}
+			if out == nil {
+				out = make(map[string]crdt.Timestamp)
+			}
+			out[key] = ts
+		}
+		return nil
+	})
+	return out, err
+}
+
+// replacedKey is key's key in the replaced bucket: a record's own key, or for a log key
+// 0 and its conversation (no record key starts with 0).
+func replacedKey(key string) []byte {
+	if conv, _, ok := ParseLogKey(key); ok {
+		return convReplacedKey(conv)
+	}
+	return []byte(key)
+}
+
+func convReplacedKey(conv string) []byte { return append([]byte{0}, conv...) }
+
+// noteReplaced records in the replaced bucket that the state at key (replacedKey) lost
+// this node's write stamped ts, unless it records a later one.
+func (b *batch) noteReplaced(key []byte, ts crdt.Timestamp) error {
+	bk := b.replaced.get()
+	if v := bk.Get(key); v != nil {
+		if old, err := crdt.DecodeTimestamp(v); err == nil && !old.Less(ts) {
+			return nil
+		}
+	}
+	return bk.Put(key, ts.AppendBinary(nil))
+}
+
+// forgetReplaced deletes key's entry (replacedKey) in the replaced bucket, if any: its
+// record or conversation is no longer stored.
+func (b *batch) forgetReplaced(key []byte) error {
+	bk := b.replaced.get()
+	if bk.Get(key) == nil {
+		return nil
+	}
+	return bk.Delete(key)
 }

@@ -264,6 +264,9 @@ func (b *batch) deleteRecord(key string, old stored) error {
 	b.toggle(key, crdt.PairHash(key, old.enc))
 	b.wrote(key, nil)
 	b.removed(key)
+	if err := b.forgetReplaced([]byte(key)); err != nil {
+		return err
+	}
 	switch {
 	case strings.HasPrefix(key, crdt.SessionPrefix):
 		b.sessions--

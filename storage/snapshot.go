@@ -135,8 +135,8 @@ func Check(path string) (SnapshotInfo, error) {
 		}
 		for _, name := range allBuckets {
 			if btx.Bucket(name) == nil {
-				if info.Format < FormatVersion && bytes.Equal(name, bucketSeqFloor) {
-					continue // format 1 may lack it
+				if bytes.Equal(name, bucketReplaced) || info.Format < 2 && bytes.Equal(name, bucketSeqFloor) {
+					continue // a file an older build wrote may lack replaced, format 1 seq_floor
 				}
 				return fmt.Errorf("bucket %s missing", name)
 			}
@@ -202,7 +202,8 @@ func count(btx *bolt.Tx) (Stats, error) {
 // Reidentify gives the data file at path, which no process may have open and which has
 // no write-ahead log beside it (a copy as Backup writes it), a fresh node identity, so that a copy of a node's file (a restored backup) never poses as the node
 // it came from: a new random node ID, and none of the state that speaks for the old one
-// — the floors of the old ID's sequence numbers in conversations it dropped (seq_floor).
+// — the floors of the old ID's sequence numbers in conversations it dropped (seq_floor),
+// the old ID's writes that the state lost (replaced).
 // The records and logs stay, the old ID's entries among them as any other origin's, and
 // so does the clock's high-water mark: the new identity stamps its writes after
 // everything the file holds. The change is one transaction: the file keeps the old
@@ -232,13 +233,17 @@ func Reidentify(path string) (old, fresh crdt.NodeID, err error) {
 		if err := btx.Bucket(bucketMeta).Put(metaNode, b[:]); err != nil {
 			return err
 		}
-		if btx.Bucket(bucketSeqFloor) != nil {
-			if err := btx.DeleteBucket(bucketSeqFloor); err != nil {
+		for _, name := range [][]byte{bucketSeqFloor, bucketReplaced} {
+			if btx.Bucket(name) != nil {
+				if err := btx.DeleteBucket(name); err != nil {
+					return err
+				}
+			}
+			if _, err := btx.CreateBucket(name); err != nil {
 				return err
 			}
 		}
-		_, err = btx.CreateBucket(bucketSeqFloor)
-		return err
+		return nil
 	})
 	if cerr := bdb.Close(); err == nil && cerr != nil {
 		err = cerr

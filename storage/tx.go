@@ -227,6 +227,16 @@ func (tx *Tx) apply() error {
 	if err := tx.writeEntries(true); err != nil {
 		return err
 	}
+	// Before the records: a cascade that one of them runs deletes those it deletes.
+	for _, o := range tx.overtaken {
+		if p := tx.recs[o.Key]; p == nil || !p.keep {
+			continue // not stored: nothing stands for the write
+		}
+		tx.b.overtaken = append(tx.b.overtaken, o)
+		if err := tx.b.noteReplaced([]byte(o.Key), o.TS); err != nil {
+			return fmt.Errorf("record %q: %w", o.Key, err)
+		}
+	}
 	for _, key := range tx.order {
 		p := tx.recs[key]
 		if !p.had && !p.keep {
@@ -239,7 +249,6 @@ func (tx *Tx) apply() error {
 	if err := tx.writeEntries(false); err != nil {
 		return err
 	}
-	tx.b.overtaken = append(tx.b.overtaken, tx.overtaken...)
 	return nil
 }
 

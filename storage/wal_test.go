@@ -250,7 +250,7 @@ func TestWALOpsRoundTrip(t *testing.T) {
 
 // TestBucketOrder pins allBuckets' order: a bucket's index is its number in the log.
 func TestBucketOrder(t *testing.T) {
-	want := []string{"meta", "records", "log", "log_seq", "convs", "user_convs", "user_sessions", "expiry", "erased", "feed", "leaves", "seq_floor"}
+	want := []string{"meta", "records", "log", "log_seq", "convs", "user_convs", "user_sessions", "expiry", "erased", "feed", "leaves", "seq_floor", "replaced"}
 	for i, name := range allBuckets {
 		if i >= len(want) || string(name) != want[i] {
 			t.Fatalf("allBuckets[%d] = %q: the log numbers buckets by this order; append new ones", i, name)

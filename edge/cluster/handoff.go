@@ -185,7 +185,6 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		return fmt.Errorf("handoff: %w", err)
 	}
 	r.setHandoff(len(leaves), keys, 0)
-	r.keepOwnStrays(leaves)
 	if len(leaves) == 0 {
 		return nil
 	}
@@ -368,11 +367,13 @@ func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]bool) bool {
 // markOwn adds to own those of keys (the strays of one leaf: their records are read a
 // leaf at a time) that carry, or carried, a write of this node's own, and reports
 // whether any does. A key carries one when its state shows it (see ownSince); it carried
-// one when an earlier round found it so (r.ownStrays), or when storage remembers a write
-// of ours there that a remote write replaced (DB.Overtaken): the write the state no
-// longer shows is still one this node's pushes vouch for, and the replacing write may
-// not have reached every holder either. A conversation's entries are judged together.
-// Called with r.roundMu held.
+// one when storage remembers a write of ours there that the state lost (DB.Replaced: a
+// remote write replaced it, or an erasure marker purged it), which it does in the file,
+// across restarts, for as long as the key is stored: the write the state no longer
+// shows is still one this node's pushes vouch for, and what replaced it may not have
+// reached every holder either. A conversation's entries are judged together: a message
+// of ours that an erasure marker purged leaves only the marker, which is then as much
+// ours as the message was.
 func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own map[string]bool) (bool, error) {
 	names := make([]string, len(keys))
 	for i, kh := range keys {
@@ -382,61 +383,39 @@ func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own ma
 	if err != nil {
 		return false, err
 	}
-	if r.ownStrays == nil {
-		r.ownStrays = make(map[string]bool)
+	replaced, err := r.cfg.DB.Replaced(ctx, names)
+	if err != nil {
+		return false, err
 	}
+	owned := make(map[string]bool) // ownGroup → carries or carried a write of ours
 	for _, c := range changes {
-		mark := ownMark(c.Key)
-		if r.ownStrays[mark] {
-			continue
+		if _, ok := r.ownSince(c, crdt.Timestamp{}); ok {
+			owned[ownGroup(c.Key)] = true
 		}
-		_, ok := r.ownSince(c, crdt.Timestamp{})
-		if !ok {
-			_, ok = r.cfg.DB.Overtaken(c.Key)
-		}
-		if ok {
-			r.ownStrays[mark] = true
-		}
+	}
+	for key := range replaced {
+		owned[ownGroup(key)] = true
 	}
 	found := false
 	for _, c := range changes {
-		if r.ownStrays[ownMark(c.Key)] {
+		if owned[ownGroup(c.Key)] {
 			own[c.Key], found = true, true
 		}
 	}
 	return found, nil
 }
 
-// ownMark returns key's mark in r.ownStrays: the key itself, or for a message log entry
-// its conversation's (no record key starts with convMark). A conversation's entries go
-// together: a message of ours that an erasure marker purged leaves only the marker,
-// which is then as much ours as the message was.
-func ownMark(key string) string {
+// ownGroup returns what key is judged with in markOwn: the key itself, or for a message
+// log entry its conversation (no record key starts with convGroup).
+func ownGroup(key string) string {
 	if conv, _, ok := storage.ParseLogKey(key); ok {
-		return convMark + conv
+		return convGroup + conv
 	}
 	return key
 }
 
-// convMark prefixes a conversation's own mark in r.ownStrays.
-const convMark = "\x00conv "
-
-// keepOwnStrays forgets the own marks (r.ownStrays) of keys, and conversations, no
-// longer among the strays in leaves: dropped, or held again. Called with r.roundMu held.
-func (r *Replicator) keepOwnStrays(leaves []strayLeaf) {
-	if len(r.ownStrays) == 0 {
-		return
-	}
-	still := make(map[string]bool, len(r.ownStrays))
-	for _, sl := range leaves {
-		for _, kh := range sl.extra {
-			if mark := ownMark(kh.Key); r.ownStrays[mark] {
-				still[mark] = true
-			}
-		}
-	}
-	r.ownStrays = still
-}
+// convGroup prefixes a conversation's group in markOwn.
+const convGroup = "\x00conv "
 
 // offer compares keys of leaf p with peer (only those: LeafPairs.Only), merges the
 // peer's differing states, pushes ours where the peer lacks them or differs, and returns

@@ -23,6 +23,16 @@ import (
 // message at once, before e has the marker — harmless to readers, as the message is
 // erased, but a mark e cannot back.)
 func TestSimHandoffPurgedOwnEntry(t *testing.T) {
+	for _, restart := range []bool{false, true} {
+		t.Run(map[bool]string{false: "Live", true: "Restarted"}[restart], func(t *testing.T) {
+			testSimHandoffPurgedOwnEntry(t, restart)
+		})
+	}
+}
+
+// testSimHandoffPurgedOwnEntry runs TestSimHandoffPurgedOwnEntry; with restart, x
+// restarts once the marker has purged its message (storage keeps that in the file).
+func testSimHandoffPurgedOwnEntry(t *testing.T, restart bool) {
 	c, a, b, conv := strayConvSetup(t, 31)
 	x, e, u := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 	ctx := context.Background()
@@ -69,6 +79,10 @@ func TestSimHandoffPurgedOwnEntry(t *testing.T) {
 	}
 	if hasKey(ctx, x, key) {
 		t.Fatal("the marker did not purge x's message")
+	}
+	if restart {
+		c.Kill(0)
+		c.Restart(0)
 	}
 	for range 3 {
 		if err := x.Rep().HandoffRound(ctx); err != nil {

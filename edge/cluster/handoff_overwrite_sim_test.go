@@ -22,14 +22,18 @@ import (
 // x's write while e, still cut off from u, shows the name from before both (a
 // read-your-writes violation). Whether x's handoff saw the key before the overwrite (it
 // remembers the key as its own) or only after (storage remembers the overtaken write), x
-// keeps it until e holds it.
+// keeps it until e holds it, and remembers it across a restart (storage keeps the
+// replaced write in the file).
 func TestSimHandoffOverwrittenOwnWrite(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
 		roundBefore bool // a handoff round on x sees the key before u overwrites it
+		restart     bool // x restarts once it has merged u's write
 	}{
-		{"SeenBefore", true},
-		{"OnlyAfter", false},
+		{"SeenBefore", true, false},
+		{"OnlyAfter", false, false},
+		{"SeenBeforeRestarted", true, true},
+		{"OnlyAfterRestarted", false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// n0 (x) and n2 (u) in us, n1 (e) in eu; one holder per partition and region.
@@ -110,6 +114,10 @@ func TestSimHandoffOverwrittenOwnWrite(t *testing.T) {
 				m := have(x)
 				return m.Len() == 0 || m.Version().Node == u.DB().NodeID(), "x has not merged u's write"
 			})
+			if tc.restart {
+				c.Kill(0)
+				c.Restart(0)
+			}
 			for range 3 {
 				if err := x.Rep().HandoffRound(ctx); err != nil {
 					t.Logf("HandoffRound while e is cut off: %v", err)

@@ -123,10 +123,6 @@ type Replicator struct {
 	replanned chan struct{}
 
 	roundMu sync.Mutex // held by a handoff round
-	// ownStrays is the stray keys (and conversations: convMark) a handoff round found
-	// carrying a write of this node's own (markOwn): they stay own until dropped,
-	// whatever replaces or purges that write. Under roundMu.
-	ownStrays map[string]bool
 	// confirmedBefore is what earlier handoff rounds under the placement with fingerprint
 	// confirmedUnder learnt: per stray key not yet dropped, the holders that confirmed
 	// it as it is now. A key that waits for many holders (every region's, for a key with

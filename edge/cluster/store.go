@@ -24,6 +24,7 @@ type Store interface {
 	Changes(ctx context.Context, keys []string) ([]storage.Change, error)
 	ApplyRemote(ctx context.Context, changes []storage.Change) (storage.ApplyResult, error)
 	Overtaken(key string) (crdt.Timestamp, bool)
+	Replaced(ctx context.Context, keys []string) (map[string]crdt.Timestamp, error)
 	Drop(ctx context.Context, pairs []storage.KeyHash) (int, error)
 }
 
