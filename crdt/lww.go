@@ -216,15 +216,16 @@ func (m *Map) Merge(o Map) bool {
 
 // MergeOvertaking merges o into m as Merge does, and also returns the latest timestamp
 // of the fields of m stamped by node that o's fields replaced (the zero Timestamp if
-// none): node's writes that m no longer shows because a later write, or for a
-// first-writer-wins field or a flag an earlier one, won. Max-register fields are left out:
-// the value that replaces one is larger, so it still shows that write's effect.
+// none): node's writes that m no longer shows because a later write, for a
+// first-writer-wins field or a flag an earlier one, or for a max register a larger value,
+// won. (A larger value shows a max register's effect, but it is another node's write:
+// a replica it has not reached shows neither.)
 func (m *Map) MergeOvertaking(o Map, node NodeID) (changed bool, overtaken Timestamp) {
 	for name, f := range o.fields {
 		old, had := m.fields[name]
 		if m.put(name, f) {
 			changed = true
-			if had && old.TS.Node == node && old.Kind != KindMax && overtaken.Less(old.TS) {
+			if had && old.TS.Node == node && overtaken.Less(old.TS) {
 				overtaken = old.TS
 			}
 		}

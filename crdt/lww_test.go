@@ -621,7 +621,8 @@ func TestMergeOvertaking(t *testing.T) {
 			o.Set("b", []byte("new"), ts(16, other))
 		}, ts(12, me)},
 		{"EarlierFlagReplacesOurs", func(o *crdt.Map) { o.SetFlag("revoked", ts(18, other)) }, ts(20, me)},
-		{"MaxRegisterLeftOut", func(o *crdt.Map) { o.Raise("used", 9, ts(30, other)) }, crdt.Timestamp{}},
+		{"LargerMaxReplacesOurs", func(o *crdt.Map) { o.Raise("used", 9, ts(30, other)) }, ts(11, me)},
+		{"SmallerMaxReplacesNothing", func(o *crdt.Map) { o.Raise("used", 3, ts(30, other)) }, crdt.Timestamp{}},
 		{"OthersFieldsNotOurs", func(o *crdt.Map) { o.Set("c", []byte("new"), ts(30, other)) }, crdt.Timestamp{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -29,7 +29,7 @@ func (b *batch) erase(user string) error {
 		return err
 	}
 	sessions := userSessionKeys(b.userSessions.get().Bucket, user)
-	var own crdt.Timestamp // the latest write of ours the deleted sessions held
+	var own crdt.Timestamp // the latest write of ours the deleted sessions held or lost
 	for _, key := range sessions {
 		m, st, ok, err := b.load(key)
 		if err != nil {
@@ -39,6 +39,11 @@ func (b *batch) erase(user string) error {
 			for _, name := range m.Names() {
 				if f, _ := m.Field(name); f.TS.Node == b.db.node && own.Less(f.TS) {
 					own = f.TS
+				}
+			}
+			if v := b.replaced.get().Get([]byte(key)); v != nil { // and those it lost
+				if ts, err := crdt.DecodeTimestamp(v); err == nil && own.Less(ts) {
+					own = ts
 				}
 			}
 			if err := b.deleteRecord(key, st); err != nil {

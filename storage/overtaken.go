@@ -2,7 +2,6 @@ package storage
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,6 +98,8 @@ func (o *overtakenWrites) get(key string) (crdt.Timestamp, bool) {
 // it must know, whenever it offers the key, maybe after restarts, whether the key carried
 // a write of its own. A restored backup (Reidentify) starts with none. It costs a key
 // and a timestamp per record or conversation that lost a write of ours, at most one each.
+// A value that does not decode (Check reports it) counts as a mark of unknown time, the
+// zero Timestamp: the cautious answer.
 func (db *DB) Replaced(ctx context.Context, keys []string) (map[string]crdt.Timestamp, error) {
 	var out map[string]crdt.Timestamp
 	err := db.view(ctx, func(btx *bolt.Tx) error {
@@ -108,10 +109,7 @@ func (db *DB) Replaced(ctx context.Context, keys []string) (map[string]crdt.Time
 			if v == nil {
 				continue
 			}
-			ts, err := crdt.DecodeTimestamp(v)
-			if err != nil {
-				return fmt.Errorf("replaced write of %q: %w", key, err)
-			}
+			ts, _ := crdt.DecodeTimestamp(v) // undecodable: a mark all the same, of no known time
 			if out == nil {
 				out = make(map[string]crdt.Timestamp)
 			}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/sessiond/sessiond/crdt"
 	bolt "go.etcd.io/bbolt"
@@ -212,4 +213,126 @@ func TestCheckWithoutReplaced(t *testing.T) {
 		t.Errorf("Replaced after reopening: %v", err)
 	}
 	checkInvariants(t, db2)
+}
+
+// ownFields reports whether m holds a field stamped by node.
+func ownFields(m crdt.Map, node crdt.NodeID) bool {
+	for _, name := range m.Names() {
+		if f, _ := m.Field(name); f.TS.Node == node {
+			return true
+		}
+	}
+	return false
+}
+
+// TestReplacedLostWrites: every way a stored record loses a write of ours without a
+// later write of ours leaves a mark (found by an outside review): the erased record a
+// peer replicates carries none of the profile, so merging it prunes our field with no
+// later write to it; the erasure cascade deletes a session whose write of ours a remote
+// write had replaced (its mark passes to the user record); a larger remote value
+// replaces our max register (a revocation).
+func TestReplacedLostWrites(t *testing.T) {
+	const other crdt.NodeID = 99
+	t.Run("ErasureFiltersOurField", func(t *testing.T) {
+		db := MustOpenDB(t)
+		key := crdt.UserKey("u1")
+		base := db.Clock().Next()
+		theirs := crdt.NewUser("alice", "hash", map[string]string{crdt.FieldEmail: "a@example.com"}, ts(other, base.Wall))
+		mustApply(t, db, Change{Key: key, Map: theirs})
+		var edit crdt.Map
+		own := db.Clock().Next()
+		edit.Set(crdt.FieldFirstName, []byte("by-us"), own)
+		merge(t, db, key, edit)
+		erased := theirs.Clone() // what the eraser stores, and replicates
+		erased.Merge(crdt.EraseUser(ts(other, own.Wall+1)))
+		filterErased(&erased)
+		mustApply(t, db, Change{Key: key, Map: erased})
+		m, ok := mustRecord(t, db, key)
+		if !ok || ownFields(m, db.NodeID()) {
+			t.Fatalf("record %v (stored %v): want the erased record, without our field", m.Names(), ok)
+		}
+		if got, ok := replacedOf(t, db, key); !ok || got != own {
+			t.Errorf("Replaced = %v, %v; want our pruned write %v", got, ok, own)
+		}
+	})
+	t.Run("CascadeKeepsSessionMark", func(t *testing.T) {
+		db := MustOpenDB(t)
+		user, sess := crdt.UserKey("u1"), crdt.SessionKey("s1")
+		base := db.Clock().Next()
+		mustApply(t, db, Change{Key: user, Map: crdt.NewUser("alice", "hash", nil, ts(other, base.Wall))})
+		created := ts(other, base.Wall+1)
+		mustApply(t, db, Change{Key: sess, Map: crdt.NewSession("u1", created.Time().Add(24*time.Hour), time.Hour, created)})
+		var data, over crdt.Map
+		own := db.Clock().Next()
+		data.Set(crdt.DataPrefix+"k", []byte(`1`), own)
+		merge(t, db, sess, data)
+		over.Set(crdt.DataPrefix+"k", []byte(`2`), ts(other, own.Wall+1))
+		mustApply(t, db, Change{Key: sess, Map: over})
+		mustApply(t, db, Change{Key: user, Map: crdt.EraseUser(ts(other, own.Wall+2))})
+		if _, ok := mustRecord(t, db, sess); ok {
+			t.Fatal("the session survived the erasure")
+		}
+		if got, ok := replacedOf(t, db, sess); ok {
+			t.Errorf("Replaced(session) = %v after the session was deleted", got)
+		}
+		if got, ok := replacedOf(t, db, user); !ok || got != own {
+			t.Errorf("Replaced(user) = %v, %v; want the deleted session's lost write of ours %v", got, ok, own)
+		}
+	})
+	t.Run("LargerRevocation", func(t *testing.T) {
+		db := MustOpenDB(t)
+		key := crdt.UserKey("u1")
+		base := db.Clock().Next()
+		mustApply(t, db, Change{Key: key, Map: crdt.NewUser("alice", "hash", nil, ts(other, base.Wall))})
+		own := db.Clock().Next()
+		merge(t, db, key, crdt.RevokeSessionsUntil(own, time.Second))
+		mustApply(t, db, Change{Key: key, Map: crdt.RevokeSessionsUntil(ts(other, own.Wall+10), time.Second)})
+		if m, _ := mustRecord(t, db, key); ownFields(m, db.NodeID()) {
+			t.Fatalf("record %v still shows our revocation: the test no longer replaces it", m.Names())
+		}
+		if got, ok := replacedOf(t, db, key); !ok || got != own {
+			t.Errorf("Replaced = %v, %v; want our replaced revocation %v", got, ok, own)
+		}
+	})
+}
+
+// TestReplacedUndecodable: Check reports a mark that does not decode, and Replaced counts
+// it as a mark (of no known time) rather than failing every handoff round that reads it.
+func TestReplacedUndecodable(t *testing.T) {
+	db := MustOpenDB(t)
+	key := crdt.UserKey("u1")
+	merge(t, db, key, newUser(db, "alice"))
+	path := db.Path()
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path + "-wal"); err != nil { // empty after Close; see TestCheckWithoutReplaced
+		t.Fatal(err)
+	}
+	bdb, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = bdb.Update(func(btx *bolt.Tx) error { return btx.Bucket(bucketReplaced).Put([]byte(key), []byte{1, 2, 3}) })
+	if cerr := bdb.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Check(path); err == nil {
+		t.Error("Check passed a file with an undecodable replaced write")
+	}
+	db2, err := Open(path, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db2.Close()
+	got, err := db2.Replaced(context.Background(), []string{key})
+	if err != nil {
+		t.Fatalf("Replaced = %v", err)
+	}
+	if ts, ok := got[key]; !ok || !ts.IsZero() {
+		t.Errorf("Replaced = %v, %v; want a mark of no known time", ts, ok)
+	}
 }

@@ -112,7 +112,7 @@ func counter(v []byte) int {
 
 // Check examines the data file at path, which no process may have open, without
 // changing it and without its write-ahead log (a copy as Backup writes it has none): bbolt's consistency check of every page, the format (at most
-// FormatVersion), every bucket present, every record and log entry decoding, and the
+// FormatVersion), every bucket present, every record, log entry and replaced write decoding, and the
 // stored counters equal to a count of what the file holds. It returns what the file
 // holds, or an error naming the first problem found.
 func Check(path string) (SnapshotInfo, error) {
@@ -145,6 +145,9 @@ func Check(path string) (SnapshotInfo, error) {
 		if err != nil {
 			return err
 		}
+		if err := checkReplaced(btx); err != nil {
+			return err
+		}
 		if counted != info.Stats {
 			return fmt.Errorf("stored counters %+v, but the file holds %+v", info.Stats, counted)
 		}
@@ -154,6 +157,20 @@ func Check(path string) (SnapshotInfo, error) {
 		return SnapshotInfo{}, fmt.Errorf("check %s: %w", path, err)
 	}
 	return info, nil
+}
+
+// checkReplaced decodes every mark of the replaced bucket, if there is one.
+func checkReplaced(btx *bolt.Tx) error {
+	bk := btx.Bucket(bucketReplaced)
+	if bk == nil {
+		return nil
+	}
+	return bk.ForEach(func(k, v []byte) error {
+		if _, err := crdt.DecodeTimestamp(v); err != nil {
+			return fmt.Errorf("replaced write of %q: %w", k, err)
+		}
+		return nil
+	})
 }
 
 // count counts what btx holds, decoding every record and log entry.

@@ -184,14 +184,21 @@ func (tx *Tx) merge(key string, update crdt.Map, remote bool) (*pendingRecord, o
 		p.m, bound = trial, trial.EncodedLen()
 	}
 	p.size = bound
-	if !overtaken.IsZero() {
-		tx.overtaken = append(tx.overtaken, Overtaken{Key: key, TS: overtaken})
-	}
 	if before != nil {
 		if !kv {
+			if _, del := p.m.Flag(crdt.FieldDeleted); del && remote {
+				for _, name := range p.m.Names() {
+					if f, _ := p.m.Field(name); !erasedUserFields[name] && f.TS.Node == tx.b.db.node && overtaken.Less(f.TS) {
+						overtaken = f.TS
+					}
+				}
+			}
 			filterErased(&p.m)
 		}
 		changed = !bytes.Equal(before, p.m.AppendBinary(nil))
+	}
+	if !overtaken.IsZero() {
+		tx.overtaken = append(tx.overtaken, Overtaken{Key: key, TS: overtaken})
 	}
 	p.keep = p.m.Len() > 0 && tx.b.keep(tx, key, &p.m)
 	switch {

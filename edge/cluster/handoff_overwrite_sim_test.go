@@ -23,17 +23,22 @@ import (
 // read-your-writes violation). Whether x's handoff saw the key before the overwrite (it
 // remembers the key as its own) or only after (storage remembers the overtaken write), x
 // keeps it until e holds it, and remembers it across a restart (storage keeps the
-// replaced write in the file).
+// replaced write in the file). The same holds when u erases the user instead: the erased
+// record u replicates carries none of the profile, so merging it on x prunes x's write
+// without a later write to the field (found by an outside review).
 func TestSimHandoffOverwrittenOwnWrite(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
 		roundBefore bool // a handoff round on x sees the key before u overwrites it
 		restart     bool // x restarts once it has merged u's write
+		erase       bool // u erases the user rather than writing the first name
 	}{
-		{"SeenBefore", true, false},
-		{"OnlyAfter", false, false},
-		{"SeenBeforeRestarted", true, true},
-		{"OnlyAfterRestarted", false, true},
+		{"SeenBefore", true, false, false},
+		{"OnlyAfter", false, false, false},
+		{"SeenBeforeRestarted", true, true, false},
+		{"OnlyAfterRestarted", false, true, false},
+		{"Erased", false, false, true},
+		{"ErasedSeenBeforeRestarted", true, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// n0 (x) and n2 (u) in us, n1 (e) in eu; one holder per partition and region.
@@ -99,9 +104,13 @@ func TestSimHandoffOverwrittenOwnWrite(t *testing.T) {
 			// u writes the first name again, and x merges it (by handoff, or by an
 			// anti-entropy round with u before any handoff round): the record no longer
 			// shows x's write. u confirms it; e cannot.
-			again := "by-u"
-			if _, err := u.API().Users.UpdateProfile(ctx, a.ID, functions.ProfilePatch{FirstName: &again}); err != nil {
-				t.Fatal(err)
+			if tc.erase {
+				mustOK(t, "erase", u.API().Users.Delete(ctx, a.ID))
+			} else {
+				again := "by-u"
+				if _, err := u.API().Users.UpdateProfile(ctx, a.ID, functions.ProfilePatch{FirstName: &again}); err != nil {
+					t.Fatal(err)
+				}
 			}
 			clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
 				if tc.roundBefore {
@@ -112,6 +121,9 @@ func TestSimHandoffOverwrittenOwnWrite(t *testing.T) {
 					t.Logf("SyncWith(u): %v", err)
 				}
 				m := have(x)
+				if _, erased := m.Flag(crdt.FieldDeleted); tc.erase && !erased {
+					return false, "x has not merged u's erasure"
+				}
 				return m.Len() == 0 || m.Version().Node == u.DB().NodeID(), "x has not merged u's write"
 			})
 			if tc.restart {
