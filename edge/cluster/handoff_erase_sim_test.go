@@ -208,17 +208,9 @@ func strayConvSetup(t *testing.T, seed uint64, opts ...clustersim.Option) (c *cl
 		clustersim.WithAntiEntropy(time.Hour)}, opts...)...)
 	tab := c.Table()
 	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(seed, 9)), 1)
-	var found []*clustersim.Account
-	for k := 0; len(found) < 2 && k < 400; k++ {
-		acc := w.MustRegister(t, 2, fmt.Sprintf("rv%d", k))
-		if c.OwnerIn(tab, "us", crdt.IDPartition(acc.ID)) == 2 {
-			found = append(found, acc)
-		}
-	}
-	if len(found) < 2 {
-		t.Fatal("no two users held by u")
-	}
-	a, b = found[0], found[1]
+	heldByU := func(acc *clustersim.Account) bool { return c.OwnerIn(tab, "us", crdt.IDPartition(acc.ID)) == 2 }
+	a = w.MustRegisterWhere(t, 2, "rv", 200, heldByU)
+	b = w.MustRegisterWhere(t, 2, "rw", 200, heldByU)
 	return c, a, b, crdt.ConversationID(a.ID, b.ID)
 }
 

@@ -2,7 +2,6 @@ package cluster_test
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -27,16 +26,11 @@ func TestSimHandoffGathersConfirmations(t *testing.T) {
 
 	// A user registered on x whose record u holds in us (x holds neither home).
 	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(11, 12)), 1)
-	var key string
-	for k := 0; key == "" && k < 200; k++ {
-		a := w.MustRegister(t, 0, fmt.Sprintf("gather%d", k))
-		if uk := crdt.UserKey(a.ID); c.OwnerIn(tab, "us", crdt.KeyHomes(uk).First()) == 2 && c.OwnerIn(tab, "eu", crdt.KeyHomes(uk).First()) == 1 {
-			key = uk
-		}
-	}
-	if key == "" {
-		t.Fatal("no user of x's is held by u and e")
-	}
+	a := w.MustRegisterWhere(t, 0, "gather", 200, func(a *clustersim.Account) bool {
+		p := crdt.KeyHomes(crdt.UserKey(a.ID)).First()
+		return c.OwnerIn(tab, "us", p) == 2 && c.OwnerIn(tab, "eu", p) == 1
+	})
+	key := crdt.UserKey(a.ID)
 	stored := func(n *clustersim.Node) bool {
 		got, _ := n.DB().Changes(ctx, []string{key})
 		return len(got) == 1

@@ -50,16 +50,9 @@ func TestSimHandoffOverwrittenOwnWrite(t *testing.T) {
 
 			// A user registered on u, whose record u holds in us; e gets it too.
 			w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(7, 8)), 1)
-			var a *clustersim.Account
-			for k := 0; a == nil && k < 200; k++ {
-				acc := w.MustRegister(t, 2, fmt.Sprintf("over%d", k))
-				if c.OwnerIn(tab, "us", crdt.KeyHomes(crdt.UserKey(acc.ID)).First()) == 2 {
-					a = acc
-				}
-			}
-			if a == nil {
-				t.Fatal("no user registered on u is held by u")
-			}
+			a := w.MustRegisterWhere(t, 2, "over", 200, func(a *clustersim.Account) bool {
+				return c.OwnerIn(tab, "us", crdt.KeyHomes(crdt.UserKey(a.ID)).First()) == 2
+			})
 			key := crdt.UserKey(a.ID)
 			p := crdt.KeyHomes(key).First()
 			have := func(n *clustersim.Node) crdt.Map {

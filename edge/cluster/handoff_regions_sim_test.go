@@ -126,16 +126,9 @@ func TestSimHandoffWaitsForHoldersDown(t *testing.T) {
 
 	// A user registered on x whose record u (n2) holds in us.
 	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(5, 6)), 1)
-	var a *clustersim.Account
-	for k := 0; a == nil && k < 200; k++ {
-		acc := w.MustRegister(t, 0, fmt.Sprintf("down%d", k))
-		if c.OwnerIn(tab, "us", crdt.KeyHomes(crdt.UserKey(acc.ID)).First()) == 2 {
-			a = acc
-		}
-	}
-	if a == nil {
-		t.Fatal("no user of x's is held by u")
-	}
+	a := w.MustRegisterWhere(t, 0, "down", 200, func(a *clustersim.Account) bool {
+		return c.OwnerIn(tab, "us", crdt.KeyHomes(crdt.UserKey(a.ID)).First()) == 2
+	})
 	key := crdt.UserKey(a.ID)
 	p := crdt.KeyHomes(key).First()
 	e1 := c.OwnerIn(tab, "eu", p)

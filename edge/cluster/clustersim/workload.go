@@ -442,6 +442,20 @@ func (w *Workload) MustRegister(t testing.TB, node int, username string) *Accoun
 	return a
 }
 
+// MustRegisterWhere registers users on node (named prefix0, prefix1, …), up to tries of
+// them, until want accepts one, and returns it; it fails t if none is accepted. Tests use
+// it to find a user whose partition placement puts where the test needs it.
+func (w *Workload) MustRegisterWhere(t testing.TB, node int, prefix string, tries int, want func(*Account) bool) *Account {
+	t.Helper()
+	for k := range tries {
+		if a := w.MustRegister(t, node, fmt.Sprintf("%s%d", prefix, k)); want(a) {
+			return a
+		}
+	}
+	t.Fatalf("none of %d users registered on n%d is placed as the test needs", tries, node)
+	return nil
+}
+
 // MustLogin signs a in on node and adds the session to Sessions, failing t if that is
 // not acknowledged.
 func (w *Workload) MustLogin(t testing.TB, node int, a *Account) *Session {
