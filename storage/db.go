@@ -91,11 +91,11 @@ var (
 	bucketReplaced     = []byte("replaced")      // record key, or 0 conv → Timestamp(20): our latest write there the state lost (overtaken.go)
 )
 
-// bucketReplaced came after format 3 without a format of its own: it is this node's
+// allBuckets are the buckets Open creates, in the order that numbers them in the log.
+// The last, replaced, came after format 3 without a format of its own: it is this node's
 // knowledge, not replicated state, and a build that does not know it neither fills nor
 // empties it, which only makes the keys it names count as carrying a write of ours for
 // longer (DB.Replaced). A file last opened by such a build may lack it; Open creates it.
-
 var allBuckets = [][]byte{bucketMeta, bucketRecords, bucketLog, bucketLogSeq, bucketConvs,
 	bucketUserConvs, bucketUserSessions, bucketExpiry, bucketErased, bucketFeed, bucketLeaves, bucketSeqFloor,
 	bucketReplaced}

@@ -53,7 +53,7 @@ func (b *batch) erase(user string) error {
 	}
 	if !own.IsZero() {
 		// Writes of ours to these sessions may not have been pushed; the user record,
-		// which carries the erasure, stands in for them (DB.Overtaken).
+		// which carries the erasure, stands in for them (DB.Overtaken, DB.Replaced).
 		b.overtaken = append(b.overtaken, Overtaken{Key: crdt.UserKey(user), TS: own})
 		if err := b.noteReplaced([]byte(crdt.UserKey(user)), own); err != nil {
 			return err
