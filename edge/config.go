@@ -63,8 +63,11 @@ type Config struct {
 	MaxSkew         time.Duration // remote timestamps further ahead are rejected; default 1m
 	SweepEvery      time.Duration // how often expired sessions and key-value records are removed; default 1m
 	LoginPerAccount int           // failed logins per account per minute, all addresses; default 100
-	LoginPerAddress int           // failed logins per client address per minute; default 60
-	CORSOrigins     []string      // origins allowed to call the API from a browser; default none
+	// LoginsPerAccount is sign-ins that succeed per account per minute, cluster-wide: each
+	// makes a session that stays stored until it expires. Default 60.
+	LoginsPerAccount int
+	LoginPerAddress  int      // failed logins per client address per minute; default 60
+	CORSOrigins      []string // origins allowed to call the API from a browser; default none
 	// PasswordWorkers is how many argon2id hashes (logins and sign-ups) run at once; each
 	// takes one core for tens of milliseconds. 0: max(1, GOMAXPROCS/2), so that hashing
 	// gets at most half the CPUs and reads and writes keep the rest. See
@@ -78,6 +81,11 @@ type Config struct {
 	// PasswordWait bounds how long a login or sign-up waits for a hashing worker; past it,
 	// 503 unavailable with Retry-After. Default 1s.
 	PasswordWait time.Duration
+	// PasswordPerClient is how many logins and sign-ups of one client address may wait
+	// for or hold a hashing worker at once; beyond it, 503 unavailable with Retry-After at
+	// once, so that one address cannot fill the queue. 0: a quarter of PasswordWorkers and
+	// PasswordQueue together, at least 1.
+	PasswordPerClient int
 	// LoginPerAccountAddress is failed logins per account per minute from one client
 	// address; it must stay below LoginPerAccount so that one address cannot lock an
 	// account. 0: min(10, LoginPerAccount-1). A login with a valid device token is held
@@ -149,6 +157,7 @@ func DefaultConfig() Config {
 		SweepEvery:       time.Minute,
 		MoveRate:         64, // cluster.DefaultMoveRate
 		LoginPerAccount:  100,
+		LoginsPerAccount: 60,
 		LoginPerAddress:  60,
 		ShutdownTimeout:  10 * time.Second,
 		AccessLogSample:  0.01,
@@ -183,12 +192,12 @@ func (c Config) Validate() error {
 		return errors.New("config: SweepEvery must be positive")
 	case c.BookmarkWait < 0 || c.BookmarkTimeout <= 0:
 		return errors.New("config: BookmarkWait must not be negative and BookmarkTimeout must be positive")
-	case c.LoginPerAccount <= 0 || c.LoginPerAddress <= 0:
-		return errors.New("config: LoginPerAccount and LoginPerAddress must be positive")
+	case c.LoginPerAccount <= 0 || c.LoginPerAddress <= 0 || c.LoginsPerAccount <= 0:
+		return errors.New("config: LoginPerAccount, LoginPerAddress and LoginsPerAccount must be positive")
 	case c.LoginPerAccountAddress < 0 || c.SignupsPerAddress < 0 || c.CounterFlush < 0:
 		return errors.New("config: LoginPerAccountAddress, SignupsPerAddress and CounterFlush must not be negative")
-	case c.PasswordWorkers < 0 || c.PasswordQueue < 0:
-		return errors.New("config: PasswordWorkers and PasswordQueue must not be negative")
+	case c.PasswordWorkers < 0 || c.PasswordQueue < 0 || c.PasswordPerClient < 0:
+		return errors.New("config: PasswordWorkers, PasswordQueue and PasswordPerClient must not be negative")
 	case c.PasswordWait <= 0:
 		return errors.New("config: PasswordWait must be positive")
 	case c.MessagesPerUser < 0 || c.UnknownNamesPerUser < 0:

@@ -341,7 +341,8 @@ func (n *Node) register(c *fiber.Ctx) error {
 			return n.signupsThrottled(c, r)
 		}
 	}
-	u, err := n.users.Register(c.UserContext(), functions.Register{
+	// One address has at most its share of the password-hashing queue (hashing.go).
+	u, err := n.users.Register(functions.WithHashClient(c.UserContext(), addrKey(n.clientAddr(c))), functions.Register{
 		Username: req.Username, Password: req.Password, Profile: req.Profile,
 	})
 	if at != nil {
@@ -402,8 +403,21 @@ func (n *Node) login(c *fiber.Ctx) error {
 	if !ok {
 		return n.loginsThrottled(c, r)
 	}
-	s, err := n.sessions.Login(c.UserContext(), functions.Login{Username: req.Username, Password: req.Password, Origin: n.origin(c)})
+	// Sign-ins that succeed are limited per account (throttle.go).
+	sat, ok, r := n.limits.signIn(c.UserContext(), n.cfg.LoginsPerAccount, req.Username)
+	if !ok {
+		at.done(false)
+		n.metrics.loginFailures.WithLabelValues("throttled").Inc()
+		return n.throttled(c, r, "too many sign-ins to this account; sign out of sessions you do not use, or try again later",
+			"too many sign-ins to this account at once")
+	}
+	// One address has at most its share of the password-hashing queue (hashing.go):
+	// correct passwords charge no limit on failures, so this is what stops one address
+	// from filling it.
+	ctx := functions.WithHashClient(c.UserContext(), addrKey(n.clientAddr(c)))
+	s, err := n.sessions.Login(ctx, functions.Login{Username: req.Username, Password: req.Password, Origin: n.origin(c)})
 	at.done(functions.ErrorCode(err) == functions.EUnauthorized)
+	sat.done(err == nil)
 	if err != nil {
 		switch functions.ErrorCode(err) {
 		case functions.EUnauthorized:

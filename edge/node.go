@@ -185,7 +185,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	clock := n.db.Clock()
 	passwords := functions.NewPasswordsWithLimits(functions.PasswordLimits{
-		Workers: n.cfg.PasswordWorkers, Queue: n.cfg.PasswordQueue, MaxWait: n.cfg.PasswordWait,
+		Workers: n.cfg.PasswordWorkers, Queue: n.cfg.PasswordQueue, MaxWait: n.cfg.PasswordWait, PerClient: n.cfg.PasswordPerClient,
 		Observe: n.metrics.observeHash,
 	})
 	n.metrics.watchPasswords(passwords)

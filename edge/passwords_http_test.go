@@ -33,7 +33,7 @@ func TestHTTP_PasswordQueue(t *testing.T) {
 	holding, release := make(chan struct{}), make(chan struct{})
 	var armed atomic.Bool
 	p := functions.NewPasswordsWithLimits(functions.PasswordLimits{
-		Workers: 1, Queue: 1, MaxWait: time.Minute,
+		Workers: 1, Queue: 1, MaxWait: time.Minute, PerClient: 10, // one client address: the queue is under test
 		Observe: func(w functions.HashWait) {
 			n.metrics.observeHash(w)
 			if w.Outcome == functions.HashRan && armed.CompareAndSwap(true, false) {
@@ -160,4 +160,61 @@ func TestConfig_PasswordLimits(t *testing.T) {
 				n.cfg.PasswordWorkers, n.cfg.PasswordQueue, n.cfg.PasswordWait, w, 32*w)
 		}
 	})
+}
+
+// TestHTTP_PasswordPerClient: one client address holds at most its share of the hashing
+// queue; its next login is refused at once with 503, while another address's login still
+// waits its turn and gets in (found by an outside review: one address signing in to
+// accounts of its own in a loop took the whole queue).
+func TestHTTP_PasswordPerClient(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t, "hashc-0")
+	cfg.TrustedProxies = []string{"127.0.0.1"} // the test picks addresses with X-Forwarded-For
+	n := MustStartNode(t, cfg)
+	c := newTestClient(t, n)
+	signUp(t, c, "alice")
+
+	holding, release := make(chan struct{}), make(chan struct{})
+	var armed atomic.Bool
+	p := functions.NewPasswordsWithLimits(functions.PasswordLimits{
+		Workers: 1, Queue: 8, PerClient: 2, MaxWait: time.Minute,
+		Observe: func(w functions.HashWait) {
+			if w.Outcome == functions.HashRan && armed.CompareAndSwap(true, false) {
+				close(holding)
+				<-release
+			}
+		},
+	})
+	n.users.Passwords, n.sessions.Passwords = p, p
+	armed.Store(true)
+	login := func(addr string) int {
+		resp, _ := c.do("POST", "/v1/sessions", "", map[string]string{"username": "alice", "password": "correct horse"},
+			"X-Forwarded-For", addr)
+		return resp.StatusCode
+	}
+	waiting := func(logins int) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); p.Stats().WaitingLogins != logins; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d logins waiting, want %d", p.Stats().WaitingLogins, logins)
+			}
+			time.Sleep(time.Millisecond) // polling the queue's state, not standing in for it
+		}
+	}
+	statuses := make(chan int, 3)
+	go func() { statuses <- login("198.51.100.1") }()
+	<-holding // the first holds the only worker
+	go func() { statuses <- login("198.51.100.1") }()
+	waiting(1)
+	if got := login("198.51.100.1"); got != http.StatusServiceUnavailable {
+		t.Errorf("a third login from the address: %d, want 503 at once", got)
+	}
+	go func() { statuses <- login("198.51.100.2") }()
+	waiting(2) // another address still queues
+	close(release)
+	for range 3 {
+		if got := <-statuses; got != http.StatusCreated {
+			t.Errorf("a login let in: %d, want 201", got)
+		}
+	}
 }

@@ -28,6 +28,11 @@ import (
 //     login that presents a valid device token for the account (OWASP's device cookies):
 //     a client that signed in to the account before keeps getting through.
 //
+// Sign-ins that succeed are limited per account too (LoginsPerAccount a minute, default
+// 60): each creates a session, and a revoked session stays stored, small, until it
+// expires, so that its revocation reaches every replica; an account signing in in a loop
+// would otherwise pile them up without bound. Only the account's owner can spend it.
+//
 // Sign-ups are limited per address (SignupsPerAddress per 10 minutes, default 10): every
 // registration that gets past input validation counts, created (201) or not (409), so
 // usernames cannot be enumerated without limit.
@@ -75,6 +80,7 @@ const (
 	setUnknownNames           // window loginWindow
 	setServiceFailures        // window loginWindow
 	setServiceRequests        // window loginWindow
+	setSignIns                // window loginWindow: sign-ins that succeeded, per account
 )
 
 const (
@@ -85,7 +91,7 @@ const (
 
 // counterWindows returns the window of each counter set, indexed by set.
 func counterWindows() []time.Duration {
-	return []time.Duration{loginWindow, signupWindow, loginWindow, loginWindow, loginWindow, loginWindow}
+	return []time.Duration{loginWindow, signupWindow, loginWindow, loginWindow, loginWindow, loginWindow, loginWindow}
 }
 
 // counts is what limits read and charge: sliding-window counts per key, merged over the
@@ -352,6 +358,12 @@ func (l *limiter) login(ctx context.Context, lim loginLimits, addr, username str
 	return l.admit(ctx, setLoginFailures, keys, func(g []gauge) (bool, time.Duration) {
 		return decideLogin(lim, loginGauges{Address: g[0], AccountAddress: g[1], Account: g[2]}, device)
 	})
+}
+
+// signIn decides, by the limit on sign-ins that succeed per account, a login attempt on
+// the account named username; charge it (done) if it succeeds.
+func (l *limiter) signIn(ctx context.Context, limit int, username string) (*attempt, bool, refusal) {
+	return l.admit(ctx, setSignIns, []string{"s|" + accountKey(username)}, under(limit))
 }
 
 // under decides an attempt on one key against limit.

@@ -330,3 +330,41 @@ func TestHTTP_ConcurrentLogins(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTP_SignInLimit: sign-ins that succeed are limited per account (each leaves a
+// session stored until it expires: an account signing in in a loop piled them up, found
+// by an outside review); another account is not affected, a wrong password is not
+// charged, and the window passes.
+func TestHTTP_SignInLimit(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t, "signins-0")
+	clock := newFakeClock(time.Now())
+	cfg.Now = clock.Now
+	cfg.LoginsPerAccount = 3
+	n := MustStartNode(t, cfg)
+	c := newTestClient(t, n)
+	signUp(t, c, "looper") // one sign-in
+	signUp(t, c, "bystander")
+	login := func(user, password string) (*http.Response, []byte) {
+		return c.do("POST", "/v1/sessions", "", map[string]any{"username": user, "password": password})
+	}
+	resp, body := login("looper", "wrong password")
+	wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")
+	for range 2 {
+		if resp, body := login("looper", "correct horse"); resp.StatusCode != http.StatusCreated {
+			t.Fatalf("sign-in within the limit: %d %s", resp.StatusCode, body)
+		}
+	}
+	resp, body = login("looper", "correct horse")
+	wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+	if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || ra < 1 || ra > 60 {
+		t.Errorf("Retry-After %q, want 1–60 seconds", resp.Header.Get("Retry-After"))
+	}
+	if resp, body := login("bystander", "correct horse"); resp.StatusCode != http.StatusCreated {
+		t.Errorf("another account's sign-in: %d %s", resp.StatusCode, body)
+	}
+	clock.Add(time.Minute + time.Second)
+	if resp, body := login("looper", "correct horse"); resp.StatusCode != http.StatusCreated {
+		t.Errorf("a sign-in once the window passed: %d %s", resp.StatusCode, body)
+	}
+}

@@ -24,6 +24,11 @@ import (
 //     refused.
 //   - A call waits at most MaxWait, and no longer than its context lives; either way it
 //     leaves the queue at once and its place is free.
+//   - One client (WithHashClient: the edge names the client's address) has at most
+//     PerClient calls waiting or running at once; a call beyond is refused at once. So
+//     one address that signs in to accounts of its own in a loop, with correct passwords
+//     (which no failed-login limit charges), cannot fill the queue and lock everyone
+//     else out.
 //
 // Refusals are EUnavailable errors (503 with Retry-After at the HTTP layer): the client
 // may retry, and nothing about the account is revealed by them. The queue works the same
@@ -42,6 +47,11 @@ type PasswordLimits struct {
 	// MaxWait bounds how long a call waits for a worker; past it the call is refused with
 	// EUnavailable. 0: until the call's context ends.
 	MaxWait time.Duration
+	// PerClient is how many calls of one client (WithHashClient) may wait for or hold a
+	// worker at once; past it a call is refused with EUnavailable at once. 0: a quarter
+	// of Workers and Queue together, at least 1, when Queue bounds the queue; no bound
+	// when it does not. Calls that name no client are not counted.
+	PerClient int
 	// Observe, if set, is called once per Hash and Verify call when it stops waiting: it
 	// got a worker (called just before the hash runs, while the worker is held) or was
 	// refused. It runs in the caller's goroutine and must return quickly.
@@ -60,7 +70,23 @@ const (
 	HashDisplaced = "displaced"  // a sign-up whose place a login took
 	HashTimedOut  = "timed_out"  // waited MaxWait
 	HashCanceled  = "canceled"   // its context ended (the client went away)
+	HashClientMax = "client_max" // refused at once: its client had PerClient calls waiting or running
 )
+
+// hashClientKey is the context key of WithHashClient.
+type hashClientKey struct{}
+
+// WithHashClient returns ctx naming client (an address) as the caller of the password
+// hashes made with it: a client has at most PasswordLimits.PerClient of them waiting or
+// running at once.
+func WithHashClient(ctx context.Context, client string) context.Context {
+	return context.WithValue(ctx, hashClientKey{}, client)
+}
+
+func hashClient(ctx context.Context) string {
+	c, _ := ctx.Value(hashClientKey{}).(string)
+	return c
+}
 
 // HashWait describes one Hash or Verify call's wait for a worker.
 type HashWait struct {
@@ -88,14 +114,15 @@ type hashWaiter struct {
 
 // hashGate admits password hashes: it holds the state of the rules above, under mu.
 type hashGate struct {
-	workers, signupWorkers, queue int
-	maxWait                       time.Duration
-	observe                       func(HashWait)
+	workers, signupWorkers, queue, perClient int
+	maxWait                                  time.Duration
+	observe                                  func(HashWait)
 
 	mu             sync.Mutex
 	running        int
 	runningSignups int
-	logins         list.List // of *hashWaiter, oldest first
+	clients        map[string]int // calls waiting or running, by client (WithHashClient)
+	logins         list.List      // of *hashWaiter, oldest first
 	signups        list.List
 }
 
@@ -104,12 +131,18 @@ func newHashGate(l PasswordLimits) *hashGate {
 	if w <= 0 {
 		w = DefaultPasswordWorkers()
 	}
+	per := l.PerClient
+	if per <= 0 && l.Queue > 0 {
+		per = max(1, (w+l.Queue)/4)
+	}
 	return &hashGate{
 		workers:       w,
 		signupWorkers: max(1, min(w, runtime.GOMAXPROCS(0))/2),
 		queue:         max(l.Queue, 0),
+		perClient:     max(per, 0),
 		maxWait:       max(l.MaxWait, 0),
 		observe:       l.Observe,
+		clients:       make(map[string]int),
 	}
 }
 
@@ -118,16 +151,52 @@ var (
 	errHashDisplaced = Errorf(EUnavailable, "too many logins waiting for a password check; sign-ups wait; try again shortly")
 	errHashTimedOut  = Errorf(EUnavailable, "no password check could start in time; try again shortly")
 	errHashCanceled  = Errorf(EUnavailable, "request ended while waiting for a password check")
+	errHashClientMax = Errorf(EUnavailable, "too many logins and sign-ups from this address waiting for a password check; try again shortly")
 )
 
 // acquire waits for a worker for a sign-up (Hash) or a login (Verify). It returns nil
-// holding one, to be given back with release, or an EUnavailable error holding none.
+// holding one, to be given back with release (with the same ctx), or an EUnavailable
+// error holding none.
 func (g *hashGate) acquire(ctx context.Context, signup bool) error {
 	start := time.Now()
 	if ctx.Err() != nil {
 		g.report(signup, start, HashCanceled)
 		return errHashCanceled
 	}
+	client := hashClient(ctx)
+	if client != "" && g.perClient > 0 {
+		g.mu.Lock()
+		if g.clients[client] >= g.perClient {
+			g.mu.Unlock()
+			g.report(signup, start, HashClientMax)
+			return errHashClientMax
+		}
+		g.clients[client]++
+		g.mu.Unlock()
+	}
+	err := g.wait(ctx, signup, start)
+	if err != nil {
+		g.leave(client)
+	}
+	return err
+}
+
+// leave ends a call of client's (acquire) that holds no worker any more.
+func (g *hashGate) leave(client string) {
+	if client == "" || g.perClient <= 0 {
+		return
+	}
+	g.mu.Lock()
+	if g.clients[client] <= 1 {
+		delete(g.clients, client)
+	} else {
+		g.clients[client]--
+	}
+	g.mu.Unlock()
+}
+
+// wait is acquire once the call's client has room: the queue's rules.
+func (g *hashGate) wait(ctx context.Context, signup bool, start time.Time) error {
 	g.mu.Lock()
 	if g.mayRun(signup) {
 		g.grantLocked(signup)
@@ -189,11 +258,13 @@ func (g *hashGate) acquire(ctx context.Context, signup bool) error {
 	return err
 }
 
-// release gives back a worker that acquire granted and passes it on.
-func (g *hashGate) release(signup bool) {
+// release gives back a worker that acquire granted, with the ctx acquire had, and passes
+// it on.
+func (g *hashGate) release(ctx context.Context, signup bool) {
 	g.mu.Lock()
 	g.releaseLocked(signup)
 	g.mu.Unlock()
+	g.leave(hashClient(ctx))
 }
 
 // mayRun reports whether a new call may run at once: a worker is free and nobody who

@@ -439,3 +439,54 @@ func TestPasswords_WorkersBound(t *testing.T) {
 		wantStats(t, p, 0, 0, 0)
 	})
 }
+
+// TestPasswords_PerClient: one client (an address) holds at most its share of the
+// workers and queue — a quarter of them, here 2 of 1+8 — and a call beyond it is refused
+// at once, while another client's call still waits its turn; a client's calls that end,
+// run or gave up, give its share back. Found by an outside review: one address signing
+// in to five accounts of its own in a loop, with correct passwords, filled the queue and
+// every other client got 503.
+func TestPasswords_PerClient(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var seen outcomes
+		p := newPasswordsWithLimits(1, 64, PasswordLimits{Workers: 1, Queue: 8, Observe: seen.observe})
+		f := fakeHashing(p)
+		c := newCalls(t, p)
+		a, b := WithHashClient(context.Background(), "a"), WithHashClient(context.Background(), "b")
+		c.login(a, "hold-a1")
+		aborted, abort := context.WithCancel(a)
+		c.login(aborted, "a2")
+		c.login(a, "a3")
+		if got := c.ended(); len(got) != 1 || got["a3"] != errHashClientMax {
+			t.Fatalf("with a1 running and a2 waiting, a3 = %v; want refused at once (%v)", got, errHashClientMax)
+		}
+		if n := seen.count(HashClientMax); n != 1 {
+			t.Errorf("Observe saw %d client_max, want 1", n)
+		}
+		c.login(b, "b1")
+		c.login(context.Background(), "anon") // names no client: not counted
+		if got := c.ended(); len(got) != 0 {
+			t.Fatalf("b1 or anon returned while the worker was held: %v", got)
+		}
+		wantStats(t, p, 1, 3, 0)
+
+		abort() // a2 gives up its place, and a's share
+		if got := c.ended(); len(got) != 1 || got["a2"] != errHashCanceled {
+			t.Fatalf("after its context ended, a2 = %v; want %v", got, errHashCanceled)
+		}
+		c.login(a, "a4")
+		if got := c.ended(); len(got) != 0 {
+			t.Fatalf("a4 returned (%v), want it waiting: a has one call in (a1)", got)
+		}
+		f.release <- struct{}{}
+		for pw, err := range c.ended() {
+			if err != nil {
+				t.Errorf("%s after the worker was freed: %v", pw, err)
+			}
+		}
+		wantStats(t, p, 0, 0, 0)
+		if got := len(p.gate.clients); got != 0 {
+			t.Errorf("%d clients still counted after every call ended", got)
+		}
+	})
+}

@@ -56,7 +56,7 @@ func (p *Passwords) Hash(ctx context.Context, password string) (string, error) {
 	if err := p.gate.acquire(ctx, true); err != nil {
 		return "", err
 	}
-	defer p.gate.release(true)
+	defer p.gate.release(ctx, true)
 	return p.hash([]byte(password)), nil
 }
 
@@ -76,7 +76,7 @@ func (p *Passwords) Verify(ctx context.Context, password, hash string) (bool, er
 	if err := p.gate.acquire(ctx, false); err != nil {
 		return false, err
 	}
-	defer p.gate.release(false)
+	defer p.gate.release(ctx, false)
 	ok, wellFormed := p.verifyHash([]byte(password), hash)
 	if !wellFormed {
 		p.verifyHash([]byte(password), p.dummy)

@@ -411,38 +411,76 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 	}
 	key := crdt.SessionKey(p.SessionID) // p itself in the closure would move to the heap
 	var merged crdt.Map
-	err = s.Store.Update(ctx, func(tx Tx) error {
-		ts := s.Clock.Next()
-		var update crdt.Map
-		for k, v := range patch.Set {
-			update.Set(crdt.DataPrefix+k, v, ts)
-		}
-		if len(patch.Delete) > 0 {
-			// A tombstone is kept until the session ends: write one only for a key that
-			// has a value here, so deleting keys never set grows nothing.
-			cur, ok, err := tx.Record(key)
-			if err != nil {
-				return err
+	// lenient: the session's data may be over its bounds already (writes through other
+	// nodes at once each passed them, and their merge does not), so the patch is refused
+	// only if it grows what is over; run only after a strict check refused it.
+	patchFn := func(lenient bool) func(tx Tx) error {
+		return func(tx Tx) error {
+			var before crdt.Map
+			if lenient {
+				var err error
+				if before, _, err = tx.Record(key); err != nil {
+					return err
+				}
+				before = before.Copy()
 			}
-			for _, k := range patch.Delete {
-				if ok && crdt.SessionDataLive(&cur, k) {
-					update.Delete(crdt.DataPrefix+k, ts)
+			ts := s.Clock.Next()
+			var update crdt.Map
+			for k, v := range patch.Set {
+				update.Set(crdt.DataPrefix+k, v, ts)
+			}
+			if len(patch.Delete) > 0 {
+				// A tombstone is kept until the session ends: write one only for a key that
+				// has a value here, so deleting keys never set grows nothing.
+				cur, ok, err := tx.Record(key)
+				if err != nil {
+					return err
+				}
+				for _, k := range patch.Delete {
+					if ok && crdt.SessionDataLive(&cur, k) {
+						update.Delete(crdt.DataPrefix+k, ts)
+					}
 				}
 			}
+			update.Raise(crdt.FieldLastUsed, ts.Wall, ts)
+			// The merge is checked after the fact: returning an error discards it. This
+			// runs on the store's single committer, so it checks without building anything.
+			var err error
+			if merged, err = tx.Merge(key, update); err != nil {
+				return err
+			}
+			if lenient {
+				return checkSessionDataGrowth(&before, &merged)
+			}
+			return checkSessionData(&merged)
 		}
-		update.Raise(crdt.FieldLastUsed, ts.Wall, ts)
-		// The merge is checked after the fact: returning an error discards it. This
-		// runs on the store's single committer, so it checks without building anything.
-		var err error
-		if merged, err = tx.Merge(key, update); err != nil {
-			return err
-		}
-		return checkSessionData(&merged)
-	})
+	}
+	err = s.Store.Update(ctx, patchFn(false))
+	if ErrorCode(err) == ETooLarge {
+		err = s.Store.Update(ctx, patchFn(true))
+	}
 	if err != nil {
 		return Session{}, err
 	}
 	return sessionOf(crdt.ReadSession(p.SessionID, &merged), l.user), nil
+}
+
+// checkSessionDataGrowth is checkSessionData for a session whose data before the merge,
+// before, may be over its bounds already: it refuses a merge that leaves a bound passed
+// and grows what that bound measures, and lets one through that keeps or shrinks it (a
+// patch that replaces a value with one no longer, or deletes keys), so that the owner
+// of such a session can bring it back within its bounds.
+func checkSessionDataGrowth(before, m *crdt.Map) error {
+	err := checkSessionData(m)
+	if ErrorCode(err) != ETooLarge {
+		return err
+	}
+	k0, s0, d0 := crdt.SessionDataSize(before)
+	k1, s1, d1 := crdt.SessionDataSize(m)
+	if k1 > MaxDataKeys && k1 > k0 || s1 > MaxSessionData && s1 > s0 || k1+d1 > MaxDataNames && k1+d1 > k0+d0 {
+		return err
+	}
+	return nil
 }
 
 // validPatch checks a data patch against the bounds of a session's data.

@@ -710,6 +710,36 @@ func TestSessionsPatchData(t *testing.T) {
 		}
 	})
 
+	// Writes through two nodes at once each pass the bound on size, and their merge does
+	// not (found by an outside review): every later patch was refused until keys were
+	// deleted. A patch that does not grow what is over now goes through; one that grows
+	// it is still refused, with nothing changed.
+	t.Run("OverAfterMerge", func(t *testing.T) {
+		e, p := setup(t)
+		key := crdt.SessionKey(p.SessionID)
+		mustPatch(t, e, p, DataPatch{Set: map[string]json.RawMessage{"a": jsonString(MaxDataValue), "b": jsonString(MaxDataValue)}})
+		var elsewhere crdt.Map // the other node's concurrent write, replicated here
+		other := crdt.Timestamp{Wall: time.Now().UnixNano(), Node: 99}
+		elsewhere.Set(crdt.DataPrefix+"c", jsonString(MaxDataValue), other)
+		elsewhere.Set(crdt.DataPrefix+"d", jsonString(MaxDataValue), other)
+		elsewhere.Set(crdt.DataPrefix+"e", jsonString(MaxDataValue), other)
+		e.store.merge(key, elsewhere)
+		over := e.store.record(key)
+		if _, size, _ := crdt.SessionDataSize(&over); size <= MaxSessionData {
+			t.Fatalf("data size %d after the merge, want over %d", size, MaxSessionData)
+		}
+		_, err := e.sessions.PatchData(ctx, p, DataPatch{Set: map[string]json.RawMessage{"f": raw(`1`)}})
+		wantCode(t, err, ETooLarge)
+		if after := e.store.record(key); !after.Equal(over) {
+			t.Errorf("session record changed by a refused update")
+		}
+		s := mustPatch(t, e, p, DataPatch{Set: map[string]json.RawMessage{"theme": raw(`1`)}, Delete: []string{"a"}})
+		if _, ok := s.Data["a"]; ok || string(s.Data["theme"]) != "1" {
+			t.Errorf("Data keys=%v, want a deleted and theme set", slices.Sorted(maps.Keys(s.Data)))
+		}
+		mustPatch(t, e, p, DataPatch{Set: map[string]json.RawMessage{"b": raw(`2`)}}) // shrinks
+	})
+
 	t.Run("ErrTooLarge/Keys", func(t *testing.T) {
 		e, p := setup(t)
 		s := mustPatch(t, e, p, DataPatch{Set: manyKeys("k", MaxDataKeys)})

@@ -288,13 +288,26 @@ var erasedUserFields = map[string]bool{
 	crdt.FieldSessionsWindow: true,
 }
 
-// filterErased strips an erased user's record m of every other field. The deleted flag
-// is monotonic and the filter works field by field, so filtering after every merge keeps
-// merges commutative, associative and idempotent: every replica ends with the same
-// record whatever order the erasure and concurrent profile edits arrive in.
-func filterErased(m *crdt.Map) {
-	if _, deleted := m.Flag(crdt.FieldDeleted); !deleted {
-		return
+// filtered returns which fields a record of the kind prefix names (crdt.UserPrefix,
+// crdt.SessionPrefix) sheds in state m, or nil if it keeps them all: an erased user's
+// record everything but erasedUserFields; a revoked session its data (crdt.DataPrefix:
+// values and deletions alike), which nobody can read or write any more, so that a user
+// signing in and out in a loop leaves small records behind until they expire, not
+// their data (found by an outside review: 2,000 sign-ins with 63 KB of data each grew
+// a file by 190 MB). The flags that decide are monotonic and the filter works field by
+// field, so filtering after every merge keeps merges commutative, associative and
+// idempotent: every replica ends with the same record whatever order the flag and
+// concurrent writes arrive in.
+func filtered(prefix string, m *crdt.Map) func(name string) bool {
+	switch prefix {
+	case crdt.UserPrefix:
+		if _, deleted := m.Flag(crdt.FieldDeleted); deleted {
+			return func(name string) bool { return !erasedUserFields[name] }
+		}
+	case crdt.SessionPrefix:
+		if _, revoked := m.Flag(crdt.FieldRevoked); revoked {
+			return func(name string) bool { return strings.HasPrefix(name, crdt.DataPrefix) }
+		}
 	}
-	m.Prune(func(name string, _ crdt.Field) bool { return !erasedUserFields[name] })
+	return nil
 }

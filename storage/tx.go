@@ -145,17 +145,21 @@ func (tx *Tx) merge(key string, update crdt.Map, remote bool) (*pendingRecord, o
 		trial = p.m.Copy()
 		dst = &trial
 	}
-	// An erased user's record is filtered after merging, a key-value record compacted;
-	// whether the merge changed it then shows only in its encoding.
+	// An erased user's record and a revoked session are filtered after merging
+	// (filtered), a key-value record compacted; whether the merge changed it then shows
+	// only in its encoding.
 	var before []byte
-	if kv {
+	var prefix string // the record's kind, if it may be filtered
+	switch {
+	case kv:
 		before = p.m.AppendBinary(nil)
-	} else if strings.HasPrefix(key, crdt.UserPrefix) {
-		_, del := p.m.Flag(crdt.FieldDeleted)
-		_, delUpd := update.Flag(crdt.FieldDeleted)
-		if del || delUpd {
-			before = p.m.AppendBinary(nil)
-		}
+	case strings.HasPrefix(key, crdt.UserPrefix):
+		prefix = crdt.UserPrefix
+	case strings.HasPrefix(key, crdt.SessionPrefix):
+		prefix = crdt.SessionPrefix
+	}
+	if prefix != "" && (filtered(prefix, &p.m) != nil || filtered(prefix, &update) != nil) {
+		before = p.m.AppendBinary(nil)
 	}
 	var changed bool
 	var overtaken crdt.Timestamp
@@ -185,15 +189,15 @@ func (tx *Tx) merge(key string, update crdt.Map, remote bool) (*pendingRecord, o
 	}
 	p.size = bound
 	if before != nil {
-		if !kv {
-			if _, del := p.m.Flag(crdt.FieldDeleted); del && remote {
-				for _, name := range p.m.Names() {
-					if f, _ := p.m.Field(name); !erasedUserFields[name] && f.TS.Node == tx.b.db.node && overtaken.Less(f.TS) {
-						overtaken = f.TS
-					}
+		if drop := filtered(prefix, &p.m); !kv && drop != nil {
+			p.m.Prune(func(name string, f crdt.Field) bool {
+				// A write of ours that a remote erasure or revocation sheds is lost as
+				// much as one a later write replaced (DB.Replaced).
+				if drop(name) && remote && f.TS.Node == tx.b.db.node && overtaken.Less(f.TS) {
+					overtaken = f.TS
 				}
-			}
-			filterErased(&p.m)
+				return drop(name)
+			})
 		}
 		changed = !bytes.Equal(before, p.m.AppendBinary(nil))
 	}
