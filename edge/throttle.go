@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -395,6 +396,12 @@ func (l *limiter) message(ctx context.Context, limit int, userID string) (*attem
 // addrKey returns a bounded key for a client address. The result owns its bytes (addr
 // may alias a request buffer).
 func addrKey(addr string) string {
+	if ip, err := netip.ParseAddr(addr); err == nil && ip.Is6() && !ip.Is4In6() {
+		// One client holds a whole /64 (the smallest prefix a network assigns): keyed by
+		// its full address, it would pass every per-address limit 2^64 times over.
+		p, _ := ip.Prefix(64)
+		return p.String()
+	}
 	if len(addr) <= maxAddrKey {
 		return string([]byte(addr))
 	}

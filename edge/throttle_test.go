@@ -226,6 +226,17 @@ func TestKeys(t *testing.T) {
 	if got := addrKey("10.0.0.1"); got != "10.0.0.1" {
 		t.Errorf("addrKey(10.0.0.1) = %q", got)
 	}
+	// IPv6 clients are keyed by their /64 (found by an outside review: one client with a
+	// /64 had limitless addresses); an IPv4-mapped address is IPv4.
+	if a, b := addrKey("2001:db8:1:2::1"), addrKey("2001:db8:1:2:ffff::9"); a != b || a != "2001:db8:1:2::/64" {
+		t.Errorf("addrKey of two addresses of one /64 = %q, %q; want both 2001:db8:1:2::/64", a, b)
+	}
+	if addrKey("2001:db8:1:3::1") == addrKey("2001:db8:1:2::1") {
+		t.Error("two /64s share a key")
+	}
+	if got := addrKey("::ffff:10.0.0.1"); got != "::ffff:10.0.0.1" {
+		t.Errorf("addrKey(::ffff:10.0.0.1) = %q, want it as it is", got)
+	}
 	long := strings.Repeat("1.2.3.4, ", 1000)
 	if got := addrKey(long); len(got) > maxAddrKey || got == addrKey(long+"x") {
 		t.Errorf("addrKey of a long address = %q: want a short key distinct per address", got)
