@@ -49,7 +49,8 @@ func validPassword(s string) error {
 
 // validText checks a free-text field: UTF-8, at most max bytes, no control characters —
 // C0, DEL and C1, whose U+0085 breaks lines and U+009B starts terminal escapes — (newlines
-// and tabs allowed when multiline).
+// and tabs allowed when multiline), and in a single-line field (a name) no bidirectional
+// embedding, override or isolate controls, which make a name display as another.
 func validText(field, s string, max int, multiline bool) error {
 	if len(s) > max {
 		return Errorf(EInvalid, "%s must be at most %d bytes", field, max)
@@ -61,9 +62,16 @@ func validText(field, s string, max int, multiline bool) error {
 		if unicode.IsControl(c) && !(multiline && (c == '\n' || c == '\t' || c == '\r')) {
 			return Errorf(EInvalid, "%s must not contain control characters", field)
 		}
+		if !multiline && bidiControl(c) {
+			return Errorf(EInvalid, "%s must not contain bidirectional control characters", field)
+		}
 	}
 	return nil
 }
+
+// bidiControl reports whether c is a bidirectional embedding, override or isolate
+// control (U+202A–U+202E, U+2066–U+2069).
+func bidiControl(c rune) bool { return c >= 0x202a && c <= 0x202e || c >= 0x2066 && c <= 0x2069 }
 
 // Profile is a user's editable profile (package api owns the JSON shape).
 type Profile = api.Profile
@@ -89,7 +97,8 @@ func validEmail(s string) error {
 		return err
 	}
 	local, domain, ok := strings.Cut(s, "@")
-	if !ok || local == "" || domain == "" || strings.Contains(domain, "@") || strings.ContainsAny(s, " \t") {
+	invisible := strings.IndexFunc(s, func(c rune) bool { return unicode.IsSpace(c) || unicode.Is(unicode.Cf, c) }) >= 0
+	if !ok || local == "" || domain == "" || strings.Contains(domain, "@") || invisible {
 		return Errorf(EInvalid, "email must look like name@example.com")
 	}
 	return nil
