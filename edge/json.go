@@ -355,7 +355,7 @@ func jsonKind(goKind string) string {
 	case "slice":
 		return "an array"
 	case "int", "int64":
-		return "a number"
+		return "an integer"
 	}
 	return "of another type"
 }
