@@ -63,11 +63,11 @@ type Config struct {
 	MaxSkew         time.Duration // remote timestamps further ahead are rejected; default 1m
 	SweepEvery      time.Duration // how often expired sessions and key-value records are removed; default 1m
 	LoginPerAccount int           // failed logins per account per minute, all addresses; default 100
-	// LoginsPerAccount is sign-ins that succeed per account per minute, cluster-wide: each
+	// SignInsPerAccount is sign-ins that succeed per account per minute, cluster-wide: each
 	// makes a session that stays stored until it expires. Default 60.
-	LoginsPerAccount int
-	LoginPerAddress  int      // failed logins per client address per minute; default 60
-	CORSOrigins      []string // origins allowed to call the API from a browser; default none
+	SignInsPerAccount int
+	LoginPerAddress   int      // failed logins per client address per minute; default 60
+	CORSOrigins       []string // origins allowed to call the API from a browser; default none
 	// PasswordWorkers is how many argon2id hashes (logins and sign-ups) run at once; each
 	// takes one core for tens of milliseconds. 0: max(1, GOMAXPROCS/2), so that hashing
 	// gets at most half the CPUs and reads and writes keep the rest. See
@@ -146,26 +146,26 @@ func DefaultConfig() Config {
 		host = "sessiond"
 	}
 	return Config{
-		NodeName:         host,
-		Region:           "local",
-		DataDir:          "./data",
-		HTTPAddr:         "127.0.0.1:8080",
-		GossipAddr:       "127.0.0.1:7946",
-		SessionTTL:       24 * time.Hour,
-		IdleTTL:          2 * time.Hour,
-		MaxSkew:          time.Minute,
-		SweepEvery:       time.Minute,
-		MoveRate:         64, // cluster.DefaultMoveRate
-		LoginPerAccount:  100,
-		LoginsPerAccount: 60,
-		LoginPerAddress:  60,
-		ShutdownTimeout:  10 * time.Second,
-		AccessLogSample:  0.01,
-		CatchUpTimeout:   30 * time.Second,
-		AntiEntropyEvery: 10 * time.Second,
-		BookmarkWait:     300 * time.Millisecond,
-		BookmarkTimeout:  2 * time.Second,
-		PasswordWait:     time.Second,
+		NodeName:          host,
+		Region:            "local",
+		DataDir:           "./data",
+		HTTPAddr:          "127.0.0.1:8080",
+		GossipAddr:        "127.0.0.1:7946",
+		SessionTTL:        24 * time.Hour,
+		IdleTTL:           2 * time.Hour,
+		MaxSkew:           time.Minute,
+		SweepEvery:        time.Minute,
+		MoveRate:          64, // cluster.DefaultMoveRate
+		LoginPerAccount:   100,
+		SignInsPerAccount: 60,
+		LoginPerAddress:   60,
+		ShutdownTimeout:   10 * time.Second,
+		AccessLogSample:   0.01,
+		CatchUpTimeout:    30 * time.Second,
+		AntiEntropyEvery:  10 * time.Second,
+		BookmarkWait:      300 * time.Millisecond,
+		BookmarkTimeout:   2 * time.Second,
+		PasswordWait:      time.Second,
 	}
 }
 
@@ -192,8 +192,8 @@ func (c Config) Validate() error {
 		return errors.New("config: SweepEvery must be positive")
 	case c.BookmarkWait < 0 || c.BookmarkTimeout <= 0:
 		return errors.New("config: BookmarkWait must not be negative and BookmarkTimeout must be positive")
-	case c.LoginPerAccount <= 0 || c.LoginPerAddress <= 0 || c.LoginsPerAccount <= 0:
-		return errors.New("config: LoginPerAccount, LoginPerAddress and LoginsPerAccount must be positive")
+	case c.LoginPerAccount <= 0 || c.LoginPerAddress <= 0 || c.SignInsPerAccount <= 0:
+		return errors.New("config: LoginPerAccount, LoginPerAddress and SignInsPerAccount must be positive")
 	case c.LoginPerAccountAddress < 0 || c.SignupsPerAddress < 0 || c.CounterFlush < 0:
 		return errors.New("config: LoginPerAccountAddress, SignupsPerAddress and CounterFlush must not be negative")
 	case c.PasswordWorkers < 0 || c.PasswordQueue < 0 || c.PasswordPerClient < 0:

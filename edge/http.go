@@ -404,10 +404,10 @@ func (n *Node) login(c *fiber.Ctx) error {
 		return n.loginsThrottled(c, r)
 	}
 	// Sign-ins that succeed are limited per account (throttle.go).
-	sat, ok, r := n.limits.signIn(c.UserContext(), n.cfg.LoginsPerAccount, req.Username)
+	sat, ok, r := n.limits.signIn(c.UserContext(), n.cfg.SignInsPerAccount, req.Username)
 	if !ok {
 		at.done(false)
-		n.metrics.loginFailures.WithLabelValues("throttled").Inc()
+		n.metrics.loginFailures.WithLabelValues("signins").Inc()
 		return n.throttled(c, r, "too many sign-ins to this account; sign out of sessions you do not use, or try again later",
 			"too many sign-ins to this account at once")
 	}

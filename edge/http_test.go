@@ -39,7 +39,7 @@ func testConfig(tb testing.TB, name string) Config {
 	cfg.FastGossip = true
 	cfg.LoginPerAccount = 1000
 	cfg.LoginPerAddress = 1000
-	cfg.LoginsPerAccount = 1000 // tests sign one account in many times (the limit's test sets its own)
+	cfg.SignInsPerAccount = 1000 // tests sign one account in many times (the limit's test sets its own)
 	cfg.Logger = testLogger(tb, name)
 	return cfg
 }

@@ -69,7 +69,7 @@ func newMetrics(db *storage.DB, commits *commitMetrics) *metrics {
 		}, []string{"route", "method"}),
 		loginFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessiond_login_failures_total",
-			Help: "Failed logins by reason (credentials, throttled, conflict).",
+			Help: "Failed logins by reason (credentials, throttled, signins, conflict).",
 		}, []string{"reason"}),
 	}
 	stored := func(name, help string, pick func(storage.Stats) int) prometheus.Collector {

@@ -29,10 +29,10 @@ import (
 //     login that presents a valid device token for the account (OWASP's device cookies):
 //     a client that signed in to the account before keeps getting through.
 //
-// Sign-ins that succeed are limited per account too (LoginsPerAccount a minute, default
+// Sign-ins that succeed are limited per account too (SignInsPerAccount a minute, default
 // 60): each creates a session, and a revoked session stays stored, small, until it
 // expires, so that its revocation reaches every replica; an account signing in in a loop
-// would otherwise pile them up without bound. Only the account's owner can spend it.
+// would otherwise pile them up without bound. Only a correct password spends it.
 //
 // Sign-ups are limited per address (SignupsPerAddress per 10 minutes, default 10): every
 // registration that gets past input validation counts, created (201) or not (409), so
@@ -362,9 +362,16 @@ func (l *limiter) login(ctx context.Context, lim loginLimits, addr, username str
 }
 
 // signIn decides, by the limit on sign-ins that succeed per account, a login attempt on
-// the account named username; charge it (done) if it succeeds.
+// the account named username; charge it (done) if it succeeds. It is decided on the
+// counts alone, not on attempts in flight: those are mostly wrong passwords, anyone's to
+// send, and counting them would let someone else's guesses refuse the owner (found by an
+// outside review). A burst of concurrent correct sign-ins may so pass the limit by the
+// burst; the counts stop the next.
 func (l *limiter) signIn(ctx context.Context, limit int, username string) (*attempt, bool, refusal) {
-	return l.admit(ctx, setSignIns, []string{"s|" + accountKey(username)}, under(limit))
+	return l.admit(ctx, setSignIns, []string{"s|" + accountKey(username)}, func(g []gauge) (bool, time.Duration) {
+		over, wait := gauge{Count: g[0].Count}.over(limit)
+		return !over, wait
+	})
 }
 
 // under decides an attempt on one key against limit.

@@ -340,7 +340,7 @@ func TestHTTP_SignInLimit(t *testing.T) {
 	cfg := testConfig(t, "signins-0")
 	clock := newFakeClock(time.Now())
 	cfg.Now = clock.Now
-	cfg.LoginsPerAccount = 3
+	cfg.SignInsPerAccount = 3
 	n := MustStartNode(t, cfg)
 	c := newTestClient(t, n)
 	signUp(t, c, "looper") // one sign-in

@@ -390,7 +390,7 @@ func startUINode(t *testing.T) string {
 	cfg.FastGossip = true
 	cfg.LoginPerAccount = 1000
 	cfg.LoginPerAddress = 1000
-	cfg.LoginsPerAccount = 1000
+	cfg.SignInsPerAccount = 1000
 	n, err := edge.NewNode(cfg)
 	if err != nil {
 		t.Fatalf("NewNode: %v", err)

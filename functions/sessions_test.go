@@ -386,6 +386,14 @@ func TestSessionsAuthenticate(t *testing.T) {
 		if err := auth(e, bob); err != nil {
 			t.Errorf("Authenticate another user's session: %v", err)
 		}
+		// The sessions held here carry the revocation themselves, so storage sheds their
+		// data now, not when they expire; another user's do not.
+		for id, want := range map[string]bool{p1.SessionID: true, p2.SessionID: true, bob.SessionID: false} {
+			m := e.store.record(crdt.SessionKey(id))
+			if _, revoked := m.Flag(crdt.FieldRevoked); revoked != want {
+				t.Errorf("session %s revoked flag = %v, want %v", id, revoked, want)
+			}
+		}
 		// A session created afterwards, even within the same physical instant, is usable.
 		_, p3 := e.mustLogin(t, "alice", testPassword)
 		if err := auth(e, p3); err != nil {
@@ -712,17 +720,18 @@ func TestSessionsPatchData(t *testing.T) {
 
 	// Writes through two nodes at once each pass the bound on size, and their merge does
 	// not (found by an outside review): every later patch was refused until keys were
-	// deleted. A patch that does not grow what is over now goes through; one that grows
-	// it is still refused, with nothing changed.
+	// deleted. A patch that gives no key a new or longer value now goes through; one that
+	// does is still refused, with nothing changed.
 	t.Run("OverAfterMerge", func(t *testing.T) {
 		e, p := setup(t)
 		key := crdt.SessionKey(p.SessionID)
-		mustPatch(t, e, p, DataPatch{Set: map[string]json.RawMessage{"a": jsonString(MaxDataValue), "b": jsonString(MaxDataValue)}})
-		var elsewhere crdt.Map // the other node's concurrent write, replicated here
-		other := crdt.Timestamp{Wall: time.Now().UnixNano(), Node: 99}
+		mustPatch(t, e, p, DataPatch{Set: map[string]json.RawMessage{"a": jsonString(MaxDataValue), "b": jsonString(MaxDataValue / 2)}})
+		var elsewhere crdt.Map                     // the other node's concurrent write, replicated here
+		other := crdt.Timestamp{Wall: 1, Node: 99} // before anything this node stamps
 		elsewhere.Set(crdt.DataPrefix+"c", jsonString(MaxDataValue), other)
 		elsewhere.Set(crdt.DataPrefix+"d", jsonString(MaxDataValue), other)
 		elsewhere.Set(crdt.DataPrefix+"e", jsonString(MaxDataValue), other)
+		elsewhere.Set(crdt.DataPrefix+"g", jsonString(MaxDataValue), other)
 		e.store.merge(key, elsewhere)
 		over := e.store.record(key)
 		if _, size, _ := crdt.SessionDataSize(&over); size <= MaxSessionData {
@@ -733,11 +742,24 @@ func TestSessionsPatchData(t *testing.T) {
 		if after := e.store.record(key); !after.Equal(over) {
 			t.Errorf("session record changed by a refused update")
 		}
-		s := mustPatch(t, e, p, DataPatch{Set: map[string]json.RawMessage{"theme": raw(`1`)}, Delete: []string{"a"}})
-		if _, ok := s.Data["a"]; ok || string(s.Data["theme"]) != "1" {
-			t.Errorf("Data keys=%v, want a deleted and theme set", slices.Sorted(maps.Keys(s.Data)))
+		// Nor a new key beside a value shrunk by more, though the total falls: two such
+		// patches through two nodes at once would merge into more than either (each
+		// shrinks a, each adds its own key).
+		_, err = e.sessions.PatchData(ctx, p, DataPatch{Set: map[string]json.RawMessage{"a": raw(`1`), "f": raw(`1`)}})
+		wantCode(t, err, ETooLarge)
+		_, err = e.sessions.PatchData(ctx, p, DataPatch{Set: map[string]json.RawMessage{"b": jsonString(MaxDataValue/2 + 1)}}) // a longer value
+		wantCode(t, err, ETooLarge)
+		if after := e.store.record(key); !after.Equal(over) {
+			t.Errorf("session record changed by a refused update")
 		}
-		mustPatch(t, e, p, DataPatch{Set: map[string]json.RawMessage{"b": raw(`2`)}}) // shrinks
+		s := mustPatch(t, e, p, DataPatch{Set: map[string]json.RawMessage{"b": raw(`2`)}, Delete: []string{"a"}}) // shrinks, still over
+		if _, ok := s.Data["a"]; ok || string(s.Data["b"]) != "2" {
+			t.Errorf("Data keys=%v, want a deleted and b shrunk", slices.Sorted(maps.Keys(s.Data)))
+		}
+		mustPatch(t, e, p, DataPatch{Delete: []string{"c"}})
+		// Back within the bound (three values of MaxDataValue and a small one), anything
+		// within it goes.
+		mustPatch(t, e, p, DataPatch{Set: map[string]json.RawMessage{"theme": raw(`1`)}})
 	})
 
 	t.Run("ErrTooLarge/Keys", func(t *testing.T) {

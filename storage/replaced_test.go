@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -385,5 +386,48 @@ func TestRevokedSessionShedsData(t *testing.T) {
 	}
 	if got, ok := replacedOf(t, a, sess); !ok || got.Node != a.NodeID() {
 		t.Errorf("Replaced = %v, %v; want a's shed data write", got, ok)
+	}
+}
+
+// TestRevokeNearMaxRecord: a revocation of a session near MaxRecord is applied, local or
+// remote: the record is filtered before it is measured (found by an outside review: the
+// revocation was refused as too large, so one replica kept the session usable).
+func TestRevokeNearMaxRecord(t *testing.T) {
+	for _, remote := range []bool{false, true} {
+		db := MustOpenDB(t)
+		sess := crdt.SessionKey("s1")
+		base := db.Clock().Next()
+		merge(t, db, sess, crdt.NewSession("u1", base.Time().Add(24*time.Hour), time.Hour, base))
+		var data crdt.Map
+		ts := db.Clock().Next()
+		for i := 0; ; i++ {
+			var one crdt.Map
+			one.Set(fmt.Sprintf("%sk%04d", crdt.DataPrefix, i), []byte(`"`+strings.Repeat("x", 16<<10)+`"`), ts)
+			cur, _ := mustRecord(t, db, sess)
+			if cur.EncodedLen()+data.EncodedLen()+one.EncodedLen() > MaxRecord-8 {
+				break
+			}
+			data.Merge(one)
+		}
+		merge(t, db, sess, data)
+		cur, _ := mustRecord(t, db, sess)
+		var last crdt.Map // fill what is left but a few bytes
+		last.Set(crdt.DataPrefix+"last", []byte(`"`+strings.Repeat("y", MaxRecord-cur.EncodedLen()-40)+`"`), ts)
+		merge(t, db, sess, last)
+		if cur, _ = mustRecord(t, db, sess); cur.EncodedLen() < MaxRecord-32 {
+			t.Fatalf("the session is %d bytes, not near MaxRecord %d", cur.EncodedLen(), MaxRecord)
+		}
+		revoke := crdt.RevokeSession(db.Clock().Next())
+		if remote {
+			if res := mustApply(t, db, Change{Key: sess, Map: revoke}); res.Applied != 1 {
+				t.Fatalf("remote revocation near MaxRecord: %+v, want applied", res)
+			}
+		} else {
+			merge(t, db, sess, revoke)
+		}
+		m, _ := mustRecord(t, db, sess)
+		if _, revoked := m.Flag(crdt.FieldRevoked); !revoked || m.EncodedLen() > 1024 {
+			t.Errorf("remote=%v: revoked %v, %d bytes; want revoked and small", remote, revoked, m.EncodedLen())
+		}
 	}
 }

@@ -174,6 +174,18 @@ func (tx *Tx) merge(key string, update crdt.Map, remote bool) (*pendingRecord, o
 			overtaken = o
 		}
 	}
+	// Filtered before it is measured: a revocation or an erasure only ever shrinks a
+	// record, and must not be refused as too large when the record is near the bound.
+	if drop := filtered(prefix, dst); drop != nil {
+		dst.Prune(func(name string, f crdt.Field) bool {
+			// A write of ours that a remote erasure or revocation sheds is lost as much as
+			// one a later write replaced (DB.Replaced).
+			if drop(name) && remote && f.TS.Node == tx.b.db.node && overtaken.Less(f.TS) {
+				overtaken = f.TS
+			}
+			return drop(name)
+		})
+	}
 	if dst == &trial {
 		if n := trial.EncodedLen(); n > MaxRecord {
 			if fresh { // as if never merged
@@ -189,16 +201,6 @@ func (tx *Tx) merge(key string, update crdt.Map, remote bool) (*pendingRecord, o
 	}
 	p.size = bound
 	if before != nil {
-		if drop := filtered(prefix, &p.m); !kv && drop != nil {
-			p.m.Prune(func(name string, f crdt.Field) bool {
-				// A write of ours that a remote erasure or revocation sheds is lost as
-				// much as one a later write replaced (DB.Replaced).
-				if drop(name) && remote && f.TS.Node == tx.b.db.node && overtaken.Less(f.TS) {
-					overtaken = f.TS
-				}
-				return drop(name)
-			})
-		}
 		changed = !bytes.Equal(before, p.m.AppendBinary(nil))
 	}
 	if !overtaken.IsZero() {

@@ -422,6 +422,9 @@ func (s *bmScenario) read(cl *bmClient, i int) {
 			s.t.Errorf("%s read on %s after Await: session %s (created %v) is missing", cl.user, c.Nodes[i].Name, w.key, cl.acked[[2]string{w.key, crdt.FieldUser}].ts)
 			continue
 		}
+		if _, revoked := m.Flag(crdt.FieldRevoked); revoked && strings.HasPrefix(w.field, crdt.DataPrefix) {
+			continue // a revoked session sheds its data, whatever its writes' times
+		}
 		f, has := m.Field(w.field)
 		switch {
 		case !has || f.TS.Less(w.ts):

@@ -230,6 +230,9 @@ func (m *Model) Expected(now time.Time) map[string][]byte {
 			if s.UserID == "" || m.erasedLocked(s.UserID) || !crdt.SessionExpires(&r).After(now) {
 				continue
 			}
+			if s.Revoked { // a revoked session sheds its data, as storage does
+				r.Prune(func(name string, _ crdt.Field) bool { return strings.HasPrefix(name, crdt.DataPrefix) })
+			}
 		}
 		out[key] = storage.Change{Key: key, Map: r}.AppendBinary(nil)
 	}

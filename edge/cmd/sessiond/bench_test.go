@@ -24,7 +24,7 @@ func startBenchNode(tb testing.TB) *edge.Node {
 	return edgetest.Start(tb, "bench-test", func(cfg *edge.Config) {
 		cfg.LoginPerAccount = 1_000_000
 		cfg.LoginPerAddress = 1_000_000
-		cfg.LoginsPerAccount = 1_000_000  // a login mix signs each user in again and again
+		cfg.SignInsPerAccount = 1_000_000 // a login mix signs each user in again and again
 		cfg.SignupsPerAddress = 1_000_000 // the bench registers its users from one address
 		// The tool is under test, not the hashing bound: on a loaded machine a login may
 		// wait for a hashing worker longer than the default second, and get a 503
@@ -121,7 +121,7 @@ func TestBenchTwoTargets(t *testing.T) {
 		c := edge.DefaultConfig()
 		c.NodeName, c.DataDir, c.ClusterKeys, c.FastGossip = name, t.TempDir(), keys, true
 		c.HTTPAddr, c.GossipAddr, c.SyncAddr = "127.0.0.1:0", freeAddr(t), "127.0.0.1:0"
-		c.LoginPerAccount, c.LoginPerAddress, c.LoginsPerAccount = 1_000_000, 1_000_000, 1_000_000
+		c.LoginPerAccount, c.LoginPerAddress, c.SignInsPerAccount = 1_000_000, 1_000_000, 1_000_000
 		// Errors are what the test counts: on a loaded machine a login may wait longer than
 		// the default second for the one hashing worker (CI saw two 503s so).
 		c.PasswordWait = 30 * time.Second

@@ -147,7 +147,7 @@ func (d *daemon) start() {
 		"--password-wait", "1m", "--password-queue", "4096",
 	}
 	if !d.ownLimits {
-		args = append(args, "--login-per-account", "10000", "--login-per-address", "100000", "--logins-per-account", "100000", "--signups-per-address", "100000", "--messages-per-user", "100000")
+		args = append(args, "--login-per-account", "10000", "--login-per-address", "100000", "--signins-per-account", "100000", "--signups-per-address", "100000", "--messages-per-user", "100000")
 	}
 	args = append(args, d.extra...)
 	d.cmd = exec.Command(e2eBinary(d.t), args...)

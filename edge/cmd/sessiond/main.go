@@ -179,7 +179,7 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	fs.DurationVar(&c.IdleTTL, "idle-ttl", c.IdleTTL, "a session unused this long expires")
 	fs.DurationVar(&c.MaxSkew, "max-skew", c.MaxSkew, "remote timestamps further ahead of local time are rejected")
 	fs.IntVar(&c.LoginPerAccount, "login-per-account", c.LoginPerAccount, "failed logins allowed per account per minute from all addresses (a login with a device token from an earlier sign-in is exempt)")
-	fs.IntVar(&c.LoginsPerAccount, "logins-per-account", c.LoginsPerAccount, "sign-ins that succeed allowed per account per minute, cluster-wide (each makes a session, stored until it expires)")
+	fs.IntVar(&c.SignInsPerAccount, "signins-per-account", c.SignInsPerAccount, "sign-ins that succeed allowed per account per minute, cluster-wide (each makes a session, stored until it expires)")
 	fs.IntVar(&c.LoginPerAddress, "login-per-address", c.LoginPerAddress, "failed logins allowed per client address per minute")
 	fs.IntVar(&c.LoginPerAccountAddress, "login-per-account-address", c.LoginPerAccountAddress, "failed logins allowed per account per minute from one address, below --login-per-account; 0: min(10, --login-per-account - 1)")
 	fs.IntVar(&c.SignupsPerAddress, "signups-per-address", c.SignupsPerAddress, "registrations allowed per client address per 10 minutes; 0: 10")

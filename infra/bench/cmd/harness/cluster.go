@@ -86,7 +86,7 @@ func (n *node) launch(o options, extra ...string) error {
 func (n *node) launchOnce(o options, extra ...string) error {
 	args := []string{"--node", n.name, "--region", n.region, "--data", n.data,
 		"--http", n.http, "--gossip", n.gossip, "--sync", n.sync,
-		"--login-per-account", "1000000", "--login-per-account-address", "999999", "--login-per-address", "1000000", "--signups-per-address", "1000000", "--messages-per-user", "1000000", "--password-per-client", "1000000", "--logins-per-account", "1000000", "--log-level", "warn"}
+		"--login-per-account", "1000000", "--login-per-account-address", "999999", "--login-per-address", "1000000", "--signups-per-address", "1000000", "--messages-per-user", "1000000", "--password-per-client", "1000000", "--signins-per-account", "1000000", "--log-level", "warn"}
 	if n.key != "" {
 		args = append(args, "--cluster-key-file", n.key)
 	}
