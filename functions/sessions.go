@@ -412,8 +412,8 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 	key := crdt.SessionKey(p.SessionID) // p itself in the closure would move to the heap
 	var merged crdt.Map
 	// lenient: the session's data may be over its bounds already (writes through other
-	// nodes at once each passed them, and their merge does not), so the patch is refused
-	// only if it grows what is over; run only after a strict check refused it.
+	// nodes at once each passed them, and their merge does not), so the patch is judged
+	// by checkSessionDataGrowth; run only after a strict check refused it.
 	patchFn := func(lenient bool) func(tx Tx) error {
 		return func(tx Tx) error {
 			var before crdt.Map
