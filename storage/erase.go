@@ -41,10 +41,8 @@ func (b *batch) erase(user string) error {
 					own = f.TS
 				}
 			}
-			if v := b.replaced.get().Get([]byte(key)); v != nil { // and those it lost
-				if ts, err := crdt.DecodeTimestamp(v); err == nil && own.Less(ts) {
-					own = ts
-				}
+			if ts, ok := replacedIn(b.replaced.get().Bucket, []byte(key)); ok && own.Less(ts) { // and those it lost
+				own = ts
 			}
 			if err := b.deleteRecord(key, st); err != nil {
 				return err

@@ -105,11 +105,10 @@ func (db *DB) Replaced(ctx context.Context, keys []string) (map[string]crdt.Time
 	err := db.view(ctx, func(btx *bolt.Tx) error {
 		bk := btx.Bucket(bucketReplaced)
 		for _, key := range keys {
-			v := bk.Get(replacedKey(key))
-			if v == nil {
+			ts, ok := replacedIn(bk, replacedKey(key))
+			if !ok {
 				continue
 			}
-			ts, _ := crdt.DecodeTimestamp(v) // undecodable: a mark all the same, of no known time
 			if out == nil {
 				out = make(map[string]crdt.Timestamp)
 			}
@@ -131,14 +130,27 @@ func replacedKey(key string) []byte {
 
 func convReplacedKey(conv string) []byte { return append([]byte{0}, conv...) }
 
+// replacedIn returns the mark of key (replacedKey) in bk, the replaced bucket, if there is
+// one: a value that does not decode is a mark all the same, of no known time (the zero
+// Timestamp, before every other).
+func replacedIn(bk *bolt.Bucket, key []byte) (crdt.Timestamp, bool) {
+	v := bk.Get(key)
+	if v == nil {
+		return crdt.Timestamp{}, false
+	}
+	ts, err := crdt.DecodeTimestamp(v)
+	if err != nil {
+		return crdt.Timestamp{}, true
+	}
+	return ts, true
+}
+
 // noteReplaced records in the replaced bucket that the state at key (replacedKey) lost
 // this node's write stamped ts, unless it records a later one.
 func (b *batch) noteReplaced(key []byte, ts crdt.Timestamp) error {
 	bk := b.replaced.get()
-	if v := bk.Get(key); v != nil {
-		if old, err := crdt.DecodeTimestamp(v); err == nil && !old.Less(ts) {
-			return nil
-		}
+	if old, ok := replacedIn(bk.Bucket, key); ok && !old.Less(ts) {
+		return nil
 	}
 	return bk.Put(key, ts.AppendBinary(nil))
 }
