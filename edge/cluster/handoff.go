@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,12 +31,13 @@ import (
 // it missed, and a joining node that caught up before the write takes its share without
 // it; such keys wait for them (or for membership to forget a failed one).
 //
-// A round never waits on one peer for long: each call of an offer is bounded by
-// Config.OfferTimeout, and a peer that does not answer in time is offered nothing more
-// in that round, so a peer that hangs costs a round one timeout, not one per partition,
+// A round offers each holder all its leaves at once: one offer per holder, in as few
+// requests as the message budget allows. It never waits on one peer for long: each call
+// of an offer is bounded by Config.OfferTimeout, and a peer that does not answer in time
+// is offered nothing more in that round, so a peer that hangs costs a round one timeout,
 // and the other holders' keys are confirmed and dropped all the same; a peer whose
-// offer fails at once (a lost message, a refusal) is still offered the other
-// partitions. Keys a holder did not confirm are kept until it confirms them in a later
+// request fails at once (a lost message, a refusal) still gets the offer's next
+// requests. Keys a holder did not confirm are kept until it confirms them in a later
 // round (confirmations gather over rounds, for as long as the key and the placement stay
 // as they were: Replicator.confirmedBefore), and a round that failed is tried again soon
 // (handoffRetry), not only at the next periodic one.
@@ -195,9 +197,10 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	who := newConfirmers(v.table, r.cfg.Region, slices.Concat(others, down), r.cfg.Replicas)
 	var (
 		first     error
-		slow      = map[crdt.NodeID]bool{}            // holders that timed out this round
 		confirmed = map[string]map[crdt.NodeID]bool{} // key → holders that confirmed it
 		offered   = map[string]uint64{}               // key → the hash offered
+		plan      = map[crdt.NodeID][]strayLeaf{}     // confirmer → the leaves to offer it
+		order     []crdt.NodeID                       // the confirmers, in the order found
 	)
 	if r.confirmedUnder != v.fingerprint {
 		r.confirmedBefore, r.confirmedUnder = nil, v.fingerprint
@@ -214,33 +217,33 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 			return fmt.Errorf("handoff: %w", err)
 		}
 		for _, m := range who.of(sl.leaf, anyOwn) {
-			peer, ok := peers[m.ID]
-			if !ok || slow[m.ID] {
+			if _, ok := peers[m.ID]; !ok {
 				continue // not confirmable now; kept
 			}
-			got, err := r.offer(ctx, peer, sl.leaf, sl.extra)
-			if err != nil {
-				if ctx.Err() != nil {
-					return err
-				}
-				// A holder that failed at once (a lost message, a refusal) is offered the
-				// next partitions all the same: that costs nothing, and over a lossy
-				// network every holder fails now and then. One that timed out would cost
-				// the round a timeout per partition.
-				if errors.Is(err, errOfferTimeout) {
-					slow[m.ID] = true
-				}
-				if first == nil {
-					first = fmt.Errorf("handoff to %s: %w", peer.Name, err)
-				}
-				continue
+			if plan[m.ID] == nil {
+				order = append(order, m.ID)
 			}
-			for _, key := range got {
-				if confirmed[key] == nil {
-					confirmed[key] = map[crdt.NodeID]bool{}
-				}
-				confirmed[key][m.ID] = true
+			plan[m.ID] = append(plan[m.ID], sl)
+		}
+	}
+	// One offer per holder, of every leaf it is a confirmer of: a round costs a call per
+	// holder (and per budget's worth of keys), not one per partition and holder.
+	for _, id := range order {
+		peer := peers[id]
+		got, err := r.offer(ctx, peer, plan[id])
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
 			}
+			if first == nil {
+				first = fmt.Errorf("handoff to %s: %w", peer.Name, err)
+			}
+		}
+		for _, key := range got {
+			if confirmed[key] == nil {
+				confirmed[key] = map[crdt.NodeID]bool{}
+			}
+			confirmed[key][id] = true
 		}
 	}
 	var drop []storage.KeyHash
@@ -417,60 +420,87 @@ func ownGroup(key string) string {
 // convGroup prefixes a conversation's group in markOwn.
 const convGroup = "\x00conv "
 
-// offer compares keys of leaf p with peer (only those: LeafPairs.Only), merges the
+// offer compares the keys of leaves with peer (only those: LeafPairs.Only), merges the
 // peer's differing states, pushes ours where the peer lacks them or differs, and returns
-// the keys the peer holds exactly as offered. Each call to the peer is bounded by
-// Config.OfferTimeout; waiting for the move rate is not.
-func (r *Replicator) offer(ctx context.Context, peer Peer, p int, keys []storage.KeyHash) ([]string, error) {
-	var same []string
-	pairsOf := func(int) ([]storage.KeyHash, error) { return keys, nil }
-	for req, err := range leafRequests([]int{p}, r.budget(), pairsOf) {
+// the keys the peer holds exactly as offered. Leaves too many for one message go in
+// several requests. Each call to the peer is bounded by Config.OfferTimeout; waiting for
+// the move rate is not. A request that fails at once (a lost message, a refusal) leaves
+// its keys unconfirmed and the next request is still made; one that timed out ends the
+// offer, as the peer would likely cost a timeout per request. It returns the keys
+// confirmed and the first error.
+func (r *Replicator) offer(ctx context.Context, peer Peer, leaves []strayLeaf) ([]string, error) {
+	var (
+		same  []string
+		first error
+	)
+	extra := make(map[int][]storage.KeyHash, len(leaves))
+	ids := make([]int, len(leaves))
+	for i, sl := range leaves {
+		extra[sl.leaf], ids[i] = sl.extra, sl.leaf
+	}
+	pairsOf := func(leaf int) ([]storage.KeyHash, error) { return extra[leaf], nil }
+	for req, err := range leafRequests(ids, r.budget(), pairsOf) {
+		if err != nil {
+			return same, err
+		}
+		got, err := r.offerRequest(ctx, peer, req)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, errOfferTimeout) {
+				return same, err
+			}
+			first = cmp.Or(first, err)
+			continue
+		}
+		same = append(same, got...)
+	}
+	return same, first
+}
+
+// offerRequest makes one request of an offer (see offer) and returns the keys peer holds
+// exactly as offered.
+func (r *Replicator) offerRequest(ctx context.Context, peer Peer, req LeavesRequest) ([]string, error) {
+	for i := range req.Leaves {
+		req.Leaves[i].Only = true
+	}
+	req.Version = peer.Proto
+	cctx, cancel := context.WithTimeout(ctx, r.cfg.OfferTimeout)
+	rep, err := r.cfg.Transport.Leaves(cctx, peer, req)
+	err = timedOut(ctx, cctx, err)
+	cancel()
+	if err == nil {
+		err = checkLeavesReply(req, rep)
+	}
+	if err != nil {
+		return nil, r.replyErr(peer, "leaves", err)
+	}
+	if len(rep.Changes) > 0 {
+		res, err := r.cfg.DB.ApplyRemote(ctx, rep.Changes)
 		if err != nil {
 			return nil, err
 		}
-		for i := range req.Leaves {
-			req.Leaves[i].Only = true
+		r.count(res)
+	}
+	want := make(map[string]bool, len(rep.Want))
+	for _, k := range rep.Want {
+		want[k] = true
+	}
+	var same, give []string
+	for _, lp := range req.Leaves {
+		for _, kh := range lp.Pairs {
+			if want[kh.Key] {
+				give = append(give, kh.Key)
+			} else {
+				same = append(same, kh.Key)
+			}
 		}
-		req.Version = peer.Proto
-		cctx, cancel := context.WithTimeout(ctx, r.cfg.OfferTimeout)
-		rep, err := r.cfg.Transport.Leaves(cctx, peer, req)
-		err = timedOut(ctx, cctx, err)
-		cancel()
-		if err == nil {
-			err = checkLeavesReply(req, rep)
-		}
+	}
+	if len(give) > 0 {
+		changes, err := r.cfg.DB.Changes(ctx, give)
 		if err != nil {
-			return nil, r.replyErr(peer, "leaves", err)
+			return nil, err
 		}
-		if len(rep.Changes) > 0 {
-			res, err := r.cfg.DB.ApplyRemote(ctx, rep.Changes)
-			if err != nil {
-				return nil, err
-			}
-			r.count(res)
-		}
-		want := make(map[string]bool, len(rep.Want))
-		for _, k := range rep.Want {
-			want[k] = true
-		}
-		var give []string
-		for _, lp := range req.Leaves {
-			for _, kh := range lp.Pairs {
-				if want[kh.Key] {
-					give = append(give, kh.Key)
-				} else {
-					same = append(same, kh.Key)
-				}
-			}
-		}
-		if len(give) > 0 {
-			changes, err := r.cfg.DB.Changes(ctx, give)
-			if err != nil {
-				return nil, err
-			}
-			if err := r.pushEach(ctx, peer, changes, r.cfg.OfferTimeout); err != nil {
-				return nil, err
-			}
+		if err := r.pushEach(ctx, peer, changes, r.cfg.OfferTimeout); err != nil {
+			return nil, err
 		}
 	}
 	return same, nil

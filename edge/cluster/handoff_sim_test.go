@@ -21,10 +21,10 @@ import (
 // periodic handoff round are an hour away, so only the rounds a test runs, or a
 // placement change, move anything. It returns the keys n0 stores, with the node that
 // holds each.
-func strayCluster(t *testing.T, offerTimeout time.Duration) (*clustersim.Cluster, map[string]int) {
+func strayCluster(t *testing.T, offerTimeout time.Duration, opts ...clustersim.Option) (*clustersim.Cluster, map[string]int) {
 	t.Helper()
-	c := newTestCluster(t, 4, []string{"eu"}, clustersim.WithReplicas(1),
-		clustersim.WithAntiEntropy(time.Hour), clustersim.WithOfferTimeout(offerTimeout))
+	c := newTestCluster(t, 4, []string{"eu"}, append([]clustersim.Option{clustersim.WithReplicas(1),
+		clustersim.WithAntiEntropy(time.Hour), clustersim.WithOfferTimeout(offerTimeout)}, opts...)...)
 	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(1, 2)), 1)
 	tab := c.Table()
 	perHolder := map[int]int{}
@@ -185,12 +185,13 @@ func TestSimHandoffRetriedSoon(t *testing.T) {
 	c.CheckPlaced(t, 10*time.Second, true)
 }
 
-// TestSimHandoffLostOffer: an offer that fails at once (here the first one of the round
-// is refused) costs only the keys it carried: the same holder is still offered its other
-// partitions in that round, which it confirms, so that over a lossy network a holder
-// that loses a message now and then does not hold back everything after it.
+// TestSimHandoffLostOffer: a request of an offer that fails at once (here the first one
+// of the round is refused) costs only the keys it carried: the same holder still gets the
+// offer's next requests in that round (a message bound small enough that each carries
+// one partition), and confirms them, so that over a lossy network a holder that loses a
+// message now and then does not hold back everything after it.
 func TestSimHandoffLostOffer(t *testing.T) {
-	c, holder := strayCluster(t, 10*time.Second)
+	c, holder := strayCluster(t, 10*time.Second, clustersim.WithMaxMessage(1024))
 	n0 := c.Nodes[0]
 	var calls atomic.Int64
 	refused := make(chan int, 1) // the partition of the refused offer

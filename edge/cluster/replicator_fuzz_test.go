@@ -142,7 +142,7 @@ func FuzzReplicatorReplies(f *testing.F) {
 		if err := r.pushEach(ctx, peer, cs, 0); pushOK != (err == nil) {
 			t.Fatalf("push with reply decodable=%v: err %v", pushOK, err)
 		}
-		if _, err := r.offer(ctx, peer, crdt.KeyHomes(keys[0]).First(), []storage.KeyHash{{Key: keys[0], Hash: 1}}); !leavesOK && !errors.Is(err, ErrInvalidMessage) {
+		if _, err := r.offer(ctx, peer, []strayLeaf{{leaf: crdt.KeyHomes(keys[0]).First(), extra: []storage.KeyHash{{Key: keys[0], Hash: 1}}}}); !leavesOK && !errors.Is(err, ErrInvalidMessage) {
 			t.Fatalf("offer with an undecodable leaves reply: err %v, want ErrInvalidMessage", err)
 		}
 	})

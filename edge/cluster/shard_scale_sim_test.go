@@ -692,10 +692,11 @@ func goroutinesOf(frame string) string {
 // Settling is bounded by progress, not by a fixed time: movement after the final heal
 // takes from seconds to minutes as the machine is idle or loaded (with -race, two cores,
 // fifty nodes). It fails once the number of misplaced keys has not fallen for
-// settleStall, or after settleMax in all.
+// settleStall, or after settleMax in all: that cap only bounds the run's time (a CI run
+// under -race once still had keys moving after eight minutes), the stall is the check.
 const (
 	settleStall = 2 * time.Minute
-	settleMax   = 8 * time.Minute
+	settleMax   = 12 * time.Minute
 )
 
 // settle waits until every live node stores exactly the keys it holds of the
