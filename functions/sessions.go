@@ -192,16 +192,13 @@ func (s *Sessions) create(ctx context.Context, u crdt.User, ns newSession) (Sess
 	if err != nil {
 		return Session{}, err
 	}
-	now := s.Clock.PhysicalNow()
-	active := activeSessions(existing, u, now)
+	revoke := toRevoke(existing, u, s.Clock.PhysicalNow())
 	id := newID(crdt.IDPartition(u.ID)) // with its user: see crdt.KeyHomes
 	var rec crdt.Map
 	err = s.Store.Update(ctx, func(tx Tx) error {
 		ts := s.Clock.Next()
-		// Over the cap: revoke the oldest, so a script that logs in in a loop cannot grow
-		// a user's session list without bound.
-		for i := len(active) - 1; i >= MaxSessionsPerUser-1; i-- {
-			if _, err := tx.Merge(crdt.SessionKey(active[i].ID), crdt.RevokeSession(ts)); err != nil {
+		for _, ss := range revoke {
+			if _, err := tx.Merge(crdt.SessionKey(ss.ID), crdt.RevokeSession(ts)); err != nil {
 				return err
 			}
 		}
@@ -264,6 +261,30 @@ func checkSessionData(m *crdt.Map) error {
 }
 
 // activeSessions returns the sessions usable at now, newest first.
+// toRevoke returns the sessions of all (u's, not revoked by their own flag) that a new
+// session of u revokes, so that a script that signs in in a loop cannot grow what an
+// account stores without bound: the oldest beyond MaxSessionsPerUser-1 of those not past
+// their absolute expiry, idle ones included (unusable, they would keep their data until
+// they expire), and those u's sign-out everywhere revokes without their flag (the flag
+// makes storage shed their data, and UserSessions pass over them).
+func toRevoke(all []crdt.Session, u crdt.User, now time.Time) []crdt.Session {
+	var out, counted []crdt.Session
+	for _, ss := range all {
+		switch {
+		case ss.Revoked || ss.UserID != u.ID || !now.Before(ss.Expires):
+		case u.Revokes(ss):
+			out = append(out, ss)
+		default:
+			counted = append(counted, ss)
+		}
+	}
+	slices.SortFunc(counted, func(a, b crdt.Session) int { return b.Created.Compare(a.Created) })
+	if len(counted) >= MaxSessionsPerUser {
+		out = append(out, counted[MaxSessionsPerUser-1:]...)
+	}
+	return out
+}
+
 func activeSessions(all []crdt.Session, u crdt.User, now time.Time) []crdt.Session {
 	var out []crdt.Session
 	for _, ss := range all {

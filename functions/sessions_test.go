@@ -216,6 +216,44 @@ func TestSessionsLoginWinnerRecordPending(t *testing.T) {
 	}
 }
 
+// TestSessionsMaxPerUserIdle: sessions that idled out count against the cap until they
+// expire, so a sign-in beyond it revokes the oldest of them (which sheds its data);
+// otherwise signing in at a pace that lets each session idle out would keep every one,
+// with its data, for its whole absolute lifetime. A session that the user's sign-out
+// everywhere revokes without carrying the flag (it arrived after) gets the flag.
+func TestSessionsMaxPerUserIdle(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	e.mustRegister(t, "alice", testPassword)
+	var first Session
+	for i := range MaxSessionsPerUser {
+		s, _ := e.mustLogin(t, "alice", testPassword)
+		if i == 0 {
+			first = s
+		}
+	}
+	e.now.Advance(testIdleTTL + time.Minute) // every one idled out; none expired
+	_, p := e.mustLogin(t, "alice", testPassword)
+	if !e.sessionRecord(t, first.ID).Revoked {
+		t.Errorf("the oldest idle session is not revoked after sign-in %d", MaxSessionsPerUser+1)
+	}
+	held, err := e.store.UserSessions(ctx, p.UserID)
+	if err != nil || len(held) != MaxSessionsPerUser {
+		t.Errorf("UserSessions = %d sessions, %v; want %d", len(held), err, MaxSessionsPerUser)
+	}
+
+	// A session created before a sign-out everywhere that arrives after it.
+	if err := e.sessions.RevokeAll(ctx, p); err != nil {
+		t.Fatalf("RevokeAll: %v", err)
+	}
+	late := crdt.NewSession(p.UserID, testEpoch.Add(testTTL), testIdleTTL, crdt.Timestamp{Wall: e.now.Now().Add(-time.Hour).UnixNano(), Node: 9})
+	e.store.merge(crdt.SessionKey("late"), late)
+	e.mustLogin(t, "alice", testPassword)
+	if !e.sessionRecord(t, "late").Revoked {
+		t.Errorf("a session the sign-out everywhere revokes has no revoked flag after the next sign-in")
+	}
+}
+
 func TestSessionsMaxPerUser(t *testing.T) {
 	ctx := context.Background()
 	e := newTestEnv(t)

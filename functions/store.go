@@ -18,7 +18,8 @@ type Store interface {
 	// writes take effect only if it returns nil; its error is returned as is. fn must be
 	// quick: no hashing, no network.
 	Update(ctx context.Context, fn func(tx Tx) error) error
-	// UserSessions returns every session record of a user held locally, in any state.
+	// UserSessions returns the session records of a user held locally that are not
+	// revoked by their own flag, in any other state (storage.DB.UserSessions).
 	UserSessions(ctx context.Context, userID string) ([]crdt.Session, error)
 	// ReadLog pages through a conversation as crdt.Log.Read does.
 	ReadLog(ctx context.Context, conv string, after crdt.Cursor, limit int) ([]crdt.Entry, crdt.Cursor, error)

@@ -145,7 +145,7 @@ func (s *fakeStore) UserSessions(ctx context.Context, userID string) ([]crdt.Ses
 			continue
 		}
 		c := m.Clone()
-		if ss := crdt.ReadSession(id, &c); ss.UserID == userID {
+		if ss := crdt.ReadSession(id, &c); ss.UserID == userID && !ss.Revoked { // as storage: none revoked by its flag
 			out = append(out, ss)
 		}
 	}
@@ -504,4 +504,14 @@ func wantCode(tb testing.TB, err error, code string) {
 	if got := ErrorCode(err); got != code {
 		tb.Fatalf("ErrorCode=%q, want %q (err: %v)", got, code, err)
 	}
+}
+
+// sessionRecord returns session id as the store holds it.
+func (e *testEnv) sessionRecord(tb testing.TB, id string) crdt.Session {
+	tb.Helper()
+	m := e.store.record(crdt.SessionKey(id))
+	if m.Len() == 0 {
+		tb.Fatalf("no session %s", id)
+	}
+	return crdt.ReadSession(id, &m)
 }

@@ -252,3 +252,33 @@ func writtenPages(db *DB) int64 {
 	st := db.bolt.Stats()
 	return st.TxStats.GetWrite()
 }
+
+// BenchmarkUserSessionsRevoked reads the sessions of an account that holds 5,000 revoked
+// sessions and ten live ones (signed in and out in a loop: revoked sessions stay stored
+// until they expire). Every sign-in and session list of the account reads them.
+func BenchmarkUserSessionsRevoked(b *testing.B) {
+	db := MustOpenDB(b, Options{})
+	ctx := context.Background()
+	const revoked, live = 5000, 10
+	for i := range revoked + live {
+		key := crdt.SessionKey(fmt.Sprintf("s%05d", i))
+		err := db.Update(ctx, func(tx *Tx) error {
+			m := newSession(db, "u1", 24*time.Hour)
+			if i < revoked {
+				m.Merge(crdt.RevokeSession(db.Clock().Next()))
+			}
+			_, err := tx.Merge(key, m)
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		ss, err := db.UserSessions(ctx, "u1")
+		if err != nil || len(ss) != live {
+			b.Fatalf("UserSessions = %d sessions, %v; want %d", len(ss), err, live)
+		}
+	}
+}

@@ -147,6 +147,8 @@ func checkInvariants(tb testing.TB, db *DB) {
 				byUser, byExp := ix.byUser(), ix.byExpiry()
 				if btx.Bucket(bucketUserSessions).Get(byUser) == nil || btx.Bucket(bucketExpiry).Get(byExp) == nil {
 					tb.Errorf("session %q not indexed", key)
+				} else if got, want := btx.Bucket(bucketUserSessions).Get(byUser), ix.byUserValue(); !bytes.Equal(got, want) {
+					tb.Errorf("session %q (revoked %v): owner index value %v, want %v", key, ix.revoked, got, want)
 				}
 				if user, ok := sessionOwner(&m); !ok || btx.Bucket(bucketErased).Get([]byte(user)) != nil {
 					tb.Errorf("session %q of %q stored though its owner is invalid or erased", key, user)
