@@ -677,13 +677,9 @@ func (n *Node) listMessages(c *fiber.Ctx) error {
 	if with == "" {
 		return badRequest("query parameter \"with\" is required")
 	}
-	limit := 0
-	if s := query(c, "limit"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v <= 0 {
-			return badRequest("limit must be a positive number")
-		}
-		limit = v
+	limit, err := limitParam(c)
+	if err != nil {
+		return err
 	}
 	p := principal(c)
 	if err := n.lookupAllowed(c, p); err != nil {
@@ -698,11 +694,28 @@ func (n *Node) listMessages(c *fiber.Ctx) error {
 }
 
 func (n *Node) conversations(c *fiber.Ctx) error {
-	cs, err := n.messages.Conversations(c.UserContext(), principal(c))
+	limit, err := limitParam(c)
 	if err != nil {
 		return err
 	}
-	return c.JSON(api.ConversationsResponse{Conversations: cs})
+	page, err := n.messages.Conversations(c.UserContext(), principal(c), query(c, "after"), limit)
+	if err != nil {
+		return err
+	}
+	return c.JSON(page)
+}
+
+// limitParam returns the query parameter limit of a paged listing, 0 when absent.
+func limitParam(c *fiber.Ctx) (int, error) {
+	s := query(c, "limit")
+	if s == "" {
+		return 0, nil
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || v <= 0 {
+		return 0, badRequest("limit must be a positive number")
+	}
+	return v, nil
 }
 
 func (n *Node) clusterInfo(c *fiber.Ctx) error {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"iter"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -208,38 +210,108 @@ func (s *Messages) decode(e crdt.Entry, names map[string]string) (Message, bool)
 	return messageOf(e, m, names[m.From], names[m.To]), true
 }
 
-// Conversations returns the caller's conversations, newest first. A conversation that
-// holds an erasure marker is not listed (the store lists none; one that does would show
-// it as its last entry).
-func (s *Messages) Conversations(ctx context.Context, p Principal) ([]Conversation, error) {
+// ConversationPage is a page of the caller's conversations (Messages.Conversations).
+type ConversationPage = api.ConversationsResponse
+
+// Conversations returns a page of the caller's conversations, newest first: up to limit
+// (DefaultPageLimit when 0, at most MaxPageLimit) after the conversation that cursor
+// names (from the newest when empty), and the cursor of the next page, empty after the
+// last. Only a page's conversations cost the lookups of their participants. A
+// conversation that holds an erasure marker is not listed (the store lists none; one
+// that does would show it as its last entry). A conversation that gets a newer message
+// between two calls moves ahead of the cursor: a client that pages on does not see it
+// again (nor twice).
+func (s *Messages) Conversations(ctx context.Context, p Principal, cursor string, limit int) (ConversationPage, error) {
+	switch {
+	case limit == 0:
+		limit = DefaultPageLimit
+	case limit < 0 || limit > MaxPageLimit:
+		return ConversationPage{}, Errorf(EInvalid, "limit must be 1 to %d", MaxPageLimit)
+	}
+	after, err := decodeConvCursor(cursor)
+	if err != nil {
+		return ConversationPage{}, err
+	}
 	infos, err := s.Store.Conversations(ctx, p.UserID)
 	if err != nil {
-		return nil, err
+		return ConversationPage{}, err
 	}
-	out := []Conversation{}
-	for _, c := range infos {
+	i := 0
+	if cursor != "" {
+		i = len(infos)
+		if j := slices.IndexFunc(infos, after.before); j >= 0 {
+			i = j
+		}
+	}
+	page := ConversationPage{Conversations: []Conversation{}}
+	for ; i < len(infos) && len(page.Conversations) < limit; i++ {
+		c := infos[i]
 		if crdt.IsErasureMarker(c.Last.Data) {
 			continue
 		}
 		other, live, err := liveUser(ctx, s.Store, c.With)
 		if err != nil {
-			return nil, err
+			return ConversationPage{}, err
 		}
 		if !live {
 			continue
 		}
 		shown, err := displayName(ctx, s.Store, other)
 		if err != nil {
-			return nil, err
+			return ConversationPage{}, err
 		}
 		names := map[string]string{p.UserID: p.Username, other.ID: shown}
 		m, ok := s.decode(c.Last, names)
 		if !ok {
 			continue
 		}
-		out = append(out, Conversation{With: shown, LastMessage: m, Count: c.Count})
+		page.Conversations = append(page.Conversations, Conversation{With: shown, LastMessage: m, Count: c.Count})
 	}
-	return out, nil
+	if i < len(infos) {
+		page.Next = convCursor{last: infos[i-1].Last.ID, conv: infos[i-1].ID}.encode()
+	}
+	return page, nil
+}
+
+// convCursor names the last conversation of a page of Conversations: its newest entry
+// and its ID, the two keys the store orders conversations by.
+type convCursor struct {
+	last crdt.EntryID
+	conv string
+}
+
+func (c convCursor) encode() string {
+	return base64.RawURLEncoding.EncodeToString(append(c.last.AppendBinary(nil), c.conv...))
+}
+
+func decodeConvCursor(s string) (convCursor, error) {
+	if s == "" {
+		return convCursor{}, nil
+	}
+	bad := Errorf(EInvalid, "invalid cursor")
+	if len(s) > maxCursor {
+		return convCursor{}, bad
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) <= crdt.EntryIDSize {
+		return convCursor{}, bad
+	}
+	id, err := crdt.DecodeEntryID(b[:crdt.EntryIDSize])
+	if err != nil {
+		return convCursor{}, bad
+	}
+	return convCursor{last: id, conv: string(b[crdt.EntryIDSize:])}, nil
+}
+
+// before reports whether c orders after the cursor's conversation (newest entry first,
+// then by ID, as the store lists them).
+func (cc convCursor) before(c ConversationInfo) bool {
+	switch cmp := c.Last.ID.Compare(cc.last); {
+	case cmp != 0:
+		return cmp < 0
+	default:
+		return c.ID > cc.conv
+	}
 }
 
 // ForUser returns the message in entry e of conversation conv as userID should see it,
@@ -296,33 +368,63 @@ func decodeCursor(s string) (crdt.Cursor, error) {
 // List show (no conversation with an erased user) and stops at the first error of conv,
 // msg or the store.
 func (s *Messages) Export(ctx context.Context, p Principal, conv func(Conversation) error, msg func(Message) error) error {
-	convs, err := s.Conversations(ctx, p)
-	if err != nil {
-		return err
-	}
-	for _, c := range convs {
-		if err := conv(c); err != nil {
+	for cp, err := range s.allConversations(ctx, p) {
+		if err != nil {
 			return err
 		}
+		if err := s.exportConversation(ctx, p, cp, conv, msg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// allConversations yields every one of the caller's conversations, newest first, reading
+// them a page of MaxPageLimit at a time, or the error that ended the listing.
+func (s *Messages) allConversations(ctx context.Context, p Principal) iter.Seq2[Conversation, error] {
+	return func(yield func(Conversation, error) bool) {
 		cursor := ""
 		for {
-			page, err := s.List(ctx, p, c.With, cursor, MaxPageLimit)
-			if ErrorCode(err) == ENotFound {
-				break // erased since it was listed
-			}
+			page, err := s.Conversations(ctx, p, cursor, MaxPageLimit)
 			if err != nil {
-				return err
+				yield(Conversation{}, err)
+				return
 			}
-			for _, m := range page.Messages {
-				if err := msg(m); err != nil {
-					return err
+			for _, c := range page.Conversations {
+				if !yield(c, nil) {
+					return
 				}
 			}
-			if page.Next == cursor {
-				break // nothing more: the cursor moves with every entry read
+			if page.Next == "" {
+				return
 			}
 			cursor = page.Next
 		}
 	}
-	return nil
+}
+
+// exportConversation is Export's work for one conversation c.
+func (s *Messages) exportConversation(ctx context.Context, p Principal, c Conversation, conv func(Conversation) error, msg func(Message) error) error {
+	if err := conv(c); err != nil {
+		return err
+	}
+	cursor := ""
+	for {
+		page, err := s.List(ctx, p, c.With, cursor, MaxPageLimit)
+		if ErrorCode(err) == ENotFound {
+			return nil // erased since it was listed
+		}
+		if err != nil {
+			return err
+		}
+		for _, m := range page.Messages {
+			if err := msg(m); err != nil {
+				return err
+			}
+		}
+		if page.Next == cursor {
+			return nil // nothing more: the cursor moves with every entry read
+		}
+		cursor = page.Next
+	}
 }

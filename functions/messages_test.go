@@ -369,7 +369,7 @@ func TestMessagesConversations(t *testing.T) {
 	e.mustSend(t, e.bob, "carol", "bc1")
 
 	t.Run("OK", func(t *testing.T) {
-		got, err := e.messages.Conversations(ctx, e.alice)
+		got, err := listConversations(ctx, e.messages, e.alice)
 		if err != nil {
 			t.Fatalf("Conversations: %v", err)
 		}
@@ -395,7 +395,7 @@ func TestMessagesConversations(t *testing.T) {
 	})
 
 	t.Run("OK/None", func(t *testing.T) {
-		got, err := e.messages.Conversations(ctx, dave)
+		got, err := listConversations(ctx, e.messages, dave)
 		if err != nil {
 			t.Fatalf("Conversations: %v", err)
 		}
@@ -408,7 +408,7 @@ func TestMessagesConversations(t *testing.T) {
 		if err := e.users.Delete(ctx, e.bob.UserID); err != nil {
 			t.Fatalf("Delete: %v", err)
 		}
-		got, err := e.messages.Conversations(ctx, e.alice)
+		got, err := listConversations(ctx, e.messages, e.alice)
 		if err != nil {
 			t.Fatalf("Conversations: %v", err)
 		}
@@ -420,7 +420,7 @@ func TestMessagesConversations(t *testing.T) {
 	t.Run("ErrInternal", func(t *testing.T) {
 		e := newChatEnv(t)
 		e.store.setErr(errBoom)
-		_, err := e.messages.Conversations(ctx, e.alice)
+		_, err := listConversations(ctx, e.messages, e.alice)
 		wantCode(t, err, EInternal)
 	})
 
@@ -431,7 +431,7 @@ func TestMessagesConversations(t *testing.T) {
 		e.now.Advance(time.Second)
 		insertMarker(e, e.bob.UserID, e.alice.UserID)
 		for _, p := range []Principal{e.alice, e.bob} {
-			got, err := e.messages.Conversations(ctx, p)
+			got, err := listConversations(ctx, e.messages, p)
 			if err != nil {
 				t.Fatalf("Conversations: %v", err)
 			}
@@ -546,4 +546,79 @@ func TestMessagesSendAfter(t *testing.T) {
 		_, err := e.messages.Send(ctx, e.alice, Send{To: "bob", Body: "x", After: "zz"})
 		wantCode(t, err, EInvalid)
 	})
+}
+
+// listConversations returns every conversation of p, page by page.
+func listConversations(ctx context.Context, m *Messages, p Principal) ([]Conversation, error) {
+	out := []Conversation{}
+	for c, err := range m.allConversations(ctx, p) {
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// TestMessagesConversationsPages: the conversations come a page at a time, newest
+// first, each once, and the last page has no cursor, also when their last messages share
+// a wall time. A conversation of the first page that gets a new message before the
+// second moves ahead of the cursor and is not listed again. Bad limits and cursors are
+// EInvalid.
+func TestMessagesConversationsPages(t *testing.T) {
+	ctx := context.Background()
+	e := newChatEnv(t)
+	var want []string // newest first
+	for i := range 7 {
+		name := fmt.Sprintf("friend%d", i)
+		e.mustRegister(t, name, testPassword)
+		_, p := e.mustLogin(t, name, testPassword)
+		e.mustSend(t, p, "alice", "hi")
+		if i%3 != 2 { // some conversations' last messages share a wall time
+			e.now.Advance(time.Second)
+		}
+		want = append([]string{name}, want...)
+	}
+	all, err := listConversations(ctx, e.messages, e.alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range all {
+		names = append(names, c.With)
+	}
+	if len(names) != len(want) {
+		t.Fatalf("every page: %q, want %d conversations", names, len(want))
+	}
+	var paged []string
+	cursor := ""
+	for range len(want) {
+		page, err := e.messages.Conversations(ctx, e.alice, cursor, 3)
+		if err != nil {
+			t.Fatalf("Conversations(after %q): %v", cursor, err)
+		}
+		if len(page.Conversations) > 3 {
+			t.Fatalf("page of %d conversations, limit 3", len(page.Conversations))
+		}
+		for _, c := range page.Conversations {
+			paged = append(paged, c.With)
+		}
+		if page.Next == "" {
+			break
+		}
+		if len(paged) == 3 { // between the first and the second page
+			e.mustSend(t, e.alice, paged[1], "moves ahead")
+		}
+		cursor = page.Next
+	}
+	if !slices.Equal(paged, names) {
+		t.Errorf("pages of 3: %q, want %q (as one listing before)", paged, names)
+	}
+	for _, tc := range []struct {
+		cursor string
+		limit  int
+	}{{"", -1}, {"", MaxPageLimit + 1}, {"!!", 0}, {"AAAA", 0}} {
+		_, err := e.messages.Conversations(ctx, e.alice, tc.cursor, tc.limit)
+		wantCode(t, err, EInvalid)
+	}
 }

@@ -1073,7 +1073,7 @@ func TestSessionsUsernameRaceLoser(t *testing.T) {
 	}
 	e.mustSend(t, wp, "bob", "from the alice that won")
 
-	convs, err := e.messages.Conversations(ctx, e.bob)
+	convs, err := listConversations(ctx, e.messages, e.bob)
 	if err != nil {
 		t.Fatalf("Conversations: %v", err)
 	}
@@ -1104,7 +1104,7 @@ func TestSessionsUsernameRaceLoser(t *testing.T) {
 	if err := e.users.Delete(ctx, lp.UserID); err != nil {
 		t.Fatalf("the loser erases itself: %v", err)
 	}
-	convs, err = e.messages.Conversations(ctx, e.bob)
+	convs, err = listConversations(ctx, e.messages, e.bob)
 	if err != nil || len(convs) != 1 || convs[0].With != "alice" {
 		t.Errorf("bob's conversations after the loser's erasure = %+v, %v; want the winner's alone", convs, err)
 	}

@@ -40,9 +40,12 @@ type Conversation struct {
 	Count       int     `json:"count"`
 }
 
-// ConversationsResponse is the body of GET /v1/conversations: newest first.
+// ConversationsResponse is the body of GET /v1/conversations: a page of the caller's
+// conversations, newest first, and the cursor of the next page (its after parameter),
+// empty after the last page.
 type ConversationsResponse struct {
 	Conversations []Conversation `json:"conversations"`
+	Next          string         `json:"next"`
 }
 
 // Event types of GET /v1/messages/stream (Server-Sent Events).

@@ -35,9 +35,19 @@ func (c *Client) Messages(ctx context.Context, with, after string, limit int) (a
 	return out, err
 }
 
-// Conversations returns the caller's conversations, newest first (GET /v1/conversations).
-func (c *Client) Conversations(ctx context.Context) ([]api.Conversation, error) {
+// Conversations returns a page of the caller's conversations, newest first (GET
+// /v1/conversations): up to limit (the server's default when 0) after the page that
+// cursor after ended (from the newest when empty). The page's Next is the cursor of the
+// next page, empty after the last.
+func (c *Client) Conversations(ctx context.Context, after string, limit int) (api.ConversationsResponse, error) {
+	q := url.Values{}
+	if after != "" {
+		q.Set("after", after)
+	}
+	if limit != 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
 	var out api.ConversationsResponse
-	_, err := c.Do(ctx, Request{Method: http.MethodGet, Path: "/v1/conversations", Idempotent: true}, &out)
-	return out.Conversations, err
+	_, err := c.Do(ctx, Request{Method: http.MethodGet, Path: "/v1/conversations", Query: q, Idempotent: true}, &out)
+	return out, err
 }

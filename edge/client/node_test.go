@@ -190,10 +190,12 @@ func TestRoutes(t *testing.T) {
 		}
 		_, err = bob.Messages(ctx, "alice", "", -1)
 		wantCode(t, "a negative limit", err, client.ErrInvalidArgument)
-		cs, err := bob.Conversations(ctx)
-		if err != nil || len(cs) != 1 || cs[0].With != "alice" || cs[0].Count != 2 || cs[0].LastMessage.ID != m2.ID {
-			t.Fatalf("Conversations=%+v, %v", cs, err)
+		cp, err := bob.Conversations(ctx, "", 0)
+		if cs := cp.Conversations; err != nil || len(cs) != 1 || cs[0].With != "alice" || cs[0].Count != 2 || cs[0].LastMessage.ID != m2.ID || cp.Next != "" {
+			t.Fatalf("Conversations=%+v, %v", cp, err)
 		}
+		_, err = bob.Conversations(ctx, "not a cursor", 0)
+		wantCode(t, "a bad conversations cursor", err, client.ErrInvalidArgument)
 
 		// Up to 8 streams per user on a node: the ninth is refused with Retry-After 15 s,
 		// beyond MaxRetryWait, so at once.

@@ -11,6 +11,7 @@ import (
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/edge/cluster/clustersim"
 	"github.com/sessiond/sessiond/edge/cluster/placement"
+	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/storage"
 )
 
@@ -97,11 +98,11 @@ func TestSimShardedErase(t *testing.T) {
 	// What users see: the partners list no conversation with the victim, on any node.
 	for _, n := range c.AliveNodes() {
 		for _, s := range partners {
-			convs, err := n.API().Messages.Conversations(ctx, s.Principal())
+			page, err := n.API().Messages.Conversations(ctx, s.Principal(), "", functions.MaxPageLimit)
 			if err != nil {
 				t.Fatalf("%s: Conversations(%s): %v", n.Name, s.Account.Username, err)
 			}
-			for _, cv := range convs {
+			for _, cv := range page.Conversations {
 				if cv.With == victim.Username {
 					t.Errorf("%s: %s still lists a conversation with the erased victim", n.Name, s.Account.Username)
 				}

@@ -1036,6 +1036,25 @@ func TestE2E_API(t *testing.T) {
 			t.Errorf("bob's conversations = %+v, want only alice", out.Conversations)
 		}
 		c.wantErr(401, "unauthorized", "GET", "/v1/conversations", "", nil)
+
+		// A page at a time: limit 1, then after the first page's cursor.
+		var page struct {
+			Conversations []struct {
+				With string `json:"with"`
+			}
+			Next string `json:"next"`
+		}
+		c.want(200, "GET", "/v1/conversations?limit=1", aliceTok, nil, &page)
+		if len(page.Conversations) != 1 || page.Conversations[0].With != "dave" || page.Next == "" {
+			t.Fatalf("alice's first page of one = %+v, want dave and a cursor", page)
+		}
+		c.want(200, "GET", "/v1/conversations?limit=1&after="+page.Next, aliceTok, nil, &page)
+		if len(page.Conversations) != 1 || page.Conversations[0].With != "bob" || page.Next != "" {
+			t.Errorf("alice's second page of one = %+v, want bob and no cursor", page)
+		}
+		c.wantErr(400, "invalid_argument", "GET", "/v1/conversations?limit=0", aliceTok, nil)
+		c.wantErr(400, "invalid_argument", "GET", "/v1/conversations?limit=501", aliceTok, nil)
+		c.wantErr(400, "invalid_argument", "GET", "/v1/conversations?after=%21", aliceTok, nil)
 	})
 
 	t.Run("Stream", func(t *testing.T) {
