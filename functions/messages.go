@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
-	"iter"
 	"slices"
 	"strings"
 	"unicode/utf8"
@@ -218,9 +217,10 @@ type ConversationPage = api.ConversationsResponse
 // names (from the newest when empty), and the cursor of the next page, empty after the
 // last. Only a page's conversations cost the lookups of their participants. A
 // conversation that holds an erasure marker is not listed (the store lists none; one
-// that does would show it as its last entry). A conversation that gets a newer message
-// between two calls moves ahead of the cursor: a client that pages on does not see it
-// again (nor twice).
+// that does would show it as its last entry). The order is by latest message, so a
+// conversation that gets a message between two calls moves ahead of the cursor: the
+// pages after it do not list it, whether an earlier page did or not (a client that needs
+// every conversation at one moment starts again from the first page, which lists it).
 func (s *Messages) Conversations(ctx context.Context, p Principal, cursor string, limit int) (ConversationPage, error) {
 	switch {
 	case limit == 0:
@@ -245,32 +245,41 @@ func (s *Messages) Conversations(ctx context.Context, p Principal, cursor string
 	}
 	page := ConversationPage{Conversations: []Conversation{}}
 	for ; i < len(infos) && len(page.Conversations) < limit; i++ {
-		c := infos[i]
-		if crdt.IsErasureMarker(c.Last.Data) {
-			continue
-		}
-		other, live, err := liveUser(ctx, s.Store, c.With)
+		c, ok, err := s.conversation(ctx, p, infos[i])
 		if err != nil {
 			return ConversationPage{}, err
 		}
-		if !live {
-			continue
+		if ok {
+			page.Conversations = append(page.Conversations, c)
 		}
-		shown, err := displayName(ctx, s.Store, other)
-		if err != nil {
-			return ConversationPage{}, err
-		}
-		names := map[string]string{p.UserID: p.Username, other.ID: shown}
-		m, ok := s.decode(c.Last, names)
-		if !ok {
-			continue
-		}
-		page.Conversations = append(page.Conversations, Conversation{With: shown, LastMessage: m, Count: c.Count})
 	}
 	if i < len(infos) {
 		page.Next = convCursor{last: infos[i-1].Last.ID, conv: infos[i-1].ID}.encode()
 	}
 	return page, nil
+}
+
+// conversation returns the caller's conversation info as shown, and false when it is not
+// shown: it holds an erasure marker, the other participant is erased, or its last entry
+// is no message.
+func (s *Messages) conversation(ctx context.Context, p Principal, c ConversationInfo) (Conversation, bool, error) {
+	if crdt.IsErasureMarker(c.Last.Data) {
+		return Conversation{}, false, nil
+	}
+	other, live, err := liveUser(ctx, s.Store, c.With)
+	if err != nil || !live {
+		return Conversation{}, false, err
+	}
+	shown, err := displayName(ctx, s.Store, other)
+	if err != nil {
+		return Conversation{}, false, err
+	}
+	names := map[string]string{p.UserID: p.Username, other.ID: shown}
+	m, ok := s.decode(c.Last, names)
+	if !ok {
+		return Conversation{}, false, nil
+	}
+	return Conversation{With: shown, LastMessage: m, Count: c.Count}, true, nil
 }
 
 // convCursor names the last conversation of a page of Conversations: its newest entry
@@ -368,39 +377,25 @@ func decodeCursor(s string) (crdt.Cursor, error) {
 // List show (no conversation with an erased user) and stops at the first error of conv,
 // msg or the store.
 func (s *Messages) Export(ctx context.Context, p Principal, conv func(Conversation) error, msg func(Message) error) error {
-	for cp, err := range s.allConversations(ctx, p) {
+	// One listing, not pages: a conversation that gets a message while the export runs
+	// would move ahead of a page's cursor and be left out.
+	infos, err := s.Store.Conversations(ctx, p.UserID)
+	if err != nil {
+		return err
+	}
+	for _, info := range infos {
+		c, ok, err := s.conversation(ctx, p, info)
 		if err != nil {
 			return err
 		}
-		if err := s.exportConversation(ctx, p, cp, conv, msg); err != nil {
+		if !ok {
+			continue
+		}
+		if err := s.exportConversation(ctx, p, c, conv, msg); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// allConversations yields every one of the caller's conversations, newest first, reading
-// them a page of MaxPageLimit at a time, or the error that ended the listing.
-func (s *Messages) allConversations(ctx context.Context, p Principal) iter.Seq2[Conversation, error] {
-	return func(yield func(Conversation, error) bool) {
-		cursor := ""
-		for {
-			page, err := s.Conversations(ctx, p, cursor, MaxPageLimit)
-			if err != nil {
-				yield(Conversation{}, err)
-				return
-			}
-			for _, c := range page.Conversations {
-				if !yield(c, nil) {
-					return
-				}
-			}
-			if page.Next == "" {
-				return
-			}
-			cursor = page.Next
-		}
-	}
 }
 
 // exportConversation is Export's work for one conversation c.

@@ -427,7 +427,7 @@ const convGroup = "\x00conv "
 // the move rate is not. A request that fails at once (a lost message, a refusal) leaves
 // its keys unconfirmed and the next request is still made; one that timed out ends the
 // offer, as the peer would likely cost a timeout per request. It returns the keys
-// confirmed and the first error.
+// confirmed, in every request made, and the first error.
 func (r *Replicator) offer(ctx context.Context, peer Peer, leaves []strayLeaf) ([]string, error) {
 	var (
 		same  []string
@@ -444,20 +444,18 @@ func (r *Replicator) offer(ctx context.Context, peer Peer, leaves []strayLeaf) (
 			return same, err
 		}
 		got, err := r.offerRequest(ctx, peer, req)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, errOfferTimeout) {
-				return same, err
-			}
-			first = cmp.Or(first, err)
-			continue
-		}
 		same = append(same, got...)
+		first = cmp.Or(first, err)
+		if err != nil && (ctx.Err() != nil || errors.Is(err, errOfferTimeout)) {
+			return same, first
+		}
 	}
 	return same, first
 }
 
 // offerRequest makes one request of an offer (see offer) and returns the keys peer holds
-// exactly as offered.
+// exactly as offered: those its reply compared equal, also when applying its differing
+// states or pushing ours then fails (the error is returned with them).
 func (r *Replicator) offerRequest(ctx context.Context, peer Peer, req LeavesRequest) ([]string, error) {
 	for i := range req.Leaves {
 		req.Leaves[i].Only = true
@@ -473,13 +471,6 @@ func (r *Replicator) offerRequest(ctx context.Context, peer Peer, req LeavesRequ
 	if err != nil {
 		return nil, r.replyErr(peer, "leaves", err)
 	}
-	if len(rep.Changes) > 0 {
-		res, err := r.cfg.DB.ApplyRemote(ctx, rep.Changes)
-		if err != nil {
-			return nil, err
-		}
-		r.count(res)
-	}
 	want := make(map[string]bool, len(rep.Want))
 	for _, k := range rep.Want {
 		want[k] = true
@@ -494,13 +485,20 @@ func (r *Replicator) offerRequest(ctx context.Context, peer Peer, req LeavesRequ
 			}
 		}
 	}
+	if len(rep.Changes) > 0 {
+		res, err := r.cfg.DB.ApplyRemote(ctx, rep.Changes)
+		if err != nil {
+			return same, err
+		}
+		r.count(res)
+	}
 	if len(give) > 0 {
 		changes, err := r.cfg.DB.Changes(ctx, give)
 		if err != nil {
-			return nil, err
+			return same, err
 		}
 		if err := r.pushEach(ctx, peer, changes, r.cfg.OfferTimeout); err != nil {
-			return nil, err
+			return same, err
 		}
 	}
 	return same, nil
