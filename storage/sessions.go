@@ -122,7 +122,8 @@ func (db *DB) UserSessions(ctx context.Context, userID string) ([]crdt.Session, 
 		records := btx.Bucket(bucketRecords)
 		prefix := append([]byte(userID), 0)
 		c := btx.Bucket(bucketUserSessions).Cursor()
-		k, v := c.Seek(append([]byte(userID), 1)) // the first key past the prefix
+		k, _ := c.Seek(append([]byte(userID), 1)) // the first key past the prefix
+		var v []byte
 		if k == nil {
 			k, v = c.Last()
 		} else {
