@@ -34,6 +34,8 @@ import (
 	"github.com/chromedp/chromedp/kb"
 
 	"github.com/sessiond/sessiond/edge"
+	"github.com/sessiond/sessiond/edge/api"
+	"github.com/sessiond/sessiond/edge/client"
 )
 
 const (
@@ -345,6 +347,16 @@ func TestBrowserUI(t *testing.T) {
 		bob.shot("phone-" + s.route)
 	}
 
+	// --- more conversations than a page holds ----------------------------------------
+	// A hundred more users write to alice: her list (bob and them) takes two pages of
+	// GET v1/conversations, and shows every one, newest first.
+	seedConversations(t, base, "alice", 100)
+	alice.nav("messages")
+	alice.waitJSWithin("alice's list shows all 101 conversations, from two pages", `document.querySelectorAll('[data-testid=conversation-item]').length === 101`, liveTimeout)
+	if first, last := alice.attr(`[data-testid=conversation-item]:first-child`, "data-with"), alice.attr(`[data-testid=conversation-item]:last-child`, "data-with"); first != "writer099" || last != "bob" {
+		t.Fatalf("alice's list runs from %q to %q, want writer099 (the newest) to bob (the oldest)", first, last)
+	}
+
 	// --- sign out everywhere, and sign out --------------------------------------------
 	phone.desktop()
 	phone.nav("signin")
@@ -391,6 +403,7 @@ func startUINode(t *testing.T) string {
 	cfg.LoginPerAccount = 1000
 	cfg.LoginPerAddress = 1000
 	cfg.SignInsPerAccount = 1000
+	cfg.SignupsPerAddress = 1000
 	n, err := edge.NewNode(cfg)
 	if err != nil {
 		t.Fatalf("NewNode: %v", err)
@@ -1011,4 +1024,27 @@ func (tb *tab) signUp(username, password, first, last, email, address string) {
 func jsString(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)
+}
+
+// seedConversations registers n users (writer000 …) through the API at base, each of
+// which sends to a message, one after another.
+func seedConversations(t *testing.T, base, to string, n int) {
+	t.Helper()
+	ctx := context.Background()
+	for i := range n {
+		c, err := client.New(client.Config{Endpoints: []string{base}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("writer%03d", i)
+		if _, err := c.Register(ctx, api.RegisterRequest{Username: name, Password: "a long enough password"}); err != nil {
+			t.Fatalf("register %s: %v", name, err)
+		}
+		if _, err := c.Login(ctx, api.LoginRequest{Username: name, Password: "a long enough password"}); err != nil {
+			t.Fatalf("login %s: %v", name, err)
+		}
+		if _, err := c.SendMessage(ctx, api.SendMessageRequest{To: to, Body: "hello from " + name}); err != nil {
+			t.Fatalf("%s sends to %s: %v", name, to, err)
+		}
+	}
 }

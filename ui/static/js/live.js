@@ -13,6 +13,11 @@ import * as stream from './stream.js';
 
 const CHECK_MS = 3000;
 const REFRESH_DEBOUNCE_MS = 250;
+// The conversations list is read a page at a time (the server's pages hold at most 500);
+// the tab reads up to CONVERSATION_PAGES of them, newest first, for the list and the
+// unread counts.
+const CONVERSATION_PAGE = 100;
+const CONVERSATION_PAGES = 20;
 
 let es = null;
 let checkTimer = 0;
@@ -117,7 +122,8 @@ export function conversationsList() {
 }
 
 /**
- * refreshConversations fetches GET v1/conversations; concurrent calls share one request.
+ * refreshConversations reads GET v1/conversations (fetchConversations); concurrent calls
+ * share one reading.
  * A call made while a request is on its way (which may have left before the message that
  * prompted the call) makes it fetch once more when it is back, so no change is missed.
  */
@@ -130,8 +136,7 @@ export function refreshConversations(opts = {}) {
     try {
       do {
         refreshAgain = false;
-        const r = await api.get('v1/conversations', { background: !!opts.background });
-        conversations = (r && Array.isArray(r.conversations) ? r.conversations : []).filter((c) => c && c.with);
+        conversations = await fetchConversations(!!opts.background);
         conversationsLoaded = true;
         markOpenThreadSeen();
         emit('conversations', conversations.slice());
@@ -143,6 +148,30 @@ export function refreshConversations(opts = {}) {
     }
   })();
   return refreshing;
+}
+
+/**
+ * fetchConversations reads the conversations page by page, following each page's `next`,
+ * up to CONVERSATION_PAGES pages. A conversation that gets a message while the pages are
+ * read moves to the front, behind the cursor: the next refresh (which that message
+ * prompts) lists it.
+ */
+async function fetchConversations(background) {
+  const out = [];
+  const seen = new Set();
+  let after = '';
+  for (let i = 0; i < CONVERSATION_PAGES; i++) {
+    const r = await api.get(api.query('v1/conversations', { after, limit: CONVERSATION_PAGE }), { background });
+    for (const c of r && Array.isArray(r.conversations) ? r.conversations : []) {
+      if (c && c.with && !seen.has(c.with)) {
+        seen.add(c.with);
+        out.push(c);
+      }
+    }
+    after = (r && typeof r.next === 'string' && r.next) || '';
+    if (!after) break;
+  }
+  return out;
 }
 
 function markOpenThreadSeen() {
