@@ -166,11 +166,9 @@ func parseEntryID(s string) (crdt.EntryID, error) {
 // for the next call. The cursor never skips a message that arrives late from another node.
 // A conversation that holds an erasure marker is gone, as the erased user is: ENotFound.
 func (s *Messages) List(ctx context.Context, p Principal, with, cursor string, limit int) (Page, error) {
-	switch {
-	case limit == 0:
-		limit = DefaultPageLimit
-	case limit < 0 || limit > MaxPageLimit:
-		return Page{}, Errorf(EInvalid, "limit must be 1 to %d", MaxPageLimit)
+	limit, err := pageLimit(limit)
+	if err != nil {
+		return Page{}, err
 	}
 	after, err := decodeCursor(cursor)
 	if err != nil {
@@ -222,11 +220,9 @@ type ConversationPage = api.ConversationsResponse
 // pages after it do not list it, whether an earlier page did or not (a client that needs
 // every conversation at one moment starts again from the first page, which lists it).
 func (s *Messages) Conversations(ctx context.Context, p Principal, cursor string, limit int) (ConversationPage, error) {
-	switch {
-	case limit == 0:
-		limit = DefaultPageLimit
-	case limit < 0 || limit > MaxPageLimit:
-		return ConversationPage{}, Errorf(EInvalid, "limit must be 1 to %d", MaxPageLimit)
+	limit, err := pageLimit(limit)
+	if err != nil {
+		return ConversationPage{}, err
 	}
 	after, err := decodeConvCursor(cursor)
 	if err != nil {
@@ -280,6 +276,18 @@ func (s *Messages) conversation(ctx context.Context, p Principal, c Conversation
 		return Conversation{}, false, nil
 	}
 	return Conversation{With: shown, LastMessage: m, Count: c.Count}, true, nil
+}
+
+// pageLimit returns the size of a page asked for with limit: DefaultPageLimit for 0,
+// EInvalid beyond 1 to MaxPageLimit.
+func pageLimit(limit int) (int, error) {
+	switch {
+	case limit == 0:
+		return DefaultPageLimit, nil
+	case limit < 0 || limit > MaxPageLimit:
+		return 0, Errorf(EInvalid, "limit must be 1 to %d", MaxPageLimit)
+	}
+	return limit, nil
 }
 
 // convCursor names the last conversation of a page of Conversations: its newest entry

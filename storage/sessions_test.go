@@ -22,16 +22,10 @@ func TestUserSessions(t *testing.T) {
 	merge(t, db, crdt.SessionKey("s4"), idle)
 	clk.Add(time.Hour) // s4 is idle-expired but kept
 
-	got, err := db.UserSessions(ctx, "u1")
-	if err != nil {
-		t.Fatalf("UserSessions: %v", err)
-	}
+	got := userSessions(t, db, "u1")
 	var ids []string
 	for _, s := range got {
 		ids = append(ids, s.ID)
-		if s.UserID != "u1" {
-			t.Errorf("session %s of %q", s.ID, s.UserID)
-		}
 	}
 	if want := []string{"s4", "s3", "s1"}; !equalStrings(ids, want) {
 		t.Errorf("UserSessions = %q, want %q (newest first, revoked s2 left out)", ids, want)
@@ -45,6 +39,22 @@ func TestUserSessions(t *testing.T) {
 			t.Errorf("UserSessions(%q) = %v, %v; want none", user, got, err)
 		}
 	}
+}
+
+// userSessions returns db's UserSessions of user, failing the test on an error or a
+// session of another user.
+func userSessions(t *testing.T, db *DB, user string) []crdt.Session {
+	t.Helper()
+	got, err := db.UserSessions(context.Background(), user)
+	if err != nil {
+		t.Fatalf("UserSessions(%s): %v", user, err)
+	}
+	for _, s := range got {
+		if s.UserID != user {
+			t.Errorf("UserSessions(%s) holds session %s of %q", user, s.ID, s.UserID)
+		}
+	}
+	return got
 }
 
 func equalStrings(a, b []string) bool {
@@ -91,12 +101,8 @@ func TestUserSessionsRevokedIndex(t *testing.T) {
 	}
 	ids := func() []string {
 		t.Helper()
-		got, err := db.UserSessions(ctx, "u1")
-		if err != nil {
-			t.Fatalf("UserSessions: %v", err)
-		}
 		var ids []string
-		for _, s := range got {
+		for _, s := range userSessions(t, db, "u1") {
 			ids = append(ids, s.ID)
 		}
 		return ids
