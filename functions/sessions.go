@@ -260,7 +260,6 @@ func checkSessionData(m *crdt.Map) error {
 	return nil
 }
 
-// activeSessions returns the sessions usable at now, newest first.
 // toRevoke returns the sessions of all (u's, not revoked by their own flag) that a new
 // session of u revokes, so that a script that signs in in a loop cannot grow what an
 // account stores without bound: the oldest beyond MaxSessionsPerUser-1 of those not past
@@ -285,6 +284,7 @@ func toRevoke(all []crdt.Session, u crdt.User, now time.Time) []crdt.Session {
 	return out
 }
 
+// activeSessions returns the sessions usable at now, newest first.
 func activeSessions(all []crdt.Session, u crdt.User, now time.Time) []crdt.Session {
 	var out []crdt.Session
 	for _, ss := range all {
