@@ -214,10 +214,26 @@ func (n *Node) awaitIn(c *fiber.Ctx, b crdt.Bookmark, p int) error {
 		rc.waited = true
 	}
 	if errors.Is(err, cluster.ErrBehind) {
-		c.Set(fiber.HeaderRetryAfter, "1")
+		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(n.surelyBehind(b).Seconds()))
 		return errBehind
 	}
 	return err
+}
+
+// maxBehindRetry bounds the Retry-After of a bookmark too far ahead of this node's clock.
+const maxBehindRetry = time.Minute
+
+// surelyBehind returns how long this node will stay behind bookmark b whatever it
+// receives: until its clock comes within MaxSkew of b's latest mark, as it refuses writes
+// stamped further ahead (zero for a bookmark within that), at most maxBehindRetry (a
+// made-up bookmark may lie years ahead).
+func (n *Node) surelyBehind(b crdt.Bookmark) time.Duration {
+	var latest int64
+	for _, ts := range b.Marks() {
+		latest = max(latest, ts.Wall)
+	}
+	d := time.Duration(latest - n.cfg.Now().Add(n.cfg.MaxSkew).UnixNano())
+	return min(max(d, 0), maxBehindRetry)
 }
 
 // maxLag returns the largest replication delay last observed from any live peer.

@@ -5,8 +5,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sessiond/sessiond/crdt"
 )
@@ -201,8 +203,16 @@ func TestConsistency_Headers(t *testing.T) {
 		// MaxSkew, so the node says it is behind at once rather than answering stale.
 		resp, body = c.do("GET", "/v1/sessions/current", tok, nil, headerBookmark, ahead.String())
 		wantError(t, resp, body, http.StatusServiceUnavailable, "behind")
-		if resp.Header.Get("Retry-After") == "" {
-			t.Errorf("behind: no Retry-After")
+		if got := resp.Header.Get("Retry-After"); got != "60" {
+			t.Errorf("behind a bookmark a day ahead: Retry-After %q, want 60 (the bound)", got)
+		}
+		// Twenty seconds beyond MaxSkew: the node stays behind about that long.
+		var near crdt.Bookmark
+		near.Add(crdt.Timestamp{Wall: n.cfg.Now().Add(n.cfg.MaxSkew + 20*time.Second).UnixNano(), Node: 42})
+		resp, body = c.do("GET", "/v1/sessions/current", tok, nil, headerBookmark, near.String())
+		wantError(t, resp, body, http.StatusServiceUnavailable, "behind")
+		if got, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || got < 15 || got > 21 {
+			t.Errorf("behind a bookmark 20 s past MaxSkew: Retry-After %q, want about 20", resp.Header.Get("Retry-After"))
 		}
 	})
 }
