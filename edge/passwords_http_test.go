@@ -29,21 +29,11 @@ func TestHTTP_PasswordQueue(t *testing.T) {
 	c := newTestClient(t, n)
 	signUp(t, c, "alice")
 
-	// The node's hasher, but the first login after armed holds the worker until release.
-	holding, release := make(chan struct{}), make(chan struct{})
-	var armed atomic.Bool
-	p := functions.NewPasswordsWithLimits(functions.PasswordLimits{
+	// The node's hasher, but the first login holds the worker until release.
+	_, holding, release := holdFirstHash(n, functions.PasswordLimits{
 		Workers: 1, Queue: 1, MaxWait: time.Minute, PerClient: 10, // one client address: the queue is under test
-		Observe: func(w functions.HashWait) {
-			n.metrics.observeHash(w)
-			if w.Outcome == functions.HashRan && armed.CompareAndSwap(true, false) {
-				close(holding)
-				<-release
-			}
-		},
+		Observe: n.metrics.observeHash,
 	})
-	n.users.Passwords, n.sessions.Passwords = p, p // before the requests below are sent
-	armed.Store(true)
 
 	type reply struct {
 		user   string
@@ -174,19 +164,7 @@ func TestHTTP_PasswordPerClient(t *testing.T) {
 	c := newTestClient(t, n)
 	signUp(t, c, "alice")
 
-	holding, release := make(chan struct{}), make(chan struct{})
-	var armed atomic.Bool
-	p := functions.NewPasswordsWithLimits(functions.PasswordLimits{
-		Workers: 1, Queue: 8, PerClient: 2, MaxWait: time.Minute,
-		Observe: func(w functions.HashWait) {
-			if w.Outcome == functions.HashRan && armed.CompareAndSwap(true, false) {
-				close(holding)
-				<-release
-			}
-		},
-	})
-	n.users.Passwords, n.sessions.Passwords = p, p
-	armed.Store(true)
+	p, holding, release := holdFirstHash(n, functions.PasswordLimits{Workers: 1, Queue: 8, PerClient: 2, MaxWait: time.Minute})
 	login := func(addr string) int {
 		resp, _ := c.do("POST", "/v1/sessions", "", map[string]string{"username": "alice", "password": "correct horse"},
 			"X-Forwarded-For", addr)
@@ -217,4 +195,25 @@ func TestHTTP_PasswordPerClient(t *testing.T) {
 			t.Errorf("a login let in: %d, want 201", got)
 		}
 	}
+}
+
+// holdFirstHash gives n's users and sessions a hasher with limits whose first hash to run
+// holds its worker: holding is closed once it does, and it runs on when release is
+// closed. Observe in limits, if any, still sees every outcome.
+func holdFirstHash(n *Node, limits functions.PasswordLimits) (p *functions.Passwords, holding <-chan struct{}, release chan struct{}) {
+	held, release := make(chan struct{}), make(chan struct{})
+	var once atomic.Bool
+	also := limits.Observe
+	limits.Observe = func(w functions.HashWait) {
+		if also != nil {
+			also(w)
+		}
+		if w.Outcome == functions.HashRan && once.CompareAndSwap(false, true) {
+			close(held)
+			<-release
+		}
+	}
+	p = functions.NewPasswordsWithLimits(limits)
+	n.users.Passwords, n.sessions.Passwords = p, p // before the test sends its requests
+	return p, held, release
 }
