@@ -19,7 +19,8 @@ import (
 //
 //   - a push from the origin carries Through (see pushFrom): the origin's pushes to us,
 //     applied in order since its worker's first anti-entropy round, carried every write
-//     it stamped up to that mark;
+//     it stamped up to that mark — but, in a partition where it told us a floor we do not
+//     know we meet, those it handed off and dropped (floors.go);
 //   - a completed anti-entropy round with any peer leaves us holding everything that peer
 //     held when it answered, and its reply says what that was (DigestReply.Have), for
 //     every origin, so knowledge travels with the data;
@@ -55,23 +56,24 @@ import (
 // haveState is what this node holds of each other origin's writes. Safe for concurrent use.
 type haveState struct {
 	mu         sync.Mutex
-	era        uint64                    // changes whenever we gain partitions; never 0
-	have       crdt.Bookmark             // base knowledge; never holds our own node
-	gained     partitionSet              // partitions the base is not about (sharded only)
-	anyGained  bool                      // gained is not empty: spares comparing 512 bytes per mark
-	through    crdt.Bookmark             // Throughs told under the current placement: about every partition held
-	carried    []lesson                  // the Throughs of earlier placements, about the partitions held since; newest last
-	learnt     map[crdt.NodeID][4]lesson // the latest round with each peer taught [0:2], its latest pull of one partition [2:4]
-	told       map[crdt.NodeID]lesson    // each origin's latest Through under another placement, about the partitions it named
-	held       *partitionSet             // the partitions held, as of the latest replan (nil: not sharded)
-	placement  uint64                    // the fingerprint of the current placement
-	changed    chan struct{}             // closed and replaced whenever knowledge rises
-	distrusted map[crdt.NodeID]distrust  // origins whose pushes we partly refused
-	partial    map[crdt.NodeID]lesson    // a distrusted origin's latest Through, about the partitions not distrusted
-	epoch      uint64                    // counts distrust events
-	lastLive   map[crdt.NodeID]time.Time // when each node last stopped being a live peer
-	dropping   partitionSet              // partitions whose stray keys a handoff round is dropping now
-	fetching   map[fetchKey]*fetch       // fetches in flight
+	era        uint64                                 // changes whenever we gain partitions; never 0
+	have       crdt.Bookmark                          // base knowledge; never holds our own node
+	gained     partitionSet                           // partitions the base is not about (sharded only)
+	anyGained  bool                                   // gained is not empty: spares comparing 512 bytes per mark
+	through    crdt.Bookmark                          // Throughs told under the current placement: about every partition held
+	carried    []lesson                               // the Throughs of earlier placements, about the partitions held since; newest last
+	learnt     map[crdt.NodeID][4]lesson              // the latest round with each peer taught [0:2], its latest pull of one partition [2:4]
+	told       map[crdt.NodeID]lesson                 // each origin's latest Through under another placement, about the partitions it named
+	held       *partitionSet                          // the partitions held, as of the latest replan (nil: not sharded)
+	placement  uint64                                 // the fingerprint of the current placement
+	changed    chan struct{}                          // closed and replaced whenever knowledge rises
+	distrusted map[crdt.NodeID]distrust               // origins whose pushes we partly refused
+	partial    map[crdt.NodeID]lesson                 // a distrusted origin's latest Through, about the partitions not distrusted
+	epoch      uint64                                 // counts distrust events
+	lastLive   map[crdt.NodeID]time.Time              // when each node last stopped being a live peer
+	dropping   partitionSet                           // partitions whose stray keys a handoff round is dropping now
+	floors     map[crdt.NodeID]map[int]crdt.Timestamp // floors told by each origin that we do not know we meet (floors.go); sharded only
+	fetching   map[fetchKey]*fetch                    // fetches in flight
 	lastFetch  map[fetchKey]time.Time
 }
 
@@ -156,9 +158,15 @@ func raise(dst *crdt.Bookmark, b crdt.Bookmark, self crdt.NodeID) bool {
 //
 // A Through of an origin we distrust counts only for the partitions we refused none of
 // its changes in (see distrust).
-func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint64, era uint64) {
+//
+// floors are the origin's floors told with it (floors.go): partitions where no Through of
+// the origin's vouches for its writes up to the floor. Each one this node, whose keep
+// token is keep, does not already know it meets is kept (noteFloorsLocked) until it is
+// met.
+func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint64, era uint64, floors []Floor, keep uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.noteFloorsLocked(through.Node, floors, keep)
 	d, distrusted := h.distrusted[through.Node]
 	if era != h.era || distrusted && d.all {
 		return
@@ -180,6 +188,9 @@ func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint
 		for i := range l.about {
 			l.about[i] = ^uint64(0)
 		}
+	}
+	for p := range h.floors[through.Node] {
+		l.about.remove(p) // these Throughs do not vouch below its floors
 	}
 	if distrusted {
 		for i := range l.about {
@@ -237,7 +248,14 @@ func (h *haveState) replanLocked(placement uint64, gained []int, held *partition
 	if !h.through.IsZero() && h.held != nil {
 		// What the Throughs told about the partitions held before stays true of those
 		// still held: a node drops only data it does not hold.
-		h.carried = append(h.carried, lesson{about: *h.held, have: h.through})
+		// Not where a floor is unmet: the Throughs do not vouch there for its origin.
+		about := *h.held
+		for _, m := range h.floors {
+			for p := range m {
+				about.remove(p)
+			}
+		}
+		h.carried = append(h.carried, lesson{about: about, have: h.through})
 	}
 	h.through = crdt.Bookmark{}
 	h.held = held
@@ -277,6 +295,7 @@ func (h *haveState) replanLocked(placement uint64, gained []int, held *partition
 			delete(h.learnt, peer) // about nothing held any more
 		}
 	}
+	h.meetFloorsLocked()
 }
 
 // beginDrop records that a handoff round, which chose what to drop under the placement
@@ -468,6 +487,7 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 			h.gained, h.anyGained = partitionSet{}, false // every partition held now knows at least the base
 		}
 		h.raiseLocked(have, self)
+		h.meetFloorsLocked()
 		return
 	}
 	if h.anyGained && h.have.CoveredBy(have) {
@@ -488,6 +508,7 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 	}
 	ls[i], ls[i+1] = lesson{about: *scope.full, have: full}, lesson{about: *scope.full, have: own}
 	h.learnt[peer] = ls
+	h.meetFloorsLocked()
 	h.wakeLocked()
 }
 
@@ -512,8 +533,9 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 		if h.droppingHeldLocked() {
 			return false // a partition held is losing keys to a handoff begun before it was gained
 		}
-		if h.through.Covers(ts) || !h.anyGained && h.have.Covers(ts) {
-			return true // Throughs are about every partition held
+		floored := h.floors[ts.Node]
+		if h.through.Covers(ts) && len(floored) == 0 || !h.anyGained && h.have.Covers(ts) {
+			return true // Throughs are about every partition held (but below floors)
 		}
 		if h.held == nil {
 			return false // not sharded: the base is about every partition
@@ -524,6 +546,15 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 		if h.have.Covers(ts) {
 			for i := range known {
 				known[i] = ^h.gained[i]
+			}
+		}
+		if h.through.Covers(ts) {
+			var below partitionSet
+			for p := range floored {
+				below.add(p)
+			}
+			for i := range known {
+				known[i] |= ^below[i]
 			}
 		}
 		h.lessonsCovering(ts, func(l *lesson) {
@@ -540,7 +571,7 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 		// trimmed to them: nothing vouches for p.
 		return false
 	}
-	if (!h.anyGained || !h.gained.has(p)) && h.have.Covers(ts) || h.through.Covers(ts) {
+	if (!h.anyGained || !h.gained.has(p)) && h.have.Covers(ts) || h.through.Covers(ts) && !h.belowFloorLocked(ts.Node, p) {
 		return true
 	}
 	found := false
@@ -587,7 +618,7 @@ func (h *haveState) knownIn(asked *partitionSet) crdt.Bookmark {
 		if !h.anyGained || !h.gained.has(p) {
 			k.Merge(h.have)
 		}
-		k.Merge(h.through)
+		k.Merge(h.throughAtLocked(p))
 		for _, l := range h.carried {
 			if l.about.has(p) {
 				k.Merge(l.have)

@@ -29,7 +29,10 @@ import (
 // of the placement over every member, joining and down ones too (SetMembership): a holder
 // that failed, or that a partition hides, comes back holding what it held, without what
 // it missed, and a joining node that caught up before the write takes its share without
-// it; such keys wait for them (or for membership to forget a failed one).
+// it; such keys wait for them (or for membership to forget a failed one). A node that
+// becomes a holder only later (another holder failed) was never sent them: before
+// dropping such keys this node raises its floors in their partitions, so that its
+// Throughs stop vouching for those writes there (floors.go).
 //
 // A round offers each holder all its leaves at once: one offer per holder, in as few
 // requests as the message budget allows. It never waits on one peer for long: each call
@@ -197,10 +200,11 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	who := newConfirmers(v.table, r.cfg.Region, slices.Concat(others, down), r.cfg.Replicas)
 	var (
 		first     error
-		confirmed = map[string]map[crdt.NodeID]bool{} // key → holders that confirmed it
-		offered   = map[string]uint64{}               // key → the hash offered
-		plan      = map[crdt.NodeID][]strayLeaf{}     // confirmer → the leaves to offer it
-		order     []crdt.NodeID                       // the confirmers, in the order found
+		confirmed = map[string]map[crdt.NodeID]uint64{} // key → holders that confirmed it → keep token
+		offered   = map[string]uint64{}                 // key → the hash offered
+		plan      = map[crdt.NodeID][]strayLeaf{}       // confirmer → the leaves to offer it
+		order     []crdt.NodeID                         // the confirmers, in the order found
+		newest    = map[string]crdt.Timestamp{}         // ownGroup → its newest write of ours
 	)
 	if r.confirmedUnder != v.fingerprint {
 		r.confirmedBefore, r.confirmedUnder = nil, v.fingerprint
@@ -212,7 +216,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 				confirmed[kh.Key] = c.by
 			}
 		}
-		anyOwn, err := r.markOwn(ctx, sl.extra, who.own)
+		anyOwn, err := r.markOwn(ctx, sl.extra, who.own, newest)
 		if err != nil {
 			return fmt.Errorf("handoff: %w", err)
 		}
@@ -239,11 +243,11 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 				first = fmt.Errorf("handoff to %s: %w", peer.Name, err)
 			}
 		}
-		for _, key := range got {
+		for key, keep := range got {
 			if confirmed[key] == nil {
-				confirmed[key] = map[crdt.NodeID]bool{}
+				confirmed[key] = map[crdt.NodeID]uint64{}
 			}
-			confirmed[key][id] = true
+			confirmed[key][id] = keep
 		}
 	}
 	var drop []storage.KeyHash
@@ -271,7 +275,18 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	if !r.have.beginDrop(v.fingerprint, &parts) {
 		return first
 	}
+	// Before the drop: from now on our Throughs must not vouch for those writes where
+	// they were never sent (floors.go).
+	names := make([]string, len(drop))
+	for i, kh := range drop {
+		names[i] = kh.Key
+	}
+	for p, d := range dropFloors(names, who.own, newest, confirmed) {
+		r.floors.raise(p, d.ts, d.by)
+	}
+	r.renewKeep() // confirmations made from here on see the drop
 	n, err := r.cfg.DB.Drop(ctx, drop)
+	r.renewKeep()
 	if r.have.endDrop() {
 		r.syncAll() // partitions gained again: learn them anew
 	}
@@ -297,7 +312,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 // confirmed holding it exactly as this node stores it (hash).
 type confirmation struct {
 	hash uint64
-	by   map[crdt.NodeID]bool
+	by   map[crdt.NodeID]uint64 // holder → its keep token
 }
 
 // confirmers are the members whose confirmation a stray key needs before it is dropped:
@@ -352,14 +367,14 @@ func (c confirmers) of(p int, everywhere bool) []placement.Member {
 }
 
 // allConfirmed reports whether every confirmer of key's homes confirmed it (by).
-func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]bool) bool {
+func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]uint64) bool {
 	for _, p := range crdt.KeyHomes(key).Append(make([]int, 0, 2)) {
 		owners := c.of(p, c.own[key])
 		if len(owners) == 0 {
 			return false
 		}
 		for _, m := range owners {
-			if !by[m.ID] {
+			if _, ok := by[m.ID]; !ok {
 				return false
 			}
 		}
@@ -369,7 +384,8 @@ func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]bool) bool {
 
 // markOwn adds to own those of keys (the strays of one leaf: their records are read a
 // leaf at a time) that carry, or carried, a write of this node's own, and reports
-// whether any does. A key carries one when its state shows it (see ownSince); it carried
+// whether any does; it raises newest, by ownGroup, to the newest such write (the commit
+// mark for a write storage remembers without its time: the cautious answer). A key carries one when its state shows it (see ownSince); it carried
 // one when storage remembers a write of ours there that the state lost (DB.Replaced: a
 // remote write replaced it, or an erasure marker purged it), which it does in the file,
 // across restarts, for as long as the key is stored: the write the state no longer
@@ -377,7 +393,7 @@ func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]bool) bool {
 // reached every holder either. A conversation's entries are judged together: a message
 // of ours that an erasure marker purged leaves only the marker, which is then as much
 // ours as the message was.
-func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own map[string]bool) (bool, error) {
+func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own map[string]bool, newest map[string]crdt.Timestamp) (bool, error) {
 	names := make([]string, len(keys))
 	for i, kh := range keys {
 		names[i] = kh.Key
@@ -391,13 +407,21 @@ func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own ma
 		return false, err
 	}
 	owned := make(map[string]bool) // ownGroup → carries or carried a write of ours
+	note := func(key string, ts crdt.Timestamp) {
+		g := ownGroup(key)
+		owned[g] = true
+		newest[g] = maxTS(newest[g], ts)
+	}
 	for _, c := range changes {
-		if _, ok := r.ownSince(c, crdt.Timestamp{}); ok {
-			owned[ownGroup(c.Key)] = true
+		if ts, ok := r.ownSince(c, crdt.Timestamp{}); ok {
+			note(c.Key, ts)
 		}
 	}
-	for key := range replaced {
-		owned[ownGroup(key)] = true
+	for key, ts := range replaced {
+		if ts.IsZero() {
+			ts = r.cfg.DB.Committed()
+		}
+		note(key, ts)
 	}
 	found := false
 	for _, c := range changes {
@@ -427,12 +451,11 @@ const convGroup = "\x00conv "
 // the move rate is not. A request that fails at once (a lost message, a refusal) leaves
 // its keys unconfirmed and the next request is still made; one that timed out ends the
 // offer, as the peer would likely cost a timeout per request. It returns the keys
-// confirmed, in every request made, and the first error.
-func (r *Replicator) offer(ctx context.Context, peer Peer, leaves []strayLeaf) ([]string, error) {
-	var (
-		same  []string
-		first error
-	)
+// confirmed, in every request made, each with the peer's keep token when it confirmed
+// it (LeavesReply.Keep), and the first error.
+func (r *Replicator) offer(ctx context.Context, peer Peer, leaves []strayLeaf) (map[string]uint64, error) {
+	var first error
+	same := make(map[string]uint64)
 	extra := make(map[int][]storage.KeyHash, len(leaves))
 	ids := make([]int, len(leaves))
 	for i, sl := range leaves {
@@ -443,8 +466,10 @@ func (r *Replicator) offer(ctx context.Context, peer Peer, leaves []strayLeaf) (
 		if err != nil {
 			return same, err
 		}
-		got, err := r.offerRequest(ctx, peer, req)
-		same = append(same, got...)
+		got, keep, err := r.offerRequest(ctx, peer, req)
+		for _, key := range got {
+			same[key] = keep
+		}
 		first = cmp.Or(first, err)
 		if err != nil && (ctx.Err() != nil || errors.Is(err, errOfferTimeout)) {
 			return same, first
@@ -455,8 +480,9 @@ func (r *Replicator) offer(ctx context.Context, peer Peer, leaves []strayLeaf) (
 
 // offerRequest makes one request of an offer (see offer) and returns the keys peer holds
 // exactly as offered: those its reply compared equal, also when applying its differing
-// states or pushing ours then fails (the error is returned with them).
-func (r *Replicator) offerRequest(ctx context.Context, peer Peer, req LeavesRequest) ([]string, error) {
+// states or pushing ours then fails (the error is returned with them), and its keep
+// token (LeavesReply.Keep; 0 from a peer that does not tell it).
+func (r *Replicator) offerRequest(ctx context.Context, peer Peer, req LeavesRequest) ([]string, uint64, error) {
 	for i := range req.Leaves {
 		req.Leaves[i].Only = true
 	}
@@ -469,7 +495,7 @@ func (r *Replicator) offerRequest(ctx context.Context, peer Peer, req LeavesRequ
 		err = checkLeavesReply(req, rep)
 	}
 	if err != nil {
-		return nil, r.replyErr(peer, "leaves", err)
+		return nil, 0, r.replyErr(peer, "leaves", err)
 	}
 	want := make(map[string]bool, len(rep.Want))
 	for _, k := range rep.Want {
@@ -488,20 +514,20 @@ func (r *Replicator) offerRequest(ctx context.Context, peer Peer, req LeavesRequ
 	if len(rep.Changes) > 0 {
 		res, err := r.cfg.DB.ApplyRemote(ctx, rep.Changes)
 		if err != nil {
-			return same, err
+			return same, rep.Keep, err
 		}
 		r.count(res)
 	}
 	if len(give) > 0 {
 		changes, err := r.cfg.DB.Changes(ctx, give)
 		if err != nil {
-			return same, err
+			return same, rep.Keep, err
 		}
 		if err := r.pushEach(ctx, peer, changes, r.cfg.OfferTimeout); err != nil {
-			return same, err
+			return same, rep.Keep, err
 		}
 	}
-	return same, nil
+	return same, rep.Keep, nil
 }
 
 // syncAll makes every worker run an anti-entropy round soon.

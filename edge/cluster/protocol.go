@@ -28,8 +28,9 @@ import (
 // LeafPairs.From and To (a leaf compared in parts, so no request outgrows MaxMessage);
 // version 4 added DigestRequest.Mask and the placement fingerprints of PushRequest and
 // DigestReply (placement: each node holds some partitions; see holding.go); version 5
-// added the eras of PushRequest, DigestReply and PushReply (see haveState.era).
-const ProtocolVersion = 5
+// added the eras of PushRequest, DigestReply and PushReply (see haveState.era); version 6
+// added PushRequest.Floors and LeavesReply.Keep (see floorTable).
+const ProtocolVersion = 6
 
 // MinProtocolVersion is the oldest sync protocol version this build speaks. Releases
 // before the one that introduced negotiation (tagProtoMin) speak only their own version.
@@ -125,6 +126,30 @@ type PushRequest struct {
 	// completed anti-entropy round with it: Through counts only if the receiver is still
 	// in that era (it has dropped nothing it then held since).
 	Era uint64
+	// Floors, with Through (version 6 on), are partitions where From dropped keys that
+	// carried writes of its own (handoff), each with the newest such write: Through does
+	// not vouch for From's writes at or before a floor in its partition, which the
+	// receiver may never have been sent (see floorTable). Sorted by partition, each
+	// partition once; only those raised since the sender last told this receiver.
+	Floors []Floor
+}
+
+// Floor is a partition and a timestamp of the sender's (PushRequest.Floors): the floor
+// there, TS, or Kept (zero: none) for a receiver whose keep token (LeavesReply.Keep) is
+// still Keep — it confirmed some of the keys dropped, and dropped none since.
+type Floor struct {
+	Partition int
+	TS        crdt.Timestamp
+	Keep      uint64
+	Kept      crdt.Timestamp
+}
+
+// For returns the floor for a receiver whose keep token is keep (zero: none).
+func (f Floor) For(keep uint64) crdt.Timestamp {
+	if f.Keep != 0 && f.Keep == keep {
+		return f.Kept
+	}
+	return f.TS
 }
 
 // PushReply answers a push with the receiver's era: a sender whose pushes went by
@@ -198,6 +223,11 @@ type LeavesReply struct {
 	Changes   []storage.Change
 	Want      []string
 	Truncated bool
+	// Keep (version 6 on; 0: unknown) is the replier's keep token when it compared the
+	// leaves: it changes whenever the replier drops keys or starts, so a sender that
+	// handed keys off to it knows, from the Keep it tells with floors, whether the
+	// replier may have dropped any since it confirmed them (see floorTable).
+	Keep uint64
 }
 
 // wire is a small append-only encoder.
@@ -360,7 +390,14 @@ func (m PushRequest) MarshalBinary() ([]byte, error) {
 	for _, x := range m.Held {
 		w = w.u64(x)
 	}
-	return w.u64(m.Era), nil
+	w = w.u64(m.Era)
+	if v >= 6 {
+		w = w.uvarint(length(len(m.Floors)))
+		for _, f := range m.Floors {
+			w = w.uvarint(uint64(f.Partition)).timestamp(f.TS).u64(f.Keep).timestamp(f.Kept) // #nosec G115 -- a partition, below crdt.Partitions
+		}
+	}
+	return w, nil
 }
 
 func (w wire) timestamp(ts crdt.Timestamp) wire { return ts.AppendBinary(w) }
@@ -402,7 +439,27 @@ func (m *PushRequest) UnmarshalBinary(b []byte) error {
 	m.Placement = r.u64()
 	m.Held = r.mask()
 	m.Era = r.u64()
+	if r.version >= 6 {
+		m.Floors = r.floors()
+	}
 	return r.end()
+}
+
+// floors reads PushRequest.Floors: partitions in increasing order, each once.
+func (r *reader) floors() []Floor {
+	n := r.count(1+2*crdt.TimestampSize+8, crdt.Partitions)
+	if n == 0 {
+		return nil
+	}
+	out := make([]Floor, 0, n)
+	for i := 0; i < n && r.err == nil; i++ {
+		f := Floor{Partition: r.index("floor partition", crdt.Partitions), TS: r.timestamp(), Keep: r.u64(), Kept: r.timestamp()}
+		if r.err == nil && i > 0 && f.Partition <= out[i-1].Partition {
+			r.err = fmt.Errorf("sync message: floors out of order at partition %d", f.Partition)
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 // MarshalBinary encodes a PushReply.
@@ -569,7 +626,11 @@ func (m LeavesReply) MarshalBinary() ([]byte, error) {
 	if m.Truncated {
 		t = 1
 	}
-	return w.uvarint(t), nil
+	w = w.uvarint(t)
+	if v >= 6 {
+		w = w.u64(m.Keep)
+	}
+	return w, nil
 }
 
 // UnmarshalBinary decodes a LeavesReply.
@@ -583,5 +644,8 @@ func (m *LeavesReply) UnmarshalBinary(b []byte) error {
 		m.Want = append(m.Want, string(r.bytes()))
 	}
 	m.Truncated = r.uvarint() == 1
+	if r.version >= 6 {
+		m.Keep = r.u64()
+	}
 	return r.end()
 }

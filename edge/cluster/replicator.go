@@ -142,6 +142,8 @@ type Replicator struct {
 	lag   map[crdt.NodeID]time.Duration // last observed propagation delay from each origin
 
 	have     haveState     // what this node holds of each origin's writes; see Await
+	floors   floorTable    // what our Throughs cannot vouch for; see floors.go
+	keep     atomic.Uint64 // the keep token (LeavesReply.Keep): renewed around every drop
 	awaiting atomic.Int64  // Awaits past the fast path, now
 	move     *rate.Limiter // Config.MoveRate; nil: unbounded
 }
@@ -178,6 +180,9 @@ type worker struct {
 	// drained is the feed position up to which the worker has pushed this node's writes
 	// to the peer (or a round covered them); see Drain.
 	drained atomic.Uint64
+	// floorsSent is the version of our floorTable the peer was last told, in its era
+	// floorsEra (another era: tell it every floor). Owned by the worker goroutine.
+	floorsSent, floorsEra uint64
 }
 
 // maxPushFailures is how many times in a row a worker tries to push the same changes
@@ -231,6 +236,7 @@ func NewReplicator(cfg Config) *Replicator {
 		r.move = rate.NewLimiter(rate.Limit(cfg.MoveRate), max(cfg.MoveRate, r.budget()))
 	}
 	r.have.init()
+	r.renewKeep()
 	r.view.Store(newView(r.selfPeer(), nil, cfg.Replicas, r.joining))
 	return r
 }
@@ -546,7 +552,8 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 		w.pushed = r.cfg.DB.Committed()
 		cursor = r.cfg.DB.FeedSeq()
 		w.synced = false
-		w.told = crdt.Timestamp{} // what we told went by the old placement, which may not count now
+		w.told = crdt.Timestamp{}        // what we told went by the old placement, which may not count now
+		w.floorsSent, w.floorsEra = 0, 0 // the peer may hold partitions whose floors it was not told
 	}
 	restart()
 	needSync, pushRetry := true, false
@@ -707,25 +714,31 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 		}
 		last := len(changes) < r.cfg.PushBatch
 		tell := last && w.synced && w.told.Less(newest)
+		var floors []Floor
+		var floorsSeq uint64
+		if tell {
+			floors, floorsSeq = r.floorsFor(w, v)
+		}
 		if len(own) > 0 {
 			w.pending.Store(int64(len(own)))
 			sent := 0
 			for batch := range pushBatches(own, r.cfg.PushBatch, r.budget()) { // new writes: not bounded by MoveRate
 				req := PushRequest{From: r.self, Changes: batch, Placement: v.fingerprint}
 				if sent += len(batch); tell && sent == len(own) {
-					req.Through, req.Held, req.Era = mark, v.heldWords(w.peer.ID), w.peerEra
+					req.Through, req.Held, req.Era, req.Floors = mark, v.heldWords(w.peer.ID), w.peerEra, floors
 				}
 				if err := r.push(ctx, w, req); err != nil {
 					return cursor, err
 				}
 			}
 		} else if tell {
-			if err := r.push(ctx, w, PushRequest{From: r.self, Through: mark, Placement: v.fingerprint, Held: v.heldWords(w.peer.ID), Era: w.peerEra}); err != nil {
+			if err := r.push(ctx, w, PushRequest{From: r.self, Through: mark, Placement: v.fingerprint, Held: v.heldWords(w.peer.ID), Era: w.peerEra, Floors: floors}); err != nil {
 				return cursor, err
 			}
 		}
 		if tell {
 			w.told = maxTS(w.told, mark)
+			w.floorsSent, w.floorsEra = floorsSeq, w.peerEra
 		}
 		w.pending.Store(0)
 		cursor = next
@@ -734,6 +747,26 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 			return cursor, nil
 		}
 	}
+}
+
+// floorsFor returns the floors to tell the worker's peer with a Through (floors.go):
+// those of the partitions it holds by v raised since it was last told, or all of them
+// if its era changed since, and the version of the table they come from. A peer that
+// speaks no version with floors is told none.
+func (r *Replicator) floorsFor(w *worker, v *view) ([]Floor, uint64) {
+	seq := w.floorsSent
+	if w.floorsEra != w.peerEra {
+		seq = 0
+	}
+	var held *partitionSet
+	if v.sharded() {
+		held = v.held(w.peer.ID)
+	}
+	floors, now := r.floors.since(seq, held, w.peer.ID)
+	if w.peer.Proto != 0 && w.peer.Proto < 6 {
+		return nil, now
+	}
+	return floors, now
 }
 
 // push sends req to the worker's peer and notes a reply from another era (w.stale).
@@ -855,7 +888,7 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) (PushReply
 		r.have.distrust(req.From, res.Refused)
 	}
 	if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
-		r.have.pushed(r.clamp(req.Through), req.Placement, req.Held, req.Era)
+		r.have.pushed(r.clamp(req.Through), req.Placement, req.Held, req.Era, req.Floors, r.keep.Load())
 	}
 	now := r.cfg.Now()
 	var newest time.Duration = -1
@@ -924,7 +957,7 @@ func (r *Replicator) HandleDigest(ctx context.Context, req DigestRequest) (Diges
 // for every key we lack or hold differently. The changes it returns are bounded by the
 // budget; past it, the reply is marked Truncated and the requester's next round goes on.
 func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (LeavesReply, error) {
-	rep := LeavesReply{Version: req.Version}
+	rep := LeavesReply{Version: req.Version, Keep: r.keep.Load()} // read before the leaves: see renewKeep
 	size := 0
 	for _, lp := range req.Leaves {
 		mine, err := r.cfg.DB.LeafPairs(ctx, lp.Leaf)

@@ -1,0 +1,151 @@
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/cluster/clustersim"
+	"github.com/sessiond/sessiond/edge/cluster/placement"
+)
+
+// TestSimHandoffFloorAfterGain: a node's pushes vouch (Through) for every write of its
+// own in the partitions the receiver holds. A write it handed off and dropped went to
+// the partition's holders of the day, not to a node that gains the partition later (its
+// region's holder failed): that node must not vouch for it until something that holds it
+// teaches it so — and then it must get it.
+//
+// eu holds n0, n2 and n4, ap n1 and n3, one holder per partition and region. n0 writes
+// a key k of a partition p that n2 holds in eu (n4 without n2), hands it off and drops
+// it. Then eu is cut off from ap and n2 fails: n4 gains p, and n0's pushes to n4, in
+// n4's new era, tell Throughs past k's write.
+func TestSimHandoffFloorAfterGain(t *testing.T) {
+	c := newTestCluster(t, 5, []string{"eu", "ap"}, clustersim.WithReplicas(1),
+		clustersim.WithAntiEntropy(time.Hour))
+	n0, n4 := c.Nodes[0], c.Nodes[4]
+	for i, region := range []string{"eu", "ap", "eu", "ap", "eu"} {
+		if got := c.Nodes[i].Region; got != region {
+			t.Fatalf("n%d is in %s, want %s", i, got, region)
+		}
+	}
+	ctx := context.Background()
+	tab := c.Table()
+	var without2 []placement.Member
+	for _, i := range []int{0, 1, 3, 4} {
+		p := c.Nodes[i].Peer()
+		without2 = append(without2, placement.Member{Name: p.Name, ID: p.ID, Region: p.Region})
+	}
+	after := placement.New(without2, 1)
+
+	// n0 registers users until one of its new keys is n2's in eu, and n4's without n2.
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(7, 8)), 1)
+	var k string
+	for i := 0; k == "" && i < 300; i++ {
+		before, err := clustersim.State(ctx, n0.DB())
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.MustRegister(t, 0, fmt.Sprintf("floor%d", i))
+		now, err := clustersim.State(ctx, n0.DB())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for key := range now {
+			homes := crdt.KeyHomes(key)
+			if _, old := before[key]; old || k != "" {
+				continue
+			}
+			if _, two := homes.Second(); two {
+				continue
+			}
+			p := homes.First()
+			if c.OwnerIn(tab, "eu", p) == 2 && c.OwnerIn(after, "eu", p) == 4 {
+				k = key
+			}
+		}
+	}
+	if k == "" {
+		t.Fatal("no key of n0's is n2's in eu and n4's without n2")
+	}
+	p := crdt.KeyHomes(k).First()
+	changes, err := n0.DB().Changes(ctx, []string{k})
+	if err != nil || len(changes) != 1 {
+		t.Fatalf("changes of %s: %v, %d", k, err, len(changes))
+	}
+	var b crdt.Bookmark // n0's write that k carries
+	b.Add(changes[0].Map.Version())
+	if b.Mark(n0.Peer().ID).IsZero() {
+		t.Fatalf("%s does not carry a write of n0's: %v", k, changes[0].Map.Version())
+	}
+	t.Logf("k = %s, partition %#x, write %v", k, p, b)
+
+	// n0 hands k off to its holders (n2, and ap's) and drops it.
+	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+		if err := n0.Rep().HandoffRound(ctx); err != nil {
+			return false, fmt.Sprintf("handoff round: %v", err)
+		}
+		st, err := clustersim.State(ctx, n0.DB())
+		if err != nil {
+			return false, err.Error()
+		}
+		_, kept := st[k]
+		return !kept, "n0 still stores " + k
+	})
+	if st, _ := clustersim.State(ctx, n4.DB()); st[k] != nil {
+		t.Fatalf("n4 stores %s before it holds it", k)
+	}
+
+	// eu cut off from ap; n2 fails: n4 gains p.
+	c.Cut([]int{0, 4}, []int{1, 2, 3})
+	c.Kill(2)
+	if !n4.Rep().HoldsPartition(p) {
+		t.Fatalf("n4 does not hold %#x once n2 is gone", p)
+	}
+	// n0 registers a user in a partition q that n4 held all along, and n4 learns that it
+	// holds that write: n0's pushes tell Throughs in n4's new era.
+	var q int
+	var latest crdt.Bookmark
+	for i := 0; latest.IsZero(); i++ {
+		if i == 300 {
+			t.Fatal("no registration of n0's in a partition n4 held all along")
+		}
+		acc := w.MustRegister(t, 0, fmt.Sprintf("later%d", i))
+		q = crdt.KeyHomes(crdt.UserKey(acc.ID)).First()
+		if q == p || !n4.Rep().HoldsPartition(q) || c.OwnerIn(tab, "eu", q) != 4 {
+			continue
+		}
+		m, ok, err := n0.DB().Record(ctx, crdt.UserKey(acc.ID))
+		if err != nil || !ok {
+			t.Fatalf("n0 lacks its own registration: %v", err)
+		}
+		latest.Add(m.Version())
+	}
+	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+		return n4.Rep().Covers(latest, q), fmt.Sprintf("n4 never knew it holds n0's write %v in %#x", latest, q)
+	})
+	st, err := clustersim.State(ctx, n4.DB())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, has := st[k]
+	for _, part := range []int{p, -1} {
+		if !has && n4.Rep().Covers(b, part) {
+			t.Errorf("n4 vouches for n0's write %v in partition %d (-1: all it holds) but lacks %s: n0 dropped it before n4 held %#x", b, part, k, p)
+		}
+	}
+
+	// Once ap is back, a request naming k's write gets it: n4 fetches p from ap's holder.
+	c.Heal()
+	if _, err := n4.Rep().Await(ctx, b, p, 0, 20*time.Second); err != nil {
+		t.Fatalf("n4 did not meet %v in %#x after the heal: %v", b, p, err)
+	}
+	if st, _ := clustersim.State(ctx, n4.DB()); st[k] == nil {
+		t.Errorf("n4 met %v in %#x without holding %s", b, p, k)
+	}
+	if !n4.Rep().Covers(latest, q) {
+		t.Errorf("n4 no longer knows it holds n0's write %v in %#x", latest, q)
+	}
+}
