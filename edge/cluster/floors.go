@@ -1,6 +1,10 @@
 package cluster
 
 import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"sync"
@@ -39,8 +43,8 @@ import (
 // still that one goes by that floor (Floor.For). A node that regains a partition it
 // dropped has a new token, since it dropped.
 //
-// The table lives in memory: a node that restarts forgets its floors, so what it dropped
-// before a restart is not covered.
+// The table is saved (Store.SaveReplicationState) before each drop that raised it, and
+// read again on start.
 
 // floorTable is this node's floors, by partition. Safe for concurrent use.
 type floorTable struct {
@@ -235,3 +239,83 @@ func (h *haveState) meetFloorsLocked() {
 // compared leaves before it too, and a token read after both renewals saw the drop's
 // outcome, since the reply reads it before the leaves. A restart starts with a new one.
 func (r *Replicator) renewKeep() { r.keep.Store(newEra(r.keep.Load())) }
+
+// floorsFormat is the first byte of the floor table's encoding (encode).
+const floorsFormat = 1
+
+// maxKeptPerFloor bounds the holders kept per partition in a decoded table: the
+// confirmers of one drop, a few per region.
+const maxKeptPerFloor = 1024
+
+// encode returns the table for storage (Store.SaveReplicationState): its format, the
+// number of partitions, and for each the partition, its floor and the holders kept.
+func (t *floorTable) encode() []byte {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	b := binary.AppendUvarint([]byte{floorsFormat}, uint64(len(t.at)))
+	for p, f := range t.at {
+		b = binary.AppendUvarint(b, uint64(p)) // #nosec G115 -- a partition, below crdt.Partitions
+		b = f.all.AppendBinary(b)
+		b = binary.AppendUvarint(b, uint64(len(f.kept)))
+		for node, k := range f.kept {
+			b = binary.BigEndian.AppendUint64(b, uint64(node))
+			b = binary.BigEndian.AppendUint64(b, k.keep)
+			b = k.floor.AppendBinary(b)
+		}
+	}
+	return b
+}
+
+// decodeFloors returns the table encode wrote, every floor changed after version 0.
+func decodeFloors(b []byte) (*floorTable, error) {
+	r := reader{b: b}
+	if len(b) == 0 || b[0] != floorsFormat {
+		return nil, fmt.Errorf("floor table of an unknown format")
+	}
+	r.b = r.b[1:]
+	t := &floorTable{seq: 1, at: make(map[int]*partitionFloor)}
+	n := r.count(1+crdt.TimestampSize+1, crdt.Partitions)
+	for range n {
+		p := r.index("floor partition", crdt.Partitions)
+		f := &partitionFloor{all: r.timestamp(), seq: 1, kept: make(map[crdt.NodeID]keptFloor)}
+		for range r.count(16+crdt.TimestampSize, maxKeptPerFloor) {
+			node := crdt.NodeID(r.u64())
+			f.kept[node] = keptFloor{keep: r.u64(), floor: r.timestamp()}
+		}
+		if r.err != nil {
+			break
+		}
+		if _, dup := t.at[p]; dup {
+			return nil, fmt.Errorf("floor table: partition %d twice", p)
+		}
+		t.at[p] = f
+	}
+	if err := r.end(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// loadFloors reads the floors saved before a restart. A table that does not decode
+// counts, cautiously, as a floor at the commit mark in every partition.
+func (r *Replicator) loadFloors(ctx context.Context) {
+	b, err := r.cfg.DB.ReplicationState(ctx)
+	if err == nil && b == nil {
+		return
+	}
+	var t *floorTable
+	if err == nil {
+		t, err = decodeFloors(b)
+	}
+	if err != nil {
+		r.log.Warn("the floors saved before the restart cannot be read; assuming every own write dropped everywhere", slog.Any("err", err))
+		now := r.cfg.DB.Committed()
+		for p := range crdt.Partitions {
+			r.floors.raise(p, now, nil)
+		}
+		return
+	}
+	r.floors.mu.Lock()
+	r.floors.seq, r.floors.at = t.seq, t.at
+	r.floors.mu.Unlock()
+}

@@ -281,8 +281,16 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	for i, kh := range drop {
 		names[i] = kh.Key
 	}
-	for p, d := range dropFloors(names, who.own, newest, confirmed) {
-		r.floors.raise(p, d.ts, d.by)
+	if raised := dropFloors(names, who.own, newest, confirmed); len(raised) > 0 {
+		for p, d := range raised {
+			r.floors.raise(p, d.ts, d.by)
+		}
+		if err := r.cfg.DB.SaveReplicationState(ctx, r.floors.encode()); err != nil {
+			if r.have.endDrop() {
+				r.syncAll()
+			}
+			return fmt.Errorf("handoff: save floors: %w", err)
+		}
 	}
 	r.renewKeep() // confirmations made from here on see the drop
 	n, err := r.cfg.DB.Drop(ctx, drop)

@@ -21,8 +21,14 @@ import (
 // eu holds n0, n2 and n4, ap n1 and n3, one holder per partition and region. n0 writes
 // a key k of a partition p that n2 holds in eu (n4 without n2), hands it off and drops
 // it. Then eu is cut off from ap and n2 fails: n4 gains p, and n0's pushes to n4, in
-// n4's new era, tell Throughs past k's write.
+// n4's new era, tell Throughs past k's write. AfterRestart: n0 restarts after the drop
+// (its floors are saved).
 func TestSimHandoffFloorAfterGain(t *testing.T) {
+	t.Run("Running", func(t *testing.T) { testSimHandoffFloorAfterGain(t, false) })
+	t.Run("AfterRestart", func(t *testing.T) { testSimHandoffFloorAfterGain(t, true) })
+}
+
+func testSimHandoffFloorAfterGain(t *testing.T, restart bool) {
 	c := newTestCluster(t, 5, []string{"eu", "ap"}, clustersim.WithReplicas(1),
 		clustersim.WithAntiEntropy(time.Hour))
 	n0, n4 := c.Nodes[0], c.Nodes[4]
@@ -96,6 +102,11 @@ func TestSimHandoffFloorAfterGain(t *testing.T) {
 	})
 	if st, _ := clustersim.State(ctx, n4.DB()); st[k] != nil {
 		t.Fatalf("n4 stores %s before it holds it", k)
+	}
+	if restart {
+		c.Kill(0)
+		c.Restart(0)
+		n0 = c.Nodes[0]
 	}
 
 	// eu cut off from ap; n2 fails: n4 gains p.

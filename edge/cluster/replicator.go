@@ -237,6 +237,7 @@ func NewReplicator(cfg Config) *Replicator {
 	}
 	r.have.init()
 	r.renewKeep()
+	r.loadFloors(context.Background())
 	r.view.Store(newView(r.selfPeer(), nil, cfg.Replicas, r.joining))
 	return r
 }
