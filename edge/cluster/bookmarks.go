@@ -73,6 +73,8 @@ type haveState struct {
 	lastLive   map[crdt.NodeID]time.Time              // when each node last stopped being a live peer
 	dropping   partitionSet                           // partitions whose stray keys a handoff round is dropping now
 	floors     map[crdt.NodeID]map[int]crdt.Timestamp // floors told by each origin that we do not know we meet (floors.go); sharded only
+	ownAll     map[int]crdt.Timestamp                 // our own floors (floorTable.alls)
+	ownMet     map[int]crdt.Timestamp                 // per partition, the own floor a round brought our writes back up to
 	fetching   map[fetchKey]*fetch                    // fetches in flight
 	lastFetch  map[fetchKey]time.Time
 }
@@ -488,6 +490,7 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 		}
 		h.raiseLocked(have, self)
 		h.meetFloorsLocked()
+		h.meetOwnLocked(have, self, nil)
 		return
 	}
 	if h.anyGained && h.have.CoveredBy(have) {
@@ -509,19 +512,21 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 	ls[i], ls[i+1] = lesson{about: *scope.full, have: full}, lesson{about: *scope.full, have: own}
 	h.learnt[peer] = ls
 	h.meetFloorsLocked()
+	h.meetOwnLocked(have, self, scope.full)
 	h.wakeLocked()
 }
 
 // missing returns the marks of b not covered in partition p (AllPartitions: in every
 // partition held), ignoring marks of self (ours are covered by the commit mark, or can
-// never be: a bookmark from a former life of this node's data, or made up), and the
-// channel that is closed when knowledge next rises.
+// never be: a bookmark from a former life of this node's data, or made up) but those
+// below an own floor not met (floors.go), and the channel that is closed when knowledge
+// next rises.
 func (h *haveState) missing(b crdt.Bookmark, self crdt.NodeID, p int) ([]crdt.Timestamp, <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var out []crdt.Timestamp
 	for _, ts := range b.Marks() {
-		if ts.Node != self && !h.coversLocked(ts, p) {
+		if ts.Node != self && !h.coversLocked(ts, p) || ts.Node == self && h.ownBelowLocked(ts, p) {
 			out = append(out, ts)
 		}
 	}
@@ -670,8 +675,9 @@ func (h *haveState) base() (crdt.Bookmark, partitionSet) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	g := h.gained
+	own := h.ownUnmetLocked()
 	for i := range g {
-		g[i] |= h.dropping[i] // nor, while a handoff drops keys there, about those
+		g[i] |= h.dropping[i] | own[i] // nor, while a handoff drops keys there, about those; nor where we may lack our own (floors.go)
 	}
 	return h.have.Clone(), g
 }
@@ -712,6 +718,10 @@ func (r *Replicator) haveOf(mask []uint64) (crdt.Bookmark, []uint64) {
 	}
 	if n := asked.count(); some || n == 0 || n > maxKnownIn {
 		return b, about.words()
+	}
+	own := r.have.ownUnmet()
+	for i := range asked {
+		asked[i] &^= own[i] // we may lack our own writes there (floors.go)
 	}
 	k := r.have.knownIn(asked)
 	k.Add(r.cfg.DB.Committed())

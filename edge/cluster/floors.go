@@ -313,9 +313,91 @@ func (r *Replicator) loadFloors(ctx context.Context) {
 		for p := range crdt.Partitions {
 			r.floors.raise(p, now, nil)
 		}
+		r.have.setOwnFloors(r.floors.alls())
 		return
 	}
 	r.floors.mu.Lock()
 	r.floors.seq, r.floors.at = t.seq, t.at
 	r.floors.mu.Unlock()
+	r.have.setOwnFloors(r.floors.alls())
+}
+
+// alls returns each partition's floor, all holders alike.
+func (t *floorTable) alls() map[int]crdt.Timestamp {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[int]crdt.Timestamp, len(t.at))
+	for p, f := range t.at {
+		out[p] = f.all
+	}
+	return out
+}
+
+// Our own floors. A partition this node dropped keys of, and holds again, may lack
+// writes of its own: those up to its floor there that it handed off. Until a round with
+// a peer that knows it holds them brings them back (meetOwnLocked), this node does not
+// vouch for them (missing) nor tells peers it holds its writes there (base, haveOf).
+
+// setOwnFloors records this node's floors (floorTable.alls).
+func (h *haveState) setOwnFloors(all map[int]crdt.Timestamp) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.ownAll = all
+}
+
+// ownBelowLocked reports whether this node may lack its own write ts in partition p
+// (AllPartitions: in some partition it holds): p is held, and ts lies between what a
+// round brought back there and the floor.
+func (h *haveState) ownBelowLocked(ts crdt.Timestamp, p int) bool {
+	if len(h.ownAll) == 0 || h.held == nil {
+		return false
+	}
+	below := func(p int, f crdt.Timestamp) bool {
+		return h.held.has(p) && !f.Less(ts) && h.ownMet[p].Less(ts)
+	}
+	if p != AllPartitions {
+		f, ok := h.ownAll[p]
+		return ok && below(p, f)
+	}
+	for p, f := range h.ownAll {
+		if below(p, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// ownUnmetLocked returns the partitions held whose own floor no round met yet.
+func (h *haveState) ownUnmetLocked() partitionSet {
+	var out partitionSet
+	if h.held == nil {
+		return out
+	}
+	for p, f := range h.ownAll {
+		if h.held.has(p) && h.ownMet[p].Less(f) {
+			out.add(p)
+		}
+	}
+	return out
+}
+
+// meetOwnLocked notes that a completed round left this node holding what a peer held
+// (have) in the partitions of about (nil: all): its writes of self up to have's mark.
+func (h *haveState) meetOwnLocked(have crdt.Bookmark, self crdt.NodeID, about *partitionSet) {
+	mark := have.Mark(self)
+	for p, f := range h.ownAll {
+		if (about == nil || about.has(p)) && !mark.Less(f) && h.ownMet[p].Less(f) {
+			if h.ownMet == nil {
+				h.ownMet = make(map[int]crdt.Timestamp)
+			}
+			h.ownMet[p] = f
+		}
+	}
+}
+
+// ownUnmet returns the partitions held whose own floor no round met yet.
+func (h *haveState) ownUnmet() partitionSet {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.ownUnmetLocked()
 }

@@ -236,3 +236,58 @@ func TestFloorsEncode(t *testing.T) {
 		}
 	}
 }
+
+// TestOwnFloors: in a partition held where this node dropped writes of its own (its own
+// floor), it vouches for its writes only above the floor, or up to what a round with a
+// peer that holds them brought back; the base it tells peers is not about the partition
+// meanwhile.
+func TestOwnFloors(t *testing.T) {
+	const self, peer = crdt.NodeID(1), crdt.NodeID(2)
+	at := func(n int64) crdt.Timestamp { return crdt.Timestamp{Wall: n, Node: self} }
+	var held partitionSet
+	held.add(1)
+	held.add(2)
+	var h haveState
+	h.init()
+	h.replan(100, nil, &held) // held, not gained: the base is about both
+	h.setOwnFloors(map[int]crdt.Timestamp{2: at(10), 3: at(10)}) // 3: not held
+	own := func(n int64, p int) bool {
+		var b crdt.Bookmark
+		b.Add(at(n))
+		m, _ := h.missing(b, self, p)
+		return len(m) == 0
+	}
+	for _, tc := range []struct {
+		n    int64
+		p    int
+		want bool
+	}{{5, 1, true}, {5, 2, false}, {10, 2, false}, {11, 2, true}, {5, 3, true}, {5, AllPartitions, false}, {11, AllPartitions, true}} {
+		if got := own(tc.n, tc.p); got != tc.want {
+			t.Errorf("own write %d in partition %d vouched %v, want %v", tc.n, tc.p, got, tc.want)
+		}
+	}
+	if _, g := h.base(); !g.has(2) || g.has(1) {
+		t.Errorf("the base is about partition 2 (%v) or not about 1 (%v)", !g.has(2), g.has(1))
+	}
+	// A round with a peer that holds our writes up to 8 in partition 2: not enough.
+	var two partitionSet
+	two.add(2)
+	var have crdt.Bookmark
+	have.Add(at(8))
+	h.synced(peer, 0, h.currentEra(), have, self, 100, roundScope{compared: &two, full: &two, peerHeld: &held})
+	if own(5, 2) {
+		t.Errorf("a round that brought our writes up to 8 met the floor at 10")
+	}
+	have.Add(at(12))
+	h.synced(peer, 0, h.currentEra(), have, self, 100, roundScope{compared: &two, full: &two, peerHeld: &held})
+	if !own(5, 2) || !own(5, AllPartitions) {
+		t.Errorf("a round that brought our writes up to 12 did not meet the floor at 10")
+	}
+	if un := h.ownUnmet(); un.has(2) {
+		t.Errorf("partition 2 still unmet")
+	}
+	h.setOwnFloors(map[int]crdt.Timestamp{2: at(20)}) // dropped again since
+	if own(15, 2) || !own(5, 2) {
+		t.Errorf("after a new floor at 20: write 15 vouched %v (want false), write 5 %v (want true)", own(15, 2), own(5, 2))
+	}
+}

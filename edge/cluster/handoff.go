@@ -285,6 +285,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		for p, d := range raised {
 			r.floors.raise(p, d.ts, d.by)
 		}
+		r.have.setOwnFloors(r.floors.alls())
 		if err := r.cfg.DB.SaveReplicationState(ctx, r.floors.encode()); err != nil {
 			if r.have.endDrop() {
 				r.syncAll()

@@ -160,3 +160,76 @@ func testSimHandoffFloorAfterGain(t *testing.T, restart bool) {
 		t.Errorf("n4 no longer knows it holds n0's write %v in %#x", latest, q)
 	}
 }
+
+// TestSimHandoffFloorRegain: a node vouches for its own writes without asking anyone (its
+// commit mark), but not for those it handed off and dropped while it did not hold their
+// partition: once it holds the partition again, it must not show a client a bookmark of
+// such a write met before it has the write back.
+//
+// eu holds n0 and n2, ap n1, one holder per partition and region. n0 writes a key k of
+// a partition p that n2 holds in eu, hands it off and drops it; then n0, cut off from
+// ap, takes p over when n2 fails.
+func TestSimHandoffFloorRegain(t *testing.T) {
+	c := newTestCluster(t, 3, []string{"eu", "ap"}, clustersim.WithReplicas(1),
+		clustersim.WithAntiEntropy(time.Hour))
+	n0 := c.Nodes[0]
+	if c.Nodes[2].Region != "eu" || c.Nodes[1].Region != "ap" {
+		t.Fatalf("regions: n1 %s, n2 %s", c.Nodes[1].Region, c.Nodes[2].Region)
+	}
+	ctx := context.Background()
+	tab := c.Table()
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(9, 10)), 1)
+	var k string
+	var b crdt.Bookmark
+	for i := 0; k == "" && i < 300; i++ {
+		acc := w.MustRegister(t, 0, fmt.Sprintf("regain%d", i))
+		key := crdt.UserKey(acc.ID)
+		homes := crdt.KeyHomes(key)
+		if _, two := homes.Second(); two || c.OwnerIn(tab, "eu", homes.First()) != 2 {
+			continue
+		}
+		m, ok, err := n0.DB().Record(ctx, key)
+		if err != nil || !ok {
+			t.Fatalf("n0 lacks its own %s: %v", key, err)
+		}
+		k = key
+		b.Add(m.Version())
+	}
+	if k == "" {
+		t.Fatal("no key of n0's is n2's in eu")
+	}
+	p := crdt.KeyHomes(k).First()
+	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+		if err := n0.Rep().HandoffRound(ctx); err != nil {
+			return false, fmt.Sprintf("handoff round: %v", err)
+		}
+		st, err := clustersim.State(ctx, n0.DB())
+		if err != nil {
+			return false, err.Error()
+		}
+		_, kept := st[k]
+		return !kept, "n0 still stores " + k
+	})
+
+	c.Cut([]int{0}, []int{1, 2})
+	c.Kill(2)
+	if !n0.Rep().HoldsPartition(p) {
+		t.Fatalf("n0 does not hold %#x once n2 is gone", p)
+	}
+	for _, part := range []int{p, -1} {
+		if n0.Rep().Covers(b, part) {
+			t.Errorf("n0 vouches for its write %v in partition %d (-1: all it holds), which it handed off and dropped", b, part)
+		}
+	}
+	if how, err := n0.Rep().Await(ctx, b, p, 0, 200*time.Millisecond); err == nil {
+		t.Errorf("cut off, n0 met %v in %#x (%v) without %s", b, p, how, k)
+	}
+
+	c.Heal()
+	if _, err := n0.Rep().Await(ctx, b, p, 0, 20*time.Second); err != nil {
+		t.Fatalf("n0 did not meet %v in %#x after the heal: %v", b, p, err)
+	}
+	if st, _ := clustersim.State(ctx, n0.DB()); st[k] == nil {
+		t.Errorf("n0 met %v in %#x without holding %s", b, p, k)
+	}
+}
