@@ -249,7 +249,7 @@ func TestOwnFloors(t *testing.T) {
 	held.add(2)
 	var h haveState
 	h.init()
-	h.replan(100, nil, &held) // held, not gained: the base is about both
+	h.replan(100, nil, &held)                                    // held, not gained: the base is about both
 	h.setOwnFloors(map[int]crdt.Timestamp{2: at(10), 3: at(10)}) // 3: not held
 	own := func(n int64, p int) bool {
 		var b crdt.Bookmark
