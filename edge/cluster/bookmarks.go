@@ -56,26 +56,27 @@ import (
 // haveState is what this node holds of each other origin's writes. Safe for concurrent use.
 type haveState struct {
 	mu         sync.Mutex
-	era        uint64                                 // changes whenever we gain partitions; never 0
-	have       crdt.Bookmark                          // base knowledge; never holds our own node
-	gained     partitionSet                           // partitions the base is not about (sharded only)
-	anyGained  bool                                   // gained is not empty: spares comparing 512 bytes per mark
-	through    crdt.Bookmark                          // Throughs told under the current placement: about every partition held
-	carried    []lesson                               // the Throughs of earlier placements, about the partitions held since; newest last
-	learnt     map[crdt.NodeID][4]lesson              // the latest round with each peer taught [0:2], its latest pull of one partition [2:4]
-	told       map[crdt.NodeID]lesson                 // each origin's latest Through under another placement, about the partitions it named
-	held       *partitionSet                          // the partitions held, as of the latest replan (nil: not sharded)
-	placement  uint64                                 // the fingerprint of the current placement
-	changed    chan struct{}                          // closed and replaced whenever knowledge rises
-	distrusted map[crdt.NodeID]distrust               // origins whose pushes we partly refused
-	partial    map[crdt.NodeID]lesson                 // a distrusted origin's latest Through, about the partitions not distrusted
-	epoch      uint64                                 // counts distrust events
-	lastLive   map[crdt.NodeID]time.Time              // when each node last stopped being a live peer
-	dropping   partitionSet                           // partitions whose stray keys a handoff round is dropping now
-	floors     map[crdt.NodeID]map[int]crdt.Timestamp // floors told by each origin that we do not know we meet (floors.go); sharded only
-	ownAll     map[int]crdt.Timestamp                 // our own floors (floorTable.alls)
-	ownMet     map[int]crdt.Timestamp                 // per partition, the own floor a round brought our writes back up to
-	fetching   map[fetchKey]*fetch                    // fetches in flight
+	era        uint64                        // changes whenever we gain partitions; never 0
+	have       crdt.Bookmark                 // base knowledge; never holds our own node
+	gained     partitionSet                  // partitions the base is not about (sharded only)
+	anyGained  bool                          // gained is not empty: spares comparing 512 bytes per mark
+	through    crdt.Bookmark                 // Throughs told under the current placement: about every partition held
+	carried    []lesson                      // the Throughs of earlier placements, about the partitions held since; newest last
+	learnt     map[crdt.NodeID][4]lesson     // the latest round with each peer taught [0:2], its latest pull of one partition [2:4]
+	told       map[crdt.NodeID]lesson        // each origin's latest Through under another placement, about the partitions it named
+	held       *partitionSet                 // the partitions held, as of the latest replan (nil: not sharded)
+	placement  uint64                        // the fingerprint of the current placement
+	changed    chan struct{}                 // closed and replaced whenever knowledge rises
+	distrusted map[crdt.NodeID]distrust      // origins whose pushes we partly refused
+	partial    map[crdt.NodeID]lesson        // a distrusted origin's latest Through, about the partitions not distrusted
+	epoch      uint64                        // counts distrust events
+	lastLive   map[crdt.NodeID]time.Time     // when each node last stopped being a live peer
+	dropping   partitionSet                  // partitions whose stray keys a handoff round is dropping now
+	floors     map[crdt.NodeID]map[int]Floor // floors told by each origin (self: our own) that we do not know we meet (floors.go); sharded only
+	ownAll     map[int]Floor                 // our own floors (floorTable.all)
+	ownMet     map[int]crdt.Timestamp        // per partition, up to which own floor a check found we hold our writes
+	self       crdt.NodeID                   // this node
+	fetching   map[fetchKey]*fetch           // fetches in flight
 	lastFetch  map[fetchKey]time.Time
 }
 
@@ -161,14 +162,14 @@ func raise(dst *crdt.Bookmark, b crdt.Bookmark, self crdt.NodeID) bool {
 // A Through of an origin we distrust counts only for the partitions we refused none of
 // its changes in (see distrust).
 //
-// floors are the origin's floors told with it (floors.go): partitions where no Through of
-// the origin's vouches for its writes up to the floor. Each one this node, whose keep
-// token is keep, does not already know it meets is kept (noteFloorsLocked) until it is
-// met.
-func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint64, era uint64, floors []Floor, keep uint64) {
+// floors are the origin's floors told with it that what this node stores does not show
+// it meets (Replicator.checkFloors; floors.go): partitions where no Through of the
+// origin's vouches for its writes until the floor is met. Each one this node does not
+// already know it meets is kept (noteFloorsLocked).
+func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint64, era uint64, floors []Floor) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.noteFloorsLocked(through.Node, floors, keep)
+	h.noteFloorsLocked(through.Node, floors)
 	d, distrusted := h.distrusted[through.Node]
 	if era != h.era || distrusted && d.all {
 		return
@@ -297,7 +298,8 @@ func (h *haveState) replanLocked(placement uint64, gained []int, held *partition
 			delete(h.learnt, peer) // about nothing held any more
 		}
 	}
-	h.meetFloorsLocked()
+	h.meetFloorsLocked(h.self, crdt.Bookmark{}, nil)
+	h.keepOwnFloorsLocked()
 }
 
 // beginDrop records that a handoff round, which chose what to drop under the placement
@@ -489,8 +491,9 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 			h.gained, h.anyGained = partitionSet{}, false // every partition held now knows at least the base
 		}
 		h.raiseLocked(have, self)
-		h.meetFloorsLocked()
-		h.meetOwnLocked(have, self, nil)
+		all := fullSet()
+		h.meetFloorsLocked(self, have, &all)
+		h.keepFlooredGainedLocked()
 		return
 	}
 	if h.anyGained && h.have.CoveredBy(have) {
@@ -511,8 +514,8 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 	}
 	ls[i], ls[i+1] = lesson{about: *scope.full, have: full}, lesson{about: *scope.full, have: own}
 	h.learnt[peer] = ls
-	h.meetFloorsLocked()
-	h.meetOwnLocked(have, self, scope.full)
+	h.meetFloorsLocked(self, have, scope.full)
+	h.keepFlooredGainedLocked()
 	h.wakeLocked()
 }
 
@@ -526,7 +529,7 @@ func (h *haveState) missing(b crdt.Bookmark, self crdt.NodeID, p int) ([]crdt.Ti
 	defer h.mu.Unlock()
 	var out []crdt.Timestamp
 	for _, ts := range b.Marks() {
-		if ts.Node != self && !h.coversLocked(ts, p) || ts.Node == self && h.ownBelowLocked(ts, p) {
+		if ts.Node != self && !h.coversLocked(ts, p) || ts.Node == self && h.ownBelowLocked(self, ts, p) {
 			out = append(out, ts)
 		}
 	}
@@ -675,7 +678,7 @@ func (h *haveState) base() (crdt.Bookmark, partitionSet) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	g := h.gained
-	own := h.ownUnmetLocked()
+	own := h.ownUnmetLocked(h.self)
 	for i := range g {
 		g[i] |= h.dropping[i] | own[i] // nor, while a handoff drops keys there, about those; nor where we may lack our own (floors.go)
 	}
@@ -719,7 +722,7 @@ func (r *Replicator) haveOf(mask []uint64) (crdt.Bookmark, []uint64) {
 	if n := asked.count(); some || n == 0 || n > maxKnownIn {
 		return b, about.words()
 	}
-	own := r.have.ownUnmet()
+	own := r.have.ownUnmet(r.self)
 	for i := range asked {
 		asked[i] &^= own[i] // we may lack our own writes there (floors.go)
 	}

@@ -31,8 +31,9 @@ import (
 // it missed, and a joining node that caught up before the write takes its share without
 // it; such keys wait for them (or for membership to forget a failed one). A node that
 // becomes a holder only later (another holder failed) was never sent them: before
-// dropping such keys this node raises its floors in their partitions, so that its
-// Throughs stop vouching for those writes there (floors.go).
+// dropping such keys this node raises its floors in their partitions, with receipts of
+// the writes dropped, so that its Throughs stop vouching for those writes there until
+// the holder shows it holds them (floors.go).
 //
 // A round offers each holder all its leaves at once: one offer per holder, in as few
 // requests as the message budget allows. It never waits on one peer for long: each call
@@ -200,11 +201,11 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	who := newConfirmers(v.table, r.cfg.Region, slices.Concat(others, down), r.cfg.Replicas)
 	var (
 		first     error
-		confirmed = map[string]map[crdt.NodeID]uint64{} // key → holders that confirmed it → keep token
-		offered   = map[string]uint64{}                 // key → the hash offered
-		plan      = map[crdt.NodeID][]strayLeaf{}       // confirmer → the leaves to offer it
-		order     []crdt.NodeID                         // the confirmers, in the order found
-		newest    = map[string]crdt.Timestamp{}         // ownGroup → its newest write of ours
+		confirmed = map[string]map[crdt.NodeID]bool{} // key → holders that confirmed it
+		offered   = map[string]uint64{}               // key → the hash offered
+		plan      = map[crdt.NodeID][]strayLeaf{}     // confirmer → the leaves to offer it
+		order     []crdt.NodeID                       // the confirmers, in the order found
+		newest    = map[string]crdt.Timestamp{}       // ownGroup → its newest write of ours
 	)
 	if r.confirmedUnder != v.fingerprint {
 		r.confirmedBefore, r.confirmedUnder = nil, v.fingerprint
@@ -243,11 +244,11 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 				first = fmt.Errorf("handoff to %s: %w", peer.Name, err)
 			}
 		}
-		for key, keep := range got {
+		for _, key := range got {
 			if confirmed[key] == nil {
-				confirmed[key] = map[crdt.NodeID]uint64{}
+				confirmed[key] = map[crdt.NodeID]bool{}
 			}
-			confirmed[key][id] = keep
+			confirmed[key][id] = true
 		}
 	}
 	var drop []storage.KeyHash
@@ -277,25 +278,13 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	}
 	// Before the drop: from now on our Throughs must not vouch for those writes where
 	// they were never sent (floors.go).
-	names := make([]string, len(drop))
-	for i, kh := range drop {
-		names[i] = kh.Key
-	}
-	if raised := dropFloors(names, who.own, newest, confirmed); len(raised) > 0 {
-		for p, d := range raised {
-			r.floors.raise(p, d.ts, d.by)
+	if err := r.raiseFloors(ctx, drop, who.own, newest); err != nil {
+		if r.have.endDrop() {
+			r.syncAll()
 		}
-		r.have.setOwnFloors(r.floors.alls())
-		if err := r.cfg.DB.SaveReplicationState(ctx, r.floors.encode()); err != nil {
-			if r.have.endDrop() {
-				r.syncAll()
-			}
-			return fmt.Errorf("handoff: save floors: %w", err)
-		}
+		return fmt.Errorf("handoff: %w", err)
 	}
-	r.renewKeep() // confirmations made from here on see the drop
 	n, err := r.cfg.DB.Drop(ctx, drop)
-	r.renewKeep()
 	if r.have.endDrop() {
 		r.syncAll() // partitions gained again: learn them anew
 	}
@@ -321,7 +310,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 // confirmed holding it exactly as this node stores it (hash).
 type confirmation struct {
 	hash uint64
-	by   map[crdt.NodeID]uint64 // holder → its keep token
+	by   map[crdt.NodeID]bool
 }
 
 // confirmers are the members whose confirmation a stray key needs before it is dropped:
@@ -376,14 +365,14 @@ func (c confirmers) of(p int, everywhere bool) []placement.Member {
 }
 
 // allConfirmed reports whether every confirmer of key's homes confirmed it (by).
-func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]uint64) bool {
+func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]bool) bool {
 	for _, p := range crdt.KeyHomes(key).Append(make([]int, 0, 2)) {
 		owners := c.of(p, c.own[key])
 		if len(owners) == 0 {
 			return false
 		}
 		for _, m := range owners {
-			if _, ok := by[m.ID]; !ok {
+			if !by[m.ID] {
 				return false
 			}
 		}
@@ -460,11 +449,12 @@ const convGroup = "\x00conv "
 // the move rate is not. A request that fails at once (a lost message, a refusal) leaves
 // its keys unconfirmed and the next request is still made; one that timed out ends the
 // offer, as the peer would likely cost a timeout per request. It returns the keys
-// confirmed, in every request made, each with the peer's keep token when it confirmed
-// it (LeavesReply.Keep), and the first error.
-func (r *Replicator) offer(ctx context.Context, peer Peer, leaves []strayLeaf) (map[string]uint64, error) {
-	var first error
-	same := make(map[string]uint64)
+// confirmed, in every request made, and the first error.
+func (r *Replicator) offer(ctx context.Context, peer Peer, leaves []strayLeaf) ([]string, error) {
+	var (
+		same  []string
+		first error
+	)
 	extra := make(map[int][]storage.KeyHash, len(leaves))
 	ids := make([]int, len(leaves))
 	for i, sl := range leaves {
@@ -475,10 +465,8 @@ func (r *Replicator) offer(ctx context.Context, peer Peer, leaves []strayLeaf) (
 		if err != nil {
 			return same, err
 		}
-		got, keep, err := r.offerRequest(ctx, peer, req)
-		for _, key := range got {
-			same[key] = keep
-		}
+		got, err := r.offerRequest(ctx, peer, req)
+		same = append(same, got...)
 		first = cmp.Or(first, err)
 		if err != nil && (ctx.Err() != nil || errors.Is(err, errOfferTimeout)) {
 			return same, first
@@ -489,9 +477,8 @@ func (r *Replicator) offer(ctx context.Context, peer Peer, leaves []strayLeaf) (
 
 // offerRequest makes one request of an offer (see offer) and returns the keys peer holds
 // exactly as offered: those its reply compared equal, also when applying its differing
-// states or pushing ours then fails (the error is returned with them), and its keep
-// token (LeavesReply.Keep; 0 from a peer that does not tell it).
-func (r *Replicator) offerRequest(ctx context.Context, peer Peer, req LeavesRequest) ([]string, uint64, error) {
+// states or pushing ours then fails (the error is returned with them).
+func (r *Replicator) offerRequest(ctx context.Context, peer Peer, req LeavesRequest) ([]string, error) {
 	for i := range req.Leaves {
 		req.Leaves[i].Only = true
 	}
@@ -504,7 +491,7 @@ func (r *Replicator) offerRequest(ctx context.Context, peer Peer, req LeavesRequ
 		err = checkLeavesReply(req, rep)
 	}
 	if err != nil {
-		return nil, 0, r.replyErr(peer, "leaves", err)
+		return nil, r.replyErr(peer, "leaves", err)
 	}
 	want := make(map[string]bool, len(rep.Want))
 	for _, k := range rep.Want {
@@ -523,20 +510,20 @@ func (r *Replicator) offerRequest(ctx context.Context, peer Peer, req LeavesRequ
 	if len(rep.Changes) > 0 {
 		res, err := r.cfg.DB.ApplyRemote(ctx, rep.Changes)
 		if err != nil {
-			return same, rep.Keep, err
+			return same, err
 		}
 		r.count(res)
 	}
 	if len(give) > 0 {
 		changes, err := r.cfg.DB.Changes(ctx, give)
 		if err != nil {
-			return same, rep.Keep, err
+			return same, err
 		}
 		if err := r.pushEach(ctx, peer, changes, r.cfg.OfferTimeout); err != nil {
-			return same, rep.Keep, err
+			return same, err
 		}
 	}
-	return same, rep.Keep, nil
+	return same, nil
 }
 
 // syncAll makes every worker run an anti-entropy round soon.

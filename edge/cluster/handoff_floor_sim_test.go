@@ -22,13 +22,16 @@ import (
 // a key k of a partition p that n2 holds in eu (n4 without n2), hands it off and drops
 // it. Then eu is cut off from ap and n2 fails: n4 gains p, and n0's pushes to n4, in
 // n4's new era, tell Throughs past k's write. AfterRestart: n0 restarts after the drop
-// (its floors are saved).
+// (its floors are saved). HolderRestarts: ap's holder of p, which holds k, restarts
+// while eu is cut off, so that it too learns n0's floor afresh (found by an outside
+// review: the two holders then waited for each other for good).
 func TestSimHandoffFloorAfterGain(t *testing.T) {
-	t.Run("Running", func(t *testing.T) { testSimHandoffFloorAfterGain(t, false) })
-	t.Run("AfterRestart", func(t *testing.T) { testSimHandoffFloorAfterGain(t, true) })
+	t.Run("Running", func(t *testing.T) { testSimHandoffFloorAfterGain(t, false, false) })
+	t.Run("AfterRestart", func(t *testing.T) { testSimHandoffFloorAfterGain(t, true, false) })
+	t.Run("HolderRestarts", func(t *testing.T) { testSimHandoffFloorAfterGain(t, false, true) })
 }
 
-func testSimHandoffFloorAfterGain(t *testing.T, restart bool) {
+func testSimHandoffFloorAfterGain(t *testing.T, restart, holderRestarts bool) {
 	c := newTestCluster(t, 5, []string{"eu", "ap"}, clustersim.WithReplicas(1),
 		clustersim.WithAntiEntropy(time.Hour))
 	n0, n4 := c.Nodes[0], c.Nodes[4]
@@ -148,10 +151,20 @@ func testSimHandoffFloorAfterGain(t *testing.T, restart bool) {
 		}
 	}
 
+	a := c.OwnerIn(tab, "ap", p)
+	if holderRestarts {
+		c.Kill(a)
+		c.Restart(a)
+	}
 	// Once ap is back, a request naming k's write gets it: n4 fetches p from ap's holder.
 	c.Heal()
-	if _, err := n4.Rep().Await(ctx, b, p, 0, 20*time.Second); err != nil {
-		t.Fatalf("n4 did not meet %v in %#x after the heal: %v", b, p, err)
+	for _, i := range []int{4, a} {
+		for _, want := range []crdt.Bookmark{b, latest} {
+			clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+				_, err := c.Nodes[i].Rep().Await(ctx, want, p, 0, time.Second)
+				return err == nil, fmt.Sprintf("n%d, a holder of %#x, does not meet n0's write %v there after the heal: %v (%s)", i, p, want, err, c.Nodes[i].Rep().DebugFloors(p))
+			})
+		}
 	}
 	if st, _ := clustersim.State(ctx, n4.DB()); st[k] == nil {
 		t.Errorf("n4 met %v in %#x without holding %s", b, p, k)
@@ -168,8 +181,14 @@ func testSimHandoffFloorAfterGain(t *testing.T, restart bool) {
 //
 // eu holds n0 and n2, ap n1, one holder per partition and region. n0 writes a key k of
 // a partition p that n2 holds in eu, hands it off and drops it; then n0, cut off from
-// ap, takes p over when n2 fails.
+// ap, takes p over when n2 fails. Restarted: n0 then restarts, still cut off (what it
+// checked before is forgotten; its floors are not).
 func TestSimHandoffFloorRegain(t *testing.T) {
+	t.Run("Running", func(t *testing.T) { testSimHandoffFloorRegain(t, false) })
+	t.Run("Restarted", func(t *testing.T) { testSimHandoffFloorRegain(t, true) })
+}
+
+func testSimHandoffFloorRegain(t *testing.T, restart bool) {
 	c := newTestCluster(t, 3, []string{"eu", "ap"}, clustersim.WithReplicas(1),
 		clustersim.WithAntiEntropy(time.Hour))
 	n0 := c.Nodes[0]
@@ -213,6 +232,11 @@ func TestSimHandoffFloorRegain(t *testing.T) {
 
 	c.Cut([]int{0}, []int{1, 2})
 	c.Kill(2)
+	if restart {
+		c.Kill(0)
+		c.Restart(0)
+		n0 = c.Nodes[0]
+	}
 	if !n0.Rep().HoldsPartition(p) {
 		t.Fatalf("n0 does not hold %#x once n2 is gone", p)
 	}
@@ -232,4 +256,89 @@ func TestSimHandoffFloorRegain(t *testing.T) {
 	if st, _ := clustersim.State(ctx, n0.DB()); st[k] == nil {
 		t.Errorf("n0 met %v in %#x without holding %s", b, p, k)
 	}
+}
+
+// TestSimHandoffFloorSoleHolder: one region, one holder per partition. x writes records
+// that u holds, hands them off to u and drops them: its floors stand for them. Then u,
+// the sole holder, restarts, or a node joins and takes some of u's partitions over.
+// Nothing else holds those partitions to teach the holder anything, yet it holds the
+// records: it must meet bookmarks of x's writes there, older and newer (found by an
+// outside review: no holder ever did).
+func TestSimHandoffFloorSoleHolder(t *testing.T) {
+	t.Run("Restart", func(t *testing.T) { testSimHandoffFloorSoleHolder(t, false) })
+	t.Run("Join", func(t *testing.T) { testSimHandoffFloorSoleHolder(t, true) })
+}
+
+func testSimHandoffFloorSoleHolder(t *testing.T, join bool) {
+	c := newTestCluster(t, 2, []string{"us"}, clustersim.WithReplicas(1),
+		clustersim.WithAntiEntropy(300*time.Millisecond))
+	ctx := context.Background()
+	x, u := c.Nodes[0], c.Nodes[1]
+	tab := c.Table()
+	w := clustersim.NewWorkload(c, rand.New(rand.NewPCG(5, 6)), 1)
+	type record struct {
+		key string
+		b   crdt.Bookmark
+	}
+	var recs []record
+	for i := 0; len(recs) < 40 && i < 400; i++ {
+		acc := w.MustRegister(t, 0, fmt.Sprintf("sole%d", i))
+		k := crdt.UserKey(acc.ID)
+		homes := crdt.KeyHomes(k)
+		if _, two := homes.Second(); two || !tab.Owns(u.Peer().ID, homes.First()) {
+			continue
+		}
+		m, ok, err := x.DB().Record(ctx, k)
+		if err != nil || !ok {
+			t.Fatalf("x lacks its own %s: %v", k, err)
+		}
+		var b crdt.Bookmark
+		b.Add(m.Version())
+		recs = append(recs, record{k, b})
+	}
+	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+		if err := x.Rep().HandoffRound(ctx); err != nil {
+			return false, err.Error()
+		}
+		st, _ := clustersim.State(ctx, x.DB())
+		for _, r := range recs {
+			if _, ok := st[r.key]; ok {
+				return false, "x still stores " + r.key
+			}
+		}
+		return true, ""
+	})
+	holder := 1
+	if join {
+		holder = c.JoinNode("us")
+	} else {
+		c.Kill(1)
+		c.Restart(1)
+	}
+	h := c.Nodes[holder]
+	acc := w.MustRegister(t, 0, "sole-later")
+	m, _, _ := x.DB().Record(ctx, crdt.UserKey(acc.ID))
+	var later crdt.Bookmark
+	later.Add(m.Version())
+	checked := 0
+	for _, r := range recs {
+		p := crdt.KeyHomes(r.key).First()
+		if !h.Rep().HoldsPartition(p) {
+			continue
+		}
+		checked++
+		for _, b := range []crdt.Bookmark{r.b, later} {
+			clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+				_, err := h.Rep().Await(ctx, b, p, 0, time.Second)
+				return err == nil, fmt.Sprintf("%s, the sole holder of %#x, does not meet x's write %v there: %v (%s)", h.Name, p, b, err, h.Rep().DebugFloors(p))
+			})
+		}
+		if st, _ := clustersim.State(ctx, h.DB()); st[r.key] == nil {
+			t.Errorf("%s met a bookmark of %s without holding it", h.Name, r.key)
+		}
+	}
+	if checked == 0 {
+		t.Fatalf("%s holds none of the records' partitions", h.Name)
+	}
+	t.Logf("%s met the bookmarks of %d records", h.Name, checked)
 }

@@ -29,7 +29,7 @@ import (
 // version 4 added DigestRequest.Mask and the placement fingerprints of PushRequest and
 // DigestReply (placement: each node holds some partitions; see holding.go); version 5
 // added the eras of PushRequest, DigestReply and PushReply (see haveState.era); version 6
-// added PushRequest.Floors and LeavesReply.Keep (see floorTable).
+// added PushRequest.Floors (see floorTable).
 const ProtocolVersion = 6
 
 // MinProtocolVersion is the oldest sync protocol version this build speaks. Releases
@@ -100,6 +100,8 @@ const (
 	maxChanges  = 1 << 20
 	maxLeafList = crdt.DigestLeaves
 	maskWords   = crdt.Partitions / 64
+	maxReceipts = 1 << 16 // per floor (floorTable bounds what it keeps far lower)
+	maxStamps   = 1 << 12 // per receipt: a record's fields
 )
 
 // PushRequest carries changes committed at (or relayed by) From.
@@ -134,22 +136,31 @@ type PushRequest struct {
 	Floors []Floor
 }
 
-// Floor is a partition and a timestamp of the sender's (PushRequest.Floors): the floor
-// there, TS, or Kept (zero: none) for a receiver whose keep token (LeavesReply.Keep) is
-// still Keep — it confirmed some of the keys dropped, and dropped none since.
+// Floor is one partition's floor (PushRequest.Floors): the newest write of the
+// sender's own among the keys of the partition it dropped, and receipts of those keys
+// (all of them if Complete: then a receiver that holds what they describe holds every
+// write the floor stands for).
 type Floor struct {
 	Partition int
 	TS        crdt.Timestamp
-	Keep      uint64
-	Kept      crdt.Timestamp
+	Complete  bool
+	Receipts  []Receipt
 }
 
-// For returns the floor for a receiver whose keep token is keep (zero: none).
-func (f Floor) For(keep uint64) crdt.Timestamp {
-	if f.Keep != 0 && f.Keep == keep {
-		return f.Kept
-	}
-	return f.TS
+// Receipt describes a key as the sender dropped it: a record's fields and their
+// timestamps (Stamps), or a log entry (none; the key names it). A receiver holds what it
+// describes if it holds the key with each field stamped at least as late, or if the key
+// has expired by Expires (Unix nanoseconds; 0: never), after which every node deletes it.
+type Receipt struct {
+	Key     string
+	Expires int64
+	Stamps  []Stamp
+}
+
+// Stamp is a record field's name and timestamp.
+type Stamp struct {
+	Field string
+	TS    crdt.Timestamp
 }
 
 // PushReply answers a push with the receiver's era: a sender whose pushes went by
@@ -223,11 +234,6 @@ type LeavesReply struct {
 	Changes   []storage.Change
 	Want      []string
 	Truncated bool
-	// Keep (version 6 on; 0: unknown) is the replier's keep token when it compared the
-	// leaves: it changes whenever the replier drops keys or starts, so a sender that
-	// handed keys off to it knows, from the Keep it tells with floors, whether the
-	// replier may have dropped any since it confirmed them (see floorTable).
-	Keep uint64
 }
 
 // wire is a small append-only encoder.
@@ -235,7 +241,13 @@ type wire []byte
 
 func (w wire) uvarint(v uint64) wire { return binary.AppendUvarint(w, v) }
 func (w wire) u64(v uint64) wire     { return binary.BigEndian.AppendUint64(w, v) }
-func (w wire) bytes(b []byte) wire   { return append(w.uvarint(length(len(b))), b...) }
+func (w wire) flag(b bool) wire {
+	if b {
+		return w.uvarint(1)
+	}
+	return w.uvarint(0)
+}
+func (w wire) bytes(b []byte) wire { return append(w.uvarint(length(len(b))), b...) }
 
 type reader struct {
 	b       []byte
@@ -394,7 +406,13 @@ func (m PushRequest) MarshalBinary() ([]byte, error) {
 	if v >= 6 {
 		w = w.uvarint(length(len(m.Floors)))
 		for _, f := range m.Floors {
-			w = w.uvarint(uint64(f.Partition)).timestamp(f.TS).u64(f.Keep).timestamp(f.Kept) // #nosec G115 -- a partition, below crdt.Partitions
+			w = w.uvarint(uint64(f.Partition)).timestamp(f.TS).flag(f.Complete).uvarint(length(len(f.Receipts))) // #nosec G115 -- a partition, below crdt.Partitions
+			for _, rc := range f.Receipts {
+				w = w.bytes([]byte(rc.Key)).u64(uint64(rc.Expires)).uvarint(length(len(rc.Stamps))) // #nosec G115 -- a time, sent as it is
+				for _, st := range rc.Stamps {
+					w = w.bytes([]byte(st.Field)).timestamp(st.TS)
+				}
+			}
 		}
 	}
 	return w, nil
@@ -447,13 +465,20 @@ func (m *PushRequest) UnmarshalBinary(b []byte) error {
 
 // floors reads PushRequest.Floors: partitions in increasing order, each once.
 func (r *reader) floors() []Floor {
-	n := r.count(1+2*crdt.TimestampSize+8, crdt.Partitions)
+	n := r.count(3+crdt.TimestampSize, crdt.Partitions)
 	if n == 0 {
 		return nil
 	}
 	out := make([]Floor, 0, n)
 	for i := 0; i < n && r.err == nil; i++ {
-		f := Floor{Partition: r.index("floor partition", crdt.Partitions), TS: r.timestamp(), Keep: r.u64(), Kept: r.timestamp()}
+		f := Floor{Partition: r.index("floor partition", crdt.Partitions), TS: r.timestamp(), Complete: r.uvarint() == 1}
+		for range r.count(10, maxReceipts) {
+			rc := Receipt{Key: string(r.bytes()), Expires: int64(r.u64())} // #nosec G115 -- a time, read as it was sent
+			for range r.count(1+crdt.TimestampSize, maxStamps) {
+				rc.Stamps = append(rc.Stamps, Stamp{Field: string(r.bytes()), TS: r.timestamp()})
+			}
+			f.Receipts = append(f.Receipts, rc)
+		}
 		if r.err == nil && i > 0 && f.Partition <= out[i-1].Partition {
 			r.err = fmt.Errorf("sync message: floors out of order at partition %d", f.Partition)
 		}
@@ -626,11 +651,7 @@ func (m LeavesReply) MarshalBinary() ([]byte, error) {
 	if m.Truncated {
 		t = 1
 	}
-	w = w.uvarint(t)
-	if v >= 6 {
-		w = w.u64(m.Keep)
-	}
-	return w, nil
+	return w.uvarint(t), nil
 }
 
 // UnmarshalBinary decodes a LeavesReply.
@@ -644,8 +665,5 @@ func (m *LeavesReply) UnmarshalBinary(b []byte) error {
 		m.Want = append(m.Want, string(r.bytes()))
 	}
 	m.Truncated = r.uvarint() == 1
-	if r.version >= 6 {
-		m.Keep = r.u64()
-	}
 	return r.end()
 }

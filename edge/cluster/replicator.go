@@ -143,7 +143,6 @@ type Replicator struct {
 
 	have     haveState     // what this node holds of each origin's writes; see Await
 	floors   floorTable    // what our Throughs cannot vouch for; see floors.go
-	keep     atomic.Uint64 // the keep token (LeavesReply.Keep): renewed around every drop
 	awaiting atomic.Int64  // Awaits past the fast path, now
 	move     *rate.Limiter // Config.MoveRate; nil: unbounded
 }
@@ -236,7 +235,7 @@ func NewReplicator(cfg Config) *Replicator {
 		r.move = rate.NewLimiter(rate.Limit(cfg.MoveRate), max(cfg.MoveRate, r.budget()))
 	}
 	r.have.init()
-	r.renewKeep()
+	r.have.self = r.self
 	r.loadFloors(context.Background())
 	r.view.Store(newView(r.selfPeer(), nil, cfg.Replicas, r.joining))
 	return r
@@ -750,26 +749,6 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 	}
 }
 
-// floorsFor returns the floors to tell the worker's peer with a Through (floors.go):
-// those of the partitions it holds by v raised since it was last told, or all of them
-// if its era changed since, and the version of the table they come from. A peer that
-// speaks no version with floors is told none.
-func (r *Replicator) floorsFor(w *worker, v *view) ([]Floor, uint64) {
-	seq := w.floorsSent
-	if w.floorsEra != w.peerEra {
-		seq = 0
-	}
-	var held *partitionSet
-	if v.sharded() {
-		held = v.held(w.peer.ID)
-	}
-	floors, now := r.floors.since(seq, held, w.peer.ID)
-	if w.peer.Proto != 0 && w.peer.Proto < 6 {
-		return nil, now
-	}
-	return floors, now
-}
-
 // push sends req to the worker's peer and notes a reply from another era (w.stale).
 func (r *Replicator) push(ctx context.Context, w *worker, req PushRequest) error {
 	req.Version = w.peer.Proto
@@ -884,12 +863,23 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) (PushReply
 			return PushReply{}, err
 		}
 		r.count(res)
+		var parts partitionSet
+		for _, c := range req.Changes {
+			for _, p := range crdt.KeyHomes(c.Key).Append(nil) {
+				parts.add(p)
+			}
+		}
+		r.recheckFloors(ctx, &parts) // what floors stand for may have come (a handoff's push, say)
 	}
 	if res.Rejected > 0 || res.TooLarge > 0 {
 		r.have.distrust(req.From, res.Refused)
 	}
 	if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
-		r.have.pushed(r.clamp(req.Through), req.Placement, req.Held, req.Era, req.Floors, r.keep.Load())
+		var floors []Floor
+		if len(req.Floors) > 0 {
+			floors = r.checkFloors(ctx, r.clampFloors(req.Floors))
+		}
+		r.have.pushed(r.clamp(req.Through), req.Placement, req.Held, req.Era, floors)
 	}
 	now := r.cfg.Now()
 	var newest time.Duration = -1
@@ -958,7 +948,7 @@ func (r *Replicator) HandleDigest(ctx context.Context, req DigestRequest) (Diges
 // for every key we lack or hold differently. The changes it returns are bounded by the
 // budget; past it, the reply is marked Truncated and the requester's next round goes on.
 func (r *Replicator) HandleLeaves(ctx context.Context, req LeavesRequest) (LeavesReply, error) {
-	rep := LeavesReply{Version: req.Version, Keep: r.keep.Load()} // read before the leaves: see renewKeep
+	rep := LeavesReply{Version: req.Version}
 	size := 0
 	for _, lp := range req.Leaves {
 		mine, err := r.cfg.DB.LeafPairs(ctx, lp.Leaf)
@@ -1305,6 +1295,7 @@ func (r *Replicator) completed(ctx context.Context, peer Peer, epoch, era uint64
 		return syncResult{}, false, err
 	}
 	r.have.synced(peer.ID, epoch, era, rep.Have, r.self, placement, scope)
+	r.recheckFloors(ctx, scope.compared) // the round may have brought what floors stand for
 	r.noteCaughtUp()
 	return syncResult{complete: true, have: rep.Have, era: rep.Era}, false, nil
 }
