@@ -575,17 +575,6 @@ func (h *haveState) throughAtLocked(p int) crdt.Bookmark {
 	return out
 }
 
-// flooredLocked returns the partitions where some floor is kept.
-func (h *haveState) flooredLocked() partitionSet {
-	var out partitionSet
-	for _, m := range h.floors {
-		for p := range m {
-			out.add(p)
-		}
-	}
-	return out
-}
-
 // meetFloorsLocked forgets the floors now known met by what rounds and Throughs taught,
 // those of partitions no longer held (a partition gained again starts a new era, and
 // its origins tell their floors anew), and, for our own, those a round brought back
