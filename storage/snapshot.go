@@ -220,8 +220,7 @@ func count(btx *bolt.Tx) (Stats, error) {
 // no write-ahead log beside it (a copy as Backup writes it), a fresh node identity, so that a copy of a node's file (a restored backup) never poses as the node
 // it came from: a new random node ID, and none of the state that speaks for the old one
 // — the floors of the old ID's sequence numbers in conversations it dropped (seq_floor),
-// the old ID's writes that the state lost (replaced), replication's state about the old
-// ID's writes (SaveReplicationState).
+// the old ID's writes that the state lost (replaced).
 // The records and logs stay, the old ID's entries among them as any other origin's, and
 // so does the clock's high-water mark: the new identity stamps its writes after
 // everything the file holds. The change is one transaction: the file keeps the old
@@ -250,9 +249,6 @@ func Reidentify(path string) (old, fresh crdt.NodeID, err error) {
 		}
 		if err := btx.Bucket(bucketMeta).Put(metaNode, b[:]); err != nil {
 			return err
-		}
-		if err := btx.Bucket(bucketMeta).Delete(metaReplication); err != nil {
-			return err // about the writes of the identity it had
 		}
 		for _, name := range [][]byte{bucketSeqFloor, bucketReplaced} {
 			if btx.Bucket(name) != nil {

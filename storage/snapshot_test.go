@@ -107,9 +107,6 @@ func TestReidentify(t *testing.T) {
 	copyPath := filepath.Join(t.TempDir(), "copy.db")
 	copyFile(t, path, copyPath)
 	setMeta(t, copyPath, func(btx *bolt.Tx) error {
-		if err := btx.Bucket(bucketMeta).Put(metaReplication, []byte("floors of the old identity")); err != nil {
-			return err
-		}
 		return btx.Bucket(bucketSeqFloor).Put([]byte("u1\x00u2"), putUint(99))
 	})
 	old, fresh, err := Reidentify(copyPath)
@@ -127,9 +124,6 @@ func TestReidentify(t *testing.T) {
 	checkInvariants(t, db)
 	if db.NodeID() != fresh {
 		t.Errorf("NodeID %s, want %s", db.NodeID(), fresh)
-	}
-	if st, err := db.ReplicationState(context.Background()); err != nil || st != nil {
-		t.Errorf("replication state of the copy: %q, %v; want none", st, err)
 	}
 	if got := db.Digest(); got != digest {
 		t.Errorf("digest root %x, want the original's %x", got.Root(), digest.Root())

@@ -19,8 +19,7 @@ import (
 //
 //   - a push from the origin carries Through (see pushFrom): the origin's pushes to us,
 //     applied in order since its worker's first anti-entropy round, carried every write
-//     it stamped up to that mark — but, in a partition where it told us a floor we do not
-//     know we meet, those it handed off and dropped (floors.go);
+//     it stamped up to that mark;
 //   - a completed anti-entropy round with any peer leaves us holding everything that peer
 //     held when it answered, and its reply says what that was (DigestReply.Have), for
 //     every origin, so knowledge travels with the data;
@@ -56,27 +55,23 @@ import (
 // haveState is what this node holds of each other origin's writes. Safe for concurrent use.
 type haveState struct {
 	mu         sync.Mutex
-	era        uint64                        // changes whenever we gain partitions; never 0
-	have       crdt.Bookmark                 // base knowledge; never holds our own node
-	gained     partitionSet                  // partitions the base is not about (sharded only)
-	anyGained  bool                          // gained is not empty: spares comparing 512 bytes per mark
-	through    crdt.Bookmark                 // Throughs told under the current placement: about every partition held
-	carried    []lesson                      // the Throughs of earlier placements, about the partitions held since; newest last
-	learnt     map[crdt.NodeID][4]lesson     // the latest round with each peer taught [0:2], its latest pull of one partition [2:4]
-	told       map[crdt.NodeID]lesson        // each origin's latest Through under another placement, about the partitions it named
-	held       *partitionSet                 // the partitions held, as of the latest replan (nil: not sharded)
-	placement  uint64                        // the fingerprint of the current placement
-	changed    chan struct{}                 // closed and replaced whenever knowledge rises
-	distrusted map[crdt.NodeID]distrust      // origins whose pushes we partly refused
-	partial    map[crdt.NodeID]lesson        // a distrusted origin's latest Through, about the partitions not distrusted
-	epoch      uint64                        // counts distrust events
-	lastLive   map[crdt.NodeID]time.Time     // when each node last stopped being a live peer
-	dropping   partitionSet                  // partitions whose stray keys a handoff round is dropping now
-	floors     map[crdt.NodeID]map[int]Floor // floors told by each origin (self: our own) that we do not know we meet (floors.go); sharded only
-	ownAll     map[int]Floor                 // our own floors (floorTable.all)
-	ownMet     map[int]crdt.Timestamp        // per partition, up to which own floor a check found we hold our writes
-	self       crdt.NodeID                   // this node
-	fetching   map[fetchKey]*fetch           // fetches in flight
+	era        uint64                    // changes whenever we gain partitions; never 0
+	have       crdt.Bookmark             // base knowledge; never holds our own node
+	gained     partitionSet              // partitions the base is not about (sharded only)
+	anyGained  bool                      // gained is not empty: spares comparing 512 bytes per mark
+	through    crdt.Bookmark             // Throughs told under the current placement: about every partition held
+	carried    []lesson                  // the Throughs of earlier placements, about the partitions held since; newest last
+	learnt     map[crdt.NodeID][4]lesson // the latest round with each peer taught [0:2], its latest pull of one partition [2:4]
+	told       map[crdt.NodeID]lesson    // each origin's latest Through under another placement, about the partitions it named
+	held       *partitionSet             // the partitions held, as of the latest replan (nil: not sharded)
+	placement  uint64                    // the fingerprint of the current placement
+	changed    chan struct{}             // closed and replaced whenever knowledge rises
+	distrusted map[crdt.NodeID]distrust  // origins whose pushes we partly refused
+	partial    map[crdt.NodeID]lesson    // a distrusted origin's latest Through, about the partitions not distrusted
+	epoch      uint64                    // counts distrust events
+	lastLive   map[crdt.NodeID]time.Time // when each node last stopped being a live peer
+	dropping   partitionSet              // partitions whose stray keys a handoff round is dropping now
+	fetching   map[fetchKey]*fetch       // fetches in flight
 	lastFetch  map[fetchKey]time.Time
 }
 
@@ -161,15 +156,9 @@ func raise(dst *crdt.Bookmark, b crdt.Bookmark, self crdt.NodeID) bool {
 //
 // A Through of an origin we distrust counts only for the partitions we refused none of
 // its changes in (see distrust).
-//
-// floors are the origin's floors told with it that what this node stores does not show
-// it meets (Replicator.checkFloors; floors.go): partitions where no Through of the
-// origin's vouches for its writes until the floor is met. Each one this node does not
-// already know it meets is kept (noteFloorsLocked).
-func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint64, era uint64, floors []Floor) {
+func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint64, era uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.noteFloorsLocked(through.Node, floors)
 	d, distrusted := h.distrusted[through.Node]
 	if era != h.era || distrusted && d.all {
 		return
@@ -191,9 +180,6 @@ func (h *haveState) pushed(through crdt.Timestamp, placement uint64, held []uint
 		for i := range l.about {
 			l.about[i] = ^uint64(0)
 		}
-	}
-	for p := range h.floors[through.Node] {
-		l.about.remove(p) // these Throughs do not vouch below its floors
 	}
 	if distrusted {
 		for i := range l.about {
@@ -251,14 +237,7 @@ func (h *haveState) replanLocked(placement uint64, gained []int, held *partition
 	if !h.through.IsZero() && h.held != nil {
 		// What the Throughs told about the partitions held before stays true of those
 		// still held: a node drops only data it does not hold.
-		// Not where a floor is unmet: the Throughs do not vouch there for its origin.
-		about := *h.held
-		for _, m := range h.floors {
-			for p := range m {
-				about.remove(p)
-			}
-		}
-		h.carried = append(h.carried, lesson{about: about, have: h.through})
+		h.carried = append(h.carried, lesson{about: *h.held, have: h.through})
 	}
 	h.through = crdt.Bookmark{}
 	h.held = held
@@ -298,8 +277,6 @@ func (h *haveState) replanLocked(placement uint64, gained []int, held *partition
 			delete(h.learnt, peer) // about nothing held any more
 		}
 	}
-	h.meetFloorsLocked(h.self, crdt.Bookmark{}, nil)
-	h.keepOwnFloorsLocked()
 }
 
 // beginDrop records that a handoff round, which chose what to drop under the placement
@@ -491,9 +468,6 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 			h.gained, h.anyGained = partitionSet{}, false // every partition held now knows at least the base
 		}
 		h.raiseLocked(have, self)
-		all := fullSet()
-		h.meetFloorsLocked(self, have, &all)
-		h.keepFlooredGainedLocked()
 		return
 	}
 	if h.anyGained && h.have.CoveredBy(have) {
@@ -514,22 +488,19 @@ func (h *haveState) synced(peer crdt.NodeID, epoch, era uint64, have crdt.Bookma
 	}
 	ls[i], ls[i+1] = lesson{about: *scope.full, have: full}, lesson{about: *scope.full, have: own}
 	h.learnt[peer] = ls
-	h.meetFloorsLocked(self, have, scope.full)
-	h.keepFlooredGainedLocked()
 	h.wakeLocked()
 }
 
 // missing returns the marks of b not covered in partition p (AllPartitions: in every
 // partition held), ignoring marks of self (ours are covered by the commit mark, or can
-// never be: a bookmark from a former life of this node's data, or made up) but those
-// below an own floor not met (floors.go), and the channel that is closed when knowledge
-// next rises.
+// never be: a bookmark from a former life of this node's data, or made up), and the
+// channel that is closed when knowledge next rises.
 func (h *haveState) missing(b crdt.Bookmark, self crdt.NodeID, p int) ([]crdt.Timestamp, <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var out []crdt.Timestamp
 	for _, ts := range b.Marks() {
-		if ts.Node != self && !h.coversLocked(ts, p) || ts.Node == self && h.ownBelowLocked(self, ts, p) {
+		if ts.Node != self && !h.coversLocked(ts, p) {
 			out = append(out, ts)
 		}
 	}
@@ -541,9 +512,8 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 		if h.droppingHeldLocked() {
 			return false // a partition held is losing keys to a handoff begun before it was gained
 		}
-		floored := h.floors[ts.Node]
-		if h.through.Covers(ts) && len(floored) == 0 || !h.anyGained && h.have.Covers(ts) {
-			return true // Throughs are about every partition held (but below floors)
+		if h.through.Covers(ts) || !h.anyGained && h.have.Covers(ts) {
+			return true // Throughs are about every partition held
 		}
 		if h.held == nil {
 			return false // not sharded: the base is about every partition
@@ -554,15 +524,6 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 		if h.have.Covers(ts) {
 			for i := range known {
 				known[i] = ^h.gained[i]
-			}
-		}
-		if h.through.Covers(ts) {
-			var below partitionSet
-			for p := range floored {
-				below.add(p)
-			}
-			for i := range known {
-				known[i] |= ^below[i]
 			}
 		}
 		h.lessonsCovering(ts, func(l *lesson) {
@@ -579,7 +540,7 @@ func (h *haveState) coversLocked(ts crdt.Timestamp, p int) bool {
 		// trimmed to them: nothing vouches for p.
 		return false
 	}
-	if (!h.anyGained || !h.gained.has(p)) && h.have.Covers(ts) || h.through.Covers(ts) && !h.belowFloorLocked(ts.Node, p) {
+	if (!h.anyGained || !h.gained.has(p)) && h.have.Covers(ts) || h.through.Covers(ts) {
 		return true
 	}
 	found := false
@@ -626,7 +587,7 @@ func (h *haveState) knownIn(asked *partitionSet) crdt.Bookmark {
 		if !h.anyGained || !h.gained.has(p) {
 			k.Merge(h.have)
 		}
-		k.Merge(h.throughAtLocked(p))
+		k.Merge(h.through)
 		for _, l := range h.carried {
 			if l.about.has(p) {
 				k.Merge(l.have)
@@ -678,9 +639,8 @@ func (h *haveState) base() (crdt.Bookmark, partitionSet) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	g := h.gained
-	own := h.ownUnmetLocked(h.self)
 	for i := range g {
-		g[i] |= h.dropping[i] | own[i] // nor, while a handoff drops keys there, about those; nor where we may lack our own (floors.go)
+		g[i] |= h.dropping[i] // nor, while a handoff drops keys there, about those
 	}
 	return h.have.Clone(), g
 }
@@ -721,10 +681,6 @@ func (r *Replicator) haveOf(mask []uint64) (crdt.Bookmark, []uint64) {
 	}
 	if n := asked.count(); some || n == 0 || n > maxKnownIn {
 		return b, about.words()
-	}
-	own := r.have.ownUnmet(r.self)
-	for i := range asked {
-		asked[i] &^= own[i] // we may lack our own writes there (floors.go)
 	}
 	k := r.have.knownIn(asked)
 	k.Add(r.cfg.DB.Committed())

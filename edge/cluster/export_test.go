@@ -1,7 +1,5 @@
 package cluster
 
-import "fmt"
-
 // Exported for the external tests (package cluster_test), which use clustersim and so
 // cannot be in package cluster.
 
@@ -36,12 +34,4 @@ const (
 func FakeNextVersion(t interface{ Cleanup(func()) }) {
 	fakeNext.Store(true)
 	t.Cleanup(func() { fakeNext.Store(false) })
-}
-
-// DebugFloors describes what this node knows of partition p and the floors it keeps,
-// for a failing test's message.
-func (r *Replicator) DebugFloors(p int) string {
-	r.have.mu.Lock()
-	defer r.have.mu.Unlock()
-	return fmt.Sprintf("floors kept %v; partition held %v, gained %v; through %v; base %v", r.have.floors, r.have.held != nil && r.have.held.has(p), r.have.gained.has(p), r.have.through, r.have.have)
 }

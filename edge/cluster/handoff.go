@@ -29,11 +29,7 @@ import (
 // of the placement over every member, joining and down ones too (SetMembership): a holder
 // that failed, or that a partition hides, comes back holding what it held, without what
 // it missed, and a joining node that caught up before the write takes its share without
-// it; such keys wait for them (or for membership to forget a failed one). A node that
-// becomes a holder only later (another holder failed) was never sent them: before
-// dropping such keys this node raises its floors in their partitions, with receipts of
-// the writes dropped, so that its Throughs stop vouching for those writes there until
-// the holder shows it holds them (floors.go).
+// it; such keys wait for them (or for membership to forget a failed one).
 //
 // A round offers each holder all its leaves at once: one offer per holder, in as few
 // requests as the message budget allows. It never waits on one peer for long: each call
@@ -205,7 +201,6 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 		offered   = map[string]uint64{}               // key → the hash offered
 		plan      = map[crdt.NodeID][]strayLeaf{}     // confirmer → the leaves to offer it
 		order     []crdt.NodeID                       // the confirmers, in the order found
-		newest    = map[string]crdt.Timestamp{}       // ownGroup → its newest write of ours
 	)
 	if r.confirmedUnder != v.fingerprint {
 		r.confirmedBefore, r.confirmedUnder = nil, v.fingerprint
@@ -217,7 +212,7 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 				confirmed[kh.Key] = c.by
 			}
 		}
-		anyOwn, err := r.markOwn(ctx, sl.extra, who.own, newest)
+		anyOwn, err := r.markOwn(ctx, sl.extra, who.own)
 		if err != nil {
 			return fmt.Errorf("handoff: %w", err)
 		}
@@ -275,14 +270,6 @@ func (r *Replicator) HandoffRound(ctx context.Context) error {
 	}
 	if !r.have.beginDrop(v.fingerprint, &parts) {
 		return first
-	}
-	// Before the drop: from now on our Throughs must not vouch for those writes where
-	// they were never sent (floors.go).
-	if err := r.raiseFloors(ctx, drop, who.own, newest); err != nil {
-		if r.have.endDrop() {
-			r.syncAll()
-		}
-		return fmt.Errorf("handoff: %w", err)
 	}
 	n, err := r.cfg.DB.Drop(ctx, drop)
 	if r.have.endDrop() {
@@ -382,8 +369,7 @@ func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]bool) bool {
 
 // markOwn adds to own those of keys (the strays of one leaf: their records are read a
 // leaf at a time) that carry, or carried, a write of this node's own, and reports
-// whether any does; it raises newest, by ownGroup, to the newest such write (the commit
-// mark for a write storage remembers without its time: the cautious answer). A key carries one when its state shows it (see ownSince); it carried
+// whether any does. A key carries one when its state shows it (see ownSince); it carried
 // one when storage remembers a write of ours there that the state lost (DB.Replaced: a
 // remote write replaced it, or an erasure marker purged it), which it does in the file,
 // across restarts, for as long as the key is stored: the write the state no longer
@@ -391,7 +377,7 @@ func (c confirmers) allConfirmed(key string, by map[crdt.NodeID]bool) bool {
 // reached every holder either. A conversation's entries are judged together: a message
 // of ours that an erasure marker purged leaves only the marker, which is then as much
 // ours as the message was.
-func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own map[string]bool, newest map[string]crdt.Timestamp) (bool, error) {
+func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own map[string]bool) (bool, error) {
 	names := make([]string, len(keys))
 	for i, kh := range keys {
 		names[i] = kh.Key
@@ -405,21 +391,13 @@ func (r *Replicator) markOwn(ctx context.Context, keys []storage.KeyHash, own ma
 		return false, err
 	}
 	owned := make(map[string]bool) // ownGroup → carries or carried a write of ours
-	note := func(key string, ts crdt.Timestamp) {
-		g := ownGroup(key)
-		owned[g] = true
-		newest[g] = maxTS(newest[g], ts)
-	}
 	for _, c := range changes {
-		if ts, ok := r.ownSince(c, crdt.Timestamp{}); ok {
-			note(c.Key, ts)
+		if _, ok := r.ownSince(c, crdt.Timestamp{}); ok {
+			owned[ownGroup(c.Key)] = true
 		}
 	}
-	for key, ts := range replaced {
-		if ts.IsZero() {
-			ts = r.cfg.DB.Committed()
-		}
-		note(key, ts)
+	for key := range replaced {
+		owned[ownGroup(key)] = true
 	}
 	found := false
 	for _, c := range changes {

@@ -83,7 +83,6 @@ func (v *view) holds(node crdt.NodeID, key string) bool {
 type partitionSet [crdt.Partitions / 64]uint64
 
 func (s *partitionSet) add(p int)       { s[p>>6] |= 1 << (p & 63) }
-func (s *partitionSet) remove(p int)    { s[p>>6] &^= 1 << (p & 63) }
 func (s *partitionSet) has(p int) bool  { return s[p>>6]&(1<<(p&63)) != 0 }
 func (s *partitionSet) words() []uint64 { return s[:] }
 

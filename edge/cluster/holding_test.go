@@ -123,11 +123,11 @@ func TestHaveStatePartitions(t *testing.T) {
 	h, held := newTestHave()
 
 	t.Run("OKThroughUnderThisPlacement", func(t *testing.T) {
-		h.pushed(at(10), 100, nil, h.currentEra(), nil)
+		h.pushed(at(10), 100, nil, h.currentEra())
 		if !covers(h, 10, 1) || !covers(h, 10, AllPartitions) {
 			t.Errorf("a Through under the current placement does not cover")
 		}
-		h.pushed(at(20), 99, nil, h.currentEra(), nil)
+		h.pushed(at(20), 99, nil, h.currentEra())
 		if covers(h, 20, 1) {
 			t.Errorf("a Through under another placement counted")
 		}
@@ -136,7 +136,7 @@ func TestHaveStatePartitions(t *testing.T) {
 		var theirs partitionSet
 		theirs.add(1)
 		theirs.add(9) // not ours: ignored
-		h.pushed(at(30), 98, theirs.words(), h.currentEra(), nil)
+		h.pushed(at(30), 98, theirs.words(), h.currentEra())
 		if !covers(h, 30, 1) {
 			t.Errorf("a Through naming the partitions it was pushed for does not cover them")
 		}
@@ -150,7 +150,7 @@ func TestHaveStatePartitions(t *testing.T) {
 		var theirs partitionSet
 		theirs.add(1)
 		theirs.add(2)
-		h.pushed(at(35), 97, theirs.words(), h.currentEra(), nil)
+		h.pushed(at(35), 97, theirs.words(), h.currentEra())
 		if !covers(h, 35, AllPartitions) {
 			t.Errorf("a Through for every partition we hold does not cover them all")
 		}
@@ -167,7 +167,7 @@ func TestHaveStatePartitions(t *testing.T) {
 		if covers(h, 10, 3) || covers(h, 10, AllPartitions) {
 			t.Errorf("a gained partition inherited knowledge it was never taught")
 		}
-		h.pushed(at(15), 101, nil, h.currentEra(), nil)
+		h.pushed(at(15), 101, nil, h.currentEra())
 		if !covers(h, 15, 3) || !covers(h, 15, AllPartitions) {
 			t.Errorf("a Through under the new placement does not cover the gained partition")
 		}
@@ -248,17 +248,17 @@ func TestHaveStatePartitions(t *testing.T) {
 		era := h.currentEra()
 		held.add(5)
 		h.replan(106, []int{5}, held)
-		h.pushed(at(200), 106, nil, era, nil)
+		h.pushed(at(200), 106, nil, era)
 		if covers(h, 200, 1) || covers(h, 200, 4) {
 			t.Errorf("a Through by a sender whose round with us was in an older era counted")
 		}
 		var theirs partitionSet
 		theirs.add(1)
-		h.pushed(at(210), 77, theirs.words(), era, nil)
+		h.pushed(at(210), 77, theirs.words(), era)
 		if covers(h, 210, 1) {
 			t.Errorf("a Through under another placement by a sender of an older era counted")
 		}
-		h.pushed(at(220), 106, nil, h.currentEra(), nil)
+		h.pushed(at(220), 106, nil, h.currentEra())
 		if !covers(h, 220, 5) {
 			t.Errorf("a Through of the current era does not cover")
 		}
@@ -281,7 +281,7 @@ func TestHaveStatePartitions(t *testing.T) {
 func TestHaveStateGained(t *testing.T) {
 	const peer = crdt.NodeID(8)
 	h, held := newTestHaveGained(100, []int{1, 2})
-	h.pushed(at(10), 100, nil, h.currentEra(), nil)
+	h.pushed(at(10), 100, nil, h.currentEra())
 	if !covers(h, 10, 1) || !covers(h, 10, 2) {
 		t.Fatalf("a Through under the current placement does not cover the gained partitions")
 	}
@@ -310,7 +310,7 @@ func TestHaveStateGained(t *testing.T) {
 		// A question about every partition held is answered when each of them is covered
 		// by the base (not gained) or by some lesson: carried Throughs, rounds, pulls.
 		h, held := newTestHaveGained(200, []int{1, 2})
-		h.pushed(at(10), 200, nil, h.currentEra(), nil)
+		h.pushed(at(10), 200, nil, h.currentEra())
 		h.replan(201, nil, held) // the Throughs are carried, about 1 and 2
 		if !covers(h, 10, AllPartitions) {
 			t.Errorf("the carried Throughs about every partition held do not answer for them all")
@@ -331,7 +331,7 @@ func TestHaveStateGained(t *testing.T) {
 	})
 	t.Run("OKCarriedBounded", func(t *testing.T) {
 		for i := range 2 * maxCarried {
-			h.pushed(at(int64(20+i)), h.placement, nil, h.currentEra(), nil)
+			h.pushed(at(int64(20+i)), h.placement, nil, h.currentEra())
 			h.replan(h.placement+1, nil, held)
 		}
 		if len(h.carried) > maxCarried {
@@ -377,7 +377,7 @@ func TestHaveStateKnownIn(t *testing.T) {
 	if k := h.knownIn(both); !k.IsZero() {
 		t.Errorf("knownIn before anything was learnt = %v, want nothing", k)
 	}
-	h.pushed(at(10), 100, nil, h.currentEra(), nil)
+	h.pushed(at(10), 100, nil, h.currentEra())
 	h.replan(101, nil, held) // the Through is carried
 	var full partitionSet
 	full.add(1)
@@ -433,7 +433,7 @@ func TestHaveStateDistrust(t *testing.T) {
 	}
 	h.distrust(origin, []string{refusedKey})
 	epoch, era := h.roundStarts()
-	h.pushed(at(38), 100, held.words(), era, nil)
+	h.pushed(at(38), 100, held.words(), era)
 	if !covers(h, 38, 1) || covers(h, 38, 2) || covers(h, 38, AllPartitions) {
 		t.Errorf("a distrusted origin's Through: partition 1 %v (want true), 2 %v (want false)", covers(h, 38, 1), covers(h, 38, 2))
 	}
@@ -443,12 +443,12 @@ func TestHaveStateDistrust(t *testing.T) {
 	if covers(h, 39, 2) || !covers(h, 39, 1) {
 		t.Errorf("a round that refused changes in partition 2 taught about it, or not about 1")
 	}
-	h.pushed(at(40), 100, held.words(), era, nil)
+	h.pushed(at(40), 100, held.words(), era)
 	if covers(h, 40, 2) {
 		t.Errorf("a round with refusals ended the distrust")
 	}
 	h.synced(origin, epoch, era, mark(41), self, 100, roundScope{all: true})
-	h.pushed(at(42), 100, held.words(), era, nil)
+	h.pushed(at(42), 100, held.words(), era)
 	if !covers(h, 42, 2) || !covers(h, 42, AllPartitions) {
 		t.Errorf("a clean round did not end the distrust")
 	}
@@ -463,7 +463,7 @@ func TestHaveStateDistrust(t *testing.T) {
 func TestHaveStateNotHeld(t *testing.T) {
 	h, held := newTestHave()
 	h.synced(origin, 0, h.currentEra(), mark(10), self, 100, roundScope{all: true})
-	h.pushed(at(20), 100, held.words(), h.currentEra(), nil)
+	h.pushed(at(20), 100, held.words(), h.currentEra())
 	for _, w := range []int64{10, 20} {
 		if !covers(h, w, 1) || !covers(h, w, AllPartitions) {
 			t.Errorf("the base or a Through up to %d does not cover the partitions held", w)
@@ -489,7 +489,7 @@ func TestHaveStateDistrustPeerDoesNotHold(t *testing.T) {
 	var theirs partitionSet
 	theirs.add(1) // the origin holds partition 1, not 2
 	h.synced(origin, epoch, era, mark(10), self, 100, roundScope{compared: &theirs, full: &theirs, peerHeld: &theirs})
-	h.pushed(at(20), 100, held.words(), era, nil)
+	h.pushed(at(20), 100, held.words(), era)
 	if !covers(h, 20, 2) || !covers(h, 20, AllPartitions) {
 		t.Errorf("the distrust in a partition the origin does not hold outlived a clean round with it")
 	}
@@ -547,7 +547,7 @@ func TestHaveStateDistrustEndsWhereCompared(t *testing.T) {
 			// A clean pull of partition 1 alone from the origin, which holds 1 and 2:
 			// partition 2 was not compared.
 			h.synced(origin, epoch, era, mark(10), self, 100, roundScope{compared: only(1), full: only(1), one: true, peerHeld: held})
-			h.pushed(at(20), 100, held.words(), era, nil)
+			h.pushed(at(20), 100, held.words(), era)
 			if covers(h, 20, 2) || covers(h, 20, AllPartitions) {
 				t.Errorf("a clean round about partition 1 ended the distrust in partition 2")
 			}
@@ -557,13 +557,13 @@ func TestHaveStateDistrustEndsWhereCompared(t *testing.T) {
 			// A clean round that compared partition 2 but did not bring it in full (the
 			// peer does not know of it: not in full) leaves the distrust there too.
 			h.synced(origin, epoch, era, mark(25), self, 100, roundScope{compared: held, full: only(1), peerHeld: held})
-			h.pushed(at(26), 100, held.words(), era, nil)
+			h.pushed(at(26), 100, held.words(), era)
 			if covers(h, 26, 2) {
 				t.Errorf("a clean round that did not bring partition 2 in full ended the distrust there")
 			}
 			// Then a clean round that brings partition 2 in full too.
 			h.synced(origin, epoch, era, mark(30), self, 100, roundScope{compared: held, full: held, peerHeld: held})
-			h.pushed(at(40), 100, held.words(), era, nil)
+			h.pushed(at(40), 100, held.words(), era)
 			if !covers(h, 40, 2) || !covers(h, 40, AllPartitions) {
 				t.Errorf("a clean round comparing every partition held did not end the distrust")
 			}

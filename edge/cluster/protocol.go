@@ -28,9 +28,8 @@ import (
 // LeafPairs.From and To (a leaf compared in parts, so no request outgrows MaxMessage);
 // version 4 added DigestRequest.Mask and the placement fingerprints of PushRequest and
 // DigestReply (placement: each node holds some partitions; see holding.go); version 5
-// added the eras of PushRequest, DigestReply and PushReply (see haveState.era); version 6
-// added PushRequest.Floors (see floorTable).
-const ProtocolVersion = 6
+// added the eras of PushRequest, DigestReply and PushReply (see haveState.era).
+const ProtocolVersion = 5
 
 // MinProtocolVersion is the oldest sync protocol version this build speaks. Releases
 // before the one that introduced negotiation (tagProtoMin) speak only their own version.
@@ -100,8 +99,6 @@ const (
 	maxChanges  = 1 << 20
 	maxLeafList = crdt.DigestLeaves
 	maskWords   = crdt.Partitions / 64
-	maxReceipts = 1 << 16 // per floor (floorTable bounds what it keeps far lower)
-	maxStamps   = 1 << 12 // per receipt: a record's fields
 )
 
 // PushRequest carries changes committed at (or relayed by) From.
@@ -128,39 +125,6 @@ type PushRequest struct {
 	// completed anti-entropy round with it: Through counts only if the receiver is still
 	// in that era (it has dropped nothing it then held since).
 	Era uint64
-	// Floors, with Through (version 6 on), are partitions where From dropped keys that
-	// carried writes of its own (handoff), each with the newest such write: Through does
-	// not vouch for From's writes at or before a floor in its partition, which the
-	// receiver may never have been sent (see floorTable). Sorted by partition, each
-	// partition once; only those raised since the sender last told this receiver.
-	Floors []Floor
-}
-
-// Floor is one partition's floor (PushRequest.Floors): the newest write of the
-// sender's own among the keys of the partition it dropped, and receipts of those keys
-// (all of them if Complete: then a receiver that holds what they describe holds every
-// write the floor stands for).
-type Floor struct {
-	Partition int
-	TS        crdt.Timestamp
-	Complete  bool
-	Receipts  []Receipt
-}
-
-// Receipt describes a key as the sender dropped it: a record's fields and their
-// timestamps (Stamps), or a log entry (none; the key names it). A receiver holds what it
-// describes if it holds the key with each field stamped at least as late, or if the key
-// has expired by Expires (Unix nanoseconds; 0: never), after which every node deletes it.
-type Receipt struct {
-	Key     string
-	Expires int64
-	Stamps  []Stamp
-}
-
-// Stamp is a record field's name and timestamp.
-type Stamp struct {
-	Field string
-	TS    crdt.Timestamp
 }
 
 // PushReply answers a push with the receiver's era: a sender whose pushes went by
@@ -241,13 +205,7 @@ type wire []byte
 
 func (w wire) uvarint(v uint64) wire { return binary.AppendUvarint(w, v) }
 func (w wire) u64(v uint64) wire     { return binary.BigEndian.AppendUint64(w, v) }
-func (w wire) flag(b bool) wire {
-	if b {
-		return w.uvarint(1)
-	}
-	return w.uvarint(0)
-}
-func (w wire) bytes(b []byte) wire { return append(w.uvarint(length(len(b))), b...) }
+func (w wire) bytes(b []byte) wire   { return append(w.uvarint(length(len(b))), b...) }
 
 type reader struct {
 	b       []byte
@@ -402,20 +360,7 @@ func (m PushRequest) MarshalBinary() ([]byte, error) {
 	for _, x := range m.Held {
 		w = w.u64(x)
 	}
-	w = w.u64(m.Era)
-	if v >= 6 {
-		w = w.uvarint(length(len(m.Floors)))
-		for _, f := range m.Floors {
-			w = w.uvarint(uint64(f.Partition)).timestamp(f.TS).flag(f.Complete).uvarint(length(len(f.Receipts))) // #nosec G115 -- a partition, below crdt.Partitions
-			for _, rc := range f.Receipts {
-				w = w.bytes([]byte(rc.Key)).u64(uint64(rc.Expires)).uvarint(length(len(rc.Stamps))) // #nosec G115 -- a time, sent as it is
-				for _, st := range rc.Stamps {
-					w = w.bytes([]byte(st.Field)).timestamp(st.TS)
-				}
-			}
-		}
-	}
-	return w, nil
+	return w.u64(m.Era), nil
 }
 
 func (w wire) timestamp(ts crdt.Timestamp) wire { return ts.AppendBinary(w) }
@@ -457,34 +402,7 @@ func (m *PushRequest) UnmarshalBinary(b []byte) error {
 	m.Placement = r.u64()
 	m.Held = r.mask()
 	m.Era = r.u64()
-	if r.version >= 6 {
-		m.Floors = r.floors()
-	}
 	return r.end()
-}
-
-// floors reads PushRequest.Floors: partitions in increasing order, each once.
-func (r *reader) floors() []Floor {
-	n := r.count(3+crdt.TimestampSize, crdt.Partitions)
-	if n == 0 {
-		return nil
-	}
-	out := make([]Floor, 0, n)
-	for i := 0; i < n && r.err == nil; i++ {
-		f := Floor{Partition: r.index("floor partition", crdt.Partitions), TS: r.timestamp(), Complete: r.uvarint() == 1}
-		for range r.count(10, maxReceipts) {
-			rc := Receipt{Key: string(r.bytes()), Expires: int64(r.u64())} // #nosec G115 -- a time, read as it was sent
-			for range r.count(1+crdt.TimestampSize, maxStamps) {
-				rc.Stamps = append(rc.Stamps, Stamp{Field: string(r.bytes()), TS: r.timestamp()})
-			}
-			f.Receipts = append(f.Receipts, rc)
-		}
-		if r.err == nil && i > 0 && f.Partition <= out[i-1].Partition {
-			r.err = fmt.Errorf("sync message: floors out of order at partition %d", f.Partition)
-		}
-		out = append(out, f)
-	}
-	return out
 }
 
 // MarshalBinary encodes a PushReply.

@@ -285,7 +285,6 @@ func TestSyncMessageSeeds(t *testing.T) {
 		fresh encoding.BinaryUnmarshaler
 	}{
 		{PushRequest{From: 0xa1, Changes: cs, Through: fuzzTS(5, 0xa1), Era: 0xfeed}, new(PushRequest)},
-		{PushRequest{From: 0xa1, Through: fuzzTS(9, 0xa1), Era: 1, Floors: []Floor{{Partition: 0, TS: fuzzTS(3, 0xa1)}, {Partition: crdt.Partitions - 1, TS: fuzzTS(4, 0xa1)}}}, new(PushRequest)},
 		{PushReply{Era: 0xbeef}, new(PushReply)},
 		{DigestRequest{Branches: make([]uint64, crdt.DigestBranches)}, new(DigestRequest)},
 		{DigestReply{Branches: []BranchLeaves{{Branch: 3, Leaves: make([]uint64, crdt.DigestBranches)}}, Have: sampleBookmark(), Era: 42}, new(DigestReply)},

@@ -142,7 +142,6 @@ type Replicator struct {
 	lag   map[crdt.NodeID]time.Duration // last observed propagation delay from each origin
 
 	have     haveState     // what this node holds of each origin's writes; see Await
-	floors   floorTable    // what our Throughs cannot vouch for; see floors.go
 	awaiting atomic.Int64  // Awaits past the fast path, now
 	move     *rate.Limiter // Config.MoveRate; nil: unbounded
 }
@@ -179,9 +178,6 @@ type worker struct {
 	// drained is the feed position up to which the worker has pushed this node's writes
 	// to the peer (or a round covered them); see Drain.
 	drained atomic.Uint64
-	// floorsSent is the version of our floorTable the peer was last told, in its era
-	// floorsEra (another era: tell it every floor). Owned by the worker goroutine.
-	floorsSent, floorsEra uint64
 }
 
 // maxPushFailures is how many times in a row a worker tries to push the same changes
@@ -235,8 +231,6 @@ func NewReplicator(cfg Config) *Replicator {
 		r.move = rate.NewLimiter(rate.Limit(cfg.MoveRate), max(cfg.MoveRate, r.budget()))
 	}
 	r.have.init()
-	r.have.self = r.self
-	r.loadFloors(context.Background())
 	r.view.Store(newView(r.selfPeer(), nil, cfg.Replicas, r.joining))
 	return r
 }
@@ -552,8 +546,7 @@ func (r *Replicator) run(ctx context.Context, w *worker) {
 		w.pushed = r.cfg.DB.Committed()
 		cursor = r.cfg.DB.FeedSeq()
 		w.synced = false
-		w.told = crdt.Timestamp{}        // what we told went by the old placement, which may not count now
-		w.floorsSent, w.floorsEra = 0, 0 // the peer may hold partitions whose floors it was not told
+		w.told = crdt.Timestamp{} // what we told went by the old placement, which may not count now
 	}
 	restart()
 	needSync, pushRetry := true, false
@@ -714,31 +707,25 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 		}
 		last := len(changes) < r.cfg.PushBatch
 		tell := last && w.synced && w.told.Less(newest)
-		var floors []Floor
-		var floorsSeq uint64
-		if tell {
-			floors, floorsSeq = r.floorsFor(w, v)
-		}
 		if len(own) > 0 {
 			w.pending.Store(int64(len(own)))
 			sent := 0
 			for batch := range pushBatches(own, r.cfg.PushBatch, r.budget()) { // new writes: not bounded by MoveRate
 				req := PushRequest{From: r.self, Changes: batch, Placement: v.fingerprint}
 				if sent += len(batch); tell && sent == len(own) {
-					req.Through, req.Held, req.Era, req.Floors = mark, v.heldWords(w.peer.ID), w.peerEra, floors
+					req.Through, req.Held, req.Era = mark, v.heldWords(w.peer.ID), w.peerEra
 				}
 				if err := r.push(ctx, w, req); err != nil {
 					return cursor, err
 				}
 			}
 		} else if tell {
-			if err := r.push(ctx, w, PushRequest{From: r.self, Through: mark, Placement: v.fingerprint, Held: v.heldWords(w.peer.ID), Era: w.peerEra, Floors: floors}); err != nil {
+			if err := r.push(ctx, w, PushRequest{From: r.self, Through: mark, Placement: v.fingerprint, Held: v.heldWords(w.peer.ID), Era: w.peerEra}); err != nil {
 				return cursor, err
 			}
 		}
 		if tell {
 			w.told = maxTS(w.told, mark)
-			w.floorsSent, w.floorsEra = floorsSeq, w.peerEra
 		}
 		w.pending.Store(0)
 		cursor = next
@@ -863,23 +850,12 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) (PushReply
 			return PushReply{}, err
 		}
 		r.count(res)
-		var parts partitionSet
-		for _, c := range req.Changes {
-			for _, p := range crdt.KeyHomes(c.Key).Append(nil) {
-				parts.add(p)
-			}
-		}
-		r.recheckFloors(ctx, &parts) // what floors stand for may have come (a handoff's push, say)
 	}
 	if res.Rejected > 0 || res.TooLarge > 0 {
 		r.have.distrust(req.From, res.Refused)
 	}
 	if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
-		var floors []Floor
-		if len(req.Floors) > 0 {
-			floors = r.checkFloors(ctx, r.clampFloors(req.Floors))
-		}
-		r.have.pushed(r.clamp(req.Through), req.Placement, req.Held, req.Era, floors)
+		r.have.pushed(r.clamp(req.Through), req.Placement, req.Held, req.Era)
 	}
 	now := r.cfg.Now()
 	var newest time.Duration = -1
@@ -1295,7 +1271,6 @@ func (r *Replicator) completed(ctx context.Context, peer Peer, epoch, era uint64
 		return syncResult{}, false, err
 	}
 	r.have.synced(peer.ID, epoch, era, rep.Have, r.self, placement, scope)
-	r.recheckFloors(ctx, scope.compared) // the round may have brought what floors stand for
 	r.noteCaughtUp()
 	return syncResult{complete: true, have: rep.Have, era: rep.Era}, false, nil
 }

@@ -9,9 +9,8 @@ import (
 
 // Store is what replication needs of a node's replica: its identity, its digest and the
 // keys of a digest leaf, its change feed, the changes of given keys, the merge of remote
-// changes, the dropping of keys handed off, and replication's own durable state.
-// *storage.DB implements it; the methods' contracts are storage's. Implementations must
-// be safe for concurrent use.
+// changes, and the dropping of keys handed off. *storage.DB implements it; the methods'
+// contracts are storage's. Implementations must be safe for concurrent use.
 type Store interface {
 	NodeID() crdt.NodeID
 	// Committed returns a mark up to which every write of this node is committed.
@@ -27,10 +26,6 @@ type Store interface {
 	Overtaken(key string) (crdt.Timestamp, bool)
 	Replaced(ctx context.Context, keys []string) (map[string]crdt.Timestamp, error)
 	Drop(ctx context.Context, pairs []storage.KeyHash) (int, error)
-	// SaveReplicationState and ReplicationState keep the floors (floors.go) across
-	// restarts.
-	SaveReplicationState(ctx context.Context, value []byte) error
-	ReplicationState(ctx context.Context) ([]byte, error)
 }
 
 var _ Store = (*storage.DB)(nil)
