@@ -332,14 +332,30 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	if !r.waitReady(ctx, 120*time.Second, r.d.Nodes...) {
 		return rep, errors.New("the nodes were not ready 120s after compose up")
 	}
+	// Ready nodes are not yet ready in the load balancer's eyes: its active health check
+	// (every second) admits a node only at its next check. Wait until each entry point
+	// has sent requests to every node, so that the checks of how it spreads them judge
+	// the balancer, not the moment they ran.
 	if !waitUntil(ctx, 30*time.Second, 200*time.Millisecond, func() bool {
-		return r.client.Do(ctx, r.lbURL, "GET", "/readyz", "", "", nil).Status == 200 &&
-			r.client.Do(ctx, r.lbRRURL, "GET", "/readyz", "", "", nil).Status == 200
+		for _, ep := range r.entryPoints() {
+			from := map[string]bool{}
+			for range 2 * len(r.d.Nodes) {
+				res := r.client.Do(ctx, ep.URL, "GET", "/readyz", "", "", nil)
+				if res.Status != 200 {
+					return false
+				}
+				from[res.ServedBy] = true
+			}
+			if len(from) < len(r.d.Nodes) {
+				return false
+			}
+		}
+		return true
 	}) {
-		return rep, errors.New("the load balancer (both entry points) did not answer 30s after the nodes were ready")
+		return rep, errors.New("the load balancer (both entry points) did not send requests to every node 30s after the nodes were ready")
 	}
 	rep.StartupTime = time.Since(t0)
-	r.logf("six nodes ready and the load balancer answering after %s", rep.StartupTime.Round(100*time.Millisecond))
+	r.logf("six nodes ready and the load balancer sending to each after %s", rep.StartupTime.Round(100*time.Millisecond))
 
 	proberCtx, stopProber := context.WithCancel(ctx)
 	proberDone := make(chan struct{})
