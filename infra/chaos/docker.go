@@ -187,6 +187,18 @@ func (d *Deployment) Down(ctx context.Context) error {
 	// Nothing needs a graceful stop at the end of a run.
 	_, _ = d.Compose(ctx, nil, withProfiles("kill")...)
 	_, err := d.Compose(ctx, nil, withProfiles("down", "-v", "--remove-orphans", "-t", "1")...)
+	// Docker sometimes still counts an endpoint of a container it has just removed
+	// ("network … has active endpoints"): the next attempt removes what is left.
+	for try := 1; err != nil && try < 5 && ctx.Err() == nil; try++ {
+		if d.log != nil {
+			d.log("tearing down: %v; again (attempt %d)", err, try+1)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Duration(try) * time.Second):
+		}
+		_, err = d.Compose(ctx, nil, withProfiles("down", "-v", "--remove-orphans", "-t", "1")...)
+	}
 	return err
 }
 
