@@ -199,7 +199,27 @@ func (d *Deployment) Down(ctx context.Context) error {
 		}
 		_, err = d.Compose(ctx, nil, withProfiles("down", "-v", "--remove-orphans", "-t", "1")...)
 	}
-	return err
+	if err == nil {
+		return nil
+	}
+	// Compose stops at the first network it cannot remove, before the volumes. The
+	// volumes hold a run's data and must go; a network that Docker keeps for an endpoint
+	// it lost track of (it outlives even a container-less project) does no harm: the
+	// next compose up reuses it.
+	if out, verr := d.Docker(ctx, "volume", "ls", "-q", "--filter", "label=com.docker.compose.project="+d.Project); verr == nil {
+		for _, v := range strings.Fields(out) {
+			_, _ = d.Docker(ctx, "volume", "rm", "-f", v)
+		}
+	}
+	for _, left := range d.Leftovers(ctx) {
+		if !strings.HasPrefix(left, "network ") {
+			return err
+		}
+	}
+	if d.log != nil {
+		d.log("tearing down: %v; only networks are left, which the next run reuses", err)
+	}
+	return nil
 }
 
 // Leftovers lists containers, networks and volumes of the project that still exist.
