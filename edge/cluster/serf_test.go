@@ -385,17 +385,21 @@ func TestMembership_JoinEveryAddress(t *testing.T) {
 // is alone, and they find each other once the name lists them all.
 func TestMembership_RejoinWhenAlone(t *testing.T) {
 	t.Parallel()
-	dns := &fakeDNS{names: map[string][]netip.Addr{}}
+	// Each member's resolver, so that until the name lists both each sees only itself
+	// (with one resolver, a's rejoin loop could see the name list b alone, b's view at
+	// its start, and join it).
+	dns, dnsB := &fakeDNS{names: map[string][]netip.Addr{}}, &fakeDNS{names: map[string][]netip.Addr{}}
 	port := freeLoopbackPort(t, "127.0.43.1")
 	p := strconv.Itoa(port)
 	dns.set("tasks.sessiond", "127.0.43.1")
 	a := startNamedMembership(t, "a", 1, "127.0.43.1:"+p, dns, "tasks.sessiond:"+p)
-	dns.set("tasks.sessiond", "127.0.43.2")
-	b := startNamedMembership(t, "b", 2, "127.0.43.2:"+p, dns, "tasks.sessiond:"+p)
+	dnsB.set("tasks.sessiond", "127.0.43.2")
+	b := startNamedMembership(t, "b", 2, "127.0.43.2:"+p, dnsB, "tasks.sessiond:"+p)
 	if got := aliveNames(a); got != "a" {
 		t.Fatalf("a sees %s alive before the name lists b, want a alone", got)
 	}
 	dns.set("tasks.sessiond", "127.0.43.1", "127.0.43.2")
+	dnsB.set("tasks.sessiond", "127.0.43.1", "127.0.43.2")
 	for _, m := range []*cluster.Membership{a, b} {
 		clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
 			got := aliveNames(m)
