@@ -206,8 +206,8 @@ func (d *Deployment) Down(ctx context.Context) error {
 	// volumes hold a run's data and must go; a network that Docker keeps for an endpoint
 	// it lost track of (it outlives even a container-less project) does no harm: the
 	// next compose up reuses it.
-	if out, verr := d.Docker(ctx, "volume", "ls", "-q", "--filter", "label=com.docker.compose.project="+d.Project); verr == nil {
-		for _, v := range strings.Fields(out) {
+	for _, left := range d.Leftovers(ctx) {
+		if v, ok := strings.CutPrefix(left, "volume "); ok {
 			_, _ = d.Docker(ctx, "volume", "rm", "-f", v)
 		}
 	}
