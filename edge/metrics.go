@@ -119,8 +119,8 @@ func newMetrics(db *storage.DB, commits *commitMetrics) *metrics {
 // commitMetrics are the storage's group commits (storage.Options.OnBatch). They exist
 // before the data file is opened, so that the first commit is counted too.
 type commitMetrics struct {
-	duration, sync, writes prometheus.Histogram
-	logBytes, checkpoints  prometheus.Counter
+	duration, sync, writes, flush prometheus.Histogram
+	logBytes, checkpoints         prometheus.Counter
 }
 
 func newCommitMetrics() *commitMetrics {
@@ -128,7 +128,7 @@ func newCommitMetrics() *commitMetrics {
 	return &commitMetrics{
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "sessiond_storage_commit_seconds",
-			Help:    "Durable group commits: from the start of a batch to its writers' answers (its log sync and any checkpoint included).",
+			Help:    "Durable group commits: from the start of a batch to its writers' answers (its log sync included).",
 			Buckets: latency,
 		}),
 		sync: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -141,13 +141,18 @@ func newCommitMetrics() *commitMetrics {
 			Help:    "Writes (local requests and remote batches) committed together in one group commit.",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 		}),
+		flush: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sessiond_storage_file_commit_seconds",
+			Help:    "Commits of the committer's bbolt transaction to the data file (page writes, no sync), each after the writers of the group commits it carries were answered.",
+			Buckets: latency,
+		}),
 		logBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sessiond_storage_log_bytes_total",
 			Help: "Bytes of write-ahead log records written.",
 		}),
 		checkpoints: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sessiond_storage_checkpoints_total",
-			Help: "Checkpoints after a commit: the data file synced and a new write-ahead log begun.",
+			Help: "Checkpoints after a commit to the data file: the file synced and a new write-ahead log begun.",
 		}),
 	}
 }
@@ -157,6 +162,9 @@ func (c *commitMetrics) observe(s storage.BatchStats) {
 	c.duration.Observe(s.Duration.Seconds())
 	c.sync.Observe(s.Sync.Seconds())
 	c.writes.Observe(float64(s.Writes))
+	if s.Flush > 0 {
+		c.flush.Observe(s.Flush.Seconds())
+	}
 	c.logBytes.Add(float64(s.LogBytes))
 	if s.Checkpoint {
 		c.checkpoints.Inc()
@@ -164,7 +172,7 @@ func (c *commitMetrics) observe(s storage.BatchStats) {
 }
 
 func (c *commitMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{c.duration, c.sync, c.writes, c.logBytes, c.checkpoints}
+	return []prometheus.Collector{c.duration, c.sync, c.writes, c.flush, c.logBytes, c.checkpoints}
 }
 
 // forwarded counts a request for data this node does not hold: relayed to holder, or

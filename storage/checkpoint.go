@@ -16,9 +16,10 @@ import (
 // Durability: the write-ahead log in front of bbolt.
 //
 // The committer appends each group commit's bbolt writes to the log as one record and
-// syncs it (one fdatasync), then commits the bbolt transaction with NoSync (page writes,
-// no sync) and only then answers the writers. Readers read bbolt, so they see a write as
-// soon as it is acknowledged, as before. Every so often (when the log reaches
+// syncs it (one fdatasync), then answers the writers; the bbolt transaction, which later
+// group commits may join, is committed with NoSync (page writes, no sync) afterwards
+// (commit.go: flush), and readers of the file wait for that commit, so they see a write
+// as soon as it is acknowledged. Every so often (when the log reaches
 // Options.WALLimit, or the file has grown, see grown) and on Close the committer
 // checkpoints: it syncs the bbolt file, copies its two meta pages into the
 // header of a fresh, empty log and renames that over the old one. Open restores the
@@ -41,7 +42,8 @@ import (
 // agree with the restored meta pages. The log then holds every write acknowledged after
 // S, in commit order; each record is a batch's bbolt puts and deletes, so replaying them
 // in order onto S, or onto any later committed state, yields the state of the last
-// record: the value of each key is set by the last write to it.
+// record: the value of each key is set by the last write to it. (A record acknowledged
+// but not yet committed to the file is replayed like the others: it is in the log.)
 //
 // One transaction right after a checkpoint needs no anchor: it can only reuse pages
 // freed before S, which are not S's. Open uses this: it replays the whole log and runs
@@ -326,22 +328,26 @@ func newestTxid(metas []byte, pageSize int) (uint64, bool) {
 // replay applies the log's records, in order, in btx.
 func replay(btx *bolt.Tx, l *walLog) error {
 	for i, rec := range l.records {
-		err := decodeWALOps(rec, func(o walOp) error {
-			if int(o.bucket) >= len(allBuckets) {
-				return fmt.Errorf("%w: bucket %d", ErrCorruptWAL, o.bucket)
-			}
-			bk := btx.Bucket(allBuckets[o.bucket])
-			if bk == nil {
-				return fmt.Errorf("%w: bucket %s missing", ErrCorruptWAL, allBuckets[o.bucket])
-			}
-			if o.op == walPut {
-				return bk.Put(o.key, o.value)
-			}
-			return bk.Delete(o.key)
-		})
-		if err != nil {
+		if err := replayRecord(btx, rec); err != nil {
 			return fmt.Errorf("replay record %d: %w", i+1, err)
 		}
 	}
 	return nil
+}
+
+// replayRecord applies one log record's operations in btx.
+func replayRecord(btx *bolt.Tx, rec []byte) error {
+	return decodeWALOps(rec, func(o walOp) error {
+		if int(o.bucket) >= len(allBuckets) {
+			return fmt.Errorf("%w: bucket %d", ErrCorruptWAL, o.bucket)
+		}
+		bk := btx.Bucket(allBuckets[o.bucket])
+		if bk == nil {
+			return fmt.Errorf("%w: bucket %s missing", ErrCorruptWAL, allBuckets[o.bucket])
+		}
+		if o.op == walPut {
+			return bk.Put(o.key, o.value)
+		}
+		return bk.Delete(o.key)
+	})
 }

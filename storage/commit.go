@@ -32,9 +32,10 @@ type request struct {
 // commit's error if the batch could not be committed (then nothing of it is stored). If
 // ctx is done before fn runs, fn is not run and Update returns ctx.Err(); once fn has
 // run, Update waits for the commit whatever ctx says, so a nil return always means
-// durable. After a failure that leaves the state of the log or the file unknown (a failed
-// sync or checkpoint), every later Update fails with that error until the DB is opened
-// again, which recovers from the log.
+// durable, and every read that begins after it sees the write. After a failure that
+// leaves the state of the log or the file unknown (a failed sync, commit or checkpoint),
+// every later Update fails with that error until the DB is opened again, which recovers
+// from the log; reads of the file fail with it too.
 func (db *DB) Update(ctx context.Context, fn func(tx *Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -56,7 +57,9 @@ func (db *DB) Update(ctx context.Context, fn func(tx *Tx) error) error {
 }
 
 // commitLoop is the committer goroutine: it takes every queued request (up to maxBatch)
-// into one transaction, commits it, and then answers each request.
+// into one batch, makes the batch durable and answers its writers, and then decides
+// whether to commit the open bbolt transaction to the file now (flush) or to let the next
+// batch join it.
 func (db *DB) commitLoop() {
 	defer close(db.stopped)
 	batch := make([]*request, 0, maxBatch)
@@ -65,10 +68,17 @@ func (db *DB) commitLoop() {
 		batch = append(batch[:0], r)
 		batch = g.gather(db.reqs, batch)
 		start := time.Now()
-		db.runBatch(batch)
+		stats, ok := db.runBatch(batch)
 		g.done(len(batch), time.Since(start))
 		clear(batch)
+		if db.flushDue() {
+			stats.Flush, stats.Checkpoint = db.flush()
+		}
+		if ok && db.opts.OnBatch != nil {
+			db.opts.OnBatch(stats)
+		}
 	}
+	db.flush()
 }
 
 // gatherer decides how long the committer collects requests before it commits.
@@ -136,20 +146,134 @@ func (g *gatherer) gather(reqs chan *request, batch []*request) []*request {
 // done records a committed batch's size and duration.
 func (g *gatherer) done(n int, d time.Duration) { g.expect, g.commit = n, d }
 
-// errRetry aborts a bbolt transaction whose batch must be run again without the request
-// that broke it.
+// Batches acknowledged and not yet in the file.
+//
+// A batch is durable, and its writers answered, once its log record is synced; its writes
+// then wait in the committer's open bbolt transaction, which later batches join, until
+// the committer commits it to the file (flush, without a sync, as before). One bbolt
+// commit thus carries several group commits when writers keep the committer busy, and a
+// lone writer's commit follows its answer instead of preceding it. Readers of the file
+// wait for that commit (settle): a read waits until the file holds every batch
+// acknowledged when the read began, and the committer flushes as soon as it sees a reader
+// waiting, at the latest when the batch it is running ends. The record cache, the digest
+// and the counters are published when a batch is acknowledged, so that reads served from
+// them (most of a request's) wait for nothing.
+const (
+	// maxUnflushed bounds the batches the open transaction carries.
+	maxUnflushed = 16
+	// maxUnflushedBytes bounds their log records' bytes: what is kept in memory to put
+	// them back after a rollback, and about what one flush writes.
+	maxUnflushedBytes = 1 << 20
+)
+
+// flushDue reports whether the committer should commit its open transaction now: no
+// request is waiting (the committer would otherwise sit on it), a reader waits for it,
+// it carries enough, or a checkpoint is due (it needs the file committed).
+func (db *DB) flushDue() bool {
+	if db.wtx == nil {
+		return db.failed == nil && db.checkpointDue()
+	}
+	return len(db.reqs) == 0 || db.lag.waiters.Load() > 0 || len(db.unflushed) >= maxUnflushed ||
+		db.unflushedBytes >= maxUnflushedBytes || db.checkpointDue()
+}
+
+// checkpointDue reports whether a checkpoint must come before the next transaction: the
+// anchor was released, the log reached its limit, or the file grew (see grown).
+func (db *DB) checkpointDue() bool {
+	if db.wtx != nil {
+		db.hwm = db.wtx.Size()
+	}
+	return db.anchor.isLost() || db.wal.size >= db.opts.WALLimit || db.grown()
+}
+
+// flush commits the open transaction, if any, to the file, checkpoints if one is due,
+// and wakes the readers waiting for the file. It returns how long the commit took and whether
+// a checkpoint followed. A failed commit or checkpoint stops writes until the DB is
+// opened again (the log holds what the file lacks), and reads of the file fail with it.
+func (db *DB) flush() (took time.Duration, checkpointed bool) {
+	if db.wtx != nil {
+		start := time.Now()
+		db.hwm = db.wtx.Size()
+		if db.nearMapEnd(db.wtx, db.unflushedBytes) {
+			db.anchor.release() // the commit may remap: see checkpoint.go
+		}
+		wd := db.anchor.watch(db.opts.watchdog)
+		err := db.wtx.Commit()
+		wd.stop()
+		db.wtx = nil
+		db.recycle()
+		if err != nil {
+			db.fail(fmt.Errorf("commit: %w", err))
+			return time.Since(start), false
+		}
+		took = time.Since(start)
+	}
+	if db.failed == nil && db.checkpointDue() {
+		checkpointed = true
+		if err := db.checkpoint(); err != nil {
+			db.fail(fmt.Errorf("checkpoint: %w", err))
+		}
+	}
+	// After the checkpoint, so that a reader that waited finds the committer idle.
+	db.lag.flushedTo(db.lag.acked.Load())
+	return took, checkpointed
+}
+
+// fail stops writes, and reads of the file, with err: the file's state is unknown or
+// lacks acknowledged writes, which the next Open recovers from the log.
+func (db *DB) fail(err error) {
+	db.failed = err
+	db.lag.fail(err)
+	db.log.Error("storage failed; writes refused until reopened", attrErr, err)
+}
+
+// recycle forgets the flushed batches' log records. Their buffers are not reused: bbolt
+// held slices of them until the commit (walOps.put), and nothing must alias them after.
+func (db *DB) recycle() {
+	clear(db.unflushed)
+	db.unflushed, db.unflushedBytes = db.unflushed[:0], 0
+}
+
+// rewind rolls back the open transaction, which holds a batch that must not commit, and
+// puts the acknowledged batches it also held back into a new one from their log records.
+func (db *DB) rewind() error {
+	if db.wtx != nil {
+		_ = db.wtx.Rollback()
+		db.wtx = nil
+	}
+	if len(db.unflushed) == 0 {
+		return nil
+	}
+	btx, err := db.bolt.Begin(true)
+	if err != nil {
+		return err
+	}
+	for i, rec := range db.unflushed {
+		if err := replayRecord(btx, rec); err != nil {
+			_ = btx.Rollback()
+			return fmt.Errorf("record %d of the open transaction: %w", i+1, err)
+		}
+	}
+	db.wtx = btx
+	return nil
+}
+
+// errRetry aborts a batch that must be run again without the request that broke it.
 var errRetry = errors.New("retry batch")
 
-// runBatch commits the requests' functions in one transaction and answers them. A
-// function's own error is its own; an error applying its writes (which bbolt would only
+// runBatch makes the requests' functions durable as one group commit and answers them.
+// A function's own error is its own; an error applying its writes (which bbolt would only
 // raise on a broken invariant or a full disk) fails that request alone and the batch runs
-// again without it. A commit error fails the whole batch.
+// again without it. Any other error fails the whole batch. It returns the batch's stats
+// and whether it committed.
 //
-// The batch is durable once its record is in the write-ahead log and synced; the bbolt
-// transaction then commits without syncing, and its writers are answered after it, so
-// they and every reader after them see the writes (checkpoint.go says why the file stays
-// consistent).
-func (db *DB) runBatch(reqs []*request) {
+// The batch runs in the committer's open bbolt transaction (begun if need be), after the
+// batches acknowledged before it and not yet flushed. It is durable once its log record
+// is synced; it is then published (record cache, digest, counters) and its writers are
+// answered. Readers of the file wait until it is flushed (see settle), so a writer and
+// every reader after it see its writes. A batch that fails is rolled back with the
+// transaction, and the earlier batches are put back from their records (rewind).
+func (db *DB) runBatch(reqs []*request) (BatchStats, bool) {
 	live := reqs[:0:0]
 	for _, r := range reqs {
 		if err := r.ctx.Err(); err != nil {
@@ -162,20 +286,27 @@ func (db *DB) runBatch(reqs []*request) {
 		}
 		live = append(live, r)
 	}
-	// Readers of the file see a commit before it is published to the cache and the
-	// digest; WaitPublished waits out that window.
+	// WaitPublished waits out a batch from its start to its publication.
 	db.published.begin()
 	defer db.published.end()
 	start := time.Now()
 	for len(live) > 0 {
-		var b *batch
+		if db.wtx == nil {
+			btx, err := db.bolt.Begin(true)
+			if err != nil {
+				err = fmt.Errorf("commit: begin: %w", err)
+				db.log.Error("commit failed", attrErr, err)
+				for _, r := range live {
+					r.done <- err
+				}
+				return BatchStats{}, false
+			}
+			db.wtx = btx
+		}
+		b := db.newBatch(db.wtx)
 		failed := -1
-		logged := -1 // the length of the batch's log record, once appended
 		var synced time.Duration
-		checkpointed := false
-		var wd *watchdog
-		err := db.bolt.Update(func(btx *bolt.Tx) error {
-			b = db.newBatch(btx)
+		err := func() error {
 			for i, r := range live {
 				tx := &Tx{b: b}
 				r.err = r.fn(tx)
@@ -192,55 +323,40 @@ func (db *DB) runBatch(reqs []*request) {
 			if err := b.finish(); err != nil {
 				return err
 			}
-			db.hwm = btx.Size()
-			if db.nearMapEnd(btx, len(b.ops.buf)) {
-				db.anchor.release() // the commit may remap: see checkpoint.go
-			}
 			t := time.Now()
 			if err := db.wal.append(b.ops.buf); err != nil {
 				if errors.Is(err, errWALBroken) {
-					db.failed = err
+					db.fail(err)
 				}
 				return fmt.Errorf("write-ahead log: %w", err)
 			}
 			synced = time.Since(t)
-			logged = len(b.ops.buf)
-			wd = db.anchor.watch(db.opts.watchdog)
 			return nil
-		})
-		wd.stop()
-		if b != nil && cap(b.ops.buf) <= 1<<20 {
-			db.opsBuf = b.ops.buf
-		}
-		if err != nil && logged >= 0 {
-			// Logged but not committed: take the record back out, or the write would
-			// come back on the next Open although its writer was told it failed.
-			if uerr := db.wal.undo(logged); uerr != nil {
-				db.failed = uerr
-				err = uerr
-			}
-		}
-		if db.failed == nil && (db.anchor.isLost() || db.wal.size >= db.opts.WALLimit || db.grown()) {
-			checkpointed = true
-			if cerr := db.checkpoint(); cerr != nil {
-				db.failed = fmt.Errorf("checkpoint: %w", cerr)
-				db.log.Error("checkpoint failed; writes refused until reopened", attrErr, cerr)
-			}
-		}
-		if errors.Is(err, errRetry) {
-			db.log.Error("batch retried without a failing request", attrErr, live[failed].err)
-			live[failed].done <- live[failed].err
-			live = append(live[:failed:failed], live[failed+1:]...)
-			continue
-		}
+		}()
 		if err != nil {
+			if rerr := db.rewind(); rerr != nil && db.failed == nil {
+				db.fail(fmt.Errorf("rewind: %w", rerr))
+			}
+			if errors.Is(err, errRetry) && db.failed == nil {
+				db.log.Error("batch retried without a failing request", attrErr, live[failed].err)
+				live[failed].done <- live[failed].err
+				live = append(live[:failed:failed], live[failed+1:]...)
+				continue
+			}
+			if errors.Is(err, errRetry) {
+				err = db.failed
+			}
 			err = fmt.Errorf("commit: %w", err)
 			db.log.Error("commit failed", attrErr, err)
 			for _, r := range live {
 				r.done <- err
 			}
-			return
+			return BatchStats{}, false
 		}
+		db.unflushed = append(db.unflushed, b.ops.buf)
+		db.opsCap = min(cap(b.ops.buf), 1<<20)
+		db.unflushedBytes += len(b.ops.buf)
+		db.lag.acked.Add(1)
 		db.committed(b)
 		writes := 0
 		for _, r := range live {
@@ -249,20 +365,22 @@ func (db *DB) runBatch(reqs []*request) {
 			}
 			r.done <- r.err
 		}
-		if db.opts.OnBatch != nil {
-			db.opts.OnBatch(BatchStats{Writes: writes, LogBytes: logged, Sync: synced, Duration: time.Since(start), Checkpoint: checkpointed})
-		}
-		return
+		return BatchStats{Writes: writes, LogBytes: len(b.ops.buf), Sync: synced, Duration: time.Since(start)}, true
 	}
+	return BatchStats{}, false
 }
 
 // BatchStats describe one durable group commit (Options.OnBatch).
 type BatchStats struct {
-	Writes     int           // Update calls it committed
-	LogBytes   int           // the size of its write-ahead log record
-	Sync       time.Duration // writing and syncing the record (one fdatasync)
-	Duration   time.Duration // from the start of the batch to its writers' answers, a checkpoint included
-	Checkpoint bool          // a checkpoint followed it (a sync of the data file and a new log)
+	Writes   int           // Update calls it committed
+	LogBytes int           // the size of its write-ahead log record
+	Sync     time.Duration // writing and syncing the record (one fdatasync)
+	Duration time.Duration // from the start of the batch to its writers' answers
+	// Flush is how long the commit of the bbolt transaction that followed the answers
+	// took (no sync: page writes), if one did; it carried this batch and the unflushed
+	// ones before it. Zero when the next batch joins the transaction instead.
+	Flush      time.Duration
+	Checkpoint bool // a checkpoint followed it (a sync of the data file and a new log)
 }
 
 // batch is the state of one group commit: the bbolt transaction and what the commit will
@@ -294,7 +412,7 @@ func (db *DB) newBatch(btx *bolt.Tx) *batch {
 		db: db, btx: btx, now: db.opts.Now(),
 		head: db.head.Load(), users: db.users.Load(), sessions: db.sessions.Load(), messages: db.messages.Load(),
 	}
-	b.ops.buf = db.opsBuf[:0]
+	b.ops.buf = make([]byte, 0, db.opsCap)
 	open := func(name []byte, fill float64) bucket {
 		return bucket{btx: btx, name: name, id: bucketID(name), fill: fill, ops: &b.ops}
 	}
@@ -339,10 +457,10 @@ type wbucket struct {
 	ops *walOps
 }
 
-// Put writes key in the bucket and records it for the log.
+// Put writes key in the bucket and records it for the log. bbolt is given the record's
+// copies of key and value (see walOps.put).
 func (w wbucket) Put(key, value []byte) error {
-	w.ops.put(w.id, key, value)
-	return w.Bucket.Put(key, value)
+	return w.Bucket.Put(w.ops.put(w.id, key, value))
 }
 
 // Delete deletes key from the bucket and records it for the log.

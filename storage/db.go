@@ -34,7 +34,8 @@ type Options struct {
 	Logger *slog.Logger
 	// OnCommit, when set, is called after every durable commit with the changes it made,
 	// local and remote, each key once with its state after the commit. It runs on the
-	// committer goroutine, so it must not block or call back into the DB's writes. The
+	// committer goroutine, so it must not block or call back into the DB: neither its
+	// writes nor its reads of the file, which may wait for the committer (settle). The
 	// slice is the callee's; the Maps in it are shared with the record cache and must
 	// only be read.
 	OnCommit func([]Change)
@@ -143,11 +144,16 @@ type DB struct {
 	wal    *walFile
 	epoch  uint64 // the log's epoch: checkpoints so far
 	anchor anchor
-	mapLow int64  // a lower bound of the size of bbolt's memory map
-	hwm    int64  // bbolt's high-water mark (bytes) before the latest commit
-	hwmCkp int64  // … at the latest checkpoint
-	failed error  // set when the log's or the file's state is unknown: writes fail with it
-	opsBuf []byte // the last batch's record buffer, for reuse
+	mapLow int64 // a lower bound of the size of bbolt's memory map
+	hwm    int64 // bbolt's high-water mark (bytes) before the latest commit
+	hwmCkp int64 // … at the latest checkpoint
+	failed error // set when the log's or the file's state is unknown: writes fail with it
+	// The open transaction (commit.go): acknowledged batches not yet flushed to the file,
+	// their log records in order, their bytes, and the capacity to give the next record.
+	wtx            *bolt.Tx
+	unflushed      [][]byte
+	unflushedBytes int
+	opsCap         int
 
 	mu     sync.RWMutex // guards closed against enqueueing
 	closed bool
@@ -163,6 +169,7 @@ type DB struct {
 	contested contestedNames
 
 	published publication // see WaitPublished
+	lag       lag         // acknowledged batches against flushed ones; see settle
 	overtaken overtakenWrites
 
 	head     atomic.Uint64
@@ -479,12 +486,91 @@ func (db *DB) Stats(ctx context.Context) (Stats, error) {
 	return Stats{Users: int(db.users.Load()), Sessions: int(db.sessions.Load()), Messages: int(db.messages.Load())}, nil
 }
 
-// view runs fn in a bbolt read transaction after checking ctx.
+// view runs fn in a bbolt read transaction after checking ctx and waiting until the
+// file holds every write acknowledged so far (settle).
 func (db *DB) view(ctx context.Context, fn func(btx *bolt.Tx) error) error {
-	if err := ctx.Err(); err != nil {
+	if err := db.settle(ctx); err != nil {
 		return err
 	}
 	return db.bolt.View(fn)
+}
+
+// settle waits until the file holds every batch acknowledged before the call: the
+// committer flushes its open transaction once it sees a reader waiting (commit.go). It
+// returns ctx's error if ctx ends first, and the failure that stopped the DB if a flush
+// failed. Every read of the file outside the committer goes through it.
+func (db *DB) settle(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return db.lag.wait(ctx)
+}
+
+// lag counts the batches the committer acknowledged and those it flushed to the file.
+type lag struct {
+	acked, flushed atomic.Uint64
+	waiters        atomic.Int32 // readers in wait
+
+	mu   sync.Mutex
+	note chan struct{} // closed and replaced when flushed rises or err is set
+	err  error
+}
+
+// wait returns once flushed reaches acked as read on entry, or err is set.
+func (l *lag) wait(ctx context.Context) error {
+	target := l.acked.Load()
+	if l.flushed.Load() >= target {
+		return nil
+	}
+	l.waiters.Add(1)
+	defer l.waiters.Add(-1)
+	for {
+		l.mu.Lock()
+		if l.err != nil {
+			err := l.err
+			l.mu.Unlock()
+			return err
+		}
+		if l.flushed.Load() >= target {
+			l.mu.Unlock()
+			return nil
+		}
+		if l.note == nil {
+			l.note = make(chan struct{})
+		}
+		note := l.note
+		l.mu.Unlock()
+		select {
+		case <-note:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// flushedTo records that the file holds the first n batches acknowledged.
+func (l *lag) flushedTo(n uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.flushed.Store(n)
+	l.wakeLocked()
+}
+
+// fail makes every wait, current and later, return err.
+func (l *lag) fail(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err == nil {
+		l.err = err
+	}
+	l.wakeLocked()
+}
+
+func (l *lag) wakeLocked() {
+	if l.note != nil {
+		close(l.note)
+		l.note = nil
+	}
 }
 
 func putUint(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }

@@ -95,6 +95,7 @@ func TestLeafIndexRebuilt(t *testing.T) {
 		return err
 	})
 	// Make it look like the older scheme: one entry per key, under leaf 7, no scheme mark.
+	settled(t, db)
 	err := db.bolt.Update(func(btx *bolt.Tx) error {
 		if err := btx.DeleteBucket(bucketLeaves); err != nil {
 			return err

@@ -12,14 +12,18 @@
 // # Writes and durability
 //
 // Every write, local (Update) or remote (ApplyRemote), goes through one committer
-// goroutine. It takes all queued requests into a single bbolt transaction, runs them in
-// turn, appends the transaction's writes to a write-ahead log as one record, syncs the
-// log (one fdatasync), commits the bbolt transaction without syncing it, and only then
-// answers each caller: concurrent writers share one commit and its one sync, and a nil
-// error always means the write is on disk. Each function's writes are buffered and
-// applied only if it returns nil, so one failing caller does not abort the others.
-// Readers read the bbolt file, which holds every acknowledged write when its writer is
-// answered.
+// goroutine. It takes all queued requests into one group commit, runs them in turn in its
+// bbolt transaction, appends their writes to a write-ahead log as one record, syncs the
+// log (one fdatasync), and then answers each caller: concurrent writers share one commit
+// and its one sync, and a nil error always means the write is on disk. Each function's
+// writes are buffered and applied only if it returns nil, so one failing caller does not
+// abort the others. The bbolt transaction is committed to the file (without a sync) after
+// the answers, and only once no more writers wait, a reader waits, or 16 group commits or
+// 1 MiB of records are in it (commit.go): while writers keep the committer busy, one
+// bbolt commit carries several group commits. A read of the file first waits until the
+// file holds every write acknowledged when it began (DB.settle); the record cache, the
+// digest and the counters are updated when a write is acknowledged, so reads served from
+// them wait for nothing.
 //
 // When the log passes Options.WALLimit, and on Close, the committer checkpoints: it syncs
 // the bbolt file and starts a new, empty log. Open restores the file to its last
@@ -66,9 +70,10 @@
 // Record and Records keep the decoded state of the records they read in a bounded cache
 // (Options.RecordCache), so the session and user that nearly every request reads are
 // decoded once per change, not once per request. The committer refreshes or drops every
-// cached record a commit wrote before it answers the commit's writers, and a read that
-// raced a commit never fills the cache, so a read never returns a state older than a
-// write already acknowledged.
+// cached record a commit wrote before it answers the commit's writers, a read that
+// misses the cache waits until the file holds every acknowledged write (see above), and
+// a read that raced a commit never fills the cache, so a read never returns a state older
+// than a write already acknowledged.
 //
 // # Replicated state and derived state
 //

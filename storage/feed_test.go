@@ -96,6 +96,7 @@ func TestFeedBounded(t *testing.T) {
 			return err
 		})
 	}
+	settled(t, db)
 	var n int
 	_ = db.bolt.View(func(btx *bolt.Tx) error {
 		n = btx.Bucket(bucketFeed).Stats().KeyN

@@ -111,6 +111,7 @@ func mustReopen(tb testing.TB, db *DB, opts Options) *DB {
 // erasure was applied here has no messages stored.
 func checkInvariants(tb testing.TB, db *DB) {
 	tb.Helper()
+	settled(tb, db)
 	err := db.bolt.View(func(btx *bolt.Tx) error {
 		for err := range btx.Check() {
 			tb.Errorf("bbolt check: %v", err)
@@ -266,6 +267,15 @@ func update(tb testing.TB, db *DB, fn func(tx *Tx) error) {
 	tb.Helper()
 	if err := db.Update(context.Background(), fn); err != nil {
 		tb.Fatalf("Update: %v", err)
+	}
+}
+
+// settled waits until the committer flushed what was acknowledged (and checkpointed, if
+// that was due), so that the test may look at the committer's state: the log, the epoch.
+func settled(tb testing.TB, db *DB) {
+	tb.Helper()
+	if err := db.settle(context.Background()); err != nil {
+		tb.Fatalf("settle: %v", err)
 	}
 }
 

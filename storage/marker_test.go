@@ -24,6 +24,7 @@ func markersOf(tb testing.TB, db *DB, conv string) []crdt.Entry {
 // storedEntries returns every entry of conv stored in db, markers included, in log order.
 func storedEntries(tb testing.TB, db *DB, conv string) []crdt.Entry {
 	tb.Helper()
+	settled(tb, db)
 	var out []crdt.Entry
 	err := db.bolt.View(func(btx *bolt.Tx) error {
 		prefix := convPrefix(conv)
@@ -61,6 +62,7 @@ func mustApply(tb testing.TB, db *DB, cs ...Change) ApplyResult {
 
 func isErased(tb testing.TB, db *DB, user string) bool {
 	tb.Helper()
+	settled(tb, db)
 	var v []byte
 	_ = db.bolt.View(func(btx *bolt.Tx) error {
 		v = bytes.Clone(btx.Bucket(bucketErased).Get([]byte(user)))

@@ -22,10 +22,11 @@ import (
 // its rename of the new log. Each such image is opened, and every acknowledged write must
 // be there and the file must pass bbolt's Check and the package's invariants.
 //
-// Writes are made one at a time so that the images can be taken between commits: after
-// an acknowledgement, everything in the log is synced; the data file is as synced at the
-// last checkpoint (whose sync happens before the writers of the batch that triggered it
-// are answered) with any later page writes lost or kept.
+// Writes are made one at a time so that the images can be taken between commits, once
+// the committer is idle (settled: it committed the batch to the file, and checkpointed
+// if that was due): everything in the log is synced; the data file is as synced at the
+// last checkpoint with any later page writes lost or kept (a crash before the batch's
+// commit to the file is one of those images: its pages all lost).
 func TestPowerLoss(t *testing.T) {
 	seed := testSeed(t)
 	rng := rand.New(rand.NewPCG(uint64(seed), 2))
@@ -150,15 +151,16 @@ func TestPowerLoss(t *testing.T) {
 			_, err := tx.Merge(key, m)
 			return err
 		})
+		settled(t, db)
 		if lk != "" {
 			entries = append(entries, lk)
 		} else {
 			records[key] = name
 		}
 		if db.epoch != epoch {
-			// The batch's checkpoint synced the file before the writer was answered. A
-			// crash between that sync and the new log's rename leaves the old log,
-			// which ends with the batch's record.
+			// The checkpoint after the batch synced the file. A crash between that
+			// sync and the new log's rename leaves the old log, which ends with the
+			// batch's record.
 			synced, epoch = read(""), db.epoch
 			old, err := io.ReadAll(oldWAL)
 			if err != nil {

@@ -58,7 +58,7 @@ func (db *DB) Records(ctx context.Context, keys ...string) (ms []crdt.Map, ok []
 	if len(missed) == 0 {
 		return ms, ok, nil
 	}
-	err = db.bolt.View(func(btx *bolt.Tx) error {
+	err = db.view(ctx, func(btx *bolt.Tx) error {
 		b := btx.Bucket(bucketRecords)
 		for _, i := range missed {
 			var err error

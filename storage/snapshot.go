@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -38,10 +39,15 @@ type SnapshotInfo struct {
 //
 // The read transaction holds the pages it copies until it ends: while it runs, the file
 // grows by what the writes of that time need, and should it have to grow past the
-// mapping Open made (1 GiB, or the file's size if larger), writes wait until the copy
-// ends.
+// mapping Open made (1 GiB, or the file's size if larger), commits to the file wait until
+// the copy ends, and so do reads that need them (see DB.settle).
+//
+// The copy holds every write acknowledged before the call.
 func (db *DB) Backup(w io.Writer, begin func(SnapshotInfo) error) (int64, error) {
 	var n int64
+	if err := db.settle(context.Background()); err != nil {
+		return 0, err
+	}
 	err := db.bolt.View(func(btx *bolt.Tx) error {
 		if begin != nil {
 			info, err := snapshotInfo(btx)

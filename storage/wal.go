@@ -204,12 +204,19 @@ type walOps struct {
 	buf []byte
 }
 
-func (o *walOps) put(bucket byte, k, v []byte) {
+// put records a put and returns the record's copies of k and v. bbolt keeps the slices
+// a Put is given until its transaction commits, which may be batches later (commit.go),
+// so the batch gives it these: the callers' may be reused, the record's are not (a
+// buffer that grows leaves its earlier bytes in place in the old array).
+func (o *walOps) put(bucket byte, k, v []byte) (key, value []byte) {
 	o.buf = append(o.buf, walPut, bucket)
 	o.buf = binary.AppendUvarint(o.buf, uint64(len(k)))
 	o.buf = append(o.buf, k...)
+	key = o.buf[len(o.buf)-len(k) : len(o.buf) : len(o.buf)]
 	o.buf = binary.AppendUvarint(o.buf, uint64(len(v)))
 	o.buf = append(o.buf, v...)
+	value = o.buf[len(o.buf)-len(v) : len(o.buf) : len(o.buf)]
+	return key, value
 }
 
 func (o *walOps) delete(bucket byte, k []byte) {
@@ -304,13 +311,6 @@ func (w *walFile) append(payload []byte) error {
 	w.seq++
 	w.size += int64(walRecordHead + len(payload))
 	return nil
-}
-
-// undo removes the last record appended, whose bbolt commit failed.
-func (w *walFile) undo(last int) error {
-	w.seq--
-	w.size -= int64(walRecordHead + last)
-	return w.cut(w.size, nil)
 }
 
 // errWALBroken says the log could not be brought back to a known end: the DB refuses

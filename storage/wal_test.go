@@ -88,6 +88,7 @@ func copyDB(tb testing.TB, db *DB) string {
 // checked: one written around the log would be missing from the copy.
 func checkReplay(tb testing.TB, db *DB) {
 	tb.Helper()
+	settled(tb, db)
 	want := dumpBuckets(tb, db.bolt)
 	db2, err := Open(copyDB(tb, db), Options{Logger: discardLogger(), Now: db.opts.Now})
 	if err != nil {
@@ -278,6 +279,7 @@ func TestReplay(t *testing.T) {
 		}
 	}
 	// Checkpoints come every few MiB of page writes, so the log holds some of them.
+	settled(t, db)
 	if db.wal.seq < 20 {
 		t.Fatalf("%d records in the log: too few to test replay", db.wal.seq)
 	}
@@ -315,6 +317,7 @@ func TestCheckpoint(t *testing.T) {
 	db := MustOpenDB(t, Options{WALLimit: 16 << 10})
 	for i := range 500 {
 		merge(t, db, crdt.UserKey(fmt.Sprintf("u%d", i%40)), newUser(db, fmt.Sprintf("name%d", i)))
+		settled(t, db)
 		if db.wal.size > 16<<10+64<<10 {
 			t.Fatalf("log of %d bytes, limit 16 KiB", db.wal.size)
 		}
@@ -434,12 +437,14 @@ func TestRemap(t *testing.T) {
 			tx.b.db.mapLow = 1 << 62 // on the committer, which owns it
 			return nil
 		})
+		settled(t, db)
 		epoch := db.epoch
 		for i := range 100 {
 			m := newUser(db, fmt.Sprintf("user%d", i))
 			m.Set(crdt.FieldAddress, bytes.Repeat([]byte{'a'}, 2000), db.Clock().Next())
 			merge(t, db, crdt.UserKey(fmt.Sprintf("u%d", i)), m)
 		}
+		settled(t, db)
 		if db.epoch == epoch {
 			t.Error("no checkpoint: the watchdog never released the anchor")
 		}
@@ -457,6 +462,7 @@ func TestFileBounded(t *testing.T) {
 	for i := range 3000 {
 		merge(t, db, crdt.UserKey(fmt.Sprintf("u%d", i%300)), newUser(db, fmt.Sprintf("name%d", i)))
 	}
+	settled(t, db)
 	st, err := os.Stat(db.Path())
 	if err != nil {
 		t.Fatal(err)
