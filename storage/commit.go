@@ -28,7 +28,10 @@ type request struct {
 // callers' functions, which commit together: one write-ahead log record and its one
 // fsync (see the package documentation). It must be quick, do no I/O and not call the
 // DB. Its writes are buffered in tx and applied only if it returns nil; an error discards
-// them and leaves the other callers' work alone. Update returns fn's error, or the
+// them and leaves the other callers' work alone. fn may run more than once, in a new
+// batch each time (when another caller's writes in its batch could not be applied); only
+// its last run counts, so it must not change anything outside tx. Update returns fn's
+// error, or the
 // commit's error if the batch could not be committed (then nothing of it is stored). If
 // ctx is done before fn runs, fn is not run and Update returns ctx.Err(); once fn has
 // run, Update waits for the commit whatever ctx says, so a nil return always means
@@ -161,7 +164,7 @@ func (g *gatherer) done(n int, d time.Duration) { g.expect, g.commit = n, d }
 const (
 	// maxUnflushed bounds the batches the open transaction carries.
 	maxUnflushed = 16
-	// maxUnflushedBytes bounds their log records' bytes: what is kept in memory to put
+	// maxUnflushedBytes bounds their log records' buffers: what is kept in memory to put
 	// them back after a rollback, and about what one flush writes.
 	maxUnflushedBytes = 1 << 20
 )
@@ -214,8 +217,11 @@ func (db *DB) flush() (took time.Duration, checkpointed bool) {
 			db.fail(fmt.Errorf("checkpoint: %w", err))
 		}
 	}
-	// After the checkpoint, so that a reader that waited finds the committer idle.
-	db.lag.flushedTo(db.lag.acked.Load())
+	// After the checkpoint, so that a reader that waited finds the committer idle. Not
+	// after a failure: the file may lack acknowledged writes, and reads fail (lag.fail).
+	if db.failed == nil {
+		db.lag.flushedTo(db.lag.acked.Load())
+	}
 	return took, checkpointed
 }
 
@@ -353,9 +359,10 @@ func (db *DB) runBatch(reqs []*request) (BatchStats, bool) {
 			}
 			return BatchStats{}, false
 		}
-		db.unflushed = append(db.unflushed, b.ops.buf)
-		db.opsCap = min(cap(b.ops.buf), 1<<20)
-		db.unflushedBytes += len(b.ops.buf)
+		rec := b.ops.buf
+		db.unflushed = append(db.unflushed, rec)
+		db.unflushedBytes += cap(rec)
+		db.opsCap = min(len(rec)+len(rec)/4, 64<<10) // the next record's likely size, not one big batch's
 		db.lag.acked.Add(1)
 		db.committed(b)
 		writes := 0

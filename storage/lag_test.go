@@ -3,6 +3,8 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -19,11 +21,14 @@ import (
 func holdOpen(t *testing.T, db *DB, key string, n int, queue func()) error {
 	t.Helper()
 	inFn, proceed := make(chan struct{}), make(chan struct{})
+	var once sync.Once
 	done := make(chan error, 1)
 	go func() {
 		done <- db.Update(context.Background(), func(tx *Tx) error {
-			close(inFn)
-			<-proceed
+			once.Do(func() { // it may run again (TestRewind)
+				close(inFn)
+				<-proceed
+			})
 			_, err := tx.Merge(key, newUser(db, key))
 			return err
 		})
@@ -151,5 +156,120 @@ func TestRewind(t *testing.T) {
 	}
 	if inFile(t, db, huge) {
 		t.Error("the refused write is in the file")
+	}
+}
+
+// TestFlushFails: a write acknowledged whose commit to the file then fails comes back on
+// the next Open (from the log), and meanwhile reads of the file fail rather than return
+// the older state, before Close and after it.
+func TestFlushFails(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "data.db")
+	db, err := Open(path, Options{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	k1, k2 := crdt.UserKey("u1"), crdt.UserKey("u2")
+	merge(t, db, k1, newUser(db, k1))
+	settled(t, db)
+	if err := db.Update(ctx, func(tx *Tx) error {
+		// On the committer: take the data file away from bbolt, so that its commit to
+		// the file fails after the record is synced (the log is a file of its own).
+		if err := tx.b.db.file.Close(); err != nil {
+			return err
+		}
+		_, err := tx.Merge(k2, newUser(db, k2))
+		return err
+	}); err != nil {
+		t.Fatalf("the write: %v", err)
+	}
+	if err := db.settle(ctx); err == nil {
+		t.Error("settle after a failed flush: nil, want the failure")
+	}
+	if _, _, err := db.Records(ctx, k2); err == nil {
+		t.Error("Records after a failed flush: nil error")
+	}
+	if err := db.Close(); err == nil {
+		t.Error("Close after a failed flush: nil, want the failure")
+	}
+	if err := db.settle(ctx); err == nil {
+		t.Error("settle after Close of a failed DB: nil, want the failure")
+	}
+	db2, err := Open(path, Options{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db2.Close()
+	for _, k := range []string{k1, k2} {
+		if _, ok := mustRecord(t, db2, k); !ok {
+			t.Errorf("%s lost after reopen", k)
+		}
+	}
+}
+
+// TestRecordBufferSized: a small group commit after a large one is not given a record
+// buffer of the large one's size (every group commit has its own, kept until the flush).
+func TestRecordBufferSized(t *testing.T) {
+	db := MustOpenDB(t)
+	big := newUser(db, "big")
+	big.Set(crdt.FieldAddress, make([]byte, 600<<10), db.Clock().Next())
+	merge(t, db, crdt.UserKey("big"), big)
+	for i := range 3 {
+		merge(t, db, crdt.UserKey("small"), newUser(db, fmt.Sprint("small", i)))
+	}
+	var given int
+	update(t, db, func(tx *Tx) error {
+		given = cap(tx.b.ops.buf)
+		return nil
+	})
+	if given > 64<<10 {
+		t.Errorf("a small group commit after small ones is given a %d KiB record buffer", given>>10)
+	}
+}
+
+// TestReadYourWritesConcurrent: writers read back their own acknowledged writes through
+// the cache and the file, while group commits overlap, checkpoints come often and the
+// memory map grows.
+func TestReadYourWritesConcurrent(t *testing.T) {
+	for _, cache := range []int{-1, 0} {
+		t.Run(fmt.Sprint("RecordCache", cache), func(t *testing.T) {
+			db := MustOpenDB(t, Options{RecordCache: cache, WALLimit: 64 << 10, mmapInitial: 64 << 10})
+			ctx := context.Background()
+			var wg sync.WaitGroup
+			for w := range 4 {
+				wg.Go(func() {
+					for i := range 400 {
+						key := crdt.UserKey(fmt.Sprintf("w%d-%d", w, i%50))
+						name := fmt.Sprintf("w%d-%d-%d", w, i%50, i)
+						if err := db.Update(ctx, func(tx *Tx) error {
+							_, err := tx.Merge(key, newUser(db, name))
+							return err
+						}); err != nil {
+							t.Error(err)
+							return
+						}
+						ms, ok, err := db.Records(ctx, key)
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						if email, _ := ms[0].Get(crdt.FieldEmail); !ok[0] || string(email) != name+"@example.com" {
+							t.Errorf("Records(%s) after its write: %q, want %q", key, email, name+"@example.com")
+							return
+						}
+						keys, ms2, _, err := db.RecordsUnder(ctx, key, 1)
+						if err != nil || len(keys) != 1 {
+							t.Errorf("RecordsUnder(%s): %v %v", key, keys, err)
+							return
+						}
+						if email, _ := ms2[0].Get(crdt.FieldEmail); string(email) != name+"@example.com" {
+							t.Errorf("RecordsUnder(%s) after its write: %q, want %q", key, email, name+"@example.com")
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+		})
 	}
 }
