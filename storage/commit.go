@@ -29,16 +29,15 @@ type request struct {
 // fsync (see the package documentation). It must be quick, do no I/O and not call the
 // DB. Its writes are buffered in tx and applied only if it returns nil; an error discards
 // them and leaves the other callers' work alone. fn may run more than once, in a new
-// batch each time (when another caller's writes in its batch could not be applied); only
-// its last run counts, so it must not change anything outside tx. Update returns fn's
-// error, or the
-// commit's error if the batch could not be committed (then nothing of it is stored). If
-// ctx is done before fn runs, fn is not run and Update returns ctx.Err(); once fn has
-// run, Update waits for the commit whatever ctx says, so a nil return always means
-// durable, and every read that begins after it sees the write. After a failure that
-// leaves the state of the log or the file unknown (a failed sync, commit or checkpoint),
-// every later Update fails with that error until the DB is opened again, which recovers
-// from the log; reads of the file fail with it too.
+// batch each time (when another caller's writes in its batch could not be applied): only
+// its last run's writes count, and what it does outside tx must be safe to repeat.
+// Update returns fn's error, or the commit's error if the batch could not be committed
+// (then nothing of it is stored). If ctx is done before fn runs, fn is not run and Update
+// returns ctx.Err(); once fn has run, Update waits for the commit whatever ctx says, so a
+// nil return always means durable, and every read that begins after it sees the write.
+// After a failure that leaves the state of the log or the file unknown (a failed sync,
+// commit or checkpoint), every later Update fails with that error until the DB is opened
+// again, which recovers from the log; reads of the file fail with it too.
 func (db *DB) Update(ctx context.Context, fn func(tx *Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -181,11 +180,9 @@ func (db *DB) flushDue() bool {
 }
 
 // checkpointDue reports whether a checkpoint must come before the next transaction: the
-// anchor was released, the log reached its limit, or the file grew (see grown).
+// anchor was released, the log reached its limit, or the file grew (see grown; as of the
+// last flush).
 func (db *DB) checkpointDue() bool {
-	if db.wtx != nil {
-		db.hwm = db.wtx.Size()
-	}
 	return db.anchor.isLost() || db.wal.size >= db.opts.WALLimit || db.grown()
 }
 
@@ -204,7 +201,7 @@ func (db *DB) flush() (took time.Duration, checkpointed bool) {
 		err := db.wtx.Commit()
 		wd.stop()
 		db.wtx = nil
-		db.recycle()
+		db.forgetRecords()
 		if err != nil {
 			db.fail(fmt.Errorf("commit: %w", err))
 			return time.Since(start), false
@@ -233,9 +230,9 @@ func (db *DB) fail(err error) {
 	db.log.Error("storage failed; writes refused until reopened", attrErr, err)
 }
 
-// recycle forgets the flushed batches' log records. Their buffers are not reused: bbolt
-// held slices of them until the commit (walOps.put), and nothing must alias them after.
-func (db *DB) recycle() {
+// forgetRecords drops the flushed batches' log records. Their buffers are not reused:
+// bbolt held slices of them until the commit (walOps.put), and nothing must alias them.
+func (db *DB) forgetRecords() {
 	clear(db.unflushed)
 	db.unflushed, db.unflushedBytes = db.unflushed[:0], 0
 }
