@@ -159,7 +159,10 @@ func (g *gatherer) done(n int, d time.Duration) { g.expect, g.commit = n, d }
 // acknowledged when the read began, and the committer flushes as soon as it sees a reader
 // waiting, at the latest when the batch it is running ends. The record cache, the digest
 // and the counters are published when a batch is acknowledged, so that reads served from
-// them (most of a request's) wait for nothing.
+// them (most of a request's) wait for nothing. Publication comes before the flush, so a
+// read of the file never sees a batch that is not published yet: what the change feed or
+// a digest leaf shows is already in the cache, the digest, Committed and Overtaken
+// (replication relies on it).
 const (
 	// maxUnflushed bounds the batches the open transaction carries.
 	maxUnflushed = 16
@@ -289,9 +292,6 @@ func (db *DB) runBatch(reqs []*request) (BatchStats, bool) {
 		}
 		live = append(live, r)
 	}
-	// WaitPublished waits out a batch from its start to its publication.
-	db.published.begin()
-	defer db.published.end()
 	start := time.Now()
 	for len(live) > 0 {
 		if db.wtx == nil {

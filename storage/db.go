@@ -168,8 +168,7 @@ type DB struct {
 	// contested: names claimed by more than one account; see Contested.
 	contested contestedNames
 
-	published publication // see WaitPublished
-	lag       lag         // acknowledged batches against flushed ones; see settle
+	lag       lag // acknowledged batches against flushed ones; see settle
 	overtaken overtakenWrites
 
 	head     atomic.Uint64
@@ -414,58 +413,6 @@ func (db *DB) Clock() *crdt.Clock { return db.clock }
 // Writes are stamped only on the committer, inside Update's function, which is what
 // makes this hold; a timestamp taken outside Update and written later would break it.
 func (db *DB) Committed() crdt.Timestamp { return *db.mark.Load() }
-
-// WaitPublished returns once every commit that a read begun before the call could have
-// seen is also published to readers: the record cache, the digest and Committed. A bbolt
-// read transaction sees a commit a moment before the committer publishes it, so a caller
-// that concludes something about what this node holds from reading the file (anti-entropy
-// comparing leaves) calls it before acting on it. It returns ctx's error if ctx ends
-// first.
-func (db *DB) WaitPublished(ctx context.Context) error { return db.published.wait(ctx) }
-
-// publication tracks the committer's batches from their start to their publication.
-type publication struct {
-	mu        sync.Mutex
-	started   uint64        // batches begun
-	ended     uint64        // batches published or abandoned
-	endedNote chan struct{} // closed and replaced whenever ended grows
-}
-
-func (p *publication) begin() {
-	p.mu.Lock()
-	p.started++
-	p.mu.Unlock()
-}
-
-func (p *publication) end() {
-	p.mu.Lock()
-	p.ended++
-	if p.endedNote != nil {
-		close(p.endedNote)
-		p.endedNote = nil
-	}
-	p.mu.Unlock()
-}
-
-func (p *publication) wait(ctx context.Context) error {
-	p.mu.Lock()
-	target := p.started
-	for p.ended < target {
-		if p.endedNote == nil {
-			p.endedNote = make(chan struct{})
-		}
-		note := p.endedNote
-		p.mu.Unlock()
-		select {
-		case <-note:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		p.mu.Lock()
-	}
-	p.mu.Unlock()
-	return nil
-}
 
 // Path returns the bbolt file's path.
 func (db *DB) Path() string { return db.path }

@@ -62,46 +62,41 @@ func TestOvertaken(t *testing.T) {
 	})
 }
 
-// TestWaitPublished: a reader of the file may see a commit before the committer has
-// published it; WaitPublished returns only after that.
-func TestWaitPublished(t *testing.T) {
+// TestFeedShowsPublished: the change feed, a read of the file, shows a batch only once
+// it is published: while it is on the committer the feed lacks it, and once it is
+// acknowledged, Committed covers it.
+func TestFeedShowsPublished(t *testing.T) {
 	ctx := context.Background()
 	db := MustOpenDB(t)
-	if err := db.WaitPublished(ctx); err != nil { // nothing in flight
-		t.Fatal(err)
-	}
-	// Hold a batch on the committer: its function blocks until released.
 	inFn, release := make(chan struct{}), make(chan struct{})
 	errc := make(chan error, 1)
+	var ts crdt.Timestamp
 	go func() {
 		errc <- db.Update(ctx, func(tx *Tx) error {
 			close(inFn)
 			<-release
-			_, err := tx.Merge(crdt.UserKey("u1"), newUser(db, "alice"))
+			m := newUser(db, "alice")
+			ts = m.Version()
+			_, err := tx.Merge(crdt.UserKey("u1"), m)
 			return err
 		})
 	}()
 	<-inFn
-	waited := make(chan error, 1)
-	go func() { waited <- db.WaitPublished(ctx) }()
-	select {
-	case err := <-waited:
-		t.Fatalf("WaitPublished returned (%v) while a batch was in flight", err)
-	default:
+	cs, _, err := db.ChangesSince(ctx, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) != 0 {
+		t.Fatalf("the feed shows %d changes of a batch still on the committer", len(cs))
 	}
 	close(release)
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	if err := <-waited; err != nil {
-		t.Fatal(err)
+	if cs, _, err = db.ChangesSince(ctx, 0, 0); err != nil || len(cs) != 1 {
+		t.Fatalf("after the acknowledgement the feed shows %d changes (%v), want 1", len(cs), err)
 	}
-	if _, ok, _ := db.Record(ctx, crdt.UserKey("u1")); !ok {
-		t.Error("the batch WaitPublished waited for is not visible")
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	cancel()
-	if err := db.WaitPublished(cctx); err != nil {
-		t.Errorf("WaitPublished with nothing in flight and a done context = %v, want nil", err)
+	if c := db.Committed(); c.Less(ts) {
+		t.Errorf("Committed = %v, below the write the feed shows (%v)", c, ts)
 	}
 }

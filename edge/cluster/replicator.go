@@ -682,12 +682,8 @@ func (r *Replicator) pushPass(ctx context.Context, w *worker, cursor uint64, mar
 		if err != nil {
 			return cursor, err
 		}
-		// The feed may show a commit not yet published: one whose remote change overtook
-		// a write of ours, not yet noted (storage.DB.Overtaken). Judged before it is, that
-		// write would be passed over for good.
-		if err := r.cfg.DB.WaitPublished(ctx); err != nil {
-			return cursor, err
-		}
+		// The feed shows only published commits (storage), so a remote change that
+		// overtook a write of ours is noted already (storage.DB.Overtaken).
 		own := changes[:0:0]
 		for _, c := range changes {
 			ts, ok := r.ownSince(c, since)
@@ -1264,12 +1260,9 @@ func (r *Replicator) syncRound(ctx context.Context, peer Peer, pull bool, only *
 // completed records a round with peer, begun at epoch in era, that completed with the
 // peer's digest reply rep: this node now holds what the peer held (rep.Have) in the
 // partitions scope says (see haveState.synced). The round compared the peer's state
-// with what this node's file holds, which readers may not see yet (a commit not yet
-// published), so it first waits for that to be published.
+// with what this node's file holds, which storage publishes to readers before the file
+// shows it.
 func (r *Replicator) completed(ctx context.Context, peer Peer, epoch, era uint64, rep DigestReply, scope roundScope, placement uint64) (syncResult, bool, error) {
-	if err := r.cfg.DB.WaitPublished(ctx); err != nil {
-		return syncResult{}, false, err
-	}
 	r.have.synced(peer.ID, epoch, era, rep.Have, r.self, placement, scope)
 	r.noteCaughtUp()
 	return syncResult{complete: true, have: rep.Have, era: rep.Era}, false, nil

@@ -15,8 +15,6 @@ type Store interface {
 	NodeID() crdt.NodeID
 	// Committed returns a mark up to which every write of this node is committed.
 	Committed() crdt.Timestamp
-	// WaitPublished waits until what is committed is visible to readers.
-	WaitPublished(ctx context.Context) error
 	Digest() crdt.Digest
 	LeafPairs(ctx context.Context, leaf int) ([]storage.KeyHash, error)
 	FeedSeq() uint64
