@@ -687,8 +687,12 @@ var (
 )
 
 // Remove declares the member called name gone for good, as an operator does for a node
-// whose machine is lost: serf marks it left on every member and forgets it (serf's
-// force-leave with prune), so it leaves the failed members handed to OnPeers. Until then
+// whose machine is lost: serf marks it left on every member (serf's force-leave), so it
+// leaves the failed members handed to OnPeers. The left member stays listed for serf's
+// TombstoneTimeout (24 h), and gossip's state exchange carries it: a member that missed
+// the removal's broadcast (cut off, or its packets lost) learns it when it next exchanges
+// state. (Force-leave with prune would erase the member at once, leaving nothing for the
+// exchange to carry.) Until then
 // a failed member still counts where data must reach every member that may come back
 // (handoff keeps a node's own writes until such holders confirm them); after, nothing
 // waits for it. Only a member this node sees failed can be removed — stop a live one, or
@@ -723,9 +727,9 @@ func (m *Membership) Remove(name string) error {
 		return fmt.Errorf("%w: %q", ErrNoSuchMember, name)
 	}
 	// Serf marks it left here at once (its member event makes eventLoop publish), then
-	// broadcasts; an error is a broadcast not sent within its timeout, which gossip
-	// still carries.
-	if err := m.serf.RemoveFailedNodePrune(name); err != nil {
+	// broadcasts; an error is a broadcast not sent within its timeout, which gossip's
+	// state exchange still carries.
+	if err := m.serf.RemoveFailedNode(name); err != nil {
 		m.log.Warn("member removal not yet broadcast; gossip carries it", "member", name, slog.Any("err", err))
 	}
 	m.log.Warn("member removed for good by an operator", "member", name)

@@ -571,3 +571,93 @@ func TestMembership_RemoveFailed(t *testing.T) {
 		t.Errorf("a second Remove(m3) = %v, want a refusal", err)
 	}
 }
+
+// TestMembership_RemoveReachesPartitioned: a node cut off while a failed member is
+// removed learns of the removal once it is back, from gossip's state exchange, and stops
+// counting the member as down. (A removal that erased the member at once, serf's prune,
+// left nothing for that exchange to carry: the node kept it failed for ReconnectTimeout.)
+func TestMembership_RemoveReachesPartitioned(t *testing.T) {
+	t.Parallel()
+	key, otherKey := bytes.Repeat([]byte{7}, 32), bytes.Repeat([]byte{8}, 32)
+	var mu sync.Mutex
+	down := map[string][]string{}
+	start := func(name string, id crdt.NodeID, join ...string) *cluster.Membership {
+		m, err := cluster.StartMembership(cluster.MembershipConfig{
+			NodeName: name, Region: "r", ID: id, BindAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:1",
+			GossipKeys: [][]byte{key}, Join: join, Fast: true,
+			Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil)),
+			OnPeers: func(_, d []cluster.Peer) {
+				var names []string
+				for _, p := range d {
+					names = append(names, p.Name)
+				}
+				mu.Lock()
+				down[name] = names
+				mu.Unlock()
+			},
+		})
+		if err != nil {
+			t.Fatalf("start %s: %v", name, err)
+		}
+		t.Cleanup(func() { m.Close(context.Background()) })
+		return m
+	}
+	downOn := func(name string) []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return down[name]
+	}
+	status := func(of *cluster.Membership, name string) string {
+		for _, m := range of.Members() {
+			if m.Name == name {
+				return m.Status
+			}
+		}
+		return "unlisted"
+	}
+	m1 := start("m1", 1)
+	m2 := start("m2", 2, m1.Addr())
+	m3 := start("m3", 3, m1.Addr())
+	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
+		return status(m1, "m3") == "alive" && status(m2, "m3") == "alive", "m3 not yet alive everywhere"
+	})
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	m3.Close(ended) // fails, without leaving
+	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+		return status(m1, "m3") == "failed" && slices.Equal(downOn("m2"), []string{"m3"}),
+			fmt.Sprintf("m3 is %s on m1, %s on m2", status(m1, "m3"), status(m2, "m3"))
+	})
+
+	// m2 is cut off (gossip it cannot decrypt, and that no one else can) while m1
+	// removes m3; then it is back.
+	if err := m2.SetKeys([][]byte{otherKey}); err != nil {
+		t.Fatal(err)
+	}
+	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+		return status(m1, "m2") == "failed", fmt.Sprintf("m2 is %s on m1", status(m1, "m2"))
+	})
+	if err := m1.Remove("m3"); err != nil {
+		t.Fatalf("Remove(m3): %v", err)
+	}
+	if s := status(m2, "m3"); s != "failed" {
+		t.Fatalf("m3 is %s on m2 while m2 is cut off, want failed (the test needs the removal missed)", s)
+	}
+	if err := m2.SetKeys([][]byte{key}); err != nil {
+		t.Fatal(err)
+	}
+	gone := func(s string) bool { return s == "left" || s == "unlisted" }
+	clustersim.WaitFor(t, 30*time.Second, func() (bool, string) {
+		return status(m1, "m2") == "alive" && status(m2, "m1") == "alive" && gone(status(m2, "m3")) && len(downOn("m2")) == 0,
+			fmt.Sprintf("after the heal: m2 %s on m1, m1 %s on m2, m3 %s on m2; m2's down peers %v",
+				status(m1, "m2"), status(m2, "m1"), status(m2, "m3"), downOn("m2"))
+	})
+
+	// A replacement may take the removed member's name: the left member it finds listed
+	// does not keep it out.
+	start("m3", 4, m1.Addr())
+	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+		return status(m1, "m3") == "alive" && status(m2, "m3") == "alive",
+			fmt.Sprintf("the new m3 is %s on m1, %s on m2", status(m1, "m3"), status(m2, "m3"))
+	})
+}
