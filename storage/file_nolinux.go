@@ -6,6 +6,3 @@ import "os"
 
 // fdatasync is a full sync here (on macOS Go's Sync is F_FULLFSYNC).
 func fdatasync(f *os.File) error { return f.Sync() }
-
-// preallocate does nothing here: records are appended.
-func preallocate(*os.File, int64, int64) error { return nil }

@@ -276,12 +276,15 @@ type walFile struct {
 	epoch uint64
 	seq   uint64 // records appended
 	size  int64  // bytes written and synced
-	alloc int64  // bytes allocated (preallocate): the file's size
+	alloc int64  // bytes written, records or zeros (extend): the file's size
 	buf   []byte
 }
 
-// walChunk is how much of the log is preallocated at a time.
-const walChunk = 4 << 20
+// walChunk is how much of the log extend writes ahead at a time. Its zeros are flushed
+// by the next record's fdatasync, which therefore takes longer once a chunk (about
+// 1.5 ms for 1 MiB here); a larger chunk saves nothing more, since only a record's first
+// sync into it commits a new file size.
+const walChunk = 1 << 20
 
 // append writes a record of payload at the end of the log and syncs it. If either step
 // fails, it cuts the log back to where it was and syncs that, so the record is not in the
@@ -292,11 +295,7 @@ func (w *walFile) append(payload []byte) error {
 	}
 	w.buf = appendWALRecord(w.buf[:0], w.epoch, w.seq+1, payload)
 	if end := w.size + int64(len(w.buf)); end > w.alloc {
-		// Zeros past the last record read as the log's end (parseWAL).
-		n := (end - w.alloc + walChunk - 1) / walChunk * walChunk
-		if preallocate(w.f, w.alloc, n) == nil {
-			w.alloc += n
-		}
+		w.extend((end - max(w.alloc, w.size) + walChunk - 1) / walChunk * walChunk)
 	}
 	_, err := w.f.WriteAt(w.buf, w.size)
 	if err == nil {
@@ -311,6 +310,29 @@ func (w *walFile) append(payload []byte) error {
 	w.seq++
 	w.size += int64(walRecordHead + len(payload))
 	return nil
+}
+
+// extend writes n zero bytes at the end of the log, so that the records that follow
+// overwrite data already on disk and their fdatasync flushes only that data. Appending
+// would change the file's size with every record, and blocks allocated without being
+// written (fallocate) are marked unwritten on ext4, where the first write into each
+// converts it: either way each record's sync would also wait for a journal commit of the
+// file's metadata. (Measured here, a record of 3.8 KiB and its fdatasync: 47 µs into
+// written zeros, 70 µs into fallocated blocks, 75–90 µs appended; PostgreSQL zero-fills
+// its log segments for the same reason.) Zeros past the last record read as the log's
+// end (parseWAL). If a write fails (a full disk), the log stays as it was and the record
+// is appended past the end instead: its own write reports the error.
+func (w *walFile) extend(n int64) {
+	from := max(w.alloc, w.size) // after a failed extend, records lie past alloc
+	var zeros [64 << 10]byte
+	for off := from; off < from+n; {
+		k := min(from+n-off, int64(len(zeros)))
+		if _, err := w.f.WriteAt(zeros[:k], off); err != nil {
+			return
+		}
+		off += k
+	}
+	w.alloc = from + n
 }
 
 // errWALBroken says the log could not be brought back to a known end: the DB refuses

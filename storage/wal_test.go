@@ -525,3 +525,61 @@ func mustRead(tb testing.TB, path string) []byte {
 	}
 	return b
 }
+
+// TestWALExtend appends records across several chunks of written-ahead zeros and reads
+// them back; then it puts the log in the state a failed extension leaves (records past
+// the zeros) and checks that the next extension starts after the records rather than
+// writing zeros over them.
+func TestWALExtend(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.db")
+	w, err := createWAL(path, walHeader{epoch: 3, pageSize: 4096, metas: make([]byte, 2*4096)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.f.Close()
+	header := w.size
+	var want [][]byte
+	appendN := func(n int) {
+		t.Helper()
+		for range n {
+			p := bytes.Repeat([]byte{byte(len(want) + 1)}, 1000+len(want)%3000)
+			if err := w.append(p); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, p)
+		}
+	}
+	check := func() {
+		t.Helper()
+		data, err := os.ReadFile(path + walSuffix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int64(len(data)) != w.alloc || w.alloc < w.size {
+			t.Fatalf("file of %d bytes, alloc %d, size %d", len(data), w.alloc, w.size)
+		}
+		l, err := parseWAL(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.EqualFunc(l.records, want, bytes.Equal) {
+			t.Fatalf("read back %d records, want %d", len(l.records), len(want))
+		}
+		if l.end != int(w.size) {
+			t.Fatalf("log ends at %d, want %d", l.end, w.size)
+		}
+	}
+	appendN(1200) // about 1.9 chunks
+	check()
+	if w.alloc != header+2*walChunk {
+		t.Fatalf("alloc %d after %d bytes of records, want two chunks", w.alloc, w.size)
+	}
+
+	// A failed extension: records were appended past the zeros.
+	w.alloc = w.size - 5000
+	appendN(1)
+	check()
+	if w.alloc <= w.size {
+		t.Fatalf("alloc %d, size %d: no zeros ahead after the extension", w.alloc, w.size)
+	}
+}
