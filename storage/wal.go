@@ -276,14 +276,14 @@ type walFile struct {
 	epoch uint64
 	seq   uint64 // records appended
 	size  int64  // bytes written and synced
-	alloc int64  // bytes written, records or zeros (extend): the file's size
+	alloc int64  // the end of the zeros written ahead (extend); below size after one failed
 	buf   []byte
 }
 
 // walChunk is how much of the log extend writes ahead at a time. Its zeros are flushed
-// by the next record's fdatasync, which therefore takes longer once a chunk (about
-// 1.5 ms for 1 MiB here); a larger chunk saves nothing more, since only a record's first
-// sync into it commits a new file size.
+// by the record's fdatasync, which therefore takes longer once a chunk (about 1.5 ms for
+// 1 MiB here); a larger chunk saves nothing more, since only that one sync writes a new
+// file size.
 const walChunk = 1 << 20
 
 // append writes a record of payload at the end of the log and syncs it. If either step
@@ -295,7 +295,7 @@ func (w *walFile) append(payload []byte) error {
 	}
 	w.buf = appendWALRecord(w.buf[:0], w.epoch, w.seq+1, payload)
 	if end := w.size + int64(len(w.buf)); end > w.alloc {
-		w.extend((end - max(w.alloc, w.size) + walChunk - 1) / walChunk * walChunk)
+		w.extend(end)
 	}
 	_, err := w.f.WriteAt(w.buf, w.size)
 	if err == nil {
@@ -312,27 +312,29 @@ func (w *walFile) append(payload []byte) error {
 	return nil
 }
 
-// extend writes n zero bytes at the end of the log, so that the records that follow
-// overwrite data already on disk and their fdatasync flushes only that data. Appending
-// would change the file's size with every record, and blocks allocated without being
-// written (fallocate) are marked unwritten on ext4, where the first write into each
-// converts it: either way each record's sync would also wait for a journal commit of the
-// file's metadata. (Measured here, a record of 3.8 KiB and its fdatasync: 47 µs into
-// written zeros, 70 µs into fallocated blocks, 75–90 µs appended; PostgreSQL zero-fills
-// its log segments for the same reason.) Zeros past the last record read as the log's
-// end (parseWAL). If a write fails (a full disk), the log stays as it was and the record
-// is appended past the end instead: its own write reports the error.
-func (w *walFile) extend(n int64) {
-	from := max(w.alloc, w.size) // after a failed extend, records lie past alloc
+// extend writes walChunk zero bytes from end, where the record being appended will end,
+// so that the records that follow it overwrite data already on disk and their fdatasync
+// flushes only that data. Appending would change the file's size with every record, and
+// blocks allocated without being written (fallocate) are marked unwritten on ext4, where
+// the first write into each converts it: either way each record's sync would also write
+// the file's metadata. (Measured here, a record of 3.8 KiB and its fdatasync: 49–50 µs
+// into written zeros, 69–71 µs into fallocated blocks, 75–93 µs appended; PostgreSQL
+// zero-fills its log segments for the same reason.) Zeros past the last record read as
+// the log's end (parseWAL). The record itself is not zeroed first: a record larger than
+// walChunk is written once. If a write of zeros fails (a full disk), alloc stays, the
+// zeros written so far stay past the end, and the record is written over them anyway;
+// the next append tries again. Zeros start at end, never before, so they never cover a
+// record already written.
+func (w *walFile) extend(end int64) {
 	var zeros [64 << 10]byte
-	for off := from; off < from+n; {
-		k := min(from+n-off, int64(len(zeros)))
+	for off := end; off < end+walChunk; {
+		k := min(end+walChunk-off, int64(len(zeros)))
 		if _, err := w.f.WriteAt(zeros[:k], off); err != nil {
 			return
 		}
 		off += k
 	}
-	w.alloc = from + n
+	w.alloc = end + walChunk
 }
 
 // errWALBroken says the log could not be brought back to a known end: the DB refuses

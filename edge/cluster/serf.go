@@ -700,10 +700,11 @@ var (
 // left member and for this node, ErrNoSuchMember for a name it does not know. "Failed"
 // is this node's view: a live member cut off from this node
 // alone passes, and its removal takes it out of the others' view too (serf marks it
-// leaving; it may refute that, or not before the prune) — the caller checks first that
-// every region sees it failed. It waits for the removal's broadcast (serf's
-// BroadcastTimeout, 5 s); one that did not get out in time is logged, and gossip still
-// carries it.
+// leaving, until the member, once the message reaches it, refutes that) — the caller
+// checks first that every region sees it failed. It waits for the removal's broadcast
+// (serf's BroadcastTimeout, leaveBroadcastTimeout); one that did not get out in time is
+// logged, and gossip still carries it. A node cut off for longer than the tombstone's
+// 24 h misses it for good: it keeps the member failed until ReconnectTimeout.
 //
 // A removed node must not come back with its data: wipe its data directory first (it
 // then joins as a new node). Coming back with its old data, it could vouch for writes it

@@ -498,42 +498,65 @@ func TestMembership_ReplacedWhileStillSeenAlive(t *testing.T) {
 // Remove refuses a live member, this node and an unknown name; for the failed one, every
 // member stops listing it failed, and it leaves the down list membership hands on
 // (OnPeers), which is what handoff waits on.
+// removalCluster starts members for the removal tests, recording each one's down peers
+// (the latest OnPeers) and reading any member's view of another's status.
+type removalCluster struct {
+	t   *testing.T
+	key []byte
+	mu  sync.Mutex
+	dn  map[string][]string // node → the down peers of its latest OnPeers
+}
+
+func newRemovalCluster(t *testing.T) *removalCluster {
+	return &removalCluster{t: t, key: bytes.Repeat([]byte{7}, 32), dn: map[string][]string{}}
+}
+
+func (c *removalCluster) start(name string, id crdt.NodeID, join ...string) *cluster.Membership {
+	c.t.Helper()
+	m, err := cluster.StartMembership(cluster.MembershipConfig{
+		NodeName: name, Region: "r", ID: id, BindAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:1",
+		GossipKeys: [][]byte{c.key}, Join: join, Fast: true,
+		Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil)),
+		OnPeers: func(_, d []cluster.Peer) {
+			var names []string
+			for _, p := range d {
+				names = append(names, p.Name)
+			}
+			c.mu.Lock()
+			c.dn[name] = names
+			c.mu.Unlock()
+		},
+	})
+	if err != nil {
+		c.t.Fatalf("start %s: %v", name, err)
+	}
+	c.t.Cleanup(func() { m.Close(context.Background()) })
+	return m
+}
+
+// down returns the down peers of name's latest OnPeers.
+func (c *removalCluster) down(name string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dn[name]
+}
+
+// status returns member name's status as of sees it, or "unlisted".
+func status(of *cluster.Membership, name string) string {
+	for _, m := range of.Members() {
+		if m.Name == name {
+			return m.Status
+		}
+	}
+	return "unlisted"
+}
+
 func TestMembership_RemoveFailed(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	down := map[string][]string{} // node → the down peers of its latest OnPeers
-	start := func(name string, id crdt.NodeID, join ...string) *cluster.Membership {
-		m, err := cluster.StartMembership(cluster.MembershipConfig{
-			NodeName: name, Region: "r", ID: id, BindAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:1",
-			GossipKeys: [][]byte{bytes.Repeat([]byte{7}, 32)}, Join: join, Fast: true,
-			Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil)),
-			OnPeers: func(_, d []cluster.Peer) {
-				var names []string
-				for _, p := range d {
-					names = append(names, p.Name)
-				}
-				mu.Lock()
-				down[name] = names
-				mu.Unlock()
-			},
-		})
-		if err != nil {
-			t.Fatalf("start %s: %v", name, err)
-		}
-		t.Cleanup(func() { m.Close(context.Background()) })
-		return m
-	}
-	m1 := start("m1", 1)
-	m2 := start("m2", 2, m1.Addr())
-	m3 := start("m3", 3, m1.Addr())
-	status := func(of *cluster.Membership, name string) string {
-		for _, m := range of.Members() {
-			if m.Name == name {
-				return m.Status
-			}
-		}
-		return "unlisted"
-	}
+	c := newRemovalCluster(t)
+	m1 := c.start("m1", 1)
+	m2 := c.start("m2", 2, m1.Addr())
+	m3 := c.start("m3", 3, m1.Addr())
 	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
 		return status(m1, "m3") == "alive" && status(m2, "m3") == "alive", "m3 not yet alive everywhere"
 	})
@@ -550,22 +573,17 @@ func TestMembership_RemoveFailed(t *testing.T) {
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()
 	m3.Close(ended)
-	downOn := func(name string) []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return down[name]
-	}
 	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
-		return status(m1, "m3") == "failed" && status(m2, "m3") == "failed" && slices.Equal(downOn("m2"), []string{"m3"}),
-			fmt.Sprintf("m3 is %s on m1, %s on m2; m2's down peers %v", status(m1, "m3"), status(m2, "m3"), downOn("m2"))
+		return status(m1, "m3") == "failed" && status(m2, "m3") == "failed" && slices.Equal(c.down("m2"), []string{"m3"}),
+			fmt.Sprintf("m3 is %s on m1, %s on m2; m2's down peers %v", status(m1, "m3"), status(m2, "m3"), c.down("m2"))
 	})
 	if err := m1.Remove("m3"); err != nil {
 		t.Fatalf("Remove(m3): %v", err)
 	}
 	gone := func(s string) bool { return s == "left" || s == "unlisted" }
 	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
-		return gone(status(m1, "m3")) && gone(status(m2, "m3")) && len(downOn("m1")) == 0 && len(downOn("m2")) == 0,
-			fmt.Sprintf("after Remove m3 is %s on m1, %s on m2; down peers %v on m1, %v on m2", status(m1, "m3"), status(m2, "m3"), downOn("m1"), downOn("m2"))
+		return gone(status(m1, "m3")) && gone(status(m2, "m3")) && len(c.down("m1")) == 0 && len(c.down("m2")) == 0,
+			fmt.Sprintf("after Remove m3 is %s on m1, %s on m2; down peers %v on m1, %v on m2", status(m1, "m3"), status(m2, "m3"), c.down("m1"), c.down("m2"))
 	})
 	if err := m1.Remove("m3"); !errors.Is(err, cluster.ErrMemberNotFailed) && !errors.Is(err, cluster.ErrNoSuchMember) {
 		t.Errorf("a second Remove(m3) = %v, want a refusal", err)
@@ -578,46 +596,11 @@ func TestMembership_RemoveFailed(t *testing.T) {
 // left nothing for that exchange to carry: the node kept it failed for ReconnectTimeout.)
 func TestMembership_RemoveReachesPartitioned(t *testing.T) {
 	t.Parallel()
-	key, otherKey := bytes.Repeat([]byte{7}, 32), bytes.Repeat([]byte{8}, 32)
-	var mu sync.Mutex
-	down := map[string][]string{}
-	start := func(name string, id crdt.NodeID, join ...string) *cluster.Membership {
-		m, err := cluster.StartMembership(cluster.MembershipConfig{
-			NodeName: name, Region: "r", ID: id, BindAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:1",
-			GossipKeys: [][]byte{key}, Join: join, Fast: true,
-			Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil)),
-			OnPeers: func(_, d []cluster.Peer) {
-				var names []string
-				for _, p := range d {
-					names = append(names, p.Name)
-				}
-				mu.Lock()
-				down[name] = names
-				mu.Unlock()
-			},
-		})
-		if err != nil {
-			t.Fatalf("start %s: %v", name, err)
-		}
-		t.Cleanup(func() { m.Close(context.Background()) })
-		return m
-	}
-	downOn := func(name string) []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return down[name]
-	}
-	status := func(of *cluster.Membership, name string) string {
-		for _, m := range of.Members() {
-			if m.Name == name {
-				return m.Status
-			}
-		}
-		return "unlisted"
-	}
-	m1 := start("m1", 1)
-	m2 := start("m2", 2, m1.Addr())
-	m3 := start("m3", 3, m1.Addr())
+	c := newRemovalCluster(t)
+	otherKey := bytes.Repeat([]byte{8}, 32)
+	m1 := c.start("m1", 1)
+	m2 := c.start("m2", 2, m1.Addr())
+	m3 := c.start("m3", 3, m1.Addr())
 	clustersim.WaitFor(t, 10*time.Second, func() (bool, string) {
 		return status(m1, "m3") == "alive" && status(m2, "m3") == "alive", "m3 not yet alive everywhere"
 	})
@@ -625,7 +608,7 @@ func TestMembership_RemoveReachesPartitioned(t *testing.T) {
 	cancel()
 	m3.Close(ended) // fails, without leaving
 	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
-		return status(m1, "m3") == "failed" && slices.Equal(downOn("m2"), []string{"m3"}),
+		return status(m1, "m3") == "failed" && slices.Equal(c.down("m2"), []string{"m3"}),
 			fmt.Sprintf("m3 is %s on m1, %s on m2", status(m1, "m3"), status(m2, "m3"))
 	})
 
@@ -643,21 +626,29 @@ func TestMembership_RemoveReachesPartitioned(t *testing.T) {
 	if s := status(m2, "m3"); s != "failed" {
 		t.Fatalf("m3 is %s on m2 while m2 is cut off, want failed (the test needs the removal missed)", s)
 	}
-	if err := m2.SetKeys([][]byte{key}); err != nil {
+	if err := m2.SetKeys([][]byte{c.key}); err != nil {
 		t.Fatal(err)
 	}
 	gone := func(s string) bool { return s == "left" || s == "unlisted" }
 	clustersim.WaitFor(t, 30*time.Second, func() (bool, string) {
-		return status(m1, "m2") == "alive" && status(m2, "m1") == "alive" && gone(status(m2, "m3")) && len(downOn("m2")) == 0,
+		return status(m1, "m2") == "alive" && status(m2, "m1") == "alive" && gone(status(m2, "m3")) && len(c.down("m2")) == 0,
 			fmt.Sprintf("after the heal: m2 %s on m1, m1 %s on m2, m3 %s on m2; m2's down peers %v",
-				status(m1, "m2"), status(m2, "m1"), status(m2, "m3"), downOn("m2"))
+				status(m1, "m2"), status(m2, "m1"), status(m2, "m3"), c.down("m2"))
 	})
 
 	// A replacement may take the removed member's name: the left member it finds listed
 	// does not keep it out.
-	start("m3", 4, m1.Addr())
+	c.start("m3", 4, m1.Addr())
+	id := func(of *cluster.Membership) crdt.NodeID {
+		for _, m := range of.Members() {
+			if m.Name == "m3" {
+				return m.ID
+			}
+		}
+		return 0
+	}
 	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
-		return status(m1, "m3") == "alive" && status(m2, "m3") == "alive",
-			fmt.Sprintf("the new m3 is %s on m1, %s on m2", status(m1, "m3"), status(m2, "m3"))
+		return status(m1, "m3") == "alive" && status(m2, "m3") == "alive" && id(m1) == 4 && id(m2) == 4,
+			fmt.Sprintf("the new m3 is %s with ID %d on m1, %s with ID %d on m2", status(m1, "m3"), id(m1), status(m2, "m3"), id(m2))
 	})
 }
