@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,13 +41,19 @@ func bench(ctx context.Context, o options, logName string, servers []*proc, onMe
 	return r, cpu, err
 }
 
-// benchIO is bench that also returns the bytes the servers wrote to storage meanwhile.
+// benchIO is bench that also returns the bytes written to storage meanwhile: to the
+// device holding --out, where the servers keep their data (deviceWritten).
 func benchIO(ctx context.Context, o options, logName string, servers []*proc, onMeasure func(), args ...string) (*benchResult, float64, float64, error) {
 	f, err := os.OpenFile(filepath.Join(o.logs(), logName+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, 0, 0, err
 	}
 	defer f.Close()
+	// The log is appended to by every run of the same name: only this run's lines count.
+	from, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, 0, 0, err
+	}
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, o.sessiond(), append([]string{"bench", "--json"}, args...)...)
 	cmd.Stdout, cmd.Stderr = &out, f
@@ -55,7 +62,8 @@ func benchIO(ctx context.Context, o options, logName string, servers []*proc, on
 	}
 	// Server CPU is sampled once setup is over: the bench prints its first progress line
 	// a second into measuring; sampling at the end minus the whole run would count setup.
-	cpu0, io0 := map[int]float64{}, map[int]float64{}
+	cpu0 := map[int]float64{}
+	var io0 float64
 	var t0 time.Time
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -72,12 +80,12 @@ wait:
 			break wait
 		case <-tick.C:
 			if t0.IsZero() {
-				if b, _ := os.ReadFile(logPath); bytes.Contains(b, []byte("setup: log in")) && bytes.Count(b, []byte("setup: ")) >= setupLines(args) {
+				if b := readFrom(logPath, from); bytes.Contains(b, []byte("setup: log in")) && bytes.Count(b, []byte("setup: ")) >= setupLines(args) {
 					t0 = time.Now()
 					for _, s := range servers {
 						cpu0[s.pid()] = cpuSeconds(s.pid())
-						io0[s.pid()] = writeBytes(s.pid())
 					}
+					io0 = deviceWritten(o.out)
 					if onMeasure != nil {
 						onMeasure()
 					}
@@ -90,8 +98,8 @@ wait:
 	if !t0.IsZero() {
 		for _, s := range servers {
 			serverCPU += cpuSeconds(s.pid()) - cpu0[s.pid()]
-			written += writeBytes(s.pid()) - io0[s.pid()]
 		}
+		written = deviceWritten(o.out) - io0
 		serverCPU = 100 * serverCPU / elapsed
 	}
 	var r benchResult
@@ -304,4 +312,13 @@ func printHTTP(res *results) {
 	fmt.Println("targets: reads ≥ 0.60× bare; durable patches ≥ 0.25× bare")
 	fmt.Println("µs/req: the servers' CPU (user+sys, Redis included) per successful request while measuring")
 	fmt.Println("sessiond rows: `sessiond bench` sends each user's latest X-Sessiond-Bookmark with every request")
+}
+
+// readFrom returns the contents of the file at path from offset on (nil if it cannot).
+func readFrom(path string, offset int64) []byte {
+	b, err := os.ReadFile(path)
+	if err != nil || int64(len(b)) < offset {
+		return nil
+	}
+	return b[offset:]
 }

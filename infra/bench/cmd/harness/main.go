@@ -62,20 +62,21 @@ type options struct {
 
 // results is everything measured, as results.json holds it.
 type results struct {
-	Started      time.Time          `json:"started"`
-	Cores        int                `json:"cores"`
-	LoadBefore   float64            `json:"load_before"`
-	LoadAfter    float64            `json:"load_after"`
-	HTTP         []httpRun          `json:"http,omitempty"`
-	HTTPBookmark []bookmarkReadRun  `json:"http_read_bookmark,omitempty"`
-	Ratios       map[string]float64 `json:"ratios,omitempty"`
-	Wrk          *wrkResult         `json:"wrk,omitempty"`
-	Replication  *replicationResult `json:"replication,omitempty"`
-	Repair       *repairResult      `json:"repair,omitempty"`
-	Memory       []memoryResult     `json:"memory,omitempty"`
-	Startup      *startupResult     `json:"startup,omitempty"`
-	Scaling      []scalingRun       `json:"patch_scaling,omitempty"`
-	Placement    *placementResult   `json:"placement,omitempty"`
+	Started       time.Time          `json:"started"`
+	Cores         int                `json:"cores"`
+	LoadBefore    float64            `json:"load_before"`
+	LoadAfter     float64            `json:"load_after"`
+	HTTP          []httpRun          `json:"http,omitempty"`
+	HTTPBookmark  []bookmarkReadRun  `json:"http_read_bookmark,omitempty"`
+	Ratios        map[string]float64 `json:"ratios,omitempty"`
+	Wrk           *wrkResult         `json:"wrk,omitempty"`
+	Replication   *replicationResult `json:"replication,omitempty"`
+	Repair        *repairResult      `json:"repair,omitempty"`
+	Memory        []memoryResult     `json:"memory,omitempty"`
+	Startup       *startupResult     `json:"startup,omitempty"`
+	Scaling       []scalingRun       `json:"patch_scaling,omitempty"`
+	ScalingRatios []scalingRatio     `json:"patch_scaling_ratios,omitempty"`
+	Placement     *placementResult   `json:"placement,omitempty"`
 }
 
 func main() {
@@ -87,7 +88,7 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each HTTP run")
 	flag.IntVar(&o.connections, "connections", 32, "concurrent connections of each HTTP run")
 	flag.IntVar(&o.users, "users", 200, "bench users of each HTTP run")
-	flag.IntVar(&o.repeat, "repeat", 1, "run the HTTP and wrk comparisons this many times, interleaved; the median counts")
+	flag.IntVar(&o.repeat, "repeat", 1, "run the HTTP, wrk and scaling comparisons this many times, interleaved; the median counts")
 	flag.StringVar(&o.wrk, "wrk", "wrk", "wrk `BINARY` of the wrk part (skipped when it is not found)")
 	flag.IntVar(&o.wrkThreads, "wrk-threads", 2, "wrk threads of the wrk part")
 	flag.IntVar(&o.wrkConnections, "wrk-connections", 64, "wrk connections of the wrk part")
