@@ -58,10 +58,9 @@ type forwardingResult struct {
 // fwdUser is a user of the measurement with the nodes that hold its partition and the
 // others, as the nodes' answers showed them.
 type fwdUser struct {
-	u           *plUser
-	holders     []int
-	nonHolders  []int
-	firstServer string
+	u          *plUser
+	holders    []int
+	nonHolders []int
 }
 
 // measureForwarding runs the forwarding step against ns with users from the work step.
