@@ -322,8 +322,8 @@ func (w *walFile) append(payload []byte) error {
 // zero-fills its log segments for the same reason.) Zeros past the last record read as
 // the log's end (parseWAL). The record itself is not zeroed first: a record larger than
 // walChunk is written once. If a write of zeros fails (a full disk), alloc stays, the
-// zeros written so far stay past the end, and the record is written over them anyway;
-// the next append tries again. Zeros start at end, never before, so they never cover a
+// zeros written so far stay past the record, and the record is written all the same (its
+// own write reports a full disk); the next append tries again. Zeros start at end, never before, so they never cover a
 // record already written.
 func (w *walFile) extend(end int64) {
 	var zeros [64 << 10]byte
