@@ -43,6 +43,7 @@ type Node struct {
 	tokens   *tokens
 	signing  *signing      // the signing keys' ring and records (signing.go)
 	keysKick chan struct{} // a signing key record changed (onCommit → signing.run)
+	removed  *removedNodes // nodes removed from the cluster for good (removed.go)
 	broker   *broker
 	users    *functions.Users
 	sessions *functions.Sessions
@@ -103,6 +104,7 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	return &Node{cfg: cfg, trusted: trusted, log: cfg.Logger.With("node", cfg.NodeName),
 		keysKick: make(chan struct{}, 1),
+		removed:  newRemovedNodes(),
 		awaiting: slots{limit: maxAwaitingPerAddress},
 		exports:  slots{limit: maxExports}, exportsPerUser: slots{limit: maxExportsPerUser}}, nil
 }
@@ -161,6 +163,12 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	if err := stopped(); err != nil {
 		return err
+	}
+	if err := n.removed.load(ctx, n.db); err != nil {
+		return err
+	}
+	if n.removed.isSelfRemoved() {
+		return fmt.Errorf("%w (node ID %s, data directory %s)", cluster.ErrRemoved, n.db.NodeID(), n.cfg.DataDir)
 	}
 	n.metrics = newMetrics(n.db, commits)
 	if err := n.startCluster(keys); err != nil {
@@ -325,6 +333,7 @@ const drainTimeout = 3 * time.Second
 func (n *Node) onCommit(changes []storage.Change) {
 	n.broker.publish(changes)
 	signingKeysChanged(changes, n.keysKick)
+	n.removed.changed(changes)
 	if n.replicator != nil {
 		n.replicator.Notify()
 	}
@@ -387,8 +396,10 @@ func (n *Node) startCluster(keys [][]byte) error {
 		AntiEntropyEvery: n.cfg.AntiEntropyEvery, Now: n.cfg.Now,
 		MaxSkew: n.cfg.MaxSkew, FetchTimeout: n.cfg.BookmarkTimeout, MoveRate: max(n.cfg.MoveRate, -1) << 20,
 		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
+		OnRemoved: n.removed.selfRemoved,
 	})
-	n.transport.SetGuard(n.replicator.Guard(), n.cfg.NodeName) // one account of each faulty peer, both ways
+	n.replicator.Guard().SetRemoved(n.removed.has)
+	n.transport.SetGuard(n.replicator.Guard(), n.cfg.NodeName, n.db.NodeID()) // one account of each faulty peer, both ways
 	n.replicator.Start()
 	if n.counters, err = cluster.NewCounters(cluster.CountersConfig{
 		Self: runID(), Transport: n.transport, Windows: counterWindows(), FlushEvery: n.cfg.CounterFlush,
@@ -418,6 +429,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		GossipKeys: gossipKeys, Join: n.cfg.Join, Fast: n.cfg.FastGossip, Protocol: n.syncProtocols(),
 		Snapshot: filepath.Join(n.cfg.DataDir, "serf.snapshot"),
 		Root:     func() uint64 { d := n.db.Digest(); return d.Root() },
+		Removed:  n.removed.has,
 		OnPeers: func(p, down []cluster.Peer) {
 			n.replicator.SetMembership(p, down)
 			n.counters.SetPeers(p)

@@ -104,12 +104,12 @@ func (n *Node) startSigning(keys [][]byte) error {
 	return n.signing.maintain(n.ctx)
 }
 
-// everyMemberVerifiesEdDSA reports whether every member not gone verifies EdDSA tokens. A
-// member that failed counts: it may come back, and a token issued meanwhile would fail
-// there.
+// everyMemberVerifiesEdDSA reports whether every member not gone (left or removed)
+// verifies EdDSA tokens. A member that failed counts: it may come back, and a token
+// issued meanwhile would fail there.
 func everyMemberVerifiesEdDSA(members []cluster.Member) bool {
 	for _, m := range members {
-		if m.Status != api.MemberLeft && !m.EdDSA {
+		if m.Status != api.MemberLeft && m.Status != api.MemberRemoved && !m.EdDSA {
 			return false
 		}
 	}

@@ -5,7 +5,7 @@ type Member struct {
 	Name   string `json:"name"`
 	ID     string `json:"id"`
 	Region string `json:"region"`
-	Status string `json:"status"` // MemberAlive, MemberSuspect, MemberFailed or MemberLeft
+	Status string `json:"status"` // MemberAlive, MemberSuspect, MemberFailed, MemberLeft or MemberRemoved
 	Addr   string `json:"addr,omitempty"`
 	// LagMS is how far the serving node's copy of the member's writes trails, in
 	// milliseconds: the age of the oldest of its changes not yet applied there (0 when in
@@ -22,6 +22,9 @@ const (
 	MemberSuspect = "suspect"
 	MemberFailed  = "failed"
 	MemberLeft    = "left"
+	// MemberRemoved is a member whose node ID an operator removed for good (sessiond
+	// members remove), seen again: it takes no part in the cluster.
+	MemberRemoved = "removed"
 )
 
 // ClusterInfo is the body of GET /v1/cluster: the serving node's view of the cluster.

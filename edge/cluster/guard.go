@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/sessiond/sessiond/crdt"
 )
 
 // ErrInvalidMessage is matched (errors.Is) by every error that says a peer's message or
@@ -16,6 +18,11 @@ import (
 // like a client's: a bug, a corrupted stream or a compromised node must cost an error,
 // never a panic, and are counted and backed off (Guard).
 var ErrInvalidMessage = errors.New("invalid sync message")
+
+// ErrRemoved refuses the sync messages of a node removed from the cluster for good
+// (Guard.SetRemoved); a caller's transport returns it for such a refusal, so that the
+// removed node learns it (Config.OnRemoved).
+var ErrRemoved = errors.New("this node was removed from the cluster for good (sessiond members remove): it must not rejoin with its data; wipe its data directory, which gives it a new node ID")
 
 // invalid returns err wrapped in ErrInvalidMessage (nil for nil).
 func invalid(err error) error {
@@ -43,6 +50,8 @@ type Guard struct {
 
 	mu    sync.Mutex
 	peers map[string]*faultyPeer
+
+	removed func(crdt.NodeID) bool // see SetRemoved; nil: nobody
 }
 
 // Guard's bounds.
@@ -68,6 +77,21 @@ func NewGuard(logger *slog.Logger, metrics *Metrics) *Guard {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Guard{log: logger, metrics: metrics, now: time.Now, peers: make(map[string]*faultyPeer)}
+}
+
+// SetRemoved makes ServeMessage refuse, with ErrRemoved, every message from a caller
+// whose node ID removed reports: a node removed from the cluster for good
+// (crdt.RemovedPrefix). removed must be safe for concurrent use. Call it before serving.
+func (g *Guard) SetRemoved(removed func(crdt.NodeID) bool) { g.removed = removed }
+
+// refuseRemoved reports whether id, the node ID of peer (0: unknown), names a removed
+// node, whose messages are refused; it logs each refusal.
+func (g *Guard) refuseRemoved(peer string, id crdt.NodeID) bool {
+	if g == nil || g.removed == nil || id == 0 || !g.removed(id) {
+		return false
+	}
+	g.log.Warn("refused a sync request of a node removed from the cluster for good", "peer", peer, "id", id.String())
+	return true
 }
 
 // Invalid records an invalid message of kind (push, digest, leaves, counters; a reply:

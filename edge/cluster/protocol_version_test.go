@@ -86,7 +86,7 @@ func TestProtocolVersions(t *testing.T) {
 			reqs[kind] = b
 		}
 		for kind, b := range reqs {
-			out, err := ServeMessage(context.Background(), r, nil, "p", kind, b)
+			out, err := ServeMessage(context.Background(), r, nil, "p", 0, kind, b)
 			if err != nil || len(out) == 0 || out[0] != v {
 				t.Errorf("%s in version %d: reply %x, err %v; want a reply in version %d", kind, v, out, err, v)
 			}

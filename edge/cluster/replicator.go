@@ -96,6 +96,10 @@ type Config struct {
 	// that a peer's invalid requests back it off too. Nil: a guard of the replicator's
 	// own, logging to Logger and counting in Metrics.
 	Guard *Guard
+	// OnRemoved, when set, is called once the first time a peer refuses this node's sync
+	// request because this node was removed from the cluster for good (ErrRemoved): the
+	// node must stop. It must not block.
+	OnRemoved func()
 }
 
 // Replicator keeps this node's replica in step with its peers'. It runs one worker per
@@ -219,6 +223,9 @@ func NewReplicator(cfg Config) *Replicator {
 	}
 	if cfg.Guard == nil {
 		cfg.Guard = NewGuard(cfg.Logger, cfg.Metrics)
+	}
+	if cfg.OnRemoved != nil {
+		cfg.Transport = removedWatch{cfg.Transport, sync.OnceFunc(cfg.OnRemoved)}
 	}
 	r := &Replicator{
 		cfg: cfg, self: cfg.DB.NodeID(), log: cfg.Logger,
@@ -1461,4 +1468,35 @@ func poke(ch chan<- struct{}) {
 	case ch <- struct{}{}:
 	default:
 	}
+}
+
+// removedWatch is a Transport that calls removed when a peer refuses a request with
+// ErrRemoved (Config.OnRemoved).
+type removedWatch struct {
+	Transport
+	removed func()
+}
+
+func (w removedWatch) check(err error) {
+	if errors.Is(err, ErrRemoved) {
+		w.removed()
+	}
+}
+
+func (w removedWatch) Push(ctx context.Context, to Peer, req PushRequest) (PushReply, error) {
+	rep, err := w.Transport.Push(ctx, to, req)
+	w.check(err)
+	return rep, err
+}
+
+func (w removedWatch) Digest(ctx context.Context, to Peer, req DigestRequest) (DigestReply, error) {
+	rep, err := w.Transport.Digest(ctx, to, req)
+	w.check(err)
+	return rep, err
+}
+
+func (w removedWatch) Leaves(ctx context.Context, to Peer, req LeavesRequest) (LeavesReply, error) {
+	rep, err := w.Transport.Leaves(ctx, to, req)
+	w.check(err)
+	return rep, err
 }

@@ -183,7 +183,7 @@ func FuzzServeMessage(f *testing.F) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		g := NewGuard(nil, nil)
-		_, err = ServeMessage(ctx, WithCounters(r, c), g, "faulty", kind, body)
+		_, err = ServeMessage(ctx, WithCounters(r, c), g, "faulty", 0, kind, body)
 		if errors.Is(err, ErrInvalidMessage) && g.Count("faulty") != 1 {
 			t.Fatalf("invalid message (%v) not counted", err)
 		}

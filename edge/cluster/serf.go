@@ -57,7 +57,7 @@ type Member struct {
 	Name     string
 	ID       crdt.NodeID
 	Region   string
-	Status   string // alive, suspect, failed or left
+	Status   string // alive, suspect, failed, left or removed (MembershipConfig.Removed)
 	Addr     string // gossip address
 	SyncAddr string
 	Joining  bool  // catching up: it holds no partitions yet
@@ -111,8 +111,12 @@ type MembershipConfig struct {
 	Root        func() uint64           // this node's digest root, for notices
 	OnPeers     func(live, down []Peer) // the live and the failed (not left) peers; called one call at a time, in order
 	OnNotice    func(from crdt.NodeID, root uint64)
-	Logger      *slog.Logger
-	Metrics     *Metrics
+	// Removed reports whether a node ID was removed from the cluster for good
+	// (crdt.RemovedPrefix): such a member is listed as removed, whatever serf says of
+	// it, and is never a peer, live or down. Nil: none is. Safe for concurrent use.
+	Removed func(crdt.NodeID) bool
+	Logger  *slog.Logger
+	Metrics *Metrics
 }
 
 // Membership is this node's serf agent. Create it with StartMembership and stop it with
@@ -410,7 +414,7 @@ func (m *Membership) publish() {
 	defer m.publishMu.Unlock()
 	members := m.Members()
 	var peers, down []Peer
-	counts := map[string]int{"alive": 0, "suspect": 0, "failed": 0, "left": 0}
+	counts := map[string]int{"alive": 0, "suspect": 0, "failed": 0, "left": 0, "removed": 0}
 	for _, mem := range members {
 		counts[mem.Status]++
 		if mem.ID == m.cfg.ID || mem.SyncAddr == "" {
@@ -542,15 +546,15 @@ func (m *Membership) Members() []Member {
 			continue
 		}
 		status := "alive"
-		switch sm.Status {
-		case serf.StatusFailed:
+		switch {
+		case m.cfg.Removed != nil && m.cfg.Removed(id):
+			status = "removed"
+		case sm.Status == serf.StatusFailed:
 			status = "failed"
-		case serf.StatusLeft, serf.StatusLeaving:
+		case sm.Status == serf.StatusLeft, sm.Status == serf.StatusLeaving:
 			status = "left"
-		case serf.StatusAlive:
-			if suspect[sm.Name] {
-				status = "suspect"
-			}
+		case sm.Status == serf.StatusAlive && suspect[sm.Name]:
+			status = "suspect"
 		}
 		theirs, err := memberProtocols(sm.Tags)
 		proto, ok := m.cfg.Protocol.Common(theirs)
@@ -699,18 +703,22 @@ var (
 // let it leave (SIGTERM) — so Remove returns ErrMemberNotFailed for a live, suspect or
 // left member and for this node, ErrNoSuchMember for a name it does not know. "Failed"
 // is this node's view: a live member cut off from this node
-// alone passes, and its removal takes it out of the others' view too (serf marks it
-// leaving, until the member, once the message reaches it, refutes that) — the caller
+// alone passes, and its removal takes it out of the cluster for good (it stops once its
+// record reaches it) — the caller
 // checks first that every region sees it failed. It waits for the removal's broadcast
 // (serf's BroadcastTimeout, leaveBroadcastTimeout); one that did not get out in time is
 // logged, and gossip still carries it. A node cut off for longer than the tombstone's
 // 24 h misses it for good: it keeps the member failed until ReconnectTimeout.
 //
-// A removed node must not come back with its data: wipe its data directory first (it
-// then joins as a new node). Coming back with its old data, it could vouch for writes it
-// missed while it was gone, which other nodes stopped keeping for it.
-func (m *Membership) Remove(name string) error {
-	found := false
+// Once the member is found removable, Remove calls record with it before serf learns
+// anything; record's error aborts the removal. The node records the member's ID there as
+// removed for good (crdt.RemovedPrefix, MembershipConfig.Removed), because a removed node
+// must not come back with its data: coming back with its old data, it could vouch for
+// writes it missed while it was gone, which other nodes stopped keeping for it. Under
+// its recorded ID it is never a peer again, and it stops once it learns it (wiping its
+// data directory gives it a new ID).
+func (m *Membership) Remove(name string, record func(Member) error) error {
+	var found *Member
 	for _, mem := range m.Members() {
 		if mem.Name != name {
 			continue
@@ -722,10 +730,13 @@ func (m *Membership) Remove(name string) error {
 			}
 			return fmt.Errorf("%w: %s is %s", ErrMemberNotFailed, name, status)
 		}
-		found = true
+		found = &mem
 	}
-	if !found {
+	if found == nil {
 		return fmt.Errorf("%w: %q", ErrNoSuchMember, name)
+	}
+	if err := record(*found); err != nil {
+		return err
 	}
 	// Serf marks it left here at once (its member event makes eventLoop publish), then
 	// broadcasts; an error is a broadcast not sent within its timeout, which gossip's

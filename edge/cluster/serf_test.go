@@ -494,21 +494,34 @@ func TestMembership_ReplacedWhileStillSeenAlive(t *testing.T) {
 	}
 }
 
-// TestMembership_RemoveFailed: an operator removes a member that stopped without leaving.
-// Remove refuses a live member, this node and an unknown name; for the failed one, every
-// member stops listing it failed, and it leaves the down list membership hands on
-// (OnPeers), which is what handoff waits on.
 // removalCluster starts members for the removal tests, recording each one's down peers
 // (the latest OnPeers) and reading any member's view of another's status.
 type removalCluster struct {
-	t   *testing.T
-	key []byte
-	mu  sync.Mutex
-	dn  map[string][]string // node → the down peers of its latest OnPeers
+	t       *testing.T
+	key     []byte
+	mu      sync.Mutex
+	dn, lv  map[string][]string  // node → the down and the live peers of its latest OnPeers
+	removed map[crdt.NodeID]bool // recorded removed (MembershipConfig.Removed), on every member alike
 }
 
 func newRemovalCluster(t *testing.T) *removalCluster {
-	return &removalCluster{t: t, key: bytes.Repeat([]byte{7}, 32), dn: map[string][]string{}}
+	return &removalCluster{t: t, key: bytes.Repeat([]byte{7}, 32), dn: map[string][]string{}, lv: map[string][]string{},
+		removed: map[crdt.NodeID]bool{}}
+}
+
+// record is a Remove's record function: it marks the member's ID removed.
+func (c *removalCluster) record(m cluster.Member) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.removed[m.ID] = true
+	return nil
+}
+
+// live returns the live peers of name's latest OnPeers.
+func (c *removalCluster) live(name string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lv[name]
 }
 
 func (c *removalCluster) start(name string, id crdt.NodeID, join ...string) *cluster.Membership {
@@ -517,13 +530,21 @@ func (c *removalCluster) start(name string, id crdt.NodeID, join ...string) *clu
 		NodeName: name, Region: "r", ID: id, BindAddr: "127.0.0.1:0", SyncAddr: "127.0.0.1:1",
 		GossipKeys: [][]byte{c.key}, Join: join, Fast: true,
 		Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil)),
-		OnPeers: func(_, d []cluster.Peer) {
-			var names []string
+		Removed: func(id crdt.NodeID) bool {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return c.removed[id]
+		},
+		OnPeers: func(l, d []cluster.Peer) {
+			var live, down []string
+			for _, p := range l {
+				live = append(live, p.Name)
+			}
 			for _, p := range d {
-				names = append(names, p.Name)
+				down = append(down, p.Name)
 			}
 			c.mu.Lock()
-			c.dn[name] = names
+			c.lv[name], c.dn[name] = live, down
 			c.mu.Unlock()
 		},
 	})
@@ -551,6 +572,13 @@ func status(of *cluster.Membership, name string) string {
 	return "unlisted"
 }
 
+// TestMembership_RemoveFailed: an operator removes a member that stopped without leaving.
+// Remove refuses a live member, this node and an unknown name, and a removal whose record
+// fails; for the failed one, it records the member (by its ID) before anything else, every
+// member stops listing it failed, and it leaves the down list membership hands on
+// (OnPeers), which is what handoff waits on. When the removed node comes back under its
+// recorded ID (with its old data), every member lists it removed and neither a live nor a
+// down peer.
 func TestMembership_RemoveFailed(t *testing.T) {
 	t.Parallel()
 	c := newRemovalCluster(t)
@@ -561,7 +589,10 @@ func TestMembership_RemoveFailed(t *testing.T) {
 		return status(m1, "m3") == "alive" && status(m2, "m3") == "alive", "m3 not yet alive everywhere"
 	})
 	for name, want := range map[string]error{"m2": cluster.ErrMemberNotFailed, "m1": cluster.ErrMemberNotFailed, "m9": cluster.ErrNoSuchMember} {
-		if err := m1.Remove(name); !errors.Is(err, want) {
+		if err := m1.Remove(name, func(m cluster.Member) error {
+			t.Errorf("Remove(%s) recorded %s before refusing", name, m.Name)
+			return nil
+		}); !errors.Is(err, want) {
 			t.Errorf("Remove(%s) = %v, want %v", name, err, want)
 		}
 	}
@@ -577,16 +608,43 @@ func TestMembership_RemoveFailed(t *testing.T) {
 		return status(m1, "m3") == "failed" && status(m2, "m3") == "failed" && slices.Equal(c.down("m2"), []string{"m3"}),
 			fmt.Sprintf("m3 is %s on m1, %s on m2; m2's down peers %v", status(m1, "m3"), status(m2, "m3"), c.down("m2"))
 	})
-	if err := m1.Remove("m3"); err != nil {
+	errRecord := errors.New("record failed")
+	if err := m1.Remove("m3", func(cluster.Member) error { return errRecord }); !errors.Is(err, errRecord) {
+		t.Fatalf("Remove(m3) whose record fails: %v, want the record's error", err)
+	}
+	if s := status(m1, "m3"); s != "failed" {
+		t.Fatalf("a Remove(m3) whose record failed left m3 %s on m1, want failed", s)
+	}
+	var recorded cluster.Member
+	if err := m1.Remove("m3", func(m cluster.Member) error { recorded = m; return c.record(m) }); err != nil {
 		t.Fatalf("Remove(m3): %v", err)
 	}
-	gone := func(s string) bool { return s == "left" || s == "unlisted" }
+	if recorded.Name != "m3" || recorded.ID != 3 {
+		t.Errorf("Remove(m3) recorded %s (ID %s), want m3 with ID 3", recorded.Name, recorded.ID)
+	}
+	gone := func(s string) bool { return s == "left" || s == "removed" || s == "unlisted" }
 	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
 		return gone(status(m1, "m3")) && gone(status(m2, "m3")) && len(c.down("m1")) == 0 && len(c.down("m2")) == 0,
 			fmt.Sprintf("after Remove m3 is %s on m1, %s on m2; down peers %v on m1, %v on m2", status(m1, "m3"), status(m2, "m3"), c.down("m1"), c.down("m2"))
 	})
-	if err := m1.Remove("m3"); !errors.Is(err, cluster.ErrMemberNotFailed) && !errors.Is(err, cluster.ErrNoSuchMember) {
+	if err := m1.Remove("m3", c.record); !errors.Is(err, cluster.ErrMemberNotFailed) && !errors.Is(err, cluster.ErrNoSuchMember) {
 		t.Errorf("a second Remove(m3) = %v, want a refusal", err)
+	}
+
+	// m3 comes back under its recorded ID, as a node restarted with its old data would.
+	c.start("m3", 3, m1.Addr())
+	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
+		ok := status(m1, "m3") == "removed" && status(m2, "m3") == "removed"
+		for _, n := range []string{"m1", "m2"} {
+			ok = ok && !slices.Contains(c.live(n), "m3") && !slices.Contains(c.down(n), "m3")
+		}
+		return ok, fmt.Sprintf("the returned m3 is %s on m1, %s on m2; live peers %v on m1, %v on m2; down %v, %v",
+			status(m1, "m3"), status(m2, "m3"), c.live("m1"), c.live("m2"), c.down("m1"), c.down("m2"))
+	})
+	for _, n := range []string{"m1", "m2"} { // and m2 is still a live peer of m1, and m1 of m2
+		if other := map[string]string{"m1": "m2", "m2": "m1"}[n]; !slices.Contains(c.live(n), other) {
+			t.Errorf("%s's live peers %v lack %s", n, c.live(n), other)
+		}
 	}
 }
 
@@ -620,7 +678,8 @@ func TestMembership_RemoveReachesPartitioned(t *testing.T) {
 	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
 		return status(m1, "m2") == "failed", fmt.Sprintf("m2 is %s on m1", status(m1, "m2"))
 	})
-	if err := m1.Remove("m3"); err != nil {
+	// Nothing recorded: this test is about serf's own state, not the removed-node record.
+	if err := m1.Remove("m3", func(cluster.Member) error { return nil }); err != nil {
 		t.Fatalf("Remove(m3): %v", err)
 	}
 	if s := status(m2, "m3"); s != "failed" {

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sessiond/sessiond/crdt"
 	"github.com/valyala/fasthttp"
 )
 
@@ -44,8 +45,9 @@ type TLSTransport struct {
 	server  *fasthttp.Server
 	tlsConf *tls.Config
 	metrics *Metrics
-	guard   *Guard // nil: none; see SetGuard
-	self    string // this node's name, sent with every request (peerHeader)
+	guard   *Guard      // nil: none; see SetGuard
+	self    string      // this node's name, sent with every request (peerHeader)
+	selfID  crdt.NodeID // and its ID (peerIDHeader)
 	ids     atomic.Pointer[identities]
 
 	ctx    context.Context // of the messages served; ends with Shutdown
@@ -329,9 +331,12 @@ func (t *TLSTransport) checkPeer(cs *tls.ConnectionState) error {
 
 // SetGuard makes Serve account invalid messages with g (see ServeMessage), naming each
 // caller by the name its requests carry, as the Replicator's guard (Replicator.Guard)
-// names its peers (Peer.Name); self is this node's name, which its own requests carry.
+// names its peers (Peer.Name); self and selfID are this node's name and ID, which its
+// own requests carry (a node removed for good is refused by its ID: ServeMessage).
 // Call it before Serve.
-func (t *TLSTransport) SetGuard(g *Guard, self string) { t.guard, t.self = g, self }
+func (t *TLSTransport) SetGuard(g *Guard, self string, selfID crdt.NodeID) {
+	t.guard, t.self, t.selfID = g, self, selfID
+}
 
 // selfSigned returns a long-lived certificate for key; peers pin the key, not the
 // certificate.
@@ -365,14 +370,19 @@ func decodeRequest[T any, P request[T]](body []byte) (P, error) {
 var errUnknownKind = errors.New("unknown sync message kind")
 
 // ServeMessage answers one sync message of kind (push, digest, leaves or counters) that
-// peer sent: it decodes body, hands the request to h, and returns the encoded reply (nil
+// peer sent, as node from (0: a caller that does not say, as older builds do):
+// it refuses every message of a removed node (Guard.SetRemoved) with ErrRemoved; it
+// decodes body, hands the request to h, and returns the encoded reply (nil
 // for counters). It is the one place where a peer's bytes enter a node, for every
 // transport. A message that is invalid — undecodable, or refused by h as such (an error
 // matching ErrInvalidMessage) — is accounted against peer by g (counted, logged, backed
 // off), and while g backs peer off its messages are refused unread. The error tells a
 // transport what to answer: ErrInvalidMessage (the sender's fault), errBackedOff, or
 // another (this node's).
-func ServeMessage(ctx context.Context, h Handler, g *Guard, peer, kind string, body []byte) ([]byte, error) {
+func ServeMessage(ctx context.Context, h Handler, g *Guard, peer string, from crdt.NodeID, kind string, body []byte) ([]byte, error) {
+	if g.refuseRemoved(peer, from) {
+		return nil, ErrRemoved
+	}
 	if err := g.Admit(peer); err != nil {
 		return nil, err
 	}
@@ -451,8 +461,12 @@ func (t *TLSTransport) serve(h Handler, kind string) fasthttp.RequestHandler {
 			return
 		}
 		t.metrics.bytes("received", kind, len(body))
-		out, err := ServeMessage(t.ctx, h, t.guard, peer, kind, body)
+		out, err := ServeMessage(t.ctx, h, t.guard, peer, peerID(ctx), kind, body)
 		switch {
+		case errors.Is(err, ErrRemoved):
+			ctx.SetConnectionClose()
+			ctx.Error(err.Error(), http.StatusGone)
+			return
 		case errors.Is(err, ErrInvalidMessage):
 			ctx.Error(err.Error(), http.StatusBadRequest)
 			return
@@ -509,6 +523,20 @@ func readBody(ctx *fasthttp.RequestCtx, limit int) ([]byte, error) {
 // Guard names a peer alike whether it calls or is called. Only holders of the cluster
 // key reach the handler, and one could claim another's name — and do worse anyway.
 const peerHeader = "Sessiond-Peer"
+
+// peerIDHeader carries the caller's node ID (crdt.NodeID.String) on sync requests, so
+// that a node removed for good is refused (ServeMessage). Like peerHeader, only holders
+// of the cluster key can send it, and one could claim another's ID.
+const peerIDHeader = "Sessiond-Peer-Id"
+
+// peerID returns the node ID a sync request's caller gives, or 0 without a valid one.
+func peerID(ctx *fasthttp.RequestCtx) crdt.NodeID {
+	id, err := crdt.ParseNodeID(string(ctx.Request.Header.Peek(peerIDHeader)))
+	if err != nil {
+		return 0
+	}
+	return id
+}
 
 // peerName returns the name a sync request's caller gives, or, without one, its IP.
 func peerName(ctx *fasthttp.RequestCtx) string {
@@ -736,6 +764,9 @@ func (t *TLSTransport) call(ctx context.Context, to Peer, kind string, req encod
 	if t.self != "" {
 		hreq.Header.Set(peerHeader, t.self)
 	}
+	if t.selfID != 0 {
+		hreq.Header.Set(peerIDHeader, t.selfID.String())
+	}
 	resp, err := t.client.Do(hreq)
 	if err != nil {
 		return fmt.Errorf("sync %s to %s: %w", kind, to.Name, err)
@@ -750,6 +781,9 @@ func (t *TLSTransport) call(ctx context.Context, to Peer, kind string, req encod
 		return fmt.Errorf("sync %s to %s: read reply: %w", kind, to.Name, err)
 	}
 	t.metrics.bytes("received", kind, len(out))
+	if resp.StatusCode == http.StatusGone {
+		return fmt.Errorf("sync %s to %s: %w", kind, to.Name, ErrRemoved)
+	}
 	if resp.StatusCode != http.StatusOK {
 		msg := bytes.TrimSpace(out)
 		if len(msg) > maxErrorText { // the peer's text goes into our logs: bound it

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sessiond/sessiond/crdt"
 	"github.com/valyala/fasthttp"
 )
 
@@ -490,4 +491,63 @@ func listen(t *testing.T) net.Listener {
 		t.Fatal(err)
 	}
 	return ln
+}
+
+// TestTLSTransportRemovedNode: a node whose ID the server's guard reports removed for good
+// has every sync request refused, unread, with ErrRemoved on its side (as 410 Gone on the
+// wire), and a Replicator's transport reports that refusal (Config.OnRemoved). Another
+// node's requests, and those of a node that sends no ID (an older build), are served.
+func TestTLSTransportRemovedNode(t *testing.T) {
+	seed := bytes.Repeat([]byte{3}, 32)
+	server, err := NewTLSTransport([][]byte{seed}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := NewGuard(nil, nil)
+	g.SetRemoved(func(id crdt.NodeID) bool { return id == 7 })
+	server.SetGuard(g, "server", 1)
+	h := &stubHandler{}
+	ln := listen(t)
+	done := make(chan error, 1)
+	go func() { done <- server.Serve(ln, h) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		server.Shutdown(ctx)
+		<-done
+	})
+	to := Peer{ID: 1, Name: "server", Addr: ln.Addr().String()}
+	caller := func(name string, id crdt.NodeID) *TLSTransport {
+		tr := newTransport(t, seed)
+		if id != 0 {
+			tr.SetGuard(NewGuard(nil, nil), name, id)
+		}
+		return tr
+	}
+	ctx := context.Background()
+
+	removed := caller("gone", 7)
+	if _, err := removed.Push(ctx, to, PushRequest{From: 7}); !errors.Is(err, ErrRemoved) {
+		t.Errorf("push of the removed node: %v, want ErrRemoved", err)
+	}
+	calls := 0
+	watched := removedWatch{Transport: removed, removed: func() { calls++ }}
+	if _, err := watched.Digest(ctx, to, DigestRequest{Branches: make([]uint64, crdt.DigestBranches)}); !errors.Is(err, ErrRemoved) {
+		t.Errorf("digest of the removed node: %v, want ErrRemoved", err)
+	}
+	if calls != 1 {
+		t.Errorf("the removed node's watch saw %d refusals, want 1", calls)
+	}
+	if n := h.pushes.Load(); n != 0 {
+		t.Errorf("the server handled %d pushes of the removed node", n)
+	}
+
+	for name, tr := range map[string]*TLSTransport{"another node": caller("other", 8), "a node without an ID": caller("", 0)} {
+		if _, err := tr.Push(ctx, to, PushRequest{From: 8}); err != nil {
+			t.Errorf("push of %s: %v", name, err)
+		}
+	}
+	if n := h.pushes.Load(); n != 2 {
+		t.Errorf("the server handled %d pushes, want 2", n)
+	}
 }

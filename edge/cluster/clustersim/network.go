@@ -124,8 +124,19 @@ func (n *Network) Register(addr string, id crdt.NodeID, h cluster.Handler) {
 		g = gh.Guard()
 	}
 	n.RegisterFunc(addr, id, func(ctx context.Context, from, kind string, req []byte) ([]byte, error) {
-		return cluster.ServeMessage(ctx, h, g, from, kind, req)
+		return cluster.ServeMessage(ctx, h, g, from, n.idOf(from), kind, req)
 	})
+}
+
+// idOf returns the node ID registered at addr, the caller's ID as a node's requests
+// carry it; 0 if none is.
+func (n *Network) idOf(addr string) crdt.NodeID {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if ep, ok := n.eps[addr]; ok {
+		return ep.id
+	}
+	return 0
 }
 
 // RegisterFunc makes addr reachable as node id, answered by fn: a node that answers

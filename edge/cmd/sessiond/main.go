@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/edge"
+	"github.com/sessiond/sessiond/edge/cluster"
 )
 
 // version is set at build time with -ldflags "-X main.version=…"; without it,
@@ -343,17 +344,27 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	for ctx.Err() == nil {
+	removed := false
+	for ctx.Err() == nil && !removed {
 		select {
 		case <-ctx.Done():
 		case <-hup:
 			reloadKeys(node, f.keyFile, logger)
+		case <-node.Removed():
+			removed = true
 		}
 	}
 	stop()
+	if removed {
+		logger.Error("stopping: " + cluster.ErrRemoved.Error())
+	}
 	logger.Info("shutting down")
 	if err := node.Close(context.Background()); err != nil {
 		fmt.Fprintln(stderr, "sessiond: shutdown:", err)
+		return 1
+	}
+	if removed {
+		fmt.Fprintln(stderr, "sessiond:", cluster.ErrRemoved)
 		return 1
 	}
 	return 0

@@ -21,8 +21,9 @@ before or after replacing a dead machine — makes every node treat it as left, 
 waits for it any more. Only a member the node at ADDR sees failed can be removed: stop a
 live one first, or let it leave (SIGTERM). That is ADDR's view alone — a live member cut
 off from ADDR looks failed to it — so check GET /v1/cluster on a node of each region
-first. Do not start a removed node again with its data: wipe its data directory, and it
-joins as a new node.
+first. The member's node ID is removed for good: started again with its data, the node is
+refused by every other and stops (exit status 1). Wipe its data directory, and it joins as
+a new node.
 
 The request is signed with the cluster key: give --cluster-key-file (or
 SESSIOND_CLUSTER_KEY_FILE, or the key itself in SESSIOND_CLUSTER_KEY), as to the node.

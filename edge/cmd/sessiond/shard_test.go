@@ -358,7 +358,8 @@ func TestShardedCluster(t *testing.T) {
 		t.Fatalf("sessiond members remove eu-2: %v, %q", err, out)
 	}
 	for _, n := range live {
-		waitFor(t, 30*time.Second, "eu-2 gone on "+n.name, func() bool { st := n.memberStatus(token, "eu-2"); return st == "" || st == "left" })
+		// Listed removed: its node ID's record reached every node.
+		waitFor(t, 30*time.Second, "eu-2 removed on "+n.name, func() bool { return n.memberStatus(token, "eu-2") == "removed" })
 	}
 	placed(live, 8)
 	waitFor(t, 60*time.Second, "eu-1 and eu-3 to store the same keys, all of eu's", func() bool {
@@ -428,6 +429,33 @@ func TestShardedCluster(t *testing.T) {
 		t.Logf("%s stores %.0f keys", n.name, storedKeys(t, n))
 	}
 	t.Logf("%.0f keys handed off and dropped", dropped)
+
+	// eu-2 is started again with its old data, which the operator is told never to do:
+	// its node ID was recorded removed, so the others refuse its sync requests, and it
+	// stops at once, saying why (exit status 1). The others still list it removed.
+	before := storedKeys(t, byName["eu-1"])
+	dead.start()
+	select {
+	case <-dead.exited:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the removed eu-2, started again with its data, still runs after 60s")
+	}
+	if code := dead.cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(dead.logText(), "removed from the cluster for good") {
+		t.Errorf("the removed eu-2 exited with status %d; want 1 and a log saying it was removed for good:\n%s", code, dead.logText())
+	}
+	refused := false // by its ID, before it learned from the record that it was removed
+	for _, n := range live {
+		refused = refused || strings.Contains(n.logText(), "refused a sync request of a node removed from the cluster for good")
+		if st := n.memberStatus(token, "eu-2"); st != "removed" {
+			t.Errorf("%s lists the returned eu-2 %q, want removed", n.name, st)
+		}
+	}
+	if !refused {
+		t.Error("no node logged refusing the returned eu-2's sync requests")
+	}
+	if after := storedKeys(t, byName["eu-1"]); after != before {
+		t.Errorf("eu-1 stored %.0f keys before eu-2 returned and %.0f after", before, after)
+	}
 }
 
 // storedKeys reads sessiond_stored_keys from n's metrics.
