@@ -213,6 +213,11 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 			}
 			continue
 		}
+		if err := n.refusedAsRemoved(resp.StatusCode, resp.Header.Get(wrapBy)); err != nil {
+			_ = resp.Body.Close()
+			cancel()
+			return err
+		}
 		if refusedByChannel(resp.StatusCode, resp.Header.Get(wrapBy)) {
 			_ = resp.Body.Close()
 			cancel()
@@ -253,6 +258,9 @@ func (n *Node) forwardWhole(c *fiber.Ctx, p int, body []byte, repeatable bool, w
 			continue
 		}
 		code := resp.StatusCode()
+		if err := n.refusedAsRemoved(code, string(resp.Header.Peek(wrapBy))); err != nil {
+			return false, err
+		}
 		if refusedByChannel(code, string(resp.Header.Peek(wrapBy))) {
 			continue
 		}
@@ -299,6 +307,18 @@ func (n *Node) forwardFailed(c *fiber.Ctx, peer cluster.Peer, err error, repeata
 // next holder may be asked.
 func refusedByChannel(status int, by string) bool {
 	return status == http.StatusBadGateway || status == http.StatusServiceUnavailable && by == ""
+}
+
+// refusedAsRemoved handles a holder's answer (status, wrapBy) that refused the forward
+// because this node was removed from the cluster for good (the channel's 410): the node
+// learns it (removedNodes.refused), and the request is answered 503, not served here on
+// data the cluster disowned. It returns nil for any other answer.
+func (n *Node) refusedAsRemoved(status int, by string) error {
+	if status != http.StatusGone || by != "" {
+		return nil
+	}
+	n.removed.refused()
+	return functions.Errorf(functions.EUnavailable, "this node was removed from the cluster and is stopping; ask another node")
 }
 
 // noHolder answers a request that no holder of its partition answered: it serves it here

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -31,7 +32,8 @@ func (n *Node) removeMember(c *fiber.Ctx) error {
 	if n.membership == nil {
 		return functions.Errorf(functions.EConflict, "this node runs without a cluster: it has no members to remove")
 	}
-	switch err := n.membership.Remove(name, n.recordRemoved); {
+	record := func(m cluster.Member) error { return n.recordRemoved(c.Context(), m) }
+	switch err := n.membership.Remove(name, record); {
 	case errors.Is(err, cluster.ErrNoSuchMember):
 		return functions.Errorf(functions.ENotFound, "no member %q in this node's view of the cluster", name)
 	case errors.Is(err, cluster.ErrMemberNotFailed):
@@ -45,11 +47,11 @@ func (n *Node) removeMember(c *fiber.Ctx) error {
 // recordRemoved writes the cluster-wide record that marks member's node ID removed for
 // good (crdt.RemovedPrefix), and returns once it is durable here; replication carries it
 // to every node.
-func (n *Node) recordRemoved(member cluster.Member) error {
+func (n *Node) recordRemoved(ctx context.Context, member cluster.Member) error {
 	if member.ID == 0 {
 		return fmt.Errorf("member %s has no node ID to record", member.Name)
 	}
-	return n.db.Update(n.ctx, func(tx *storage.Tx) error {
+	return n.db.Update(ctx, func(tx *storage.Tx) error {
 		_, err := tx.Merge(crdt.RemovedKey(member.ID), crdt.NewRemoved(member.Name, n.db.Clock().Next()))
 		return err
 	})

@@ -52,10 +52,11 @@ type Node struct {
 	kv       *functions.KV
 	cluster  *functions.Cluster
 
-	transport  *cluster.TLSTransport
-	syncLn     net.Listener
-	replicator *cluster.Replicator
-	membership *cluster.Membership
+	syncMetrics *cluster.Metrics // the replicator's, membership's and sync server's
+	transport   *cluster.TLSTransport
+	syncLn      net.Listener
+	replicator  *cluster.Replicator
+	membership  *cluster.Membership
 
 	counters   *cluster.Counters        // login and sign-up counts, cluster-wide (throttle.go)
 	admin      *adminauth.Verifier      // admin routes' authentication (admin.go)
@@ -287,7 +288,7 @@ func (n *Node) Close(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("shut down http: %w", err))
 			}
 		}
-		if n.replicator != nil {
+		if n.replicator != nil && !n.removed.isSelfRemoved() { // a removed node's peers refuse it
 			// What this node acknowledged last reaches its peers before it goes.
 			dctx, dcancel := context.WithTimeout(ctx, drainTimeout)
 			if err := n.replicator.Drain(dctx); err != nil {
@@ -382,6 +383,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 	}
 	cm := cluster.NewMetrics()
 	n.metrics.reg.MustRegister(cm.Collectors()...)
+	n.syncMetrics = cm
 	var seeds, gossipKeys [][]byte
 	for _, k := range keys {
 		seeds = append(seeds, deriveKey(k, purposeSync))
@@ -396,7 +398,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		AntiEntropyEvery: n.cfg.AntiEntropyEvery, Now: n.cfg.Now,
 		MaxSkew: n.cfg.MaxSkew, FetchTimeout: n.cfg.BookmarkTimeout, MoveRate: max(n.cfg.MoveRate, -1) << 20,
 		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
-		OnRemoved: n.removed.selfRemoved,
+		OnRemoved: n.removed.refused,
 	})
 	n.replicator.Guard().SetRemoved(n.removed.has)
 	n.transport.SetGuard(n.replicator.Guard(), n.cfg.NodeName, n.db.NodeID()) // one account of each faulty peer, both ways
@@ -439,8 +441,26 @@ func (n *Node) startCluster(keys [][]byte) error {
 		Logger:   n.cfg.Logger.With("component", "membership", "node", n.cfg.NodeName),
 		Metrics:  cm,
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	n.removed.setHooks(n.membership.Refresh, n.persistRemoved)
+	return nil
 }
+
+// persistRemoved writes this node's own removal record (removedNodes.refused), bounded
+// by removalWriteTimeout; a failure is logged, and the node stops all the same.
+func (n *Node) persistRemoved() {
+	ctx, cancel := context.WithTimeout(context.Background(), removalWriteTimeout)
+	defer cancel()
+	self := cluster.Member{Name: n.cfg.NodeName, ID: n.db.NodeID()}
+	if err := n.recordRemoved(ctx, self); err != nil {
+		n.log.Error("could not record that this node was removed; it stops all the same", slog.Any("err", err))
+	}
+}
+
+// removalWriteTimeout bounds persistRemoved's write.
+const removalWriteTimeout = 5 * time.Second
 
 // stopCluster leaves the cluster (bounded by ctx), then stops the replicator and the sync
 // server. It keeps going after an error and returns the first.

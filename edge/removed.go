@@ -16,11 +16,14 @@ import (
 // node that finds its own ID in the set, or that a peer refuses as removed, must stop:
 // gone is closed then (Node.Removed). Safe for concurrent use.
 type removedNodes struct {
-	mu   sync.RWMutex
-	self crdt.NodeID
-	ids  map[crdt.NodeID]struct{}
-	once sync.Once
-	gone chan struct{}
+	mu      sync.RWMutex
+	self    crdt.NodeID
+	ids     map[crdt.NodeID]struct{}
+	onAdd   func() // called after a node ID is added (membership re-reads its peers); must not block
+	persist func() // records this node's own removal durably (see refused)
+
+	once, refusal sync.Once
+	gone          chan struct{}
 }
 
 func newRemovedNodes() *removedNodes {
@@ -72,16 +75,46 @@ func (r *removedNodes) isSelfRemoved() bool {
 // add records id as removed.
 func (r *removedNodes) add(id crdt.NodeID) {
 	r.mu.Lock()
+	_, had := r.ids[id]
 	r.ids[id] = struct{}{}
-	self := r.self
+	self, onAdd := r.self, r.onAdd
 	r.mu.Unlock()
 	if id == self {
 		r.selfRemoved()
 	}
+	if !had && onAdd != nil {
+		onAdd()
+	}
+}
+
+// setHooks sets onAdd and persist (see removedNodes).
+func (r *removedNodes) setHooks(onAdd, persist func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.onAdd, r.persist = onAdd, persist
 }
 
 // selfRemoved records that this node was removed: gone is closed.
 func (r *removedNodes) selfRemoved() { r.once.Do(func() { close(r.gone) }) }
+
+// refused is called when a peer refuses this node as removed (cluster.ErrRemoved). The
+// node's store may lack its own removal record (it was gone when the record was written,
+// and no peer sends anything to a removed node), so it writes that record first, on a
+// goroutine of its own that ends once the write does (persist is bounded), so that the
+// next Start refuses this data directory; then gone is closed. Must not block.
+func (r *removedNodes) refused() {
+	r.refusal.Do(func() {
+		r.mu.RLock()
+		persist := r.persist
+		r.mu.RUnlock()
+		go func() {
+			if persist != nil {
+				persist()
+			}
+			r.selfRemoved()
+		}()
+	})
+}
 
 // changed is the part of storage's commit hook that notes removed-node records.
 func (r *removedNodes) changed(changes []storage.Change) {

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/edge/cluster"
 	"github.com/sessiond/sessiond/storage"
@@ -60,5 +62,71 @@ func TestRemovedNodes(t *testing.T) {
 	if err := again.Start(context.Background()); !errors.Is(err, cluster.ErrRemoved) {
 		_ = again.Close(context.Background())
 		t.Fatalf("Start on the removed node's data: %v, want ErrRemoved", err)
+	}
+}
+
+// TestRemovedNodeComesBack: b is lost (it stops without leaving), a removes it for good,
+// and b starts again on its old data. a refuses its requests by its ID (counted), lists it
+// removed and not as a peer; b learns it at once (Removed), records its own removal, and a
+// third start on that data is refused.
+func TestRemovedNodeComesBack(t *testing.T) {
+	a := MustStartNode(t, testConfig(t, "a"))
+	bcfg := testConfig(t, "b")
+	bcfg.Join = []string{a.membership.Addr()}
+	start := func() (*Node, error) {
+		t.Helper()
+		b, err := NewNode(bcfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return b, b.Start(ctx)
+	}
+	statusOnA := func() string {
+		for _, m := range a.membership.Members() {
+			if m.Name == "b" {
+				return m.Status
+			}
+		}
+		return ""
+	}
+	b, err := start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "b ready", b.Ready)
+	lost, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = b.Close(lost) // no leave
+	waitFor(t, 30*time.Second, "a to see b failed", func() bool { return statusOnA() == "failed" })
+	if err := a.membership.Remove("b", func(m cluster.Member) error { return a.recordRemoved(context.Background(), m) }); err != nil {
+		t.Fatalf("remove b: %v", err)
+	}
+
+	b, err = start()
+	if err != nil {
+		t.Fatalf("b's second start (its store lacks the removal): %v", err)
+	}
+	select {
+	case <-b.Removed():
+	case <-time.After(30 * time.Second):
+		t.Fatal("b, back on its data, did not learn it was removed")
+	}
+	if !b.removed.has(b.db.NodeID()) {
+		t.Error("b learned it was removed without recording it")
+	}
+	if got := testutil.ToFloat64(a.syncMetrics.RemovedRefused); got == 0 {
+		t.Error("a refused none of b's requests by its ID")
+	}
+	waitFor(t, 20*time.Second, "a to list b removed", func() bool { return statusOnA() == "removed" })
+	if a.replicator.Peers() != 0 {
+		t.Errorf("a has %d peers, want none (b is removed)", a.replicator.Peers())
+	}
+	if err := b.Close(context.Background()); err != nil {
+		t.Errorf("close b: %v", err)
+	}
+	if _, err := start(); !errors.Is(err, cluster.ErrRemoved) {
+		t.Fatalf("b's third start: %v, want ErrRemoved", err)
 	}
 }

@@ -23,7 +23,8 @@ const (
 	MemberFailed  = "failed"
 	MemberLeft    = "left"
 	// MemberRemoved is a member whose node ID an operator removed for good (sessiond
-	// members remove), seen again: it takes no part in the cluster.
+	// members remove): listed so until gossip forgets it (24 h), and again whenever it
+	// comes back on its old data. It takes no part in the cluster.
 	MemberRemoved = "removed"
 )
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/crdt"
+	"golang.org/x/time/rate"
 )
 
 // ErrInvalidMessage is matched (errors.Is) by every error that says a peer's message or
@@ -51,7 +52,8 @@ type Guard struct {
 	mu    sync.Mutex
 	peers map[string]*faultyPeer
 
-	removed func(crdt.NodeID) bool // see SetRemoved; nil: nobody
+	removed    func(crdt.NodeID) bool // see SetRemoved; nil: nobody
+	removedLog *rate.Limiter          // its log lines: a node restarted in a loop calls often
 }
 
 // Guard's bounds.
@@ -76,7 +78,8 @@ func NewGuard(logger *slog.Logger, metrics *Metrics) *Guard {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Guard{log: logger, metrics: metrics, now: time.Now, peers: make(map[string]*faultyPeer)}
+	return &Guard{log: logger, metrics: metrics, now: time.Now, peers: make(map[string]*faultyPeer),
+		removedLog: rate.NewLimiter(rate.Every(guardLogEvery), 1)}
 }
 
 // SetRemoved makes ServeMessage refuse, with ErrRemoved, every message from a caller
@@ -85,12 +88,18 @@ func NewGuard(logger *slog.Logger, metrics *Metrics) *Guard {
 func (g *Guard) SetRemoved(removed func(crdt.NodeID) bool) { g.removed = removed }
 
 // refuseRemoved reports whether id, the node ID of peer (0: unknown), names a removed
-// node, whose messages are refused; it logs each refusal.
+// node, whose requests are refused; it counts each refusal and logs some (one per
+// guardLogEvery).
 func (g *Guard) refuseRemoved(peer string, id crdt.NodeID) bool {
 	if g == nil || g.removed == nil || id == 0 || !g.removed(id) {
 		return false
 	}
-	g.log.Warn("refused a sync request of a node removed from the cluster for good", "peer", peer, "id", id.String())
+	if g.metrics != nil {
+		g.metrics.RemovedRefused.Inc()
+	}
+	if g.removedLog.Allow() {
+		g.log.Warn("refused a request of a node removed from the cluster for good", "peer", peer, "id", id.String())
+	}
 	return true
 }
 

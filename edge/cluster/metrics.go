@@ -20,6 +20,9 @@ type Metrics struct {
 	MoveWait     prometheus.Counter     // seconds that sending waited for the move rate
 	// InvalidMessages counts invalid messages and replies from peers, by kind (Guard).
 	InvalidMessages *prometheus.CounterVec
+	// RemovedRefused counts requests refused because their caller was removed for good
+	// (Guard.SetRemoved).
+	RemovedRefused prometheus.Counter
 
 	awaits [len(awaitedNames)]prometheus.Counter // Awaits' series, resolved once
 }
@@ -94,13 +97,17 @@ func newMetrics() *Metrics {
 			Name: "sessiond_peer_invalid_messages_total",
 			Help: "Sync messages and replies from peers that were invalid (undecodable, out of range, oversized, or naming what was not asked), by kind (push, digest, leaves, counters, push_reply, digest_reply, leaves_reply). Each backs the peer off; any increase means a faulty peer or a bug.",
 		}, []string{"kind"}),
+		RemovedRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sessiond_removed_peer_refused_total",
+			Help: "Sync and forwarded requests refused because their caller is a node removed from the cluster for good (sessiond members remove) that came back with its data. Any increase: that node runs again on its old data directory.",
+		}),
 	}
 }
 
 // Collectors returns every metric, for registering.
 func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.Propagation, m.Revocation, m.Rounds, m.Bytes, m.Rejected, m.Applied, m.MembersGauge,
-		m.Awaits, m.AwaitSeconds, m.Fetches, m.Dropped, m.Moved, m.MoveWait, m.InvalidMessages}
+		m.Awaits, m.AwaitSeconds, m.Fetches, m.Dropped, m.Moved, m.MoveWait, m.InvalidMessages, m.RemovedRefused}
 }
 
 func (m *Metrics) fetched(err error) {

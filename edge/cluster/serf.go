@@ -126,7 +126,9 @@ type Membership struct {
 	serf   *serf.Serf
 	ring   *memberlist.Keyring // gossip's keys; see SetKeys
 	events chan serf.Event
-	log    *slog.Logger
+	// refresh asks noticeLoop to publish at once (Refresh).
+	refresh chan struct{}
+	log     *slog.Logger
 
 	// leaveDelay is serf's LeavePropagateDelay; Close sets it to 0 when no other member
 	// is alive to be told. Serf reads it only in Leave, which Close calls once.
@@ -263,7 +265,7 @@ func StartMembership(cfg MembershipConfig) (*Membership, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start serf on %s: %w", cfg.BindAddr, err)
 	}
-	m := &Membership{cfg: cfg, serf: s, ring: ring, events: events, log: cfg.Logger, leaveDelay: &sc.LeavePropagateDelay, warned: map[string]string{}, sys: sys}
+	m := &Membership{cfg: cfg, serf: s, ring: ring, events: events, refresh: make(chan struct{}, 1), log: cfg.Logger, leaveDelay: &sc.LeavePropagateDelay, warned: map[string]string{}, sys: sys}
 	m.leaving.since = map[string]time.Time{}
 	gossipPort := int(s.Memberlist().LocalNode().Port) // read once: SetTags rewrites the local node
 	m.addr = net.JoinHostPort(host, strconv.Itoa(gossipPort))
@@ -438,8 +440,18 @@ func (m *Membership) publish() {
 	}
 }
 
+// Refresh makes membership hand its peers on again soon (OnPeers), for a change that
+// serf does not report, such as a node recorded removed (MembershipConfig.Removed). It
+// does not block.
+func (m *Membership) Refresh() {
+	select {
+	case m.refresh <- struct{}{}:
+	default:
+	}
+}
+
 // noticeLoop periodically announces this node's digest root, and refreshes the peer list
-// (serf reports suspicion without an event).
+// (serf reports suspicion without an event), and at once when asked (Refresh).
 func (m *Membership) noticeLoop() {
 	t := time.NewTicker(m.cfg.NoticeEvery)
 	defer t.Stop()
@@ -447,6 +459,8 @@ func (m *Membership) noticeLoop() {
 		select {
 		case <-m.ctx.Done():
 			return
+		case <-m.refresh:
+			m.publish()
 		case <-t.C:
 			if m.cfg.Root != nil && m.serf.NumNodes() > 1 {
 				p := binary.BigEndian.AppendUint64(nil, uint64(m.cfg.ID))
@@ -703,8 +717,8 @@ var (
 // let it leave (SIGTERM) — so Remove returns ErrMemberNotFailed for a live, suspect or
 // left member and for this node, ErrNoSuchMember for a name it does not know. "Failed"
 // is this node's view: a live member cut off from this node
-// alone passes, and its removal takes it out of the cluster for good (it stops once its
-// record reaches it) — the caller
+// alone passes, and its removal takes it out of the cluster for good (it stops once a
+// peer refuses it or its record reaches it) — the caller
 // checks first that every region sees it failed. It waits for the removal's broadcast
 // (serf's BroadcastTimeout, leaveBroadcastTimeout); one that did not get out in time is
 // logged, and gossip still carries it. A node cut off for longer than the tombstone's

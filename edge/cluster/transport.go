@@ -524,6 +524,17 @@ func readBody(ctx *fasthttp.RequestCtx, limit int) ([]byte, error) {
 // key reach the handler, and one could claim another's name — and do worse anyway.
 const peerHeader = "Sessiond-Peer"
 
+// identify sets the headers that name this node on a request it sends (peerHeader,
+// peerIDHeader).
+func (t *TLSTransport) identify(set func(k, v string)) {
+	if t.self != "" {
+		set(peerHeader, t.self)
+	}
+	if t.selfID != 0 {
+		set(peerIDHeader, t.selfID.String())
+	}
+}
+
 // peerIDHeader carries the caller's node ID (crdt.NodeID.String) on sync requests, so
 // that a node removed for good is refused (ServeMessage). Like peerHeader, only holders
 // of the cluster key can send it, and one could claim another's ID.
@@ -563,6 +574,11 @@ func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
 	if fwd := t.forward; fwd != nil {
 		routes[forwardPath] = func(ctx *fasthttp.RequestCtx) {
 			if !t.admit(ctx) {
+				return
+			}
+			if t.guard.refuseRemoved(peerName(ctx), peerID(ctx)) {
+				ctx.SetConnectionClose()
+				ctx.Error(ErrRemoved.Error(), http.StatusGone)
 				return
 			}
 			body, err := readBody(ctx, MaxForwardBody)
@@ -761,12 +777,7 @@ func (t *TLSTransport) call(ctx context.Context, to Peer, kind string, req encod
 	if err != nil {
 		return err
 	}
-	if t.self != "" {
-		hreq.Header.Set(peerHeader, t.self)
-	}
-	if t.selfID != 0 {
-		hreq.Header.Set(peerIDHeader, t.selfID.String())
-	}
+	t.identify(hreq.Header.Set)
 	resp, err := t.client.Do(hreq)
 	if err != nil {
 		return fmt.Errorf("sync %s to %s: %w", kind, to.Name, err)
@@ -869,6 +880,7 @@ func (t *TLSTransport) Forward(ctx context.Context, to Peer, req *fasthttp.Reque
 	}
 	req.Header.SetMethod(http.MethodPost)
 	req.SetRequestURI("http://" + to.Addr + forwardPath) // TLS is dialPeer's
+	t.identify(req.Header.Set)
 	req.Header.SetNoDefaultContentType(true)
 	err := t.fwd.DoDeadline(req, resp, deadline)
 	for stale := 0; errors.Is(err, errStale) && stale < 4; stale++ {
@@ -893,6 +905,7 @@ func (t *TLSTransport) ForwardStream(ctx context.Context, to Peer, header http.H
 		return nil, err
 	}
 	req.Header = header
+	t.identify(req.Header.Set)
 	resp, err := t.streams.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("forward to %s: %w", to.Name, err)

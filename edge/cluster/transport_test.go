@@ -494,8 +494,8 @@ func listen(t *testing.T) net.Listener {
 }
 
 // TestTLSTransportRemovedNode: a node whose ID the server's guard reports removed for good
-// has every sync request refused, unread, with ErrRemoved on its side (as 410 Gone on the
-// wire), and a Replicator's transport reports that refusal (Config.OnRemoved). Another
+// has every sync request refused, undecoded, with ErrRemoved on its side (as 410 Gone on
+// the wire), and its forwarded client requests refused with 410, and a Replicator's transport reports that refusal (Config.OnRemoved). Another
 // node's requests, and those of a node that sends no ID (an older build), are served.
 func TestTLSTransportRemovedNode(t *testing.T) {
 	seed := bytes.Repeat([]byte{3}, 32)
@@ -507,6 +507,7 @@ func TestTLSTransportRemovedNode(t *testing.T) {
 	g.SetRemoved(func(id crdt.NodeID) bool { return id == 7 })
 	server.SetGuard(g, "server", 1)
 	h := &stubHandler{}
+	server.HandleForward(func(ctx *fasthttp.RequestCtx) { h.forwards.Add(1) })
 	ln := listen(t)
 	done := make(chan error, 1)
 	go func() { done <- server.Serve(ln, h) }()
@@ -549,5 +550,24 @@ func TestTLSTransportRemovedNode(t *testing.T) {
 	}
 	if n := h.pushes.Load(); n != 2 {
 		t.Errorf("the server handled %d pushes, want 2", n)
+	}
+
+	// Forwarded client requests too: the removed node's are refused with 410 unread.
+	for name, tc := range map[string]struct {
+		tr   *TLSTransport
+		want int
+	}{"the removed node": {removed, http.StatusGone}, "another node": {caller("other", 8), http.StatusOK}} {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := tc.tr.Forward(fctx, to, req, resp)
+		cancel()
+		if err != nil || resp.StatusCode() != tc.want {
+			t.Errorf("forward of %s: %v, status %d; want %d", name, err, resp.StatusCode(), tc.want)
+		}
+		fasthttp.ReleaseRequest(req)
+		fasthttp.ReleaseResponse(resp)
+	}
+	if n := h.forwards.Load(); n != 1 {
+		t.Errorf("the server handled %d forwards, want 1", n)
 	}
 }

@@ -445,7 +445,7 @@ func TestShardedCluster(t *testing.T) {
 	}
 	refused := false // by its ID, before it learned from the record that it was removed
 	for _, n := range live {
-		refused = refused || strings.Contains(n.logText(), "refused a sync request of a node removed from the cluster for good")
+		refused = refused || strings.Contains(n.logText(), "refused a request of a node removed from the cluster for good")
 		if st := n.memberStatus(token, "eu-2"); st != "removed" {
 			t.Errorf("%s lists the returned eu-2 %q, want removed", n.name, st)
 		}

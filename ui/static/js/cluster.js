@@ -7,7 +7,7 @@ import { h, replace, alertBox, hideAlert, showError, busy, loading, empty, scree
 
 const REFRESH_MS = 5000;
 const SHOWN_REQUESTS = 50;
-const STATUS_ORDER = { alive: 0, suspect: 1, failed: 2, left: 3 };
+const STATUS_ORDER = { alive: 0, suspect: 1, failed: 2, left: 3, removed: 4 };
 
 function lagText(ms) {
   if (ms === undefined || ms === null || !Number.isFinite(Number(ms))) return '—';
