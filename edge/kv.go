@@ -350,6 +350,9 @@ func (n *Node) askHolder(peer cluster.Peer, h http.Header) (functions.KVPage, cr
 	if err != nil || len(body) > maxForwardedReply {
 		return functions.KVPage{}, crdt.Bookmark{}, errors.New("incomplete answer")
 	}
+	if err := n.refusedAsRemoved(resp.StatusCode, resp.Header.Get(wrapBy)); err != nil {
+		return functions.KVPage{}, crdt.Bookmark{}, err
+	}
 	if resp.Header.Get(wrapBy) == "" {
 		return functions.KVPage{}, crdt.Bookmark{}, errors.New("refused by the holder's channel: " + resp.Status)
 	}

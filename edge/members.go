@@ -20,8 +20,8 @@ import (
 // ID is recorded removed first (recordRemoved), durably, so that it never takes part
 // again with that ID. A name
 // the node does not know is 404, a name not validly escaped 400; a member that is not
-// failed (alive, suspect, left, or this node), or a node that runs without a cluster,
-// 409.
+// failed (alive, suspect, left, removed, or this node), or a node that runs without a
+// cluster, 409.
 func (n *Node) removeMember(c *fiber.Ctx) error {
 	// Fiber hands the path segment on as sent; node names may hold any character
 	// (sessiond members remove escapes them).

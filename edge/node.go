@@ -400,6 +400,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		Logger: n.cfg.Logger.With("component", "replicator", "node", n.cfg.NodeName), Metrics: cm,
 		OnRemoved: n.removed.refused,
 	})
+	n.removed.setPersist(n.persistRemoved) // before any peer can refuse this node
 	n.replicator.Guard().SetRemoved(n.removed.has)
 	n.transport.SetGuard(n.replicator.Guard(), n.cfg.NodeName, n.db.NodeID()) // one account of each faulty peer, both ways
 	n.replicator.Start()
@@ -444,7 +445,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 	if err != nil {
 		return err
 	}
-	n.removed.setHooks(n.membership.Refresh, n.persistRemoved)
+	n.removed.setOnAdd(n.membership.Refresh)
 	return nil
 }
 

@@ -87,11 +87,19 @@ func (r *removedNodes) add(id crdt.NodeID) {
 	}
 }
 
-// setHooks sets onAdd and persist (see removedNodes).
-func (r *removedNodes) setHooks(onAdd, persist func()) {
+// setPersist sets persist; before the node can be refused (refused reads it once).
+func (r *removedNodes) setPersist(persist func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.onAdd, r.persist = onAdd, persist
+	r.persist = persist
+}
+
+// setOnAdd sets onAdd. A removal that commits before it is set is taken in by
+// membership's own first reading of its peers, or its next periodic one.
+func (r *removedNodes) setOnAdd(onAdd func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.onAdd = onAdd
 }
 
 // selfRemoved records that this node was removed: gone is closed.

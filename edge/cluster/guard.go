@@ -53,7 +53,7 @@ type Guard struct {
 	peers map[string]*faultyPeer
 
 	removed    func(crdt.NodeID) bool // see SetRemoved; nil: nobody
-	removedLog *rate.Limiter          // its log lines: a node restarted in a loop calls often
+	removedLog *rate.Limiter          // its log lines: a returning node calls several times before it stops
 }
 
 // Guard's bounds.

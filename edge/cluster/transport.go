@@ -576,17 +576,19 @@ func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
 			if !t.admit(ctx) {
 				return
 			}
-			if t.guard.refuseRemoved(peerName(ctx), peerID(ctx)) {
-				ctx.SetConnectionClose()
-				ctx.Error(ErrRemoved.Error(), http.StatusGone)
-				return
-			}
 			body, err := readBody(ctx, MaxForwardBody)
 			if err != nil {
 				ctx.SetConnectionClose()
 				ctx.Error("forwarded body: "+err.Error(), http.StatusRequestEntityTooLarge)
 				return
 			}
+			// After the body is read, so that the caller gets the answer, not a reset.
+			if t.guard.refuseRemoved(peerName(ctx), peerID(ctx)) {
+				ctx.Error(ErrRemoved.Error(), http.StatusGone)
+				return
+			}
+			ctx.Request.Header.Del(peerHeader) // the channel's, not the API's
+			ctx.Request.Header.Del(peerIDHeader)
 			ctx.Request.SetBodyRaw(body) // read whole: the handler runs the API on it
 			fwd(ctx)
 		}

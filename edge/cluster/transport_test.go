@@ -552,7 +552,7 @@ func TestTLSTransportRemovedNode(t *testing.T) {
 		t.Errorf("the server handled %d pushes, want 2", n)
 	}
 
-	// Forwarded client requests too: the removed node's are refused with 410 unread.
+	// Forwarded client requests too: the removed node's are refused with 410, never handled.
 	for name, tc := range map[string]struct {
 		tr   *TLSTransport
 		want int

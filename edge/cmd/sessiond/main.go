@@ -359,12 +359,14 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		logger.Error("stopping: " + cluster.ErrRemoved.Error())
 	}
 	logger.Info("shutting down")
-	if err := node.Close(context.Background()); err != nil {
+	err = node.Close(context.Background())
+	if err != nil {
 		fmt.Fprintln(stderr, "sessiond: shutdown:", err)
-		return 1
 	}
 	if removed {
 		fmt.Fprintln(stderr, "sessiond:", cluster.ErrRemoved)
+	}
+	if err != nil || removed {
 		return 1
 	}
 	return 0
