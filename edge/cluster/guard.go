@@ -20,9 +20,9 @@ import (
 // never a panic, and are counted and backed off (Guard).
 var ErrInvalidMessage = errors.New("invalid sync message")
 
-// ErrRemoved refuses the sync messages of a node removed from the cluster for good
-// (Guard.SetRemoved); a caller's transport returns it for such a refusal, so that the
-// removed node learns it (Config.OnRemoved).
+// ErrRemoved refuses the sync and forwarded requests of a node removed from the cluster
+// for good (Guard.SetRemoved); a caller's transport returns it for such a refusal of a
+// sync request, so that the removed node learns it (Config.OnRemoved).
 var ErrRemoved = errors.New("this node was removed from the cluster for good (sessiond members remove): it must not rejoin with its data; wipe its data directory, which gives it a new node ID")
 
 // invalid returns err wrapped in ErrInvalidMessage (nil for nil).

@@ -714,8 +714,8 @@ var (
 // a failed member still counts where data must reach every member that may come back
 // (handoff keeps a node's own writes until such holders confirm them); after, nothing
 // waits for it. Only a member this node sees failed can be removed — stop a live one, or
-// let it leave (SIGTERM) — so Remove returns ErrMemberNotFailed for a live, suspect or
-// left member and for this node, ErrNoSuchMember for a name it does not know. "Failed"
+// let it leave (SIGTERM) — so Remove returns ErrMemberNotFailed for a live, suspect,
+// left or removed member and for this node, ErrNoSuchMember for a name it does not know. "Failed"
 // is this node's view: a live member cut off from this node
 // alone passes, and its removal takes it out of the cluster for good (it stops once a
 // peer refuses it or its record reaches it) — the caller
