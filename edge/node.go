@@ -57,6 +57,7 @@ type Node struct {
 	syncLn      net.Listener
 	replicator  *cluster.Replicator
 	membership  *cluster.Membership
+	members     atomic.Pointer[cluster.Membership] // membership, for the sync server (memberID)
 
 	counters   *cluster.Counters        // login and sign-up counts, cluster-wide (throttle.go)
 	admin      *adminauth.Verifier      // admin routes' authentication (admin.go)
@@ -401,7 +402,7 @@ func (n *Node) startCluster(keys [][]byte) error {
 		OnRemoved: n.removed.refused,
 	})
 	n.removed.setPersist(n.persistRemoved) // before any peer can refuse this node
-	n.replicator.Guard().SetRemoved(n.removed.has)
+	n.replicator.Guard().SetRemoved(n.removed.has, n.memberID)
 	n.transport.SetGuard(n.replicator.Guard(), n.cfg.NodeName, n.db.NodeID()) // one account of each faulty peer, both ways
 	n.replicator.Start()
 	if n.counters, err = cluster.NewCounters(cluster.CountersConfig{
@@ -446,7 +447,17 @@ func (n *Node) startCluster(keys [][]byte) error {
 		return err
 	}
 	n.removed.setOnAdd(n.membership.Refresh)
+	n.members.Store(n.membership)
 	return nil
+}
+
+// memberID returns the node ID of the member called name in membership's view, for the
+// sync server (cluster.Guard.SetRemoved); none before membership starts.
+func (n *Node) memberID(name string) (crdt.NodeID, bool) {
+	if m := n.members.Load(); m != nil {
+		return m.IDOf(name)
+	}
+	return 0, false
 }
 
 // persistRemoved writes this node's own removal record (removedNodes.refused), bounded

@@ -120,6 +120,10 @@ func TestRemovedNodeComesBack(t *testing.T) {
 		t.Error("a refused none of b's requests by its ID")
 	}
 	waitFor(t, 20*time.Second, "a to list b removed", func() bool { return statusOnA() == "removed" })
+	// A build that sends no ID would be known by its name: a maps it to b's removed ID.
+	if id, ok := a.memberID("b"); !ok || id != b.db.NodeID() || !a.removed.has(id) {
+		t.Errorf("a maps the name b to %s (known %v), want b's removed ID %s", id, ok, b.db.NodeID())
+	}
 	if a.replicator.Peers() != 0 {
 		t.Errorf("a has %d peers, want none (b is removed)", a.replicator.Peers())
 	}

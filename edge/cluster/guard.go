@@ -52,8 +52,9 @@ type Guard struct {
 	mu    sync.Mutex
 	peers map[string]*faultyPeer
 
-	removed    func(crdt.NodeID) bool // see SetRemoved; nil: nobody
-	removedLog *rate.Limiter          // its log lines: a returning node calls several times before it stops
+	removed    func(crdt.NodeID) bool                // see SetRemoved; nil: nobody
+	idOf       func(name string) (crdt.NodeID, bool) // see SetRemoved; nil: callers without an ID pass
+	removedLog *rate.Limiter                         // its log lines: a returning node calls several times before it stops
 }
 
 // Guard's bounds.
@@ -84,14 +85,25 @@ func NewGuard(logger *slog.Logger, metrics *Metrics) *Guard {
 
 // SetRemoved makes ServeMessage refuse, with ErrRemoved, every message from a caller
 // whose node ID removed reports: a node removed from the cluster for good
-// (crdt.RemovedPrefix). removed must be safe for concurrent use. Call it before serving.
-func (g *Guard) SetRemoved(removed func(crdt.NodeID) bool) { g.removed = removed }
+// (crdt.RemovedPrefix). A caller that sends no ID (a build from before IDs were sent)
+// is known by the ID that idOf gives for the name it sends (membership's view of the
+// member of that name), if idOf is not nil. Both must be safe for concurrent use. Call
+// it before serving.
+func (g *Guard) SetRemoved(removed func(crdt.NodeID) bool, idOf func(name string) (crdt.NodeID, bool)) {
+	g.removed, g.idOf = removed, idOf
+}
 
-// refuseRemoved reports whether id, the node ID of peer (0: unknown), names a removed
-// node, whose requests are refused; it counts each refusal and logs some (one per
-// guardLogEvery).
+// refuseRemoved reports whether id, the node ID of peer (0: unknown, then the ID of the
+// member named peer, if any), names a removed node, whose requests are refused; it counts
+// each refusal and logs some (one per guardLogEvery).
 func (g *Guard) refuseRemoved(peer string, id crdt.NodeID) bool {
-	if g == nil || g.removed == nil || id == 0 || !g.removed(id) {
+	if g == nil || g.removed == nil {
+		return false
+	}
+	if id == 0 && g.idOf != nil {
+		id, _ = g.idOf(peer)
+	}
+	if id == 0 || !g.removed(id) {
 		return false
 	}
 	if g.metrics != nil {

@@ -440,6 +440,18 @@ func (m *Membership) publish() {
 	}
 }
 
+// IDOf returns the node ID that the member called name gossips, and whether serf knows
+// such a member (any status). Safe for concurrent use.
+func (m *Membership) IDOf(name string) (crdt.NodeID, bool) {
+	for _, sm := range m.serf.Members() {
+		if sm.Name == name {
+			id, err := crdt.ParseNodeID(sm.Tags[tagID])
+			return id, err == nil
+		}
+	}
+	return 0, false
+}
+
 // Refresh makes membership hand its peers on again soon (OnPeers), for a change that
 // serf does not report, such as a node recorded removed (MembershipConfig.Removed). It
 // does not block.

@@ -622,6 +622,12 @@ func TestMembership_RemoveFailed(t *testing.T) {
 	if recorded.Name != "m3" || recorded.ID != 3 {
 		t.Errorf("Remove(m3) recorded %s (ID %s), want m3 with ID 3", recorded.Name, recorded.ID)
 	}
+	if id, ok := m1.IDOf("m3"); !ok || id != 3 {
+		t.Errorf("IDOf(m3) = %s, %v; want 3, true (serf still lists the removed member)", id, ok)
+	}
+	if id, ok := m1.IDOf("m9"); ok {
+		t.Errorf("IDOf(m9) = %s, true; want no such member", id)
+	}
 	gone := func(s string) bool { return s == "left" || s == "removed" || s == "unlisted" }
 	clustersim.WaitFor(t, 20*time.Second, func() (bool, string) {
 		return gone(status(m1, "m3")) && gone(status(m2, "m3")) && len(c.down("m1")) == 0 && len(c.down("m2")) == 0,

@@ -495,8 +495,10 @@ func listen(t *testing.T) net.Listener {
 
 // TestTLSTransportRemovedNode: a node whose ID the server's guard reports removed for good
 // has every sync request refused, undecoded, with ErrRemoved on its side (as 410 Gone on
-// the wire), and its forwarded client requests refused with 410, and a Replicator's transport reports that refusal (Config.OnRemoved). Another
-// node's requests, and those of a node that sends no ID (an older build), are served.
+// the wire), and its forwarded client requests refused with 410; so has a node of an
+// older build, which sends only its name, when membership knows that name by the removed
+// ID. A Replicator's transport reports the refusal (Config.OnRemoved). Another node's
+// requests, and those of a caller that gives neither, are served.
 func TestTLSTransportRemovedNode(t *testing.T) {
 	seed := bytes.Repeat([]byte{3}, 32)
 	server, err := NewTLSTransport([][]byte{seed}, nil)
@@ -504,7 +506,13 @@ func TestTLSTransportRemovedNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := NewGuard(nil, nil)
-	g.SetRemoved(func(id crdt.NodeID) bool { return id == 7 })
+	// An older build sends its name only: membership knows it as the member of ID 7.
+	g.SetRemoved(func(id crdt.NodeID) bool { return id == 7 }, func(name string) (crdt.NodeID, bool) {
+		if name == "gone" {
+			return 7, true
+		}
+		return 0, false
+	})
 	server.SetGuard(g, "server", 1)
 	h := &stubHandler{}
 	server.HandleForward(func(ctx *fasthttp.RequestCtx) { h.forwards.Add(1) })
@@ -520,7 +528,7 @@ func TestTLSTransportRemovedNode(t *testing.T) {
 	to := Peer{ID: 1, Name: "server", Addr: ln.Addr().String()}
 	caller := func(name string, id crdt.NodeID) *TLSTransport {
 		tr := newTransport(t, seed)
-		if id != 0 {
+		if name != "" {
 			tr.SetGuard(NewGuard(nil, nil), name, id)
 		}
 		return tr
@@ -530,6 +538,9 @@ func TestTLSTransportRemovedNode(t *testing.T) {
 	removed := caller("gone", 7)
 	if _, err := removed.Push(ctx, to, PushRequest{From: 7}); !errors.Is(err, ErrRemoved) {
 		t.Errorf("push of the removed node: %v, want ErrRemoved", err)
+	}
+	if _, err := caller("gone", 0).Push(ctx, to, PushRequest{From: 7}); !errors.Is(err, ErrRemoved) {
+		t.Errorf("push of the removed node on an older build (its name only): %v, want ErrRemoved", err)
 	}
 	calls := 0
 	watched := removedWatch{Transport: removed, removed: func() { calls++ }}
@@ -543,7 +554,7 @@ func TestTLSTransportRemovedNode(t *testing.T) {
 		t.Errorf("the server handled %d pushes of the removed node", n)
 	}
 
-	for name, tr := range map[string]*TLSTransport{"another node": caller("other", 8), "a node without an ID": caller("", 0)} {
+	for name, tr := range map[string]*TLSTransport{"another node": caller("other", 8), "a caller that gives neither name nor ID": caller("", 0)} {
 		if _, err := tr.Push(ctx, to, PushRequest{From: 8}); err != nil {
 			t.Errorf("push of %s: %v", name, err)
 		}
