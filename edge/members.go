@@ -18,10 +18,9 @@ import (
 // removeMember serves DELETE /v1/admin/members/{name}: an operator declares a failed
 // member gone for good (cluster.Membership.Remove), 200 {name, status: "left"}. Its node
 // ID is recorded removed first (recordRemoved), durably, so that it never takes part
-// again with that ID. A name
-// the node does not know is 404, a name not validly escaped 400; a member that is not
-// failed (alive, suspect, left, removed, or this node), or a node that runs without a
-// cluster, 409.
+// again with that ID. A name the node does not know is 404, a name not validly escaped
+// 400; a member that is not failed (alive, suspect, left, removed, or this node), or a
+// node that runs without a cluster, 409.
 func (n *Node) removeMember(c *fiber.Ctx) error {
 	// Fiber hands the path segment on as sent; node names may hold any character
 	// (sessiond members remove escapes them).
