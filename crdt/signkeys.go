@@ -18,6 +18,10 @@ const (
 	FieldSigningPublic = "public"       // FWW: the Ed25519 public key; its TS is the key's creation
 	FieldSigningFrom   = "from"         // FWW: when the key starts signing, Unix nanoseconds
 	FieldSignedUntil   = "signed_until" // Max: the latest a node reports having signed with it, Unix nanoseconds
+	// FieldExpiresUntil (Max) is the latest expiry, Unix nanoseconds, of a token signed
+	// with the key that outlives the usual token lifetime (an app's session of up to a
+	// year), as a node reports it before it hands that token out.
+	FieldExpiresUntil = "expires_until"
 	// SealedPrefix names one sealing of the private key: sealed/<seal id> (LWW), the id
 	// naming the cluster key it was sealed under. A tombstone once the key is retired.
 	SealedPrefix = "sealed/"
@@ -35,7 +39,10 @@ type SigningKey struct {
 	// SignedUntil is the latest time a node reported signing a token with the key after
 	// a newer key had taken over (zero when none did).
 	SignedUntil time.Time
-	Sealed      map[string][]byte // seal id → sealed private key; values alias the Map
+	// ExpiresUntil is the latest expiry a node reported for a token signed with the key
+	// that outlives the usual lifetime (zero when none did).
+	ExpiresUntil time.Time
+	Sealed       map[string][]byte // seal id → sealed private key; values alias the Map
 }
 
 // ReadSigningKey returns the typed view of the signing key record m.
@@ -49,6 +56,9 @@ func ReadSigningKey(kid string, m *Map) SigningKey {
 	}
 	if u := m.MaxOf(FieldSignedUntil); u > 0 {
 		k.SignedUntil = time.Unix(0, u).UTC()
+	}
+	if u := m.MaxOf(FieldExpiresUntil); u > 0 {
+		k.ExpiresUntil = time.Unix(0, u).UTC()
 	}
 	for name, f := range m.fields {
 		if id, ok := strings.CutPrefix(name, SealedPrefix); ok && f.Kind == KindLWW && !f.Deleted {
@@ -93,5 +103,13 @@ func UnsealSigningKey(sealIDs []string, ts Timestamp) Map {
 func SignedWith(until time.Time, ts Timestamp) Map {
 	var m Map
 	m.Raise(FieldSignedUntil, until.UnixNano(), ts)
+	return m
+}
+
+// ExpiresWith returns the update, at ts, that records a token signed with the key that
+// expires at until (the latest such expiry wins).
+func ExpiresWith(until time.Time, ts Timestamp) Map {
+	var m Map
+	m.Raise(FieldExpiresUntil, until.UnixNano(), ts)
 	return m
 }

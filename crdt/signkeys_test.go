@@ -12,25 +12,25 @@ import (
 
 // TestSigningKey: a signing key record read back, and its updates merged in any order on
 // several replicas, give every replica the same view: the first public key and start
-// written, the latest signed_until, the sealings last written and not deleted.
+// written, the latest signed_until and expires_until, the sealings last written and not deleted.
 func TestSigningKey(t *testing.T) {
 	pub := bytes.Repeat([]byte{7}, 32)
 	from := time.Date(2030, 1, 2, 3, 4, 5, 6, time.UTC)
 	created := crdt.Timestamp{Wall: from.Add(-time.Minute).UnixNano(), Node: 3}
 	k := crdt.NewSigningKey(pub, from, created)
 	got := crdt.ReadSigningKey("kid", &k)
-	if got.KID != "kid" || !bytes.Equal(got.Public, pub) || got.Created != created || !got.From.Equal(from) || !got.SignedUntil.IsZero() || got.Sealed != nil {
+	if got.KID != "kid" || !bytes.Equal(got.Public, pub) || got.Created != created || !got.From.Equal(from) || !got.SignedUntil.IsZero() || !got.ExpiresUntil.IsZero() || got.Sealed != nil {
 		t.Fatalf("ReadSigningKey(new) = %+v", got)
 	}
 
 	rapid.Check(t, func(t *rapid.T) {
 		at := func(i int) crdt.Timestamp { return crdt.Timestamp{Wall: created.Wall + int64(i), Node: 3} }
 		var updates []crdt.Map
-		until := time.Time{}
+		until, expires := time.Time{}, time.Time{}
 		live := map[string][]byte{}
 		for i := range rapid.IntRange(1, 12).Draw(t, "updates") {
 			ts := at(i + 1)
-			switch rapid.IntRange(0, 2).Draw(t, "kind") {
+			switch rapid.IntRange(0, 3).Draw(t, "kind") {
 			case 0:
 				u := from.Add(time.Duration(rapid.IntRange(0, 1000).Draw(t, "until")) * time.Second)
 				if u.After(until) {
@@ -46,6 +46,12 @@ func TestSigningKey(t *testing.T) {
 				id := rapid.SampledFrom([]string{"a", "b"}).Draw(t, "unseal")
 				delete(live, id)
 				updates = append(updates, crdt.UnsealSigningKey([]string{id}, ts))
+			case 3:
+				e := from.Add(time.Duration(rapid.IntRange(0, 1000).Draw(t, "expires")) * time.Hour)
+				if e.After(expires) {
+					expires = e
+				}
+				updates = append(updates, crdt.ExpiresWith(e, ts))
 			}
 		}
 		// A second creation by another node loses to the first (first writer wins).
@@ -56,8 +62,8 @@ func TestSigningKey(t *testing.T) {
 				m.Merge(u)
 			}
 			got := crdt.ReadSigningKey("kid", &m)
-			if !bytes.Equal(got.Public, pub) || got.Created != created || !got.From.Equal(from) || !got.SignedUntil.Equal(until) {
-				t.Fatalf("replica %d: %+v; want the first public key and start, signed until %v", r, got, until)
+			if !bytes.Equal(got.Public, pub) || got.Created != created || !got.From.Equal(from) || !got.SignedUntil.Equal(until) || !got.ExpiresUntil.Equal(expires) {
+				t.Fatalf("replica %d: %+v; want the first public key and start, signed until %v, expires until %v", r, got, until, expires)
 			}
 			if len(got.Sealed) != len(live) {
 				t.Fatalf("replica %d: sealings %v, want %v", r, got.Sealed, live)

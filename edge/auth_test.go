@@ -67,7 +67,7 @@ func TestAuth_SessionArrivesAfterTheRead(t *testing.T) {
 	expires := created.Time().Add(time.Hour)
 	var bm crdt.Bookmark
 	bm.Add(created)
-	token, err := n.tokens.sign(u.ID, sid, expires, bm, 0)
+	token, err := n.tokens.sign(context.Background(), u.ID, sid, expires, bm, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

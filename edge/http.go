@@ -438,7 +438,7 @@ func (n *Node) login(c *fiber.Ctx) error {
 		}
 		created = rc.shown.Clone()
 	}
-	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt, created, 0)
+	tok, err := n.tokens.sign(c.UserContext(), s.UserID, s.ID, s.ExpiresAt, created, 0)
 	if err != nil {
 		return err
 	}
@@ -475,7 +475,7 @@ func (n *Node) renewSession(c *fiber.Ctx) error {
 	if rc := requestIn(c.UserContext()); rc != nil {
 		created = rc.shown.Clone()
 	}
-	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt, created, gen)
+	tok, err := n.tokens.sign(c.UserContext(), s.UserID, s.ID, s.ExpiresAt, created, gen)
 	if err != nil {
 		return err
 	}

@@ -378,7 +378,7 @@ func TestAuth_SigningKeyArrivesLate(t *testing.T) {
 	elsewhere := newTokens([][]byte{testKey}, n.cfg.Now)
 	ring, _ := newKeyRing([]crdt.SigningKey{crdt.ReadSigningKey(k.kid, &rec)}, [][]byte{testKey}, time.Hour)
 	elsewhere.ring.Store(ring)
-	token, err := elsewhere.sign(u.ID, s.ID, s.ExpiresAt, crdt.Bookmark{}, 0)
+	token, err := elsewhere.sign(context.Background(), u.ID, s.ID, s.ExpiresAt, crdt.Bookmark{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -588,5 +588,101 @@ func TestSigningKeys_TwoFirstKeys(t *testing.T) {
 		if set := fetchJWKS(t, c); len(set.Keys) != 2 {
 			t.Errorf("%s publishes %d keys, want both", n.cfg.NodeName, len(set.Keys))
 		}
+	}
+}
+
+// TestSigningKeys_AppSessionOutlivesRotation: an app's session may live up to a year,
+// far longer than --session-ttl. A rotation must not cut its token short: the node
+// records, before it hands the token out, that the key verifies until the token expires,
+// and the old key stays published and verifying until then — and retires after.
+func TestSigningKeys_AppSessionOutlivesRotation(t *testing.T) {
+	clock := newFakeClock(time.Now())
+	cfg := testConfig(t, "outlive-0")
+	cfg.Now = clock.Now
+	cfg.SessionTTL = time.Hour
+	n := MustStartNode(t, cfg)
+	c := newTestClient(t, n)
+	shop := mustCreateApp(t, n, "shop")
+	const ttl = 30 * 24 * time.Hour
+	resp, body := c.do("POST", "/v1/service/sessions", shop, map[string]any{"subject": "s1", "ttl": int64(ttl.Seconds()), "idle_ttl": int64(ttl.Seconds())})
+	var created api.ServiceSessionResponse
+	if resp.StatusCode != http.StatusCreated || json.Unmarshal(body, &created) != nil {
+		t.Fatalf("create an app session: %d %s", resp.StatusCode, body)
+	}
+	oldKid, _ := tokenHeader(t, created.Token)["kid"].(string)
+	m, ok, err := n.db.Record(context.Background(), crdt.SigningKeyKey(oldKid))
+	if err != nil || !ok {
+		t.Fatalf("the key's record: %v, %v", ok, err)
+	}
+	if rec := crdt.ReadSigningKey(oldKid, &m); rec.ExpiresUntil.Before(created.Session.ExpiresAt) {
+		t.Fatalf("the key's record says its tokens expire until %v; the app's token expires at %v", rec.ExpiresUntil, created.Session.ExpiresAt)
+	}
+
+	if _, _, err := n.signing.rotate(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(cfg.SessionTTL + tokenLeeway + time.Minute) // past a user token's lifetime
+	if err := n.signing.maintain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := c.do("GET", "/v1/sessions/current", created.Token, nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("the app's token after a rotation, past --session-ttl: %d %s", resp.StatusCode, body)
+	}
+	if _, err := verifyOutside(fetchJWKS(t, c), created.Token); err != nil {
+		t.Errorf("a backend with the key set refuses the app's token after a rotation: %v", err)
+	}
+
+	clock.Add(ttl) // past the token's expiry: the old key retires
+	if err := n.signing.maintain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := n.tokens.ring.Load().verifying(oldKid, clock.Now()); ok {
+		t.Errorf("the old key still verifies once its last token expired")
+	}
+	for _, k := range fetchJWKS(t, c).Keys {
+		if k.Kid == oldKid {
+			t.Errorf("the old key is still published once its last token expired")
+		}
+	}
+}
+
+// TestTokens_CachedKeyRetires: a token verified once is cached, but the cache does not
+// outlast its key: once a rotation retired the key, the token is refused here too, as on
+// a node that never saw it (a token forged with a leaked key and a far expiry, say).
+func TestTokens_CachedKeyRetires(t *testing.T) {
+	clock := newFakeClock(time.Now())
+	cfg := testConfig(t, "cached-0")
+	cfg.Now = clock.Now
+	n := MustStartNode(t, cfg)
+	signUp(t, newTestClient(t, n), "alice")
+	key := n.tokens.ring.Load().signer(clock.Now())
+	if key == nil {
+		t.Fatal("no signing key")
+	}
+	now := clock.Now()
+	forged := jwt.NewWithClaims(jwt.SigningMethodEdDSA, claims{SessionID: "s1", RegisteredClaims: jwt.RegisteredClaims{
+		Issuer: tokenIssuer, Subject: "u1", Audience: jwt.ClaimStrings{tokenAudience}, ID: "s1",
+		IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(365 * 24 * time.Hour)),
+	}})
+	forged.Header["kid"] = key.kid
+	raw, err := forged.SignedString(key.private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.tokens.verify(raw); err != nil {
+		t.Fatalf("the token before the rotation: %v", err)
+	}
+	if _, _, err := n.signing.rotate(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(n.cfg.SessionTTL + tokenLeeway + time.Minute)
+	if err := n.signing.maintain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := n.tokens.ring.Load().verifying(key.kid, clock.Now()); ok {
+		t.Fatal("the old key did not retire")
+	}
+	if _, err := n.tokens.verify(raw); err == nil {
+		t.Errorf("a token of a retired key is still accepted from the cache")
 	}
 }

@@ -260,7 +260,7 @@ func (n *Node) createServiceSession(c *fiber.Ctx) error {
 	if rc := requestIn(c.UserContext()); rc != nil {
 		created = rc.shown.Clone()
 	}
-	tok, err := n.tokens.sign(s.UserID, s.ID, s.ExpiresAt, created, 0)
+	tok, err := n.tokens.sign(c.UserContext(), s.UserID, s.ID, s.ExpiresAt, created, 0)
 	if err != nil {
 		return err
 	}

@@ -50,13 +50,16 @@ type signing struct {
 	mu       sync.Mutex // serialises loads and writes
 	warned   map[string]bool
 	lookedUp time.Time // the latest reload by lookup
+
+	expiresMu sync.Mutex           // serialises outlives' writes
+	expires   map[string]time.Time // kid → the latest expiry outlives recorded
 }
 
 // newSigning returns the signing keys of db for t; kick is the channel
 // signingKeysChanged pokes.
 func newSigning(db signKeyStore, t *tokens, clusterKeys [][]byte, lifetime time.Duration, now func() time.Time, kick chan struct{}, log *slog.Logger) *signing {
 	s := &signing{db: db, tokens: t, lifetime: lifetime, now: now, log: log,
-		mayCreate: func() bool { return true }, kick: kick, warned: map[string]bool{}}
+		mayCreate: func() bool { return true }, kick: kick, warned: map[string]bool{}, expires: map[string]time.Time{}}
 	s.clusterKeys.Store(&clusterKeys)
 	return s
 }
@@ -99,6 +102,7 @@ func (n *Node) startSigning(keys [][]byte) error {
 		n.cfg.Logger.With("component", "signing", "node", n.cfg.NodeName))
 	n.signing.mayCreate = func() bool { return len(n.cfg.Join) == 0 || n.ready.Load() }
 	n.tokens.lookup = n.signing.lookup
+	n.tokens.outlives = n.signing.outlives
 	membership := n.membership
 	n.tokens.hs256Only = func() bool { return !everyMemberVerifiesEdDSA(membership.Members()) }
 	return n.signing.maintain(n.ctx)
@@ -188,6 +192,45 @@ func (s *signing) lookup(kid string) *keyRing {
 		}
 	}
 	return s.tokens.ring.Load()
+}
+
+// expiresEvery rounds up the expiries outlives records, so that a steady stream of
+// long-lived tokens costs each node one write per key this often.
+const expiresEvery = time.Hour
+
+// outlives is the tokens' hook for a token signed at now with the key kid that expires
+// at expires. A token that expires within the usual lifetime is covered already: the key
+// verifies for that long after it last signed (signkeys.go). A later one (an app's
+// session, up to a year) is not, so before it is handed out the key's record must say
+// that the key verifies until then (crdt.FieldExpiresUntil, rounded up to expiresEvery):
+// outlives writes that, durably, unless this node did or the record says so already. An
+// error means the token must not be handed out: a rotation could retire its key first.
+func (s *signing) outlives(ctx context.Context, kid string, now, expires time.Time) error {
+	if !expires.After(now.Add(s.lifetime)) {
+		return nil
+	}
+	until := expires.Truncate(expiresEvery).Add(expiresEvery)
+	s.expiresMu.Lock()
+	defer s.expiresMu.Unlock()
+	if !s.expires[kid].Before(until) {
+		return nil
+	}
+	if k := s.tokens.ring.Load().keys[kid]; k != nil && !k.expiresUntil.Before(until) {
+		s.expires[kid] = k.expiresUntil
+		return nil
+	}
+	err := s.db.Update(ctx, func(tx *storage.Tx) error {
+		_, err := tx.Merge(crdt.SigningKeyKey(kid), crdt.ExpiresWith(until, s.db.Clock().Next()))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("record the expiry of a token of signing key %s: %w", kid, err)
+	}
+	if len(s.expires) >= maxRingKeys { // bounded: a key beyond is long retired
+		clear(s.expires)
+	}
+	s.expires[kid] = until
+	return nil
 }
 
 // maintain reloads the ring and brings the records in line with it, in one write:

@@ -33,11 +33,14 @@ import (
 //     newer one, and the other keeps verifying.
 //   - A key is superseded once a newer key starts signing (the earliest From of the newer
 //     keys). It then verifies until the last token it signed has expired — lifetime (the
-//     longest a token lives: --session-ttl, plus the leeway) after the later of its
+//     usual longest a token lives: --session-ttl, plus the leeway) after the later of its
 //     supersession and the latest time a node reports having signed with it
 //     (crdt.FieldSignedUntil: a node that signed with it after it was superseded, because
-//     it had not yet heard of the newer key, says so) — and then leaves the JWKS and stops
-//     verifying ("retired"). Its sealings are deleted then.
+//     it had not yet heard of the newer key, says so), or, if later, the leeway after the
+//     latest expiry a node reports for a token of the key that outlives that lifetime (an
+//     app's session, up to a year: crdt.FieldExpiresUntil, written before the token is
+//     handed out; see signing.outlives) — and then leaves the JWKS and stops verifying
+//     ("retired"). Its sealings are deleted then.
 //   - Every node verifies with every key that is not retired. Verification needs only the
 //     public key, never a cluster key.
 //
@@ -167,7 +170,10 @@ type signKey struct {
 	from    time.Time
 	// signedUntil: the latest a node reported signing with it (crdt.FieldSignedUntil).
 	signedUntil time.Time
-	sealed      []string // the seal ids of its sealings, sorted
+	// expiresUntil: the latest expiry a node reported for a token of it that outlives
+	// the usual lifetime (crdt.FieldExpiresUntil).
+	expiresUntil time.Time
+	sealed       []string // the seal ids of its sealings, sorted
 	// superseded is when the first newer key starts signing; zero: none newer (current).
 	superseded time.Time
 	// retires is when it stops verifying; zero while current.
@@ -185,7 +191,8 @@ type keyRing struct {
 }
 
 // newKeyRing builds the ring of the signing key records recs (crdt.ReadSigningKey views),
-// opening private keys with clusterKeys; lifetime is the longest a token lives. Records
+// opening private keys with clusterKeys; lifetime is the usual longest a token lives (a
+// longer-lived token's expiry is in its key's record). Records
 // that are malformed (no public key of the right size, a kid that is not its thumbprint)
 // are left out and returned as problems, for the caller to log.
 func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Duration) (*keyRing, []error) {
@@ -201,7 +208,7 @@ func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Dura
 			problems = append(problems, fmt.Errorf("signing key %q: kid is not the public key's thumbprint", rec.KID))
 			continue
 		}
-		k := &signKey{kid: rec.KID, public: pub, created: rec.Created, from: rec.From, signedUntil: rec.SignedUntil}
+		k := &signKey{kid: rec.KID, public: pub, created: rec.Created, from: rec.From, signedUntil: rec.SignedUntil, expiresUntil: rec.ExpiresUntil}
 		if k.from.IsZero() {
 			k.from = rec.Created.Time()
 		}
@@ -237,6 +244,9 @@ func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Dura
 				last = k.signedUntil
 			}
 			k.retires = last.Add(lifetime)
+			if e := k.expiresUntil.Add(tokenLeeway); e.After(k.retires) {
+				k.retires = e
+			}
 		}
 		if first.IsZero() || k.from.Before(first) {
 			first = k.from

@@ -303,7 +303,7 @@ func TestDeviceToken(t *testing.T) {
 		})
 	}
 	t.Run("ErrSessionTokenIsNoDevice", func(t *testing.T) {
-		tok, err := tk.sign("u1", "s1", clock.Now().Add(time.Hour), crdt.Bookmark{}, 0)
+		tok, err := tk.sign(context.Background(), "u1", "s1", clock.Now().Add(time.Hour), crdt.Bookmark{}, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

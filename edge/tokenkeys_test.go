@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -17,7 +18,7 @@ func TestTokens_RotateRetires(t *testing.T) {
 	dir := t.TempDir()
 	const keep = 24 * time.Hour
 	tk := newTokens([][]byte{testOldKey}, clock.Now)
-	old, err := tk.sign("u1", "s1", tokenEpoch.Add(keep), crdt.Bookmark{}, 0)
+	old, err := tk.sign(context.Background(), "u1", "s1", tokenEpoch.Add(keep), crdt.Bookmark{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +30,7 @@ func TestTokens_RotateRetires(t *testing.T) {
 			t.Fatalf("after rotating to %d keys, the old token: %v", len(keys), err)
 		}
 	}
-	fresh, err := tk.sign("u2", "s2", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
+	fresh, err := tk.sign(context.Background(), "u2", "s2", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

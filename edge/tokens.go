@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -59,6 +60,10 @@ type tokens struct {
 	// lookup, when set, is called for a signing key kid the ring lacks: it returns a
 	// fresher ring, or nil when the kid is not known here either. Set before use.
 	lookup func(kid string) *keyRing
+	// outlives, when set, is called before a token signed at now with the signing key
+	// kid and expiring at expires is handed out: it makes sure the key's record says the
+	// key must verify until then (signing.outlives), or fails. Set before use.
+	outlives func(ctx context.Context, kid string, now, expires time.Time) error
 
 	mu    sync.Mutex
 	cache map[string]verified
@@ -73,6 +78,8 @@ type verified struct {
 	created           crdt.Bookmark // of the session's creation; zero in older tokens
 	gen               uint64        // the token's generation (claims.Gen)
 	issued, expires   time.Time
+	kid               string // the key that signed it
+	eddsa             bool   // kid names a signing key (else a token key, HS256)
 }
 
 func newTokens(clusterKeys [][]byte, now func() time.Time) *tokens {
@@ -95,7 +102,7 @@ func newTokens(clusterKeys [][]byte, now func() time.Time) *tokens {
 // carrying the bookmark of the session's creation (or of its latest renewal), and of the
 // signing key's creation when an EdDSA key signs it: a node that has not yet received the
 // key meets the bookmark, then knows it.
-func (t *tokens) sign(userID, sessionID string, expires time.Time, created crdt.Bookmark, gen uint64) (string, error) {
+func (t *tokens) sign(ctx context.Context, userID, sessionID string, expires time.Time, created crdt.Bookmark, gen uint64) (string, error) {
 	now := t.now()
 	key := t.ring.Load().signer(now)
 	if key != nil && t.hs256Only != nil && t.hs256Only() {
@@ -124,6 +131,11 @@ func (t *tokens) sign(userID, sessionID string, expires time.Time, created crdt.
 		s, err := tok.SignedString(key.private)
 		if err != nil {
 			return "", fmt.Errorf("sign token: %w", err)
+		}
+		if t.outlives != nil {
+			if err := t.outlives(ctx, key.kid, now, expires); err != nil {
+				return "", err
+			}
 		}
 		t.signedMu.Lock()
 		t.signed[key.kid] = now
@@ -210,7 +222,9 @@ func (t *tokens) verify(raw string) (verified, error) {
 	v, ok := t.cache[raw]
 	t.mu.Unlock()
 	if ok {
-		if now.Before(v.expires.Add(tokenLeeway)) {
+		// The key that signed it may have retired since (a rotation): then it does
+		// not verify any more, here as on a node that never saw it.
+		if now.Before(v.expires.Add(tokenLeeway)) && t.stillVerifies(v, now) {
 			return v, nil
 		}
 		t.mu.Lock()
@@ -219,7 +233,7 @@ func (t *tokens) verify(raw string) (verified, error) {
 		return verified{}, errBadToken
 	}
 	var c claims
-	_, err := t.parser.ParseWithClaims(raw, &c, t.accessKey)
+	tok, err := t.parser.ParseWithClaims(raw, &c, t.accessKey)
 	if errors.Is(err, errKeyUnknown) {
 		// The claims are not verified: the bookmark only tells auth what to wait for,
 		// as a client's bookmark header does, within the same bounds.
@@ -240,6 +254,8 @@ func (t *tokens) verify(raw string) (verified, error) {
 		return verified{}, fmt.Errorf("%w: %w", errBadToken, err)
 	}
 	v = verified{userID: c.Subject, sessionID: c.SessionID, created: created, gen: c.Gen, expires: c.ExpiresAt.Time}
+	v.kid, _ = tok.Header["kid"].(string)
+	v.eddsa = tok.Method.Alg() == jwt.SigningMethodEdDSA.Alg()
 	t.mu.Lock()
 	if len(t.cache) >= tokenCacheMax {
 		for k := range t.cache { // evict an arbitrary tenth; map order is random
@@ -254,6 +270,17 @@ func (t *tokens) verify(raw string) (verified, error) {
 	t.cache[strings.Clone(raw)] = v
 	t.mu.Unlock()
 	return v, nil
+}
+
+// stillVerifies reports whether the key that signed the verified token v still verifies
+// at now.
+func (t *tokens) stillVerifies(v verified, now time.Time) bool {
+	if v.eddsa {
+		_, ok := t.ring.Load().verifying(v.kid, now)
+		return ok
+	}
+	_, err := t.set.Load().verifying(v.kid, now)
+	return err == nil
 }
 
 // Device tokens (OWASP's "device cookies"): a successful login returns one, bound to the

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -88,7 +89,7 @@ var tokenEpoch = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 func TestTokens_SignVerify(t *testing.T) {
 	clock := newFakeClock(tokenEpoch)
 	tk := newTokens([][]byte{testKey}, clock.Now)
-	tok, err := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
+	tok, err := tk.sign(context.Background(), "u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
 	if err != nil {
 		t.Fatalf("sign: %v", err)
 	}
@@ -111,7 +112,7 @@ func TestTokens_SignVerify(t *testing.T) {
 	}
 	// Two tokens for the same session differ only if signed at different times; both work.
 	clock.Add(time.Second)
-	tok2, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
+	tok2, _ := tk.sign(context.Background(), "u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
 	if _, err := tk.verify(tok2); err != nil {
 		t.Errorf("verify second token: %v", err)
 	}
@@ -128,7 +129,7 @@ func TestTokens_Attacks(t *testing.T) {
 			"iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
 	}
 	hdr := func(alg string) map[string]any { return map[string]any{"alg": alg, "typ": "JWT", "kid": kid} }
-	valid, err := tk.sign("u1", "s1", now.Add(time.Hour), crdt.Bookmark{}, 0)
+	valid, err := tk.sign(context.Background(), "u1", "s1", now.Add(time.Hour), crdt.Bookmark{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +213,7 @@ func TestTokens_Rotation(t *testing.T) {
 	after := newTokens([][]byte{testKey, testOldKey}, clock.Now)
 	retired := newTokens([][]byte{testKey}, clock.Now)
 
-	old, err := before.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
+	old, err := before.sign(context.Background(), "u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +224,7 @@ func TestTokens_Rotation(t *testing.T) {
 		t.Errorf("old-key token once the old key is retired: err = nil, want an error")
 	}
 
-	fresh, err := after.sign("u2", "s2", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
+	fresh, err := after.sign(context.Background(), "u2", "s2", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +242,7 @@ func TestTokens_Rotation(t *testing.T) {
 func TestTokens_Cache(t *testing.T) {
 	clock := newFakeClock(tokenEpoch)
 	tk := newTokens([][]byte{testKey}, clock.Now)
-	tok, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Minute), crdt.Bookmark{}, 0)
+	tok, _ := tk.sign(context.Background(), "u1", "s1", tokenEpoch.Add(time.Minute), crdt.Bookmark{}, 0)
 	if _, err := tk.verify(tok); err != nil {
 		t.Fatalf("verify: %v", err)
 	}
@@ -268,7 +269,7 @@ func TestTokens_Cache(t *testing.T) {
 		for i := range tokenCacheMax {
 			tk.cache[fmt.Sprint(i)] = verified{}
 		}
-		tok, _ := tk.sign("u1", "s1", clock.Now().Add(time.Hour), crdt.Bookmark{}, 0)
+		tok, _ := tk.sign(context.Background(), "u1", "s1", clock.Now().Add(time.Hour), crdt.Bookmark{}, 0)
 		if _, err := tk.verify(tok); err != nil {
 			t.Fatal(err)
 		}
@@ -291,7 +292,7 @@ func aliasedString(b []byte) string { return unsafe.String(unsafe.SliceData(b), 
 func TestTokens_CacheOwnsKey(t *testing.T) {
 	clock := newFakeClock(tokenEpoch)
 	tk := newTokens([][]byte{testKey}, clock.Now)
-	tok, _ := tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
+	tok, _ := tk.sign(context.Background(), "u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
 	buf := []byte(tok)
 	if _, err := tk.verify(aliasedString(buf)); err != nil {
 		t.Fatalf("verify: %v", err)
@@ -341,7 +342,7 @@ func TestTokens_EdDSA(t *testing.T) {
 		return map[string]any{"iss": tokenIssuer, "aud": tokenAudience, "sub": "u1", "sid": "s1", "jti": "s1",
 			"iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
 	}
-	valid, err := tk.sign("u1", "s1", now.Add(time.Hour), crdt.Bookmark{}, 0)
+	valid, err := tk.sign(context.Background(), "u1", "s1", now.Add(time.Hour), crdt.Bookmark{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,12 +403,12 @@ func TestTokens_EdDSA(t *testing.T) {
 		old := true
 		tk.hs256Only = func() bool { return old }
 		defer func() { tk.hs256Only = nil }()
-		tok, _ := tk.sign("u1", "s1", now.Add(time.Hour), crdt.Bookmark{}, 0)
+		tok, _ := tk.sign(context.Background(), "u1", "s1", now.Add(time.Hour), crdt.Bookmark{}, 0)
 		if alg := tokenHeader(t, tok)["alg"]; alg != "HS256" {
 			t.Errorf("with a member that verifies only HS256: alg %v", alg)
 		}
 		old = false
-		tok, _ = tk.sign("u1", "s1", now.Add(time.Hour), crdt.Bookmark{}, 0)
+		tok, _ = tk.sign(context.Background(), "u1", "s1", now.Add(time.Hour), crdt.Bookmark{}, 0)
 		if alg := tokenHeader(t, tok)["alg"]; alg != "EdDSA" {
 			t.Errorf("once every member verifies EdDSA: alg %v", alg)
 		}
@@ -490,7 +491,7 @@ func BenchmarkTokens_Verify(b *testing.B) {
 		name string
 		tk   *tokens
 	}{{"EdDSA", eddsa}, {"HS256", hs256}} {
-		tok, err := tc.tk.sign("u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
+		tok, err := tc.tk.sign(context.Background(), "u1", "s1", tokenEpoch.Add(time.Hour), crdt.Bookmark{}, 0)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -24,8 +24,9 @@ backend can verify with the public keys GET /.well-known/jwks.json publishes. A 
 creates a new key cluster-wide through the node at ADDR: it is published at once and
 starts signing after --after on every node (default 5m, the key set's max-age, so that
 verifiers that cache the set fetch the new key before they meet a token it signed); the
-keys it replaces keep verifying until the last token they signed has expired (the
-longest session lifetime, --session-ttl) and then leave the key set. The new key's kid is
+keys it replaces keep verifying until the last token they signed has expired
+(--session-ttl, or an app's longer session ttl, which the key's record keeps) and then
+leave the key set. The new key's kid is
 printed alone on the last line.
 
 The request is signed with the cluster key: give --cluster-key-file (or
