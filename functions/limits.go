@@ -26,6 +26,10 @@ const (
 	DefaultPageLimit   = 100
 	MaxPageLimit       = 500
 	MaxSessionsPerUser = 100
+	// MaxNameClaims bounds the accounts ever registered under one username, erased ones
+	// included: each keeps its claim in the name's record for good (a claim is how the
+	// first registration wins everywhere), and a contested name's every use reads them all.
+	MaxNameClaims = 32
 )
 
 func validUsername(s string) error {

@@ -68,7 +68,8 @@ func (s *Users) Register(ctx context.Context, req Register) (User, error) {
 		if err != nil {
 			return err
 		}
-		for _, other := range crdt.Claimants(&claims) {
+		others := crdt.Claimants(&claims)
+		for _, other := range others {
 			m, ok, err := tx.Record(crdt.UserKey(other))
 			if err != nil {
 				return err
@@ -76,6 +77,9 @@ func (s *Users) Register(ctx context.Context, req Register) (User, error) {
 			if !ok || !crdt.ReadUser(other, &m).Deleted {
 				return Errorf(EUsernameTaken, "username %q is taken", req.Username)
 			}
+		}
+		if len(others) >= MaxNameClaims {
+			return Errorf(EUsernameTaken, "username %q was registered and erased %d times and cannot be registered again", req.Username, len(others))
 		}
 		ts := s.Clock.Next()
 		if user, err = tx.Merge(crdt.UserKey(id), crdt.NewUser(req.Username, hash, profileFields(req.Profile), ts)); err != nil {

@@ -384,3 +384,25 @@ func TestUsersLookup(t *testing.T) {
 		wantCode(t, err, ENotFound)
 	})
 }
+
+// TestUsersRegisterEraseCycles: registering a name and erasing the account again and
+// again leaves a claim per account in the name's record. The accounts a name may ever
+// have are bounded, so that the record and every lookup of the name (which reads each
+// claimant) stay bounded whatever a client repeats.
+func TestUsersRegisterEraseCycles(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	for range MaxNameClaims {
+		u := e.mustRegister(t, "cycle", testPassword)
+		if err := e.users.Delete(ctx, u.ID); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+	}
+	_, err := e.users.Register(ctx, Register{Username: "cycle", Password: testPassword})
+	wantCode(t, err, EUsernameTaken)
+	m := e.store.record(crdt.ClaimKey("cycle"))
+	if n := len(crdt.Claimants(&m)); n != MaxNameClaims {
+		t.Errorf("the name's record holds %d claims, want %d", n, MaxNameClaims)
+	}
+	e.mustRegister(t, "other", testPassword) // other names are not affected
+}
