@@ -25,7 +25,7 @@ func TestAdmin_Backup(t *testing.T) {
 	token := signUp(t, c, "alice")
 	const path = "/v1/admin/backup"
 	signed := func(key []byte, method, target string, at time.Time) string {
-		return adminauth.Sign(key, method, target, nil, at)
+		return adminauth.Sign(key, c.node, method, target, nil, at)
 	}
 
 	t.Run("OK", func(t *testing.T) {
@@ -113,7 +113,7 @@ func TestAdmin_BackupStalledClient(t *testing.T) {
 	}
 	defer conn.Close()
 	const path = "/v1/admin/backup"
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n", path, adminauth.Sign(testKey, "GET", path, nil, time.Now()))
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n", path, adminauth.Sign(testKey, n.Name(), "GET", path, nil, time.Now()))
 	if _, err := io.ReadFull(conn, make([]byte, 4096)); err != nil {
 		t.Fatalf("first bytes of the backup: %v", err)
 	}
@@ -140,11 +140,11 @@ func TestAdmin_ReloadKeys(t *testing.T) {
 	if err := n.ReloadKeys([][]byte{newKey}); err != nil {
 		t.Fatal(err)
 	}
-	resp, body := c.do("GET", path, "", nil, "Authorization", adminauth.Sign(newKey, "GET", path, nil, time.Now()))
+	resp, body := c.do("GET", path, "", nil, "Authorization", adminauth.Sign(newKey, c.node, "GET", path, nil, time.Now()))
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("signed with the new key: status %d: %.200s", resp.StatusCode, body)
 	}
-	resp, body = c.do("GET", path, "", nil, "Authorization", adminauth.Sign(testKey, "GET", path, nil, time.Now()))
+	resp, body = c.do("GET", path, "", nil, "Authorization", adminauth.Sign(testKey, c.node, "GET", path, nil, time.Now()))
 	wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")
 }
 
@@ -170,7 +170,7 @@ func TestAdmin_RemoveMember(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var hdr []string
 			if tc.signed {
-				hdr = []string{"Authorization", adminauth.Sign(testKey, "DELETE", tc.path, nil, time.Now())}
+				hdr = []string{"Authorization", adminauth.Sign(testKey, c.node, "DELETE", tc.path, nil, time.Now())}
 			}
 			resp, body := c.do("DELETE", tc.path, tc.token, nil, hdr...)
 			wantError(t, resp, body, tc.status, tc.code)
@@ -178,5 +178,30 @@ func TestAdmin_RemoveMember(t *testing.T) {
 				t.Errorf("body %s, want it to say %s", body, tc.says)
 			}
 		})
+	}
+}
+
+// TestAdmin_SignedForOneNode: a signed admin request is good on the node it was signed
+// for only: captured, it cannot be replayed on another node of the cluster (whose nonce
+// memory is its own), which names itself in its refusal. The target is checked as sent,
+// escapes and all.
+func TestAdmin_SignedForOneNode(t *testing.T) {
+	n1 := MustStartNode(t, testConfig(t, "one-1"))
+	n2 := MustStartNode(t, testConfig(t, "one-2"))
+	c1, c2 := newTestClient(t, n1), newTestClient(t, n2)
+	const path = "/v1/admin/apps"
+	auth := adminauth.Sign(testKey, c1.node, "GET", path, nil, time.Now())
+	if resp, body := c1.do("GET", path, "", nil, "Authorization", auth); resp.StatusCode != http.StatusOK {
+		t.Fatalf("on the node it was signed for: %d %s", resp.StatusCode, body)
+	}
+	resp, body := c2.do("GET", path, "", nil, "Authorization", auth)
+	wantError(t, resp, body, 401, "unauthorized")
+	if !strings.Contains(string(body), "another node") || resp.Header.Get("X-Served-By") != "one-2" {
+		t.Errorf("replayed on another node: %s, X-Served-By %q", body, resp.Header.Get("X-Served-By"))
+	}
+	const escaped = "/v1/admin/members/n%2D9"
+	resp, body = c1.do("DELETE", escaped, "", nil, "Authorization", adminauth.Sign(testKey, c1.node, "DELETE", escaped, nil, time.Now()))
+	if resp.StatusCode == http.StatusUnauthorized {
+		t.Errorf("a target with escapes, signed as sent: %d %s", resp.StatusCode, body)
 	}
 }

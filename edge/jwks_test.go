@@ -91,7 +91,7 @@ func adminDo(c *testClient, key []byte, method, path string, body any) (*http.Re
 	if raw != nil {
 		send = raw
 	}
-	return c.do(method, path, "", send, "Authorization", adminauth.Sign(key, method, path, raw, time.Now()))
+	return c.do(method, path, "", send, "Authorization", adminauth.Sign(key, c.node, method, path, raw, time.Now()))
 }
 
 // TestJWKS: a node publishes its signing keys, and a backend that only fetched them

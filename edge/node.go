@@ -186,7 +186,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.startSigning(keys); err != nil {
 		return err
 	}
-	n.admin = adminauth.NewVerifier(keys, n.cfg.Now)
+	n.admin = adminauth.NewVerifier(keys, n.cfg.NodeName, n.cfg.Now)
 	n.limits = newLimiter(n.counters)
 	n.limits.nodes = func() int { return 1 + n.replicator.Peers() }
 	st := store{DB: n.db}
@@ -241,6 +241,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 
 // HTTPAddr returns the address the API listens on (useful with ":0").
 func (n *Node) HTTPAddr() string { return n.ln.Addr().String() }
+
+// Name returns the node's name (its X-Served-By).
+func (n *Node) Name() string { return n.cfg.NodeName }
 
 // sweepLoop removes sessions past their absolute expiry, and key-value records past
 // their keep time, until the node stops.

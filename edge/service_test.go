@@ -286,7 +286,7 @@ func TestAdmin_Apps(t *testing.T) {
 		wantError(t, resp, body, 403, "forbidden")
 	})
 	t.Run("ErrBodyAltered", func(t *testing.T) {
-		auth := adminauth.Sign(testKey, "POST", "/v1/admin/apps", []byte(`{"name":"blog"}`), time.Now())
+		auth := adminauth.Sign(testKey, c.node, "POST", "/v1/admin/apps", []byte(`{"name":"blog"}`), time.Now())
 		resp, body := c.do("POST", "/v1/admin/apps", "", []byte(`{"name":"evil"}`), "Authorization", auth)
 		wantError(t, resp, body, 401, "unauthorized")
 	})

@@ -4,17 +4,19 @@
 //
 // A request carries
 //
-//	Authorization: Sessiond-Admin t=<unix seconds>,n=<nonce>,s=<signature>
+//	Authorization: Sessiond-Admin t=<unix seconds>,n=<nonce>,d=<node>,s=<signature>
 //
-// where the nonce is 16 random bytes in hex and the signature is the base64url HMAC-SHA256,
-// under a key derived from the cluster key with HKDF-SHA256 and the label
+// where the nonce is 16 random bytes in hex, the node is the base64url name of the node
+// the request is for (the X-Served-By of its answers), and the signature is the base64url
+// HMAC-SHA256, under a key derived from the cluster key with HKDF-SHA256 and the label
 // "sessiond/admin/v1" (Key), of the method, the request target (path and query, as
-// sent), the timestamp, the nonce and the SHA-256 of the body, each on its own line. A
-// node accepts a request signed under any of its cluster keys (the first signs, the
-// others are still accepted during a rotation) whose timestamp is within Window of its
-// clock, and each nonce once: a captured request can be replayed neither later nor
-// within the window. A signature binds the method, the target and the body, so none can
-// be changed.
+// sent), the timestamp, the nonce, the node and the SHA-256 of the body, each on its own
+// line. A node accepts a request signed under any of its cluster keys (the first signs,
+// the others are still accepted during a rotation) for itself, whose timestamp is within
+// Window of its clock and not before it started, and each nonce once: a captured request
+// can be replayed neither later, nor within the window, nor on another node, nor on the
+// same node restarted. A signature binds the method, the target, the node and the body,
+// so none can be changed.
 //
 // It imports only the standard library.
 package adminauth
@@ -43,6 +45,9 @@ const label = "sessiond/admin/v1"
 // Window is how far a request's timestamp may be from the node's clock, either way.
 const Window = time.Minute
 
+// maxNode bounds the node name a request may be signed for, in bytes.
+const maxNode = 256
+
 // maxNonces bounds the nonces a Verifier remembers: requests signed with the cluster key
 // within one Window. Beyond it, Verify refuses with ErrBusy.
 const maxNonces = 4096
@@ -54,6 +59,8 @@ var (
 	ErrStale     = errors.New("request timestamp outside the accepted window: check the clocks of this host and the node")
 	ErrSignature = errors.New("bad signature: wrong cluster key, or the request was altered")
 	ErrReplayed  = errors.New("request replayed: each signed request is accepted once")
+	ErrOtherNode = errors.New("request signed for another node")
+	ErrEarly     = errors.New("request signed before this node started: sign it again")
 	ErrBusy      = errors.New("too many admin requests within the window")
 )
 
@@ -66,22 +73,23 @@ func Key(clusterKey []byte) []byte {
 	return k
 }
 
-// Sign returns the Authorization header value of a request with method, target (the
-// path and query as sent: net/url's URL.RequestURI) and body, signed at now under
-// clusterKey.
-func Sign(clusterKey []byte, method, target string, body []byte, now time.Time) string {
+// Sign returns the Authorization header value of a request for the node named node with
+// method, target (the path and query as sent: net/url's URL.RequestURI) and body, signed
+// at now under clusterKey.
+func Sign(clusterKey []byte, node, method, target string, body []byte, now time.Time) string {
 	var nonce [16]byte
 	_, _ = rand.Read(nonce[:]) // never fails (crypto/rand)
 	t := strconv.FormatInt(now.Unix(), 10)
 	n := hex.EncodeToString(nonce[:])
-	sig := mac(Key(clusterKey), method, target, t, n, body)
-	return Scheme + " t=" + t + ",n=" + n + ",s=" + base64.RawURLEncoding.EncodeToString(sig)
+	sig := mac(Key(clusterKey), method, target, t, n, node, body)
+	return Scheme + " t=" + t + ",n=" + n + ",d=" + base64.RawURLEncoding.EncodeToString([]byte(node)) +
+		",s=" + base64.RawURLEncoding.EncodeToString(sig)
 }
 
-func mac(key []byte, method, target, t, nonce string, body []byte) []byte {
+func mac(key []byte, method, target, t, nonce, node string, body []byte) []byte {
 	bodySum := sha256.Sum256(body)
 	h := hmac.New(sha256.New, key)
-	for _, s := range []string{label, method, target, t, nonce, hex.EncodeToString(bodySum[:])} {
+	for _, s := range []string{label, method, target, t, nonce, node, hex.EncodeToString(bodySum[:])} {
 		h.Write([]byte(s))
 		h.Write([]byte{'\n'})
 	}
@@ -90,20 +98,22 @@ func mac(key []byte, method, target, t, nonce string, body []byte) []byte {
 
 // Verifier checks signed admin requests. Safe for concurrent use.
 type Verifier struct {
-	now func() time.Time
+	now     func() time.Time
+	node    string    // this node's name: requests must be signed for it
+	started time.Time // requests signed before are refused (a restart forgot their nonces)
 
 	mu     sync.Mutex
 	keys   [][]byte             // admin keys, one per cluster key
 	nonces map[string]time.Time // accepted nonce → when it leaves the window
 }
 
-// NewVerifier returns a Verifier that accepts requests signed under any of clusterKeys,
-// by the clock now (time.Now if nil).
-func NewVerifier(clusterKeys [][]byte, now func() time.Time) *Verifier {
+// NewVerifier returns a Verifier that accepts requests signed for node under any of
+// clusterKeys, by the clock now (time.Now if nil), from the second it was made on.
+func NewVerifier(clusterKeys [][]byte, node string, now func() time.Time) *Verifier {
 	if now == nil {
 		now = time.Now
 	}
-	v := &Verifier{now: now, nonces: make(map[string]time.Time)}
+	v := &Verifier{now: now, node: node, started: now().Truncate(time.Second), nonces: make(map[string]time.Time)}
 	v.SetKeys(clusterKeys)
 	return v
 }
@@ -129,7 +139,7 @@ func (v *Verifier) Verify(method, target string, body []byte, auth string) error
 	if !ok {
 		return ErrMissing
 	}
-	var t, nonce, sig string
+	var t, nonce, node64, sig string
 	for _, part := range strings.Split(rest, ",") {
 		k, val, _ := strings.Cut(strings.TrimSpace(part), "=")
 		switch k {
@@ -137,12 +147,18 @@ func (v *Verifier) Verify(method, target string, body []byte, auth string) error
 			t = val
 		case "n":
 			nonce = val
+		case "d":
+			node64 = val
 		case "s":
 			sig = val
 		}
 	}
 	secs, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || len(nonce) != 32 || sig == "" {
+	if err != nil || len(nonce) != 32 || sig == "" || node64 == "" || len(node64) > 4*maxNode/3+4 {
+		return ErrMalformed
+	}
+	node, err := base64.RawURLEncoding.DecodeString(node64)
+	if err != nil {
 		return ErrMalformed
 	}
 	if _, err := hex.DecodeString(nonce); err != nil {
@@ -157,16 +173,22 @@ func (v *Verifier) Verify(method, target string, body []byte, auth string) error
 	if d := now.Sub(at); d > Window || d < -Window {
 		return fmt.Errorf("%w (signed %s, node's clock %s)", ErrStale, at.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 	}
+	if at.Before(v.started) {
+		return fmt.Errorf("%w (signed %s, started %s)", ErrEarly, at.UTC().Format(time.RFC3339), v.started.UTC().Format(time.RFC3339))
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	match := false
 	for _, k := range v.keys {
-		if hmac.Equal(got, mac(k, method, target, t, nonce, body)) {
+		if hmac.Equal(got, mac(k, method, target, t, nonce, string(node), body)) {
 			match = true
 		}
 	}
 	if !match {
 		return ErrSignature
+	}
+	if string(node) != v.node {
+		return fmt.Errorf("%w (%q; this is %q)", ErrOtherNode, node, v.node)
 	}
 	if _, seen := v.nonces[nonce]; seen {
 		return ErrReplayed

@@ -22,6 +22,7 @@ func TestVerify(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		keys   [][]byte // the node's
+		node   string   // signed for (default: the node, n1)
 		signer []byte
 		signAt time.Time
 		method string // the request as received, signed as GET target with no body
@@ -39,10 +40,17 @@ func TestVerify(t *testing.T) {
 		{name: "ErrTamperedQuery", keys: [][]byte{keyA}, signer: keyA, signAt: t0, target: "/v1/admin/backup?x=2", want: ErrSignature},
 		{name: "ErrTamperedMethod", keys: [][]byte{keyA}, signer: keyA, signAt: t0, method: "POST", want: ErrSignature},
 		{name: "ErrTamperedBody", keys: [][]byte{keyA}, signer: keyA, signAt: t0, body: []byte("{}"), want: ErrSignature},
+		{name: "ErrOtherNode", keys: [][]byte{keyA}, node: "n2", signer: keyA, signAt: t0, want: ErrOtherNode},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v := NewVerifier(tc.keys, fixed(t0))
-			auth := Sign(tc.signer, "GET", target, nil, tc.signAt)
+			now := t0.Add(-2 * Window) // started well before
+			v := NewVerifier(tc.keys, "n1", func() time.Time { return now })
+			now = t0
+			node := "n1"
+			if tc.node != "" {
+				node = tc.node
+			}
+			auth := Sign(tc.signer, node, "GET", target, nil, tc.signAt)
 			method, tgt := "GET", target
 			if tc.method != "" {
 				method = tc.method
@@ -59,8 +67,8 @@ func TestVerify(t *testing.T) {
 
 func TestVerifyReplay(t *testing.T) {
 	now := t0
-	v := NewVerifier([][]byte{keyA}, func() time.Time { return now })
-	auth := Sign(keyA, "GET", "/v1/admin/backup", nil, now)
+	v := NewVerifier([][]byte{keyA}, "n1", func() time.Time { return now })
+	auth := Sign(keyA, "n1", "GET", "/v1/admin/backup", nil, now)
 	if err := v.Verify("GET", "/v1/admin/backup", nil, auth); err != nil {
 		t.Fatal(err)
 	}
@@ -72,14 +80,33 @@ func TestVerifyReplay(t *testing.T) {
 		t.Errorf("replay after the window: %v, want %v", err, ErrStale)
 	}
 	// A fresh signature of the same request is accepted.
-	if err := v.Verify("GET", "/v1/admin/backup", nil, Sign(keyA, "GET", "/v1/admin/backup", nil, now)); err != nil {
+	if err := v.Verify("GET", "/v1/admin/backup", nil, Sign(keyA, "n1", "GET", "/v1/admin/backup", nil, now)); err != nil {
 		t.Errorf("fresh signature: %v", err)
 	}
 }
 
+// TestVerifyRestarted: a node that restarts forgets the nonces it accepted, so it
+// refuses requests signed before it started; one signed since is accepted.
+func TestVerifyRestarted(t *testing.T) {
+	now := t0
+	v := NewVerifier([][]byte{keyA}, "n1", func() time.Time { return now })
+	auth := Sign(keyA, "n1", "GET", "/x", nil, now)
+	if err := v.Verify("GET", "/x", nil, auth); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(10 * time.Second)
+	restarted := NewVerifier([][]byte{keyA}, "n1", func() time.Time { return now })
+	if err := restarted.Verify("GET", "/x", nil, auth); !errors.Is(err, ErrEarly) {
+		t.Errorf("replay on the restarted node: %v, want %v", err, ErrEarly)
+	}
+	if err := restarted.Verify("GET", "/x", nil, Sign(keyA, "n1", "GET", "/x", nil, now)); err != nil {
+		t.Errorf("a request signed since the restart: %v", err)
+	}
+}
+
 func TestVerifyMalformed(t *testing.T) {
-	v := NewVerifier([][]byte{keyA}, fixed(t0))
-	good := Sign(keyA, "GET", "/x", nil, t0)
+	v := NewVerifier([][]byte{keyA}, "n1", fixed(t0))
+	good := Sign(keyA, "n1", "GET", "/x", nil, t0)
 	for name, auth := range map[string]string{
 		"ErrEmpty":       "",
 		"ErrBearer":      "Bearer abc.def.ghi",
@@ -88,6 +115,8 @@ func TestVerifyMalformed(t *testing.T) {
 		"ErrShortNonce":  strings.Replace(good, "n=", "n=ab,x=", 1),
 		"ErrBadSigBytes": good[:len(good)-4],
 		"ErrNotBase64":   good + "!!",
+		"ErrNoNode":      strings.Replace(good, ",d=", ",x=", 1),
+		"ErrNodeBase64":  strings.Replace(good, ",d=", ",d=!", 1),
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := v.Verify("GET", "/x", nil, auth)
@@ -99,23 +128,23 @@ func TestVerifyMalformed(t *testing.T) {
 }
 
 func TestVerifyBusy(t *testing.T) {
-	v := NewVerifier([][]byte{keyA}, fixed(t0))
+	v := NewVerifier([][]byte{keyA}, "n1", fixed(t0))
 	for i := range maxNonces {
-		if err := v.Verify("GET", "/x", nil, Sign(keyA, "GET", "/x", nil, t0)); err != nil {
+		if err := v.Verify("GET", "/x", nil, Sign(keyA, "n1", "GET", "/x", nil, t0)); err != nil {
 			t.Fatalf("request %d: %v", i, err)
 		}
 	}
-	if err := v.Verify("GET", "/x", nil, Sign(keyA, "GET", "/x", nil, t0)); !errors.Is(err, ErrBusy) {
+	if err := v.Verify("GET", "/x", nil, Sign(keyA, "n1", "GET", "/x", nil, t0)); !errors.Is(err, ErrBusy) {
 		t.Errorf("request past the bound: %v, want %v", err, ErrBusy)
 	}
 }
 
 func TestSetKeys(t *testing.T) {
-	v := NewVerifier([][]byte{keyA}, fixed(t0))
+	v := NewVerifier([][]byte{keyA}, "n1", fixed(t0))
 	v.SetKeys([][]byte{keyB})
 	for signer, want := range map[string]error{"A": ErrSignature, "B": nil} {
 		k := map[string][]byte{"A": keyA, "B": keyB}[signer]
-		if err := v.Verify("GET", "/x", nil, Sign(k, "GET", "/x", nil, t0)); !errors.Is(err, want) {
+		if err := v.Verify("GET", "/x", nil, Sign(k, "n1", "GET", "/x", nil, t0)); !errors.Is(err, want) {
 			t.Errorf("signed with %s after rotation to B: %v, want %v", signer, err, want)
 		}
 	}
@@ -125,8 +154,8 @@ func TestSetKeys(t *testing.T) {
 // reuses for the next request. The nonces Verify remembers must not change with it (a
 // remembered nonce that turned into the next request's made that request a "replay").
 func TestVerifyReusedBuffer(t *testing.T) {
-	v := NewVerifier([][]byte{keyA}, fixed(t0))
-	buf := []byte(Sign(keyA, "GET", "/x", nil, t0))
+	v := NewVerifier([][]byte{keyA}, "n1", fixed(t0))
+	buf := []byte(Sign(keyA, "n1", "GET", "/x", nil, t0))
 	if err := v.Verify("GET", "/x", nil, unsafe.String(&buf[0], len(buf))); err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +163,7 @@ func TestVerifyReusedBuffer(t *testing.T) {
 	for n := range v.nonces {
 		before = append(before, strings.Clone(n))
 	}
-	copy(buf, Sign(keyA, "GET", "/x", nil, t0)) // the next request, in the same buffer
+	copy(buf, Sign(keyA, "n1", "GET", "/x", nil, t0)) // the next request, in the same buffer
 	for n := range v.nonces {
 		if n != before[0] {
 			t.Fatalf("remembered nonce changed from %s to %s with the caller's buffer", before[0], n)

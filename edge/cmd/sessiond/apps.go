@@ -12,7 +12,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/sessiond/sessiond/edge/adminauth"
 	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/functions"
 )
@@ -215,16 +214,7 @@ const maxAdminReply = 4 << 20
 // adminRequest sends a request signed with clusterKey to an admin route and returns the
 // body of a 2xx answer, or the node's error.
 func adminRequest(clusterKey []byte, method, target string, body []byte) ([]byte, error) {
-	req, err := http.NewRequest(method, target, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Authorization", adminauth.Sign(clusterKey, method, req.URL.RequestURI(), body, time.Now()))
-	hc := &http.Client{Timeout: 30 * time.Second}
-	resp, err := hc.Do(req)
+	resp, err := doAdmin(&http.Client{Timeout: 30 * time.Second}, clusterKey, method, target, body)
 	if err != nil {
 		return nil, err
 	}

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/sessiond/sessiond/edge/adminauth"
 	"github.com/sessiond/sessiond/edge/backup"
 )
 
@@ -95,13 +94,8 @@ type fetched struct {
 
 // fetchBackup streams the backup at target to out, checking it as it goes.
 func fetchBackup(target string, key []byte, out string, timeout time.Duration, stdout, stderr io.Writer) (fetched, error) {
-	req, err := http.NewRequest(http.MethodGet, target, nil)
-	if err != nil {
-		return fetched{}, err
-	}
-	req.Header.Set("Authorization", adminauth.Sign(key, http.MethodGet, req.URL.RequestURI(), nil, time.Now()))
 	hc := &http.Client{Timeout: timeout}
-	resp, err := hc.Do(req)
+	resp, err := doAdmin(hc, key, http.MethodGet, target, nil)
 	if err != nil {
 		return fetched{}, err
 	}

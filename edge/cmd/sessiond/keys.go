@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -11,7 +10,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/sessiond/sessiond/edge/adminauth"
 	"github.com/sessiond/sessiond/edge/api"
 )
 
@@ -89,15 +87,7 @@ func keysRequest(addr, keyFile, method, path string, body, out any) error {
 			return err
 		}
 	}
-	req, err := http.NewRequest(method, target, bytes.NewReader(raw))
-	if err != nil {
-		return err
-	}
-	if raw != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Authorization", adminauth.Sign(keys[0], method, req.URL.RequestURI(), raw, time.Now()))
-	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	resp, err := doAdmin(&http.Client{Timeout: 30 * time.Second}, keys[0], method, target, raw)
 	if err != nil {
 		return err
 	}
