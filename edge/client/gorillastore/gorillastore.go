@@ -39,6 +39,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -215,6 +216,7 @@ func (s *Store) ttl(maxAge int) time.Duration {
 func (s *Store) store(r *http.Request, session *sessions.Session, fields map[string]json.RawMessage, ttl time.Duration) (bool, error) {
 	ctx := r.Context()
 	if base, ok := s.bases.get(session); ok {
+		keepUnchanged(base, fields)
 		set, del := client.KVDiff(base, fields)
 		_, err := s.c.KVPatch(ctx, session.ID, set, del, ttl)
 		switch {
@@ -238,6 +240,29 @@ func (s *Store) store(r *http.Request, session *sessions.Session, fields map[str
 	}
 	s.bases.put(session, fields)
 	return true, nil
+}
+
+// keepUnchanged gives each field of fields whose value differs from base's in its bytes
+// but not in what it decodes to the bytes of base, so that a Save sends only the values
+// that changed: gob encodes a map in a random order, so an untouched map value encodes
+// differently from one Save to the next, and sending it would overwrite another
+// request's change to it.
+func keepUnchanged(base, fields map[string]json.RawMessage) {
+	for name, raw := range fields {
+		old, ok := base[name]
+		if !ok || bytes.Equal(old, raw) {
+			continue
+		}
+		var a, b gobValue
+		if json.Unmarshal(old, &a) != nil || json.Unmarshal(raw, &b) != nil || a.Gob == nil || b.Gob == nil {
+			continue
+		}
+		va, errA := gobDecode(a.Gob)
+		vb, errB := gobDecode(b.Gob)
+		if errA == nil && errB == nil && reflect.DeepEqual(va, vb) {
+			fields[name] = old
+		}
+	}
 }
 
 // newID returns a fresh session id: 256 random bits, base64url (43 characters).

@@ -6,6 +6,7 @@ import (
 	"encoding/gob"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -447,6 +448,35 @@ func TestStore_ConcurrentValuesMerge(t *testing.T) {
 	want = map[any]any{"user": "alice2", "cart": 4, "lang": "de"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("after two Saves in one request: Values=%v, want %v", got, want)
+	}
+}
+
+// TestStore_ConcurrentMapValue: gob encodes a map in a random order, so a map value a
+// request did not touch encodes differently when it saves. That must not count as a
+// change: another request's change to the map, saved in between, stays.
+func TestStore_ConcurrentMapValue(t *testing.T) {
+	gob.Register(map[string]int{})
+	n, key := startNode(t)
+	a, b := New(newClient(t, n, key), hashKey), New(newClient(t, n, key), hashKey)
+	prefs := map[string]int{"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6, "g": 7, "h": 8}
+	r := request(nil)
+	session := mustGet(t, a, r)
+	session.Values["prefs"] = prefs
+	session.Values["cart"] = "empty"
+	w := mustSave(t, r, session)
+	for i := range 10 { // a map of 8 keys encodes the same twice in a row rarely
+		ra, rb := request(w), request(w)
+		sa, sb := mustGet(t, a, ra), mustGet(t, b, rb)
+		changed := maps.Clone(prefs)
+		changed["z"] = i
+		sb.Values["prefs"] = changed
+		mustSave(t, rb, sb)
+		sa.Values["cart"] = fmt.Sprint("item", i)
+		mustSave(t, ra, sa)
+		got := mustGet(t, a, request(w)).Values
+		if !reflect.DeepEqual(got["prefs"], changed) || got["cart"] != fmt.Sprint("item", i) {
+			t.Fatalf("round %d: Values=%v, want prefs %v and cart item%d", i, got, changed, i)
+		}
 	}
 }
 
