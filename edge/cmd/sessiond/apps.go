@@ -28,7 +28,8 @@ Authorization: Bearer <API key>. The node keeps only a hash of the key: keep the
 your app's secret store. NAME is 2–32 characters of a-z, 0-9 and '-' (not first); a
 revoked app keeps its name, which is never given to another app. Rotate a key that
 may have leaked, or on a schedule: the new key opens the same subjects and sessions; put
-it in your app's secret store within the grace (--grace 0 retires the old keys at once).
+it in your app's secret store within the grace (--grace 0 retires the old keys at once;
+a later rotation's shorter grace also ends the keys an earlier one left working).
 
 These commands talk to a running node (--http) and sign their requests with the cluster
 key: give --cluster-key-file (or SESSIOND_CLUSTER_KEY_FILE, or the key itself in
