@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -314,6 +316,13 @@ func decodeJSON(c *fiber.Ctx, v any) error {
 	if !utf8.Valid(body) {
 		return badRequest("request body must be valid UTF-8")
 	}
+	// Nor would it refuse an escaped lone surrogate ("\ud800"): it stores U+FFFD, so
+	// two different names could become one.
+	if bytes.Contains(body, []byte(`\u`)) {
+		if err := functions.CheckSurrogates(body); err != nil {
+			return badRequest("invalid JSON: %v", err)
+		}
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -452,7 +461,7 @@ func checkFieldNames(body []byte, t reflect.Type) error {
 // checkValue checks the value at b[i:] against s and returns the index after it.
 func checkValue(b []byte, i int, s *jsonShape) (int, error) {
 	if s == nil {
-		return skipValue(b, i), nil
+		return checkOpaque(b, i)
 	}
 	switch b[i] {
 	case '{':
@@ -506,6 +515,86 @@ func checkValue(b []byte, i int, s *jsonShape) (int, error) {
 		return i + 1, nil
 	}
 	return skipValue(b, i), nil // null, or a type error encoding/json reported already
+}
+
+// checkOpaque checks the valid JSON value at b[i:], one no request type describes (a
+// session's data, a key-value field's value), and returns the index after it. It must be
+// I-JSON (RFC 7493), as what is stored is read by other programs: no object names a
+// member twice (parsers disagree on which wins) and no number is beyond the range of a
+// double (most parsers fail on 1e999999). Lone surrogate escapes are refused before
+// (decodeJSON). The cost is linear in the value.
+func checkOpaque(b []byte, i int) (int, error) {
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i), nil
+	case '{':
+		var buf [16][]byte
+		small := buf[:0]         // the names so far, while few
+		var many map[string]bool // then
+		i = skipSpace(b, i+1)
+		for b[i] != '}' {
+			end := stringEnd(b, i)
+			name := b[i+1 : end-1]
+			if bytes.IndexByte(name, '\\') >= 0 {
+				var s string
+				if err := json.Unmarshal(b[i:end], &s); err != nil {
+					return i, badRequest("malformed JSON: %v", err)
+				}
+				name = []byte(s)
+			}
+			dup := false
+			if many != nil {
+				dup = many[string(name)]
+				many[string(name)] = true
+			} else {
+				for _, n := range small {
+					dup = dup || bytes.Equal(n, name)
+				}
+				if small = append(small, name); len(small) == len(buf) {
+					many = make(map[string]bool, 2*len(small))
+					for _, n := range small {
+						many[string(n)] = true
+					}
+				}
+			}
+			if dup {
+				return i, badRequest("an object names member %q twice (stored values are I-JSON, RFC 7493)", name)
+			}
+			i = skipSpace(b, skipSpace(b, end)+1) // past the ':'
+			var err error
+			if i, err = checkOpaque(b, i); err != nil {
+				return i, err
+			}
+			if i = skipSpace(b, i); b[i] == ',' {
+				i = skipSpace(b, i+1)
+			}
+		}
+		return i + 1, nil
+	case '[':
+		i = skipSpace(b, i+1)
+		for b[i] != ']' {
+			var err error
+			if i, err = checkOpaque(b, i); err != nil {
+				return i, err
+			}
+			if i = skipSpace(b, i); b[i] == ',' {
+				i = skipSpace(b, i+1)
+			}
+		}
+		return i + 1, nil
+	}
+	start := i
+	for i < len(b) && !jsonDelim[b[i]] { // a number, true, false or null
+		i++
+	}
+	if num := b[start:i]; (num[0] == '-' || num[0] >= '0' && num[0] <= '9') &&
+		(len(num) > 308 || bytes.IndexAny(num, "eE") >= 0) { // else within range
+
+		if f, err := strconv.ParseFloat(string(num), 64); err != nil || math.IsInf(f, 0) {
+			return i, badRequest("number %s is beyond the range of a double (stored values are I-JSON, RFC 7493)", num)
+		}
+	}
+	return i, nil
 }
 
 // skipValue returns the index after the valid JSON value at b[i:].

@@ -93,6 +93,19 @@ func TestHTTP_Strict(t *testing.T) {
 			{"ErrMessageCase", "POST", "/v1/messages", tok, `{"TO":"alice","body":"x"}`, 400},
 			{"OKEscaped", "POST", "/v1/sessions", "", `{"user\u006eame":"alice","password":"correct horse"}`, 201},
 			{"OKDataKeysAnyCase", "PATCH", "/v1/sessions/current", tok, `{"data":{"Theme":"dark","THEME":{"Nested":[{"X":1}]}}}`, 200},
+			// Stored values are I-JSON (RFC 7493), at every depth, so that every reader
+			// of them sees the same value.
+			{"ErrDataKeyTwice", "PATCH", "/v1/sessions/current", tok, `{"data":{"a":1,"a":2}}`, 400},
+			{"ErrDataKeyTwiceEscaped", "PATCH", "/v1/sessions/current", tok, `{"data":{"a":1,"\u0061":2}}`, 400},
+			{"ErrNestedTwice", "PATCH", "/v1/sessions/current", tok, `{"data":{"role":{"a":"user","a":"admin"}}}`, 400},
+			{"ErrDeepTwice", "PATCH", "/v1/sessions/current", tok, `{"data":{"x":[1,{"y":{"b":1,"c":2,"b":3}}]}}`, 400},
+			{"ErrManyTwice", "PATCH", "/v1/sessions/current", tok, `{"data":{"m":{` + manyNames(40) + `,"n7":0}}}`, 400},
+			{"ErrHugeNumber", "PATCH", "/v1/sessions/current", tok, `{"data":{"n":1e999999}}`, 400},
+			{"ErrLongNumber", "PATCH", "/v1/sessions/current", tok, `{"data":{"n":[` + strings.Repeat("9", 400) + `]}}`, 400},
+			{"ErrLoneSurrogate", "PATCH", "/v1/sessions/current", tok, `{"data":{"s":"\ud800"}}`, 400},
+			{"ErrLoneSurrogateKey", "PATCH", "/v1/sessions/current", tok, `{"data":{"\udc00":1}}`, 400},
+			{"ErrFormatCharKey", "PATCH", "/v1/sessions/current", tok, `{"data":{"a\u200bb":1}}`, 400},
+			{"OKSameNamesApart", "PATCH", "/v1/sessions/current", tok, `{"data":{"p":{"a":1,"b":{"a":2}},"q":[{"a":1},{"a":1}],"big":1e308,"t":true,"pair":"\ud83d\ude00","m":{` + manyNames(40) + `}}}`, 200},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				resp, b := c.do(tc.method, tc.path, tc.token, tc.body)
@@ -297,4 +310,16 @@ func BenchmarkDecodeJSON(b *testing.B) {
 			}
 		})
 	}
+}
+
+// manyNames returns n distinct members "n0":0,… of an object, without its braces.
+func manyNames(n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%q:0", fmt.Sprint("n", i))
+	}
+	return b.String()
 }

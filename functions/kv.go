@@ -120,8 +120,8 @@ func validKVValue(name string, v json.RawMessage) error {
 	if len(v) > MaxKVValue {
 		return Errorf(ETooLarge, "value of field %q is %d bytes, at most %d", name, len(v), MaxKVValue)
 	}
-	if len(v) == 0 || !json.Valid(v) {
-		return Errorf(EInvalid, "value of field %q is not JSON", name)
+	if err := checkIJSON(v); err != nil {
+		return Errorf(EInvalid, "value of field %q: %v (values are I-JSON, RFC 7493)", name, err)
 	}
 	return nil
 }
@@ -190,7 +190,11 @@ func (k *KV) Put(ctx context.Context, app, key string, req KVPut) (KVItem, error
 	}
 	fields := make(map[string][]byte, len(req.Value))
 	for name, v := range req.Value {
-		if err := validKVField(name); err != nil {
+		err := validKVField(name)
+		if err == nil {
+			err = printableName("field name", name)
+		}
+		if err != nil {
 			return KVItem{}, err
 		}
 		if err := validKVValue(name, v); err != nil {
@@ -222,7 +226,11 @@ func (k *KV) Patch(ctx context.Context, app, key string, req KVPatch) (KVItem, e
 	}
 	set := make(map[string][]byte, len(req.Set))
 	for name, v := range req.Set {
-		if err := validKVField(name); err != nil {
+		err := validKVField(name)
+		if err == nil {
+			err = printableName("field name", name)
+		}
+		if err != nil {
 			return KVItem{}, err
 		}
 		if err := validKVValue(name, v); err != nil {

@@ -519,11 +519,14 @@ func validPatch(patch DataPatch) error {
 		if err := validDataKey(k); err != nil {
 			return err
 		}
+		if err := printableName("data key", k); err != nil {
+			return err
+		}
 		if len(v) > MaxDataValue {
 			return Errorf(ETooLarge, "value of %q is %d bytes, at most %d", k, len(v), MaxDataValue)
 		}
-		if len(v) == 0 || !json.Valid(v) {
-			return Errorf(EInvalid, "value of %q is not JSON", k)
+		if err := checkIJSON(v); err != nil {
+			return Errorf(EInvalid, "value of %q: %v (values are I-JSON, RFC 7493)", k, err)
 		}
 		if string(bytes.TrimSpace(v)) == "null" {
 			return Errorf(EInvalid, "value of %q is null; delete the key instead", k)
@@ -533,6 +536,16 @@ func validPatch(patch DataPatch) error {
 		if err := validDataKey(k); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// printableName refuses a new name (a data key, a key-value field) with a character
+// that is not printable: a format character (U+200B, U+202E, U+FEFF) would make two names
+// look alike, or turn text around it. Names already stored are read and deleted as they are.
+func printableName(what, name string) error {
+	if strings.ContainsFunc(name, func(r rune) bool { return !unicode.IsPrint(r) && r != ' ' }) {
+		return Errorf(EInvalid, "%s %q holds a character that is not printable (a format character such as U+200B, say)", what, name)
 	}
 	return nil
 }
