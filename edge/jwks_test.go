@@ -686,3 +686,41 @@ func TestTokens_CachedKeyRetires(t *testing.T) {
 		t.Errorf("a token of a retired key is still accepted from the cache")
 	}
 }
+
+// TestSigningKeys_SignedBeforeRestart: a node cut off from a rotation goes on signing
+// with the old key, and reports it once it hears of the new key, so that the old key
+// verifies until those tokens expire. A restart in between must not lose that: the
+// restarted node counts its current key as signed with up to its start.
+func TestSigningKeys_SignedBeforeRestart(t *testing.T) {
+	clock := newFakeClock(time.Now())
+	cfg := testConfig(t, "restart-sign-0")
+	cfg.Now = clock.Now
+	n := MustStartNode(t, cfg)
+	signUp(t, newTestClient(t, n), "alice")
+	oldKid := n.tokens.ring.Load().signer(clock.Now()).kid
+	rotatedAt := clock.Now() // elsewhere, unheard of here
+	clock.Add(time.Minute)
+	if err := n.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n = MustStartNode(t, cfg) // the same data
+	started := clock.Now()
+
+	fresh := generateKey(cfg.ClusterKeys)
+	if err := n.db.Update(context.Background(), func(tx *storage.Tx) error {
+		_, err := tx.Merge(crdt.SigningKeyKey(fresh.kid), fresh.record(rotatedAt, n.db.Clock().Next()))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.signing.maintain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m, ok, err := n.db.Record(context.Background(), crdt.SigningKeyKey(oldKid))
+	if err != nil || !ok {
+		t.Fatalf("the old key's record: %v, %v", ok, err)
+	}
+	if rec := crdt.ReadSigningKey(oldKid, &m); rec.SignedUntil.Before(started.Truncate(time.Second)) {
+		t.Errorf("the old key's signed_until is %v; the node may have signed with it until its restart at %v", rec.SignedUntil, started)
+	}
+}

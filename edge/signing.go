@@ -105,7 +105,19 @@ func (n *Node) startSigning(keys [][]byte) error {
 	n.tokens.outlives = n.signing.outlives
 	membership := n.membership
 	n.tokens.hs256Only = func() bool { return !everyMemberVerifiesEdDSA(membership.Members()) }
-	return n.signing.maintain(n.ctx)
+	if err := n.signing.maintain(n.ctx); err != nil {
+		return err
+	}
+	// What this node signed before a restart is forgotten with the process. It may have
+	// signed with the key that signs now up to now, unaware of a newer key created
+	// elsewhere (cut off meanwhile): count it as signed now, so that once that key's
+	// record arrives, maintain records the signature (signed_until) and the key verifies
+	// until those tokens expire.
+	now := n.cfg.Now()
+	if k := n.tokens.ring.Load().signer(now); k != nil {
+		n.tokens.noteSigned(k.kid, now)
+	}
+	return nil
 }
 
 // everyMemberVerifiesEdDSA reports whether every member not gone (left or removed)

@@ -137,9 +137,7 @@ func (t *tokens) sign(ctx context.Context, userID, sessionID string, expires tim
 				return "", err
 			}
 		}
-		t.signedMu.Lock()
-		t.signed[key.kid] = now
-		t.signedMu.Unlock()
+		t.noteSigned(key.kid, now)
 		return s, nil
 	}
 	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, c)
@@ -150,6 +148,15 @@ func (t *tokens) sign(ctx context.Context, userID, sessionID string, expires tim
 		return "", fmt.Errorf("sign token: %w", err)
 	}
 	return s, nil
+}
+
+// noteSigned records that this node signed a token with the signing key kid at at.
+func (t *tokens) noteSigned(kid string, at time.Time) {
+	t.signedMu.Lock()
+	defer t.signedMu.Unlock()
+	if at.After(t.signed[kid]) {
+		t.signed[kid] = at
+	}
 }
 
 // signedWith returns when this node last signed a token with each signing key it used,
