@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -524,77 +522,11 @@ func checkValue(b []byte, i int, s *jsonShape) (int, error) {
 // double (most parsers fail on 1e999999). Lone surrogate escapes are refused before
 // (decodeJSON). The cost is linear in the value.
 func checkOpaque(b []byte, i int) (int, error) {
-	switch b[i] {
-	case '"':
-		return stringEnd(b, i), nil
-	case '{':
-		var buf [16][]byte
-		small := buf[:0]         // the names so far, while few
-		var many map[string]bool // then
-		i = skipSpace(b, i+1)
-		for b[i] != '}' {
-			end := stringEnd(b, i)
-			name := b[i+1 : end-1]
-			if bytes.IndexByte(name, '\\') >= 0 {
-				var s string
-				if err := json.Unmarshal(b[i:end], &s); err != nil {
-					return i, badRequest("malformed JSON: %v", err)
-				}
-				name = []byte(s)
-			}
-			dup := false
-			if many != nil {
-				dup = many[string(name)]
-				many[string(name)] = true
-			} else {
-				for _, n := range small {
-					dup = dup || bytes.Equal(n, name)
-				}
-				if small = append(small, name); len(small) == len(buf) {
-					many = make(map[string]bool, 2*len(small))
-					for _, n := range small {
-						many[string(n)] = true
-					}
-				}
-			}
-			if dup {
-				return i, badRequest("an object names member %q twice (stored values are I-JSON, RFC 7493)", name)
-			}
-			i = skipSpace(b, skipSpace(b, end)+1) // past the ':'
-			var err error
-			if i, err = checkOpaque(b, i); err != nil {
-				return i, err
-			}
-			if i = skipSpace(b, i); b[i] == ',' {
-				i = skipSpace(b, i+1)
-			}
-		}
-		return i + 1, nil
-	case '[':
-		i = skipSpace(b, i+1)
-		for b[i] != ']' {
-			var err error
-			if i, err = checkOpaque(b, i); err != nil {
-				return i, err
-			}
-			if i = skipSpace(b, i); b[i] == ',' {
-				i = skipSpace(b, i+1)
-			}
-		}
-		return i + 1, nil
+	end, err := functions.ScanIJSON(b, i)
+	if err != nil {
+		return end, badRequest("%v (stored values are I-JSON, RFC 7493)", err)
 	}
-	start := i
-	for i < len(b) && !jsonDelim[b[i]] { // a number, true, false or null
-		i++
-	}
-	if num := b[start:i]; (num[0] == '-' || num[0] >= '0' && num[0] <= '9') &&
-		(len(num) > 308 || bytes.IndexAny(num, "eE") >= 0) { // else within range
-
-		if f, err := strconv.ParseFloat(string(num), 64); err != nil || math.IsInf(f, 0) {
-			return i, badRequest("number %s is beyond the range of a double (stored values are I-JSON, RFC 7493)", num)
-		}
-	}
-	return i, nil
+	return end, nil
 }
 
 // skipValue returns the index after the valid JSON value at b[i:].

@@ -105,6 +105,7 @@ func TestHTTP_Strict(t *testing.T) {
 			{"ErrLoneSurrogate", "PATCH", "/v1/sessions/current", tok, `{"data":{"s":"\ud800"}}`, 400},
 			{"ErrLoneSurrogateKey", "PATCH", "/v1/sessions/current", tok, `{"data":{"\udc00":1}}`, 400},
 			{"ErrFormatCharKey", "PATCH", "/v1/sessions/current", tok, `{"data":{"a\u200bb":1}}`, 400},
+			{"OKJoinersAndSpaces", "PATCH", "/v1/sessions/current", tok, `{"data":{"👩\u200d💻":1,"ن\u200cم":2,"a\u00a0b":3}}`, 200},
 			{"OKSameNamesApart", "PATCH", "/v1/sessions/current", tok, `{"data":{"p":{"a":1,"b":{"a":2}},"q":[{"a":1},{"a":1}],"big":1e308,"t":true,"pair":"\ud83d\ude00","m":{` + manyNames(40) + `}}}`, 200},
 		} {
 			t.Run(tc.name, func(t *testing.T) {

@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"io"
+	"fmt"
 	"math"
 	"strconv"
 )
@@ -15,68 +15,124 @@ import (
 // IEEE 754 double (1e999999 fails most parsers), and whose strings escape no lone UTF-16
 // surrogate (decoders turn one into U+FFFD, or fail).
 
-// errNotIJSON describes a value that is JSON but not I-JSON.
-var errNotIJSON = errors.New("not I-JSON")
-
-// checkIJSON reports whether v is one JSON value that is I-JSON, with why not. Values
-// with no object, no exponent and no escape, which are most, are checked by json.Valid
-// alone.
+// checkIJSON reports whether v is one JSON value that is I-JSON, with why not. Its cost
+// is linear in v, and it allocates nothing for objects of up to 16 members.
 func checkIJSON(v []byte) error {
 	if !json.Valid(v) {
 		return errors.New("not JSON")
 	}
-	if bytes.IndexAny(v, `{eE\`) < 0 {
-		return nil
-	}
-	if err := CheckSurrogates(v); err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(v))
-	dec.UseNumber()
-	type frame struct {
-		object   bool
-		wantName bool            // an object's next token is a name (or its end)
-		names    map[string]bool // an object's names so far
-	}
-	var stack []frame
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
+	if bytes.IndexByte(v, '\\') >= 0 {
+		if err := CheckSurrogates(v); err != nil {
 			return err
 		}
-		if n := len(stack); n > 0 && stack[n-1].object && stack[n-1].wantName {
-			if name, ok := tok.(string); ok {
-				f := &stack[n-1]
-				if f.names == nil {
-					f.names = make(map[string]bool)
+	}
+	i := skipSpace(v, 0)
+	_, err := ScanIJSON(v, i)
+	return err
+}
+
+// ScanIJSON checks the value at v[i:], part of valid JSON (json.Valid), for I-JSON
+// members and numbers (not surrogates: CheckSurrogates) and returns the index after it.
+// Its cost is linear, and it allocates nothing for objects of up to 16 members.
+func ScanIJSON(v []byte, i int) (int, error) {
+	switch v[i] {
+	case '"':
+		return stringEnd(v, i), nil
+	case '{':
+		var buf [16][]byte
+		small := buf[:0]         // the names so far, while few
+		var many map[string]bool // then
+		i = skipSpace(v, i+1)
+		for v[i] != '}' {
+			end := stringEnd(v, i)
+			name := v[i+1 : end-1]
+			if bytes.IndexByte(name, '\\') >= 0 {
+				var s string
+				if err := json.Unmarshal(v[i:end], &s); err != nil {
+					return i, err
 				}
-				if f.names[name] {
-					return errors.New("an object names member " + strconv.Quote(name) + " twice")
+				name = []byte(s)
+			}
+			dup := false
+			if many != nil {
+				dup = many[string(name)]
+				many[string(name)] = true
+			} else {
+				for _, n := range small {
+					dup = dup || bytes.Equal(n, name)
 				}
-				f.names[name], f.wantName = true, false
-				continue
+				if small = append(small, name); len(small) == len(buf) {
+					many = make(map[string]bool, 2*len(small))
+					for _, n := range small {
+						many[string(n)] = true
+					}
+				}
+			}
+			if dup {
+				return i, fmt.Errorf("an object names member %q twice", name)
+			}
+			i = skipSpace(v, skipSpace(v, end)+1) // past the ':'
+			var err error
+			if i, err = ScanIJSON(v, i); err != nil {
+				return i, err
+			}
+			if i = skipSpace(v, i); v[i] == ',' {
+				i = skipSpace(v, i+1)
 			}
 		}
-		switch t := tok.(type) {
-		case json.Delim:
-			if t == '{' || t == '[' {
-				stack = append(stack, frame{object: t == '{', wantName: t == '{'})
-				continue
+		return i + 1, nil
+	case '[':
+		i = skipSpace(v, i+1)
+		for v[i] != ']' {
+			var err error
+			if i, err = ScanIJSON(v, i); err != nil {
+				return i, err
 			}
-			stack = stack[:len(stack)-1]
-		case json.Number:
-			if f, err := strconv.ParseFloat(string(t), 64); err != nil || math.IsInf(f, 0) {
-				return errors.New("number " + string(t) + " is beyond the range of a double")
+			if i = skipSpace(v, i); v[i] == ',' {
+				i = skipSpace(v, i+1)
 			}
 		}
-		// A value ended: in an object, a name comes next.
-		if n := len(stack); n > 0 && stack[n-1].object {
-			stack[n-1].wantName = true
+		return i + 1, nil
+	}
+	start := i
+	for i < len(v) && !jsonDelim[v[i]] { // a number, true, false or null
+		i++
+	}
+	// A number with no exponent and at most 308 digits is within range.
+	if num := v[start:i]; (num[0] == '-' || num[0] >= '0' && num[0] <= '9') &&
+		(len(num) > 308 || bytes.IndexAny(num, "eE") >= 0) {
+		if f, err := strconv.ParseFloat(string(num), 64); err != nil || math.IsInf(f, 0) {
+			return i, fmt.Errorf("number %.40s is beyond the range of a double", num)
 		}
 	}
+	return i, nil
+}
+
+// jsonDelim[c] reports whether c ends a number or literal.
+var jsonDelim = func() (t [256]bool) {
+	for _, c := range []byte(",}] \t\r\n") {
+		t[c] = true
+	}
+	return t
+}()
+
+// stringEnd returns the index after the JSON string that starts at v[i] (a quote).
+func stringEnd(v []byte, i int) int {
+	for i++; ; i++ {
+		switch v[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+}
+
+func skipSpace(v []byte, i int) int {
+	for i < len(v) && (v[i] == ' ' || v[i] == '\t' || v[i] == '\n' || v[i] == '\r') {
+		i++
+	}
+	return i
 }
 
 // CheckSurrogates reports an escape (\uD800 to \uDFFF) in valid JSON v that is not half

@@ -16,7 +16,7 @@ func TestCheckIJSON(t *testing.T) {
 		{`{"a":[],"b":{},"c":"\"}"}`, true}, {`"e"`, true},
 		{`{"a":1,"a":2}`, false}, {`{"r":{"a":"user","a":"admin"}}`, false}, {`[{"x":1,"x":1}]`, false},
 		{`{"a":{},"a":[]}`, false}, {`{"a":[1,{"b":2}],"a":3}`, false},
-		{`1e999999`, false}, {`[-1e309]`, false}, {`{"n":1e400}`, false},
+		{`1e999999`, false}, {strings.Repeat("9", 400), false}, {"[" + strings.Repeat("9", 400) + "]", false}, {strings.Repeat("9", 300), true}, {`[-1e309]`, false}, {`{"n":1e400}`, false},
 		{`"\ud800"`, false}, {`"\udc00"`, false}, {`"\ud800\u0041"`, false}, {`{"\ud800":1}`, false}, {`"\ud800x"`, false},
 		{`{"a":1`, false}, {``, false}, {`1 2`, false},
 	} {
@@ -29,5 +29,18 @@ func TestCheckIJSON(t *testing.T) {
 	deep := strings.Repeat(`{"a":`, 1000) + "1" + strings.Repeat("}", 1000)
 	if err := checkIJSON([]byte(deep)); err != nil {
 		t.Errorf("deep object: %v", err)
+	}
+}
+
+// BenchmarkCheckIJSON: a 16 KiB value of small objects, the worst a session's data value
+// holds; linear, and without allocations.
+func BenchmarkCheckIJSON(b *testing.B) {
+	v := []byte("[" + strings.Repeat(`{"a":0},`, 2047) + `{"a":0}]`)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(v)))
+	for b.Loop() {
+		if err := checkIJSON(v); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

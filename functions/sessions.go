@@ -515,6 +515,12 @@ func validPatch(patch DataPatch) error {
 	if len(patch.Set)+len(patch.Delete) > MaxDataKeys {
 		return Errorf(ETooLarge, "at most %d keys per update", MaxDataKeys)
 	}
+	size := 0
+	for k, v := range patch.Set {
+		if size += len(k) + len(v); size > MaxSessionData {
+			return Errorf(ETooLarge, "the data set is over %d bytes", MaxSessionData)
+		}
+	}
 	for k, v := range patch.Set {
 		if err := validDataKey(k); err != nil {
 			return err
@@ -544,7 +550,9 @@ func validPatch(patch DataPatch) error {
 // that is not printable: a format character (U+200B, U+202E, U+FEFF) would make two names
 // look alike, or turn text around it. Names already stored are read and deleted as they are.
 func printableName(what, name string) error {
-	if strings.ContainsFunc(name, func(r rune) bool { return !unicode.IsPrint(r) && r != ' ' }) {
+	// Graphic: letters, marks, numbers, punctuation, symbols, spaces; and the joiners
+	// that emoji sequences and some scripts need (U+200C, U+200D).
+	if strings.ContainsFunc(name, func(r rune) bool { return !unicode.IsGraphic(r) && r != '\u200c' && r != '\u200d' }) {
 		return Errorf(EInvalid, "%s %q holds a character that is not printable (a format character such as U+200B, say)", what, name)
 	}
 	return nil
