@@ -22,6 +22,9 @@ const (
 	// with the key that outlives the usual token lifetime (an app's session of up to a
 	// year), as a node reports it before it hands that token out.
 	FieldExpiresUntil = "expires_until"
+	// FieldRetired (Flag) retires the key at once, from the flag's time: an operator's
+	// answer to a leaked key (its tokens stop verifying everywhere).
+	FieldRetired = "retired"
 	// SealedPrefix names one sealing of the private key: sealed/<seal id> (LWW), the id
 	// naming the cluster key it was sealed under. A tombstone once the key is retired.
 	SealedPrefix = "sealed/"
@@ -42,7 +45,9 @@ type SigningKey struct {
 	// ExpiresUntil is the latest expiry a node reported for a token signed with the key
 	// that outlives the usual lifetime (zero when none did).
 	ExpiresUntil time.Time
-	Sealed       map[string][]byte // seal id → sealed private key; values alias the Map
+	// Retired is when an operator retired the key at once (zero: never).
+	Retired time.Time
+	Sealed  map[string][]byte // seal id → sealed private key; values alias the Map
 }
 
 // ReadSigningKey returns the typed view of the signing key record m.
@@ -59,6 +64,9 @@ func ReadSigningKey(kid string, m *Map) SigningKey {
 	}
 	if u := m.MaxOf(FieldExpiresUntil); u > 0 {
 		k.ExpiresUntil = time.Unix(0, u).UTC()
+	}
+	if ts, ok := m.Flag(FieldRetired); ok {
+		k.Retired = ts.Time()
 	}
 	for name, f := range m.fields {
 		if id, ok := strings.CutPrefix(name, SealedPrefix); ok && f.Kind == KindLWW && !f.Deleted {
@@ -111,5 +119,12 @@ func SignedWith(until time.Time, ts Timestamp) Map {
 func ExpiresWith(until time.Time, ts Timestamp) Map {
 	var m Map
 	m.Raise(FieldExpiresUntil, until.UnixNano(), ts)
+	return m
+}
+
+// RetireSigningKey returns the update, at ts, that retires the key at once.
+func RetireSigningKey(ts Timestamp) Map {
+	var m Map
+	m.SetFlag(FieldRetired, ts)
 	return m
 }

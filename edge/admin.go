@@ -2,6 +2,7 @@ package edge
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -28,7 +29,7 @@ func (n *Node) adminAuth(c *fiber.Ctx) error {
 	// The body as sent: c.Body() would inflate a compressed one, with no bound, before
 	// the request is authenticated (decodeJSON refuses compressed bodies anyway). The
 	// target as sent too (the request line's), not as the router normalised it.
-	err := n.admin.Verify(c.Method(), string(c.Request().Header.RequestURI()), c.Request().Body(), auth)
+	err := n.admin.Verify(c.Method(), originForm(c.Request().Header.RequestURI()), c.Request().Body(), auth)
 	switch {
 	case err == nil:
 		return c.Next()
@@ -37,7 +38,23 @@ func (n *Node) adminAuth(c *fiber.Ctx) error {
 		return functions.Errorf(functions.ERateLimited, "%v", err)
 	}
 	c.Set(fiber.HeaderWWWAuthenticate, adminauth.Scheme)
+	c.Set(adminauth.HeaderIdentity, n.admin.Identity())
 	return functions.Errorf(functions.EUnauthorized, "admin request refused: %v", err)
+}
+
+// originForm returns a request target as its path and query: an absolute-form target
+// (http://host/path?query, as a proxy may send it) without its scheme and host.
+func originForm(target []byte) string {
+	if len(target) > 0 && target[0] != '/' {
+		if i := bytes.Index(target, []byte("://")); i > 0 {
+			rest := target[i+3:]
+			if j := bytes.IndexByte(rest, '/'); j >= 0 {
+				return string(rest[j:])
+			}
+			return "/"
+		}
+	}
+	return string(target)
 }
 
 // backupRetry is the Retry-After of a backup refused because another one runs.
@@ -111,6 +128,7 @@ func (n *Node) adminRoutes(app *fiber.App) {
 	admin.Post("/apps/:name/rotate", n.rotateApp)
 	admin.Get("/keys", n.signingKeys)
 	admin.Post("/keys/rotate", n.rotateKey)
+	admin.Post("/keys/:kid/retire", n.retireKey) // jwks.go
 	admin.Delete("/members/:name", n.removeMember) // members.go
 	admin.Use(func(c *fiber.Ctx) error { return fiber.NewError(fiber.StatusNotFound, "no such route") })
 }

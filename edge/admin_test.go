@@ -113,7 +113,7 @@ func TestAdmin_BackupStalledClient(t *testing.T) {
 	}
 	defer conn.Close()
 	const path = "/v1/admin/backup"
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n", path, adminauth.Sign(testKey, n.Name(), "GET", path, nil, time.Now()))
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n", path, adminauth.Sign(testKey, n.AdminIdentity(), "GET", path, nil, time.Now()))
 	if _, err := io.ReadFull(conn, make([]byte, 4096)); err != nil {
 		t.Fatalf("first bytes of the backup: %v", err)
 	}
@@ -196,8 +196,14 @@ func TestAdmin_SignedForOneNode(t *testing.T) {
 	}
 	resp, body := c2.do("GET", path, "", nil, "Authorization", auth)
 	wantError(t, resp, body, 401, "unauthorized")
-	if !strings.Contains(string(body), "another node") || resp.Header.Get("X-Served-By") != "one-2" {
-		t.Errorf("replayed on another node: %s, X-Served-By %q", body, resp.Header.Get("X-Served-By"))
+	if !strings.Contains(string(body), "another node") || resp.Header.Get(adminauth.HeaderIdentity) != n2.AdminIdentity() {
+		t.Errorf("replayed on another node: %s, %s %q", body, adminauth.HeaderIdentity, resp.Header.Get(adminauth.HeaderIdentity))
+	}
+	// A proxy may send the target in absolute form: it is signed as its path and query.
+	raw, rawBody := rawRequest(t, n1.HTTPAddr(), "GET http://proxied.example/v1/admin/apps HTTP/1.1\r\nHost: proxied.example\r\nAuthorization: "+
+		adminauth.Sign(testKey, c1.node, "GET", path, nil, time.Now()))
+	if raw.StatusCode != http.StatusOK {
+		t.Errorf("an absolute-form target: %d %s", raw.StatusCode, rawBody)
 	}
 	const escaped = "/v1/admin/members/n%2D9"
 	resp, body = c1.do("DELETE", escaped, "", nil, "Authorization", adminauth.Sign(testKey, c1.node, "DELETE", escaped, nil, time.Now()))

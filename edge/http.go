@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/adminauth"
 	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/ui"
@@ -77,7 +78,10 @@ func (n *Node) newApp() *fiber.App {
 		}))
 	}
 
-	app.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
+	app.Get("/healthz", func(c *fiber.Ctx) error {
+		c.Set(adminauth.HeaderIdentity, n.admin.Identity()) // what admin requests are signed for
+		return c.JSON(fiber.Map{"status": "ok"})
+	})
 	app.Get("/readyz", n.readyz)
 	app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{})))
 	app.Get(jwksPath, n.jwks)

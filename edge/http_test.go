@@ -140,14 +140,14 @@ func (c *fakeClock) Add(d time.Duration) {
 type testClient struct {
 	tb   testing.TB
 	base string
-	node string // the node's name: admin requests are signed for it
+	node string // the node's admin identity: admin requests are signed for it
 	hc   *http.Client
 }
 
 func newTestClient(tb testing.TB, n *Node) *testClient {
 	tr := &http.Transport{MaxIdleConnsPerHost: 16, DisableCompression: true}
 	tb.Cleanup(tr.CloseIdleConnections)
-	return &testClient{tb: tb, base: "http://" + n.HTTPAddr(), node: n.cfg.NodeName, hc: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+	return &testClient{tb: tb, base: "http://" + n.HTTPAddr(), node: n.admin.Identity(), hc: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
 }
 
 // do sends a request. body is sent as is when it is a string or []byte, else as JSON;

@@ -74,6 +74,20 @@ func (n *Node) signingKeys(c *fiber.Ctx) error {
 	return c.JSON(out)
 }
 
+// retireKey serves POST /v1/admin/keys/{kid}/retire: the key retires at once on every
+// node (a leaked key): its tokens stop verifying and it leaves the key set. 409 for the
+// key that signs now (rotate first), 404 for a kid the node does not know.
+func (n *Node) retireKey(c *fiber.Ctx) error {
+	k, err := n.signing.retire(c.UserContext(), c.Params("kid"))
+	if errors.Is(err, errSigningNow) {
+		return functions.Errorf(functions.EConflict, "signing key %s signs now: rotate first (sessiond keys rotate --after 0), then retire it", c.Params("kid"))
+	}
+	if err != nil {
+		return err
+	}
+	return c.JSON(api.RotateKeyResponse{Key: describeKey(n.tokens.ring.Load(), k, n.cfg.Now())})
+}
+
 // rotateKey serves POST /v1/admin/keys/rotate: a new signing key, published at once, that
 // every node signs with from after_seconds on (api.RotateKeyRequest); the keys it replaces
 // verify until their last token expires. 429 while maxLiveKeys keys still verify.

@@ -724,3 +724,47 @@ func TestSigningKeys_SignedBeforeRestart(t *testing.T) {
 		t.Errorf("the old key's signed_until is %v; the node may have signed with it until its restart at %v", rec.SignedUntil, started)
 	}
 }
+
+// TestSigningKeys_RetireAtOnce: a leaked key must be ended at once, even when tokens of
+// an app's year-long sessions would keep it verifying: rotated out, then retired, it
+// leaves the key set and its tokens stop verifying, cached or not; the key that signs
+// now cannot be retired, and an unknown kid is 404.
+func TestSigningKeys_RetireAtOnce(t *testing.T) {
+	n := MustStartNode(t, testConfig(t, "retire-now-0"))
+	c := newTestClient(t, n)
+	shop := mustCreateApp(t, n, "shop")
+	year := int64((365 * 24 * time.Hour).Seconds())
+	resp, body := c.do("POST", "/v1/service/sessions", shop, map[string]any{"subject": "s1", "ttl": year, "idle_ttl": year})
+	var created api.ServiceSessionResponse
+	if resp.StatusCode != http.StatusCreated || json.Unmarshal(body, &created) != nil {
+		t.Fatalf("create an app session: %d %s", resp.StatusCode, body)
+	}
+	if resp, body := c.do("GET", "/v1/sessions/current", created.Token, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the app's token: %d %s", resp.StatusCode, body) // and now cached
+	}
+	oldKid, _ := tokenHeader(t, created.Token)["kid"].(string)
+
+	resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/"+oldKid+"/retire", nil)
+	wantError(t, resp, body, http.StatusConflict, "conflict")
+	if resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", map[string]any{"after_seconds": 0}); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("rotate: %d %s", resp.StatusCode, body)
+	}
+	resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/"+oldKid+"/retire", nil)
+	var out api.RotateKeyResponse
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &out) != nil || out.Key.Status != api.KeyRetired {
+		t.Fatalf("retire the replaced key: %d %s", resp.StatusCode, body)
+	}
+	resp, body = c.do("GET", "/v1/sessions/current", created.Token, nil)
+	wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")
+	for _, k := range fetchJWKS(t, c).Keys {
+		if k.Kid == oldKid {
+			t.Errorf("the retired key is still published")
+		}
+	}
+	resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/"+strings.Repeat("A", 43)+"/retire", nil)
+	wantError(t, resp, body, http.StatusNotFound, "not_found")
+	// Retiring it again changes nothing and is no error.
+	if resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/"+oldKid+"/retire", nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("retire again: %d %s", resp.StatusCode, body)
+	}
+}

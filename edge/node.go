@@ -242,8 +242,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 // HTTPAddr returns the address the API listens on (useful with ":0").
 func (n *Node) HTTPAddr() string { return n.ln.Addr().String() }
 
-// Name returns the node's name (its X-Served-By).
-func (n *Node) Name() string { return n.cfg.NodeName }
+// AdminIdentity returns what admin requests to this node are signed for (package
+// adminauth): its name and a value drawn at its start.
+func (n *Node) AdminIdentity() string { return n.admin.Identity() }
 
 // sweepLoop removes sessions past their absolute expiry, and key-value records past
 // their keep time, until the node stops.

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/edge/cluster"
+	"github.com/sessiond/sessiond/functions"
 	"github.com/sessiond/sessiond/storage"
 )
 
@@ -362,6 +364,44 @@ func (s *signing) rotate(ctx context.Context, after time.Duration) (*signKey, ti
 	}
 	s.log.Info("signing key rotated", "kid", k.kid, "signs_from", k.from)
 	return k, time.Time{}, nil
+}
+
+// errSigningNow refuses to retire the key that signs now.
+var errSigningNow = errors.New("the key signs now")
+
+// retire retires the signing key kid at once, on every node as the record reaches it: its
+// tokens stop verifying and it leaves the key set (a leaked key). The key that signs now
+// cannot be retired (rotate first, with --after 0): errSigningNow; a kid this node does
+// not know is functions.ENotFound. A key retired already is left as it is.
+func (s *signing) retire(ctx context.Context, kid string) (*signKey, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ring, err := s.loadLocked(ctx)
+	if err != nil {
+		return nil, err
+	}
+	k, ok := ring.keys[kid]
+	if !ok {
+		return nil, functions.Errorf(functions.ENotFound, "no signing key %q here", kid)
+	}
+	now := s.now()
+	if k.superseded.IsZero() || k.superseded.After(now) {
+		return nil, errSigningNow
+	}
+	if k.liveAt(now) {
+		err = s.db.Update(ctx, func(tx *storage.Tx) error {
+			_, err := tx.Merge(crdt.SigningKeyKey(kid), crdt.RetireSigningKey(s.db.Clock().Next()))
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("retire signing key: %w", err)
+		}
+		if ring, err = s.loadLocked(ctx); err != nil {
+			return nil, err
+		}
+		s.log.Warn("signing key retired by an operator: its tokens no longer verify", "kid", kid)
+	}
+	return ring.keys[kid], nil
 }
 
 // describe returns k as the admin routes show it, at now in ring.

@@ -41,6 +41,8 @@ import (
 //     app's session, up to a year: crdt.FieldExpiresUntil, written before the token is
 //     handed out; see signing.outlives) — and then leaves the JWKS and stops verifying
 //     ("retired"). Its sealings are deleted then.
+//   - An operator may retire a superseded key at once (crdt.FieldRetired: a leaked key):
+//     it retires at the flag's time, if that comes first.
 //   - Every node verifies with every key that is not retired. Verification needs only the
 //     public key, never a cluster key.
 //
@@ -60,7 +62,7 @@ const (
 	// rotation is refused while maxLiveKeys are not retired, so the ones beyond are long
 	// retired.
 	maxRingKeys = 64
-	maxLiveKeys = 8
+	maxLiveKeys = 32
 	// maxSealed bounds the sealings of one key a node reads (one per cluster key).
 	maxSealed     = 16
 	thumbprintLen = 43 // base64url of a SHA-256 sum, unpadded
@@ -173,6 +175,8 @@ type signKey struct {
 	// expiresUntil: the latest expiry a node reported for a token of it that outlives
 	// the usual lifetime (crdt.FieldExpiresUntil).
 	expiresUntil time.Time
+	// retiredAt: when an operator retired it at once (crdt.FieldRetired); zero: never.
+	retiredAt time.Time
 	sealed       []string // the seal ids of its sealings, sorted
 	// superseded is when the first newer key starts signing; zero: none newer (current).
 	superseded time.Time
@@ -208,7 +212,7 @@ func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Dura
 			problems = append(problems, fmt.Errorf("signing key %q: kid is not the public key's thumbprint", rec.KID))
 			continue
 		}
-		k := &signKey{kid: rec.KID, public: pub, created: rec.Created, from: rec.From, signedUntil: rec.SignedUntil, expiresUntil: rec.ExpiresUntil}
+		k := &signKey{kid: rec.KID, public: pub, created: rec.Created, from: rec.From, signedUntil: rec.SignedUntil, expiresUntil: rec.ExpiresUntil, retiredAt: rec.Retired}
 		if k.from.IsZero() {
 			k.from = rec.Created.Time()
 		}
@@ -247,6 +251,9 @@ func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Dura
 			if e := k.expiresUntil.Add(tokenLeeway); e.After(k.retires) {
 				k.retires = e
 			}
+		}
+		if !k.retiredAt.IsZero() && (k.retires.IsZero() || k.retiredAt.Before(k.retires)) {
+			k.retires = k.retiredAt
 		}
 		if first.IsZero() || k.from.Before(first) {
 			first = k.from

@@ -6,17 +6,19 @@
 //
 //	Authorization: Sessiond-Admin t=<unix seconds>,n=<nonce>,d=<node>,s=<signature>
 //
-// where the nonce is 16 random bytes in hex, the node is the base64url name of the node
-// the request is for (the X-Served-By of its answers), and the signature is the base64url
+// where the nonce is 16 random bytes in hex, the node is the base64url identity of the
+// node the request is for (its name and a random value drawn at its start: Identity,
+// which a node tells in the HeaderIdentity of its GET /healthz answers and of its
+// refusals), and the signature is the base64url
 // HMAC-SHA256, under a key derived from the cluster key with HKDF-SHA256 and the label
 // "sessiond/admin/v1" (Key), of the method, the request target (path and query, as
 // sent), the timestamp, the nonce, the node and the SHA-256 of the body, each on its own
 // line. A node accepts a request signed under any of its cluster keys (the first signs,
-// the others are still accepted during a rotation) for itself, whose timestamp is within
-// Window of its clock and not before it started, and each nonce once: a captured request
-// can be replayed neither later, nor within the window, nor on another node, nor on the
-// same node restarted. A signature binds the method, the target, the node and the body,
-// so none can be changed.
+// the others are still accepted during a rotation) for its identity, whose timestamp is
+// within Window of its clock, and each nonce once: a captured request can be replayed
+// neither later, nor within the window, nor on another node, nor on the same node
+// restarted (its identity is new). A signature binds the method, the target, the node and
+// the body, so none can be changed.
 //
 // It imports only the standard library.
 package adminauth
@@ -59,10 +61,12 @@ var (
 	ErrStale     = errors.New("request timestamp outside the accepted window: check the clocks of this host and the node")
 	ErrSignature = errors.New("bad signature: wrong cluster key, or the request was altered")
 	ErrReplayed  = errors.New("request replayed: each signed request is accepted once")
-	ErrOtherNode = errors.New("request signed for another node")
-	ErrEarly     = errors.New("request signed before this node started: sign it again")
+	ErrOtherNode = errors.New("request signed for another node, or for this one before it restarted: sign it again for " + HeaderIdentity)
 	ErrBusy      = errors.New("too many admin requests within the window")
 )
+
+// HeaderIdentity is the response header in which a node tells its identity (Identity).
+const HeaderIdentity = "X-Sessiond-Admin-Node"
 
 // Key derives the admin key from a cluster key.
 func Key(clusterKey []byte) []byte {
@@ -73,7 +77,8 @@ func Key(clusterKey []byte) []byte {
 	return k
 }
 
-// Sign returns the Authorization header value of a request for the node named node with
+// Sign returns the Authorization header value of a request for the node whose identity
+// (Verifier.Identity, told in HeaderIdentity) is node, with
 // method, target (the path and query as sent: net/url's URL.RequestURI) and body, signed
 // at now under clusterKey.
 func Sign(clusterKey []byte, node, method, target string, body []byte, now time.Time) string {
@@ -98,25 +103,31 @@ func mac(key []byte, method, target, t, nonce, node string, body []byte) []byte 
 
 // Verifier checks signed admin requests. Safe for concurrent use.
 type Verifier struct {
-	now     func() time.Time
-	node    string    // this node's name: requests must be signed for it
-	started time.Time // requests signed before are refused (a restart forgot their nonces)
+	now      func() time.Time
+	identity string // requests must be signed for it: the node's name and a random value
 
 	mu     sync.Mutex
 	keys   [][]byte             // admin keys, one per cluster key
 	nonces map[string]time.Time // accepted nonce → when it leaves the window
 }
 
-// NewVerifier returns a Verifier that accepts requests signed for node under any of
-// clusterKeys, by the clock now (time.Now if nil), from the second it was made on.
+// NewVerifier returns a Verifier that accepts requests signed under any of clusterKeys
+// for its identity: node's name and a random value of its own, so that requests signed
+// for an earlier Verifier (a node restarted) are refused. now is its clock (time.Now if
+// nil).
 func NewVerifier(clusterKeys [][]byte, node string, now func() time.Time) *Verifier {
 	if now == nil {
 		now = time.Now
 	}
-	v := &Verifier{now: now, node: node, started: now().Truncate(time.Second), nonces: make(map[string]time.Time)}
+	var boot [8]byte
+	_, _ = rand.Read(boot[:]) // never fails (crypto/rand)
+	v := &Verifier{now: now, identity: node + "/" + hex.EncodeToString(boot[:]), nonces: make(map[string]time.Time)}
 	v.SetKeys(clusterKeys)
 	return v
 }
+
+// Identity returns what requests must be signed for (Sign's node).
+func (v *Verifier) Identity() string { return v.identity }
 
 // SetKeys replaces the cluster keys requests may be signed under (key rotation).
 func (v *Verifier) SetKeys(clusterKeys [][]byte) {
@@ -173,9 +184,6 @@ func (v *Verifier) Verify(method, target string, body []byte, auth string) error
 	if d := now.Sub(at); d > Window || d < -Window {
 		return fmt.Errorf("%w (signed %s, node's clock %s)", ErrStale, at.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 	}
-	if at.Before(v.started) {
-		return fmt.Errorf("%w (signed %s, started %s)", ErrEarly, at.UTC().Format(time.RFC3339), v.started.UTC().Format(time.RFC3339))
-	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	match := false
@@ -187,8 +195,8 @@ func (v *Verifier) Verify(method, target string, body []byte, auth string) error
 	if !match {
 		return ErrSignature
 	}
-	if string(node) != v.node {
-		return fmt.Errorf("%w (%q; this is %q)", ErrOtherNode, node, v.node)
+	if string(node) != v.identity {
+		return fmt.Errorf("%w (%q; this is %q)", ErrOtherNode, node, v.identity)
 	}
 	if _, seen := v.nonces[nonce]; seen {
 		return ErrReplayed

@@ -22,7 +22,7 @@ func TestVerify(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		keys   [][]byte // the node's
-		node   string   // signed for (default: the node, n1)
+		node   string   // signed for (default: the node's identity)
 		signer []byte
 		signAt time.Time
 		method string // the request as received, signed as GET target with no body
@@ -41,12 +41,13 @@ func TestVerify(t *testing.T) {
 		{name: "ErrTamperedMethod", keys: [][]byte{keyA}, signer: keyA, signAt: t0, method: "POST", want: ErrSignature},
 		{name: "ErrTamperedBody", keys: [][]byte{keyA}, signer: keyA, signAt: t0, body: []byte("{}"), want: ErrSignature},
 		{name: "ErrOtherNode", keys: [][]byte{keyA}, node: "n2", signer: keyA, signAt: t0, want: ErrOtherNode},
+		{name: "ErrNameOnly", keys: [][]byte{keyA}, node: "n1", signer: keyA, signAt: t0, want: ErrOtherNode},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			now := t0.Add(-2 * Window) // started well before
 			v := NewVerifier(tc.keys, "n1", func() time.Time { return now })
 			now = t0
-			node := "n1"
+			node := v.Identity()
 			if tc.node != "" {
 				node = tc.node
 			}
@@ -68,7 +69,7 @@ func TestVerify(t *testing.T) {
 func TestVerifyReplay(t *testing.T) {
 	now := t0
 	v := NewVerifier([][]byte{keyA}, "n1", func() time.Time { return now })
-	auth := Sign(keyA, "n1", "GET", "/v1/admin/backup", nil, now)
+	auth := Sign(keyA, v.Identity(), "GET", "/v1/admin/backup", nil, now)
 	if err := v.Verify("GET", "/v1/admin/backup", nil, auth); err != nil {
 		t.Fatal(err)
 	}
@@ -80,33 +81,36 @@ func TestVerifyReplay(t *testing.T) {
 		t.Errorf("replay after the window: %v, want %v", err, ErrStale)
 	}
 	// A fresh signature of the same request is accepted.
-	if err := v.Verify("GET", "/v1/admin/backup", nil, Sign(keyA, "n1", "GET", "/v1/admin/backup", nil, now)); err != nil {
+	if err := v.Verify("GET", "/v1/admin/backup", nil, Sign(keyA, v.Identity(), "GET", "/v1/admin/backup", nil, now)); err != nil {
 		t.Errorf("fresh signature: %v", err)
 	}
 }
 
-// TestVerifyRestarted: a node that restarts forgets the nonces it accepted, so it
-// refuses requests signed before it started; one signed since is accepted.
+// TestVerifyRestarted: a node that restarts forgets the nonces it accepted, and its
+// identity changes with it: a request signed for it before, even within the window and
+// with the clocks skewed either way, is refused; one signed for its new identity is
+// accepted.
 func TestVerifyRestarted(t *testing.T) {
 	now := t0
 	v := NewVerifier([][]byte{keyA}, "n1", func() time.Time { return now })
-	auth := Sign(keyA, "n1", "GET", "/x", nil, now)
-	if err := v.Verify("GET", "/x", nil, auth); err != nil {
-		t.Fatal(err)
-	}
-	now = now.Add(10 * time.Second)
-	restarted := NewVerifier([][]byte{keyA}, "n1", func() time.Time { return now })
-	if err := restarted.Verify("GET", "/x", nil, auth); !errors.Is(err, ErrEarly) {
-		t.Errorf("replay on the restarted node: %v, want %v", err, ErrEarly)
-	}
-	if err := restarted.Verify("GET", "/x", nil, Sign(keyA, "n1", "GET", "/x", nil, now)); err != nil {
-		t.Errorf("a request signed since the restart: %v", err)
+	for _, skew := range []time.Duration{0, 30 * time.Second, -30 * time.Second} {
+		auth := Sign(keyA, v.Identity(), "GET", "/x", nil, now.Add(skew))
+		if err := v.Verify("GET", "/x", nil, auth); err != nil {
+			t.Fatal(err)
+		}
+		restarted := NewVerifier([][]byte{keyA}, "n1", func() time.Time { return now })
+		if err := restarted.Verify("GET", "/x", nil, auth); !errors.Is(err, ErrOtherNode) {
+			t.Errorf("skew %v: replay on the restarted node: %v, want %v", skew, err, ErrOtherNode)
+		}
+		if err := restarted.Verify("GET", "/x", nil, Sign(keyA, restarted.Identity(), "GET", "/x", nil, now.Add(skew))); err != nil {
+			t.Errorf("skew %v: a request signed for the restarted node: %v", skew, err)
+		}
 	}
 }
 
 func TestVerifyMalformed(t *testing.T) {
 	v := NewVerifier([][]byte{keyA}, "n1", fixed(t0))
-	good := Sign(keyA, "n1", "GET", "/x", nil, t0)
+	good := Sign(keyA, v.Identity(), "GET", "/x", nil, t0)
 	for name, auth := range map[string]string{
 		"ErrEmpty":       "",
 		"ErrBearer":      "Bearer abc.def.ghi",
@@ -130,11 +134,11 @@ func TestVerifyMalformed(t *testing.T) {
 func TestVerifyBusy(t *testing.T) {
 	v := NewVerifier([][]byte{keyA}, "n1", fixed(t0))
 	for i := range maxNonces {
-		if err := v.Verify("GET", "/x", nil, Sign(keyA, "n1", "GET", "/x", nil, t0)); err != nil {
+		if err := v.Verify("GET", "/x", nil, Sign(keyA, v.Identity(), "GET", "/x", nil, t0)); err != nil {
 			t.Fatalf("request %d: %v", i, err)
 		}
 	}
-	if err := v.Verify("GET", "/x", nil, Sign(keyA, "n1", "GET", "/x", nil, t0)); !errors.Is(err, ErrBusy) {
+	if err := v.Verify("GET", "/x", nil, Sign(keyA, v.Identity(), "GET", "/x", nil, t0)); !errors.Is(err, ErrBusy) {
 		t.Errorf("request past the bound: %v, want %v", err, ErrBusy)
 	}
 }
@@ -144,7 +148,7 @@ func TestSetKeys(t *testing.T) {
 	v.SetKeys([][]byte{keyB})
 	for signer, want := range map[string]error{"A": ErrSignature, "B": nil} {
 		k := map[string][]byte{"A": keyA, "B": keyB}[signer]
-		if err := v.Verify("GET", "/x", nil, Sign(k, "n1", "GET", "/x", nil, t0)); !errors.Is(err, want) {
+		if err := v.Verify("GET", "/x", nil, Sign(k, v.Identity(), "GET", "/x", nil, t0)); !errors.Is(err, want) {
 			t.Errorf("signed with %s after rotation to B: %v, want %v", signer, err, want)
 		}
 	}
@@ -155,7 +159,7 @@ func TestSetKeys(t *testing.T) {
 // remembered nonce that turned into the next request's made that request a "replay").
 func TestVerifyReusedBuffer(t *testing.T) {
 	v := NewVerifier([][]byte{keyA}, "n1", fixed(t0))
-	buf := []byte(Sign(keyA, "n1", "GET", "/x", nil, t0))
+	buf := []byte(Sign(keyA, v.Identity(), "GET", "/x", nil, t0))
 	if err := v.Verify("GET", "/x", nil, unsafe.String(&buf[0], len(buf))); err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +167,7 @@ func TestVerifyReusedBuffer(t *testing.T) {
 	for n := range v.nonces {
 		before = append(before, strings.Clone(n))
 	}
-	copy(buf, Sign(keyA, "n1", "GET", "/x", nil, t0)) // the next request, in the same buffer
+	copy(buf, Sign(keyA, v.Identity(), "GET", "/x", nil, t0)) // the next request, in the same buffer
 	for n := range v.nonces {
 		if n != before[0] {
 			t.Fatalf("remembered nonce changed from %s to %s with the caller's buffer", before[0], n)

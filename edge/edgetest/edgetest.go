@@ -61,7 +61,7 @@ func CreateApp(tb testing.TB, n *edge.Node, name string) string {
 		tb.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", adminauth.Sign(ClusterKey, n.Name(), http.MethodPost, "/v1/admin/apps", body, time.Now()))
+	req.Header.Set("Authorization", adminauth.Sign(ClusterKey, n.AdminIdentity(), http.MethodPost, "/v1/admin/apps", body, time.Now()))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		tb.Fatal(err)

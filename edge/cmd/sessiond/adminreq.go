@@ -17,10 +17,11 @@ const maxAdminTries = 4
 
 // doAdmin sends a request signed with clusterKey to the admin route at target (a URL)
 // and returns the node's answer, whatever its status; the caller closes its body. A
-// signed request is good for one node only (package adminauth): doAdmin asks the address
-// which node answers there (X-Served-By of GET /healthz) and signs for it. Behind a load
-// balancer the request may reach another node, which refuses it with 401 and its own name
-// in X-Served-By: doAdmin then signs again for that one. It keeps the cookies it is
+// signed request is good for one node only, as long as it runs (package adminauth):
+// doAdmin asks the address which node answers there (adminauth.HeaderIdentity of GET
+// /healthz) and signs for it. Behind a load balancer the request may reach another node,
+// which refuses it with 401 and its own identity: doAdmin then signs again for that one,
+// up to maxAdminTries signatures in all. It keeps the cookies it is
 // given, so a balancer that pins clients by cookie (infra/lb's :8080) keeps it on one
 // node; one that spreads every request (round robin without cookies) may defeat it:
 // address a node.
@@ -41,9 +42,9 @@ func doAdmin(hc *http.Client, clusterKey []byte, method, target string, body []b
 		return nil, err
 	}
 	resp.Body.Close()
-	node := resp.Header.Get("X-Served-By")
+	node := resp.Header.Get(adminauth.HeaderIdentity)
 	if node == "" {
-		return nil, fmt.Errorf("%s names no node (X-Served-By): is it a sessiond node?", health.String())
+		return nil, fmt.Errorf("%s names no node (%s): is it a sessiond node of this release?", health.String(), adminauth.HeaderIdentity)
 	}
 	for try := 1; ; try++ {
 		req, err := http.NewRequest(method, target, bytes.NewReader(body))
@@ -58,7 +59,7 @@ func doAdmin(hc *http.Client, clusterKey []byte, method, target string, body []b
 		if err != nil {
 			return nil, err
 		}
-		served := resp.Header.Get("X-Served-By")
+		served := resp.Header.Get(adminauth.HeaderIdentity)
 		if resp.StatusCode != http.StatusUnauthorized || served == "" || served == node || try == maxAdminTries {
 			return resp, nil
 		}

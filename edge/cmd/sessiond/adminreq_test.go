@@ -23,7 +23,7 @@ func TestDoAdminThroughStickyBalancer(t *testing.T) {
 		name := "node-" + strconv.Itoa(i)
 		v := adminauth.NewVerifier([][]byte{key}, name, time.Now)
 		nodes = append(nodes, httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("X-Served-By", name)
+			w.Header().Set(adminauth.HeaderIdentity, v.Identity())
 			if r.URL.Path == "/healthz" {
 				return
 			}

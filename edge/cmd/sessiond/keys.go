@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 const keysUsage = `Usage:
   sessiond keys rotate --http ADDR [--after DURATION]   start signing session tokens with a new key
   sessiond keys list --http ADDR [--json]               list the signing keys the node at ADDR knows
+  sessiond keys retire KID --http ADDR                  retire a replaced key at once (a leaked key)
 
 Session tokens are signed with Ed25519 keys (EdDSA) that every node holds and that any
 backend can verify with the public keys GET /.well-known/jwks.json publishes. A rotation
@@ -25,7 +28,9 @@ verifiers that cache the set fetch the new key before they meet a token it signe
 keys it replaces keep verifying until the last token they signed has expired
 (--session-ttl, or an app's longer session ttl, which the key's record keeps) and then
 leave the key set. The new key's kid is
-printed alone on the last line.
+printed alone on the last line. Retiring a key that a newer one replaced ends it at once
+on every node: its tokens stop verifying (their users sign in again) and it leaves the
+key set. To end a leaked key that signs now, rotate with --after 0, then retire it.
 
 The request is signed with the cluster key: give --cluster-key-file (or
 SESSIOND_CLUSTER_KEY_FILE, or the key itself in SESSIOND_CLUSTER_KEY), as to the node.
@@ -52,8 +57,10 @@ func keysCmd(args []string, stdout, stderr io.Writer) int {
 		return keysRotate(args[1:], stdout, stderr)
 	case "list":
 		return keysList(args[1:], stdout, stderr)
+	case "retire":
+		return keysRetire(args[1:], stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "sessiond keys: unknown command %q: want rotate or list (sessiond keys --help)\n", args[0])
+	fmt.Fprintf(stderr, "sessiond keys: unknown command %q: want rotate, list or retire (sessiond keys --help)\n", args[0])
 	return 2
 }
 
@@ -131,6 +138,30 @@ func keysRotate(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "new signing key published; every node signs with it %s. The keys it replaces verify until their last token expires.\n", when)
 	fmt.Fprintln(stdout, k.KID)
+	return 0
+}
+
+func keysRetire(args []string, stdout, stderr io.Writer) int {
+	fs, addr, keyFile, _, _ := keysFlags("sessiond keys retire")
+	var kid string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		kid, args = args[0], args[1:]
+	}
+	if code, done := parseCmd(fs, args, stdout, stderr, keysUsage, "http", "cluster-key-file"); done {
+		return code
+	}
+	if kid == "" && fs.NArg() == 1 {
+		kid = fs.Arg(0)
+	} else if kid == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "sessiond keys retire: want one KID (sessiond keys list shows them)")
+		return 2
+	}
+	var out api.RotateKeyResponse
+	if err := keysRequest(*addr, *keyFile, http.MethodPost, "/v1/admin/keys/"+url.PathEscape(kid)+"/retire", nil, &out); err != nil {
+		fmt.Fprintln(stderr, "sessiond keys retire:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "signing key %s is %s: its tokens no longer verify on any node the record reaches.\n", out.Key.KID, out.Key.Status)
 	return 0
 }
 

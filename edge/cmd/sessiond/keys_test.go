@@ -105,6 +105,22 @@ func TestKeysCLI(t *testing.T) {
 		t.Errorf("keys list --json on %s: exit %d: %s%s", a.name, code, so, se)
 	}
 
+	// The old key, replaced, retired at once through one node: on every node its
+	// token gets 401 and it leaves the key set.
+	so, se, code = runCLI(t, "keys", "retire", oldKid, "--http", a.http, "--cluster-key-file", a.keyFile)
+	if code != 0 || !strings.Contains(so, "retired") {
+		t.Fatalf("keys retire: exit %d: %s%s", code, so, se)
+	}
+	for _, n := range nodes {
+		waitFor(t, 30*time.Second, n.name+" to refuse the retired key's token", func() bool {
+			st, _ := call("GET", n.url("/v1/sessions/current"), old, nil)
+			return st == http.StatusUnauthorized
+		})
+		if kids := jwksKids(t, n); len(kids) != 1 || kids[0] != next {
+			t.Errorf("%s publishes %q once the old key is retired; want the new key alone", n.name, kids)
+		}
+	}
+
 	wrong := filepath.Join(t.TempDir(), "wrong.key")
 	os.WriteFile(wrong, []byte(base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600)
 	for _, tc := range []struct {
@@ -121,6 +137,8 @@ func TestKeysCLI(t *testing.T) {
 		{"ErrTooLate", []string{"keys", "rotate", "--after", "25h", "--http", a.http, "--cluster-key-file", a.keyFile}, 2, "--after"},
 		{"ErrArgument", []string{"keys", "list", "extra", "--http", a.http}, 2, "unexpected argument"},
 		{"ErrNoNode", []string{"keys", "list", "--http", "127.0.0.1:1", "--cluster-key-file", a.keyFile}, 1, "sessiond keys list"},
+		{"ErrRetireNoKID", []string{"keys", "retire", "--http", a.http, "--cluster-key-file", a.keyFile}, 2, "want one KID"},
+		{"ErrRetireSigning", []string{"keys", "retire", next, "--http", a.http, "--cluster-key-file", a.keyFile}, 1, "409 conflict"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, se, code := runCLI(t, tc.args...)
