@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sessiond/sessiond/edge/cluster"
@@ -211,6 +213,11 @@ func (c Config) Validate() error {
 	case len(c.Join) > 0 && len(c.ClusterKeys) == 0:
 		return errors.New("config: joining a cluster needs its key: set --cluster-key-file or SESSIOND_CLUSTER_KEY (create one with `sessiond keygen`)")
 	}
+	for _, o := range c.CORSOrigins {
+		if err := validOrigin(o); err != nil {
+			return fmt.Errorf("config: CORSOrigins: %w", err)
+		}
+	}
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		return fmt.Errorf("config: HTTPAddr %q: %w", c.HTTPAddr, err)
 	}
@@ -281,4 +288,16 @@ func (c *Config) fillLimits() {
 	if c.PasswordQueue == 0 {
 		c.PasswordQueue = 32 * c.PasswordWorkers
 	}
+}
+
+// validOrigin checks a browser origin allowed by CORS: scheme://host[:port] of http or
+// https, nothing more ("*" is not allowed: the API takes bearer tokens, and an operator
+// names the sites that may call it).
+func validOrigin(o string) error {
+	u, err := url.Parse(o)
+	if err != nil || strings.ContainsAny(o, ", \t") || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.Path != "" || u.RawQuery != "" ||
+		u.Fragment != "" || u.User != nil || u.Opaque != "" {
+		return fmt.Errorf("%q is not an origin: want scheme://host[:port], such as https://app.example", o)
+	}
+	return nil
 }

@@ -380,15 +380,25 @@ func (n *Node) throttled(c *fiber.Ctx, r refusal, what, busy string) error {
 }
 
 // knownDevice reports whether device is a device token of the account that owns username
-// now: a token issued to an earlier owner of the name (erased, or the loser of a
-// concurrent registration) lifts nothing.
+// now, issued after its owner last signed out everywhere: a token issued to an earlier
+// owner of the name (erased, or the loser of a concurrent registration), or before "sign
+// out everywhere" (a device the owner meant to shut out), lifts nothing. It lifts nothing
+// either when the account's record is not at hand here.
 func (n *Node) knownDevice(c *fiber.Ctx, device, username string) bool {
-	owner, ok := n.tokens.deviceOwner(device, username)
+	owner, issued, ok := n.tokens.deviceOwner(device, username)
 	if !ok {
 		return false
 	}
 	u, err := n.users.Lookup(c.UserContext(), username)
-	return err == nil && u.ID == owner
+	if err != nil || u.ID != owner {
+		return false
+	}
+	m, found, err := n.db.Record(c.UserContext(), crdt.UserKey(owner))
+	if err != nil || !found {
+		return false
+	}
+	until := crdt.ReadUser(owner, &m).SessionsUntil
+	return until.IsZero() || issued.After(until.Time())
 }
 
 func (n *Node) login(c *fiber.Ctx) error {

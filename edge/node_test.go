@@ -27,3 +27,26 @@ func TestNode_StartCancelled(t *testing.T) {
 		t.Errorf("healthz: %d %s", resp.StatusCode, body)
 	}
 }
+
+// TestConfig_CORSOrigins: an origin CORS cannot use is refused at start, with a clear
+// error, rather than a panic of the CORS middleware after the node joined its cluster.
+func TestConfig_CORSOrigins(t *testing.T) {
+	for _, tc := range []struct {
+		origins []string
+		ok      bool
+	}{
+		{[]string{"https://app.example", "http://localhost:3000"}, true},
+		{[]string{"https://app.example,"}, false},
+		{[]string{"null"}, false},
+		{[]string{"*"}, false},
+		{[]string{"https://app.example/path"}, false},
+		{[]string{"ftp://app.example"}, false},
+		{[]string{"app.example"}, false},
+	} {
+		cfg := testConfig(t, "cors-0")
+		cfg.CORSOrigins = tc.origins
+		if err := cfg.Validate(); (err == nil) != tc.ok {
+			t.Errorf("%q: Validate() = %v, want ok %v", tc.origins, err, tc.ok)
+		}
+	}
+}

@@ -140,6 +140,23 @@ func TestHTTP_LoginDeviceToken(t *testing.T) {
 		resp, body, _ := loginFrom(t, c, "192.0.2.2", "ghost", "wrong password", old.Device)
 		wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
 	})
+	// A device token issued before its owner signed out everywhere lifts nothing: the
+	// owner meant to shut out whoever holds the devices of then.
+	t.Run("ErrDeviceBeforeSignOutEverywhere", func(t *testing.T) {
+		signUp(t, c, "shared")
+		_, _, before := loginFrom(t, c, "198.51.100.10", "shared", "correct horse", "")
+		if resp, body := c.do("DELETE", "/v1/sessions", before.Token, nil); resp.StatusCode/100 != 2 {
+			t.Fatalf("sign out everywhere: status %d, body %s", resp.StatusCode, body)
+		}
+		for i := range 3 {
+			for range 2 {
+				resp, body, _ := loginFrom(t, c, fmt.Sprintf("203.0.115.%d", i), "shared", "wrong password", "")
+				wantError(t, resp, body, http.StatusUnauthorized, "unauthorized")
+			}
+		}
+		resp, body, _ := loginFrom(t, c, "192.0.2.3", "shared", "correct horse", before.Device)
+		wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+	})
 	t.Run("ErrBadDevice", func(t *testing.T) {
 		resp, body := c.do("POST", "/v1/sessions", "", map[string]any{"username": "victim", "password": "x", "device": 42})
 		wantError(t, resp, body, http.StatusBadRequest, "invalid_argument")

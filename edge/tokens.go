@@ -347,24 +347,25 @@ func (t *tokens) signDevice(userID, username string) (string, error) {
 // account named username. Any fault is just false: the login goes on without the
 // exemption. The token names an account by id too: see deviceOwner.
 func (t *tokens) verifyDevice(raw, username string) bool {
-	_, ok := t.deviceOwner(raw, username)
+	_, _, ok := t.deviceOwner(raw, username)
 	return ok
 }
 
 // deviceOwner returns the id of the account that raw, a valid, unexpired device token of
-// ours for a name username, was issued to. A name can change hands (its owner erased, or
-// a concurrent registration won), so the caller checks that this account still owns it.
-func (t *tokens) deviceOwner(raw, username string) (string, bool) {
+// ours for a name username, was issued to, and when. A name can change hands (its owner
+// erased, or a concurrent registration won), and the owner may have signed out
+// everywhere since, so the caller checks both.
+func (t *tokens) deviceOwner(raw, username string) (string, time.Time, bool) {
 	if raw == "" || len(raw) > maxDeviceToken || username == "" {
-		return "", false
+		return "", time.Time{}, false
 	}
 	var c deviceClaims
 	_, err := t.device.ParseWithClaims(raw, &c, func(tok *jwt.Token) (any, error) {
 		kid, _ := tok.Header["kid"].(string)
 		return t.set.Load().verifying(kid, t.now())
 	})
-	if err != nil || c.Subject == "" || c.Username != username {
-		return "", false
+	if err != nil || c.Subject == "" || c.Username != username || c.IssuedAt == nil {
+		return "", time.Time{}, false
 	}
-	return c.Subject, true
+	return c.Subject, c.IssuedAt.Time, true
 }

@@ -250,6 +250,34 @@ func TestBrowserUI(t *testing.T) {
 	bob.waitJS("opening the thread marks it read", `(() => { const c = document.querySelector('[data-testid=conversation-item][data-with="alice"]'); const b = document.getElementById('nav-messages-unread'); return c && c.dataset.unread === '0' && b && b.hidden; })()`)
 	bob.shot("thread-read")
 
+	// A user may be called __proto__: its unread count is a count like any other (as a
+	// property name of a plain object it named the prototype, and a reply to it froze the
+	// tab in a loop of redraws).
+	resp, err := http.Post(strings.TrimSuffix(base, "/")+"/v1/users", "application/json", strings.NewReader(`{"username":"__proto__","password":"correct horse battery"}`))
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("register __proto__: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	bob.setHash("#/messages/__proto__")
+	bob.waitText("#thread-title", "__proto__")
+	bob.typeInto("#message-body", "Who are you?")
+	bob.pressEnter()
+	bob.waitMessage("Who are you?", "bob")
+	bob.nav("profile")
+	bob.waitText("#profile-username", "bob")
+	bob.nav("messages")
+	bob.waitJS("bob's tab draws the conversation with __proto__, read", `document.querySelector('[data-testid=conversation-item][data-with="__proto__"]')?.dataset.unread === '0'`)
+	bob.waitJS("bob's nav badge shows nothing unread", `document.getElementById('nav-messages-unread')?.hidden === true`)
+
+	// A link naming no possible user (a crafted one) shows none of its text: the tab goes
+	// to the conversations instead, without a history entry for the link.
+	bob.setHash("#/messages/support%E2%80%9D.%20Your%20account%20is%20locked")
+	bob.waitHash("#/messages")
+	bob.waitVisible("#conversations")
+	if title := bob.eval("the thread title", `String(document.getElementById('thread-title')?.textContent ?? '')`); strings.Contains(title, "locked") {
+		t.Errorf("a crafted link's text is shown: %q", title)
+	}
+
 	// The same screens in the dark colour scheme.
 	bob.colorScheme("dark")
 	bob.shot("dark-thread")

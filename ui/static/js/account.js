@@ -290,6 +290,7 @@ function deleteAccountCard(ctx) {
     cancel.disabled = true;
     try {
       await api.del('v1/users/me', { signal: ctx.signal });
+      auth.forgetDevice(credentials.username(), true);
       auth.endSession('Your account and all its data have been deleted.', 'success');
     } catch (ex) {
       if (ctx.signal.aborted) return;

@@ -63,6 +63,21 @@ function rememberDevice(username, device) {
   }
 }
 
+/**
+ * forgetDevice drops the device token of username: after signing out everywhere the
+ * server no longer honours it, and after deleting the account nothing of it should stay
+ * in this browser; with deleted, the account's unread counts go too.
+ */
+export function forgetDevice(username, deleted = false) {
+  if (!username) return;
+  try {
+    localStorage.setItem(DEVICES_KEY, JSON.stringify(devices().filter(([u]) => u !== username)));
+    if (deleted) localStorage.removeItem('sessiond.seen.' + username);
+  } catch {
+    // storage disabled: nothing was kept
+  }
+}
+
 /** signIn logs in with POST v1/sessions, stores the token and starts the background work. */
 export async function signIn(username, password) {
   const body = { username, password };

@@ -17,17 +17,26 @@ const PAGE = 100;
 const MAX_PAGES_AT_ONCE = 20;
 const BODY_MAX_BYTES = 4096;
 const USERNAME = /^[a-z0-9_.-]{3,32}$/;
+// THREAD names whom a thread is with: a username, or an account that lost its name to a
+// concurrent registration (NAME#1234abcd). Anything else in the hash is not shown.
+const THREAD = /^[a-z0-9_.-]{3,32}(#[0-9a-f]{8})?$/;
 const encoder = new TextEncoder();
 
-// lastSent is the id of the last message this tab sent. Each send names it as `after`, so
-// the server orders the new message after it even if a load balancer sends the two to
-// different nodes before they have replicated.
-let lastSent = '';
+// lastSent holds, per conversation (by the other's name), the id of the last message this
+// tab sent in it. Each send names it as `after`, so the server orders the new message
+// after it even if a load balancer sends the two to different nodes before they have
+// replicated. Per conversation: the server refuses an `after` of another conversation.
+const lastSent = new Map();
 
 /** screen is #/messages and #/messages/NAME. */
 export function screen(main, args, ctx) {
   const me = credentials.username();
   const name = (args[0] || '').trim();
+  if (name && !THREAD.test(name)) {
+    // A link that names no possible user (a crafted one, say): its text is not shown.
+    router.redirect('messages');
+    return;
+  }
   const convList = h('ul', { id: 'conversations', 'data-testid': 'conversations', class: 'conv-list' });
   const layout = h('div', { class: ['messages-layout', name && 'has-thread'] }, conversationsPane(ctx, me, name, convList), name ? threadPane(ctx, me, name) : placeholderPane());
   replace(main, screenHeader('Messages', name ? null : 'Conversations update live as messages arrive, from any region.'), layout);
@@ -262,8 +271,9 @@ function threadPane(ctx, me, name) {
     busy(send, true, 'Sending…');
     body.value = ''; // cleared at once, so typing on is not lost; put back on failure
     try {
-      const r = await api.post('v1/messages', lastSent ? { to: name, body: text, after: lastSent } : { to: name, body: text }, { signal: ctx.signal });
-      if (r && r.message) lastSent = r.message.id;
+      const after = lastSent.get(name);
+      const r = await api.post('v1/messages', after ? { to: name, body: text, after } : { to: name, body: text }, { signal: ctx.signal });
+      if (r && r.message) lastSent.set(name, r.message.id);
       if (ctx.signal.aborted) return;
       if (!body.value.trim()) body.value = '';
       if (r && r.message) {

@@ -26,6 +26,11 @@ export function href(...parts) {
   return '#/' + parts.map((p) => encodeURIComponent(p)).join('/');
 }
 
+/** redirect replaces the current route with another (no history entry for the first). */
+export function redirect(...parts) {
+  location.replace(href(...parts));
+}
+
 /** go navigates to a route; when already there it renders the screen again. */
 export function go(...parts) {
   const target = href(...parts);

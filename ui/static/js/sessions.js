@@ -3,6 +3,7 @@
 
 import * as api from './api.js';
 import * as auth from './auth.js';
+import * as credentials from './credentials.js';
 import { h, replace, field, alertBox, showAlert, hideAlert, showError, busy, announce, loading, empty, screenHeader, time } from './view.js';
 
 /**
@@ -295,6 +296,7 @@ export function list(main, _args, ctx) {
     busy(all, true, 'Signing out…');
     try {
       await api.del('v1/sessions', { signal: ctx.signal });
+      auth.forgetDevice(credentials.username());
       auth.endSession('You have signed out everywhere: every session of your account has ended.', 'success');
     } catch (ex) {
       if (ctx.signal.aborted) return;

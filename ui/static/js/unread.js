@@ -8,13 +8,17 @@
 
 const PREFIX = 'sessiond.seen.';
 
+// load returns the counts of me by username, in an object with no prototype: a user may
+// be called __proto__, which on a plain object would name the prototype, not a count.
 function load(me) {
+  const out = Object.create(null);
   try {
     const v = JSON.parse(localStorage.getItem(PREFIX + me) || '{}');
-    return v && typeof v === 'object' ? v : {};
+    if (v && typeof v === 'object') Object.assign(out, v);
   } catch {
-    return {};
+    // unreadable: start afresh
   }
+  return out;
 }
 
 function store(me, v) {
@@ -38,7 +42,8 @@ let notifying = false;
 export function markSeen(me, other, count) {
   if (!me || !other || !Number.isFinite(count)) return;
   const v = load(me);
-  if ((v[other] || 0) >= count) return;
+  const had = Number.isFinite(v[other]) ? v[other] : 0;
+  if (had >= count) return;
   v[other] = count;
   store(me, v);
   // This tab's badges must follow too (the storage event reaches only the other tabs).
