@@ -102,6 +102,7 @@ export function endSession(text, kind = 'info') {
   const wasSignedIn = signedIn();
   live.stop();
   credentials.clear();
+  api.clearServedBy(); // the requests of this session are no business of the next one's
   if (text) credentials.setNotice(text, kind);
   if (wasSignedIn) changed();
   router.go('signin');
