@@ -128,7 +128,7 @@ func (n *Node) adminRoutes(app *fiber.App) {
 	admin.Post("/apps/:name/rotate", n.rotateApp)
 	admin.Get("/keys", n.signingKeys)
 	admin.Post("/keys/rotate", n.rotateKey)
-	admin.Post("/keys/:kid/retire", n.retireKey) // jwks.go
+	admin.Post("/keys/:kid/retire", n.retireKey)   // jwks.go
 	admin.Delete("/members/:name", n.removeMember) // members.go
 	admin.Use(func(c *fiber.Ctx) error { return fiber.NewError(fiber.StatusNotFound, "no such route") })
 }

@@ -177,7 +177,7 @@ type signKey struct {
 	expiresUntil time.Time
 	// retiredAt: when an operator retired it at once (crdt.FieldRetired); zero: never.
 	retiredAt time.Time
-	sealed       []string // the seal ids of its sealings, sorted
+	sealed    []string // the seal ids of its sealings, sorted
 	// superseded is when the first newer key starts signing; zero: none newer (current).
 	superseded time.Time
 	// retires is when it stops verifying; zero while current.

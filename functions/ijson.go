@@ -100,7 +100,7 @@ func ScanIJSON(v []byte, i int) (int, error) {
 	}
 	// A number with no exponent and at most 308 digits is within range.
 	if num := v[start:i]; (num[0] == '-' || num[0] >= '0' && num[0] <= '9') &&
-		(len(num) > 308 || bytes.IndexAny(num, "eE") >= 0) {
+		(len(num) > 308 || bytes.ContainsAny(num, "eE")) {
 		if f, err := strconv.ParseFloat(string(num), 64); err != nil || math.IsInf(f, 0) {
 			return i, fmt.Errorf("number %.40s is beyond the range of a double", num)
 		}
