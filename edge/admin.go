@@ -2,7 +2,6 @@ package edge
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -28,8 +27,10 @@ func (n *Node) adminAuth(c *fiber.Ctx) error {
 	}
 	// The body as sent: c.Body() would inflate a compressed one, with no bound, before
 	// the request is authenticated (decodeJSON refuses compressed bodies anyway). The
-	// target as sent too (the request line's), not as the router normalised it.
-	err := n.admin.Verify(c.Method(), originForm(c.Request().Header.RequestURI()), c.Request().Body(), auth)
+	// target as sent too, the request line's byte for byte: whatever the router makes of
+	// it, it makes of what was signed (reading the target in another way than the router
+	// would let one signature open another route).
+	err := n.admin.Verify(c.Method(), string(c.Request().Header.RequestURI()), c.Request().Body(), auth)
 	switch {
 	case err == nil:
 		return c.Next()
@@ -40,21 +41,6 @@ func (n *Node) adminAuth(c *fiber.Ctx) error {
 	c.Set(fiber.HeaderWWWAuthenticate, adminauth.Scheme)
 	c.Set(adminauth.HeaderIdentity, n.admin.Identity())
 	return functions.Errorf(functions.EUnauthorized, "admin request refused: %v", err)
-}
-
-// originForm returns a request target as its path and query: an absolute-form target
-// (http://host/path?query, as a proxy may send it) without its scheme and host.
-func originForm(target []byte) string {
-	if len(target) > 0 && target[0] != '/' {
-		if i := bytes.Index(target, []byte("://")); i > 0 {
-			rest := target[i+3:]
-			if j := bytes.IndexByte(rest, '/'); j >= 0 {
-				return string(rest[j:])
-			}
-			return "/"
-		}
-	}
-	return string(target)
 }
 
 // backupRetry is the Retry-After of a backup refused because another one runs.

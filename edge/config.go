@@ -291,11 +291,11 @@ func (c *Config) fillLimits() {
 }
 
 // validOrigin checks a browser origin allowed by CORS: scheme://host[:port] of http or
-// https, nothing more ("*" is not allowed: the API takes bearer tokens, and an operator
-// names the sites that may call it).
+// https, and at most a trailing "/" (no "*" anywhere: the API takes bearer tokens, and an
+// operator names each site that may call it).
 func validOrigin(o string) error {
 	u, err := url.Parse(o)
-	if err != nil || strings.ContainsAny(o, ", \t") || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.Path != "" || u.RawQuery != "" ||
+	if err != nil || strings.ContainsAny(o, ", \t*") || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.Path != "" && u.Path != "/" || u.RawQuery != "" ||
 		u.Fragment != "" || u.User != nil || u.Opaque != "" {
 		return fmt.Errorf("%q is not an origin: want scheme://host[:port], such as https://app.example", o)
 	}

@@ -385,7 +385,7 @@ func (n *Node) throttled(c *fiber.Ctx, r refusal, what, busy string) error {
 // out everywhere" (a device the owner meant to shut out), lifts nothing. It lifts nothing
 // either when the account's record is not at hand here.
 func (n *Node) knownDevice(c *fiber.Ctx, device, username string) bool {
-	owner, issued, ok := n.tokens.deviceOwner(device, username)
+	owner, mark, issued, ok := n.tokens.deviceOwner(device, username)
 	if !ok {
 		return false
 	}
@@ -398,7 +398,13 @@ func (n *Node) knownDevice(c *fiber.Ctx, device, username string) bool {
 		return false
 	}
 	until := crdt.ReadUser(owner, &m).SessionsUntil
-	return until.IsZero() || issued.After(until.Time())
+	if until.IsZero() {
+		return true
+	}
+	if !mark.IsZero() { // in hybrid clock order, as sessions are (crdt.User.Revokes)
+		return until.Less(mark)
+	}
+	return issued.After(until.Time())
 }
 
 func (n *Node) login(c *fiber.Ctx) error {
@@ -456,7 +462,7 @@ func (n *Node) login(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	device, err := n.tokens.signDevice(s.UserID, req.Username)
+	device, err := n.tokens.signDevice(s.UserID, req.Username, n.db.Clock().Next())
 	if err != nil {
 		return err
 	}

@@ -268,9 +268,21 @@ func TestAdmin_Keys(t *testing.T) {
 		if ra := resp.Header.Get("Retry-After"); ra == "" || ra == "0" {
 			t.Errorf("Retry-After = %q, want when the oldest key retires", ra)
 		}
-		if set := fetchJWKS(t, c); len(set.Keys) != maxLiveKeys {
-			t.Errorf("%d keys published, want %d", len(set.Keys), maxLiveKeys)
+		set := fetchJWKS(t, c)
+		if len(set.Keys) != maxLiveKeys {
+			t.Fatalf("%d keys published, want %d", len(set.Keys), maxLiveKeys)
 		}
+		// Retiring a replaced key ends it at once, but makes no room: rotations stay
+		// bounded (else rotate-and-retire would pile up key records without end).
+		oldest := set.Keys[len(set.Keys)-1].Kid
+		if resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/"+oldest+"/retire", nil); resp.StatusCode != http.StatusOK {
+			t.Fatalf("retire %s: %d %s", oldest, resp.StatusCode, body)
+		}
+		if set := fetchJWKS(t, c); len(set.Keys) != maxLiveKeys-1 {
+			t.Errorf("%d keys published after a retire, want %d", len(set.Keys), maxLiveKeys-1)
+		}
+		resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", nil)
+		wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
 	})
 }
 
@@ -748,6 +760,12 @@ func TestSigningKeys_RetireAtOnce(t *testing.T) {
 	wantError(t, resp, body, http.StatusConflict, "conflict")
 	if resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", map[string]any{"after_seconds": 0}); resp.StatusCode != http.StatusCreated {
 		t.Fatalf("rotate: %d %s", resp.StatusCode, body)
+	}
+	// The node's hybrid clock runs ahead of its wall clock (it saw a peer's write from
+	// 50 s ahead): the retire still ends the key at once, not when the wall clock reaches
+	// the flag's time.
+	if err := n.db.Clock().Observe(crdt.Timestamp{Wall: time.Now().Add(50 * time.Second).UnixNano(), Node: 99}); err != nil {
+		t.Fatal(err)
 	}
 	resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/"+oldKid+"/retire", nil)
 	var out api.RotateKeyResponse

@@ -40,6 +40,10 @@ func TestConfig_CORSOrigins(t *testing.T) {
 		{[]string{"null"}, false},
 		{[]string{"*"}, false},
 		{[]string{"https://app.example/path"}, false},
+		{[]string{"https://app.example/"}, true},
+		{[]string{"https://*"}, false},
+		{[]string{"https://a*b.example"}, false},
+		{[]string{"https://*.example.com"}, false},
 		{[]string{"ftp://app.example"}, false},
 		{[]string{"app.example"}, false},
 	} {

@@ -155,7 +155,7 @@ func (s *signing) run(ctx context.Context) {
 // loadLocked reads the signing key records and makes the ring they describe the
 // tokens'. s.mu is held.
 func (s *signing) loadLocked(ctx context.Context) (*keyRing, error) {
-	keys, ms, more, err := s.db.RecordsUnder(ctx, crdt.SigningKeyPrefix, 4*maxRingKeys)
+	keys, ms, more, err := s.db.RecordsUnder(ctx, crdt.SigningKeyPrefix, maxKeyRecords)
 	if err != nil {
 		return nil, fmt.Errorf("read signing keys: %w", err)
 	}
@@ -337,11 +337,11 @@ func (s *signing) rotate(ctx context.Context, after time.Duration) (*signKey, ti
 		return nil, time.Time{}, err
 	}
 	now := s.now()
-	if live := ring.live(now); len(live) >= maxLiveKeys {
+	if live := ring.bounded(now); len(live) >= maxLiveKeys {
 		var first time.Time
 		for _, k := range live {
-			if !k.retires.IsZero() && (first.IsZero() || k.retires.Before(first)) {
-				first = k.retires
+			if !k.naturalRetires.IsZero() && (first.IsZero() || k.naturalRetires.Before(first)) {
+				first = k.naturalRetires
 			}
 		}
 		return nil, first, errTooManyKeys

@@ -42,7 +42,9 @@ import (
 //     handed out; see signing.outlives) — and then leaves the JWKS and stops verifying
 //     ("retired"). Its sealings are deleted then.
 //   - An operator may retire a superseded key at once (crdt.FieldRetired: a leaked key):
-//     it retires at the flag's time, if that comes first.
+//     from the moment its record carries the flag it verifies nowhere, whatever the
+//     flag's time (which is only shown). It still counts against the bound on live keys
+//     until it would have retired by the rules above.
 //   - Every node verifies with every key that is not retired. Verification needs only the
 //     public key, never a cluster key.
 //
@@ -63,6 +65,11 @@ const (
 	// retired.
 	maxRingKeys = 64
 	maxLiveKeys = 32
+	// maxKeyRecords bounds the signing key records a node reads to find the newest
+	// maxRingKeys (records are read in kid order, not by age, and are never deleted: a
+	// retired key's record keeps its public key). 4,096 rotations: more than a cluster
+	// rotating every day makes in ten years.
+	maxKeyRecords = 4096
 	// maxSealed bounds the sealings of one key a node reads (one per cluster key).
 	maxSealed     = 16
 	thumbprintLen = 43 // base64url of a SHA-256 sum, unpadded
@@ -177,7 +184,9 @@ type signKey struct {
 	expiresUntil time.Time
 	// retiredAt: when an operator retired it at once (crdt.FieldRetired); zero: never.
 	retiredAt time.Time
-	sealed    []string // the seal ids of its sealings, sorted
+	// naturalRetires is when it would retire had no operator retired it.
+	naturalRetires time.Time
+	sealed         []string // the seal ids of its sealings, sorted
 	// superseded is when the first newer key starts signing; zero: none newer (current).
 	superseded time.Time
 	// retires is when it stops verifying; zero while current.
@@ -185,7 +194,15 @@ type signKey struct {
 }
 
 // liveAt reports whether k verifies at now.
-func (k *signKey) liveAt(now time.Time) bool { return k.retires.IsZero() || now.Before(k.retires) }
+func (k *signKey) liveAt(now time.Time) bool {
+	return k.retiredAt.IsZero() && (k.retires.IsZero() || now.Before(k.retires))
+}
+
+// naturallyLiveAt reports whether k would verify at now had no operator retired it: the
+// rotation bound counts those (an operator's retire does not make room for more keys).
+func (k *signKey) naturallyLiveAt(now time.Time) bool {
+	return k.naturalRetires.IsZero() || now.Before(k.naturalRetires)
+}
 
 // keyRing is the set of signing keys a node knows, built from their records by
 // newKeyRing; never modified once built, so it is read without locks.
@@ -252,6 +269,7 @@ func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Dura
 				k.retires = e
 			}
 		}
+		k.naturalRetires = k.retires
 		if !k.retiredAt.IsZero() && (k.retires.IsZero() || k.retiredAt.Before(k.retires)) {
 			k.retires = k.retiredAt
 		}
@@ -318,6 +336,21 @@ func (r *keyRing) live(now time.Time) []*signKey {
 	var out []*signKey
 	for _, k := range r.order {
 		if k.liveAt(now) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// bounded returns the keys that count against maxLiveKeys at now: those that would
+// verify had no operator retired them (naturallyLiveAt), newest first.
+func (r *keyRing) bounded(now time.Time) []*signKey {
+	if r == nil {
+		return nil
+	}
+	var out []*signKey
+	for _, k := range r.order {
+		if k.naturallyLiveAt(now) {
 			out = append(out, k)
 		}
 	}

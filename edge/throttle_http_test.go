@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/sessiond/sessiond/crdt"
 )
 
 // limitsConfig is testConfig behind a trusted proxy (so tests choose the client address
@@ -141,12 +143,20 @@ func TestHTTP_LoginDeviceToken(t *testing.T) {
 		wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
 	})
 	// A device token issued before its owner signed out everywhere lifts nothing: the
-	// owner meant to shut out whoever holds the devices of then.
+	// owner meant to shut out whoever holds the devices of then. One issued after it, the
+	// same second and with the node's hybrid clock ahead of its wall clock too, does.
 	t.Run("ErrDeviceBeforeSignOutEverywhere", func(t *testing.T) {
 		signUp(t, c, "shared")
 		_, _, before := loginFrom(t, c, "198.51.100.10", "shared", "correct horse", "")
+		if err := n.db.Clock().Observe(crdt.Timestamp{Wall: time.Now().Add(30 * time.Second).UnixNano(), Node: 99}); err != nil {
+			t.Fatal(err)
+		}
 		if resp, body := c.do("DELETE", "/v1/sessions", before.Token, nil); resp.StatusCode/100 != 2 {
 			t.Fatalf("sign out everywhere: status %d, body %s", resp.StatusCode, body)
+		}
+		_, _, after := loginFrom(t, c, "198.51.100.11", "shared", "correct horse", "")
+		if after.Device == "" {
+			t.Fatal("no device token after signing out everywhere")
 		}
 		for i := range 3 {
 			for range 2 {
@@ -156,6 +166,9 @@ func TestHTTP_LoginDeviceToken(t *testing.T) {
 		}
 		resp, body, _ := loginFrom(t, c, "192.0.2.3", "shared", "correct horse", before.Device)
 		wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+		if resp, body, _ := loginFrom(t, c, "192.0.2.3", "shared", "correct horse", after.Device); resp.StatusCode != http.StatusCreated {
+			t.Errorf("the owner with a device token issued after signing out everywhere: status %d, body %s; want 201", resp.StatusCode, body)
+		}
 	})
 	t.Run("ErrBadDevice", func(t *testing.T) {
 		resp, body := c.do("POST", "/v1/sessions", "", map[string]any{"username": "victim", "password": "x", "device": 42})

@@ -304,6 +304,10 @@ const (
 // deviceClaims are the claims of a device token: sub is the user id.
 type deviceClaims struct {
 	Username string `json:"usr"`
+	// Mark is the issuing node's hybrid clock reading at issue (a one-mark bookmark), to
+	// order the token against the account's "sign out everywhere" as sessions are; absent
+	// in tokens of earlier releases (their iat is used).
+	Mark string `json:"hlc,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -321,11 +325,15 @@ func newDeviceParser(now func() time.Time) *jwt.Parser {
 	)
 }
 
-// signDevice returns a device token for userID under username.
-func (t *tokens) signDevice(userID, username string) (string, error) {
+// signDevice returns a device token for userID under username, issued at mark (the
+// node's hybrid clock).
+func (t *tokens) signDevice(userID, username string, mark crdt.Timestamp) (string, error) {
 	now := t.now()
+	var b crdt.Bookmark
+	b.Add(mark)
 	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, deviceClaims{
 		Username: username,
+		Mark:     b.String(),
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer:    tokenIssuer,
 			Subject:   userID,
@@ -347,17 +355,18 @@ func (t *tokens) signDevice(userID, username string) (string, error) {
 // account named username. Any fault is just false: the login goes on without the
 // exemption. The token names an account by id too: see deviceOwner.
 func (t *tokens) verifyDevice(raw, username string) bool {
-	_, _, ok := t.deviceOwner(raw, username)
+	_, _, _, ok := t.deviceOwner(raw, username)
 	return ok
 }
 
 // deviceOwner returns the id of the account that raw, a valid, unexpired device token of
-// ours for a name username, was issued to, and when. A name can change hands (its owner
-// erased, or a concurrent registration won), and the owner may have signed out
-// everywhere since, so the caller checks both.
-func (t *tokens) deviceOwner(raw, username string) (string, time.Time, bool) {
+// ours for a name username, was issued to, and when: its mark (zero in tokens of earlier
+// releases) and its iat. A name can change hands (its owner erased, or a concurrent
+// registration won), and the owner may have signed out everywhere since, so the caller
+// checks both.
+func (t *tokens) deviceOwner(raw, username string) (string, crdt.Timestamp, time.Time, bool) {
 	if raw == "" || len(raw) > maxDeviceToken || username == "" {
-		return "", time.Time{}, false
+		return "", crdt.Timestamp{}, time.Time{}, false
 	}
 	var c deviceClaims
 	_, err := t.device.ParseWithClaims(raw, &c, func(tok *jwt.Token) (any, error) {
@@ -365,7 +374,13 @@ func (t *tokens) deviceOwner(raw, username string) (string, time.Time, bool) {
 		return t.set.Load().verifying(kid, t.now())
 	})
 	if err != nil || c.Subject == "" || c.Username != username || c.IssuedAt == nil {
-		return "", time.Time{}, false
+		return "", crdt.Timestamp{}, time.Time{}, false
 	}
-	return c.Subject, c.IssuedAt.Time, true
+	var mark crdt.Timestamp
+	if b, err := crdt.ParseBookmark(c.Mark); err == nil {
+		if ms := b.Marks(); len(ms) == 1 {
+			mark = ms[0]
+		}
+	}
+	return c.Subject, mark, c.IssuedAt.Time, true
 }

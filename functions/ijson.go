@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Stored JSON values (session data, key-value fields) are I-JSON (RFC 7493), so that
@@ -20,6 +21,9 @@ import (
 func checkIJSON(v []byte) error {
 	if !json.Valid(v) {
 		return errors.New("not JSON")
+	}
+	if !utf8.Valid(v) { // json.Valid takes invalid UTF-8 in strings, which decoders turn into U+FFFD
+		return errors.New("not valid UTF-8")
 	}
 	if bytes.IndexByte(v, '\\') >= 0 {
 		if err := CheckSurrogates(v); err != nil {

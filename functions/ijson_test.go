@@ -18,7 +18,7 @@ func TestCheckIJSON(t *testing.T) {
 		{`{"a":{},"a":[]}`, false}, {`{"a":[1,{"b":2}],"a":3}`, false},
 		{`1e999999`, false}, {strings.Repeat("9", 400), false}, {"[" + strings.Repeat("9", 400) + "]", false}, {strings.Repeat("9", 300), true}, {`[-1e309]`, false}, {`{"n":1e400}`, false},
 		{`"\ud800"`, false}, {`"\udc00"`, false}, {`"\ud800\u0041"`, false}, {`{"\ud800":1}`, false}, {`"\ud800x"`, false},
-		{`{"a":1`, false}, {``, false}, {`1 2`, false},
+		{`{"a":1`, false}, {``, false}, {`1 2`, false}, {"{\"\xff\":1,\"\xfe\":2}", false}, {"\"\xff\"", false},
 	} {
 		err := checkIJSON([]byte(tc.v))
 		if (err == nil) != tc.ok {

@@ -22,8 +22,8 @@ const USERNAME = /^[a-z0-9_.-]{3,32}$/;
 const THREAD = /^[a-z0-9_.-]{3,32}(#[0-9a-f]{8})?$/;
 const encoder = new TextEncoder();
 
-// lastSent holds, per conversation (by the other's name), the id of the last message this
-// tab sent in it. Each send names it as `after`, so the server orders the new message
+// lastSent holds, per conversation (by the signed-in user's and the other's names), the
+// id of the last message this tab sent in it. Each send names it as `after`, so the server orders the new message
 // after it even if a load balancer sends the two to different nodes before they have
 // replicated. Per conversation: the server refuses an `after` of another conversation.
 const lastSent = new Map();
@@ -271,9 +271,10 @@ function threadPane(ctx, me, name) {
     busy(send, true, 'Sending…');
     body.value = ''; // cleared at once, so typing on is not lost; put back on failure
     try {
-      const after = lastSent.get(name);
+      const conv = me + '\n' + name; // another user may sign in to this tab later
+      const after = lastSent.get(conv);
       const r = await api.post('v1/messages', after ? { to: name, body: text, after } : { to: name, body: text }, { signal: ctx.signal });
-      if (r && r.message) lastSent.set(name, r.message.id);
+      if (r && r.message) lastSent.set(conv, r.message.id);
       if (ctx.signal.aborted) return;
       if (!body.value.trim()) body.value = '';
       if (r && r.message) {
