@@ -385,7 +385,7 @@ func (n *Node) throttled(c *fiber.Ctx, r refusal, what, busy string) error {
 // out everywhere" (a device the owner meant to shut out), lifts nothing. It lifts nothing
 // either when the account's record is not at hand here.
 func (n *Node) knownDevice(c *fiber.Ctx, device, username string) bool {
-	owner, mark, issued, ok := n.tokens.deviceOwner(device, username)
+	owner, issued, ok := n.tokens.deviceOwner(device, username)
 	if !ok {
 		return false
 	}
@@ -397,14 +397,17 @@ func (n *Node) knownDevice(c *fiber.Ctx, device, username string) bool {
 	if err != nil || !found {
 		return false
 	}
-	until := crdt.ReadUser(owner, &m).SessionsUntil
-	if until.IsZero() {
-		return true
+	rec := crdt.ReadUser(owner, &m)
+	if !issued.created.IsZero() {
+		// A mark further ahead than any clock may be (a node whose clock ran far ahead)
+		// would outlast every later sign-out: it proves nothing.
+		if issued.created.Wall > n.cfg.Now().Add(n.cfg.MaxSkew).UnixNano() {
+			return false
+		}
+		// Ended as the session it was issued with is.
+		return !rec.Revokes(crdt.Session{Created: issued.created, SeenUntil: issued.seen})
 	}
-	if !mark.IsZero() { // in hybrid clock order, as sessions are (crdt.User.Revokes)
-		return until.Less(mark)
-	}
-	return issued.After(until.Time())
+	return rec.SessionsUntil.IsZero() || issued.iat.After(rec.SessionsUntil.Time())
 }
 
 func (n *Node) login(c *fiber.Ctx) error {
@@ -462,7 +465,13 @@ func (n *Node) login(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	device, err := n.tokens.signDevice(s.UserID, req.Username, n.db.Clock().Next())
+	// The device token is ordered against a later sign-out everywhere as its session is.
+	var sessionAt, seen crdt.Timestamp
+	if m, ok, err := n.db.Record(c.UserContext(), crdt.SessionKey(s.ID)); err == nil && ok {
+		rec := crdt.ReadSessionMeta(s.ID, &m)
+		sessionAt, seen = rec.Created, rec.SeenUntil
+	}
+	device, err := n.tokens.signDevice(s.UserID, req.Username, sessionAt, seen)
 	if err != nil {
 		return err
 	}

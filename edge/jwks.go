@@ -106,13 +106,16 @@ func (n *Node) rotateKey(c *fiber.Ctx) error {
 		return badRequest("after_seconds must be between 0 and %d", api.MaxRotateAfter)
 	}
 	k, retry, err := n.signing.rotate(c.UserContext(), time.Duration(after)*time.Second)
+	if errors.Is(err, errTooManyRecords) {
+		return functions.Errorf(functions.EConflict, "the cluster holds %d signing key records, the most a node reads: no more rotations", maxKeyRecords)
+	}
 	if errors.Is(err, errTooManyKeys) {
 		wait := time.Hour
 		if !retry.IsZero() {
 			wait = max(retry.Sub(n.cfg.Now()), time.Second)
 		}
 		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(math.Ceil(wait.Seconds())))
-		return functions.Errorf(functions.ERateLimited, "%d signing keys still verify: a rotation is refused until the oldest retires (in %s)", maxLiveKeys, wait.Round(time.Second))
+		return functions.Errorf(functions.ERateLimited, "%d signing keys still verify, or would but for a retire: a rotation is refused until the first of them would retire (in %s)", maxLiveKeys, wait.Round(time.Second))
 	}
 	if err != nil {
 		return err

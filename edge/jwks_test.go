@@ -388,7 +388,7 @@ func TestAuth_SigningKeyArrivesLate(t *testing.T) {
 	k := generateKey([][]byte{testKey})
 	rec := k.record(now, created)
 	elsewhere := newTokens([][]byte{testKey}, n.cfg.Now)
-	ring, _ := newKeyRing([]crdt.SigningKey{crdt.ReadSigningKey(k.kid, &rec)}, [][]byte{testKey}, time.Hour)
+	ring, _ := newKeyRing([]crdt.SigningKey{crdt.ReadSigningKey(k.kid, &rec)}, [][]byte{testKey}, time.Hour, time.Now())
 	elsewhere.ring.Store(ring)
 	token, err := elsewhere.sign(context.Background(), u.ID, s.ID, s.ExpiresAt, crdt.Bookmark{}, 0)
 	if err != nil {

@@ -53,6 +53,8 @@ type signing struct {
 	warned   map[string]bool
 	lookedUp time.Time // the latest reload by lookup
 
+	records int // signing key records at the latest load (maxKeyRecords + 1: more)
+
 	expiresMu sync.Mutex           // serialises outlives' writes
 	expires   map[string]time.Time // kid → the latest expiry outlives recorded
 }
@@ -160,13 +162,17 @@ func (s *signing) loadLocked(ctx context.Context) (*keyRing, error) {
 		return nil, fmt.Errorf("read signing keys: %w", err)
 	}
 	if more {
-		s.warnOnce("more", "more signing key records than a node reads; the oldest are ignored", "read", len(keys))
+		s.warnOnce("more", "more signing key records than a node reads; those past the first in kid order are ignored", "read", len(keys))
+	}
+	s.records = len(keys)
+	if more {
+		s.records++
 	}
 	recs := make([]crdt.SigningKey, len(keys))
 	for i := range keys {
 		recs[i] = crdt.ReadSigningKey(keys[i][len(crdt.SigningKeyPrefix):], &ms[i])
 	}
-	ring, problems := newKeyRing(recs, *s.clusterKeys.Load(), s.lifetime)
+	ring, problems := newKeyRing(recs, *s.clusterKeys.Load(), s.lifetime, s.now())
 	for _, p := range problems {
 		s.warnOnce(p.Error(), "signing key record ignored", slog.Any("err", p))
 	}
@@ -336,6 +342,9 @@ func (s *signing) rotate(ctx context.Context, after time.Duration) (*signKey, ti
 	if err != nil {
 		return nil, time.Time{}, err
 	}
+	if s.records >= maxKeyRecords {
+		return nil, time.Time{}, errTooManyRecords
+	}
 	now := s.now()
 	if live := ring.bounded(now); len(live) >= maxLiveKeys {
 		var first time.Time
@@ -365,6 +374,11 @@ func (s *signing) rotate(ctx context.Context, after time.Duration) (*signKey, ti
 	s.log.Info("signing key rotated", "kid", k.kid, "signs_from", k.from)
 	return k, time.Time{}, nil
 }
+
+// errTooManyRecords refuses a rotation once the cluster holds maxKeyRecords signing key
+// records: a node reads no more (records are kept for good), so a new one might not be
+// read back.
+var errTooManyRecords = errors.New("too many signing key records")
 
 // errSigningNow refuses to retire the key that signs now.
 var errSigningNow = errors.New("the key signs now")

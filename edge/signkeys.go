@@ -213,10 +213,11 @@ type keyRing struct {
 
 // newKeyRing builds the ring of the signing key records recs (crdt.ReadSigningKey views),
 // opening private keys with clusterKeys; lifetime is the usual longest a token lives (a
-// longer-lived token's expiry is in its key's record). Records
+// longer-lived token's expiry is in its key's record); keys beyond the newest maxRingKeys
+// are kept only while they would verify at now but for a retire. Records
 // that are malformed (no public key of the right size, a kid that is not its thumbprint)
 // are left out and returned as problems, for the caller to log.
-func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Duration) (*keyRing, []error) {
+func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Duration, now time.Time) (*keyRing, []error) {
 	r := &keyRing{keys: make(map[string]*signKey, len(recs))}
 	var problems []error
 	for _, rec := range recs {
@@ -249,12 +250,6 @@ func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Dura
 		}
 		return strings.Compare(b.kid, a.kid)
 	})
-	if len(r.order) > maxRingKeys {
-		for _, k := range r.order[maxRingKeys:] {
-			delete(r.keys, k.kid)
-		}
-		r.order = r.order[:maxRingKeys:maxRingKeys]
-	}
 	// Walking from the newest, track the earliest start of the keys newer than each.
 	var first time.Time
 	for _, k := range r.order {
@@ -276,6 +271,21 @@ func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Dura
 		if first.IsZero() || k.from.Before(first) {
 			first = k.from
 		}
+	}
+	// The newest maxRingKeys, and any older key that would still verify but for an
+	// operator's retire (an app's long-lived token needs it; the rotation bound keeps
+	// those few).
+	if len(r.order) > maxRingKeys {
+		kept := r.order[:maxRingKeys]
+		for _, k := range r.order[maxRingKeys:] {
+			if k.naturallyLiveAt(now) {
+				kept = append(kept, k)
+			} else {
+				delete(r.keys, k.kid)
+			}
+		}
+		clear(r.order[len(kept):])
+		r.order = kept
 	}
 	return r, problems
 }

@@ -82,7 +82,7 @@ func TestKeyRing(t *testing.T) {
 
 	t.Run("OneKey", func(t *testing.T) {
 		k1 := makeSignKey(t, ck, t0, 1, t0)
-		r, problems := newKeyRing(views(k1), ck, life)
+		r, problems := newKeyRing(views(k1), ck, life, time.Now())
 		if len(problems) > 0 {
 			t.Fatal(problems)
 		}
@@ -104,7 +104,7 @@ func TestKeyRing(t *testing.T) {
 		k1 := makeSignKey(t, ck, t0, 1, t0)
 		created2, from2 := t0.Add(time.Hour), t0.Add(time.Hour+5*time.Minute)
 		k2 := makeSignKey(t, ck, created2, 2, from2)
-		r, _ := newKeyRing(views(k2, k1), ck, life)
+		r, _ := newKeyRing(views(k2, k1), ck, life, time.Now())
 		if got := kids(r.order); !slices.Equal(got, []string{k2.kid, k1.kid}) {
 			t.Fatalf("order = %q, want newest first", got)
 		}
@@ -144,7 +144,7 @@ func TestKeyRing(t *testing.T) {
 		late := from2.Add(time.Hour)
 		m := k1.rec.Clone()
 		m.Merge(crdt.SignedWith(late, crdt.Timestamp{Wall: late.UnixNano(), Node: 3}))
-		r, _ = newKeyRing([]crdt.SigningKey{crdt.ReadSigningKey(k1.kid, &m), views(k2)[0]}, ck, life)
+		r, _ = newKeyRing([]crdt.SigningKey{crdt.ReadSigningKey(k1.kid, &m), views(k2)[0]}, ck, life, time.Now())
 		if got := r.keys[k1.kid].retires; !got.Equal(late.Add(life)) {
 			t.Errorf("retires after a late signature = %v, want %v", got, late.Add(life))
 		}
@@ -156,7 +156,7 @@ func TestKeyRing(t *testing.T) {
 		a := makeSignKey(t, ck, t0, 1, t0)
 		b := makeSignKey(t, ck, t0, 2, t0)
 		for _, order := range [][]testSignKey{{a, b}, {b, a}} {
-			r, _ := newKeyRing(views(order...), ck, life)
+			r, _ := newKeyRing(views(order...), ck, life, time.Now())
 			if s := r.signer(t0); s.kid != b.kid {
 				t.Errorf("signer = %s, want %s (node 2's stamp is later)", s.kid, b.kid)
 			}
@@ -171,7 +171,7 @@ func TestKeyRing(t *testing.T) {
 		// the node signs with the newest key it can open.
 		k1 := makeSignKey(t, ck, t0, 1, t0)
 		k2 := makeSignKey(t, [][]byte{otherKey}, t0.Add(time.Hour), 2, t0.Add(time.Hour))
-		r, _ := newKeyRing(views(k1, k2), ck, life)
+		r, _ := newKeyRing(views(k1, k2), ck, life, time.Now())
 		if s := r.signer(t0.Add(2 * time.Hour)); s == nil || s.kid != k1.kid {
 			t.Errorf("signer = %v, want the key this node can open", s)
 		}
@@ -182,7 +182,7 @@ func TestKeyRing(t *testing.T) {
 			t.Errorf("a key sealed under another cluster key opened")
 		}
 		// With both cluster keys (a rotation's step 1), it opens.
-		r, _ = newKeyRing(views(k1, k2), [][]byte{testKey, otherKey}, life)
+		r, _ = newKeyRing(views(k1, k2), [][]byte{testKey, otherKey}, life, time.Now())
 		if s := r.signer(t0.Add(2 * time.Hour)); s == nil || s.kid != k2.kid {
 			t.Errorf("signer with both cluster keys = %v, want the newest", s)
 		}
@@ -196,7 +196,7 @@ func TestKeyRing(t *testing.T) {
 		short := views(makeSignKey(t, ck, t0, 3, t0))[0]
 		short.Public = short.Public[:31]
 		recs = append(recs, short)
-		r, problems := newKeyRing(recs, ck, life)
+		r, problems := newKeyRing(recs, ck, life, time.Now())
 		if len(problems) != 2 || len(r.order) != 1 || r.order[0].kid != good.kid {
 			t.Errorf("ring of %q, problems %v; want the good key alone and two problems", kids(r.order), problems)
 		}
@@ -208,7 +208,10 @@ func TestKeyRing(t *testing.T) {
 			at := t0.Add(time.Duration(i) * time.Minute)
 			keys = append(keys, makeSignKey(t, ck, at, 1, at))
 		}
-		r, _ := newKeyRing(views(keys...), ck, life)
+		// Long after: every replaced key has retired, so only the newest maxRingKeys stay
+		// (TestKeyRingKeepsNeededKeys: one that still verifies stays too).
+		later := t0.Add(time.Duration(len(keys))*time.Minute + 2*life)
+		r, _ := newKeyRing(views(keys...), ck, life, later)
 		if len(r.order) != maxRingKeys || len(r.keys) != maxRingKeys || r.order[0].kid != keys[len(keys)-1].kid {
 			t.Errorf("ring holds %d keys (%d by kid), newest %s; want the %d newest", len(r.order), len(r.keys), r.order[0].kid, maxRingKeys)
 		}
@@ -241,5 +244,46 @@ func TestSeal(t *testing.T) {
 	}
 	if s1, s2 := seal(testKey, k.kid, k.priv), seal(testKey, k.kid, k.priv); slices.Equal(s1, s2) {
 		t.Errorf("two sealings of one key are equal: the nonce is not random")
+	}
+}
+
+// TestKeyRingKeepsNeededKeys: a key that an app's long-lived token keeps verifying stays
+// in the ring however many newer keys there are (daily rotations pass maxRingKeys within
+// a year), while older keys no longer needed are left out.
+func TestKeyRingKeepsNeededKeys(t *testing.T) {
+	now := time.Now()
+	base := now.Add(-100 * 24 * time.Hour)
+	var recs []crdt.SigningKey
+	var needed, stale string
+	for i := range maxRingKeys + 10 {
+		pub, _, err := ed25519.GenerateKey(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		created := base.Add(time.Duration(i) * 24 * time.Hour)
+		ts := crdt.Timestamp{Wall: created.UnixNano(), Node: 1}
+		m := crdt.NewSigningKey(pub, created, ts)
+		kid := thumbprint(pub)
+		switch i {
+		case 0: // an app's session of a year signed with it
+			m.Merge(crdt.ExpiresWith(now.Add(200*24*time.Hour), ts))
+			needed = kid
+		case 1:
+			stale = kid
+		}
+		recs = append(recs, crdt.ReadSigningKey(kid, &m))
+	}
+	r, problems := newKeyRing(recs, nil, 25*time.Hour, now)
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	if _, ok := r.verifying(needed, now); !ok {
+		t.Errorf("the key an app's token still needs left the ring (%d keys in it)", len(r.order))
+	}
+	if r.has(stale) {
+		t.Errorf("a key beyond the newest %d that no token needs is still in the ring", maxRingKeys)
+	}
+	if len(r.order) != maxRingKeys+1 {
+		t.Errorf("%d keys in the ring, want the newest %d and the needed one", len(r.order), maxRingKeys)
 	}
 }

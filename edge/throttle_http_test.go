@@ -148,6 +148,17 @@ func TestHTTP_LoginDeviceToken(t *testing.T) {
 	t.Run("ErrDeviceBeforeSignOutEverywhere", func(t *testing.T) {
 		signUp(t, c, "shared")
 		_, _, before := loginFrom(t, c, "198.51.100.10", "shared", "correct horse", "")
+		// A device token another node issued a moment before the sign-out, its clock 30 s
+		// ahead and the sign-out unknown to it: it ends as that node's session does.
+		var me struct{ User struct{ ID string } }
+		_, meBody := c.do("GET", "/v1/users/me", before.Token, nil)
+		if err := json.Unmarshal(meBody, &me); err != nil || me.User.ID == "" {
+			t.Fatalf("GET /v1/users/me: %s", meBody)
+		}
+		ahead, err := n.tokens.signDevice(me.User.ID, "shared", crdt.Timestamp{Wall: time.Now().Add(30 * time.Second).UnixNano(), Node: 99}, crdt.Timestamp{})
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := n.db.Clock().Observe(crdt.Timestamp{Wall: time.Now().Add(30 * time.Second).UnixNano(), Node: 99}); err != nil {
 			t.Fatal(err)
 		}
@@ -165,6 +176,8 @@ func TestHTTP_LoginDeviceToken(t *testing.T) {
 			}
 		}
 		resp, body, _ := loginFrom(t, c, "192.0.2.3", "shared", "correct horse", before.Device)
+		wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+		resp, body, _ = loginFrom(t, c, "192.0.2.3", "shared", "correct horse", ahead)
 		wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
 		if resp, body, _ := loginFrom(t, c, "192.0.2.3", "shared", "correct horse", after.Device); resp.StatusCode != http.StatusCreated {
 			t.Errorf("the owner with a device token issued after signing out everywhere: status %d, body %s; want 201", resp.StatusCode, body)

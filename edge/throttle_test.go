@@ -277,7 +277,7 @@ func TestRetryAfterSeconds(t *testing.T) {
 func TestDeviceToken(t *testing.T) {
 	clock := newFakeClock(tokenEpoch)
 	tk := newTokens([][]byte{testKey}, clock.Now)
-	dev, err := tk.signDevice("u1", "alice", crdt.Timestamp{})
+	dev, err := tk.signDevice("u1", "alice", crdt.Timestamp{}, crdt.Timestamp{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +292,7 @@ func TestDeviceToken(t *testing.T) {
 		{"ErrTampered", tamper(t, dev), "alice"},
 		{"ErrTooLong", dev + strings.Repeat("x", maxDeviceToken), "alice"},
 		{"ErrOtherKey", func() string {
-			d, _ := newTokens([][]byte{otherKey}, clock.Now).signDevice("u1", "alice", crdt.Timestamp{})
+			d, _ := newTokens([][]byte{otherKey}, clock.Now).signDevice("u1", "alice", crdt.Timestamp{}, crdt.Timestamp{})
 			return d
 		}(), "alice"},
 	} {
@@ -322,7 +322,7 @@ func TestDeviceToken(t *testing.T) {
 	// clock-skew scenario locked the owner out for the offset's length).
 	t.Run("OKIssuedByANodeAhead", func(t *testing.T) {
 		ahead := newFakeClock(clock.Now().Add(90 * time.Second))
-		d, err := newTokens([][]byte{testKey}, ahead.Now).signDevice("u1", "alice", crdt.Timestamp{})
+		d, err := newTokens([][]byte{testKey}, ahead.Now).signDevice("u1", "alice", crdt.Timestamp{}, crdt.Timestamp{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -304,10 +304,12 @@ const (
 // deviceClaims are the claims of a device token: sub is the user id.
 type deviceClaims struct {
 	Username string `json:"usr"`
-	// Mark is the issuing node's hybrid clock reading at issue (a one-mark bookmark), to
-	// order the token against the account's "sign out everywhere" as sessions are; absent
-	// in tokens of earlier releases (their iat is used).
+	// Mark and Seen are those of the session the token was issued with (its creation
+	// timestamp and the owner's sessions_until its node held, one-mark bookmarks): a sign
+	// out everywhere ends the token's exemption when it revokes that session
+	// (crdt.User.Revokes). Absent in tokens of earlier releases (their iat is used).
 	Mark string `json:"hlc,omitempty"`
+	Seen string `json:"seen,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -325,15 +327,14 @@ func newDeviceParser(now func() time.Time) *jwt.Parser {
 	)
 }
 
-// signDevice returns a device token for userID under username, issued at mark (the
-// node's hybrid clock).
-func (t *tokens) signDevice(userID, username string, mark crdt.Timestamp) (string, error) {
+// signDevice returns a device token for userID under username, issued with the session
+// created at mark by a node that held seen as the owner's sessions_until.
+func (t *tokens) signDevice(userID, username string, mark, seen crdt.Timestamp) (string, error) {
 	now := t.now()
-	var b crdt.Bookmark
-	b.Add(mark)
 	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, deviceClaims{
 		Username: username,
-		Mark:     b.String(),
+		Mark:     oneMark(mark),
+		Seen:     oneMark(seen),
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer:    tokenIssuer,
 			Subject:   userID,
@@ -355,18 +356,42 @@ func (t *tokens) signDevice(userID, username string, mark crdt.Timestamp) (strin
 // account named username. Any fault is just false: the login goes on without the
 // exemption. The token names an account by id too: see deviceOwner.
 func (t *tokens) verifyDevice(raw, username string) bool {
-	_, _, _, ok := t.deviceOwner(raw, username)
+	_, _, ok := t.deviceOwner(raw, username)
 	return ok
 }
 
+// oneMark returns the text of a bookmark of ts alone ("" for zero).
+func oneMark(ts crdt.Timestamp) string {
+	var b crdt.Bookmark
+	b.Add(ts)
+	return b.String()
+}
+
+// parseOneMark reads oneMark's text; anything else is zero.
+func parseOneMark(s string) crdt.Timestamp {
+	if b, err := crdt.ParseBookmark(s); err == nil {
+		if ms := b.Marks(); len(ms) == 1 {
+			return ms[0]
+		}
+	}
+	return crdt.Timestamp{}
+}
+
+// issuedDevice is when a device token was issued: with the session of timestamp created,
+// by a node that held seen as the owner's sessions_until (zero in tokens of earlier
+// releases), at iat.
+type issuedDevice struct {
+	created, seen crdt.Timestamp
+	iat           time.Time
+}
+
 // deviceOwner returns the id of the account that raw, a valid, unexpired device token of
-// ours for a name username, was issued to, and when: its mark (zero in tokens of earlier
-// releases) and its iat. A name can change hands (its owner erased, or a concurrent
-// registration won), and the owner may have signed out everywhere since, so the caller
-// checks both.
-func (t *tokens) deviceOwner(raw, username string) (string, crdt.Timestamp, time.Time, bool) {
+// ours for a name username, was issued to, and when. A name can change hands (its owner
+// erased, or a concurrent registration won), and the owner may have signed out everywhere
+// since, so the caller checks both.
+func (t *tokens) deviceOwner(raw, username string) (string, issuedDevice, bool) {
 	if raw == "" || len(raw) > maxDeviceToken || username == "" {
-		return "", crdt.Timestamp{}, time.Time{}, false
+		return "", issuedDevice{}, false
 	}
 	var c deviceClaims
 	_, err := t.device.ParseWithClaims(raw, &c, func(tok *jwt.Token) (any, error) {
@@ -374,13 +399,7 @@ func (t *tokens) deviceOwner(raw, username string) (string, crdt.Timestamp, time
 		return t.set.Load().verifying(kid, t.now())
 	})
 	if err != nil || c.Subject == "" || c.Username != username || c.IssuedAt == nil {
-		return "", crdt.Timestamp{}, time.Time{}, false
+		return "", issuedDevice{}, false
 	}
-	var mark crdt.Timestamp
-	if b, err := crdt.ParseBookmark(c.Mark); err == nil {
-		if ms := b.Marks(); len(ms) == 1 {
-			mark = ms[0]
-		}
-	}
-	return c.Subject, mark, c.IssuedAt.Time, true
+	return c.Subject, issuedDevice{created: parseOneMark(c.Mark), seen: parseOneMark(c.Seen), iat: c.IssuedAt.Time}, true
 }

@@ -321,7 +321,7 @@ func craftEdDSA(tb testing.TB, priv ed25519.PrivateKey, kid string, claims map[s
 func ringTokens(tb testing.TB, clock *fakeClock, keys ...testSignKey) *tokens {
 	tb.Helper()
 	tk := newTokens([][]byte{testKey}, clock.Now)
-	r, problems := newKeyRing(views(keys...), [][]byte{testKey}, 24*time.Hour)
+	r, problems := newKeyRing(views(keys...), [][]byte{testKey}, 24*time.Hour, time.Now())
 	if len(problems) > 0 {
 		tb.Fatal(problems)
 	}
@@ -439,7 +439,7 @@ func TestTokens_EdDSA(t *testing.T) {
 		// A key that reached this node since its ring was built is found by lookup.
 		clock := newFakeClock(now)
 		tk := ringTokens(t, clock, k1)
-		fresh, _ := newKeyRing(views(k1, stranger), [][]byte{testKey}, 24*time.Hour)
+		fresh, _ := newKeyRing(views(k1, stranger), [][]byte{testKey}, 24*time.Hour, time.Now())
 		var asked []string
 		tk.lookup = func(kid string) *keyRing { asked = append(asked, kid); return fresh }
 		if _, err := tk.verify(craftEdDSA(t, stranger.priv, stranger.kid, good())); err != nil {

@@ -270,8 +270,8 @@ function threadPane(ctx, me, name) {
     sending = true;
     busy(send, true, 'Sending…');
     body.value = ''; // cleared at once, so typing on is not lost; put back on failure
+    const conv = me + '\n' + name; // another user may sign in to this tab later
     try {
-      const conv = me + '\n' + name; // another user may sign in to this tab later
       const after = lastSent.get(conv);
       const r = await api.post('v1/messages', after ? { to: name, body: text, after } : { to: name, body: text }, { signal: ctx.signal });
       if (r && r.message) lastSent.set(conv, r.message.id);
@@ -284,6 +284,9 @@ function threadPane(ctx, me, name) {
       }
       live.refreshConversations({ background: true }).catch(() => {});
     } catch (ex) {
+      // A refused send may be a refused `after` (an account of the same name, erased and
+      // registered again): the next send goes without it.
+      if (ex && ex.code === 'invalid_argument') lastSent.delete(conv);
       if (ctx.signal.aborted) return;
       if (!body.value) body.value = text;
       showError(sendErr, ex, {
