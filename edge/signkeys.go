@@ -60,9 +60,9 @@ const (
 	purposeSeal = "sessiond/signing-key/v1" // derives the key that seals signing keys
 
 	algEdDSA = "EdDSA"
-	// maxRingKeys bounds the signing key records a node reads: the newest ones. A
-	// rotation is refused while maxLiveKeys are not retired, so the ones beyond are long
-	// retired.
+	// maxRingKeys bounds the signing keys a node keeps in its ring: the newest ones, and
+	// beyond them only those that would still verify but for a retire (at most
+	// maxLiveKeys: a rotation is refused while that many would).
 	maxRingKeys = 64
 	maxLiveKeys = 32
 	// maxKeyRecords bounds the signing key records a node reads to find the newest
