@@ -15,6 +15,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/sessiond/sessiond/functions"
+	"github.com/sessiond/sessiond/functions/ijson"
 )
 
 // The session routes are the hot ones, and encoding/json spends most of their handler
@@ -317,7 +318,7 @@ func decodeJSON(c *fiber.Ctx, v any) error {
 	// Nor would it refuse an escaped lone surrogate ("\ud800"): it stores U+FFFD, so
 	// two different names could become one.
 	if bytes.Contains(body, []byte(`\u`)) {
-		if err := functions.CheckSurrogates(body); err != nil {
+		if err := ijson.CheckSurrogates(body); err != nil {
 			return badRequest("invalid JSON: %v", err)
 		}
 	}
@@ -452,7 +453,7 @@ func checkFieldNames(body []byte, t reflect.Type) error {
 	if s == nil {
 		return nil
 	}
-	_, err := checkValue(body, skipSpace(body, 0), s)
+	_, err := checkValue(body, ijson.SkipSpace(body, 0), s)
 	return err
 }
 
@@ -464,11 +465,11 @@ func checkValue(b []byte, i int, s *jsonShape) (int, error) {
 	switch b[i] {
 	case '{':
 		var seen uint64
-		i = skipSpace(b, i+1)
+		i = ijson.SkipSpace(b, i+1)
 		for b[i] != '}' {
-			end := stringEnd(b, i)
+			end := ijson.StringEnd(b, i)
 			key := b[i+1 : end-1]
-			i = skipSpace(b, skipSpace(b, end)+1) // past the ':'
+			i = ijson.SkipSpace(b, ijson.SkipSpace(b, end)+1) // past the ':'
 			var elem *jsonShape
 			if s.fields == nil {
 				elem = s.elem // a map's key is any string
@@ -494,20 +495,20 @@ func checkValue(b []byte, i int, s *jsonShape) (int, error) {
 			if i, err = checkValue(b, i, elem); err != nil {
 				return i, err
 			}
-			if i = skipSpace(b, i); b[i] == ',' {
-				i = skipSpace(b, i+1)
+			if i = ijson.SkipSpace(b, i); b[i] == ',' {
+				i = ijson.SkipSpace(b, i+1)
 			}
 		}
 		return i + 1, nil
 	case '[':
-		i = skipSpace(b, i+1)
+		i = ijson.SkipSpace(b, i+1)
 		for b[i] != ']' {
 			var err error
 			if i, err = checkValue(b, i, s.elem); err != nil {
 				return i, err
 			}
-			if i = skipSpace(b, i); b[i] == ',' {
-				i = skipSpace(b, i+1)
+			if i = ijson.SkipSpace(b, i); b[i] == ',' {
+				i = ijson.SkipSpace(b, i+1)
 			}
 		}
 		return i + 1, nil
@@ -522,7 +523,7 @@ func checkValue(b []byte, i int, s *jsonShape) (int, error) {
 // double (most parsers fail on 1e999999). Lone surrogate escapes are refused before
 // (decodeJSON). The cost is linear in the value.
 func checkOpaque(b []byte, i int) (int, error) {
-	end, err := functions.ScanIJSON(b, i)
+	end, err := ijson.Scan(b, i)
 	if err != nil {
 		return end, badRequest("%v (stored values are I-JSON, RFC 7493)", err)
 	}
@@ -533,13 +534,13 @@ func checkOpaque(b []byte, i int) (int, error) {
 func skipValue(b []byte, i int) int {
 	switch b[i] {
 	case '"':
-		return stringEnd(b, i)
+		return ijson.StringEnd(b, i)
 	case '{', '[':
 		depth := 0
 		for ; ; i++ {
 			switch b[i] {
 			case '"':
-				i = stringEnd(b, i) - 1
+				i = ijson.StringEnd(b, i) - 1
 			case '{', '[':
 				depth++
 			case '}', ']':
@@ -549,34 +550,7 @@ func skipValue(b []byte, i int) int {
 			}
 		}
 	}
-	for i < len(b) && !jsonDelim[b[i]] { // a number, true, false or null
-		i++
-	}
-	return i
-}
-
-// jsonDelim[c] reports whether c ends a number or literal.
-var jsonDelim = func() (t [256]bool) {
-	for _, c := range []byte(",}] \t\r\n") {
-		t[c] = true
-	}
-	return t
-}()
-
-// stringEnd returns the index after the JSON string that starts at b[i] (a quote).
-func stringEnd(b []byte, i int) int {
-	for i++; ; i++ {
-		switch b[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
-		}
-	}
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+	for i < len(b) && !ijson.IsDelim(b[i]) { // a number, true, false or null
 		i++
 	}
 	return i

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/edge/api"
+	"github.com/sessiond/sessiond/functions/ijson"
 )
 
 // Limits of the key-value namespace (docs/API.md lists them).
@@ -120,7 +121,7 @@ func validKVValue(name string, v json.RawMessage) error {
 	if len(v) > MaxKVValue {
 		return Errorf(ETooLarge, "value of field %q is %d bytes, at most %d", name, len(v), MaxKVValue)
 	}
-	if err := checkIJSON(v); err != nil {
+	if err := ijson.Check(v); err != nil {
 		return Errorf(EInvalid, "value of field %q: %v (values are I-JSON, RFC 7493)", name, err)
 	}
 	return nil

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/edge/api"
+	"github.com/sessiond/sessiond/functions/ijson"
 )
 
 // Session is a session as the API shows it (package api owns the JSON shape).
@@ -531,7 +532,7 @@ func validPatch(patch DataPatch) error {
 		if len(v) > MaxDataValue {
 			return Errorf(ETooLarge, "value of %q is %d bytes, at most %d", k, len(v), MaxDataValue)
 		}
-		if err := checkIJSON(v); err != nil {
+		if err := ijson.Check(v); err != nil {
 			return Errorf(EInvalid, "value of %q: %v (values are I-JSON, RFC 7493)", k, err)
 		}
 		if string(bytes.TrimSpace(v)) == "null" {

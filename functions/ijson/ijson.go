@@ -1,4 +1,10 @@
-package functions
+// Package ijson checks that JSON is I-JSON (RFC 7493), which sessiond requires of what
+// it stores for others to read (session data, key-value fields): no object names a
+// member twice (parsers disagree on which wins), numbers are within the range of an
+// IEEE 754 double (1e999999 fails most parsers), and strings escape no lone UTF-16
+// surrogate (decoders turn one into U+FFFD, or fail). It also serves the byte scanning
+// such checks need. It imports only the standard library.
+package ijson
 
 import (
 	"bytes"
@@ -10,15 +16,9 @@ import (
 	"unicode/utf8"
 )
 
-// Stored JSON values (session data, key-value fields) are I-JSON (RFC 7493), so that
-// every reader sees the same value: JSON whose objects name each member once (parsers
-// disagree on which of two equal names wins), whose numbers are within the range of an
-// IEEE 754 double (1e999999 fails most parsers), and whose strings escape no lone UTF-16
-// surrogate (decoders turn one into U+FFFD, or fail).
-
-// checkIJSON reports whether v is one JSON value that is I-JSON, with why not. Its cost
-// is linear in v, and it allocates nothing for objects of up to 16 members.
-func checkIJSON(v []byte) error {
+// Check reports whether v is one JSON value that is I-JSON, with why not. Its cost is
+// linear in v, and it allocates nothing for objects of up to 16 members.
+func Check(v []byte) error {
 	if !json.Valid(v) {
 		return errors.New("not JSON")
 	}
@@ -30,25 +30,24 @@ func checkIJSON(v []byte) error {
 			return err
 		}
 	}
-	i := skipSpace(v, 0)
-	_, err := ScanIJSON(v, i)
+	_, err := Scan(v, SkipSpace(v, 0))
 	return err
 }
 
-// ScanIJSON checks the value at v[i:], part of valid JSON (json.Valid), for I-JSON
+// Scan checks the value at v[i:], part of valid JSON (json.Valid), for I-JSON
 // members and numbers (not surrogates: CheckSurrogates) and returns the index after it.
 // Its cost is linear, and it allocates nothing for objects of up to 16 members.
-func ScanIJSON(v []byte, i int) (int, error) {
+func Scan(v []byte, i int) (int, error) {
 	switch v[i] {
 	case '"':
-		return stringEnd(v, i), nil
+		return StringEnd(v, i), nil
 	case '{':
 		var buf [16][]byte
 		small := buf[:0]         // the names so far, while few
 		var many map[string]bool // then
-		i = skipSpace(v, i+1)
+		i = SkipSpace(v, i+1)
 		for v[i] != '}' {
-			end := stringEnd(v, i)
+			end := StringEnd(v, i)
 			name := v[i+1 : end-1]
 			if bytes.IndexByte(name, '\\') >= 0 {
 				var s string
@@ -75,31 +74,31 @@ func ScanIJSON(v []byte, i int) (int, error) {
 			if dup {
 				return i, fmt.Errorf("an object names member %q twice", name)
 			}
-			i = skipSpace(v, skipSpace(v, end)+1) // past the ':'
+			i = SkipSpace(v, SkipSpace(v, end)+1) // past the ':'
 			var err error
-			if i, err = ScanIJSON(v, i); err != nil {
+			if i, err = Scan(v, i); err != nil {
 				return i, err
 			}
-			if i = skipSpace(v, i); v[i] == ',' {
-				i = skipSpace(v, i+1)
+			if i = SkipSpace(v, i); v[i] == ',' {
+				i = SkipSpace(v, i+1)
 			}
 		}
 		return i + 1, nil
 	case '[':
-		i = skipSpace(v, i+1)
+		i = SkipSpace(v, i+1)
 		for v[i] != ']' {
 			var err error
-			if i, err = ScanIJSON(v, i); err != nil {
+			if i, err = Scan(v, i); err != nil {
 				return i, err
 			}
-			if i = skipSpace(v, i); v[i] == ',' {
-				i = skipSpace(v, i+1)
+			if i = SkipSpace(v, i); v[i] == ',' {
+				i = SkipSpace(v, i+1)
 			}
 		}
 		return i + 1, nil
 	}
 	start := i
-	for i < len(v) && !jsonDelim[v[i]] { // a number, true, false or null
+	for i < len(v) && !delim[v[i]] { // a number, true, false or null
 		i++
 	}
 	// A number with no exponent and at most 308 digits is within range.
@@ -112,16 +111,20 @@ func ScanIJSON(v []byte, i int) (int, error) {
 	return i, nil
 }
 
-// jsonDelim[c] reports whether c ends a number or literal.
-var jsonDelim = func() (t [256]bool) {
+// IsDelim reports whether c ends a number or literal.
+func IsDelim(c byte) bool { return delim[c] }
+
+// delim[c] reports whether c ends a number or literal.
+var delim = func() (t [256]bool) {
 	for _, c := range []byte(",}] \t\r\n") {
 		t[c] = true
 	}
 	return t
 }()
 
-// stringEnd returns the index after the JSON string that starts at v[i] (a quote).
-func stringEnd(v []byte, i int) int {
+// StringEnd returns the index after the JSON string that starts at v[i] (a quote) of
+// valid JSON.
+func StringEnd(v []byte, i int) int {
 	for i++; ; i++ {
 		switch v[i] {
 		case '\\':
@@ -132,7 +135,9 @@ func stringEnd(v []byte, i int) int {
 	}
 }
 
-func skipSpace(v []byte, i int) int {
+// SkipSpace returns the index of the first byte at or after v[i] that is not JSON white
+// space (len(v) if none).
+func SkipSpace(v []byte, i int) int {
 	for i < len(v) && (v[i] == ' ' || v[i] == '\t' || v[i] == '\n' || v[i] == '\r') {
 		i++
 	}

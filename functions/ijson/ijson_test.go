@@ -1,11 +1,11 @@
-package functions
+package ijson
 
 import (
 	"strings"
 	"testing"
 )
 
-func TestCheckIJSON(t *testing.T) {
+func TestCheck(t *testing.T) {
 	for _, tc := range []struct {
 		v  string
 		ok bool
@@ -20,26 +20,26 @@ func TestCheckIJSON(t *testing.T) {
 		{`"\ud800"`, false}, {`"\udc00"`, false}, {`"\ud800\u0041"`, false}, {`{"\ud800":1}`, false}, {`"\ud800x"`, false},
 		{`{"a":1`, false}, {``, false}, {`1 2`, false}, {"{\"\xff\":1,\"\xfe\":2}", false}, {"\"\xff\"", false},
 	} {
-		err := checkIJSON([]byte(tc.v))
+		err := Check([]byte(tc.v))
 		if (err == nil) != tc.ok {
-			t.Errorf("checkIJSON(%s) = %v, want ok %v", tc.v, err, tc.ok)
+			t.Errorf("Check(%s) = %v, want ok %v", tc.v, err, tc.ok)
 		}
 	}
 	// Deep nesting stays linear.
 	deep := strings.Repeat(`{"a":`, 1000) + "1" + strings.Repeat("}", 1000)
-	if err := checkIJSON([]byte(deep)); err != nil {
+	if err := Check([]byte(deep)); err != nil {
 		t.Errorf("deep object: %v", err)
 	}
 }
 
 // BenchmarkCheckIJSON: a 16 KiB value of small objects, the worst a session's data value
 // holds; linear, and without allocations.
-func BenchmarkCheckIJSON(b *testing.B) {
+func BenchmarkCheck(b *testing.B) {
 	v := []byte("[" + strings.Repeat(`{"a":0},`, 2047) + `{"a":0}]`)
 	b.ReportAllocs()
 	b.SetBytes(int64(len(v)))
 	for b.Loop() {
-		if err := checkIJSON(v); err != nil {
+		if err := Check(v); err != nil {
 			b.Fatal(err)
 		}
 	}
