@@ -340,27 +340,23 @@ func (r *keyRing) verifying(kid string, now time.Time) (ed25519.PublicKey, bool)
 
 // live returns the keys that verify at now, newest first.
 func (r *keyRing) live(now time.Time) []*signKey {
-	if r == nil {
-		return nil
-	}
-	var out []*signKey
-	for _, k := range r.order {
-		if k.liveAt(now) {
-			out = append(out, k)
-		}
-	}
-	return out
+	return r.where(func(k *signKey) bool { return k.liveAt(now) })
 }
 
 // bounded returns the keys that count against maxLiveKeys at now: those that would
 // verify had no operator retired them (naturallyLiveAt), newest first.
 func (r *keyRing) bounded(now time.Time) []*signKey {
+	return r.where(func(k *signKey) bool { return k.naturallyLiveAt(now) })
+}
+
+// where returns the keys for which keep is true, newest first.
+func (r *keyRing) where(keep func(*signKey) bool) []*signKey {
 	if r == nil {
 		return nil
 	}
 	var out []*signKey
 	for _, k := range r.order {
-		if k.naturallyLiveAt(now) {
+		if keep(k) {
 			out = append(out, k)
 		}
 	}
