@@ -274,6 +274,12 @@ func TestRetryAfterSeconds(t *testing.T) {
 	}
 }
 
+// deviceOK reports whether tk takes raw as a device token for the name username.
+func deviceOK(tk *tokens, raw, username string) bool {
+	_, _, ok := tk.deviceOwner(raw, username)
+	return ok
+}
+
 func TestDeviceToken(t *testing.T) {
 	clock := newFakeClock(tokenEpoch)
 	tk := newTokens([][]byte{testKey}, clock.Now)
@@ -281,8 +287,8 @@ func TestDeviceToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !tk.verifyDevice(dev, "alice") {
-		t.Fatalf("verifyDevice(own token) = false")
+	if owner, _, ok := tk.deviceOwner(dev, "alice"); !ok || owner != "u1" {
+		t.Fatalf("deviceOwner(own token) = %q, %v; want u1, true", owner, ok)
 	}
 	for _, tc := range []struct {
 		name, raw, user string
@@ -297,8 +303,8 @@ func TestDeviceToken(t *testing.T) {
 		}(), "alice"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tk.verifyDevice(tc.raw, tc.user) {
-				t.Errorf("verifyDevice accepted it")
+			if deviceOK(tk, tc.raw, tc.user) {
+				t.Errorf("deviceOwner accepted it")
 			}
 		})
 	}
@@ -307,7 +313,7 @@ func TestDeviceToken(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tk.verifyDevice(tok, "alice") {
+		if deviceOK(tk, tok, "alice") {
 			t.Errorf("a session token passed as a device token")
 		}
 	})
@@ -326,13 +332,13 @@ func TestDeviceToken(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !tk.verifyDevice(d, "alice") {
-			t.Errorf("verifyDevice refused a token issued 90s ahead")
+		if !deviceOK(tk, d, "alice") {
+			t.Errorf("deviceOwner refused a token issued 90s ahead")
 		}
 	})
 	t.Run("ErrExpired", func(t *testing.T) {
 		clock.Add(deviceTTL + time.Minute)
-		if tk.verifyDevice(dev, "alice") {
+		if deviceOK(tk, dev, "alice") {
 			t.Errorf("an expired device token was accepted")
 		}
 	})

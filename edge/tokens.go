@@ -352,14 +352,6 @@ func (t *tokens) signDevice(userID, username string, mark, seen crdt.Timestamp) 
 	return s, nil
 }
 
-// verifyDevice reports whether raw is a valid, unexpired device token of ours for the
-// account named username. Any fault is just false: the login goes on without the
-// exemption. The token names an account by id too: see deviceOwner.
-func (t *tokens) verifyDevice(raw, username string) bool {
-	_, _, ok := t.deviceOwner(raw, username)
-	return ok
-}
-
 // oneMark returns the text of a bookmark of ts alone ("" for zero).
 func oneMark(ts crdt.Timestamp) string {
 	var b crdt.Bookmark
