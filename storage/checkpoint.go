@@ -301,28 +301,63 @@ func restoreMetas(f *os.File, metas []byte, pageSize int) error {
 }
 
 // newestTxid returns the highest transaction ID among the valid bbolt meta pages in
-// metas (two pages of pageSize bytes), and whether either is valid. It reads bbolt's
-// meta page as version 2 of its format lays it out: a 16-byte page header, then magic,
-// version, page size, flags (u32 each), root bucket (16 bytes), freelist and high-water
-// page IDs, transaction ID and an FNV-64a checksum of the fields before it (u64 each), in
-// the machine's byte order (little-endian on every platform sessiond is built for).
+// metas (two pages of pageSize bytes), and whether either is valid.
 func newestTxid(metas []byte, pageSize int) (uint64, bool) {
 	var newest uint64
 	var ok bool
 	for i := range 2 {
-		m := metas[i*pageSize+16 : i*pageSize+16+64]
-		le := binary.LittleEndian
-		if le.Uint32(m) != 0xED0CDAED || le.Uint32(m[4:]) != 2 {
-			continue
+		if m, valid := parseMeta(metas[i*pageSize:]); valid {
+			newest, ok = max(newest, m.txid), true
 		}
-		h := fnv.New64a()
-		_, _ = h.Write(m[:56])
-		if h.Sum64() != le.Uint64(m[56:]) {
-			continue
-		}
-		newest, ok = max(newest, le.Uint64(m[48:])), true
 	}
 	return newest, ok
+}
+
+// boltMeta is what sessiond reads of a bbolt meta page.
+type boltMeta struct {
+	pageSize                    uint32
+	root, freelist, pages, txid uint64 // pages: the high-water mark, in pages
+}
+
+// noFreelist is the freelist page ID of a file whose freelist is not stored
+// (NoFreelistSync).
+const noFreelist = ^uint64(0)
+
+// parseMeta reads the meta page that page begins with, and reports whether bbolt would
+// take it as valid (magic, version and checksum; nothing else). It reads the page as
+// version 2 of bbolt's format lays it out: a 16-byte page header, then magic, version,
+// page size, flags (u32 each), root bucket (16 bytes), freelist and high-water page IDs,
+// transaction ID and an FNV-64a checksum of the fields before it (u64 each), in the
+// machine's byte order (little-endian on every platform sessiond is built for).
+func parseMeta(page []byte) (boltMeta, bool) {
+	if len(page) < 16+64 {
+		return boltMeta{}, false
+	}
+	m := page[16 : 16+64]
+	le := binary.LittleEndian
+	if le.Uint32(m) != 0xED0CDAED || le.Uint32(m[4:]) != 2 {
+		return boltMeta{}, false
+	}
+	h := fnv.New64a()
+	_, _ = h.Write(m[:56])
+	if h.Sum64() != le.Uint64(m[56:]) {
+		return boltMeta{}, false
+	}
+	return boltMeta{pageSize: le.Uint32(m[8:]), root: le.Uint64(m[16:]), freelist: le.Uint64(m[32:]),
+		pages: le.Uint64(m[40:]), txid: le.Uint64(m[48:])}, true
+}
+
+// inside reports whether the meta page's page IDs lie within a file of size bytes, and
+// its page size is one bbolt writes: bbolt checks neither before it reads the pages they
+// name, and reading past the end of its memory map kills the process (SIGSEGV) instead of
+// returning an error.
+func (m boltMeta) inside(size int64) bool {
+	ps := uint64(m.pageSize)
+	if ps < 1024 || ps > 64<<10 || ps&(ps-1) != 0 || size < 0 {
+		return false
+	}
+	return m.pages >= 4 && m.pages <= uint64(size)/ps && m.root >= 2 && m.root < m.pages &&
+		(m.freelist == noFreelist || m.freelist >= 2 && m.freelist < m.pages)
 }
 
 // replay applies the log's records, in order, in btx.

@@ -3,9 +3,12 @@ package storage
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"hash/fnv"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/sessiond/sessiond/crdt"
@@ -95,6 +98,37 @@ func TestCheck(t *testing.T) {
 			t.Error("Check accepted junk")
 		}
 	})
+	// A backup anyone can alter, checksums included: meta pages naming pages past the
+	// file's end made bbolt read outside its memory map, which kills the process.
+	for name, set := range map[string]func(m []byte){
+		"ErrFreelistOutside": func(m []byte) { binary.LittleEndian.PutUint64(m[32:], 1<<20) },
+		"ErrRootOutside":     func(m []byte) { binary.LittleEndian.PutUint64(m[16:], 1<<20) },
+		"ErrPagesOutside":    func(m []byte) { binary.LittleEndian.PutUint64(m[40:], 1<<40) },
+		"ErrPageSize":        func(m []byte) { binary.LittleEndian.PutUint32(m[8:], 1<<20) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "altered.db")
+			copyFile(t, path, p)
+			b := mustRead(t, p)
+			ps := int(binary.LittleEndian.Uint32(b[16+8:]))
+			for i := range 2 {
+				m := b[i*ps+16 : i*ps+16+64]
+				set(m)
+				h := fnv.New64a()
+				h.Write(m[:56])
+				binary.LittleEndian.PutUint64(m[56:], h.Sum64())
+				if _, ok := parseMeta(b[i*ps:]); !ok {
+					t.Fatalf("meta page %d does not validate after the change", i)
+				}
+			}
+			if err := os.WriteFile(p, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Check(p); err == nil || !strings.Contains(err.Error(), "outside the file") {
+				t.Errorf("Check = %v, want the meta pages refused", err)
+			}
+		})
+	}
 }
 
 func TestReidentify(t *testing.T) {
