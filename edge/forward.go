@@ -3,7 +3,6 @@ package edge
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +18,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/edge/cluster"
 	"github.com/sessiond/sessiond/functions"
 )
@@ -97,6 +97,12 @@ func (n *Node) route(c *fiber.Ctx) error {
 	if !n.replicator.Sharded() {
 		return c.Next()
 	}
+	if len(c.Request().Body()) > 0 {
+		// Before anything reads the body to route it or sends it on: see rawBody.
+		if _, err := rawBody(c); err != nil {
+			return err
+		}
+	}
 	p, caller, ok := n.partitionOf(c)
 	if ok {
 		c.Locals(localsPartition, p) // what a bookmark is awaited in (partitionIn)
@@ -120,17 +126,32 @@ func partitionIn(c *fiber.Ctx) int {
 
 // partitionOf returns the partition a request is about and, for an authenticated one,
 // its verified caller; ok is false for a request served wherever it arrives (or one that
-// is invalid: the handlers answer it here).
+// is invalid: the handlers answer it here). A sign-up's or login's body is read as its
+// handler reads it (decodeJSON, into the same request type), so that every body the
+// handler accepts goes to the username's holders: a body read two ways could reach a
+// handler on a node that does not hold the name's claim, which would then register a
+// taken name (found by an outside review).
 func (n *Node) partitionOf(c *fiber.Ctx) (p int, caller *verified, ok bool) {
 	path := c.Path()
 	if c.Method() == fiber.MethodPost && (path == "/v1/users" || path == "/v1/sessions") {
-		var body struct {
-			Username string `json:"username"`
+		var username string
+		if path == "/v1/users" {
+			var req api.RegisterRequest
+			if decodeJSON(c, &req) != nil {
+				return 0, nil, false
+			}
+			username = req.Username
+		} else {
+			var req api.LoginRequest
+			if decodeJSON(c, &req) != nil {
+				return 0, nil, false
+			}
+			username = req.Username
 		}
-		if json.Unmarshal(c.Body(), &body) != nil || body.Username == "" {
+		if username == "" {
 			return 0, nil, false
 		}
-		return crdt.NamePartition(body.Username), nil, true
+		return crdt.NamePartition(username), nil, true
 	}
 	if path == "/v1/cluster" {
 		return 0, nil, false
@@ -165,7 +186,7 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 			}
 		}
 	}
-	body := c.Body()
+	body := c.Request().Body() // as sent: route refused a compressed one
 	// Sign-ups and logins are limited and charged by address here, where the client is
 	// seen (throttle.go); the holder that serves them applies the other limits.
 	at, charge, err := n.entryLimits(c)

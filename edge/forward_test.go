@@ -1,9 +1,12 @@
 package edge
 
 import (
+	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -275,5 +278,69 @@ func BenchmarkForward(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestForwardReadsBodiesAsHandlersDo: route reads a sign-up's or login's body to find the
+// username's holders. A body that routing could not read but the handler accepted was
+// served where it arrived: a node without the name's claim then registered a taken name
+// (a trailing U+00A0, which bytes.TrimSpace passed and encoding/json did not). And routing
+// read bodies through c.Body(), which inflates a compressed body with no bound: a 561-byte
+// gzip bomb took a node to 1 GB, and a compressed patch was unpacked and forwarded where
+// its holder would have refused it (both found by an outside review).
+func TestForwardReadsBodiesAsHandlersDo(t *testing.T) {
+	nodes, tab := startRegion(t, []string{"rb-a", "rb-b"}, nil)
+	nameOn := func(prefix, holder string) string {
+		for i := 0; ; i++ {
+			if name := fmt.Sprintf("%s%d", prefix, i); tab.Owners(nodes[0].cfg.Region, crdt.NamePartition(name))[0].Name == holder {
+				return name
+			}
+		}
+	}
+	a, b := newTestClient(t, nodes[0]), newTestClient(t, nodes[1])
+	owner := nameOn("rbowner", "rb-b")
+	token := signUp(t, b, owner)
+
+	t.Run("ErrTakenNameWithUnicodeSpace", func(t *testing.T) {
+		for _, c := range []*testClient{a, b} {
+			body := `{"username":"` + owner + `","password":"another password"}` + "\u00a0"
+			resp, got := c.do("POST", "/v1/users", "", body)
+			wantError(t, resp, got, http.StatusBadRequest, "invalid_argument")
+		}
+		resp, got := a.do("POST", "/v1/users", "", map[string]any{"username": owner, "password": "another password"})
+		wantError(t, resp, got, http.StatusConflict, "username_taken")
+	})
+
+	var bomb bytes.Buffer
+	zw := gzip.NewWriter(&bomb)
+	_, _ = zw.Write(bytes.Repeat([]byte(" "), 64<<20)) // 64 MiB of JSON white space
+	_ = zw.Close()
+	for _, c := range []*testClient{a, b} {
+		t.Run("ErrCompressedSignUp", func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			resp, got := c.do("POST", "/v1/users", "", bomb.Bytes(), "Content-Encoding", "gzip")
+			runtime.ReadMemStats(&after)
+			wantError(t, resp, got, http.StatusBadRequest, "invalid_argument")
+			// Inflated, the body alone would be 64 MiB (both nodes run in this process).
+			if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
+				t.Errorf("refusing a %d-byte compressed body allocated %d MiB", bomb.Len(), grew>>20)
+			}
+			if !strings.Contains(string(got), "Content-Encoding") || resp.Header.Get(headerForwardedBy) != "" {
+				t.Errorf("answer %s, forwarded by %q; want Content-Encoding refused where it arrived", got, resp.Header.Get(headerForwardedBy))
+			}
+		})
+		t.Run("ErrCompressedPatch", func(t *testing.T) {
+			var patch bytes.Buffer
+			zw := gzip.NewWriter(&patch)
+			_, _ = zw.Write([]byte(`{"data":{"gz":"yes"}}`))
+			_ = zw.Close()
+			resp, got := c.do("PATCH", "/v1/sessions/current", token, patch.Bytes(), "Content-Encoding", "gzip")
+			wantError(t, resp, got, http.StatusBadRequest, "invalid_argument")
+		})
+	}
+	resp, got := a.do("GET", "/v1/sessions/current", token, nil)
+	if resp.StatusCode != http.StatusOK || strings.Contains(string(got), `"gz"`) {
+		t.Errorf("session after the refused patches: %d %s", resp.StatusCode, got)
 	}
 }

@@ -301,14 +301,13 @@ func decodeJSON(c *fiber.Ctx, v any) error {
 	if !isJSONMediaType(c.Request().Header.ContentType()) {
 		return functions.Errorf(codeUnsupportedMediaType, "Content-Type must be application/json")
 	}
-	// c.Body() would inflate a gzip, deflate or brotli body with no bound, past the 1 MiB
-	// cap (a 1 MiB gzip body inflates to about 1 GiB): take the bytes as sent, and only
-	// uncompressed ones.
-	if enc := header(c, fiber.HeaderContentEncoding); enc != "" && !strings.EqualFold(enc, "identity") {
-		return badRequest("Content-Encoding %q is not supported; send plain JSON", enc)
+	body, err := rawBody(c)
+	if err != nil {
+		return err
 	}
-	body := c.Request().Body()
-	if t := bytes.TrimSpace(body); len(t) == 0 || t[0] != '{' { // null would decode as {}
+	// JSON's white space only: bytes.TrimSpace would also pass Unicode spaces (U+00A0,
+	// U+0085), which encoding/json refuses, so two readers of one body would disagree.
+	if i := ijson.SkipSpace(body, 0); i == len(body) || body[i] != '{' { // null would decode as {}
 		return badRequest("request body must be a JSON object")
 	}
 	// encoding/json would turn invalid UTF-8 into U+FFFD and store that; refuse it instead.
@@ -339,10 +338,21 @@ func decodeJSON(c *fiber.Ctx, v any) error {
 	}
 	// dec.More() misses a stray '}' or ']' after the object; any non-space rest is refused.
 	end := int(dec.InputOffset())
-	if len(bytes.TrimSpace(body[end:])) > 0 {
+	if ijson.SkipSpace(body, end) < len(body) {
 		return badRequest("request body must hold one JSON object")
 	}
 	return checkFieldNames(body[:end], reflect.TypeOf(v))
+}
+
+// rawBody returns the request's body as sent, refusing a compressed one: c.Body() would
+// inflate a gzip, deflate or brotli body (stacked encodings too) with no bound, past the
+// 1 MiB cap (a 1 MiB gzip body inflates to about 1 GiB). No route takes a compressed
+// body, so every reader of a body goes through here.
+func rawBody(c *fiber.Ctx) ([]byte, error) {
+	if enc := header(c, fiber.HeaderContentEncoding); enc != "" && !strings.EqualFold(enc, "identity") {
+		return nil, badRequest("Content-Encoding %q is not supported; send plain JSON", enc)
+	}
+	return c.Request().Body(), nil
 }
 
 // isJSONMediaType reports whether a Content-Type header names application/json, with or

@@ -65,6 +65,10 @@ func TestHTTP_Strict(t *testing.T) {
 			{"OKPatch", "PATCH", "/v1/sessions/current", tok, `{"data":{"Theme":"dark"}}`, "application/json;charset=UTF-8", 200},
 			{"ErrNull", "POST", "/v1/sessions", "", "null", "application/json", 400},
 			{"ErrArray", "POST", "/v1/users", "", " [] ", "application/json", 400},
+			// Only JSON's white space around the object: encoding/json refuses the others.
+			{"ErrTrailingNBSP", "POST", "/v1/sessions", "", login + "\u00a0", "application/json", 400},
+			{"ErrLeadingNEL", "POST", "/v1/sessions", "", "\u0085" + login, "application/json", 400},
+			{"OKJSONSpace", "POST", "/v1/sessions", "", " \t\r\n" + login + "\n ", "application/json", 201},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				resp, b := c.do(tc.method, tc.path, tc.token, tc.body, "Content-Type", tc.ct)
