@@ -5,11 +5,13 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/functions"
+	"github.com/sessiond/sessiond/storage"
 )
 
 // statusOf is the one table from error code to HTTP status.
@@ -61,6 +63,9 @@ func (n *Node) writeError(c *fiber.Ctx, err error) error {
 	ensureRequestID(c)
 	var fe *fiber.Error
 	code, msg := functions.ErrorCode(err), functions.ErrorMessage(err)
+	if code == functions.EInternal {
+		code, msg = storageRefusal(err, code, msg)
+	}
 	if errors.As(err, &fe) && fe.Code == fiber.StatusRequestTimeout {
 		// fasthttp's read timeout on a connection that sent no complete request: answer 408
 		// and close, so that no client takes this reply for its next request's.
@@ -105,6 +110,21 @@ func (n *Node) writeError(c *fiber.Ctx, err error) error {
 		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="sessiond"`)
 	}
 	return c.Status(status).JSON(body)
+}
+
+// storageRefusal turns a storage failure that is no fault of the request into 503
+// unavailable with what happened, for a client to retry (through another node: a node
+// whose storage failed stops, see Node.StorageFailed), or returns code and msg as they
+// are. A full disk refuses writes before the storage fails too (a log record that does not
+// fit is cut off, and the next write tries again).
+func storageRefusal(err error, code, msg string) (string, string) {
+	switch {
+	case errors.Is(err, storage.ErrFailed):
+		return functions.EUnavailable, "this node's storage failed and the node is stopping: retry, another node serves"
+	case errors.Is(err, syscall.ENOSPC):
+		return functions.EUnavailable, "this node's disk is full: retry, another node serves"
+	}
+	return code, msg
 }
 
 func badRequest(format string, args ...any) error {

@@ -80,6 +80,9 @@ func (n *Node) newApp() *fiber.App {
 
 	app.Get("/healthz", func(c *fiber.Ctx) error {
 		c.Set(adminauth.HeaderIdentity, n.admin.Identity()) // what admin requests are signed for
+		if n.storageFailed() {
+			return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "storage failed"})
+		}
 		return c.JSON(fiber.Map{"status": "ok"})
 	})
 	app.Get("/readyz", n.readyz)
@@ -179,6 +182,9 @@ func methodLabel(m string) string {
 }
 
 func (n *Node) readyz(c *fiber.Ctx) error {
+	if n.storageFailed() {
+		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "storage failed"})
+	}
 	if !n.ready.Load() {
 		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "not ready"})
 	}

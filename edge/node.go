@@ -376,6 +376,22 @@ func (n *Node) becomeReady() {
 // the partitions: with placement, when it joins others.
 func (n *Node) joining() bool { return n.cfg.Replicas > 0 && len(n.cfg.Join) > 0 }
 
+// StorageFailed returns a channel that is closed when the node's storage fails (a full
+// disk, an I/O error: storage.ErrFailed): it then refuses every write, /healthz and
+// /readyz answer 503, and the process should Close the node and exit, so that its peers
+// and load balancers route around it; started again once the cause is mended, it
+// recovers every acknowledged write from its write-ahead log.
+func (n *Node) StorageFailed() <-chan struct{} { return n.db.Failed() }
+
+func (n *Node) storageFailed() bool {
+	select {
+	case <-n.db.Failed():
+		return true
+	default:
+		return false
+	}
+}
+
 // Ready reports whether /readyz says ready.
 func (n *Node) Ready() bool { return n.ready.Load() }
 

@@ -228,8 +228,14 @@ func (db *DB) flush() (took time.Duration, checkpointed bool) {
 // fail stops writes, and reads of the file, with err: the file's state is unknown or
 // lacks acknowledged writes, which the next Open recovers from the log.
 func (db *DB) fail(err error) {
+	if db.failed != nil {
+		db.log.Error("storage failed again", attrErr, err)
+		return
+	}
+	err = fmt.Errorf("%w: %w", ErrFailed, err)
 	db.failed = err
 	db.lag.fail(err)
+	close(db.stop)
 	db.log.Error("storage failed; writes refused until reopened", attrErr, err)
 }
 

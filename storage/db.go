@@ -122,6 +122,12 @@ var (
 // ErrClosed is returned by writes to a closed DB.
 var ErrClosed = errors.New("storage: database closed")
 
+// ErrFailed wraps the failure that stopped a DB (a failed sync, commit or checkpoint:
+// a full disk, an I/O error): the state of the log or the file is unknown, so every later
+// write, and every read of the file, fails with it until the DB is opened again, which
+// recovers every acknowledged write from the log. See DB.Failed.
+var ErrFailed = errors.New("storage failed; writes refused until it is opened again")
+
 // DB is a node's durable replica: records and message logs in one bbolt file, with the
 // indexes, change feed and digest that replication needs. All methods are safe for
 // concurrent use. Writes funnel through one committer goroutine that commits concurrent
@@ -147,7 +153,9 @@ type DB struct {
 	mapLow int64 // a lower bound of the size of bbolt's memory map
 	hwm    int64 // bbolt's high-water mark (bytes) before the latest commit
 	hwmCkp int64 // … at the latest checkpoint
-	failed error // set when the log's or the file's state is unknown: writes fail with it
+	failed error // set when the log's or the file's state is unknown: writes fail with it (ErrFailed)
+	// stop is closed when failed is set (Failed).
+	stop chan struct{}
 	// The open transaction (commit.go): acknowledged batches not yet flushed to the file,
 	// their log records in order, their bytes, and the capacity to give the next record.
 	wtx            *bolt.Tx
@@ -240,7 +248,7 @@ func Open(path string, opts Options) (*DB, error) {
 		opts.RecordCache = 16384
 	}
 	db := &DB{bolt: bdb, path: path, opts: opts, log: logger, cache: newRecordCache(opts.RecordCache),
-		reqs: make(chan *request, maxBatch), stopped: make(chan struct{}), file: f}
+		reqs: make(chan *request, maxBatch), stopped: make(chan struct{}), stop: make(chan struct{}), file: f}
 	if st, err := f.Stat(); err == nil {
 		db.mapLow = bboltMapSize(max(st.Size(), int64(opts.mmapInitial)))
 	}
@@ -396,6 +404,12 @@ func (db *DB) Close() error {
 	})
 	return db.closeErr
 }
+
+// Failed returns a channel that is closed when the DB fails (ErrFailed): from then on it
+// refuses writes and reads of the file, and only opening it again (after the cause is
+// mended: space freed on a full disk) makes it usable. A process should then stop, so
+// that others route around it, and be started again.
+func (db *DB) Failed() <-chan struct{} { return db.stop }
 
 // NodeID returns this replica's identity, generated when the file was created.
 func (db *DB) NodeID() crdt.NodeID { return db.node }

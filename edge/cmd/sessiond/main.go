@@ -344,19 +344,26 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	removed := false
-	for ctx.Err() == nil && !removed {
+	removed, failed := false, false
+	for ctx.Err() == nil && !removed && !failed {
 		select {
 		case <-ctx.Done():
 		case <-hup:
 			reloadKeys(node, f.keyFile, logger)
 		case <-node.Removed():
 			removed = true
+		case <-node.StorageFailed():
+			failed = true
 		}
 	}
 	stop()
 	if removed {
 		logger.Error("stopping: " + cluster.ErrRemoved.Error())
+	}
+	if failed {
+		// A node that cannot write would refuse what any other node accepts: stopping
+		// lets peers and load balancers route around it (see Node.StorageFailed).
+		logger.Error("stopping: " + errStorageFailed)
 	}
 	logger.Info("shutting down")
 	err = node.Close(context.Background())
@@ -366,11 +373,18 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	if removed {
 		fmt.Fprintln(stderr, "sessiond:", cluster.ErrRemoved)
 	}
-	if err != nil || removed {
+	if failed {
+		fmt.Fprintln(stderr, "sessiond:", errStorageFailed)
+	}
+	if err != nil || removed || failed {
 		return 1
 	}
 	return 0
 }
+
+// errStorageFailed is what a node says when it stops because its storage failed.
+const errStorageFailed = "stopped because its storage failed (see above: a full disk, an I/O error); " +
+	"start it again once that is mended: it recovers every acknowledged write from its write-ahead log"
 
 // reloadKeys re-reads the key file and makes its keys the node's (SIGHUP): see
 // edge.Node.ReloadKeys and docs/OPERATIONS.md, "Rotating the cluster key". A file that cannot be read or parsed
