@@ -49,6 +49,7 @@ type TLSTransport struct {
 	self    string      // this node's name, sent with every request (peerHeader)
 	selfID  crdt.NodeID // and its ID (peerIDHeader)
 	ids     atomic.Pointer[identities]
+	bodies  bodyBudget // request bodies held by the server (readBody)
 
 	ctx    context.Context // of the messages served; ends with Shutdown
 	cancel context.CancelFunc
@@ -453,13 +454,18 @@ func (t *TLSTransport) serve(h Handler, kind string) fasthttp.RequestHandler {
 		// Read as it arrives (the server streams bodies), into a buffer of our own: the
 		// request's is reused once the handler returns, and what decoding makes of the
 		// body may refer to it.
-		body, err := readBody(ctx, MaxMessage)
+		body, release, err := t.readBody(ctx, MaxMessage)
 		if err != nil {
-			t.guard.Invalid(peer, kind, invalid(err))
 			ctx.SetConnectionClose()
+			if errors.Is(err, errBodiesFull) {
+				ctx.Error("read request: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			t.guard.Invalid(peer, kind, invalid(err))
 			ctx.Error("read request: "+err.Error(), http.StatusRequestEntityTooLarge)
 			return
 		}
+		defer release()
 		t.metrics.bytes("received", kind, len(body))
 		out, err := ServeMessage(t.ctx, h, t.guard, peer, peerID(ctx), kind, body)
 		switch {
@@ -498,25 +504,87 @@ func (t *TLSTransport) admit(ctx *fasthttp.RequestCtx) bool {
 }
 
 // readBody returns a copy of the request's body, read as it arrives, or an error if it
-// is over limit bytes.
-func readBody(ctx *fasthttp.RequestCtx, limit int) ([]byte, error) {
+// is over limit bytes or would take the server past maxBodyBytes (errBodiesFull). The
+// body's bytes count against the server's budget (bodyBudget) from the moment they arrive
+// until release, which the caller calls once it is done with the body.
+func (t *TLSTransport) readBody(ctx *fasthttp.RequestCtx, limit int) (body []byte, release func(), err error) {
 	if n := ctx.Request.Header.ContentLength(); n > limit {
-		return nil, fmt.Errorf("request of %d bytes over the %d limit", n, limit)
+		return nil, nil, fmt.Errorf("request of %d bytes over the %d limit", n, limit)
 	}
-	var body []byte
-	if st := ctx.RequestBodyStream(); st != nil {
-		b, err := io.ReadAll(io.LimitReader(st, int64(limit)+1))
-		if err != nil {
-			return nil, err
+	taken := 0
+	release = func() { t.bodies.give(taken) }
+	take := func(n int) error {
+		if taken+n > limit {
+			return fmt.Errorf("request over the %d-byte limit", limit)
 		}
-		body = b
-	} else {
-		body = bytes.Clone(ctx.Request.Body())
+		if !t.bodies.take(n) {
+			return errBodiesFull
+		}
+		taken += n
+		return nil
 	}
-	if len(body) > limit {
-		return nil, fmt.Errorf("request over the %d-byte limit", limit)
+	st := ctx.RequestBodyStream()
+	if st == nil {
+		if err := take(len(ctx.Request.Body())); err != nil {
+			release()
+			return nil, nil, err
+		}
+		return bytes.Clone(ctx.Request.Body()), release, nil
 	}
-	return body, nil
+	chunk := make([]byte, 32<<10)
+	for {
+		n, err := st.Read(chunk)
+		if n > 0 {
+			if err := take(n); err != nil {
+				release()
+				return nil, nil, err
+			}
+			body = append(body, chunk[:n]...)
+		}
+		if errors.Is(err, io.EOF) {
+			return body, release, nil
+		}
+		if err != nil {
+			release()
+			return nil, nil, err
+		}
+	}
+}
+
+// maxBodyBytes bounds the bytes of request bodies the sync server holds at once: four
+// messages of the largest size, far more than peers' pushes, rounds and handoffs take
+// together. Bodies are held while they arrive (a peer may take a minute to send one:
+// ReadTimeout) and while their request is served; a request whose body would pass the
+// bound is refused with 503, which its sender retries like any failed call. So peers
+// holding the cluster key, as many connections as they like, cannot pin more than that.
+const maxBodyBytes = 4 * MaxMessage
+
+// errBodiesFull refuses a request whose body would take the server past maxBodyBytes.
+var errBodiesFull = errors.New("the server holds as many request bytes as it takes; try again")
+
+// bodyBudget counts the bytes of request bodies a server holds (readBody), up to
+// maxBodyBytes. Safe for concurrent use.
+type bodyBudget struct {
+	mu   sync.Mutex
+	held int
+}
+
+// take adds n bytes if they fit under maxBodyBytes, and reports whether they did.
+func (b *bodyBudget) take(n int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.held+n > maxBodyBytes {
+		return false
+	}
+	b.held += n
+	return true
+}
+
+// give returns n bytes taken.
+func (b *bodyBudget) give(n int) {
+	b.mu.Lock()
+	b.held -= n
+	b.mu.Unlock()
 }
 
 // peerHeader carries the caller's node name (Peer.Name) on sync requests, so that a
@@ -576,12 +644,17 @@ func (t *TLSTransport) Serve(ln net.Listener, h Handler) error {
 			if !t.admit(ctx) {
 				return
 			}
-			body, err := readBody(ctx, MaxForwardBody)
+			body, release, err := t.readBody(ctx, MaxForwardBody)
 			if err != nil {
 				ctx.SetConnectionClose()
-				ctx.Error("forwarded body: "+err.Error(), http.StatusRequestEntityTooLarge)
+				status := http.StatusRequestEntityTooLarge
+				if errors.Is(err, errBodiesFull) {
+					status = http.StatusServiceUnavailable
+				}
+				ctx.Error("forwarded body: "+err.Error(), status)
 				return
 			}
+			defer release()
 			// After the body is read, so that the caller gets the answer, not a reset.
 			if t.guard.refuseRemoved(peerName(ctx), peerID(ctx)) {
 				ctx.Error(ErrRemoved.Error(), http.StatusGone)
