@@ -348,6 +348,10 @@ func (l *lesson) keep(held, gained *partitionSet) bool {
 
 // distrust is what we no longer believe of an origin's pushes: their Throughs, in the
 // partitions of the changes of its we refused (all: in every partition).
+// maxDistrusted bounds the origins distrusted at once (haveState.distrust): far more
+// nodes than a cluster has.
+const maxDistrusted = 1024
+
 type distrust struct {
 	epoch uint64 // of the latest refusal
 	all   bool
@@ -359,10 +363,26 @@ type distrust struct {
 // complete without refusals (trustAgainLocked says which end it where). A refused change
 // (a field stamped too far ahead, say another node's it relays) leaves us without a write
 // its Through counts; the other partitions' data came whole.
+//
+// At most maxDistrusted origins are distrusted at once: a push's sender names its origin
+// itself, and one inventing origins would otherwise grow the set without end (an entry
+// ends only with a round with its origin). Past the bound, the origin distrusted longest
+// ago is trusted again; only a peer lying in valid messages pushes a real one out, which
+// costs read-your-writes, as such a lie does anyway (docs/PROTOCOL.md).
 func (h *haveState) distrust(origin crdt.NodeID, refused []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.epoch++
+	if _, ok := h.distrusted[origin]; !ok && len(h.distrusted) >= maxDistrusted {
+		oldest, first := crdt.NodeID(0), true
+		for id, d := range h.distrusted {
+			if first || d.epoch < h.distrusted[oldest].epoch {
+				oldest, first = id, false
+			}
+		}
+		delete(h.distrusted, oldest)
+		delete(h.partial, oldest)
+	}
 	d := h.distrusted[origin]
 	d.epoch, d.all = h.epoch, d.all || len(refused) == 0
 	d.parts.addHomes(refused)

@@ -118,11 +118,12 @@ type Replicator struct {
 	mu      sync.Mutex
 	workers map[crdt.NodeID]*worker
 	closed  bool
-	view    atomic.Pointer[view] // written under mu
-	peers   []Peer               // as SetPeers last gave them; under mu
-	down    []Peer               // as SetMembership last gave them; under mu
-	joining bool                 // see Config.Joining; under mu
-	peersIn chan struct{}        // closed by the first SetPeers that names a peer
+	view    atomic.Pointer[view]                 // written under mu
+	peers   []Peer                               // as SetPeers last gave them; under mu
+	down    []Peer                               // as SetMembership last gave them; under mu
+	known   atomic.Pointer[map[crdt.NodeID]bool] // the IDs of peers and down; written under mu
+	joining bool                                 // see Config.Joining; under mu
+	peersIn chan struct{}                        // closed by the first SetPeers that names a peer
 	// replanned wakes the handoff loop after a placement change.
 	replanned chan struct{}
 
@@ -307,6 +308,15 @@ func (r *Replicator) SetMembership(live, down []Peer) {
 	r.setPeersLocked(live)
 }
 
+// member reports whether id is a member as membership last said: a live peer or a failed
+// one. A push's sender names its origin itself, so what this node learns from a push about
+// an origin (Through) counts only for members: a peer inventing origins would otherwise
+// push real ones' marks out of the bounded knowledge (crdt.Bookmark).
+func (r *Replicator) member(id crdt.NodeID) bool {
+	known := r.known.Load()
+	return known != nil && (*known)[id]
+}
+
 func (r *Replicator) setPeersLocked(peers []Peer) {
 	if r.closed {
 		return
@@ -326,6 +336,11 @@ func (r *Replicator) setPeersLocked(peers []Peer) {
 		}
 	}
 	r.peers = slices.Clone(peers)
+	known := make(map[crdt.NodeID]bool, len(peers)+len(r.down))
+	for _, p := range slices.Concat(peers, r.down) {
+		known[p.ID] = true
+	}
+	r.known.Store(&known)
 	if len(want) > 0 {
 		select {
 		case <-r.peersIn:
@@ -857,7 +872,7 @@ func (r *Replicator) HandlePush(ctx context.Context, req PushRequest) (PushReply
 	if res.Rejected > 0 || res.TooLarge > 0 {
 		r.have.distrust(req.From, res.Refused)
 	}
-	if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self {
+	if !req.Through.IsZero() && req.Through.Node == req.From && req.From != r.self && r.member(req.From) {
 		r.have.pushed(r.clamp(req.Through), req.Placement, req.Held, req.Era)
 	}
 	now := r.cfg.Now()
