@@ -428,15 +428,22 @@ func (n *Node) relay(c *fiber.Ctx, resp *http.Response, cancel context.CancelFun
 		c.Response().SetBodyRaw(b)
 		return nil
 	}
+	// As a stream or an export served here does (stallWriter): a client that stops
+	// reading for backupStall is cut off, which ends the holder's side too, so it cannot
+	// hold the holder's export or stream slot for ever. The write deadline is this
+	// response's alone: the connection closes after it.
+	c.Context().SetConnectionClose()
+	conn, ctx := c.Context().Conn(), n.ctx
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer cancel()
 		defer resp.Body.Close()
+		sw := stallWriter{ctx: ctx, w: w, conn: conn}
 		buf := make([]byte, 4096)
 		for {
 			k, err := resp.Body.Read(buf)
 			if k > 0 {
-				if _, werr := w.Write(buf[:k]); werr != nil || w.Flush() != nil {
-					return // the client left
+				if _, werr := sw.Write(buf[:k]); werr != nil || w.Flush() != nil {
+					return // the client left, or stopped reading
 				}
 			}
 			if err != nil {
