@@ -16,9 +16,10 @@
 //
 // A file is written and read in one pass, never held in memory: a node streams it as it
 // copies, and Reader checks the trailer when the body ends, so a reader that reaches
-// io.EOF has read a complete, unaltered file with nothing after it. A file that is cut
-// short, altered or not a backup at all fails with ErrTruncated, ErrChecksum or
-// ErrForeign.
+// io.EOF has read a complete, undamaged file with nothing after it. A file that is cut
+// short, damaged or not a backup at all fails with ErrTruncated, ErrChecksum or
+// ErrForeign. The checksum is not keyed: it tells damage, not a deliberate change (whoever
+// can write the file can rewrite its trailer).
 //
 // It imports storage, crdt and the standard library; nothing here knows HTTP or the
 // node.

@@ -26,7 +26,7 @@ var (
 
 const trailerLen = 8 + 8 + sha256.Size
 
-// Errors of a file that is not a complete, unaltered backup.
+// Errors of a file that is not a complete, undamaged backup.
 var (
 	ErrForeign   = errors.New("not a sessiond backup file")
 	ErrTruncated = errors.New("backup file is truncated")

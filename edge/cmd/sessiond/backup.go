@@ -167,7 +167,7 @@ func nodeError(resp *http.Response) error {
 func verifyCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sessiond backup verify", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	if code, done := parseCmd(fs, args, stdout, stderr, "Usage: sessiond backup verify FILE (- for stdin): check a backup file without restoring it;\nexit 0 if it is complete, unaltered and holds a data file this build opens\n", ""); done {
+	if code, done := parseCmd(fs, args, stdout, stderr, "Usage: sessiond backup verify FILE (- for stdin): check a backup file without restoring it;\nexit 0 if it is complete, undamaged (the checksum is not keyed: it does not tell a deliberate change)\nand holds a data file this build opens\n", ""); done {
 		return code
 	}
 	if fs.NArg() != 1 {
