@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/storage/disktest"
 )
 
 // TestFailedOnFullDisk: a commit that finds the disk full fails the DB (ErrFailed, the
@@ -19,11 +20,7 @@ import (
 // and the DB opened again once there is room holds every write it acknowledged. The file
 // is on a tmpfs of its own, so the test needs the right to mount one (root).
 func TestFailedOnFullDisk(t *testing.T) {
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=24m"); err != nil {
-		t.Skipf("needs a small file system of its own (mounting a tmpfs: %v)", err)
-	}
-	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	dir := disktest.Mount(t, "24m")
 	path := filepath.Join(dir, "full.db")
 	db, err := Open(path, Options{Logger: testLogger(t)})
 	if err != nil {
@@ -48,7 +45,7 @@ func TestFailedOnFullDisk(t *testing.T) {
 	}
 
 	filler := filepath.Join(dir, "filler")
-	fill(t, filler)
+	disktest.Fill(t, filler)
 	var failure error
 	for i := 10; i < 10000 && failure == nil; i++ {
 		key, err := write(i)
@@ -94,26 +91,5 @@ func TestFailedOnFullDisk(t *testing.T) {
 	}
 	if _, err := write(10001); err != nil {
 		t.Errorf("a write after reopening with room: %v", err)
-	}
-}
-
-// fill writes path until the file system it is on has no room left.
-func fill(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	for _, size := range []int{1 << 20, 4096} {
-		chunk := make([]byte, size)
-		for {
-			if _, err := f.Write(chunk); err != nil {
-				if !errors.Is(err, syscall.ENOSPC) {
-					t.Fatal(err)
-				}
-				break
-			}
-		}
 	}
 }

@@ -3,14 +3,14 @@
 package main_test
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sessiond/sessiond/storage/disktest"
 )
 
 // TestE2E_DiskFull fills the disk under a node while it takes writes. Every answer is a
@@ -24,11 +24,7 @@ func TestE2E_DiskFull(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the real binary; skipped with -short")
 	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=48m"); err != nil {
-		t.Skipf("needs a small file system of its own (mounting a tmpfs: %v)", err)
-	}
-	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	dir := disktest.Mount(t, "48m")
 
 	d := newDaemon(t, "e2e-full", filepath.Join(dir, "data"))
 	d.start()
@@ -40,7 +36,7 @@ func TestE2E_DiskFull(t *testing.T) {
 	c.want(200, "PATCH", "/v1/sessions/current", tok, map[string]any{"data": map[string]string{"before": "full"}}, nil)
 	acked["before"] = `"full"`
 
-	fillDisk(t, filepath.Join(dir, "filler"))
+	disktest.Fill(t, filepath.Join(dir, "filler"))
 	big := strings.Repeat("x", 3000)
 	refused := false
 	for i := 0; i < 5000 && !refused; i++ {
@@ -86,29 +82,4 @@ func TestE2E_DiskFull(t *testing.T) {
 		}
 	}
 	c.want(200, "PATCH", "/v1/sessions/current", tok, map[string]any{"data": map[string]string{"after": "room"}}, nil)
-}
-
-// fillDisk writes path until the file system it is on has no room left.
-func fillDisk(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	chunk := make([]byte, 1<<20)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
-	// Whatever is left is less than a chunk: take it too, a page at a time.
-	for {
-		if _, err := f.Write(chunk[:4096]); err != nil {
-			return
-		}
-	}
 }
