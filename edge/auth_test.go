@@ -71,6 +71,8 @@ func TestAuth_SessionArrivesAfterTheRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The origin is a member (a failed one here): only members' pushes vouch.
+	n.replicator.SetMembership(nil, []cluster.Peer{{ID: origin, Name: "origin"}})
 	rep, err := n.replicator.HandlePush(ctx, cluster.PushRequest{From: origin})
 	if err != nil {
 		t.Fatal(err)

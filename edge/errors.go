@@ -115,8 +115,8 @@ func (n *Node) writeError(c *fiber.Ctx, err error) error {
 // storageRefusal turns a storage failure that is no fault of the request into 503
 // unavailable with what happened, for a client to retry (through another node: a node
 // whose storage failed stops, see Node.StorageFailed), or returns code and msg as they
-// are. A full disk refuses writes before the storage fails too (a log record that does not
-// fit is cut off, and the next write tries again).
+// are. A full disk fails the storage (storage.ErrFailed wraps ENOSPC); ENOSPC alone is
+// answered alike should any path return it unwrapped.
 func storageRefusal(err error, code, msg string) (string, string) {
 	switch {
 	case errors.Is(err, storage.ErrFailed):

@@ -413,6 +413,8 @@ func TestAuth_SigningKeyArrivesLate(t *testing.T) {
 		}
 	})
 	t.Run("OK", func(t *testing.T) {
+		// The origin is a member (a failed one here): only members' pushes vouch.
+		n.replicator.SetMembership(nil, []cluster.Peer{{ID: origin, Name: "origin"}})
 		rep, err := n.replicator.HandlePush(ctx, cluster.PushRequest{From: origin})
 		if err != nil {
 			t.Fatal(err)

@@ -186,6 +186,8 @@ func TestService_KeyArrivesAfterTheRead(t *testing.T) {
 	key := functions.APIKey{App: "shop"}
 	key.Secret[0] = 7
 	key.Bookmark.Add(created)
+	// The origin is a member (a failed one here): only members' pushes vouch.
+	n.replicator.SetMembership(nil, []cluster.Peer{{ID: origin, Name: "origin"}})
 	rep, err := n.replicator.HandlePush(ctx, cluster.PushRequest{From: origin})
 	if err != nil {
 		t.Fatal(err)

@@ -122,10 +122,11 @@ var (
 // ErrClosed is returned by writes to a closed DB.
 var ErrClosed = errors.New("storage: database closed")
 
-// ErrFailed wraps the failure that stopped a DB (a failed sync, commit or checkpoint:
-// a full disk, an I/O error): the state of the log or the file is unknown, so every later
-// write, and every read of the file, fails with it until the DB is opened again, which
-// recovers every acknowledged write from the log. See DB.Failed.
+// ErrFailed wraps the failure that stopped a DB (a failed write or sync of the log, commit
+// or checkpoint: a full disk, a quota, an I/O error): the log or the file takes no more,
+// or its state is unknown, so every later write, and every read of the file, fails with
+// it until the DB is opened again, which recovers every acknowledged write from the log.
+// See DB.Failed.
 var ErrFailed = errors.New("storage failed; writes refused until it is opened again")
 
 // DB is a node's durable replica: records and message logs in one bbolt file, with the
@@ -471,6 +472,7 @@ func (db *DB) settle(ctx context.Context) error {
 type lag struct {
 	acked, flushed atomic.Uint64
 	waiters        atomic.Int32 // readers in wait
+	failed         atomic.Bool  // err is set
 
 	mu   sync.Mutex
 	note chan struct{} // closed and replaced when flushed rises or err is set
@@ -480,7 +482,7 @@ type lag struct {
 // wait returns once flushed reaches acked as read on entry, or err is set.
 func (l *lag) wait(ctx context.Context) error {
 	target := l.acked.Load()
-	if l.flushed.Load() >= target {
+	if l.flushed.Load() >= target && !l.failed.Load() {
 		return nil
 	}
 	l.waiters.Add(1)
@@ -523,6 +525,7 @@ func (l *lag) fail(err error) {
 	defer l.mu.Unlock()
 	if l.err == nil {
 		l.err = err
+		l.failed.Store(true)
 	}
 	l.wakeLocked()
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -273,11 +274,21 @@ func walBytes(p []byte) (b, rest []byte, ok bool) {
 // walFile is the open log the committer appends to. Not safe for concurrent use.
 type walFile struct {
 	f     *os.File
+	path  string // its name: f's is the temporary one it was created under (createWAL)
 	epoch uint64
 	seq   uint64 // records appended
 	size  int64  // bytes written and synced
 	alloc int64  // the end of the zeros written ahead (extend); below size after one failed
 	buf   []byte
+}
+
+// named returns err, of an operation on the log, naming the log's file by its name.
+func (w *walFile) named(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return &fs.PathError{Op: pe.Op, Path: w.path, Err: pe.Err}
+	}
+	return fmt.Errorf("sync %s: %w", w.path, err)
 }
 
 // walChunk is how much of the log extend writes ahead at a time. Its zeros are flushed
@@ -300,6 +311,9 @@ func (w *walFile) append(payload []byte) error {
 	_, err := w.f.WriteAt(w.buf, w.size)
 	if err == nil {
 		err = fdatasync(w.f)
+	}
+	if err != nil {
+		err = w.named(err)
 	}
 	if cap(w.buf) > 1<<20 {
 		w.buf = nil // do not keep one huge batch's buffer
@@ -378,7 +392,7 @@ func createWAL(path string, h walHeader) (*walFile, error) {
 		_ = f.Close()
 		return nil, err
 	}
-	return &walFile{f: f, epoch: h.epoch, size: int64(len(b)), alloc: int64(len(b))}, nil
+	return &walFile{f: f, path: path + walSuffix, epoch: h.epoch, size: int64(len(b)), alloc: int64(len(b))}, nil
 }
 
 // syncDir makes a rename in dir durable.

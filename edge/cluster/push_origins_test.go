@@ -76,5 +76,15 @@ func TestHandlePushOrigins(t *testing.T) {
 		if !r.Have().Covers(through) {
 			t.Errorf("after Throughs of %d invented origins, the member's mark is gone", crdt.MaxBookmarkMarks)
 		}
+		// A node that stops leaves first and then drains its last writes to its peers,
+		// which list it as left by then (neither live nor failed): its Through counts.
+		r.SetMembership(nil, nil)
+		later := crdt.Timestamp{Wall: time.Now().UnixNano(), Node: member.ID}
+		if _, err := r.HandlePush(ctx, PushRequest{From: member.ID, Through: later, Era: r.have.currentEra()}); err != nil {
+			t.Fatal(err)
+		}
+		if !r.Have().Covers(later) {
+			t.Errorf("the Through of a member that has left does not count")
+		}
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"iter"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -121,7 +122,7 @@ type Replicator struct {
 	view    atomic.Pointer[view]                 // written under mu
 	peers   []Peer                               // as SetPeers last gave them; under mu
 	down    []Peer                               // as SetMembership last gave them; under mu
-	known   atomic.Pointer[map[crdt.NodeID]bool] // the IDs of peers and down; written under mu
+	known   atomic.Pointer[map[crdt.NodeID]bool] // every ID peers and down named so far; written under mu
 	joining bool                                 // see Config.Joining; under mu
 	peersIn chan struct{}                        // closed by the first SetPeers that names a peer
 	// replanned wakes the handoff loop after a placement change.
@@ -308,13 +309,36 @@ func (r *Replicator) SetMembership(live, down []Peer) {
 	r.setPeersLocked(live)
 }
 
-// member reports whether id is a member as membership last said: a live peer or a failed
-// one. A push's sender names its origin itself, so what this node learns from a push about
-// an origin (Through) counts only for members: a peer inventing origins would otherwise
-// push real ones' marks out of the bounded knowledge (crdt.Bookmark).
+// member reports whether membership ever named id a peer, live or failed, since the
+// replicator started: a member that has left since still counts (a node that stops drains
+// its last writes to its peers after it left). A push's sender names its origin itself,
+// so what this node learns from a push about an origin (Through) counts only for members:
+// a peer inventing origins would otherwise push real ones' marks out of the bounded
+// knowledge (crdt.Bookmark) and grow what is kept per origin.
 func (r *Replicator) member(id crdt.NodeID) bool {
 	known := r.known.Load()
 	return known != nil && (*known)[id]
+}
+
+// noteMembersLocked adds the IDs of peers to those member reports. r.mu is held.
+func (r *Replicator) noteMembersLocked(peers []Peer) {
+	old := r.known.Load()
+	var known map[crdt.NodeID]bool
+	for _, p := range peers {
+		if old != nil && (*old)[p.ID] || known != nil && known[p.ID] {
+			continue
+		}
+		if known == nil { // copy on write: member reads without the lock
+			known = make(map[crdt.NodeID]bool)
+			if old != nil {
+				maps.Copy(known, *old)
+			}
+		}
+		known[p.ID] = true
+	}
+	if known != nil {
+		r.known.Store(&known)
+	}
 }
 
 func (r *Replicator) setPeersLocked(peers []Peer) {
@@ -336,11 +360,7 @@ func (r *Replicator) setPeersLocked(peers []Peer) {
 		}
 	}
 	r.peers = slices.Clone(peers)
-	known := make(map[crdt.NodeID]bool, len(peers)+len(r.down))
-	for _, p := range slices.Concat(peers, r.down) {
-		known[p.ID] = true
-	}
-	r.known.Store(&known)
+	r.noteMembersLocked(slices.Concat(peers, r.down))
 	if len(want) > 0 {
 		select {
 		case <-r.peersIn:
