@@ -18,23 +18,18 @@ import (
 // windows both still keep.
 //
 // Memory is bounded: at most MaxKeys keys are tracked, each with at most two windows of
-// one cell per node that counted, and at most MaxCells cells in all come from merges. When
-// the table is full even after pruning, a local event for a new key is counted under
-// OverflowKey, which Estimate reads for every untracked key (limits get coarser and
-// stricter, never off), and remote cells for new keys are dropped (the sender's events on
-// them are missed on this node until a key frees up); so are remote cells of a node new to
-// a key once MaxCells cells are held (the nodes are whatever peers name: a peer could
-// otherwise invent nodes without end). A local event is always counted.
+// one cell per node that counted. When the table is full even after pruning, a local event
+// for a new key is counted under OverflowKey, which Estimate reads for every untracked key
+// (limits get coarser and stricter, never off), and remote cells for new keys are dropped
+// (the sender's events on them are missed on this node until a key frees up).
 //
 // A Counter is a value with no goroutines or clock of its own; it is not safe for
 // concurrent use.
 type Counter struct {
-	Window   time.Duration // window length; must be positive
-	MaxKeys  int           // bound on tracked keys; default DefaultCounterKeys
-	MaxCells int           // bound on cells held, past which merges add none; default 4 × MaxKeys
+	Window  time.Duration // window length; must be positive
+	MaxKeys int           // bound on tracked keys; default DefaultCounterKeys
 
-	keys  map[string]*counterKey
-	cells int // held in keys
+	keys map[string]*counterKey
 }
 
 // DefaultCounterKeys is the default Counter.MaxKeys. A key costs about 200 bytes with one
@@ -62,13 +57,6 @@ type CounterCell struct {
 // DefaultCounterKeys).
 func NewCounter(window time.Duration, maxKeys int) *Counter {
 	return &Counter{Window: window, MaxKeys: maxKeys}
-}
-
-func (c *Counter) maxCells() int {
-	if c.MaxCells > 0 {
-		return c.MaxCells
-	}
-	return 4 * c.maxKeys()
 }
 
 func (c *Counter) maxKeys() int {
@@ -101,12 +89,9 @@ func (c *Counter) Add(key string, node NodeID, now time.Time) CounterCell {
 			key = OverflowKey
 		}
 	}
-	cells := c.window(key, w, true)
+	cells := c.cells(key, w, true)
 	if cells == nil { // an older window than the key's two newest: cannot happen for now
 		return CounterCell{Key: key, Window: w, Node: node}
-	}
-	if _, ok := cells[node]; !ok {
-		c.cells++
 	}
 	if cells[node] < math.MaxUint64 {
 		cells[node]++
@@ -114,10 +99,10 @@ func (c *Counter) Add(key string, node NodeID, now time.Time) CounterCell {
 	return CounterCell{Key: key, Window: w, Node: node, Count: cells[node]}
 }
 
-// window returns the cell map of key in window w, creating it (and the key, with a
+// cells returns the cell map of key in window w, creating it (and the key, with a
 // private copy of its string, even past MaxKeys: callers check) when create is set. It
 // returns nil when w is older than the key's two newest windows.
-func (c *Counter) window(key string, w int64, create bool) map[NodeID]uint64 {
+func (c *Counter) cells(key string, w int64, create bool) map[NodeID]uint64 {
 	k := c.keys[key]
 	if k == nil {
 		if !create {
@@ -137,11 +122,9 @@ func (c *Counter) window(key string, w int64, create bool) map[NodeID]uint64 {
 	case !create:
 		return nil
 	case k.cells[0] == nil || w > k.win[0]:
-		c.cells -= len(k.cells[1])
 		if k.cells[0] != nil && w == k.win[0]+1 {
 			k.win[1], k.cells[1] = k.win[0], k.cells[0]
 		} else {
-			c.cells -= len(k.cells[0])
 			k.cells[1] = nil
 		}
 		k.win[0], k.cells[0] = w, make(map[NodeID]uint64, 1)
@@ -150,7 +133,6 @@ func (c *Counter) window(key string, w int64, create bool) map[NodeID]uint64 {
 		if w != k.win[0]-1 {
 			return nil // not adjacent to the newest: outside the sliding window
 		}
-		c.cells -= len(k.cells[1])
 		k.win[1], k.cells[1] = w, make(map[NodeID]uint64, 1)
 		return k.cells[1]
 	default:
@@ -168,16 +150,12 @@ func (c *Counter) Merge(cell CounterCell) bool {
 	if _, ok := c.keys[cell.Key]; !ok && len(c.keys) >= c.maxKeys() {
 		return false
 	}
-	cells := c.window(cell.Key, cell.Window, true)
-	_, had := cells[cell.Node]
-	if cells == nil || cells[cell.Node] >= cell.Count || !had && c.cells >= c.maxCells() {
-		if k := c.keys[cell.Key]; k != nil && len(k.cells[0]) == 0 && len(k.cells[1]) == 0 {
+	cells := c.cells(cell.Key, cell.Window, true)
+	if cells == nil || cells[cell.Node] >= cell.Count {
+		if k := c.keys[cell.Key]; k != nil && k.cells[0] == nil {
 			delete(c.keys, cell.Key)
 		}
 		return false
-	}
-	if !had {
-		c.cells++
 	}
 	cells[cell.Node] = cell.Count
 	return true
@@ -192,7 +170,7 @@ func (c *Counter) MergeCounter(o *Counter) {
 
 // Cell returns node's count of key in window w (0 when untracked).
 func (c *Counter) Cell(key string, w int64, node NodeID) uint64 {
-	return c.window(key, w, false)[node]
+	return c.cells(key, w, false)[node]
 }
 
 // Cells returns every cell, in no particular order; the slice is the caller's.
@@ -218,11 +196,9 @@ func (c *Counter) Prune(now time.Time) int {
 	dropped := 0
 	for key, k := range c.keys {
 		if k.cells[1] != nil && k.win[1] < cur-1 {
-			c.cells -= len(k.cells[1])
 			k.cells[1] = nil
 		}
 		if k.cells[0] != nil && k.win[0] < cur-1 {
-			c.cells -= len(k.cells[0])
 			k.cells[0] = nil
 		}
 		if k.cells[0] == nil && k.cells[1] != nil {
@@ -247,9 +223,9 @@ func (c *Counter) Estimate(key string, now time.Time) Estimate {
 	e := Estimate{
 		Window:  c.Window,
 		Elapsed: now.Sub(start),
-		Current: sum(c.window(key, cur, false)),
+		Current: sum(c.cells(key, cur, false)),
 	}
-	e.Previous = sum(c.window(key, cur-1, false))
+	e.Previous = sum(c.cells(key, cur-1, false))
 	return e
 }
 
