@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -8,11 +9,60 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/sessiond/sessiond/edge/backup"
+	"github.com/sessiond/sessiond/storage"
 )
+
+// checkDataFileCmd is the hidden `sessiond backup` command that checkInChild runs.
+const checkDataFileCmd = "check-data-file"
+
+// checkInChild is backup.CheckDataFile for verify and restore: storage.Check, run in a
+// process of its own (this binary, checkDataFileCmd), so that a damaged or altered file
+// that crashes bbolt's check (see backup.CheckDataFile) ends in an error, not in the
+// command's death.
+func checkInChild(path string) (storage.SnapshotInfo, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return storage.SnapshotInfo{}, fmt.Errorf("check the data file: %w", err)
+	}
+	cmd := exec.Command(exe, "backup", checkDataFileCmd, path) // #nosec G204 -- this binary, its own command
+	var out, errs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errs
+	err = cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		var info storage.SnapshotInfo
+		if err := json.Unmarshal(out.Bytes(), &info); err != nil {
+			return storage.SnapshotInfo{}, fmt.Errorf("check the data file: %w", err)
+		}
+		return info, nil
+	case errors.As(err, &exit) && exit.ExitCode() == 1:
+		return storage.SnapshotInfo{}, errors.New(strings.TrimSpace(errs.String()))
+	}
+	first, _, _ := strings.Cut(strings.TrimSpace(errs.String()), "\n")
+	return storage.SnapshotInfo{}, fmt.Errorf("checking it crashed (%v: %s): a damaged or altered file", err, first)
+}
+
+// checkDataFile runs storage.Check on path for checkInChild: what it holds as JSON on
+// stdout and exit 0, or the error on stderr and exit 1.
+func checkDataFile(path string, stdout, stderr io.Writer) int {
+	info, err := storage.Check(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if err := json.NewEncoder(stdout).Encode(info); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	return 0
+}
 
 const backupUsage = `Usage:
   sessiond backup --http ADDR --out FILE [--force]   take a backup of the running node at ADDR
@@ -33,6 +83,9 @@ Flags:
 func backupCmd(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "verify" {
 		return verifyCmd(args[1:], stdout, stderr)
+	}
+	if len(args) == 2 && args[0] == checkDataFileCmd {
+		return checkDataFile(args[1], stdout, stderr)
 	}
 	fs := flag.NewFlagSet("sessiond backup", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -180,6 +233,7 @@ func verifyCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer closeFn()
+	backup.CheckDataFile = checkInChild
 	v, err := backup.Verify(r, "")
 	if err != nil {
 		fmt.Fprintf(stderr, "sessiond backup verify: %s: %v\n", fs.Arg(0), err)
@@ -222,6 +276,7 @@ func restoreCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer closeFn()
+	backup.CheckDataFile = checkInChild
 	res, err := backup.Restore(r, *data)
 	if err != nil {
 		fmt.Fprintf(stderr, "sessiond restore: %s: %v (nothing written)\n", *from, err)

@@ -5,8 +5,10 @@ package main_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,6 +23,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sessiond/sessiond/edge/backup"
 )
 
 // runCLI runs the cluster test binary with args and returns its stdout, stderr and exit
@@ -526,10 +530,81 @@ func TestBackupCLI(t *testing.T) {
 			t.Error("a refused restore created the data directory")
 		}
 	})
+	// A data page altered (no checksum covers those; the trailer's anyone can rewrite):
+	// the root bucket's sub-buckets rooted past the file's end. bbolt's check crashed
+	// verify and restore (found by an outside review); they now refuse the file.
+	t.Run("ErrAlteredDataPage", func(t *testing.T) {
+		altered := filepath.Join(t.TempDir(), "altered.sdbackup")
+		if err := os.WriteFile(altered, alterRootBucket(t, orig), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, se, code := runCLI(t, "backup", "verify", altered)
+		if code != 1 || !strings.Contains(se, "the data file in the backup") {
+			t.Errorf("verify: exit %d, stderr %q; want 1 and the data file refused", code, se)
+		}
+		dir := filepath.Join(t.TempDir(), "d")
+		_, se, code = runCLI(t, "restore", "--from", altered, "--data", dir)
+		if code != 1 || !strings.Contains(se, "nothing written") {
+			t.Errorf("restore: exit %d, stderr %q", code, se)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Errorf("a refused restore left %v", entries)
+		}
+	})
 	t.Run("ErrNonEmptyDir", func(t *testing.T) {
 		_, se, code := runCLI(t, "restore", "--from", file, "--data", a.data)
 		if code != 1 || !strings.Contains(se, "not empty") {
 			t.Errorf("restore into a node's data directory: exit %d, stderr %q", code, se)
 		}
 	})
+}
+
+// alterRootBucket returns the backup file b with, in its data file, every sub-bucket of
+// the root bucket rooted at a page past the file's end, rewrapped with a valid trailer.
+// It reads bbolt's layout: meta pages (page size at byte 24, root page at 32, high-water
+// mark at 56, transaction at 64), then the root bucket's leaf page (element count at byte
+// 10; 16-byte elements from byte 16: flags, position, key and value sizes, bucket flag 1;
+// a bucket's value begins with its root page ID).
+func alterRootBucket(t *testing.T, b []byte) []byte {
+	t.Helper()
+	r, err := backup.NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	ps := int(le.Uint32(data[24:]))
+	meta := data[:ps]
+	if le.Uint64(data[ps+64:]) > le.Uint64(data[64:]) {
+		meta = data[ps : 2*ps]
+	}
+	pages, root := le.Uint64(meta[56:]), int(le.Uint64(meta[32:]))
+	pg := data[root*ps:]
+	patched := 0
+	for i := range int(le.Uint16(pg[10:])) {
+		e := pg[16+i*16:]
+		if le.Uint32(e)&1 == 0 {
+			continue
+		}
+		le.PutUint64(e[le.Uint32(e[4:])+le.Uint32(e[8:]):], pages+1000)
+		patched++
+	}
+	if patched == 0 {
+		t.Fatalf("the root bucket's page %d holds no bucket", root)
+	}
+	var out bytes.Buffer
+	w, err := backup.NewWriter(&out, r.Header())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
 }
