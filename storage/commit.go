@@ -35,9 +35,9 @@ type request struct {
 // (then nothing of it is stored). If ctx is done before fn runs, fn is not run and Update
 // returns ctx.Err(); once fn has run, Update waits for the commit whatever ctx says, so a
 // nil return always means durable, and every read that begins after it sees the write.
-// After a failure that leaves the state of the log or the file unknown (a failed sync,
-// commit or checkpoint), every later Update fails with that error until the DB is opened
-// again, which recovers from the log; reads of the file fail with it too.
+// After a failure of the log or the file (a failed write or sync of the log, commit or
+// checkpoint), every later Update fails with that error, wrapping ErrFailed, until the DB
+// is opened again, which recovers from the log; reads of the file fail with it too.
 func (db *DB) Update(ctx context.Context, fn func(tx *Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -225,8 +225,10 @@ func (db *DB) flush() (took time.Duration, checkpointed bool) {
 	return took, checkpointed
 }
 
-// fail stops writes, and reads of the file, with err: the file's state is unknown or
-// lacks acknowledged writes, which the next Open recovers from the log.
+// fail stops writes, and reads of the file, with err (wrapped in ErrFailed) and closes
+// Failed: the log takes no more, or the file's state is unknown or lacks acknowledged
+// writes, which the next Open recovers from the log. It runs on the committer only; a
+// second failure is logged and changes nothing.
 func (db *DB) fail(err error) {
 	if db.failed != nil {
 		db.log.Error("storage failed again", attrErr, err)
