@@ -521,14 +521,7 @@ func TestBackupCLI(t *testing.T) {
 		if code != 1 || !strings.Contains(se, "not a sessiond backup") {
 			t.Errorf("verify: exit %d, stderr %q", code, se)
 		}
-		dir := filepath.Join(t.TempDir(), "d")
-		_, se, code = runCLI(t, "restore", "--from", junk, "--data", dir)
-		if code != 1 || !strings.Contains(se, "nothing written") {
-			t.Errorf("restore: exit %d, stderr %q", code, se)
-		}
-		if _, err := os.Stat(dir); err == nil {
-			t.Error("a refused restore created the data directory")
-		}
+		wantRestoreRefused(t, junk)
 	})
 	// A data page altered (no checksum covers those; the trailer's anyone can rewrite):
 	// the root bucket's sub-buckets rooted past the file's end. bbolt's check crashed
@@ -542,14 +535,7 @@ func TestBackupCLI(t *testing.T) {
 		if code != 1 || !strings.Contains(se, "the data file in the backup") {
 			t.Errorf("verify: exit %d, stderr %q; want 1 and the data file refused", code, se)
 		}
-		dir := filepath.Join(t.TempDir(), "d")
-		_, se, code = runCLI(t, "restore", "--from", altered, "--data", dir)
-		if code != 1 || !strings.Contains(se, "nothing written") {
-			t.Errorf("restore: exit %d, stderr %q", code, se)
-		}
-		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
-			t.Errorf("a refused restore left %v", entries)
-		}
+		wantRestoreRefused(t, altered)
 	})
 	t.Run("ErrNonEmptyDir", func(t *testing.T) {
 		_, se, code := runCLI(t, "restore", "--from", file, "--data", a.data)
@@ -557,6 +543,20 @@ func TestBackupCLI(t *testing.T) {
 			t.Errorf("restore into a node's data directory: exit %d, stderr %q", code, se)
 		}
 	})
+}
+
+// wantRestoreRefused runs sessiond restore of file into a new directory and checks that
+// it is refused (exit 1, "nothing written") and leaves no directory behind.
+func wantRestoreRefused(t *testing.T, file string) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "d")
+	_, se, code := runCLI(t, "restore", "--from", file, "--data", dir)
+	if code != 1 || !strings.Contains(se, "nothing written") {
+		t.Errorf("restore: exit %d, stderr %q", code, se)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Error("a refused restore created the data directory")
+	}
 }
 
 // alterRootBucket returns the backup file b with, in its data file, every sub-bucket of
