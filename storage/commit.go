@@ -336,6 +336,9 @@ func (db *DB) runBatch(reqs []*request) (BatchStats, bool) {
 			}
 			t := time.Now()
 			if err := db.wal.append(b.ops.buf); err != nil {
+				if errors.Is(err, errRecordTooBig) { // nothing written: this batch alone fails
+					return fmt.Errorf("write-ahead log: %w", err)
+				}
 				// The record is cut off (unless the log's end is unknown: errWALBroken),
 				// so nothing of the batch is stored. Whatever the cause (a full disk, a
 				// quota, an I/O error), the log takes no more: the DB fails, and its

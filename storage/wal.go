@@ -299,10 +299,11 @@ const walChunk = 1 << 20
 
 // append writes a record of payload at the end of the log and syncs it. If either step
 // fails, it cuts the log back to where it was and syncs that, so the record is not in the
-// log; if that fails too, the log's end is unknown and the error wraps errWALBroken.
+// log; if that fails too, the log's end is unknown and the error wraps errWALBroken. A
+// payload over walMaxRecord is refused before anything is written (errRecordTooBig).
 func (w *walFile) append(payload []byte) error {
 	if len(payload) > walMaxRecord {
-		return fmt.Errorf("write-ahead log record of %d bytes, at most %d", len(payload), walMaxRecord)
+		return fmt.Errorf("%w: %d bytes, at most %d", errRecordTooBig, len(payload), walMaxRecord)
 	}
 	w.buf = appendWALRecord(w.buf[:0], w.epoch, w.seq+1, payload)
 	if end := w.size + int64(len(w.buf)); end > w.alloc {
@@ -351,6 +352,10 @@ func (w *walFile) extend(end int64) {
 	w.alloc = end + walChunk
 }
 
+// errRecordTooBig refuses a batch whose log record would be over walMaxRecord: nothing
+// is written, and the log is as it was.
+var errRecordTooBig = errors.New("write-ahead log record too large")
+
 // errWALBroken says the log could not be brought back to a known end: the DB refuses
 // writes until it is opened again.
 var errWALBroken = errors.New("write-ahead log end unknown")
@@ -358,10 +363,10 @@ var errWALBroken = errors.New("write-ahead log end unknown")
 func (w *walFile) cut(size int64, cause error) error {
 	w.alloc = size
 	if err := w.f.Truncate(size); err != nil {
-		return fmt.Errorf("%w: %w (after %w)", errWALBroken, err, cause)
+		return fmt.Errorf("%w: %w (after %w)", errWALBroken, w.named(err), cause)
 	}
 	if err := fdatasync(w.f); err != nil {
-		return fmt.Errorf("%w: %w (after %w)", errWALBroken, err, cause)
+		return fmt.Errorf("%w: %w (after %w)", errWALBroken, w.named(err), cause)
 	}
 	return cause
 }

@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -604,4 +605,24 @@ func bytesWritten(t *testing.T) (int64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// TestWALErrorsNameTheLog: the log is created under a temporary name and renamed, and
+// os.File keeps the name it was opened under; an error of the log, a write's or a cut's
+// after it (the log's end unknown), names the log itself, which is what an operator looks
+// for, not the temporary file that no longer exists.
+func TestWALErrorsNameTheLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "named.db")
+	w, err := createWAL(path, walHeader{epoch: 1, pageSize: 4096, metas: make([]byte, 2*4096)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = w.f.Close() // the write fails, and so does the cut after it
+	err = w.append([]byte("record"))
+	if !errors.Is(err, errWALBroken) {
+		t.Fatalf("append on a closed log: %v, want errWALBroken", err)
+	}
+	if msg := err.Error(); strings.Contains(msg, walTempSuffix) || !strings.Contains(msg, path+walSuffix) {
+		t.Errorf("the error names %q, want the log %s: %v", walTempSuffix, path+walSuffix, err)
+	}
 }

@@ -24,11 +24,12 @@ const checkDataFileCmd = "check-data-file"
 // checkInChild is backup.CheckDataFile for verify and restore: storage.Check, run in a
 // process of its own (this binary, checkDataFileCmd), so that a damaged or altered file
 // that crashes bbolt's check (see backup.CheckDataFile) ends in an error, not in the
-// command's death.
+// command's death. Where no child can be started (no /proc to find this binary by, or
+// the binary replaced meanwhile) it checks in this process, as earlier releases did.
 func checkInChild(path string) (storage.SnapshotInfo, error) {
-	exe, err := os.Executable()
+	exe, err := executable()
 	if err != nil {
-		return storage.SnapshotInfo{}, fmt.Errorf("check the data file: %w", err)
+		return storage.Check(path)
 	}
 	cmd := exec.Command(exe, "backup", checkDataFileCmd, path) // #nosec G204 -- this binary, its own command
 	var out, errs bytes.Buffer
@@ -42,12 +43,17 @@ func checkInChild(path string) (storage.SnapshotInfo, error) {
 			return storage.SnapshotInfo{}, fmt.Errorf("check the data file: %w", err)
 		}
 		return info, nil
-	case errors.As(err, &exit) && exit.ExitCode() == 1:
+	case !errors.As(err, &exit): // not started
+		return storage.Check(path)
+	case exit.ExitCode() == 1:
 		return storage.SnapshotInfo{}, errors.New(strings.TrimSpace(errs.String()))
 	}
 	first, _, _ := strings.Cut(strings.TrimSpace(errs.String()), "\n")
 	return storage.SnapshotInfo{}, fmt.Errorf("checking it crashed (%v: %s): a damaged or altered file", err, first)
 }
+
+// executable is os.Executable, which checkInChild starts; a variable for its test.
+var executable = os.Executable
 
 // checkDataFile runs storage.Check on path for checkInChild: what it holds as JSON on
 // stdout and exit 0, or the error on stderr and exit 1.
