@@ -453,7 +453,10 @@ func TestShardedCluster(t *testing.T) {
 	if !refused {
 		t.Error("no node logged refusing the returned eu-2's sync requests")
 	}
-	if after := storedKeys(t, byName["eu-1"]); after != before {
+	// The returned eu-2 brought eu-1 nothing. (eu-1 may still drop a few keys meanwhile,
+	// in a handoff round after the one that reported it settled: CI once saw 72 → 63, with
+	// a round that dropped 9 keys two seconds after the one that dropped 12.)
+	if after := storedKeys(t, byName["eu-1"]); after > before {
 		t.Errorf("eu-1 stored %.0f keys before eu-2 returned and %.0f after", before, after)
 	}
 }
