@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -143,10 +144,7 @@ func keysRotate(args []string, stdout, stderr io.Writer) int {
 
 func keysRetire(args []string, stdout, stderr io.Writer) int {
 	fs, addr, keyFile, _, _ := keysFlags("sessiond keys retire")
-	var kid string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		kid, args = args[0], args[1:]
-	}
+	kid, args := kidArg(fs, args)
 	if code, done := parseCmd(fs, args, stdout, stderr, keysUsage, "http", "cluster-key-file"); done {
 		return code
 	}
@@ -163,6 +161,37 @@ func keysRetire(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "signing key %s is %s: its tokens no longer verify on any node the record reaches.\n", out.Key.KID, out.Key.Status)
 	return 0
+}
+
+// kidArg takes the KID out of keys retire's arguments, wherever it stands among the
+// flags: the first argument that is neither a flag of fs nor a flag's value. A KID is
+// base64url, so one in 64 begins with '-', which the flag package would take for an
+// unknown flag (CI met one). It returns "" and args as they are when there is none.
+func kidArg(fs *flag.FlagSet, args []string) (string, []string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" { // the flag package's end of flags: the KID follows, if any
+			if i+1 < len(args) {
+				return args[i+1], slices.Concat(args[:i], args[i+2:])
+			}
+			return "", args
+		}
+		if a == "-" || !strings.HasPrefix(a, "-") {
+			return a, slices.Concat(args[:i], args[i+1:])
+		}
+		name, _, inline := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "=")
+		if name == "h" || name == "help" { // the flag package's own
+			continue
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			return a, slices.Concat(args[:i], args[i+1:])
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !inline && !(ok && b.IsBoolFlag()) {
+			i++ // the flag's value
+		}
+	}
+	return "", args
 }
 
 func keysList(args []string, stdout, stderr io.Writer) int {
