@@ -62,11 +62,18 @@ func (n *Node) serviceAuth(c *fiber.Ctx) error {
 		return c.Next()
 	}
 	addr := "a|" + addrKey(n.clientAddr(c))
-	if over, wait := n.limits.gauge(setServiceFailures, addr).over(n.cfg.ServiceFailuresPerAddress); over {
-		return n.rateLimited(c, wait, "too many requests with an API key that did not authenticate from this address")
-	}
-	app, err := n.authenticateApp(c)
+	// An address over its failure limit is refused only for keys that do not
+	// authenticate: an app sharing the address (a NAT, a platform's egress) with whoever
+	// sends wrong keys keeps working. A key is a 256-bit secret, so letting valid ones
+	// through helps no guesser; the limit bounds what failures cost (waits for a key
+	// this node lacks, token checks), so over it a key is checked only against what this
+	// node holds, at once.
+	over, wait := n.limits.gauge(setServiceFailures, addr).over(n.cfg.ServiceFailuresPerAddress)
+	app, err := n.authenticateApp(c, !over)
 	if err != nil {
+		if over {
+			return n.rateLimited(c, wait, "too many requests with an API key that did not authenticate from this address")
+		}
 		n.limits.counts.Add(setServiceFailures, addr)
 		return err
 	}
@@ -79,16 +86,20 @@ func (n *Node) serviceAuth(c *fiber.Ctx) error {
 	return c.Next()
 }
 
-// authenticateApp returns the app whose API key the request carries. A key this node
-// does not know (yet) is checked again once the bookmark of its creation, which it
-// carries, is met: a fresh key works on every node at once, and never gets a 401 caused
-// by lag.
-func (n *Node) authenticateApp(c *fiber.Ctx) (string, error) {
+// authenticateApp returns the app whose API key the request carries. When patient, a
+// key this node does not know (yet) is checked again once the bookmark of its creation,
+// which it carries, is met: a fresh key works on every node at once, and never gets a
+// 401 caused by lag; and a session token sent instead is told apart from garbage (403
+// rather than 401). When not, only what this node holds now is checked.
+func (n *Node) authenticateApp(c *fiber.Ctx, patient bool) (string, error) {
 	raw, ok := bearerToken(c.Get(fiber.HeaderAuthorization))
 	if !ok {
 		return "", functions.Errorf(functions.EUnauthorized, "missing API key: send Authorization: Bearer <API key>")
 	}
 	if !functions.IsAPIKey(raw) {
+		if !patient {
+			return "", functions.Errorf(functions.EUnauthorized, "not an API key: they begin %q", functions.APIKeyPrefix)
+		}
 		if _, err := n.tokens.verify(raw); err == nil || errors.Is(err, errTokenAhead) {
 			return "", functions.Errorf(codeForbidden, "a session token does not open the service routes: they take an app's API key (sessiond apps create)")
 		}
@@ -99,7 +110,7 @@ func (n *Node) authenticateApp(c *fiber.Ctx) (string, error) {
 		return "", err
 	}
 	app, err := n.apps.Authenticate(c.UserContext(), k)
-	if err != nil && err != functions.ErrAppRevoked && functions.ErrorCode(err) == functions.EUnauthorized && !k.Bookmark.IsZero() {
+	if patient && err != nil && err != functions.ErrAppRevoked && functions.ErrorCode(err) == functions.EUnauthorized && !k.Bookmark.IsZero() {
 		if err := n.awaitIn(c, k.Bookmark, crdt.ClusterPartition); err != nil {
 			return "", err
 		}

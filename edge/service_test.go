@@ -130,9 +130,23 @@ func TestService_Throttle(t *testing.T) {
 		}
 		resp, body := c.do("GET", "/v1/service/app", "sdapp_shop_"+strings.Repeat("0", 64), nil)
 		wantError(t, resp, body, 429, "rate_limited")
-		// The address is held back, whatever key it sends next.
-		resp, body = c.do("GET", "/v1/service/app", blog, nil)
+		if resp.Header.Get("Retry-After") == "" {
+			t.Errorf("429 without Retry-After")
+		}
+		// Whatever does not authenticate is held back: a session token too, and a
+		// well-formed key of an app that does not exist (with a bookmark, which the
+		// node would otherwise wait for).
+		resp, body = c.do("GET", "/v1/service/app", signUp(t, c, "throttled"), nil)
 		wantError(t, resp, body, 429, "rate_limited")
+		ghost := strings.Replace(blog, "sdapp_blog_", "sdapp_ghost_", 1)
+		resp, body = c.do("GET", "/v1/service/app", ghost, nil)
+		wantError(t, resp, body, 429, "rate_limited")
+		// An app sharing the address (a NAT) is not locked out by another's failures:
+		// its key authenticates.
+		resp, body = c.do("GET", "/v1/service/app", blog, nil)
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("a valid key from the throttled address: status %d: %s", resp.StatusCode, body)
+		}
 	})
 }
 
