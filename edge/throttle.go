@@ -67,8 +67,9 @@ import (
 // default 30), so usernames cannot be enumerated through the messages routes either.
 
 // The service routes (service.go) are limited per client address, on API keys that fail
-// to authenticate (ServiceFailuresPerAddress a minute, default 60: a wrong-key flood from
-// one address is refused with 429 before any key is checked), and per app, on every
+// to authenticate (ServiceFailuresPerAddress a minute, default 60: beyond it, keys from
+// the address that do not authenticate get 429 at once, while valid ones, checked against
+// what the node holds, are served), and per app, on every
 // request it makes (ServiceRequestsPerApp a minute, default 600000), so that one app
 // cannot take the cluster's whole capacity.
 
