@@ -40,6 +40,12 @@ const (
 	FieldAppKeyPrefix = "key/"
 	// AppKeyHashSize is the size of a key's hash.
 	AppKeyHashSize = 32
+	// FieldAppSessionsUntil (Max) ends every session of the app's subjects created at or
+	// before its TS, and FieldAppSessionsWindow (Max, wall nanoseconds) those created
+	// concurrently up to it, as a user's sign-out everywhere does (User.Revokes): the
+	// answer to a leaked key (EndAppSessions).
+	FieldAppSessionsUntil  = "sessions_until"
+	FieldAppSessionsWindow = "sessions_window"
 )
 
 // AppKey returns the record key of the app called name.
@@ -54,6 +60,25 @@ type App struct {
 	RevokedAt Timestamp // the earliest revocation; zero when not revoked
 	// Keys are the app's keys, the first one (ID "0") included when known, oldest first.
 	Keys []AppKeyInfo
+	// SessionsUntil and SessionsWindow are the latest end of its subjects' sessions
+	// (EndAppSessions); zero when there was none. See Ends.
+	SessionsUntil  Timestamp
+	SessionsWindow int64
+}
+
+// Ends reports whether the app's latest end of its subjects' sessions ends session s
+// (one of its subjects'): s was created at or before SessionsUntil in HLC order, or
+// concurrently with it — by a node that had not yet received it (s.AppSeenUntil is
+// older) — and stamped no later than SessionsWindow. A session created after its node
+// received the end is never ended by it. The rule is User.Revokes's.
+func (a App) Ends(s Session) bool {
+	if a.SessionsUntil.IsZero() {
+		return false
+	}
+	if !a.SessionsUntil.Less(s.Created) {
+		return true
+	}
+	return s.AppSeenUntil.Less(a.SessionsUntil) && s.Created.Wall <= a.SessionsWindow
 }
 
 // AppKeyInfo is one of an app's keys.
@@ -100,7 +125,33 @@ func ReadApp(name string, m *Map) App {
 		}
 	}
 	a.RevokedAt, a.Revoked = m.Flag(FieldAppRevoked)
+	a.SessionsUntil, a.SessionsWindow = appSessionsEnd(m)
 	return a
+}
+
+// ReadAppSessionsEnd returns the view of the record m of the app called name that
+// checking its subjects' sessions needs (App.Ends): ReadApp's without the keys.
+func ReadAppSessionsEnd(name string, m *Map) App {
+	a := App{Name: name}
+	a.SessionsUntil, a.SessionsWindow = appSessionsEnd(m)
+	return a
+}
+
+func appSessionsEnd(m *Map) (until Timestamp, window int64) {
+	if f, ok := m.Field(FieldAppSessionsUntil); ok && f.Kind == KindMax {
+		until = f.TS
+	}
+	return until, m.MaxOf(FieldAppSessionsWindow)
+}
+
+// EndAppSessions returns the update that ends every session of an app's subjects created
+// at or before ts, and those created concurrently and stamped up to window after it
+// (see App.Ends).
+func EndAppSessions(ts Timestamp, window time.Duration) Map {
+	var m Map
+	m.Raise(FieldAppSessionsUntil, ts.Wall, ts)
+	m.Raise(FieldAppSessionsWindow, ts.Wall+int64(window), ts)
+	return m
 }
 
 // RotateApp returns the update that adds the key with ID id, hashing to keyHash

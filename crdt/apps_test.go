@@ -56,3 +56,63 @@ func TestReadAppKeys(t *testing.T) {
 		}
 	})
 }
+
+// TestAppEnds: ending an app's sessions at wall 100 with a window of 50 ends what was
+// created up to 100 in HLC order, and what a node created concurrently (it had not seen
+// the end) stamped up to 150; never a session whose node had seen it, nor one of an app
+// whose sessions were never ended. Two ends merge to the later, whatever the order.
+func TestAppEnds(t *testing.T) {
+	const window = 50 * time.Nanosecond
+	until := crdt.Timestamp{Wall: 100, Node: 1}
+	session := func(app string, created, seen crdt.Timestamp) crdt.Session {
+		m := crdt.NewSession("u", time.Unix(0, 1000), time.Hour, created)
+		m.Merge(crdt.SessionApp(app, seen, created))
+		return crdt.ReadSessionMeta("s", &m)
+	}
+	var ended crdt.Map
+	ended.Merge(crdt.EndAppSessions(crdt.Timestamp{Wall: 40, Node: 2}, window)) // an earlier end
+	ended.Merge(crdt.EndAppSessions(until, window))
+	app := crdt.ReadAppSessionsEnd("shop", &ended)
+	if app.SessionsUntil != until || crdt.ReadApp("shop", &ended).SessionsUntil != until {
+		t.Fatalf("SessionsUntil %v, want the later end %v", app.SessionsUntil, until)
+	}
+	for _, tc := range []struct {
+		name           string
+		created, seen  crdt.Timestamp
+		want, wantNone bool
+	}{
+		{"before", crdt.Timestamp{Wall: 60, Node: 3}, crdt.Timestamp{}, true, false},
+		{"at the end itself", until, crdt.Timestamp{}, true, false},
+		{"concurrent, in the window", crdt.Timestamp{Wall: 140, Node: 3}, crdt.Timestamp{Wall: 40, Node: 2}, true, false},
+		{"concurrent, past the window", crdt.Timestamp{Wall: 151, Node: 3}, crdt.Timestamp{}, false, false},
+		{"after its node saw the end", crdt.Timestamp{Wall: 101, Node: 3}, until, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := session("shop", tc.created, tc.seen)
+			if s.AppSeenUntil != tc.seen {
+				t.Fatalf("AppSeenUntil %v, want %v", s.AppSeenUntil, tc.seen)
+			}
+			if got := app.Ends(s); got != tc.want {
+				t.Errorf("Ends=%v, want %v", got, tc.want)
+			}
+			var none crdt.Map
+			if got := crdt.ReadAppSessionsEnd("shop", &none).Ends(s); got != tc.wantNone {
+				t.Errorf("an app never ended: Ends=%v", got)
+			}
+		})
+	}
+	rapid.Check(t, func(t *rapid.T) {
+		ends := []crdt.Map{
+			crdt.EndAppSessions(crdt.Timestamp{Wall: 40, Node: 2}, window),
+			crdt.EndAppSessions(until, window),
+			crdt.RevokeApp(crdt.Timestamp{Wall: 70, Node: 2}),
+		}
+		var m crdt.Map
+		for _, i := range rapid.Permutation([]int{0, 1, 2}).Draw(t, "order") {
+			m.Merge(ends[i])
+		}
+		if a := crdt.ReadApp("shop", &m); a.SessionsUntil != until || a.SessionsWindow != until.Wall+int64(window) {
+			t.Fatalf("merged end %v/%d, want %v/%d", a.SessionsUntil, a.SessionsWindow, until, until.Wall+int64(window))
+		}
+	})
+}

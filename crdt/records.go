@@ -253,7 +253,10 @@ const (
 	// FieldSessionApp (FWW, set at creation) names the app whose subject owns the
 	// session; absent for a registered user's.
 	FieldSessionApp = "app"
-	DataPrefix      = "d/" // d/<key> LWW: session data, a JSON value
+	// FieldAppSeenUntil (FWW) is the app's sessions_until timestamp that the creating
+	// node held, encoded; absent when it held none. See App.Ends.
+	FieldAppSeenUntil = "app_seen_until"
+	DataPrefix        = "d/" // d/<key> LWW: session data, a JSON value
 )
 
 // MaxOriginField is the longest value SessionOrigin records in each of its fields;
@@ -271,10 +274,12 @@ type Session struct {
 	Revoked  bool
 	// SeenUntil is the owner's User.SessionsUntil that the creating node held.
 	SeenUntil Timestamp
-	TokenGen  uint64            // the current token's generation (FieldTokenGen)
-	App       string            // the app whose subject owns it; "" for a registered user's
-	Origin    Origin            // set by ReadSession, not ReadSessionMeta
-	Data      map[string][]byte // live data keys; values alias the Map
+	TokenGen  uint64 // the current token's generation (FieldTokenGen)
+	App       string // the app whose subject owns it; "" for a registered user's
+	// AppSeenUntil is the app's App.SessionsUntil that the creating node held.
+	AppSeenUntil Timestamp
+	Origin       Origin            // set by ReadSession, not ReadSessionMeta
+	Data         map[string][]byte // live data keys; values alias the Map
 }
 
 // Origin is where and how a session began (SessionOrigin).
@@ -422,15 +427,22 @@ func readSessionMeta(m *Map) Session {
 	}
 	if f, ok := m.Field(FieldSessionApp); ok && f.Kind == KindFWW {
 		s.App = string(f.Value)
+		if v, ok := m.Get(FieldAppSeenUntil); ok {
+			s.AppSeenUntil, _ = DecodeTimestamp(v)
+		}
 	}
 	return s
 }
 
 // SessionApp returns the update, merged into a new session's record at its creation ts,
-// that records the app whose subject owns it.
-func SessionApp(app string, ts Timestamp) Map {
+// that records the app whose subject owns it, and the app's sessions_until the creating
+// node held (appUntil; not recorded when zero).
+func SessionApp(app string, appUntil, ts Timestamp) Map {
 	var m Map
 	m.Claim(FieldSessionApp, []byte(app), ts)
+	if !appUntil.IsZero() {
+		m.Claim(FieldAppSeenUntil, appUntil.AppendBinary(nil), ts)
+	}
 	return m
 }
 

@@ -58,11 +58,22 @@ func (n *Node) rotateApp(c *fiber.Ctx) error {
 	if req.GraceSeconds < 0 || req.GraceSeconds > int64(functions.MaxAppKeyGrace/time.Second) {
 		return functions.Errorf(functions.EInvalid, "grace_seconds must be 0 to %d", int64(functions.MaxAppKeyGrace/time.Second))
 	}
-	a, key, err := n.apps.Rotate(c.UserContext(), param(c, "name"), time.Duration(req.GraceSeconds)*time.Second)
+	a, key, err := n.apps.Rotate(c.UserContext(), param(c, "name"), time.Duration(req.GraceSeconds)*time.Second, req.EndSessions)
 	if err != nil {
 		return err
 	}
-	n.log.Info("app key rotated", "app", a.Name, "grace", time.Duration(req.GraceSeconds)*time.Second)
+	n.log.Info("app key rotated", "app", a.Name, "grace", time.Duration(req.GraceSeconds)*time.Second, "end_sessions", req.EndSessions)
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	return c.JSON(api.CreateAppResponse{App: a, Key: key.String()})
+}
+
+// endAppSessions serves POST /v1/admin/apps/{name}/end-sessions: every session of the
+// app's subjects made so far stops working (functions.Apps.EndSessions).
+func (n *Node) endAppSessions(c *fiber.Ctx) error {
+	a, err := n.apps.EndSessions(c.UserContext(), param(c, "name"))
+	if err != nil {
+		return err
+	}
+	n.log.Info("app sessions ended", "app", a.Name)
+	return c.JSON(api.AppResponse{App: a})
 }

@@ -23,6 +23,10 @@ func appOf(a crdt.App, now time.Time) App {
 		t := a.RevokedAt.Time()
 		out.RevokedAt = &t
 	}
+	if !a.SessionsUntil.IsZero() {
+		t := a.SessionsUntil.Time()
+		out.SessionsEndedAt = &t
+	}
 	for _, k := range a.Keys {
 		if !k.Retires.IsZero() && !now.Before(k.Retires) {
 			continue
@@ -159,6 +163,8 @@ type AppStore interface {
 type Apps struct {
 	Store AppStore
 	Clock Clock
+	// MaxSkew is the cluster's --max-skew: the window of EndSessions (0: a minute).
+	MaxSkew time.Duration
 }
 
 // ErrAppRevoked is what Authenticate returns for the right key of a revoked app.
@@ -268,10 +274,12 @@ func (a *Apps) Revoke(ctx context.Context, name string) (App, error) {
 
 // Rotate adds a new key to the app called name and returns the app and the key, whose
 // text the caller shows once: the app's older keys keep working for grace (0 to
-// MaxAppKeyGrace; 0: they stop at once), then stop on every node. A revoked app, or one
-// with MaxAppKeys keys, is EConflict; one this node does not hold, ENotFound. The key
-// carries the bookmark of the rotation, and authenticates the same subjects.
-func (a *Apps) Rotate(ctx context.Context, name string, grace time.Duration) (App, APIKey, error) {
+// MaxAppKeyGrace; 0: they stop at once), then stop on every node. With endSessions, the
+// rotation also ends every session of the app's subjects made so far (EndSessions), in
+// the same write. A revoked app, or one with MaxAppKeys keys, is EConflict; one this
+// node does not hold, ENotFound. The key carries the bookmark of the rotation, and
+// authenticates the same subjects.
+func (a *Apps) Rotate(ctx context.Context, name string, grace time.Duration, endSessions bool) (App, APIKey, error) {
 	if err := ValidAppName(name); err != nil {
 		return App{}, APIKey{}, err
 	}
@@ -300,13 +308,53 @@ func (a *Apps) Rotate(ctx context.Context, name string, grace time.Duration) (Ap
 		ts := a.Clock.Next()
 		key.Bookmark = crdt.Bookmark{}
 		key.Bookmark.Add(ts)
-		rec, err = tx.Merge(crdt.AppKey(name), crdt.RotateApp(hex.EncodeToString(id[:]), key.KeyHash(), grace, ts))
+		up := crdt.RotateApp(hex.EncodeToString(id[:]), key.KeyHash(), grace, ts)
+		if endSessions {
+			up.Merge(crdt.EndAppSessions(ts, a.maxSkew()))
+		}
+		rec, err = tx.Merge(crdt.AppKey(name), up)
 		return err
 	})
 	if err != nil {
 		return App{}, APIKey{}, err
 	}
 	return appOf(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), key, nil
+}
+
+// EndSessions ends every session of the app called name's subjects made so far, on every
+// node as the write reaches it: their tokens stop working (401) and introspection says
+// inactive, also for sessions made at the same moment on a node that had not received
+// the write yet, whose clock may run up to MaxSkew ahead (crdt.App.Ends). Sessions made
+// afterwards are not affected. This is the answer to a leaked API key, whose holder may
+// have made sessions for any subject: rotate (or revoke) and end them. It works on a
+// revoked app too. An app this node does not hold is ENotFound.
+func (a *Apps) EndSessions(ctx context.Context, name string) (App, error) {
+	if err := ValidAppName(name); err != nil {
+		return App{}, err
+	}
+	var rec crdt.Map
+	err := a.Store.Update(ctx, func(tx Tx) error {
+		_, ok, err := tx.Record(crdt.AppKey(name))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return Errorf(ENotFound, "no app %q on this node (one created on another node a moment ago may not have arrived yet)", name)
+		}
+		rec, err = tx.Merge(crdt.AppKey(name), crdt.EndAppSessions(a.Clock.Next(), a.maxSkew()))
+		return err
+	})
+	if err != nil {
+		return App{}, err
+	}
+	return appOf(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), nil
+}
+
+func (a *Apps) maxSkew() time.Duration {
+	if a.MaxSkew > 0 {
+		return a.MaxSkew
+	}
+	return time.Minute
 }
 
 // Authenticate returns the name of the app whose key k is, checked against the app's

@@ -229,7 +229,7 @@ func TestApps_Rotate(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.now.Advance(time.Second)
-	a, second, err := e.apps.Rotate(ctx, "shop", time.Hour)
+	a, second, err := e.apps.Rotate(ctx, "shop", time.Hour, false)
 	if err != nil {
 		t.Fatalf("Rotate: %v", err)
 	}
@@ -262,11 +262,11 @@ func TestApps_Rotate(t *testing.T) {
 	t.Run("ShorterGraceLaterWins", func(t *testing.T) {
 		// A rotation without grace retires every older key at once, also one a
 		// rotation before gave a longer grace.
-		_, third, err := e.apps.Rotate(ctx, "shop", 24*time.Hour)
+		_, third, err := e.apps.Rotate(ctx, "shop", 24*time.Hour, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, fourth, err := e.apps.Rotate(ctx, "shop", 0)
+		_, fourth, err := e.apps.Rotate(ctx, "shop", 0, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -299,13 +299,13 @@ func TestApps_Rotate(t *testing.T) {
 		}
 	})
 	t.Run("Errors", func(t *testing.T) {
-		_, _, err := e.apps.Rotate(ctx, "shop", -time.Second)
+		_, _, err := e.apps.Rotate(ctx, "shop", -time.Second, false)
 		wantCode(t, err, EInvalid)
-		_, _, err = e.apps.Rotate(ctx, "shop", MaxAppKeyGrace+time.Second)
+		_, _, err = e.apps.Rotate(ctx, "shop", MaxAppKeyGrace+time.Second, false)
 		wantCode(t, err, EInvalid)
-		_, _, err = e.apps.Rotate(ctx, "nobody", 0)
+		_, _, err = e.apps.Rotate(ctx, "nobody", 0, false)
 		wantCode(t, err, ENotFound)
-		_, _, err = e.apps.Rotate(ctx, "Shop!", 0)
+		_, _, err = e.apps.Rotate(ctx, "Shop!", 0, false)
 		wantCode(t, err, EInvalid)
 	})
 	t.Run("ErrTooManyKeys", func(t *testing.T) {
@@ -313,18 +313,18 @@ func TestApps_Rotate(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := 1; i < MaxAppKeys; i++ {
-			if _, _, err := e.apps.Rotate(ctx, "busy", 0); err != nil {
+			if _, _, err := e.apps.Rotate(ctx, "busy", 0, false); err != nil {
 				t.Fatalf("rotation %d: %v", i, err)
 			}
 		}
-		_, _, err := e.apps.Rotate(ctx, "busy", 0)
+		_, _, err := e.apps.Rotate(ctx, "busy", 0, false)
 		wantCode(t, err, EConflict)
 	})
 	t.Run("ErrRevoked", func(t *testing.T) {
 		if _, err := e.apps.Revoke(ctx, "shop"); err != nil {
 			t.Fatal(err)
 		}
-		_, _, err := e.apps.Rotate(ctx, "shop", 0)
+		_, _, err := e.apps.Rotate(ctx, "shop", 0, false)
 		wantCode(t, err, EConflict)
 	})
 }

@@ -194,9 +194,17 @@ func (s *Sessions) SubjectSessions(ctx context.Context, app, subject string) ([]
 	if err != nil {
 		return nil, err
 	}
+	ended := func(crdt.Session) bool { return false }
+	if m, ok, err := s.Store.Record(ctx, crdt.AppKey(app)); err != nil {
+		return nil, err
+	} else if ok {
+		ended = crdt.ReadAppSessionsEnd(app, &m).Ends
+	}
 	out := []Session{}
 	for _, ss := range activeSessions(all, u, s.Clock.PhysicalNow()) {
-		out = append(out, sessionOf(ss, u))
+		if !ended(ss) {
+			out = append(out, sessionOf(ss, u))
+		}
 	}
 	return out, nil
 }

@@ -267,3 +267,75 @@ func TestServiceSessionsCapped(t *testing.T) {
 		t.Errorf("the oldest session: %v, want revoked", err)
 	}
 }
+
+// TestEndAppSessions: the answer to a leaked API key. Ending an app's sessions (alone, or
+// with a rotation) stops every session its subjects had — any subject's, the token's own
+// requests, introspection and the subject's list alike — and no other app's; sessions
+// made afterwards work.
+func TestEndAppSessions(t *testing.T) {
+	ctx := context.Background()
+	for _, how := range []string{"EndSessions", "Rotate"} {
+		t.Run(how, func(t *testing.T) {
+			e := newTestEnv(t)
+			for _, app := range []string{"shop", "blog"} {
+				if _, _, err := e.apps.Create(ctx, app); err != nil {
+					t.Fatal(err)
+				}
+			}
+			create := func(app, subject string) Session {
+				t.Helper()
+				s, err := e.sessions.CreateForSubject(ctx, app, SubjectLogin{Subject: subject, TTL: time.Hour})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return s
+			}
+			alice, admin, other := create("shop", "alice"), create("shop", "admin@shop.example"), create("blog", "alice")
+			e.now.Advance(time.Second)
+
+			var a App
+			var err error
+			if how == "Rotate" {
+				a, _, err = e.apps.Rotate(ctx, "shop", 0, true)
+			} else {
+				a, err = e.apps.EndSessions(ctx, "shop")
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a.SessionsEndedAt == nil || !a.SessionsEndedAt.Equal(testEpoch.Add(time.Second)) {
+				t.Errorf("SessionsEndedAt = %v, want the end's time", a.SessionsEndedAt)
+			}
+			for _, s := range []Session{alice, admin} {
+				if _, err := e.sessions.AuthenticateToken(ctx, s.UserID, s.ID, 0, false); ErrorCode(err) != EUnauthorized {
+					t.Errorf("%s's token after the end: %v, want unauthorized", s.Subject, err)
+				}
+				if _, err := e.sessions.Introspect(ctx, "shop", s.UserID, s.ID, 0); ErrorCode(err) != EUnauthorized {
+					t.Errorf("introspecting %s's session after the end: %v, want inactive", s.Subject, err)
+				}
+				if _, err := e.sessions.ServiceSession(ctx, "shop", s.ID); ErrorCode(err) != ENotFound {
+					t.Errorf("reading %s's session after the end: %v, want not found", s.Subject, err)
+				}
+			}
+			if _, err := e.sessions.AuthenticateToken(ctx, other.UserID, other.ID, 0, false); err != nil {
+				t.Errorf("another app's session: %v", err)
+			}
+
+			// Within the end's window, on a node that holds the end: not ended.
+			e.now.Advance(time.Second)
+			fresh := create("shop", "alice")
+			if _, err := e.sessions.AuthenticateToken(ctx, fresh.UserID, fresh.ID, 0, false); err != nil {
+				t.Errorf("a session made after the end: %v", err)
+			}
+			list, err := e.sessions.SubjectSessions(ctx, "shop", "alice")
+			if err != nil || len(list) != 1 || list[0].ID != fresh.ID {
+				t.Errorf("alice's sessions after the end: %+v, %v; want only the new one", list, err)
+			}
+		})
+	}
+	e := newTestEnv(t)
+	_, err := e.apps.EndSessions(ctx, "nobody")
+	wantCode(t, err, ENotFound)
+	_, err = e.apps.EndSessions(ctx, "Shop!")
+	wantCode(t, err, EInvalid)
+}

@@ -223,7 +223,12 @@ func (s *Sessions) create(ctx context.Context, u crdt.User, ns newSession) (Sess
 		rec.Merge(crdt.SessionSaw(crdt.ReadUser(u.ID, &um).SessionsUntil, ts))
 		rec.Merge(crdt.SessionOrigin(ns.origin, ts))
 		if ns.app != "" {
-			rec.Merge(crdt.SessionApp(ns.app, ts))
+			// Likewise the end of the app's sessions this node holds (App.Ends).
+			am, _, err := tx.Record(crdt.AppKey(ns.app))
+			if err != nil {
+				return err
+			}
+			rec.Merge(crdt.SessionApp(ns.app, crdt.ReadAppSessionsEnd(ns.app, &am).SessionsUntil, ts))
 		}
 		for k, v := range ns.data {
 			rec.Set(crdt.DataPrefix+k, v, ts)
@@ -387,6 +392,11 @@ func (s *Sessions) load(ctx context.Context, userID, sessionID string, ownName b
 	if l.user.Deleted || !usable(l.meta, l.user, now) {
 		return loadedRecords{}, errSessionEnded
 	}
+	if l.user.App != "" {
+		if ended, err := s.appEnded(ctx, l.user.App, l.meta); err != nil || ended {
+			return loadedRecords{}, cmp.Or[error](err, errSessionEnded)
+		}
+	}
 	// An account that lost a concurrent registration of its name keeps no session that
 	// works under it: its sessions stop working once the winning claim arrives.
 	if !ownName || l.user.App != "" { // a subject has no username to lose
@@ -399,6 +409,16 @@ func (s *Sessions) load(ctx context.Context, userID, sessionID string, ownName b
 		return loadedRecords{}, err
 	}
 	return l, nil
+}
+
+// appEnded reports whether app's end of its subjects' sessions (EndAppSessions) ends
+// session s. The app's record is cluster-wide: every node holds it.
+func (s *Sessions) appEnded(ctx context.Context, app string, ss crdt.Session) (bool, error) {
+	m, ok, err := s.Store.Record(ctx, crdt.AppKey(app))
+	if err != nil || !ok {
+		return false, err
+	}
+	return crdt.ReadAppSessionsEnd(app, &m).Ends(ss), nil
 }
 
 // Check reports whether the caller's session is still usable, reading it afresh (a

@@ -9,6 +9,10 @@ type App struct {
 	CreatedAt time.Time  `json:"created_at"`
 	Revoked   bool       `json:"revoked"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	// SessionsEndedAt is when the app's subjects' sessions were last ended (rotate with
+	// end_sessions, or POST /v1/admin/apps/{name}/end-sessions): every session made
+	// before it stopped working.
+	SessionsEndedAt *time.Time `json:"sessions_ended_at,omitempty"`
 	// Keys are the app's keys that still work or will stop working (retired ones are
 	// left out), oldest first.
 	Keys []AppKey `json:"keys"`
@@ -25,6 +29,9 @@ type AppKey struct {
 // older keys keep working (seconds, 0 to 30 days; 0: they stop at once).
 type RotateAppRequest struct {
 	GraceSeconds int64 `json:"grace_seconds"`
+	// EndSessions also ends every session of the app's subjects made so far (the answer
+	// to a leaked key, whose holder may have made some).
+	EndSessions bool `json:"end_sessions,omitempty"`
 }
 
 // CreateAppRequest is the body of POST /v1/admin/apps. Name: 2–32 of [a-z0-9-], beginning

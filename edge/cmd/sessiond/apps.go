@@ -21,7 +21,11 @@ const appsUsage = `Usage:
   sessiond apps list [flags]          list the apps, revoked ones included
   sessiond apps rotate NAME [flags]   give an app a new key, printed once on the last line;
                                       its older keys stop working after --grace
+                                      (--end-sessions: and end its subjects' sessions)
   sessiond apps revoke NAME [flags]   revoke an app: its keys stop working on every node
+  sessiond apps end-sessions NAME [flags]
+                                      end every session the app has made so far, for any
+                                      subject: their tokens stop working on every node
 
 An app (a website's backend, say) calls the service API (/v1/service/, docs/API.md) with
 Authorization: Bearer <API key>. The node keeps only a hash of the key: keep the key in
@@ -30,6 +34,10 @@ revoked app keeps its name, which is never given to another app. Rotate a key th
 may have leaked, or on a schedule: the new key opens the same subjects and sessions; put
 it in your app's secret store within the grace (--grace 0 retires the old keys at once;
 a later rotation's shorter grace also ends the keys an earlier one left working).
+Whoever held a leaked key may have made sessions for any subject, which a rotation or a
+revocation leaves working until they expire (up to a year): after a leak, rotate with
+--grace 0 --end-sessions (or run end-sessions after a revoke). Sessions made after the
+end are not affected; the app's users sign in again.
 
 These commands talk to a running node (--http) and sign their requests with the cluster
 key: give --cluster-key-file (or SESSIOND_CLUSTER_KEY_FILE, or the key itself in
@@ -43,9 +51,9 @@ Flags:
 // appsCmd runs `sessiond apps`.
 func appsCmd(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fs, _, _, _, _ := appsFlags()
+		fs, _, _, _, _, _ := appsFlags()
 		if len(args) == 0 {
-			fmt.Fprint(stderr, "sessiond apps: want create, list, rotate or revoke\n\n", appsUsage)
+			fmt.Fprint(stderr, "sessiond apps: want create, list, rotate, revoke or end-sessions\n\n", appsUsage)
 			fs.SetOutput(stderr)
 			fs.PrintDefaults()
 			return 2
@@ -56,7 +64,7 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	sub, args := args[0], args[1:]
-	fs, addr, keyFile, asJSON, grace := appsFlags()
+	fs, addr, keyFile, asJSON, grace, endSessions := appsFlags()
 	fs.Init("sessiond apps "+sub, flag.ContinueOnError)
 	// NAME may come before or after the flags.
 	var pos []string
@@ -75,7 +83,8 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 		method, path string
 		body         []byte
 	)
-	if (sub == "create" || sub == "revoke" || sub == "rotate") && len(pos) == 1 {
+	named := sub == "create" || sub == "revoke" || sub == "rotate" || sub == "end-sessions"
+	if named && len(pos) == 1 {
 		if err := functions.ValidAppName(pos[0]); err != nil {
 			fmt.Fprintf(stderr, "sessiond apps %s: %q: %s\n", sub, pos[0], functions.ErrorMessage(err))
 			return 2
@@ -95,15 +104,17 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		method, path = http.MethodPost, "/v1/admin/apps/"+url.PathEscape(pos[0])+"/rotate"
-		body, _ = json.Marshal(api.RotateAppRequest{GraceSeconds: int64(*grace / time.Second)})
-	case sub == "create" || sub == "revoke" || sub == "rotate":
+		body, _ = json.Marshal(api.RotateAppRequest{GraceSeconds: int64(*grace / time.Second), EndSessions: *endSessions})
+	case sub == "end-sessions" && len(pos) == 1:
+		method, path = http.MethodPost, "/v1/admin/apps/"+url.PathEscape(pos[0])+"/end-sessions"
+	case named:
 		fmt.Fprintf(stderr, "sessiond apps %s: want one NAME (sessiond apps --help)\n", sub)
 		return 2
 	case sub == "list":
 		fmt.Fprintf(stderr, "sessiond apps list: unexpected argument %q (sessiond apps --help)\n", pos[0])
 		return 2
 	default:
-		fmt.Fprintf(stderr, "sessiond apps: unknown command %q: want create, list, rotate or revoke (sessiond apps --help)\n", sub)
+		fmt.Fprintf(stderr, "sessiond apps: unknown command %q: want create, list, rotate, revoke or end-sessions (sessiond apps --help)\n", sub)
 		return 2
 	}
 	target, err := nodeURL(*addr, path)
@@ -170,8 +181,12 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 		if t := retiring(r.App.Keys); !t.IsZero() {
 			until = "at " + t.Format(time.RFC3339)
 		}
-		fmt.Fprintf(stdout, "rotated the key of app %q: its older keys stop working %s. The new API key follows, shown this once:\n%s\n",
-			r.App.Name, until, r.Key)
+		ended := ""
+		if *endSessions {
+			ended = " Every session it made before the rotation stops working on each node as the rotation reaches it."
+		}
+		fmt.Fprintf(stdout, "rotated the key of app %q: its older keys stop working %s.%s The new API key follows, shown this once:\n%s\n",
+			r.App.Name, until, ended, r.Key)
 	case "revoke":
 		var r api.AppResponse
 		if err := json.Unmarshal(reply, &r); err != nil {
@@ -183,6 +198,14 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 			at = " (since " + r.App.RevokedAt.Format(time.RFC3339) + ")"
 		}
 		fmt.Fprintf(stdout, "revoked app %q%s: its key stops working on each node as the revocation reaches it\n", r.App.Name, at)
+	case "end-sessions":
+		var r api.AppResponse
+		if err := json.Unmarshal(reply, &r); err != nil || r.App.SessionsEndedAt == nil {
+			fmt.Fprintf(stderr, "sessiond apps end-sessions: the node's answer: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "ended the sessions of app %q made up to %s: they stop working on each node as the end reaches it\n",
+			r.App.Name, r.App.SessionsEndedAt.Format(time.RFC3339))
 	}
 	return 0
 }
@@ -199,14 +222,15 @@ func retiring(keys []api.AppKey) time.Time {
 }
 
 // appsFlags returns the flags of the apps commands.
-func appsFlags() (fs *flag.FlagSet, addr, keyFile *string, asJSON *bool, grace *time.Duration) {
+func appsFlags() (fs *flag.FlagSet, addr, keyFile *string, asJSON *bool, grace *time.Duration, endSessions *bool) {
 	fs = flag.NewFlagSet("sessiond apps", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	addr = fs.String("http", "127.0.0.1:8080", "the node's API: `ADDR` (host:port) or URL (http[s]://host:port)")
 	keyFile = fs.String("cluster-key-file", "", "`FILE` with the cluster key (the node's --cluster-key-file)")
 	asJSON = fs.Bool("json", false, "print the node's JSON answer as it is (create, rotate: with the key)")
 	grace = fs.Duration("grace", 24*time.Hour, "rotate: how long the older keys keep working (0: they stop at once; at most 720h)")
-	return fs, addr, keyFile, asJSON, grace
+	endSessions = fs.Bool("end-sessions", false, "rotate: also end every session the app made so far (after a leak)")
+	return fs, addr, keyFile, asJSON, grace, endSessions
 }
 
 // maxAdminReply bounds an admin answer read whole: a list of every app fits.

@@ -159,6 +159,80 @@ func TestAppsCLI(t *testing.T) {
 			}
 		}
 	})
+	// A leaked key's holder made a session for a subject of its choosing; the documented
+	// answer (rotate --grace 0 --end-sessions) must end it, and end-sessions alone ends
+	// what was made since.
+	t.Run("EndSessionsAfterLeak", func(t *testing.T) {
+		so, se, code := runBin(t, nil, "apps", "create", "leaky", "--http", d.http, "--cluster-key-file", d.keyFile)
+		if code != 0 {
+			t.Fatalf("apps create: exit %d: %s%s", code, so, se)
+		}
+		lines := strings.Split(strings.TrimRight(so, "\n"), "\n")
+		leaked := lines[len(lines)-1]
+		session := func(key, subject string) string {
+			t.Helper()
+			r := c.do("POST", "/v1/service/sessions", key, map[string]any{"subject": subject, "ttl": 31536000})
+			var out struct {
+				Token string `json:"token"`
+			}
+			if r.status != 201 || json.Unmarshal(r.body, &out) != nil || out.Token == "" {
+				t.Fatalf("a session for %s: %d %s", subject, r.status, r.body)
+			}
+			return out.Token
+		}
+		active := func(key, token string) bool {
+			t.Helper()
+			r := c.do("POST", "/v1/service/introspect", key, map[string]any{"token": token})
+			var out struct {
+				Active bool `json:"active"`
+			}
+			if r.status != 200 || json.Unmarshal(r.body, &out) != nil {
+				t.Fatalf("introspect: %d %s", r.status, r.body)
+			}
+			return out.Active
+		}
+		stolen := session(leaked, "admin@shop.example")
+		so, se, code = runBin(t, nil, "apps", "rotate", "leaky", "--grace", "0s", "--end-sessions", "--http", d.http, "--cluster-key-file", d.keyFile)
+		lines = strings.Split(strings.TrimRight(so, "\n"), "\n")
+		fresh := lines[len(lines)-1]
+		if code != 0 || se != "" || !strings.HasPrefix(fresh, "sdapp_leaky_") || !strings.Contains(so, "stops working") {
+			t.Fatalf("apps rotate --end-sessions: exit %d, stderr %q, stdout %q", code, se, so)
+		}
+		if active(fresh, stolen) {
+			t.Errorf("the session made with the leaked key is still active after rotate --end-sessions")
+		}
+		if r := c.do("GET", "/v1/sessions/current", stolen, nil); r.status != 401 {
+			t.Errorf("its token on the user routes: %d %s, want 401", r.status, r.body)
+		}
+		after := session(fresh, "alice")
+		if !active(fresh, after) {
+			t.Errorf("a session made after the rotation is not active")
+		}
+		so, se, code = runBin(t, nil, "apps", "end-sessions", "leaky", "--http", d.http, "--cluster-key-file", d.keyFile)
+		if code != 0 || se != "" || !strings.Contains(so, `ended the sessions of app "leaky"`) {
+			t.Fatalf("apps end-sessions: exit %d, stderr %q, stdout %q", code, se, so)
+		}
+		if active(fresh, after) {
+			t.Errorf("a session is still active after apps end-sessions")
+		}
+		if !active(fresh, session(fresh, "alice")) {
+			t.Errorf("a session made after apps end-sessions is not active")
+		}
+		for _, tc := range []struct {
+			args []string
+			code int
+			err  string
+		}{
+			{[]string{"end-sessions", "nobody"}, 1, "404 not_found"},
+			{[]string{"end-sessions"}, 2, "one NAME"},
+		} {
+			args := append([]string{"apps"}, tc.args...)
+			so, se, code := runBin(t, nil, append(args, "--http", d.http, "--cluster-key-file", d.keyFile)...)
+			if code != tc.code || !strings.Contains(se, tc.err) {
+				t.Errorf("%v: exit %d, stderr %q, stdout %q; want %d and %q", tc.args, code, se, so, tc.code, tc.err)
+			}
+		}
+	})
 	t.Run("Revoke", func(t *testing.T) {
 		so, se, code := runBin(t, nil, "apps", "revoke", "shop", "--http", d.http, "--cluster-key-file", d.keyFile)
 		if code != 0 || !strings.Contains(so, `revoked app "shop"`) {
