@@ -23,10 +23,22 @@
 // over between nodes, and keeps the bookmark of every write it made, so every request it
 // sends reads the app's own writes, whichever node answers.
 //
+// # Keys
+//
+// A session is the key KeyPrefix+id (DefaultKeyPrefix, "gorilla:session:", unless
+// KeyPrefix says otherwise), id being 43 characters of base64url, 256 random bits drawn
+// by the store. A cookie that verifies but holds an id of another shape — signed with the
+// same keys by something else, such as another store — gets a new session without a
+// request to the server; and no cookie names a key outside the prefix, so the app's other
+// keys are out of a session's reach (keep no key of your own under the prefix, and give
+// two Stores of one app different prefixes). Sessions kept by versions of this package
+// before the prefix, under the bare id, are not found: their visitors start new sessions
+// (sign in again), and the old keys expire on their own.
+//
 // Limits are the namespace's (docs/API.md): at most 255 values, string keys of at most 126
-// bytes (other keys: at most 126 bytes once gob-encoded and base64-encoded), 64 KiB of
-// encoded values per session, and a lifetime of at most 90 days (a longer one is cut to 90
-// days).
+// bytes of printable UTF-8 (no control or format characters; other keys: at most 126 bytes
+// once gob-encoded and base64-encoded), 64 KiB of encoded values per session, and a
+// lifetime of at most 90 days (a longer one is cut to 90 days).
 package gorillastore
 
 import (
@@ -44,6 +56,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 	"weak"
 
 	"github.com/gorilla/securecookie"
@@ -80,6 +93,10 @@ type Store struct {
 	// (a cookie that lasts until the browser closes). Default (and when not above 0) 24
 	// hours; at most 90 days.
 	BrowserSessionTTL time.Duration
+	// KeyPrefix begins the key of every session: 1 to 213 bytes of A–Z a–z 0–9 - _ . ~ :
+	// @ + =. The store owns every key under it: the app must keep none of its own there.
+	// Default (and when empty) DefaultKeyPrefix. Another value makes Get and Save fail.
+	KeyPrefix string
 
 	c     *client.ServiceClient
 	bases baseCache
@@ -129,9 +146,10 @@ func (s *Store) Get(r *http.Request, name string) (*sessions.Session, error) {
 
 // New returns the session name of r without caching it in the request's registry. It is
 // never nil. When r has no cookie name, or its session does not exist (expired, deleted),
-// the session is new (IsNew, no ID: Save makes a fresh one, never the id the client sent).
-// A cookie that does not verify, or a node that cannot be reached, gives a new session and
-// the error.
+// or the cookie's id is not of the shape the store makes (see Keys in the package
+// documentation), the session is new (IsNew, no ID: Save makes a fresh one, never the id
+// the client sent). A cookie that does not verify, an invalid KeyPrefix, or a node that
+// cannot be reached, gives a new session and the error.
 func (s *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	session := sessions.NewSession(s, name)
 	opts := *s.Options
@@ -145,8 +163,15 @@ func (s *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	if err := securecookie.DecodeMulti(name, cookie.Value, &id, s.Codecs...); err != nil {
 		return session, err
 	}
-	it, err := s.c.KVGet(r.Context(), id)
-	if errors.Is(err, client.ErrNotFound) || errors.Is(err, client.ErrInvalidArgument) {
+	if !validID(id) {
+		return session, nil
+	}
+	prefix, err := s.prefix()
+	if err != nil {
+		return session, err
+	}
+	it, err := s.c.KVGet(r.Context(), prefix+id)
+	if errors.Is(err, client.ErrNotFound) {
 		return session, nil
 	}
 	if err != nil {
@@ -162,17 +187,23 @@ func (s *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 }
 
 // Save stores session and sets its cookie on w. A session whose Options.MaxAge is below 0
-// is deleted for good, and its cookie removed. A new session gets a fresh random id. A
-// session that the same program got from the store sends only what changed since; a
-// session deleted meanwhile stays deleted: Save drops it, sets no cookie and returns nil.
-// Values whose types gob cannot encode, and sessions beyond the namespace's limits, are
-// errors and store nothing.
+// is deleted for good, and its cookie removed (an ID not of the shape the store makes
+// names no session of its own: nothing is deleted). A new session gets a fresh random id;
+// an ID of another shape, set by the program, is an error. A session that the same
+// program got from the store sends only what changed since; a session deleted meanwhile
+// stays deleted: Save drops it, sets no cookie and returns nil. Values whose types gob
+// cannot encode, keys the namespace does not take, sessions beyond the namespace's
+// limits, and an invalid KeyPrefix are errors and store nothing.
 func (s *Store) Save(r *http.Request, w http.ResponseWriter, session *sessions.Session) error {
 	name := session.Name()
+	prefix, err := s.prefix()
+	if err != nil {
+		return err
+	}
 	if session.Options.MaxAge < 0 {
-		if session.ID != "" {
+		if validID(session.ID) {
 			s.bases.drop(session)
-			if err := s.c.KVDelete(r.Context(), session.ID); err != nil && !errors.Is(err, client.ErrInvalidArgument) {
+			if err := s.c.KVDelete(r.Context(), prefix+session.ID); err != nil {
 				return err
 			}
 		}
@@ -186,8 +217,10 @@ func (s *Store) Save(r *http.Request, w http.ResponseWriter, session *sessions.S
 	ttl := s.ttl(session.Options.MaxAge)
 	if session.ID == "" {
 		session.ID = newID()
+	} else if !validID(session.ID) {
+		return fmt.Errorf("gorillastore: session ID %q: want one the store made (%d characters of base64url), or none", session.ID, idLen)
 	}
-	stored, err := s.store(r, session, fields, ttl)
+	stored, err := s.store(r, session, prefix+session.ID, fields, ttl)
 	if err != nil || !stored {
 		return err
 	}
@@ -211,14 +244,14 @@ func (s *Store) ttl(maxAge int) time.Duration {
 	return min(s.BrowserSessionTTL, maxTTL)
 }
 
-// store writes fields as session's value: a patch against what was found, else whole. It
-// reports false when the session was deleted.
-func (s *Store) store(r *http.Request, session *sessions.Session, fields map[string]json.RawMessage, ttl time.Duration) (bool, error) {
+// store writes fields as session's value, under key: a patch against what was found,
+// else whole. It reports false when the session was deleted.
+func (s *Store) store(r *http.Request, session *sessions.Session, key string, fields map[string]json.RawMessage, ttl time.Duration) (bool, error) {
 	ctx := r.Context()
 	if base, ok := s.bases.get(session); ok {
 		keepUnchanged(base, fields)
 		set, del := client.KVDiff(base, fields)
-		_, err := s.c.KVPatch(ctx, session.ID, set, del, ttl)
+		_, err := s.c.KVPatch(ctx, key, set, del, ttl)
 		switch {
 		case err == nil:
 			s.bases.put(session, fields)
@@ -230,7 +263,7 @@ func (s *Store) store(r *http.Request, session *sessions.Session, fields map[str
 			return false, err
 		}
 	}
-	_, err := s.c.KVPut(ctx, session.ID, fields, ttl)
+	_, err := s.c.KVPut(ctx, key, fields, ttl)
 	if errors.Is(err, client.ErrKeyDeleted) {
 		s.bases.drop(session)
 		return false, nil
@@ -322,10 +355,15 @@ func encodeValues(values map[any]any) (map[string]json.RawMessage, error) {
 	return fields, nil
 }
 
-// fieldName returns the field a session key is stored under.
+// fieldName returns the field a session key is stored under. A string key must be what
+// the namespace takes in a field name (valid UTF-8 — JSON would change it otherwise — and
+// printable), rather than the Save failing on the server.
 func fieldName(k any) (string, error) {
 	var name string
 	if str, ok := k.(string); ok {
+		if !utf8.ValidString(str) || !printable(str) {
+			return "", fmt.Errorf("gorillastore: session key %q: want printable UTF-8 (no control or format characters)", str)
+		}
 		name = stringKeyPrefix + str
 	} else {
 		g, err := gobEncode(k)

@@ -3,7 +3,10 @@ package gorillastore
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/gob"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -14,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,7 +51,12 @@ func startNode(t *testing.T) (*edge.Node, string) {
 // newClient returns a client of the app (as another app server would have one).
 func newClient(t *testing.T, n *edge.Node, key string) *client.ServiceClient {
 	t.Helper()
-	c, err := client.NewService(client.Config{Endpoints: []string{"http://" + n.HTTPAddr()}}, key)
+	return newClientConfig(t, client.Config{Endpoints: []string{"http://" + n.HTTPAddr()}}, key)
+}
+
+func newClientConfig(t *testing.T, cfg client.Config, key string) *client.ServiceClient {
+	t.Helper()
+	c, err := client.NewService(cfg, key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +163,7 @@ func TestStore_NewSaveGet(t *testing.T) {
 		t.Errorf("user=%v, want alice", session.Values["user"])
 	}
 	// The value is readable by other programs: a string under a string key is JSON.
-	it, err := newClient(t, n, key).KVGet(context.Background(), id)
+	it, err := newClient(t, n, key).KVGet(context.Background(), DefaultKeyPrefix+id)
 	if err != nil || string(it.Value["s:user"]) != `"alice"` {
 		t.Errorf("stored user=%s, %v, want \"alice\"", it.Value["s:user"], err)
 	}
@@ -186,6 +195,8 @@ func TestStore_Types(t *testing.T) {
 		"strs":  []string{"a", "b"},
 		"map":   map[string]int{"x": 1},
 		strings.Repeat("k", maxField-len(stringKeyPrefix)): "the longest key",
+		"ключ 🔑":   "printable",
+		"👩\u200d💻": "a joiner",
 	}
 	for k, v := range want {
 		session.Values[k] = v
@@ -208,6 +219,9 @@ func TestStore_Types(t *testing.T) {
 		{"ErrUnregistered", "k", struct{ X int }{1}},
 		{"ErrLongKey", strings.Repeat("k", maxField-len(stringKeyPrefix)+1), 1},
 		{"ErrChannel", "k", make(chan int)},
+		{"ErrZeroWidthSpace", "a\u200bb", 1}, // the server refuses format characters
+		{"ErrControlKey", "a\nb", 1},
+		{"ErrInvalidUTF8", "a\xffb", 1}, // JSON would store it as "a\ufffdb"
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := request(nil)
@@ -277,7 +291,7 @@ func TestStore_Delete(t *testing.T) {
 	if len(cookies) != 1 || cookies[0].MaxAge >= 0 || cookies[0].Value != "" {
 		t.Fatalf("cookies after delete=%v, want %q removed", cookies, cookieName)
 	}
-	if _, err := c.KVGet(context.Background(), id); !errors.Is(err, client.ErrNotFound) {
+	if _, err := c.KVGet(context.Background(), DefaultKeyPrefix+id); !errors.Is(err, client.ErrNotFound) {
 		t.Fatalf("KVGet of a deleted session: %v, want not_found", err)
 	}
 
@@ -341,7 +355,7 @@ func TestStore_Expiry(t *testing.T) {
 	if ck := w.Result().Cookies(); len(ck) != 1 || ck[0].MaxAge != 0 || !ck[0].Expires.IsZero() {
 		t.Errorf("cookie=%v, want one without Max-Age or Expires", ck)
 	}
-	it, err := c.KVGet(context.Background(), session.ID)
+	it, err := c.KVGet(context.Background(), DefaultKeyPrefix+session.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -582,6 +596,160 @@ func TestStore_TTL(t *testing.T) {
 		s.BrowserSessionTTL = tc.browser
 		if got := s.ttl(tc.maxAge); got != tc.want {
 			t.Errorf("ttl(MaxAge %d, BrowserSessionTTL %v)=%v, want %v", tc.maxAge, tc.browser, got, tc.want)
+		}
+	}
+}
+
+// newRawID returns an id of the shape the store makes.
+func newRawID() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // never fails (crypto/rand crashes the program instead)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// signed returns a request whose cookie holds id, signed with s's keys: what another
+// store or program that shares the keys would set.
+func signed(t *testing.T, s *Store, id string) *http.Request {
+	t.Helper()
+	v, err := securecookie.EncodeMulti(cookieName, id, s.Codecs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
+	r.AddCookie(&http.Cookie{Name: cookieName, Value: v})
+	return r
+}
+
+// TestStore_ForeignKeys: the app keeps keys of its own in the namespace, among them some
+// that look like sessions. A validly signed cookie that names one (signed by something
+// else that shares the keys) gets a new session: the key is neither shown, nor
+// overwritten, nor deleted by a MaxAge < 0.
+func TestStore_ForeignKeys(t *testing.T) {
+	n, key := startNode(t)
+	app := newClient(t, n, key)
+	ctx := context.Background()
+	record := map[string]json.RawMessage{"s:user": json.RawMessage(`"admin"`)}
+	foreign := []string{"feature-flags", newRawID(), DefaultKeyPrefix + "short"}
+	for _, k := range foreign {
+		if _, err := app.KVPut(ctx, k, record, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var requests atomic.Int32
+	s := New(newClientConfig(t, client.Config{
+		Endpoints: []string{"http://" + n.HTTPAddr()},
+		Observe:   func(client.Attempt) { requests.Add(1) },
+	}, key), hashKey)
+	for _, k := range foreign {
+		for _, maxAge := range []int{0, -1} {
+			r := signed(t, s, k)
+			session := mustGet(t, s, r)
+			if !session.IsNew || session.ID != "" || len(session.Values) != 0 {
+				t.Errorf("cookie %q: Get: IsNew=%v ID=%q Values=%v, want a new empty session", k, session.IsNew, session.ID, session.Values)
+			}
+			session.Values["csrf"] = "x"
+			session.Options.MaxAge = maxAge
+			mustSave(t, r, session)
+			if maxAge >= 0 && (session.ID == k || !validID(session.ID)) {
+				t.Errorf("cookie %q: the saved session's ID=%q, want a fresh one", k, session.ID)
+			}
+		}
+	}
+	// Requests: for the token-shaped key, a find of prefix+id twice; and one put per
+	// saved session.
+	if got, want := requests.Load(), int32(2+len(foreign)); got != want {
+		t.Errorf("%d requests, want %d", got, want)
+	}
+	for _, k := range foreign {
+		if it, err := app.KVGet(ctx, k); err != nil || string(it.Value["s:user"]) != `"admin"` || len(it.Value) != 1 {
+			t.Errorf("app's KVGet(%q)=%s, %v, want its value", k, it.Value, err)
+		}
+		if _, err := app.KVPut(ctx, k, record, time.Hour); err != nil {
+			t.Errorf("app's KVPut(%q): %v, want it written (no tombstone)", k, err)
+		}
+	}
+}
+
+// TestStore_ForeignID: an ID of another shape set by the program is not saved, and not
+// deleted.
+func TestStore_ForeignID(t *testing.T) {
+	n, key := startNode(t)
+	c := newClient(t, n, key)
+	if _, err := c.KVPut(context.Background(), "feature-flags", map[string]json.RawMessage{"beta": json.RawMessage(`true`)}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	s := New(c, hashKey)
+	r := request(nil)
+	session := mustGet(t, s, r)
+	session.ID = "feature-flags"
+	w := httptest.NewRecorder()
+	if err := session.Save(r, w); err == nil {
+		t.Error("Save of a session with a foreign ID succeeded")
+	}
+	if len(w.Result().Cookies()) != 0 {
+		t.Error("a failed Save set a cookie")
+	}
+	session.Options.MaxAge = -1
+	mustSave(t, r, session)
+	if it, err := c.KVGet(context.Background(), "feature-flags"); err != nil || string(it.Value["beta"]) != "true" {
+		t.Errorf("app's KVGet=%s, %v, want its value", it.Value, err)
+	}
+}
+
+// TestStore_KeyPrefix: a Store with a KeyPrefix of its own keeps its sessions apart from
+// one with the default; an invalid KeyPrefix is an error.
+func TestStore_KeyPrefix(t *testing.T) {
+	n, key := startNode(t)
+	c := newClient(t, n, key)
+	a, b := New(c, hashKey), New(c, hashKey)
+	b.KeyPrefix = "admin:session:"
+	r := request(nil)
+	session := mustGet(t, b, r)
+	session.Values["user"] = "root"
+	w := mustSave(t, r, session)
+	if it, err := c.KVGet(context.Background(), "admin:session:"+session.ID); err != nil || string(it.Value["s:user"]) != `"root"` {
+		t.Errorf("KVGet(KeyPrefix+id)=%s, %v", it.Value, err)
+	}
+	if got := mustGet(t, b, request(w)); got.Values["user"] != "root" {
+		t.Errorf("Get=%v, want the saved session", got.Values)
+	}
+	if got := mustGet(t, a, request(w)); !got.IsNew {
+		t.Errorf("the default store's Get=%v, want a new session", got.Values)
+	}
+
+	for _, prefix := range []string{"a/b", "a b", "é:", strings.Repeat("p", maxPrefix+1)} {
+		bad := New(c, hashKey)
+		bad.KeyPrefix = prefix
+		if _, err := bad.New(request(w), cookieName); err == nil {
+			t.Errorf("KeyPrefix %q: Get succeeded", prefix)
+		}
+		r := request(nil)
+		session, _ := bad.New(r, cookieName)
+		if err := session.Save(r, httptest.NewRecorder()); err == nil {
+			t.Errorf("KeyPrefix %q: Save succeeded", prefix)
+		}
+	}
+}
+
+func TestValidID(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		id   string
+		want bool
+	}{
+		{"OK", newID(), true},
+		{"ErrEmpty", "", false},
+		{"ErrName", "feature-flags", false},
+		{"ErrShort", newID()[:42], false},
+		{"ErrLong", newID() + "A", false},
+		{"ErrPadded", newID() + "=", false},
+		{"ErrStdAlphabet", "+" + newID()[1:], false},
+		{"ErrNewline", "\n" + newID()[1:], false},
+		{"ErrBase32", "MFRGGZDFMZTWQ2LKNNWG23TPOBYXE43UOV3HO6DZPIYTEMZUGU3A", false}, // a FilesystemStore id
+		{"ErrNonCanonical", "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFV", false},
+	} {
+		if got := validID(tc.id); got != tc.want {
+			t.Errorf("%s: validID(%q)=%v, want %v", tc.name, tc.id, got, tc.want)
 		}
 	}
 }

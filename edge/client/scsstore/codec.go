@@ -9,8 +9,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode"
-	"unicode/utf8"
 )
 
 // JSONCodec is an scs.Codec that encodes a session as a JSON object with one member per
@@ -27,8 +25,16 @@ import (
 // this codec decodes as encoding/json decodes into an interface{}.
 //
 // A session key must be 1–126 bytes of printable UTF-8 (a field name of the key-value
-// namespace is at most 128 bytes, and "v:" prefixes it). Safe for concurrent use once
-// its types are registered.
+// namespace is at most 128 bytes, and "v:" prefixes it): letters, marks, numbers,
+// punctuation, symbols, spaces and the joiners U+200C and U+200D, as the namespace takes
+// in a new field name — not control characters, nor format characters such as U+200B or
+// U+202E. Encode refuses another key, rather than the commit failing on the server.
+//
+// Decode refuses what is not a session this codec encoded with a deadline (the
+// "deadline" member, a time in RFC 3339 other than the zero time): scs would take a
+// session without one as expiring at the zero time, and commit it as already expired.
+//
+// Safe for concurrent use once its types are registered.
 type JSONCodec struct {
 	mu     sync.RWMutex
 	byName map[string]reflect.Type
@@ -83,8 +89,8 @@ func (c *JSONCodec) Encode(deadline time.Time, values map[string]any) ([]byte, e
 	}
 	out[deadlineField] = d
 	for k, v := range values {
-		if len(k) == 0 || len(k) > maxKey || !utf8.ValidString(k) || strings.ContainsFunc(k, unicode.IsControl) {
-			return nil, fmt.Errorf("scsstore: session key %q: want 1 to %d bytes of printable UTF-8", k, maxKey)
+		if !validSessionKey(k) {
+			return nil, fmt.Errorf("scsstore: session key %q: want 1 to %d bytes of printable UTF-8 (no control or format characters)", k, maxKey)
 		}
 		b, err := c.encodeValue(v)
 		if err != nil {
@@ -146,23 +152,27 @@ func (c *JSONCodec) encodeValue(v any) (json.RawMessage, error) {
 	return tag(name, v)
 }
 
-// Decode implements scs.Codec.
+// Decode implements scs.Codec. A session without a deadline, or with the zero time as
+// its deadline, is an error (see JSONCodec).
 func (c *JSONCodec) Decode(b []byte) (time.Time, map[string]any, error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(b, &fields); err != nil || fields == nil {
 		return time.Time{}, nil, errors.New("scsstore: session is not a JSON object (was it written with another codec?)")
 	}
-	var deadline time.Time
-	if d, ok := fields[deadlineField]; ok {
-		var s string
-		if err := json.Unmarshal(d, &s); err != nil {
-			return time.Time{}, nil, fmt.Errorf("scsstore: session deadline: %w", err)
-		}
-		t, err := time.Parse(time.RFC3339Nano, s)
-		if err != nil {
-			return time.Time{}, nil, fmt.Errorf("scsstore: session deadline: %w", err)
-		}
-		deadline = t
+	d, ok := fields[deadlineField]
+	if !ok {
+		return time.Time{}, nil, errors.New("scsstore: session has no deadline (was it written with another codec?)")
+	}
+	var s string
+	if err := json.Unmarshal(d, &s); err != nil {
+		return time.Time{}, nil, fmt.Errorf("scsstore: session deadline: %w", err)
+	}
+	deadline, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, nil, fmt.Errorf("scsstore: session deadline: %w", err)
+	}
+	if deadline.IsZero() {
+		return time.Time{}, nil, errors.New("scsstore: session deadline is the zero time")
 	}
 	values := make(map[string]any, len(fields))
 	for name, raw := range fields {

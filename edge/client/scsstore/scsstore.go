@@ -21,9 +21,22 @@
 // and fails over between nodes, and keeps the bookmark of every write it made, so every
 // request it sends reads the app's own writes, whichever node answers.
 //
-// Limits are the namespace's (docs/API.md): tokens of 1–256 URL-safe characters (scs's
-// are 43), at most 255 session keys of at most 126 bytes each, 64 KiB of encoded values per
-// session, and a lifetime of at most 90 days (a longer one is cut to 90 days).
+// # Keys
+//
+// A session token is what the visitor's cookie holds, and a visitor can send any. So a
+// Store takes only tokens of the shape scs makes — 43 characters of base64url, 256 random
+// bits (or, with HashTokenInStore, their SHA-256) — and keeps the session of token under
+// the key prefix+token: DefaultKeyPrefix ("scs:session:") for New, another with
+// NewWithPrefix. Any other token is not found, without a request to the server, and
+// deleting it deletes nothing. A cookie therefore names the store's own keys or none:
+// it cannot read, overwrite or delete another key of the app (keep no key of your own
+// under the prefix, and give two Stores of one app different prefixes). Sessions kept by
+// versions of this package before the prefix, under the bare token, are not found: their
+// visitors start new sessions (sign in again), and the old keys expire on their own.
+//
+// Limits are the namespace's (docs/API.md): at most 255 session keys of at most 126 bytes
+// each (see JSONCodec), 64 KiB of encoded values per session, and a lifetime of at most 90
+// days (a longer one is cut to 90 days).
 package scsstore
 
 import (
@@ -31,7 +44,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
+	"strings"
 	"sync"
 	"time"
 
@@ -51,12 +66,24 @@ const opaqueField = "scs:opaque"
 // commit sends the whole session.
 const maxBases = 1 << 16
 
+const (
+	// listPage is the number of keys AllCtx asks for per page: the most the namespace
+	// gives with values.
+	listPage = 100
+	// maxListPages bounds the pages one AllCtx reads (6.5 million keys of the app's at
+	// 100 a page), so that a server that never stops giving a next cursor cannot keep it
+	// going for ever.
+	maxListPages = 1 << 16
+)
+
 // Store is an scs session store in sessiond's key-value namespace. It is safe for
 // concurrent use.
 type Store struct {
-	c     *client.ServiceClient
-	now   func() time.Time
-	bases baseCache
+	c        *client.ServiceClient
+	prefix   string
+	now      func() time.Time
+	maxPages int // maxListPages; less in tests
+	bases    baseCache
 }
 
 var (
@@ -67,9 +94,36 @@ var (
 )
 
 // New returns a Store that keeps sessions in the key-value namespace of the app that c
-// authenticates as.
+// authenticates as, under keys that begin with DefaultKeyPrefix.
 func New(c *client.ServiceClient) *Store {
-	return &Store{c: c, now: time.Now, bases: baseCache{m: make(map[baseKey]map[string]json.RawMessage)}}
+	return newPrefixed(c, DefaultKeyPrefix)
+}
+
+// NewWithPrefix returns a Store as New does, whose keys begin with prefix instead: 1 to
+// 213 bytes of A–Z a–z 0–9 - _ . ~ : @ + = (what the namespace takes in keys, leaving room
+// for the 43 of a token). The store owns every key under prefix: the app must keep none
+// of its own there. It returns an error naming what is wrong with prefix.
+func NewWithPrefix(c *client.ServiceClient, prefix string) (*Store, error) {
+	if err := validPrefix(prefix); err != nil {
+		return nil, err
+	}
+	return newPrefixed(c, prefix), nil
+}
+
+func newPrefixed(c *client.ServiceClient, prefix string) *Store {
+	return &Store{
+		c: c, prefix: prefix, now: time.Now, maxPages: maxListPages,
+		bases: baseCache{m: make(map[baseKey]map[string]json.RawMessage)},
+	}
+}
+
+// key returns the key the session of token is kept under, or false when token is not of
+// the shape scs makes, and so names no session of the store's.
+func (s *Store) key(token string) (string, bool) {
+	if !validToken(token) {
+		return "", false
+	}
+	return s.prefix + token, true
 }
 
 // Find implements scs.Store: FindCtx with context.Background.
@@ -77,12 +131,17 @@ func (s *Store) Find(token string) ([]byte, bool, error) {
 	return s.FindCtx(context.Background(), token)
 }
 
-// FindCtx returns the session of token, found false when it does not exist, has expired,
-// was deleted or the token is malformed. It remembers, for the request of ctx, what it
-// found, which the request's commit compares with (see CommitCtx).
+// FindCtx returns the session of token, found false when it does not exist, has expired
+// or was deleted, and, without asking the server, when token is not of the shape scs
+// makes. It remembers, for the request of ctx, what it found, which the request's commit
+// compares with (see CommitCtx).
 func (s *Store) FindCtx(ctx context.Context, token string) ([]byte, bool, error) {
-	it, err := s.c.KVGet(ctx, token)
-	if errors.Is(err, client.ErrNotFound) || errors.Is(err, client.ErrInvalidArgument) {
+	key, ok := s.key(token)
+	if !ok {
+		return nil, false, nil
+	}
+	it, err := s.c.KVGet(ctx, key)
+	if errors.Is(err, client.ErrNotFound) {
 		return nil, false, nil
 	}
 	if err != nil {
@@ -106,17 +165,27 @@ func (s *Store) Commit(token string, b []byte, expiry time.Time) error {
 // cancellation, as scs's LoadAndSave passes) found the session before, it sends only the
 // fields that changed since, and deletes those that went; otherwise it replaces the whole
 // session. A session deleted meanwhile stays deleted: the commit is dropped and nil
-// returned. An expiry already past deletes the session.
+// returned. An expiry already past deletes the session (the store's own key: see Keys in
+// the package documentation). A token not of the shape scs makes, or a zero expiry (scs
+// never commits one; a codec that decoded a record without a deadline would), is an
+// error, and nothing is written or deleted.
 func (s *Store) CommitCtx(ctx context.Context, token string, b []byte, expiry time.Time) error {
+	key, ok := s.key(token)
+	if !ok {
+		return fmt.Errorf("scsstore: commit: token is not of the shape scs makes (%d characters of base64url)", tokenLen)
+	}
+	if expiry.IsZero() {
+		return errors.New("scsstore: commit: session without an expiry (a deadline missing from what the codec decoded?)")
+	}
 	ttl := expiry.Sub(s.now())
 	if ttl <= 0 {
-		return s.DeleteCtx(ctx, token)
+		return s.delete(ctx, token, key)
 	}
 	ttl = min(ttl, maxTTL)
 	fields := decodeFields(b)
 	if base, ok := s.bases.get(ctx, token); ok {
 		set, del := client.KVDiff(base, fields)
-		_, err := s.c.KVPatch(ctx, token, set, del, ttl)
+		_, err := s.c.KVPatch(ctx, key, set, del, ttl)
 		switch {
 		case err == nil:
 			s.bases.update(ctx, token, fields)
@@ -127,7 +196,7 @@ func (s *Store) CommitCtx(ctx context.Context, token string, b []byte, expiry ti
 			return err
 		}
 	}
-	_, err := s.c.KVPut(ctx, token, fields, ttl)
+	_, err := s.c.KVPut(ctx, key, fields, ttl)
 	if errors.Is(err, client.ErrKeyDeleted) {
 		return nil
 	}
@@ -142,42 +211,59 @@ func (s *Store) Delete(token string) error { return s.DeleteCtx(context.Backgrou
 
 // DeleteCtx deletes the session of token for good: a later commit of it, from a request
 // that found it before, is dropped. Deleting a session that does not exist is not an
-// error.
+// error; a token not of the shape scs makes names none, and is not sent.
 func (s *Store) DeleteCtx(ctx context.Context, token string) error {
-	s.bases.drop(ctx, token)
-	err := s.c.KVDelete(ctx, token)
-	if errors.Is(err, client.ErrInvalidArgument) { // a malformed token names no session
+	key, ok := s.key(token)
+	if !ok {
 		return nil
 	}
-	return err
+	return s.delete(ctx, token, key)
+}
+
+func (s *Store) delete(ctx context.Context, token, key string) error {
+	s.bases.drop(ctx, token)
+	return s.c.KVDelete(ctx, key)
 }
 
 // All implements scs.IterableStore: AllCtx with context.Background.
 func (s *Store) All() (map[string][]byte, error) { return s.AllCtx(context.Background()) }
 
-// AllCtx returns every live session of the app, by token (an empty map when there is
-// none). It reads them a page at a time; sessions written or deleted meanwhile may or
-// may not be in it.
+// AllCtx returns every live session of the store, by token (an empty map when there is
+// none): the app's keys under the store's prefix, read a page at a time; sessions
+// written or deleted meanwhile may or may not be in it. The namespace lists all the
+// app's keys, so AllCtx reads (and skips) the app's other keys too. It returns an error,
+// and no sessions, when the server gives a cursor it gave before, or more than
+// maxListPages pages (65,536).
 func (s *Store) AllCtx(ctx context.Context) (map[string][]byte, error) {
 	out := make(map[string][]byte)
+	seen := make(map[string]bool)
 	after := ""
-	for {
-		page, err := s.c.KVList(ctx, after, 100, true)
+	for range s.maxPages {
+		page, err := s.c.KVList(ctx, after, listPage, true)
 		if err != nil {
 			return nil, err
 		}
 		for _, it := range page.Items {
+			token, ok := strings.CutPrefix(it.Key, s.prefix)
+			if !ok || !validToken(token) {
+				continue
+			}
 			b, err := encodeFields(it.Value)
 			if err != nil {
 				return nil, err
 			}
-			out[it.Key] = b
+			out[token] = b
 		}
 		if page.Next == "" {
 			return out, nil
 		}
+		if seen[page.Next] {
+			return nil, fmt.Errorf("scsstore: list sessions: the server gave cursor %q twice", page.Next)
+		}
+		seen[page.Next] = true
 		after = page.Next
 	}
+	return nil, fmt.Errorf("scsstore: list sessions: more than %d pages", s.maxPages)
 }
 
 // decodeFields returns the fields a session's encoding b is stored as: its members when
