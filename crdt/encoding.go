@@ -164,6 +164,42 @@ func (m *Map) EncodedLen() int {
 // MarshalBinary returns the canonical encoding of m.
 func (m *Map) MarshalBinary() ([]byte, error) { return m.AppendBinary(nil), nil }
 
+// PeekValue returns the value of field name in the Map encoded in b, aliasing b, without
+// decoding the rest: fields are encoded in ascending name order, so it reads only those
+// before name. It reports false when b holds no such field with a value, or is not a
+// well-formed encoding as far as it reads (DecodeMap checks the whole).
+func PeekValue(b []byte, name string) ([]byte, bool) {
+	d := decoder{b: b}
+	d.version(mapVersion)
+	n := d.uvarint()
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		fname := d.bytes()
+		d.fixed(1 + TimestampSize) // kind, timestamp
+		flags := d.byte()
+		value := d.bytes()
+		if d.err != nil {
+			return nil, false
+		}
+		switch c := compareName(fname, name); {
+		case c == 0:
+			return value, flags&flagDeleted == 0
+		case c > 0:
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+// compareName is strings.Compare(string(b), s) without converting b.
+func compareName(b []byte, s string) int {
+	for i := 0; i < len(b) && i < len(s); i++ {
+		if b[i] != s[i] {
+			return int(b[i]) - int(s[i])
+		}
+	}
+	return len(b) - len(s)
+}
+
 // DecodeMap decodes a Map encoded by AppendBinary. The result does not alias b.
 func DecodeMap(b []byte) (Map, error) {
 	d := decoder{b: b}

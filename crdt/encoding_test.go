@@ -588,3 +588,39 @@ func BenchmarkMapDecode(b *testing.B) {
 		})
 	}
 }
+
+// TestPeekValue: PeekValue finds what DecodeMap would, for every field of random Maps,
+// reads nothing past the field, and refuses what is not there or cut short.
+func TestPeekValue(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		var m crdt.Map
+		names := rapid.SliceOfDistinct(rapid.StringMatching(`[a-z/_]{1,8}`), func(s string) string { return s }).Draw(t, "names")
+		for i, name := range names {
+			ts := crdt.Timestamp{Wall: int64(i + 1), Node: 1}
+			switch rapid.IntRange(0, 2).Draw(t, "kind") {
+			case 0:
+				m.Set(name, rapid.SliceOf(rapid.Byte()).Draw(t, "value"), ts)
+			case 1:
+				m.Claim(name, rapid.SliceOf(rapid.Byte()).Draw(t, "value"), ts)
+			default:
+				m.Delete(name, ts)
+			}
+		}
+		enc := m.AppendBinary(nil)
+		for _, name := range append(names, "absent", "") {
+			want, wantOK := m.Get(name)
+			got, ok := crdt.PeekValue(enc, name)
+			if ok != wantOK || !bytes.Equal(got, want) {
+				t.Fatalf("PeekValue(%q) = %q, %v; Get gives %q, %v", name, got, ok, want, wantOK)
+			}
+		}
+		if len(enc) > 2 {
+			cut := rapid.IntRange(0, len(enc)-1).Draw(t, "cut")
+			for _, name := range names {
+				if v, ok := crdt.PeekValue(enc[:cut], name); ok && !bytes.Equal(v, func() []byte { w, _ := m.Get(name); return w }()) {
+					t.Fatalf("a cut encoding gave %q a wrong value %q", name, v)
+				}
+			}
+		}
+	})
+}

@@ -103,11 +103,15 @@ type Config struct {
 	UnknownNamesPerUser int
 	// ServiceFailuresPerAddress is how many requests to the service routes with an API key
 	// that does not authenticate one client address may make per minute, cluster-wide;
-	// beyond it, 429 before the key is checked. 0: 60.
+	// beyond it, such requests get 429 (keys that authenticate still work). 0: 60.
 	ServiceFailuresPerAddress int
 	// ServiceRequestsPerApp is how many requests one app may make to the service routes
 	// per minute, cluster-wide; beyond it, 429. 0: 600000 (10000 a second).
 	ServiceRequestsPerApp int
+	// AppQuotaMiB bounds, in MiB, what one app stores, cluster-wide as each node
+	// estimates it (functions.Quota): its key-value records and its subjects' records
+	// and sessions. 0: 1024; negative: no bound.
+	AppQuotaMiB int
 	// CounterFlush is how often a node sends its login and sign-up counts to its peers;
 	// it bounds how far a limit overshoots cluster-wide. 0: 200ms.
 	CounterFlush time.Duration
@@ -278,6 +282,9 @@ func (c *Config) fillLimits() {
 	}
 	if c.ServiceRequestsPerApp == 0 {
 		c.ServiceRequestsPerApp = 600_000
+	}
+	if c.AppQuotaMiB == 0 {
+		c.AppQuotaMiB = 1024
 	}
 	if c.CounterFlush == 0 {
 		c.CounterFlush = 200 * time.Millisecond

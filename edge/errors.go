@@ -24,6 +24,7 @@ var statusOf = map[string]int{
 	functions.EConflict:         fiber.StatusConflict,
 	functions.EKeyDeleted:       fiber.StatusConflict,
 	functions.ETooLarge:         fiber.StatusRequestEntityTooLarge,
+	functions.EQuotaExceeded:    fiber.StatusForbidden,
 	functions.ERateLimited:      fiber.StatusTooManyRequests,
 	functions.EUnavailable:      fiber.StatusServiceUnavailable,
 	functions.EBehind:           fiber.StatusServiceUnavailable,

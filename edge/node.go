@@ -202,8 +202,13 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.users = &functions.Users{Store: st, Clock: clock, Passwords: passwords}
 	n.sessions = &functions.Sessions{Store: st, Clock: clock, Passwords: passwords, TTL: n.cfg.SessionTTL, IdleTTL: n.cfg.IdleTTL, MaxSkew: n.cfg.MaxSkew}
 	n.messages = &functions.Messages{Store: st, Clock: clock}
-	n.apps = &functions.Apps{Store: st, Clock: clock, MaxSkew: n.cfg.MaxSkew}
-	n.kv = &functions.KV{Store: st, Lister: kvLister{n.db}, Clock: clock}
+	n.apps = &functions.Apps{Store: st, Clock: clock, MaxSkew: n.cfg.MaxSkew, Meter: usageMeter{n}}
+	var quota *functions.Quota
+	if n.cfg.AppQuotaMiB > 0 {
+		quota = &functions.Quota{Meter: usageMeter{n}, Bytes: int64(n.cfg.AppQuotaMiB) << 20}
+	}
+	n.sessions.Quota = quota
+	n.kv = &functions.KV{Store: st, Lister: kvLister{n.db}, Clock: clock, Quota: quota}
 	n.cluster = &functions.Cluster{Membership: clusterView{n}}
 	n.headers = newResponseHeaders(n.cfg.NodeName)
 	n.app = n.newApp()

@@ -17,8 +17,13 @@ import (
 type App = api.App
 
 // appOf returns the app a as the admin routes show it at now.
-func appOf(a crdt.App, now time.Time) App {
+// view returns the API's view of app a at now, with what it stores when a.Meter is set.
+func (ap *Apps) view(a crdt.App, now time.Time) App {
 	out := App{Name: a.Name, CreatedAt: a.Created.Time(), Revoked: a.Revoked, Keys: []api.AppKey{}}
+	if ap.Meter != nil {
+		u := ap.Meter.AppUsage(a.Name)
+		out.Stored = &api.AppStored{Records: u.Records, Bytes: u.Bytes}
+	}
 	if a.Revoked {
 		t := a.RevokedAt.Time()
 		out.RevokedAt = &t
@@ -165,6 +170,8 @@ type Apps struct {
 	Clock Clock
 	// MaxSkew is the cluster's --max-skew: the window of EndSessions (0: a minute).
 	MaxSkew time.Duration
+	// Meter, if set, tells what each app stores, which the views show.
+	Meter UsageMeter
 }
 
 // ErrAppRevoked is what Authenticate returns for the right key of a revoked app.
@@ -207,7 +214,7 @@ func (a *Apps) Create(ctx context.Context, name string) (App, APIKey, error) {
 	if err != nil {
 		return App{}, APIKey{}, err
 	}
-	return appOf(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), key, nil
+	return a.view(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), key, nil
 }
 
 // listBound bounds List: nodes that could not reach each other may each have created up
@@ -223,7 +230,7 @@ func (a *Apps) List(ctx context.Context) ([]App, error) {
 	out := make([]App, 0, len(keys))
 	now := a.Clock.PhysicalNow()
 	for i, k := range keys {
-		out = append(out, appOf(crdt.ReadApp(strings.TrimPrefix(k, crdt.AppPrefix), &ms[i]), now))
+		out = append(out, a.view(crdt.ReadApp(strings.TrimPrefix(k, crdt.AppPrefix), &ms[i]), now))
 	}
 	return out, nil
 }
@@ -240,7 +247,7 @@ func (a *Apps) Get(ctx context.Context, name string) (App, error) {
 	if !ok {
 		return App{}, Errorf(ENotFound, "no app %q on this node", name)
 	}
-	return appOf(crdt.ReadApp(name, &m), a.Clock.PhysicalNow()), nil
+	return a.view(crdt.ReadApp(name, &m), a.Clock.PhysicalNow()), nil
 }
 
 // Revoke revokes the app called name: its key stops opening anything on each node as
@@ -269,7 +276,7 @@ func (a *Apps) Revoke(ctx context.Context, name string) (App, error) {
 	if err != nil {
 		return App{}, err
 	}
-	return appOf(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), nil
+	return a.view(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), nil
 }
 
 // Rotate adds a new key to the app called name and returns the app and the key, whose
@@ -318,7 +325,7 @@ func (a *Apps) Rotate(ctx context.Context, name string, grace time.Duration, end
 	if err != nil {
 		return App{}, APIKey{}, err
 	}
-	return appOf(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), key, nil
+	return a.view(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), key, nil
 }
 
 // EndSessions ends every session of the app called name's subjects made so far, on every
@@ -347,7 +354,7 @@ func (a *Apps) EndSessions(ctx context.Context, name string) (App, error) {
 	if err != nil {
 		return App{}, err
 	}
-	return appOf(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), nil
+	return a.view(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), nil
 }
 
 func (a *Apps) maxSkew() time.Duration {

@@ -18,6 +18,7 @@ const (
 	EConflict         = api.CodeConflict
 	EKeyDeleted       = api.CodeKeyDeleted // a write to a deleted key of the key-value namespace
 	ETooLarge         = api.CodeTooLarge
+	EQuotaExceeded    = api.CodeQuotaExceeded // an app's stored data is at its quota (Quota)
 	ERateLimited      = api.CodeRateLimited
 	EUnavailable      = api.CodeUnavailable
 	EBehind           = api.CodeBehind // this node has not caught up with the client's bookmark

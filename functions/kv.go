@@ -59,6 +59,7 @@ type KV struct {
 	Store  Store
 	Lister KVLister
 	Clock  Clock
+	Quota  *Quota // bounds what each app stores; nil: nothing
 }
 
 // KVItem is a key and its value as the API shows it (package api owns the JSON shape).
@@ -271,10 +272,11 @@ func (k *KV) write(ctx context.Context, app, key string, live bool, build func(c
 	var v crdt.KV
 	err := k.Store.Update(ctx, func(tx Tx) error {
 		rk := crdt.KVKey(app, key)
-		cur, _, err := tx.Record(rk)
+		cur, had, err := tx.Record(rk)
 		if err != nil {
 			return err
 		}
+		before := storedSize(rk, &cur, had)
 		ts := k.Clock.Next()
 		if was := crdt.ReadKV(&cur); was.Deleted {
 			return errKVDeleted
@@ -296,7 +298,7 @@ func (k *KV) write(ctx context.Context, app, key string, live bool, build func(c
 		case names > MaxKVNames:
 			return Errorf(ETooLarge, "the key would keep %d field names, deleted ones included, at most %d: a deleted field is remembered until the next put; put the whole value instead", names, MaxKVNames)
 		}
-		return nil
+		return k.Quota.allows(app, storedSize(rk, &merged, true)-before)
 	})
 	if err != nil {
 		return KVItem{}, err
@@ -314,9 +316,19 @@ func (k *KV) Delete(ctx context.Context, app, key string) error {
 		return err
 	}
 	return k.Store.Update(ctx, func(tx Tx) error {
+		rk := crdt.KVKey(app, key)
+		cur, had, err := tx.Record(rk)
+		if err != nil {
+			return err
+		}
+		before := storedSize(rk, &cur, had)
 		ts := k.Clock.Next()
-		_, err := tx.Merge(crdt.KVKey(app, key), crdt.KVDelete(ts.Time().Add(KVTombstoneGrace), ts))
-		return err
+		merged, err := tx.Merge(rk, crdt.KVDelete(ts.Time().Add(KVTombstoneGrace), ts))
+		if err != nil {
+			return err
+		}
+		// A tombstone of a key not held here adds a record: bounded like any other.
+		return k.Quota.allows(app, storedSize(rk, &merged, true)-before)
 	})
 }
 

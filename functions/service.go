@@ -234,8 +234,12 @@ func (s *Sessions) RevokeSubject(ctx context.Context, app, subject string) error
 		} else if _, err := tx.Merge(crdt.UserKey(id), crdt.NewSubject(app, subject, ts)); err != nil {
 			return err
 		}
-		_, err = tx.Merge(crdt.UserKey(id), crdt.RevokeSessionsUntil(ts, s.maxSkew()))
-		return err
+		after, err := tx.Merge(crdt.UserKey(id), crdt.RevokeSessionsUntil(ts, s.maxSkew()))
+		if err != nil || ok {
+			return err // a known subject's sessions can always be revoked
+		}
+		// A subject this node has no record of gets one: bounded like any other record.
+		return s.Quota.allows(app, storedSize(crdt.UserKey(id), &after, true))
 	})
 }
 

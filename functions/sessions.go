@@ -105,6 +105,9 @@ type Sessions struct {
 	// everywhere also revokes sessions that nodes unaware of it stamped up to MaxSkew
 	// later (see crdt.User.Revokes). Default 1m.
 	MaxSkew time.Duration
+	// Quota bounds what each app's subjects and their sessions store (new subjects,
+	// new sessions, session data that grows); nil: nothing.
+	Quota *Quota
 }
 
 func (s *Sessions) maxSkew() time.Duration {
@@ -209,12 +212,15 @@ func (s *Sessions) create(ctx context.Context, u crdt.User, ns newSession) (Sess
 		if err != nil {
 			return err
 		}
+		var growth int64 // what the app's subject and session add (Quota)
 		if ns.app != "" {
 			switch cur := crdt.ReadUser(u.ID, &um); {
 			case !ok:
-				if _, err := tx.Merge(crdt.UserKey(u.ID), crdt.NewSubject(ns.app, u.Subject, ts)); err != nil {
+				subject, err := tx.Merge(crdt.UserKey(u.ID), crdt.NewSubject(ns.app, u.Subject, ts))
+				if err != nil {
 					return err
 				}
+				growth = storedSize(crdt.UserKey(u.ID), &subject, true)
 			case cur.App != ns.app || cur.Subject != u.Subject || cur.Deleted:
 				return errSubjectClash
 			}
@@ -237,7 +243,13 @@ func (s *Sessions) create(ctx context.Context, u crdt.User, ns newSession) (Sess
 		if err != nil {
 			return err
 		}
-		return checkSessionData(&rec)
+		if err := checkSessionData(&rec); err != nil {
+			return err
+		}
+		if ns.app == "" {
+			return nil
+		}
+		return s.Quota.allows(ns.app, growth+storedSize(crdt.SessionKey(id), &rec, true))
 	})
 	if err != nil {
 		return Session{}, err
@@ -452,6 +464,7 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 		return Session{}, err
 	}
 	key := crdt.SessionKey(p.SessionID) // p itself in the closure would move to the heap
+	app := p.App                        // a subject's session counts against its app's Quota
 	var merged crdt.Map
 	// lenient: the session's data may be over its bounds already (writes through other
 	// nodes at once each passed them, and their merge does not), so the patch is judged
@@ -459,11 +472,13 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 	patchFn := func(lenient bool) func(tx Tx) error {
 		return func(tx Tx) error {
 			var before crdt.Map
-			if lenient {
+			var beforeSize int64
+			if lenient || app != "" {
 				var err error
 				if before, _, err = tx.Record(key); err != nil {
 					return err
 				}
+				beforeSize = storedSize(key, &before, true)
 				before = before.Copy()
 			}
 			ts := s.Clock.Next()
@@ -492,9 +507,14 @@ func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) 
 				return err
 			}
 			if lenient {
-				return checkSessionDataGrowth(&before, &merged)
+				err = checkSessionDataGrowth(&before, &merged)
+			} else {
+				err = checkSessionData(&merged)
 			}
-			return checkSessionData(&merged)
+			if err != nil || app == "" {
+				return err
+			}
+			return s.Quota.allows(app, storedSize(key, &merged, true)-beforeSize)
 		}
 	}
 	err = s.Store.Update(ctx, patchFn(false))

@@ -416,6 +416,7 @@ type batch struct {
 	sessions  int64
 	messages  int64
 	toggles   map[string]uint64    // replication key → XOR to toggle into the digest
+	usage     map[string]AppUsage  // app → what the batch added to its usage (usage.go)
 	written   map[string]*crdt.Map // record key → state after the batch, nil once deleted
 	erasing   bool                 // an erasure cascade ran in the batch
 	changes   []Change
@@ -568,6 +569,9 @@ func (db *DB) committed(b *batch) {
 			}
 		}
 		db.dmu.Unlock()
+	}
+	if len(b.usage) > 0 {
+		db.usage.apply(b.usage)
 	}
 	db.head.Store(b.head)
 	if len(b.overtaken) > 0 {

@@ -172,6 +172,7 @@ type DB struct {
 
 	dmu    sync.RWMutex
 	digest crdt.Digest // guarded by dmu; written by the committer only
+	usage  usageTable  // what each app's records take (usage.go)
 
 	cache *recordCache
 	// contested: names claimed by more than one account; see Contested.
@@ -364,7 +365,7 @@ func (db *DB) init(l *walLog) error {
 		if err := db.contested.load(btx); err != nil {
 			return err
 		}
-		return rebuildDigest(btx, &db.digest)
+		return rebuildDigest(btx, &db.digest, &db.usage.apps)
 	})
 }
 

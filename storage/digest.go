@@ -123,15 +123,17 @@ func pairHash(records, log *bolt.Bucket, key string) (uint64, bool, error) {
 	return crdt.PairHash(key, v[seqLen:]), true, nil
 }
 
-// rebuildDigest computes the digest from the stored values in one sequential pass. It
-// hashes stored bytes and decodes nothing.
-func rebuildDigest(btx *bolt.Tx, d *crdt.Digest) error {
+// rebuildDigest computes the digest from the stored values in one sequential pass, and
+// in the same pass the apps' usage (usage.go) into *apps. It hashes stored bytes and
+// decodes nothing but the field that names a record's app.
+func rebuildDigest(btx *bolt.Tx, d *crdt.Digest, apps *map[string]AppUsage) error {
 	err := btx.Bucket(bucketRecords).ForEach(func(k, v []byte) error {
 		if len(v) < seqLen {
 			return fmt.Errorf("record %q: corrupt value", k)
 		}
 		key := string(k)
 		d.Toggle(key, crdt.PairHash(key, v[seqLen:]))
+		addUsage(apps, key, v[seqLen:], 1)
 		return nil
 	})
 	if err != nil {

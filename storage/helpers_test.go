@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -117,12 +118,18 @@ func checkInvariants(tb testing.TB, db *DB) {
 			tb.Errorf("bbolt check: %v", err)
 		}
 		var d crdt.Digest
-		if err := rebuildDigest(btx, &d); err != nil {
+		var apps map[string]AppUsage
+		if err := rebuildDigest(btx, &d, &apps); err != nil {
 			tb.Fatalf("rebuild digest: %v", err)
 		}
 		if got := db.Digest(); got != d {
 			tb.Errorf("digest root %x, rebuilt %x", got.Root(), d.Root())
 		}
+		db.usage.mu.RLock()
+		if !maps.Equal(db.usage.apps, apps) && len(db.usage.apps)+len(apps) > 0 {
+			tb.Errorf("apps' usage %v, counted from the file %v", db.usage.apps, apps)
+		}
+		db.usage.mu.RUnlock()
 		records, log, feed := btx.Bucket(bucketRecords), btx.Bucket(bucketLog), btx.Bucket(bucketFeed)
 		keys := map[string]bool{}
 		var users, sessions, messages, kvs int

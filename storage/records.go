@@ -215,10 +215,12 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 	if had {
 		old = p.base
 		h ^= crdt.PairHash(key, old.enc)
+		addUsage(&b.usage, key, old.enc, -1)
 	} else if err := indexLeaves(b.leaves.get(), key, true); err != nil {
 		return err
 	}
 	b.toggle(key, h)
+	addUsage(&b.usage, key, enc, 1)
 	now := describe(key, &p.m, nil)
 	switch {
 	case strings.HasPrefix(key, crdt.SessionPrefix):
@@ -262,6 +264,7 @@ func (b *batch) deleteRecord(key string, old stored) error {
 		return err
 	}
 	b.toggle(key, crdt.PairHash(key, old.enc))
+	addUsage(&b.usage, key, old.enc, -1)
 	b.wrote(key, nil)
 	b.removed(key)
 	if err := b.forgetReplaced([]byte(key)); err != nil {

@@ -13,6 +13,9 @@ type App struct {
 	// end_sessions, or POST /v1/admin/apps/{name}/end-sessions): every session made
 	// before it stopped working.
 	SessionsEndedAt *time.Time `json:"sessions_ended_at,omitempty"`
+	// Stored is what the app stores, cluster-wide as the answering node estimates it
+	// (one copy of each record): what --app-quota bounds.
+	Stored *AppStored `json:"stored,omitempty"`
 	// Keys are the app's keys that still work or will stop working (retired ones are
 	// left out), oldest first.
 	Keys []AppKey `json:"keys"`
@@ -57,4 +60,10 @@ type AppResponse struct {
 // ones included, by name.
 type AppsResponse struct {
 	Apps []App `json:"apps"`
+}
+
+// AppStored is what an app stores: its key-value records, subjects and their sessions.
+type AppStored struct {
+	Records int64 `json:"records"`
+	Bytes   int64 `json:"bytes"`
 }

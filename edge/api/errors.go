@@ -6,6 +6,7 @@ const (
 	CodeInvalidArgument      = "invalid_argument"       // 400: malformed JSON, a bad field or query parameter
 	CodeUnauthorized         = "unauthorized"           // 401: no token, a bad, revoked or expired one, wrong credentials; an admin request not signed with the cluster key
 	CodeForbidden            = "forbidden"              // 403: a credential on routes it does not open: a user's token on an admin or service route, an API key on a user route
+	CodeQuotaExceeded        = "quota_exceeded"         // 403: a write that would add to what an app stores, which is at its quota (--app-quota)
 	CodeNotFound             = "not_found"              // 404: no such route or resource, or another user's
 	CodeRequestTimeout       = "request_timeout"        // 408: no complete request within the read timeout
 	CodeUsernameTaken        = "username_taken"         // 409: registering a claimed name

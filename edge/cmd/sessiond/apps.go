@@ -18,7 +18,8 @@ import (
 
 const appsUsage = `Usage:
   sessiond apps create NAME [flags]   create an app; print its API key, once, on the last line
-  sessiond apps list [flags]          list the apps, revoked ones included
+  sessiond apps list [flags]          list the apps, revoked ones included, with what each
+                                      stores (about, cluster-wide: what --app-quota bounds)
   sessiond apps rotate NAME [flags]   give an app a new key, printed once on the last line;
                                       its older keys stop working after --grace
                                       (--end-sessions: and end its subjects' sessions)
@@ -160,7 +161,7 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "NAME\tCREATED\tKEYS\tSTATUS")
+		fmt.Fprintln(w, "NAME\tCREATED\tSTORED\tKEYS\tSTATUS")
 		for _, a := range r.Apps {
 			status := "active"
 			if a.Revoked && a.RevokedAt != nil {
@@ -168,7 +169,11 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 			} else if until := retiring(a.Keys); !until.IsZero() {
 				status = "active; older key retires " + until.Format(time.RFC3339)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", a.Name, a.CreatedAt.Format(time.RFC3339), len(a.Keys), status)
+			stored := "-"
+			if a.Stored != nil {
+				stored = sizeText(a.Stored.Bytes)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", a.Name, a.CreatedAt.Format(time.RFC3339), stored, len(a.Keys), status)
 		}
 		_ = w.Flush()
 	case "rotate":
@@ -208,6 +213,19 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 			r.App.Name, r.App.SessionsEndedAt.Format(time.RFC3339))
 	}
 	return 0
+}
+
+// sizeText writes n bytes for a person: 512B, 3.4KiB, 1.0MiB, 2.5GiB.
+func sizeText(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	v, i := float64(n)/unit, 0
+	for v >= unit && i < 3 {
+		v, i = v/unit, i+1
+	}
+	return fmt.Sprintf("%.1f%ciB", v, "KMGT"[i])
 }
 
 // retiring returns the latest time one of keys retires at, or zero when none does.

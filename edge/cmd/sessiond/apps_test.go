@@ -3,11 +3,14 @@ package main_test
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestAppsCLI: sessiond apps create, list, rotate and revoke against a running node, with
@@ -129,7 +132,7 @@ func TestAppsCLI(t *testing.T) {
 			}
 		}
 		so, _, code := runBin(t, nil, "apps", "list", "--http", d.http, "--cluster-key-file", d.keyFile)
-		if code != 0 || !regexp.MustCompile(`(?m)^shop\s+\S+\s+2\s+active; older key retires \S+$`).MatchString(so) {
+		if code != 0 || !regexp.MustCompile(`(?m)^shop\s+\S+\s+[0-9.]+[KMG]?i?B\s+2\s+active; older key retires \S+$`).MatchString(so) {
 			t.Errorf("apps list after a rotation with a grace: exit %d:\n%s", code, so)
 		}
 		third := rotate("0s")
@@ -242,8 +245,109 @@ func TestAppsCLI(t *testing.T) {
 			t.Errorf("a revoked key: %d %s, want 401", r.status, r.body)
 		}
 		so, _, code = runBin(t, nil, "apps", "list", "--http", d.http, "--cluster-key-file", d.keyFile)
-		if code != 0 || !regexp.MustCompile(`(?m)^blog\s+\S+\s+1\s+active$`).MatchString(so) || !regexp.MustCompile(`(?m)^shop\s+\S+\s+1\s+revoked \S+$`).MatchString(so) {
+		if code != 0 || !regexp.MustCompile(`(?m)^blog\s+\S+\s+0B\s+1\s+active$`).MatchString(so) || !regexp.MustCompile(`(?m)^shop\s+\S+\s+[0-9.]+[KMG]?i?B\s+1\s+revoked \S+$`).MatchString(so) {
 			t.Errorf("apps list after revoke: exit %d:\n%s", code, so)
 		}
 	})
+}
+
+// TestAppQuota: the outside review's disk filler, against the real binary with a 1 MiB
+// quota. An app putting 60 KB values under new keys is refused with 403 quota_exceeded
+// once it stores about its quota, and so are its other ways to add (new subjects' sessions,
+// revocations of subjects nobody has); reads, deletes and shrinking writes still work,
+// freeing room works, another app is not held back, and a restarted node counts the
+// same usage from its file.
+func TestAppQuota(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the real binary; skipped with -short")
+	}
+	t.Parallel()
+	d := newDaemon(t, "app-quota", "", "--app-quota", "1", "--service-requests-per-app", "1000000")
+	d.start()
+	d.waitReady()
+	c := newClient(t, d)
+	key := func(app string) string {
+		so, se, code := runBin(t, nil, "apps", "create", app, "--http", d.http, "--cluster-key-file", d.keyFile)
+		lines := strings.Split(strings.TrimRight(so, "\n"), "\n")
+		if code != 0 {
+			t.Fatalf("apps create %s: exit %d: %s%s", app, code, so, se)
+		}
+		return lines[len(lines)-1]
+	}
+	shop, blog := key("shop"), key("blog")
+	put := func(k, name string, size int) reply {
+		return c.do("PUT", "/v1/service/kv/"+name, k, map[string]any{"value": map[string]any{"v": strings.Repeat("x", size)}, "ttl": 7776000})
+	}
+	// fill puts values of size under new keys until one is refused, and returns how many
+	// were stored.
+	fill := func(size int) int {
+		t.Helper()
+		for i := range 100_000 {
+			r := put(shop, fmt.Sprintf("fill%d-%d", size, i), size)
+			if r.status == 200 {
+				continue
+			}
+			if r.status != 403 || !strings.Contains(string(r.body), `"quota_exceeded"`) {
+				t.Fatalf("after %d puts of %d bytes: %d %s; want 403 quota_exceeded", i, size, r.status, r.body)
+			}
+			return i
+		}
+		t.Fatalf("no put of %d bytes was refused", size)
+		return 0
+	}
+	if n := fill(60_000); n < 15 || n > 17 { // 1 MiB holds 17 values of 60,000 bytes and their keys
+		t.Errorf("%d values of 60 KB stored under a 1 MiB quota, want 15 to 17", n)
+	}
+	fill(1000) // what is left, but for less than a small record
+	fill(1)
+	so, se, code := runBin(t, nil, "apps", "list", "--json", "--http", d.http, "--cluster-key-file", d.keyFile)
+	var list struct {
+		Apps []struct {
+			Name   string `json:"name"`
+			Stored struct {
+				Records, Bytes int64
+			} `json:"stored"`
+		} `json:"apps"`
+	}
+	if code != 0 || json.Unmarshal([]byte(so), &list) != nil || len(list.Apps) != 2 {
+		t.Fatalf("apps list --json: exit %d, %q %q", code, so, se)
+	}
+	if st := list.Apps[1].Stored; list.Apps[1].Name != "shop" || st.Bytes > 1<<20 || st.Bytes < 1<<20-1024 {
+		t.Errorf("apps list: %+v; want shop storing within 1 KiB under its 1 MiB quota", list.Apps[1])
+	}
+	for name, r := range map[string]reply{
+		"a new subject's session":       c.do("POST", "/v1/service/sessions", shop, map[string]any{"subject": "mallory"}),
+		"revoking a subject nobody has": c.do("DELETE", "/v1/service/subjects/never-seen/sessions", shop, nil),
+	} {
+		if r.status != 403 || !strings.Contains(string(r.body), `"quota_exceeded"`) {
+			t.Errorf("%s at the quota: %d %s; want 403 quota_exceeded", name, r.status, r.body)
+		}
+	}
+	if r := c.do("GET", "/v1/service/kv/fill60000-0", shop, nil); r.status != 200 {
+		t.Errorf("a read at the quota: %d %s", r.status, r.body)
+	}
+	if r := put(blog, "other", 60_000); r.status != 200 {
+		t.Errorf("another app's put: %d %s", r.status, r.body)
+	}
+
+	// A restart counts the same usage from the file.
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM", code)
+	}
+	d.start()
+	d.waitReady()
+	c = newClient(t, d)
+	if r := put(shop, "after-restart", 1000); r.status != 403 {
+		t.Errorf("a new key after a restart at the quota: %d %s; want 403", r.status, r.body)
+	}
+	// Deleting frees room.
+	for i := range 2 {
+		if r := c.do("DELETE", fmt.Sprintf("/v1/service/kv/fill60000-%d", i), shop, nil); r.status/100 != 2 {
+			t.Fatalf("delete at the quota: %d %s", r.status, r.body)
+		}
+	}
+	if r := put(shop, "after-delete", 60_000); r.status != 200 {
+		t.Errorf("a put after deleting two values: %d %s", r.status, r.body)
+	}
 }

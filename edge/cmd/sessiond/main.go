@@ -188,6 +188,7 @@ func newFlagSet() (*flag.FlagSet, *flags) {
 	fs.IntVar(&c.UnknownNamesPerUser, "unknown-names-per-user", c.UnknownNamesPerUser, "times a minute one user may name a user that does not exist (messages), cluster-wide; 0: 30")
 	fs.IntVar(&c.ServiceFailuresPerAddress, "service-failures-per-address", c.ServiceFailuresPerAddress, "requests to the service API with an API key that does not authenticate allowed per client address\nper minute, cluster-wide; 0: 60")
 	fs.IntVar(&c.ServiceRequestsPerApp, "service-requests-per-app", c.ServiceRequestsPerApp, "requests one app may make to the service API per minute, cluster-wide; 0: 600000")
+	fs.IntVar(&c.AppQuotaMiB, "app-quota", c.AppQuotaMiB, "`MiB` one app may store, cluster-wide (one copy): its key-value records, subjects and their\nsessions; past it, writes that add get 403 quota_exceeded; 0: 1024; negative: no bound")
 	fs.DurationVar(&c.CounterFlush, "counter-flush", c.CounterFlush, "how often a node sends its login and sign-up counts to its peers (bounds the cluster-wide overshoot); 0: 200ms")
 	fs.IntVar(&c.PasswordWorkers, "password-workers", c.PasswordWorkers, "argon2id password hashes (logins, sign-ups) run at once, `N`, each on one core; 0: max(1, GOMAXPROCS/2),\nso hashing takes at most half the CPUs and reads and writes keep the rest")
 	fs.IntVar(&c.PasswordQueue, "password-queue", c.PasswordQueue, "logins and sign-ups that may wait for a hashing worker, `N` (logins first); beyond it 503 unavailable\nwith Retry-After at once; 0: 32 per worker")

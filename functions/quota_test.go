@@ -1,0 +1,94 @@
+package functions
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// meter is a UsageMeter whose readings the test sets.
+type meter map[string]int64
+
+func (m meter) AppUsage(app string) Usage { return Usage{Bytes: m[app]} }
+
+// TestQuota: an app at its quota cannot add to what it stores — no new key-value key or
+// larger value, tombstone of a key not held, subject or session, no session data that
+// grows — but can always read, shrink and delete, revoke its known subjects, and another
+// app, or a registered user, is not held back.
+func TestQuota(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	used := meter{}
+	q := &Quota{Meter: used, Bytes: 100_000}
+	kv := &KV{Store: e.store, Lister: e.store, Clock: e.clock, Quota: q}
+	e.sessions.Quota = q
+	big := map[string]json.RawMessage{"v": json.RawMessage(`"` + strings.Repeat("x", 1000) + `"`)}
+	small := map[string]json.RawMessage{"v": json.RawMessage(`"x"`)}
+
+	// Below the quota everything works.
+	mustPut(t, kv, "shop", "cart", big, time.Hour)
+	alice, err := e.sessions.CreateForSubject(ctx, "shop", SubjectLogin{Subject: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, p := e.mustLogin(t, e.mustRegister(t, "bob", "correct horse").Username, "correct horse")
+
+	used["shop"] = q.Bytes - 10 // at the quota, bar ten bytes
+	for name, err := range map[string]error{
+		"a new key": func() error { _, err := kv.Put(ctx, "shop", "new", KVPut{Value: small, TTL: time.Hour}); return err }(),
+		"a value that grows": func() error {
+			_, err := kv.Patch(ctx, "shop", "cart", KVPatch{Set: map[string]json.RawMessage{"w": json.RawMessage(`"grown"`)}})
+			return err
+		}(),
+		"a tombstone of a key not held": kv.Delete(ctx, "shop", "never-written"),
+		"a new subject's session": func() error {
+			_, err := e.sessions.CreateForSubject(ctx, "shop", SubjectLogin{Subject: "mallory"})
+			return err
+		}(),
+		"another session of a known subject": func() error {
+			_, err := e.sessions.CreateForSubject(ctx, "shop", SubjectLogin{Subject: "alice"})
+			return err
+		}(),
+		"revoking a subject not held": e.sessions.RevokeSubject(ctx, "shop", "nobody-here"),
+		"session data that grows": func() error {
+			_, err := e.sessions.PatchServiceSession(ctx, "shop", alice.ID, DataPatch{Set: big})
+			return err
+		}(),
+	} {
+		if ErrorCode(err) != EQuotaExceeded {
+			t.Errorf("%s at the quota: %v, want %s", name, err, EQuotaExceeded)
+		}
+	}
+	if _, err := kv.Get(ctx, "shop", "new"); ErrorCode(err) != ENotFound {
+		t.Errorf("a refused put was stored: %v", err)
+	}
+	if s, err := e.sessions.ServiceSession(ctx, "shop", alice.ID); err != nil || len(s.Data) != 0 {
+		t.Errorf("a refused patch was stored: %+v, %v", s.Data, err)
+	}
+
+	// What adds nothing still works.
+	if _, err := kv.Put(ctx, "shop", "cart", KVPut{Value: small, TTL: time.Hour}); err != nil {
+		t.Errorf("a put that shrinks a value: %v", err)
+	}
+	if _, err := kv.Get(ctx, "shop", "cart"); err != nil {
+		t.Errorf("a read: %v", err)
+	}
+	if err := kv.Delete(ctx, "shop", "cart"); err != nil {
+		t.Errorf("deleting a key: %v", err)
+	}
+	if err := e.sessions.RevokeSubject(ctx, "shop", "alice"); err != nil {
+		t.Errorf("revoking a known subject: %v", err)
+	}
+	// Another app, and a registered user's session data, are not held back.
+	mustPut(t, kv, "blog", "new", big, time.Hour)
+	if _, err := e.sessions.PatchData(ctx, p, DataPatch{Set: big}); err != nil {
+		t.Errorf("a registered user's patch (%s): %v", user.ID, err)
+	}
+
+	// Without a quota, nothing is bounded.
+	used["shop"] = 1 << 40
+	kv.Quota, e.sessions.Quota = nil, nil
+	mustPut(t, kv, "shop", "unbounded", big, time.Hour)
+}

@@ -1,0 +1,87 @@
+package storage
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/sessiond/sessiond/crdt"
+)
+
+// TestAppUsage: an app's usage counts its key-value records and its subjects' user and
+// session records — their keys' and states' bytes — follows every write, expiry and
+// reopening, and counts nothing of another app's or of a registered user's. (Every
+// test's checkInvariants also compares the usage with a count from the file.)
+func TestAppUsage(t *testing.T) {
+	clk := newTestClock()
+	db := MustOpenDB(t, Options{Now: clk.Now})
+	ctx := context.Background()
+	subject := crdt.SubjectID("shop", "alice")
+	sess := "0abc1"
+	shopKeys := []string{crdt.KVKey("shop", "cart"), crdt.UserKey(subject), crdt.SessionKey(sess)}
+	merge(t, db, shopKeys[0], kvPut(db, map[string]string{"a": `"1"`}, clk.Now().Add(hour)))
+	merge(t, db, shopKeys[1], crdt.NewSubject("shop", "alice", db.Clock().Next()))
+	s := newSession(db, subject, 2*hour)
+	s.Merge(crdt.SessionApp("shop", crdt.Timestamp{}, db.Clock().Next()))
+	merge(t, db, shopKeys[2], s)
+	merge(t, db, crdt.KVKey("blog", "cart"), kvPut(db, map[string]string{"a": `"1"`}, clk.Now().Add(hour)))
+	merge(t, db, crdt.UserKey("u1"), newUser(db, "bob"))
+	merge(t, db, crdt.SessionKey("s1"), newSession(db, "u1", hour))
+
+	// want counts what db stores of keys, from their states as read back.
+	want := func(db *DB, keys ...string) AppUsage {
+		var u AppUsage
+		for _, k := range keys {
+			if m, ok := mustRecord(t, db, k); ok {
+				u.Records++
+				u.Bytes += int64(len(k) + len(m.AppendBinary(nil)))
+			}
+		}
+		return u
+	}
+	check := func(db *DB, what string) {
+		t.Helper()
+		if got, w := db.AppUsage("shop"), want(db, shopKeys...); got != w {
+			t.Errorf("%s: shop uses %+v, want %+v", what, got, w)
+		}
+		if got, w := db.AppUsage("blog"), want(db, crdt.KVKey("blog", "cart")); got != w {
+			t.Errorf("%s: blog uses %+v, want %+v", what, got, w)
+		}
+	}
+	check(db, "written")
+	if u := db.AppUsage("shop"); u.Records != 3 || u.Bytes < 100 {
+		t.Fatalf("shop uses %+v, want its three records", u)
+	}
+	if u := db.AppUsage("nobody"); u != (AppUsage{}) {
+		t.Errorf("an app with nothing stored uses %+v", u)
+	}
+
+	// A write that grows a record grows the usage by as much.
+	before := db.AppUsage("shop")
+	merge(t, db, shopKeys[0], crdt.KVPatch(map[string][]byte{"b": []byte(`"` + strings.Repeat("x", 40) + `"`)}, nil, clk.Now().Add(hour), db.Clock().Next()))
+	if after := db.AppUsage("shop"); after.Records != before.Records || after.Bytes <= before.Bytes+40 {
+		t.Errorf("after a patch of 40 bytes: %+v, before %+v", after, before)
+	}
+	check(db, "patched")
+
+	db = mustReopen(t, db, Options{Now: clk.Now})
+	check(db, "reopened")
+
+	// Expiry takes the key-value records away, then the session.
+	clk.Add(hour)
+	if _, err := db.Sweep(ctx, clk.Now()); err != nil {
+		t.Fatal(err)
+	}
+	check(db, "an hour on")
+	if u := db.AppUsage("blog"); u != (AppUsage{}) {
+		t.Errorf("blog after its only key expired: %+v", u)
+	}
+	clk.Add(2 * hour)
+	if _, err := db.Sweep(ctx, clk.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if u := db.AppUsage("shop"); u.Records != 1 {
+		t.Errorf("shop after its key and session expired: %+v, want its subject's record alone", u)
+	}
+	check(db, "three hours on")
+}
