@@ -66,7 +66,7 @@ func TestAppEnds(t *testing.T) {
 	until := crdt.Timestamp{Wall: 100, Node: 1}
 	session := func(app string, created, seen crdt.Timestamp) crdt.Session {
 		m := crdt.NewSession("u", time.Unix(0, 1000), time.Hour, created)
-		m.Merge(crdt.SessionApp(app, seen, created))
+		m.Merge(crdt.SessionApp(app, seen, false, created))
 		return crdt.ReadSessionMeta("s", &m)
 	}
 	var ended crdt.Map

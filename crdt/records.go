@@ -256,6 +256,9 @@ const (
 	// FieldAppSeenUntil (FWW) is the app's sessions_until timestamp that the creating
 	// node held, encoded; absent when it held none. See App.Ends.
 	FieldAppSeenUntil = "app_seen_until"
+	// FieldSubjectWrites (FWW, set at creation) marks a subject's session whose data its
+	// own token may write; absent, only the app writes it (through the service API).
+	FieldSubjectWrites = "subject_writes"
 	DataPrefix        = "d/" // d/<key> LWW: session data, a JSON value
 )
 
@@ -278,6 +281,8 @@ type Session struct {
 	App       string // the app whose subject owns it; "" for a registered user's
 	// AppSeenUntil is the app's App.SessionsUntil that the creating node held.
 	AppSeenUntil Timestamp
+	// SubjectWrites: the session's own token may write its data (FieldSubjectWrites).
+	SubjectWrites bool
 	Origin       Origin            // set by ReadSession, not ReadSessionMeta
 	Data         map[string][]byte // live data keys; values alias the Map
 }
@@ -430,18 +435,23 @@ func readSessionMeta(m *Map) Session {
 		if v, ok := m.Get(FieldAppSeenUntil); ok {
 			s.AppSeenUntil, _ = DecodeTimestamp(v)
 		}
+		_, s.SubjectWrites = m.Get(FieldSubjectWrites)
 	}
 	return s
 }
 
 // SessionApp returns the update, merged into a new session's record at its creation ts,
-// that records the app whose subject owns it, and the app's sessions_until the creating
-// node held (appUntil; not recorded when zero).
-func SessionApp(app string, appUntil, ts Timestamp) Map {
+// that records the app whose subject owns it, the app's sessions_until the creating node
+// held (appUntil; not recorded when zero), and whether the subject's own token may write
+// the session's data.
+func SessionApp(app string, appUntil Timestamp, subjectWrites bool, ts Timestamp) Map {
 	var m Map
 	m.Claim(FieldSessionApp, []byte(app), ts)
 	if !appUntil.IsZero() {
 		m.Claim(FieldAppSeenUntil, appUntil.AppendBinary(nil), ts)
+	}
+	if subjectWrites {
+		m.Claim(FieldSubjectWrites, []byte{1}, ts)
 	}
 	return m
 }

@@ -23,7 +23,7 @@ import (
 func (n *Node) adminAuth(c *fiber.Ctx) error {
 	auth := c.Get(fiber.HeaderAuthorization)
 	if _, ok := bearerToken(auth); ok {
-		return functions.Errorf(codeForbidden, "a bearer token (a session token or an API key) does not open the admin routes: they take a request signed with the cluster key (%s)", adminauth.Scheme)
+		return functions.Errorf(functions.EForbidden, "a bearer token (a session token or an API key) does not open the admin routes: they take a request signed with the cluster key (%s)", adminauth.Scheme)
 	}
 	// The body as sent: c.Body() would inflate a compressed one, with no bound, before
 	// the request is authenticated (decodeJSON refuses compressed bodies anyway). The

@@ -31,14 +31,13 @@ var statusOf = map[string]int{
 	functions.EInternal:         fiber.StatusInternalServerError,
 	codeUnsupportedMediaType:    fiber.StatusUnsupportedMediaType,
 	codeHeaderTooLarge:          fiber.StatusRequestHeaderFieldsTooLarge,
-	codeForbidden:               fiber.StatusForbidden,
+	functions.EForbidden:        fiber.StatusForbidden,
 }
 
 // Codes of refusals that only the HTTP layer makes; functions never returns them.
 const (
 	codeUnsupportedMediaType = api.CodeUnsupportedMediaType // a body that is not application/json
 	codeHeaderTooLarge       = api.CodeHeaderTooLarge       // a header block over maxHeaderBytes
-	codeForbidden            = api.CodeForbidden            // a user's token on an admin route (admin.go)
 )
 
 // fiberCodes maps errors Fiber raises itself (routing, body and header limits, the UI's

@@ -214,7 +214,7 @@ func (n *Node) auth(c *fiber.Ctx) error {
 	}
 	if err != nil {
 		if raw, ok := bearerToken(c.Get(fiber.HeaderAuthorization)); ok && functions.IsAPIKey(raw) {
-			return functions.Errorf(codeForbidden, "an API key opens only the service routes (/v1/service/)")
+			return functions.Errorf(functions.EForbidden, "an API key opens only the service routes (/v1/service/)")
 		}
 		return functions.Errorf(functions.EUnauthorized, "invalid or expired token")
 	}
@@ -237,7 +237,7 @@ func (n *Node) auth(c *fiber.Ctx) error {
 	if p.App != "" && !strings.HasPrefix(c.Route().Path, "/v1/sessions") {
 		// A session an app made for its subject (service.go) is a session, not an
 		// account: it has no profile, messages or cluster view, and cannot be erased.
-		return functions.Errorf(codeForbidden, "a session an app created for its subject opens only the session routes (/v1/sessions…)")
+		return functions.Errorf(functions.EForbidden, "a session an app created for its subject opens only the session routes (/v1/sessions…)")
 	}
 	if rc := requestIn(c.UserContext()); rc != nil {
 		rc.principal, rc.authenticated = p, true // pooled: no allocation, unlike Locals

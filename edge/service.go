@@ -101,7 +101,7 @@ func (n *Node) authenticateApp(c *fiber.Ctx, patient bool) (string, error) {
 			return "", functions.Errorf(functions.EUnauthorized, "not an API key: they begin %q", functions.APIKeyPrefix)
 		}
 		if _, err := n.tokens.verify(raw); err == nil || errors.Is(err, errTokenAhead) {
-			return "", functions.Errorf(codeForbidden, "a session token does not open the service routes: they take an app's API key (sessiond apps create)")
+			return "", functions.Errorf(functions.EForbidden, "a session token does not open the service routes: they take an app's API key (sessiond apps create)")
 		}
 		return "", functions.Errorf(functions.EUnauthorized, "not an API key: they begin %q", functions.APIKeyPrefix)
 	}
@@ -260,7 +260,7 @@ func (n *Node) createServiceSession(c *fiber.Ctx) error {
 		data[k] = compactJSON(v)
 	}
 	s, err := n.sessions.CreateForSubject(c.UserContext(), serviceApp(c), functions.SubjectLogin{
-		Subject: req.Subject, Data: data, TTL: ttl, IdleTTL: idle, Origin: n.serviceOrigin(),
+		Subject: req.Subject, Data: data, TTL: ttl, IdleTTL: idle, SubjectWrites: req.SubjectWrites, Origin: n.serviceOrigin(),
 	})
 	if err != nil {
 		return err

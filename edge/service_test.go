@@ -373,9 +373,23 @@ func TestService_Sessions(t *testing.T) {
 		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"subject":"auth0|alice/1 é"`) {
 			t.Fatalf("GET current with the subject's token: %d %s", resp.StatusCode, body)
 		}
-		resp, body = c.do("PATCH", "/v1/sessions/current", created.Token, map[string]any{"data": map[string]any{"theme": "dark"}})
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("PATCH current with the subject's token: %d %s", resp.StatusCode, body)
+		// The session's data is the app's: the subject's own token cannot write it
+		// (outside review: a browser rewrote the role its app's backend had stored)…
+		resp, body = c.do("PATCH", "/v1/sessions/current", created.Token, map[string]any{"data": map[string]any{"role": "admin"}})
+		wantError(t, resp, body, 403, "forbidden")
+		resp, body = c.do("GET", sid, shop, nil)
+		if resp.StatusCode != http.StatusOK || strings.Contains(string(body), "admin") {
+			t.Errorf("the app reads its session after the subject's refused patch: %d %s", resp.StatusCode, body)
+		}
+		// … unless the app lets it, when it creates the session.
+		resp, body = c.do("POST", "/v1/service/sessions", shop, map[string]any{"subject": "bob", "subject_writes": true})
+		var writable api.ServiceSessionResponse
+		if resp.StatusCode != http.StatusCreated || json.Unmarshal(body, &writable) != nil {
+			t.Fatalf("create a session with subject_writes: %d %s", resp.StatusCode, body)
+		}
+		resp, body = c.do("PATCH", "/v1/sessions/current", writable.Token, map[string]any{"data": map[string]any{"theme": "dark"}})
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"theme":"dark"`) {
+			t.Fatalf("PATCH current with the token of a session with subject_writes: %d %s", resp.StatusCode, body)
 		}
 		for _, r := range [][2]string{{"GET", "/v1/users/me"}, {"DELETE", "/v1/users/me"}, {"GET", "/v1/conversations"}, {"GET", "/v1/cluster"}, {"GET", "/v1/users/me/export"}} {
 			resp, body := c.do(r[0], r[1], created.Token, nil)
@@ -386,7 +400,7 @@ func TestService_Sessions(t *testing.T) {
 	})
 	t.Run("Read", func(t *testing.T) {
 		resp, body := c.do("GET", sid, shop, nil)
-		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"theme":"dark"`) {
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"cart":[1,2]`) {
 			t.Fatalf("GET %s: %d %s", sid, resp.StatusCode, body)
 		}
 		if resp.Header.Get(headerBookmark) == "" {

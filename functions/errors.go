@@ -12,6 +12,7 @@ import (
 const (
 	EInvalid          = api.CodeInvalidArgument
 	EUnauthorized     = api.CodeUnauthorized
+	EForbidden        = api.CodeForbidden // a credential on what it does not open
 	ENotFound         = api.CodeNotFound
 	EUsernameTaken    = api.CodeUsernameTaken
 	EUsernameConflict = api.CodeUsernameConflict

@@ -40,7 +40,11 @@ type SubjectLogin struct {
 	// IdleTTL is how long the session may go unused, MinServiceTTL to TTL; 0: the
 	// node's, at most TTL.
 	IdleTTL time.Duration
-	Origin  crdt.Origin
+	// SubjectWrites lets the session's own token write its data (PATCH
+	// /v1/sessions/current); otherwise only the app writes it (PatchServiceSession), so
+	// that what the app stores there can be trusted as the app's.
+	SubjectWrites bool
+	Origin        crdt.Origin
 }
 
 // ValidSubject checks a subject: 1 to MaxSubject bytes of UTF-8 without control
@@ -100,7 +104,7 @@ func (s *Sessions) CreateForSubject(ctx context.Context, app string, req Subject
 			return Session{}, errSubjectClash
 		}
 	}
-	return s.create(ctx, u, newSession{origin: req.Origin, ttl: ttl, idle: idle, app: app, data: req.Data})
+	return s.create(ctx, u, newSession{origin: req.Origin, ttl: ttl, idle: idle, app: app, data: req.Data, subjectWrites: req.SubjectWrites})
 }
 
 // appSession returns the records of session id and its user, when the session is
@@ -146,7 +150,7 @@ func (s *Sessions) PatchServiceSession(ctx context.Context, app, id string, patc
 	if err != nil {
 		return Session{}, err
 	}
-	return s.PatchData(ctx, Principal{UserID: l.user.ID, SessionID: id, App: app, loaded: l, hasLoaded: true}, patch)
+	return s.patchData(ctx, Principal{UserID: l.user.ID, SessionID: id, App: app, loaded: l, hasLoaded: true}, patch, true)
 }
 
 // RevokeServiceSession revokes session id of one of app's subjects.

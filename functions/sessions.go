@@ -186,8 +186,9 @@ type newSession struct {
 	ttl, idle time.Duration
 	// For a subject of an app (CreateForSubject): the app, whose subject's record create
 	// writes when this node holds none, and the session's first data (validated).
-	app  string
-	data map[string]json.RawMessage
+	app           string
+	data          map[string]json.RawMessage
+	subjectWrites bool // crdt.FieldSubjectWrites
 }
 
 // create creates a session of user u. Over MaxSessionsPerUser, the oldest is revoked.
@@ -234,7 +235,7 @@ func (s *Sessions) create(ctx context.Context, u crdt.User, ns newSession) (Sess
 			if err != nil {
 				return err
 			}
-			rec.Merge(crdt.SessionApp(ns.app, crdt.ReadAppSessionsEnd(ns.app, &am).SessionsUntil, ts))
+			rec.Merge(crdt.SessionApp(ns.app, crdt.ReadAppSessionsEnd(ns.app, &am).SessionsUntil, ns.subjectWrites, ts))
 		}
 		for k, v := range ns.data {
 			rec.Set(crdt.DataPrefix+k, v, ts)
@@ -451,16 +452,28 @@ func (s *Sessions) Current(ctx context.Context, p Principal) (Session, error) {
 
 // PatchData merges patch into the caller's session data: each key is a last-writer-wins
 // register, so concurrent edits of different keys both survive. The result must stay within
-// MaxDataKeys keys and MaxSessionData bytes, else ETooLarge and nothing changes.
+// MaxDataKeys keys and MaxSessionData bytes, else ETooLarge and nothing changes. A
+// session an app created for its subject is EForbidden, unless it was created with
+// SubjectWrites: its data is the app's to write.
 func (s *Sessions) PatchData(ctx context.Context, p Principal, patch DataPatch) (Session, error) {
-	if len(patch.Set)+len(patch.Delete) == 0 {
-		return s.Current(ctx, p)
-	}
-	if err := validPatch(patch); err != nil {
-		return Session{}, err
-	}
+	return s.patchData(ctx, p, patch, false)
+}
+
+var errSubjectWrites = Errorf(EForbidden, "this session's data is written by the app that created it (the service API), not with its token; the app may allow it when it creates the session (subject_writes)")
+
+// patchData is PatchData; byApp: the app patches its subject's session.
+func (s *Sessions) patchData(ctx context.Context, p Principal, patch DataPatch, byApp bool) (Session, error) {
 	l, err := s.records(ctx, p)
 	if err != nil {
+		return Session{}, err
+	}
+	if len(patch.Set)+len(patch.Delete) == 0 {
+		return sessionOfRecord(l.meta, &l.session, l.user), nil
+	}
+	if l.meta.App != "" && !byApp && !l.meta.SubjectWrites {
+		return Session{}, errSubjectWrites
+	}
+	if err := validPatch(patch); err != nil {
 		return Session{}, err
 	}
 	key := crdt.SessionKey(p.SessionID) // p itself in the closure would move to the heap

@@ -22,7 +22,7 @@ func TestAppUsage(t *testing.T) {
 	merge(t, db, shopKeys[0], kvPut(db, map[string]string{"a": `"1"`}, clk.Now().Add(hour)))
 	merge(t, db, shopKeys[1], crdt.NewSubject("shop", "alice", db.Clock().Next()))
 	s := newSession(db, subject, 2*hour)
-	s.Merge(crdt.SessionApp("shop", crdt.Timestamp{}, db.Clock().Next()))
+	s.Merge(crdt.SessionApp("shop", crdt.Timestamp{}, false, db.Clock().Next()))
 	merge(t, db, shopKeys[2], s)
 	merge(t, db, crdt.KVKey("blog", "cart"), kvPut(db, map[string]string{"a": `"1"`}, clk.Now().Add(hour)))
 	merge(t, db, crdt.UserKey("u1"), newUser(db, "bob"))

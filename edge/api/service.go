@@ -17,6 +17,9 @@ type CreateServiceSessionRequest struct {
 	Data    map[string]json.RawMessage `json:"data,omitempty"`
 	TTL     int64                      `json:"ttl,omitempty"`
 	IdleTTL int64                      `json:"idle_ttl,omitempty"`
+	// SubjectWrites lets the session's own token write its data (PATCH
+	// /v1/sessions/current); by default only the app writes it.
+	SubjectWrites bool `json:"subject_writes,omitempty"`
 }
 
 // ServiceSessionResponse is the body of POST /v1/service/sessions (201): the new session
