@@ -43,7 +43,6 @@ package gorillastore
 
 import (
 	"bytes"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/gob"
 	"encoding/json"
@@ -163,7 +162,7 @@ func (s *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	if err := securecookie.DecodeMulti(name, cookie.Value, &id, s.Codecs...); err != nil {
 		return session, err
 	}
-	if !validID(id) {
+	if !client.IsRandomID(id) {
 		return session, nil
 	}
 	prefix, err := s.prefix()
@@ -201,7 +200,7 @@ func (s *Store) Save(r *http.Request, w http.ResponseWriter, session *sessions.S
 		return err
 	}
 	if session.Options.MaxAge < 0 {
-		if validID(session.ID) {
+		if client.IsRandomID(session.ID) {
 			s.bases.drop(session)
 			if err := s.c.KVDelete(r.Context(), prefix+session.ID); err != nil {
 				return err
@@ -216,8 +215,8 @@ func (s *Store) Save(r *http.Request, w http.ResponseWriter, session *sessions.S
 	}
 	ttl := s.ttl(session.Options.MaxAge)
 	if session.ID == "" {
-		session.ID = newID()
-	} else if !validID(session.ID) {
+		session.ID = client.RandomID()
+	} else if !client.IsRandomID(session.ID) {
 		return fmt.Errorf("gorillastore: session ID %q: want one the store made (%d characters of base64url), or none", session.ID, idLen)
 	}
 	stored, err := s.store(r, session, prefix+session.ID, fields, ttl)
@@ -298,13 +297,6 @@ func keepUnchanged(base, fields map[string]json.RawMessage) {
 	}
 }
 
-// newID returns a fresh session id: 256 random bits, base64url (43 characters).
-func newID() string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b) // never fails (crypto/rand crashes the program instead)
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
 // box carries a value through gob: an interface field, so the value's concrete type
 // travels with it (types other than the basic ones must be gob.Register'ed).
 type box struct{ V any }
@@ -361,7 +353,7 @@ func encodeValues(values map[any]any) (map[string]json.RawMessage, error) {
 func fieldName(k any) (string, error) {
 	var name string
 	if str, ok := k.(string); ok {
-		if !utf8.ValidString(str) || !printable(str) {
+		if !utf8.ValidString(str) || !client.PrintableFieldName(str) {
 			return "", fmt.Errorf("gorillastore: session key %q: want printable UTF-8 (no control or format characters)", str)
 		}
 		name = stringKeyPrefix + str

@@ -104,8 +104,8 @@ func New(c *client.ServiceClient) *Store {
 // for the 43 of a token). The store owns every key under prefix: the app must keep none
 // of its own there. It returns an error naming what is wrong with prefix.
 func NewWithPrefix(c *client.ServiceClient, prefix string) (*Store, error) {
-	if err := validPrefix(prefix); err != nil {
-		return nil, err
+	if err := client.ValidKeyPrefix(prefix); err != nil {
+		return nil, fmt.Errorf("scsstore: %w", err)
 	}
 	return newPrefixed(c, prefix), nil
 }
@@ -120,7 +120,7 @@ func newPrefixed(c *client.ServiceClient, prefix string) *Store {
 // key returns the key the session of token is kept under, or false when token is not of
 // the shape scs makes, and so names no session of the store's.
 func (s *Store) key(token string) (string, bool) {
-	if !validToken(token) {
+	if !client.IsRandomID(token) {
 		return "", false
 	}
 	return s.prefix + token, true
@@ -245,7 +245,7 @@ func (s *Store) AllCtx(ctx context.Context) (map[string][]byte, error) {
 		}
 		for _, it := range page.Items {
 			token, ok := strings.CutPrefix(it.Key, s.prefix)
-			if !ok || !validToken(token) {
+			if !ok || !client.IsRandomID(token) {
 				continue
 			}
 			b, err := encodeFields(it.Value)

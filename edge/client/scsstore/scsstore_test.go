@@ -272,38 +272,13 @@ func TestStoreForeignKeys(t *testing.T) {
 	}
 }
 
-func TestValidToken(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		token string
-		want  bool
-	}{
-		{"OK", newToken(), true},
-		{"OKHashed", "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU", true}, // SHA-256 of "", as HashTokenInStore
-		{"ErrEmpty", "", false},
-		{"ErrName", "feature-flags", false},
-		{"ErrShort", newToken()[:42], false},
-		{"ErrLong", newToken() + "A", false},
-		{"ErrPadded", newToken() + "=", false},
-		{"ErrStdAlphabet", "+" + newToken()[1:], false},
-		{"ErrSlash", "/" + newToken()[1:], false},
-		{"ErrDot", "." + newToken()[1:], false},
-		{"ErrNewline", "\n" + newToken()[1:], false},
-		{"ErrNonCanonical", "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFV", false}, // last 2 bits set
-	} {
-		if got := validToken(tc.token); got != tc.want {
-			t.Errorf("%s: validToken(%q)=%v, want %v", tc.name, tc.token, got, tc.want)
-		}
-	}
-}
-
 func TestNewWithPrefix(t *testing.T) {
-	for _, prefix := range []string{"s:", "a", "app.sessions@eu+1=~_-:", strings.Repeat("p", maxPrefix)} {
+	for _, prefix := range []string{"s:", "a", "app.sessions@eu+1=~_-:", strings.Repeat("p", client.MaxKeyPrefix)} {
 		if _, err := NewWithPrefix(nil, prefix); err != nil {
 			t.Errorf("NewWithPrefix(%q): %v", prefix, err)
 		}
 	}
-	for _, prefix := range []string{"", "a/b", "a b", "é:", "a%3A", strings.Repeat("p", maxPrefix+1)} {
+	for _, prefix := range []string{"", "a/b", "a b", "é:", "a%3A", strings.Repeat("p", client.MaxKeyPrefix+1)} {
 		if _, err := NewWithPrefix(nil, prefix); err == nil {
 			t.Errorf("NewWithPrefix(%q) succeeded", prefix)
 		}
@@ -712,7 +687,7 @@ func TestAppSessions(t *testing.T) {
 	}
 	u, _ := url.Parse(a.srv.URL)
 	cookies := jar.Cookies(u)
-	if len(cookies) != 1 || !validToken(cookies[0].Value) {
+	if len(cookies) != 1 || !client.IsRandomID(cookies[0].Value) {
 		t.Fatalf("cookies %v, want one token", cookies)
 	}
 	token := cookies[0].Value
