@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -223,6 +224,25 @@ func (db *DB) checkpoint() error {
 	db.hwm, db.hwmCkp = tx.Size(), tx.Size()
 	db.mapLow = max(db.mapLow, bboltMapSize(tx.Size()+int64(ps)))
 	return nil
+}
+
+// dropLog makes the file durable as it is and removes the log, for Close: a file closed
+// cleanly needs no log (Open opens a file without one as it is), and a file moved in
+// beside the stopped node's data (a backup restored elsewhere) then meets no stale log,
+// whose checkpoint Open would otherwise write over it. A crash before the removal
+// leaves the log, which Open replays onto the synced file to the same state.
+func (db *DB) dropLog() error {
+	if err := db.bolt.Sync(); err != nil {
+		return fmt.Errorf("sync data file: %w", err)
+	}
+	if db.wal != nil {
+		_ = db.wal.f.Close()
+		db.wal = nil
+	}
+	if err := os.Remove(db.path + walSuffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove write-ahead log: %w", err)
+	}
+	return syncDir(filepath.Dir(db.path))
 }
 
 // openDataFile opens and locks the data file at path and brings it back to the state of

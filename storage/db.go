@@ -389,11 +389,10 @@ func (db *DB) Close() error {
 		close(db.reqs)
 		db.mu.Unlock()
 		<-db.stopped
-		// The committer has stopped: Close owns the log now. The last checkpoint leaves
-		// an empty log, so the next Open replays nothing.
+		// The committer has stopped: Close owns the log now.
 		err := db.failed
 		if err == nil {
-			err = db.checkpoint()
+			err = db.dropLog()
 		}
 		db.anchor.close()
 		if db.wal != nil {

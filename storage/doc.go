@@ -25,8 +25,9 @@
 // digest and the counters are updated when a write is acknowledged, so reads served from
 // them wait for nothing.
 //
-// When the log passes Options.WALLimit, and on Close, the committer checkpoints: it syncs
-// the bbolt file and starts a new, empty log. Open restores the file to its last
+// When the log passes Options.WALLimit the committer checkpoints: it syncs the bbolt
+// file and starts a new, empty log; Close syncs the file and removes the log, which a
+// file closed cleanly does not need. Open restores the file to its last
 // checkpoint and replays the log on top, so a crash at any point, a power loss included,
 // leaves a consistent file with every acknowledged write. checkpoint.go explains why
 // committing with bbolt's NoSync cannot corrupt the file: until the next checkpoint a
@@ -43,10 +44,13 @@
 //   - path + "-wal": the write-ahead log. It is part of the data: copy, move or delete
 //     it with the file, never apart from it. Opening a file without its log after a
 //     crash may open a corrupt file or lose acknowledged writes; a log whose data file
-//     is missing or empty is deleted by Open (the file was wiped). A file restored from
-//     a Backup goes in without the old log; Open refuses a file whose meta pages are
-//     older than the log's checkpoint, which is what a backup beside a newer log looks
-//     like (a backup taken after the checkpoint cannot be told apart: remove the log).
+//     is missing or empty is deleted by Open (the file was wiped). Close removes the
+//     log, so a data directory whose node stopped cleanly holds none, and a file put in
+//     place of its data file opens as it is. A node that crashed leaves its log: a file
+//     restored from a Backup must go in without it; Open refuses a file whose meta pages
+//     are older than the log's checkpoint, which is what a backup beside a newer log
+//     looks like (a backup taken after the checkpoint cannot be told apart: remove the
+//     log).
 //   - path + "-wal.tmp": the next log while a checkpoint writes it; Open deletes it.
 //
 // The log's format, version 1, all integers big-endian, checksums CRC-32C:

@@ -476,10 +476,12 @@ func TestFileBounded(t *testing.T) {
 	t.Logf("data file %d MiB, %d checkpoints", st.Size()>>20, db.epoch-1)
 }
 
-// TestWALOtherFile: a backup put in place of the data file without removing the log is
-// refused, not overwritten with the log's checkpoint; without the log it opens.
+// TestWALOtherFile: a backup put in place of the data file of a node that crashed,
+// without removing the log, is refused, not overwritten with the log's checkpoint;
+// without the log it opens. A node stopped cleanly leaves no log (Close), so a backup
+// put in its place opens as it is.
 func TestWALOtherFile(t *testing.T) {
-	db := MustOpenDB(t)
+	db := MustOpenDB(t, Options{WALLimit: 1}) // a checkpoint after every commit
 	merge(t, db, crdt.UserKey("u1"), newUser(db, "alice"))
 	var backup bytes.Buffer
 	if _, err := db.Backup(&backup, nil); err != nil {
@@ -490,14 +492,21 @@ func TestWALOtherFile(t *testing.T) {
 		merge(t, db, crdt.UserKey(fmt.Sprintf("u%d", i+2)), newUser(db, fmt.Sprintf("n%d", i)))
 	}
 	checkReplay(t, db)
+	crashed := mustRead(t, db.Path()+walSuffix) // the log a crash would have left
 	ps := db.bolt.Info().PageSize
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(db.Path() + walSuffix); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a log after Close: %v", err)
 	}
 	if tx, ok := newestTxid(mustRead(t, db.Path())[:2*ps], ps); !ok || tx < 5 {
 		t.Fatalf("newest transaction %d (valid %v), want at least 5", tx, ok)
 	}
 	if err := os.WriteFile(db.Path(), backup.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(db.Path()+walSuffix, crashed, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if db2, err := Open(db.Path(), Options{Logger: testLogger(t)}); err == nil {
