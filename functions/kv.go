@@ -324,8 +324,8 @@ func (k *KV) Delete(ctx context.Context, app, key string) error {
 		before := storedSize(rk, &cur, had)
 		ts := k.Clock.Next()
 		merged, err := tx.Merge(rk, crdt.KVDelete(ts.Time().Add(KVTombstoneGrace), ts))
-		if err != nil {
-			return err
+		if err != nil || had {
+			return err // deleting a stored key always works, even if its tombstone is larger
 		}
 		// A tombstone of a key not held here adds a record: bounded like any other.
 		return k.Quota.allows(app, storedSize(rk, &merged, true)-before)

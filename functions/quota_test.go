@@ -68,7 +68,14 @@ func TestQuota(t *testing.T) {
 		t.Errorf("a refused patch was stored: %+v, %v", s.Data, err)
 	}
 
-	// What adds nothing still works.
+	// What adds nothing still works, and so does deleting a stored key whose tombstone
+	// is larger than its value.
+	mustPut(t, kv, "blog", "empty", map[string]json.RawMessage{}, time.Hour)
+	used["blog"] = q.Bytes
+	if err := kv.Delete(ctx, "blog", "empty"); err != nil {
+		t.Errorf("deleting a stored key with an empty value at the quota: %v", err)
+	}
+	used["blog"] = 0
 	if _, err := kv.Put(ctx, "shop", "cart", KVPut{Value: small, TTL: time.Hour}); err != nil {
 		t.Errorf("a put that shrinks a value: %v", err)
 	}

@@ -194,21 +194,13 @@ func (s *Sessions) SubjectSessions(ctx context.Context, app, subject string) ([]
 	if err != nil || !ok {
 		return []Session{}, err
 	}
-	all, err := s.Store.UserSessions(ctx, u.ID)
+	live, err := s.liveSessions(ctx, u)
 	if err != nil {
 		return nil, err
 	}
-	ended := func(crdt.Session) bool { return false }
-	if m, ok, err := s.Store.Record(ctx, crdt.AppKey(app)); err != nil {
-		return nil, err
-	} else if ok {
-		ended = crdt.ReadAppSessionsEnd(app, &m).Ends
-	}
 	out := []Session{}
-	for _, ss := range activeSessions(all, u, s.Clock.PhysicalNow()) {
-		if !ended(ss) {
-			out = append(out, sessionOf(ss, u))
-		}
+	for _, ss := range live {
+		out = append(out, sessionOf(ss, u))
 	}
 	return out, nil
 }

@@ -331,6 +331,13 @@ func TestEndAppSessions(t *testing.T) {
 			if err != nil || len(list) != 1 || list[0].ID != fresh.ID {
 				t.Errorf("alice's sessions after the end: %+v, %v; want only the new one", list, err)
 			}
+			p, err := e.sessions.AuthenticateToken(ctx, fresh.UserID, fresh.ID, 0, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if own, err := e.sessions.List(ctx, p); err != nil || len(own) != 1 || own[0].ID != fresh.ID {
+				t.Errorf("alice's own list after the end: %+v, %v; want only the new one", own, err)
+			}
 		})
 	}
 	e := newTestEnv(t)

@@ -626,17 +626,36 @@ func (s *Sessions) List(ctx context.Context, p Principal) ([]Session, error) {
 		return nil, err
 	}
 	u := l.user
-	all, err := s.Store.UserSessions(ctx, p.UserID)
+	live, err := s.liveSessions(ctx, u)
 	if err != nil {
 		return nil, err
 	}
 	out := []Session{}
-	for _, ss := range activeSessions(all, u, s.Clock.PhysicalNow()) {
+	for _, ss := range live {
 		v := sessionOf(ss, u)
 		v.Current = ss.ID == p.SessionID
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// liveSessions returns u's sessions held here that are usable now, newest first:
+// activeSessions, less, for a subject, those its app ended (crdt.App.Ends).
+func (s *Sessions) liveSessions(ctx context.Context, u crdt.User) ([]crdt.Session, error) {
+	all, err := s.Store.UserSessions(ctx, u.ID)
+	if err != nil {
+		return nil, err
+	}
+	live := activeSessions(all, u, s.Clock.PhysicalNow())
+	if u.App == "" {
+		return live, nil
+	}
+	m, ok, err := s.Store.Record(ctx, crdt.AppKey(u.App))
+	if err != nil || !ok {
+		return live, err
+	}
+	app := crdt.ReadAppSessionsEnd(u.App, &m)
+	return slices.DeleteFunc(live, app.Ends), nil
 }
 
 // Renew replaces the caller's token: it raises the session's token generation past the

@@ -84,6 +84,18 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 		method, path string
 		body         []byte
 	)
+	if sub != "rotate" {
+		var misplaced string
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "grace" || f.Name == "end-sessions" {
+				misplaced = f.Name
+			}
+		})
+		if misplaced != "" {
+			fmt.Fprintf(stderr, "sessiond apps %s: --%s applies to rotate only (to end an app's sessions without a rotation: sessiond apps end-sessions NAME)\n", sub, misplaced)
+			return 2
+		}
+	}
 	named := sub == "create" || sub == "revoke" || sub == "rotate" || sub == "end-sessions"
 	if named && len(pos) == 1 {
 		if err := functions.ValidAppName(pos[0]); err != nil {

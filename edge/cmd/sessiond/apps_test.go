@@ -227,6 +227,8 @@ func TestAppsCLI(t *testing.T) {
 			err  string
 		}{
 			{[]string{"end-sessions", "nobody"}, 1, "404 not_found"},
+			{[]string{"revoke", "leaky", "--end-sessions"}, 2, "applies to rotate only"},
+			{[]string{"end-sessions", "leaky", "--grace", "0s"}, 2, "applies to rotate only"},
 			{[]string{"end-sessions"}, 2, "one NAME"},
 		} {
 			args := append([]string{"apps"}, tc.args...)
