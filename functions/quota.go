@@ -1,6 +1,10 @@
 package functions
 
-import "github.com/sessiond/sessiond/crdt"
+import (
+	"sync"
+
+	"github.com/sessiond/sessiond/crdt"
+)
 
 // Quotas. Every record an app writes is bounded (a key-value value, a session's data),
 // and so is how fast it writes (the service API's requests per app), but not how much it
@@ -11,7 +15,9 @@ import "github.com/sessiond/sessiond/crdt"
 // or session data that grows) is refused with EQuotaExceeded once the app is at its
 // quota, while writes that shrink or delete, and reads, always work. Nodes decide on
 // what they hold, so concurrent writes through several nodes may overshoot the quota by
-// what they write before they hear of each other.
+// what they write before they hear of each other. Within a node, the growth of writes
+// not yet committed counts too (a claim): the usage the Meter reports moves only when a
+// group commit does, and one group commit may carry many writes.
 
 // Usage is what an app's records take across the cluster: how many, and their bytes.
 type Usage struct {
@@ -25,22 +31,83 @@ type UsageMeter interface {
 	AppUsage(app string) Usage
 }
 
-// Quota bounds the bytes one app stores. A nil Quota, or one with Bytes 0, bounds nothing.
+// Quota bounds the bytes one app stores. A nil Quota, or one with Bytes 0, bounds
+// nothing. Safe for concurrent use.
 type Quota struct {
 	Meter UsageMeter
 	Bytes int64
+
+	mu      sync.Mutex
+	pending map[string]int64 // app → growth claimed by writes not yet committed
 }
 
-// allows returns nil if app may store growth more bytes, else EQuotaExceeded. Growth of
-// zero or less (a write that adds nothing) is always allowed.
-func (q *Quota) allows(app string, growth int64) error {
-	if q == nil || q.Bytes <= 0 || q.Meter == nil || growth <= 0 {
+func (q *Quota) active() bool { return q != nil && q.Bytes > 0 && q.Meter != nil }
+
+// claim is one write's claim on its app's quota: what its function allowed itself to
+// add. The write releases it once Update has returned: by then its growth is in the
+// Meter's reading, or it was not stored.
+type claim struct {
+	q   *Quota
+	app string
+	n   int64
+}
+
+// claim returns a write's claim, empty until its function calls allows; nil (which does
+// nothing) when q bounds nothing.
+func (q *Quota) claim() *claim {
+	if !q.active() {
 		return nil
 	}
-	if u := q.Meter.AppUsage(app); u.Bytes+growth > q.Bytes {
-		return Errorf(EQuotaExceeded, "app %q stores about %d bytes, with this write over its quota of %d (--app-quota): delete keys or sessions, or let them expire", app, u.Bytes, q.Bytes)
+	return &claim{q: q}
+}
+
+// allows returns nil, claiming growth, if app may store growth more bytes besides what
+// it stores and what other writes claimed; else EQuotaExceeded, claiming nothing.
+// Growth of zero or less (a write that adds nothing) is always allowed. A function run
+// again replaces its earlier claim.
+func (c *claim) allows(app string, growth int64) error {
+	if c == nil {
+		return nil
 	}
+	q := c.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	c.setLocked("", 0)
+	if growth <= 0 {
+		return nil
+	}
+	used := q.Meter.AppUsage(app).Bytes + q.pending[app]
+	if used+growth > q.Bytes {
+		return Errorf(EQuotaExceeded, "app %q stores about %d bytes, with this write over its quota of %d (--app-quota): delete keys or sessions, or let them expire", app, used, q.Bytes)
+	}
+	c.setLocked(app, growth)
 	return nil
+}
+
+// release gives the claim back.
+func (c *claim) release() {
+	if c == nil {
+		return
+	}
+	c.q.mu.Lock()
+	c.setLocked("", 0)
+	c.q.mu.Unlock()
+}
+
+func (c *claim) setLocked(app string, n int64) {
+	q := c.q
+	if c.n != 0 {
+		if q.pending[c.app] -= c.n; q.pending[c.app] == 0 {
+			delete(q.pending, c.app)
+		}
+	}
+	c.app, c.n = app, n
+	if n != 0 {
+		if q.pending == nil {
+			q.pending = make(map[string]int64)
+		}
+		q.pending[app] += n
+	}
 }
 
 // storedSize is about what the record key in state m takes stored (as storage counts an

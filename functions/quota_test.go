@@ -99,3 +99,35 @@ func TestQuota(t *testing.T) {
 	kv.Quota, e.sessions.Quota = nil, nil
 	mustPut(t, kv, "shop", "unbounded", big, time.Hour)
 }
+
+// TestQuotaClaims: writes not yet committed hold their growth against the quota, so that
+// a burst in one group commit, which all read the same usage, cannot pass it; a function
+// run again replaces its claim, and a released claim frees its room.
+func TestQuotaClaims(t *testing.T) {
+	q := &Quota{Meter: meter{"shop": 400}, Bytes: 1000}
+	a, b := q.claim(), q.claim()
+	if err := a.allows("shop", 500); err != nil {
+		t.Fatalf("a: %v", err)
+	}
+	if err := b.allows("shop", 200); ErrorCode(err) != EQuotaExceeded {
+		t.Errorf("b beside a's claim: %v, want %s", err, EQuotaExceeded)
+	}
+	if err := b.allows("blog", 900); err != nil {
+		t.Errorf("another app: %v", err)
+	}
+	if err := a.allows("shop", 100); err != nil { // run again: replaces its 500
+		t.Fatalf("a again: %v", err)
+	}
+	if err := b.allows("shop", 500); err != nil {
+		t.Errorf("b once a claims 100: %v", err)
+	}
+	a.release()
+	b.release()
+	if len(q.pending) != 0 {
+		t.Errorf("claims left after release: %v", q.pending)
+	}
+	var none *Quota
+	if c := none.claim(); c.allows("shop", 1<<40) != nil {
+		t.Error("a nil quota refused")
+	}
+}

@@ -217,6 +217,8 @@ func (s *Sessions) RevokeSubject(ctx context.Context, app, subject string) error
 		return err
 	}
 	id := crdt.SubjectID(app, subject)
+	quota := s.Quota.claim()
+	defer quota.release()
 	return s.Store.Update(ctx, func(tx Tx) error {
 		m, ok, err := tx.Record(crdt.UserKey(id))
 		if err != nil {
@@ -235,7 +237,7 @@ func (s *Sessions) RevokeSubject(ctx context.Context, app, subject string) error
 			return err // a known subject's sessions can always be revoked
 		}
 		// A subject this node has no record of gets one: bounded like any other record.
-		return s.Quota.allows(app, storedSize(crdt.UserKey(id), &after, true))
+		return quota.allows(app, storedSize(crdt.UserKey(id), &after, true))
 	})
 }
 

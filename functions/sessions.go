@@ -200,6 +200,11 @@ func (s *Sessions) create(ctx context.Context, u crdt.User, ns newSession) (Sess
 	revoke := toRevoke(existing, u, s.Clock.PhysicalNow())
 	id := newID(crdt.IDPartition(u.ID)) // with its user: see crdt.KeyHomes
 	var rec crdt.Map
+	var quota *claim // a subject's session counts against its app's Quota
+	if ns.app != "" {
+		quota = s.Quota.claim()
+		defer quota.release()
+	}
 	err = s.Store.Update(ctx, func(tx Tx) error {
 		ts := s.Clock.Next()
 		for _, ss := range revoke {
@@ -250,7 +255,7 @@ func (s *Sessions) create(ctx context.Context, u crdt.User, ns newSession) (Sess
 		if ns.app == "" {
 			return nil
 		}
-		return s.Quota.allows(ns.app, growth+storedSize(crdt.SessionKey(id), &rec, true))
+		return quota.allows(ns.app, growth+storedSize(crdt.SessionKey(id), &rec, true))
 	})
 	if err != nil {
 		return Session{}, err
@@ -478,6 +483,11 @@ func (s *Sessions) patchData(ctx context.Context, p Principal, patch DataPatch, 
 	}
 	key := crdt.SessionKey(p.SessionID) // p itself in the closure would move to the heap
 	app := p.App                        // a subject's session counts against its app's Quota
+	var quota *claim
+	if app != "" {
+		quota = s.Quota.claim()
+		defer quota.release()
+	}
 	var merged crdt.Map
 	// lenient: the session's data may be over its bounds already (writes through other
 	// nodes at once each passed them, and their merge does not), so the patch is judged
@@ -527,7 +537,7 @@ func (s *Sessions) patchData(ctx context.Context, p Principal, patch DataPatch, 
 			if err != nil || app == "" {
 				return err
 			}
-			return s.Quota.allows(app, storedSize(key, &merged, true)-beforeSize)
+			return quota.allows(app, storedSize(key, &merged, true)-beforeSize)
 		}
 	}
 	err = s.Store.Update(ctx, patchFn(false))
