@@ -67,6 +67,7 @@ func (n *Node) newApp() *fiber.App {
 		TrustedProxies:          n.cfg.TrustedProxies,
 		ProxyHeader:             proxyHeader(n.cfg.TrustedProxies),
 	})
+	app.Server().ConnState = n.conns.track
 	app.Use(func(c *fiber.Ctx) error { return n.observe(c, access) })
 	if len(n.cfg.CORSOrigins) > 0 {
 		app.Use(cors.New(cors.Config{

@@ -36,6 +36,7 @@ type Node struct {
 
 	db       *storage.DB
 	app      *fiber.App
+	conns    httpConns                               // app's open connections (conns.go)
 	handler  atomic.Pointer[fasthttp.RequestHandler] // app's, once it exists: serves forwarded requests
 	ln       net.Listener
 	metrics  *metrics
@@ -294,6 +295,7 @@ func (n *Node) Close(ctx context.Context) error {
 			n.stopRelays()
 		}
 		if n.app != nil {
+			n.conns.expireReads() // connections waiting for a request close now
 			if err := n.app.ShutdownWithContext(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("shut down http: %w", err))
 			}
