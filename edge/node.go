@@ -44,6 +44,7 @@ type Node struct {
 	tokens   *tokens
 	signing  *signing      // the signing keys' ring and records (signing.go)
 	keysKick chan struct{} // a signing key record changed (onCommit → signing.run)
+	appsKick chan struct{} // an app's record changed (onCommit → endedSessionsLoop)
 	removed  *removedNodes // nodes removed from the cluster for good (removed.go)
 	broker   *broker
 	users    *functions.Users
@@ -106,7 +107,7 @@ func NewNode(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	return &Node{cfg: cfg, trusted: trusted, log: cfg.Logger.With("node", cfg.NodeName),
-		keysKick: make(chan struct{}, 1),
+		keysKick: make(chan struct{}, 1), appsKick: make(chan struct{}, 1),
 		removed:  newRemovedNodes(),
 		awaiting: slots{limit: maxAwaitingPerAddress},
 		exports:  slots{limit: maxExports}, exportsPerUser: slots{limit: maxExportsPerUser}}, nil
@@ -201,7 +202,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	})
 	n.metrics.watchPasswords(passwords)
 	n.users = &functions.Users{Store: st, Clock: clock, Passwords: passwords}
-	n.sessions = &functions.Sessions{Store: st, Clock: clock, Passwords: passwords, TTL: n.cfg.SessionTTL, IdleTTL: n.cfg.IdleTTL, MaxSkew: n.cfg.MaxSkew}
+	n.sessions = &functions.Sessions{Store: st, Clock: clock, Passwords: passwords, TTL: n.cfg.SessionTTL, IdleTTL: n.cfg.IdleTTL, MaxSkew: n.cfg.MaxSkew,
+		Subjects: n.db}
 	n.messages = &functions.Messages{Store: st, Clock: clock}
 	n.apps = &functions.Apps{Store: st, Clock: clock, MaxSkew: n.cfg.MaxSkew, Meter: usageMeter{n}}
 	var quota *functions.Quota
@@ -239,6 +241,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	go func() {
 		defer n.wg.Done()
 		n.signing.run(n.ctx)
+	}()
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.endedSessionsLoop()
 	}()
 	n.log.Info("node started", "http", n.ln.Addr().String(), "gossip", n.membership.Addr()+" (tcp, udp)",
 		"sync", n.syncLn.Addr().String(), "region", n.cfg.Region, "id", n.db.NodeID().String())
@@ -346,6 +353,7 @@ const drainTimeout = 3 * time.Second
 func (n *Node) onCommit(changes []storage.Change) {
 	n.broker.publish(changes)
 	signingKeysChanged(changes, n.keysKick)
+	appsChanged(changes, n.appsKick)
 	n.removed.changed(changes)
 	if n.replicator != nil {
 		n.replicator.Notify()

@@ -3,6 +3,7 @@ package functions
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -153,10 +154,18 @@ func (s *Sessions) PatchServiceSession(ctx context.Context, app, id string, patc
 	return s.patchData(ctx, Principal{UserID: l.user.ID, SessionID: id, App: app, loaded: l, hasLoaded: true}, patch, true)
 }
 
-// RevokeServiceSession revokes session id of one of app's subjects.
+// RevokeServiceSession revokes session id of one of app's subjects: also one no longer
+// usable (idle past its expiry, ended with its app's or subject's sessions), which stays
+// stored until its absolute expiry, so that revoking it drops its data and the app gets
+// the room back (Quota). A session revoked already, or one not the app's (or not held
+// here), is errNoServiceSession.
 func (s *Sessions) RevokeServiceSession(ctx context.Context, app, id string) error {
-	if _, err := s.appSession(ctx, app, id); err != nil {
+	m, ok, err := s.Store.Record(ctx, crdt.SessionKey(id))
+	if err != nil {
 		return err
+	}
+	if meta := crdt.ReadSessionMeta(id, &m); !ok || meta.App != app || meta.UserID == "" || meta.Revoked {
+		return errNoServiceSession
 	}
 	return s.Store.Update(ctx, func(tx Tx) error {
 		_, err := tx.Merge(crdt.SessionKey(id), crdt.RevokeSession(s.Clock.Next()))
@@ -208,7 +217,8 @@ func (s *Sessions) SubjectSessions(ctx context.Context, app, subject string) ([]
 // RevokeSubject revokes every session of app's subject created up to now, on every
 // replica, as a sign-out everywhere does (RevokeAll): also those this node has not heard
 // of yet. It writes the subject's record if this node holds none, so that the
-// revocation waits there for sessions created elsewhere.
+// revocation waits there for sessions created elsewhere, and flags each session it holds
+// revoked, as RevokeAll does, so that their data goes (the app gets the room back).
 func (s *Sessions) RevokeSubject(ctx context.Context, app, subject string) error {
 	if err := ValidAppName(app); err != nil {
 		return err
@@ -217,6 +227,10 @@ func (s *Sessions) RevokeSubject(ctx context.Context, app, subject string) error
 		return err
 	}
 	id := crdt.SubjectID(app, subject)
+	held, err := s.Store.UserSessions(ctx, id)
+	if err != nil {
+		return err
+	}
 	quota := s.Quota.claim()
 	defer quota.release()
 	return s.Store.Update(ctx, func(tx Tx) error {
@@ -233,12 +247,82 @@ func (s *Sessions) RevokeSubject(ctx context.Context, app, subject string) error
 			return err
 		}
 		after, err := tx.Merge(crdt.UserKey(id), crdt.RevokeSessionsUntil(ts, s.maxSkew()))
-		if err != nil || ok {
-			return err // a known subject's sessions can always be revoked
+		if err != nil {
+			return err
+		}
+		for _, ss := range held {
+			if ss.UserID == id && !ss.Revoked {
+				if _, err := tx.Merge(crdt.SessionKey(ss.ID), crdt.RevokeSession(ts)); err != nil {
+					return err
+				}
+			}
+		}
+		if ok {
+			return nil // a known subject's sessions can always be revoked
 		}
 		// A subject this node has no record of gets one: bounded like any other record.
 		return quota.allows(app, storedSize(crdt.UserKey(id), &after, true))
 	})
+}
+
+// SubjectLister lists the subjects of an app whose records this node holds;
+// *storage.DB implements it (see its AppSubjects).
+type SubjectLister interface {
+	AppSubjects(ctx context.Context, app, after string) (ids []string, next string, err error)
+}
+
+// RevokeEnded flags revoked every session held here that app's end of its subjects'
+// sessions (Apps.EndSessions) ended, and returns how many it flagged. Ended sessions
+// already stop working; flagged, they also shed their data, so that the app gets the
+// room back (Quota) instead of waiting up to a year for them to expire. Each node runs
+// it over what it holds when an end reaches it (and when it starts); running it again
+// flags nothing new. Without Subjects it does nothing.
+func (s *Sessions) RevokeEnded(ctx context.Context, app string) (int, error) {
+	if s.Subjects == nil {
+		return 0, nil
+	}
+	m, ok, err := s.Store.Record(ctx, crdt.AppKey(app))
+	if err != nil || !ok {
+		return 0, err
+	}
+	end := crdt.ReadAppSessionsEnd(app, &m)
+	if end.SessionsUntil.IsZero() {
+		return 0, nil
+	}
+	flagged, after := 0, ""
+	for {
+		ids, next, err := s.Subjects.AppSubjects(ctx, app, after)
+		if err != nil {
+			return flagged, err
+		}
+		for _, id := range ids {
+			held, err := s.Store.UserSessions(ctx, id)
+			if err != nil {
+				return flagged, err
+			}
+			held = slices.DeleteFunc(held, func(ss crdt.Session) bool { return ss.Revoked || ss.App != app || !end.Ends(ss) })
+			if len(held) == 0 {
+				continue
+			}
+			err = s.Store.Update(ctx, func(tx Tx) error {
+				ts := s.Clock.Next()
+				for _, ss := range held {
+					if _, err := tx.Merge(crdt.SessionKey(ss.ID), crdt.RevokeSession(ts)); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return flagged, err
+			}
+			flagged += len(held)
+		}
+		if next == "" {
+			return flagged, nil
+		}
+		after = next
+	}
 }
 
 // subject returns the record of app's subject, and whether this node holds one.

@@ -321,6 +321,22 @@ func TestEndAppSessions(t *testing.T) {
 				t.Errorf("another app's session: %v", err)
 			}
 
+			// The ended sessions held here are flagged revoked (their data goes), once;
+			// another app's are not.
+			e.sessions.Subjects = e.store
+			if n, err := e.sessions.RevokeEnded(ctx, "shop"); err != nil || n != 2 {
+				t.Errorf("RevokeEnded = %d, %v; want alice's and admin's", n, err)
+			}
+			for _, s := range []Session{alice, admin, other} {
+				m, _, _ := e.store.Record(ctx, crdt.SessionKey(s.ID))
+				if got := crdt.ReadSessionMeta(s.ID, &m).Revoked; got != (s.ID != other.ID) {
+					t.Errorf("%s's session of %s revoked: %v", s.Subject, s.ID, got)
+				}
+			}
+			if n, err := e.sessions.RevokeEnded(ctx, "shop"); err != nil || n != 0 {
+				t.Errorf("RevokeEnded again = %d, %v; want none", n, err)
+			}
+
 			// Within the end's window, on a node that holds the end: not ended.
 			e.now.Advance(time.Second)
 			fresh := create("shop", "alice")

@@ -108,6 +108,8 @@ type Sessions struct {
 	// Quota bounds what each app's subjects and their sessions store (new subjects,
 	// new sessions, session data that grows); nil: nothing.
 	Quota *Quota
+	// Subjects lists an app's subjects held here, for RevokeEnded; nil: it does nothing.
+	Subjects SubjectLister
 }
 
 func (s *Sessions) maxSkew() time.Duration {

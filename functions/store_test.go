@@ -132,6 +132,25 @@ func (s *fakeStore) RecordsUnder(ctx context.Context, prefix string, limit int) 
 	return keys, ms, more, nil
 }
 
+// AppSubjects implements SubjectLister: every subject of app, in one page.
+func (s *fakeStore) AppSubjects(ctx context.Context, app, after string) ([]string, string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return nil, "", err
+	}
+	var ids []string
+	for key, m := range s.records {
+		if id, ok := strings.CutPrefix(key, crdt.UserPrefix); ok && id > after {
+			if u := crdt.ReadUserMeta(id, &m); u.App == app {
+				ids = append(ids, id)
+			}
+		}
+	}
+	slices.Sort(ids)
+	return ids, "", nil
+}
+
 func (s *fakeStore) UserSessions(ctx context.Context, userID string) ([]crdt.Session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -1,10 +1,15 @@
 package storage
 
 import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/sessiond/sessiond/crdt"
+	bolt "go.etcd.io/bbolt"
 )
 
 // What each app's records take on this node, so that a quota can bound what one app
@@ -85,4 +90,43 @@ func (db *DB) AppUsage(app string) AppUsage {
 	db.usage.mu.RLock()
 	defer db.usage.mu.RUnlock()
 	return db.usage.apps[app]
+}
+
+// maxSubjectScan bounds the user records one AppSubjects call reads, so that its read
+// transaction stays short however few of them are the app's.
+const maxSubjectScan = 4096
+
+// AppSubjects returns the IDs of app's subjects whose records this node stores, in ID
+// order, from just after the ID after ("" from the first), reading at most
+// maxSubjectScan user records: next is where to go on from, "" once every user record
+// was read. It decodes nothing but the field that names a record's app.
+func (db *DB) AppSubjects(ctx context.Context, app, after string) (ids []string, next string, err error) {
+	if app == "" {
+		return nil, "", fmt.Errorf("app subjects: no app")
+	}
+	err = db.view(ctx, func(btx *bolt.Tx) error {
+		c := btx.Bucket(bucketRecords).Cursor()
+		prefix := []byte(crdt.UserPrefix)
+		start := append(slices.Clip(prefix), after...)
+		k, v := c.Seek(start)
+		if after != "" && bytes.Equal(k, start) {
+			k, v = c.Next()
+		}
+		for n := 0; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			if n == maxSubjectScan {
+				return nil
+			}
+			n++
+			next = string(k[len(prefix):])
+			if len(v) < seqLen {
+				return fmt.Errorf("record %q: corrupt value", k)
+			}
+			if a, ok := crdt.PeekValue(v[seqLen:], crdt.FieldApp); ok && string(a) == app {
+				ids = append(ids, next)
+			}
+		}
+		next = ""
+		return nil
+	})
+	return ids, next, err
 }

@@ -2,6 +2,8 @@ package storage
 
 import (
 	"context"
+	"fmt"
+	"maps"
 	"strings"
 	"testing"
 
@@ -84,4 +86,45 @@ func TestAppUsage(t *testing.T) {
 		t.Errorf("shop after its key and session expired: %+v, want its subject's record alone", u)
 	}
 	check(db, "three hours on")
+}
+
+// TestAppSubjects: the app's subjects, page by page however many records a page reads,
+// and no one else.
+func TestAppSubjects(t *testing.T) {
+	db := MustOpenDB(t)
+	ctx := context.Background()
+	want := map[string]bool{}
+	for i := range maxSubjectScan + 500 {
+		app := "blog"
+		if i%3 == 0 {
+			app = "shop"
+		}
+		id := crdt.SubjectID(app, fmt.Sprint(i))
+		merge(t, db, crdt.UserKey(id), crdt.NewSubject(app, fmt.Sprint(i), db.Clock().Next()))
+		if app == "shop" {
+			want[id] = true
+		}
+	}
+	merge(t, db, crdt.UserKey("u1"), newUser(db, "bob"))
+	got, pages, after := map[string]bool{}, 0, ""
+	for {
+		ids, next, err := db.AppSubjects(ctx, "shop", after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for _, id := range ids {
+			if got[id] {
+				t.Errorf("%s twice", id)
+			}
+			got[id] = true
+		}
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	if !maps.Equal(got, want) || pages != 2 {
+		t.Errorf("%d subjects of shop in %d pages, want %d in 2", len(got), pages, len(want))
+	}
 }

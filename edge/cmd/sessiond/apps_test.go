@@ -355,23 +355,77 @@ func TestAppQuota(t *testing.T) {
 	if r := put(shop, "after-delete", 60_000); r.status != 200 {
 		t.Errorf("a put after deleting two values: %d %s", r.status, r.body)
 	}
+	// A leaked key's holder fills an app with sessions of big data, for subjects of its
+	// choosing: ending the app's sessions gives the room back, as their holders flag
+	// them revoked and drop their data; so does revoking a subject.
+	leak := key("leak")
+	stored := func(app string) int64 {
+		t.Helper()
+		r := c.do("GET", "/v1/service/app", map[string]string{"shop": shop, "leak": leak}[app], nil)
+		var out struct {
+			App struct {
+				Stored struct{ Bytes int64 } `json:"stored"`
+			} `json:"app"`
+		}
+		if r.status != 200 || json.Unmarshal(r.body, &out) != nil {
+			t.Fatalf("GET /v1/service/app: %d %s", r.status, r.body)
+		}
+		return out.App.Stored.Bytes
+	}
+	data := map[string]any{}
+	for k := range 4 { // 60 KB: values are at most 16 KiB
+		data[fmt.Sprint("blob", k)] = strings.Repeat("y", 15_000)
+	}
+	for i := 0; ; i++ {
+		r := c.do("POST", "/v1/service/sessions", leak, map[string]any{"subject": fmt.Sprintf("victim%d", i), "data": data, "ttl": 31536000})
+		if r.status == 403 {
+			break
+		}
+		if r.status != 201 || i > 100 {
+			t.Fatalf("session %d: %d %s", i, r.status, r.body)
+		}
+	}
+	if got := stored("leak"); got < 1<<20-64<<10 {
+		t.Fatalf("leak stores %d bytes when refused, want about 1 MiB", got)
+	}
+	if so, se, code := runBin(t, nil, "apps", "end-sessions", "leak", "--http", d.http, "--cluster-key-file", d.keyFile); code != 0 {
+		t.Fatalf("apps end-sessions: exit %d: %s%s", code, so, se)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for stored("leak") > 64<<10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("leak still stores %d bytes 20 s after its sessions ended", stored("leak"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r := c.do("POST", "/v1/service/sessions", leak, map[string]any{"subject": "carol", "data": data}); r.status != 201 {
+		t.Fatalf("a session after the end gave the room back: %d %s", r.status, r.body)
+	}
+	before := stored("leak")
+	if r := c.do("DELETE", "/v1/service/subjects/carol/sessions", leak, nil); r.status != 204 {
+		t.Fatalf("revoke carol: %d %s", r.status, r.body)
+	}
+	if after := stored("leak"); after > before-50_000 {
+		t.Errorf("revoking a subject with 60 KB of session data: stored %d → %d", before, after)
+	}
+
 	// Room for one value of 40 KB (two deleted, one put): of a burst at once, one is
 	// stored. (Here the burst's writes rarely share a group commit, which all read the
 	// same usage; TestQuotaClaims checks the claims that bound such a batch.)
-	var stored atomic.Int32
+	var burst atomic.Int32
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	for i := range 64 {
 		wg.Go(func() {
 			<-start
 			if r := put(shop, fmt.Sprintf("burst%d", i), 40_000); r.status == 200 {
-				stored.Add(1)
+				burst.Add(1)
 			}
 		})
 	}
 	close(start)
 	wg.Wait()
-	if n := stored.Load(); n != 1 {
+	if n := burst.Load(); n != 1 {
 		t.Errorf("%d of a burst of 64 puts of 40 KB stored where there was room for one", n)
 	}
 }
