@@ -85,7 +85,7 @@ func (n *Node) backup(c *fiber.Ctx) error {
 				Users: info.Stats.Users, Sessions: info.Stats.Sessions, Messages: info.Stats.Messages,
 			}
 			var err error
-			bw, err = backup.NewWriter(stallWriter{ctx: ctx, w: w, conn: conn}, h)
+			bw, err = backup.NewWriter(stallWriter{ctx: ctx, w: w, conn: conn}, h, backup.SealKey((*n.signing.clusterKeys.Load())[0]))
 			log.Info("backup started", "bytes", h.Size, "users", h.Users, "sessions", h.Sessions, "messages", h.Messages)
 			return err
 		})

@@ -3,6 +3,7 @@ package edge
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -34,9 +35,9 @@ func TestAdmin_Backup(t *testing.T) {
 			t.Fatalf("status %d: %s", resp.StatusCode, body)
 		}
 		checkHeaders(t, "GET "+path, "n1", true, resp.Header)
-		v, err := backup.Verify(bytes.NewReader(body), t.TempDir())
-		if err != nil {
-			t.Fatalf("the backup served does not verify: %v", err)
+		v, err := backup.Verify(bytes.NewReader(body), t.TempDir(), backup.Trust{Seals: [][]byte{backup.SealKey(testKey)}})
+		if err != nil || !v.Sealed {
+			t.Fatalf("the backup served does not verify sealed with the node's cluster key: %v", err)
 		}
 		if h := v.Header; h.Node != "n1" || h.Users != 1 || h.Sessions != 1 || h.NodeID != n.db.NodeID().String() {
 			t.Errorf("backup header %+v, want node n1 with 1 user and 1 session", h)
@@ -46,6 +47,10 @@ func TestAdmin_Backup(t *testing.T) {
 		resp, body := c.do("GET", path, "", nil, "Authorization", signed(otherKey, "GET", path, time.Now()))
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		// Sealed with the node's first key, whichever key signed the request.
+		if _, err := backup.Verify(bytes.NewReader(body), t.TempDir(), backup.Trust{Seals: [][]byte{backup.SealKey(otherKey)}}); !errors.Is(err, backup.ErrUnsealed) {
+			t.Errorf("verified with the older key's seal: %v, want %v", err, backup.ErrUnsealed)
 		}
 	})
 	wrongKey := bytes.Repeat([]byte{0x77}, 32)

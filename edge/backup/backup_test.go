@@ -3,6 +3,8 @@ package backup
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -44,6 +46,12 @@ func source(tb testing.TB) *storage.DB {
 	return db
 }
 
+// testSeal seals the tests' backups; trusted accepts what it sealed.
+var (
+	testSeal = SealKey(bytes.Repeat([]byte{7}, 32))
+	trusted  = Trust{Seals: [][]byte{testSeal}}
+)
+
 // take writes a backup of db, as a node serves it.
 func take(tb testing.TB, db *storage.DB) []byte {
 	tb.Helper()
@@ -52,7 +60,7 @@ func take(tb testing.TB, db *storage.DB) []byte {
 	_, err := db.Backup(writerFunc(func(p []byte) (int, error) { return w.Write(p) }), func(info storage.SnapshotInfo) error {
 		var err error
 		w, err = NewWriter(&out, Header{Node: "n1", NodeID: info.Node.String(), DataFormat: info.Format, Size: info.Size,
-			Users: info.Stats.Users, Sessions: info.Stats.Sessions, Messages: info.Stats.Messages, CreatedAt: time.Now()})
+			Users: info.Stats.Users, Sessions: info.Stats.Sessions, Messages: info.Stats.Messages, CreatedAt: time.Now()}, testSeal)
 		return err
 	})
 	if err != nil {
@@ -71,7 +79,7 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 func TestRoundTrip(t *testing.T) {
 	db := source(t)
 	file := take(t, db)
-	v, err := Verify(bytes.NewReader(file), t.TempDir())
+	v, err := Verify(bytes.NewReader(file), t.TempDir(), trusted)
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
@@ -80,7 +88,7 @@ func TestRoundTrip(t *testing.T) {
 	}
 
 	dir := filepath.Join(t.TempDir(), "new", "data")
-	res, err := Restore(bytes.NewReader(file), dir)
+	res, err := Restore(bytes.NewReader(file), dir, trusted)
 	if err != nil {
 		t.Fatalf("Restore: %v", err)
 	}
@@ -104,7 +112,7 @@ func TestRoundTrip(t *testing.T) {
 	}
 
 	// Two restores of one backup never share an identity.
-	res2, err := Restore(bytes.NewReader(file), t.TempDir())
+	res2, err := Restore(bytes.NewReader(file), t.TempDir(), trusted)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,19 +147,19 @@ func TestBadFiles(t *testing.T) {
 		{"ErrTrailingBytes", append(bytes.Clone(file), 0), ErrChecksum},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := Verify(bytes.NewReader(tc.data), t.TempDir()); !errors.Is(err, tc.want) {
+			if _, err := Verify(bytes.NewReader(tc.data), t.TempDir(), trusted); !errors.Is(err, tc.want) {
 				t.Errorf("Verify = %v, want %v", err, tc.want)
 			}
 			parent := t.TempDir()
 			dir := filepath.Join(parent, "data")
-			if _, err := Restore(bytes.NewReader(tc.data), dir); !errors.Is(err, tc.want) {
+			if _, err := Restore(bytes.NewReader(tc.data), dir, trusted); !errors.Is(err, tc.want) {
 				t.Errorf("Restore = %v, want %v", err, tc.want)
 			}
 			if entries, _ := os.ReadDir(parent); len(entries) != 0 {
 				t.Errorf("a failed restore left %v behind", entries)
 			}
 			empty := t.TempDir()
-			if _, err := Restore(bytes.NewReader(tc.data), empty); err == nil {
+			if _, err := Restore(bytes.NewReader(tc.data), empty, trusted); err == nil {
 				t.Error("Restore into an existing empty directory succeeded")
 			}
 			if entries, _ := os.ReadDir(empty); len(entries) != 0 {
@@ -168,7 +176,7 @@ func TestRestoreRefusesNonEmptyDir(t *testing.T) {
 	if err := os.WriteFile(keep, []byte("precious"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Restore(bytes.NewReader(file), dir); err == nil {
+	if _, err := Restore(bytes.NewReader(file), dir, trusted); err == nil {
 		t.Fatal("Restore into a non-empty directory succeeded")
 	}
 	if b, _ := os.ReadFile(keep); string(b) != "precious" {
@@ -177,7 +185,7 @@ func TestRestoreRefusesNonEmptyDir(t *testing.T) {
 }
 
 func TestWriterSize(t *testing.T) {
-	w, err := NewWriter(io.Discard, Header{Size: 4})
+	w, err := NewWriter(io.Discard, Header{Size: 4}, testSeal)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,5 +197,59 @@ func TestWriterSize(t *testing.T) {
 	}
 	if err := w.Close(); err == nil {
 		t.Error("Close before the declared size succeeded")
+	}
+}
+
+// TestSeals: a file is accepted only sealed by a cluster key given, unless the caller
+// accepts unsealed files; whoever can write the file but holds no key cannot alter it and
+// recompute its checksum unnoticed; a file of format 1 (no seal) is unsealed.
+func TestSeals(t *testing.T) {
+	db := source(t)
+	file := take(t, db)
+	other := SealKey(bytes.Repeat([]byte{8}, 32))
+
+	// Altered by someone without the key: header and checksum rewritten to match.
+	headerEnd := bytes.Index(file, []byte("}")) + 1
+	body := file[headerEnd : len(file)-trailerLen]
+	forged := bytes.Replace(file[:headerEnd], []byte(`"node":"n1"`), []byte(`"node":"n2"`), 1)
+	forged = append(forged, body...)
+	forged = append(forged, file[len(file)-trailerLen:]...)
+	sum := sha256.Sum256(forged[:len(forged)-trailerLen])
+	copy(forged[len(forged)-trailerLen+16:], sum[:])
+
+	// Format 1: version 1 and a trailer without a seal.
+	v1 := bytes.Clone(file[:len(file)-trailerLen+trailerLenV1])
+	binary.BigEndian.PutUint16(v1[len(headMagic):], 1)
+	sum = sha256.Sum256(v1[:len(v1)-trailerLenV1])
+	copy(v1[len(v1)-sha256.Size:], sum[:])
+
+	for _, tc := range []struct {
+		name   string
+		data   []byte
+		trust  Trust
+		sealed bool
+		want   error
+	}{
+		{"OK", file, trusted, true, nil},
+		{"OKAmongKeys", file, Trust{Seals: [][]byte{other, testSeal}}, true, nil},
+		{"OKUnsealedAllowed", file, Trust{Seals: [][]byte{other}, Unsealed: true}, false, nil},
+		{"OKFormat1Allowed", v1, Trust{Unsealed: true}, false, nil},
+		{"ErrOtherKey", file, Trust{Seals: [][]byte{other}}, false, ErrUnsealed},
+		{"ErrNoKey", file, Trust{}, false, ErrUnsealed},
+		{"ErrForged", forged, trusted, false, ErrUnsealed},
+		{"ErrFormat1", v1, trusted, false, ErrUnsealed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, err := Verify(bytes.NewReader(tc.data), t.TempDir(), tc.trust)
+			if !errors.Is(err, tc.want) || err == nil && v.Sealed != tc.sealed {
+				t.Errorf("Verify = %+v, %v; want sealed %v, %v", v.Sealed, err, tc.sealed, tc.want)
+			}
+			if _, err := Restore(bytes.NewReader(tc.data), filepath.Join(t.TempDir(), "d"), tc.trust); !errors.Is(err, tc.want) {
+				t.Errorf("Restore = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	if _, err := NewWriter(io.Discard, Header{}, nil); err == nil {
+		t.Error("NewWriter without a seal key succeeded")
 	}
 }

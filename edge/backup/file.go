@@ -3,6 +3,7 @@ package backup
 import (
 	"bufio"
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
@@ -13,8 +14,9 @@ import (
 	"time"
 )
 
-// FileVersion is the version of the backup file format this build writes and reads.
-const FileVersion = 1
+// FileVersion is the version of the backup file format this build writes; it reads it
+// and version 1, whose files are not sealed.
+const FileVersion = 2
 
 // MaxHeader bounds the header's JSON: a reader refuses a longer one unread.
 const MaxHeader = 64 << 10
@@ -24,14 +26,57 @@ var (
 	trailMagic = []byte("SDBKEND\n")
 )
 
-const trailerLen = 8 + 8 + sha256.Size
+// Trailer lengths: magic, length, SHA-256; from version 2 the seal's key ID and MAC.
+const (
+	trailerLenV1 = 8 + 8 + sha256.Size
+	trailerLen   = trailerLenV1 + sealIDLen + sha256.Size
+	sealIDLen    = 8
+)
 
 // Errors of a file that is not a complete, undamaged backup.
 var (
 	ErrForeign   = errors.New("not a sessiond backup file")
 	ErrTruncated = errors.New("backup file is truncated")
 	ErrChecksum  = errors.New("backup file is corrupt: checksum mismatch")
+	// ErrUnsealed is a file whose seal no key given checks: sealed under another
+	// cluster key, altered by someone without the key, or from before seals (format 1).
+	ErrUnsealed = errors.New("backup file's seal does not check with the cluster keys given")
 )
+
+// Seals. A node seals each backup it writes with a key derived from its cluster key
+// (SealKey): the trailer carries an HMAC-SHA256 of the file's checksum under it, so that
+// whoever can write where backups are kept, but holds no cluster key, cannot alter one
+// (the checksum alone tells only damage: anyone can recompute it). Reading needs no key;
+// Reader.SealedBy says whether one of the given keys sealed the file.
+const (
+	sealPurpose   = "sessiond/backup-seal/v1" // derives a seal key from a cluster key
+	sealIDPurpose = "sessiond/backup-seal-id/v1"
+	sealMACDomain = "sessiond backup file v2\n"
+)
+
+// SealKey returns the key that seals backups under clusterKey.
+func SealKey(clusterKey []byte) []byte {
+	m := hmac.New(sha256.New, clusterKey)
+	m.Write([]byte(sealPurpose))
+	return m.Sum(nil)
+}
+
+// sealID names a seal key without telling it: a file's trailer says which key sealed it.
+func sealID(seal []byte) []byte {
+	h := sha256.Sum256(append([]byte(sealIDPurpose), seal...))
+	return h[:sealIDLen]
+}
+
+// sealMAC is the seal of a file whose body has length n and whose checksum is sum, under
+// seal (named id).
+func sealMAC(seal []byte, n uint64, sum, id []byte) []byte {
+	m := hmac.New(sha256.New, seal)
+	m.Write([]byte(sealMACDomain))
+	m.Write(binary.BigEndian.AppendUint64(nil, n))
+	m.Write(sum)
+	m.Write(id)
+	return m.Sum(nil)
+}
 
 // Header describes a backup: where and when it was taken and what it holds. It is
 // written before the copy, from the read transaction that copies.
@@ -55,14 +100,19 @@ type Header struct {
 type Writer struct {
 	w    io.Writer
 	sum  hash.Hash
+	seal []byte
 	size int64
 	n    int64
 }
 
-// NewWriter writes the header for h to w and returns the Writer of the body.
-func NewWriter(w io.Writer, h Header) (*Writer, error) {
+// NewWriter writes the header for h to w and returns the Writer of the body, whose
+// trailer Close seals with seal (SealKey of the node's cluster key).
+func NewWriter(w io.Writer, h Header, seal []byte) (*Writer, error) {
 	if h.Size < 0 {
 		return nil, fmt.Errorf("backup header: negative size %d", h.Size)
+	}
+	if len(seal) == 0 {
+		return nil, errors.New("backup: no seal key")
 	}
 	j, err := json.Marshal(h)
 	if err != nil {
@@ -71,7 +121,7 @@ func NewWriter(w io.Writer, h Header) (*Writer, error) {
 	if len(j) > MaxHeader {
 		return nil, fmt.Errorf("backup header of %d bytes, at most %d", len(j), MaxHeader)
 	}
-	bw := &Writer{w: w, sum: sha256.New(), size: h.Size}
+	bw := &Writer{w: w, sum: sha256.New(), seal: seal, size: h.Size}
 	head := append([]byte(nil), headMagic...)
 	head = binary.BigEndian.AppendUint16(head, FileVersion)
 	head = binary.BigEndian.AppendUint32(head, uint32(len(j))) // #nosec G115 -- at most MaxHeader
@@ -102,7 +152,10 @@ func (w *Writer) Close() error {
 	}
 	t := append([]byte(nil), trailMagic...)
 	t = binary.BigEndian.AppendUint64(t, uint64(w.n)) // #nosec G115 -- w.n >= 0
-	t = w.sum.Sum(t)
+	sum := w.sum.Sum(nil)
+	id := sealID(w.seal)
+	t = append(append(t, sum...), id...)
+	t = append(t, sealMAC(w.seal, uint64(w.n), sum, id)...) // #nosec G115 -- w.n >= 0
 	_, err := w.w.Write(t)
 	return err
 }
@@ -112,11 +165,14 @@ func (w *Writer) Close() error {
 // file is complete and its checksum matches (ErrTruncated or ErrChecksum otherwise).
 // The file must end with the trailer. Not safe for concurrent use.
 type Reader struct {
-	r    *bufio.Reader
-	h    Header
-	sum  hash.Hash
-	left int64
-	err  error // sticky: the end's result
+	r       *bufio.Reader
+	version uint16
+	h       Header
+	sum     hash.Hash
+	left    int64
+	err     error  // sticky: the end's result
+	digest  []byte // the checked checksum, once complete
+	id, mac []byte // the seal's key ID and MAC, once complete (version 2)
 }
 
 // NewReader reads the header from r. It returns ErrForeign for a file that is not a
@@ -138,8 +194,9 @@ func NewReader(r io.Reader) (*Reader, error) {
 	if !bytes.Equal(fixed[:len(headMagic)], headMagic) {
 		return nil, ErrForeign
 	}
-	if v := binary.BigEndian.Uint16(fixed[len(headMagic):]); v != FileVersion {
-		return nil, fmt.Errorf("backup file format %d, this build reads format %d: use the sessiond release that took it", v, FileVersion)
+	v := binary.BigEndian.Uint16(fixed[len(headMagic):])
+	if v != 1 && v != FileVersion {
+		return nil, fmt.Errorf("backup file format %d, this build reads formats 1 and %d: use the sessiond release that took it", v, FileVersion)
 	}
 	hl := binary.BigEndian.Uint32(fixed[len(headMagic)+2:])
 	if hl > MaxHeader {
@@ -155,7 +212,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 	if err := json.Unmarshal(j, &h); err != nil || h.Size < 0 {
 		return nil, fmt.Errorf("%w: unreadable header", ErrChecksum)
 	}
-	return &Reader{r: br, h: h, sum: sum, left: h.Size}, nil
+	return &Reader{r: br, version: v, h: h, sum: sum, left: h.Size}, nil
 }
 
 // Header returns the file's header.
@@ -188,7 +245,11 @@ func (r *Reader) Read(p []byte) (int, error) {
 
 // trailer reads and checks the trailer.
 func (r *Reader) trailer() error {
-	t := make([]byte, trailerLen)
+	n := trailerLen
+	if r.version == 1 {
+		n = trailerLenV1
+	}
+	t := make([]byte, n)
 	if _, err := io.ReadFull(r.r, t); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return fmt.Errorf("%w: the trailer is missing", ErrTruncated)
@@ -201,7 +262,8 @@ func (r *Reader) trailer() error {
 	if n := binary.BigEndian.Uint64(t[len(trailMagic):]); n != uint64(r.h.Size) { // #nosec G115 -- Size >= 0
 		return fmt.Errorf("%w: trailer says %d bytes of data, header %d", ErrChecksum, n, r.h.Size)
 	}
-	if !bytes.Equal(t[len(trailMagic)+8:], r.sum.Sum(nil)) {
+	sum := t[len(trailMagic)+8 : trailerLenV1]
+	if !bytes.Equal(sum, r.sum.Sum(nil)) {
 		return ErrChecksum
 	}
 	if _, err := r.r.ReadByte(); !errors.Is(err, io.EOF) {
@@ -210,8 +272,30 @@ func (r *Reader) trailer() error {
 		}
 		return fmt.Errorf("%w: data after the trailer", ErrChecksum)
 	}
+	r.digest = sum
+	if r.version >= 2 {
+		r.id, r.mac = t[trailerLenV1:trailerLenV1+sealIDLen], t[trailerLenV1+sealIDLen:]
+	}
 	return io.EOF
 }
+
+// SealedBy reports whether one of seals (SealKey of cluster keys) sealed r's file, once
+// it is complete; never for a file of format 1, which has no seal.
+func (r *Reader) SealedBy(seals [][]byte) bool {
+	if !r.Complete() || r.mac == nil {
+		return false
+	}
+	for _, seal := range seals {
+		id := sealID(seal)
+		if bytes.Equal(id, r.id) && hmac.Equal(sealMAC(seal, uint64(r.h.Size), r.digest, id), r.mac) { // #nosec G115 -- Size >= 0
+			return true
+		}
+	}
+	return false
+}
+
+// Sealed reports whether r's complete file carries a seal (format 2), checked or not.
+func (r *Reader) Sealed() bool { return r.Complete() && r.mac != nil }
 
 // Complete reports whether r's file has been read to its checked end: Read returned
 // io.EOF.

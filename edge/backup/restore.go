@@ -15,21 +15,33 @@ import (
 type Verified struct {
 	Header Header
 	Data   storage.SnapshotInfo // what the data file holds (storage.Check)
+	// Sealed: one of Trust.Seals sealed the file. False only with Trust.Unsealed.
+	Sealed bool
+}
+
+// Trust says which files Verify and Restore accept: those sealed by one of Seals
+// (SealKey of the cluster's keys), and, with Unsealed, also those whose seal none of
+// them checks or that have none (format 1): a file anyone who could write it may have
+// altered, checked only for damage.
+type Trust struct {
+	Seals    [][]byte
+	Unsealed bool
 }
 
 // Verify reads a whole backup file from r and checks it without restoring it: the
-// trailer's length and checksum, and the data file it carries (storage.Check: it opens,
+// trailer's length and checksum, its seal (ErrUnsealed unless trust accepts the file),
+// and the data file it carries (storage.Check: it opens,
 // its format is one this build opens, it has every bucket, its records decode and its
 // counts match the header's). The data file is written to a temporary file in tmpDir
 // (os.TempDir() if empty) for the check and removed after.
-func Verify(r io.Reader, tmpDir string) (Verified, error) {
+func Verify(r io.Reader, tmpDir string, trust Trust) (Verified, error) {
 	f, err := os.CreateTemp(tmpDir, "sessiond-verify-*.db")
 	if err != nil {
 		return Verified{}, fmt.Errorf("verify: %w", err)
 	}
 	path := f.Name()
 	defer os.Remove(path)
-	v, err := unpack(r, f)
+	v, err := unpack(r, f, trust)
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
@@ -40,8 +52,8 @@ func Verify(r io.Reader, tmpDir string) (Verified, error) {
 }
 
 // unpack reads a backup file from r, writes its data file to f, syncs it, and returns the
-// header once the trailer checked out.
-func unpack(r io.Reader, f *os.File) (Verified, error) {
+// header once the trailer checked out and trust accepts the file.
+func unpack(r io.Reader, f *os.File, trust Trust) (Verified, error) {
 	br, err := NewReader(r)
 	if err != nil {
 		return Verified{}, err
@@ -56,10 +68,17 @@ func unpack(r io.Reader, f *os.File) (Verified, error) {
 	if !br.Complete() { // io.Copy hides the io.EOF that says the trailer checked out
 		return Verified{}, ErrTruncated
 	}
+	sealed := br.SealedBy(trust.Seals)
+	if !sealed && !trust.Unsealed {
+		if !br.Sealed() {
+			return Verified{}, fmt.Errorf("%w: it has no seal (format 1, from before seals)", ErrUnsealed)
+		}
+		return Verified{}, fmt.Errorf("%w: sealed under a cluster key not given, or altered since", ErrUnsealed)
+	}
 	if err := f.Sync(); err != nil {
 		return Verified{}, err
 	}
-	return Verified{Header: h}, nil
+	return Verified{Header: h, Sealed: sealed}, nil
 }
 
 // CheckDataFile checks the data file Verify and Restore unpack: storage.Check, unless a
@@ -92,15 +111,15 @@ type Restored struct {
 	NewID crdt.NodeID // the restored copy's fresh identity
 }
 
-// Restore writes the data file of the backup read from r into dir, an empty or new
-// directory, under a fresh node identity (storage.Reidentify), so that a node started on
+// Restore writes the data file of the backup read from r, if trust accepts it (see
+// Verify), into dir, an empty or new directory, under a fresh node identity (storage.Reidentify), so that a node started on
 // dir never poses as the node the backup came from. It writes to a temporary file in
 // dir, verifies it as Verify does, gives it its new identity and only then renames it to
 // storage.FileName and syncs dir: a truncated, corrupt or foreign file leaves nothing
 // behind (dir is removed again if Restore created it). The rest of a data directory —
 // the cluster key a lone node generates, the membership snapshot — is not in a backup:
 // the node starts with the cluster's key file and joins as a new member.
-func Restore(r io.Reader, dir string) (res Restored, err error) {
+func Restore(r io.Reader, dir string, trust Trust) (res Restored, err error) {
 	created, err := prepareDir(dir)
 	if err != nil {
 		return Restored{}, err
@@ -118,7 +137,7 @@ func Restore(r io.Reader, dir string) (res Restored, err error) {
 			}
 		}
 	}()
-	v, err := unpack(r, f)
+	v, err := unpack(r, f, trust)
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = cerr
 	}

@@ -72,13 +72,18 @@ func checkDataFile(path string, stdout, stderr io.Writer) int {
 
 const backupUsage = `Usage:
   sessiond backup --http ADDR --out FILE [--force]   take a backup of the running node at ADDR
-  sessiond backup verify FILE                        check a backup file without restoring it
+  sessiond backup verify FILE [--unsealed]           check a backup file without restoring it
 
 A backup is a consistent copy of the node's data taken while it serves, streamed to FILE
-("-" for stdout) with a checksum. The request is signed with the cluster key: give
---cluster-key-file (or SESSIOND_CLUSTER_KEY_FILE, or the key itself in SESSIOND_CLUSTER_KEY),
-as to the node; a lone node started without one keeps its key in DATA/cluster.key.
-Restore with sessiond restore --from FILE --data DIR.
+("-" for stdout) with a checksum, and sealed by the node with its cluster key (an HMAC),
+so that whoever can write where backups are kept, but holds no cluster key, cannot alter
+one unnoticed. The request is signed with the cluster key: give --cluster-key-file (or
+SESSIOND_CLUSTER_KEY_FILE, or the key itself in SESSIOND_CLUSTER_KEY), as to the node; a
+lone node started without one keeps its key in DATA/cluster.key (keep a copy of it with
+the backups' secrets: without it a lone node's backup's seal cannot be checked). verify
+and restore check the seal with the keys given, and refuse a file no key given sealed
+unless --unsealed (then only damage is checked). Restore with sessiond restore --from
+FILE --data DIR.
 
 Flags:
 `
@@ -132,6 +137,9 @@ func backupCmd(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "sessiond backup:", err)
 		return 1
+	}
+	if !res.SealedBy(sealKeys(keys)) {
+		fmt.Fprintln(stderr, "sessiond backup: warning: the node sealed the backup under a cluster key that is not in your key file: verify and restore it with the node's key file")
 	}
 	summary := stdout
 	if toStdout {
@@ -226,37 +234,93 @@ func nodeError(resp *http.Response) error {
 func verifyCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sessiond backup verify", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	if code, done := parseCmd(fs, args, stdout, stderr, "Usage: sessiond backup verify FILE (- for stdin): check a backup file without restoring it;\nexit 0 if it is complete, undamaged (the checksum is not keyed: it does not tell a deliberate change)\nand holds a data file this build opens\n", ""); done {
-		return code
+	keyFile, unsealed := trustFlags(fs)
+	const usage = "Usage: sessiond backup verify FILE (- for stdin) [flags]: check a backup file without restoring it;\nexit 0 if it is complete, undamaged, sealed with one of the cluster keys given (or, with --unsealed,\nwhatever its seal) and holds a data file this build opens\n\nFlags:\n"
+	// FILE may come before or after the flags.
+	var files []string
+	env := []string{"cluster-key-file"} // read once: the command line wins
+	for {
+		if code, done := parseCmd(fs, args, stdout, stderr, usage, env...); done {
+			return code
+		}
+		env = nil
+		if fs.NArg() == 0 {
+			break
+		}
+		files, args = append(files, fs.Arg(0)), fs.Args()[1:]
 	}
-	if fs.NArg() != 1 {
+	if len(files) != 1 {
 		fmt.Fprintln(stderr, "sessiond backup verify: want one FILE (- for stdin)")
 		return 2
 	}
-	r, closeFn, err := openInput(fs.Arg(0))
+	trust, err := backupTrust(*keyFile, *unsealed)
+	if err != nil {
+		fmt.Fprintln(stderr, "sessiond backup verify:", err)
+		return 2
+	}
+	file := files[0]
+	r, closeFn, err := openInput(file)
 	if err != nil {
 		fmt.Fprintln(stderr, "sessiond backup verify:", err)
 		return 1
 	}
 	defer closeFn()
 	backup.CheckDataFile = checkInChild
-	v, err := backup.Verify(r, "")
+	v, err := backup.Verify(r, "", trust)
 	if err != nil {
-		fmt.Fprintf(stderr, "sessiond backup verify: %s: %v\n", fs.Arg(0), err)
+		fmt.Fprintf(stderr, "sessiond backup verify: %s: %v\n", file, err)
 		return 1
 	}
 	h := v.Header
-	fmt.Fprintf(stdout, "ok: backup of %s (region %s, node id %s, %s) taken %s; data format %d, %s; %d users, %d sessions, %d messages\n",
-		h.Node, h.Region, h.NodeID, h.Version, h.CreatedAt.Format(time.RFC3339), h.DataFormat, mb(h.Size), h.Users, h.Sessions, h.Messages)
+	fmt.Fprintf(stdout, "ok: backup of %s (region %s, node id %s, %s) taken %s; data format %d, %s; %d users, %d sessions, %d messages; %s\n",
+		h.Node, h.Region, h.NodeID, h.Version, h.CreatedAt.Format(time.RFC3339), h.DataFormat, mb(h.Size), h.Users, h.Sessions, h.Messages, sealText(v.Sealed))
 	return 0
 }
 
-const restoreUsage = `Usage: sessiond restore --from FILE --data DIR
+// trustFlags adds the flags that say which backups verify and restore accept.
+func trustFlags(fs *flag.FlagSet) (keyFile *string, unsealed *bool) {
+	keyFile = fs.String("cluster-key-file", "", "`FILE` with the cluster keys (the nodes' --cluster-key-file): a backup sealed with none of them is refused")
+	unsealed = fs.Bool("unsealed", false, "accept a backup no key given sealed, or one from before seals: only its damage is checked, not who wrote it")
+	return keyFile, unsealed
+}
+
+// backupTrust reads the keys of --cluster-key-file (or the environment's) for verify and
+// restore; without any, only --unsealed lets a backup through.
+func backupTrust(keyFile string, unsealed bool) (backup.Trust, error) {
+	keys, err := readClusterKeys(keyFile)
+	if err != nil {
+		return backup.Trust{}, err
+	}
+	if len(keys) == 0 && !unsealed {
+		return backup.Trust{}, errors.New("no cluster key to check the backup's seal with: give --cluster-key-file (or SESSIOND_CLUSTER_KEY), or --unsealed to check only for damage")
+	}
+	return backup.Trust{Seals: sealKeys(keys), Unsealed: unsealed}, nil
+}
+
+// sealKeys returns the seal keys of cluster keys.
+func sealKeys(keys [][]byte) [][]byte {
+	seals := make([][]byte, len(keys))
+	for i, k := range keys {
+		seals[i] = backup.SealKey(k)
+	}
+	return seals
+}
+
+func sealText(sealed bool) string {
+	if sealed {
+		return "sealed with the cluster key"
+	}
+	return "NOT checked for a seal (--unsealed): undamaged, but anyone who could write it may have altered it"
+}
+
+const restoreUsage = `Usage: sessiond restore --from FILE --data DIR --cluster-key-file KEYS [--unsealed]
 
 Writes the data file of a backup (sessiond backup) into DIR, an empty or new directory,
 under a fresh node identity: the restored node never poses as the node the backup came
-from. The backup is checked first (checksum, the data file opens, its counts); a
-truncated, corrupt or foreign file writes nothing. Start the node on DIR with the
+from. The backup is checked first (checksum, its seal with one of the cluster keys given,
+the data file opens, its counts); a truncated, corrupt, foreign or unsealed file writes
+nothing (--unsealed accepts a file no key given sealed, or one from before seals,
+checking only its damage). Start the node on DIR with the
 cluster's key file: alone (the cluster was lost), or joining the cluster, which brings it
 what was written after the backup.
 
@@ -269,11 +333,17 @@ func restoreCmd(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(io.Discard)
 	from := fs.String("from", "", "backup `FILE` to restore; - for stdin")
 	data := fs.String("data", "", "`DIR` to write the data directory to: empty or new")
-	if code, done := parseCmd(fs, args, stdout, stderr, restoreUsage, "data"); done {
+	keyFile, unsealed := trustFlags(fs)
+	if code, done := parseCmd(fs, args, stdout, stderr, restoreUsage, "data", "cluster-key-file"); done {
 		return code
 	}
 	if *from == "" || *data == "" {
 		fmt.Fprintln(stderr, "sessiond restore: --from FILE and --data DIR are required")
+		return 2
+	}
+	trust, err := backupTrust(*keyFile, *unsealed)
+	if err != nil {
+		fmt.Fprintln(stderr, "sessiond restore:", err)
 		return 2
 	}
 	r, closeFn, err := openInput(*from)
@@ -283,14 +353,14 @@ func restoreCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	defer closeFn()
 	backup.CheckDataFile = checkInChild
-	res, err := backup.Restore(r, *data)
+	res, err := backup.Restore(r, *data, trust)
 	if err != nil {
 		fmt.Fprintf(stderr, "sessiond restore: %s: %v (nothing written)\n", *from, err)
 		return 1
 	}
 	h := res.Header
-	fmt.Fprintf(stdout, "restored the backup of %s (node id %s, taken %s) into %s as node id %s: %s; %d users, %d sessions, %d messages\n",
-		h.Node, res.OldID, h.CreatedAt.Format(time.RFC3339), res.Path, res.NewID, mb(h.Size), h.Users, h.Sessions, h.Messages)
+	fmt.Fprintf(stdout, "restored the backup of %s (node id %s, taken %s) into %s as node id %s: %s; %d users, %d sessions, %d messages; %s\n",
+		h.Node, res.OldID, h.CreatedAt.Format(time.RFC3339), res.Path, res.NewID, mb(h.Size), h.Users, h.Sessions, h.Messages, sealText(res.Sealed))
 	return 0
 }
 

@@ -52,9 +52,20 @@ func takeBackup(t *testing.T, n *clNode) string {
 	return out
 }
 
+// e2eKeyFile writes the tests' cluster key (e2eKey) to a file and returns its path: what
+// verify and restore check a backup's seal with.
+func e2eKeyFile(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "cluster.key")
+	if err := os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(e2eKey)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func restoreInto(t *testing.T, file, dir string) {
 	t.Helper()
-	so, se, code := runCLI(t, "restore", "--from", file, "--data", dir)
+	so, se, code := runCLI(t, "restore", "--from", file, "--data", dir, "--cluster-key-file", e2eKeyFile(t))
 	if code != 0 {
 		t.Fatalf("restore: exit %d: %s%s", code, so, se)
 	}
@@ -428,8 +439,8 @@ func TestBackupUnderLoad(t *testing.T) {
 		t.Fatal(f)
 	}
 
-	so, se, code := runCLI(t, "backup", "verify", out)
-	if code != 0 {
+	so, se, code := runCLI(t, "backup", "verify", out, "--cluster-key-file", e2eKeyFile(t))
+	if code != 0 || !strings.Contains(so, "sealed with the cluster key") {
 		t.Fatalf("verify: exit %d: %s%s", code, so, se)
 	}
 	dir := filepath.Join(t.TempDir(), "restored")
@@ -517,28 +528,49 @@ func TestBackupCLI(t *testing.T) {
 	t.Run("ErrNotABackup", func(t *testing.T) {
 		junk := filepath.Join(t.TempDir(), "junk")
 		os.WriteFile(junk, []byte("not a backup"), 0o600)
-		_, se, code := runCLI(t, "backup", "verify", junk)
+		_, se, code := runCLI(t, "backup", "verify", junk, "--cluster-key-file", e2eKeyFile(t))
 		if code != 1 || !strings.Contains(se, "not a sessiond backup") {
 			t.Errorf("verify: exit %d, stderr %q", code, se)
 		}
 		wantRestoreRefused(t, junk)
 	})
-	// A data page altered (no checksum covers those; the trailer's anyone can rewrite):
-	// the root bucket's sub-buckets rooted past the file's end. bbolt's check crashed
-	// verify and restore (found by an outside review); they now refuse the file.
+	// A data page altered and the file sealed again, as a holder of the cluster key
+	// could: the root bucket's sub-buckets rooted past the file's end. bbolt's check
+	// crashed verify and restore (found by an outside review); they now refuse the file.
 	t.Run("ErrAlteredDataPage", func(t *testing.T) {
 		altered := filepath.Join(t.TempDir(), "altered.sdbackup")
 		if err := os.WriteFile(altered, alterRootBucket(t, orig), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		_, se, code := runCLI(t, "backup", "verify", altered)
+		_, se, code := runCLI(t, "backup", "verify", altered, "--cluster-key-file", e2eKeyFile(t))
 		if code != 1 || !strings.Contains(se, "the data file in the backup") {
 			t.Errorf("verify: exit %d, stderr %q; want 1 and the data file refused", code, se)
 		}
 		wantRestoreRefused(t, altered)
 	})
+	// Altered and sealed again by someone without the cluster key: refused for its seal;
+	// with --unsealed, only for its damage (here: none), and said so.
+	t.Run("ErrSealedElsewhere", func(t *testing.T) {
+		forged := filepath.Join(t.TempDir(), "forged.sdbackup")
+		if err := os.WriteFile(forged, reseal(t, orig, backup.SealKey(make([]byte, 32))), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, se, code := runCLI(t, "backup", "verify", forged, "--cluster-key-file", e2eKeyFile(t))
+		if code != 1 || !strings.Contains(se, "seal") {
+			t.Errorf("verify: exit %d, stderr %q; want 1 and the seal refused", code, se)
+		}
+		wantRestoreRefused(t, forged)
+		so, se, code := runCLI(t, "backup", "verify", forged, "--unsealed")
+		if code != 0 || !strings.Contains(so, "NOT checked for a seal") {
+			t.Errorf("verify --unsealed: exit %d, stdout %q, stderr %q", code, so, se)
+		}
+		_, se, code = runCLI(t, "backup", "verify", forged)
+		if code != 2 || !strings.Contains(se, "--unsealed") {
+			t.Errorf("verify without a key: exit %d, stderr %q; want 2 and a pointer to the key file or --unsealed", code, se)
+		}
+	})
 	t.Run("ErrNonEmptyDir", func(t *testing.T) {
-		_, se, code := runCLI(t, "restore", "--from", file, "--data", a.data)
+		_, se, code := runCLI(t, "restore", "--from", file, "--data", a.data, "--cluster-key-file", e2eKeyFile(t))
 		if code != 1 || !strings.Contains(se, "not empty") {
 			t.Errorf("restore into a node's data directory: exit %d, stderr %q", code, se)
 		}
@@ -550,7 +582,7 @@ func TestBackupCLI(t *testing.T) {
 func wantRestoreRefused(t *testing.T, file string) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "d")
-	_, se, code := runCLI(t, "restore", "--from", file, "--data", dir)
+	_, se, code := runCLI(t, "restore", "--from", file, "--data", dir, "--cluster-key-file", e2eKeyFile(t))
 	if code != 1 || !strings.Contains(se, "nothing written") {
 		t.Errorf("restore: exit %d, stderr %q", code, se)
 	}
@@ -595,8 +627,28 @@ func alterRootBucket(t *testing.T, b []byte) []byte {
 	if patched == 0 {
 		t.Fatalf("the root bucket's page %d holds no bucket", root)
 	}
+	return wrap(t, r.Header(), data, backup.SealKey(e2eKey))
+}
+
+// reseal returns the backup file b with its data file unchanged, sealed with seal.
+func reseal(t *testing.T, b, seal []byte) []byte {
+	t.Helper()
+	r, err := backup.NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return wrap(t, r.Header(), data, seal)
+}
+
+// wrap writes a backup file of header h and data file data, sealed with seal.
+func wrap(t *testing.T, h backup.Header, data, seal []byte) []byte {
+	t.Helper()
 	var out bytes.Buffer
-	w, err := backup.NewWriter(&out, r.Header())
+	w, err := backup.NewWriter(&out, h, seal)
 	if err != nil {
 		t.Fatal(err)
 	}
