@@ -23,7 +23,7 @@ func TestIsRandomID(t *testing.T) {
 		{"ErrDot", "." + RandomID()[1:], false},
 		{"ErrNewline", "\n" + RandomID()[1:], false},
 		{"ErrBase32", "MFRGGZDFMZTWQ2LKNNWG23TPOBYXE43UOV3HO6DZPIYTEMZUGU3A", false}, // a gorilla FilesystemStore id
-		{"ErrNonCanonical", "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFV", false}, // last 2 bits set
+		{"ErrNonCanonical", "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFV", false},    // last 2 bits set
 	} {
 		if got := IsRandomID(tc.id); got != tc.want {
 			t.Errorf("%s: IsRandomID(%q)=%v, want %v", tc.name, tc.id, got, tc.want)
