@@ -259,7 +259,7 @@ const (
 	// FieldSubjectWrites (FWW, set at creation) marks a subject's session whose data its
 	// own token may write; absent, only the app writes it (through the service API).
 	FieldSubjectWrites = "subject_writes"
-	DataPrefix        = "d/" // d/<key> LWW: session data, a JSON value
+	DataPrefix         = "d/" // d/<key> LWW: session data, a JSON value
 )
 
 // MaxOriginField is the longest value SessionOrigin records in each of its fields;
@@ -283,8 +283,8 @@ type Session struct {
 	AppSeenUntil Timestamp
 	// SubjectWrites: the session's own token may write its data (FieldSubjectWrites).
 	SubjectWrites bool
-	Origin       Origin            // set by ReadSession, not ReadSessionMeta
-	Data         map[string][]byte // live data keys; values alias the Map
+	Origin        Origin            // set by ReadSession, not ReadSessionMeta
+	Data          map[string][]byte // live data keys; values alias the Map
 }
 
 // Origin is where and how a session began (SessionOrigin).
