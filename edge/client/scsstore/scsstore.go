@@ -36,7 +36,11 @@
 //
 // Limits are the namespace's (docs/API.md): at most 255 session keys of at most 126 bytes
 // each (see JSONCodec), 64 KiB of encoded values per session, and a lifetime of at most 90
-// days (a longer one is cut to 90 days).
+// days (a longer one is cut to 90 days). Every session counts against the app's storage
+// quota (the nodes' --app-quota): at it, commits of new or growing sessions fail (scs
+// answers 500) until sessions expire or are destroyed. An app that gives sessions to
+// anonymous visitors should bound what they can make it store — give them a short
+// IdleTimeout, or put data in the session only once a visitor signs in.
 package scsstore
 
 import (
