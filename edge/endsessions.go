@@ -11,10 +11,11 @@ import (
 )
 
 // Ending an app's sessions (functions.Apps.EndSessions) stops them working at once on
-// every node the write reaches; each node then flags the ended sessions it holds revoked
-// (functions.Sessions.RevokeEnded), so that their data goes and the app gets its room
-// back under the quota. endedSessionsLoop runs that when an app's record changes, and
-// once at start, for each app whose end is newer than the last it handled.
+// every node the write reaches; each node then writes to the ended sessions it holds
+// (functions.Sessions.RevokeEnded), which storage then drops, so that the app gets its
+// room back under the quota. endedSessionsLoop runs that when an app's record changes,
+// and once at start, for each app whose end is newer than the last it handled and recent
+// enough that sessions it ended may still be stored.
 
 // appsChanged kicks the loop when a batch wrote an app's record.
 func appsChanged(changes []storage.Change, kick chan<- struct{}) {
@@ -64,13 +65,19 @@ func (n *Node) revokeEnded(done map[string]crdt.Timestamp) error {
 		if end.IsZero() || !done[app].Less(end) {
 			continue
 		}
+		// Every session an end older than the longest lifetime (and the clocks' skew)
+		// ended has expired, and Sweep has dropped it.
+		if time.Since(end.Time()) > functions.MaxServiceTTL+n.cfg.MaxSkew+time.Hour {
+			done[app] = end
+			continue
+		}
 		flagged, err := n.sessions.RevokeEnded(n.ctx, app)
 		if err != nil {
 			return err
 		}
 		done[app] = end
 		if flagged > 0 {
-			n.log.Info("ended sessions revoked", "app", app, "sessions", flagged)
+			n.log.Info("ended sessions dropped", "app", app, "sessions", flagged)
 		}
 	}
 	return nil

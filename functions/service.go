@@ -271,12 +271,13 @@ type SubjectLister interface {
 	AppSubjects(ctx context.Context, app, after string) (ids []string, next string, err error)
 }
 
-// RevokeEnded flags revoked every session held here that app's end of its subjects'
-// sessions (Apps.EndSessions) ended, and returns how many it flagged. Ended sessions
-// already stop working; flagged, they also shed their data, so that the app gets the
-// room back (Quota) instead of waiting up to a year for them to expire. Each node runs
-// it over what it holds when an end reaches it (and when it starts); running it again
-// flags nothing new. Without Subjects it does nothing.
+// RevokeEnded writes a revocation to every session held here that app's end of its
+// subjects' sessions (Apps.EndSessions) ended, and returns how many. Ended sessions
+// already stop working; written again, storage drops them (it keeps no session its app
+// ended, and drops any copy that arrives later), so that the app gets the room back
+// (Quota) instead of waiting up to a year for them to expire. Each node runs it over
+// what it holds when an end reaches it (and when it starts); running it again finds
+// nothing. Without Subjects it does nothing.
 func (s *Sessions) RevokeEnded(ctx context.Context, app string) (int, error) {
 	if s.Subjects == nil {
 		return 0, nil

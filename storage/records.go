@@ -173,7 +173,10 @@ func (b *batch) load(key string) (crdt.Map, stored, bool, error) {
 
 // keep reports whether the record key in state m is to be stored. Only session and
 // key-value records are ever refused: see Tx.Merge. tx (which may be nil) supplies the
-// function's buffered erasures.
+// function's buffered erasures. A session is kept until it expires, unless its user is
+// erased or its app ended it (crdt.App.Ends): the user's erasure, or the app's record,
+// which every node holds, ends any copy that arrives later as well, so nothing of it
+// needs keeping (an app whose sessions a leaked key filled gets its room back).
 func (b *batch) keep(tx *Tx, key string, m *crdt.Map) bool {
 	if strings.HasPrefix(key, crdt.KVPrefix) {
 		return crdt.KVKeepNanos(m) > b.now.UnixNano()
@@ -182,7 +185,22 @@ func (b *batch) keep(tx *Tx, key string, m *crdt.Map) bool {
 		return true
 	}
 	user, ok := sessionOwner(m)
-	return ok && crdt.SessionExpires(m).After(b.now) && !b.erasedFor(tx, user)
+	return ok && crdt.SessionExpires(m).After(b.now) && !b.erasedFor(tx, user) && !b.appEnded(m)
+}
+
+// appEnded reports whether the session in state m is one of an app's subjects' that
+// the app's record, as of this point in the batch, ends.
+func (b *batch) appEnded(m *crdt.Map) bool {
+	f, ok := m.Field(crdt.FieldSessionApp)
+	if !ok || f.Kind != crdt.KindFWW {
+		return false
+	}
+	app := string(f.Value)
+	am, _, ok, err := b.load(crdt.AppKey(app))
+	if err != nil || !ok {
+		return false
+	}
+	return crdt.ReadAppSessionsEnd(app, &am).Ends(crdt.ReadSessionMeta("", m))
 }
 
 // writeRecord applies a pending record.

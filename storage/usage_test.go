@@ -6,6 +6,7 @@ import (
 	"maps"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sessiond/sessiond/crdt"
 )
@@ -126,5 +127,51 @@ func TestAppSubjects(t *testing.T) {
 	}
 	if !maps.Equal(got, want) || pages != 2 {
 		t.Errorf("%d subjects of shop in %d pages, want %d in 2", len(got), pages, len(want))
+	}
+}
+
+// TestAppEndedSessionsDropped: a session its app ended is not kept — neither the copy a
+// write touches next (what ending an app's sessions does to each held one) nor one that
+// arrives from a peer afterwards — so nothing of it counts against the app's quota; a
+// session made after the end is kept, and another app's is untouched.
+func TestAppEndedSessionsDropped(t *testing.T) {
+	clk := newTestClock()
+	db := MustOpenDB(t, Options{Now: clk.Now})
+	ctx := context.Background()
+	subject := crdt.SubjectID("shop", "alice")
+	merge(t, db, crdt.UserKey(subject), crdt.NewSubject("shop", "alice", db.Clock().Next()))
+	session := func(app string) crdt.Map {
+		ts := db.Clock().Next()
+		m := crdt.NewSession(subject, clk.Now().Add(hour), hour, ts)
+		m.Merge(crdt.SessionApp(app, crdt.Timestamp{}, false, ts))
+		return m
+	}
+	before, blog := session("shop"), session("blog")
+	merge(t, db, crdt.SessionKey("0aa1"), before)
+	merge(t, db, crdt.SessionKey("0aa2"), blog)
+	withSessions := db.AppUsage("shop")
+
+	end := db.Clock().Next()
+	merge(t, db, crdt.AppKey("shop"), crdt.EndAppSessions(end, time.Minute))
+	merge(t, db, crdt.SessionKey("0aa1"), crdt.RevokeSession(db.Clock().Next()))
+	if _, ok := mustRecord(t, db, crdt.SessionKey("0aa1")); ok {
+		t.Error("a session its app ended is still stored after a write")
+	}
+	if u := db.AppUsage("shop"); u.Records != 1 || u.Bytes >= withSessions.Bytes {
+		t.Errorf("shop uses %+v after its session was dropped (%+v before), want its subject's record alone", u, withSessions)
+	}
+	// A copy from a peer that had not seen the end.
+	res, err := db.ApplyRemote(ctx, []Change{{Key: crdt.SessionKey("0aa1"), Map: before}})
+	if err != nil || res.Dropped != 1 {
+		t.Errorf("ApplyRemote of the ended session = %+v, %v; want it dropped", res, err)
+	}
+	if _, ok := mustRecord(t, db, crdt.SessionKey("0aa2")); !ok {
+		t.Error("another app's session was dropped")
+	}
+	clk.Add(2 * time.Minute) // past the end's window
+	after := session("shop")
+	merge(t, db, crdt.SessionKey("0aa3"), after)
+	if _, ok := mustRecord(t, db, crdt.SessionKey("0aa3")); !ok {
+		t.Error("a session made after the end was dropped")
 	}
 }
