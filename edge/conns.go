@@ -3,53 +3,97 @@ package edge
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
 )
 
-// httpConns are the connections the HTTP server has open. fasthttp marks a connection
-// active as soon as it waits for its first request, and its graceful shutdown waits for
-// active connections until they end: a client that opens a connection and sends nothing
-// (a load balancer's or an HTTP client's spare connection) held a stopping node for its
-// whole ShutdownTimeout, and made the shutdown fail. Close calls expireReads, which ends
-// every pending read at once: a connection waiting for a request closes, one serving a
-// request finishes it (fasthttp reads a whole request before the handler runs, and
-// responses are written, not read) and then closes.
+// httpConns are the connections the HTTP server has open, each with what it has read
+// since it last answered. fasthttp marks a connection active as soon as it waits for its
+// first request, and its graceful shutdown waits for active connections until they end:
+// a client that opens a connection and sends nothing (a load balancer's or an HTTP
+// client's spare one) held a stopping node for its whole ShutdownTimeout and made the
+// shutdown fail. While the node stops, closeWaiting closes, again and again until the
+// server is down, every connection that has received nothing since its last answer: one
+// whose request has begun to arrive is left to finish it and be answered (fasthttp
+// closes it after that answer).
 type httpConns struct {
-	mu      sync.Mutex
-	m       map[net.Conn]struct{}
-	expired bool // expireReads ran: a connection accepted since expires at once
+	mu sync.Mutex
+	m  map[*countedConn]struct{}
+}
+
+// countedConn counts the bytes read since the connection last answered (or opened).
+type countedConn struct {
+	net.Conn
+	read atomic.Int64
+}
+
+func (c *countedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+// countingListener hands the server countedConns and lists them in conns.
+type countingListener struct {
+	net.Listener
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countedConn{Conn: c}, nil
 }
 
 // track is the server's ConnState hook.
-func (h *httpConns) track(c net.Conn, st fasthttp.ConnState) {
+func (h *httpConns) track(nc net.Conn, st fasthttp.ConnState) {
+	c, ok := nc.(*countedConn)
+	if !ok {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch st {
 	case fasthttp.StateClosed, fasthttp.StateHijacked:
 		delete(h.m, c)
-	case fasthttp.StateNew:
-		if h.expired {
-			_ = c.SetReadDeadline(time.Now())
-		}
+	case fasthttp.StateIdle: // answered: what it reads next is a new request
+		c.read.Store(0)
 		fallthrough
 	default:
 		if h.m == nil {
-			h.m = make(map[net.Conn]struct{})
+			h.m = make(map[*countedConn]struct{})
 		}
 		h.m[c] = struct{}{}
 	}
 }
 
-// expireReads makes every open connection's pending read fail now, and every one
-// accepted from now on.
-func (h *httpConns) expireReads() {
+// closeWaiting closes every connection that has read nothing since its last answer.
+func (h *httpConns) closeWaiting() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.expired = true
-	now := time.Now()
 	for c := range h.m {
-		_ = c.SetReadDeadline(now)
+		if c.read.Load() == 0 {
+			_ = c.Close()
+			delete(h.m, c)
+		}
+	}
+}
+
+// closeWaitingUntil runs closeWaiting every interval until done is closed: fasthttp
+// accepts and sets up connections until its listener is closed, and may yet pick up one
+// accepted just before.
+func (h *httpConns) closeWaitingUntil(done <-chan struct{}, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		h.closeWaiting()
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
 	}
 }

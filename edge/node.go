@@ -225,7 +225,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
-		if err := n.app.Listener(n.ln); err != nil {
+		if err := n.app.Listener(countingListener{n.ln}); err != nil {
 			n.log.Error("http server stopped", slog.Any("err", err))
 		}
 	}()
@@ -302,10 +302,16 @@ func (n *Node) Close(ctx context.Context) error {
 			n.stopRelays()
 		}
 		if n.app != nil {
-			n.conns.expireReads() // connections waiting for a request close now
+			// Connections waiting for a request close now, and those fasthttp picks up
+			// while it stops (conns.go).
+			stopped := make(chan struct{})
+			var closer sync.WaitGroup
+			closer.Go(func() { n.conns.closeWaitingUntil(stopped, 20*time.Millisecond) })
 			if err := n.app.ShutdownWithContext(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("shut down http: %w", err))
 			}
+			close(stopped)
+			closer.Wait()
 		}
 		if n.replicator != nil && !n.removed.isSelfRemoved() { // a removed node's peers refuse it
 			// What this node acknowledged last reaches its peers before it goes.

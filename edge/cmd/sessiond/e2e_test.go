@@ -1364,9 +1364,28 @@ func TestE2E_Lifecycle(t *testing.T) {
 			}
 			defer conn.Close()
 		}
+		// And more of them while the node stops, until it is down (a first fix missed
+		// those fasthttp set up after it had begun).
+		flood, flooded := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(flooded)
+			for {
+				select {
+				case <-flood:
+					return
+				default:
+				}
+				if conn, err := net.DialTimeout("tcp", d.http, time.Second); err == nil {
+					defer conn.Close()
+				}
+			}
+		}()
 		start := time.Now()
 		d.signal(syscall.SIGTERM)
-		if code := d.wait(15 * time.Second); code != 0 {
+		code := d.wait(15 * time.Second)
+		close(flood)
+		<-flooded
+		if code != 0 {
 			t.Errorf("exit code after SIGTERM = %d, want 0", code)
 		}
 		if took := time.Since(start); took > 5*time.Second {
