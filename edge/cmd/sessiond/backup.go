@@ -133,13 +133,13 @@ func backupCmd(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	start := time.Now()
-	res, err := fetchBackup(target, keys[0], *out, *timeout, stdout, stderr)
+	res, err := fetchBackup(target, keys, *out, *timeout, stdout, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "sessiond backup:", err)
 		return 1
 	}
-	if !res.SealedBy(sealKeys(keys)) {
-		fmt.Fprintln(stderr, "sessiond backup: warning: the node sealed the backup under a cluster key that is not in your key file: verify and restore it with the node's key file")
+	if !res.Sealed() {
+		fmt.Fprintln(stderr, "sessiond backup: warning: the node runs a release from before sealed backups, so this backup has no seal: verify and restore it with --unsealed, or upgrade the node and take another")
 	}
 	summary := stdout
 	if toStdout {
@@ -159,10 +159,12 @@ type fetched struct {
 	bytes int64
 }
 
-// fetchBackup streams the backup at target to out, checking it as it goes.
-func fetchBackup(target string, key []byte, out string, timeout time.Duration, stdout, stderr io.Writer) (fetched, error) {
+// fetchBackup streams the backup at target to out, checking it as it goes: a backup
+// sealed with none of keys (a stale key file, or a stream altered on its way) is refused,
+// and nothing of it kept; one without a seal (a node from before seals) is kept.
+func fetchBackup(target string, keys [][]byte, out string, timeout time.Duration, stdout, stderr io.Writer) (fetched, error) {
 	hc := &http.Client{Timeout: timeout}
-	resp, err := doAdmin(hc, key, http.MethodGet, target, nil)
+	resp, err := doAdmin(hc, keys[0], http.MethodGet, target, nil)
 	if err != nil {
 		return fetched{}, err
 	}
@@ -203,6 +205,9 @@ func fetchBackup(target string, key []byte, out string, timeout time.Duration, s
 	}
 	if !br.Complete() {
 		return fetched{}, backup.ErrTruncated
+	}
+	if br.Sealed() && !br.SealedBy(sealKeys(keys)) {
+		return fetched{}, fmt.Errorf("%w: sealed under a cluster key not in your key file, or altered on its way; nothing kept", backup.ErrUnsealed)
 	}
 	if tmp != nil {
 		if err := tmp.Sync(); err != nil {

@@ -569,6 +569,25 @@ func TestBackupCLI(t *testing.T) {
 			t.Errorf("verify without a key: exit %d, stderr %q; want 2 and a pointer to the key file or --unsealed", code, se)
 		}
 	})
+	// A key file that lacks the node's first key (a stale one): the node accepts the
+	// request, signed with its older key, but the backup's seal does not check with it.
+	t.Run("ErrSealNotInKeyFile", func(t *testing.T) {
+		older := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))
+		k := newCluster(t, []string{"k"}, []string{"eu"}, base64.StdEncoding.EncodeToString(e2eKey)+"\n"+older)[0]
+		waitFor(t, 30*time.Second, "k ready", k.ready)
+		stale := filepath.Join(t.TempDir(), "stale.key")
+		if err := os.WriteFile(stale, []byte(older+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(t.TempDir(), "k.sdbackup")
+		_, se, code := runCLI(t, "backup", "--http", k.http, "--out", out, "--cluster-key-file", stale)
+		if code != 1 || !strings.Contains(se, "not in your key file") {
+			t.Errorf("backup with a stale key file: exit %d, stderr %q; want 1 and the seal refused", code, se)
+		}
+		if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
+			t.Errorf("a refused backup left %v", entries)
+		}
+	})
 	t.Run("ErrNonEmptyDir", func(t *testing.T) {
 		_, se, code := runCLI(t, "restore", "--from", file, "--data", a.data, "--cluster-key-file", e2eKeyFile(t))
 		if code != 1 || !strings.Contains(se, "not empty") {
