@@ -16,8 +16,9 @@ import (
 // client's spare one) held a stopping node for its whole ShutdownTimeout and made the
 // shutdown fail. While the node stops, closeWaiting closes, again and again until the
 // server is down, every connection that has received nothing since its last answer: one
-// whose request has begun to arrive is left to finish it and be answered (fasthttp
-// closes it after that answer).
+// whose request has begun to arrive has a short grace to finish it, and is answered
+// (with Connection: close: the server's CloseOnShutdown, so that the answer is flushed
+// even when more requests were pipelined behind it), then closed.
 type httpConns struct {
 	mu sync.Mutex
 	m  map[*countedConn]struct{}
@@ -27,6 +28,9 @@ type httpConns struct {
 type countedConn struct {
 	net.Conn
 	read atomic.Int64
+	// cutoff is when a request that had begun to arrive when the node began to stop
+	// must have arrived: zero until then. Only closeWaiting touches it.
+	cutoff time.Time
 }
 
 func (c *countedConn) Read(p []byte) (int, error) {
@@ -70,26 +74,34 @@ func (h *httpConns) track(nc net.Conn, st fasthttp.ConnState) {
 	}
 }
 
-// closeWaiting closes every connection that has read nothing since its last answer.
-func (h *httpConns) closeWaiting() {
+// closeWaiting closes every connection that has read nothing since its last answer, and
+// gives one whose request has begun to arrive until grace after it first saw it to
+// read the rest (a read deadline: fasthttp's own, ReadTimeout, outlasts a shutdown, and
+// fasthttp sets it again as a request begins, so it is set each time).
+func (h *httpConns) closeWaiting(now time.Time, grace time.Duration) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for c := range h.m {
 		if c.read.Load() == 0 {
 			_ = c.Close()
 			delete(h.m, c)
+			continue
 		}
+		if c.cutoff.IsZero() {
+			c.cutoff = now.Add(grace)
+		}
+		_ = c.SetReadDeadline(c.cutoff)
 	}
 }
 
 // closeWaitingUntil runs closeWaiting every interval until done is closed: fasthttp
 // accepts and sets up connections until its listener is closed, and may yet pick up one
 // accepted just before.
-func (h *httpConns) closeWaitingUntil(done <-chan struct{}, interval time.Duration) {
+func (h *httpConns) closeWaitingUntil(done <-chan struct{}, interval, grace time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		h.closeWaiting()
+		h.closeWaiting(time.Now(), grace)
 		select {
 		case <-done:
 			return

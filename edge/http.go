@@ -68,6 +68,9 @@ func (n *Node) newApp() *fiber.App {
 		ProxyHeader:             proxyHeader(n.cfg.TrustedProxies),
 	})
 	app.Server().ConnState = n.conns.track
+	// While the node stops, answers say Connection: close and are flushed at once, also
+	// when more requests were pipelined behind them (conns.go).
+	app.Server().CloseOnShutdown = true
 	app.Use(func(c *fiber.Ctx) error { return n.observe(c, access) })
 	if len(n.cfg.CORSOrigins) > 0 {
 		app.Use(cors.New(cors.Config{

@@ -306,7 +306,7 @@ func (n *Node) Close(ctx context.Context) error {
 			// while it stops (conns.go).
 			stopped := make(chan struct{})
 			var closer sync.WaitGroup
-			closer.Go(func() { n.conns.closeWaitingUntil(stopped, 20*time.Millisecond) })
+			closer.Go(func() { n.conns.closeWaitingUntil(stopped, 20*time.Millisecond, requestGrace) })
 			if err := n.app.ShutdownWithContext(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("shut down http: %w", err))
 			}
@@ -348,6 +348,10 @@ func runID() crdt.NodeID {
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
 	return crdt.NodeID(binary.BigEndian.Uint64(b[:]) | 1)
 }
+
+// requestGrace is how long a stopping node waits for the rest of a request that had
+// begun to arrive (conns.go).
+const requestGrace = 2 * time.Second
 
 // drainTimeout bounds how long a stopping node waits for its last writes to reach its
 // peers (cluster.Replicator.Drain); a peer that cannot be reached does not hold it up

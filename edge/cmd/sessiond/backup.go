@@ -71,7 +71,8 @@ func checkDataFile(path string, stdout, stderr io.Writer) int {
 }
 
 const backupUsage = `Usage:
-  sessiond backup --http ADDR --out FILE [--force]   take a backup of the running node at ADDR
+  sessiond backup --http ADDR --out FILE [--force] [--unsealed]
+                                                     take a backup of the running node at ADDR
   sessiond backup verify FILE [--unsealed]           check a backup file without restoring it
 
 A backup is a consistent copy of the node's data taken while it serves, streamed to FILE
@@ -105,6 +106,7 @@ func backupCmd(args []string, stdout, stderr io.Writer) int {
 	force := fs.Bool("force", false, "overwrite FILE if it exists")
 	keyFile := fs.String("cluster-key-file", "", "`FILE` with the cluster key (the node's --cluster-key-file)")
 	timeout := fs.Duration("timeout", 0, "give up after `DURATION`; 0: never")
+	unsealed := fs.Bool("unsealed", false, "keep a backup without a seal (from a node of a release before seals); without it such a backup is refused")
 	if code, done := parseCmd(fs, args, stdout, stderr, backupUsage, "http", "cluster-key-file"); done {
 		return code
 	}
@@ -133,13 +135,10 @@ func backupCmd(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	start := time.Now()
-	res, err := fetchBackup(target, keys, *out, *timeout, stdout, stderr)
+	res, err := fetchBackup(target, keys, *unsealed, *out, *timeout, stdout, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "sessiond backup:", err)
 		return 1
-	}
-	if !res.Sealed() {
-		fmt.Fprintln(stderr, "sessiond backup: warning: the node runs a release from before sealed backups, so this backup has no seal: verify and restore it with --unsealed, or upgrade the node and take another")
 	}
 	summary := stdout
 	if toStdout {
@@ -161,8 +160,10 @@ type fetched struct {
 
 // fetchBackup streams the backup at target to out, checking it as it goes: a backup
 // sealed with none of keys (a stale key file, or a stream altered on its way) is refused,
-// and nothing of it kept; one without a seal (a node from before seals) is kept.
-func fetchBackup(target string, keys [][]byte, out string, timeout time.Duration, stdout, stderr io.Writer) (fetched, error) {
+// and so is one without a seal (a node from before seals, or a seal stripped on the way)
+// unless unsealed; a refused backup leaves no file (to stdout, its bytes are written
+// already: the exit status says).
+func fetchBackup(target string, keys [][]byte, unsealed bool, out string, timeout time.Duration, stdout, stderr io.Writer) (fetched, error) {
 	hc := &http.Client{Timeout: timeout}
 	resp, err := doAdmin(hc, keys[0], http.MethodGet, target, nil)
 	if err != nil {
@@ -206,8 +207,15 @@ func fetchBackup(target string, keys [][]byte, out string, timeout time.Duration
 	if !br.Complete() {
 		return fetched{}, backup.ErrTruncated
 	}
-	if br.Sealed() && !br.SealedBy(sealKeys(keys)) {
-		return fetched{}, fmt.Errorf("%w: sealed under a cluster key not in your key file, or altered on its way; nothing kept", backup.ErrUnsealed)
+	kept := "nothing kept"
+	if tmp == nil {
+		kept = "what was written to stdout is not a backup to trust"
+	}
+	switch {
+	case br.Sealed() && !br.SealedBy(sealKeys(keys)):
+		return fetched{}, fmt.Errorf("%w: sealed under a cluster key not in your key file, or altered on its way; %s", backup.ErrUnsealed, kept)
+	case !br.Sealed() && !unsealed:
+		return fetched{}, fmt.Errorf("%w: it has no seal: the node runs a release from before sealed backups (take it with --unsealed, or upgrade the node), or the seal was stripped on its way; %s", backup.ErrUnsealed, kept)
 	}
 	if tmp != nil {
 		if err := tmp.Sync(); err != nil {

@@ -7,11 +7,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -588,6 +590,40 @@ func TestBackupCLI(t *testing.T) {
 			t.Errorf("a refused backup left %v", entries)
 		}
 	})
+	// Someone on the network path strips the seal (rewrites the stream as format 1 with
+	// a matching checksum): refused, nothing kept, unless --unsealed (a node from before
+	// seals looks the same).
+	t.Run("ErrSealStripped", func(t *testing.T) {
+		proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			req, _ := http.NewRequest(r.Method, "http://"+a.http+r.URL.RequestURI(), nil)
+			req.Header = r.Header.Clone()
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			for k, v := range resp.Header {
+				w.Header()[k] = v
+			}
+			w.Header().Del("Content-Length")
+			w.WriteHeader(resp.StatusCode)
+			w.Write(stripSeal(t, b))
+		}))
+		defer proxy.Close()
+		out := filepath.Join(t.TempDir(), "stripped.sdbackup")
+		_, se, code := runCLI(t, "backup", "--http", proxy.URL, "--out", out, "--cluster-key-file", a.keyFile)
+		if code != 1 || !strings.Contains(se, "no seal") {
+			t.Errorf("backup through a seal-stripping proxy: exit %d, stderr %q; want 1 and no seal", code, se)
+		}
+		if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
+			t.Errorf("a refused backup left %v", entries)
+		}
+		if so, se, code := runCLI(t, "backup", "--http", proxy.URL, "--out", out, "--cluster-key-file", a.keyFile, "--unsealed"); code != 0 {
+			t.Errorf("backup --unsealed through the proxy: exit %d: %s%s", code, so, se)
+		}
+	})
 	t.Run("ErrNonEmptyDir", func(t *testing.T) {
 		_, se, code := runCLI(t, "restore", "--from", file, "--data", a.data, "--cluster-key-file", e2eKeyFile(t))
 		if code != 1 || !strings.Contains(se, "not empty") {
@@ -647,6 +683,21 @@ func alterRootBucket(t *testing.T, b []byte) []byte {
 		t.Fatalf("the root bucket's page %d holds no bucket", root)
 	}
 	return wrap(t, r.Header(), data, backup.SealKey(e2eKey))
+}
+
+// stripSeal returns the backup file b rewritten as format 1: no seal, and a checksum
+// that matches.
+func stripSeal(t *testing.T, b []byte) []byte {
+	t.Helper()
+	const sealLen = 8 + 32 // seal id and MAC
+	if len(b) < 64 || string(b[:8]) != "SDBACKUP" {
+		return b // an error answer: passed on as it is
+	}
+	v1 := bytes.Clone(b[:len(b)-sealLen])
+	binary.BigEndian.PutUint16(v1[8:], 1)
+	sum := sha256.Sum256(v1[:len(v1)-sha256.Size-16])
+	copy(v1[len(v1)-sha256.Size:], sum[:])
+	return v1
 }
 
 // reseal returns the backup file b with its data file unchanged, sealed with seal.
