@@ -654,14 +654,7 @@ func wantRestoreRefused(t *testing.T, file string) {
 // a bucket's value begins with its root page ID).
 func alterRootBucket(t *testing.T, b []byte) []byte {
 	t.Helper()
-	r, err := backup.NewReader(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, data := unwrap(t, b)
 	le := binary.LittleEndian
 	ps := int(le.Uint32(data[24:]))
 	meta := data[:ps]
@@ -682,7 +675,7 @@ func alterRootBucket(t *testing.T, b []byte) []byte {
 	if patched == 0 {
 		t.Fatalf("the root bucket's page %d holds no bucket", root)
 	}
-	return wrap(t, r.Header(), data, backup.SealKey(e2eKey))
+	return wrap(t, h, data, backup.SealKey(e2eKey))
 }
 
 // stripSeal returns the backup file b rewritten as format 1: no seal, and a checksum
@@ -703,6 +696,13 @@ func stripSeal(t *testing.T, b []byte) []byte {
 // reseal returns the backup file b with its data file unchanged, sealed with seal.
 func reseal(t *testing.T, b, seal []byte) []byte {
 	t.Helper()
+	h, data := unwrap(t, b)
+	return wrap(t, h, data, seal)
+}
+
+// unwrap returns the header and the data file of the backup file b.
+func unwrap(t *testing.T, b []byte) (backup.Header, []byte) {
+	t.Helper()
 	r, err := backup.NewReader(bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
@@ -711,7 +711,7 @@ func reseal(t *testing.T, b, seal []byte) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return wrap(t, r.Header(), data, seal)
+	return r.Header(), data
 }
 
 // wrap writes a backup file of header h and data file data, sealed with seal.
