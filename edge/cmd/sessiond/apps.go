@@ -67,18 +67,9 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 	sub, args := args[0], args[1:]
 	fs, addr, keyFile, asJSON, grace, endSessions := appsFlags()
 	fs.Init("sessiond apps "+sub, flag.ContinueOnError)
-	// NAME may come before or after the flags.
-	var pos []string
-	env := []string{"http", "cluster-key-file"} // read once: the command line wins
-	for {
-		if code, done := parseCmd(fs, args, stdout, stderr, appsUsage, env...); done {
-			return code
-		}
-		env = nil
-		if fs.NArg() == 0 {
-			break
-		}
-		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
+	pos, code, done := parseArgs(fs, args, stdout, stderr, appsUsage, "http", "cluster-key-file")
+	if done {
+		return code
 	}
 	var (
 		method, path string

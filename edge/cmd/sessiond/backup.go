@@ -249,18 +249,9 @@ func verifyCmd(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(io.Discard)
 	keyFile, unsealed := trustFlags(fs)
 	const usage = "Usage: sessiond backup verify FILE (- for stdin) [flags]: check a backup file without restoring it;\nexit 0 if it is complete, undamaged, sealed with one of the cluster keys given (or, with --unsealed,\nwhatever its seal) and holds a data file this build opens\n\nFlags:\n"
-	// FILE may come before or after the flags.
-	var files []string
-	env := []string{"cluster-key-file"} // read once: the command line wins
-	for {
-		if code, done := parseCmd(fs, args, stdout, stderr, usage, env...); done {
-			return code
-		}
-		env = nil
-		if fs.NArg() == 0 {
-			break
-		}
-		files, args = append(files, fs.Arg(0)), fs.Args()[1:]
+	files, code, done := parseArgs(fs, args, stdout, stderr, usage, "cluster-key-file")
+	if done {
+		return code
 	}
 	if len(files) != 1 {
 		fmt.Fprintln(stderr, "sessiond backup verify: want one FILE (- for stdin)")
@@ -375,6 +366,22 @@ func restoreCmd(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "restored the backup of %s (node id %s, taken %s) into %s as node id %s: %s; %d users, %d sessions, %d messages; %s\n",
 		h.Node, res.OldID, h.CreatedAt.Format(time.RFC3339), res.Path, res.NewID, mb(h.Size), h.Users, h.Sessions, h.Messages, sealText(res.Sealed))
 	return 0
+}
+
+// parseArgs is parseCmd for a subcommand whose arguments may come before, between or
+// after its flags: it returns them in order (the environment is read once: the command
+// line wins).
+func parseArgs(fs *flag.FlagSet, args []string, stdout, stderr io.Writer, usage string, env ...string) (pos []string, code int, done bool) {
+	for {
+		if code, done := parseCmd(fs, args, stdout, stderr, usage, env...); done {
+			return nil, code, true
+		}
+		env = nil
+		if fs.NArg() == 0 {
+			return pos, 0, false
+		}
+		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
+	}
 }
 
 // parseCmd parses a subcommand's flags, after the environment for the flags named in

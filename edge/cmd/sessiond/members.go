@@ -50,18 +50,9 @@ func membersCmd(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	fs, addr, keyFile := membersFlags("sessiond members remove")
-	// NAME may come before or after the flags.
-	var pos []string
-	args, env := args[1:], []string{"http", "cluster-key-file"} // read once: the command line wins
-	for {
-		if code, done := parseCmd(fs, args, stdout, stderr, membersUsage, env...); done {
-			return code
-		}
-		env = nil
-		if fs.NArg() == 0 {
-			break
-		}
-		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
+	pos, code, done := parseArgs(fs, args[1:], stdout, stderr, membersUsage, "http", "cluster-key-file")
+	if done {
+		return code
 	}
 	if len(pos) != 1 || pos[0] == "" {
 		fmt.Fprintln(stderr, "sessiond members remove: want one NAME, the member's node name (sessiond members --help)")
