@@ -80,7 +80,7 @@ func (n *Node) signingKeys(c *fiber.Ctx) error {
 func (n *Node) retireKey(c *fiber.Ctx) error {
 	k, err := n.signing.retire(c.UserContext(), c.Params("kid"))
 	if errors.Is(err, errSigningNow) {
-		return functions.Errorf(functions.EConflict, "signing key %s signs now: rotate first (sessiond keys rotate --after 0), then retire it", c.Params("kid"))
+		return functions.Errorf(functions.EConflict, "signing key %s signs now: replace and retire it in one step with sessiond keys rotate --after 0 --retire-replaced", c.Params("kid"))
 	}
 	if err != nil {
 		return err
@@ -90,7 +90,9 @@ func (n *Node) retireKey(c *fiber.Ctx) error {
 
 // rotateKey serves POST /v1/admin/keys/rotate: a new signing key, published at once, that
 // every node signs with from after_seconds on (api.RotateKeyRequest); the keys it replaces
-// verify until their last token expires. 429 while maxLiveKeys keys still verify.
+// verify until their last token expires, but the one that signed until now when
+// retire_replaced asks it retired at once. 429 while maxLiveKeys keys still verify (not
+// counting one it retires).
 func (n *Node) rotateKey(c *fiber.Ctx) error {
 	req := api.RotateKeyRequest{}
 	if len(c.Request().Body()) > 0 { // as sent (see rawBody); decodeJSON refuses a compressed one
@@ -105,7 +107,10 @@ func (n *Node) rotateKey(c *fiber.Ctx) error {
 	if after < 0 || after > api.MaxRotateAfter {
 		return badRequest("after_seconds must be between 0 and %d", api.MaxRotateAfter)
 	}
-	k, retry, err := n.signing.rotate(c.UserContext(), time.Duration(after)*time.Second)
+	if req.RetireReplaced && after != 0 {
+		return badRequest("retire_replaced needs after_seconds 0: the key that signs now is retired as the new one starts")
+	}
+	k, retired, retry, err := n.signing.rotate(c.UserContext(), time.Duration(after)*time.Second, req.RetireReplaced)
 	if errors.Is(err, errTooManyRecords) {
 		return functions.Errorf(functions.EConflict, "the cluster holds %d signing key records, the most a node reads: no more rotations", maxKeyRecords)
 	}
@@ -115,14 +120,22 @@ func (n *Node) rotateKey(c *fiber.Ctx) error {
 			wait = max(retry.Sub(n.cfg.Now()), time.Second)
 		}
 		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(math.Ceil(wait.Seconds())))
-		return functions.Errorf(functions.ERateLimited, "%d signing keys still verify, or would but for a retire: a rotation is refused until the first of them would retire (in %s)", maxLiveKeys, wait.Round(time.Second))
+		return functions.Errorf(functions.ERateLimited, "%d signing keys still verify: a rotation is refused until the first of them retires (in %s), or until you retire one (sessiond keys retire KID, or rotate with --retire-replaced)", maxLiveKeys, wait.Round(time.Second))
 	}
 	if err != nil {
 		return err
 	}
-	ring := n.tokens.ring.Load() // maybe reloaded since: describe k as it knows it
+	ring, now := n.tokens.ring.Load(), n.cfg.Now() // maybe reloaded since: describe keys as it knows them
 	if rk, ok := ring.keys[k.kid]; ok {
 		k = rk
 	}
-	return c.Status(fiber.StatusCreated).JSON(api.RotateKeyResponse{Key: describeKey(ring, k, n.cfg.Now())})
+	resp := api.RotateKeyResponse{Key: describeKey(ring, k, now)}
+	if retired != nil {
+		if rk, ok := ring.keys[retired.kid]; ok {
+			retired = rk
+		}
+		d := describeKey(ring, retired, now)
+		resp.Retired = &d
+	}
+	return c.Status(fiber.StatusCreated).JSON(resp)
 }

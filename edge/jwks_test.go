@@ -238,6 +238,7 @@ func TestAdmin_Keys(t *testing.T) {
 		code   string
 	}{
 		{name: "ErrNegative", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after_seconds": -1}, status: 400, code: "invalid_argument"},
+		{name: "ErrRetireLater", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"retire_replaced": true}, status: 400, code: "invalid_argument"},
 		{name: "ErrTooLate", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after_seconds": api.MaxRotateAfter + 1}, status: 400, code: "invalid_argument"},
 		{name: "ErrUnknownField", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after": 1}, status: 400, code: "invalid_argument"},
 		{name: "ErrNotANumber", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after_seconds": "soon"}, status: 400, code: "invalid_argument"},
@@ -272,8 +273,9 @@ func TestAdmin_Keys(t *testing.T) {
 		if len(set.Keys) != maxLiveKeys {
 			t.Fatalf("%d keys published, want %d", len(set.Keys), maxLiveKeys)
 		}
-		// Retiring a replaced key ends it at once, but makes no room: rotations stay
-		// bounded (else rotate-and-retire would pile up key records without end).
+		// Retiring a replaced key ends it at once and makes room for one rotation (review
+		// F6: retired keys used to count until they would have retired by themselves, so
+		// with long-lived app sessions even an emergency rotation was refused for months).
 		oldest := set.Keys[len(set.Keys)-1].Kid
 		if resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/"+oldest+"/retire", nil); resp.StatusCode != http.StatusOK {
 			t.Fatalf("retire %s: %d %s", oldest, resp.StatusCode, body)
@@ -281,8 +283,42 @@ func TestAdmin_Keys(t *testing.T) {
 		if set := fetchJWKS(t, c); len(set.Keys) != maxLiveKeys-1 {
 			t.Errorf("%d keys published after a retire, want %d", len(set.Keys), maxLiveKeys-1)
 		}
+		if resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", nil); resp.StatusCode != http.StatusCreated {
+			t.Fatalf("rotate after a retire: %d %s", resp.StatusCode, body)
+		}
 		resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", nil)
 		wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+		if !strings.Contains(string(body), "retire") {
+			t.Errorf("the refusal does not say how to make room: %s", body)
+		}
+
+		// At the bound, a leaked key that signs now is replaced and retired in one step.
+		leaked := signUp(t, c, fmt.Sprintf("leak%d", maxLiveKeys))
+		leakedKid, _ := tokenHeader(t, leaked)["kid"].(string)
+		resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", map[string]any{"after_seconds": 0, "retire_replaced": true})
+		var rotated api.RotateKeyResponse
+		if err := json.Unmarshal(body, &rotated); resp.StatusCode != http.StatusCreated || err != nil {
+			t.Fatalf("rotate --retire-replaced at the bound: %d %s", resp.StatusCode, body)
+		}
+		if rotated.Retired == nil || rotated.Retired.KID != leakedKid || rotated.Retired.Status != api.KeyRetired {
+			t.Errorf("retired = %+v, want %s retired", rotated.Retired, leakedKid)
+		}
+		if resp, body := c.do("GET", "/v1/sessions/current", leaked, nil); resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("a token of the retired key: %d %s, want 401", resp.StatusCode, body)
+		}
+		fresh := signUp(t, c, fmt.Sprintf("after%d", maxLiveKeys))
+		if kid := tokenHeader(t, fresh)["kid"]; kid != rotated.Key.KID {
+			t.Errorf("a token after the rotation: kid %v, want %s", kid, rotated.Key.KID)
+		}
+		set = fetchJWKS(t, c)
+		if len(set.Keys) != maxLiveKeys {
+			t.Errorf("%d keys published, want %d", len(set.Keys), maxLiveKeys)
+		}
+		for _, k := range set.Keys {
+			if k.Kid == leakedKid {
+				t.Errorf("the retired key %s is still published", leakedKid)
+			}
+		}
 	})
 }
 
@@ -297,7 +333,7 @@ func TestSigningKeys_Retire(t *testing.T) {
 	c := newTestClient(t, n)
 	old := signUp(t, c, "alice")
 	oldKid, _ := tokenHeader(t, old)["kid"].(string)
-	if _, _, err := n.signing.rotate(context.Background(), 0); err != nil {
+	if _, _, _, err := n.signing.rotate(context.Background(), 0, false); err != nil {
 		t.Fatal(err)
 	}
 	clock.Add(n.cfg.SessionTTL + tokenLeeway + time.Second)
@@ -321,6 +357,47 @@ func TestSigningKeys_Retire(t *testing.T) {
 	tok := signUp(t, c, "bob")
 	if resp, body := c.do("GET", "/v1/sessions/current", tok, nil); resp.StatusCode != http.StatusOK {
 		t.Errorf("a token of the new key: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestSigningKeys_RotateRetiringSigner: a rotation that retires the key signing until
+// now (a leaked key) makes the new key sign at once also on a node whose clock is up to
+// the allowed skew behind, which must not fall back to an older key the leaked one had
+// replaced.
+func TestSigningKeys_RotateRetiringSigner(t *testing.T) {
+	clock := newFakeClock(time.Now())
+	cfg := testConfig(t, "retire-signer-0")
+	cfg.Now = clock.Now
+	n := MustStartNode(t, cfg)
+	ctx := context.Background()
+	older := n.tokens.ring.Load().signer(clock.Now())
+	leaked, _, _, err := n.signing.rotate(ctx, 0, false)
+	if err != nil || older == nil {
+		t.Fatalf("first rotation: %v (signer before: %v)", err, older)
+	}
+	clock.Add(2 * n.cfg.MaxSkew)
+	fresh, retired, _, err := n.signing.rotate(ctx, 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if retired == nil || retired.kid != leaked.kid {
+		t.Fatalf("retired %v, want the key that signed (%s)", retired, leaked.kid)
+	}
+	ring := n.tokens.ring.Load()
+	for _, lag := range []time.Duration{0, n.cfg.MaxSkew / 2, n.cfg.MaxSkew} {
+		var kid string
+		if k := ring.signer(clock.Now().Add(-lag)); k != nil {
+			kid = k.kid
+		}
+		if kid != fresh.kid {
+			t.Errorf("signer %v behind: %q, want the new key %s (the older key is %s)", lag, kid, fresh.kid, older.kid)
+		}
+	}
+	if _, ok := ring.verifying(leaked.kid, clock.Now()); ok {
+		t.Errorf("the leaked key still verifies")
+	}
+	if _, ok := ring.verifying(older.kid, clock.Now()); !ok {
+		t.Errorf("the older key stopped verifying: only the leaked one is retired")
 	}
 }
 
@@ -632,7 +709,7 @@ func TestSigningKeys_AppSessionOutlivesRotation(t *testing.T) {
 		t.Fatalf("the key's record says its tokens expire until %v; the app's token expires at %v", rec.ExpiresUntil, created.Session.ExpiresAt)
 	}
 
-	if _, _, err := n.signing.rotate(context.Background(), 0); err != nil {
+	if _, _, _, err := n.signing.rotate(context.Background(), 0, false); err != nil {
 		t.Fatal(err)
 	}
 	clock.Add(cfg.SessionTTL + tokenLeeway + time.Minute) // past a user token's lifetime
@@ -686,7 +763,7 @@ func TestTokens_CachedKeyRetires(t *testing.T) {
 	if _, err := n.tokens.verify(raw); err != nil {
 		t.Fatalf("the token before the rotation: %v", err)
 	}
-	if _, _, err := n.signing.rotate(context.Background(), 0); err != nil {
+	if _, _, _, err := n.signing.rotate(context.Background(), 0, false); err != nil {
 		t.Fatal(err)
 	}
 	clock.Add(n.cfg.SessionTTL + tokenLeeway + time.Minute)

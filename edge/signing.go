@@ -40,6 +40,7 @@ type signing struct {
 	db       signKeyStore
 	tokens   *tokens
 	lifetime time.Duration // the longest a token lives
+	skew     time.Duration // Config.MaxSkew: how far behind another node's clock may be
 	now      func() time.Time
 	log      *slog.Logger
 
@@ -61,8 +62,8 @@ type signing struct {
 
 // newSigning returns the signing keys of db for t; kick is the channel
 // signingKeysChanged pokes.
-func newSigning(db signKeyStore, t *tokens, clusterKeys [][]byte, lifetime time.Duration, now func() time.Time, kick chan struct{}, log *slog.Logger) *signing {
-	s := &signing{db: db, tokens: t, lifetime: lifetime, now: now, log: log,
+func newSigning(db signKeyStore, t *tokens, clusterKeys [][]byte, lifetime, skew time.Duration, now func() time.Time, kick chan struct{}, log *slog.Logger) *signing {
+	s := &signing{db: db, tokens: t, lifetime: lifetime, skew: skew, now: now, log: log,
 		mayCreate: func() bool { return true }, kick: kick, warned: map[string]bool{}, expires: map[string]time.Time{}}
 	s.clusterKeys.Store(&clusterKeys)
 	return s
@@ -102,7 +103,7 @@ func signingKeysChanged(changes []storage.Change, kick chan<- struct{}) {
 // EdDSA; one that joins others waits until it has caught up with them (becomeReady), so
 // that it does not create a key they already have.
 func (n *Node) startSigning(keys [][]byte) error {
-	n.signing = newSigning(n.db, n.tokens, keys, n.cfg.SessionTTL+tokenLeeway, n.cfg.Now, n.keysKick,
+	n.signing = newSigning(n.db, n.tokens, keys, n.cfg.SessionTTL+tokenLeeway, n.cfg.MaxSkew, n.cfg.Now, n.keysKick,
 		n.cfg.Logger.With("component", "signing", "node", n.cfg.NodeName))
 	n.signing.mayCreate = func() bool { return len(n.cfg.Join) == 0 || n.ready.Load() }
 	n.tokens.lookup = n.signing.lookup
@@ -333,46 +334,78 @@ func (s *signing) maintain(ctx context.Context) error {
 }
 
 // rotate creates a new signing key that every node signs with from after from now on,
-// published at once. It fails with errTooManyKeys (and the time the oldest of them
-// retires, if any does) while maxLiveKeys keys verify.
-func (s *signing) rotate(ctx context.Context, after time.Duration) (*signKey, time.Time, error) {
+// published at once. With retireSigner (after must be 0), the key that signs now here is
+// retired in the same write, on every node as the records reach it: its tokens stop
+// verifying (a leaked signing key, replaced and ended in one step); retired is then that
+// key (nil when this node signs with none). The new key then starts signing up to skew
+// before now (never before the retired key started), so that a node whose clock is
+// behind does not fall back to signing with a key older than the retired one. It fails with errTooManyKeys (and the time
+// the first of them retires, if any does) while maxLiveKeys keys verify, not counting a
+// key it retires.
+func (s *signing) rotate(ctx context.Context, after time.Duration, retireSigner bool) (k, retired *signKey, retry time.Time, err error) {
+	if retireSigner && after != 0 {
+		return nil, nil, time.Time{}, errors.New("rotate: a key is retired only by a rotation that signs at once")
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ring, err := s.loadLocked(ctx)
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, nil, time.Time{}, err
 	}
 	if s.records >= maxKeyRecords {
-		return nil, time.Time{}, errTooManyRecords
+		return nil, nil, time.Time{}, errTooManyRecords
 	}
 	now := s.now()
-	if live := ring.bounded(now); len(live) >= maxLiveKeys {
-		var first time.Time
+	var signer *signKey
+	if retireSigner {
+		signer = ring.signer(now)
+	}
+	live := ring.live(now)
+	if signer != nil {
+		live = slices.DeleteFunc(live, func(k *signKey) bool { return k == signer })
+	}
+	if len(live) >= maxLiveKeys {
 		for _, k := range live {
-			if !k.naturalRetires.IsZero() && (first.IsZero() || k.naturalRetires.Before(first)) {
-				first = k.naturalRetires
+			if !k.retires.IsZero() && (retry.IsZero() || k.retires.Before(retry)) {
+				retry = k.retires
 			}
 		}
-		return nil, first, errTooManyKeys
+		return nil, nil, retry, errTooManyKeys
+	}
+	from := now.Add(after)
+	if signer != nil {
+		from = now.Add(-s.skew)
+		if from.Before(signer.from) {
+			from = signer.from
+		}
 	}
 	fresh := generateKey(*s.clusterKeys.Load())
 	err = s.db.Update(ctx, func(tx *storage.Tx) error {
 		ts := s.db.Clock().Next()
-		_, err := tx.Merge(crdt.SigningKeyKey(fresh.kid), fresh.record(now.Add(after), ts))
+		if _, err := tx.Merge(crdt.SigningKeyKey(fresh.kid), fresh.record(from, ts)); err != nil {
+			return err
+		}
+		if signer == nil {
+			return nil
+		}
+		_, err := tx.Merge(crdt.SigningKeyKey(signer.kid), crdt.RetireSigningKey(s.db.Clock().Next()))
 		return err
 	})
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("write signing key: %w", err)
+		return nil, nil, time.Time{}, fmt.Errorf("write signing key: %w", err)
 	}
 	if ring, err = s.loadLocked(ctx); err != nil {
-		return nil, time.Time{}, err
+		return nil, nil, time.Time{}, err
 	}
-	k := ring.keys[fresh.kid]
-	if k == nil { // a record this node wrote is malformed: a bug
-		return nil, time.Time{}, fmt.Errorf("signing key %s written but not read back", fresh.kid)
+	if k = ring.keys[fresh.kid]; k == nil { // a record this node wrote is malformed: a bug
+		return nil, nil, time.Time{}, fmt.Errorf("signing key %s written but not read back", fresh.kid)
 	}
 	s.log.Info("signing key rotated", "kid", k.kid, "signs_from", k.from)
-	return k, time.Time{}, nil
+	if signer != nil {
+		retired = ring.keys[signer.kid]
+		s.log.Warn("signing key retired by an operator: its tokens no longer verify", "kid", signer.kid)
+	}
+	return k, retired, time.Time{}, nil
 }
 
 // errTooManyRecords refuses a rotation once the cluster holds maxKeyRecords signing key

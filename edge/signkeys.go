@@ -43,8 +43,10 @@ import (
 //     ("retired"). Its sealings are deleted then.
 //   - An operator may retire a superseded key at once (crdt.FieldRetired: a leaked key):
 //     from the moment its record carries the flag it verifies nowhere, whatever the
-//     flag's time (which is only shown). It still counts against the bound on live keys
-//     until it would have retired by the rules above.
+//     flag's time (which is only shown), and it no longer counts against the bound on
+//     keys that verify (maxLiveKeys), so a retire makes room for a rotation. A rotation
+//     may retire the key it replaces in the same write (retire_replaced): a leaked key
+//     that signs now is replaced and ended in one step, also at the bound.
 //   - Every node verifies with every key that is not retired. Verification needs only the
 //     public key, never a cluster key.
 //
@@ -61,8 +63,8 @@ const (
 
 	algEdDSA = "EdDSA"
 	// maxRingKeys bounds the signing keys a node keeps in its ring: the newest ones, and
-	// beyond them only those that would still verify but for a retire (at most
-	// maxLiveKeys: a rotation is refused while that many would).
+	// beyond them only those that still verify (at most maxLiveKeys: a rotation is
+	// refused while that many do).
 	maxRingKeys = 64
 	maxLiveKeys = 32
 	// maxKeyRecords bounds the signing key records a node reads to find the newest
@@ -184,9 +186,7 @@ type signKey struct {
 	expiresUntil time.Time
 	// retiredAt: when an operator retired it at once (crdt.FieldRetired); zero: never.
 	retiredAt time.Time
-	// naturalRetires is when it would retire had no operator retired it.
-	naturalRetires time.Time
-	sealed         []string // the seal ids of its sealings, sorted
+	sealed    []string // the seal ids of its sealings, sorted
 	// superseded is when the first newer key starts signing; zero: none newer (current).
 	superseded time.Time
 	// retires is when it stops verifying; zero while current.
@@ -196,12 +196,6 @@ type signKey struct {
 // liveAt reports whether k verifies at now.
 func (k *signKey) liveAt(now time.Time) bool {
 	return k.retiredAt.IsZero() && (k.retires.IsZero() || now.Before(k.retires))
-}
-
-// naturallyLiveAt reports whether k would verify at now had no operator retired it: the
-// rotation bound counts those (an operator's retire does not make room for more keys).
-func (k *signKey) naturallyLiveAt(now time.Time) bool {
-	return k.naturalRetires.IsZero() || now.Before(k.naturalRetires)
 }
 
 // keyRing is the set of signing keys a node knows, built from their records by
@@ -214,7 +208,7 @@ type keyRing struct {
 // newKeyRing builds the ring of the signing key records recs (crdt.ReadSigningKey views),
 // opening private keys with clusterKeys; lifetime is the usual longest a token lives (a
 // longer-lived token's expiry is in its key's record); keys beyond the newest maxRingKeys
-// are kept only while they would verify at now but for a retire. Records
+// are kept only while they verify at now. Records
 // that are malformed (no public key of the right size, a kid that is not its thumbprint)
 // are left out and returned as problems, for the caller to log.
 func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Duration, now time.Time) (*keyRing, []error) {
@@ -264,7 +258,6 @@ func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Dura
 				k.retires = e
 			}
 		}
-		k.naturalRetires = k.retires
 		if !k.retiredAt.IsZero() && (k.retires.IsZero() || k.retiredAt.Before(k.retires)) {
 			k.retires = k.retiredAt
 		}
@@ -272,13 +265,12 @@ func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Dura
 			first = k.from
 		}
 	}
-	// The newest maxRingKeys, and any older key that would still verify but for an
-	// operator's retire (an app's long-lived token needs it; the rotation bound keeps
-	// those few).
+	// The newest maxRingKeys, and any older key that still verifies (an app's
+	// long-lived token needs it; the rotation bound keeps those few).
 	if len(r.order) > maxRingKeys {
 		kept := r.order[:maxRingKeys]
 		for _, k := range r.order[maxRingKeys:] {
-			if k.naturallyLiveAt(now) {
+			if k.liveAt(now) {
 				kept = append(kept, k)
 			} else {
 				delete(r.keys, k.kid)
@@ -340,23 +332,12 @@ func (r *keyRing) verifying(kid string, now time.Time) (ed25519.PublicKey, bool)
 
 // live returns the keys that verify at now, newest first.
 func (r *keyRing) live(now time.Time) []*signKey {
-	return r.where(func(k *signKey) bool { return k.liveAt(now) })
-}
-
-// bounded returns the keys that count against maxLiveKeys at now: those that would
-// verify had no operator retired them (naturallyLiveAt), newest first.
-func (r *keyRing) bounded(now time.Time) []*signKey {
-	return r.where(func(k *signKey) bool { return k.naturallyLiveAt(now) })
-}
-
-// where returns the keys for which keep is true, newest first.
-func (r *keyRing) where(keep func(*signKey) bool) []*signKey {
 	if r == nil {
 		return nil
 	}
 	var out []*signKey
 	for _, k := range r.order {
-		if keep(k) {
+		if k.liveAt(now) {
 			out = append(out, k)
 		}
 	}

@@ -17,7 +17,8 @@ import (
 )
 
 const keysUsage = `Usage:
-  sessiond keys rotate --http ADDR [--after DURATION]   start signing session tokens with a new key
+  sessiond keys rotate --http ADDR [--after DURATION] [--retire-replaced]
+                                                        start signing session tokens with a new key
   sessiond keys list --http ADDR [--json]               list the signing keys the node at ADDR knows
   sessiond keys retire KID --http ADDR                  retire a replaced key at once (a leaked key)
 
@@ -31,7 +32,10 @@ keys it replaces keep verifying until the last token they signed has expired
 leave the key set. The new key's kid is
 printed alone on the last line. Retiring a key that a newer one replaced ends it at once
 on every node: its tokens stop verifying (their users sign in again) and it leaves the
-key set. To end a leaked key that signs now, rotate with --after 0, then retire it.
+key set. To end a leaked key that signs now, rotate with --after 0 --retire-replaced:
+the new key signs at once and the leaked one is retired in the same write. At most 32
+keys verify at once: a rotation beyond that is refused until one retires, by itself or
+by sessiond keys retire (a rotation with --retire-replaced makes its own room).
 
 The request is signed with the cluster key: give --cluster-key-file (or
 SESSIOND_CLUSTER_KEY_FILE, or the key itself in SESSIOND_CLUSTER_KEY), as to the node.
@@ -48,7 +52,7 @@ func keysCmd(args []string, stdout, stderr io.Writer) int {
 			w, code = stderr, 2
 		}
 		fmt.Fprint(w, keysUsage)
-		fs, _, _, _, _ := keysFlags("sessiond keys")
+		fs, _ := keysFlags("sessiond keys")
 		fs.SetOutput(w)
 		fs.PrintDefaults()
 		return code
@@ -65,15 +69,25 @@ func keysCmd(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
+// keysOptions are the flags of the keys commands.
+type keysOptions struct {
+	addr, keyFile  *string
+	after          *time.Duration
+	retireReplaced *bool
+	asJSON         *bool
+}
+
 // keysFlags returns the flags of the keys commands.
-func keysFlags(name string) (fs *flag.FlagSet, addr, keyFile *string, after *time.Duration, asJSON *bool) {
-	fs = flag.NewFlagSet(name, flag.ContinueOnError)
+func keysFlags(name string) (*flag.FlagSet, keysOptions) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	addr = fs.String("http", "127.0.0.1:8080", "the node's API: `ADDR` (host:port) or URL (http[s]://host:port)")
-	keyFile = fs.String("cluster-key-file", "", "`FILE` with the cluster key (the node's --cluster-key-file)")
-	after = fs.Duration("after", api.RotateDefaultAfter*time.Second, "rotate: the new key starts signing this long after it is published, `DURATION` (0 to 24h)")
-	asJSON = fs.Bool("json", false, "list: print the node's answer as JSON")
-	return fs, addr, keyFile, after, asJSON
+	return fs, keysOptions{
+		addr:           fs.String("http", "127.0.0.1:8080", "the node's API: `ADDR` (host:port) or URL (http[s]://host:port)"),
+		keyFile:        fs.String("cluster-key-file", "", "`FILE` with the cluster key (the node's --cluster-key-file)"),
+		after:          fs.Duration("after", api.RotateDefaultAfter*time.Second, "rotate: the new key starts signing this long after it is published, `DURATION` (0 to 24h)"),
+		retireReplaced: fs.Bool("retire-replaced", false, "rotate: with --after 0, also retire the key that signed until now (a leaked key): its tokens stop verifying"),
+		asJSON:         fs.Bool("json", false, "list: print the node's answer as JSON"),
+	}
 }
 
 // keysRequest sends a signed admin request to the node at addr and decodes its answer.
@@ -114,7 +128,7 @@ func keysRequest(addr, keyFile, method, path string, body, out any) error {
 }
 
 func keysRotate(args []string, stdout, stderr io.Writer) int {
-	fs, addr, keyFile, after, _ := keysFlags("sessiond keys rotate")
+	fs, o := keysFlags("sessiond keys rotate")
 	if code, done := parseCmd(fs, args, stdout, stderr, keysUsage, "http", "cluster-key-file"); done {
 		return code
 	}
@@ -122,13 +136,19 @@ func keysRotate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sessiond keys rotate: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	if *after < 0 || *after > api.MaxRotateAfter*time.Second || *after%time.Second != 0 {
+	after := *o.after
+	if after < 0 || after > api.MaxRotateAfter*time.Second || after%time.Second != 0 {
 		fmt.Fprintln(stderr, "sessiond keys rotate: --after must be whole seconds from 0 to 24h")
 		return 2
 	}
-	secs := int64(*after / time.Second)
+	if *o.retireReplaced && after != 0 {
+		fmt.Fprintln(stderr, "sessiond keys rotate: --retire-replaced needs --after 0 (the new key signs at once, the old one ends at once)")
+		return 2
+	}
+	secs := int64(after / time.Second)
 	var out api.RotateKeyResponse
-	if err := keysRequest(*addr, *keyFile, http.MethodPost, "/v1/admin/keys/rotate", api.RotateKeyRequest{AfterSeconds: &secs}, &out); err != nil {
+	req := api.RotateKeyRequest{AfterSeconds: &secs, RetireReplaced: *o.retireReplaced}
+	if err := keysRequest(*o.addr, *o.keyFile, http.MethodPost, "/v1/admin/keys/rotate", req, &out); err != nil {
 		fmt.Fprintln(stderr, "sessiond keys rotate:", err)
 		return 1
 	}
@@ -138,12 +158,17 @@ func keysRotate(args []string, stdout, stderr io.Writer) int {
 		when = "from " + k.SignsFrom.Format(time.RFC3339) + " (in " + d.Round(time.Second).String() + ")"
 	}
 	fmt.Fprintf(stdout, "new signing key published; every node signs with it %s. The keys it replaces verify until their last token expires.\n", when)
+	if r := out.Retired; r != nil {
+		fmt.Fprintf(stdout, "signing key %s, which signed until now, is %s: its tokens no longer verify on any node the record reaches.\n", r.KID, r.Status)
+	} else if *o.retireReplaced {
+		fmt.Fprintln(stdout, "no key signed on that node, so none was retired: retire the leaked one with sessiond keys retire KID.")
+	}
 	fmt.Fprintln(stdout, k.KID)
 	return 0
 }
 
 func keysRetire(args []string, stdout, stderr io.Writer) int {
-	fs, addr, keyFile, _, _ := keysFlags("sessiond keys retire")
+	fs, o := keysFlags("sessiond keys retire")
 	kid, args := kidArg(fs, args)
 	if code, done := parseCmd(fs, args, stdout, stderr, keysUsage, "http", "cluster-key-file"); done {
 		return code
@@ -155,7 +180,7 @@ func keysRetire(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	var out api.RotateKeyResponse
-	if err := keysRequest(*addr, *keyFile, http.MethodPost, "/v1/admin/keys/"+url.PathEscape(kid)+"/retire", nil, &out); err != nil {
+	if err := keysRequest(*o.addr, *o.keyFile, http.MethodPost, "/v1/admin/keys/"+url.PathEscape(kid)+"/retire", nil, &out); err != nil {
 		fmt.Fprintln(stderr, "sessiond keys retire:", err)
 		return 1
 	}
@@ -195,7 +220,7 @@ func kidArg(fs *flag.FlagSet, args []string) (string, []string) {
 }
 
 func keysList(args []string, stdout, stderr io.Writer) int {
-	fs, addr, keyFile, _, asJSON := keysFlags("sessiond keys list")
+	fs, o := keysFlags("sessiond keys list")
 	if code, done := parseCmd(fs, args, stdout, stderr, keysUsage, "http", "cluster-key-file"); done {
 		return code
 	}
@@ -204,11 +229,11 @@ func keysList(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	var out api.SigningKeys
-	if err := keysRequest(*addr, *keyFile, http.MethodGet, "/v1/admin/keys", nil, &out); err != nil {
+	if err := keysRequest(*o.addr, *o.keyFile, http.MethodGet, "/v1/admin/keys", nil, &out); err != nil {
 		fmt.Fprintln(stderr, "sessiond keys list:", err)
 		return 1
 	}
-	if *asJSON {
+	if *o.asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(out)

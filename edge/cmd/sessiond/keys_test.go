@@ -121,6 +121,25 @@ func TestKeysCLI(t *testing.T) {
 		}
 	}
 
+	// The key that signs now leaks: replaced and retired in one step.
+	_, leaked := login(b, "alice", userPassword("alice"))
+	so, se, code = runCLI(t, "keys", "rotate", "--after", "0s", "--retire-replaced", "--http", b.http, "--cluster-key-file", b.keyFile)
+	lines = strings.Split(strings.TrimSpace(so), "\n")
+	third := lines[len(lines)-1]
+	if code != 0 || len(third) != 43 || third == next || !strings.Contains(so, next+", which signed until now, is retired") {
+		t.Fatalf("keys rotate --retire-replaced: exit %d: %s%s; want %s retired and a new kid on the last line", code, so, se, next)
+	}
+	for _, n := range nodes {
+		waitFor(t, 30*time.Second, n.name+" to refuse the leaked key's token and sign with the new key", func() bool {
+			st, _ := call("GET", n.url("/v1/sessions/current"), leaked, nil)
+			_, tok := login(n, "alice", userPassword("alice"))
+			return st == http.StatusUnauthorized && tok != "" && tokenHeader(t, tok)["kid"] == third
+		})
+		if kids := jwksKids(t, n); len(kids) != 1 || kids[0] != third {
+			t.Errorf("%s publishes %q; want the new key alone", n.name, kids)
+		}
+	}
+
 	wrong := filepath.Join(t.TempDir(), "wrong.key")
 	os.WriteFile(wrong, []byte(base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600)
 	for _, tc := range []struct {
@@ -138,7 +157,8 @@ func TestKeysCLI(t *testing.T) {
 		{"ErrArgument", []string{"keys", "list", "extra", "--http", a.http}, 2, "unexpected argument"},
 		{"ErrNoNode", []string{"keys", "list", "--http", "127.0.0.1:1", "--cluster-key-file", a.keyFile}, 1, "sessiond keys list"},
 		{"ErrRetireNoKID", []string{"keys", "retire", "--http", a.http, "--cluster-key-file", a.keyFile}, 2, "want one KID"},
-		{"ErrRetireSigning", []string{"keys", "retire", next, "--http", a.http, "--cluster-key-file", a.keyFile}, 1, "409 conflict"},
+		{"ErrRetireSigning", []string{"keys", "retire", third, "--http", a.http, "--cluster-key-file", a.keyFile}, 1, "409 conflict"},
+		{"ErrRetireReplacedLater", []string{"keys", "rotate", "--retire-replaced", "--http", a.http, "--cluster-key-file", a.keyFile}, 2, "--after 0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, se, code := runCLI(t, tc.args...)

@@ -23,7 +23,7 @@ func TestKidArg(t *testing.T) {
 		{[]string{"--http", "a:1"}, []string{"--http", "a:1"}, ""},
 		{[]string{"--help"}, []string{"--help"}, ""},
 	} {
-		fs, _, _, _, _ := keysFlags("sessiond keys retire")
+		fs, _ := keysFlags("sessiond keys retire")
 		kid, rest := kidArg(fs, slices.Clone(tc.args))
 		if kid != tc.kid || !slices.Equal(rest, tc.rest) {
 			t.Errorf("kidArg(%q) = %q, %q; want %q, %q", tc.args, kid, rest, tc.kid, tc.rest)
