@@ -62,6 +62,13 @@ const (
 	// and no profile. The same two values are written wherever the record is created.
 	FieldApp     = "app"
 	FieldSubject = "subject"
+	// FieldSubjectKeep (Max, Unix nanoseconds) is until when a subject's record is kept:
+	// raised, whenever a session is created for the subject or its sessions are revoked,
+	// past the time every session that write concerns has expired. Past it, every node
+	// deletes the record on its own, as it does an expired session (it holds nothing a
+	// session still needs), and drops a copy that arrives later. A subject's record
+	// without it (made by an earlier release) is kept for good, until its next session.
+	FieldSubjectKeep = "keep_until"
 )
 
 // ProfileFields are the user record fields a user edits.
@@ -155,6 +162,18 @@ func NewSubject(app, subject string, ts Timestamp) Map {
 	var m Map
 	m.Claim(FieldApp, []byte(app), ts)
 	m.Claim(FieldSubject, []byte(subject), ts)
+	return m
+}
+
+// SubjectKeepNanos returns until when the user record m is to be kept, Unix nanoseconds:
+// 0 (for good) but for a subject's record that has a FieldSubjectKeep.
+func SubjectKeepNanos(m *Map) int64 { return m.MaxOf(FieldSubjectKeep) }
+
+// KeepSubjectUntil returns the update, at ts, that keeps a subject's record at least until
+// until.
+func KeepSubjectUntil(until time.Time, ts Timestamp) Map {
+	var m Map
+	m.Raise(FieldSubjectKeep, until.UnixNano(), ts)
 	return m
 }
 

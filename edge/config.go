@@ -63,7 +63,7 @@ type Config struct {
 	SessionTTL      time.Duration // absolute session lifetime; default 24h
 	IdleTTL         time.Duration // idle session lifetime; default 2h
 	MaxSkew         time.Duration // remote timestamps further ahead are rejected; default 1m
-	SweepEvery      time.Duration // how often expired sessions and key-value records are removed; default 1m
+	SweepEvery      time.Duration // how often expired sessions, key-value records and subjects' records are removed; default 1m
 	LoginPerAccount int           // failed logins per account per minute, all addresses; default 100
 	// SignInsPerAccount is sign-ins that succeed per account per minute, cluster-wide: each
 	// makes a session that stays stored until it expires. Default 60.

@@ -259,8 +259,8 @@ func (n *Node) HTTPAddr() string { return n.ln.Addr().String() }
 // adminauth): its name and a value drawn at its start.
 func (n *Node) AdminIdentity() string { return n.admin.Identity() }
 
-// sweepLoop removes sessions past their absolute expiry, and key-value records past
-// their keep time, until the node stops.
+// sweepLoop removes sessions past their absolute expiry, and key-value and subjects'
+// records past their keep time, until the node stops.
 func (n *Node) sweepLoop() {
 	t := time.NewTicker(n.cfg.SweepEvery)
 	defer t.Stop()

@@ -533,6 +533,54 @@ func TestService_Sessions(t *testing.T) {
 	})
 }
 
+// TestService_SubjectRecordExpires: a subject's record goes, on the node's own sweep, a
+// year after its latest session (the longest such a session may live), and with it the
+// app's last share of the quota; the subject gets a new one with its next session.
+func TestService_SubjectRecordExpires(t *testing.T) {
+	clock := newFakeClock(time.Now())
+	cfg := testConfig(t, "subject-keep-0")
+	cfg.Now = clock.Now
+	cfg.SweepEvery = 10 * time.Millisecond
+	n := MustStartNode(t, cfg)
+	c := newTestClient(t, n)
+	shop := mustCreateApp(t, n, "shop")
+	ctx := context.Background()
+	key := crdt.UserKey(crdt.SubjectID("shop", "alice@example.com"))
+	create := func() {
+		t.Helper()
+		resp, body := c.do("POST", "/v1/service/sessions", shop, map[string]any{"subject": "alice@example.com", "ttl": 3600})
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("create a session: %d %s", resp.StatusCode, body)
+		}
+	}
+	stored := func() bool {
+		_, ok, err := n.db.Record(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	create()
+	clock.Add(6 * 30 * 24 * time.Hour)
+	create() // half a year on: kept a year from now
+	clock.Add(functions.MaxServiceTTL - 3*30*24*time.Hour)
+	if _, err := n.db.Sweep(ctx, clock.Now()); err != nil { // as the node's own sweep does
+		t.Fatal(err)
+	}
+	if !stored() {
+		t.Fatalf("the subject's record went within a year of its latest session")
+	}
+	clock.Add(3*30*24*time.Hour + 2*cfg.MaxSkew)
+	waitFor(t, 10*time.Second, "the subject's record to be swept", func() bool { return !stored() })
+	if u := n.db.AppUsage("shop"); u != (storage.AppUsage{}) {
+		t.Errorf("shop stores %+v once its subject and sessions are gone, want nothing", u)
+	}
+	create()
+	if !stored() {
+		t.Errorf("the subject's next session made no record")
+	}
+}
+
 // TestService_ThreeNodes: three nodes of one region with Replicas 1. An app created
 // through one node authenticates on every node at once (its record is held by all); each
 // subject's records live on one node, and its sessions are served through any node —

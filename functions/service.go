@@ -246,7 +246,9 @@ func (s *Sessions) RevokeSubject(ctx context.Context, app, subject string) error
 		} else if _, err := tx.Merge(crdt.UserKey(id), crdt.NewSubject(app, subject, ts)); err != nil {
 			return err
 		}
-		after, err := tx.Merge(crdt.UserKey(id), crdt.RevokeSessionsUntil(ts, s.maxSkew()))
+		update := crdt.RevokeSessionsUntil(ts, s.maxSkew())
+		update.Merge(crdt.KeepSubjectUntil(s.keepSubject(ts), ts))
+		after, err := tx.Merge(crdt.UserKey(id), update)
 		if err != nil {
 			return err
 		}

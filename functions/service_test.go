@@ -49,6 +49,19 @@ func TestCreateForSubject(t *testing.T) {
 	if u.App != "shop" || u.Subject != "alice@example.com" || u.Username != "" || u.PasswordHash != "" {
 		t.Errorf("subject record %+v", u)
 	}
+	// The subject's record is kept as long as any session of it may live, then goes.
+	keepOf := func(subject string) time.Time {
+		return time.Unix(0, crdt.SubjectKeepNanos(ptr(e.store.record(crdt.UserKey(crdt.SubjectID("shop", subject)))))).UTC()
+	}
+	if k := keepOf("alice@example.com"); k.Before(testEpoch.Add(MaxServiceTTL)) || k.After(testEpoch.Add(MaxServiceTTL+time.Hour)) {
+		t.Errorf("subject record kept until %s; want a year after the session's creation (%s)", k, testEpoch)
+	}
+	if err := e.sessions.RevokeSubject(ctx, "shop", "carol"); err != nil {
+		t.Fatal(err)
+	}
+	if k := keepOf("carol"); k.Before(testEpoch.Add(MaxServiceTTL)) {
+		t.Errorf("the record a revocation made is kept until %s; want past every session it may revoke", k)
+	}
 	// Defaults: the node's TTLs, the idle one at most the absolute one.
 	d, err := e.sessions.CreateForSubject(ctx, "shop", SubjectLogin{Subject: "bob"})
 	if err != nil || !d.ExpiresAt.Equal(testEpoch.Add(testTTL)) || !d.IdleExpiresAt.Equal(testEpoch.Add(testIdleTTL)) {

@@ -222,16 +222,22 @@ func (s *Sessions) create(ctx context.Context, u crdt.User, ns newSession) (Sess
 		}
 		var growth int64 // what the app's subject and session add (Quota)
 		if ns.app != "" {
+			var before int64
 			switch cur := crdt.ReadUser(u.ID, &um); {
 			case !ok:
-				subject, err := tx.Merge(crdt.UserKey(u.ID), crdt.NewSubject(ns.app, u.Subject, ts))
-				if err != nil {
-					return err
-				}
-				growth = storedSize(crdt.UserKey(u.ID), &subject, true)
 			case cur.App != ns.app || cur.Subject != u.Subject || cur.Deleted:
 				return errSubjectClash
+			default:
+				before = storedSize(crdt.UserKey(u.ID), &um, true)
 			}
+			// The subject's record is kept as long as this session may live (KeepSubject).
+			update := crdt.NewSubject(ns.app, u.Subject, ts)
+			update.Merge(crdt.KeepSubjectUntil(s.keepSubject(ts), ts))
+			subject, err := tx.Merge(crdt.UserKey(u.ID), update)
+			if err != nil {
+				return err
+			}
+			growth = storedSize(crdt.UserKey(u.ID), &subject, true) - before
 		}
 		rec = crdt.NewSession(u.ID, ts.Time().Add(ns.ttl), ns.idle, ts)
 		rec.Merge(crdt.SessionSaw(crdt.ReadUser(u.ID, &um).SessionsUntil, ts))
@@ -263,6 +269,16 @@ func (s *Sessions) create(ctx context.Context, u crdt.User, ns newSession) (Sess
 		return Session{}, err
 	}
 	return sessionOf(crdt.ReadSession(id, &rec), u), nil
+}
+
+// keepSubject returns until when a subject's record must be kept after a session of it
+// is created, or its sessions are revoked, at ts: until every session that write may
+// concern has expired — one created then (MaxServiceTTL), or, for a revocation, created
+// within its window of ts on a node that had not heard of it (maxSkew). An app's
+// subjects' records thus go a year after their latest session (crdt.FieldSubjectKeep),
+// and with them what they count against the app's Quota.
+func (s *Sessions) keepSubject(ts crdt.Timestamp) time.Time {
+	return ts.Time().Add(MaxServiceTTL + s.maxSkew())
 }
 
 // errSubjectClash is a subject ID whose record is another's: a registered user's (their

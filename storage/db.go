@@ -84,7 +84,7 @@ var (
 	bucketConvs        = []byte("convs")         // conv → convState
 	bucketUserConvs    = []byte("user_convs")    // user 0 conv → ∅
 	bucketUserSessions = []byte("user_sessions") // user 0 created(20) session key → ∅
-	bucketExpiry       = []byte("expiry")        // expires(8) session key → ∅, keep(8) key-value record key → ∅
+	bucketExpiry       = []byte("expiry")        // expires(8) session key → ∅, keep(8) key-value or subject record key → ∅
 	bucketErased       = []byte("erased")        // user → how it is known erased (erase.go)
 	bucketFeed         = []byte("feed")          // seq(8) → replication key
 	bucketLeaves       = []byte("leaves")        // leaf(2) replication key → ∅

@@ -131,3 +131,55 @@ func TestExpiredOnArrival(t *testing.T) {
 		t.Errorf("Stats.Sessions = %d, want 0", st.Sessions)
 	}
 }
+
+// TestSubjectRecordExpires: a subject's record with a keep time is kept until then, swept
+// with the sessions (its app gets the room back), and dropped when a copy arrives later;
+// one without (an earlier release's) and a registered user's are kept for good.
+func TestSubjectRecordExpires(t *testing.T) {
+	clk := newTestClock()
+	db := MustOpenDB(t, Options{Now: clk.Now})
+	ctx := context.Background()
+	kept, legacy := crdt.UserKey(crdt.SubjectID("shop", "alice")), crdt.UserKey(crdt.SubjectID("shop", "bob"))
+	subject := crdt.NewSubject("shop", "alice", db.Clock().Next())
+	subject.Merge(crdt.KeepSubjectUntil(clk.Now().Add(2*hour), db.Clock().Next()))
+	merge(t, db, kept, subject)
+	merge(t, db, legacy, crdt.NewSubject("shop", "bob", db.Clock().Next()))
+	merge(t, db, crdt.UserKey("u1"), newUser(db, "carol"))
+	withBoth := db.AppUsage("shop")
+
+	// A later session raises the keep time: the record stays past the first.
+	clk.Add(hour)
+	merge(t, db, kept, crdt.KeepSubjectUntil(clk.Now().Add(2*hour), db.Clock().Next()))
+	clk.Add(hour + time.Minute)
+	if n, err := db.Sweep(ctx, clk.Now()); n != 0 || err != nil {
+		t.Fatalf("Sweep before the raised keep time = %d, %v", n, err)
+	}
+	clk.Add(hour)
+	if n, err := db.Sweep(ctx, clk.Now()); n != 1 || err != nil {
+		t.Fatalf("Sweep = %d, %v; want the subject's record", n, err)
+	}
+	if _, ok := mustRecord(t, db, kept); ok {
+		t.Error("a subject's record past its keep time is still stored")
+	}
+	for _, key := range []string{legacy, crdt.UserKey("u1")} {
+		if _, ok := mustRecord(t, db, key); !ok {
+			t.Errorf("%s swept: it has no keep time", key)
+		}
+	}
+	if u := db.AppUsage("shop"); u.Records != 1 || u.Bytes >= withBoth.Bytes {
+		t.Errorf("shop uses %+v after the sweep (%+v before); want the room back", u, withBoth)
+	}
+	if st, _ := db.Stats(ctx); st.Users != 2 {
+		t.Errorf("Stats.Users = %d, want 2", st.Users)
+	}
+	// The record as another node still holds it arrives: dropped.
+	res, err := db.ApplyRemote(ctx, []Change{{Key: kept, Map: subject}})
+	if err != nil || counts(res) != (applyCounts{Dropped: 1}) {
+		t.Errorf("ApplyRemote of the expired record = %+v, %v; want 1 dropped", res, err)
+	}
+	// A new session's keep time brings it back.
+	merge(t, db, kept, crdt.KeepSubjectUntil(clk.Now().Add(hour), db.Clock().Next()))
+	if m, ok := mustRecord(t, db, kept); !ok || crdt.SubjectKeepNanos(&m) != clk.Now().Add(hour).UnixNano() {
+		t.Errorf("a subject's record kept anew: stored %v", ok)
+	}
+}

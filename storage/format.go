@@ -3,6 +3,7 @@ package storage
 import (
 	"fmt"
 
+	"github.com/sessiond/sessiond/crdt"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -23,9 +24,12 @@ import (
 //     time, and swept when it passes. A file of format 2 holds such records only if a
 //     newer node replicated them to it; the migration lists them. A build of format 2
 //     would neither sweep them nor keep the index right, hence the new format.
+//  4. Subjects' records with a keep time (crdt.SubjectKeepNanos) are listed in the
+//     expiry index likewise, and swept when it passes. A file of format 3 holds such
+//     records only if a newer node replicated them to it; the migration lists them.
 //
 // The write-ahead log beside the file has a version of its own, in its header.
-const FormatVersion = 3
+const FormatVersion = 4
 
 // oldestFormat is the oldest format Open migrates.
 const oldestFormat = 1
@@ -58,7 +62,8 @@ type migration struct {
 // migrations are the steps from oldestFormat to FormatVersion, in order.
 var migrations = []migration{
 	{from: 1, what: "index digest leaves by partition (leaf scheme 2)", run: migrateLeaves},
-	{from: 2, what: "list key-value records in the expiry index", run: migrateKVExpiry},
+	{from: 2, what: "list key-value records in the expiry index", run: migrateKeepIndex(crdt.KVPrefix, crdt.KVKeepNanos)},
+	{from: 3, what: "list subjects' records in the expiry index", run: migrateKeepIndex(crdt.UserPrefix, crdt.SubjectKeepNanos)},
 }
 
 // migrateLeaves rebuilds the leaves index under leaf scheme 2, unless a build between

@@ -115,8 +115,8 @@ func TestOpenMigratesFormat1(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open format 1: %v", err)
 	}
-	if got := strings.Join(steps, ","); got != "1→2,2→3" {
-		t.Errorf("migration steps %q, want 1→2,2→3", got)
+	if got := strings.Join(steps, ","); got != "1→2,2→3,3→4" {
+		t.Errorf("migration steps %q, want 1→2,2→3,3→4", got)
 	}
 	checkInvariants(t, db) // the leaves index is complete again
 	if got := db.Digest(); got != digest {

@@ -132,7 +132,7 @@ func checkInvariants(tb testing.TB, db *DB) {
 		db.usage.mu.RUnlock()
 		records, log, feed := btx.Bucket(bucketRecords), btx.Bucket(bucketLog), btx.Bucket(bucketFeed)
 		keys := map[string]bool{}
-		var users, sessions, messages, kvs int
+		var users, sessions, messages, kept int
 		_ = records.ForEach(func(k, v []byte) error {
 			key := string(k)
 			keys[key] = true
@@ -149,6 +149,12 @@ func checkInvariants(tb testing.TB, db *DB) {
 				if _, del := m.Flag(crdt.FieldDeleted); !del {
 					users++
 				}
+				if keep := crdt.SubjectKeepNanos(&m); keep > 0 {
+					kept++
+					if btx.Bucket(bucketExpiry).Get(keepIndexKey(key, keep)) == nil {
+						tb.Errorf("subject record %q not indexed under its keep time", key)
+					}
+				}
 			case strings.HasPrefix(key, crdt.SessionPrefix):
 				sessions++
 				ix := indexFields(key, &m)
@@ -163,8 +169,8 @@ func checkInvariants(tb testing.TB, db *DB) {
 				}
 			case strings.HasPrefix(key, crdt.KVPrefix):
 				if keep := crdt.KVKeepNanos(&m); keep > 0 {
-					kvs++
-					if btx.Bucket(bucketExpiry).Get(kvExpiryKey(key, keep)) == nil {
+					kept++
+					if btx.Bucket(bucketExpiry).Get(keepIndexKey(key, keep)) == nil {
 						tb.Errorf("key-value record %q not indexed under its keep time", key)
 					}
 				}
@@ -178,8 +184,8 @@ func checkInvariants(tb testing.TB, db *DB) {
 		if n := btx.Bucket(bucketUserSessions).Stats().KeyN; n != sessions {
 			tb.Errorf("%s index holds %d keys, want %d", bucketUserSessions, n, sessions)
 		}
-		if n := btx.Bucket(bucketExpiry).Stats().KeyN; n != sessions+kvs {
-			tb.Errorf("%s index holds %d keys, want %d sessions and %d key-value records", bucketExpiry, n, sessions, kvs)
+		if n := btx.Bucket(bucketExpiry).Stats().KeyN; n != sessions+kept {
+			tb.Errorf("%s index holds %d keys, want %d sessions and %d key-value and subject records", bucketExpiry, n, sessions, kept)
 		}
 		convCount, convMarkers := map[string]uint64{}, map[string]uint64{}
 		erased, userConvs := btx.Bucket(bucketErased), btx.Bucket(bucketUserConvs)

@@ -13,32 +13,9 @@ import (
 )
 
 // Key-value records (crdt.KVPrefix) are listed in the expiry index beside sessions,
-// under their keep time (keep(8) key), so Sweep drops them once it has passed; a record
+// under their keep time (keepIndexKey), so Sweep drops them once it has passed; a record
 // already past it is never stored (see Tx.Merge). Listing an app's keys reads the leaves
 // index, which lists every key under its partition: by partition, then key.
-
-// kvExpiryKey returns the expiry index key of the key-value record key kept until keep.
-func kvExpiryKey(key string, keep int64) []byte {
-	return append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(key)), uint64(keep)), key...) // #nosec G115 -- a stored keep is after now, so positive
-}
-
-// indexKV moves the key-value record key's expiry index entry from keep time old to now;
-// 0 is no entry.
-func (b *batch) indexKV(key string, old, now int64) error {
-	if old == now {
-		return nil
-	}
-	ix := b.expiry.get()
-	if old != 0 {
-		if err := ix.Delete(kvExpiryKey(key, old)); err != nil {
-			return err
-		}
-	}
-	if now != 0 {
-		return ix.Put(kvExpiryKey(key, now), present)
-	}
-	return nil
-}
 
 // KVRange visits the key-value records of app's namespace held here, in the order of
 // their partition (crdt.KeyHomes), then key, from just after key after of partition from
@@ -89,24 +66,4 @@ func (db *DB) KVRange(ctx context.Context, app string, from int, after string, h
 		}
 		return nil
 	})
-}
-
-// migrateKVExpiry lists every key-value record in the expiry index (format 3). A file of
-// format 2 holds key-value records only if a node of a newer build replicated them to
-// it; an older build stored them as any record.
-func migrateKVExpiry(btx *bolt.Tx) error {
-	expiry := btx.Bucket(bucketExpiry)
-	c := btx.Bucket(bucketRecords).Cursor()
-	for k, v := c.Seek([]byte(crdt.KVPrefix)); k != nil && bytes.HasPrefix(k, []byte(crdt.KVPrefix)); k, v = c.Next() {
-		m, ok, err := decodeRecord(string(k), v)
-		if err != nil {
-			return err
-		}
-		if keep := crdt.KVKeepNanos(&m); ok && keep > 0 {
-			if err := expiry.Put(kvExpiryKey(string(k), keep), present); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
 }

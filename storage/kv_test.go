@@ -202,59 +202,78 @@ func TestKVRange(t *testing.T) {
 	}
 }
 
-func TestOpenMigratesFormat2(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "kv.db")
-	clk := newTestClock()
-	db, err := Open(path, Options{Logger: testLogger(t), Now: clk.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 10 {
-		merge(t, db, crdt.KVKey("shop", fmt.Sprint(i)), kvPut(db, map[string]string{"a": "1"}, clk.Now().Add(time.Duration(i+1)*time.Minute)))
-		merge(t, db, crdt.SessionKey(fmt.Sprint(i)), newSession(db, "u1", hour))
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-	// As a build of format 2 that received the records from a newer node left it: no
-	// expiry index entries for them.
-	setMeta(t, path, func(btx *bolt.Tx) error {
-		if err := btx.Bucket(bucketMeta).Put(metaFormat, putUint(2)); err != nil {
-			return err
-		}
-		ix := btx.Bucket(bucketExpiry)
-		var drop [][]byte
-		_ = ix.ForEach(func(k, _ []byte) error {
-			if strings.HasPrefix(string(k[8:]), crdt.KVPrefix) {
-				drop = append(drop, slices.Clone(k))
+// TestOpenMigratesKeepIndex: a file that a build of format 2 or 3 left, holding
+// key-value records (format 2) or subjects' records (format 3) with keep times that newer
+// nodes replicated to it but that it did not list in the expiry index, is migrated: the
+// records are listed, and swept when their keep time passes.
+func TestOpenMigratesKeepIndex(t *testing.T) {
+	for _, tc := range []struct {
+		from     uint64
+		steps    string
+		unlisted []string // the prefixes whose records the old build did not list
+	}{
+		{2, "2→3,3→4", []string{crdt.KVPrefix, crdt.UserPrefix}},
+		{3, "3→4", []string{crdt.UserPrefix}},
+	} {
+		t.Run(fmt.Sprintf("From%d", tc.from), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "kv.db")
+			clk := newTestClock()
+			db, err := Open(path, Options{Logger: testLogger(t), Now: clk.Now})
+			if err != nil {
+				t.Fatal(err)
 			}
-			return nil
+			for i := range 10 {
+				keep := clk.Now().Add(time.Duration(i+1) * time.Minute)
+				merge(t, db, crdt.KVKey("shop", fmt.Sprint(i)), kvPut(db, map[string]string{"a": "1"}, keep))
+				subject := crdt.NewSubject("shop", fmt.Sprint(i), db.Clock().Next())
+				subject.Merge(crdt.KeepSubjectUntil(keep, db.Clock().Next()))
+				merge(t, db, crdt.UserKey(crdt.SubjectID("shop", fmt.Sprint(i))), subject)
+				merge(t, db, crdt.SessionKey(fmt.Sprint(i)), newSession(db, "u1", hour))
+			}
+			if err := db.Close(); err != nil {
+				t.Fatal(err)
+			}
+			setMeta(t, path, func(btx *bolt.Tx) error {
+				if err := btx.Bucket(bucketMeta).Put(metaFormat, putUint(tc.from)); err != nil {
+					return err
+				}
+				ix := btx.Bucket(bucketExpiry)
+				var drop [][]byte
+				_ = ix.ForEach(func(k, _ []byte) error {
+					for _, prefix := range tc.unlisted {
+						if strings.HasPrefix(string(k[8:]), prefix) {
+							drop = append(drop, slices.Clone(k))
+						}
+					}
+					return nil
+				})
+				if len(drop) != 10*len(tc.unlisted) {
+					t.Errorf("%d records indexed, want %d", len(drop), 10*len(tc.unlisted))
+				}
+				for _, k := range drop {
+					if err := ix.Delete(k); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			var steps []string
+			db, err = Open(path, Options{Logger: testLogger(t), Now: clk.Now, OnMigrate: func(from, to uint64) {
+				steps = append(steps, fmt.Sprintf("%d→%d", from, to))
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			if got := strings.Join(steps, ","); got != tc.steps {
+				t.Errorf("migration steps %q, want %s", got, tc.steps)
+			}
+			checkInvariants(t, db)
+			clk.Add(5 * time.Minute)
+			if n, _ := db.Sweep(context.Background(), clk.Now()); n != 10 {
+				t.Errorf("Sweep after 5 minutes=%d, want 5 key-value and 5 subject records", n)
+			}
+			checkInvariants(t, db)
 		})
-		if len(drop) != 10 {
-			t.Errorf("%d key-value records indexed, want 10", len(drop))
-		}
-		for _, k := range drop {
-			if err := ix.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	var steps []string
-	db, err = Open(path, Options{Logger: testLogger(t), Now: clk.Now, OnMigrate: func(from, to uint64) {
-		steps = append(steps, fmt.Sprintf("%d→%d", from, to))
-	}})
-	if err != nil {
-		t.Fatal(err)
 	}
-	defer db.Close()
-	if got := strings.Join(steps, ","); got != "2→3" {
-		t.Errorf("migration steps %q, want 2→3", got)
-	}
-	checkInvariants(t, db)
-	clk.Add(5 * time.Minute)
-	if n, _ := db.Sweep(context.Background(), clk.Now()); n != 5 {
-		t.Errorf("Sweep after 5 minutes=%d, want 5", n)
-	}
-	checkInvariants(t, db)
 }

@@ -127,7 +127,7 @@ type stored struct {
 	enc     []byte      // the Map's encoding; from bbolt, valid until the transaction commits
 	deleted bool        // a user record with the deleted flag
 	session sessionKeys // a session record's index fields
-	kvKeep  int64       // a key-value record's keep time, Unix nanoseconds (its expiry index key)
+	keep    int64       // a key-value or subject record's keep time, Unix nanoseconds (its expiry index key); 0: none
 }
 
 // describe returns what is derived from the record key in state m, encoded as enc.
@@ -138,8 +138,9 @@ func describe(key string, m *crdt.Map, enc []byte) stored {
 		st.session = indexFields(key, m)
 	case strings.HasPrefix(key, crdt.UserPrefix):
 		_, st.deleted = m.Flag(crdt.FieldDeleted)
+		st.keep = crdt.SubjectKeepNanos(m)
 	case strings.HasPrefix(key, crdt.KVPrefix):
-		st.kvKeep = crdt.KVKeepNanos(m)
+		st.keep = crdt.KVKeepNanos(m)
 	}
 	return st
 }
@@ -171,17 +172,21 @@ func (b *batch) load(key string) (crdt.Map, stored, bool, error) {
 	return m, describe(key, &m, v[seqLen:]), true, nil
 }
 
-// keep reports whether the record key in state m is to be stored. Only session and
-// key-value records are ever refused: see Tx.Merge. tx (which may be nil) supplies the
-// function's buffered erasures. A session is kept until it expires, unless its user is
-// erased or its app ended it (crdt.App.Ends): the user's erasure, or the app's record,
-// which every node holds, ends any copy that arrives later as well, so nothing of it
-// needs keeping (an app whose sessions a leaked key filled gets its room back).
+// keep reports whether the record key in state m is to be stored. Only session,
+// key-value and subject records are ever refused: see Tx.Merge. tx (which may be nil)
+// supplies the function's buffered erasures. A session is kept until it expires, unless
+// its user is erased or its app ended it (crdt.App.Ends): the user's erasure, or the
+// app's record, which every node holds, ends any copy that arrives later as well, so
+// nothing of it needs keeping (an app whose sessions a leaked key filled gets its room
+// back). A key-value record, and a subject's record, is kept until its keep time.
 func (b *batch) keep(tx *Tx, key string, m *crdt.Map) bool {
-	if strings.HasPrefix(key, crdt.KVPrefix) {
+	switch {
+	case strings.HasPrefix(key, crdt.KVPrefix):
 		return crdt.KVKeepNanos(m) > b.now.UnixNano()
-	}
-	if !strings.HasPrefix(key, crdt.SessionPrefix) {
+	case strings.HasPrefix(key, crdt.UserPrefix):
+		keep := crdt.SubjectKeepNanos(m)
+		return keep == 0 || keep > b.now.UnixNano()
+	case !strings.HasPrefix(key, crdt.SessionPrefix):
 		return true
 	}
 	user, ok := sessionOwner(m)
@@ -249,12 +254,15 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 			return err
 		}
 	case strings.HasPrefix(key, crdt.KVPrefix):
-		if err := b.indexKV(key, old.kvKeep, now.kvKeep); err != nil {
+		if err := b.indexKeep(key, old.keep, now.keep); err != nil {
 			return err
 		}
 	case strings.HasPrefix(key, crdt.ClaimPrefix):
 		b.db.contested.note(key, &p.m) // before the commit: a false alarm costs a read
 	case strings.HasPrefix(key, crdt.UserPrefix):
+		if err := b.indexKeep(key, old.keep, now.keep); err != nil {
+			return err
+		}
 		if had && !old.deleted {
 			b.users--
 		}
@@ -293,9 +301,12 @@ func (b *batch) deleteRecord(key string, old stored) error {
 		b.sessions--
 		return b.indexSession(old, stored{})
 	case strings.HasPrefix(key, crdt.KVPrefix):
-		return b.indexKV(key, old.kvKeep, 0)
-	case strings.HasPrefix(key, crdt.UserPrefix) && !old.deleted:
-		b.users--
+		return b.indexKeep(key, old.keep, 0)
+	case strings.HasPrefix(key, crdt.UserPrefix):
+		if !old.deleted {
+			b.users--
+		}
+		return b.indexKeep(key, old.keep, 0)
 	}
 	return nil
 }
