@@ -46,6 +46,10 @@ const (
 	// answer to a leaked key (EndAppSessions).
 	FieldAppSessionsUntil  = "sessions_until"
 	FieldAppSessionsWindow = "sessions_window"
+	// FieldAppQuota (LWW) is the app's own bound on what it stores, set by an operator
+	// over the nodes' --app-quota: 8 bytes, big-endian, in bytes; negative: no bound. A
+	// tombstone, like no field, leaves the nodes' own.
+	FieldAppQuota = "quota"
 )
 
 // AppKey returns the record key of the app called name.
@@ -64,6 +68,10 @@ type App struct {
 	// (EndAppSessions); zero when there was none. See Ends.
 	SessionsUntil  Timestamp
 	SessionsWindow int64
+	// Quota is the app's own bound on what it stores, in bytes (negative: none), when
+	// HasQuota; else the nodes' --app-quota applies. See ReadAppQuota.
+	Quota    int64
+	HasQuota bool
 }
 
 // Ends reports whether the app's latest end of its subjects' sessions ends session s
@@ -126,7 +134,34 @@ func ReadApp(name string, m *Map) App {
 	}
 	a.RevokedAt, a.Revoked = m.Flag(FieldAppRevoked)
 	a.SessionsUntil, a.SessionsWindow = appSessionsEnd(m)
+	a.Quota, a.HasQuota = ReadAppQuota(m)
 	return a
+}
+
+// ReadAppQuota returns the app's own quota from its record m (FieldAppQuota), and false
+// when it has none (or a malformed one: a peer's bytes), so the nodes' own applies.
+func ReadAppQuota(m *Map) (bytes int64, ok bool) {
+	v, ok := m.Get(FieldAppQuota)
+	if !ok || len(v) != 8 {
+		return 0, false
+	}
+	return int64(binary.BigEndian.Uint64(v)), true // #nosec G115 -- written from an int64
+}
+
+// SetAppQuota returns the update, at ts, that gives the app its own quota of bytes
+// (negative: no bound) in place of the nodes' --app-quota.
+func SetAppQuota(bytes int64, ts Timestamp) Map {
+	var m Map
+	m.Set(FieldAppQuota, binary.BigEndian.AppendUint64(nil, uint64(bytes)), ts) // #nosec G115 -- read back as int64
+	return m
+}
+
+// ClearAppQuota returns the update, at ts, that takes the app's own quota away: the
+// nodes' --app-quota applies again.
+func ClearAppQuota(ts Timestamp) Map {
+	var m Map
+	m.Delete(FieldAppQuota, ts)
+	return m
 }
 
 // ReadAppSessionsEnd returns the view of the record m of the app called name that

@@ -116,3 +116,47 @@ func TestAppEnds(t *testing.T) {
 		}
 	})
 }
+
+// TestAppQuota: an app's own quota is the latest one set, a clear after it leaves the
+// nodes' own, whatever order the writes merged in; a malformed value (a peer's bytes)
+// counts as none.
+func TestAppQuota(t *testing.T) {
+	at := func(wall int64) crdt.Timestamp { return crdt.Timestamp{Wall: wall, Node: 1} }
+	var m crdt.Map
+	if _, ok := crdt.ReadAppQuota(&m); ok {
+		t.Errorf("a record without a quota has one")
+	}
+	for _, tc := range []struct {
+		name   string
+		writes []crdt.Map
+		want   int64
+		set    bool
+	}{
+		{"Set", []crdt.Map{crdt.SetAppQuota(5<<20, at(1))}, 5 << 20, true},
+		{"NoBound", []crdt.Map{crdt.SetAppQuota(-1, at(1))}, -1, true},
+		{"LaterWins", []crdt.Map{crdt.SetAppQuota(5<<20, at(1)), crdt.SetAppQuota(7<<20, at(2))}, 7 << 20, true},
+		{"Cleared", []crdt.Map{crdt.SetAppQuota(5<<20, at(1)), crdt.ClearAppQuota(at(2))}, 0, false},
+		{"SetAfterClear", []crdt.Map{crdt.ClearAppQuota(at(1)), crdt.SetAppQuota(3, at(2))}, 3, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rapid.Check(t, func(rt *rapid.T) {
+				var m crdt.Map
+				for _, i := range rapid.Permutation([]int{0, 1}[:len(tc.writes)]).Draw(rt, "order") {
+					m.Merge(tc.writes[i])
+				}
+				got, set := crdt.ReadAppQuota(&m)
+				if got != tc.want || set != tc.set {
+					rt.Fatalf("quota %d (set %v), want %d (%v)", got, set, tc.want, tc.set)
+				}
+				if a := crdt.ReadApp("shop", &m); a.Quota != got || a.HasQuota != set {
+					rt.Fatalf("ReadApp quota %d (%v), ReadAppQuota %d (%v)", a.Quota, a.HasQuota, got, set)
+				}
+			})
+		})
+	}
+	var bad crdt.Map
+	bad.Set(crdt.FieldAppQuota, []byte("short"), at(1))
+	if _, ok := crdt.ReadAppQuota(&bad); ok {
+		t.Errorf("a malformed quota counts")
+	}
+}

@@ -113,6 +113,7 @@ func (n *Node) adminRoutes(app *fiber.App) {
 	admin.Delete("/apps/:name", n.revokeApp)
 	admin.Post("/apps/:name/rotate", n.rotateApp)
 	admin.Post("/apps/:name/end-sessions", n.endAppSessions)
+	admin.Put("/apps/:name/quota", n.setAppQuota)
 	admin.Get("/keys", n.signingKeys)
 	admin.Post("/keys/rotate", n.rotateKey)
 	admin.Post("/keys/:kid/retire", n.retireKey)   // jwks.go

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -65,6 +66,25 @@ func (n *Node) rotateApp(c *fiber.Ctx) error {
 	n.log.Info("app key rotated", "app", a.Name, "grace", time.Duration(req.GraceSeconds)*time.Second, "end_sessions", req.EndSessions)
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	return c.JSON(api.CreateAppResponse{App: a, Key: key.String()})
+}
+
+// setAppQuota serves PUT /v1/admin/apps/{name}/quota {quota_mib}: 200 {app}, with the
+// app's own quota in place of --app-quota (null: the nodes' own again).
+func (n *Node) setAppQuota(c *fiber.Ctx) error {
+	var req api.AppQuotaRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	a, err := n.apps.SetQuota(c.UserContext(), param(c, "name"), req.QuotaMiB)
+	if err != nil {
+		return err
+	}
+	quota := "--app-quota"
+	if a.QuotaMiB != nil {
+		quota = strconv.FormatInt(*a.QuotaMiB, 10)
+	}
+	n.log.Info("app quota set", "app", a.Name, "quota_mib", quota)
+	return c.JSON(api.AppResponse{App: a})
 }
 
 // endAppSessions serves POST /v1/admin/apps/{name}/end-sessions: every session of the

@@ -206,9 +206,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		Subjects: n.db}
 	n.messages = &functions.Messages{Store: st, Clock: clock}
 	n.apps = &functions.Apps{Store: st, Clock: clock, MaxSkew: n.cfg.MaxSkew, Meter: usageMeter{n}}
-	var quota *functions.Quota
+	quota := &functions.Quota{Meter: usageMeter{n}, Own: appQuotas{n.db}}
 	if n.cfg.AppQuotaMiB > 0 {
-		quota = &functions.Quota{Meter: usageMeter{n}, Bytes: int64(n.cfg.AppQuotaMiB) << 20}
+		quota.Bytes = int64(n.cfg.AppQuotaMiB) << 20
 	}
 	n.sessions.Quota = quota
 	n.kv = &functions.KV{Store: st, Lister: kvLister{n.db}, Clock: clock, Quota: quota}

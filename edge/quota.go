@@ -1,8 +1,11 @@
 package edge
 
 import (
+	"context"
+
 	"github.com/sessiond/sessiond/crdt"
 	"github.com/sessiond/sessiond/functions"
+	"github.com/sessiond/sessiond/storage"
 )
 
 // usageMeter estimates an app's usage across the cluster (functions.UsageMeter) from what
@@ -29,4 +32,20 @@ func (m usageMeter) AppUsage(app string) functions.Usage {
 	out.Records = out.Records * crdt.Partitions / int64(share)
 	out.Bytes = out.Bytes * crdt.Partitions / int64(share)
 	return out
+}
+
+// appQuotas reads an app's own quota (functions.AppQuotas) from its record, which every
+// node holds (crdt.ClusterPartition) and the record cache keeps decoded.
+type appQuotas struct{ db *storage.DB }
+
+var _ functions.AppQuotas = appQuotas{}
+
+// AppQuota implements functions.AppQuotas. A record that cannot be read counts as none:
+// the nodes' own quota then applies.
+func (q appQuotas) AppQuota(app string) (int64, bool) {
+	m, ok, err := q.db.Record(context.Background(), crdt.AppKey(app))
+	if err != nil || !ok {
+		return 0, false
+	}
+	return crdt.ReadAppQuota(&m)
 }

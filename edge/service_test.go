@@ -283,6 +283,12 @@ func TestAdmin_Apps(t *testing.T) {
 		{"ErrRotateHugeGrace", "POST", "/v1/admin/apps/shop/rotate", `{"grace_seconds":9223372036854775807}`, 400, "invalid_argument"},
 		{"ErrRotateGraceNotANumber", "POST", "/v1/admin/apps/shop/rotate", `{"grace_seconds":"1h"}`, 400, "invalid_argument"},
 		{"ErrRotateUnknownField", "POST", "/v1/admin/apps/shop/rotate", `{"grace":3600}`, 400, "invalid_argument"},
+		{"ErrQuotaUnknown", "PUT", "/v1/admin/apps/nobody/quota", `{"quota_mib":1}`, 404, "not_found"},
+		{"ErrQuotaHuge", "PUT", "/v1/admin/apps/shop/quota", `{"quota_mib":1073741825}`, 400, "invalid_argument"},
+		{"ErrQuotaOverflow", "PUT", "/v1/admin/apps/shop/quota", `{"quota_mib":1e30}`, 400, "invalid_argument"},
+		{"ErrQuotaNotANumber", "PUT", "/v1/admin/apps/shop/quota", `{"quota_mib":"1G"}`, 400, "invalid_argument"},
+		{"ErrQuotaNoBody", "PUT", "/v1/admin/apps/shop/quota", ``, 415, "unsupported_media_type"},
+		{"ErrQuotaEmptyJSON", "PUT", "/v1/admin/apps/shop/quota", `not json`, 400, "invalid_argument"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b []byte
@@ -531,6 +537,78 @@ func TestService_Sessions(t *testing.T) {
 			t.Errorf("the subject's sessions after revoking them all: %d %s", resp.StatusCode, body)
 		}
 	})
+}
+
+// TestService_AppQuota: an operator gives one app its own quota in place of the nodes'
+// --app-quota — lower (0: it may add nothing), none, or back to the nodes' — and only
+// that app's writes that add are judged by it.
+func TestService_AppQuota(t *testing.T) {
+	cfg := testConfig(t, "app-quota-0")
+	cfg.AppQuotaMiB = 1
+	n := MustStartNode(t, cfg)
+	c := newTestClient(t, n)
+	shop, blog := mustCreateApp(t, n, "shop"), mustCreateApp(t, n, "blog")
+	value := strings.Repeat("x", 60_000)
+	put := func(key, app, name string) int {
+		t.Helper()
+		resp, body := c.do("PUT", "/v1/service/kv/"+name, key, map[string]any{"value": map[string]string{"v": value}, "ttl": 3600})
+		if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("put %s of %s: %d %s", name, app, resp.StatusCode, body)
+		}
+		return resp.StatusCode
+	}
+	setQuota := func(body string) api.App {
+		t.Helper()
+		resp, b := adminDo(c, testKey, "PUT", "/v1/admin/apps/shop/quota", []byte(body))
+		var out api.AppResponse
+		if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &out) != nil {
+			t.Fatalf("set quota %s: %d %s", body, resp.StatusCode, b)
+		}
+		return out.App
+	}
+	if a := setQuota(`{"quota_mib":0}`); a.QuotaMiB == nil || *a.QuotaMiB != 0 {
+		t.Errorf("quota_mib %v after setting 0", a.QuotaMiB)
+	}
+	if st := put(shop, "shop", "a"); st != http.StatusForbidden {
+		t.Errorf("a put of shop with its own quota of 0: %d, want 403", st)
+	}
+	if st := put(blog, "blog", "a"); st == http.StatusForbidden {
+		t.Errorf("blog, under the nodes' quota, was refused")
+	}
+	// None: past the nodes' 1 MiB.
+	if a := setQuota(`{"quota_mib":-5}`); a.QuotaMiB == nil || *a.QuotaMiB != -1 {
+		t.Errorf("quota_mib %v after setting none, want -1", a.QuotaMiB)
+	}
+	for i := range 20 {
+		if st := put(shop, "shop", fmt.Sprint("k", i)); st == http.StatusForbidden {
+			t.Fatalf("put %d of shop (%d KB) with no quota of its own refused", i, (i+1)*60)
+		}
+	}
+	for i := range 20 {
+		if put(blog, "blog", fmt.Sprint("k", i)) == http.StatusForbidden {
+			break
+		}
+		if i == 19 {
+			t.Errorf("blog stored 1.2 MB past the nodes' quota of 1 MiB")
+		}
+	}
+	// Back to the nodes' own: shop is over it now.
+	if a := setQuota(`{"quota_mib":null}`); a.QuotaMiB != nil {
+		t.Errorf("quota_mib %v after clearing it", *a.QuotaMiB)
+	}
+	if st := put(shop, "shop", "more"); st != http.StatusForbidden {
+		t.Errorf("a put of shop over the nodes' quota again: %d, want 403", st)
+	}
+	resp, body := adminDo(c, testKey, "GET", "/v1/admin/apps", nil)
+	var list api.AppsResponse
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &list) != nil || len(list.Apps) != 2 {
+		t.Fatalf("list: %d %s", resp.StatusCode, body)
+	}
+	for _, a := range list.Apps {
+		if a.QuotaMiB != nil {
+			t.Errorf("%s lists its own quota %d", a.Name, *a.QuotaMiB)
+		}
+	}
 }
 
 // TestService_SubjectRecordExpires: a subject's record goes, on the node's own sweep, a

@@ -16,13 +16,19 @@ import (
 // App is an app's credentials as the admin routes show them (package api owns the JSON).
 type App = api.App
 
-// appOf returns the app a as the admin routes show it at now.
 // view returns the API's view of app a at now, with what it stores when a.Meter is set.
 func (ap *Apps) view(a crdt.App, now time.Time) App {
 	out := App{Name: a.Name, CreatedAt: a.Created.Time(), Revoked: a.Revoked, Keys: []api.AppKey{}}
 	if ap.Meter != nil {
 		u := ap.Meter.AppUsage(a.Name)
 		out.Stored = &api.AppStored{Records: u.Records, Bytes: u.Bytes}
+	}
+	if a.HasQuota {
+		mib := int64(-1)
+		if a.Quota >= 0 {
+			mib = a.Quota >> 20
+		}
+		out.QuotaMiB = &mib
 	}
 	if a.Revoked {
 		t := a.RevokedAt.Time()
@@ -349,6 +355,47 @@ func (a *Apps) EndSessions(ctx context.Context, name string) (App, error) {
 			return Errorf(ENotFound, "no app %q on this node (one created on another node a moment ago may not have arrived yet)", name)
 		}
 		rec, err = tx.Merge(crdt.AppKey(name), crdt.EndAppSessions(a.Clock.Next(), a.maxSkew()))
+		return err
+	})
+	if err != nil {
+		return App{}, err
+	}
+	return a.view(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), nil
+}
+
+// MaxAppQuotaMiB bounds an app's own quota (SetQuota): 1 PiB.
+const MaxAppQuotaMiB = 1 << 30
+
+// SetQuota gives the app called name a quota of its own, quotaMiB MiB (negative: no
+// bound; 0: it may add nothing), in place of the nodes' --app-quota, on every node as the
+// write replicates; nil takes it away (the nodes' own applies again). An app this node has
+// not received is ENotFound; a quota over MaxAppQuotaMiB is EInvalid. A revoked app's
+// quota may be set too (it stores what it stored).
+func (a *Apps) SetQuota(ctx context.Context, name string, quotaMiB *int64) (App, error) {
+	if err := ValidAppName(name); err != nil {
+		return App{}, err
+	}
+	if quotaMiB != nil && *quotaMiB > MaxAppQuotaMiB {
+		return App{}, Errorf(EInvalid, "quota_mib must be at most %d (negative: no bound)", MaxAppQuotaMiB)
+	}
+	var rec crdt.Map
+	err := a.Store.Update(ctx, func(tx Tx) error {
+		_, ok, err := tx.Record(crdt.AppKey(name))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return Errorf(ENotFound, "no app %q on this node (one created on another node a moment ago may not have arrived yet)", name)
+		}
+		update := crdt.ClearAppQuota(a.Clock.Next())
+		if quotaMiB != nil {
+			bytes := int64(-1)
+			if *quotaMiB >= 0 {
+				bytes = *quotaMiB << 20
+			}
+			update = crdt.SetAppQuota(bytes, a.Clock.Next())
+		}
+		rec, err = tx.Merge(crdt.AppKey(name), update)
 		return err
 	})
 	if err != nil {

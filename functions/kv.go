@@ -270,7 +270,7 @@ func (k *KV) Patch(ctx context.Context, app, key string, req KVPatch) (KVItem, e
 // is not live is ENotFound; over the limits ETooLarge (the write is discarded).
 func (k *KV) write(ctx context.Context, app, key string, live bool, build func(cur *crdt.Map, ts crdt.Timestamp) crdt.Map) (KVItem, error) {
 	var v crdt.KV
-	quota := k.Quota.claim()
+	quota := k.Quota.claim(app)
 	defer quota.release()
 	err := k.Store.Update(ctx, func(tx Tx) error {
 		rk := crdt.KVKey(app, key)
@@ -300,7 +300,7 @@ func (k *KV) write(ctx context.Context, app, key string, live bool, build func(c
 		case names > MaxKVNames:
 			return Errorf(ETooLarge, "the key would keep %d field names, deleted ones included, at most %d: a deleted field is remembered until the next put; put the whole value instead", names, MaxKVNames)
 		}
-		return quota.allows(app, storedSize(rk, &merged, true)-before)
+		return quota.allows(storedSize(rk, &merged, true) - before)
 	})
 	if err != nil {
 		return KVItem{}, err
@@ -317,7 +317,7 @@ func (k *KV) Delete(ctx context.Context, app, key string) error {
 	if err := k.check(app, key); err != nil {
 		return err
 	}
-	quota := k.Quota.claim()
+	quota := k.Quota.claim(app)
 	defer quota.release()
 	return k.Store.Update(ctx, func(tx Tx) error {
 		rk := crdt.KVKey(app, key)
@@ -332,7 +332,7 @@ func (k *KV) Delete(ctx context.Context, app, key string) error {
 			return err // deleting a stored key always works, even if its tombstone is larger
 		}
 		// A tombstone of a key not held here adds a record: bounded like any other.
-		return quota.allows(app, storedSize(rk, &merged, true)-before)
+		return quota.allows(storedSize(rk, &merged, true) - before)
 	})
 }
 

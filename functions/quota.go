@@ -31,56 +31,81 @@ type UsageMeter interface {
 	AppUsage(app string) Usage
 }
 
-// Quota bounds the bytes one app stores. A nil Quota, or one with Bytes 0, bounds
-// nothing. Safe for concurrent use.
+// AppQuotas tells the quota an operator gave an app of its own (Apps.SetQuota) in place
+// of the nodes' own; edge implements it over the app records, which every node holds.
+type AppQuotas interface {
+	// AppQuota returns app's own quota in bytes (negative: no bound), and false when it
+	// has none.
+	AppQuota(app string) (bytes int64, ok bool)
+}
+
+// Quota bounds the bytes one app stores: Bytes (0: no bound), or the app's own quota
+// where Own gives one. A nil Quota bounds nothing. Safe for concurrent use.
 type Quota struct {
 	Meter UsageMeter
 	Bytes int64
+	Own   AppQuotas // may be nil
 
 	mu      sync.Mutex
 	pending map[string]int64 // app → growth claimed by writes not yet committed
 }
 
-func (q *Quota) active() bool { return q != nil && q.Bytes > 0 && q.Meter != nil }
+func (q *Quota) active() bool { return q != nil && q.Meter != nil && (q.Bytes > 0 || q.Own != nil) }
+
+// limit returns app's quota: its own if it has one, else Bytes; false for no bound.
+func (q *Quota) limit(app string) (int64, bool) {
+	if q.Own != nil {
+		if b, ok := q.Own.AppQuota(app); ok {
+			return b, b >= 0
+		}
+	}
+	return q.Bytes, q.Bytes > 0
+}
 
 // claim is one write's claim on its app's quota: what its function allowed itself to
 // add. The write releases it once Update has returned: by then its growth is in the
 // Meter's reading, or it was not stored.
 type claim struct {
-	q   *Quota
-	app string
-	n   int64
+	q       *Quota
+	app     string
+	limit   int64 // the app's quota when the claim was made
+	bounded bool  // false: no bound
+	n       int64
 }
 
-// claim returns a write's claim, empty until its function calls allows; nil (which does
-// nothing) when q bounds nothing.
-func (q *Quota) claim() *claim {
+// claim returns a write's claim on app's quota, empty until its function calls allows;
+// nil (which does nothing) when q bounds nothing. It reads the app's quota now, before
+// the write's function runs on the store's committer, which must not wait for reads.
+func (q *Quota) claim(app string) *claim {
 	if !q.active() {
 		return nil
 	}
-	return &claim{q: q}
+	c := &claim{q: q}
+	c.limit, c.bounded = q.limit(app)
+	c.app = app
+	return c
 }
 
-// allows returns nil, claiming growth, if app may store growth more bytes besides what
-// it stores and what other writes claimed; else EQuotaExceeded, claiming nothing.
-// Growth of zero or less (a write that adds nothing) is always allowed. A function run
-// again replaces its earlier claim.
-func (c *claim) allows(app string, growth int64) error {
+// allows returns nil, claiming growth, if the claim's app may store growth more bytes
+// besides what it stores and what other writes claimed; else EQuotaExceeded, claiming
+// nothing. Growth of zero or less (a write that adds nothing) is always allowed. A
+// function run again replaces its earlier claim.
+func (c *claim) allows(growth int64) error {
 	if c == nil {
 		return nil
 	}
-	q := c.q
+	q, app := c.q, c.app
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	c.setLocked("", 0)
-	if growth <= 0 {
+	c.setLocked(0)
+	if growth <= 0 || !c.bounded {
 		return nil
 	}
 	used := q.Meter.AppUsage(app).Bytes + q.pending[app]
-	if used+growth > q.Bytes {
-		return Errorf(EQuotaExceeded, "app %q stores about %d bytes, with this write over its quota of %d (--app-quota): delete keys or sessions, or let them expire", app, used, q.Bytes)
+	if used+growth > c.limit {
+		return Errorf(EQuotaExceeded, "app %q stores about %d bytes, with this write over its quota of %d (--app-quota, or its own: sessiond apps quota): delete keys or sessions, or let them expire", app, used, c.limit)
 	}
-	c.setLocked(app, growth)
+	c.setLocked(growth)
 	return nil
 }
 
@@ -90,23 +115,24 @@ func (c *claim) release() {
 		return
 	}
 	c.q.mu.Lock()
-	c.setLocked("", 0)
+	c.setLocked(0)
 	c.q.mu.Unlock()
 }
 
-func (c *claim) setLocked(app string, n int64) {
+// setLocked makes n the growth the claim holds of its app's pending growth.
+func (c *claim) setLocked(n int64) {
 	q := c.q
 	if c.n != 0 {
 		if q.pending[c.app] -= c.n; q.pending[c.app] == 0 {
 			delete(q.pending, c.app)
 		}
 	}
-	c.app, c.n = app, n
+	c.n = n
 	if n != 0 {
 		if q.pending == nil {
 			q.pending = make(map[string]int64)
 		}
-		q.pending[app] += n
+		q.pending[c.app] += n
 	}
 }
 

@@ -105,29 +105,70 @@ func TestQuota(t *testing.T) {
 // run again replaces its claim, and a released claim frees its room.
 func TestQuotaClaims(t *testing.T) {
 	q := &Quota{Meter: meter{"shop": 400}, Bytes: 1000}
-	a, b := q.claim(), q.claim()
-	if err := a.allows("shop", 500); err != nil {
+	a, b := q.claim("shop"), q.claim("shop")
+	if err := a.allows(500); err != nil {
 		t.Fatalf("a: %v", err)
 	}
-	if err := b.allows("shop", 200); ErrorCode(err) != EQuotaExceeded {
+	if err := b.allows(200); ErrorCode(err) != EQuotaExceeded {
 		t.Errorf("b beside a's claim: %v, want %s", err, EQuotaExceeded)
 	}
-	if err := b.allows("blog", 900); err != nil {
+	if err := q.claim("blog").allows(900); err != nil {
 		t.Errorf("another app: %v", err)
 	}
-	if err := a.allows("shop", 100); err != nil { // run again: replaces its 500
+	if err := a.allows(100); err != nil { // run again: replaces its 500
 		t.Fatalf("a again: %v", err)
 	}
-	if err := b.allows("shop", 500); err != nil {
+	if err := b.allows(500); err != nil {
 		t.Errorf("b once a claims 100: %v", err)
 	}
 	a.release()
 	b.release()
+	if len(q.pending) != 1 || q.pending["blog"] != 900 { // the blog claim is not released
+		t.Errorf("claims left after release: %v", q.pending)
+	}
+	delete(q.pending, "blog")
 	if len(q.pending) != 0 {
 		t.Errorf("claims left after release: %v", q.pending)
 	}
 	var none *Quota
-	if c := none.claim(); c.allows("shop", 1<<40) != nil {
+	if c := none.claim("shop"); c.allows(1<<40) != nil {
 		t.Error("a nil quota refused")
+	}
+}
+
+// ownQuotas is an AppQuotas whose answers the test sets.
+type ownQuotas map[string]int64
+
+func (o ownQuotas) AppQuota(app string) (int64, bool) {
+	b, ok := o[app]
+	return b, ok
+}
+
+// TestQuotaOwn: an app's own quota replaces the nodes' for that app alone — higher,
+// lower, none (negative) or nothing more (0) — also where the nodes set none.
+func TestQuotaOwn(t *testing.T) {
+	used := meter{"big": 5000, "frozen": 10, "free": 1 << 40, "other": 900}
+	own := ownQuotas{"big": 10_000, "frozen": 0, "free": -1}
+	for _, bytes := range []int64{1000, 0} {
+		q := &Quota{Meter: used, Bytes: bytes, Own: own}
+		for _, tc := range []struct {
+			app    string
+			growth int64
+			ok     bool
+		}{
+			{"big", 4000, true},        // over the nodes' 1,000, under its own
+			{"big", 6000, false},       // over its own
+			{"frozen", 1, false},       // its own is 0
+			{"frozen", -5, true},       // shrinking always works
+			{"free", 1 << 30, true},    // its own is none
+			{"other", 200, bytes == 0}, // the nodes' own
+		} {
+			c := q.claim(tc.app)
+			err := c.allows(tc.growth)
+			if (err == nil) != tc.ok || (err != nil && ErrorCode(err) != EQuotaExceeded) {
+				t.Errorf("nodes' quota %d, %s adding %d: %v, want allowed %v", bytes, tc.app, tc.growth, err, tc.ok)
+			}
+			c.release()
+		}
 	}
 }

@@ -231,7 +231,7 @@ func (s *Sessions) RevokeSubject(ctx context.Context, app, subject string) error
 	if err != nil {
 		return err
 	}
-	quota := s.Quota.claim()
+	quota := s.Quota.claim(app)
 	defer quota.release()
 	return s.Store.Update(ctx, func(tx Tx) error {
 		m, ok, err := tx.Record(crdt.UserKey(id))
@@ -263,7 +263,7 @@ func (s *Sessions) RevokeSubject(ctx context.Context, app, subject string) error
 			return nil // a known subject's sessions can always be revoked
 		}
 		// A subject this node has no record of gets one: bounded like any other record.
-		return quota.allows(app, storedSize(crdt.UserKey(id), &after, true))
+		return quota.allows(storedSize(crdt.UserKey(id), &after, true))
 	})
 }
 

@@ -204,7 +204,7 @@ func (s *Sessions) create(ctx context.Context, u crdt.User, ns newSession) (Sess
 	var rec crdt.Map
 	var quota *claim // a subject's session counts against its app's Quota
 	if ns.app != "" {
-		quota = s.Quota.claim()
+		quota = s.Quota.claim(ns.app)
 		defer quota.release()
 	}
 	err = s.Store.Update(ctx, func(tx Tx) error {
@@ -263,7 +263,7 @@ func (s *Sessions) create(ctx context.Context, u crdt.User, ns newSession) (Sess
 		if ns.app == "" {
 			return nil
 		}
-		return quota.allows(ns.app, growth+storedSize(crdt.SessionKey(id), &rec, true))
+		return quota.allows(growth + storedSize(crdt.SessionKey(id), &rec, true))
 	})
 	if err != nil {
 		return Session{}, err
@@ -503,7 +503,7 @@ func (s *Sessions) patchData(ctx context.Context, p Principal, patch DataPatch, 
 	app := p.App                        // a subject's session counts against its app's Quota
 	var quota *claim
 	if app != "" {
-		quota = s.Quota.claim()
+		quota = s.Quota.claim(app)
 		defer quota.release()
 	}
 	var merged crdt.Map
@@ -555,7 +555,7 @@ func (s *Sessions) patchData(ctx context.Context, p Principal, patch DataPatch, 
 			if err != nil || app == "" {
 				return err
 			}
-			return quota.allows(app, storedSize(key, &merged, true)-beforeSize)
+			return quota.allows(storedSize(key, &merged, true) - beforeSize)
 		}
 	}
 	err = s.Store.Update(ctx, patchFn(false))

@@ -16,6 +16,9 @@ type App struct {
 	// Stored is what the app stores, cluster-wide as the answering node estimates it
 	// (one copy of each record): what --app-quota bounds.
 	Stored *AppStored `json:"stored,omitempty"`
+	// QuotaMiB is the app's own quota, MiB (negative: no bound), set with PUT
+	// /v1/admin/apps/{name}/quota; absent, the nodes' --app-quota applies.
+	QuotaMiB *int64 `json:"quota_mib,omitempty"`
 	// Keys are the app's keys that still work or will stop working (retired ones are
 	// left out), oldest first.
 	Keys []AppKey `json:"keys"`
@@ -26,6 +29,13 @@ type AppKey struct {
 	ID        string     `json:"id"` // "0" for the key the app was created with
 	CreatedAt time.Time  `json:"created_at"`
 	RetiresAt *time.Time `json:"retires_at,omitempty"` // set once a rotation replaced it
+}
+
+// AppQuotaRequest is the body of PUT /v1/admin/apps/{name}/quota: the app's own quota,
+// MiB (negative: no bound; 0: it may add nothing); null (or absent) takes it away, so
+// that the nodes' --app-quota applies again.
+type AppQuotaRequest struct {
+	QuotaMiB *int64 `json:"quota_mib"`
 }
 
 // RotateAppRequest is the body of POST /v1/admin/apps/{name}/rotate: how long the app's

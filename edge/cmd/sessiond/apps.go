@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -27,6 +28,10 @@ const appsUsage = `Usage:
   sessiond apps end-sessions NAME [flags]
                                       end every session the app has made so far, for any
                                       subject: their tokens stop working on every node
+  sessiond apps quota NAME MIB|none|default [flags]
+                                      give an app its own bound on what it stores, in MiB
+                                      (0: it may add nothing; none: no bound), in place of
+                                      the nodes' --app-quota; default: the nodes' again
 
 An app (a website's backend, say) calls the service API (/v1/service/, docs/API.md) with
 Authorization: Bearer <API key>. The node keeps only a hash of the key: keep the key in
@@ -54,7 +59,7 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fs, _, _, _, _, _ := appsFlags()
 		if len(args) == 0 {
-			fmt.Fprint(stderr, "sessiond apps: want create, list, rotate, revoke or end-sessions\n\n", appsUsage)
+			fmt.Fprint(stderr, "sessiond apps: want create, list, rotate, revoke, end-sessions or quota\n\n", appsUsage)
 			fs.SetOutput(stderr)
 			fs.PrintDefaults()
 			return 2
@@ -88,7 +93,7 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	named := sub == "create" || sub == "revoke" || sub == "rotate" || sub == "end-sessions"
-	if named && len(pos) == 1 {
+	if (named && len(pos) == 1) || (sub == "quota" && len(pos) == 2) {
 		if err := functions.ValidAppName(pos[0]); err != nil {
 			fmt.Fprintf(stderr, "sessiond apps %s: %q: %s\n", sub, pos[0], functions.ErrorMessage(err))
 			return 2
@@ -111,6 +116,25 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 		body, _ = json.Marshal(api.RotateAppRequest{GraceSeconds: int64(*grace / time.Second), EndSessions: *endSessions})
 	case sub == "end-sessions" && len(pos) == 1:
 		method, path = http.MethodPost, "/v1/admin/apps/"+url.PathEscape(pos[0])+"/end-sessions"
+	case sub == "quota" && len(pos) == 2:
+		var req api.AppQuotaRequest
+		switch pos[1] {
+		case "default":
+		case "none":
+			req.QuotaMiB = new(int64(-1))
+		default:
+			mib, err := strconv.ParseInt(pos[1], 10, 64)
+			if err != nil || mib < 0 || mib > functions.MaxAppQuotaMiB {
+				fmt.Fprintf(stderr, "sessiond apps quota: %q: want MiB from 0 to %d, none or default\n", pos[1], functions.MaxAppQuotaMiB)
+				return 2
+			}
+			req.QuotaMiB = &mib
+		}
+		method, path = http.MethodPut, "/v1/admin/apps/"+url.PathEscape(pos[0])+"/quota"
+		body, _ = json.Marshal(req)
+	case sub == "quota":
+		fmt.Fprintln(stderr, "sessiond apps quota: want NAME and MIB (a number, none or default) (sessiond apps --help)")
+		return 2
 	case named:
 		fmt.Fprintf(stderr, "sessiond apps %s: want one NAME (sessiond apps --help)\n", sub)
 		return 2
@@ -118,7 +142,7 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sessiond apps list: unexpected argument %q (sessiond apps --help)\n", pos[0])
 		return 2
 	default:
-		fmt.Fprintf(stderr, "sessiond apps: unknown command %q: want create, list, rotate, revoke or end-sessions (sessiond apps --help)\n", sub)
+		fmt.Fprintf(stderr, "sessiond apps: unknown command %q: want create, list, rotate, revoke, end-sessions or quota (sessiond apps --help)\n", sub)
 		return 2
 	}
 	target, err := nodeURL(*addr, path)
@@ -164,7 +188,7 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "NAME\tCREATED\tSTORED\tKEYS\tSTATUS")
+		fmt.Fprintln(w, "NAME\tCREATED\tSTORED\tQUOTA\tKEYS\tSTATUS")
 		for _, a := range r.Apps {
 			status := "active"
 			if a.Revoked && a.RevokedAt != nil {
@@ -176,7 +200,7 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 			if a.Stored != nil {
 				stored = sizeText(a.Stored.Bytes)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", a.Name, a.CreatedAt.Format(time.RFC3339), stored, len(a.Keys), status)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", a.Name, a.CreatedAt.Format(time.RFC3339), stored, quotaText(a.QuotaMiB), len(a.Keys), status)
 		}
 		_ = w.Flush()
 	case "rotate":
@@ -214,6 +238,17 @@ func appsCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "ended the sessions of app %q made up to %s: they stop working on each node as the end reaches it\n",
 			r.App.Name, r.App.SessionsEndedAt.Format(time.RFC3339))
+	case "quota":
+		var r api.AppResponse
+		if err := json.Unmarshal(reply, &r); err != nil {
+			fmt.Fprintf(stderr, "sessiond apps quota: the node's answer: %v\n", err)
+			return 1
+		}
+		if r.App.QuotaMiB == nil {
+			fmt.Fprintf(stdout, "app %q is bound by the nodes' --app-quota again, on each node as the change reaches it\n", r.App.Name)
+		} else {
+			fmt.Fprintf(stdout, "app %q may store %s, in place of the nodes' --app-quota, on each node as the change reaches it\n", r.App.Name, quotaText(r.App.QuotaMiB))
+		}
 	}
 	return 0
 }
@@ -229,6 +264,18 @@ func sizeText(n int64) string {
 		v, i = v/unit, i+1
 	}
 	return fmt.Sprintf("%.1f%ciB", v, "KMGT"[i])
+}
+
+// quotaText writes an app's own quota for a person: "default" for none of its own (the
+// nodes' --app-quota), "unbounded", or its size.
+func quotaText(mib *int64) string {
+	switch {
+	case mib == nil:
+		return "default"
+	case *mib < 0:
+		return "unbounded"
+	}
+	return sizeText(*mib << 20)
 }
 
 // retiring returns the latest time one of keys retires at, or zero when none does.

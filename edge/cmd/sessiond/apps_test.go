@@ -134,7 +134,7 @@ func TestAppsCLI(t *testing.T) {
 			}
 		}
 		so, _, code := runBin(t, nil, "apps", "list", "--http", d.http, "--cluster-key-file", d.keyFile)
-		if code != 0 || !regexp.MustCompile(`(?m)^shop\s+\S+\s+[0-9.]+[KMG]?i?B\s+2\s+active; older key retires \S+$`).MatchString(so) {
+		if code != 0 || !regexp.MustCompile(`(?m)^shop\s+\S+\s+[0-9.]+[KMG]?i?B\s+default\s+2\s+active; older key retires \S+$`).MatchString(so) {
 			t.Errorf("apps list after a rotation with a grace: exit %d:\n%s", code, so)
 		}
 		third := rotate("0s")
@@ -240,6 +240,39 @@ func TestAppsCLI(t *testing.T) {
 			}
 		}
 	})
+	t.Run("Quota", func(t *testing.T) {
+		for _, tc := range []struct{ value, says, lists string }{
+			{"3", "may store 3.0MiB", "3.0MiB"},
+			{"default", "--app-quota again", "default"},
+			{"none", "may store unbounded", "unbounded"},
+		} {
+			so, se, code := runBin(t, nil, "apps", "quota", "shop", tc.value, "--http", d.http, "--cluster-key-file", d.keyFile)
+			if code != 0 || !strings.Contains(so, tc.says) {
+				t.Errorf("apps quota shop %s: exit %d: %s%s; want %q", tc.value, code, so, se, tc.says)
+			}
+			so, _, code = runBin(t, nil, "apps", "list", "--http", d.http, "--cluster-key-file", d.keyFile)
+			if code != 0 || !regexp.MustCompile(`(?m)^shop\s+\S+\s+\S+\s+`+regexp.QuoteMeta(tc.lists)+`\s+\d+\s+active`).MatchString(so) {
+				t.Errorf("apps list after quota %s: exit %d:\n%s", tc.value, code, so)
+			}
+		}
+		for _, tc := range []struct {
+			args []string
+			code int
+			err  string
+		}{
+			{[]string{"quota", "shop", "lots"}, 2, "want MiB"},
+			{[]string{"quota", "shop", "1073741825"}, 2, "want MiB"},
+			{[]string{"quota", "shop"}, 2, "want NAME and MIB"},
+			{[]string{"quota", "Shop", "1"}, 2, "Shop"},
+			{[]string{"quota", "nobody", "1"}, 1, "404 not_found"},
+		} {
+			args := append([]string{"apps"}, tc.args...)
+			so, se, code := runBin(t, nil, append(args, "--http", d.http, "--cluster-key-file", d.keyFile)...)
+			if code != tc.code || !strings.Contains(se, tc.err) {
+				t.Errorf("%v: exit %d, stderr %q, stdout %q; want %d and %q", tc.args, code, se, so, tc.code, tc.err)
+			}
+		}
+	})
 	t.Run("Revoke", func(t *testing.T) {
 		so, se, code := runBin(t, nil, "apps", "revoke", "shop", "--http", d.http, "--cluster-key-file", d.keyFile)
 		if code != 0 || !strings.Contains(so, `revoked app "shop"`) {
@@ -249,7 +282,7 @@ func TestAppsCLI(t *testing.T) {
 			t.Errorf("a revoked key: %d %s, want 401", r.status, r.body)
 		}
 		so, _, code = runBin(t, nil, "apps", "list", "--http", d.http, "--cluster-key-file", d.keyFile)
-		if code != 0 || !regexp.MustCompile(`(?m)^blog\s+\S+\s+0B\s+1\s+active$`).MatchString(so) || !regexp.MustCompile(`(?m)^shop\s+\S+\s+[0-9.]+[KMG]?i?B\s+1\s+revoked \S+$`).MatchString(so) {
+		if code != 0 || !regexp.MustCompile(`(?m)^blog\s+\S+\s+0B\s+default\s+1\s+active$`).MatchString(so) || !regexp.MustCompile(`(?m)^shop\s+\S+\s+[0-9.]+[KMG]?i?B\s+unbounded\s+1\s+revoked \S+$`).MatchString(so) {
 			t.Errorf("apps list after revoke: exit %d:\n%s", code, so)
 		}
 	})
