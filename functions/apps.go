@@ -260,6 +260,19 @@ func (a *Apps) Get(ctx context.Context, name string) (App, error) {
 // the revocation reaches it, and no later write brings it back. Revoking a revoked app
 // changes nothing. An app this node does not hold is ENotFound.
 func (a *Apps) Revoke(ctx context.Context, name string) (App, error) {
+	return a.updateApp(ctx, name, func(cur *crdt.Map) (crdt.Map, bool) {
+		if crdt.ReadApp(name, cur).Revoked {
+			return crdt.Map{}, false
+		}
+		return crdt.RevokeApp(a.Clock.Next()), true
+	})
+}
+
+// updateApp merges into the record of the app called name, in one transaction, the
+// update that write returns for its current state (none when write returns false), and
+// returns the app as it then stands. An invalid name is EInvalid; an app this node has
+// not received, ENotFound.
+func (a *Apps) updateApp(ctx context.Context, name string, write func(cur *crdt.Map) (crdt.Map, bool)) (App, error) {
 	if err := ValidAppName(name); err != nil {
 		return App{}, err
 	}
@@ -272,11 +285,12 @@ func (a *Apps) Revoke(ctx context.Context, name string) (App, error) {
 		if !ok {
 			return Errorf(ENotFound, "no app %q on this node (one created on another node a moment ago may not have arrived yet)", name)
 		}
-		if crdt.ReadApp(name, &m).Revoked {
+		update, changes := write(&m)
+		if !changes {
 			rec = m
 			return nil
 		}
-		rec, err = tx.Merge(crdt.AppKey(name), crdt.RevokeApp(a.Clock.Next()))
+		rec, err = tx.Merge(crdt.AppKey(name), update)
 		return err
 	})
 	if err != nil {
@@ -342,25 +356,9 @@ func (a *Apps) Rotate(ctx context.Context, name string, grace time.Duration, end
 // have made sessions for any subject: rotate (or revoke) and end them. It works on a
 // revoked app too. An app this node does not hold is ENotFound.
 func (a *Apps) EndSessions(ctx context.Context, name string) (App, error) {
-	if err := ValidAppName(name); err != nil {
-		return App{}, err
-	}
-	var rec crdt.Map
-	err := a.Store.Update(ctx, func(tx Tx) error {
-		_, ok, err := tx.Record(crdt.AppKey(name))
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return Errorf(ENotFound, "no app %q on this node (one created on another node a moment ago may not have arrived yet)", name)
-		}
-		rec, err = tx.Merge(crdt.AppKey(name), crdt.EndAppSessions(a.Clock.Next(), a.maxSkew()))
-		return err
+	return a.updateApp(ctx, name, func(*crdt.Map) (crdt.Map, bool) {
+		return crdt.EndAppSessions(a.Clock.Next(), a.maxSkew()), true
 	})
-	if err != nil {
-		return App{}, err
-	}
-	return a.view(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), nil
 }
 
 // MaxAppQuotaMiB bounds an app's own quota (SetQuota): 1 PiB.
@@ -372,36 +370,19 @@ const MaxAppQuotaMiB = 1 << 30
 // not received is ENotFound; a quota over MaxAppQuotaMiB is EInvalid. A revoked app's
 // quota may be set too (it stores what it stored).
 func (a *Apps) SetQuota(ctx context.Context, name string, quotaMiB *int64) (App, error) {
-	if err := ValidAppName(name); err != nil {
-		return App{}, err
-	}
 	if quotaMiB != nil && *quotaMiB > MaxAppQuotaMiB {
 		return App{}, Errorf(EInvalid, "quota_mib must be at most %d (negative: no bound)", MaxAppQuotaMiB)
 	}
-	var rec crdt.Map
-	err := a.Store.Update(ctx, func(tx Tx) error {
-		_, ok, err := tx.Record(crdt.AppKey(name))
-		if err != nil {
-			return err
+	return a.updateApp(ctx, name, func(*crdt.Map) (crdt.Map, bool) {
+		if quotaMiB == nil {
+			return crdt.ClearAppQuota(a.Clock.Next()), true
 		}
-		if !ok {
-			return Errorf(ENotFound, "no app %q on this node (one created on another node a moment ago may not have arrived yet)", name)
+		bytes := int64(-1)
+		if *quotaMiB >= 0 {
+			bytes = *quotaMiB << 20
 		}
-		update := crdt.ClearAppQuota(a.Clock.Next())
-		if quotaMiB != nil {
-			bytes := int64(-1)
-			if *quotaMiB >= 0 {
-				bytes = *quotaMiB << 20
-			}
-			update = crdt.SetAppQuota(bytes, a.Clock.Next())
-		}
-		rec, err = tx.Merge(crdt.AppKey(name), update)
-		return err
+		return crdt.SetAppQuota(bytes, a.Clock.Next()), true
 	})
-	if err != nil {
-		return App{}, err
-	}
-	return a.view(crdt.ReadApp(name, &rec), a.Clock.PhysicalNow()), nil
 }
 
 func (a *Apps) maxSkew() time.Duration {
