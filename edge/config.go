@@ -110,7 +110,7 @@ type Config struct {
 	ServiceRequestsPerApp int
 	// AppQuotaMiB bounds, in MiB, what one app stores, cluster-wide as each node
 	// estimates it (functions.Quota): its key-value records and its subjects' records
-	// and sessions. 0: 1024; negative: no bound.
+	// and sessions. 0: 1024; negative: no bound; at most functions.MaxAppQuotaMiB.
 	AppQuotaMiB int
 	// CounterFlush is how often a node sends its login and sign-up counts to its peers;
 	// it bounds how far a limit overshoots cluster-wide. 0: 200ms.
@@ -196,6 +196,8 @@ func (c Config) Validate() error {
 		return errors.New("config: Replicas must not be negative")
 	case c.SweepEvery <= 0:
 		return errors.New("config: SweepEvery must be positive")
+	case c.AppQuotaMiB > functions.MaxAppQuotaMiB:
+		return fmt.Errorf("config: AppQuotaMiB %d is over %d (1 PiB); negative: no bound", c.AppQuotaMiB, functions.MaxAppQuotaMiB)
 	case c.BookmarkWait < 0 || c.BookmarkTimeout <= 0:
 		return errors.New("config: BookmarkWait must not be negative and BookmarkTimeout must be positive")
 	case c.LoginPerAccount <= 0 || c.LoginPerAddress <= 0 || c.SignInsPerAccount <= 0:

@@ -611,6 +611,21 @@ func TestService_AppQuota(t *testing.T) {
 	}
 }
 
+// TestConfig_AppQuota: an --app-quota past what the shift to bytes holds is refused, not
+// wrapped round to a small bound or to none (found by an outside review).
+func TestConfig_AppQuota(t *testing.T) {
+	for _, tc := range []struct {
+		mib int
+		ok  bool
+	}{{-1, true}, {0, true}, {functions.MaxAppQuotaMiB, true}, {functions.MaxAppQuotaMiB + 1, false}, {1<<44 + 1, false}} {
+		cfg := DefaultConfig()
+		cfg.AppQuotaMiB = tc.mib
+		if err := cfg.Validate(); (err == nil) != tc.ok || (err != nil && !strings.Contains(err.Error(), "AppQuotaMiB")) {
+			t.Errorf("AppQuotaMiB %d: Validate() = %v, want ok %v", tc.mib, err, tc.ok)
+		}
+	}
+}
+
 // TestService_SubjectRecordExpires: a subject's record goes, on the node's own sweep, a
 // year after its latest session (the longest such a session may live), and with it the
 // app's last share of the quota; the subject gets a new one with its next session.
