@@ -251,7 +251,12 @@ func (n *Node) forward(c *fiber.Ctx, p int, caller *verified) error {
 			done := cancel
 			cancel = func() { done(); release() }
 		}
-		return n.relay(c, resp, cancel, long)
+		var still func() bool // a relayed stream ends once its caller's token stops verifying here
+		if stream && caller != nil {
+			tok := *caller
+			still = func() bool { return n.tokens.valid(tok, n.tokens.now()) }
+		}
+		return n.relay(c, resp, cancel, long, still)
 	}
 	return n.noHolder(c, &at)
 }
@@ -404,8 +409,10 @@ func relayedHeader(k string) bool {
 }
 
 // relay copies a holder's answer to the client: status, headers and body, streamed for
-// a live stream. It calls cancel once the answer is relayed.
-func (n *Node) relay(c *fiber.Ctx, resp *http.Response, cancel context.CancelFunc, stream bool) error {
+// a live stream. It calls cancel once the answer is relayed. A streamed answer is cut
+// off once still (if not nil) reports false, checked after each read (a live stream
+// pings every streamPing).
+func (n *Node) relay(c *fiber.Ctx, resp *http.Response, cancel context.CancelFunc, stream bool, still func() bool) error {
 	c.Status(resp.StatusCode)
 	h := &c.Response().Header
 	for k, vs := range resp.Header {
@@ -446,7 +453,7 @@ func (n *Node) relay(c *fiber.Ctx, resp *http.Response, cancel context.CancelFun
 					return // the client left, or stopped reading
 				}
 			}
-			if err != nil {
+			if err != nil || (still != nil && !still()) {
 				return
 			}
 		}

@@ -80,7 +80,7 @@ func (n *Node) signingKeys(c *fiber.Ctx) error {
 func (n *Node) retireKey(c *fiber.Ctx) error {
 	k, err := n.signing.retire(c.UserContext(), c.Params("kid"))
 	if errors.Is(err, errSigningNow) {
-		return functions.Errorf(functions.EConflict, "signing key %s signs now: replace and retire it in one step with sessiond keys rotate --after 0 --retire-replaced", c.Params("kid"))
+		return functions.Errorf(functions.EConflict, "signing key %s signs now, or did until less than --max-skew ago (nodes whose clocks are behind may still): replace and retire it in one step with sessiond keys rotate --after 0 --retire %s", c.Params("kid"), c.Params("kid"))
 	}
 	if err != nil {
 		return err
@@ -90,9 +90,9 @@ func (n *Node) retireKey(c *fiber.Ctx) error {
 
 // rotateKey serves POST /v1/admin/keys/rotate: a new signing key, published at once, that
 // every node signs with from after_seconds on (api.RotateKeyRequest); the keys it replaces
-// verify until their last token expires, but the one that signed until now when
-// retire_replaced asks it retired at once. 429 while maxLiveKeys keys still verify (not
-// counting one it retires).
+// verify until their last token expires, but the one retire names is retired at once.
+// 429 while maxLiveKeys keys still verify (not counting one it retires), or while
+// maxRotations keys were created within rotationWindow.
 func (n *Node) rotateKey(c *fiber.Ctx) error {
 	req := api.RotateKeyRequest{}
 	if len(c.Request().Body()) > 0 { // as sent (see rawBody); decodeJSON refuses a compressed one
@@ -107,10 +107,13 @@ func (n *Node) rotateKey(c *fiber.Ctx) error {
 	if after < 0 || after > api.MaxRotateAfter {
 		return badRequest("after_seconds must be between 0 and %d", api.MaxRotateAfter)
 	}
-	if req.RetireReplaced && after != 0 {
-		return badRequest("retire_replaced needs after_seconds 0: the key that signs now is retired as the new one starts")
+	if req.Retire != "" && after != 0 {
+		return badRequest("retire needs after_seconds 0: the key named is retired as the new one starts")
 	}
-	k, retired, retry, err := n.signing.rotate(c.UserContext(), time.Duration(after)*time.Second, req.RetireReplaced)
+	if req.Retire != "" && !okpKID(req.Retire) {
+		return badRequest("retire must name a signing key's kid (sessiond keys list shows them)")
+	}
+	k, retired, retry, err := n.signing.rotate(c.UserContext(), time.Duration(after)*time.Second, req.Retire)
 	if errors.Is(err, errTooManyRecords) {
 		return functions.Errorf(functions.EConflict, "the cluster holds %d signing key records, the most a node reads: no more rotations", maxKeyRecords)
 	}
@@ -120,7 +123,12 @@ func (n *Node) rotateKey(c *fiber.Ctx) error {
 			wait = max(retry.Sub(n.cfg.Now()), time.Second)
 		}
 		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(math.Ceil(wait.Seconds())))
-		return functions.Errorf(functions.ERateLimited, "%d signing keys still verify: a rotation is refused until the first of them retires (in %s), or until you retire one (sessiond keys retire KID, or rotate with --retire-replaced)", maxLiveKeys, wait.Round(time.Second))
+		return functions.Errorf(functions.ERateLimited, "%d signing keys still verify: a rotation is refused until the first of them retires (in %s), or until you retire one (sessiond keys retire KID, or rotate with --retire KID)", maxLiveKeys, wait.Round(time.Second))
+	}
+	if errors.Is(err, errTooManyRotations) {
+		wait := max(retry.Sub(n.cfg.Now()), time.Second)
+		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(math.Ceil(wait.Seconds())))
+		return functions.Errorf(functions.ERateLimited, "%d signing keys were created within %s (key records are kept for good, and a node reads at most %d): the next rotation in %s", maxRotations, rotationWindow, maxKeyRecords, wait.Round(time.Second))
 	}
 	if err != nil {
 		return err

@@ -76,6 +76,12 @@ func verifyOutside(set api.JWKS, tok string) (jwt.MapClaims, error) {
 // []byte, else as its JSON.
 func adminDo(c *testClient, key []byte, method, path string, body any) (*http.Response, []byte) {
 	c.tb.Helper()
+	return adminDoAt(c, key, time.Now(), method, path, body)
+}
+
+// adminDoAt is adminDo signing the request at at: for a node on a fake clock.
+func adminDoAt(c *testClient, key []byte, at time.Time, method, path string, body any) (*http.Response, []byte) {
+	c.tb.Helper()
 	var raw []byte
 	switch b := body.(type) {
 	case nil:
@@ -91,7 +97,7 @@ func adminDo(c *testClient, key []byte, method, path string, body any) (*http.Re
 	if raw != nil {
 		send = raw
 	}
-	return c.do(method, path, "", send, "Authorization", adminauth.Sign(key, c.node, method, path, raw, time.Now()))
+	return c.do(method, path, "", send, "Authorization", adminauth.Sign(key, c.node, method, path, raw, at))
 }
 
 // TestJWKS: a node publishes its signing keys, and a backend that only fetched them
@@ -238,7 +244,9 @@ func TestAdmin_Keys(t *testing.T) {
 		code   string
 	}{
 		{name: "ErrNegative", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after_seconds": -1}, status: 400, code: "invalid_argument"},
-		{name: "ErrRetireLater", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"retire_replaced": true}, status: 400, code: "invalid_argument"},
+		{name: "ErrRetireLater", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"retire": strings.Repeat("A", 43)}, status: 400, code: "invalid_argument"},
+		{name: "ErrRetireNotAKid", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after_seconds": 0, "retire": "nope"}, status: 400, code: "invalid_argument"},
+		{name: "ErrRetireUnknown", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after_seconds": 0, "retire": strings.Repeat("A", 43)}, status: 404, code: "not_found"},
 		{name: "ErrTooLate", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after_seconds": api.MaxRotateAfter + 1}, status: 400, code: "invalid_argument"},
 		{name: "ErrUnknownField", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after": 1}, status: 400, code: "invalid_argument"},
 		{name: "ErrNotANumber", key: testKey, method: "POST", path: "/v1/admin/keys/rotate", body: map[string]any{"after_seconds": "soon"}, status: 400, code: "invalid_argument"},
@@ -257,69 +265,120 @@ func TestAdmin_Keys(t *testing.T) {
 			wantError(t, resp, body, tc.status, tc.code)
 		})
 	}
+}
 
-	t.Run("ErrTooManyKeys", func(t *testing.T) {
-		for range maxLiveKeys - 3 {
-			if resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", nil); resp.StatusCode != http.StatusCreated {
-				t.Fatalf("rotate: %d %s", resp.StatusCode, body)
-			}
+// TestSigningKeys_Bounds: rotations are bounded by the keys that verify (32; a retired
+// key no longer counts, so a retire makes room) and by the keys created within 24 hours
+// (32; retires make no room there, since key records are kept for good and a loop of
+// rotate-and-retire would otherwise use up a cluster's rotations in minutes: found by an
+// outside review); a rotation that names the leaked key that signs now retires it in the
+// same write, also at the bound; the key that signs now, or did until less than
+// --max-skew ago, is not retired alone.
+func TestSigningKeys_Bounds(t *testing.T) {
+	clock := newFakeClock(time.Now())
+	cfg := testConfig(t, "bounds-0")
+	cfg.Now = clock.Now
+	cfg.SessionTTL = 7 * 24 * time.Hour // replaced keys verify all week
+	n := MustStartNode(t, cfg)
+	c := newTestClient(t, n)
+	rotate := func(body map[string]any) (*http.Response, []byte) {
+		t.Helper()
+		if body == nil {
+			return adminDoAt(c, testKey, clock.Now(), "POST", "/v1/admin/keys/rotate", nil) // no body
 		}
-		resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", nil)
-		wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
-		if ra := resp.Header.Get("Retry-After"); ra == "" || ra == "0" {
-			t.Errorf("Retry-After = %q, want when the oldest key retires", ra)
+		return adminDoAt(c, testKey, clock.Now(), "POST", "/v1/admin/keys/rotate", body)
+	}
+	mustRotate := func(body map[string]any) api.RotateKeyResponse {
+		t.Helper()
+		resp, b := rotate(body)
+		var out api.RotateKeyResponse
+		if resp.StatusCode != http.StatusCreated || json.Unmarshal(b, &out) != nil {
+			t.Fatalf("rotate %v: %d %s", body, resp.StatusCode, b)
 		}
-		set := fetchJWKS(t, c)
-		if len(set.Keys) != maxLiveKeys {
-			t.Fatalf("%d keys published, want %d", len(set.Keys), maxLiveKeys)
-		}
-		// Retiring a replaced key ends it at once and makes room for one rotation (review
-		// F6: retired keys used to count until they would have retired by themselves, so
-		// with long-lived app sessions even an emergency rotation was refused for months).
-		oldest := set.Keys[len(set.Keys)-1].Kid
-		if resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/"+oldest+"/retire", nil); resp.StatusCode != http.StatusOK {
-			t.Fatalf("retire %s: %d %s", oldest, resp.StatusCode, body)
-		}
-		if set := fetchJWKS(t, c); len(set.Keys) != maxLiveKeys-1 {
-			t.Errorf("%d keys published after a retire, want %d", len(set.Keys), maxLiveKeys-1)
-		}
-		if resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", nil); resp.StatusCode != http.StatusCreated {
-			t.Fatalf("rotate after a retire: %d %s", resp.StatusCode, body)
-		}
-		resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", nil)
-		wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
-		if !strings.Contains(string(body), "retire") {
-			t.Errorf("the refusal does not say how to make room: %s", body)
-		}
+		return out
+	}
+	now := map[string]any{"after_seconds": 0}
+	retire := func(kid string) (*http.Response, []byte) {
+		return adminDoAt(c, testKey, clock.Now(), "POST", "/v1/admin/keys/"+kid+"/retire", nil)
+	}
+	// The key that signed until a moment ago is not retired alone.
+	first := n.tokens.ring.Load().signer(clock.Now()).kid
+	mustRotate(map[string]any{"after_seconds": 0})
+	resp, body := retire(first)
+	wantError(t, resp, body, http.StatusConflict, "conflict")
+	if !strings.Contains(string(body), "--retire "+first) {
+		t.Errorf("the refusal does not say how to retire it: %s", body)
+	}
+	clock.Add(2 * cfg.MaxSkew)
 
-		// At the bound, a leaked key that signs now is replaced and retired in one step.
-		leaked := signUp(t, c, fmt.Sprintf("leak%d", maxLiveKeys))
-		leakedKid, _ := tokenHeader(t, leaked)["kid"].(string)
-		resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", map[string]any{"after_seconds": 0, "retire_replaced": true})
-		var rotated api.RotateKeyResponse
-		if err := json.Unmarshal(body, &rotated); resp.StatusCode != http.StatusCreated || err != nil {
-			t.Fatalf("rotate --retire-replaced at the bound: %d %s", resp.StatusCode, body)
+	// Rate: 32 keys created within 24 h, however many were retired.
+	var kids []string
+	for range 18 {
+		kids = append(kids, mustRotate(now).Key.KID)
+	}
+	clock.Add(2 * cfg.MaxSkew)
+	for _, kid := range append([]string{first}, kids[:10]...) {
+		if resp, body := retire(kid); resp.StatusCode != http.StatusOK {
+			t.Fatalf("retire %s: %d %s", kid, resp.StatusCode, body)
 		}
-		if rotated.Retired == nil || rotated.Retired.KID != leakedKid || rotated.Retired.Status != api.KeyRetired {
-			t.Errorf("retired = %+v, want %s retired", rotated.Retired, leakedKid)
+	}
+	for range 32 - 20 { // the first key, the first rotation and 18 more were created today
+		mustRotate(now)
+	}
+	resp, body = rotate(nil)
+	wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+	if !strings.Contains(string(body), "created within") || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("the refusal (Retry-After %q) does not say why: %s", resp.Header.Get("Retry-After"), body)
+	}
+
+	// A day on: the keys that verify bound it (21 now).
+	clock.Add(24*time.Hour + time.Minute)
+	for range maxLiveKeys - 21 {
+		mustRotate(now)
+	}
+	resp, body = rotate(nil)
+	wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+	if !strings.Contains(string(body), "still verify") || !strings.Contains(string(body), "retire") {
+		t.Errorf("the refusal does not say how to make room: %s", body)
+	}
+	set := fetchJWKS(t, c)
+	if len(set.Keys) != maxLiveKeys {
+		t.Fatalf("%d keys published, want %d", len(set.Keys), maxLiveKeys)
+	}
+	// Retiring a replaced key makes room for one rotation (review F6: retired keys used
+	// to count until they would have retired by themselves, so with long-lived app
+	// sessions even an emergency rotation was refused for months).
+	clock.Add(2 * cfg.MaxSkew)
+	if resp, body := retire(set.Keys[len(set.Keys)-1].Kid); resp.StatusCode != http.StatusOK {
+		t.Fatalf("retire the oldest: %d %s", resp.StatusCode, body)
+	}
+	mustRotate(now)
+	resp, body = rotate(nil)
+	wantError(t, resp, body, http.StatusTooManyRequests, "rate_limited")
+
+	// At the bound, the leaked key that signs now is replaced and retired in one step.
+	leaked := signUp(t, c, "leaky")
+	leakedKid, _ := tokenHeader(t, leaked)["kid"].(string)
+	rotated := mustRotate(map[string]any{"after_seconds": 0, "retire": leakedKid})
+	if rotated.Retired == nil || rotated.Retired.KID != leakedKid || rotated.Retired.Status != api.KeyRetired {
+		t.Errorf("retired = %+v, want %s retired", rotated.Retired, leakedKid)
+	}
+	if resp, body := c.do("GET", "/v1/sessions/current", leaked, nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a token of the retired key: %d %s, want 401", resp.StatusCode, body)
+	}
+	fresh := signUp(t, c, "fresh")
+	if kid := tokenHeader(t, fresh)["kid"]; kid != rotated.Key.KID {
+		t.Errorf("a token after the rotation: kid %v, want %s", kid, rotated.Key.KID)
+	}
+	set = fetchJWKS(t, c)
+	if len(set.Keys) != maxLiveKeys {
+		t.Errorf("%d keys published, want %d", len(set.Keys), maxLiveKeys)
+	}
+	for _, k := range set.Keys {
+		if k.Kid == leakedKid {
+			t.Errorf("the retired key %s is still published", leakedKid)
 		}
-		if resp, body := c.do("GET", "/v1/sessions/current", leaked, nil); resp.StatusCode != http.StatusUnauthorized {
-			t.Errorf("a token of the retired key: %d %s, want 401", resp.StatusCode, body)
-		}
-		fresh := signUp(t, c, fmt.Sprintf("after%d", maxLiveKeys))
-		if kid := tokenHeader(t, fresh)["kid"]; kid != rotated.Key.KID {
-			t.Errorf("a token after the rotation: kid %v, want %s", kid, rotated.Key.KID)
-		}
-		set = fetchJWKS(t, c)
-		if len(set.Keys) != maxLiveKeys {
-			t.Errorf("%d keys published, want %d", len(set.Keys), maxLiveKeys)
-		}
-		for _, k := range set.Keys {
-			if k.Kid == leakedKid {
-				t.Errorf("the retired key %s is still published", leakedKid)
-			}
-		}
-	})
+	}
 }
 
 // TestSigningKeys_Retire: once the longest token lifetime has passed since a newer key
@@ -333,7 +392,7 @@ func TestSigningKeys_Retire(t *testing.T) {
 	c := newTestClient(t, n)
 	old := signUp(t, c, "alice")
 	oldKid, _ := tokenHeader(t, old)["kid"].(string)
-	if _, _, _, err := n.signing.rotate(context.Background(), 0, false); err != nil {
+	if _, _, _, err := n.signing.rotate(context.Background(), 0, ""); err != nil {
 		t.Fatal(err)
 	}
 	clock.Add(n.cfg.SessionTTL + tokenLeeway + time.Second)
@@ -371,12 +430,12 @@ func TestSigningKeys_RotateRetiringSigner(t *testing.T) {
 	n := MustStartNode(t, cfg)
 	ctx := context.Background()
 	older := n.tokens.ring.Load().signer(clock.Now())
-	leaked, _, _, err := n.signing.rotate(ctx, 0, false)
+	leaked, _, _, err := n.signing.rotate(ctx, 0, "")
 	if err != nil || older == nil {
 		t.Fatalf("first rotation: %v (signer before: %v)", err, older)
 	}
 	clock.Add(2 * n.cfg.MaxSkew)
-	fresh, retired, _, err := n.signing.rotate(ctx, 0, true)
+	fresh, retired, _, err := n.signing.rotate(ctx, 0, leaked.kid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -709,7 +768,7 @@ func TestSigningKeys_AppSessionOutlivesRotation(t *testing.T) {
 		t.Fatalf("the key's record says its tokens expire until %v; the app's token expires at %v", rec.ExpiresUntil, created.Session.ExpiresAt)
 	}
 
-	if _, _, _, err := n.signing.rotate(context.Background(), 0, false); err != nil {
+	if _, _, _, err := n.signing.rotate(context.Background(), 0, ""); err != nil {
 		t.Fatal(err)
 	}
 	clock.Add(cfg.SessionTTL + tokenLeeway + time.Minute) // past a user token's lifetime
@@ -763,7 +822,7 @@ func TestTokens_CachedKeyRetires(t *testing.T) {
 	if _, err := n.tokens.verify(raw); err != nil {
 		t.Fatalf("the token before the rotation: %v", err)
 	}
-	if _, _, _, err := n.signing.rotate(context.Background(), 0, false); err != nil {
+	if _, _, _, err := n.signing.rotate(context.Background(), 0, ""); err != nil {
 		t.Fatal(err)
 	}
 	clock.Add(n.cfg.SessionTTL + tokenLeeway + time.Minute)
@@ -821,7 +880,10 @@ func TestSigningKeys_SignedBeforeRestart(t *testing.T) {
 // leaves the key set and its tokens stop verifying, cached or not; the key that signs
 // now cannot be retired, and an unknown kid is 404.
 func TestSigningKeys_RetireAtOnce(t *testing.T) {
-	n := MustStartNode(t, testConfig(t, "retire-now-0"))
+	clock := newFakeClock(time.Now())
+	cfg := testConfig(t, "retire-now-0")
+	cfg.Now = clock.Now
+	n := MustStartNode(t, cfg)
 	c := newTestClient(t, n)
 	shop := mustCreateApp(t, n, "shop")
 	year := int64((365 * 24 * time.Hour).Seconds())
@@ -835,18 +897,22 @@ func TestSigningKeys_RetireAtOnce(t *testing.T) {
 	}
 	oldKid, _ := tokenHeader(t, created.Token)["kid"].(string)
 
-	resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/"+oldKid+"/retire", nil)
+	resp, body = adminDoAt(c, testKey, clock.Now(), "POST", "/v1/admin/keys/"+oldKid+"/retire", nil)
 	wantError(t, resp, body, http.StatusConflict, "conflict")
-	if resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", map[string]any{"after_seconds": 0}); resp.StatusCode != http.StatusCreated {
+	if resp, body := adminDoAt(c, testKey, clock.Now(), "POST", "/v1/admin/keys/rotate", map[string]any{"after_seconds": 0}); resp.StatusCode != http.StatusCreated {
 		t.Fatalf("rotate: %d %s", resp.StatusCode, body)
 	}
+	// Replaced a moment ago: nodes whose clocks are behind may still sign with it.
+	resp, body = adminDoAt(c, testKey, clock.Now(), "POST", "/v1/admin/keys/"+oldKid+"/retire", nil)
+	wantError(t, resp, body, http.StatusConflict, "conflict")
+	clock.Add(2 * cfg.MaxSkew)
 	// The node's hybrid clock runs ahead of its wall clock (it saw a peer's write from
 	// 50 s ahead): the retire still ends the key at once, not when the wall clock reaches
 	// the flag's time.
-	if err := n.db.Clock().Observe(crdt.Timestamp{Wall: time.Now().Add(50 * time.Second).UnixNano(), Node: 99}); err != nil {
+	if err := n.db.Clock().Observe(crdt.Timestamp{Wall: clock.Now().Add(50 * time.Second).UnixNano(), Node: 99}); err != nil {
 		t.Fatal(err)
 	}
-	resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/"+oldKid+"/retire", nil)
+	resp, body = adminDoAt(c, testKey, clock.Now(), "POST", "/v1/admin/keys/"+oldKid+"/retire", nil)
 	var out api.RotateKeyResponse
 	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &out) != nil || out.Key.Status != api.KeyRetired {
 		t.Fatalf("retire the replaced key: %d %s", resp.StatusCode, body)
@@ -858,10 +924,10 @@ func TestSigningKeys_RetireAtOnce(t *testing.T) {
 			t.Errorf("the retired key is still published")
 		}
 	}
-	resp, body = adminDo(c, testKey, "POST", "/v1/admin/keys/"+strings.Repeat("A", 43)+"/retire", nil)
+	resp, body = adminDoAt(c, testKey, clock.Now(), "POST", "/v1/admin/keys/"+strings.Repeat("A", 43)+"/retire", nil)
 	wantError(t, resp, body, http.StatusNotFound, "not_found")
 	// Retiring it again changes nothing and is no error.
-	if resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/"+oldKid+"/retire", nil); resp.StatusCode != http.StatusOK {
+	if resp, body := adminDoAt(c, testKey, clock.Now(), "POST", "/v1/admin/keys/"+oldKid+"/retire", nil); resp.StatusCode != http.StatusOK {
 		t.Errorf("retire again: %d %s", resp.StatusCode, body)
 	}
 }

@@ -334,16 +334,20 @@ func (s *signing) maintain(ctx context.Context) error {
 }
 
 // rotate creates a new signing key that every node signs with from after from now on,
-// published at once. With retireSigner (after must be 0), the key that signs now here is
-// retired in the same write, on every node as the records reach it: its tokens stop
-// verifying (a leaked signing key, replaced and ended in one step); retired is then that
-// key (nil when this node signs with none). The new key then starts signing up to skew
-// before now (never before the retired key started), so that a node whose clock is
-// behind does not fall back to signing with a key older than the retired one. It fails with errTooManyKeys (and the time
-// the first of them retires, if any does) while maxLiveKeys keys verify, not counting a
-// key it retires.
-func (s *signing) rotate(ctx context.Context, after time.Duration, retireSigner bool) (k, retired *signKey, retry time.Time, err error) {
-	if retireSigner && after != 0 {
+// published at once. With retire, the kid of a key that has not retired (after must be
+// 0), that key is retired in the same write, on every node as the records reach it: its
+// tokens stop verifying (a leaked key, replaced and ended in one step); retired is then
+// that key. The operator names it, so that a node behind the others — in time or in what
+// it has received — cannot retire an innocent one; a kid this node does not know is
+// functions.ENotFound. The new key then starts signing up to skew before now (never
+// before the retired key started), so that a node whose clock is behind does not fall
+// back to signing with a key older than the retired one.
+//
+// It fails with errTooManyKeys while maxLiveKeys keys verify (not counting the one it
+// retires), and with errTooManyRotations while maxRotations keys were created within
+// rotationWindow; retry is then when the first of them leaves the count, if one does.
+func (s *signing) rotate(ctx context.Context, after time.Duration, retire string) (k, retired *signKey, retry time.Time, err error) {
+	if retire != "" && after != 0 {
 		return nil, nil, time.Time{}, errors.New("rotate: a key is retired only by a rotation that signs at once")
 	}
 	s.mu.Lock()
@@ -356,13 +360,15 @@ func (s *signing) rotate(ctx context.Context, after time.Duration, retireSigner 
 		return nil, nil, time.Time{}, errTooManyRecords
 	}
 	now := s.now()
-	var signer *signKey
-	if retireSigner {
-		signer = ring.signer(now)
+	var victim *signKey
+	if retire != "" {
+		if victim = ring.keys[retire]; victim == nil {
+			return nil, nil, time.Time{}, functions.Errorf(functions.ENotFound, "no signing key %q here", retire)
+		}
 	}
 	live := ring.live(now)
-	if signer != nil {
-		live = slices.DeleteFunc(live, func(k *signKey) bool { return k == signer })
+	if victim != nil {
+		live = slices.DeleteFunc(live, func(k *signKey) bool { return k == victim })
 	}
 	if len(live) >= maxLiveKeys {
 		for _, k := range live {
@@ -372,11 +378,14 @@ func (s *signing) rotate(ctx context.Context, after time.Duration, retireSigner 
 		}
 		return nil, nil, retry, errTooManyKeys
 	}
+	if recent := ring.createdSince(now.Add(-rotationWindow)); len(recent) >= maxRotations {
+		return nil, nil, recent[len(recent)-1].created.Time().Add(rotationWindow), errTooManyRotations
+	}
 	from := now.Add(after)
-	if signer != nil {
+	if victim != nil {
 		from = now.Add(-s.skew)
-		if from.Before(signer.from) {
-			from = signer.from
+		if from.Before(victim.from) {
+			from = victim.from
 		}
 	}
 	fresh := generateKey(*s.clusterKeys.Load())
@@ -385,10 +394,10 @@ func (s *signing) rotate(ctx context.Context, after time.Duration, retireSigner 
 		if _, err := tx.Merge(crdt.SigningKeyKey(fresh.kid), fresh.record(from, ts)); err != nil {
 			return err
 		}
-		if signer == nil {
+		if victim == nil {
 			return nil
 		}
-		_, err := tx.Merge(crdt.SigningKeyKey(signer.kid), crdt.RetireSigningKey(s.db.Clock().Next()))
+		_, err := tx.Merge(crdt.SigningKeyKey(victim.kid), crdt.RetireSigningKey(s.db.Clock().Next()))
 		return err
 	})
 	if err != nil {
@@ -401,19 +410,32 @@ func (s *signing) rotate(ctx context.Context, after time.Duration, retireSigner 
 		return nil, nil, time.Time{}, fmt.Errorf("signing key %s written but not read back", fresh.kid)
 	}
 	s.log.Info("signing key rotated", "kid", k.kid, "signs_from", k.from)
-	if signer != nil {
-		retired = ring.keys[signer.kid]
-		s.log.Warn("signing key retired by an operator: its tokens no longer verify", "kid", signer.kid)
+	if victim != nil {
+		retired = ring.keys[victim.kid]
+		s.log.Warn("signing key retired by an operator: its tokens no longer verify", "kid", victim.kid)
 	}
 	return k, retired, time.Time{}, nil
 }
+
+// Rotations are bounded in rate as well as in keys that verify: at most maxRotations keys
+// created within rotationWindow. Key records are kept for good and a node reads at most
+// maxKeyRecords, so a loop of rotations (and retires, which free their keys' places among
+// those that verify) would otherwise use up the cluster's rotations in minutes.
+const (
+	maxRotations   = 32
+	rotationWindow = 24 * time.Hour
+)
+
+// errTooManyRotations refuses a rotation while maxRotations keys were created within
+// rotationWindow.
+var errTooManyRotations = errors.New("too many signing keys created lately")
 
 // errTooManyRecords refuses a rotation once the cluster holds maxKeyRecords signing key
 // records: a node reads no more (records are kept for good), so a new one might not be
 // read back.
 var errTooManyRecords = errors.New("too many signing key records")
 
-// errSigningNow refuses to retire the key that signs now.
+// errSigningNow refuses to retire the key that signs now, or did until less than skew ago.
 var errSigningNow = errors.New("the key signs now")
 
 // retire retires the signing key kid at once, on every node as the record reaches it: its
@@ -432,7 +454,9 @@ func (s *signing) retire(ctx context.Context, kid string) (*signKey, error) {
 		return nil, functions.Errorf(functions.ENotFound, "no signing key %q here", kid)
 	}
 	now := s.now()
-	if k.superseded.IsZero() || k.superseded.After(now) {
+	if k.superseded.IsZero() || k.superseded.Add(s.skew).After(now) {
+		// Nodes whose clocks are behind (within skew) may still sign with it, and would
+		// fall back to an older key once it is retired: retire it with a rotation.
 		return nil, errSigningNow
 	}
 	if k.liveAt(now) {

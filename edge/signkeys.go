@@ -45,8 +45,9 @@ import (
 //     from the moment its record carries the flag it verifies nowhere, whatever the
 //     flag's time (which is only shown), and it no longer counts against the bound on
 //     keys that verify (maxLiveKeys), so a retire makes room for a rotation. A rotation
-//     may retire the key it replaces in the same write (retire_replaced): a leaked key
-//     that signs now is replaced and ended in one step, also at the bound.
+//     may retire a key it names in the same write: a leaked key that signs now is
+//     replaced and ended in one step, also at the bound. Rotations are also bounded in
+//     rate (maxRotations), since key records are kept for good.
 //   - Every node verifies with every key that is not retired. Verification needs only the
 //     public key, never a cluster key.
 //
@@ -340,6 +341,21 @@ func (r *keyRing) live(now time.Time) []*signKey {
 		if k.liveAt(now) {
 			out = append(out, k)
 		}
+	}
+	return out
+}
+
+// createdSince returns the keys created at or after t, newest first.
+func (r *keyRing) createdSince(t time.Time) []*signKey {
+	if r == nil {
+		return nil
+	}
+	var out []*signKey
+	for _, k := range r.order {
+		if k.created.Time().Before(t) {
+			break // newest first
+		}
+		out = append(out, k)
 	}
 	return out
 }

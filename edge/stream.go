@@ -3,6 +3,7 @@ package edge
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -200,6 +201,20 @@ func (b *broker) closeAll() {
 // maxStreamsPerUser streams on a node: beyond that, 429 rate_limited.
 func (n *Node) streamMessages(c *fiber.Ctx) error {
 	p := principal(c)
+	tok, err := n.caller(c) // verified already by auth: from the token cache
+	if err != nil {
+		return err
+	}
+	// A token verified here is checked again in full; one a forwarding node verified
+	// (which names no key) for its expiry here, and in full by that node, which ends its
+	// relay when it stops verifying (forward.go, relay).
+	forwarded := forwardedOf(c) != nil // c is not to be used once the handler returns
+	tokenValid := func() bool {
+		if forwarded {
+			return n.tokens.now().Before(tok.expires.Add(tokenLeeway))
+		}
+		return n.tokens.valid(tok, n.tokens.now())
+	}
 	sub, ok := n.broker.subscribe(p.UserID, p.SessionID)
 	if !ok {
 		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(streamPing.Seconds()))
@@ -213,15 +228,24 @@ func (n *Node) streamMessages(c *fiber.Ctx) error {
 		defer n.broker.unsubscribe(sub)
 		ping := time.NewTicker(streamPing)
 		defer ping.Stop()
-		// usable re-checks the session; when it has ended it writes the end event.
+		// usable re-checks the session and the token the stream was opened with; when
+		// either has ended it writes the end event.
 		usable := func() bool {
+			reason := "session ended"
 			err := n.sessions.Check(ctx, p)
+			if err == nil && !tokenValid() {
+				// Expired, or its signing key retired: as on any other request, it no
+				// longer opens the session.
+				reason, err = "token no longer valid", errBadToken
+			} else if errors.Is(err, functions.ErrTokenRenewed) {
+				reason = "token replaced by a renewal"
+			}
 			if err == nil {
 				return true
 			}
-			if functions.ErrorCode(err) == functions.EUnauthorized {
+			if errors.Is(err, errBadToken) || functions.ErrorCode(err) == functions.EUnauthorized {
 				// The stream ends either way; a client that is gone misses nothing.
-				_, _ = fmt.Fprint(w, "event: end\ndata: {\"reason\":\"session ended\"}\n\n")
+				_, _ = fmt.Fprintf(w, "event: end\ndata: {\"reason\":%q}\n\n", reason)
 				_ = w.Flush()
 			}
 			return false

@@ -187,6 +187,13 @@ func TestStream_EndsOnRevocation(t *testing.T) {
 				t.Fatalf("erase: status %d: %s", resp.StatusCode, body)
 			}
 		}},
+		// A renewal replaces the token the stream was opened with (found by an outside
+		// review: the stream went on delivering to the old token's holder).
+		{"Renew", func(t *testing.T, _, token string) {
+			if resp, body := c.do("POST", "/v1/sessions/current/renew", token, nil); resp.StatusCode != http.StatusOK {
+				t.Fatalf("renew: status %d: %s", resp.StatusCode, body)
+			}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			user := fmt.Sprintf("alice%d", i)
@@ -216,6 +223,28 @@ func TestStream_EndsOnRevocation(t *testing.T) {
 			s.waitEnd(t, time.Second-time.Since(revoked))
 		})
 	}
+}
+
+// TestStream_EndsWhenItsKeyRetires: a stream ends once the signing key of the token it
+// was opened with is retired (a leaked key), at its next message or ping.
+func TestStream_EndsWhenItsKeyRetires(t *testing.T) {
+	t.Parallel()
+	n := MustStartNode(t, testConfig(t, "stream-key-0"))
+	c := newTestClient(t, n)
+	alice := signUp(t, c, "alice")
+	signUp(t, c, "bob")
+	s := openTestStream(t, c, alice)
+	kid, _ := tokenHeader(t, alice)["kid"].(string)
+	resp, body := adminDo(c, testKey, "POST", "/v1/admin/keys/rotate", map[string]any{"after_seconds": 0, "retire": kid})
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("rotate and retire: %d %s", resp.StatusCode, body)
+	}
+	retired := time.Now()
+	bob := logIn(t, c, "bob") // with the new key
+	if resp, body := c.do("POST", "/v1/messages", bob, map[string]any{"to": "alice", "body": "after"}); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("send: status %d: %s", resp.StatusCode, body)
+	}
+	s.waitEnd(t, 2*time.Second-time.Since(retired))
 }
 
 // TestStream_EndsOnRemoteRevocation: a revocation that arrives by replication (applied

@@ -231,7 +231,7 @@ func (t *tokens) verify(raw string) (verified, error) {
 	if ok {
 		// The key that signed it may have retired since (a rotation): then it does
 		// not verify any more, here as on a node that never saw it.
-		if now.Before(v.expires.Add(tokenLeeway)) && t.stillVerifies(v, now) {
+		if t.valid(v, now) {
 			return v, nil
 		}
 		t.mu.Lock()
@@ -277,6 +277,12 @@ func (t *tokens) verify(raw string) (verified, error) {
 	t.cache[strings.Clone(raw)] = v
 	t.mu.Unlock()
 	return v, nil
+}
+
+// valid reports whether the verified token v still verifies at now: it has not expired
+// (beyond the leeway), and the key that signed it has not retired.
+func (t *tokens) valid(v verified, now time.Time) bool {
+	return now.Before(v.expires.Add(tokenLeeway)) && t.stillVerifies(v, now)
 }
 
 // stillVerifies reports whether the key that signed the verified token v still verifies

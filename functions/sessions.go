@@ -403,6 +403,9 @@ func (s *Sessions) records(ctx context.Context, p Principal) (loadedRecords, err
 var (
 	errSessionEnded = Errorf(EUnauthorized, "session expired or revoked")
 	errTokenRenewed = Errorf(EUnauthorized, "this token was replaced by a renewal of its session; use the new one")
+	// ErrTokenRenewed is errTokenRenewed for callers that tell it apart (the message
+	// stream names it when it ends).
+	ErrTokenRenewed = errTokenRenewed
 )
 
 // load returns the record of a session of userID usable at now, and its user; with
@@ -457,10 +460,15 @@ func (s *Sessions) appEnded(ctx context.Context, app string, ss crdt.Session) (b
 	return crdt.ReadAppSessionsEnd(app, &m).Ends(ss), nil
 }
 
-// Check reports whether the caller's session is still usable, reading it afresh (a
-// long-lived request, such as the message stream, calls it to notice revocation).
+// Check reports whether the caller's session is still usable with the token p presented:
+// EUnauthorized once the session has ended (signed out, revoked, expired, erased) or a
+// renewal replaced that token (p.TokenGen), else nil. It records no use. A live stream
+// calls it to end when its session does.
 func (s *Sessions) Check(ctx context.Context, p Principal) error {
-	_, err := s.load(ctx, p.UserID, p.SessionID, true, s.Clock.PhysicalNow())
+	l, err := s.load(ctx, p.UserID, p.SessionID, true, s.Clock.PhysicalNow())
+	if err == nil && l.meta.TokenGen > p.TokenGen {
+		err = errTokenRenewed
+	}
 	return err
 }
 

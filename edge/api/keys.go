@@ -68,13 +68,13 @@ type SigningKeys struct {
 // RotateKeyRequest is the body of POST /v1/admin/keys/rotate. AfterSeconds is how long
 // after its creation the new key starts signing (it is published at once, so that
 // verifiers holding a cached key set fetch it before they meet a token it signed);
-// absent: RotateDefaultAfter. RetireReplaced, with AfterSeconds 0, also retires the key
-// that signs until now, in the same write: its tokens stop verifying everywhere (a leaked
-// signing key, replaced and ended in one step, which works also while the most keys
-// verify that a rotation allows).
+// absent: RotateDefaultAfter. Retire, with AfterSeconds 0, names a key (its kid) to retire
+// in the same write: its tokens stop verifying everywhere (a leaked signing key, replaced
+// and ended in one step, which works also while the most keys verify that a rotation
+// allows).
 type RotateKeyRequest struct {
-	AfterSeconds   *int64 `json:"after_seconds,omitempty"`
-	RetireReplaced bool   `json:"retire_replaced,omitempty"`
+	AfterSeconds *int64 `json:"after_seconds,omitempty"`
+	Retire       string `json:"retire,omitempty"`
 }
 
 // RotateDefaultAfter is the default RotateKeyRequest.AfterSeconds: the JWKS's max-age, so
@@ -85,8 +85,8 @@ const RotateDefaultAfter = 300
 const MaxRotateAfter = 24 * 60 * 60
 
 // RotateKeyResponse is the body of POST /v1/admin/keys/rotate (201): the new key, and the
-// key it retired (RotateKeyRequest.RetireReplaced; absent when none signed here). The
-// retire route answers with the retired key as Key.
+// key it retired (RotateKeyRequest.Retire; absent when none was named). The retire route
+// answers with the retired key as Key.
 type RotateKeyResponse struct {
 	Key     SigningKey  `json:"key"`
 	Retired *SigningKey `json:"retired,omitempty"`

@@ -17,7 +17,7 @@ import (
 )
 
 const keysUsage = `Usage:
-  sessiond keys rotate --http ADDR [--after DURATION] [--retire-replaced]
+  sessiond keys rotate --http ADDR [--after DURATION] [--retire KID]
                                                         start signing session tokens with a new key
   sessiond keys list --http ADDR [--json]               list the signing keys the node at ADDR knows
   sessiond keys retire KID --http ADDR                  retire a replaced key at once (a leaked key)
@@ -32,10 +32,12 @@ keys it replaces keep verifying until the last token they signed has expired
 leave the key set. The new key's kid is
 printed alone on the last line. Retiring a key that a newer one replaced ends it at once
 on every node: its tokens stop verifying (their users sign in again) and it leaves the
-key set. To end a leaked key that signs now, rotate with --after 0 --retire-replaced:
-the new key signs at once and the leaked one is retired in the same write. At most 32
-keys verify at once: a rotation beyond that is refused until one retires, by itself or
-by sessiond keys retire (a rotation with --retire-replaced makes its own room).
+key set. To end a leaked key that signs now, rotate with --after 0 --retire KID (the
+leaked key's kid, as keys list shows it): the new key signs at once and the leaked one is
+retired in the same write. At most 32 keys verify at once: a rotation beyond that is
+refused until one retires, by itself or by sessiond keys retire (a rotation with --retire
+makes its own room); and at most 32 keys are created in 24 hours (key records are kept for
+good, and a node reads at most 4,096).
 
 The request is signed with the cluster key: give --cluster-key-file (or
 SESSIOND_CLUSTER_KEY_FILE, or the key itself in SESSIOND_CLUSTER_KEY), as to the node.
@@ -71,10 +73,10 @@ func keysCmd(args []string, stdout, stderr io.Writer) int {
 
 // keysOptions are the flags of the keys commands.
 type keysOptions struct {
-	addr, keyFile  *string
-	after          *time.Duration
-	retireReplaced *bool
-	asJSON         *bool
+	addr, keyFile *string
+	after         *time.Duration
+	retire        *string
+	asJSON        *bool
 }
 
 // keysFlags returns the flags of the keys commands.
@@ -82,11 +84,11 @@ func keysFlags(name string) (*flag.FlagSet, keysOptions) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	return fs, keysOptions{
-		addr:           fs.String("http", "127.0.0.1:8080", "the node's API: `ADDR` (host:port) or URL (http[s]://host:port)"),
-		keyFile:        fs.String("cluster-key-file", "", "`FILE` with the cluster key (the node's --cluster-key-file)"),
-		after:          fs.Duration("after", api.RotateDefaultAfter*time.Second, "rotate: the new key starts signing this long after it is published, `DURATION` (0 to 24h)"),
-		retireReplaced: fs.Bool("retire-replaced", false, "rotate: with --after 0, also retire the key that signed until now (a leaked key): its tokens stop verifying"),
-		asJSON:         fs.Bool("json", false, "list: print the node's answer as JSON"),
+		addr:    fs.String("http", "127.0.0.1:8080", "the node's API: `ADDR` (host:port) or URL (http[s]://host:port)"),
+		keyFile: fs.String("cluster-key-file", "", "`FILE` with the cluster key (the node's --cluster-key-file)"),
+		after:   fs.Duration("after", api.RotateDefaultAfter*time.Second, "rotate: the new key starts signing this long after it is published, `DURATION` (0 to 24h)"),
+		retire:  fs.String("retire", "", "rotate: with --after 0, also retire the signing key `KID` (a leaked one) in the same write: its tokens stop verifying"),
+		asJSON:  fs.Bool("json", false, "list: print the node's answer as JSON"),
 	}
 }
 
@@ -141,13 +143,13 @@ func keysRotate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sessiond keys rotate: --after must be whole seconds from 0 to 24h")
 		return 2
 	}
-	if *o.retireReplaced && after != 0 {
-		fmt.Fprintln(stderr, "sessiond keys rotate: --retire-replaced needs --after 0 (the new key signs at once, the old one ends at once)")
+	if *o.retire != "" && after != 0 {
+		fmt.Fprintln(stderr, "sessiond keys rotate: --retire needs --after 0 (the new key signs at once, the retired one ends at once)")
 		return 2
 	}
 	secs := int64(after / time.Second)
 	var out api.RotateKeyResponse
-	req := api.RotateKeyRequest{AfterSeconds: &secs, RetireReplaced: *o.retireReplaced}
+	req := api.RotateKeyRequest{AfterSeconds: &secs, Retire: *o.retire}
 	if err := keysRequest(*o.addr, *o.keyFile, http.MethodPost, "/v1/admin/keys/rotate", req, &out); err != nil {
 		fmt.Fprintln(stderr, "sessiond keys rotate:", err)
 		return 1
@@ -159,9 +161,7 @@ func keysRotate(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "new signing key published; every node signs with it %s. The keys it replaces verify until their last token expires.\n", when)
 	if r := out.Retired; r != nil {
-		fmt.Fprintf(stdout, "signing key %s, which signed until now, is %s: its tokens no longer verify on any node the record reaches.\n", r.KID, r.Status)
-	} else if *o.retireReplaced {
-		fmt.Fprintln(stdout, "no key signed on that node, so none was retired: retire the leaked one with sessiond keys retire KID.")
+		fmt.Fprintf(stdout, "signing key %s is %s: its tokens no longer verify on any node the record reaches.\n", r.KID, r.Status)
 	}
 	fmt.Fprintln(stdout, k.KID)
 	return 0
