@@ -410,8 +410,8 @@ func relayedHeader(k string) bool {
 
 // relay copies a holder's answer to the client: status, headers and body, streamed for
 // a live stream. It calls cancel once the answer is relayed. A streamed answer is cut
-// off once still (if not nil) reports false, checked after each read (a live stream
-// pings every streamPing).
+// off, without what it read last, once still (if not nil) reports false, checked after
+// each read (a live stream pings every streamPing).
 func (n *Node) relay(c *fiber.Ctx, resp *http.Response, cancel context.CancelFunc, stream bool, still func() bool) error {
 	c.Status(resp.StatusCode)
 	h := &c.Response().Header
@@ -448,12 +448,15 @@ func (n *Node) relay(c *fiber.Ctx, resp *http.Response, cancel context.CancelFun
 		buf := make([]byte, 4096)
 		for {
 			k, err := resp.Body.Read(buf)
+			if still != nil && !still() {
+				return // before it writes what it read: nothing reaches a caller that lost its right
+			}
 			if k > 0 {
 				if _, werr := sw.Write(buf[:k]); werr != nil || w.Flush() != nil {
 					return // the client left, or stopped reading
 				}
 			}
-			if err != nil || (still != nil && !still()) {
+			if err != nil {
 				return
 			}
 		}

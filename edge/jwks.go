@@ -80,7 +80,7 @@ func (n *Node) signingKeys(c *fiber.Ctx) error {
 func (n *Node) retireKey(c *fiber.Ctx) error {
 	k, err := n.signing.retire(c.UserContext(), c.Params("kid"))
 	if errors.Is(err, errSigningNow) {
-		return functions.Errorf(functions.EConflict, "signing key %s signs now, or did until less than --max-skew ago (nodes whose clocks are behind may still): replace and retire it in one step with sessiond keys rotate --after 0 --retire %s", c.Params("kid"), c.Params("kid"))
+		return functions.Errorf(functions.EConflict, "signing key %s may sign now on a node whose clock is within --max-skew of this one's (it signs, starts soon, or was replaced a moment ago): replace and retire it in one step with sessiond keys rotate --after 0 --retire %s", c.Params("kid"), c.Params("kid"))
 	}
 	if err != nil {
 		return err
@@ -128,7 +128,7 @@ func (n *Node) rotateKey(c *fiber.Ctx) error {
 	if errors.Is(err, errTooManyRotations) {
 		wait := max(retry.Sub(n.cfg.Now()), time.Second)
 		c.Set(fiber.HeaderRetryAfter, retryAfterSeconds(math.Ceil(wait.Seconds())))
-		return functions.Errorf(functions.ERateLimited, "%d signing keys were created within %s (key records are kept for good, and a node reads at most %d): the next rotation in %s", maxRotations, rotationWindow, maxKeyRecords, wait.Round(time.Second))
+		return functions.Errorf(functions.ERateLimited, "%d signing keys were created within %s (%d for a rotation that retires one; key records are kept for good, and a node reads at most %d): the next rotation in %s", maxRotations, rotationWindow, 2*maxRotations, maxKeyRecords, wait.Round(time.Second))
 	}
 	if err != nil {
 		return err

@@ -301,28 +301,40 @@ func TestSigningKeys_Bounds(t *testing.T) {
 	retire := func(kid string) (*http.Response, []byte) {
 		return adminDoAt(c, testKey, clock.Now(), "POST", "/v1/admin/keys/"+kid+"/retire", nil)
 	}
-	// The key that signed until a moment ago is not retired alone.
-	first := n.tokens.ring.Load().signer(clock.Now()).kid
-	mustRotate(map[string]any{"after_seconds": 0})
+	signer := func() string { return n.tokens.ring.Load().signer(clock.Now()).kid }
+
+	// The key that signed until a moment ago is not retired alone. (Created: 2.)
+	first := signer()
+	mustRotate(now)
 	resp, body := retire(first)
 	wantError(t, resp, body, http.StatusConflict, "conflict")
 	if !strings.Contains(string(body), "--retire "+first) {
 		t.Errorf("the refusal does not say how to retire it: %s", body)
 	}
+	// A key that has not started signing (a next key) is retired alone, and a rotation
+	// that retires one signs at once (found by the second review). (Created: 5; verify: 3.)
+	next := mustRotate(map[string]any{"after_seconds": 3600}).Key.KID
+	if resp, body := retire(next); resp.StatusCode != http.StatusOK {
+		t.Errorf("retire a next key: %d %s", resp.StatusCode, body)
+	}
+	next = mustRotate(map[string]any{"after_seconds": 3600}).Key.KID
+	if r := mustRotate(map[string]any{"after_seconds": 0, "retire": next}); r.Key.SignsFrom.After(clock.Now()) {
+		t.Errorf("a rotation that retires a next key signs from %s, want at once", r.Key.SignsFrom)
+	}
 	clock.Add(2 * cfg.MaxSkew)
 
-	// Rate: 32 keys created within 24 h, however many were retired.
+	// Rate: 32 keys created within 24 h, however many were retired. (Created: 23; verify: 21.)
 	var kids []string
 	for range 18 {
 		kids = append(kids, mustRotate(now).Key.KID)
 	}
 	clock.Add(2 * cfg.MaxSkew)
-	for _, kid := range append([]string{first}, kids[:10]...) {
+	for _, kid := range append([]string{first}, kids[:10]...) { // verify: 10
 		if resp, body := retire(kid); resp.StatusCode != http.StatusOK {
 			t.Fatalf("retire %s: %d %s", kid, resp.StatusCode, body)
 		}
 	}
-	for range 32 - 20 { // the first key, the first rotation and 18 more were created today
+	for range 32 - 23 { // created: 32; verify: 19
 		mustRotate(now)
 	}
 	resp, body = rotate(nil)
@@ -330,10 +342,16 @@ func TestSigningKeys_Bounds(t *testing.T) {
 	if !strings.Contains(string(body), "created within") || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("the refusal (Retry-After %q) does not say why: %s", resp.Header.Get("Retry-After"), body)
 	}
+	// After such a day the key that signs may still leak: a rotation that retires it has
+	// room of its own (found by the second review of this bound).
+	leakedToday := signer()
+	if r := mustRotate(map[string]any{"after_seconds": 0, "retire": leakedToday}); r.Retired == nil || r.Retired.KID != leakedToday {
+		t.Errorf("an emergency rotation after 32 in a day retired %+v, want %s", r.Retired, leakedToday)
+	}
 
-	// A day on: the keys that verify bound it (21 now).
+	// A day on: the keys that verify bound it (19 now).
 	clock.Add(24*time.Hour + time.Minute)
-	for range maxLiveKeys - 21 {
+	for range maxLiveKeys - 19 {
 		mustRotate(now)
 	}
 	resp, body = rotate(nil)
@@ -378,6 +396,46 @@ func TestSigningKeys_Bounds(t *testing.T) {
 		if k.Kid == leakedKid {
 			t.Errorf("the retired key %s is still published", leakedKid)
 		}
+	}
+}
+
+// TestSigningKeys_RetireOutsideTheRing: a key older than the newest maxRingKeys stays in
+// the ring while an app's long token keeps it verifying; retired, it leaves the ring, and
+// the answer still describes it (found by an outside review: the node crashed on it).
+func TestSigningKeys_RetireOutsideTheRing(t *testing.T) {
+	clock := newFakeClock(time.Now())
+	cfg := testConfig(t, "retire-old-0")
+	cfg.Now = clock.Now
+	n := MustStartNode(t, cfg)
+	c := newTestClient(t, n)
+	shop := mustCreateApp(t, n, "shop")
+	resp, body := c.do("POST", "/v1/service/sessions", shop, map[string]any{"subject": "s1", "ttl": 30 * 24 * 3600})
+	var created api.ServiceSessionResponse
+	if resp.StatusCode != http.StatusCreated || json.Unmarshal(body, &created) != nil {
+		t.Fatalf("create an app session: %d %s", resp.StatusCode, body)
+	}
+	old, _ := tokenHeader(t, created.Token)["kid"].(string)
+	for i := range maxRingKeys + 1 {
+		if i > 0 && i%30 == 0 { // within both bounds: keys replaced a day ago have retired
+			clock.Add(rotationWindow + time.Minute)
+		}
+		if _, _, _, err := n.signing.rotate(context.Background(), 0, ""); err != nil {
+			t.Fatalf("rotation %d: %v", i, err)
+		}
+	}
+	ring := n.tokens.ring.Load()
+	if _, ok := ring.verifying(old, clock.Now()); !ok || slices.Index(ring.order, ring.keys[old]) < maxRingKeys {
+		t.Fatalf("the app's key is not kept past the newest %d keys", maxRingKeys)
+	}
+	for _, path := range []string{"/v1/admin/keys/" + old + "/retire", "/v1/admin/keys/" + old + "/retire"} { // again: as it is
+		resp, body := adminDoAt(c, testKey, clock.Now(), "POST", path, nil)
+		var out api.RotateKeyResponse
+		if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &out) != nil || out.Key.KID != old || out.Key.Status != api.KeyRetired {
+			t.Fatalf("retire the old key: %d %s", resp.StatusCode, body)
+		}
+	}
+	if resp, body := c.do("GET", "/v1/sessions/current", created.Token, nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("the app's token of the retired key: %d %s, want 401", resp.StatusCode, body)
 	}
 }
 

@@ -344,8 +344,9 @@ func (s *signing) maintain(ctx context.Context) error {
 // back to signing with a key older than the retired one.
 //
 // It fails with errTooManyKeys while maxLiveKeys keys verify (not counting the one it
-// retires), and with errTooManyRotations while maxRotations keys were created within
-// rotationWindow; retry is then when the first of them leaves the count, if one does.
+// retires), and with errTooManyRotations while maxRotations keys (2×maxRotations for one
+// that retires a key) were created within rotationWindow; retry is then when there will
+// be room, if there will.
 func (s *signing) rotate(ctx context.Context, after time.Duration, retire string) (k, retired *signKey, retry time.Time, err error) {
 	if retire != "" && after != 0 {
 		return nil, nil, time.Time{}, errors.New("rotate: a key is retired only by a rotation that signs at once")
@@ -371,21 +372,32 @@ func (s *signing) rotate(ctx context.Context, after time.Duration, retire string
 		live = slices.DeleteFunc(live, func(k *signKey) bool { return k == victim })
 	}
 	if len(live) >= maxLiveKeys {
+		// Room comes once all but maxLiveKeys-1 of them have retired.
+		var ends []time.Time
 		for _, k := range live {
-			if !k.retires.IsZero() && (retry.IsZero() || k.retires.Before(retry)) {
-				retry = k.retires
+			if !k.retires.IsZero() {
+				ends = append(ends, k.retires)
 			}
+		}
+		slices.SortFunc(ends, time.Time.Compare)
+		if i := len(live) - maxLiveKeys; i < len(ends) {
+			retry = ends[i]
 		}
 		return nil, nil, retry, errTooManyKeys
 	}
-	if recent := ring.createdSince(now.Add(-rotationWindow)); len(recent) >= maxRotations {
-		return nil, nil, recent[len(recent)-1].created.Time().Add(rotationWindow), errTooManyRotations
+	limit := maxRotations
+	if victim != nil {
+		limit = 2 * maxRotations // an emergency after a busy day: see maxRotations
+	}
+	if recent := ring.createdSince(now.Add(-rotationWindow)); len(recent) >= limit {
+		// Newest first: room comes once the limit-th newest leaves the window.
+		return nil, nil, recent[limit-1].created.Time().Add(rotationWindow), errTooManyRotations
 	}
 	from := now.Add(after)
 	if victim != nil {
 		from = now.Add(-s.skew)
-		if from.Before(victim.from) {
-			from = victim.from
+		if from.Before(victim.from) && !victim.from.After(now) {
+			from = victim.from // a key that has not started (a next key) does not hold it back
 		}
 	}
 	fresh := generateKey(*s.clusterKeys.Load())
@@ -411,23 +423,25 @@ func (s *signing) rotate(ctx context.Context, after time.Duration, retire string
 	}
 	s.log.Info("signing key rotated", "kid", k.kid, "signs_from", k.from)
 	if victim != nil {
-		retired = ring.keys[victim.kid]
+		retired = retiredView(ring, victim, now)
 		s.log.Warn("signing key retired by an operator: its tokens no longer verify", "kid", victim.kid)
 	}
 	return k, retired, time.Time{}, nil
 }
 
 // Rotations are bounded in rate as well as in keys that verify: at most maxRotations keys
-// created within rotationWindow. Key records are kept for good and a node reads at most
-// maxKeyRecords, so a loop of rotations (and retires, which free their keys' places among
-// those that verify) would otherwise use up the cluster's rotations in minutes.
+// created within rotationWindow, or twice that for a rotation that retires a key, so that
+// a leaked key can still be ended after a day of many rotations. Key records are kept for
+// good and a node reads at most maxKeyRecords, so a loop of rotations (and retires, which
+// free their keys' places among those that verify) would otherwise use up the cluster's
+// rotations in minutes; with these bounds it takes 64 days of rotating without pause.
 const (
 	maxRotations   = 32
 	rotationWindow = 24 * time.Hour
 )
 
-// errTooManyRotations refuses a rotation while maxRotations keys were created within
-// rotationWindow.
+// errTooManyRotations refuses a rotation while maxRotations keys (twice that for one that
+// retires a key) were created within rotationWindow.
 var errTooManyRotations = errors.New("too many signing keys created lately")
 
 // errTooManyRecords refuses a rotation once the cluster holds maxKeyRecords signing key
@@ -435,7 +449,7 @@ var errTooManyRotations = errors.New("too many signing keys created lately")
 // read back.
 var errTooManyRecords = errors.New("too many signing key records")
 
-// errSigningNow refuses to retire the key that signs now, or did until less than skew ago.
+// errSigningNow refuses to retire alone a key that some node may sign with now (maySign).
 var errSigningNow = errors.New("the key signs now")
 
 // retire retires the signing key kid at once, on every node as the record reaches it: its
@@ -451,10 +465,15 @@ func (s *signing) retire(ctx context.Context, kid string) (*signKey, error) {
 	}
 	k, ok := ring.keys[kid]
 	if !ok {
+		if m, held, err := s.db.Record(ctx, crdt.SigningKeyKey(kid)); err == nil && held {
+			// Left out of the ring: past the newest maxRingKeys, it verifies no more.
+			rec := crdt.ReadSigningKey(kid, &m)
+			return &signKey{kid: kid, created: rec.Created, from: rec.From, retiredAt: s.now()}, nil
+		}
 		return nil, functions.Errorf(functions.ENotFound, "no signing key %q here", kid)
 	}
 	now := s.now()
-	if k.superseded.IsZero() || k.superseded.Add(s.skew).After(now) {
+	if s.maySign(k, now) {
 		// Nodes whose clocks are behind (within skew) may still sign with it, and would
 		// fall back to an older key once it is retired: retire it with a rotation.
 		return nil, errSigningNow
@@ -472,7 +491,35 @@ func (s *signing) retire(ctx context.Context, kid string) (*signKey, error) {
 		}
 		s.log.Warn("signing key retired by an operator: its tokens no longer verify", "kid", kid)
 	}
-	return ring.keys[kid], nil
+	return retiredView(ring, k, now), nil
+}
+
+// maySign reports whether some node may sign with k at now, its clock within skew of
+// this node's: k has started (or starts within skew), and no newer key replaced it, or
+// one did less than skew ago — unless that newer key replaced it before it started (it
+// never signs).
+func (s *signing) maySign(k *signKey, now time.Time) bool {
+	switch {
+	case k.from.After(now.Add(s.skew)):
+		return false
+	case k.superseded.IsZero():
+		return true
+	case k.superseded.Before(k.from):
+		return false // replaced before it started: it never signs
+	}
+	return k.superseded.Add(s.skew).After(now)
+}
+
+// retiredView returns k as ring, reloaded after k was retired, knows it: a key that left
+// the ring (past the newest maxRingKeys, a key is kept only while it verifies) as k with
+// its retirement, so that the answer describes it.
+func retiredView(ring *keyRing, k *signKey, now time.Time) *signKey {
+	if r := ring.keys[k.kid]; r != nil {
+		return r
+	}
+	gone := *k
+	gone.retiredAt, gone.retires = now, now
+	return &gone
 }
 
 // describe returns k as the admin routes show it, at now in ring.
