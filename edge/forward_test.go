@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/crdt"
+	"github.com/sessiond/sessiond/edge/api"
 	"github.com/sessiond/sessiond/edge/cluster/placement"
 	"github.com/valyala/fasthttp"
 )
@@ -136,6 +137,58 @@ func TestForward(t *testing.T) {
 	extra := tryStream(t, cv, u.token)
 	if extra.StatusCode != http.StatusTooManyRequests || extra.Header.Get(headerForwardedBy) != "" {
 		t.Errorf("stream %d via %s: %d, forwarded by %q; want 429 from %[2]s itself", maxStreamsPerUser+1, via.cfg.NodeName, extra.StatusCode, extra.Header.Get(headerForwardedBy))
+	}
+}
+
+// TestForwardedStreamEndsWhenItsKeyRetires: a stream relayed by a node that does not
+// hold its user is cut off by that node once the signing key of the token it was opened
+// with is retired, and the message that arrives after the retirement does not reach the
+// client (found by an outside review: the relay wrote what it read before checking).
+func TestForwardedStreamEndsWhenItsKeyRetires(t *testing.T) {
+	nodes, tab := startRegion(t, []string{"fs-a", "fs-b", "fs-c"}, nil)
+	c0 := newTestClient(t, nodes[0])
+	alice := signUp(t, c0, "alice")
+	signUp(t, c0, "bob")
+	holder := tab.Owners(nodes[0].cfg.Region, crdt.NamePartition("alice"))[0].Name
+	via := nodes[slices.IndexFunc(nodes, func(n *Node) bool { return n.cfg.NodeName != holder })]
+	s := openTestStream(t, newTestClient(t, via), alice)
+
+	kid, _ := tokenHeader(t, alice)["kid"].(string)
+	resp, body := adminDo(c0, testKey, "POST", "/v1/admin/keys/rotate", map[string]any{"after_seconds": 0, "retire": kid})
+	var rotated api.RotateKeyResponse
+	if resp.StatusCode != http.StatusCreated || json.Unmarshal(body, &rotated) != nil {
+		t.Fatalf("rotate and retire: %d %s", resp.StatusCode, body)
+	}
+	waitFor(t, 20*time.Second, "every node to know the retirement and sign with the new key", func() bool {
+		for _, n := range nodes {
+			ring := n.tokens.ring.Load()
+			if _, ok := ring.verifying(kid, time.Now()); ok {
+				return false
+			}
+			if k := ring.signer(time.Now()); k == nil || k.kid != rotated.Key.KID {
+				return false
+			}
+		}
+		return true
+	})
+	bob := logIn(t, c0, "bob") // with the new key
+	if resp, body := c0.do("POST", "/v1/messages", bob, map[string]any{"to": "alice", "body": "after the retirement"}); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("send: status %d: %s", resp.StatusCode, body)
+	}
+	select {
+	case <-s.ended:
+	case <-time.After(2 * streamPing):
+		t.Fatalf("the relayed stream is still open %v after its key was retired", 2*streamPing)
+	}
+	for {
+		select {
+		case ev := <-s.events:
+			if ev.event == "message" {
+				t.Errorf("the relayed stream delivered a message after its key was retired: %s", ev.data)
+			}
+		default:
+			return
+		}
 	}
 }
 
