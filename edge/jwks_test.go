@@ -317,6 +317,16 @@ func TestSigningKeys_Bounds(t *testing.T) {
 	if resp, body := retire(next); resp.StatusCode != http.StatusOK {
 		t.Errorf("retire a next key: %d %s", resp.StatusCode, body)
 	}
+	// Once its start has passed, the key that signs is still the one before it, which
+	// the retired next key did not replace (found by the third review: the guard let it
+	// be retired alone, and the node went back to signing with the key before); the
+	// retired key is returned as it is.
+	clock.Add(time.Hour + 2*cfg.MaxSkew)
+	resp, body = retire(signer())
+	wantError(t, resp, body, http.StatusConflict, "conflict")
+	if resp, body := retire(next); resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"status":"retired"`) {
+		t.Errorf("retire the retired next key again: %d %s", resp.StatusCode, body)
+	}
 	next = mustRotate(map[string]any{"after_seconds": 3600}).Key.KID
 	if r := mustRotate(map[string]any{"after_seconds": 0, "retire": next}); r.Key.SignsFrom.After(clock.Now()) {
 		t.Errorf("a rotation that retires a next key signs from %s, want at once", r.Key.SignsFrom)

@@ -364,7 +364,10 @@ func (s *signing) rotate(ctx context.Context, after time.Duration, retire string
 	var victim *signKey
 	if retire != "" {
 		if victim = ring.keys[retire]; victim == nil {
-			return nil, nil, time.Time{}, functions.Errorf(functions.ENotFound, "no signing key %q here", retire)
+			var held bool
+			if victim, held = s.outOfRing(ctx, retire); !held {
+				return nil, nil, time.Time{}, functions.Errorf(functions.ENotFound, "no signing key %q here", retire)
+			}
 		}
 	}
 	live := ring.live(now)
@@ -386,7 +389,7 @@ func (s *signing) rotate(ctx context.Context, after time.Duration, retire string
 		return nil, nil, retry, errTooManyKeys
 	}
 	limit := maxRotations
-	if victim != nil {
+	if victim != nil && victim.liveAt(now) {
 		limit = 2 * maxRotations // an emergency after a busy day: see maxRotations
 	}
 	if recent := ring.createdSince(now.Add(-rotationWindow)); len(recent) >= limit {
@@ -430,11 +433,12 @@ func (s *signing) rotate(ctx context.Context, after time.Duration, retire string
 }
 
 // Rotations are bounded in rate as well as in keys that verify: at most maxRotations keys
-// created within rotationWindow, or twice that for a rotation that retires a key, so that
-// a leaked key can still be ended after a day of many rotations. Key records are kept for
-// good and a node reads at most maxKeyRecords, so a loop of rotations (and retires, which
-// free their keys' places among those that verify) would otherwise use up the cluster's
-// rotations in minutes; with these bounds it takes 64 days of rotating without pause.
+// created within rotationWindow, or twice that for a rotation that retires a key that
+// still verifies, so that a leaked key can still be ended after a day of many rotations.
+// Key records are kept for good and a node reads at most maxKeyRecords, so a loop of
+// rotations (and retires, which free their keys' places among those that verify) would
+// otherwise use up the cluster's rotations in minutes; with these bounds it takes 64 days
+// of rotating without pause.
 const (
 	maxRotations   = 32
 	rotationWindow = 24 * time.Hour
@@ -463,35 +467,46 @@ func (s *signing) retire(ctx context.Context, kid string) (*signKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, ok := ring.keys[kid]
-	if !ok {
-		if m, held, err := s.db.Record(ctx, crdt.SigningKeyKey(kid)); err == nil && held {
-			// Left out of the ring: past the newest maxRingKeys, it verifies no more.
-			rec := crdt.ReadSigningKey(kid, &m)
-			return &signKey{kid: kid, created: rec.Created, from: rec.From, retiredAt: s.now()}, nil
+	k, inRing := ring.keys[kid]
+	if !inRing {
+		var held bool
+		if k, held = s.outOfRing(ctx, kid); !held {
+			return nil, functions.Errorf(functions.ENotFound, "no signing key %q here", kid)
 		}
-		return nil, functions.Errorf(functions.ENotFound, "no signing key %q here", kid)
 	}
 	now := s.now()
-	if s.maySign(k, now) {
+	if !k.retiredAt.IsZero() {
+		return retiredView(ring, k, now), nil // retired already: left as it is
+	}
+	if inRing && s.maySign(k, now) { // a key out of the ring is past its tokens' lifetime here
 		// Nodes whose clocks are behind (within skew) may still sign with it, and would
 		// fall back to an older key once it is retired: retire it with a rotation.
 		return nil, errSigningNow
 	}
-	if k.liveAt(now) {
-		err = s.db.Update(ctx, func(tx *storage.Tx) error {
-			_, err := tx.Merge(crdt.SigningKeyKey(kid), crdt.RetireSigningKey(s.db.Clock().Next()))
-			return err
-		})
-		if err != nil {
-			return nil, fmt.Errorf("retire signing key: %w", err)
-		}
-		if ring, err = s.loadLocked(ctx); err != nil {
-			return nil, err
-		}
-		s.log.Warn("signing key retired by an operator: its tokens no longer verify", "kid", kid)
+	// Also a key that no longer verifies here: it may still elsewhere (clocks, records).
+	err = s.db.Update(ctx, func(tx *storage.Tx) error {
+		_, err := tx.Merge(crdt.SigningKeyKey(kid), crdt.RetireSigningKey(s.db.Clock().Next()))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("retire signing key: %w", err)
 	}
+	if ring, err = s.loadLocked(ctx); err != nil {
+		return nil, err
+	}
+	s.log.Warn("signing key retired by an operator: its tokens no longer verify", "kid", kid)
 	return retiredView(ring, k, now), nil
+}
+
+// outOfRing returns a view of the signing key kid when its record is here but the ring
+// left it out (past the newest maxRingKeys, a key stays only while it verifies here).
+func (s *signing) outOfRing(ctx context.Context, kid string) (*signKey, bool) {
+	m, held, err := s.db.Record(ctx, crdt.SigningKeyKey(kid))
+	if err != nil || !held {
+		return nil, false
+	}
+	rec := crdt.ReadSigningKey(kid, &m)
+	return &signKey{kid: kid, created: rec.Created, from: rec.From, retiredAt: rec.Retired, retires: rec.Retired}, true
 }
 
 // maySign reports whether some node may sign with k at now, its clock within skew of

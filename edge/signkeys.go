@@ -245,7 +245,8 @@ func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Dura
 		}
 		return strings.Compare(b.kid, a.kid)
 	})
-	// Walking from the newest, track the earliest start of the keys newer than each.
+	// Walking from the newest, track the earliest start of the keys newer than each. A
+	// key an operator retired before it started never signs, so it replaces no older key.
 	var first time.Time
 	for _, k := range r.order {
 		if !first.IsZero() {
@@ -261,6 +262,9 @@ func newKeyRing(recs []crdt.SigningKey, clusterKeys [][]byte, lifetime time.Dura
 		}
 		if !k.retiredAt.IsZero() && (k.retires.IsZero() || k.retiredAt.Before(k.retires)) {
 			k.retires = k.retiredAt
+		}
+		if !k.retiredAt.IsZero() && !k.retiredAt.After(k.from) {
+			continue
 		}
 		if first.IsZero() || k.from.Before(first) {
 			first = k.from

@@ -37,7 +37,8 @@ leaked key's kid, as keys list shows it): the new key signs at once and the leak
 retired in the same write. At most 32 keys verify at once: a rotation beyond that is
 refused until one retires, by itself or by sessiond keys retire (a rotation with --retire
 makes its own room); and at most 32 keys are created in 24 hours, 64 for a rotation with
---retire (key records are kept for good, and a node reads at most 4,096).
+--retire of a key that verifies (key records are kept for good, and a node reads at most
+4,096).
 
 The request is signed with the cluster key: give --cluster-key-file (or
 SESSIOND_CLUSTER_KEY_FILE, or the key itself in SESSIOND_CLUSTER_KEY), as to the node.
