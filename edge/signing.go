@@ -334,8 +334,8 @@ func (s *signing) maintain(ctx context.Context) error {
 }
 
 // rotate creates a new signing key that every node signs with from after from now on,
-// published at once. With retire, the kid of a key that has not retired (after must be
-// 0), that key is retired in the same write, on every node as the records reach it: its
+// published at once. With retire, the kid of a key (after must be 0), that key is
+// retired in the same write (one retired already stays so), on every node as the records reach it: its
 // tokens stop verifying (a leaked key, replaced and ended in one step); retired is then
 // that key. The operator names it, so that a node behind the others — in time or in what
 // it has received — cannot retire an innocent one; a kid this node does not know is
@@ -345,8 +345,8 @@ func (s *signing) maintain(ctx context.Context) error {
 //
 // It fails with errTooManyKeys while maxLiveKeys keys verify (not counting the one it
 // retires), and with errTooManyRotations while maxRotations keys (2×maxRotations for one
-// that retires a key) were created within rotationWindow; retry is then when there will
-// be room, if there will.
+// that retires a key that still verifies) were created within rotationWindow; retry is
+// then when there will be room, if there will.
 func (s *signing) rotate(ctx context.Context, after time.Duration, retire string) (k, retired *signKey, retry time.Time, err error) {
 	if retire != "" && after != 0 {
 		return nil, nil, time.Time{}, errors.New("rotate: a key is retired only by a rotation that signs at once")
