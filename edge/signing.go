@@ -335,9 +335,9 @@ func (s *signing) maintain(ctx context.Context) error {
 
 // rotate creates a new signing key that every node signs with from after from now on,
 // published at once. With retire, the kid of a key (after must be 0), that key is
-// retired in the same write (one retired already stays so), on every node as the records reach it: its
-// tokens stop verifying (a leaked key, replaced and ended in one step); retired is then
-// that key. The operator names it, so that a node behind the others — in time or in what
+// retired in the same write (one retired already stays so), on every node as the records
+// reach it: its tokens stop verifying (a leaked key, replaced and ended in one step);
+// retired is then that key. The operator names it, so that a node behind the others — in time or in what
 // it has received — cannot retire an innocent one; a kid this node does not know is
 // functions.ENotFound. The new key then starts signing up to skew before now (never
 // before the retired key started), so that a node whose clock is behind does not fall
@@ -445,7 +445,7 @@ const (
 )
 
 // errTooManyRotations refuses a rotation while maxRotations keys (twice that for one that
-// retires a key) were created within rotationWindow.
+// retires a key that still verifies) were created within rotationWindow.
 var errTooManyRotations = errors.New("too many signing keys created lately")
 
 // errTooManyRecords refuses a rotation once the cluster holds maxKeyRecords signing key

@@ -80,10 +80,8 @@ func (q *Quota) claim(app string) *claim {
 	if !q.active() {
 		return nil
 	}
-	c := &claim{q: q}
-	c.limit, c.bounded = q.limit(app)
-	c.app = app
-	return c
+	limit, bounded := q.limit(app)
+	return &claim{q: q, app: app, limit: limit, bounded: bounded}
 }
 
 // allows returns nil, claiming growth, if the claim's app may store growth more bytes

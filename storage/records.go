@@ -245,6 +245,9 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 	b.toggle(key, h)
 	addUsage(&b.usage, key, enc, 1)
 	now := describe(key, &p.m, nil)
+	if err := b.indexKeep(key, old.keep, now.keep); err != nil { // key-value and subject records
+		return err
+	}
 	switch {
 	case strings.HasPrefix(key, crdt.SessionPrefix):
 		if !had {
@@ -253,16 +256,9 @@ func (b *batch) writeRecord(key string, p *pendingRecord) error {
 		if err := b.indexSession(old, now); err != nil {
 			return err
 		}
-	case strings.HasPrefix(key, crdt.KVPrefix):
-		if err := b.indexKeep(key, old.keep, now.keep); err != nil {
-			return err
-		}
 	case strings.HasPrefix(key, crdt.ClaimPrefix):
 		b.db.contested.note(key, &p.m) // before the commit: a false alarm costs a read
 	case strings.HasPrefix(key, crdt.UserPrefix):
-		if err := b.indexKeep(key, old.keep, now.keep); err != nil {
-			return err
-		}
 		if had && !old.deleted {
 			b.users--
 		}
@@ -296,17 +292,15 @@ func (b *batch) deleteRecord(key string, old stored) error {
 	if err := b.forgetReplaced([]byte(key)); err != nil {
 		return err
 	}
+	if err := b.indexKeep(key, old.keep, 0); err != nil { // key-value and subject records
+		return err
+	}
 	switch {
 	case strings.HasPrefix(key, crdt.SessionPrefix):
 		b.sessions--
 		return b.indexSession(old, stored{})
-	case strings.HasPrefix(key, crdt.KVPrefix):
-		return b.indexKeep(key, old.keep, 0)
-	case strings.HasPrefix(key, crdt.UserPrefix):
-		if !old.deleted {
-			b.users--
-		}
-		return b.indexKeep(key, old.keep, 0)
+	case strings.HasPrefix(key, crdt.UserPrefix) && !old.deleted:
+		b.users--
 	}
 	return nil
 }
