@@ -79,10 +79,16 @@ var startedID = regexp.MustCompile(`msg="node started".* id=([0-9a-f]+)`)
 // nodeID returns the identity n's latest start logged.
 func nodeID(t *testing.T, n *clNode) string {
 	t.Helper()
-	m := startedID.FindAllStringSubmatch(n.logText(), -1)
-	if len(m) == 0 {
-		t.Fatalf("%s logged no start", n.name)
-	}
+	// /readyz may answer before the node logs its start: wait for the latest process's
+	// line (a restarted node's log holds its earlier processes' too; CI met the race).
+	n.mu.Lock()
+	starts := n.starts
+	n.mu.Unlock()
+	var m [][]string
+	waitFor(t, 10*time.Second, n.name+" to log its start", func() bool {
+		m = startedID.FindAllStringSubmatch(n.logText(), -1)
+		return len(m) >= starts && len(m) > 0
+	})
 	return m[len(m)-1][1]
 }
 

@@ -105,6 +105,7 @@ type clNode struct {
 	firstRelease bool
 
 	mu     sync.Mutex
+	starts int // processes started, each of which logs its start once it is up
 	cmd    *exec.Cmd
 	log    bytes.Buffer
 	exited chan struct{}
@@ -144,6 +145,9 @@ func (n *clNode) start() {
 	if err := cmd.Start(); err != nil {
 		n.t.Fatal(err)
 	}
+	n.mu.Lock()
+	n.starts++
+	n.mu.Unlock()
 	exited := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(pr)
